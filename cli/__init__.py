@@ -1,0 +1,1 @@
+"""The sdtui command line."""

@@ -1,0 +1,53 @@
+"""``sdtui``: the entry point. Parses arguments and dispatches; the work lives in core/ and tui/.
+
+Each area registers its subcommands from its own module. Heavy modules are imported inside
+the command that needs them so that ``sdtui --help`` and the TUI start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from core.errors import JobFailed, UserError
+
+from . import app, planning, runs
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line."""
+    parser = argparse.ArgumentParser(
+        prog="sdtui",
+        description="Fine-tune Stable Diffusion from the terminal: plan, launch detached, monitor.",
+    )
+    parser.add_argument("--runs-dir", default=None, help="runs folder (default ./runs or $SDTUI_RUNS_DIR)")
+    parser.add_argument("--gpus", default="auto", help="auto, or simulated hardware such as 2x4090, 1x24GB, 8xH100")
+    parser.set_defaults(func=app.cmd_home)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    app.register(sub)
+    planning.register(sub)
+    runs.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; exit 0 ok, 1 the job failed, 2 bad input."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code = args.func(args)
+    except UserError as exc:
+        print(f"sdtui: {exc}", file=sys.stderr)
+        return 2
+    except JobFailed as exc:
+        if str(exc):
+            print(f"sdtui: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Read-only dataset scanning (kohya folder convention) and aspect-ratio buckets."""

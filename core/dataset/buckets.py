@@ -1,0 +1,68 @@
+"""Aspect-ratio buckets: the one implementation the scanner, planner and trainer share."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+Bucket = tuple[int, int]
+
+
+def make_buckets(
+    resolution: int,
+    min_reso: int = 256,
+    max_reso: int = 2048,
+    step: int = 64,
+    enable: bool = True,
+) -> list[Bucket]:
+    """All (width, height) buckets whose area fits ``resolution``², sides multiples of ``step``.
+
+    With bucketing off there is one square bucket of ``resolution``.
+    """
+    side = max(step, resolution // step * step)
+    if not enable:
+        return [(side, side)]
+    area = resolution * resolution
+    lo = max(step, min_reso // step * step)
+    hi = max(lo, max_reso // step * step)
+    found: set[Bucket] = {(side, side)}
+    width = lo
+    while width <= hi:
+        height = min(hi, area // width // step * step)
+        if height >= lo:
+            found.add((width, height))
+            found.add((height, width))
+        width += step
+    return sorted(found, key=lambda b: (b[0] / b[1], b[0]))
+
+
+def assign_bucket(width: int, height: int, buckets: Iterable[Bucket]) -> Bucket:
+    """The bucket whose aspect ratio is closest to the image's (ties go to the larger area)."""
+    ratio = width / height
+    return min(buckets, key=lambda b: (abs(b[0] / b[1] - ratio), -b[0] * b[1]))
+
+
+def bucket_counts(
+    sizes: Iterable[tuple[int, int, int]],
+    buckets: list[Bucket],
+) -> dict[Bucket, int]:
+    """Items per bucket for one epoch from ``(width, height, repeats)`` of each image."""
+    counts: dict[Bucket, int] = {}
+    for width, height, repeats in sizes:
+        bucket = assign_bucket(width, height, buckets)
+        counts[bucket] = counts.get(bucket, 0) + repeats
+    return counts
+
+
+def crop_box(width: int, height: int, bucket: Bucket, left_frac: float = 0.5, top_frac: float = 0.5) -> tuple[int, int, int, int, int, int]:
+    """How an image is fitted to its bucket: scale to cover, then crop.
+
+    Returns ``(scaled_w, scaled_h, left, top, right, bottom)`` in scaled pixels; the crop's
+    top-left is what SDXL's crop conditioning receives. ``left_frac``/``top_frac`` in [0, 1]
+    place the crop (0.5 = center, random values = random crop).
+    """
+    bw, bh = bucket
+    scale = max(bw / width, bh / height)
+    sw, sh = max(bw, round(width * scale)), max(bh, round(height * scale))
+    left = int(round((sw - bw) * left_frac))
+    top = int(round((sh - bh) * top_frac))
+    return sw, sh, left, top, left + bw, top + bh

@@ -1,0 +1,1 @@
+"""Planning: schedule maths across GPU counts, the recipe picker, throughput and ETA."""

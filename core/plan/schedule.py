@@ -1,0 +1,109 @@
+"""Schedule maths: how many batches and optimizer steps an epoch really has.
+
+This is the one implementation. The trainer builds its epochs with :func:`epoch_batches`
+and :func:`shard_batches`; the planner counts them with :func:`steps_per_epoch`. Both
+agree by construction:
+
+* each bucket's items (image × repeats) are shuffled and cut into batches of
+  ``batch_size``; a bucket's last batch may be short (it is kept);
+* the batches of all buckets are shuffled together;
+* every rank takes ``batches[rank::world]``, padded by wrapping around, so each rank has
+  ``ceil(batches / world)`` of them;
+* an optimizer step happens every ``accumulation`` batches and at the end of the epoch
+  (as accelerate's gradient accumulation does), so an epoch has
+  ``ceil(batches_per_rank / accumulation)`` steps.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def batches_per_epoch(counts: Mapping[object, int], batch_size: int) -> int:
+    """Batches one epoch has over all GPUs: Σ over buckets of ceil(items / batch_size)."""
+    return sum(math.ceil(n / batch_size) for n in counts.values() if n > 0)
+
+
+def batches_per_rank(batches: int, world: int) -> int:
+    """Batches each rank sees in one epoch."""
+    return math.ceil(batches / world) if batches else 0
+
+
+def steps_per_epoch(counts: Mapping[object, int], batch_size: int, world: int, accumulation: int) -> int:
+    """Optimizer steps in one epoch, exactly as the trainer's loader yields them."""
+    per_rank = batches_per_rank(batches_per_epoch(counts, batch_size), world)
+    return math.ceil(per_rank / accumulation)
+
+
+def epoch_batches(items_by_bucket: Mapping[object, Sequence[T]], batch_size: int, seed: int, epoch: int) -> list[list[T]]:
+    """The batches of one epoch, in order, before sharding (same seed and epoch → same batches)."""
+    rng = random.Random(seed * 100_003 + epoch)
+    batches: list[list[T]] = []
+    for bucket in sorted(items_by_bucket, key=repr):
+        items = list(items_by_bucket[bucket])
+        rng.shuffle(items)
+        batches.extend(items[i : i + batch_size] for i in range(0, len(items), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def shard_batches(batches: Sequence[T], rank: int, world: int) -> list[T]:
+    """This rank's share: ``batches[rank::world]`` padded by wrapping so all ranks are equal."""
+    if not batches:
+        return []
+    per_rank = batches_per_rank(len(batches), world)
+    padded = list(batches) + [batches[i % len(batches)] for i in range(per_rank * world - len(batches))]
+    return padded[rank::world]
+
+
+def optimizer_step_due(batch_index: int, batches_in_epoch: int, accumulation: int) -> bool:
+    """True after the batch at ``batch_index`` (0-based, this rank) ends an optimizer step."""
+    return (batch_index + 1) % accumulation == 0 or batch_index + 1 == batches_in_epoch
+
+
+@dataclass(frozen=True)
+class ScheduleRow:
+    """What a run looks like on ``gpus`` GPUs."""
+
+    gpus: int
+    effective_batch: int
+    steps_per_epoch: int
+    epochs: float
+    total_steps: int
+    images_seen: int
+
+
+def schedule_row(
+    counts: Mapping[object, int],
+    batch_size: int,
+    accumulation: int,
+    gpus: int,
+    epochs: int,
+    max_steps: int = 0,
+) -> ScheduleRow:
+    """One row of the GPU-count table.
+
+    Epoch mode (``max_steps == 0``): the images seen stay ``epochs × items`` whatever the GPU
+    count, so more GPUs mean fewer steps. Step mode: the step count is fixed, so epochs and
+    images seen grow with the GPU count.
+    """
+    items = sum(counts.values())
+    spe = steps_per_epoch(counts, batch_size, gpus, accumulation)
+    effective = batch_size * gpus * accumulation
+    if max_steps > 0:
+        run_epochs = max_steps / spe if spe else 0.0
+        return ScheduleRow(gpus, effective, spe, round(run_epochs, 3), max_steps, int(round(run_epochs * items)))
+    return ScheduleRow(gpus, effective, spe, float(epochs), spe * epochs, items * epochs)
+
+
+def warmup_steps(total_steps: int, warmup: int | float) -> int:
+    """Warm-up in optimizer steps of the actual run (a value below 1 is a fraction of the total)."""
+    if 0 < warmup < 1:
+        return int(round(total_steps * warmup))
+    return min(int(warmup), total_steps)

@@ -1,0 +1,204 @@
+"""The run.toml schema: every section, key, type, default and allowed value, defined once.
+
+Recipes, the run config, ``--set`` overrides, the planner, the trainer and the TUI all read
+their names from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+FAMILIES = ("sd1", "sd2", "sdxl")
+METHODS = ("lora", "dreambooth", "finetune", "textual_inversion")
+PRECISIONS = ("no", "fp16", "bf16")
+OPTIMIZERS = ("adamw", "adamw8bit", "lion8bit", "adafactor")
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
+LORA_TARGETS = ("attn", "attn_ff", "all")
+ATTENTION = ("sdpa", "eager")
+BACKENDS = ("ddp", "deepspeed", "fsdp")
+PREDICTION_TYPES = ("auto", "epsilon", "v_prediction")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One key of run.toml: its type, default, allowed values and a one-line help."""
+
+    key: str
+    type: type
+    default: Any
+    help: str
+    choices: tuple[Any, ...] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+
+    def check(self, value: Any) -> Any:
+        """Return ``value`` coerced to this setting's type, or raise ValueError with the rule."""
+        if self.type is bool:
+            if isinstance(value, bool):
+                result: Any = value
+            elif isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+                result = value.lower() in ("true", "1", "yes", "on")
+            else:
+                raise ValueError(f"{self.key} must be true or false")
+        elif self.type is int:
+            if isinstance(value, bool):
+                raise ValueError(f"{self.key} must be a whole number")
+            try:
+                result = int(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"{self.key} must be a whole number") from None
+            if isinstance(value, float) and value != result:
+                raise ValueError(f"{self.key} must be a whole number")
+        elif self.type is float:
+            if isinstance(value, bool):
+                raise ValueError(f"{self.key} must be a number")
+            try:
+                result = float(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"{self.key} must be a number") from None
+        elif self.type is list:
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, (list, tuple)):
+                raise ValueError(f"{self.key} must be a list")
+            result = [str(v) for v in value]
+        else:
+            result = str(value)
+        if self.choices is not None and result not in self.choices:
+            raise ValueError(f"{self.key} must be one of {', '.join(map(str, self.choices))}")
+        if self.minimum is not None and result < self.minimum:
+            raise ValueError(f"{self.key} must be at least {self.minimum:g}")
+        if self.maximum is not None and result > self.maximum:
+            raise ValueError(f"{self.key} must be at most {self.maximum:g}")
+        return result
+
+
+def _s(key: str, typ: type, default: Any, help: str, **kw: Any) -> Setting:
+    return Setting(key, typ, default, help, **kw)
+
+
+#: The trainer options a recipe sets (run.toml's [settings] section).
+SETTINGS: dict[str, Setting] = {
+    s.key: s
+    for s in (
+        _s("recipe", str, "", "name of the recipe these settings started from"),
+        _s("mixed_precision", str, "bf16", "autocast precision (fp16 uses loss scaling)", choices=PRECISIONS),
+        _s("full_bf16", bool, False, "keep the trained weights themselves in bf16 (no fp32 master copy)"),
+        _s("gradient_checkpointing", bool, True, "recompute activations in backward to save memory"),
+        _s("optimizer", str, "adamw8bit", "optimizer", choices=OPTIMIZERS),
+        _s("fused_backward_pass", bool, False, "step the optimizer inside backward, one parameter at a time"),
+        _s("cache_latents", bool, True, "encode images with the VAE once, before training"),
+        _s("cache_latents_to_disk", bool, False, "keep the latent cache on disk instead of in memory"),
+        _s("cache_text_encoder_outputs", bool, False, "encode captions once (only when the text encoder is frozen)"),
+        _s("train_text_encoder", bool, False, "also train the text encoder(s)"),
+        _s("batch_size", int, 1, "images per GPU per step", minimum=1, maximum=256),
+        _s("resolution", int, 512, "training resolution in pixels (the bucket area is its square)", minimum=64, maximum=4096),
+        _s("enable_bucket", bool, True, "aspect-ratio bucketing"),
+        _s("min_bucket_reso", int, 256, "smallest bucket side in pixels", minimum=64),
+        _s("max_bucket_reso", int, 2048, "largest bucket side in pixels", minimum=64),
+        _s("bucket_reso_steps", int, 64, "bucket sides are multiples of this", minimum=8),
+        _s("random_crop", bool, False, "random instead of center crop"),
+        _s("flip_aug", bool, False, "random horizontal flip"),
+        _s("shuffle_caption", bool, False, "shuffle comma-separated caption tags"),
+        _s("keep_tokens", int, 0, "leading caption tags kept in place when shuffling", minimum=0),
+        _s("caption_dropout_rate", float, 0.0, "probability of training on an empty caption", minimum=0.0, maximum=1.0),
+        _s("lora_rank", int, 16, "LoRA rank", minimum=1, maximum=1024),
+        _s("lora_alpha", float, 16.0, "LoRA alpha (scale = alpha / rank)", minimum=0.0),
+        _s("lora_dropout", float, 0.0, "LoRA dropout", minimum=0.0, maximum=1.0),
+        _s("lora_targets", str, "attn", "attn, attn_ff (adds feed-forward) or all (adds convs, LoCon)", choices=LORA_TARGETS),
+        _s("use_dora", bool, False, "weight-decomposed LoRA (DoRA)"),
+        _s("ti_num_vectors", int, 4, "vectors per textual-inversion token", minimum=1, maximum=75),
+        _s("ti_init_word", str, "", "word whose embedding initialises the new token"),
+        _s("prior_loss_weight", float, 1.0, "weight of the class-image loss (prior preservation)", minimum=0.0),
+        _s("class_images_per_instance", int, 200, "class images wanted per instance image", minimum=0),
+        _s("attention", str, "sdpa", "attention implementation", choices=ATTENTION),
+        _s("channels_last", bool, True, "channels-last memory format for the UNet"),
+        _s("min_snr_gamma", float, 0.0, "min-SNR loss weighting gamma (0 = off)", minimum=0.0),
+        _s("noise_offset", float, 0.0, "noise offset", minimum=0.0),
+        _s("ema", bool, False, "keep an exponential moving average of the trained weights"),
+        _s("ema_decay", float, 0.9999, "EMA decay", minimum=0.0, maximum=1.0),
+        _s("max_grad_norm", float, 1.0, "gradient clipping norm (0 = off)", minimum=0.0),
+        _s("torch_compile", bool, False, "torch.compile the UNet"),
+        _s("dataloader_workers", int, 2, "data loader worker processes", minimum=0),
+    )
+}
+
+#: Every section of run.toml with its keys. [dataset] subsets and [samples] prompts are lists.
+SCHEMA: dict[str, dict[str, Setting]] = {
+    "": {
+        "name": _s("name", str, "run", "run name (also the output file name)"),
+    },
+    "model": {
+        "path": _s("path", str, "", "diffusers folder, single .safetensors/.ckpt file, or hub id"),
+        "family": _s("family", str, "sd1", "model family", choices=FAMILIES),
+        "prediction_type": _s("prediction_type", str, "auto", "noise prediction target", choices=PREDICTION_TYPES),
+        "vae": _s("vae", str, "", "optional separate VAE (folder or file)"),
+    },
+    "dataset": {
+        "caption_extension": _s("caption_extension", str, ".txt", "caption file extension tried first"),
+    },
+    "method": {
+        "kind": _s("kind", str, "lora", "training method", choices=METHODS),
+        "class_prompt": _s("class_prompt", str, "", "prompt for generated class images (DreamBooth)"),
+        "placeholder_token": _s("placeholder_token", str, "", "new token for textual inversion"),
+    },
+    "settings": SETTINGS,
+    "schedule": {
+        "epochs": _s("epochs", int, 10, "epochs (epoch mode)", minimum=0),
+        "max_steps": _s("max_steps", int, 0, "optimizer steps (step mode when > 0)", minimum=0),
+        "gradient_accumulation": _s("gradient_accumulation", int, 1, "micro-batches per optimizer step", minimum=1),
+        "learning_rate": _s("learning_rate", float, 1e-4, "peak learning rate", minimum=0.0),
+        "lr_scheduler": _s("lr_scheduler", str, "constant_with_warmup", "LR schedule", choices=LR_SCHEDULERS),
+        "lr_warmup_steps": _s("lr_warmup_steps", int, 0, "warm-up in optimizer steps", minimum=0),
+        "save_every_epochs": _s("save_every_epochs", int, 1, "checkpoint every N epochs (0 = off)", minimum=0),
+        "save_every_steps": _s("save_every_steps", int, 0, "checkpoint every N steps (0 = off)", minimum=0),
+        "keep_checkpoints": _s("keep_checkpoints", int, 2, "checkpoints kept", minimum=1),
+        "sample_every_steps": _s("sample_every_steps", int, 100, "samples every N steps (0 = off)", minimum=0),
+        "sample_every_epochs": _s("sample_every_epochs", int, 0, "samples every N epochs (0 = off)", minimum=0),
+        "sample_at_start": _s("sample_at_start", bool, False, "render samples before the first step"),
+        "seed": _s("seed", int, 42, "random seed", minimum=0),
+    },
+    "samples": {
+        "prompts": _s("prompts", list, [], "prompts in kohya syntax (--n --w --h --d --l --s)"),
+    },
+    "distributed": {
+        "num_processes": _s("num_processes", int, 1, "processes (GPUs) on each machine", minimum=1),
+        "num_machines": _s("num_machines", int, 1, "machines", minimum=1),
+        "machine_rank": _s("machine_rank", int, 0, "this machine's rank", minimum=0),
+        "main_process_ip": _s("main_process_ip", str, "127.0.0.1", "address of machine rank 0"),
+        "main_process_port": _s("main_process_port", int, 29500, "port of machine rank 0", minimum=0, maximum=65535),
+        "gpu_ids": _s("gpu_ids", str, "all", "GPUs to use: all or a comma list"),
+        "backend": _s("backend", str, "ddp", "ddp, deepspeed or fsdp", choices=BACKENDS),
+        "zero_stage": _s("zero_stage", int, 2, "DeepSpeed ZeRO stage", choices=(1, 2, 3)),
+        "offload": _s("offload", bool, False, "DeepSpeed CPU offload of optimizer state"),
+    },
+}
+
+#: Keys of one [[dataset.subsets]] table.
+SUBSET_KEYS: dict[str, Setting] = {
+    s.key: s
+    for s in (
+        _s("path", str, "", "folder of images"),
+        _s("repeats", int, 1, "times each image is seen per epoch", minimum=1),
+        _s("token", str, "", "caption used when an image has no caption file"),
+        _s("is_reg", bool, False, "regularisation / class images"),
+    )
+}
+
+
+def lookup(dotted: str) -> tuple[str, Setting]:
+    """Find a ``section.key`` (a bare ``key`` means ``settings.key``); raise KeyError with the rule."""
+    section, _, key = dotted.rpartition(".")
+    if not section and key in SCHEMA[""]:
+        return "", SCHEMA[""][key]
+    section = section or "settings"
+    if section not in SCHEMA or key not in SCHEMA[section]:
+        known = ", ".join(sorted(f"{s}.{k}" if s else k for s, keys in SCHEMA.items() for k in keys))
+        raise KeyError(f"unknown setting '{dotted}'; known settings: {known}")
+    return section, SCHEMA[section][key]
+
+
+def defaults(section: str) -> dict[str, Any]:
+    """The default values of a section."""
+    return {k: (list(s.default) if isinstance(s.default, list) else s.default) for k, s in SCHEMA[section].items()}

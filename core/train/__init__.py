@@ -1,0 +1,1 @@
+"""The training program that ``accelerate launch`` runs: ``python -m core.train RUN_DIR``."""

@@ -1,0 +1,1 @@
+"""The Textual app. Never imports torch, diffusers, transformers or peft."""
