@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from core.errors import JobFailed, UserError
 
-from . import app, planning, runs
+from . import app, hardware, planning, runs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.set_defaults(func=app.cmd_home)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     app.register(sub)
+    hardware.register(sub)
     planning.register(sub)
     runs.register(sub)
     return parser
