@@ -1,0 +1,69 @@
+"""metrics.jsonl: one JSON object a line, flushed per line, written by rank 0 only."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from .status import now
+
+
+class MetricsWriter:
+    """Appends typed lines (``step``, ``sample``, ``checkpoint``, ``epoch``, ``event``) to metrics.jsonl."""
+
+    def __init__(self, path: str | os.PathLike[str], enabled: bool = True) -> None:
+        self.path = Path(path)
+        self.enabled = enabled
+        self._handle = None
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the run
+
+    def write(self, kind: str, **fields: Any) -> None:
+        """Write one line of type ``kind`` (non-finite floats become null) and flush it."""
+        if self._handle is None:
+            return
+        record = {"type": kind, "time": now(), **{k: _finite(v) for k, v in fields.items()}}
+        self._handle.write(json.dumps(record) + "\n")
+        self._handle.flush()
+
+    def event(self, message: str, level: str = "info") -> None:
+        """A free-text ``event`` line with a level (info, warning, error)."""
+        self.write("event", level=level, message=message)
+
+    def close(self) -> None:
+        """Close the file."""
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def memory_sample(device: Any) -> tuple[int, int]:
+    """(allocated, peak) bytes of this process: CUDA allocator counters, or resident memory on the CPU."""
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda" and torch.cuda.is_available():
+        return int(torch.cuda.memory_allocated(device)), int(torch.cuda.max_memory_allocated(device))
+    import psutil
+
+    info = psutil.Process().memory_info()
+    peak = getattr(info, "peak_wset", None) or _peak_rss_linux() or info.rss
+    return int(info.rss), int(max(peak, info.rss))
+
+
+def _peak_rss_linux() -> int | None:
+    try:
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+    except (ImportError, OSError):
+        return None

@@ -1,0 +1,120 @@
+"""Optimizers, the LR schedule and the fused backward pass."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from core.errors import UserError
+
+WEIGHT_DECAY = 1e-2
+
+
+def make_optimizer(name: str, params: Sequence[Any], lr: float, cuda: bool) -> Any:
+    """One optimizer of kind ``name`` (adamw, adamw8bit, lion8bit, adafactor) over ``params``."""
+    import torch
+
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=WEIGHT_DECAY, fused=True if cuda else None)
+    if name in ("adamw8bit", "lion8bit"):
+        try:
+            import bitsandbytes as bnb
+        except ImportError as exc:
+            raise UserError(f"settings.optimizer={name} needs bitsandbytes, which does not import here ({exc}); install it or set settings.optimizer=adamw") from exc
+        cls = bnb.optim.AdamW8bit if name == "adamw8bit" else bnb.optim.Lion8bit
+        return cls(params, lr=lr, weight_decay=WEIGHT_DECAY)
+    if name == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(params, lr=lr, relative_step=False, scale_parameter=False, warmup_init=False)
+    raise UserError(f"settings.optimizer={name!r} is unknown; use adamw, adamw8bit, lion8bit or adafactor")
+
+
+def make_scheduler(name: str, optimizer: Any, warmup: int, total: int) -> Any:
+    """The diffusers LR schedule, stepped once per optimizer step by the loop (never by accelerate)."""
+    from diffusers.optimization import get_scheduler
+
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=max(1, total))
+
+
+class FusedBackward:
+    """One optimizer (and LR schedule) per parameter, stepped from inside backward.
+
+    ``register_post_accumulate_grad_hook`` runs after a parameter's gradient is accumulated;
+    when ``stepping`` is set (the micro-batch that ends an optimizer step) the hook clips that
+    gradient, steps its optimizer and frees the gradient at once, so the whole model's
+    gradients never exist together.
+    """
+
+    def __init__(self, name: str, params: Iterable[Any], lr: float, cuda: bool, max_grad_norm: float) -> None:
+        self.params = [p for p in params if p.requires_grad]
+        self.optimizers = [make_optimizer(name, [p], lr, cuda) for p in self.params]
+        self.schedulers: list[Any] = []
+        self.max_grad_norm = max_grad_norm
+        self.stepping = False
+        self._handles = [p.register_post_accumulate_grad_hook(self._hook(opt)) for p, opt in zip(self.params, self.optimizers)]
+
+    def _hook(self, optimizer: Any) -> Callable[[Any], None]:
+        def step(param: Any) -> None:
+            if not self.stepping:
+                return
+            import torch
+
+            if self.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_([param], self.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        return step
+
+    def make_schedulers(self, name: str, warmup: int, total: int) -> FusedSchedulers:
+        """One LR schedule per parameter optimizer, driven together."""
+        self.schedulers = [make_scheduler(name, opt, warmup, total) for opt in self.optimizers]
+        return FusedSchedulers(self.schedulers)
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The first optimizer's groups (for reading the learning rate)."""
+        return self.optimizers[0].param_groups
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Nothing to do: each hook frees its gradient after stepping."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """All parameter optimizers' states."""
+        return {"optimizers": [opt.state_dict() for opt in self.optimizers]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the states saved by :meth:`state_dict`."""
+        for opt, saved in zip(self.optimizers, state["optimizers"], strict=True):
+            opt.load_state_dict(saved)
+
+    def remove(self) -> None:
+        """Detach the hooks."""
+        for handle in self._handles:
+            handle.remove()
+
+
+class FusedSchedulers:
+    """Several LR schedules stepped as one."""
+
+    def __init__(self, schedulers: list[Any]) -> None:
+        self.schedulers = schedulers
+
+    def step(self) -> None:
+        """Advance every schedule by one optimizer step."""
+        for scheduler in self.schedulers:
+            scheduler.step()
+
+    def get_last_lr(self) -> list[float]:
+        """The current learning rate."""
+        return self.schedulers[0].get_last_lr()
+
+    def state_dict(self) -> dict[str, Any]:
+        """All schedules' states."""
+        return {"schedulers": [s.state_dict() for s in self.schedulers]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the states saved by :meth:`state_dict`."""
+        for scheduler, saved in zip(self.schedulers, state["schedulers"], strict=True):
+            scheduler.load_state_dict(saved)

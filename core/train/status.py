@@ -1,0 +1,71 @@
+"""status.json from the trainer's side: merge-writes and the failure sentences with hints."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from core.atomic import read_json, write_json_atomic
+
+
+def now() -> float:
+    """The time stamp written into status.json and metrics (seconds since the epoch)."""
+    return round(time.time(), 3)
+
+
+class StatusFile:
+    """Merge-writes ``status.json`` atomically; only the main process writes."""
+
+    def __init__(self, path: str | os.PathLike[str], enabled: bool = True) -> None:
+        self.path = Path(path)
+        self.enabled = enabled
+
+    def read(self) -> dict[str, Any]:
+        """The current contents ({} when missing or half-written)."""
+        data = read_json(self.path, {})
+        return data if isinstance(data, dict) else {}
+
+    def update(self, **fields: Any) -> None:
+        """Merge ``fields`` into status.json (keeping what the supervisor wrote) and stamp it."""
+        if not self.enabled:
+            return
+        data = self.read()
+        data.update(fields)
+        data["updated_at"] = now()
+        write_json_atomic(self.path, data)
+
+
+def oom_hint(family: str, method: str, settings: dict[str, Any], step: int) -> str:
+    """What to change after running out of memory at ``step``: a fitting recipe when the picker knows one."""
+    try:
+        from core.gpu import probe
+        from core.plan.picker import pick_recipes
+        from core.recipes import load_recipes
+
+        fits = pick_recipes(family, method, probe(), load_recipes())
+        if fits:
+            best = fits[0]
+            name = getattr(getattr(best, "recipe", best), "name", str(best))
+            return f"out of memory at step {step}: restart with the recipe '{name}', which the estimator says fits this GPU"
+    except Exception:  # noqa: BLE001 - the picker is advice only; fall back to generic advice
+        pass
+    advice = []
+    if not settings.get("gradient_checkpointing"):
+        advice.append("settings.gradient_checkpointing=true")
+    if settings.get("optimizer") not in ("adamw8bit", "lion8bit", "adafactor"):
+        advice.append("settings.optimizer=adamw8bit")
+    if settings.get("batch_size", 1) > 1:
+        advice.append("settings.batch_size=1")
+    if not settings.get("cache_latents"):
+        advice.append("settings.cache_latents=true")
+    advice.append(f"settings.resolution={max(256, int(settings.get('resolution', 512)) * 3 // 4 // 64 * 64)}")
+    return f"out of memory at step {step}: retry with --set " + " --set ".join(advice)
+
+
+def nan_hint(settings: dict[str, Any], learning_rate: float) -> str:
+    """What to change after the loss became NaN or infinite."""
+    if settings.get("mixed_precision") == "fp16":
+        return f"switch settings.mixed_precision from fp16 to bf16 (if the GPU supports it) or lower schedule.learning_rate below {learning_rate:g}"
+    return f"lower schedule.learning_rate (now {learning_rate:g}), e.g. by 10x, or set settings.max_grad_norm=1"
