@@ -1,0 +1,215 @@
+"""``python -m core.launch.supervisor RUN_DIR``: the detached parent of ``accelerate launch``.
+
+Started by ``sdtui train`` (and ``sdtui resume``) in a new session, it ignores SIGHUP, holds
+the run folder's lock, runs the command recorded in status.json's ``launch`` with its output
+into ``train.log``, records every process of the run with its create time, and writes the
+final state when the launcher exits — never replacing a trainer's ``stopped``/``failed``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import psutil
+
+from core.atomic import read_json
+from core.launch import procs
+from core.runs import FINAL_STATES, RunDir
+
+#: Exception lines that only say "a child failed": the root cause is an earlier line.
+_WRAPPERS = ("CalledProcessError", "ChildFailedError", "subprocess.CalledProcessError")
+_EXCEPTION = re.compile(r"^(?:\[rank\d+\]:\s*)?([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Failure)\w*)(?::\s*(.*))?$")
+_RANK_PREFIX = re.compile(r"^\[rank\d+\]:\s?")
+TAIL_LINES = 30
+
+
+def lock_run(run: RunDir) -> IO[str] | None:
+    """Take the run folder's supervisor lock; None when another supervisor holds it."""
+    handle = open(run.supervisor_lock, "a+")  # noqa: SIM115 - held for the supervisor's life
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
+
+
+def is_locked(run: RunDir) -> bool:
+    """True while a supervisor holds the run folder."""
+    handle = lock_run(run)
+    if handle is None:
+        return True
+    handle.close()
+    return False
+
+
+def log_tail(path: Path, lines: int = TAIL_LINES, start: int = 0) -> list[str]:
+    """The last ``lines`` lines of the log after byte ``start`` (rank prefixes removed)."""
+    try:
+        with open(path, "rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(max(start, size - 256 * 1024))
+            text = handle.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return []
+    kept = [_RANK_PREFIX.sub("", line.rstrip()) for line in text.splitlines()]
+    return [line for line in kept if line.strip()][-lines:]
+
+
+def error_summary(lines: list[str]) -> str:
+    """The root-cause exception line of a log tail (not the launcher's "child failed" wrapper)."""
+    found = [line.strip() for line in lines if _EXCEPTION.match(line.strip())]
+    causes = [line for line in found if not any(w in line for w in _WRAPPERS)]
+    if causes:
+        return causes[-1]
+    if found:
+        return found[-1]
+    return lines[-1].strip() if lines else "the training process exited without output"
+
+
+def final_state(trainer_state: str, exit_code: int, stop_requested: bool) -> str:
+    """The state to record when the launcher has exited.
+
+    A trainer's own final state wins; otherwise a requested stop is ``stopped``, a clean exit
+    ``finished`` and anything else ``failed``.
+    """
+    if trainer_state in FINAL_STATES:
+        return trainer_state
+    if stop_requested:
+        return "stopped"
+    return "finished" if exit_code == 0 else "failed"
+
+
+def stop_requested_since(run: RunDir, since: float) -> bool:
+    """True when control.json holds a stop request made after ``since``."""
+    data = read_json(run.control_json, {})
+    requests = data.get("requests", []) if isinstance(data, dict) else []
+    return any(isinstance(r, dict) and r.get("action") == "stop" and float(r.get("at", 0)) >= since for r in requests)
+
+
+class Supervisor:
+    """Runs one attempt of a run: launch, watch, record, finish."""
+
+    def __init__(self, run: RunDir) -> None:
+        self.run = run
+        self.me = procs.describe(psutil.Process(), "supervisor")
+        self.child: subprocess.Popen[bytes] | None = None
+        self.terminated = False
+        self.records: dict[int, dict[str, Any]] = {self.me["pid"]: self.me}
+
+    def _on_term(self, signum: int, _frame: Any) -> None:
+        self.terminated = True
+        if self.child is not None and self.child.poll() is None:
+            self.child.send_signal(signal.SIGTERM)
+
+    def _pids(self) -> list[dict[str, Any]]:
+        return list(self.records.values())
+
+    def _refresh_tree(self) -> None:
+        """Record new descendants; keep status.json's ``pids`` in place if a writer dropped them."""
+        if self.child is None:
+            return
+        changed = False
+        try:
+            for proc in psutil.Process(self.child.pid).children(recursive=True):
+                if proc.pid not in self.records:
+                    try:
+                        self.records[proc.pid] = procs.describe(proc, "worker")
+                        changed = True
+                    except psutil.Error:
+                        continue
+        except psutil.Error:
+            pass
+        if changed or self.run.read_status().get("pids") != self._pids():
+            self.run.write_status(pids=self._pids())
+
+    def run_attempt(self) -> int:
+        """Launch, wait, record the final state; return the launcher's exit code."""
+        status = self.run.read_status()
+        launch = status.get("launch") or {}
+        argv = [str(a) for a in launch.get("argv", [])]
+        if not argv:
+            self.run.write_status(state="failed", error="status.json has no launch command", hint="start the run again with sdtui train")
+            return 2
+        env = {**os.environ, **{str(k): str(v) for k, v in (launch.get("env") or {}).items()}}
+        cwd = launch.get("cwd") or os.getcwd()
+        started = time.time()
+        attempt = int(status.get("attempt", 0)) + 1
+        self.run.write_status(
+            state="starting", attempt=attempt, started_at=round(started, 3), pids=self._pids(),
+            exit_code=None, error=None, hint=None, log_tail=None, ended_at=None,
+        )
+        with open(self.run.log, "ab") as log:
+            log_start = log.tell()
+            log.write(f"[sdtui] attempt {attempt} at {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(argv)}\n".encode())
+            log.flush()
+            try:
+                self.child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+            except OSError as exc:
+                self.run.write_status(state="failed", error=f"the launcher could not start: {exc}", ended_at=round(time.time(), 3))
+                return 127
+            self.records[self.child.pid] = procs.describe(psutil.Process(self.child.pid), "launcher")
+            self.run.write_status(pids=self._pids())
+            while True:
+                try:
+                    code = self.child.wait(timeout=1.0)
+                    break
+                except subprocess.TimeoutExpired:
+                    self._refresh_tree()
+        leftovers = [r for r in self._pids() if r["pid"] != self.me["pid"]]
+        procs.kill_tree(leftovers, term_grace_s=5.0)
+        self._finish(code, started, log_start)
+        return code
+
+    def _finish(self, code: int, started: float, log_start: int) -> None:
+        status = self.run.read_status()
+        trainer_state = str(status.get("state", ""))
+        state = final_state(trainer_state, code, self.terminated or stop_requested_since(self.run, started))
+        fields: dict[str, Any] = {"state": state, "exit_code": code, "ended_at": round(time.time(), 3), "pids": self._pids()}
+        if state == "failed":
+            tail = log_tail(self.run.log, start=log_start)
+            fields["log_tail"] = tail
+            if not (trainer_state == "failed" and status.get("error")):
+                fields["error"] = error_summary(tail)
+            if not status.get("hint"):
+                fields["hint"] = f"read {self.run.log} for the whole log; after fixing the cause, sdtui resume {self.run.id} continues from the newest checkpoint"
+        self.run.write_status(**fields)
+        with open(self.run.log, "ab") as log:
+            log.write(f"[sdtui] launcher exited with code {code}; run {state}\n".encode())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: ``python -m core.launch.supervisor RUN_DIR``."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m core.launch.supervisor RUN_DIR", file=sys.stderr)
+        return 2
+    run = RunDir(args[0])
+    if not run.status_json.is_file():
+        print(f"sdtui supervisor: {run.path} is not a run folder (no status.json)", file=sys.stderr)
+        return 2
+    lock = lock_run(run)
+    if lock is None:
+        print(f"sdtui supervisor: another supervisor already runs {run.path}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    supervisor = Supervisor(run)
+    signal.signal(signal.SIGTERM, supervisor._on_term)
+    signal.signal(signal.SIGINT, supervisor._on_term)
+    try:
+        supervisor.run_attempt()
+    finally:
+        lock.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
