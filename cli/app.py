@@ -1,12 +1,22 @@
-"""Subcommands of this area (being written)."""
+"""The commands that open the TUI: the home screen, ``demo`` and ``attach``."""
 
 from __future__ import annotations
 
 import argparse
 
+from cli.common import add_set, runs_dir
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add this area's subcommands."""
+    """Add ``demo`` and ``attach``."""
+    demo = sub.add_parser("demo", help="the whole flow on a tiny model and a generated dataset (CPU is fine)")
+    demo.add_argument("--headless", action="store_true", help="no TUI: train the demo and print progress until it ends")
+    demo.add_argument("--workdir", default="demo", help="work folder for the model, dataset and runs (default ./demo)")
+    add_set(demo)
+    demo.set_defaults(func=cmd_demo)
+    attach = sub.add_parser("attach", help="open the live dashboard of a run")
+    attach.add_argument("run", metavar="RUN", help="run id in the runs folder, or the path of a run folder")
+    attach.set_defaults(func=cmd_attach)
 
 
 def cmd_home(args: argparse.Namespace) -> int:
@@ -14,3 +24,26 @@ def cmd_home(args: argparse.Namespace) -> int:
     from tui.app import run_app
 
     return run_app(args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``sdtui demo``: the wizard filled in with the demo, or ``--headless`` training to the end."""
+    from core.demo import prepare_demo, run_headless
+
+    if args.headless:
+        return run_headless(args.workdir, args.runs_dir, args.overrides)
+    print(f"sdtui: preparing the demo in {args.workdir} (tiny model, generated dataset)…", flush=True)
+    ws = prepare_demo(args.workdir, args.overrides)
+    from tui.app import run_app
+
+    return run_app(args, start="wizard", demo=ws)
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    """``sdtui attach RUN``: the dashboard of one run."""
+    from core.runs import resolve_run
+
+    run = resolve_run(args.run, runs_dir(args))
+    from tui.app import run_app
+
+    return run_app(args, start="dashboard", run=run)

@@ -1,0 +1,107 @@
+"""The sdtui Textual app: home, wizard and dashboard screens. Never imports the training stack."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.screen import Screen
+
+from tui.context import AppContext
+
+STYLES = Path(__file__).parent / "styles"
+DARK_TO_LIGHT = {"textual-dark": "textual-light", "ansi-dark": "ansi-light"}
+LIGHT_TO_DARK = {v: k for k, v in DARK_TO_LIGHT.items()}
+
+
+def default_theme(environ: dict[str, str] | None = None) -> str:
+    """ANSI colours inside tmux/screen or without truecolor (they follow the terminal's palette), else textual-dark.
+
+    ``SDTUI_THEME`` picks any Textual theme by name.
+    """
+    env = os.environ if environ is None else environ
+    if env.get("SDTUI_THEME"):
+        return env["SDTUI_THEME"]
+    if env.get("TMUX") or env.get("TERM", "").startswith("screen") or env.get("COLORTERM") not in ("truecolor", "24bit"):
+        return "ansi-dark"
+    return "textual-dark"
+
+
+class SdtuiApp(App):
+    """The app; ``start`` is ``home``, ``wizard`` or ``dashboard`` (with ``run``)."""
+
+    TITLE = "sdtui"
+    SUB_TITLE = "Stable Diffusion fine-tuning"
+    CSS_PATH = [STYLES / "app.tcss", STYLES / "home.tcss", STYLES / "wizard.tcss", STYLES / "dashboard.tcss"]
+    BINDINGS = [
+        Binding("ctrl+t", "toggle_theme", "Dark/light"),
+        Binding("ctrl+q", "quit", "Quit", priority=True),
+    ]
+
+    def __init__(self, context: AppContext, start: str = "home", run: Any = None, theme: str | None = None) -> None:
+        super().__init__()
+        self.context = context
+        self.start = start
+        self.start_run = run
+        self.theme = theme or default_theme()
+
+    def on_mount(self) -> None:
+        from tui.screens.home import HomeScreen
+
+        self.push_screen(HomeScreen())
+        if self.start == "wizard":
+            self.open_wizard()
+        elif self.start == "dashboard":
+            self.open_dashboard(self.start_run)
+
+    def open_wizard(self) -> None:
+        """Open the new-run wizard (filled in with the demo when there is one)."""
+        from tui.screens.wizard import WizardScreen
+
+        self.push_screen(WizardScreen())
+
+    def open_dashboard(self, run: Any) -> None:
+        """Open the live dashboard of a run (a RunDir)."""
+        from tui.screens.dashboard import DashboardScreen
+
+        self.push_screen(DashboardScreen(run))
+
+    def action_toggle_theme(self) -> None:
+        """Switch between the dark and the light variant of the current theme."""
+        name = self.theme
+        self.theme = DARK_TO_LIGHT.get(name) or LIGHT_TO_DARK.get(name) or "textual-light"
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        yield SystemCommand("New run", "Open the wizard for a new training run", self.open_wizard)
+        yield SystemCommand("Dark/light", "Switch between the dark and light theme", self.action_toggle_theme)
+
+
+def prepare_images() -> None:
+    """Pick the image protocol before Textual owns the terminal: half-blocks in tmux/screen or off a tty."""
+    if os.environ.get("TMUX") or os.environ.get("TERM", "").startswith("screen") or not sys.__stdout__.isatty():
+        os.environ.setdefault("SDTUI_IMAGES", "halfcell")
+    else:
+        import textual_image.widget  # noqa: F401  (queries the terminal once, while it still can)
+
+
+def run_app(args: argparse.Namespace, start: str = "home", run: Any = None, demo: Any = None) -> int:
+    """Run the TUI until the user quits; returns the exit code."""
+    from cli.common import runs_dir
+
+    gpu_spec = getattr(args, "gpus", None)
+    context = AppContext(
+        runs_dir=demo.runs if demo is not None else runs_dir(args),
+        gpu_spec=None if gpu_spec in (None, "auto") else gpu_spec,
+        workdir=getattr(demo, "root", None),
+        demo=demo,
+    )
+    prepare_images()
+    SdtuiApp(context, start=start, run=run).run()
+    return 0

@@ -1,0 +1,49 @@
+"""Plain text formatting for the screens: sizes, durations, bars. No Textual here."""
+
+from __future__ import annotations
+
+import math
+
+GB = 1024**3
+
+
+def gb(num_bytes: float | None) -> str:
+    """``12.3 GB`` (``?`` when unknown)."""
+    if num_bytes is None:
+        return "?"
+    return f"{num_bytes / GB:.1f} GB"
+
+
+def duration(seconds: float | None) -> str:
+    """A short duration: ``45s``, ``12m 05s``, ``3h 20m``, ``2d 4h`` (``–`` when unknown)."""
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return "–"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60:02d}m"
+    return f"{s // 86400}d {s % 86400 // 3600}h"
+
+
+def bar(fraction: float, width: int) -> str:
+    """A bar of ``width`` cells filled to ``fraction`` (clamped to 0..1) with eighth blocks."""
+    width = max(width, 1)
+    fraction = 0.0 if not math.isfinite(fraction) else min(max(fraction, 0.0), 1.0)
+    eighths = int(round(fraction * width * 8))
+    full, part = divmod(eighths, 8)
+    partial = " ▏▎▍▌▋▊▉"[part] if part and full < width else ""
+    return ("█" * full + partial).ljust(width, "·")
+
+
+def number(value: float | None, digits: int = 4) -> str:
+    """A compact number: ``0.1234``, ``1.2e-04``; ``–`` when unknown."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if value == 0:
+        return "0"
+    if abs(value) < 10 ** -(digits - 1) or abs(value) >= 10**6:
+        return f"{value:.1e}"
+    return f"{value:.{digits}g}"

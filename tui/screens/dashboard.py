@@ -1,0 +1,196 @@
+"""The dashboard of one run: progress, loss, LR, speed, GPUs, samples, log; controls."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Footer, Header, Log, ProgressBar, Static
+
+from core.errors import UserError
+from tui.format import bar, duration, gb, number
+from tui.run_view import RunView
+from tui.sources import gpu_rows, total_steps, vram_text
+from tui.widgets.loss_chart import LossChart
+from tui.widgets.sample_view import SampleView
+
+LIVE_STATES = ("queued", "starting", "running", "paused", "stopping")
+
+
+class DashboardScreen(Screen):
+    """Attach to any run, live or ended; detaching leaves the training running."""
+
+    BINDINGS = [
+        Binding("s", "control('save')", "Save now"),
+        Binding("m", "control('sample')", "Sample now"),
+        Binding("p", "pause", "Pause/resume"),
+        Binding("x", "stop", "Stop"),
+        Binding("g", "log_scale", "Log scale"),
+        Binding("left_square_bracket", "sample(-1)", "Older sample", key_display="["),
+        Binding("right_square_bracket", "sample(1)", "Newer sample", key_display="]"),
+        Binding("t", "next_prompt", "Next prompt"),
+        Binding("escape,d", "detach", "Detach"),
+    ]
+    REFRESH_S = 1.0
+
+    def __init__(self, run: Any, live_gpus: bool = True) -> None:
+        super().__init__()
+        self.run = run
+        self.view = RunView()
+        self.live_gpus = live_gpus
+        self.status: dict[str, Any] = {}
+        self.state = "queued"
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="progress-row"):
+            yield Static("", id="state")
+            yield ProgressBar(id="progress", show_eta=False)
+        yield Static("", id="error")
+        with Horizontal(id="middle"):
+            yield LossChart(id="loss")
+            with Vertical(id="side"):
+                yield Static("", id="numbers")
+                yield Static("", id="resources")
+                yield SampleView(id="samples")
+        yield Log(id="log", highlight=False, max_lines=2000)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        from core.monitor import LogTail, MetricsTail
+
+        self.sub_title = self.run.path.name
+        self.metrics_tail = MetricsTail(self.run.metrics)
+        self.log_tail = LogTail(self.run.log, lines=200)
+        self.query_one("#error", Static).display = False
+        self.poll()
+        self.set_interval(self.REFRESH_S, self.poll)
+
+    @work(thread=True, exclusive=True, group="poll")
+    def poll(self) -> None:
+        """Read what is new (offsets kept by the tails) and hand it to the UI thread."""
+        records = self.metrics_tail.poll()
+        changed = self.view.feed(records)
+        status = self.run.read_status()
+        state = self.run.derive_state(status)
+        total = total_steps(self.run, status)
+        lines = self.log_tail.poll()
+        gpus = self._gpus(state)
+        self.app.call_from_thread(self.show, changed, status, state, total, lines, gpus)
+
+    def _gpus(self, state: str) -> Any:
+        if not self.live_gpus or state not in LIVE_STATES:
+            return None
+        from core.gpu import probe
+
+        return probe()
+
+    def show(self, changed: bool, status: dict[str, Any], state: str, total: int | None, lines: list[str], gpus: Any) -> None:
+        """Update the widgets with one poll's news."""
+        self.status, self.state = status, state
+        view = self.view
+        step = max(view.step, int(status.get("step") or 0))
+        progress = self.query_one("#progress", ProgressBar)
+        progress.update(total=total or None, progress=step)
+        eta = view.eta_s(total) if state in LIVE_STATES else None
+        state_text = Text()
+        state_text.append(f" {state.upper()} ", style=f"reverse {state_style(state)}")
+        state_text.append(f"  step {step}/{total or '?'}")
+        if eta is not None:
+            state_text.append(f"  ETA {duration(eta)}")
+        self.query_one("#state", Static).update(state_text)
+        error = self.query_one("#error", Static)
+        error.display = state in ("failed", "lost")
+        if error.display:
+            message = status.get("error") or ("the training processes are gone without a final state" if state == "lost" else "the run failed")
+            hint = status.get("hint") or "see the log below"
+            error.update(Text.assemble(("Error: ", "bold red"), str(message), "\n", ("Fix: ", "bold"), str(hint)))
+        if changed:
+            self.query_one("#loss", LossChart).set_data(view.steps, view.losses, view.smoothed)
+            self.query_one("#samples", SampleView).set_samples(view.samples, view.newest_sample)
+        self.query_one("#numbers", Static).update(self._numbers())
+        self.query_one("#resources", Static).update(self._resources(gpus))
+        if lines:
+            self.query_one("#log", Log).write_lines(lines)
+
+    def _numbers(self) -> Text:
+        view = self.view
+        loss = view.smoothed[-1] if view.smoothed else None
+        lr = view.lrs[-1] if view.lrs else None
+        ips = view.images_per_s
+        epoch = "–" if view.epoch is None else f"{view.epoch}"
+        return Text(f"loss {number(loss)}  lr {number(lr, 3)}\n{number(ips, 3)} img/s  epoch {epoch}")
+
+    def _resources(self, gpus: Any) -> Text:
+        text = Text()
+        rows = gpu_rows(gpus) if gpus is not None else []
+        for row in rows:
+            util = "" if row.utilization is None else f" {row.utilization:>3d}%"
+            text.append(f"GPU{row.index} {bar(row.fraction, 10)} {vram_text(row)}{util}\n")
+        for rank, (allocated, peak) in sorted(self.view.rank_memory.items()):
+            label = "rank" if rows else "cpu rank"
+            text.append(f"{label} {rank}: {gb(allocated)} now, peak {gb(peak)}\n")
+        return text
+
+    def action_control(self, action: str) -> None:
+        if self.state not in LIVE_STATES:
+            self.notify(f"The run is {self.state}: nothing to {action}.", severity="warning")
+            return
+        from core.launch.control import request
+
+        try:
+            request(self.run, action)
+        except UserError as exc:
+            self.notify(str(exc), severity="error", timeout=10)
+            return
+        self.notify(f"Asked the trainer to {action}.")
+
+    def action_pause(self) -> None:
+        self.action_control("resume" if self.state == "paused" else "pause")
+
+    def action_stop(self) -> None:
+        if self.state not in LIVE_STATES:
+            self.notify(f"The run is already {self.state}.", severity="warning")
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.stop_now()
+
+        from tui.screens.confirm import ConfirmScreen
+
+        self.app.push_screen(ConfirmScreen(f"Stop {self.run.path.name}? It saves a checkpoint first.", yes="Stop"), answered)
+
+    @work(thread=True, exclusive=True, group="stop")
+    def stop_now(self) -> None:
+        from core.launch.control import stop_run
+
+        self.app.call_from_thread(self.notify, "Stopping: saving first…")
+        try:
+            stop_run(self.run)
+        except UserError as exc:
+            self.app.call_from_thread(self.notify, str(exc), severity="error", timeout=10)
+
+    def action_log_scale(self) -> None:
+        self.query_one("#loss", LossChart).toggle_log()
+
+    def action_sample(self, delta: int) -> None:
+        self.query_one("#samples", SampleView).step_history(delta)
+
+    def action_next_prompt(self) -> None:
+        self.query_one("#samples", SampleView).next_prompt()
+
+    def action_detach(self) -> None:
+        if self.state in LIVE_STATES:
+            self.notify("Detached: the training goes on. sdtui attach " + self.run.path.name)
+        self.app.pop_screen()
+
+
+def state_style(state: str) -> str:
+    """The colour of a state."""
+    return {"running": "green", "paused": "yellow", "finished": "blue", "failed": "red", "lost": "red", "stopped": "magenta"}.get(state, "cyan")

@@ -1,0 +1,157 @@
+"""Home: the GPUs, the runs with their live state, and the keys to start or attach."""
+
+from __future__ import annotations
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Static
+
+from core.errors import UserError
+from tui.format import duration, number
+from tui.sources import FINAL_STATES, RunRow, RunsWatcher
+from tui.widgets.gpu_panel import GpuPanel
+
+STATE_STYLE = {
+    "running": "bold green", "starting": "green", "queued": "cyan", "paused": "yellow", "stopping": "yellow",
+    "finished": "blue", "failed": "bold red", "stopped": "magenta", "lost": "red",
+}
+
+
+class HomeScreen(Screen):
+    """The first screen: hardware and runs."""
+
+    BINDINGS = [
+        Binding("n", "new_run", "New run"),
+        Binding("enter,a", "attach", "Attach"),
+        Binding("r", "resume", "Resume"),
+        Binding("l", "logs", "Logs"),
+        Binding("d", "demo", "CPU demo"),
+        Binding("q", "app.quit", "Quit"),
+    ]
+    REFRESH_S = 1.5
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Vertical(id="gpus-box"):
+            yield Static("GPUs", classes="section-title")
+            yield GpuPanel(id="gpus")
+        with Vertical(id="runs-box"):
+            yield Static("Runs", classes="section-title")
+            yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
+            yield Static("", id="runs-empty")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        context = self.app.context
+        self.sub_title = str(context.runs_dir)
+        self.watcher = RunsWatcher(context.runs_dir)
+        self.rows: list[RunRow] = []
+        table = self.query_one("#runs", DataTable)
+        table.add_column("run", key="run", width=34)
+        for key, width in (("state", 9), ("step", 13), ("loss", 8), ("updated", 9)):
+            table.add_column(key, key=key, width=width)
+        self.load_gpus()
+        self.refresh_runs()
+        self.set_interval(self.REFRESH_S, self.refresh_runs)
+
+    @work(thread=True, exclusive=True, group="gpus")
+    def load_gpus(self) -> None:
+        try:
+            gpus = self.app.context.gpus()
+        except UserError as exc:
+            self.app.call_from_thread(self.notify, str(exc), severity="error", timeout=10)
+            return
+        self.app.call_from_thread(self.query_one("#gpus", GpuPanel).show, gpus)
+
+    @work(thread=True, exclusive=True, group="runs")
+    def refresh_runs(self) -> None:
+        rows = self.watcher.rows()
+        self.app.call_from_thread(self.show_runs, rows)
+
+    def show_runs(self, rows: list[RunRow]) -> None:
+        """Update the runs table in place, keeping the cursor on the same run."""
+        from rich.text import Text
+
+        table = self.query_one("#runs", DataTable)
+        now = self.app.context.clock()
+        selected = self.selected()
+        wanted = {r.run_id for r in rows}
+        for key in [k.value for k in table.rows if k.value not in wanted]:
+            table.remove_row(key)
+        for row in rows:
+            step = "–" if row.step is None else f"{row.step}/{row.total_steps or '?'}"
+            age = "–" if row.updated_at is None else duration(row.age(now)) + " ago"
+            cells = (row.run_id, Text(row.state, style=STATE_STYLE.get(row.state, "")), step, number(row.loss), age)
+            if row.run_id in table.rows:
+                for column, value in zip(("run", "state", "step", "loss", "updated"), cells):
+                    table.update_cell(row.run_id, column, value)
+            else:
+                table.add_row(*cells, key=row.run_id)
+        self.rows = rows
+        empty = self.query_one("#runs-empty", Static)
+        empty.display = not rows
+        empty.update(f"No runs in {self.app.context.runs_dir} yet. Press n to start one, d for the CPU demo.")
+        if selected is not None and selected.run_id in table.rows:
+            table.move_cursor(row=table.get_row_index(selected.run_id))
+
+    def selected(self) -> RunRow | None:
+        """The run under the cursor."""
+        table = self.query_one("#runs", DataTable)
+        if not self.rows or table.row_count == 0:
+            return None
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        return next((r for r in self.rows if r.run_id == key), None)
+
+    def _run_dir(self):
+        row = self.selected()
+        if row is None:
+            self.notify("No run selected: press n to start one.", severity="warning")
+            return None
+        from core.runs import RunDir
+
+        return RunDir(row.path)
+
+    def action_new_run(self) -> None:
+        self.app.open_wizard()
+
+    def action_attach(self) -> None:
+        run = self._run_dir()
+        if run is not None:
+            self.app.open_dashboard(run)
+
+    def action_logs(self) -> None:
+        run = self._run_dir()
+        if run is not None:
+            from tui.screens.logs import LogScreen
+
+            self.app.push_screen(LogScreen(run))
+
+    def action_resume(self) -> None:
+        run = self._run_dir()
+        if run is None:
+            return
+        state = run.state
+        try:
+            if state == "paused":
+                from core.launch.control import request
+
+                request(run, "resume")
+                self.notify(f"Asked {run.path.name} to resume.")
+            elif state in FINAL_STATES:
+                from core.launch.start import start_run
+
+                new = start_run(run.run_toml, self.app.context.runs_dir, [])
+                self.notify(f"Started {new.path.name} with the config of {run.path.name}.")
+                self.app.open_dashboard(new)
+            else:
+                self.notify(f"{run.path.name} is {state}: nothing to resume.", severity="warning")
+        except UserError as exc:
+            self.notify(str(exc), severity="error", timeout=10)
+
+    def action_demo(self) -> None:
+        from tui.screens.demo import DemoSetupScreen
+
+        self.app.push_screen(DemoSetupScreen())

@@ -1,0 +1,40 @@
+"""The log of a run, followed live."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import Footer, Header, Log
+
+
+class LogScreen(Screen):
+    """train.log of one run, tailed once a second."""
+
+    BINDINGS = [Binding("escape,q", "app.pop_screen", "Back")]
+
+    def __init__(self, run: Any) -> None:
+        super().__init__()
+        self.run = run
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Log(id="log", highlight=False, max_lines=5000)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        from core.monitor import LogTail
+
+        self.sub_title = f"{self.run.path.name} — train.log"
+        self.tail = LogTail(self.run.log, lines=1000)
+        self.poll()
+        self.set_interval(1.0, self.poll)
+
+    @work(thread=True, exclusive=True)
+    def poll(self) -> None:
+        lines = self.tail.poll()
+        if lines:
+            self.app.call_from_thread(self.query_one(Log).write_lines, lines)

@@ -1,0 +1,84 @@
+"""The newest sample image, rendered in the terminal, with the history per prompt to step through."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widget import Widget
+from textual.widgets import Static
+
+from tui.run_view import Sample
+
+
+def image_class() -> type[Widget]:
+    """The textual-image widget: half-blocks when ``SDTUI_IMAGES=halfcell`` (tmux, SSH without graphics), else the best the terminal supports."""
+    if os.environ.get("SDTUI_IMAGES") == "halfcell":
+        from textual_image.renderable.halfcell import Image as HalfcellRenderable
+        from textual_image.widget._base import Image as BaseImage
+
+        class HalfcellImage(BaseImage, Renderable=HalfcellRenderable):
+            """Half-block image (no terminal query)."""
+
+        return HalfcellImage
+    from textual_image.widget import Image
+
+    return Image
+
+
+class SampleView(Vertical):
+    """One sample at a time: ``[``/``]`` go back and forth in its prompt's history, ``t`` changes the prompt."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self.history: dict[int, list[Sample]] = {}
+        self.prompt_index = 0
+        self.position = -1
+        self.follow = True
+
+    def compose(self) -> ComposeResult:
+        yield image_class()(id="sample-image")
+        yield Static("No samples yet.", id="sample-caption")
+
+    def set_samples(self, history: dict[int, list[Sample]], newest: Sample | None) -> None:
+        """New history; when following, jump to the newest sample."""
+        self.history = history
+        if newest is not None and self.follow:
+            self.prompt_index = newest.prompt_index
+            self.position = len(history.get(newest.prompt_index, [])) - 1
+        self._show()
+
+    def step_history(self, delta: int) -> None:
+        """Older (-1) or newer (+1) sample of the current prompt; following stops until the newest is reached."""
+        samples = self.history.get(self.prompt_index, [])
+        if not samples:
+            return
+        self.position = min(max(self.position + delta, 0), len(samples) - 1)
+        self.follow = self.position == len(samples) - 1
+        self._show()
+
+    def next_prompt(self) -> None:
+        """Show the newest sample of the next prompt."""
+        prompts = sorted(self.history)
+        if not prompts:
+            return
+        i = prompts.index(self.prompt_index) if self.prompt_index in prompts else -1
+        self.prompt_index = prompts[(i + 1) % len(prompts)]
+        self.position = len(self.history[self.prompt_index]) - 1
+        self.follow = True
+        self._show()
+
+    def _show(self) -> None:
+        samples = self.history.get(self.prompt_index, [])
+        caption = self.query_one("#sample-caption", Static)
+        if not samples or not 0 <= self.position < len(samples):
+            caption.update("No samples yet.")
+            return
+        sample = samples[self.position]
+        image = self.query_one("#sample-image")
+        if Path(sample.path).is_file():
+            image.image = sample.path
+        prompt = sample.prompt.split(" --")[0]
+        caption.update(f"step {sample.step} · prompt {sample.prompt_index + 1}/{len(self.history)} · {self.position + 1}/{len(samples)}\n{prompt}")
