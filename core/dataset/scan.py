@@ -1,0 +1,510 @@
+"""Read-only scan of a kohya-style dataset folder: subsets, images, captions, buckets, problems.
+
+Layouts understood:
+
+* a dataset folder of ``<repeats>_<token words>`` subfolders (``40_sks dog``);
+* one such subfolder passed directly (its own name carries the repeat prefix);
+* a plain folder of images (one subset, 1 repeat, with a note on how to add a prefix).
+
+The scan only reads. Image headers are cached by path, size and mtime in
+``${XDG_CACHE_HOME:-~/.cache}/sdtui/scan/``, never inside the dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from core.atomic import read_json, write_json_atomic
+from core.dataset.buckets import Bucket, assign_bucket, bucket_counts, make_buckets
+from core.dataset.images import FORMAT_NAMES, IMAGE_EXTENSIONS, ImageHeader, read_header
+from core.dataset.problems import Problem, sort_problems
+from core.errors import UserError
+from core.settings import SETTINGS
+
+REPEAT_PREFIX = re.compile(r"^(\d+)_(.*)$")
+_CACHE_VERSION = 1
+_BUCKET_KEYS = ("enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps")
+
+
+@dataclass(frozen=True)
+class ImageEntry:
+    """One usable image: its size and format from the header, and its caption if any."""
+
+    path: str
+    width: int
+    height: int
+    format: str
+    caption: str | None = None
+    caption_path: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The entry as a JSON-able dict."""
+        return {
+            "path": self.path, "width": self.width, "height": self.height, "format": self.format,
+            "caption": self.caption, "caption_path": self.caption_path,
+        }
+
+
+@dataclass(frozen=True)
+class Subset:
+    """One folder of images with its repeat count and fallback caption token.
+
+    ``buckets`` counts images (not × repeats) per (width, height) bucket of the scan.
+    """
+
+    path: str
+    name: str
+    repeats: int
+    token: str
+    is_reg: bool
+    images: list[ImageEntry] = field(default_factory=list)
+    captions_found: int = 0
+    captions_missing: int = 0
+    min_size: tuple[int, int] | None = None
+    max_size: tuple[int, int] | None = None
+    buckets: dict[Bucket, int] = field(default_factory=dict)
+
+    @property
+    def items_per_epoch(self) -> int:
+        """Images × repeats."""
+        return len(self.images) * self.repeats
+
+    def to_config(self) -> dict[str, Any]:
+        """The subset as a run.toml ``[[dataset.subsets]]`` table."""
+        return {"path": self.path, "repeats": self.repeats, "token": self.token, "is_reg": self.is_reg}
+
+    def to_json(self, include_images: bool = False) -> dict[str, Any]:
+        """The subset as a JSON-able dict (image list only when asked)."""
+        data: dict[str, Any] = {
+            "path": self.path, "name": self.name, "repeats": self.repeats, "token": self.token,
+            "is_reg": self.is_reg, "images": len(self.images), "items_per_epoch": self.items_per_epoch,
+            "captions": self.captions_found, "captions_found": self.captions_found,
+            "captions_missing": self.captions_missing,
+            "min_size": list(self.min_size) if self.min_size else None,
+            "max_size": list(self.max_size) if self.max_size else None,
+            "buckets": _bucket_json(self.buckets),
+        }
+        if include_images:
+            data["image_list"] = [image.to_json() for image in self.images]
+        return data
+
+
+@dataclass(frozen=True)
+class DatasetScan:
+    """The result of :func:`scan_dataset`."""
+
+    root: str
+    subsets: list[Subset]
+    problems: list[Problem]
+    resolution: int = 512
+    buckets: list[Bucket] = field(default_factory=list)
+    reg_root: str | None = None
+
+    @property
+    def images(self) -> int:
+        """Usable training images (regularisation images not counted)."""
+        return sum(len(s.images) for s in self.subsets if not s.is_reg)
+
+    @property
+    def reg_images(self) -> int:
+        """Usable regularisation / class images."""
+        return sum(len(s.images) for s in self.subsets if s.is_reg)
+
+    @property
+    def items_per_epoch(self) -> int:
+        """Σ images × repeats over the training (non-reg) subsets."""
+        return sum(s.items_per_epoch for s in self.subsets if not s.is_reg)
+
+    @property
+    def has_errors(self) -> bool:
+        """True when a problem of severity ``error`` was found."""
+        return any(p.severity == "error" for p in self.problems)
+
+    def bucket_counts(self, buckets: Sequence[Bucket] | None = None) -> dict[Bucket, int]:
+        """Items (image × repeats) per bucket for one epoch over the training subsets."""
+        chosen = list(buckets) if buckets is not None else self.buckets
+        sizes = ((i.width, i.height, s.repeats) for s in self.subsets if not s.is_reg for i in s.images)
+        return bucket_counts(sizes, chosen)
+
+    def with_repeats(self, repeats: Mapping[str | os.PathLike[str], int]) -> DatasetScan:
+        """A copy with the repeats of some subsets changed; keys are subset paths or names."""
+        by_key = {s.path: s for s in self.subsets} | {s.name: s for s in self.subsets}
+        changed: dict[str, int] = {}
+        for key, value in repeats.items():
+            text = str(key)
+            subset = by_key.get(text) or by_key.get(str(Path(text).expanduser().resolve()))
+            if subset is None:
+                known = ", ".join(s.name for s in self.subsets)
+                raise UserError(f"there is no subset '{text}' in this dataset; use one of: {known}")
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserError(f"repeats of subset '{subset.name}' must be a whole number of at least 1, not {value!r}")
+            changed[subset.path] = value
+        subsets = [replace(s, repeats=changed.get(s.path, s.repeats)) for s in self.subsets]
+        return replace(self, subsets=subsets)
+
+    def subset_configs(self) -> list[dict[str, Any]]:
+        """The subsets as run.toml ``[[dataset.subsets]]`` tables (the subsets with images)."""
+        return [s.to_config() for s in self.subsets if s.images]
+
+    def to_json(self, include_images: bool = False) -> dict[str, Any]:
+        """What ``sdtui scan --json`` prints."""
+        return {
+            "root": self.root,
+            "reg_root": self.reg_root,
+            "resolution": self.resolution,
+            "images": self.images,
+            "reg_images": self.reg_images,
+            "items_per_epoch": self.items_per_epoch,
+            "has_errors": self.has_errors,
+            "subsets": [s.to_json(include_images) for s in self.subsets],
+            "bucket_counts": _bucket_json(self.bucket_counts()),
+            "problems": [p.to_json() for p in self.problems],
+        }
+
+
+def scan_dataset(
+    path: str | os.PathLike[str],
+    reg_path: str | os.PathLike[str] | None = None,
+    resolution: int = 512,
+    caption_extensions: Sequence[str] = (".txt", ".caption"),
+    bucket_settings: Mapping[str, Any] | None = None,
+    use_cache: bool = True,
+) -> DatasetScan:
+    """Scan a kohya-style dataset (and an optional regularisation folder) without writing to it.
+
+    ``bucket_settings`` may hold ``enable_bucket``, ``min_bucket_reso``, ``max_bucket_reso`` and
+    ``bucket_reso_steps`` (run.toml [settings] names); missing ones take their defaults.
+    """
+    root = _existing_folder(path, "dataset folder")
+    reg_root = _existing_folder(reg_path, "regularisation folder") if reg_path is not None else None
+    extensions = _caption_extensions(caption_extensions)
+    buckets = _make_buckets(resolution, bucket_settings)
+    problems: list[Problem] = []
+    subsets: list[Subset] = []
+    caches: list[_HeaderCache] = []
+    for folder, is_reg in ((root, False), (reg_root, True)):
+        if folder is None:
+            continue
+        cache = _HeaderCache.open(folder) if use_cache else _HeaderCache(None)
+        caches.append(cache)
+        walker = _Walker(cache, extensions, buckets, resolution, problems)
+        subsets.extend(walker.scan_root(folder, is_reg))
+    _report_duplicates(subsets, caches, problems)
+    for cache in caches:
+        cache.save()
+    if not any(s.images for s in subsets if not s.is_reg):
+        problems.append(Problem(
+            "error", str(root), "the dataset has no usable training image",
+            "put png, jpg, webp or bmp images in <repeats>_<token> subfolders such as '10_sks dog'",
+        ))
+    if reg_root is not None and not any(s.images for s in subsets if s.is_reg):
+        problems.append(Problem(
+            "error", str(reg_root), "the regularisation folder has no usable image",
+            "add class images to it or leave the regularisation folder out",
+        ))
+    return DatasetScan(str(root), subsets, sort_problems(problems), resolution, buckets, str(reg_root) if reg_root else None)
+
+
+def _existing_folder(path: str | os.PathLike[str], what: str) -> Path:
+    folder = Path(path).expanduser()
+    if not folder.exists():
+        raise UserError(f"{what} {folder} does not exist; check the path (it should hold <repeats>_<token> subfolders of images)")
+    if not folder.is_dir():
+        raise UserError(f"{what} {folder} is a file, not a folder; pass the folder that holds the images")
+    return folder.resolve()
+
+
+def _caption_extensions(extensions: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(extensions, str):
+        extensions = (extensions,)
+    result = tuple(("" if e.startswith(".") else ".") + e.lower() for e in extensions if e)
+    if not result:
+        raise UserError("no caption extension given; use e.g. .txt or .caption")
+    bad = [e for e in result if e in IMAGE_EXTENSIONS]
+    if bad:
+        raise UserError(f"caption extension {bad[0]} is an image extension; use e.g. .txt or .caption")
+    return result
+
+
+def _make_buckets(resolution: int, settings: Mapping[str, Any] | None) -> list[Bucket]:
+    values = {k: SETTINGS[k].default for k in _BUCKET_KEYS} | dict(settings or {})
+    try:
+        res = SETTINGS["resolution"].check(resolution)
+        checked = {k: SETTINGS[k].check(values[k]) for k in _BUCKET_KEYS}
+    except ValueError as exc:
+        raise UserError(f"bad bucket setting: {exc}") from None
+    return make_buckets(res, checked["min_bucket_reso"], checked["max_bucket_reso"], checked["bucket_reso_steps"], checked["enable_bucket"])
+
+
+def _bucket_json(counts: Mapping[Bucket, int]) -> dict[str, int]:
+    return {f"{w}x{h}": n for (w, h), n in sorted(counts.items())}
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+class _Walker:
+    """Walks the folders of one root and collects subsets and problems."""
+
+    def __init__(self, cache: _HeaderCache, extensions: tuple[str, ...], buckets: list[Bucket], resolution: int, problems: list[Problem]) -> None:
+        self.cache = cache
+        self.extensions = extensions
+        self.buckets = buckets
+        self.resolution = resolution
+        self.problems = problems
+
+    def problem(self, severity: str, path: str | Path, message: str, fix: str) -> None:
+        self.problems.append(Problem(severity, str(path), message, fix))
+
+    def scan_root(self, root: Path, is_reg: bool) -> list[Subset]:
+        own = REPEAT_PREFIX.match(root.name)
+        if own and int(own.group(1)) >= 1:
+            return [self.scan_subset(root, int(own.group(1)), own.group(2), is_reg)]
+        entries = _listing(root)
+        folders = [e for e in entries if e.is_dir()]
+        prefixed = []
+        for entry in folders:
+            match = REPEAT_PREFIX.match(entry.name)
+            if match and int(match.group(1)) >= 1:
+                prefixed.append((entry, int(match.group(1)), match.group(2)))
+            elif match:
+                self.problem("warning", entry.path, "the repeat count 0 means this folder would never be seen, so it is skipped",
+                             f"rename it to e.g. '1_{match.group(2)}' to train on it")
+            else:
+                self.problem("warning", entry.path, "the folder has no repeat prefix and is skipped",
+                             f"rename it to e.g. '10_{entry.name}' (<repeats>_<token>) to train on it")
+        files = [e for e in entries if not e.is_dir()]
+        if prefixed:
+            loose = [e for e in files if os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS]
+            if loose:
+                self.problem("warning", root, f"{_plural(len(loose), 'image')} directly in the dataset folder are not in a subset and are ignored",
+                             "move them into a <repeats>_<token> subfolder such as '10_sks dog'")
+            return [self.scan_subset(Path(e.path), repeats, token, is_reg) for e, repeats, token in prefixed]
+        if not files:
+            return []
+        self.problem("info", root, "the folder has no <repeats>_<token> subfolders, so it is one subset seen once per epoch",
+                     f"to set repeats, put the images in a subfolder such as '10_{root.name}' or rename the folder so")
+        return [self.scan_subset(root, 1, "", is_reg, entries)]
+
+    def scan_subset(self, folder: Path, repeats: int, token: str, is_reg: bool, entries: list[os.DirEntry[str]] | None = None) -> Subset:
+        captions: dict[str, dict[str, os.DirEntry[str]]] = {}
+        candidates: list[os.DirEntry[str]] = []
+        for entry in entries if entries is not None else _listing(folder):
+            if entry.is_dir():
+                if entries is None:
+                    self.problem("warning", entry.path, "folders inside a subset are not scanned",
+                                 "move its images up into the subset or make it its own <repeats>_<token> folder in the dataset folder")
+                continue
+            stem, suffix = os.path.splitext(entry.name)
+            if suffix.lower() in self.extensions:
+                captions.setdefault(stem, {})[suffix.lower()] = entry
+            else:
+                candidates.append(entry)
+        images: list[ImageEntry] = []
+        used_stems: set[str] = set()
+        missing = 0
+        small: list[ImageEntry] = []
+        counts: dict[Bucket, int] = {}
+        for entry in candidates:
+            header = self.header(entry)
+            stem, suffix = os.path.splitext(entry.name)
+            if not header.ok:
+                self.report_bad_file(entry, header, suffix.lower() in IMAGE_EXTENSIONS)
+                used_stems.add(stem)
+                continue
+            used_stems.add(stem)
+            caption, caption_path = self.caption(captions.get(stem, {}))
+            missing += caption is None
+            image = ImageEntry(entry.path, header.width, header.height, header.format or "", caption, caption_path)
+            images.append(image)
+            bucket = assign_bucket(image.width, image.height, self.buckets)
+            counts[bucket] = counts.get(bucket, 0) + 1
+            if image.width < bucket[0] or image.height < bucket[1]:
+                small.append(image)
+        for stem, found in sorted(captions.items()):
+            if stem not in used_stems:
+                for entry in found.values():
+                    self.problem("warning", entry.path, "caption file without an image beside it",
+                                 f"remove it, or add the image {stem}.png next to it")
+        self.report_subset(folder, token, images, missing, small)
+        widths = [i.width for i in images]
+        heights = [i.height for i in images]
+        return Subset(
+            str(folder), folder.name, repeats, token, is_reg, images, len(images) - missing, missing,
+            (min(widths), min(heights)) if images else None, (max(widths), max(heights)) if images else None, counts,
+        )
+
+    def header(self, entry: os.DirEntry[str]) -> ImageHeader:
+        try:
+            stat = entry.stat()
+        except OSError as exc:
+            return ImageHeader(None, problem="unreadable", detail=f"it cannot be read ({exc.strerror or exc})")
+        return self.cache.header(entry.path, stat.st_size, stat.st_mtime_ns)
+
+    def caption(self, found: Mapping[str, os.DirEntry[str]]) -> tuple[str | None, str | None]:
+        for extension in self.extensions:
+            entry = found.get(extension)
+            if entry is None:
+                continue
+            try:
+                with open(entry.path, encoding="utf-8-sig") as handle:
+                    return handle.read().strip(), entry.path
+            except UnicodeDecodeError:
+                self.problem("warning", entry.path, "the caption is not UTF-8 text, so it is not used", "save it as UTF-8")
+            except OSError as exc:
+                self.problem("warning", entry.path, f"the caption cannot be read ({exc.strerror or exc})", "make it readable (chmod a+r)")
+        return None, None
+
+    def report_bad_file(self, entry: os.DirEntry[str], header: ImageHeader, named_as_image: bool) -> None:
+        if header.problem == "not_image":
+            if named_as_image:
+                self.problem("error", entry.path, f"named like an image but {header.detail}; it is left out",
+                             "re-export the image from its original or remove it")
+            else:
+                self.problem("info", entry.path, "not an image (png, jpg, webp or bmp), ignored",
+                             "move it out of the dataset if it does not belong there")
+        elif header.problem == "unreadable":
+            self.problem("error", entry.path, f"{header.detail}; it is left out", "make it readable (chmod a+r) or remove it")
+        elif header.problem == "empty":
+            self.problem("error", entry.path, f"{header.detail}; it is left out", "copy the image again from its original or remove it")
+        else:
+            kind = FORMAT_NAMES.get(header.format or "", "image")
+            self.problem("error", entry.path, f"{header.detail}; this {kind} is left out",
+                         "copy the image again from its original or remove it")
+
+    def report_subset(self, folder: Path, token: str, images: list[ImageEntry], missing: int, small: list[ImageEntry]) -> None:
+        if not images:
+            self.problem("error", folder, "the subset has no usable image",
+                         "add png, jpg, webp or bmp images to it or remove the folder")
+            return
+        if missing:
+            if token:
+                self.problem("info", folder, f"{_plural(missing, 'image')} without a caption file will be captioned '{token}'",
+                             f"add {self.extensions[0]} files beside the images to caption them individually")
+            else:
+                self.problem("warning", folder, f"{_plural(missing, 'image')} without a caption file will train with an empty caption",
+                             f"add {self.extensions[0]} captions or name the folder '<repeats>_<token>' to give them a token")
+        if small:
+            worst = min(small, key=lambda i: i.width * i.height)
+            self.problem("warning", folder,
+                         f"{_plural(len(small), 'image')} smaller than {'its' if len(small) == 1 else 'their'} bucket at resolution {self.resolution} will be upscaled "
+                         f"(smallest: {os.path.basename(worst.path)}, {worst.width}x{worst.height})",
+                         "use larger originals or a lower resolution")
+
+
+def _listing(folder: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(folder) as it:
+            return sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+    except OSError as exc:
+        raise UserError(f"folder {folder} cannot be listed ({exc.strerror or exc}); make it readable (chmod a+rx)") from None
+
+
+def _report_duplicates(subsets: Iterable[Subset], caches: list[_HeaderCache], problems: list[Problem]) -> None:
+    """Warn about images with the same content; only files of equal size are hashed."""
+    by_size: dict[int, list[tuple[str, int]]] = {}
+    for subset in subsets:
+        for image in subset.images:
+            try:
+                stat = os.stat(image.path)
+            except OSError:
+                continue
+            by_size.setdefault(stat.st_size, []).append((image.path, stat.st_mtime_ns))
+    for size, group in by_size.items():
+        if len(group) < 2:
+            continue
+        first: dict[str, str] = {}
+        for path, mtime in group:
+            digest = _digest(path, size, mtime, caches)
+            if digest is None:
+                continue
+            if digest in first:
+                problems.append(Problem("warning", path, f"same content as {first[digest]}",
+                                        "remove one copy (a duplicate is trained twice as often)"))
+            else:
+                first[digest] = path
+
+
+def _digest(path: str, size: int, mtime: int, caches: list[_HeaderCache]) -> str | None:
+    """The content hash of a file, from the cache when its size and mtime still match."""
+    entry, owner = None, None
+    for cache in caches:
+        entry = cache.lookup(path, size, mtime)
+        if entry is not None:
+            owner = cache
+            break
+    if entry is not None and entry[7]:
+        return entry[7]
+    try:
+        with open(path, "rb") as handle:
+            digest = hashlib.file_digest(handle, "blake2b").hexdigest()
+    except OSError:
+        return None
+    if entry is not None and owner is not None:
+        entry[7] = digest
+        owner.dirty = True
+    return digest
+
+
+def cache_dir() -> Path:
+    """Where scan caches live: ``${XDG_CACHE_HOME:-~/.cache}/sdtui/scan``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "sdtui" / "scan"
+
+
+class _HeaderCache:
+    """Header results and content hashes keyed by path, size and mtime; one file per root."""
+
+    def __init__(self, file: Path | None, root: str = "", entries: dict[str, list[Any]] | None = None) -> None:
+        self.file = file
+        self.root = root
+        self.old = entries or {}
+        self.new: dict[str, list[Any]] = {}
+        self.dirty = False
+
+    @classmethod
+    def open(cls, root: Path) -> _HeaderCache:
+        """The cache of one dataset root (an unusable cache file just starts empty)."""
+        file = cache_dir() / (hashlib.sha256(str(root).encode()).hexdigest()[:24] + ".json")
+        if file.resolve().is_relative_to(root):
+            return cls(None)
+        data = read_json(file, {})
+        valid = isinstance(data, dict) and data.get("version") == _CACHE_VERSION and data.get("root") == str(root)
+        entries = data.get("entries") if valid else None
+        return cls(file, str(root), entries if isinstance(entries, dict) else {})
+
+    def lookup(self, path: str, size: int, mtime: int) -> list[Any] | None:
+        """The cached entry of ``path`` if its size and mtime still match."""
+        for table in (self.new, self.old):
+            entry = table.get(path)
+            if isinstance(entry, list) and len(entry) == 8 and entry[0] == size and entry[1] == mtime:
+                return entry
+        return None
+
+    def header(self, path: str, size: int, mtime: int) -> ImageHeader:
+        """The header of ``path``, read only when the cache has no current entry."""
+        entry = self.lookup(path, size, mtime)
+        if entry is not None:
+            self.new[path] = entry
+            return ImageHeader(entry[2], entry[3], entry[4], entry[5], entry[6])
+        header = read_header(path)
+        if header.problem != "unreadable":
+            self.new[path] = [size, mtime, header.format, header.width, header.height, header.problem, header.detail, None]
+            self.dirty = True
+        return header
+
+    def save(self) -> None:
+        """Write the entries seen in this scan (atomically) when anything changed."""
+        if self.file is None or not (self.dirty or self.new.keys() != self.old.keys()):
+            return
+        try:
+            write_json_atomic(self.file, {"version": _CACHE_VERSION, "root": self.root, "entries": self.new})
+        except OSError:
+            pass
