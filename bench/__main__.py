@@ -1,0 +1,109 @@
+"""``python -m bench [NAME ...]``: run every ``bench/bench_*.py`` and print one line per result.
+
+Each benchmark runs in its own Python process (so one benchmark's imports and threads do not
+colour another's timings) with a time limit. A module exposes ``main() -> list[str]`` (the
+lines are printed) or prints its lines itself. Every result line ends with
+``ratio=<r>`` where r > 1 always means sdtui is better; a benchmark that fails or runs out
+of time gets a line ending ``ratio=n/a`` with the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+#: Seconds each benchmark may take; the whole suite stays under ten minutes on 2 CPU cores.
+DEFAULT_LIMIT_S = 240.0
+LIMITS_S = {"bench_trainer": 330.0, "bench_gpu": 120.0}
+
+_CHILD = (
+    "import importlib, runpy, sys\n"
+    "module = importlib.import_module('bench.' + sys.argv[1])\n"
+    "main = getattr(module, 'main', None)\n"
+    "if callable(main):\n"
+    "    for line in main() or []:\n"
+    "        print(line, flush=True)\n"
+    "else:\n"
+    "    runpy.run_module('bench.' + sys.argv[1], run_name='__main__')\n"
+)
+
+
+def discover(names: list[str] | None = None) -> list[str]:
+    """Module names of the benchmarks (``bench_*.py``), sorted; ``names`` filters by suffix."""
+    found = sorted(p.stem for p in BENCH_DIR.glob("bench_*.py"))
+    if not names:
+        return found
+    wanted = {n if n.startswith("bench_") else f"bench_{n}" for n in names}
+    unknown = wanted - set(found)
+    if unknown:
+        raise SystemExit(f"unknown benchmark(s) {', '.join(sorted(unknown))}; known: {', '.join(found)}")
+    return [n for n in found if n in wanted]
+
+
+def child_env() -> dict[str, str]:
+    """The environment benchmarks run in: offline, the repo importable."""
+    env = dict(os.environ)
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TRANSFORMERS_OFFLINE", "1")
+    env.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def run_one(name: str, limit_s: float) -> tuple[list[str], float]:
+    """Run one benchmark module in a child process; return its result lines and wall time."""
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", _CHILD, name],
+            cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=limit_s,
+        )
+    except subprocess.TimeoutExpired as exc:
+        partial = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        lines = result_lines(partial)
+        return lines + [f"{name}: did not finish within {limit_s:.0f} s ratio=n/a"], time.perf_counter() - start
+    wall = time.perf_counter() - start
+    lines = result_lines(proc.stdout)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["no error output"])[-1]
+        lines.append(f"{name}: failed (exit {proc.returncode}: {tail}) ratio=n/a")
+    elif not lines:
+        lines.append(f"{name}: printed no result line ratio=n/a")
+    return lines, wall
+
+
+def result_lines(stdout: str) -> list[str]:
+    """The lines of a benchmark's output that carry a ratio (the rest is its own chatter)."""
+    return [line.rstrip() for line in stdout.splitlines() if "ratio=" in line]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the selected benchmarks (all by default) one after another."""
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help="benchmarks to run (e.g. trainer tui_start); default all")
+    parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    args = parser.parse_args(argv)
+    names = discover(args.names)
+    if args.list:
+        print("\n".join(names))
+        return 0
+    total = time.perf_counter()
+    failed = 0
+    for name in names:
+        lines, wall = run_one(name, LIMITS_S.get(name, DEFAULT_LIMIT_S))
+        for line in lines:
+            print(line, flush=True)
+        failed += any(line.endswith("ratio=n/a") for line in lines)
+        print(f"  ({name} took {wall:.1f} s)", file=sys.stderr, flush=True)
+    print(f"  (suite took {time.perf_counter() - total:.1f} s, {failed} failed)", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

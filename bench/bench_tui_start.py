@@ -1,0 +1,90 @@
+"""Start-up: ``sdtui --help`` and the TUI's first frame, timed from spawn as a user sees them.
+
+* ``sdtui --help`` against what the diffusers example scripts do before they can print their
+  help (``import torch, diffusers, transformers, accelerate, peft``): ratio = theirs / ours.
+* The home screen's first frame: the real ``sdtui`` on a 120×40 pseudo-terminal, from spawn
+  until the alternate screen shows the home screen's titles; ratio = target 0.5 s / ours.
+
+Both print ``python -c pass`` beside them: the floor any Python program pays on this machine.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from bench.terminal import PtyProcess, first_frame_marker
+
+REPO = Path(__file__).resolve().parents[1]
+FIRST_FRAME_TARGET_S = 0.5
+REFERENCE_IMPORTS = "import torch, diffusers, transformers, accelerate, peft"
+
+
+def sdtui_argv() -> list[str]:
+    """The installed ``sdtui`` console script beside this Python, else ``python -m cli``."""
+    script = Path(sys.executable).with_name("sdtui")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "cli"]
+
+
+def wall_times(argv: Sequence[str], runs: int, env: dict[str, str]) -> list[float]:
+    """Wall seconds of ``runs`` runs of ``argv`` (output discarded); a failing run raises."""
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run(list(argv), env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=True)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def first_frame_times(runs: int, env: dict[str, str], timeout_s: float = 30.0) -> list[float]:
+    """Seconds from spawning ``sdtui`` on a pty to its first painted home screen, ``runs`` times."""
+    times = []
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory() as runs_dir:
+            term = PtyProcess([*sdtui_argv(), "--runs-dir", runs_dir], env=env, cwd=str(REPO))
+            try:
+                seen = term.read_until(first_frame_marker, timeout_s)
+            finally:
+                term.close()
+        if seen is None:
+            tail = term.output[-400:].decode("utf-8", "replace")
+            raise RuntimeError(f"sdtui drew no home screen within {timeout_s:.0f} s; last output: {tail!r}")
+        times.append(seen)
+    return times
+
+
+def bench_env() -> dict[str, str]:
+    """The environment of the timed commands: offline, the repo importable."""
+    env = dict(os.environ)
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def main(runs: int = 7) -> list[str]:
+    """Time the floor, ``--help``, the reference imports and the first frame; one line each result."""
+    env = bench_env()
+    floor = statistics.median(wall_times([sys.executable, "-c", "pass"], runs, env))
+    wall_times([*sdtui_argv(), "--help"], 1, env)
+    help_s = statistics.median(wall_times([*sdtui_argv(), "--help"], runs, env))
+    reference_s = statistics.median(wall_times([sys.executable, "-c", REFERENCE_IMPORTS], max(3, runs // 2), env))
+    frames = first_frame_times(max(3, runs - 2), env)
+    frame_s = statistics.median(frames)
+    verdict = "met" if frame_s < FIRST_FRAME_TARGET_S else f"missed by {frame_s - FIRST_FRAME_TARGET_S:.2f} s"
+    return [
+        f"cli_help: sdtui --help {help_s:.3f} s vs diffusers-example imports {reference_s:.3f} s "
+        f"(python -c pass {floor:.3f} s, median of {runs}) ratio={reference_s / help_s:.2f}",
+        f"tui_first_frame: {frame_s:.3f} s (min {min(frames):.3f}, max {max(frames):.3f}, n={len(frames)}; "
+        f"python -c pass {floor:.3f} s; target {FIRST_FRAME_TARGET_S} s {verdict}) ratio={FIRST_FRAME_TARGET_S / frame_s:.2f}",
+    ]
+
+
+if __name__ == "__main__":
+    for line in main():
+        print(line)
