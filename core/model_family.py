@@ -1,0 +1,133 @@
+"""Which Stable Diffusion family (sd1, sd2, sdxl) a model is, found cheaply and without torch.
+
+A diffusers folder is read from its JSON configs, a single ``.safetensors`` file from its
+JSON header (the first bytes of the file), a ``.ckpt`` from the key names inside its pickle,
+and a hub id is guessed from its name.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+import zipfile
+from pathlib import Path
+
+from .errors import UserError
+from .settings import FAMILIES
+
+#: Text-encoder width (the UNet's cross_attention_dim) of each family's reference models.
+_CROSS_ATTENTION_DIM = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
+#: A safetensors header larger than this is not a model header but a damaged file.
+_MAX_HEADER = 100 * 1024 * 1024
+_HINT = "give the family instead, e.g. --model sdxl (or set [model] family in run.toml)"
+
+
+def detect_family(model: str) -> str:
+    """The family of ``model``: a family name, a diffusers folder, a single file or a hub id.
+
+    Raises UserError when the path is missing or unreadable, or a hub id's name gives no clue.
+    """
+    if model in FAMILIES:
+        return model
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return family_of_folder(path)
+    if path.is_file():
+        return family_of_file(path)
+    if _looks_like_hub_id(model):
+        return family_of_hub_id(model)
+    raise UserError(f"model '{model}' does not exist; give a diffusers folder, a .safetensors file, a hub id or one of {', '.join(FAMILIES)}")
+
+
+def family_of_folder(path: Path) -> str:
+    """The family of a diffusers folder, from ``model_index.json`` and ``unet/config.json``."""
+    index = _read_json(path / "model_index.json")
+    unet = _read_json(path / "unet" / "config.json")
+    if index is None and unet is None:
+        raise UserError(f"'{path}' is not a diffusers model folder (no model_index.json or unet/config.json); {_HINT}")
+    if (path / "text_encoder_2").is_dir() or "XL" in str((index or {}).get("_class_name", "")):
+        return "sdxl"
+    unet = unet or {}
+    family = _CROSS_ATTENTION_DIM.get(unet.get("cross_attention_dim"))
+    if family:
+        return family
+    if unet.get("addition_embed_type") == "text_time":
+        return "sdxl"
+    return "sd2" if unet.get("use_linear_projection") else "sd1"
+
+
+def family_of_file(path: Path) -> str:
+    """The family of a single checkpoint file (``.safetensors`` header or ``.ckpt`` key names)."""
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        keys = _safetensors_keys(path)
+    elif suffix in (".ckpt", ".pt", ".pth"):
+        keys = _ckpt_key_text(path)
+    else:
+        raise UserError(f"model file '{path}' is neither .safetensors nor .ckpt; give a diffusers folder or a .safetensors file")
+    return _family_of_keys(keys)
+
+
+def family_of_hub_id(model_id: str) -> str:
+    """Guess the family from a hub id's name (no download); UserError when the name gives no clue."""
+    name = model_id.lower()
+    if re.search(r"xl|sd-?xl|pony|illustrious", name):
+        return "sdxl"
+    if re.search(r"stable-diffusion-2|sd-?2|2-1|2\.1|v2-", name):
+        return "sd2"
+    if re.search(r"stable-diffusion-v?1|sd-?1|v1-[45]|1-5|1\.5", name):
+        return "sd1"
+    raise UserError(f"cannot tell the family of hub model '{model_id}' from its name; {_HINT}")
+
+
+def _looks_like_hub_id(model: str) -> bool:
+    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", model)) and not model.startswith((".", "/", "~"))
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"cannot read '{path}' ({exc}); repair the file or give the family, e.g. --model sdxl") from None
+    return data if isinstance(data, dict) else None
+
+
+def _safetensors_keys(path: Path) -> str:
+    """The tensor names of a safetensors file, one per line (only the header is read)."""
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(8)
+            if len(raw) < 8:
+                raise ValueError("file too short")
+            (size,) = struct.unpack("<Q", raw)
+            if not 0 < size <= _MAX_HEADER:
+                raise ValueError("header size out of range")
+            header = json.loads(handle.read(size))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"'{path}' is not a readable safetensors file ({exc}); re-download it or give a diffusers folder") from None
+    if not isinstance(header, dict):
+        raise UserError(f"'{path}' has no safetensors header; re-download it or give a diffusers folder")
+    return "\n".join(k for k in header if k != "__metadata__")
+
+
+def _ckpt_key_text(path: Path) -> str:
+    """The pickled data of a ``.ckpt`` (a zip), where the state-dict key names appear as text."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+            if name is None:
+                raise ValueError("no data.pkl inside")
+            return archive.read(name).decode("latin-1")
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise UserError(f"'{path}' is not a readable .ckpt file ({exc}); convert it to .safetensors or give the family, e.g. --model sd1") from None
+
+
+def _family_of_keys(keys: str) -> str:
+    if "conditioner.embedders.1" in keys or "text_encoder_2" in keys or "add_embedding." in keys:
+        return "sdxl"
+    if "cond_stage_model.model." in keys:
+        return "sd2"
+    return "sd1"

@@ -1,0 +1,256 @@
+"""The plan: a run config, its dataset scan and the GPUs turned into what the run will be.
+
+``make_plan`` counts the bucketed dataset with the schedule maths (core/plan/schedule.py),
+estimates the peak VRAM (core/memory) and the speed (core/plan/throughput.py), and writes
+one row per GPU count. ``Plan.to_json()`` is what ``sdtui plan --json`` prints and what the
+launcher writes to ``plan.json``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from core.dataset.buckets import make_buckets
+from core.errors import UserError
+from core.settings import defaults
+
+from .picker import HEADROOM, judge, suggest_when_nothing_fits
+from .schedule import ScheduleRow, schedule_row, warmup_steps
+from .throughput import eta_seconds, images_per_second
+
+#: GPU counts every plan shows (plus the detected and the configured count).
+GPU_COUNTS = (1, 2, 4, 8)
+#: GPUs in one machine beyond which the scaling model assumes several machines.
+GPUS_PER_NODE = 8
+
+
+@dataclass
+class Plan:
+    """What a run will be: recipe, VRAM, dataset, and the schedule on each GPU count."""
+
+    model_family: str
+    method: str
+    recipe: str
+    settings: dict[str, Any]
+    schedule: dict[str, Any]
+    vram_estimate_bytes: int
+    gpu: dict[str, Any]
+    fits: bool | None
+    dataset: dict[str, Any]
+    counts: dict[Any, int]
+    prior_preservation: bool
+    images_per_second_per_gpu: float | None
+    configured_processes: int
+    price_per_gpu_hour: float | None = None
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def row_for(self, gpus: int) -> ScheduleRow:
+        """The schedule on ``gpus`` GPUs."""
+        return schedule_row(
+            self.counts, int(self.settings["batch_size"]), int(self.schedule["gradient_accumulation"]),
+            gpus, int(self.schedule["epochs"]), int(self.schedule["max_steps"]),
+        )
+
+    def total_steps_for(self, num_processes: int) -> int:
+        """Optimizer steps of the run on ``num_processes`` GPUs (what the trainer counts to)."""
+        return self.row_for(max(1, num_processes)).total_steps
+
+    def gpu_counts(self) -> list[int]:
+        """The GPU counts of the table: 1, 2, 4, 8, the detected and the configured count."""
+        return sorted(set(GPU_COUNTS) | {n for n in (self.gpu["count"], self.configured_processes) if n > 0})
+
+    def row_json(self, gpus: int) -> dict[str, Any]:
+        """One row of the GPU-count table as JSON."""
+        row = self.row_for(gpus)
+        per_step = row.effective_batch * (2 if self.prior_preservation else 1)
+        eta = eta_seconds(
+            row.total_steps, per_step, self.images_per_second_per_gpu, gpus, self.method,
+            num_machines=math.ceil(gpus / GPUS_PER_NODE),
+        )
+        data: dict[str, Any] = {
+            "gpus": row.gpus,
+            "effective_batch": row.effective_batch,
+            "images_per_step": per_step,
+            "steps_per_epoch": row.steps_per_epoch,
+            "epochs": row.epochs,
+            "total_steps": row.total_steps,
+            "images_seen": row.images_seen,
+            "warmup_steps": warmup_steps(row.total_steps, int(self.schedule["lr_warmup_steps"])),
+            "eta_s": round(eta, 1) if eta is not None else None,
+        }
+        if self.price_per_gpu_hour is not None:
+            data["cost"] = round(eta / 3600 * gpus * self.price_per_gpu_hour, 2) if eta is not None else None
+        return data
+
+    def to_json(self, num_processes: int | None = None) -> dict[str, Any]:
+        """The plan as ``sdtui plan --json`` prints it; ``run`` is the row for ``num_processes``."""
+        processes = num_processes or self.configured_processes
+        return {
+            "model_family": self.model_family,
+            "method": self.method,
+            "recipe": self.recipe,
+            "settings": self.settings,
+            "vram_estimate_gb": round(self.vram_estimate_bytes / 1024**3, 2),
+            "gpu": self.gpu,
+            "fits": self.fits,
+            "headroom": HEADROOM,
+            "prior_preservation": self.prior_preservation,
+            "images_per_second_per_gpu": round(self.images_per_second_per_gpu, 3) if self.images_per_second_per_gpu else None,
+            "dataset": self.dataset,
+            "lr_scheduler": self.schedule["lr_scheduler"],
+            "warnings": list(self.warnings),
+            "notes": list(self.notes),
+            "schedule": [self.row_json(n) for n in self.gpu_counts()],
+            "run": self.row_json(processes),
+            "price_per_gpu_hour": self.price_per_gpu_hour,
+        }
+
+
+def make_plan(config: Any, scan: Any, gpus: Any, price_per_gpu_hour: float | None = None) -> Plan:
+    """Plan ``config`` (a RunConfig) on ``scan`` (a DatasetScan) for ``gpus`` (a GpuSet)."""
+    if price_per_gpu_hour is not None and price_per_gpu_hour < 0:
+        raise UserError(f"the price per GPU hour must not be negative (got {price_per_gpu_hour}); pass e.g. --price-per-gpu-hour 0.7")
+    family, method = config.family, config.method
+    settings = defaults("settings") | dict(config.settings)
+    schedule = defaults("schedule") | dict(config.schedule)
+    if int(schedule["epochs"]) <= 0 and int(schedule["max_steps"]) <= 0:
+        raise UserError("schedule.epochs and schedule.max_steps are both 0, so the run would never train; give --epochs N or --steps N")
+    distributed = defaults("distributed") | dict(config.distributed)
+    scan = _apply_config_subsets(scan, config.subsets)
+    if not any(s.images for s in scan.subsets if not s.is_reg):
+        raise UserError(f"the dataset {scan.root} has no usable training image; run 'sdtui scan {scan.root}' to see why and fix it")
+    buckets = make_buckets(
+        int(settings["resolution"]), int(settings["min_bucket_reso"]), int(settings["max_bucket_reso"]),
+        int(settings["bucket_reso_steps"]), bool(settings["enable_bucket"]),
+    )
+    counts = scan.bucket_counts(buckets)
+    fit = judge(family, method, settings, gpus)
+    smallest = gpus.smallest
+    prior = method == "dreambooth" and scan.reg_images > 0
+    plan = Plan(
+        model_family=family,
+        method=method,
+        recipe=str(settings.get("recipe") or ""),
+        settings=settings,
+        schedule=schedule,
+        vram_estimate_bytes=int(fit.estimate.total_bytes),
+        gpu={
+            "count": gpus.count,
+            "name": smallest.name if smallest is not None else None,
+            "vram_gb": round(smallest.vram_total_bytes / 1024**3, 1) if smallest is not None else None,
+            "simulated": bool(gpus.simulated),
+            "reason": gpus.reason,
+        },
+        fits=fit.fits,
+        dataset=_dataset_json(scan, counts),
+        counts=counts,
+        prior_preservation=prior,
+        images_per_second_per_gpu=images_per_second(family, method, settings, smallest, int(schedule["gradient_accumulation"])),
+        configured_processes=int(distributed["num_processes"]) * int(distributed["num_machines"]),
+        price_per_gpu_hour=price_per_gpu_hour,
+    )
+    _explain(plan, scan, gpus, fit)
+    return plan
+
+
+def _apply_config_subsets(scan: Any, subsets: list[dict[str, Any]]) -> Any:
+    """The scan restricted to the run config's subsets, with their repeats and reg flags."""
+    if not subsets:
+        return scan
+    wanted = {_key(s.get("path", "")): s for s in subsets}
+    chosen = []
+    for subset in scan.subsets:
+        entry = wanted.get(_key(subset.path))
+        if entry is None:
+            continue
+        chosen.append(replace(
+            subset,
+            repeats=int(entry.get("repeats", subset.repeats)),
+            is_reg=bool(entry.get("is_reg", subset.is_reg)),
+            token=str(entry.get("token", subset.token)),
+        ))
+    missing = set(wanted) - {_key(s.path) for s in chosen}
+    if missing:
+        raise UserError(f"the run config's subset {sorted(missing)[0]} is not in the scanned dataset {scan.root}; fix [[dataset.subsets]] path or scan the right folder")
+    return replace(scan, subsets=chosen)
+
+
+def _key(path: str) -> str:
+    return str(Path(path).expanduser().resolve())
+
+
+def _dataset_json(scan: Any, counts: dict[Any, int]) -> dict[str, Any]:
+    return {
+        "root": scan.root,
+        "images": scan.images,
+        "reg_images": scan.reg_images,
+        "items_per_epoch": scan.items_per_epoch,
+        "subsets": [
+            {
+                "path": s.path, "repeats": s.repeats, "images": len(s.images), "is_reg": s.is_reg,
+                "captions": s.captions_found, "token": s.token,
+            }
+            for s in scan.subsets
+        ],
+        "buckets": {f"{w}x{h}": n for (w, h), n in sorted(counts.items())},
+        "problems": sum(1 for p in scan.problems if p.severity == "error"),
+    }
+
+
+def _explain(plan: Plan, scan: Any, gpus: Any, fit: Any) -> None:
+    """Fill the plan's warnings and notes: fit, the step-mode trap, prior preservation, data."""
+    settings, schedule = plan.settings, plan.schedule
+    smallest = gpus.smallest
+    if smallest is None:
+        plan.notes.append(f"no GPU found ({gpus.reason or 'none visible'}): the VRAM fit and the ETA are unknown; plan for hardware with --gpus, e.g. --gpus 2x4090")
+    elif plan.images_per_second_per_gpu is None:
+        plan.notes.append(f"the GPU '{smallest.name}' is not in the catalog, so the ETA is unknown")
+    if plan.fits is False:
+        plan.warnings.append(
+            f"the estimated peak VRAM of {fit.estimate.total_bytes / 1024**3:.1f} GB does not fit the {smallest.name} "
+            f"({smallest.vram_total_bytes / 1024**3:.0f} GB) with {HEADROOM:.0%} headroom"
+        )
+        from core.recipes import load_recipes
+
+        for tip in suggest_when_nothing_fits(plan.model_family, plan.method, gpus, load_recipes(), settings):
+            plan.warnings.append(f"to fit: {tip}")
+    max_steps = int(schedule["max_steps"])
+    if max_steps > 0:
+        one, two = plan.row_for(1), plan.row_for(2)
+        plan.warnings.append(
+            f"step mode (schedule.max_steps = {max_steps}): with N GPUs each step sees N× the images, so the run covers "
+            f"N× the epochs of one GPU ({one.epochs:g} epochs on 1 GPU, {two.epochs:g} on 2); kohya users see their epochs "
+            "double when they add a GPU; use epoch mode (--epochs N, schedule.max_steps = 0) to keep the images seen the same"
+        )
+    reg_subsets = [s for s in scan.subsets if s.is_reg and s.images]
+    if plan.prior_preservation:
+        batch = int(settings["batch_size"])
+        plan.notes.append(
+            f"prior preservation: each instance image is paired with one class image in the same step, so each GPU "
+            f"processes {batch} + {batch} images per batch; the batch doubles, the step count does not "
+            f"(class loss weight {float(settings['prior_loss_weight']):g})"
+        )
+        if scan.reg_images < scan.items_per_epoch:
+            plan.notes.append(
+                f"{scan.reg_images} class images for {scan.items_per_epoch} instance items per epoch: class images are reused in turn"
+            )
+    elif reg_subsets:
+        plan.warnings.append(
+            f"{len(reg_subsets)} regularisation subset(s) are ignored by method {plan.method}; use --method dreambooth for prior preservation or leave --reg out"
+        )
+    warmup = int(schedule["lr_warmup_steps"])
+    run_steps = plan.total_steps_for(plan.configured_processes)
+    if warmup > run_steps:
+        plan.warnings.append(f"the warm-up of {warmup} steps is longer than the run ({run_steps} steps); lower schedule.lr_warmup_steps")
+    errors = [p for p in scan.problems if p.severity == "error"]
+    if errors:
+        plan.warnings.append(f"the dataset scan found {len(errors)} error(s), e.g. {errors[0].path}: {errors[0].message}; run 'sdtui scan {scan.root}' for all")
+    plan.notes.append(
+        f"warm-up and the {schedule['lr_scheduler']} LR schedule count optimizer steps of the actual run "
+        f"({plan.configured_processes} GPU{'s' if plan.configured_processes != 1 else ''}: {run_steps} steps)"
+    )
+

@@ -1,0 +1,178 @@
+"""A throughput model: images per second per GPU, multi-GPU scaling and the ETA.
+
+Time per image = training FLOPs per image × (1 / (dense tensor FLOP/s × matmul efficiency)
++ 1 / (arithmetic intensity × memory bandwidth)) / batch efficiency, plus the optimizer step
+(memory-bound, once per optimizer step). The numbers and
+their sources are in docs/planning.md; they are estimates, good to tens of percent, meant to
+rank recipes and to size a run, not to replace a measurement.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+#: UNet forward, TFLOPs per image at the family's native resolution (2 FLOPs per MAC).
+UNET_TFLOPS = {"sd1": 0.68, "sd2": 1.52, "sdxl": 5.6}
+#: The resolution those numbers are for.
+NATIVE_RESOLUTION = {"sd1": 512, "sd2": 768, "sdxl": 1024}
+#: VAE encoder forward, TFLOPs per 512×512 image (same architecture for all families).
+VAE_ENCODE_TFLOPS_512 = 1.1
+#: Text encoder(s) forward, TFLOPs per caption (77 tokens): CLIP-L, OpenCLIP-H, CLIP-L + bigG.
+TEXT_ENCODER_TFLOPS = {"sd1": 0.013, "sd2": 0.055, "sdxl": 0.12}
+#: Share of the dense tensor peak the matmuls and convolutions reach at a saturating batch.
+MATMUL_EFFICIENCY = 0.5
+#: FLOPs per byte of memory traffic over a whole training step (GroupNorm, SiLU, residual
+#: adds and attention softmax are memory-bound; this bounds fast-compute GPUs).
+ARITHMETIC_INTENSITY = 50.0
+#: Latent pixels per step (batch × latent area) from which the GPU is saturated.
+SATURATING_LATENT_PIXELS = 16384
+#: Exponent of the batch-efficiency curve below saturation.
+BATCH_EFFICIENCY_EXPONENT = 0.3
+#: Bytes read and written per trainable parameter by one optimizer step.
+OPTIMIZER_BYTES_PER_PARAM = {"adamw": 28, "adamw8bit": 20, "lion8bit": 14, "adafactor": 24}
+#: Memory bandwidth (GB/s) of catalog GPUs by a word of their name, used when the catalog
+#: entry has no ``memory_bandwidth_gbps``; otherwise 6 GB/s per dense bf16 TFLOP/s.
+BANDWIDTH_GBPS = {
+    "h200": 4800, "h100": 3350, "a100": 2039, "a10": 600, "l40": 864, "l4": 300, "a6000": 768,
+    "a5000": 768, "a4000": 448, "v100": 900, "t4": 320, "5090": 1792, "4090": 1008, "4080": 717,
+    "4070": 504, "4060": 288, "3090": 936, "3080": 760, "3070": 448, "3060": 360,
+}
+BANDWIDTH_PER_TFLOPS = 6e9
+#: Throughput kept per doubling of the GPU count: (full weights, adapters) × (one node, across nodes).
+SCALING_PER_DOUBLING = {("full", False): 0.92, ("full", True): 0.85, ("adapter", False): 0.97, ("adapter", True): 0.93}
+FULL_METHODS = ("finetune", "dreambooth")
+_PARAMS_JSON = Path(__file__).resolve().parents[1] / "memory" / "params.json"
+
+
+def training_tflops_per_image(family: str, method: str, settings: dict[str, Any]) -> float:
+    """TFLOPs one training image costs: UNet forward+backward, plus what is not cached."""
+    resolution = int(settings.get("resolution") or NATIVE_RESOLUTION[family])
+    pixel_scale = (resolution / NATIVE_RESOLUTION[family]) ** 2
+    forward = UNET_TFLOPS[family] * pixel_scale
+    # Full weights: backward = 2 forwards (input and weight gradients). Frozen base (LoRA,
+    # textual inversion): only input gradients flow, about 1 forward.
+    passes = 3.0 if method in FULL_METHODS else 2.0
+    if settings.get("gradient_checkpointing"):
+        passes += 1.0
+    total = forward * passes
+    if not settings.get("cache_latents"):
+        total += VAE_ENCODE_TFLOPS_512 * (resolution / 512) ** 2
+    text = TEXT_ENCODER_TFLOPS[family]
+    if settings.get("train_text_encoder") or method == "textual_inversion":
+        total += text * (3.0 if settings.get("train_text_encoder") and method in FULL_METHODS else 2.0)
+    elif not settings.get("cache_text_encoder_outputs"):
+        total += text
+    return total
+
+
+def batch_efficiency(family: str, settings: dict[str, Any]) -> float:
+    """Fraction of the saturated MFU reached with this batch and resolution (0.35 … 1)."""
+    resolution = int(settings.get("resolution") or NATIVE_RESOLUTION[family])
+    latent_pixels = (resolution // 8) ** 2 * max(1, int(settings.get("batch_size") or 1))
+    return max(0.35, min(1.0, (latent_pixels / SATURATING_LATENT_PIXELS) ** BATCH_EFFICIENCY_EXPONENT))
+
+
+def dense_tflops(gpu: Any, mixed_precision: str) -> float | None:
+    """The GPU's dense tensor TFLOP/s for the precision; None when the GPU is unknown.
+
+    ``gpu`` is a catalog ``GpuModel`` or a probed ``GpuInfo`` (looked up by name). Without mixed
+    precision the model runs in fp32 (TF32 convolutions): an eighth of the bf16 rate.
+    """
+    model = _catalog_model(gpu)
+    if model is None:
+        return None
+    bf16 = float(getattr(model, "tflops_bf16", 0) or 0)
+    fp16 = float(getattr(model, "tflops_fp16", 0) or 0) or bf16
+    if mixed_precision == "fp16":
+        return fp16 or None
+    if mixed_precision == "bf16":
+        return (bf16 or fp16) or None
+    fp32 = float(getattr(model, "tflops_fp32", 0) or 0)
+    return fp32 or ((bf16 or fp16) / 8) or None
+
+
+def trainable_params(family: str, method: str, settings: dict[str, Any]) -> int:
+    """Parameters the optimizer updates (from core/memory/params.json)."""
+    params = _params().get(family, {})
+    encoders = [params[k] for k in ("text_encoder", "text_encoder_2") if k in params]
+    unet = params.get("unet", {})
+    if method in FULL_METHODS:
+        total = int(unet.get("params", 0))
+        if settings.get("train_text_encoder"):
+            total += sum(int(e.get("params", 0)) for e in encoders)
+        return total
+    if method == "textual_inversion":
+        return sum(int(e.get("hidden_size", 768)) for e in encoders) * int(settings.get("ti_num_vectors") or 1)
+    targets = str(settings.get("lora_targets") or "attn")
+    rank = int(settings.get("lora_rank") or 16)
+    parts = [unet] + (encoders if settings.get("train_text_encoder") else [])
+    return rank * sum(int(p.get("lora_width", {}).get(targets, 0)) for p in parts)
+
+
+def images_per_second(family: str, method: str, settings: dict[str, Any], gpu: Any, accumulation: int = 1) -> float | None:
+    """Training images per second on one GPU; None without a known GPU (e.g. on the CPU)."""
+    if gpu is None or family not in UNET_TFLOPS:
+        return None
+    tflops = dense_tflops(gpu, str(settings.get("mixed_precision", "bf16")))
+    if not tflops:
+        return None
+    bandwidth = _bandwidth(gpu)
+    flops = training_tflops_per_image(family, method, settings) * 1e12
+    seconds_per_flop = 1 / (tflops * 1e12 * MATMUL_EFFICIENCY) + 1 / (ARITHMETIC_INTENSITY * bandwidth)
+    compute_s = flops * seconds_per_flop / batch_efficiency(family, settings)
+    optimizer = str(settings.get("optimizer", "adamw8bit"))
+    step_s = trainable_params(family, method, settings) * OPTIMIZER_BYTES_PER_PARAM.get(optimizer, 28) / bandwidth
+    images_per_step = max(1, int(settings.get("batch_size") or 1)) * max(1, accumulation)
+    return 1.0 / (compute_s + step_s / images_per_step)
+
+
+def scaling_factor(gpus: int, method: str = "lora", num_machines: int = 1) -> float:
+    """Share of linear speed-up kept on ``gpus`` GPUs (DDP): a fixed loss per doubling.
+
+    Full-weight methods all-reduce the whole model's gradients each step; adapters (LoRA,
+    textual inversion) only a few megabytes, so they scale better. Across machines the
+    network is slower than NVLink/PCIe inside a node.
+    """
+    if gpus <= 1:
+        return 1.0
+    kind = "full" if method in FULL_METHODS else "adapter"
+    return SCALING_PER_DOUBLING[(kind, num_machines > 1)] ** math.log2(gpus)
+
+
+def eta_seconds(total_steps: int, effective_batch: int, ips_per_gpu: float | None, gpus: int, method: str = "lora", num_machines: int = 1) -> float | None:
+    """Seconds the run takes: images processed / (per-GPU rate × GPUs × scaling)."""
+    if not ips_per_gpu or gpus < 1:
+        return None
+    return total_steps * effective_batch / (ips_per_gpu * gpus * scaling_factor(gpus, method, num_machines))
+
+
+def _catalog_model(gpu: Any) -> Any:
+    if getattr(gpu, "tflops_bf16", None) is not None:
+        return gpu
+    name = getattr(gpu, "name", None)
+    if not name:
+        return None
+    from core.gpu import find_model
+
+    return find_model(name)
+
+
+def _bandwidth(gpu: Any) -> float:
+    model = _catalog_model(gpu)
+    gbps = float(getattr(model, "memory_bandwidth_gbps", 0) or 0)
+    if not gbps:
+        name = str(getattr(model, "name", "")).lower().replace(" ", "")
+        gbps = next((v for k, v in sorted(BANDWIDTH_GBPS.items(), key=lambda kv: -len(kv[0])) if k in name), 0)
+    return gbps * 1e9 if gbps else (dense_tflops(gpu, "bf16") or 100.0) * BANDWIDTH_PER_TFLOPS
+
+
+@lru_cache(maxsize=1)
+def _params() -> dict[str, Any]:
+    try:
+        return json.loads(_PARAMS_JSON.read_text(encoding="utf-8")).get("families", {})
+    except (OSError, json.JSONDecodeError):
+        return {}
