@@ -1,0 +1,264 @@
+"""kohya sd-scripts interchange: dataset_config.toml and sample prompt lines.
+
+``export_kohya`` writes a run config as sd-scripts' ``dataset_config.toml`` ([general],
+[[datasets]], [[datasets.subsets]]) and ``sample_prompts.txt``; ``read_kohya`` reads such a
+dataset config back. ``parse_prompt_line`` reads the prompt syntax both tools share:
+``prompt --n negative --w 512 --h 512 --d seed --l cfg --s steps``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import tomlkit
+from tomlkit.exceptions import ParseError
+
+from core.atomic import write_atomic
+from core.errors import UserError
+from core.settings import SETTINGS, SUBSET_KEYS
+
+DATASET_CONFIG = "dataset_config.toml"
+SAMPLE_PROMPTS = "sample_prompts.txt"
+
+#: [settings] keys written to [general] (sd-scripts' subset options, inherited by every subset).
+GENERAL_KEYS = ("shuffle_caption", "keep_tokens", "flip_aug", "random_crop", "caption_dropout_rate")
+#: [settings] keys written to each [[datasets]] table.
+DATASET_KEYS = ("resolution", "batch_size", "enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps")
+_KOHYA_CAPTION_DEFAULT = ".caption"
+
+
+@dataclass(frozen=True)
+class SamplePrompt:
+    """One sample prompt; ``seed`` None means the trainer picks (run seed + prompt index)."""
+
+    prompt: str
+    negative: str = ""
+    width: int = 512
+    height: int = 512
+    seed: int | None = None
+    scale: float = 7.5
+    steps: int = 30
+    extra: tuple[tuple[str, str], ...] = field(default=())
+
+
+def parse_prompt_line(line: str, width: int = 512, height: int = 512, scale: float = 7.5, steps: int = 30) -> SamplePrompt:
+    """Parse ``prompt --n negative --w 512 --h 512 --d seed --l cfg --s steps``.
+
+    Options left out take the given defaults; other ``--x value`` options are kept in ``extra``.
+    A bad value raises UserError naming the option and the rule.
+    """
+    text = line.strip()
+    pieces = re.split(r"(?:^|\s+)--(?=[A-Za-z])", text)
+    prompt = pieces[0].strip()
+    if not prompt:
+        raise UserError(f"sample prompt '{line}' has no prompt text before its options; write e.g. 'a photo of sks dog --w 512 --h 512'")
+    values: dict[str, Any] = {"negative": "", "width": width, "height": height, "seed": None, "scale": scale, "steps": steps}
+    extra: dict[str, str] = {}
+    for piece in pieces[1:]:
+        match = re.match(r"([A-Za-z]+)\s*(.*)$", piece, re.S)
+        if match is None:
+            continue
+        option, value = match.group(1).lower(), match.group(2).strip()
+        if option == "n":
+            values["negative"] = value
+        elif option in ("w", "h"):
+            number = _number(line, option, value, int)
+            if number < 64 or number > 4096 or number % 8:
+                raise UserError(f"sample prompt '{line}': --{option} must be a multiple of 8 between 64 and 4096, not {value}")
+            values["width" if option == "w" else "height"] = number
+        elif option == "d":
+            values["seed"] = _number(line, option, value, int)
+            if values["seed"] < 0:
+                raise UserError(f"sample prompt '{line}': --d (seed) must be 0 or more, not {value}")
+        elif option == "l":
+            values["scale"] = _number(line, option, value, float)
+            if values["scale"] < 0:
+                raise UserError(f"sample prompt '{line}': --l (guidance scale) must be 0 or more, not {value}")
+        elif option == "s":
+            values["steps"] = _number(line, option, value, int)
+            if not 1 <= values["steps"] <= 1000:
+                raise UserError(f"sample prompt '{line}': --s (steps) must be between 1 and 1000, not {value}")
+        else:
+            extra[option] = value
+    return SamplePrompt(prompt, extra=tuple(extra.items()), **values)
+
+
+def _number(line: str, option: str, value: str, kind: type) -> Any:
+    try:
+        return kind(value)
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise UserError(f"sample prompt '{line}': --{option} must be {what}, not '{value}'") from None
+
+
+def format_prompt_line(prompt: SamplePrompt) -> str:
+    """The kohya prompt line of ``prompt`` (every option written out)."""
+    parts = [prompt.prompt]
+    if prompt.negative:
+        parts.append(f"--n {prompt.negative}")
+    parts += [f"--w {prompt.width}", f"--h {prompt.height}"]
+    if prompt.seed is not None:
+        parts.append(f"--d {prompt.seed}")
+    parts += [f"--l {prompt.scale:g}", f"--s {prompt.steps}"]
+    parts += [f"--{option} {value}".rstrip() for option, value in prompt.extra]
+    return " ".join(parts)
+
+
+def parse_prompt_file(text: str, width: int = 512, height: int = 512) -> list[SamplePrompt]:
+    """The prompts of a sample_prompts.txt (blank lines and ``#`` comments skipped)."""
+    return [parse_prompt_line(line, width, height) for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+class _Config(Protocol):
+    name: str
+    settings: dict[str, Any]
+    subsets: list[dict[str, Any]]
+    prompts: list[str]
+
+    def section(self, section: str) -> dict[str, Any]: ...
+
+
+def export_kohya(config: _Config, out_dir: str | os.PathLike[str]) -> list[Path]:
+    """Write ``dataset_config.toml`` and ``sample_prompts.txt`` for sd-scripts into ``out_dir``."""
+    settings = config.settings
+    caption_extension = config.section("dataset")["caption_extension"]
+    document = tomlkit.document()
+    document.add(tomlkit.comment(f"sd-scripts dataset config exported by sdtui from run '{config.name}'"))
+    general = tomlkit.table()
+    for key in GENERAL_KEYS:
+        general.add(key, settings[key])
+    general.add("caption_extension", caption_extension)
+    document.add("general", general)
+    dataset = tomlkit.table()
+    for key in DATASET_KEYS:
+        dataset.add(key, settings[key])
+    subsets = tomlkit.aot()
+    for subset in config.subsets:
+        table = tomlkit.table()
+        table.add("image_dir", str(subset["path"]))
+        table.add("num_repeats", int(subset["repeats"]))
+        if subset.get("token"):
+            table.add("class_tokens", str(subset["token"]))
+        table.add("caption_extension", caption_extension)
+        table.add("is_reg", bool(subset.get("is_reg", False)))
+        subsets.append(table)
+    dataset.add("subsets", subsets)
+    datasets = tomlkit.aot()
+    datasets.append(dataset)
+    document.add("datasets", datasets)
+    out = Path(out_dir)
+    resolution = int(settings["resolution"])
+    lines = [format_prompt_line(parse_prompt_line(p, resolution, resolution)) for p in config.prompts]
+    written = [out / DATASET_CONFIG, out / SAMPLE_PROMPTS]
+    write_atomic(written[0], document.as_string())
+    write_atomic(written[1], "".join(f"{line}\n" for line in lines))
+    return written
+
+
+@dataclass(frozen=True)
+class KohyaDataset:
+    """What a dataset_config.toml holds in run.toml terms."""
+
+    subsets: list[dict[str, Any]]
+    settings: dict[str, Any]
+    caption_extension: str
+    warnings: list[str] = field(default_factory=list)
+
+
+def import_kohya(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The subsets of an sd-scripts dataset_config.toml as run.toml subset dicts."""
+    return read_kohya(path).subsets
+
+
+def read_kohya(path: str | os.PathLike[str]) -> KohyaDataset:
+    """Read an sd-scripts dataset_config.toml: subsets, the [settings] it maps and the caption extension.
+
+    Values fall back subset → dataset → general as in sd-scripts; relative ``image_dir`` paths
+    are taken relative to the file's folder. The first dataset's options become the settings.
+    """
+    file = Path(path).expanduser()
+    try:
+        data = tomlkit.parse(file.read_text(encoding="utf-8")).unwrap()
+    except FileNotFoundError:
+        raise UserError(f"kohya dataset config {file} does not exist; check the path") from None
+    except ParseError as exc:
+        raise UserError(f"{file} line {exc.line}: invalid TOML; fix the syntax there") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"kohya dataset config {file} cannot be read ({exc}); make it a readable UTF-8 text file") from None
+    general = data.get("general", {})
+    datasets = data.get("datasets", [])
+    if not isinstance(general, Mapping) or not isinstance(datasets, list) or not all(isinstance(d, Mapping) for d in datasets):
+        raise UserError(f"{file} is not an sd-scripts dataset config; it needs [general] and [[datasets]] tables")
+    subsets: list[dict[str, Any]] = []
+    warnings: list[str] = []
+    settings: dict[str, Any] = {}
+    extensions: list[str] = []
+    for number, dataset in enumerate(datasets, start=1):
+        scope = [dataset, general]
+        mapped = {key: _inherited(key, scope) for key in (*DATASET_KEYS, *GENERAL_KEYS)}
+        mapped = {key: value for key, value in mapped.items() if value is not None}
+        if "resolution" in mapped and isinstance(mapped["resolution"], list):
+            width, height = mapped["resolution"]
+            mapped["resolution"] = int(round(math.sqrt(int(width) * int(height))))
+        if number == 1:
+            settings = _checked_settings(file, mapped)
+        elif _checked_settings(file, mapped) != settings:
+            warnings.append(f"dataset {number} of {file} has other options than the first; the first dataset's options are used")
+        for table in dataset.get("subsets", []):
+            subset, extension = _subset(file, table, [table, *scope])
+            subsets.append(subset)
+            extensions.append(extension)
+    if not subsets:
+        raise UserError(f"{file} has no [[datasets.subsets]]; add one with image_dir and num_repeats")
+    caption_extension = extensions[0]
+    if any(e != caption_extension for e in extensions):
+        warnings.append(f"subsets of {file} use different caption extensions; {caption_extension} is tried first")
+    return KohyaDataset(subsets, settings, caption_extension, warnings)
+
+
+def _inherited(key: str, scopes: list[Mapping[str, Any]]) -> Any:
+    for scope in scopes:
+        if scope.get(key) is not None:
+            return scope[key]
+    return None
+
+
+def _checked_settings(file: Path, values: Mapping[str, Any]) -> dict[str, Any]:
+    checked = {}
+    for key, value in values.items():
+        try:
+            checked[key] = SETTINGS[key].check(value)
+        except ValueError as exc:
+            raise UserError(f"{file}: {exc} (sd-scripts option {key}); fix the value") from None
+    return checked
+
+
+def _subset(file: Path, table: Mapping[str, Any], scopes: list[Mapping[str, Any]]) -> tuple[dict[str, Any], str]:
+    if "metadata_file" in table:
+        raise UserError(f"{file}: fine-tuning subsets with metadata_file are not supported; use image_dir folders with caption files")
+    image_dir = table.get("image_dir")
+    if not image_dir:
+        raise UserError(f"{file}: a [[datasets.subsets]] has no image_dir; give each subset its image folder")
+    folder = Path(str(image_dir)).expanduser()
+    if not folder.is_absolute():
+        folder = (file.resolve().parent / folder).resolve()
+    values = {
+        "path": str(folder),
+        "repeats": table.get("num_repeats", _inherited("num_repeats", scopes[1:]) or 1),
+        "token": table.get("class_tokens", _inherited("class_tokens", scopes[1:]) or ""),
+        "is_reg": table.get("is_reg", False),
+    }
+    subset = {}
+    for key, value in values.items():
+        try:
+            subset[key] = SUBSET_KEYS[key].check(value)
+        except ValueError as exc:
+            raise UserError(f"{file}: subset {folder}: {exc}; fix the value") from None
+    extension = _inherited("caption_extension", scopes) or _KOHYA_CAPTION_DEFAULT
+    return subset, str(extension)
