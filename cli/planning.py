@@ -1,9 +1,311 @@
-"""Subcommands of this area (being written)."""
+"""``sdtui scan``, ``sdtui plan`` and ``sdtui export-kohya``: look before you train."""
 
 from __future__ import annotations
 
 import argparse
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from cli.common import add_json, add_set, print_json
+from core.dataset.problems import Problem
+from core.errors import UserError
+from core.settings import METHODS
+
+_NATIVE_RESOLUTION = {"sd1": 512, "sd2": 768, "sdxl": 1024}
+_BUCKET_KEYS = ("enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add this area's subcommands."""
+    """Add ``scan``, ``plan`` and ``export-kohya``."""
+    scan = sub.add_parser("scan", help="scan a kohya-style dataset folder (read-only) and list its problems")
+    scan.add_argument("dir", metavar="DIR", help="dataset folder of <repeats>_<token> subfolders")
+    scan.add_argument("--resolution", type=int, default=512, help="training resolution for the buckets (default 512)")
+    scan.add_argument("--reg", metavar="DIR", default=None, help="regularisation / class images folder")
+    add_json(scan)
+    scan.set_defaults(func=cmd_scan)
+
+    plan = sub.add_parser("plan", help="recipe, VRAM estimate and the schedule on 1, 2, 4 and 8 GPUs")
+    plan.add_argument("config", nargs="?", metavar="CONFIG.toml", help="plan this run config instead of --model/--data")
+    plan.add_argument("--model", help="diffusers folder, .safetensors file, hub id, or sd1 | sd2 | sdxl to plan without weights")
+    plan.add_argument("--data", metavar="DIR", help="dataset folder of <repeats>_<token> subfolders")
+    plan.add_argument("--reg", metavar="DIR", help="regularisation / class images folder")
+    plan.add_argument("--method", help=f"{' | '.join(METHODS)} (default lora)")
+    plan.add_argument("--recipe", help="recipe name (default: the fastest that fits, see sdtui recipes)")
+    plan.add_argument("--price-per-gpu-hour", type=float, default=None, metavar="X", help="adds a cost column")
+    length = plan.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=int, metavar="N", help="epoch mode: N epochs")
+    length.add_argument("--steps", type=int, metavar="N", help="step mode: N optimizer steps")
+    add_set(plan)
+    add_json(plan)
+    plan.set_defaults(func=cmd_plan)
+
+    export = sub.add_parser("export-kohya", help="write kohya's dataset_config.toml and sample prompts for a run config")
+    export.add_argument("config", metavar="CONFIG.toml", help="the run config")
+    export.add_argument("dir", metavar="DIR", help="output folder")
+    export.set_defaults(func=cmd_export_kohya)
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    """``sdtui scan DIR``: the subsets table and the problems; exit 2 when nothing can train."""
+    from core.dataset.scan import scan_dataset
+
+    scan = scan_dataset(args.dir, args.reg, resolution=args.resolution)
+    if args.json:
+        print_json(scan.to_json())
+    else:
+        print(format_scan(scan))
+    blocking = _blocking_problem(scan)
+    if blocking is not None:
+        raise UserError(f"{blocking.path}: {blocking.message}; {blocking.fix}")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """``sdtui plan``: the plan as a table, or as JSON with ``--json``."""
+    from core.gpu import resolve
+    from core.plan.planner import make_plan
+
+    extras = list(args.overrides)
+    if args.epochs is not None:
+        extras += [f"schedule.epochs={_positive(args.epochs, '--epochs')}", "schedule.max_steps=0"]
+    if args.steps is not None:
+        extras.append(f"schedule.max_steps={_positive(args.steps, '--steps')}")
+    gpus = resolve(args.gpus)
+    if args.config:
+        config, scan = _from_config_file(args, extras)
+    else:
+        config, scan = _from_arguments(args, extras, gpus)
+    plan = make_plan(config, scan, gpus, price_per_gpu_hour=args.price_per_gpu_hour)
+    if args.json:
+        print_json(plan.to_json())
+    else:
+        print(format_plan(plan))
+    return 0
+
+
+def cmd_export_kohya(args: argparse.Namespace) -> int:
+    """``sdtui export-kohya CONFIG.toml DIR``: kohya's dataset config and prompt file."""
+    from core.config import load_config
+    from core.kohya import export_kohya
+
+    out = Path(args.dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output {out} is a file; give a folder to write the kohya files into")
+    written = export_kohya(load_config(args.config), out)
+    for path in written if isinstance(written, (list, tuple)) else [written]:
+        print(path)
+    return 0
+
+
+def _positive(value: int, option: str) -> int:
+    if value < 1:
+        raise UserError(f"{option} {value} is not allowed; give a whole number of at least 1")
+    return value
+
+
+def _from_config_file(args: argparse.Namespace, extras: list[str]) -> tuple[Any, Any]:
+    """The run config from CONFIG.toml with the overrides, and a scan of its subsets."""
+    from core.config import apply_overrides, load_config
+
+    given = [f"--{name}" for name in ("model", "data", "reg", "method", "recipe") if getattr(args, name)]
+    if given:
+        raise UserError(f"{given[0]} cannot be combined with a run config; edit {args.config} or use --set section.key=value")
+    config = apply_overrides(load_config(args.config), extras)
+    if not config.subsets:
+        raise UserError(f"{args.config} has no [[dataset.subsets]]; add the dataset's subset folders or plan with --data DIR")
+    return config, _scan_subsets(config)
+
+
+def _scan_subsets(config: Any) -> Any:
+    """One scan over the config's subset folders, each scanned as a subset folder of its own."""
+    from core.dataset.scan import scan_dataset
+
+    settings = config.settings
+    scans = [
+        scan_dataset(
+            s["path"], resolution=int(settings["resolution"]), caption_extensions=config.caption_extensions,
+            bucket_settings={k: settings[k] for k in _BUCKET_KEYS},
+        )
+        for s in config.subsets
+    ]
+    root = os.path.commonpath([str(Path(s["path"]).expanduser().resolve()) for s in config.subsets])
+    return replace(
+        scans[0], root=root,
+        subsets=[subset for scan in scans for subset in scan.subsets],
+        problems=[problem for scan in scans for problem in scan.problems],
+    )
+
+
+def _from_arguments(args: argparse.Namespace, extras: list[str], gpus: Any) -> tuple[Any, Any]:
+    """A run config built from --model, --data, --method and --recipe (or the picker's choice)."""
+    from core.config import apply_overrides, apply_recipe, new_config
+    from core.dataset.scan import scan_dataset
+    from core.model_family import detect_family
+
+    if not args.data:
+        raise UserError("sdtui plan needs a dataset: give --data DIR (a folder of <repeats>_<token> subfolders) or a run config CONFIG.toml")
+    if not args.model:
+        raise UserError("sdtui plan needs a base model: give --model with a diffusers folder, a .safetensors file, a hub id, or sd1, sd2 or sdxl")
+    method = args.method or "lora"
+    if method not in METHODS:
+        raise UserError(f"method '{method}' is unknown; use --method with one of {', '.join(METHODS)}")
+    family = detect_family(args.model)
+    model_path = "" if args.model == family else args.model
+    probe = apply_overrides(new_config("plan", model_path, family, method, [], {}), extras)
+    overrides = _settings_overrides(probe, extras)
+    settings = probe.settings
+    resolution = int(overrides.get("resolution", _NATIVE_RESOLUTION[family]))
+    scan = scan_dataset(args.data, args.reg, resolution=resolution, bucket_settings={k: settings[k] for k in _BUCKET_KEYS})
+    recipe_name, recipe_settings = _choose_recipe(args.recipe, family, method, gpus, overrides)
+    name = f"{_slug(scan.subsets[0].token if scan.subsets else '') or Path(args.data).name}-{method}"
+    config = new_config(name, model_path, family, method, scan.subset_configs(), {})
+    apply_recipe(config, recipe_settings, recipe_name)
+    apply_overrides(config, extras)
+    return config, scan
+
+
+def _settings_overrides(config: Any, extras: list[str]) -> dict[str, Any]:
+    """The [settings] values the user overrode (already checked by apply_overrides)."""
+    from core.settings import lookup
+
+    keys = []
+    for item in extras:
+        section, setting = lookup(item.partition("=")[0].strip())
+        if section == "settings":
+            keys.append(setting.key)
+    settings = config.settings
+    return {key: settings[key] for key in keys}
+
+
+def _choose_recipe(name: str | None, family: str, method: str, gpus: Any, overrides: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The named recipe, or the picker's fastest fitting one (the least heavy when none fits)."""
+    from core.plan.picker import pick_recipes, rank_recipes
+    from core.recipes import get_recipe, load_recipes
+
+    if name:
+        recipe = get_recipe(name)
+        if family not in recipe.families or method not in recipe.methods:
+            raise UserError(
+                f"recipe '{name}' is for {', '.join(recipe.families)} with {', '.join(recipe.methods)}, not {family} with {method}; "
+                "list the others with sdtui recipes"
+            )
+        return recipe.name, dict(recipe.settings)
+    recipes = load_recipes()
+    chosen = pick_recipes(family, method, gpus, recipes, overrides) or rank_recipes(family, method, gpus, recipes, overrides)
+    if not chosen:
+        raise UserError(f"no recipe in the recipes folder trains {family} with {method}; add one or pick another --method")
+    return chosen[0].recipe.name, dict(chosen[0].recipe.settings)
+
+
+def _slug(text: str) -> str:
+    return "-".join("".join(c if c.isalnum() else " " for c in text.lower()).split())
+
+
+def _blocking_problem(scan: Any) -> Any:
+    """The problem that stops training (no usable training or class image), or None."""
+    if scan.images and not (scan.reg_root and not scan.reg_images):
+        return None
+    errors = [p for p in scan.problems if p.severity == "error" and "no usable" in p.message and p.path in (scan.root, scan.reg_root)]
+    return errors[0] if errors else Problem("error", scan.root, "the dataset has no usable training image", "add png, jpg, webp or bmp images")
+
+
+def _table(headers: list[str], rows: list[list[str]], right: set[int] | None = None) -> str:
+    """A plain text table (right-aligned where asked)."""
+    right = right or set()
+    widths = [max(len(headers[i]), *(len(r[i]) for r in rows)) if rows else len(headers[i]) for i in range(len(headers))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def _size(value: Any) -> str:
+    return f"{value[0]}x{value[1]}" if value else "-"
+
+
+def format_scan(scan: Any) -> str:
+    """The human-readable scan: one row per subset, then the problems with their fixes."""
+    rows = []
+    for s in scan.subsets:
+        top = sorted(s.buckets.items(), key=lambda kv: -kv[1])[:3]
+        buckets = ", ".join(f"{w}x{h}:{n}" for (w, h), n in top) + (" …" if len(s.buckets) > 3 else "")
+        rows.append([
+            s.name + (" (reg)" if s.is_reg else ""), str(len(s.images)), str(s.repeats), s.token or "-",
+            f"{s.captions_found}/{s.captions_missing}", f"{_size(s.min_size)} … {_size(s.max_size)}", buckets or "-",
+        ])
+    out = [
+        f"Dataset {scan.root}" + (f" (class images: {scan.reg_root})" if scan.reg_root else ""),
+        f"{scan.images} training images, {scan.items_per_epoch} items per epoch at resolution {scan.resolution}"
+        + (f", {scan.reg_images} class images" if scan.reg_root else ""),
+        "",
+        _table(["subset", "images", "repeats", "token", "captions found/missing", "sizes", "buckets"], rows, {1, 2}),
+    ]
+    if scan.problems:
+        out += ["", f"Problems ({len(scan.problems)}):"]
+        out += [f"  {p.severity:7} {p.path}: {p.message}\n          fix: {p.fix}" for p in scan.problems]
+    else:
+        out += ["", "No problems found."]
+    return "\n".join(out)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(round(seconds))
+    if seconds >= 86400:
+        return f"{seconds // 86400}d {seconds % 86400 // 3600}h"
+    if seconds >= 3600:
+        return f"{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m {seconds % 60:02d}s"
+
+
+def format_plan(plan: Any) -> str:
+    """The human-readable plan: recipe, VRAM against the GPU, dataset, GPU-count table, warnings."""
+    data = plan.to_json()
+    gpu, settings, dataset = data["gpu"], data["settings"], data["dataset"]
+    if gpu["name"]:
+        where = f"{gpu['name']} ({gpu['vram_gb']:g} GB, {gpu['count']} GPU{'s' if gpu['count'] != 1 else ''}{', simulated' if gpu['simulated'] else ''})"
+        verdict = "fits" if data["fits"] else "DOES NOT FIT"
+        vram = f"{data['vram_estimate_gb']:.1f} GB estimated peak of {gpu['vram_gb']:g} GB on the {where}: {verdict} (with {data['headroom']:.0%} headroom)"
+    else:
+        vram = f"{data['vram_estimate_gb']:.1f} GB estimated peak (no GPU to compare with)"
+    speed = data["images_per_second_per_gpu"]
+    mode = (
+        f"step mode, {plan.schedule['max_steps']} steps" if int(plan.schedule["max_steps"]) > 0
+        else f"epoch mode, {plan.schedule['epochs']} epochs"
+    )
+    out = [
+        f"Model     {data['model_family']}, method {data['method']}",
+        f"Recipe    {data['recipe'] or '(own settings)'}: {settings['mixed_precision']}, {settings['optimizer']}, "
+        f"checkpointing {'on' if settings['gradient_checkpointing'] else 'off'}, batch {settings['batch_size']}, "
+        f"resolution {settings['resolution']}" + (f", LoRA rank {settings['lora_rank']}" if data["method"] == "lora" else ""),
+        f"VRAM      {vram}",
+        f"Speed     {speed:.2f} images/s per GPU (model estimate)" if speed else "Speed     unknown (no catalog GPU)",
+        f"Dataset   {dataset['images']} images in {sum(1 for s in dataset['subsets'] if not s['is_reg'])} subset(s), "
+        f"{dataset['items_per_epoch']} items per epoch" + (f", {dataset['reg_images']} class images" if dataset["reg_images"] else ""),
+        f"Schedule  {mode}, gradient accumulation {plan.schedule['gradient_accumulation']}, "
+        f"learning rate {plan.schedule['learning_rate']:g} ({data['lr_scheduler']})",
+        "",
+    ]
+    headers = ["GPUs", "eff. batch", "steps/epoch", "epochs", "total steps", "images seen", "warm-up", "ETA"]
+    priced = data["price_per_gpu_hour"] is not None
+    if priced:
+        headers.append("cost")
+    rows = []
+    for row in data["schedule"]:
+        cells = [
+            str(row["gpus"]), str(row["effective_batch"]), str(row["steps_per_epoch"]), f"{row['epochs']:g}",
+            str(row["total_steps"]), str(row["images_seen"]), str(row["warmup_steps"]), _duration(row["eta_s"]),
+        ]
+        if priced:
+            cells.append(f"{row['cost']:.2f}" if row.get("cost") is not None else "-")
+        rows.append(cells)
+    out.append(_table(headers, rows, set(range(len(headers)))))
+    if data["warnings"]:
+        out += ["", "Warnings:"] + [f"  ! {w}" for w in data["warnings"]]
+    if data["notes"]:
+        out += ["", "Notes:"] + [f"  - {n}" for n in data["notes"]]
+    return "\n".join(out)

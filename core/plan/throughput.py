@@ -34,13 +34,7 @@ SATURATING_LATENT_PIXELS = 16384
 BATCH_EFFICIENCY_EXPONENT = 0.3
 #: Bytes read and written per trainable parameter by one optimizer step.
 OPTIMIZER_BYTES_PER_PARAM = {"adamw": 28, "adamw8bit": 20, "lion8bit": 14, "adafactor": 24}
-#: Memory bandwidth (GB/s) of catalog GPUs by a word of their name, used when the catalog
-#: entry has no ``memory_bandwidth_gbps``; otherwise 6 GB/s per dense bf16 TFLOP/s.
-BANDWIDTH_GBPS = {
-    "h200": 4800, "h100": 3350, "a100": 2039, "a10": 600, "l40": 864, "l4": 300, "a6000": 768,
-    "a5000": 768, "a4000": 448, "v100": 900, "t4": 320, "5090": 1792, "4090": 1008, "4080": 717,
-    "4070": 504, "4060": 288, "3090": 936, "3080": 760, "3070": 448, "3060": 360,
-}
+#: Memory bandwidth assumed per dense fp16 TFLOP/s when the GPU has no catalog figure (bytes/s).
 BANDWIDTH_PER_TFLOPS = 6e9
 #: Throughput kept per doubling of the GPU count: (full weights, adapters) × (one node, across nodes).
 SCALING_PER_DOUBLING = {("full", False): 0.92, ("full", True): 0.85, ("adapter", False): 0.97, ("adapter", True): 0.93}
@@ -77,22 +71,18 @@ def batch_efficiency(family: str, settings: dict[str, Any]) -> float:
 
 
 def dense_tflops(gpu: Any, mixed_precision: str) -> float | None:
-    """The GPU's dense tensor TFLOP/s for the precision; None when the GPU is unknown.
+    """The GPU's dense tensor TFLOP/s for the precision; None when there is no figure.
 
-    ``gpu`` is a catalog ``GpuModel`` or a probed ``GpuInfo`` (looked up by name). Without mixed
-    precision the model runs in fp32 (TF32 convolutions): an eighth of the bf16 rate.
+    ``gpu`` is a probed or simulated ``GpuInfo`` (its own rule: bf16 without support runs as
+    fp16, fp32 at a quarter of fp16) or a catalog ``GpuModel``.
     """
-    model = _catalog_model(gpu)
-    if model is None:
-        return None
-    bf16 = float(getattr(model, "tflops_bf16", 0) or 0)
-    fp16 = float(getattr(model, "tflops_fp16", 0) or 0) or bf16
-    if mixed_precision == "fp16":
-        return fp16 or None
-    if mixed_precision == "bf16":
-        return (bf16 or fp16) or None
-    fp32 = float(getattr(model, "tflops_fp32", 0) or 0)
-    return fp32 or ((bf16 or fp16) / 8) or None
+    if callable(getattr(gpu, "tflops", None)):
+        return float(gpu.tflops(mixed_precision)) or None
+    fp16 = float(getattr(gpu, "tflops_fp16", 0) or 0)
+    bf16 = float(getattr(gpu, "tflops_bf16", 0) or 0)
+    if mixed_precision == "bf16" and bf16:
+        return bf16
+    return (fp16 / 4 if mixed_precision == "no" else fp16) or None
 
 
 def trainable_params(family: str, method: str, settings: dict[str, Any]) -> int:
@@ -120,7 +110,7 @@ def images_per_second(family: str, method: str, settings: dict[str, Any], gpu: A
     tflops = dense_tflops(gpu, str(settings.get("mixed_precision", "bf16")))
     if not tflops:
         return None
-    bandwidth = _bandwidth(gpu)
+    bandwidth = memory_bandwidth(gpu)
     flops = training_tflops_per_image(family, method, settings) * 1e12
     seconds_per_flop = 1 / (tflops * 1e12 * MATMUL_EFFICIENCY) + 1 / (ARITHMETIC_INTENSITY * bandwidth)
     compute_s = flops * seconds_per_flop / batch_efficiency(family, settings)
@@ -150,24 +140,11 @@ def eta_seconds(total_steps: int, effective_batch: int, ips_per_gpu: float | Non
     return total_steps * effective_batch / (ips_per_gpu * gpus * scaling_factor(gpus, method, num_machines))
 
 
-def _catalog_model(gpu: Any) -> Any:
-    if getattr(gpu, "tflops_bf16", None) is not None:
-        return gpu
-    name = getattr(gpu, "name", None)
-    if not name:
-        return None
-    from core.gpu import find_model
-
-    return find_model(name)
-
-
-def _bandwidth(gpu: Any) -> float:
-    model = _catalog_model(gpu)
-    gbps = float(getattr(model, "memory_bandwidth_gbps", 0) or 0)
-    if not gbps:
-        name = str(getattr(model, "name", "")).lower().replace(" ", "")
-        gbps = next((v for k, v in sorted(BANDWIDTH_GBPS.items(), key=lambda kv: -len(kv[0])) if k in name), 0)
-    return gbps * 1e9 if gbps else (dense_tflops(gpu, "bf16") or 100.0) * BANDWIDTH_PER_TFLOPS
+def memory_bandwidth(gpu: Any) -> float:
+    """Memory bandwidth in bytes/s: the catalog's figure, else 6 GB/s per dense fp16 TFLOP/s."""
+    model = gpu if hasattr(gpu, "bandwidth_gbs") else getattr(gpu, "model", None)
+    gbps = float(getattr(model, "bandwidth_gbs", 0) or 0)
+    return gbps * 1e9 if gbps else (dense_tflops(gpu, "fp16") or 30.0) * BANDWIDTH_PER_TFLOPS
 
 
 @lru_cache(maxsize=1)
