@@ -1,0 +1,483 @@
+"""The trainer's data: items from the run config's subsets, bucketed batches, loading and caches.
+
+* :func:`build_items` scans every ``[[dataset.subsets]]`` folder (read-only) with the shared
+  scanner and assigns each image to a bucket with the shared bucket code.
+* :func:`batches_for_epoch` cuts an epoch into this rank's batches with the shared schedule
+  maths, so the planner's step counts are what the loader yields.
+* :class:`BatchDataset` / :func:`make_loader` load one whole batch per index (all images of a
+  batch share a bucket): resize to cover, crop (center or random), optional flip, pixels in
+  [-1, 1], caption shuffle / keep tokens / dropout, SDXL size and crop conditioning. A corrupt
+  image is skipped with a warning; a batch with no usable image comes back as ``None``.
+* :func:`cache_latents` and :func:`cache_text_outputs` encode once before training, in memory
+  or (latents) on disk in the run folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from core.atomic import write_atomic
+from core.dataset.buckets import Bucket, assign_bucket, crop_box, make_buckets
+from core.dataset.scan import scan_dataset
+from core.errors import UserError
+from core.plan.schedule import epoch_batches, shard_batches
+from core.settings import SETTINGS
+
+log = logging.getLogger(__name__)
+
+INSTANCE, CLASS = "i", "c"
+
+
+class CacheNotValid(ValueError):
+    """A cache was asked for although the settings make it wrong (the loop falls back)."""
+
+
+@dataclass(frozen=True)
+class TrainItem:
+    """One image of the dataset with its caption, size and bucket."""
+
+    path: str
+    caption: str
+    width: int
+    height: int
+    bucket: Bucket
+    repeats: int
+    is_reg: bool
+    subset: int
+
+
+@dataclass
+class TrainData:
+    """Everything the loop iterates: instance and class items, buckets and the per-bucket item lists.
+
+    ``items_by_bucket`` maps each bucket to instance item indices, each repeated ``repeats``
+    times: exactly what :func:`core.plan.schedule.epoch_batches` takes.
+    """
+
+    items: list[TrainItem]
+    class_items: list[TrainItem]
+    buckets: list[Bucket]
+    items_by_bucket: dict[Bucket, list[int]]
+    settings: dict[str, Any] = field(default_factory=dict)
+    latents: LatentCache | None = None
+    text_cache: TextCache | None = None
+
+    @property
+    def items_per_epoch(self) -> int:
+        """Σ images × repeats over the training subsets."""
+        return sum(len(v) for v in self.items_by_bucket.values())
+
+    def bucket_counts(self) -> dict[Bucket, int]:
+        """Items per bucket in one epoch (what the planner's ``steps_per_epoch`` takes)."""
+        return {b: len(v) for b, v in self.items_by_bucket.items()}
+
+
+def _setting(settings: Mapping[str, Any], key: str) -> Any:
+    return settings.get(key, SETTINGS[key].default)
+
+
+def _subsets_of(config: Any) -> list[dict[str, Any]]:
+    if hasattr(config, "subsets"):
+        return [dict(s) for s in config.subsets]
+    return [dict(s) for s in config.get("dataset", {}).get("subsets", [])]
+
+
+def _caption_extension(config: Any) -> str:
+    if hasattr(config, "dataset") and isinstance(config.dataset, Mapping):
+        return str(config.dataset.get("caption_extension", ".txt"))
+    if isinstance(config, Mapping):
+        return str(config.get("dataset", {}).get("caption_extension", ".txt"))
+    return ".txt"
+
+
+def build_items(config: Any, settings: Mapping[str, Any]) -> TrainData:
+    """Scan the config's subsets and bucket their images (the dataset is only read).
+
+    ``config`` is a RunConfig (or a run.toml dict) with ``subsets`` of ``path``, ``repeats``,
+    ``token``, ``is_reg``. A caption comes from the image's caption file, else the subset token.
+    """
+    settings = dict(settings)
+    buckets = make_buckets(
+        int(_setting(settings, "resolution")),
+        int(_setting(settings, "min_bucket_reso")),
+        int(_setting(settings, "max_bucket_reso")),
+        int(_setting(settings, "bucket_reso_steps")),
+        bool(_setting(settings, "enable_bucket")),
+    )
+    extensions = tuple(dict.fromkeys((_caption_extension(config), ".txt", ".caption")))
+    items: list[TrainItem] = []
+    class_items: list[TrainItem] = []
+    subsets = _subsets_of(config)
+    for index, subset in enumerate(subsets):
+        folder = Path(str(subset.get("path", ""))).expanduser()
+        if not folder.is_dir():
+            raise UserError(f"The dataset folder {folder} does not exist; fix the path of this subset in [[dataset.subsets]] of run.toml.")
+        is_reg = bool(subset.get("is_reg", False))
+        repeats = int(subset.get("repeats", 1))
+        scan = scan_dataset(folder, resolution=int(_setting(settings, "resolution")), caption_extensions=extensions, bucket_settings=settings, use_cache=False)
+        for found in scan.subsets:
+            token = str(subset.get("token") or found.token or "").strip()
+            for image in found.images:
+                caption = (image.caption or "").strip() or token
+                item = TrainItem(image.path, caption, image.width, image.height, assign_bucket(image.width, image.height, buckets), repeats, is_reg, index)
+                (class_items if is_reg else items).append(item)
+    if not items:
+        raise UserError("The training subsets in [[dataset.subsets]] of run.toml have no usable image; add png, jpg, webp or bmp images to them (sdtui scan DIR shows what is wrong).")
+    by_bucket: dict[Bucket, list[int]] = {}
+    for i, item in enumerate(items):
+        by_bucket.setdefault(item.bucket, []).extend([i] * item.repeats)
+    return TrainData(items, class_items, buckets, by_bucket, settings)
+
+
+def batches_for_epoch(train_data: TrainData, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[list[int]]:
+    """This rank's batches (lists of instance item indices) for ``epoch``, from the shared schedule code."""
+    return shard_batches(epoch_batches(train_data.items_by_bucket, batch_size, seed, epoch), rank, world)
+
+
+def class_batches_for_epoch(train_data: TrainData, batches: Sequence[Sequence[int]], seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[list[int]]:
+    """Prior preservation: one class item per instance item of each batch, cycling a shuffled pool."""
+    if not train_data.class_items:
+        return [[] for _ in batches]
+    pool = [i for i, item in enumerate(train_data.class_items) for _ in range(item.repeats)]
+    random.Random(seed * 7_919 + epoch).shuffle(pool)
+    width = max((len(b) for b in batches), default=0)
+    return [[pool[((n * world + rank) * width + j) % len(pool)] for j in range(len(batch))] for n, batch in enumerate(batches)]
+
+
+def process_caption(caption: str, settings: Mapping[str, Any], rng: random.Random) -> str:
+    """Apply caption shuffling (keeping the first ``keep_tokens`` tags in place) and caption dropout."""
+    rate = float(_setting(settings, "caption_dropout_rate"))
+    if rate > 0 and rng.random() < rate:
+        return ""
+    if _setting(settings, "shuffle_caption") and "," in caption:
+        tags = [t.strip() for t in caption.split(",") if t.strip()]
+        keep = int(_setting(settings, "keep_tokens"))
+        head, tail = tags[:keep], tags[keep:]
+        rng.shuffle(tail)
+        return ", ".join(head + tail)
+    return caption
+
+
+@dataclass
+class Example:
+    """One loaded image fitted to its bucket."""
+
+    pixels: Any  # [3, H, W] float in [-1, 1]
+    original_size: tuple[int, int]  # (height, width) of the source image
+    crop_top_left: tuple[int, int]  # (top, left) in the scaled image
+    target_size: tuple[int, int]  # (height, width) of the bucket
+
+
+def open_rgb(path: str) -> Image.Image:
+    """Open an image upright (EXIF orientation applied) as RGB; transparency goes onto white."""
+    with Image.open(path) as raw:
+        image = ImageOps.exif_transpose(raw)
+        image.load()
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_example(path: str, bucket: Bucket, random_crop: bool = False, flip: bool = False, rng: random.Random | None = None) -> Example:
+    """Resize ``path`` to cover ``bucket``, crop it (center or random) and optionally mirror it."""
+    rng = rng or random.Random(0)
+    image = open_rgb(path)
+    width, height = image.size
+    fx, fy = (rng.random(), rng.random()) if random_crop else (0.5, 0.5)
+    sw, sh, left, top, right, bottom = crop_box(width, height, bucket, fx, fy)
+    image = image.resize((sw, sh), Image.Resampling.LANCZOS).crop((left, top, right, bottom))
+    if flip:
+        image = ImageOps.mirror(image)
+        left = sw - right
+    array = np.asarray(image, dtype=np.float32)
+    pixels = torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0
+    return Example(pixels.contiguous(), (height, width), (top, left), (bucket[1], bucket[0]))
+
+
+class LatentCache:
+    """VAE latents (already scaled) per (kind, item index, bucket), in memory or as files in a folder."""
+
+    def __init__(self, folder: Path | None = None) -> None:
+        self.folder = folder
+        self.memory: dict[tuple[str, int, Bucket], tuple[Any, tuple[int, int], tuple[int, int]]] = {}
+        self.files: dict[tuple[str, int, Bucket], Path] = {}
+
+    def __contains__(self, key: tuple[str, int, Bucket]) -> bool:
+        return key in self.memory or key in self.files
+
+    def __len__(self) -> int:
+        return len(self.memory) + len(self.files)
+
+    def put(self, key: tuple[str, int, Bucket], latents: Any, original_size: tuple[int, int], crop_top_left: tuple[int, int], path: Path | None = None) -> None:
+        """Store one entry (a file written atomically when the cache lives on disk)."""
+        latents = latents.detach().to("cpu", torch.float32).contiguous()
+        if path is None:
+            self.memory[key] = (latents, original_size, crop_top_left)
+            return
+        from safetensors.torch import save
+
+        meta = {"original_size": f"{original_size[0]},{original_size[1]}", "crop_top_left": f"{crop_top_left[0]},{crop_top_left[1]}"}
+        write_atomic(path, save({"latents": latents}, metadata=meta))
+        self.files[key] = path
+
+    def get(self, key: tuple[str, int, Bucket]) -> tuple[Any, tuple[int, int], tuple[int, int]]:
+        """``(latents [4, h, w], original_size, crop_top_left)`` of one entry."""
+        if key in self.memory:
+            return self.memory[key]
+        from safetensors import safe_open
+
+        with safe_open(str(self.files[key]), framework="pt") as handle:
+            meta = handle.metadata()
+            latents = handle.get_tensor("latents")
+        size = tuple(int(v) for v in meta["original_size"].split(","))
+        crop = tuple(int(v) for v in meta["crop_top_left"].split(","))
+        return latents, size, crop  # type: ignore[return-value]
+
+
+def latent_cache_blocker(settings: Mapping[str, Any]) -> str | None:
+    """Why latents cannot be cached with these settings (random crop / flip), or None."""
+    if _setting(settings, "random_crop"):
+        return "cached latents would freeze one crop, so random_crop trains from the images instead of the latent cache"
+    if _setting(settings, "flip_aug"):
+        return "cached latents would freeze one orientation, so flip_aug trains from the images instead of the latent cache"
+    return None
+
+
+def _cache_file_name(kind: str, index: int, item: TrainItem, bucket: Bucket, vae_tag: str) -> str:
+    stat = os.stat(item.path)
+    digest = hashlib.sha1(f"{item.path}|{stat.st_size}|{stat.st_mtime_ns}|{vae_tag}".encode()).hexdigest()[:12]
+    return f"{kind}{index:06d}_{bucket[0]}x{bucket[1]}_{digest}.safetensors"
+
+
+def _vae_tag(vae: Any) -> str:
+    config = dict(getattr(vae, "config", {}))
+    first = next(vae.parameters())
+    return f"{config.get('_name_or_path', '')}|{config.get('scaling_factor')}|{float(first.flatten()[0]):.6g}"
+
+
+def cache_latents(components: Any, train_data: TrainData, device: Any, dtype: Any, to_disk_dir: str | Path | None = None, batch_size: int = 8) -> LatentCache:
+    """Encode every image once at its bucket (class images at every instance bucket) with the VAE.
+
+    In memory, or as one safetensors file per entry in ``to_disk_dir`` (inside the run folder;
+    existing up-to-date files are reused). Raises :class:`CacheNotValid` with random crop or flip.
+    Sets ``train_data.latents`` and returns the cache. Images that cannot be read are skipped.
+    """
+    blocker = latent_cache_blocker(train_data.settings)
+    if blocker:
+        raise CacheNotValid(blocker)
+    folder = Path(to_disk_dir) if to_disk_dir is not None else None
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+    cache = LatentCache(folder)
+    vae = components.vae
+    vae.to(device=device) if vae.dtype == dtype else vae.to(device=device, dtype=dtype)
+    tag = _vae_tag(vae) if folder is not None else ""
+    scaling = float(vae.config.scaling_factor)
+    shift = getattr(vae.config, "shift_factor", None)
+    used_buckets = sorted(train_data.items_by_bucket)
+    jobs: dict[Bucket, list[tuple[str, int, TrainItem]]] = {}
+    for i, item in enumerate(train_data.items):
+        jobs.setdefault(item.bucket, []).append((INSTANCE, i, item))
+    for i, item in enumerate(train_data.class_items):
+        for bucket in used_buckets:
+            jobs.setdefault(bucket, []).append((CLASS, i, item))
+    for bucket, entries in jobs.items():
+        pending = []
+        for kind, index, item in entries:
+            key = (kind, index, bucket)
+            if folder is not None:
+                try:
+                    path = folder / _cache_file_name(kind, index, item, bucket, tag)
+                except OSError as exc:
+                    log.warning("skipping %s: %s", item.path, exc)
+                    continue
+                if path.is_file():
+                    cache.files[key] = path
+                    continue
+            else:
+                path = None
+            pending.append((key, item, path))
+        for start in range(0, len(pending), batch_size):
+            chunk = []
+            for key, item, path in pending[start : start + batch_size]:
+                try:
+                    chunk.append((key, path, load_example(item.path, bucket)))
+                except Exception as exc:  # a corrupt image must not stop training
+                    log.warning("skipping unreadable image %s: %s", item.path, exc)
+            if not chunk:
+                continue
+            pixels = torch.stack([ex.pixels for _, _, ex in chunk]).to(device=device, dtype=dtype)
+            with torch.no_grad():
+                latents = vae.encode(pixels).latent_dist.mode()
+            if shift is not None:
+                latents = latents - shift
+            latents = latents * scaling
+            for (key, path, ex), lat in zip(chunk, latents):
+                cache.put(key, lat, ex.original_size, ex.crop_top_left, path)
+    train_data.latents = cache
+    return cache
+
+
+class TextCache:
+    """Text-encoder outputs per caption, kept on the CPU."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, tuple[Any, Any | None]] = {}
+
+    def __contains__(self, caption: str) -> bool:
+        return caption in self.entries
+
+    def lookup(self, captions: Sequence[str]) -> Any:
+        """The stacked :class:`core.train.text.TextEmbeddings` of ``captions``."""
+        from core.train.text import TextEmbeddings
+
+        embeds = torch.stack([self.entries[c][0] for c in captions])
+        pooled = [self.entries[c][1] for c in captions]
+        return TextEmbeddings(embeds, torch.stack(pooled) if pooled[0] is not None else None)
+
+
+def text_cache_blocker(settings: Mapping[str, Any]) -> str | None:
+    """Why text-encoder outputs cannot be cached with these settings, or None."""
+    if _setting(settings, "train_text_encoder"):
+        return "the text encoder is trained, so its outputs change and cannot be cached"
+    if _setting(settings, "shuffle_caption"):
+        return "shuffled captions differ every step, so text-encoder outputs cannot be cached"
+    return None
+
+
+def cache_text_outputs(components: Any, train_data: TrainData, device: Any, dtype: Any, batch_size: int = 16) -> TextCache:
+    """Encode every distinct caption once (and the empty caption when caption dropout is on).
+
+    Raises :class:`CacheNotValid` when the text encoder is trained or captions are shuffled.
+    Sets ``train_data.text_cache`` and returns it.
+    """
+    from core.train.text import encode_captions
+
+    blocker = text_cache_blocker(train_data.settings)
+    if blocker:
+        raise CacheNotValid(blocker)
+    captions = list(dict.fromkeys([i.caption for i in train_data.items] + [i.caption for i in train_data.class_items]))
+    if float(_setting(train_data.settings, "caption_dropout_rate")) > 0 and "" not in captions:
+        captions.append("")
+    for encoder in components.text_encoders:
+        encoder.to(device=device, dtype=dtype)
+    cache = TextCache()
+    with torch.no_grad():
+        for start in range(0, len(captions), batch_size):
+            chunk = captions[start : start + batch_size]
+            out = encode_captions(components, chunk)
+            for n, caption in enumerate(chunk):
+                pooled = out.pooled_prompt_embeds[n].to("cpu", torch.float32) if out.pooled_prompt_embeds is not None else None
+                cache.entries[caption] = (out.prompt_embeds[n].to("cpu", torch.float32), pooled)
+    train_data.text_cache = cache
+    return cache
+
+
+class BatchDataset(torch.utils.data.Dataset):
+    """Index ``n`` → the collated batch ``batches[n]`` (plus its class images), or None if nothing loaded.
+
+    A batch is a dict: ``pixel_values`` [B, 3, H, W] in [-1, 1] or ``latents`` [B, 4, h, w] when
+    latents are cached; ``captions``; ``original_sizes``, ``crop_top_lefts``, ``target_sizes``
+    ((height, width) / (top, left) per example, SDXL's conditioning); ``is_class`` (bool tensor:
+    prior-preservation examples come after the instance ones); ``item_ids``; and
+    ``prompt_embeds`` / ``pooled_prompt_embeds`` when text outputs are cached.
+    """
+
+    def __init__(self, train_data: TrainData, batches: Sequence[Sequence[int]], seed: int, epoch: int, class_batches: Sequence[Sequence[int]] | None = None) -> None:
+        self.data = train_data
+        self.batches = [list(b) for b in batches]
+        self.class_batches = [list(b) for b in class_batches] if class_batches is not None else [[] for _ in self.batches]
+        self.seed = seed
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def _example(self, kind: str, index: int, bucket: Bucket, rng: random.Random) -> tuple[str, Any, Example] | None:
+        item = (self.data.items if kind == INSTANCE else self.data.class_items)[index]
+        caption = process_caption(item.caption, self.data.settings, rng)
+        cache = self.data.latents
+        try:
+            if cache is not None:
+                key = (kind, index, bucket)
+                if key not in cache:
+                    log.warning("skipping %s: it has no cached latents (it could not be read when caching)", item.path)
+                    return None
+                latents, size, crop = cache.get(key)
+                return caption, latents, Example(latents, size, crop, (bucket[1], bucket[0]))
+            settings = self.data.settings
+            flip = bool(_setting(settings, "flip_aug")) and rng.random() < 0.5
+            example = load_example(item.path, bucket, bool(_setting(settings, "random_crop")), flip, rng)
+            return caption, example.pixels, example
+        except Exception as exc:  # a corrupt or vanished image must not stop training
+            log.warning("skipping unreadable image %s: %s", item.path, exc)
+            return None
+
+    def __getitem__(self, n: int) -> dict[str, Any] | None:
+        batch = self.batches[n]
+        bucket = self.data.items[batch[0]].bucket
+        rng = random.Random(f"{self.seed}:{self.epoch}:{n}")
+        loaded = []
+        for kind, indices in ((INSTANCE, batch), (CLASS, self.class_batches[n])):
+            for index in indices:
+                got = self._example(kind, index, bucket, rng)
+                if got is not None:
+                    loaded.append((kind, index, *got))
+        if not any(kind == INSTANCE for kind, *_ in loaded):
+            return None
+        out: dict[str, Any] = {
+            "latents" if self.data.latents is not None else "pixel_values": torch.stack([t for *_, t, _ in loaded]),
+            "captions": [c for _, _, c, _, _ in loaded],
+            "original_sizes": [e.original_size for *_, e in loaded],
+            "crop_top_lefts": [e.crop_top_left for *_, e in loaded],
+            "target_sizes": [e.target_size for *_, e in loaded],
+            "is_class": torch.tensor([kind == CLASS for kind, *_ in loaded]),
+            "item_ids": [index for _, index, *_ in loaded],
+        }
+        if self.data.text_cache is not None:
+            embeddings = self.data.text_cache.lookup(out["captions"])
+            out["prompt_embeds"] = embeddings.prompt_embeds
+            if embeddings.pooled_prompt_embeds is not None:
+                out["pooled_prompt_embeds"] = embeddings.pooled_prompt_embeds
+        return out
+
+
+def _as_is(batch: Any) -> Any:
+    return batch
+
+
+def make_loader(
+    train_data: TrainData,
+    batches: Sequence[Sequence[int]],
+    seed: int,
+    epoch: int,
+    workers: int = 0,
+    class_batches: Sequence[Sequence[int]] | None = None,
+    pin_memory: bool | None = None,
+) -> torch.utils.data.DataLoader:
+    """A DataLoader yielding the collated ``batches`` in order (``None`` for a batch with no usable image)."""
+    dataset = BatchDataset(train_data, batches, seed, epoch, class_batches)
+    workers = min(int(workers), len(dataset)) if len(dataset) else 0
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=None,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_as_is,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        persistent_workers=False,
+    )
+
