@@ -1,0 +1,115 @@
+"""Count the parameters of every SD component on the meta device and write core/memory/params.json.
+
+``python -m bench.measure_params`` builds the real-size UNet, VAE and text encoder(s) of SD1.5,
+SD2.1 and SDXL from ``core/model_configs.py`` on the meta device (no weights, no download, a
+few seconds) and records per component: the parameter count, the LoRA "width" per
+``lora_targets`` choice (Σ over adapted layers of in·k·k + out, so LoRA params = rank × width)
+and the adapted layer count, plus the text encoders' embedding size for textual inversion.
+``--check`` compares the file with a fresh build instead of writing it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from core.atomic import write_json_atomic
+from core.model_configs import COMPONENT_CLASSES, LORA_TARGET_MODULES, families, family_config
+
+PARAMS_JSON = Path(__file__).resolve().parents[1] / "core" / "memory" / "params.json"
+
+
+def build_meta(kind: str, config: dict[str, Any]) -> Any:
+    """Build one component with the real config on the meta device."""
+    import torch
+
+    with torch.device("meta"):
+        if kind == "unet":
+            from diffusers import UNet2DConditionModel
+
+            return UNet2DConditionModel.from_config(config)
+        if kind == "vae":
+            from diffusers import AutoencoderKL
+
+            return AutoencoderKL.from_config(config)
+        from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+        cls = CLIPTextModelWithProjection if kind == "text_encoder_2" else CLIPTextModel
+        return cls(CLIPTextConfig(**config))
+
+
+def lora_width(module: Any) -> int:
+    """in·k·k + out of a Linear or Conv2d: LoRA adds rank × this many parameters to it."""
+    import torch
+
+    if isinstance(module, torch.nn.Linear):
+        return module.in_features + module.out_features
+    if isinstance(module, torch.nn.Conv2d):
+        kh, kw = module.kernel_size
+        return module.in_channels * kh * kw // module.groups + module.out_channels
+    return 0
+
+
+def describe(kind: str, model: Any) -> dict[str, Any]:
+    """Parameter count, LoRA widths per target choice, and embedding sizes of one component."""
+    entry: dict[str, Any] = {"class": COMPONENT_CLASSES[kind], "params": sum(p.numel() for p in model.parameters())}
+    if kind == "vae":
+        return entry
+    targets = LORA_TARGET_MODULES["unet" if kind == "unet" else "text_encoder"]
+    entry["lora_width"] = {}
+    entry["lora_layers"] = {}
+    for choice, suffixes in targets.items():
+        widths = [lora_width(m) for name, m in model.named_modules() if name.endswith(suffixes)]
+        widths = [w for w in widths if w]
+        entry["lora_width"][choice] = sum(widths)
+        entry["lora_layers"][choice] = len(widths)
+    if kind != "unet":
+        config = model.config
+        entry["hidden_size"] = config.hidden_size
+        entry["token_embedding_params"] = config.vocab_size * config.hidden_size
+    return entry
+
+
+def measure() -> dict[str, Any]:
+    """The whole params.json document, freshly measured."""
+    import diffusers
+    import transformers
+
+    out: dict[str, Any] = {
+        "generated_by": "bench/measure_params.py",
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "families": {},
+    }
+    for family in families():
+        out["families"][family] = {kind: describe(kind, build_meta(kind, cfg)) for kind, cfg in family_config(family).items()}
+    return out
+
+
+def strip_versions(doc: dict[str, Any]) -> dict[str, Any]:
+    """The measured part of a params.json document (library versions left out)."""
+    return doc["families"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write params.json, or with ``--check`` report whether it is up to date."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="compare with the stored file; exit 1 if it differs")
+    args = parser.parse_args(argv)
+    fresh = measure()
+    if args.check:
+        stored = json.loads(PARAMS_JSON.read_text())
+        same = strip_versions(stored) == strip_versions(fresh)
+        print("params.json is up to date" if same else "params.json differs from the configs; rerun without --check")
+        return 0 if same else 1
+    write_json_atomic(PARAMS_JSON, fresh)
+    for family, comps in fresh["families"].items():
+        print(family, ", ".join(f"{k}={v['params'] / 1e6:.1f}M" for k, v in comps.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
