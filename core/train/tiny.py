@@ -23,7 +23,7 @@ WORDS = (
     "a an the of on in with and photo picture image painting drawing style sks dog cat person man woman "
     "red green blue yellow orange purple white black pink brown gray circle square triangle star ring "
     "cross shape shapes small large big background colour color on beach forest city portrait "
-    "shs ohwx toy figure object class token"
+    "shs ohwx toy figure object class token simple"
 ).split()
 
 
