@@ -130,7 +130,7 @@ def make_plan(config: Any, scan: Any, gpus: Any, price_per_gpu_hour: float | Non
     counts = scan.bucket_counts(buckets)
     fit = judge(family, method, settings, gpus)
     smallest = gpus.smallest
-    prior = method == "dreambooth" and scan.reg_images > 0
+    prior = uses_prior_preservation(method, scan.reg_images)
     plan = Plan(
         model_family=family,
         method=method,
@@ -155,6 +155,15 @@ def make_plan(config: Any, scan: Any, gpus: Any, price_per_gpu_hour: float | Non
     )
     _explain(plan, scan, gpus, fit)
     return plan
+
+
+def uses_prior_preservation(method: str, class_images: int) -> bool:
+    """Whether class (regularisation) images are paired with instance images in each step.
+
+    As in kohya's sd-scripts, any method that trains the UNet uses them when there are some;
+    textual inversion does not.
+    """
+    return class_images > 0 and method != "textual_inversion"
 
 
 def _apply_config_subsets(scan: Any, subsets: list[dict[str, Any]]) -> Any:
@@ -240,7 +249,7 @@ def _explain(plan: Plan, scan: Any, gpus: Any, fit: Any) -> None:
             )
     elif reg_subsets:
         plan.warnings.append(
-            f"{len(reg_subsets)} regularisation subset(s) are ignored by method {plan.method}; use --method dreambooth for prior preservation or leave --reg out"
+            f"{len(reg_subsets)} regularisation subset(s) are ignored by {plan.method}; leave --reg out or train dreambooth or lora for prior preservation"
         )
     warmup = int(schedule["lr_warmup_steps"])
     run_steps = plan.total_steps_for(plan.configured_processes)
