@@ -50,7 +50,9 @@ class RunConfig:
     def section(self, section: str) -> dict[str, Any]:
         """A section's values with the defaults of missing keys filled in (plain Python values)."""
         values = defaults(section)
-        values.update({k: _plain(v) for k, v in self._table(section).items() if k in SCHEMA[section]})
+        for key, value in self._table(section).items():
+            if key in SCHEMA[section]:
+                values[key] = _coerced(SCHEMA[section][key], _plain(value))
         return values
 
     @property
@@ -100,7 +102,7 @@ class RunConfig:
         result = []
         for table in tables:
             subset = {k: s.default for k, s in SUBSET_KEYS.items()}
-            subset.update({k: _plain(v) for k, v in table.items() if k in SUBSET_KEYS})
+            subset.update({k: _coerced(SUBSET_KEYS[k], _plain(v)) for k, v in table.items() if k in SUBSET_KEYS})
             result.append(subset)
         return result
 
@@ -112,12 +114,12 @@ class RunConfig:
 
     def get(self, dotted: str) -> Any:
         """The value of ``section.key`` (a bare key means settings.key), default if unset."""
-        section, setting = _lookup(dotted, "setting")
+        section, setting = _lookup(dotted)
         return self.name if section == "" else self.section(section)[setting.key]
 
     def set(self, dotted: str, value: Any) -> None:
         """Set ``section.key`` after checking the value (UserError with the rule); comments stay."""
-        section, setting = _lookup(dotted, "setting")
+        section, setting = _lookup(dotted)
         try:
             checked = setting.check(value)
         except ValueError as exc:
@@ -242,7 +244,7 @@ def apply_overrides(config: RunConfig, overrides: Iterable[str]) -> RunConfig:
         key = key.strip()
         if not sep or not key:
             raise UserError(f"override '{item}' is not key=value; write it as section.key=value, e.g. schedule.max_steps=400 or batch_size=2")
-        section, setting = _lookup(key, "--set")
+        section, setting = _lookup(key, " in --set")
         value = _parse_override(raw.strip(), setting)
         try:
             checked = setting.check(value)
@@ -259,7 +261,8 @@ def apply_recipe(config: RunConfig, settings: Mapping[str, Any], recipe_name: st
         values["recipe"] = recipe_name
     for key, value in values.items():
         if key not in SETTINGS:
-            raise UserError(f"recipe {recipe_name or ''} sets unknown setting '{key}'{_suggest(key, SETTINGS)}; use one of the [settings] keys".replace("recipe  ", "recipe "))
+            who = f"recipe {recipe_name}" if recipe_name else "the recipe"
+            raise UserError(f"{who} sets unknown setting '{key}'{_suggest(key, SETTINGS)}; use one of the [settings] keys")
         config.set(f"settings.{key}", value)
     return config
 
@@ -270,6 +273,13 @@ def save_config(config: RunConfig, path: str | os.PathLike[str]) -> Path:
     write_atomic(target, config.to_toml())
     config.path = target
     return target
+
+
+def _coerced(setting: Setting, value: Any) -> Any:
+    try:
+        return setting.check(value)
+    except ValueError:
+        return value
 
 
 def _plain(value: Any) -> Any:
@@ -289,7 +299,7 @@ def _all_names() -> list[str]:
     return sorted(_dotted(s, k) for s, keys in SCHEMA.items() for k in keys)
 
 
-def _lookup(dotted: str, what: str) -> tuple[str, Setting]:
+def _lookup(dotted: str, where: str = "") -> tuple[str, Setting]:
     try:
         return lookup(dotted)
     except KeyError:
@@ -298,7 +308,7 @@ def _lookup(dotted: str, what: str) -> tuple[str, Setting]:
         hint = f"did you mean {close[0]}? " if close else ""
         sections = ", ".join(s for s in SCHEMA if s)
         raise UserError(
-            f"unknown {what} '{dotted}'; {hint}spell it section.key=value with a section among {sections} "
+            f"unknown setting '{dotted}'{where}; {hint}spell it section.key=value with a section among {sections} "
             f"(a bare key means settings.key), e.g. schedule.max_steps=400 or batch_size=2"
         ) from None
 
