@@ -1,0 +1,164 @@
+"""Control of a run from any terminal: requests to the trainer through control.json, and stop.
+
+control.json is ``{"requests": [{"id", "action", "at"}, …]}``; the trainer executes each id
+once and acknowledges it with ``control_ack: {"id", "action", "at"}`` in status.json.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import signal
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from core.atomic import read_json, write_json_atomic
+from core.errors import UserError
+from core.launch import procs
+from core.runs import FINAL_STATES, LOST, RunDir
+
+ACTIONS = ("stop", "save", "sample", "pause", "resume")
+#: Requests kept in control.json (older ones were executed long ago).
+_KEEP = 100
+
+
+def request(run: RunDir, action: str) -> str:
+    """Append a request for the trainer to control.json; return its id."""
+    if action not in ACTIONS:
+        raise UserError(f"unknown control action '{action}'; use one of {', '.join(ACTIONS)}")
+    rid = uuid.uuid4().hex[:12]
+    lock = run.path / ".control.lock"
+    with open(lock, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        data = read_json(run.control_json, {})
+        requests = data.get("requests", []) if isinstance(data, dict) else []
+        requests = [r for r in requests if isinstance(r, dict)][-(_KEEP - 1):]
+        requests.append({"id": rid, "action": action, "at": round(time.time(), 3)})
+        write_json_atomic(run.control_json, {"requests": requests})
+    return rid
+
+
+def acknowledged(run: RunDir, rid: str) -> bool:
+    """True once the trainer has acknowledged request ``rid``."""
+    ack = run.read_status().get("control_ack")
+    return isinstance(ack, dict) and ack.get("id") == rid
+
+
+def wait_ack(run: RunDir, rid: str, timeout_s: float) -> bool:
+    """Wait up to ``timeout_s`` for the acknowledgement; False when the run ended or time ran out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if acknowledged(run, rid):
+            return True
+        if run.state in FINAL_STATES + (LOST,):
+            return acknowledged(run, rid)
+        time.sleep(0.2)
+    return False
+
+
+def ask(run: RunDir, action: str) -> str:
+    """Send ``save``, ``sample``, ``pause`` or ``resume`` to a live run (UserError when it cannot take it)."""
+    state = run.state
+    if state in FINAL_STATES + (LOST,):
+        hint = f"; sdtui resume {run.id} continues it" if state != "finished" else ""
+        raise UserError(f"run {run.id} is {state}, so it cannot {action}{hint}")
+    if action == "pause" and state == "paused":
+        raise UserError(f"run {run.id} is already paused; sdtui resume {run.id} continues it")
+    if action == "resume" and state != "paused":
+        raise UserError(f"run {run.id} is {state}, not paused; there is nothing to resume")
+    return request(run, action)
+
+
+@dataclass
+class StopResult:
+    """How a stop went."""
+
+    state: str
+    saved: bool
+    signalled: list[int]
+
+
+def stop_run(
+    run: RunDir,
+    now: bool = False,
+    grace_s: float = 120.0,
+    term_grace_s: float = 15.0,
+    progress: Callable[[str], None] | None = None,
+) -> StopResult:
+    """Stop a run: ask the trainer to save and stop, then SIGTERM, then SIGKILL every process left.
+
+    ``now`` skips the save. Afterwards no process of the run is running. UserError for a run that
+    has already ended or when another stop of the same run is under way.
+    """
+    say = progress or (lambda _msg: None)
+    status = run.read_status()
+    state = run.derive_state(status)
+    if state in FINAL_STATES:
+        raise UserError(f"run {run.id} has already ended ({state}); there is nothing to stop")
+    with open(run.stop_lock, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"another sdtui stop is already stopping run {run.id}; wait for it to finish") from None
+        saved = False
+        if not now and state != LOST:
+            rid = request(run, "stop")
+            say(f"asked {run.id} to save and stop; waiting up to {grace_s:.0f} s")
+            saved = _wait_final(run, grace_s)
+        else:
+            rid = ""
+        signalled: list[int] = []
+        if not saved:
+            say("the trainer did not stop in time; terminating its processes" if not now else "terminating the run's processes")
+            signalled = _terminate(run, term_grace_s)
+        _wait_final(run, 10.0)
+        final = run.read_status()
+        end_state = run.derive_state(final)
+        if end_state not in FINAL_STATES:
+            run.write_status(state="stopped", ended_at=round(time.time(), 3))
+            end_state = "stopped"
+        return StopResult(end_state, bool(rid) and acknowledged(run, rid) or saved, signalled)
+
+
+def _wait_final(run: RunDir, timeout_s: float) -> bool:
+    """Wait until the run has a final state and no recorded process is left."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = run.read_status()
+        if status.get("state") in FINAL_STATES and not run.alive_processes(status):
+            return True
+        if not run.alive_processes(status) and status.get("pids"):
+            return status.get("state") in FINAL_STATES
+        time.sleep(0.2)
+    return False
+
+
+def _terminate(run: RunDir, term_grace_s: float) -> list[int]:
+    """SIGTERM the supervisor (it passes it on to the launcher and records ``stopped``) — or, when
+    the supervisor is gone, every process of the run — then SIGKILL whatever is left."""
+    records = run.processes()
+    everything = procs.tree(procs.alive(records))
+    supervisors = procs.alive([r for r in records if r.get("role") == "supervisor"])
+    procs.signal_all(supervisors or everything, signal.SIGTERM)
+    left = procs.wait_gone(everything, term_grace_s)
+    if left:
+        rest = procs.tree(left)
+        procs.signal_all(rest, signal.SIGKILL)
+        procs.wait_gone(rest, 5.0)
+    return [p.pid for p in everything]
+
+
+def status_fields(run: RunDir) -> dict[str, Any]:
+    """status.json plus derived fields (state with ``lost``, id, path, newest checkpoint)."""
+    status = run.read_status()
+    checkpoint = run.latest_checkpoint()
+    return {
+        **status,
+        "id": run.id,
+        "path": str(run.path),
+        "state": run.derive_state(status),
+        "recorded_state": status.get("state"),
+        "latest_checkpoint": str(checkpoint) if checkpoint else None,
+    }
