@@ -1,14 +1,13 @@
-"""What the dashboard knows about one run, fed from metrics.jsonl records. No Textual here."""
+"""What the dashboard knows about one run, fed from metrics.jsonl by offset. No Textual here."""
 
 from __future__ import annotations
 
 import math
-from collections import deque
-from dataclasses import dataclass, field
+from array import array
+from dataclasses import dataclass
 from typing import Any
 
 SMOOTHING = 0.9
-ETA_WINDOW = 20
 
 
 @dataclass(frozen=True)
@@ -21,75 +20,76 @@ class Sample:
     path: str
 
 
-@dataclass
 class RunView:
-    """The series and the latest values the dashboard draws; ``feed`` it new metrics records."""
+    """The series (core.monitor.MetricsSeries), the smoothed loss and the latest values the dashboard draws."""
 
-    steps: list[int] = field(default_factory=list)
-    losses: list[float] = field(default_factory=list)
-    smoothed: list[float] = field(default_factory=list)
-    lr_steps: list[int] = field(default_factory=list)
-    lrs: list[float] = field(default_factory=list)
-    images_per_s: float | None = None
-    epoch: float | None = None
-    rank_memory: dict[int, tuple[int, int]] = field(default_factory=dict)
-    samples: dict[int, list[Sample]] = field(default_factory=dict)
-    newest_sample: Sample | None = None
-    events: list[str] = field(default_factory=list)
-    _step_times: deque = field(default_factory=lambda: deque(maxlen=ETA_WINDOW))
+    def __init__(self) -> None:
+        from core.monitor import MetricsSeries
 
-    def feed(self, records: list[dict[str, Any]]) -> bool:
-        """Take new records; True when anything the dashboard shows changed."""
-        changed = False
-        for record in records:
-            kind = record.get("type")
-            if kind == "step":
-                self._step(record)
-            elif kind == "sample":
-                self._sample(record)
-            elif kind == "event":
-                self.events.append(f"{record.get('level', 'info')}: {record.get('message', '')}")
-            elif kind == "epoch" and record.get("epoch") is not None:
-                self.epoch = record["epoch"]
-            else:
-                continue
-            changed = True
-        return changed
+        self.series = MetricsSeries()
+        self.smoothed = array("d")
+        self.samples: dict[int, list[Sample]] = {}
+        self.newest_sample: Sample | None = None
+        self.step_time_s: float | None = None
+        self._samples_seen = 0
 
-    def _step(self, record: dict[str, Any]) -> None:
-        step = int(record.get("step") or 0)
-        loss = record.get("loss")
-        if isinstance(loss, (int, float)) and math.isfinite(loss):
-            previous = self.smoothed[-1] if self.smoothed else loss
-            self.steps.append(step)
-            self.losses.append(float(loss))
-            self.smoothed.append(SMOOTHING * previous + (1 - SMOOTHING) * loss if self.smoothed else float(loss))
-        if isinstance(record.get("lr"), (int, float)):
-            self.lr_steps.append(step)
-            self.lrs.append(float(record["lr"]))
-        if isinstance(record.get("images_per_s"), (int, float)):
-            self.images_per_s = float(record["images_per_s"])
-        if isinstance(record.get("step_time_s"), (int, float)):
-            self._step_times.append(float(record["step_time_s"]))
-        if record.get("epoch") is not None:
-            self.epoch = record["epoch"]
-        self.rank_memory.update(rank_memory(record.get("mem")))
+    def update(self, tail: Any) -> bool:
+        """Read what is new from a MetricsTail; True when anything changed."""
+        added = self.series.update(tail)
+        if tail.reset or len(self.smoothed) > len(self.series.loss):
+            self.smoothed = array("d")
+            self.samples, self.newest_sample, self._samples_seen = {}, None, 0
+        if not added and not tail.reset:
+            return False
+        self._smooth()
+        self._take_samples()
+        last = self.series.last_step or {}
+        step_time = last.get("step_time_s")
+        if isinstance(step_time, (int, float)) and step_time > 0:
+            previous = self.step_time_s
+            self.step_time_s = step_time if previous is None else 0.7 * previous + 0.3 * step_time
+        return True
 
-    def _sample(self, record: dict[str, Any]) -> None:
-        sample = Sample(int(record.get("step") or 0), int(record.get("prompt_index") or 0), str(record.get("prompt") or ""), str(record.get("path") or ""))
-        self.samples.setdefault(sample.prompt_index, []).append(sample)
-        self.newest_sample = sample
+    def _smooth(self) -> None:
+        loss, smoothed = self.series.loss, self.smoothed
+        previous = smoothed[-1] if smoothed else math.nan
+        for i in range(len(smoothed), len(loss)):
+            value = loss[i]
+            if math.isfinite(value):
+                previous = value if not math.isfinite(previous) else SMOOTHING * previous + (1 - SMOOTHING) * value
+            smoothed.append(previous)
+
+    def _take_samples(self) -> None:
+        for record in self.series.samples[self._samples_seen :]:
+            sample = Sample(int(record.get("step") or 0), int(record.get("prompt_index") or 0), str(record.get("prompt") or ""), str(record.get("path") or ""))
+            self.samples.setdefault(sample.prompt_index, []).append(sample)
+            self.newest_sample = sample
+        self._samples_seen = len(self.series.samples)
 
     @property
     def step(self) -> int:
         """The newest optimizer step seen."""
-        return max(self.steps[-1] if self.steps else 0, self.lr_steps[-1] if self.lr_steps else 0)
+        last = self.series.last_step
+        return int(last.get("step") or 0) if last else 0
+
+    def last(self, key: str) -> Any:
+        """A value of the newest step record (None when there is none)."""
+        return (self.series.last_step or {}).get(key)
+
+    @property
+    def loss(self) -> float | None:
+        """The newest smoothed loss."""
+        return self.smoothed[-1] if self.smoothed and math.isfinite(self.smoothed[-1]) else None
 
     def eta_s(self, total_steps: int | None) -> float | None:
         """Seconds left at the recent step time (None until there is one)."""
-        if not total_steps or not self._step_times:
+        if not total_steps or self.step_time_s is None:
             return None
-        return max(0, total_steps - self.step) * sum(self._step_times) / len(self._step_times)
+        return max(0, total_steps - self.step) * self.step_time_s
+
+    def rank_memory(self) -> dict[int, tuple[int, int]]:
+        """``{rank: (allocated, peak)}`` bytes from the newest step record."""
+        return rank_memory(self.last("mem"))
 
 
 def rank_memory(mem: Any) -> dict[int, tuple[int, int]]:

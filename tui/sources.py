@@ -46,7 +46,7 @@ def no_gpu_sentence(gpus: Any) -> str | None:
         return None
     reason = gpus.reason or "no NVIDIA GPU was found"
     return (
-        f"No GPU here ({reason}). Press d for the CPU demo, or plan for hardware you are about to rent: "
+        f"No GPU here: {reason}. Press d for the CPU demo, or plan for hardware you are about to rent: "
         "sdtui --gpus 1x24GB"
     )
 

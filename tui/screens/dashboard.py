@@ -57,7 +57,7 @@ class DashboardScreen(Screen):
             with Vertical(id="side"):
                 yield Static("", id="numbers")
                 yield Static("", id="resources")
-                yield SampleView(id="samples")
+                yield SampleView(self.run.path, id="samples")
         yield Log(id="log", highlight=False, max_lines=2000)
         yield Footer()
 
@@ -74,8 +74,7 @@ class DashboardScreen(Screen):
     @work(thread=True, exclusive=True, group="poll")
     def poll(self) -> None:
         """Read what is new (offsets kept by the tails) and hand it to the UI thread."""
-        records = self.metrics_tail.poll()
-        changed = self.view.feed(records)
+        changed = self.view.update(self.metrics_tail)
         status = self.run.read_status()
         state = self.run.derive_state(status)
         total = total_steps(self.run, status)
@@ -111,7 +110,7 @@ class DashboardScreen(Screen):
             hint = status.get("hint") or "see the log below"
             error.update(Text.assemble(("Error: ", "bold red"), str(message), "\n", ("Fix: ", "bold"), str(hint)))
         if changed:
-            self.query_one("#loss", LossChart).set_data(view.steps, view.losses, view.smoothed)
+            self.query_one("#loss", LossChart).set_data(view.series.steps, view.series.loss, view.smoothed)
             self.query_one("#samples", SampleView).set_samples(view.samples, view.newest_sample)
         self.query_one("#numbers", Static).update(self._numbers())
         self.query_one("#resources", Static).update(self._resources(gpus))
@@ -120,11 +119,11 @@ class DashboardScreen(Screen):
 
     def _numbers(self) -> Text:
         view = self.view
-        loss = view.smoothed[-1] if view.smoothed else None
-        lr = view.lrs[-1] if view.lrs else None
-        ips = view.images_per_s
-        epoch = "–" if view.epoch is None else f"{view.epoch}"
-        return Text(f"loss {number(loss)}  lr {number(lr, 3)}\n{number(ips, 3)} img/s  epoch {epoch}")
+        epoch = view.last("epoch")
+        return Text(
+            f"loss {number(view.loss)}  lr {number(view.last('lr'), 3)}\n"
+            f"{number(view.last('images_per_s'), 3)} img/s  epoch {'–' if epoch is None else epoch}"
+        )
 
     def _resources(self, gpus: Any) -> Text:
         text = Text()
@@ -132,7 +131,7 @@ class DashboardScreen(Screen):
         for row in rows:
             util = "" if row.utilization is None else f" {row.utilization:>3d}%"
             text.append(f"GPU{row.index} {bar(row.fraction, 10)} {vram_text(row)}{util}\n")
-        for rank, (allocated, peak) in sorted(self.view.rank_memory.items()):
+        for rank, (allocated, peak) in sorted(self.view.rank_memory().items()):
             label = "rank" if rows else "cpu rank"
             text.append(f"{label} {rank}: {gb(allocated)} now, peak {gb(peak)}\n")
         return text
@@ -141,10 +140,10 @@ class DashboardScreen(Screen):
         if self.state not in LIVE_STATES:
             self.notify(f"The run is {self.state}: nothing to {action}.", severity="warning")
             return
-        from core.launch.control import request
+        from core.launch.control import ask
 
         try:
-            request(self.run, action)
+            ask(self.run, action)
         except UserError as exc:
             self.notify(str(exc), severity="error", timeout=10)
             return

@@ -136,9 +136,9 @@ class HomeScreen(Screen):
         state = run.state
         try:
             if state == "paused":
-                from core.launch.control import request
+                from core.launch.control import ask
 
-                request(run, "resume")
+                ask(run, "resume")
                 self.notify(f"Asked {run.path.name} to resume.")
             elif state in FINAL_STATES:
                 from core.launch.start import start_run

@@ -15,7 +15,10 @@ def gpu_line(row: GpuRow, bar_width: int = 20) -> Text:
     text.append(f"{row.index} ", style="dim")
     text.append(f"{row.name:<22.22}", style="bold")
     text.append(" ")
-    text.append(bar(row.fraction, bar_width), style="green" if row.fraction < 0.85 else "red")
+    if row.used_bytes is None:
+        text.append(" " * bar_width)
+    else:
+        text.append(bar(row.fraction, bar_width), style="green" if row.fraction < 0.85 else "red")
     text.append(f" {vram_text(row):>15}")
     text.append("  bf16" if row.bf16 else "  fp16", style="cyan" if row.bf16 else "yellow")
     if row.utilization is not None:

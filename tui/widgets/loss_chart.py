@@ -1,33 +1,23 @@
-"""The loss chart: raw and smoothed, linear or log scale, downsampled to the widget's width."""
+"""The loss chart: raw and smoothed, linear or log scale, thinned to the widget's width."""
 
 from __future__ import annotations
+
+import math
+from collections.abc import Sequence
 
 from textual_plotext import PlotextPlot
 
 
-def thin(xs: list[float], ys: list[float], width: int) -> tuple[list[float], list[float]]:
-    """At most about ``width`` points, picked evenly, the last one always kept."""
-    from core.monitor import downsample
-
-    if len(xs) <= width:
-        return xs, ys
-    index = downsample(list(range(len(xs))), width)
-    index = [int(i) for i in index]
-    if index[-1] != len(xs) - 1:
-        index.append(len(xs) - 1)
-    return [xs[i] for i in index], [ys[i] for i in index]
-
-
 class LossChart(PlotextPlot):
-    """Loss against step."""
+    """Loss against step; ``toggle_log`` switches the y axis."""
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)
         self.log_scale = False
-        self.data: tuple[list[int], list[float], list[float]] = ([], [], [])
+        self.data: tuple[Sequence[float], Sequence[float], Sequence[float]] = ([], [], [])
 
-    def set_data(self, steps: list[int], losses: list[float], smoothed: list[float]) -> None:
-        """Replace the series and redraw."""
+    def set_data(self, steps: Sequence[float], losses: Sequence[float], smoothed: Sequence[float]) -> None:
+        """Replace the series (kept by reference) and redraw."""
         self.data = (steps, losses, smoothed)
         self.redraw()
 
@@ -40,17 +30,20 @@ class LossChart(PlotextPlot):
         self.redraw()
 
     def redraw(self) -> None:
+        from core.monitor import downsample_xy
+
         plt = self.plt
         plt.clear_data()
         plt.clear_figure()
         steps, losses, smoothed = self.data
-        plt.title("loss" + (" (log)" if self.log_scale else ""))
-        plt.xlabel("step")
-        if steps:
-            width = max(self.size.width * 2, 16)
-            xs, raw = thin(steps, losses, width)
-            _, smooth = thin(steps, smoothed, width)
-            plt.yscale("log" if self.log_scale and min(raw) > 0 else "linear")
-            plt.plot(xs, raw, label="raw", marker="dot")
-            plt.plot(xs, smooth, label="smoothed", marker="braille")
+        plt.title("loss, smoothed" + (" (log scale)" if self.log_scale else ""))
+        width = max(self.size.width * 2, 16)
+        xs, raw = downsample_xy(steps, losses, width)
+        sx, smooth = downsample_xy(steps, smoothed, width)
+        raw_ok = [(x, y) for x, y in zip(xs, raw) if math.isfinite(y)]
+        if raw_ok:
+            log = self.log_scale and min(y for _, y in raw_ok) > 0
+            plt.yscale("log" if log else "linear")
+            plt.scatter([x for x, _ in raw_ok], [y for _, y in raw_ok], marker="dot")
+            plt.plot(sx, smooth, marker="braille")
         self.refresh()

@@ -31,8 +31,9 @@ def image_class() -> type[Widget]:
 class SampleView(Vertical):
     """One sample at a time: ``[``/``]`` go back and forth in its prompt's history, ``t`` changes the prompt."""
 
-    def __init__(self, **kwargs: object) -> None:
+    def __init__(self, run_path: Path, **kwargs: object) -> None:
         super().__init__(**kwargs)
+        self.run_path = Path(run_path)
         self.history: dict[int, list[Sample]] = {}
         self.prompt_index = 0
         self.position = -1
@@ -78,7 +79,8 @@ class SampleView(Vertical):
             return
         sample = samples[self.position]
         image = self.query_one("#sample-image")
-        if Path(sample.path).is_file():
-            image.image = sample.path
+        path = self.run_path / sample.path
+        if path.is_file():
+            image.image = str(path)
         prompt = sample.prompt.split(" --")[0]
         caption.update(f"step {sample.step} · prompt {sample.prompt_index + 1}/{len(self.history)} · {self.position + 1}/{len(samples)}\n{prompt}")

@@ -1,0 +1,134 @@
+"""Step 2: the dataset folder, scanned read-only in a worker; repeats editable in place."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.widgets import DataTable, Input, Label, Static
+
+from core.errors import UserError
+from tui.steps.base import Step
+from tui.widgets.path_input import PathInput
+
+SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "dim"}
+
+
+class DatasetStep(Step):
+    title = "Dataset"
+    BINDINGS = [Binding("e", "edit_repeats", "Edit repeats")]
+
+    def compose(self) -> ComposeResult:
+        yield Static("Dataset", classes="step-title")
+        yield Static("A kohya folder: <repeats>_<token> subfolders (e.g. 40_sks dog) with captions in .txt beside the images. Read only.", classes="help")
+        with Horizontal(classes="field"):
+            yield Label("images", classes="field-label")
+            yield PathInput(self.state.base_dir, folders_only=True, id="dataset-path", classes="field-input", placeholder="/data/sks_dog")
+        with Horizontal(classes="field"):
+            yield Label("class images", classes="field-label")
+            yield PathInput(self.state.base_dir, folders_only=True, id="reg-path", classes="field-input", placeholder="optional (DreamBooth prior preservation)")
+        yield Static("", id="scan-summary")
+        yield DataTable(id="subsets", cursor_type="row")
+        yield Static("Select a subset and press e (or Enter) to change its repeats.", classes="help")
+        yield Static("", id="problems")
+
+    def on_mount(self) -> None:
+        table = self.query_one("#subsets", DataTable)
+        for label, key in (("subset", "subset"), ("images", "images"), ("repeats", "repeats"), ("captions", "captions"), ("missing", "missing"), ("sizes", "sizes"), ("buckets", "buckets")):
+            table.add_column(label, key=key)
+
+    def load(self) -> None:
+        for selector, value in (("#dataset-path", self.state.dataset), ("#reg-path", self.state.reg_dataset)):
+            field = self.query_one(selector, Input)
+            if field.value != value:
+                field.value = value
+        self.show_scan()
+
+    @on(Input.Changed)
+    def path_changed(self, event: Input.Changed) -> None:
+        event.stop()
+        if event.input.id == "dataset-path":
+            if event.value == self.state.dataset and self.state.scan is not None:
+                return
+            self.state.dataset = event.value
+        else:
+            if event.value == self.state.reg_dataset:
+                return
+            self.state.reg_dataset = event.value
+        self.state.scan = None
+        self.state.field_errors.pop("Dataset:scan", None)
+        self.show_scan()
+        self.changed()
+        if self.state.dataset.strip():
+            self.query_one("#scan-summary", Static).update("Scanning…")
+            self.scan()
+
+    @work(thread=True, exclusive=True, group="scan")
+    def scan(self) -> None:
+        """Scan in a thread; a result for paths the user has since changed is dropped."""
+        wanted = (self.state.dataset, self.state.reg_dataset)
+        try:
+            result: Any = self.state.scan_dataset()
+            error = None
+        except UserError as exc:
+            result, error = None, str(exc)
+        self.app.call_from_thread(self.scanned, wanted, result, error)
+
+    def scanned(self, wanted: tuple[str, str], result: Any, error: str | None) -> None:
+        if wanted != (self.state.dataset, self.state.reg_dataset):
+            return
+        self.state.scan = result
+        if error:
+            self.state.field_errors["Dataset:scan"] = error
+        else:
+            self.state.field_errors.pop("Dataset:scan", None)
+        self.show_scan()
+        self.changed()
+
+    def show_scan(self) -> None:
+        """Fill the table, the summary and the problems from the state's scan."""
+        table = self.query_one("#subsets", DataTable)
+        table.clear()
+        scan = self.state.dataset_scan
+        summary = self.query_one("#scan-summary", Static)
+        problems = self.query_one("#problems", Static)
+        if scan is None:
+            summary.update("")
+            problems.update("")
+            return
+        for subset in scan.subsets:
+            sizes = "–" if subset.min_size is None else f"{subset.min_size[0]}×{subset.min_size[1]}…{subset.max_size[0]}×{subset.max_size[1]}"
+            buckets = ", ".join(f"{w}×{h}:{n}" for (w, h), n in sorted(subset.buckets.items())[:3]) + (" …" if len(subset.buckets) > 3 else "")
+            name = subset.name + (" (class)" if subset.is_reg else "")
+            table.add_row(name, len(subset.images), subset.repeats, subset.captions_found, subset.captions_missing, sizes, buckets or "–", key=subset.path)
+        summary.update(f"{scan.images} images, {scan.items_per_epoch} items per epoch (images × repeats)" + (f", {scan.reg_images} class images" if scan.reg_root else ""))
+        text = Text()
+        for problem in scan.problems:
+            text.append(f"{problem.severity}: ", style=SEVERITY_STYLE.get(problem.severity, ""))
+            text.append(f"{Path(problem.path).name}: {problem.message}")
+            text.append(f" → {problem.fix}\n", style="italic")
+        problems.update(text if scan.problems else Text("No problems found.", style="green"))
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.action_edit_repeats()
+
+    def action_edit_repeats(self) -> None:
+        scan = self.state.dataset_scan
+        table = self.query_one("#subsets", DataTable)
+        if scan is None or table.row_count == 0:
+            return
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        subset = next(s for s in scan.subsets if s.path == key)
+        from tui.screens.ask import AskScreen
+
+        def answered(value: str | None) -> None:
+            if value is not None and self.apply("repeats", lambda: self.state.set_repeats(subset.path, value)):
+                self.show_scan()
+
+        self.app.push_screen(AskScreen(f"Repeats of {subset.name}", str(subset.repeats)), answered)

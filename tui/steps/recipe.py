@@ -1,0 +1,133 @@
+"""Step 4: the recipes that fit, fastest first, with their VRAM estimate; every setting editable."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.widgets import Collapsible, OptionList, Static
+from textual.widgets.option_list import Option
+
+from core.errors import UserError
+from core.settings import SETTINGS
+from tui.format import GB, bar
+from tui.steps.base import Step
+from tui.widgets.setting_field import SettingField
+from tui.wizard_state import MAIN_SETTINGS, setting_order
+
+
+class RecipeStep(Step):
+    title = "Recipe"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fits: list[Any] = []
+        self.loaded_for: tuple[str | None, str] | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Static("Recipe", classes="step-title")
+        yield Static("", id="recipe-gpu", classes="help")
+        yield OptionList(id="recipes")
+        yield Static("", id="estimate")
+        for key in MAIN_SETTINGS:
+            yield SettingField(SETTINGS[key], self.state.settings[key], id=f"f-{key}")
+        with Collapsible(title="More settings", collapsed=True, id="more-settings"):
+            for key in setting_order()[len(MAIN_SETTINGS):]:
+                yield SettingField(SETTINGS[key], self.state.settings[key], id=f"f-{key}")
+
+    def load(self) -> None:
+        gpus = self.state.gpus
+        smallest = gpus.smallest
+        self.query_one("#recipe-gpu", Static).update(
+            f"Judged on the smallest GPU: {smallest.name}, {smallest.vram_total_bytes / GB:.0f} GB, with 10% headroom. Enter picks a recipe."
+            if smallest is not None
+            else "No GPU: nothing can be judged to fit (the run trains on the CPU). Plan for a rented GPU with sdtui --gpus 1x24GB."
+        )
+        key = (self.state.family, self.state.method)
+        if key != self.loaded_for:
+            self.loaded_for = key
+            self._list_recipes()
+        self._show_settings()
+        self._show_estimate()
+
+    def _list_recipes(self) -> None:
+        options = self.query_one("#recipes", OptionList)
+        options.clear_options()
+        try:
+            self.fits = self.state.recipes()
+        except UserError as exc:
+            self.fits = []
+            self.notify(str(exc), severity="error", timeout=10)
+        vram = self.state.gpus.smallest.vram_total_bytes if self.state.gpus.smallest is not None else None
+        for fit in self.fits:
+            options.add_option(Option(recipe_line(fit, vram), id=fit.name))
+        if not self.fits:
+            options.add_option(Option(f"No recipe for {self.state.family} {self.state.method}; set the settings below by hand.", disabled=True))
+        if self.fits and not self.state.recipe and not self.state.keep_settings:
+            self.state.choose_recipe(self.fits[0])
+        names = [f.name for f in self.fits]
+        if self.state.recipe in names:
+            options.highlighted = names.index(self.state.recipe)
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        event.stop()
+        fit = next((f for f in self.fits if f.name == event.option.id), None)
+        if fit is None:
+            return
+        self.state.choose_recipe(fit)
+        for key in list(self.state.field_errors):
+            if key.startswith("Recipe:"):
+                del self.state.field_errors[key]
+        self._show_settings()
+        self._show_estimate()
+        self.changed()
+
+    def on_setting_field_edited(self, event: SettingField.Edited) -> None:
+        event.stop()
+        self.apply(event.key, lambda: self.state.set_setting(event.key, event.value))
+        self._show_estimate()
+
+    def _show_settings(self) -> None:
+        for field in self.query(SettingField):
+            field.set_value(self.state.settings.get(field.setting.key, field.setting.default))
+
+    def _show_estimate(self) -> None:
+        label = self.query_one("#estimate", Static)
+        try:
+            fit = self.state.judge()
+        except UserError as exc:
+            label.update(Text(str(exc), style="red"))
+            return
+        label.update(estimate_line(fit, self.state.gpus.smallest, self.state.recipe))
+
+
+def recipe_line(fit: Any, vram: int | None) -> Text:
+    """``sdxl-lora-12gb  ██████···  9.8/24 GB  fits  2.1 img/s  summary``."""
+    est = fit.estimate.total_bytes
+    text = Text()
+    text.append(f"{fit.name:<24.24} ", style="bold")
+    if vram:
+        text.append(bar(est / vram, 12), style="green" if fit.fits else "red")
+        text.append(f" {est / GB:5.1f}/{vram / GB:.0f} GB ")
+        text.append("fits " if fit.fits else "too big ", style="green" if fit.fits else "red")
+    else:
+        text.append(f"{est / GB:5.1f} GB ")
+    if fit.images_per_second:
+        text.append(f"{fit.images_per_second:5.1f} img/s ")
+    text.append(getattr(fit.recipe, "summary", "") or "", style="dim")
+    return text
+
+
+def estimate_line(fit: Any, smallest: Any, recipe: str) -> Text:
+    """The estimate of the current settings against the GPU, as a bar."""
+    est = fit.estimate.total_bytes
+    text = Text("Your settings" + (f" ({recipe})" if recipe else "") + ": ", style="bold")
+    if smallest is None:
+        text.append(f"about {est / GB:.1f} GB peak VRAM (no GPU to compare with)")
+        return text
+    vram = smallest.vram_total_bytes
+    text.append(bar(est / vram, 20), style="green" if fit.fits else "red")
+    text.append(f" {est / GB:.1f} of {vram / GB:.0f} GB — ")
+    text.append("fits" if fit.fits else "does not fit", style="bold green" if fit.fits else "bold red")
+    return text

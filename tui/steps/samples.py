@@ -1,0 +1,42 @@
+"""Step 6: sample prompts (kohya syntax) and how often to render them."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import Horizontal
+from textual.widgets import Checkbox, Input, Label, Static, TextArea
+
+from tui.steps.base import Step
+
+
+class SamplesStep(Step):
+    title = "Samples"
+
+    def compose(self) -> ComposeResult:
+        yield Static("Sample images", classes="step-title")
+        yield Static(
+            "One prompt a line, kohya syntax: --n negative  --w/--h size  --s steps  --l guidance  --d seed.",
+            classes="help",
+        )
+        yield TextArea(id="prompts", soft_wrap=True, show_line_numbers=False)
+        with Horizontal(classes="field"):
+            yield Label("every N steps (0 = off)", classes="field-label")
+            yield Input(id="sample-every", type="integer", classes="field-input")
+        yield Checkbox("also at step 0 (before training)", id="sample-at-start")
+
+    def load(self) -> None:
+        self.query_one("#prompts", TextArea).text = "\n".join(self.state.prompts)
+        self.query_one("#sample-every", Input).value = str(self.state.schedule["sample_every_steps"])
+        self.query_one("#sample-at-start", Checkbox).value = bool(self.state.schedule["sample_at_start"])
+
+    def on_text_area_changed(self, event: TextArea.Changed) -> None:
+        event.stop()
+        self.apply("prompts", lambda: self.state.set_prompts(event.text_area.text))
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        event.stop()
+        self.apply("sample_every_steps", lambda: self.state.set_schedule("sample_every_steps", event.value))
+
+    def on_checkbox_changed(self, event: Checkbox.Changed) -> None:
+        event.stop()
+        self.apply("sample_at_start", lambda: self.state.set_schedule("sample_at_start", event.value))

@@ -1,0 +1,87 @@
+"""Step 5: epochs or steps, learning rate, accumulation, saves, and the GPU-count table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Horizontal
+from textual.widgets import DataTable, Input, Label, Static
+
+from core.errors import UserError
+from core.settings import SCHEMA
+from tui.format import duration
+from tui.steps.base import Step
+from tui.widgets.setting_field import SettingField
+
+FIELDS = ("epochs", "max_steps", "learning_rate", "gradient_accumulation", "lr_scheduler", "lr_warmup_steps", "save_every_epochs", "save_every_steps", "seed")
+COLUMNS = (("GPUs", "gpus"), ("eff. batch", "effective_batch"), ("steps/epoch", "steps_per_epoch"), ("epochs", "epochs"), ("total steps", "total_steps"), ("images seen", "images_seen"), ("ETA", "eta_s"), ("cost", "cost"))
+
+
+class ScheduleStep(Step):
+    title = "Schedule"
+
+    def compose(self) -> ComposeResult:
+        yield Static("Schedule", classes="step-title")
+        yield Static("Epoch mode keeps the images seen whatever the GPU count; max_steps > 0 switches to step mode.", classes="help")
+        for key in FIELDS:
+            yield SettingField(SCHEMA["schedule"][key], self.state.schedule[key], id=f"s-{key}")
+        with Horizontal(classes="field"):
+            yield Label("price per GPU-hour", classes="field-label")
+            yield Input(id="price", placeholder="optional, e.g. 0.79", classes="field-input")
+            yield Static("for the cost column", classes="field-help")
+        yield DataTable(id="gpu-table", cursor_type="none", zebra_stripes=True)
+        yield Static("", id="plan-warnings")
+
+    def on_mount(self) -> None:
+        table = self.query_one("#gpu-table", DataTable)
+        for label, key in COLUMNS:
+            table.add_column(label, key=key)
+
+    def load(self) -> None:
+        for field in self.query(SettingField):
+            field.set_value(self.state.schedule[field.setting.key])
+        price = self.state.price_per_gpu_hour
+        self.query_one("#price", Input).value = "" if price is None else f"{price:g}"
+        self.show_plan()
+
+    def on_setting_field_edited(self, event: SettingField.Edited) -> None:
+        event.stop()
+        self.apply(event.key, lambda: self.state.set_schedule(event.key, event.value))
+        self.show_plan()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id != "price":
+            return
+        event.stop()
+        self.apply("price", lambda: self.state.set_price(event.value))
+        self.show_plan()
+
+    def show_plan(self) -> None:
+        """Recompute the plan and fill the GPU-count table and the warnings."""
+        table = self.query_one("#gpu-table", DataTable)
+        notes = self.query_one("#plan-warnings", Static)
+        table.clear()
+        try:
+            plan = self.state.plan()
+        except UserError as exc:
+            notes.update(Text(str(exc), style="red"))
+            return
+        data = plan.to_json()
+        detected = data["gpu"]["count"]
+        for row in data["schedule"]:
+            cells: list[Any] = [row.get(key) for _, key in COLUMNS]
+            cells[0] = f"{row['gpus']}{' *' if row['gpus'] == detected else ''}"
+            cells[3] = f"{row['epochs']:g}"
+            cells[6] = duration(row.get("eta_s"))
+            cells[7] = "–" if row.get("cost") is None else f"${row['cost']:,.2f}"
+            table.add_row(*cells)
+        text = Text()
+        if detected:
+            text.append(f"* the {detected} GPU(s) found or simulated\n", style="dim")
+        for warning in data["warnings"]:
+            text.append(f"warning: {warning}\n", style="yellow")
+        for note in data["notes"]:
+            text.append(f"note: {note}\n", style="dim")
+        notes.update(text)
