@@ -77,3 +77,147 @@ def test_scan_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     code, out, err = run(capsys, "scan", str(tmp_path / "nope"))
     assert code == 2 and out == ""
     assert "does not exist" in one_sentence_error(err)
+
+
+# ---- plan ---------------------------------------------------------------------------------------
+
+def test_plan_sdxl_lora_on_two_4090s(kohya_dataset: DataFactory, capsys: pytest.CaptureFixture[str]) -> None:
+    data = kohya_dataset(subsets=((10, "sks dog", 4), (3, "style", 2)))
+    code, out, err = run(capsys, "plan", "--model", "sdxl", "--data", str(data), "--method", "lora", "--gpus", "2x4090")
+    assert code == 0, err
+    assert "Recipe    sdxl-" in out
+    assert "of 24 GB on the GeForce RTX 4090" in out and "fits" in out
+    table = out[out.index("GPUs"):].splitlines()[2:6]
+    assert [line.split()[0] for line in table] == ["1", "2", "4", "8"]
+
+
+def test_plan_json_in_step_mode(kohya_dataset: DataFactory, capsys: pytest.CaptureFixture[str]) -> None:
+    data = kohya_dataset(subsets=((10, "sks dog", 4),))
+    code, out, _ = run(capsys, "--gpus", "1x4090", "plan", "--model", "sd1", "--data", str(data), "--recipe", "sd15-lora-8gb",
+                       "--steps", "80", "--set", "batch_size=2", "--set", "schedule.gradient_accumulation=2", "--json")
+    assert code == 0
+    plan = json.loads(out)
+    assert plan["recipe"] == "sd15-lora-8gb" and plan["settings"]["batch_size"] == 2
+    assert [r["effective_batch"] for r in plan["schedule"]] == [4, 8, 16, 32]
+    assert {r["total_steps"] for r in plan["schedule"]} == {80}
+    assert any("step mode" in w for w in plan["warnings"])
+
+
+def test_plan_from_a_run_config(kohya_dataset: DataFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from core.config import new_config, save_config
+    from core.dataset.scan import scan_dataset
+
+    data = kohya_dataset(subsets=((10, "sks dog", 4), (2, "style", 3)))
+    subsets = scan_dataset(data).subset_configs()
+    subsets[0]["repeats"] = 20  # edited in the wizard: the plan follows run.toml, not the folder name
+    path = save_config(new_config("dog", "runwayml/stable-diffusion-v1-5", "sd1", "lora", subsets, {"recipe": "sd15-lora-8gb", "batch_size": 1}, {"epochs": 3}), tmp_path / "run.toml")
+    code, out, _ = run(capsys, "--gpus", "2x3090", "plan", str(path), "--json")
+    assert code == 0
+    plan = json.loads(out)
+    assert plan["dataset"]["items_per_epoch"] == 86
+    assert plan["schedule"][0]["total_steps"] == 3 * 86 and plan["schedule"][1]["total_steps"] == 3 * 43
+    code, out, _ = run(capsys, "--gpus", "2x3090", "plan", str(path), "--epochs", "1", "--json")
+    assert json.loads(out)["schedule"][0]["total_steps"] == 86
+
+
+def test_plan_without_recipe_uses_the_fastest_that_fits(kohya_dataset: DataFactory, capsys: pytest.CaptureFixture[str]) -> None:
+    from core.gpu import parse_spec
+    from core.plan.picker import pick_recipes
+    from core.recipes import load_recipes
+
+    data = kohya_dataset()
+    code, out, _ = run(capsys, "--gpus", "1x4090", "plan", "--model", "sdxl", "--data", str(data), "--json")
+    assert code == 0
+    assert json.loads(out)["recipe"] == pick_recipes("sdxl", "lora", parse_spec("1x4090"), load_recipes())[0].name
+
+
+def test_plan_detects_the_family_of_a_model_file(kohya_dataset: DataFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import struct
+
+    header = json.dumps({"conditioner.embedders.1.model.ln_final.weight": {"dtype": "F16", "shape": [1], "data_offsets": [0, 2]}}).encode()
+    model = tmp_path / "my-xl.safetensors"
+    model.write_bytes(struct.pack("<Q", len(header)) + header + b"\0\0")
+    code, out, _ = run(capsys, "--gpus", "1x4090", "plan", "--model", str(model), "--data", str(kohya_dataset()), "--json")
+    assert code == 0 and json.loads(out)["model_family"] == "sdxl"
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--gpus", "3xBANANA"], "3xBANANA"),
+        (["--method", "dreamboat"], "method 'dreamboat' is unknown"),
+        (["--recipe", "no-such-recipe"], "no-such-recipe"),
+        (["--set", "batch_size=0"], "batch_size"),
+        (["--set", "batch_size=-3"], "batch_size"),
+        (["--set", "settings.no_such_key=1"], "no_such_key"),
+        (["--epochs", "0"], "--epochs 0"),
+        (["--recipe", "sd15-lora-8gb"], "sd15-lora-8gb"),
+        (["--price-per-gpu-hour", "-1"], "negative"),
+    ],
+)
+def test_plan_bad_options(argv: list[str], expected: str, kohya_dataset: DataFactory, capsys: pytest.CaptureFixture[str]) -> None:
+    data = kohya_dataset()
+    gpus = argv[:2] if argv[0] == "--gpus" else ["--gpus", "1x4090"]
+    rest = [] if argv[0] == "--gpus" else argv
+    code, out, err = run(capsys, *gpus, "plan", "--model", "sdxl", "--data", str(data), *rest)
+    assert code == 2 and out == ""
+    assert expected in one_sentence_error(err)
+
+
+def test_plan_bad_paths(tmp_path: Path, kohya_dataset: DataFactory, capsys: pytest.CaptureFixture[str]) -> None:
+    data = kohya_dataset()
+    (tmp_path / "empty").mkdir()
+    corrupt = tmp_path / "corrupt" / "5_x"
+    corrupt.mkdir(parents=True)
+    (corrupt / "a.png").write_bytes(b"garbage")
+    cases = [
+        (["--model", "sdxl", "--data", str(tmp_path / "missing")], "does not exist"),
+        (["--model", "sdxl", "--data", str(tmp_path / "empty")], "no usable training image"),
+        (["--model", "sdxl", "--data", str(tmp_path / "corrupt")], "no usable training image"),
+        (["--model", str(tmp_path / "nope.safetensors"), "--data", str(data)], "nope.safetensors"),
+        (["--model", "sdxl"], "--data"),
+        (["--data", str(data)], "--model"),
+    ]
+    for argv, expected in cases:
+        code, _, err = run(capsys, "--gpus", "1x4090", "plan", *argv)
+        assert code == 2, argv
+        assert expected in one_sentence_error(err), argv
+
+
+def test_plan_bad_config_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\n[settings\nbatch_size = 1\n')
+    code, _, err = run(capsys, "plan", str(bad))
+    assert code == 2 and "bad.toml" in one_sentence_error(err)
+    code, _, err = run(capsys, "plan", str(tmp_path / "missing.toml"))
+    assert code == 2 and "missing.toml" in one_sentence_error(err)
+
+
+# ---- export-kohya and the real console script -----------------------------------------------------
+
+def test_export_kohya(kohya_dataset: DataFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from core.config import new_config, save_config
+    from core.dataset.scan import scan_dataset
+
+    subsets = scan_dataset(kohya_dataset()).subset_configs()
+    path = save_config(new_config("dog", "runwayml/stable-diffusion-v1-5", "sd1", "lora", subsets, {}, prompts=["a photo of sks dog --w 512 --h 512"]), tmp_path / "run.toml")
+    code, out, _ = run(capsys, "export-kohya", str(path), str(tmp_path / "kohya"))
+    assert code == 0
+    written = [Path(line) for line in out.splitlines()]
+    assert written and all(p.is_file() for p in written)
+    assert "10_sks dog" in (tmp_path / "kohya" / "dataset_config.toml").read_text()
+    code, _, err = run(capsys, "export-kohya", str(tmp_path / "missing.toml"), str(tmp_path / "k2"))
+    assert code == 2 and "missing.toml" in one_sentence_error(err)
+
+
+def test_console_script(kohya_dataset: DataFactory, tmp_path: Path) -> None:
+    script = Path(sys.executable).with_name("sdtui")
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
+    data = kohya_dataset()
+    ok = subprocess.run([str(script), "plan", "--model", "sdxl", "--data", str(data), "--gpus", "2x4090"],
+                        capture_output=True, text=True, env=env, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert "24 GB" in ok.stdout
+    bad = subprocess.run([str(script), "plan", "--model", "sdxl", "--data", str(tmp_path / "nope")],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "does not exist" in bad.stderr

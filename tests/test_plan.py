@@ -121,3 +121,171 @@ def test_no_gpu_means_no_speed() -> None:
     assert throughput.images_per_second("sd1", "lora", LORA, None) is None
     simulated = parse_spec("1x24GB").smallest
     assert throughput.images_per_second("sd1", "lora", LORA, simulated) > 0
+
+
+# ---- picker ---------------------------------------------------------------------------------
+
+def test_picker_only_offers_what_fits_the_smallest_gpu_fastest_first() -> None:
+    from core.memory import estimate
+    from core.plan.picker import pick_recipes, rank_recipes
+    from core.recipes import load_recipes
+
+    recipes = load_recipes()
+    small, big = parse_spec("1x4060ti"), parse_spec("1x4090")
+    picked = pick_recipes("sdxl", "lora", big, recipes)
+    assert picked, "some SDXL LoRA recipe must fit 24 GB"
+    for fit in picked:
+        assert "sdxl" in fit.recipe.families and "lora" in fit.recipe.methods
+        assert estimate("sdxl", "lora", fit.settings).total_bytes <= 0.9 * big.smallest.vram_total_bytes
+    speeds = [f.images_per_second for f in picked]
+    assert speeds == sorted(speeds, reverse=True)
+    # Fewer recipes fit a 16 GB card; everything offered there fits it too.
+    on_small = pick_recipes("sdxl", "lora", small, recipes)
+    assert {f.name for f in on_small} <= {f.name for f in picked}
+    ranked = rank_recipes("sdxl", "lora", small, recipes)
+    assert len(ranked) >= len(on_small) and all(f.fits for f in ranked[: len(on_small)])
+
+
+def test_mixed_gpus_are_judged_by_the_smallest() -> None:
+    from core.gpu import GpuSet
+    from core.plan.picker import pick_recipes
+    from core.recipes import load_recipes
+
+    mixed = GpuSet(parse_spec("1xH100").gpus + parse_spec("1x3060").gpus, simulated=True)
+    names = {f.name for f in pick_recipes("sdxl", "lora", mixed, load_recipes())}
+    assert names == {f.name for f in pick_recipes("sdxl", "lora", parse_spec("1x3060"), load_recipes())}
+
+
+def test_overrides_are_estimated_not_the_recipe_name() -> None:
+    from core.plan.picker import pick_recipes
+    from core.recipes import load_recipes
+
+    gpus = parse_spec("1x4090")
+    plain = {f.name for f in pick_recipes("sdxl", "lora", gpus, load_recipes())}
+    heavy = {f.name for f in pick_recipes("sdxl", "lora", gpus, load_recipes(), {"batch_size": 16, "gradient_checkpointing": False, "resolution": 1536})}
+    assert heavy < plain
+
+
+def test_suggestions_when_nothing_fits() -> None:
+    from core.plan.picker import pick_recipes, rank_recipes, suggest_when_nothing_fits
+    from core.recipes import load_recipes
+
+    recipes = load_recipes()
+    gpus = parse_spec("1x8GB")
+    assert pick_recipes("sdxl", "finetune", gpus, recipes) == []
+    worst = rank_recipes("sdxl", "finetune", gpus, recipes)[0]
+    tips = suggest_when_nothing_fits("sdxl", "finetune", gpus, recipes, worst.settings)
+    text = "\n".join(tips)
+    assert "LoRA instead" in text
+    assert "more memory" in text and ("A100" in text or "H100" in text or "48" in text)
+
+
+# ---- make_plan ------------------------------------------------------------------------------
+
+def _config(data_scan, method: str = "lora", family: str = "sdxl", recipe: str = "sdxl-lora-12gb", **schedule):
+    from core.config import apply_recipe, new_config
+    from core.recipes import get_recipe
+
+    config = new_config("t", "", family, method, data_scan.subset_configs(), {}, schedule=schedule)
+    r = get_recipe(recipe)
+    return apply_recipe(config, r.settings, r.name)
+
+
+def _scan(kohya_dataset, reg: Path | None = None, subsets=((10, "sks dog", 4), (3, "style", 5))):
+    from core.dataset.scan import scan_dataset
+
+    return scan_dataset(kohya_dataset(subsets=subsets, size=(96, 64)), reg, resolution=1024)
+
+
+def test_plan_json_has_the_contract_and_one_row_per_gpu_count(kohya_dataset) -> None:
+    from core.plan.planner import make_plan
+    from core.plan.schedule import steps_per_epoch
+
+    scan = _scan(kohya_dataset)
+    plan = make_plan(_config(scan, epochs=10), scan, parse_spec("3x4090"), price_per_gpu_hour=0.5)
+    data = json.loads(json.dumps(plan.to_json()))
+    for key in ("model_family", "method", "recipe", "settings", "vram_estimate_gb", "gpu", "fits", "dataset", "warnings", "schedule"):
+        assert key in data
+    assert data["model_family"] == "sdxl" and data["recipe"] == "sdxl-lora-12gb" and data["fits"] is True
+    assert data["gpu"] == data["gpu"] | {"count": 3, "name": "GeForce RTX 4090", "vram_gb": 24.0}
+    assert data["dataset"]["images"] == 9 and data["dataset"]["items_per_epoch"] == 55
+    assert {s["path"].rsplit("/", 1)[1]: s["repeats"] for s in data["dataset"]["subsets"]} == {"10_sks dog": 10, "3_style": 3}
+    rows = data["schedule"]
+    assert [r["gpus"] for r in rows] == [1, 2, 3, 4, 8]
+    batch = data["settings"]["batch_size"]
+    counts = plan.counts
+    for row in rows:
+        assert row["steps_per_epoch"] == steps_per_epoch(counts, batch, row["gpus"], 1)
+        assert row["images_seen"] == 550 and row["total_steps"] == 10 * row["steps_per_epoch"]
+        assert row["eta_s"] > 0 and row["cost"] == pytest.approx(row["eta_s"] / 3600 * row["gpus"] * 0.5, abs=0.01)
+    assert rows[0]["eta_s"] > rows[1]["eta_s"] > rows[-1]["eta_s"]
+    assert plan.total_steps_for(2) == rows[1]["total_steps"]
+    assert not any("step mode" in w for w in data["warnings"])
+
+
+def test_step_mode_warns_about_the_multi_gpu_trap(kohya_dataset) -> None:
+    from core.plan.planner import make_plan
+
+    scan = _scan(kohya_dataset)
+    data = make_plan(_config(scan, max_steps=110), scan, parse_spec("2x4090")).to_json()
+    assert [r["total_steps"] for r in data["schedule"]] == [110] * 4
+    epochs = [r["epochs"] for r in data["schedule"]]
+    assert epochs[1] == pytest.approx(2 * epochs[0]) and epochs[3] == pytest.approx(8 * epochs[0], rel=0.1)
+    warning = next(w for w in data["warnings"] if "step mode" in w)
+    assert "N× the epochs" in warning and "--epochs" in warning
+
+
+def test_prior_preservation_doubles_the_batch_not_the_steps(kohya_dataset, tmp_path: Path) -> None:
+    from core.plan.planner import make_plan
+    from tests.conftest import write_image
+
+    reg = tmp_path / "class"
+    for i in range(6):
+        write_image(reg / f"c{i}.png", (64, 64))
+    with_reg, without = _scan(kohya_dataset, reg), _scan(kohya_dataset)
+    plain = make_plan(_config(without, "lora", epochs=2), without, parse_spec("1x4090")).to_json()
+    prior = make_plan(_config(with_reg, "dreambooth", recipe="sdxl-dreambooth-24gb", epochs=2), with_reg, parse_spec("1xA100")).to_json()
+    assert prior["prior_preservation"] is True and prior["dataset"]["reg_images"] == 6
+    row = prior["schedule"][0]
+    assert row["images_per_step"] == 2 * row["effective_batch"]
+    assert [r["total_steps"] for r in prior["schedule"]] == [r["total_steps"] for r in plain["schedule"]]
+    assert any("batch doubles, the step count does not" in n for n in prior["notes"])
+    assert any("reused" in n for n in prior["notes"])  # 6 class images for 55 instance items
+
+
+def test_warmup_follows_the_gpu_count(kohya_dataset) -> None:
+    from core.plan.planner import make_plan
+
+    scan = _scan(kohya_dataset)
+    data = make_plan(_config(scan, epochs=4, lr_warmup_steps=1000), scan, parse_spec("1x4090")).to_json()
+    assert [r["warmup_steps"] for r in data["schedule"]] == [r["total_steps"] for r in data["schedule"]]
+    assert any("warm-up" in w for w in data["warnings"])
+
+
+def test_plan_without_gpu_says_why(kohya_dataset) -> None:
+    from core.gpu import GpuSet
+    from core.plan.planner import make_plan
+
+    scan = _scan(kohya_dataset)
+    data = make_plan(_config(scan), scan, GpuSet([], reason="no NVIDIA driver")).to_json()
+    assert data["fits"] is None and data["gpu"]["count"] == 0
+    assert all(r["eta_s"] is None for r in data["schedule"])
+    assert any("no NVIDIA driver" in n for n in data["notes"])
+
+
+def test_plan_that_does_not_fit_says_what_would(kohya_dataset) -> None:
+    from core.plan.planner import make_plan
+
+    scan = _scan(kohya_dataset)
+    data = make_plan(_config(scan, "finetune", recipe="sdxl-finetune-80gb"), scan, parse_spec("1x4060ti")).to_json()
+    assert data["fits"] is False
+    assert any("does not fit" in w for w in data["warnings"])
+    assert any(w.startswith("to fit:") for w in data["warnings"])
+
+
+def test_plan_rejects_a_run_without_length(kohya_dataset) -> None:
+    from core.plan.planner import make_plan
+
+    scan = _scan(kohya_dataset)
+    with pytest.raises(UserError, match="--epochs N or --steps N"):
+        make_plan(_config(scan, epochs=0, max_steps=0), scan, parse_spec("1x4090"))
