@@ -1,0 +1,228 @@
+"""Checks before a run starts, each failing with one sentence that names the thing and the fix.
+
+Model and dataset usable, the plan fits the GPUs (unless forced), enough free disk for the
+checkpoints and outputs, the GPUs not already busy (a warning), the runs folder writable.
+Without a GPU the run goes to the CPU with a notice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from core.errors import UserError
+from core.launch.accelerate_config import parse_gpu_ids
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_BUCKET_KEYS = ("enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps")
+#: Optimizer state bytes per trained fp32 parameter byte (AdamW: two fp32 moments …).
+_OPTIMIZER_STATE = {"adamw": 2.0, "adamw8bit": 0.5, "lion8bit": 0.25, "adafactor": 0.1}
+_MODEL_FILES = (".safetensors", ".ckpt", ".pt", ".bin")
+GB = 1024**3
+
+
+@dataclass
+class Preflight:
+    """What the checks decided: the GPUs to use (none: the CPU), the plan, and notices for the user."""
+
+    gpus: Any
+    use_cpu: bool
+    plan: Any
+    disk_needed_bytes: int
+    notices: list[str] = field(default_factory=list)
+
+
+def check_model(path: str) -> str | None:
+    """UserError when ``[model] path`` is not usable; a notice for a hub id that will be fetched."""
+    local = Path(path).expanduser()
+    if local.is_dir():
+        if not (local / "model_index.json").is_file() and not (local / "unet").is_dir():
+            raise UserError(f"the model folder {local} is not a diffusers model (no model_index.json); point [model] path at a diffusers folder or a .safetensors file")
+        return None
+    if local.is_file():
+        if local.suffix.lower() not in _MODEL_FILES:
+            raise UserError(f"the model file {local} is not a checkpoint ({', '.join(_MODEL_FILES)}); point [model] path at a diffusers folder or a .safetensors file")
+        return None
+    if _HUB_ID.match(path) and not path.startswith((".", "~")):
+        if _hub_cached(path):
+            return None
+        if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True"):
+            raise UserError(f"the model {path} is neither a local path nor in the Hugging Face cache, and HF_HUB_OFFLINE is set; download it first or point [model] path at a local folder")
+        return f"the model {path} is not in the Hugging Face cache; the trainer will download it first"
+    raise UserError(f"the model {path} does not exist; fix [model] path in the run config (a diffusers folder, a .safetensors file or a hub id)")
+
+
+def _hub_cached(repo_id: str) -> bool:
+    home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
+    cache = Path(os.environ.get("HF_HUB_CACHE", home / "hub"))
+    return (cache / ("models--" + repo_id.replace("/", "--"))).is_dir()
+
+
+def scan_config(config: Any) -> Any:
+    """One DatasetScan over the run config's subset folders; UserError when a subset cannot train."""
+    from core.dataset.scan import scan_dataset
+
+    settings = config.settings
+    scans = []
+    for subset in config.subsets:
+        folder = Path(str(subset["path"])).expanduser()
+        if not folder.is_dir():
+            raise UserError(f"the dataset folder {folder} does not exist; fix its [[dataset.subsets]] path in the run config")
+        scan = scan_dataset(
+            folder, resolution=int(settings["resolution"]), caption_extensions=config.caption_extensions,
+            bucket_settings={k: settings[k] for k in _BUCKET_KEYS},
+        )
+        if not scan.images and not subset.get("is_reg"):
+            problem = next((p for p in scan.problems if p.severity == "error"), None)
+            why = f"{problem.message}; {problem.fix}" if problem else "add png, jpg, webp or bmp images"
+            raise UserError(f"the dataset folder {folder} has no usable image ({why})")
+        scans.append(scan)
+    root = os.path.commonpath([str(Path(str(s["path"])).expanduser().resolve()) for s in config.subsets])
+    return replace(
+        scans[0], root=root,
+        subsets=[s for scan in scans for s in scan.subsets],
+        problems=[p for scan in scans for p in scan.problems],
+    )
+
+
+def choose_gpus(found: Any, distributed: dict[str, Any]) -> tuple[Any, bool, str | None]:
+    """The GpuSet this machine's processes use, whether that is the CPU, and a notice."""
+    from core.gpu import GpuSet
+
+    processes = int(distributed.get("num_processes", 1))
+    if found.count == 0:
+        reason = found.reason or "no NVIDIA GPU was found"
+        return GpuSet([], reason=found.reason), True, f"no GPU: {reason}; training runs on the CPU ({processes} process{'es' if processes > 1 else ''}), which is slow but works for the demo"
+    ids = parse_gpu_ids(str(distributed.get("gpu_ids", "all")))
+    by_index = {g.index: g for g in found.gpus}
+    if ids is None:
+        if processes > found.count:
+            raise UserError(f"distributed.num_processes is {processes} but this machine has {found.count} GPU(s); use --set distributed.num_processes={found.count}")
+        chosen = found.gpus[:processes]
+    else:
+        unknown = [i for i in ids if i not in by_index]
+        if unknown:
+            raise UserError(f"distributed.gpu_ids names GPU {unknown[0]}, which this machine does not have (it has {', '.join(map(str, sorted(by_index)))}); fix distributed.gpu_ids")
+        chosen = [by_index[i] for i in ids]
+    return GpuSet(chosen), False, None
+
+
+def busy_gpu_notices(gpus: Any, needed_bytes: int) -> list[str]:
+    """Warnings for chosen GPUs on which other processes already hold memory."""
+    notices = []
+    for gpu in gpus.gpus:
+        others = [p for p in gpu.processes if p.pid != os.getpid()]
+        if not others:
+            continue
+        used = sum(p.used_bytes or 0 for p in others)
+        names = ", ".join(f"{p.name or '?'} (pid {p.pid})" for p in others[:3])
+        short = gpu.vram_free_bytes < needed_bytes
+        notices.append(
+            f"warning: GPU {gpu.index} already has {used / GB:.1f} GB in use by {names}"
+            + (f"; only {gpu.vram_free_bytes / GB:.1f} GB are free of the {needed_bytes / GB:.1f} GB the run needs, so it may run out of memory" if short else "")
+        )
+    return notices
+
+
+def disk_needed(config: Any, plan: Any) -> int:
+    """Bytes the run will write: checkpoints (keep + the one being written) and the outputs.
+
+    Trained parameters come from core/memory/params.json, scaled to the size of a local model's
+    UNet; a checkpoint holds them in fp32 with the optimizer state, the outputs twice (two formats).
+    """
+    family, method = config.family, config.method
+    settings = plan.settings
+    families = json.loads((Path(__file__).resolve().parents[1] / "memory" / "params.json").read_text())["families"]
+    parts = families.get(family, families["sd1"])
+    scale = _model_scale(config.model_path, parts["unet"]["params"])
+    encoders = [v for k, v in parts.items() if k.startswith("text_encoder")]
+    train_te = bool(settings.get("train_text_encoder"))
+    if method == "lora":
+        targets = str(settings.get("lora_targets", "attn"))
+        width = parts["unet"]["lora_width"][targets] + (sum(e["lora_width"][targets] for e in encoders) if train_te else 0)
+        trained = width * int(settings.get("lora_rank", 16))
+    elif method == "textual_inversion":
+        trained = int(settings.get("ti_num_vectors", 4)) * 2048
+    else:
+        trained = parts["unet"]["params"] + (sum(e["params"] for e in encoders) if train_te else 0)
+    trained_bytes = trained * 4 * scale
+    state = _OPTIMIZER_STATE.get(str(settings.get("optimizer")), 2.0)
+    checkpoint = trained_bytes * (1 + state)
+    keep = int(plan.schedule.get("keep_checkpoints", 2))
+    if method in ("lora", "textual_inversion"):
+        outputs = 2 * trained_bytes
+    else:
+        whole = sum(p["params"] for p in parts.values()) * 2 * scale
+        outputs = 2 * whole
+    return int(checkpoint * (keep + 1) + outputs)
+
+
+def _model_scale(model_path: str, unet_params: int) -> float:
+    """A local model's UNet size against the family's (the tiny test model is far smaller)."""
+    folder = Path(model_path).expanduser() / "unet"
+    if not folder.is_dir():
+        return 1.0
+    size = sum(f.stat().st_size for f in folder.iterdir() if f.suffix in _MODEL_FILES)
+    if size == 0:
+        return 1.0
+    bytes_per_param = 2 if any("fp16" in f.name for f in folder.iterdir()) else 4
+    return min(1.0, size / bytes_per_param / unet_params)
+
+
+def check_disk(folder: Path, needed: int) -> None:
+    """UserError when the runs folder's disk has less free space than the run will write."""
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise UserError(
+            f"the disk of {folder} has {free / GB:.2f} GB free but the run will write about {needed / GB:.2f} GB of checkpoints and outputs; "
+            "free some space, lower schedule.keep_checkpoints or pass another --runs-dir"
+        )
+
+
+def check_runs_dir(runs_dir: Path) -> None:
+    """UserError when the runs folder cannot be created or written."""
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"the runs folder {runs_dir} cannot be created ({exc.strerror}); pass a writable --runs-dir") from None
+    probe = runs_dir / f".sdtui-write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"the runs folder {runs_dir} is not writable ({exc.strerror}); pass a writable --runs-dir") from None
+
+
+def preflight(config: Any, runs_dir: Path, found_gpus: Any, force: bool = False) -> Preflight:
+    """Run every check; raise UserError on the first problem, return the decisions and notices."""
+    from core.plan.planner import make_plan
+
+    notices: list[str] = []
+    check_runs_dir(runs_dir)
+    model_notice = check_model(config.model_path)
+    if model_notice:
+        notices.append(model_notice)
+    scan = scan_config(config)
+    gpus, use_cpu, cpu_notice = choose_gpus(found_gpus, config.distributed)
+    if cpu_notice:
+        notices.append(cpu_notice)
+    plan = make_plan(config, scan, gpus)
+    if plan.fits is False:
+        message = (
+            f"the estimated peak of {plan.vram_estimate_bytes / GB:.1f} GB does not fit the smallest chosen GPU "
+            f"({plan.gpu['name']}, {plan.gpu['vram_gb']} GB) with headroom"
+        )
+        if not force:
+            raise UserError(f"{message}; pick a recipe that fits (sdtui plan lists them) or pass --yes to launch anyway")
+        notices.append(f"warning: {message}; launching anyway (--yes)")
+    if not use_cpu:
+        notices += busy_gpu_notices(gpus, plan.vram_estimate_bytes)
+    needed = disk_needed(config, plan)
+    check_disk(runs_dir, needed)
+    notices += [f"warning: {w}" for w in plan.warnings]
+    return Preflight(gpus, use_cpu, plan, needed, notices)
