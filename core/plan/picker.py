@@ -55,13 +55,13 @@ def resolve_settings(recipe_settings: Mapping[str, Any], overrides: Mapping[str,
     return settings
 
 
-def judge(family: str, method: str, settings: Mapping[str, Any], gpus: Any, recipe: Any = None) -> RecipeFit:
+def judge(family: str, method: str, settings: Mapping[str, Any], gpus: Any, recipe: Any = None, backend: str = "ddp") -> RecipeFit:
     """Estimate one set of settings on the smallest GPU of ``gpus`` (fits is None without a GPU)."""
     from core.memory import estimate
 
     smallest = gpus.smallest
     num_gpus = max(1, gpus.count)
-    result = estimate(family, method, dict(settings), num_gpus=num_gpus)
+    result = estimate(family, method, dict(settings), num_gpus=num_gpus, backend=backend)
     fits = result.fits(smallest.vram_total_bytes, headroom=HEADROOM) if smallest is not None else None
     speed = images_per_second(family, method, settings, smallest) if smallest is not None else None
     return RecipeFit(recipe, dict(settings), result, fits, speed)

@@ -128,7 +128,7 @@ def make_plan(config: Any, scan: Any, gpus: Any, price_per_gpu_hour: float | Non
         int(settings["bucket_reso_steps"]), bool(settings["enable_bucket"]),
     )
     counts = scan.bucket_counts(buckets)
-    fit = judge(family, method, settings, gpus)
+    fit = judge(family, method, settings, gpus, backend=str(distributed["backend"]))
     smallest = gpus.smallest
     prior = uses_prior_preservation(method, scan.reg_images)
     plan = Plan(

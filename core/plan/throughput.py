@@ -9,10 +9,7 @@ rank recipes and to size a run, not to replace a measurement.
 
 from __future__ import annotations
 
-import json
 import math
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 #: UNet forward, TFLOPs per image at the family's native resolution (2 FLOPs per MAC).
@@ -39,7 +36,6 @@ BANDWIDTH_PER_TFLOPS = 6e9
 #: Throughput kept per doubling of the GPU count: (full weights, adapters) × (one node, across nodes).
 SCALING_PER_DOUBLING = {("full", False): 0.92, ("full", True): 0.85, ("adapter", False): 0.97, ("adapter", True): 0.93}
 FULL_METHODS = ("finetune", "dreambooth")
-_PARAMS_JSON = Path(__file__).resolve().parents[1] / "memory" / "params.json"
 
 
 def training_tflops_per_image(family: str, method: str, settings: dict[str, Any]) -> float:
@@ -87,7 +83,9 @@ def dense_tflops(gpu: Any, mixed_precision: str) -> float | None:
 
 def trainable_params(family: str, method: str, settings: dict[str, Any]) -> int:
     """Parameters the optimizer updates (from core/memory/params.json)."""
-    params = _params().get(family, {})
+    from core.memory.data import params as measured
+
+    params = measured().get(family, {})
     encoders = [params[k] for k in ("text_encoder", "text_encoder_2") if k in params]
     unet = params.get("unet", {})
     if method in FULL_METHODS:
@@ -145,11 +143,3 @@ def memory_bandwidth(gpu: Any) -> float:
     model = gpu if hasattr(gpu, "bandwidth_gbs") else getattr(gpu, "model", None)
     gbps = float(getattr(model, "bandwidth_gbs", 0) or 0)
     return gbps * 1e9 if gbps else (dense_tflops(gpu, "fp16") or 30.0) * BANDWIDTH_PER_TFLOPS
-
-
-@lru_cache(maxsize=1)
-def _params() -> dict[str, Any]:
-    try:
-        return json.loads(_PARAMS_JSON.read_text(encoding="utf-8")).get("families", {})
-    except (OSError, json.JSONDecodeError):
-        return {}
