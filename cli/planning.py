@@ -161,7 +161,7 @@ def _from_arguments(args: argparse.Namespace, extras: list[str], gpus: Any) -> t
     scan = scan_dataset(args.data, args.reg, resolution=resolution, bucket_settings={k: settings[k] for k in _BUCKET_KEYS})
     recipe_name, recipe_settings = _choose_recipe(args.recipe, family, method, gpus, overrides)
     name = f"{_slug(scan.subsets[0].token if scan.subsets else '') or Path(args.data).name}-{method}"
-    config = new_config(name, model_path, family, method, scan.subset_configs(), {})
+    config = new_config(name, model_path, family, method, scan.subset_configs(), {}, distributed={"num_processes": max(1, gpus.count)})
     apply_recipe(config, recipe_settings, recipe_name)
     apply_overrides(config, extras)
     return config, scan
@@ -268,11 +268,12 @@ def format_plan(plan: Any) -> str:
     data = plan.to_json()
     gpu, settings, dataset = data["gpu"], data["settings"], data["dataset"]
     if gpu["name"]:
-        where = f"{gpu['name']} ({gpu['vram_gb']:g} GB, {gpu['count']} GPU{'s' if gpu['count'] != 1 else ''}{', simulated' if gpu['simulated'] else ''})"
         verdict = "fits" if data["fits"] else "DOES NOT FIT"
-        vram = f"{data['vram_estimate_gb']:.1f} GB estimated peak of {gpu['vram_gb']:g} GB on the {where}: {verdict} (with {data['headroom']:.0%} headroom)"
+        vram = f"{data['vram_estimate_gb']:.1f} GB estimated peak of {gpu['vram_gb']:g} GB per GPU: {verdict} (with {data['headroom']:.0%} headroom)"
+        hardware = f"{gpu['count']} × {gpu['name']}" + (" (simulated)" if gpu["simulated"] else "")
     else:
         vram = f"{data['vram_estimate_gb']:.1f} GB estimated peak (no GPU to compare with)"
+        hardware = f"none ({gpu['reason'] or 'no GPU visible'})"
     speed = data["images_per_second_per_gpu"]
     mode = (
         f"step mode, {plan.schedule['max_steps']} steps" if int(plan.schedule["max_steps"]) > 0
@@ -280,6 +281,7 @@ def format_plan(plan: Any) -> str:
     )
     out = [
         f"Model     {data['model_family']}, method {data['method']}",
+        f"GPUs      {hardware}",
         f"Recipe    {data['recipe'] or '(own settings)'}: {settings['mixed_precision']}, {settings['optimizer']}, "
         f"checkpointing {'on' if settings['gradient_checkpointing'] else 'off'}, batch {settings['batch_size']}, "
         f"resolution {settings['resolution']}" + (f", LoRA rank {settings['lora_rank']}" if data["method"] == "lora" else ""),
@@ -298,7 +300,7 @@ def format_plan(plan: Any) -> str:
     rows = []
     for row in data["schedule"]:
         cells = [
-            str(row["gpus"]), str(row["effective_batch"]), str(row["steps_per_epoch"]), f"{row['epochs']:g}",
+            str(row["gpus"]), str(row["effective_batch"]), str(row["steps_per_epoch"]), f"{round(row['epochs'], 2):g}",
             str(row["total_steps"]), str(row["images_seen"]), str(row["warmup_steps"]), _duration(row["eta_s"]),
         ]
         if priced:

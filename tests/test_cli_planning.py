@@ -86,8 +86,9 @@ def test_plan_sdxl_lora_on_two_4090s(kohya_dataset: DataFactory, capsys: pytest.
     code, out, err = run(capsys, "plan", "--model", "sdxl", "--data", str(data), "--method", "lora", "--gpus", "2x4090")
     assert code == 0, err
     assert "Recipe    sdxl-" in out
-    assert "of 24 GB on the GeForce RTX 4090" in out and "fits" in out
-    table = out[out.index("GPUs"):].splitlines()[2:6]
+    assert "2 × GeForce RTX 4090 (simulated)" in out
+    assert "GB estimated peak of 24 GB per GPU: fits" in out
+    table = out[out.index("GPUs  eff. batch"):].splitlines()[2:6]
     assert [line.split()[0] for line in table] == ["1", "2", "4", "8"]
 
 

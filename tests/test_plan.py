@@ -153,7 +153,8 @@ def test_mixed_gpus_are_judged_by_the_smallest() -> None:
 
     mixed = GpuSet(parse_spec("1xH100").gpus + parse_spec("1x3060").gpus, simulated=True)
     names = {f.name for f in pick_recipes("sdxl", "lora", mixed, load_recipes())}
-    assert names == {f.name for f in pick_recipes("sdxl", "lora", parse_spec("1x3060"), load_recipes())}
+    assert names == {f.name for f in pick_recipes("sdxl", "lora", parse_spec("2x3060"), load_recipes())}
+    assert names < {f.name for f in pick_recipes("sdxl", "lora", parse_spec("2xH100"), load_recipes())}
 
 
 def test_overrides_are_estimated_not_the_recipe_name() -> None:
@@ -230,7 +231,7 @@ def test_step_mode_warns_about_the_multi_gpu_trap(kohya_dataset) -> None:
     data = make_plan(_config(scan, max_steps=110), scan, parse_spec("2x4090")).to_json()
     assert [r["total_steps"] for r in data["schedule"]] == [110] * 4
     epochs = [r["epochs"] for r in data["schedule"]]
-    assert epochs[1] == pytest.approx(2 * epochs[0]) and epochs[3] == pytest.approx(8 * epochs[0], rel=0.1)
+    assert epochs[1] == pytest.approx(2 * epochs[0], rel=0.05) and epochs[3] == pytest.approx(8 * epochs[0], rel=0.1)
     warning = next(w for w in data["warnings"] if "step mode" in w)
     assert "N× the epochs" in warning and "--epochs" in warning
 

@@ -55,13 +55,16 @@ def resolve_settings(recipe_settings: Mapping[str, Any], overrides: Mapping[str,
     return settings
 
 
-def judge(family: str, method: str, settings: Mapping[str, Any], gpus: Any, recipe: Any = None, backend: str = "ddp") -> RecipeFit:
-    """Estimate one set of settings on the smallest GPU of ``gpus`` (fits is None without a GPU)."""
+def judge(family: str, method: str, settings: Mapping[str, Any], gpus: Any, recipe: Any = None, **options: Any) -> RecipeFit:
+    """Estimate one set of settings on the smallest GPU of ``gpus`` (fits is None without a GPU).
+
+    ``options`` go to the estimator: ``backend``, ``zero_stage``, ``offload``, ``prior_preservation``.
+    """
     from core.memory import estimate
 
     smallest = gpus.smallest
     num_gpus = max(1, gpus.count)
-    result = estimate(family, method, dict(settings), num_gpus=num_gpus, backend=backend)
+    result = estimate(family, method, dict(settings), num_gpus=num_gpus, **options)
     fits = result.fits(smallest.vram_total_bytes, headroom=HEADROOM) if smallest is not None else None
     speed = images_per_second(family, method, settings, smallest) if smallest is not None else None
     return RecipeFit(recipe, dict(settings), result, fits, speed)

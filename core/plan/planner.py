@@ -128,9 +128,12 @@ def make_plan(config: Any, scan: Any, gpus: Any, price_per_gpu_hour: float | Non
         int(settings["bucket_reso_steps"]), bool(settings["enable_bucket"]),
     )
     counts = scan.bucket_counts(buckets)
-    fit = judge(family, method, settings, gpus, backend=str(distributed["backend"]))
-    smallest = gpus.smallest
     prior = uses_prior_preservation(method, scan.reg_images)
+    fit = judge(
+        family, method, settings, gpus, backend=str(distributed["backend"]), zero_stage=int(distributed["zero_stage"]),
+        offload=bool(distributed["offload"]), prior_preservation=prior,
+    )
+    smallest = gpus.smallest
     plan = Plan(
         model_family=family,
         method=method,
@@ -232,7 +235,7 @@ def _explain(plan: Plan, scan: Any, gpus: Any, fit: Any) -> None:
         one, two = plan.row_for(1), plan.row_for(2)
         plan.warnings.append(
             f"step mode (schedule.max_steps = {max_steps}): with N GPUs each step sees N× the images, so the run covers "
-            f"N× the epochs of one GPU ({one.epochs:g} epochs on 1 GPU, {two.epochs:g} on 2); kohya users see their epochs "
+            f"N× the epochs of one GPU ({round(one.epochs, 2):g} epochs on 1 GPU, {round(two.epochs, 2):g} on 2); kohya users see their epochs "
             "double when they add a GPU; use epoch mode (--epochs N, schedule.max_steps = 0) to keep the images seen the same"
         )
     reg_subsets = [s for s in scan.subsets if s.is_reg and s.images]
