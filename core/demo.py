@@ -19,7 +19,7 @@ from core.errors import JobFailed, UserError
 FAMILY = "sd1"
 FINAL_STATES = ("finished", "failed", "stopped", "lost")
 
-#: The demo's run config: small enough to show a falling loss and new samples within a minute or two on a CPU.
+#: The demo's run config (12 images × 10 repeats, batch 2: 60 steps an epoch, 120 in all): small enough to show a falling loss and new samples within a minute or two on a CPU.
 DEMO_SETTINGS: dict[str, Any] = {
     "recipe": "",
     "mixed_precision": "no",
@@ -39,19 +39,19 @@ DEMO_SETTINGS: dict[str, Any] = {
     "channels_last": False,
 }
 DEMO_SCHEDULE: dict[str, Any] = {
-    "epochs": 0,
-    "max_steps": 150,
+    "epochs": 2,
+    "max_steps": 0,
     "gradient_accumulation": 1,
     "learning_rate": 1e-3,
     "lr_scheduler": "constant",
-    "save_every_epochs": 0,
-    "save_every_steps": 50,
+    "save_every_epochs": 1,
+    "save_every_steps": 0,
     "sample_every_steps": 10,
     "sample_at_start": True,
 }
 DEMO_PROMPTS = [
-    "a red circle on a blue background --w 64 --h 64 --s 8 --d 1",
-    "a yellow square on a green background --w 64 --h 64 --s 8 --d 2",
+    "a red circle, simple shape, white background --w 64 --h 64 --s 8 --d 1",
+    "a blue square, simple shape, white background --w 64 --h 64 --s 8 --d 2",
 ]
 
 

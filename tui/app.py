@@ -41,7 +41,7 @@ class SdtuiApp(App):
     CSS_PATH = [STYLES / "app.tcss", STYLES / "home.tcss", STYLES / "wizard.tcss", STYLES / "dashboard.tcss"]
     BINDINGS = [
         Binding("ctrl+t", "toggle_theme", "Dark/light"),
-        Binding("ctrl+q", "quit", "Quit", priority=True),
+        Binding("ctrl+q", "quit", "Quit", priority=True, show=False),
     ]
 
     def __init__(self, context: AppContext, start: str = "home", run: Any = None, theme: str | None = None) -> None:

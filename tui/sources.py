@@ -108,7 +108,7 @@ class RunsWatcher:
         self._step: dict[Path, int | None] = {}
 
     def rows(self) -> list[RunRow]:
-        """Every run, newest first."""
+        """Every run, newest first (by creation, so a live run does not jump around)."""
         from core.monitor import MetricsTail
         from core.runs import list_runs
 
@@ -125,7 +125,6 @@ class RunsWatcher:
             status = run.read_status()
             step = status.get("step", self._step.get(path))
             rows.append(RunRow(path.name, path, run.state, step, total_steps(run, status), self._loss.get(path), updated_at(status)))
-        rows.sort(key=lambda r: (r.updated_at or 0.0, r.run_id), reverse=True)
         return rows
 
 

@@ -26,15 +26,15 @@ class DashboardScreen(Screen):
     """Attach to any run, live or ended; detaching leaves the training running."""
 
     BINDINGS = [
-        Binding("s", "control('save')", "Save now"),
-        Binding("m", "control('sample')", "Sample now"),
-        Binding("p", "pause", "Pause/resume"),
-        Binding("x", "stop", "Stop"),
-        Binding("g", "log_scale", "Log scale"),
-        Binding("left_square_bracket", "sample(-1)", "Older sample", key_display="["),
-        Binding("right_square_bracket", "sample(1)", "Newer sample", key_display="]"),
-        Binding("t", "next_prompt", "Next prompt"),
-        Binding("escape,d", "detach", "Detach"),
+        Binding("s", "control('save')", "Save", tooltip="Save a checkpoint now"),
+        Binding("m", "control('sample')", "Sample", tooltip="Render the samples now"),
+        Binding("p", "pause", "Pause", tooltip="Pause or resume the training"),
+        Binding("x", "stop", "Stop", tooltip="Stop the run (asks first; it saves first)"),
+        Binding("g", "log_scale", "Log y", tooltip="Loss chart: log or linear scale"),
+        Binding("left_square_bracket", "sample(-1)", "Older", key_display="[", tooltip="Older sample of this prompt"),
+        Binding("right_square_bracket", "sample(1)", "Newer", key_display="]", tooltip="Newer sample of this prompt"),
+        Binding("t", "next_prompt", "Prompt", tooltip="Samples of the next prompt"),
+        Binding("escape,d", "detach", "Detach", tooltip="Back to the runs; the training goes on"),
     ]
     REFRESH_S = 1.0
 
@@ -59,7 +59,7 @@ class DashboardScreen(Screen):
                 yield Static("", id="resources")
                 yield SampleView(self.run.path, id="samples")
         yield Log(id="log", highlight=False, max_lines=2000)
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         from core.monitor import LogTail, MetricsTail
@@ -132,8 +132,7 @@ class DashboardScreen(Screen):
             util = "" if row.utilization is None else f" {row.utilization:>3d}%"
             text.append(f"GPU{row.index} {bar(row.fraction, 10)} {vram_text(row)}{util}\n")
         for rank, (allocated, peak) in sorted(self.view.rank_memory().items()):
-            label = "rank" if rows else "cpu rank"
-            text.append(f"{label} {rank}: {gb(allocated)} now, peak {gb(peak)}\n")
+            text.append(f"rank {rank} memory: {gb(allocated)} now, peak {gb(peak)}\n")
         return text
 
     def action_control(self, action: str) -> None:

@@ -42,7 +42,7 @@ class HomeScreen(Screen):
             yield Static("Runs", classes="section-title")
             yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
             yield Static("", id="runs-empty")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         context = self.app.context
@@ -51,7 +51,7 @@ class HomeScreen(Screen):
         self.rows: list[RunRow] = []
         table = self.query_one("#runs", DataTable)
         table.add_column("run", key="run", width=34)
-        for key, width in (("state", 9), ("step", 13), ("loss", 8), ("updated", 9)):
+        for key, width in (("state", 9), ("step", 11), ("loss", 8), ("updated", 12)):
             table.add_column(key, key=key, width=width)
         self.load_gpus()
         self.refresh_runs()
@@ -78,9 +78,8 @@ class HomeScreen(Screen):
         table = self.query_one("#runs", DataTable)
         now = self.app.context.clock()
         selected = self.selected()
-        wanted = {r.run_id for r in rows}
-        for key in [k.value for k in table.rows if k.value not in wanted]:
-            table.remove_row(key)
+        if [k.value for k in table.rows] != [r.run_id for r in rows]:
+            table.clear()
         for row in rows:
             step = "–" if row.step is None else f"{row.step}/{row.total_steps or '?'}"
             age = "–" if row.updated_at is None else duration(row.age(now)) + " ago"
@@ -113,6 +112,10 @@ class HomeScreen(Screen):
         from core.runs import RunDir
 
         return RunDir(row.path)
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.action_attach()
 
     def action_new_run(self) -> None:
         self.app.open_wizard()
@@ -152,6 +155,21 @@ class HomeScreen(Screen):
             self.notify(str(exc), severity="error", timeout=10)
 
     def action_demo(self) -> None:
-        from tui.screens.demo import DemoSetupScreen
+        """Build the demo (tiny model, generated dataset) in ./demo, then open the wizard filled in with it."""
+        self.notify("Preparing the CPU demo in ./demo (tiny model, generated dataset)…")
+        self.prepare_demo()
 
-        self.app.push_screen(DemoSetupScreen())
+    @work(thread=True, exclusive=True, group="demo")
+    def prepare_demo(self) -> None:
+        from core.demo import prepare_demo
+
+        try:
+            demo = prepare_demo(self.app.context.workdir or "demo")
+        except Exception as exc:  # noqa: BLE001 - shown to the user with the fix, never a crash
+            self.app.call_from_thread(self.notify, f"The demo could not be prepared: {exc}", severity="error", timeout=15)
+            return
+        self.app.call_from_thread(self._open_demo, demo)
+
+    def _open_demo(self, demo: object) -> None:
+        self.app.context.demo = demo
+        self.app.open_wizard()

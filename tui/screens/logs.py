@@ -23,7 +23,7 @@ class LogScreen(Screen):
     def compose(self) -> ComposeResult:
         yield Header()
         yield Log(id="log", highlight=False, max_lines=5000)
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         from core.monitor import LogTail

@@ -59,7 +59,7 @@ class WizardScreen(Screen):
             with Horizontal(id="nav"):
                 yield Button("◀ Back (ctrl+b)", id="back")
                 yield Button("Next (ctrl+n) ▶", id="next", variant="primary")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.sub_title = "new run"

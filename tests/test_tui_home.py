@@ -1,0 +1,104 @@
+"""The home screen: GPUs, runs with live state, keys to attach and start."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from textual.widgets import DataTable
+
+from core.gpu import GpuSet
+from tests.tui_fixtures import T0, make_run, make_runs, sync
+from tui.app import SdtuiApp
+from tui.context import AppContext
+from tui.screens.dashboard import DashboardScreen
+from tui.screens.home import HomeScreen
+
+
+def _app(runs: Path, gpus: str | None = "1x24GB", clock=lambda: T0) -> SdtuiApp:
+    return SdtuiApp(AppContext(runs_dir=runs, gpu_spec=gpus, clock=clock), theme="textual-dark")
+
+
+def _rows(app: SdtuiApp) -> list[list[str]]:
+    table = app.screen.query_one("#runs", DataTable)
+    return [[str(c) for c in table.get_row_at(i)] for i in range(table.row_count)]
+
+
+@sync
+async def test_home_lists_runs_newest_first_with_state_step_and_loss(tmp_path: Path) -> None:
+    app = _app(make_runs(tmp_path / "runs"))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause(0.3)
+        rows = _rows(app)
+        assert [r[0] for r in rows] == ["cat-dreambooth-20251009-100000", "dog-lora-20251009-093000", "shapes-lora-20251009-090000"]
+        assert [r[1] for r in rows] == ["stopped", "failed", "finished"]
+        assert rows[1][2] == "37/400"
+        assert rows[2][4] == "1h 58m ago"
+        assert float(rows[2][3]) > 0
+
+
+@sync
+async def test_home_shows_simulated_gpus(tmp_path: Path) -> None:
+    app = _app(tmp_path / "runs", gpus="2x4090")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause(0.3)
+        text = str(app.screen.query_one("#gpus").render())
+        assert text.count("RTX 4090") == 2 and "24.0 GB" in text and "bf16" in text
+        assert "No runs in" in str(app.screen.query_one("#runs-empty").render())
+
+
+@sync
+async def test_home_without_gpu_says_so_and_offers_the_demo(tmp_path: Path) -> None:
+    app = _app(tmp_path / "runs", gpus=None)
+    app.context._gpus = GpuSet(gpus=[], reason="no NVIDIA driver was found", simulated=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause(0.3)
+        text = str(app.screen.query_one("#gpus").render())
+        assert "No GPU here: no NVIDIA driver was found" in text
+        assert "CPU demo" in text and "--gpus 1x24GB" in text
+
+
+@sync
+async def test_enter_attaches_and_escape_detaches(tmp_path: Path) -> None:
+    app = _app(make_runs(tmp_path / "runs"))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause(0.3)
+        await pilot.press("down", "enter")
+        await pilot.pause(0.3)
+        assert isinstance(app.screen, DashboardScreen)
+        assert app.screen.run.id == "dog-lora-20251009-093000"
+        await pilot.press("escape")
+        assert isinstance(app.screen, HomeScreen)
+
+
+@sync
+async def test_a_new_run_and_a_state_change_show_up_without_a_key(tmp_path: Path) -> None:
+    runs = make_runs(tmp_path / "runs")
+    app = _app(runs, clock=time.time)
+    HomeScreen.REFRESH_S = 0.2
+    try:
+        async with app.run_test(size=(100, 30)) as pilot:
+            await pilot.pause(0.3)
+            assert len(_rows(app)) == 3
+            make_run(runs, "new-lora-20251009-110000", "running", steps=5, total=50, created=time.time())
+            status = runs / "new-lora-20251009-110000" / "status.json"
+            status.write_text(json.dumps({**json.loads(status.read_text()), "updated_at": time.time()}))
+            await pilot.pause(0.8)
+            rows = _rows(app)
+            assert rows[0][:3] == ["new-lora-20251009-110000", "running", "5/50"]
+    finally:
+        HomeScreen.REFRESH_S = 1.5
+
+
+@sync
+async def test_logs_key_opens_the_log_of_the_selected_run(tmp_path: Path) -> None:
+    app = _app(make_runs(tmp_path / "runs"))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause(0.3)
+        await pilot.press("l")
+        await pilot.pause(0.3)
+        log = app.screen.query_one("#log")
+        assert "step 79: loss" in "\n".join(log.lines)
+        await pilot.press("escape")
+        assert isinstance(app.screen, HomeScreen)
