@@ -168,6 +168,8 @@ def test_overrides_are_estimated_not_the_recipe_name() -> None:
 
 
 def test_suggestions_when_nothing_fits() -> None:
+    from core.gpu import find_model
+    from core.memory import estimate
     from core.plan.picker import pick_recipes, rank_recipes, suggest_when_nothing_fits
     from core.recipes import load_recipes
 
@@ -176,9 +178,13 @@ def test_suggestions_when_nothing_fits() -> None:
     assert pick_recipes("sdxl", "finetune", gpus, recipes) == []
     worst = rank_recipes("sdxl", "finetune", gpus, recipes)[0]
     tips = suggest_when_nothing_fits("sdxl", "finetune", gpus, recipes, worst.settings)
-    text = "\n".join(tips)
-    assert "LoRA instead" in text
-    assert "more memory" in text and ("A100" in text or "H100" in text or "48" in text)
+    assert any("LoRA instead" in t for t in tips)
+    bigger = next(t for t in tips if "more memory" in t)
+    names = bigger.split(": ", 1)[1].split(" would fit")[0].split(", ")
+    assert names
+    for name in names:
+        model = find_model(name)
+        assert model.vram_gb > 8 and estimate("sdxl", "finetune", worst.settings).fits(int(model.vram_gb * 2**30))
 
 
 # ---- make_plan ------------------------------------------------------------------------------
@@ -290,3 +296,20 @@ def test_plan_rejects_a_run_without_length(kohya_dataset) -> None:
     scan = _scan(kohya_dataset)
     with pytest.raises(UserError, match="--epochs N or --steps N"):
         make_plan(_config(scan, epochs=0, max_steps=0), scan, parse_spec("1x4090"))
+
+
+def test_suggestions_name_the_settings_that_would_fit() -> None:
+    from core.plan.picker import judge, resolve_settings, suggest_when_nothing_fits
+    from core.recipes import get_recipe, load_recipes
+
+    gpus, recipe = parse_spec("1x8GB"), get_recipe("sd15-lora-8gb")
+    heavy = resolve_settings(recipe.settings, {"gradient_checkpointing": False, "batch_size": 8}, recipe.name)
+    assert judge("sd1", "lora", heavy, gpus).fits is False
+    tips = suggest_when_nothing_fits("sd1", "lora", gpus, load_recipes(), heavy)
+    assert tips[0].startswith("enable the memory savers") and "--set gradient_checkpointing=true" in tips[0]
+    huge = resolve_settings(recipe.settings, {"gradient_checkpointing": False, "batch_size": 4, "resolution": 2048}, recipe.name)
+    tip = suggest_when_nothing_fits("sd1", "lora", gpus, load_recipes(), huge)[0]
+    lower = int(tip.split("--set resolution=")[1].split(")")[0])
+    assert lower < 2048
+    lean = huge | {"gradient_checkpointing": True, "batch_size": 1, "optimizer": "adamw8bit", "resolution": lower}
+    assert judge("sd1", "lora", lean, gpus).fits

@@ -73,14 +73,22 @@ def judge(family: str, method: str, settings: Mapping[str, Any], gpus: Any, reci
 def rank_recipes(family: str, method: str, gpus: Any, recipes: Iterable[Any], overrides: Mapping[str, Any] | None = None) -> list[RecipeFit]:
     """Every recipe for ``family`` and ``method``, judged: fitting ones first, fastest first.
 
-    Without a GPU nothing is judged to fit (``fits`` is None); the smallest estimate comes first.
+    Recipes that do not fit (or cannot be judged without a GPU, ``fits`` None) follow, the
+    smallest estimate first.
     """
     fits = [
         judge(family, method, resolve_settings(r.settings, overrides, r.name), gpus, r)
         for r in recipes
         if family in r.families and method in r.methods
     ]
-    return sorted(fits, key=lambda f: (f.fits is not True, -(f.images_per_second or 0.0), f.estimate.total_bytes, f.name))
+    return sorted(fits, key=_order)
+
+
+def _order(fit: RecipeFit) -> tuple:
+    """Fitting recipes fastest first; the others lightest first (closest to fitting)."""
+    if fit.fits:
+        return (0, -(fit.images_per_second or 0.0), fit.estimate.total_bytes, fit.name)
+    return (1, fit.estimate.total_bytes, fit.name)
 
 
 def pick_recipes(family: str, method: str, gpus: Any, recipes: Iterable[Any], overrides: Mapping[str, Any] | None = None) -> list[RecipeFit]:
@@ -101,23 +109,32 @@ def suggest_when_nothing_fits(family: str, method: str, gpus: Any, recipes: Iter
     savers = {"gradient_checkpointing": True, "optimizer": "adamw8bit", "cache_latents": True, "batch_size": 1}
     if not settings.get("train_text_encoder"):
         savers["cache_text_encoder_outputs"] = True
-    changed = {k: v for k, v in savers.items() if settings.get(k) != v}
-    if changed and judge(family, method, dict(settings) | changed, gpus).fits:
-        sets = " ".join(f"--set {k}={str(v).lower()}" for k, v in changed.items())
-        tips.append(f"enable the memory savers (gradient checkpointing, 8-bit optimizer, cached latents, batch 1): {sets}")
-    lean = dict(settings) | savers
-    resolution = int(settings.get("resolution") or 512)
-    for lower in (r for r in _LOWER_RESOLUTIONS if r < resolution):
-        if judge(family, method, lean | {"resolution": lower}, gpus).fits:
-            tips.append(f"train at a lower resolution, {lower} pixels (--set resolution={lower}), with the memory savers")
-            break
+    lean = dict(settings)
+    helpful: dict[str, Any] = {}
+    for key, value in savers.items():
+        if lean.get(key) == value:
+            continue
+        trial = judge(family, method, lean | {key: value}, gpus)
+        if trial.estimate.total_bytes < judge(family, method, lean, gpus).estimate.total_bytes:
+            lean[key] = value
+            helpful[key] = value
+    if helpful and judge(family, method, lean, gpus).fits:
+        sets = " ".join(f"--set {k}={str(v).lower()}" for k, v in helpful.items())
+        tips.append(f"enable the memory savers: {sets}")
+    else:
+        resolution = int(settings.get("resolution") or 512)
+        with_savers = " with the memory savers (gradient checkpointing, 8-bit AdamW, caches, batch 1)" if helpful else ""
+        for lower in (r for r in _LOWER_RESOLUTIONS if r < resolution):
+            if judge(family, method, lean | {"resolution": lower}, gpus).fits:
+                tips.append(f"train on fewer pixels: resolution {lower} (--set resolution={lower}){with_savers}")
+                break
     if method != "lora":
         lora = rank_recipes(family, "lora", gpus, recipes)
         if lora and lora[0].fits:
             tips.append(f"train a LoRA instead of {method} (--method lora, recipe {lora[0].name}), which fits in {gb:.0f} GB")
-    bigger = _bigger_gpus(family, method, lean, gb)
+    bigger = _bigger_gpus(family, method, settings, gb)
     if bigger:
-        tips.append(f"use a GPU with more memory: {', '.join(bigger)} would fit these settings with the memory savers")
+        tips.append(f"use a GPU with more memory: {', '.join(bigger)} would fit these settings")
     return tips
 
 

@@ -223,8 +223,8 @@ def _explain(plan: Plan, scan: Any, gpus: Any, fit: Any) -> None:
         plan.notes.append(f"the GPU '{smallest.name}' is not in the catalog, so the ETA is unknown")
     if plan.fits is False:
         plan.warnings.append(
-            f"the estimated peak VRAM of {fit.estimate.total_bytes / 1024**3:.1f} GB does not fit the {smallest.name} "
-            f"({smallest.vram_total_bytes / 1024**3:.0f} GB) with {HEADROOM:.0%} headroom"
+            f"the estimated peak VRAM of {fit.estimate.total_bytes / 1024**3:.1f} GB does not fit in "
+            f"{smallest.vram_total_bytes / 1024**3:.0f} GB per GPU with {HEADROOM:.0%} headroom ({smallest.name})"
         )
         from core.recipes import load_recipes
 
