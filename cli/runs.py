@@ -173,7 +173,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
         print(line)
     while args.follow:
         sys.stdout.flush()
-        ended = run.state in FINAL_STATES + (LOST,)
+        ended = run.state in FINAL_STATES + (LOST,) and not run.alive_processes()
         time.sleep(0.5)
         for line in tail.poll():
             print(line)

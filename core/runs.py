@@ -89,10 +89,11 @@ class RunDir:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def processes(self, status: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        """The recorded processes of the run (supervisor, launcher, workers) with their create times."""
+        """The recorded processes of the run (supervisor, launcher, workers, trainer ranks) with their create times."""
         status = self.read_status() if status is None else status
-        records = status.get("pids", [])
-        return [r for r in records if isinstance(r, dict) and "pid" in r and "create_time" in r]
+        records = list(status.get("pids") or []) + list(status.get("trainer_pids") or [])
+        unique = {(r.get("pid"), r.get("create_time")): r for r in records if isinstance(r, dict) and "pid" in r and "create_time" in r}
+        return list(unique.values())
 
     def alive_processes(self, status: dict[str, Any] | None = None) -> list[Any]:
         """The recorded processes that are still running (psutil.Process objects)."""

@@ -1,0 +1,127 @@
+"""Incremental readers: metrics tail (partial lines, replacement), series, log tail, samples, downsampling."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from core.monitor import LogTail, MetricsSeries, MetricsTail, SampleIndex, downsample, downsample_xy
+
+
+def line(**fields: object) -> str:
+    return json.dumps(fields) + "\n"
+
+
+def test_metrics_tail_returns_only_new_complete_lines(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    tail = MetricsTail(path)
+    assert tail.poll() == []
+    path.write_text(line(type="step", step=1, loss=0.5) + '{"type": "step", "st')
+    assert [r["step"] for r in tail.poll()] == [1]
+    with open(path, "a") as handle:
+        handle.write('ep": 2, "loss": 0.4}\n' + line(type="event", level="info", message="hi"))
+    records = tail.poll()
+    assert [r["type"] for r in records] == ["step", "event"] and records[0]["step"] == 2
+    assert tail.poll() == [] and not tail.reset
+
+
+def test_metrics_tail_restarts_when_the_file_is_replaced_or_truncated(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(line(type="step", step=1) + line(type="step", step=2))
+    tail = MetricsTail(path)
+    assert len(tail.poll()) == 2
+    replacement = tmp_path / "new.jsonl"
+    replacement.write_text(line(type="step", step=7))
+    os.replace(replacement, path)
+    assert [r["step"] for r in tail.poll()] == [7] and tail.reset
+    path.write_text("")
+    assert tail.poll() == [] and tail.reset
+    path.write_text(line(type="step", step=9))
+    assert [r["step"] for r in tail.poll()] == [9]
+
+
+def test_metrics_tail_skips_a_damaged_line(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(line(type="step", step=1) + "garbage{\n" + line(type="step", step=2))
+    tail = MetricsTail(path)
+    assert [r["step"] for r in tail.poll()] == [1, 2] and tail.skipped == 1
+
+
+def test_series_from_tail_and_reset(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(
+        line(type="step", step=1, loss=0.9, lr=1e-4, images_per_s=2.0, mem=[{"allocated": 1, "peak": 2}])
+        + line(type="step", step=2, loss=None, lr=1e-4, images_per_s=2.5)
+        + line(type="sample", step=2, prompt_index=0, prompt="a dog", path="samples/x.png")
+        + line(type="checkpoint", step=2, path="checkpoints/step-2")
+    )
+    tail, series = MetricsTail(path), MetricsSeries()
+    assert series.update(tail) == 4
+    assert list(series.steps) == [1.0, 2.0] and series.loss[0] == 0.9 and math.isnan(series.loss[1])
+    assert series.samples[0]["prompt"] == "a dog" and series.checkpoints[0]["step"] == 2
+    assert series.last_step["step"] == 2
+    path.write_text(line(type="step", step=1, loss=0.1))
+    series.update(tail)
+    assert list(series.steps) == [1.0] and list(series.loss) == [0.1]
+
+
+def test_series_keeps_the_last_step_memory(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(line(type="step", step=5, loss=0.2, mem=[{"allocated": 10, "peak": 20}]))
+    series = MetricsSeries()
+    series.update(MetricsTail(path))
+    assert series.last_step == {"type": "step", "step": 5, "loss": 0.2, "mem": [{"allocated": 10, "peak": 20}]}
+
+
+def test_log_tail_first_poll_gives_last_lines_then_new_ones(tmp_path: Path) -> None:
+    path = tmp_path / "train.log"
+    path.write_text("".join(f"line {i}\n" for i in range(1000)))
+    tail = LogTail(path, lines=5)
+    assert tail.poll() == [f"line {i}" for i in range(995, 1000)]
+    with open(path, "a") as handle:
+        handle.write("new 1\nprogress 10%\rprogress 20%\npartial")
+    assert tail.poll() == ["new 1", "progress 10%", "progress 20%"]
+    with open(path, "a") as handle:
+        handle.write(" done\n")
+    assert tail.poll() == ["partial done"]
+    path.write_text("fresh\n")
+    assert tail.poll() == ["fresh"] and tail.reset
+    assert list(tail.recent) == ["fresh"]
+
+
+def test_log_tail_of_missing_file_is_empty(tmp_path: Path) -> None:
+    assert LogTail(tmp_path / "nope.log").poll() == []
+
+
+def test_sample_index_finds_new_finished_pngs(tmp_path: Path) -> None:
+    samples = tmp_path / "samples"
+    index = SampleIndex(samples)
+    assert index.poll() == []
+    samples.mkdir()
+    for name in ("step-000010_p0.png", "step-000010_p1.png", "step-000020_p0.png", ".tmp-step-000030_p0.png", "notes.txt"):
+        (samples / name).write_bytes(b"x")
+    new = index.poll()
+    assert [(s.step, s.prompt_index) for s in new] == [(10, 0), (10, 1), (20, 0)]
+    assert index.poll() == []
+    assert index.latest().step == 20
+    assert [s.step for s in index.by_prompt()[0]] == [10, 20]
+
+
+def test_downsample_keeps_spikes_and_width() -> None:
+    values = [1.0] * 10_000
+    values[1234] = 50.0
+    values[7777] = -3.0
+    thin = downsample(values, 100)
+    assert len(thin) <= 100 and max(thin) == 50.0 and min(thin) == -3.0
+    assert downsample([1.0, 2.0], 10) == [1.0, 2.0]
+    assert downsample([], 10) == []
+    xs, ys = downsample_xy(list(range(10_000)), values, 50)
+    assert 1234 in xs and ys[xs.index(1234)] == 50.0 and xs == sorted(xs)
+
+
+def test_downsample_skips_nan() -> None:
+    values = [float("nan")] * 50 + [float(i) for i in range(50)]
+    thin = downsample(values, 10)
+    assert 49.0 in thin and 0.0 in thin

@@ -1,0 +1,95 @@
+"""Run folders: status merging, the derived lost state, discovery, ids, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from core.errors import UserError
+from core.launch.procs import describe
+from core.runs import RunDir, create_run_dir, list_runs, new_run_id, resolve_run
+
+
+def make_run(root: Path, name: str, **status: object) -> RunDir:
+    run = RunDir(root / name)
+    run.path.mkdir(parents=True)
+    run.run_toml.write_text('name = "x"\n')
+    run.write_status(**status)
+    return run
+
+
+def test_write_status_merges_and_removes_keys(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "a", state="running", step=3, error="old")
+    run.write_status(step=4, error=None)
+    data = json.loads(run.status_json.read_text())
+    assert data["state"] == "running" and data["step"] == 4 and "error" not in data and data["updated_at"] > 0
+
+
+def test_state_is_lost_when_recorded_processes_are_gone(tmp_path: Path) -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    record = describe(psutil.Process(child.pid), "supervisor")
+    child.wait()
+    run = make_run(tmp_path, "a", state="running", pids=[record])
+    assert run.state == "lost"
+    assert run.summary()["state"] == "lost"
+
+
+def test_reused_pid_is_not_mistaken_for_the_run(tmp_path: Path) -> None:
+    me = describe(psutil.Process(), "supervisor")
+    run = make_run(tmp_path, "a", state="running", pids=[{**me, "create_time": me["create_time"] - 1000}])
+    assert run.state == "lost"
+    run.write_status(pids=[me])
+    assert run.state == "running"
+
+
+def test_final_state_is_kept_and_fresh_queued_run_is_not_lost(tmp_path: Path) -> None:
+    assert make_run(tmp_path, "a", state="failed", pids=[]).state == "failed"
+    assert make_run(tmp_path, "b", state="queued", created_at=time.time()).state == "queued"
+    stale = make_run(tmp_path, "c")
+    stale.status_json.write_text(json.dumps({"state": "queued", "created_at": time.time() - 3600, "updated_at": time.time() - 3600}))
+    assert stale.state == "lost"
+
+
+def test_list_and_resolve_runs(tmp_path: Path) -> None:
+    old = make_run(tmp_path, "dog-20250101-000000", state="finished", created_at=1.0)
+    new = make_run(tmp_path, "cat-20250102-000000", state="finished", created_at=2.0)
+    (tmp_path / "not-a-run").mkdir()
+    assert list_runs(tmp_path) == [new, old]
+    assert resolve_run("dog-20250101-000000", tmp_path) == old
+    assert resolve_run("cat", tmp_path) == new
+    assert resolve_run(str(old.path), tmp_path / "elsewhere") == old
+    with pytest.raises(UserError, match="no run 'horse'.*sdtui runs"):
+        resolve_run("horse", tmp_path)
+    assert list_runs(tmp_path / "missing") == []
+
+
+def test_run_ids_and_taken_ids(tmp_path: Path) -> None:
+    assert re.fullmatch(r"sks-dog-lora-\d{8}-\d{6}", new_run_id("sks dog/lora"))
+    first = create_run_dir(tmp_path, "x")
+    second = create_run_dir(tmp_path, "x")
+    assert first.path.is_dir() and second.path.is_dir() and first != second
+    assert second.id.startswith(first.id)
+
+
+def test_latest_checkpoint_ignores_unfinished_tmp_folder(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "a", state="failed")
+    for name in ("step-10", "step-20"):
+        (run.checkpoints / name).mkdir(parents=True)
+        (run.checkpoints / name / "state.json").write_text(json.dumps({"step": int(name[5:])}))
+    (run.checkpoints / ".tmp-step-30").mkdir()
+    (run.checkpoints / ".tmp-step-30" / "state.json").write_text("{")
+    assert run.latest_checkpoint() == run.checkpoints / "step-20"
+
+
+def test_last_step_record_reads_the_end_only(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "a", state="running")
+    lines = [json.dumps({"type": "step", "step": i, "loss": 1.0 / i}) for i in range(1, 5000)]
+    run.metrics.write_text("\n".join(lines) + "\n" + '{"type": "event", "message": "x"}\n{"type": "st')
+    assert run.last_step_record()["step"] == 4999
