@@ -4,7 +4,9 @@
 SD2.1 and SDXL from ``core/model_configs.py`` on the meta device (no weights, no download, a
 few seconds) and records per component: the parameter count, the LoRA "width" per
 ``lora_targets`` choice (Σ over adapted layers of in·k·k + out, so LoRA params = rank × width)
-and the adapted layer count, plus the text encoders' embedding size for textual inversion.
+and the adapted layer count, the largest single tensor (what a fused backward pass holds as
+gradient), the fp32 values Adafactor's factored second moment keeps, plus the text encoders'
+embedding size for textual inversion.
 ``--check`` compares the file with a fresh build instead of writing it.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -53,9 +56,22 @@ def lora_width(module: Any) -> int:
     return 0
 
 
+def adafactor_floats(shape: tuple[int, ...]) -> int:
+    """fp32 values Adafactor (no momentum) keeps for a tensor: row and column factors when 2-D or more."""
+    if len(shape) < 2:
+        return max(1, math.prod(shape))
+    return math.prod(shape[:-1]) + math.prod(shape[:-2] + shape[-1:])
+
+
 def describe(kind: str, model: Any) -> dict[str, Any]:
     """Parameter count, LoRA widths per target choice, and embedding sizes of one component."""
-    entry: dict[str, Any] = {"class": COMPONENT_CLASSES[kind], "params": sum(p.numel() for p in model.parameters())}
+    params = list(model.parameters())
+    entry: dict[str, Any] = {
+        "class": COMPONENT_CLASSES[kind],
+        "params": sum(p.numel() for p in params),
+        "largest_param": max(p.numel() for p in params),
+        "adafactor_state_floats": sum(adafactor_floats(tuple(p.shape)) for p in params),
+    }
     if kind == "vae":
         return entry
     targets = LORA_TARGET_MODULES["unet" if kind == "unet" else "text_encoder"]

@@ -1,0 +1,260 @@
+"""Measure the UNet's activation memory per image and write core/memory/activations.json.
+
+``python -m bench.measure_activations`` runs one forward pass of the real-size UNet of each
+family on the **meta device** (shapes and dtypes only: no memory, no arithmetic, seconds on
+any CPU) inside ``torch.autograd.graph.saved_tensors_hooks`` and adds up, per image:
+
+- ``saved``: every tensor autograd keeps for the backward pass (deduplicated by base tensor,
+  parameters left out: the estimator counts weights itself);
+- ``recompute``: with gradient checkpointing, what the largest checkpointed block saves while
+  it is re-run in the backward pass (the checkpointed blocks themselves keep only their inputs,
+  which ``saved`` counts);
+- ``largest``: the largest single saved tensor; the backward pass holds about two tensors of
+  that size (the incoming and the outgoing gradient) on top of the saved ones.
+
+Mixed precision is emulated the way CUDA autocast runs it: convolutions, linear layers,
+matmuls and attention in half precision, group/layer norm and softmax in fp32. "sdpa"
+attention is modelled as the fused (flash / memory-efficient) kernels save it: q, k, v, the
+output and the per-row log-sum-exp; "eager" runs diffusers' classic ``AttnProcessor``, which
+keeps the full attention matrix (quadratic in tokens). Two training modes: ``full`` (every UNet
+weight trained) and ``lora`` (weights frozen except the attention projections LoRA adapts, so
+their inputs are kept as LoRA keeps them; LoRA's own rank-sized tensors are left out; textual
+inversion, which back-propagates through the frozen UNet to the text conditioning, uses it too).
+
+Per (family, mode, precision, checkpointing, attention) three resolutions are measured and
+``bytes(A) = c0 + c1·A + c2·A²`` fitted exactly, A being the latent tokens (resolution / 8)².
+The text encoders' activations (77 tokens) are measured the same way. See docs/memory.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from core.atomic import write_json_atomic
+from core.model_configs import LORA_TARGET_MODULES, NATIVE_RESOLUTION, TEXT_TOKENS, families, family_config
+
+ACTIVATIONS_JSON = Path(__file__).resolve().parents[1] / "core" / "memory" / "activations.json"
+#: Resolutions measured per family, as fractions of its native resolution (multiples of 64).
+SCALES = (0.5, 0.75, 1.0)
+MODES = ("full", "lora")
+PRECISIONS = ("half", "fp32")
+ATTENTIONS = ("sdpa", "eager")
+
+
+class SavedTally:
+    """A saved-tensors pack hook that adds up the bytes autograd keeps, once per base tensor."""
+
+    def __init__(self, param_ids: set[int]) -> None:
+        self.param_ids = param_ids
+        self.sizes: dict[int, int] = {}
+        self.keep: list[Any] = []
+
+    def add(self, tensor: Any) -> None:
+        """Count ``tensor`` (its base, if it is a view) unless it is a parameter."""
+        base = tensor._base if tensor._base is not None else tensor
+        if id(base) in self.param_ids or id(base) in self.sizes:
+            return
+        self.sizes[id(base)] = base.numel() * base.element_size()
+        self.keep.append(base)
+
+    def pack(self, tensor: Any) -> Any:
+        self.add(tensor)
+        return tensor
+
+    @property
+    def total(self) -> int:
+        return sum(self.sizes.values())
+
+    @property
+    def largest(self) -> int:
+        return max(self.sizes.values(), default=0)
+
+
+def autocast_emulation(half: Any) -> Any:
+    """A TorchFunctionMode that runs ops in the dtypes CUDA autocast picks (works on meta)."""
+    import torch
+    import torch.nn.functional as F
+    from torch.overrides import TorchFunctionMode
+    from torch.utils._pytree import tree_map
+
+    lower = {F.conv2d, F.linear, torch.bmm, torch.baddbmm, torch.matmul, torch.Tensor.__matmul__, F.scaled_dot_product_attention}
+    upper = {F.group_norm, F.layer_norm, F.softmax, torch.softmax, torch.Tensor.softmax}
+
+    def cast(dtype: Any) -> Any:
+        return lambda x: x.to(dtype) if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dtype != dtype else x
+
+    class Emulation(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+            kwargs = kwargs or {}
+            if func in lower:
+                args, kwargs = tree_map(cast(half), (args, kwargs))
+            elif func in upper:
+                args, kwargs = tree_map(cast(torch.float32), (args, kwargs))
+                kwargs.pop("dtype", None)
+            return func(*args, **kwargs)
+
+    return Emulation()
+
+
+def fused_attention_mode() -> Any:
+    """A TorchFunctionMode that replaces SDPA with a function saving what the fused kernels save."""
+    import torch
+    import torch.nn.functional as F
+    from torch.overrides import TorchFunctionMode
+
+    class FusedAttention(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, q, k, v):  # noqa: ANN001
+            out = q.new_empty((*q.shape[:-1], v.shape[-1]))
+            lse = q.new_empty(q.shape[:-1], dtype=torch.float32)
+            ctx.save_for_backward(q, k, v, out, lse)
+            return out
+
+        @staticmethod
+        def backward(ctx, grad):  # noqa: ANN001
+            q, k, v, _, _ = ctx.saved_tensors
+            return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+
+    class Mode(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+            if func is F.scaled_dot_product_attention:
+                return FusedAttention.apply(*args[:3])
+            return func(*args, **(kwargs or {}))
+
+    return Mode()
+
+
+def unet_activation(family: str, resolution: int, mode: str, precision: str, checkpointing: bool, attention: str) -> dict[str, int]:
+    """Saved, recompute and largest bytes of one UNet forward at ``resolution`` for one image."""
+    import contextlib
+
+    import torch
+    from diffusers import UNet2DConditionModel
+    from diffusers.models.attention_processor import AttnProcessor
+
+    cfg = family_config(family)
+    dtype = torch.float16 if precision == "half" else torch.float32
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(cfg["unet"]).to(dtype)
+    unet.requires_grad_(mode == "full")
+    if mode == "lora":
+        for name, module in unet.named_modules():
+            if name.endswith(LORA_TARGET_MODULES["unet"]["attn"]):
+                module.weight.requires_grad_(True)
+    if attention == "eager":
+        unet.set_attn_processor(AttnProcessor())
+    tally = SavedTally({id(p) for p in unet.parameters()})
+    state = {"recompute": 0, "largest": 0}
+
+    def checkpoint(module: Any, *args: Any) -> Any:
+        for arg in args:
+            if isinstance(arg, torch.Tensor):
+                tally.add(arg)
+        inner = SavedTally(tally.param_ids)
+        with torch.autograd.graph.saved_tensors_hooks(inner.pack, lambda t: t):
+            out = module(*args)
+        state["recompute"] = max(state["recompute"], inner.total)
+        state["largest"] = max(state["largest"], inner.largest)
+        return out
+
+    if checkpointing:
+        unet.enable_gradient_checkpointing(gradient_checkpointing_func=checkpoint)
+    latent = resolution // 8
+    sample = torch.empty(1, 4, latent, latent, device="meta", dtype=dtype, requires_grad=mode == "lora")
+    text_dim = cfg["unet"]["cross_attention_dim"]
+    text = torch.empty(1, TEXT_TOKENS, text_dim, device="meta", dtype=dtype)
+    kwargs: dict[str, Any] = {}
+    if family == "sdxl":
+        kwargs["added_cond_kwargs"] = {
+            "text_embeds": torch.empty(1, 1280, device="meta", dtype=dtype),
+            "time_ids": torch.empty(1, 6, device="meta", dtype=dtype),
+        }
+    modes = [fused_attention_mode()] if attention == "sdpa" else []
+    if precision == "half":
+        modes.append(autocast_emulation(dtype))
+    with contextlib.ExitStack() as stack:
+        for m in modes:
+            stack.enter_context(m)
+        stack.enter_context(torch.autograd.graph.saved_tensors_hooks(tally.pack, lambda t: t))
+        unet(sample, torch.zeros(1, device="meta", dtype=torch.long), text, **kwargs)
+    return {"saved": tally.total, "recompute": state["recompute"], "largest": max(tally.largest, state["largest"])}
+
+
+def text_encoder_activation(family: str, component: str) -> int:
+    """Bytes one caption's text-encoder forward keeps for backward (half precision, trained)."""
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    cfg = family_config(family)[component]
+    with torch.device("meta"):
+        model = CLIPTextModel(CLIPTextConfig(**cfg)).to(torch.float16)
+    tally = SavedTally({id(p) for p in model.parameters()})
+    ids = torch.zeros(1, TEXT_TOKENS, dtype=torch.long, device="meta")
+    with autocast_emulation(torch.float16), torch.autograd.graph.saved_tensors_hooks(tally.pack, lambda t: t):
+        model(ids, output_hidden_states=True)
+    return tally.total + 2 * tally.largest
+
+
+def fit(points: list[tuple[int, int]]) -> list[float]:
+    """Exact c0, c1, c2 of c0 + c1·A + c2·A² through three (A, bytes) points."""
+    import numpy as np
+
+    a = np.array([[1.0, x, float(x) * x] for x, _ in points])
+    b = np.array([float(y) for _, y in points])
+    return [float(c) for c in np.linalg.solve(a, b)]
+
+
+def measure(selected: tuple[str, ...]) -> dict[str, Any]:
+    """The activations.json document for ``selected`` families."""
+    import diffusers
+    import torch
+
+    doc: dict[str, Any] = {
+        "generated_by": "bench/measure_activations.py",
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "formula": "per image: c0 + c1*A + c2*A^2 with A = (resolution/8)^2 latent tokens",
+        "unet": {},
+        "text_encoders": {},
+    }
+    for family in selected:
+        native = NATIVE_RESOLUTION[family]
+        resolutions = [int(native * s) // 64 * 64 for s in SCALES]
+        entries: dict[str, Any] = {}
+        for mode, precision, ckpt, attention in itertools.product(MODES, PRECISIONS, (True, False), ATTENTIONS):
+            rows = {r: unet_activation(family, r, mode, precision, ckpt, attention) for r in resolutions}
+            key = f"{mode}/{precision}/{'ckpt' if ckpt else 'nockpt'}/{attention}"
+            entries[key] = {
+                part: fit([((r // 8) ** 2, row[part]) for r, row in rows.items()]) for part in ("saved", "recompute", "largest")
+            }
+            entries[key]["points"] = {str(r): row for r, row in rows.items()}
+            top = rows[native]
+            print(f"{family} {key} @{native}: saved {top['saved'] / 2**30:.2f} GiB, recompute {top['recompute'] / 2**30:.2f} GiB, largest {top['largest'] / 2**20:.0f} MiB", flush=True)
+        doc["unet"][family] = entries
+        doc["text_encoders"][family] = {
+            comp: text_encoder_activation(family, comp) for comp in family_config(family) if comp.startswith("text_encoder")
+        }
+    return doc
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure every family (or those named) and write activations.json."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("families", nargs="*", default=list(families()), help="families to measure (default all)")
+    parser.add_argument("--dry-run", action="store_true", help="print the figures without writing the file")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    doc = measure(tuple(args.families))
+    if not args.dry_run:
+        write_json_atomic(ACTIVATIONS_JSON, doc)
+    print(f"measured in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""The measured figures the estimator reads: parameter counts, activation fits, calibration points."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+PARAMS_JSON = HERE / "params.json"
+ACTIVATIONS_JSON = HERE / "activations.json"
+CALIBRATION_JSON = HERE / "calibration.json"
+
+
+@lru_cache(maxsize=None)
+def params() -> dict[str, Any]:
+    """Per family and component: parameter counts, LoRA widths, Adafactor state size (bench/measure_params.py)."""
+    return json.loads(PARAMS_JSON.read_text(encoding="utf-8"))["families"]
+
+
+@lru_cache(maxsize=None)
+def activations() -> dict[str, Any]:
+    """Per family: fitted activation bytes per image, and the text encoders' (bench/measure_activations.py)."""
+    return json.loads(ACTIVATIONS_JSON.read_text(encoding="utf-8"))
+
+
+def calibration(path: Path | None = None) -> list[dict[str, Any]]:
+    """Measured peaks (``points``) from calibration.json; an absent or broken file means none."""
+    try:
+        doc = json.loads((path or CALIBRATION_JSON).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return []
+    return [p for p in doc.get("points", []) if isinstance(p, dict)]

@@ -1,0 +1,257 @@
+"""The peak-VRAM estimate of one training rank, from first principles (see docs/memory.md).
+
+peak = weights + autocast copies + gradients + optimizer states + EMA + DDP buckets
+       + max(activations, VAE encoding, optimizer-step temporaries)
+       + communication buffers + fragmentation + CUDA context,
+then scaled to a measured peak when calibration.json has one for the same setup.
+No torch import: the TUI calls this on every keystroke of a settings override.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.errors import UserError
+from core.settings import BACKENDS, FAMILIES, METHODS, SETTINGS
+
+from . import data
+from .calibration import match_point
+
+GIB = 2**30
+#: CUDA context plus cuBLAS/cuDNN workspaces of one process.
+CUDA_CONTEXT_BYTES = int(0.8 * GIB)
+#: NCCL's buffers when more than one GPU trains.
+NCCL_BYTES = int(0.25 * GIB)
+#: DeepSpeed's reduce / all-gather buckets.
+DEEPSPEED_BUCKET_BYTES = int(0.5 * GIB)
+#: What PyTorch's caching allocator reserves beyond what is allocated.
+FRAGMENTATION = 0.05
+#: Latent channels ÷ 8² pixels: the VAE encoder's widest stage holds 128 channels at full
+#: resolution, about three such tensors live at once (input, GroupNorm output, conv output).
+VAE_ENCODE_TENSORS = 3 * 128
+#: fp32 temporaries a per-tensor optimizer step holds for its tensor (gradient, its square,
+#: the update, the parameter for stochastic rounding).
+STEP_TEMPORARIES = 4
+
+BREAKDOWN_KEYS = (
+    "weights_unet", "weights_text_encoders", "weights_vae", "weights_adapters",
+    "autocast_copies", "gradients", "optimizer_states", "ema", "ddp_buckets",
+    "activations", "vae_encode", "optimizer_step",
+    "communication", "fragmentation", "cuda_context", "calibration",
+)
+
+
+@dataclass
+class Estimate:
+    """A peak-VRAM estimate per GPU: the total and what it is made of (bytes)."""
+
+    total_bytes: int
+    breakdown: dict[str, int]
+    calibrated: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def gb(self) -> float:
+        """The total in GiB (the unit nvidia-smi and the GPU list use)."""
+        return self.total_bytes / GIB
+
+    def fits(self, vram_bytes: int, headroom: float = 0.10) -> bool:
+        """Whether the peak fits in ``vram_bytes`` leaving ``headroom`` (a fraction) free."""
+        return self.total_bytes <= vram_bytes * (1.0 - headroom)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict: total bytes and GiB, the breakdown, calibration and notes."""
+        return {
+            "total_bytes": self.total_bytes,
+            "gb": round(self.gb, 2),
+            "breakdown": dict(self.breakdown),
+            "calibrated": self.calibrated,
+            "notes": list(self.notes),
+        }
+
+
+def resolve_settings(settings: dict[str, Any] | None) -> dict[str, Any]:
+    """``settings`` over the schema defaults, each value checked; unknown keys are ignored."""
+    merged = {key: s.default for key, s in SETTINGS.items()}
+    for key, value in (settings or {}).items():
+        if key in SETTINGS:
+            try:
+                merged[key] = SETTINGS[key].check(value)
+            except ValueError as exc:
+                raise UserError(f"setting '{key}' = {value!r} is invalid: {exc}") from None
+    return merged
+
+
+def _poly(coeffs: list[float], tokens: float) -> float:
+    c0, c1, c2 = coeffs
+    return max(0.0, c0 + c1 * tokens + c2 * tokens * tokens)
+
+
+def unet_activation_bytes(family: str, mode: str, half: bool, checkpointing: bool, attention: str, resolution: int) -> int:
+    """Activation bytes of one image through the UNet: kept tensors, recompute, backward working set."""
+    key = f"{mode}/{'half' if half else 'fp32'}/{'ckpt' if checkpointing else 'nockpt'}/{attention}"
+    fit = data.activations()["unet"][family][key]
+    tokens = (resolution / 8) ** 2
+    return int(_poly(fit["saved"], tokens) + _poly(fit["recompute"], tokens) + 2 * _poly(fit["largest"], tokens))
+
+
+def estimate(
+    family: str,
+    method: str,
+    settings: dict[str, Any] | None = None,
+    num_gpus: int = 1,
+    backend: str = "ddp",
+    *,
+    zero_stage: int = 2,
+    offload: bool = False,
+    prior_preservation: bool | None = None,
+) -> Estimate:
+    """Peak VRAM per GPU for training ``family`` with ``method`` and ``settings`` on ``num_gpus``.
+
+    ``settings`` may be partial (missing keys take the defaults of core.settings.SETTINGS).
+    ``backend`` is ddp, deepspeed (``zero_stage`` 1-3, ``offload`` of optimizer state to the CPU)
+    or fsdp (full sharding). ``prior_preservation`` (default: on for DreamBooth) doubles the
+    images per step, as each instance image is paired with a class image.
+    """
+    if family not in FAMILIES:
+        raise UserError(f"unknown model family '{family}'; use one of {', '.join(FAMILIES)}")
+    if method not in METHODS:
+        raise UserError(f"unknown method '{method}'; use one of {', '.join(METHODS)}")
+    if backend not in BACKENDS:
+        raise UserError(f"unknown distributed backend '{backend}'; use one of {', '.join(BACKENDS)}")
+    if num_gpus < 1:
+        raise UserError(f"the GPU count must be at least 1 (got {num_gpus})")
+    s = resolve_settings(settings)
+    raw, notes = _raw(family, method, s, num_gpus, backend, zero_stage, offload, prior_preservation)
+    total = sum(raw.values())
+    point = match_point(family, method, s, num_gpus, backend)
+    if point is not None:
+        raw["calibration"] = int(point["measured_peak_bytes"]) - total
+        notes.append(f"calibrated to a measured peak ({point.get('source', 'calibration.json')})")
+        total = int(point["measured_peak_bytes"])
+    return Estimate(total, raw, calibrated=point is not None, notes=notes)
+
+
+def _raw(family: str, method: str, s: dict[str, Any], n: int, backend: str, zero_stage: int, offload: bool, prior: bool | None) -> tuple[dict[str, int], list[str]]:
+    comps = data.params()[family]
+    encoders = [c for c in comps if c.startswith("text_encoder")]
+    notes: list[str] = []
+    half = s["mixed_precision"] != "no"
+    frozen_b = 2 if half else 4
+    master_b = 2 if (half and s["full_bf16"]) else 4
+    ds = backend == "deepspeed"
+    shard = n if (ds or backend == "fsdp") else 1
+    full = method in ("finetune", "dreambooth")
+    te_trained = s["train_text_encoder"] and method != "textual_inversion"
+    te_resident = te_trained or method == "textual_inversion" or not s["cache_text_encoder_outputs"]
+    if s["cache_text_encoder_outputs"] and (te_trained or method == "textual_inversion"):
+        notes.append("text-encoder outputs cannot be cached while the text encoder is trained; it stays on the GPU")
+
+    # Trained parameters: LoRA adapters, whole components, or the token embeddings.
+    if method == "lora":
+        targets = s["lora_targets"]
+        trained = s["lora_rank"] * comps["unet"]["lora_width"][targets]
+        if te_trained:
+            trained += sum(s["lora_rank"] * comps[c]["lora_width"][targets] for c in encoders)
+        largest = trained
+    elif full:
+        trained_comps = ["unet", *(encoders if te_trained else [])]
+        trained = sum(comps[c]["params"] for c in trained_comps)
+        largest = max(comps[c]["largest_param"] for c in trained_comps)
+    else:
+        # Textual inversion: the whole token-embedding matrix receives gradients (new rows are
+        # kept, the others restored after each step), as in the diffusers example.
+        trained = sum(comps[c]["token_embedding_params"] for c in encoders)
+        largest = max(comps[c]["token_embedding_params"] for c in encoders)
+
+    # Weights as stored. Under DeepSpeed the trained weights are half and the fp32 master copy
+    # is part of the (sharded) optimizer state.
+    trained_store_b = frozen_b if ds else master_b
+    weight_shard = n if (backend == "fsdp" or (ds and zero_stage == 3)) else 1
+    b: dict[str, int] = dict.fromkeys(BREAKDOWN_KEYS, 0)
+    if full:
+        b["weights_unet"] = comps["unet"]["params"] * trained_store_b // weight_shard
+    else:
+        b["weights_unet"] = comps["unet"]["params"] * frozen_b
+    if te_resident:
+        for c in encoders:
+            count = comps[c]["params"]
+            if full and te_trained:
+                b["weights_text_encoders"] += count * trained_store_b // weight_shard
+            elif method == "textual_inversion":
+                emb = comps[c]["token_embedding_params"]
+                b["weights_text_encoders"] += (count - emb) * frozen_b + emb * trained_store_b
+            else:
+                b["weights_text_encoders"] += count * frozen_b
+    if not s["cache_latents"]:
+        b["weights_vae"] = comps["vae"]["params"] * (4 if family == "sdxl" or not half else 2)
+    if method == "lora":
+        b["weights_adapters"] = trained * trained_store_b // weight_shard
+
+    # Autocast keeps a half copy of every fp32 trained weight a matmul or conv uses.
+    if half and master_b == 4 and not ds and method != "textual_inversion":
+        b["autocast_copies"] = trained * 2
+
+    # Gradients and optimizer state.
+    grad_b = 2 if ds else master_b
+    if s["fused_backward_pass"] and not ds:
+        b["gradients"] = min(trained, largest) * grad_b
+    else:
+        grad_shard = n if ((ds and zero_stage >= 2) or backend == "fsdp") else 1
+        b["gradients"] = 0 if (ds and offload and zero_stage >= 2) else trained * grad_b // grad_shard
+    state = _optimizer_state_bytes(s["optimizer"], trained, 4 if ds else master_b, comps, full, te_trained, encoders)
+    if ds:
+        state += trained * 4 if half else 0
+        b["optimizer_states"] = 0 if offload else state // n
+    else:
+        b["optimizer_states"] = state // shard
+    if s["ema"]:
+        b["ema"] = trained * 4 // shard
+    if n > 1 and backend == "ddp":
+        b["ddp_buckets"] = trained * grad_b
+    if n > 1:
+        b["communication"] = NCCL_BYTES + (DEEPSPEED_BUCKET_BYTES if ds else 0)
+
+    # Activations: measured per image (bench/measure_activations.py), times the images per step.
+    prior = method == "dreambooth" if prior is None else prior
+    images = s["batch_size"] * (2 if prior else 1)
+    mode = "full" if full else "lora"
+    act = unet_activation_bytes(family, mode, half, s["gradient_checkpointing"], s["attention"], s["resolution"]) * images
+    if te_trained or method == "textual_inversion":
+        te_act = sum(data.activations()["text_encoders"][family][c] for c in encoders)
+        act += te_act * (1 if half else 2) * images
+    vae = 0
+    if not s["cache_latents"]:
+        vae = VAE_ENCODE_TENSORS * s["resolution"] ** 2 * (4 if family == "sdxl" or not half else 2) * images
+    # The optimizer step's temporaries: torch's multi-tensor AdamW allocates one buffer the size
+    # of all parameters; the others work one tensor at a time (a few fp32 copies of the largest).
+    if s["optimizer"] == "adamw" and not s["fused_backward_pass"] and not ds:
+        step = trained * master_b // shard
+    else:
+        step = min(trained, largest) * 4 * STEP_TEMPORARIES
+    b["activations"] = act
+    b["vae_encode"] = max(0, vae - act)
+    # A fused backward pass steps while the activations are still held; otherwise the step
+    # comes after the backward pass has freed them.
+    b["optimizer_step"] = step if s["fused_backward_pass"] else max(0, step - max(act, vae))
+
+    b["fragmentation"] = int(FRAGMENTATION * sum(b.values()))
+    b["cuda_context"] = CUDA_CONTEXT_BYTES
+    return b, notes
+
+
+def _optimizer_state_bytes(optimizer: str, trained: int, param_b: int, comps: dict[str, Any], full: bool, te_trained: bool, encoders: list[str]) -> int:
+    """Optimizer state of the trained parameters, unsharded."""
+    if optimizer == "adamw":
+        return trained * 2 * param_b
+    if optimizer == "adamw8bit":
+        return trained * 2
+    if optimizer == "lion8bit":
+        return trained
+    if full:
+        floats = comps["unet"]["adafactor_state_floats"]
+        if te_trained:
+            floats += sum(comps[c]["adafactor_state_floats"] for c in encoders)
+        return floats * 4
+    return trained * 4

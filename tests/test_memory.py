@@ -1,0 +1,216 @@
+"""core.memory: each setting moves the estimate the way it moves the real peak; sane absolute figures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core.errors import UserError
+from core.memory import BREAKDOWN_KEYS, estimate, record_calibration
+from core.memory import data as memory_data
+from core.memory.calibration import match_point
+
+GB = 2**30
+BASE: dict[str, Any] = {
+    "mixed_precision": "bf16",
+    "gradient_checkpointing": True,
+    "optimizer": "adamw8bit",
+    "cache_latents": True,
+    "cache_text_encoder_outputs": True,
+    "batch_size": 1,
+    "resolution": 1024,
+}
+
+
+def total(family: str = "sdxl", method: str = "lora", **changes: Any) -> int:
+    kw = {k: changes.pop(k) for k in ("num_gpus", "backend", "zero_stage", "offload", "prior_preservation") if k in changes}
+    return estimate(family, method, {**BASE, **changes}, **kw).total_bytes
+
+
+@pytest.mark.parametrize(
+    ("method", "lower", "higher"),
+    [
+        ("lora", {"gradient_checkpointing": True}, {"gradient_checkpointing": False}),
+        ("finetune", {"gradient_checkpointing": True}, {"gradient_checkpointing": False}),
+        ("lora", {"batch_size": 1}, {"batch_size": 4}),
+        ("lora", {"resolution": 768}, {"resolution": 1024}),
+        ("finetune", {"optimizer": "adamw8bit"}, {"optimizer": "adamw"}),
+        ("finetune", {"optimizer": "lion8bit"}, {"optimizer": "adamw8bit"}),
+        ("finetune", {"optimizer": "adafactor"}, {"optimizer": "adamw8bit"}),
+        ("lora", {"cache_latents": True}, {"cache_latents": False}),
+        ("lora", {"cache_text_encoder_outputs": True}, {"cache_text_encoder_outputs": False}),
+        ("lora", {"train_text_encoder": False}, {"train_text_encoder": True}),
+        ("finetune", {"train_text_encoder": False}, {"train_text_encoder": True}),
+        ("finetune", {"full_bf16": True}, {"full_bf16": False}),
+        ("finetune", {"fused_backward_pass": True, "optimizer": "adafactor"}, {"fused_backward_pass": False, "optimizer": "adafactor"}),
+        ("lora", {"attention": "sdpa"}, {"attention": "eager"}),
+        ("lora", {"lora_rank": 8}, {"lora_rank": 128}),
+        ("lora", {"lora_targets": "attn"}, {"lora_targets": "all"}),
+        ("lora", {"ema": False}, {"ema": True}),
+        ("finetune", {"ema": False}, {"ema": True}),
+        ("lora", {"mixed_precision": "bf16"}, {"mixed_precision": "no"}),
+        ("finetune", {"mixed_precision": "bf16", "gradient_checkpointing": False}, {"mixed_precision": "no", "gradient_checkpointing": False}),
+        ("lora", {"num_gpus": 1}, {"num_gpus": 2}),
+        ("finetune", {"prior_preservation": False}, {"prior_preservation": True}),
+    ],
+)
+def test_setting_moves_estimate_like_the_real_peak(method: str, lower: dict[str, Any], higher: dict[str, Any]) -> None:
+    assert total(method=method, **lower) < total(method=method, **higher)
+
+
+def test_method_order_finetune_above_lora_above_textual_inversion() -> None:
+    settings = {**BASE, "cache_text_encoder_outputs": False}
+    ti = estimate("sdxl", "textual_inversion", settings).total_bytes
+    lora = estimate("sdxl", "lora", settings).total_bytes
+    finetune = estimate("sdxl", "finetune", settings).total_bytes
+    assert ti < finetune and lora < finetune
+    assert estimate("sd1", "dreambooth", BASE).total_bytes > estimate("sd1", "finetune", BASE).total_bytes
+
+
+def test_family_order_at_native_resolutions() -> None:
+    assert total("sd1", resolution=512) < total("sd2", resolution=768) < total("sdxl", resolution=1024)
+    assert total("sd1", resolution=768) < total("sdxl", resolution=768)
+
+
+def test_zero_on_four_gpus_is_lower_per_gpu_than_ddp() -> None:
+    ddp = total(method="finetune", optimizer="adamw", num_gpus=4, backend="ddp")
+    zero2 = total(method="finetune", optimizer="adamw", num_gpus=4, backend="deepspeed", zero_stage=2)
+    zero3 = total(method="finetune", optimizer="adamw", num_gpus=4, backend="deepspeed", zero_stage=3)
+    offloaded = total(method="finetune", optimizer="adamw", num_gpus=4, backend="deepspeed", zero_stage=2, offload=True)
+    assert zero3 < zero2 < ddp and offloaded < zero2
+    assert total(method="finetune", optimizer="adamw", num_gpus=8, backend="deepspeed") < zero2
+
+
+def test_ddp_adds_gradient_buckets_and_nccl() -> None:
+    one = estimate("sdxl", "finetune", BASE, num_gpus=1).breakdown
+    two = estimate("sdxl", "finetune", BASE, num_gpus=2).breakdown
+    assert one["ddp_buckets"] == 0 and two["ddp_buckets"] == two["gradients"] > 0
+    assert two["communication"] > 0
+
+
+def test_sd15_lora_small_recipe_is_a_few_gigabytes() -> None:
+    settings = {"mixed_precision": "fp16", "gradient_checkpointing": True, "optimizer": "adamw8bit", "batch_size": 1, "resolution": 512}
+    assert 3 * GB <= estimate("sd1", "lora", settings).total_bytes <= 7 * GB
+
+
+def test_sdxl_full_finetune_adamw_fp32_master_needs_more_than_40_gb() -> None:
+    settings = {"mixed_precision": "bf16", "full_bf16": False, "optimizer": "adamw", "batch_size": 1, "resolution": 1024}
+    assert estimate("sdxl", "finetune", settings).total_bytes > 40 * GB
+
+
+def test_sdxl_finetune_24gb_tricks_fit_in_24_gb() -> None:
+    settings = {**BASE, "full_bf16": True, "fused_backward_pass": True, "optimizer": "adafactor"}
+    assert estimate("sdxl", "finetune", settings).fits(24 * GB)
+
+
+def test_breakdown_sums_to_total_and_has_every_part() -> None:
+    found = estimate("sd2", "lora", {"resolution": 768})
+    assert set(found.breakdown) == set(BREAKDOWN_KEYS)
+    assert sum(found.breakdown.values()) == found.total_bytes
+    assert found.breakdown["cuda_context"] > 0 and found.breakdown["activations"] > 0
+    assert found.gb == pytest.approx(found.total_bytes / GB)
+
+
+def test_cached_components_leave_the_gpu() -> None:
+    cached = estimate("sdxl", "lora", BASE).breakdown
+    assert cached["weights_vae"] == 0 and cached["weights_text_encoders"] == 0
+    live = estimate("sdxl", "lora", {**BASE, "cache_latents": False, "cache_text_encoder_outputs": False}).breakdown
+    assert live["weights_vae"] > 0 and live["weights_text_encoders"] > 0
+
+
+def test_eager_attention_grows_quadratically_with_tokens() -> None:
+    def extra(resolution: int) -> int:
+        return total(attention="eager", resolution=resolution) - total(attention="sdpa", resolution=resolution)
+
+    # doubling the side quadruples the tokens: the attention matrix grows 16x
+    assert extra(1024) > 8 * extra(512)
+
+
+def test_fits_honours_headroom() -> None:
+    found = estimate("sd1", "lora", {"resolution": 512})
+    assert found.fits(int(found.total_bytes / 0.9) + 1)
+    assert not found.fits(found.total_bytes)
+    assert found.fits(found.total_bytes, headroom=0.0)
+
+
+def test_partial_settings_take_schema_defaults_and_strings_are_coerced() -> None:
+    assert estimate("sd1", "lora", {}).total_bytes == estimate("sd1", "lora", None).total_bytes
+    assert estimate("sd1", "lora", {"batch_size": "2"}).total_bytes == estimate("sd1", "lora", {"batch_size": 2}).total_bytes
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(("sd3", "lora", {}), "sd1, sd2, sdxl"), (("sd1", "ppo", {}), "lora"), (("sd1", "lora", {"optimizer": "sgd"}), "optimizer"), (("sd1", "lora", {"batch_size": 0}), "batch_size")],
+)
+def test_bad_input_is_a_user_error(args: tuple[Any, ...], message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        estimate(*args)
+
+
+def test_calibration_point_replaces_the_figure_for_that_setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "calibration.json"
+    monkeypatch.setattr(memory_data, "CALIBRATION_JSON", path)
+    raw = estimate("sdxl", "lora", BASE)
+    assert not raw.calibrated
+    record_calibration("sdxl", "lora", BASE, measured_peak_bytes=raw.total_bytes + GB, source="test")
+    record_calibration("sdxl", "lora", BASE, measured_peak_bytes=raw.total_bytes + 2 * GB, source="test again")
+    assert len(json.loads(path.read_text())["points"]) == 1
+    calibrated = estimate("sdxl", "lora", BASE)
+    assert calibrated.calibrated and calibrated.total_bytes == raw.total_bytes + 2 * GB
+    assert calibrated.breakdown["calibration"] == 2 * GB and sum(calibrated.breakdown.values()) == calibrated.total_bytes
+    assert not estimate("sdxl", "lora", {**BASE, "batch_size": 2}).calibrated
+    assert match_point("sdxl", "lora", {**raw_settings(), "resolution": 512}, 1, "ddp", path) is None
+
+
+def raw_settings() -> dict[str, Any]:
+    from core.memory import resolve_settings
+
+    return resolve_settings(BASE)
+
+
+def test_shipped_calibration_file_is_valid() -> None:
+    doc = json.loads(memory_data.CALIBRATION_JSON.read_text())
+    assert isinstance(doc["points"], list)
+
+
+def test_imports_without_torch() -> None:
+    code = "import sys, core.memory, core.gpu, core.recipes; core.memory.estimate('sdxl', 'lora', {}); assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_params_json_matches_meta_device_build_of_configs() -> None:
+    pytest.importorskip("diffusers")
+    from bench.measure_params import build_meta, describe
+    from core.model_configs import family_config
+
+    stored = json.loads(memory_data.PARAMS_JSON.read_text())
+    for family, component in [("sd1", "unet"), ("sd1", "text_encoder"), ("sd2", "unet"), ("sdxl", "unet"), ("sdxl", "vae")]:
+        fresh = describe(component, build_meta(component, family_config(family)[component]))
+        assert stored["families"][family][component] == fresh, (family, component)
+    # the public reference checkpoints' parameter counts
+    assert stored["families"]["sd1"]["unet"]["params"] == 859_520_964
+    assert stored["families"]["sdxl"]["unet"]["params"] == 2_567_463_684
+    assert stored["families"]["sdxl"]["text_encoder_2"]["params"] == 694_659_840
+
+
+def test_activation_fit_reproduces_its_measured_points() -> None:
+    from core.memory.estimator import _poly
+
+    for family, entries in memory_data.activations()["unet"].items():
+        for key, fit in entries.items():
+            for resolution, row in fit["points"].items():
+                tokens = (int(resolution) / 8) ** 2
+                assert _poly(fit["saved"], tokens) == pytest.approx(row["saved"], rel=1e-6), (family, key)
+
+
+def test_activation_measurement_of_one_point_matches_the_stored_figure() -> None:
+    pytest.importorskip("diffusers")
+    from bench.measure_activations import unet_activation
+
+    stored = memory_data.activations()["unet"]["sd1"]["lora/half/ckpt/sdpa"]["points"]["512"]
+    assert unet_activation("sd1", 512, "lora", "half", True, "sdpa") == stored
