@@ -36,14 +36,16 @@ class LossChart(PlotextPlot):
         plt.clear_data()
         plt.clear_figure()
         steps, losses, smoothed = self.data
-        plt.title("loss, smoothed" + (" (log scale)" if self.log_scale else ""))
         width = max(self.size.width * 2, 16)
         xs, raw = downsample_xy(steps, losses, width)
         sx, smooth = downsample_xy(steps, smoothed, width)
         raw_ok = [(x, y) for x, y in zip(xs, raw) if math.isfinite(y)]
+        # plotext's own log scale transforms the data again on every build, so the log is taken here.
+        log = self.log_scale and bool(raw_ok) and min(y for _, y in raw_ok) > 0 and min(smooth, default=1) > 0
+        scale = math.log10 if log else float
+        plt.title("loss · smoothed" + (" (log10)" if log else ""))
         if raw_ok:
-            log = self.log_scale and min(y for _, y in raw_ok) > 0
-            plt.yscale("log" if log else "linear")
-            plt.scatter([x for x, _ in raw_ok], [y for _, y in raw_ok], marker="dot")
-            plt.plot(sx, smooth, marker="braille")
+            plt.scatter([x for x, _ in raw_ok], [scale(y) for _, y in raw_ok], marker="dot")
+            smooth_ok = [(x, scale(y)) for x, y in zip(sx, smooth) if math.isfinite(y)]
+            plt.plot([x for x, _ in smooth_ok], [y for _, y in smooth_ok], marker="braille")
         self.refresh()

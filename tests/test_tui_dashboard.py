@@ -1,0 +1,117 @@
+"""The dashboard: a finished run, a failed one, and a live one tailed by offset."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from core.atomic import read_json
+from core.runs import RunDir
+from tests.tui_fixtures import T0, make_run, make_runs, sync
+from tui.app import SdtuiApp
+from tui.context import AppContext
+from tui.screens.confirm import ConfirmScreen
+from tui.screens.dashboard import DashboardScreen
+from tui.screens.home import HomeScreen
+
+
+def _app(runs: Path, run: Path) -> SdtuiApp:
+    context = AppContext(runs_dir=runs, gpu_spec="1x24GB", clock=lambda: T0)
+    return SdtuiApp(context, start="dashboard", run=RunDir(run), theme="textual-dark")
+
+
+def _text(app: SdtuiApp, selector: str) -> str:
+    return str(app.screen.query_one(selector).render())
+
+
+@sync
+async def test_finished_run_shows_progress_loss_and_samples(tmp_path: Path) -> None:
+    runs = make_runs(tmp_path / "runs")
+    app = _app(runs, runs / "shapes-lora-20251009-090000")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause(0.5)
+        screen = app.screen
+        assert isinstance(screen, DashboardScreen)
+        assert "FINISHED" in _text(app, "#state") and "step 120/120" in _text(app, "#state")
+        steps, losses, smoothed = screen.query_one("#loss").data
+        assert len(steps) == len(losses) == len(smoothed) == 120
+        assert smoothed[-1] < smoothed[0]
+        assert "step 120 · prompt 2/2 · 3/3" in _text(app, "#sample-caption")
+        await pilot.press("left_square_bracket")
+        assert "step 80 · prompt 2/2 · 2/3" in _text(app, "#sample-caption")
+        await pilot.press("t")
+        assert "step 120 · prompt 1/2 · 3/3" in _text(app, "#sample-caption")
+        assert "a red circle" in _text(app, "#sample-caption")
+        assert "rank 0 memory: 0.9 GB now, peak 1.2 GB" in _text(app, "#resources")
+        assert not screen.query_one("#error").display
+
+
+@sync
+async def test_failed_run_shows_the_error_and_the_fix(tmp_path: Path) -> None:
+    runs = make_runs(tmp_path / "runs")
+    app = _app(runs, runs / "dog-lora-20251009-093000")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause(0.5)
+        error = app.screen.query_one("#error")
+        assert error.display
+        assert "out of memory at step 37" in _text(app, "#error")
+        assert "sd1-lora-8gb" in _text(app, "#error")
+        await pilot.press("s")
+        await pilot.pause(0.1)
+        assert not (runs / "dog-lora-20251009-093000" / "control.json").exists()
+
+
+@sync
+async def test_live_run_is_tailed_and_controls_reach_control_json(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    run = make_run(runs, "live-20251009-120000", "running", steps=10, total=100, created=time.time())
+    status = run / "status.json"
+    status.write_text(json.dumps({**json.loads(status.read_text()), "updated_at": time.time()}))
+    DashboardScreen.REFRESH_S = 0.2
+    try:
+        app = _app(runs, run)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await pilot.pause(0.4)
+            assert "step 10/100" in _text(app, "#state")
+            assert "ETA" in _text(app, "#state")
+            size_before = (run / "metrics.jsonl").stat().st_size
+            with open(run / "metrics.jsonl", "a") as handle:
+                for step in range(11, 21):
+                    handle.write(json.dumps({"type": "step", "step": step, "loss": 0.1, "lr": 1e-3, "step_time_s": 0.3}) + "\n")
+                handle.write('{"type": "step", "step": 21, "lo')  # a partial line is not read yet
+            await pilot.pause(0.6)
+            assert "step 20/100" in _text(app, "#state")
+            assert app.screen.metrics_tail.offset > size_before
+            assert len(app.screen.query_one("#loss").data[0]) == 20
+            await pilot.press("s", "m", "p")
+            await pilot.pause(0.1)
+            actions = [r["action"] for r in read_json(run / "control.json")["requests"]]
+            assert actions == ["save", "sample", "pause"]
+            await pilot.press("x")
+            await pilot.pause(0.1)
+            assert isinstance(app.screen, ConfirmScreen)
+            await pilot.press("n")
+            await pilot.pause(0.1)
+            assert isinstance(app.screen, DashboardScreen)
+            assert [r["action"] for r in read_json(run / "control.json")["requests"]] == actions
+            await pilot.press("d")
+            assert isinstance(app.screen, HomeScreen)
+    finally:
+        DashboardScreen.REFRESH_S = 1.0
+
+
+@sync
+async def test_log_scale_toggles_on_a_long_run(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    run = make_run(runs, "long-20251009-120000", "finished", steps=5000, total=5000)
+    app = _app(runs, run)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause(0.8)
+        chart = app.screen.query_one("#loss")
+        assert len(chart.data[0]) == 5000
+        await pilot.press("g")
+        assert chart.log_scale
+        assert "(log10)" in str(chart.render())
+        await pilot.press("g")
+        assert "(log10)" not in str(chart.render())
