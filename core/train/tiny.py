@@ -181,9 +181,10 @@ def tiny_pipeline(family: str):
     if family == "sdxl":
         from diffusers import StableDiffusionXLPipeline
 
+        # the two encoders differ in width (as CLIP-L and bigG do), which single-file loaders rely on
         te1 = CLIPTextModel(_text_config(family, 32))
-        te2 = CLIPTextModelWithProjection(_text_config(family, 32, projection=32))
-        unet = _unet(family, cross_dim=64, pooled_dim=32)
+        te2 = CLIPTextModelWithProjection(_text_config(family, 64, projection=32))
+        unet = _unet(family, cross_dim=96, pooled_dim=32)
         parts = dict(unet=unet, vae=_vae(family), text_encoder=te1, text_encoder_2=te2, scheduler=_scheduler(family))
         return StableDiffusionXLPipeline, parts
     from diffusers import StableDiffusionPipeline
@@ -213,3 +214,21 @@ def build_tiny(family: str, out_dir: str | Path) -> Path:
     pipeline = pipeline_class(**parts, **kwargs)
     pipeline.save_pretrained(out, safe_serialization=True)
     return out
+
+
+def build_tiny_single_file(family: str, path: str | Path, config_dir: str | Path | None = None) -> Path:
+    """Write the tiny model of ``family`` as one ``.safetensors`` file in the original LDM/SGM layout.
+
+    Its diffusers config without weights (what ``from_single_file(path, config=...)`` needs
+    offline: configs, tokenizers) goes to ``config_dir``, by default a folder beside the file
+    named like it without the suffix, where :func:`core.train.models.load_components` looks.
+    """
+    from core.train.outputs import save_original_file
+
+    target = Path(path)
+    config = Path(config_dir) if config_dir is not None else target.with_suffix("")
+    build_tiny(family, config)
+    save_original_file(config, family, target)
+    for weights in config.glob("*/*.safetensors"):
+        weights.unlink()
+    return target
