@@ -266,3 +266,18 @@ def test_cache_file_is_never_written_inside_the_dataset(kohya_dataset, monkeypat
     before = sorted(os.listdir(root))
     scan_dataset(root)
     assert sorted(os.listdir(root)) == before
+
+
+def test_large_duplicates_need_equal_content_not_just_equal_ends(tmp_path: Path) -> None:
+    from PIL import Image
+
+    folder = tmp_path / "data" / "2_x"
+    folder.mkdir(parents=True)
+    image = Image.new("RGB", (200, 200), (10, 20, 30))
+    image.save(folder / "a.bmp")
+    image.save(folder / "b.bmp")
+    image.putpixel((100, 100), (255, 0, 0))
+    image.save(folder / "c.bmp")
+    scan = scan_dataset(tmp_path / "data")
+    duplicates = [p for p in scan.problems if "same content" in p.message]
+    assert [(Path(p.path).name, p.message.rsplit("/", 1)[1]) for p in duplicates] == [("b.bmp", "a.bmp")]

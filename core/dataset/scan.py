@@ -13,6 +13,7 @@ The scan only reads. Image headers are cached by path, size and mtime in
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from core.atomic import read_json, write_json_atomic
+from core.atomic import read_json, write_atomic
 from core.dataset.buckets import Bucket, assign_bucket, bucket_counts, make_buckets
 from core.dataset.images import FORMAT_NAMES, IMAGE_EXTENSIONS, ImageHeader, read_header
 from core.dataset.problems import Problem, sort_problems
@@ -28,7 +29,8 @@ from core.errors import UserError
 from core.settings import SETTINGS
 
 REPEAT_PREFIX = re.compile(r"^(\d+)_(.*)$")
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
+_ENDS = 8192
 _BUCKET_KEYS = ("enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps")
 
 
@@ -188,14 +190,15 @@ def scan_dataset(
     problems: list[Problem] = []
     subsets: list[Subset] = []
     caches: list[_HeaderCache] = []
+    stats: dict[str, tuple[int, int]] = {}
     for folder, is_reg in ((root, False), (reg_root, True)):
         if folder is None:
             continue
         cache = _HeaderCache.open(folder) if use_cache else _HeaderCache(None)
         caches.append(cache)
-        walker = _Walker(cache, extensions, buckets, resolution, problems)
+        walker = _Walker(cache, extensions, buckets, resolution, problems, stats)
         subsets.extend(walker.scan_root(folder, is_reg))
-    _report_duplicates(subsets, caches, problems)
+    _report_duplicates(subsets, stats, caches, problems)
     for cache in caches:
         cache.save()
     if not any(s.images for s in subsets if not s.is_reg):
@@ -253,12 +256,17 @@ def _plural(n: int, word: str) -> str:
 class _Walker:
     """Walks the folders of one root and collects subsets and problems."""
 
-    def __init__(self, cache: _HeaderCache, extensions: tuple[str, ...], buckets: list[Bucket], resolution: int, problems: list[Problem]) -> None:
+    def __init__(
+        self, cache: _HeaderCache, extensions: tuple[str, ...], buckets: list[Bucket], resolution: int,
+        problems: list[Problem], stats: dict[str, tuple[int, int]],
+    ) -> None:
         self.cache = cache
         self.extensions = extensions
         self.buckets = buckets
         self.resolution = resolution
         self.problems = problems
+        self.stats = stats
+        self.bucket_of: dict[tuple[int, int], Bucket] = {}
 
     def problem(self, severity: str, path: str | Path, message: str, fix: str) -> None:
         self.problems.append(Problem(severity, str(path), message, fix))
@@ -324,7 +332,9 @@ class _Walker:
             missing += caption is None
             image = ImageEntry(entry.path, header.width, header.height, header.format or "", caption, caption_path)
             images.append(image)
-            bucket = assign_bucket(image.width, image.height, self.buckets)
+            bucket = self.bucket_of.get((image.width, image.height))
+            if bucket is None:
+                bucket = self.bucket_of[image.width, image.height] = assign_bucket(image.width, image.height, self.buckets)
             counts[bucket] = counts.get(bucket, 0) + 1
             if image.width < bucket[0] or image.height < bucket[1]:
                 small.append(image)
@@ -346,6 +356,7 @@ class _Walker:
             stat = entry.stat()
         except OSError as exc:
             return ImageHeader(None, problem="unreadable", detail=f"it cannot be read ({exc.strerror or exc})")
+        self.stats[entry.path] = (stat.st_size, stat.st_mtime_ns)
         return self.cache.header(entry.path, stat.st_size, stat.st_mtime_ns)
 
     def caption(self, found: Mapping[str, os.DirEntry[str]]) -> tuple[str | None, str | None]:
@@ -407,48 +418,63 @@ def _listing(folder: Path) -> list[os.DirEntry[str]]:
         raise UserError(f"folder {folder} cannot be listed ({exc.strerror or exc}); make it readable (chmod a+rx)") from None
 
 
-def _report_duplicates(subsets: Iterable[Subset], caches: list[_HeaderCache], problems: list[Problem]) -> None:
-    """Warn about images with the same content; only files of equal size are hashed."""
+def _report_duplicates(subsets: Iterable[Subset], stats: Mapping[str, tuple[int, int]], caches: list[_HeaderCache], problems: list[Problem]) -> None:
+    """Warn about images with the same content.
+
+    Only files of equal size are compared: first by a hash of their first and last 8 KiB,
+    then, where those agree, by a hash of the whole file.
+    """
     by_size: dict[int, list[tuple[str, int]]] = {}
     for subset in subsets:
         for image in subset.images:
-            try:
-                stat = os.stat(image.path)
-            except OSError:
-                continue
-            by_size.setdefault(stat.st_size, []).append((image.path, stat.st_mtime_ns))
+            size, mtime = stats[image.path]
+            by_size.setdefault(size, []).append((image.path, mtime))
     for size, group in by_size.items():
         if len(group) < 2:
             continue
-        first: dict[str, str] = {}
+        by_ends: dict[str, list[tuple[str, int]]] = {}
         for path, mtime in group:
-            digest = _digest(path, size, mtime, caches)
-            if digest is None:
+            digest = _digest(path, size, mtime, caches, whole=size <= 2 * _ENDS)
+            if digest is not None:
+                by_ends.setdefault(digest, []).append((path, mtime))
+        for candidates in by_ends.values():
+            if len(candidates) < 2:
                 continue
-            if digest in first:
-                problems.append(Problem("warning", path, f"same content as {first[digest]}",
-                                        "remove one copy (a duplicate is trained twice as often)"))
-            else:
-                first[digest] = path
+            first: dict[str, str] = {}
+            for path, mtime in candidates:
+                digest = _digest(path, size, mtime, caches, whole=True)
+                if digest is None:
+                    continue
+                if digest in first:
+                    problems.append(Problem("warning", path, f"same content as {first[digest]}",
+                                            "remove one copy (a duplicate is trained twice as often)"))
+                else:
+                    first[digest] = path
 
 
-def _digest(path: str, size: int, mtime: int, caches: list[_HeaderCache]) -> str | None:
-    """The content hash of a file, from the cache when its size and mtime still match."""
+def _digest(path: str, size: int, mtime: int, caches: list[_HeaderCache], whole: bool) -> str | None:
+    """A content hash (of the whole file, or of its two ends), cached while size and mtime match."""
+    slot = 8 if whole else 7
     entry, owner = None, None
     for cache in caches:
         entry = cache.lookup(path, size, mtime)
         if entry is not None:
             owner = cache
             break
-    if entry is not None and entry[7]:
-        return entry[7]
+    if entry is not None and entry[slot]:
+        return entry[slot]
     try:
         with open(path, "rb") as handle:
-            digest = hashlib.file_digest(handle, "blake2b").hexdigest()
+            if whole:
+                digest = hashlib.file_digest(handle, "blake2b").hexdigest()
+            else:
+                head = handle.read(_ENDS)
+                handle.seek(max(0, size - _ENDS))
+                digest = hashlib.blake2b(head + handle.read(_ENDS)).hexdigest()
     except OSError:
         return None
     if entry is not None and owner is not None:
-        entry[7] = digest
+        entry[slot] = digest
         owner.dirty = True
     return digest
 
@@ -484,7 +510,7 @@ class _HeaderCache:
         """The cached entry of ``path`` if its size and mtime still match."""
         for table in (self.new, self.old):
             entry = table.get(path)
-            if isinstance(entry, list) and len(entry) == 8 and entry[0] == size and entry[1] == mtime:
+            if isinstance(entry, list) and len(entry) == 9 and entry[0] == size and entry[1] == mtime:
                 return entry
         return None
 
@@ -496,7 +522,7 @@ class _HeaderCache:
             return ImageHeader(entry[2], entry[3], entry[4], entry[5], entry[6])
         header = read_header(path)
         if header.problem != "unreadable":
-            self.new[path] = [size, mtime, header.format, header.width, header.height, header.problem, header.detail, None]
+            self.new[path] = [size, mtime, header.format, header.width, header.height, header.problem, header.detail, None, None]
             self.dirty = True
         return header
 
@@ -505,6 +531,7 @@ class _HeaderCache:
         if self.file is None or not (self.dirty or self.new.keys() != self.old.keys()):
             return
         try:
-            write_json_atomic(self.file, {"version": _CACHE_VERSION, "root": self.root, "entries": self.new})
+            data = {"version": _CACHE_VERSION, "root": self.root, "entries": self.new}
+            write_atomic(self.file, json.dumps(data, separators=(",", ":")))
         except OSError:
             pass
