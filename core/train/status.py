@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from typing import Any
 
-from core.atomic import read_json, write_json_atomic
+from core.runs import RunDir
 
 
 def now() -> float:
@@ -16,25 +15,20 @@ def now() -> float:
 
 
 class StatusFile:
-    """Merge-writes ``status.json`` atomically; only the main process writes."""
+    """Merge-writes the run's ``status.json`` (under core.runs' lock); only the main process writes."""
 
-    def __init__(self, path: str | os.PathLike[str], enabled: bool = True) -> None:
-        self.path = Path(path)
+    def __init__(self, run_dir: str | os.PathLike[str], enabled: bool = True) -> None:
+        self.run = RunDir(run_dir)
         self.enabled = enabled
 
     def read(self) -> dict[str, Any]:
         """The current contents ({} when missing or half-written)."""
-        data = read_json(self.path, {})
-        return data if isinstance(data, dict) else {}
+        return self.run.read_status()
 
     def update(self, **fields: Any) -> None:
-        """Merge ``fields`` into status.json (keeping what the supervisor wrote) and stamp it."""
-        if not self.enabled:
-            return
-        data = self.read()
-        data.update(fields)
-        data["updated_at"] = now()
-        write_json_atomic(self.path, data)
+        """Merge ``fields`` into status.json, keeping what the supervisor wrote (None removes a key)."""
+        if self.enabled:
+            self.run.write_status(**fields)
 
 
 def oom_hint(family: str, method: str, settings: dict[str, Any], step: int) -> str:

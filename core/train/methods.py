@@ -1,0 +1,162 @@
+"""What each training method trains: LoRA (peft), DreamBooth, full fine-tune, textual inversion."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.errors import UserError
+
+UNET_TARGETS = {
+    "attn": ["to_q", "to_k", "to_v", "to_out.0"],
+    "attn_ff": ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"],
+    "all": ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "conv1", "conv2", "conv_shortcut", "proj_in", "proj_out"],
+}
+TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+
+
+@dataclass
+class TextualInversion:
+    """The placeholder tokens and, per text encoder, the embedding rows that may change."""
+
+    placeholder: str
+    tokens: list[str]
+    rows: list[tuple[Any, Any, Any]] = field(default_factory=list)  # (embedding weight, trainable row mask, original copy)
+
+    def expand(self, caption: str) -> str:
+        """The caption with the placeholder spelled as all its vectors (prepended when absent)."""
+        spelled = " ".join(self.tokens)
+        if self.placeholder in caption:
+            return caption.replace(self.placeholder, spelled)
+        return f"{spelled}, {caption}" if caption else spelled
+
+    def restore_frozen_rows(self) -> None:
+        """Put every row but the placeholder rows back to its original value (bit-identical)."""
+        import torch
+
+        with torch.no_grad():
+            for i, (weight, mask, original) in enumerate(self.rows):
+                if original.device != weight.device or original.dtype != weight.dtype:
+                    mask, original = mask.to(weight.device), original.to(weight.device, weight.dtype)
+                    self.rows[i] = (weight, mask, original)
+                keep = ~mask
+                weight[keep] = original[keep]
+
+    def embeddings(self) -> list[Any]:
+        """The learned vectors of each text encoder, ``[num_vectors, dim]`` each."""
+        return [weight.detach()[mask].clone() for weight, mask, _ in self.rows]
+
+
+@dataclass
+class Method:
+    """The trainable part of the model for one method."""
+
+    kind: str
+    modules: dict[str, Any]  # name -> module that has trainable parameters ("unet", "text_encoder", "text_encoder_2")
+    train_text_encoder: bool
+    ti: TextualInversion | None = None
+
+    def named_trainable(self) -> dict[str, Any]:
+        """Trainable parameters by ``<module>.<parameter name>``."""
+        return {f"{m}.{n}": p for m, module in self.modules.items() for n, p in module.named_parameters() if p.requires_grad}
+
+    def parameters(self) -> list[Any]:
+        """The trainable parameters, in a stable order."""
+        return list(self.named_trainable().values())
+
+    def trainable_state(self) -> dict[str, Any]:
+        """Detached copies of the trainable tensors (what a checkpoint stores)."""
+        return {name: p.detach() for name, p in self.named_trainable().items()}
+
+    def load_trainable_state(self, tensors: dict[str, Any]) -> None:
+        """Copy saved trainable tensors back in; a mismatch raises UserError."""
+        import torch
+
+        params = self.named_trainable()
+        missing = sorted(set(params) - set(tensors))
+        if missing:
+            raise UserError(f"the checkpoint does not match this run's method and settings (missing {missing[0]}); resume with the settings it was written with or delete the checkpoints folder")
+        with torch.no_grad():
+            for name, param in params.items():
+                param.copy_(tensors[name].to(param.dtype))
+
+    def after_optimizer_step(self) -> None:
+        """Method-specific fix-ups after an optimizer step (textual inversion restores frozen rows)."""
+        if self.ti is not None:
+            self.ti.restore_frozen_rows()
+
+
+def text_encoders(components: Any) -> dict[str, Any]:
+    """The text encoders by their diffusers names."""
+    names = ["text_encoder", "text_encoder_2"]
+    return {name: te for name, te in zip(names, components.text_encoders) if te is not None}
+
+
+def setup_method(kind: str, components: Any, settings: dict[str, Any], placeholder_token: str = "") -> Method:
+    """Freeze the model and make trainable what ``kind`` trains; return the Method."""
+    unet = components.unet
+    encoders = text_encoders(components)
+    components.vae.requires_grad_(False)
+    unet.requires_grad_(False)
+    for te in encoders.values():
+        te.requires_grad_(False)
+    train_te = bool(settings.get("train_text_encoder")) and kind != "textual_inversion"
+    if kind == "lora":
+        return _lora(unet, encoders, settings, train_te)
+    if kind in ("dreambooth", "finetune"):
+        unet.requires_grad_(True)
+        modules = {"unet": unet}
+        if train_te:
+            for name, te in encoders.items():
+                te.requires_grad_(True)
+                modules[name] = te
+        return Method(kind, modules, train_te)
+    if kind == "textual_inversion":
+        return _textual_inversion(components, encoders, settings, placeholder_token)
+    raise UserError(f"method.kind={kind!r} is unknown; use lora, dreambooth, finetune or textual_inversion")
+
+
+def _lora(unet: Any, encoders: dict[str, Any], settings: dict[str, Any], train_te: bool) -> Method:
+    from peft import LoraConfig
+
+    rank = int(settings.get("lora_rank", 16))
+    common = dict(
+        r=rank,
+        lora_alpha=float(settings.get("lora_alpha", rank)),
+        lora_dropout=float(settings.get("lora_dropout", 0.0)),
+        use_dora=bool(settings.get("use_dora", False)),
+        init_lora_weights="gaussian",
+    )
+    unet.add_adapter(LoraConfig(target_modules=UNET_TARGETS[settings.get("lora_targets", "attn")], **common))
+    modules = {"unet": unet}
+    if train_te:
+        for name, te in encoders.items():
+            te.add_adapter(LoraConfig(target_modules=TEXT_TARGETS, **common))
+            modules[name] = te
+    return Method("lora", modules, train_te)
+
+
+def _textual_inversion(components: Any, encoders: dict[str, Any], settings: dict[str, Any], placeholder: str) -> Method:
+    import torch
+
+    from .text import add_placeholder_tokens, placeholder_tokens
+
+    placeholder = placeholder.strip()
+    if not placeholder or " " in placeholder:
+        raise UserError("method.placeholder_token must be one new word for textual inversion, e.g. placeholder_token = \"<sks>\"")
+    count = int(settings.get("ti_num_vectors", 1))
+    try:
+        ids_per_encoder = add_placeholder_tokens(components, placeholder, count, str(settings.get("ti_init_word", "")).strip())
+    except ValueError as exc:
+        raise UserError(f"method.placeholder_token '{placeholder}' is already a word of the tokenizer; choose a made-up word such as '<{placeholder}>'") from exc
+    ti = TextualInversion(placeholder, placeholder_tokens(placeholder, count))
+    modules = {}
+    for (name, te), ids in zip(encoders.items(), ids_per_encoder):
+        weight = te.get_input_embeddings().weight
+        mask = torch.zeros(weight.shape[0], dtype=torch.bool, device=weight.device)
+        mask[ids] = True
+        weight.requires_grad_(True)
+        weight.register_hook(lambda grad, m=mask: grad * m.to(grad.device, grad.dtype).unsqueeze(1))
+        ti.rows.append((weight, mask, weight.detach().clone()))
+        modules[name] = te
+    return Method("textual_inversion", modules, False, ti)
