@@ -281,3 +281,14 @@ def test_large_duplicates_need_equal_content_not_just_equal_ends(tmp_path: Path)
     scan = scan_dataset(tmp_path / "data")
     duplicates = [p for p in scan.problems if "same content" in p.message]
     assert [(Path(p.path).name, p.message.rsplit("/", 1)[1]) for p in duplicates] == [("b.bmp", "a.bmp")]
+
+
+def test_data_appended_after_the_image_is_not_truncation(tmp_path: Path) -> None:
+    folder = tmp_path / "3_phone"
+    jpeg = write_image(folder / "motion.jpg", (96, 64), fmt="JPEG")
+    jpeg.write_bytes(jpeg.read_bytes() + b"\x00ftypmp42" + os.urandom(5000))
+    png = write_image(folder / "tail.png", (32, 32))
+    png.write_bytes(png.read_bytes() + os.urandom(3000))
+    scan = scan_dataset(folder)
+    assert sorted(Path(i.path).name for i in scan.subsets[0].images) == ["motion.jpg", "tail.png"]
+    assert not scan.has_errors

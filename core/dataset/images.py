@@ -1,5 +1,8 @@
 """Image headers without decoding pixels: format by content, size, and cheap truncation checks.
 
+A file whose end marker is missing from its last KiB is decoded once to tell truncation
+from data appended after the image.
+
 Supported: PNG (IHDR, IEND at the end), JPEG (SOF marker, EOI at the end), WebP (VP8, VP8L,
 VP8X; the RIFF size against the file size) and BMP (the header against the file size).
 """
@@ -94,13 +97,28 @@ def _tail(handle, size: int) -> bytes:
     return handle.read(_TAIL)
 
 
+def _decodes(path: str) -> bool:
+    """Whether PIL decodes the whole file (asked only when the cheap end check fails).
+
+    Data appended after the end marker, as in motion photos, is not truncation.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except Exception:
+        return False
+    return True
+
+
 def _png(handle, head: bytes, size: int) -> tuple[int, int]:
     if len(head) < 24:
         raise _Bad("truncated", "the PNG ends inside its header (the file was cut short)")
     if head[12:16] != b"IHDR":
         raise _Bad("corrupt", "the PNG has no IHDR chunk where it must be")
     width, height = struct.unpack_from(">II", head, 16)
-    if _PNG_IEND not in _tail(handle, size):
+    if _PNG_IEND not in _tail(handle, size) and not _decodes(handle.name):
         raise _Bad("truncated", "the PNG ends before its IEND chunk (the file was cut short)")
     return width, height
 
@@ -129,7 +147,7 @@ def _jpeg(handle, head: bytes, size: int) -> tuple[int, int]:
             if offset + 9 > len(buffer):
                 raise _Bad("truncated", "the JPEG ends inside its frame header")
             height, width = struct.unpack_from(">HH", buffer, offset + 5)
-            if b"\xff\xd9" not in _tail(handle, size):
+            if b"\xff\xd9" not in _tail(handle, size) and not _decodes(handle.name):
                 raise _Bad("truncated", "the JPEG ends before its end marker (the file was cut short)")
             return width, height
         (length,) = struct.unpack_from(">H", buffer, offset + 2)
