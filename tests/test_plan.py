@@ -313,3 +313,17 @@ def test_suggestions_name_the_settings_that_would_fit() -> None:
     assert lower < 2048
     lean = huge | {"gradient_checkpointing": True, "batch_size": 1, "optimizer": "adamw8bit", "resolution": lower}
     assert judge("sd1", "lora", lean, gpus).fits
+
+
+def test_plan_counts_the_same_buckets_as_the_scan(kohya_dataset) -> None:
+    from core.dataset.buckets import make_buckets
+    from core.dataset.scan import scan_dataset
+    from core.plan.planner import make_plan
+    from tests.conftest import make_kohya
+
+    root = kohya_dataset(subsets=((4, "a", 3), (2, "b", 2)), size=(96, 64))
+    make_kohya(root, ((7, "c", 3),), size=(64, 112))
+    scan = scan_dataset(root, resolution=1024)
+    plan = make_plan(_config(scan), scan, parse_spec("1x4090"))
+    assert plan.counts == scan.bucket_counts(make_buckets(1024))
+    assert sum(plan.counts.values()) == 3 * 4 + 2 * 2 + 3 * 7

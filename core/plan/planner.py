@@ -9,11 +9,12 @@ launcher writes to ``plan.json``.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from core.dataset.buckets import make_buckets
+from core.dataset.buckets import bucket_counts, make_buckets
 from core.errors import UserError
 from core.settings import defaults
 
@@ -127,7 +128,7 @@ def make_plan(config: Any, scan: Any, gpus: Any, price_per_gpu_hour: float | Non
         int(settings["resolution"]), int(settings["min_bucket_reso"]), int(settings["max_bucket_reso"]),
         int(settings["bucket_reso_steps"]), bool(settings["enable_bucket"]),
     )
-    counts = scan.bucket_counts(buckets)
+    counts = _bucket_counts(scan, buckets)
     prior = uses_prior_preservation(method, scan.reg_images)
     fit = judge(
         family, method, settings, gpus, backend=str(distributed["backend"]), zero_stage=int(distributed["zero_stage"]),
@@ -189,6 +190,16 @@ def _apply_config_subsets(scan: Any, subsets: list[dict[str, Any]]) -> Any:
     if missing:
         raise UserError(f"the run config's subset {sorted(missing)[0]} is not in the scanned dataset {scan.root}; fix [[dataset.subsets]] path or scan the right folder")
     return replace(scan, subsets=chosen)
+
+
+def _bucket_counts(scan: Any, buckets: list[tuple[int, int]]) -> dict[tuple[int, int], int]:
+    """Items per bucket over the training subsets, each distinct image size bucketed once."""
+    items: Counter[tuple[int, int]] = Counter()
+    for subset in scan.subsets:
+        if not subset.is_reg:
+            for image in subset.images:
+                items[(image.width, image.height)] += subset.repeats
+    return bucket_counts(((w, h, n) for (w, h), n in items.items()), buckets)
 
 
 def _key(path: str) -> str:
