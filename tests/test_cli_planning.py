@@ -73,10 +73,12 @@ def test_scan_without_usable_images_exits_2(tmp_path: Path, capsys: pytest.Captu
     assert code == 2 and "no usable training image" in one_sentence_error(err)
 
 
-def test_scan_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_scan_missing_folder_and_bad_resolution(tmp_path: Path, kohya_dataset: DataFactory, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "scan", str(tmp_path / "nope"))
     assert code == 2 and out == ""
     assert "does not exist" in one_sentence_error(err)
+    code, out, err = run(capsys, "scan", str(kohya_dataset()), "--resolution", "10")
+    assert code == 2 and "resolution" in one_sentence_error(err)
 
 
 # ---- plan ---------------------------------------------------------------------------------------
@@ -209,6 +211,8 @@ def test_export_kohya(kohya_dataset: DataFactory, tmp_path: Path, capsys: pytest
     assert "10_sks dog" in (tmp_path / "kohya" / "dataset_config.toml").read_text()
     code, _, err = run(capsys, "export-kohya", str(tmp_path / "missing.toml"), str(tmp_path / "k2"))
     assert code == 2 and "missing.toml" in one_sentence_error(err)
+    code, _, err = run(capsys, "export-kohya", str(path), str(path))
+    assert code == 2 and "is a file" in one_sentence_error(err)
 
 
 def test_console_script(kohya_dataset: DataFactory, tmp_path: Path) -> None:

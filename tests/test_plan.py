@@ -327,3 +327,8 @@ def test_plan_counts_the_same_buckets_as_the_scan(kohya_dataset) -> None:
     plan = make_plan(_config(scan), scan, parse_spec("1x4090"))
     assert plan.counts == scan.bucket_counts(make_buckets(1024))
     assert sum(plan.counts.values()) == 3 * 4 + 2 * 2 + 3 * 7
+
+
+def test_family_of_the_tiny_models(tiny_models) -> None:
+    assert detect_family(str(tiny_models("sd1"))) == "sd1"
+    assert detect_family(str(tiny_models("sdxl"))) == "sdxl"
