@@ -21,7 +21,7 @@ from tomlkit.exceptions import ParseError
 from core.atomic import write_atomic
 from core.errors import UserError
 from core.kohya import parse_prompt_line
-from core.settings import FAMILIES, METHODS, SCHEMA, SETTINGS, SUBSET_KEYS, Setting, defaults, lookup
+from core.settings import SCHEMA, SETTINGS, SUBSET_KEYS, Setting, defaults, lookup
 
 _SECTION_COMMENTS = {
     "model": "the base model",

@@ -137,7 +137,9 @@ def test_folder_without_repeat_prefix_is_skipped_with_a_rename_fix(kohya_dataset
     root = kohya_dataset(subsets=((10, "sks dog", 2),))
     write_image(root / "extra photos" / "a.png")
     write_image(root / "0_zero" / "a.png")
+    write_image(root / "loose.png")
     scan = scan_dataset(root)
+    assert find(scan, "1 image directly in the dataset folder is in no subset", root).severity == "warning"
     assert [s.name for s in scan.subsets] == ["10_sks dog"]
     skipped = find(scan, "no repeat prefix", root / "extra photos")
     assert skipped.severity == "warning" and "10_extra photos" in skipped.fix

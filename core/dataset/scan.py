@@ -292,13 +292,13 @@ class _Walker:
         if prefixed:
             loose = [e for e in files if os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS]
             if loose:
-                self.problem("warning", root, f"{_plural(len(loose), 'image')} directly in the dataset folder are not in a subset and are ignored",
+                self.problem("warning", root, f"{_plural(len(loose), 'image')} directly in the dataset folder {'is' if len(loose) == 1 else 'are'} in no subset and ignored",
                              "move them into a <repeats>_<token> subfolder such as '10_sks dog'")
             return [self.scan_subset(Path(e.path), repeats, token, is_reg) for e, repeats, token in prefixed]
         if not files:
             return []
         self.problem("info", root, "the folder has no <repeats>_<token> subfolders, so it is one subset seen once per epoch",
-                     f"to set repeats, put the images in a subfolder such as '10_{root.name}' or rename the folder so")
+                     f"to set repeats, rename the folder to e.g. '10_{root.name}' or move the images into such a subfolder")
         return [self.scan_subset(root, 1, "", is_reg, entries)]
 
     def scan_subset(self, folder: Path, repeats: int, token: str, is_reg: bool, entries: list[os.DirEntry[str]] | None = None) -> Subset:
