@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from core.atomic import write_json_atomic
-from core.model_configs import LORA_TARGET_MODULES, NATIVE_RESOLUTION, TEXT_TOKENS, families, family_config
+from core.model_configs import LORA_TARGET_MODULES, NATIVE_RESOLUTION, TEXT_TOKENS, families, family_config, is_lora_target
 
 ACTIVATIONS_JSON = Path(__file__).resolve().parents[1] / "core" / "memory" / "activations.json"
 #: Resolutions measured per family, as fractions of its native resolution (multiples of 64).
@@ -144,7 +144,7 @@ def unet_activation(family: str, resolution: int, mode: str, precision: str, che
     unet.requires_grad_(mode == "full")
     if mode == "lora":
         for name, module in unet.named_modules():
-            if name.endswith(LORA_TARGET_MODULES["unet"]["attn"]):
+            if is_lora_target(name, LORA_TARGET_MODULES["unet"]["attn"]):
                 module.weight.requires_grad_(True)
     if attention == "eager":
         unet.set_attn_processor(AttnProcessor())

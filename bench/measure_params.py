@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from core.atomic import write_json_atomic
-from core.model_configs import COMPONENT_CLASSES, LORA_TARGET_MODULES, families, family_config
+from core.model_configs import COMPONENT_CLASSES, LORA_TARGET_MODULES, families, family_config, is_lora_target
 
 PARAMS_JSON = Path(__file__).resolve().parents[1] / "core" / "memory" / "params.json"
 
@@ -78,7 +78,7 @@ def describe(kind: str, model: Any) -> dict[str, Any]:
     entry["lora_width"] = {}
     entry["lora_layers"] = {}
     for choice, suffixes in targets.items():
-        widths = [lora_width(m) for name, m in model.named_modules() if name.endswith(suffixes)]
+        widths = [lora_width(m) for name, m in model.named_modules() if is_lora_target(name, suffixes)]
         widths = [w for w in widths if w]
         entry["lora_width"][choice] = sum(widths)
         entry["lora_layers"][choice] = len(widths)

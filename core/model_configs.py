@@ -154,21 +154,24 @@ def families() -> tuple[str, ...]:
     """The families that have configs."""
     return tuple(_CONFIGS)
 
-#: Module-name suffixes that each ``lora_targets`` setting adapts, per component kind.
-#: ``attn``: the attention projections; ``attn_ff`` adds the transformer's feed-forward and
-#: in/out projections; ``all`` adds the ResNet convolutions, time embeddings and resamplers (LoCon).
+#: Module names (peft's rule: the whole name or its last dotted parts) that each ``lora_targets``
+#: setting adapts, as the trainer (core/train/methods.py) applies them. ``attn``: the attention
+#: projections; ``attn_ff`` adds the feed-forward layers; ``all`` adds the ResNet convolutions and
+#: the transformers' in/out projections (LoCon). Text encoders always get their attention projections.
 LORA_TARGET_MODULES: dict[str, dict[str, tuple[str, ...]]] = {
     "unet": {
         "attn": ("to_q", "to_k", "to_v", "to_out.0"),
-        "attn_ff": ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out"),
-        "all": (
-            "to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out",
-            "conv1", "conv2", "conv_shortcut", "time_emb_proj", "downsamplers.0.conv", "upsamplers.0.conv",
-        ),
+        "attn_ff": ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"),
+        "all": ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "conv1", "conv2", "conv_shortcut", "proj_in", "proj_out"),
     },
     "text_encoder": {
         "attn": ("q_proj", "k_proj", "v_proj", "out_proj"),
-        "attn_ff": ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"),
-        "all": ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"),
+        "attn_ff": ("q_proj", "k_proj", "v_proj", "out_proj"),
+        "all": ("q_proj", "k_proj", "v_proj", "out_proj"),
     },
 }
+
+
+def is_lora_target(module_name: str, targets: tuple[str, ...]) -> bool:
+    """Whether peft adapts ``module_name`` for these targets (equal, or ending in ``.target``)."""
+    return any(module_name == t or module_name.endswith("." + t) for t in targets)

@@ -180,18 +180,22 @@ def _raw(family: str, method: str, s: dict[str, Any], n: int, backend: str, zero
             if full and te_trained:
                 b["weights_text_encoders"] += count * trained_store_b // weight_shard
             elif method == "textual_inversion":
-                emb = comps[c]["token_embedding_params"]
-                b["weights_text_encoders"] += (count - emb) * frozen_b + emb * trained_store_b
+                b["weights_text_encoders"] += count * trained_store_b
             else:
                 b["weights_text_encoders"] += count * frozen_b
+    vae_b = 2 if s["mixed_precision"] == "bf16" else 4
     if not s["cache_latents"]:
-        b["weights_vae"] = comps["vae"]["params"] * (4 if family == "sdxl" or not half else 2)
+        b["weights_vae"] = comps["vae"]["params"] * vae_b
     if method == "lora":
         b["weights_adapters"] = trained * trained_store_b // weight_shard
 
-    # Autocast keeps a half copy of every fp32 trained weight a matmul or conv uses.
-    if half and master_b == 4 and not ds and method != "textual_inversion":
-        b["autocast_copies"] = trained * 2
+    # Autocast keeps a half copy of every fp32 trained weight a matmul or conv uses (for textual
+    # inversion: of the fp32 text encoders' layers, kept for the backward pass to the embeddings).
+    if half and master_b == 4 and not ds:
+        if method == "textual_inversion":
+            b["autocast_copies"] = sum(comps[c]["params"] - comps[c]["token_embedding_params"] for c in encoders) * 2
+        else:
+            b["autocast_copies"] = trained * 2
 
     # Gradients and optimizer state.
     grad_b = 2 if ds else master_b
@@ -207,7 +211,7 @@ def _raw(family: str, method: str, s: dict[str, Any], n: int, backend: str, zero
     else:
         b["optimizer_states"] = state // shard
     if s["ema"]:
-        b["ema"] = trained * 4 // shard
+        b["ema"] = trained * master_b // shard
     if n > 1 and backend == "ddp":
         b["ddp_buckets"] = trained * grad_b
     if n > 1:
@@ -223,13 +227,10 @@ def _raw(family: str, method: str, s: dict[str, Any], n: int, backend: str, zero
         act += te_act * (1 if half else 2) * images
     vae = 0
     if not s["cache_latents"]:
-        vae = VAE_ENCODE_TENSORS * s["resolution"] ** 2 * (4 if family == "sdxl" or not half else 2) * images
-    # The optimizer step's temporaries: torch's multi-tensor AdamW allocates one buffer the size
-    # of all parameters; the others work one tensor at a time (a few fp32 copies of the largest).
-    if s["optimizer"] == "adamw" and not s["fused_backward_pass"] and not ds:
-        step = trained * master_b // shard
-    else:
-        step = min(trained, largest) * 4 * STEP_TEMPORARIES
+        vae = VAE_ENCODE_TENSORS * s["resolution"] ** 2 * vae_b * images
+    # The optimizer step's temporaries: the trainer's optimizers (fused AdamW, bitsandbytes,
+    # Adafactor) work one tensor at a time, holding a few fp32 copies of the largest.
+    step = min(trained, largest) * 4 * STEP_TEMPORARIES
     b["activations"] = act
     b["vae_encode"] = max(0, vae - act)
     # A fused backward pass steps while the activations are still held; otherwise the step
