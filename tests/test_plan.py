@@ -332,3 +332,16 @@ def test_plan_counts_the_same_buckets_as_the_scan(kohya_dataset) -> None:
 def test_family_of_the_tiny_models(tiny_models) -> None:
     assert detect_family(str(tiny_models("sd1"))) == "sd1"
     assert detect_family(str(tiny_models("sdxl"))) == "sdxl"
+
+
+def test_textual_inversion_ignores_class_images(kohya_dataset, tmp_path: Path) -> None:
+    from core.plan.planner import make_plan
+    from tests.conftest import write_image
+
+    reg = tmp_path / "class"
+    write_image(reg / "c0.png")
+    scan = _scan(kohya_dataset, reg)
+    data = make_plan(_config(scan, "textual_inversion", family="sd1", recipe="sd-ti-6gb"), scan, parse_spec("1x4090")).to_json()
+    assert data["prior_preservation"] is False
+    assert data["schedule"][0]["images_per_step"] == data["schedule"][0]["effective_batch"]
+    assert any("ignored by textual_inversion" in w for w in data["warnings"])

@@ -184,7 +184,7 @@ def _apply_config_subsets(scan: Any, subsets: list[dict[str, Any]]) -> Any:
             subset,
             repeats=int(entry.get("repeats", subset.repeats)),
             is_reg=bool(entry.get("is_reg", subset.is_reg)),
-            token=str(entry.get("token", subset.token)),
+            token=str(entry.get("token") or subset.token),
         ))
     missing = set(wanted) - {_key(s.path) for s in chosen}
     if missing:
@@ -261,7 +261,9 @@ def _explain(plan: Plan, scan: Any, gpus: Any, fit: Any) -> None:
             plan.notes.append(
                 f"{scan.reg_images} class images for {scan.items_per_epoch} instance items per epoch: class images are reused in turn"
             )
-    elif reg_subsets:
+    elif plan.method == "dreambooth":
+        plan.notes.append("dreambooth without class images: no prior preservation; add a class folder (--reg DIR) to keep the class from drifting")
+    if reg_subsets and not plan.prior_preservation:
         plan.warnings.append(
             f"{len(reg_subsets)} regularisation subset(s) are ignored by {plan.method}; leave --reg out or train dreambooth or lora for prior preservation"
         )
