@@ -238,7 +238,7 @@ def _spec_error(spec: str, why: str) -> UserError:
     names = ", ".join(m.key.upper() for m in _MODELS[::3])
     return UserError(
         f"the GPU spec '{spec}' {why}; write COUNTxMODEL or COUNTxVRAM such as 2x4090, 1x24GB, 8xH100, "
-        f"4xA100-80GB or T4 (the count is optional), with a model from the catalog ({names}, … see `sdtui gpus --json`)"
+        f"4xA100-80GB or T4 (the count is optional), with a model from the catalog ({names}, … see `sdtui gpus --catalog`)"
     )
 
 
