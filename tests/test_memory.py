@@ -89,8 +89,19 @@ def test_zero_on_four_gpus_is_lower_per_gpu_than_ddp() -> None:
 def test_ddp_adds_gradient_buckets_and_nccl() -> None:
     one = estimate("sdxl", "finetune", BASE, num_gpus=1).breakdown
     two = estimate("sdxl", "finetune", BASE, num_gpus=2).breakdown
-    assert one["ddp_buckets"] == 0 and two["ddp_buckets"] == two["gradients"] > 0
+    assert one["ddp_buckets"] == 0 and two["ddp_buckets"] == 2_567_463_684 * 4
     assert two["communication"] > 0
+
+
+def test_peak_phase_follows_what_dominates() -> None:
+    finetune = {**BASE, "optimizer": "adamw"}
+    gradients_peak = estimate("sdxl", "finetune", finetune)
+    assert gradients_peak.phase in ("backward (end)", "optimizer step")
+    assert gradients_peak.breakdown["gradients"] == 2_567_463_684 * 4
+    assert estimate("sdxl", "finetune", {**finetune, "gradient_checkpointing": False}).phase == "backward (start)"
+    assert estimate("sdxl", "lora", BASE).phase == "backward (start)"
+    cached = estimate("sdxl", "lora", {**BASE, "mixed_precision": "fp16", "cache_latents": False})
+    assert cached.phase == "VAE encoding" and cached.breakdown["vae_encode"] > 0
 
 
 def test_sd15_lora_small_recipe_is_a_few_gigabytes() -> None:

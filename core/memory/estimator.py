@@ -1,9 +1,14 @@
 """The peak-VRAM estimate of one training rank, from first principles (see docs/memory.md).
 
-peak = weights + autocast copies + gradients + optimizer states + EMA + DDP buckets
-       + max(activations, VAE encoding, optimizer-step temporaries)
-       + communication buffers + fragmentation + CUDA context,
-then scaled to a measured peak when calibration.json has one for the same setup.
+peak = held throughout (weights, optimizer state, EMA, DDP buckets, communication buffers)
+       + the largest of the step's phases:
+           forward end       autocast copies + kept activations
+           backward start    (copies without checkpointing) + kept activations + working set
+           backward end      gradients + working set
+           optimizer step    gradients + per-tensor temporaries
+           VAE encoding      the encoder's widest tensors (latents not cached)
+       + fragmentation + CUDA context,
+replaced by a measured peak when calibration.json has one for the same setup.
 No torch import: the TUI calls this on every keystroke of a settings override.
 """
 
@@ -30,9 +35,12 @@ FRAGMENTATION = 0.05
 #: Latent channels ÷ 8² pixels: the VAE encoder's widest stage holds 128 channels at full
 #: resolution, about three such tensors live at once (input, GroupNorm output, conv output).
 VAE_ENCODE_TENSORS = 3 * 128
-#: fp32 temporaries a per-tensor optimizer step holds for its tensor (gradient, its square,
-#: the update, the parameter for stochastic rounding).
+#: fp32 temporaries Adafactor's step holds for its tensor (gradient, its square, the update,
+#: the parameter for rounding back to bf16).
 STEP_TEMPORARIES = 4
+#: The widest layer LoRA adapts (the GEGLU projection's 10240 outputs): its LoRA tensor is at
+#: most rank × this.
+LORA_WIDEST_LAYER = 10240
 
 BREAKDOWN_KEYS = (
     "weights_unet", "weights_text_encoders", "weights_vae", "weights_adapters",
@@ -44,10 +52,13 @@ BREAKDOWN_KEYS = (
 
 @dataclass
 class Estimate:
-    """A peak-VRAM estimate per GPU: the total and what it is made of (bytes)."""
+    """A peak-VRAM estimate per GPU: the total, what is in memory at that moment (bytes), and
+    the ``phase`` of the step where the peak falls (forward, backward (start|end), optimizer
+    step, VAE encoding)."""
 
     total_bytes: int
     breakdown: dict[str, int]
+    phase: str = ""
     calibrated: bool = False
     notes: list[str] = field(default_factory=list)
 
@@ -66,6 +77,7 @@ class Estimate:
             "total_bytes": self.total_bytes,
             "gb": round(self.gb, 2),
             "breakdown": dict(self.breakdown),
+            "phase": self.phase,
             "calibrated": self.calibrated,
             "notes": list(self.notes),
         }
@@ -88,12 +100,16 @@ def _poly(coeffs: list[float], tokens: float) -> float:
     return max(0.0, c0 + c1 * tokens + c2 * tokens * tokens)
 
 
-def unet_activation_bytes(family: str, mode: str, half: bool, checkpointing: bool, attention: str, resolution: int) -> int:
-    """Activation bytes of one image through the UNet: kept tensors, recompute, backward working set."""
+def unet_activation_parts(family: str, mode: str, half: bool, checkpointing: bool, attention: str, resolution: int) -> tuple[int, int]:
+    """Activation bytes of one image through the UNet: (kept for backward, backward working set).
+
+    The working set is the checkpointed block being recomputed plus two tensors of the largest
+    activation's size (the incoming and outgoing gradient).
+    """
     key = f"{mode}/{'half' if half else 'fp32'}/{'ckpt' if checkpointing else 'nockpt'}/{attention}"
     fit = data.activations()["unet"][family][key]
     tokens = (resolution / 8) ** 2
-    return int(_poly(fit["saved"], tokens) + _poly(fit["recompute"], tokens) + 2 * _poly(fit["largest"], tokens))
+    return int(_poly(fit["saved"], tokens)), int(_poly(fit["recompute"], tokens) + 2 * _poly(fit["largest"], tokens))
 
 
 def estimate(
@@ -123,17 +139,17 @@ def estimate(
     if num_gpus < 1:
         raise UserError(f"the GPU count must be at least 1 (got {num_gpus})")
     s = resolve_settings(settings)
-    raw, notes = _raw(family, method, s, num_gpus, backend, zero_stage, offload, prior_preservation)
+    raw, phase, notes = _raw(family, method, s, num_gpus, backend, zero_stage, offload, prior_preservation)
     total = sum(raw.values())
     point = match_point(family, method, s, num_gpus, backend)
     if point is not None:
         raw["calibration"] = int(point["measured_peak_bytes"]) - total
         notes.append(f"calibrated to a measured peak ({point.get('source', 'calibration.json')})")
         total = int(point["measured_peak_bytes"])
-    return Estimate(total, raw, calibrated=point is not None, notes=notes)
+    return Estimate(total, raw, phase, calibrated=point is not None, notes=notes)
 
 
-def _raw(family: str, method: str, s: dict[str, Any], n: int, backend: str, zero_stage: int, offload: bool, prior: bool | None) -> tuple[dict[str, int], list[str]]:
+def _raw(family: str, method: str, s: dict[str, Any], n: int, backend: str, zero_stage: int, offload: bool, prior: bool | None) -> tuple[dict[str, int], str, list[str]]:
     comps = data.params()[family]
     encoders = [c for c in comps if c.startswith("text_encoder")]
     notes: list[str] = []
@@ -154,7 +170,7 @@ def _raw(family: str, method: str, s: dict[str, Any], n: int, backend: str, zero
         trained = s["lora_rank"] * comps["unet"]["lora_width"][targets]
         if te_trained:
             trained += sum(s["lora_rank"] * comps[c]["lora_width"][targets] for c in encoders)
-        largest = trained
+        largest = min(trained, s["lora_rank"] * LORA_WIDEST_LAYER)
     elif full:
         trained_comps = ["unet", *(encoders if te_trained else [])]
         trained = sum(comps[c]["params"] for c in trained_comps)
@@ -189,21 +205,25 @@ def _raw(family: str, method: str, s: dict[str, Any], n: int, backend: str, zero
     if method == "lora":
         b["weights_adapters"] = trained * trained_store_b // weight_shard
 
-    # Autocast keeps a half copy of every fp32 trained weight a matmul or conv uses (for textual
-    # inversion: of the fp32 text encoders' layers, kept for the backward pass to the embeddings).
+    # Autocast keeps a half copy of every fp32 trained weight a matmul or conv uses, from the
+    # forward pass until the backward pass has used it (for textual inversion: of the fp32 text
+    # encoders' layers, kept for the backward pass to the embeddings).
+    copies = 0
     if half and master_b == 4 and not ds:
         if method == "textual_inversion":
-            b["autocast_copies"] = sum(comps[c]["params"] - comps[c]["token_embedding_params"] for c in encoders) * 2
+            copies = sum(comps[c]["params"] - comps[c]["token_embedding_params"] for c in encoders) * 2
         else:
-            b["autocast_copies"] = trained * 2
+            copies = trained * 2
 
-    # Gradients and optimizer state.
+    # Gradients (not held in the forward pass: the trainer frees them after each step) and the
+    # optimizer state, EMA and DDP buckets (held throughout).
     grad_b = 2 if ds else master_b
-    if s["fused_backward_pass"] and not ds:
-        b["gradients"] = min(trained, largest) * grad_b
+    fused = s["fused_backward_pass"] and not ds
+    if fused:
+        grads = min(trained, largest) * grad_b
     else:
         grad_shard = n if ((ds and zero_stage >= 2) or backend == "fsdp") else 1
-        b["gradients"] = 0 if (ds and offload and zero_stage >= 2) else trained * grad_b // grad_shard
+        grads = 0 if (ds and offload and zero_stage >= 2) else trained * grad_b // grad_shard
     state = _optimizer_state_bytes(s["optimizer"], trained, 4 if ds else master_b, comps, full, te_trained, encoders)
     if ds:
         state += trained * 4 if half else 0
@@ -217,29 +237,40 @@ def _raw(family: str, method: str, s: dict[str, Any], n: int, backend: str, zero
     if n > 1:
         b["communication"] = NCCL_BYTES + (DEEPSPEED_BUCKET_BYTES if ds else 0)
 
-    # Activations: measured per image (bench/measure_activations.py), times the images per step.
+    # Activations, measured per image (bench/measure_activations.py), times the images per step:
+    # ``kept`` for the backward pass, ``working`` the backward pass's own (recomputed block, gradients).
     prior = method == "dreambooth" if prior is None else prior
     images = s["batch_size"] * (2 if prior else 1)
-    mode = "full" if full else "lora"
-    act = unet_activation_bytes(family, mode, half, s["gradient_checkpointing"], s["attention"], s["resolution"]) * images
+    kept, working = unet_activation_parts(family, "full" if full else "lora", half, s["gradient_checkpointing"], s["attention"], s["resolution"])
+    kept *= images
+    working *= images
     if te_trained or method == "textual_inversion":
-        te_act = sum(data.activations()["text_encoders"][family][c] for c in encoders)
-        act += te_act * (1 if half else 2) * images
-    vae = 0
+        kept += sum(data.activations()["text_encoders"][family][c] for c in encoders) * (1 if half else 2) * images
+    # The optimizer's temporaries: the trainer's optimizers work one tensor at a time; Adafactor
+    # holds a few fp32 copies of the tensor, the fused and 8-bit kernels about one.
+    step = largest * 4 * (STEP_TEMPORARIES if s["optimizer"] == "adafactor" else 1)
+    # With checkpointing the half copies are dropped after the forward pass and remade block by
+    # block; without it the backward pass frees them with the activations.
+    copies_in_backward = 0 if s["gradient_checkpointing"] else copies
+    phases: dict[str, dict[str, int]] = {
+        "forward": {"autocast_copies": copies, "activations": kept},
+        # gradients appear as activations (and copies) are freed: the peak is at either end
+        "backward (start)": {"autocast_copies": copies_in_backward, "activations": kept + working},
+        "backward (end)": {"gradients": grads, "activations": working},
+    }
+    if fused:
+        for phase in ("backward (start)", "backward (end)"):
+            phases[phase] = {**phases[phase], "gradients": grads, "optimizer_step": step}
+    else:
+        phases["optimizer step"] = {"gradients": grads, "optimizer_step": step}
     if not s["cache_latents"]:
-        vae = VAE_ENCODE_TENSORS * s["resolution"] ** 2 * vae_b * images
-    # The optimizer step's temporaries: the trainer's optimizers (fused AdamW, bitsandbytes,
-    # Adafactor) work one tensor at a time, holding a few fp32 copies of the largest.
-    step = min(trained, largest) * 4 * STEP_TEMPORARIES
-    b["activations"] = act
-    b["vae_encode"] = max(0, vae - act)
-    # A fused backward pass steps while the activations are still held; otherwise the step
-    # comes after the backward pass has freed them.
-    b["optimizer_step"] = step if s["fused_backward_pass"] else max(0, step - max(act, vae))
+        phases["VAE encoding"] = {"vae_encode": VAE_ENCODE_TENSORS * s["resolution"] ** 2 * vae_b * images}
+    peak_phase = max(phases, key=lambda name: sum(phases[name].values()))
+    b.update(phases[peak_phase])
 
     b["fragmentation"] = int(FRAGMENTATION * sum(b.values()))
     b["cuda_context"] = CUDA_CONTEXT_BYTES
-    return b, notes
+    return b, peak_phase, notes
 
 
 def _optimizer_state_bytes(optimizer: str, trained: int, param_b: int, comps: dict[str, Any], full: bool, te_trained: bool, encoders: list[str]) -> int:
