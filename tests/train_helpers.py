@@ -84,12 +84,9 @@ def add_reg_subset(run_dir: Path, folder: Path, repeats: int = 1, token: str = "
 
 def train(run_dir: Path) -> int:
     """Run the trainer in this process (one rank); return its exit code."""
-    from accelerate.state import AcceleratorState, GradientState
-
     from core.train.loop import main
 
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    reset_accelerate()
     return main(str(run_dir))
 
 
@@ -115,3 +112,34 @@ def metrics(run_dir: Path, kind: str | None = None) -> list[dict[str, Any]]:
 def status(run_dir: Path) -> dict[str, Any]:
     """status.json as a dict."""
     return json.loads((run_dir / "status.json").read_text(encoding="utf-8"))
+
+
+def reset_accelerate() -> None:
+    """Forget the accelerate state of a previous in-process run (its precision may differ)."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def set_up(run_dir: Path) -> Any:
+    """A Trainer that has read its config, loaded the model and built data and optimizer (no steps yet)."""
+    from core.train.loop import Trainer
+
+    reset_accelerate()
+    trainer = Trainer(run_dir)
+    trainer.setup()
+    return trainer
+
+
+def first_batch(trainer: Any) -> dict[str, Any]:
+    """The first batch of the trainer's first epoch."""
+    _, batch, _ = next(iter(trainer.data.iterate(0, trainer.data.for_epoch(0), 0)))
+    return batch
+
+
+def one_step(trainer: Any) -> float:
+    """One micro-batch and one optimizer step on the first batch; returns the loss."""
+    loss = trainer.micro_step(first_batch(trainer), 0, True, 1)
+    trainer._optimizer_step()
+    return float(loss)

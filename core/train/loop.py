@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import math
 import os
 import signal
@@ -29,7 +30,7 @@ from core.runs import RunDir
 from . import checkpoint as ckpt
 from .control import ACTIONS, ControlReader
 from .methods import Method, setup_method
-from .metrics import MetricsWriter, memory_sample
+from .metrics import EventHandler, MetricsWriter, memory_sample
 from .optim import FusedBackward, make_optimizer, make_scheduler
 from .status import StatusFile, nan_hint, now, oom_hint
 
@@ -84,6 +85,7 @@ class Trainer:
         self.status.update(state="starting", trainer_pids=self._pids(), error=None, hint=None)
         for message in self.notes:
             self.metrics.event(message, "warning")
+        logging.getLogger("core.train").addHandler(EventHandler(self.metrics))
         torch.manual_seed(int(self.sched["seed"]))
 
         from .models import load_components
@@ -152,11 +154,11 @@ class Trainer:
         # frozen parts in the autocast dtype; trained weights fp32 (or bf16 with full_bf16)
         train_dtype = torch.bfloat16 if s["full_bf16"] else torch.float32
         self.unet_dtype = train_dtype if full else self.weight_dtype
-        unet.to(self.device, dtype=self.unet_dtype)
+        _place(unet, self.device, self.unet_dtype)
         vae_dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
-        c.vae.to(self.device, dtype=vae_dtype)
+        _place(c.vae, self.device, vae_dtype)
         for name, te in zip(("text_encoder", "text_encoder_2"), c.text_encoders):
-            te.to(self.device, dtype=train_dtype if name in trained and self.method_kind != "lora" else self.weight_dtype)
+            _place(te, self.device, train_dtype if name in trained and self.method_kind != "lora" else self.weight_dtype)
         for param in self.method.parameters():
             param.data = param.data.to(train_dtype)
         if s["channels_last"]:
@@ -467,13 +469,28 @@ class Trainer:
             self.status.update(control_ack={"id": last["id"], "action": last["action"], "at": now()}, control_done=self.control.done)
 
     def _handle_control(self, pending: list) -> str | None:
+        """Execute the control requests at a step boundary; ``"stopped"`` ends the run."""
         actions, requests = self._poll()
         if not actions:
             return None
         self._flush(pending)
         if "pause" in actions and "resume" not in actions and "stop" not in actions:
-            self._ack(requests)
-            actions, requests = self._paused()
+            self._execute(actions, requests)
+            self.status.update(state="paused", step=self.step)
+            self.metrics.event(f"paused at step {self.step}")
+            while "resume" not in actions and "stop" not in actions:
+                time.sleep(PAUSE_POLL_S)
+                actions, requests = self._poll()
+                if actions:
+                    self._execute(actions, requests)
+            if "resume" in actions and "stop" not in actions:
+                self.status.update(state="running")
+                self.metrics.event(f"resumed at step {self.step}")
+            return "stopped" if "stop" in actions else None
+        return "stopped" if self._execute(actions, requests) else None
+
+    def _execute(self, actions: list[str], requests: list[dict[str, Any]]) -> bool:
+        """Save / sample / stop as asked (every rank takes part), acknowledge; True when stopped."""
         if "save" in actions and "stop" not in actions:
             self.save()
         if "sample" in actions:
@@ -483,22 +500,8 @@ class Trainer:
             self.metrics.event(f"stop requested; saving at step {self.step}")
             self.save(final=True)
             self.status.update(state="stopped", step=self.step, epoch=self.epoch, ended_at=now())
-            return "stopped"
-        return None
-
-    def _paused(self) -> tuple[list[str], list[dict[str, Any]]]:
-        """Wait without stepping, all ranks together, until resume or stop; return the actions that ended it."""
-        self.status.update(state="paused", step=self.step)
-        self.metrics.event(f"paused at step {self.step}")
-        while True:
-            time.sleep(PAUSE_POLL_S)
-            actions, requests = self._poll()
-            if "resume" in actions or "stop" in actions:
-                self.status.update(state="running")
-                if "resume" in actions:
-                    self.metrics.event(f"resumed at step {self.step}")
-                return actions, requests
-            self._ack(requests)
+            return True
+        return False
 
     # ----------------------------------------------------------------- saving and samples
     def save(self, final: bool = False) -> None:
@@ -691,6 +694,14 @@ def torch_isfinite(loss: Any) -> Any:
     return torch.isfinite(loss).all()
 
 
+def _place(module: Any, device: Any, dtype: Any) -> None:
+    """Move ``module`` to ``device``, casting only when its dtype differs."""
+    if next(module.parameters()).dtype == dtype:
+        module.to(device)
+    else:
+        module.to(device, dtype=dtype)
+
+
 def _seed(seed: int, epoch: int, index: int, rank: int) -> int:
     """A per-micro-batch seed, so noise and timesteps are the same after a resume."""
     key = f"{seed}:{epoch}:{index}:{rank}".encode()
@@ -760,7 +771,7 @@ def main(run_dir: str) -> int:
     def on_term(signum: int, _frame: Any) -> None:
         trainer.stop_signal = True
 
-    signal.signal(signal.SIGTERM, on_term)
+    previous = signal.signal(signal.SIGTERM, on_term)
     try:
         trainer.setup()
         state = trainer.train()
@@ -774,6 +785,10 @@ def main(run_dir: str) -> int:
             trainer.metrics.event(error + (f"; {hint}" if hint else ""), "error")
         return 1
     finally:
+        signal.signal(signal.SIGTERM, previous)
+        logger = logging.getLogger("core.train")
+        for handler in [h for h in logger.handlers if isinstance(h, EventHandler)]:
+            logger.removeHandler(handler)
         trainer.metrics.close()
         _end_process_group()
     return 0 if state in ("finished", "stopped") else 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -67,3 +68,18 @@ def _peak_rss_linux() -> int | None:
         return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
     except (ImportError, OSError):
         return None
+
+
+class EventHandler(logging.Handler):
+    """Forwards warnings logged by the trainer's modules (e.g. a skipped corrupt image) as ``event`` lines."""
+
+    def __init__(self, writer: MetricsWriter) -> None:
+        super().__init__(logging.WARNING)
+        self.writer = writer
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Write the record as an event (warning or error)."""
+        try:
+            self.writer.event(record.getMessage(), "error" if record.levelno >= logging.ERROR else "warning")
+        except Exception:  # noqa: BLE001 - logging must never break training
+            self.handleError(record)

@@ -1,0 +1,96 @@
+"""Each training method trains the tiny SD1 and SDXL models and writes metrics, checkpoints and outputs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from core.plan.schedule import steps_per_epoch
+from tests.conftest import make_kohya
+from tests.train_helpers import add_reg_subset, first_batch, make_run, metrics, one_step, set_up, status, train
+
+pytestmark = pytest.mark.slow
+
+TI = {"placeholder_token": "<sks>"}
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+@pytest.mark.parametrize("method", ["lora", "dreambooth", "finetune", "textual_inversion"])
+def test_method_trains_and_writes_its_outputs(tmp_path, tiny_models, kohya_dataset, family, method):
+    from safetensors.torch import load_file
+
+    data = kohya_dataset(((1, "sks dog", 2),))
+    run = make_run(tmp_path / "run", tiny_models(family), data, family, method, schedule={"max_steps": 2}, method_extra=TI if method == "textual_inversion" else None)
+
+    assert train(run) == 0
+
+    state = status(run)
+    assert (state["state"], state["step"], state["total_steps"]) == ("finished", 2, 2)
+    steps = metrics(run, "step")
+    assert [s["step"] for s in steps] == [1, 2]
+    assert all(math.isfinite(s["loss"]) and s["lr"] > 0 and s["mem"][0]["peak"] > 0 for s in steps)
+    assert (run / "checkpoints" / "step-2" / "state.json").is_file()
+    out = run / "output"
+    if method == "lora":
+        kohya = load_file(str(out / "tiny.safetensors"))
+        assert any(k.startswith("lora_unet_") and k.endswith(".lora_down.weight") for k in kohya)
+        assert (out / "diffusers" / "pytorch_lora_weights.safetensors").is_file()
+    elif method == "textual_inversion":
+        embedding = load_file(str(out / "sks.safetensors"))
+        vectors = embedding["clip_l"] if family == "sdxl" else embedding["emb_params"]
+        assert vectors.shape == (4, 32)
+    else:
+        assert (out / "diffusers" / "model_index.json").is_file()
+        assert (out / "tiny.safetensors").stat().st_size > 100_000
+
+
+def test_textual_inversion_changes_only_the_new_rows(tmp_path, tiny_models, kohya_dataset):
+    import torch
+    from transformers import CLIPTextModel
+
+    model = tiny_models("sd1")
+    run = make_run(tmp_path / "run", model, kohya_dataset(), "sd1", "textual_inversion", settings={"ti_num_vectors": 2, "ti_init_word": "dog"}, method_extra=TI)
+    trainer = set_up(run)
+    weight = trainer.components.text_encoders[0].get_input_embeddings().weight
+    start = weight.detach().clone()
+    for _ in range(2):
+        one_step(trainer)
+    trainer.metrics.close()
+
+    original = CLIPTextModel.from_pretrained(str(model / "text_encoder")).get_input_embeddings().weight.detach()
+    tokenizer = trainer.components.tokenizers[0]
+    new = tokenizer.convert_tokens_to_ids(["<sks>", "<sks>_1"])
+    others = [i for i in range(weight.shape[0]) if i not in new]
+    assert torch.equal(weight.detach()[others], original[others])
+    assert not torch.equal(weight.detach()[new], start[new])
+    assert torch.equal(start[new[0]], original[tokenizer("dog", add_special_tokens=False).input_ids[0]])
+
+
+def test_dreambooth_pairs_each_instance_image_with_a_class_image(tmp_path, tiny_models, kohya_dataset):
+    data = kohya_dataset(((2, "sks dog", 3),))
+    reg = make_kohya(tmp_path / "reg", ((1, "dog", 2),))
+    run = make_run(tmp_path / "run", tiny_models("sd1"), data, "sd1", "dreambooth", settings={"prior_loss_weight": 0.5})
+    add_reg_subset(run, reg / "1_dog")
+    trainer = set_up(run)
+    batch = first_batch(trainer)
+    trainer.metrics.close()
+
+    assert batch["is_class"].tolist() == [False, True]
+    assert batch["captions"][1] == "dog, picture 0" or batch["captions"][1].startswith("dog")
+    # the class images double the batch, not the step count
+    assert trainer.total_steps == steps_per_epoch({"any": 6}, 1, 1, 1) * 1
+
+
+def test_overfitting_a_few_images_makes_the_loss_fall(tmp_path, tiny_models, kohya_dataset):
+    data = kohya_dataset(((1, "sks dog", 2),))
+    run = make_run(
+        tmp_path / "run", tiny_models("sdxl"), data, "sdxl", "finetune",
+        settings={"cache_latents": True, "cache_text_encoder_outputs": True, "max_grad_norm": 1.0},
+        schedule={"epochs": 6, "learning_rate": 2e-3},
+    )
+    assert train(run) == 0
+    losses = [s["loss"] for s in metrics(run, "step")]
+    assert len(losses) == 12
+    first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
+    assert last < 0.7 * first, losses
