@@ -74,7 +74,9 @@ def kohya_lora_state_dict(components: Components, unet: Any = None, text_encoder
     Keys are ``lora_unet_<module>`` (SDXL: the SGM module names kohya's SDXL trainer uses;
     SD1/SD2: the diffusers names kohya uses), ``lora_te_<module>`` (SD1/SD2) or
     ``lora_te1_``/``lora_te2_`` (SDXL), each with ``.lora_down.weight``, ``.lora_up.weight``,
-    ``.alpha`` (the trained alpha) and ``.dora_scale`` for DoRA.
+    ``.alpha`` (the trained alpha) and, for DoRA, ``.dora_scale`` (peft's per-output-row
+    magnitude shaped ``[out, 1]``, as ComfyUI reads it; diffusers drops ``dora_scale`` from
+    kohya files, so DoRA loads in diffusers from the diffusers file).
     """
     import torch
 
@@ -98,6 +100,8 @@ def kohya_lora_state_dict(components: Components, unet: Any = None, text_encoder
             else:
                 kohya_module = name if name.startswith("text_model.") else f"text_model.{name}"
             base = f"{prefix}_{kohya_module.replace('.', '_')}"
+            if suffix == ".dora_scale":
+                tensor = tensor.reshape(tensor.shape[0], *([1] * (state[f"{name}.lora_B.weight"].ndim - 1)))
             out[base + suffix] = tensor
             if suffix == ".lora_down.weight":
                 out[base + ".alpha"] = torch.tensor(_alpha_for(config, name))
@@ -174,8 +178,6 @@ def save_lora(
     text_encoders: Sequence[Any] | None = None,
 ) -> SavedFiles:
     """Write ``<out_dir>/<name>.safetensors`` (kohya) and ``<out_dir>/diffusers/pytorch_lora_weights.safetensors``."""
-    from diffusers.utils import convert_state_dict_to_diffusers
-
     out = Path(out_dir)
     unet = unet if unet is not None else components.unet
     encoders = list(text_encoders) if text_encoders is not None else components.text_encoders
@@ -187,14 +189,14 @@ def save_lora(
 
     unet_state, unet_config = _adapter_state(unet)
     kwargs: dict[str, Any] = {
-        "unet_lora_layers": convert_state_dict_to_diffusers(unet_state),
+        "unet_lora_layers": unet_state,
         "unet_lora_adapter_metadata": _lora_config_metadata(unet_config),
     }
     te_names = ["text_encoder", "text_encoder_2"]
     for te_name, encoder in zip(te_names, encoders):
         state, config = _adapter_state(encoder)
         if state:
-            kwargs[f"{te_name}_lora_layers"] = convert_state_dict_to_diffusers(state)
+            kwargs[f"{te_name}_lora_layers"] = state
             kwargs[f"{te_name}_lora_adapter_metadata"] = _lora_config_metadata(config)
     target = out / DIFFUSERS_DIR / LORA_WEIGHT_NAME
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,124 @@
+"""Sample images during training: kohya prompt lines rendered with the model being trained."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core.atomic import write_atomic
+from core.kohya import parse_prompt_line
+from core.train.models import Components, unwrap
+
+
+class SampleError(RuntimeError):
+    """Rendering a sample failed; the message names the prompt and the cause."""
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    """One rendered sample."""
+
+    path: Path
+    prompt_index: int
+    prompt: str
+
+
+def sample_path(out_dir: str | Path, step: int, index: int) -> Path:
+    """``<out_dir>/step{step:06d}_p{index:02d}.png``."""
+    return Path(out_dir) / f"step{step:06d}_p{index:02d}.png"
+
+
+def _pipeline_modules(pipe: Any) -> list[Any]:
+    names = ("unet", "vae", "text_encoder", "text_encoder_2")
+    return [getattr(pipe, n) for n in names if getattr(pipe, n, None) is not None]
+
+
+@contextmanager
+def _inference_mode(modules: Sequence[Any], device: Any):
+    """Eval mode and ``device`` for the modules; their train flags and devices are restored after."""
+    import torch
+
+    state = []
+    for module in modules:
+        first = next(module.parameters(), None)
+        state.append((module, module.training, first.device if first is not None else None))
+    try:
+        for module in modules:
+            module.eval()
+            module.to(device)
+        with torch.no_grad():
+            yield
+    finally:
+        for module, training, old_device in state:
+            module.train(training)
+            if old_device is not None:
+                module.to(old_device)
+
+
+def render_samples(
+    source: Components | Any,
+    prompts: Sequence[str],
+    step: int,
+    out_dir: str | Path,
+    device: Any = "cpu",
+    dtype: Any = None,
+    default_size: int = 512,
+    seed: int = 0,
+    unet: Any = None,
+    text_encoders: Sequence[Any] | None = None,
+    indices: Sequence[int] | None = None,
+) -> list[SampleResult]:
+    """Render each prompt line (kohya syntax: ``--n --w --h --d --l --s``) to a PNG in ``out_dir``.
+
+    ``source`` is the training :class:`Components` (``unet``/``text_encoders`` may be the
+    training-wrapped modules) or a ready pipeline. A prompt without ``--d`` uses ``seed`` +
+    its index. Runs in eval mode under ``no_grad`` with autocast to ``dtype`` on CUDA and
+    restores train mode and devices after. Raises :class:`SampleError` naming the prompt.
+    """
+    import torch
+
+    pipe = source.pipeline(unet=unet, text_encoders=text_encoders) if isinstance(source, Components) else source
+    pipe.set_progress_bar_config(disable=True)
+    device = torch.device(device)
+    parsed = [parse_prompt_line(line, width=default_size, height=default_size) for line in prompts]
+    wanted = list(indices) if indices is not None else list(range(len(parsed)))
+    autocast = torch.autocast(device.type, dtype=dtype) if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16) else nullcontext()
+    results: list[SampleResult] = []
+    with _inference_mode([unwrap(m) for m in _pipeline_modules(pipe)], device):
+        for index in wanted:
+            prompt = parsed[index]
+            generator = torch.Generator(device="cpu").manual_seed(prompt.seed if prompt.seed is not None else seed + index)
+            try:
+                with autocast:
+                    image = pipe(
+                        prompt.prompt,
+                        negative_prompt=prompt.negative or None,
+                        width=prompt.width,
+                        height=prompt.height,
+                        num_inference_steps=prompt.steps,
+                        guidance_scale=prompt.scale,
+                        generator=generator,
+                    ).images[0]
+            except Exception as exc:
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                raise SampleError(f"rendering sample prompt {index} ('{prompt.prompt[:60]}') at step {step} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+            path = sample_path(out_dir, step, index)
+            write_atomic(path, png_bytes(image, prompts[index]))
+            results.append(SampleResult(path, index, prompt.prompt))
+    return results
+
+
+def png_bytes(image: Any, parameters: str) -> bytes:
+    """The image as PNG bytes with ``parameters`` (the prompt line) in a text chunk, as A1111 writes it."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("parameters", parameters)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
