@@ -1,0 +1,109 @@
+"""The run CLI on a real run of the tiny model: train, runs, status, logs, pause, save, resume, stop,
+and the exit-2 answers to user mistakes."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from core.runs import RunDir
+from tests.test_launch_support import env, no_leftovers, sdtui, status, steps, wait_for, write_config  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("no_leftovers")
+
+
+def test_unknown_run_is_exit_2(tmp_path: Path) -> None:
+    for command in (["status", "nope"], ["logs", "nope"], ["stop", "nope"], ["resume", "nope"], ["pause", "nope"]):
+        result = sdtui([*command, "--runs-dir", str(tmp_path)], tmp_path)
+        assert result.returncode == 2 and "there is no run 'nope'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_train_with_bad_config_is_exit_2(tmp_path: Path) -> None:
+    result = sdtui(["train", str(tmp_path / "missing.toml"), "--runs-dir", str(tmp_path / "runs")], tmp_path)
+    assert result.returncode == 2 and "missing.toml does not exist" in result.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_runs_of_an_empty_folder(tmp_path: Path) -> None:
+    result = sdtui(["runs", "--runs-dir", str(tmp_path)], tmp_path)
+    assert result.returncode == 0 and "no runs" in result.stdout
+    assert json.loads(sdtui(["runs", "--json", "--runs-dir", str(tmp_path)], tmp_path).stdout) == []
+
+
+@pytest.mark.slow
+def test_a_run_from_train_to_stop(tmp_path: Path, tiny_models, kohya_dataset) -> None:
+    config = write_config(tmp_path, tiny_models("sd1"), kohya_dataset(((40, "sks dog", 4),)), {"epochs": 1})
+    runs = tmp_path / "runs"
+    code = (
+        "import sys, time; from cli.main import main; t = time.perf_counter(); rc = main(sys.argv[1:]); "
+        "print('elapsed', time.perf_counter() - t, 'torch' in sys.modules, rc, file=sys.stderr)"
+    )
+    started = subprocess.run([sys.executable, "-c", code, "train", str(config), "--runs-dir", str(runs)], cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=60)
+    assert started.returncode == 0, started.stderr
+    run = RunDir(runs / started.stdout.strip())
+    elapsed, torch_loaded, rc = started.stderr.strip().splitlines()[-1].split()[1:]
+    assert float(elapsed) < 2.0 and torch_loaded == "False" and rc == "0"
+    assert "runs on the CPU" in started.stderr
+    assert {p.name for p in run.path.iterdir()} >= {"run.toml", "plan.json", "accelerate.yaml", "status.json", "train.log"}
+    assert json.loads(run.plan_json.read_text())["run"]["total_steps"] == 160
+
+    wait_for(lambda: len(steps(run.path)) >= 2, 180, "two training steps")
+    rows = json.loads(sdtui(["runs", "--json", "--runs-dir", str(runs)], tmp_path).stdout)
+    assert rows[0]["id"] == run.id and rows[0]["state"] == "running" and rows[0]["total_steps"] == 160 and rows[0]["loss"] is not None
+
+    again = sdtui(["resume", run.id, "--runs-dir", str(runs)], tmp_path)
+    assert again.returncode == 2 and "nothing to resume" in again.stderr
+
+    paused = sdtui(["pause", run.id, "--runs-dir", str(runs)], tmp_path)
+    assert paused.returncode == 0 and "pause acknowledged" in paused.stdout
+    wait_for(lambda: status(run.path).get("state") == "paused", 30, "the paused state")
+    held = steps(run.path)[-1]
+    saved = sdtui(["save", run.id, "--runs-dir", str(runs)], tmp_path)
+    assert saved.returncode == 0 and "save acknowledged" in saved.stdout
+    time.sleep(2)
+    assert steps(run.path)[-1] == held, "a paused run does not step"
+    assert run.latest_checkpoint() is not None and run.latest_checkpoint().name == f"step-{held}"
+
+    resumed = sdtui(["resume", run.id, "--runs-dir", str(runs)], tmp_path)
+    assert resumed.returncode == 0 and "asked to resume" in resumed.stdout
+    wait_for(lambda: steps(run.path)[-1] > held, 60, "training to go on after resume")
+
+    with open(run.stop_lock, "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        busy = sdtui(["stop", run.id, "--runs-dir", str(runs)], tmp_path)
+    assert busy.returncode == 2 and "another sdtui stop is already stopping" in busy.stderr
+
+    follower = subprocess.Popen([sys.executable, "-m", "cli", "logs", run.id, "-f", "--runs-dir", str(runs)], cwd=tmp_path, env=env(), stdout=subprocess.PIPE, text=True)
+    stopped = sdtui(["stop", run.id, "--runs-dir", str(runs)], tmp_path, timeout=240)
+    assert stopped.returncode == 0 and f"{run.id} stopped (after saving)" in stopped.stdout, stopped.stderr
+    final = status(run.path)
+    assert final["state"] == "stopped" and not run.alive_processes()
+    assert run.latest_checkpoint().name == f"step-{final['step']}"
+    out, _ = follower.communicate(timeout=30)
+    assert follower.returncode == 0 and "run stopped" in out
+
+    twice = sdtui(["stop", run.id, "--runs-dir", str(runs)], tmp_path)
+    assert twice.returncode == 2 and "has already ended (stopped)" in twice.stderr
+    pause_ended = sdtui(["pause", run.id, "--runs-dir", str(runs)], tmp_path)
+    assert pause_ended.returncode == 2 and f"sdtui resume {run.id}" in pause_ended.stderr
+
+
+@pytest.mark.slow
+def test_stop_now_terminates_without_saving(tmp_path: Path, tiny_models, kohya_dataset) -> None:
+    config = write_config(tmp_path, tiny_models("sd1"), kohya_dataset(((40, "sks dog", 4),)), {"epochs": 1})
+    runs = tmp_path / "runs"
+    run_id = sdtui(["train", str(config), "--runs-dir", str(runs)], tmp_path).stdout.strip()
+    run = RunDir(runs / run_id)
+    wait_for(lambda: len(steps(run.path)) >= 1, 180, "a training step")
+    stopped = sdtui(["stop", run_id, "--now", "--runs-dir", str(runs)], tmp_path, timeout=120)
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout, stopped.stderr
+    assert status(run.path)["state"] == "stopped" and not run.alive_processes()
+    assert run.latest_checkpoint() is None
+    runs_view = sdtui(["runs", "--runs-dir", str(runs)], tmp_path).stdout
+    assert f"{run_id}  stopped" in runs_view
