@@ -1,0 +1,233 @@
+"""Every memory and speed option of [settings] really takes effect in the trainer."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.plan.schedule import steps_per_epoch
+from tests.train_helpers import first_batch, make_run, metrics, one_step, set_up, train
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def setup_run(tmp_path, tiny_models, kohya_dataset):
+    """Factory: a set-up Trainer (model loaded, no steps) for the given settings."""
+    made = []
+
+    def factory(settings=None, method="lora", family="sd1", schedule=None, model_extra=None):
+        data = kohya_dataset(((1, "sks dog", 3),))
+        run = make_run(tmp_path / f"run{len(made)}", tiny_models(family), data, family, method, settings=settings, schedule=schedule)
+        if model_extra:
+            import tomlkit
+
+            doc = tomlkit.parse((run / "run.toml").read_text())
+            doc["model"].update(model_extra)
+            (run / "run.toml").write_text(tomlkit.dumps(doc))
+        trainer = set_up(run)
+        made.append(trainer)
+        return trainer
+
+    yield factory
+    for trainer in made:
+        trainer.metrics.close()
+
+
+def _changed(before, trainer):
+    import torch
+
+    return any(not torch.equal(before[n], p.detach()) for n, p in trainer.method.named_trainable().items())
+
+
+def _snapshot(trainer):
+    return {n: p.detach().clone() for n, p in trainer.method.named_trainable().items()}
+
+
+@pytest.mark.parametrize(("name", "cls"), [("adamw", "AdamW"), ("adamw8bit", "AdamW8bit"), ("lion8bit", "Lion8bit"), ("adafactor", "Adafactor")])
+def test_each_optimizer_is_used_and_steps_on_the_cpu(setup_run, name, cls):
+    trainer = setup_run({"optimizer": name})
+    assert type(trainer.optimizer.optimizer).__name__ == cls
+    before = _snapshot(trainer)
+    one_step(trainer)
+    assert _changed(before, trainer)
+
+
+@pytest.mark.parametrize(("attention", "cls"), [("sdpa", "AttnProcessor2_0"), ("eager", "AttnProcessor")])
+def test_attention_setting_picks_the_processor(setup_run, attention, cls):
+    trainer = setup_run({"attention": attention})
+    assert {type(p).__name__ for p in trainer.components.unet.attn_processors.values()} == {cls}
+
+
+def test_channels_last_and_gradient_checkpointing(setup_run):
+    import torch
+
+    on = setup_run({"channels_last": True, "gradient_checkpointing": True, "train_text_encoder": True})
+    off = setup_run({"channels_last": False, "gradient_checkpointing": False})
+    assert on.components.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not off.components.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert on.components.unet.is_gradient_checkpointing and not off.components.unet.is_gradient_checkpointing
+    assert on.components.text_encoders[0].is_gradient_checkpointing
+    one_step(on)
+
+
+def test_fp16_on_the_cpu_falls_back_with_an_event(setup_run):
+    trainer = setup_run({"mixed_precision": "fp16"})
+    assert trainer.precision in ("bf16", "no")
+    events = [m["message"] for m in metrics(trainer.run.path, "event")]
+    assert any("fp16 needs a GPU" in e for e in events)
+
+
+def test_bf16_keeps_frozen_weights_in_bf16_and_lora_in_fp32(setup_run):
+    import torch
+
+    trainer = setup_run({"mixed_precision": "bf16"})
+    assert trainer.acc.mixed_precision == "bf16"
+    assert trainer.components.unet.conv_in.weight.dtype == torch.bfloat16
+    assert {p.dtype for p in trainer.method.parameters()} == {torch.float32}
+    assert one_step(trainer) > 0
+
+
+def test_full_bf16_trains_bf16_weights(setup_run):
+    import torch
+
+    trainer = setup_run({"mixed_precision": "bf16", "full_bf16": True}, method="finetune")
+    assert {p.dtype for p in trainer.method.parameters()} == {torch.bfloat16}
+    before = _snapshot(trainer)
+    one_step(trainer)
+    assert _changed(before, trainer)
+
+
+def test_cached_latents_keep_the_vae_out_of_the_steps(setup_run, monkeypatch):
+    cached = setup_run({"cache_latents": True, "cache_latents_to_disk": True})
+    live = setup_run({"cache_latents": False})
+    calls = []
+    for trainer in (cached, live):
+        original = trainer.components.vae.encode
+        monkeypatch.setattr(trainer.components.vae, "encode", lambda x, _o=original, _t=trainer: calls.append(_t) or _o(x))
+    one_step(cached)
+    one_step(live)
+    assert cached not in calls and live in calls
+    assert list((cached.run.path / "cache" / "latents").glob("*.safetensors"))
+
+
+def test_cached_text_outputs_keep_the_text_encoder_out_of_the_steps(setup_run, monkeypatch):
+    trainer = setup_run({"cache_text_encoder_outputs": True})
+    encoder = trainer.components.text_encoders[0]
+    calls = []
+    monkeypatch.setattr(encoder, "forward", lambda *a, **k: calls.append(1))
+    batch = first_batch(trainer)
+    assert "prompt_embeds" in batch
+    one_step(trainer)
+    assert calls == []
+
+
+def test_text_outputs_are_not_cached_when_the_text_encoder_trains(setup_run):
+    trainer = setup_run({"cache_text_encoder_outputs": True, "train_text_encoder": True})
+    assert "prompt_embeds" not in first_batch(trainer)
+    assert any("not cached" in m["message"] for m in metrics(trainer.run.path, "event"))
+
+
+def test_gradient_accumulation_reduces_the_optimizer_steps(tmp_path, tiny_models, kohya_dataset):
+    data = kohya_dataset(((1, "sks dog", 3),))
+    run = make_run(tmp_path / "run", tiny_models("sdxl"), data, "sdxl", "lora", schedule={"epochs": 2, "gradient_accumulation": 2})
+    assert train(run) == 0
+    expected = steps_per_epoch({"b": 3}, 1, 1, 2) * 2
+    assert expected == 4
+    assert [m["step"] for m in metrics(run, "step")] == [1, 2, 3, 4]
+
+
+def test_ema_weights_differ_from_the_live_weights(setup_run):
+    import torch
+
+    trainer = setup_run({"ema": True, "ema_decay": 0.9}, method="finetune")
+    for _ in range(2):
+        one_step(trainer)
+    live = trainer.method.parameters()
+    assert any(not torch.equal(e, p.detach()) for e, p in zip(trainer.ema.shadow_params, live))
+
+
+def test_max_grad_norm_clips_the_gradients(setup_run, monkeypatch):
+    import torch
+
+    trainer = setup_run({"max_grad_norm": 0.01}, method="finetune")
+    norms = []
+    clip = trainer.acc.clip_grad_norm_
+
+    def spy(params, max_norm):
+        params = list(params)
+        result = clip(params, max_norm)
+        norms.append((float(result), float(torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))))
+        return result
+
+    monkeypatch.setattr(trainer.acc, "clip_grad_norm_", spy)
+    one_step(trainer)
+    (before, after), = norms
+    assert before > 0.01 and after == pytest.approx(0.01, rel=1e-3)
+
+
+def test_fused_backward_pass_steps_each_parameter_inside_backward(setup_run):
+    trainer = setup_run({"fused_backward_pass": True, "optimizer": "adafactor"}, method="finetune")
+    assert trainer.fused is not None and len(trainer.fused.optimizers) == len(trainer.method.parameters())
+    before = _snapshot(trainer)
+    trainer.micro_step(first_batch(trainer), 0, True, 1)
+    # already stepped inside backward, and every gradient freed at once
+    assert _changed(before, trainer)
+    assert all(p.grad is None for p in trainer.method.parameters())
+
+
+def test_min_snr_and_noise_offset_change_the_loss(setup_run):
+    import torch
+
+    from core.train.loop import _min_snr_weights
+
+    trainer = setup_run()
+    batch = first_batch(trainer)
+    with torch.no_grad():
+        plain = float(trainer.loss(batch, 0))
+        trainer.settings["min_snr_gamma"] = 5.0
+        snr = float(trainer.loss(batch, 0))
+        trainer.settings["min_snr_gamma"] = 0.0
+        trainer.settings["noise_offset"] = 0.1
+        offset = float(trainer.loss(batch, 0))
+        trainer.settings["noise_offset"] = 0.0
+        again = float(trainer.loss(batch, 0))
+    assert again == plain and snr != plain and offset != plain
+    scheduler = trainer.components.noise_scheduler
+    t = torch.tensor([10, 900])
+    alpha = scheduler.alphas_cumprod[t]
+    snr_t = alpha / (1 - alpha)
+    assert torch.allclose(_min_snr_weights(scheduler, t, 5.0, "epsilon"), torch.clamp(snr_t, max=5.0) / snr_t)
+
+
+def test_v_prediction_trains_on_the_velocity(setup_run, monkeypatch):
+    trainer = setup_run(model_extra={"prediction_type": "v_prediction"})
+    assert trainer.components.prediction_type == "v_prediction"
+    calls = []
+    scheduler = trainer.components.noise_scheduler
+    original = scheduler.get_velocity
+    monkeypatch.setattr(scheduler, "get_velocity", lambda *a: calls.append(1) or original(*a))
+    one_step(trainer)
+    assert calls == [1]
+
+
+def test_sdxl_gets_size_and_crop_conditioning(setup_run):
+    trainer = setup_run(family="sdxl")
+    batch = first_batch(trainer)
+    hidden, added = trainer.data.conditioning(batch)
+    (oh, ow), (top, left), (th, tw) = batch["original_sizes"][0], batch["crop_top_lefts"][0], batch["target_sizes"][0]
+    assert added["time_ids"][0].tolist() == [oh, ow, top, left, th, tw]
+    assert added["text_embeds"].shape[0] == 1 and hidden.shape[-1] == trainer.components.unet.config.cross_attention_dim
+
+
+def test_torch_compile_wraps_the_unet(setup_run):
+    trainer = setup_run({"torch_compile": True})
+    assert type(trainer.wrapped["unet"]).__name__ == "OptimizedModule"
+
+
+def test_lr_follows_the_warmup_schedule_per_optimizer_step(tmp_path, tiny_models, kohya_dataset):
+    data = kohya_dataset(((1, "sks dog", 2),))
+    run = make_run(tmp_path / "run", tiny_models("sdxl"), data, "sdxl", "lora", schedule={"max_steps": 5, "lr_scheduler": "linear", "lr_warmup_steps": 2, "learning_rate": 1e-3})
+    assert train(run) == 0
+    lrs = [m["lr"] for m in metrics(run, "step")]
+    expected = [1e-3 * (k / 2 if k < 2 else (5 - k) / 3) for k in range(5)]
+    assert lrs == pytest.approx(expected)
