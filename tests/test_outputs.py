@@ -1,0 +1,157 @@
+"""Training outputs load in other tools' loaders (diffusers here) and reproduce the trained model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from core.train.models import load_components
+from core.train.outputs import kohya_lora_state_dict, lora_metadata, save_embeddings, save_full_model, save_lora
+from core.train.text import add_placeholder_tokens
+
+
+def _image(pipe, prompt: str = "a red circle") -> np.ndarray:
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(prompt, num_inference_steps=2, height=32, width=32, generator=torch.Generator().manual_seed(1), output_type="np")
+    return np.asarray(out.images[0])
+
+
+def _fresh(path, family):
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    if family == "sdxl":
+        return StableDiffusionXLPipeline.from_pretrained(path)
+    return StableDiffusionPipeline.from_pretrained(path, safety_checker=None, requires_safety_checker=False)
+
+
+def _trained_lora(path, family, **settings):
+    from peft import LoraConfig
+
+    components = load_components(str(path))
+    config = dict(r=4, lora_alpha=2.0, init_lora_weights="gaussian", use_dora=settings.get("use_dora", False))
+    components.unet.add_adapter(LoraConfig(target_modules=settings.get("targets", ["to_q", "to_k", "to_v", "to_out.0"]), **config))
+    if settings.get("text_encoder"):
+        for encoder in components.text_encoders:
+            encoder.add_adapter(LoraConfig(target_modules=["q_proj", "k_proj", "v_proj", "out_proj"], **config))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for module in [components.unet, *components.text_encoders]:
+            for name, param in module.named_parameters():
+                if "lora_" in name:
+                    param.add_(torch.randn(param.shape, generator=generator) * 0.3)
+    return components
+
+
+@pytest.mark.parametrize(("family", "text_encoder", "targets"), [
+    ("sd1", True, ["to_q", "to_k", "to_v", "to_out.0"]),
+    ("sdxl", True, ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "conv1", "conv2", "proj_in", "proj_out"]),
+])
+def test_lora_both_formats_reproduce_the_trained_model(tmp_path, tiny_models, family, text_encoder, targets):
+    path = tiny_models(family)
+    components = _trained_lora(path, family, text_encoder=text_encoder, targets=targets)
+    trained = _image(components.pipeline())
+    meta = lora_metadata(components, {"lora_rank": 4, "lora_alpha": 2.0, "resolution": 64}, name="mine", steps=10, epoch=1, num_train_images=4)
+    files = save_lora(components, tmp_path / "output", "mine", metadata=meta)
+    assert files.single_file == tmp_path / "output" / "mine.safetensors"
+    assert files.diffusers == tmp_path / "output" / "diffusers" / "pytorch_lora_weights.safetensors"
+    base = _image(_fresh(path, family))
+    assert np.abs(base - trained).max() > 0.01  # the LoRA changes the image
+    for source in (files.single_file, files.diffusers.parent):
+        pipe = _fresh(path, family)
+        pipe.load_lora_weights(str(source))
+        np.testing.assert_allclose(_image(pipe), trained, atol=1e-5)
+
+
+def test_kohya_keys_alpha_and_metadata(tmp_path, tiny_models):
+    from safetensors import safe_open
+
+    components = _trained_lora(tiny_models("sdxl"), "sdxl", text_encoder=True)
+    keys = kohya_lora_state_dict(components)
+    assert any(k.startswith("lora_unet_input_blocks_") for k in keys)  # SGM names, as kohya's SDXL trainer writes
+    assert any(k.startswith("lora_te1_text_model_encoder_layers_0_self_attn_q_proj.") for k in keys)
+    assert any(k.startswith("lora_te2_text_model_encoder_layers_0_self_attn_q_proj.") for k in keys)
+    alphas = {float(v) for k, v in keys.items() if k.endswith(".alpha")}
+    assert alphas == {2.0}  # the trained alpha, not the rank
+    meta = lora_metadata(components, {"lora_rank": 4, "lora_alpha": 2.0, "resolution": 1024}, name="x", steps=5, epoch=2, num_train_images=7)
+    save_lora(components, tmp_path, "x", metadata=meta)
+    with safe_open(str(tmp_path / "x.safetensors"), "pt") as handle:
+        saved = handle.metadata()
+    assert saved["ss_network_module"] == "networks.lora"
+    assert saved["ss_network_dim"] == "4" and saved["ss_network_alpha"] == "2.0"
+    assert saved["ss_base_model_version"] == "sdxl_base_v1-0"
+    assert saved["ss_resolution"] == "(1024, 1024)" and saved["ss_steps"] == "5" and saved["ss_num_train_images"] == "7"
+    assert json.loads(saved["ss_network_args"]) == {}
+
+
+def test_sd1_kohya_text_encoder_keys(tiny_models):
+    components = _trained_lora(tiny_models("sd1"), "sd1", text_encoder=True)
+    keys = kohya_lora_state_dict(components)
+    assert "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight" in keys
+    assert "lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight" in keys
+
+
+def test_dora_diffusers_file_reproduces_the_model(tmp_path, tiny_models):
+    path = tiny_models("sd1")
+    components = _trained_lora(path, "sd1", use_dora=True)
+    trained = _image(components.pipeline())
+    files = save_lora(components, tmp_path, "dora")
+    assert any(k.endswith(".dora_scale") for k in kohya_lora_state_dict(components))
+    pipe = _fresh(path, "sd1")
+    pipe.load_lora_weights(str(files.diffusers.parent))
+    np.testing.assert_allclose(_image(pipe), trained, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_textual_inversion_both_forms_load(tmp_path, tiny_models, family):
+    from safetensors.torch import load_file
+
+    path = tiny_models(family)
+    components = load_components(str(path))
+    ids = add_placeholder_tokens(components, "<shp>", num_vectors=2, init_word="shape")
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for encoder, rows in zip(components.text_encoders, ids):
+            table = encoder.get_input_embeddings().weight
+            table[rows] = torch.randn(len(rows), table.shape[1], generator=generator)
+    vectors = [encoder.get_input_embeddings().weight[rows].detach().clone() for encoder, rows in zip(components.text_encoders, ids)]
+    prompt = "a <shp> circle"
+    trained = _image(components.pipeline(), prompt)
+    files = save_embeddings(components, tmp_path / "output", "<shp>", vectors)
+    a1111 = load_file(str(files.single_file))
+    assert set(a1111) == ({"clip_l", "clip_g"} if family == "sdxl" else {"emb_params"})
+
+    pipe = _fresh(path, family)
+    if family == "sdxl":
+        pipe.load_textual_inversion(a1111["clip_l"], token="<shp>", text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer)
+        pipe.load_textual_inversion(a1111["clip_g"], token="<shp>", text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2)
+    else:
+        pipe.load_textual_inversion(str(files.single_file), token="<shp>")
+    np.testing.assert_allclose(_image(pipe, prompt), trained, atol=1e-5)
+
+    pipe = _fresh(path, family)
+    folder = files.diffusers.parent
+    if family == "sdxl":
+        pipe.load_textual_inversion(str(folder), weight_name="learned_embeds.safetensors", text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer)
+        pipe.load_textual_inversion(str(folder), weight_name="learned_embeds_2.safetensors", text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2)
+    else:
+        pipe.load_textual_inversion(str(folder))
+    np.testing.assert_allclose(_image(pipe, prompt), trained, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_full_model_diffusers_folder_and_single_file(tmp_path, tiny_models, family):
+    path = tiny_models(family)
+    components = load_components(str(path))
+    with torch.no_grad():
+        for param in components.unet.parameters():
+            param.mul_(1.01)
+    trained = _image(components.pipeline())
+    files = save_full_model(components, tmp_path / "output", "full")
+    np.testing.assert_allclose(_image(_fresh(files.diffusers, family)), trained, atol=1e-5)
+    reloaded = load_components(str(files.single_file), config_path=str(path))
+    np.testing.assert_allclose(_image(reloaded.pipeline()), trained, atol=1e-5)
+    save_full_model(components, tmp_path / "output", "full")  # saving again replaces the folder
+    assert not [p for p in (tmp_path / "output").iterdir() if p.name.startswith(".")]
