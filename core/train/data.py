@@ -265,7 +265,7 @@ def _cache_file_name(kind: str, index: int, item: TrainItem, bucket: Bucket, vae
 def _vae_tag(vae: Any) -> str:
     config = dict(getattr(vae, "config", {}))
     first = next(vae.parameters())
-    return f"{config.get('_name_or_path', '')}|{config.get('scaling_factor')}|{float(first.flatten()[0]):.6g}"
+    return f"{config.get('_name_or_path', '')}|{config.get('scaling_factor')}|{float(first.detach().flatten()[0]):.6g}"
 
 
 def cache_latents(components: Any, train_data: TrainData, device: Any, dtype: Any, to_disk_dir: str | Path | None = None, batch_size: int = 8) -> LatentCache:

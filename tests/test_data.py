@@ -1,0 +1,210 @@
+"""The trainer's data: items, buckets, batches, augmentation, corrupt files and caches."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.dataset.buckets import assign_bucket, make_buckets
+from core.errors import UserError
+from core.plan.schedule import steps_per_epoch
+from core.train.data import (
+    BatchDataset,
+    CacheNotValid,
+    batches_for_epoch,
+    build_items,
+    cache_latents,
+    cache_text_outputs,
+    class_batches_for_epoch,
+    load_example,
+    make_loader,
+    process_caption,
+)
+from core.train.models import load_components
+from core.train.text import encode_captions, encode_text, sdxl_time_ids_batch, tokenize
+from tests.conftest import write_image
+
+SETTINGS = {"resolution": 128, "min_bucket_reso": 64, "max_bucket_reso": 256, "bucket_reso_steps": 64}
+
+
+def _config(*subsets: tuple[Path, int, str, bool]) -> dict:
+    return {"dataset": {"subsets": [{"path": str(p), "repeats": r, "token": t, "is_reg": reg} for p, r, t, reg in subsets]}}
+
+
+@pytest.fixture
+def wide_and_square(tmp_path):
+    root = tmp_path / "data"
+    for i in range(3):
+        write_image(root / "5_sks dog" / f"wide{i}.png", (256, 64), (30 * i, 100, 200))
+    for i in range(2):
+        write_image(root / "5_sks dog" / f"square{i}.png", (96, 96), (200, 30 * i, 40))
+    (root / "5_sks dog" / "wide0.txt").write_text("sks dog, running, grass")
+    for i in range(2):
+        write_image(root / "1_dog" / f"class{i}.png", (128, 128), (10, 10, 10 + 50 * i))
+    return root
+
+
+def test_items_buckets_and_captions(wide_and_square):
+    config = _config((wide_and_square / "5_sks dog", 5, "sks dog", False), (wide_and_square / "1_dog", 1, "dog", True))
+    data = build_items(config, SETTINGS)
+    buckets = make_buckets(128, 64, 256, 64)
+    assert data.buckets == buckets
+    assert len(data.items) == 5 and len(data.class_items) == 2
+    for item in data.items:
+        assert item.bucket == assign_bucket(item.width, item.height, buckets)
+    assert data.bucket_counts() == {(256, 64): 15, (128, 128): 10}
+    captions = {Path(i.path).stem: i.caption for i in data.items}
+    assert captions["wide0"] == "sks dog, running, grass"
+    assert captions["wide1"] == "sks dog"  # no caption file: the subset token
+    assert {i.caption for i in data.class_items} == {"dog"}
+
+
+def test_batches_match_the_planners_step_count(wide_and_square):
+    data = build_items(_config((wide_and_square / "5_sks dog", 5, "sks dog", False)), SETTINGS)
+    for world in (1, 2, 3):
+        per_rank = [batches_for_epoch(data, 2, seed=1, epoch=0, rank=r, world=world) for r in range(world)]
+        assert {len(b) for b in per_rank} == {steps_per_epoch(data.bucket_counts(), 2, world, 1)}
+        for batches in per_rank:
+            for batch in batches:
+                assert len({data.items[i].bucket for i in batch}) == 1
+    first = batches_for_epoch(data, 2, seed=1, epoch=0)
+    assert first == batches_for_epoch(data, 2, seed=1, epoch=0)
+    assert first != batches_for_epoch(data, 2, seed=1, epoch=1)
+
+
+def test_missing_subset_folder_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        build_items(_config((tmp_path / "nope", 1, "x", False)), SETTINGS)
+
+
+def test_caption_shuffle_keep_tokens_and_dropout():
+    caption = "sks dog, one, two, three, four, five"
+    settings = {"shuffle_caption": True, "keep_tokens": 2}
+    outs = {process_caption(caption, settings, random.Random(s)) for s in range(20)}
+    assert len(outs) > 1
+    assert all(o.startswith("sks dog, one, ") for o in outs)
+    assert all(sorted(o.split(", ")) == sorted(caption.split(", ")) for o in outs)
+    assert process_caption(caption, {}, random.Random(0)) == caption
+    dropped = [process_caption(caption, {"caption_dropout_rate": 0.5}, random.Random(s)) for s in range(200)]
+    assert 50 < dropped.count("") < 150
+
+
+def test_flip_and_random_crop_take_effect(tmp_path):
+    path = write_image(tmp_path / "img.png", (256, 128), (250, 0, 0))
+    from PIL import Image, ImageDraw
+
+    image = Image.open(path).convert("RGB")
+    ImageDraw.Draw(image).rectangle([0, 0, 40, 127], fill=(0, 0, 255))  # a blue band on the left
+    image.save(path)
+    plain = load_example(str(path), (128, 128))
+    flipped = load_example(str(path), (128, 128), flip=True)
+    assert torch.allclose(flipped.pixels, plain.pixels.flip(-1))
+    assert flipped.crop_top_left[1] == 256 - 64 - 128  # SDXL crop left measured on the mirrored image
+    crops = {load_example(str(path), (128, 128), random_crop=True, rng=random.Random(s)).crop_top_left for s in range(8)}
+    assert len(crops) > 1
+    assert plain.crop_top_left == (0, 64) and plain.original_size == (128, 256) and plain.target_size == (128, 128)
+    assert plain.pixels.min() >= -1 and plain.pixels.max() <= 1
+
+
+def test_corrupt_image_is_skipped(wide_and_square, caplog):
+    data = build_items(_config((wide_and_square / "5_sks dog", 1, "sks dog", False)), SETTINGS)
+    wide = [i for i, item in enumerate(data.items) if item.bucket == (256, 64)]
+    Path(data.items[wide[0]].path).write_bytes(b"not a png any more")
+    dataset = BatchDataset(data, [wide, [wide[0]]], seed=0, epoch=0)
+    batch = dataset[0]
+    assert batch["pixel_values"].shape == (len(wide) - 1, 3, 64, 256)
+    assert wide[0] not in batch["item_ids"]
+    assert dataset[1] is None  # nothing usable in this batch: the loop skips it
+    assert "skipping unreadable image" in caplog.text
+    assert len(list(make_loader(data, [wide, [wide[0]]], seed=0, epoch=0))) == 2
+
+
+def test_prior_preservation_batches_pair_class_images(wide_and_square):
+    config = _config((wide_and_square / "5_sks dog", 1, "sks dog", False), (wide_and_square / "1_dog", 1, "dog", True))
+    data = build_items(config, SETTINGS)
+    batches = batches_for_epoch(data, 2, seed=0, epoch=0)
+    classes = class_batches_for_epoch(data, batches, seed=0, epoch=0)
+    assert [len(c) for c in classes] == [len(b) for b in batches]
+    batch = BatchDataset(data, batches, 0, 0, classes)[0]
+    n = len(batches[0])
+    assert batch["is_class"].tolist() == [False] * n + [True] * n
+    assert batch["captions"][n:] == ["dog"] * n
+    assert batch["pixel_values"].shape[0] == 2 * n
+
+
+def test_latent_cache_memory_and_disk_agree(tmp_path, wide_and_square, tiny_models):
+    components = load_components(str(tiny_models("sd1")))
+    config = _config((wide_and_square / "5_sks dog", 2, "sks dog", False), (wide_and_square / "1_dog", 1, "dog", True))
+    before = sorted(p.name for p in wide_and_square.rglob("*"))
+    data = build_items(config, SETTINGS)
+    batches = batches_for_epoch(data, 2, 0, 0)
+    pixels = BatchDataset(data, batches, 0, 0)[0]["pixel_values"]
+    memory = cache_latents(components, data, "cpu", torch.float32)
+    in_memory = BatchDataset(data, batches, 0, 0)[0]
+    expected = components.vae.encode(pixels).latent_dist.mode() * components.vae.config.scaling_factor
+    torch.testing.assert_close(in_memory["latents"], expected, atol=1e-5, rtol=1e-4)
+    assert len(memory) == len(data.items) + 2 * len(data.bucket_counts())  # class images at every bucket
+
+    disk_dir = tmp_path / "run" / "cache" / "latents"
+    disk = cache_latents(components, data, "cpu", torch.float32, to_disk_dir=disk_dir)
+    files = sorted(disk_dir.iterdir())
+    assert len(files) == len(disk) and disk.memory == {}
+    torch.testing.assert_close(BatchDataset(data, batches, 0, 0)[0]["latents"], in_memory["latents"])
+    mtimes = [f.stat().st_mtime_ns for f in files]
+    cache_latents(components, data, "cpu", torch.float32, to_disk_dir=disk_dir)  # reused, not rewritten
+    assert [f.stat().st_mtime_ns for f in sorted(disk_dir.iterdir())] == mtimes
+    assert sorted(p.name for p in wide_and_square.rglob("*")) == before  # the dataset is untouched
+
+
+def test_latent_cache_refuses_random_crop_and_flip(wide_and_square, tiny_models):
+    components = load_components(str(tiny_models("sd1")))
+    for key in ("random_crop", "flip_aug"):
+        data = build_items(_config((wide_and_square / "5_sks dog", 1, "t", False)), {**SETTINGS, key: True})
+        with pytest.raises(CacheNotValid, match=key):
+            cache_latents(components, data, "cpu", torch.float32)
+
+
+def test_text_encoder_cache(wide_and_square, tiny_models):
+    components = load_components(str(tiny_models("sdxl")))
+    settings = {**SETTINGS, "caption_dropout_rate": 0.1}
+    data = build_items(_config((wide_and_square / "5_sks dog", 1, "sks dog", False)), settings)
+    cache = cache_text_outputs(components, data, "cpu", torch.float32)
+    assert "" in cache  # dropout trains on the empty caption
+    batch = BatchDataset(data, batches_for_epoch(data, 2, 0, 0), 0, 0)[0]
+    direct = encode_captions(components, batch["captions"])
+    torch.testing.assert_close(batch["prompt_embeds"], direct.prompt_embeds)
+    torch.testing.assert_close(batch["pooled_prompt_embeds"], direct.pooled_prompt_embeds)
+    for key in ("train_text_encoder", "shuffle_caption"):
+        data.settings[key] = True
+        with pytest.raises(CacheNotValid):
+            cache_text_outputs(components, data, "cpu", torch.float32)
+        data.settings[key] = False
+
+
+def test_sdxl_conditioning_shapes_and_gradients(tiny_models):
+    components = load_components(str(tiny_models("sdxl")))
+    ids = tokenize(components, ["a red circle", "a blue square"])
+    assert [t.shape for t in ids] == [(2, 77), (2, 77)]
+    table = components.text_encoders[0].get_input_embeddings().weight
+    table.requires_grad_(True)
+    embeddings = encode_text(components, ids)
+    assert embeddings.prompt_embeds.shape == (2, 77, 32 + 64)
+    assert embeddings.pooled_prompt_embeds.shape == (2, 32)
+    embeddings.prompt_embeds.sum().backward()
+    assert table.grad is not None and table.grad.abs().sum() > 0
+    time_ids = sdxl_time_ids_batch([(64, 256)], [(0, 32)], [(64, 128)])
+    assert time_ids.tolist() == [[64.0, 256.0, 0.0, 32.0, 64.0, 128.0]]
+
+
+def test_loader_with_a_worker_matches_in_process(wide_and_square):
+    data = build_items(_config((wide_and_square / "5_sks dog", 1, "sks dog", False)), {**SETTINGS, "flip_aug": True, "random_crop": True})
+    batches = batches_for_epoch(data, 2, 0, 0)
+    inline = list(make_loader(data, batches, seed=3, epoch=0, workers=0))
+    worker = list(make_loader(data, batches, seed=3, epoch=0, workers=1))
+    assert len(inline) == len(worker) == len(batches)
+    for a, b in zip(inline, worker):
+        torch.testing.assert_close(a["pixel_values"], b["pixel_values"])
+        assert a["crop_top_lefts"] == b["crop_top_lefts"]
