@@ -37,7 +37,7 @@ def test_prediction_type_override_and_768v_heuristic(tiny_models):
     assert detect_prediction_type("sd1", {}, {}) == "epsilon"
 
 
-@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
 def test_single_file_round_trips_the_weights(tmp_path, tiny_models, family):
     import torch
 
