@@ -21,7 +21,11 @@ def test_method_trains_and_writes_its_outputs(tmp_path, tiny_models, kohya_datas
     from safetensors.torch import load_file
 
     data = kohya_dataset(((1, "sks dog", 2),))
-    run = make_run(tmp_path / "run", tiny_models(family), data, family, method, schedule={"max_steps": 2}, method_extra=TI if method == "textual_inversion" else None)
+    prompt = "a photo of <sks> dog --w 64 --h 64 --s 2" if method == "textual_inversion" else "sks dog on a beach --w 64 --h 64 --s 2 --d 5"
+    run = make_run(
+        tmp_path / "run", tiny_models(family), data, family, method, schedule={"max_steps": 2, "sample_every_steps": 2},
+        prompts=[prompt], method_extra=TI if method == "textual_inversion" else None,
+    )
 
     assert train(run) == 0
 
@@ -31,6 +35,9 @@ def test_method_trains_and_writes_its_outputs(tmp_path, tiny_models, kohya_datas
     assert [s["step"] for s in steps] == [1, 2]
     assert all(math.isfinite(s["loss"]) and s["lr"] > 0 and s["mem"][0]["peak"] > 0 for s in steps)
     assert (run / "checkpoints" / "step-2" / "state.json").is_file()
+    (sample,) = metrics(run, "sample")
+    assert (sample["step"], sample["prompt_index"], sample["prompt"]) == (2, 0, prompt)
+    assert (run / sample["path"]).read_bytes()[:4] == b"\x89PNG"
     out = run / "output"
     if method == "lora":
         kohya = load_file(str(out / "tiny.safetensors"))
@@ -94,3 +101,32 @@ def test_overfitting_a_few_images_makes_the_loss_fall(tmp_path, tiny_models, koh
     assert len(losses) == 12
     first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
     assert last < 0.7 * first, losses
+
+
+def test_a_failing_sample_is_a_warning_and_training_goes_on(tmp_path, tiny_models, kohya_dataset):
+    data = kohya_dataset(((1, "sks dog", 2),))
+    run = make_run(tmp_path / "run", tiny_models("sdxl"), data, "sdxl", "lora", schedule={"max_steps": 2, "sample_every_steps": 1}, prompts=["sks dog --w 64 --h 64 --s 2"])
+    (run / "samples").write_text("a file where the samples folder should be")
+
+    assert train(run) == 0
+
+    assert status(run)["state"] == "finished"
+    warnings = [m["message"] for m in metrics(run, "event") if m["level"] == "warning"]
+    assert any("sampling at step 1 failed" in w for w in warnings) and any("sampling at step 2 failed" in w for w in warnings)
+    assert [m["step"] for m in metrics(run, "step")] == [1, 2]
+
+
+def test_dreambooth_generates_missing_class_images_into_the_run_folder(tmp_path, tiny_models, kohya_dataset):
+    data = kohya_dataset(((1, "sks dog", 1),))
+    before = sorted(p.name for p in data.rglob("*"))
+    run = make_run(
+        tmp_path / "run", tiny_models("sdxl"), data, "sdxl", "dreambooth", settings={"class_images_per_instance": 2},
+        schedule={"max_steps": 1}, method_extra={"class_prompt": "a photo of a dog"},
+    )
+    trainer = set_up(run)
+    batch = first_batch(trainer)
+    trainer.metrics.close()
+
+    assert len(list((run / "class_images").glob("class_*.png"))) == 2
+    assert batch["is_class"].tolist() == [False, True] and batch["captions"][1] == "a photo of a dog"
+    assert sorted(p.name for p in data.rglob("*")) == before

@@ -188,6 +188,15 @@ class Trainer:
         train_data = data.build_items(self.config, self.settings)
         s = self.settings
         c = self.components
+        class_prompt = self.config.section("method")["class_prompt"]
+        if self.method_kind == "dreambooth" and class_prompt.strip() and int(s["class_images_per_instance"]) > 0:
+            from .class_images import prepare_class_images
+
+            with self.acc.main_process_first():
+                prepare_class_images(
+                    c, train_data, self.run.path, class_prompt, int(s["class_images_per_instance"]), self.device,
+                    self.weight_dtype, seed=int(self.sched["seed"]),
+                )
         offload = self.device.type == "cuda"
         if s["cache_latents"]:
             folder = self.run.path / "cache" / "latents" if s["cache_latents_to_disk"] else None
@@ -582,11 +591,24 @@ class Trainer:
             try:
                 from .sampling import render_samples
 
+                prompts = self.config.prompts
+                ti = self.method.ti
+                if ti is not None:
+                    prompts = [line.replace(ti.placeholder, " ".join(ti.tokens)) for line in prompts]
+                names = ("text_encoder", "text_encoder_2")
+                encoders = [self.wrapped.get(n, te) for n, te in zip(names, self.components.text_encoders)]
                 with self._ema_weights():
-                    written = render_samples(self)
-                for record in written:
-                    self.metrics.write("sample", **record)
-            except Exception as exc:  # noqa: BLE001 - a sample must never end the run
+                    written = render_samples(
+                        self.components, prompts, self.step, self.run.samples, self.device, self.weight_dtype,
+                        default_size=int(self.settings["resolution"]), seed=int(self.sched["seed"]),
+                        unet=self.wrapped.get("unet", self.components.unet), text_encoders=encoders,
+                    )
+                for result in written:
+                    self.metrics.write(
+                        "sample", step=self.step, prompt_index=result.prompt_index, prompt=self.config.prompts[result.prompt_index],
+                        path=str(Path(result.path).relative_to(self.run.path)),
+                    )
+            except Exception as exc:  # noqa: BLE001 - a sample (even out of memory) must never end the run
                 import torch
 
                 if self.device.type == "cuda":
