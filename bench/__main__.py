@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -60,23 +61,40 @@ def child_env() -> dict[str, str]:
 def run_one(name: str, limit_s: float) -> tuple[list[str], float]:
     """Run one benchmark module in a child process; return its result lines and wall time."""
     start = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, name],
+        cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
     try:
-        proc = subprocess.run(
-            [sys.executable, "-c", _CHILD, name],
-            cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=limit_s,
-        )
-    except subprocess.TimeoutExpired as exc:
-        partial = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-        lines = result_lines(partial)
+        stdout, stderr = proc.communicate(timeout=limit_s)
+    except subprocess.TimeoutExpired:
+        end_group(proc)
+        stdout, _ = proc.communicate()
+        lines = result_lines(stdout)
         return lines + [f"{name}: did not finish within {limit_s:.0f} s ratio=n/a"], time.perf_counter() - start
+    finally:
+        end_group(proc)
     wall = time.perf_counter() - start
-    lines = result_lines(proc.stdout)
+    lines = result_lines(stdout)
     if proc.returncode != 0:
-        tail = (proc.stderr.strip().splitlines() or ["no error output"])[-1]
+        tail = (stderr.strip().splitlines() or ["no error output"])[-1]
         lines.append(f"{name}: failed (exit {proc.returncode}: {tail}) ratio=n/a")
     elif not lines:
         lines.append(f"{name}: printed no result line ratio=n/a")
     return lines, wall
+
+
+def end_group(proc: subprocess.Popen) -> None:
+    """End what is left of a benchmark's process group (its trainers too), by the group's id."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def result_lines(stdout: str) -> list[str]:
