@@ -18,23 +18,6 @@ from typing import Any
 from core.atomic import read_json
 
 ACTIONS = ("stop", "save", "sample", "pause", "resume")
-#: One bit per action so a decision travels to all ranks as a single integer.
-BITS = {action: 1 << i for i, action in enumerate(ACTIONS)}
-
-
-def encode(actions: list[str]) -> int:
-    """Actions as a bit mask."""
-    mask = 0
-    for action in actions:
-        mask |= BITS[action]
-    return mask
-
-
-def decode(mask: int) -> list[str]:
-    """A bit mask back to actions, in ACTIONS order."""
-    return [action for action in ACTIONS if mask & BITS[action]]
-
-
 class ControlReader:
     """Finds the requests in control.json that were not executed yet."""
 
