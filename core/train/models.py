@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,6 @@ class Components:
     pipeline_class: type
     model_path: str
     scheduler: Any = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def is_sdxl(self) -> bool:

@@ -106,13 +106,6 @@ def placeholder_tokens(token: str, num_vectors: int) -> list[str]:
     return [token] + [f"{token}_{i}" for i in range(1, num_vectors)]
 
 
-def expand_placeholder(caption: str, token: str, num_vectors: int) -> str:
-    """``caption`` with ``token`` replaced by all its vectors' tokens (as diffusers does at inference)."""
-    if num_vectors <= 1 or token not in caption:
-        return caption
-    return caption.replace(token, " ".join(placeholder_tokens(token, num_vectors)))
-
-
 def add_placeholder_tokens(components: Components, token: str, num_vectors: int = 1, init_word: str = "") -> list[list[int]]:
     """Add a textual-inversion token (``num_vectors`` vectors) to every tokenizer and encoder.
 
