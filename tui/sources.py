@@ -8,7 +8,6 @@ from typing import Any
 
 from tui.format import GB
 
-FINAL_STATES = ("finished", "failed", "stopped", "lost")
 
 
 @dataclass(frozen=True)

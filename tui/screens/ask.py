@@ -22,7 +22,7 @@ class AskScreen(ModalScreen[str | None]):
     def compose(self) -> ComposeResult:
         with Vertical(id="dialog"):
             yield Static(self.question)
-            yield Input(self.value, id="answer")
+            yield Input(self.value, id="answer", compact=True)
             yield Static("Enter to apply, Esc to cancel", classes="help")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:

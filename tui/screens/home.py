@@ -11,7 +11,7 @@ from textual.widgets import DataTable, Footer, Header, Static
 
 from core.errors import UserError
 from tui.format import duration, number
-from tui.sources import FINAL_STATES, RunRow, RunsWatcher
+from tui.sources import RunRow, RunsWatcher
 from tui.widgets.gpu_panel import GpuPanel
 
 STATE_STYLE = {
@@ -133,26 +133,25 @@ class HomeScreen(Screen):
             self.app.push_screen(LogScreen(run))
 
     def action_resume(self) -> None:
+        """Resume a paused run, or continue an ended one in its folder from its newest checkpoint."""
         run = self._run_dir()
         if run is None:
             return
-        state = run.state
         try:
-            if state == "paused":
+            if run.state == "paused":
                 from core.launch.control import ask
 
                 ask(run, "resume")
-                self.notify(f"Asked {run.path.name} to resume.")
-            elif state in FINAL_STATES:
-                from core.launch.start import start_run
+                self.notify(f"Asked {run.id} to resume.")
+                return
+            from core.launch.start import resume_run
 
-                new = start_run(run.run_toml, self.app.context.runs_dir, [])
-                self.notify(f"Started {new.path.name} with the config of {run.path.name}.")
-                self.app.open_dashboard(new)
-            else:
-                self.notify(f"{run.path.name} is {state}: nothing to resume.", severity="warning")
+            resume_run(run)
         except UserError as exc:
             self.notify(str(exc), severity="error", timeout=10)
+            return
+        self.notify(f"Resuming {run.id} from its newest checkpoint.")
+        self.app.open_dashboard(run)
 
     def action_demo(self) -> None:
         """Build the demo (tiny model, generated dataset) in ./demo, then open the wizard filled in with it."""

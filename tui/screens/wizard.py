@@ -57,8 +57,8 @@ class WizardScreen(Screen):
         with Vertical(id="wizard-bottom"):
             yield Static("", id="step-error")
             with Horizontal(id="nav"):
-                yield Button("◀ Back (ctrl+b)", id="back")
-                yield Button("Next (ctrl+n) ▶", id="next", variant="primary")
+                yield Button("◀ Back (ctrl+b)", id="back", compact=True)
+                yield Button("Next (ctrl+n) ▶", id="next", variant="primary", compact=True)
         yield Footer(compact=True)
 
     def on_mount(self) -> None:

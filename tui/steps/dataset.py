@@ -28,10 +28,10 @@ class DatasetStep(Step):
         yield Static("A kohya folder: <repeats>_<token> subfolders (e.g. 40_sks dog) with captions in .txt beside the images. Read only.", classes="help")
         with Horizontal(classes="field"):
             yield Label("images", classes="field-label")
-            yield PathInput(self.state.base_dir, folders_only=True, id="dataset-path", classes="field-input", placeholder="/data/sks_dog")
+            yield PathInput(self.state.base_dir, folders_only=True, id="dataset-path", classes="field-input", placeholder="/data/sks_dog", compact=True)
         with Horizontal(classes="field"):
             yield Label("class images", classes="field-label")
-            yield PathInput(self.state.base_dir, folders_only=True, id="reg-path", classes="field-input", placeholder="optional (DreamBooth prior preservation)")
+            yield PathInput(self.state.base_dir, folders_only=True, id="reg-path", classes="field-input", placeholder="optional (DreamBooth prior preservation)", compact=True)
         yield Static("", id="scan-summary")
         yield DataTable(id="subsets", cursor_type="row")
         yield Static("Select a subset and press e (or Enter) to change its repeats.", classes="help")

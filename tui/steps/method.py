@@ -15,7 +15,7 @@ class MethodStep(Step):
 
     def compose(self) -> ComposeResult:
         yield Static("Method", classes="step-title")
-        with RadioSet(id="method"):
+        with RadioSet(id="method", compact=True):
             for method in METHODS:
                 yield RadioButton(METHOD_TEXT[method][0], value=method == self.state.method, id=f"method-{method}")
         for method in METHODS:

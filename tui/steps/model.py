@@ -20,7 +20,7 @@ class ModelStep(Step):
             "or a family — sd1, sd2, sdxl — to plan without weights. → completes paths.",
             classes="help",
         )
-        yield PathInput(self.state.base_dir, id="model-path", placeholder="/models/sd_xl_base_1.0.safetensors")
+        yield PathInput(self.state.base_dir, id="model-path", placeholder="/models/sd_xl_base_1.0.safetensors", compact=True)
         yield Static("", id="model-family")
 
     def load(self) -> None:

@@ -105,8 +105,8 @@ class RecipeStep(Step):
 def recipe_line(fit: Any, vram: int | None) -> Text:
     """``sdxl-lora-12gb  ██████···  9.8/24 GB  fits  2.1 img/s  summary``."""
     est = fit.estimate.total_bytes
-    text = Text()
-    text.append(f"{fit.name:<24.24} ", style="bold")
+    text = Text(no_wrap=True, overflow="ellipsis")
+    text.append(f"{fit.name:<22.22} ", style="bold")
     if vram:
         text.append(bar(est / vram, 12), style="green" if fit.fits else "red")
         text.append(f" {est / GB:5.1f}/{vram / GB:.0f} GB ")

@@ -19,17 +19,17 @@ class ReviewStep(Step):
         yield Static("Review", classes="step-title")
         with Horizontal(classes="field"):
             yield Label("run name", classes="field-label")
-            yield Input(id="run-name", classes="field-input")
+            yield Input(id="run-name", classes="field-input", compact=True)
         with Horizontal(classes="field"):
             yield Label("save config to", classes="field-label")
-            yield Input(id="config-path", classes="field-input")
+            yield Input(id="config-path", classes="field-input", compact=True)
         yield Static("run.toml", classes="subtitle")
         yield TextArea(id="toml", read_only=True, show_line_numbers=True)
         yield Static("Launch runs, detached (it survives this terminal):", classes="subtitle")
         yield Static("", id="command")
         with Horizontal(id="review-buttons"):
-            yield Button("Save config (ctrl+s)", id="save")
-            yield Button("Launch (ctrl+l)", id="launch", variant="success")
+            yield Button("Save config (ctrl+s)", id="save", compact=True)
+            yield Button("Launch (ctrl+l)", id="launch", variant="success", compact=True)
 
     def load(self) -> None:
         if not self.state.config_path:

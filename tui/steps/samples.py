@@ -21,8 +21,8 @@ class SamplesStep(Step):
         yield TextArea(id="prompts", soft_wrap=True, show_line_numbers=False)
         with Horizontal(classes="field"):
             yield Label("every N steps (0 = off)", classes="field-label")
-            yield Input(id="sample-every", type="integer", classes="field-input")
-        yield Checkbox("also at step 0 (before training)", id="sample-at-start")
+            yield Input(id="sample-every", type="integer", classes="field-input", compact=True)
+        yield Checkbox("also at step 0 (before training)", id="sample-at-start", compact=True)
 
     def load(self) -> None:
         self.query_one("#prompts", TextArea).text = "\n".join(self.state.prompts)

@@ -29,7 +29,7 @@ class ScheduleStep(Step):
             yield SettingField(SCHEMA["schedule"][key], self.state.schedule[key], id=f"s-{key}")
         with Horizontal(classes="field"):
             yield Label("price per GPU-hour", classes="field-label")
-            yield Input(id="price", placeholder="optional, e.g. 0.79", classes="field-input")
+            yield Input(id="price", placeholder="optional, e.g. 0.79", classes="field-input", compact=True)
             yield Static("for the cost column", classes="field-help")
         yield DataTable(id="gpu-table", cursor_type="none", zebra_stripes=True)
         yield Static("", id="plan-warnings")

@@ -7,7 +7,7 @@ from typing import Any
 from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.message import Message
-from textual.widgets import Input, Label, Select, Static, Switch
+from textual.widgets import Checkbox, Input, Label, Select, Static
 
 from core.settings import Setting
 
@@ -30,26 +30,26 @@ class SettingField(Horizontal):
         s = self.setting
         yield Label(s.key, classes="field-label")
         if s.type is bool:
-            yield Switch(bool(self.value), id=f"v-{s.key}")
+            yield Checkbox("", bool(self.value), id=f"v-{s.key}", compact=True)
         elif s.choices:
-            yield Select([(str(c), c) for c in s.choices], value=self.value, allow_blank=False, id=f"v-{s.key}", classes="field-input")
+            yield Select([(str(c), c) for c in s.choices], value=self.value, allow_blank=False, id=f"v-{s.key}", classes="field-input", compact=True)
         else:
-            yield Input(_text(self.value), id=f"v-{s.key}", classes="field-input")
+            yield Input(_text(self.value), id=f"v-{s.key}", classes="field-input", compact=True)
         yield Static(s.help, classes="field-help")
 
     def set_value(self, value: Any) -> None:
         """Show ``value`` without posting Edited."""
         self.value = value
         widget = self.query_one(f"#v-{self.setting.key}")
-        with widget.prevent(Input.Changed, Switch.Changed, Select.Changed):
-            if isinstance(widget, Switch):
+        with widget.prevent(Input.Changed, Checkbox.Changed, Select.Changed):
+            if isinstance(widget, Checkbox):
                 widget.value = bool(value)
             elif isinstance(widget, Select):
                 widget.value = value
             else:
                 widget.value = _text(value)
 
-    def on_switch_changed(self, event: Switch.Changed) -> None:
+    def on_checkbox_changed(self, event: Checkbox.Changed) -> None:
         event.stop()
         self._edited(event.value)
 

@@ -1,0 +1,194 @@
+"""The wizard: every step driven with the Pilot, bad input refused with its sentence, back and forth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import tomlkit
+from textual.widgets import Button, DataTable, Input, TextArea
+
+from core.errors import UserError
+from core.gpu import resolve
+from tests.tui_fixtures import sync
+from tui.app import SdtuiApp
+from tui.context import AppContext
+from tui.screens.wizard import WizardScreen
+from tui.wizard_state import WizardState
+
+
+def _app(tmp_path: Path, gpus: str = "1x24GB") -> SdtuiApp:
+    return SdtuiApp(AppContext(runs_dir=tmp_path / "runs", gpu_spec=gpus), start="wizard", theme="textual-dark")
+
+
+def _error(app: SdtuiApp) -> str:
+    return str(app.screen.query_one("#step-error").render())
+
+
+def _next_enabled(app: SdtuiApp) -> bool:
+    return not app.screen.query_one("#next", Button).disabled
+
+
+async def _type(pilot, selector: str, text: str) -> None:
+    field = pilot.app.screen.query_one(selector, Input)
+    field.value = text
+    await pilot.pause(0.05)
+
+
+async def _to_dataset(pilot, data: Path) -> None:
+    await _type(pilot, "#model-path", "sd1")
+    await pilot.press("ctrl+n")
+    await _type(pilot, "#dataset-path", str(data))
+    for _ in range(40):
+        await pilot.pause(0.05)
+        if pilot.app.screen.state.scan is not None or pilot.app.screen.state.field_errors:
+            break
+
+
+@sync
+async def test_model_step_refuses_a_missing_path_and_accepts_a_family(tmp_path: Path) -> None:
+    app = _app(tmp_path)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause(0.2)
+        assert isinstance(app.screen, WizardScreen) and app.screen.index == 0
+        assert not _next_enabled(app)
+        await _type(pilot, "#model-path", str(tmp_path / "nowhere.safetensors"))
+        assert "does not exist" in _error(app) and not _next_enabled(app)
+        await pilot.press("ctrl+n")
+        assert app.screen.index == 0
+        await _type(pilot, "#model-path", "sdxl")
+        assert _error(app) == "" and _next_enabled(app)
+        assert "sdxl" in str(app.screen.query_one("#model-family").render())
+
+
+@sync
+async def test_dataset_step_refuses_a_folder_without_images(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    (empty / "10_nothing").mkdir(parents=True)
+    app = _app(tmp_path)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await _to_dataset(pilot, empty)
+        assert app.screen.index == 1
+        assert "no usable training image" in _error(app)
+        assert not _next_enabled(app)
+        await _type(pilot, "#dataset-path", str(tmp_path / "missing"))
+        await pilot.pause(0.3)
+        assert "does not exist" in _error(app)
+
+
+@sync
+async def test_dataset_table_and_repeats_edited_in_place(tmp_path: Path, kohya_dataset) -> None:
+    data = kohya_dataset(subsets=((10, "sks dog", 4), (5, "sks cat", 3)))
+    app = _app(tmp_path)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await _to_dataset(pilot, data)
+        table = app.screen.query_one("#subsets", DataTable)
+        assert table.row_count == 2
+        assert "55 items per epoch" in str(app.screen.query_one("#scan-summary").render())
+        table.focus()
+        await pilot.press("e")
+        await pilot.pause(0.1)
+        answer = app.screen.query_one("#answer", Input)
+        answer.value = "0"
+        await pilot.press("enter")
+        await pilot.pause(0.1)
+        assert "at least 1" in _error(app) and not _next_enabled(app)
+        await pilot.press("e")
+        await pilot.pause(0.1)
+        app.screen.query_one("#answer", Input).value = "20"
+        await pilot.press("enter")
+        await pilot.pause(0.1)
+        assert _error(app) == ""
+        assert "95 items per epoch" in str(app.screen.query_one("#scan-summary").render())
+        assert (data / "10_sks dog").is_dir(), "the dataset is never renamed"
+
+
+@sync
+async def test_recipe_step_refuses_batch_zero_and_a_recipe_that_does_not_fit(tmp_path: Path, kohya_dataset) -> None:
+    app = _app(tmp_path, gpus="1x8GB")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await _to_dataset(pilot, kohya_dataset())
+        await pilot.press("ctrl+n")
+        await pilot.press("ctrl+n")
+        await pilot.pause(0.2)
+        assert app.screen.index == 3
+        assert _error(app) == ""
+        await _type(pilot, "#v-batch_size", "0")
+        assert "batch_size must be at least 1" in _error(app) and not _next_enabled(app)
+        await _type(pilot, "#v-batch_size", "1")
+        assert _error(app) == ""
+        await _type(pilot, "#v-resolution", "4096")
+        await _type(pilot, "#v-batch_size", "64")
+        assert "GB but the GPU has 8.0 GB" in _error(app) and not _next_enabled(app)
+        assert "does not fit" in str(app.screen.query_one("#estimate").render())
+
+
+@sync
+async def test_whole_wizard_back_and_change_then_save(tmp_path: Path, kohya_dataset, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    data = kohya_dataset()
+    app = _app(tmp_path, gpus="2x4090")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await _to_dataset(pilot, data)
+        await pilot.press("ctrl+n")
+        await pilot.click("#method-dreambooth")
+        await pilot.press("ctrl+n")
+        await pilot.pause(0.2)
+        assert app.screen.state.recipe.startswith("sd15-dreambooth")
+        await pilot.press("ctrl+n")
+        await pilot.pause(0.2)
+        table = app.screen.query_one("#gpu-table", DataTable)
+        assert [str(table.get_row_at(i)[0]) for i in range(table.row_count)] == ["1", "2 *", "4", "8"]
+        await _type(pilot, "#v-max_steps", "400")
+        assert "step mode" in str(app.screen.query_one("#plan-warnings").render())
+        await _type(pilot, "#price", "abc")
+        assert "is not a number" in _error(app)
+        await _type(pilot, "#price", "0.79")
+        assert "$" in str(table.get_row_at(0)[7])
+        await pilot.press("ctrl+n")
+        app.screen.query_one("#prompts", TextArea).text = "a photo of sks dog --w 512 --h 512"
+        await pilot.pause(0.1)
+        await pilot.press("ctrl+n")
+        await pilot.pause(0.1)
+        assert app.screen.index == 6
+        toml = app.screen.query_one("#toml", TextArea).text
+        assert 'kind = "dreambooth"' in toml and "max_steps = 400" in toml
+        # back to the method: change it, and the review follows
+        await pilot.press("ctrl+b", "ctrl+b", "ctrl+b", "ctrl+b")
+        assert app.screen.index == 2
+        await pilot.click("#method-lora")
+        for _ in range(4):
+            await pilot.press("ctrl+n")
+            await pilot.pause(0.1)
+        assert app.screen.index == 6
+        await _type(pilot, "#run-name", "dog-lora")
+        assert app.screen.query_one("#config-path", Input).value == "dog-lora.toml"
+        await pilot.press("ctrl+l")
+        await pilot.pause(0.1)
+        assert not (tmp_path / "runs").exists(), "a family alone cannot be launched"
+        await pilot.press("ctrl+s")
+        await pilot.pause(0.1)
+        saved = tomlkit.parse((tmp_path / "dog-lora.toml").read_text())
+        assert saved["method"]["kind"] == "lora" and saved["name"] == "dog-lora"
+        assert saved["settings"]["recipe"].startswith("sd15-lora")
+        assert saved["schedule"]["max_steps"] == 400
+        assert saved["distributed"]["num_processes"] == 2
+
+
+def test_state_sentences_name_the_thing_and_the_fix(tmp_path: Path) -> None:
+    state = WizardState(gpus=resolve("1x24GB"), base_dir=tmp_path)
+    with pytest.raises(UserError, match="no model given"):
+        state.check(0)
+    with pytest.raises(UserError, match="does not exist"):
+        state.set_model(str(tmp_path / "missing"))
+    with pytest.raises(UserError, match="not been scanned"):
+        state.check(1)
+    with pytest.raises(UserError, match="batch_size must be at least 1"):
+        state.set_setting("batch_size", 0)
+    with pytest.raises(UserError, match="optimizer must be one of"):
+        state.set_setting("optimizer", "sgd")
+    state.schedule.update(epochs=0, max_steps=0)
+    with pytest.raises(UserError, match="no length"):
+        state.check(4)
+    with pytest.raises(UserError, match="sample prompt 1"):
+        state.set_prompts("--w 512 --h 512")
