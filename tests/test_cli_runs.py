@@ -53,7 +53,7 @@ def test_a_run_from_train_to_stop(tmp_path: Path, tiny_models, kohya_dataset) ->
     assert {p.name for p in run.path.iterdir()} >= {"run.toml", "plan.json", "accelerate.yaml", "status.json", "train.log"}
     assert json.loads(run.plan_json.read_text())["run"]["total_steps"] == 160
 
-    wait_for(lambda: len(steps(run.path)) >= 2, 180, "two training steps")
+    wait_for(lambda: len(steps(run.path)) >= 2, 300, "two training steps")
     rows = json.loads(sdtui(["runs", "--json", "--runs-dir", str(runs)], tmp_path).stdout)
     assert rows[0]["id"] == run.id and rows[0]["state"] == "running" and rows[0]["total_steps"] == 160 and rows[0]["loss"] is not None
 
@@ -100,7 +100,7 @@ def test_stop_now_terminates_without_saving(tmp_path: Path, tiny_models, kohya_d
     runs = tmp_path / "runs"
     run_id = sdtui(["train", str(config), "--runs-dir", str(runs)], tmp_path).stdout.strip()
     run = RunDir(runs / run_id)
-    wait_for(lambda: len(steps(run.path)) >= 1, 180, "a training step")
+    wait_for(lambda: len(steps(run.path)) >= 1, 300, "a training step")
     stopped = sdtui(["stop", run_id, "--now", "--runs-dir", str(runs)], tmp_path, timeout=120)
     assert stopped.returncode == 0 and "stopped" in stopped.stdout, stopped.stderr
     assert status(run.path)["state"] == "stopped" and not run.alive_processes()

@@ -112,7 +112,7 @@ def stop_run(
         signalled: list[int] = []
         if not saved:
             say("the trainer did not stop in time; terminating its processes" if not now else "terminating the run's processes")
-            signalled = _terminate(run, term_grace_s)
+            signalled = _terminate(run, term_grace_s, now=now)
         _wait_final(run, 10.0)
         final = run.read_status()
         end_state = run.derive_state(final)
@@ -135,13 +135,17 @@ def _wait_final(run: RunDir, timeout_s: float) -> bool:
     return False
 
 
-def _terminate(run: RunDir, term_grace_s: float) -> list[int]:
-    """SIGTERM the supervisor (it passes it on to the launcher and records ``stopped``) — or, when
-    the supervisor is gone, every process of the run — then SIGKILL whatever is left."""
+def _terminate(run: RunDir, term_grace_s: float, now: bool = False) -> list[int]:
+    """Ask the supervisor to end the launcher — SIGTERM (the trainer may still save) or, ``now``,
+    SIGUSR1 (it kills the tree at once) — and it records ``stopped``. Without a supervisor every
+    process of the run gets SIGTERM (SIGKILL when ``now``). Whatever is left then gets SIGKILL."""
     records = run.processes()
     everything = procs.tree(procs.alive(records))
     supervisors = procs.alive([r for r in records if r.get("role") == "supervisor"])
-    procs.signal_all(supervisors or everything, signal.SIGTERM)
+    if supervisors:
+        procs.signal_all(supervisors, signal.SIGUSR1 if now else signal.SIGTERM)
+    else:
+        procs.signal_all(everything, signal.SIGKILL if now else signal.SIGTERM)
     left = procs.wait_gone(everything, term_grace_s)
     if left:
         rest = procs.tree(left)

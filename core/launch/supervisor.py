@@ -106,8 +106,17 @@ class Supervisor:
         self.records: dict[int, dict[str, Any]] = {self.me["pid"]: self.me}
 
     def _on_term(self, signum: int, _frame: Any) -> None:
+        """SIGTERM/SIGINT: pass SIGTERM on to the launcher (the trainer may save); SIGUSR1: kill the tree now."""
         self.terminated = True
-        if self.child is not None and self.child.poll() is None:
+        if self.child is None or self.child.poll() is not None:
+            return
+        if signum == signal.SIGUSR1:
+            try:
+                victims = procs.tree([psutil.Process(self.child.pid)])
+            except psutil.Error:
+                return
+            procs.signal_all(victims, signal.SIGKILL)
+        else:
             self.child.send_signal(signal.SIGTERM)
 
     def _pids(self) -> list[dict[str, Any]]:
@@ -204,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     supervisor = Supervisor(run)
     signal.signal(signal.SIGTERM, supervisor._on_term)
     signal.signal(signal.SIGINT, supervisor._on_term)
+    signal.signal(signal.SIGUSR1, supervisor._on_term)
     try:
         supervisor.run_attempt()
     finally:
