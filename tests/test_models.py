@@ -92,3 +92,29 @@ def test_hub_id_offline_fails_fast(monkeypatch):
     with pytest.raises(ModelLoadError, match="offline"):
         load_components("someone/not-a-cached-model")
     assert time.monotonic() - start < 10
+
+
+def test_ckpt_file_loads_with_safe_unpickling(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from core.train.tiny import build_tiny_single_file
+
+    source = build_tiny_single_file("sd1", tmp_path / "model.safetensors")
+    ckpt = tmp_path / "model.ckpt"
+    torch.save({"state_dict": load_file(str(source))}, ckpt)
+    components = load_components(str(ckpt))
+    assert components.family == "sd1"
+    expected = load_components(str(source)).unet.state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in components.unet.state_dict().items())
+
+
+def test_separate_vae_and_missing_vae(tmp_path, tiny_models):
+    from core.train.tiny import build_tiny
+
+    other = build_tiny("sdxl", tmp_path / "other")  # a different VAE (SDXL scaling factor)
+    components = load_components(str(tiny_models("sd1")), vae_path=str(other))
+    assert components.vae.config.scaling_factor == 0.13025
+    assert components.pipeline().vae is components.vae
+    with pytest.raises(ModelLoadError, match="model.vae"):
+        load_components(str(tiny_models("sd1")), vae_path=str(tmp_path / "no-vae"))
