@@ -1,0 +1,39 @@
+"""Real two-process DDP on the CPU (gloo) under ``accelerate launch``."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.plan.schedule import steps_per_epoch
+from tests.train_helpers import launch, make_run, metrics, status
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ddp")]
+
+
+def test_two_processes_train_the_same_weights_on_the_planned_schedule(tmp_path, tiny_models, kohya_dataset):
+    data = kohya_dataset(((1, "sks dog", 5),))
+    run = make_run(
+        tmp_path / "run", tiny_models("sdxl"), data, "sdxl", "lora", settings={"train_text_encoder": True},
+        schedule={"epochs": 2, "lr_scheduler": "linear", "lr_warmup_steps": 2, "learning_rate": 1e-3}, processes=2,
+    )
+    hashes = tmp_path / "hashes.txt"
+
+    done = launch(run, 2, env={"SDTUI_TRAIN_HASH_FILE": str(hashes)})
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    per_epoch = steps_per_epoch({"64x64": 5}, 1, 2, 1)
+    total = per_epoch * 2
+    assert (per_epoch, total) == (3, 6)
+    final = status(run)
+    assert (final["state"], final["step"], final["total_steps"]) == ("finished", total, total)
+    assert sorted(p["role"] for p in final["trainer_pids"]) == ["trainer-rank0", "trainer-rank1"]
+    steps = metrics(run, "step")
+    assert [s["step"] for s in steps] == list(range(1, total + 1))  # rank 0 writes, once per step
+    assert all(len(s["mem"]) == 2 for s in steps)
+    # the LR follows the schedule in optimizer steps of this run, not multiplied by the process count
+    expected = [1e-3 * (k / 2 if k < 2 else (total - k) / (total - 2)) for k in range(total)]
+    assert [s["lr"] for s in steps] == pytest.approx(expected)
+    lines = [line.split() for line in hashes.read_text().splitlines()]
+    assert sorted(rank for rank, _, _ in lines) == ["0", "1"]
+    assert {step for _, step, _ in lines} == {str(total)}
+    assert len({digest for _, _, digest in lines}) == 1
