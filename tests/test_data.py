@@ -208,3 +208,20 @@ def test_loader_with_a_worker_matches_in_process(wide_and_square):
     for a, b in zip(inline, worker):
         torch.testing.assert_close(a["pixel_values"], b["pixel_values"])
         assert a["crop_top_lefts"] == b["crop_top_lefts"]
+
+
+def test_caption_extension_from_the_run_config(tmp_path):
+    import tomlkit
+
+    from core.config import RunConfig
+
+    folder = tmp_path / "data" / "2_cat"
+    write_image(folder / "a.png", (64, 64))
+    (folder / "a.txt").write_text("from txt")
+    (folder / "a.caption").write_text("from caption")
+    config = _config((folder, 2, "cat", False))
+    assert build_items(config, SETTINGS).items[0].caption == "from txt"
+    config["dataset"]["caption_extension"] = ".caption"
+    assert build_items(config, SETTINGS).items[0].caption == "from caption"
+    document = tomlkit.parse(f'[dataset]\ncaption_extension = ".caption"\n[[dataset.subsets]]\npath = "{folder}"\nrepeats = 2\ntoken = "cat"\n')
+    assert build_items(RunConfig(document), SETTINGS).items[0].caption == "from caption"

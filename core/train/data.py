@@ -93,12 +93,12 @@ def _subsets_of(config: Any) -> list[dict[str, Any]]:
     return [dict(s) for s in config.get("dataset", {}).get("subsets", [])]
 
 
-def _caption_extension(config: Any) -> str:
-    if hasattr(config, "dataset") and isinstance(config.dataset, Mapping):
-        return str(config.dataset.get("caption_extension", ".txt"))
-    if isinstance(config, Mapping):
-        return str(config.get("dataset", {}).get("caption_extension", ".txt"))
-    return ".txt"
+def _caption_extensions(config: Any) -> tuple[str, ...]:
+    """Caption extensions to try, run.toml's ``dataset.caption_extension`` first."""
+    if hasattr(config, "caption_extensions"):
+        return tuple(config.caption_extensions)
+    first = str(config.get("dataset", {}).get("caption_extension", ".txt")) if isinstance(config, Mapping) else ".txt"
+    return tuple(dict.fromkeys((first, ".txt", ".caption")))
 
 
 def build_items(config: Any, settings: Mapping[str, Any]) -> TrainData:
@@ -115,7 +115,7 @@ def build_items(config: Any, settings: Mapping[str, Any]) -> TrainData:
         int(_setting(settings, "bucket_reso_steps")),
         bool(_setting(settings, "enable_bucket")),
     )
-    extensions = tuple(dict.fromkeys((_caption_extension(config), ".txt", ".caption")))
+    extensions = _caption_extensions(config)
     items: list[TrainItem] = []
     class_items: list[TrainItem] = []
     subsets = _subsets_of(config)
