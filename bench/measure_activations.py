@@ -129,23 +129,43 @@ def fused_attention_mode() -> Any:
     return Mode()
 
 
-def unet_activation(family: str, resolution: int, mode: str, precision: str, checkpointing: bool, attention: str) -> dict[str, int]:
-    """Saved, recompute and largest bytes of one UNet forward at ``resolution`` for one image."""
+def _train_mode(unet: Any, mode: str) -> None:
+    """Make trainable what ``mode`` trains: every weight (full) or the attention projections (lora)."""
+    unet.requires_grad_(mode == "full")
+    if mode == "lora":
+        for name, module in unet.named_modules():
+            if is_lora_target(name, LORA_TARGET_MODULES["unet"]["attn"]):
+                module.weight.requires_grad_(True)
+
+
+def _unet_inputs(unet_config: dict[str, Any], resolution: int, mode: str, dtype: Any, device: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    import torch
+
+    latent = resolution // 8
+    sample = torch.randn(1, 4, latent, latent, device=device, dtype=dtype).requires_grad_(mode == "lora")
+    text = torch.randn(1, TEXT_TOKENS, unet_config["cross_attention_dim"], device=device, dtype=dtype)
+    kwargs: dict[str, Any] = {}
+    if unet_config.get("addition_embed_type") == "text_time":
+        kwargs["added_cond_kwargs"] = {
+            "text_embeds": torch.randn(1, 1280, device=device, dtype=dtype),
+            "time_ids": torch.randn(1, 6, device=device, dtype=dtype),
+        }
+    return (sample, torch.tensor([10], device=device), text), kwargs
+
+
+def unet_activation(family: str, resolution: int, mode: str, precision: str, checkpointing: bool, attention: str, unet_config: dict[str, Any] | None = None) -> dict[str, int]:
+    """Saved, recompute and largest bytes of one UNet forward at ``resolution`` for one image (meta device)."""
     import contextlib
 
     import torch
     from diffusers import UNet2DConditionModel
     from diffusers.models.attention_processor import AttnProcessor
 
-    cfg = family_config(family)
+    cfg = unet_config or family_config(family)["unet"]
     dtype = torch.float16 if precision == "half" else torch.float32
     with torch.device("meta"):
-        unet = UNet2DConditionModel.from_config(cfg["unet"]).to(dtype)
-    unet.requires_grad_(mode == "full")
-    if mode == "lora":
-        for name, module in unet.named_modules():
-            if is_lora_target(name, LORA_TARGET_MODULES["unet"]["attn"]):
-                module.weight.requires_grad_(True)
+        unet = UNet2DConditionModel.from_config(cfg).to(dtype)
+    _train_mode(unet, mode)
     if attention == "eager":
         unet.set_attn_processor(AttnProcessor())
     tally = SavedTally({id(p) for p in unet.parameters()})
@@ -164,16 +184,7 @@ def unet_activation(family: str, resolution: int, mode: str, precision: str, che
 
     if checkpointing:
         unet.enable_gradient_checkpointing(gradient_checkpointing_func=checkpoint)
-    latent = resolution // 8
-    sample = torch.empty(1, 4, latent, latent, device="meta", dtype=dtype, requires_grad=mode == "lora")
-    text_dim = cfg["unet"]["cross_attention_dim"]
-    text = torch.empty(1, TEXT_TOKENS, text_dim, device="meta", dtype=dtype)
-    kwargs: dict[str, Any] = {}
-    if family == "sdxl":
-        kwargs["added_cond_kwargs"] = {
-            "text_embeds": torch.empty(1, 1280, device="meta", dtype=dtype),
-            "time_ids": torch.empty(1, 6, device="meta", dtype=dtype),
-        }
+    args, kwargs = _unet_inputs(cfg, resolution, mode, dtype, "meta")
     modes = [fused_attention_mode()] if attention == "sdpa" else []
     if precision == "half":
         modes.append(autocast_emulation(dtype))
@@ -181,8 +192,94 @@ def unet_activation(family: str, resolution: int, mode: str, precision: str, che
         for m in modes:
             stack.enter_context(m)
         stack.enter_context(torch.autograd.graph.saved_tensors_hooks(tally.pack, lambda t: t))
-        unet(sample, torch.zeros(1, device="meta", dtype=torch.long), text, **kwargs)
+        unet(*args, **kwargs)
     return {"saved": tally.total, "recompute": state["recompute"], "largest": max(tally.largest, state["largest"])}
+
+
+#: A small UNet with SD 1.5's layout (four levels, cross-attention, 8 heads) for the CPU check.
+SMALL_SD1_UNET: dict[str, Any] = {
+    **family_config("sd1")["unet"],
+    "block_out_channels": [64, 128, 256, 256],
+    "cross_attention_dim": 64,
+}
+
+
+def has_mallinfo2() -> bool:
+    """Whether glibc's mallinfo2 (allocated bytes, 64-bit) is available here."""
+    import ctypes
+
+    try:
+        return hasattr(ctypes.CDLL("libc.so.6"), "mallinfo2")
+    except OSError:
+        return False
+
+
+def measured_peak(unet_config: dict[str, Any], resolution: int, mode: str, checkpointing: bool, attention: str = "sdpa") -> tuple[int, int]:
+    """Really run forward + backward on the CPU in fp32; return (peak bytes above the weights, gradient bytes).
+
+    The peak is glibc's allocated total (``mallinfo2``), sampled after every aten op by a
+    TorchDispatchMode, so it sees forward, backward and every recomputation.
+    """
+    import ctypes
+
+    import torch
+    from diffusers import UNet2DConditionModel
+    from diffusers.models.attention_processor import AttnProcessor
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    if not has_mallinfo2():
+        raise RuntimeError("measuring a CPU peak needs glibc 2.33+ (mallinfo2)")
+    libc = ctypes.CDLL("libc.so.6")
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    libc.mallinfo2.restype = MallInfo2
+
+    def allocated() -> int:
+        info = libc.mallinfo2()
+        return int(info.uordblks + info.hblkhd)
+
+    class Peak(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.peak = allocated()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+            out = func(*args, **(kwargs or {}))
+            self.peak = max(self.peak, allocated())
+            return out
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel.from_config(unet_config)
+    _train_mode(unet, mode)
+    if attention == "eager":
+        unet.set_attn_processor(AttnProcessor())
+    if checkpointing:
+        unet.enable_gradient_checkpointing()
+    args, kwargs = _unet_inputs(unet_config, resolution, mode, torch.float32, "cpu")
+    grads = sum(p.numel() * 4 for p in unet.parameters() if p.requires_grad)
+    base = allocated()
+    with Peak() as peak:
+        unet(*args, **kwargs).sample.pow(2).mean().backward()
+    return peak.peak - base, grads
+
+
+def validate(resolution: int = 512) -> list[str]:
+    """Compare the meta-device count (as the estimator combines it) with a real CPU peak."""
+    lines = []
+    cases = [(mode, ckpt, "sdpa") for mode, ckpt in itertools.product(MODES, (False, True))]
+    cases += [("full", False, "eager"), ("full", True, "eager")]
+    for mode, ckpt, attention in cases:
+        real, grads = measured_peak(SMALL_SD1_UNET, resolution, mode, ckpt, attention)
+        count = unet_activation("sd1", resolution, mode, "fp32", ckpt, attention, SMALL_SD1_UNET)
+        working = count["recompute"] + 2 * count["largest"]
+        predicted = max(count["saved"] + working, grads + working)
+        lines.append(
+            f"small SD1-shaped UNet @{resolution}px fp32 {mode} {attention} checkpointing={'on' if ckpt else 'off'}: "
+            f"CPU peak {real / 2**20:.0f} MiB, predicted {predicted / 2**20:.0f} MiB (predicted/real {predicted / real:.2f})"
+        )
+    return lines
 
 
 def text_encoder_activation(family: str, component: str) -> int:
@@ -247,8 +344,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("families", nargs="*", default=list(families()), help="families to measure (default all)")
     parser.add_argument("--dry-run", action="store_true", help="print the figures without writing the file")
+    parser.add_argument("--validate", action="store_true", help="only compare the method with real CPU peaks of a small UNet")
     args = parser.parse_args(argv)
     start = time.perf_counter()
+    if args.validate:
+        for line in validate():
+            print(line, flush=True)
+        return 0
     doc = measure(tuple(args.families))
     if not args.dry_run:
         write_json_atomic(ACTIVATIONS_JSON, doc)

@@ -225,3 +225,16 @@ def test_activation_measurement_of_one_point_matches_the_stored_figure() -> None
 
     stored = memory_data.activations()["unet"]["sd1"]["lora/half/ckpt/sdpa"]["points"]["512"]
     assert unet_activation("sd1", 512, "lora", "half", True, "sdpa") == stored
+
+
+def test_activation_method_predicts_a_real_cpu_peak() -> None:
+    pytest.importorskip("diffusers")
+    from bench.measure_activations import SMALL_SD1_UNET, has_mallinfo2, measured_peak, unet_activation
+
+    if not has_mallinfo2():
+        pytest.skip("needs glibc's mallinfo2 to read the CPU peak")
+    real, grads = measured_peak(SMALL_SD1_UNET, 256, "full", False)
+    count = unet_activation("sd1", 256, "full", "fp32", False, "sdpa", SMALL_SD1_UNET)
+    working = count["recompute"] + 2 * count["largest"]
+    predicted = max(count["saved"] + working, grads + working)
+    assert 0.8 < predicted / real < 1.25
