@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 GB = 1024**3
 
@@ -47,3 +48,15 @@ def number(value: float | None, digits: int = 4) -> str:
     if abs(value) < 10 ** -(digits - 1) or abs(value) >= 10**6:
         return f"{value:.1e}"
     return f"{value:.{digits}g}"
+
+
+def display_path(path: str | Path) -> str:
+    """A path as short as it is clear: relative below the current folder, ``~/…`` below home, else absolute."""
+    target = Path(path)
+    for base, prefix in ((Path.cwd(), ""), (Path.home(), "~/")):
+        try:
+            rel = target.relative_to(base)
+        except ValueError:
+            continue
+        return prefix + str(rel) if str(rel) != "." else (prefix.rstrip("/") or ".")
+    return str(target)

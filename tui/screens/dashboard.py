@@ -31,9 +31,9 @@ class DashboardScreen(Screen):
         Binding("p", "pause", "Pause", tooltip="Pause or resume the training"),
         Binding("x", "stop", "Stop", tooltip="Stop the run (asks first; it saves first)"),
         Binding("g", "log_scale", "Log y", tooltip="Loss chart: log or linear scale"),
-        Binding("left_square_bracket", "sample(-1)", "Older", key_display="[", tooltip="Older sample of this prompt"),
-        Binding("right_square_bracket", "sample(1)", "Newer", key_display="]", tooltip="Newer sample of this prompt"),
-        Binding("t", "next_prompt", "Prompt", tooltip="Samples of the next prompt"),
+        Binding("left_square_bracket", "sample(-1)", "Older sample", key_display="[", show=False),
+        Binding("right_square_bracket", "sample(1)", "Newer sample", key_display="]", show=False),
+        Binding("t", "next_prompt", "Next prompt", show=False),
         Binding("escape,d", "detach", "Detach", tooltip="Back to the runs; the training goes on"),
     ]
     REFRESH_S = 1.0

@@ -10,7 +10,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from core.errors import UserError
-from tui.format import duration, number
+from tui.format import display_path, duration, number
 from tui.sources import RunRow, RunsWatcher
 from tui.widgets.gpu_panel import GpuPanel
 
@@ -40,13 +40,13 @@ class HomeScreen(Screen):
             yield GpuPanel(id="gpus")
         with Vertical(id="runs-box"):
             yield Static("Runs", classes="section-title")
-            yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
             yield Static("", id="runs-empty")
+            yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
         context = self.app.context
-        self.sub_title = str(context.runs_dir)
+        self.sub_title = display_path(context.runs_dir)
         self.watcher = RunsWatcher(context.runs_dir)
         self.rows: list[RunRow] = []
         table = self.query_one("#runs", DataTable)
@@ -92,7 +92,8 @@ class HomeScreen(Screen):
         self.rows = rows
         empty = self.query_one("#runs-empty", Static)
         empty.display = not rows
-        empty.update(f"No runs in {self.app.context.runs_dir} yet. Press n to start one, d for the CPU demo.")
+        table.display = bool(rows)
+        empty.update(f"No runs in {display_path(self.app.context.runs_dir)} yet. Press n to start one, d for the CPU demo.")
         if selected is not None and selected.run_id in table.rows:
             table.move_cursor(row=table.get_row_index(selected.run_id))
 

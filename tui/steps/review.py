@@ -9,6 +9,7 @@ from textual.containers import Horizontal
 from textual.widgets import Button, Input, Label, Static, TextArea
 
 from core.errors import UserError
+from tui.format import display_path
 from tui.steps.base import Step
 
 
@@ -79,7 +80,7 @@ class ReviewStep(Step):
             accel = accelerate_config(config.distributed, config.settings.get("mixed_precision", "no"), use_cpu)
         except UserError as exc:
             return f"sdtui train {path}\n({exc})"
-        run_dir = Path(self.app.context.runs_dir) / "<run id>"
+        run_dir = Path(display_path(self.app.context.runs_dir)) / "<run id>"
         argv = launch_command(run_dir, accel, python="python")
         return f"sdtui train {path}\n  → {format_command(argv, launch_env(use_cpu, threads=None) if use_cpu else None)}"
 

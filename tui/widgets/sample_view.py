@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widget import Widget
@@ -83,4 +84,8 @@ class SampleView(Vertical):
         if path.is_file():
             image.image = str(path)
         prompt = sample.prompt.split(" --")[0]
-        caption.update(f"step {sample.step} · prompt {sample.prompt_index + 1}/{len(self.history)} · {self.position + 1}/{len(samples)}\n{prompt}")
+        caption.update(Text.assemble(
+            f"step {sample.step} · prompt {sample.prompt_index + 1}/{len(self.history)} · {self.position + 1}/{len(samples)}",
+            ("  [ ] history, t prompt", "dim"),
+            f"\n{prompt}",
+        ))

@@ -1,0 +1,127 @@
+"""Snapshots (pytest-textual-snapshot) of home, each wizard step and the dashboard at 100×30.
+
+Deterministic: fixed run folders and clock, simulated GPUs, a dataset at a fixed path, the
+dark theme and half-block images. Update with ``pytest tests/test_tui_snapshots.py --snapshot-update``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from core.runs import RunDir
+from tests.conftest import make_kohya
+from tests.tui_fixtures import T0, make_runs
+from tui.app import SdtuiApp
+from tui.context import AppContext
+
+SIZE = (100, 30)
+#: A fixed absolute path, so the paths in run.toml are the same on every machine.
+DATASET = Path("/tmp/sdtui-snapshot-data/sks")
+
+
+@pytest.fixture
+def snapshot_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run from a fresh folder holding ``runs/`` (shown as a relative path), with half-block images."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SDTUI_IMAGES", "halfcell")
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def fixed_dataset() -> Path:
+    """The snapshot dataset at DATASET, written once (atomically, so parallel workers agree)."""
+    if not DATASET.is_dir():
+        DATASET.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=DATASET.parent))
+        make_kohya(staging, ((10, "sks dog", 4), (5, "sks cat", 3)), size=(512, 512))
+        try:
+            staging.rename(DATASET)
+        except OSError:
+            shutil.rmtree(staging)
+    return DATASET
+
+
+def _app(runs: Path, gpus: str = "2x4090", start: str = "home", run: RunDir | None = None) -> SdtuiApp:
+    return SdtuiApp(AppContext(runs_dir=runs, gpu_spec=gpus, clock=lambda: T0), start=start, run=run, theme="textual-dark")
+
+
+def test_home(snap_compare, snapshot_env: Path) -> None:
+    app = _app(make_runs(snapshot_env / "runs"))
+
+    async def settle(pilot) -> None:
+        await pilot.pause(0.5)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=settle)
+
+
+def test_home_without_gpu_at_80x24(snap_compare, snapshot_env: Path) -> None:
+    from core.gpu import GpuSet
+
+    app = _app(snapshot_env / "runs")
+    app.context._gpus = GpuSet(gpus=[], reason="no NVIDIA driver was found", simulated=False)
+
+    async def settle(pilot) -> None:
+        await pilot.pause(0.5)
+
+    assert snap_compare(app, terminal_size=(80, 24), run_before=settle)
+
+
+def test_dashboard_of_a_finished_run(snap_compare, snapshot_env: Path) -> None:
+    runs = make_runs(snapshot_env / "runs")
+    app = _app(runs, start="dashboard", run=RunDir(runs / "shapes-lora-20251009-090000"))
+
+    async def settle(pilot) -> None:
+        await pilot.pause(0.8)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=settle)
+
+
+def test_dashboard_of_a_failed_run_at_80x24(snap_compare, snapshot_env: Path) -> None:
+    runs = make_runs(snapshot_env / "runs")
+    app = _app(runs, start="dashboard", run=RunDir(runs / "dog-lora-20251009-093000"))
+
+    async def settle(pilot) -> None:
+        await pilot.pause(0.8)
+
+    assert snap_compare(app, terminal_size=(80, 24), run_before=settle)
+
+
+async def _drive(pilot, step: int, dataset: Path) -> None:
+    """From a fresh wizard to ``step`` (0-based) with sd1, the fixed dataset and one prompt."""
+    screen = pilot.app.screen
+    await pilot.pause(0.2)
+    screen.query_one("#model-path").value = "sd1"
+    await pilot.pause(0.1)
+    if step == 0:
+        return
+    await pilot.press("ctrl+n")
+    screen.query_one("#dataset-path").value = str(dataset)
+    for _ in range(60):
+        await pilot.pause(0.05)
+        if screen.state.scan is not None:
+            break
+    await pilot.pause(0.1)
+    for n in range(2, step + 1):
+        if n == 6:
+            screen.query_one("#prompts").text = "a photo of sks dog --w 512 --h 512 --d 1"
+            await pilot.pause(0.1)
+        await pilot.press("ctrl+n")
+        await pilot.pause(0.2)
+    if step == 5:
+        screen.query_one("#prompts").text = "a photo of sks dog --w 512 --h 512 --d 1"
+    await pilot.pause(0.3)
+
+
+@pytest.mark.parametrize("step", range(7), ids=["model", "dataset", "method", "recipe", "schedule", "samples", "review"])
+def test_wizard_step(snap_compare, snapshot_env: Path, fixed_dataset: Path, step: int) -> None:
+    app = _app(snapshot_env / "runs", start="wizard")
+
+    async def drive(pilot) -> None:
+        await _drive(pilot, step, fixed_dataset)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=drive)
