@@ -43,19 +43,19 @@ def _m(key: str, name: str, vram: float, cc: tuple[int, int], bf16: float, fp16:
 # vendor datasheets and architecture whitepapers: NVIDIA Turing (2080 Ti: 53.8 at reference
 # clocks), Ampere GA102 (3090: 71; 3060: 25.6; 3080: 59.5), Ada (4090: 165.2; 4080: 97.5;
 # 4060 Ti: 44.2; RTX 6000 Ada: 364.2), RTX Blackwell (5090: 209.5) whitepapers; T4 (65 mixed
-# precision), V100 SXM2 (125), A10 (125), A40 (149.7), RTX A6000 (154.8), L4 (121), L40S
-# (362), A100 (312), H100 SXM (989), H100 PCIe (756), H200 (989), B200 (2250) datasheets, whose
+# precision), V100 SXM2 (125), A10 (125), A40 (149.7), RTX A6000 (154.8), L4 (121), L40
+# (181), L40S (362), A100 (312), H100 SXM (989), H100 PCIe (756), H200 (989), B200 (2250) datasheets, whose
 # "with sparsity" figures are halved here. bf16 is 0 where the GPU has no bf16 (compute
 # capability below 8.0). Bandwidth in GB/s from the same datasheets.
 _MODELS: tuple[GpuModel, ...] = (
     _m("t4", "Tesla T4", 16, (7, 5), 0, 65, 320, "t4"),
-    _m("v100-16gb", "V100 16GB", 16, (7, 0), 0, 125, 900, "v100", "v100"),
+    _m("v100-16gb", "V100 16GB", 16, (7, 0), 0, 125, 900, "v100"),
     _m("v100-32gb", "V100 32GB", 32, (7, 0), 0, 125, 900, "v100"),
     _m("2080ti", "GeForce RTX 2080 Ti", 11, (7, 5), 0, 53.8, 616, "2080ti", "rtx2080ti"),
     _m("3060", "GeForce RTX 3060 12GB", 12, (8, 6), 25.6, 25.6, 360, "3060", "rtx3060", "3060-12gb"),
     _m("3080", "GeForce RTX 3080", 10, (8, 6), 59.5, 59.5, 760, "3080", "rtx3080"),
     _m("3090", "GeForce RTX 3090", 24, (8, 6), 71, 71, 936, "3090", "rtx3090"),
-    _m("4060ti-16gb", "GeForce RTX 4060 Ti 16GB", 16, (8, 9), 44.2, 44.2, 288, "4060ti", "4060ti", "rtx4060ti"),
+    _m("4060ti-16gb", "GeForce RTX 4060 Ti 16GB", 16, (8, 9), 44.2, 44.2, 288, "4060ti", "rtx4060ti"),
     _m("4080", "GeForce RTX 4080", 16, (8, 9), 97.5, 97.5, 717, "4080", "rtx4080"),
     _m("4090", "GeForce RTX 4090", 24, (8, 9), 165.2, 165.2, 1008, "4090", "rtx4090"),
     _m("5090", "GeForce RTX 5090", 32, (12, 0), 209.5, 209.5, 1792, "5090", "rtx5090"),
@@ -64,8 +64,9 @@ _MODELS: tuple[GpuModel, ...] = (
     _m("a6000", "RTX A6000", 48, (8, 6), 154.8, 154.8, 768, "a6000", "rtxa6000"),
     _m("6000ada", "RTX 6000 Ada", 48, (8, 9), 364.2, 364.2, 960, "6000ada", "rtx6000ada"),
     _m("l4", "L4", 24, (8, 9), 121, 121, 300, "l4"),
+    _m("l40", "L40", 48, (8, 9), 181, 181, 864, "l40"),
     _m("l40s", "L40S", 48, (8, 9), 362, 362, 864, "l40s"),
-    _m("a100-80gb", "A100 80GB", 80, (8, 0), 312, 312, 2039, "a100", "a100"),
+    _m("a100-80gb", "A100 80GB", 80, (8, 0), 312, 312, 2039, "a100"),
     _m("a100-40gb", "A100 40GB", 40, (8, 0), 312, 312, 1555, "a100"),
     _m("h100", "H100 80GB SXM", 80, (9, 0), 989, 989, 3350, "h100", "h100-sxm", "h100-80gb"),
     _m("h100-pcie", "H100 80GB PCIe", 80, (9, 0), 756, 756, 2000, "h100pcie"),
@@ -102,7 +103,7 @@ def find_model(name: str, vram_gb: float | None = None) -> GpuModel | None:
     if not compact:
         return None
     for model in _MODELS:
-        if compact in {_compact(model.key), _compact(model.name), *(_compact(a) for a in model.aliases if a != model.match)}:
+        if compact in {_compact(model.key), _compact(model.name), *(_compact(a) for a in model.aliases)}:
             return model
     hits = [m for m in _MODELS if m.match in compact]
     if not hits:

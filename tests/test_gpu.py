@@ -228,3 +228,16 @@ def test_resolve_auto_probes_and_spec_simulates() -> None:
     assert not resolve("auto").simulated
     assert not resolve(None).simulated
     assert resolve("2x3090").count == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "vram_gb", "key"),
+    [("NVIDIA GeForce RTX 4090", None, "4090"), ("Tesla T4", None, "t4"), ("NVIDIA A100-SXM4-40GB", None, "a100-40gb"),
+     ("NVIDIA A100-SXM4", 79.2, "a100-80gb"), ("NVIDIA A100-PCIE", 39.4, "a100-40gb"), ("NVIDIA L40", None, "l40"),
+     ("NVIDIA L40S", None, "l40s"), ("NVIDIA L4", None, "l4"), ("NVIDIA A10G", None, "a10"), ("NVIDIA RTX A6000", None, "a6000"),
+     ("NVIDIA RTX 6000 Ada Generation", None, "6000ada"), ("NVIDIA H100 80GB HBM3", None, "h100"), ("NVIDIA H100 PCIe", None, "h100-pcie"),
+     ("Tesla V100-SXM2-32GB", None, "v100-32gb"), ("NVIDIA GeForce RTX 2080 Ti", None, "2080ti"), ("NVIDIA Quadro P5000", None, None)],
+)
+def test_nvml_names_match_the_catalog(name: str, vram_gb: float | None, key: str | None) -> None:
+    model = find_model(name, vram_gb)
+    assert (model.key if model else None) == key
