@@ -176,8 +176,8 @@ def _raw(family: str, method: str, s: dict[str, Any], n: int, backend: str, zero
         trained = sum(comps[c]["params"] for c in trained_comps)
         largest = max(comps[c]["largest_param"] for c in trained_comps)
     else:
-        # Textual inversion: the whole token-embedding matrix receives gradients (new rows are
-        # kept, the others restored after each step), as in the diffusers example.
+        # Textual inversion: the whole token-embedding matrix is a trained parameter (its
+        # gradient masked to the new rows), as core/train/methods.py sets it up.
         trained = sum(comps[c]["token_embedding_params"] for c in encoders)
         largest = max(comps[c]["token_embedding_params"] for c in encoders)
 
