@@ -36,6 +36,8 @@ from .status import StatusFile, nan_hint, now, oom_hint
 
 #: How often (in optimizer steps) the loss is read back from a GPU; on the CPU every step.
 GPU_LOG_EVERY = 10
+#: Seconds between status.json step updates (each is an fsynced atomic write).
+STATUS_EVERY_S = 2.0
 #: Seconds between control.json polls while paused.
 PAUSE_POLL_S = 0.5
 #: Set to a file path to have every rank append a hash of its trainable weights (DDP tests).
@@ -61,6 +63,7 @@ class Trainer:
         self.batch_index = 0
         self.total_steps = 0
         self.stop_signal = False
+        self._status_at = 0.0
         self.acc: Any = None
         self.metrics = MetricsWriter(self.run.metrics, enabled=False)
         self.status = StatusFile(self.run.path, enabled=False)
@@ -113,6 +116,8 @@ class Trainer:
         if cuda and precision == "bf16" and not torch.cuda.is_bf16_supported():
             precision = "fp16"
             self.notes.append("this GPU has no bf16; training with fp16 mixed precision (loss scaling) instead")
+        if self.settings["full_bf16"] and precision == "fp16":
+            raise UserError("settings.full_bf16 keeps the weights in bf16, which needs settings.mixed_precision=bf16; set mixed_precision to bf16 or full_bf16 to false")
         self.precision = precision
         find_unused = bool(self.settings["train_text_encoder"]) or str(self.config.method) == "textual_inversion"
         self.acc = Accelerator(
@@ -357,8 +362,12 @@ class Trainer:
             self.sample()
         if last:
             return None
-        self.status.update(step=self.step, epoch=self.epoch)
-        return self._handle_control(pending)
+        if epoch_done or time.monotonic() - self._status_at >= STATUS_EVERY_S:
+            self.status.update(step=self.step, epoch=self.epoch)
+            self._status_at = time.monotonic()
+        if epoch_done or self.step % self.log_every == 0:  # every rank polls at the same steps
+            return self._handle_control(pending)
+        return None
 
     def micro_step(self, batch: dict[str, Any], index: int, due: bool, group_size: int, weight: float = 1.0) -> Any:
         """Forward and backward of one micro-batch; returns its detached loss (0 for a stand-in batch)."""

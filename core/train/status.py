@@ -38,11 +38,10 @@ def oom_hint(family: str, method: str, settings: dict[str, Any], step: int) -> s
         from core.plan.picker import pick_recipes
         from core.recipes import load_recipes
 
-        fits = pick_recipes(family, method, probe(), load_recipes())
+        fits = [f for f in pick_recipes(family, method, probe(), load_recipes()) if f.name != settings.get("recipe")]
         if fits:
-            best = fits[0]
-            name = getattr(getattr(best, "recipe", best), "name", str(best))
-            return f"out of memory at step {step}: restart with the recipe '{name}', which the estimator says fits this GPU"
+            leanest = min(fits, key=lambda f: f.estimate.total_bytes)
+            return f"out of memory at step {step}: restart with the recipe '{leanest.name}' (estimated {leanest.estimate.gb:.1f} GB, which fits this GPU)"
     except Exception:  # noqa: BLE001 - the picker is advice only; fall back to generic advice
         pass
     advice = []
