@@ -171,7 +171,8 @@ def follow(run: Any, out: Callable[[str], None] = print, poll_s: float = 1.0, ev
         status = run.read_status()
         total = status.get("total_steps")
         for record in tail.poll():
-            if record.get("type") == "step" and int(record.get("step") or 0) % every_steps:
+            step = int(record.get("step") or 0)
+            if record.get("type") == "step" and step % every_steps and step not in (1, total):
                 continue
             line = progress_line(record, total)
             if line:

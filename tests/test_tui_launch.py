@@ -1,0 +1,57 @@
+"""End to end: the demo wizard launches a real detached run on the tiny model and the dashboard follows it."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import pytest
+
+from core.demo import prepare_demo, workspace
+from tests.tui_fixtures import sync
+from tui.app import SdtuiApp
+from tui.context import AppContext
+from tui.screens.dashboard import DashboardScreen
+
+FAST = ["schedule.max_steps=3", "schedule.sample_every_steps=2", "schedule.save_every_epochs=0"]
+
+
+async def _until(pilot, condition, timeout: float) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, f"timed out after {timeout:.0f} s"
+        await pilot.pause(0.25)
+
+
+@pytest.mark.slow
+@sync
+async def test_demo_wizard_launches_and_the_dashboard_follows_the_run(tmp_path: Path, tiny_models, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(tiny_models("sd1"), workspace(tmp_path / "demo").model)
+    ws = prepare_demo(tmp_path / "demo", FAST)
+    app = SdtuiApp(AppContext(runs_dir=ws.runs, workdir=ws.root, demo=ws), start="wizard", theme="textual-dark")
+    DashboardScreen.REFRESH_S = 0.5
+    try:
+        async with app.run_test(size=(100, 30)) as pilot:
+            await pilot.pause(0.3)
+            assert app.screen.state.model == str(ws.model) and app.screen.state.family == "sd1"
+            for _ in range(6):
+                await pilot.press("ctrl+n")
+                await pilot.pause(0.2)
+            assert app.screen.index == 6, app.screen.query_one("#step-error").render()
+            await pilot.press("ctrl+l")
+            await _until(pilot, lambda: isinstance(app.screen, DashboardScreen), 120)
+            dashboard = app.screen
+            await _until(pilot, lambda: dashboard.state in ("finished", "failed", "lost"), 400)
+            await pilot.pause(1.0)
+            assert dashboard.state == "finished", dashboard.status
+            assert len(dashboard.query_one("#loss").data[0]) == 3
+            assert "step 2 ·" in str(dashboard.query_one("#sample-caption").render())
+            assert "FINISHED" in str(dashboard.query_one("#state").render())
+    finally:
+        DashboardScreen.REFRESH_S = 1.0
+    runs = list(ws.runs.iterdir())
+    assert len(runs) == 1 and (runs[0] / "run.toml").is_file()
+    assert (ws.config).is_file()
