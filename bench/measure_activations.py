@@ -214,17 +214,14 @@ def has_mallinfo2() -> bool:
         return False
 
 
-def measured_peak(unet_config: dict[str, Any], resolution: int, mode: str, checkpointing: bool, attention: str = "sdpa") -> tuple[int, int]:
-    """Really run forward + backward on the CPU in fp32; return (peak bytes above the weights, gradient bytes).
+def cpu_peak(run: Any) -> int:
+    """Bytes allocated above the starting point at the peak of ``run()`` on the CPU.
 
-    The peak is glibc's allocated total (``mallinfo2``), sampled after every aten op by a
+    The figure is glibc's allocated total (``mallinfo2``), sampled after every aten op by a
     TorchDispatchMode, so it sees forward, backward and every recomputation.
     """
     import ctypes
 
-    import torch
-    from diffusers import UNet2DConditionModel
-    from diffusers.models.attention_processor import AttnProcessor
     from torch.utils._python_dispatch import TorchDispatchMode
 
     if not has_mallinfo2():
@@ -250,6 +247,18 @@ def measured_peak(unet_config: dict[str, Any], resolution: int, mode: str, check
             self.peak = max(self.peak, allocated())
             return out
 
+    base = allocated()
+    with Peak() as peak:
+        run()
+    return peak.peak - base
+
+
+def measured_peak(unet_config: dict[str, Any], resolution: int, mode: str, checkpointing: bool, attention: str = "sdpa") -> tuple[int, int]:
+    """Really run forward + backward on the CPU in fp32; return (peak bytes above the weights, gradient bytes)."""
+    import torch
+    from diffusers import UNet2DConditionModel
+    from diffusers.models.attention_processor import AttnProcessor
+
     torch.manual_seed(0)
     unet = UNet2DConditionModel.from_config(unet_config)
     _train_mode(unet, mode)
@@ -259,10 +268,18 @@ def measured_peak(unet_config: dict[str, Any], resolution: int, mode: str, check
         unet.enable_gradient_checkpointing()
     args, kwargs = _unet_inputs(unet_config, resolution, mode, torch.float32, "cpu")
     grads = sum(p.numel() * 4 for p in unet.parameters() if p.requires_grad)
-    base = allocated()
-    with Peak() as peak:
-        unet(*args, **kwargs).sample.pow(2).mean().backward()
-    return peak.peak - base, grads
+    return cpu_peak(lambda: unet(*args, **kwargs).sample.pow(2).mean().backward()), grads
+
+
+def vae_encode_peak(resolution: int) -> int:
+    """Peak bytes above the weights of the real-size VAE encoding one image on the CPU in fp32."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_config(family_config("sd1")["vae"]).eval()
+    image = torch.randn(1, 3, resolution, resolution)
+    with torch.no_grad():
+        return cpu_peak(lambda: vae.encode(image).latent_dist.sample())
 
 
 def validate(resolution: int = 512) -> list[str]:
@@ -279,6 +296,10 @@ def validate(resolution: int = 512) -> list[str]:
             f"small SD1-shaped UNet @{resolution}px fp32 {mode} {attention} checkpointing={'on' if ckpt else 'off'}: "
             f"CPU peak {real / 2**20:.0f} MiB, predicted {predicted / 2**20:.0f} MiB (predicted/real {predicted / real:.2f})"
         )
+    for vae_resolution in (256, 384):
+        real = vae_encode_peak(vae_resolution)
+        tensor = 128 * vae_resolution**2 * 4
+        lines.append(f"real-size VAE encoding one {vae_resolution}px image, fp32: CPU peak {real / 2**20:.0f} MiB = {real / tensor:.2f} full-resolution 128-channel tensors")
     return lines
 
 

@@ -32,9 +32,10 @@ NCCL_BYTES = int(0.25 * GIB)
 DEEPSPEED_BUCKET_BYTES = int(0.5 * GIB)
 #: What PyTorch's caching allocator reserves beyond what is allocated.
 FRAGMENTATION = 0.05
-#: Latent channels ÷ 8² pixels: the VAE encoder's widest stage holds 128 channels at full
-#: resolution, about three such tensors live at once (input, GroupNorm output, conv output).
-VAE_ENCODE_TENSORS = 3 * 128
+#: The VAE encoder's peak, in values per pixel: its first stage works on 128 channels at full
+#: resolution and holds five such tensors at once (measured on the CPU with the real-size VAE:
+#: 5.0 at 256 and 384 px, ``python -m bench.measure_activations --validate``).
+VAE_ENCODE_TENSORS = 5 * 128
 #: fp32 temporaries Adafactor's step holds for its tensor (gradient, its square, the update,
 #: the parameter for rounding back to bf16).
 STEP_TEMPORARIES = 4
