@@ -98,8 +98,10 @@ def test_a_run_from_train_to_stop(tmp_path: Path, tiny_models, kohya_dataset) ->
 def test_stop_now_terminates_without_saving(tmp_path: Path, tiny_models, kohya_dataset) -> None:
     config = write_config(tmp_path, tiny_models("sd1"), kohya_dataset(((40, "sks dog", 4),)), {"epochs": 1})
     runs = tmp_path / "runs"
-    run_id = sdtui(["train", str(config), "--runs-dir", str(runs)], tmp_path).stdout.strip()
+    run_id = sdtui(["train", str(config), "--runs-dir", str(runs), "--set", "schedule.max_steps=50"], tmp_path).stdout.strip()
     run = RunDir(runs / run_id)
+    assert "max_steps = 50" in run.run_toml.read_text()
+    assert json.loads(run.plan_json.read_text())["run"]["total_steps"] == 50
     wait_for(lambda: len(steps(run.path)) >= 1, 300, "a training step")
     stopped = sdtui(["stop", run_id, "--now", "--runs-dir", str(runs)], tmp_path, timeout=120)
     assert stopped.returncode == 0 and "stopped" in stopped.stdout, stopped.stderr
@@ -107,3 +109,11 @@ def test_stop_now_terminates_without_saving(tmp_path: Path, tiny_models, kohya_d
     assert run.latest_checkpoint() is None
     runs_view = sdtui(["runs", "--runs-dir", str(runs)], tmp_path).stdout
     assert f"{run_id}  stopped" in runs_view
+
+    again = sdtui(["train", str(run.run_toml), "--runs-dir", str(runs)], tmp_path)
+    assert again.returncode == 0, again.stderr
+    copy = RunDir(runs / again.stdout.strip())
+    assert copy.id != run_id and copy.run_toml.read_text() == run.run_toml.read_text()
+    wait_for(lambda: any(r["role"] == "launcher" for r in copy.processes()), 60, "the second run's launcher")
+    assert sdtui(["stop", copy.id, "--now", "--runs-dir", str(runs)], tmp_path, timeout=120).returncode == 0
+    assert status(copy.path)["state"] == "stopped" and not copy.alive_processes()
