@@ -22,8 +22,12 @@ import msgspec
 CHUNK_BYTES = 4 * 1024 * 1024
 
 
-class Line(msgspec.Struct):
-    """The fields of a metrics line that the series use (other keys are skipped while decoding)."""
+class Line(msgspec.Struct, gc=False):
+    """The fields of a metrics line that the series use (other keys are skipped while decoding).
+
+    ``gc=False``: a Line holds only strings and numbers, so the garbage collector need not track
+    the million of them a long run has.
+    """
 
     type: str = ""
     time: float | None = None
@@ -147,24 +151,23 @@ class MetricsSeries:
 
     def add(self, records: list[dict[str, Any]] | list[Line]) -> None:
         """Take new records (dicts or Lines) in file order."""
-        nan = math.nan
-        steps, loss, lr, ips = self.steps, self.loss, self.lr, self.images_per_s
-        last: Any = None
-        for record in records:
-            get = record.get if isinstance(record, dict) else record.__getattribute__
-            kind = get("type")
-            if kind == "step":
-                steps.append(_num(get("step"), nan))
-                loss.append(_num(get("loss"), nan))
-                lr.append(_num(get("lr"), nan))
-                ips.append(_num(get("images_per_s"), nan))
-                last = record
-            elif kind in ("sample", "checkpoint", "event"):
-                item = record if isinstance(record, dict) else record.to_dict()
-                {"sample": self.samples, "checkpoint": self.checkpoints, "event": self.events}[kind].append(item)
-                del self.events[:-500]
-        if last is not None:
-            self.last_step = last if isinstance(last, dict) else last.to_dict()
+        lines = [r if isinstance(r, Line) else _line(r) for r in records]
+        step_lines = [r for r in lines if r.type == "step"]
+        if step_lines:
+            nan = math.nan
+            self.steps.extend([nan if r.step is None else float(r.step) for r in step_lines])
+            self.loss.extend([nan if r.loss is None else r.loss for r in step_lines])
+            self.lr.extend([nan if r.lr is None else r.lr for r in step_lines])
+            self.images_per_s.extend([nan if r.images_per_s is None else r.images_per_s for r in step_lines])
+            last = step_lines[-1]
+            index = len(records) - 1 - lines[::-1].index(last)
+            self.last_step = records[index] if isinstance(records[index], dict) else last.to_dict()
+        if len(step_lines) < len(lines):
+            kinds = {"sample": self.samples, "checkpoint": self.checkpoints, "event": self.events}
+            for record, line in zip(records, lines):
+                if line.type in kinds:
+                    kinds[line.type].append(record if isinstance(record, dict) else line.to_dict())
+            del self.events[:-500]
 
     def update(self, tail: MetricsTail) -> int:
         """Poll ``tail`` into the series (decoding only the charted fields); return the records added.
@@ -184,7 +187,17 @@ class MetricsSeries:
         return count
 
 
-def _num(value: Any, default: float) -> float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    return default
+def _line(record: dict[str, Any]) -> Line:
+    """A dict record as a Line (wrongly typed chart fields become absent)."""
+    fields = {}
+    for name in Line.__struct_fields__:
+        value = record.get(name)
+        if name in ("type", "prompt", "path", "level", "message"):
+            ok = isinstance(value, str)
+        elif name == "prompt_index":
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok:
+            fields[name] = value
+    return Line(**fields)
