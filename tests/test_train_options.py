@@ -231,3 +231,22 @@ def test_lr_follows_the_warmup_schedule_per_optimizer_step(tmp_path, tiny_models
     lrs = [m["lr"] for m in metrics(run, "step")]
     expected = [1e-3 * (k / 2 if k < 2 else (5 - k) / 3) for k in range(5)]
     assert lrs == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("targets", "present", "absent"),
+    [("attn", "attn1.to_q", "ff.net.2"), ("attn_ff", "ff.net.2", "conv1"), ("all", "resnets.0.conv1", None)],
+)
+def test_lora_targets_rank_and_text_encoder(setup_run, targets, present, absent):
+    trainer = setup_run({"lora_targets": targets, "lora_rank": 3, "train_text_encoder": targets == "all", "use_dora": targets == "all"})
+    names = list(trainer.method.named_trainable())
+    assert any(present in n and "lora_A" in n for n in names)
+    if absent:
+        assert not any(absent in n for n in names)
+    assert {tuple(p.shape)[0] for n, p in trainer.method.named_trainable().items() if "unet." in n and "lora_A" in n} == {3}
+    te_names = [n for n in names if n.startswith("text_encoder.")]
+    if targets == "all":
+        assert any("q_proj.lora_A" in n for n in te_names)
+        assert any("lora_magnitude_vector" in n for n in names)  # DoRA
+    else:
+        assert te_names == []
