@@ -47,6 +47,7 @@ def _trained_lora(path, family, **settings):
 
 @pytest.mark.parametrize(("family", "text_encoder", "targets"), [
     ("sd1", True, ["to_q", "to_k", "to_v", "to_out.0"]),
+    ("sd2", True, ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"]),
     ("sdxl", True, ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "conv1", "conv2", "proj_in", "proj_out"]),
 ])
 def test_lora_both_formats_reproduce_the_trained_model(tmp_path, tiny_models, family, text_encoder, targets):
