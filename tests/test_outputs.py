@@ -156,3 +156,46 @@ def test_full_model_diffusers_folder_and_single_file(tmp_path, tiny_models, fami
     np.testing.assert_allclose(_image(reloaded.pipeline()), trained, atol=1e-5)
     save_full_model(components, tmp_path / "output", "full")  # saving again replaces the folder
     assert not [p for p in (tmp_path / "output").iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
+def test_original_layout_round_trips_the_real_architectures(family):
+    """Real-size configs on the meta device: our original-layout names are what diffusers' importer reads."""
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint, convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint, convert_open_clip_checkpoint
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from core.model_configs import family_config
+    from core.train.outputs import clip_to_original, open_clip_to_original, vae_to_original, unet_module_name
+
+    config = family_config(family)
+    with init_empty_weights():
+        unet = UNet2DConditionModel(**config["unet"])
+        vae = AutoencoderKL(**config["vae"])
+        encoders = [CLIPTextModel(CLIPTextConfig(**config["text_encoder"]))]
+        if family == "sdxl":
+            encoders.append(CLIPTextModelWithProjection(CLIPTextConfig(**config["text_encoder_2"])))
+    unet_state = unet.state_dict()
+    original = {}
+    for key, tensor in unet_state.items():
+        module, _, param = key.rpartition(".")
+        original[f"model.diffusion_model.{unet_module_name(module, dict(unet.config))}.{param}"] = tensor
+    assert convert_ldm_unet_checkpoint(original, dict(unet.config)).keys() == unet_state.keys()
+    up = "output_blocks.2.2.conv.weight" if family == "sdxl" else "output_blocks.2.1.conv.weight"
+    assert f"model.diffusion_model.{up}" in original  # where the reference checkpoints keep the first upsampler
+
+    vae_state = vae.state_dict()
+    assert convert_ldm_vae_checkpoint(vae_to_original(vae_state, dict(vae.config)), dict(vae.config)).keys() == vae_state.keys()
+
+    first = encoders[0].state_dict()
+    if family == "sd2":
+        converted = convert_open_clip_checkpoint(encoders[0], open_clip_to_original(first, "cond_stage_model.model."))
+    else:
+        prefix = "conditioner.embedders.0.transformer." if family == "sdxl" else "cond_stage_model.transformer."
+        converted = convert_ldm_clip_checkpoint(clip_to_original(first, prefix))
+    assert {k.removeprefix("text_model.") for k in converted} == set(first)
+    if family == "sdxl":
+        second = encoders[1].state_dict()
+        converted = convert_open_clip_checkpoint(encoders[1], open_clip_to_original(second, "conditioner.embedders.1.model."), prefix="conditioner.embedders.1.model.")
+        assert converted.keys() == second.keys()

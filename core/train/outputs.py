@@ -351,7 +351,8 @@ def unet_module_name(name: str, config: Mapping[str, Any]) -> str:
     raise ValueError(f"no original-layout name for the UNet module {name}")
 
 
-def _vae_to_original(state: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
+def vae_to_original(state: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
+    """A diffusers AutoencoderKL state dict in the original ``first_stage_model.`` layout."""
     levels = len(config["up_block_types"])
     out: dict[str, Any] = {}
     for key, tensor in state.items():
@@ -371,7 +372,8 @@ def _vae_to_original(state: Mapping[str, Any], config: Mapping[str, Any]) -> dic
     return out
 
 
-def _clip_to_original(state: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+def clip_to_original(state: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """A transformers CLIP text encoder state dict under ``prefix`` with the ``text_model.`` names."""
     return {prefix + (k if k.startswith("text_model.") else f"text_model.{k}"): v for k, v in state.items()}
 
 
@@ -388,7 +390,8 @@ _OPEN_CLIP = (
 )
 
 
-def _open_clip_to_original(state: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+def open_clip_to_original(state: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """A transformers CLIP text encoder state dict in OpenCLIP's layout (fused ``in_proj``) under ``prefix``."""
     import torch
 
     out: dict[str, Any] = {}
@@ -425,12 +428,12 @@ def to_original(pipe: Any, family: str) -> dict[str, Any]:
     for key, tensor in pipe.unet.state_dict().items():
         module, _, param = key.rpartition(".")
         out["model.diffusion_model." + _join(unet_module_name(module, unet_config), param)] = tensor
-    out.update(_vae_to_original(pipe.vae.state_dict(), dict(pipe.vae.config)))
+    out.update(vae_to_original(pipe.vae.state_dict(), dict(pipe.vae.config)))
     if family == "sdxl":
-        out.update(_clip_to_original(pipe.text_encoder.state_dict(), "conditioner.embedders.0.transformer."))
-        out.update(_open_clip_to_original(pipe.text_encoder_2.state_dict(), "conditioner.embedders.1.model."))
+        out.update(clip_to_original(pipe.text_encoder.state_dict(), "conditioner.embedders.0.transformer."))
+        out.update(open_clip_to_original(pipe.text_encoder_2.state_dict(), "conditioner.embedders.1.model."))
     elif family == "sd2":
-        out.update(_open_clip_to_original(pipe.text_encoder.state_dict(), "cond_stage_model.model."))
+        out.update(open_clip_to_original(pipe.text_encoder.state_dict(), "cond_stage_model.model."))
     else:
-        out.update(_clip_to_original(pipe.text_encoder.state_dict(), "cond_stage_model.transformer."))
+        out.update(clip_to_original(pipe.text_encoder.state_dict(), "cond_stage_model.transformer."))
     return out
