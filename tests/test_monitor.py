@@ -100,7 +100,7 @@ def test_sample_index_finds_new_finished_pngs(tmp_path: Path) -> None:
     index = SampleIndex(samples)
     assert index.poll() == []
     samples.mkdir()
-    for name in ("step-000010_p0.png", "step-000010_p1.png", "step-000020_p0.png", ".tmp-step-000030_p0.png", "notes.txt"):
+    for name in ("step000010_p00.png", "step000010_p01.png", "step-000020_p0.png", ".step000030_p00.png.x1y2.tmp", "notes.txt"):
         (samples / name).write_bytes(b"x")
     new = index.poll()
     assert [(s.step, s.prompt_index) for s in new] == [(10, 0), (10, 1), (20, 0)]
