@@ -227,3 +227,23 @@ def test_caption_extension_from_the_run_config(tmp_path):
     assert build_items(config, SETTINGS).items[0].caption == "from caption"
     document = tomlkit.parse(f'[dataset]\ncaption_extension = ".caption"\n[[dataset.subsets]]\npath = "{folder}"\nrepeats = 2\ntoken = "cat"\n')
     assert build_items(RunConfig(document), SETTINGS).items[0].caption == "from caption"
+
+
+def test_demo_dataset_is_deterministic_and_trainable(tmp_path):
+    import subprocess
+    import sys
+
+    from core.train.demo_data import make_demo_dataset
+
+    first = make_demo_dataset(tmp_path / "a")
+    second = make_demo_dataset(tmp_path / "b")
+    files = sorted(p.relative_to(first) for p in first.rglob("*"))
+    assert files == sorted(p.relative_to(second) for p in second.rglob("*"))
+    assert all((first / f).read_bytes() == (second / f).read_bytes() for f in files if (first / f).is_file())
+    folder = first / "10_shapes"
+    assert len(list(folder.glob("*.png"))) == len(list(folder.glob("*.txt"))) == 12
+    data = build_items(_config((folder, 10, "shapes", False)), {"resolution": 64, "min_bucket_reso": 64, "bucket_reso_steps": 32, "max_bucket_reso": 128})
+    assert data.items_per_epoch == 120
+    assert all(item.caption.startswith("a ") and item.caption != "shapes" for item in data.items)
+    code = "import sys, core.train.demo_data; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1]).returncode == 0

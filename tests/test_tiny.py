@@ -18,7 +18,7 @@ def _pipeline(path: Path, family: str):
     return cls.from_pretrained(path)
 
 
-@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
 def test_tiny_model_loads_and_generates(tiny_models, family):
     import numpy as np
     import torch
