@@ -88,3 +88,12 @@ def test_a_missing_run_toml_is_a_clear_failure(tmp_path):
     run.mkdir()
     assert train(run) == 1
     assert "run.toml does not exist" in failed(run)["error"]
+
+
+def test_a_checkpoint_from_other_settings_is_refused(tmp_path, tiny_models, kohya_dataset):
+    data = kohya_dataset(((1, "sks dog", 2),))
+    run = make_run(tmp_path / "run", tiny_models("sdxl"), data, "sdxl", settings={"lora_rank": 4}, schedule={"max_steps": 1})
+    assert train(run) == 0
+    make_run(tmp_path / "run", tiny_models("sdxl"), data, "sdxl", settings={"lora_rank": 8}, schedule={"max_steps": 2})
+    assert train(run) == 1
+    assert "does not match this run's method and settings" in failed(run)["error"]

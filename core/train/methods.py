@@ -74,8 +74,10 @@ class Method:
 
         params = self.named_trainable()
         missing = sorted(set(params) - set(tensors))
-        if missing:
-            raise UserError(f"the checkpoint does not match this run's method and settings (missing {missing[0]}); resume with the settings it was written with or delete the checkpoints folder")
+        reshaped = sorted(n for n in set(params) & set(tensors) if tuple(params[n].shape) != tuple(tensors[n].shape))
+        if missing or reshaped:
+            what = f"missing {missing[0]}" if missing else f"{reshaped[0]} has another shape"
+            raise UserError(f"the checkpoint does not match this run's method and settings ({what}); resume with the settings it was written with or delete the checkpoints folder")
         with torch.no_grad():
             for name, param in params.items():
                 param.copy_(tensors[name].to(param.dtype))
