@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import gc
 import math
-from array import array
 from dataclasses import dataclass
 from typing import Any
 
-SMOOTHING = 0.9
+import numpy as np
+
+#: The smoothed loss is a trailing moving average over this share of the run (at least MIN_WINDOW steps).
+WINDOW_SHARE = 0.02
+MIN_WINDOW = 10
 
 
 @dataclass(frozen=True)
@@ -27,7 +31,7 @@ class RunView:
         from core.monitor import MetricsSeries
 
         self.series = MetricsSeries()
-        self.smoothed = array("d")
+        self.smoothed = np.zeros(0)
         self.samples: dict[int, list[Sample]] = {}
         self.newest_sample: Sample | None = None
         self.step_time_s: float | None = None
@@ -35,13 +39,18 @@ class RunView:
 
     def update(self, tail: Any) -> bool:
         """Read what is new from a MetricsTail; True when anything changed."""
-        added = self.series.update(tail)
-        if tail.reset or len(self.smoothed) > len(self.series.loss):
-            self.smoothed = array("d")
+        collecting = gc.isenabled()
+        gc.disable()  # a first read of a long run allocates millions of acyclic dicts: GC passes would double its time
+        try:
+            added = self.series.update(tail)
+        finally:
+            if collecting:
+                gc.enable()
+        if tail.reset:
             self.samples, self.newest_sample, self._samples_seen = {}, None, 0
         if not added and not tail.reset:
             return False
-        self._smooth()
+        self.smoothed = moving_average(np.frombuffer(self.series.loss, dtype=np.float64))
         self._take_samples()
         last = self.series.last_step or {}
         step_time = last.get("step_time_s")
@@ -49,15 +58,6 @@ class RunView:
             previous = self.step_time_s
             self.step_time_s = step_time if previous is None else 0.7 * previous + 0.3 * step_time
         return True
-
-    def _smooth(self) -> None:
-        loss, smoothed = self.series.loss, self.smoothed
-        previous = smoothed[-1] if smoothed else math.nan
-        for i in range(len(smoothed), len(loss)):
-            value = loss[i]
-            if math.isfinite(value):
-                previous = value if not math.isfinite(previous) else SMOOTHING * previous + (1 - SMOOTHING) * value
-            smoothed.append(previous)
 
     def _take_samples(self) -> None:
         for record in self.series.samples[self._samples_seen :]:
@@ -79,7 +79,7 @@ class RunView:
     @property
     def loss(self) -> float | None:
         """The newest smoothed loss."""
-        return self.smoothed[-1] if self.smoothed and math.isfinite(self.smoothed[-1]) else None
+        return float(self.smoothed[-1]) if len(self.smoothed) and math.isfinite(self.smoothed[-1]) else None
 
     def eta_s(self, total_steps: int | None) -> float | None:
         """Seconds left at the recent step time (None until there is one)."""
@@ -90,6 +90,22 @@ class RunView:
     def rank_memory(self) -> dict[int, tuple[int, int]]:
         """``{rank: (allocated, peak)}`` bytes from the newest step record."""
         return rank_memory(self.last("mem"))
+
+
+def moving_average(values: np.ndarray) -> np.ndarray:
+    """Trailing mean over a window of 2% of the series (NaNs skipped); O(n) with cumulative sums."""
+    n = len(values)
+    if n == 0:
+        return np.zeros(0)
+    window = min(n, max(MIN_WINDOW, int(n * WINDOW_SHARE)))
+    finite = np.isfinite(values)
+    sums = np.concatenate(([0.0], np.cumsum(np.where(finite, values, 0.0))))
+    counts = np.concatenate(([0], np.cumsum(finite)))
+    end = np.arange(1, n + 1)
+    start = np.maximum(end - window, 0)
+    count = counts[end] - counts[start]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, (sums[end] - sums[start]) / np.maximum(count, 1), np.nan)
 
 
 def rank_memory(mem: Any) -> dict[int, tuple[int, int]]:

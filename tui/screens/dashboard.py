@@ -45,12 +45,13 @@ class DashboardScreen(Screen):
         self.live_gpus = live_gpus
         self.status: dict[str, Any] = {}
         self.state = "queued"
+        self.polling = False
 
     def compose(self) -> ComposeResult:
         yield Header()
         with Horizontal(id="progress-row"):
             yield Static("", id="state")
-            yield ProgressBar(id="progress", show_eta=False)
+            yield ProgressBar(total=1, id="progress", show_eta=False)
         yield Static("", id="error")
         with Horizontal(id="middle"):
             yield LossChart(id="loss")
@@ -71,9 +72,21 @@ class DashboardScreen(Screen):
         self.poll()
         self.set_interval(self.REFRESH_S, self.poll)
 
-    @work(thread=True, exclusive=True, group="poll")
     def poll(self) -> None:
+        """Start a read unless the previous one is still going (the tails keep offsets, so one at a time)."""
+        if not self.polling:
+            self.polling = True
+            self.read_news()
+
+    @work(thread=True, group="poll")
+    def read_news(self) -> None:
         """Read what is new (offsets kept by the tails) and hand it to the UI thread."""
+        try:
+            self._read_news()
+        finally:
+            self.polling = False
+
+    def _read_news(self) -> None:
         changed = self.view.update(self.metrics_tail)
         status = self.run.read_status()
         state = self.run.derive_state(status)

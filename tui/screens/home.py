@@ -48,6 +48,7 @@ class HomeScreen(Screen):
         context = self.app.context
         self.sub_title = display_path(context.runs_dir)
         self.watcher = RunsWatcher(context.runs_dir)
+        self.refreshing = False
         self.rows: list[RunRow] = []
         table = self.query_one("#runs", DataTable)
         table.add_column("run", key="run", width=34)
@@ -66,9 +67,21 @@ class HomeScreen(Screen):
             return
         self.app.call_from_thread(self.query_one("#gpus", GpuPanel).show, gpus)
 
-    @work(thread=True, exclusive=True, group="runs")
     def refresh_runs(self) -> None:
-        rows = self.watcher.rows()
+        """Start a refresh unless the previous one is still going (the watcher keeps offsets)."""
+        if not self.refreshing:
+            self.refreshing = True
+            self.read_runs()
+
+    @work(thread=True, group="runs")
+    def read_runs(self) -> None:
+        try:
+            rows = self.watcher.rows()
+        except UserError as exc:
+            self.app.call_from_thread(self.notify, str(exc), severity="error", timeout=10)
+            return
+        finally:
+            self.refreshing = False
         self.app.call_from_thread(self.show_runs, rows)
 
     def show_runs(self, rows: list[RunRow]) -> None:

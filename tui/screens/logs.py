@@ -30,11 +30,21 @@ class LogScreen(Screen):
 
         self.sub_title = f"{self.run.path.name} — train.log"
         self.tail = LogTail(self.run.log, lines=1000)
+        self.polling = False
         self.poll()
         self.set_interval(1.0, self.poll)
 
-    @work(thread=True, exclusive=True)
     def poll(self) -> None:
-        lines = self.tail.poll()
+        """Start a read unless the previous one is still going."""
+        if not self.polling:
+            self.polling = True
+            self.read_lines()
+
+    @work(thread=True)
+    def read_lines(self) -> None:
+        try:
+            lines = self.tail.poll()
+        finally:
+            self.polling = False
         if lines:
             self.app.call_from_thread(self.query_one(Log).write_lines, lines)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 from textual_plotext import PlotextPlot
 
 
@@ -38,7 +39,7 @@ class LossChart(PlotextPlot):
         steps, losses, smoothed = self.data
         width = max(self.size.width * 2, 16)
         xs, raw = downsample_xy(steps, losses, width)
-        sx, smooth = downsample_xy(steps, smoothed, width)
+        sx, smooth = evenly(steps, smoothed, width)
         raw_ok = [(x, y) for x, y in zip(xs, raw) if math.isfinite(y)]
         # plotext's own log scale transforms the data again on every build, so the log is taken here.
         log = self.log_scale and bool(raw_ok) and min(y for _, y in raw_ok) > 0 and min(smooth, default=1) > 0
@@ -49,3 +50,12 @@ class LossChart(PlotextPlot):
             smooth_ok = [(x, scale(y)) for x, y in zip(sx, smooth) if math.isfinite(y)]
             plt.plot([x for x, _ in smooth_ok], [y for _, y in smooth_ok], marker="braille")
         self.refresh()
+
+
+def evenly(xs: Sequence[float], ys: Sequence[float], width: int) -> tuple[list[float], list[float]]:
+    """At most ``width`` evenly spaced points of a smooth curve (first and last kept)."""
+    n = min(len(xs), len(ys))
+    if n == 0:
+        return [], []
+    index = np.unique(np.linspace(0, n - 1, min(n, width)).astype(int))
+    return [float(xs[i]) for i in index], [float(ys[i]) for i in index]
