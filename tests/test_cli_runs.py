@@ -117,3 +117,34 @@ def test_stop_now_terminates_without_saving(tmp_path: Path, tiny_models, kohya_d
     wait_for(lambda: any(r["role"] == "launcher" for r in copy.processes()), 60, "the second run's launcher")
     assert sdtui(["stop", copy.id, "--now", "--runs-dir", str(runs)], tmp_path, timeout=120).returncode == 0
     assert status(copy.path)["state"] == "stopped" and not copy.alive_processes()
+
+
+def _fake_run(runs: Path, name: str, **fields: object) -> RunDir:
+    """A run folder as a crashed machine leaves it (no training needed)."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    run = RunDir(runs / name)
+    run.path.mkdir(parents=True)
+    run.run_toml.write_text('name = "x"\n')
+    run.log.write_text("".join(f"log line {i}\n" for i in range(100)))
+    run.write_status(pids=[{"pid": dead.pid, "create_time": 1.0, "role": "supervisor"}], step=7, total_steps=20, **fields)
+    return run
+
+
+def test_lost_and_ended_runs_get_clear_answers(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    lost = _fake_run(runs, "lost-20250101-000000", state="running", created_at=1.0)
+    done = _fake_run(runs, "done-20250102-000000", state="finished", created_at=2.0)
+    shown = sdtui(["status", lost.id, "--runs-dir", str(runs)], tmp_path)
+    assert shown.returncode == 0 and "state     lost" in shown.stdout and f"sdtui resume {lost.id}" in shown.stdout
+    assert "step      7/20" in shown.stdout
+    assert json.loads(sdtui(["status", lost.id, "--json", "--runs-dir", str(runs)], tmp_path).stdout)["state"] == "lost"
+    table = sdtui(["runs", "--runs-dir", str(runs)], tmp_path).stdout.splitlines()
+    assert table[1].startswith(done.id) and "finished" in table[1] and "7/20" in table[1]
+    assert table[2].startswith(lost.id) and f"continue with: sdtui resume {lost.id}" in table[2]
+    finished = sdtui(["resume", done.id, "--runs-dir", str(runs)], tmp_path)
+    assert finished.returncode == 2 and "has finished; start a new run with its config: sdtui train" in finished.stderr
+    saving = sdtui(["save", lost.id, "--runs-dir", str(runs)], tmp_path)
+    assert saving.returncode == 2 and f"is lost, so it cannot save; sdtui resume {lost.id}" in saving.stderr
+    logs = sdtui(["logs", str(lost.path), "-n", "3"], tmp_path)
+    assert logs.returncode == 0 and logs.stdout.splitlines() == ["log line 97", "log line 98", "log line 99"]
