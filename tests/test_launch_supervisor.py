@@ -82,3 +82,19 @@ def test_kill_tree_reaches_grandchildren_in_their_own_session() -> None:
     parent.wait(timeout=10)
     assert set(killed) == {parent.pid, grandchild.pid}
     assert not grandchild.is_running() or grandchild.status() == psutil.STATUS_ZOMBIE
+
+
+def test_leftover_guard_finds_a_detached_process_of_the_test(tmp_path: Path) -> None:
+    from tests.test_launch_support import processes_mentioning
+
+    marker = tmp_path / "run-folder"
+    stray = subprocess.Popen([sys.executable, "-c", "import time, sys; time.sleep(60)", str(marker)], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not processes_mentioning(str(tmp_path)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [p.pid for p in processes_mentioning(str(tmp_path))] == [stray.pid]
+    finally:
+        stray.kill()
+        stray.wait()
+    assert processes_mentioning(str(tmp_path)) == []
