@@ -75,14 +75,24 @@ def test_textual_inversion_changes_only_the_new_rows(tmp_path, tiny_models, kohy
 
 
 def test_dreambooth_pairs_each_instance_image_with_a_class_image(tmp_path, tiny_models, kohya_dataset):
+    import torch
+
     data = kohya_dataset(((2, "sks dog", 3),))
     reg = make_kohya(tmp_path / "reg", ((1, "dog", 2),))
     run = make_run(tmp_path / "run", tiny_models("sd1"), data, "sd1", "dreambooth", settings={"prior_loss_weight": 0.5})
     add_reg_subset(run, reg / "1_dog")
     trainer = set_up(run)
     batch = first_batch(trainer)
+    losses = {}
+    with torch.no_grad():
+        for weight in (0.0, 0.5, 1.0):
+            trainer.settings["prior_loss_weight"] = weight
+            losses[weight] = float(trainer.loss(batch, 0))
     trainer.metrics.close()
 
+    # loss = instance loss + prior_loss_weight x class loss
+    assert losses[1.0] > losses[0.0]
+    assert losses[1.0] - losses[0.0] == pytest.approx(2 * (losses[0.5] - losses[0.0]), rel=1e-4)
     assert batch["is_class"].tolist() == [False, True]
     assert batch["captions"][1] == "dog, picture 0" or batch["captions"][1].startswith("dog")
     # the class images double the batch, not the step count

@@ -334,6 +334,8 @@ class Trainer:
                     return final
                 if self.step >= self.total_steps:
                     break
+            if self.epoch == epoch and self.step < self.total_steps:  # nothing left of this epoch on this rank
+                self.epoch, self.batch_index = epoch + 1, 0
         self._flush(pending)
         self.save(final=True)
         self.status.update(state="finished", step=self.step, epoch=self.epoch, ended_at=now())
@@ -381,7 +383,7 @@ class Trainer:
             with self.acc.autocast():
                 loss = self.loss(batch, index) * weight
             if not bool(torch_isfinite(loss)):
-                raise TrainingFailed(f"the loss became {float(loss.detach())} at step {self.step + 1}", nan_hint(self.settings, float(self.sched["learning_rate"])))
+                raise TrainingFailed(f"the loss became {float(loss.detach())} (not finite) at step {self.step + 1}", nan_hint(self.settings, float(self.sched["learning_rate"])))
             self.acc.backward(loss / group_size)
         return loss.detach().float()
 
@@ -446,7 +448,7 @@ class Trainer:
         mem = self._memory()
         for (step, epoch, _, lr, elapsed, images), loss in zip(pending, losses):
             if not math.isfinite(loss):
-                raise TrainingFailed(f"the loss became {loss} at step {step}", nan_hint(self.settings, float(self.sched["learning_rate"])))
+                raise TrainingFailed(f"the loss became {loss} (not finite) at step {step}", nan_hint(self.settings, float(self.sched["learning_rate"])))
             self.metrics.write(
                 "step", step=step, epoch=epoch + 1, loss=loss, lr=lr,
                 images_per_s=round(images / elapsed, 4) if elapsed > 0 else None,
