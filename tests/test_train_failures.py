@@ -97,3 +97,10 @@ def test_a_checkpoint_from_other_settings_is_refused(tmp_path, tiny_models, kohy
     make_run(tmp_path / "run", tiny_models("sdxl"), data, "sdxl", settings={"lora_rank": 8}, schedule={"max_steps": 2})
     assert train(run) == 1
     assert "does not match this run's method and settings" in failed(run)["error"]
+
+
+def test_the_entry_point_wants_exactly_one_run_folder(capsys):
+    from core.train.__main__ import run
+
+    assert run([]) == 2
+    assert "usage: python -m core.train RUN_DIR" in capsys.readouterr().err
