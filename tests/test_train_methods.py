@@ -138,5 +138,6 @@ def test_dreambooth_generates_missing_class_images_into_the_run_folder(tmp_path,
     trainer.metrics.close()
 
     assert len(list((run / "class_images").glob("class_*.png"))) == 2
+    assert "2 class images ready" in [m["message"] for m in metrics(run, "event")]
     assert batch["is_class"].tolist() == [False, True] and batch["captions"][1] == "a photo of a dog"
     assert sorted(p.name for p in data.rglob("*")) == before

@@ -197,11 +197,13 @@ class Trainer:
         if self.method_kind == "dreambooth" and class_prompt.strip() and int(s["class_images_per_instance"]) > 0:
             from .class_images import prepare_class_images
 
+            self.metrics.event(f"preparing class images for prior preservation ('{class_prompt}'); missing ones are generated now")
             with self.acc.main_process_first():
-                prepare_class_images(
+                ready = prepare_class_images(
                     c, train_data, self.run.path, class_prompt, int(s["class_images_per_instance"]), self.device,
                     self.weight_dtype, seed=int(self.sched["seed"]),
                 )
+            self.metrics.event(f"{len(ready)} class images ready")
         offload = self.device.type == "cuda"
         if s["cache_latents"]:
             folder = self.run.path / "cache" / "latents" if s["cache_latents_to_disk"] else None
