@@ -250,3 +250,11 @@ def test_lora_targets_rank_and_text_encoder(setup_run, targets, present, absent)
         assert any("lora_magnitude_vector" in n for n in names)  # DoRA
     else:
         assert te_names == []
+
+
+def test_caches_that_would_freeze_augmentations_are_skipped_with_a_warning(setup_run):
+    trainer = setup_run({"cache_latents": True, "flip_aug": True, "cache_text_encoder_outputs": True, "shuffle_caption": True})
+    batch = first_batch(trainer)
+    assert "pixel_values" in batch and "prompt_embeds" not in batch
+    warnings = " ".join(m["message"] for m in metrics(trainer.run.path, "event") if m["level"] == "warning")
+    assert "flip_aug" in warnings and "shuffled captions" in warnings
