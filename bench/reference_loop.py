@@ -191,9 +191,10 @@ def train_reference(
 
         unet.to(accelerator.device, dtype=weight_dtype)
         unet.add_adapter(LoraConfig(r=settings.rank, lora_alpha=settings.rank, init_lora_weights="gaussian", target_modules=LORA_TARGETS))
-        for param in unet.parameters():
-            if param.requires_grad:
-                param.data = param.data.float()
+        if settings.mixed_precision == "fp16":
+            for param in unet.parameters():
+                if param.requires_grad:
+                    param.data = param.data.float()
     else:
         unet.to(accelerator.device)
         unet.requires_grad_(True)
