@@ -24,11 +24,27 @@ SIZE = (100, 30)
 DATASET = Path("/tmp/sdtui-snapshot-data/sks")
 
 
+RECIPES = {
+    "snap-lora-fast": ("Speed over memory", '"bf16"', "false", '"adamw"', 4),
+    "snap-lora-lean": ("Smallest footprint", '"fp16"', "true", '"adamw8bit"', 1),
+}
+
+
 @pytest.fixture
 def snapshot_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Run from a fresh folder holding ``runs/`` (shown as a relative path), with half-block images."""
+    """Run from a fresh folder holding ``runs/`` (shown as a relative path), with half-block images
+    and two fixed recipes (so the shipped recipes can change without changing the snapshots)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SDTUI_IMAGES", "halfcell")
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    for name, (summary, precision, checkpointing, optimizer, batch) in RECIPES.items():
+        (recipes / f"{name}.toml").write_text(
+            f'name = "{name}"\ntitle = "{name}"\nfamilies = ["sd1"]\nmethods = ["lora", "dreambooth"]\nsummary = "{summary}"\n\n'
+            f"[settings]\nmixed_precision = {precision}\ngradient_checkpointing = {checkpointing}\noptimizer = {optimizer}\n"
+            f"batch_size = {batch}\nresolution = 512\nlora_rank = 16\nlora_alpha = 16\n"
+        )
+    monkeypatch.setenv("SDTUI_RECIPES_DIR", str(recipes))
     return tmp_path
 
 
@@ -91,29 +107,44 @@ def test_dashboard_of_a_failed_run_at_80x24(snap_compare, snapshot_env: Path) ->
     assert snap_compare(app, terminal_size=(80, 24), run_before=settle)
 
 
+async def _until(pilot, condition, what: str) -> None:
+    for _ in range(200):
+        if condition():
+            return
+        await pilot.pause(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 async def _drive(pilot, step: int, dataset: Path) -> None:
     """From a fresh wizard to ``step`` (0-based) with sd1, the fixed dataset and one prompt."""
     screen = pilot.app.screen
     await pilot.pause(0.2)
     screen.query_one("#model-path").value = "sd1"
-    await pilot.pause(0.1)
-    if step == 0:
-        return
-    await pilot.press("ctrl+n")
-    screen.query_one("#dataset-path").value = str(dataset)
-    for _ in range(60):
-        await pilot.pause(0.05)
-        if screen.state.scan is not None:
-            break
-    await pilot.pause(0.1)
+    await _until(pilot, lambda: screen.error is None, "the model step to check out")
+    if step > 0:
+        await pilot.press("ctrl+n")
+        await _until(pilot, lambda: screen.index == 1, "the dataset step")
+        screen.query_one("#dataset-path").value = str(dataset)
+        await _until(pilot, lambda: screen.state.scan is not None and screen.error is None, "the scan")
     for n in range(2, step + 1):
         if n == 6:
             screen.query_one("#prompts").text = "a photo of sks dog --w 512 --h 512 --d 1"
-            await pilot.pause(0.1)
+            await _until(pilot, lambda: screen.error is None, "the prompts to check out")
         await pilot.press("ctrl+n")
-        await pilot.pause(0.2)
+        await _until(pilot, lambda: screen.index == n, f"step {n + 1}")
     if step == 5:
         screen.query_one("#prompts").text = "a photo of sks dog --w 512 --h 512 --d 1"
+        await _until(pilot, lambda: screen.error is None, "the prompts to check out")
+    await _steady(pilot)
+
+
+async def _steady(pilot) -> None:
+    """Stop the cursors blinking (a blink would make the snapshot depend on timing), then settle."""
+    from textual.widgets import Input, TextArea
+
+    for widget in pilot.app.screen.query("Input, TextArea"):
+        if isinstance(widget, (Input, TextArea)):
+            widget.cursor_blink = False
     await pilot.pause(0.3)
 
 
