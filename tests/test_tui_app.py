@@ -49,3 +49,16 @@ async def test_command_palette_opens_the_wizard(tmp_path: Path) -> None:
         await pilot.press("enter")
         await pilot.pause(0.3)
         assert isinstance(app.screen, WizardScreen)
+
+
+def test_attach_to_an_unknown_run_is_a_clear_error(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "-m", "cli", "--runs-dir", str(tmp_path), "attach", "nope"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60, env={"PYTHONPATH": str(repo), "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 2
+    assert "there is no run 'nope'" in result.stderr and "Traceback" not in result.stderr

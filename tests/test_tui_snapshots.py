@@ -6,7 +6,6 @@ dark theme and half-block images. Update with ``pytest tests/test_tui_snapshots.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path

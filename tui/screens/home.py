@@ -32,6 +32,7 @@ class HomeScreen(Screen):
         Binding("q", "app.quit", "Quit"),
     ]
     REFRESH_S = 1.5
+    GPU_REFRESH_S = 3.0
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -57,15 +58,22 @@ class HomeScreen(Screen):
         self.load_gpus()
         self.refresh_runs()
         self.set_interval(self.REFRESH_S, self.refresh_runs)
+        self.set_interval(self.GPU_REFRESH_S, self.refresh_gpus)
 
     @work(thread=True, exclusive=True, group="gpus")
-    def load_gpus(self) -> None:
+    def load_gpus(self, refresh: bool = False) -> None:
+        """Probe (or parse the simulated spec) and show the GPUs."""
         try:
-            gpus = self.app.context.gpus()
+            gpus = self.app.context.gpus(refresh=refresh)
         except UserError as exc:
             self.app.call_from_thread(self.notify, str(exc), severity="error", timeout=10)
             return
         self.app.call_from_thread(self.query_one("#gpus", GpuPanel).show, gpus)
+
+    def refresh_gpus(self) -> None:
+        """Real GPUs: probe again for the VRAM in use (simulated ones do not change)."""
+        if self.app.context.gpu_spec is None:
+            self.load_gpus(refresh=True)
 
     def refresh_runs(self) -> None:
         """Start a refresh unless the previous one is still going (the watcher keeps offsets)."""
