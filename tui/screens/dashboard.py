@@ -128,7 +128,7 @@ class DashboardScreen(Screen):
         self.query_one("#numbers", Static).update(self._numbers())
         self.query_one("#resources", Static).update(self._resources(gpus))
         if lines:
-            self.query_one("#log", Log).write_lines(lines)
+            self.query_one("#log", Log).write_lines(terminal_lines(lines))
 
     def _numbers(self) -> Text:
         view = self.view
@@ -200,6 +200,11 @@ class DashboardScreen(Screen):
         if self.state in LIVE_STATES:
             self.notify("Detached: the training goes on. sdtui attach " + self.run.path.name)
         self.app.pop_screen()
+
+
+def terminal_lines(lines: list[str]) -> list[str]:
+    """Lines as a terminal shows them: a progress bar redrawn with carriage returns keeps its last state."""
+    return [line.rstrip("\r").rsplit("\r", 1)[-1] for line in lines]
 
 
 def state_style(state: str) -> str:

@@ -10,6 +10,8 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Log
 
+from tui.screens.dashboard import terminal_lines
+
 
 class LogScreen(Screen):
     """train.log of one run, tailed once a second."""
@@ -47,4 +49,4 @@ class LogScreen(Screen):
         finally:
             self.polling = False
         if lines:
-            self.app.call_from_thread(self.query_one(Log).write_lines, lines)
+            self.app.call_from_thread(self.query_one(Log).write_lines, terminal_lines(lines))
