@@ -115,3 +115,9 @@ async def test_log_scale_toggles_on_a_long_run(tmp_path: Path) -> None:
         assert "(log10)" in str(chart.render())
         await pilot.press("g")
         assert "(log10)" not in str(chart.render())
+
+
+def test_log_lines_keep_the_last_state_of_a_progress_bar() -> None:
+    from tui.screens.dashboard import terminal_lines
+
+    assert terminal_lines(["Loading: 0%\rLoading: 60%\rLoading: 100%", "done\r"]) == ["Loading: 100%", "done"]
