@@ -14,7 +14,7 @@ from tui.app import SdtuiApp
 from tui.context import AppContext
 from tui.screens.dashboard import DashboardScreen
 
-FAST = ["schedule.max_steps=3", "schedule.sample_every_steps=2", "schedule.save_every_epochs=0"]
+FAST = ["schedule.max_steps=5", "schedule.sample_every_steps=2", "schedule.save_every_epochs=0"]
 
 
 async def _until(pilot, condition, timeout: float) -> None:
@@ -37,10 +37,21 @@ async def test_demo_wizard_launches_and_the_dashboard_follows_the_run(tmp_path: 
         async with app.run_test(size=(100, 30)) as pilot:
             await pilot.pause(0.3)
             assert app.screen.state.model == str(ws.model) and app.screen.state.family == "sd1"
+            wizard = app.screen
             for _ in range(6):
                 await pilot.press("ctrl+n")
                 await pilot.pause(0.2)
-            assert app.screen.index == 6, app.screen.query_one("#step-error").render()
+            assert wizard.index == 6, wizard.error
+            assert "max_steps = 5" in wizard.query_one("#toml").text
+            # back to the schedule, make the run shorter, forward again: the review follows
+            await pilot.press("ctrl+b", "ctrl+b")
+            assert wizard.index == 4
+            wizard.query_one("#v-max_steps").value = "3"
+            await pilot.pause(0.2)
+            await pilot.press("ctrl+n", "ctrl+n")
+            await pilot.pause(0.2)
+            assert wizard.index == 6, wizard.error
+            assert "max_steps = 3" in wizard.query_one("#toml").text
             await pilot.press("ctrl+l")
             await _until(pilot, lambda: isinstance(app.screen, DashboardScreen), 120)
             dashboard = app.screen
@@ -53,5 +64,5 @@ async def test_demo_wizard_launches_and_the_dashboard_follows_the_run(tmp_path: 
     finally:
         DashboardScreen.REFRESH_S = 1.0
     runs = list(ws.runs.iterdir())
-    assert len(runs) == 1 and (runs[0] / "run.toml").is_file()
-    assert (ws.config).is_file()
+    assert len(runs) == 1 and "max_steps = 3" in (runs[0] / "run.toml").read_text()
+    assert "max_steps = 3" in ws.config.read_text()

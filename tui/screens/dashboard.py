@@ -83,6 +83,8 @@ class DashboardScreen(Screen):
         """Read what is new (offsets kept by the tails) and hand it to the UI thread."""
         try:
             self._read_news()
+        except OSError as exc:
+            self.app.call_from_thread(self.notify, f"reading the run folder failed ({exc}); check that {self.run.path} is readable", severity="error")
         finally:
             self.polling = False
 

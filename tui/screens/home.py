@@ -85,7 +85,7 @@ class HomeScreen(Screen):
     def read_runs(self) -> None:
         try:
             rows = self.watcher.rows()
-        except UserError as exc:
+        except (UserError, OSError) as exc:
             self.app.call_from_thread(self.notify, str(exc), severity="error", timeout=10)
             return
         finally:

@@ -187,6 +187,9 @@ class WizardScreen(Screen):
         except UserError as exc:
             self.app.call_from_thread(self.launch_failed, str(exc))
             return
+        except Exception as exc:  # noqa: BLE001 - shown with the way out instead of ending the app
+            self.app.call_from_thread(self.launch_failed, f"the launch failed ({exc}); the config is saved in {path}, start it with: sdtui train {path}")
+            return
         self.app.call_from_thread(self.launched, run)
 
     def launch_failed(self, message: str) -> None:

@@ -77,6 +77,8 @@ class DatasetStep(Step):
             error = None
         except UserError as exc:
             result, error = None, str(exc)
+        except OSError as exc:
+            result, error = None, f"the dataset could not be read ({exc}); check the folder's permissions"
         self.app.call_from_thread(self.scanned, wanted, result, error)
 
     def scanned(self, wanted: tuple[str, str], result: Any, error: str | None) -> None:
