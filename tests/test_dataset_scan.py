@@ -294,3 +294,20 @@ def test_data_appended_after_the_image_is_not_truncation(tmp_path: Path) -> None
     scan = scan_dataset(folder)
     assert sorted(Path(i.path).name for i in scan.subsets[0].images) == ["motion.jpg", "tail.png"]
     assert not scan.has_errors
+
+
+@pytest.mark.parametrize(("orientation", "shown"), [(1, (120, 80)), (3, (120, 80)), (6, (80, 120)), (8, (80, 120))])
+def test_phone_photos_are_sized_as_shown_after_exif_rotation(tmp_path: Path, orientation: int, shown: tuple[int, int]) -> None:
+    from PIL import Image
+
+    path = tmp_path / "1_phone" / "portrait.jpg"
+    path.parent.mkdir(parents=True)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.new("RGB", (120, 80), (10, 200, 30)).save(path, format="JPEG", exif=exif)
+    header = read_header(path)
+    assert (header.width, header.height) == shown
+    with Image.open(path) as image:
+        from PIL import ImageOps
+
+        assert ImageOps.exif_transpose(image).size == shown

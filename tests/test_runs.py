@@ -93,3 +93,13 @@ def test_last_step_record_reads_the_end_only(tmp_path: Path) -> None:
     lines = [json.dumps({"type": "step", "step": i, "loss": 1.0 / i}) for i in range(1, 5000)]
     run.metrics.write_text("\n".join(lines) + "\n" + '{"type": "event", "message": "x"}\n{"type": "st')
     assert run.last_step_record()["step"] == 4999
+
+
+def test_a_request_acknowledged_earlier_in_the_same_poll_counts(tmp_path: Path) -> None:
+    from core.launch.control import acknowledged
+
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    run.write_status(state="running", control_ack={"id": "b", "action": "sample", "at": 1.0}, control_done=["a", "b"])
+    assert acknowledged(run, "a") and acknowledged(run, "b")
+    assert not acknowledged(run, "c")

@@ -123,8 +123,30 @@ def _png(handle, head: bytes, size: int) -> tuple[int, int]:
     return width, height
 
 
+def exif_orientation(segment: bytes) -> int:
+    """The EXIF orientation (1-8) in a JPEG APP1 segment's payload, 1 when absent or unreadable."""
+    if not segment.startswith(b"Exif\x00\x00") or len(segment) < 14:
+        return 1
+    tiff = segment[6:]
+    order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
+    if order is None:
+        return 1
+    try:
+        (ifd,) = struct.unpack_from(order + "I", tiff, 4)
+        (count,) = struct.unpack_from(order + "H", tiff, ifd)
+        for i in range(count):
+            tag, _, _, value = struct.unpack_from(order + "HHIH", tiff, ifd + 2 + 12 * i)
+            if tag == 0x0112:
+                return value if 1 <= value <= 8 else 1
+    except struct.error:
+        return 1
+    return 1
+
+
 def _jpeg(handle, head: bytes, size: int) -> tuple[int, int]:
+    """Width and height as shown: EXIF orientations 5-8 (rotated 90°) swap them."""
     buffer, base, pos = head, 0, 2
+    orientation = 1
     while True:
         if pos + 9 > base + len(buffer):
             handle.seek(pos)
@@ -149,10 +171,13 @@ def _jpeg(handle, head: bytes, size: int) -> tuple[int, int]:
             height, width = struct.unpack_from(">HH", buffer, offset + 5)
             if b"\xff\xd9" not in _tail(handle, size) and not _decodes(handle.name):
                 raise _Bad("truncated", "the JPEG ends before its end marker (the file was cut short)")
-            return width, height
+            return (height, width) if orientation >= 5 else (width, height)
         (length,) = struct.unpack_from(">H", buffer, offset + 2)
         if length < 2:
             raise _Bad("corrupt", "the JPEG has a segment of impossible length")
+        if marker == 0xE1:
+            handle.seek(pos + 4)
+            orientation = exif_orientation(handle.read(min(length - 2, 65533))) if orientation == 1 else orientation
         pos += 2 + length
         if pos >= size:
             raise _Bad("truncated", "the JPEG ends before its frame header (the file was cut short)")

@@ -41,9 +41,17 @@ def request(run: RunDir, action: str) -> str:
 
 
 def acknowledged(run: RunDir, rid: str) -> bool:
-    """True once the trainer has acknowledged request ``rid``."""
-    ack = run.read_status().get("control_ack")
-    return isinstance(ack, dict) and ack.get("id") == rid
+    """True once the trainer has acknowledged request ``rid``.
+
+    ``control_ack`` holds the last request of a poll; earlier requests of the same poll are
+    listed in ``control_done``.
+    """
+    status = run.read_status()
+    ack = status.get("control_ack")
+    if isinstance(ack, dict) and ack.get("id") == rid:
+        return True
+    done = status.get("control_done")
+    return isinstance(done, list) and rid in done
 
 
 def wait_ack(run: RunDir, rid: str, timeout_s: float) -> bool:
