@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import os
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from cli.common import add_json, add_set, print_json
+from core.dataset.buckets import BUCKET_KEYS
 from core.dataset.problems import Problem
 from core.errors import UserError
 from core.settings import METHODS
 
 _NATIVE_RESOLUTION = {"sd1": 512, "sd2": 768, "sdxl": 1024}
-_BUCKET_KEYS = ("enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -116,27 +114,9 @@ def _from_config_file(args: argparse.Namespace, extras: list[str]) -> tuple[Any,
     config = apply_overrides(load_config(args.config), extras)
     if not config.subsets:
         raise UserError(f"{args.config} has no [[dataset.subsets]]; add the dataset's subset folders or plan with --data DIR")
-    return config, _scan_subsets(config)
+    from core.dataset.scan import scan_config
 
-
-def _scan_subsets(config: Any) -> Any:
-    """One scan over the config's subset folders, each scanned as a subset folder of its own."""
-    from core.dataset.scan import scan_dataset
-
-    settings = config.settings
-    scans = [
-        scan_dataset(
-            s["path"], resolution=int(settings["resolution"]), caption_extensions=config.caption_extensions,
-            bucket_settings={k: settings[k] for k in _BUCKET_KEYS},
-        )
-        for s in config.subsets
-    ]
-    root = os.path.commonpath([str(Path(s["path"]).expanduser().resolve()) for s in config.subsets])
-    return replace(
-        scans[0], root=root,
-        subsets=[subset for scan in scans for subset in scan.subsets],
-        problems=[problem for scan in scans for problem in scan.problems],
-    )
+    return config, scan_config(config)
 
 
 def _from_arguments(args: argparse.Namespace, extras: list[str], gpus: Any) -> tuple[Any, Any]:
@@ -158,7 +138,7 @@ def _from_arguments(args: argparse.Namespace, extras: list[str], gpus: Any) -> t
     overrides = _settings_overrides(probe, extras)
     settings = probe.settings
     resolution = int(overrides.get("resolution", _NATIVE_RESOLUTION[family]))
-    scan = scan_dataset(args.data, args.reg, resolution=resolution, bucket_settings={k: settings[k] for k in _BUCKET_KEYS})
+    scan = scan_dataset(args.data, args.reg, resolution=resolution, bucket_settings={k: settings[k] for k in BUCKET_KEYS})
     recipe_name, recipe_settings = _choose_recipe(args.recipe, family, method, gpus, overrides)
     name = f"{_slug(scan.subsets[0].token if scan.subsets else '') or Path(args.data).name}-{method}"
     config = new_config(name, model_path, family, method, scan.subset_configs(), {}, distributed={"num_processes": max(1, gpus.count)})

@@ -311,3 +311,19 @@ def test_phone_photos_are_sized_as_shown_after_exif_rotation(tmp_path: Path, ori
         from PIL import ImageOps
 
         assert ImageOps.exif_transpose(image).size == shown
+
+
+def test_scan_config_takes_repeats_token_and_reg_from_the_run_config(kohya_dataset) -> None:
+    from core.config import new_config
+    from core.dataset.scan import scan_config
+
+    root = kohya_dataset(((10, "sks dog", 3), (1, "dog", 2)))
+    config = new_config(
+        "run", "", "sd1", "lora",
+        [{"path": str(root / "10_sks dog"), "repeats": 25, "token": "sks dog", "is_reg": False},
+         {"path": str(root / "1_dog"), "repeats": 1, "token": "dog", "is_reg": True}],
+        {"resolution": 64},
+    )
+    scan = scan_config(config)
+    assert [(s.repeats, s.is_reg) for s in scan.subsets] == [(25, False), (1, True)]
+    assert scan.items_per_epoch == 75 and scan.reg_images == 2

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 Bucket = tuple[int, int]
+
+#: The settings (core/settings.py names) that shape the buckets, besides ``resolution``.
+BUCKET_KEYS = ("enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps")
 
 
 def make_buckets(
@@ -66,3 +70,14 @@ def crop_box(width: int, height: int, bucket: Bucket, left_frac: float = 0.5, to
     left = int(round((sw - bw) * left_frac))
     top = int(round((sh - bh) * top_frac))
     return sw, sh, left, top, left + bw, top + bh
+
+
+def buckets_for(settings: Mapping[str, Any]) -> list[Bucket]:
+    """The buckets a run's settings ask for (missing keys take their defaults)."""
+    from core.settings import SETTINGS
+
+    values = {k: SETTINGS[k].default for k in ("resolution", *BUCKET_KEYS)} | dict(settings)
+    return make_buckets(
+        int(values["resolution"]), int(values["min_bucket_reso"]), int(values["max_bucket_reso"]),
+        int(values["bucket_reso_steps"]), bool(values["enable_bucket"]),
+    )

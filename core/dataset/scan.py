@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from core.atomic import read_json, write_atomic
-from core.dataset.buckets import Bucket, assign_bucket, bucket_counts, make_buckets
+from core.dataset.buckets import BUCKET_KEYS, Bucket, assign_bucket, bucket_counts, make_buckets
 from core.dataset.images import FORMAT_NAMES, IMAGE_EXTENSIONS, ImageHeader, read_header
 from core.dataset.problems import Problem, sort_problems
 from core.errors import UserError
@@ -31,7 +31,6 @@ from core.settings import SETTINGS
 REPEAT_PREFIX = re.compile(r"^(\d+)_(.*)$")
 _CACHE_VERSION = 2
 _ENDS = 8192
-_BUCKET_KEYS = ("enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps")
 
 
 @dataclass(frozen=True)
@@ -214,6 +213,43 @@ def scan_dataset(
     return DatasetScan(str(root), subsets, sort_problems(problems), resolution, buckets, str(reg_root) if reg_root else None)
 
 
+def scan_config(config: Any) -> DatasetScan:
+    """One scan over a run config's ``[[dataset.subsets]]`` folders, with the config's repeats,
+    tokens and reg flags; UserError when a training subset has no usable image.
+
+    ``config`` is a RunConfig (``subsets``, ``settings``, ``caption_extensions``).
+    """
+    settings = config.settings
+    scans = []
+    for entry in config.subsets:
+        folder = Path(str(entry["path"])).expanduser()
+        if not folder.is_dir():
+            raise UserError(f"the dataset folder {folder} does not exist; fix its [[dataset.subsets]] path in the run config")
+        scan = scan_dataset(
+            folder, resolution=int(settings["resolution"]), caption_extensions=config.caption_extensions,
+            bucket_settings={k: settings[k] for k in BUCKET_KEYS},
+        )
+        if not scan.images and not entry.get("is_reg"):
+            problem = next((p for p in scan.problems if p.severity == "error"), None)
+            why = f"{problem.message}; {problem.fix}" if problem else "add png, jpg, webp or bmp images"
+            raise UserError(f"the dataset folder {folder} has no usable image ({why})")
+        scans.append(replace(scan, subsets=[
+            replace(
+                subset, repeats=int(entry.get("repeats", subset.repeats)),
+                is_reg=bool(entry.get("is_reg", subset.is_reg)), token=str(entry.get("token") or subset.token),
+            )
+            for subset in scan.subsets
+        ]))
+    if not scans:
+        raise UserError("the run config has no [[dataset.subsets]]; add the dataset's subset folders")
+    root = os.path.commonpath([str(Path(str(s["path"])).expanduser().resolve()) for s in config.subsets])
+    return replace(
+        scans[0], root=root,
+        subsets=[s for scan in scans for s in scan.subsets],
+        problems=[p for scan in scans for p in scan.problems],
+    )
+
+
 def _existing_folder(path: str | os.PathLike[str], what: str) -> Path:
     folder = Path(path).expanduser()
     if not folder.exists():
@@ -236,10 +272,10 @@ def _caption_extensions(extensions: Sequence[str]) -> tuple[str, ...]:
 
 
 def _make_buckets(resolution: int, settings: Mapping[str, Any] | None) -> list[Bucket]:
-    values = {k: SETTINGS[k].default for k in _BUCKET_KEYS} | dict(settings or {})
+    values = {k: SETTINGS[k].default for k in BUCKET_KEYS} | dict(settings or {})
     try:
         res = SETTINGS["resolution"].check(resolution)
-        checked = {k: SETTINGS[k].check(values[k]) for k in _BUCKET_KEYS}
+        checked = {k: SETTINGS[k].check(values[k]) for k in BUCKET_KEYS}
     except ValueError as exc:
         raise UserError(f"bad bucket setting: {exc}") from None
     return make_buckets(res, checked["min_bucket_reso"], checked["max_bucket_reso"], checked["bucket_reso_steps"], checked["enable_bucket"])

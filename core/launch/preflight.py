@@ -11,7 +11,7 @@ import json
 import os
 import re
 import shutil
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,6 @@ from core.errors import UserError
 from core.launch.accelerate_config import parse_gpu_ids
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_BUCKET_KEYS = ("enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps")
 #: Optimizer state bytes per trained fp32 parameter byte (AdamW: two fp32 moments …).
 _OPTIMIZER_STATE = {"adamw": 2.0, "adamw8bit": 0.5, "lion8bit": 0.25, "adafactor": 0.1}
 _MODEL_FILES = (".safetensors", ".ckpt", ".pt", ".bin")
@@ -61,33 +60,6 @@ def _hub_cached(repo_id: str) -> bool:
     home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface"))
     cache = Path(os.environ.get("HF_HUB_CACHE", home / "hub"))
     return (cache / ("models--" + repo_id.replace("/", "--"))).is_dir()
-
-
-def scan_config(config: Any) -> Any:
-    """One DatasetScan over the run config's subset folders; UserError when a subset cannot train."""
-    from core.dataset.scan import scan_dataset
-
-    settings = config.settings
-    scans = []
-    for subset in config.subsets:
-        folder = Path(str(subset["path"])).expanduser()
-        if not folder.is_dir():
-            raise UserError(f"the dataset folder {folder} does not exist; fix its [[dataset.subsets]] path in the run config")
-        scan = scan_dataset(
-            folder, resolution=int(settings["resolution"]), caption_extensions=config.caption_extensions,
-            bucket_settings={k: settings[k] for k in _BUCKET_KEYS},
-        )
-        if not scan.images and not subset.get("is_reg"):
-            problem = next((p for p in scan.problems if p.severity == "error"), None)
-            why = f"{problem.message}; {problem.fix}" if problem else "add png, jpg, webp or bmp images"
-            raise UserError(f"the dataset folder {folder} has no usable image ({why})")
-        scans.append(scan)
-    root = os.path.commonpath([str(Path(str(s["path"])).expanduser().resolve()) for s in config.subsets])
-    return replace(
-        scans[0], root=root,
-        subsets=[s for scan in scans for s in scan.subsets],
-        problems=[p for scan in scans for p in scan.problems],
-    )
 
 
 def choose_gpus(found: Any, distributed: dict[str, Any]) -> tuple[Any, bool, str | None]:
@@ -207,6 +179,8 @@ def preflight(config: Any, runs_dir: Path, found_gpus: Any, force: bool = False)
     model_notice = check_model(config.model_path)
     if model_notice:
         notices.append(model_notice)
+    from core.dataset.scan import scan_config
+
     scan = scan_config(config)
     gpus, use_cpu, cpu_notice = choose_gpus(found_gpus, config.distributed)
     if cpu_notice:
