@@ -98,32 +98,21 @@ def updated_at(status: dict[str, Any]) -> float | None:
 
 
 class RunsWatcher:
-    """The runs of a folder with their live state and last loss; metrics are tailed, never re-read."""
+    """The runs of a folder with their live state and last loss (read from the end of metrics.jsonl only)."""
 
     def __init__(self, runs_dir: Path) -> None:
         self.runs_dir = Path(runs_dir)
-        self._tails: dict[Path, Any] = {}
-        self._loss: dict[Path, float | None] = {}
-        self._step: dict[Path, int | None] = {}
 
     def rows(self) -> list[RunRow]:
         """Every run, newest first (by creation, so a live run does not jump around)."""
-        from core.monitor import MetricsTail
         from core.runs import list_runs
 
         rows = []
         for run in list_runs(self.runs_dir):
-            path = Path(run.path)
-            tail = self._tails.get(path)
-            if tail is None:
-                tail = self._tails[path] = MetricsTail(run.metrics)
-            for record in tail.poll():
-                if record.get("type") == "step":
-                    self._loss[path] = record.get("loss")
-                    self._step[path] = record.get("step")
             status = run.read_status()
-            step = status.get("step", self._step.get(path))
-            rows.append(RunRow(path.name, path, run.state, step, total_steps(run, status), self._loss.get(path), updated_at(status)))
+            last = run.last_step_record() or {}
+            step = status.get("step", last.get("step"))
+            rows.append(RunRow(run.id, run.path, run.derive_state(status), step, total_steps(run, status), last.get("loss"), updated_at(status)))
         return rows
 
 

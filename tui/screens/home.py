@@ -72,12 +72,12 @@ class HomeScreen(Screen):
 
     def refresh_gpus(self) -> None:
         """Real GPUs: probe again for the VRAM in use (simulated ones do not change)."""
-        if self.app.context.gpu_spec is None:
+        if self.app.context.gpu_spec is None and self.is_current:
             self.load_gpus(refresh=True)
 
     def refresh_runs(self) -> None:
-        """Start a refresh unless the previous one is still going (the watcher keeps offsets)."""
-        if not self.refreshing:
+        """Start a refresh unless the previous one is still going or another screen is on top."""
+        if not self.refreshing and self.is_current:
             self.refreshing = True
             self.read_runs()
 
@@ -138,6 +138,9 @@ class HomeScreen(Screen):
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         event.stop()
         self.action_attach()
+
+    def on_screen_resume(self) -> None:
+        self.refresh_runs()
 
     def action_new_run(self) -> None:
         self.app.open_wizard()
