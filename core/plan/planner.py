@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from core.dataset.buckets import bucket_counts, make_buckets
+from core.dataset.buckets import bucket_counts, buckets_for
 from core.errors import UserError
 from core.settings import defaults
 
@@ -124,10 +124,7 @@ def make_plan(config: Any, scan: Any, gpus: Any, price_per_gpu_hour: float | Non
     scan = _apply_config_subsets(scan, config.subsets)
     if not any(s.images for s in scan.subsets if not s.is_reg):
         raise UserError(f"the dataset {scan.root} has no usable training image; run 'sdtui scan {scan.root}' to see why and fix it")
-    buckets = make_buckets(
-        int(settings["resolution"]), int(settings["min_bucket_reso"]), int(settings["max_bucket_reso"]),
-        int(settings["bucket_reso_steps"]), bool(settings["enable_bucket"]),
-    )
+    buckets = buckets_for(settings)
     counts = _bucket_counts(scan, buckets)
     prior = uses_prior_preservation(method, scan.reg_images)
     fit = judge(
