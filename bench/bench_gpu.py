@@ -342,7 +342,7 @@ def describe(label: str, ours: dict[str, Any], ref: dict[str, Any], tflops: floa
     ratio = ours["ips"] / ref["ips"] if "ips" in ours and "ips" in ref else None
     return (
         f"{label}: ours {side(ours, flops)} vs reference {side(ref, flops)}"
-        f"{f' (UNet {flops / 1e9:.0f} GFLOP/img)' if flops else ''} ratio={'n/a' if ratio is None else f'{ratio:.2f}'}"
+        f"{f' (UNet training {flops / 1e9:.3g} GFLOP/img)' if flops else ''} ratio={'n/a' if ratio is None else f'{ratio:.2f}'}"
     )
 
 
@@ -366,7 +366,7 @@ def run_cases(tiny: bool, family: str | None, method: str | None, batch: int | N
             }
             ours = run_side({**case, "side": "ours"})
             ref = run_side({**case, "side": "reference"})
-            label = f"gpu_{fam}_{meth}_{resolution}px_b{size}{'_tiny_cpu' if tiny else ''} [{name}]"
+            label = f"gpu_{fam}_{meth}_{resolution}px_b{size}" + ("_tiny_cpu (checks the script; not a GPU figure)" if tiny else f" [{name}]")
             lines.append(describe(label, ours, ref, tflops))
             print(lines[-1], file=sys.stderr, flush=True)
     return lines
