@@ -141,3 +141,20 @@ def test_dreambooth_generates_missing_class_images_into_the_run_folder(tmp_path,
     assert "2 class images ready" in [m["message"] for m in metrics(run, "event")]
     assert batch["is_class"].tolist() == [False, True] and batch["captions"][1] == "a photo of a dog"
     assert sorted(p.name for p in data.rglob("*")) == before
+
+
+@pytest.mark.parametrize("targets", ["attn", "attn_ff", "all"])
+def test_lora_adapts_exactly_the_modules_the_memory_estimator_counts(tiny_models, targets):
+    from core.model_configs import LORA_TARGET_MODULES, is_lora_target
+    from core.train.methods import setup_method
+    from core.train.models import load_components
+
+    components = load_components(str(tiny_models("sdxl")))
+    plain = {name for name, _ in components.unet.named_modules()}
+    setup_method("lora", components, {"lora_targets": targets, "lora_rank": 2, "train_text_encoder": True})
+    adapted = {name[: -len(".lora_A")] for name, _ in components.unet.named_modules() if name.endswith(".lora_A")}
+    assert adapted == {n for n in plain if is_lora_target(n, LORA_TARGET_MODULES["unet"][targets])}
+    assert adapted
+    encoder = components.text_encoders[0]
+    te_adapted = {name[: -len(".lora_A")] for name, _ in encoder.named_modules() if name.endswith(".lora_A")}
+    assert te_adapted and all(is_lora_target(n, LORA_TARGET_MODULES["text_encoder"][targets]) for n in te_adapted)

@@ -6,13 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.errors import UserError
-
-UNET_TARGETS = {
-    "attn": ["to_q", "to_k", "to_v", "to_out.0"],
-    "attn_ff": ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"],
-    "all": ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "conv1", "conv2", "conv_shortcut", "proj_in", "proj_out"],
-}
-TEXT_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+from core.model_configs import LORA_TARGET_MODULES
 
 
 @dataclass
@@ -129,11 +123,12 @@ def _lora(unet: Any, encoders: dict[str, Any], settings: dict[str, Any], train_t
         use_dora=bool(settings.get("use_dora", False)),
         init_lora_weights="gaussian",
     )
-    unet.add_adapter(LoraConfig(target_modules=UNET_TARGETS[settings.get("lora_targets", "attn")], **common))
+    targets = str(settings.get("lora_targets", "attn"))
+    unet.add_adapter(LoraConfig(target_modules=list(LORA_TARGET_MODULES["unet"][targets]), **common))
     modules = {"unet": unet}
     if train_te:
         for name, te in encoders.items():
-            te.add_adapter(LoraConfig(target_modules=TEXT_TARGETS, **common))
+            te.add_adapter(LoraConfig(target_modules=list(LORA_TARGET_MODULES["text_encoder"][targets]), **common))
             modules[name] = te
     return Method("lora", modules, train_te)
 
