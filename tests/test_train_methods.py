@@ -158,3 +158,24 @@ def test_lora_adapts_exactly_the_modules_the_memory_estimator_counts(tiny_models
     encoder = components.text_encoders[0]
     te_adapted = {name[: -len(".lora_A")] for name, _ in encoder.named_modules() if name.endswith(".lora_A")}
     assert te_adapted and all(is_lora_target(n, LORA_TARGET_MODULES["text_encoder"][targets]) for n in te_adapted)
+
+
+def test_placeholder_tokens_never_shrink_the_embedding_table_and_grow_it_when_needed(tiny_models):
+    import torch
+
+    from core.train.models import load_components
+    from core.train.text import add_placeholder_tokens
+
+    components = load_components(str(tiny_models("sd1")))
+    encoder, tokenizer = components.text_encoders[0], components.tokenizers[0]
+    before = encoder.get_input_embeddings().weight.detach().clone()
+    assert len(tokenizer) + 2 < before.shape[0]  # the tiny table is larger than its vocabulary
+    (ids,) = add_placeholder_tokens(components, "<shp>", num_vectors=2, init_word="circle")
+    table = encoder.get_input_embeddings().weight
+    assert table.shape == before.shape
+    kept = [i for i in range(before.shape[0]) if i not in ids]
+    assert torch.equal(table[kept], before[kept])
+    assert max(ids) < table.shape[0]
+    many = before.shape[0] - len(tokenizer) + 5
+    (more,) = add_placeholder_tokens(components, "<big>", num_vectors=many)
+    assert encoder.get_input_embeddings().weight.shape[0] == len(tokenizer) > max(more)

@@ -110,7 +110,8 @@ def add_placeholder_tokens(components: Components, token: str, num_vectors: int 
     """Add a textual-inversion token (``num_vectors`` vectors) to every tokenizer and encoder.
 
     The new embedding rows start from ``init_word``'s first token (or the mean embedding when
-    it is empty). Returns the new token ids per encoder. Raises ValueError if the token exists.
+    it is empty). The embedding table grows when the tokenizer outgrows it and never shrinks.
+    Returns the new token ids per encoder. Raises ValueError if the token exists.
     """
     import torch
 
@@ -121,7 +122,8 @@ def add_placeholder_tokens(components: Components, token: str, num_vectors: int 
         if added != len(tokens):
             raise ValueError(f"the placeholder token '{token}' is already a word of the tokenizer; choose a rare made-up word")
         ids = tokenizer.convert_tokens_to_ids(tokens)
-        encoder.resize_token_embeddings(len(tokenizer))
+        if len(tokenizer) > encoder.get_input_embeddings().weight.shape[0]:  # never shrink: the table may be larger than the vocabulary
+            encoder.resize_token_embeddings(len(tokenizer))
         table = encoder.get_input_embeddings().weight
         with torch.no_grad():
             init_ids = tokenizer(init_word, add_special_tokens=False).input_ids if init_word else []
