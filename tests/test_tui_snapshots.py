@@ -69,7 +69,9 @@ def test_home(snap_compare, snapshot_env: Path) -> None:
     app = _app(make_runs(snapshot_env / "runs"))
 
     async def settle(pilot) -> None:
-        await pilot.pause(0.5)
+        await _until(pilot, lambda: pilot.app.screen.query_one("#runs").row_count == 3, "the runs")
+        await _until(pilot, lambda: "RTX 4090" in str(pilot.app.screen.query_one("#gpus").render()), "the GPUs")
+        await pilot.pause(0.2)
 
     assert snap_compare(app, terminal_size=SIZE, run_before=settle)
 
@@ -81,7 +83,9 @@ def test_home_without_gpu_at_80x24(snap_compare, snapshot_env: Path) -> None:
     app.context._gpus = GpuSet(gpus=[], reason="no NVIDIA driver was found", simulated=False)
 
     async def settle(pilot) -> None:
-        await pilot.pause(0.5)
+        await _until(pilot, lambda: "No GPU here" in str(pilot.app.screen.query_one("#gpus").render()), "the GPU sentence")
+        await _until(pilot, lambda: "No runs" in str(pilot.app.screen.query_one("#runs-empty").render()), "the empty runs line")
+        await pilot.pause(0.2)
 
     assert snap_compare(app, terminal_size=(80, 24), run_before=settle)
 
@@ -91,7 +95,8 @@ def test_dashboard_of_a_finished_run(snap_compare, snapshot_env: Path) -> None:
     app = _app(runs, start="dashboard", run=RunDir(runs / "shapes-lora-20251009-090000"))
 
     async def settle(pilot) -> None:
-        await pilot.pause(0.8)
+        await _until(pilot, lambda: "step 120 ·" in str(pilot.app.screen.query_one("#sample-caption").render()), "the samples")
+        await pilot.pause(0.3)
 
     assert snap_compare(app, terminal_size=SIZE, run_before=settle)
 
@@ -101,7 +106,8 @@ def test_dashboard_of_a_failed_run_at_80x24(snap_compare, snapshot_env: Path) ->
     app = _app(runs, start="dashboard", run=RunDir(runs / "dog-lora-20251009-093000"))
 
     async def settle(pilot) -> None:
-        await pilot.pause(0.8)
+        await _until(pilot, lambda: pilot.app.screen.query_one("#error").display, "the error")
+        await pilot.pause(0.3)
 
     assert snap_compare(app, terminal_size=(80, 24), run_before=settle)
 
