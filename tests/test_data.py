@@ -122,6 +122,18 @@ def test_corrupt_image_is_skipped(wide_and_square, caplog):
     assert len(list(make_loader(data, [wide, [wide[0]]], seed=0, epoch=0))) == 2
 
 
+def test_each_image_the_scan_leaves_out_is_one_warning(wide_and_square, caplog):
+    folder = wide_and_square / "5_sks dog"
+    (folder / "broken.png").write_bytes(b"not a png")
+    (folder / "empty.jpg").write_bytes(b"")
+    caplog.set_level("WARNING", logger="core.train")
+    data = build_items(_config((folder, 1, "sks dog", False)), SETTINGS)
+    assert {Path(item.path).name for item in data.items} == {"wide0.png", "wide1.png", "wide2.png", "square0.png", "square1.png"}
+    skipped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipping image")]
+    assert len(skipped) == 2
+    assert any(str(folder / "broken.png") in m for m in skipped) and any(str(folder / "empty.jpg") in m for m in skipped)
+
+
 def test_prior_preservation_batches_pair_class_images(wide_and_square):
     config = _config((wide_and_square / "5_sks dog", 1, "sks dog", False), (wide_and_square / "1_dog", 1, "dog", True))
     data = build_items(config, SETTINGS)

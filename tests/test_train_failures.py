@@ -104,3 +104,13 @@ def test_the_entry_point_wants_exactly_one_run_folder(capsys):
 
     assert run([]) == 2
     assert "usage: python -m core.train RUN_DIR" in capsys.readouterr().err
+
+
+def test_images_the_scan_leaves_out_are_warning_events_of_the_run(tmp_path, tiny_models, kohya_dataset):
+    data = kohya_dataset()
+    broken = next(data.iterdir()) / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    run = make_run(tmp_path / "run", tiny_models("sd1"), data, schedule={"epochs": 0, "max_steps": 1})
+    assert train(run) == 0
+    warnings = [e["message"] for e in metrics(run, "event") if e["level"] == "warning"]
+    assert [m for m in warnings if str(broken) in m and m.startswith("skipping image")]

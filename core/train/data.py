@@ -126,6 +126,7 @@ def build_items(config: Any, settings: Mapping[str, Any]) -> TrainData:
         is_reg = bool(subset.get("is_reg", False))
         repeats = int(subset.get("repeats", 1))
         scan = scan_dataset(folder, resolution=int(_setting(settings, "resolution")), caption_extensions=extensions, bucket_settings=settings, use_cache=False)
+        _warn_left_out(scan.problems)
         for found in scan.subsets:
             token = str(subset.get("token") or found.token or "").strip()
             for image in found.images:
@@ -138,6 +139,13 @@ def build_items(config: Any, settings: Mapping[str, Any]) -> TrainData:
     for i, item in enumerate(items):
         by_bucket.setdefault(item.bucket, []).extend([i] * item.repeats)
     return TrainData(items, class_items, buckets, by_bucket, settings)
+
+
+def _warn_left_out(problems: Sequence[Any]) -> None:
+    """One warning per image the scan left out (damaged, unreadable, empty), so the run's events show it."""
+    for problem in problems:
+        if problem.severity == "error" and Path(problem.path).is_file():
+            log.warning("skipping image %s: %s; %s", problem.path, problem.message, problem.fix)
 
 
 def batches_for_epoch(train_data: TrainData, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[list[int]]:
