@@ -59,8 +59,10 @@ def test_sdtui_in_tmux(tmux: Tmux, tmp_path: Path) -> None:
         "-e", f"PYTHONPATH={REPO}", "-e", "HF_HUB_OFFLINE=1",
         sys.executable, "-m", "cli", "--runs-dir", str(runs), "--gpus", "2x4090",
     )
-    screen = tmux.wait_for("shapes-lora-20251009-090000")
-    assert "GeForce RTX 4090" in screen and "failed" in screen and "37/400" in screen
+    tmux.wait_for("shapes-lora-20251009-090000")
+    tmux.wait_for("GeForce RTX 4090")
+    screen = tmux.wait_for("37/400")
+    assert "failed" in screen and "finished" in screen
     tmux.keys("Down", "Enter")
     screen = tmux.wait_for("Fix:")
     assert "FAILED" in screen and "out of memory at step 37" in screen
