@@ -8,7 +8,7 @@ from pathlib import Path
 
 from core.atomic import read_json
 from core.runs import RunDir
-from tests.tui_fixtures import T0, make_run, make_runs, sync
+from tests.tui_fixtures import T0, make_run, make_runs, sync, until
 from tui.app import SdtuiApp
 from tui.context import AppContext
 from tui.screens.confirm import ConfirmScreen
@@ -30,7 +30,7 @@ async def test_finished_run_shows_progress_loss_and_samples(tmp_path: Path) -> N
     runs = make_runs(tmp_path / "runs")
     app = _app(runs, runs / "shapes-lora-20251009-090000")
     async with app.run_test(size=(100, 30)) as pilot:
-        await pilot.pause(0.5)
+        await until(pilot, lambda: "step 120 ·" in _text(app, "#sample-caption"))
         screen = app.screen
         assert isinstance(screen, DashboardScreen)
         assert "FINISHED" in _text(app, "#state") and "step 120/120" in _text(app, "#state")
@@ -52,7 +52,7 @@ async def test_failed_run_shows_the_error_and_the_fix(tmp_path: Path) -> None:
     runs = make_runs(tmp_path / "runs")
     app = _app(runs, runs / "dog-lora-20251009-093000")
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.pause(0.5)
+        await until(pilot, lambda: app.screen.query_one("#error").display)
         error = app.screen.query_one("#error")
         assert error.display
         assert "out of memory at step 37" in _text(app, "#error")
@@ -72,16 +72,14 @@ async def test_live_run_is_tailed_and_controls_reach_control_json(tmp_path: Path
     try:
         app = _app(runs, run)
         async with app.run_test(size=(100, 30)) as pilot:
-            await pilot.pause(0.4)
-            assert "step 10/100" in _text(app, "#state")
+            await until(pilot, lambda: "step 10/100" in _text(app, "#state"))
             assert "ETA" in _text(app, "#state")
             size_before = (run / "metrics.jsonl").stat().st_size
             with open(run / "metrics.jsonl", "a") as handle:
                 for step in range(11, 21):
                     handle.write(json.dumps({"type": "step", "step": step, "loss": 0.1, "lr": 1e-3, "step_time_s": 0.3}) + "\n")
                 handle.write('{"type": "step", "step": 21, "lo')  # a partial line is not read yet
-            await pilot.pause(0.6)
-            assert "step 20/100" in _text(app, "#state")
+            await until(pilot, lambda: "step 20/100" in _text(app, "#state"))
             assert app.screen.metrics_tail.offset > size_before
             assert len(app.screen.query_one("#loss").data[0]) == 20
             await pilot.press("s", "m", "p")
@@ -107,7 +105,7 @@ async def test_log_scale_toggles_on_a_long_run(tmp_path: Path) -> None:
     run = make_run(runs, "long-20251009-120000", "finished", steps=5000, total=5000)
     app = _app(runs, run)
     async with app.run_test(size=(100, 30)) as pilot:
-        await pilot.pause(0.8)
+        await until(pilot, lambda: len(app.screen.query_one("#loss").data[0]) == 5000)
         chart = app.screen.query_one("#loss")
         assert len(chart.data[0]) == 5000
         await pilot.press("g")

@@ -9,7 +9,7 @@ from pathlib import Path
 from textual.widgets import DataTable
 
 from core.gpu import GpuSet
-from tests.tui_fixtures import T0, make_run, make_runs, sync
+from tests.tui_fixtures import T0, make_run, make_runs, sync, until
 from tui.app import SdtuiApp
 from tui.context import AppContext
 from tui.screens.dashboard import DashboardScreen
@@ -29,7 +29,7 @@ def _rows(app: SdtuiApp) -> list[list[str]]:
 async def test_home_lists_runs_newest_first_with_state_step_and_loss(tmp_path: Path) -> None:
     app = _app(make_runs(tmp_path / "runs"))
     async with app.run_test(size=(100, 30)) as pilot:
-        await pilot.pause(0.3)
+        await until(pilot, lambda: app.screen.query_one("#runs").row_count == 3)
         rows = _rows(app)
         assert [r[0] for r in rows] == ["cat-dreambooth-20251009-100000", "dog-lora-20251009-093000", "shapes-lora-20251009-090000"]
         assert [r[1] for r in rows] == ["stopped", "failed", "finished"]
@@ -42,7 +42,8 @@ async def test_home_lists_runs_newest_first_with_state_step_and_loss(tmp_path: P
 async def test_home_shows_simulated_gpus(tmp_path: Path) -> None:
     app = _app(tmp_path / "runs", gpus="2x4090")
     async with app.run_test(size=(100, 30)) as pilot:
-        await pilot.pause(0.3)
+        await until(pilot, lambda: "RTX" in str(app.screen.query_one("#gpus").render()))
+        await until(pilot, lambda: "No runs in" in str(app.screen.query_one("#runs-empty").render()))
         text = str(app.screen.query_one("#gpus").render())
         assert text.count("RTX 4090") == 2 and "24.0 GB" in text and "bf16" in text
         assert "No runs in" in str(app.screen.query_one("#runs-empty").render())
@@ -53,7 +54,7 @@ async def test_home_without_gpu_says_so_and_offers_the_demo(tmp_path: Path) -> N
     app = _app(tmp_path / "runs", gpus=None)
     app.context._gpus = GpuSet(gpus=[], reason="no NVIDIA driver was found", simulated=False)
     async with app.run_test(size=(80, 24)) as pilot:
-        await pilot.pause(0.3)
+        await until(pilot, lambda: "No GPU" in str(app.screen.query_one("#gpus").render()))
         text = str(app.screen.query_one("#gpus").render())
         assert "No GPU here: no NVIDIA driver was found" in text
         assert "CPU demo" in text and "--gpus 1x24GB" in text
@@ -63,7 +64,7 @@ async def test_home_without_gpu_says_so_and_offers_the_demo(tmp_path: Path) -> N
 async def test_enter_attaches_and_escape_detaches(tmp_path: Path) -> None:
     app = _app(make_runs(tmp_path / "runs"))
     async with app.run_test(size=(100, 30)) as pilot:
-        await pilot.pause(0.3)
+        await until(pilot, lambda: app.screen.query_one("#runs").row_count == 3)
         await pilot.press("down", "enter")
         await pilot.pause(0.3)
         assert isinstance(app.screen, DashboardScreen)
@@ -79,12 +80,11 @@ async def test_a_new_run_and_a_state_change_show_up_without_a_key(tmp_path: Path
     HomeScreen.REFRESH_S = 0.2
     try:
         async with app.run_test(size=(100, 30)) as pilot:
-            await pilot.pause(0.3)
-            assert len(_rows(app)) == 3
+            await until(pilot, lambda: len(_rows(app)) == 3)
             make_run(runs, "new-lora-20251009-110000", "running", steps=5, total=50, created=time.time())
             status = runs / "new-lora-20251009-110000" / "status.json"
             status.write_text(json.dumps({**json.loads(status.read_text()), "updated_at": time.time()}))
-            await pilot.pause(0.8)
+            await until(pilot, lambda: len(_rows(app)) == 4)
             rows = _rows(app)
             assert rows[0][:3] == ["new-lora-20251009-110000", "running", "5/50"]
     finally:
@@ -95,9 +95,9 @@ async def test_a_new_run_and_a_state_change_show_up_without_a_key(tmp_path: Path
 async def test_logs_key_opens_the_log_of_the_selected_run(tmp_path: Path) -> None:
     app = _app(make_runs(tmp_path / "runs"))
     async with app.run_test(size=(100, 30)) as pilot:
-        await pilot.pause(0.3)
+        await until(pilot, lambda: app.screen.query_one("#runs").row_count == 3)
         await pilot.press("l")
-        await pilot.pause(0.3)
+        await until(pilot, lambda: len(app.screen.query_one("#log").lines) > 10)
         log = app.screen.query_one("#log")
         assert "step 79: loss" in "\n".join(log.lines)
         await pilot.press("escape")

@@ -10,7 +10,7 @@ from textual.widgets import Button, DataTable, Input, TextArea
 
 from core.errors import UserError
 from core.gpu import resolve
-from tests.tui_fixtures import sync
+from tests.tui_fixtures import sync, until
 from tui.app import SdtuiApp
 from tui.context import AppContext
 from tui.screens.wizard import WizardScreen
@@ -39,10 +39,8 @@ async def _to_dataset(pilot, data: Path) -> None:
     await _type(pilot, "#model-path", "sd1")
     await pilot.press("ctrl+n")
     await _type(pilot, "#dataset-path", str(data))
-    for _ in range(40):
-        await pilot.pause(0.05)
-        if pilot.app.screen.state.scan is not None or pilot.app.screen.state.field_errors:
-            break
+    screen = pilot.app.screen
+    await until(pilot, lambda: screen.state.scan is not None or "Dataset:scan" in screen.state.field_errors)
 
 
 @sync
@@ -72,8 +70,7 @@ async def test_dataset_step_refuses_a_folder_without_images(tmp_path: Path) -> N
         assert "no usable training image" in _error(app)
         assert not _next_enabled(app)
         await _type(pilot, "#dataset-path", str(tmp_path / "missing"))
-        await pilot.pause(0.3)
-        assert "does not exist" in _error(app)
+        await until(pilot, lambda: "does not exist" in _error(app))
 
 
 @sync

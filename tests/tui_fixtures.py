@@ -70,3 +70,14 @@ def sync(test):
         return asyncio.run(test(*args, **kwargs))
 
     return wrapper
+
+
+async def until(pilot, condition, timeout: float = 20.0) -> None:
+    """Wait (polling) until ``condition()`` is true: worker threads finish when they finish."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, f"timed out after {timeout:.0f} s"
+        await pilot.pause(0.05)
