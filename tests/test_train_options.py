@@ -178,7 +178,7 @@ def test_fused_backward_pass_steps_each_parameter_inside_backward(setup_run):
 def test_min_snr_and_noise_offset_change_the_loss(setup_run):
     import torch
 
-    from core.train.loop import _min_snr_weights
+    from core.train.step import min_snr_weights
 
     trainer = setup_run()
     batch = first_batch(trainer)
@@ -196,7 +196,7 @@ def test_min_snr_and_noise_offset_change_the_loss(setup_run):
     t = torch.tensor([10, 900])
     alpha = scheduler.alphas_cumprod[t]
     snr_t = alpha / (1 - alpha)
-    assert torch.allclose(_min_snr_weights(scheduler, t, 5.0, "epsilon"), torch.clamp(snr_t, max=5.0) / snr_t)
+    assert torch.allclose(min_snr_weights(scheduler, t, 5.0, "epsilon"), torch.clamp(snr_t, max=5.0) / snr_t)
 
 
 def test_v_prediction_trains_on_the_velocity(setup_run, monkeypatch):

@@ -12,12 +12,19 @@ restarted (resumed) run does not execute them again.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 from core.atomic import read_json
 
+from .status import now
+
 ACTIONS = ("stop", "save", "sample", "pause", "resume")
+#: Seconds between control.json polls while paused.
+PAUSE_POLL_S = 0.5
+
+
 class ControlReader:
     """Finds the requests in control.json that were not executed yet."""
 
@@ -41,3 +48,65 @@ class ControlReader:
     def mark_done(self, request: dict[str, Any]) -> None:
         """Remember an executed request (the last 200 ids are kept)."""
         self.done = (self.done + [str(request["id"])])[-200:]
+
+
+class ControlHandling:
+    """The ``Trainer``'s side of control.json: poll at step boundaries, agree across ranks, execute."""
+
+    def _agree(self, actions: list[str]) -> list[str]:
+        """Every rank's view of the actions: rank 0's requests plus any rank's stop signal."""
+        import torch
+
+        vector = torch.tensor([1 if a in actions else 0 for a in ACTIONS], dtype=torch.int64, device=self.device)
+        if self.world > 1:
+            vector = self.acc.reduce(vector, "sum")
+        return [a for a, n in zip(ACTIONS, vector.tolist()) if n > 0]
+
+    def _poll(self) -> tuple[list[str], list[dict[str, Any]]]:
+        requests = self.control.pending() if self.acc.is_main_process else []
+        actions = [r["action"] for r in requests]
+        if self.stop_signal:
+            actions.append("stop")
+        return self._agree(actions), requests
+
+    def _ack(self, requests: list[dict[str, Any]]) -> None:
+        for request in requests:
+            self.control.mark_done(request)
+        if requests:
+            last = requests[-1]
+            self.status.update(control_ack={"id": last["id"], "action": last["action"], "at": now()}, control_done=self.control.done)
+
+    def _handle_control(self, pending: list) -> str | None:
+        """Execute the control requests at a step boundary; ``"stopped"`` ends the run."""
+        actions, requests = self._poll()
+        if not actions:
+            return None
+        self._flush(pending)
+        if "pause" in actions and "resume" not in actions and "stop" not in actions:
+            self._execute(actions, requests)
+            self.status.update(state="paused", step=self.step)
+            self.metrics.event(f"paused at step {self.step}")
+            while "resume" not in actions and "stop" not in actions:
+                time.sleep(PAUSE_POLL_S)
+                actions, requests = self._poll()
+                if actions:
+                    self._execute(actions, requests)
+            if "resume" in actions and "stop" not in actions:
+                self.status.update(state="running")
+                self.metrics.event(f"resumed at step {self.step}")
+            return "stopped" if "stop" in actions else None
+        return "stopped" if self._execute(actions, requests) else None
+
+    def _execute(self, actions: list[str], requests: list[dict[str, Any]]) -> bool:
+        """Save / sample / stop as asked (every rank takes part), acknowledge; True when stopped."""
+        if "save" in actions and "stop" not in actions:
+            self.save()
+        if "sample" in actions:
+            self.sample()
+        self._ack(requests)
+        if "stop" in actions:
+            self.metrics.event(f"stop requested; saving at step {self.step}")
+            self.save(final=True)
+            self.status.update(state="stopped", step=self.step, epoch=self.epoch, ended_at=now())
+            return True
+        return False

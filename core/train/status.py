@@ -62,3 +62,18 @@ def nan_hint(settings: dict[str, Any], learning_rate: float) -> str:
     if settings.get("mixed_precision") == "fp16":
         return f"switch settings.mixed_precision from fp16 to bf16 (if the GPU supports it) or lower schedule.learning_rate below {learning_rate:g}"
     return f"lower schedule.learning_rate (now {learning_rate:g}), e.g. by 10x, or set settings.max_grad_norm=1"
+
+
+class TrainingFailed(Exception):
+    """The run failed for a reason with a known fix: ``error`` and ``hint`` go into status.json."""
+
+    def __init__(self, error: str, hint: str) -> None:
+        super().__init__(error)
+        self.error = error
+        self.hint = hint
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (at most 200 characters), else its type name."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__

@@ -1,0 +1,151 @@
+"""Checkpoints, outputs and samples of a run, and the RNG states a checkpoint keeps.
+
+``Saving`` is the part of the ``Trainer`` (``loop.py``) that writes results: only rank 0
+writes, every rank takes part.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+from . import checkpoint as ckpt
+from .status import first_line
+
+#: Set to a file path to have every rank append a hash of its trainable weights (DDP tests).
+HASH_ENV = "SDTUI_TRAIN_HASH_FILE"
+
+
+class Saving:
+    """Checkpoint, outputs and samples of the ``Trainer``."""
+
+    def save(self, final: bool = False) -> None:
+        """Checkpoint (resumable state) and outputs; only rank 0 writes, every rank takes part."""
+        objects: dict[str, Any] = {
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "scaler": self.acc.scaler.state_dict() if self.acc.scaler is not None else None,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "rng": self._gather_rng(),
+        }
+        self._write_hash()
+        if self.acc.is_main_process:
+            state = {"epoch": self.epoch, "batch_index": self.batch_index, "world": self.world, "total_steps": self.total_steps}
+            path = ckpt.save(self.run.checkpoints, self.step, self.method.trainable_state(), objects, state, int(self.sched["keep_checkpoints"]))
+            self.metrics.write("checkpoint", step=self.step, path=str(path.relative_to(self.run.path)))
+            self.write_outputs(final)
+        self.acc.wait_for_everyone()
+
+    def _gather_rng(self) -> list[dict[str, Any]]:
+        mine = get_rng()
+        if self.world == 1:
+            return [mine]
+        from accelerate.utils import gather_object
+
+        return list(gather_object([mine]))
+
+    def _write_hash(self) -> None:
+        target = os.environ.get(HASH_ENV)
+        if not target:
+            return
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.method.trainable_state().items()):
+            digest.update(name.encode())
+            digest.update(tensor.float().cpu().numpy().tobytes())
+        with open(target, "a", encoding="utf-8") as handle:
+            handle.write(f"{self.rank} {self.step} {digest.hexdigest()}\n")
+
+    def write_outputs(self, final: bool) -> None:
+        """The results in output/ (with the EMA weights when EMA is on), in the method's formats."""
+        import torch
+
+        from core.runs import slug
+
+        from . import outputs
+
+        c = self.components
+        name = slug(self.config.name)
+        with self._ema_weights():
+            if self.method_kind == "lora":
+                meta = outputs.lora_metadata(
+                    c, self.settings, name=name, steps=self.step, epoch=self.epoch,
+                    num_train_images=len(self.data.train_data.items), learning_rate=float(self.sched["learning_rate"]),
+                )
+                saved = outputs.save_lora(c, self.run.output, name, meta, c.unet, c.text_encoders)
+            elif self.method_kind in ("dreambooth", "finetune"):
+                half = torch.bfloat16 if self.precision == "bf16" else torch.float16
+                saved = outputs.save_full_model(c, self.run.output, name, c.unet, c.text_encoders, dtype=half)
+            else:
+                saved = outputs.save_embeddings(c, self.run.output, self.method.ti.placeholder, self.method.ti.embeddings())
+        self.metrics.event(f"{'final ' if final else ''}output at step {self.step}: {saved.single_file.relative_to(self.run.path)}")
+
+    @contextlib.contextmanager
+    def _ema_weights(self) -> Any:
+        if self.ema is None:
+            yield
+            return
+        self.ema.store(self.params)
+        self.ema.copy_to(self.params)
+        try:
+            yield
+        finally:
+            self.ema.restore(self.params)
+
+    def sample(self) -> None:
+        """Render the sample prompts (rank 0); a failure is a warning and training goes on."""
+        if self.acc.is_main_process and self.config.prompts:
+            try:
+                from .sampling import render_samples
+
+                prompts = self.config.prompts
+                ti = self.method.ti
+                if ti is not None:
+                    prompts = [line.replace(ti.placeholder, " ".join(ti.tokens)) for line in prompts]
+                names = ("text_encoder", "text_encoder_2")
+                encoders = [self.wrapped.get(n, te) for n, te in zip(names, self.components.text_encoders)]
+                with self._ema_weights():
+                    written = render_samples(
+                        self.components, prompts, self.step, self.run.samples, self.device, self.weight_dtype,
+                        default_size=int(self.settings["resolution"]), seed=int(self.sched["seed"]),
+                        unet=self.wrapped.get("unet", self.components.unet), text_encoders=encoders,
+                    )
+                for result in written:
+                    self.metrics.write(
+                        "sample", step=self.step, prompt_index=result.prompt_index, prompt=self.config.prompts[result.prompt_index],
+                        path=str(Path(result.path).relative_to(self.run.path)),
+                    )
+            except Exception as exc:  # noqa: BLE001 - a sample (even out of memory) must never end the run
+                import torch
+
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                self.metrics.event(f"sampling at step {self.step} failed ({type(exc).__name__}: {first_line(exc)}); training continues", "warning")
+        self.acc.wait_for_everyone()
+
+
+def get_rng() -> dict[str, Any]:
+    import random
+
+    import numpy as np
+    import torch
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng(state: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])

@@ -1,0 +1,268 @@
+"""Start-up of a run: config, accelerate, the model and its trainable part, data, optimizer, resume.
+
+``Startup`` is the part of the ``Trainer`` (``loop.py``) that runs before the first step.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from core.errors import UserError
+from core.plan import schedule
+
+from . import checkpoint as ckpt
+from .batches import Batches
+from .control import ControlReader
+from .methods import Method, setup_method
+from .metrics import EventHandler, MetricsWriter
+from .optim import FusedBackward, make_optimizer, make_scheduler
+from .saving import set_rng
+from .status import StatusFile
+
+
+class Startup:
+    """Set-up and resume of the ``Trainer``."""
+
+    def setup(self) -> None:
+        """Read the config, start accelerate, load the model, build data, optimizer and schedule."""
+        import torch
+
+        from core.config import load_config
+
+        if not self.run.run_toml.is_file():
+            raise UserError(f"{self.run.run_toml} does not exist; start the run with `sdtui train CONFIG.toml`, which writes it")
+        self.config = load_config(self.run.run_toml)
+        self.settings = self.config.settings
+        self.sched = self.config.schedule
+        self.method_kind = str(self.config.method)
+        self._start_accelerator()
+        is_main = self.acc.is_main_process
+        self.metrics = MetricsWriter(self.run.metrics, enabled=is_main)
+        self.status = StatusFile(self.run.path, enabled=is_main)
+        self.status.update(state="starting", trainer_pids=self._pids(), error=None, hint=None)
+        for message in self.notes:
+            self.metrics.event(message, "warning")
+        logging.getLogger("core.train").addHandler(EventHandler(self.metrics))
+        torch.manual_seed(int(self.sched["seed"]))
+
+        from .models import load_components
+
+        model = self.config.section("model")
+        self.components = load_components(model.get("path", ""), model.get("family") or None, model.get("prediction_type", "auto"), model.get("vae", ""))
+        self.family = self.components.family
+        self._configure_model()
+        self.data = self._build_data()
+        self._build_optimizer()
+        self.control = ControlReader(self.run.control_json, self.status.read().get("control_done", []))
+        self._resume()
+
+    def _start_accelerator(self) -> None:
+        import torch
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs
+
+        self.notes: list[str] = []
+        precision = self.settings["mixed_precision"]
+        cuda = torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true", "yes")
+        if not cuda and precision == "fp16":
+            precision = "bf16" if _cpu_bf16_ok() else "no"
+            self.notes.append(f"mixed_precision fp16 needs a GPU; training on the CPU with {precision} instead")
+        if cuda and precision == "bf16" and not torch.cuda.is_bf16_supported():
+            precision = "fp16"
+            self.notes.append("this GPU has no bf16; training with fp16 mixed precision (loss scaling) instead")
+        if self.settings["full_bf16"] and precision == "fp16":
+            raise UserError("settings.full_bf16 keeps the weights in bf16, which needs settings.mixed_precision=bf16; set mixed_precision to bf16 or full_bf16 to false")
+        self.precision = precision
+        find_unused = bool(self.settings["train_text_encoder"]) or str(self.config.method) == "textual_inversion"
+        self.acc = Accelerator(
+            mixed_precision=precision,
+            gradient_accumulation_steps=1,
+            cpu=not cuda,
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused)],
+        )
+        self.device = self.acc.device
+        self.rank = self.acc.process_index
+        self.world = self.acc.num_processes
+        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
+
+    def _pids(self) -> list[dict[str, Any]]:
+        import psutil
+
+        from core.launch.procs import describe
+
+        me = describe(psutil.Process(), f"trainer-rank{self.rank}")
+        if self.world == 1:
+            return [me]
+        from accelerate.utils import gather_object
+
+        return list(gather_object([me]))
+
+    def _configure_model(self) -> None:
+        """Attention, memory format, checkpointing, the method's trainable part, dtypes and devices."""
+        import torch
+        from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+        s = self.settings
+        c = self.components
+        unet = c.unet
+        unet.set_attn_processor(AttnProcessor2_0() if s["attention"] == "sdpa" else AttnProcessor())
+        self.method: Method = setup_method(self.method_kind, c, s, self.config.section("method")["placeholder_token"])
+        trained = set(self.method.modules)
+        unet_trained = "unet" in trained
+        full = unet_trained and self.method_kind in ("dreambooth", "finetune")
+        # frozen parts in the autocast dtype; trained weights fp32 (or bf16 with full_bf16)
+        train_dtype = torch.bfloat16 if s["full_bf16"] else torch.float32
+        self.unet_dtype = train_dtype if full else self.weight_dtype
+        _place(unet, self.device, self.unet_dtype)
+        vae_dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+        _place(c.vae, self.device, vae_dtype)
+        for name, te in zip(("text_encoder", "text_encoder_2"), c.text_encoders):
+            _place(te, self.device, train_dtype if name in trained and self.method_kind != "lora" else self.weight_dtype)
+        for param in self.method.parameters():
+            param.data = param.data.to(train_dtype)
+        if s["channels_last"]:
+            unet.to(memory_format=torch.channels_last)
+        if s["gradient_checkpointing"]:
+            unet.enable_gradient_checkpointing()
+            for name, te in zip(("text_encoder", "text_encoder_2"), c.text_encoders):
+                if name in trained:
+                    te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        unet.train(unet_trained)
+        for name, te in zip(("text_encoder", "text_encoder_2"), c.text_encoders):
+            te.train(name in trained)
+        c.vae.eval()
+        self.ema = None
+        if s["ema"]:
+            from diffusers.training_utils import EMAModel
+
+            self.ema = EMAModel(self.method.parameters(), decay=float(s["ema_decay"]))
+            self.ema.to(self.device)
+
+    def _build_data(self) -> Batches:
+        """Items and buckets, then the latent and text-output caches when asked for and valid."""
+        import torch
+
+        from . import data
+
+        train_data = data.build_items(self.config, self.settings)
+        s = self.settings
+        c = self.components
+        class_prompt = self.config.section("method")["class_prompt"]
+        if self.method_kind == "dreambooth" and class_prompt.strip() and int(s["class_images_per_instance"]) > 0:
+            from .class_images import prepare_class_images
+
+            self.metrics.event(f"preparing class images for prior preservation ('{class_prompt}'); missing ones are generated now")
+            with self.acc.main_process_first():
+                ready = prepare_class_images(
+                    c, train_data, self.run.path, class_prompt, int(s["class_images_per_instance"]), self.device,
+                    self.weight_dtype, seed=int(self.sched["seed"]),
+                )
+            self.metrics.event(f"{len(ready)} class images ready")
+        offload = self.device.type == "cuda"
+        if s["cache_latents"]:
+            folder = self.run.path / "cache" / "latents" if s["cache_latents_to_disk"] else None
+            try:
+                data.cache_latents(c, train_data, self.device, c.vae.dtype, folder)
+                if offload:
+                    c.vae.to("cpu")
+            except data.CacheNotValid as exc:
+                self.metrics.event(str(exc), "warning")
+        if s["cache_text_encoder_outputs"]:
+            if any(name.startswith("text_encoder") for name in self.method.modules):
+                self.metrics.event("the text encoder is trained, so its outputs are not cached", "warning")
+            else:
+                try:
+                    data.cache_text_outputs(c, train_data, self.device, self.weight_dtype)
+                    if offload:
+                        for te in c.text_encoders:
+                            te.to("cpu")
+                except data.CacheNotValid as exc:
+                    self.metrics.event(str(exc), "warning")
+        if offload:
+            torch.cuda.empty_cache()
+        return Batches(self, train_data)
+
+    def _build_optimizer(self) -> None:
+        s = self.settings
+        counts = self.data.train_data.bucket_counts()
+        self.steps_per_epoch = schedule.steps_per_epoch(counts, int(s["batch_size"]), self.world, int(self.sched["gradient_accumulation"]))
+        if self.steps_per_epoch == 0:
+            raise UserError("the dataset has no training images; add images to a subset folder of the dataset in run.toml (is_reg = false)")
+        max_steps = int(self.sched["max_steps"])
+        self.total_steps = max_steps if max_steps > 0 else int(self.sched["epochs"]) * self.steps_per_epoch
+        if self.total_steps <= 0:
+            raise UserError("the run has no steps; set schedule.epochs or schedule.max_steps above 0 in run.toml")
+        warmup = schedule.warmup_steps(self.total_steps, int(self.sched["lr_warmup_steps"]))
+        lr = float(self.sched["learning_rate"])
+        cuda = self.device.type == "cuda"
+        params = self.method.parameters()
+        fused = bool(s["fused_backward_pass"])
+        if fused and self.world > 1:
+            fused = False
+            self.metrics.event("fused_backward_pass works with one process only (DDP averages gradients after backward); using a normal optimizer step", "warning")
+        if fused and self.precision == "fp16":
+            fused = False
+            self.metrics.event("fused_backward_pass cannot use fp16 loss scaling; using a normal optimizer step (use bf16 for the fused pass)", "warning")
+        modules = list(self.method.modules.items())
+        prepared = self.acc.prepare(*[m for _, m in modules])
+        prepared = prepared if isinstance(prepared, tuple) else (prepared,)
+        self.wrapped = dict(zip([n for n, _ in modules], prepared))
+        if s["torch_compile"]:
+            import torch
+
+            self.wrapped["unet"] = torch.compile(self.wrapped.get("unet", self.components.unet))
+        if fused:
+            self.fused: FusedBackward | None = FusedBackward(s["optimizer"], params, lr, cuda, float(s["max_grad_norm"]))
+            self.optimizer: Any = self.fused
+            self.lr_scheduler: Any = self.fused.make_schedulers(self.sched["lr_scheduler"], warmup, self.total_steps)
+        else:
+            self.fused = None
+            self.optimizer = self.acc.prepare(make_optimizer(s["optimizer"], params, lr, cuda))
+            self.lr_scheduler = make_scheduler(self.sched["lr_scheduler"], self.optimizer.optimizer, warmup, self.total_steps)
+        self.params = params
+
+    def _resume(self) -> None:
+        path = ckpt.latest(self.run.checkpoints)
+        if path is None:
+            return
+        loaded = ckpt.load(path)
+        self.method.load_trainable_state(loaded.tensors)
+        objects = loaded.objects
+        self.optimizer.load_state_dict(objects["optimizer"])
+        self.lr_scheduler.load_state_dict(objects["lr_scheduler"])
+        if objects.get("scaler") is not None and self.acc.scaler is not None:
+            self.acc.scaler.load_state_dict(objects["scaler"])
+        if objects.get("ema") is not None and self.ema is not None:
+            self.ema.load_state_dict(objects["ema"])
+        rng = objects.get("rng") or []
+        if self.rank < len(rng):
+            set_rng(rng[self.rank])
+        state = loaded.state
+        self.step = int(state["step"])
+        self.epoch = int(state.get("epoch", 0))
+        self.batch_index = int(state.get("batch_index", 0))
+        if int(state.get("world", self.world)) != self.world:
+            self.metrics.event(f"resumed on {self.world} processes a checkpoint written on {state.get('world')}; the rest of epoch {self.epoch + 1} starts over", "warning")
+            self.batch_index = 0
+        self.metrics.event(f"resumed from {path.name} at step {self.step}")
+
+
+def _place(module: Any, device: Any, dtype: Any) -> None:
+    """Move ``module`` to ``device``, casting only when its dtype differs."""
+    if next(module.parameters()).dtype == dtype:
+        module.to(device)
+    else:
+        module.to(device, dtype=dtype)
+
+
+def _cpu_bf16_ok() -> bool:
+    import torch
+
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            torch.ones(2, 2) @ torch.ones(2, 2)
+        return True
+    except RuntimeError:
+        return False
