@@ -111,7 +111,8 @@ class RunsWatcher:
         for run in list_runs(self.runs_dir):
             status = run.read_status()
             last = run.last_step_record() or {}
-            step = status.get("step", last.get("step"))
+            steps = [int(v) for v in (status.get("step"), last.get("step")) if isinstance(v, (int, float))]
+            step = max(steps) if steps else None
             rows.append(RunRow(run.id, run.path, run.derive_state(status), step, total_steps(run, status), last.get("loss"), updated_at(status)))
         return rows
 
