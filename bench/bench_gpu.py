@@ -11,9 +11,11 @@ peak of the device and, for ours, ``core.memory.estimate``'s figure for the same
     python -m bench.bench_gpu                      # every case (needs a CUDA GPU, ~25 min on an H100)
     python -m bench.bench_gpu --family sd1 --method lora --batch 4
     python -m bench.bench_gpu --tiny               # the same code on the CPU with tiny shapes
+    python -m bench.bench_gpu --flops              # what the caches save at real size, in counted FLOPs
 
 Without a GPU, ``main()`` (what ``python -m bench`` calls) runs the tiny check of one case, so
-the script cannot rot, and says that the real figures were not measured.
+the script cannot rot, prints the FLOP-count prediction and says that the real figures were
+not measured.
 """
 
 from __future__ import annotations
@@ -195,6 +197,64 @@ def unet_train_flops(family: str, method: str, resolution: int, model_dir: Path,
     if device == "cuda":
         torch.cuda.empty_cache()
     return flops
+
+
+def component_flops(family: str, resolution: int) -> dict[str, float]:
+    """Forward FLOPs per image of the real-size UNet, VAE encoder and text encoder(s), counted on the meta device."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from core.model_configs import family_config
+
+    configs = family_config(family)
+
+    def count(fn: Any) -> float:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            fn()
+        return float(counter.get_total_flops())
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**configs["unet"])
+        vae = AutoencoderKL(**configs["vae"])
+        encoders = [CLIPTextModel(CLIPTextConfig(**configs["text_encoder"]))]
+        if family == "sdxl":
+            encoders.append(CLIPTextModelWithProjection(CLIPTextConfig(**configs["text_encoder_2"])))
+        side = resolution // 8
+        kwargs: dict[str, Any] = {}
+        if family == "sdxl":
+            pooled = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
+            kwargs["added_cond_kwargs"] = {"text_embeds": torch.randn(1, pooled), "time_ids": torch.randn(1, 6)}
+        hidden = torch.randn(1, 77, unet.config.cross_attention_dim)
+        ids = torch.zeros(1, 77, dtype=torch.long)
+        return {
+            "unet": count(lambda: unet(torch.randn(1, 4, side, side), torch.tensor([500]), hidden, **kwargs)),
+            "vae_encode": count(lambda: vae.encode(torch.randn(1, 3, resolution, resolution))),
+            "text_encoders": sum(count(lambda e=e: e(ids)) for e in encoders),
+        }
+
+
+def flops_lines() -> list[str]:
+    """What the caches save at real size, from counted FLOPs (a prediction: nothing is timed).
+
+    Per image the reference runs the UNet forward and backward (≈2× forward for LoRA, whose
+    frozen weights get no gradients; ≈3× for a full fine-tune), the VAE encoder and the text
+    encoder(s); ours with cached latents and text outputs runs the UNet only. ratio = the
+    reference's FLOPs / ours, the speed-up at equal kernel efficiency.
+    """
+    lines = []
+    for family, _, resolution, _ in CASES[::2]:
+        parts = component_flops(family, resolution)
+        for method, passes in (("lora", 2), ("finetune", 3)):
+            ours = passes * parts["unet"]
+            ref = ours + parts["vae_encode"] + parts["text_encoders"]
+            lines.append(
+                f"flops_{family}_{method}_{resolution}px: UNet forward {parts['unet'] / 1e9:.0f} GFLOP ×{passes}, VAE encode "
+                f"{parts['vae_encode'] / 1e9:.0f} GFLOP, text encoder(s) {parts['text_encoders'] / 1e9:.0f} GFLOP per image; "
+                f"ours {ours / 1e9:.0f} vs reference {ref / 1e9:.0f} GFLOP/img (predicted, not measured) ratio={ref / ours:.2f}"
+            )
+    return lines
 
 
 def _steady(times: list[float], images: list[int], warmup: int) -> float:
@@ -380,10 +440,13 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("--method", choices=("lora", "finetune"))
     parser.add_argument("--batch", type=int)
     parser.add_argument("--workdir", help="keep models and data here (default: a temporary folder)")
+    parser.add_argument("--flops", action="store_true", help="only count the real-size FLOPs the caches save (no GPU, seconds)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args([] if argv is None else argv)
     if args.child:
         raise SystemExit(child(args))
+    if args.flops:
+        return flops_lines()
     import torch
 
     tiny = args.tiny or not torch.cuda.is_available()
@@ -395,6 +458,7 @@ def main(argv: list[str] | None = None) -> list[str]:
         workdir.mkdir(parents=True, exist_ok=True)
         lines = run_cases(tiny, *selected, workdir)
     if tiny and not args.tiny:
+        lines += flops_lines()
         lines.append("gpu_real_size: not measured: no CUDA GPU on this machine (run `python -m bench.bench_gpu` where one is) ratio=n/a")
     return lines
 
