@@ -355,7 +355,7 @@ def run_side(case: dict[str, Any]) -> dict[str, Any]:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     if case["tiny"]:
-        env["CUDA_VISIBLE_DEVICES"] = ""
+        env.update(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     proc = subprocess.run(
         [sys.executable, "-m", "bench.bench_gpu", "--child", json.dumps(case)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=1800,
