@@ -42,7 +42,7 @@ DEMO_SCHEDULE: dict[str, Any] = {
     "epochs": 2,
     "max_steps": 0,
     "gradient_accumulation": 1,
-    "learning_rate": 1e-3,
+    "learning_rate": 5e-3,
     "lr_scheduler": "constant",
     "save_every_epochs": 1,
     "save_every_steps": 0,

@@ -40,7 +40,7 @@ class WizardState:
     """The choices of the wizard; ``to_config`` turns them into a RunConfig."""
 
     gpus: Any
-    name: str = "my-lora"
+    name: str = ""
     model: str = ""
     family: str | None = None
     dataset: str = ""
@@ -80,17 +80,25 @@ class WizardState:
             self.set_model(self.model)
 
     # ---- step 2: dataset
-    def scan_dataset(self) -> Any:
-        """Scan the dataset (and the class folder) read-only; keeps the result."""
+    def run_scan(self) -> Any:
+        """Scan the dataset (and the class folder) read-only and return the scan; the state is not changed."""
         from core.dataset.scan import scan_dataset
 
         if not self.dataset.strip():
             raise UserError("no dataset folder given; type the folder that holds <repeats>_<token> subfolders of images")
         reg = self._path_text(self.reg_dataset) if self.reg_dataset.strip() else None
         bucket_settings = {k: self.settings[k] for k in ("enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps")}
-        self.scan = scan_dataset(self._path_text(self.dataset), reg, resolution=int(self.settings["resolution"]), bucket_settings=bucket_settings)
-        self.repeats = {}
+        return scan_dataset(self._path_text(self.dataset), reg, resolution=int(self.settings["resolution"]), bucket_settings=bucket_settings)
+
+    def scan_dataset(self) -> Any:
+        """Scan and keep the result (the edited repeats start over)."""
+        self.use_scan(self.run_scan())
         return self.scan
+
+    def use_scan(self, scan: Any) -> None:
+        """Keep a scan; the edited repeats start over."""
+        self.scan = scan
+        self.repeats = {}
 
     def set_repeats(self, subset: str, value: str) -> None:
         """Change a subset's repeats (UserError for anything but a whole number ≥ 1)."""
@@ -213,6 +221,14 @@ class WizardState:
             raise UserError("samples are on but there is no prompt; add a prompt or set 'every N steps' to 0")
 
     # ---- step 7: review
+    def default_name(self) -> str:
+        """``<first subset's token>-<method>``, e.g. ``sks-dog-lora``."""
+        from core.runs import slug
+
+        scan = self.dataset_scan
+        token = next((s.token for s in scan.subsets if not s.is_reg and s.token), "") if scan is not None else ""
+        return slug(f"{token}-{self.method}".replace("_", "-").replace(" ", "-").strip("-")) or "run"
+
     def check_review(self) -> None:
         if not self.name.strip():
             raise UserError("the run has no name; type one, e.g. sks-dog-lora")

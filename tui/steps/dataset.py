@@ -73,7 +73,7 @@ class DatasetStep(Step):
         """Scan in a thread; a result for paths the user has since changed is dropped."""
         wanted = (self.state.dataset, self.state.reg_dataset)
         try:
-            result: Any = self.state.scan_dataset()
+            result: Any = self.state.run_scan()
             error = None
         except UserError as exc:
             result, error = None, str(exc)
@@ -84,7 +84,7 @@ class DatasetStep(Step):
     def scanned(self, wanted: tuple[str, str], result: Any, error: str | None) -> None:
         if wanted != (self.state.dataset, self.state.reg_dataset):
             return
-        self.state.scan = result
+        self.state.use_scan(result)
         if error:
             self.state.field_errors["Dataset:scan"] = error
         else:

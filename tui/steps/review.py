@@ -32,7 +32,15 @@ class ReviewStep(Step):
             yield Button("Save config (ctrl+s)", id="save", compact=True)
             yield Button("Launch (ctrl+l)", id="launch", variant="success", compact=True)
 
+    auto_name: str | None = None
+
     def load(self) -> None:
+        auto = self.state.default_name()
+        if not self.state.name or self.state.name == self.auto_name:
+            if self.state.config_path in ("", f"{self.state.name}.toml"):
+                self.state.config_path = f"{auto}.toml"
+            self.state.name = auto
+        self.auto_name = auto
         if not self.state.config_path:
             self.state.config_path = f"{self.state.name}.toml"
         for selector, value in (("#run-name", self.state.name), ("#config-path", self.state.config_path)):
