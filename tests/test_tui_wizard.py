@@ -189,3 +189,14 @@ def test_state_sentences_name_the_thing_and_the_fix(tmp_path: Path) -> None:
         state.check(4)
     with pytest.raises(UserError, match="sample prompt 1"):
         state.set_prompts("--w 512 --h 512")
+
+
+def test_family_sets_the_native_resolution_and_the_scan_offers_a_prompt(kohya_dataset, tmp_path: Path) -> None:
+    from tui.wizard_state import WizardState
+
+    state = WizardState(gpus=resolve("1x24GB"), base_dir=tmp_path)
+    state.set_model("sdxl")
+    assert state.settings["resolution"] == 1024
+    state.dataset = str(kohya_dataset(((10, "sks dog", 2),)))
+    state.scan_dataset()
+    assert state.prompts == ["a photo of sks dog --d 1"]

@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.dataset.buckets import BUCKET_KEYS
 from core.errors import UserError
+from core.model_configs import NATIVE_RESOLUTION
 from core.settings import FAMILIES, METHODS, SCHEMA, SETTINGS, defaults
 
 STEPS = ("Model", "Dataset", "Method", "Recipe", "Schedule", "Samples", "Review")
@@ -68,6 +70,8 @@ class WizardState:
         if not text:
             raise UserError("no model given; type a diffusers folder, a .safetensors file, a hub id, or a family (sd1, sd2, sdxl) to plan only")
         self.family = detect_family(self._path_text(text) if not self.planning_only else text)
+        if not self.recipe and not self.keep_settings:
+            self.settings["resolution"] = NATIVE_RESOLUTION[self.family]
         return self.family
 
     @property
@@ -87,7 +91,7 @@ class WizardState:
         if not self.dataset.strip():
             raise UserError("no dataset folder given; type the folder that holds <repeats>_<token> subfolders of images")
         reg = self._path_text(self.reg_dataset) if self.reg_dataset.strip() else None
-        bucket_settings = {k: self.settings[k] for k in ("enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps")}
+        bucket_settings = {k: self.settings[k] for k in BUCKET_KEYS}
         return scan_dataset(self._path_text(self.dataset), reg, resolution=int(self.settings["resolution"]), bucket_settings=bucket_settings)
 
     def scan_dataset(self) -> Any:
@@ -96,9 +100,12 @@ class WizardState:
         return self.scan
 
     def use_scan(self, scan: Any) -> None:
-        """Keep a scan; the edited repeats start over."""
+        """Keep a scan; the edited repeats start over. Without prompts yet, one is offered from the token."""
         self.scan = scan
         self.repeats = {}
+        token = next((s.token for s in scan.subsets if not s.is_reg and s.token), "") if scan is not None else ""
+        if token and not self.prompts:
+            self.prompts = [f"a photo of {token} --d 1"]
 
     def set_repeats(self, subset: str, value: str) -> None:
         """Change a subset's repeats (UserError for anything but a whole number ≥ 1)."""
@@ -226,7 +233,7 @@ class WizardState:
         from core.runs import slug
 
         scan = self.dataset_scan
-        token = next((s.token for s in scan.subsets if not s.is_reg and s.token), "") if scan is not None else ""
+        token = next((s.token for s in scan.subsets if not s.is_reg and s.token), "") if scan is not None else "" if scan is not None else ""
         return slug(f"{token}-{self.method}".replace("_", "-").replace(" ", "-").strip("-")) or "run"
 
     def check_review(self) -> None:

@@ -12,10 +12,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-#: UNet forward, TFLOPs per image at the family's native resolution (2 FLOPs per MAC).
+from core.model_configs import NATIVE_RESOLUTION
+
+#: UNet forward, TFLOPs per image at the family's native resolution, NATIVE_RESOLUTION (2 FLOPs per MAC).
 UNET_TFLOPS = {"sd1": 0.68, "sd2": 1.52, "sdxl": 5.6}
-#: The resolution those numbers are for.
-NATIVE_RESOLUTION = {"sd1": 512, "sd2": 768, "sdxl": 1024}
 #: VAE encoder forward, TFLOPs per 512×512 image (same architecture for all families).
 VAE_ENCODE_TFLOPS_512 = 1.1
 #: Text encoder(s) forward, TFLOPs per caption (77 tokens): CLIP-L, OpenCLIP-H, CLIP-L + bigG.
