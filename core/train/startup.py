@@ -122,7 +122,12 @@ class Startup:
             _place(te, self.device, train_dtype if name in trained and self.method_kind != "lora" else self.weight_dtype)
         for param in self.method.parameters():
             param.data = param.data.to(train_dtype)
-        if s["channels_last"]:
+        # channels-last convolutions are a GPU win; on the CPU they measured 20% slower per step
+        # (tiny SD1 LoRA, 64 px: 111 ms vs 92 ms), so the CPU keeps the contiguous format
+        self.channels_last = bool(s["channels_last"]) and self.device.type == "cuda"
+        if s["channels_last"] and not self.channels_last:
+            self.metrics.event("channels_last is for GPUs (slower on the CPU); the UNet keeps the contiguous memory format")
+        if self.channels_last:
             unet.to(memory_format=torch.channels_last)
         if s["gradient_checkpointing"]:
             unet.enable_gradient_checkpointing()

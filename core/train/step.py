@@ -53,7 +53,7 @@ class Stepping:
         unet = self.wrapped.get("unet", self.components.unet)
         dtype = self.unet_dtype
         model_input = noisy.to(dtype)
-        if s["channels_last"]:
+        if self.channels_last:
             model_input = model_input.contiguous(memory_format=torch.channels_last)
         kwargs: dict[str, Any] = {"added_cond_kwargs": added} if added is not None else {}
         pred = unet(model_input, timesteps, hidden.to(dtype), **kwargs).sample
