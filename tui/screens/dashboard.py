@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from rich.text import Text
@@ -37,6 +38,8 @@ class DashboardScreen(Screen):
         Binding("escape,d", "detach", "Detach", tooltip="Back to the runs; the training goes on"),
     ]
     REFRESH_S = 1.0
+    #: The loss chart is the costliest redraw: at most once per this many seconds.
+    CHART_S = 3.0
 
     def __init__(self, run: Any, live_gpus: bool = True) -> None:
         super().__init__()
@@ -46,6 +49,9 @@ class DashboardScreen(Screen):
         self.status: dict[str, Any] = {}
         self.state = "queued"
         self.polling = False
+        self.shown: dict[str, Text] = {}
+        self.chart_pending = False
+        self.chart_drawn_at = 0.0
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -102,7 +108,10 @@ class DashboardScreen(Screen):
             return None
         from core.gpu import probe
 
-        return probe()
+        found = probe()
+        if not found.gpus:
+            self.live_gpus = False
+        return found
 
     def show(self, changed: bool, status: dict[str, Any], state: str, total: int | None, lines: list[str], gpus: Any) -> None:
         """Update the widgets with one poll's news."""
@@ -110,14 +119,15 @@ class DashboardScreen(Screen):
         view = self.view
         step = max(view.step, int(status.get("step") or 0))
         progress = self.query_one("#progress", ProgressBar)
-        progress.update(total=total or None, progress=step)
+        if (progress.total, progress.progress) != (total or None, step):
+            progress.update(total=total or None, progress=step)
         eta = view.eta_s(total) if state in LIVE_STATES else None
         state_text = Text()
         state_text.append(f" {state.upper()} ", style=f"reverse {state_style(state)}")
         state_text.append(f"  step {step}/{total or '?'}")
         if eta is not None:
             state_text.append(f"  ETA {duration(eta)}")
-        self.query_one("#state", Static).update(state_text)
+        self._put("#state", state_text)
         error = self.query_one("#error", Static)
         error.display = state in ("failed", "lost")
         if error.display:
@@ -125,12 +135,22 @@ class DashboardScreen(Screen):
             hint = status.get("hint") or "see the log below"
             error.update(Text.assemble(("Error: ", "bold red"), str(message), "\n", ("Fix: ", "bold"), str(hint)))
         if changed:
-            self.query_one("#loss", LossChart).set_data(view.series.steps, view.series.loss, view.smoothed)
+            self.chart_pending = True
             self.query_one("#samples", SampleView).set_samples(view.samples, view.newest_sample)
-        self.query_one("#numbers", Static).update(self._numbers())
-        self.query_one("#resources", Static).update(self._resources(gpus))
+        now = time.monotonic()
+        if self.chart_pending and (now - self.chart_drawn_at >= self.CHART_S or state not in LIVE_STATES):
+            self.chart_pending, self.chart_drawn_at = False, now
+            self.query_one("#loss", LossChart).set_data(view.series.steps, view.series.loss, view.smoothed)
+        self._put("#numbers", self._numbers())
+        self._put("#resources", self._resources(gpus))
         if lines:
             self.query_one("#log", Log).write_lines(terminal_lines(lines))
+
+    def _put(self, selector: str, text: Text) -> None:
+        """Update a Static only when its text changed (an update costs a repaint)."""
+        if self.shown.get(selector) != text:
+            self.shown[selector] = text
+            self.query_one(selector, Static).update(text)
 
     def _numbers(self) -> Text:
         view = self.view

@@ -81,7 +81,7 @@ class SampleView(Vertical):
         sample = samples[self.position]
         image = self.query_one("#sample-image")
         path = self.run_path / sample.path
-        if path.is_file():
+        if path.is_file() and image.image != str(path):
             image.image = str(path)
         prompt = sample.prompt.split(" --")[0]
         caption.update(Text.assemble(
