@@ -131,6 +131,8 @@ async def _drive(pilot, step: int, dataset: Path) -> None:
         await _until(pilot, lambda: screen.index == 1, "the dataset step")
         screen.query_one("#dataset-path").value = str(dataset)
         await _until(pilot, lambda: screen.state.scan is not None and screen.error is None, "the scan")
+        if step == 1:
+            await _until(pilot, lambda: screen.query_one("#subsets").row_count > 0 and str(screen.query_one("#scan-summary").render()), "the scan table")
     for n in range(2, step + 1):
         if n == 6:
             screen.query_one("#prompts").text = "a photo of sks dog --w 512 --h 512 --d 1"
