@@ -12,8 +12,14 @@ def run(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m core.train RUN_DIR", file=sys.stderr)
         return 2
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
     from .loop import main
 
+    # Loading bars would fill train.log (and the dashboard's log tail) with carriage returns.
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
     return main(argv[0])
 
 
