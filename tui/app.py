@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -103,5 +105,32 @@ def run_app(args: argparse.Namespace, start: str = "home", run: Any = None, demo
         demo=demo,
     )
     prepare_images()
+    watch_terminal()
     SdtuiApp(context, start=start, run=run).run()
     return 0
+
+
+def terminal_alive(fd: int) -> bool:
+    """False once the terminal on ``fd`` has hung up (its tty answers EIO)."""
+    try:
+        os.tcgetpgrp(fd)
+    except OSError:
+        return False
+    return True
+
+
+def watch_terminal(interval_s: float = 2.0) -> None:
+    """End the process when its terminal goes away without a SIGHUP reaching it (e.g. the SSH
+    session or tmux server died under ``make demo``): otherwise Textual's input thread spins on
+    the dead tty. Runs are detached, so nothing of a run is lost."""
+    stdin = sys.__stdin__
+    if stdin is None or not stdin.isatty():
+        return
+    fd = stdin.fileno()
+
+    def watch() -> None:
+        while terminal_alive(fd):
+            time.sleep(interval_s)
+        os._exit(129)
+
+    threading.Thread(target=watch, name="sdtui-terminal-watch", daemon=True).start()
