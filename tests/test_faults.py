@@ -17,16 +17,10 @@ from core.gpu import GpuSet
 from core.launch.procs import alive, tree
 from core.launch.start import start_run
 from core.runs import RunDir
-from tests.test_launch_support import env, no_leftovers, sdtui, status, steps, wait_for, write_config  # noqa: F401
+from tests.test_launch_support import env, no_leftovers, sdtui, steps, wait_ended, wait_for, write_config  # noqa: F401 (no_leftovers is a fixture)
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_leftovers")]
 CPU = GpuSet([], reason="test: CPU only")
-
-
-def wait_ended(run: RunDir, timeout: float = 240) -> dict:
-    """Wait until the run has a final state and its processes are gone."""
-    wait_for(lambda: status(run.path).get("state") in ("finished", "failed", "stopped") and not run.alive_processes(), timeout, f"{run.id} to end")
-    return status(run.path)
 
 
 def test_run_survives_sighup_and_sigkill_of_the_launching_shell(tmp_path: Path, tiny_models, kohya_dataset) -> None:

@@ -81,6 +81,12 @@ def status(run_dir: Path) -> dict[str, Any]:
         return {}
 
 
+def wait_ended(run: Any, timeout: float = 300) -> dict[str, Any]:
+    """Wait until a RunDir has a final state and its processes are gone; return its status."""
+    wait_for(lambda: status(run.path).get("state") in ("finished", "failed", "stopped") and not run.alive_processes(), timeout, f"{run.id} to end")
+    return status(run.path)
+
+
 def steps(run_dir: Path) -> list[int]:
     """The step numbers of metrics.jsonl's step lines, in file order."""
     try:

@@ -9,16 +9,10 @@ import pytest
 
 from core.gpu import GpuSet
 from core.launch.start import free_port, start_run
-from core.runs import RunDir
-from tests.test_launch_support import no_leftovers, status, steps, wait_for, write_config  # noqa: F401
+from tests.test_launch_support import no_leftovers, steps, wait_ended, write_config  # noqa: F401 (no_leftovers is a fixture)
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_leftovers")]
 CPU = GpuSet([], reason="test: CPU only")
-
-
-def wait_ended(run: RunDir, timeout: float = 300) -> dict:
-    wait_for(lambda: status(run.path).get("state") in ("finished", "failed", "stopped") and not run.alive_processes(), timeout, f"{run.id} to end")
-    return status(run.path)
 
 
 def test_two_process_ddp_over_gloo(tmp_path: Path, tiny_models, kohya_dataset) -> None:
