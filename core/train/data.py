@@ -28,7 +28,7 @@ import torch
 from PIL import Image, ImageOps
 
 from core.atomic import write_atomic
-from core.dataset.buckets import Bucket, assign_bucket, crop_box, make_buckets
+from core.dataset.buckets import Bucket, assign_bucket, buckets_for, crop_box
 from core.dataset.scan import scan_dataset
 from core.errors import UserError
 from core.plan.schedule import epoch_batches, shard_batches
@@ -108,13 +108,7 @@ def build_items(config: Any, settings: Mapping[str, Any]) -> TrainData:
     ``token``, ``is_reg``. A caption comes from the image's caption file, else the subset token.
     """
     settings = dict(settings)
-    buckets = make_buckets(
-        int(_setting(settings, "resolution")),
-        int(_setting(settings, "min_bucket_reso")),
-        int(_setting(settings, "max_bucket_reso")),
-        int(_setting(settings, "bucket_reso_steps")),
-        bool(_setting(settings, "enable_bucket")),
-    )
+    buckets = buckets_for(settings)
     extensions = _caption_extensions(config)
     items: list[TrainItem] = []
     class_items: list[TrainItem] = []
