@@ -2,21 +2,32 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.installed
-# Pin torch first so that a machine without an NVIDIA driver gets the CPU build
-# instead of pulling gigabytes of CUDA wheels through an open requirement.
+LOCK := requirements.lock
+# torch is pinned and installed by pip on its own, after the lock: pip finds the CPU build
+# where one lies on disk, and on a CUDA machine `make setup TORCH_PIN="torch==2.13.0"`
+# takes the CUDA build from PyPI with the CUDA libraries that build pins.
 TORCH_PIN ?= torch==2.13.0
+UV_PIN ?= uv==0.13.8
 
-.PHONY: setup test demo bench clean
+.PHONY: setup lock test demo bench clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(UV_PIN)"
+	$(UV) pip install -q --python $(PY) --require-hashes --no-deps -r $(LOCK)
 	$(PY) -m pip install -q "$(TORCH_PIN)"
-	$(PY) -m pip install -q -e ".[test]"
+	$(UV) pip install -q --python $(PY) --no-deps --no-build-isolation -e .
+	$(PY) -m pip check
 	touch $(STAMP)
+
+# Refresh the lock from pyproject.toml (needs only uv; run it after changing a requirement).
+lock:
+	test -x $(UV) || { test -x $(PY) || $(PYTHON) -m venv $(VENV); $(PY) -m pip install -q "$(UV_PIN)"; }
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) tools/lock.py "$(TORCH_PIN)"
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadgroup -q
