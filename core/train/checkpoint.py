@@ -3,7 +3,8 @@
 A checkpoint folder holds ``trainable.safetensors`` (the trained tensors only, not the frozen
 base model), ``objects.pt`` (optimizer, LR scheduler, grad scaler, EMA and the RNG states of
 every rank) and ``state.json`` (step, epoch, position in the epoch). It is written into
-``checkpoints/.tmp-step-N`` and renamed into place, so a folder named ``step-N`` is complete.
+``checkpoints/.tmp-step-N``, synced to disk and renamed into place, so a folder named ``step-N``
+is complete, also after a power cut.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.atomic import finish_tree, replace
 from core.errors import UserError
 
 _NAME = re.compile(r"^step-(\d+)$")
@@ -64,9 +66,10 @@ def save(folder: str | os.PathLike[str], step: int, tensors: dict[str, Any], obj
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / "trainable.safetensors"))
     torch.save(objects, tmp / "objects.pt")
     (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=2) + "\n", encoding="utf-8")
+    finish_tree(tmp)
     if final.exists():
         shutil.rmtree(final)
-    os.replace(tmp, final)
+    replace(tmp, final)
     for old in checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

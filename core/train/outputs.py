@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.atomic import write_atomic
+from core.atomic import finish_tree, replace, write_atomic
 from core.train.models import Components, unwrap
 
 DIFFUSERS_DIR = "diffusers"
@@ -202,7 +202,8 @@ def save_lora(
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".lora-", dir=target.parent) as tmp:
         components.pipeline_class.save_lora_weights(tmp, weight_name=LORA_WEIGHT_NAME, **kwargs)
-        os.replace(Path(tmp) / LORA_WEIGHT_NAME, target)
+        finish_tree(tmp)
+        replace(Path(tmp) / LORA_WEIGHT_NAME, target)
     return SavedFiles(kohya_file, target)
 
 
@@ -212,11 +213,12 @@ def replace_folder(build: Any, target: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         build(tmp)
+        finish_tree(tmp)
         old = None
         if target.exists():
             old = target.parent / f".{target.name}.old-{os.getpid()}-{time.monotonic_ns()}"
             os.replace(target, old)
-        os.replace(tmp, target)
+        replace(tmp, target)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:

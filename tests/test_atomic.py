@@ -1,0 +1,101 @@
+"""Atomic writes give files the mode a plain open() would, so other users and programs can read outputs."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from core.atomic import current_umask, write_atomic, write_json_atomic
+
+
+@contextmanager
+def umask(mask: int) -> Iterator[None]:
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.parametrize(("mask", "expected"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_file_has_the_mode_of_a_plain_open(tmp_path: Path, mask: int, expected: int) -> None:
+    with umask(mask):
+        write_atomic(tmp_path / "out" / "lora.safetensors", b"weights")
+        write_json_atomic(tmp_path / "status.json", {"state": "running"})
+        with open(tmp_path / "plain.txt", "w") as handle:
+            handle.write("x")
+    assert mode(tmp_path / "out" / "lora.safetensors") == expected
+    assert mode(tmp_path / "status.json") == expected
+    assert mode(tmp_path / "plain.txt") == expected
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "plain.txt", "status.json"]
+
+
+def test_current_umask_is_read_without_changing_it() -> None:
+    with umask(0o027):
+        assert current_umask() == 0o027
+        assert current_umask() == 0o027
+
+
+def test_replacing_a_file_leaves_no_temp_file_and_the_new_content(tmp_path: Path) -> None:
+    target = tmp_path / "status.json"
+    write_json_atomic(target, {"step": 1})
+    write_json_atomic(target, {"step": 2})
+    assert target.read_text() == '{\n  "step": 2\n}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["status.json"]
+
+
+def test_write_fails_cleanly_in_a_read_only_folder(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        with pytest.raises(PermissionError):
+            write_atomic(folder / "x.json", "{}")
+    finally:
+        folder.chmod(0o755)
+    assert list(folder.iterdir()) == []
+
+
+@pytest.mark.parametrize(("mask", "expected", "folder_mode"), [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)])
+def test_checkpoint_files_follow_the_umask(tmp_path: Path, mask: int, expected: int, folder_mode: int) -> None:
+    import torch
+
+    from core.train.checkpoint import save
+
+    with umask(mask):
+        folder = save(tmp_path / "checkpoints", 3, {"w": torch.zeros(2)}, {"optimizer": {}}, {"epoch": 0}, keep=2)
+    assert mode(folder) == folder_mode
+    assert {p.name: mode(p) for p in folder.iterdir()} == {name: expected for name in ("trainable.safetensors", "objects.pt", "state.json")}
+
+
+@pytest.mark.slow
+def test_a_real_runs_outputs_are_readable_by_other_users_under_umask_022(tmp_path: Path, tiny_models, kohya_dataset) -> None:
+    from tests.train_helpers import make_run, train
+
+    data = kohya_dataset(subsets=((1, "sks dog", 2),))
+    run = make_run(
+        tmp_path / "run", tiny_models("sd1"), data, "sd1", "lora",
+        schedule={"max_steps": 2, "sample_every_steps": 2, "save_every_steps": 2},
+        prompts=["sks dog --w 64 --h 64 --s 2"],
+    )
+    with umask(0o022):
+        assert train(run) == 0
+    lora = run / "output" / "tiny.safetensors"
+    files = [lora, run / "output" / "diffusers" / "pytorch_lora_weights.safetensors", run / "status.json"]
+    files += sorted((run / "samples").glob("*.png")) + sorted((run / "checkpoints").glob("step-*/*"))
+    assert len(files) >= 6, files
+    assert {str(p.relative_to(run)): oct(mode(p)) for p in files} == {str(p.relative_to(run)): oct(0o644) for p in files}
+    assert mode(lora) & stat.S_IROTH
+    for folder in (run / "output", run / "output" / "diffusers", run / "samples", *(run / "checkpoints").glob("step-*")):
+        assert mode(folder) & stat.S_IROTH and mode(folder) & stat.S_IXOTH, folder
