@@ -16,6 +16,17 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def user_dirs(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test (and the processes it starts) gets its own empty XDG data, cache and state
+    folders, so no test reads or writes the user's ~; SDTUI_RUNS_DIR is unset."""
+    root = tmp_path_factory.mktemp("xdg")
+    for kind in ("DATA", "CACHE", "STATE"):
+        monkeypatch.setenv(f"XDG_{kind}_HOME", str(root / kind.lower()))
+    monkeypatch.delenv("SDTUI_RUNS_DIR", raising=False)
+    return root
+
+
 def write_image(path: Path, size: tuple[int, int] = (64, 64), color: tuple[int, int, int] = (200, 30, 30), fmt: str | None = None) -> Path:
     """Write a small solid image with a square on it (format from the suffix unless given)."""
     from PIL import Image, ImageDraw

@@ -163,19 +163,43 @@ def test_bad_input_is_a_user_error(args: tuple[Any, ...], message: str) -> None:
         estimate(*args)
 
 
-def test_calibration_point_replaces_the_figure_for_that_setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = tmp_path / "calibration.json"
-    monkeypatch.setattr(memory_data, "CALIBRATION_JSON", path)
+def test_calibration_point_replaces_the_figure_for_that_setup(user_dirs: Path) -> None:
+    shipped = memory_data.CALIBRATION_JSON.read_bytes()
     raw = estimate("sdxl", "lora", BASE)
     assert not raw.calibrated
     record_calibration("sdxl", "lora", BASE, measured_peak_bytes=raw.total_bytes + GB, source="test")
     record_calibration("sdxl", "lora", BASE, measured_peak_bytes=raw.total_bytes + 2 * GB, source="test again")
+    path = user_dirs / "data" / "sdtui" / "calibration.json"
     assert len(json.loads(path.read_text())["points"]) == 1
+    assert memory_data.CALIBRATION_JSON.read_bytes() == shipped
     calibrated = estimate("sdxl", "lora", BASE)
     assert calibrated.calibrated and calibrated.total_bytes == raw.total_bytes + 2 * GB
     assert calibrated.breakdown["calibration"] == 2 * GB and sum(calibrated.breakdown.values()) == calibrated.total_bytes
     assert not estimate("sdxl", "lora", {**BASE, "batch_size": 2}).calibrated
     assert match_point("sdxl", "lora", {**raw_settings(), "resolution": 512}, 1, "ddp", path) is None
+
+
+def test_users_point_overrides_the_shipped_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = estimate("sd1", "lora", BASE)
+    shipped = tmp_path / "shipped.json"
+    record_calibration("sd1", "lora", BASE, measured_peak_bytes=raw.total_bytes + GB, source="shipped", path=shipped)
+    record_calibration("sd1", "lora", {**BASE, "batch_size": 2}, measured_peak_bytes=5 * GB, source="shipped b2", path=shipped)
+    monkeypatch.setattr(memory_data, "CALIBRATION_JSON", shipped)
+    assert estimate("sd1", "lora", BASE).total_bytes == raw.total_bytes + GB
+    record_calibration("sd1", "lora", BASE, measured_peak_bytes=raw.total_bytes + 3 * GB, source="mine")
+    assert estimate("sd1", "lora", BASE).total_bytes == raw.total_bytes + 3 * GB
+    assert estimate("sd1", "lora", {**BASE, "batch_size": 2}).total_bytes == 5 * GB
+    assert len(json.loads(shipped.read_text())["points"]) == 2
+
+
+@pytest.mark.parametrize("content", [b"", b"\xff\xfe", b"[1, 2]", b'{"points": {"a": 1}}', b'{"points": [1, {"family": "sd1"}]}'])
+def test_a_broken_user_calibration_file_means_no_points(user_dirs: Path, content: bytes) -> None:
+    path = user_dirs / "data" / "sdtui" / "calibration.json"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(content)
+    assert not estimate("sd1", "lora", BASE).calibrated
+    record_calibration("sd1", "lora", BASE, measured_peak_bytes=4 * GB, source="after the broken file")
+    assert estimate("sd1", "lora", BASE).total_bytes == 4 * GB
 
 
 def raw_settings() -> dict[str, Any]:

@@ -7,7 +7,8 @@ Layouts understood:
 * a plain folder of images (one subset, 1 repeat, with a note on how to add a prefix).
 
 The scan only reads. Image headers are cached by path, size and mtime in
-``${XDG_CACHE_HOME:-~/.cache}/sdtui/scan/``, never inside the dataset.
+``scan/`` of the user's cache folder (``${XDG_CACHE_HOME:-~/.cache}/sdtui/scan/``), never inside
+the dataset.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from core import userdirs
 from core.atomic import read_json, write_atomic
 from core.dataset.buckets import BUCKET_KEYS, Bucket, assign_bucket, bucket_counts, make_buckets
 from core.dataset.images import FORMAT_NAMES, IMAGE_EXTENSIONS, ImageHeader, read_header
@@ -516,9 +518,8 @@ def _digest(path: str, size: int, mtime: int, caches: list[_HeaderCache], whole:
 
 
 def cache_dir() -> Path:
-    """Where scan caches live: ``${XDG_CACHE_HOME:-~/.cache}/sdtui/scan``."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "sdtui" / "scan"
+    """Where scan caches live: ``scan/`` in the user's cache folder (``$XDG_CACHE_HOME/sdtui``)."""
+    return userdirs.cache_dir() / "scan"
 
 
 class _HeaderCache:

@@ -1,11 +1,17 @@
-"""Measured peaks that correct the estimate: calibration.json points, matched on the key settings."""
+"""Measured peaks that correct the estimate: calibration.json points, matched on the key settings.
+
+Two files hold points: the one shipped beside this module (read-only, part of the package) and
+the user's, ``<user data dir>/calibration.json`` (``$XDG_DATA_HOME/sdtui`` on Linux), where
+:func:`record_calibration` writes. A user's point overrides a shipped point of the same setup.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from core.atomic import read_json, write_json_atomic
+from core import userdirs
+from core.atomic import write_json_atomic
 
 from . import data
 
@@ -17,9 +23,21 @@ CALIBRATION_KEYS = (
 )
 
 
+def user_calibration_path() -> Path:
+    """The user's calibration file (it may not exist yet)."""
+    return userdirs.data_dir() / "calibration.json"
+
+
+def calibration_points(path: Path | None = None) -> list[dict[str, Any]]:
+    """The points of ``path``; without it the user's, then the shipped ones (so the user's win)."""
+    if path is not None:
+        return data.calibration(path)
+    return data.calibration(user_calibration_path()) + data.calibration(data.CALIBRATION_JSON)
+
+
 def match_point(family: str, method: str, settings: dict[str, Any], num_gpus: int, backend: str, path: Path | None = None) -> dict[str, Any] | None:
-    """The calibration point measured with exactly this setup, or None."""
-    for point in data.calibration(path):
+    """The calibration point measured with exactly this setup (the user's before the shipped), or None."""
+    for point in calibration_points(path):
         if (point.get("family"), point.get("method"), point.get("num_gpus", 1), point.get("backend", "ddp")) != (family, method, num_gpus, backend):
             continue
         recorded = point.get("settings", {})
@@ -38,14 +56,15 @@ def record_calibration(
     source: str = "",
     path: Path | None = None,
 ) -> dict[str, Any]:
-    """Add (or replace) the measured peak of one setup in calibration.json, atomically; return the point.
+    """Add (or replace) the measured peak of one setup in the user's calibration file (or ``path``),
+    atomically; return the point. The shipped calibration.json is never written.
 
     ``measured_peak_bytes`` is what the GPU really held at the peak (torch.cuda.max_memory_reserved
     plus the CUDA context, or nvidia-smi's figure), ``source`` says which GPU and how.
     """
     from .estimator import resolve_settings
 
-    target = path or data.CALIBRATION_JSON
+    target = path or user_calibration_path()
     resolved = resolve_settings(settings)
     point = {
         "family": family,
@@ -56,8 +75,7 @@ def record_calibration(
         "measured_peak_bytes": int(measured_peak_bytes),
         "source": source,
     }
-    doc = read_json(target, default=None) or {"points": []}
     same = ("family", "method", "num_gpus", "backend", "settings")
-    doc["points"] = [p for p in doc.get("points", []) if any(p.get(k) != point[k] for k in same)] + [point]
-    write_json_atomic(target, doc)
+    kept = [p for p in data.calibration(target) if any(p.get(k) != point[k] for k in same)]
+    write_json_atomic(target, {"points": kept + [point]})
     return point

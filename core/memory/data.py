@@ -26,9 +26,11 @@ def activations() -> dict[str, Any]:
 
 
 def calibration(path: Path | None = None) -> list[dict[str, Any]]:
-    """Measured peaks (``points``) from calibration.json; an absent or broken file means none."""
+    """Measured peaks (``points``) from a calibration file (default: the shipped one); an absent or
+    broken file means none."""
     try:
-        doc = json.loads((path or CALIBRATION_JSON).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        doc = json.loads((path or CALIBRATION_JSON).read_bytes())
+    except (OSError, ValueError):
         return []
-    return [p for p in doc.get("points", []) if isinstance(p, dict)]
+    points = doc.get("points") if isinstance(doc, dict) else None
+    return [p for p in points if isinstance(p, dict)] if isinstance(points, list) else []
