@@ -20,11 +20,23 @@ EXTRAS = ("test", "serve")
 TORCH_ONLY = re.compile(r"^(torch|triton|nvidia-(?!ml-py)[a-z0-9-]+|cuda-[a-z0-9-]+)==")
 
 
+def _toml(text: str) -> dict:
+    """Parse TOML with the standard library (Python 3.11+), else tomli or tomlkit (3.10)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:
+        try:
+            import tomli as tomllib
+        except ModuleNotFoundError:
+            import tomlkit
+
+            return tomlkit.parse(text).unwrap()
+    return tomllib.loads(text)
+
+
 def inputs_digest(pyproject: str, torch_pin: str) -> str:
     """The digest of what the lock was made from: the dependency tables and the torch pin."""
-    import tomllib
-
-    project = tomllib.loads(pyproject)["project"]
+    project = _toml(pyproject)["project"]
     parts = sorted(project["dependencies"])
     for extra in EXTRAS:
         parts += [f"[{extra}]"] + sorted(project["optional-dependencies"][extra])
