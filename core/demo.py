@@ -77,10 +77,9 @@ def build_model(model_dir: Path, timeout_s: float = 300.0) -> Path:
     if (model_dir / "model_index.json").is_file():
         return model_dir
     code = "import sys\nfrom core.train.tiny import build_tiny\nbuild_tiny(sys.argv[1], sys.argv[2])"
-    repo = Path(__file__).resolve().parents[1]
     result = subprocess.run(
         [sys.executable, "-c", code, FAMILY, str(model_dir)],
-        cwd=repo, capture_output=True, text=True, timeout=timeout_s, check=False,
+        capture_output=True, text=True, timeout=timeout_s, check=False,
     )
     if result.returncode != 0 or not (model_dir / "model_index.json").is_file():
         last = (result.stderr.strip().splitlines() or ["no output"])[-1]

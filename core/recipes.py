@@ -1,5 +1,8 @@
 """Memory-saving recipes: one TOML file each in ``recipes/``, validated against core/settings.py.
 
+The shipped recipes are package data of the ``recipes`` package, read with importlib.resources,
+so they are found wherever sdtui is installed.
+
 A recipe names the families and methods it is meant for, one line on its trade-off, and
 ``[settings]`` with trainer option names from ``core.settings.SETTINGS``. The picker never
 trusts a recipe's name or intent: it asks the estimator whether the settings fit.
@@ -9,14 +12,18 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.errors import UserError
 from core.settings import FAMILIES, METHODS, SETTINGS
 
-#: The recipes shipped with sdtui.
-DEFAULT_DIR = Path(__file__).resolve().parents[1] / "recipes"
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
+#: The package whose data files are the shipped recipes.
+SHIPPED_PACKAGE = "recipes"
 _REQUIRED = ("name", "title", "families", "methods", "summary", "settings")
 
 
@@ -34,7 +41,7 @@ class Recipe:
     methods: list[str]
     summary: str
     settings: dict[str, Any]
-    path: Path | None = None
+    path: Traversable | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def resolved_settings(self) -> dict[str, Any]:
@@ -61,15 +68,20 @@ class Recipe:
         }
 
 
-def recipes_dir(directory: str | os.PathLike[str] | None = None) -> Path:
+def shipped_dir() -> Traversable:
+    """The shipped recipes (a folder inside the installed package)."""
+    return resources.files(SHIPPED_PACKAGE)
+
+
+def recipes_dir(directory: str | os.PathLike[str] | None = None) -> Traversable:
     """The recipes folder: ``directory``, else ``$SDTUI_RECIPES_DIR``, else the shipped one."""
     if directory is not None:
         return Path(directory)
     env = os.environ.get("SDTUI_RECIPES_DIR")
-    return Path(env).expanduser() if env else DEFAULT_DIR
+    return Path(env).expanduser() if env else shipped_dir()
 
 
-def _names(path: Path, key: str, value: Any, allowed: tuple[str, ...]) -> list[str]:
+def _names(path: Traversable, key: str, value: Any, allowed: tuple[str, ...]) -> list[str]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not value or any(v not in allowed for v in value):
@@ -77,7 +89,7 @@ def _names(path: Path, key: str, value: Any, allowed: tuple[str, ...]) -> list[s
     return list(value)
 
 
-def parse_recipe(text: str, path: Path) -> Recipe:
+def parse_recipe(text: str, path: Traversable) -> Recipe:
     """Validate one recipe's TOML text; ``path`` is named in every error."""
     import tomlkit
     from tomlkit.exceptions import ParseError
@@ -114,9 +126,9 @@ def parse_recipe(text: str, path: Path) -> Recipe:
     )
 
 
-def load_recipe(path: str | os.PathLike[str]) -> Recipe:
+def load_recipe(path: str | os.PathLike[str] | Traversable) -> Recipe:
     """Read and validate one recipe file."""
-    path = Path(path)
+    path = Path(path) if isinstance(path, (str, os.PathLike)) else path
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -130,7 +142,7 @@ def load_recipes(directory: str | os.PathLike[str] | None = None) -> list[Recipe
     if not folder.is_dir():
         raise RecipeError(f"the recipes folder {folder} does not exist; set SDTUI_RECIPES_DIR to a folder of recipe .toml files")
     recipes: dict[str, Recipe] = {}
-    for path in sorted(folder.glob("*.toml")):
+    for path in sorted((p for p in folder.iterdir() if p.name.endswith(".toml") and p.is_file()), key=lambda p: p.name):
         recipe = load_recipe(path)
         if recipe.name in recipes:
             raise RecipeError(f"{path}: recipe name '{recipe.name}' is already used by {recipes[recipe.name].path}; rename one of them")

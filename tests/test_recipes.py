@@ -8,10 +8,11 @@ import pytest
 
 from core.errors import UserError
 from core.memory import estimate
-from core.recipes import DEFAULT_DIR, RecipeError, get_recipe, load_recipes
+from core.recipes import RecipeError, get_recipe, load_recipes, shipped_dir
 from core.settings import SETTINGS
 
 GB = 2**30
+REPO = Path(__file__).resolve().parents[1]
 GOOD = """name = "mine"
 title = "Mine"
 families = ["sd1"]
@@ -40,9 +41,18 @@ def test_shipped_recipes_load_and_cover_families_methods_and_tiers() -> None:
             assert (family, method) in pairs, (family, method)
     assert {("sd2", "lora"), ("sd2", "finetune"), ("sd2", "textual_inversion")} <= pairs
     for recipe in recipes:
-        assert recipe.path.parent == DEFAULT_DIR and recipe.path.stem == recipe.name
+        assert Path(str(recipe.path)).parent == REPO / "recipes" and recipe.path.name == f"{recipe.name}.toml"
         assert set(recipe.settings) <= set(SETTINGS)
         assert "\n" not in recipe.summary
+
+
+def test_shipped_recipes_are_the_recipes_package_data() -> None:
+    import recipes
+
+    assert Path(str(shipped_dir())) == Path(recipes.__file__).parent
+    assert sorted(p.name for p in shipped_dir().iterdir() if p.name.endswith(".toml")) == sorted(
+        p.name for p in (REPO / "recipes").glob("*.toml")
+    )
 
 
 def test_every_shipped_recipe_fits_the_card_its_name_promises() -> None:

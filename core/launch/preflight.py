@@ -7,7 +7,6 @@ Without a GPU the run goes to the CPU with a notice.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -17,6 +16,7 @@ from typing import Any
 
 from core.errors import UserError
 from core.launch.accelerate_config import parse_gpu_ids
+from core.memory.data import params
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 #: Optimizer state bytes per trained fp32 parameter byte (AdamW: two fp32 moments …).
@@ -109,7 +109,7 @@ def disk_needed(config: Any, plan: Any) -> int:
     """
     family, method = config.family, config.method
     settings = plan.settings
-    families = json.loads((Path(__file__).resolve().parents[1] / "memory" / "params.json").read_text())["families"]
+    families = params()
     parts = families.get(family, families["sd1"])
     scale = _model_scale(config.model_path, parts["unet"]["params"])
     encoders = [v for k, v in parts.items() if k.startswith("text_encoder")]
