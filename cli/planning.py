@@ -120,15 +120,16 @@ def _from_config_file(args: argparse.Namespace, extras: list[str]) -> tuple[Any,
 
 
 def _from_arguments(args: argparse.Namespace, extras: list[str], gpus: Any) -> tuple[Any, Any]:
-    """A run config built from --model, --data, --method and --recipe (or the picker's choice)."""
+    """A run config built from --model, --data, --method and --recipe (or the picker's choice),
+    and the scan of --data (None without it: the plan then has no schedule table)."""
     from core.config import apply_overrides, apply_recipe, new_config
     from core.dataset.scan import scan_dataset
     from core.model_family import detect_family
 
-    if not args.data:
-        raise UserError("sdtui plan needs a dataset: give --data DIR (a folder of <repeats>_<token> subfolders) or a run config CONFIG.toml")
     if not args.model:
         raise UserError("sdtui plan needs a base model: give --model with a diffusers folder, a .safetensors file, a hub id, or sd1, sd2 or sdxl")
+    if args.reg and not args.data:
+        raise UserError("--reg (class images) needs the training images too: add --data DIR")
     method = args.method or "lora"
     if method not in METHODS:
         raise UserError(f"method '{method}' is unknown; use --method with one of {', '.join(METHODS)}")
@@ -138,10 +139,16 @@ def _from_arguments(args: argparse.Namespace, extras: list[str], gpus: Any) -> t
     overrides = _settings_overrides(probe, extras)
     settings = probe.settings
     resolution = int(overrides.get("resolution", _NATIVE_RESOLUTION[family]))
-    scan = scan_dataset(args.data, args.reg, resolution=resolution, bucket_settings={k: settings[k] for k in BUCKET_KEYS})
+    scan = None
+    if args.data:
+        scan = scan_dataset(args.data, args.reg, resolution=resolution, bucket_settings={k: settings[k] for k in BUCKET_KEYS})
     recipe_name, recipe_settings = _choose_recipe(args.recipe, family, method, gpus, overrides)
-    name = f"{_slug(scan.subsets[0].token if scan.subsets else '') or Path(args.data).name}-{method}"
-    config = new_config(name, model_path, family, method, scan.subset_configs(), {}, distributed={"num_processes": max(1, gpus.count)})
+    if scan is None:
+        name = f"{family}-{method}"
+    else:
+        name = f"{_slug(scan.subsets[0].token if scan.subsets else '') or Path(args.data).name}-{method}"
+    subsets = scan.subset_configs() if scan is not None else []
+    config = new_config(name, model_path, family, method, subsets, {}, distributed={"num_processes": max(1, gpus.count)})
     apply_recipe(config, recipe_settings, recipe_name)
     apply_overrides(config, extras)
     return config, scan
@@ -243,6 +250,15 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds // 60}m {seconds % 60:02d}s"
 
 
+def _dataset_line(dataset: dict[str, Any] | None) -> str:
+    if dataset is None:
+        return "Dataset   none given (the schedule table needs --data DIR)"
+    return (
+        f"Dataset   {dataset['images']} images in {sum(1 for s in dataset['subsets'] if not s['is_reg'])} subset(s), "
+        f"{dataset['items_per_epoch']} items per epoch" + (f", {dataset['reg_images']} class images" if dataset["reg_images"] else "")
+    )
+
+
 def format_plan(plan: Any) -> str:
     """The human-readable plan: recipe, VRAM against the GPU, dataset, GPU-count table, warnings."""
     data = plan.to_json()
@@ -267,8 +283,7 @@ def format_plan(plan: Any) -> str:
         f"resolution {settings['resolution']}" + (f", LoRA rank {settings['lora_rank']}" if data["method"] == "lora" else ""),
         f"VRAM      {vram}",
         f"Speed     {speed:.2f} images/s per GPU (model estimate)" if speed else "Speed     unknown (no catalog GPU)",
-        f"Dataset   {dataset['images']} images in {sum(1 for s in dataset['subsets'] if not s['is_reg'])} subset(s), "
-        f"{dataset['items_per_epoch']} items per epoch" + (f", {dataset['reg_images']} class images" if dataset["reg_images"] else ""),
+        _dataset_line(dataset),
         f"Schedule  {mode}, gradient accumulation {plan.schedule['gradient_accumulation']}, "
         f"learning rate {plan.schedule['learning_rate']:g} ({data['lr_scheduler']})",
         "",
@@ -286,7 +301,10 @@ def format_plan(plan: Any) -> str:
         if priced:
             cells.append(f"{row['cost']:.2f}" if row.get("cost") is not None else "-")
         rows.append(cells)
-    out.append(_table(headers, rows, set(range(len(headers)))))
+    if rows:
+        out.append(_table(headers, rows, set(range(len(headers)))))
+    else:
+        out.pop()
     if data["warnings"]:
         out += ["", "Warnings:"] + [f"  ! {w}" for w in data["warnings"]]
     if data["notes"]:

@@ -178,13 +178,39 @@ def test_plan_bad_paths(tmp_path: Path, kohya_dataset: DataFactory, capsys: pyte
         (["--model", "sdxl", "--data", str(tmp_path / "empty")], "no usable training image"),
         (["--model", "sdxl", "--data", str(tmp_path / "corrupt")], "no usable training image"),
         (["--model", str(tmp_path / "nope.safetensors"), "--data", str(data)], "nope.safetensors"),
-        (["--model", "sdxl"], "--data"),
+        (["--model", "sdxl", "--reg", str(data)], "--reg (class images) needs the training images too: add --data DIR"),
         (["--data", str(data)], "--model"),
     ]
     for argv, expected in cases:
         code, _, err = run(capsys, "--gpus", "1x4090", "plan", *argv)
         assert code == 2, argv
         assert expected in one_sentence_error(err), argv
+
+
+def test_plan_without_data_gives_recipe_estimate_and_fit(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "plan", "--model", "sd1", "--method", "lora", "--gpus", "1x24GB")
+    assert code == 0 and err == ""
+    lines = out.splitlines()
+    assert lines[2].startswith("Recipe    sd15-lora") and lines[2].endswith("LoRA rank 32")
+    assert lines[3].startswith("VRAM      ") and lines[3].endswith("of 24 GB per GPU: fits (with 10% headroom)")
+    assert "Dataset   none given (the schedule table needs --data DIR)" in lines
+    assert "GPUs" not in [line.split()[0] for line in lines[7:] if line.strip()], "no schedule table without a dataset"
+    assert "  ! no dataset given: the schedule table (steps, epochs and ETA on 1, 2, 4 and 8 GPUs) needs one; add --data DIR" in lines
+
+
+def test_plan_json_without_data_has_an_empty_schedule_and_says_why(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "plan", "--model", "sdxl", "--method", "lora", "--gpus", "1x8GB", "--json")
+    plan = json.loads(out)
+    assert code == 0 and plan["schedule"] == [] and plan["dataset"] is None and plan["run"] is None
+    assert plan["fits"] is True and plan["recipe"] == "sdxl-lora-8gb" and plan["vram_estimate_gb"] < 8
+    assert any(w.startswith("no dataset given: the schedule table") and w.endswith("add --data DIR") for w in plan["warnings"])
+
+
+def test_plan_without_data_says_when_nothing_fits(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "plan", "--model", "sdxl", "--method", "finetune", "--gpus", "1x8GB", "--json")
+    plan = json.loads(out)
+    assert code == 0 and plan["fits"] is False
+    assert any(w.startswith("to fit: ") for w in plan["warnings"])
 
 
 def test_plan_bad_config_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

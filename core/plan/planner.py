@@ -26,6 +26,8 @@ from .throughput import eta_seconds, images_per_second
 GPU_COUNTS = (1, 2, 4, 8)
 #: GPUs in one machine beyond which the scaling model assumes several machines.
 GPUS_PER_NODE = 8
+#: The warning of a plan made without a dataset.
+NO_DATASET = "no dataset given: the schedule table (steps, epochs and ETA on 1, 2, 4 and 8 GPUs) needs one; add --data DIR"
 
 
 @dataclass
@@ -40,7 +42,7 @@ class Plan:
     vram_estimate_bytes: int
     gpu: dict[str, Any]
     fits: bool | None
-    dataset: dict[str, Any]
+    dataset: dict[str, Any] | None
     counts: dict[Any, int]
     prior_preservation: bool
     images_per_second_per_gpu: float | None
@@ -105,14 +107,18 @@ class Plan:
             "lr_scheduler": self.schedule["lr_scheduler"],
             "warnings": list(self.warnings),
             "notes": list(self.notes),
-            "schedule": [self.row_json(n) for n in self.gpu_counts()],
-            "run": self.row_json(processes),
+            "schedule": [self.row_json(n) for n in self.gpu_counts()] if self.dataset is not None else [],
+            "run": self.row_json(processes) if self.dataset is not None else None,
             "price_per_gpu_hour": self.price_per_gpu_hour,
         }
 
 
 def make_plan(config: Any, scan: Any, gpus: Any, price_per_gpu_hour: float | None = None) -> Plan:
-    """Plan ``config`` (a RunConfig) on ``scan`` (a DatasetScan) for ``gpus`` (a GpuSet)."""
+    """Plan ``config`` (a RunConfig) on ``scan`` (a DatasetScan) for ``gpus`` (a GpuSet).
+
+    Without a ``scan`` (None) the plan has the recipe, the VRAM estimate and the fit, no
+    dataset and no schedule table, and a warning that says the table needs a dataset.
+    """
     if price_per_gpu_hour is not None and price_per_gpu_hour < 0:
         raise UserError(f"the price per GPU hour must not be negative (got {price_per_gpu_hour}); pass e.g. --price-per-gpu-hour 0.7")
     family, method = config.family, config.method
@@ -121,12 +127,12 @@ def make_plan(config: Any, scan: Any, gpus: Any, price_per_gpu_hour: float | Non
     if int(schedule["epochs"]) <= 0 and int(schedule["max_steps"]) <= 0:
         raise UserError("schedule.epochs and schedule.max_steps are both 0, so the run would never train; give --epochs N or --steps N")
     distributed = defaults("distributed") | dict(config.distributed)
-    scan = _apply_config_subsets(scan, config.subsets)
-    if not any(s.images for s in scan.subsets if not s.is_reg):
-        raise UserError(f"the dataset {scan.root} has no usable training image; run 'sdtui scan {scan.root}' to see why and fix it")
-    buckets = buckets_for(settings)
-    counts = _bucket_counts(scan, buckets)
-    prior = uses_prior_preservation(method, scan.reg_images)
+    if scan is not None:
+        scan = _apply_config_subsets(scan, config.subsets)
+        if not any(s.images for s in scan.subsets if not s.is_reg):
+            raise UserError(f"the dataset {scan.root} has no usable training image; run 'sdtui scan {scan.root}' to see why and fix it")
+    counts = _bucket_counts(scan, buckets_for(settings)) if scan is not None else {}
+    prior = uses_prior_preservation(method, scan.reg_images) if scan is not None else method == "dreambooth"
     fit = judge(
         family, method, settings, gpus, backend=str(distributed["backend"]), zero_stage=int(distributed["zero_stage"]),
         offload=bool(distributed["offload"]), prior_preservation=prior,
@@ -147,7 +153,7 @@ def make_plan(config: Any, scan: Any, gpus: Any, price_per_gpu_hour: float | Non
             "reason": gpus.reason,
         },
         fits=fit.fits,
-        dataset=_dataset_json(scan, counts),
+        dataset=_dataset_json(scan, counts) if scan is not None else None,
         counts=counts,
         prior_preservation=prior,
         images_per_second_per_gpu=images_per_second(family, method, settings, smallest, int(schedule["gradient_accumulation"])),
@@ -238,6 +244,11 @@ def _explain(plan: Plan, scan: Any, gpus: Any, fit: Any) -> None:
 
         for tip in suggest_when_nothing_fits(plan.model_family, plan.method, gpus, load_recipes(), settings):
             plan.warnings.append(f"to fit: {tip}")
+    if scan is None:
+        plan.warnings.append(NO_DATASET)
+        if plan.prior_preservation:
+            plan.notes.append("the estimate assumes prior preservation (one class image per instance image), as DreamBooth usually trains")
+        return
     max_steps = int(schedule["max_steps"])
     if max_steps > 0:
         one, two = plan.row_for(1), plan.row_for(2)
