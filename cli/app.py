@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cli.common import add_set, runs_dir
+from cli.common import add_set, runs_folder
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,31 +19,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     attach.set_defaults(func=cmd_attach)
 
 
+def _gpu_spec(args: argparse.Namespace) -> str | None:
+    return None if args.gpus in (None, "auto") else args.gpus
+
+
 def cmd_home(args: argparse.Namespace) -> int:
     """The home screen."""
     from tui.app import run_app
 
-    return run_app(args)
+    folder = runs_folder(args)
+    return run_app(folder.path, folder.reason, _gpu_spec(args))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """``sdtui demo``: the wizard filled in with the demo, or ``--headless`` training to the end."""
-    from core.demo import prepare_demo, run_headless
+    from core.demo import prepare_demo, run_headless, workspace
 
+    folder = runs_folder(args, own=workspace(args.workdir).runs)
     if args.headless:
-        return run_headless(args.workdir, args.runs_dir, args.overrides)
+        return run_headless(args.workdir, folder.path, args.overrides)
     print(f"sdtui: preparing the demo in {args.workdir} (tiny model, generated dataset)…", flush=True)
     ws = prepare_demo(args.workdir, args.overrides)
     from tui.app import run_app
 
-    return run_app(args, start="wizard", demo=ws)
+    return run_app(folder.path, folder.reason, _gpu_spec(args), start="wizard", demo=ws)
 
 
 def cmd_attach(args: argparse.Namespace) -> int:
     """``sdtui attach RUN``: the dashboard of one run."""
     from core.runs import resolve_run
 
-    run = resolve_run(args.run, runs_dir(args))
+    folder = runs_folder(args)
+    run = resolve_run(args.run, folder.path)
     from tui.app import run_app
 
-    return run_app(args, start="dashboard", run=run)
+    return run_app(folder.path, folder.reason, _gpu_spec(args), start="dashboard", run=run)

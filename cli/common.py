@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from core.runs_folder import RunsFolder, resolve
+
 
 def add_json(parser: argparse.ArgumentParser) -> None:
     """``--json``: machine-readable output."""
@@ -23,10 +25,27 @@ def add_set(parser: argparse.ArgumentParser) -> None:
     )
 
 
+GPUS_HELP = "auto, or simulated hardware such as 2x4090, 1x24GB, 8xH100"
+RUNS_DIR_HELP = "runs folder (default: $SDTUI_RUNS_DIR, else the one last launched into from this folder, else ./runs)"
+
+
+def add_global_options(parser: argparse.ArgumentParser, top: bool) -> None:
+    """``--runs-dir`` and ``--gpus``, accepted before the subcommand (``top``) and after it.
+
+    A subcommand's copy has no default, so a value given before the subcommand is kept.
+    """
+    parser.add_argument("--runs-dir", default=None if top else argparse.SUPPRESS, metavar="DIR", help=RUNS_DIR_HELP)
+    parser.add_argument("--gpus", default="auto" if top else argparse.SUPPRESS, metavar="SPEC", help=GPUS_HELP)
+
+
+def runs_folder(args: argparse.Namespace, own: Path | None = None) -> RunsFolder:
+    """The runs folder of this command and why (see core/runs_folder.py); ``own`` is the command's own."""
+    return resolve(getattr(args, "runs_dir", None), Path.cwd(), os.environ, own)
+
+
 def runs_dir(args: argparse.Namespace) -> Path:
-    """The runs folder: --runs-dir, else $SDTUI_RUNS_DIR, else ./runs."""
-    value = getattr(args, "runs_dir", None) or os.environ.get("SDTUI_RUNS_DIR") or "runs"
-    return Path(value).expanduser().resolve()
+    """The runs folder of this command."""
+    return runs_folder(args).path
 
 
 def print_json(obj: Any) -> None:

@@ -8,13 +8,10 @@ from typing import Any
 
 from . import common
 
-GPUS_HELP = "auto, or simulated hardware such as 2x4090, 1x24GB, 8xH100"
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``gpus`` and ``recipes``."""
     gpus = sub.add_parser("gpus", help="list the GPUs (or the simulated ones of --gpus)")
-    gpus.add_argument("--gpus", default=argparse.SUPPRESS, help=GPUS_HELP)
     gpus.add_argument("--catalog", action="store_true", help="list the known GPU models (names for --gpus) instead")
     common.add_json(gpus)
     gpus.set_defaults(func=cmd_gpus)
@@ -22,7 +19,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     recipes = sub.add_parser("recipes", help="list the memory-saving recipes with their estimated peak VRAM")
     recipes.add_argument("--family", choices=("sd1", "sd2", "sdxl"), help="only recipes for this model family")
     recipes.add_argument("--method", choices=("lora", "dreambooth", "finetune", "textual_inversion"), help="only recipes for this method")
-    recipes.add_argument("--gpus", default=argparse.SUPPRESS, help=GPUS_HELP)
     common.add_json(recipes)
     recipes.set_defaults(func=cmd_recipes)
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from core.errors import JobFailed, UserError
 
 from . import app, hardware, planning, runs
+from .common import add_global_options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,14 +23,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sdtui",
         description="Fine-tune Stable Diffusion from the terminal: plan, launch detached, monitor.",
     )
-    parser.add_argument("--runs-dir", default=None, help="runs folder (default ./runs or $SDTUI_RUNS_DIR)")
-    parser.add_argument("--gpus", default="auto", help="auto, or simulated hardware such as 2x4090, 1x24GB, 8xH100")
+    add_global_options(parser, top=True)
     parser.set_defaults(func=app.cmd_home)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     app.register(sub)
     hardware.register(sub)
     planning.register(sub)
     runs.register(sub)
+    for command in sub.choices.values():
+        add_global_options(command, top=False)
     return parser
 
 

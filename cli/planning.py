@@ -31,7 +31,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     plan.add_argument("--reg", metavar="DIR", help="regularisation / class images folder")
     plan.add_argument("--method", help=f"{' | '.join(METHODS)} (default lora)")
     plan.add_argument("--recipe", help="recipe name (default: the fastest that fits, see sdtui recipes)")
-    plan.add_argument("--gpus", default=argparse.SUPPRESS, help="auto, or simulated hardware such as 2x4090, 1x24GB, 8xH100")
     plan.add_argument("--price-per-gpu-hour", type=float, default=None, metavar="X", help="adds a cost column")
     length = plan.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=int, metavar="N", help="epoch mode: N epochs")

@@ -7,17 +7,12 @@ import sys
 import time
 from typing import Any
 
-from cli.common import add_json, add_set, print_json, runs_dir
+from cli.common import add_json, add_set, print_json, runs_dir, runs_folder
 from core.errors import UserError
-
-
-def _add_runs_dir(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--runs-dir", default=argparse.SUPPRESS, help="runs folder (default ./runs or $SDTUI_RUNS_DIR)")
 
 
 def _add_run(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", metavar="RUN", help="a run id in the runs folder, or the path of a run folder")
-    _add_runs_dir(parser)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,12 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="launch a run detached (survives SSH); prints the run id")
     train.add_argument("config", metavar="CONFIG.toml", help="run config (a run folder's run.toml starts a new run with it)")
     train.add_argument("--yes", "--force", dest="force", action="store_true", help="launch even if the VRAM estimate says it does not fit")
-    _add_runs_dir(train)
     add_set(train)
     train.set_defaults(func=cmd_train)
 
     runs = sub.add_parser("runs", help="the runs in the runs folder with state, step, loss and age")
-    _add_runs_dir(runs)
     add_json(runs)
     runs.set_defaults(func=cmd_runs)
 
@@ -106,13 +99,15 @@ def cmd_runs(args: argparse.Namespace) -> int:
     """``sdtui runs``: one line per run, newest first."""
     from core.runs import LOST, list_runs
 
-    rows = [run.summary() for run in list_runs(runs_dir(args))]
+    folder = runs_folder(args)
+    rows = [run.summary() for run in list_runs(folder.path)]
     if args.json:
         print_json(rows)
         return 0
     if not rows:
-        print(f"no runs in {runs_dir(args)}; start one with: sdtui train CONFIG.toml")
+        print(f"no runs in {folder.path} ({folder.reason}); start one with: sdtui train CONFIG.toml")
         return 0
+    print(f"runs in {folder.path} ({folder.reason})")
     width = max(len(r["id"]) for r in rows)
     print(f"{'RUN':<{width}}  {'STATE':<9} {'STEP':>11} {'LOSS':>8} {'AGE':>5}")
     for row in rows:

@@ -75,3 +75,10 @@ def test_importing_the_tui_loads_no_training_stack() -> None:
 def test_the_checker_sees_a_heavy_import() -> None:
     assert _loaded_after("import json", HEAVY_PACKAGES) == []
     assert "rich" in _loaded_after("import rich.text", UI_PACKAGES)
+
+
+def test_core_and_tui_never_import_the_cli() -> None:
+    """cli/ sits on top: it parses arguments and calls core and tui, never the other way round."""
+    files = [p for package in ("core", "tui") for p in (REPO / package).rglob("*.py") if "__pycache__" not in p.parts]
+    offenders = [str(p.relative_to(REPO)) for p in files if "cli" in _imported_names(ast.parse(p.read_text(), str(p)))]
+    assert len(files) > 50 and offenders == []

@@ -140,8 +140,9 @@ def test_lost_and_ended_runs_get_clear_answers(tmp_path: Path) -> None:
     assert "step      7/20" in shown.stdout
     assert json.loads(sdtui(["status", lost.id, "--json", "--runs-dir", str(runs)], tmp_path).stdout)["state"] == "lost"
     table = sdtui(["runs", "--runs-dir", str(runs)], tmp_path).stdout.splitlines()
-    assert table[1].startswith(done.id) and "finished" in table[1] and "7/20" in table[1]
-    assert table[2].startswith(lost.id) and f"continue with: sdtui resume {lost.id}" in table[2]
+    assert table[0] == f"runs in {runs} (from --runs-dir)"
+    assert table[2].startswith(done.id) and "finished" in table[2] and "7/20" in table[2]
+    assert table[3].startswith(lost.id) and f"continue with: sdtui resume {lost.id}" in table[3]
     finished = sdtui(["resume", done.id, "--runs-dir", str(runs)], tmp_path)
     assert finished.returncode == 2 and "has finished; start a new run with its config: sdtui train" in finished.stderr
     saving = sdtui(["save", lost.id, "--runs-dir", str(runs)], tmp_path)

@@ -50,6 +50,15 @@ async def test_home_shows_simulated_gpus(tmp_path: Path) -> None:
 
 
 @sync
+async def test_home_says_which_runs_folder_it_shows_and_why(tmp_path: Path) -> None:
+    runs = make_runs(tmp_path / "demo" / "runs")
+    app = SdtuiApp(AppContext(runs_dir=runs, runs_reason="last used from this folder", gpu_spec="1x24GB", clock=lambda: T0), theme="textual-dark")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: app.screen.query_one("#runs").row_count == 3)
+        assert str(app.screen.query_one("#runs-title").render()) == f"Runs in {runs} (last used from this folder)"
+
+
+@sync
 async def test_home_without_gpu_says_so_and_offers_the_demo(tmp_path: Path) -> None:
     app = _app(tmp_path / "runs", gpus=None)
     app.context._gpus = GpuSet(gpus=[], reason="no NVIDIA driver was found", simulated=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import threading
@@ -93,14 +92,19 @@ def prepare_images() -> None:
         import textual_image.widget  # noqa: F401  (queries the terminal once, while it still can)
 
 
-def run_app(args: argparse.Namespace, start: str = "home", run: Any = None, demo: Any = None) -> int:
-    """Run the TUI until the user quits; returns the exit code."""
-    from cli.common import runs_dir
+def run_app(
+    runs_dir: Path, runs_reason: str = "", gpu_spec: str | None = None, start: str = "home", run: Any = None, demo: Any = None,
+) -> int:
+    """Run the TUI until the user quits; returns the exit code.
 
-    gpu_spec = getattr(args, "gpus", None)
+    ``runs_dir`` is the runs folder (shown on home with ``runs_reason``, why it is the one),
+    ``gpu_spec`` simulated hardware (None probes), ``start`` home, wizard (with the ``demo``
+    workspace) or dashboard (of ``run``).
+    """
     context = AppContext(
-        runs_dir=demo.runs if demo is not None else runs_dir(args),
-        gpu_spec=None if gpu_spec in (None, "auto") else gpu_spec,
+        runs_dir=runs_dir,
+        runs_reason=runs_reason,
+        gpu_spec=gpu_spec,
         workdir=getattr(demo, "root", None),
         demo=demo,
     )

@@ -14,6 +14,7 @@ class AppContext:
     """Settings of one sdtui session, shared by the screens."""
 
     runs_dir: Path
+    runs_reason: str = ""
     gpu_spec: str | None = None
     workdir: Path | None = None
     demo: Any = None

@@ -18,6 +18,7 @@ from typing import Any
 
 import psutil
 
+from core import runs_folder
 from core.atomic import write_atomic, write_json_atomic
 from core.errors import UserError
 from core.launch.accelerate_config import accelerate_config, other_node_commands, to_yaml, world_size
@@ -86,6 +87,7 @@ def start_run(
         for line in other_node_commands(str(run.run_toml), distributed):
             say(f"  {line}")
     spawn_supervisor(run)
+    runs_folder.remember(root, os.getcwd())
     return run
 
 

@@ -40,14 +40,15 @@ class HomeScreen(Screen):
             yield Static("GPUs", classes="section-title")
             yield GpuPanel(id="gpus")
         with Vertical(id="runs-box"):
-            yield Static("Runs", classes="section-title")
+            yield Static("Runs", id="runs-title", classes="section-title")
             yield Static("", id="runs-empty")
             yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
         context = self.app.context
-        self.sub_title = display_path(context.runs_dir)
+        where = f"Runs in {display_path(context.runs_dir)}"
+        self.query_one("#runs-title", Static).update(f"{where} ({context.runs_reason})" if context.runs_reason else where)
         self.watcher = RunsWatcher(context.runs_dir)
         self.refreshing = False
         self.rows: list[RunRow] = []
