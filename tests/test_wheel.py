@@ -26,11 +26,17 @@ NOT_SOURCE = (".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".p
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("wheel")]
 
 
-def build_wheel(out: Path) -> Path:
-    """``python -m build --wheel`` of a copy of the checkout (the build leaves build/ and
-    *.egg-info behind, so it does not run in the checkout itself)."""
+def copy_source(out: Path) -> Path:
+    """A copy of the checkout's source (a build leaves build/ and *.egg-info behind, so it does
+    not run in the checkout itself)."""
     source = out / "src"
     shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(*NOT_SOURCE))
+    return source
+
+
+def build_wheel(out: Path) -> Path:
+    """``python -m build --wheel`` of a copy of the checkout."""
+    source = copy_source(out)
     done = subprocess.run(
         [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out / "dist"), str(source)],
         capture_output=True, text=True, timeout=300, check=False,
@@ -40,18 +46,21 @@ def build_wheel(out: Path) -> Path:
     return wheel
 
 
-def scratch_venv(root: Path, wheel: Path) -> Path:
-    """A new venv with only the wheel installed, the shared venv's packages on its path."""
+def scratch_venv(root: Path, *pip_args: str) -> Path:
+    """A new venv with only sdtui installed (``pip install --no-deps --no-index PIP_ARGS``), the
+    shared venv's packages on its path; returns its site-packages."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True, timeout=120)
     python = root / "bin" / "python"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", "--no-index", str(wheel)],
-        check=True, timeout=300, capture_output=True,
-    )
     site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                check=True, capture_output=True, text=True).stdout.strip())
-    shared = Path(sysconfig.get_paths()["purelib"]).resolve()
-    (site / "zz-shared-venv.pth").write_text(f"{shared}\n")
+    # Processed after pip's own .pth files (names sort after them), so an editable finder of
+    # this venv is set up before the shared venv's folder joins the path.
+    (site / "zz-shared-venv.pth").write_text(f"{Path(sysconfig.get_paths()['purelib']).resolve()}\n")
+    done = subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--no-build-isolation", "--ignore-installed", *pip_args],
+        timeout=300, capture_output=True, text=True, check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
     return site
 
 
@@ -61,7 +70,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("wheel")
     wheel = build_wheel(root)
     venv = root / "venv"
-    return venv, scratch_venv(venv, wheel)
+    return venv, scratch_venv(venv, str(wheel))
 
 
 @pytest.fixture
@@ -119,3 +128,17 @@ def test_nothing_is_written_into_the_installed_package(installed: tuple[Path, Pa
     assert sdtui("recipes").returncode == 0
     assert package_files(site) == before
     assert json.loads((user_dirs / "data" / "sdtui" / "calibration.json").read_text())["points"][0]["source"] == "test"
+
+
+def test_an_editable_install_reads_the_recipes_from_the_source_folder(tmp_path: Path) -> None:
+    source = copy_source(tmp_path)
+    venv = tmp_path / "venv"
+    scratch_venv(venv, "-e", str(source))
+    (source / "recipes" / "sd15-lora-6gb.toml").unlink()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "SDTUI_RECIPES_DIR")}
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = subprocess.run([str(venv / "bin" / "sdtui"), "recipes", "--json"], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    names = {r["name"] for r in json.loads(done.stdout)["recipes"]}
+    assert names == {p.stem for p in (REPO / "recipes").glob("*.toml")} - {"sd15-lora-6gb"}
