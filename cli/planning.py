@@ -285,7 +285,6 @@ def format_plan(plan: Any) -> str:
         _dataset_line(dataset),
         f"Schedule  {mode}, gradient accumulation {plan.schedule['gradient_accumulation']}, "
         f"learning rate {plan.schedule['learning_rate']:g} ({data['lr_scheduler']})",
-        "",
     ]
     headers = ["GPUs", "eff. batch", "steps/epoch", "epochs", "total steps", "images seen", "warm-up", "ETA"]
     priced = data["price_per_gpu_hour"] is not None
@@ -301,9 +300,7 @@ def format_plan(plan: Any) -> str:
             cells.append(f"{row['cost']:.2f}" if row.get("cost") is not None else "-")
         rows.append(cells)
     if rows:
-        out.append(_table(headers, rows, set(range(len(headers)))))
-    else:
-        out.pop()
+        out += ["", _table(headers, rows, set(range(len(headers))))]
     if data["warnings"]:
         out += ["", "Warnings:"] + [f"  ! {w}" for w in data["warnings"]]
     if data["notes"]:
