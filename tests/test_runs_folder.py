@@ -125,6 +125,13 @@ def test_runs_lists_the_demo_runs_from_the_project_folder(project: Path, capsys:
     assert out.startswith(f"no runs in {project / 'empty'} (from --runs-dir)")
 
 
+def test_the_environment_and_the_option_override_the_remembered_folder(project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    remember(project / "demo" / "runs", project)
+    monkeypatch.setenv("SDTUI_RUNS_DIR", str(project / "from-env"))
+    assert run(capsys, "runs")[1].startswith(f"no runs in {project / 'from-env'} (from $SDTUI_RUNS_DIR)")
+    assert run(capsys, "runs", "--runs-dir", "opt")[1].startswith(f"no runs in {project / 'opt'} (from --runs-dir)")
+
+
 @pytest.fixture
 def opened(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     """What run_app (the TUI) was asked to open, instead of opening it."""
