@@ -39,7 +39,7 @@ def sync_folder(folder: str | os.PathLike[str]) -> None:
 def current_umask() -> int:
     """The process's umask (read from /proc where it can be, so that no thread sees it changed)."""
     try:
-        with open("/proc/self/status", encoding="ascii") as handle:
+        with open("/proc/self/status", encoding="utf-8", errors="replace") as handle:
             for line in handle:
                 if line.startswith("Umask:"):
                     return int(line.split()[1], 8)
