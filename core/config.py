@@ -21,7 +21,7 @@ from tomlkit.exceptions import ParseError
 from core.atomic import write_atomic
 from core.errors import UserError
 from core.kohya import parse_prompt_line
-from core.settings import SCHEMA, SETTINGS, SUBSET_KEYS, Setting, defaults, lookup
+from core.settings import SCHEMA, SETTINGS, SUBSET_KEYS, Setting, defaults, lookup, optimizer_learning_rate
 
 _SECTION_COMMENTS = {
     "model": "the base model",
@@ -31,8 +31,9 @@ _SECTION_COMMENTS = {
     "schedule": "epoch mode (epochs) or step mode (max_steps > 0); steps are optimizer steps",
     "samples": "prompts in kohya syntax: prompt --n negative --w 512 --h 512 --d seed --l cfg --s steps",
     "distributed": "accelerate launch setup",
+    "logging": "TensorBoard event files in <run>/tb/; W&B when wandb_project is set",
 }
-_SECTION_ORDER = ("model", "dataset", "method", "settings", "schedule", "samples", "distributed")
+_SECTION_ORDER = ("model", "dataset", "method", "settings", "schedule", "samples", "distributed", "logging")
 _CAPTION_EXTENSIONS = (".txt", ".caption")
 
 
@@ -196,8 +197,17 @@ def new_config(
     schedule: Mapping[str, Any] | None = None,
     prompts: Sequence[str] | None = None,
     distributed: Mapping[str, Any] | None = None,
+    logging: Mapping[str, Any] | None = None,
 ) -> RunConfig:
-    """A complete run config: every key of SCHEMA with its default unless given, with comments."""
+    """A complete run config: every key of SCHEMA with its default unless given, with comments.
+
+    An optimizer with its own learning-rate rule (Prodigy: 1.0) sets the learning rate when
+    ``schedule`` does not give one.
+    """
+    schedule = dict(schedule or {})
+    rule = optimizer_learning_rate(str(settings.get("optimizer", SETTINGS["optimizer"].default)))
+    if rule is not None and "learning_rate" not in schedule:
+        schedule["learning_rate"] = rule
     given = {
         "": {"name": name},
         "model": {"path": str(model_path) if str(model_path) else "", "family": family},
@@ -206,6 +216,7 @@ def new_config(
         "schedule": dict(schedule or {}),
         "samples": {"prompts": list(prompts or [])},
         "distributed": dict(distributed or {}),
+        "logging": dict(logging or {}),
     }
     document = tomlkit.document()
     document.add(tomlkit.comment("sdtui run config; start it with: sdtui train run.toml"))
@@ -238,7 +249,12 @@ def new_config(
 
 
 def apply_overrides(config: RunConfig, overrides: Iterable[str]) -> RunConfig:
-    """Apply ``section.key=value`` overrides (a bare key means settings.key) in place; returns ``config``."""
+    """Apply ``section.key=value`` overrides (a bare key means settings.key) in place; returns ``config``.
+
+    Choosing an optimizer with its own learning-rate rule (Prodigy: 1.0) sets the learning
+    rate too unless the same overrides give one.
+    """
+    changed: set[str] = set()
     for item in overrides:
         key, sep, raw = item.partition("=")
         key = key.strip()
@@ -251,7 +267,16 @@ def apply_overrides(config: RunConfig, overrides: Iterable[str]) -> RunConfig:
         except ValueError as exc:
             raise UserError(f"--set {item}: {exc}") from None
         config._put(section, setting, checked)
+        changed.add(_dotted(section, setting.key))
+    _follow_optimizer_rule(config, changed)
     return config
+
+
+def _follow_optimizer_rule(config: RunConfig, changed: set[str]) -> None:
+    """Set the learning rate an optimizer needs when the optimizer changed and the rate did not."""
+    rule = optimizer_learning_rate(config.settings["optimizer"])
+    if rule is not None and "settings.optimizer" in changed and "schedule.learning_rate" not in changed:
+        config.set("schedule.learning_rate", rule)
 
 
 def apply_recipe(config: RunConfig, settings: Mapping[str, Any], recipe_name: str | None = None) -> RunConfig:
@@ -264,6 +289,7 @@ def apply_recipe(config: RunConfig, settings: Mapping[str, Any], recipe_name: st
             who = f"recipe {recipe_name}" if recipe_name else "the recipe"
             raise UserError(f"{who} sets unknown setting '{key}'{_suggest(key, SETTINGS)}; use one of the [settings] keys")
         config.set(f"settings.{key}", value)
+    _follow_optimizer_rule(config, {f"settings.{key}" for key in values})
     return config
 
 

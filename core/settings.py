@@ -12,9 +12,22 @@ from typing import Any
 FAMILIES = ("sd1", "sd2", "sdxl")
 METHODS = ("lora", "dreambooth", "finetune", "textual_inversion")
 PRECISIONS = ("no", "fp16", "bf16")
-OPTIMIZERS = ("adamw", "adamw8bit", "lion8bit", "adafactor")
-LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
+OPTIMIZERS = ("adamw", "adamw8bit", "lion8bit", "adafactor", "prodigy", "schedulefree_adamw")
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 LORA_TARGETS = ("attn", "attn_ff", "all")
+LORA_TYPES = ("lora", "loha", "lokr")
+SAVE_PRECISIONS = ("fp16", "bf16", "fp32")
+#: kohya's sample samplers (``--ss`` and ``samples.sampler``); ``default`` keeps the model's own scheduler.
+SAMPLERS = (
+    "default", "ddim", "pndm", "euler", "euler_a", "heun", "dpm_2", "dpm_2_a", "dpmsolver", "dpmsolver++", "dpmsingle",
+    "k_euler", "k_euler_a", "k_dpm_2", "k_dpm_2_a",
+)
+#: Optimizers whose learning rate is a rule of the optimizer, not of the method: Prodigy's lr
+#: multiplies the step size it estimates itself (its authors and kohya use 1.0).
+OPTIMIZER_LEARNING_RATES: dict[str, float] = {"prodigy": 1.0}
+#: Optimizers that keep their own schedule (schedule-free): the LR schedule is constant, the
+#: warm-up is the optimizer's, and train()/eval() switch its weights around samples and saves.
+SCHEDULE_FREE_OPTIMIZERS = ("schedulefree_adamw",)
 ATTENTION = ("sdpa", "eager")
 BACKENDS = ("ddp", "deepspeed", "fsdp")
 PREDICTION_TYPES = ("auto", "epsilon", "v_prediction")
@@ -103,10 +116,17 @@ SETTINGS: dict[str, Setting] = {
         _s("shuffle_caption", bool, False, "shuffle comma-separated caption tags"),
         _s("keep_tokens", int, 0, "leading caption tags kept in place when shuffling", minimum=0),
         _s("caption_dropout_rate", float, 0.0, "probability of training on an empty caption", minimum=0.0, maximum=1.0),
+        _s("caption_tag_dropout_rate", float, 0.0, "probability of dropping each comma-separated tag (keep_tokens stay)", minimum=0.0, maximum=1.0),
+        _s("caption_prefix", str, "", "text put before every caption"),
+        _s("caption_suffix", str, "", "text put after every caption"),
+        _s("clip_skip", int, 1, "text-encoder layer counted from the end (2 = penultimate, as kohya)", minimum=1, maximum=12),
+        _s("bucket_no_upscale", bool, False, "never enlarge an image: small images get a bucket of their own size (kohya)"),
+        _s("lora_type", str, "lora", "lora, loha (Hadamard product) or lokr (Kronecker product), through peft", choices=LORA_TYPES),
         _s("lora_rank", int, 16, "LoRA rank", minimum=1, maximum=1024),
         _s("lora_alpha", float, 16.0, "LoRA alpha (scale = alpha / rank)", minimum=0.0),
         _s("lora_dropout", float, 0.0, "LoRA dropout", minimum=0.0, maximum=1.0),
-        _s("lora_targets", str, "attn", "attn, attn_ff (adds feed-forward) or all (adds convs, LoCon)", choices=LORA_TARGETS),
+        _s("lora_targets", str, "attn", "attn, attn_ff (adds feed-forward and the text encoders' MLP) or all (adds convs, LoCon)", choices=LORA_TARGETS),
+        _s("init_lora", str, "", "a LoRA file (kohya or diffusers format) the run starts from"),
         _s("use_dora", bool, False, "weight-decomposed LoRA (DoRA)"),
         _s("ti_num_vectors", int, 4, "vectors per textual-inversion token", minimum=1, maximum=75),
         _s("ti_init_word", str, "", "word whose embedding initialises the new token"),
@@ -119,6 +139,7 @@ SETTINGS: dict[str, Setting] = {
         _s("ema", bool, False, "keep an exponential moving average of the trained weights"),
         _s("ema_decay", float, 0.9999, "EMA decay", minimum=0.0, maximum=1.0),
         _s("max_grad_norm", float, 1.0, "gradient clipping norm (0 = off)", minimum=0.0),
+        _s("save_precision", str, "fp16", "dtype of the saved LoRA, embedding and single-file model", choices=SAVE_PRECISIONS),
         _s("torch_compile", bool, False, "torch.compile the UNet"),
         _s("dataloader_workers", int, 2, "data loader worker processes", minimum=0),
     )
@@ -151,6 +172,8 @@ SCHEMA: dict[str, dict[str, Setting]] = {
         "learning_rate": _s("learning_rate", float, 1e-4, "peak learning rate", minimum=0.0),
         "lr_scheduler": _s("lr_scheduler", str, "constant_with_warmup", "LR schedule", choices=LR_SCHEDULERS),
         "lr_warmup_steps": _s("lr_warmup_steps", int, 0, "warm-up in optimizer steps", minimum=0),
+        "lr_scheduler_num_cycles": _s("lr_scheduler_num_cycles", int, 1, "restarts of cosine_with_restarts", minimum=1),
+        "lr_scheduler_power": _s("lr_scheduler_power", float, 1.0, "power of the polynomial schedule", minimum=0.0),
         "save_every_epochs": _s("save_every_epochs", int, 1, "checkpoint every N epochs (0 = off)", minimum=0),
         "save_every_steps": _s("save_every_steps", int, 0, "checkpoint every N steps (0 = off)", minimum=0),
         "keep_checkpoints": _s("keep_checkpoints", int, 2, "checkpoints kept", minimum=1),
@@ -160,7 +183,12 @@ SCHEMA: dict[str, dict[str, Setting]] = {
         "seed": _s("seed", int, 42, "random seed", minimum=0),
     },
     "samples": {
-        "prompts": _s("prompts", list, [], "prompts in kohya syntax (--n --w --h --d --l --s)"),
+        "prompts": _s("prompts", list, [], "prompts in kohya syntax (--n --w --h --d --l --s --ss)"),
+        "sampler": _s("sampler", str, "default", "sampler of prompts without --ss (kohya's sample_sampler)", choices=SAMPLERS),
+    },
+    "logging": {
+        "tensorboard": _s("tensorboard", bool, True, "TensorBoard event files in <run>/tb/"),
+        "wandb_project": _s("wandb_project", str, "", "Weights & Biases project (empty = off)"),
     },
     "distributed": {
         "num_processes": _s("num_processes", int, 1, "processes (GPUs) on each machine", minimum=1),
@@ -197,6 +225,11 @@ def lookup(dotted: str) -> tuple[str, Setting]:
         known = ", ".join(sorted(f"{s}.{k}" if s else k for s, keys in SCHEMA.items() for k in keys))
         raise KeyError(f"unknown setting '{dotted}'; known settings: {known}")
     return section, SCHEMA[section][key]
+
+
+def optimizer_learning_rate(optimizer: str) -> float | None:
+    """The learning rate ``optimizer`` needs whatever the method (Prodigy: 1.0), or None."""
+    return OPTIMIZER_LEARNING_RATES.get(optimizer)
 
 
 def defaults(section: str) -> dict[str, Any]:

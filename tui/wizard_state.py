@@ -13,7 +13,7 @@ from typing import Any
 from core.dataset.buckets import BUCKET_KEYS
 from core.errors import UserError
 from core.model_configs import NATIVE_RESOLUTION
-from core.settings import FAMILIES, METHODS, SCHEMA, SETTINGS, defaults
+from core.settings import FAMILIES, METHODS, SCHEMA, SETTINGS, defaults, optimizer_learning_rate
 
 STEPS = ("Model", "Dataset", "Method", "Recipe", "Schedule", "Samples", "Review")
 
@@ -152,9 +152,14 @@ class WizardState:
     def set_setting(self, key: str, value: Any) -> None:
         """Change one [settings] value (UserError naming the setting and the rule)."""
         try:
-            self.settings[key] = SETTINGS[key].check(value)
+            checked = SETTINGS[key].check(value)
         except ValueError as exc:
             raise UserError(f"setting {key}: {exc}; {SETTINGS[key].help}") from None
+        changed = checked != self.settings.get(key)
+        self.settings[key] = checked
+        rule = optimizer_learning_rate(checked) if key == "optimizer" else None
+        if changed and rule is not None:
+            self.schedule["learning_rate"] = rule
 
     def judge(self) -> Any:
         """The current settings judged on the smallest GPU (RecipeFit: estimate, fits, speed)."""

@@ -1,4 +1,12 @@
-"""Optimizers, the LR schedule and the fused backward pass."""
+"""Optimizers, the LR schedule and the fused backward pass.
+
+Prodigy (``prodigyopt``) estimates its own step size, so its learning rate is a multiplier
+(1.0 by the rule in ``core.settings``); it runs with decoupled weight decay, bias correction and
+the warm-up safeguard. Schedule-free AdamW (``schedulefree``) keeps its own schedule: the LR
+schedule is constant (sd-scripts uses a dummy one too), its warm-up is the optimizer's, and its
+``train()``/``eval()`` switch the weights between the training point and the averaged point,
+which is what samples and saved outputs must see (:func:`set_optimizer_mode`).
+"""
 
 from __future__ import annotations
 
@@ -6,12 +14,16 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from core.errors import UserError
+from core.settings import OPTIMIZERS, SCHEDULE_FREE_OPTIMIZERS
 
 WEIGHT_DECAY = 1e-2
 
 
-def make_optimizer(name: str, params: Sequence[Any], lr: float, cuda: bool) -> Any:
-    """One optimizer of kind ``name`` (adamw, adamw8bit, lion8bit, adafactor) over ``params``."""
+def make_optimizer(name: str, params: Sequence[Any], lr: float, cuda: bool, warmup: int = 0) -> Any:
+    """One optimizer of kind ``name`` (one of ``core.settings.OPTIMIZERS``) over ``params``.
+
+    ``warmup`` (optimizer steps) is used by the optimizers that schedule themselves.
+    """
     import torch
 
     if name == "adamw":
@@ -27,14 +39,53 @@ def make_optimizer(name: str, params: Sequence[Any], lr: float, cuda: bool) -> A
         from transformers.optimization import Adafactor
 
         return Adafactor(params, lr=lr, relative_step=False, scale_parameter=False, warmup_init=False)
-    raise UserError(f"settings.optimizer={name!r} is unknown; use adamw, adamw8bit, lion8bit or adafactor")
+    if name == "prodigy":
+        from prodigyopt import Prodigy
+
+        return Prodigy(params, lr=lr, weight_decay=WEIGHT_DECAY, decouple=True, use_bias_correction=True, safeguard_warmup=True)
+    if name == "schedulefree_adamw":
+        from schedulefree import AdamWScheduleFree
+
+        optimizer = AdamWScheduleFree(params, lr=lr, weight_decay=WEIGHT_DECAY, warmup_steps=warmup)
+        optimizer.train()
+        return optimizer
+    raise UserError(f"settings.optimizer={name!r} is unknown; use one of {', '.join(OPTIMIZERS)}")
 
 
-def make_scheduler(name: str, optimizer: Any, warmup: int, total: int) -> Any:
-    """The diffusers LR schedule, stepped once per optimizer step by the loop (never by accelerate)."""
+def make_scheduler(name: str, optimizer: Any, warmup: int, total: int, num_cycles: int = 1, power: float = 1.0, optimizer_name: str = "") -> Any:
+    """The LR schedule, stepped once per optimizer step by the loop (never by accelerate).
+
+    kohya's schedules (diffusers' implementations, the ones sd-scripts calls):
+    ``cosine_with_restarts`` has ``num_cycles`` hard restarts, ``polynomial`` decays with
+    ``power`` to 1e-7. A schedule-free optimizer gets a constant schedule.
+    """
     from diffusers.optimization import get_scheduler
 
-    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=max(1, total))
+    if optimizer_name in SCHEDULE_FREE_OPTIMIZERS:
+        return get_scheduler("constant", optimizer)
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=max(1, total), num_cycles=num_cycles, power=power)
+
+
+def set_optimizer_mode(optimizer: Any, train: bool) -> None:
+    """Switch a schedule-free optimizer (also inside accelerate's wrapper or the fused pass) to train or eval weights."""
+    inner = getattr(optimizer, "optimizers", None) or [getattr(optimizer, "optimizer", optimizer)]
+    for opt in inner:
+        switch = getattr(opt, "train" if train else "eval", None)
+        if callable(switch) and "train_mode" in opt.param_groups[0]:
+            switch()
+
+
+def current_lr(optimizer: Any, scheduler: Any) -> float:
+    """The step size of the coming step: the schedule's rate; Prodigy: d × lr (its estimate);
+    schedule-free: the rate after its own warm-up."""
+    group = optimizer.param_groups[0]
+    lr = float(scheduler.get_last_lr()[0])
+    if "train_mode" in group and "warmup_steps" in group:
+        k, warmup = int(group["k"]), int(group["warmup_steps"])
+        return lr * ((k + 1) / warmup if k < warmup else 1.0)
+    if "d" in group and "d0" in group:
+        return lr * float(group["d"])
+    return lr
 
 
 class FusedBackward:
@@ -46,9 +97,10 @@ class FusedBackward:
     gradients never exist together.
     """
 
-    def __init__(self, name: str, params: Iterable[Any], lr: float, cuda: bool, max_grad_norm: float) -> None:
+    def __init__(self, name: str, params: Iterable[Any], lr: float, cuda: bool, max_grad_norm: float, warmup: int = 0) -> None:
+        self.name = name
         self.params = [p for p in params if p.requires_grad]
-        self.optimizers = [make_optimizer(name, [p], lr, cuda) for p in self.params]
+        self.optimizers = [make_optimizer(name, [p], lr, cuda, warmup) for p in self.params]
         self.schedulers: list[Any] = []
         self.max_grad_norm = max_grad_norm
         self.stepping = False
@@ -67,9 +119,9 @@ class FusedBackward:
 
         return step
 
-    def make_schedulers(self, name: str, warmup: int, total: int) -> FusedSchedulers:
+    def make_schedulers(self, name: str, warmup: int, total: int, num_cycles: int = 1, power: float = 1.0) -> FusedSchedulers:
         """One LR schedule per parameter optimizer, driven together."""
-        self.schedulers = [make_scheduler(name, opt, warmup, total) for opt in self.optimizers]
+        self.schedulers = [make_scheduler(name, opt, warmup, total, num_cycles, power, self.name) for opt in self.optimizers]
         return FusedSchedulers(self.schedulers)
 
     @property

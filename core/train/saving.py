@@ -23,7 +23,25 @@ class Saving:
     """Checkpoint, outputs and samples of the ``Trainer``."""
 
     def save(self, final: bool = False) -> None:
-        """Checkpoint (resumable state) and outputs; only rank 0 writes, every rank takes part."""
+        """Checkpoint (resumable state) and outputs; only rank 0 writes, every rank takes part.
+
+        A schedule-free optimizer is in eval mode meanwhile, so both hold its averaged weights.
+        """
+        with self._eval_weights():
+            self._save(final)
+
+    @contextlib.contextmanager
+    def _eval_weights(self) -> Any:
+        """Schedule-free optimizers switched to their averaged (eval) weights inside the block."""
+        from .optim import set_optimizer_mode
+
+        set_optimizer_mode(self.optimizer, train=False)
+        try:
+            yield
+        finally:
+            set_optimizer_mode(self.optimizer, train=True)
+
+    def _save(self, final: bool) -> None:
         objects: dict[str, Any] = {
             "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict(),
@@ -106,7 +124,7 @@ class Saving:
                     prompts = [line.replace(ti.placeholder, " ".join(ti.tokens)) for line in prompts]
                 names = ("text_encoder", "text_encoder_2")
                 encoders = [self.wrapped.get(n, te) for n, te in zip(names, self.components.text_encoders)]
-                with self._ema_weights():
+                with self._eval_weights(), self._ema_weights():
                     written = render_samples(
                         self.components, prompts, self.step, self.run.samples, self.device, self.weight_dtype,
                         default_size=int(self.settings["resolution"]), seed=int(self.sched["seed"]),

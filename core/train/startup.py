@@ -11,13 +11,14 @@ from typing import Any
 
 from core.errors import UserError
 from core.plan import schedule
+from core.settings import OPTIMIZER_LEARNING_RATES, SCHEDULE_FREE_OPTIMIZERS
 
 from . import checkpoint as ckpt
 from .batches import Batches
 from .control import ControlReader
 from .methods import Method, setup_method
 from .metrics import EventHandler, MetricsWriter
-from .optim import FusedBackward, make_optimizer, make_scheduler
+from .optim import FusedBackward, make_optimizer, make_scheduler, set_optimizer_mode
 from .saving import set_rng
 from .status import StatusFile
 
@@ -218,15 +219,26 @@ class Startup:
             import torch
 
             self.wrapped["unet"] = torch.compile(self.wrapped.get("unet", self.components.unet))
+        self._note_optimizer_rules(lr)
+        name, shape = s["optimizer"], (int(self.sched["lr_scheduler_num_cycles"]), float(self.sched["lr_scheduler_power"]))
         if fused:
-            self.fused: FusedBackward | None = FusedBackward(s["optimizer"], params, lr, cuda, float(s["max_grad_norm"]))
+            self.fused: FusedBackward | None = FusedBackward(name, params, lr, cuda, float(s["max_grad_norm"]), warmup)
             self.optimizer: Any = self.fused
-            self.lr_scheduler: Any = self.fused.make_schedulers(self.sched["lr_scheduler"], warmup, self.total_steps)
+            self.lr_scheduler: Any = self.fused.make_schedulers(self.sched["lr_scheduler"], warmup, self.total_steps, *shape)
         else:
             self.fused = None
-            self.optimizer = self.acc.prepare(make_optimizer(s["optimizer"], params, lr, cuda))
-            self.lr_scheduler = make_scheduler(self.sched["lr_scheduler"], self.optimizer.optimizer, warmup, self.total_steps)
+            self.optimizer = self.acc.prepare(make_optimizer(name, params, lr, cuda, warmup))
+            self.lr_scheduler = make_scheduler(self.sched["lr_scheduler"], self.optimizer.optimizer, warmup, self.total_steps, *shape, optimizer_name=name)
         self.params = params
+
+    def _note_optimizer_rules(self, lr: float) -> None:
+        """Events when the schedule does not follow the optimizer's rules (Prodigy's lr, schedule-free's own schedule)."""
+        name = self.settings["optimizer"]
+        rule = OPTIMIZER_LEARNING_RATES.get(name)
+        if rule is not None and lr < rule / 10:
+            self.metrics.event(f"{name} multiplies its own step-size estimate by schedule.learning_rate; {lr:g} makes it learn almost nothing, its rule is {rule:g}", "warning")
+        if name in SCHEDULE_FREE_OPTIMIZERS and self.sched["lr_scheduler"] not in ("constant", "constant_with_warmup"):
+            self.metrics.event(f"{name} keeps its own schedule, so lr_scheduler={self.sched['lr_scheduler']} is not used (the rate stays constant after the warm-up)", "warning")
 
     def _resume(self) -> None:
         path = ckpt.latest(self.run.checkpoints)
@@ -236,6 +248,7 @@ class Startup:
         self.method.load_trainable_state(loaded.tensors)
         objects = loaded.objects
         self.optimizer.load_state_dict(objects["optimizer"])
+        set_optimizer_mode(self.optimizer, train=True)  # a schedule-free checkpoint holds its eval weights
         self.lr_scheduler.load_state_dict(objects["lr_scheduler"])
         if objects.get("scaler") is not None and self.acc.scaler is not None:
             self.acc.scaler.load_state_dict(objects["scaler"])

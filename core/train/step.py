@@ -82,7 +82,9 @@ class Stepping:
             self.ema.step(self.params)
 
     def _current_lr(self) -> float:
-        return float(self.lr_scheduler.get_last_lr()[0])
+        from .optim import current_lr
+
+        return current_lr(self.optimizer, self.lr_scheduler)
 
 
 def torch_isfinite(loss: Any) -> Any:
