@@ -3,7 +3,7 @@
 ``export_kohya`` writes a run config as sd-scripts' ``dataset_config.toml`` ([general],
 [[datasets]], [[datasets.subsets]]) and ``sample_prompts.txt``; ``read_kohya`` reads such a
 dataset config back. ``parse_prompt_line`` reads the prompt syntax both tools share:
-``prompt --n negative --w 512 --h 512 --d seed --l cfg --s steps``.
+``prompt --n negative --w 512 --h 512 --d seed --l cfg --s steps --ss sampler``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from tomlkit.exceptions import ParseError
 
 from core.atomic import write_atomic
 from core.errors import UserError
-from core.settings import SETTINGS, SUBSET_KEYS
+from core.settings import SAMPLERS, SETTINGS, SUBSET_KEYS
 
 DATASET_CONFIG = "dataset_config.toml"
 SAMPLE_PROMPTS = "sample_prompts.txt"
@@ -35,7 +35,7 @@ _KOHYA_CAPTION_DEFAULT = ".caption"
 
 @dataclass(frozen=True)
 class SamplePrompt:
-    """One sample prompt; ``seed`` None means the trainer picks (run seed + prompt index)."""
+    """One sample prompt; ``seed`` None means the trainer picks (run seed + prompt index), ``sampler`` "" the run's."""
 
     prompt: str
     negative: str = ""
@@ -44,11 +44,12 @@ class SamplePrompt:
     seed: int | None = None
     scale: float = 7.5
     steps: int = 30
+    sampler: str = ""
     extra: tuple[tuple[str, str], ...] = field(default=())
 
 
 def parse_prompt_line(line: str, width: int = 512, height: int = 512, scale: float = 7.5, steps: int = 30) -> SamplePrompt:
-    """Parse ``prompt --n negative --w 512 --h 512 --d seed --l cfg --s steps``.
+    """Parse ``prompt --n negative --w 512 --h 512 --d seed --l cfg --s steps --ss sampler``.
 
     Options left out take the given defaults; other ``--x value`` options are kept in ``extra``.
     A bad value raises UserError naming the option and the rule.
@@ -58,7 +59,7 @@ def parse_prompt_line(line: str, width: int = 512, height: int = 512, scale: flo
     prompt = pieces[0].strip()
     if not prompt:
         raise UserError(f"sample prompt '{line}' has no prompt text before its options; write e.g. 'a photo of sks dog --w 512 --h 512'")
-    values: dict[str, Any] = {"negative": "", "width": width, "height": height, "seed": None, "scale": scale, "steps": steps}
+    values: dict[str, Any] = {"negative": "", "width": width, "height": height, "seed": None, "scale": scale, "steps": steps, "sampler": ""}
     extra: dict[str, str] = {}
     for piece in pieces[1:]:
         match = re.match(r"([A-Za-z]+)\s*(.*)$", piece, re.S)
@@ -84,6 +85,10 @@ def parse_prompt_line(line: str, width: int = 512, height: int = 512, scale: flo
             values["steps"] = _number(line, option, value, int)
             if not 1 <= values["steps"] <= 1000:
                 raise UserError(f"sample prompt '{line}': --s (steps) must be between 1 and 1000, not {value}")
+        elif option == "ss":
+            if value.lower() not in SAMPLERS:
+                raise UserError(f"sample prompt '{line}': --ss (sampler) must be one of {', '.join(SAMPLERS)}, not '{value}'")
+            values["sampler"] = value.lower()
         else:
             extra[option] = value
     return SamplePrompt(prompt, extra=tuple(extra.items()), **values)
@@ -106,6 +111,8 @@ def format_prompt_line(prompt: SamplePrompt) -> str:
     if prompt.seed is not None:
         parts.append(f"--d {prompt.seed}")
     parts += [f"--l {prompt.scale:g}", f"--s {prompt.steps}"]
+    if prompt.sampler:
+        parts.append(f"--ss {prompt.sampler}")
     parts += [f"--{option} {value}".rstrip() for option, value in prompt.extra]
     return " ".join(parts)
 

@@ -156,8 +156,9 @@ def families() -> tuple[str, ...]:
 
 #: Module names (peft's rule: the whole name or its last dotted parts) that each ``lora_targets``
 #: setting adapts, as the trainer (core/train/methods.py) applies them. ``attn``: the attention
-#: projections; ``attn_ff`` adds the feed-forward layers; ``all`` adds the ResNet convolutions and
-#: the transformers' in/out projections (LoCon). Text encoders always get their attention projections.
+#: projections; ``attn_ff`` adds the feed-forward layers (the text encoders' MLP ``fc1``/``fc2``,
+#: as kohya's LoRA adapts them); ``all`` adds the ResNet convolutions and the transformers'
+#: in/out projections (LoCon).
 LORA_TARGET_MODULES: dict[str, dict[str, tuple[str, ...]]] = {
     "unet": {
         "attn": ("to_q", "to_k", "to_v", "to_out.0"),
@@ -166,8 +167,8 @@ LORA_TARGET_MODULES: dict[str, dict[str, tuple[str, ...]]] = {
     },
     "text_encoder": {
         "attn": ("q_proj", "k_proj", "v_proj", "out_proj"),
-        "attn_ff": ("q_proj", "k_proj", "v_proj", "out_proj"),
-        "all": ("q_proj", "k_proj", "v_proj", "out_proj"),
+        "attn_ff": ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"),
+        "all": ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"),
     },
 }
 

@@ -100,8 +100,8 @@ def test_parse_prompt_line_reads_every_option_and_defaults_the_rest() -> None:
     assert full == SamplePrompt("a dog, 4k", "bad hands, blurry", 768, 512, 42, 6.5, 25)
     bare = parse_prompt_line("  just a prompt  ", width=1024, height=1024)
     assert bare == SamplePrompt("just a prompt", "", 1024, 1024, None, 7.5, 30)
-    kept = parse_prompt_line("x --ss euler_a --W 640")
-    assert kept.width == 640 and kept.extra == (("ss", "euler_a"),)
+    kept = parse_prompt_line("x --ss Euler_A --W 640 --cfgr 2")
+    assert kept.width == 640 and kept.sampler == "euler_a" and kept.extra == (("cfgr", "2"),)
     assert parse_prompt_line("well-lit room --s 10").prompt == "well-lit room"
 
 
@@ -114,6 +114,7 @@ def test_parse_prompt_line_reads_every_option_and_defaults_the_rest() -> None:
         ("dog --d -1", r"--d \(seed\) must be 0 or more"),
         ("dog --l x", "--l must be a number"),
         ("dog --s 0", r"--s \(steps\) must be between 1 and 1000"),
+        ("dog --ss plms", r"--ss \(sampler\) must be one of default, ddim, .*, not 'plms'"),
     ],
 )
 def test_bad_prompt_lines_name_the_option_and_rule(line: str, expected: str) -> None:
@@ -122,7 +123,7 @@ def test_bad_prompt_lines_name_the_option_and_rule(line: str, expected: str) -> 
 
 
 def test_format_and_parse_round_trip_and_prompt_files() -> None:
-    prompt = SamplePrompt("a cat", "ugly", 640, 832, 3, 4.5, 12, (("ss", "ddim"),))
+    prompt = SamplePrompt("a cat", "ugly", 640, 832, 3, 4.5, 12, "ddim")
     line = format_prompt_line(prompt)
     assert line == "a cat --n ugly --w 640 --h 832 --d 3 --l 4.5 --s 12 --ss ddim"
     assert parse_prompt_line(line) == prompt

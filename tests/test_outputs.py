@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
 import torch
 
 from core.train.models import load_components
-from core.train.outputs import kohya_lora_state_dict, lora_metadata, save_embeddings, save_full_model, save_lora
+from core.train.outputs import kohya_lora_state_dict, save_embeddings, save_full_model, save_lora
 from core.train.text import add_placeholder_tokens
 
 
@@ -54,8 +53,7 @@ def test_lora_both_formats_reproduce_the_trained_model(tmp_path, tiny_models, fa
     path = tiny_models(family)
     components = _trained_lora(path, family, text_encoder=text_encoder, targets=targets)
     trained = _image(components.pipeline())
-    meta = lora_metadata(components, {"lora_rank": 4, "lora_alpha": 2.0, "resolution": 64}, name="mine", steps=10, epoch=1, num_train_images=4)
-    files = save_lora(components, tmp_path / "output", "mine", metadata=meta)
+    files = save_lora(components, tmp_path / "output", "mine", metadata={"ss_output_name": "mine"})
     assert files.single_file == tmp_path / "output" / "mine.safetensors"
     assert files.diffusers == tmp_path / "output" / "diffusers" / "pytorch_lora_weights.safetensors"
     base = _image(_fresh(path, family))
@@ -76,15 +74,11 @@ def test_kohya_keys_alpha_and_metadata(tmp_path, tiny_models):
     assert any(k.startswith("lora_te2_text_model_encoder_layers_0_self_attn_q_proj.") for k in keys)
     alphas = {float(v) for k, v in keys.items() if k.endswith(".alpha")}
     assert alphas == {2.0}  # the trained alpha, not the rank
-    meta = lora_metadata(components, {"lora_rank": 4, "lora_alpha": 2.0, "resolution": 1024}, name="x", steps=5, epoch=2, num_train_images=7)
-    save_lora(components, tmp_path, "x", metadata=meta)
+    save_lora(components, tmp_path, "x", metadata={"ss_network_module": "networks.lora", "modelspec.title": "x"})
     with safe_open(str(tmp_path / "x.safetensors"), "pt") as handle:
         saved = handle.metadata()
-    assert saved["ss_network_module"] == "networks.lora"
-    assert saved["ss_network_dim"] == "4" and saved["ss_network_alpha"] == "2.0"
-    assert saved["ss_base_model_version"] == "sdxl_base_v1-0"
-    assert saved["ss_resolution"] == "(1024, 1024)" and saved["ss_steps"] == "5" and saved["ss_num_train_images"] == "7"
-    assert json.loads(saved["ss_network_args"]) == {}
+    assert saved["ss_network_module"] == "networks.lora" and saved["modelspec.title"] == "x"
+    assert len(saved["sshs_model_hash"]) == 64 and len(saved["sshs_legacy_hash"]) == 8
 
 
 def test_sd1_kohya_text_encoder_keys(tiny_models):

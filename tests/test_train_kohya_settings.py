@@ -105,3 +105,158 @@ def test_kohya_schedules_follow_their_shape(setup_run, scheduler, extra, expecte
     assert rates == pytest.approx([1e-3 * expected(t) for t in range(12)], rel=1e-6)
     if scheduler == "cosine_with_restarts":
         assert rates[4] == pytest.approx(1e-3) and rates[8] == pytest.approx(1e-3)
+
+
+def _comfy_delta(sd, base, shape):
+    """The weight delta ComfyUI / A1111 build from a LyCORIS LoHa or LoKr key group (their reading, re-stated)."""
+    import torch
+
+    alpha = float(sd[f"{base}.alpha"]) if f"{base}.alpha" in sd else None
+    if f"{base}.hada_w1_a" in sd:
+        w1 = sd[f"{base}.hada_w1_a"].float() @ sd[f"{base}.hada_w1_b"].float()
+        w2 = sd[f"{base}.hada_w2_a"].float() @ sd[f"{base}.hada_w2_b"].float()
+        scale = alpha / sd[f"{base}.hada_w1_b"].shape[0]
+        return (w1 * w2).reshape(shape) * scale
+    dim = None
+    if f"{base}.lokr_w1" in sd:
+        w1 = sd[f"{base}.lokr_w1"].float()
+    else:
+        dim = sd[f"{base}.lokr_w1_b"].shape[0]
+        w1 = sd[f"{base}.lokr_w1_a"].float() @ sd[f"{base}.lokr_w1_b"].float()
+    if f"{base}.lokr_w2" in sd:
+        w2 = sd[f"{base}.lokr_w2"].float()
+    else:
+        dim = sd[f"{base}.lokr_w2_b"].shape[0]
+        w2 = sd[f"{base}.lokr_w2_a"].float() @ sd[f"{base}.lokr_w2_b"].float()
+    if w2.ndim == 4:
+        w1 = w1[:, :, None, None]
+    scale = alpha / dim if alpha is not None and dim is not None else 1.0
+    return torch.kron(w1, w2).reshape(shape) * scale
+
+
+@pytest.mark.parametrize(("kind", "marker"), [("loha", "hada_w1_a"), ("lokr", "lokr_w1")])
+def test_loha_and_lokr_save_lycoris_keys_that_reproduce_the_trained_deltas(setup_run, kind, marker):
+    import torch
+    from safetensors.torch import load_file
+
+    from core.train import outputs
+
+    trainer = setup_run(
+        {"lora_type": kind, "lora_targets": "all", "train_text_encoder": True, "save_precision": "fp32", "lora_rank": 2, "lora_alpha": 3},
+        {"epochs": 2},
+    )
+    for _ in range(2):
+        one_step(trainer)
+    trainer.write_outputs(final=True)
+    sd = load_file(str(trainer.run.output / "tiny.safetensors"))
+    assert f"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.{marker}" in sd
+    assert f"lora_te_text_model_encoder_layers_0_mlp_fc1.{marker}" in sd  # the text encoders' MLP is adapted too
+    assert any(k.startswith("lora_unet_down_blocks_0_resnets_0_conv1.") for k in sd)  # LoCon-style convs with lora_targets=all
+    checked = 0
+    c = trainer.components
+    for prefix, module, unet_config in outputs.kohya_module_names(c, c.unet, c.text_encoders):
+        for name, layer in module.named_modules():
+            if not hasattr(layer, "get_delta_weight") or "default" not in getattr(layer, "active_adapters", []):
+                continue
+            base = outputs.kohya_key(prefix, name, c, unet_config)
+            with torch.no_grad():
+                expected = layer.get_delta_weight("default").float()
+            got = _comfy_delta(sd, base, layer.get_base_layer().weight.shape)
+            assert expected.abs().max() > 0, name
+            assert torch.allclose(got, expected, rtol=1e-4, atol=1e-7), name
+            checked += 1
+    assert checked >= 20
+    assert load_file(str(trainer.run.output / "peft" / "unet" / "adapter_model.safetensors"))
+    meta = _metadata(trainer.run.output / "tiny.safetensors")
+    assert meta["ss_network_module"] == "lycoris.kohya"
+    assert f'"algo": "{kind}"' in meta["ss_network_args"]
+
+
+def _metadata(path):
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return handle.metadata()
+
+
+def test_save_precision_is_the_dtype_of_the_saved_lora(setup_run):
+    from safetensors.torch import load_file
+
+    import torch
+
+    for precision, dtype in (("fp16", torch.float16), ("bf16", torch.bfloat16)):
+        trainer = setup_run({"save_precision": precision})
+        trainer.write_outputs(final=True)
+        kohya = load_file(str(trainer.run.output / "tiny.safetensors"))
+        diffusers = load_file(str(trainer.run.output / "diffusers" / "pytorch_lora_weights.safetensors"))
+        assert {t.dtype for t in kohya.values() if t.ndim} == {dtype}
+        assert {t.dtype for t in diffusers.values()} == {dtype}
+
+
+#: Every key sd-scripts' train_network.py (and networks/lora.py's save_weights) writes into a
+#: LoRA file trained from a folder dataset, plus sai_model_spec.py's keys for a LoRA.
+SD_SCRIPTS_KEYS = """
+ss_session_id ss_training_started_at ss_output_name ss_learning_rate ss_text_encoder_lr ss_unet_lr ss_num_train_images
+ss_num_validation_images ss_num_reg_images ss_num_batches_per_epoch ss_num_epochs ss_gradient_checkpointing
+ss_gradient_accumulation_steps ss_max_train_steps ss_lr_warmup_steps ss_lr_scheduler ss_network_module ss_network_dim
+ss_network_alpha ss_network_dropout ss_mixed_precision ss_full_fp16 ss_v2 ss_base_model_version ss_clip_skip
+ss_max_token_length ss_cache_latents ss_seed ss_lowram ss_noise_offset ss_multires_noise_iterations
+ss_multires_noise_discount ss_adaptive_noise_scale ss_zero_terminal_snr ss_training_comment ss_sd_scripts_commit_hash
+ss_optimizer ss_max_grad_norm ss_caption_dropout_rate ss_caption_dropout_every_n_epochs ss_caption_tag_dropout_rate
+ss_face_crop_aug_range ss_prior_loss_weight ss_min_snr_gamma ss_scale_weight_norms ss_ip_noise_gamma
+ss_debiased_estimation ss_noise_offset_random_strength ss_ip_noise_gamma_random_strength ss_loss_type
+ss_huber_schedule ss_huber_scale ss_huber_c ss_fp8_base ss_fp8_base_unet ss_validation_seed ss_validation_split
+ss_max_validation_steps ss_validate_every_n_epochs ss_validate_every_n_steps ss_resize_interpolation
+ss_datasets ss_tag_frequency ss_dataset_dirs ss_reg_dataset_dirs ss_bucket_info ss_batch_size_per_device
+ss_total_batch_size ss_resolution ss_color_aug ss_flip_aug ss_random_crop ss_shuffle_caption ss_enable_bucket
+ss_bucket_no_upscale ss_min_bucket_reso ss_max_bucket_reso ss_keep_tokens ss_network_args ss_sd_model_name
+ss_training_finished_at ss_steps ss_epoch sshs_model_hash sshs_legacy_hash
+modelspec.sai_model_spec modelspec.architecture modelspec.implementation modelspec.title modelspec.resolution
+modelspec.date modelspec.prediction_type modelspec.implementation_version modelspec.encoder_layer
+""".split()
+
+
+def test_lora_metadata_has_every_key_sd_scripts_writes_with_the_run_facts(setup_run, tmp_path):
+    import hashlib
+    import json
+    import time
+
+    from safetensors.torch import load_file, save
+
+    trainer = setup_run(
+        {"clip_skip": 2, "lora_targets": "all", "caption_prefix": "photo"},
+        {"epochs": 2},
+        subsets=((2, "sks dog", 3), (1, "red ball", 2)),
+    )
+    one_step(trainer)
+    time.sleep(0.05)
+    trainer.step = 1
+    trainer.write_outputs(final=True)
+    path = trainer.run.output / "tiny.safetensors"
+    meta = _metadata(path)
+    missing = [k for k in SD_SCRIPTS_KEYS if k not in meta]
+    assert not missing
+    assert float(meta["ss_training_finished_at"]) > float(meta["ss_training_started_at"])
+    assert meta["ss_clip_skip"] == "2" and meta["modelspec.encoder_layer"] == "2"
+    assert meta["ss_base_model_version"] == "sd_v1" and meta["modelspec.architecture"] == "stable-diffusion-v1/lora"
+    assert json.loads(meta["ss_dataset_dirs"]) == {"2_sks dog": {"n_repeats": 2, "img_count": 3}, "1_red ball": {"n_repeats": 1, "img_count": 2}}
+    tags = json.loads(meta["ss_tag_frequency"])
+    assert set(tags) == {"2_sks dog", "1_red ball"} and sum(tags["2_sks dog"].values()) >= 3
+    buckets = json.loads(meta["ss_bucket_info"])
+    assert sum(b["count"] for b in buckets["buckets"].values()) == 2 * 3 + 2  # images × repeats
+    assert meta["ss_num_train_images"] == "8" and meta["ss_steps"] == "1" and meta["ss_total_batch_size"] == "1"
+    assert json.loads(meta["ss_network_args"]) == {"conv_dim": "4", "conv_alpha": "4.0"}
+    assert meta["ss_optimizer"] == "torch.optim.adamw.AdamW"
+    # the hashes are what sd-webui-additional-networks recomputes from the file
+    tensors = load_file(str(path))
+    data = save(tensors, metadata={k: v for k, v in meta.items() if k.startswith("ss_")})
+    header = int.from_bytes(data[:8], "little")
+    assert meta["sshs_model_hash"] == hashlib.sha256(data[8 + header :]).hexdigest()
+
+
+def test_sd2_v_prediction_is_named_as_sd_scripts_names_it():
+    from core.train.kohya_metadata import architecture, base_model_version
+
+    assert base_model_version("sd2", True) == "sd_v2_v" and base_model_version("sd2", False) == "sd_v2"
+    assert architecture("sd2", True) == "stable-diffusion-v2-768-v/lora"
+    assert architecture("sdxl", False) == "stable-diffusion-xl-v1-base/lora"

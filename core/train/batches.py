@@ -95,6 +95,6 @@ class Batches:
             ids = tokenize(t.components, captions)
             trained = any(name in t.method.modules for name in names)
             with contextlib.nullcontext() if trained else torch.no_grad():
-                embeddings = encode_text(t.components, ids, encoders)
+                embeddings = encode_text(t.components, ids, encoders, int(t.settings["clip_skip"]))
         time_ids = sdxl_time_ids_batch(batch["original_sizes"], batch["crop_top_lefts"], batch["target_sizes"]).to(t.device)
         return embeddings.prompt_embeds, unet_added_conditions(embeddings, time_ids)

@@ -124,7 +124,7 @@ def build_items(config: Any, settings: Mapping[str, Any]) -> TrainData:
         for found in scan.subsets:
             token = str(subset.get("token") or found.token or "").strip()
             for image in found.images:
-                caption = (image.caption or "").strip() or token
+                caption = with_prefix_suffix((image.caption or "").strip() or token, settings)
                 item = TrainItem(image.path, caption, image.width, image.height, assign_bucket(image.width, image.height, buckets), repeats, is_reg, index)
                 (class_items if is_reg else items).append(item)
     if not items:
@@ -157,16 +157,27 @@ def class_batches_for_epoch(train_data: TrainData, batches: Sequence[Sequence[in
     return [[pool[((n * world + rank) * width + j) % len(pool)] for j in range(len(batch))] for n, batch in enumerate(batches)]
 
 
+def with_prefix_suffix(caption: str, settings: Mapping[str, Any]) -> str:
+    """``caption_prefix caption caption_suffix`` joined by spaces, as sd-scripts does (before shuffling)."""
+    prefix, suffix = str(_setting(settings, "caption_prefix")).strip(), str(_setting(settings, "caption_suffix")).strip()
+    return " ".join(part for part in (prefix, caption, suffix) if part)
+
+
 def process_caption(caption: str, settings: Mapping[str, Any], rng: random.Random) -> str:
-    """Apply caption shuffling (keeping the first ``keep_tokens`` tags in place) and caption dropout."""
+    """sd-scripts' per-step caption: dropout, then tag shuffling and tag dropout behind the first ``keep_tokens`` tags."""
     rate = float(_setting(settings, "caption_dropout_rate"))
     if rate > 0 and rng.random() < rate:
         return ""
-    if _setting(settings, "shuffle_caption") and "," in caption:
+    shuffle = bool(_setting(settings, "shuffle_caption"))
+    tag_rate = float(_setting(settings, "caption_tag_dropout_rate"))
+    if (shuffle or tag_rate > 0) and "," in caption:
         tags = [t.strip() for t in caption.split(",") if t.strip()]
         keep = int(_setting(settings, "keep_tokens"))
         head, tail = tags[:keep], tags[keep:]
-        rng.shuffle(tail)
+        if shuffle:
+            rng.shuffle(tail)
+        if tag_rate > 0:
+            tail = [tag for tag in tail if rng.random() >= tag_rate]
         return ", ".join(head + tail)
     return caption
 
@@ -357,6 +368,8 @@ def text_cache_blocker(settings: Mapping[str, Any]) -> str | None:
         return "the text encoder is trained, so its outputs change and cannot be cached"
     if _setting(settings, "shuffle_caption"):
         return "shuffled captions differ every step, so text-encoder outputs cannot be cached"
+    if float(_setting(settings, "caption_tag_dropout_rate")) > 0:
+        return "tag dropout changes the captions every step, so text-encoder outputs cannot be cached"
     return None
 
 
@@ -380,7 +393,7 @@ def cache_text_outputs(components: Any, train_data: TrainData, device: Any, dtyp
     with torch.no_grad():
         for start in range(0, len(captions), batch_size):
             chunk = captions[start : start + batch_size]
-            out = encode_captions(components, chunk)
+            out = encode_captions(components, chunk, clip_skip=int(_setting(train_data.settings, "clip_skip")))
             for n, caption in enumerate(chunk):
                 pooled = out.pooled_prompt_embeds[n].to("cpu", torch.float32) if out.pooled_prompt_embeds is not None else None
                 cache.entries[caption] = (out.prompt_embeds[n].to("cpu", torch.float32), pooled)

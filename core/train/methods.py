@@ -112,23 +112,33 @@ def setup_method(kind: str, components: Any, settings: dict[str, Any], placehold
     raise UserError(f"method.kind={kind!r} is unknown; use lora, dreambooth, finetune or textual_inversion")
 
 
-def _lora(unet: Any, encoders: dict[str, Any], settings: dict[str, Any], train_te: bool) -> Method:
-    from peft import LoraConfig
+def adapter_config(settings: dict[str, Any], target_modules: list[str]) -> Any:
+    """The peft config of ``settings.lora_type``: LoRA (optionally DoRA), LoHa or LoKr."""
+    from peft import LoHaConfig, LoKrConfig, LoraConfig
 
+    kind = str(settings.get("lora_type", "lora"))
     rank = int(settings.get("lora_rank", 16))
-    common = dict(
-        r=rank,
-        lora_alpha=float(settings.get("lora_alpha", rank)),
-        lora_dropout=float(settings.get("lora_dropout", 0.0)),
-        use_dora=bool(settings.get("use_dora", False)),
-        init_lora_weights="gaussian",
-    )
+    alpha = float(settings.get("lora_alpha", rank))
+    if kind == "lora":
+        return LoraConfig(
+            r=rank, lora_alpha=alpha, lora_dropout=float(settings.get("lora_dropout", 0.0)),
+            use_dora=bool(settings.get("use_dora", False)), init_lora_weights="gaussian", target_modules=target_modules,
+        )
+    if settings.get("use_dora"):
+        raise UserError(f"settings.use_dora is DoRA, a kind of LoRA; set lora_type = \"lora\" for DoRA or use_dora = false for {kind}")
+    if float(settings.get("lora_dropout", 0.0)) > 0:
+        raise UserError(f"settings.lora_dropout is LoRA's input dropout, which peft's {kind} does not have; set lora_dropout = 0 or lora_type = \"lora\"")
+    config = LoHaConfig if kind == "loha" else LoKrConfig
+    return config(r=rank, alpha=alpha, target_modules=target_modules)
+
+
+def _lora(unet: Any, encoders: dict[str, Any], settings: dict[str, Any], train_te: bool) -> Method:
     targets = str(settings.get("lora_targets", "attn"))
-    unet.add_adapter(LoraConfig(target_modules=list(LORA_TARGET_MODULES["unet"][targets]), **common))
+    unet.add_adapter(adapter_config(settings, list(LORA_TARGET_MODULES["unet"][targets])))
     modules = {"unet": unet}
     if train_te:
         for name, te in encoders.items():
-            te.add_adapter(LoraConfig(target_modules=list(LORA_TARGET_MODULES["text_encoder"][targets]), **common))
+            te.add_adapter(adapter_config(settings, list(LORA_TARGET_MODULES["text_encoder"][targets])))
             modules[name] = te
     return Method("lora", modules, train_te)
 

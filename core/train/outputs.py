@@ -27,11 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from core.atomic import finish_tree, replace, write_atomic
+from core.train.kohya_metadata import with_hashes
 from core.train.models import Components, unwrap
 
 DIFFUSERS_DIR = "diffusers"
+PEFT_DIR = "peft"
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
-BASE_MODEL_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
 
 
 @dataclass(frozen=True)
@@ -65,98 +66,111 @@ def _alpha_for(config: Any, module_name: str) -> float:
     for pattern, value in (getattr(config, "alpha_pattern", None) or {}).items():
         if module_name.endswith(pattern):
             return float(value)
-    return float(config.lora_alpha)
+    return float(config.lora_alpha if hasattr(config, "lora_alpha") else config.alpha)
+
+
+def _rank_for(config: Any, module_name: str) -> int:
+    for pattern, value in (getattr(config, "rank_pattern", None) or {}).items():
+        if module_name.endswith(pattern):
+            return int(value)
+    return int(config.r)
+
+
+#: peft parameter suffixes → kohya/LyCORIS key suffixes, per adapter type.
+_KOHYA_SUFFIXES: dict[str, tuple[tuple[str, str], ...]] = {
+    "lora": ((".lora_A.weight", ".lora_down.weight"), (".lora_B.weight", ".lora_up.weight"), (".lora_magnitude_vector", ".dora_scale")),
+    "loha": tuple((f".hada_{n}", f".hada_{n}") for n in ("w1_a", "w1_b", "w2_a", "w2_b", "t1", "t2")),
+    "lokr": tuple((f".lokr_{n}", f".lokr_{n}") for n in ("w1", "w1_a", "w1_b", "w2", "w2_a", "w2_b", "t2")),
+}
+#: The ``ss_network_module`` each adapter type is written as (what LyCORIS files say).
+NETWORK_MODULE = {"lora": "networks.lora", "loha": "lycoris.kohya", "lokr": "lycoris.kohya"}
+
+
+def _split(key: str, suffixes: tuple[tuple[str, str], ...]) -> tuple[str, str] | None:
+    for marker, suffix in suffixes:
+        if key.endswith(marker):
+            return key[: -len(marker)], suffix
+    return None
+
+
+def kohya_module_names(components: Components, unet: Any, text_encoders: Sequence[Any]) -> list[tuple[str, Any, Any]]:
+    """``(kohya prefix, module, unet config)`` for the UNet and each text encoder."""
+    te_prefixes = ["lora_te1", "lora_te2"] if components.is_sdxl else ["lora_te"]
+    return [("lora_unet", unet, dict(unwrap(unet).config))] + [(p, te, None) for p, te in zip(te_prefixes, text_encoders)]
+
+
+def kohya_key(prefix: str, name: str, components: Components, unet_config: Mapping[str, Any] | None) -> str:
+    """The kohya key base (``lora_unet_…`` / ``lora_te…_text_model_…``) of a peft module path."""
+    if prefix == "lora_unet":
+        module = unet_module_name(name, unet_config) if components.is_sdxl and unet_config is not None else name
+    else:
+        module = name if name.startswith("text_model.") else f"text_model.{name}"
+    return f"{prefix}_{module.replace('.', '_')}"
 
 
 def kohya_lora_state_dict(components: Components, unet: Any = None, text_encoders: Sequence[Any] | None = None) -> dict[str, Any]:
-    """The LoRA of the (trained) UNet and text encoders in kohya's key layout.
+    """The LoRA / LoHa / LoKr of the (trained) UNet and text encoders in kohya's (LyCORIS') key layout.
 
     Keys are ``lora_unet_<module>`` (SDXL: the SGM module names kohya's SDXL trainer uses;
     SD1/SD2: the diffusers names kohya uses), ``lora_te_<module>`` (SD1/SD2) or
-    ``lora_te1_``/``lora_te2_`` (SDXL), each with ``.lora_down.weight``, ``.lora_up.weight``,
-    ``.alpha`` (the trained alpha) and, for DoRA, ``.dora_scale`` (peft's per-output-row
-    magnitude shaped ``[out, 1]``, as ComfyUI reads it; diffusers drops ``dora_scale`` from
-    kohya files, so DoRA loads in diffusers from the diffusers file).
+    ``lora_te1_``/``lora_te2_`` (SDXL), each with ``.alpha`` (the trained alpha) and:
+
+    * LoRA: ``.lora_down.weight``, ``.lora_up.weight`` and, for DoRA, ``.dora_scale`` (peft's
+      per-output-row magnitude shaped ``[out, 1]``, as ComfyUI reads it; diffusers drops
+      ``dora_scale`` from kohya files, so DoRA loads in diffusers from the diffusers file);
+    * LoHa: ``.hada_w1_a``, ``.hada_w1_b``, ``.hada_w2_a``, ``.hada_w2_b`` (delta =
+      (w1_a·w1_b) ⊙ (w2_a·w2_b) · alpha / rank, as ComfyUI and A1111 compute it, and as peft does);
+    * LoKr: ``.lokr_w1`` and ``.lokr_w2`` or ``.lokr_w2_a``/``.lokr_w2_b`` (delta = w1 ⊗ w2, scaled
+      by alpha / rank only when a factor is decomposed; when none is, ComfyUI and A1111 apply no
+      scale, so peft's alpha / rank is folded into ``lokr_w1``).
     """
     import torch
 
     unet = unet if unet is not None else components.unet
     encoders = list(text_encoders) if text_encoders is not None else components.text_encoders
-    unet_config = dict(unwrap(unet).config)
-    te_prefixes = ["lora_te1", "lora_te2"] if components.is_sdxl else ["lora_te"]
-    parts = [("lora_unet", unet)] + list(zip(te_prefixes, encoders))
     out: dict[str, Any] = {}
-    for prefix, module in parts:
+    for prefix, module, unet_config in kohya_module_names(components, unet, encoders):
         state, config = _adapter_state(module)
+        if config is None:
+            continue
+        kind = adapter_kind(config)
+        grouped: dict[str, dict[str, Any]] = {}
         for key, tensor in state.items():
-            for marker, suffix in ((".lora_A.weight", ".lora_down.weight"), (".lora_B.weight", ".lora_up.weight"), (".lora_magnitude_vector", ".dora_scale")):
-                if key.endswith(marker):
-                    name = key[: -len(marker)]
-                    break
-            else:
-                continue
-            if prefix == "lora_unet":
-                kohya_module = unet_module_name(name, unet_config) if components.is_sdxl else name
-            else:
-                kohya_module = name if name.startswith("text_model.") else f"text_model.{name}"
-            base = f"{prefix}_{kohya_module.replace('.', '_')}"
-            if suffix == ".dora_scale":
-                tensor = tensor.reshape(tensor.shape[0], *([1] * (state[f"{name}.lora_B.weight"].ndim - 1)))
-            out[base + suffix] = tensor
-            if suffix == ".lora_down.weight":
-                out[base + ".alpha"] = torch.tensor(_alpha_for(config, name))
+            split = _split(key, _KOHYA_SUFFIXES[kind])
+            if split is not None:
+                grouped.setdefault(split[0], {})[split[1]] = tensor
+        for name, tensors in grouped.items():
+            base = kohya_key(prefix, name, components, unet_config)
+            alpha = _alpha_for(config, name)
+            if kind == "lora" and ".dora_scale" in tensors:
+                up = tensors[".lora_up.weight"]
+                tensors[".dora_scale"] = tensors[".dora_scale"].reshape(up.shape[0], *([1] * (up.ndim - 1)))
+            if kind == "lokr" and not any(k in tensors for k in (".lokr_w1_a", ".lokr_w2_a")):
+                tensors[".lokr_w1"] = tensors[".lokr_w1"] * (alpha / _rank_for(config, name))
+            for suffix, tensor in tensors.items():
+                out[base + suffix] = tensor
+            out[base + ".alpha"] = torch.tensor(alpha)
     return out
 
 
-def lora_metadata(
-    components: Components,
-    settings: Mapping[str, Any],
-    *,
-    name: str,
-    steps: int,
-    epoch: int,
-    num_train_images: int,
-    started_at: float | None = None,
-    learning_rate: float | None = None,
-) -> dict[str, str]:
-    """kohya's ``ss_*`` metadata for a LoRA file (all values strings)."""
+def adapter_kind(config: Any) -> str:
+    """``lora``, ``loha`` or ``lokr`` from a peft config."""
+    return {"LORA": "lora", "LOHA": "loha", "LOKR": "lokr"}[str(getattr(config.peft_type, "value", config.peft_type)).upper()]
+
+
+def network_args(settings: Mapping[str, Any]) -> dict[str, str]:
+    """``ss_network_args`` as sd-scripts / LyCORIS write them: the algorithm and the conv rank of LoCon-style targets."""
+    kind = str(settings.get("lora_type", "lora"))
     rank = int(settings.get("lora_rank", 16))
-    resolution = int(settings.get("resolution", 512))
-    args: dict[str, Any] = {}
+    args: dict[str, str] = {}
+    if kind != "lora":
+        args["algo"] = kind
+    elif settings.get("use_dora"):
+        args["algo"] = "dora"
     if settings.get("lora_targets") == "all":
         args["conv_dim"] = str(rank)
         args["conv_alpha"] = str(settings.get("lora_alpha", rank))
-    if settings.get("use_dora"):
-        args["algo"] = "dora"
-    meta = {
-        "ss_network_module": "networks.lora",
-        "ss_network_dim": str(rank),
-        "ss_network_alpha": str(float(settings.get("lora_alpha", rank))),
-        "ss_network_args": json.dumps(args),
-        "ss_base_model_version": BASE_MODEL_VERSION[components.family],
-        "ss_v2": str(components.family == "sd2"),
-        "ss_v_parameterization": str(components.prediction_type == "v_prediction"),
-        "ss_resolution": f"({resolution}, {resolution})",
-        "ss_num_train_images": str(num_train_images),
-        "ss_steps": str(steps),
-        "ss_epoch": str(epoch),
-        "ss_training_started_at": str(started_at if started_at is not None else time.time()),
-        "ss_training_finished_at": str(time.time()),
-        "ss_output_name": name,
-        "ss_sd_model_name": os.path.basename(str(components.model_path).rstrip("/")),
-        "ss_mixed_precision": str(settings.get("mixed_precision", "no")),
-        "ss_enable_bucket": str(bool(settings.get("enable_bucket", True))),
-        "ss_flip_aug": str(bool(settings.get("flip_aug", False))),
-        "ss_shuffle_caption": str(bool(settings.get("shuffle_caption", False))),
-        "ss_keep_tokens": str(int(settings.get("keep_tokens", 0))),
-        "ss_caption_dropout_rate": str(float(settings.get("caption_dropout_rate", 0.0))),
-        "ss_min_snr_gamma": str(float(settings.get("min_snr_gamma", 0.0))),
-        "ss_noise_offset": str(float(settings.get("noise_offset", 0.0))),
-        "sshs_model_hash": "",
-    }
-    if learning_rate is not None:
-        meta["ss_learning_rate"] = str(learning_rate)
-    return meta
+    return args
 
 
 def _lora_config_metadata(config: Any) -> dict[str, Any] | None:
@@ -176,18 +190,29 @@ def save_lora(
     metadata: Mapping[str, str] | None = None,
     unet: Any = None,
     text_encoders: Sequence[Any] | None = None,
+    dtype: Any = None,
 ) -> SavedFiles:
-    """Write ``<out_dir>/<name>.safetensors`` (kohya) and ``<out_dir>/diffusers/pytorch_lora_weights.safetensors``."""
+    """Write ``<out_dir>/<name>.safetensors`` (kohya/LyCORIS keys) and the diffusers-side file.
+
+    LoRA: ``<out_dir>/diffusers/pytorch_lora_weights.safetensors`` (``load_lora_weights``).
+    LoHa / LoKr, which diffusers cannot load: peft's own adapter folders
+    ``<out_dir>/peft/<unet|text_encoder|text_encoder_2>/`` (``adapter_config.json`` +
+    ``adapter_model.safetensors``; ``PeftModel.from_pretrained`` / ``inject_adapter_in_model``).
+    ``dtype`` (``save_precision``) casts every floating-point tensor written.
+    """
     out = Path(out_dir)
     unet = unet if unet is not None else components.unet
     encoders = list(text_encoders) if text_encoders is not None else components.text_encoders
     kohya_file = out / f"{name}.safetensors"
-    kohya = kohya_lora_state_dict(components, unet, encoders)
+    kohya = _cast(kohya_lora_state_dict(components, unet, encoders), dtype)
     if not kohya:
         raise ValueError("the model has no LoRA adapter to save; the LoRA method adds one before training")
-    _save_safetensors(kohya_file, kohya, metadata)
+    _save_safetensors(kohya_file, kohya, with_hashes(kohya, metadata) if metadata else None)
 
     unet_state, unet_config = _adapter_state(unet)
+    if adapter_kind(unet_config) != "lora":
+        return SavedFiles(kohya_file, _save_peft_folders(out / PEFT_DIR, {"unet": unet, **dict(zip(("text_encoder", "text_encoder_2"), encoders))}, dtype))
+    unet_state = _cast(unet_state, dtype)
     kwargs: dict[str, Any] = {
         "unet_lora_layers": unet_state,
         "unet_lora_adapter_metadata": _lora_config_metadata(unet_config),
@@ -196,7 +221,7 @@ def save_lora(
     for te_name, encoder in zip(te_names, encoders):
         state, config = _adapter_state(encoder)
         if state:
-            kwargs[f"{te_name}_lora_layers"] = state
+            kwargs[f"{te_name}_lora_layers"] = _cast(state, dtype)
             kwargs[f"{te_name}_lora_adapter_metadata"] = _lora_config_metadata(config)
     target = out / DIFFUSERS_DIR / LORA_WEIGHT_NAME
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -205,6 +230,28 @@ def save_lora(
         finish_tree(tmp)
         replace(Path(tmp) / LORA_WEIGHT_NAME, target)
     return SavedFiles(kohya_file, target)
+
+
+def _cast(tensors: Mapping[str, Any], dtype: Any) -> dict[str, Any]:
+    if dtype is None:
+        return dict(tensors)
+    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+
+
+def _save_peft_folders(target: Path, modules: Mapping[str, Any], dtype: Any) -> Path:
+    """peft's adapter folder (config + weights) for each module that has an adapter, written atomically."""
+
+    def build(tmp: Path) -> None:
+        for part, module in modules.items():
+            state, config = _adapter_state(module)
+            if config is None:
+                continue
+            folder = tmp / part
+            folder.mkdir()
+            config.save_pretrained(str(folder))
+            _save_safetensors(folder / "adapter_model.safetensors", _cast(state, dtype), {"format": "pt"})
+
+    return replace_folder(build, target)
 
 
 def replace_folder(build: Any, target: Path) -> Path:
@@ -269,7 +316,7 @@ def save_original_file(model_dir: str | Path, family: str, target: str | Path, d
     return _write_original(pipe, family, Path(target), dtype, str(pipe.scheduler.config.get("prediction_type", "")))
 
 
-def save_embeddings(components: Components, out_dir: str | Path, token: str, vectors: Sequence[Any]) -> SavedFiles:
+def save_embeddings(components: Components, out_dir: str | Path, token: str, vectors: Sequence[Any], dtype: Any = None) -> SavedFiles:
     """Write a textual-inversion embedding (``vectors``: ``[num_vectors, dim]`` per text encoder).
 
     A1111: ``<out_dir>/<token>.safetensors`` with ``emb_params`` (SD1/SD2) or ``clip_l`` and
@@ -278,7 +325,7 @@ def save_embeddings(components: Components, out_dir: str | Path, token: str, vec
     """
     out = Path(out_dir)
     safe_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in token).strip("._") or "embedding"
-    vectors = [v.detach().to("cpu").float() for v in vectors]
+    vectors = [v.detach().to("cpu").float() if dtype is None else v.detach().to("cpu", dtype) for v in vectors]
     if components.is_sdxl:
         a1111 = {"clip_l": vectors[0], "clip_g": vectors[1]}
     else:

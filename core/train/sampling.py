@@ -32,6 +32,31 @@ def sample_path(out_dir: str | Path, step: int, index: int) -> Path:
     return Path(out_dir) / f"step{step:06d}_p{index:02d}.png"
 
 
+#: kohya's sampler names (``--ss``) → (diffusers scheduler class, extra config), as sd-scripts maps them.
+_SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "ddim": ("DDIMScheduler", {}),
+    "pndm": ("PNDMScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "heun": ("HeunDiscreteScheduler", {}),
+    "dpm_2": ("KDPM2DiscreteScheduler", {}),
+    "dpm_2_a": ("KDPM2AncestralDiscreteScheduler", {}),
+    "dpmsolver": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver"}),
+    "dpmsolver++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
+    "dpmsingle": ("DPMSolverSinglestepScheduler", {}),
+}
+
+
+def sampler_scheduler(name: str, base: Any) -> Any:
+    """The diffusers scheduler of kohya sampler ``name`` (``k_`` aliases too) built from ``base``'s config (betas, prediction type)."""
+    import diffusers
+
+    if name in ("", "default"):
+        return base
+    cls_name, extra = _SAMPLERS[name.removeprefix("k_")]
+    return getattr(diffusers, cls_name).from_config(base.config, **extra)
+
+
 def _pipeline_modules(pipe: Any) -> list[Any]:
     names = ("unet", "vae", "text_encoder", "text_encoder_2")
     return [getattr(pipe, n) for n in names if getattr(pipe, n, None) is not None]
@@ -71,18 +96,26 @@ def render_samples(
     unet: Any = None,
     text_encoders: Sequence[Any] | None = None,
     indices: Sequence[int] | None = None,
+    sampler: str = "default",
+    clip_skip: int = 1,
 ) -> list[SampleResult]:
-    """Render each prompt line (kohya syntax: ``--n --w --h --d --l --s``) to a PNG in ``out_dir``.
+    """Render each prompt line (kohya syntax: ``--n --w --h --d --l --s --ss``) to a PNG in ``out_dir``.
 
     ``source`` is the training :class:`Components` (``unet``/``text_encoders`` may be the
     training-wrapped modules) or a ready pipeline. A prompt without ``--d`` uses ``seed`` +
-    its index. Runs in eval mode under ``no_grad`` with autocast to ``dtype`` on CUDA and
-    restores train mode and devices after. Raises :class:`SampleError` naming the prompt.
+    its index; without ``--ss`` it uses ``sampler``. ``clip_skip`` is kohya's (the text
+    layer the run trains with). Runs in eval mode under ``no_grad`` with autocast to ``dtype``
+    on CUDA and restores train mode and devices after. Raises :class:`SampleError` naming
+    the prompt.
     """
     import torch
 
+    from .text import pipeline_clip_skip
+
     pipe = source.pipeline(unet=unet, text_encoders=text_encoders) if isinstance(source, Components) else source
     pipe.set_progress_bar_config(disable=True)
+    base_scheduler = pipe.scheduler
+    skip = pipeline_clip_skip(clip_skip, hasattr(pipe, "text_encoder_2"))
     device = torch.device(device)
     parsed = [parse_prompt_line(line, width=default_size, height=default_size) for line in prompts]
     wanted = list(indices) if indices is not None else list(range(len(parsed)))
@@ -93,6 +126,7 @@ def render_samples(
             prompt = parsed[index]
             generator = torch.Generator(device="cpu").manual_seed(prompt.seed if prompt.seed is not None else seed + index)
             try:
+                pipe.scheduler = sampler_scheduler(prompt.sampler or sampler, base_scheduler)
                 with autocast:
                     image = pipe(
                         prompt.prompt,
@@ -102,11 +136,14 @@ def render_samples(
                         num_inference_steps=prompt.steps,
                         guidance_scale=prompt.scale,
                         generator=generator,
+                        clip_skip=skip,
                     ).images[0]
             except Exception as exc:
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
                 raise SampleError(f"rendering sample prompt {index} ('{prompt.prompt[:60]}') at step {step} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+            finally:
+                pipe.scheduler = base_scheduler
             path = sample_path(out_dir, step, index)
             write_atomic(path, png_bytes(image, prompts[index]))
             results.append(SampleResult(path, index, prompt.prompt))

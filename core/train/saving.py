@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,10 @@ class Saving:
         }
         self._write_hash()
         if self.acc.is_main_process:
-            state = {"epoch": self.epoch, "batch_index": self.batch_index, "world": self.world, "total_steps": self.total_steps}
+            state = {
+                "epoch": self.epoch, "batch_index": self.batch_index, "world": self.world, "total_steps": self.total_steps,
+                "started_at": self.started_at, "session_id": self.session_id,
+            }
             path = ckpt.save(self.run.checkpoints, self.step, self.method.trainable_state(), objects, state, int(self.sched["keep_checkpoints"]))
             self.metrics.write("checkpoint", step=self.step, path=str(path.relative_to(self.run.path)))
             self.write_outputs(final)
@@ -86,19 +90,43 @@ class Saving:
 
         c = self.components
         name = slug(self.config.name)
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[self.settings["save_precision"]]
         with self._ema_weights():
             if self.method_kind == "lora":
-                meta = outputs.lora_metadata(
-                    c, self.settings, name=name, steps=self.step, epoch=self.epoch,
-                    num_train_images=len(self.data.train_data.items), learning_rate=float(self.sched["learning_rate"]),
-                )
-                saved = outputs.save_lora(c, self.run.output, name, meta, c.unet, c.text_encoders)
+                meta = self._lora_metadata(name)
+                saved = outputs.save_lora(c, self.run.output, name, meta, c.unet, c.text_encoders, dtype=dtype)
             elif self.method_kind in ("dreambooth", "finetune"):
-                half = torch.bfloat16 if self.precision == "bf16" else torch.float16
-                saved = outputs.save_full_model(c, self.run.output, name, c.unet, c.text_encoders, dtype=half)
+                saved = outputs.save_full_model(c, self.run.output, name, c.unet, c.text_encoders, dtype=dtype)
             else:
-                saved = outputs.save_embeddings(c, self.run.output, self.method.ti.placeholder, self.method.ti.embeddings())
+                saved = outputs.save_embeddings(c, self.run.output, self.method.ti.placeholder, self.method.ti.embeddings(), dtype=dtype)
         self.metrics.event(f"{'final ' if final else ''}output at step {self.step}: {saved.single_file.relative_to(self.run.path)}")
+
+    def _lora_metadata(self, name: str) -> dict[str, str]:
+        """sd-scripts' ``ss_*`` and ``modelspec.*`` metadata of the LoRA file saved now."""
+        import time
+        from importlib.metadata import PackageNotFoundError, version
+
+        from . import kohya_metadata as km
+        from .outputs import NETWORK_MODULE, network_args
+
+        c = self.components
+        model = self.config.section("model")
+        optimizer = type(getattr(self.optimizer, "optimizer", None) or self.optimizer.optimizers[0])
+        facts = km.RunFacts(
+            family=c.family, v_prediction=c.prediction_type == "v_prediction", model_path=str(c.model_path), vae_path=model["vae"],
+            name=name, started_at=self.started_at, session_id=self.session_id, steps_per_epoch=self.steps_per_epoch,
+            total_steps=self.total_steps, epochs=math.ceil(self.total_steps / self.steps_per_epoch), world=self.world,
+            optimizer=f"{optimizer.__module__}.{optimizer.__name__}", network_module=NETWORK_MODULE[self.settings["lora_type"]],
+            network_args=network_args(self.settings),
+        )
+        if self._ss_metadata is None:  # the start-of-training part (model hashes read the model file once)
+            self._ss_metadata = km.ss_metadata(facts, self.settings, self.sched, self.data.train_data, self.config.subsets)
+        now = time.time()
+        return {
+            **self._ss_metadata,
+            "ss_training_finished_at": str(now), "ss_steps": str(self.step), "ss_epoch": str(self.epoch),
+            **km.model_spec(facts, self.settings, now, _sdtui_version(version, PackageNotFoundError)),
+        }
 
     @contextlib.contextmanager
     def _ema_weights(self) -> Any:
@@ -129,6 +157,7 @@ class Saving:
                         self.components, prompts, self.step, self.run.samples, self.device, self.weight_dtype,
                         default_size=int(self.settings["resolution"]), seed=int(self.sched["seed"]),
                         unet=self.wrapped.get("unet", self.components.unet), text_encoders=encoders,
+                        sampler=self.config.section("samples")["sampler"], clip_skip=int(self.settings["clip_skip"]),
                     )
                 for result in written:
                     self.metrics.write(
@@ -142,6 +171,13 @@ class Saving:
                     torch.cuda.empty_cache()
                 self.metrics.event(f"sampling at step {self.step} failed ({type(exc).__name__}: {first_line(exc)}); training continues", "warning")
         self.acc.wait_for_everyone()
+
+
+def _sdtui_version(version: Any, missing: type[Exception]) -> str:
+    try:
+        return str(version("sdtui"))
+    except missing:
+        return "unknown"
 
 
 def get_rng() -> dict[str, Any]:

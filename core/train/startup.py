@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import os
+import random
+import time
 from typing import Any
 
 from core.errors import UserError
@@ -35,6 +37,9 @@ class Startup:
         if not self.run.run_toml.is_file():
             raise UserError(f"{self.run.run_toml} does not exist; start the run with `sdtui train CONFIG.toml`, which writes it")
         self.config = load_config(self.run.run_toml)
+        self.started_at = time.time()
+        self.session_id = random.randint(0, 2**31 - 1)
+        self._ss_metadata: dict[str, str] | None = None
         self.settings = self.config.settings
         self.sched = self.config.schedule
         self.method_kind = str(self.config.method)
@@ -261,6 +266,8 @@ class Startup:
         self.step = int(state["step"])
         self.epoch = int(state.get("epoch", 0))
         self.batch_index = int(state.get("batch_index", 0))
+        self.started_at = float(state.get("started_at", self.started_at))
+        self.session_id = int(state.get("session_id", self.session_id))
         if int(state.get("world", self.world)) != self.world:
             self.metrics.event(f"resumed on {self.world} processes a checkpoint written on {state.get('world')}; the rest of epoch {self.epoch + 1} starts over", "warning")
             self.batch_index = 0

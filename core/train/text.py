@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from core.train.models import Components
+from core.train.models import Components, unwrap
 
 
 @dataclass
@@ -46,12 +46,15 @@ def tokenize(components: Components, captions: Sequence[str]) -> list[Any]:
     return ids
 
 
-def encode_text(components: Components, token_ids: Sequence[Any], text_encoders: Sequence[Any] | None = None) -> TextEmbeddings:
+def encode_text(components: Components, token_ids: Sequence[Any], text_encoders: Sequence[Any] | None = None, clip_skip: int = 1) -> TextEmbeddings:
     """Run the text encoder(s) on ``token_ids`` (from :func:`tokenize`).
 
     ``text_encoders`` may be the training-wrapped encoders (DDP, PEFT); by default the
-    components' own. SD1/SD2 use the last hidden state; SDXL the penultimate hidden states
-    of both encoders concatenated and the projected pooled output of the second.
+    components' own. ``clip_skip`` counts layers from the end as kohya does: SD1/SD2 take
+    hidden state ``-clip_skip`` (1 = the last) and, when skipping, the final layer norm, as
+    sd-scripts and A1111 do; SDXL takes the penultimate hidden states (its native layer, so
+    clip_skip 1 and 2 are the same) of both encoders concatenated and the projected pooled
+    output of the second.
     """
     import torch
 
@@ -59,20 +62,30 @@ def encode_text(components: Components, token_ids: Sequence[Any], text_encoders:
     if not components.is_sdxl:
         encoder = encoders[0]
         ids = token_ids[0].to(_device_of(encoder))
-        return TextEmbeddings(encoder(ids, return_dict=True).last_hidden_state)
+        if clip_skip <= 1:
+            return TextEmbeddings(encoder(ids, return_dict=True).last_hidden_state)
+        states = encoder(ids, output_hidden_states=True, return_dict=True).hidden_states[-clip_skip]
+        plain = unwrap(encoder)
+        return TextEmbeddings(getattr(plain, "text_model", plain).final_layer_norm(states))
     hidden = []
     pooled = None
     for encoder, ids in zip(encoders, token_ids):
         out = encoder(ids.to(_device_of(encoder)), output_hidden_states=True, return_dict=True)
-        hidden.append(out.hidden_states[-2])
+        hidden.append(out.hidden_states[-max(2, clip_skip)])
         pooled = out.text_embeds if hasattr(out, "text_embeds") else out[0]
     device = hidden[0].device
     return TextEmbeddings(torch.cat([h.to(device) for h in hidden], dim=-1), pooled.to(device))
 
 
-def encode_captions(components: Components, captions: Sequence[str], text_encoders: Sequence[Any] | None = None) -> TextEmbeddings:
+def encode_captions(components: Components, captions: Sequence[str], text_encoders: Sequence[Any] | None = None, clip_skip: int = 1) -> TextEmbeddings:
     """:func:`tokenize` then :func:`encode_text`."""
-    return encode_text(components, tokenize(components, captions), text_encoders)
+    return encode_text(components, tokenize(components, captions), text_encoders, clip_skip)
+
+
+def pipeline_clip_skip(clip_skip: int, is_sdxl: bool) -> int | None:
+    """kohya's ``clip_skip`` in diffusers pipelines' terms (layers skipped beyond the one the pipeline uses)."""
+    skipped = clip_skip - (2 if is_sdxl else 1)
+    return skipped if skipped > 0 else None
 
 
 def sdxl_time_ids(original_size: tuple[int, int], crop_top_left: tuple[int, int], target_size: tuple[int, int]) -> Any:
