@@ -260,3 +260,44 @@ def test_sd2_v_prediction_is_named_as_sd_scripts_names_it():
     assert base_model_version("sd2", True) == "sd_v2_v" and base_model_version("sd2", False) == "sd_v2"
     assert architecture("sd2", True) == "stable-diffusion-v2-768-v/lora"
     assert architecture("sdxl", False) == "stable-diffusion-xl-v1-base/lora"
+
+
+def test_tensorboard_event_files_hold_loss_lr_and_samples(tmp_path, tiny_models, kohya_dataset):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    data = kohya_dataset(((1, "sks dog", 2),))
+    run = make_run(
+        tmp_path / "run", tiny_models("sd1"), data, schedule={"epochs": 2, "sample_every_steps": 2},
+        prompts=["a photo of sks dog --w 64 --h 64 --s 2 --ss euler_a"],
+    )
+    assert train(run) == 0
+    events = EventAccumulator(str(run / "tb"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert {"loss", "lr", "images_per_s"} <= set(tags["scalars"])
+    assert [e.step for e in events.Scalars("loss")] == [1, 2, 3, 4]
+    losses = [m["loss"] for m in metrics(run, "step")]
+    assert [e.value for e in events.Scalars("loss")] == pytest.approx(losses, rel=1e-6)
+    assert tags["images"] == ["samples/p00"]
+    images = events.Images("samples/p00")
+    assert [i.step for i in images] == [2, 4] and (images[0].width, images[0].height) == (64, 64)
+
+
+def test_wandb_project_without_wandb_is_one_sentence_before_and_at_start(tmp_path, tiny_models, kohya_dataset):
+    import tomlkit
+
+    from core.config import load_config
+    from core.errors import UserError
+    from core.gpu import GpuSet
+    from core.launch import preflight as pf
+
+    run = make_run(tmp_path / "run", tiny_models("sd1"), kohya_dataset(((1, "sks dog", 1),)))
+    doc = tomlkit.parse((run / "run.toml").read_text())
+    doc["logging"] = {"wandb_project": "my-loras"}
+    (run / "run.toml").write_text(tomlkit.dumps(doc))
+    with pytest.raises(UserError, match=r"wandb_project is set but the wandb package is not installed; install it \(pip install wandb\)"):
+        pf.preflight(load_config(run / "run.toml"), tmp_path / "runs", GpuSet([]))
+    assert train(run) == 1
+    from tests.train_helpers import status
+
+    assert "pip install wandb" in status(run)["error"]

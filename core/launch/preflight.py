@@ -174,8 +174,11 @@ def preflight(config: Any, runs_dir: Path, found_gpus: Any, force: bool = False)
     """Run every check; raise UserError on the first problem, return the decisions and notices."""
     from core.plan.planner import make_plan
 
+    from core.train.trackers import check_wandb
+
     notices: list[str] = []
     check_runs_dir(runs_dir)
+    check_wandb(config.section("logging"))
     model_notice = check_model(config.model_path)
     if model_notice:
         notices.append(model_notice)

@@ -29,6 +29,7 @@ from core.errors import UserError
 from core.plan import schedule
 from core.runs import RunDir
 
+from . import trackers
 from .control import ControlHandling
 from .metrics import EventHandler, MetricsWriter, memory_sample
 from .saving import Saving
@@ -147,11 +148,9 @@ class Trainer(Startup, Stepping, Saving, ControlHandling):
         for (step, epoch, _, lr, elapsed, images), loss in zip(pending, losses):
             if not math.isfinite(loss):
                 raise TrainingFailed(f"the loss became {loss} (not finite) at step {step}", nan_hint(self.settings, float(self.sched["learning_rate"])))
-            self.metrics.write(
-                "step", step=step, epoch=epoch + 1, loss=loss, lr=lr,
-                images_per_s=round(images / elapsed, 4) if elapsed > 0 else None,
-                step_time_s=round(elapsed, 5), mem=mem,
-            )
+            speed = round(images / elapsed, 4) if elapsed > 0 else None
+            self.metrics.write("step", step=step, epoch=epoch + 1, loss=loss, lr=lr, images_per_s=speed, step_time_s=round(elapsed, 5), mem=mem)
+            trackers.log_step(self.acc, step, {"loss": loss, "lr": lr, "images_per_s": speed})
         pending.clear()
 
     def _memory(self) -> list[dict[str, int]]:
@@ -195,6 +194,8 @@ def main(run_dir: str) -> int:
         for handler in [h for h in logger.handlers if isinstance(h, EventHandler)]:
             logger.removeHandler(handler)
         trainer.metrics.close()
+        if trainer.acc is not None and trainer.acc.log_with:
+            trainer.acc.end_training()
         _end_process_group()
     return 0 if state in ("finished", "stopped") else 1
 

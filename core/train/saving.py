@@ -159,6 +159,9 @@ class Saving:
                         unet=self.wrapped.get("unet", self.components.unet), text_encoders=encoders,
                         sampler=self.config.section("samples")["sampler"], clip_skip=int(self.settings["clip_skip"]),
                     )
+                from .trackers import log_samples
+
+                log_samples(self.acc, self.step, [(r.prompt_index, Path(r.path)) for r in written])
                 for result in written:
                     self.metrics.write(
                         "sample", step=self.step, prompt_index=result.prompt_index, prompt=self.config.prompts[result.prompt_index],

@@ -82,12 +82,16 @@ class Startup:
             raise UserError("settings.full_bf16 keeps the weights in bf16, which needs settings.mixed_precision=bf16; set mixed_precision to bf16 or full_bf16 to false")
         self.precision = precision
         find_unused = bool(self.settings["train_text_encoder"]) or str(self.config.method) == "textual_inversion"
+        from . import trackers
+
         self.acc = Accelerator(
             mixed_precision=precision,
             gradient_accumulation_steps=1,
             cpu=not cuda,
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused)],
+            log_with=trackers.log_with(self.config.section("logging"), self.run.path),
         )
+        trackers.start(self.acc, self.config.section("logging"), self.run.path.name)
         self.device = self.acc.device
         self.rank = self.acc.process_index
         self.world = self.acc.num_processes
