@@ -27,9 +27,11 @@ DATASET_CONFIG = "dataset_config.toml"
 SAMPLE_PROMPTS = "sample_prompts.txt"
 
 #: [settings] keys written to [general] (sd-scripts' subset options, inherited by every subset).
-GENERAL_KEYS = ("shuffle_caption", "keep_tokens", "flip_aug", "random_crop", "caption_dropout_rate")
+GENERAL_KEYS = ("shuffle_caption", "keep_tokens", "flip_aug", "random_crop", "caption_prefix", "caption_suffix", "caption_dropout_rate", "caption_tag_dropout_rate")
+#: The caption-dropout options, which sd-scripts' train_textual_inversion.py rejects ("extra keys not allowed").
+DROPOUT_KEYS = ("caption_dropout_rate", "caption_tag_dropout_rate")
 #: [settings] keys written to each [[datasets]] table.
-DATASET_KEYS = ("resolution", "batch_size", "enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps")
+DATASET_KEYS = ("resolution", "batch_size", "enable_bucket", "bucket_no_upscale", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps")
 _KOHYA_CAPTION_DEFAULT = ".caption"
 
 
@@ -132,13 +134,20 @@ class _Config(Protocol):
 
 
 def export_kohya(config: _Config, out_dir: str | os.PathLike[str]) -> list[Path]:
-    """Write ``dataset_config.toml`` and ``sample_prompts.txt`` for sd-scripts into ``out_dir``."""
+    """Write ``dataset_config.toml`` and ``sample_prompts.txt`` for sd-scripts into ``out_dir``.
+
+    Only what the method's sd-scripts script accepts is written: textual inversion
+    (train_textual_inversion.py) gets no caption-dropout options; empty prefixes are left out.
+    """
     settings = config.settings
     caption_extension = config.section("dataset")["caption_extension"]
+    textual_inversion = config.section("method")["kind"] == "textual_inversion"
     document = tomlkit.document()
     document.add(tomlkit.comment(f"sd-scripts dataset config exported by sdtui from run '{config.name}'"))
     general = tomlkit.table()
     for key in GENERAL_KEYS:
+        if (textual_inversion and key in DROPOUT_KEYS) or settings[key] == "":
+            continue
         general.add(key, settings[key])
     general.add("caption_extension", caption_extension)
     document.add("general", general)

@@ -30,10 +30,11 @@ def test_export_writes_sd_scripts_schema_and_prompt_lines(tmp_path: Path) -> Non
     assert [p.name for p in written] == ["dataset_config.toml", "sample_prompts.txt"]
     data = tomllib.loads(written[0].read_text())
     assert data["general"] == {"shuffle_caption": True, "keep_tokens": 1, "flip_aug": True, "random_crop": False,
-                               "caption_dropout_rate": 0.0, "caption_extension": ".txt"}
+                               "caption_dropout_rate": 0.0, "caption_tag_dropout_rate": 0.0, "caption_extension": ".txt"}
     dataset = data["datasets"][0]
-    assert {k: dataset[k] for k in ("resolution", "batch_size", "enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps")} == {
-        "resolution": 768, "batch_size": 2, "enable_bucket": True, "min_bucket_reso": 320, "max_bucket_reso": 2048, "bucket_reso_steps": 64}
+    assert {k: dataset[k] for k in ("resolution", "batch_size", "enable_bucket", "bucket_no_upscale", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps")} == {
+        "resolution": 768, "batch_size": 2, "enable_bucket": True, "bucket_no_upscale": False, "min_bucket_reso": 320, "max_bucket_reso": 2048,
+        "bucket_reso_steps": 64}
     assert dataset["subsets"][0] == {"image_dir": str(tmp_path / "data" / "40_sks dog"), "num_repeats": 40, "class_tokens": "sks dog",
                                      "caption_extension": ".txt", "is_reg": False}
     assert "class_tokens" not in dataset["subsets"][1] and dataset["subsets"][2]["is_reg"] is True
@@ -41,6 +42,16 @@ def test_export_writes_sd_scripts_schema_and_prompt_lines(tmp_path: Path) -> Non
         "a photo of sks dog --n blurry, lowres --w 768 --h 768 --d 7 --l 7.5 --s 30",
         "sks dog on a beach --w 512 --h 768 --l 5 --s 20",
     ]
+
+
+def test_export_writes_only_what_each_sd_scripts_script_accepts(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    config.set("method.kind", "textual_inversion")
+    config.set("settings.caption_prefix", "ohwx")
+    general = tomllib.loads(export_kohya(config, tmp_path / "ti")[0].read_text())["general"]
+    # train_textual_inversion.py's ConfigSanitizer has no dropout schema: those keys would be "extra keys not allowed"
+    assert "caption_dropout_rate" not in general and "caption_tag_dropout_rate" not in general
+    assert general["caption_prefix"] == "ohwx" and "caption_suffix" not in general
 
 
 def test_export_then_import_gives_the_same_subsets_and_settings(tmp_path: Path) -> None:

@@ -301,3 +301,37 @@ def test_wandb_project_without_wandb_is_one_sentence_before_and_at_start(tmp_pat
     from tests.train_helpers import status
 
     assert "pip install wandb" in status(run)["error"]
+
+
+def test_clip_skip_takes_the_layer_kohya_takes(setup_run):
+    import torch
+
+    from core.train.text import encode_text, tokenize
+
+    trainer = setup_run({"clip_skip": 2})
+    c = trainer.components
+    ids = tokenize(c, ["a photo of sks dog"])
+    encoder = c.text_encoders[0]
+    with torch.no_grad():
+        got = encode_text(c, ids, clip_skip=2).prompt_embeds
+        states = encoder(ids[0], output_hidden_states=True).hidden_states
+        last = encode_text(c, ids).prompt_embeds
+    torch.testing.assert_close(got, encoder.final_layer_norm(states[-2]))
+    assert not torch.allclose(got, last)
+    with torch.no_grad():
+        hidden, _ = trainer.data.conditioning(first_batch(trainer))  # what the training step feeds the UNet
+    torch.testing.assert_close(hidden, encode_text(c, tokenize(c, first_batch(trainer)["captions"]), clip_skip=2).prompt_embeds)
+
+
+def test_caption_prefix_suffix_and_tag_dropout():
+    import random
+
+    from core.train.data import process_caption, with_prefix_suffix
+
+    assert with_prefix_suffix("dog, grass", {"caption_prefix": "sks,", "caption_suffix": ", best"}) == "sks, dog, grass , best"
+    settings = {"caption_tag_dropout_rate": 0.5, "keep_tokens": 1}
+    outs = [process_caption("sks, a, b, c, d", settings, random.Random(seed)) for seed in range(200)]
+    assert all(o.startswith("sks") for o in outs)  # kept tokens never drop
+    lengths = {len(o.split(", ")) for o in outs}
+    assert min(lengths) == 1 and max(lengths) == 5
+    assert process_caption("sks, a, b", {"caption_tag_dropout_rate": 0.0}, random.Random(0)) == "sks, a, b"

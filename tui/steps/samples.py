@@ -15,7 +15,7 @@ class SamplesStep(Step):
     def compose(self) -> ComposeResult:
         yield Static("Sample images", classes="step-title")
         yield Static(
-            "One prompt a line, kohya syntax: --n negative  --w/--h size  --s steps  --l guidance  --d seed.",
+            "One prompt a line, kohya syntax: --n negative  --w/--h size  --s steps  --l guidance  --d seed  --ss sampler (euler_a, ddim, dpmsolver++ …).",
             classes="help",
         )
         yield TextArea(id="prompts", soft_wrap=True, show_line_numbers=False)

@@ -15,7 +15,10 @@ from tui.format import duration
 from tui.steps.base import Step
 from tui.widgets.setting_field import SettingField
 
-FIELDS = ("epochs", "max_steps", "learning_rate", "gradient_accumulation", "lr_scheduler", "lr_warmup_steps", "save_every_epochs", "save_every_steps", "seed")
+FIELDS = (
+    "epochs", "max_steps", "learning_rate", "gradient_accumulation", "lr_scheduler", "lr_warmup_steps", "lr_scheduler_num_cycles",
+    "lr_scheduler_power", "save_every_epochs", "save_every_steps", "keep_checkpoints", "seed",
+)
 COLUMNS = (("GPUs", "gpus"), ("eff. batch", "effective_batch"), ("steps/epoch", "steps_per_epoch"), ("epochs", "epochs"), ("total steps", "total_steps"), ("images seen", "images_seen"), ("ETA", "eta_s"), ("cost", "cost"))
 
 
