@@ -335,3 +335,16 @@ def test_caption_prefix_suffix_and_tag_dropout():
     lengths = {len(o.split(", ")) for o in outs}
     assert min(lengths) == 1 and max(lengths) == 5
     assert process_caption("sks, a, b", {"caption_tag_dropout_rate": 0.0}, random.Random(0)) == "sks, a, b"
+
+
+def test_bucket_no_upscale_gives_small_images_their_own_size_in_planner_and_trainer(setup_run):
+    from core.dataset.buckets import bucket_selector, no_upscale_bucket
+
+    assert no_upscale_bucket(1000, 600, 512, 64) == (640, 384)  # shrunk to the area, kohya's rounding
+    assert no_upscale_bucket(300, 200, 512, 64) == (256, 192)  # smaller than the area: never enlarged
+    settings = {"bucket_no_upscale": True, "resolution": 64, "bucket_reso_steps": 8, "min_bucket_reso": 64, "max_bucket_reso": 128}
+    trainer = setup_run(settings, size=(56, 48))
+    assert {item.bucket for item in trainer.data.train_data.items} == {(56, 48)}
+    assert bucket_selector({**settings, "bucket_no_upscale": False})(56, 48) != (56, 48)
+    pixels = first_batch(trainer)["pixel_values"]
+    assert tuple(pixels.shape[-2:]) == (48, 56)

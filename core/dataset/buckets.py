@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 Bucket = tuple[int, int]
 
 #: The settings (core/settings.py names) that shape the buckets, besides ``resolution``.
-BUCKET_KEYS = ("enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps")
+BUCKET_KEYS = ("enable_bucket", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps", "bucket_no_upscale")
 
 
 def make_buckets(
@@ -45,14 +45,48 @@ def assign_bucket(width: int, height: int, buckets: Iterable[Bucket]) -> Bucket:
     return min(buckets, key=lambda b: (abs(b[0] / b[1] - ratio), -b[0] * b[1]))
 
 
+def no_upscale_bucket(width: int, height: int, resolution: int, step: int) -> Bucket:
+    """kohya's ``bucket_no_upscale`` bucket: the image's own size (shrunk to the area of ``resolution``²
+    when larger, keeping its aspect ratio), each side rounded down to a multiple of ``step``."""
+    area = resolution * resolution
+
+    def round_to_step(x: float) -> int:
+        value = int(x + 0.5)
+        return value - value % step
+
+    if width * height > area:
+        ratio = width / height
+        scaled_w = (area * ratio) ** 0.5
+        scaled_h = area / scaled_w
+        by_width = round_to_step(scaled_w)
+        by_height = round_to_step(scaled_h)
+        error_w = abs(by_width / max(step, round_to_step(by_width / ratio)) - ratio)
+        error_h = abs(max(step, round_to_step(by_height * ratio)) / by_height - ratio)
+        width, height = (by_width, int(by_width / ratio + 0.5)) if error_w < error_h else (int(by_height * ratio + 0.5), by_height)
+    return max(step, width - width % step), max(step, height - height % step)
+
+
+def bucket_selector(settings: Mapping[str, Any]) -> Callable[[int, int], Bucket]:
+    """The function that gives an image size its bucket under these settings (planner and trainer use it)."""
+    from core.settings import SETTINGS
+
+    values = {k: SETTINGS[k].default for k in ("resolution", *BUCKET_KEYS)} | dict(settings)
+    if values["bucket_no_upscale"] and values["enable_bucket"]:
+        resolution, step = int(values["resolution"]), int(values["bucket_reso_steps"])
+        return lambda width, height: no_upscale_bucket(width, height, resolution, step)
+    buckets = buckets_for(values)
+    return lambda width, height: assign_bucket(width, height, buckets)
+
+
 def bucket_counts(
     sizes: Iterable[tuple[int, int, int]],
-    buckets: list[Bucket],
+    buckets: list[Bucket] | Callable[[int, int], Bucket],
 ) -> dict[Bucket, int]:
-    """Items per bucket for one epoch from ``(width, height, repeats)`` of each image."""
+    """Items per bucket for one epoch from ``(width, height, repeats)`` of each image (buckets: a list or a selector)."""
+    select = buckets if callable(buckets) else (lambda w, h: assign_bucket(w, h, buckets))
     counts: dict[Bucket, int] = {}
     for width, height, repeats in sizes:
-        bucket = assign_bucket(width, height, buckets)
+        bucket = select(width, height)
         counts[bucket] = counts.get(bucket, 0) + repeats
     return counts
 

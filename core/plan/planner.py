@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from core.dataset.buckets import bucket_counts, buckets_for
+from core.dataset.buckets import bucket_counts, bucket_selector
 from core.errors import UserError
 from core.settings import defaults
 
@@ -131,7 +131,7 @@ def make_plan(config: Any, scan: Any, gpus: Any, price_per_gpu_hour: float | Non
         scan = _apply_config_subsets(scan, config.subsets)
         if not any(s.images for s in scan.subsets if not s.is_reg):
             raise UserError(f"the dataset {scan.root} has no usable training image; run 'sdtui scan {scan.root}' to see why and fix it")
-    counts = _bucket_counts(scan, buckets_for(settings)) if scan is not None else {}
+    counts = _bucket_counts(scan, bucket_selector(settings)) if scan is not None else {}
     prior = uses_prior_preservation(method, scan.reg_images) if scan is not None else method == "dreambooth"
     fit = judge(
         family, method, settings, gpus, backend=str(distributed["backend"]), zero_stage=int(distributed["zero_stage"]),
@@ -195,7 +195,7 @@ def _apply_config_subsets(scan: Any, subsets: list[dict[str, Any]]) -> Any:
     return replace(scan, subsets=chosen)
 
 
-def _bucket_counts(scan: Any, buckets: list[tuple[int, int]]) -> dict[tuple[int, int], int]:
+def _bucket_counts(scan: Any, buckets: Any) -> dict[tuple[int, int], int]:
     """Items per bucket over the training subsets, each distinct image size bucketed once."""
     items: Counter[tuple[int, int]] = Counter()
     for subset in scan.subsets:

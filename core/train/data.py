@@ -28,7 +28,7 @@ import torch
 from PIL import Image, ImageOps
 
 from core.atomic import write_atomic
-from core.dataset.buckets import Bucket, assign_bucket, buckets_for, crop_box
+from core.dataset.buckets import Bucket, bucket_selector, buckets_for, crop_box
 from core.dataset.scan import scan_dataset
 from core.errors import UserError
 from core.plan.schedule import epoch_batches, shard_batches
@@ -109,6 +109,7 @@ def build_items(config: Any, settings: Mapping[str, Any]) -> TrainData:
     """
     settings = dict(settings)
     buckets = buckets_for(settings)
+    select = bucket_selector(settings)
     extensions = _caption_extensions(config)
     items: list[TrainItem] = []
     class_items: list[TrainItem] = []
@@ -125,7 +126,7 @@ def build_items(config: Any, settings: Mapping[str, Any]) -> TrainData:
             token = str(subset.get("token") or found.token or "").strip()
             for image in found.images:
                 caption = with_prefix_suffix((image.caption or "").strip() or token, settings)
-                item = TrainItem(image.path, caption, image.width, image.height, assign_bucket(image.width, image.height, buckets), repeats, is_reg, index)
+                item = TrainItem(image.path, caption, image.width, image.height, select(image.width, image.height), repeats, is_reg, index)
                 (class_items if is_reg else items).append(item)
     if not items:
         raise UserError("The training subsets in [[dataset.subsets]] of run.toml have no usable image; add png, jpg, webp or bmp images to them (sdtui scan DIR shows what is wrong).")
