@@ -4,7 +4,7 @@
 SD2.1 and SDXL from ``core/model_configs.py`` on the meta device (no weights, no download, a
 few seconds) and records per component: the parameter count, the LoRA "width" per
 ``lora_targets`` choice (Σ over adapted layers of in·k·k + out, so LoRA params = rank × width)
-and the adapted layer count, the largest single tensor (what a fused backward pass holds as
+and the adapted layer count and weight size (LoHa/LoKr build a delta of that size), the largest single tensor (what a fused backward pass holds as
 gradient), the fp32 values Adafactor's factored second moment keeps, plus the text encoders'
 embedding size for textual inversion.
 ``--check`` compares the file with a fresh build instead of writing it.
@@ -77,11 +77,12 @@ def describe(kind: str, model: Any) -> dict[str, Any]:
     targets = LORA_TARGET_MODULES["unet" if kind == "unet" else "text_encoder"]
     entry["lora_width"] = {}
     entry["lora_layers"] = {}
+    entry["lora_weight_params"] = {}
     for choice, suffixes in targets.items():
-        widths = [lora_width(m) for name, m in model.named_modules() if is_lora_target(name, suffixes)]
-        widths = [w for w in widths if w]
-        entry["lora_width"][choice] = sum(widths)
-        entry["lora_layers"][choice] = len(widths)
+        layers = [m for name, m in model.named_modules() if is_lora_target(name, suffixes) and lora_width(m)]
+        entry["lora_width"][choice] = sum(lora_width(m) for m in layers)
+        entry["lora_layers"][choice] = len(layers)
+        entry["lora_weight_params"][choice] = sum(m.weight.numel() for m in layers)
     if kind != "unet":
         config = model.config
         entry["hidden_size"] = config.hidden_size

@@ -176,3 +176,19 @@ LORA_TARGET_MODULES: dict[str, dict[str, tuple[str, ...]]] = {
 def is_lora_target(module_name: str, targets: tuple[str, ...]) -> bool:
     """Whether peft adapts ``module_name`` for these targets (equal, or ending in ``.target``)."""
     return any(module_name == t or module_name.endswith("." + t) for t in targets)
+
+
+def adapter_parameters(lora_type: str, rank: int, width: int) -> int:
+    """Trainable parameters of a LoRA-style adapter over layers of total ``width`` (Σ in·k·k + out).
+
+    LoRA: rank × width. LoHa: two LoRA pairs, 2 × rank × width. LoKr: peft factors each layer
+    into a Kronecker product of two small matrices, about 2·√(out·in) per layer whatever the
+    rank (a factor is split by rank only when that is smaller), which is at most ``width``: the
+    count used here, an upper bound.
+    """
+    if lora_type == "loha":
+        return 2 * rank * width
+    if lora_type == "lokr":
+        return width
+    return rank * width
+

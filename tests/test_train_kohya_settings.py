@@ -348,3 +348,31 @@ def test_bucket_no_upscale_gives_small_images_their_own_size_in_planner_and_trai
     assert bucket_selector({**settings, "bucket_no_upscale": False})(56, 48) != (56, 48)
     pixels = first_batch(trainer)["pixel_values"]
     assert tuple(pixels.shape[-2:]) == (48, 56)
+
+
+@pytest.mark.parametrize("kind", ["lora", "loha"])
+def test_trainable_text_encoder_parameters_follow_the_targets_as_the_estimator_counts(setup_run, tiny_models, kind):
+    from transformers import CLIPTextModel
+
+    from bench.measure_params import describe
+    from core.model_configs import adapter_parameters
+
+    fresh = CLIPTextModel.from_pretrained(str(tiny_models("sd1") / "text_encoder"))
+    widths = describe("text_encoder", fresh)["lora_width"]
+    assert widths["attn_ff"] > widths["attn"]  # the MLP's fc1/fc2 are counted
+    for targets in ("attn", "attn_ff"):
+        trainer = setup_run({"lora_type": kind, "lora_targets": targets, "train_text_encoder": True})
+        te = sum(p.numel() for n, p in trainer.method.named_trainable().items() if n.startswith("text_encoder."))
+        assert te == adapter_parameters(kind, 4, widths[targets])
+
+
+def test_estimator_counts_loha_deltas_and_the_new_optimizers_state():
+    from core.memory import estimate
+
+    base = {"lora_rank": 16, "gradient_checkpointing": False, "optimizer": "adamw"}
+    lora = estimate("sd1", "lora", base, 1)
+    loha = estimate("sd1", "lora", {**base, "lora_type": "loha"}, 1)
+    assert loha.breakdown["weights_adapters"] == 2 * lora.breakdown["weights_adapters"]
+    assert loha.total_bytes > lora.total_bytes + 90e6 * 4  # every adapted layer's delta weight is held
+    prodigy = estimate("sd1", "lora", {**base, "optimizer": "prodigy"}, 1)
+    assert prodigy.breakdown["optimizer_states"] == 2 * lora.breakdown["optimizer_states"]

@@ -17,10 +17,11 @@ from typing import Any
 from core.errors import UserError
 from core.launch.accelerate_config import parse_gpu_ids
 from core.memory.data import params
+from core.model_configs import adapter_parameters
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 #: Optimizer state bytes per trained fp32 parameter byte (AdamW: two fp32 moments …).
-_OPTIMIZER_STATE = {"adamw": 2.0, "adamw8bit": 0.5, "lion8bit": 0.25, "adafactor": 0.1}
+_OPTIMIZER_STATE = {"adamw": 2.0, "adamw8bit": 0.5, "lion8bit": 0.25, "adafactor": 0.1, "prodigy": 4.0, "schedulefree_adamw": 2.0}
 _MODEL_FILES = (".safetensors", ".ckpt", ".pt", ".bin")
 GB = 1024**3
 
@@ -116,8 +117,9 @@ def disk_needed(config: Any, plan: Any) -> int:
     train_te = bool(settings.get("train_text_encoder"))
     if method == "lora":
         targets = str(settings.get("lora_targets", "attn"))
-        width = parts["unet"]["lora_width"][targets] + (sum(e["lora_width"][targets] for e in encoders) if train_te else 0)
-        trained = width * int(settings.get("lora_rank", 16))
+        adapted = [parts["unet"], *(encoders if train_te else [])]
+        lora_type, rank = str(settings.get("lora_type", "lora")), int(settings.get("lora_rank", 16))
+        trained = sum(adapter_parameters(lora_type, rank, p["lora_width"][targets]) for p in adapted)
     elif method == "textual_inversion":
         trained = int(settings.get("ti_num_vectors", 4)) * 2048
     else:

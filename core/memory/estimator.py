@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.errors import UserError
+from core.model_configs import adapter_parameters
 from core.settings import BACKENDS, FAMILIES, METHODS, SETTINGS
 
 from . import data
@@ -42,6 +43,9 @@ STEP_TEMPORARIES = 4
 #: The widest layer LoRA adapts (the GEGLU projection's 10240 outputs): its LoRA tensor is at
 #: most rank × this.
 LORA_WIDEST_LAYER = 10240
+#: Adapted layers of one transformer block (self- and cross-attention q, k, v, out; the
+#: feed-forward adds two): how many LoHa/LoKr deltas a checkpointed block rebuilds at once.
+DELTA_LAYERS_PER_BLOCK = 10
 
 BREAKDOWN_KEYS = (
     "weights_unet", "weights_text_encoders", "weights_vae", "weights_adapters",
@@ -166,12 +170,11 @@ def _raw(family: str, method: str, s: dict[str, Any], n: int, backend: str, zero
         notes.append("text-encoder outputs cannot be cached while the text encoder is trained; it stays on the GPU")
 
     # Trained parameters: LoRA adapters, whole components, or the token embeddings.
+    adapted = ["unet", *(encoders if te_trained else [])]
     if method == "lora":
         targets = s["lora_targets"]
-        trained = s["lora_rank"] * comps["unet"]["lora_width"][targets]
-        if te_trained:
-            trained += sum(s["lora_rank"] * comps[c]["lora_width"][targets] for c in encoders)
-        largest = min(trained, s["lora_rank"] * LORA_WIDEST_LAYER)
+        trained = sum(adapter_parameters(s["lora_type"], s["lora_rank"], comps[c]["lora_width"][targets]) for c in adapted)
+        largest = min(trained, adapter_parameters(s["lora_type"], s["lora_rank"], LORA_WIDEST_LAYER))
     elif full:
         trained_comps = ["unet", *(encoders if te_trained else [])]
         trained = sum(comps[c]["params"] for c in trained_comps)
@@ -247,6 +250,16 @@ def _raw(family: str, method: str, s: dict[str, Any], n: int, backend: str, zero
     working *= images
     if te_trained or method == "textual_inversion":
         kept += sum(data.activations()["text_encoders"][family][c] for c in encoders) * (1 if half else 2) * images
+    if method == "lora" and s["lora_type"] != "lora":
+        # LoHa / LoKr build each adapted layer's full delta weight in the forward pass (fp32, plus
+        # its autocast copy) and keep it for the backward pass: with checkpointing one block's worth
+        delta = sum(comps[c]["lora_weight_params"][s["lora_targets"]] for c in adapted) * (4 + (2 if half else 0))
+        layers = sum(comps[c]["lora_layers"][s["lora_targets"]] for c in adapted)
+        if s["gradient_checkpointing"]:
+            working += delta * min(layers, DELTA_LAYERS_PER_BLOCK) // max(1, layers)
+        else:
+            kept += delta
+        notes.append(f"{s['lora_type']} builds every adapted layer's delta weight each step (counted with the activations)")
     # The optimizer's temporaries: the trainer's optimizers work one tensor at a time; Adafactor
     # holds a few fp32 copies of the tensor, the fused and 8-bit kernels about one.
     step = largest * 4 * (STEP_TEMPORARIES if s["optimizer"] == "adafactor" else 1)
@@ -275,9 +288,11 @@ def _raw(family: str, method: str, s: dict[str, Any], n: int, backend: str, zero
 
 
 def _optimizer_state_bytes(optimizer: str, trained: int, param_b: int, comps: dict[str, Any], full: bool, te_trained: bool, encoders: list[str]) -> int:
-    """Optimizer state of the trained parameters, unsharded."""
-    if optimizer == "adamw":
+    """Optimizer state of the trained parameters, unsharded (Prodigy: two moments, s and the start point p0; schedule-free AdamW: z and the second moment)."""
+    if optimizer in ("adamw", "schedulefree_adamw"):
         return trained * 2 * param_b
+    if optimizer == "prodigy":
+        return trained * 4 * param_b
     if optimizer == "adamw8bit":
         return trained * 2
     if optimizer == "lion8bit":

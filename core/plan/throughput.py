@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from core.model_configs import NATIVE_RESOLUTION
+from core.model_configs import NATIVE_RESOLUTION, adapter_parameters
 
 #: UNet forward, TFLOPs per image at the family's native resolution, NATIVE_RESOLUTION (2 FLOPs per MAC).
 UNET_TFLOPS = {"sd1": 0.68, "sd2": 1.52, "sdxl": 5.6}
@@ -98,7 +98,8 @@ def trainable_params(family: str, method: str, settings: dict[str, Any]) -> int:
     targets = str(settings.get("lora_targets") or "attn")
     rank = int(settings.get("lora_rank") or 16)
     parts = [unet] + (encoders if settings.get("train_text_encoder") else [])
-    return rank * sum(int(p.get("lora_width", {}).get(targets, 0)) for p in parts)
+    lora_type = str(settings.get("lora_type") or "lora")
+    return sum(adapter_parameters(lora_type, rank, int(p.get("lora_width", {}).get(targets, 0))) for p in parts)
 
 
 def images_per_second(family: str, method: str, settings: dict[str, Any], gpu: Any, accumulation: int = 1) -> float | None:
