@@ -376,3 +376,46 @@ def test_estimator_counts_loha_deltas_and_the_new_optimizers_state():
     assert loha.total_bytes > lora.total_bytes + 90e6 * 4  # every adapted layer's delta weight is held
     prodigy = estimate("sd1", "lora", {**base, "optimizer": "prodigy"}, 1)
     assert prodigy.breakdown["optimizer_states"] == 2 * lora.breakdown["optimizer_states"]
+
+
+@pytest.mark.parametrize(("kind", "source"), [("lora", "kohya"), ("lora", "diffusers"), ("lokr", "kohya")])
+def test_init_lora_starts_the_first_step_from_the_files_weights(setup_run, kind, source):
+    import torch
+
+    first = setup_run({"lora_type": kind, "train_text_encoder": True, "save_precision": "fp32", "lora_alpha": 2})
+    for _ in range(2):
+        one_step(first)
+    first.write_outputs(final=True)
+    trained = _snapshot(first)
+    file = first.run.output / ("tiny.safetensors" if source == "kohya" else "diffusers/pytorch_lora_weights.safetensors")
+    alpha = 2 if source == "diffusers" else 8  # a kohya alpha that differs is folded in: the deltas stay the file's
+    second = setup_run({"lora_type": kind, "train_text_encoder": True, "init_lora": str(file), "lora_alpha": alpha})
+    assert any("starting from the LoRA" in m["message"] for m in metrics(second.run.path, "event"))
+    start = _snapshot(second)
+    assert set(start) == set(trained)
+
+    def deltas(trainer):
+        out = {}
+        for name, module in trainer.components.unet.named_modules():
+            if hasattr(module, "get_delta_weight") and "default" in getattr(module, "active_adapters", []):
+                with torch.no_grad():
+                    out[name] = module.get_delta_weight("default").float()
+        return out
+
+    before, after = deltas(first), deltas(second)
+    assert before and all(torch.allclose(before[n], after[n], atol=1e-6) for n in before)
+    if alpha == 2:
+        assert all(torch.equal(trained[n], start[n]) for n in trained)
+    loss = one_step(second)
+    assert math.isfinite(loss)
+
+
+def test_init_lora_with_another_rank_or_a_missing_file_is_one_sentence(setup_run, tmp_path):
+    from core.errors import UserError
+
+    first = setup_run()
+    first.write_outputs(final=True)
+    with pytest.raises(UserError, match=r"settings.init_lora .* does not exist"):
+        setup_run({"init_lora": str(tmp_path / "nope.safetensors")})
+    with pytest.raises(UserError, match=r"set lora_rank \(and lora_type, lora_targets\) to what the file was trained with"):
+        setup_run({"init_lora": str(first.run.output / "tiny.safetensors"), "lora_rank": 8})

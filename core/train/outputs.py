@@ -50,7 +50,7 @@ def _save_safetensors(path: Path, tensors: Mapping[str, Any], metadata: Mapping[
     write_atomic(path, save(data, metadata=dict(metadata) if metadata else None))
 
 
-def _adapter_state(module: Any, adapter: str = "default") -> tuple[dict[str, Any], Any]:
+def adapter_state(module: Any, adapter: str = "default") -> tuple[dict[str, Any], Any]:
     """peft's state dict of ``module``'s LoRA adapter (names without the adapter) and its config."""
     from peft.utils import get_peft_model_state_dict
 
@@ -61,7 +61,7 @@ def _adapter_state(module: Any, adapter: str = "default") -> tuple[dict[str, Any
     return get_peft_model_state_dict(module, adapter_name=adapter), config
 
 
-def _alpha_for(config: Any, module_name: str) -> float:
+def alpha_for(config: Any, module_name: str) -> float:
     """The trained alpha of one module, honouring peft's per-module patterns."""
     for pattern, value in (getattr(config, "alpha_pattern", None) or {}).items():
         if module_name.endswith(pattern):
@@ -69,7 +69,8 @@ def _alpha_for(config: Any, module_name: str) -> float:
     return float(config.lora_alpha if hasattr(config, "lora_alpha") else config.alpha)
 
 
-def _rank_for(config: Any, module_name: str) -> int:
+def rank_for(config: Any, module_name: str) -> int:
+    """The trained rank of one module, honouring peft's per-module patterns."""
     for pattern, value in (getattr(config, "rank_pattern", None) or {}).items():
         if module_name.endswith(pattern):
             return int(value)
@@ -77,7 +78,7 @@ def _rank_for(config: Any, module_name: str) -> int:
 
 
 #: peft parameter suffixes → kohya/LyCORIS key suffixes, per adapter type.
-_KOHYA_SUFFIXES: dict[str, tuple[tuple[str, str], ...]] = {
+KOHYA_SUFFIXES: dict[str, tuple[tuple[str, str], ...]] = {
     "lora": ((".lora_A.weight", ".lora_down.weight"), (".lora_B.weight", ".lora_up.weight"), (".lora_magnitude_vector", ".dora_scale")),
     "loha": tuple((f".hada_{n}", f".hada_{n}") for n in ("w1_a", "w1_b", "w2_a", "w2_b", "t1", "t2")),
     "lokr": tuple((f".lokr_{n}", f".lokr_{n}") for n in ("w1", "w1_a", "w1_b", "w2", "w2_a", "w2_b", "t2")),
@@ -86,7 +87,8 @@ _KOHYA_SUFFIXES: dict[str, tuple[tuple[str, str], ...]] = {
 NETWORK_MODULE = {"lora": "networks.lora", "loha": "lycoris.kohya", "lokr": "lycoris.kohya"}
 
 
-def _split(key: str, suffixes: tuple[tuple[str, str], ...]) -> tuple[str, str] | None:
+def split_key(key: str, suffixes: tuple[tuple[str, str], ...]) -> tuple[str, str] | None:
+    """``(module name, kohya suffix)`` of a peft state-dict key, or None when it is no adapter tensor."""
     for marker, suffix in suffixes:
         if key.endswith(marker):
             return key[: -len(marker)], suffix
@@ -130,23 +132,23 @@ def kohya_lora_state_dict(components: Components, unet: Any = None, text_encoder
     encoders = list(text_encoders) if text_encoders is not None else components.text_encoders
     out: dict[str, Any] = {}
     for prefix, module, unet_config in kohya_module_names(components, unet, encoders):
-        state, config = _adapter_state(module)
+        state, config = adapter_state(module)
         if config is None:
             continue
         kind = adapter_kind(config)
         grouped: dict[str, dict[str, Any]] = {}
         for key, tensor in state.items():
-            split = _split(key, _KOHYA_SUFFIXES[kind])
+            split = split_key(key, KOHYA_SUFFIXES[kind])
             if split is not None:
                 grouped.setdefault(split[0], {})[split[1]] = tensor
         for name, tensors in grouped.items():
             base = kohya_key(prefix, name, components, unet_config)
-            alpha = _alpha_for(config, name)
+            alpha = alpha_for(config, name)
             if kind == "lora" and ".dora_scale" in tensors:
                 up = tensors[".lora_up.weight"]
                 tensors[".dora_scale"] = tensors[".dora_scale"].reshape(up.shape[0], *([1] * (up.ndim - 1)))
             if kind == "lokr" and not any(k in tensors for k in (".lokr_w1_a", ".lokr_w2_a")):
-                tensors[".lokr_w1"] = tensors[".lokr_w1"] * (alpha / _rank_for(config, name))
+                tensors[".lokr_w1"] = tensors[".lokr_w1"] * (alpha / rank_for(config, name))
             for suffix, tensor in tensors.items():
                 out[base + suffix] = tensor
             out[base + ".alpha"] = torch.tensor(alpha)
@@ -209,7 +211,7 @@ def save_lora(
         raise ValueError("the model has no LoRA adapter to save; the LoRA method adds one before training")
     _save_safetensors(kohya_file, kohya, with_hashes(kohya, metadata) if metadata else None)
 
-    unet_state, unet_config = _adapter_state(unet)
+    unet_state, unet_config = adapter_state(unet)
     if adapter_kind(unet_config) != "lora":
         return SavedFiles(kohya_file, _save_peft_folders(out / PEFT_DIR, {"unet": unet, **dict(zip(("text_encoder", "text_encoder_2"), encoders))}, dtype))
     unet_state = _cast(unet_state, dtype)
@@ -219,7 +221,7 @@ def save_lora(
     }
     te_names = ["text_encoder", "text_encoder_2"]
     for te_name, encoder in zip(te_names, encoders):
-        state, config = _adapter_state(encoder)
+        state, config = adapter_state(encoder)
         if state:
             kwargs[f"{te_name}_lora_layers"] = _cast(state, dtype)
             kwargs[f"{te_name}_lora_adapter_metadata"] = _lora_config_metadata(config)
@@ -243,7 +245,7 @@ def _save_peft_folders(target: Path, modules: Mapping[str, Any], dtype: Any) -> 
 
     def build(tmp: Path) -> None:
         for part, module in modules.items():
-            state, config = _adapter_state(module)
+            state, config = adapter_state(module)
             if config is None:
                 continue
             folder = tmp / part

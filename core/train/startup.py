@@ -119,6 +119,8 @@ class Startup:
         unet = c.unet
         unet.set_attn_processor(AttnProcessor2_0() if s["attention"] == "sdpa" else AttnProcessor())
         self.method: Method = setup_method(self.method_kind, c, s, self.config.section("method")["placeholder_token"])
+        if s["init_lora"]:
+            self._load_init_lora(s["init_lora"])
         trained = set(self.method.modules)
         unet_trained = "unet" in trained
         full = unet_trained and self.method_kind in ("dreambooth", "finetune")
@@ -154,6 +156,15 @@ class Startup:
 
             self.ema = EMAModel(self.method.parameters(), decay=float(s["ema_decay"]))
             self.ema.to(self.device)
+
+    def _load_init_lora(self, path: str) -> None:
+        """Start the adapters from an existing LoRA file (a resume's checkpoint still wins, being loaded later)."""
+        if self.method_kind != "lora":
+            raise UserError(f"settings.init_lora continues a LoRA, but method.kind is {self.method_kind}; set method.kind = \"lora\" or clear init_lora")
+        from .init_lora import load_init_lora
+
+        loaded, fresh = load_init_lora(self.components, self.method.modules, path)
+        self.metrics.event(f"starting from the LoRA {path}: {loaded} adapter tensors loaded" + (f", {fresh} start fresh" if fresh else ""))
 
     def _build_data(self) -> Batches:
         """Items and buckets, then the latent and text-output caches when asked for and valid."""
