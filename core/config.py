@@ -198,6 +198,7 @@ def new_config(
     prompts: Sequence[str] | None = None,
     distributed: Mapping[str, Any] | None = None,
     logging: Mapping[str, Any] | None = None,
+    sampler: str | None = None,
 ) -> RunConfig:
     """A complete run config: every key of SCHEMA with its default unless given, with comments.
 
@@ -214,7 +215,7 @@ def new_config(
         "method": {"kind": method},
         "settings": dict(settings),
         "schedule": dict(schedule or {}),
-        "samples": {"prompts": list(prompts or [])},
+        "samples": {"prompts": list(prompts or []), **({"sampler": sampler} if sampler else {})},
         "distributed": dict(distributed or {}),
         "logging": dict(logging or {}),
     }

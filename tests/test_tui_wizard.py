@@ -200,3 +200,16 @@ def test_family_sets_the_native_resolution_and_the_scan_offers_a_prompt(kohya_da
     state.dataset = str(kohya_dataset(((10, "sks dog", 2),)))
     state.scan_dataset()
     assert state.prompts == ["a photo of sks dog --d 1"]
+
+
+def test_state_follows_prodigys_rate_and_keeps_the_sampler(tmp_path: Path) -> None:
+    state = WizardState(gpus=resolve("1x24GB"), base_dir=tmp_path)
+    state.set_setting("optimizer", "prodigy")
+    assert state.schedule["learning_rate"] == 1.0
+    state.set_schedule("learning_rate", "0.5")
+    state.set_setting("optimizer", "prodigy")  # unchanged optimizer: the user's rate stays
+    assert state.schedule["learning_rate"] == 0.5
+    state.set_sampler("euler_a")
+    assert state.to_config().section("samples")["sampler"] == "euler_a"
+    with pytest.raises(UserError, match="sampler must be one of default, ddim"):
+        state.set_sampler("plms")

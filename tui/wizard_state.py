@@ -54,6 +54,7 @@ class WizardState:
     settings: dict[str, Any] = field(default_factory=lambda: defaults("settings"))
     schedule: dict[str, Any] = field(default_factory=lambda: defaults("schedule"))
     prompts: list[str] = field(default_factory=list)
+    sampler: str = SCHEMA["samples"]["sampler"].default
     price_per_gpu_hour: float | None = None
     config_path: str = ""
     keep_settings: bool = False
@@ -216,6 +217,13 @@ class WizardState:
         return make_plan(self.to_config(), self.dataset_scan, self.gpus, price_per_gpu_hour=self.price_per_gpu_hour)
 
     # ---- step 6: samples
+    def set_sampler(self, value: Any) -> None:
+        """The sampler of prompts without ``--ss`` (kohya's names)."""
+        try:
+            self.sampler = SCHEMA["samples"]["sampler"].check(value)
+        except ValueError as exc:
+            raise UserError(f"sampler: {exc}") from None
+
     def set_prompts(self, text: str) -> None:
         """One prompt a line in kohya syntax (``--w --h --s --d --l --n``); blank lines are skipped."""
         from core.kohya import parse_prompt_line
@@ -274,6 +282,7 @@ class WizardState:
             settings=dict(self.settings, recipe=self.recipe),
             schedule=dict(self.schedule),
             prompts=list(self.prompts),
+            sampler=self.sampler,
             distributed={"num_processes": max(1, self.gpus.count)},
         )
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from textual.app import ComposeResult
 from textual.containers import Horizontal
-from textual.widgets import Checkbox, Input, Label, Static, TextArea
+from textual.widgets import Checkbox, Input, Label, Select, Static, TextArea
+
+from core.settings import SAMPLERS
 
 from tui.steps.base import Step
 
@@ -23,11 +25,16 @@ class SamplesStep(Step):
             yield Label("every N steps (0 = off)", classes="field-label")
             yield Input(id="sample-every", type="integer", classes="field-input", compact=True)
         yield Checkbox("also at step 0 (before training)", id="sample-at-start", compact=True)
+        with Horizontal(classes="field"):
+            yield Label("sampler", classes="field-label")
+            yield Select([(name, name) for name in SAMPLERS], id="sampler", value=self.state.sampler, allow_blank=False, classes="field-input", compact=True)
+            yield Static("for prompts without --ss", classes="field-help")
 
     def load(self) -> None:
         self.query_one("#prompts", TextArea).text = "\n".join(self.state.prompts)
         self.query_one("#sample-every", Input).value = str(self.state.schedule["sample_every_steps"])
         self.query_one("#sample-at-start", Checkbox).value = bool(self.state.schedule["sample_at_start"])
+        self.query_one("#sampler", Select).value = self.state.sampler
 
     def on_text_area_changed(self, event: TextArea.Changed) -> None:
         event.stop()
@@ -40,3 +47,8 @@ class SamplesStep(Step):
     def on_checkbox_changed(self, event: Checkbox.Changed) -> None:
         event.stop()
         self.apply("sample_at_start", lambda: self.state.set_schedule("sample_at_start", event.value))
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        event.stop()
+        self.apply("sampler", lambda: self.state.set_sampler(event.value))
+
