@@ -190,3 +190,23 @@ def test_new_config_takes_scan_subsets_and_saving_is_atomic(kohya_dataset, tmp_p
     save_config(config, target)
     assert load_config(target).subsets == config.subsets
     assert [p.name for p in target.parent.iterdir()] == ["run.toml"]
+
+
+def test_the_kohya_user_settings_take_set_overrides_and_prodigys_rate(tmp_path: Path) -> None:
+    config = make(tmp_path)
+    apply_overrides(config, [
+        "lora_type=lokr", "optimizer=prodigy", "schedule.lr_scheduler=cosine_with_restarts", "schedule.lr_scheduler_num_cycles=3",
+        "clip_skip=2", "bucket_no_upscale=true", "caption_prefix=ohwx", "save_precision=bf16", "logging.tensorboard=false",
+        "samples.sampler=euler_a",
+    ])
+    assert config.settings["lora_type"] == "lokr" and config.settings["clip_skip"] == 2 and config.settings["save_precision"] == "bf16"
+    assert config.schedule["learning_rate"] == 1.0  # Prodigy's rule, since the same overrides give no rate
+    assert config.schedule["lr_scheduler_num_cycles"] == 3 and config.section("logging")["tensorboard"] is False
+    again = apply_overrides(make(tmp_path), ["optimizer=prodigy", "schedule.learning_rate=0.5"])
+    assert again.schedule["learning_rate"] == 0.5
+    fresh = new_config("x", "/m", "sd1", "lora", [{"path": str(tmp_path), "repeats": 1}], {"optimizer": "prodigy"})
+    assert fresh.schedule["learning_rate"] == 1.0
+    with pytest.raises(UserError, match=r"--set lora_type=lycoris: lora_type must be one of lora, loha, lokr"):
+        apply_overrides(config, ["lora_type=lycoris"])
+    with pytest.raises(UserError, match=r"--set save_precision=fp8: save_precision must be one of fp16, bf16, fp32"):
+        apply_overrides(config, ["save_precision=fp8"])
