@@ -96,3 +96,23 @@ def test_class_images_without_prompt_or_folder_is_a_user_error(tmp_path, tiny_mo
     data = _dataset(tmp_path, class_images=0)
     with pytest.raises(UserError, match="method.class_prompt"):
         prepare_class_images(components, data, tmp_path / "run", "", per_instance=1)
+
+
+def test_ss_picks_kohyas_sampler_per_prompt_and_clip_skip_reaches_the_pipeline(tmp_path, tiny_models):
+    import numpy as np
+    from PIL import Image
+
+    from core.train.sampling import sampler_scheduler
+
+    components = load_components(str(tiny_models("sd1")))
+    base = components.scheduler or components.noise_scheduler
+    assert type(sampler_scheduler("k_euler_a", base)).__name__ == "EulerAncestralDiscreteScheduler"
+    assert sampler_scheduler("dpmsolver++", base).config.algorithm_type == "dpmsolver++"
+    assert sampler_scheduler("default", base) is base
+    lines = ["a red cube --w 64 --h 64 --s 4 --d 3 --ss ddim", "a red cube --w 64 --h 64 --s 4 --d 3 --ss euler_a", "a red cube --w 64 --h 64 --s 4 --d 3"]
+    results = render_samples(components, lines, step=1, out_dir=tmp_path / "a", default_size=64, sampler="ddim")
+    images = [np.asarray(Image.open(r.path), dtype=np.float32) for r in results]
+    assert np.abs(images[0] - images[1]).max() > 0  # another sampler, another image
+    np.testing.assert_array_equal(images[0], images[2])  # no --ss: the run's sampler (ddim here)
+    skipped = render_samples(components, lines[:1], step=1, out_dir=tmp_path / "b", default_size=64, sampler="ddim", clip_skip=2)
+    assert np.abs(np.asarray(Image.open(skipped[0].path), dtype=np.float32) - images[0]).max() > 0

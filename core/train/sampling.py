@@ -115,7 +115,8 @@ def render_samples(
     pipe = source.pipeline(unet=unet, text_encoders=text_encoders) if isinstance(source, Components) else source
     pipe.set_progress_bar_config(disable=True)
     base_scheduler = pipe.scheduler
-    skip = pipeline_clip_skip(clip_skip, hasattr(pipe, "text_encoder_2"))
+    sdxl = hasattr(pipe, "text_encoder_2")
+    skip = pipeline_clip_skip(clip_skip, sdxl) if sdxl else None
     device = torch.device(device)
     parsed = [parse_prompt_line(line, width=default_size, height=default_size) for line in prompts]
     wanted = list(indices) if indices is not None else list(range(len(parsed)))
@@ -127,10 +128,12 @@ def render_samples(
             generator = torch.Generator(device="cpu").manual_seed(prompt.seed if prompt.seed is not None else seed + index)
             try:
                 pipe.scheduler = sampler_scheduler(prompt.sampler or sampler, base_scheduler)
+                text: dict[str, Any] = {"prompt": prompt.prompt, "negative_prompt": prompt.negative or None}
+                if not sdxl and clip_skip > 1:
+                    text = {"prompt_embeds": _skipped_embeds(pipe, prompt.prompt, clip_skip), "negative_prompt_embeds": _skipped_embeds(pipe, prompt.negative, clip_skip)}
                 with autocast:
                     image = pipe(
-                        prompt.prompt,
-                        negative_prompt=prompt.negative or None,
+                        **text,
                         width=prompt.width,
                         height=prompt.height,
                         num_inference_steps=prompt.steps,
@@ -148,6 +151,16 @@ def render_samples(
             write_atomic(path, png_bytes(image, prompts[index]))
             results.append(SampleResult(path, index, prompt.prompt))
     return results
+
+
+def _skipped_embeds(pipe: Any, text: str, clip_skip: int) -> Any:
+    """SD1/SD2 prompt embeddings at kohya's ``clip_skip`` (diffusers' own ``clip_skip`` expects a
+    ``text_model`` attribute that transformers 5's CLIPTextModel no longer has)."""
+    from .text import clip_skip_states
+
+    tokens = pipe.tokenizer([text], padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt")
+    encoder = pipe.text_encoder
+    return clip_skip_states(encoder, tokens.input_ids.to(next(encoder.parameters()).device), clip_skip)
 
 
 def png_bytes(image: Any, parameters: str) -> bytes:

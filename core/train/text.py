@@ -62,11 +62,7 @@ def encode_text(components: Components, token_ids: Sequence[Any], text_encoders:
     if not components.is_sdxl:
         encoder = encoders[0]
         ids = token_ids[0].to(_device_of(encoder))
-        if clip_skip <= 1:
-            return TextEmbeddings(encoder(ids, return_dict=True).last_hidden_state)
-        states = encoder(ids, output_hidden_states=True, return_dict=True).hidden_states[-clip_skip]
-        plain = unwrap(encoder)
-        return TextEmbeddings(getattr(plain, "text_model", plain).final_layer_norm(states))
+        return TextEmbeddings(clip_skip_states(encoder, ids, clip_skip))
     hidden = []
     pooled = None
     for encoder, ids in zip(encoders, token_ids):
@@ -75,6 +71,15 @@ def encode_text(components: Components, token_ids: Sequence[Any], text_encoders:
         pooled = out.text_embeds if hasattr(out, "text_embeds") else out[0]
     device = hidden[0].device
     return TextEmbeddings(torch.cat([h.to(device) for h in hidden], dim=-1), pooled.to(device))
+
+
+def clip_skip_states(encoder: Any, ids: Any, clip_skip: int) -> Any:
+    """One CLIP encoder's hidden states at kohya's ``clip_skip`` (the last layer, or layer ``-clip_skip`` + the final layer norm)."""
+    if clip_skip <= 1:
+        return encoder(ids, return_dict=True).last_hidden_state
+    states = encoder(ids, output_hidden_states=True, return_dict=True).hidden_states[-clip_skip]
+    plain = unwrap(encoder)
+    return getattr(plain, "text_model", plain).final_layer_norm(states)
 
 
 def encode_captions(components: Components, captions: Sequence[str], text_encoders: Sequence[Any] | None = None, clip_skip: int = 1) -> TextEmbeddings:
