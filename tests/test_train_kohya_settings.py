@@ -419,3 +419,26 @@ def test_init_lora_with_another_rank_or_a_missing_file_is_one_sentence(setup_run
         setup_run({"init_lora": str(tmp_path / "nope.safetensors")})
     with pytest.raises(UserError, match=r"set lora_rank \(and lora_type, lora_targets\) to what the file was trained with"):
         setup_run({"init_lora": str(first.run.output / "tiny.safetensors"), "lora_rank": 8})
+
+
+def test_a_schedulefree_checkpoint_resumes_at_the_training_point(setup_run):
+    import torch
+
+    from tests.train_helpers import set_up
+
+    trainer = setup_run({"optimizer": "schedulefree_adamw"}, {"epochs": 4})
+    one_step(trainer)
+    one_step(trainer)
+    trainer.step = 2
+    trainer.save()
+    assert trainer.optimizer.optimizer.param_groups[0]["train_mode"]
+    one_step(trainer)
+    expected = _snapshot(trainer)
+    resumed = set_up(trainer.run.path)
+    try:
+        assert resumed.step == 2 and resumed.optimizer.optimizer.param_groups[0]["train_mode"]
+        one_step(resumed)
+        got = _snapshot(resumed)
+        assert all(torch.allclose(expected[n], got[n], atol=1e-6) for n in expected)
+    finally:
+        resumed.metrics.close()
