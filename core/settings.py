@@ -232,6 +232,20 @@ def optimizer_learning_rate(optimizer: str) -> float | None:
     return OPTIMIZER_LEARNING_RATES.get(optimizer)
 
 
+def optimizer_rule_warnings(optimizer: str, learning_rate: float, lr_scheduler: str) -> list[str]:
+    """Sentences for a schedule that does not follow the optimizer's rules (planner and trainer say the same)."""
+    warnings = []
+    rule = optimizer_learning_rate(optimizer)
+    if rule is not None and learning_rate < rule / 10:
+        warnings.append(
+            f"{optimizer} multiplies its own step-size estimate by schedule.learning_rate; {learning_rate:g} makes it learn almost nothing, "
+            f"its rule is {rule:g}"
+        )
+    if optimizer in SCHEDULE_FREE_OPTIMIZERS and lr_scheduler not in ("constant", "constant_with_warmup"):
+        warnings.append(f"{optimizer} keeps its own schedule, so lr_scheduler={lr_scheduler} is not used (the rate stays constant after the warm-up)")
+    return warnings
+
+
 def defaults(section: str) -> dict[str, Any]:
     """The default values of a section."""
     return {k: (list(s.default) if isinstance(s.default, list) else s.default) for k, s in SCHEMA[section].items()}

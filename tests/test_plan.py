@@ -345,3 +345,17 @@ def test_textual_inversion_ignores_class_images(kohya_dataset, tmp_path: Path) -
     assert data["prior_preservation"] is False
     assert data["schedule"][0]["images_per_step"] == data["schedule"][0]["effective_batch"]
     assert any("ignored by textual_inversion" in w for w in data["warnings"])
+
+
+def test_plan_warns_when_the_schedule_breaks_the_optimizers_rules(kohya_dataset) -> None:
+    from core.config import apply_overrides
+    from core.plan.planner import make_plan
+
+    scan = _scan(kohya_dataset)
+    prodigy = apply_overrides(_config(scan, epochs=2), ["optimizer=prodigy", "schedule.learning_rate=1e-4"])
+    warnings = make_plan(prodigy, scan, parse_spec("1x4090")).to_json()["warnings"]
+    assert any("prodigy multiplies its own step-size estimate" in w and "its rule is 1" in w for w in warnings)
+    ruled = apply_overrides(_config(scan, epochs=2), ["optimizer=prodigy"])  # takes its rule: no warning
+    assert not any("prodigy" in w for w in make_plan(ruled, scan, parse_spec("1x4090")).to_json()["warnings"])
+    free = apply_overrides(_config(scan, epochs=2), ["optimizer=schedulefree_adamw", "schedule.lr_scheduler=cosine"])
+    assert any("keeps its own schedule" in w for w in make_plan(free, scan, parse_spec("1x4090")).to_json()["warnings"])

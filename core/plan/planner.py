@@ -16,7 +16,7 @@ from typing import Any
 
 from core.dataset.buckets import bucket_counts, bucket_selector
 from core.errors import UserError
-from core.settings import defaults
+from core.settings import defaults, optimizer_rule_warnings
 
 from .picker import HEADROOM, judge, suggest_when_nothing_fits
 from .schedule import ScheduleRow, schedule_row, warmup_steps
@@ -275,6 +275,7 @@ def _explain(plan: Plan, scan: Any, gpus: Any, fit: Any) -> None:
         plan.warnings.append(
             f"{len(reg_subsets)} regularisation subset(s) are ignored by {plan.method}; leave --reg out or train dreambooth or lora for prior preservation"
         )
+    plan.warnings += optimizer_rule_warnings(str(settings["optimizer"]), float(schedule["learning_rate"]), str(schedule["lr_scheduler"]))
     warmup = int(schedule["lr_warmup_steps"])
     run_steps = plan.total_steps_for(plan.configured_processes)
     if warmup > run_steps:

@@ -13,7 +13,7 @@ from typing import Any
 
 from core.errors import UserError
 from core.plan import schedule
-from core.settings import OPTIMIZER_LEARNING_RATES, SCHEDULE_FREE_OPTIMIZERS
+from core.settings import optimizer_rule_warnings
 
 from . import checkpoint as ckpt
 from .batches import Batches
@@ -253,12 +253,8 @@ class Startup:
 
     def _note_optimizer_rules(self, lr: float) -> None:
         """Events when the schedule does not follow the optimizer's rules (Prodigy's lr, schedule-free's own schedule)."""
-        name = self.settings["optimizer"]
-        rule = OPTIMIZER_LEARNING_RATES.get(name)
-        if rule is not None and lr < rule / 10:
-            self.metrics.event(f"{name} multiplies its own step-size estimate by schedule.learning_rate; {lr:g} makes it learn almost nothing, its rule is {rule:g}", "warning")
-        if name in SCHEDULE_FREE_OPTIMIZERS and self.sched["lr_scheduler"] not in ("constant", "constant_with_warmup"):
-            self.metrics.event(f"{name} keeps its own schedule, so lr_scheduler={self.sched['lr_scheduler']} is not used (the rate stays constant after the warm-up)", "warning")
+        for warning in optimizer_rule_warnings(self.settings["optimizer"], lr, self.sched["lr_scheduler"]):
+            self.metrics.event(warning, "warning")
 
     def _resume(self) -> None:
         path = ckpt.latest(self.run.checkpoints)
