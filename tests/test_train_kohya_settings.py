@@ -442,3 +442,13 @@ def test_a_schedulefree_checkpoint_resumes_at_the_training_point(setup_run):
         assert all(torch.allclose(expected[n], got[n], atol=1e-6) for n in expected)
     finally:
         resumed.metrics.close()
+
+
+def test_estimator_keeps_the_text_encoder_when_tag_dropout_blocks_its_cache():
+    from core.memory import estimate
+
+    base = {"cache_text_encoder_outputs": True, "optimizer": "adamw"}
+    cached = estimate("sdxl", "lora", base, 1)
+    dropped = estimate("sdxl", "lora", {**base, "caption_tag_dropout_rate": 0.1}, 1)
+    assert cached.breakdown["weights_text_encoders"] == 0 < dropped.breakdown["weights_text_encoders"]
+    assert any("not cached" in n for n in dropped.notes)

@@ -165,9 +165,12 @@ def _raw(family: str, method: str, s: dict[str, Any], n: int, backend: str, zero
     shard = n if (ds or backend == "fsdp") else 1
     full = method in ("finetune", "dreambooth")
     te_trained = s["train_text_encoder"] and method != "textual_inversion"
-    te_resident = te_trained or method == "textual_inversion" or not s["cache_text_encoder_outputs"]
+    captions_change = s["shuffle_caption"] or s["caption_tag_dropout_rate"] > 0
+    te_resident = te_trained or method == "textual_inversion" or not s["cache_text_encoder_outputs"] or captions_change
     if s["cache_text_encoder_outputs"] and (te_trained or method == "textual_inversion"):
         notes.append("text-encoder outputs cannot be cached while the text encoder is trained; it stays on the GPU")
+    elif s["cache_text_encoder_outputs"] and captions_change:
+        notes.append("shuffled or tag-dropped captions change every step, so text-encoder outputs are not cached; it stays on the GPU")
 
     # Trained parameters: LoRA adapters, whole components, or the token embeddings.
     adapted = ["unet", *(encoders if te_trained else [])]
