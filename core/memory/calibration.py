@@ -12,14 +12,16 @@ from typing import Any
 
 from core import userdirs
 from core.atomic import write_json_atomic
+from core.settings import SETTINGS
 
 from . import data
 
-#: The settings a calibration point records; a point matches only when all of them are equal.
+#: The settings a calibration point records; a point matches only when all of them are equal
+#: (a key a point does not record counts as its default, so older points keep matching).
 CALIBRATION_KEYS = (
     "mixed_precision", "full_bf16", "gradient_checkpointing", "optimizer", "fused_backward_pass",
     "cache_latents", "cache_text_encoder_outputs", "train_text_encoder", "batch_size", "resolution",
-    "lora_rank", "lora_targets", "attention", "ema",
+    "lora_rank", "lora_targets", "lora_type", "attention", "ema",
 )
 
 
@@ -41,7 +43,7 @@ def match_point(family: str, method: str, settings: dict[str, Any], num_gpus: in
         if (point.get("family"), point.get("method"), point.get("num_gpus", 1), point.get("backend", "ddp")) != (family, method, num_gpus, backend):
             continue
         recorded = point.get("settings", {})
-        if all(recorded.get(key) == settings.get(key) for key in CALIBRATION_KEYS) and "measured_peak_bytes" in point:
+        if all(recorded.get(key, SETTINGS[key].default) == settings.get(key, SETTINGS[key].default) for key in CALIBRATION_KEYS) and "measured_peak_bytes" in point:
             return point
     return None
 
