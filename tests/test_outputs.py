@@ -34,7 +34,7 @@ def _trained_lora(path, family, **settings):
     components.unet.add_adapter(LoraConfig(target_modules=settings.get("targets", ["to_q", "to_k", "to_v", "to_out.0"]), **config))
     if settings.get("text_encoder"):
         for encoder in components.text_encoders:
-            encoder.add_adapter(LoraConfig(target_modules=["q_proj", "k_proj", "v_proj", "out_proj"], **config))
+            encoder.add_adapter(LoraConfig(target_modules=settings.get("te_targets", ["q_proj", "k_proj", "v_proj", "out_proj"]), **config))
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for module in [components.unet, *components.text_encoders]:
@@ -58,6 +58,22 @@ def test_lora_both_formats_reproduce_the_trained_model(tmp_path, tiny_models, fa
     assert files.diffusers == tmp_path / "output" / "diffusers" / "pytorch_lora_weights.safetensors"
     base = _image(_fresh(path, family))
     assert np.abs(base - trained).max() > 0.01  # the LoRA changes the image
+    for source in (files.single_file, files.diffusers.parent):
+        pipe = _fresh(path, family)
+        pipe.load_lora_weights(str(source))
+        np.testing.assert_allclose(_image(pipe), trained, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_text_encoder_mlp_lora_loads_in_diffusers_from_both_files(tmp_path, tiny_models, family):
+    from core.model_configs import LORA_TARGET_MODULES
+
+    path = tiny_models(family)
+    components = _trained_lora(path, family, text_encoder=True, te_targets=list(LORA_TARGET_MODULES["text_encoder"]["attn_ff"]))
+    keys = kohya_lora_state_dict(components)
+    assert any(".mlp_fc1." in k or "_mlp_fc1." in k for k in keys) and any("_mlp_fc2." in k for k in keys)
+    trained = _image(components.pipeline())
+    files = save_lora(components, tmp_path / "output", "mlp", dtype=torch.float32)
     for source in (files.single_file, files.diffusers.parent):
         pipe = _fresh(path, family)
         pipe.load_lora_weights(str(source))
