@@ -213,3 +213,12 @@ def test_state_follows_prodigys_rate_and_keeps_the_sampler(tmp_path: Path) -> No
     assert state.to_config().section("samples")["sampler"] == "euler_a"
     with pytest.raises(UserError, match="sampler must be one of default, ddim"):
         state.set_sampler("plms")
+
+
+def test_state_logging_asks_for_wandb_only_when_it_can_run(tmp_path: Path) -> None:
+    state = WizardState(gpus=resolve("1x24GB"), base_dir=tmp_path)
+    state.set_logging("tensorboard", False)
+    assert state.to_config().section("logging")["tensorboard"] is False
+    with pytest.raises(UserError, match=r"wandb package is not installed; install it \(pip install wandb\)"):
+        state.set_logging("wandb_project", "my-loras")
+    assert state.logging["wandb_project"] == ""

@@ -55,6 +55,7 @@ class WizardState:
     schedule: dict[str, Any] = field(default_factory=lambda: defaults("schedule"))
     prompts: list[str] = field(default_factory=list)
     sampler: str = SCHEMA["samples"]["sampler"].default
+    logging: dict[str, Any] = field(default_factory=lambda: defaults("logging"))
     price_per_gpu_hour: float | None = None
     config_path: str = ""
     keep_settings: bool = False
@@ -217,6 +218,17 @@ class WizardState:
         return make_plan(self.to_config(), self.dataset_scan, self.gpus, price_per_gpu_hour=self.price_per_gpu_hour)
 
     # ---- step 6: samples
+    def set_logging(self, key: str, value: Any) -> None:
+        """TensorBoard on/off or the W&B project (UserError when W&B is asked for but not installed)."""
+        from core.launch.preflight import check_wandb
+
+        try:
+            checked = SCHEMA["logging"][key].check(value)
+        except ValueError as exc:
+            raise UserError(f"logging {key}: {exc}") from None
+        check_wandb({key: checked})
+        self.logging[key] = checked
+
     def set_sampler(self, value: Any) -> None:
         """The sampler of prompts without ``--ss`` (kohya's names)."""
         try:
@@ -283,6 +295,7 @@ class WizardState:
             schedule=dict(self.schedule),
             prompts=list(self.prompts),
             sampler=self.sampler,
+            logging=dict(self.logging),
             distributed={"num_processes": max(1, self.gpus.count)},
         )
 

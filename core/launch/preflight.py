@@ -7,9 +7,11 @@ Without a GPU the run goes to the CPU with a notice.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +37,15 @@ class Preflight:
     plan: Any
     disk_needed_bytes: int
     notices: list[str] = field(default_factory=list)
+
+
+def check_wandb(logging: Mapping[str, Any]) -> None:
+    """UserError when ``[logging] wandb_project`` is set but wandb is not installed."""
+    if str(logging.get("wandb_project", "")).strip() and importlib.util.find_spec("wandb") is None:
+        raise UserError(
+            "[logging] wandb_project is set but the wandb package is not installed; install it (pip install wandb) "
+            "and log in (wandb login), or clear wandb_project to log to TensorBoard only"
+        )
 
 
 def check_model(path: str) -> str | None:
@@ -175,8 +186,6 @@ def check_runs_dir(runs_dir: Path) -> None:
 def preflight(config: Any, runs_dir: Path, found_gpus: Any, force: bool = False) -> Preflight:
     """Run every check; raise UserError on the first problem, return the decisions and notices."""
     from core.plan.planner import make_plan
-
-    from core.train.trackers import check_wandb
 
     notices: list[str] = []
     check_runs_dir(runs_dir)

@@ -8,23 +8,13 @@ the main view: metrics.jsonl is written whatever is chosen here.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from core.errors import UserError
+from core.launch.preflight import check_wandb
 
 TB_DIR = "tb"
-
-
-def check_wandb(logging: Mapping[str, Any]) -> None:
-    """UserError when ``wandb_project`` is set but wandb is not installed (checked before a run starts)."""
-    if str(logging.get("wandb_project", "")).strip() and importlib.util.find_spec("wandb") is None:
-        raise UserError(
-            "[logging] wandb_project is set but the wandb package is not installed; install it (pip install wandb) "
-            "and log in (wandb login), or clear wandb_project to log to TensorBoard only"
-        )
 
 
 def log_with(logging: Mapping[str, Any], run_dir: Path) -> list[Any]:

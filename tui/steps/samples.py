@@ -1,4 +1,4 @@
-"""Step 6: sample prompts (kohya syntax) and how often to render them."""
+"""Step 6: sample prompts (kohya syntax), how often to render them, and where the run logs (TensorBoard, W&B)."""
 
 from __future__ import annotations
 
@@ -29,12 +29,18 @@ class SamplesStep(Step):
             yield Label("sampler", classes="field-label")
             yield Select([(name, name) for name in SAMPLERS], id="sampler", value=self.state.sampler, allow_blank=False, classes="field-input", compact=True)
             yield Static("for prompts without --ss", classes="field-help")
+        yield Checkbox("TensorBoard event files in the run's tb/ folder", id="tensorboard", compact=True)
+        with Horizontal(classes="field"):
+            yield Label("W&B project", classes="field-label")
+            yield Input(id="wandb-project", placeholder="empty = off", classes="field-input", compact=True)
 
     def load(self) -> None:
         self.query_one("#prompts", TextArea).text = "\n".join(self.state.prompts)
         self.query_one("#sample-every", Input).value = str(self.state.schedule["sample_every_steps"])
         self.query_one("#sample-at-start", Checkbox).value = bool(self.state.schedule["sample_at_start"])
         self.query_one("#sampler", Select).value = self.state.sampler
+        self.query_one("#tensorboard", Checkbox).value = bool(self.state.logging["tensorboard"])
+        self.query_one("#wandb-project", Input).value = self.state.logging["wandb_project"]
 
     def on_text_area_changed(self, event: TextArea.Changed) -> None:
         event.stop()
@@ -42,11 +48,17 @@ class SamplesStep(Step):
 
     def on_input_changed(self, event: Input.Changed) -> None:
         event.stop()
-        self.apply("sample_every_steps", lambda: self.state.set_schedule("sample_every_steps", event.value))
+        if event.input.id == "wandb-project":
+            self.apply("wandb_project", lambda: self.state.set_logging("wandb_project", event.value))
+        else:
+            self.apply("sample_every_steps", lambda: self.state.set_schedule("sample_every_steps", event.value))
 
     def on_checkbox_changed(self, event: Checkbox.Changed) -> None:
         event.stop()
-        self.apply("sample_at_start", lambda: self.state.set_schedule("sample_at_start", event.value))
+        if event.checkbox.id == "tensorboard":
+            self.apply("tensorboard", lambda: self.state.set_logging("tensorboard", event.value))
+        else:
+            self.apply("sample_at_start", lambda: self.state.set_schedule("sample_at_start", event.value))
 
     def on_select_changed(self, event: Select.Changed) -> None:
         event.stop()
