@@ -10,9 +10,9 @@ from cli.common import add_json, add_set, print_json
 from core.dataset.buckets import BUCKET_KEYS
 from core.dataset.problems import Problem
 from core.errors import UserError
+from core.model_configs import NATIVE_RESOLUTION
 from core.settings import METHODS
 
-_NATIVE_RESOLUTION = {"sd1": 512, "sd2": 768, "sdxl": 1024}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -124,6 +124,7 @@ def _from_arguments(args: argparse.Namespace, extras: list[str], gpus: Any) -> t
     from core.config import apply_overrides, apply_recipe, new_config
     from core.dataset.scan import scan_dataset
     from core.model_family import detect_family
+    from core.plan.picker import run_shape
 
     if not args.model:
         raise UserError("sdtui plan needs a base model: give --model with a diffusers folder, a .safetensors file, a hub id, or sd1, sd2 or sdxl")
@@ -137,18 +138,19 @@ def _from_arguments(args: argparse.Namespace, extras: list[str], gpus: Any) -> t
     probe = apply_overrides(new_config("plan", model_path, family, method, [], {}), extras)
     overrides = _settings_overrides(probe, extras)
     settings = probe.settings
-    resolution = int(overrides.get("resolution", _NATIVE_RESOLUTION[family]))
+    resolution = int(overrides.get("resolution", NATIVE_RESOLUTION[family]))
     scan = None
     if args.data:
         scan = scan_dataset(args.data, args.reg, resolution=resolution, bucket_settings={k: settings[k] for k in BUCKET_KEYS})
-    recipe_name, recipe_settings = _choose_recipe(args.recipe, family, method, gpus, overrides)
+    distributed = probe.distributed | {"num_processes": max(1, gpus.count)}
+    recipe = _choose_recipe(args.recipe, family, method, gpus, overrides, run_shape(method, scan.reg_images if scan is not None else None, distributed))
     if scan is None:
         name = f"{family}-{method}"
     else:
         name = f"{_slug(scan.subsets[0].token if scan.subsets else '') or Path(args.data).name}-{method}"
     subsets = scan.subset_configs() if scan is not None else []
-    config = new_config(name, model_path, family, method, subsets, {}, distributed={"num_processes": max(1, gpus.count)})
-    apply_recipe(config, recipe_settings, recipe_name)
+    config = new_config(name, model_path, family, method, subsets, {}, distributed=distributed)
+    apply_recipe(config, recipe.settings, recipe.name, recipe.schedule)
     apply_overrides(config, extras)
     return config, scan
 
@@ -166,8 +168,8 @@ def _settings_overrides(config: Any, extras: list[str]) -> dict[str, Any]:
     return {key: settings[key] for key in keys}
 
 
-def _choose_recipe(name: str | None, family: str, method: str, gpus: Any, overrides: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """The named recipe, or the picker's fastest fitting one (the least heavy when none fits)."""
+def _choose_recipe(name: str | None, family: str, method: str, gpus: Any, overrides: dict[str, Any], shape: Any) -> Any:
+    """The named recipe, or the picker's fastest fitting one for a run of ``shape`` (the least heavy when none fits)."""
     from core.plan.picker import pick_recipes, rank_recipes
     from core.recipes import get_recipe, load_recipes
 
@@ -178,12 +180,12 @@ def _choose_recipe(name: str | None, family: str, method: str, gpus: Any, overri
                 f"recipe '{name}' is for {', '.join(recipe.families)} with {', '.join(recipe.methods)}, not {family} with {method}; "
                 "list the others with sdtui recipes"
             )
-        return recipe.name, dict(recipe.settings)
+        return recipe
     recipes = load_recipes()
-    chosen = pick_recipes(family, method, gpus, recipes, overrides) or rank_recipes(family, method, gpus, recipes, overrides)
+    chosen = pick_recipes(family, method, gpus, recipes, overrides, shape) or rank_recipes(family, method, gpus, recipes, overrides, shape)
     if not chosen:
         raise UserError(f"no recipe in the recipes folder trains {family} with {method}; add one or pick another --method")
-    return chosen[0].recipe.name, dict(chosen[0].recipe.settings)
+    return chosen[0].recipe
 
 
 def _slug(text: str) -> str:
@@ -264,10 +266,10 @@ def format_plan(plan: Any) -> str:
     gpu, settings, dataset = data["gpu"], data["settings"], data["dataset"]
     if gpu["name"]:
         verdict = "fits" if data["fits"] else "DOES NOT FIT"
-        vram = f"{data['vram_estimate_gb']:.1f} GB estimated peak of {gpu['vram_gb']:g} GB per GPU: {verdict} (with {data['headroom']:.0%} headroom)"
+        vram = f"{data['vram_estimate_gb']:.1f} GiB estimated peak of {gpu['vram_gb']:g} GiB per GPU: {verdict} (with {data['headroom']:.0%} headroom)"
         hardware = f"{gpu['count']} × {gpu['name']}" + (" (simulated)" if gpu["simulated"] else "")
     else:
-        vram = f"{data['vram_estimate_gb']:.1f} GB estimated peak (no GPU to compare with)"
+        vram = f"{data['vram_estimate_gb']:.1f} GiB estimated peak (no GPU to compare with)"
         hardware = f"none ({gpu['reason'] or 'no GPU visible'})"
     speed = data["images_per_second_per_gpu"]
     mode = (
@@ -284,7 +286,9 @@ def format_plan(plan: Any) -> str:
         f"Speed     {speed:.2f} images/s per GPU (model estimate)" if speed else "Speed     unknown (no catalog GPU)",
         _dataset_line(dataset),
         f"Schedule  {mode}, gradient accumulation {plan.schedule['gradient_accumulation']}, "
-        f"learning rate {plan.schedule['learning_rate']:g} ({data['lr_scheduler']})",
+        f"learning rate {data['learning_rate']:g}"
+        + (f", text encoders {data['text_encoder_lr']:g}" if data["text_encoder_lr"] is not None else "")
+        + f" ({data['lr_scheduler']}, {data['lr_warmup_steps']} warm-up steps)",
     ]
     headers = ["GPUs", "eff. batch", "steps/epoch", "epochs", "total steps", "images seen", "warm-up", "ETA"]
     priced = data["price_per_gpu_hour"] is not None

@@ -92,7 +92,10 @@ def _steps(row: dict[str, Any]) -> str:
 
 
 def _loss(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
+    """A loss as home and the dashboard print it."""
+    from core.units import number
+
+    return number(value) if isinstance(value, (int, float)) else "-"
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -109,7 +112,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
         return 0
     print(f"runs in {folder.path} ({folder.reason})")
     width = max(len(r["id"]) for r in rows)
-    print(f"{'RUN':<{width}}  {'STATE':<9} {'STEP':>11} {'LOSS':>8} {'AGE':>5}")
+    print(f"{'RUN':<{width}}  {'STATE':<9} {'STEP':>11} {'RAW LOSS':>8} {'AGE':>5}")
     for row in rows:
         line = f"{row['id']:<{width}}  {row['state']:<9} {_steps(row):>11} {_loss(row['loss']):>8} {_age(row['age_s']):>5}"
         if row["state"] == LOST:
@@ -137,7 +140,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"folder    {fields['path']}")
     print(f"state     {fields['state']}")
     print(f"step      {_steps(fields)}" + (f"  epoch {fields['epoch']}" if fields.get("epoch") is not None else ""))
-    print(f"loss      {_loss(fields['loss'])}")
+    print(f"loss      {_loss(fields['loss'])} (raw, the last step's; the dashboard also shows it smoothed)")
     if fields.get("device"):
         print(f"device    {fields['device']} × {fields.get('world_size', 1)}")
     if fields.get("latest_checkpoint"):
@@ -195,7 +198,8 @@ def cmd_request(args: argparse.Namespace) -> int:
     run = _resolve(args)
     rid = ask(run, args.action)
     if wait_ack(run, rid, args.wait):
-        print(f"{run.id}: {args.action} acknowledged")
+        kept = " (a manual checkpoint: kept beyond keep_checkpoints until you delete it)" if args.action == "save" else ""
+        print(f"{run.id}: {args.action} acknowledged{kept}")
         return 0
     print(f"{run.id}: {args.action} requested (id {rid}); the trainer has not acknowledged it yet")
     return 0

@@ -21,7 +21,7 @@ from tomlkit.exceptions import ParseError
 from core.atomic import write_atomic
 from core.errors import UserError
 from core.kohya import parse_prompt_line
-from core.settings import SCHEMA, SETTINGS, SUBSET_KEYS, Setting, defaults, lookup, optimizer_learning_rate
+from core.settings import SCHEMA, SETTINGS, SUBSET_KEYS, Setting, lookup, optimizer_learning_rate, resolve
 
 _SECTION_COMMENTS = {
     "model": "the base model",
@@ -49,12 +49,17 @@ class RunConfig:
         return table if isinstance(table, Mapping) else {}
 
     def section(self, section: str) -> dict[str, Any]:
-        """A section's values with the defaults of missing keys filled in (plain Python values)."""
-        values = defaults(section)
-        for key, value in self._table(section).items():
-            if key in SCHEMA[section]:
-                values[key] = _coerced(SCHEMA[section][key], _plain(value))
-        return values
+        """A section's values with the defaults of missing keys filled in (plain Python values).
+
+        A [schedule] without a learning rate, scheduler or warm-up takes the method's default
+        (core/plan/learning_rates.py) rather than one figure for every method.
+        """
+        given = {key: _plain(value) for key, value in self._table(section).items() if key in SCHEMA[section]}
+        implied = self._implied_schedule() if section == "schedule" else None
+        return resolve(section, implied, given)
+
+    def _implied_schedule(self) -> dict[str, Any]:
+        return _method_schedule(self.family, self.method, self.settings)
 
     @property
     def name(self) -> str:
@@ -102,9 +107,7 @@ class RunConfig:
         tables = self._table("dataset").get("subsets") or []
         result = []
         for table in tables:
-            subset = {k: s.default for k, s in SUBSET_KEYS.items()}
-            subset.update({k: _coerced(SUBSET_KEYS[k], _plain(v)) for k, v in table.items() if k in SUBSET_KEYS})
-            result.append(subset)
+            result.append(resolve("subset", {k: _plain(v) for k, v in table.items() if k in SUBSET_KEYS}))
         return result
 
     @property
@@ -202,13 +205,9 @@ def new_config(
 ) -> RunConfig:
     """A complete run config: every key of SCHEMA with its default unless given, with comments.
 
-    An optimizer with its own learning-rate rule (Prodigy: 1.0) sets the learning rate when
-    ``schedule`` does not give one.
+    The learning rate, text-encoder rate, scheduler and warm-up not given are the method's for
+    the optimizer (core/plan/learning_rates.py; Prodigy's rule of 1.0 included).
     """
-    schedule = dict(schedule or {})
-    rule = optimizer_learning_rate(str(settings.get("optimizer", SETTINGS["optimizer"].default)))
-    if rule is not None and "learning_rate" not in schedule:
-        schedule["learning_rate"] = rule
     given = {
         "": {"name": name},
         "model": {"path": str(model_path) if str(model_path) else "", "family": family},
@@ -226,6 +225,8 @@ def new_config(
         unknown = [k for k in values if k not in SCHEMA[section]]
         if unknown:
             raise UserError(f"unknown setting {_dotted(section, unknown[0])}{_suggest(unknown[0], SCHEMA[section])}; known: {', '.join(SCHEMA[section])}")
+        if section == "schedule":
+            values = _method_schedule(family, method, given["settings"]) | values
         target: Any = document if section == "" else tomlkit.table()
         if section:
             target.add(tomlkit.comment(_SECTION_COMMENTS[section]))
@@ -280,8 +281,14 @@ def _follow_optimizer_rule(config: RunConfig, changed: set[str]) -> None:
         config.set("schedule.learning_rate", rule)
 
 
-def apply_recipe(config: RunConfig, settings: Mapping[str, Any], recipe_name: str | None = None) -> RunConfig:
-    """Merge a recipe's settings dict into [settings] (and set ``recipe``) in place; returns ``config``."""
+def apply_recipe(config: RunConfig, settings: Mapping[str, Any], recipe_name: str | None = None, schedule: Mapping[str, Any] | None = None) -> RunConfig:
+    """Merge a recipe's settings into [settings] (and set ``recipe``) in place; returns ``config``.
+
+    A learning rate, text-encoder rate, scheduler or warm-up still at the method's default
+    follows the recipe: its own ``schedule`` value, else the default for its optimizer (which
+    holds an optimizer's own rule, Prodigy's 1.0). A value the user changed stays.
+    """
+    before = _method_schedule(config.family, config.method, config.settings)
     values = dict(settings)
     if recipe_name is not None:
         values["recipe"] = recipe_name
@@ -290,8 +297,18 @@ def apply_recipe(config: RunConfig, settings: Mapping[str, Any], recipe_name: st
             who = f"recipe {recipe_name}" if recipe_name else "the recipe"
             raise UserError(f"{who} sets unknown setting '{key}'{_suggest(key, SETTINGS)}; use one of the [settings] keys")
         config.set(f"settings.{key}", value)
-    _follow_optimizer_rule(config, {f"settings.{key}" for key in values})
+    current = config.schedule
+    for key, value in (_method_schedule(config.family, config.method, config.settings) | dict(schedule or {})).items():
+        if current[key] == before[key]:
+            config.set(f"schedule.{key}", value)
     return config
+
+
+def _method_schedule(family: str, method: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The learning-rate keys a run of ``method`` on ``family`` with these settings starts from."""
+    from core.plan.learning_rates import schedule_defaults
+
+    return schedule_defaults(family, method, resolve("settings", settings)["optimizer"])
 
 
 def save_config(config: RunConfig, path: str | os.PathLike[str]) -> Path:
@@ -300,13 +317,6 @@ def save_config(config: RunConfig, path: str | os.PathLike[str]) -> Path:
     write_atomic(target, config.to_toml())
     config.path = target
     return target
-
-
-def _coerced(setting: Setting, value: Any) -> Any:
-    try:
-        return setting.check(value)
-    except ValueError:
-        return value
 
 
 def _plain(value: Any) -> Any:

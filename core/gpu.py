@@ -256,9 +256,9 @@ def parse_spec(spec: str) -> GpuSet:
     if vram:
         gb = float(vram.group(1))
         if not 1 <= gb <= 2048:
-            raise _spec_error(spec, f"gives {gb:g} GB of VRAM (1 to 2048 are allowed)")
+            raise _spec_error(spec, f"gives {gb:g} GiB of VRAM (1 to 2048 are allowed)")
         gpus = [
-            GpuInfo(i, f"GPU with {gb:g} GB", int(gb * GIB), int(gb * GIB), None, True, simulated=True)
+            GpuInfo(i, f"GPU with {gb:g} GiB", int(gb * GIB), int(gb * GIB), None, True, simulated=True)
             for i in range(count)
         ]
         return GpuSet(gpus, simulated=True)

@@ -1,7 +1,8 @@
 """kohya sd-scripts interchange: dataset_config.toml and sample prompt lines.
 
 ``export_kohya`` writes a run config as sd-scripts' ``dataset_config.toml`` ([general],
-[[datasets]], [[datasets.subsets]]) and ``sample_prompts.txt``; ``read_kohya`` reads such a
+[[datasets]], [[datasets.subsets]]), ``sample_prompts.txt`` and ``training_config.toml`` (the
+optimizer and learning rates, for ``--config_file``); ``read_kohya`` reads such a
 dataset config back. ``parse_prompt_line`` reads the prompt syntax both tools share:
 ``prompt --n negative --w 512 --h 512 --d seed --l cfg --s steps --ss sampler``.
 """
@@ -25,6 +26,9 @@ from core.settings import SAMPLERS, SETTINGS, SUBSET_KEYS
 
 DATASET_CONFIG = "dataset_config.toml"
 SAMPLE_PROMPTS = "sample_prompts.txt"
+TRAINING_CONFIG = "training_config.toml"
+#: run.toml optimizer names as sd-scripts' --optimizer_type spells them.
+OPTIMIZER_TYPES = {"adamw": "AdamW", "adamw8bit": "AdamW8bit", "lion8bit": "Lion8bit", "adafactor": "Adafactor"}
 
 #: [settings] keys written to [general] (sd-scripts' subset options, inherited by every subset).
 GENERAL_KEYS = ("shuffle_caption", "keep_tokens", "flip_aug", "random_crop", "caption_prefix", "caption_suffix", "caption_dropout_rate", "caption_tag_dropout_rate")
@@ -171,10 +175,36 @@ def export_kohya(config: _Config, out_dir: str | os.PathLike[str]) -> list[Path]
     out = Path(out_dir)
     resolution = int(settings["resolution"])
     lines = [format_prompt_line(parse_prompt_line(p, resolution, resolution)) for p in config.prompts]
-    written = [out / DATASET_CONFIG, out / SAMPLE_PROMPTS]
+    written = [out / DATASET_CONFIG, out / SAMPLE_PROMPTS, out / TRAINING_CONFIG]
     write_atomic(written[0], document.as_string())
     write_atomic(written[1], "".join(f"{line}\n" for line in lines))
+    write_atomic(written[2], _training_config(config).as_string())
     return written
+
+
+def _training_config(config: _Config) -> tomlkit.TOMLDocument:
+    """sd-scripts' optimizer arguments for ``--config_file``: the optimizer, the rates and the schedule.
+
+    sd-scripts' ``text_encoder_lr`` is written only when set (0 in run.toml means "the learning
+    rate", which is what sd-scripts does without it; its own 0 would freeze the text encoder).
+    """
+    schedule = config.section("schedule")
+    settings = config.settings
+    document = tomlkit.document()
+    document.add(tomlkit.comment(f"sd-scripts training arguments exported by sdtui from run '{config.name}'; pass with --config_file"))
+    table = tomlkit.table()
+    table.add("optimizer_type", OPTIMIZER_TYPES[settings["optimizer"]])
+    if settings["optimizer"] == "adafactor":
+        table.add("optimizer_args", ["scale_parameter=False", "relative_step=False", "warmup_init=False"])
+    table.add("learning_rate", float(schedule["learning_rate"]))
+    table.add("unet_lr", float(schedule["learning_rate"]))
+    if float(schedule["text_encoder_lr"]) > 0:
+        table.add("text_encoder_lr", float(schedule["text_encoder_lr"]))
+    table.add("lr_scheduler", str(schedule["lr_scheduler"]))
+    table.add("lr_warmup_steps", int(schedule["lr_warmup_steps"]))
+    table.add("max_grad_norm", float(settings["max_grad_norm"]))
+    document.add("optimizer_arguments", table)
+    return document
 
 
 @dataclass(frozen=True)

@@ -3,21 +3,23 @@
 The shipped recipes are package data of the ``recipes`` package, read with importlib.resources,
 so they are found wherever sdtui is installed.
 
-A recipe names the families and methods it is meant for, one line on its trade-off, and
-``[settings]`` with trainer option names from ``core.settings.SETTINGS``. The picker never
-trusts a recipe's name or intent: it asks the estimator whether the settings fit.
+A recipe names the families and methods it is meant for, one line on its trade-off,
+``[settings]`` with trainer option names from ``core.settings.SETTINGS``, and optionally
+``[schedule]`` with its own learning rate, text-encoder rate, scheduler or warm-up (else the
+method's defaults apply, core/plan/learning_rates.py). The picker never trusts a recipe's
+name or intent: it asks the estimator whether the settings fit.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.errors import UserError
-from core.settings import FAMILIES, METHODS, SETTINGS
+from core.settings import FAMILIES, METHODS, SCHEMA, SETTINGS, resolve
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -25,6 +27,10 @@ if TYPE_CHECKING:
 #: The package whose data files are the shipped recipes.
 SHIPPED_PACKAGE = "recipes"
 _REQUIRED = ("name", "title", "families", "methods", "summary", "settings")
+#: The [schedule] keys a recipe may set.
+SCHEDULE_KEYS = ("learning_rate", "text_encoder_lr", "lr_scheduler", "lr_warmup_steps")
+#: Parsed recipe folders by their listing (paths, mtimes, sizes): the planner asks often.
+_PARSED: dict[tuple[Any, ...], tuple[Recipe, ...]] = {}
 
 
 class RecipeError(UserError):
@@ -43,13 +49,11 @@ class Recipe:
     settings: dict[str, Any]
     path: Traversable | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    schedule: dict[str, Any] = field(default_factory=dict)
 
-    def resolved_settings(self) -> dict[str, Any]:
-        """Every setting: the schema defaults overlaid with this recipe's, plus ``recipe = name``."""
-        merged = {key: setting.default for key, setting in SETTINGS.items()}
-        merged.update(self.settings)
-        merged["recipe"] = self.name
-        return merged
+    def resolved_settings(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Every setting: the schema defaults, this recipe's, then ``overrides``; ``recipe = name``."""
+        return resolve("settings", self.settings, overrides, {"recipe": self.name})
 
     def suits(self, family: str, method: str) -> bool:
         """Whether the recipe is meant for this family and method."""
@@ -64,6 +68,7 @@ class Recipe:
             "methods": list(self.methods),
             "summary": self.summary,
             "settings": dict(self.settings),
+            "schedule": dict(self.schedule),
             "path": str(self.path) if self.path else None,
         }
 
@@ -114,6 +119,14 @@ def parse_recipe(text: str, path: Traversable) -> Recipe:
             settings[key] = SETTINGS[key].check(value)
         except ValueError as exc:
             raise RecipeError(f"{path}: setting '{key}' = {value!r} is invalid: {exc}") from None
+    schedule = data.get("schedule", {})
+    if not isinstance(schedule, dict) or any(key not in SCHEDULE_KEYS for key in schedule):
+        raise RecipeError(f"{path}: [schedule] may set only {', '.join(SCHEDULE_KEYS)}")
+    for key, value in schedule.items():
+        try:
+            schedule[key] = SCHEMA["schedule"][key].check(value)
+        except ValueError as exc:
+            raise RecipeError(f"{path}: schedule '{key}' = {value!r} is invalid: {exc}") from None
     return Recipe(
         name=data["name"].strip(),
         title=data["title"].strip(),
@@ -122,7 +135,8 @@ def parse_recipe(text: str, path: Traversable) -> Recipe:
         summary=data["summary"].strip(),
         settings=settings,
         path=path,
-        extra={k: v for k, v in data.items() if k not in _REQUIRED},
+        extra={k: v for k, v in data.items() if k not in (*_REQUIRED, "schedule")},
+        schedule=dict(schedule),
     )
 
 
@@ -141,13 +155,28 @@ def load_recipes(directory: str | os.PathLike[str] | None = None) -> list[Recipe
     folder = recipes_dir(directory)
     if not folder.is_dir():
         raise RecipeError(f"the recipes folder {folder} does not exist; set SDTUI_RECIPES_DIR to a folder of recipe .toml files")
-    recipes: dict[str, Recipe] = {}
-    for path in sorted((p for p in folder.iterdir() if p.name.endswith(".toml") and p.is_file()), key=lambda p: p.name):
-        recipe = load_recipe(path)
-        if recipe.name in recipes:
-            raise RecipeError(f"{path}: recipe name '{recipe.name}' is already used by {recipes[recipe.name].path}; rename one of them")
-        recipes[recipe.name] = recipe
-    return sorted(recipes.values(), key=lambda r: r.name)
+    files = sorted((p for p in folder.iterdir() if p.name.endswith(".toml") and p.is_file()), key=lambda p: p.name)
+    key = tuple(_stamp(p) for p in files)
+    if key not in _PARSED:
+        recipes: dict[str, Recipe] = {}
+        for path in files:
+            recipe = load_recipe(path)
+            if recipe.name in recipes:
+                raise RecipeError(f"{path}: recipe name '{recipe.name}' is already used by {recipes[recipe.name].path}; rename one of them")
+            recipes[recipe.name] = recipe
+        if len(_PARSED) >= 8:
+            _PARSED.clear()
+        _PARSED[key] = tuple(sorted(recipes.values(), key=lambda r: r.name))
+    return [replace(r, settings=dict(r.settings), schedule=dict(r.schedule)) for r in _PARSED[key]]
+
+
+def _stamp(path: Traversable) -> tuple[Any, ...]:
+    """What identifies one recipe file's content: its path, and its mtime and size where it has them."""
+    stat = getattr(path, "stat", None)
+    if stat is None:  # a file inside a zip: it does not change
+        return (str(path),)
+    found = stat()
+    return (str(path), found.st_mtime_ns, found.st_size)
 
 
 def get_recipe(name: str, directory: str | os.PathLike[str] | None = None) -> Recipe:

@@ -6,6 +6,7 @@ their names from here.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -169,7 +170,8 @@ SCHEMA: dict[str, dict[str, Setting]] = {
         "epochs": _s("epochs", int, 10, "epochs (epoch mode)", minimum=0),
         "max_steps": _s("max_steps", int, 0, "optimizer steps (step mode when > 0)", minimum=0),
         "gradient_accumulation": _s("gradient_accumulation", int, 1, "micro-batches per optimizer step", minimum=1),
-        "learning_rate": _s("learning_rate", float, 1e-4, "peak learning rate", minimum=0.0),
+        "learning_rate": _s("learning_rate", float, 1e-4, "peak learning rate (UNet); defaults per method", minimum=0.0),
+        "text_encoder_lr": _s("text_encoder_lr", float, 0.0, "text encoders' rate when trained (0 = learning_rate)", minimum=0.0),
         "lr_scheduler": _s("lr_scheduler", str, "constant_with_warmup", "LR schedule", choices=LR_SCHEDULERS),
         "lr_warmup_steps": _s("lr_warmup_steps", int, 0, "warm-up in optimizer steps", minimum=0),
         "lr_scheduler_num_cycles": _s("lr_scheduler_num_cycles", int, 1, "restarts of cosine_with_restarts", minimum=1),
@@ -246,6 +248,38 @@ def optimizer_rule_warnings(optimizer: str, learning_rate: float, lr_scheduler: 
     return warnings
 
 
+def _keys(section: str) -> dict[str, Setting]:
+    return SUBSET_KEYS if section == "subset" else SCHEMA[section]
+
+
 def defaults(section: str) -> dict[str, Any]:
-    """The default values of a section."""
-    return {k: (list(s.default) if isinstance(s.default, list) else s.default) for k, s in SCHEMA[section].items()}
+    """The default values of a section (``subset``: of one [[dataset.subsets]] table)."""
+    return {k: (list(s.default) if isinstance(s.default, list) else s.default) for k, s in _keys(section).items()}
+
+
+def resolve(section: str, *layers: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A section's values: its defaults overlaid by each layer in turn, every value checked.
+
+    ``section`` is a run.toml section name or ``subset`` (one [[dataset.subsets]] table).
+    The one merge of settings with their defaults (recipes, run.toml, ``--set``, the picker,
+    the estimator, the planner, the scanner and the trainer all call it). A later layer wins;
+    ``None`` layers are skipped. An unknown key or a bad value is a UserError naming it.
+    """
+    from core.errors import UserError
+
+    keys = _keys(section)
+    merged = defaults(section)
+    for layer in layers:
+        for key, value in (layer or {}).items():
+            setting = keys.get(key)
+            if setting is None:
+                raise UserError(f"unknown setting {_dotted(section, key)}; known: {', '.join(keys)}")
+            try:
+                merged[key] = setting.check(value)
+            except ValueError as exc:
+                raise UserError(f"{_dotted(section, key)} = {value!r} is not allowed: {exc}") from None
+    return merged
+
+
+def _dotted(section: str, key: str) -> str:
+    return f"{section}.{key}" if section else key

@@ -89,7 +89,7 @@ def test_plan_sdxl_lora_on_two_4090s(kohya_dataset: DataFactory, capsys: pytest.
     assert code == 0, err
     assert "Recipe    sdxl-" in out
     assert "2 × GeForce RTX 4090 (simulated)" in out
-    assert "GB estimated peak of 24 GB per GPU: fits" in out
+    assert "GiB estimated peak of 24 GiB per GPU: fits" in out
     table = out[out.index("GPUs  eff. batch"):].splitlines()[2:6]
     assert [line.split()[0] for line in table] == ["1", "2", "4", "8"]
 
@@ -248,7 +248,20 @@ def test_console_script(kohya_dataset: DataFactory, tmp_path: Path) -> None:
     ok = subprocess.run([str(script), "plan", "--model", "sdxl", "--data", str(data), "--gpus", "2x4090"],
                         capture_output=True, text=True, env=env, timeout=60)
     assert ok.returncode == 0, ok.stderr
-    assert "24 GB" in ok.stdout
+    assert "24 GiB" in ok.stdout
     bad = subprocess.run([str(script), "plan", "--model", "sdxl", "--data", str(tmp_path / "nope")],
                          capture_output=True, text=True, env=env, timeout=60)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "does not exist" in bad.stderr
+
+
+def test_memory_is_written_in_one_named_unit(kohya_dataset: DataFactory, capsys: pytest.CaptureFixture[str]) -> None:
+    import re
+
+    data = kohya_dataset(subsets=((10, "sks dog", 4),))
+    code, out, _ = run(capsys, "plan", "--model", "sdxl", "--data", str(data), "--method", "finetune", "--gpus", "1x8GB", "--set", "optimizer=adamw")
+    assert code == 0 and "GiB estimated peak of 8 GiB per GPU: DOES NOT FIT" in out
+    assert "does not fit in 8 GiB per GPU" in out
+    code, catalog, _ = run(capsys, "gpus", "--catalog")
+    assert code == 0 and "24 GiB" in catalog
+    for text in (out, catalog):
+        assert not re.search(r"\d GB\b", text), text

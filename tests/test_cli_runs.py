@@ -65,7 +65,7 @@ def test_a_run_from_train_to_stop(tmp_path: Path, tiny_models, kohya_dataset) ->
     wait_for(lambda: status(run.path).get("state") == "paused", 30, "the paused state")
     held = steps(run.path)[-1]
     saved = sdtui(["save", run.id, "--runs-dir", str(runs)], tmp_path)
-    assert saved.returncode == 0 and "save acknowledged" in saved.stdout
+    assert saved.returncode == 0 and "save acknowledged (a manual checkpoint: kept beyond keep_checkpoints" in saved.stdout
     time.sleep(2)
     assert steps(run.path)[-1] == held, "a paused run does not step"
     assert run.latest_checkpoint() is not None and run.latest_checkpoint().name == f"step-{held}"

@@ -210,3 +210,15 @@ def test_the_kohya_user_settings_take_set_overrides_and_prodigys_rate(tmp_path: 
         apply_overrides(config, ["lora_type=lycoris"])
     with pytest.raises(UserError, match=r"--set save_precision=fp8: save_precision must be one of fp16, bf16, fp32"):
         apply_overrides(config, ["save_precision=fp8"])
+
+
+def test_resolve_is_the_one_merge_and_names_a_bad_value() -> None:
+    from core.settings import resolve
+
+    merged = resolve("settings", {"batch_size": 2}, None, {"batch_size": "4", "gradient_checkpointing": "false"})
+    assert merged["batch_size"] == 4 and merged["gradient_checkpointing"] is False and merged["ti_num_vectors"] == 4
+    with pytest.raises(UserError, match=r"^settings\.batch_size = 0 is not allowed: batch_size must be at least 1$"):
+        resolve("settings", {"batch_size": 0})
+    with pytest.raises(UserError, match=r"^unknown setting schedule\.learning_rat; known: epochs"):
+        resolve("schedule", {"learning_rat": 1e-4})
+    assert resolve("subset", {"path": "/d/1_x"}) == {"path": "/d/1_x", "repeats": 1, "token": "", "is_reg": False}

@@ -11,6 +11,7 @@ import torch
 from core.dataset.buckets import assign_bucket, make_buckets
 from core.errors import UserError
 from core.plan.schedule import steps_per_epoch
+from core.settings import resolve
 from core.train.data import (
     BatchDataset,
     CacheNotValid,
@@ -82,13 +83,13 @@ def test_missing_subset_folder_is_a_user_error(tmp_path):
 
 def test_caption_shuffle_keep_tokens_and_dropout():
     caption = "sks dog, one, two, three, four, five"
-    settings = {"shuffle_caption": True, "keep_tokens": 2}
+    settings = resolve("settings", {"shuffle_caption": True, "keep_tokens": 2})
     outs = {process_caption(caption, settings, random.Random(s)) for s in range(20)}
     assert len(outs) > 1
     assert all(o.startswith("sks dog, one, ") for o in outs)
     assert all(sorted(o.split(", ")) == sorted(caption.split(", ")) for o in outs)
-    assert process_caption(caption, {}, random.Random(0)) == caption
-    dropped = [process_caption(caption, {"caption_dropout_rate": 0.5}, random.Random(s)) for s in range(200)]
+    assert process_caption(caption, resolve("settings"), random.Random(0)) == caption
+    dropped = [process_caption(caption, resolve("settings", {"caption_dropout_rate": 0.5}), random.Random(s)) for s in range(200)]
     assert 50 < dropped.count("") < 150
 
 

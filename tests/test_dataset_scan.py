@@ -155,7 +155,7 @@ def test_small_images_orphans_non_images_and_duplicates_are_reported(tmp_path: P
     (folder / "notes.md").write_text("hello")
     scan = scan_dataset(tmp_path / "data", resolution=512)
     assert find(scan, "will be upscaled", folder).severity == "warning"
-    assert "small.png, 100x80" in find(scan, "will be upscaled").message
+    assert "small.png, 100x80, 5.8×" in find(scan, "will be upscaled").message
     assert "1 image " in find(scan, "will be upscaled").message
     assert find(scan, "caption file without an image", folder / "orphan.txt").severity == "warning"
     assert find(scan, "not an image", folder / "notes.md").severity == "info"
@@ -327,3 +327,21 @@ def test_scan_config_takes_repeats_token_and_reg_from_the_run_config(kohya_datas
     scan = scan_config(config)
     assert [(s.repeats, s.is_reg) for s in scan.subsets] == [(25, False), (1, True)]
     assert scan.items_per_epoch == 75 and scan.reg_images == 2
+
+
+def test_sizes_are_real_images_and_only_the_much_upscaled_ones_are_named(tmp_path: Path) -> None:
+    folder = tmp_path / "data" / "10_tok"
+    write_image(folder / "wide.png", (1024, 300))
+    write_image(folder / "tall.png", (300, 1216))
+    write_image(folder / "tiny.png", (300, 300))
+    for n in range(11):
+        write_image(folder / f"near{n:02d}.png", (480, 480))
+    scan = scan_dataset(tmp_path / "data", resolution=512)
+    subset = scan.subsets[0]
+    # real images, not the largest width paired with the largest height (1024x1216 exists nowhere)
+    assert subset.min_size == (300, 300) and subset.max_size == (300, 1216)
+    warning = find(scan, "upscaled by more than 1.5×", folder)
+    assert warning.severity == "warning" and "1 image " in warning.message and "tiny.png, 300x300, 1.7×" in warning.message
+    assert "near" not in warning.message
+    slight = find(scan, "slightly smaller", folder)
+    assert slight.severity == "info" and slight.message.startswith("11 images")

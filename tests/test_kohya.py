@@ -27,7 +27,7 @@ def make_config(tmp_path: Path):
 
 def test_export_writes_sd_scripts_schema_and_prompt_lines(tmp_path: Path) -> None:
     written = export_kohya(make_config(tmp_path), tmp_path / "kohya")
-    assert [p.name for p in written] == ["dataset_config.toml", "sample_prompts.txt"]
+    assert [p.name for p in written] == ["dataset_config.toml", "sample_prompts.txt", "training_config.toml"]
     data = tomllib.loads(written[0].read_text())
     assert data["general"] == {"shuffle_caption": True, "keep_tokens": 1, "flip_aug": True, "random_crop": False,
                                "caption_dropout_rate": 0.0, "caption_tag_dropout_rate": 0.0, "caption_extension": ".txt"}
@@ -52,6 +52,22 @@ def test_export_writes_only_what_each_sd_scripts_script_accepts(tmp_path: Path) 
     # train_textual_inversion.py's ConfigSanitizer has no dropout schema: those keys would be "extra keys not allowed"
     assert "caption_dropout_rate" not in general and "caption_tag_dropout_rate" not in general
     assert general["caption_prefix"] == "ohwx" and "caption_suffix" not in general
+
+
+def test_export_carries_the_learning_rates_as_sd_scripts_names_them(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    config.set("settings.train_text_encoder", True)
+    config.set("schedule.text_encoder_lr", 1e-6)
+    written = export_kohya(config, tmp_path / "kohya")
+    args = tomllib.loads(written[2].read_text())["optimizer_arguments"]
+    # a new DreamBooth run of SD1 starts at 2e-6 (core/plan/learning_rates.py), not the LoRA 1e-4
+    assert args == {
+        "optimizer_type": "AdamW8bit", "learning_rate": 2e-6, "unet_lr": 2e-6, "text_encoder_lr": 1e-6,
+        "lr_scheduler": "constant", "lr_warmup_steps": 0, "max_grad_norm": 1.0,
+    }
+    config.set("schedule.text_encoder_lr", 0)
+    args = tomllib.loads(export_kohya(config, tmp_path / "kohya")[2].read_text())["optimizer_arguments"]
+    assert "text_encoder_lr" not in args  # sd-scripts then uses learning_rate, as run.toml's 0 means
 
 
 def test_export_then_import_gives_the_same_subsets_and_settings(tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ def test_cpu_run_passes_with_a_notice(tmp_path: Path, config_path: Path) -> None
 def test_full_disk_is_refused(tmp_path: Path, config_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda _path: usage(10**9, 10**9 - 1000, 1000))
-    with pytest.raises(UserError, match=r"has 0\.00 GB free but the run will write about .* lower schedule\.keep_checkpoints"):
+    with pytest.raises(UserError, match=r"has 0\.00 GiB free but the run will write about .* lower schedule\.keep_checkpoints"):
         pf.preflight(load_config(config_path), tmp_path / "runs", GpuSet([]))
 
 
@@ -81,7 +81,7 @@ def test_busy_gpu_is_a_warning_and_too_many_processes_an_error(tmp_path: Path, c
     gpus = parse_spec("2x80GB")
     busy = replace(gpus.gpus[0], processes=[GpuProcess(4242, "python", 30 * 1024**3)])
     result = pf.preflight(load_config(config_path), tmp_path / "runs", GpuSet([busy, gpus.gpus[1]]))
-    assert any("GPU 0 already has 30.0 GB in use by python (pid 4242)" in n for n in result.notices)
+    assert any("GPU 0 already has 30.0 GiB in use by python (pid 4242)" in n for n in result.notices)
     config = apply_overrides(load_config(config_path), ["distributed.num_processes=3"])
     with pytest.raises(UserError, match="num_processes is 3 but this machine has 2 GPU"):
         pf.preflight(config, tmp_path / "runs", gpus)

@@ -203,9 +203,9 @@ def test_a_broken_user_calibration_file_means_no_points(user_dirs: Path, content
 
 
 def raw_settings() -> dict[str, Any]:
-    from core.memory import resolve_settings
+    from core.settings import resolve
 
-    return resolve_settings(BASE)
+    return resolve("settings", BASE)
 
 
 def test_shipped_calibration_file_is_valid() -> None:
@@ -262,3 +262,34 @@ def test_activation_method_predicts_a_real_cpu_peak() -> None:
     working = count["recompute"] + 2 * count["largest"]
     predicted = max(count["saved"] + working, grads + working)
     assert 0.8 < predicted / real < 1.25
+
+
+def test_the_estimate_is_within_20_percent_of_every_published_measured_peak() -> None:
+    from bench.bench_published_peaks import DATA, compare
+
+    data = json.loads(DATA.read_text())
+    assert len(data["measured"]) >= 8
+    for source in data["sources"].values():
+        assert source["url"].startswith("https://") and source["what"]
+    rows = compare()
+    measured = [r for r in rows if r.kind == "measured"]
+    assert measured and all(r.ok for r in measured), [(r.id, round(r.ratio, 2)) for r in measured if not r.ok]
+    assert all(r.ok for r in rows if r.kind == "at most"), [(r.id, round(r.ratio, 2)) for r in rows if r.kind == "at most" and not r.ok]
+
+
+def test_checkpointing_off_moves_a_paired_dreambooth_estimate_as_the_published_peaks_do() -> None:
+    settings = {"mixed_precision": "fp16", "optimizer": "adamw8bit", "batch_size": 1, "resolution": 512, "cache_latents": True, "cache_text_encoder_outputs": True}
+    on = estimate("sd1", "dreambooth", {**settings, "gradient_checkpointing": True}, prior_preservation=True)
+    off = estimate("sd1", "dreambooth", {**settings, "gradient_checkpointing": False}, prior_preservation=True)
+    # published (bench/published_peaks.json): 9.92 → 11.17 GiB
+    assert 0.5 * GB < off.total_bytes - on.total_bytes < 1.5 * GB
+
+
+def test_trained_text_encoders_keep_less_with_checkpointing_as_the_trainer_checkpoints_them() -> None:
+    from core.memory.estimator import text_encoder_activations
+
+    full = text_encoder_activations("sdxl", ["text_encoder", "text_encoder_2"], half=True, checkpointing=False)
+    checkpointed = text_encoder_activations("sdxl", ["text_encoder", "text_encoder_2"], half=True, checkpointing=True)
+    assert full == 43088200 + 162936648  # activations.json: CLIP-L and bigG per caption
+    # each layer's input (12 + 32 layers of 77 tokens, fp32) and one layer being recomputed
+    assert checkpointed == (12 * 77 * 768 + 32 * 77 * 1280) * 4 + 43088200 // 12 + 162936648 // 32

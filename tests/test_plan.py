@@ -299,15 +299,15 @@ def test_plan_rejects_a_run_without_length(kohya_dataset) -> None:
 
 
 def test_suggestions_name_the_settings_that_would_fit() -> None:
-    from core.plan.picker import judge, resolve_settings, suggest_when_nothing_fits
+    from core.plan.picker import judge, suggest_when_nothing_fits
     from core.recipes import get_recipe, load_recipes
 
     gpus, recipe = parse_spec("1x8GB"), get_recipe("sd15-lora-8gb")
-    heavy = resolve_settings(recipe.settings, {"gradient_checkpointing": False, "batch_size": 8}, recipe.name)
+    heavy = recipe.resolved_settings({"gradient_checkpointing": False, "batch_size": 8})
     assert judge("sd1", "lora", heavy, gpus).fits is False
     tips = suggest_when_nothing_fits("sd1", "lora", gpus, load_recipes(), heavy)
     assert tips[0].startswith("enable the memory savers") and "--set gradient_checkpointing=true" in tips[0]
-    huge = resolve_settings(recipe.settings, {"gradient_checkpointing": False, "batch_size": 4, "resolution": 2048}, recipe.name)
+    huge = recipe.resolved_settings({"gradient_checkpointing": False, "batch_size": 4, "resolution": 2048})
     tip = suggest_when_nothing_fits("sd1", "lora", gpus, load_recipes(), huge)[0]
     lower = int(tip.split("--set resolution=")[1].split(")")[0])
     assert lower < 2048

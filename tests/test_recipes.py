@@ -133,3 +133,14 @@ def test_duplicate_names_are_an_error(tmp_path: Path) -> None:
 def test_missing_folder_says_how_to_fix(tmp_path: Path) -> None:
     with pytest.raises(RecipeError, match="SDTUI_RECIPES_DIR"):
         load_recipes(tmp_path / "absent")
+
+
+def test_a_recipe_may_set_its_learning_rates_and_nothing_else_of_the_schedule(tmp_path: Path) -> None:
+    write(tmp_path, "mine", GOOD + "\n[schedule]\nlearning_rate = 3e-4\nlr_warmup_steps = 50\n")
+    assert load_recipes(tmp_path)[0].schedule == {"learning_rate": 3e-4, "lr_warmup_steps": 50}
+    write(tmp_path, "mine", GOOD + "\n[schedule]\nepochs = 3\n")
+    with pytest.raises(RecipeError, match=r"mine\.toml: \[schedule\] may set only learning_rate, text_encoder_lr, lr_scheduler, lr_warmup_steps"):
+        load_recipes(tmp_path)
+    write(tmp_path, "mine", GOOD + "\n[schedule]\nlearning_rate = -1\n")
+    with pytest.raises(RecipeError, match=r"mine\.toml: schedule 'learning_rate' = -1 is invalid"):
+        load_recipes(tmp_path)

@@ -44,7 +44,7 @@ def test_pause_holds_the_steps_and_save_and_sample_work_while_paused(tmp_path, t
         request(run, "pause")
         wait_for(lambda: run.read_status().get("state") == "paused")
         paused_steps = len(metrics(run_dir, "step"))
-        time.sleep(1.2)
+        time.sleep(2.0)
         seen["held"] = len(metrics(run_dir, "step")) == paused_steps
         seen["paused_at"] = paused_steps
         save, sample = request(run, "save"), request(run, "sample")
@@ -64,7 +64,17 @@ def test_pause_holds_the_steps_and_save_and_sample_work_while_paused(tmp_path, t
     assert [m["step"] for m in metrics(run_dir, "sample")] == [paused_at]
     messages = [m["message"] for m in metrics(run_dir, "event")]
     assert f"paused at step {paused_at}" in messages and f"resumed at step {paused_at}" in messages
-    assert [m["step"] for m in metrics(run_dir, "step")] == [1, 2, 3, 4]
+    steps = metrics(run_dir, "step")
+    assert [m["step"] for m in steps] == [1, 2, 3, 4]
+    # the step after the resume is timed from the resume: the pause, save and sample are not in it (nor in the ETA)
+    if paused_at < 4:
+        assert steps[paused_at]["step_time_s"] < 1.5
+    # the save asked for while paused is a manual checkpoint, kept out of the rotation, and says so
+    manual = [m for m in metrics(run_dir, "checkpoint") if m["step"] == paused_at]
+    assert manual and manual[0]["manual"] is True
+    assert any("kept beyond keep_checkpoints" in m for m in messages)
+    # one epoch numbering: status.json says the epoch of the newest step, as the step lines do
+    assert status(run_dir)["epoch"] == steps[-1]["epoch"] == 2
 
 
 def test_sigterm_stops_with_a_checkpoint(tmp_path, tiny_models, kohya_dataset):

@@ -261,3 +261,27 @@ def test_caches_that_would_freeze_augmentations_are_skipped_with_a_warning(setup
     assert "pixel_values" in batch and "prompt_embeds" not in batch
     warnings = " ".join(m["message"] for m in metrics(trainer.run.path, "event") if m["level"] == "warning")
     assert "flip_aug" in warnings and "shuffled captions" in warnings
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_text_encoder_lr_is_the_text_encoders_own_rate(setup_run, fused):
+    trainer = setup_run(
+        {"train_text_encoder": True, "fused_backward_pass": fused},
+        schedule={"learning_rate": 1e-3, "text_encoder_lr": 2e-4, "lr_scheduler": "constant", "lr_warmup_steps": 0},
+    )
+    rates = {id(p): group["lr"] for group in trainer.optimizer.param_groups for p in group["params"]}
+    trained = trainer.method.named_trainable()
+    assert {rates[id(p)] for n, p in trained.items() if n.startswith("unet.")} == {1e-3}
+    assert {rates[id(p)] for n, p in trained.items() if n.startswith("text_encoder.")} == {2e-4}
+    # The step really moves the text encoder's LoRA by its own rate: AdamW's first step changes
+    # each weight by about lr, so the largest change tells the two rates apart.
+    before = _snapshot(trainer)
+    one_step(trainer)
+    moved = {n: float((p.detach() - before[n]).abs().max()) for n, p in trained.items()}
+    assert max(v for n, v in moved.items() if n.startswith("text_encoder.")) == pytest.approx(2e-4, rel=0.2)
+    assert max(v for n, v in moved.items() if n.startswith("unet.")) == pytest.approx(1e-3, rel=0.2)
+
+
+def test_a_zero_text_encoder_lr_means_the_learning_rate(setup_run):
+    trainer = setup_run({"train_text_encoder": True}, schedule={"learning_rate": 5e-4, "text_encoder_lr": 0.0, "lr_scheduler": "constant"})
+    assert [group["initial_lr"] for group in trainer.optimizer.param_groups] == [5e-4, 5e-4]

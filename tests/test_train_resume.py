@@ -74,6 +74,20 @@ def test_checkpoints_are_complete_and_only_the_newest_are_kept(tmp_path, tiny_mo
     assert loaded.state["step"] == 5 and loaded.tensors and {"optimizer", "lr_scheduler", "rng"} <= set(loaded.objects)
 
 
+def test_a_manual_save_is_never_rotated_away(tmp_path):
+    import torch
+
+    tensors = {"w": torch.zeros(2)}
+    checkpoint.save(tmp_path, 1, tensors, {}, {}, keep=2, manual=True)
+    for step in (2, 3, 4):
+        checkpoint.save(tmp_path, step, tensors, {}, {}, keep=2)
+    assert [p.name for p in checkpoint.checkpoints(tmp_path)] == ["step-1", "step-3", "step-4"]
+    assert checkpoint.is_manual(tmp_path / "step-1") and not checkpoint.is_manual(tmp_path / "step-4")
+    # a periodic save at the same step as a manual one keeps it manual
+    checkpoint.save(tmp_path, 1, tensors, {}, {}, keep=2)
+    assert checkpoint.is_manual(tmp_path / "step-1")
+
+
 def test_a_half_written_checkpoint_is_ignored(tmp_path):
     (tmp_path / "step-3").mkdir()
     (tmp_path / ".tmp-step-9").mkdir()

@@ -6,6 +6,8 @@ import json
 import time
 from pathlib import Path
 
+import pytest
+
 from core.atomic import read_json
 from core.runs import RunDir
 from tests.tui_fixtures import T0, make_run, make_runs, sync, until
@@ -43,8 +45,14 @@ async def test_finished_run_shows_progress_loss_and_samples(tmp_path: Path) -> N
         await pilot.press("t")
         assert "step 120 · prompt 1/2 · 3/3" in _text(app, "#sample-caption")
         assert "a red circle" in _text(app, "#sample-caption")
-        assert "rank 0 memory: 0.9 GB now, peak 1.2 GB" in _text(app, "#resources")
+        assert "rank 0 now 0.9, peak 1.2 GiB" in _text(app, "#resources")
         assert not screen.query_one("#error").display
+        # the same raw figure home and `sdtui runs` show, labelled, beside the smoothed one
+        from core.units import number
+
+        raw = RunDir(runs / "shapes-lora-20251009-090000").last_step_record()["loss"]
+        numbers = _text(app, "#numbers")
+        assert f"loss raw {number(raw)}\n" in numbers and f"smoothed {number(screen.view.loss)} (10 steps)" in numbers
 
 
 @sync
@@ -119,3 +127,26 @@ def test_log_lines_keep_the_last_state_of_a_progress_bar() -> None:
     from tui.screens.dashboard import terminal_lines
 
     assert terminal_lines(["Loading: 0%\rLoading: 60%\rLoading: 100%", "done\r"]) == ["Loading: 100%", "done"]
+
+
+def test_the_eta_holds_while_paused_and_restarts_its_rate_after_a_resume(tmp_path: Path) -> None:
+    from core.monitor import MetricsTail
+    from tui.run_view import RunView
+
+    path = tmp_path / "metrics.jsonl"
+    tail, view = MetricsTail(path), RunView()
+
+    def write(*records: dict) -> None:
+        with path.open("a") as handle:
+            handle.writelines(json.dumps(r) + "\n" for r in records)
+        view.update(tail)
+
+    write(*({"type": "step", "step": n, "loss": 0.5, "step_time_s": 1.0} for n in range(1, 11)))
+    assert view.eta_s(110) == pytest.approx(100.0)
+    assert view.eta_s(110, "paused") is None
+    # the rate window restarts at the resume (the trainer times the next step from the resume)
+    write({"type": "event", "level": "info", "message": "paused at step 10"}, {"type": "event", "level": "info", "message": "resumed at step 10"})
+    write({"type": "step", "step": 11, "loss": 0.5, "step_time_s": 2.0})
+    assert view.eta_s(111) == pytest.approx(200.0)  # the window restarted at the resume: 100 steps × 2.0 s
+    write({"type": "step", "step": 12, "loss": 0.5, "step_time_s": 2.0})
+    assert view.eta_s(112) == pytest.approx(200.0)

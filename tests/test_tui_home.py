@@ -45,7 +45,7 @@ async def test_home_shows_simulated_gpus(tmp_path: Path) -> None:
         await until(pilot, lambda: "RTX" in str(app.screen.query_one("#gpus").render()))
         await until(pilot, lambda: "No runs in" in str(app.screen.query_one("#runs-empty").render()))
         text = str(app.screen.query_one("#gpus").render())
-        assert text.count("RTX 4090") == 2 and "24.0 GB" in text and "bf16" in text
+        assert text.count("RTX 4090") == 2 and "24.0 GiB" in text and "bf16" in text
         assert "No runs in" in str(app.screen.query_one("#runs-empty").render())
 
 

@@ -5,14 +5,9 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-GB = 1024**3
+from core.units import GIB, gib, number
 
-
-def gb(num_bytes: float | None) -> str:
-    """``12.3 GB`` (``?`` when unknown)."""
-    if num_bytes is None:
-        return "?"
-    return f"{num_bytes / GB:.1f} GB"
+__all__ = ["GIB", "bar", "display_path", "duration", "gib", "number"]
 
 
 def duration(seconds: float | None) -> str:
@@ -37,17 +32,6 @@ def bar(fraction: float, width: int) -> str:
     full, part = divmod(eighths, 8)
     partial = " ▏▎▍▌▋▊▉"[part] if part and full < width else ""
     return ("█" * full + partial).ljust(width, "·")
-
-
-def number(value: float | None, digits: int = 4) -> str:
-    """A compact number: ``0.1234``, ``1.2e-04``; ``–`` when unknown."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
-    if value == 0:
-        return "0"
-    if abs(value) < 10 ** -(digits - 1) or abs(value) >= 10**6:
-        return f"{value:.1e}"
-    return f"{value:.{digits}g}"
 
 
 def display_path(path: str | Path) -> str:

@@ -36,6 +36,8 @@ class RunView:
         self.newest_sample: Sample | None = None
         self.step_time_s: float | None = None
         self._samples_seen = 0
+        self._last_event: dict[str, Any] | None = None
+        self._last_fed: dict[str, Any] | None = None
 
     def update(self, tail: Any) -> bool:
         """Read what is new from a MetricsTail; True when anything changed."""
@@ -52,12 +54,26 @@ class RunView:
             return False
         self.smoothed = moving_average(np.frombuffer(self.series.loss, dtype=np.float64))
         self._take_samples()
+        if self._resumed():
+            self.step_time_s = None  # the rate window starts again from the first step after a pause
         last = self.series.last_step or {}
-        step_time = last.get("step_time_s")
+        fed, self._last_fed = self._last_fed, last
+        step_time = last.get("step_time_s") if last is not fed else None
         if isinstance(step_time, (int, float)) and step_time > 0:
             previous = self.step_time_s
             self.step_time_s = step_time if previous is None else 0.7 * previous + 0.3 * step_time
         return True
+
+    def _resumed(self) -> bool:
+        """Whether an event line since the last update says the run resumed from a pause."""
+        events = self.series.events
+        new: list[dict[str, Any]] = []
+        for event in reversed(events):
+            if event is self._last_event:
+                break
+            new.append(event)
+        self._last_event = events[-1] if events else None
+        return any(str(e.get("message", "")).startswith("resumed at step") for e in new)
 
     def _take_samples(self) -> None:
         for record in self.series.samples[self._samples_seen :]:
@@ -78,12 +94,24 @@ class RunView:
 
     @property
     def loss(self) -> float | None:
-        """The newest smoothed loss."""
+        """The newest smoothed loss (the mean of the last :attr:`window` steps)."""
         return float(self.smoothed[-1]) if len(self.smoothed) and math.isfinite(self.smoothed[-1]) else None
 
-    def eta_s(self, total_steps: int | None) -> float | None:
-        """Seconds left at the recent step time (None until there is one)."""
-        if not total_steps or self.step_time_s is None:
+    @property
+    def raw_loss(self) -> float | None:
+        """The newest step's own loss: what home, ``sdtui runs`` and ``sdtui status`` show."""
+        value = self.last("loss")
+        return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+    @property
+    def window(self) -> int:
+        """Steps the smoothed loss averages over now."""
+        return smoothing_window(len(self.series.loss))
+
+    def eta_s(self, total_steps: int | None, state: str = "running") -> float | None:
+        """Seconds left at the recent step time (None until there is one, and while paused:
+        paused time is not training time)."""
+        if not total_steps or self.step_time_s is None or state == "paused":
             return None
         return max(0, total_steps - self.step) * self.step_time_s
 
@@ -97,7 +125,7 @@ def moving_average(values: np.ndarray) -> np.ndarray:
     n = len(values)
     if n == 0:
         return np.zeros(0)
-    window = min(n, max(MIN_WINDOW, int(n * WINDOW_SHARE)))
+    window = smoothing_window(n)
     finite = np.isfinite(values)
     sums = np.concatenate(([0.0], np.cumsum(np.where(finite, values, 0.0))))
     counts = np.concatenate(([0], np.cumsum(finite)))
@@ -106,6 +134,11 @@ def moving_average(values: np.ndarray) -> np.ndarray:
     count = counts[end] - counts[start]
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(count > 0, (sums[end] - sums[start]) / np.maximum(count, 1), np.nan)
+
+
+def smoothing_window(n: int) -> int:
+    """The moving average's window over a series of ``n`` steps: 2 % of it, at least 10 steps."""
+    return min(n, max(MIN_WINDOW, int(n * WINDOW_SHARE)))
 
 
 def rank_memory(mem: Any) -> dict[int, tuple[int, int]]:

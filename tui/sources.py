@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tui.format import GB
+from tui.format import GIB
 
 
 
@@ -118,8 +118,8 @@ class RunsWatcher:
 
 
 def vram_text(row: GpuRow) -> str:
-    """``3.2/24.0 GB`` or ``24.0 GB`` when the use is unknown."""
-    total = row.total_bytes / GB
+    """``3.2/24.0 GiB`` or ``24.0 GiB`` when the use is unknown."""
+    total = row.total_bytes / GIB
     if row.used_bytes is None:
-        return f"{total:.1f} GB"
-    return f"{row.used_bytes / GB:.1f}/{total:.1f} GB"
+        return f"{total:.1f} GiB"
+    return f"{row.used_bytes / GIB:.1f}/{total:.1f} GiB"

@@ -53,6 +53,9 @@ class WizardState:
     recipe: str = ""
     settings: dict[str, Any] = field(default_factory=lambda: defaults("settings"))
     schedule: dict[str, Any] = field(default_factory=lambda: defaults("schedule"))
+    schedule_edited: set[str] = field(default_factory=set)
+    recipe_schedule: dict[str, Any] = field(default_factory=dict)
+    schedule_implied: dict[str, Any] = field(default_factory=lambda: defaults("schedule"))
     prompts: list[str] = field(default_factory=list)
     sampler: str = SCHEMA["samples"]["sampler"].default
     logging: dict[str, Any] = field(default_factory=lambda: defaults("logging"))
@@ -143,13 +146,33 @@ class WizardState:
         from core.plan.picker import rank_recipes
         from core.recipes import load_recipes
 
-        return rank_recipes(self.family or "sd1", self.method, self.gpus, load_recipes())
+        return rank_recipes(self.family or "sd1", self.method, self.gpus, load_recipes(), shape=self.shape())
+
+    def shape(self) -> Any:
+        """The run's shape for the fit (prior preservation with the class folder's images), as the plan has it."""
+        from core.plan.picker import run_shape
+
+        return run_shape(self.method, self.scan.reg_images if self.scan is not None else 0, {"num_processes": max(1, self.gpus.count)})
 
     def choose_recipe(self, fit: Any) -> None:
         """Start the settings from a recipe (the user's edits are replaced)."""
         self.recipe = fit.name
         self.settings = dict(fit.settings)
+        self.recipe_schedule = dict(getattr(fit.recipe, "schedule", {}) or {})
         self.keep_settings = False
+        self.sync_schedule()
+
+    def sync_schedule(self) -> None:
+        """The learning rate, text-encoder rate, scheduler and warm-up still at their last default
+        follow the method, family, optimizer and recipe (core/plan/learning_rates.py)."""
+        from core.plan.learning_rates import schedule_defaults
+
+        implied = schedule_defaults(self.family or "sd1", self.method, str(self.settings["optimizer"])) | self.recipe_schedule
+        for key, value in implied.items():
+            # a value the user typed, or one set from a loaded config, is not a default: it stays
+            if key not in self.schedule_edited and self.schedule.get(key) == self.schedule_implied.get(key):
+                self.schedule[key] = value
+                self.schedule_implied[key] = value
 
     def set_setting(self, key: str, value: Any) -> None:
         """Change one [settings] value (UserError naming the setting and the rule)."""
@@ -167,7 +190,7 @@ class WizardState:
         """The current settings judged on the smallest GPU (RecipeFit: estimate, fits, speed)."""
         from core.plan.picker import judge
 
-        return judge(self.family or "sd1", self.method, self.settings, self.gpus)
+        return judge(self.family or "sd1", self.method, self.settings, self.gpus, shape=self.shape())
 
     def check_recipe(self) -> None:
         for key, value in self.settings.items():
@@ -179,18 +202,21 @@ class WizardState:
 
             need = fit.estimate.total_bytes / 1024**3
             have = self.gpus.smallest.vram_total_bytes / 1024**3
-            tips = suggest_when_nothing_fits(self.family or "sd1", self.method, self.gpus, [], self.settings)
+            tips = suggest_when_nothing_fits(self.family or "sd1", self.method, self.gpus, [], self.settings, self.shape())
             tip = tips[0] if tips else "pick a recipe higher in the list"
-            raise UserError(f"these settings need about {need:.1f} GB but the GPU has {have:.1f} GB (with 10% headroom); {tip}")
+            raise UserError(f"these settings need about {need:.1f} GiB but the GPU has {have:.1f} GiB (with 10% headroom); {tip}")
 
     # ---- step 5: schedule
     def set_schedule(self, key: str, value: Any) -> None:
         """Change one [schedule] value (UserError naming it and the rule)."""
         setting = SCHEMA["schedule"][key]
         try:
-            self.schedule[key] = setting.check(value)
+            checked = setting.check(value)
         except ValueError as exc:
             raise UserError(f"schedule {key}: {exc}; {setting.help}") from None
+        if checked != self.schedule.get(key):
+            self.schedule_edited.add(key)
+        self.schedule[key] = checked
 
     def set_price(self, text: str) -> None:
         """Price per GPU-hour for the cost column (empty: none)."""
@@ -285,6 +311,7 @@ class WizardState:
 
         scan = self.dataset_scan
         subsets = scan.subset_configs() if scan is not None else []
+        self.sync_schedule()
         return new_config(
             name=self.name.strip() or "run",
             model_path=self._path_text(self.model) if not self.planning_only else "",

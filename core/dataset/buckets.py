@@ -108,9 +108,9 @@ def crop_box(width: int, height: int, bucket: Bucket, left_frac: float = 0.5, to
 
 def buckets_for(settings: Mapping[str, Any]) -> list[Bucket]:
     """The buckets a run's settings ask for (missing keys take their defaults)."""
-    from core.settings import SETTINGS
+    from core.settings import resolve
 
-    values = {k: SETTINGS[k].default for k in ("resolution", *BUCKET_KEYS)} | dict(settings)
+    values = resolve("settings", settings)
     return make_buckets(
         int(values["resolution"]), int(values["min_bucket_reso"]), int(values["max_bucket_reso"]),
         int(values["bucket_reso_steps"]), bool(values["enable_bucket"]),

@@ -24,13 +24,17 @@ from typing import Any
 
 from core import userdirs
 from core.atomic import read_json, write_atomic
-from core.dataset.buckets import BUCKET_KEYS, Bucket, assign_bucket, bucket_counts, make_buckets
+from core.dataset.buckets import BUCKET_KEYS, Bucket, assign_bucket, bucket_counts, buckets_for
 from core.dataset.images import FORMAT_NAMES, IMAGE_EXTENSIONS, ImageHeader, read_header
 from core.dataset.problems import Problem, sort_problems
 from core.errors import UserError
-from core.settings import SETTINGS
+from core.settings import resolve
 
 REPEAT_PREFIX = re.compile(r"^(\d+)_(.*)$")
+#: Images scaled up by more than this to fill their bucket are named in a warning (blurry in training).
+UPSCALE_NAMED = 1.5
+#: At most this many such images are named (then a count).
+UPSCALE_LISTED = 5
 _CACHE_VERSION = 2
 _ENDS = 8192
 
@@ -235,13 +239,7 @@ def scan_config(config: Any) -> DatasetScan:
             problem = next((p for p in scan.problems if p.severity == "error"), None)
             why = f"{problem.message}; {problem.fix}" if problem else "add png, jpg, webp or bmp images"
             raise UserError(f"the dataset folder {folder} has no usable image ({why})")
-        scans.append(replace(scan, subsets=[
-            replace(
-                subset, repeats=int(entry.get("repeats", subset.repeats)),
-                is_reg=bool(entry.get("is_reg", subset.is_reg)), token=str(entry.get("token") or subset.token),
-            )
-            for subset in scan.subsets
-        ]))
+        scans.append(overlay_subsets(scan, [entry]))
     if not scans:
         raise UserError("the run config has no [[dataset.subsets]]; add the dataset's subset folders")
     root = os.path.commonpath([str(Path(str(s["path"])).expanduser().resolve()) for s in config.subsets])
@@ -250,6 +248,29 @@ def scan_config(config: Any) -> DatasetScan:
         subsets=[s for scan in scans for s in scan.subsets],
         problems=[p for scan in scans for p in scan.problems],
     )
+
+
+def overlay_subsets(scan: DatasetScan, entries: Sequence[Mapping[str, Any]]) -> DatasetScan:
+    """The scan restricted to run.toml's ``[[dataset.subsets]]``: each scanned subset in (or at)
+    an entry's folder takes that entry's repeats, token (when it has one) and is_reg.
+
+    The one place run.toml's subset values are laid over a scan (planner, scan_config, trainer);
+    an entry whose folder holds no scanned subset is a UserError.
+    """
+    chosen: list[Subset] = []
+    for entry in entries:
+        values = resolve("subset", entry)
+        folder = Path(values["path"]).expanduser().resolve()
+        inside = [s for s in scan.subsets if Path(s.path).resolve() == folder or Path(s.path).resolve().is_relative_to(folder)]
+        if not inside:
+            raise UserError(
+                f"the run config's subset {folder} is not in the scanned dataset {scan.root}; fix [[dataset.subsets]] path or scan the right folder"
+            )
+        chosen += [
+            replace(s, repeats=int(values["repeats"]), is_reg=bool(values["is_reg"]), token=str(values["token"] or s.token))
+            for s in inside
+        ]
+    return replace(scan, subsets=chosen)
 
 
 def _existing_folder(path: str | os.PathLike[str], what: str) -> Path:
@@ -274,13 +295,8 @@ def _caption_extensions(extensions: Sequence[str]) -> tuple[str, ...]:
 
 
 def _make_buckets(resolution: int, settings: Mapping[str, Any] | None) -> list[Bucket]:
-    values = {k: SETTINGS[k].default for k in BUCKET_KEYS} | dict(settings or {})
-    try:
-        res = SETTINGS["resolution"].check(resolution)
-        checked = {k: SETTINGS[k].check(values[k]) for k in BUCKET_KEYS}
-    except ValueError as exc:
-        raise UserError(f"bad bucket setting: {exc}") from None
-    return make_buckets(res, checked["min_bucket_reso"], checked["max_bucket_reso"], checked["bucket_reso_steps"], checked["enable_bucket"])
+    bucket_settings = {k: v for k, v in (settings or {}).items() if k in BUCKET_KEYS}
+    return buckets_for(resolve("settings", bucket_settings, {"resolution": resolution}))
 
 
 def _bucket_json(counts: Mapping[Bucket, int]) -> dict[str, int]:
@@ -382,11 +398,11 @@ class _Walker:
                     self.problem("warning", entry.path, "caption file without an image beside it",
                                  f"remove it, or add the image {stem}.png next to it")
         self.report_subset(folder, token, images, missing, small)
-        widths = [i.width for i in images]
-        heights = [i.height for i in images]
+        smallest = min(images, key=lambda i: (i.width * i.height, i.width), default=None)
+        largest = max(images, key=lambda i: (i.width * i.height, i.width), default=None)
         return Subset(
             str(folder), folder.name, repeats, token, is_reg, images, len(images) - missing, missing,
-            (min(widths), min(heights)) if images else None, (max(widths), max(heights)) if images else None, counts,
+            (smallest.width, smallest.height) if smallest else None, (largest.width, largest.height) if largest else None, counts,
         )
 
     def header(self, entry: os.DirEntry[str]) -> ImageHeader:
@@ -441,11 +457,26 @@ class _Walker:
                 self.problem("warning", folder, f"{_plural(missing, 'image')} without a caption file will train with an empty caption",
                              f"add {self.extensions[0]} captions or name the folder '<repeats>_<token>' to give them a token")
         if small:
-            worst = min(small, key=lambda i: i.width * i.height)
-            self.problem("warning", folder,
-                         f"{_plural(len(small), 'image')} smaller than {'its' if len(small) == 1 else 'their'} bucket at resolution {self.resolution} will be upscaled "
-                         f"(smallest: {os.path.basename(worst.path)}, {worst.width}x{worst.height})",
-                         "use larger originals or a lower resolution")
+            factors = sorted(((upscale_factor(i, self.bucket_of[i.width, i.height]), i) for i in small), key=lambda f: -f[0])
+            much = [(f, i) for f, i in factors if f > UPSCALE_NAMED]
+            slight = len(factors) - len(much)
+            if much:
+                names = ", ".join(f"{os.path.basename(i.path)}, {i.width}x{i.height}, {f:.1f}×" for f, i in much[:UPSCALE_LISTED])
+                more = f" and {len(much) - UPSCALE_LISTED} more" if len(much) > UPSCALE_LISTED else ""
+                self.problem("warning", folder,
+                             f"{_plural(len(much), 'image')} will be upscaled by more than {UPSCALE_NAMED:g}× to fill {'its' if len(much) == 1 else 'their'} bucket "
+                             f"at resolution {self.resolution}, which blurs {'it' if len(much) == 1 else 'them'}: {names}{more}",
+                             "use larger originals of these, leave them out, or train at a lower resolution")
+            if slight:
+                self.problem("info", folder,
+                             f"{_plural(slight, 'image')} slightly smaller than {'its' if slight == 1 else 'their'} bucket at resolution {self.resolution} "
+                             f"will be upscaled by at most {UPSCALE_NAMED:g}×",
+                             "nothing to do; larger originals would be a little sharper")
+
+
+def upscale_factor(image: ImageEntry, bucket: Bucket) -> float:
+    """How much an image is scaled up to cover its bucket (1.0: not at all)."""
+    return max(1.0, bucket[0] / image.width, bucket[1] / image.height)
 
 
 def _listing(folder: Path) -> list[os.DirEntry[str]]:

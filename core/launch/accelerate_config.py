@@ -11,7 +11,7 @@ import importlib.util
 from typing import Any
 
 from core.errors import UserError
-from core.settings import defaults
+from core.settings import resolve
 
 
 def world_size(distributed: dict[str, Any]) -> int:
@@ -35,7 +35,7 @@ def parse_gpu_ids(value: str) -> list[int] | None:
 
 def accelerate_config(distributed: dict[str, Any], mixed_precision: str, use_cpu: bool) -> dict[str, Any]:
     """The accelerate config as a dict (``to_yaml`` writes it)."""
-    dist = {**defaults("distributed"), **distributed}
+    dist = resolve("distributed", distributed)
     backend = dist["backend"]
     machines = int(dist["num_machines"])
     rank = int(dist["machine_rank"])
@@ -119,7 +119,7 @@ def to_yaml(config: dict[str, Any]) -> str:
 
 def other_node_commands(run_toml: str, distributed: dict[str, Any]) -> list[str]:
     """The command to run on every other machine of a multi-machine run (empty for one machine)."""
-    dist = {**defaults("distributed"), **distributed}
+    dist = resolve("distributed", distributed)
     machines = int(dist["num_machines"])
     this = int(dist["machine_rank"])
     return [

@@ -19,7 +19,6 @@ from typing import Any
 from core.errors import UserError
 from core.launch.accelerate_config import parse_gpu_ids
 from core.memory.data import params
-from core.model_configs import adapter_parameters
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 #: Optimizer state bytes per trained fp32 parameter byte (AdamW: two fp32 moments …).
@@ -107,8 +106,8 @@ def busy_gpu_notices(gpus: Any, needed_bytes: int) -> list[str]:
         names = ", ".join(f"{p.name or '?'} (pid {p.pid})" for p in others[:3])
         short = gpu.vram_free_bytes < needed_bytes
         notices.append(
-            f"warning: GPU {gpu.index} already has {used / GB:.1f} GB in use by {names}"
-            + (f"; only {gpu.vram_free_bytes / GB:.1f} GB are free of the {needed_bytes / GB:.1f} GB the run needs, so it may run out of memory" if short else "")
+            f"warning: GPU {gpu.index} already has {used / GB:.1f} GiB in use by {names}"
+            + (f"; only {gpu.vram_free_bytes / GB:.1f} GiB are free of the {needed_bytes / GB:.1f} GiB the run needs, so it may run out of memory" if short else "")
         )
     return notices
 
@@ -116,34 +115,24 @@ def busy_gpu_notices(gpus: Any, needed_bytes: int) -> list[str]:
 def disk_needed(config: Any, plan: Any) -> int:
     """Bytes the run will write: checkpoints (keep + the one being written) and the outputs.
 
-    Trained parameters come from core/memory/params.json, scaled to the size of a local model's
-    UNet; a checkpoint holds them in fp32 with the optimizer state, the outputs twice (two formats).
+    Trained parameters come from core/memory (``trainable``), scaled to the size of a local
+    model's UNet; a checkpoint holds them in fp32 with the optimizer state, the outputs twice
+    (two formats).
     """
+    from core.memory.trainable import trainable
+
     family, method = config.family, config.method
     settings = plan.settings
-    families = params()
-    parts = families.get(family, families["sd1"])
+    parts = params()[family]
     scale = _model_scale(config.model_path, parts["unet"]["params"])
-    encoders = [v for k, v in parts.items() if k.startswith("text_encoder")]
-    train_te = bool(settings.get("train_text_encoder"))
-    if method == "lora":
-        targets = str(settings.get("lora_targets", "attn"))
-        adapted = [parts["unet"], *(encoders if train_te else [])]
-        lora_type, rank = str(settings.get("lora_type", "lora")), int(settings.get("lora_rank", 16))
-        trained = sum(adapter_parameters(lora_type, rank, p["lora_width"][targets]) for p in adapted)
-    elif method == "textual_inversion":
-        trained = int(settings.get("ti_num_vectors", 4)) * 2048
-    else:
-        trained = parts["unet"]["params"] + (sum(e["params"] for e in encoders) if train_te else 0)
-    trained_bytes = trained * 4 * scale
-    state = _OPTIMIZER_STATE.get(str(settings.get("optimizer")), 2.0)
-    checkpoint = trained_bytes * (1 + state)
-    keep = int(plan.schedule.get("keep_checkpoints", 2))
+    counted = trainable(family, method, settings)
+    state = _OPTIMIZER_STATE.get(str(settings["optimizer"]), 2.0)
+    checkpoint = counted.params * 4 * scale * (1 + state)
+    keep = int(plan.schedule["keep_checkpoints"])
     if method in ("lora", "textual_inversion"):
-        outputs = 2 * trained_bytes
+        outputs = 2 * counted.saved * 4 * scale
     else:
-        whole = sum(p["params"] for p in parts.values()) * 2 * scale
-        outputs = 2 * whole
+        outputs = 2 * sum(p["params"] for p in parts.values()) * 2 * scale
     return int(checkpoint * (keep + 1) + outputs)
 
 
@@ -159,12 +148,29 @@ def _model_scale(model_path: str, unet_params: int) -> float:
     return min(1.0, size / bytes_per_param / unet_params)
 
 
+def check_fit(plan: Any, force: bool) -> list[str]:
+    """UserError when the plan does not fit the chosen GPUs (a warning with ``force``).
+
+    The verdict is the plan's own (``make_plan`` judges as the picker does), so preflight never
+    refuses what the wizard or ``sdtui plan`` called fitting.
+    """
+    if plan.fits is not False:
+        return []
+    message = (
+        f"the estimated peak of {plan.vram_estimate_bytes / GB:.1f} GiB does not fit the smallest chosen GPU "
+        f"({plan.gpu['name']}, {plan.gpu['vram_gb']} GiB) with headroom"
+    )
+    if not force:
+        raise UserError(f"{message}; pick a recipe that fits (sdtui plan lists them) or pass --yes to launch anyway")
+    return [f"warning: {message}; launching anyway (--yes)"]
+
+
 def check_disk(folder: Path, needed: int) -> None:
     """UserError when the runs folder's disk has less free space than the run will write."""
     free = shutil.disk_usage(folder).free
     if free < needed:
         raise UserError(
-            f"the disk of {folder} has {free / GB:.2f} GB free but the run will write about {needed / GB:.2f} GB of checkpoints and outputs; "
+            f"the disk of {folder} has {free / GB:.2f} GiB free but the run will write about {needed / GB:.2f} GiB of checkpoints and outputs; "
             "free some space, lower schedule.keep_checkpoints or pass another --runs-dir"
         )
 
@@ -200,14 +206,7 @@ def preflight(config: Any, runs_dir: Path, found_gpus: Any, force: bool = False)
     if cpu_notice:
         notices.append(cpu_notice)
     plan = make_plan(config, scan, gpus)
-    if plan.fits is False:
-        message = (
-            f"the estimated peak of {plan.vram_estimate_bytes / GB:.1f} GB does not fit the smallest chosen GPU "
-            f"({plan.gpu['name']}, {plan.gpu['vram_gb']} GB) with headroom"
-        )
-        if not force:
-            raise UserError(f"{message}; pick a recipe that fits (sdtui plan lists them) or pass --yes to launch anyway")
-        notices.append(f"warning: {message}; launching anyway (--yes)")
+    notices += check_fit(plan, force)
     if not use_cpu:
         notices += busy_gpu_notices(gpus, plan.vram_estimate_bytes)
     needed = disk_needed(config, plan)

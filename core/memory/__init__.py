@@ -6,6 +6,7 @@ Imports without torch (the TUI uses it). See docs/memory.md for the formula and 
 from __future__ import annotations
 
 from .calibration import CALIBRATION_KEYS, record_calibration
-from .estimator import BREAKDOWN_KEYS, Estimate, estimate, resolve_settings
+from .estimator import BREAKDOWN_KEYS, Estimate, estimate
+from .trainable import Trainable, trainable
 
-__all__ = ["BREAKDOWN_KEYS", "CALIBRATION_KEYS", "Estimate", "estimate", "record_calibration", "resolve_settings"]
+__all__ = ["BREAKDOWN_KEYS", "CALIBRATION_KEYS", "Estimate", "Trainable", "estimate", "record_calibration", "trainable"]

@@ -12,7 +12,7 @@ from typing import Any
 
 from core import userdirs
 from core.atomic import write_json_atomic
-from core.settings import SETTINGS
+from core.settings import SETTINGS, resolve
 
 from . import data
 
@@ -64,10 +64,8 @@ def record_calibration(
     ``measured_peak_bytes`` is what the GPU really held at the peak (torch.cuda.max_memory_reserved
     plus the CUDA context, or nvidia-smi's figure), ``source`` says which GPU and how.
     """
-    from .estimator import resolve_settings
-
     target = path or user_calibration_path()
-    resolved = resolve_settings(settings)
+    resolved = resolve("settings", settings)
     point = {
         "family": family,
         "method": method,

@@ -15,14 +15,16 @@ No torch import: the TUI calls this on every keystroke of a settings override.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from core.errors import UserError
-from core.model_configs import adapter_parameters
-from core.settings import BACKENDS, FAMILIES, METHODS, SETTINGS
+from core.model_configs import TEXT_TOKENS, family_config
+from core.settings import BACKENDS, FAMILIES, METHODS, resolve
 
 from . import data
 from .calibration import match_point
+from .trainable import trainable
 
 GIB = 2**30
 #: CUDA context plus cuBLAS/cuDNN workspaces of one process.
@@ -40,9 +42,6 @@ VAE_ENCODE_TENSORS = 5 * 128
 #: fp32 temporaries Adafactor's step holds for its tensor (gradient, its square, the update,
 #: the parameter for rounding back to bf16).
 STEP_TEMPORARIES = 4
-#: The widest layer LoRA adapts (the GEGLU projection's 10240 outputs): its LoRA tensor is at
-#: most rank × this.
-LORA_WIDEST_LAYER = 10240
 #: Adapted layers of one transformer block (self- and cross-attention q, k, v, out; the
 #: feed-forward adds two): how many LoHa/LoKr deltas a checkpointed block rebuilds at once.
 DELTA_LAYERS_PER_BLOCK = 10
@@ -88,18 +87,6 @@ class Estimate:
         }
 
 
-def resolve_settings(settings: dict[str, Any] | None) -> dict[str, Any]:
-    """``settings`` over the schema defaults, each value checked; unknown keys are ignored."""
-    merged = {key: s.default for key, s in SETTINGS.items()}
-    for key, value in (settings or {}).items():
-        if key in SETTINGS:
-            try:
-                merged[key] = SETTINGS[key].check(value)
-            except ValueError as exc:
-                raise UserError(f"setting '{key}' = {value!r} is invalid: {exc}") from None
-    return merged
-
-
 def _poly(coeffs: list[float], tokens: float) -> float:
     c0, c1, c2 = coeffs
     return max(0.0, c0 + c1 * tokens + c2 * tokens * tokens)
@@ -115,6 +102,30 @@ def unet_activation_parts(family: str, mode: str, half: bool, checkpointing: boo
     fit = data.activations()["unet"][family][key]
     tokens = (resolution / 8) ** 2
     return int(_poly(fit["saved"], tokens)), int(_poly(fit["recompute"], tokens) + 2 * _poly(fit["largest"], tokens))
+
+
+def text_encoder_activations(family: str, encoders: list[str], half: bool, checkpointing: bool) -> int:
+    """Bytes one caption keeps for the backward pass through the text encoders.
+
+    Without checkpointing every layer's saved tensors (measured, activations.json); with it, as
+    the trainer checkpoints trained text encoders, only each layer's input (the fp32 residual
+    stream, 77 tokens × width) plus one layer being recomputed.
+    """
+    total = 0
+    for name in encoders:
+        saved = data.activations()["text_encoders"][family][name] * (1 if half else 2)
+        if checkpointing:
+            layers, width = _text_encoder_shape(family, name)
+            saved = layers * TEXT_TOKENS * width * 4 + saved // layers
+        total += saved
+    return total
+
+
+@lru_cache(maxsize=None)
+def _text_encoder_shape(family: str, name: str) -> tuple[int, int]:
+    """(layers, hidden width) of one text encoder of ``family`` (core/model_configs.py)."""
+    config = family_config(family)[name]
+    return int(config["num_hidden_layers"]), int(config["hidden_size"])
 
 
 def estimate(
@@ -143,7 +154,7 @@ def estimate(
         raise UserError(f"unknown distributed backend '{backend}'; use one of {', '.join(BACKENDS)}")
     if num_gpus < 1:
         raise UserError(f"the GPU count must be at least 1 (got {num_gpus})")
-    s = resolve_settings(settings)
+    s = resolve("settings", settings)
     raw, phase, notes = _raw(family, method, s, num_gpus, backend, zero_stage, offload, prior_preservation)
     total = sum(raw.values())
     point = match_point(family, method, s, num_gpus, backend)
@@ -174,19 +185,8 @@ def _raw(family: str, method: str, s: dict[str, Any], n: int, backend: str, zero
 
     # Trained parameters: LoRA adapters, whole components, or the token embeddings.
     adapted = ["unet", *(encoders if te_trained else [])]
-    if method == "lora":
-        targets = s["lora_targets"]
-        trained = sum(adapter_parameters(s["lora_type"], s["lora_rank"], comps[c]["lora_width"][targets]) for c in adapted)
-        largest = min(trained, adapter_parameters(s["lora_type"], s["lora_rank"], LORA_WIDEST_LAYER))
-    elif full:
-        trained_comps = ["unet", *(encoders if te_trained else [])]
-        trained = sum(comps[c]["params"] for c in trained_comps)
-        largest = max(comps[c]["largest_param"] for c in trained_comps)
-    else:
-        # Textual inversion: the whole token-embedding matrix is a trained parameter (its
-        # gradient masked to the new rows), as core/train/methods.py sets it up.
-        trained = sum(comps[c]["token_embedding_params"] for c in encoders)
-        largest = max(comps[c]["token_embedding_params"] for c in encoders)
+    counted = trainable(family, method, s)
+    trained, largest = counted.params, counted.largest
 
     # Weights as stored. Under DeepSpeed the trained weights are half and the fp32 master copy
     # is part of the (sharded) optimizer state.
@@ -252,7 +252,7 @@ def _raw(family: str, method: str, s: dict[str, Any], n: int, backend: str, zero
     kept *= images
     working *= images
     if te_trained or method == "textual_inversion":
-        kept += sum(data.activations()["text_encoders"][family][c] for c in encoders) * (1 if half else 2) * images
+        kept += text_encoder_activations(family, encoders, half, s["gradient_checkpointing"]) * images
     if method == "lora" and s["lora_type"] != "lora":
         # LoHa / LoKr build each adapted layer's full delta weight in the forward pass (fp32, plus
         # its autocast copy) and keep it for the backward pass: with checkpointing one block's worth

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 from core.dataset.buckets import bucket_counts, bucket_selector
+from core.dataset.scan import overlay_subsets
 from core.errors import UserError
-from core.settings import defaults, optimizer_rule_warnings
+from core.settings import optimizer_rule_warnings
 
-from .picker import HEADROOM, judge, suggest_when_nothing_fits
+from .learning_rates import lr_warnings
+from .picker import HEADROOM, RunShape, judge, run_shape, suggest_when_nothing_fits
 from .schedule import ScheduleRow, schedule_row, warmup_steps
 from .throughput import eta_seconds, images_per_second
 
@@ -50,6 +51,13 @@ class Plan:
     price_per_gpu_hour: float | None = None
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def text_encoder_lr(self) -> float | None:
+        """The text encoders' learning rate when the run trains them (0 in run.toml: the learning rate), else None."""
+        if not self.settings["train_text_encoder"] or self.method == "textual_inversion":
+            return None
+        return float(self.schedule["text_encoder_lr"]) or float(self.schedule["learning_rate"])
 
     def row_for(self, gpus: int) -> ScheduleRow:
         """The schedule on ``gpus`` GPUs."""
@@ -104,7 +112,10 @@ class Plan:
             "prior_preservation": self.prior_preservation,
             "images_per_second_per_gpu": round(self.images_per_second_per_gpu, 3) if self.images_per_second_per_gpu else None,
             "dataset": self.dataset,
+            "learning_rate": float(self.schedule["learning_rate"]),
+            "text_encoder_lr": self.text_encoder_lr,
             "lr_scheduler": self.schedule["lr_scheduler"],
+            "lr_warmup_steps": int(self.schedule["lr_warmup_steps"]),
             "warnings": list(self.warnings),
             "notes": list(self.notes),
             "schedule": [self.row_json(n) for n in self.gpu_counts()] if self.dataset is not None else [],
@@ -122,21 +133,18 @@ def make_plan(config: Any, scan: Any, gpus: Any, price_per_gpu_hour: float | Non
     if price_per_gpu_hour is not None and price_per_gpu_hour < 0:
         raise UserError(f"the price per GPU hour must not be negative (got {price_per_gpu_hour}); pass e.g. --price-per-gpu-hour 0.7")
     family, method = config.family, config.method
-    settings = defaults("settings") | dict(config.settings)
-    schedule = defaults("schedule") | dict(config.schedule)
+    settings, schedule, distributed = config.settings, config.schedule, config.distributed
     if int(schedule["epochs"]) <= 0 and int(schedule["max_steps"]) <= 0:
         raise UserError("schedule.epochs and schedule.max_steps are both 0, so the run would never train; give --epochs N or --steps N")
-    distributed = defaults("distributed") | dict(config.distributed)
     if scan is not None:
-        scan = _apply_config_subsets(scan, config.subsets)
+        if config.subsets:
+            scan = overlay_subsets(scan, config.subsets)
         if not any(s.images for s in scan.subsets if not s.is_reg):
             raise UserError(f"the dataset {scan.root} has no usable training image; run 'sdtui scan {scan.root}' to see why and fix it")
     counts = _bucket_counts(scan, bucket_selector(settings)) if scan is not None else {}
-    prior = uses_prior_preservation(method, scan.reg_images) if scan is not None else method == "dreambooth"
-    fit = judge(
-        family, method, settings, gpus, backend=str(distributed["backend"]), zero_stage=int(distributed["zero_stage"]),
-        offload=bool(distributed["offload"]), prior_preservation=prior,
-    )
+    shape = run_shape(method, scan.reg_images if scan is not None else None, distributed)
+    prior = shape.prior_preservation
+    fit = judge(family, method, settings, gpus, shape=shape)
     smallest = gpus.smallest
     plan = Plan(
         model_family=family,
@@ -160,39 +168,8 @@ def make_plan(config: Any, scan: Any, gpus: Any, price_per_gpu_hour: float | Non
         configured_processes=int(distributed["num_processes"]) * int(distributed["num_machines"]),
         price_per_gpu_hour=price_per_gpu_hour,
     )
-    _explain(plan, scan, gpus, fit)
+    _explain(plan, scan, gpus, fit, shape)
     return plan
-
-
-def uses_prior_preservation(method: str, class_images: int) -> bool:
-    """Whether class (regularisation) images are paired with instance images in each step.
-
-    As in kohya's sd-scripts, any method that trains the UNet uses them when there are some;
-    textual inversion does not.
-    """
-    return class_images > 0 and method != "textual_inversion"
-
-
-def _apply_config_subsets(scan: Any, subsets: list[dict[str, Any]]) -> Any:
-    """The scan restricted to the run config's subsets, with their repeats and reg flags."""
-    if not subsets:
-        return scan
-    wanted = {_key(s.get("path", "")): s for s in subsets}
-    chosen = []
-    for subset in scan.subsets:
-        entry = wanted.get(_key(subset.path))
-        if entry is None:
-            continue
-        chosen.append(replace(
-            subset,
-            repeats=int(entry.get("repeats", subset.repeats)),
-            is_reg=bool(entry.get("is_reg", subset.is_reg)),
-            token=str(entry.get("token") or subset.token),
-        ))
-    missing = set(wanted) - {_key(s.path) for s in chosen}
-    if missing:
-        raise UserError(f"the run config's subset {sorted(missing)[0]} is not in the scanned dataset {scan.root}; fix [[dataset.subsets]] path or scan the right folder")
-    return replace(scan, subsets=chosen)
 
 
 def _bucket_counts(scan: Any, buckets: Any) -> dict[tuple[int, int], int]:
@@ -203,10 +180,6 @@ def _bucket_counts(scan: Any, buckets: Any) -> dict[tuple[int, int], int]:
             for image in subset.images:
                 items[(image.width, image.height)] += subset.repeats
     return bucket_counts(((w, h, n) for (w, h), n in items.items()), buckets)
-
-
-def _key(path: str) -> str:
-    return str(Path(path).expanduser().resolve())
 
 
 def _dataset_json(scan: Any, counts: dict[Any, int]) -> dict[str, Any]:
@@ -227,7 +200,7 @@ def _dataset_json(scan: Any, counts: dict[Any, int]) -> dict[str, Any]:
     }
 
 
-def _explain(plan: Plan, scan: Any, gpus: Any, fit: Any) -> None:
+def _explain(plan: Plan, scan: Any, gpus: Any, fit: Any, shape: RunShape) -> None:
     """Fill the plan's warnings and notes: fit, the step-mode trap, prior preservation, data."""
     settings, schedule = plan.settings, plan.schedule
     smallest = gpus.smallest
@@ -237,13 +210,14 @@ def _explain(plan: Plan, scan: Any, gpus: Any, fit: Any) -> None:
         plan.notes.append(f"the GPU '{smallest.name}' is not in the catalog, so the ETA is unknown")
     if plan.fits is False:
         plan.warnings.append(
-            f"the estimated peak VRAM of {fit.estimate.total_bytes / 1024**3:.1f} GB does not fit in "
-            f"{smallest.vram_total_bytes / 1024**3:.0f} GB per GPU with {HEADROOM:.0%} headroom ({smallest.name})"
+            f"the estimated peak VRAM of {fit.estimate.total_bytes / 1024**3:.1f} GiB does not fit in "
+            f"{smallest.vram_total_bytes / 1024**3:.0f} GiB per GPU with {HEADROOM:.0%} headroom ({smallest.name})"
         )
         from core.recipes import load_recipes
 
-        for tip in suggest_when_nothing_fits(plan.model_family, plan.method, gpus, load_recipes(), settings):
+        for tip in suggest_when_nothing_fits(plan.model_family, plan.method, gpus, load_recipes(), settings, shape):
             plan.warnings.append(f"to fit: {tip}")
+    plan.warnings += lr_warnings(plan.model_family, plan.method, str(settings["optimizer"]), schedule)
     if scan is None:
         plan.warnings.append(NO_DATASET)
         if plan.prior_preservation:

@@ -12,7 +12,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from core.model_configs import NATIVE_RESOLUTION, adapter_parameters
+from core.memory.trainable import trainable
+from core.model_configs import NATIVE_RESOLUTION
+from core.settings import resolve
 
 #: UNet forward, TFLOPs per image at the family's native resolution, NATIVE_RESOLUTION (2 FLOPs per MAC).
 UNET_TFLOPS = {"sd1": 0.68, "sd2": 1.52, "sdxl": 5.6}
@@ -40,29 +42,30 @@ FULL_METHODS = ("finetune", "dreambooth")
 
 def training_tflops_per_image(family: str, method: str, settings: dict[str, Any]) -> float:
     """TFLOPs one training image costs: UNet forward+backward, plus what is not cached."""
-    resolution = int(settings.get("resolution") or NATIVE_RESOLUTION[family])
+    settings = resolve("settings", settings)
+    resolution = int(settings["resolution"])
     pixel_scale = (resolution / NATIVE_RESOLUTION[family]) ** 2
     forward = UNET_TFLOPS[family] * pixel_scale
     # Full weights: backward = 2 forwards (input and weight gradients). Frozen base (LoRA,
     # textual inversion): only input gradients flow, about 1 forward.
     passes = 3.0 if method in FULL_METHODS else 2.0
-    if settings.get("gradient_checkpointing"):
+    if settings["gradient_checkpointing"]:
         passes += 1.0
     total = forward * passes
-    if not settings.get("cache_latents"):
+    if not settings["cache_latents"]:
         total += VAE_ENCODE_TFLOPS_512 * (resolution / 512) ** 2
     text = TEXT_ENCODER_TFLOPS[family]
-    if settings.get("train_text_encoder") or method == "textual_inversion":
-        total += text * (3.0 if settings.get("train_text_encoder") and method in FULL_METHODS else 2.0)
-    elif not settings.get("cache_text_encoder_outputs"):
+    if settings["train_text_encoder"] or method == "textual_inversion":
+        total += text * (3.0 if settings["train_text_encoder"] and method in FULL_METHODS else 2.0)
+    elif not settings["cache_text_encoder_outputs"]:
         total += text
     return total
 
 
 def batch_efficiency(family: str, settings: dict[str, Any]) -> float:
     """Fraction of the saturated MFU reached with this batch and resolution (0.35 … 1)."""
-    resolution = int(settings.get("resolution") or NATIVE_RESOLUTION[family])
-    latent_pixels = (resolution // 8) ** 2 * max(1, int(settings.get("batch_size") or 1))
+    settings = resolve("settings", settings)
+    latent_pixels = (int(settings["resolution"]) // 8) ** 2 * int(settings["batch_size"])
     return max(0.35, min(1.0, (latent_pixels / SATURATING_LATENT_PIXELS) ** BATCH_EFFICIENCY_EXPONENT))
 
 
@@ -81,41 +84,21 @@ def dense_tflops(gpu: Any, mixed_precision: str) -> float | None:
     return (fp16 / 4 if mixed_precision == "no" else fp16) or None
 
 
-def trainable_params(family: str, method: str, settings: dict[str, Any]) -> int:
-    """Parameters the optimizer updates (from core/memory/params.json)."""
-    from core.memory.data import params as measured
-
-    params = measured().get(family, {})
-    encoders = [params[k] for k in ("text_encoder", "text_encoder_2") if k in params]
-    unet = params.get("unet", {})
-    if method in FULL_METHODS:
-        total = int(unet.get("params", 0))
-        if settings.get("train_text_encoder"):
-            total += sum(int(e.get("params", 0)) for e in encoders)
-        return total
-    if method == "textual_inversion":
-        return sum(int(e.get("hidden_size", 768)) for e in encoders) * int(settings.get("ti_num_vectors") or 1)
-    targets = str(settings.get("lora_targets") or "attn")
-    rank = int(settings.get("lora_rank") or 16)
-    parts = [unet] + (encoders if settings.get("train_text_encoder") else [])
-    lora_type = str(settings.get("lora_type") or "lora")
-    return sum(adapter_parameters(lora_type, rank, int(p.get("lora_width", {}).get(targets, 0))) for p in parts)
-
-
 def images_per_second(family: str, method: str, settings: dict[str, Any], gpu: Any, accumulation: int = 1) -> float | None:
     """Training images per second on one GPU; None without a known GPU (e.g. on the CPU)."""
     if gpu is None or family not in UNET_TFLOPS:
         return None
-    tflops = dense_tflops(gpu, str(settings.get("mixed_precision", "bf16")))
+    settings = resolve("settings", settings)
+    tflops = dense_tflops(gpu, str(settings["mixed_precision"]))
     if not tflops:
         return None
     bandwidth = memory_bandwidth(gpu)
     flops = training_tflops_per_image(family, method, settings) * 1e12
     seconds_per_flop = 1 / (tflops * 1e12 * MATMUL_EFFICIENCY) + 1 / (ARITHMETIC_INTENSITY * bandwidth)
     compute_s = flops * seconds_per_flop / batch_efficiency(family, settings)
-    optimizer = str(settings.get("optimizer", "adamw8bit"))
-    step_s = trainable_params(family, method, settings) * OPTIMIZER_BYTES_PER_PARAM.get(optimizer, 28) / bandwidth
-    images_per_step = max(1, int(settings.get("batch_size") or 1)) * max(1, accumulation)
+    optimizer = str(settings["optimizer"])
+    step_s = trainable(family, method, settings).params * OPTIMIZER_BYTES_PER_PARAM.get(optimizer, 28) / bandwidth
+    images_per_step = int(settings["batch_size"]) * max(1, accumulation)
     return 1.0 / (compute_s + step_s / images_per_step)
 
 

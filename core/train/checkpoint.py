@@ -2,9 +2,11 @@
 
 A checkpoint folder holds ``trainable.safetensors`` (the trained tensors only, not the frozen
 base model), ``objects.pt`` (optimizer, LR scheduler, grad scaler, EMA and the RNG states of
-every rank) and ``state.json`` (step, epoch, position in the epoch). It is written into
-``checkpoints/.tmp-step-N``, synced to disk and renamed into place, so a folder named ``step-N``
-is complete, also after a power cut.
+every rank) and ``state.json`` (step, epoch, position in the epoch, ``manual``). It is written
+into ``checkpoints/.tmp-step-N``, synced to disk and renamed into place, so a folder named
+``step-N`` is complete, also after a power cut. Rotation (``keep_checkpoints``) deletes only the
+periodic ones: a checkpoint the user asked for (``s`` on the dashboard, ``sdtui save``) stays
+until the user removes it.
 """
 
 from __future__ import annotations
@@ -52,8 +54,20 @@ def latest(folder: str | os.PathLike[str]) -> Path | None:
     return found[-1] if found else None
 
 
-def save(folder: str | os.PathLike[str], step: int, tensors: dict[str, Any], objects: dict[str, Any], state: dict[str, Any], keep: int) -> Path:
-    """Write ``step-<step>`` atomically (temp folder + rename) and delete all but the newest ``keep``."""
+def is_manual(path: Path) -> bool:
+    """Whether a checkpoint was asked for by the user (kept out of the rotation)."""
+    try:
+        return bool(json.loads((path / "state.json").read_text(encoding="utf-8")).get("manual"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def save(
+    folder: str | os.PathLike[str], step: int, tensors: dict[str, Any], objects: dict[str, Any], state: dict[str, Any], keep: int,
+    manual: bool = False,
+) -> Path:
+    """Write ``step-<step>`` atomically (temp folder + rename) and delete all but the newest
+    ``keep`` periodic checkpoints; ``manual`` ones are never rotated away."""
     import torch
     from safetensors.torch import save_file
 
@@ -65,12 +79,13 @@ def save(folder: str | os.PathLike[str], step: int, tensors: dict[str, Any], obj
     tmp.mkdir()
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / "trainable.safetensors"))
     torch.save(objects, tmp / "objects.pt")
-    (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=2) + "\n", encoding="utf-8")
+    manual = manual or (final.exists() and is_manual(final))
+    (tmp / "state.json").write_text(json.dumps({**state, "step": step, "manual": manual}, indent=2) + "\n", encoding="utf-8")
     finish_tree(tmp)
     if final.exists():
         shutil.rmtree(final)
     replace(tmp, final)
-    for old in checkpoints(root)[:-keep]:
+    for old in [c for c in checkpoints(root) if not is_manual(c)][:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 

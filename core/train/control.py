@@ -100,13 +100,13 @@ class ControlHandling:
     def _execute(self, actions: list[str], requests: list[dict[str, Any]]) -> bool:
         """Save / sample / stop as asked (every rank takes part), acknowledge; True when stopped."""
         if "save" in actions and "stop" not in actions:
-            self.save()
+            self.save(manual=True)
         if "sample" in actions:
             self.sample()
         self._ack(requests)
         if "stop" in actions:
             self.metrics.event(f"stop requested; saving at step {self.step}")
             self.save(final=True)
-            self.status.update(state="stopped", step=self.step, epoch=self.epoch, ended_at=now())
+            self.status.update(state="stopped", step=self.step, epoch=self.epoch_number, ended_at=now())
             return True
         return False

@@ -29,10 +29,10 @@ from PIL import Image, ImageOps
 
 from core.atomic import write_atomic
 from core.dataset.buckets import Bucket, bucket_selector, buckets_for, crop_box
-from core.dataset.scan import scan_dataset
+from core.dataset.scan import overlay_subsets, scan_dataset
 from core.errors import UserError
 from core.plan.schedule import epoch_batches, shard_batches
-from core.settings import SETTINGS
+from core.settings import SETTINGS, resolve
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def build_items(config: Any, settings: Mapping[str, Any]) -> TrainData:
     ``config`` is a RunConfig (or a run.toml dict) with ``subsets`` of ``path``, ``repeats``,
     ``token``, ``is_reg``. A caption comes from the image's caption file, else the subset token.
     """
-    settings = dict(settings)
+    settings = resolve("settings", settings)
     buckets = buckets_for(settings)
     select = bucket_selector(settings)
     extensions = _caption_extensions(config)
@@ -118,16 +118,14 @@ def build_items(config: Any, settings: Mapping[str, Any]) -> TrainData:
         folder = Path(str(subset.get("path", ""))).expanduser()
         if not folder.is_dir():
             raise UserError(f"The dataset folder {folder} does not exist; fix the path of this subset in [[dataset.subsets]] of run.toml.")
-        is_reg = bool(subset.get("is_reg", False))
-        repeats = int(subset.get("repeats", 1))
-        scan = scan_dataset(folder, resolution=int(_setting(settings, "resolution")), caption_extensions=extensions, bucket_settings=settings, use_cache=False)
+        scan = scan_dataset(folder, resolution=int(settings["resolution"]), caption_extensions=extensions, bucket_settings=settings, use_cache=False)
         _warn_left_out(scan.problems)
-        for found in scan.subsets:
-            token = str(subset.get("token") or found.token or "").strip()
+        for found in overlay_subsets(scan, [subset]).subsets:
+            token = found.token.strip()
             for image in found.images:
                 caption = with_prefix_suffix((image.caption or "").strip() or token, settings)
-                item = TrainItem(image.path, caption, image.width, image.height, select(image.width, image.height), repeats, is_reg, index)
-                (class_items if is_reg else items).append(item)
+                item = TrainItem(image.path, caption, image.width, image.height, select(image.width, image.height), found.repeats, found.is_reg, index)
+                (class_items if found.is_reg else items).append(item)
     if not items:
         raise UserError("The training subsets in [[dataset.subsets]] of run.toml have no usable image; add png, jpg, webp or bmp images to them (sdtui scan DIR shows what is wrong).")
     by_bucket: dict[Bucket, list[int]] = {}

@@ -49,7 +49,8 @@ class Trainer(Startup, Stepping, Saving, ControlHandling):
     def __init__(self, run_dir: str | os.PathLike[str]) -> None:
         self.run = RunDir(run_dir)
         self.step = 0
-        self.epoch = 0
+        self.epoch = 0  # epochs completed (the index of the one in progress)
+        self.epoch_number = 1  # the 1-based epoch of the newest step, as metrics, status and the dashboard show it
         self.batch_index = 0
         self.total_steps = 0
         self.stop_signal = False
@@ -60,7 +61,8 @@ class Trainer(Startup, Stepping, Saving, ControlHandling):
 
     def train(self) -> str:
         """Run to the end (or a stop); return the final state."""
-        self.status.update(state="running", step=self.step, total_steps=self.total_steps, epoch=self.epoch, steps_per_epoch=self.steps_per_epoch)
+        self.epoch_number = self.epoch + 1
+        self.status.update(state="running", step=self.step, total_steps=self.total_steps, epoch=self.epoch_number, steps_per_epoch=self.steps_per_epoch)
         if self.step == 0:
             self.metrics.event(
                 f"training {self.method_kind} on {self.family}: {self.total_steps} steps, {self.steps_per_epoch} per epoch, "
@@ -92,7 +94,8 @@ class Trainer(Startup, Stepping, Saving, ControlHandling):
                 self.epoch, self.batch_index = (epoch + 1, 0) if epoch_done else (epoch, index + 1)
                 elapsed = time.perf_counter() - step_start
                 pending.append((self.step, epoch, self.acc.reduce(loss_sum, "mean"), lr, elapsed, images * self.world))
-                step_start, images, loss_sum = time.perf_counter(), 0, None
+                self.epoch_number = epoch + 1
+                images, loss_sum = 0, None
                 if len(pending) >= self.log_every or self.step == self.total_steps:
                     self._flush(pending)
                 final = self._after_step(epoch_done, pending)
@@ -100,11 +103,13 @@ class Trainer(Startup, Stepping, Saving, ControlHandling):
                     return final
                 if self.step >= self.total_steps:
                     break
+                # saves, samples and a pause are not part of the next step's time (nor of the ETA)
+                step_start = time.perf_counter()
             if self.epoch == epoch and self.step < self.total_steps:  # nothing left of this epoch on this rank
                 self.epoch, self.batch_index = epoch + 1, 0
         self._flush(pending)
         self.save(final=True)
-        self.status.update(state="finished", step=self.step, epoch=self.epoch, ended_at=now())
+        self.status.update(state="finished", step=self.step, epoch=self.epoch_number, ended_at=now())
         self.metrics.event("training finished")
         return "finished"
 
@@ -131,7 +136,7 @@ class Trainer(Startup, Stepping, Saving, ControlHandling):
         if last:
             return None
         if epoch_done or time.monotonic() - self._status_at >= STATUS_EVERY_S:
-            self.status.update(step=self.step, epoch=self.epoch)
+            self.status.update(step=self.step, epoch=self.epoch_number)
             self._status_at = time.monotonic()
         if epoch_done or self.step % self.log_every == 0:  # every rank polls at the same steps
             return self._handle_control(pending)
@@ -212,9 +217,19 @@ def _describe_failure(trainer: Trainer, exc: BaseException) -> tuple[str, str]:
         settings = getattr(trainer, "settings", {})
         return (
             f"out of memory at step {trainer.step + 1}",
-            oom_hint(getattr(trainer, "family", "sd1"), getattr(trainer, "method_kind", "lora"), settings, trainer.step + 1),
+            oom_hint(getattr(trainer, "family", "sd1"), getattr(trainer, "method_kind", "lora"), settings, trainer.step + 1, _run_shape(trainer)),
         )
     return f"the trainer crashed at step {trainer.step + 1} ({type(exc).__name__}: {first_line(exc)})", "see train.log for the traceback"
+
+
+def _run_shape(trainer: Trainer) -> Any:
+    """The fit's inputs as the planner has them: class images paired, the distributed backend."""
+    from core.plan.picker import run_shape
+
+    data = getattr(trainer, "data", None)
+    class_images = len(data.train_data.class_items) if data is not None else 0
+    config = getattr(trainer, "config", None)
+    return run_shape(getattr(trainer, "method_kind", "lora"), class_images, config.distributed if config is not None else None)
 
 
 def _end_process_group() -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 from core.errors import UserError
 from core.model_configs import LORA_TARGET_MODULES
+from core.settings import resolve
 
 
 @dataclass
@@ -90,6 +91,7 @@ def text_encoders(components: Any) -> dict[str, Any]:
 
 def setup_method(kind: str, components: Any, settings: dict[str, Any], placeholder_token: str = "") -> Method:
     """Freeze the model and make trainable what ``kind`` trains; return the Method."""
+    settings = resolve("settings", settings)
     unet = components.unet
     encoders = text_encoders(components)
     components.vae.requires_grad_(False)

@@ -19,8 +19,23 @@ from core.settings import OPTIMIZERS, SCHEDULE_FREE_OPTIMIZERS
 WEIGHT_DECAY = 1e-2
 
 
+def param_groups(method: Any, learning_rate: float, text_encoder_lr: float) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups: the UNet's (or textual inversion's embeddings) at
+    ``learning_rate``, the trained text encoders' at ``text_encoder_lr`` (0: ``learning_rate``),
+    as sd-scripts' ``--text_encoder_lr`` does."""
+    te_lr = text_encoder_lr or learning_rate
+    groups: list[dict[str, Any]] = []
+    for name, module in method.modules.items():
+        params = [p for p in module.parameters() if p.requires_grad]
+        separate = method.train_text_encoder and name.startswith("text_encoder")
+        if params:
+            groups.append({"params": params, "lr": te_lr if separate else learning_rate, "name": name})
+    return groups
+
+
 def make_optimizer(name: str, params: Sequence[Any], lr: float, cuda: bool, warmup: int = 0) -> Any:
-    """One optimizer of kind ``name`` (one of ``core.settings.OPTIMIZERS``) over ``params``.
+    """One optimizer of kind ``name`` (one of ``core.settings.OPTIMIZERS``) over ``params``
+    (tensors, or groups of them each with its own ``lr``).
 
     ``warmup`` (optimizer steps) is used by the optimizers that schedule themselves.
     """
@@ -97,10 +112,11 @@ class FusedBackward:
     gradients never exist together.
     """
 
-    def __init__(self, name: str, params: Iterable[Any], lr: float, cuda: bool, max_grad_norm: float, warmup: int = 0) -> None:
+    def __init__(self, name: str, groups: Iterable[dict[str, Any]], cuda: bool, max_grad_norm: float, warmup: int = 0) -> None:
         self.name = name
-        self.params = [p for p in params if p.requires_grad]
-        self.optimizers = [make_optimizer(name, [p], lr, cuda, warmup) for p in self.params]
+        pairs = [(p, group["lr"]) for group in groups for p in group["params"] if p.requires_grad]
+        self.params = [p for p, _ in pairs]
+        self.optimizers = [make_optimizer(name, [p], lr, cuda, warmup) for p, lr in pairs]
         self.schedulers: list[Any] = []
         self.max_grad_norm = max_grad_norm
         self.stepping = False
@@ -126,8 +142,8 @@ class FusedBackward:
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:
-        """The first optimizer's groups (for reading the learning rate)."""
-        return self.optimizers[0].param_groups
+        """Every parameter optimizer's group (the first is the UNet's, for reading the learning rate)."""
+        return [group for opt in self.optimizers for group in opt.param_groups]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Nothing to do: each hook frees its gradient after stepping."""

@@ -23,13 +23,14 @@ HASH_ENV = "SDTUI_TRAIN_HASH_FILE"
 class Saving:
     """Checkpoint, outputs and samples of the ``Trainer``."""
 
-    def save(self, final: bool = False) -> None:
+    def save(self, final: bool = False, manual: bool = False) -> None:
         """Checkpoint (resumable state) and outputs; only rank 0 writes, every rank takes part.
 
         A schedule-free optimizer is in eval mode meanwhile, so both hold its averaged weights.
+        A ``manual`` checkpoint (the user's save request) is kept beyond ``keep_checkpoints``.
         """
         with self._eval_weights():
-            self._save(final)
+            self._save(final, manual)
 
     @contextlib.contextmanager
     def _eval_weights(self) -> Any:
@@ -42,7 +43,7 @@ class Saving:
         finally:
             set_optimizer_mode(self.optimizer, train=True)
 
-    def _save(self, final: bool) -> None:
+    def _save(self, final: bool, manual: bool) -> None:
         objects: dict[str, Any] = {
             "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict(),
@@ -56,8 +57,13 @@ class Saving:
                 "epoch": self.epoch, "batch_index": self.batch_index, "world": self.world, "total_steps": self.total_steps,
                 "started_at": self.started_at, "session_id": self.session_id,
             }
-            path = ckpt.save(self.run.checkpoints, self.step, self.method.trainable_state(), objects, state, int(self.sched["keep_checkpoints"]))
-            self.metrics.write("checkpoint", step=self.step, path=str(path.relative_to(self.run.path)))
+            path = ckpt.save(self.run.checkpoints, self.step, self.method.trainable_state(), objects, state, int(self.sched["keep_checkpoints"]), manual)
+            self.metrics.write("checkpoint", step=self.step, path=str(path.relative_to(self.run.path)), manual=manual)
+            if manual:
+                self.metrics.event(
+                    f"saved {path.name} as asked; it is kept beyond keep_checkpoints = {int(self.sched['keep_checkpoints'])} "
+                    "(which rotates only the periodic checkpoints) until you delete it"
+                )
             self.write_outputs(final)
         self.acc.wait_for_everyone()
 

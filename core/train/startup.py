@@ -20,7 +20,7 @@ from .batches import Batches
 from .control import ControlReader
 from .methods import Method, setup_method
 from .metrics import EventHandler, MetricsWriter
-from .optim import FusedBackward, make_optimizer, make_scheduler, set_optimizer_mode
+from .optim import FusedBackward, make_optimizer, make_scheduler, param_groups, set_optimizer_mode
 from .saving import set_rng
 from .status import StatusFile
 
@@ -241,13 +241,14 @@ class Startup:
             self.wrapped["unet"] = torch.compile(self.wrapped.get("unet", self.components.unet))
         self._note_optimizer_rules(lr)
         name, shape = s["optimizer"], (int(self.sched["lr_scheduler_num_cycles"]), float(self.sched["lr_scheduler_power"]))
+        groups = param_groups(self.method, lr, float(self.sched["text_encoder_lr"]))
         if fused:
-            self.fused: FusedBackward | None = FusedBackward(name, params, lr, cuda, float(s["max_grad_norm"]), warmup)
+            self.fused: FusedBackward | None = FusedBackward(name, groups, cuda, float(s["max_grad_norm"]), warmup)
             self.optimizer: Any = self.fused
             self.lr_scheduler: Any = self.fused.make_schedulers(self.sched["lr_scheduler"], warmup, self.total_steps, *shape)
         else:
             self.fused = None
-            self.optimizer = self.acc.prepare(make_optimizer(name, params, lr, cuda, warmup))
+            self.optimizer = self.acc.prepare(make_optimizer(name, groups, lr, cuda, warmup))
             self.lr_scheduler = make_scheduler(self.sched["lr_scheduler"], self.optimizer.optimizer, warmup, self.total_steps, *shape, optimizer_name=name)
         self.params = params
 

@@ -31,17 +31,18 @@ class StatusFile:
             self.run.write_status(**fields)
 
 
-def oom_hint(family: str, method: str, settings: dict[str, Any], step: int) -> str:
-    """What to change after running out of memory at ``step``: a fitting recipe when the picker knows one."""
+def oom_hint(family: str, method: str, settings: dict[str, Any], step: int, shape: Any = None) -> str:
+    """What to change after running out of memory at ``step``: a fitting recipe when the picker
+    knows one, judged for the run's ``shape`` (core.plan.picker.RunShape) as the planner judges."""
     try:
         from core.gpu import probe
-        from core.plan.picker import pick_recipes
+        from core.plan.picker import RunShape, pick_recipes
         from core.recipes import load_recipes
 
-        fits = [f for f in pick_recipes(family, method, probe(), load_recipes()) if f.name != settings.get("recipe")]
+        fits = [f for f in pick_recipes(family, method, probe(), load_recipes(), shape=shape or RunShape()) if f.name != settings.get("recipe")]
         if fits:
             leanest = min(fits, key=lambda f: f.estimate.total_bytes)
-            return f"out of memory at step {step}: restart with the recipe '{leanest.name}' (estimated {leanest.estimate.gb:.1f} GB, which fits this GPU)"
+            return f"out of memory at step {step}: restart with the recipe '{leanest.name}' (estimated {leanest.estimate.gb:.1f} GiB, which fits this GPU)"
     except Exception:  # noqa: BLE001 - the picker is advice only; fall back to generic advice
         pass
     advice = []

@@ -14,7 +14,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Log, ProgressBar, Static
 
 from core.errors import UserError
-from tui.format import bar, duration, gb, number
+from tui.format import GIB, bar, duration, gib, number
 from tui.run_view import RunView
 from tui.sources import gpu_rows, total_steps, vram_text
 from tui.widgets.loss_chart import LossChart
@@ -27,7 +27,7 @@ class DashboardScreen(Screen):
     """Attach to any run, live or ended; detaching leaves the training running."""
 
     BINDINGS = [
-        Binding("s", "control('save')", "Save", tooltip="Save a checkpoint now"),
+        Binding("s", "control('save')", "Save", tooltip="Save a checkpoint now (kept beyond keep_checkpoints)"),
         Binding("m", "control('sample')", "Sample", tooltip="Render the samples now"),
         Binding("p", "pause", "Pause", tooltip="Pause or resume the training"),
         Binding("x", "stop", "Stop", tooltip="Stop the run (asks first; it saves first)"),
@@ -121,12 +121,14 @@ class DashboardScreen(Screen):
         progress = self.query_one("#progress", ProgressBar)
         if (progress.total, progress.progress) != (total or None, step):
             progress.update(total=total or None, progress=step)
-        eta = view.eta_s(total) if state in LIVE_STATES else None
+        eta = view.eta_s(total, state) if state in LIVE_STATES else None
         state_text = Text()
         state_text.append(f" {state.upper()} ", style=f"reverse {state_style(state)}")
         state_text.append(f"  step {step}/{total or '?'}")
         if eta is not None:
             state_text.append(f"  ETA {duration(eta)}")
+        elif state == "paused":
+            state_text.append("  ETA on hold while paused")
         self._put("#state", state_text)
         error = self.query_one("#error", Static)
         error.display = state in ("failed", "lost")
@@ -156,8 +158,9 @@ class DashboardScreen(Screen):
         view = self.view
         epoch = view.last("epoch")
         return Text(
-            f"loss {number(view.loss)}  lr {number(view.last('lr'), 3)}\n"
-            f"{number(view.last('images_per_s'), 3)} img/s  epoch {'–' if epoch is None else epoch}"
+            f"loss raw {number(view.raw_loss)}\n"
+            f"smoothed {number(view.loss)} ({view.window} steps)\n"
+            f"lr {number(view.last('lr'), 3)}  {number(view.last('images_per_s'), 3)} img/s  epoch {'–' if epoch is None else epoch}"
         )
 
     def _resources(self, gpus: Any) -> Text:
@@ -167,7 +170,7 @@ class DashboardScreen(Screen):
             util = "" if row.utilization is None else f" {row.utilization:>3d}%"
             text.append(f"GPU{row.index} {bar(row.fraction, 10)} {vram_text(row)}{util}\n")
         for rank, (allocated, peak) in sorted(self.view.rank_memory().items()):
-            text.append(f"rank {rank} memory: {gb(allocated)} now, peak {gb(peak)}\n")
+            text.append(f"rank {rank} now {allocated / GIB:.1f}, peak {gib(peak)}\n")
         return text
 
     def action_control(self, action: str) -> None:

@@ -54,8 +54,8 @@ class HomeScreen(Screen):
         self.rows: list[RunRow] = []
         table = self.query_one("#runs", DataTable)
         table.add_column("run", key="run", width=34)
-        for key, width in (("state", 9), ("step", 11), ("loss", 8), ("updated", 12)):
-            table.add_column(key, key=key, width=width)
+        for key, label, width in (("state", "state", 9), ("step", "step", 11), ("loss", "raw loss", 8), ("updated", "updated", 12)):
+            table.add_column(label, key=key, width=width)
         self.load_gpus()
         self.refresh_runs()
         self.set_interval(self.REFRESH_S, self.refresh_runs)

@@ -11,7 +11,7 @@ from textual.widgets.option_list import Option
 
 from core.errors import UserError
 from core.settings import SETTINGS
-from tui.format import GB, bar
+from tui.format import GIB, bar
 from tui.steps.base import Step
 from tui.widgets.setting_field import SettingField
 from tui.wizard_state import MAIN_SETTINGS, setting_order
@@ -39,8 +39,9 @@ class RecipeStep(Step):
     def load(self) -> None:
         gpus = self.state.gpus
         smallest = gpus.smallest
+        paired = " Class images are paired with the instance images, so each step holds twice the images." if self.state.shape().prior_preservation else ""
         self.query_one("#recipe-gpu", Static).update(
-            f"Judged on the smallest GPU: {smallest.name}, {smallest.vram_total_bytes / GB:.0f} GB, with 10% headroom. Enter picks a recipe."
+            f"Judged on the smallest GPU: {smallest.name}, {smallest.vram_total_bytes / GIB:.0f} GiB, with 10% headroom.{paired} Enter picks a recipe."
             if smallest is not None
             else "No GPU: nothing can be judged to fit (the run trains on the CPU). Plan for a rented GPU with sdtui --gpus 1x24GB."
         )
@@ -103,16 +104,16 @@ class RecipeStep(Step):
 
 
 def recipe_line(fit: Any, vram: int | None) -> Text:
-    """``sdxl-lora-12gb  ██████···  9.8/24 GB  fits  2.1 img/s  summary``."""
+    """``sdxl-lora-12gb  ██████···  9.8/24 GiB  fits  2.1 img/s  summary``."""
     est = fit.estimate.total_bytes
     text = Text(no_wrap=True, overflow="ellipsis")
     text.append(f"{fit.name:<22.22} ", style="bold")
     if vram:
         text.append(bar(est / vram, 12), style="green" if fit.fits else "red")
-        text.append(f" {est / GB:5.1f}/{vram / GB:.0f} GB ")
+        text.append(f" {est / GIB:5.1f}/{vram / GIB:.0f} GiB ")
         text.append("fits " if fit.fits else "too big ", style="green" if fit.fits else "red")
     else:
-        text.append(f"{est / GB:5.1f} GB ")
+        text.append(f"{est / GIB:5.1f} GiB ")
     if fit.images_per_second:
         text.append(f"{fit.images_per_second:5.1f} img/s ")
     text.append(getattr(fit.recipe, "summary", "") or "", style="dim")
@@ -124,10 +125,10 @@ def estimate_line(fit: Any, smallest: Any, recipe: str) -> Text:
     est = fit.estimate.total_bytes
     text = Text("Your settings" + (f" ({recipe})" if recipe else "") + ": ", style="bold")
     if smallest is None:
-        text.append(f"about {est / GB:.1f} GB peak VRAM (no GPU to compare with)")
+        text.append(f"about {est / GIB:.1f} GiB peak VRAM (no GPU to compare with)")
         return text
     vram = smallest.vram_total_bytes
     text.append(bar(est / vram, 20), style="green" if fit.fits else "red")
-    text.append(f" {est / GB:.1f} of {vram / GB:.0f} GB — ")
+    text.append(f" {est / GIB:.1f} of {vram / GIB:.0f} GiB — ")
     text.append("fits" if fit.fits else "does not fit", style="bold green" if fit.fits else "bold red")
     return text

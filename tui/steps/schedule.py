@@ -16,8 +16,8 @@ from tui.steps.base import Step
 from tui.widgets.setting_field import SettingField
 
 FIELDS = (
-    "epochs", "max_steps", "learning_rate", "gradient_accumulation", "lr_scheduler", "lr_warmup_steps", "lr_scheduler_num_cycles",
-    "lr_scheduler_power", "save_every_epochs", "save_every_steps", "keep_checkpoints", "seed",
+    "epochs", "max_steps", "learning_rate", "text_encoder_lr", "gradient_accumulation", "lr_scheduler", "lr_warmup_steps",
+    "lr_scheduler_num_cycles", "lr_scheduler_power", "save_every_epochs", "save_every_steps", "keep_checkpoints", "seed",
 )
 COLUMNS = (("GPUs", "gpus"), ("eff. batch", "effective_batch"), ("steps/epoch", "steps_per_epoch"), ("epochs", "epochs"), ("total steps", "total_steps"), ("images seen", "images_seen"), ("ETA", "eta_s"), ("cost", "cost"))
 
@@ -43,6 +43,7 @@ class ScheduleStep(Step):
             table.add_column(label, key=key)
 
     def load(self) -> None:
+        self.state.sync_schedule()
         for field in self.query(SettingField):
             field.set_value(self.state.schedule[field.setting.key])
         price = self.state.price_per_gpu_hour

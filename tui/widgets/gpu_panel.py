@@ -10,7 +10,7 @@ from tui.sources import GpuRow, gpu_rows, no_gpu_sentence, vram_text
 
 
 def gpu_line(row: GpuRow, bar_width: int = 20) -> Text:
-    """``0 RTX 4090  ████····  3.2/24.0 GB  bf16  driver 550.54``."""
+    """``0 RTX 4090  ████····  3.2/24.0 GiB  bf16  driver 550.54``."""
     text = Text()
     text.append(f"{row.index} ", style="dim")
     text.append(f"{row.name:<22.22}", style="bold")

@@ -44,7 +44,7 @@ class LossChart(PlotextPlot):
         # plotext's own log scale transforms the data again on every build, so the log is taken here.
         log = self.log_scale and bool(raw_ok) and min(y for _, y in raw_ok) > 0 and min(smooth, default=1) > 0
         scale = math.log10 if log else float
-        plt.title("loss · smoothed" + (" (log10)" if log else ""))
+        plt.title("loss: raw (dots) · smoothed (line)" + (" (log10)" if log else ""))
         if raw_ok:
             plt.scatter([x for x, _ in raw_ok], [scale(y) for _, y in raw_ok], marker="dot")
             smooth_ok = [(x, scale(y)) for x, y in zip(sx, smooth) if math.isfinite(y)]

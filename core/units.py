@@ -1,0 +1,30 @@
+"""How sdtui writes memory sizes and measured numbers, everywhere (TUI, CLI, messages).
+
+Memory is in GiB (2**30 bytes, what nvidia-smi's MiB and torch count in), always named
+``GiB``; the JSON fields named ``…_gb`` (``vram_estimate_gb``, ``gpu.vram_gb``, an
+estimate's ``gb``) hold GiB too.
+"""
+
+from __future__ import annotations
+
+import math
+
+GIB = 2**30
+
+
+def gib(num_bytes: float | None, digits: int = 1) -> str:
+    """``12.3 GiB`` (``?`` when unknown)."""
+    if num_bytes is None:
+        return "?"
+    return f"{num_bytes / GIB:.{digits}f} GiB"
+
+
+def number(value: float | None, digits: int = 4) -> str:
+    """A compact number: ``0.1234``, ``1.2e-04``; ``–`` when unknown (a loss is written this way everywhere)."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if value == 0:
+        return "0"
+    if abs(value) < 10 ** -(digits - 1) or abs(value) >= 10**6:
+        return f"{value:.1e}"
+    return f"{value:.{digits}g}"
