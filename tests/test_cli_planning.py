@@ -192,7 +192,7 @@ def test_plan_without_data_gives_recipe_estimate_and_fit(capsys: pytest.CaptureF
     assert code == 0 and err == ""
     lines = out.splitlines()
     assert lines[2].startswith("Recipe    sd15-lora") and lines[2].endswith("LoRA rank 32")
-    assert lines[3].startswith("VRAM      ") and lines[3].endswith("of 24 GB per GPU: fits (with 10% headroom)")
+    assert lines[3].startswith("VRAM      ") and lines[3].endswith("of 24 GiB per GPU: fits (with 10% headroom)")
     assert "Dataset   none given (the schedule table needs --data DIR)" in lines
     assert "GPUs" not in [line.split()[0] for line in lines[7:] if line.strip()], "no schedule table without a dataset"
     assert "  ! no dataset given: the schedule table (steps, epochs and ETA on 1, 2, 4 and 8 GPUs) needs one; add --data DIR" in lines
