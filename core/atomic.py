@@ -74,8 +74,12 @@ def replace(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> N
     sync_folder(Path(target).parent)
 
 
-def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same folder, a rename and a folder sync."""
+def write_atomic(path: str | os.PathLike[str], data: bytes | str, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` through a temp file in the same folder, a rename and a folder sync.
+
+    ``durable=False`` skips the fsyncs (file and folder): for caches, which a reader re-creates
+    when a crash lost them; the rename still makes the write atomic.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     payload = data.encode("utf-8") if isinstance(data, str) else data
@@ -90,8 +94,12 @@ def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> None:
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
             handle.flush()
-            os.fsync(handle.fileno())
-        replace(tmp, target)
+            if durable:
+                os.fsync(handle.fileno())
+        if durable:
+            replace(tmp, target)
+        else:
+            os.replace(tmp, target)
     except BaseException:
         try:
             os.unlink(tmp)

@@ -17,13 +17,13 @@ from core.train.data import (
     CacheNotValid,
     batches_for_epoch,
     build_items,
-    cache_latents,
     cache_text_outputs,
     class_batches_for_epoch,
     load_example,
     make_loader,
     process_caption,
 )
+from core.train.latents import cache_latents
 from core.train.models import load_components
 from core.train.text import encode_captions, encode_text, sdxl_time_ids_batch, tokenize
 from tests.conftest import write_image
@@ -161,15 +161,70 @@ def test_latent_cache_memory_and_disk_agree(tmp_path, wide_and_square, tiny_mode
     torch.testing.assert_close(in_memory["latents"], expected, atol=1e-5, rtol=1e-4)
     assert len(memory) == len(data.items) + 2 * len(data.bucket_counts())  # class images at every bucket
 
-    disk_dir = tmp_path / "run" / "cache" / "latents"
-    disk = cache_latents(components, data, "cpu", torch.float32, to_disk_dir=disk_dir)
-    files = sorted(disk_dir.iterdir())
-    assert len(files) == len(disk) and disk.memory == {}
+    folder = tmp_path / "cache" / "latents"
+    disk = cache_latents(components, data, "cpu", torch.float32, folder, in_memory=False)
+    files = sorted(folder.rglob("*.safetensors"))
+    assert len(files) == len(disk) == disk.encoded and disk.memory == {}
     torch.testing.assert_close(BatchDataset(data, batches, 0, 0)[0]["latents"], in_memory["latents"])
-    mtimes = [f.stat().st_mtime_ns for f in files]
-    cache_latents(components, data, "cpu", torch.float32, to_disk_dir=disk_dir)  # reused, not rewritten
-    assert [f.stat().st_mtime_ns for f in sorted(disk_dir.iterdir())] == mtimes
+    held = cache_latents(components, data, "cpu", torch.float32, folder, in_memory=True)
+    assert held.encoded == 0 and held.reused == len(files) and held.files == {}
+    torch.testing.assert_close(BatchDataset(data, batches, 0, 0)[0]["latents"], in_memory["latents"])
     assert sorted(p.name for p in wide_and_square.rglob("*")) == before  # the dataset is untouched
+
+
+def test_latent_cache_is_reused_across_runs_until_the_image_or_vae_changes(tmp_path, wide_and_square, tiny_models):
+    components = load_components(str(tiny_models("sd1")))
+    folder = tmp_path / "cache"
+    config = _config((wide_and_square / "5_sks dog", 1, "sks dog", False))
+    first = cache_latents(components, build_items(config, SETTINGS), "cpu", torch.float32, folder)
+    assert first.encoded == 5 and first.reused == 0
+    mtimes = {p: p.stat().st_mtime_ns for p in folder.rglob("*.safetensors")}
+    again = cache_latents(components, build_items(config, SETTINGS), "cpu", torch.float32, folder)  # a second run
+    assert again.encoded == 0 and again.reused == 5
+    assert {p: p.stat().st_mtime_ns for p in folder.rglob("*.safetensors")} == mtimes  # nothing rewritten
+
+    write_image(wide_and_square / "5_sks dog" / "square0.png", (96, 96), (0, 0, 0))  # the user edits one image
+    edited = cache_latents(components, build_items(config, SETTINGS), "cpu", torch.float32, folder)
+    assert edited.encoded == 1 and edited.reused == 4
+    bigger = cache_latents(components, build_items(config, {**SETTINGS, "resolution": 192}), "cpu", torch.float32, folder)
+    assert (bigger.encoded, bigger.reused) == (2, 3)  # the squares get a bigger bucket; the wide images keep theirs
+    with torch.no_grad():
+        components.vae.encoder.conv_in.weight.mul_(1.5)  # another VAE
+    assert cache_latents(components, build_items(config, SETTINGS), "cpu", torch.float32, folder).encoded == 5
+
+
+def test_latent_cache_shards_the_encoding_across_ranks(tmp_path, wide_and_square, tiny_models):
+    """Two ranks (threads here) each encode half of the missing entries, wait once, then both hold all of them."""
+    import threading
+
+    components = load_components(str(tiny_models("sd1")))
+    folder = tmp_path / "cache"
+    config = _config((wide_and_square / "5_sks dog", 1, "sks dog", False), (wide_and_square / "1_dog", 1, "dog", True))
+    total = 5 + 2 * 2  # instance images + class images at both buckets
+    planned, encoded = threading.Barrier(2), threading.Barrier(2)
+    seen: dict[int, list[tuple[int, int]]] = {0: [], 1: []}
+    caches = {}
+
+    def progress(rank: int, done: int, share: int) -> None:
+        seen[rank].append((done, share))
+        if done == 0:
+            planned.wait(timeout=60)  # both ranks look at the cache folder before either writes
+
+    def rank(r: int) -> None:
+        data = build_items(config, SETTINGS)
+        caches[r] = cache_latents(components, data, "cpu", torch.float32, folder, rank=r, world=2,
+                                  barrier=lambda: encoded.wait(timeout=60), progress=lambda d, t: progress(r, d, t))
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert (caches[0].encoded, caches[1].encoded) == (5, 4)
+    assert seen[0][-1] == (5, 5) and seen[1][-1] == (4, 4)
+    assert len(caches[0]) == len(caches[1]) == total == len(list(folder.rglob("*.safetensors")))
+    for key in caches[0].memory:
+        torch.testing.assert_close(caches[0].memory[key][0], caches[1].memory[key][0])
 
 
 def test_latent_cache_refuses_random_crop_and_flip(wide_and_square, tiny_models):

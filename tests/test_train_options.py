@@ -110,7 +110,11 @@ def test_cached_latents_keep_the_vae_out_of_the_steps(setup_run, monkeypatch):
     one_step(cached)
     one_step(live)
     assert cached not in calls and live in calls
-    assert list((cached.run.path / "cache" / "latents").glob("*.safetensors"))
+    from core.train.latents import default_cache_dir
+
+    assert cached.data.train_data.latents.files  # training reads the shared cache folder's files
+    assert all(default_cache_dir() in path.parents for path in cached.data.train_data.latents.files.values())
+    assert not (cached.run.path / "cache").exists()
 
 
 def test_cached_text_outputs_keep_the_text_encoder_out_of_the_steps(setup_run, monkeypatch):

@@ -7,6 +7,7 @@ reused when the run resumes.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +39,15 @@ def prepare_class_images(
     steps: int = 25,
     guidance_scale: float = 7.5,
     batch_size: int = 4,
+    progress: Callable[[int], None] | None = None,
 ) -> list[Path]:
     """Make sure ``per_instance`` × instance images class images exist and return all their paths.
 
     Existing class images are the regularisation subsets' images plus those generated earlier
     into ``<run_dir>/class_images/``; the missing ones are generated from ``class_prompt`` at
     ``size`` (default: the training resolution). New images are added to
-    ``train_data.class_items`` with ``class_prompt`` as caption.
+    ``train_data.class_items`` with ``class_prompt`` as caption. ``progress(ready)`` follows the
+    count of class images ready.
     """
     import torch
 
@@ -93,6 +96,8 @@ def prepare_class_images(
                 _add_item(train_data, path, class_prompt, size)
                 existing.append(path)
                 made += 1
+            if progress is not None:
+                progress(len(existing))
     return existing
 
 

@@ -8,17 +8,15 @@
   batch share a bucket): resize to cover, crop (center or random), optional flip, pixels in
   [-1, 1], caption shuffle / keep tokens / dropout, SDXL size and crop conditioning. A corrupt
   image is skipped with a warning; a batch with no usable image comes back as ``None``.
-* :func:`cache_latents` and :func:`cache_text_outputs` encode once before training, in memory
-  or (latents) on disk in the run folder.
+* :func:`cache_text_outputs` encodes every caption once before training; the latent cache is
+  ``core.train.latents`` (shared across runs and ranks).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,17 +25,15 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from core.atomic import write_atomic
 from core.dataset.buckets import Bucket, bucket_selector, buckets_for, crop_box
 from core.dataset.scan import overlay_subsets, scan_dataset
 from core.errors import UserError
 from core.plan.schedule import epoch_batches, shard_batches
 from core.settings import SETTINGS, resolve
 
+from .latents import CLASS, INSTANCE, LatentCache
+
 log = logging.getLogger(__name__)
-
-INSTANCE, CLASS = "i", "c"
-
 
 class CacheNotValid(ValueError):
     """A cache was asked for although the settings make it wrong (the loop falls back)."""
@@ -219,46 +215,6 @@ def load_example(path: str, bucket: Bucket, random_crop: bool = False, flip: boo
     return Example(pixels.contiguous(), (height, width), (top, left), (bucket[1], bucket[0]))
 
 
-class LatentCache:
-    """VAE latents (already scaled) per (kind, item index, bucket), in memory or as files in a folder."""
-
-    def __init__(self, folder: Path | None = None) -> None:
-        self.folder = folder
-        self.memory: dict[tuple[str, int, Bucket], tuple[Any, tuple[int, int], tuple[int, int]]] = {}
-        self.files: dict[tuple[str, int, Bucket], Path] = {}
-
-    def __contains__(self, key: tuple[str, int, Bucket]) -> bool:
-        return key in self.memory or key in self.files
-
-    def __len__(self) -> int:
-        return len(self.memory) + len(self.files)
-
-    def put(self, key: tuple[str, int, Bucket], latents: Any, original_size: tuple[int, int], crop_top_left: tuple[int, int], path: Path | None = None) -> None:
-        """Store one entry (a file written atomically when the cache lives on disk)."""
-        latents = latents.detach().to("cpu", torch.float32).contiguous()
-        if path is None:
-            self.memory[key] = (latents, original_size, crop_top_left)
-            return
-        from safetensors.torch import save
-
-        meta = {"original_size": f"{original_size[0]},{original_size[1]}", "crop_top_left": f"{crop_top_left[0]},{crop_top_left[1]}"}
-        write_atomic(path, save({"latents": latents}, metadata=meta))
-        self.files[key] = path
-
-    def get(self, key: tuple[str, int, Bucket]) -> tuple[Any, tuple[int, int], tuple[int, int]]:
-        """``(latents [4, h, w], original_size, crop_top_left)`` of one entry."""
-        if key in self.memory:
-            return self.memory[key]
-        from safetensors import safe_open
-
-        with safe_open(str(self.files[key]), framework="pt") as handle:
-            meta = handle.metadata()
-            latents = handle.get_tensor("latents")
-        size = tuple(int(v) for v in meta["original_size"].split(","))
-        crop = tuple(int(v) for v in meta["crop_top_left"].split(","))
-        return latents, size, crop  # type: ignore[return-value]
-
-
 def latent_cache_blocker(settings: Mapping[str, Any]) -> str | None:
     """Why latents cannot be cached with these settings (random crop / flip), or None."""
     if _setting(settings, "random_crop"):
@@ -266,81 +222,6 @@ def latent_cache_blocker(settings: Mapping[str, Any]) -> str | None:
     if _setting(settings, "flip_aug"):
         return "cached latents would freeze one orientation, so flip_aug trains from the images instead of the latent cache"
     return None
-
-
-def _cache_file_name(kind: str, index: int, item: TrainItem, bucket: Bucket, vae_tag: str) -> str:
-    stat = os.stat(item.path)
-    digest = hashlib.sha1(f"{item.path}|{stat.st_size}|{stat.st_mtime_ns}|{vae_tag}".encode()).hexdigest()[:12]
-    return f"{kind}{index:06d}_{bucket[0]}x{bucket[1]}_{digest}.safetensors"
-
-
-def _vae_tag(vae: Any) -> str:
-    config = dict(getattr(vae, "config", {}))
-    first = next(vae.parameters())
-    return f"{config.get('_name_or_path', '')}|{config.get('scaling_factor')}|{float(first.detach().flatten()[0]):.6g}"
-
-
-def cache_latents(components: Any, train_data: TrainData, device: Any, dtype: Any, to_disk_dir: str | Path | None = None, batch_size: int = 8) -> LatentCache:
-    """Encode every image once at its bucket (class images at every instance bucket) with the VAE.
-
-    In memory, or as one safetensors file per entry in ``to_disk_dir`` (inside the run folder;
-    existing up-to-date files are reused). Raises :class:`CacheNotValid` with random crop or flip.
-    Sets ``train_data.latents`` and returns the cache. Images that cannot be read are skipped.
-    """
-    blocker = latent_cache_blocker(train_data.settings)
-    if blocker:
-        raise CacheNotValid(blocker)
-    folder = Path(to_disk_dir) if to_disk_dir is not None else None
-    if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
-    cache = LatentCache(folder)
-    vae = components.vae
-    vae.to(device=device) if vae.dtype == dtype else vae.to(device=device, dtype=dtype)
-    tag = _vae_tag(vae) if folder is not None else ""
-    scaling = float(vae.config.scaling_factor)
-    shift = getattr(vae.config, "shift_factor", None)
-    used_buckets = sorted(train_data.items_by_bucket)
-    jobs: dict[Bucket, list[tuple[str, int, TrainItem]]] = {}
-    for i, item in enumerate(train_data.items):
-        jobs.setdefault(item.bucket, []).append((INSTANCE, i, item))
-    for i, item in enumerate(train_data.class_items):
-        for bucket in used_buckets:
-            jobs.setdefault(bucket, []).append((CLASS, i, item))
-    for bucket, entries in jobs.items():
-        pending = []
-        for kind, index, item in entries:
-            key = (kind, index, bucket)
-            if folder is not None:
-                try:
-                    path = folder / _cache_file_name(kind, index, item, bucket, tag)
-                except OSError as exc:
-                    log.warning("skipping %s: %s", item.path, exc)
-                    continue
-                if path.is_file():
-                    cache.files[key] = path
-                    continue
-            else:
-                path = None
-            pending.append((key, item, path))
-        for start in range(0, len(pending), batch_size):
-            chunk = []
-            for key, item, path in pending[start : start + batch_size]:
-                try:
-                    chunk.append((key, path, load_example(item.path, bucket)))
-                except Exception as exc:  # a corrupt image must not stop training
-                    log.warning("skipping unreadable image %s: %s", item.path, exc)
-            if not chunk:
-                continue
-            pixels = torch.stack([ex.pixels for _, _, ex in chunk]).to(device=device, dtype=dtype)
-            with torch.no_grad():
-                latents = vae.encode(pixels).latent_dist.mode()
-            if shift is not None:
-                latents = latents - shift
-            latents = latents * scaling
-            for (key, path, ex), lat in zip(chunk, latents):
-                cache.put(key, lat, ex.original_size, ex.crop_top_left, path)
-    train_data.latents = cache
-    return cache
 
 
 class TextCache:
@@ -372,20 +253,28 @@ def text_cache_blocker(settings: Mapping[str, Any]) -> str | None:
     return None
 
 
-def cache_text_outputs(components: Any, train_data: TrainData, device: Any, dtype: Any, batch_size: int = 16) -> TextCache:
+def distinct_captions(train_data: TrainData) -> list[str]:
+    """Every caption the run can train on once (the empty one too when caption dropout is on)."""
+    captions = list(dict.fromkeys([i.caption for i in train_data.items] + [i.caption for i in train_data.class_items]))
+    if float(_setting(train_data.settings, "caption_dropout_rate")) > 0 and "" not in captions:
+        captions.append("")
+    return captions
+
+
+def cache_text_outputs(
+    components: Any, train_data: TrainData, device: Any, dtype: Any, batch_size: int = 16, progress: Callable[[int], None] | None = None,
+) -> TextCache:
     """Encode every distinct caption once (and the empty caption when caption dropout is on).
 
     Raises :class:`CacheNotValid` when the text encoder is trained or captions are shuffled.
-    Sets ``train_data.text_cache`` and returns it.
+    ``progress(done)`` follows the captions encoded. Sets ``train_data.text_cache`` and returns it.
     """
     from core.train.text import encode_captions
 
     blocker = text_cache_blocker(train_data.settings)
     if blocker:
         raise CacheNotValid(blocker)
-    captions = list(dict.fromkeys([i.caption for i in train_data.items] + [i.caption for i in train_data.class_items]))
-    if float(_setting(train_data.settings, "caption_dropout_rate")) > 0 and "" not in captions:
-        captions.append("")
+    captions = distinct_captions(train_data)
     for encoder in components.text_encoders:
         encoder.to(device=device, dtype=dtype)
     cache = TextCache()
@@ -396,6 +285,8 @@ def cache_text_outputs(components: Any, train_data: TrainData, device: Any, dtyp
             for n, caption in enumerate(chunk):
                 pooled = out.pooled_prompt_embeds[n].to("cpu", torch.float32) if out.pooled_prompt_embeds is not None else None
                 cache.entries[caption] = (out.prompt_embeds[n].to("cpu", torch.float32), pooled)
+            if progress is not None:
+                progress(start + len(chunk))
     train_data.text_cache = cache
     return cache
 

@@ -32,6 +32,7 @@ from core.runs import RunDir
 from . import trackers
 from .control import ControlHandling
 from .metrics import EventHandler, MetricsWriter, memory_sample
+from .phases import Phases
 from .saving import Saving
 from .startup import Startup
 from .status import StatusFile, TrainingFailed, first_line, nan_hint, now, oom_hint
@@ -58,6 +59,7 @@ class Trainer(Startup, Stepping, Saving, ControlHandling):
         self.acc: Any = None
         self.metrics = MetricsWriter(self.run.metrics, enabled=False)
         self.status = StatusFile(self.run.path, enabled=False)
+        self.phases = Phases(self.status, self.metrics, enabled=False)
 
     def train(self) -> str:
         """Run to the end (or a stop); return the final state."""
@@ -73,6 +75,7 @@ class Trainer(Startup, Stepping, Saving, ControlHandling):
         accumulation = int(self.sched["gradient_accumulation"])
         pending: list[tuple[int, int, Any, float, float, int]] = []
         self.log_every = GPU_LOG_EVERY if self.device.type == "cuda" else 1
+        first_step = True
         while self.step < self.total_steps:
             epoch = self.epoch
             batches = self.data.for_epoch(epoch)
@@ -90,6 +93,9 @@ class Trainer(Startup, Stepping, Saving, ControlHandling):
                 lr = self._current_lr()
                 self._optimizer_step()
                 self.step += 1
+                if first_step:
+                    first_step = False
+                    self.phases.first_step()
                 epoch_done = index + 1 >= count
                 self.epoch, self.batch_index = (epoch + 1, 0) if epoch_done else (epoch, index + 1)
                 elapsed = time.perf_counter() - step_start

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,9 +110,11 @@ def _pipeline_class(family: str) -> type:
     return StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
 
 
-def _load_folder(path: Path, family: str) -> Any:
+def _load_folder(path: Path, family: str, dtypes: Mapping[str, Any] | None) -> Any:
     cls = _pipeline_class(family)
     kwargs: dict[str, Any] = {} if family == "sdxl" else {"safety_checker": None, "requires_safety_checker": False}
+    if dtypes:
+        kwargs["torch_dtype"] = dict(dtypes)
     return cls.from_pretrained(str(path), local_files_only=True, **kwargs)
 
 
@@ -125,7 +128,7 @@ def _config_for_single_file(path: Path, config_path: str) -> str | None:
     return None
 
 
-def _load_single_file(path: Path, family: str, config_path: str) -> Any:
+def _load_single_file(path: Path, family: str, config_path: str, dtypes: Mapping[str, Any] | None) -> Any:
     cls = _pipeline_class(family)
     config = _config_for_single_file(path, config_path)
     online = config is None and hub_reachable()
@@ -135,17 +138,20 @@ def _load_single_file(path: Path, family: str, config_path: str) -> Any:
             f"put a diffusers folder of the same architecture next to it named '{path.stem}' or load it once with network access."
         )
     kwargs: dict[str, Any] = {"config": config, "local_files_only": not online}
+    if dtypes and len(set(dtypes.values())) == 1:  # from_single_file takes one dtype for every part
+        kwargs["torch_dtype"] = dtypes["default"]
     if family != "sdxl":
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     return cls.from_single_file(str(path), **kwargs)
 
 
-def _load_hub(model_id: str, family: str | None) -> tuple[Any, str]:
+def _load_hub(model_id: str, family: str | None, dtypes: Mapping[str, Any] | None) -> tuple[Any, str]:
     from diffusers import DiffusionPipeline
 
     online = hub_reachable()
+    extra: dict[str, Any] = {"torch_dtype": dict(dtypes)} if dtypes else {}
     try:
-        pipe = DiffusionPipeline.from_pretrained(model_id, local_files_only=not online, safety_checker=None)
+        pipe = DiffusionPipeline.from_pretrained(model_id, local_files_only=not online, safety_checker=None, **extra)
     except Exception as exc:
         if not online:
             raise ModelLoadError(
@@ -171,16 +177,17 @@ def _short(exc: BaseException) -> str:
     return text[:200]
 
 
-def _load_vae(vae_path: str) -> Any:
+def _load_vae(vae_path: str, dtype: Any = None) -> Any:
     from diffusers import AutoencoderKL
 
     path = Path(vae_path).expanduser()
+    extra: dict[str, Any] = {"torch_dtype": dtype} if dtype is not None else {}
     try:
         if path.is_dir():
             sub = path / "vae" if (path / "vae" / "config.json").is_file() else path
-            return AutoencoderKL.from_pretrained(str(sub), local_files_only=True)
+            return AutoencoderKL.from_pretrained(str(sub), local_files_only=True, **extra)
         if path.is_file():
-            return AutoencoderKL.from_single_file(str(path), local_files_only=not hub_reachable())
+            return AutoencoderKL.from_single_file(str(path), local_files_only=not hub_reachable(), **extra)
     except Exception as exc:
         raise ModelLoadError(f"The VAE {vae_path} could not be loaded ({_short(exc)}); give a diffusers VAE folder or a VAE .safetensors file.") from exc
     raise ModelLoadError(f"The VAE {vae_path} does not exist; fix model.vae in run.toml or leave it empty to use the model's own VAE.")
@@ -192,13 +199,16 @@ def load_components(
     prediction_type: str = "auto",
     vae_path: str = "",
     config_path: str = "",
+    dtypes: Mapping[str, Any] | None = None,
 ) -> Components:
     """Load a Stable Diffusion model for training.
 
     ``model_path`` is a diffusers folder, a single ``.safetensors``/``.ckpt`` file in the
     original layout (its diffusers config from ``config_path``, a folder named like the file
     beside it, or the hub), or a hub id. The family is detected from the weights (``family``
-    is only the fallback); ``prediction_type="auto"`` reads the scheduler config.
+    is only the fallback); ``prediction_type="auto"`` reads the scheduler config. ``dtypes``
+    (component name or ``"default"`` -> torch dtype) reads the weights straight into those dtypes
+    (memory-mapped safetensors, no full fp32 copy on the way); without it they load in fp32.
     """
     from diffusers import DDPMScheduler
 
@@ -210,14 +220,14 @@ def load_components(
             if not (path / "model_index.json").is_file():
                 raise ModelLoadError(f"The folder {path} is not a diffusers model (no model_index.json); give a diffusers folder or a single .safetensors file.")
             detected = family_of_folder(path)
-            pipe = _load_folder(path, detected)
+            pipe = _load_folder(path, detected, dtypes)
         elif path.is_file():
             if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
                 raise ModelLoadError(f"The model file {path} is not a checkpoint; give a .safetensors or .ckpt file or a diffusers folder.")
             detected = family_of_file(path)
-            pipe = _load_single_file(path, detected, config_path)
+            pipe = _load_single_file(path, detected, config_path, dtypes)
         elif _HUB_ID.match(model_path) and not model_path.startswith((".", "/", "~")):
-            pipe, detected = _load_hub(model_path, family)
+            pipe, detected = _load_hub(model_path, family, dtypes)
         else:
             raise ModelLoadError(f"The model path {model_path} does not exist; fix model.path in run.toml (a diffusers folder, a .safetensors file or a hub id).")
     except UserError:
@@ -227,7 +237,7 @@ def load_components(
             f"The model {model_path} could not be loaded ({_short(exc)}); check that it is a complete Stable Diffusion 1/2/XL checkpoint or diffusers folder."
         ) from exc
 
-    vae = _load_vae(vae_path) if vae_path else pipe.vae
+    vae = _load_vae(vae_path, (dtypes or {}).get("vae")) if vae_path else pipe.vae
     scheduler_config = dict(pipe.scheduler.config)
     resolved = prediction_type if prediction_type in ("epsilon", "v_prediction") else detect_prediction_type(detected, scheduler_config, dict(pipe.unet.config))
     noise_scheduler = DDPMScheduler.from_config(scheduler_config, prediction_type=resolved)

@@ -21,6 +21,7 @@ from .control import ControlReader
 from .methods import Method, setup_method
 from .metrics import EventHandler, MetricsWriter
 from .optim import FusedBackward, make_optimizer, make_scheduler, param_groups, set_optimizer_mode
+from .phases import Phases
 from .saving import set_rng
 from .status import StatusFile
 
@@ -48,6 +49,8 @@ class Startup:
         self.metrics = MetricsWriter(self.run.metrics, enabled=is_main)
         self.status = StatusFile(self.run.path, enabled=is_main)
         self.status.update(state="starting", trainer_pids=self._pids(), error=None, hint=None)
+        self.phases = Phases(self.status, self.metrics, enabled=is_main)
+        self.phases.record_process_start()
         for message in self.notes:
             self.metrics.event(message, "warning")
         logging.getLogger("core.train").addHandler(EventHandler(self.metrics))
@@ -56,9 +59,14 @@ class Startup:
         from .models import load_components
 
         model = self.config.section("model")
-        self.components = load_components(model.get("path", ""), model.get("family") or None, model.get("prediction_type", "auto"), model.get("vae", ""))
+        self.phases.start("load_model")
+        self.components = load_components(
+            model.get("path", ""), model.get("family") or None, model.get("prediction_type", "auto"), model.get("vae", ""),
+            dtypes=self._load_dtypes(),
+        )
         self.family = self.components.family
         self._configure_model()
+        self.phases.end()
         self.data = self._build_data()
         self._build_optimizer()
         self.control = ControlReader(self.run.control_json, self.status.read().get("control_done", []))
@@ -96,6 +104,25 @@ class Startup:
         self.rank = self.acc.process_index
         self.world = self.acc.num_processes
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
+
+    def _load_dtypes(self) -> dict[str, Any]:
+        """The dtype each component is read in: the one ``_configure_model`` puts it in.
+
+        Reading straight into it (safetensors memory-mapped, no fp32 copy first) halves the load's
+        memory and time for a bf16/fp16 run; ``_configure_model`` still casts whatever differs.
+        """
+        import torch
+
+        train_dtype = torch.bfloat16 if self.settings["full_bf16"] else torch.float32
+        full = self.method_kind in ("dreambooth", "finetune")
+        text_trained = bool(self.settings["train_text_encoder"]) and self.method_kind != "lora"
+        return {
+            "default": self.weight_dtype,
+            "unet": train_dtype if full else self.weight_dtype,
+            "vae": torch.bfloat16 if self.precision == "bf16" else torch.float32,
+            "text_encoder": train_dtype if text_trained else self.weight_dtype,
+            "text_encoder_2": train_dtype if text_trained else self.weight_dtype,
+        }
 
     def _pids(self) -> list[dict[str, Any]]:
         import psutil
@@ -167,7 +194,7 @@ class Startup:
         self.metrics.event(f"starting from the LoRA {path}: {loaded} adapter tensors loaded" + (f", {fresh} start fresh" if fresh else ""))
 
     def _build_data(self) -> Batches:
-        """Items and buckets, then the latent and text-output caches when asked for and valid."""
+        """Items and buckets, class images, then the latent and text-output caches when asked for and valid."""
         import torch
 
         from . import data
@@ -180,35 +207,67 @@ class Startup:
             from .class_images import prepare_class_images
 
             self.metrics.event(f"preparing class images for prior preservation ('{class_prompt}'); missing ones are generated now")
+            self.phases.start("class_images", int(s["class_images_per_instance"]) * len(train_data.items), "images")
             with self.acc.main_process_first():
                 ready = prepare_class_images(
                     c, train_data, self.run.path, class_prompt, int(s["class_images_per_instance"]), self.device,
-                    self.weight_dtype, seed=int(self.sched["seed"]),
+                    self.weight_dtype, seed=int(self.sched["seed"]), progress=self.phases.advance,
                 )
+            self.phases.end(len(ready))
             self.metrics.event(f"{len(ready)} class images ready")
         offload = self.device.type == "cuda"
         if s["cache_latents"]:
-            folder = self.run.path / "cache" / "latents" if s["cache_latents_to_disk"] else None
-            try:
-                data.cache_latents(c, train_data, self.device, c.vae.dtype, folder)
-                if offload:
-                    c.vae.to("cpu")
-            except data.CacheNotValid as exc:
-                self.metrics.event(str(exc), "warning")
+            self._cache_latents(train_data)
+            if offload and train_data.latents is not None:
+                c.vae.to("cpu")
         if s["cache_text_encoder_outputs"]:
-            if any(name.startswith("text_encoder") for name in self.method.modules):
-                self.metrics.event("the text encoder is trained, so its outputs are not cached", "warning")
-            else:
-                try:
-                    data.cache_text_outputs(c, train_data, self.device, self.weight_dtype)
-                    if offload:
-                        for te in c.text_encoders:
-                            te.to("cpu")
-                except data.CacheNotValid as exc:
-                    self.metrics.event(str(exc), "warning")
+            self._cache_text(train_data)
+            if offload and train_data.text_cache is not None:
+                for te in c.text_encoders:
+                    te.to("cpu")
         if offload:
             torch.cuda.empty_cache()
         return Batches(self, train_data)
+
+    def _cache_latents(self, train_data: Any) -> None:
+        """Encode the images not in the shared latent cache yet, each rank its share (``core.train.latents``)."""
+        from . import data, latents
+
+        try:
+            cache = latents.cache_latents(
+                self.components, train_data, self.device, self.components.vae.dtype, latents.default_cache_dir(),
+                in_memory=not self.settings["cache_latents_to_disk"], rank=self.rank, world=self.world,
+                barrier=self.acc.wait_for_everyone, progress=self._latent_progress,
+            )
+        except data.CacheNotValid as exc:
+            self.metrics.event(str(exc), "warning")
+            return
+        shares = f", {self.world} processes sharing the work" if self.world > 1 else ""
+        self.phases.end(
+            note=f"{cache.reused} reused from the cache folder, {len(cache)} in all{shares}",
+            encoded=cache.encoded, reused=cache.reused, entries=len(cache), processes=self.world,
+        )
+
+    def _latent_progress(self, done: int, total: int) -> None:
+        if done == 0:
+            self.phases.start("cache_latents", total, "images")
+        else:
+            self.phases.advance(done)
+
+    def _cache_text(self, train_data: Any) -> None:
+        """Encode every caption once when the text encoders are frozen (an info line when they are not)."""
+        from . import data
+
+        if any(name.startswith("text_encoder") for name in self.method.modules):
+            self.metrics.event("the text encoder is trained, so its outputs are computed every step instead of cached")
+            return
+        blocker = data.text_cache_blocker(train_data.settings)
+        if blocker:
+            self.metrics.event(blocker)
+            return
+        self.phases.start("cache_text", len(data.distinct_captions(train_data)), "captions")
+        data.cache_text_outputs(self.components, train_data, self.device, self.weight_dtype, progress=self.phases.advance)
+        self.phases.end()
 
     def _build_optimizer(self) -> None:
         s = self.settings

@@ -1,0 +1,214 @@
+"""The latent cache: every image encoded once by the VAE, shared across runs and across DDP ranks.
+
+Entries live in a cache folder outside the dataset and the run (by default
+``<user cache dir>/sdtui/latents``, e.g. ``~/.cache/sdtui/latents``), one safetensors file
+each, named by a digest of what decides the latents: the image file (absolute path, size,
+modification time), the bucket (resolution and crop) and the VAE (config, dtype, a weight
+fingerprint). A second run on the same images and settings, a resumed run and every rank of a
+DDP run find them there and encode nothing.
+
+With several processes each rank encodes its own share of the missing entries (entry ``n``
+goes to rank ``n mod world``), then all wait once for the slowest share and read the others'
+files: nobody waits through the whole dataset's encoding at a collective (the NCCL time-out
+sd-scripts users meet when rank 0 caches alone). ``settings.cache_latents_to_disk`` decides
+whether training then reads the files lazily (less RAM) or holds them in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core.atomic import write_atomic
+from core.dataset.buckets import Bucket
+
+log = logging.getLogger(__name__)
+
+INSTANCE, CLASS = "i", "c"
+Key = tuple[str, int, Bucket]
+#: Pixels per VAE batch: 8 images at 512², 2 at 1024² (the VAE encoder's activations grow with the area).
+BATCH_PIXELS = 8 * 512 * 512
+
+
+def default_cache_dir() -> Path:
+    """``<user cache dir>/sdtui/latents`` (platformdirs; ``$XDG_CACHE_HOME`` on Linux)."""
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("sdtui", appauthor=False)) / "latents"
+
+
+class LatentCache:
+    """VAE latents (already scaled) per (kind, item index, bucket), in memory or as files."""
+
+    def __init__(self) -> None:
+        self.memory: dict[Key, tuple[Any, tuple[int, int], tuple[int, int]]] = {}
+        self.files: dict[Key, Path] = {}
+        self.encoded = 0
+        self.reused = 0
+
+    def __contains__(self, key: Key) -> bool:
+        return key in self.memory or key in self.files
+
+    def __len__(self) -> int:
+        return len(self.memory) + len(self.files)
+
+    def get(self, key: Key) -> tuple[Any, tuple[int, int], tuple[int, int]]:
+        """``(latents [4, h, w], original_size, crop_top_left)`` of one entry."""
+        if key in self.memory:
+            return self.memory[key]
+        return read_entry(self.files[key])
+
+
+def write_entry(path: Path, latents: Any, original_size: tuple[int, int], crop_top_left: tuple[int, int]) -> None:
+    """One cache file, written atomically (no fsync: a file a crash lost is simply encoded again)."""
+    from safetensors.torch import save
+
+    meta = {"original_size": f"{original_size[0]},{original_size[1]}", "crop_top_left": f"{crop_top_left[0]},{crop_top_left[1]}"}
+    write_atomic(path, save({"latents": latents.detach().to("cpu", torch.float32).contiguous()}, metadata=meta), durable=False)
+
+
+def read_entry(path: Path) -> tuple[Any, tuple[int, int], tuple[int, int]]:
+    """``(latents, original_size, crop_top_left)`` from one cache file."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata()
+        latents = handle.get_tensor("latents")
+    size = tuple(int(v) for v in meta["original_size"].split(","))
+    crop = tuple(int(v) for v in meta["crop_top_left"].split(","))
+    return latents, size, crop  # type: ignore[return-value]
+
+
+def vae_fingerprint(vae: Any) -> str:
+    """What makes one VAE's latents differ from another's: config, dtype and a weight sample."""
+    config = {k: v for k, v in dict(getattr(vae, "config", {})).items() if not k.startswith("_")}
+    params = list(vae.parameters())
+    digest = hashlib.sha1(json.dumps(config, sort_keys=True, default=str).encode())
+    digest.update(str(params[0].dtype).encode())
+    for param in (params[0], params[len(params) // 2], params[-1]):
+        digest.update(param.detach().flatten()[:4096].to("cpu", torch.float32).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def entry_path(folder: Path, image: str, bucket: Bucket, vae_tag: str) -> Path:
+    """The cache file of ``image`` at ``bucket`` for the VAE ``vae_tag`` (OSError if the image is gone)."""
+    stat = os.stat(image)
+    key = f"{os.path.abspath(image)}|{stat.st_size}|{stat.st_mtime_ns}|{bucket[0]}x{bucket[1]}|center|{vae_tag}"
+    digest = hashlib.sha1(key.encode()).hexdigest()
+    return folder / digest[:2] / f"{digest}.safetensors"
+
+
+def _jobs(train_data: Any) -> list[tuple[Key, Any]]:
+    """Every (key, item) to cache, grouped by bucket: instance images at theirs, class images at every used bucket."""
+    used = sorted(train_data.items_by_bucket)
+    jobs: list[tuple[Key, Any]] = [((INSTANCE, i, item.bucket), item) for i, item in enumerate(train_data.items)]
+    jobs += [((CLASS, i, bucket), item) for i, item in enumerate(train_data.class_items) for bucket in used]
+    jobs.sort(key=lambda job: (job[0][2], job[0][0], job[0][1]))
+    return jobs
+
+
+def cache_latents(
+    components: Any,
+    train_data: Any,
+    device: Any,
+    dtype: Any,
+    folder: str | Path | None = None,
+    in_memory: bool = True,
+    rank: int = 0,
+    world: int = 1,
+    barrier: Callable[[], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> LatentCache:
+    """Encode what is not cached yet (this rank's share), then make every entry available.
+
+    ``folder`` is the shared cache folder (``None``: memory only, one process). ``barrier`` is
+    called once between encoding and reading when ``world`` > 1. ``progress(done, total)``
+    follows this rank's share. Images that cannot be read are skipped with a warning. Sets
+    ``train_data.latents`` and returns the cache; raises ``CacheNotValid`` with random crop or flip.
+    """
+    from core.train.data import CacheNotValid, latent_cache_blocker, load_example
+
+    blocker = latent_cache_blocker(train_data.settings)
+    if blocker:
+        raise CacheNotValid(blocker)
+    if folder is None and world > 1:
+        raise ValueError("a latent cache shared by several processes needs a folder")
+    vae = components.vae
+    vae.to(device=device) if vae.dtype == dtype else vae.to(device=device, dtype=dtype)
+    root = Path(folder) if folder is not None else None
+    tag = vae_fingerprint(vae) if root is not None else ""
+    cache = LatentCache()
+    planned: list[tuple[Key, Any, Path | None]] = []
+    for key, item in _jobs(train_data):
+        try:
+            path = entry_path(root, item.path, key[2], tag) if root is not None else None
+        except OSError as exc:
+            log.warning("skipping %s: %s", item.path, exc)
+            continue
+        if path is not None and path.is_file():
+            cache.files[key] = path
+            cache.reused += 1
+        else:
+            planned.append((key, item, path))
+    mine = planned[rank::world]
+    if progress is not None:
+        progress(0, len(mine))
+    scaling = float(vae.config.scaling_factor)
+    shift = getattr(vae.config, "shift_factor", None)
+    done = 0
+    start = 0
+    while start < len(mine):
+        bucket = mine[start][0][2]
+        size = max(1, BATCH_PIXELS // (bucket[0] * bucket[1]))
+        chunk_jobs = [job for job in mine[start : start + size] if job[0][2] == bucket]
+        start += len(chunk_jobs)
+        chunk = []
+        for key, item, path in chunk_jobs:
+            try:
+                chunk.append((key, path, load_example(item.path, bucket)))
+            except Exception as exc:  # a corrupt image must not stop training
+                log.warning("skipping unreadable image %s: %s", item.path, exc)
+        if chunk:
+            pixels = torch.stack([ex.pixels for _, _, ex in chunk]).to(device=device, dtype=dtype)
+            with torch.no_grad():
+                latents = vae.encode(pixels).latent_dist.mode()
+            if shift is not None:
+                latents = latents - shift
+            latents = latents * scaling
+            for (key, path, ex), lat in zip(chunk, latents):
+                if path is None:
+                    cache.memory[key] = (lat.detach().to("cpu", torch.float32).contiguous(), ex.original_size, ex.crop_top_left)
+                else:
+                    write_entry(path, lat, ex.original_size, ex.crop_top_left)
+                    cache.files[key] = path
+                cache.encoded += 1
+        done += len(chunk_jobs)
+        if progress is not None:
+            progress(done, len(mine))
+    if world > 1 and barrier is not None:
+        barrier()
+    for key, _item, path in planned:
+        if path is not None and key not in cache.files and path.is_file():
+            cache.files[key] = path  # another rank's share
+    if in_memory and cache.files:
+        _load_into_memory(cache)
+    train_data.latents = cache
+    return cache
+
+
+def _load_into_memory(cache: LatentCache) -> None:
+    """Read every file entry into memory; a damaged file costs its entry (a warning), not the run."""
+    for key, path in list(cache.files.items()):
+        try:
+            cache.memory[key] = read_entry(path)
+        except Exception as exc:  # noqa: BLE001 - a damaged cache file costs one item, not the run
+            log.warning("skipping the cached latents %s (%s); delete the file to encode that image again", path, exc)
+        del cache.files[key]
+

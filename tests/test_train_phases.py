@@ -1,0 +1,114 @@
+"""Start-up phases: progress in status.json, metrics.jsonl and train.log; the latent cache reused and sharded."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import tomlkit
+
+from core.train.phases import Phases, progress_text
+from tests.train_helpers import launch, make_run, metrics, status, train
+
+pytestmark = pytest.mark.slow
+
+
+class _Status:
+    def __init__(self) -> None:
+        self.updates: list[dict] = []
+
+    def update(self, **fields) -> None:
+        self.updates.append(fields)
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        self.lines: list[dict] = []
+
+    def write(self, kind: str, **fields) -> None:
+        self.lines.append({"type": kind, **fields})
+
+
+def test_a_phase_reports_progress_and_time_left_at_most_once_a_second():
+    clock = iter([0.0, 0.4, 1.2, 6.0, 10.0]).__next__
+    out = io.StringIO()
+    phases = Phases(_Status(), _Metrics(), clock=clock, out=out)
+    phases.start("cache_latents", 1000, "images")
+    phases.advance(40)  # 0.4 s: no update due yet
+    phases.advance(120)  # 1.2 s: status.json gets the count and the time left
+    phases.advance(500)  # 6 s: also metrics.jsonl and train.log
+    phases.end(1000)
+    first, second, cleared = phases.status.updates[0]["phase"], phases.status.updates[1]["phase"], phases.status.updates[-1]
+    assert (first["done"], first["total"], first["eta_s"]) == (0, 1000, None)
+    assert (second["done"], second["label"]) == (120, "caching latents") and second["eta_s"] == pytest.approx(1.2 / 120 * 880, abs=0.1)
+    assert cleared == {"phase": None} and [u["phase"]["done"] for u in phases.status.updates[:-1]] == [0, 120, 500]
+    states = [(line["state"], line["done"]) for line in phases.metrics.lines]
+    assert states == [("started", 0), ("running", 500), ("done", 1000)]
+    assert phases.metrics.lines[-1]["elapsed_s"] == 10.0
+    log = out.getvalue().splitlines()
+    assert log == [
+        "sdtui-train: caching latents 0/1000 images",
+        "sdtui-train: caching latents 500/1000 images, 6 s left",
+        "sdtui-train: caching latents: 1000 images in 10 s",
+    ]
+    assert phases.durations == {"cache_latents": 10.0}
+
+
+def test_progress_text_reads_like_a_sentence():
+    assert progress_text("caching latents", 312, 1000, 40.2) == "caching latents 312/1000, 40 s left"
+    assert progress_text("loading the model", 0, 0, 4000) == "loading the model 0/0, 67 min left"
+
+
+def test_a_run_reports_every_phase_before_its_first_step(tmp_path, tiny_models, kohya_dataset, capsys, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    data = kohya_dataset(((2, "sks dog", 4),))
+    settings = {"cache_latents": True, "cache_text_encoder_outputs": True}
+    run = make_run(tmp_path / "run", tiny_models("sd1"), data, "sd1", "lora", settings=settings, schedule={"max_steps": 2, "epochs": 0})
+
+    assert train(run) == 0
+
+    phases = metrics(run, "phase")
+    done = {p["phase"]: p for p in phases if p["state"] == "done"}
+    assert list(done) == ["process_start", "load_model", "cache_latents", "cache_text", "first_step"]
+    assert (done["cache_latents"]["encoded"], done["cache_latents"]["reused"], done["cache_latents"]["total"]) == (4, 0, 4)
+    assert done["cache_text"]["total"] == 4  # four distinct captions
+    first = done["first_step"]
+    assert first["since_start_s"] >= sum(v for k, v in first["phases"].items() if k != "process_start")
+    assert set(first["phases"]) == {"process_start", "load_model", "cache_latents", "cache_text"}
+    assert all(math.isfinite(p["elapsed_s"]) for p in done.values() if "elapsed_s" in p)
+    kinds = [line["type"] for line in metrics(run)]
+    assert kinds.index("step") > max(i for i, k in enumerate(kinds) if k == "phase" and metrics(run)[i]["phase"] != "first_step")
+    assert "phase" not in status(run)  # cleared once training runs
+    out = capsys.readouterr().out
+    assert "sdtui-train: caching latents: 4 images in" in out and "first step" in out
+
+    again = make_run(tmp_path / "again", tiny_models("sd1"), data, "sd1", "lora", settings=settings, schedule={"max_steps": 1, "epochs": 0})
+    assert train(again) == 0
+    cached = next(p for p in metrics(again, "phase") if p["phase"] == "cache_latents" and p["state"] == "done")
+    assert (cached["encoded"], cached["reused"]) == (0, 4)  # the second run on the same images encodes nothing
+
+
+@pytest.mark.xdist_group("ddp")
+def test_two_processes_share_the_latent_caching_and_a_resume_encodes_nothing(tmp_path, tiny_models, kohya_dataset):
+    data = kohya_dataset(((1, "sks dog", 5),))
+    cache = tmp_path / "cache"
+    run = make_run(tmp_path / "run", tiny_models("sd1"), data, "sd1", "lora", settings={"cache_latents": True},
+                   schedule={"max_steps": 2, "epochs": 0, "save_every_steps": 1}, processes=2)
+
+    first = launch(run, 2, env={"XDG_CACHE_HOME": str(cache)})
+
+    assert first.returncode == 0, first.stderr[-3000:]
+    done = next(p for p in metrics(run, "phase") if p["phase"] == "cache_latents" and p["state"] == "done")
+    assert (done["encoded"], done["reused"], done["entries"], done["processes"]) == (3, 0, 5, 2)  # rank 0 encoded its 3 of 5
+    assert len(list(cache.rglob("*.safetensors"))) == 5  # rank 1 wrote the other 2
+    assert len([p for p in metrics(run, "phase") if p["phase"] == "first_step"]) == 1  # rank 0 reports, once
+
+    doc = tomlkit.parse((run / "run.toml").read_text())
+    doc["schedule"]["max_steps"] = 3  # go on from the step-2 checkpoint
+    (run / "run.toml").write_text(tomlkit.dumps(doc))
+    second = launch(run, 2, env={"XDG_CACHE_HOME": str(cache)})
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert status(run)["step"] == 3
+    again = [p for p in metrics(run, "phase") if p["phase"] == "cache_latents" and p["state"] == "done"][-1]
+    assert (again["encoded"], again["reused"]) == (0, 5)  # the resume encodes nothing
