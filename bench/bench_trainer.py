@@ -115,8 +115,13 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def run_watched(argv: list[str], jsonl: Path, what: str) -> dict[str, float]:
-    """Run a training child, watching its JSON lines; wall and CPU seconds over steps WARMUP..STEPS.
+def run_watched(
+    argv: list[str], jsonl: Path, what: str, warmup: int = WARMUP, steps: int = STEPS, env: dict[str, str] | None = None, kill_after: bool = False,
+) -> dict[str, float]:
+    """Run a training child, watching its JSON lines; wall and CPU seconds over steps ``warmup``..``steps``.
+
+    ``first_seen_s`` is when the first step line appeared. ``kill_after`` ends the child once step ``steps`` is seen (a real-size full fine-tune would
+    otherwise spend minutes writing its final model, which nobody measures).
 
     CPU seconds count the child and every process under it (data loader workers included), so
     the figure holds when other work shares the machine; the wall seconds are what a user waits.
@@ -124,27 +129,36 @@ def run_watched(argv: list[str], jsonl: Path, what: str) -> dict[str, float]:
     import psutil
 
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    errors = tempfile.TemporaryFile("w+", encoding="utf-8")  # a file, not a pipe: a chatty child never blocks on it
+    proc = subprocess.Popen(argv, cwd=REPO, env=env or child_env(), stdout=subprocess.DEVNULL, stderr=errors, text=True)
     watched = psutil.Process(proc.pid)
     marks: dict[int, tuple[float, float]] = {}
     offset = 0
+    first_seen = None
     try:
-        while proc.poll() is None and STEPS not in marks:
-            offset, steps = _new_steps(jsonl, offset)
-            for step in steps:
-                if step in (WARMUP, STEPS):
+        while proc.poll() is None and steps not in marks:
+            offset, seen = _new_steps(jsonl, offset)
+            if seen and first_seen is None:
+                first_seen = time.perf_counter() - start
+            for step in seen:
+                if step in (warmup, steps):
                     marks[step] = (time.perf_counter(), _tree_cpu(watched))
             time.sleep(0.01)
-        _, stderr = proc.communicate(timeout=600)
+        if kill_after and steps in marks and proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=600)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    if proc.returncode != 0 or len(marks) < 2:
+        errors.seek(0)
+        stderr = errors.read()
+        errors.close()
+    if (proc.returncode != 0 and not (kill_after and len(marks) == 2)) or len(marks) < 2:
         tail = (stderr.strip().splitlines() or ["no error output"])[-1]
         raise RuntimeError(f"{what} failed (exit {proc.returncode}): {tail}")
-    (t0, c0), (t1, c1) = marks[WARMUP], marks[STEPS]
-    return {"wall": t1 - t0, "cpu": c1 - c0, "process_s": time.perf_counter() - start}
+    (t0, c0), (t1, c1) = marks[warmup], marks[steps]
+    return {"wall": t1 - t0, "cpu": c1 - c0, "process_s": time.perf_counter() - start, "first_seen_s": first_seen}
 
 
 def _new_steps(path: Path, offset: int) -> tuple[int, list[int]]:

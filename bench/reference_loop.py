@@ -65,22 +65,28 @@ class ReferenceSettings:
     dataloader_workers: int = 0
 
 
-def load_components(model_dir: str | Path, family: str | None = None) -> Components:
-    """Load a diffusers folder the way the examples do (``from_pretrained`` per subfolder)."""
+def load_components(model_dir: str | Path, family: str | None = None, load_dtype: Any = None, lora: bool = True) -> Components:
+    """Load a diffusers folder the way the examples do (``from_pretrained`` per subfolder, fp32).
+
+    ``load_dtype`` reads the frozen parts straight into that dtype instead (the examples load
+    fp32 and cast, which needs 3× the UNet's bf16 size at once: more than a shared 24 GB machine
+    has for SDXL). It changes the load, not a training step; a trained UNet (``lora=False``) stays fp32.
+    """
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
 
     root = Path(model_dir)
     family = family or ("sdxl" if (root / "text_encoder_2").is_dir() else "sd1")
+    frozen = {"torch_dtype": load_dtype} if load_dtype is not None else {}
     tokenizers = [AutoTokenizer.from_pretrained(root, subfolder="tokenizer")]
-    encoders = [CLIPTextModel.from_pretrained(root, subfolder="text_encoder")]
+    encoders = [CLIPTextModel.from_pretrained(root, subfolder="text_encoder", **frozen)]
     if family == "sdxl":
         tokenizers.append(AutoTokenizer.from_pretrained(root, subfolder="tokenizer_2"))
-        encoders.append(CLIPTextModelWithProjection.from_pretrained(root, subfolder="text_encoder_2"))
+        encoders.append(CLIPTextModelWithProjection.from_pretrained(root, subfolder="text_encoder_2", **frozen))
     return Components(
         family=family,
-        unet=UNet2DConditionModel.from_pretrained(root, subfolder="unet"),
-        vae=AutoencoderKL.from_pretrained(root, subfolder="vae"),
+        unet=UNet2DConditionModel.from_pretrained(root, subfolder="unet", **(frozen if lora else {})),
+        vae=AutoencoderKL.from_pretrained(root, subfolder="vae", **frozen),
         text_encoders=encoders,
         tokenizers=tokenizers,
         scheduler=DDPMScheduler.from_pretrained(root, subfolder="scheduler"),
@@ -266,12 +272,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mixed-precision", default="no", choices=("no", "fp16", "bf16"))
     parser.add_argument("--full", action="store_true", help="full UNet fine-tune instead of LoRA")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--lean-load", action="store_true", help="read the frozen weights in the training precision (not fp32 then cast)")
     args = parser.parse_args(argv)
     settings = ReferenceSettings(
         resolution=args.resolution, batch_size=args.batch_size, learning_rate=args.learning_rate,
         lora=not args.full, rank=args.rank, mixed_precision=args.mixed_precision,
     )
-    components = load_components(args.model)
+    import torch
+
+    load_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(args.mixed_precision) if args.lean_load else None
+    components = load_components(args.model, load_dtype=load_dtype, lora=not args.full)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", encoding="utf-8") as handle:

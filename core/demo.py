@@ -26,7 +26,7 @@ DEMO_SETTINGS: dict[str, Any] = {
     "gradient_checkpointing": False,
     "optimizer": "adamw",
     "cache_latents": True,
-    "cache_text_encoder_outputs": False,
+    "cache_text_encoder_outputs": True,
     "train_text_encoder": False,
     "batch_size": 2,
     "resolution": 64,

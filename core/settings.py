@@ -104,7 +104,7 @@ SETTINGS: dict[str, Setting] = {
         _s("fused_backward_pass", bool, False, "step the optimizer inside backward, one parameter at a time"),
         _s("cache_latents", bool, True, "encode images with the VAE once, before training"),
         _s("cache_latents_to_disk", bool, False, "keep the latent cache on disk instead of in memory"),
-        _s("cache_text_encoder_outputs", bool, False, "encode captions once (only when the text encoder is frozen)"),
+        _s("cache_text_encoder_outputs", bool, True, "encode captions once (only when the text encoder is frozen)"),
         _s("train_text_encoder", bool, False, "also train the text encoder(s)"),
         _s("batch_size", int, 1, "images per GPU per step", minimum=1, maximum=256),
         _s("resolution", int, 512, "training resolution in pixels (the bucket area is its square)", minimum=64, maximum=4096),

@@ -150,3 +150,30 @@ def test_the_eta_holds_while_paused_and_restarts_its_rate_after_a_resume(tmp_pat
     assert view.eta_s(111) == pytest.approx(200.0)  # the window restarted at the resume: 100 steps × 2.0 s
     write({"type": "step", "step": 12, "loss": 0.5, "step_time_s": 2.0})
     assert view.eta_s(112) == pytest.approx(200.0)
+
+
+@sync
+async def test_a_starting_run_shows_its_phase_with_progress_and_time_left(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    run = make_run(runs, "starting-20251009-120000", "starting", steps=0, total=100, created=time.time())
+    status = run / "status.json"
+    phase = {"name": "cache_latents", "label": "caching latents", "done": 312, "total": 1000, "unit": "images", "eta_s": 40.0}
+    status.write_text(json.dumps({**json.loads(status.read_text()), "updated_at": time.time(), "phase": phase}))
+    DashboardScreen.REFRESH_S = 0.2
+    try:
+        app = _app(runs, run)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await until(pilot, lambda: "caching latents" in _text(app, "#state"))
+            assert "STARTING   caching latents 312/1000 images, 40s left" in _text(app, "#state")
+            bar = app.screen.query_one("#progress")
+            assert (bar.total, bar.progress) == (1000, 312)
+            loading = {"name": "load_model", "label": "loading the model", "done": 0, "total": 0, "elapsed_s": 12.0}
+            status.write_text(json.dumps({**json.loads(status.read_text()), "updated_at": time.time(), "phase": loading}))
+            await until(pilot, lambda: "loading the model (12s so far)" in _text(app, "#state"))
+            assert (bar.total, bar.progress) == (1, 0)  # an uncounted phase: an empty bar, not an animated one
+            running = {**json.loads(status.read_text()), "state": "running", "phase": None, "updated_at": time.time()}
+            status.write_text(json.dumps(running))
+            await until(pilot, lambda: "step 0/100" in _text(app, "#state"))
+            assert (bar.total, bar.progress) == (100, 0)
+    finally:
+        DashboardScreen.REFRESH_S = 1.0

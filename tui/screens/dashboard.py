@@ -11,12 +11,13 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import Footer, Header, Log, ProgressBar, Static
+from textual.widgets import Footer, Header, ProgressBar, Static
 
 from core.errors import UserError
 from tui.format import GIB, bar, duration, gib, number
 from tui.run_view import RunView
 from tui.sources import gpu_rows, total_steps, vram_text
+from tui.widgets.log_tail import LogTail
 from tui.widgets.loss_chart import LossChart
 from tui.widgets.sample_view import SampleView
 
@@ -32,6 +33,7 @@ class DashboardScreen(Screen):
         Binding("p", "pause", "Pause", tooltip="Pause or resume the training"),
         Binding("x", "stop", "Stop", tooltip="Stop the run (asks first; it saves first)"),
         Binding("g", "log_scale", "Log y", tooltip="Loss chart: log or linear scale"),
+        Binding("l", "logs", "Log", tooltip="The whole train.log, scrollable"),
         Binding("left_square_bracket", "sample(-1)", "Older sample", key_display="[", show=False),
         Binding("right_square_bracket", "sample(1)", "Newer sample", key_display="]", show=False),
         Binding("t", "next_prompt", "Next prompt", show=False),
@@ -65,7 +67,7 @@ class DashboardScreen(Screen):
                 yield Static("", id="numbers")
                 yield Static("", id="resources")
                 yield SampleView(self.run.path, id="samples")
-        yield Log(id="log", highlight=False, max_lines=2000)
+        yield LogTail(id="log")
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
@@ -118,17 +120,23 @@ class DashboardScreen(Screen):
         self.status, self.state = status, state
         view = self.view
         step = max(view.step, int(status.get("step") or 0))
-        progress = self.query_one("#progress", ProgressBar)
-        if (progress.total, progress.progress) != (total or None, step):
-            progress.update(total=total or None, progress=step)
-        eta = view.eta_s(total, state) if state in LIVE_STATES else None
+        phase = status.get("phase") if state in ("queued", "starting") else None
         state_text = Text()
         state_text.append(f" {state.upper()} ", style=f"reverse {state_style(state)}")
-        state_text.append(f"  step {step}/{total or '?'}")
-        if eta is not None:
-            state_text.append(f"  ETA {duration(eta)}")
-        elif state == "paused":
-            state_text.append("  ETA on hold while paused")
+        if isinstance(phase, dict):
+            bar_total, bar_done = phase_progress(phase)
+            state_text.append(f"  {phase_text(phase)}")
+        else:
+            bar_total, bar_done = total or None, step
+            eta = view.eta_s(total, state) if state in LIVE_STATES else None
+            state_text.append(f"  step {step}/{total or '?'}")
+            if eta is not None:
+                state_text.append(f"  ETA {duration(eta)}")
+            elif state == "paused":
+                state_text.append("  ETA on hold while paused")
+        progress = self.query_one("#progress", ProgressBar)
+        if (progress.total, progress.progress) != (bar_total, bar_done):
+            progress.update(total=bar_total, progress=bar_done)
         self._put("#state", state_text)
         error = self.query_one("#error", Static)
         error.display = state in ("failed", "lost")
@@ -146,13 +154,14 @@ class DashboardScreen(Screen):
         self._put("#numbers", self._numbers())
         self._put("#resources", self._resources(gpus))
         if lines:
-            self.query_one("#log", Log).write_lines(terminal_lines(lines))
+            self.query_one("#log", LogTail).write_lines(terminal_lines(lines))
 
     def _put(self, selector: str, text: Text) -> None:
-        """Update a Static only when its text changed (an update costs a repaint)."""
-        if self.shown.get(selector) != text:
+        """Update a Static only when its text changed (a repaint), with a layout only when its shape changed."""
+        before = self.shown.get(selector)
+        if before != text:
             self.shown[selector] = text
-            self.query_one(selector, Static).update(text)
+            self.query_one(selector, Static).update(text, layout=before is None or text_shape(before) != text_shape(text))
 
     def _numbers(self) -> Text:
         view = self.view
@@ -212,6 +221,11 @@ class DashboardScreen(Screen):
         except UserError as exc:
             self.app.call_from_thread(self.notify, str(exc), severity="error", timeout=10)
 
+    def action_logs(self) -> None:
+        from tui.screens.logs import LogScreen
+
+        self.app.push_screen(LogScreen(self.run))
+
     def action_log_scale(self) -> None:
         self.query_one("#loss", LossChart).toggle_log()
 
@@ -225,6 +239,33 @@ class DashboardScreen(Screen):
         if self.state in LIVE_STATES:
             self.notify("Detached: the training goes on. sdtui attach " + self.run.path.name)
         self.app.pop_screen()
+
+
+def text_shape(text: Text) -> tuple[int, ...]:
+    """The cell width of each line: when it is unchanged, new text needs no layout pass."""
+    return tuple(line.cell_len for line in text.split("\n"))
+
+
+def phase_text(phase: dict[str, Any]) -> str:
+    """A start-up phase from status.json as the user reads it: ``caching latents 312/1000 images, 40s left``."""
+    text = str(phase.get("label") or phase.get("name") or "starting")
+    done, total = phase.get("done"), phase.get("total")
+    if isinstance(total, int) and total > 0 and isinstance(done, int):
+        text += f" {done}/{total}" + (f" {phase['unit']}" if phase.get("unit") else "")
+    eta = phase.get("eta_s")
+    if isinstance(eta, (int, float)):
+        text += f", {duration(eta)} left"
+    elif isinstance(phase.get("elapsed_s"), (int, float)):
+        text += f" ({duration(phase['elapsed_s'])} so far)"
+    return text
+
+
+def phase_progress(phase: dict[str, Any]) -> tuple[int | None, int]:
+    """(total, done) for the progress bar; an uncounted phase shows an empty bar, not an animated one."""
+    done, total = phase.get("done"), phase.get("total")
+    if isinstance(total, int) and total > 0 and isinstance(done, int):
+        return total, min(done, total)
+    return 1, 0
 
 
 def terminal_lines(lines: list[str]) -> list[str]:

@@ -61,6 +61,11 @@ class HomeScreen(Screen):
         self.set_interval(self.REFRESH_S, self.refresh_runs)
         self.set_interval(self.GPU_REFRESH_S, self.refresh_gpus)
 
+    @property
+    def on_top(self) -> bool:
+        """Whether this screen is the one shown (Textual's ``is_current`` also counts it under a dashboard)."""
+        return self.app.screen is self
+
     @work(thread=True, exclusive=True, group="gpus")
     def load_gpus(self, refresh: bool = False) -> None:
         """Probe (or parse the simulated spec) and show the GPUs."""
@@ -73,12 +78,12 @@ class HomeScreen(Screen):
 
     def refresh_gpus(self) -> None:
         """Real GPUs: probe again for the VRAM in use (simulated ones do not change)."""
-        if self.app.context.gpu_spec is None and self.is_current:
+        if self.app.context.gpu_spec is None and self.on_top:
             self.load_gpus(refresh=True)
 
     def refresh_runs(self) -> None:
         """Start a refresh unless the previous one is still going or another screen is on top."""
-        if not self.refreshing and self.is_current:
+        if not self.refreshing and self.on_top:
             self.refreshing = True
             self.read_runs()
 
@@ -115,7 +120,8 @@ class HomeScreen(Screen):
         empty = self.query_one("#runs-empty", Static)
         empty.display = not rows
         table.display = bool(rows)
-        empty.update(f"No runs in {display_path(self.app.context.runs_dir)} yet. Press n to start one, d for the CPU demo.")
+        if not rows:
+            empty.update(f"No runs in {display_path(self.app.context.runs_dir)} yet. Press n to start one, d for the CPU demo.")
         if selected is not None and selected.run_id in table.rows:
             table.move_cursor(row=table.get_row_index(selected.run_id))
 

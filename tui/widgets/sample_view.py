@@ -39,6 +39,7 @@ class SampleView(Vertical):
         self.prompt_index = 0
         self.position = -1
         self.follow = True
+        self.caption: object = None
 
     def compose(self) -> ComposeResult:
         yield image_class()(id="sample-image")
@@ -74,9 +75,8 @@ class SampleView(Vertical):
 
     def _show(self) -> None:
         samples = self.history.get(self.prompt_index, [])
-        caption = self.query_one("#sample-caption", Static)
         if not samples or not 0 <= self.position < len(samples):
-            caption.update("No samples yet.")
+            self._caption("No samples yet.")
             return
         sample = samples[self.position]
         image = self.query_one("#sample-image")
@@ -84,8 +84,14 @@ class SampleView(Vertical):
         if path.is_file() and image.image != str(path):
             image.image = str(path)
         prompt = sample.prompt.split(" --")[0]
-        caption.update(Text.assemble(
+        self._caption(Text.assemble(
             f"step {sample.step} · prompt {sample.prompt_index + 1}/{len(self.history)} · {self.position + 1}/{len(samples)}",
             ("  [ ] history, t prompt", "dim"),
             f"\n{prompt}",
         ))
+
+    def _caption(self, content: str | Text) -> None:
+        """Update the caption only when it changed (each update is a layout pass)."""
+        if content != self.caption:
+            self.caption = content
+            self.query_one("#sample-caption", Static).update(content)
