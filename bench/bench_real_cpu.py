@@ -83,6 +83,14 @@ def needed_bytes(model: Path, method: str) -> int:
     return int(total + HEADROOM_BYTES)
 
 
+def warm_page_cache(model: Path) -> None:
+    """Read the model's files once, so that neither side's first round pays the disk for both."""
+    for path in model.rglob("*.safetensors"):
+        with open(path, "rb") as handle:
+            while handle.read(64 * 1024 * 1024):
+                pass
+
+
 def make_images(root: Path, count: int = 8) -> Path:
     """A kohya folder ``1_sks thing`` of ``count`` square pictures with captions."""
     if root.is_dir():
@@ -181,6 +189,7 @@ def measure(family: str, method: str, models: Path, work: Path) -> list[str]:
         return [f"{label}: not measured: needs about {need / GB:.0f} GB of memory (weights, gradients and AdamW state), "
                 f"{free / GB:.0f} GB free of {psutil.virtual_memory().total / GB:.0f} GB ratio=n/a"]
     dataset = make_images(work / "images")
+    warm_page_cache(model)
     env = {**child_env(), "XDG_CACHE_HOME": str(work / "cache")}  # the first ours-run starts with an empty latent cache
     mine, theirs = [], []
     for index in range(ROUNDS):

@@ -125,3 +125,36 @@ def test_downsample_skips_nan() -> None:
     values = [float("nan")] * 50 + [float(i) for i in range(50)]
     thin = downsample(values, 10)
     assert 49.0 in thin and 0.0 in thin
+
+
+def test_downsample_keeps_each_buckets_first_minimum_and_maximum():
+    """The numpy thinning against the rule spelled out in plain Python, on random series with NaNs."""
+    import math
+    import random
+
+    from core.monitor.downsample import downsample_index
+
+    def by_hand(values, width):
+        n = len(values)
+        if width <= 0 or n == 0:
+            return []
+        if n <= width:
+            return list(range(n))
+        buckets = max(1, width // 2)
+        kept = []
+        for b in range(buckets):
+            lo, hi = b * n // buckets, (b + 1) * n // buckets
+            finite = [i for i in range(lo, hi) if not math.isnan(values[i])]
+            if not finite:
+                kept.append(lo)
+                continue
+            low = min(finite, key=lambda i: (values[i], i))
+            high = min(finite, key=lambda i: (-values[i], i))
+            kept.extend(sorted({low, high}))
+        return kept
+
+    rng = random.Random(7)
+    for _ in range(500):
+        values = [rng.choice([math.nan, float(rng.randint(0, 3)), rng.random()]) for _ in range(rng.randint(0, 200))]
+        width = rng.randint(0, 40)
+        assert downsample_index(values, width) == by_hand(values, width)

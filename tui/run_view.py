@@ -38,9 +38,30 @@ class RunView:
         self._samples_seen = 0
         self._last_event: dict[str, Any] | None = None
         self._last_fed: dict[str, Any] | None = None
+        self.previewing = False
+
+    def preview(self, path: Any) -> bool:
+        """Sample a long metrics file for a thinned chart at once (True when it did); the next update reads it all."""
+        from core.monitor import MetricsSeries
+        from core.monitor.preview import sampled_steps
+
+        lines = sampled_steps(path)
+        if not lines:
+            return False
+        series = MetricsSeries()
+        series.add(lines)
+        self.series = series
+        self.smoothed = moving_average(np.frombuffer(series.loss, dtype=np.float64))
+        self.previewing = True
+        return True
 
     def update(self, tail: Any) -> bool:
         """Read what is new from a MetricsTail; True when anything changed."""
+        if self.previewing:
+            from core.monitor import MetricsSeries
+
+            self.series = MetricsSeries()  # the full read replaces the sampled lines
+            self.previewing = False
         collecting = gc.isenabled()
         gc.disable()  # a first read of a long run allocates millions of acyclic dicts: GC passes would double its time
         try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -98,23 +98,62 @@ def updated_at(status: dict[str, Any]) -> float | None:
 
 
 class RunsWatcher:
-    """The runs of a folder with their live state and last loss (read from the end of metrics.jsonl only)."""
+    """The runs of a folder with their live state and last loss, re-read only where a file changed.
+
+    Each refresh lists the folder and stats status.json and metrics.jsonl of every run; a run
+    whose files are unchanged keeps its row (a finished run costs two stats), a changed one is
+    read again (status.json, the end of metrics.jsonl). Live runs get their state derived each
+    time (their processes may have died without a word).
+    """
 
     def __init__(self, runs_dir: Path) -> None:
         self.runs_dir = Path(runs_dir)
+        self._known: dict[Path, tuple[tuple[int, ...], dict[str, Any], RunRow]] = {}
 
     def rows(self) -> list[RunRow]:
         """Every run, newest first (by creation, so a live run does not jump around)."""
-        from core.runs import list_runs
+        from core.runs import FINAL_STATES, RunDir, is_run_dir
 
-        rows = []
-        for run in list_runs(self.runs_dir):
-            status = run.read_status()
-            last = run.last_step_record() or {}
-            steps = [int(v) for v in (status.get("step"), last.get("step")) if isinstance(v, (int, float))]
-            step = max(steps) if steps else None
-            rows.append(RunRow(run.id, run.path, run.derive_state(status), step, total_steps(run, status), last.get("loss"), updated_at(status)))
-        return rows
+        root = self.runs_dir.expanduser()
+        if not root.is_dir():
+            return []
+        found: dict[Path, tuple[tuple[int, ...], dict[str, Any], RunRow]] = {}
+        for child in root.iterdir():
+            if child.name.startswith(".") or not is_run_dir(child):
+                continue
+            run = RunDir(child)
+            key = _stamp(run.status_json) + _stamp(run.metrics)
+            known = self._known.get(child)
+            if known is not None and known[0] == key:
+                status, row = known[1], known[2]
+                if row.state not in FINAL_STATES:
+                    row = replace(row, state=run.derive_state(status))
+            else:
+                status = run.read_status()
+                last = run.last_step_record() or {}
+                steps = [int(v) for v in (status.get("step"), last.get("step")) if isinstance(v, (int, float))]
+                row = RunRow(run.id, run.path, run.derive_state(status), max(steps) if steps else None, total_steps(run, status),
+                             last.get("loss"), updated_at(status))
+            found[child] = (key, status, row)
+        self._known = found
+        ordered = sorted(found.values(), key=lambda v: (float(v[1].get("created_at") or _created(v[2].path)), v[2].run_id), reverse=True)
+        return [row for _, _, row in ordered]
+
+
+def _stamp(path: Path) -> tuple[int, ...]:
+    """(mtime ns, size) of a file, (0, -1) when it is missing."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return (0, -1)
+    return (stat.st_mtime_ns, stat.st_size)
+
+
+def _created(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def vram_text(row: GpuRow) -> str:

@@ -54,6 +54,8 @@ class DashboardScreen(Screen):
         self.shown: dict[str, Text] = {}
         self.chart_pending = False
         self.chart_drawn_at = 0.0
+        self.first_read = True
+        self.chart_preview = False
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -97,6 +99,12 @@ class DashboardScreen(Screen):
             self.polling = False
 
     def _read_news(self) -> None:
+        status = self.run.read_status()
+        if self.first_read:
+            self.first_read = False
+            if self.view.preview(self.run.metrics):  # a long run: a thinned chart now, the full one after the read
+                state = self.run.derive_state(status)
+                self.app.call_from_thread(self.show, True, status, state, total_steps(self.run, status), [], None)
         changed = self.view.update(self.metrics_tail)
         status = self.run.read_status()
         state = self.run.derive_state(status)
@@ -148,8 +156,9 @@ class DashboardScreen(Screen):
             self.chart_pending = True
             self.query_one("#samples", SampleView).set_samples(view.samples, view.newest_sample)
         now = time.monotonic()
-        if self.chart_pending and (now - self.chart_drawn_at >= self.CHART_S or state not in LIVE_STATES):
-            self.chart_pending, self.chart_drawn_at = False, now
+        filled_in = self.chart_preview and not view.previewing  # the full series replaces the sampled one at once
+        if self.chart_pending and (now - self.chart_drawn_at >= self.CHART_S or state not in LIVE_STATES or filled_in):
+            self.chart_pending, self.chart_drawn_at, self.chart_preview = False, now, view.previewing
             self.query_one("#loss", LossChart).set_data(view.series.steps, view.series.loss, view.smoothed)
         self._put("#numbers", self._numbers())
         self._put("#resources", self._resources(gpus))

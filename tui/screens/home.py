@@ -52,6 +52,7 @@ class HomeScreen(Screen):
         self.watcher = RunsWatcher(context.runs_dir)
         self.refreshing = False
         self.rows: list[RunRow] = []
+        self.cells: dict[str, tuple] = {}
         table = self.query_one("#runs", DataTable)
         table.add_column("run", key="run", width=34)
         for key, label, width in (("state", "state", 9), ("step", "step", 11), ("loss", "raw loss", 8), ("updated", "updated", 12)):
@@ -107,15 +108,19 @@ class HomeScreen(Screen):
         selected = self.selected()
         if [k.value for k in table.rows] != [r.run_id for r in rows]:
             table.clear()
+            self.cells = {}
         for row in rows:
             step = "–" if row.step is None else f"{row.step}/{row.total_steps or '?'}"
             age = "–" if row.updated_at is None else duration(row.age(now)) + " ago"
             cells = (row.run_id, Text(row.state, style=STATE_STYLE.get(row.state, "")), step, number(row.loss), age)
-            if row.run_id in table.rows:
-                for column, value in zip(("run", "state", "step", "loss", "updated"), cells):
-                    table.update_cell(row.run_id, column, value)
-            else:
+            before = self.cells.get(row.run_id)
+            if before is None:
                 table.add_row(*cells, key=row.run_id)
+            else:  # only the cells that changed: each update is a repaint of the table
+                for column, value, old in zip(("run", "state", "step", "loss", "updated"), cells, before):
+                    if value != old:
+                        table.update_cell(row.run_id, column, value)
+            self.cells[row.run_id] = cells
         self.rows = rows
         empty = self.query_one("#runs-empty", Static)
         empty.display = not rows
