@@ -1,14 +1,17 @@
 """Real-size GPU benchmark: sdtui's trainer against the diffusers-example loop, with memory truth.
 
-For SD1.5 at 512 px (LoRA and full fine-tune, batch 1/4/8) and SDXL at 1024 px (batch 1/4), with
-UNet/VAE/text encoders built from ``core.model_configs`` (the real architectures, random
-weights) and a generated dataset, each case runs twice in a fresh process: the sdtui trainer
-(in-process ``Trainer`` on a run folder) and ``bench.reference_loop``. Per side it reports
-steady-state images/s, MFU (the UNet's measured training FLOPs per image × images/s against
-the GPU's dense bf16 peak from ``core.gpu``), ``torch.cuda.max_memory_reserved``, the NVML
-peak of the device and, for ours, ``core.memory.estimate``'s figure for the same settings.
+For SD1.5 at 512 px and SDXL at 1024 px (LoRA and full fine-tune), with UNet/VAE/text encoders
+built from ``core.model_configs`` (the real architectures, random weights) and a generated
+dataset, each case runs twice in a fresh process: the sdtui trainer (in-process ``Trainer`` on a
+run folder) and ``bench.reference_loop``. Per side it reports steady-state images/s, MFU (the
+UNet's measured training FLOPs per image × images/s against the GPU's dense bf16 peak from
+``core.gpu``), ``torch.cuda.max_memory_reserved``, the NVML peak of the device and, for ours,
+``core.memory.estimate``'s figure for the same settings and the time to the first step (the
+trainer's ``phase`` records). The lines go into ``bench/RESULTS.md`` (a dated section) and each
+of ours' measured peaks into the calibration table (``core.memory.record_calibration``).
 
-    python -m bench.bench_gpu                      # every case (needs a CUDA GPU, ~25 min on an H100)
+    python -m bench.bench_gpu                      # the four cases at one batch size each (< 8 min on an H100/H200)
+    python -m bench.bench_gpu --all                # every batch size (~25 min)
     python -m bench.bench_gpu --family sd1 --method lora --batch 4
     python -m bench.bench_gpu --tiny               # the same code on the CPU with tiny shapes
     python -m bench.bench_gpu --flops              # what the caches save at real size, in counted FLOPs
@@ -34,16 +37,16 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 GIB = 1024**3
-#: (family, method, resolution, batch sizes) at real size.
+#: (family, method, resolution, batch sizes) at real size; the first batch size is the default run's.
 CASES: tuple[tuple[str, str, int, tuple[int, ...]], ...] = (
-    ("sd1", "lora", 512, (1, 4, 8)),
-    ("sd1", "finetune", 512, (1, 4, 8)),
-    ("sdxl", "lora", 1024, (1, 4)),
+    ("sd1", "lora", 512, (4, 1, 8)),
+    ("sd1", "finetune", 512, (4, 1, 8)),
+    ("sdxl", "lora", 1024, (2, 1, 4)),
     ("sdxl", "finetune", 1024, (1, 4)),
 )
 TINY_RESOLUTION = 64
 TINY_BATCHES = (1, 2)
-STEPS, WARMUP = 30, 10
+STEPS, WARMUP = 24, 8
 TINY_STEPS, TINY_WARMUP = 14, 4
 #: Ours on a big GPU: the speed settings (no memory savers needed at these sizes).
 GPU_SETTINGS: dict[str, Any] = {
@@ -284,8 +287,9 @@ def measure_ours(case: dict[str, Any], model: Path, dataset: Path, workdir: Path
     with NvmlPeak() as nvml:
         trainer.setup()
         trainer.train()
-    steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"step"' in line]
-    steps = [s for s in steps if s.get("type") == "step"]
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    steps = [s for s in records if s.get("type") == "step"]
+    first = next((r for r in records if r.get("type") == "phase" and r.get("phase") == "first_step"), {})
     times = [s["step_time_s"] for s in steps]
     images = [round(s["images_per_s"] * s["step_time_s"]) for s in steps]
     return {
@@ -293,7 +297,9 @@ def measure_ours(case: dict[str, Any], model: Path, dataset: Path, workdir: Path
         "reserved": torch.cuda.max_memory_reserved() if torch.cuda.is_available() else None,
         "nvml_peak": nvml.peak,
         "estimate": estimate_bytes(case, {**trainer.settings}),
-        "settings": {k: trainer.settings[k] for k in GPU_SETTINGS},
+        "settings": dict(trainer.settings),
+        "first_step_s": first.get("since_start_s"),
+        "phases": first.get("phases", {}),
     }
 
 
@@ -396,6 +402,9 @@ def describe(label: str, ours: dict[str, Any], ref: dict[str, Any], tflops: floa
         text = f"{result['ips']:.2f} img/s MFU {mfu} reserved {_gib(result.get('reserved'))} nvml {_gib(result.get('nvml_peak'))}"
         if "estimate" in result:
             text += f" estimate {_gib(result.get('estimate'))}"
+        if result.get("first_step_s") is not None:
+            phases = ", ".join(f"{k} {v:.1f}s" for k, v in result.get("phases", {}).items())
+            text += f" first step after {result['first_step_s']:.1f}s ({phases})"
         return text
 
     flops = ours.get("flops_per_image")
@@ -406,8 +415,8 @@ def describe(label: str, ours: dict[str, Any], ref: dict[str, Any], tflops: floa
     )
 
 
-def run_cases(tiny: bool, family: str | None, method: str | None, batch: int | None, workdir: Path) -> list[str]:
-    """Run the selected cases, ours then reference each; one line per case."""
+def run_cases(tiny: bool, family: str | None, method: str | None, batch: int | None, workdir: Path, every_batch: bool = False) -> list[str]:
+    """Run the selected cases, ours then reference each; one line per case; ours' peaks go into the calibration table."""
     name, tflops = peak_tflops()
     lines = []
     for fam, meth, resolution, batches in CASES:
@@ -416,7 +425,8 @@ def run_cases(tiny: bool, family: str | None, method: str | None, batch: int | N
         resolution = TINY_RESOLUTION if tiny else resolution
         model = build_model(fam, workdir / f"model-{fam}{'-tiny' if tiny else ''}", tiny)
         dataset = build_dataset(workdir / f"data-{resolution}", resolution)
-        for size in TINY_BATCHES if tiny else batches:
+        sizes = TINY_BATCHES if tiny else (batches if every_batch or batch else batches[:1])
+        for size in sizes:
             if batch and size != batch:
                 continue
             case = {
@@ -429,7 +439,30 @@ def run_cases(tiny: bool, family: str | None, method: str | None, batch: int | N
             label = f"gpu_{fam}_{meth}_{resolution}px_b{size}" + ("_tiny_cpu (checks the script; not a GPU figure)" if tiny else f" [{name}]")
             lines.append(describe(label, ours, ref, tflops))
             print(lines[-1], file=sys.stderr, flush=True)
+            if not tiny and ours.get("reserved"):
+                calibrate(fam, meth, ours, name)
     return lines
+
+
+def calibrate(family: str, method: str, ours: dict[str, Any], gpu_name: str) -> None:
+    """Record ours' measured peak (``max_memory_reserved``) for its settings in the calibration table."""
+    from core.memory import record_calibration
+
+    record_calibration(family, method, ours["settings"], int(ours["reserved"]), source=f"bench_gpu on {gpu_name}")
+
+
+def write_results(lines: list[str], gpu_name: str, results: Path = REPO / "bench" / "RESULTS.md") -> None:
+    """Append a dated section with the lines to bench/RESULTS.md (written atomically)."""
+    import datetime
+    import subprocess as sp
+
+    from core.atomic import write_atomic
+
+    commit = sp.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip() or "?"
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    section = f"\n## GPU run of {stamp} on {gpu_name} (commit {commit}, `python -m bench.bench_gpu`)\n\n```\n" + "\n".join(lines) + "\n```\n"
+    before = results.read_text(encoding="utf-8") if results.is_file() else "# Benchmark results\n"
+    write_atomic(results, before.rstrip("\n") + "\n" + section)
 
 
 def main(argv: list[str] | None = None) -> list[str]:
@@ -441,6 +474,8 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("--batch", type=int)
     parser.add_argument("--workdir", help="keep models and data here (default: a temporary folder)")
     parser.add_argument("--flops", action="store_true", help="only count the real-size FLOPs the caches save (no GPU, seconds)")
+    parser.add_argument("--all", action="store_true", help="every batch size of every case (~25 min on an H100)")
+    parser.add_argument("--no-write", action="store_true", help="print only; do not touch bench/RESULTS.md or the calibration table")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args([] if argv is None else argv)
     if args.child:
@@ -456,7 +491,9 @@ def main(argv: list[str] | None = None) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="sdtui-bench-gpu-") as tmp:
         workdir = Path(args.workdir) if args.workdir else Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        lines = run_cases(tiny, *selected, workdir)
+        lines = run_cases(tiny, *selected, workdir, every_batch=args.all)
+    if not tiny and not args.no_write:
+        write_results(lines, peak_tflops()[0])
     if tiny and not args.tiny:
         lines += flops_lines()
         lines.append("gpu_real_size: not measured: no CUDA GPU on this machine (run `python -m bench.bench_gpu` where one is) ratio=n/a")

@@ -100,26 +100,45 @@ def updated_at(status: dict[str, Any]) -> float | None:
 class RunsWatcher:
     """The runs of a folder with their live state and last loss, re-read only where a file changed.
 
-    Each refresh lists the folder and stats status.json and metrics.jsonl of every run; a run
-    whose files are unchanged keeps its row (a finished run costs two stats), a changed one is
-    read again (status.json, the end of metrics.jsonl). Live runs get their state derived each
-    time (their processes may have died without a word).
+    A refresh stats status.json and metrics.jsonl of each live run; a run whose files are
+    unchanged keeps its row, a changed one is read again (status.json, the end of
+    metrics.jsonl), and live runs get their state derived each time (their processes may have
+    died without a word). The folder is listed again when its modification time changes (a run
+    was added or removed), and runs in a final state are looked at every ``FULL_EVERY``-th
+    refresh only (a resumed run shows within that): 500 finished runs cost one stat a refresh.
     """
+
+    FULL_EVERY = 8
 
     def __init__(self, runs_dir: Path) -> None:
         self.runs_dir = Path(runs_dir)
         self._known: dict[Path, tuple[tuple[int, ...], dict[str, Any], RunRow]] = {}
+        self._listing: tuple[tuple[int, ...], list[Path]] = ((), [])
+        self._refreshes = 0
+
+    def _children(self, root: Path) -> list[Path]:
+        """The run folders of ``root``, listed again only when the folder changed."""
+        from core.runs import is_run_dir
+
+        stamp = _stamp(root)
+        if stamp != self._listing[0]:
+            self._listing = (stamp, [c for c in root.iterdir() if not c.name.startswith(".") and is_run_dir(c)])
+        return self._listing[1]
 
     def rows(self) -> list[RunRow]:
         """Every run, newest first (by creation, so a live run does not jump around)."""
-        from core.runs import FINAL_STATES, RunDir, is_run_dir
+        from core.runs import FINAL_STATES, RunDir
 
         root = self.runs_dir.expanduser()
         if not root.is_dir():
             return []
+        full = self._refreshes % self.FULL_EVERY == 0
+        self._refreshes += 1
         found: dict[Path, tuple[tuple[int, ...], dict[str, Any], RunRow]] = {}
-        for child in root.iterdir():
-            if child.name.startswith(".") or not is_run_dir(child):
+        for child in self._children(root):
+            known = self._known.get(child)
+            if known is not None and not full and known[2].state in FINAL_STATES:
+                found[child] = known
                 continue
             run = RunDir(child)
             key = _stamp(run.status_json) + _stamp(run.metrics)

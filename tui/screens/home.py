@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -32,6 +34,9 @@ class HomeScreen(Screen):
         Binding("q", "app.quit", "Quit"),
     ]
     REFRESH_S = 1.5
+    #: Step, loss and age cells change on every refresh of a live run, and any changed cell repaints
+    #: every visible row of the table: they are brought up to date at most this often (states at once).
+    PROGRESS_S = 5.0
     GPU_REFRESH_S = 3.0
 
     def compose(self) -> ComposeResult:
@@ -53,6 +58,7 @@ class HomeScreen(Screen):
         self.refreshing = False
         self.rows: list[RunRow] = []
         self.cells: dict[str, tuple] = {}
+        self.progress_at = 0.0
         table = self.query_one("#runs", DataTable)
         table.add_column("run", key="run", width=34)
         for key, label, width in (("state", "state", 9), ("step", "step", 11), ("loss", "raw loss", 8), ("updated", "updated", 12)):
@@ -109,6 +115,9 @@ class HomeScreen(Screen):
         if [k.value for k in table.rows] != [r.run_id for r in rows]:
             table.clear()
             self.cells = {}
+        progress_due = time.monotonic() - self.progress_at >= self.PROGRESS_S
+        if progress_due:
+            self.progress_at = time.monotonic()
         for row in rows:
             step = "–" if row.step is None else f"{row.step}/{row.total_steps or '?'}"
             age = "–" if row.updated_at is None else duration(row.age(now)) + " ago"
@@ -116,10 +125,12 @@ class HomeScreen(Screen):
             before = self.cells.get(row.run_id)
             if before is None:
                 table.add_row(*cells, key=row.run_id)
-            else:  # only the cells that changed: each update is a repaint of the table
+            elif cells[1] != before[1] or progress_due:  # only the cells that changed
                 for column, value, old in zip(("run", "state", "step", "loss", "updated"), cells, before):
                     if value != old:
                         table.update_cell(row.run_id, column, value)
+            else:
+                continue
             self.cells[row.run_id] = cells
         self.rows = rows
         empty = self.query_one("#runs-empty", Static)
