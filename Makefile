@@ -18,9 +18,9 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q "$(UV_PIN)"
-	$(UV) pip install -q --python $(PY) --require-hashes --no-deps -r $(LOCK)
+	$(UV) pip install -q --python $(PY) --compile-bytecode --require-hashes --no-deps -r $(LOCK)
 	$(PY) -m pip install -q "$(TORCH_PIN)"
-	$(UV) pip install -q --python $(PY) --no-deps --no-build-isolation -e .
+	$(UV) pip install -q --python $(PY) --compile-bytecode --no-deps --no-build-isolation -e .
 	$(PY) -m pip check
 	touch $(STAMP)
 

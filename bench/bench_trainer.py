@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import with_bytecode
+
 REPO = Path(__file__).resolve().parents[1]
 RESOLUTION = 64
 STEPS = 30
@@ -112,7 +114,7 @@ def child_env() -> dict[str, str]:
     env = dict(os.environ)
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
-    return env
+    return with_bytecode(env)
 
 
 def run_watched(
@@ -225,6 +227,42 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in lines if line.strip()]
 
 
+def demo_first_step(workdir: Path) -> str:
+    """Launch to first step on the tiny demo, as the TUI's Launch does it (``start_run``: supervisor, accelerate launch, trainer).
+
+    The trainer's ``first_step`` record gives its phases and its seconds since its own process
+    started; the rest of the time from the call is the launcher (supervisor, accelerate's CLI).
+    """
+    from core.demo import prepare_demo
+    from core.launch.control import stop_run
+    from core.launch.start import start_run
+
+    demo = prepare_demo(workdir / "demo")
+    start = time.time()
+    run = start_run(demo.config, demo.runs, overrides=["schedule.sample_at_start=false"])
+    first: dict[str, Any] = {}
+    try:
+        deadline = time.monotonic() + 300
+        while not first and time.monotonic() < deadline:
+            time.sleep(0.2)
+            if run.metrics.is_file():
+                text = run.metrics.read_text(encoding="utf-8")
+                records = [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines() if line.strip()]
+                first = next((r for r in records if r.get("type") == "phase" and r.get("phase") == "first_step"), {})
+    finally:
+        stop_run(run)
+    if not first:
+        return "first_step_tiny_demo: no first step within 300 s ratio=n/a"
+    total = float(first["time"]) - start
+    phases = ", ".join(f"{k} {v:.1f} s" for k, v in first.get("phases", {}).items())
+    launcher = total - float(first["since_start_s"])
+    return (
+        f"first_step_tiny_demo: Launch to the first optimizer step {total:.1f} s: launcher (supervisor, accelerate launch) "
+        f"{launcher:.1f} s, then the trainer {first['since_start_s']:.1f} s ({phases}); load avg {os.getloadavg()[0]:.1f} "
+        f"(no reference: the examples have no launcher) ratio=n/a"
+    )
+
+
 def main() -> list[str]:
     """Alternate ours and the reference at each precision, ``ROUNDS`` times; one line per comparison."""
     from core.demo import build_model
@@ -249,6 +287,8 @@ def main() -> list[str]:
         "trainer_tiny_sd1_lora_defaults", results[("ours", "bf16")], results[("ref", "no")],
         "ours bf16 (the settings' default) vs the example's default fp32", load,
     ))
+    with tempfile.TemporaryDirectory(prefix="sdtui-bench-demo-") as tmp:
+        lines.append(demo_first_step(Path(tmp)))
     return lines
 
 

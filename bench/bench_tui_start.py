@@ -20,6 +20,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench import with_bytecode
 from bench.terminal import PtyProcess, first_frame_marker
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,7 +85,7 @@ def bench_env() -> dict[str, str]:
     env = dict(os.environ)
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
-    return env
+    return with_bytecode(env)
 
 
 def main(runs: int = 7) -> list[str]:
