@@ -37,9 +37,13 @@ class Components:
     text_encoders: list[Any]
     tokenizers: list[Any]
     noise_scheduler: Any
-    pipeline_class: type
     model_path: str
     scheduler: Any = None
+
+    @property
+    def pipeline_class(self) -> type:
+        """The diffusers pipeline class of the family (imported on first use: the pipelines cost 10 s of imports)."""
+        return _pipeline_class(self.family)
 
     @property
     def is_sdxl(self) -> bool:
@@ -110,12 +114,37 @@ def _pipeline_class(family: str) -> type:
     return StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
 
 
-def _load_folder(path: Path, family: str, dtypes: Mapping[str, Any] | None) -> Any:
-    cls = _pipeline_class(family)
-    kwargs: dict[str, Any] = {} if family == "sdxl" else {"safety_checker": None, "requires_safety_checker": False}
-    if dtypes:
-        kwargs["torch_dtype"] = dict(dtypes)
-    return cls.from_pretrained(str(path), local_files_only=True, **kwargs)
+#: The parts of a diffusers folder the trainer loads (the safety checker and feature extractor are left out).
+FOLDER_PARTS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
+
+
+def _load_folder(path: Path, dtypes: Mapping[str, Any] | None) -> Any:
+    """Each part named in ``model_index.json`` with its own class, as the diffusers examples load them.
+
+    Not through the pipeline class: importing the diffusers pipelines costs about 10 s before the
+    first weight is read (they are imported later, when sampling or saving needs them).
+    """
+    import importlib
+    import json
+    from types import SimpleNamespace
+
+    index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
+    parts: dict[str, Any] = {}
+    for name in FOLDER_PARTS:
+        entry = index.get(name)
+        if not isinstance(entry, list) or len(entry) != 2 or entry[0] is None:
+            continue
+        library, class_name = entry
+        cls = getattr(importlib.import_module(library), class_name)
+        kwargs: dict[str, Any] = {"subfolder": name, "local_files_only": True}
+        dtype = (dtypes or {}).get(name, (dtypes or {}).get("default"))
+        if dtype is not None and not name.startswith(("tokenizer", "scheduler")):
+            kwargs["dtype" if library == "transformers" else "torch_dtype"] = dtype
+        parts[name] = cls.from_pretrained(str(path), **kwargs)
+    missing = [n for n in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if n not in parts]
+    if missing:
+        raise ModelLoadError(f"The diffusers folder {path} has no {', '.join(missing)} in model_index.json; give a complete Stable Diffusion folder.")
+    return SimpleNamespace(**parts)
 
 
 def _config_for_single_file(path: Path, config_path: str) -> str | None:
@@ -220,7 +249,7 @@ def load_components(
             if not (path / "model_index.json").is_file():
                 raise ModelLoadError(f"The folder {path} is not a diffusers model (no model_index.json); give a diffusers folder or a single .safetensors file.")
             detected = family_of_folder(path)
-            pipe = _load_folder(path, detected, dtypes)
+            pipe = _load_folder(path, dtypes)
         elif path.is_file():
             if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
                 raise ModelLoadError(f"The model file {path} is not a checkpoint; give a .safetensors or .ckpt file or a diffusers folder.")
@@ -252,7 +281,6 @@ def load_components(
         text_encoders=encoders,
         tokenizers=tokenizers,
         noise_scheduler=noise_scheduler,
-        pipeline_class=type(pipe),
         model_path=str(model_path),
         scheduler=inference,
     )
