@@ -202,9 +202,12 @@ def measure(family: str, method: str, models: Path, work: Path) -> list[str]:
     verdict = f"; target {target}x {'met' if ratio >= target else f'missed by {target - ratio:.2f}'}" if target else ""
     count = sum(len(r["steps_s"]) for r in mine)
     load = os.getloadavg()[1]
+    window = CASES[(family, method)][0] - CASES[(family, method)][1]
+    our_cpu, ref_cpu = (statistics.median(r["cpu"] / window for r in side) for side in (mine, theirs))
     lines = [
         f"{label}: ours {our_step:.2f} s/step vs reference {ref_step:.2f} s/step (median of {count} steps each, "
-        f"{ROUNDS} alternating rounds; ours {_steps(mine)}, reference {_steps(theirs)}); bf16, batch 1, 1 thread, "
+        f"{ROUNDS} alternating rounds; ours {_steps(mine)}, reference {_steps(theirs)}); CPU {our_cpu:.2f} vs {ref_cpu:.2f} s/step "
+        f"(CPU ratio {ref_cpu / our_cpu:.2f}: steadier than the wall clock when neighbours load the machine); bf16, batch 1, 1 thread, "
         f"load avg {load:.1f}; counted-FLOPs prediction at {RESOLUTION}px {predicted(family, method):.2f}{verdict} ratio={ratio:.2f}",
     ]
     cold, warm = mine[0], mine[-1]
