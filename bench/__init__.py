@@ -5,8 +5,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 
 def with_bytecode(env: dict[str, str]) -> dict[str, str]:
     """``env`` with compiled bytecode kept (in ``<user cache>/sdtui/pycache``), as an installed sdtui has it.
@@ -16,10 +14,10 @@ def with_bytecode(env: dict[str, str]) -> dict[str, str]:
     in every process: 9.0 s of CPU instead of 4.7 s for the trainer's imports here, which would
     swamp every start-up figure. Both sides of a comparison get the same environment.
     """
-    import platformdirs
+    from core.userdirs import cache_dir
 
     out = dict(env)
     out.pop("PYTHONDONTWRITEBYTECODE", None)
-    out.setdefault("PYTHONPYCACHEPREFIX", str(Path(platformdirs.user_cache_dir("sdtui", appauthor=False)) / "pycache"))
+    out.setdefault("PYTHONPYCACHEPREFIX", str(cache_dir() / "pycache"))
     return out
 

@@ -62,10 +62,10 @@ SETTINGS: dict[str, Any] = {
 
 
 def default_models_dir() -> Path:
-    """``<user cache dir>/sdtui/bench-models``."""
-    import platformdirs
+    """``<user cache dir>/bench-models`` (``core.userdirs``)."""
+    from core.userdirs import cache_dir
 
-    return Path(platformdirs.user_cache_dir("sdtui", appauthor=False)) / "bench-models"
+    return cache_dir() / "bench-models"
 
 
 def folder_bytes(path: Path, part: str | None = None) -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -13,9 +12,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-# the trainer's shared caches (platformdirs' user cache dir) go to a folder of this test session,
-# never into the user's ~/.cache; subprocesses the tests start inherit it
-os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="sdtui-test-cache-")
 
 REPO = Path(__file__).resolve().parents[1]
 

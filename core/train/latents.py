@@ -38,10 +38,10 @@ BATCH_PIXELS = 8 * 512 * 512
 
 
 def default_cache_dir() -> Path:
-    """``<user cache dir>/sdtui/latents`` (platformdirs; ``$XDG_CACHE_HOME`` on Linux)."""
-    import platformdirs
+    """``<user cache dir>/latents`` (``core.userdirs``: ``$XDG_CACHE_HOME/sdtui`` on Linux)."""
+    from core.userdirs import cache_dir
 
-    return Path(platformdirs.user_cache_dir("sdtui", appauthor=False)) / "latents"
+    return cache_dir() / "latents"
 
 
 class LatentCache:
