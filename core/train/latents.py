@@ -7,8 +7,9 @@ modification time), the bucket (resolution and crop) and the VAE (config, dtype,
 fingerprint). A second run on the same images and settings, a resumed run and every rank of a
 DDP run find them there and encode nothing.
 
-With several processes each rank encodes its own share of the missing entries (entry ``n``
-goes to rank ``n mod world``), then all wait once for the slowest share and read the others'
+With several processes each rank looks after its own share of the entries (entry ``n`` goes
+to rank ``n mod world``, cached or not, so the shares never depend on who wrote what first),
+encodes what of it is missing, then all wait once for the slowest share and read the others'
 files: nobody waits through the whole dataset's encoding at a collective (the NCCL time-out
 sd-scripts users meet when rank 0 caches alone). ``settings.cache_latents_to_disk`` decides
 whether training then reads the files lazily (less RAM) or holds them in memory.
@@ -130,7 +131,7 @@ def cache_latents(
 
     ``folder`` is the shared cache folder (``None``: memory only, one process). ``barrier`` is
     called once between encoding and reading when ``world`` > 1. ``progress(done, total)``
-    follows this rank's share. Images that cannot be read are skipped with a warning. Sets
+    follows what this rank encodes; ``encoded`` and ``reused`` of the cache count this rank's share. Images that cannot be read are skipped with a warning. Sets
     ``train_data.latents`` and returns the cache; raises ``CacheNotValid`` with random crop or flip.
     """
     from core.train.data import CacheNotValid, latent_cache_blocker, load_example
@@ -145,19 +146,21 @@ def cache_latents(
     root = Path(folder) if folder is not None else None
     tag = vae_fingerprint(vae) if root is not None else ""
     cache = LatentCache()
-    planned: list[tuple[Key, Any, Path | None]] = []
+    jobs: list[tuple[Key, Any, Path | None]] = []
     for key, item in _jobs(train_data):
         try:
-            path = entry_path(root, item.path, key[2], tag) if root is not None else None
+            jobs.append((key, item, entry_path(root, item.path, key[2], tag) if root is not None else None))
         except OSError as exc:
             log.warning("skipping %s: %s", item.path, exc)
-            continue
+    # every rank shards the same job list, whatever is on disk yet: a rank that is quick to
+    # write its share cannot change another rank's share (which would leave entries undone)
+    mine = []
+    for key, item, path in jobs[rank::world]:
         if path is not None and path.is_file():
             cache.files[key] = path
             cache.reused += 1
         else:
-            planned.append((key, item, path))
-    mine = planned[rank::world]
+            mine.append((key, item, path))
     if progress is not None:
         progress(0, len(mine))
     scaling = float(vae.config.scaling_factor)
@@ -194,7 +197,7 @@ def cache_latents(
             progress(done, len(mine))
     if world > 1 and barrier is not None:
         barrier()
-    for key, _item, path in planned:
+    for key, _item, path in jobs:
         if path is not None and key not in cache.files and path.is_file():
             cache.files[key] = path  # another rank's share
     if in_memory and cache.files:

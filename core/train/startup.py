@@ -242,9 +242,9 @@ class Startup:
         except data.CacheNotValid as exc:
             self.metrics.event(str(exc), "warning")
             return
-        shares = f", {self.world} processes sharing the work" if self.world > 1 else ""
+        shares = f" (this process's share of {self.world})" if self.world > 1 else ""
         self.phases.end(
-            note=f"{cache.reused} reused from the cache folder, {len(cache)} in all{shares}",
+            note=f"{cache.encoded} encoded, {cache.reused} reused from the cache folder{shares}, {len(cache)} in all",
             encoded=cache.encoded, reused=cache.reused, entries=len(cache), processes=self.world,
         )
 
