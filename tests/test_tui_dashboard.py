@@ -177,3 +177,16 @@ async def test_a_starting_run_shows_its_phase_with_progress_and_time_left(tmp_pa
             assert (bar.total, bar.progress) == (100, 0)
     finally:
         DashboardScreen.REFRESH_S = 1.0
+
+
+@sync
+async def test_the_log_tail_shows_the_newest_lines_without_control_codes(tmp_path: Path) -> None:
+    runs = make_runs(tmp_path / "runs")
+    run = runs / "shapes-lora-20251009-090000"
+    (run / "train.log").write_text("".join(f"line {i}\n" for i in range(50)) + "\x1b[31mred\x1b[0m\tend\n")
+    app = _app(runs, run)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: "end" in _text(app, "#log"))
+        shown = _text(app, "#log")
+        assert "line 49" in shown and "line 10\n" not in shown  # the tail that fits the pane
+        assert "\x1b" not in shown and "\ufffd[31mred" in shown

@@ -7,11 +7,16 @@ dashboard together. The full, scrollable log is one key away (``LogScreen``).
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import Iterable
 
 from rich.text import Text
 from textual.widget import Widget
+
+
+#: Control characters (colour escapes, bells …) a process may write: shown as � so they cannot move the cursor.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
 class LogTail(Widget):
@@ -23,7 +28,7 @@ class LogTail(Widget):
 
     def write_lines(self, lines: Iterable[str]) -> None:
         """Append lines and repaint (no layout)."""
-        self.lines.extend(lines)
+        self.lines.extend(_CONTROL.sub("\ufffd", line.expandtabs()) for line in lines)
         self.refresh()
 
     def render(self) -> Text:
