@@ -1,4 +1,4 @@
-"""``sdtui scan``, ``sdtui plan`` and ``sdtui export-kohya``: look before you train."""
+"""``sdtui scan``, ``sdtui plan``, ``sdtui export-kohya`` and ``sdtui import-kohya``: look before you train."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from typing import Any
 
 from cli.common import add_json, add_set, print_json
 from core.dataset.buckets import BUCKET_KEYS
-from core.dataset.problems import Problem
 from core.errors import UserError
 from core.model_configs import NATIVE_RESOLUTION
 from core.settings import METHODS
@@ -16,7 +15,7 @@ from core.settings import METHODS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``scan``, ``plan`` and ``export-kohya``."""
+    """Add ``scan``, ``plan``, ``export-kohya`` and ``import-kohya``."""
     scan = sub.add_parser("scan", help="scan a kohya-style dataset folder (read-only) and list its problems")
     scan.add_argument("dir", metavar="DIR", help="dataset folder of <repeats>_<token> subfolders")
     scan.add_argument("--resolution", type=int, default=512, help="training resolution for the buckets (default 512)")
@@ -44,6 +43,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     export.add_argument("dir", metavar="DIR", help="output folder")
     export.set_defaults(func=cmd_export_kohya)
 
+    imp = sub.add_parser("import-kohya", help="write a run config from kohya's dataset_config.toml (and its sample prompts)")
+    imp.add_argument("dataset_config", metavar="DATASET_CONFIG.toml", help="sd-scripts dataset config ([general], [[datasets]], [[datasets.subsets]])")
+    imp.add_argument("out", metavar="OUT.toml", help="the run config to write")
+    imp.add_argument("--prompts", metavar="FILE", help="sd-scripts sample prompts file (one prompt a line, --n --w --h --d --l --s)")
+    imp.add_argument("--model", default="", help="diffusers folder, .safetensors file or hub id (else fill in [model] path before training)")
+    imp.add_argument("--method", default="lora", choices=METHODS, help="training method (default lora)")
+    imp.add_argument("--name", help="run name (default: the first subset's token and the method)")
+    imp.set_defaults(func=cmd_import_kohya)
+
 
 def cmd_scan(args: argparse.Namespace) -> int:
     """``sdtui scan DIR``: the subsets table and the problems; exit 2 when nothing can train."""
@@ -54,7 +62,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
         print_json(scan.to_json())
     else:
         print(format_scan(scan))
-    blocking = _blocking_problem(scan)
+    blocking = scan.blocking_problem()
     if blocking is not None:
         raise UserError(f"{blocking.path}: {blocking.message}; {blocking.fix}")
     return 0
@@ -94,6 +102,23 @@ def cmd_export_kohya(args: argparse.Namespace) -> int:
     written = export_kohya(load_config(args.config), out)
     for path in written if isinstance(written, (list, tuple)) else [written]:
         print(path)
+    return 0
+
+
+def cmd_import_kohya(args: argparse.Namespace) -> int:
+    """``sdtui import-kohya DATASET_CONFIG.toml [--prompts FILE] OUT.toml``: a run.toml from kohya's files."""
+    import sys
+
+    from core.config import save_config
+    from core.kohya import run_config_from_kohya
+
+    out = Path(args.out).expanduser()
+    if out.is_dir():
+        raise UserError(f"output {out} is a folder; give the run config file to write, e.g. {out / 'run.toml'}")
+    config = run_config_from_kohya(args.dataset_config, args.prompts, args.model, args.method, args.name)
+    print(save_config(config, out))
+    if not args.model:
+        print(f"note: {out} has no model yet; set [model] path and family there (or give --model), then: sdtui train {out}", file=sys.stderr)
     return 0
 
 
@@ -190,14 +215,6 @@ def _choose_recipe(name: str | None, family: str, method: str, gpus: Any, overri
 
 def _slug(text: str) -> str:
     return "-".join("".join(c if c.isalnum() else " " for c in text.lower()).split())
-
-
-def _blocking_problem(scan: Any) -> Any:
-    """The problem that stops training (no usable training or class image), or None."""
-    if scan.images and not (scan.reg_root and not scan.reg_images):
-        return None
-    errors = [p for p in scan.problems if p.severity == "error" and "no usable" in p.message and p.path in (scan.root, scan.reg_root)]
-    return errors[0] if errors else Problem("error", scan.root, "the dataset has no usable training image", "add png, jpg, webp or bmp images")
 
 
 def _table(headers: list[str], rows: list[list[str]], right: set[int] | None = None) -> str:

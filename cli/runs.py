@@ -145,6 +145,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"device    {fields['device']} × {fields.get('world_size', 1)}")
     if fields.get("latest_checkpoint"):
         print(f"checkpoint {fields['latest_checkpoint']}")
+    for n, output in enumerate(fields["outputs"]):
+        print(f"{'output' if n == 0 else '':<9} {output}")
     if fields.get("exit_code") is not None:
         print(f"exit code {fields['exit_code']}")
     if fields["state"] == LOST:

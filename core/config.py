@@ -33,6 +33,8 @@ _SECTION_COMMENTS = {
     "distributed": "accelerate launch setup",
     "logging": "TensorBoard event files in <run>/tb/; W&B when wandb_project is set",
 }
+#: The first line of a run.toml; save_config completes it with the file's own path.
+_FIRST_LINE = "sdtui run config; start it with: sdtui train "
 _SECTION_ORDER = ("model", "dataset", "method", "settings", "schedule", "samples", "distributed", "logging")
 _CAPTION_EXTENSIONS = (".txt", ".caption")
 
@@ -167,8 +169,11 @@ class RunConfig:
         return self.document.as_string()
 
 
-def load_config(path: str | os.PathLike[str]) -> RunConfig:
-    """Read and validate a run.toml; every mistake is a UserError naming the file, line and rule."""
+def load_config(path: str | os.PathLike[str], complete: bool = True) -> RunConfig:
+    """Read and validate a run.toml; every mistake is a UserError naming the file, line and rule.
+
+    ``complete=False`` also accepts a config without model path or subsets (the wizard fills them in).
+    """
     file = Path(path).expanduser()
     try:
         text = file.read_text(encoding="utf-8")
@@ -185,7 +190,8 @@ def load_config(path: str | os.PathLike[str]) -> RunConfig:
         raise UserError(f"{file} line {exc.line}, column {exc.col}: invalid TOML ({reason}); fix the syntax there") from None
     _Validator(file, text).validate(document)
     config = RunConfig(document, file)
-    config.check_complete()
+    if complete:
+        config.check_complete()
     _absolute_paths(config, file.resolve().parent)
     return config
 
@@ -202,16 +208,22 @@ def new_config(
     distributed: Mapping[str, Any] | None = None,
     logging: Mapping[str, Any] | None = None,
     sampler: str | None = None,
+    method_options: Mapping[str, Any] | None = None,
+    dataset_options: Mapping[str, Any] | None = None,
 ) -> RunConfig:
     """A complete run config: every key of SCHEMA with its default unless given, with comments.
 
     The learning rate, text-encoder rate, scheduler and warm-up not given are the method's for
     the optimizer (core/plan/learning_rates.py; Prodigy's rule of 1.0 included).
+    ``method_options`` are the [method] keys besides ``kind`` (placeholder_token,
+    class_prompt); ``dataset_options`` the [dataset] keys besides the subsets
+    (caption_extension).
     """
     given = {
         "": {"name": name},
+        "dataset": dict(dataset_options or {}),
         "model": {"path": str(model_path) if str(model_path) else "", "family": family},
-        "method": {"kind": method},
+        "method": {**dict(method_options or {}), "kind": method},
         "settings": dict(settings),
         "schedule": dict(schedule or {}),
         "samples": {"prompts": list(prompts or []), **({"sampler": sampler} if sampler else {})},
@@ -219,7 +231,7 @@ def new_config(
         "logging": dict(logging or {}),
     }
     document = tomlkit.document()
-    document.add(tomlkit.comment("sdtui run config; start it with: sdtui train run.toml"))
+    document.add(tomlkit.comment(_FIRST_LINE + "run.toml"))
     for section in ("", *_SECTION_ORDER):
         values = given.get(section, {})
         unknown = [k for k in values if k not in SCHEMA[section]]
@@ -309,12 +321,19 @@ def _method_schedule(family: str, method: str, settings: Mapping[str, Any]) -> d
     from core.plan.learning_rates import schedule_defaults
 
     return schedule_defaults(family, method, resolve("settings", settings)["optimizer"])
+def config_text(config: RunConfig, path: str | os.PathLike[str]) -> str:
+    """The TOML text ``save_config`` writes to ``path``: its header names that file."""
+    text = config.to_toml()
+    first, newline, rest = text.partition("\n")
+    if first.startswith("# " + _FIRST_LINE):
+        return f"# {_FIRST_LINE}{path}{newline}{rest}"
+    return text
 
 
 def save_config(config: RunConfig, path: str | os.PathLike[str]) -> Path:
     """Write the config atomically to ``path`` and remember it as the config's path."""
     target = Path(path)
-    write_atomic(target, config.to_toml())
+    write_atomic(target, config_text(config, target))
     config.path = target
     return target
 

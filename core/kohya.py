@@ -308,3 +308,67 @@ def _subset(file: Path, table: Mapping[str, Any], scopes: list[Mapping[str, Any]
             raise UserError(f"{file}: subset {folder}: {exc}; fix the value") from None
     extension = _inherited("caption_extension", scopes) or _KOHYA_CAPTION_DEFAULT
     return subset, str(extension)
+
+
+def read_prompts(path: str | os.PathLike[str]) -> list[str]:
+    """The prompt lines of an sd-scripts sample prompts file, each checked (blank lines and ``#`` comments skipped)."""
+    file = Path(path).expanduser()
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"sample prompts file {file} does not exist; check the path or leave the prompts out") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"sample prompts file {file} cannot be read ({exc}); make it a readable UTF-8 text file") from None
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    for number, line in enumerate(lines, start=1):
+        try:
+            parse_prompt_line(line)
+        except UserError as exc:
+            raise UserError(f"{file} line {number}: {exc}") from None
+    return lines
+
+
+def run_config_from_kohya(
+    dataset_config: str | os.PathLike[str],
+    prompts: str | os.PathLike[str] | None = None,
+    model: str = "",
+    method: str = "lora",
+    name: str | None = None,
+) -> Any:
+    """A run config (core.config.RunConfig) from an sd-scripts dataset_config.toml and its sample
+    prompts file: the subsets, the [settings] it maps, the caption extension and the prompts.
+
+    ``model`` (a path or hub id) sets [model] and its detected family; without it [model] path
+    stays empty and must be filled in before training.
+    """
+    from core.config import new_config
+    from core.runs import slug
+    from core.settings import defaults
+
+    dataset = read_kohya(dataset_config)
+    family = defaults("model")["family"]
+    if model:
+        from core.model_family import detect_family
+
+        family = detect_family(model)
+    first = next((s for s in dataset.subsets if not s["is_reg"]), dataset.subsets[0])
+    label = first["token"] or Path(first["path"]).name
+    return new_config(
+        name=name or slug(f"{label}-{method}".replace(" ", "-").replace("_", "-")) or "run",
+        model_path=model,
+        family=family,
+        method=method,
+        subsets=dataset.subsets,
+        settings=defaults("settings") | dataset.settings,
+        prompts=read_prompts(prompts) if prompts else [],
+        dataset_options={"caption_extension": dataset.caption_extension},
+    )
+
+
+def is_dataset_config(path: str | os.PathLike[str]) -> bool:
+    """True when the TOML file at ``path`` is an sd-scripts dataset config (``[[datasets]]``, no ``[model]``), not a run.toml."""
+    try:
+        data = tomlkit.parse(Path(path).expanduser().read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ParseError):
+        return False
+    return "datasets" in data and "model" not in data

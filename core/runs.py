@@ -119,6 +119,18 @@ class RunDir:
         """The current state, with ``lost`` derived."""
         return self.derive_state(self.read_status())
 
+    def outputs(self, status: dict[str, Any] | None = None) -> list[Path]:
+        """The results with their full paths: what the trainer's last save wrote (status.json's
+        ``outputs``: the kohya/A1111 file and the diffusers file or folder), else what ``output/`` holds."""
+        status = self.read_status() if status is None else status
+        listed = status.get("outputs")
+        if isinstance(listed, list) and all(isinstance(p, str) for p in listed):
+            return [Path(p) for p in listed if Path(p).exists()]
+        try:
+            return sorted(p.resolve() for p in self.output.iterdir() if not p.name.startswith("."))
+        except OSError:
+            return []
+
     def latest_checkpoint(self) -> Path | None:
         """The newest complete checkpoint (unfinished ``.tmp-*`` folders are ignored)."""
         from core.train.checkpoint import latest

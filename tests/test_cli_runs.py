@@ -113,7 +113,9 @@ def test_stop_now_terminates_without_saving(tmp_path: Path, tiny_models, kohya_d
     again = sdtui(["train", str(run.run_toml), "--runs-dir", str(runs)], tmp_path)
     assert again.returncode == 0, again.stderr
     copy = RunDir(runs / again.stdout.strip())
-    assert copy.id != run_id and copy.run_toml.read_text() == run.run_toml.read_text()
+    first, _, rest = copy.run_toml.read_text().partition("\n")
+    assert copy.id != run_id and rest == run.run_toml.read_text().partition("\n")[2]
+    assert first == f"# sdtui run config; start it with: sdtui train {copy.run_toml}", "the header names the file itself"
     wait_for(lambda: any(r["role"] == "launcher" for r in copy.processes()), 60, "the second run's launcher")
     assert sdtui(["stop", copy.id, "--now", "--runs-dir", str(runs)], tmp_path, timeout=120).returncode == 0
     assert status(copy.path)["state"] == "stopped" and not copy.alive_processes()
@@ -149,3 +151,20 @@ def test_lost_and_ended_runs_get_clear_answers(tmp_path: Path) -> None:
     assert saving.returncode == 2 and f"is lost, so it cannot save; sdtui resume {lost.id}" in saving.stderr
     logs = sdtui(["logs", str(lost.path), "-n", "3"], tmp_path)
     assert logs.returncode == 0 and logs.stdout.splitlines() == ["log line 97", "log line 98", "log line 99"]
+
+
+def test_status_names_the_output_files_with_full_paths(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cli.main import main
+    from tests.tui_fixtures import make_run
+
+    run = make_run(tmp_path / "runs", "shapes-lora-20251009-090000", "finished")
+    (run / "output" / "diffusers").mkdir(parents=True)
+    kohya, diffusers = run / "output" / "shapes.safetensors", run / "output" / "diffusers" / "pytorch_lora_weights.safetensors"
+    kohya.write_bytes(b"x")
+    diffusers.write_bytes(b"x")
+    RunDir(run).write_status(outputs=[str(kohya), str(diffusers)])
+    assert main(["--runs-dir", str(tmp_path / "runs"), "status", run.name]) == 0
+    out = capsys.readouterr().out
+    assert f"output    {kohya}\n          {diffusers}\n" in out
+    assert main(["--runs-dir", str(tmp_path / "runs"), "status", run.name, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["outputs"] == [str(kohya), str(diffusers)]

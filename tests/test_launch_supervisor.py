@@ -98,3 +98,17 @@ def test_leftover_guard_finds_a_detached_process_of_the_test(tmp_path: Path) -> 
         stray.kill()
         stray.wait()
     assert processes_mentioning(str(tmp_path)) == []
+
+
+def test_the_failure_hint_offers_resume_only_with_a_checkpoint_and_the_log_only_when_it_says_something(tmp_path: Path) -> None:
+    from core.launch.supervisor import failure_hint
+    from core.runs import RunDir
+
+    run = RunDir(tmp_path / "run-1")
+    run.path.mkdir()
+    hint = failure_hint(run, "")
+    assert "sdtui resume" not in hint and "train.log" not in hint and f"sdtui train {run.run_toml}" in hint
+    (run.checkpoints / "step-10").mkdir(parents=True)
+    (run.checkpoints / "step-10" / "state.json").write_text("{}")
+    hint = failure_hint(run, "RuntimeError: boom")
+    assert f"read {run.log}" in hint and f"sdtui resume {run.id} continues from the newest checkpoint" in hint

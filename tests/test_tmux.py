@@ -74,6 +74,8 @@ def test_sdtui_in_tmux(tmux: Tmux, tmp_path: Path) -> None:
     tmux.keys("s", "d", "1")
     tmux.wait_for("Detected family: sd1")
     tmux.keys("Escape")
+    tmux.wait_for("Leave the wizard?")
+    tmux.keys("y")
     tmux.wait_for("n New run")
     tmux.keys("q")
     deadline = time.monotonic() + 15

@@ -48,3 +48,16 @@ def test_the_trainer_exits_right_after_writing_finished_and_leaves_no_loader_wor
     assert workers, "the loader had no worker processes, so the test did not check them"
     assert not [pid for pid in workers if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
     assert [e["message"] for e in metrics(run, "event")][-1] == "training finished"
+
+
+def test_progress_lines_come_every_n_steps_with_the_mean_loss_and_the_eta(capsys) -> None:
+    from core.train.metrics import ProgressLog, progress_every
+
+    assert (progress_every(3), progress_every(400), progress_every(100_000)) == (1, 20, 100)
+    log = ProgressLog(40)
+    for step in range(1, 41):
+        log.step(step, loss=float(step), lr=1e-4, images_per_s=8.0, step_time_s=0.5)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[2] for line in lines] == ["1/40", "2/40"] + [f"{n}/40" for n in range(4, 41, 2)]
+    assert lines[2] == "[sdtui] step 4/40  loss 3.5000  lr 1.00e-04  8.00 img/s  ETA 18s"
+    assert lines[-1].endswith("ETA 0s")

@@ -62,3 +62,41 @@ def test_attach_to_an_unknown_run_is_a_clear_error(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "there is no run 'nope'" in result.stderr and "Traceback" not in result.stderr
+
+
+@sync
+async def test_every_key_of_the_screen_is_a_palette_command(tmp_path: Path) -> None:
+    import json
+    import time
+
+    from core.atomic import read_json
+    from core.runs import RunDir
+    from tests.tui_fixtures import make_run, make_runs, until
+    from tui.screens.dashboard import DashboardScreen
+
+    runs = make_runs(tmp_path / "runs")
+    live = make_run(runs, "live-20251009-120000", "running", steps=10, total=100, created=time.time())
+    (live / "status.json").write_text(json.dumps({**json.loads((live / "status.json").read_text()), "updated_at": time.time()}))
+    app = SdtuiApp(AppContext(runs_dir=runs, gpu_spec="1x24GB"), theme="textual-dark")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.screen.query_one("#runs").row_count == 4)
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        assert {"New run", "Open config", "Attach", "Resume", "Logs", "Demo"} <= set(titles)
+        app.open_dashboard(RunDir(live))
+        await until(pilot, lambda: isinstance(app.screen, DashboardScreen) and app.screen.state == "running")
+        await pilot.press("ctrl+p")
+        await pilot.pause(0.2)
+        await pilot.press(*"save")
+        await pilot.pause(0.5)
+        await pilot.press("enter")
+        await until(pilot, lambda: (live / "control.json").exists())
+        assert [r["action"] for r in read_json(live / "control.json")["requests"]] == ["save"]
+        await pilot.press("d")
+        app.open_dashboard(RunDir(runs / "cat-dreambooth-20251009-100000"))
+        await until(pilot, lambda: isinstance(app.screen, DashboardScreen) and app.screen.state == "stopped")
+        await pilot.pause(0.1)
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        assert "Detach" in titles and not {"Save", "Sample", "Pause", "Stop"} & set(titles), "nothing to save or pause on a stopped run"
+        footer = app.screen.query_one("Footer")
+        keys = [item.description for item in footer.query("FooterKey")]
+        assert "Detach" in keys and "Save" not in keys and "Pause" not in keys

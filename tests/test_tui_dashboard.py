@@ -118,9 +118,12 @@ async def test_log_scale_toggles_on_a_long_run(tmp_path: Path) -> None:
         assert len(chart.data[0]) == 5000
         await pilot.press("g")
         assert chart.log_scale
-        assert "(log10)" in str(chart.render())
+        drawn = str(chart.render())
+        assert "(log scale)" in drawn
+        losses = [float(v) for v in chart.data[1]]
+        assert f"{min(losses):.3g}" in drawn and f"{max(losses):.3g}" in drawn, "the axis shows losses, not their log10"
         await pilot.press("g")
-        assert "(log10)" not in str(chart.render())
+        assert "(log scale)" not in str(chart.render())
 
 
 def test_log_lines_keep_the_last_state_of_a_progress_bar() -> None:
@@ -190,3 +193,36 @@ async def test_the_log_tail_shows_the_newest_lines_without_control_codes(tmp_pat
         shown = _text(app, "#log")
         assert "line 49" in shown and "line 10\n" not in shown  # the tail that fits the pane
         assert "\x1b" not in shown and "\ufffd[31mred" in shown
+
+
+def test_half_block_samples_never_query_the_terminal_from_inside_the_app(tmp_path: Path) -> None:
+    """In tmux/SSH the samples are half-blocks drawn by sdtui: textual-image, imported once the app
+    runs, queried the terminal and blocked the UI until the next key (the dashboard showed only after
+    Tab) and its answer came in as keys ('[?1;2c': '[' stepped the sample history back)."""
+    import subprocess
+    import sys
+
+    runs = make_runs(tmp_path / "runs")
+    script = f"""
+import asyncio, sys
+from core.runs import RunDir
+from tui.app import SdtuiApp
+from tui.context import AppContext
+
+async def main():
+    app = SdtuiApp(AppContext(runs_dir={str(runs)!r}, gpu_spec="1x24GB"), start="dashboard",
+                   run=RunDir({str(runs / "shapes-lora-20251009-090000")!r}), theme="textual-dark")
+    async with app.run_test(size=(80, 24)) as pilot:
+        for _ in range(100):
+            await pilot.pause(0.05)
+            if "step 120" in str(app.screen.query_one("#sample-caption").render()):
+                break
+        image = app.screen.query_one("#sample-image")
+        print(type(image).__name__, image.image.endswith("step-000120_p1.png"))
+    print(sorted(m for m in sys.modules if m.startswith("textual_image")))
+
+asyncio.run(main())
+"""
+    env = {**__import__("os").environ, "SDTUI_IMAGES": "halfcell"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120, check=True).stdout
+    assert out.splitlines() == ["HalfBlockImage True", "[]"], out

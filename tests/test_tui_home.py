@@ -111,3 +111,52 @@ async def test_logs_key_opens_the_log_of_the_selected_run(tmp_path: Path) -> Non
         assert "step 79: loss" in "\n".join(log.lines)
         await pilot.press("escape")
         assert isinstance(app.screen, HomeScreen)
+
+
+@sync
+async def test_home_selects_the_run_just_launched(tmp_path: Path) -> None:
+    runs = make_runs(tmp_path / "runs")
+    app = _app(runs)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: app.screen.query_one("#runs").row_count == 3)
+        await pilot.press("down", "down")
+        assert app.screen.selected().run_id == "shapes-lora-20251009-090000"
+        make_run(runs, "new-lora-20251009-110000", "running", steps=3, total=100, created=T0 - 60)
+        app.context.launched = "new-lora-20251009-110000"
+        app.screen.refresh_runs()
+        await until(pilot, lambda: app.screen.query_one("#runs").row_count == 4)
+        await pilot.pause(0.1)
+        assert app.screen.selected().run_id == "new-lora-20251009-110000", "l and Enter act on the run just launched"
+
+
+@sync
+async def test_escape_asks_before_leaving_the_wizard_and_new_run_offers_it_again(tmp_path: Path) -> None:
+    from tui.screens.confirm import ConfirmScreen
+    from tui.screens.wizard import WizardScreen
+
+    app = _app(tmp_path / "runs")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("n")
+        await until(pilot, lambda: isinstance(app.screen, WizardScreen))
+        wizard = app.screen
+        wizard.query_one("#model-path").value = "sdxl"
+        await pilot.pause(0.1)
+        await pilot.press("ctrl+n")
+        assert wizard.index == 1
+        await pilot.press("escape")
+        assert isinstance(app.screen, ConfirmScreen), "Esc asks first"
+        await pilot.press("n")
+        assert app.screen is wizard, "n stays in the wizard"
+        await pilot.press("escape", "y")
+        await until(pilot, lambda: isinstance(app.screen, HomeScreen))
+        await pilot.press("n")
+        assert isinstance(app.screen, ConfirmScreen)
+        assert "model sdxl" in str(app.screen.query_one("#question").render())
+        await pilot.press("y")
+        await until(pilot, lambda: isinstance(app.screen, WizardScreen))
+        assert app.screen.state.model == "sdxl" and app.screen.index == 1, "the unfinished wizard comes back where it was"
+        await pilot.press("escape", "y")
+        await until(pilot, lambda: isinstance(app.screen, HomeScreen))
+        await pilot.press("n", "n")
+        await until(pilot, lambda: isinstance(app.screen, WizardScreen))
+        assert app.screen.state.model == "" and app.screen.index == 0, "Start over gives a fresh wizard"

@@ -25,6 +25,24 @@ async def _until(pilot, condition, timeout: float) -> None:
         await pilot.pause(0.25)
 
 
+def _record_paints(app: SdtuiApp) -> list:
+    """The screens whose updates reach the terminal from now on (what the user sees change).
+
+    The first Launch once left the Review step on the terminal for 30 s while the dashboard was
+    already the current screen: its updates never reached the display until a key was pressed.
+    """
+    painted: list = []
+    display = app._display
+
+    def recording(screen, renderable) -> None:
+        if renderable is not None and not app._batch_count:
+            painted.append((screen, getattr(screen, "state", None)))
+        display(screen, renderable)
+
+    app._display = recording
+    return painted
+
+
 @pytest.mark.slow
 @sync
 async def test_demo_wizard_launches_and_the_dashboard_follows_the_run(tmp_path: Path, tiny_models, monkeypatch) -> None:
@@ -37,6 +55,7 @@ async def test_demo_wizard_launches_and_the_dashboard_follows_the_run(tmp_path: 
         async with app.run_test(size=(100, 30)) as pilot:
             await pilot.pause(0.3)
             assert app.screen.state.model == str(ws.model) and app.screen.state.family == "sd1"
+            assert not [p for p in app.screen.state.scan.problems if "upscaled" in p.message], "the demo trains at 64 px: no upscaling warning"
             wizard = app.screen
             for _ in range(6):
                 await pilot.press("ctrl+n")
@@ -52,17 +71,31 @@ async def test_demo_wizard_launches_and_the_dashboard_follows_the_run(tmp_path: 
             await pilot.pause(0.2)
             assert wizard.index == 6, wizard.error
             assert "max_steps = 3" in wizard.query_one("#toml").text
+            painted = _record_paints(app)
             await pilot.press("ctrl+l")
             await _until(pilot, lambda: isinstance(app.screen, DashboardScreen), 120)
             dashboard = app.screen
+            assert wizard not in app.screen_stack, "the dashboard takes the wizard's place"
+            await _until(pilot, lambda: any(screen is dashboard for screen, _ in painted), 5)
             await _until(pilot, lambda: dashboard.state in ("finished", "failed", "lost"), 400)
             await pilot.pause(1.0)
             assert dashboard.state == "finished", dashboard.status
+            assert (dashboard, "finished") in painted, "the dashboard's news reach the terminal"
+            assert app.context.draft is None
             assert len(dashboard.query_one("#loss").data[0]) == 3
             assert "step 2 ·" in str(dashboard.query_one("#sample-caption").render())
             assert "FINISHED" in str(dashboard.query_one("#state").render())
+            outputs = str(dashboard.query_one("#outputs").render())
+            assert f"Output: {dashboard.run.path.resolve() / 'output' / 'demo.safetensors'}" in outputs
+            assert str(dashboard.run.path.resolve() / "output" / "diffusers") in outputs
+            await pilot.press("escape")
+            home = app.screen
+            await _until(pilot, lambda: home.selected() is not None and home.selected().run_id == dashboard.run.id, 10)
     finally:
         DashboardScreen.REFRESH_S = 1.0
     runs = list(ws.runs.iterdir())
     assert len(runs) == 1 and "max_steps = 3" in (runs[0] / "run.toml").read_text()
+    log = (runs[0] / "train.log").read_text()
+    assert "[sdtui] step 1/3  loss " in log and "[sdtui] step 3/3  loss " in log and " img/s  ETA " in log
+    assert "requires torchvision" not in log
     assert "max_steps = 3" in ws.config.read_text()

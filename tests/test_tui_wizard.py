@@ -41,6 +41,7 @@ async def _to_dataset(pilot, data: Path) -> None:
     await _type(pilot, "#dataset-path", str(data))
     screen = pilot.app.screen
     await until(pilot, lambda: screen.state.scan is not None or "Dataset:scan" in screen.state.field_errors)
+    await pilot.pause(0.1)
 
 
 @sync
@@ -73,31 +74,65 @@ async def test_dataset_step_refuses_a_folder_without_images(tmp_path: Path) -> N
         await until(pilot, lambda: "does not exist" in _error(app))
 
 
+async def _burst(pilot, *keys: tuple[str, str | None]) -> None:
+    """Keys posted at once, as a slow SSH link delivers them in one read (Pilot.press waits between keys)."""
+    from textual import events
+
+    for key, character in keys:
+        pilot.app.post_message(events.Key(key, character))
+    await pilot.pause(0.2)
+
+
 @sync
 async def test_dataset_table_and_repeats_edited_in_place(tmp_path: Path, kohya_dataset) -> None:
+    from tui.screens.ask import AskScreen
+
     data = kohya_dataset(subsets=((10, "sks dog", 4), (5, "sks cat", 3)))
     app = _app(tmp_path)
     async with app.run_test(size=(100, 30)) as pilot:
         await _to_dataset(pilot, data)
-        table = app.screen.query_one("#subsets", DataTable)
+        wizard = app.screen
+        table = wizard.query_one("#subsets", DataTable)
         assert table.row_count == 2
-        assert "55 items per epoch" in str(app.screen.query_one("#scan-summary").render())
+        assert "55 items per epoch" in str(wizard.query_one("#scan-summary").render())
         table.focus()
         await pilot.press("e")
         await pilot.pause(0.1)
-        answer = app.screen.query_one("#answer", Input)
-        answer.value = "0"
-        await pilot.press("enter")
-        await pilot.pause(0.1)
-        assert "at least 1" in _error(app) and not _next_enabled(app)
-        await pilot.press("e")
-        await pilot.pause(0.1)
-        app.screen.query_one("#answer", Input).value = "20"
-        await pilot.press("enter")
-        await pilot.pause(0.1)
+        for typed, sentence in (("0", "at least 1"), ("", "are empty"), ("ten", "whole number such as 10, not 'ten'")):
+            app.screen.query_one("#answer", Input).value = typed
+            await pilot.press("enter")
+            await pilot.pause(0.1)
+            assert isinstance(app.screen, AskScreen), f"{typed!r} closed the dialog"
+            assert sentence in str(app.screen.query_one("#answer-error").render())
+        app.screen.query_one("#answer", Input).value = "10"
+        app.screen.query_one("#answer", Input).action_end()
+        await _burst(pilot, ("backspace", "\x7f"), ("backspace", "\x7f"), ("2", "2"), ("0", "0"), ("enter", "\r"))
+        assert app.screen is wizard, "Enter applied the repeats"
         assert _error(app) == ""
-        assert "95 items per epoch" in str(app.screen.query_one("#scan-summary").render())
+        assert "95 items per epoch" in str(wizard.query_one("#scan-summary").render())
         assert (data / "10_sks dog").is_dir(), "the dataset is never renamed"
+
+
+@sync
+async def test_a_file_left_out_is_a_warning_the_rescan_sees_it_go_and_repeats_survive_path_edits(tmp_path: Path, kohya_dataset) -> None:
+    data = kohya_dataset(subsets=((10, "sks dog", 4),))
+    broken = data / "10_sks dog" / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    app = _app(tmp_path)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await _to_dataset(pilot, data)
+        wizard = app.screen
+        problems = str(wizard.query_one("#problems").render())
+        assert "left out: broken.jpg" in problems
+        assert _error(app) == "" and _next_enabled(app), "a file the scan leaves out does not block Next"
+        wizard.state.set_repeats(str(data / "10_sks dog"), "20")
+        broken.rename(tmp_path / "broken.jpg")
+        await pilot.press("ctrl+r")
+        await until(pilot, lambda: "broken.jpg" not in str(wizard.query_one("#problems").render()))
+        await _type(pilot, "#dataset-path", str(data) + "x")
+        await _type(pilot, "#dataset-path", str(data))
+        await until(pilot, lambda: wizard.state.scan is not None and wizard.state.scan.root == str(data))
+        assert wizard.state.dataset_scan.items_per_epoch == 4 * 20, "editing the path kept the edited repeats"
 
 
 @sync
@@ -187,8 +222,37 @@ def test_state_sentences_name_the_thing_and_the_fix(tmp_path: Path) -> None:
     state.schedule.update(epochs=0, max_steps=0)
     with pytest.raises(UserError, match="no length"):
         state.check(4)
-    with pytest.raises(UserError, match="sample prompt 1"):
-        state.set_prompts("--w 512 --h 512")
+    with pytest.raises(UserError) as error:
+        state.set_prompts("a dog\n--w 512 --h 512")
+    assert str(error.value).startswith("prompt line 2 ('--w 512 --h 512') has no prompt text") and "sample prompt" not in str(error.value)
+
+
+def test_core_sentences_are_said_in_the_tuis_terms() -> None:
+    from core.gpu import GpuSet
+    from core.plan.picker import suggest_when_nothing_fits
+    from tui.format import tui_terms
+
+    tips = suggest_when_nothing_fits("sdxl", "lora", resolve("1x8GB"), [], {"gradient_checkpointing": False, "optimizer": "adamw", "cache_latents": False, "batch_size": 4, "resolution": 1024})
+    assert tips and all("--" not in tui_terms(tip) for tip in tips), tips
+    assert "gradient_checkpointing = true" in tui_terms(tips[0])
+    assert tui_terms("use epoch mode (--epochs N, schedule.max_steps = 0) to keep") == "use epoch mode (max_steps 0 on this step, epochs above 0) to keep"
+    state = WizardState(gpus=GpuSet(gpus=[], reason="no NVIDIA driver was found (libnvidia-ml.so.1 is missing)", simulated=False))
+    note = next(n for n in _plan_notes(state) if n.startswith("no GPU found"))
+    assert "((" not in note and "))" not in note and "--gpus, e.g." not in tui_terms(note)
+
+
+def _plan_notes(state) -> list[str]:
+    from core.plan.planner import make_plan
+    from tests.conftest import make_kohya
+
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp())
+    make_kohya(folder / "data")
+    state.set_model("sd1")
+    state.dataset = str(folder / "data")
+    state.scan_dataset()
+    return make_plan(state.to_config(), state.dataset_scan, state.gpus).notes
 
 
 def test_family_sets_the_native_resolution_and_the_scan_offers_a_prompt(kohya_dataset, tmp_path: Path) -> None:

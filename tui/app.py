@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +42,11 @@ class SdtuiApp(App):
     TITLE = "sdtui"
     SUB_TITLE = "Stable Diffusion fine-tuning"
     CSS_PATH = [STYLES / "app.tcss", STYLES / "home.tcss", STYLES / "wizard.tcss", STYLES / "dashboard.tcss"]
+    #: Screen classes for small terminals (80×24 must stay usable): ``-narrow`` below 100 columns, ``-short`` below 32 rows.
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (32, "-tall")]
     BINDINGS = [
-        Binding("ctrl+t", "toggle_theme", "Dark/light"),
+        Binding("ctrl+t", "toggle_theme", "Dark/light", show=False),
         Binding("ctrl+q", "quit", "Quit", priority=True, show=False),
     ]
 
@@ -62,11 +66,12 @@ class SdtuiApp(App):
         elif self.start == "dashboard":
             self.open_dashboard(self.start_run)
 
-    def open_wizard(self) -> None:
-        """Open the new-run wizard (filled in with the demo when there is one)."""
+    def open_wizard(self, state: Any = None, index: int = 0, reached: int = 0) -> None:
+        """Open the new-run wizard: with ``state`` (a WizardState) at step ``index``, else fresh
+        (filled in with the demo when there is one)."""
         from tui.screens.wizard import WizardScreen
 
-        self.push_screen(WizardScreen())
+        self.push_screen(WizardScreen(state, index=index, reached=reached))
 
     def open_dashboard(self, run: Any) -> None:
         """Open the live dashboard of a run (a RunDir)."""
@@ -81,8 +86,32 @@ class SdtuiApp(App):
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
-        yield SystemCommand("New run", "Open the wizard for a new training run", self.open_wizard)
+        yield from screen_commands(screen)
+        yield SystemCommand("New run", "Open the wizard for a new training run", self.action_new_run)
         yield SystemCommand("Dark/light", "Switch between the dark and light theme", self.action_toggle_theme)
+
+    def action_new_run(self) -> None:
+        """New run from anywhere, through home (which offers an unfinished wizard back)."""
+        from tui.screens.home import HomeScreen
+
+        home = self.screen_stack[0] if self.screen_stack else None
+        if isinstance(home, HomeScreen):
+            home.action_new_run()
+        else:
+            self.open_wizard()
+
+
+def screen_commands(screen: Screen) -> Iterable[SystemCommand]:
+    """Every key of the screen (and of its focused sdtui widgets) as a palette command, named as in the footer."""
+    seen: set[str] = set()
+    for key, active in screen.active_bindings.items():
+        binding, node = active.binding, active.node
+        if not active.enabled or not binding.description or not type(node).__module__.startswith("tui.") or binding.description in seen:
+            continue
+        seen.add(binding.description)
+        shown = screen.app.get_key_display(binding)
+        help_text = f"{binding.tooltip or binding.description} (key: {shown})"
+        yield SystemCommand(binding.description, help_text, partial(screen.app.run_action, binding.action, node))
 
 
 def prepare_images() -> None:

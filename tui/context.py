@@ -19,6 +19,10 @@ class AppContext:
     workdir: Path | None = None
     demo: Any = None
     clock: Callable[[], float] = time.time
+    #: The wizard the user left unfinished (offered again by New run), or None.
+    draft: Any = None
+    #: The run launched last from this session: home selects it once it is listed.
+    launched: str | None = None
     _gpus: Any = field(default=None, repr=False)
 
     def gpus(self, refresh: bool = False) -> Any:

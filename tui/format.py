@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 from core.units import GIB, gib, number
@@ -44,3 +45,25 @@ def display_path(path: str | Path) -> str:
             continue
         return prefix + str(rel) if str(rel) != "." else (prefix.rstrip("/") or ".")
     return str(target)
+
+
+_SET_RUN = re.compile(r"--set \S+?=\S+(?: --set \S+?=\S+)*")
+_CLI_PHRASES = (
+    (re.compile(r"\(--epochs N, schedule\.max_steps = 0\)"), "(max_steps 0 on this step, epochs above 0)"),
+    (re.compile(r"--method (\w+), recipe "), r"method \1, recipe "),
+    (re.compile(r"plan for hardware with --gpus, e\.g\. --gpus (\S+)"), r"to plan for hardware you rent, start sdtui --gpus \1"),
+    (re.compile(r"give --epochs N or --steps N"), "give epochs or max_steps above 0"),
+)
+
+
+def tui_terms(text: str) -> str:
+    """A core sentence said the TUI's way: ``--set a=1 --set b=x`` becomes ``a = 1, b = x`` (the
+    fields of the wizard), and other command-line options the field or step they stand for."""
+    def settings(match: re.Match[str]) -> str:
+        pairs = [piece.removeprefix("--set ").split("=", 1) for piece in re.findall(r"--set \S+?=\S+", match.group(0))]
+        return ", ".join(f"{key.rpartition('.')[2]} = {value}" for key, value in pairs)
+
+    text = _SET_RUN.sub(settings, text)
+    for pattern, replacement in _CLI_PHRASES:
+        text = pattern.sub(replacement, text)
+    return text

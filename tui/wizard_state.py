@@ -24,17 +24,47 @@ METHOD_TEXT = {
     "textual_inversion": ("Textual inversion", "learns only a new word's embedding (KBs); weakest, but tiny and works on small GPUs"),
 }
 
+#: What the method step asks for each method: its [method] keys, then its [settings] keys.
+METHOD_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "lora": ((), ("lora_type", "lora_rank", "lora_alpha", "lora_targets", "use_dora", "lora_dropout", "init_lora")),
+    "dreambooth": (("class_prompt",), ("prior_loss_weight", "class_images_per_instance")),
+    "finetune": ((), ("ema", "ema_decay")),
+    "textual_inversion": (("placeholder_token",), ("ti_init_word", "ti_num_vectors")),
+}
+#: Every [settings] key a method step asks (the recipe step leaves them out).
+METHOD_SETTINGS = tuple(key for _, keys in METHOD_FIELDS.values() for key in keys)
+
 #: The [settings] keys the recipe step shows first; the rest follow in schema order.
 MAIN_SETTINGS = (
     "mixed_precision", "gradient_checkpointing", "optimizer", "batch_size", "resolution", "cache_latents",
-    "cache_text_encoder_outputs", "train_text_encoder", "lora_rank", "lora_alpha",
+    "cache_text_encoder_outputs", "train_text_encoder",
 )
 
 
 def setting_order() -> list[str]:
-    """Every [settings] key, the main ones first (``recipe`` is implied by the choice)."""
-    rest = [k for k in SETTINGS if k not in MAIN_SETTINGS and k != "recipe"]
+    """The [settings] keys of the recipe step, the main ones first (``recipe`` is implied by the
+    choice; the method's own keys are on the method step)."""
+    rest = [k for k in SETTINGS if k not in MAIN_SETTINGS and k not in METHOD_SETTINGS and k != "recipe"]
     return list(MAIN_SETTINGS) + rest
+
+
+def method_option_defaults() -> dict[str, Any]:
+    """The [method] keys besides ``kind`` with their defaults."""
+    return {key: value for key, value in defaults("method").items() if key != "kind"}
+
+
+def parse_repeats(subset: str, value: str) -> int:
+    """A subset's repeats from what the user typed (UserError for anything but a whole number ≥ 1)."""
+    text = value.strip()
+    if not text:
+        raise UserError(f"the repeats of {subset} are empty; type how often each image is seen per epoch, e.g. 10")
+    try:
+        number = int(text)
+    except ValueError:
+        raise UserError(f"the repeats of {subset} must be a whole number such as 10, not '{text}'") from None
+    if number < 1:
+        raise UserError(f"the repeats of {subset} must be at least 1, not {number}; to leave a subset out, move its folder out of the dataset")
+    return number
 
 
 @dataclass
@@ -50,6 +80,8 @@ class WizardState:
     scan: Any = None
     repeats: dict[str, int] = field(default_factory=dict)
     method: str = "lora"
+    method_options: dict[str, Any] = field(default_factory=method_option_defaults)
+    method_edits: dict[str, Any] = field(default_factory=dict)
     recipe: str = ""
     settings: dict[str, Any] = field(default_factory=lambda: defaults("settings"))
     schedule: dict[str, Any] = field(default_factory=lambda: defaults("schedule"))
@@ -64,6 +96,62 @@ class WizardState:
     keep_settings: bool = False
     field_errors: dict[str, str] = field(default_factory=dict)
     base_dir: Path = field(default_factory=Path.cwd)
+    caption_extension: str = field(default_factory=lambda: defaults("dataset")["caption_extension"])
+    #: The dataset as a config's subset list (opened from a run.toml or a kohya config), used while
+    #: the dataset fields still show ``subsets_for``; editing them scans the typed folder instead.
+    subsets: list[dict[str, Any]] | None = None
+    subsets_for: tuple[str, str] = ("", "")
+
+    @classmethod
+    def from_config(cls, config: Any, gpus: Any, base_dir: Path) -> WizardState:
+        """The wizard filled in from a run config (core.config.RunConfig, complete or not)."""
+        state = cls(gpus=gpus, base_dir=base_dir)
+        state.name = config.name
+        state.method = config.method
+        state.method_options.update({k: v for k, v in config.section("method").items() if k != "kind"})
+        state.settings.update(config.settings)
+        state.keep_settings = True
+        state.recipe = str(config.settings.get("recipe") or "")
+        state.schedule.update(config.schedule)
+        state.prompts = list(config.prompts)
+        state.sampler = config.section("samples")["sampler"]
+        state.logging.update(config.section("logging"))
+        state.caption_extension = config.section("dataset")["caption_extension"]
+        state.config_path = str(config.path) if config.path else ""
+        state.model = config.model_path
+        if state.model:
+            try:
+                state.set_model(state.model)
+            except UserError:
+                state.family = None
+        state.use_subsets(config.subsets)
+        return state
+
+    def use_subsets(self, subsets: list[dict[str, Any]]) -> None:
+        """Take a config's subsets as the dataset (their common folders fill the dataset fields) and scan them."""
+        import os
+
+        def common(paths: list[str]) -> str:
+            return os.path.commonpath(paths) if paths else ""
+
+        self.subsets = [dict(s) for s in subsets]
+        self.dataset = common([str(s["path"]) for s in subsets if not s["is_reg"]])
+        self.reg_dataset = common([str(s["path"]) for s in subsets if s["is_reg"]])
+        self.subsets_for = (self.dataset, self.reg_dataset)
+        if self.subsets:
+            try:
+                self.scan_dataset()
+            except (UserError, OSError):
+                self.scan = None
+
+    def landing_step(self) -> int:
+        """The first step that does not check out (the Review step when all do)."""
+        for n in range(len(STEPS)):
+            try:
+                self.check(n)
+            except UserError:
+                return n
+        return len(STEPS) - 1
 
     # ---- step 1: model
     def set_model(self, text: str) -> str:
@@ -95,50 +183,74 @@ class WizardState:
 
         if not self.dataset.strip():
             raise UserError("no dataset folder given; type the folder that holds <repeats>_<token> subfolders of images")
+        if self.subsets and (self.dataset, self.reg_dataset) == self.subsets_for:
+            from core.config import new_config
+            from core.dataset.scan import scan_config
+
+            return scan_config(new_config(
+                self.name or "run", "", self.family or defaults("model")["family"], self.method, self.subsets, self.settings,
+                dataset_options={"caption_extension": self.caption_extension},
+            ))
         reg = self._path_text(self.reg_dataset) if self.reg_dataset.strip() else None
         bucket_settings = {k: self.settings[k] for k in BUCKET_KEYS}
         return scan_dataset(self._path_text(self.dataset), reg, resolution=int(self.settings["resolution"]), bucket_settings=bucket_settings)
 
     def scan_dataset(self) -> Any:
-        """Scan and keep the result (the edited repeats start over)."""
+        """Scan and keep the result (edited repeats of subsets still there are kept)."""
         self.use_scan(self.run_scan())
         return self.scan
 
     def use_scan(self, scan: Any) -> None:
-        """Keep a scan; the edited repeats start over. Without prompts yet, one is offered from the token."""
+        """Keep a scan; the edited repeats stay (they apply to the subsets it has). Without prompts yet, one is offered from the token."""
         self.scan = scan
-        self.repeats = {}
         token = next((s.token for s in scan.subsets if not s.is_reg and s.token), "") if scan is not None else ""
         if token and not self.prompts:
             self.prompts = [f"a photo of {token} --d 1"]
 
     def set_repeats(self, subset: str, value: str) -> None:
         """Change a subset's repeats (UserError for anything but a whole number ≥ 1)."""
-        try:
-            number = int(value)
-        except ValueError:
-            raise UserError(f"repeats of subset '{subset}' must be a whole number of at least 1, not {value!r}") from None
+        number = parse_repeats(Path(subset).name, value)
         self.scan.with_repeats({subset: number})
         self.repeats[subset] = number
 
     @property
     def dataset_scan(self) -> Any:
-        """The scan with the edited repeats."""
-        return self.scan.with_repeats(self.repeats) if self.scan is not None and self.repeats else self.scan
+        """The scan with the edited repeats of the subsets it has."""
+        if self.scan is None:
+            return None
+        paths = {s.path for s in self.scan.subsets}
+        edited = {path: n for path, n in self.repeats.items() if path in paths}
+        return self.scan.with_repeats(edited) if edited else self.scan
 
     def check_dataset(self) -> None:
         if self.scan is None:
             raise UserError("the dataset has not been scanned yet; type its folder and press Enter")
-        errors = [p for p in self.scan.problems if p.severity == "error"]
-        if errors:
-            raise UserError(f"{errors[0].message}: {errors[0].fix}")
+        blocking = self.scan.blocking_problem()
+        if blocking is not None:
+            raise UserError(f"{blocking.message}; {blocking.fix}")
         if self.method == "dreambooth" and self.settings.get("prior_loss_weight", 0) > 0 and self.reg_dataset and not self.scan.reg_images:
             raise UserError("the class folder has no images; add class images or clear the class folder")
 
     # ---- step 3: method
+    def set_method_field(self, key: str, value: Any) -> None:
+        """Change one of the method's own values: a [method] key or a [settings] key (kept when a recipe is picked)."""
+        if key in SCHEMA["method"]:
+            setting = SCHEMA["method"][key]
+            try:
+                self.method_options[key] = setting.check(value)
+            except ValueError as exc:
+                raise UserError(f"{key}: {exc}; {setting.help}") from None
+            return
+        self.set_setting(key, value)
+        self.method_edits[key] = self.settings[key]
+
     def check_method(self) -> None:
         if self.method not in METHODS:
             raise UserError(f"method {self.method!r} is unknown; pick one of {', '.join(METHODS)}")
+        if self.method == "textual_inversion":
+            token = str(self.method_options.get("placeholder_token", "")).strip()
+            if not token or " " in token:
+                raise UserError("textual inversion learns one new word: type it as the placeholder token, e.g. <sks>, and use it in your captions and prompts")
 
     # ---- step 4: recipe
     def recipes(self) -> list[Any]:
@@ -155,9 +267,9 @@ class WizardState:
         return run_shape(self.method, self.scan.reg_images if self.scan is not None else 0, {"num_processes": max(1, self.gpus.count)})
 
     def choose_recipe(self, fit: Any) -> None:
-        """Start the settings from a recipe (the user's edits are replaced)."""
+        """Start the settings from a recipe (the user's edits are replaced, except those of the method step)."""
         self.recipe = fit.name
-        self.settings = dict(fit.settings)
+        self.settings = dict(fit.settings) | self.method_edits
         self.recipe_schedule = dict(getattr(fit.recipe, "schedule", {}) or {})
         self.keep_settings = False
         self.sync_schedule()
@@ -203,7 +315,9 @@ class WizardState:
             need = fit.estimate.total_bytes / 1024**3
             have = self.gpus.smallest.vram_total_bytes / 1024**3
             tips = suggest_when_nothing_fits(self.family or "sd1", self.method, self.gpus, [], self.settings, self.shape())
-            tip = tips[0] if tips else "pick a recipe higher in the list"
+            from tui.format import tui_terms
+
+            tip = tui_terms(tips[0]) if tips else "pick a recipe higher in the list"
             raise UserError(f"these settings need about {need:.1f} GiB but the GPU has {have:.1f} GiB (with 10% headroom); {tip}")
 
     # ---- step 5: schedule
@@ -271,7 +385,7 @@ class WizardState:
             try:
                 parse_prompt_line(line)
             except UserError as exc:
-                raise UserError(f"sample prompt {n}: {exc}") from None
+                raise UserError(str(exc).replace(f"sample prompt '{line}'", f"prompt line {n} ('{line}')", 1)) from None
         self.prompts = prompts
 
     def check_samples(self) -> None:
@@ -324,6 +438,8 @@ class WizardState:
             sampler=self.sampler,
             logging=dict(self.logging),
             distributed={"num_processes": max(1, self.gpus.count)},
+            method_options=dict(self.method_options),
+            dataset_options={"caption_extension": self.caption_extension},
         )
 
     def resolved_config_path(self) -> Path:

@@ -10,7 +10,8 @@ SEVERITIES = ("error", "warning", "info")
 
 @dataclass(frozen=True)
 class Problem:
-    """One finding. ``error`` blocks training, ``warning`` deserves a look, ``info`` is a note."""
+    """One finding. ``error`` leaves a file or folder out (it blocks training only when nothing usable
+    is left: ``DatasetScan.blocking_problem``), ``warning`` deserves a look, ``info`` is a note."""
 
     severity: str
     path: str

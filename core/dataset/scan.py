@@ -133,6 +133,21 @@ class DatasetScan:
         """True when a problem of severity ``error`` was found."""
         return any(p.severity == "error" for p in self.problems)
 
+    def blocking_problem(self) -> Problem | None:
+        """The problem that stops training (no usable training image, a class folder without one), or None.
+
+        Every other error only leaves a file or a subset out of the run: a warning, not a blocker.
+        """
+        if self.images and not (self.reg_root and not self.reg_images):
+            return None
+        wanted = self.root if not self.images else self.reg_root
+        found = [p for p in self.problems if p.severity == "error" and p.path == wanted and "no usable" in p.message]
+        return found[0] if found else Problem("error", self.root, "the dataset has no usable training image", "add png, jpg, webp or bmp images")
+
+    def blocks(self, problem: Problem) -> bool:
+        """True for the problem that stops training; False for one that only leaves something out."""
+        return problem == self.blocking_problem()
+
     def bucket_counts(self, buckets: Sequence[Bucket] | None = None) -> dict[Bucket, int]:
         """Items (image × repeats) per bucket for one epoch over the training subsets."""
         chosen = list(buckets) if buckets is not None else self.buckets

@@ -163,7 +163,7 @@ def _terminate(run: RunDir, term_grace_s: float, now: bool = False) -> list[int]
 
 
 def status_fields(run: RunDir) -> dict[str, Any]:
-    """status.json plus derived fields (state with ``lost``, id, path, newest checkpoint)."""
+    """status.json plus derived fields (state with ``lost``, id, path, newest checkpoint, the output files)."""
     status = run.read_status()
     checkpoint = run.latest_checkpoint()
     return {
@@ -173,4 +173,5 @@ def status_fields(run: RunDir) -> dict[str, Any]:
         "state": run.derive_state(status),
         "recorded_state": status.get("state"),
         "latest_checkpoint": str(checkpoint) if checkpoint else None,
+        "outputs": [str(path) for path in run.outputs(status)],
     }

@@ -189,10 +189,23 @@ class Supervisor:
             if not (trainer_state == "failed" and status.get("error")):
                 fields["error"] = error_summary(tail)
             if not status.get("hint"):
-                fields["hint"] = f"read {self.run.log} for the whole log; after fixing the cause, sdtui resume {self.run.id} continues from the newest checkpoint"
+                fields["hint"] = failure_hint(self.run, tail)
         self.run.write_status(**fields)
         with open(self.run.log, "ab") as log:
             log.write(f"[sdtui] launcher exited with code {code}; run {state}\n".encode())
+
+
+def failure_hint(run: RunDir, tail: str) -> str:
+    """What to do after a failure the trainer gave no hint for: read the log when it says more than
+    its tail, resume when there is a checkpoint, else start the run again."""
+    parts = []
+    if tail.strip():
+        parts.append(f"read {run.log} for the whole log")
+    if run.latest_checkpoint() is not None:
+        parts.append(f"after fixing the cause, sdtui resume {run.id} continues from the newest checkpoint")
+    else:
+        parts.append(f"after fixing the cause, start it again with sdtui train {run.run_toml} (there is no checkpoint to resume from)")
+    return "; ".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -205,7 +205,7 @@ def _explain(plan: Plan, scan: Any, gpus: Any, fit: Any, shape: RunShape) -> Non
     settings, schedule = plan.settings, plan.schedule
     smallest = gpus.smallest
     if smallest is None:
-        plan.notes.append(f"no GPU found ({gpus.reason or 'none visible'}): the VRAM fit and the ETA are unknown; plan for hardware with --gpus, e.g. --gpus 2x4090")
+        plan.notes.append(f"no GPU found: {gpus.reason or 'none visible'}; the VRAM fit and the ETA are unknown; plan for hardware with --gpus, e.g. --gpus 2x4090")
     elif plan.images_per_second_per_gpu is None:
         plan.notes.append(f"the GPU '{smallest.name}' is not in the catalog, so the ETA is unknown")
     if plan.fits is False:

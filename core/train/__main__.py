@@ -12,6 +12,7 @@ def run(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m core.train RUN_DIR", file=sys.stderr)
         return 2
+    quiet_missing_torchvision()
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
@@ -21,6 +22,20 @@ def run(argv: list[str]) -> int:
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
     return main(argv[0])
+
+
+class _NotTorchvision(logging.Filter):
+    """Drops transformers' notice that an image processor falls back to PIL without torchvision
+    (once per processor class at import; sdtui never uses those processors, and the lines filled
+    the dashboard's log tail)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "requires torchvision" not in record.getMessage()
+
+
+def quiet_missing_torchvision() -> None:
+    """Install the filter on the logger that says it (filters act where a record is logged)."""
+    logging.getLogger("transformers.utils.import_utils").addFilter(_NotTorchvision())
 
 
 def exit_now(code: int) -> None:

@@ -31,7 +31,7 @@ from core.runs import RunDir
 
 from . import trackers
 from .control import ControlHandling
-from .metrics import EventHandler, MetricsWriter, memory_sample
+from .metrics import EventHandler, MetricsWriter, ProgressLog, memory_sample
 from .phases import Phases
 from .saving import Saving
 from .startup import Startup
@@ -58,6 +58,7 @@ class Trainer(Startup, Stepping, Saving, ControlHandling):
         self._status_at = 0.0
         self.acc: Any = None
         self.metrics = MetricsWriter(self.run.metrics, enabled=False)
+        self.progress = ProgressLog(0, enabled=False)
         self.status = StatusFile(self.run.path, enabled=False)
         self.phases = Phases(self.status, self.metrics, enabled=False)
 
@@ -162,6 +163,7 @@ class Trainer(Startup, Stepping, Saving, ControlHandling):
             speed = round(images / elapsed, 4) if elapsed > 0 else None
             self.metrics.write("step", step=step, epoch=epoch + 1, loss=loss, lr=lr, images_per_s=speed, step_time_s=round(elapsed, 5), mem=mem)
             trackers.log_step(self.acc, step, {"loss": loss, "lr": lr, "images_per_s": speed})
+            self.progress.step(step, loss, lr, speed, elapsed)
         pending.clear()
 
     def _memory(self) -> list[dict[str, int]]:

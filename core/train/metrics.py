@@ -42,6 +42,49 @@ class MetricsWriter:
             self._handle = None
 
 
+def progress_every(total_steps: int) -> int:
+    """Steps between two progress lines: about 20 lines a run, at least every step, at most every 100."""
+    return max(1, min(100, total_steps // 20))
+
+
+class ProgressLog:
+    """One compact line per N steps on stdout, so train.log (``sdtui logs -f``) shows the progress
+    without the TUI: step, mean loss since the last line, lr, img/s and the ETA at the recent step time."""
+
+    def __init__(self, total_steps: int, enabled: bool = True, stream: Any = None) -> None:
+        self.total = total_steps
+        self.every = progress_every(total_steps)
+        self.enabled = enabled
+        self.stream = stream
+        self.step_time: float | None = None
+        self._losses: list[float] = []
+
+    def step(self, step: int, loss: float, lr: float, images_per_s: float | None, step_time_s: float) -> None:
+        """Take one optimizer step's numbers; print a line every N steps, at the first and the last."""
+        if not self.enabled:
+            return
+        self._losses.append(loss)
+        if step_time_s > 0:
+            self.step_time = step_time_s if self.step_time is None else 0.8 * self.step_time + 0.2 * step_time_s
+        if step % self.every and step not in (1, self.total):
+            return
+        mean = sum(self._losses) / len(self._losses)
+        self._losses.clear()
+        speed = "–" if images_per_s is None else f"{images_per_s:.2f}"
+        eta = format_seconds(max(0, self.total - step) * (self.step_time or 0.0))
+        print(f"[sdtui] step {step}/{self.total}  loss {mean:.4f}  lr {lr:.2e}  {speed} img/s  ETA {eta}", file=self.stream, flush=True)
+
+
+def format_seconds(seconds: float) -> str:
+    """``42s``, ``3m 05s``, ``2h 07m``."""
+    whole = int(round(seconds))
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m {whole % 60:02d}s"
+    return f"{whole // 3600}h {whole % 3600 // 60:02d}m"
+
+
 def _finite(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None

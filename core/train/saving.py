@@ -106,6 +106,7 @@ class Saving:
             else:
                 saved = outputs.save_embeddings(c, self.run.output, self.method.ti.placeholder, self.method.ti.embeddings(), dtype=dtype)
         self.metrics.event(f"{'final ' if final else ''}output at step {self.step}: {saved.single_file.relative_to(self.run.path)}")
+        self.status.update(outputs=[str(saved.single_file.resolve()), str(saved.diffusers.resolve())], outputs_step=self.step)
 
     def _lora_metadata(self, name: str) -> dict[str, str]:
         """sd-scripts' ``ss_*`` and ``modelspec.*`` metadata of the LoRA file saved now."""

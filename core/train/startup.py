@@ -19,7 +19,7 @@ from . import checkpoint as ckpt
 from .batches import Batches
 from .control import ControlReader
 from .methods import Method, setup_method
-from .metrics import EventHandler, MetricsWriter
+from .metrics import EventHandler, MetricsWriter, ProgressLog
 from .optim import FusedBackward, make_optimizer, make_scheduler, param_groups, set_optimizer_mode
 from .phases import Phases
 from .saving import set_rng
@@ -279,6 +279,7 @@ class Startup:
         self.total_steps = max_steps if max_steps > 0 else int(self.sched["epochs"]) * self.steps_per_epoch
         if self.total_steps <= 0:
             raise UserError("the run has no steps; set schedule.epochs or schedule.max_steps above 0 in run.toml")
+        self.progress = ProgressLog(self.total_steps, enabled=self.metrics.enabled)
         warmup = schedule.warmup_steps(self.total_steps, int(self.sched["lr_warmup_steps"]))
         lr = float(self.sched["learning_rate"])
         params = self.method.parameters()

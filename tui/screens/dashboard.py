@@ -63,6 +63,7 @@ class DashboardScreen(Screen):
             yield Static("", id="state")
             yield ProgressBar(total=1, id="progress", show_eta=False)
         yield Static("", id="error")
+        yield Static("", id="outputs")
         with Horizontal(id="middle"):
             yield LossChart(id="loss")
             with Vertical(id="side"):
@@ -79,6 +80,7 @@ class DashboardScreen(Screen):
         self.metrics_tail = MetricsTail(self.run.metrics)
         self.log_tail = LogTail(self.run.log, lines=200)
         self.query_one("#error", Static).display = False
+        self.query_one("#outputs", Static).display = False
         self.poll()
         self.set_interval(self.REFRESH_S, self.poll)
 
@@ -111,7 +113,8 @@ class DashboardScreen(Screen):
         total = total_steps(self.run, status)
         lines = self.log_tail.poll()
         gpus = self._gpus(state)
-        self.app.call_from_thread(self.show, changed, status, state, total, lines, gpus)
+        outputs = [str(path) for path in self.run.outputs(status)] if state not in LIVE_STATES else []
+        self.app.call_from_thread(self.show, changed, status, state, total, lines, gpus, outputs)
 
     def _gpus(self, state: str) -> Any:
         if not self.live_gpus or state not in LIVE_STATES:
@@ -123,9 +126,18 @@ class DashboardScreen(Screen):
             self.live_gpus = False
         return found
 
-    def show(self, changed: bool, status: dict[str, Any], state: str, total: int | None, lines: list[str], gpus: Any) -> None:
+    #: The keys that act on a live run only (hidden from the footer and the palette otherwise).
+    LIVE_ACTIONS = ("control", "pause", "stop")
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        return self.state in LIVE_STATES if action in self.LIVE_ACTIONS else True
+
+    def show(self, changed: bool, status: dict[str, Any], state: str, total: int | None, lines: list[str], gpus: Any, outputs: list[str]) -> None:
         """Update the widgets with one poll's news."""
-        self.status, self.state = status, state
+        if state != self.state:
+            self.state = state
+            self.refresh_bindings()
+        self.status = status
         view = self.view
         step = max(view.step, int(status.get("step") or 0))
         phase = status.get("phase") if state in ("queued", "starting") else None
@@ -152,6 +164,7 @@ class DashboardScreen(Screen):
             message = status.get("error") or ("the training processes are gone without a final state" if state == "lost" else "the run failed")
             hint = status.get("hint") or "see the log below"
             error.update(Text.assemble(("Error: ", "bold red"), str(message), "\n", ("Fix: ", "bold"), str(hint)))
+        self._show_outputs(outputs)
         if changed:
             self.chart_pending = True
             self.query_one("#samples", SampleView).set_samples(view.samples, view.newest_sample)
@@ -164,6 +177,17 @@ class DashboardScreen(Screen):
         self._put("#resources", self._resources(gpus))
         if lines:
             self.query_one("#log", LogTail).write_lines(terminal_lines(lines))
+
+    def _show_outputs(self, outputs: list[str]) -> None:
+        """Where the results are, with full paths, once the run has ended."""
+        widget = self.query_one("#outputs", Static)
+        widget.display = bool(outputs)
+        if outputs:
+            text = Text()
+            for n, path in enumerate(outputs):
+                text.append("Output: " if n == 0 else " " * 8, style="bold")
+                text.append(f"{path}\n" if n < len(outputs) - 1 else path)
+            self._put("#outputs", text)
 
     def _put(self, selector: str, text: Text) -> None:
         """Update a Static only when its text changed (a repaint), with a layout only when its shape changed."""

@@ -15,6 +15,7 @@ from core.errors import UserError
 from tui.format import display_path, duration, number
 from tui.sources import RunRow, RunsWatcher
 from tui.widgets.gpu_panel import GpuPanel
+from tui.wizard_state import STEPS
 
 STATE_STYLE = {
     "running": "bold green", "starting": "green", "queued": "cyan", "paused": "yellow", "stopping": "yellow",
@@ -26,13 +27,16 @@ class HomeScreen(Screen):
     """The first screen: hardware and runs."""
 
     BINDINGS = [
-        Binding("n", "new_run", "New run"),
-        Binding("enter,a", "attach", "Attach"),
-        Binding("r", "resume", "Resume"),
-        Binding("l", "logs", "Logs"),
-        Binding("d", "demo", "CPU demo"),
+        Binding("n", "new_run", "New run", tooltip="Open the wizard for a new training run"),
+        Binding("o", "open_config", "Open config", tooltip="Open a run.toml or a kohya dataset_config.toml in the wizard"),
+        Binding("enter,a", "attach", "Attach", tooltip="Open the dashboard of the selected run"),
+        Binding("r", "resume", "Resume", tooltip="Resume a paused run, or continue an ended one from its newest checkpoint"),
+        Binding("l", "logs", "Logs", tooltip="The train.log of the selected run"),
+        Binding("d", "demo", "Demo", tooltip="The CPU demo: a tiny model and a generated dataset"),
         Binding("q", "app.quit", "Quit"),
     ]
+    #: The columns after the run's name with their widths; the name takes what is left.
+    COLUMNS = (("state", "state", 8), ("step", "step", 9), ("loss", "raw loss", 8), ("updated", "updated", 11))
     REFRESH_S = 1.5
     #: Step, loss and age cells change on every refresh of a live run, and any changed cell repaints
     #: every visible row of the table: they are brought up to date at most this often (states at once).
@@ -61,7 +65,7 @@ class HomeScreen(Screen):
         self.progress_at = 0.0
         table = self.query_one("#runs", DataTable)
         table.add_column("run", key="run", width=34)
-        for key, label, width in (("state", "state", 9), ("step", "step", 11), ("loss", "raw loss", 8), ("updated", "updated", 12)):
+        for key, label, width in self.COLUMNS:
             table.add_column(label, key=key, width=width)
         self.load_gpus()
         self.refresh_runs()
@@ -138,7 +142,11 @@ class HomeScreen(Screen):
         table.display = bool(rows)
         if not rows:
             empty.update(f"No runs in {display_path(self.app.context.runs_dir)} yet. Press n to start one, d for the CPU demo.")
-        if selected is not None and selected.run_id in table.rows:
+        launched = self.app.context.launched
+        if launched is not None and launched in table.rows:
+            self.app.context.launched = None
+            table.move_cursor(row=table.get_row_index(launched))
+        elif selected is not None and selected.run_id in table.rows:
             table.move_cursor(row=table.get_row_index(selected.run_id))
 
     def selected(self) -> RunRow | None:
@@ -162,11 +170,50 @@ class HomeScreen(Screen):
         event.stop()
         self.action_attach()
 
+    def on_resize(self) -> None:
+        """The run column takes the width the others leave (the ids are long; every column stays visible)."""
+        table = self.query_one("#runs", DataTable)
+        fixed = sum(width for _, _, width in self.COLUMNS) + 2 * table.cell_padding * (len(self.COLUMNS) + 1) + 4
+        column = table.columns[next(iter(table.columns))]
+        width = max(16, self.size.width - fixed)
+        if column.width != width:
+            column.width = width
+            table.refresh(layout=True)
+
     def on_screen_resume(self) -> None:
         self.refresh_runs()
 
     def action_new_run(self) -> None:
-        self.app.open_wizard()
+        """A new wizard, or the one left unfinished when the user wants it back."""
+        draft = self.app.context.draft
+        if draft is None:
+            self.app.open_wizard()
+            return
+        from tui.screens.confirm import ConfirmScreen
+
+        def answered(resume: bool | None) -> None:
+            if resume is None:
+                return
+            self.app.context.draft = None
+            if resume:
+                self.app.open_wizard(draft.state, draft.index, draft.reached)
+            else:
+                self.app.open_wizard()
+
+        question = f"Continue the wizard you left ({draft.summary()})?"
+        self.app.push_screen(ConfirmScreen(question, yes="Continue", no="Start over", danger=False), answered)
+
+    def action_open_config(self) -> None:
+        """Open a run.toml or a kohya dataset config in the wizard, everything filled in."""
+        from pathlib import Path
+
+        from tui.screens.open_config import OpenConfigScreen
+
+        def opened(state: object) -> None:
+            if state is not None:
+                self.app.open_wizard(state, state.landing_step(), reached=len(STEPS) - 1)
+
+        self.app.push_screen(OpenConfigScreen(Path.cwd(), self.app.context.gpus()), opened)
 
     def action_attach(self) -> None:
         run = self._run_dir()

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from textual import work
+from textual import events, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Button, ContentSwitcher, Footer, Header, OptionList, Static
 from textual.widgets.option_list import Option
+from textual.worker import Worker, WorkerState
 
 from core.errors import UserError
+from tui.format import display_path
 from tui.steps.base import Step
 from tui.steps.dataset import DatasetStep
 from tui.steps.method import MethodStep
@@ -27,6 +30,20 @@ from tui.wizard_state import STEPS, WizardState
 STEP_CLASSES = (ModelStep, DatasetStep, MethodStep, RecipeStep, ScheduleStep, SamplesStep, ReviewStep)
 
 
+@dataclass
+class Draft:
+    """A wizard the user left before launching: its choices and how far it got."""
+
+    state: WizardState
+    index: int
+    reached: int
+
+    def summary(self) -> str:
+        """``model …, dataset …, step Recipe`` for the question that offers it again."""
+        parts = [f"model {self.state.model}" if self.state.model else "", f"dataset {self.state.dataset}" if self.state.dataset else ""]
+        return ", ".join([p for p in parts if p] + [f"at step {self.index + 1} {STEPS[self.index]}"])
+
+
 class WizardScreen(Screen):
     """Model → dataset → method → recipe → schedule → samples → review."""
 
@@ -38,12 +55,13 @@ class WizardScreen(Screen):
         Binding("escape", "cancel", "Cancel"),
     ]
 
-    def __init__(self, state: WizardState | None = None) -> None:
+    def __init__(self, state: WizardState | None = None, index: int = 0, reached: int = 0) -> None:
         super().__init__()
         self.state = state
-        self.index = 0
-        self.reached = 0
+        self.index = index
+        self.reached = max(reached, index)
         self.error: str | None = None
+        self.launching = False
 
     def compose(self) -> ComposeResult:
         if self.state is None:
@@ -55,15 +73,27 @@ class WizardScreen(Screen):
                 for n, cls in enumerate(STEP_CLASSES):
                     yield cls(self.state, id=f"step-{n}")
         with Vertical(id="wizard-bottom"):
+            yield Static("", id="field-help")
             yield Static("", id="step-error")
             with Horizontal(id="nav"):
                 yield Button("◀ Back (ctrl+b)", id="back", compact=True)
                 yield Button("Next (ctrl+n) ▶", id="next", variant="primary", compact=True)
+                yield Button("Save config (ctrl+s)", id="save", compact=True)
+                yield Button("Launch (ctrl+l)", id="launch", variant="success", compact=True)
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.sub_title = "new run"
-        self.show_step(0)
+        self.show_step(self.index)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Save and Launch are keys of the Review step, Next of the others (the footer fits 80 columns)."""
+        review = self.index == len(STEPS) - 1
+        if action in ("save", "launch"):
+            return review
+        if action == "next":
+            return not review
+        return True
 
     @property
     def step(self) -> Step:
@@ -73,6 +103,7 @@ class WizardScreen(Screen):
         """Show a step, fill it from the state and check it."""
         self.index = index
         self.reached = max(self.reached, index)
+        self.refresh_bindings()
         self.query_one("#pages", ContentSwitcher).current = f"step-{index}"
         self.step.load()
         self.query_one("#step-list", OptionList).highlighted = index
@@ -88,22 +119,38 @@ class WizardScreen(Screen):
             self.error = None
         except UserError as exc:
             self.error = str(exc)
-        self.query_one("#step-error", Static).update(self.error or "")
-        self.query_one("#next", Button).disabled = self.error is not None or self.index == len(STEPS) - 1
+        error = self.query_one("#step-error", Static)
+        error.update(self.error or "")
+        error.display = self.error is not None
+        review = self.index == len(STEPS) - 1
+        self.query_one("#next", Button).disabled = self.error is not None or review
+        self.query_one("#next", Button).display = not review
+        self.query_one("#save", Button).display = review
+        self.query_one("#launch", Button).display = review
         self.query_one("#back", Button).disabled = self.index == 0
         self._mark_steps()
         return self.error is None
 
     def _mark_steps(self) -> None:
+        """▶ the current step, ✓ every step reached that checks out (also after going back)."""
         options = self.query_one("#step-list", OptionList)
         for n, name in enumerate(STEPS):
-            mark = "▶" if n == self.index else ("✓" if n < self.reached or (n == self.index and not self.error) else " ")
+            if n == self.index:
+                mark = "▶"
+            else:
+                mark = "✓" if n <= self.reached and self._checks_out(n) else " "
             options.replace_option_prompt_at_index(n, f"{mark} {n + 1} {name}")
             options.get_option_at_index(n).disabled = n > self.reached
 
+    def _checks_out(self, step: int) -> bool:
+        try:
+            self.state.check(step)
+        except UserError:
+            return False
+        return True
+
     def on_step_changed(self, event: Step.Changed) -> None:
         event.stop()
-        self.reached = self.index
         self.validate()
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
@@ -115,10 +162,16 @@ class WizardScreen(Screen):
             self.show_step(target)
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
-        if event.button.id == "next":
-            self.action_next()
-        elif event.button.id == "back":
-            self.action_back()
+        actions = {"next": self.action_next, "back": self.action_back, "save": self.action_save, "launch": self.action_launch}
+        if event.button.id in actions:
+            actions[event.button.id]()
+
+    def on_descendant_focus(self, event: events.DescendantFocus) -> None:
+        """The help of the focused setting in one line above the buttons (narrow terminals hide the help column)."""
+        from tui.widgets.setting_field import SettingField
+
+        field = next((node for node in event.widget.ancestors_with_self if isinstance(node, SettingField)), None)
+        self.query_one("#field-help", Static).update(f"{field.setting.key}: {field.setting.help}" if field is not None else "")
 
     def action_next(self) -> None:
         if self.index == len(STEPS) - 1:
@@ -133,7 +186,19 @@ class WizardScreen(Screen):
             self.show_step(self.index - 1)
 
     def action_cancel(self) -> None:
-        self.app.pop_screen()
+        """Ask before leaving; what was chosen is kept, and New run offers it again."""
+        if self.launching:
+            self.notify("The run is being launched; its dashboard opens in a moment.", severity="warning")
+            return
+        from tui.screens.confirm import ConfirmScreen
+
+        def answered(leave: bool | None) -> None:
+            if leave:
+                self.app.context.draft = Draft(self.state, self.index, self.reached)
+                self.app.pop_screen()
+
+        question = "Leave the wizard? Your choices are kept: New run (n on home) offers them again."
+        self.app.push_screen(ConfirmScreen(question, yes="Leave", no="Stay", danger=False), answered)
 
     def _ready(self) -> bool:
         """Every step checks out; otherwise go to the first that does not."""
@@ -150,8 +215,6 @@ class WizardScreen(Screen):
     def action_save(self) -> Path | None:
         """Write run.toml without launching."""
         if self.index != len(STEPS) - 1 or not self._ready():
-            if self.index != len(STEPS) - 1:
-                self.notify("Save is on the Review step: press ctrl+n until you get there.", severity="warning")
             return None
         from core.config import save_config
 
@@ -160,12 +223,11 @@ class WizardScreen(Screen):
         except (UserError, OSError) as exc:
             self.notify(f"could not save the config: {exc}", severity="error", timeout=10)
             return None
-        self.notify(f"Saved {path}. Start it later with: sdtui train {path}")
+        self.notify(f"Saved {display_path(path)}: Launch starts it now, or later from any terminal: sdtui train {display_path(path)}")
         return path
 
     def action_launch(self) -> None:
         if self.index != len(STEPS) - 1:
-            self.notify("Launch is on the Review step: press ctrl+n until you get there.", severity="warning")
             return
         try:
             self.state.check_launch()
@@ -175,50 +237,55 @@ class WizardScreen(Screen):
         path = self.action_save()
         if path is not None:
             self.query_one("#launch", Button).disabled = True
+            self.launching = True
             self.launch(path)
 
     @work(thread=True, exclusive=True, group="launch")
-    def launch(self, path: Path) -> None:
-        """Start the detached run (validation and preflight can take a moment), then open its dashboard."""
+    def launch(self, path: Path) -> Any:
+        """Start the detached run (validation and preflight can take a moment); the result comes back
+        as this worker's state change, handled on the UI thread (``on_worker_state_changed``)."""
         from core.launch.start import start_run
 
         try:
-            run = start_run(path, self.app.context.runs_dir, [])
+            return start_run(path, self.app.context.runs_dir, [])
         except UserError as exc:
-            self.app.call_from_thread(self.launch_failed, str(exc))
-            return
+            return LaunchFailed(str(exc))
         except Exception as exc:  # noqa: BLE001 - shown with the way out instead of ending the app
-            self.app.call_from_thread(self.launch_failed, f"the launch failed ({exc}); the config is saved in {path}, start it with: sdtui train {path}")
-            return
-        self.app.call_from_thread(self.launched, run)
+            return LaunchFailed(f"the launch failed ({exc}); the config is saved in {path}, start it with: sdtui train {path}")
 
-    def launch_failed(self, message: str) -> None:
-        self.query_one("#launch", Button).disabled = False
-        self.notify(message, severity="error", timeout=15)
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.worker.group != "launch" or event.state not in (WorkerState.SUCCESS, WorkerState.ERROR):
+            return
+        result = event.worker.result if event.state == WorkerState.SUCCESS else LaunchFailed(f"the launch failed ({event.worker.error})")
+        if isinstance(result, LaunchFailed):
+            self.launching = False
+            self.query_one("#launch", Button).disabled = False
+            self.notify(result.message, severity="error", timeout=15)
+            return
+        self.launched(result)
 
     def launched(self, run: Any) -> None:
-        self.app.pop_screen()
-        self.app.open_dashboard(run)
+        """The run is detached: the wizard is done, its dashboard takes this screen's place."""
+        from tui.screens.dashboard import DashboardScreen
+
+        context = self.app.context
+        context.draft = None
+        context.launched = run.id
+        self.app.switch_screen(DashboardScreen(run))
+
+
+@dataclass(frozen=True)
+class LaunchFailed:
+    """Why a launch did not start (the sentence for the notification)."""
+
+    message: str
 
 
 def new_state(context: Any) -> WizardState:
     """A fresh wizard state, filled in with the demo when the session has one."""
-    state = WizardState(gpus=context.gpus(), base_dir=Path.cwd())
     demo = context.demo
-    if demo is not None:
-        from core.config import load_config
+    if demo is None:
+        return WizardState(gpus=context.gpus(), base_dir=Path.cwd())
+    from core.config import load_config
 
-        config = load_config(demo.config)
-        state.base_dir = demo.root
-        state.name = config.name
-        state.set_model(str(demo.model))
-        state.dataset = str(demo.dataset)
-        state.scan_dataset()
-        state.method = config.method
-        state.settings.update(config.settings)
-        state.keep_settings = True
-        state.recipe = str(config.settings.get("recipe") or "")
-        state.schedule.update(config.schedule)
-        state.prompts = list(config.prompts)
-        state.config_path = str(demo.config)
-    return state
+    return WizardState.from_config(load_config(demo.config), context.gpus(), demo.root)

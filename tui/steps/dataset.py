@@ -16,12 +16,12 @@ from core.errors import UserError
 from tui.steps.base import Step
 from tui.widgets.path_input import PathInput
 
-SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "dim"}
+SEVERITY_STYLE = {"error": "bold red", "left out": "bold yellow", "warning": "yellow", "info": "dim"}
 
 
 class DatasetStep(Step):
     title = "Dataset"
-    BINDINGS = [Binding("e", "edit_repeats", "Edit repeats")]
+    BINDINGS = [Binding("e", "edit_repeats", "Edit repeats"), Binding("ctrl+r", "rescan", "Rescan")]
 
     def compose(self) -> ComposeResult:
         yield Static("Dataset", classes="step-title")
@@ -34,12 +34,12 @@ class DatasetStep(Step):
             yield PathInput(self.state.base_dir, folders_only=True, id="reg-path", classes="field-input", placeholder="optional (DreamBooth prior preservation)", compact=True)
         yield Static("", id="scan-summary")
         yield DataTable(id="subsets", cursor_type="row")
-        yield Static("Select a subset and press e (or Enter) to change its repeats.", classes="help")
+        yield Static("Select a subset and press e (or Enter) to change its repeats; ctrl+r scans the folder again.", classes="help")
         yield Static("", id="problems")
 
     def on_mount(self) -> None:
         table = self.query_one("#subsets", DataTable)
-        for label, key in (("subset", "subset"), ("images", "images"), ("repeats", "repeats"), ("captions", "captions"), ("missing", "missing"), ("sizes", "sizes"), ("buckets", "buckets")):
+        for label, key in (("subset", "subset"), ("images", "images"), ("repeats", "repeats"), ("captions", "captions"), ("sizes", "sizes"), ("buckets", "buckets")):
             table.add_column(label, key=key)
 
     def load(self) -> None:
@@ -48,6 +48,14 @@ class DatasetStep(Step):
             if field.value != value:
                 field.value = value
         self.show_scan()
+        if self.state.scan is not None:
+            self.scan()
+
+    def action_rescan(self) -> None:
+        """Scan the folders again (files moved in or out since); the edited repeats stay."""
+        if self.state.dataset.strip():
+            self.query_one("#scan-summary", Static).update("Scanning…")
+            self.scan()
 
     @on(Input.Changed)
     def path_changed(self, event: Input.Changed) -> None:
@@ -105,13 +113,20 @@ class DatasetStep(Step):
             return
         for subset in scan.subsets:
             sizes = "–" if subset.min_size is None else f"{subset.min_size[0]}×{subset.min_size[1]}…{subset.max_size[0]}×{subset.max_size[1]}"
-            buckets = ", ".join(f"{w}×{h}:{n}" for (w, h), n in sorted(subset.buckets.items())[:3]) + (" …" if len(subset.buckets) > 3 else "")
             name = subset.name + (" (class)" if subset.is_reg else "")
-            table.add_row(name, len(subset.images), subset.repeats, subset.captions_found, subset.captions_missing, sizes, buckets or "–", key=subset.path)
-        summary.update(f"{scan.images} images, {scan.items_per_epoch} items per epoch (images × repeats)" + (f", {scan.reg_images} class images" if scan.reg_root else ""))
+            captions = f"{subset.captions_found}/{subset.captions_found + subset.captions_missing}"
+            table.add_row(name, len(subset.images), subset.repeats, captions, sizes, len(subset.buckets) or "–", key=subset.path)
+        counts = sorted(scan.bucket_counts().items(), key=lambda item: -item[1])
+        buckets = ", ".join(f"{w}×{h}: {n}" for (w, h), n in counts[:4]) + (" …" if len(counts) > 4 else "")
+        summary.update(
+            f"{scan.images} images, {scan.items_per_epoch} items per epoch (images × repeats)"
+            + (f", {scan.reg_images} class images" if scan.reg_root else "")
+            + (f"\nbuckets (items per epoch): {buckets}" if buckets else "")
+        )
         text = Text()
         for problem in scan.problems:
-            text.append(f"{problem.severity}: ", style=SEVERITY_STYLE.get(problem.severity, ""))
+            severity = problem.severity if problem.severity != "error" or scan.blocks(problem) else "left out"
+            text.append(f"{severity}: ", style=SEVERITY_STYLE.get(severity, ""))
             text.append(f"{Path(problem.path).name}: {problem.message}")
             text.append(f" → {problem.fix}\n", style="italic")
         problems.update(text if scan.problems else Text("No problems found.", style="green"))
@@ -133,4 +148,6 @@ class DatasetStep(Step):
             if value is not None and self.apply("repeats", lambda: self.state.set_repeats(subset.path, value)):
                 self.show_scan()
 
-        self.app.push_screen(AskScreen(f"Repeats of {subset.name}", str(subset.repeats)), answered)
+        from tui.wizard_state import parse_repeats
+
+        self.app.push_screen(AskScreen(f"Repeats of {subset.name}", str(subset.repeats), check=lambda text: parse_repeats(subset.name, text)), answered)

@@ -6,11 +6,12 @@ from pathlib import Path
 
 from textual.app import ComposeResult
 from textual.containers import Horizontal
-from textual.widgets import Button, Input, Label, Static, TextArea
+from textual.widgets import Input, Label, Static, TextArea
 
 from core.errors import UserError
 from tui.format import display_path
 from tui.steps.base import Step
+from tui.widgets.field_input import FieldInput
 
 
 class ReviewStep(Step):
@@ -20,17 +21,14 @@ class ReviewStep(Step):
         yield Static("Review", classes="step-title")
         with Horizontal(classes="field"):
             yield Label("run name", classes="field-label")
-            yield Input(id="run-name", classes="field-input", compact=True)
+            yield FieldInput(id="run-name", classes="field-input", compact=True)
         with Horizontal(classes="field"):
             yield Label("save config to", classes="field-label")
-            yield Input(id="config-path", classes="field-input", compact=True)
+            yield FieldInput(id="config-path", classes="field-input", compact=True)
         yield Static("run.toml", classes="subtitle")
         yield TextArea(id="toml", read_only=True, show_line_numbers=True)
         yield Static("Launch runs, detached (it survives this terminal):", classes="subtitle")
         yield Static("", id="command")
-        with Horizontal(id="review-buttons"):
-            yield Button("Save config (ctrl+s)", id="save", compact=True)
-            yield Button("Launch (ctrl+l)", id="launch", variant="success", compact=True)
 
     auto_name: str | None = None
 
@@ -74,7 +72,9 @@ class ReviewStep(Step):
             toml.text = f"# {exc}"
             command.update("")
             return
-        toml.text = config.to_toml()
+        from core.config import config_text
+
+        toml.text = config_text(config, self.state.config_path or "run.toml")
         command.update(self.command_text(config))
 
     def command_text(self, config: object) -> str:
@@ -91,7 +91,3 @@ class ReviewStep(Step):
         run_dir = Path(display_path(self.app.context.runs_dir)) / "<run id>"
         argv = launch_command(run_dir, accel, python="python")
         return f"sdtui train {path}\n  → {format_command(argv, launch_env(use_cpu, threads=None) if use_cpu else None)}"
-
-    def on_button_pressed(self, event: Button.Pressed) -> None:
-        event.stop()
-        self.screen.action_save() if event.button.id == "save" else self.screen.action_launch()

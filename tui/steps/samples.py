@@ -9,6 +9,7 @@ from textual.widgets import Checkbox, Input, Label, Select, Static, TextArea
 from core.settings import SAMPLERS
 
 from tui.steps.base import Step
+from tui.widgets.field_input import FieldInput
 
 
 class SamplesStep(Step):
@@ -23,7 +24,7 @@ class SamplesStep(Step):
         yield TextArea(id="prompts", soft_wrap=True, show_line_numbers=False)
         with Horizontal(classes="field"):
             yield Label("every N steps (0 = off)", classes="field-label")
-            yield Input(id="sample-every", type="integer", classes="field-input", compact=True)
+            yield FieldInput(id="sample-every", type="integer", classes="field-input", compact=True)
         yield Checkbox("also at step 0 (before training)", id="sample-at-start", compact=True)
         with Horizontal(classes="field"):
             yield Label("sampler", classes="field-label")

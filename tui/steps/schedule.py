@@ -11,15 +11,16 @@ from textual.widgets import DataTable, Input, Label, Static
 
 from core.errors import UserError
 from core.settings import SCHEMA
-from tui.format import duration
+from tui.format import duration, tui_terms
 from tui.steps.base import Step
+from tui.widgets.field_input import FieldInput
 from tui.widgets.setting_field import SettingField
 
 FIELDS = (
     "epochs", "max_steps", "learning_rate", "text_encoder_lr", "gradient_accumulation", "lr_scheduler", "lr_warmup_steps",
     "lr_scheduler_num_cycles", "lr_scheduler_power", "save_every_epochs", "save_every_steps", "keep_checkpoints", "seed",
 )
-COLUMNS = (("GPUs", "gpus"), ("eff. batch", "effective_batch"), ("steps/epoch", "steps_per_epoch"), ("epochs", "epochs"), ("total steps", "total_steps"), ("images seen", "images_seen"), ("ETA", "eta_s"), ("cost", "cost"))
+COLUMNS = (("GPUs", "gpus"), ("batch", "effective_batch"), ("steps/ep", "steps_per_epoch"), ("epochs", "epochs"), ("steps", "total_steps"), ("images", "images_seen"), ("ETA", "eta_s"), ("cost", "cost"))
 
 
 class ScheduleStep(Step):
@@ -27,15 +28,19 @@ class ScheduleStep(Step):
 
     def compose(self) -> ComposeResult:
         yield Static("Schedule", classes="step-title")
-        yield Static("Epoch mode keeps the images seen whatever the GPU count; max_steps > 0 switches to step mode.", classes="help")
+        yield Static(
+            "batch = batch size × GPUs × accumulation; steps are optimizer steps. Epoch mode keeps the images seen "
+            "whatever the GPU count; max_steps > 0 switches to step mode.",
+            classes="help",
+        )
+        yield DataTable(id="gpu-table", cursor_type="none", zebra_stripes=True)
+        yield Static("", id="plan-warnings")
         for key in FIELDS:
             yield SettingField(SCHEMA["schedule"][key], self.state.schedule[key], id=f"s-{key}")
         with Horizontal(classes="field"):
             yield Label("price per GPU-hour", classes="field-label")
-            yield Input(id="price", placeholder="optional, e.g. 0.79", classes="field-input", compact=True)
+            yield FieldInput(id="price", placeholder="optional, e.g. 0.79", classes="field-input", compact=True)
             yield Static("for the cost column", classes="field-help")
-        yield DataTable(id="gpu-table", cursor_type="none", zebra_stripes=True)
-        yield Static("", id="plan-warnings")
 
     def on_mount(self) -> None:
         table = self.query_one("#gpu-table", DataTable)
@@ -85,7 +90,7 @@ class ScheduleStep(Step):
         if detected:
             text.append(f"* the {detected} GPU(s) found or simulated\n", style="dim")
         for warning in data["warnings"]:
-            text.append(f"warning: {warning}\n", style="yellow")
+            text.append(f"warning: {tui_terms(warning)}\n", style="yellow")
         for note in data["notes"]:
-            text.append(f"note: {note}\n", style="dim")
+            text.append(f"note: {tui_terms(note)}\n", style="dim")
         notes.update(text)

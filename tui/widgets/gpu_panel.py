@@ -9,11 +9,11 @@ from tui.format import bar
 from tui.sources import GpuRow, gpu_rows, no_gpu_sentence, vram_text
 
 
-def gpu_line(row: GpuRow, bar_width: int = 20) -> Text:
+def gpu_line(row: GpuRow, bar_width: int = 20, name_width: int = 22) -> Text:
     """``0 RTX 4090  ████····  3.2/24.0 GiB  bf16  driver 550.54``."""
     text = Text()
     text.append(f"{row.index} ", style="dim")
-    text.append(f"{row.name:<22.22}", style="bold")
+    text.append(f"{row.name:<{name_width}.{name_width}}", style="bold")
     text.append(" ")
     if row.used_bytes is None:
         text.append(" " * bar_width)
@@ -25,18 +25,28 @@ def gpu_line(row: GpuRow, bar_width: int = 20) -> Text:
         text.append(f"  {row.utilization:>3d}% util")
     text.append(f"  driver {row.driver}" if row.driver else "", style="dim")
     if row.simulated:
-        text.append("  (simulated)", style="dim italic")
+        text.append("  simulated", style="dim italic")
     return text
 
 
 class GpuPanel(Static):
-    """Lists a GpuSet."""
+    """Lists a GpuSet, one line per GPU (narrower bar and name below 100 columns)."""
+
+    gpus: object = None
 
     def show(self, gpus: object) -> None:
         """Render the GPUs of a core.gpu.GpuSet."""
+        self.gpus = gpus
         sentence = no_gpu_sentence(gpus)
+        self.set_class(bool(sentence), "-no-gpu")
         if sentence:
-            self.update(Text(sentence, style="yellow"))
+            self.update(Text(sentence))
             return
-        self.update(Text("\n").join(gpu_line(row) for row in gpu_rows(gpus)))
+        narrow = self.app.size.width < 100
+        lines = (gpu_line(row, 10 if narrow else 20, 18 if narrow else 22) for row in gpu_rows(gpus))
+        self.update(Text("\n").join(line for line in lines))
+
+    def on_resize(self) -> None:
+        if self.gpus is not None:
+            self.show(self.gpus)
 

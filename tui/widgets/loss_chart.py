@@ -44,12 +44,23 @@ class LossChart(PlotextPlot):
         # plotext's own log scale transforms the data again on every build, so the log is taken here.
         log = self.log_scale and bool(raw_ok) and min(y for _, y in raw_ok) > 0 and min(smooth, default=1) > 0
         scale = math.log10 if log else float
-        plt.title("loss: raw (dots) · smoothed (line)" + (" (log10)" if log else ""))
+        plt.title("loss: raw (dots) · smoothed (line)" + (" (log scale)" if log else ""))
         if raw_ok:
             plt.scatter([x for x, _ in raw_ok], [scale(y) for _, y in raw_ok], marker="dot")
             smooth_ok = [(x, scale(y)) for x, y in zip(sx, smooth) if math.isfinite(y)]
             plt.plot([x for x, _ in smooth_ok], [y for _, y in smooth_ok], marker="braille")
+            if log:
+                plt.yticks(*log_ticks([y for _, y in raw_ok] + [10**y for _, y in smooth_ok]))
         self.refresh()
+
+
+def log_ticks(values: Sequence[float], count: int = 5) -> tuple[list[float], list[str]]:
+    """Positions (log10) and labels (the losses themselves) for a log-scale axis."""
+    low, high = math.log10(min(values)), math.log10(max(values))
+    if high - low < 1e-9:
+        return [low], [f"{10**low:.3g}"]
+    positions = [low + (high - low) * i / (count - 1) for i in range(count)]
+    return positions, [f"{10**p:.3g}" for p in positions]
 
 
 def evenly(xs: Sequence[float], ys: Sequence[float], width: int) -> tuple[list[float], list[float]]:

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from textual.suggester import Suggester
-from textual.widgets import Input
+from tui.widgets.field_input import FieldInput
 
 
 class PathSuggester(Suggester):
@@ -34,7 +34,7 @@ class PathSuggester(Suggester):
         return None
 
 
-class PathInput(Input):
+class PathInput(FieldInput):
     """A path field with completion relative to ``base_dir``."""
 
     def __init__(self, base_dir: Path, folders_only: bool = False, **kwargs: object) -> None:

@@ -15,15 +15,12 @@ from tui.run_view import Sample
 
 
 def image_class() -> type[Widget]:
-    """The textual-image widget: half-blocks when ``SDTUI_IMAGES=halfcell`` (tmux, SSH without graphics), else the best the terminal supports."""
+    """Half-blocks when ``SDTUI_IMAGES=halfcell`` (tmux, SSH without graphics), else the best the terminal
+    supports through textual-image (imported by ``tui.app.prepare_images`` before Textual starts)."""
     if os.environ.get("SDTUI_IMAGES") == "halfcell":
-        from textual_image.renderable.halfcell import Image as HalfcellRenderable
-        from textual_image.widget._base import Image as BaseImage
+        from tui.widgets.halfblock import HalfBlockImage
 
-        class HalfcellImage(BaseImage, Renderable=HalfcellRenderable):
-            """Half-block image (no terminal query)."""
-
-        return HalfcellImage
+        return HalfBlockImage
     from textual_image.widget import Image
 
     return Image
@@ -85,9 +82,9 @@ class SampleView(Vertical):
             image.image = str(path)
         prompt = sample.prompt.split(" --")[0]
         self._caption(Text.assemble(
-            f"step {sample.step} · prompt {sample.prompt_index + 1}/{len(self.history)} · {self.position + 1}/{len(samples)}",
-            ("  [ ] history, t prompt", "dim"),
-            f"\n{prompt}",
+            f"step {sample.step} · prompt {sample.prompt_index + 1}/{len(self.history)} · {self.position + 1}/{len(samples)}\n",
+            ("[ ] history  t prompt\n", "dim"),
+            prompt,
         ))
 
     def _caption(self, content: str | Text) -> None:

@@ -10,6 +10,7 @@ from textual.message import Message
 from textual.widgets import Checkbox, Input, Label, Select, Static
 
 from core.settings import Setting
+from tui.widgets.field_input import FieldInput
 
 
 class SettingField(Horizontal):
@@ -34,7 +35,7 @@ class SettingField(Horizontal):
         elif s.choices:
             yield Select([(str(c), c) for c in s.choices], value=self.value, allow_blank=False, id=f"v-{s.key}", classes="field-input", compact=True)
         else:
-            yield Input(_text(self.value), id=f"v-{s.key}", classes="field-input", compact=True)
+            yield FieldInput(_text(self.value), id=f"v-{s.key}", classes="field-input", compact=True)
         yield Static(s.help, classes="field-help")
 
     def set_value(self, value: Any) -> None:
