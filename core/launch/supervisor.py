@@ -195,11 +195,11 @@ class Supervisor:
             log.write(f"[sdtui] launcher exited with code {code}; run {state}\n".encode())
 
 
-def failure_hint(run: RunDir, tail: str) -> str:
+def failure_hint(run: RunDir, tail: list[str]) -> str:
     """What to do after a failure the trainer gave no hint for: read the log when it says more than
     its tail, resume when there is a checkpoint, else start the run again."""
     parts = []
-    if tail.strip():
+    if any(line.strip() for line in tail):
         parts.append(f"read {run.log} for the whole log")
     if run.latest_checkpoint() is not None:
         parts.append(f"after fixing the cause, sdtui resume {run.id} continues from the newest checkpoint")
