@@ -15,21 +15,30 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from core.atomic import read_json, write_json_atomic
+from core.atomic import write_json_atomic
 from core.errors import UserError
+from core.runfiles import TAIL_BYTES, current_attempt, integer, last_step, load_json_object, number, tail_records
 
 STATES = ("queued", "starting", "running", "paused", "stopping", "finished", "failed", "stopped")
 FINAL_STATES = ("finished", "failed", "stopped")
 #: A run whose processes all died without a final state (the machine went down, kill -9).
 LOST = "lost"
+#: A live run that has made no step and no heartbeat for too long (hung, or stopped with SIGSTOP).
+STALLED = "stalled"
 #: How long a run may sit without any recorded process before it counts as lost.
 _START_GRACE_S = 30.0
+#: Stalled after this many usual step times without a step or heartbeat, and never sooner than
+#: STALL_MIN_S; before the first step (model loading, caching) after STALL_START_S.
+STALL_FACTOR = 10.0
+STALL_MIN_S = 15.0
+STALL_START_S = 300.0
 
 
 class RunDir:
-    """One run folder and what it holds."""
+    """One run folder and what it holds. Everything is resolved from the folder itself, so a
+    moved, copied or unpacked folder is the same run at its new path."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path).expanduser().resolve()
@@ -44,8 +53,12 @@ class RunDir:
         self.output = self.path / "output"
         self.accelerate_yaml = self.path / "accelerate.yaml"
         self.supervisor_lock = self.path / "supervisor.lock"
+        self.trainer_lock = self.path / "trainer.lock"
+        self.heartbeat = self.path / "heartbeat"
         self.stop_lock = self.path / "stop.lock"
         self._status_lock = self.path / ".status.lock"
+        #: The sentence naming status.json when the last read found it damaged, else None.
+        self.status_problem: str | None = None
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -62,14 +75,19 @@ class RunDir:
         return self.path.name
 
     def read_status(self) -> dict[str, Any]:
-        """status.json ({} when missing or half-written)."""
-        data = read_json(self.status_json, {})
-        return data if isinstance(data, dict) else {}
+        """status.json ({} when missing, half-written or damaged; ``status_problem`` then says which)."""
+        data, self.status_problem = load_json_object(self.status_json)
+        return data
 
     def write_status(self, **fields: Any) -> dict[str, Any]:
-        """Merge ``fields`` into status.json atomically (a ``None`` value removes the key); return the result."""
+        """Merge ``fields`` into status.json atomically (a ``None`` value removes the key); return the result.
+
+        A damaged status.json is replaced by what the folder holds (``rebuild_status``) plus ``fields``.
+        """
         with self._locked(self._status_lock):
             data = self.read_status()
+            if not isinstance(data.get("state"), str):
+                data = {**self.rebuild_status(), **data}
             for key, value in fields.items():
                 if value is None:
                     data.pop(key, None)
@@ -91,8 +109,12 @@ class RunDir:
     def processes(self, status: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """The recorded processes of the run (supervisor, launcher, workers, trainer ranks) with their create times."""
         status = self.read_status() if status is None else status
-        records = list(status.get("pids") or []) + list(status.get("trainer_pids") or [])
-        unique = {(r.get("pid"), r.get("create_time")): r for r in records if isinstance(r, dict) and "pid" in r and "create_time" in r}
+        records = [r for key in ("pids", "trainer_pids") if isinstance(status.get(key), list) for r in status[key]]
+        unique = {
+            (r["pid"], r["create_time"]): r
+            for r in records
+            if isinstance(r, dict) and isinstance(r.get("pid"), int) and number(r.get("create_time")) is not None
+        }
         return list(unique.values())
 
     def alive_processes(self, status: dict[str, Any] | None = None) -> list[Any]:
@@ -101,22 +123,30 @@ class RunDir:
 
         return alive(self.processes(status))
 
+    def owned(self) -> bool:
+        """True while a supervisor or a trainer holds the folder's lock."""
+        return is_locked(self.supervisor_lock) or is_locked(self.trainer_lock)
+
     def derive_state(self, status: dict[str, Any]) -> str:
-        """The state to show: status.json's, or ``lost`` when no process of a live state is left."""
-        state = str(status.get("state", "queued"))
-        if state in FINAL_STATES:
+        """The state to show: status.json's, ``lost`` when no process of a live state is left,
+        ``stalled`` when a live run has made no step and no heartbeat for too long. A status.json
+        without a state (damaged, truncated) is rebuilt from the folder."""
+        if not isinstance(status.get("state"), str):
+            status = self.rebuild_status()
+        state = status["state"]
+        if state in FINAL_STATES or state == LOST:
             return state
-        if self.alive_processes(status):
-            return state
+        if self.alive_processes(status) or (not self.processes(status) and self.owned()):
+            return STALLED if state in ("starting", "running") and self.stalled_for(status) is not None else state
         if not self.processes(status):
-            since = float(status.get("updated_at") or status.get("created_at") or _mtime(self.path))
+            since = number(status.get("updated_at")) or number(status.get("created_at")) or _mtime(self.path)
             if time.time() - since < _START_GRACE_S:
                 return state
         return LOST
 
     @property
     def state(self) -> str:
-        """The current state, with ``lost`` derived."""
+        """The current state, with ``lost`` and ``stalled`` derived."""
         return self.derive_state(self.read_status())
 
     def outputs(self, status: dict[str, Any] | None = None) -> list[Path]:
@@ -125,11 +155,25 @@ class RunDir:
         status = self.read_status() if status is None else status
         listed = status.get("outputs")
         if isinstance(listed, list) and all(isinstance(p, str) for p in listed):
-            return [Path(p) for p in listed if Path(p).exists()]
+            found = [Path(p) for p in listed if Path(p).exists()]
+            if found:  # a moved or copied folder: its recorded paths are elsewhere, output/ is here
+                return found
         try:
             return sorted(p.resolve() for p in self.output.iterdir() if not p.name.startswith("."))
         except OSError:
             return []
+
+    def stalled_for(self, status: dict[str, Any]) -> float | None:
+        """Seconds since the last step or heartbeat when that is over ``STALL_FACTOR`` × the usual step
+        time (at least ``STALL_MIN_S``; ``STALL_START_S`` before the first step), else None."""
+        activity = max(_mtime(self.metrics, 0.0), _mtime(self.heartbeat, 0.0), number(status.get("updated_at"), 0.0) or 0.0)
+        if not activity:
+            return None
+        _, steps = current_attempt(tail_records(self.metrics))
+        times = sorted(t for r in steps if r.get("type") == "step" and (t := number(r.get("step_time_s"))) is not None)
+        limit = max(STALL_MIN_S, STALL_FACTOR * times[len(times) // 2]) if times else STALL_START_S
+        idle = time.time() - activity
+        return idle if idle > limit else None
 
     def latest_checkpoint(self) -> Path | None:
         """The newest complete checkpoint (unfinished ``.tmp-*`` folders are ignored)."""
@@ -137,48 +181,125 @@ class RunDir:
 
         return latest(self.checkpoints)
 
-    def last_step_record(self, tail_bytes: int = 65536) -> dict[str, Any] | None:
-        """The newest ``step`` line of metrics.jsonl, read from the end of the file only."""
-        try:
-            with open(self.metrics, "rb") as handle:
-                size = handle.seek(0, os.SEEK_END)
-                handle.seek(max(0, size - tail_bytes))
-                lines = handle.read().splitlines()
-        except FileNotFoundError:
-            return None
-        for raw in reversed(lines):
-            try:
-                record = json.loads(raw)
-            except ValueError:
-                continue
-            if isinstance(record, dict) and record.get("type") == "step":
-                return record
-        return None
+    def last_step_record(self, tail_bytes: int = TAIL_BYTES) -> dict[str, Any] | None:
+        """The newest ``step`` line of the latest attempt in metrics.jsonl, read from the end of the file only."""
+        return last_step(tail_records(self.metrics, tail_bytes))
+
+    def rebuild_status(self) -> dict[str, Any]:
+        """The status as the folder shows it when status.json is damaged or empty: the metrics'
+        last lines (attempt, steps, end), the checkpoints, plan.json and the locks."""
+        found = tail_records(self.metrics)
+        attempt, after = current_attempt(found)
+        end = next((r for r in reversed(after) if r.get("type") == "end"), None)
+        step = last_step(found)
+        owned = self.owned()
+        state = str(end.get("state")) if end and end.get("state") in FINAL_STATES else ("running" if owned else LOST)
+        rebuilt: dict[str, Any] = {
+            "state": state,
+            "run_id": self.id,
+            "created_at": _mtime(self.run_toml, _mtime(self.path)),
+            "step": integer((step or {}).get("step")),
+            "rebuilt": f"{self.status_json} was damaged or empty; this state was rebuilt from the run folder",
+        }
+        total = integer((attempt or {}).get("total_steps")) or _plan_total(self.plan_json)
+        if total:
+            rebuilt["total_steps"] = total
+        if attempt is not None:
+            rebuilt["attempt"] = integer(attempt.get("attempt"), 1)
+        if end is not None:
+            for key in ("error", "hint", "exit_code"):
+                if end.get(key) is not None:
+                    rebuilt[key] = end[key]
+        holders = lock_holders(self)
+        if holders:
+            rebuilt["pids"] = holders
+        return rebuilt
 
     def summary(self) -> dict[str, Any]:
-        """What ``sdtui runs`` shows: id, state, step/total, last loss, age, path."""
+        """What ``sdtui runs`` shows: id, state, step/total, last loss, age, path (any bytes in the files)."""
         status = self.read_status()
+        problem = self.status_problem
+        if not isinstance(status.get("state"), str):
+            status = self.rebuild_status()
         state = self.derive_state(status)
         last = self.last_step_record()
-        created = float(status.get("created_at") or _mtime(self.path))
-        step = status.get("step", last.get("step") if last else 0)
-        return {
+        created = number(status.get("created_at")) or _mtime(self.path)
+        steps = [integer(v) for v in (status.get("step"), (last or {}).get("step")) if number(v) is not None]
+        row = {
             "id": self.id,
             "state": state,
-            "step": int(step or 0),
-            "total_steps": status.get("total_steps"),
-            "loss": last.get("loss") if last else None,
+            "step": max(steps) if steps and state in ("running", "paused", "stopping", STALLED) else (steps[0] if steps else 0),
+            "total_steps": integer(status.get("total_steps")) or None,
+            "loss": number((last or {}).get("loss")),
             "age_s": round(time.time() - created, 1),
-            "updated_at": status.get("updated_at"),
+            "updated_at": number(status.get("updated_at")),
             "path": str(self.path),
         }
+        if state == STALLED:
+            row["stalled_s"] = round(self.stalled_for(status) or 0.0, 1)
+        if problem:
+            row["problem"] = problem
+        return row
 
 
-def _mtime(path: Path) -> float:
+def _mtime(path: Path, default: float | None = None) -> float:
     try:
         return path.stat().st_mtime
     except OSError:
-        return time.time()
+        return time.time() if default is None else default
+
+
+def _plan_total(plan_json: Path) -> int:
+    """plan.json's total steps for the GPU count it was made for (0 when unknown or damaged)."""
+    plan, _ = load_json_object(plan_json)
+    count = integer((plan.get("gpu") if isinstance(plan.get("gpu"), dict) else {}).get("count"), 1)
+    rows = plan.get("schedule") if isinstance(plan.get("schedule"), list) else []
+    return next((integer(r.get("total_steps")) for r in rows if isinstance(r, dict) and integer(r.get("gpus")) == count), 0)
+
+
+def lock(path: Path) -> IO[str] | None:
+    """Take an exclusive lock (fcntl) on ``path``; None when another process holds it."""
+    handle = open(path, "a+")  # noqa: SIM115 - held by the caller for as long as it owns the folder
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
+
+
+def hold(handle: IO[str], record: dict[str, Any]) -> None:
+    """Write the holder's process record (pid, create time, role) into a held lock file."""
+    handle.seek(0)
+    handle.truncate()
+    handle.write(json.dumps(record))
+    handle.flush()
+
+
+def lock_holders(run: RunDir) -> list[dict[str, Any]]:
+    """The process records written into the run's held locks (supervisor, trainer)."""
+    found = []
+    for path in (run.supervisor_lock, run.trainer_lock):
+        if is_locked(path):
+            record, _ = load_json_object(path)
+            if isinstance(record.get("pid"), int) and number(record.get("create_time")) is not None:
+                found.append(record)
+    return found
+
+
+def is_locked(path: Path) -> bool:
+    """True while some process holds the lock on ``path`` (a missing file is not locked)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def is_run_dir(path: Path) -> bool:
@@ -192,7 +313,7 @@ def list_runs(runs_dir: str | os.PathLike[str]) -> list[RunDir]:
     if not root.is_dir():
         return []
     runs = [RunDir(child) for child in root.iterdir() if not child.name.startswith(".") and is_run_dir(child)]
-    return sorted(runs, key=lambda r: (float(r.read_status().get("created_at") or _mtime(r.path)), r.id), reverse=True)
+    return sorted(runs, key=lambda r: (number(r.read_status().get("created_at")) or _mtime(r.path), r.id), reverse=True)
 
 
 def resolve_run(ref: str, runs_dir: str | os.PathLike[str]) -> RunDir:

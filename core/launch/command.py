@@ -1,4 +1,8 @@
-"""The ``accelerate launch`` command of a run: an argument list and its environment."""
+"""The ``accelerate launch`` command of a run: an argument list and its environment.
+
+The command is rebuilt from the run folder for every attempt (never stored and read back), so a
+moved or copied folder launches itself, and nothing in a run folder is executed as a command.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +12,44 @@ from pathlib import Path
 from typing import Any
 
 
-def launch_command(run_dir: str | os.PathLike[str], config: dict[str, Any], python: str | None = None) -> list[str]:
-    """``python -m accelerate.commands.launch --config_file RUN/accelerate.yaml … -m core.train RUN``.
+#: The folder that holds the ``core`` package: the working directory of the supervisor and the
+#: launcher (never the run folder, whose files must not be importable).
+CODE_ROOT = Path(__file__).resolve().parents[2]
+
+
+def launch_command(run_dir: str | os.PathLike[str], config: dict[str, Any], python: str | None = None, attempt: str = "") -> list[str]:
+    """``python -m accelerate.commands.launch --config_file RUN/accelerate.yaml … -m core.train RUN [--attempt ID]``.
 
     ``config`` is the accelerate config written into the run folder; several processes of
     plain DDP get ``--multi_gpu`` explicitly so the CPU path (ACCELERATE_USE_CPU) starts them all.
+    ``attempt`` is the attempt id the trainer checks against status.json before it writes anything.
     """
     run = Path(run_dir)
     argv = [python or sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(run / "accelerate.yaml")]
     if config.get("distributed_type") == "MULTI_GPU":
         argv.append("--multi_gpu")
     argv += ["-m", "core.train", str(run)]
+    if attempt:
+        argv += ["--attempt", attempt]
     return argv
+
+
+def read_accelerate_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The accelerate.yaml of a run folder as data; UserError when it is missing or damaged."""
+    import yaml
+
+    from core.errors import UserError
+
+    try:
+        data = yaml.safe_load(Path(path).read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        data = None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        data = None
+    if not isinstance(data, dict):
+        run = Path(path).parent
+        raise UserError(f"{path} is missing or damaged; sdtui resume {run.name} writes it again from run.toml")
+    return data
 
 
 def launch_env(use_cpu: bool, threads: int | None = None) -> dict[str, str]:

@@ -1,7 +1,9 @@
 """Control of a run from any terminal: requests to the trainer through control.json, and stop.
 
-control.json is ``{"requests": [{"id", "action", "at"}, …]}``; the trainer executes each id
-once and acknowledges it with ``control_ack: {"id", "action", "at"}`` in status.json.
+control.json is ``{"requests": [{"id", "action", "at", "attempt"}, …]}``; ``attempt`` is the
+attempt id of the run when the request was made (status.json's ``attempt_id``), so a request
+never reaches a later attempt. The trainer executes each id once and acknowledges it with
+``control_ack: {"id", "action", "at"}`` in status.json.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from core.atomic import read_json, write_json_atomic
+from core.atomic import write_json_atomic
 from core.errors import UserError
 from core.launch import procs
-from core.runs import FINAL_STATES, LOST, RunDir
+from core.runfiles import load_json_object
+from core.runs import FINAL_STATES, LOST, STALLED, RunDir
 
 ACTIONS = ("stop", "save", "sample", "pause", "resume")
 #: Requests kept in control.json (older ones were executed long ago).
@@ -29,13 +32,17 @@ def request(run: RunDir, action: str) -> str:
     if action not in ACTIONS:
         raise UserError(f"unknown control action '{action}'; use one of {', '.join(ACTIONS)}")
     rid = uuid.uuid4().hex[:12]
+    attempt = run.read_status().get("attempt_id")
+    entry: dict[str, Any] = {"id": rid, "action": action, "at": round(time.time(), 3)}
+    if isinstance(attempt, str) and attempt:
+        entry["attempt"] = attempt
     lock = run.path / ".control.lock"
     with open(lock, "a+") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
-        data = read_json(run.control_json, {})
-        requests = data.get("requests", []) if isinstance(data, dict) else []
+        data, _ = load_json_object(run.control_json)
+        requests = data.get("requests") if isinstance(data.get("requests"), list) else []
         requests = [r for r in requests if isinstance(r, dict)][-(_KEEP - 1):]
-        requests.append({"id": rid, "action": action, "at": round(time.time(), 3)})
+        requests.append(entry)
         write_json_atomic(run.control_json, {"requests": requests})
     return rid
 
@@ -118,9 +125,11 @@ def stop_run(
         else:
             rid = ""
         signalled: list[int] = []
-        if not saved:
+        if not saved and run.alive_processes():
             say("the trainer did not stop in time; terminating its processes" if not now else "terminating the run's processes")
             signalled = _terminate(run, term_grace_s, now=now)
+        elif not saved:
+            say("none of the run's processes is running; recording it as stopped")
         _wait_final(run, 10.0)
         final = run.read_status()
         end_state = run.derive_state(final)
@@ -165,13 +174,24 @@ def _terminate(run: RunDir, term_grace_s: float, now: bool = False) -> list[int]
 def status_fields(run: RunDir) -> dict[str, Any]:
     """status.json plus derived fields (state with ``lost``, id, path, newest checkpoint, the output files)."""
     status = run.read_status()
+    problem = run.status_problem
+    if not isinstance(status.get("state"), str):
+        status = run.rebuild_status()
     checkpoint = run.latest_checkpoint()
-    return {
+    state = run.derive_state(status)
+    fields = {
         **status,
         "id": run.id,
         "path": str(run.path),
-        "state": run.derive_state(status),
+        "state": state,
         "recorded_state": status.get("state"),
         "latest_checkpoint": str(checkpoint) if checkpoint else None,
         "outputs": [str(path) for path in run.outputs(status)],
     }
+    if problem:
+        fields["problem"] = problem
+    if state == LOST and fields.get("exit_code") is None:
+        fields["exit_unknown"] = "the supervisor ended before the launcher (killed, or the machine went down), so the exit code was not recorded"
+    if state == STALLED:
+        fields["stalled_s"] = round(run.stalled_for(status) or 0.0, 1)
+    return fields

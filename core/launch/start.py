@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import psutil
 
@@ -22,8 +22,8 @@ from core import runs_folder
 from core.atomic import write_atomic, write_json_atomic
 from core.errors import UserError
 from core.launch.accelerate_config import accelerate_config, other_node_commands, to_yaml, world_size
-from core.launch.command import launch_command, launch_env
-from core.runs import FINAL_STATES, LOST, RunDir, create_run_dir
+from core.launch.command import CODE_ROOT, format_command, launch_command, launch_env
+from core.runs import FINAL_STATES, LOST, RunDir, create_run_dir, is_locked, lock
 
 Notify = Callable[[str], None]
 
@@ -60,49 +60,72 @@ def start_run(
     root = Path(runs_dir).expanduser().resolve()
     checked = preflight(config, root, gpus, force=force)
     distributed = dict(config.distributed)
-    if int(distributed.get("num_machines", 1)) == 1 and int(distributed.get("main_process_port", 29500)) == 0:
-        distributed["main_process_port"] = free_port()
-    accel = accelerate_config(distributed, str(config.settings.get("mixed_precision", "bf16")), checked.use_cpu)
-    world = world_size(distributed)
     run = create_run_dir(root, config.name)
     save_config(config, run.run_toml)
-    write_json_atomic(run.plan_json, checked.plan.to_json(world))
-    write_atomic(run.accelerate_yaml, to_yaml(accel))
-    env = launch_env(checked.use_cpu)
+    write_json_atomic(run.plan_json, checked.plan.to_json(world_size(distributed)))
     run.write_status(
         state="queued",
         run_id=run.id,
         created_at=round(time.time(), 3),
-        total_steps=checked.plan.total_steps_for(world),
-        world_size=world,
-        machine_rank=int(distributed.get("machine_rank", 0)),
-        device="cpu" if checked.use_cpu else "cuda",
-        launch={"argv": launch_command(run.path, accel), "env": env, "cwd": os.getcwd()},
+        total_steps=checked.plan.total_steps_for(world_size(distributed)),
         notices=checked.notices,
     )
-    for notice in checked.notices:
-        say(notice)
-    if int(distributed.get("num_machines", 1)) > 1 and int(distributed.get("machine_rank", 0)) == 0:
-        say("this is machine 0 of a multi-machine run; copy the run config and the dataset to the other machines and run there:")
-        for line in other_node_commands(str(run.run_toml), distributed):
-            say(f"  {line}")
-    spawn_supervisor(run)
+    held = claim(run)
+    try:
+        write_launch_files(run, config, checked.use_cpu)
+        for notice in checked.notices:
+            say(notice)
+        if int(distributed.get("num_machines", 1)) > 1 and int(distributed.get("machine_rank", 0)) == 0:
+            say("this is machine 0 of a multi-machine run; copy the run config and the dataset to the other machines and run there:")
+            for line in other_node_commands(str(run.run_toml), distributed):
+                say(f"  {line}")
+        spawn_supervisor(run, held)
+    finally:
+        held.close()
     runs_folder.remember(root, os.getcwd())
     return run
 
 
-def spawn_supervisor(run: RunDir) -> int:
-    """Start ``python -m core.launch.supervisor RUN`` detached (new session); return its pid."""
+def write_launch_files(run: RunDir, config: Any, use_cpu: bool) -> None:
+    """Write accelerate.yaml from run.toml's ``[distributed]`` (port 0: a free port now) and record
+    the device, world size and machine rank in status.json. Done at every start and resume, so the
+    folder never depends on where it was launched before."""
+    distributed = dict(config.distributed)
+    if int(distributed.get("num_machines", 1)) == 1 and int(distributed.get("main_process_port", 29500)) == 0:
+        distributed["main_process_port"] = free_port()
+    accel = accelerate_config(distributed, str(config.settings.get("mixed_precision", "bf16")), use_cpu)
+    write_atomic(run.accelerate_yaml, to_yaml(accel))
+    run.write_status(
+        run_id=run.id, world_size=world_size(distributed), machine_rank=int(distributed.get("machine_rank", 0)),
+        device="cpu" if use_cpu else "cuda", command=format_command(launch_command(run.path, accel), launch_env(use_cpu)), launch=None,
+    )
+
+
+def claim(run: RunDir) -> IO[str]:
+    """Take the run folder's supervisor lock for a supervisor about to start (handed over to it);
+    UserError when a supervisor, a trainer or another start already owns the folder."""
+    deadline = time.monotonic() + 1.0
+    while (held := lock(run.supervisor_lock)) is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # a reader probing the lock holds it for microseconds
+    if held is None:
+        raise UserError(f"run {run.id} is already running or being started by another sdtui; `sdtui status {run.id}` shows it")
+    if is_locked(run.trainer_lock):
+        held.close()
+        raise UserError(f"a trainer of run {run.id} is still writing into {run.path}; stop it first with sdtui stop {run.id}")
+    return held
+
+
+def spawn_supervisor(run: RunDir, held: IO[str]) -> int:
+    """Start ``python -m core.launch.supervisor RUN --lock-fd FD`` detached (new session), handing it
+    the held supervisor lock; return its pid."""
     from core.launch.procs import describe
 
-    cwd = (run.read_status().get("launch") or {}).get("cwd") or os.getcwd()
-    if not Path(cwd).is_dir():
-        cwd = str(run.path)
+    fd = held.fileno()
     with open(run.log, "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "core.launch.supervisor", str(run.path)],
+            [sys.executable, "-m", "core.launch.supervisor", str(run.path), "--lock-fd", str(fd)],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, close_fds=True, cwd=cwd,
+            start_new_session=True, close_fds=True, pass_fds=(fd,), cwd=CODE_ROOT,
         )
     try:
         run.write_status(pids=[describe(psutil.Process(proc.pid), "supervisor")])
@@ -111,18 +134,44 @@ def spawn_supervisor(run: RunDir) -> int:
     return proc.pid
 
 
-def resume_run(run: RunDir) -> RunDir:
-    """Continue an ended run (stopped, failed or lost) in the same folder from its newest checkpoint."""
-    from core.launch.supervisor import is_locked
+def resume_run(run: RunDir, gpus: Any = None) -> RunDir:
+    """Continue an ended run (stopped, failed or lost) in the same folder from its newest checkpoint.
+
+    Everything comes from the folder and this machine: run.toml (its model and dataset must exist
+    here), accelerate.yaml written again, the GPUs probed now. Of two resumes at once one starts
+    the run and the other gets a UserError.
+    """
+    from core.config import load_config
+    from core.launch.preflight import check_model, choose_gpus
 
     status = run.read_status()
     state = run.derive_state(status)
     if state == "finished":
         raise UserError(f"run {run.id} has finished; start a new run with its config: sdtui train {run.run_toml}")
-    if state not in FINAL_STATES + (LOST,) or is_locked(run):
+    if state not in FINAL_STATES + (LOST,):
         raise UserError(f"run {run.id} is {state} and its processes are running; there is nothing to resume (sdtui pause {run.id} pauses it)")
-    if not status.get("launch"):
-        raise UserError(f"run {run.id} has no launch command in its status.json; start a new run with sdtui train {run.run_toml}")
-    run.write_status(state="queued", resumed_from_state=state, error=None, hint=None, log_tail=None, exit_code=None, pids=[])
-    spawn_supervisor(run)
+    if not run.run_toml.is_file():
+        raise UserError(f"{run.path} has no run.toml, so it cannot be resumed; copy the run folder again with its run.toml")
+    config = load_config(run.run_toml)
+    check_model(config.model_path)
+    for subset in config.subsets:
+        folder = Path(str(subset.get("path", ""))).expanduser()
+        if not folder.is_dir():
+            raise UserError(f"the dataset folder {folder} of run {run.id} does not exist on this machine; put it there or fix its path in {run.run_toml}")
+    if gpus is None:
+        from core.gpu import probe
+
+        gpus = probe()
+    _, use_cpu, _ = choose_gpus(gpus, config.distributed)
+    held = claim(run)
+    try:
+        write_launch_files(run, config, use_cpu)
+        checkpoint = run.latest_checkpoint()
+        run.write_status(
+            state="queued", resumed_from_state=state, error=None, hint=None, log_tail=None, exit_code=None, exit_unknown=None,
+            pids=[], trainer_pids=None, rebuilt=None, step=int(checkpoint.name[5:]) if checkpoint else 0,
+        )
+        spawn_supervisor(run, held)
+    finally:
+        held.close()
     return run

@@ -1,28 +1,33 @@
 """``python -m core.launch.supervisor RUN_DIR``: the detached parent of ``accelerate launch``.
 
 Started by ``sdtui train`` (and ``sdtui resume``) in a new session, it ignores SIGHUP, holds
-the run folder's lock, runs the command recorded in status.json's ``launch`` with its output
-into ``train.log``, records every process of the run with its create time, and writes the
-final state when the launcher exits — never replacing a trainer's ``stopped``/``failed``.
+the run folder's lock (taken by the command that started it and handed over as an open file,
+so two starts can never both own a folder), rebuilds the launch command from the folder for a
+new attempt (a fresh attempt id the trainer checks), runs it with its output into
+``train.log``, records every process of the run with its create time, and writes the final
+state when the launcher exits — never replacing a trainer's ``stopped``/``failed``.
 """
 
 from __future__ import annotations
 
-import fcntl
+import argparse
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import IO, Any
 
 import psutil
 
-from core.atomic import read_json
+from core.errors import UserError
 from core.launch import procs
-from core.runs import FINAL_STATES, RunDir
+from core.launch.command import CODE_ROOT, format_command, launch_command, launch_env, read_accelerate_config
+from core.runfiles import belongs, integer, load_json_object
+from core.runs import FINAL_STATES, RunDir, hold, lock
 
 #: Exception lines that only say "a child failed": the root cause is an earlier line.
 _WRAPPERS = ("CalledProcessError", "ChildFailedError", "subprocess.CalledProcessError")
@@ -32,23 +37,15 @@ TAIL_LINES = 30
 
 
 def lock_run(run: RunDir) -> IO[str] | None:
-    """Take the run folder's supervisor lock; None when another supervisor holds it."""
-    handle = open(run.supervisor_lock, "a+")  # noqa: SIM115 - held for the supervisor's life
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        return None
-    return handle
+    """Take the run folder's supervisor lock; None when another supervisor (or a starting one) holds it."""
+    return lock(run.supervisor_lock)
 
 
 def is_locked(run: RunDir) -> bool:
     """True while a supervisor holds the run folder."""
-    handle = lock_run(run)
-    if handle is None:
-        return True
-    handle.close()
-    return False
+    from core.runs import is_locked as held
+
+    return held(run.supervisor_lock)
 
 
 def log_tail(path: Path, lines: int = TAIL_LINES, start: int = 0) -> list[str]:
@@ -88,11 +85,11 @@ def final_state(trainer_state: str, exit_code: int, stop_requested: bool) -> str
     return "finished" if exit_code == 0 else "failed"
 
 
-def stop_requested_since(run: RunDir, since: float) -> bool:
-    """True when control.json holds a stop request made after ``since``."""
-    data = read_json(run.control_json, {})
-    requests = data.get("requests", []) if isinstance(data, dict) else []
-    return any(isinstance(r, dict) and r.get("action") == "stop" and float(r.get("at", 0)) >= since for r in requests)
+def stop_requested_since(run: RunDir, since: float, attempt: str = "") -> bool:
+    """True when control.json holds a stop request of this attempt (or, without an attempt id, made after ``since``)."""
+    data, _ = load_json_object(run.control_json)
+    requests = data.get("requests") if isinstance(data.get("requests"), list) else []
+    return any(isinstance(r, dict) and r.get("action") == "stop" and belongs(r, attempt, since) for r in requests)
 
 
 class Supervisor:
@@ -102,6 +99,7 @@ class Supervisor:
         self.run = run
         self.me = procs.describe(psutil.Process(), "supervisor")
         self.child: subprocess.Popen[bytes] | None = None
+        self.attempt_id = ""
         self.terminated = False
         self.records: dict[int, dict[str, Any]] = {self.me["pid"]: self.me}
 
@@ -143,25 +141,27 @@ class Supervisor:
     def run_attempt(self) -> int:
         """Launch, wait, record the final state; return the launcher's exit code."""
         status = self.run.read_status()
-        launch = status.get("launch") or {}
-        argv = [str(a) for a in launch.get("argv", [])]
-        if not argv:
-            self.run.write_status(state="failed", error="status.json has no launch command", hint="start the run again with sdtui train")
-            return 2
-        env = {**os.environ, **{str(k): str(v) for k, v in (launch.get("env") or {}).items()}}
-        cwd = launch.get("cwd") or os.getcwd()
         started = time.time()
-        attempt = int(status.get("attempt", 0)) + 1
+        attempt = integer(status.get("attempt")) + 1
+        self.attempt_id = uuid.uuid4().hex[:16]
+        try:
+            accel = read_accelerate_config(self.run.accelerate_yaml)
+        except UserError as exc:
+            self.run.write_status(state="failed", error=str(exc), hint=f"sdtui resume {self.run.id}", exit_code=2, ended_at=round(time.time(), 3))
+            return 2
+        argv = launch_command(self.run.path, accel, attempt=self.attempt_id)
+        extra = launch_env(status.get("device") == "cpu")
         self.run.write_status(
-            state="starting", attempt=attempt, started_at=round(started, 3), pids=self._pids(),
-            exit_code=None, error=None, hint=None, log_tail=None, ended_at=None,
+            state="starting", attempt=attempt, attempt_id=self.attempt_id, started_at=round(started, 3), pids=self._pids(),
+            trainer_pids=None, exit_code=None, error=None, hint=None, log_tail=None, ended_at=None, exit_unknown=None,
+            command=format_command(argv, extra),
         )
         with open(self.run.log, "ab") as log:
             log_start = log.tell()
-            log.write(f"[sdtui] attempt {attempt} at {time.strftime('%Y-%m-%d %H:%M:%S')}: {' '.join(argv)}\n".encode())
+            log.write(f"[sdtui] attempt {attempt} at {time.strftime('%Y-%m-%d %H:%M:%S')} in {self.run.path}: {format_command(argv)}\n".encode())
             log.flush()
             try:
-                self.child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+                self.child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **extra}, cwd=CODE_ROOT)
             except OSError as exc:
                 self.run.write_status(state="failed", error=f"the launcher could not start: {exc}", ended_at=round(time.time(), 3))
                 return 127
@@ -181,7 +181,7 @@ class Supervisor:
     def _finish(self, code: int, started: float, log_start: int) -> None:
         status = self.run.read_status()
         trainer_state = str(status.get("state", ""))
-        state = final_state(trainer_state, code, self.terminated or stop_requested_since(self.run, started))
+        state = final_state(trainer_state, code, self.terminated or stop_requested_since(self.run, started, self.attempt_id))
         fields: dict[str, Any] = {"state": state, "exit_code": code, "ended_at": round(time.time(), 3), "pids": self._pids()}
         if state == "failed":
             tail = log_tail(self.run.log, start=log_start)
@@ -209,29 +209,49 @@ def failure_hint(run: RunDir, tail: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: ``python -m core.launch.supervisor RUN_DIR``."""
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m core.launch.supervisor RUN_DIR", file=sys.stderr)
-        return 2
-    run = RunDir(args[0])
+    """Entry point: ``python -m core.launch.supervisor RUN_DIR [--lock-fd FD]``.
+
+    ``--lock-fd`` is the run folder's supervisor lock, already taken by ``sdtui train``/``resume``
+    and passed on open; without it the supervisor takes the lock itself.
+    """
+    parser = argparse.ArgumentParser(prog="python -m core.launch.supervisor")
+    parser.add_argument("run_dir")
+    parser.add_argument("--lock-fd", type=int, default=None)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    run = RunDir(args.run_dir)
     if not run.status_json.is_file():
         print(f"sdtui supervisor: {run.path} is not a run folder (no status.json)", file=sys.stderr)
         return 2
-    lock = lock_run(run)
-    if lock is None:
+    held = _inherited_lock(run, args.lock_fd) if args.lock_fd is not None else lock_run(run)
+    if held is None:
         print(f"sdtui supervisor: another supervisor already runs {run.path}", file=sys.stderr)
+        return 2
+    from core.runs import is_locked as locked
+
+    if locked(run.trainer_lock):
+        print(f"sdtui supervisor: a trainer still writes into {run.path}; stop it first (sdtui stop {run.id})", file=sys.stderr)
+        held.close()
         return 2
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     supervisor = Supervisor(run)
+    hold(held, supervisor.me)
     signal.signal(signal.SIGTERM, supervisor._on_term)
     signal.signal(signal.SIGINT, supervisor._on_term)
     signal.signal(signal.SIGUSR1, supervisor._on_term)
     try:
         supervisor.run_attempt()
     finally:
-        lock.close()
+        held.close()
     return 0
+
+
+def _inherited_lock(run: RunDir, fd: int) -> IO[str] | None:
+    """The lock handed over by the starting command, when ``fd`` really is this folder's lock file."""
+    try:
+        same = os.path.samestat(os.fstat(fd), os.stat(run.supervisor_lock))
+    except OSError:
+        return None
+    return os.fdopen(fd, "a+") if same else None
 
 
 if __name__ == "__main__":

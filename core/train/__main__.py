@@ -1,4 +1,4 @@
-"""``python -m core.train RUN_DIR``: what ``accelerate launch`` runs (one process per rank)."""
+"""``python -m core.train RUN_DIR [--attempt ID]``: what ``accelerate launch`` runs (one process per rank)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import sys
 
 
 def run(argv: list[str]) -> int:
-    """Train the run folder named by ``argv[0]``."""
-    if len(argv) != 1:
-        print("usage: python -m core.train RUN_DIR", file=sys.stderr)
+    """Train the run folder named by ``argv[0]``; ``--attempt ID`` is the supervisor's attempt id."""
+    if len(argv) not in (1, 3) or (len(argv) == 3 and argv[1] != "--attempt"):
+        print("usage: python -m core.train RUN_DIR [--attempt ID]", file=sys.stderr)
         return 2
     quiet_missing_torchvision()
     from diffusers.utils import logging as diffusers_logging
@@ -21,7 +21,7 @@ def run(argv: list[str]) -> int:
     # Loading bars would fill train.log (and the dashboard's log tail) with carriage returns.
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
-    return main(argv[0])
+    return main(argv[0], attempt=argv[2] if len(argv) == 3 else "")
 
 
 class _NotTorchvision(logging.Filter):

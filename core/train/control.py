@@ -4,9 +4,12 @@ Format (written by the CLI/TUI through core.launch.control)::
 
     {"requests": [{"id": "a1b2", "action": "stop", "at": 1763740000.0}, ...]}
 
-Each request is executed once; the trainer acknowledges it in status.json with
-``control_ack: {"id", "action", "at"}`` and remembers executed ids in ``control_done``, so a
-restarted (resumed) run does not execute them again.
+Each request carries the id of the attempt it was made for (``"attempt"``); a trainer takes
+only its own attempt's requests (or, without an id, those made since its attempt started), so a
+stop left over from an earlier attempt never stops a resumed run. Each request is executed once;
+the trainer acknowledges it in status.json with ``control_ack: {"id", "action", "at"}`` and
+remembers executed ids in ``control_done``. control.json holding any bytes (junk, half-written)
+reads as no requests.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from core.atomic import read_json
+from core.runfiles import belongs, load_json_object
 
 from .status import now
 
@@ -28,20 +31,22 @@ PAUSE_POLL_S = 0.5
 class ControlReader:
     """Finds the requests in control.json that were not executed yet."""
 
-    def __init__(self, path: str | os.PathLike[str], done: list[str] | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], done: list[str] | None = None, attempt: str = "", since: float = 0.0) -> None:
         self.path = Path(path)
-        self.done: list[str] = list(done or [])
+        self.done: list[str] = [str(d) for d in (done if isinstance(done, list) else [])]
+        self.attempt = attempt
+        self.since = since
 
     def pending(self) -> list[dict[str, Any]]:
-        """New, valid requests in file order (unknown actions are ignored)."""
-        data = read_json(self.path, {})
-        requests = data.get("requests", []) if isinstance(data, dict) else []
+        """New, valid requests of this attempt in file order (unknown actions and other attempts' requests are ignored)."""
+        data, _ = load_json_object(self.path)
+        requests = data.get("requests") if isinstance(data.get("requests"), list) else []
         found = []
         for request in requests:
-            if not isinstance(request, dict):
+            if not isinstance(request, dict) or not belongs(request, self.attempt, self.since):
                 continue
-            rid, action = str(request.get("id", "")), request.get("action")
-            if rid and action in ACTIONS and rid not in self.done:
+            rid, action = request.get("id"), request.get("action")
+            if isinstance(rid, str) and rid and action in ACTIONS and rid not in self.done:
                 found.append(request)
         return found
 
@@ -108,5 +113,6 @@ class ControlHandling:
             self.metrics.event(f"stop requested; saving at step {self.step}")
             self.save(final=True)
             self.status.update(state="stopped", step=self.step, epoch=self.epoch_number, ended_at=now())
+            self.metrics.end("stopped", step=self.step)
             return True
         return False

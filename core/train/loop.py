@@ -31,11 +31,12 @@ from core.runs import RunDir
 
 from . import trackers
 from .control import ControlHandling
+from .disk import DiskFull, Reserve
 from .metrics import EventHandler, MetricsWriter, ProgressLog, memory_sample
 from .phases import Phases
 from .saving import Saving
 from .startup import Startup
-from .status import StatusFile, TrainingFailed, first_line, nan_hint, now, oom_hint
+from .status import Heartbeat, NotOwner, StatusFile, TrainingFailed, first_line, nan_hint, now, oom_hint
 from .step import Stepping
 
 #: How often (in optimizer steps) the loss is read back from a GPU; on the CPU every step.
@@ -47,8 +48,13 @@ STATUS_EVERY_S = 2.0
 class Trainer(Startup, Stepping, Saving, ControlHandling):
     """One training run in one process (rank) of ``accelerate launch``."""
 
-    def __init__(self, run_dir: str | os.PathLike[str]) -> None:
+    def __init__(self, run_dir: str | os.PathLike[str], attempt: str = "") -> None:
         self.run = RunDir(run_dir)
+        self.attempt = attempt
+        self.started = False
+        self.folder_lock: Any = None
+        self.reserve = Reserve(self.run.path / ".reserve")
+        self.heartbeat = Heartbeat(self.run.heartbeat, enabled=False)
         self.step = 0
         self.epoch = 0  # epochs completed (the index of the one in progress)
         self.epoch_number = 1  # the 1-based epoch of the newest step, as metrics, status and the dashboard show it
@@ -118,6 +124,7 @@ class Trainer(Startup, Stepping, Saving, ControlHandling):
         self.save(final=True)
         self.status.update(state="finished", step=self.step, epoch=self.epoch_number, ended_at=now())
         self.metrics.event("training finished")
+        self.metrics.end("finished", step=self.step)
         return "finished"
 
     def _after_step(self, epoch_done: bool, pending: list) -> str | None:
@@ -181,9 +188,10 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
-def main(run_dir: str) -> int:
-    """Train the run in ``run_dir``; record the final state; 0 finished or stopped, 1 failed."""
-    trainer = Trainer(run_dir)
+def main(run_dir: str, attempt: str = "") -> int:
+    """Train the run in ``run_dir``; record the final state; 0 finished or stopped, 1 failed, 3 not
+    this trainer's folder (another trainer or attempt owns it: nothing is written)."""
+    trainer = Trainer(run_dir, attempt)
 
     def on_term(signum: int, _frame: Any) -> None:
         trainer.stop_signal = True
@@ -192,14 +200,18 @@ def main(run_dir: str) -> int:
     try:
         trainer.setup()
         state = trainer.train()
+    except NotOwner as exc:
+        print(f"sdtui-train: {exc}", file=sys.stderr)
+        return 3
     except Exception as exc:  # noqa: BLE001 - every failure is recorded with its sentence
+        if isinstance(exc, DiskFull):
+            trainer.reserve.release()
         error, hint = _describe_failure(trainer, exc)
         if not isinstance(exc, (UserError, TrainingFailed)):
             traceback.print_exc()
         print(f"sdtui-train: {error}" + (f" ({hint})" if hint else ""), file=sys.stderr)
         if trainer.acc is None or trainer.acc.is_main_process:
-            StatusFile(trainer.run.path).update(state="failed", error=error, hint=hint or None, step=trainer.step, ended_at=now())
-            trainer.metrics.event(error + (f"; {hint}" if hint else ""), "error")
+            _record_failure(trainer, error, hint)
         return 1
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -209,8 +221,23 @@ def main(run_dir: str) -> int:
         trainer.metrics.close()
         if trainer.acc is not None and trainer.acc.log_with:
             trainer.acc.end_training()
+        trainer.reserve.release()
+        if trainer.folder_lock is not None:
+            trainer.folder_lock.close()
         _end_process_group()
     return 0 if state in ("finished", "stopped") else 1
+
+
+def _record_failure(trainer: Trainer, error: str, hint: str) -> None:
+    """status.json ``failed`` (the step only once training started: a failed resume keeps the
+    recorded step) and the metrics' last lines; a write that fails here (a full disk) is reported."""
+    fields = {"step": trainer.step} if trainer.started else {}
+    try:
+        StatusFile(trainer.run.path).update(state="failed", error=error, hint=hint or None, ended_at=now(), **fields)
+        trainer.metrics.event(error + (f"; {hint}" if hint else ""), "error")
+        trainer.metrics.end("failed", error=error, hint=hint or None, **fields)
+    except OSError as exc:
+        print(f"sdtui-train: the failure could not be recorded in {trainer.run.path} ({exc.strerror})", file=sys.stderr)
 
 
 def _describe_failure(trainer: Trainer, exc: BaseException) -> tuple[str, str]:

@@ -13,7 +13,8 @@ from .status import now
 
 
 class MetricsWriter:
-    """Appends typed lines (``step``, ``sample``, ``checkpoint``, ``epoch``, ``event``) to metrics.jsonl."""
+    """Appends typed lines (``attempt``, ``step``, ``sample``, ``checkpoint``, ``epoch``, ``event``,
+    ``end``) to metrics.jsonl; the file is only ever appended to, never rewritten."""
 
     def __init__(self, path: str | os.PathLike[str], enabled: bool = True) -> None:
         self.path = Path(path)
@@ -21,7 +22,11 @@ class MetricsWriter:
         self._handle = None
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            partial = _ends_mid_line(self.path)
             self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the run
+            if partial:  # a writer killed mid-line: start on a line of our own
+                self._handle.write("\n")
+                self._handle.flush()
 
     def write(self, kind: str, **fields: Any) -> None:
         """Write one line of type ``kind`` (non-finite floats become null) and flush it."""
@@ -34,6 +39,10 @@ class MetricsWriter:
     def event(self, message: str, level: str = "info") -> None:
         """A free-text ``event`` line with a level (info, warning, error)."""
         self.write("event", level=level, message=message)
+
+    def end(self, state: str, **fields: Any) -> None:
+        """The attempt's last line: its final state (and error, hint, step), for a status rebuilt from the folder."""
+        self.write("end", state=state, **{k: v for k, v in fields.items() if v is not None})
 
     def close(self) -> None:
         """Close the file."""
@@ -83,6 +92,17 @@ def format_seconds(seconds: float) -> str:
     if whole < 3600:
         return f"{whole // 60}m {whole % 60:02d}s"
     return f"{whole // 3600}h {whole % 3600 // 60:02d}m"
+
+
+def _ends_mid_line(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            if handle.seek(0, os.SEEK_END) == 0:
+                return False
+            handle.seek(-1, os.SEEK_END)
+            return handle.read(1) != b"\n"
+    except OSError:
+        return False
 
 
 def _finite(value: Any) -> Any:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from . import checkpoint as ckpt
+from .disk import DiskFull, ensure_space, free_bytes, is_disk_full
 from .status import first_line
 
 #: Set to a file path to have every rank append a hash of its trainable weights (DDP tests).
@@ -53,18 +54,19 @@ class Saving:
         }
         self._write_hash()
         if self.acc.is_main_process:
-            state = {
-                "epoch": self.epoch, "batch_index": self.batch_index, "world": self.world, "total_steps": self.total_steps,
-                "started_at": self.started_at, "session_id": self.session_id,
-            }
-            path = ckpt.save(self.run.checkpoints, self.step, self.method.trainable_state(), objects, state, int(self.sched["keep_checkpoints"]), manual)
-            self.metrics.write("checkpoint", step=self.step, path=str(path.relative_to(self.run.path)), manual=manual)
-            if manual:
-                self.metrics.event(
-                    f"saved {path.name} as asked; it is kept beyond keep_checkpoints = {int(self.sched['keep_checkpoints'])} "
-                    "(which rotates only the periodic checkpoints) until you delete it"
-                )
-            self.write_outputs(final)
+            with self.heartbeat.busy():
+                state = {
+                    "epoch": self.epoch, "batch_index": self.batch_index, "world": self.world, "total_steps": self.total_steps,
+                    "started_at": self.started_at, "session_id": self.session_id,
+                }
+                path = ckpt.save(self.run.checkpoints, self.step, self.method.trainable_state(), objects, state, int(self.sched["keep_checkpoints"]), manual)
+                self.metrics.write("checkpoint", step=self.step, path=str(path.relative_to(self.run.path)), manual=manual)
+                if manual:
+                    self.metrics.event(
+                        f"saved {path.name} as asked; it is kept beyond keep_checkpoints = {int(self.sched['keep_checkpoints'])} "
+                        "(which rotates only the periodic checkpoints) until you delete it"
+                    )
+                self.write_outputs(final)
         self.acc.wait_for_everyone()
 
     def _gather_rng(self) -> list[dict[str, Any]]:
@@ -87,7 +89,27 @@ class Saving:
             handle.write(f"{self.rank} {self.step} {digest.hexdigest()}\n")
 
     def write_outputs(self, final: bool) -> None:
-        """The results in output/ (with the EMA weights when EMA is on), in the method's formats."""
+        """The results in output/ (with the EMA weights when EMA is on), in the method's formats;
+        DiskFull before writing when the disk has no room for them (or when a write hits ENOSPC)."""
+        needed = self._output_bytes()
+        ensure_space(self.run.path, self.run.output, needed, "the output")
+        try:
+            self._write_outputs(final)
+        except Exception as exc:
+            if is_disk_full(exc):
+                raise DiskFull(self.run.path, free_bytes(self.run.output), needed, "the output") from exc
+            raise
+
+    def _output_bytes(self) -> int:
+        """An upper bound of what the outputs take: the trained tensors (fp32) in two formats; for
+        full models the whole pipeline in 16 bits in two formats."""
+        if self.method_kind in ("dreambooth", "finetune"):
+            c = self.components
+            modules = [c.unet, c.vae, *c.text_encoders]
+            return 2 * sum(2 * p.numel() for m in modules for p in m.parameters())
+        return 2 * sum(4 * t.numel() for t in self.method.trainable_state().values()) + 64 * 1024
+
+    def _write_outputs(self, final: bool) -> None:
         import torch
 
         from core.runs import slug
@@ -150,37 +172,42 @@ class Saving:
     def sample(self) -> None:
         """Render the sample prompts (rank 0); a failure is a warning and training goes on."""
         if self.acc.is_main_process and self.config.prompts:
-            try:
-                from .sampling import render_samples
-
-                prompts = self.config.prompts
-                ti = self.method.ti
-                if ti is not None:
-                    prompts = [line.replace(ti.placeholder, " ".join(ti.tokens)) for line in prompts]
-                names = ("text_encoder", "text_encoder_2")
-                encoders = [self.wrapped.get(n, te) for n, te in zip(names, self.components.text_encoders)]
-                with self._eval_weights(), self._ema_weights():
-                    written = render_samples(
-                        self.components, prompts, self.step, self.run.samples, self.device, self.weight_dtype,
-                        default_size=int(self.settings["resolution"]), seed=int(self.sched["seed"]),
-                        unet=self.wrapped.get("unet", self.components.unet), text_encoders=encoders,
-                        sampler=self.config.section("samples")["sampler"], clip_skip=int(self.settings["clip_skip"]),
-                    )
-                from .trackers import log_samples
-
-                log_samples(self.acc, self.step, [(r.prompt_index, Path(r.path)) for r in written])
-                for result in written:
-                    self.metrics.write(
-                        "sample", step=self.step, prompt_index=result.prompt_index, prompt=self.config.prompts[result.prompt_index],
-                        path=str(Path(result.path).relative_to(self.run.path)),
-                    )
-            except Exception as exc:  # noqa: BLE001 - a sample (even out of memory) must never end the run
-                import torch
-
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                self.metrics.event(f"sampling at step {self.step} failed ({type(exc).__name__}: {first_line(exc)}); training continues", "warning")
+            with self.heartbeat.busy():
+                self._sample()
         self.acc.wait_for_everyone()
+
+    def _sample(self) -> None:
+        """Render the prompts and record each sample (rank 0)."""
+        try:
+            from .sampling import render_samples
+
+            prompts = self.config.prompts
+            ti = self.method.ti
+            if ti is not None:
+                prompts = [line.replace(ti.placeholder, " ".join(ti.tokens)) for line in prompts]
+            names = ("text_encoder", "text_encoder_2")
+            encoders = [self.wrapped.get(n, te) for n, te in zip(names, self.components.text_encoders)]
+            with self._eval_weights(), self._ema_weights():
+                written = render_samples(
+                    self.components, prompts, self.step, self.run.samples, self.device, self.weight_dtype,
+                    default_size=int(self.settings["resolution"]), seed=int(self.sched["seed"]),
+                    unet=self.wrapped.get("unet", self.components.unet), text_encoders=encoders,
+                    sampler=self.config.section("samples")["sampler"], clip_skip=int(self.settings["clip_skip"]),
+                )
+            from .trackers import log_samples
+
+            log_samples(self.acc, self.step, [(r.prompt_index, Path(r.path)) for r in written])
+            for result in written:
+                self.metrics.write(
+                    "sample", step=self.step, prompt_index=result.prompt_index, prompt=self.config.prompts[result.prompt_index],
+                    path=str(Path(result.path).relative_to(self.run.path)),
+                )
+        except Exception as exc:  # noqa: BLE001 - a sample (even out of memory) must never end the run
+            import torch
+
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            self.metrics.event(f"sampling at step {self.step} failed ({type(exc).__name__}: {first_line(exc)}); training continues", "warning")
 
 
 def _sdtui_version(version: Any, missing: type[Exception]) -> str:

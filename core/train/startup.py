@@ -13,6 +13,7 @@ from typing import Any
 
 from core.errors import UserError
 from core.plan import schedule
+from core.runfiles import integer, number
 from core.settings import optimizer_rule_warnings
 
 from . import checkpoint as ckpt
@@ -23,16 +24,15 @@ from .metrics import EventHandler, MetricsWriter, ProgressLog
 from .optim import FusedBackward, make_optimizer, make_scheduler, param_groups, set_optimizer_mode
 from .phases import Phases
 from .saving import set_rng
-from .status import StatusFile
+from .status import Heartbeat, NotOwner, StatusFile, now
 
 
 class Startup:
     """Set-up and resume of the ``Trainer``."""
 
     def setup(self) -> None:
-        """Read the config, start accelerate, load the model, build data, optimizer and schedule."""
-        import torch
-
+        """Read the config, start accelerate, own the folder (rank 0), load the model, build data,
+        optimizer and schedule, resume from the newest checkpoint."""
         from core.config import load_config
 
         if not self.run.run_toml.is_file():
@@ -46,8 +46,43 @@ class Startup:
         self.method_kind = str(self.config.method)
         self._start_accelerator()
         is_main = self.acc.is_main_process
+        if is_main:
+            self._own_folder()
         self.metrics = MetricsWriter(self.run.metrics, enabled=is_main)
         self.status = StatusFile(self.run.path, enabled=is_main)
+        self.heartbeat = Heartbeat(self.run.heartbeat, enabled=is_main)
+        with self.heartbeat.busy():
+            self._load()
+        self.started = True
+
+    def _own_folder(self) -> None:
+        """Hold the folder's trainer lock and check that status.json names this attempt (rank 0);
+        NotOwner otherwise, before anything is written."""
+        import psutil
+
+        from core.launch.procs import describe
+        from core.runs import hold, lock
+
+        held = lock(self.run.trainer_lock)
+        if held is None:
+            raise NotOwner(f"another trainer is already writing into {self.run.path}; this one ends without touching it")
+        recorded = self.run.read_status().get("attempt_id")
+        if self.attempt and recorded != self.attempt:
+            held.close()
+            raise NotOwner(
+                f"{self.run.path} is not the folder of this attempt (its status.json names attempt {recorded!r}, this trainer was started for {self.attempt!r}); "
+                "this trainer ends without touching it"
+            )
+        hold(held, describe(psutil.Process(), "trainer-rank0"))
+        self.folder_lock = held
+        self.reserve.make()
+
+    def _load(self) -> None:
+        import torch
+
+        status = self.status.read()
+        latest = ckpt.latest(self.run.checkpoints)
+        self.metrics.write("attempt", attempt=integer(status.get("attempt"), 1) or 1, id=self.attempt or None, resume_step=int(latest.name[5:]) if latest else 0)
         self.status.update(state="starting", trainer_pids=self._pids(), error=None, hint=None)
         self.phases = Phases(self.status, self.metrics, enabled=is_main)
         self.phases.record_process_start()
@@ -69,7 +104,8 @@ class Startup:
         self.phases.end()
         self.data = self._build_data()
         self._build_optimizer()
-        self.control = ControlReader(self.run.control_json, self.status.read().get("control_done", []))
+        since = number(status.get("started_at")) or now()
+        self.control = ControlReader(self.run.control_json, status.get("control_done"), attempt=self.attempt, since=since)
         self._resume()
 
     def _start_accelerator(self) -> None:

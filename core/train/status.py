@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from core.runs import RunDir
@@ -29,6 +33,61 @@ class StatusFile:
         """Merge ``fields`` into status.json, keeping what the supervisor wrote (None removes a key)."""
         if self.enabled:
             self.run.write_status(**fields)
+
+
+#: Seconds between heartbeats while the trainer is busy with something that is not a step.
+HEARTBEAT_S = 2.0
+
+
+class Heartbeat:
+    """Touches the run's ``heartbeat`` file while the trainer is busy between steps (loading,
+    saving, sampling), so a long save is not taken for a stall; a stopped or hung process stops it."""
+
+    def __init__(self, path: str | os.PathLike[str], enabled: bool = True) -> None:
+        self.path = Path(path)
+        self.enabled = enabled
+        self._depth = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def beat(self) -> None:
+        """One heartbeat now."""
+        if not self.enabled:
+            return
+        try:
+            with open(self.path, "a"):
+                pass
+            os.utime(self.path)
+        except OSError:
+            pass  # a full or read-only disk: the stall check then only sees the steps
+
+    @contextmanager
+    def busy(self) -> Iterator[None]:
+        """Beat every HEARTBEAT_S seconds inside the block (nested blocks share one thread)."""
+        self._depth += 1
+        if self._depth == 1 and self.enabled:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="sdtui-heartbeat", daemon=True)
+            self._thread.start()
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if self._depth == 0 and self._thread is not None:
+                self._stop.set()
+                self._thread.join()
+                self._thread = None
+                self.beat()
+
+    def _run(self) -> None:
+        while True:
+            self.beat()
+            if self._stop.wait(HEARTBEAT_S):
+                return
+
+
+class NotOwner(Exception):
+    """The run folder belongs to another trainer or attempt: this process must not write into it."""
 
 
 def oom_hint(family: str, method: str, settings: dict[str, Any], step: int, shape: Any = None) -> str:

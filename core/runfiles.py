@@ -1,0 +1,121 @@
+"""Defensive readers of the files one process of a run writes and another reads.
+
+Every reader here survives any bytes: a file that is missing, half-written, not UTF-8, not
+JSON or JSON of the wrong shape is treated as missing, and the readers that can say so return
+one sentence naming the file. Values taken out of such files go through ``number``/``integer``
+so a wrongly typed field never raises.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+#: Bytes read from the end of metrics.jsonl for the newest records.
+TAIL_BYTES = 65536
+
+
+def load_json(path: str | os.PathLike[str]) -> tuple[Any, str | None]:
+    """``(value, None)``; ``(None, None)`` when the file is missing; ``(None, why)`` when it is damaged."""
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        return None, None
+    except OSError as exc:
+        return None, f"cannot be read ({exc.strerror or type(exc).__name__})"
+    if not raw.strip():
+        return None, "is empty (half-written or truncated)"
+    try:
+        return json.loads(raw.decode("utf-8")), None
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None, "is not valid JSON (half-written or damaged)"
+
+
+def load_json_object(path: str | os.PathLike[str]) -> tuple[dict[str, Any], str | None]:
+    """A JSON object file as a dict ({} when missing or damaged) and, when damaged, a sentence naming it."""
+    value, why = load_json(path)
+    if why is None and value is not None and not isinstance(value, dict):
+        why = "does not hold a JSON object"
+    if why is not None:
+        return {}, f"{path} {why}"
+    return (value if isinstance(value, dict) else {}), None
+
+
+def number(value: Any, default: float | None = None) -> float | None:
+    """A finite float from a field of a file another process wrote, else ``default``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return default
+    value = float(value)
+    return value if math.isfinite(value) else default
+
+
+def integer(value: Any, default: int = 0) -> int:
+    """An int from such a field (floats truncated), else ``default``."""
+    found = number(value)
+    return int(found) if found is not None and abs(found) < 2**62 else default
+
+
+def records(raw: bytes) -> list[dict[str, Any]]:
+    """The JSON-object lines of a block of metrics.jsonl (damaged lines skipped)."""
+    out = []
+    for line in raw.split(b"\n"):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            continue
+        if isinstance(record, dict):
+            out.append(record)
+    return out
+
+
+def tail_records(path: str | os.PathLike[str], tail_bytes: int = TAIL_BYTES) -> list[dict[str, Any]]:
+    """The complete JSON-object lines in the last ``tail_bytes`` of a JSON-lines file, in file order."""
+    try:
+        with open(path, "rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            start = max(0, size - tail_bytes)
+            handle.seek(start)
+            raw = handle.read()
+    except OSError:
+        return []
+    if start > 0:
+        raw = raw[raw.find(b"\n") + 1 :] if b"\n" in raw else b""
+    return records(raw)
+
+
+def current_attempt(found: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """Split metrics records at the newest ``attempt`` line: ``(attempt line or None, records after it)``."""
+    for index in range(len(found) - 1, -1, -1):
+        if found[index].get("type") == "attempt":
+            return found[index], found[index + 1 :]
+    return None, found
+
+
+def last_step(found: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The newest step line of the latest attempt; at the start of a resumed attempt (no step yet) a
+    step record of the resume point, with the loss of that step when the records hold it."""
+    attempt, after = current_attempt(found)
+    for record in reversed(after):
+        if record.get("type") == "step" and number(record.get("step")) is not None:
+            return record
+    if attempt is None:
+        return None
+    resume = integer(attempt.get("resume_step"))
+    before = found[: len(found) - len(after) - 1]
+    for record in reversed(before):
+        if record.get("type") == "step" and integer(record.get("step"), -1) == resume:
+            return record
+    return {"type": "step", "step": resume}
+
+
+def belongs(request: dict[str, Any], attempt: str, since: float) -> bool:
+    """A control request belongs to the attempt whose id it carries; one without an id to whatever
+    attempt ran when it was made (at or after ``since``). A stale request never reaches a resumed run."""
+    if request.get("attempt"):
+        return bool(attempt) and request["attempt"] == attempt
+    return (number(request.get("at")) or 0.0) >= since
