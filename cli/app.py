@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from cli.common import add_set, runs_folder
 
@@ -46,11 +47,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_attach(args: argparse.Namespace) -> int:
-    """``sdtui attach RUN``: the dashboard of one run."""
+    """``sdtui attach RUN``: the dashboard of one run; exit 1 (with the sentence) when the run has
+    failed or is lost, or its status.json is damaged."""
     from core.runs import resolve_run
 
     folder = runs_folder(args)
     run = resolve_run(args.run, folder.path)
     from tui.app import run_app
 
-    return run_app(folder.path, folder.reason, _gpu_spec(args), start="dashboard", run=run)
+    code = run_app(folder.path, folder.reason, _gpu_spec(args), start="dashboard", run=run)
+    return code or attach_verdict(run)
+
+
+def attach_verdict(run: Any) -> int:
+    """0, or JobFailed saying why the attached run is not well: failed, lost, or a damaged status.json."""
+    from core.errors import JobFailed
+    from core.launch.control import status_fields
+
+    fields = status_fields(run)
+    problem = f" ({fields['problem']})" if fields.get("problem") else ""
+    if fields["state"] in ("failed", "lost"):
+        error = fields.get("error") or "its processes died without a final state"
+        raise JobFailed(f"run {fields['id']} is {fields['state']}: {error}{problem}; sdtui resume {fields['id']} continues it")
+    if problem:
+        raise JobFailed(f"run {fields['id']} is {fields['state']}{problem}")
+    return 0

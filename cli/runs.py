@@ -100,7 +100,7 @@ def _loss(value: Any) -> str:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     """``sdtui runs``: one line per run, newest first."""
-    from core.runs import LOST, list_runs
+    from core.runs import LOST, STALLED, list_runs
 
     folder = runs_folder(args)
     rows = [run.summary() for run in list_runs(folder.path)]
@@ -117,6 +117,10 @@ def cmd_runs(args: argparse.Namespace) -> int:
         line = f"{row['id']:<{width}}  {row['state']:<9} {_steps(row):>11} {_loss(row['loss']):>8} {_age(row['age_s']):>5}"
         if row["state"] == LOST:
             line += f"  (processes died; continue with: sdtui resume {row['id']})"
+        elif row["state"] == STALLED:
+            line += f"  (no step and no heartbeat for {_age(row.get('stalled_s'))}: hung or stopped; sdtui stop {row['id']})"
+        if row.get("problem"):
+            line += f"  ({row['problem']}; state rebuilt from the folder)"
         print(line)
     return 0
 
@@ -125,12 +129,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     """``sdtui status RUN``: status.json with the derived state; errors with hint and log tail."""
     from core.launch.control import status_fields
     from core.launch.supervisor import log_tail
-    from core.runs import LOST
+    from core.runs import LOST, STALLED
 
     run = _resolve(args)
     fields = status_fields(run)
     last = run.last_step_record()
     fields["loss"] = last.get("loss") if last else None
+    if not isinstance(fields.get("log_tail"), list) or not all(isinstance(line, str) for line in fields["log_tail"]):
+        fields["log_tail"] = None
     if fields["state"] == "failed" and not fields.get("log_tail"):
         fields["log_tail"] = log_tail(run.log)
     if args.json:
@@ -149,8 +155,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"{'output' if n == 0 else '':<9} {output}")
     if fields.get("exit_code") is not None:
         print(f"exit code {fields['exit_code']}")
+    elif fields.get("exit_unknown"):
+        print(f"exit code unknown: {fields['exit_unknown']}")
+    if fields.get("problem"):
+        print(f"warning   {fields['problem']}; the state shown was rebuilt from the run folder")
     if fields["state"] == LOST:
         print(f"the run's processes died without a final state; continue it with: sdtui resume {fields['id']}")
+    if fields["state"] == STALLED:
+        print(f"stalled   no step and no heartbeat for {fields.get('stalled_s', 0):.0f} s: the trainer is hung or stopped; sdtui stop {fields['id']}")
     if fields.get("error"):
         print(f"error     {fields['error']}")
     if fields.get("hint"):

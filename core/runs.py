@@ -1,8 +1,10 @@
-"""Run folders: paths, status.json, discovery, the derived ``lost`` state and run ids.
+"""Run folders: paths, status.json, discovery, the derived ``lost`` and ``stalled`` states, the
+state rebuilt from the folder, the folder locks and run ids.
 
 A run folder is ``<runs dir>/<run id>/`` (see DESIGN.md for the files). ``status.json`` is
 written by the supervisor and by the trainer; this module merges into it under a lock so
-the two never drop each other's fields.
+the two never drop each other's fields. Any bytes in it read as missing: the state is then
+rebuilt from metrics.jsonl, plan.json, the checkpoints and the locks (``rebuild_status``).
 """
 
 from __future__ import annotations
@@ -86,8 +88,10 @@ class RunDir:
         """
         with self._locked(self._status_lock):
             data = self.read_status()
-            if not isinstance(data.get("state"), str):
-                data = {**self.rebuild_status(), **data}
+            if self.status_problem is not None:
+                data = self.rebuild_status()
+            if "state" in fields:
+                data.pop("rebuilt", None)
             for key, value in fields.items():
                 if value is None:
                     data.pop(key, None)
@@ -201,7 +205,7 @@ class RunDir:
             "step": integer((step or {}).get("step")),
             "rebuilt": f"{self.status_json} was damaged or empty; this state was rebuilt from the run folder",
         }
-        total = integer((attempt or {}).get("total_steps")) or _plan_total(self.plan_json)
+        total = integer((attempt or {}).get("total_steps")) or plan_total(self.plan_json)
         if total:
             rebuilt["total_steps"] = total
         if attempt is not None:
@@ -249,7 +253,7 @@ def _mtime(path: Path, default: float | None = None) -> float:
         return time.time() if default is None else default
 
 
-def _plan_total(plan_json: Path) -> int:
+def plan_total(plan_json: Path) -> int:
     """plan.json's total steps for the GPU count it was made for (0 when unknown or damaged)."""
     plan, _ = load_json_object(plan_json)
     count = integer((plan.get("gpu") if isinstance(plan.get("gpu"), dict) else {}).get("count"), 1)

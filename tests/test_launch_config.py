@@ -16,13 +16,14 @@ def test_single_gpu() -> None:
     config = accelerate_config({"num_processes": 1}, "bf16", use_cpu=False)
     assert config["distributed_type"] == "NO" and config["num_processes"] == 1 and config["mixed_precision"] == "bf16"
     argv = launch_command("/runs/r", config)
-    assert argv[1:] == ["-m", "accelerate.commands.launch", "--config_file", "/runs/r/accelerate.yaml", "-m", "core.train", "/runs/r"]
+    assert argv[1:] == ["-m", "core.launch.agent", "--config_file", "/runs/r/accelerate.yaml", "-m", "core.train", "/runs/r"]
 
 
 def test_chosen_gpus_of_this_machine() -> None:
     config = accelerate_config({"num_processes": 2, "gpu_ids": "0,2", "main_process_port": 29555}, "fp16", use_cpu=False)
     assert config["distributed_type"] == "MULTI_GPU" and config["num_processes"] == 2 and config["gpu_ids"] == "0,2"
     assert config["main_process_port"] == 29555
+    assert config["rdzv_backend"] == "sdtui-loopback", "one machine: the agent's store listens on 127.0.0.1 only"
     assert "--multi_gpu" in launch_command("/r", config)
     with pytest.raises(UserError, match="gpu_ids lists 1 GPUs but distributed.num_processes is 2"):
         accelerate_config({"num_processes": 2, "gpu_ids": "1"}, "fp16", use_cpu=False)
@@ -36,6 +37,7 @@ def test_several_machines_and_the_commands_for_the_others() -> None:
     assert world_size(dist) == 8
     assert (config["num_processes"], config["num_machines"], config["machine_rank"]) == (8, 2, 0)
     assert (config["main_process_ip"], config["main_process_port"]) == ("10.0.0.5", 29600)
+    assert config["rdzv_backend"] == "static", "several machines: the configured address"
     commands = other_node_commands("/runs/r/run.toml", dist)
     assert commands == [
         "sdtui train /runs/r/run.toml --set distributed.machine_rank=1 --set distributed.main_process_ip=10.0.0.5 --set distributed.main_process_port=29600"

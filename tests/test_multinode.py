@@ -28,7 +28,7 @@ def test_two_process_ddp_over_gloo(tmp_path: Path, tiny_models, kohya_dataset) -
     assert steps(run.path) == list(range(1, 11))
     assert final["total_steps"] == 10 and final["world_size"] == 2
     assert sorted(r["role"] for r in final["trainer_pids"]) == ["trainer-rank0", "trainer-rank1"]
-    assert "--multi_gpu" in final["launch"]["argv"]
+    assert "--multi_gpu" in final["command"] and "core.launch.agent" in final["command"]
 
 
 def test_two_machines_on_loopback(tmp_path: Path, tiny_models, kohya_dataset) -> None:

@@ -38,6 +38,7 @@ class RunView:
         self._samples_seen = 0
         self._last_event: dict[str, Any] | None = None
         self._last_fed: dict[str, Any] | None = None
+        self._rollbacks = 0
         self.previewing = False
 
     def preview(self, path: Any) -> bool:
@@ -69,8 +70,9 @@ class RunView:
         finally:
             if collecting:
                 gc.enable()
-        if tail.reset:
+        if tail.reset or self.series.rollbacks != self._rollbacks:
             self.samples, self.newest_sample, self._samples_seen = {}, None, 0
+            self._rollbacks = self.series.rollbacks
         if not added and not tail.reset:
             return False
         self.smoothed = moving_average(np.frombuffer(self.series.loss, dtype=np.float64))

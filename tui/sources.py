@@ -68,33 +68,10 @@ class RunRow:
 
 def total_steps(run: Any, status: dict[str, Any]) -> int | None:
     """The run's total optimizer steps: status.json's ``total_steps``, else plan.json's row for the GPUs used."""
-    if status.get("total_steps"):
-        return int(status["total_steps"])
-    from core.atomic import read_json
+    from core.runfiles import integer
+    from core.runs import plan_total
 
-    plan = read_json(run.plan_json, None)
-    if not isinstance(plan, dict):
-        return None
-    count = (plan.get("gpu") or {}).get("count") or 1
-    for row in plan.get("schedule") or []:
-        if row.get("gpus") == count:
-            return int(row.get("total_steps") or 0) or None
-    return None
-
-
-def updated_at(status: dict[str, Any]) -> float | None:
-    """status.json's ``updated_at`` as seconds since the epoch."""
-    value = status.get("updated_at")
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        from datetime import datetime
-
-        try:
-            return datetime.fromisoformat(value).timestamp()
-        except ValueError:
-            return None
-    return None
+    return integer(status.get("total_steps")) or plan_total(run.plan_json) or None
 
 
 class RunsWatcher:
@@ -127,6 +104,7 @@ class RunsWatcher:
 
     def rows(self) -> list[RunRow]:
         """Every run, newest first (by creation, so a live run does not jump around)."""
+        from core.runfiles import number
         from core.runs import FINAL_STATES, RunDir
 
         root = self.runs_dir.expanduser()
@@ -149,13 +127,12 @@ class RunsWatcher:
                     row = replace(row, state=run.derive_state(status))
             else:
                 status = run.read_status()
-                last = run.last_step_record() or {}
-                steps = [int(v) for v in (status.get("step"), last.get("step")) if isinstance(v, (int, float))]
-                row = RunRow(run.id, run.path, run.derive_state(status), max(steps) if steps else None, total_steps(run, status),
-                             last.get("loss"), updated_at(status))
+                summary = run.summary()  # any bytes in the run's files: the state rebuilt, never an error
+                row = RunRow(run.id, run.path, summary["state"], summary["step"], summary["total_steps"] or total_steps(run, status),
+                             summary["loss"], summary["updated_at"])
             found[child] = (key, status, row)
         self._known = found
-        ordered = sorted(found.values(), key=lambda v: (float(v[1].get("created_at") or _created(v[2].path)), v[2].run_id), reverse=True)
+        ordered = sorted(found.values(), key=lambda v: (number(v[1].get("created_at")) or _created(v[2].path), v[2].run_id), reverse=True)
         return [row for _, _, row in ordered]
 
 

@@ -25,12 +25,17 @@ _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0
 _JPEG_STANDALONE = {0x01, *range(0xD0, 0xD8)}
 
 
+#: Pillow refuses to decode images over twice its ``Image.MAX_IMAGE_PIXELS`` (decompression-bomb
+#: protection), so the trainer could never load them: the scan leaves them out.
+MAX_PIXELS = 2 * (1024 * 1024 * 1024 // 4 // 3)
+
+
 @dataclass(frozen=True)
 class ImageHeader:
     """What the header of one file says.
 
     ``problem`` is None for a usable image, else ``"empty"``, ``"truncated"``, ``"corrupt"``,
-    ``"unreadable"`` or ``"not_image"``; ``detail`` says what exactly.
+    ``"too_large"``, ``"unreadable"`` or ``"not_image"``; ``detail`` says what exactly.
     """
 
     format: str | None
@@ -87,6 +92,11 @@ def read_header(path: str | os.PathLike[str]) -> ImageHeader:
                 return ImageHeader(fmt, problem=problem, detail=detail)
             if width <= 0 or height <= 0:
                 return ImageHeader(fmt, width, height, "corrupt", f"the {FORMAT_NAMES[fmt]} header gives an impossible size {width}x{height}")
+            if width * height > MAX_PIXELS:
+                return ImageHeader(
+                    fmt, width, height, "too_large",
+                    f"it is {width}x{height} ({width * height / 1e6:.0f} megapixels), more than the {MAX_PIXELS / 1e6:.0f} the trainer's image decoder accepts",
+                )
             return ImageHeader(fmt, width, height)
     except OSError as exc:
         return ImageHeader(None, problem="unreadable", detail=f"it cannot be read ({exc.strerror or exc})")

@@ -35,7 +35,7 @@ REPEAT_PREFIX = re.compile(r"^(\d+)_(.*)$")
 UPSCALE_NAMED = 1.5
 #: At most this many such images are named (then a count).
 UPSCALE_LISTED = 5
-_CACHE_VERSION = 2
+_CACHE_VERSION = 3
 _ENDS = 8192
 
 
@@ -454,6 +454,8 @@ class _Walker:
             self.problem("error", entry.path, f"{header.detail}; it is left out", "make it readable (chmod a+r) or remove it")
         elif header.problem == "empty":
             self.problem("error", entry.path, f"{header.detail}; it is left out", "copy the image again from its original or remove it")
+        elif header.problem == "too_large":
+            self.problem("error", entry.path, f"{header.detail}; it is left out", "downscale it (e.g. to 4096 pixels on the long side) or remove it")
         else:
             kind = FORMAT_NAMES.get(header.format or "", "image")
             self.problem("error", entry.path, f"{header.detail}; this {kind} is left out",

@@ -13,6 +13,9 @@ from typing import Any
 from core.errors import UserError
 from core.settings import resolve
 
+#: core.launch.agent's rendezvous (named here to keep torch out of this module).
+LOOPBACK_RENDEZVOUS = "sdtui-loopback"
+
 
 def world_size(distributed: dict[str, Any]) -> int:
     """Processes over all machines."""
@@ -70,6 +73,8 @@ def accelerate_config(distributed: dict[str, Any], mixed_precision: str, use_cpu
     if machines > 1 or total > 1:
         config["main_process_ip"] = str(dist["main_process_ip"])
         config["main_process_port"] = int(dist["main_process_port"])
+    if machines == 1 and total > 1:
+        config["rdzv_backend"] = LOOPBACK_RENDEZVOUS  # core/launch/agent.py: the agent's store on 127.0.0.1 only
     if backend == "deepspeed":
         config["distributed_type"] = "DEEPSPEED"
         config["deepspeed_config"] = _deepspeed(dist, use_cpu)

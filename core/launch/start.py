@@ -97,7 +97,8 @@ def write_launch_files(run: RunDir, config: Any, use_cpu: bool) -> None:
     write_atomic(run.accelerate_yaml, to_yaml(accel))
     run.write_status(
         run_id=run.id, world_size=world_size(distributed), machine_rank=int(distributed.get("machine_rank", 0)),
-        device="cpu" if use_cpu else "cuda", command=format_command(launch_command(run.path, accel), launch_env(use_cpu)), launch=None,
+        device="cpu" if use_cpu else "cuda", launch=None,
+        command=format_command(launch_command(run.path, accel), launch_env(use_cpu, one_machine=int(distributed.get("num_machines", 1)) == 1)),
     )
 
 

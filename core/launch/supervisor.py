@@ -150,7 +150,7 @@ class Supervisor:
             self.run.write_status(state="failed", error=str(exc), hint=f"sdtui resume {self.run.id}", exit_code=2, ended_at=round(time.time(), 3))
             return 2
         argv = launch_command(self.run.path, accel, attempt=self.attempt_id)
-        extra = launch_env(status.get("device") == "cpu")
+        extra = launch_env(status.get("device") == "cpu", one_machine=integer(accel.get("num_machines"), 1) == 1)
         self.run.write_status(
             state="starting", attempt=attempt, attempt_id=self.attempt_id, started_at=round(started, 3), pids=self._pids(),
             trainer_pids=None, exit_code=None, error=None, hint=None, log_tail=None, ended_at=None, exit_unknown=None,

@@ -5,10 +5,17 @@ partial last line until it is completed, and starts over (``reset`` set) when th
 replaced or truncated. Complete lines are decoded with msgspec, a chunk at a time;
 ``MetricsSeries`` decodes only the fields it charts, which opens a million-line file in
 about a second (bench/bench_metrics.py).
+
+Each attempt of a run (the first start and every resume) begins with an ``attempt`` line
+holding its ``resume_step``. ``MetricsSeries`` keeps only the latest attempt's view: at an
+``attempt`` line it drops what an earlier attempt recorded past the resume point (steps,
+samples, checkpoints), so every step appears once although the file is only appended to.
+The cut is a binary search on the step series, so it costs nothing per poll.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
 from array import array
@@ -42,6 +49,7 @@ class Line(msgspec.Struct, gc=False):
     path: str | None = None
     level: str | None = None
     message: str | None = None
+    resume_step: int | float | None = None
     mem: msgspec.Raw = msgspec.Raw()
 
     def to_dict(self) -> dict[str, Any]:
@@ -148,10 +156,34 @@ class MetricsSeries:
         self.samples: list[dict[str, Any]] = []
         self.checkpoints: list[dict[str, Any]] = []
         self.events: list[dict[str, Any]] = []
+        #: Counts the roll-backs (resumed attempts), so a reader of ``samples`` knows to start over.
+        self.rollbacks = 0
 
     def add(self, records: list[dict[str, Any]] | list[Line]) -> None:
-        """Take new records (dicts or Lines) in file order."""
+        """Take new records (dicts or Lines) in file order; an ``attempt`` line rolls back to its resume step."""
         lines = [r if isinstance(r, Line) else _line(r) for r in records]
+        start = 0
+        for index, line in enumerate(lines):
+            if line.type == "attempt":
+                self._add(records[start:index], lines[start:index])
+                self.roll_back(line.resume_step or 0)
+                start = index + 1
+        self._add(records[start:], lines[start:])
+
+    def roll_back(self, step: float) -> None:
+        """Forget the steps, samples and checkpoints past ``step`` (an attempt resumed from there)."""
+        self.rollbacks += 1
+        cut = bisect.bisect_right(self.steps, step)
+        if cut < len(self.steps):
+            for series in (self.steps, self.loss, self.lr, self.images_per_s):
+                del series[cut:]
+            self.last_step = {"type": "step", "step": int(step), "loss": self.loss[-1] if cut else None} if cut else None
+        for kept in (self.samples, self.checkpoints):
+            kept[:] = [r for r in kept if not (isinstance(r.get("step"), (int, float)) and r["step"] > step)]
+
+    def _add(self, records: list[dict[str, Any]] | list[Line], lines: list[Line]) -> None:
+        if not lines:
+            return
         step_lines = [r for r in lines if r.type == "step"]
         if step_lines:
             nan = math.nan

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from core.atomic import write_atomic
 
 COLOURS = {
     "red": (220, 40, 40),
@@ -41,7 +40,9 @@ def _draw(shape: str, colour: tuple[int, int, int], size: tuple[int, int], rng: 
 def make_demo_dataset(out_dir: str | Path) -> Path:
     """Write 12 shape images (64–96 px, a few non-square) with ``.txt`` captions into ``out_dir/10_shapes/``.
 
-    Deterministic: the same files every time. Returns ``out_dir``.
+    Deterministic: the same files every time. Returns ``out_dir``. The files are the user's
+    dataset, read by no other process while they are written: plain writes, so they get the
+    permissions of the user's umask like any file they would copy there.
     """
     root = Path(out_dir)
     folder = root / SUBSET
@@ -55,8 +56,8 @@ def make_demo_dataset(out_dir: str | Path) -> Path:
             image = _draw(shape, colour, size, rng)
             stem = f"{index:02d}_{name}_{shape}"
             buffer = _png_bytes(image)
-            write_atomic(folder / f"{stem}.png", buffer)
-            write_atomic(folder / f"{stem}.txt", f"a {name} {shape}, simple shape, white background\n")
+            (folder / f"{stem}.png").write_bytes(buffer)
+            (folder / f"{stem}.txt").write_text(f"a {name} {shape}, simple shape, white background\n", encoding="utf-8")
             index += 1
     return root
 

@@ -67,7 +67,7 @@ class Startup:
         if held is None:
             raise NotOwner(f"another trainer is already writing into {self.run.path}; this one ends without touching it")
         recorded = self.run.read_status().get("attempt_id")
-        if self.attempt and recorded != self.attempt:
+        if self.attempt and isinstance(recorded, str) and recorded != self.attempt:
             held.close()
             raise NotOwner(
                 f"{self.run.path} is not the folder of this attempt (its status.json names attempt {recorded!r}, this trainer was started for {self.attempt!r}); "

@@ -21,7 +21,7 @@ from tui.widgets.log_tail import LogTail
 from tui.widgets.loss_chart import LossChart
 from tui.widgets.sample_view import SampleView
 
-LIVE_STATES = ("queued", "starting", "running", "paused", "stopping")
+LIVE_STATES = ("queued", "starting", "running", "paused", "stopping", "stalled")
 
 
 class DashboardScreen(Screen):
@@ -159,11 +159,11 @@ class DashboardScreen(Screen):
             progress.update(total=bar_total, progress=bar_done)
         self._put("#state", state_text)
         error = self.query_one("#error", Static)
-        error.display = state in ("failed", "lost")
+        problem = self.run.status_problem
+        error.display = state in ("failed", "lost", "stalled") or bool(problem)
         if error.display:
-            message = status.get("error") or ("the training processes are gone without a final state" if state == "lost" else "the run failed")
-            hint = status.get("hint") or "see the log below"
-            error.update(Text.assemble(("Error: ", "bold red"), str(message), "\n", ("Fix: ", "bold"), str(hint)))
+            message, hint = problem_text(state, status, problem, self.run.path.name)
+            error.update(Text.assemble(("Error: ", "bold red"), message, "\n", ("Fix: ", "bold"), hint))
         self._show_outputs(outputs)
         if changed:
             self.chart_pending = True
@@ -308,4 +308,14 @@ def terminal_lines(lines: list[str]) -> list[str]:
 
 def state_style(state: str) -> str:
     """The colour of a state."""
-    return {"running": "green", "paused": "yellow", "finished": "blue", "failed": "red", "lost": "red", "stopped": "magenta"}.get(state, "cyan")
+    return {"running": "green", "paused": "yellow", "finished": "blue", "failed": "red", "lost": "red", "stalled": "red", "stopped": "magenta"}.get(state, "cyan")
+
+
+def problem_text(state: str, status: dict[str, Any], problem: str | None, run_id: str) -> tuple[str, str]:
+    """The error line and its fix for a failed, lost or stalled run or a damaged status.json."""
+    if state == "stalled":
+        return "no step and no heartbeat for a long while: the trainer is hung or stopped (e.g. SIGSTOP)", f"sdtui stop {run_id} (it saves first if it can), then sdtui resume {run_id}"
+    if state in ("failed", "lost"):
+        message = status.get("error") or ("the training processes are gone without a final state" if state == "lost" else "the run failed")
+        return str(message), str(status.get("hint") or ("sdtui resume " + run_id if state == "lost" else "see the log below"))
+    return str(problem), "the state shown was rebuilt from the run folder; the trainer rewrites status.json at its next update"

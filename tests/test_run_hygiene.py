@@ -1,0 +1,70 @@
+"""Smaller things a user notices: file permissions under the umask, a huge image warned about
+once by the scan, ``attach`` exiting non-zero for a failed or lost run."""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+
+from core.errors import JobFailed
+from core.runs import RunDir
+
+
+def huge_png(path: Path, width: int = 20000, height: int = 20000) -> Path:
+    """A valid PNG header (and end) announcing ``width`` × ``height`` without the pixels."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    return path
+
+
+def test_the_demo_dataset_gets_the_umask_permissions(tmp_path: Path) -> None:
+    from core.train.demo_data import make_demo_dataset
+
+    old = os.umask(0o002)
+    try:
+        root = make_demo_dataset(tmp_path / "dataset")
+    finally:
+        os.umask(old)
+    modes = {oct(p.stat().st_mode & 0o777) for p in root.rglob("*") if p.is_file()}
+    assert modes == {oct(0o664)}
+
+
+def test_the_scan_leaves_out_a_huge_image_with_one_problem(tmp_path: Path, kohya_dataset) -> None:
+    from core.dataset.scan import scan_dataset
+
+    dataset = kohya_dataset(((2, "sks dog", 3),))
+    huge = huge_png(dataset / "2_sks dog" / "huge.png")
+    scan = scan_dataset(dataset, use_cache=False)
+    about = [p for p in scan.problems if p.path == str(huge)]
+    assert len(about) == 1 and about[0].severity == "error"
+    assert "20000x20000 (400 megapixels)" in about[0].message and "left out" in about[0].message and "downscale" in about[0].fix
+    assert scan.images == 3
+
+
+def _run(tmp_path: Path, **status: object) -> RunDir:
+    run = RunDir(tmp_path / "r")
+    run.path.mkdir()
+    run.run_toml.write_text('name = "r"\n')
+    run.write_status(**status)
+    return run
+
+
+def test_attach_exits_non_zero_for_a_failed_run_and_zero_for_a_finished_one(tmp_path: Path) -> None:
+    from cli.app import attach_verdict
+
+    failed = _run(tmp_path, state="failed", error="the trainer crashed at step 3 (RuntimeError: boom)")
+    with pytest.raises(JobFailed, match="is failed: the trainer crashed at step 3"):
+        attach_verdict(failed)
+    failed.write_status(state="finished", error=None)
+    assert attach_verdict(failed) == 0
+    failed.status_json.write_bytes(b"\xff\x00")
+    with pytest.raises(JobFailed, match="status.json"):
+        attach_verdict(failed)
