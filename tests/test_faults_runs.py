@@ -192,7 +192,7 @@ def test_a_write_that_hits_enospc_is_recognised_as_a_full_disk(small_disk: Path)
 def test_a_stale_stop_request_does_not_stop_the_resumed_run(tmp_path: Path, tiny_models, kohya_dataset) -> None:
     run = lost_run(tmp_path, tiny_models, kohya_dataset)
     shown = json.loads(sdtui(["status", run.id, "--json", "--runs-dir", str(tmp_path / "runs")], tmp_path).stdout)
-    assert shown["state"] == "lost" and shown["exit_code"] is None and "exit code was not recorded" in shown["exit_unknown"]
+    assert shown["state"] == "lost" and shown.get("exit_code") is None and "exit code was not recorded" in shown["exit_unknown"]
     old = status(run.path)
     stale = [
         {"id": "stale-with-attempt", "action": "stop", "at": time.time(), "attempt": old["attempt_id"]},

@@ -68,3 +68,30 @@ def test_attach_exits_non_zero_for_a_failed_run_and_zero_for_a_finished_one(tmp_
     failed.status_json.write_bytes(b"\xff\x00")
     with pytest.raises(JobFailed, match="status.json"):
         attach_verdict(failed)
+
+
+def test_home_and_dashboard_show_a_damaged_run_next_to_the_others(tmp_path: Path) -> None:
+    from tests.tui_fixtures import make_runs, sync, until
+    from tui.app import SdtuiApp
+    from tui.context import AppContext
+    from tui.screens.dashboard import DashboardScreen
+
+    runs = make_runs(tmp_path / "runs")
+    damaged = RunDir(runs / "dog-lora-20251009-093000")
+    damaged.status_json.write_bytes(b"\xff\xfe\x00{")
+    damaged.control_json.write_bytes(b"\x80")
+
+    @sync
+    async def check() -> None:
+        app = SdtuiApp(AppContext(runs_dir=runs, gpu_spec="1x24GB"), theme="textual-dark")
+        async with app.run_test(size=(100, 30)) as pilot:
+            await until(pilot, lambda: app.screen.query_one("#runs").row_count == 3)
+            table = app.screen.query_one("#runs")
+            ids = [str(table.get_row_at(i)[0]) for i in range(table.row_count)]
+            await pilot.press(*["down"] * ids.index(damaged.id), "enter")
+            await pilot.pause(0.3)
+            assert isinstance(app.screen, DashboardScreen) and app.screen.run.id == damaged.id
+            await until(pilot, lambda: app.screen.query_one("#error").display)
+            assert "status.json" in str(app.screen.query_one("#error").render())
+
+    check()

@@ -109,6 +109,8 @@ class DashboardScreen(Screen):
                 self.app.call_from_thread(self.show, True, status, state, total_steps(self.run, status), [], None)
         changed = self.view.update(self.metrics_tail)
         status = self.run.read_status()
+        if not isinstance(status.get("state"), str):
+            status = self.run.rebuild_status()
         state = self.run.derive_state(status)
         total = total_steps(self.run, status)
         lines = self.log_tail.poll()
@@ -317,5 +319,6 @@ def problem_text(state: str, status: dict[str, Any], problem: str | None, run_id
         return "no step and no heartbeat for a long while: the trainer is hung or stopped (e.g. SIGSTOP)", f"sdtui stop {run_id} (it saves first if it can), then sdtui resume {run_id}"
     if state in ("failed", "lost"):
         message = status.get("error") or ("the training processes are gone without a final state" if state == "lost" else "the run failed")
-        return str(message), str(status.get("hint") or ("sdtui resume " + run_id if state == "lost" else "see the log below"))
+        damaged = f" ({problem}; the state was rebuilt from the run folder)" if problem else ""
+        return f"{message}{damaged}", str(status.get("hint") or ("sdtui resume " + run_id if state == "lost" else "see the log below"))
     return str(problem), "the state shown was rebuilt from the run folder; the trainer rewrites status.json at its next update"
