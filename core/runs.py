@@ -122,10 +122,13 @@ class RunDir:
         return list(unique.values())
 
     def alive_processes(self, status: dict[str, Any] | None = None) -> list[Any]:
-        """The recorded processes that are still running (psutil.Process objects)."""
+        """The recorded processes that are still running (psutil.Process objects), while this folder
+        is owned (its supervisor or trainer lock held): the processes recorded in a copied folder
+        belong to the original, so for the copy they are none."""
         from core.launch.procs import alive
 
-        return alive(self.processes(status))
+        found = alive(self.processes(status))
+        return found if found and self.owned() else []
 
     def owned(self) -> bool:
         """True while a supervisor or a trainer holds the folder's lock."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ import pytest
 
 from core.errors import UserError
 from core.launch.procs import describe
-from core.runs import RunDir, create_run_dir, list_runs, new_run_id, resolve_run
+from core.runs import RunDir, create_run_dir, list_runs, lock, new_run_id, resolve_run
 
 
 def make_run(root: Path, name: str, **status: object) -> RunDir:
@@ -44,9 +45,22 @@ def test_state_is_lost_when_recorded_processes_are_gone(tmp_path: Path) -> None:
 def test_reused_pid_is_not_mistaken_for_the_run(tmp_path: Path) -> None:
     me = describe(psutil.Process(), "supervisor")
     run = make_run(tmp_path, "a", state="running", pids=[{**me, "create_time": me["create_time"] - 1000}])
+    held = lock(run.supervisor_lock)
     assert run.state == "lost"
     run.write_status(pids=[me])
     assert run.state == "running"
+    held.close()
+
+
+def test_a_copy_of_a_live_run_does_not_own_the_originals_processes(tmp_path: Path) -> None:
+    me = describe(psutil.Process(), "supervisor")
+    original = make_run(tmp_path, "a", state="running", pids=[me])
+    held = lock(original.supervisor_lock)
+    copy = RunDir(tmp_path / "a-copy")
+    shutil.copytree(original.path, copy.path)
+    assert original.state == "running" and original.alive_processes()
+    assert copy.state == "lost" and copy.alive_processes() == [], "stop and resume of the copy never touch the original's processes"
+    held.close()
 
 
 def test_final_state_is_kept_and_fresh_queued_run_is_not_lost(tmp_path: Path) -> None:
