@@ -333,3 +333,15 @@ def test_a_two_process_run_on_one_machine_listens_on_loopback_only(tmp_path: Pat
     wait_ended(run)
     assert listening, "the agent's store and gloo listen somewhere"
     assert all(addr.ip in ("127.0.0.1", "::1") for _, addr in listening), listening
+
+
+def test_a_killed_trainer_is_rebuilt_as_failed_from_the_folder(tmp_path: Path, tiny_models, kohya_dataset) -> None:
+    run = start_run(write_config(tmp_path, tiny_models("sd1"), kohya_dataset(((10, "sks dog", 4),))), tmp_path / "runs", gpus=CPU)
+    wait_for(lambda: len(steps(run.path)) >= 2, 240, "two steps")
+    trainer = next(r for r in status(run.path)["trainer_pids"] if r["role"] == "trainer-rank0")
+    os.kill(trainer["pid"], signal.SIGKILL)
+    final = wait_ended(run)
+    assert final["state"] == "failed" and final["exit_code"] != 0
+    run.status_json.write_bytes(b"")
+    rebuilt = json.loads(sdtui(["status", run.id, "--json", "--runs-dir", str(tmp_path / "runs")], tmp_path).stdout)
+    assert rebuilt["state"] == "failed" and rebuilt["exit_code"] == final["exit_code"] and "rebuilt" in rebuilt["rebuilt"]

@@ -26,7 +26,7 @@ import psutil
 from core.errors import UserError
 from core.launch import procs
 from core.launch.command import CODE_ROOT, format_command, launch_command, launch_env, read_accelerate_config
-from core.runfiles import belongs, integer, load_json_object
+from core.runfiles import belongs, current_attempt, integer, load_json_object, tail_records
 from core.runs import FINAL_STATES, RunDir, hold, lock
 
 #: Exception lines that only say "a child failed": the root cause is an earlier line.
@@ -191,8 +191,26 @@ class Supervisor:
             if not status.get("hint"):
                 fields["hint"] = failure_hint(self.run, tail)
         self.run.write_status(**fields)
+        self._end_line(state, code, fields.get("error") or status.get("error"))
         with open(self.run.log, "ab") as log:
             log.write(f"[sdtui] launcher exited with code {code}; run {state}\n".encode())
+
+    def _end_line(self, state: str, code: int, error: Any) -> None:
+        """Append the attempt's ``end`` line to metrics.jsonl when the trainer did not (it crashed, or
+        never started), so a status rebuilt from the folder knows how the attempt ended."""
+        from core.train.metrics import MetricsWriter
+
+        attempt, after = current_attempt(tail_records(self.run.metrics))
+        if attempt is not None and attempt.get("id") == self.attempt_id and any(r.get("type") == "end" for r in after):
+            return
+        writer = MetricsWriter(self.run.metrics)
+        try:
+            if attempt is None or attempt.get("id") != self.attempt_id:
+                status = self.run.read_status()
+                writer.write("attempt", attempt=integer(status.get("attempt"), 1), id=self.attempt_id, resume_step=integer(status.get("step")))
+            writer.end(state, exit_code=code, error=error if isinstance(error, str) else None)
+        finally:
+            writer.close()
 
 
 def failure_hint(run: RunDir, tail: list[str]) -> str:
