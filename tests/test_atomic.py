@@ -76,7 +76,7 @@ def test_checkpoint_files_follow_the_umask(tmp_path: Path, mask: int, expected: 
     with umask(mask):
         folder = save(tmp_path / "checkpoints", 3, {"w": torch.zeros(2)}, {"optimizer": {}}, {"epoch": 0}, keep=2)
     assert mode(folder) == folder_mode
-    assert {p.name: mode(p) for p in folder.iterdir()} == {name: expected for name in ("trainable.safetensors", "objects.pt", "state.json")}
+    assert {p.name: mode(p) for p in folder.iterdir()} == {name: expected for name in ("trainable.safetensors", "objects.safetensors", "objects.json", "state.json")}
 
 
 @pytest.mark.slow
