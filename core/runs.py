@@ -138,7 +138,7 @@ class RunDir:
         """The state to show: status.json's, ``lost`` when no process of a live state is left,
         ``stalled`` when a live run has made no step and no heartbeat for too long. A status.json
         without a state (damaged, truncated) is rebuilt from the folder."""
-        if not isinstance(status.get("state"), str):
+        if not has_state(status):
             status = self.rebuild_status()
         state = status["state"]
         if state in FINAL_STATES or state == LOST:
@@ -200,7 +200,7 @@ class RunDir:
         end = next((r for r in reversed(after) if r.get("type") == "end"), None)
         step = last_step(found)
         owned = self.owned()
-        state = str(end.get("state")) if end and end.get("state") in FINAL_STATES else ("running" if owned else LOST)
+        state = str(end["state"]) if end and end.get("state") in FINAL_STATES else ("running" if owned else LOST)
         rebuilt: dict[str, Any] = {
             "state": state,
             "run_id": self.id,
@@ -226,7 +226,7 @@ class RunDir:
         """What ``sdtui runs`` shows: id, state, step/total, last loss, age, path (any bytes in the files)."""
         status = self.read_status()
         problem = self.status_problem
-        if not isinstance(status.get("state"), str):
+        if not has_state(status):
             status = self.rebuild_status()
         state = self.derive_state(status)
         last = self.last_step_record()
@@ -247,6 +247,11 @@ class RunDir:
         if problem:
             row["problem"] = problem
         return row
+
+
+def has_state(status: dict[str, Any]) -> bool:
+    """True when status.json names one of the run states (else the state is rebuilt from the folder)."""
+    return status.get("state") in STATES
 
 
 def _mtime(path: Path, default: float | None = None) -> float:

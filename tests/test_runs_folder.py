@@ -174,7 +174,7 @@ def test_a_launch_is_remembered_for_its_working_folder(project: Path, tiny_model
     from core.launch import start
     from tests.test_launch_support import write_config
 
-    monkeypatch.setattr(start, "spawn_supervisor", lambda run: 0)
+    monkeypatch.setattr(start, "spawn_supervisor", lambda run, held: 0)
     config = write_config(project, tiny_models("sd1"), kohya_dataset(((2, "sks dog", 2),)))
     code, out, _ = run(capsys, "train", str(config), "--runs-dir", "demo/runs")
     assert code == 0

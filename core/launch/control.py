@@ -20,7 +20,7 @@ from core.atomic import write_json_atomic
 from core.errors import UserError
 from core.launch import procs
 from core.runfiles import load_json_object
-from core.runs import FINAL_STATES, LOST, STALLED, RunDir
+from core.runs import FINAL_STATES, LOST, STALLED, RunDir, has_state
 
 ACTIONS = ("stop", "save", "sample", "pause", "resume")
 #: Requests kept in control.json (older ones were executed long ago).
@@ -175,7 +175,7 @@ def status_fields(run: RunDir) -> dict[str, Any]:
     """status.json plus derived fields (state with ``lost``, id, path, newest checkpoint, the output files)."""
     status = run.read_status()
     problem = run.status_problem
-    if not isinstance(status.get("state"), str):
+    if not has_state(status):
         status = run.rebuild_status()
     checkpoint = run.latest_checkpoint()
     state = run.derive_state(status)

@@ -24,7 +24,7 @@ from .metrics import EventHandler, MetricsWriter, ProgressLog
 from .optim import FusedBackward, make_optimizer, make_scheduler, param_groups, set_optimizer_mode
 from .phases import Phases
 from .saving import set_rng
-from .status import Heartbeat, NotOwner, StatusFile, now
+from .status import Heartbeat, NotOwner, StatusFile
 
 
 class Startup:
@@ -104,7 +104,7 @@ class Startup:
         self.phases.end()
         self.data = self._build_data()
         self._build_optimizer()
-        since = number(status.get("started_at")) or now()
+        since = number(status.get("started_at")) or 0.0  # no supervisor: every request without an attempt id
         self.control = ControlReader(self.run.control_json, status.get("control_done"), attempt=self.attempt, since=since)
         self._resume()
 

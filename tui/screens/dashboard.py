@@ -14,6 +14,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, ProgressBar, Static
 
 from core.errors import UserError
+from core.runs import has_state
 from tui.format import GIB, bar, duration, gib, number
 from tui.run_view import RunView
 from tui.sources import gpu_rows, total_steps, vram_text
@@ -109,7 +110,7 @@ class DashboardScreen(Screen):
                 self.app.call_from_thread(self.show, True, status, state, total_steps(self.run, status), [], None)
         changed = self.view.update(self.metrics_tail)
         status = self.run.read_status()
-        if not isinstance(status.get("state"), str):
+        if not has_state(status):
             status = self.run.rebuild_status()
         state = self.run.derive_state(status)
         total = total_steps(self.run, status)
