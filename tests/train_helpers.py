@@ -129,6 +129,9 @@ def set_up(run_dir: Path) -> Any:
     reset_accelerate()
     trainer = Trainer(run_dir)
     trainer.setup()
+    if trainer.folder_lock is not None:  # tests set up several trainers of one folder in one process
+        trainer.folder_lock.close()
+        trainer.folder_lock = None
     return trainer
 
 
