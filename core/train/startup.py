@@ -84,7 +84,7 @@ class Startup:
         latest = ckpt.latest(self.run.checkpoints)
         self.metrics.write("attempt", attempt=integer(status.get("attempt"), 1) or 1, id=self.attempt or None, resume_step=int(latest.name[5:]) if latest else 0)
         self.status.update(state="starting", trainer_pids=self._pids(), error=None, hint=None)
-        self.phases = Phases(self.status, self.metrics, enabled=is_main)
+        self.phases = Phases(self.status, self.metrics, enabled=self.acc.is_main_process)
         self.phases.record_process_start()
         for message in self.notes:
             self.metrics.event(message, "warning")
