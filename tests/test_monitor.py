@@ -158,3 +158,37 @@ def test_downsample_keeps_each_buckets_first_minimum_and_maximum():
         values = [rng.choice([math.nan, float(rng.randint(0, 3)), rng.random()]) for _ in range(rng.randint(0, 200))]
         width = rng.randint(0, 40)
         assert downsample_index(values, width) == by_hand(values, width)
+
+
+def _long_run(path: Path, attempts: list[tuple[int, int, float]]) -> None:
+    """A metrics file over the preview size: each attempt ``(resume_step, last_step, loss)``."""
+    with path.open("w", encoding="utf-8") as out:
+        for resume, last, loss in attempts:
+            out.write(line(type="attempt", resume_step=resume, time=0.0))
+            for step in range(resume + 1, last + 1):
+                out.write(line(type="step", step=step, loss=loss, lr=1e-4, time=float(step), note="x" * 40))
+
+
+def test_preview_of_a_resumed_run_shows_only_the_latest_attempts_steps(tmp_path: Path) -> None:
+    from core.monitor.preview import PREVIEW_MIN_BYTES, sampled_steps
+
+    path = tmp_path / "metrics.jsonl"
+    # the first attempt reached step 80,000 and was resumed from the checkpoint at step 50,000
+    _long_run(path, [(0, 80_000, 1.0), (50_000, 90_000, 2.0)])
+    assert path.stat().st_size > PREVIEW_MIN_BYTES
+
+    lines = sampled_steps(path)
+
+    steps = [int(x.step) for x in lines]
+    assert steps == sorted(set(steps)) and len(steps) > 500
+    assert steps[-1] == 90_000
+    assert all(x.loss == (2.0 if x.step > 50_000 else 1.0) for x in lines)
+
+
+def test_preview_of_a_small_or_missing_file_leaves_it_to_the_full_read(tmp_path: Path) -> None:
+    from core.monitor.preview import sampled_steps
+
+    small = tmp_path / "metrics.jsonl"
+    _long_run(small, [(0, 100, 1.0)])
+    assert sampled_steps(small) is None
+    assert sampled_steps(tmp_path / "absent.jsonl") is None

@@ -2,7 +2,8 @@
 
 Reading a million-line file takes about a second; sampling ``points`` lines at evenly spaced
 offsets (a seek and a 4 kB read each) takes milliseconds and already shows the whole run's
-loss curve, so a screen can draw a thinned chart at once and fill it in when the full read is
+loss curve (of the latest attempt: a resumed attempt's lines replace an earlier one's past its
+resume step), so a screen can draw a thinned chart at once and fill it in when the full read is
 done. The last complete step line is always included (the newest values).
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 import msgspec
 
@@ -48,14 +50,17 @@ def sampled_steps(path: str | os.PathLike[str], points: int = 2000) -> list[Line
         if size < PREVIEW_MIN_BYTES:
             return None
         found: list[Line] = []
-        last_step = None
+        previous = 0
         for k in range(points):
             offset = k * size // points
             handle.seek(offset)
             line = _first_step(handle.read(BLOCK), skip_partial=offset > 0)
-            if line is not None and (last_step is None or float(line.step) > last_step):  # type: ignore[arg-type]
-                found.append(line)
-                last_step = float(line.step)  # type: ignore[arg-type]
+            if line is None:
+                continue
+            if found and float(line.step) <= float(found[-1].step):  # type: ignore[arg-type]
+                _roll_back(found, _resume_step(handle, previous, offset + BLOCK), float(line.step))  # type: ignore[arg-type]
+            found.append(line)
+            previous = offset
         handle.seek(max(0, size - TAIL_BYTES))
         tail = handle.read().split(b"\n")
     for raw in reversed(tail[1:-1] if size > TAIL_BYTES else tail[:-1]):
@@ -64,7 +69,33 @@ def sampled_steps(path: str | os.PathLike[str], points: int = 2000) -> list[Line
         except (msgspec.DecodeError, msgspec.ValidationError):
             continue
         if line.type == "step" and line.step is not None:
-            if last_step is None or float(line.step) > last_step:
+            if found and float(line.step) < float(found[-1].step):  # type: ignore[arg-type]
+                _roll_back(found, None, float(line.step))  # type: ignore[arg-type]
+            if not found or float(line.step) != float(found[-1].step):  # type: ignore[arg-type]
                 found.append(line)
             break
     return found
+
+
+def _resume_step(handle: BinaryIO, start: int, end: int) -> float | None:
+    """The lowest ``resume_step`` of the attempt lines between two byte offsets (None when none is there)."""
+    handle.seek(start)
+    lowest = None
+    for raw in handle.read(max(0, end - start)).split(b"\n"):
+        if b'"attempt"' not in raw:
+            continue
+        try:
+            line = _DECODE.decode(raw)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            continue
+        if line.type == "attempt" and line.resume_step is not None:
+            lowest = float(line.resume_step) if lowest is None else min(lowest, float(line.resume_step))
+    return lowest
+
+
+def _roll_back(found: list[Line], resume_step: float | None, step: float) -> None:
+    """Drop what an earlier attempt wrote past ``resume_step`` (as the full reader does), or from ``step``
+    on when the attempt line was not found."""
+    limit = resume_step if resume_step is not None else step - 1
+    while found and float(found[-1].step) > limit:  # type: ignore[arg-type]
+        found.pop()
