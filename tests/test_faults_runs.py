@@ -8,6 +8,7 @@ Each test asserts what the user sees and that nothing is lost.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -280,15 +281,27 @@ def test_a_sigstopped_trainer_is_flagged_stalled(tmp_path: Path, tiny_models, ko
         shown = sdtui(["status", run.id, "--runs-dir", str(runs)], tmp_path)
         assert "state     stalled" in shown.stdout and f"sdtui stop {run.id}" in shown.stdout
         assert json.loads(sdtui(["status", run.id, "--json", "--runs-dir", str(runs)], tmp_path).stdout)["state"] == "stalled"
-        from tui.screens.dashboard import problem_text
-
-        assert "hung or stopped" in problem_text("stalled", {}, None, run.id)[0]
+        state_line, error_line = asyncio.run(_dashboard_lines(runs, run))
+        assert "STALLED" in state_line
+        assert "hung or stopped" in error_line and f"sdtui stop {run.id}" in error_line
     finally:
         for proc in trainers:
             proc.send_signal(signal.SIGCONT)
     wait_for(lambda: run.state == "running", 60, "running again after SIGCONT")
     sdtui(["stop", run.id, "--now", "--runs-dir", str(runs)], tmp_path)
     wait_ended(run)
+
+
+async def _dashboard_lines(runs: Path, run: RunDir) -> tuple[str, str]:
+    """The dashboard's state line and error line for ``run``, as the TUI shows them."""
+    from tests.tui_fixtures import until
+    from tui.app import SdtuiApp
+    from tui.context import AppContext
+
+    app = SdtuiApp(AppContext(runs_dir=runs, gpu_spec="1x24GB"), start="dashboard", run=run, theme="textual-dark")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.screen.query_one("#error").display)
+        return str(app.screen.query_one("#state").render()), str(app.screen.query_one("#error").render())
 
 
 def test_metrics_attempts_partial_line_and_a_failed_resume(tmp_path: Path, tiny_models, kohya_dataset) -> None:
