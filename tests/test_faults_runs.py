@@ -178,6 +178,25 @@ def test_a_full_disk_fails_with_the_sentence_keeps_the_checkpoint_and_resumes(tm
     assert series(run) == list(range(1, 25))
 
 
+def test_a_disk_too_full_for_the_output_fails_naming_the_output_and_resumes(tmp_path: Path, tiny_models, kohya_dataset, small_disk: Path) -> None:
+    config = write_config(tmp_path, tiny_models("sd1"), kohya_dataset(((6, "sks dog", 4),)), {"epochs": 1, "save_every_steps": 0, "save_every_epochs": 0}, settings={"cache_latents": False})
+    run = start_run(config, small_disk / "runs", gpus=CPU)
+    wait_for(lambda: len(steps(run.path)) >= 3, 240, "three steps")
+    # room for the final checkpoint (0.2 MB + the 1 MB margin) but then not for the output
+    filler = fill(small_disk, int(1.3 * 1024 * 1024))
+    final = wait_ended(run)
+    assert final["state"] == "failed", final
+    assert f"the disk holding {run.path} is full (" in final["error"] and "the output needs" in final["error"], final["error"]
+    assert f"free space and `sdtui resume {run.id}`" in final["error"]
+    assert not list(run.output.glob("*.safetensors")), "no partial output is left"
+    assert run.log.read_text(errors="replace").endswith("run failed\n")
+    filler.unlink()
+    resumed = sdtui(["resume", run.id, "--runs-dir", str(small_disk / "runs")], tmp_path)
+    assert resumed.returncode == 0 and "from step-24" in resumed.stdout, resumed.stdout + resumed.stderr
+    assert wait_ended(run)["state"] == "finished"
+    assert (run.output / "tiny.safetensors").stat().st_size > 0
+
+
 def test_a_write_that_hits_enospc_is_recognised_as_a_full_disk(small_disk: Path) -> None:
     import torch
 
