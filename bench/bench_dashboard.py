@@ -68,7 +68,7 @@ def make_run(runs_dir: Path) -> Path:
 def mark_running(run: Path, writer: subprocess.Popen) -> None:
     """status.json in the running state with ``writer`` as the trainer (so the run is not ``lost``)."""
     from core.atomic import write_json_atomic
-    from core.launch.procs import describe
+    from core.procs import describe
 
     now = time.time()
     write_json_atomic(run / "status.json", {

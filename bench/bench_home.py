@@ -63,7 +63,7 @@ def make_runs(root: Path) -> Path:
 def mark_live(live: Path, pid: int) -> None:
     """status.json of the live run, with the writer as its trainer."""
     from core.atomic import write_json_atomic
-    from core.launch.procs import describe
+    from core.procs import describe
 
     now = time.time()
     write_json_atomic(live / "status.json", {"state": "running", "step": 0, "total_steps": 10_000, "created_at": now, "updated_at": now,

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import JobFailed, UserError
+from core.runs import ENDED_STATES
 
 FAMILY = "sd1"
-FINAL_STATES = ("finished", "failed", "stopped", "lost")
 
 #: The demo's run config (12 images × 10 repeats, batch 2: 60 steps an epoch, 120 in all): small enough to show a falling loss and new samples within a minute or two on a CPU.
 DEMO_SETTINGS: dict[str, Any] = {
@@ -180,7 +180,7 @@ def follow(run: Any, out: Callable[[str], None] = print, poll_s: float = 1.0, ev
         if state != last_state:
             out(f"state: {state}")
             last_state = state
-        if state in FINAL_STATES:
+        if state in ENDED_STATES:
             if state != "finished" and status.get("error"):
                 out(f"error: {status.get('error')}" + (f" — {status['hint']}" if status.get("hint") else ""))
             return state

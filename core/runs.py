@@ -29,6 +29,9 @@ FINAL_STATES = ("finished", "failed", "stopped")
 LOST = "lost"
 #: A live run that has made no step and no heartbeat for too long (hung, or stopped with SIGSTOP).
 STALLED = "stalled"
+#: The states a run is shown in (``RunDir.state``): still going, or ended (no process of it is left).
+LIVE_STATES = tuple(state for state in STATES if state not in FINAL_STATES) + (STALLED,)
+ENDED_STATES = FINAL_STATES + (LOST,)
 #: How long a run may sit without any recorded process before it counts as lost.
 _START_GRACE_S = 30.0
 #: Stalled after this many usual step times without a step or heartbeat, and never sooner than
@@ -125,7 +128,7 @@ class RunDir:
         """The recorded processes that are still running (psutil.Process objects), while this folder
         is owned (its supervisor or trainer lock held): the processes recorded in a copied folder
         belong to the original, so for the copy they are none."""
-        from core.launch.procs import alive
+        from core.procs import alive
 
         found = alive(self.processes(status))
         return found if found and self.owned() else []
@@ -184,7 +187,7 @@ class RunDir:
 
     def latest_checkpoint(self) -> Path | None:
         """The newest complete checkpoint (unfinished ``.tmp-*`` folders are ignored)."""
-        from core.train.checkpoint import latest
+        from core.checkpoints import latest
 
         return latest(self.checkpoints)
 

@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from core.gpu import GpuSet
-from core.launch.procs import alive, tree
+from core.procs import alive, tree
 from core.launch.start import start_run
 from core.runs import RunDir
 from tests.test_launch_support import env, no_leftovers, sdtui, steps, wait_ended, wait_for, write_config  # noqa: F401 (no_leftovers is a fixture)

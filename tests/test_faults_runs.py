@@ -23,7 +23,7 @@ import psutil
 import pytest
 
 from core.gpu import GpuSet
-from core.launch.procs import alive, tree
+from core.procs import alive, tree
 from core.launch.start import start_run
 from core.monitor import MetricsSeries, MetricsTail
 from core.runs import RunDir

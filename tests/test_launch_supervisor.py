@@ -9,7 +9,7 @@ from pathlib import Path
 
 import psutil
 
-from core.launch import procs
+from core import procs
 from core.launch.control import request
 from core.launch.supervisor import error_summary, final_state, is_locked, lock_run, log_tail, stop_requested_since
 from core.runs import RunDir

@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from core.errors import UserError
-from core.launch.procs import describe
+from core.procs import describe
 from core.runs import RunDir, create_run_dir, list_runs, lock, new_run_id, resolve_run
 
 

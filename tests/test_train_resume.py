@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from core import checkpoints
 from core.launch.control import request
 from core.runs import RunDir
 from core.train import checkpoint
@@ -49,7 +50,7 @@ def test_a_stopped_run_resumes_where_it_stopped(tmp_path, tiny_models, kohya_dat
     stopped_at = first["step"]
     assert first["state"] == "stopped" and 2 <= stopped_at < 6
     assert first["control_ack"]["action"] == "stop"
-    assert checkpoint.latest(run / "checkpoints").name == f"step-{stopped_at}"
+    assert checkpoints.latest(run / "checkpoints").name == f"step-{stopped_at}"
 
     assert train(run) == 0
 
@@ -81,11 +82,11 @@ def test_a_manual_save_is_never_rotated_away(tmp_path):
     checkpoint.save(tmp_path, 1, tensors, {}, {}, keep=2, manual=True)
     for step in (2, 3, 4):
         checkpoint.save(tmp_path, step, tensors, {}, {}, keep=2)
-    assert [p.name for p in checkpoint.checkpoints(tmp_path)] == ["step-1", "step-3", "step-4"]
-    assert checkpoint.is_manual(tmp_path / "step-1") and not checkpoint.is_manual(tmp_path / "step-4")
+    assert [p.name for p in checkpoints.checkpoints(tmp_path)] == ["step-1", "step-3", "step-4"]
+    assert checkpoints.is_manual(tmp_path / "step-1") and not checkpoints.is_manual(tmp_path / "step-4")
     # a periodic save at the same step as a manual one keeps it manual
     checkpoint.save(tmp_path, 1, tensors, {}, {}, keep=2)
-    assert checkpoint.is_manual(tmp_path / "step-1")
+    assert checkpoints.is_manual(tmp_path / "step-1")
 
 
 def test_a_half_written_checkpoint_is_ignored(tmp_path):
@@ -93,4 +94,4 @@ def test_a_half_written_checkpoint_is_ignored(tmp_path):
     (tmp_path / ".tmp-step-9").mkdir()
     (tmp_path / "step-2").mkdir()
     (tmp_path / "step-2" / "state.json").write_text("{}")
-    assert checkpoint.latest(tmp_path).name == "step-2"
+    assert checkpoints.latest(tmp_path).name == "step-2"

@@ -13,7 +13,7 @@ from core.runs import RunDir
 from tests.tui_fixtures import T0, make_run, make_runs, sync, until
 from tui.app import SdtuiApp
 from tui.context import AppContext
-from tui.screens.confirm import ConfirmScreen
+from tui.widgets.confirm import ConfirmScreen
 from tui.screens.dashboard import DashboardScreen
 from tui.screens.home import HomeScreen
 
@@ -127,7 +127,7 @@ async def test_log_scale_toggles_on_a_long_run(tmp_path: Path) -> None:
 
 
 def test_log_lines_keep_the_last_state_of_a_progress_bar() -> None:
-    from tui.screens.dashboard import terminal_lines
+    from tui.format import terminal_lines
 
     assert terminal_lines(["Loading: 0%\rLoading: 60%\rLoading: 100%", "done\r"]) == ["Loading: 100%", "done"]
 
@@ -210,7 +210,7 @@ from tui.app import SdtuiApp
 from tui.context import AppContext
 
 async def main():
-    app = SdtuiApp(AppContext(runs_dir={str(runs)!r}, gpu_spec="1x24GB"), start="dashboard",
+    app = SdtuiApp(AppContext(runs_dir={str(runs)!r}, gpu_spec="1x24GB", half_block_images=True), start="dashboard",
                    run=RunDir({str(runs / "shapes-lora-20251009-090000")!r}), theme="textual-dark")
     async with app.run_test(size=(80, 24)) as pilot:
         for _ in range(100):
@@ -223,6 +223,5 @@ async def main():
 
 asyncio.run(main())
 """
-    env = {**__import__("os").environ, "SDTUI_IMAGES": "halfcell"}
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120, check=True).stdout
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True).stdout
     assert out.splitlines() == ["HalfBlockImage True", "[]"], out

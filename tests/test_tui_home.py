@@ -131,7 +131,7 @@ async def test_home_selects_the_run_just_launched(tmp_path: Path) -> None:
 
 @sync
 async def test_escape_asks_before_leaving_the_wizard_and_new_run_offers_it_again(tmp_path: Path) -> None:
-    from tui.screens.confirm import ConfirmScreen
+    from tui.widgets.confirm import ConfirmScreen
     from tui.screens.wizard import WizardScreen
 
     app = _app(tmp_path / "runs")

@@ -36,10 +36,9 @@ RECIPES = {
 
 @pytest.fixture
 def snapshot_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Run from a fresh folder holding ``runs/`` (shown as a relative path), with half-block images
-    and two fixed recipes (so the shipped recipes can change without changing the snapshots)."""
+    """Run from a fresh folder holding ``runs/`` (shown as a relative path) and two fixed recipes
+    (so the shipped recipes can change without changing the snapshots)."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("SDTUI_IMAGES", "halfcell")
     recipes = tmp_path / "recipes"
     recipes.mkdir()
     for name, (summary, precision, checkpointing, optimizer, batch) in RECIPES.items():
@@ -67,7 +66,7 @@ def fixed_dataset() -> Path:
 
 
 def _app(runs: Path, gpus: str = "2x4090", start: str = "home", run: RunDir | None = None) -> SdtuiApp:
-    return SdtuiApp(AppContext(runs_dir=runs, gpu_spec=gpus, clock=lambda: T0), start=start, run=run, theme="textual-dark")
+    return SdtuiApp(AppContext(runs_dir=runs, gpu_spec=gpus, half_block_images=True, clock=lambda: T0), start=start, run=run, theme="textual-dark")
 
 
 @pytest.mark.parametrize("size", [SIZE, WIDE], ids=["80x24", "100x30"])

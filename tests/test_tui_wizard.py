@@ -85,7 +85,7 @@ async def _burst(pilot, *keys: tuple[str, str | None]) -> None:
 
 @sync
 async def test_dataset_table_and_repeats_edited_in_place(tmp_path: Path, kohya_dataset) -> None:
-    from tui.screens.ask import AskScreen
+    from tui.widgets.ask import AskScreen
 
     data = kohya_dataset(subsets=((10, "sks dog", 4), (5, "sks cat", 3)))
     app = _app(tmp_path)

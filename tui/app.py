@@ -114,12 +114,15 @@ def screen_commands(screen: Screen) -> Iterable[SystemCommand]:
         yield SystemCommand(binding.description, help_text, partial(screen.app.run_action, binding.action, node))
 
 
-def prepare_images() -> None:
-    """Pick the image protocol before Textual owns the terminal: half-blocks in tmux/screen or off a tty."""
-    if os.environ.get("TMUX") or os.environ.get("TERM", "").startswith("screen") or not sys.__stdout__.isatty():
-        os.environ.setdefault("SDTUI_IMAGES", "halfcell")
-    else:
-        import textual_image.widget  # noqa: F401  (queries the terminal once, while it still can)
+def prepare_images() -> bool:
+    """Pick the image protocol before Textual owns the terminal: True for half-blocks (``SDTUI_IMAGES=halfcell``,
+    tmux/screen, or off a tty), else textual-image, imported now."""
+    forced = os.environ.get("SDTUI_IMAGES") == "halfcell"
+    if forced or os.environ.get("TMUX") or os.environ.get("TERM", "").startswith("screen") or not sys.__stdout__.isatty():
+        return True
+    import textual_image.widget  # noqa: F401  (queries the terminal once, while it still can)
+
+    return False
 
 
 def run_app(
@@ -137,8 +140,8 @@ def run_app(
         gpu_spec=gpu_spec,
         workdir=getattr(demo, "root", None),
         demo=demo,
+        half_block_images=prepare_images(),
     )
-    prepare_images()
     watch_terminal()
     SdtuiApp(context, start=start, run=run).run()
     return 0

@@ -18,6 +18,8 @@ class AppContext:
     gpu_spec: str | None = None
     workdir: Path | None = None
     demo: Any = None
+    #: Sample images drawn as half-blocks by sdtui (tmux, SSH without graphics), not through textual-image.
+    half_block_images: bool = False
     clock: Callable[[], float] = time.time
     #: The wizard the user left unfinished (offered again by New run), or None.
     draft: Any = None

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from core.units import GIB, gib, number
 
-__all__ = ["GIB", "bar", "display_path", "duration", "gib", "number"]
+__all__ = ["GIB", "bar", "display_path", "duration", "gib", "number", "terminal_lines"]
 
 
 def duration(seconds: float | None) -> str:
@@ -54,6 +54,11 @@ _CLI_PHRASES = (
     (re.compile(r"plan for hardware with --gpus, e\.g\. --gpus (\S+)"), r"to plan for hardware you rent, start sdtui --gpus \1"),
     (re.compile(r"give --epochs N or --steps N"), "give epochs or max_steps above 0"),
 )
+
+
+def terminal_lines(lines: list[str]) -> list[str]:
+    """Lines as a terminal shows them: a progress bar redrawn with carriage returns keeps its last state."""
+    return [line.rstrip("\r").rsplit("\r", 1)[-1] for line in lines]
 
 
 def tui_terms(text: str) -> str:

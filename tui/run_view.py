@@ -4,24 +4,15 @@ from __future__ import annotations
 
 import gc
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from core.monitor.samples import Sample
+
 #: The smoothed loss is a trailing moving average over this share of the run (at least MIN_WINDOW steps).
 WINDOW_SHARE = 0.02
 MIN_WINDOW = 10
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One sample image the trainer wrote."""
-
-    step: int
-    prompt_index: int
-    prompt: str
-    path: str
 
 
 class RunView:
@@ -100,7 +91,7 @@ class RunView:
 
     def _take_samples(self) -> None:
         for record in self.series.samples[self._samples_seen :]:
-            sample = Sample(int(record.get("step") or 0), int(record.get("prompt_index") or 0), str(record.get("prompt") or ""), str(record.get("path") or ""))
+            sample = Sample.from_record(record)
             self.samples.setdefault(sample.prompt_index, []).append(sample)
             self.newest_sample = sample
         self._samples_seen = len(self.series.samples)

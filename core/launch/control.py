@@ -16,11 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from core import procs
 from core.atomic import write_json_atomic
 from core.errors import UserError
-from core.launch import procs
 from core.runfiles import load_json_object
-from core.runs import FINAL_STATES, LOST, STALLED, RunDir, has_state
+from core.runs import ENDED_STATES, FINAL_STATES, LOST, STALLED, RunDir, has_state
 
 ACTIONS = ("stop", "save", "sample", "pause", "resume")
 #: Requests kept in control.json (older ones were executed long ago).
@@ -67,7 +67,7 @@ def wait_ack(run: RunDir, rid: str, timeout_s: float) -> bool:
     while time.monotonic() < deadline:
         if acknowledged(run, rid):
             return True
-        if run.state in FINAL_STATES + (LOST,):
+        if run.state in ENDED_STATES:
             return acknowledged(run, rid)
         time.sleep(0.2)
     return False
@@ -76,7 +76,7 @@ def wait_ack(run: RunDir, rid: str, timeout_s: float) -> bool:
 def ask(run: RunDir, action: str) -> str:
     """Send ``save``, ``sample``, ``pause`` or ``resume`` to a live run (UserError when it cannot take it)."""
     state = run.state
-    if state in FINAL_STATES + (LOST,):
+    if state in ENDED_STATES:
         hint = f"; sdtui resume {run.id} continues it" if state != "finished" else ""
         raise UserError(f"run {run.id} is {state}, so it cannot {action}{hint}")
     if action == "pause" and state == "paused":

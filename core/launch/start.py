@@ -119,7 +119,7 @@ def claim(run: RunDir) -> IO[str]:
 def spawn_supervisor(run: RunDir, held: IO[str]) -> int:
     """Start ``python -m core.launch.supervisor RUN --lock-fd FD`` detached (new session), handing it
     the held supervisor lock; return its pid."""
-    from core.launch.procs import describe
+    from core.procs import describe
 
     fd = held.fileno()
     with open(run.log, "ab") as log:

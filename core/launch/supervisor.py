@@ -23,8 +23,8 @@ from typing import IO, Any
 
 import psutil
 
+from core import procs
 from core.errors import UserError
-from core.launch import procs
 from core.launch.command import CODE_ROOT, format_command, launch_command, launch_env, read_accelerate_config
 from core.runfiles import belongs, current_attempt, integer, load_json_object, tail_records
 from core.runs import FINAL_STATES, RunDir, hold, lock

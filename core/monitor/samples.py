@@ -6,6 +6,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 _STEP = re.compile(r"(?:^|[^a-z])(?:step|s|e)[-_]?(\d+)", re.IGNORECASE)
 _PROMPT = re.compile(r"(?:prompt|p)[-_]?(\d+)", re.IGNORECASE)
@@ -13,12 +14,19 @@ _PROMPT = re.compile(r"(?:prompt|p)[-_]?(\d+)", re.IGNORECASE)
 
 @dataclass(frozen=True)
 class Sample:
-    """One rendered sample image."""
+    """One sample image the trainer wrote: its file (relative to the run folder when it came from
+    metrics.jsonl), step and prompt; ``mtime`` when it was found in ``samples/``."""
 
     path: Path
     step: int
     prompt_index: int
-    mtime: float
+    prompt: str = ""
+    mtime: float = 0.0
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Sample:
+        """The sample a metrics.jsonl ``sample`` line names (missing fields read as step 0, prompt 0, no path)."""
+        return cls(Path(str(record.get("path") or "")), int(record.get("step") or 0), int(record.get("prompt_index") or 0), str(record.get("prompt") or ""))
 
 
 def parse_name(name: str) -> tuple[int, int] | None:
@@ -59,7 +67,7 @@ class SampleIndex:
                 mtime = entry.stat().st_mtime
             except FileNotFoundError:
                 continue
-            sample = Sample(path, parsed[0], parsed[1], mtime)
+            sample = Sample(path, parsed[0], parsed[1], mtime=mtime)
             self.samples[path] = sample
             new.append(sample)
         return sorted(new, key=lambda s: (s.step, s.prompt_index))

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from core.atomic import finish_tree, replace
+from core.checkpoints import checkpoints, is_manual
 from core.errors import UserError
 
 from .disk import DiskFull, ensure_space, free_bytes, is_disk_full
@@ -32,7 +32,6 @@ OBJECT_TENSORS = "objects.safetensors"
 OBJECT_TREE = "objects.json"
 #: numpy dtype kinds a checkpoint may hold (bool, signed, unsigned, float): never objects.
 _NUMPY_KINDS = "biuf"
-_NAME = re.compile(r"^step-(\d+)$")
 
 
 @dataclass
@@ -43,33 +42,6 @@ class Checkpoint:
     state: dict[str, Any]
     tensors: dict[str, Any]
     objects: dict[str, Any]
-
-
-def checkpoints(folder: str | os.PathLike[str]) -> list[Path]:
-    """Complete checkpoint folders, oldest first."""
-    root = Path(folder)
-    if not root.is_dir():
-        return []
-    found = []
-    for child in root.iterdir():
-        match = _NAME.match(child.name)
-        if match and child.is_dir() and (child / "state.json").is_file():
-            found.append((int(match.group(1)), child))
-    return [path for _, path in sorted(found)]
-
-
-def latest(folder: str | os.PathLike[str]) -> Path | None:
-    """The newest complete checkpoint, or None."""
-    found = checkpoints(folder)
-    return found[-1] if found else None
-
-
-def is_manual(path: Path) -> bool:
-    """Whether a checkpoint was asked for by the user (kept out of the rotation)."""
-    try:
-        return bool(json.loads((path / "state.json").read_text(encoding="utf-8")).get("manual"))
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 def encode(obj: Any, tensors: dict[str, Any], seen: dict[int, str] | None = None) -> Any:

@@ -60,7 +60,7 @@ class Startup:
         NotOwner otherwise, before anything is written."""
         import psutil
 
-        from core.launch.procs import describe
+        from core.procs import describe
         from core.runs import hold, lock
 
         held = lock(self.run.trainer_lock)
@@ -81,7 +81,7 @@ class Startup:
         import torch
 
         status = self.status.read()
-        latest = ckpt.latest(self.run.checkpoints)
+        latest = self.run.latest_checkpoint()
         self.metrics.write("attempt", attempt=integer(status.get("attempt"), 1) or 1, id=self.attempt or None, resume_step=int(latest.name[5:]) if latest else 0)
         self.status.update(state="starting", trainer_pids=self._pids(), error=None, hint=None)
         self.phases = Phases(self.status, self.metrics, enabled=self.acc.is_main_process)
@@ -163,7 +163,7 @@ class Startup:
     def _pids(self) -> list[dict[str, Any]]:
         import psutil
 
-        from core.launch.procs import describe
+        from core.procs import describe
 
         me = describe(psutil.Process(), f"trainer-rank{self.rank}")
         if self.world == 1:
@@ -353,7 +353,7 @@ class Startup:
             self.metrics.event(warning, "warning")
 
     def _resume(self) -> None:
-        path = ckpt.latest(self.run.checkpoints)
+        path = self.run.latest_checkpoint()
         if path is None:
             return
         loaded = ckpt.load(path)

@@ -14,16 +14,13 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, ProgressBar, Static
 
 from core.errors import UserError
-from core.runs import has_state
-from tui.format import GIB, bar, duration, gib, number
+from core.runs import LIVE_STATES, has_state
+from tui.format import GIB, bar, duration, gib, number, terminal_lines
 from tui.run_view import RunView
 from tui.sources import gpu_rows, total_steps, vram_text
 from tui.widgets.log_tail import LogTail
 from tui.widgets.loss_chart import LossChart
 from tui.widgets.sample_view import SampleView
-
-LIVE_STATES = ("queued", "starting", "running", "paused", "stopping", "stalled")
-
 
 class DashboardScreen(Screen):
     """Attach to any run, live or ended; detaching leaves the training running."""
@@ -70,7 +67,7 @@ class DashboardScreen(Screen):
             with Vertical(id="side"):
                 yield Static("", id="numbers")
                 yield Static("", id="resources")
-                yield SampleView(self.run.path, id="samples")
+                yield SampleView(self.run.path, half_blocks=self.app.context.half_block_images, id="samples")
         yield LogTail(id="log")
         yield Footer(compact=True)
 
@@ -243,7 +240,7 @@ class DashboardScreen(Screen):
             if yes:
                 self.stop_now()
 
-        from tui.screens.confirm import ConfirmScreen
+        from tui.widgets.confirm import ConfirmScreen
 
         self.app.push_screen(ConfirmScreen(f"Stop {self.run.path.name}? It saves a checkpoint first.", yes="Stop"), answered)
 
@@ -302,11 +299,6 @@ def phase_progress(phase: dict[str, Any]) -> tuple[int | None, int]:
     if isinstance(total, int) and total > 0 and isinstance(done, int):
         return total, min(done, total)
     return 1, 0
-
-
-def terminal_lines(lines: list[str]) -> list[str]:
-    """Lines as a terminal shows them: a progress bar redrawn with carriage returns keeps its last state."""
-    return [line.rstrip("\r").rsplit("\r", 1)[-1] for line in lines]
 
 
 def state_style(state: str) -> str:

@@ -189,7 +189,7 @@ class HomeScreen(Screen):
         if draft is None:
             self.app.open_wizard()
             return
-        from tui.screens.confirm import ConfirmScreen
+        from tui.widgets.confirm import ConfirmScreen
 
         def answered(resume: bool | None) -> None:
             if resume is None:

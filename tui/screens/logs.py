@@ -10,7 +10,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Log
 
-from tui.screens.dashboard import terminal_lines
+from tui.format import terminal_lines
 
 
 class LogScreen(Screen):

@@ -190,7 +190,7 @@ class WizardScreen(Screen):
         if self.launching:
             self.notify("The run is being launched; its dashboard opens in a moment.", severity="warning")
             return
-        from tui.screens.confirm import ConfirmScreen
+        from tui.widgets.confirm import ConfirmScreen
 
         def answered(leave: bool | None) -> None:
             if leave:

@@ -142,7 +142,7 @@ class DatasetStep(Step):
             return
         key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
         subset = next(s for s in scan.subsets if s.path == key)
-        from tui.screens.ask import AskScreen
+        from tui.widgets.ask import AskScreen
 
         def answered(value: str | None) -> None:
             if value is not None and self.apply("repeats", lambda: self.state.set_repeats(subset.path, value)):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from rich.text import Text
@@ -11,13 +10,13 @@ from textual.containers import Vertical
 from textual.widget import Widget
 from textual.widgets import Static
 
-from tui.run_view import Sample
+from core.monitor.samples import Sample
 
 
-def image_class() -> type[Widget]:
-    """Half-blocks when ``SDTUI_IMAGES=halfcell`` (tmux, SSH without graphics), else the best the terminal
-    supports through textual-image (imported by ``tui.app.prepare_images`` before Textual starts)."""
-    if os.environ.get("SDTUI_IMAGES") == "halfcell":
+def image_class(half_blocks: bool) -> type[Widget]:
+    """Half-blocks drawn by sdtui (tmux, SSH without graphics), else the best the terminal supports
+    through textual-image (imported by ``tui.app.prepare_images`` before Textual starts)."""
+    if half_blocks:
         from tui.widgets.halfblock import HalfBlockImage
 
         return HalfBlockImage
@@ -29,9 +28,10 @@ def image_class() -> type[Widget]:
 class SampleView(Vertical):
     """One sample at a time: ``[``/``]`` go back and forth in its prompt's history, ``t`` changes the prompt."""
 
-    def __init__(self, run_path: Path, **kwargs: object) -> None:
+    def __init__(self, run_path: Path, half_blocks: bool = False, **kwargs: object) -> None:
         super().__init__(**kwargs)
         self.run_path = Path(run_path)
+        self.half_blocks = half_blocks
         self.history: dict[int, list[Sample]] = {}
         self.prompt_index = 0
         self.position = -1
@@ -39,7 +39,7 @@ class SampleView(Vertical):
         self.caption: object = None
 
     def compose(self) -> ComposeResult:
-        yield image_class()(id="sample-image")
+        yield image_class(self.half_blocks)(id="sample-image")
         yield Static("No samples yet.", id="sample-caption")
 
     def set_samples(self, history: dict[int, list[Sample]], newest: Sample | None) -> None:
