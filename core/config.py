@@ -20,7 +20,7 @@ from tomlkit.exceptions import ParseError
 
 from core.atomic import write_atomic
 from core.errors import UserError
-from core.kohya import parse_prompt_line
+from core.sample_prompts import parse_prompt_line
 from core.settings import SCHEMA, SETTINGS, SUBSET_KEYS, Setting, lookup, optimizer_learning_rate, resolve
 
 _SECTION_COMMENTS = {

@@ -91,7 +91,7 @@ def build_dataset(dataset_dir: Path) -> Path:
     """Generate the demo images (shapes and colours with captions) unless they are already there."""
     if dataset_dir.is_dir() and any(dataset_dir.iterdir()):
         return dataset_dir
-    from core.train.demo_data import make_demo_dataset
+    from core.dataset.demo_data import make_demo_dataset
 
     make_demo_dataset(dataset_dir)
     return dataset_dir

@@ -1,8 +1,11 @@
-"""Import hygiene: core never imports textual or rich; the TUI never imports the training stack."""
+"""Import hygiene at run time: importing core loads no UI package, importing the TUI loads no training stack.
+
+The static rules (layers, and the same two forbidden imports) are pyproject.toml's import-linter
+contracts, checked by tests/test_import_contracts.py.
+"""
 
 from __future__ import annotations
 
-import ast
 import json
 import subprocess
 import sys
@@ -31,16 +34,6 @@ def _core_modules(skip_train: bool) -> list[str]:
     return modules
 
 
-def _imported_names(tree: ast.AST) -> set[str]:
-    names: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module.split(".")[0])
-    return names
-
-
 def _loaded_after(statement: str, packages: tuple[str, ...]) -> list[str]:
     code = (
         "import json, sys\n"
@@ -50,14 +43,6 @@ def _loaded_after(statement: str, packages: tuple[str, ...]) -> list[str]:
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def test_core_source_never_imports_textual_or_rich() -> None:
-    offenders = {
-        str(path.relative_to(REPO)): sorted(_imported_names(ast.parse(path.read_text(), str(path))) & set(UI_PACKAGES))
-        for path in _core_files()
-    }
-    assert {k: v for k, v in offenders.items() if v} == {}
 
 
 def test_importing_every_core_module_loads_no_ui_package() -> None:
@@ -75,10 +60,3 @@ def test_importing_the_tui_loads_no_training_stack() -> None:
 def test_the_checker_sees_a_heavy_import() -> None:
     assert _loaded_after("import json", HEAVY_PACKAGES) == []
     assert "rich" in _loaded_after("import rich.text", UI_PACKAGES)
-
-
-def test_core_and_tui_never_import_the_cli() -> None:
-    """cli/ sits on top: it parses arguments and calls core and tui, never the other way round."""
-    files = [p for package in ("core", "tui") for p in (REPO / package).rglob("*.py") if "__pycache__" not in p.parts]
-    offenders = [str(p.relative_to(REPO)) for p in files if "cli" in _imported_names(ast.parse(p.read_text(), str(p)))]
-    assert len(files) > 50 and offenders == []

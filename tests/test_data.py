@@ -289,7 +289,7 @@ def test_demo_dataset_is_deterministic_and_trainable(tmp_path):
     import subprocess
     import sys
 
-    from core.train.demo_data import make_demo_dataset
+    from core.dataset.demo_data import make_demo_dataset
 
     first = make_demo_dataset(tmp_path / "a")
     second = make_demo_dataset(tmp_path / "b")
@@ -301,5 +301,5 @@ def test_demo_dataset_is_deterministic_and_trainable(tmp_path):
     data = build_items(_config((folder, 10, "shapes", False)), {"resolution": 64, "min_bucket_reso": 64, "bucket_reso_steps": 32, "max_bucket_reso": 128})
     assert data.items_per_epoch == 120
     assert all(item.caption.startswith("a ") and item.caption != "shapes" for item in data.items)
-    code = "import sys, core.train.demo_data; sys.exit('torch' in sys.modules)"
+    code = "import sys, core.dataset.demo_data; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1]).returncode == 0

@@ -9,7 +9,8 @@ import pytest
 
 from core.config import new_config
 from core.errors import UserError
-from core.kohya import SamplePrompt, export_kohya, format_prompt_line, import_kohya, parse_prompt_file, parse_prompt_line, read_kohya
+from core.kohya import export_kohya, import_kohya, read_kohya
+from core.sample_prompts import SamplePrompt, format_prompt_line, parse_prompt_file, parse_prompt_line
 
 
 def make_config(tmp_path: Path):

@@ -26,7 +26,7 @@ def huge_png(path: Path, width: int = 20000, height: int = 20000) -> Path:
 
 
 def test_the_demo_dataset_gets_the_umask_permissions(tmp_path: Path) -> None:
-    from core.train.demo_data import make_demo_dataset
+    from core.dataset.demo_data import make_demo_dataset
 
     old = os.umask(0o002)
     try:

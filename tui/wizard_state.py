@@ -378,7 +378,7 @@ class WizardState:
 
     def set_prompts(self, text: str) -> None:
         """One prompt a line in kohya syntax (``--w --h --s --d --l --n``); blank lines are skipped."""
-        from core.kohya import parse_prompt_line
+        from core.sample_prompts import parse_prompt_line
 
         prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
         for n, line in enumerate(prompts, 1):

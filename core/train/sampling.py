@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from core.atomic import write_atomic
-from core.kohya import parse_prompt_line
+from core.sample_prompts import parse_prompt_line
 from core.train.models import Components, unwrap
 
 
