@@ -1,4 +1,4 @@
-"""App-wide: the theme for tmux and truecolor terminals, dark/light, NO_COLOR, the command palette."""
+"""App-wide: the theme for tmux and truecolor terminals, the image protocol, dark/light, NO_COLOR, the command palette."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.tui_fixtures import sync
-from tui.app import SdtuiApp, default_theme
+from tui.app import SdtuiApp, default_theme, use_half_blocks
 from tui.context import AppContext
 from tui.screens.wizard import WizardScreen
 
@@ -17,6 +17,14 @@ def test_default_theme_uses_ansi_colours_in_tmux_and_without_truecolor() -> None
     assert default_theme({"TERM": "xterm-256color"}) == "ansi-dark"
     assert default_theme({"TERM": "xterm-256color", "COLORTERM": "truecolor"}) == "textual-dark"
     assert default_theme({"SDTUI_THEME": "nord", "TMUX": "x"}) == "nord"
+
+
+def test_samples_are_half_blocks_in_tmux_screen_off_a_tty_or_when_asked() -> None:
+    assert use_half_blocks({"TMUX": "/tmp/tmux-0/default,1,0", "TERM": "xterm-256color"}, is_tty=True)
+    assert use_half_blocks({"TERM": "screen-256color"}, is_tty=True)
+    assert use_half_blocks({"TERM": "xterm-256color"}, is_tty=False)
+    assert use_half_blocks({"TERM": "xterm-kitty", "SDTUI_IMAGES": "halfcell"}, is_tty=True)
+    assert not use_half_blocks({"TERM": "xterm-kitty"}, is_tty=True)
 
 
 @sync

@@ -7,7 +7,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -114,11 +114,15 @@ def screen_commands(screen: Screen) -> Iterable[SystemCommand]:
         yield SystemCommand(binding.description, help_text, partial(screen.app.run_action, binding.action, node))
 
 
+def use_half_blocks(environ: Mapping[str, str], is_tty: bool) -> bool:
+    """Whether samples are drawn as half-blocks: ``SDTUI_IMAGES=halfcell``, inside tmux/screen, or off a tty."""
+    return environ.get("SDTUI_IMAGES") == "halfcell" or bool(environ.get("TMUX")) or environ.get("TERM", "").startswith("screen") or not is_tty
+
+
 def prepare_images() -> bool:
-    """Pick the image protocol before Textual owns the terminal: True for half-blocks (``SDTUI_IMAGES=halfcell``,
-    tmux/screen, or off a tty), else textual-image, imported now."""
-    forced = os.environ.get("SDTUI_IMAGES") == "halfcell"
-    if forced or os.environ.get("TMUX") or os.environ.get("TERM", "").startswith("screen") or not sys.__stdout__.isatty():
+    """Pick the image protocol before Textual owns the terminal: True for half-blocks, else textual-image,
+    imported now."""
+    if use_half_blocks(os.environ, sys.__stdout__.isatty()):
         return True
     import textual_image.widget  # noqa: F401  (queries the terminal once, while it still can)
 
