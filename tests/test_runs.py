@@ -15,7 +15,7 @@ import pytest
 
 from core.errors import UserError
 from core.procs import describe
-from core.runs import RunDir, create_run_dir, list_runs, lock, new_run_id, resolve_run
+from core.runs import ENDED_STATES, LIVE_STATES, LOST, STALLED, STATES, RunDir, create_run_dir, list_runs, lock, new_run_id, resolve_run
 
 
 def make_run(root: Path, name: str, **status: object) -> RunDir:
@@ -117,3 +117,9 @@ def test_a_request_acknowledged_earlier_in_the_same_poll_counts(tmp_path: Path) 
     run.write_status(state="running", control_ack={"id": "b", "action": "sample", "at": 1.0}, control_done=["a", "b"])
     assert acknowledged(run, "a") and acknowledged(run, "b")
     assert not acknowledged(run, "c")
+
+
+def test_every_state_a_run_is_shown_in_is_either_live_or_ended() -> None:
+    assert set(LIVE_STATES) | set(ENDED_STATES) == set(STATES) | {LOST, STALLED}
+    assert not set(LIVE_STATES) & set(ENDED_STATES)
+    assert "stalled" in LIVE_STATES and {"lost", "finished", "failed", "stopped"} == set(ENDED_STATES)
