@@ -19,17 +19,17 @@ def test_two_processes_stop_together_resume_and_end_with_the_same_weights(tmp_pa
         schedule={"epochs": 2, "lr_scheduler": "linear", "lr_warmup_steps": 2, "learning_rate": 1e-3}, processes=2,
     )
     hashes = tmp_path / "hashes.txt"
-    env = {"SDTUI_TRAIN_HASH_FILE": str(hashes)}
+    args = ["--weights-hash", str(hashes)]
     stop = request(RunDir(run), "stop")
 
-    first = launch(run, 2, env=env)
+    first = launch(run, 2, args=args)
 
     assert first.returncode == 0, first.stderr[-3000:]
     stopped = status(run)
     assert (stopped["state"], stopped["step"], stopped["control_ack"]["id"]) == ("stopped", 1, stop)
     assert (run / "checkpoints" / "step-1" / "state.json").is_file()
 
-    second = launch(run, 2, env=env)
+    second = launch(run, 2, args=args)
 
     assert second.returncode == 0, second.stderr[-3000:]
     per_epoch = steps_per_epoch({"64x64": 5}, 1, 2, 1)

@@ -69,15 +69,17 @@ def test_an_image_that_breaks_during_training_is_skipped_with_a_warning(tmp_path
     assert [m["step"] for m in metrics(run, "step")] == [1, 2, 3, 4]
 
 
-def test_out_of_memory_suggests_what_fits(tmp_path):
+def test_out_of_memory_suggests_what_fits(tmp_path, kohya_dataset):
     import torch
 
     from core.train.loop import Trainer, _describe_failure
+    from core.train.startup import read_config
 
-    trainer = Trainer(tmp_path)
-    trainer.step = 6
-    trainer.family, trainer.method_kind = "sdxl", "lora"
-    trainer.settings = {"gradient_checkpointing": False, "optimizer": "adamw", "batch_size": 4, "resolution": 1024, "cache_latents": True}
+    settings = {"gradient_checkpointing": False, "optimizer": "adamw", "batch_size": 4, "resolution": 1024, "cache_latents": True}
+    run = make_run(tmp_path / "run", tmp_path / "no-model", kohya_dataset(), "sdxl", "lora", settings=settings)
+    trainer = Trainer(run)
+    trainer.config = read_config(trainer.run)  # out of memory while loading: the session is not built yet
+    trainer.progress.step = 6
     error, hint = _describe_failure(trainer, torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
     assert error == "out of memory at step 7"
     assert "step 7" in hint and ("recipe" in hint or "gradient_checkpointing=true" in hint)

@@ -29,23 +29,23 @@ def setup_run(tmp_path, tiny_models, kohya_dataset):
 
 
 def _snapshot(trainer):
-    return {n: p.detach().clone() for n, p in trainer.method.named_trainable().items()}
+    return {n: p.detach().clone() for n, p in trainer.session.method.named_trainable().items()}
 
 
 def _changed(before, trainer):
     import torch
 
-    return any(not torch.equal(before[n], p.detach()) for n, p in trainer.method.named_trainable().items())
+    return any(not torch.equal(before[n], p.detach()) for n, p in trainer.session.method.named_trainable().items())
 
 
 def test_prodigy_learns_at_its_rule_and_reports_d_times_lr(setup_run):
     trainer = setup_run({"optimizer": "prodigy"}, {"learning_rate": 1.0})
-    assert type(trainer.optimizer.optimizer).__name__ == "Prodigy"
+    assert type(trainer.session.optim.optimizer.optimizer).__name__ == "Prodigy"
     before = _snapshot(trainer)
     one_step(trainer)
     assert _changed(before, trainer)
-    group = trainer.optimizer.param_groups[0]
-    assert trainer._current_lr() == pytest.approx(group["d"] * group["lr"])
+    group = trainer.session.optim.optimizer.param_groups[0]
+    assert trainer.stepper.current_lr() == pytest.approx(group["d"] * group["lr"])
     assert not any("prodigy multiplies" in m["message"] for m in metrics(trainer.run.path, "event"))
 
 
@@ -58,10 +58,10 @@ def test_schedulefree_warms_up_itself_and_samples_and_saves_its_averaged_weights
     import torch
 
     trainer = setup_run({"optimizer": "schedulefree_adamw"}, {"lr_warmup_steps": 4, "lr_scheduler": "cosine", "epochs": 4})
-    inner = trainer.optimizer.optimizer
+    inner = trainer.session.optim.optimizer.optimizer
     assert type(inner).__name__ == "AdamWScheduleFree"
     assert any("keeps its own schedule" in m["message"] for m in metrics(trainer.run.path, "event"))
-    assert trainer._current_lr() == pytest.approx(1e-3 / 4)  # first step of its own 4-step warm-up
+    assert trainer.stepper.current_lr() == pytest.approx(1e-3 / 4)  # first step of its own 4-step warm-up
     one_step(trainer)
     one_step(trainer)
     assert inner.param_groups[0]["train_mode"]
@@ -78,13 +78,13 @@ def test_schedulefree_warms_up_itself_and_samples_and_saves_its_averaged_weights
     original, sampling.render_samples = sampling.render_samples, fake_render
     try:
         trainer.config.set_prompts(["a dog"])
-        trainer.sample()
+        trainer.saver.sample()
     finally:
         sampling.render_samples = original
     assert seen["train_mode"] is False
     assert any(not torch.equal(seen["weights"][n], training_point[n]) for n in training_point)  # eval weights differ
     assert inner.param_groups[0]["train_mode"]  # back to training afterwards
-    assert all(torch.allclose(training_point[n], p.detach(), atol=1e-6) for n, p in trainer.method.named_trainable().items())
+    assert all(torch.allclose(training_point[n], p.detach(), atol=1e-6) for n, p in trainer.session.method.named_trainable().items())
 
 
 @pytest.mark.parametrize(
@@ -97,11 +97,11 @@ def test_schedulefree_warms_up_itself_and_samples_and_saves_its_averaged_weights
 )
 def test_kohya_schedules_follow_their_shape(setup_run, scheduler, extra, expected):
     trainer = setup_run(None, {"lr_scheduler": scheduler, "max_steps": 12, **extra})
-    assert trainer.total_steps == 12
+    assert trainer.progress.total_steps == 12
     rates = []
     for _ in range(12):
-        rates.append(trainer._current_lr())
-        trainer.lr_scheduler.step()
+        rates.append(trainer.stepper.current_lr())
+        trainer.session.optim.lr_scheduler.step()
     assert rates == pytest.approx([1e-3 * expected(t) for t in range(12)], rel=1e-6)
     if scheduler == "cosine_with_restarts":
         assert rates[4] == pytest.approx(1e-3) and rates[8] == pytest.approx(1e-3)
@@ -147,13 +147,13 @@ def test_loha_and_lokr_save_lycoris_keys_that_reproduce_the_trained_deltas(setup
     )
     for _ in range(2):
         one_step(trainer)
-    trainer.write_outputs(final=True)
+    trainer.saver.write_outputs(final=True)
     sd = load_file(str(trainer.run.output / "tiny.safetensors"))
     assert f"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.{marker}" in sd
     assert f"lora_te_text_model_encoder_layers_0_mlp_fc1.{marker}" in sd  # the text encoders' MLP is adapted too
     assert any(k.startswith("lora_unet_down_blocks_0_resnets_0_conv1.") for k in sd)  # LoCon-style convs with lora_targets=all
     checked = 0
-    c = trainer.components
+    c = trainer.session.components
     for prefix, module, unet_config in outputs.kohya_module_names(c, c.unet, c.text_encoders):
         for name, layer in module.named_modules():
             if not hasattr(layer, "get_delta_weight") or "default" not in getattr(layer, "active_adapters", []):
@@ -186,7 +186,7 @@ def test_save_precision_is_the_dtype_of_the_saved_lora(setup_run):
 
     for precision, dtype in (("fp16", torch.float16), ("bf16", torch.bfloat16)):
         trainer = setup_run({"save_precision": precision})
-        trainer.write_outputs(final=True)
+        trainer.saver.write_outputs(final=True)
         kohya = load_file(str(trainer.run.output / "tiny.safetensors"))
         diffusers = load_file(str(trainer.run.output / "diffusers" / "pytorch_lora_weights.safetensors"))
         assert {t.dtype for t in kohya.values() if t.ndim} == {dtype}
@@ -230,8 +230,8 @@ def test_lora_metadata_has_every_key_sd_scripts_writes_with_the_run_facts(setup_
     )
     one_step(trainer)
     time.sleep(0.05)
-    trainer.step = 1
-    trainer.write_outputs(final=True)
+    trainer.progress.step = 1
+    trainer.saver.write_outputs(final=True)
     path = trainer.run.output / "tiny.safetensors"
     meta = _metadata(path)
     missing = [k for k in SD_SCRIPTS_KEYS if k not in meta]
@@ -309,7 +309,7 @@ def test_clip_skip_takes_the_layer_kohya_takes(setup_run):
     from core.train.text import encode_text, tokenize
 
     trainer = setup_run({"clip_skip": 2})
-    c = trainer.components
+    c = trainer.session.components
     ids = tokenize(c, ["a photo of sks dog"])
     encoder = c.text_encoders[0]
     with torch.no_grad():
@@ -319,7 +319,7 @@ def test_clip_skip_takes_the_layer_kohya_takes(setup_run):
     torch.testing.assert_close(got, encoder.final_layer_norm(states[-2]))
     assert not torch.allclose(got, last)
     with torch.no_grad():
-        hidden, _ = trainer.data.conditioning(first_batch(trainer))  # what the training step feeds the UNet
+        hidden, _ = trainer.stepper.conditioning(first_batch(trainer))  # what the training step feeds the UNet
     torch.testing.assert_close(hidden, encode_text(c, tokenize(c, first_batch(trainer)["captions"]), clip_skip=2).prompt_embeds)
 
 
@@ -344,7 +344,7 @@ def test_bucket_no_upscale_gives_small_images_their_own_size_in_planner_and_trai
     assert no_upscale_bucket(300, 200, 512, 64) == (256, 192)  # smaller than the area: never enlarged
     settings = {"bucket_no_upscale": True, "resolution": 64, "bucket_reso_steps": 8, "min_bucket_reso": 64, "max_bucket_reso": 128}
     trainer = setup_run(settings, size=(56, 48))
-    assert {item.bucket for item in trainer.data.train_data.items} == {(56, 48)}
+    assert {item.bucket for item in trainer.session.data.train_data.items} == {(56, 48)}
     assert bucket_selector({**settings, "bucket_no_upscale": False})(56, 48) != (56, 48)
     pixels = first_batch(trainer)["pixel_values"]
     assert tuple(pixels.shape[-2:]) == (48, 56)
@@ -362,7 +362,7 @@ def test_trainable_text_encoder_parameters_follow_the_targets_as_the_estimator_c
     assert widths["attn_ff"] > widths["attn"]  # the MLP's fc1/fc2 are counted
     for targets in ("attn", "attn_ff"):
         trainer = setup_run({"lora_type": kind, "lora_targets": targets, "train_text_encoder": True})
-        te = sum(p.numel() for n, p in trainer.method.named_trainable().items() if n.startswith("text_encoder."))
+        te = sum(p.numel() for n, p in trainer.session.method.named_trainable().items() if n.startswith("text_encoder."))
         assert te == adapter_parameters(kind, 4, widths[targets])
 
 
@@ -385,7 +385,7 @@ def test_init_lora_starts_the_first_step_from_the_files_weights(setup_run, kind,
     first = setup_run({"lora_type": kind, "train_text_encoder": True, "save_precision": "fp32", "lora_alpha": 2})
     for _ in range(2):
         one_step(first)
-    first.write_outputs(final=True)
+    first.saver.write_outputs(final=True)
     trained = _snapshot(first)
     file = first.run.output / ("tiny.safetensors" if source == "kohya" else "diffusers/pytorch_lora_weights.safetensors")
     alpha = 2 if source == "diffusers" else 8  # a kohya alpha that differs is folded in: the deltas stay the file's
@@ -396,7 +396,7 @@ def test_init_lora_starts_the_first_step_from_the_files_weights(setup_run, kind,
 
     def deltas(trainer):
         out = {}
-        for name, module in trainer.components.unet.named_modules():
+        for name, module in trainer.session.components.unet.named_modules():
             if hasattr(module, "get_delta_weight") and "default" in getattr(module, "active_adapters", []):
                 with torch.no_grad():
                     out[name] = module.get_delta_weight("default").float()
@@ -414,7 +414,7 @@ def test_init_lora_with_another_rank_or_a_missing_file_is_one_sentence(setup_run
     from core.errors import UserError
 
     first = setup_run()
-    first.write_outputs(final=True)
+    first.saver.write_outputs(final=True)
     with pytest.raises(UserError, match=r"settings.init_lora .* does not exist"):
         setup_run({"init_lora": str(tmp_path / "nope.safetensors")})
     with pytest.raises(UserError, match=r"set lora_rank \(and lora_type, lora_targets\) to what the file was trained with"):
@@ -429,14 +429,14 @@ def test_a_schedulefree_checkpoint_resumes_at_the_training_point(setup_run):
     trainer = setup_run({"optimizer": "schedulefree_adamw"}, {"epochs": 4})
     one_step(trainer)
     one_step(trainer)
-    trainer.step = 2
-    trainer.save()
-    assert trainer.optimizer.optimizer.param_groups[0]["train_mode"]
+    trainer.progress.step = 2
+    trainer.saver.save()
+    assert trainer.session.optim.optimizer.optimizer.param_groups[0]["train_mode"]
     one_step(trainer)
     expected = _snapshot(trainer)
     resumed = set_up(trainer.run.path)
     try:
-        assert resumed.step == 2 and resumed.optimizer.optimizer.param_groups[0]["train_mode"]
+        assert resumed.progress.step == 2 and resumed.session.optim.optimizer.optimizer.param_groups[0]["train_mode"]
         one_step(resumed)
         got = _snapshot(resumed)
         assert all(torch.allclose(expected[n], got[n], atol=1e-6) for n in expected)

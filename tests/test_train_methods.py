@@ -59,14 +59,14 @@ def test_textual_inversion_changes_only_the_new_rows(tmp_path, tiny_models, kohy
     model = tiny_models("sd1")
     run = make_run(tmp_path / "run", model, kohya_dataset(), "sd1", "textual_inversion", settings={"ti_num_vectors": 2, "ti_init_word": "dog"}, method_extra=TI)
     trainer = set_up(run)
-    weight = trainer.components.text_encoders[0].get_input_embeddings().weight
+    weight = trainer.session.components.text_encoders[0].get_input_embeddings().weight
     start = weight.detach().clone()
     for _ in range(2):
         one_step(trainer)
     trainer.metrics.close()
 
     original = CLIPTextModel.from_pretrained(str(model / "text_encoder")).get_input_embeddings().weight.detach()
-    tokenizer = trainer.components.tokenizers[0]
+    tokenizer = trainer.session.components.tokenizers[0]
     new = tokenizer.convert_tokens_to_ids(["<sks>", "<sks>_1"])
     others = [i for i in range(weight.shape[0]) if i not in new]
     assert torch.equal(weight.detach()[others], original[others])
@@ -86,8 +86,8 @@ def test_dreambooth_pairs_each_instance_image_with_a_class_image(tmp_path, tiny_
     losses = {}
     with torch.no_grad():
         for weight in (0.0, 0.5, 1.0):
-            trainer.settings["prior_loss_weight"] = weight
-            losses[weight] = float(trainer.loss(batch, 0))
+            trainer.session.settings["prior_loss_weight"] = weight
+            losses[weight] = float(trainer.stepper.loss(batch, 0))
     trainer.metrics.close()
 
     # loss = instance loss + prior_loss_weight x class loss
@@ -96,7 +96,7 @@ def test_dreambooth_pairs_each_instance_image_with_a_class_image(tmp_path, tiny_
     assert batch["is_class"].tolist() == [False, True]
     assert batch["captions"][1] == "dog, picture 0" or batch["captions"][1].startswith("dog")
     # the class images double the batch, not the step count
-    assert trainer.total_steps == steps_per_epoch({"any": 6}, 1, 1, 1) * 1
+    assert trainer.progress.total_steps == steps_per_epoch({"any": 6}, 1, 1, 1) * 1
 
 
 def test_overfitting_a_few_images_makes_the_loss_fall(tmp_path, tiny_models, kohya_dataset):

@@ -36,17 +36,17 @@ def setup_run(tmp_path, tiny_models, kohya_dataset):
 def _changed(before, trainer):
     import torch
 
-    return any(not torch.equal(before[n], p.detach()) for n, p in trainer.method.named_trainable().items())
+    return any(not torch.equal(before[n], p.detach()) for n, p in trainer.session.method.named_trainable().items())
 
 
 def _snapshot(trainer):
-    return {n: p.detach().clone() for n, p in trainer.method.named_trainable().items()}
+    return {n: p.detach().clone() for n, p in trainer.session.method.named_trainable().items()}
 
 
 @pytest.mark.parametrize(("name", "cls"), [("adamw", "AdamW"), ("adamw8bit", "AdamW8bit"), ("lion8bit", "Lion8bit"), ("adafactor", "Adafactor")])
 def test_each_optimizer_is_used_and_steps_on_the_cpu(setup_run, name, cls):
     trainer = setup_run({"optimizer": name})
-    assert type(trainer.optimizer.optimizer).__name__ == cls
+    assert type(trainer.session.optim.optimizer.optimizer).__name__ == cls
     before = _snapshot(trainer)
     one_step(trainer)
     assert _changed(before, trainer)
@@ -55,7 +55,7 @@ def test_each_optimizer_is_used_and_steps_on_the_cpu(setup_run, name, cls):
 @pytest.mark.parametrize(("attention", "cls"), [("sdpa", "AttnProcessor2_0"), ("eager", "AttnProcessor")])
 def test_attention_setting_picks_the_processor(setup_run, attention, cls):
     trainer = setup_run({"attention": attention})
-    assert {type(p).__name__ for p in trainer.components.unet.attn_processors.values()} == {cls}
+    assert {type(p).__name__ for p in trainer.session.components.unet.attn_processors.values()} == {cls}
 
 
 def test_channels_last_and_gradient_checkpointing(setup_run):
@@ -64,18 +64,18 @@ def test_channels_last_and_gradient_checkpointing(setup_run):
     on = setup_run({"channels_last": True, "gradient_checkpointing": True, "train_text_encoder": True})
     off = setup_run({"channels_last": False, "gradient_checkpointing": False})
     # on the CPU channels-last is slower, so it is left off with an event saying so
-    assert not on.components.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
-    assert not off.components.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not on.session.components.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not off.session.components.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     assert any("channels_last is for GPUs" in m["message"] for m in metrics(on.run.path, "event"))
     assert not any("channels_last" in m["message"] for m in metrics(off.run.path, "event"))
-    assert on.components.unet.is_gradient_checkpointing and not off.components.unet.is_gradient_checkpointing
-    assert on.components.text_encoders[0].is_gradient_checkpointing
+    assert on.session.components.unet.is_gradient_checkpointing and not off.session.components.unet.is_gradient_checkpointing
+    assert on.session.components.text_encoders[0].is_gradient_checkpointing
     one_step(on)
 
 
 def test_fp16_on_the_cpu_falls_back_with_an_event(setup_run):
     trainer = setup_run({"mixed_precision": "fp16"})
-    assert trainer.precision in ("bf16", "no")
+    assert trainer.session.accel.precision in ("bf16", "no")
     events = [m["message"] for m in metrics(trainer.run.path, "event")]
     assert any("fp16 needs a GPU" in e for e in events)
 
@@ -84,9 +84,9 @@ def test_bf16_keeps_frozen_weights_in_bf16_and_lora_in_fp32(setup_run):
     import torch
 
     trainer = setup_run({"mixed_precision": "bf16"})
-    assert trainer.acc.mixed_precision == "bf16"
-    assert trainer.components.unet.conv_in.weight.dtype == torch.bfloat16
-    assert {p.dtype for p in trainer.method.parameters()} == {torch.float32}
+    assert trainer.session.acc.mixed_precision == "bf16"
+    assert trainer.session.components.unet.conv_in.weight.dtype == torch.bfloat16
+    assert {p.dtype for p in trainer.session.method.parameters()} == {torch.float32}
     assert one_step(trainer) > 0
 
 
@@ -94,7 +94,7 @@ def test_full_bf16_trains_bf16_weights(setup_run):
     import torch
 
     trainer = setup_run({"mixed_precision": "bf16", "full_bf16": True}, method="finetune")
-    assert {p.dtype for p in trainer.method.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in trainer.session.method.parameters()} == {torch.bfloat16}
     before = _snapshot(trainer)
     one_step(trainer)
     assert _changed(before, trainer)
@@ -105,21 +105,21 @@ def test_cached_latents_keep_the_vae_out_of_the_steps(setup_run, monkeypatch):
     live = setup_run({"cache_latents": False})
     calls = []
     for trainer in (cached, live):
-        original = trainer.components.vae.encode
-        monkeypatch.setattr(trainer.components.vae, "encode", lambda x, _o=original, _t=trainer: calls.append(_t) or _o(x))
+        original = trainer.session.components.vae.encode
+        monkeypatch.setattr(trainer.session.components.vae, "encode", lambda x, _o=original, _t=trainer: calls.append(_t) or _o(x))
     one_step(cached)
     one_step(live)
     assert cached not in calls and live in calls
     from core.train.latents import default_cache_dir
 
-    assert cached.data.train_data.latents.files  # training reads the shared cache folder's files
-    assert all(default_cache_dir() in path.parents for path in cached.data.train_data.latents.files.values())
+    assert cached.session.data.train_data.latents.files  # training reads the shared cache folder's files
+    assert all(default_cache_dir() in path.parents for path in cached.session.data.train_data.latents.files.values())
     assert not (cached.run.path / "cache").exists()
 
 
 def test_cached_text_outputs_keep_the_text_encoder_out_of_the_steps(setup_run, monkeypatch):
     trainer = setup_run({"cache_text_encoder_outputs": True})
-    encoder = trainer.components.text_encoders[0]
+    encoder = trainer.session.components.text_encoders[0]
     calls = []
     monkeypatch.setattr(encoder, "forward", lambda *a, **k: calls.append(1))
     batch = first_batch(trainer)
@@ -149,8 +149,8 @@ def test_ema_weights_differ_from_the_live_weights(setup_run):
     trainer = setup_run({"ema": True, "ema_decay": 0.9}, method="finetune")
     for _ in range(2):
         one_step(trainer)
-    live = trainer.method.parameters()
-    assert any(not torch.equal(e, p.detach()) for e, p in zip(trainer.ema.shadow_params, live))
+    live = trainer.session.method.parameters()
+    assert any(not torch.equal(e, p.detach()) for e, p in zip(trainer.session.model.ema.shadow_params, live))
 
 
 def test_max_grad_norm_clips_the_gradients(setup_run, monkeypatch):
@@ -158,7 +158,7 @@ def test_max_grad_norm_clips_the_gradients(setup_run, monkeypatch):
 
     trainer = setup_run({"max_grad_norm": 0.01}, method="finetune")
     norms = []
-    clip = trainer.acc.clip_grad_norm_
+    clip = trainer.session.acc.clip_grad_norm_
 
     def spy(params, max_norm):
         params = list(params)
@@ -166,7 +166,7 @@ def test_max_grad_norm_clips_the_gradients(setup_run, monkeypatch):
         norms.append((float(result), float(torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))))
         return result
 
-    monkeypatch.setattr(trainer.acc, "clip_grad_norm_", spy)
+    monkeypatch.setattr(trainer.session.acc, "clip_grad_norm_", spy)
     one_step(trainer)
     (before, after), = norms
     assert before > 0.01 and after == pytest.approx(0.01, rel=1e-3)
@@ -174,12 +174,12 @@ def test_max_grad_norm_clips_the_gradients(setup_run, monkeypatch):
 
 def test_fused_backward_pass_steps_each_parameter_inside_backward(setup_run):
     trainer = setup_run({"fused_backward_pass": True, "optimizer": "adafactor"}, method="finetune")
-    assert trainer.fused is not None and len(trainer.fused.optimizers) == len(trainer.method.parameters())
+    assert trainer.session.optim.fused is not None and len(trainer.session.optim.fused.optimizers) == len(trainer.session.method.parameters())
     before = _snapshot(trainer)
-    trainer.micro_step(first_batch(trainer), 0, True, 1)
+    trainer.stepper.micro_step(first_batch(trainer), 0, True, 1)
     # already stepped inside backward, and every gradient freed at once
     assert _changed(before, trainer)
-    assert all(p.grad is None for p in trainer.method.parameters())
+    assert all(p.grad is None for p in trainer.session.method.parameters())
 
 
 def test_min_snr_and_noise_offset_change_the_loss(setup_run):
@@ -190,16 +190,16 @@ def test_min_snr_and_noise_offset_change_the_loss(setup_run):
     trainer = setup_run()
     batch = first_batch(trainer)
     with torch.no_grad():
-        plain = float(trainer.loss(batch, 0))
-        trainer.settings["min_snr_gamma"] = 5.0
-        snr = float(trainer.loss(batch, 0))
-        trainer.settings["min_snr_gamma"] = 0.0
-        trainer.settings["noise_offset"] = 0.1
-        offset = float(trainer.loss(batch, 0))
-        trainer.settings["noise_offset"] = 0.0
-        again = float(trainer.loss(batch, 0))
+        plain = float(trainer.stepper.loss(batch, 0))
+        trainer.session.settings["min_snr_gamma"] = 5.0
+        snr = float(trainer.stepper.loss(batch, 0))
+        trainer.session.settings["min_snr_gamma"] = 0.0
+        trainer.session.settings["noise_offset"] = 0.1
+        offset = float(trainer.stepper.loss(batch, 0))
+        trainer.session.settings["noise_offset"] = 0.0
+        again = float(trainer.stepper.loss(batch, 0))
     assert again == plain and snr != plain and offset != plain
-    scheduler = trainer.components.noise_scheduler
+    scheduler = trainer.session.components.noise_scheduler
     t = torch.tensor([10, 900])
     alpha = scheduler.alphas_cumprod[t]
     snr_t = alpha / (1 - alpha)
@@ -208,9 +208,9 @@ def test_min_snr_and_noise_offset_change_the_loss(setup_run):
 
 def test_v_prediction_trains_on_the_velocity(setup_run, monkeypatch):
     trainer = setup_run(model_extra={"prediction_type": "v_prediction"})
-    assert trainer.components.prediction_type == "v_prediction"
+    assert trainer.session.components.prediction_type == "v_prediction"
     calls = []
-    scheduler = trainer.components.noise_scheduler
+    scheduler = trainer.session.components.noise_scheduler
     original = scheduler.get_velocity
     monkeypatch.setattr(scheduler, "get_velocity", lambda *a: calls.append(1) or original(*a))
     one_step(trainer)
@@ -220,15 +220,15 @@ def test_v_prediction_trains_on_the_velocity(setup_run, monkeypatch):
 def test_sdxl_gets_size_and_crop_conditioning(setup_run):
     trainer = setup_run(family="sdxl")
     batch = first_batch(trainer)
-    hidden, added = trainer.data.conditioning(batch)
+    hidden, added = trainer.stepper.conditioning(batch)
     (oh, ow), (top, left), (th, tw) = batch["original_sizes"][0], batch["crop_top_lefts"][0], batch["target_sizes"][0]
     assert added["time_ids"][0].tolist() == [oh, ow, top, left, th, tw]
-    assert added["text_embeds"].shape[0] == 1 and hidden.shape[-1] == trainer.components.unet.config.cross_attention_dim
+    assert added["text_embeds"].shape[0] == 1 and hidden.shape[-1] == trainer.session.components.unet.config.cross_attention_dim
 
 
 def test_torch_compile_wraps_the_unet(setup_run):
     trainer = setup_run({"torch_compile": True})
-    assert type(trainer.wrapped["unet"]).__name__ == "OptimizedModule"
+    assert type(trainer.session.optim.wrapped["unet"]).__name__ == "OptimizedModule"
 
 
 def test_lr_follows_the_warmup_schedule_per_optimizer_step(tmp_path, tiny_models, kohya_dataset):
@@ -246,11 +246,11 @@ def test_lr_follows_the_warmup_schedule_per_optimizer_step(tmp_path, tiny_models
 )
 def test_lora_targets_rank_and_text_encoder(setup_run, targets, present, absent):
     trainer = setup_run({"lora_targets": targets, "lora_rank": 3, "train_text_encoder": targets == "all", "use_dora": targets == "all"})
-    names = list(trainer.method.named_trainable())
+    names = list(trainer.session.method.named_trainable())
     assert any(present in n and "lora_A" in n for n in names)
     if absent:
         assert not any(absent in n for n in names)
-    assert {tuple(p.shape)[0] for n, p in trainer.method.named_trainable().items() if "unet." in n and "lora_A" in n} == {3}
+    assert {tuple(p.shape)[0] for n, p in trainer.session.method.named_trainable().items() if "unet." in n and "lora_A" in n} == {3}
     te_names = [n for n in names if n.startswith("text_encoder.")]
     if targets == "all":
         assert any("q_proj.lora_A" in n for n in te_names)
@@ -275,8 +275,8 @@ def test_text_encoder_lr_is_the_text_encoders_own_rate(setup_run, fused):
         {"train_text_encoder": True, "fused_backward_pass": fused},
         schedule={"learning_rate": 1e-3, "text_encoder_lr": 2e-4, "lr_scheduler": "constant", "lr_warmup_steps": 0},
     )
-    rates = {id(p): group["lr"] for group in trainer.optimizer.param_groups for p in group["params"]}
-    trained = trainer.method.named_trainable()
+    rates = {id(p): group["lr"] for group in trainer.session.optim.optimizer.param_groups for p in group["params"]}
+    trained = trainer.session.method.named_trainable()
     assert {rates[id(p)] for n, p in trained.items() if n.startswith("unet.")} == {1e-3}
     assert {rates[id(p)] for n, p in trained.items() if n.startswith("text_encoder.")} == {2e-4}
     # The step really moves the text encoder's LoRA by its own rate: AdamW's first step changes
@@ -290,4 +290,4 @@ def test_text_encoder_lr_is_the_text_encoders_own_rate(setup_run, fused):
 
 def test_a_zero_text_encoder_lr_means_the_learning_rate(setup_run):
     trainer = setup_run({"train_text_encoder": True}, schedule={"learning_rate": 5e-4, "text_encoder_lr": 0.0, "lr_scheduler": "constant"})
-    assert [group["initial_lr"] for group in trainer.optimizer.param_groups] == [5e-4, 5e-4]
+    assert [group["initial_lr"] for group in trainer.session.optim.optimizer.param_groups] == [5e-4, 5e-4]

@@ -90,12 +90,15 @@ def train(run_dir: Path) -> int:
     return main(str(run_dir))
 
 
-def launch(run_dir: Path, processes: int = 2, env: dict[str, str] | None = None, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    """Run the trainer under ``accelerate launch`` with ``processes`` CPU processes (real DDP, gloo)."""
+def launch(
+    run_dir: Path, processes: int = 2, env: dict[str, str] | None = None, timeout: float = 240, args: list[str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run the trainer under ``accelerate launch`` with ``processes`` CPU processes (real DDP, gloo);
+    ``args`` are more options of ``python -m core.train`` (``--weights-hash FILE``)."""
     accelerate = Path(sys.executable).with_name("accelerate")
     argv = [str(accelerate), "launch", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     argv += ["--multi_gpu", "--num_processes", str(processes), "--main_process_port", "0"] if processes > 1 else ["--cpu", "--num_processes", "1"]
-    argv += ["-m", "core.train", str(run_dir)]
+    argv += ["-m", "core.train", str(run_dir), *(args or [])]
     full_env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
     return subprocess.run(argv, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout, check=False)
 
@@ -137,12 +140,13 @@ def set_up(run_dir: Path) -> Any:
 
 def first_batch(trainer: Any) -> dict[str, Any]:
     """The first batch of the trainer's first epoch."""
-    _, batch, _ = next(iter(trainer.data.iterate(0, trainer.data.for_epoch(0), 0)))
+    data = trainer.session.data
+    _, batch, _ = next(iter(data.iterate(0, data.for_epoch(0), 0)))
     return batch
 
 
 def one_step(trainer: Any) -> float:
     """One micro-batch and one optimizer step on the first batch; returns the loss."""
-    loss = trainer.micro_step(first_batch(trainer), 0, True, 1)
-    trainer._optimizer_step()
+    loss = trainer.stepper.micro_step(first_batch(trainer), 0, True, 1)
+    trainer.stepper.optimizer_step()
     return float(loss)

@@ -1,17 +1,34 @@
-"""``python -m core.train RUN_DIR [--attempt ID]``: what ``accelerate launch`` runs (one process per rank)."""
+"""``python -m core.train RUN_DIR [--attempt ID] [--weights-hash FILE]``: what ``accelerate launch`` runs (one process per rank)."""
 
 from __future__ import annotations
 
 import logging
 import os
 import sys
+from pathlib import Path
+
+USAGE = "usage: python -m core.train RUN_DIR [--attempt ID] [--weights-hash FILE]"
+OPTIONS = ("--attempt", "--weights-hash")
+
+
+def parse(argv: list[str]) -> tuple[str, dict[str, str]] | None:
+    """``(RUN_DIR, {option: value})`` of the command line, or None when it is not one."""
+    if not argv or argv[0].startswith("--") or len(argv) % 2 == 0:
+        return None
+    options = dict(zip(argv[1::2], argv[2::2]))
+    if any(name not in OPTIONS for name in options) or len(options) != len(argv) // 2:
+        return None
+    return argv[0], options
 
 
 def run(argv: list[str]) -> int:
-    """Train the run folder named by ``argv[0]``; ``--attempt ID`` is the supervisor's attempt id."""
-    if len(argv) not in (1, 3) or (len(argv) == 3 and argv[1] != "--attempt"):
-        print("usage: python -m core.train RUN_DIR [--attempt ID]", file=sys.stderr)
+    """Train the run folder named by ``argv[0]``; ``--attempt ID`` is the supervisor's attempt id,
+    ``--weights-hash FILE`` has each rank append a hash of its weights at every checkpoint (tests)."""
+    parsed = parse(argv)
+    if parsed is None:
+        print(USAGE, file=sys.stderr)
         return 2
+    run_dir, options = parsed
     quiet_missing_torchvision()
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
@@ -21,7 +38,8 @@ def run(argv: list[str]) -> int:
     # Loading bars would fill train.log (and the dashboard's log tail) with carriage returns.
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
-    return main(argv[0], attempt=argv[2] if len(argv) == 3 else "")
+    weights_hash = options.get("--weights-hash")
+    return main(run_dir, attempt=options.get("--attempt", ""), weights_hash=Path(weights_hash) if weights_hash else None)
 
 
 class _NotTorchvision(logging.Filter):

@@ -15,7 +15,7 @@ reads as no requests.
 from __future__ import annotations
 
 import os
-import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,64 +55,43 @@ class ControlReader:
         self.done = (self.done + [str(request["id"])])[-200:]
 
 
-class ControlHandling:
-    """The ``Trainer``'s side of control.json: poll at step boundaries, agree across ranks, execute."""
+@dataclass
+class Polled:
+    """The actions every rank agreed on at a step boundary, and rank 0's requests behind them."""
+
+    actions: list[str] = field(default_factory=list)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+
+
+class ControlPoller:
+    """Polls control.json at step boundaries (rank 0) and agrees the actions across ranks;
+    the loop carries them out and acknowledges them with :meth:`ack`."""
+
+    def __init__(self, reader: ControlReader, acc: Any, status: Any) -> None:
+        self.reader = reader
+        self.acc = acc
+        self.status = status
+
+    def poll(self, signalled: bool = False) -> Polled:
+        """Rank 0's new requests plus a stop when any rank was ``signalled`` (SIGTERM), as every rank sees them."""
+        requests = self.reader.pending() if self.acc.is_main_process else []
+        actions = [r["action"] for r in requests]
+        if signalled:
+            actions.append("stop")
+        return Polled(self._agree(actions), requests)
 
     def _agree(self, actions: list[str]) -> list[str]:
-        """Every rank's view of the actions: rank 0's requests plus any rank's stop signal."""
         import torch
 
-        vector = torch.tensor([1 if a in actions else 0 for a in ACTIONS], dtype=torch.int64, device=self.device)
-        if self.world > 1:
+        vector = torch.tensor([1 if a in actions else 0 for a in ACTIONS], dtype=torch.int64, device=self.acc.device)
+        if self.acc.num_processes > 1:
             vector = self.acc.reduce(vector, "sum")
         return [a for a, n in zip(ACTIONS, vector.tolist()) if n > 0]
 
-    def _poll(self) -> tuple[list[str], list[dict[str, Any]]]:
-        requests = self.control.pending() if self.acc.is_main_process else []
-        actions = [r["action"] for r in requests]
-        if self.stop_signal:
-            actions.append("stop")
-        return self._agree(actions), requests
-
-    def _ack(self, requests: list[dict[str, Any]]) -> None:
+    def ack(self, requests: list[dict[str, Any]]) -> None:
+        """Record the executed requests (status.json ``control_ack`` and ``control_done``)."""
         for request in requests:
-            self.control.mark_done(request)
+            self.reader.mark_done(request)
         if requests:
             last = requests[-1]
-            self.status.update(control_ack={"id": last["id"], "action": last["action"], "at": now()}, control_done=self.control.done)
-
-    def _handle_control(self, pending: list) -> str | None:
-        """Execute the control requests at a step boundary; ``"stopped"`` ends the run."""
-        actions, requests = self._poll()
-        if not actions:
-            return None
-        self._flush(pending)
-        if "pause" in actions and "resume" not in actions and "stop" not in actions:
-            self._execute(actions, requests)
-            self.status.update(state="paused", step=self.step)
-            self.metrics.event(f"paused at step {self.step}")
-            while "resume" not in actions and "stop" not in actions:
-                time.sleep(PAUSE_POLL_S)
-                actions, requests = self._poll()
-                if actions:
-                    self._execute(actions, requests)
-            if "resume" in actions and "stop" not in actions:
-                self.status.update(state="running")
-                self.metrics.event(f"resumed at step {self.step}")
-            return "stopped" if "stop" in actions else None
-        return "stopped" if self._execute(actions, requests) else None
-
-    def _execute(self, actions: list[str], requests: list[dict[str, Any]]) -> bool:
-        """Save / sample / stop as asked (every rank takes part), acknowledge; True when stopped."""
-        if "save" in actions and "stop" not in actions:
-            self.save(manual=True)
-        if "sample" in actions:
-            self.sample()
-        self._ack(requests)
-        if "stop" in actions:
-            self.metrics.event(f"stop requested; saving at step {self.step}")
-            self.save(final=True)
-            self.status.update(state="stopped", step=self.step, epoch=self.epoch_number, ended_at=now())
-            self.metrics.end("stopped", step=self.step)
-            return True
-        return False
+            self.status.update(control_ack={"id": last["id"], "action": last["action"], "at": now()}, control_done=self.reader.done)

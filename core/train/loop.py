@@ -8,10 +8,11 @@ accelerate's counter, which would not end a step at an epoch's short end. The LR
 stepped once per optimizer step by this loop, never through accelerate's prepared scheduler
 (which steps ``num_processes`` times per call).
 
-The ``Trainer`` is put together from: ``startup.Startup`` (set-up and resume), ``step.Stepping``
-(loss, backward, optimizer step), ``saving.Saving`` (checkpoints, outputs, samples) and
-``control.ControlHandling`` (control.json requests); this module holds the epoch iteration,
-the step lines and the process entry point.
+The ``Trainer`` puts together parts with explicit inputs: ``startup`` builds the ``Session``
+(accelerator, model and method, data, optimizer) and the run's ``Progress``; a ``step.Stepper``
+computes, a ``saving.Saver`` writes checkpoints, outputs and samples, and a
+``control.ControlPoller`` returns the agreed control.json actions, which this loop carries out.
+This module holds the epoch iteration, the step lines and the process entry point.
 """
 
 from __future__ import annotations
@@ -19,25 +20,28 @@ from __future__ import annotations
 import logging
 import math
 import os
+import random
 import signal
 import sys
 import time
 import traceback
+from pathlib import Path
 from typing import Any
 
 from core.errors import UserError
 from core.plan import schedule
 from core.runs import RunDir
 
-from . import trackers
-from .control import ControlHandling
+from . import startup, trackers
+from .control import PAUSE_POLL_S, ControlPoller, Polled
 from .disk import DiskFull, Reserve
 from .metrics import EventHandler, MetricsWriter, ProgressLog, memory_sample
 from .phases import Phases
-from .saving import Saving
-from .startup import Startup
+from .progress import Progress
+from .saving import Saver
+from .session import Accel, Session
 from .status import Heartbeat, NotOwner, StatusFile, TrainingFailed, first_line, nan_hint, now, oom_hint
-from .step import Stepping
+from .step import Stepper
 
 #: How often (in optimizer steps) the loss is read back from a GPU; on the CPU every step.
 GPU_LOG_EVERY = 10
@@ -45,116 +49,192 @@ GPU_LOG_EVERY = 10
 STATUS_EVERY_S = 2.0
 
 
-class Trainer(Startup, Stepping, Saving, ControlHandling):
-    """One training run in one process (rank) of ``accelerate launch``."""
+class Trainer:
+    """One training run in one process (rank) of ``accelerate launch``.
 
-    def __init__(self, run_dir: str | os.PathLike[str], attempt: str = "") -> None:
+    ``weights_hash``: a file each rank appends a hash of its trainable weights to at every
+    checkpoint (``Saver``), for the DDP tests; None writes nothing.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike[str], attempt: str = "", weights_hash: Path | None = None) -> None:
         self.run = RunDir(run_dir)
         self.attempt = attempt
+        self.weights_hash = weights_hash
         self.started = False
+        self.stop_signal = False
         self.folder_lock: Any = None
         self.reserve = Reserve(self.run.path / ".reserve")
-        self.heartbeat = Heartbeat(self.run.heartbeat, enabled=False)
-        self.step = 0
-        self.epoch = 0  # epochs completed (the index of the one in progress)
-        self.epoch_number = 1  # the 1-based epoch of the newest step, as metrics, status and the dashboard show it
-        self.batch_index = 0
-        self.total_steps = 0
-        self.stop_signal = False
-        self._status_at = 0.0
-        self.acc: Any = None
+        self.config: Any = None
+        self.accel: Accel | None = None
+        self.session: Session | None = None
+        self.progress = Progress()
         self.metrics = MetricsWriter(self.run.metrics, enabled=False)
-        self.progress = ProgressLog(0, enabled=False)
         self.status = StatusFile(self.run.path, enabled=False)
-        self.phases = Phases(self.status, self.metrics, enabled=False)
+        self.heartbeat = Heartbeat(self.run.heartbeat, enabled=False)
+        self.progress_log = ProgressLog(0, enabled=False)
+        self._status_at = 0.0
+        self.log_every = 1
+
+    def setup(self) -> None:
+        """Read the config, start accelerate, own the folder (rank 0), build the session (model, data,
+        optimizer and schedule) and resume from the newest checkpoint."""
+        self.config = startup.read_config(self.run)
+        started_at, session_id = time.time(), random.randint(0, 2**31 - 1)
+        accel = self.accel = startup.start_accelerator(self.config, self.run)
+        is_main = accel.acc.is_main_process
+        if is_main:
+            self.folder_lock = startup.own_folder(self.run, self.attempt)
+            self.reserve.make()
+        self.metrics = MetricsWriter(self.run.metrics, enabled=is_main)
+        self.status = StatusFile(self.run.path, enabled=is_main)
+        self.heartbeat = Heartbeat(self.run.heartbeat, enabled=is_main)
+        self.phases = Phases(self.status, self.metrics, enabled=is_main)
+        with self.heartbeat.busy():
+            self.session, self.progress, control = startup.build_session(
+                self.config, accel, self.run, self.attempt, self.metrics, self.status, self.phases, started_at, session_id,
+            )
+        self.progress_log = ProgressLog(self.progress.total_steps, enabled=is_main)
+        self.stepper = Stepper(self.session, self.progress)
+        self.saver = Saver(self.session, self.progress, self.run, self.metrics, self.status, self.heartbeat, self.weights_hash)
+        self.poller = ControlPoller(control, self.session.acc, self.status)
+        self.log_every = GPU_LOG_EVERY if self.session.device.type == "cuda" else 1
+        self.started = True
 
     def train(self) -> str:
         """Run to the end (or a stop); return the final state."""
-        self.epoch_number = self.epoch + 1
-        self.status.update(state="running", step=self.step, total_steps=self.total_steps, epoch=self.epoch_number, steps_per_epoch=self.steps_per_epoch)
-        if self.step == 0:
+        session, progress = self._session(), self.progress
+        sched = session.sched
+        progress.epoch_number = progress.epoch + 1
+        self.status.update(
+            state="running", step=progress.step, total_steps=progress.total_steps, epoch=progress.epoch_number, steps_per_epoch=progress.steps_per_epoch,
+        )
+        if progress.step == 0:
             self.metrics.event(
-                f"training {self.method_kind} on {self.family}: {self.total_steps} steps, {self.steps_per_epoch} per epoch, "
-                f"{self.world} process(es), {self.data.train_data.items_per_epoch} items per epoch, precision {self.precision}"
+                f"training {session.method_kind} on {session.family}: {progress.total_steps} steps, {progress.steps_per_epoch} per epoch, "
+                f"{session.world} process(es), {session.data.train_data.items_per_epoch} items per epoch, precision {session.accel.precision}"
             )
-            if self.sched["sample_at_start"]:
-                self.sample()
-        accumulation = int(self.sched["gradient_accumulation"])
+            if sched["sample_at_start"]:
+                self.saver.sample()
+        accumulation = int(sched["gradient_accumulation"])
         pending: list[tuple[int, int, Any, float, float, int]] = []
-        self.log_every = GPU_LOG_EVERY if self.device.type == "cuda" else 1
         first_step = True
-        while self.step < self.total_steps:
-            epoch = self.epoch
-            batches = self.data.for_epoch(epoch)
+        while progress.step < progress.total_steps:
+            epoch = progress.epoch
+            batches = session.data.for_epoch(epoch)
             count = len(batches)
             step_start, images, loss_sum = time.perf_counter(), 0, None
-            for index, batch, weight in self.data.iterate(epoch, batches, self.batch_index):
+            for index, batch, weight in session.data.iterate(epoch, batches, progress.batch_index):
                 group_start = index - (index % accumulation)
                 group_size = min(accumulation, count - group_start)
                 due = schedule.optimizer_step_due(index, count, accumulation)
-                loss = self.micro_step(batch, index, due, group_size, weight)
+                loss = self.stepper.micro_step(batch, index, due, group_size, weight)
                 loss_sum = loss / group_size if loss_sum is None else loss_sum + loss / group_size
                 images += len(batch["captions"])
                 if not due:
                     continue
-                lr = self._current_lr()
-                self._optimizer_step()
-                self.step += 1
+                lr = self.stepper.current_lr()
+                self.stepper.optimizer_step()
+                progress.step += 1
                 if first_step:
                     first_step = False
                     self.phases.first_step()
                 epoch_done = index + 1 >= count
-                self.epoch, self.batch_index = (epoch + 1, 0) if epoch_done else (epoch, index + 1)
+                progress.epoch, progress.batch_index = (epoch + 1, 0) if epoch_done else (epoch, index + 1)
                 elapsed = time.perf_counter() - step_start
-                pending.append((self.step, epoch, self.acc.reduce(loss_sum, "mean"), lr, elapsed, images * self.world))
-                self.epoch_number = epoch + 1
+                pending.append((progress.step, epoch, session.acc.reduce(loss_sum, "mean"), lr, elapsed, images * session.world))
+                progress.epoch_number = epoch + 1
                 images, loss_sum = 0, None
-                if len(pending) >= self.log_every or self.step == self.total_steps:
+                if len(pending) >= self.log_every or progress.step == progress.total_steps:
                     self._flush(pending)
                 final = self._after_step(epoch_done, pending)
                 if final:
                     return final
-                if self.step >= self.total_steps:
+                if progress.step >= progress.total_steps:
                     break
                 # saves, samples and a pause are not part of the next step's time (nor of the ETA)
                 step_start = time.perf_counter()
-            if self.epoch == epoch and self.step < self.total_steps:  # nothing left of this epoch on this rank
-                self.epoch, self.batch_index = epoch + 1, 0
+            if progress.epoch == epoch and progress.step < progress.total_steps:  # nothing left of this epoch on this rank
+                progress.epoch, progress.batch_index = epoch + 1, 0
         self._flush(pending)
-        self.save(final=True)
-        self.status.update(state="finished", step=self.step, epoch=self.epoch_number, ended_at=now())
+        self.saver.save(final=True)
+        self.status.update(state="finished", step=progress.step, epoch=progress.epoch_number, ended_at=now())
         self.metrics.event("training finished")
-        self.metrics.end("finished", step=self.step)
+        self.metrics.end("finished", step=progress.step)
         return "finished"
+
+    def _session(self) -> Session:
+        if self.session is None:
+            raise RuntimeError("Trainer.setup() builds the session before train()")
+        return self.session
 
     def _after_step(self, epoch_done: bool, pending: list) -> str | None:
         """Epoch bookkeeping, periodic saves and samples, control requests; a final state ends the run."""
-        sched = self.sched
-        epoch_number = self.epoch  # epochs completed so far (1-based number of the one just ended)
+        sched, progress = self._session().sched, self.progress
+        step = progress.step
+        epoch_number = progress.epoch  # epochs completed so far (1-based number of the one just ended)
         if epoch_done:
             self._flush(pending)
-            self.metrics.write("epoch", epoch=epoch_number, step=self.step)
-        last = self.step >= self.total_steps
-        save_due = (sched["save_every_steps"] and self.step % sched["save_every_steps"] == 0) or (
+            self.metrics.write("epoch", epoch=epoch_number, step=step)
+        last = step >= progress.total_steps
+        save_due = (sched["save_every_steps"] and step % sched["save_every_steps"] == 0) or (
             epoch_done and sched["save_every_epochs"] and epoch_number % sched["save_every_epochs"] == 0
         )
         if save_due and not last:
             self._flush(pending)
-            self.save()
-        sample_due = (sched["sample_every_steps"] and self.step % sched["sample_every_steps"] == 0) or (
+            self.saver.save()
+        sample_due = (sched["sample_every_steps"] and step % sched["sample_every_steps"] == 0) or (
             epoch_done and sched["sample_every_epochs"] and epoch_number % sched["sample_every_epochs"] == 0
         )
         if sample_due:
             self._flush(pending)
-            self.sample()
+            self.saver.sample()
         if last:
             return None
         if epoch_done or time.monotonic() - self._status_at >= STATUS_EVERY_S:
-            self.status.update(step=self.step, epoch=self.epoch_number)
+            self.status.update(step=step, epoch=progress.epoch_number)
             self._status_at = time.monotonic()
-        if epoch_done or self.step % self.log_every == 0:  # every rank polls at the same steps
-            return self._handle_control(pending)
+        if epoch_done or step % self.log_every == 0:  # every rank polls at the same steps
+            return self._control(pending)
         return None
+
+    def _control(self, pending: list) -> str | None:
+        """Carry out the agreed control requests at a step boundary; ``"stopped"`` ends the run."""
+        polled = self.poller.poll(self.stop_signal)
+        actions = polled.actions
+        if not actions:
+            return None
+        self._flush(pending)
+        if "pause" in actions and "resume" not in actions and "stop" not in actions:
+            self._carry_out(polled)
+            self.status.update(state="paused", step=self.progress.step)
+            self.metrics.event(f"paused at step {self.progress.step}")
+            while "resume" not in actions and "stop" not in actions:
+                time.sleep(PAUSE_POLL_S)
+                polled = self.poller.poll(self.stop_signal)
+                actions = polled.actions
+                if actions:
+                    self._carry_out(polled)
+            if "resume" in actions and "stop" not in actions:
+                self.status.update(state="running")
+                self.metrics.event(f"resumed at step {self.progress.step}")
+            return "stopped" if "stop" in actions else None
+        return "stopped" if self._carry_out(polled) else None
+
+    def _carry_out(self, polled: Polled) -> bool:
+        """Save / sample / stop as asked (every rank takes part), acknowledge; True when stopped."""
+        actions, step = polled.actions, self.progress.step
+        if "save" in actions and "stop" not in actions:
+            self.saver.save(manual=True)
+        if "sample" in actions:
+            self.saver.sample()
+        self.poller.ack(polled.requests)
+        if "stop" in actions:
+            self.metrics.event(f"stop requested; saving at step {step}")
+            self.saver.save(final=True)
+            self.status.update(state="stopped", step=step, epoch=self.progress.epoch_number, ended_at=now())
+            self.metrics.end("stopped", step=step)
+            return True
+        return False
 
     def _flush(self, pending: list) -> None:
         """Write the buffered step lines (one host sync for the lot) with every rank's memory."""
@@ -162,23 +242,25 @@ class Trainer(Startup, Stepping, Saving, ControlHandling):
             return
         import torch
 
+        session = self._session()
         losses = torch.stack([p[2] for p in pending]).float().cpu().tolist()
         mem = self._memory()
         for (step, epoch, _, lr, elapsed, images), loss in zip(pending, losses):
             if not math.isfinite(loss):
-                raise TrainingFailed(f"the loss became {loss} (not finite) at step {step}", nan_hint(self.settings, float(self.sched["learning_rate"])))
+                raise TrainingFailed(f"the loss became {loss} (not finite) at step {step}", nan_hint(session.settings, float(session.sched["learning_rate"])))
             speed = round(images / elapsed, 4) if elapsed > 0 else None
             self.metrics.write("step", step=step, epoch=epoch + 1, loss=loss, lr=lr, images_per_s=speed, step_time_s=round(elapsed, 5), mem=mem)
-            trackers.log_step(self.acc, step, {"loss": loss, "lr": lr, "images_per_s": speed})
-            self.progress.step(step, loss, lr, speed, elapsed)
+            trackers.log_step(session.acc, step, {"loss": loss, "lr": lr, "images_per_s": speed})
+            self.progress_log.step(step, loss, lr, speed, elapsed)
         pending.clear()
 
     def _memory(self) -> list[dict[str, int]]:
         import torch
 
-        allocated, peak = memory_sample(self.device)
-        mine = torch.tensor([allocated, peak], dtype=torch.int64, device=self.device)
-        everyone = self.acc.gather(mine.unsqueeze(0)).cpu().tolist() if self.world > 1 else [mine.tolist()]
+        session = self._session()
+        allocated, peak = memory_sample(session.device)
+        mine = torch.tensor([allocated, peak], dtype=torch.int64, device=session.device)
+        everyone = session.acc.gather(mine.unsqueeze(0)).cpu().tolist() if session.world > 1 else [mine.tolist()]
         return [{"rank": r, "allocated": a, "peak": p} for r, (a, p) in enumerate(everyone)]
 
 
@@ -188,10 +270,10 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
-def main(run_dir: str, attempt: str = "") -> int:
+def main(run_dir: str, attempt: str = "", weights_hash: Path | None = None) -> int:
     """Train the run in ``run_dir``; record the final state; 0 finished or stopped, 1 failed, 3 not
     this trainer's folder (another trainer or attempt owns it: nothing is written)."""
-    trainer = Trainer(run_dir, attempt)
+    trainer = Trainer(run_dir, attempt, weights_hash)
 
     def on_term(signum: int, _frame: Any) -> None:
         trainer.stop_signal = True
@@ -210,7 +292,7 @@ def main(run_dir: str, attempt: str = "") -> int:
         if not isinstance(exc, (UserError, TrainingFailed)):
             traceback.print_exc()
         print(f"sdtui-train: {error}" + (f" ({hint})" if hint else ""), file=sys.stderr)
-        if trainer.acc is None or trainer.acc.is_main_process:
+        if trainer.accel is None or trainer.accel.acc.is_main_process:
             _record_failure(trainer, error, hint)
         return 1
     finally:
@@ -219,8 +301,8 @@ def main(run_dir: str, attempt: str = "") -> int:
         for handler in [h for h in logger.handlers if isinstance(h, EventHandler)]:
             logger.removeHandler(handler)
         trainer.metrics.close()
-        if trainer.acc is not None and trainer.acc.log_with:
-            trainer.acc.end_training()
+        if trainer.accel is not None and trainer.accel.acc.log_with:
+            trainer.accel.acc.end_training()
         trainer.reserve.release()
         if trainer.folder_lock is not None:
             trainer.folder_lock.close()
@@ -231,7 +313,7 @@ def main(run_dir: str, attempt: str = "") -> int:
 def _record_failure(trainer: Trainer, error: str, hint: str) -> None:
     """status.json ``failed`` (the step only once training started: a failed resume keeps the
     recorded step) and the metrics' last lines; a write that fails here (a full disk) is reported."""
-    fields = {"step": trainer.step} if trainer.started else {}
+    fields = {"step": trainer.progress.step} if trainer.started else {}
     try:
         StatusFile(trainer.run.path).update(state="failed", error=error, hint=hint or None, ended_at=now(), **fields)
         trainer.metrics.event(error + (f"; {hint}" if hint else ""), "error")
@@ -248,23 +330,31 @@ def _describe_failure(trainer: Trainer, exc: BaseException) -> tuple[str, str]:
         if type(exc).__name__ == "ModelLoadError":
             hint = "fix model.path in run.toml, then start the run again"
         return str(exc), hint
+    step = trainer.progress.step + 1
     if _is_oom(exc):
-        settings = getattr(trainer, "settings", {})
-        return (
-            f"out of memory at step {trainer.step + 1}",
-            oom_hint(getattr(trainer, "family", "sd1"), getattr(trainer, "method_kind", "lora"), settings, trainer.step + 1, _run_shape(trainer)),
-        )
-    return f"the trainer crashed at step {trainer.step + 1} ({type(exc).__name__}: {first_line(exc)})", "see train.log for the traceback"
+        family, kind, settings = _fit_facts(trainer)
+        return f"out of memory at step {step}", oom_hint(family, kind, settings, step, _run_shape(trainer))
+    return f"the trainer crashed at step {step} ({type(exc).__name__}: {first_line(exc)})", "see train.log for the traceback"
+
+
+def _fit_facts(trainer: Trainer) -> tuple[str, str, dict[str, Any]]:
+    """Family, method and settings of the run as far as start-up got: the loaded model's family,
+    else run.toml's (sd1 when neither names one)."""
+    config = trainer.config
+    if config is None:
+        return "sd1", "lora", {}
+    family = trainer.session.family if trainer.session is not None else str(config.section("model").get("family") or "sd1")
+    return family, str(config.method), config.settings
 
 
 def _run_shape(trainer: Trainer) -> Any:
     """The fit's inputs as the planner has them: class images paired, the distributed backend."""
     from core.plan.picker import run_shape
 
-    data = getattr(trainer, "data", None)
-    class_images = len(data.train_data.class_items) if data is not None else 0
-    config = getattr(trainer, "config", None)
-    return run_shape(getattr(trainer, "method_kind", "lora"), class_images, config.distributed if config is not None else None)
+    session, config = trainer.session, trainer.config
+    class_images = len(session.data.train_data.class_items) if session is not None else 0
+    kind = str(config.method) if config is not None else "lora"
+    return run_shape(kind, class_images, config.distributed if config is not None else None)
 
 
 def _end_process_group() -> None:

@@ -1,7 +1,7 @@
 """Checkpoints, outputs and samples of a run, and the RNG states a checkpoint keeps.
 
-``Saving`` is the part of the ``Trainer`` (``loop.py``) that writes results: only rank 0
-writes, every rank takes part.
+The :class:`Saver` writes the results of the built ``Session`` at the run's ``Progress``: only
+rank 0 writes, every rank takes part.
 """
 
 from __future__ import annotations
@@ -9,20 +9,36 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 from . import checkpoint as ckpt
 from .disk import DiskFull, ensure_space, free_bytes, is_disk_full
-from .status import first_line
+from .metrics import MetricsWriter
+from .progress import Progress
+from .session import Session
+from .status import Heartbeat, StatusFile, first_line
 
-#: Set to a file path to have every rank append a hash of its trainable weights (DDP tests).
-HASH_ENV = "SDTUI_TRAIN_HASH_FILE"
 
+class Saver:
+    """Checkpoints, outputs and samples of one rank (rank 0 writes them).
 
-class Saving:
-    """Checkpoint, outputs and samples of the ``Trainer``."""
+    ``weights_hash``: a file every rank appends ``RANK STEP SHA256`` of its trainable weights to
+    at each checkpoint (how the DDP tests see that the ranks hold the same weights), or None.
+    """
+
+    def __init__(
+        self, session: Session, progress: Progress, run: Any, metrics: MetricsWriter, status: StatusFile, heartbeat: Heartbeat,
+        weights_hash: Path | None = None,
+    ) -> None:
+        self.session = session
+        self.progress = progress
+        self.run = run
+        self.metrics = metrics
+        self.status = status
+        self.heartbeat = heartbeat
+        self.weights_hash = weights_hash
+        self._ss_metadata: dict[str, str] | None = None
 
     def save(self, final: bool = False, manual: bool = False) -> None:
         """Checkpoint (resumable state) and outputs; only rank 0 writes, every rank takes part.
@@ -38,55 +54,57 @@ class Saving:
         """Schedule-free optimizers switched to their averaged (eval) weights inside the block."""
         from .optim import set_optimizer_mode
 
-        set_optimizer_mode(self.optimizer, train=False)
+        set_optimizer_mode(self.session.optim.optimizer, train=False)
         try:
             yield
         finally:
-            set_optimizer_mode(self.optimizer, train=True)
+            set_optimizer_mode(self.session.optim.optimizer, train=True)
 
     def _save(self, final: bool, manual: bool) -> None:
+        session, optim, progress = self.session, self.session.optim, self.progress
+        acc, ema = session.acc, session.model.ema
         objects: dict[str, Any] = {
-            "optimizer": self.optimizer.state_dict(),
-            "lr_scheduler": self.lr_scheduler.state_dict(),
-            "scaler": self.acc.scaler.state_dict() if self.acc.scaler is not None else None,
-            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": optim.optimizer.state_dict(),
+            "lr_scheduler": optim.lr_scheduler.state_dict(),
+            "scaler": acc.scaler.state_dict() if acc.scaler is not None else None,
+            "ema": ema.state_dict() if ema is not None else None,
             "rng": self._gather_rng(),
         }
         self._write_hash()
-        if self.acc.is_main_process:
+        if acc.is_main_process:
             with self.heartbeat.busy():
                 state = {
-                    "epoch": self.epoch, "batch_index": self.batch_index, "world": self.world, "total_steps": self.total_steps,
-                    "started_at": self.started_at, "session_id": self.session_id,
+                    "epoch": progress.epoch, "batch_index": progress.batch_index, "world": session.world, "total_steps": progress.total_steps,
+                    "started_at": session.started_at, "session_id": session.session_id,
                 }
-                path = ckpt.save(self.run.checkpoints, self.step, self.method.trainable_state(), objects, state, int(self.sched["keep_checkpoints"]), manual)
-                self.metrics.write("checkpoint", step=self.step, path=str(path.relative_to(self.run.path)), manual=manual)
+                keep = int(session.sched["keep_checkpoints"])
+                path = ckpt.save(self.run.checkpoints, progress.step, session.method.trainable_state(), objects, state, keep, manual)
+                self.metrics.write("checkpoint", step=progress.step, path=str(path.relative_to(self.run.path)), manual=manual)
                 if manual:
                     self.metrics.event(
-                        f"saved {path.name} as asked; it is kept beyond keep_checkpoints = {int(self.sched['keep_checkpoints'])} "
+                        f"saved {path.name} as asked; it is kept beyond keep_checkpoints = {keep} "
                         "(which rotates only the periodic checkpoints) until you delete it"
                     )
                 self.write_outputs(final)
-        self.acc.wait_for_everyone()
+        acc.wait_for_everyone()
 
     def _gather_rng(self) -> list[dict[str, Any]]:
         mine = get_rng()
-        if self.world == 1:
+        if self.session.world == 1:
             return [mine]
         from accelerate.utils import gather_object
 
         return list(gather_object([mine]))
 
     def _write_hash(self) -> None:
-        target = os.environ.get(HASH_ENV)
-        if not target:
+        if self.weights_hash is None:
             return
         digest = hashlib.sha256()
-        for name, tensor in sorted(self.method.trainable_state().items()):
+        for name, tensor in sorted(self.session.method.trainable_state().items()):
             digest.update(name.encode())
             digest.update(tensor.float().cpu().numpy().tobytes())
-        with open(target, "a", encoding="utf-8") as handle:
-            handle.write(f"{self.rank} {self.step} {digest.hexdigest()}\n")
+        with open(self.weights_hash, "a", encoding="utf-8") as handle:
+            handle.write(f"{self.session.rank} {self.progress.step} {digest.hexdigest()}\n")
 
     def write_outputs(self, final: bool) -> None:
         """The results in output/ (with the EMA weights when EMA is on), in the method's formats;
@@ -103,11 +121,11 @@ class Saving:
     def _output_bytes(self) -> int:
         """An upper bound of what the outputs take: the trained tensors (fp32) in two formats; for
         full models the whole pipeline in 16 bits in two formats."""
-        if self.method_kind in ("dreambooth", "finetune"):
-            c = self.components
+        if self.session.method_kind in ("dreambooth", "finetune"):
+            c = self.session.components
             modules = [c.unet, c.vae, *c.text_encoders]
             return 2 * sum(2 * p.numel() for m in modules for p in m.parameters())
-        return 2 * sum(4 * t.numel() for t in self.method.trainable_state().values()) + 64 * 1024
+        return 2 * sum(4 * t.numel() for t in self.session.method.trainable_state().values()) + 64 * 1024
 
     def _write_outputs(self, final: bool) -> None:
         import torch
@@ -116,19 +134,23 @@ class Saving:
 
         from . import outputs
 
-        c = self.components
-        name = slug(self.config.name)
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[self.settings["save_precision"]]
+        session = self.session
+        c = session.components
+        kind = session.method_kind
+        name = slug(session.config.name)
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[session.settings["save_precision"]]
         with self._ema_weights():
-            if self.method_kind == "lora":
+            if kind == "lora":
                 meta = self._lora_metadata(name)
                 saved = outputs.save_lora(c, self.run.output, name, meta, c.unet, c.text_encoders, dtype=dtype)
-            elif self.method_kind in ("dreambooth", "finetune"):
+            elif kind in ("dreambooth", "finetune"):
                 saved = outputs.save_full_model(c, self.run.output, name, c.unet, c.text_encoders, dtype=dtype)
             else:
-                saved = outputs.save_embeddings(c, self.run.output, self.method.ti.placeholder, self.method.ti.embeddings(), dtype=dtype)
-        self.metrics.event(f"{'final ' if final else ''}output at step {self.step}: {saved.single_file.relative_to(self.run.path)}")
-        self.status.update(outputs=[str(saved.single_file.resolve()), str(saved.diffusers.resolve())], outputs_step=self.step)
+                ti = session.method.ti
+                saved = outputs.save_embeddings(c, self.run.output, ti.placeholder, ti.embeddings(), dtype=dtype)
+        step = self.progress.step
+        self.metrics.event(f"{'final ' if final else ''}output at step {step}: {saved.single_file.relative_to(self.run.path)}")
+        self.status.update(outputs=[str(saved.single_file.resolve()), str(saved.diffusers.resolve())], outputs_step=step)
 
     def _lora_metadata(self, name: str) -> dict[str, str]:
         """sd-scripts' ``ss_*`` and ``modelspec.*`` metadata of the LoRA file saved now."""
@@ -138,76 +160,80 @@ class Saving:
         from . import kohya_metadata as km
         from .outputs import NETWORK_MODULE, network_args
 
-        c = self.components
-        model = self.config.section("model")
-        optimizer = type(getattr(self.optimizer, "optimizer", None) or self.optimizer.optimizers[0])
+        session, progress = self.session, self.progress
+        c = session.components
+        settings = session.settings
+        model = session.config.section("model")
+        optimizer = session.optim.optimizer
+        optimizer = type(getattr(optimizer, "optimizer", None) or optimizer.optimizers[0])
         facts = km.RunFacts(
             family=c.family, v_prediction=c.prediction_type == "v_prediction", model_path=str(c.model_path), vae_path=model["vae"],
-            name=name, started_at=self.started_at, session_id=self.session_id, steps_per_epoch=self.steps_per_epoch,
-            total_steps=self.total_steps, epochs=math.ceil(self.total_steps / self.steps_per_epoch), world=self.world,
-            optimizer=f"{optimizer.__module__}.{optimizer.__name__}", network_module=NETWORK_MODULE[self.settings["lora_type"]],
-            network_args=network_args(self.settings),
+            name=name, started_at=session.started_at, session_id=session.session_id, steps_per_epoch=progress.steps_per_epoch,
+            total_steps=progress.total_steps, epochs=math.ceil(progress.total_steps / progress.steps_per_epoch), world=session.world,
+            optimizer=f"{optimizer.__module__}.{optimizer.__name__}", network_module=NETWORK_MODULE[settings["lora_type"]],
+            network_args=network_args(settings),
         )
         if self._ss_metadata is None:  # the start-of-training part (model hashes read the model file once)
-            self._ss_metadata = km.ss_metadata(facts, self.settings, self.sched, self.data.train_data, self.config.subsets)
+            self._ss_metadata = km.ss_metadata(facts, settings, session.sched, session.data.train_data, session.config.subsets)
         now = time.time()
         return {
             **self._ss_metadata,
-            "ss_training_finished_at": str(now), "ss_steps": str(self.step), "ss_epoch": str(self.epoch),
-            **km.model_spec(facts, self.settings, now, _sdtui_version(version, PackageNotFoundError)),
+            "ss_training_finished_at": str(now), "ss_steps": str(progress.step), "ss_epoch": str(progress.epoch),
+            **km.model_spec(facts, settings, now, _sdtui_version(version, PackageNotFoundError)),
         }
 
     @contextlib.contextmanager
     def _ema_weights(self) -> Any:
-        if self.ema is None:
+        ema, params = self.session.model.ema, self.session.optim.params
+        if ema is None:
             yield
             return
-        self.ema.store(self.params)
-        self.ema.copy_to(self.params)
+        ema.store(params)
+        ema.copy_to(params)
         try:
             yield
         finally:
-            self.ema.restore(self.params)
+            ema.restore(params)
 
     def sample(self) -> None:
         """Render the sample prompts (rank 0); a failure is a warning and training goes on."""
-        if self.acc.is_main_process and self.config.prompts:
+        if self.session.acc.is_main_process and self.session.config.prompts:
             with self.heartbeat.busy():
                 self._sample()
-        self.acc.wait_for_everyone()
+        self.session.acc.wait_for_everyone()
 
     def _sample(self) -> None:
         """Render the prompts and record each sample (rank 0)."""
+        session = self.session
+        step = self.progress.step
         try:
             from .sampling import render_samples
 
-            prompts = self.config.prompts
-            ti = self.method.ti
+            prompts = session.config.prompts
+            ti = session.method.ti
             if ti is not None:
                 prompts = [line.replace(ti.placeholder, " ".join(ti.tokens)) for line in prompts]
-            names = ("text_encoder", "text_encoder_2")
-            encoders = [self.wrapped.get(n, te) for n, te in zip(names, self.components.text_encoders)]
             with self._eval_weights(), self._ema_weights():
                 written = render_samples(
-                    self.components, prompts, self.step, self.run.samples, self.device, self.weight_dtype,
-                    default_size=int(self.settings["resolution"]), seed=int(self.sched["seed"]),
-                    unet=self.wrapped.get("unet", self.components.unet), text_encoders=encoders,
-                    sampler=self.config.section("samples")["sampler"], clip_skip=int(self.settings["clip_skip"]),
+                    session.components, prompts, step, self.run.samples, session.device, session.accel.weight_dtype,
+                    default_size=int(session.settings["resolution"]), seed=int(session.sched["seed"]),
+                    unet=session.denoiser(), text_encoders=session.text_encoders(),
+                    sampler=session.config.section("samples")["sampler"], clip_skip=int(session.settings["clip_skip"]),
                 )
             from .trackers import log_samples
 
-            log_samples(self.acc, self.step, [(r.prompt_index, Path(r.path)) for r in written])
+            log_samples(session.acc, step, [(r.prompt_index, Path(r.path)) for r in written])
             for result in written:
                 self.metrics.write(
-                    "sample", step=self.step, prompt_index=result.prompt_index, prompt=self.config.prompts[result.prompt_index],
+                    "sample", step=step, prompt_index=result.prompt_index, prompt=session.config.prompts[result.prompt_index],
                     path=str(Path(result.path).relative_to(self.run.path)),
                 )
         except Exception as exc:  # noqa: BLE001 - a sample (even out of memory) must never end the run
             import torch
 
-            if self.device.type == "cuda":
+            if session.device.type == "cuda":
                 torch.cuda.empty_cache()
-            self.metrics.event(f"sampling at step {self.step} failed ({type(exc).__name__}: {first_line(exc)}); training continues", "warning")
+            self.metrics.event(f"sampling at step {step} failed ({type(exc).__name__}: {first_line(exc)}); training continues", "warning")
 
 
 def _sdtui_version(version: Any, missing: type[Exception]) -> str:

@@ -1,384 +1,388 @@
-"""Start-up of a run: config, accelerate, the model and its trainable part, data, optimizer, resume.
-
-``Startup`` is the part of the ``Trainer`` (``loop.py``) that runs before the first step.
-"""
+"""Start-up of a run: config, accelerate, the folder lock, the model and its trainable part, data,
+optimizer and schedule, resume; each step a function of what it needs, ending in a ``Session``."""
 
 from __future__ import annotations
 
 import logging
 import os
-import random
-import time
 from typing import Any
 
 from core.errors import UserError
 from core.plan import schedule
 from core.runfiles import integer, number
+from core.runs import RunDir
 from core.settings import optimizer_rule_warnings
 
 from . import checkpoint as ckpt
 from .batches import Batches
 from .control import ControlReader
-from .methods import Method, setup_method
-from .metrics import EventHandler, MetricsWriter, ProgressLog
+from .methods import setup_method
+from .metrics import EventHandler, MetricsWriter
 from .optim import FusedBackward, make_optimizer, make_scheduler, param_groups, set_optimizer_mode
 from .phases import Phases
+from .progress import Progress
 from .saving import set_rng
-from .status import Heartbeat, NotOwner, StatusFile
+from .session import Accel, Model, Optimization, Session
+from .status import NotOwner, StatusFile
 
 
-class Startup:
-    """Set-up and resume of the ``Trainer``."""
+def read_config(run: RunDir) -> Any:
+    """The run's ``run.toml`` (a UserError naming the command that writes it when there is none)."""
+    from core.config import load_config
 
-    def setup(self) -> None:
-        """Read the config, start accelerate, own the folder (rank 0), load the model, build data,
-        optimizer and schedule, resume from the newest checkpoint."""
-        from core.config import load_config
+    if not run.run_toml.is_file():
+        raise UserError(f"{run.run_toml} does not exist; start the run with `sdtui train CONFIG.toml`, which writes it")
+    return load_config(run.run_toml)
 
-        if not self.run.run_toml.is_file():
-            raise UserError(f"{self.run.run_toml} does not exist; start the run with `sdtui train CONFIG.toml`, which writes it")
-        self.config = load_config(self.run.run_toml)
-        self.started_at = time.time()
-        self.session_id = random.randint(0, 2**31 - 1)
-        self._ss_metadata: dict[str, str] | None = None
-        self.settings = self.config.settings
-        self.sched = self.config.schedule
-        self.method_kind = str(self.config.method)
-        self._start_accelerator()
-        is_main = self.acc.is_main_process
-        if is_main:
-            self._own_folder()
-        self.metrics = MetricsWriter(self.run.metrics, enabled=is_main)
-        self.status = StatusFile(self.run.path, enabled=is_main)
-        self.heartbeat = Heartbeat(self.run.heartbeat, enabled=is_main)
-        with self.heartbeat.busy():
-            self._load()
-        self.started = True
 
-    def _own_folder(self) -> None:
-        """Hold the folder's trainer lock and check that status.json names this attempt (rank 0);
-        NotOwner otherwise, before anything is written."""
-        import psutil
+def start_accelerator(config: Any, run: RunDir) -> Accel:
+    """Accelerate with the precision this machine can train in (fallbacks are noted) and the run's trackers."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
 
-        from core.procs import describe
-        from core.runs import hold, lock
+    from . import trackers
 
-        held = lock(self.run.trainer_lock)
-        if held is None:
-            raise NotOwner(f"another trainer is already writing into {self.run.path}; this one ends without touching it")
-        recorded = self.run.read_status().get("attempt_id")
-        if self.attempt and isinstance(recorded, str) and recorded != self.attempt:
-            held.close()
-            raise NotOwner(
-                f"{self.run.path} is not the folder of this attempt (its status.json names attempt {recorded!r}, this trainer was started for {self.attempt!r}); "
-                "this trainer ends without touching it"
-            )
-        hold(held, describe(psutil.Process(), "trainer-rank0"))
-        self.folder_lock = held
-        self.reserve.make()
+    settings = config.settings
+    notes: list[str] = []
+    precision = settings["mixed_precision"]
+    cuda = torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true", "yes")
+    if not cuda and precision == "fp16":
+        precision = "bf16" if _cpu_bf16_ok() else "no"
+        notes.append(f"mixed_precision fp16 needs a GPU; training on the CPU with {precision} instead")
+    if cuda and precision == "bf16" and not torch.cuda.is_bf16_supported():
+        precision = "fp16"
+        notes.append("this GPU has no bf16; training with fp16 mixed precision (loss scaling) instead")
+    if settings["full_bf16"] and precision == "fp16":
+        raise UserError("settings.full_bf16 keeps the weights in bf16, which needs settings.mixed_precision=bf16; set mixed_precision to bf16 or full_bf16 to false")
+    find_unused = bool(settings["train_text_encoder"]) or str(config.method) == "textual_inversion"
+    acc = Accelerator(
+        mixed_precision=precision,
+        gradient_accumulation_steps=1,
+        cpu=not cuda,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused)],
+        log_with=trackers.log_with(config.section("logging"), run.path),
+    )
+    trackers.start(acc, config.section("logging"), run.path.name)
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
+    return Accel(acc, precision, weight_dtype, notes)
 
-    def _load(self) -> None:
-        import torch
 
-        status = self.status.read()
-        latest = self.run.latest_checkpoint()
-        self.metrics.write("attempt", attempt=integer(status.get("attempt"), 1) or 1, id=self.attempt or None, resume_step=int(latest.name[5:]) if latest else 0)
-        self.status.update(state="starting", trainer_pids=self._pids(), error=None, hint=None)
-        self.phases = Phases(self.status, self.metrics, enabled=self.acc.is_main_process)
-        self.phases.record_process_start()
-        for message in self.notes:
-            self.metrics.event(message, "warning")
-        logging.getLogger("core.train").addHandler(EventHandler(self.metrics))
-        torch.manual_seed(int(self.sched["seed"]))
+def own_folder(run: RunDir, attempt: str) -> Any:
+    """Hold the folder's trainer lock and check that status.json names this attempt (rank 0);
+    the held lock, or NotOwner before anything is written."""
+    import psutil
 
-        from .models import load_components
+    from core.procs import describe
+    from core.runs import hold, lock
 
-        model = self.config.section("model")
-        self.phases.start("load_model")
-        self.components = load_components(
-            model.get("path", ""), model.get("family") or None, model.get("prediction_type", "auto"), model.get("vae", ""),
-            dtypes=self._load_dtypes(),
+    held = lock(run.trainer_lock)
+    if held is None:
+        raise NotOwner(f"another trainer is already writing into {run.path}; this one ends without touching it")
+    recorded = run.read_status().get("attempt_id")
+    if attempt and isinstance(recorded, str) and recorded != attempt:
+        held.close()
+        raise NotOwner(
+            f"{run.path} is not the folder of this attempt (its status.json names attempt {recorded!r}, this trainer was started for {attempt!r}); "
+            "this trainer ends without touching it"
         )
-        self.family = self.components.family
-        self._configure_model()
-        self.phases.end()
-        self.data = self._build_data()
-        self._build_optimizer()
-        since = number(status.get("started_at")) or 0.0  # no supervisor: every request without an attempt id
-        self.control = ControlReader(self.run.control_json, status.get("control_done"), attempt=self.attempt, since=since)
-        self._resume()
+    hold(held, describe(psutil.Process(), "trainer-rank0"))
+    return held
 
-    def _start_accelerator(self) -> None:
-        import torch
-        from accelerate import Accelerator
-        from accelerate.utils import DistributedDataParallelKwargs
 
-        self.notes: list[str] = []
-        precision = self.settings["mixed_precision"]
-        cuda = torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true", "yes")
-        if not cuda and precision == "fp16":
-            precision = "bf16" if _cpu_bf16_ok() else "no"
-            self.notes.append(f"mixed_precision fp16 needs a GPU; training on the CPU with {precision} instead")
-        if cuda and precision == "bf16" and not torch.cuda.is_bf16_supported():
-            precision = "fp16"
-            self.notes.append("this GPU has no bf16; training with fp16 mixed precision (loss scaling) instead")
-        if self.settings["full_bf16"] and precision == "fp16":
-            raise UserError("settings.full_bf16 keeps the weights in bf16, which needs settings.mixed_precision=bf16; set mixed_precision to bf16 or full_bf16 to false")
-        self.precision = precision
-        find_unused = bool(self.settings["train_text_encoder"]) or str(self.config.method) == "textual_inversion"
-        from . import trackers
+def build_session(
+    config: Any, accel: Accel, run: RunDir, attempt: str, metrics: MetricsWriter, status: StatusFile, phases: Phases,
+    started_at: float, session_id: int,
+) -> tuple[Session, Progress, ControlReader]:
+    """Record the attempt, load and configure the model, build data, optimizer and schedule, then
+    resume from the newest checkpoint: the session, where the run stands, and its control reader."""
+    import torch
 
-        self.acc = Accelerator(
-            mixed_precision=precision,
-            gradient_accumulation_steps=1,
-            cpu=not cuda,
-            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused)],
-            log_with=trackers.log_with(self.config.section("logging"), self.run.path),
-        )
-        trackers.start(self.acc, self.config.section("logging"), self.run.path.name)
-        self.device = self.acc.device
-        self.rank = self.acc.process_index
-        self.world = self.acc.num_processes
-        self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
+    recorded = status.read()
+    latest = run.latest_checkpoint()
+    metrics.write("attempt", attempt=integer(recorded.get("attempt"), 1) or 1, id=attempt or None, resume_step=int(latest.name[5:]) if latest else 0)
+    status.update(state="starting", trainer_pids=_pids(accel), error=None, hint=None)
+    phases.record_process_start()
+    for message in accel.notes:
+        metrics.event(message, "warning")
+    logging.getLogger("core.train").addHandler(EventHandler(metrics))
+    torch.manual_seed(int(config.schedule["seed"]))
 
-    def _load_dtypes(self) -> dict[str, Any]:
-        """The dtype each component is read in: the one ``_configure_model`` puts it in.
+    from .models import load_components
 
-        Reading straight into it (safetensors memory-mapped, no fp32 copy first) halves the load's
-        memory and time for a bf16/fp16 run; ``_configure_model`` still casts whatever differs.
-        """
-        import torch
+    model_section = config.section("model")
+    phases.start("load_model")
+    components = load_components(
+        model_section.get("path", ""), model_section.get("family") or None, model_section.get("prediction_type", "auto"), model_section.get("vae", ""),
+        dtypes=_load_dtypes(config, accel),
+    )
+    model = configure_model(components, config, accel, metrics)
+    phases.end()
+    data = build_data(config, accel, model, run, metrics, phases)
+    optim, progress = build_optimizer(config, accel, model, data, metrics)
+    since = number(recorded.get("started_at")) or 0.0  # no supervisor: every request without an attempt id
+    control = ControlReader(run.control_json, recorded.get("control_done"), attempt=attempt, since=since)
+    session = Session(config, config.settings, config.schedule, str(config.method), accel, model, data, optim, started_at, session_id)
+    resume(session, progress, run, metrics)
+    return session, progress, control
 
-        train_dtype = torch.bfloat16 if self.settings["full_bf16"] else torch.float32
-        full = self.method_kind in ("dreambooth", "finetune")
-        text_trained = bool(self.settings["train_text_encoder"]) and self.method_kind != "lora"
-        return {
-            "default": self.weight_dtype,
-            "unet": train_dtype if full else self.weight_dtype,
-            "vae": torch.bfloat16 if self.precision == "bf16" else torch.float32,
-            "text_encoder": train_dtype if text_trained else self.weight_dtype,
-            "text_encoder_2": train_dtype if text_trained else self.weight_dtype,
-        }
 
-    def _pids(self) -> list[dict[str, Any]]:
-        import psutil
+def _load_dtypes(config: Any, accel: Accel) -> dict[str, Any]:
+    """The dtype each component is read in: the one ``configure_model`` puts it in.
 
-        from core.procs import describe
+    Reading straight into it (safetensors memory-mapped, no fp32 copy first) halves the load's
+    memory and time for a bf16/fp16 run; ``configure_model`` still casts whatever differs.
+    """
+    import torch
 
-        me = describe(psutil.Process(), f"trainer-rank{self.rank}")
-        if self.world == 1:
-            return [me]
-        from accelerate.utils import gather_object
+    settings, kind = config.settings, str(config.method)
+    train_dtype = torch.bfloat16 if settings["full_bf16"] else torch.float32
+    full = kind in ("dreambooth", "finetune")
+    text_trained = bool(settings["train_text_encoder"]) and kind != "lora"
+    return {
+        "default": accel.weight_dtype,
+        "unet": train_dtype if full else accel.weight_dtype,
+        "vae": torch.bfloat16 if accel.precision == "bf16" else torch.float32,
+        "text_encoder": train_dtype if text_trained else accel.weight_dtype,
+        "text_encoder_2": train_dtype if text_trained else accel.weight_dtype,
+    }
 
-        return list(gather_object([me]))
 
-    def _configure_model(self) -> None:
-        """Attention, memory format, checkpointing, the method's trainable part, dtypes and devices."""
-        import torch
-        from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+def _pids(accel: Accel) -> list[dict[str, Any]]:
+    import psutil
 
-        s = self.settings
-        c = self.components
-        unet = c.unet
-        unet.set_attn_processor(AttnProcessor2_0() if s["attention"] == "sdpa" else AttnProcessor())
-        self.method: Method = setup_method(self.method_kind, c, s, self.config.section("method")["placeholder_token"])
-        if s["init_lora"]:
-            self._load_init_lora(s["init_lora"])
-        trained = set(self.method.modules)
-        unet_trained = "unet" in trained
-        full = unet_trained and self.method_kind in ("dreambooth", "finetune")
-        # frozen parts in the autocast dtype; trained weights fp32 (or bf16 with full_bf16)
-        train_dtype = torch.bfloat16 if s["full_bf16"] else torch.float32
-        self.unet_dtype = train_dtype if full else self.weight_dtype
-        _place(unet, self.device, self.unet_dtype)
-        vae_dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
-        _place(c.vae, self.device, vae_dtype)
+    from core.procs import describe
+
+    me = describe(psutil.Process(), f"trainer-rank{accel.rank}")
+    if accel.world == 1:
+        return [me]
+    from accelerate.utils import gather_object
+
+    return list(gather_object([me]))
+
+
+def configure_model(components: Any, config: Any, accel: Accel, metrics: MetricsWriter) -> Model:
+    """Attention, memory format, checkpointing, the method's trainable part, dtypes and devices, EMA."""
+    import torch
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    s = config.settings
+    kind = str(config.method)
+    c = components
+    device = accel.device
+    unet = c.unet
+    unet.set_attn_processor(AttnProcessor2_0() if s["attention"] == "sdpa" else AttnProcessor())
+    method = setup_method(kind, c, s, config.section("method")["placeholder_token"])
+    if s["init_lora"]:
+        _load_init_lora(kind, c, method, s["init_lora"], metrics)
+    trained = set(method.modules)
+    unet_trained = "unet" in trained
+    full = unet_trained and kind in ("dreambooth", "finetune")
+    # frozen parts in the autocast dtype; trained weights fp32 (or bf16 with full_bf16)
+    train_dtype = torch.bfloat16 if s["full_bf16"] else torch.float32
+    unet_dtype = train_dtype if full else accel.weight_dtype
+    _place(unet, device, unet_dtype)
+    vae_dtype = torch.bfloat16 if accel.precision == "bf16" else torch.float32
+    _place(c.vae, device, vae_dtype)
+    for name, te in zip(("text_encoder", "text_encoder_2"), c.text_encoders):
+        _place(te, device, train_dtype if name in trained and kind != "lora" else accel.weight_dtype)
+    for param in method.parameters():
+        param.data = param.data.to(train_dtype)
+    # channels-last convolutions are a GPU win; on the CPU they measured 20% slower per step
+    # (tiny SD1 LoRA, 64 px: 111 ms vs 92 ms), so the CPU keeps the contiguous format
+    channels_last = bool(s["channels_last"]) and device.type == "cuda"
+    if s["channels_last"] and not channels_last:
+        metrics.event("channels_last is for GPUs (slower on the CPU); the UNet keeps the contiguous memory format")
+    if channels_last:
+        unet.to(memory_format=torch.channels_last)
+    if s["gradient_checkpointing"]:
+        unet.enable_gradient_checkpointing()
         for name, te in zip(("text_encoder", "text_encoder_2"), c.text_encoders):
-            _place(te, self.device, train_dtype if name in trained and self.method_kind != "lora" else self.weight_dtype)
-        for param in self.method.parameters():
-            param.data = param.data.to(train_dtype)
-        # channels-last convolutions are a GPU win; on the CPU they measured 20% slower per step
-        # (tiny SD1 LoRA, 64 px: 111 ms vs 92 ms), so the CPU keeps the contiguous format
-        self.channels_last = bool(s["channels_last"]) and self.device.type == "cuda"
-        if s["channels_last"] and not self.channels_last:
-            self.metrics.event("channels_last is for GPUs (slower on the CPU); the UNet keeps the contiguous memory format")
-        if self.channels_last:
-            unet.to(memory_format=torch.channels_last)
-        if s["gradient_checkpointing"]:
-            unet.enable_gradient_checkpointing()
-            for name, te in zip(("text_encoder", "text_encoder_2"), c.text_encoders):
-                if name in trained:
-                    te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        unet.train(unet_trained)
-        for name, te in zip(("text_encoder", "text_encoder_2"), c.text_encoders):
-            te.train(name in trained)
-        c.vae.eval()
-        self.ema = None
-        if s["ema"]:
-            from diffusers.training_utils import EMAModel
+            if name in trained:
+                te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    unet.train(unet_trained)
+    for name, te in zip(("text_encoder", "text_encoder_2"), c.text_encoders):
+        te.train(name in trained)
+    c.vae.eval()
+    ema = None
+    if s["ema"]:
+        from diffusers.training_utils import EMAModel
 
-            self.ema = EMAModel(self.method.parameters(), decay=float(s["ema_decay"]))
-            self.ema.to(self.device)
+        ema = EMAModel(method.parameters(), decay=float(s["ema_decay"]))
+        ema.to(device)
+    return Model(c, method, unet_dtype, channels_last, ema)
 
-    def _load_init_lora(self, path: str) -> None:
-        """Start the adapters from an existing LoRA file (a resume's checkpoint still wins, being loaded later)."""
-        if self.method_kind != "lora":
-            raise UserError(f"settings.init_lora continues a LoRA, but method.kind is {self.method_kind}; set method.kind = \"lora\" or clear init_lora")
-        from .init_lora import load_init_lora
 
-        loaded, fresh = load_init_lora(self.components, self.method.modules, path)
-        self.metrics.event(f"starting from the LoRA {path}: {loaded} adapter tensors loaded" + (f", {fresh} start fresh" if fresh else ""))
+def _load_init_lora(kind: str, components: Any, method: Any, path: str, metrics: MetricsWriter) -> None:
+    """Start the adapters from an existing LoRA file (a resume's checkpoint still wins, being loaded later)."""
+    if kind != "lora":
+        raise UserError(f"settings.init_lora continues a LoRA, but method.kind is {kind}; set method.kind = \"lora\" or clear init_lora")
+    from .init_lora import load_init_lora
 
-    def _build_data(self) -> Batches:
-        """Items and buckets, class images, then the latent and text-output caches when asked for and valid."""
-        import torch
+    loaded, fresh = load_init_lora(components, method.modules, path)
+    metrics.event(f"starting from the LoRA {path}: {loaded} adapter tensors loaded" + (f", {fresh} start fresh" if fresh else ""))
 
-        from . import data
 
-        train_data = data.build_items(self.config, self.settings)
-        s = self.settings
-        c = self.components
-        class_prompt = self.config.section("method")["class_prompt"]
-        if self.method_kind == "dreambooth" and class_prompt.strip() and int(s["class_images_per_instance"]) > 0:
-            from .class_images import prepare_class_images
+def build_data(config: Any, accel: Accel, model: Model, run: RunDir, metrics: MetricsWriter, phases: Phases) -> Batches:
+    """Items and buckets, class images, then the latent and text-output caches when asked for and valid."""
+    import torch
 
-            self.metrics.event(f"preparing class images for prior preservation ('{class_prompt}'); missing ones are generated now")
-            self.phases.start("class_images", int(s["class_images_per_instance"]) * len(train_data.items), "images")
-            with self.acc.main_process_first():
-                ready = prepare_class_images(
-                    c, train_data, self.run.path, class_prompt, int(s["class_images_per_instance"]), self.device,
-                    self.weight_dtype, seed=int(self.sched["seed"]), progress=self.phases.advance,
-                )
-            self.phases.end(len(ready))
-            self.metrics.event(f"{len(ready)} class images ready")
-        offload = self.device.type == "cuda"
-        if s["cache_latents"]:
-            self._cache_latents(train_data)
-            if offload and train_data.latents is not None:
-                c.vae.to("cpu")
-        if s["cache_text_encoder_outputs"]:
-            self._cache_text(train_data)
-            if offload and train_data.text_cache is not None:
-                for te in c.text_encoders:
-                    te.to("cpu")
-        if offload:
-            torch.cuda.empty_cache()
-        return Batches(self, train_data)
+    from . import data
 
-    def _cache_latents(self, train_data: Any) -> None:
-        """Encode the images not in the shared latent cache yet, each rank its share (``core.train.latents``)."""
-        from . import data, latents
+    s = config.settings
+    train_data = data.build_items(config, s)
+    c = model.components
+    device = accel.device
+    class_prompt = config.section("method")["class_prompt"]
+    if str(config.method) == "dreambooth" and class_prompt.strip() and int(s["class_images_per_instance"]) > 0:
+        from .class_images import prepare_class_images
 
-        try:
-            cache = latents.cache_latents(
-                self.components, train_data, self.device, self.components.vae.dtype, latents.default_cache_dir(),
-                in_memory=not self.settings["cache_latents_to_disk"], rank=self.rank, world=self.world,
-                barrier=self.acc.wait_for_everyone, progress=self._latent_progress,
+        metrics.event(f"preparing class images for prior preservation ('{class_prompt}'); missing ones are generated now")
+        phases.start("class_images", int(s["class_images_per_instance"]) * len(train_data.items), "images")
+        with accel.acc.main_process_first():
+            ready = prepare_class_images(
+                c, train_data, run.path, class_prompt, int(s["class_images_per_instance"]), device,
+                accel.weight_dtype, seed=int(config.schedule["seed"]), progress=phases.advance,
             )
-        except data.CacheNotValid as exc:
-            self.metrics.event(str(exc), "warning")
-            return
-        shares = f" (this process's share of {self.world})" if self.world > 1 else ""
-        self.phases.end(
-            note=f"{cache.encoded} encoded, {cache.reused} reused from the cache folder{shares}, {len(cache)} in all",
-            encoded=cache.encoded, reused=cache.reused, entries=len(cache), processes=self.world,
-        )
+        phases.end(len(ready))
+        metrics.event(f"{len(ready)} class images ready")
+    offload = device.type == "cuda"
+    if s["cache_latents"]:
+        _cache_latents(c, train_data, s, accel, metrics, phases)
+        if offload and train_data.latents is not None:
+            c.vae.to("cpu")
+    if s["cache_text_encoder_outputs"]:
+        _cache_text(model, train_data, accel, metrics, phases)
+        if offload and train_data.text_cache is not None:
+            for te in c.text_encoders:
+                te.to("cpu")
+    if offload:
+        torch.cuda.empty_cache()
+    return Batches(train_data, s, int(config.schedule["seed"]), accel.rank, accel.world, device)
 
-    def _latent_progress(self, done: int, total: int) -> None:
+
+def _cache_latents(components: Any, train_data: Any, settings: dict[str, Any], accel: Accel, metrics: MetricsWriter, phases: Phases) -> None:
+    """Encode the images not in the shared latent cache yet, each rank its share (``core.train.latents``)."""
+    from . import data, latents
+
+    def progress(done: int, total: int) -> None:
         if done == 0:
-            self.phases.start("cache_latents", total, "images")
+            phases.start("cache_latents", total, "images")
         else:
-            self.phases.advance(done)
+            phases.advance(done)
 
-    def _cache_text(self, train_data: Any) -> None:
-        """Encode every caption once when the text encoders are frozen (an info line when they are not)."""
-        from . import data
+    try:
+        cache = latents.cache_latents(
+            components, train_data, accel.device, components.vae.dtype, latents.default_cache_dir(),
+            in_memory=not settings["cache_latents_to_disk"], rank=accel.rank, world=accel.world,
+            barrier=accel.acc.wait_for_everyone, progress=progress,
+        )
+    except data.CacheNotValid as exc:
+        metrics.event(str(exc), "warning")
+        return
+    shares = f" (this process's share of {accel.world})" if accel.world > 1 else ""
+    phases.end(
+        note=f"{cache.encoded} encoded, {cache.reused} reused from the cache folder{shares}, {len(cache)} in all",
+        encoded=cache.encoded, reused=cache.reused, entries=len(cache), processes=accel.world,
+    )
 
-        if any(name.startswith("text_encoder") for name in self.method.modules):
-            self.metrics.event("the text encoder is trained, so its outputs are computed every step instead of cached")
-            return
-        blocker = data.text_cache_blocker(train_data.settings)
-        if blocker:
-            self.metrics.event(blocker)
-            return
-        self.phases.start("cache_text", len(data.distinct_captions(train_data)), "captions")
-        data.cache_text_outputs(self.components, train_data, self.device, self.weight_dtype, progress=self.phases.advance)
-        self.phases.end()
 
-    def _build_optimizer(self) -> None:
-        s = self.settings
-        counts = self.data.train_data.bucket_counts()
-        self.steps_per_epoch = schedule.steps_per_epoch(counts, int(s["batch_size"]), self.world, int(self.sched["gradient_accumulation"]))
-        if self.steps_per_epoch == 0:
-            raise UserError("the dataset has no training images; add images to a subset folder of the dataset in run.toml (is_reg = false)")
-        max_steps = int(self.sched["max_steps"])
-        self.total_steps = max_steps if max_steps > 0 else int(self.sched["epochs"]) * self.steps_per_epoch
-        if self.total_steps <= 0:
-            raise UserError("the run has no steps; set schedule.epochs or schedule.max_steps above 0 in run.toml")
-        self.progress = ProgressLog(self.total_steps, enabled=self.metrics.enabled)
-        warmup = schedule.warmup_steps(self.total_steps, int(self.sched["lr_warmup_steps"]))
-        lr = float(self.sched["learning_rate"])
-        params = self.method.parameters()
-        fused = bool(s["fused_backward_pass"])
-        if fused and self.world > 1:
-            fused = False
-            self.metrics.event("fused_backward_pass works with one process only (DDP averages gradients after backward); using a normal optimizer step", "warning")
-        if fused and self.precision == "fp16":
-            fused = False
-            self.metrics.event("fused_backward_pass cannot use fp16 loss scaling; using a normal optimizer step (use bf16 for the fused pass)", "warning")
-        modules = list(self.method.modules.items())
-        prepared = self.acc.prepare(*[m for _, m in modules])
-        prepared = prepared if isinstance(prepared, tuple) else (prepared,)
-        self.wrapped = dict(zip([n for n, _ in modules], prepared))
-        if s["torch_compile"]:
-            import torch
+def _cache_text(model: Model, train_data: Any, accel: Accel, metrics: MetricsWriter, phases: Phases) -> None:
+    """Encode every caption once when the text encoders are frozen (an info line when they are not)."""
+    from . import data
 
-            self.wrapped["unet"] = torch.compile(self.wrapped.get("unet", self.components.unet))
-        self._note_optimizer_rules(lr)
-        name, shape = s["optimizer"], (int(self.sched["lr_scheduler_num_cycles"]), float(self.sched["lr_scheduler_power"]))
-        groups = param_groups(self.method, lr, float(self.sched["text_encoder_lr"]))
-        if fused:
-            self.fused: FusedBackward | None = FusedBackward(name, groups, float(s["max_grad_norm"]), warmup)
-            self.optimizer: Any = self.fused
-            self.lr_scheduler: Any = self.fused.make_schedulers(self.sched["lr_scheduler"], warmup, self.total_steps, *shape)
-        else:
-            self.fused = None
-            self.optimizer = self.acc.prepare(make_optimizer(name, groups, lr, warmup))
-            self.lr_scheduler = make_scheduler(self.sched["lr_scheduler"], self.optimizer.optimizer, warmup, self.total_steps, *shape, optimizer_name=name)
-        self.params = params
+    if any(name.startswith("text_encoder") for name in model.method.modules):
+        metrics.event("the text encoder is trained, so its outputs are computed every step instead of cached")
+        return
+    blocker = data.text_cache_blocker(train_data.settings)
+    if blocker:
+        metrics.event(blocker)
+        return
+    phases.start("cache_text", len(data.distinct_captions(train_data)), "captions")
+    data.cache_text_outputs(model.components, train_data, accel.device, accel.weight_dtype, progress=phases.advance)
+    phases.end()
 
-    def _note_optimizer_rules(self, lr: float) -> None:
-        """Events when the schedule does not follow the optimizer's rules (Prodigy's lr, schedule-free's own schedule)."""
-        for warning in optimizer_rule_warnings(self.settings["optimizer"], lr, self.sched["lr_scheduler"]):
-            self.metrics.event(warning, "warning")
 
-    def _resume(self) -> None:
-        path = self.run.latest_checkpoint()
-        if path is None:
-            return
-        loaded = ckpt.load(path)
-        self.method.load_trainable_state(loaded.tensors)
-        objects = loaded.objects
-        self.optimizer.load_state_dict(objects["optimizer"])
-        set_optimizer_mode(self.optimizer, train=True)  # a schedule-free checkpoint holds its eval weights
-        self.lr_scheduler.load_state_dict(objects["lr_scheduler"])
-        if objects.get("scaler") is not None and self.acc.scaler is not None:
-            self.acc.scaler.load_state_dict(objects["scaler"])
-        if objects.get("ema") is not None and self.ema is not None:
-            self.ema.load_state_dict(objects["ema"])
-        rng = objects.get("rng") or []
-        if self.rank < len(rng):
-            set_rng(rng[self.rank])
-        state = loaded.state
-        self.step = int(state["step"])
-        self.epoch = int(state.get("epoch", 0))
-        self.batch_index = int(state.get("batch_index", 0))
-        self.started_at = float(state.get("started_at", self.started_at))
-        self.session_id = int(state.get("session_id", self.session_id))
-        if int(state.get("world", self.world)) != self.world:
-            self.metrics.event(f"resumed on {self.world} processes a checkpoint written on {state.get('world')}; the rest of epoch {self.epoch + 1} starts over", "warning")
-            self.batch_index = 0
-        self.metrics.event(f"resumed from {path.name} at step {self.step}")
+def build_optimizer(config: Any, accel: Accel, model: Model, data: Batches, metrics: MetricsWriter) -> tuple[Optimization, Progress]:
+    """Steps per epoch and in all (from ``core.plan.schedule``), the prepared modules, the optimizer
+    (or the fused backward pass) and its LR schedule; where a fresh run stands."""
+    s, sched = config.settings, config.schedule
+    acc, method = accel.acc, model.method
+    counts = data.train_data.bucket_counts()
+    steps_per_epoch = schedule.steps_per_epoch(counts, int(s["batch_size"]), accel.world, int(sched["gradient_accumulation"]))
+    if steps_per_epoch == 0:
+        raise UserError("the dataset has no training images; add images to a subset folder of the dataset in run.toml (is_reg = false)")
+    max_steps = int(sched["max_steps"])
+    total_steps = max_steps if max_steps > 0 else int(sched["epochs"]) * steps_per_epoch
+    if total_steps <= 0:
+        raise UserError("the run has no steps; set schedule.epochs or schedule.max_steps above 0 in run.toml")
+    warmup = schedule.warmup_steps(total_steps, int(sched["lr_warmup_steps"]))
+    lr = float(sched["learning_rate"])
+    params = method.parameters()
+    fused = bool(s["fused_backward_pass"])
+    if fused and accel.world > 1:
+        fused = False
+        metrics.event("fused_backward_pass works with one process only (DDP averages gradients after backward); using a normal optimizer step", "warning")
+    if fused and accel.precision == "fp16":
+        fused = False
+        metrics.event("fused_backward_pass cannot use fp16 loss scaling; using a normal optimizer step (use bf16 for the fused pass)", "warning")
+    modules = list(method.modules.items())
+    prepared = acc.prepare(*[m for _, m in modules])
+    prepared = prepared if isinstance(prepared, tuple) else (prepared,)
+    wrapped = dict(zip([n for n, _ in modules], prepared))
+    if s["torch_compile"]:
+        import torch
+
+        wrapped["unet"] = torch.compile(wrapped.get("unet", model.components.unet))
+    for warning in optimizer_rule_warnings(s["optimizer"], lr, sched["lr_scheduler"]):
+        metrics.event(warning, "warning")
+    name, shape = s["optimizer"], (int(sched["lr_scheduler_num_cycles"]), float(sched["lr_scheduler_power"]))
+    groups = param_groups(method, lr, float(sched["text_encoder_lr"]))
+    fused_pass: FusedBackward | None = None
+    if fused:
+        fused_pass = FusedBackward(name, groups, float(s["max_grad_norm"]), warmup)
+        optimizer: Any = fused_pass
+        lr_scheduler: Any = fused_pass.make_schedulers(sched["lr_scheduler"], warmup, total_steps, *shape)
+    else:
+        optimizer = acc.prepare(make_optimizer(name, groups, lr, warmup))
+        lr_scheduler = make_scheduler(sched["lr_scheduler"], optimizer.optimizer, warmup, total_steps, *shape, optimizer_name=name)
+    return Optimization(wrapped, optimizer, lr_scheduler, fused_pass, params), Progress(total_steps, steps_per_epoch)
+
+
+def resume(session: Session, progress: Progress, run: RunDir, metrics: MetricsWriter) -> None:
+    """Load the newest checkpoint into the session (weights, optimizer, schedule, scaler, EMA, this
+    rank's RNG, the run's identity) and ``progress``; nothing when there is none."""
+    path = run.latest_checkpoint()
+    if path is None:
+        return
+    optim = session.optim
+    loaded = ckpt.load(path)
+    session.method.load_trainable_state(loaded.tensors)
+    objects = loaded.objects
+    optim.optimizer.load_state_dict(objects["optimizer"])
+    set_optimizer_mode(optim.optimizer, train=True)  # a schedule-free checkpoint holds its eval weights
+    optim.lr_scheduler.load_state_dict(objects["lr_scheduler"])
+    scaler = session.acc.scaler
+    if objects.get("scaler") is not None and scaler is not None:
+        scaler.load_state_dict(objects["scaler"])
+    ema = session.model.ema
+    if objects.get("ema") is not None and ema is not None:
+        ema.load_state_dict(objects["ema"])
+    rng = objects.get("rng") or []
+    if session.rank < len(rng):
+        set_rng(rng[session.rank])
+    state = loaded.state
+    progress.step = int(state["step"])
+    progress.epoch = int(state.get("epoch", 0))
+    progress.batch_index = int(state.get("batch_index", 0))
+    session.started_at = float(state.get("started_at", session.started_at))
+    session.session_id = int(state.get("session_id", session.session_id))
+    if int(state.get("world", session.world)) != session.world:
+        metrics.event(
+            f"resumed on {session.world} processes a checkpoint written on {state.get('world')}; the rest of epoch {progress.epoch + 1} starts over", "warning"
+        )
+        progress.batch_index = 0
+    metrics.event(f"resumed from {path.name} at step {progress.step}")
 
 
 def _place(module: Any, device: Any, dtype: Any) -> None:
