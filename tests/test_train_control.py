@@ -110,3 +110,21 @@ def test_requests_run_once_and_unknown_ones_are_ignored(tmp_path):
     assert reader.pending() == []
     path.write_text('{"requests": [')  # half-written: nothing, no crash
     assert reader.pending() == []
+
+
+def test_the_poller_returns_requests_for_the_loop_to_carry_out_and_acknowledges_each_once(tmp_path, tiny_models, kohya_dataset):
+    from tests.train_helpers import set_up
+
+    run = make_run(tmp_path / "run", tiny_models("sd1"), kohya_dataset(), "sd1")
+    trainer = set_up(run)
+    save = request(RunDir(run), "save")
+
+    polled = trainer.poller.poll()
+
+    assert polled.actions == ["save"] and [r["id"] for r in polled.requests] == [save]
+    assert not (run / "checkpoints").exists() or not any((run / "checkpoints").iterdir())  # polling executes nothing
+    trainer.poller.ack(polled.requests)
+    assert status(run)["control_ack"]["id"] == save
+    assert trainer.poller.poll().actions == []
+    assert trainer.poller.poll(signalled=True).actions == ["stop"]  # SIGTERM reads as a stop on every rank
+    trainer.metrics.close()

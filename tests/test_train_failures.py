@@ -116,3 +116,14 @@ def test_images_the_scan_leaves_out_are_warning_events_of_the_run(tmp_path, tiny
     assert train(run) == 0
     warnings = [e["message"] for e in metrics(run, "event") if e["level"] == "warning"]
     assert [m for m in warnings if str(broken) in m and m.startswith("skipping image")]
+
+
+def test_the_entry_point_takes_the_attempt_and_the_weights_hash_file_and_refuses_other_options(capsys):
+    from core.train.__main__ import parse, run
+
+    assert parse(["RUN", "--weights-hash", "h.txt", "--attempt", "a1"]) == ("RUN", {"--weights-hash": "h.txt", "--attempt": "a1"})
+    assert parse(["RUN"]) == ("RUN", {})
+    for argv in (["RUN", "--attempt"], ["RUN", "--hash", "h.txt"], ["RUN", "--attempt", "a", "--attempt", "b"], ["--attempt", "a", "RUN"]):
+        assert parse(argv) is None
+        assert run(argv) == 2
+        assert "usage: python -m core.train RUN_DIR [--attempt ID] [--weights-hash FILE]" in capsys.readouterr().err

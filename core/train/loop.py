@@ -52,8 +52,11 @@ STATUS_EVERY_S = 2.0
 class Trainer:
     """One training run in one process (rank) of ``accelerate launch``.
 
-    ``weights_hash``: a file each rank appends a hash of its trainable weights to at every
-    checkpoint (``Saver``), for the DDP tests; None writes nothing.
+    ``setup()`` builds the session and the stepper, saver and control poller over it; before
+    that ``config`` and ``session`` are None and ``progress`` stands at step 0, which is what a
+    failure during start-up is reported with. ``weights_hash``: a file each rank appends a hash
+    of its trainable weights to at every checkpoint (``Saver``), for the DDP tests; None writes
+    nothing.
     """
 
     def __init__(self, run_dir: str | os.PathLike[str], attempt: str = "", weights_hash: Path | None = None) -> None:
@@ -71,6 +74,7 @@ class Trainer:
         self.metrics = MetricsWriter(self.run.metrics, enabled=False)
         self.status = StatusFile(self.run.path, enabled=False)
         self.heartbeat = Heartbeat(self.run.heartbeat, enabled=False)
+        self.phases = Phases(self.status, self.metrics, enabled=False)
         self.progress_log = ProgressLog(0, enabled=False)
         self._status_at = 0.0
         self.log_every = 1
