@@ -1,7 +1,7 @@
 """Real-size GPU benchmark: sdtui's trainer against the diffusers-example loop, with memory truth.
 
 For SD1.5 at 512 px and SDXL at 1024 px (LoRA and full fine-tune), with UNet/VAE/text encoders
-built from ``core.model_configs`` (the real architectures, random weights) and a generated
+built from the family specs' configs (``core/families``) (the real architectures, random weights) and a generated
 dataset, each case runs twice in a fresh process: the sdtui trainer (in-process ``Trainer`` on a
 run folder) and ``bench.reference_loop``. Per side it reports steady-state images/s, MFU (the
 UNet's measured training FLOPs per image × images/s against the GPU's dense bf16 peak from
@@ -64,9 +64,9 @@ GPU_SETTINGS: dict[str, Any] = {
 # ----------------------------------------------------------------- models and data
 def tiny_configs(family: str) -> dict[str, dict[str, Any]]:
     """The real configs of ``family`` shrunk to toy widths and depths (same block structure)."""
-    from core.model_configs import family_config
+    from core.families import spec
 
-    configs = family_config(family)
+    configs = spec(family).component_configs()
     unet = configs["unet"]
     levels = len(unet["block_out_channels"])
     unet.update(block_out_channels=[32] * levels, layers_per_block=1, norm_num_groups=8, cross_attention_dim=32 * (2 if family == "sdxl" else 1))
@@ -90,10 +90,10 @@ def build_model(family: str, out: Path, tiny: bool) -> Path:
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    from core.model_configs import family_config
-    from core.train.tiny import write_tokenizer
+    from core.families import spec
+    from core.families.sd_unet.tiny import write_tokenizer
 
-    configs = tiny_configs(family) if tiny else family_config(family)
+    configs = tiny_configs(family) if tiny else spec(family).component_configs()
     device = "cuda" if torch.cuda.is_available() and not tiny else "cpu"
     dtype = torch.float32 if tiny else torch.float16
     torch.manual_seed(0)
@@ -209,9 +209,9 @@ def component_flops(family: str, resolution: int) -> dict[str, float]:
     from torch.utils.flop_counter import FlopCounterMode
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from core.model_configs import family_config
+    from core.families import spec
 
-    configs = family_config(family)
+    configs = spec(family).component_configs()
 
     def count(fn: Any) -> float:
         with FlopCounterMode(display=False) as counter, torch.no_grad():

@@ -1,6 +1,6 @@
 """Real architectures on the CPU: sdtui's trainer against the reference loop on SD1.5 and SDXL.
 
-The models are the real SD1.5 and SDXL architectures (``core.model_configs``) with random
+The models are the real SD1.5 and SDXL architectures (the family specs, ``core/families``) with random
 weights, built once by ``bench.real_models`` into ``--models`` (default: the user cache folder,
 ``~/.cache/sdtui/bench-models``, 8.5 GB). Both sides train at 128 px, batch 1, bf16 autocast, one
 compute thread each, no data-loader workers, on the same 8 generated images: ours is

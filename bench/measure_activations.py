@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from core.atomic import write_json_atomic
-from core.model_configs import LORA_TARGET_MODULES, NATIVE_RESOLUTION, TEXT_TOKENS, families, family_config, is_lora_target
+from core.families import FAMILIES, spec
+from core.families.sd_unet import CLIP_TOKENS, LORA_TARGETS, is_lora_target
 
 ACTIVATIONS_JSON = Path(__file__).resolve().parents[1] / "core" / "memory" / "activations.json"
 #: Resolutions measured per family, as fractions of its native resolution (multiples of 64).
@@ -134,7 +135,7 @@ def _train_mode(unet: Any, mode: str) -> None:
     unet.requires_grad_(mode == "full")
     if mode == "lora":
         for name, module in unet.named_modules():
-            if is_lora_target(name, LORA_TARGET_MODULES["unet"]["attn"]):
+            if is_lora_target(name, LORA_TARGETS["denoiser"]["attn"]):
                 module.weight.requires_grad_(True)
 
 
@@ -143,7 +144,7 @@ def _unet_inputs(unet_config: dict[str, Any], resolution: int, mode: str, dtype:
 
     latent = resolution // 8
     sample = torch.randn(1, 4, latent, latent, device=device, dtype=dtype).requires_grad_(mode == "lora")
-    text = torch.randn(1, TEXT_TOKENS, unet_config["cross_attention_dim"], device=device, dtype=dtype)
+    text = torch.randn(1, CLIP_TOKENS, unet_config["cross_attention_dim"], device=device, dtype=dtype)
     kwargs: dict[str, Any] = {}
     if unet_config.get("addition_embed_type") == "text_time":
         kwargs["added_cond_kwargs"] = {
@@ -161,7 +162,7 @@ def unet_activation(family: str, resolution: int, mode: str, precision: str, che
     from diffusers import UNet2DConditionModel
     from diffusers.models.attention_processor import AttnProcessor
 
-    cfg = unet_config or family_config(family)["unet"]
+    cfg = unet_config or spec(family).component_configs()["unet"]
     dtype = torch.float16 if precision == "half" else torch.float32
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(cfg).to(dtype)
@@ -198,7 +199,7 @@ def unet_activation(family: str, resolution: int, mode: str, precision: str, che
 
 #: A small UNet with SD 1.5's layout (four levels, cross-attention, 8 heads) for the CPU check.
 SMALL_SD1_UNET: dict[str, Any] = {
-    **family_config("sd1")["unet"],
+    **spec("sd1").component_configs()["unet"],
     "block_out_channels": [64, 128, 256, 256],
     "cross_attention_dim": 64,
 }
@@ -276,7 +277,7 @@ def vae_encode_peak(resolution: int) -> int:
     import torch
     from diffusers import AutoencoderKL
 
-    vae = AutoencoderKL.from_config(family_config("sd1")["vae"]).eval()
+    vae = AutoencoderKL.from_config(spec("sd1").component_configs()["vae"]).eval()
     image = torch.randn(1, 3, resolution, resolution)
     with torch.no_grad():
         return cpu_peak(lambda: vae.encode(image).latent_dist.sample())
@@ -308,11 +309,11 @@ def text_encoder_activation(family: str, component: str) -> int:
     import torch
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    cfg = family_config(family)[component]
+    cfg = spec(family).component_configs()[component]
     with torch.device("meta"):
         model = CLIPTextModel(CLIPTextConfig(**cfg)).to(torch.float16)
     tally = SavedTally({id(p) for p in model.parameters()})
-    ids = torch.zeros(1, TEXT_TOKENS, dtype=torch.long, device="meta")
+    ids = torch.zeros(1, spec(family).text_tokens, dtype=torch.long, device="meta")
     with autocast_emulation(torch.float16), torch.autograd.graph.saved_tensors_hooks(tally.pack, lambda t: t):
         model(ids, output_hidden_states=True)
     return tally.total + 2 * tally.largest
@@ -341,7 +342,7 @@ def measure(selected: tuple[str, ...]) -> dict[str, Any]:
         "text_encoders": {},
     }
     for family in selected:
-        native = NATIVE_RESOLUTION[family]
+        native = spec(family).native_resolution
         resolutions = [int(native * s) // 64 * 64 for s in SCALES]
         entries: dict[str, Any] = {}
         for mode, precision, ckpt, attention in itertools.product(MODES, PRECISIONS, (True, False), ATTENTIONS):
@@ -355,7 +356,7 @@ def measure(selected: tuple[str, ...]) -> dict[str, Any]:
             print(f"{family} {key} @{native}: saved {top['saved'] / 2**30:.2f} GiB, recompute {top['recompute'] / 2**30:.2f} GiB, largest {top['largest'] / 2**20:.0f} MiB", flush=True)
         doc["unet"][family] = entries
         doc["text_encoders"][family] = {
-            comp: text_encoder_activation(family, comp) for comp in family_config(family) if comp.startswith("text_encoder")
+            comp: text_encoder_activation(family, comp) for comp in spec(family).component_configs() if comp.startswith("text_encoder")
         }
     return doc
 
@@ -363,7 +364,7 @@ def measure(selected: tuple[str, ...]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Measure every family (or those named) and write activations.json."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("families", nargs="*", default=list(families()), help="families to measure (default all)")
+    parser.add_argument("families", nargs="*", default=list(FAMILIES), help="families to measure (default all)")
     parser.add_argument("--dry-run", action="store_true", help="print the figures without writing the file")
     parser.add_argument("--validate", action="store_true", help="only compare the method with real CPU peaks of a small UNet")
     args = parser.parse_args(argv)

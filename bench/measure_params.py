@@ -1,7 +1,7 @@
 """Count the parameters of every SD component on the meta device and write core/memory/params.json.
 
 ``python -m bench.measure_params`` builds the real-size UNet, VAE and text encoder(s) of SD1.5,
-SD2.1 and SDXL from ``core/model_configs.py`` on the meta device (no weights, no download, a
+SD2.1 and SDXL from the family specs (``core/families``) on the meta device (no weights, no download, a
 few seconds) and records per component: the parameter count, the LoRA "width" per
 ``lora_targets`` choice (Σ over adapted layers of in·k·k + out, so LoRA params = rank × width)
 and the adapted layer count and weight size (LoHa/LoKr build a delta of that size), the largest single tensor (what a fused backward pass holds as
@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from core.atomic import write_json_atomic
-from core.model_configs import COMPONENT_CLASSES, LORA_TARGET_MODULES, families, family_config, is_lora_target
+from core.families import FAMILIES, spec
+from core.families.sd_unet import COMPONENT_CLASSES, LORA_TARGETS, is_lora_target
 
 PARAMS_JSON = Path(__file__).resolve().parents[1] / "core" / "memory" / "params.json"
 
@@ -74,7 +75,7 @@ def describe(kind: str, model: Any) -> dict[str, Any]:
     }
     if kind == "vae":
         return entry
-    targets = LORA_TARGET_MODULES["unet" if kind == "unet" else "text_encoder"]
+    targets = LORA_TARGETS["denoiser" if kind == "unet" else "text_encoder"]
     entry["lora_width"] = {}
     entry["lora_layers"] = {}
     entry["lora_weight_params"] = {}
@@ -101,8 +102,8 @@ def measure() -> dict[str, Any]:
         "transformers": transformers.__version__,
         "families": {},
     }
-    for family in families():
-        out["families"][family] = {kind: describe(kind, build_meta(kind, cfg)) for kind, cfg in family_config(family).items()}
+    for family in FAMILIES:
+        out["families"][family] = {kind: describe(kind, build_meta(kind, cfg)) for kind, cfg in spec(family).component_configs().items()}
     return out
 
 

@@ -1,6 +1,6 @@
 """Real-size Stable Diffusion models with random weights, built lean: no download, no fp32 copy.
 
-The architectures come from ``core.model_configs`` (SD1.5 and SDXL base as published). Each
+The architectures come from the family specs (``core/families``) (SD1.5 and SDXL base as published). Each
 component is made on the meta device, given storage in the storage dtype (bf16) and filled
 parameter by parameter (weights ~ N(0, 1/fan_in), norm scales 1, biases 0), so building the
 2.6 B-parameter SDXL UNet peaks at its bf16 size (5.2 GB) instead of fp32 + a cast copy
@@ -61,10 +61,10 @@ def build_real(family: str, out: Path) -> Path:
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    from core.model_configs import family_config
-    from core.train.tiny import write_tokenizer
+    from core.families import spec
+    from core.families.sd_unet.tiny import write_tokenizer
 
-    configs = family_config(family)
+    configs = spec(family).component_configs()
     dtype = getattr(torch, STORAGE_DTYPE)
     parts: dict[str, Any] = {
         "unet": _lean(lambda: UNet2DConditionModel(**configs["unet"]), dtype, 1),

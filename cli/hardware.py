@@ -6,6 +6,8 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
+from core.families import FAMILIES
+
 from . import common
 
 
@@ -17,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     gpus.set_defaults(func=cmd_gpus)
 
     recipes = sub.add_parser("recipes", help="list the memory-saving recipes with their estimated peak VRAM")
-    recipes.add_argument("--family", choices=("sd1", "sd2", "sdxl"), help="only recipes for this model family")
+    recipes.add_argument("--family", choices=FAMILIES, help="only recipes for this model family")
     recipes.add_argument("--method", choices=("lora", "dreambooth", "finetune", "textual_inversion"), help="only recipes for this method")
     common.add_json(recipes)
     recipes.set_defaults(func=cmd_recipes)

@@ -9,7 +9,7 @@ from typing import Any
 from cli.common import add_json, add_set, print_json
 from core.dataset.buckets import BUCKET_KEYS
 from core.errors import UserError
-from core.model_configs import NATIVE_RESOLUTION
+from core.families import FAMILIES, spec
 from core.settings import METHODS
 
 
@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     plan = sub.add_parser("plan", help="recipe, VRAM estimate and the schedule on 1, 2, 4 and 8 GPUs")
     plan.add_argument("config", nargs="?", metavar="CONFIG.toml", help="plan this run config instead of --model/--data")
-    plan.add_argument("--model", help="diffusers folder, .safetensors file, hub id, or sd1 | sd2 | sdxl to plan without weights")
+    plan.add_argument("--model", help=f"diffusers folder, .safetensors file, hub id, or {' | '.join(FAMILIES)} to plan without weights")
     plan.add_argument("--data", metavar="DIR", help="dataset folder of <repeats>_<token> subfolders")
     plan.add_argument("--reg", metavar="DIR", help="regularisation / class images folder")
     plan.add_argument("--method", help=f"{' | '.join(METHODS)} (default lora)")
@@ -152,7 +152,7 @@ def _from_arguments(args: argparse.Namespace, extras: list[str], gpus: Any) -> t
     from core.plan.picker import run_shape
 
     if not args.model:
-        raise UserError("sdtui plan needs a base model: give --model with a diffusers folder, a .safetensors file, a hub id, or sd1, sd2 or sdxl")
+        raise UserError("sdtui plan needs a base model: give --model with a diffusers folder, a .safetensors file, a hub id, or one of " + ", ".join(FAMILIES))
     if args.reg and not args.data:
         raise UserError("--reg (class images) needs the training images too: add --data DIR")
     method = args.method or "lora"
@@ -163,7 +163,7 @@ def _from_arguments(args: argparse.Namespace, extras: list[str], gpus: Any) -> t
     probe = apply_overrides(new_config("plan", model_path, family, method, [], {}), extras)
     overrides = _settings_overrides(probe, extras)
     settings = probe.settings
-    resolution = int(overrides.get("resolution", NATIVE_RESOLUTION[family]))
+    resolution = int(overrides.get("resolution", spec(family).native_resolution))
     scan = None
     if args.data:
         scan = scan_dataset(args.data, args.reg, resolution=resolution, bucket_settings={k: settings[k] for k in BUCKET_KEYS})

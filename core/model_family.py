@@ -1,8 +1,9 @@
-"""Which Stable Diffusion family (sd1, sd2, sdxl) a model is, found cheaply and without torch.
+"""Which model family a model is, found cheaply and without torch.
 
 A diffusers folder is read from its JSON configs, a single ``.safetensors`` file from its
 JSON header (the first bytes of the file), a ``.ckpt`` from the key names inside its pickle,
-and a hub id is guessed from its name.
+and a hub id is guessed from its name. The clues are each family's spec
+(``core/families``, ``Recognition``), tried in the registry's detection order.
 """
 
 from __future__ import annotations
@@ -13,11 +14,10 @@ import struct
 import zipfile
 from pathlib import Path
 
-from .errors import UserError
-from .settings import FAMILIES
+from typing import Any
 
-#: Text-encoder width (the UNet's cross_attention_dim) of each family's reference models.
-_CROSS_ATTENTION_DIM = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
+from .errors import UserError
+from .families import FAMILIES, detection_order
 #: A safetensors header larger than this is not a model header but a damaged file.
 _MAX_HEADER = 100 * 1024 * 1024
 _HINT = "give the family instead, e.g. --model sdxl (or set [model] family in run.toml)"
@@ -46,15 +46,26 @@ def family_of_folder(path: Path) -> str:
     unet = _read_json(path / "unet" / "config.json")
     if index is None and unet is None:
         raise UserError(f"'{path}' is not a diffusers model folder (no model_index.json or unet/config.json); {_HINT}")
-    if (path / "text_encoder_2").is_dir() or "XL" in str((index or {}).get("_class_name", "")):
-        return "sdxl"
-    unet = unet or {}
-    family = _CROSS_ATTENTION_DIM.get(unet.get("cross_attention_dim"))
-    if family:
-        return family
-    if unet.get("addition_embed_type") == "text_time":
-        return "sdxl"
-    return "sd2" if unet.get("use_linear_projection") else "sd1"
+    parts = {p.name for p in path.iterdir() if p.is_dir()}
+    return family_of_configs(parts, str((index or {}).get("_class_name", "")), unet or {})
+
+
+def family_of_configs(parts: set[str], pipeline_class: str, unet: dict[str, Any], text_encoder: dict[str, Any] | None = None) -> str:
+    """The family of a model from its component names, pipeline class name and UNet (and text-encoder) config."""
+    order = detection_order()
+    for candidate in order:
+        clue = candidate.recognition
+        if (clue.folder_parts and set(clue.folder_parts) <= parts) or (clue.pipeline_mark and clue.pipeline_mark in pipeline_class):
+            return candidate.name
+    for candidate in order:
+        if candidate.recognition.cross_attention_dim and unet.get("cross_attention_dim") == candidate.recognition.cross_attention_dim:
+            return candidate.name
+    for candidate in order:
+        marks = {**candidate.recognition.unet_marks, **{f"text:{k}": v for k, v in candidate.recognition.text_marks.items()}}
+        found = {**unet, **{f"text:{k}": v for k, v in (text_encoder or {}).items()}}
+        if any(found.get(key) == value for key, value in marks.items()):
+            return candidate.name
+    return order[-1].name
 
 
 def family_of_file(path: Path) -> str:
@@ -72,12 +83,9 @@ def family_of_file(path: Path) -> str:
 def family_of_hub_id(model_id: str) -> str:
     """Guess the family from a hub id's name (no download); UserError when the name gives no clue."""
     name = model_id.lower()
-    if re.search(r"xl|sd-?xl|pony|illustrious", name):
-        return "sdxl"
-    if re.search(r"stable-diffusion-2|sd-?2|2-1|2\.1|v2-", name):
-        return "sd2"
-    if re.search(r"stable-diffusion-v?1|sd-?1|v1-[45]|1-5|1\.5", name):
-        return "sd1"
+    for candidate in detection_order():
+        if candidate.recognition.hub_pattern and re.search(candidate.recognition.hub_pattern, name):
+            return candidate.name
     raise UserError(f"cannot tell the family of hub model '{model_id}' from its name; {_HINT}")
 
 
@@ -126,8 +134,8 @@ def _ckpt_key_text(path: Path) -> str:
 
 
 def _family_of_keys(keys: str) -> str:
-    if "conditioner.embedders.1" in keys or "text_encoder_2" in keys or "add_embedding." in keys:
-        return "sdxl"
-    if "cond_stage_model.model." in keys:
-        return "sd2"
-    return "sd1"
+    order = detection_order()
+    for candidate in order:
+        if any(marker in keys for marker in candidate.recognition.checkpoint_keys):
+            return candidate.name
+    return order[-1].name

@@ -224,11 +224,11 @@ def test_imports_without_torch() -> None:
 def test_params_json_matches_meta_device_build_of_configs() -> None:
     pytest.importorskip("diffusers")
     from bench.measure_params import build_meta, describe
-    from core.model_configs import family_config
+    from core.families import spec
 
     stored = json.loads(memory_data.PARAMS_JSON.read_text())
     for family, component in [("sd1", "unet"), ("sd1", "text_encoder"), ("sd2", "unet"), ("sdxl", "unet"), ("sdxl", "vae")]:
-        fresh = describe(component, build_meta(component, family_config(family)[component]))
+        fresh = describe(component, build_meta(component, spec(family).component_configs()[component]))
         assert stored["families"][family][component] == fresh, (family, component)
     # the public reference checkpoints' parameter counts
     assert stored["families"]["sd1"]["unet"]["params"] == 859_520_964

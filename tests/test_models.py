@@ -12,7 +12,7 @@ from core.train.models import ModelLoadError, detect_prediction_type, load_compo
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
 def test_folder_loads_with_detected_family(tiny_models, family):
-    components = load_components(str(tiny_models(family)), family="sd2")  # the weights win over a wrong hint
+    components = load_components(str(tiny_models(family)))
     assert components.family == family
     assert components.prediction_type == "epsilon"
     assert type(components.noise_scheduler).__name__ == "DDPMScheduler"

@@ -66,10 +66,10 @@ def test_lora_both_formats_reproduce_the_trained_model(tmp_path, tiny_models, fa
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
 def test_text_encoder_mlp_lora_loads_in_diffusers_from_both_files(tmp_path, tiny_models, family):
-    from core.model_configs import LORA_TARGET_MODULES
+    from core.families.sd_unet import LORA_TARGETS
 
     path = tiny_models(family)
-    components = _trained_lora(path, family, text_encoder=True, te_targets=list(LORA_TARGET_MODULES["text_encoder"]["attn_ff"]))
+    components = _trained_lora(path, family, text_encoder=True, te_targets=list(LORA_TARGETS["text_encoder"]["attn_ff"]))
     keys = kohya_lora_state_dict(components)
     assert any(".mlp_fc1." in k or "_mlp_fc1." in k for k in keys) and any("_mlp_fc2." in k for k in keys)
     trained = _image(components.pipeline())
@@ -176,10 +176,10 @@ def test_original_layout_round_trips_the_real_architectures(family):
     from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint, convert_ldm_unet_checkpoint, convert_ldm_vae_checkpoint, convert_open_clip_checkpoint
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    from core.model_configs import family_config
-    from core.train.outputs import clip_to_original, open_clip_to_original, vae_to_original, unet_module_name
+    from core.families import spec
+    from core.families.sd_unet.layout import clip_to_original, open_clip_to_original, unet_module_name, vae_to_original
 
-    config = family_config(family)
+    config = spec(family).component_configs()
     with init_empty_weights():
         unet = UNet2DConditionModel(**config["unet"])
         vae = AutoencoderKL(**config["vae"])

@@ -355,7 +355,7 @@ def test_trainable_text_encoder_parameters_follow_the_targets_as_the_estimator_c
     from transformers import CLIPTextModel
 
     from bench.measure_params import describe
-    from core.model_configs import adapter_parameters
+    from core.memory.trainable import adapter_parameters
 
     fresh = CLIPTextModel.from_pretrained(str(tiny_models("sd1") / "text_encoder"))
     widths = describe("text_encoder", fresh)["lora_width"]

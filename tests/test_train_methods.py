@@ -145,7 +145,7 @@ def test_dreambooth_generates_missing_class_images_into_the_run_folder(tmp_path,
 
 @pytest.mark.parametrize("targets", ["attn", "attn_ff", "all"])
 def test_lora_adapts_exactly_the_modules_the_memory_estimator_counts(tiny_models, targets):
-    from core.model_configs import LORA_TARGET_MODULES, is_lora_target
+    from core.families.sd_unet import LORA_TARGETS, is_lora_target
     from core.train.methods import setup_method
     from core.train.models import load_components
 
@@ -153,11 +153,11 @@ def test_lora_adapts_exactly_the_modules_the_memory_estimator_counts(tiny_models
     plain = {name for name, _ in components.unet.named_modules()}
     setup_method("lora", components, {"lora_targets": targets, "lora_rank": 2, "train_text_encoder": True})
     adapted = {name[: -len(".lora_A")] for name, _ in components.unet.named_modules() if name.endswith(".lora_A")}
-    assert adapted == {n for n in plain if is_lora_target(n, LORA_TARGET_MODULES["unet"][targets])}
+    assert adapted == {n for n in plain if is_lora_target(n, LORA_TARGETS["denoiser"][targets])}
     assert adapted
     encoder = components.text_encoders[0]
     te_adapted = {name[: -len(".lora_A")] for name, _ in encoder.named_modules() if name.endswith(".lora_A")}
-    assert te_adapted and all(is_lora_target(n, LORA_TARGET_MODULES["text_encoder"][targets]) for n in te_adapted)
+    assert te_adapted and all(is_lora_target(n, LORA_TARGETS["text_encoder"][targets]) for n in te_adapted)
 
 
 def test_placeholder_tokens_never_shrink_the_embedding_table_and_grow_it_when_needed(tiny_models):

@@ -12,7 +12,7 @@ from typing import Any
 
 from core.dataset.buckets import BUCKET_KEYS
 from core.errors import UserError
-from core.model_configs import NATIVE_RESOLUTION
+from core.families import spec
 from core.settings import FAMILIES, METHODS, SCHEMA, SETTINGS, defaults, optimizer_learning_rate
 
 STEPS = ("Model", "Dataset", "Method", "Recipe", "Schedule", "Samples", "Review")
@@ -161,10 +161,10 @@ class WizardState:
         text = text.strip()
         self.model, self.family = text, None
         if not text:
-            raise UserError("no model given; type a diffusers folder, a .safetensors file, a hub id, or a family (sd1, sd2, sdxl) to plan only")
+            raise UserError(f"no model given; type a diffusers folder, a .safetensors file, a hub id, or a family ({', '.join(FAMILIES)}) to plan only")
         self.family = detect_family(self._path_text(text) if not self.planning_only else text)
         if not self.recipe and not self.keep_settings:
-            self.settings["resolution"] = NATIVE_RESOLUTION[self.family]
+            self.settings["resolution"] = spec(self.family).native_resolution
         return self.family
 
     @property
@@ -175,6 +175,12 @@ class WizardState:
     def check_model(self) -> None:
         if not self.family:
             self.set_model(self.model)
+
+    def chosen_family(self) -> str:
+        """The model's family; UserError sending the user back to the Model step when there is none yet."""
+        if not self.family:
+            raise UserError(f"the model family is not known yet; give the model on the Model step (a folder, a .safetensors file, a hub id or one of {', '.join(FAMILIES)})")
+        return self.family
 
     # ---- step 2: dataset
     def run_scan(self) -> Any:
@@ -188,7 +194,7 @@ class WizardState:
             from core.dataset.scan import scan_config
 
             return scan_config(new_config(
-                self.name or "run", "", self.family or defaults("model")["family"], self.method, self.subsets, self.settings,
+                self.name or "run", "", self.chosen_family(), self.method, self.subsets, self.settings,
                 dataset_options={"caption_extension": self.caption_extension},
             ))
         reg = self._path_text(self.reg_dataset) if self.reg_dataset.strip() else None
@@ -258,7 +264,7 @@ class WizardState:
         from core.plan.picker import rank_recipes
         from core.recipes import load_recipes
 
-        return rank_recipes(self.family or "sd1", self.method, self.gpus, load_recipes(), shape=self.shape())
+        return rank_recipes(self.chosen_family(), self.method, self.gpus, load_recipes(), shape=self.shape())
 
     def shape(self) -> Any:
         """The run's shape for the fit (prior preservation with the class folder's images), as the plan has it."""
@@ -279,7 +285,9 @@ class WizardState:
         follow the method, family, optimizer and recipe (core/plan/learning_rates.py)."""
         from core.plan.learning_rates import schedule_defaults
 
-        implied = schedule_defaults(self.family or "sd1", self.method, str(self.settings["optimizer"])) | self.recipe_schedule
+        if not self.family:
+            return  # nothing to follow before a model is chosen; the next call after Model syncs
+        implied = schedule_defaults(self.family, self.method, str(self.settings["optimizer"])) | self.recipe_schedule
         for key, value in implied.items():
             # a value the user typed, or one set from a loaded config, is not a default: it stays
             if key not in self.schedule_edited and self.schedule.get(key) == self.schedule_implied.get(key):
@@ -302,7 +310,7 @@ class WizardState:
         """The current settings judged on the smallest GPU (RecipeFit: estimate, fits, speed)."""
         from core.plan.picker import judge
 
-        return judge(self.family or "sd1", self.method, self.settings, self.gpus, shape=self.shape())
+        return judge(self.chosen_family(), self.method, self.settings, self.gpus, shape=self.shape())
 
     def check_recipe(self) -> None:
         for key, value in self.settings.items():
@@ -314,7 +322,7 @@ class WizardState:
 
             need = fit.estimate.total_bytes / 1024**3
             have = self.gpus.smallest.vram_total_bytes / 1024**3
-            tips = suggest_when_nothing_fits(self.family or "sd1", self.method, self.gpus, [], self.settings, self.shape())
+            tips = suggest_when_nothing_fits(self.chosen_family(), self.method, self.gpus, [], self.settings, self.shape())
             from tui.format import tui_terms
 
             tip = tui_terms(tips[0]) if tips else "pick a recipe higher in the list"
@@ -429,7 +437,7 @@ class WizardState:
         return new_config(
             name=self.name.strip() or "run",
             model_path=self._path_text(self.model) if not self.planning_only else "",
-            family=self.family or "sd1",
+            family=self.chosen_family(),
             method=self.method,
             subsets=subsets,
             settings=dict(self.settings, recipe=self.recipe),

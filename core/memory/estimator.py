@@ -19,7 +19,7 @@ from functools import lru_cache
 from typing import Any
 
 from core.errors import UserError
-from core.model_configs import TEXT_TOKENS, family_config
+from core.families import spec
 from core.settings import BACKENDS, FAMILIES, METHODS, resolve
 
 from . import data
@@ -99,7 +99,7 @@ def unet_activation_parts(family: str, mode: str, half: bool, checkpointing: boo
     activation's size (the incoming and outgoing gradient).
     """
     key = f"{mode}/{'half' if half else 'fp32'}/{'ckpt' if checkpointing else 'nockpt'}/{attention}"
-    fit = data.activations()["unet"][family][key]
+    fit = data.activations()[spec(family).denoiser][family][key]
     tokens = (resolution / 8) ** 2
     return int(_poly(fit["saved"], tokens)), int(_poly(fit["recompute"], tokens) + 2 * _poly(fit["largest"], tokens))
 
@@ -116,15 +116,15 @@ def text_encoder_activations(family: str, encoders: list[str], half: bool, check
         saved = data.activations()["text_encoders"][family][name] * (1 if half else 2)
         if checkpointing:
             layers, width = _text_encoder_shape(family, name)
-            saved = layers * TEXT_TOKENS * width * 4 + saved // layers
+            saved = layers * spec(family).text_tokens * width * 4 + saved // layers
         total += saved
     return total
 
 
 @lru_cache(maxsize=None)
 def _text_encoder_shape(family: str, name: str) -> tuple[int, int]:
-    """(layers, hidden width) of one text encoder of ``family`` (core/model_configs.py)."""
-    config = family_config(family)[name]
+    """(layers, hidden width) of one text encoder of ``family`` (its spec's config)."""
+    config = spec(family).configs[name]
     return int(config["num_hidden_layers"]), int(config["hidden_size"])
 
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from core.model_configs import adapter_parameters
+from core.families import spec
 from core.settings import resolve
 
 from . import data
@@ -30,8 +30,23 @@ class Trainable:
 
 
 def text_encoder_names(family: str) -> list[str]:
-    """The family's text encoders, as params.json names them."""
-    return [c for c in data.params()[family] if c.startswith("text_encoder")]
+    """The family's text encoders (their component names, as params.json keys them)."""
+    return list(spec(family).text_encoder_names)
+
+
+def adapter_parameters(lora_type: str, rank: int, width: int) -> int:
+    """Trainable parameters of a LoRA-style adapter over layers of total ``width`` (Σ in·k·k + out).
+
+    LoRA: rank × width. LoHa: two LoRA pairs, 2 × rank × width. LoKr: peft factors each layer
+    into a Kronecker product of two small matrices, about 2·√(out·in) per layer whatever the
+    rank (a factor is split by rank only when that is smaller), which is at most ``width``: the
+    count used here, an upper bound.
+    """
+    if lora_type == "loha":
+        return 2 * rank * width
+    if lora_type == "lokr":
+        return width
+    return rank * width
 
 
 def trainable(family: str, method: str, settings: Mapping[str, Any]) -> Trainable:
@@ -46,12 +61,12 @@ def trainable(family: str, method: str, settings: Mapping[str, Any]) -> Trainabl
     encoders = text_encoder_names(family)
     te = bool(s["train_text_encoder"]) and method != "textual_inversion"
     if method == "lora":
-        parts = ["unet", *(encoders if te else [])]
+        parts = [spec(family).denoiser, *(encoders if te else [])]
         kind, rank = str(s["lora_type"]), int(s["lora_rank"])
         count = sum(adapter_parameters(kind, rank, comps[c]["lora_width"][s["lora_targets"]]) for c in parts)
         return Trainable(count, min(count, adapter_parameters(kind, rank, LORA_WIDEST_LAYER)), count, te)
     if method in FULL_METHODS:
-        parts = ["unet", *(encoders if te else [])]
+        parts = [spec(family).denoiser, *(encoders if te else [])]
         count = sum(comps[c]["params"] for c in parts)
         return Trainable(count, max(comps[c]["largest_param"] for c in parts), count, te)
     count = sum(comps[c]["token_embedding_params"] for c in encoders)

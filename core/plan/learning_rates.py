@@ -9,40 +9,20 @@ with its own rule (Prodigy at 1.0) is taken from ``core.settings.optimizer_learn
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
+from core.families import spec
+from core.families.spec import LrDefault
 from core.settings import optimizer_learning_rate
 
-@dataclass(frozen=True)
-class LrDefault:
-    """A method's starting schedule: UNet (or embedding) rate, text-encoder rate, schedule, warm-up."""
-
-    learning_rate: float
-    text_encoder_lr: float
-    lr_scheduler: str
-    lr_warmup_steps: int
-
-
-#: (method, family) → the AdamW-family default; ``None`` as family means every family.
-_DEFAULTS: dict[tuple[str, str | None], LrDefault] = {
+#: method → the AdamW-family default of every family; a full-weight method's rates are the
+#: family's own (its spec's ``full_weight_rates``, sources cited there).
+_DEFAULTS: dict[str, LrDefault] = {
     # sd-scripts docs/train_network.md: learning_rate/unet_lr 1e-4, text_encoder_lr 1e-5 ("smaller
     # than U-Net"); diffusers LoRA examples 1e-4 constant, no warm-up.
-    ("lora", None): LrDefault(1e-4, 1e-5, "constant", 0),
-    # diffusers examples/dreambooth: 5e-6 (UNet only) and 2e-6 (with the text encoder), constant,
-    # no warm-up; sd-scripts train_db docs 1e-6.
-    ("dreambooth", "sd1"): LrDefault(2e-6, 1e-6, "constant", 0),
-    ("dreambooth", "sd2"): LrDefault(2e-6, 1e-6, "constant", 0),
-    # SDXL's whole UNet: diffusers train_text_to_image_sdxl 1e-6; sd-scripts' Adafactor example
-    # 4e-7 with constant_with_warmup 100.
-    ("dreambooth", "sdxl"): LrDefault(1e-6, 5e-7, "constant_with_warmup", 100),
-    # Fine-tune: diffusers train_text_to_image 1e-5 (effective batch 4), sd-scripts fine_tune.md
-    # 1e-5 with text encoders at 5e-6 / 2e-6, OneTrainer's default 3e-6 with 200 warm-up steps.
-    ("finetune", "sd1"): LrDefault(5e-6, 2e-6, "constant_with_warmup", 200),
-    ("finetune", "sd2"): LrDefault(5e-6, 2e-6, "constant_with_warmup", 200),
-    ("finetune", "sdxl"): LrDefault(1e-6, 5e-7, "constant_with_warmup", 100),
+    "lora": LrDefault(1e-4, 1e-5, "constant", 0),
     # diffusers examples/textual_inversion 5e-4; OneTrainer embedding presets 3e-4, 20 warm-up steps.
-    ("textual_inversion", None): LrDefault(5e-4, 0.0, "constant_with_warmup", 20),
+    "textual_inversion": LrDefault(5e-4, 0.0, "constant_with_warmup", 20),
 }
 
 #: Learning rates outside these bounds are far from what the peers use for the method (AdamW family).
@@ -58,7 +38,7 @@ LION_FACTOR = 1 / 3
 
 
 def _base(family: str, method: str) -> LrDefault:
-    found = _DEFAULTS.get((method, family)) or _DEFAULTS.get((method, None))
+    found = spec(family).full_weight_rates.get(method) or _DEFAULTS.get(method)
     if found is None:
         raise KeyError(f"no learning-rate default for {method} on {family}")
     return found

@@ -13,15 +13,11 @@ import math
 from typing import Any
 
 from core.memory.trainable import trainable
-from core.model_configs import NATIVE_RESOLUTION
+from core.families import FAMILIES, spec
 from core.settings import resolve
 
-#: UNet forward, TFLOPs per image at the family's native resolution, NATIVE_RESOLUTION (2 FLOPs per MAC).
-UNET_TFLOPS = {"sd1": 0.68, "sd2": 1.52, "sdxl": 5.6}
 #: VAE encoder forward, TFLOPs per 512×512 image (same architecture for all families).
 VAE_ENCODE_TFLOPS_512 = 1.1
-#: Text encoder(s) forward, TFLOPs per caption (77 tokens): CLIP-L, OpenCLIP-H, CLIP-L + bigG.
-TEXT_ENCODER_TFLOPS = {"sd1": 0.013, "sd2": 0.055, "sdxl": 0.12}
 #: Share of the dense tensor peak the matmuls and convolutions reach at a saturating batch.
 MATMUL_EFFICIENCY = 0.5
 #: FLOPs per byte of memory traffic over a whole training step (GroupNorm, SiLU, residual
@@ -44,8 +40,9 @@ def training_tflops_per_image(family: str, method: str, settings: dict[str, Any]
     """TFLOPs one training image costs: UNet forward+backward, plus what is not cached."""
     settings = resolve("settings", settings)
     resolution = int(settings["resolution"])
-    pixel_scale = (resolution / NATIVE_RESOLUTION[family]) ** 2
-    forward = UNET_TFLOPS[family] * pixel_scale
+    family_spec = spec(family)
+    pixel_scale = (resolution / family_spec.native_resolution) ** 2
+    forward = family_spec.denoiser_tflops * pixel_scale
     # Full weights: backward = 2 forwards (input and weight gradients). Frozen base (LoRA,
     # textual inversion): only input gradients flow, about 1 forward.
     passes = 3.0 if method in FULL_METHODS else 2.0
@@ -54,7 +51,7 @@ def training_tflops_per_image(family: str, method: str, settings: dict[str, Any]
     total = forward * passes
     if not settings["cache_latents"]:
         total += VAE_ENCODE_TFLOPS_512 * (resolution / 512) ** 2
-    text = TEXT_ENCODER_TFLOPS[family]
+    text = family_spec.text_encoder_tflops
     if settings["train_text_encoder"] or method == "textual_inversion":
         total += text * (3.0 if settings["train_text_encoder"] and method in FULL_METHODS else 2.0)
     elif not settings["cache_text_encoder_outputs"]:
@@ -86,7 +83,7 @@ def dense_tflops(gpu: Any, mixed_precision: str) -> float | None:
 
 def images_per_second(family: str, method: str, settings: dict[str, Any], gpu: Any, accumulation: int = 1) -> float | None:
     """Training images per second on one GPU; None without a known GPU (e.g. on the CPU)."""
-    if gpu is None or family not in UNET_TFLOPS:
+    if gpu is None or family not in FAMILIES:
         return None
     settings = resolve("settings", settings)
     tflops = dense_tflops(gpu, str(settings["mixed_precision"]))

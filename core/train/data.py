@@ -6,7 +6,7 @@
   maths, so the planner's step counts are what the loader yields.
 * :class:`BatchDataset` / :func:`make_loader` load one whole batch per index (all images of a
   batch share a bucket): resize to cover, crop (center or random), optional flip, pixels in
-  [-1, 1], caption shuffle / keep tokens / dropout, SDXL size and crop conditioning. A corrupt
+  [-1, 1], caption shuffle / keep tokens / dropout, the size and crop ids a family may condition on. A corrupt
   image is skipped with a warning; a batch with no usable image comes back as ``None``.
 * :func:`cache_text_outputs` encodes every caption once before training; the latent cache is
   ``core.train.latents`` (shared across runs and ranks).
@@ -234,8 +234,8 @@ class TextCache:
         return caption in self.entries
 
     def lookup(self, captions: Sequence[str]) -> Any:
-        """The stacked :class:`core.train.text.TextEmbeddings` of ``captions``."""
-        from core.train.text import TextEmbeddings
+        """The stacked :class:`core.families.embeddings.TextEmbeddings` of ``captions``."""
+        from core.families.embeddings import TextEmbeddings
 
         embeds = torch.stack([self.entries[c][0] for c in captions])
         pooled = [self.entries[c][1] for c in captions]
@@ -296,7 +296,7 @@ class BatchDataset(torch.utils.data.Dataset):
 
     A batch is a dict: ``pixel_values`` [B, 3, H, W] in [-1, 1] or ``latents`` [B, 4, h, w] when
     latents are cached; ``captions``; ``original_sizes``, ``crop_top_lefts``, ``target_sizes``
-    ((height, width) / (top, left) per example, SDXL's conditioning); ``is_class`` (bool tensor:
+    ((height, width) / (top, left) per example, for a family runtime's extra conditioning); ``is_class`` (bool tensor:
     prior-preservation examples come after the instance ones); ``item_ids``; and
     ``prompt_embeds`` / ``pooled_prompt_embeds`` when text outputs are cached (and hold every
     caption of the batch; otherwise the loop encodes the captions).

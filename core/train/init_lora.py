@@ -24,7 +24,6 @@ from .outputs import KOHYA_SUFFIXES, adapter_kind, adapter_state, alpha_for, koh
 
 log = logging.getLogger(__name__)
 
-_DIFFUSERS_PREFIXES = {"lora_unet": "unet.", "lora_te": "text_encoder.", "lora_te1": "text_encoder.", "lora_te2": "text_encoder_2."}
 #: The factor that carries the scale when a kohya alpha is folded in, per adapter type.
 _SCALED = {"lora": ".lora_up.weight", "loha": ".hada_w1_a", "lokr": ".lokr_w1"}
 
@@ -50,9 +49,7 @@ def load_init_lora(components: Components, modules: Mapping[str, Any], path: str
     import torch
 
     tensors = read_lora_file(path)
-    encoders = [modules.get("text_encoder", components.text_encoders[0])] + (
-        [modules.get("text_encoder_2", components.text_encoders[1])] if components.is_sdxl else []
-    )
+    encoders = [modules.get(name, te) for name, te in zip(components.text_encoder_names, components.text_encoders)]
     loaded, fresh = 0, 0
     for prefix, module, unet_config in kohya_module_names(components, modules["unet"], encoders):
         state, config = adapter_state(module)
@@ -98,7 +95,7 @@ def _targets(state: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, A
 
 def _from_file(tensors: Mapping[str, Any], prefix: str, kind: str, config: Any, state: Mapping[str, Any], components: Components, unet_config: Any) -> dict[str, Any]:
     """The file's tensors for one module under peft state-dict keys (kohya keys converted, alpha folded in)."""
-    diffusers = _DIFFUSERS_PREFIXES[prefix]
+    diffusers = _diffusers_prefixes(components)[prefix]
     if any(k.startswith(diffusers) for k in tensors):
         return {k[len(diffusers):]: v for k, v in tensors.items() if k.startswith(diffusers)}
     out: dict[str, Any] = {}
@@ -124,6 +121,11 @@ def _from_file(tensors: Mapping[str, Any], prefix: str, kind: str, config: Any, 
                     value = value.reshape(-1)
                 out[name + marker] = value
     return out
+
+
+def _diffusers_prefixes(components: Components) -> dict[str, str]:
+    """kohya prefix → the key prefix of the same module in a diffusers LoRA file."""
+    return {"lora_unet": "unet."} | {te.kohya_prefix: f"{te.name}." for te in components.spec.text_encoders}
 
 
 def _file_rank(group: Mapping[str, Any], kind: str) -> int:

@@ -9,7 +9,7 @@
   sd-webui-additional-networks and A1111 index by): the SHA-256 of the tensor data and the
   legacy 64 KiB-at-1 MiB hash, both of the safetensors bytes with only the ``ss_*`` metadata.
 * ``modelspec.*``: the Stability AI model spec 1.0.1 keys sd-scripts' ``sai_model_spec.py``
-  writes for a LoRA (architecture e.g. ``stable-diffusion-v2-768-v/lora`` for SD2 v-prediction).
+  writes for a LoRA (the architecture id from the family spec, e.g. ``stable-diffusion-v2-768-v/lora``).
 """
 
 from __future__ import annotations
@@ -25,22 +25,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-#: ``ss_base_model_version`` as sd-scripts names it (``get_model_version_str_for_sd1_sd2`` + SDXL's).
-_ARCHITECTURES = {"sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-512", "sdxl": "stable-diffusion-xl-v1-base"}
+from core.families import spec as family_spec
+
 MODELSPEC_VERSION = "1.0.1"
 
 
 def base_model_version(family: str, v_prediction: bool) -> str:
-    """``sd_v1``, ``sd_v2``, ``sd_v2_v`` (SD2 v-prediction) or ``sdxl_base_v1-0``, as sd-scripts writes it."""
-    if family == "sdxl":
-        return "sdxl_base_v1-0"
-    return ("sd_v2" if family == "sd2" else "sd_v1") + ("_v" if v_prediction else "")
+    """``ss_base_model_version`` as sd-scripts writes it (the family spec's, with its v-prediction suffix)."""
+    return family_spec(family).base_model_version(v_prediction)
 
 
 def architecture(family: str, v_prediction: bool, adapter: str = "lora") -> str:
-    """``modelspec.architecture``: sd-scripts' ids (SD2 v-prediction is ``stable-diffusion-v2-768-v``) with ``/lora``."""
-    arch = "stable-diffusion-v2-768-v" if family == "sd2" and v_prediction else _ARCHITECTURES[family]
-    return f"{arch}/{adapter}"
+    """``modelspec.architecture``: sd-scripts' id of the family (per prediction type) with ``/lora``."""
+    return f"{family_spec(family).architecture(v_prediction)}/{adapter}"
 
 
 @dataclass(frozen=True)
@@ -163,7 +160,7 @@ def ss_metadata(facts: RunFacts, settings: Mapping[str, Any], schedule: Mapping[
         "ss_mixed_precision": s["mixed_precision"],
         "ss_full_fp16": False,
         "ss_full_bf16": bool(s["full_bf16"]),
-        "ss_v2": facts.family == "sd2",
+        "ss_v2": family_spec(facts.family).kohya_v2,
         "ss_v_parameterization": facts.v_prediction,
         "ss_base_model_version": base_model_version(facts.family, facts.v_prediction),
         "ss_clip_skip": int(s["clip_skip"]) if int(s["clip_skip"]) > 1 else None,
@@ -240,7 +237,7 @@ def model_spec(facts: RunFacts, settings: Mapping[str, Any], saved_at: float, ve
     spec = {
         "modelspec.sai_model_spec": MODELSPEC_VERSION,
         "modelspec.architecture": architecture(facts.family, facts.v_prediction),
-        "modelspec.implementation": "https://github.com/Stability-AI/generative-models" if facts.family == "sdxl" else "diffusers",
+        "modelspec.implementation": family_spec(facts.family).modelspec_implementation,
         "modelspec.title": facts.name,
         "modelspec.resolution": f"{resolution}x{resolution}",
         "modelspec.date": datetime.datetime.fromtimestamp(int(saved_at)).isoformat(),

@@ -341,13 +341,13 @@ def _describe_failure(trainer: Trainer, exc: BaseException) -> tuple[str, str]:
     return f"the trainer crashed at step {step} ({type(exc).__name__}: {first_line(exc)})", "see train.log for the traceback"
 
 
-def _fit_facts(trainer: Trainer) -> tuple[str, str, dict[str, Any]]:
-    """Family, method and settings of the run as far as start-up got: the loaded model's family,
-    else run.toml's (sd1 when neither names one)."""
+def _fit_facts(trainer: Trainer) -> tuple[str | None, str, dict[str, Any]]:
+    """Family, method and settings of the run as far as start-up got: the loaded model's family
+    (None before the model is loaded: the advice is then the generic one, never a guess)."""
     config = trainer.config
     if config is None:
-        return "sd1", "lora", {}
-    family = trainer.session.family if trainer.session is not None else str(config.section("model").get("family") or "sd1")
+        return None, "lora", {}
+    family = trainer.session.family if trainer.session is not None else None
     return family, str(config.method), config.settings
 
 

@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.errors import UserError
-from core.model_configs import LORA_TARGET_MODULES
 from core.settings import resolve
 
 
@@ -85,8 +84,7 @@ class Method:
 
 def text_encoders(components: Any) -> dict[str, Any]:
     """The text encoders by their diffusers names."""
-    names = ["text_encoder", "text_encoder_2"]
-    return {name: te for name, te in zip(names, components.text_encoders) if te is not None}
+    return {name: te for name, te in zip(components.text_encoder_names, components.text_encoders) if te is not None}
 
 
 def setup_method(kind: str, components: Any, settings: dict[str, Any], placeholder_token: str = "") -> Method:
@@ -100,7 +98,7 @@ def setup_method(kind: str, components: Any, settings: dict[str, Any], placehold
         te.requires_grad_(False)
     train_te = bool(settings.get("train_text_encoder")) and kind != "textual_inversion"
     if kind == "lora":
-        return _lora(unet, encoders, settings, train_te)
+        return _lora(components.spec, unet, encoders, settings, train_te)
     if kind in ("dreambooth", "finetune"):
         unet.requires_grad_(True)
         modules = {"unet": unet}
@@ -134,13 +132,13 @@ def adapter_config(settings: dict[str, Any], target_modules: list[str]) -> Any:
     return config(r=rank, alpha=alpha, target_modules=target_modules)
 
 
-def _lora(unet: Any, encoders: dict[str, Any], settings: dict[str, Any], train_te: bool) -> Method:
+def _lora(family: Any, unet: Any, encoders: dict[str, Any], settings: dict[str, Any], train_te: bool) -> Method:
     targets = str(settings.get("lora_targets", "attn"))
-    unet.add_adapter(adapter_config(settings, list(LORA_TARGET_MODULES["unet"][targets])))
+    unet.add_adapter(adapter_config(settings, list(family.lora_targets_of(family.denoiser, targets))))
     modules = {"unet": unet}
     if train_te:
         for name, te in encoders.items():
-            te.add_adapter(adapter_config(settings, list(LORA_TARGET_MODULES["text_encoder"][targets])))
+            te.add_adapter(adapter_config(settings, list(family.lora_targets_of(name, targets))))
             modules[name] = te
     return Method("lora", modules, train_te)
 

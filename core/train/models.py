@@ -1,7 +1,8 @@
 """Loading the base model for training: a diffusers folder, a single checkpoint file, or a hub id.
 
-:func:`load_components` returns the parts the training loop needs (UNet, VAE, text encoders,
-tokenizers, a DDPM noise scheduler for training) plus the detected family and prediction type.
+:func:`load_components` returns the parts the training loop needs (denoiser, VAE, text encoders,
+tokenizers, the noise scheduler) plus the detected family's runtime, its prediction type and
+objective.
 Every failure is an exception whose message is one sentence naming the model and the fix.
 """
 
@@ -16,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import UserError
-from core.model_family import family_of_file, family_of_folder
+from core.families import FAMILIES, runtime, spec, specs
+from core.families.wrappers import unwrap
+from core.model_family import family_of_configs, family_of_file, family_of_folder
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -28,7 +31,7 @@ class ModelLoadError(UserError):
 
 @dataclass
 class Components:
-    """The modules of a Stable Diffusion model, as the trainer uses them."""
+    """The modules of a model, as the trainer uses them, with its family's runtime and objective."""
 
     family: str
     prediction_type: str
@@ -38,62 +41,36 @@ class Components:
     tokenizers: list[Any]
     noise_scheduler: Any
     model_path: str
+    runtime: Any
+    objective: Any
     scheduler: Any = None
+
+    @property
+    def spec(self) -> Any:
+        """The family's spec (core/families)."""
+        return self.runtime.spec
+
+    @property
+    def text_encoder_names(self) -> tuple[str, ...]:
+        """The text encoders' component names, in the order of ``text_encoders``."""
+        return self.spec.text_encoder_names
 
     @property
     def pipeline_class(self) -> type:
         """The diffusers pipeline class of the family (imported on first use: the pipelines cost 10 s of imports)."""
-        return _pipeline_class(self.family)
-
-    @property
-    def is_sdxl(self) -> bool:
-        """True for SDXL (two text encoders, size/crop conditioning)."""
-        return self.family == "sdxl"
+        return self.runtime.pipeline_class()
 
     def pipeline(self, unet: Any = None, text_encoders: list[Any] | None = None) -> Any:
         """An inference pipeline sharing these modules (or the given, possibly training-wrapped, ones)."""
-        unet = unwrap(unet if unet is not None else self.unet)
         encoders = [unwrap(m) for m in (text_encoders if text_encoders is not None else self.text_encoders)]
-        parts: dict[str, Any] = {
-            "unet": unet,
+        modules: dict[str, Any] = {
+            self.spec.denoiser: unwrap(unet if unet is not None else self.unet),
             "vae": self.vae,
-            "text_encoder": encoders[0],
-            "tokenizer": self.tokenizers[0],
+            **dict(zip(self.spec.text_encoder_names, encoders)),
+            **dict(zip(self.spec.tokenizer_names, self.tokenizers)),
             "scheduler": self.scheduler if self.scheduler is not None else self.noise_scheduler,
         }
-        if self.is_sdxl:
-            parts["text_encoder_2"] = encoders[1]
-            parts["tokenizer_2"] = self.tokenizers[1]
-        else:
-            parts.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-        pipe = self.pipeline_class(**parts)
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
-
-
-def unwrap(module: Any) -> Any:
-    """The plain model inside DDP / torch.compile / PeftModel wrappers."""
-    while True:
-        if hasattr(module, "_orig_mod"):
-            module = module._orig_mod
-        elif type(module).__name__ in ("DistributedDataParallel", "DataParallel") and hasattr(module, "module"):
-            module = module.module
-        elif type(module).__name__ == "PeftModel" and hasattr(module, "get_base_model"):
-            module = module.get_base_model()
-        else:
-            return module
-
-
-def detect_prediction_type(family: str, scheduler_config: dict[str, Any], unet_config: dict[str, Any]) -> str:
-    """epsilon or v_prediction: the scheduler config's value, else SD2 768-v by the UNet's sample size."""
-    declared = scheduler_config.get("prediction_type")
-    if declared in ("epsilon", "v_prediction"):
-        if family == "sd2" and declared == "epsilon" and int(unet_config.get("sample_size") or 0) >= 96:
-            return "v_prediction"
-        return declared
-    if family == "sd2" and int(unet_config.get("sample_size") or 0) >= 96:
-        return "v_prediction"
-    return "epsilon"
+        return self.runtime.pipeline(modules)
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -108,17 +85,15 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _pipeline_class(family: str) -> type:
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    return StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+def _parts(family_spec: Any) -> tuple[str, ...]:
+    return (family_spec.denoiser, "vae", *family_spec.text_encoder_names, *family_spec.tokenizer_names, "scheduler")
 
 
-#: The parts of a diffusers folder the trainer loads (the safety checker and feature extractor are left out).
-FOLDER_PARTS = ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
+#: The parts of a diffusers folder the trainer loads, over every family (the safety checker and feature extractor are left out).
+FOLDER_PARTS = tuple(dict.fromkeys(p for family_spec in specs() for p in _parts(family_spec)))
 
 
-def _load_folder(path: Path, dtypes: Mapping[str, Any] | None) -> Any:
+def _load_folder(path: Path, family: str, dtypes: Mapping[str, Any] | None) -> Any:
     """Each part named in ``model_index.json`` with its own class, as the diffusers examples load them.
 
     Not through the pipeline class: importing the diffusers pipelines costs about 10 s before the
@@ -141,9 +116,9 @@ def _load_folder(path: Path, dtypes: Mapping[str, Any] | None) -> Any:
         if dtype is not None and not name.startswith(("tokenizer", "scheduler")):
             kwargs["dtype" if library == "transformers" else "torch_dtype"] = dtype
         parts[name] = cls.from_pretrained(str(path), **kwargs)
-    missing = [n for n in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if n not in parts]
+    missing = [n for n in _parts(spec(family)) if n not in parts]
     if missing:
-        raise ModelLoadError(f"The diffusers folder {path} has no {', '.join(missing)} in model_index.json; give a complete Stable Diffusion folder.")
+        raise ModelLoadError(f"The diffusers folder {path} has no {', '.join(missing)} in model_index.json; give a complete {spec(family).title} folder.")
     return SimpleNamespace(**parts)
 
 
@@ -158,7 +133,7 @@ def _config_for_single_file(path: Path, config_path: str) -> str | None:
 
 
 def _load_single_file(path: Path, family: str, config_path: str, dtypes: Mapping[str, Any] | None) -> Any:
-    cls = _pipeline_class(family)
+    family_runtime = runtime(family)
     config = _config_for_single_file(path, config_path)
     online = config is None and hub_reachable()
     if config is None and not online:
@@ -169,12 +144,11 @@ def _load_single_file(path: Path, family: str, config_path: str, dtypes: Mapping
     kwargs: dict[str, Any] = {"config": config, "local_files_only": not online}
     if dtypes and len(set(dtypes.values())) == 1:  # from_single_file takes one dtype for every part
         kwargs["torch_dtype"] = dtypes["default"]
-    if family != "sdxl":
-        kwargs.update(safety_checker=None, requires_safety_checker=False)
-    return cls.from_single_file(str(path), **kwargs)
+    kwargs.update(family_runtime.single_file_extras)
+    return family_runtime.pipeline_class().from_single_file(str(path), **kwargs)
 
 
-def _load_hub(model_id: str, family: str | None, dtypes: Mapping[str, Any] | None) -> tuple[Any, str]:
+def _load_hub(model_id: str, dtypes: Mapping[str, Any] | None) -> tuple[Any, str]:
     from diffusers import DiffusionPipeline
 
     online = hub_reachable()
@@ -188,17 +162,9 @@ def _load_hub(model_id: str, family: str | None, dtypes: Mapping[str, Any] | Non
                 "download it on a machine with network access (huggingface-cli download) and give its folder as the model path."
             ) from exc
         raise ModelLoadError(f"The hub model '{model_id}' could not be loaded ({_short(exc)}); check the id and your access to it.") from exc
-    detected = "sdxl" if hasattr(pipe, "text_encoder_2") else family_from_config(pipe.text_encoder.config.to_dict(), dict(pipe.unet.config))
-    return pipe, detected or family or "sd1"
-
-
-def family_from_config(text_config: dict[str, Any], unet_config: dict[str, Any]) -> str:
-    """sd1 or sd2 from a loaded text encoder and UNet config."""
-    if unet_config.get("addition_embed_type") == "text_time":
-        return "sdxl"
-    if text_config.get("hidden_size") == 1024 or text_config.get("hidden_act") == "gelu":
-        return "sd2"
-    return "sd1"
+    parts = {name for name in FOLDER_PARTS if getattr(pipe, name, None) is not None}
+    text = pipe.text_encoder.config.to_dict() if getattr(pipe, "text_encoder", None) is not None else {}
+    return pipe, family_of_configs(parts, type(pipe).__name__, dict(pipe.unet.config), text)
 
 
 def _short(exc: BaseException) -> str:
@@ -224,7 +190,6 @@ def _load_vae(vae_path: str, dtype: Any = None) -> Any:
 
 def load_components(
     model_path: str,
-    family: str | None = None,
     prediction_type: str = "auto",
     vae_path: str = "",
     config_path: str = "",
@@ -234,8 +199,8 @@ def load_components(
 
     ``model_path`` is a diffusers folder, a single ``.safetensors``/``.ckpt`` file in the
     original layout (its diffusers config from ``config_path``, a folder named like the file
-    beside it, or the hub), or a hub id. The family is detected from the weights (``family``
-    is only the fallback); ``prediction_type="auto"`` reads the scheduler config. ``dtypes``
+    beside it, or the hub), or a hub id. The family is detected from the weights;
+    ``prediction_type="auto"`` reads the scheduler config. ``dtypes``
     (component name or ``"default"`` -> torch dtype) reads the weights straight into those dtypes
     (memory-mapped safetensors, no full fp32 copy on the way); without it they load in fp32.
     """
@@ -249,38 +214,40 @@ def load_components(
             if not (path / "model_index.json").is_file():
                 raise ModelLoadError(f"The folder {path} is not a diffusers model (no model_index.json); give a diffusers folder or a single .safetensors file.")
             detected = family_of_folder(path)
-            pipe = _load_folder(path, dtypes)
+            pipe = _load_folder(path, detected, dtypes)
         elif path.is_file():
             if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
                 raise ModelLoadError(f"The model file {path} is not a checkpoint; give a .safetensors or .ckpt file or a diffusers folder.")
             detected = family_of_file(path)
             pipe = _load_single_file(path, detected, config_path, dtypes)
         elif _HUB_ID.match(model_path) and not model_path.startswith((".", "/", "~")):
-            pipe, detected = _load_hub(model_path, family, dtypes)
+            pipe, detected = _load_hub(model_path, dtypes)
         else:
             raise ModelLoadError(f"The model path {model_path} does not exist; fix model.path in run.toml (a diffusers folder, a .safetensors file or a hub id).")
     except UserError:
         raise
     except Exception as exc:
         raise ModelLoadError(
-            f"The model {model_path} could not be loaded ({_short(exc)}); check that it is a complete Stable Diffusion 1/2/XL checkpoint or diffusers folder."
+            f"The model {model_path} could not be loaded ({_short(exc)}); check that it is a complete checkpoint or diffusers folder of a model family sdtui trains ({', '.join(FAMILIES)})."
         ) from exc
 
     vae = _load_vae(vae_path, (dtypes or {}).get("vae")) if vae_path else pipe.vae
     scheduler_config = dict(pipe.scheduler.config)
-    resolved = prediction_type if prediction_type in ("epsilon", "v_prediction") else detect_prediction_type(detected, scheduler_config, dict(pipe.unet.config))
+    family_runtime = runtime(detected)
+    family_spec = family_runtime.spec
+    resolved = prediction_type if prediction_type in family_spec.objectives else family_runtime.prediction_type(scheduler_config, dict(pipe.unet.config))
     noise_scheduler = DDPMScheduler.from_config(scheduler_config, prediction_type=resolved)
     inference = type(pipe.scheduler).from_config(scheduler_config, prediction_type=resolved)
-    encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if detected == "sdxl" else [])
-    tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if detected == "sdxl" else [])
     return Components(
         family=detected,
         prediction_type=resolved,
         unet=pipe.unet,
         vae=vae,
-        text_encoders=encoders,
-        tokenizers=tokenizers,
+        text_encoders=[getattr(pipe, name) for name in family_spec.text_encoder_names],
+        tokenizers=[getattr(pipe, name) for name in family_spec.tokenizer_names],
         noise_scheduler=noise_scheduler,
         model_path=str(model_path),
+        runtime=family_runtime,
+        objective=family_runtime.objective(resolved, noise_scheduler),
         scheduler=inference,
     )

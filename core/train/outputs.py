@@ -5,19 +5,20 @@
   (what ``pipeline.load_lora_weights(dir)`` reads, with peft's adapter config as metadata so
   alpha survives).
 * Full models (DreamBooth, fine-tune): ``diffusers/`` (the whole pipeline) and
-  ``<name>.safetensors``, one file in the original LDM/SGM layout (:func:`to_original`;
-  diffusers only converts the other way, so the mapping is written here).
-* Textual inversion: ``<token>.safetensors`` (A1111: ``emb_params``, or ``clip_l``/``clip_g``
-  for SDXL) and ``diffusers/learned_embeds.safetensors`` (+ ``learned_embeds_2`` for SDXL).
+  ``<name>.safetensors``, one file in the family's original single-file layout (the family
+  runtime's ``to_original``).
+* Textual inversion: ``<token>.safetensors`` (A1111: one key per text encoder, named by the
+  family's spec: ``emb_params``, or ``clip_l``/``clip_g``) and the diffusers files the spec
+  names (``diffusers/learned_embeds.safetensors``, ``learned_embeds_2`` for a second encoder).
+
+Which prefixes, key names and layouts a family uses is its spec's and runtime's (core/families).
 
 Every file is written atomically (temp file + rename; folders via a temp folder + rename).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -27,8 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from core.atomic import finish_tree, replace, write_atomic
+from core.families import runtime
+from core.families.wrappers import unwrap
 from core.train.kohya_metadata import with_hashes
-from core.train.models import Components, unwrap
+from core.train.models import Components
 
 DIFFUSERS_DIR = "diffusers"
 PEFT_DIR = "peft"
@@ -96,15 +99,15 @@ def split_key(key: str, suffixes: tuple[tuple[str, str], ...]) -> tuple[str, str
 
 
 def kohya_module_names(components: Components, unet: Any, text_encoders: Sequence[Any]) -> list[tuple[str, Any, Any]]:
-    """``(kohya prefix, module, unet config)`` for the UNet and each text encoder."""
-    te_prefixes = ["lora_te1", "lora_te2"] if components.is_sdxl else ["lora_te"]
+    """``(kohya prefix, module, unet config)`` for the UNet and each text encoder (its spec's ``kohya_prefix``)."""
+    te_prefixes = [te.kohya_prefix for te in components.spec.text_encoders]
     return [("lora_unet", unet, dict(unwrap(unet).config))] + [(p, te, None) for p, te in zip(te_prefixes, text_encoders)]
 
 
 def kohya_key(prefix: str, name: str, components: Components, unet_config: Mapping[str, Any] | None) -> str:
     """The kohya key base (``lora_unet_…`` / ``lora_te…_text_model_…``) of a peft module path."""
     if prefix == "lora_unet":
-        module = unet_module_name(name, unet_config) if components.is_sdxl and unet_config is not None else name
+        module = components.runtime.kohya_unet_module(name, unet_config) if unet_config is not None else name
     else:
         module = name if name.startswith("text_model.") else f"text_model.{name}"
     return f"{prefix}_{module.replace('.', '_')}"
@@ -113,9 +116,9 @@ def kohya_key(prefix: str, name: str, components: Components, unet_config: Mappi
 def kohya_lora_state_dict(components: Components, unet: Any = None, text_encoders: Sequence[Any] | None = None) -> dict[str, Any]:
     """The LoRA / LoHa / LoKr of the (trained) UNet and text encoders in kohya's (LyCORIS') key layout.
 
-    Keys are ``lora_unet_<module>`` (SDXL: the SGM module names kohya's SDXL trainer uses;
-    SD1/SD2: the diffusers names kohya uses), ``lora_te_<module>`` (SD1/SD2) or
-    ``lora_te1_``/``lora_te2_`` (SDXL), each with ``.alpha`` (the trained alpha) and:
+    Keys are ``lora_unet_<module>`` (the module names kohya uses for the family: the runtime's
+    ``kohya_unet_module``) and ``<kohya prefix>_<module>`` per text encoder (``lora_te``, or
+    ``lora_te1``/``lora_te2``: the spec's), each with ``.alpha`` (the trained alpha) and:
 
     * LoRA: ``.lora_down.weight``, ``.lora_up.weight`` and, for DoRA, ``.dora_scale`` (peft's
       per-output-row magnitude shaped ``[out, 1]``, as ComfyUI reads it; diffusers drops
@@ -198,7 +201,7 @@ def save_lora(
 
     LoRA: ``<out_dir>/diffusers/pytorch_lora_weights.safetensors`` (``load_lora_weights``).
     LoHa / LoKr, which diffusers cannot load: peft's own adapter folders
-    ``<out_dir>/peft/<unet|text_encoder|text_encoder_2>/`` (``adapter_config.json`` +
+    ``<out_dir>/peft/<component>/`` (``adapter_config.json`` +
     ``adapter_model.safetensors``; ``PeftModel.from_pretrained`` / ``inject_adapter_in_model``).
     ``dtype`` (``save_precision``) casts every floating-point tensor written.
     """
@@ -213,14 +216,13 @@ def save_lora(
 
     unet_state, unet_config = adapter_state(unet)
     if adapter_kind(unet_config) != "lora":
-        return SavedFiles(kohya_file, _save_peft_folders(out / PEFT_DIR, {"unet": unet, **dict(zip(("text_encoder", "text_encoder_2"), encoders))}, dtype))
+        return SavedFiles(kohya_file, _save_peft_folders(out / PEFT_DIR, {"unet": unet, **dict(zip(components.text_encoder_names, encoders))}, dtype))
     unet_state = _cast(unet_state, dtype)
     kwargs: dict[str, Any] = {
         "unet_lora_layers": unet_state,
         "unet_lora_adapter_metadata": _lora_config_metadata(unet_config),
     }
-    te_names = ["text_encoder", "text_encoder_2"]
-    for te_name, encoder in zip(te_names, encoders):
+    for te_name, encoder in zip(components.text_encoder_names, encoders):
         state, config = adapter_state(encoder)
         if state:
             kwargs[f"{te_name}_lora_layers"] = _cast(state, dtype)
@@ -292,12 +294,13 @@ def save_full_model(
     out = Path(out_dir)
     pipe = components.pipeline(unet=unet, text_encoders=text_encoders)
     folder = replace_folder(lambda tmp: pipe.save_pretrained(tmp, safe_serialization=True), out / DIFFUSERS_DIR)
-    single = _write_original(pipe, components.family, out / f"{name}.safetensors", dtype, components.prediction_type)
+    single = _write_original(pipe, components.runtime, out / f"{name}.safetensors", dtype, components.prediction_type)
     return SavedFiles(single, folder)
 
 
-def _write_original(pipe: Any, family: str, target: Path, dtype: Any = None, prediction_type: str = "") -> Path:
-    tensors = to_original(pipe, family)
+def _write_original(pipe: Any, family_runtime: Any, target: Path, dtype: Any = None, prediction_type: str = "") -> Path:
+    family = family_runtime.spec.name
+    tensors = family_runtime.to_original(pipe)
     if dtype is not None:
         tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
     meta = {"format": "pt", "sdtui_family": family}
@@ -309,182 +312,27 @@ def _write_original(pipe: Any, family: str, target: Path, dtype: Any = None, pre
 
 def save_original_file(model_dir: str | Path, family: str, target: str | Path, dtype: Any = None) -> Path:
     """Convert a diffusers model folder of ``family`` into one original-layout ``.safetensors`` file."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    if family == "sdxl":
-        pipe = StableDiffusionXLPipeline.from_pretrained(str(model_dir), local_files_only=True)
-    else:
-        pipe = StableDiffusionPipeline.from_pretrained(str(model_dir), local_files_only=True, safety_checker=None, requires_safety_checker=False)
-    return _write_original(pipe, family, Path(target), dtype, str(pipe.scheduler.config.get("prediction_type", "")))
+    family_runtime = runtime(family)
+    pipe = family_runtime.load_pipeline(str(model_dir))
+    return _write_original(pipe, family_runtime, Path(target), dtype, str(pipe.scheduler.config.get("prediction_type", "")))
 
 
 def save_embeddings(components: Components, out_dir: str | Path, token: str, vectors: Sequence[Any], dtype: Any = None) -> SavedFiles:
     """Write a textual-inversion embedding (``vectors``: ``[num_vectors, dim]`` per text encoder).
 
-    A1111: ``<out_dir>/<token>.safetensors`` with ``emb_params`` (SD1/SD2) or ``clip_l`` and
-    ``clip_g`` (SDXL). diffusers: ``diffusers/learned_embeds.safetensors`` ({token: vectors})
-    and for SDXL ``learned_embeds_2.safetensors`` for the second encoder.
+    A1111: ``<out_dir>/<token>.safetensors`` with one key per encoder (the spec's
+    ``embedding_key``: ``emb_params``, or ``clip_l`` and ``clip_g``). diffusers:
+    ``diffusers/<embedding_file>`` ({token: vectors}) per encoder.
     """
     out = Path(out_dir)
     safe_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in token).strip("._") or "embedding"
     vectors = [v.detach().to("cpu").float() if dtype is None else v.detach().to("cpu", dtype) for v in vectors]
-    if components.is_sdxl:
-        a1111 = {"clip_l": vectors[0], "clip_g": vectors[1]}
-    else:
-        a1111 = {"emb_params": vectors[0]}
+    encoders = components.spec.text_encoders
+    a1111 = {te.embedding_key: v for te, v in zip(encoders, vectors)}
     single = out / f"{safe_name}.safetensors"
     meta = {"sdtui_token": token, "sdtui_family": components.family}
     _save_safetensors(single, a1111, meta)
     folder = out / DIFFUSERS_DIR
-    _save_safetensors(folder / "learned_embeds.safetensors", {token: vectors[0]}, meta)
-    if components.is_sdxl:
-        _save_safetensors(folder / "learned_embeds_2.safetensors", {token: vectors[1]}, meta)
-    return SavedFiles(single, folder / "learned_embeds.safetensors")
-
-
-# --- the original (CompVis LDM / Stability SGM) single-file layout -------------------------
-
-_UNET_TOP = {
-    "conv_in": "input_blocks.0.0",
-    "conv_norm_out": "out.0",
-    "conv_out": "out.2",
-    "time_embedding.linear_1": "time_embed.0",
-    "time_embedding.linear_2": "time_embed.2",
-    "add_embedding.linear_1": "label_emb.0.0",
-    "add_embedding.linear_2": "label_emb.0.2",
-}
-_UNET_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1", "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
-_BLOCK = re.compile(r"^(down_blocks|up_blocks)\.(\d+)\.(resnets|attentions)\.(\d+)(?:\.(.*))?$")
-_SAMPLER = re.compile(r"^(down_blocks|up_blocks)\.(\d+)\.(downsamplers|upsamplers)\.0\.conv(?:\.(.*))?$")
-_MID = re.compile(r"^mid_block\.(resnets|attentions)\.(\d+)(?:\.(.*))?$")
-
-
-def _join(*parts: str | None) -> str:
-    return ".".join(p for p in parts if p)
-
-
-def _resnet_inner(rest: str | None) -> str | None:
-    if not rest:
-        return rest
-    head, _, tail = rest.partition(".")
-    return _join(_UNET_RESNET.get(head, head), tail)
-
-
-def unet_module_name(name: str, config: Mapping[str, Any]) -> str:
-    """A diffusers UNet module/parameter path in the original LDM/SGM naming (without ``model.diffusion_model.``)."""
-    per_level = int(config["layers_per_block"] if not isinstance(config["layers_per_block"], (list, tuple)) else config["layers_per_block"][0]) + 1
-    for diffusers_name, original in _UNET_TOP.items():
-        if name == diffusers_name or name.startswith(diffusers_name + "."):
-            return original + name[len(diffusers_name):]
-    match = _BLOCK.match(name)
-    if match:
-        side, level, kind, index, rest = match.groups()
-        level, index = int(level), int(index)
-        block = 1 + level * per_level + index if side == "down_blocks" else level * per_level + index
-        group = "input_blocks" if side == "down_blocks" else "output_blocks"
-        if kind == "resnets":
-            return _join(f"{group}.{block}.0", _resnet_inner(rest))
-        return _join(f"{group}.{block}.1", rest)
-    match = _SAMPLER.match(name)
-    if match:
-        side, level, _, rest = match.groups()
-        level = int(level)
-        if side == "down_blocks":
-            return _join(f"input_blocks.{(level + 1) * per_level}.0.op", rest)
-        has_attention = str(config["up_block_types"][level]).startswith("CrossAttn")
-        return _join(f"output_blocks.{level * per_level + per_level - 1}.{2 if has_attention else 1}.conv", rest)
-    match = _MID.match(name)
-    if match:
-        kind, index, rest = match.groups()
-        if kind == "attentions":
-            return _join("middle_block.1", rest)
-        return _join(f"middle_block.{0 if int(index) == 0 else 2}", _resnet_inner(rest))
-    raise ValueError(f"no original-layout name for the UNet module {name}")
-
-
-def vae_to_original(state: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
-    """A diffusers AutoencoderKL state dict in the original ``first_stage_model.`` layout."""
-    levels = len(config["up_block_types"])
-    out: dict[str, Any] = {}
-    for key, tensor in state.items():
-        new = key.replace("conv_norm_out", "norm_out").replace("conv_shortcut", "nin_shortcut")
-        new = re.sub(r"^encoder\.down_blocks\.(\d+)\.resnets\.", r"encoder.down.\1.block.", new)
-        new = re.sub(r"^encoder\.down_blocks\.(\d+)\.downsamplers\.0\.", r"encoder.down.\1.downsample.", new)
-        new = re.sub(r"^decoder\.up_blocks\.(\d+)\.resnets\.", lambda m: f"decoder.up.{levels - 1 - int(m.group(1))}.block.", new)
-        new = re.sub(r"^decoder\.up_blocks\.(\d+)\.upsamplers\.0\.", lambda m: f"decoder.up.{levels - 1 - int(m.group(1))}.upsample.", new)
-        new = re.sub(r"mid_block\.resnets\.(\d+)\.", lambda m: f"mid.block_{int(m.group(1)) + 1}.", new)
-        if ".mid_block.attentions.0." in new:
-            new = new.replace("mid_block.attentions.0.", "mid.attn_1.")
-            for old, ldm in (("group_norm.", "norm."), ("to_q.", "q."), ("to_k.", "k."), ("to_v.", "v."), ("to_out.0.", "proj_out.")):
-                new = new.replace("attn_1." + old, "attn_1." + ldm)
-            if tensor.ndim == 2:
-                tensor = tensor[:, :, None, None]
-        out["first_stage_model." + new] = tensor
-    return out
-
-
-def clip_to_original(state: Mapping[str, Any], prefix: str) -> dict[str, Any]:
-    """A transformers CLIP text encoder state dict under ``prefix`` with the ``text_model.`` names."""
-    return {prefix + (k if k.startswith("text_model.") else f"text_model.{k}"): v for k, v in state.items()}
-
-
-_OPEN_CLIP = (
-    ("embeddings.token_embedding.weight", "token_embedding.weight"),
-    ("embeddings.position_embedding.weight", "positional_embedding"),
-    ("final_layer_norm.", "ln_final."),
-    ("encoder.layers.", "transformer.resblocks."),
-    (".self_attn.out_proj.", ".attn.out_proj."),
-    (".layer_norm1.", ".ln_1."),
-    (".layer_norm2.", ".ln_2."),
-    (".mlp.fc1.", ".mlp.c_fc."),
-    (".mlp.fc2.", ".mlp.c_proj."),
-)
-
-
-def open_clip_to_original(state: Mapping[str, Any], prefix: str) -> dict[str, Any]:
-    """A transformers CLIP text encoder state dict in OpenCLIP's layout (fused ``in_proj``) under ``prefix``."""
-    import torch
-
-    out: dict[str, Any] = {}
-    qkv: dict[str, dict[str, Any]] = {}
-    for key, tensor in state.items():
-        name = key.removeprefix("text_model.")
-        if name == "text_projection.weight":
-            out[prefix + "text_projection"] = tensor.T.contiguous()
-            continue
-        match = re.match(r"^encoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)$", name)
-        if match:
-            layer, which, kind = match.groups()
-            qkv.setdefault(f"transformer.resblocks.{layer}.attn.in_proj_{kind}", {})[which] = tensor
-            continue
-        for old, new in _OPEN_CLIP:
-            name = name.replace(old, new)
-        out[prefix + name] = tensor
-    for name, parts in qkv.items():
-        out[prefix + name] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
-    return out
-
-
-def to_original(pipe: Any, family: str) -> dict[str, Any]:
-    """The pipeline's weights as one state dict in the original single-file layout of ``family``.
-
-    SD1: ``model.diffusion_model.``, ``first_stage_model.``, ``cond_stage_model.transformer.``;
-    SD2: the text encoder in OpenCLIP form under ``cond_stage_model.model.``; SDXL:
-    ``conditioner.embedders.0.transformer.`` (CLIP-L) and ``conditioner.embedders.1.model.``
-    (OpenCLIP bigG with its projection). This is what A1111, ComfyUI and diffusers'
-    ``from_single_file`` read.
-    """
-    unet_config = dict(pipe.unet.config)
-    out: dict[str, Any] = {}
-    for key, tensor in pipe.unet.state_dict().items():
-        module, _, param = key.rpartition(".")
-        out["model.diffusion_model." + _join(unet_module_name(module, unet_config), param)] = tensor
-    out.update(vae_to_original(pipe.vae.state_dict(), dict(pipe.vae.config)))
-    if family == "sdxl":
-        out.update(clip_to_original(pipe.text_encoder.state_dict(), "conditioner.embedders.0.transformer."))
-        out.update(open_clip_to_original(pipe.text_encoder_2.state_dict(), "conditioner.embedders.1.model."))
-    elif family == "sd2":
-        out.update(open_clip_to_original(pipe.text_encoder.state_dict(), "cond_stage_model.model."))
-    else:
-        out.update(clip_to_original(pipe.text_encoder.state_dict(), "cond_stage_model.transformer."))
-    return out
+    for te, v in zip(encoders, vectors):
+        _save_safetensors(folder / te.embedding_file, {token: v}, meta)
+    return SavedFiles(single, folder / encoders[0].embedding_file)

@@ -57,8 +57,8 @@ def sampler_scheduler(name: str, base: Any) -> Any:
     return getattr(diffusers, cls_name).from_config(base.config, **extra)
 
 
-def _pipeline_modules(pipe: Any) -> list[Any]:
-    names = ("unet", "vae", "text_encoder", "text_encoder_2")
+def _pipeline_modules(pipe: Any, family: Any) -> list[Any]:
+    names = (family.denoiser, "vae", *family.text_encoder_names)
     return [getattr(pipe, n) for n in names if getattr(pipe, n, None) is not None]
 
 
@@ -85,7 +85,7 @@ def _inference_mode(modules: Sequence[Any], device: Any):
 
 
 def render_samples(
-    source: Components | Any,
+    components: Components,
     prompts: Sequence[str],
     step: int,
     out_dir: str | Path,
@@ -101,8 +101,7 @@ def render_samples(
 ) -> list[SampleResult]:
     """Render each prompt line (kohya syntax: ``--n --w --h --d --l --s --ss``) to a PNG in ``out_dir``.
 
-    ``source`` is the training :class:`Components` (``unet``/``text_encoders`` may be the
-    training-wrapped modules) or a ready pipeline. A prompt without ``--d`` uses ``seed`` +
+    ``unet``/``text_encoders`` may be the training-wrapped modules of ``components``. A prompt without ``--d`` uses ``seed`` +
     its index; without ``--ss`` it uses ``sampler``. ``clip_skip`` is kohya's (the text
     layer the run trains with). Runs in eval mode under ``no_grad`` with autocast to ``dtype``
     on CUDA and restores train mode and devices after. Raises :class:`SampleError` naming
@@ -110,27 +109,21 @@ def render_samples(
     """
     import torch
 
-    from .text import pipeline_clip_skip
-
-    pipe = source.pipeline(unet=unet, text_encoders=text_encoders) if isinstance(source, Components) else source
-    pipe.set_progress_bar_config(disable=True)
+    family_runtime = components.runtime
+    pipe = components.pipeline(unet=unet, text_encoders=text_encoders)
     base_scheduler = pipe.scheduler
-    sdxl = hasattr(pipe, "text_encoder_2")
-    skip = pipeline_clip_skip(clip_skip, sdxl) if sdxl else None
     device = torch.device(device)
     parsed = [parse_prompt_line(line, width=default_size, height=default_size) for line in prompts]
     wanted = list(indices) if indices is not None else list(range(len(parsed)))
     autocast = torch.autocast(device.type, dtype=dtype) if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16) else nullcontext()
     results: list[SampleResult] = []
-    with _inference_mode([unwrap(m) for m in _pipeline_modules(pipe)], device):
+    with _inference_mode([unwrap(m) for m in _pipeline_modules(pipe, components.spec)], device):
         for index in wanted:
             prompt = parsed[index]
             generator = torch.Generator(device="cpu").manual_seed(prompt.seed if prompt.seed is not None else seed + index)
             try:
                 pipe.scheduler = sampler_scheduler(prompt.sampler or sampler, base_scheduler)
-                text: dict[str, Any] = {"prompt": prompt.prompt, "negative_prompt": prompt.negative or None}
-                if not sdxl and clip_skip > 1:
-                    text = {"prompt_embeds": _skipped_embeds(pipe, prompt.prompt, clip_skip), "negative_prompt_embeds": _skipped_embeds(pipe, prompt.negative, clip_skip)}
+                text, skip = family_runtime.sample_text(pipe, prompt.prompt, prompt.negative, clip_skip)
                 with autocast:
                     image = pipe(
                         **text,
@@ -151,16 +144,6 @@ def render_samples(
             write_atomic(path, png_bytes(image, prompts[index]))
             results.append(SampleResult(path, index, prompt.prompt))
     return results
-
-
-def _skipped_embeds(pipe: Any, text: str, clip_skip: int) -> Any:
-    """SD1/SD2 prompt embeddings at kohya's ``clip_skip`` (diffusers' own ``clip_skip`` expects a
-    ``text_model`` attribute that transformers 5's CLIPTextModel no longer has)."""
-    from .text import clip_skip_states
-
-    tokens = pipe.tokenizer([text], padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt")
-    encoder = pipe.text_encoder
-    return clip_skip_states(encoder, tokens.input_ids.to(next(encoder.parameters()).device), clip_skip)
 
 
 def png_bytes(image: Any, parameters: str) -> bytes:

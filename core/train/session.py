@@ -107,5 +107,5 @@ class Session:
 
     def text_encoders(self) -> list[Any]:
         """The text encoders as the step calls them (the prepared ones when trained)."""
-        names = ("text_encoder", "text_encoder_2")
-        return [self.optim.wrapped.get(n, te) for n, te in zip(names, self.model.components.text_encoders)]
+        components = self.model.components
+        return [self.optim.wrapped.get(n, te) for n, te in zip(components.text_encoder_names, components.text_encoders)]

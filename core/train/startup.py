@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 from core.errors import UserError
+from core.families import text_encoder_names
 from core.plan import schedule
 from core.runfiles import integer, number
 from core.runs import RunDir
@@ -113,7 +114,7 @@ def build_session(
     model_section = config.section("model")
     phases.start("load_model")
     components = load_components(
-        model_section.get("path", ""), model_section.get("family") or None, model_section.get("prediction_type", "auto"), model_section.get("vae", ""),
+        model_section.get("path", ""), model_section.get("prediction_type", "auto"), model_section.get("vae", ""),
         dtypes=_load_dtypes(config, accel),
     )
     model = configure_model(components, config, accel, metrics)
@@ -143,8 +144,7 @@ def _load_dtypes(config: Any, accel: Accel) -> dict[str, Any]:
         "default": accel.weight_dtype,
         "unet": train_dtype if full else accel.weight_dtype,
         "vae": torch.bfloat16 if accel.precision == "bf16" else torch.float32,
-        "text_encoder": train_dtype if text_trained else accel.weight_dtype,
-        "text_encoder_2": train_dtype if text_trained else accel.weight_dtype,
+        **dict.fromkeys(text_encoder_names(), train_dtype if text_trained else accel.weight_dtype),
     }
 
 
@@ -184,12 +184,12 @@ def configure_model(components: Any, config: Any, accel: Accel, metrics: Metrics
     _place(unet, device, unet_dtype)
     vae_dtype = torch.bfloat16 if accel.precision == "bf16" else torch.float32
     _place(c.vae, device, vae_dtype)
-    for name, te in zip(("text_encoder", "text_encoder_2"), c.text_encoders):
+    for name, te in zip(c.text_encoder_names, c.text_encoders):
         _place(te, device, train_dtype if name in trained and kind != "lora" else accel.weight_dtype)
     for param in method.parameters():
         param.data = param.data.to(train_dtype)
     # channels-last convolutions are a GPU win; on the CPU they measured 20% slower per step
-    # (tiny SD1 LoRA, 64 px: 111 ms vs 92 ms), so the CPU keeps the contiguous format
+    # (a tiny model's LoRA, 64 px: 111 ms vs 92 ms), so the CPU keeps the contiguous format
     channels_last = bool(s["channels_last"]) and device.type == "cuda"
     if s["channels_last"] and not channels_last:
         metrics.event("channels_last is for GPUs (slower on the CPU); the UNet keeps the contiguous memory format")
@@ -197,11 +197,11 @@ def configure_model(components: Any, config: Any, accel: Accel, metrics: Metrics
         unet.to(memory_format=torch.channels_last)
     if s["gradient_checkpointing"]:
         unet.enable_gradient_checkpointing()
-        for name, te in zip(("text_encoder", "text_encoder_2"), c.text_encoders):
+        for name, te in zip(c.text_encoder_names, c.text_encoders):
             if name in trained:
                 te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     unet.train(unet_trained)
-    for name, te in zip(("text_encoder", "text_encoder_2"), c.text_encoders):
+    for name, te in zip(c.text_encoder_names, c.text_encoders):
         te.train(name in trained)
     c.vae.eval()
     ema = None

@@ -90,10 +90,13 @@ class NotOwner(Exception):
     """The run folder belongs to another trainer or attempt: this process must not write into it."""
 
 
-def oom_hint(family: str, method: str, settings: dict[str, Any], step: int, shape: Any = None) -> str:
+def oom_hint(family: str | None, method: str, settings: dict[str, Any], step: int, shape: Any = None) -> str:
     """What to change after running out of memory at ``step``: a fitting recipe when the picker
-    knows one, judged for the run's ``shape`` (core.plan.picker.RunShape) as the planner judges."""
+    knows one (the model's ``family`` is known), judged for the run's ``shape``
+    (core.plan.picker.RunShape) as the planner judges."""
     try:
+        if family is None:
+            raise LookupError("no model loaded yet")
         from core.gpu import probe
         from core.plan.picker import RunShape, pick_recipes
         from core.recipes import load_recipes

@@ -59,20 +59,20 @@ class Stepper:
         noise = torch.randn(latents.shape, generator=gen, device=device)
         if s["noise_offset"]:
             noise = noise + float(s["noise_offset"]) * torch.randn((bsz, latents.shape[1], 1, 1), generator=gen, device=device)
-        scheduler = components.noise_scheduler
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (bsz,), generator=gen, device=device).long()
-        noisy = scheduler.add_noise(latents, noise, timesteps)
-        target = scheduler.get_velocity(latents, noise, timesteps) if components.prediction_type == "v_prediction" else noise
+        objective = components.objective
+        timesteps = objective.timesteps(bsz, gen, device)
+        noisy = objective.noisy(latents, noise, timesteps)
+        target = objective.target(latents, noise, timesteps)
         unet = session.denoiser()
         dtype = session.model.unet_dtype
         model_input = noisy.to(dtype)
         if session.model.channels_last:
             model_input = model_input.contiguous(memory_format=torch.channels_last)
-        kwargs: dict[str, Any] = {"added_cond_kwargs": added} if added is not None else {}
-        pred = unet(model_input, timesteps, hidden.to(dtype), **kwargs).sample
+        pred = components.runtime.predict(unet, model_input, timesteps, hidden.to(dtype), added)
         per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-        if s["min_snr_gamma"]:
-            per_sample = per_sample * min_snr_weights(scheduler, timesteps, float(s["min_snr_gamma"]), components.prediction_type)
+        weights = objective.loss_weights(timesteps, s)
+        if weights is not None:
+            per_sample = per_sample * weights
         if bool(batch["is_class"].any()):
             prior = batch["is_class"].to(device)
             return per_sample[~prior].mean() + float(s["prior_loss_weight"]) * per_sample[prior].mean()
@@ -98,7 +98,9 @@ class Stepper:
         """``(encoder_hidden_states, added_cond_kwargs)``: cached outputs or the (trained) text encoders."""
         import torch
 
-        from .text import TextEmbeddings, encode_text, sdxl_time_ids_batch, tokenize, unet_added_conditions
+        from core.families.embeddings import TextEmbeddings
+
+        from .text import encode_text, tokenize
 
         session = self.session
         method, components = session.method, session.components
@@ -110,11 +112,10 @@ class Stepper:
             if method.ti is not None:
                 captions = [method.ti.expand(c) for c in captions]
             ids = tokenize(components, captions)
-            trained = any(name in method.modules for name in ("text_encoder", "text_encoder_2"))
+            trained = any(name in method.modules for name in components.text_encoder_names)
             with contextlib.nullcontext() if trained else torch.no_grad():
                 embeddings = encode_text(components, ids, session.text_encoders(), int(session.settings["clip_skip"]))
-        time_ids = sdxl_time_ids_batch(batch["original_sizes"], batch["crop_top_lefts"], batch["target_sizes"]).to(session.device)
-        return embeddings.prompt_embeds, unet_added_conditions(embeddings, time_ids)
+        return embeddings.prompt_embeds, components.runtime.extra_conditioning(embeddings, batch, session.device)
 
     def optimizer_step(self) -> None:
         """Clip, step the optimizer and its LR schedule (unless fp16 scaling skipped it), the method's and EMA's follow-up."""
@@ -154,12 +155,3 @@ def micro_batch_seed(seed: int, epoch: int, index: int, rank: int) -> int:
     """A per-micro-batch seed, so noise and timesteps are the same after a resume."""
     key = f"{seed}:{epoch}:{index}:{rank}".encode()
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") & ((1 << 63) - 1)
-
-
-def min_snr_weights(scheduler: Any, timesteps: Any, gamma: float, prediction_type: str) -> Any:
-    import torch
-
-    alphas = scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
-    snr = alphas / (1 - alphas)
-    clipped = torch.clamp(snr, max=gamma)
-    return clipped / (snr + 1) if prediction_type == "v_prediction" else clipped / snr

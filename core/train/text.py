@@ -1,7 +1,6 @@
-"""Captions to text-encoder conditioning, for SD1/SD2 (one encoder) and SDXL (two).
+"""Captions to the denoiser's text conditioning, through the family's runtime, and textual-inversion tokens.
 
-SDXL takes the penultimate hidden states of both encoders concatenated on the feature axis
-and the pooled (projected) output of the second encoder, plus the size/crop ``time_ids``.
+How the encoders' outputs combine is the family's (``core/families``, ``encode_text``).
 Gradients flow through the encoders when they are trained (LoRA on the text encoder,
 textual inversion): nothing here detaches.
 """
@@ -9,26 +8,10 @@ textual inversion): nothing here detaches.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from core.train.models import Components, unwrap
-
-
-@dataclass
-class TextEmbeddings:
-    """The UNet's text conditioning for a batch."""
-
-    prompt_embeds: Any
-    pooled_prompt_embeds: Any | None = None
-
-    def to(self, device: Any = None, dtype: Any = None) -> TextEmbeddings:
-        """A copy on ``device`` / in ``dtype``."""
-        pooled = self.pooled_prompt_embeds
-        return TextEmbeddings(
-            self.prompt_embeds.to(device=device, dtype=dtype),
-            pooled.to(device=device, dtype=dtype) if pooled is not None else None,
-        )
+from core.families.embeddings import TextEmbeddings
+from core.train.models import Components
 
 
 def tokenize(components: Components, captions: Sequence[str]) -> list[Any]:
@@ -47,76 +30,18 @@ def tokenize(components: Components, captions: Sequence[str]) -> list[Any]:
 
 
 def encode_text(components: Components, token_ids: Sequence[Any], text_encoders: Sequence[Any] | None = None, clip_skip: int = 1) -> TextEmbeddings:
-    """Run the text encoder(s) on ``token_ids`` (from :func:`tokenize`).
+    """The denoiser's text conditioning from token ids, as the family's runtime encodes it.
 
-    ``text_encoders`` may be the training-wrapped encoders (DDP, PEFT); by default the
-    components' own. ``clip_skip`` counts layers from the end as kohya does: SD1/SD2 take
-    hidden state ``-clip_skip`` (1 = the last) and, when skipping, the final layer norm, as
-    sd-scripts and A1111 do; SDXL takes the penultimate hidden states (its native layer, so
-    clip_skip 1 and 2 are the same) of both encoders concatenated and the projected pooled
-    output of the second.
+    ``text_encoders`` are the (possibly training-wrapped) encoders to run, in the components'
+    order; ``clip_skip`` is kohya's (1 = the last layer).
     """
-    import torch
-
     encoders = list(text_encoders) if text_encoders is not None else components.text_encoders
-    if not components.is_sdxl:
-        encoder = encoders[0]
-        ids = token_ids[0].to(_device_of(encoder))
-        return TextEmbeddings(clip_skip_states(encoder, ids, clip_skip))
-    hidden = []
-    pooled = None
-    for encoder, ids in zip(encoders, token_ids):
-        out = encoder(ids.to(_device_of(encoder)), output_hidden_states=True, return_dict=True)
-        hidden.append(out.hidden_states[-max(2, clip_skip)])
-        pooled = out.text_embeds if hasattr(out, "text_embeds") else out[0]
-    device = hidden[0].device
-    return TextEmbeddings(torch.cat([h.to(device) for h in hidden], dim=-1), pooled.to(device))
-
-
-def clip_skip_states(encoder: Any, ids: Any, clip_skip: int) -> Any:
-    """One CLIP encoder's hidden states at kohya's ``clip_skip`` (the last layer, or layer ``-clip_skip`` + the final layer norm)."""
-    if clip_skip <= 1:
-        return encoder(ids, return_dict=True).last_hidden_state
-    states = encoder(ids, output_hidden_states=True, return_dict=True).hidden_states[-clip_skip]
-    plain = unwrap(encoder)
-    return getattr(plain, "text_model", plain).final_layer_norm(states)
+    return components.runtime.encode_text(encoders, token_ids, clip_skip)
 
 
 def encode_captions(components: Components, captions: Sequence[str], text_encoders: Sequence[Any] | None = None, clip_skip: int = 1) -> TextEmbeddings:
     """:func:`tokenize` then :func:`encode_text`."""
     return encode_text(components, tokenize(components, captions), text_encoders, clip_skip)
-
-
-def pipeline_clip_skip(clip_skip: int, is_sdxl: bool) -> int | None:
-    """kohya's ``clip_skip`` in diffusers pipelines' terms (layers skipped beyond the one the pipeline uses)."""
-    skipped = clip_skip - (2 if is_sdxl else 1)
-    return skipped if skipped > 0 else None
-
-
-def sdxl_time_ids(original_size: tuple[int, int], crop_top_left: tuple[int, int], target_size: tuple[int, int]) -> Any:
-    """SDXL's size/crop conditioning, shape ``[6]``: all three pairs are (height, width) / (top, left)."""
-    import torch
-
-    return torch.tensor([*original_size, *crop_top_left, *target_size], dtype=torch.float32)
-
-
-def sdxl_time_ids_batch(
-    original_sizes: Sequence[tuple[int, int]],
-    crop_top_lefts: Sequence[tuple[int, int]],
-    target_sizes: Sequence[tuple[int, int]],
-) -> Any:
-    """:func:`sdxl_time_ids` for a batch, shape ``[batch, 6]``."""
-    import torch
-
-    return torch.stack([sdxl_time_ids(o, c, t) for o, c, t in zip(original_sizes, crop_top_lefts, target_sizes)])
-
-
-def unet_added_conditions(embeddings: TextEmbeddings, time_ids: Any) -> dict[str, Any] | None:
-    """The UNet's ``added_cond_kwargs`` for SDXL (``None`` for SD1/SD2)."""
-    if embeddings.pooled_prompt_embeds is None:
-        return None
-    pooled = embeddings.pooled_prompt_embeds
-    return {"text_embeds": pooled, "time_ids": time_ids.to(device=pooled.device, dtype=pooled.dtype)}
 
 
 def placeholder_tokens(token: str, num_vectors: int) -> list[str]:
@@ -151,6 +76,3 @@ def add_placeholder_tokens(components: Components, token: str, num_vectors: int 
         ids_per_encoder.append(ids)
     return ids_per_encoder
 
-
-def _device_of(module: Any) -> Any:
-    return next(module.parameters()).device

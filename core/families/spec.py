@@ -1,0 +1,117 @@
+"""What a model family is, as data: the torch-free spec the planner, estimator, CLI and TUI read.
+
+A family package (``core/families/<name>/``) defines one :class:`FamilySpec` in its
+``__init__.py`` and a runtime in ``runtime.py`` (heavy imports, only for the trainer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from copy import deepcopy
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TextEncoder:
+    """One text encoder of a family: its component names, token limit and the names other tools give it."""
+
+    name: str
+    tokenizer: str
+    kind: str
+    max_tokens: int
+    kohya_prefix: str
+    original_prefix: str
+    original_layout: str
+    embedding_key: str
+    embedding_file: str
+
+
+@dataclass(frozen=True)
+class Recognition:
+    """How a family's files are told apart without torch (``core/model_family.py`` reads these in registry order).
+
+    Every field is one clue; the first family with a matching clue wins, and the last family
+    of the registry is the plain layout the others extend (it matches what nothing else does).
+    """
+
+    folder_parts: tuple[str, ...] = ()
+    pipeline_mark: str = ""
+    cross_attention_dim: int = 0
+    unet_marks: Mapping[str, Any] = field(default_factory=dict)
+    text_marks: Mapping[str, Any] = field(default_factory=dict)
+    checkpoint_keys: tuple[str, ...] = ()
+    hub_pattern: str = ""
+
+
+@dataclass(frozen=True)
+class LrDefault:
+    """A learning-rate default (AdamW family): denoiser, text encoder, scheduler, warm-up steps."""
+
+    learning_rate: float
+    text_encoder_lr: float
+    lr_scheduler: str
+    lr_warmup_steps: int
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """Everything about a model family that does not need torch."""
+
+    name: str
+    title: str
+    native_resolution: int
+    latent_channels: int
+    denoiser: str
+    text_encoders: tuple[TextEncoder, ...]
+    objective: str
+    objectives: tuple[str, ...]
+    methods: tuple[str, ...]
+    lora_targets: Mapping[str, Mapping[str, tuple[str, ...]]]
+    configs: Mapping[str, Mapping[str, Any]]
+    component_classes: Mapping[str, str]
+    denoiser_tflops: float
+    text_encoder_tflops: float
+    kohya_base_version: str
+    kohya_v_suffix: str
+    kohya_v2: bool
+    modelspec_architectures: Mapping[str, str]
+    modelspec_implementation: str
+    pipeline_class: str
+    recognition: Recognition
+    full_weight_rates: Mapping[str, LrDefault] = field(default_factory=dict)
+    v_prediction_sample_size: int = 0
+    native_clip_layer: int = 1
+
+    def component_configs(self) -> dict[str, dict[str, Any]]:
+        """A fresh (deep) copy of the real-size component configs, to build or change."""
+        return deepcopy({name: dict(config) for name, config in self.configs.items()})
+
+    @property
+    def text_encoder_names(self) -> tuple[str, ...]:
+        """The component names of the text encoders (``text_encoder``, ``text_encoder_2`` …), in order."""
+        return tuple(te.name for te in self.text_encoders)
+
+    @property
+    def tokenizer_names(self) -> tuple[str, ...]:
+        """The component names of the tokenizers, in the text encoders' order."""
+        return tuple(te.tokenizer for te in self.text_encoders)
+
+    @property
+    def text_tokens(self) -> int:
+        """The text sequence length the denoiser cross-attends to."""
+        return max(te.max_tokens for te in self.text_encoders)
+
+    def lora_targets_of(self, component: str, targets: str) -> tuple[str, ...]:
+        """The module names the ``lora_targets`` setting ``targets`` adapts in ``component`` (the denoiser or a text encoder)."""
+        kind = "denoiser" if component == self.denoiser else "text_encoder"
+        return self.lora_targets[kind][targets]
+
+    def base_model_version(self, v_prediction: bool) -> str:
+        """``ss_base_model_version`` as sd-scripts writes it."""
+        return self.kohya_base_version + (self.kohya_v_suffix if v_prediction else "")
+
+    def architecture(self, v_prediction: bool) -> str:
+        """``modelspec.architecture`` without the adapter suffix."""
+        table = self.modelspec_architectures
+        return table["v_prediction"] if v_prediction and "v_prediction" in table else table["epsilon"]
