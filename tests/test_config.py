@@ -96,6 +96,17 @@ def test_accessors_fill_defaults_and_coerce_types(tmp_path: Path) -> None:
     assert config.get("batch_size") == 1 and config.get("name") == "dog"
 
 
+def test_a_run_toml_without_a_family_takes_the_models_not_sd1(tmp_path: Path) -> None:
+    model = tmp_path / "my-xl"
+    (model / "text_encoder_2").mkdir(parents=True)
+    (model / "model_index.json").write_text('{"_class_name": "StableDiffusionXLPipeline"}')
+    config = load_config(write(tmp_path, HAND_WRITTEN.replace('path = "/models/sd15"', f'path = "{model}"').replace('family = "sd1"\n', "")))
+    assert config.family == "sdxl"
+    unknown = load_config(write(tmp_path, HAND_WRITTEN.replace('path = "/models/sd15"', 'path = "someone/mystery-model"').replace('family = "sd1"\n', "")))
+    with pytest.raises(UserError, match="cannot tell the family of hub model 'someone/mystery-model'"):
+        unknown.family
+
+
 def test_relative_subset_paths_are_made_absolute_against_the_file(tmp_path: Path) -> None:
     (tmp_path / "conf").mkdir()
     config = load_config(write(tmp_path / "conf", HAND_WRITTEN))

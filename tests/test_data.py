@@ -25,7 +25,8 @@ from core.train.data import (
 )
 from core.train.latents import cache_latents
 from core.train.models import load_components
-from core.train.text import encode_captions, encode_text, sdxl_time_ids_batch, tokenize
+from core.families.sdxl.runtime import time_ids_batch
+from core.train.text import encode_captions, encode_text, tokenize
 from tests.conftest import write_image
 
 SETTINGS = {"resolution": 128, "min_bucket_reso": 64, "max_bucket_reso": 256, "bucket_reso_steps": 64}
@@ -253,7 +254,7 @@ def test_sdxl_conditioning_shapes_and_gradients(tiny_models):
     assert embeddings.pooled_prompt_embeds.shape == (2, 32)
     embeddings.prompt_embeds.sum().backward()
     assert table.grad is not None and table.grad.abs().sum() > 0
-    time_ids = sdxl_time_ids_batch([(64, 256)], [(0, 32)], [(64, 128)])
+    time_ids = time_ids_batch([(64, 256)], [(0, 32)], [(64, 128)])
     assert time_ids.tolist() == [[64.0, 256.0, 0.0, 32.0, 64.0, 128.0]]
 
 

@@ -7,7 +7,8 @@ import shutil
 import pytest
 
 from core.errors import UserError
-from core.train.models import ModelLoadError, detect_prediction_type, load_components
+from core.families import runtime
+from core.train.models import ModelLoadError, load_components
 
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
@@ -32,9 +33,10 @@ def test_sd2_is_v_prediction(tmp_path):
 def test_prediction_type_override_and_768v_heuristic(tiny_models):
     components = load_components(str(tiny_models("sd1")), prediction_type="v_prediction")
     assert components.noise_scheduler.config.prediction_type == "v_prediction"
-    assert detect_prediction_type("sd2", {"prediction_type": "epsilon"}, {"sample_size": 96}) == "v_prediction"
-    assert detect_prediction_type("sd2", {"prediction_type": "epsilon"}, {"sample_size": 64}) == "epsilon"
-    assert detect_prediction_type("sd1", {}, {}) == "epsilon"
+    assert runtime("sd2").prediction_type({"prediction_type": "epsilon"}, {"sample_size": 96}) == "v_prediction"
+    assert runtime("sd2").prediction_type({"prediction_type": "epsilon"}, {"sample_size": 64}) == "epsilon"
+    assert runtime("sd1").prediction_type({}, {}) == "epsilon"
+    assert runtime("sd1").prediction_type({"prediction_type": "epsilon"}, {"sample_size": 96}) == "epsilon"  # only SD2's 768-v size means v
 
 
 @pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])

@@ -185,7 +185,7 @@ def test_fused_backward_pass_steps_each_parameter_inside_backward(setup_run):
 def test_min_snr_and_noise_offset_change_the_loss(setup_run):
     import torch
 
-    from core.train.step import min_snr_weights
+    from core.families.objectives import min_snr_weights
 
     trainer = setup_run()
     batch = first_batch(trainer)

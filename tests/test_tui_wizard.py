@@ -227,6 +227,21 @@ def test_state_sentences_name_the_thing_and_the_fix(tmp_path: Path) -> None:
     assert str(error.value).startswith("prompt line 2 ('--w 512 --h 512') has no prompt text") and "sample prompt" not in str(error.value)
 
 
+def test_a_missing_family_is_a_question_not_sd1(tmp_path: Path) -> None:
+    """Before a model is given nothing is judged, planned or saved as if it were SD1."""
+    state = WizardState(gpus=resolve("1x24GB"), base_dir=tmp_path)
+    for ask in (state.recipes, state.judge, state.to_config):
+        with pytest.raises(UserError, match="family is not known yet; give the model on the Model step"):
+            ask()
+    before = dict(state.schedule)
+    state.method = "dreambooth"
+    state.sync_schedule()
+    assert state.schedule == before  # nothing to follow yet: no SD1 rates slipped in
+    state.set_model("sdxl")
+    state.sync_schedule()
+    assert state.schedule["learning_rate"] == 1e-6 and state.to_config().family == "sdxl"
+
+
 def test_core_sentences_are_said_in_the_tuis_terms() -> None:
     from core.gpu import GpuSet
     from core.plan.picker import suggest_when_nothing_fits
@@ -268,6 +283,7 @@ def test_family_sets_the_native_resolution_and_the_scan_offers_a_prompt(kohya_da
 
 def test_state_follows_prodigys_rate_and_keeps_the_sampler(tmp_path: Path) -> None:
     state = WizardState(gpus=resolve("1x24GB"), base_dir=tmp_path)
+    state.set_model("sd1")
     state.set_setting("optimizer", "prodigy")
     assert state.schedule["learning_rate"] == 1.0
     state.set_schedule("learning_rate", "0.5")
@@ -281,6 +297,7 @@ def test_state_follows_prodigys_rate_and_keeps_the_sampler(tmp_path: Path) -> No
 
 def test_state_logging_asks_for_wandb_only_when_it_can_run(tmp_path: Path) -> None:
     state = WizardState(gpus=resolve("1x24GB"), base_dir=tmp_path)
+    state.set_model("sd1")
     state.set_logging("tensorboard", False)
     assert state.to_config().section("logging")["tensorboard"] is False
     with pytest.raises(UserError, match=r"wandb package is not installed; install it \(pip install wandb\)"):

@@ -193,8 +193,10 @@ class WizardState:
             from core.config import new_config
             from core.dataset.scan import scan_config
 
+            # scan_config reads only the subsets, settings and caption extensions: the family here
+            # fills new_config's field and is never read
             return scan_config(new_config(
-                self.name or "run", "", self.chosen_family(), self.method, self.subsets, self.settings,
+                self.name or "run", "", self.family or defaults("model")["family"], self.method, self.subsets, self.settings,
                 dataset_options={"caption_extension": self.caption_extension},
             ))
         reg = self._path_text(self.reg_dataset) if self.reg_dataset.strip() else None
