@@ -55,6 +55,15 @@ def test_an_unknown_family_is_one_sentence_naming_the_known_ones() -> None:
         runtime("sd9")
 
 
+def test_a_method_the_family_does_not_train_is_refused_in_one_sentence() -> None:
+    from dataclasses import replace
+
+    adapters_only = replace(spec("sdxl"), methods=("lora",))
+    adapters_only.check_method("lora")
+    with pytest.raises(UserError, match="the sdxl family does not train with finetune; use one of lora"):
+        adapters_only.check_method("finetune")
+
+
 @pytest.mark.parametrize("name", FAMILIES)
 def test_each_family_recognises_its_own_reference_configs(name: str) -> None:
     family = spec(name)

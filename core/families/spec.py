@@ -56,7 +56,12 @@ class LrDefault:
 
 @dataclass(frozen=True)
 class FamilySpec:
-    """Everything about a model family that does not need torch."""
+    """Everything about a model family that does not need torch.
+
+    ``objective`` is what a model of the family trains with when neither its scheduler config
+    nor its size says otherwise; ``objectives`` are the ones it may be trained with
+    (``[model] prediction_type``); ``methods`` the training methods it supports.
+    """
 
     name: str
     title: str
@@ -101,6 +106,13 @@ class FamilySpec:
     def text_tokens(self) -> int:
         """The text sequence length the denoiser cross-attends to."""
         return max(te.max_tokens for te in self.text_encoders)
+
+    def check_method(self, method: str) -> None:
+        """UserError when the family does not train with ``method``."""
+        if method not in self.methods:
+            from core.errors import UserError
+
+            raise UserError(f"the {self.name} family does not train with {method}; use one of {', '.join(self.methods)}")
 
     def lora_targets_of(self, component: str, targets: str) -> tuple[str, ...]:
         """The module names the ``lora_targets`` setting ``targets`` adapts in ``component`` (the denoiser or a text encoder)."""

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import UserError
+from core.families import spec
 from core.launch.accelerate_config import parse_gpu_ids
 from core.memory.data import params
 
@@ -116,7 +117,7 @@ def disk_needed(config: Any, plan: Any) -> int:
     """Bytes the run will write: checkpoints (keep + the one being written) and the outputs.
 
     Trained parameters come from core/memory (``trainable``), scaled to the size of a local
-    model's UNet; a checkpoint holds them in fp32 with the optimizer state, the outputs twice
+    model's denoiser (the family spec's, e.g. its UNet); a checkpoint holds them in fp32 with the optimizer state, the outputs twice
     (two formats).
     """
     from core.memory.trainable import trainable
@@ -124,7 +125,8 @@ def disk_needed(config: Any, plan: Any) -> int:
     family, method = config.family, config.method
     settings = plan.settings
     parts = params()[family]
-    scale = _model_scale(config.model_path, parts["unet"]["params"])
+    denoiser = spec(family).denoiser
+    scale = _model_scale(config.model_path, denoiser, parts[denoiser]["params"])
     counted = trainable(family, method, settings)
     state = _OPTIMIZER_STATE.get(str(settings["optimizer"]), 2.0)
     checkpoint = counted.params * 4 * scale * (1 + state)
@@ -136,16 +138,16 @@ def disk_needed(config: Any, plan: Any) -> int:
     return int(checkpoint * (keep + 1) + outputs)
 
 
-def _model_scale(model_path: str, unet_params: int) -> float:
-    """A local model's UNet size against the family's (the tiny test model is far smaller)."""
-    folder = Path(model_path).expanduser() / "unet"
+def _model_scale(model_path: str, denoiser: str, denoiser_params: int) -> float:
+    """A local model's denoiser size against the family's (the tiny test model is far smaller)."""
+    folder = Path(model_path).expanduser() / denoiser
     if not folder.is_dir():
         return 1.0
     size = sum(f.stat().st_size for f in folder.iterdir() if f.suffix in _MODEL_FILES)
     if size == 0:
         return 1.0
     bytes_per_param = 2 if any("fp16" in f.name for f in folder.iterdir()) else 4
-    return min(1.0, size / bytes_per_param / unet_params)
+    return min(1.0, size / bytes_per_param / denoiser_params)
 
 
 def check_fit(plan: Any, force: bool) -> list[str]:

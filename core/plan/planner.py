@@ -16,6 +16,7 @@ from typing import Any
 from core.dataset.buckets import bucket_counts, bucket_selector
 from core.dataset.scan import overlay_subsets
 from core.errors import UserError
+from core.families import spec
 from core.settings import optimizer_rule_warnings
 
 from .learning_rates import lr_warnings
@@ -133,6 +134,7 @@ def make_plan(config: Any, scan: Any, gpus: Any, price_per_gpu_hour: float | Non
     if price_per_gpu_hour is not None and price_per_gpu_hour < 0:
         raise UserError(f"the price per GPU hour must not be negative (got {price_per_gpu_hour}); pass e.g. --price-per-gpu-hour 0.7")
     family, method = config.family, config.method
+    spec(family).check_method(method)
     settings, schedule, distributed = config.settings, config.schedule, config.distributed
     if int(schedule["epochs"]) <= 0 and int(schedule["max_steps"]) <= 0:
         raise UserError("schedule.epochs and schedule.max_steps are both 0, so the run would never train; give --epochs N or --steps N")

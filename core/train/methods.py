@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.errors import UserError
-from core.settings import resolve
+from core.settings import METHODS, resolve
 
 
 @dataclass
@@ -88,7 +88,10 @@ def text_encoders(components: Any) -> dict[str, Any]:
 
 
 def setup_method(kind: str, components: Any, settings: dict[str, Any], placeholder_token: str = "") -> Method:
-    """Freeze the model and make trainable what ``kind`` trains; return the Method."""
+    """Freeze the model and make trainable what ``kind`` trains; return the Method (UserError when the family does not train ``kind``)."""
+    if kind not in METHODS:
+        raise UserError(f"method.kind={kind!r} is unknown; use {', '.join(METHODS)}")
+    components.spec.check_method(kind)
     settings = resolve("settings", settings)
     unet = components.unet
     encoders = text_encoders(components)
@@ -107,9 +110,7 @@ def setup_method(kind: str, components: Any, settings: dict[str, Any], placehold
                 te.requires_grad_(True)
                 modules[name] = te
         return Method(kind, modules, train_te)
-    if kind == "textual_inversion":
-        return _textual_inversion(components, encoders, settings, placeholder_token)
-    raise UserError(f"method.kind={kind!r} is unknown; use lora, dreambooth, finetune or textual_inversion")
+    return _textual_inversion(components, encoders, settings, placeholder_token)
 
 
 def adapter_config(settings: dict[str, Any], target_modules: list[str]) -> Any:

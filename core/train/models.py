@@ -144,7 +144,7 @@ def _load_single_file(path: Path, family: str, config_path: str, dtypes: Mapping
     kwargs: dict[str, Any] = {"config": config, "local_files_only": not online}
     if dtypes and len(set(dtypes.values())) == 1:  # from_single_file takes one dtype for every part
         kwargs["torch_dtype"] = dtypes["default"]
-    kwargs.update(family_runtime.single_file_extras)
+    kwargs.update(family_runtime.load_extras)
     return family_runtime.pipeline_class().from_single_file(str(path), **kwargs)
 
 

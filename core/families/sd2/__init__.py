@@ -18,7 +18,7 @@ SPEC = FamilySpec(
             embedding_key="emb_params", embedding_file="learned_embeds.safetensors",
         ),
     ),
-    objective="v_prediction",
+    objective="epsilon",
     objectives=OBJECTIVES,
     methods=METHODS,
     lora_targets=LORA_TARGETS,

@@ -23,9 +23,9 @@ NO_SAFETY_CHECKER: dict[str, Any] = {"safety_checker": None, "feature_extractor"
 class SDUNetRuntime:
     """Load, encode, condition, denoise, sample, convert and build tiny for one SD-UNet family."""
 
-    #: Extra arguments of the pipeline class (besides the modules) and of its ``from_single_file``.
+    #: Extra arguments of the pipeline class (besides the modules), and of its ``from_pretrained`` / ``from_single_file``.
     pipeline_extras: Mapping[str, Any] = NO_SAFETY_CHECKER
-    single_file_extras: Mapping[str, Any] = {"safety_checker": None, "requires_safety_checker": False}
+    load_extras: Mapping[str, Any] = {"safety_checker": None, "requires_safety_checker": False}
     #: kohya names the UNet's LoRA modules with the original (SGM) names instead of diffusers'.
     kohya_original_unet_names = False
 
@@ -40,12 +40,13 @@ class SDUNetRuntime:
         return getattr(diffusers, self.spec.pipeline_class)
 
     def prediction_type(self, scheduler_config: Mapping[str, Any], unet_config: Mapping[str, Any]) -> str:
-        """epsilon or v_prediction: the scheduler config's value, else the spec's v-prediction UNet size (SD2 768-v)."""
+        """epsilon or v_prediction: the scheduler config's value, else the spec's v-prediction UNet size
+        (SD2 768-v, which some configs declare as epsilon), else the spec's default objective."""
         declared = scheduler_config.get("prediction_type")
         v_sized = bool(self.spec.v_prediction_sample_size) and int(unet_config.get("sample_size") or 0) >= self.spec.v_prediction_sample_size
-        if declared in ("epsilon", "v_prediction"):
+        if declared in self.spec.objectives:
             return "v_prediction" if declared == "epsilon" and v_sized else declared
-        return "v_prediction" if v_sized else "epsilon"
+        return "v_prediction" if v_sized else self.spec.objective
 
     def objective(self, prediction_type: str, noise_scheduler: Any) -> DdpmObjective:
         """The training objective over the model's DDPM noise schedule."""
@@ -98,7 +99,7 @@ class SDUNetRuntime:
 
     def load_pipeline(self, model_dir: str) -> Any:
         """A diffusers folder of this family as its pipeline (for conversion)."""
-        return self.pipeline_class().from_pretrained(model_dir, local_files_only=True, **self.single_file_extras)
+        return self.pipeline_class().from_pretrained(model_dir, local_files_only=True, **self.load_extras)
 
     # ---- tiny
     def tiny_pipeline(self) -> tuple[type, dict[str, Any]]:

@@ -34,7 +34,7 @@ class SDXLRuntime(SDUNetRuntime):
     """SDXL: CLIP-L + OpenCLIP-bigG, penultimate states, pooled vector and size/crop ids."""
 
     pipeline_extras: Mapping[str, Any] = {}
-    single_file_extras: Mapping[str, Any] = {}
+    load_extras: Mapping[str, Any] = {}
     kohya_original_unet_names = True
 
     def encode_text(self, encoders: Sequence[Any], token_ids: Sequence[Any], clip_skip: int) -> TextEmbeddings:
