@@ -74,7 +74,7 @@ def load_init_lora(components: Components, modules: Mapping[str, Any], path: str
                 loaded += 1
     if loaded == 0:
         raise UserError(f"settings.init_lora {path} has no tensor for this run's adapters; it must be a {adapter_kinds(modules)} file for the same model family")
-    if "text_encoder" not in modules and any(k.startswith(("lora_te", "text_encoder")) for k in tensors):
+    if not any(name in modules for name in components.text_encoder_names) and any(k.startswith(("lora_te", "text_encoder")) for k in tensors):
         log.warning("init_lora %s also holds a text-encoder LoRA, which is not used because settings.train_text_encoder is false", path)
     if fresh:
         log.warning("init_lora %s covers %d of %d adapter tensors; the others start fresh", path, loaded, loaded + fresh)

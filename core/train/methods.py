@@ -46,7 +46,7 @@ class Method:
     """The trainable part of the model for one method."""
 
     kind: str
-    modules: dict[str, Any]  # name -> module that has trainable parameters ("unet", "text_encoder", "text_encoder_2")
+    modules: dict[str, Any]  # component name (the denoiser's, each text encoder's) -> module with trainable parameters
     train_text_encoder: bool
     ti: TextualInversion | None = None
 

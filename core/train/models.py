@@ -204,8 +204,6 @@ def load_components(
     (component name or ``"default"`` -> torch dtype) reads the weights straight into those dtypes
     (memory-mapped safetensors, no full fp32 copy on the way); without it they load in fp32.
     """
-    from diffusers import DDPMScheduler
-
     if not model_path:
         raise ModelLoadError("No base model is set; put a diffusers folder, a .safetensors file or a hub id in model.path of run.toml.")
     path = Path(model_path).expanduser()
@@ -235,13 +233,14 @@ def load_components(
     scheduler_config = dict(pipe.scheduler.config)
     family_runtime = runtime(detected)
     family_spec = family_runtime.spec
-    resolved = prediction_type if prediction_type in family_spec.objectives else family_runtime.prediction_type(scheduler_config, dict(pipe.unet.config))
-    noise_scheduler = DDPMScheduler.from_config(scheduler_config, prediction_type=resolved)
+    denoiser = getattr(pipe, family_spec.denoiser)
+    resolved = prediction_type if prediction_type in family_spec.objectives else family_runtime.prediction_type(scheduler_config, dict(denoiser.config))
+    noise_scheduler = family_runtime.noise_scheduler(scheduler_config, resolved)
     inference = type(pipe.scheduler).from_config(scheduler_config, prediction_type=resolved)
     return Components(
         family=detected,
         prediction_type=resolved,
-        unet=pipe.unet,
+        unet=denoiser,
         vae=vae,
         text_encoders=[getattr(pipe, name) for name in family_spec.text_encoder_names],
         tokenizers=[getattr(pipe, name) for name in family_spec.tokenizer_names],

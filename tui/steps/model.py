@@ -6,6 +6,7 @@ from textual.app import ComposeResult
 from textual.widgets import Input, Static
 
 from core.errors import UserError
+from core.families import FAMILIES
 from tui.steps.base import Step
 from tui.widgets.path_input import PathInput
 
@@ -17,7 +18,7 @@ class ModelStep(Step):
         yield Static("Base model", classes="step-title")
         yield Static(
             "A diffusers folder, a single .safetensors/.ckpt file, a hub id (org/name), "
-            "or a family — sd1, sd2, sdxl — to plan without weights. → completes paths.",
+            f"or a family — {', '.join(FAMILIES)} — to plan without weights. → completes paths.",
             classes="help",
         )
         yield PathInput(self.state.base_dir, id="model-path", placeholder="/models/sd_xl_base_1.0.safetensors", compact=True)

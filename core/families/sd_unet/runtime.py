@@ -48,6 +48,12 @@ class SDUNetRuntime:
             return "v_prediction" if declared == "epsilon" and v_sized else declared
         return "v_prediction" if v_sized else self.spec.objective
 
+    def noise_scheduler(self, scheduler_config: Mapping[str, Any], prediction_type: str) -> Any:
+        """The training noise schedule: a DDPM scheduler from the model's scheduler config."""
+        from diffusers import DDPMScheduler
+
+        return DDPMScheduler.from_config(dict(scheduler_config), prediction_type=prediction_type)
+
     def objective(self, prediction_type: str, noise_scheduler: Any) -> DdpmObjective:
         """The training objective over the model's DDPM noise schedule."""
         return DdpmObjective(noise_scheduler, prediction_type)
