@@ -113,6 +113,41 @@ def last_step(found: list[dict[str, Any]]) -> dict[str, Any] | None:
     return {"type": "step", "step": resume}
 
 
+#: Bytes read first from the end of metrics.jsonl when only the newest step line is wanted.
+STEP_PROBE_BYTES = 4096
+
+
+def newest_step(path: str | os.PathLike[str], tail_bytes: int = TAIL_BYTES) -> dict[str, Any] | None:
+    """``last_step`` of the file's last ``tail_bytes``, parsing only the last few lines in the usual case.
+
+    The lines of the last ``STEP_PROBE_BYTES`` are read newest first; a step line met before any
+    ``attempt`` line is the answer. Otherwise (a resumed attempt without a step yet, no step in the
+    probe) the whole tail is read as ``last_step`` does, so the result is always the same.
+    """
+    try:
+        with open(path, "rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            start = max(0, size - min(STEP_PROBE_BYTES, tail_bytes))
+            handle.seek(start)
+            raw = handle.read()
+    except OSError:
+        return None
+    lines = raw.split(b"\n")
+    for line in reversed(lines[1:] if start > 0 else lines):
+        found = records(line)
+        if not found:
+            continue
+        kind = found[0].get("type")
+        if kind == "step" and number(found[0].get("step")) is not None:
+            return found[0]
+        if kind == "attempt":
+            break
+    else:
+        if start == 0:
+            return None
+    return last_step(tail_records(path, tail_bytes))
+
+
 def belongs(request: dict[str, Any], attempt: str, since: float) -> bool:
     """A control request belongs to the attempt whose id it carries; one without an id to whatever
     attempt ran when it was made (at or after ``since``). A stale request never reaches a resumed run."""

@@ -21,7 +21,7 @@ from typing import IO, Any
 
 from core.atomic import write_json_atomic
 from core.errors import UserError
-from core.runfiles import TAIL_BYTES, current_attempt, integer, last_step, load_json_object, number, tail_records
+from core.runfiles import TAIL_BYTES, current_attempt, integer, last_step, load_json_object, newest_step, number, tail_records
 
 STATES = ("queued", "starting", "running", "paused", "stopping", "finished", "failed", "stopped")
 FINAL_STATES = ("finished", "failed", "stopped")
@@ -193,7 +193,7 @@ class RunDir:
 
     def last_step_record(self, tail_bytes: int = TAIL_BYTES) -> dict[str, Any] | None:
         """The newest ``step`` line of the latest attempt in metrics.jsonl, read from the end of the file only."""
-        return last_step(tail_records(self.metrics, tail_bytes))
+        return newest_step(self.metrics, tail_bytes)
 
     def rebuild_status(self) -> dict[str, Any]:
         """The status as the folder shows it when status.json is damaged or empty: the metrics'

@@ -16,6 +16,7 @@ from core.errors import UserError
 from core.launch.control import request, status_fields
 from core.launch.supervisor import stop_requested_since
 from core.monitor import MetricsSeries, MetricsTail
+from core.runfiles import STEP_PROBE_BYTES, last_step, newest_step, tail_records
 from core.runs import RunDir, list_runs
 from core.train.control import ControlReader
 from tests.test_launch_support import sdtui
@@ -74,6 +75,20 @@ def test_status_control_and_plan_readers_survive_any_bytes(status: bytes, contro
 @given(lines=st.lists(st.binary(max_size=60) | METRIC_LINE.map(lambda d: json.dumps(d).encode()), max_size=12), tail=st.binary(max_size=40))
 def test_metrics_readers_survive_any_lines(lines: list[bytes], tail: bytes) -> None:
     read_everything(folder(b"", metrics=b"\n".join(lines) + b"\n" + tail))
+
+
+STEP_LINE = st.fixed_dictionaries({"type": st.just("step"), "step": st.integers(0, 99), "loss": st.floats(0, 1)}, optional={"pad": st.text(max_size=3000)})
+ATTEMPT_LINE = st.fixed_dictionaries({"type": st.just("attempt"), "resume_step": st.integers(0, 99) | JSON})
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lines=st.lists(st.binary(max_size=60) | (METRIC_LINE | STEP_LINE | ATTEMPT_LINE).map(lambda d: json.dumps(d).encode()), max_size=30),
+       tail_bytes=st.sampled_from([40, 300, STEP_PROBE_BYTES, 65536]))
+def test_the_newest_step_read_from_the_end_is_the_one_the_whole_tail_gives(lines: list[bytes], tail_bytes: int) -> None:
+    """The home screen's quick read of the last step agrees with reading the whole tail, whatever the lines."""
+    path = Path(tempfile.mkdtemp(prefix="sdtui-prop-")) / "metrics.jsonl"
+    path.write_bytes(b"\n".join(lines))
+    assert newest_step(path, tail_bytes) == last_step(tail_records(path, tail_bytes))
 
 
 @settings(max_examples=60, deadline=None)

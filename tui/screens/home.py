@@ -68,7 +68,7 @@ class HomeScreen(Screen):
         for key, label, width in self.COLUMNS:
             table.add_column(label, key=key, width=width)
         self.load_gpus()
-        self.refresh_runs()
+        self.call_after_refresh(self.refresh_runs)  # the first frame is drawn before the folder is read
         self.set_interval(self.REFRESH_S, self.refresh_runs)
         self.set_interval(self.GPU_REFRESH_S, self.refresh_gpus)
 
