@@ -12,12 +12,12 @@ from core.dataset.buckets import assign_bucket, make_buckets
 from core.errors import UserError
 from core.plan.schedule import steps_per_epoch
 from core.settings import resolve
+from core.train.text_cache import cache_text_outputs
 from core.train.data import (
     BatchDataset,
     CacheNotValid,
     batches_for_epoch,
     build_items,
-    cache_text_outputs,
     class_batches_for_epoch,
     load_example,
     make_loader,

@@ -101,7 +101,7 @@ def test_two_processes_share_the_latent_caching_and_a_resume_encodes_nothing(tmp
     assert first.returncode == 0, first.stderr[-3000:]
     done = next(p for p in metrics(run, "phase") if p["phase"] == "cache_latents" and p["state"] == "done")
     assert (done["encoded"], done["reused"], done["entries"], done["processes"]) == (3, 0, 5, 2)  # rank 0 encoded its 3 of 5
-    assert len(list(cache.rglob("*.safetensors"))) == 5  # rank 1 wrote the other 2
+    assert len(list((cache / "sdtui" / "latents").rglob("*.safetensors"))) == 5  # rank 1 wrote the other 2
     assert len([p for p in metrics(run, "phase") if p["phase"] == "first_step"]) == 1  # rank 0 reports, once
 
     doc = tomlkit.parse((run / "run.toml").read_text())

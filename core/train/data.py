@@ -8,8 +8,8 @@
   batch share a bucket): resize to cover, crop (center or random), optional flip, pixels in
   [-1, 1], caption shuffle / keep tokens / dropout, the size and crop ids a family may condition on. A corrupt
   image is skipped with a warning; a batch with no usable image comes back as ``None``.
-* :func:`cache_text_outputs` encodes every caption once before training; the latent cache is
-  ``core.train.latents`` (shared across runs and ranks).
+* The caches, shared across runs and ranks, are ``core.train.latents`` (VAE latents) and
+  ``core.train.text_cache`` (text-encoder outputs).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from core.plan.schedule import epoch_batches, shard_batches
 from core.settings import SETTINGS, resolve
 
 from .latents import CLASS, INSTANCE, LatentCache
+from .text_cache import TextCache
 
 log = logging.getLogger(__name__)
 
@@ -224,24 +225,6 @@ def latent_cache_blocker(settings: Mapping[str, Any]) -> str | None:
     return None
 
 
-class TextCache:
-    """Text-encoder outputs per caption, kept on the CPU."""
-
-    def __init__(self) -> None:
-        self.entries: dict[str, tuple[Any, Any | None]] = {}
-
-    def __contains__(self, caption: str) -> bool:
-        return caption in self.entries
-
-    def lookup(self, captions: Sequence[str]) -> Any:
-        """The stacked :class:`core.families.embeddings.TextEmbeddings` of ``captions``."""
-        from core.families.embeddings import TextEmbeddings
-
-        embeds = torch.stack([self.entries[c][0] for c in captions])
-        pooled = [self.entries[c][1] for c in captions]
-        return TextEmbeddings(embeds, torch.stack(pooled) if pooled[0] is not None else None)
-
-
 def text_cache_blocker(settings: Mapping[str, Any]) -> str | None:
     """Why text-encoder outputs cannot be cached with these settings, or None."""
     if _setting(settings, "train_text_encoder"):
@@ -259,36 +242,6 @@ def distinct_captions(train_data: TrainData) -> list[str]:
     if float(_setting(train_data.settings, "caption_dropout_rate")) > 0 and "" not in captions:
         captions.append("")
     return captions
-
-
-def cache_text_outputs(
-    components: Any, train_data: TrainData, device: Any, dtype: Any, batch_size: int = 16, progress: Callable[[int], None] | None = None,
-) -> TextCache:
-    """Encode every distinct caption once (and the empty caption when caption dropout is on).
-
-    Raises :class:`CacheNotValid` when the text encoder is trained or captions are shuffled.
-    ``progress(done)`` follows the captions encoded. Sets ``train_data.text_cache`` and returns it.
-    """
-    from core.train.text import encode_captions
-
-    blocker = text_cache_blocker(train_data.settings)
-    if blocker:
-        raise CacheNotValid(blocker)
-    captions = distinct_captions(train_data)
-    for encoder in components.text_encoders:
-        encoder.to(device=device, dtype=dtype)
-    cache = TextCache()
-    with torch.no_grad():
-        for start in range(0, len(captions), batch_size):
-            chunk = captions[start : start + batch_size]
-            out = encode_captions(components, chunk, clip_skip=int(_setting(train_data.settings, "clip_skip")))
-            for n, caption in enumerate(chunk):
-                pooled = out.pooled_prompt_embeds[n].to("cpu", torch.float32) if out.pooled_prompt_embeds is not None else None
-                cache.entries[caption] = (out.prompt_embeds[n].to("cpu", torch.float32), pooled)
-            if progress is not None:
-                progress(start + len(chunk))
-    train_data.text_cache = cache
-    return cache
 
 
 class BatchDataset(torch.utils.data.Dataset):

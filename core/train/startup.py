@@ -239,11 +239,10 @@ def build_data(config: Any, accel: Accel, model: Model, run: RunDir, metrics: Me
 
         metrics.event(f"preparing class images for prior preservation ('{class_prompt}'); missing ones are generated now")
         phases.start("class_images", int(s["class_images_per_instance"]) * len(train_data.items), "images")
-        with accel.acc.main_process_first():
-            ready = prepare_class_images(
-                c, train_data, run.path, class_prompt, int(s["class_images_per_instance"]), device,
-                accel.weight_dtype, seed=int(config.schedule["seed"]), progress=phases.advance,
-            )
+        ready = prepare_class_images(
+            c, train_data, run.path, class_prompt, int(s["class_images_per_instance"]), device, accel.weight_dtype,
+            seed=int(config.schedule["seed"]), progress=phases.advance, rank=accel.rank, world=accel.world, barrier=accel.acc.wait_for_everyone,
+        )
         phases.end(len(ready))
         metrics.event(f"{len(ready)} class images ready")
     offload = device.type == "cuda"
@@ -298,9 +297,12 @@ def _cache_text(model: Model, train_data: Any, accel: Accel, metrics: MetricsWri
     if blocker:
         metrics.event(blocker)
         return
-    phases.start("cache_text", len(data.distinct_captions(train_data)), "captions")
-    data.cache_text_outputs(model.components, train_data, accel.device, accel.weight_dtype, progress=phases.advance)
-    phases.end()
+    from .text_cache import cache_text_outputs, default_cache_dir
+
+    phases.start("cache_text", len(data.distinct_captions(train_data)[accel.rank :: accel.world]), "captions")
+    cache = cache_text_outputs(model.components, train_data, accel.device, accel.weight_dtype, default_cache_dir(), accel.rank, accel.world,
+                               accel.acc.wait_for_everyone, progress=phases.advance)
+    phases.end(encoded=cache.encoded, reused=cache.reused, entries=len(cache), processes=accel.world)
 
 
 def build_optimizer(config: Any, accel: Accel, model: Model, data: Batches, metrics: MetricsWriter) -> tuple[Optimization, Progress]:

@@ -1,0 +1,178 @@
+"""The text-encoder output cache: every caption encoded once, shared across runs and DDP ranks.
+
+Used when the text encoders are frozen (``settings.cache_text_encoder_outputs``). Entries live
+in a cache folder outside the dataset and the run (by default ``<user cache dir>/sdtui/text``,
+e.g. ``~/.cache/sdtui/text``), one safetensors file per caption, named by a digest of what
+decides the outputs: the caption's token ids from every tokenizer, the text encoders (class,
+config, dtype, a weight fingerprint), ``clip_skip`` and the family's way of combining the
+encoders. A second run on the same captions and encoder, a resumed run and every rank of a DDP
+run find them there and encode nothing.
+
+Shared the way the latent cache is (``core.train.latents``): caption ``n`` belongs to rank
+``n mod world``, cached or not; each rank encodes what of its share is missing, all wait once
+at a barrier, then every rank reads the whole set into memory (a few hundred kB per caption).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core.atomic import write_atomic
+
+log = logging.getLogger(__name__)
+
+Entry = tuple[Any, Any | None]
+
+
+def default_cache_dir() -> Path:
+    """``<user cache dir>/text`` (``core.userdirs``: ``$XDG_CACHE_HOME/sdtui`` on Linux)."""
+    from core.userdirs import cache_dir
+
+    return cache_dir() / "text"
+
+
+class TextCache:
+    """Text-encoder outputs per caption, kept on the CPU in fp32; ``encoded``/``reused`` count this rank's share."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, Entry] = {}
+        self.encoded = 0
+        self.reused = 0
+
+    def __contains__(self, caption: str) -> bool:
+        return caption in self.entries
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def lookup(self, captions: Sequence[str]) -> Any:
+        """The stacked :class:`core.train.text.TextEmbeddings` of ``captions``."""
+        from core.train.text import TextEmbeddings
+
+        embeds = torch.stack([self.entries[c][0] for c in captions])
+        pooled = [self.entries[c][1] for c in captions]
+        return TextEmbeddings(embeds, torch.stack(pooled) if pooled[0] is not None else None)
+
+
+def encoders_fingerprint(encoders: Sequence[Any], clip_skip: int, is_sdxl: bool) -> str:
+    """What makes one set of text encoders' outputs differ from another's: class, config, dtype, a weight sample."""
+    digest = hashlib.sha1(f"{clip_skip}|{'sdxl' if is_sdxl else 'sd'}".encode())
+    for encoder in encoders:
+        config = getattr(encoder, "config", None)
+        fields = config.to_dict() if hasattr(config, "to_dict") else dict(config or {})
+        digest.update(type(encoder).__name__.encode())
+        digest.update(json.dumps({k: v for k, v in fields.items() if not k.startswith("_")}, sort_keys=True, default=str).encode())
+        params = list(encoder.parameters())
+        digest.update(str(params[0].dtype).encode())
+        for param in (params[0], params[len(params) // 2], params[-1]):
+            digest.update(param.detach().flatten()[:4096].to("cpu", torch.float32).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def entry_path(folder: Path, token_ids: Sequence[Any], tag: str) -> Path:
+    """The cache file of one caption, from its token ids (one row per tokenizer) and the encoders' ``tag``."""
+    digest = hashlib.sha1(tag.encode())
+    for ids in token_ids:
+        digest.update(ids.to(torch.int64).numpy().tobytes())
+    name = digest.hexdigest()
+    return folder / name[:2] / f"{name}.safetensors"
+
+
+def write_entry(path: Path, entry: Entry) -> None:
+    """One cache file, written atomically (no fsync: a file a crash lost is simply encoded again)."""
+    from safetensors.torch import save
+
+    tensors = {"prompt_embeds": entry[0].contiguous()}
+    if entry[1] is not None:
+        tensors["pooled_prompt_embeds"] = entry[1].contiguous()
+    write_atomic(path, save(tensors), durable=False)
+
+
+def read_entry(path: Path) -> Entry | None:
+    """One cache file's ``(prompt_embeds, pooled or None)``; None when it is damaged (it is then encoded again)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            names = set(handle.keys())
+            pooled = handle.get_tensor("pooled_prompt_embeds") if "pooled_prompt_embeds" in names else None
+            return handle.get_tensor("prompt_embeds"), pooled
+    except Exception as exc:  # noqa: BLE001 - any bytes in a cache file: encode the caption again
+        log.warning("ignoring the damaged text cache file %s: %s", path, exc)
+        return None
+
+
+def cache_text_outputs(
+    components: Any,
+    train_data: Any,
+    device: Any,
+    dtype: Any,
+    folder: str | Path | None = None,
+    rank: int = 0,
+    world: int = 1,
+    barrier: Callable[[], None] | None = None,
+    batch_size: int = 16,
+    progress: Callable[[int], None] | None = None,
+) -> TextCache:
+    """Encode every distinct caption (the empty one too with caption dropout) not cached yet, this rank's share.
+
+    ``folder`` is the shared cache folder (``None``: memory only, one process). ``barrier`` is
+    called once between encoding and reading when ``world`` > 1. ``progress(done)`` follows the
+    captions of this rank's share looked after. Raises :class:`core.train.data.CacheNotValid`
+    when the captions change every step. Sets ``train_data.text_cache`` and returns it.
+    """
+    from core.settings import SETTINGS
+    from core.train.data import CacheNotValid, distinct_captions, text_cache_blocker
+    from core.train.text import encode_text, tokenize
+
+    blocker = text_cache_blocker(train_data.settings)
+    if blocker:
+        raise CacheNotValid(blocker)
+    if folder is None and world > 1:
+        raise ValueError("a text cache shared by several processes needs a folder")
+    clip_skip = int(train_data.settings.get("clip_skip", SETTINGS["clip_skip"].default))
+    captions = distinct_captions(train_data)
+    for encoder in components.text_encoders:
+        encoder.to(device=device, dtype=dtype)
+    root = Path(folder) if folder is not None else None
+    ids = tokenize(components, captions) if captions else []
+    tag = encoders_fingerprint(components.text_encoders, clip_skip, components.is_sdxl) if root is not None else ""
+    paths = [entry_path(root, [t[n] for t in ids], tag) if root is not None else None for n in range(len(captions))]
+    cache = TextCache()
+    mine = []
+    for n in range(rank, len(captions), world):
+        found = read_entry(paths[n]) if paths[n] is not None and paths[n].is_file() else None
+        if found is None:
+            mine.append(n)
+        else:
+            cache.entries[captions[n]] = found
+            cache.reused += 1
+    with torch.no_grad():
+        for start in range(0, len(mine), batch_size):
+            chunk = mine[start : start + batch_size]
+            out = encode_text(components, [t[chunk] for t in ids], clip_skip=clip_skip)
+            for row, n in enumerate(chunk):
+                pooled = out.pooled_prompt_embeds[row].to("cpu", torch.float32) if out.pooled_prompt_embeds is not None else None
+                entry = (out.prompt_embeds[row].to("cpu", torch.float32), pooled)
+                cache.entries[captions[n]] = entry
+                cache.encoded += 1
+                if paths[n] is not None:
+                    write_entry(paths[n], entry)
+            if progress is not None:
+                progress(cache.reused + start + len(chunk))
+    if world > 1 and barrier is not None:
+        barrier()
+    for n, caption in enumerate(captions):
+        if caption not in cache.entries:
+            found = read_entry(paths[n]) if paths[n] is not None else None
+            if found is not None:
+                cache.entries[caption] = found
+    train_data.text_cache = cache
+    return cache
