@@ -1,19 +1,23 @@
 """Real-size GPU benchmark: sdtui's trainer against the diffusers-example loop, with memory truth.
 
 For SD1.5 at 512 px and SDXL at 1024 px (LoRA and full fine-tune), with UNet/VAE/text encoders
-built from the family specs' configs (``core/families``) (the real architectures, random weights) and a generated
-dataset, each case runs twice in a fresh process: the sdtui trainer (in-process ``Trainer`` on a
+built from the family specs (``core/families``) by ``bench.real_models`` (the real architectures, random
+weights, built lean on the CPU) and a generated dataset, each case runs twice in a fresh process: the sdtui trainer (in-process ``Trainer`` on a
 run folder) and ``bench.reference_loop``. Per side it reports steady-state images/s, MFU (the
 UNet's measured training FLOPs per image × images/s against the GPU's dense bf16 peak from
 ``core.gpu``), ``torch.cuda.max_memory_reserved``, the NVML peak of the device and, for ours,
 ``core.memory.estimate``'s figure for the same settings and the time to the first step (the
 trainer's ``phase`` records). The lines go into ``bench/RESULTS.md`` (a dated section) and each
-of ours' measured peaks into the calibration table (``core.memory.record_calibration``).
+of ours' measured peaks into the calibration table (``core.memory.record_calibration``: the
+NVML device peak, else ``max_memory_reserved``), with a line comparing it to the estimator.
+The default run keeps to ``BUDGET_S`` (a case that would end past it is reported as not
+measured), so the one command finishes within 8 minutes.
 
     python -m bench.bench_gpu                      # the four cases at one batch size each (< 8 min on an H100/H200)
     python -m bench.bench_gpu --all                # every batch size (~25 min)
     python -m bench.bench_gpu --family sd1 --method lora --batch 4
     python -m bench.bench_gpu --tiny               # the same code on the CPU with tiny shapes
+    python -m bench.bench_gpu --tiny --results R.md --calibration C.json   # … writing both, as on a GPU
     python -m bench.bench_gpu --flops              # what the caches save at real size, in counted FLOPs
 
 Without a GPU, ``main()`` (what ``python -m bench`` calls) runs the tiny check of one case, so
@@ -35,6 +39,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.real_models import build_real, make_dataset
+
 REPO = Path(__file__).resolve().parents[1]
 GIB = 1024**3
 #: (family, method, resolution, batch sizes) at real size; the first batch size is the default run's.
@@ -48,6 +54,8 @@ TINY_RESOLUTION = 64
 TINY_BATCHES = (1, 2)
 STEPS, WARMUP = 24, 8
 TINY_STEPS, TINY_WARMUP = 14, 4
+#: Seconds the default run may take (8 min on an H100/H200 is the promise; the rest is headroom).
+BUDGET_S = 450.0
 #: Ours on a big GPU: the speed settings (no memory savers needed at these sizes).
 GPU_SETTINGS: dict[str, Any] = {
     "mixed_precision": "bf16",
@@ -59,81 +67,6 @@ GPU_SETTINGS: dict[str, Any] = {
     "lora_alpha": 16.0,
     "dataloader_workers": 2,
 }
-
-
-# ----------------------------------------------------------------- models and data
-def tiny_configs(family: str) -> dict[str, dict[str, Any]]:
-    """The real configs of ``family`` shrunk to toy widths and depths (same block structure)."""
-    from core.families import spec
-
-    configs = spec(family).component_configs()
-    unet = configs["unet"]
-    levels = len(unet["block_out_channels"])
-    unet.update(block_out_channels=[32] * levels, layers_per_block=1, norm_num_groups=8, cross_attention_dim=32 * (2 if family == "sdxl" else 1))
-    unet["attention_head_dim"] = 8 if family == "sd1" else [8] * levels
-    if "transformer_layers_per_block" in unet:
-        unet["transformer_layers_per_block"] = [1] * levels
-    if family == "sdxl":
-        unet.update(addition_time_embed_dim=8, projection_class_embeddings_input_dim=6 * 8 + 32)
-    configs["vae"].update(block_out_channels=[32] * len(configs["vae"]["block_out_channels"]), layers_per_block=1)
-    for name in ("text_encoder", "text_encoder_2"):
-        if name in configs:
-            configs[name].update(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2, projection_dim=32)
-    return configs
-
-
-def build_model(family: str, out: Path, tiny: bool) -> Path:
-    """A diffusers folder with the family's architecture, random weights and the tiny tokenizer."""
-    if (out / "model_index.json").is_file():
-        return out
-    import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
-    from core.families import spec
-    from core.families.sd_unet.tiny import write_tokenizer
-
-    configs = tiny_configs(family) if tiny else spec(family).component_configs()
-    device = "cuda" if torch.cuda.is_available() and not tiny else "cpu"
-    dtype = torch.float32 if tiny else torch.float16
-    torch.manual_seed(0)
-    with torch.device(device):
-        parts: dict[str, Any] = {
-            "unet": UNet2DConditionModel(**configs["unet"]).to(dtype),
-            "vae": AutoencoderKL(**configs["vae"]).to(dtype),
-            "text_encoder": CLIPTextModel(CLIPTextConfig(**configs["text_encoder"])).to(dtype),
-        }
-        if family == "sdxl":
-            parts["text_encoder_2"] = CLIPTextModelWithProjection(CLIPTextConfig(**configs["text_encoder_2"])).to(dtype)
-    tokenizer = CLIPTokenizer.from_pretrained(write_tokenizer(out.parent / f"{out.name}-tokenizer"))
-    parts["tokenizer"] = tokenizer
-    parts["scheduler"] = EulerDiscreteScheduler(
-        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type="epsilon",
-    )
-    if family == "sdxl":
-        parts["tokenizer_2"] = tokenizer
-        pipeline = StableDiffusionXLPipeline(**parts)
-    else:
-        pipeline = StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipeline.save_pretrained(out, safe_serialization=True)
-    return out
-
-
-def build_dataset(out: Path, resolution: int, images: int = 16) -> Path:
-    """A kohya folder of ``images`` square noise-and-shape pictures of ``resolution`` px with captions."""
-    if out.is_dir():
-        return out
-    import numpy as np
-    from PIL import Image
-
-    folder = out / "1_sks thing"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for i in range(images):
-        pixels = rng.integers(0, 256, (resolution, resolution, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(folder / f"{i:03d}.png")
-        (folder / f"{i:03d}.txt").write_text("a photo of sks thing on a beach", encoding="utf-8")
-    return out
 
 
 # ----------------------------------------------------------------- measurement (in the child)
@@ -268,26 +201,19 @@ def measure_ours(case: dict[str, Any], model: Path, dataset: Path, workdir: Path
     """Train ``case`` with the sdtui Trainer in this process; throughput and memory."""
     import torch
 
-    from core.config import new_config, save_config
+    from bench.runs import read_jsonl, write_run
     from core.train.loop import Trainer
 
     settings = {**GPU_SETTINGS, "batch_size": case["batch"], "resolution": case["resolution"]}
     if case["tiny"]:
         settings.update(mixed_precision="no", min_bucket_reso=case["resolution"], dataloader_workers=0)
-    subsets = [{"path": str(p), "repeats": 1, "token": p.name.partition("_")[2], "is_reg": False} for p in sorted(dataset.iterdir())]
-    config = new_config(
-        name="bench-gpu", model_path=str(model), family=case["family"], method=case["method"], subsets=subsets, settings=settings,
-        schedule={"epochs": 0, "max_steps": case["steps"], "learning_rate": 1e-5, "lr_scheduler": "constant",
-                  "save_every_epochs": 0, "sample_every_steps": 0, "sample_at_start": False},
-    )
-    run_dir = workdir / f"ours-{case['family']}-{case['method']}-{case['batch']}"
-    run_dir.mkdir(parents=True)
-    save_config(config, run_dir / "run.toml")
+    run_dir = write_run(workdir / f"ours-{case['family']}-{case['method']}-{case['batch']}", model, dataset, case["family"], case["method"],
+                        settings, case["steps"])
     trainer = Trainer(run_dir)
     with NvmlPeak() as nvml:
         trainer.setup()
         trainer.train()
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    records = read_jsonl(run_dir / "metrics.jsonl")
     steps = [s for s in records if s.get("type") == "step"]
     first = next((r for r in records if r.get("type") == "phase" and r.get("phase") == "first_step"), {})
     times = [s["step_time_s"] for s in steps]
@@ -415,20 +341,34 @@ def describe(label: str, ours: dict[str, Any], ref: dict[str, Any], tflops: floa
     )
 
 
-def run_cases(tiny: bool, family: str | None, method: str | None, batch: int | None, workdir: Path, every_batch: bool = False) -> list[str]:
-    """Run the selected cases, ours then reference each; one line per case; ours' peaks go into the calibration table."""
+def run_cases(tiny: bool, family: str | None, method: str | None, batch: int | None, workdir: Path, every_batch: bool = False,
+              budget_s: float = BUDGET_S, calibration: Path | None = None) -> list[str]:
+    """Run the selected cases, ours then reference each; one line per case; ours' peaks go into the calibration table.
+
+    A case is not started when the cases so far leave less than the longest of them took within
+    ``budget_s`` (its line then says so), so the whole command keeps to its time.
+    """
     name, tflops = peak_tflops()
     lines = []
+    start = time.monotonic()
+    longest = 0.0
     for fam, meth, resolution, batches in CASES:
         if (family and fam != family) or (method and meth != method):
             continue
         resolution = TINY_RESOLUTION if tiny else resolution
-        model = build_model(fam, workdir / f"model-{fam}{'-tiny' if tiny else ''}", tiny)
-        dataset = build_dataset(workdir / f"data-{resolution}", resolution)
         sizes = TINY_BATCHES if tiny else (batches if every_batch or batch else batches[:1])
         for size in sizes:
             if batch and size != batch:
                 continue
+            label = f"gpu_{fam}_{meth}_{resolution}px_b{size}" + ("_tiny_cpu (checks the script; not a GPU figure)" if tiny else f" [{name}]")
+            spent = time.monotonic() - start
+            if spent + longest > budget_s:
+                lines.append(f"{label}: not measured: {spent:.0f} s of the {budget_s:.0f} s budget spent and the longest case took "
+                             f"{longest:.0f} s (run it alone with --family/--method/--batch) ratio=n/a")
+                continue
+            began = time.monotonic()
+            model = build_real(fam, workdir / f"model-{fam}{'-tiny' if tiny else ''}", tiny)
+            dataset = make_dataset(workdir / f"data-{resolution}", resolution, 16)
             case = {
                 "family": fam, "method": meth, "resolution": resolution, "batch": size, "tiny": tiny,
                 "steps": TINY_STEPS if tiny else STEPS, "warmup": TINY_WARMUP if tiny else WARMUP,
@@ -436,19 +376,27 @@ def run_cases(tiny: bool, family: str | None, method: str | None, batch: int | N
             }
             ours = run_side({**case, "side": "ours"})
             ref = run_side({**case, "side": "reference"})
-            label = f"gpu_{fam}_{meth}_{resolution}px_b{size}" + ("_tiny_cpu (checks the script; not a GPU figure)" if tiny else f" [{name}]")
             lines.append(describe(label, ours, ref, tflops))
             print(lines[-1], file=sys.stderr, flush=True)
-            if not tiny and ours.get("reserved"):
-                calibrate(fam, meth, ours, name)
+            if ours.get("reserved"):
+                lines.append(calibrate(fam, meth, ours, name, calibration))
+            longest = max(longest, time.monotonic() - began)
     return lines
 
 
-def calibrate(family: str, method: str, ours: dict[str, Any], gpu_name: str) -> None:
-    """Record ours' measured peak (``max_memory_reserved``) for its settings in the calibration table."""
+def calibrate(family: str, method: str, ours: dict[str, Any], gpu_name: str, path: Path | None = None) -> str:
+    """Record ours' measured peak for its settings in the calibration table (the user's, or ``path``); a line saying so.
+
+    The peak is the device's (NVML: what the GPU really held, CUDA context included) when it was
+    sampled, else ``max_memory_reserved``.
+    """
     from core.memory import record_calibration
 
-    record_calibration(family, method, ours["settings"], int(ours["reserved"]), source=f"bench_gpu on {gpu_name}")
+    peak, how = (ours["nvml_peak"], "NVML device peak") if ours.get("nvml_peak") else (ours["reserved"], "max_memory_reserved")
+    record_calibration(family, method, ours["settings"], int(peak), source=f"bench_gpu on {gpu_name} ({how})", path=path)
+    estimate = ours.get("estimate")
+    against = f", estimator {_gib(estimate)} (measured/estimated {peak / estimate:.2f})" if estimate else ""
+    return f"calibration_{family}_{method}: recorded {_gib(peak)} ({how}) for batch {ours['settings'].get('batch_size')}{against}"
 
 
 def write_results(lines: list[str], gpu_name: str, results: Path = REPO / "bench" / "RESULTS.md") -> None:
@@ -475,6 +423,9 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("--workdir", help="keep models and data here (default: a temporary folder)")
     parser.add_argument("--flops", action="store_true", help="only count the real-size FLOPs the caches save (no GPU, seconds)")
     parser.add_argument("--all", action="store_true", help="every batch size of every case (~25 min on an H100)")
+    parser.add_argument("--budget-s", type=float, help=f"start no case that would end past this (default {BUDGET_S:.0f} s, --all 3600 s)")
+    parser.add_argument("--results", type=Path, help="append the lines here (default bench/RESULTS.md on a GPU; --tiny writes only when given)")
+    parser.add_argument("--calibration", type=Path, help="the calibration table to add to (default: the user's)")
     parser.add_argument("--no-write", action="store_true", help="print only; do not touch bench/RESULTS.md or the calibration table")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args([] if argv is None else argv)
@@ -491,9 +442,10 @@ def main(argv: list[str] | None = None) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="sdtui-bench-gpu-") as tmp:
         workdir = Path(args.workdir) if args.workdir else Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        lines = run_cases(tiny, *selected, workdir, every_batch=args.all)
-    if not tiny and not args.no_write:
-        write_results(lines, peak_tflops()[0])
+        lines = run_cases(tiny, *selected, workdir, every_batch=args.all, budget_s=args.budget_s or (3600.0 if args.all else BUDGET_S),
+                          calibration=args.calibration)
+    if not args.no_write and (not tiny or args.results):
+        write_results(lines, peak_tflops()[0], args.results or REPO / "bench" / "RESULTS.md")
     if tiny and not args.tiny:
         lines += flops_lines()
         lines.append("gpu_real_size: not measured: no CUDA GPU on this machine (run `python -m bench.bench_gpu` where one is) ratio=n/a")

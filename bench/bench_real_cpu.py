@@ -21,7 +21,6 @@ A case that needs more memory than the machine has free is skipped with the figu
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -29,7 +28,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.bench_trainer import child_env, run_watched
+from bench.real_models import build_real, make_dataset
+from bench.runs import child_env, read_jsonl, run_watched, write_run
 
 RESOLUTION = 128
 ROUNDS = 2
@@ -91,46 +91,13 @@ def warm_page_cache(model: Path) -> None:
                 pass
 
 
-def make_images(root: Path, count: int = 8) -> Path:
-    """A kohya folder ``1_sks thing`` of ``count`` square pictures with captions."""
-    if root.is_dir():
-        return root
-    import numpy as np
-    from PIL import Image
-
-    folder = root / "1_sks thing"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for i in range(count):
-        pixels = rng.integers(0, 256, (RESOLUTION, RESOLUTION, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(folder / f"{i:02d}.png")
-        (folder / f"{i:02d}.txt").write_text(f"a photo of sks thing, picture {i}", encoding="utf-8")
-    return root
-
-
-def write_run(run_dir: Path, model: Path, dataset: Path, family: str, method: str, steps: int) -> Path:
-    """A run folder for the sdtui trainer: step mode, nothing saved or sampled on the way."""
-    from core.config import new_config, save_config
-
-    subsets = [{"path": str(p), "repeats": 1, "token": p.name.partition("_")[2], "is_reg": False} for p in sorted(dataset.iterdir())]
-    config = new_config(
-        name="bench-real", model_path=str(model), family=family, method=method, subsets=subsets, settings=dict(SETTINGS),
-        schedule={"epochs": 0, "max_steps": steps, "learning_rate": 1e-5, "lr_scheduler": "constant",
-                  "save_every_epochs": 0, "save_every_steps": 0, "sample_every_steps": 0, "sample_at_start": False},
-        prompts=[],
-    )
-    run_dir.mkdir(parents=True)
-    save_config(config, run_dir / "run.toml")
-    return run_dir
-
-
 def ours(work: Path, model: Path, dataset: Path, family: str, method: str, index: int, env: dict[str, str]) -> dict[str, Any]:
     """One sdtui trainer run: its step times after warm-up and its start-up phases."""
     steps, warmup = CASES[(family, method)]
-    run = write_run(work / f"ours-{family}-{method}-{index}", model, dataset, family, method, steps)
+    run = write_run(work / f"ours-{family}-{method}-{index}", model, dataset, family, method, SETTINGS, steps)
     result: dict[str, Any] = run_watched([sys.executable, "-m", "core.train", str(run)], run / "metrics.jsonl", "the sdtui trainer",
                                          warmup, steps, env, kill_after=True)
-    records = read_jsonl_complete(run / "metrics.jsonl")
+    records = read_jsonl(run / "metrics.jsonl")
     stamps = [r["time"] for r in records if r.get("type") == "step"]
     result["steps_s"] = [b - a for a, b in zip(stamps[warmup - 1:], stamps[warmup:])]
     first = next((r for r in records if r.get("type") == "phase" and r.get("phase") == "first_step"), {})
@@ -149,21 +116,10 @@ def reference(work: Path, model: Path, dataset: Path, family: str, method: str, 
             "--out", str(out), "--resolution", str(RESOLUTION), "--batch-size", "1", "--rank", str(SETTINGS["lora_rank"]),
             "--mixed-precision", "bf16", "--lean-load"] + (["--full"] if method == "finetune" else [])
     result: dict[str, Any] = run_watched(argv, out, "the reference loop", warmup, steps, env, kill_after=True)
-    records = read_jsonl_complete(out)
+    records = read_jsonl(out)
     result["steps_s"] = [r["step_time_s"] for r in records[warmup:steps]]
     result["first_step_s"] = result["first_seen_s"]
     return result
-
-
-def read_jsonl_complete(path: Path) -> list[dict[str, Any]]:
-    """The complete lines of a JSON-lines file a killed writer may have left with a partial last line."""
-    text = path.read_text(encoding="utf-8")
-    return read_jsonl_text(text[: text.rfind("\n") + 1])
-
-
-def read_jsonl_text(text: str) -> list[dict[str, Any]]:
-    """JSON lines from text."""
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def predicted(family: str, method: str) -> float:
@@ -179,8 +135,6 @@ def measure(family: str, method: str, models: Path, work: Path) -> list[str]:
     """Alternate both sides ``ROUNDS`` times on one case; the ratio line and the time-to-first-step line."""
     import psutil
 
-    from bench.real_models import build_real
-
     label = f"real_{family}_{method}_{RESOLUTION}px"
     model = build_real(family, models / family)
     need = needed_bytes(model, method)
@@ -188,7 +142,7 @@ def measure(family: str, method: str, models: Path, work: Path) -> list[str]:
     if need > free:
         return [f"{label}: not measured: needs about {need / GB:.0f} GB of memory (weights, gradients and AdamW state), "
                 f"{free / GB:.0f} GB free of {psutil.virtual_memory().total / GB:.0f} GB ratio=n/a"]
-    dataset = make_images(work / "images")
+    dataset = make_dataset(work / "images", RESOLUTION)
     warm_page_cache(model)
     env = {**child_env(), "XDG_CACHE_HOME": str(work / "cache")}  # the first ours-run starts with an empty latent cache
     mine, theirs = [], []

@@ -18,20 +18,17 @@ the median step of all rounds, with the window means and ours' self-reported
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench import with_bytecode
+from bench.runs import read_jsonl, run_watched, write_run
 
-REPO = Path(__file__).resolve().parents[1]
 RESOLUTION = 64
 STEPS = 30
 WARMUP = 6
@@ -78,129 +75,10 @@ def make_dataset(root: Path, per_subset: int = 8, size: int = 96) -> Path:
     return root
 
 
-def write_run(run_dir: Path, model: Path, dataset: Path, steps: int, precision: str = "no") -> Path:
-    """A run folder with run.toml for the sdtui trainer: step mode, no samples or saves on the way."""
-    from core.config import new_config, save_config
-
-    subsets = []
-    for folder in sorted(p for p in dataset.iterdir() if p.is_dir()):
-        repeats, _, token = folder.name.partition("_")
-        subsets.append({"path": str(folder), "repeats": int(repeats), "token": token, "is_reg": False})
-    config = new_config(
-        name="bench",
-        model_path=str(model),
-        family="sd1",
-        method="lora",
-        subsets=subsets,
-        settings={**OUR_SETTINGS, "mixed_precision": precision},
-        schedule={
-            "epochs": 0, "max_steps": steps, "learning_rate": 1e-4, "lr_scheduler": "constant",
-            "save_every_epochs": 0, "save_every_steps": 0, "sample_every_steps": 0, "sample_at_start": False,
-        },
-        prompts=[],
-    )
-    run_dir.mkdir(parents=True)
-    save_config(config, run_dir / "run.toml")
-    return run_dir
-
-
-def child_env() -> dict[str, str]:
-    """Offline, repo importable, one compute thread each.
-
-    One thread, because this machine's two cores are shared: with two OpenMP threads a busy
-    neighbour descheduling one of them makes every parallel region wait (steps measured 4-8 s
-    instead of 1 s under a load of 8), and both sides would mostly measure the neighbours.
-    """
-    env = dict(os.environ)
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
-    return with_bytecode(env)
-
-
-def run_watched(
-    argv: list[str], jsonl: Path, what: str, warmup: int = WARMUP, steps: int = STEPS, env: dict[str, str] | None = None, kill_after: bool = False,
-) -> dict[str, float]:
-    """Run a training child, watching its JSON lines; wall and CPU seconds over steps ``warmup``..``steps``.
-
-    ``first_seen_s`` is when the first step line appeared. ``kill_after`` ends the child once step ``steps`` is seen (a real-size full fine-tune would
-    otherwise spend minutes writing its final model, which nobody measures).
-
-    CPU seconds count the child and every process under it (data loader workers included), so
-    the figure holds when other work shares the machine; the wall seconds are what a user waits.
-    """
-    import psutil
-
-    start = time.perf_counter()
-    errors = tempfile.TemporaryFile("w+", encoding="utf-8")  # a file, not a pipe: a chatty child never blocks on it
-    proc = subprocess.Popen(argv, cwd=REPO, env=env or child_env(), stdout=subprocess.DEVNULL, stderr=errors, text=True)
-    watched = psutil.Process(proc.pid)
-    marks: dict[int, tuple[float, float]] = {}
-    offset = 0
-    first_seen = None
-    try:
-        while proc.poll() is None and steps not in marks:
-            offset, seen = _new_steps(jsonl, offset)
-            if seen and first_seen is None:
-                first_seen = time.perf_counter() - start
-            for step in seen:
-                if step in (warmup, steps):
-                    marks[step] = (time.perf_counter(), _tree_cpu(watched))
-            time.sleep(0.01)
-        if kill_after and steps in marks and proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=600)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        errors.seek(0)
-        stderr = errors.read()
-        errors.close()
-    if (proc.returncode != 0 and not (kill_after and len(marks) == 2)) or len(marks) < 2:
-        tail = (stderr.strip().splitlines() or ["no error output"])[-1]
-        raise RuntimeError(f"{what} failed (exit {proc.returncode}): {tail}")
-    (t0, c0), (t1, c1) = marks[warmup], marks[steps]
-    return {"wall": t1 - t0, "cpu": c1 - c0, "process_s": time.perf_counter() - start, "first_seen_s": first_seen}
-
-
-def _new_steps(path: Path, offset: int) -> tuple[int, list[int]]:
-    """Step numbers of the complete new lines of a JSON lines file since ``offset``."""
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(offset)
-            data = handle.read()
-    except FileNotFoundError:
-        return offset, []
-    end = data.rfind(b"\n") + 1
-    steps = []
-    for line in data[:end].splitlines():
-        record = json.loads(line)
-        if record.get("type", "step") == "step" and "step" in record:
-            steps.append(int(record["step"]))
-    return offset + end, steps
-
-
-def _tree_cpu(proc: Any) -> float:
-    """User + system seconds of ``proc``, its reaped children and its live descendants."""
-    import psutil
-
-    total = 0.0
-    try:
-        times = proc.cpu_times()
-        total += times.user + times.system + times.children_user + times.children_system
-        for child in proc.children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                times = child.cpu_times()
-                total += times.user + times.system
-    except psutil.Error:
-        pass
-    return total
-
-
 def ours(workdir: Path, model: Path, dataset: Path, precision: str, index: int) -> dict[str, Any]:
     """One run of the sdtui trainer, measured over steps WARMUP..STEPS."""
-    run_dir = write_run(workdir / f"ours-{precision}-{index}", model, dataset, STEPS, precision)
-    result: dict[str, Any] = run_watched([sys.executable, "-m", "core.train", str(run_dir)], run_dir / "metrics.jsonl", "the sdtui trainer")
+    run_dir = write_run(workdir / f"ours-{precision}-{index}", model, dataset, "sd1", "lora", {**OUR_SETTINGS, "mixed_precision": precision}, STEPS, 1e-4)
+    result: dict[str, Any] = run_watched([sys.executable, "-m", "core.train", str(run_dir)], run_dir / "metrics.jsonl", "the sdtui trainer", WARMUP, STEPS)
     records = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("type") == "step"]
     result["reported_ips"] = statistics.median(r["images_per_s"] for r in records[WARMUP:] if r.get("images_per_s"))
     stamps = [r["time"] for r in records[WARMUP - 1:]]
@@ -215,16 +93,10 @@ def reference(workdir: Path, model: Path, dataset: Path, precision: str, index: 
         [sys.executable, "-m", "bench.reference_loop", "--model", str(model), "--data", str(dataset), "--steps", str(STEPS),
          "--out", str(out), "--resolution", str(RESOLUTION), "--batch-size", str(OUR_SETTINGS["batch_size"]),
          "--rank", str(OUR_SETTINGS["lora_rank"]), "--mixed-precision", precision],
-        out, "the reference loop",
+        out, "the reference loop", WARMUP, STEPS,
     )
     result["steps_s"] = [r["step_time_s"] for r in read_jsonl(out)[WARMUP:]]
     return result
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The complete JSON lines of a file."""
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
 
 
 def demo_first_step(workdir: Path) -> str:

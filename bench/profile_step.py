@@ -30,10 +30,11 @@ def profile_ours(model: Path, dataset: Path, family: str, method: str, work: Pat
     """Set up the sdtui Trainer on a run folder and profile ``STEPS`` optimizer steps after ``WARMUP``."""
     from torch.profiler import ProfilerActivity, profile
 
-    from bench.bench_real_cpu import write_run
+    from bench.bench_real_cpu import SETTINGS
+    from bench.runs import write_run
     from core.train.loop import Trainer
 
-    trainer = Trainer(write_run(work / "ours", model, dataset, family, method, WARMUP + STEPS))
+    trainer = Trainer(write_run(work / "ours", model, dataset, family, method, SETTINGS, WARMUP + STEPS))
     trainer.setup()
     batches = list(trainer.data.iterate(0, trainer.data.for_epoch(0), 0))
 
@@ -80,8 +81,8 @@ def main(argv: list[str] | None = None) -> list[str]:
 
     from accelerate.state import AcceleratorState, GradientState
 
-    from bench.bench_real_cpu import default_models_dir, make_images
-    from bench.real_models import build_real
+    from bench.bench_real_cpu import RESOLUTION, default_models_dir
+    from bench.real_models import build_real, make_dataset
 
     parser = argparse.ArgumentParser(prog="python -m bench.profile_step", description=__doc__.splitlines()[0])
     parser.add_argument("--family", default="sd1", choices=("sd1", "sdxl"))
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     model = build_real(args.family, default_models_dir() / args.family)
     with tempfile.TemporaryDirectory(prefix="sdtui-profile-") as tmp:
         work = Path(tmp)
-        dataset = make_images(work / "images")
+        dataset = make_dataset(work / "images", RESOLUTION)
         ours = table(profile_ours(model, dataset, args.family, args.method, work), STEPS)
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
