@@ -5,6 +5,16 @@
 
 from __future__ import annotations
 
+import os
+
+#: Set by ``python -m bench --quick`` in every benchmark's environment.
+QUICK_ENV = "SDTUI_BENCH_QUICK"
+
+
+def quick() -> bool:
+    """True under ``python -m bench --quick``: the slow comparisons run one short round."""
+    return os.environ.get(QUICK_ENV) == "1"
+
 
 def with_bytecode(env: dict[str, str]) -> dict[str, str]:
     """``env`` with compiled bytecode kept (in ``<user cache>/sdtui/pycache``), as an installed sdtui has it.

@@ -6,6 +6,10 @@ lines are printed) or prints its lines itself. Every result line ends with
 ``ratio=<r>`` where r > 1 always means sdtui is better; a benchmark that fails or runs out
 of time gets a line ending ``ratio=n/a`` with the reason (a line saying ``not measured``,
 such as the GPU figures on a machine without one, is a skip, not a failure).
+
+The whole suite (``make bench``) writes its lines into ``bench/RESULTS.md`` (a dated section
+with the machine, its load and each line's verdict against its target); ``--quick`` runs the
+slow comparisons shorter (one round, SD1.5 LoRA only on the real architectures) for CI-like use.
 """
 
 from __future__ import annotations
@@ -18,14 +22,14 @@ import sys
 import time
 from pathlib import Path
 
-from bench import with_bytecode
+from bench import QUICK_ENV, with_bytecode
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 #: Seconds each benchmark may take. The real-architecture trainer comparison (``bench_real_cpu``)
 #: takes 15-30 min on 2 shared cores; ``python -m bench NAME …`` runs a selection.
 DEFAULT_LIMIT_S = 240.0
-LIMITS_S = {"bench_trainer": 480.0, "bench_gpu": 240.0, "bench_metrics": 420.0, "bench_real_cpu": 2400.0}
+LIMITS_S = {"bench_trainer": 480.0, "bench_gpu": 240.0, "bench_metrics": 420.0, "bench_real_cpu": 1200.0}
 
 _CHILD = (
     "import importlib, runpy, sys\n"
@@ -61,12 +65,13 @@ def child_env() -> dict[str, str]:
     return with_bytecode(env)
 
 
-def run_one(name: str, limit_s: float) -> tuple[list[str], float]:
+def run_one(name: str, limit_s: float, quick: bool = False) -> tuple[list[str], float]:
     """Run one benchmark module in a child process; return its result lines and wall time."""
     start = time.perf_counter()
+    env = {**child_env(), **({QUICK_ENV: "1"} if quick else {})}
     proc = subprocess.Popen(
         [sys.executable, "-c", _CHILD, name],
-        cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
     try:
         stdout, stderr = proc.communicate(timeout=limit_s)
@@ -106,25 +111,57 @@ def result_lines(stdout: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the selected benchmarks (all by default) one after another."""
+    """Run the selected benchmarks (all by default) one after another; the whole suite writes bench/RESULTS.md."""
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help="benchmarks to run (e.g. trainer tui_start); default all")
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    parser.add_argument("--quick", action="store_true", help="the slow comparisons in one short round (CI-like use)")
+    parser.add_argument("--write", action=argparse.BooleanOptionalAction, default=None,
+                        help="add the lines to bench/RESULTS.md (default: when the whole suite runs)")
     args = parser.parse_args(argv)
     names = discover(args.names)
     if args.list:
         print("\n".join(names))
         return 0
     total = time.perf_counter()
+    load_before = os.getloadavg()
     failed = 0
+    found: list[str] = []
+    took: list[str] = []
     for name in names:
-        lines, wall = run_one(name, LIMITS_S.get(name, DEFAULT_LIMIT_S))
+        lines, wall = run_one(name, LIMITS_S.get(name, DEFAULT_LIMIT_S), args.quick)
         for line in lines:
             print(line, flush=True)
+        found += lines
+        took.append(f"{name.removeprefix('bench_')} {wall:.0f} s")
         failed += any(line.endswith("ratio=n/a") and "not measured" not in line for line in lines)
         print(f"  ({name} took {wall:.1f} s)", file=sys.stderr, flush=True)
-    print(f"  (suite took {time.perf_counter() - total:.1f} s, {failed} failed)", file=sys.stderr)
+    seconds = time.perf_counter() - total
+    print(f"  (suite took {seconds:.1f} s, {failed} failed)", file=sys.stderr)
+    if args.write if args.write is not None else not args.names:
+        write_section(found, took, seconds, load_before, os.getloadavg(), args.quick)
     return 1 if failed else 0
+
+
+def write_section(lines: list[str], took: list[str], seconds: float, load_before: tuple[float, ...], load_after: tuple[float, ...], quick: bool) -> None:
+    """The run's section of bench/RESULTS.md: machine, load, verdicts against the targets, the lines."""
+    from bench.results import add_section, machine, verdicts
+
+    body = "\n".join([
+        f"- **Machine:** {machine()}.",
+        f"- **Load average** {load_before[0]:.1f} at the start, {load_after[0]:.1f} at the end (1-min; the machine may be shared: "
+        "wall times move with the neighbours, the CPU-second figures and the alternating ratios hold up better).",
+        f"- **Took** {seconds / 60:.1f} min ({', '.join(took)}){'; --quick' if quick else ''}.",
+        "",
+        "Against the targets:",
+        "",
+        *[f"- {v}" for v in verdicts(lines)],
+        "",
+        "```",
+        *lines,
+        "```",
+    ])
+    add_section("`python -m bench`" + (" --quick" if quick else " (make bench)"), body)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -400,17 +399,11 @@ def calibrate(family: str, method: str, ours: dict[str, Any], gpu_name: str, pat
 
 
 def write_results(lines: list[str], gpu_name: str, results: Path = REPO / "bench" / "RESULTS.md") -> None:
-    """Append a dated section with the lines to bench/RESULTS.md (written atomically)."""
-    import datetime
-    import subprocess as sp
+    """Add a dated section with the lines and the machine to bench/RESULTS.md (newest first)."""
+    from bench.results import add_section, machine
 
-    from core.atomic import write_atomic
-
-    commit = sp.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip() or "?"
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    section = f"\n## GPU run of {stamp} on {gpu_name} (commit {commit}, `python -m bench.bench_gpu`)\n\n```\n" + "\n".join(lines) + "\n```\n"
-    before = results.read_text(encoding="utf-8") if results.is_file() else "# Benchmark results\n"
-    write_atomic(results, before.rstrip("\n") + "\n" + section)
+    body = f"- **Machine:** {gpu_name}; {machine()}\n\n```\n" + "\n".join(lines) + "\n```"
+    add_section("GPU run, `python -m bench.bench_gpu`", body, results)
 
 
 def main(argv: list[str] | None = None) -> list[str]:

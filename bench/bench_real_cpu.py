@@ -15,7 +15,10 @@ the first round starts with an empty latent cache, the second finds the first's.
 
 A case that needs more memory than the machine has free is skipped with the figure.
 
-    python -m bench.bench_real_cpu [--models DIR] [--only sd1_lora ...]
+    python -m bench.bench_real_cpu [--models DIR] [--all | --only sd1_lora ...]
+
+``make bench`` runs the two LoRA cases (SD1.5 carries the 1.5x target); ``--all`` adds the full
+fine-tunes (SD1.5: 10+ min here; SDXL needs about 46 GB of memory).
 """
 
 from __future__ import annotations
@@ -28,11 +31,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from bench import quick
 from bench.real_models import build_real, make_dataset
 from bench.runs import child_env, read_jsonl, run_watched, write_run
 
 RESOLUTION = 128
-ROUNDS = 2
+#: Alternating rounds (one under ``--quick``).
+ROUNDS = 1 if quick() else 2
 #: (family, method) -> (steps per run, warm-up steps left out).
 CASES: dict[tuple[str, str], tuple[int, int]] = {
     ("sd1", "lora"): (6, 2),
@@ -41,6 +46,8 @@ CASES: dict[tuple[str, str], tuple[int, int]] = {
     ("sdxl", "finetune"): (4, 1),
 }
 TARGETS = {("sd1", "lora"): 1.5}
+#: What ``make bench`` runs (the full fine-tunes take 10+ min each here: ``--all`` or ``--only``); ``--quick``: SD1.5 LoRA.
+DEFAULT_CASES = (("sd1", "lora"), ("sdxl", "lora"))
 GB = 1e9
 #: Memory beyond the weights and optimizer state: activations, the interpreter, torch.
 HEADROOM_BYTES = 3 * GB
@@ -167,9 +174,10 @@ def measure(family: str, method: str, models: Path, work: Path) -> list[str]:
     cold, warm = mine[0], mine[-1]
     ref_first = statistics.median(r["first_step_s"] for r in theirs)
     lines.append(
-        f"first_step_{family}_{method}: ours {cold['first_step_s']:.1f} s from process start with an empty latent cache "
-        f"({_phases(cold)}; {cold['latents'][0]} images encoded), {warm['first_step_s']:.1f} s with the cache of the run before "
-        f"({_phases(warm)}; {warm['latents'][1]} reused) vs reference {ref_first:.1f} s (it caches nothing; "
+        f"first_step_{family}_{method}: ours {cold['first_step_s']:.1f} s from process start with empty latent and text caches "
+        f"({_phases(cold)}; {cold['latents'][0]} images encoded)"
+        + (f", {warm['first_step_s']:.1f} s with the caches of the run before ({_phases(warm)}; {warm['latents'][1]} reused)" if len(mine) > 1 else "")
+        + f" vs reference {ref_first:.1f} s (it caches nothing; "
         f"its first step includes the VAE and text encoders) ratio={ref_first / cold['first_step_s']:.2f}"
     )
     return lines
@@ -189,13 +197,18 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_real_cpu", description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=Path, default=None, help="where the real-size random models are built (reused)")
     parser.add_argument("--only", nargs="*", default=[], help="cases such as sd1_lora sdxl_finetune")
+    parser.add_argument("--all", action="store_true", help="the full fine-tunes too (10+ min each on 2 cores)")
     args = parser.parse_args([] if argv is None else argv)
+    if args.only:
+        wanted = [case for case in CASES if f"{case[0]}_{case[1]}" in args.only]
+    elif args.all:
+        wanted = list(CASES)
+    else:
+        wanted = list(DEFAULT_CASES[:1] if quick() else DEFAULT_CASES)
     models = args.models or default_models_dir()
     lines = []
     with tempfile.TemporaryDirectory(prefix="sdtui-bench-real-") as tmp:
-        for family, method in CASES:
-            if args.only and f"{family}_{method}" not in args.only:
-                continue
+        for family, method in wanted:
             try:
                 found = measure(family, method, models, Path(tmp) / f"{family}-{method}")
             except RuntimeError as exc:

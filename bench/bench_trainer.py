@@ -27,12 +27,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import quick
 from bench.runs import read_jsonl, run_watched, write_run
 
 RESOLUTION = 64
 STEPS = 30
 WARMUP = 6
-ROUNDS = 3
+#: Alternating rounds (one under ``--quick``).
+ROUNDS = 1 if quick() else 2
 TARGET_RATIO = 1.5
 #: Precisions both sides run at: fp32, and bf16 autocast (the settings' default; this CPU has
 #: AVX512-BF16). "no" is also the diffusers examples' default.

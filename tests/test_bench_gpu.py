@@ -25,8 +25,9 @@ def test_the_tiny_mode_runs_both_families_and_methods_and_writes_the_results(tmp
                                                        "gpu_sdxl_finetune_64px_b1_tiny_cpu (checks the script; not a GPU figure)"]
     assert all(LINE.search(line) for line in lines), lines
     text = results.read_text(encoding="utf-8")
-    assert text.startswith("# Benchmark results\n\nearlier figures\n")  # appended, nothing lost
-    assert text.count("## GPU run of ") == 2 and all(line in text for line in lines)
+    assert text.startswith("# Benchmark results\n\n## ") and text.endswith("earlier figures\n")  # newest first, nothing lost
+    assert text.count("GPU run, `python -m bench.bench_gpu`") == 2 and all(line in text for line in lines)
+    assert "**Machine:** CPU; " in text and " cores, " in text
 
 
 def test_a_case_that_would_run_past_the_budget_is_not_started(tmp_path: Path) -> None:

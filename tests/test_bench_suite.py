@@ -29,3 +29,30 @@ def test_reference_reads_repeats_and_falls_back_to_the_token(tmp_path: Path) -> 
     assert {caption for _, caption in items} == {"sks dog"}
     (root / "3_sks dog" / "img000.txt").write_text("a photo of sks dog")
     assert sum(caption == "a photo of sks dog" for _, caption in kohya_items(root)) == 3
+
+
+def test_each_verdict_against_a_target_is_listed_with_its_line() -> None:
+    from bench.results import verdicts
+
+    lines = [
+        "real_sd1_lora_128px: ours 2.57 s/step …; counted-FLOPs prediction at 128px 1.88; target 1.5x missed by 0.26 ratio=1.24",
+        "dashboard_cpu: … 1.70% of a core over 20 s (first frame 4.34 s; target <2.0% met) ratio=1.18",
+        "metrics open: 1,000,000 lines: sdtui 2.56 s wall (OVER the 2 s target), naive 16.61 s ratio=6.48",
+        "first_step_sd1_lora: ours 20.4 s … ratio=0.74",
+    ]
+    assert verdicts(lines) == [
+        "real_sd1_lora_128px: target 1.5x missed by 0.26",
+        "dashboard_cpu: target <2.0% met",
+        "metrics open: OVER the 2 s target",
+    ]
+
+
+def test_a_new_results_section_goes_first_under_the_heading_and_keeps_the_rest(tmp_path: Path) -> None:
+    from bench.results import add_section
+
+    path = tmp_path / "RESULTS.md"
+    path.write_text("# Benchmark results\n\n## 2026-11-21: older\n\nold lines\n", encoding="utf-8")
+    add_section("`python -m bench` (make bench)", "new lines", path)
+    text = path.read_text(encoding="utf-8")
+    assert text.startswith("# Benchmark results\n\n## 20") and "UTC: `python -m bench` (make bench)\n\nnew lines\n" in text
+    assert text.index("new lines") < text.index("## 2026-11-21: older") and text.endswith("old lines\n")
