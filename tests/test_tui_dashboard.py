@@ -225,3 +225,20 @@ asyncio.run(main())
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True).stdout
     assert out.splitlines() == ["HalfBlockImage True", "[]"], out
+
+
+@sync
+async def test_a_run_with_a_long_metrics_file_shows_a_thinned_chart_then_every_step(tmp_path: Path) -> None:
+    from core.monitor.preview import PREVIEW_MIN_BYTES
+
+    runs = tmp_path / "runs"
+    run = make_run(runs, "huge-20251009-120000", "finished", steps=10, total=10)
+    pad = "x" * 200
+    steps = PREVIEW_MIN_BYTES // 240 + 1000
+    with open(run / "metrics.jsonl", "w", encoding="utf-8") as handle:
+        for step in range(1, steps + 1):
+            handle.write(json.dumps({"type": "step", "time": T0 + step, "step": step, "loss": 0.1 + (step % 7) / 100, "note": pad}) + "\n")
+    app = _app(runs, run)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: len(app.screen.query_one("#loss").data[0]) == steps, timeout=30)
+        assert "FINISHED" in _text(app, "#state")

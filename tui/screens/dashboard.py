@@ -104,7 +104,7 @@ class DashboardScreen(Screen):
             self.first_read = False
             if self.view.preview(self.run.metrics):  # a long run: a thinned chart now, the full one after the read
                 state = self.run.derive_state(status)
-                self.app.call_from_thread(self.show, True, status, state, total_steps(self.run, status), [], None)
+                self.app.call_from_thread(self.show, True, status, state, total_steps(self.run, status), [], None, [])
         changed = self.view.update(self.metrics_tail)
         status = self.run.read_status()
         if not has_state(status):
