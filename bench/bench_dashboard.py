@@ -28,9 +28,12 @@ WINDOW_S = 20.0
 SETTLE_S = 3.0
 LINES_PER_S = 10.0
 
+#: The trainer's stand-in: it holds the trainer lock (a run whose processes hold no lock of the folder is ``lost``).
 WRITER = """
-import json, math, sys, time
+import fcntl, json, math, sys, time
 run, seconds, rate = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+lock = open(run + "/trainer.lock", "a+")
+fcntl.flock(lock, fcntl.LOCK_EX)
 end = time.time() + seconds
 step = 0
 with open(run + "/metrics.jsonl", "a") as metrics, open(run + "/train.log", "a") as log:

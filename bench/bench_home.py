@@ -30,9 +30,12 @@ WINDOW_S = 15.0
 SETTLE_S = 3.0
 NEWEST = "20261121-999999-live"
 
+#: The live run's trainer stand-in: it holds the trainer lock (a run whose processes hold no lock of the folder is ``lost``).
 WRITER = """
-import json, sys, time
+import fcntl, json, os, sys, time
 path, seconds = sys.argv[1], float(sys.argv[2])
+lock = open(os.path.join(os.path.dirname(path), "trainer.lock"), "a+")
+fcntl.flock(lock, fcntl.LOCK_EX)
 end, step = time.time() + seconds, 0
 with open(path, "a") as handle:
     while time.time() < end:

@@ -163,7 +163,7 @@ class DashboardScreen(Screen):
         error.display = state in ("failed", "lost", "stalled") or bool(problem)
         if error.display:
             message, hint = problem_text(state, status, problem, self.run.path.name)
-            error.update(Text.assemble(("Error: ", "bold red"), message, "\n", ("Fix: ", "bold"), hint))
+            self._put("#error", Text.assemble(("Error: ", "bold red"), message, "\n", ("Fix: ", "bold"), hint))
         self._show_outputs(outputs)
         if changed:
             self.chart_pending = True
