@@ -221,8 +221,8 @@ def measure_ours(case: dict[str, Any], model: Path, dataset: Path, workdir: Path
         "ips": _steady(times, images, case["warmup"]),
         "reserved": torch.cuda.max_memory_reserved() if torch.cuda.is_available() else None,
         "nvml_peak": nvml.peak,
-        "estimate": estimate_bytes(case, {**trainer.settings}),
-        "settings": dict(trainer.settings),
+        "estimate": estimate_bytes(case, {**trainer.session.settings}),
+        "settings": dict(trainer.session.settings),
         "first_step_s": first.get("since_start_s"),
         "phases": first.get("phases", {}),
     }

@@ -36,12 +36,13 @@ def profile_ours(model: Path, dataset: Path, family: str, method: str, work: Pat
 
     trainer = Trainer(write_run(work / "ours", model, dataset, family, method, SETTINGS, WARMUP + STEPS))
     trainer.setup()
-    batches = list(trainer.data.iterate(0, trainer.data.for_epoch(0), 0))
+    data = trainer.session.data
+    batches = list(data.iterate(0, data.for_epoch(0), 0))
 
     def step(n: int) -> None:
         _, batch, _ = batches[n % len(batches)]
-        trainer.micro_step(batch, n, True, 1)
-        trainer._optimizer_step()
+        trainer.stepper.micro_step(batch, n, True, 1)
+        trainer.stepper.optimizer_step()
 
     for n in range(WARMUP):
         step(n)
