@@ -61,9 +61,10 @@ class TextCache:
         return TextEmbeddings(embeds, torch.stack(pooled) if pooled[0] is not None else None)
 
 
-def encoders_fingerprint(encoders: Sequence[Any], clip_skip: int, is_sdxl: bool) -> str:
-    """What makes one set of text encoders' outputs differ from another's: class, config, dtype, a weight sample."""
-    digest = hashlib.sha1(f"{clip_skip}|{'sdxl' if is_sdxl else 'sd'}".encode())
+def encoders_fingerprint(encoders: Sequence[Any], clip_skip: int, family: str) -> str:
+    """What makes one set of text encoders' outputs differ from another's: the family (how it joins
+    its encoders' outputs), class, config, dtype, a weight sample."""
+    digest = hashlib.sha1(f"{clip_skip}|{family}".encode())
     for encoder in encoders:
         config = getattr(encoder, "config", None)
         fields = config.to_dict() if hasattr(config, "to_dict") else dict(config or {})
@@ -143,7 +144,7 @@ def cache_text_outputs(
         encoder.to(device=device, dtype=dtype)
     root = Path(folder) if folder is not None else None
     ids = tokenize(components, captions) if captions else []
-    tag = encoders_fingerprint(components.text_encoders, clip_skip, components.is_sdxl) if root is not None else ""
+    tag = encoders_fingerprint(components.text_encoders, clip_skip, components.family) if root is not None else ""
     paths = [entry_path(root, [t[n] for t in ids], tag) if root is not None else None for n in range(len(captions))]
     cache = TextCache()
     mine = []
