@@ -65,6 +65,15 @@ def child_env() -> dict[str, str]:
     return with_bytecode(env)
 
 
+#: What a line says when its benchmark broke (a line without a reference figure is not one).
+FAILURE_MARKS = ("failed (", "did not finish within", "printed no result line")
+
+
+def is_failure(line: str) -> bool:
+    """Whether a result line reports a benchmark that broke rather than a figure."""
+    return any(mark in line for mark in FAILURE_MARKS)
+
+
 def run_one(name: str, limit_s: float, quick: bool = False) -> tuple[list[str], float]:
     """Run one benchmark module in a child process; return its result lines and wall time."""
     start = time.perf_counter()
@@ -134,17 +143,18 @@ def main(argv: list[str] | None = None) -> int:
             print(line, flush=True)
         found += lines
         took.append(f"{name.removeprefix('bench_')} {wall:.0f} s")
-        failed += any(line.endswith("ratio=n/a") and "not measured" not in line for line in lines)
+        failed += any(map(is_failure, lines))
         print(f"  ({name} took {wall:.1f} s)", file=sys.stderr, flush=True)
     seconds = time.perf_counter() - total
     print(f"  (suite took {seconds:.1f} s, {failed} failed)", file=sys.stderr)
     if args.write if args.write is not None else not args.names:
-        write_section(found, took, seconds, load_before, os.getloadavg(), args.quick)
+        write_section(found, took, seconds, load_before, os.getloadavg(), args.quick, args.names)
     return 1 if failed else 0
 
 
-def write_section(lines: list[str], took: list[str], seconds: float, load_before: tuple[float, ...], load_after: tuple[float, ...], quick: bool) -> None:
-    """The run's section of bench/RESULTS.md: machine, load, verdicts against the targets, the lines."""
+def write_section(lines: list[str], took: list[str], seconds: float, load_before: tuple[float, ...], load_after: tuple[float, ...], quick: bool,
+                  names: list[str] | None = None) -> None:
+    """The run's section of bench/RESULTS.md: the command, machine, load, verdicts against the targets, the lines."""
     from bench.results import add_section, machine, verdicts
 
     body = "\n".join([
@@ -161,7 +171,8 @@ def write_section(lines: list[str], took: list[str], seconds: float, load_before
         *lines,
         "```",
     ])
-    add_section("`python -m bench`" + (" --quick" if quick else " (make bench)"), body)
+    command = " ".join(["python -m bench", *(["--quick"] if quick else []), *(names or [])])
+    add_section(f"`{command}`" + ("" if names or quick else " (make bench)"), body)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.__main__ import discover, result_lines
+from bench.__main__ import discover, is_failure, result_lines
 from bench.reference_loop import kohya_items
 from tests.conftest import make_kohya
 
@@ -56,3 +56,11 @@ def test_a_new_results_section_goes_first_under_the_heading_and_keeps_the_rest(t
     text = path.read_text(encoding="utf-8")
     assert text.startswith("# Benchmark results\n\n## 20") and "UTC: `python -m bench` (make bench)\n\nnew lines\n" in text
     assert text.index("new lines") < text.index("## 2026-11-21: older") and text.endswith("old lines\n")
+
+
+def test_a_line_without_a_reference_is_a_figure_and_a_broken_benchmark_is_a_failure():
+    assert not is_failure("first_step_tiny_demo: Launch to the first optimizer step 4.6 s (no reference: the examples have no launcher) ratio=n/a")
+    assert not is_failure("gpu_real_size: not measured: no CUDA GPU on this machine ratio=n/a")
+    assert is_failure("bench_metrics: failed (exit 1: TypeError: show() missing 1 required positional argument) ratio=n/a")
+    assert is_failure("bench_home: did not finish within 120 s ratio=n/a")
+    assert is_failure("gpu_sd1_lora_64px_b1_tiny_cpu: ours failed (exit 1: AttributeError) vs reference 26.05 img/s ratio=n/a")
