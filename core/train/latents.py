@@ -90,12 +90,18 @@ def read_entry(path: Path) -> tuple[Any, tuple[int, int], tuple[int, int]]:
 def vae_fingerprint(vae: Any) -> str:
     """What makes one VAE's latents differ from another's: config, dtype and a weight sample."""
     config = {k: v for k, v in dict(getattr(vae, "config", {})).items() if not k.startswith("_")}
-    params = list(vae.parameters())
     digest = hashlib.sha1(json.dumps(config, sort_keys=True, default=str).encode())
+    add_weight_sample(digest, vae)
+    return digest.hexdigest()[:16]
+
+
+def add_weight_sample(digest: Any, module: Any) -> None:
+    """Feed ``digest`` the dtype and a sample of the weights of ``module`` (its first, middle and
+    last tensors): enough to tell two checkpoints of one architecture apart without reading them all."""
+    params = list(module.parameters())
     digest.update(str(params[0].dtype).encode())
     for param in (params[0], params[len(params) // 2], params[-1]):
         digest.update(param.detach().flatten()[:4096].to("cpu", torch.float32).numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def entry_path(folder: Path, image: str, bucket: Bucket, vae_tag: str) -> Path:

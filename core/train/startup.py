@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 from core.errors import UserError
@@ -264,17 +265,11 @@ def _cache_latents(components: Any, train_data: Any, settings: dict[str, Any], a
     """Encode the images not in the shared latent cache yet, each rank its share (``core.train.latents``)."""
     from . import data, latents
 
-    def progress(done: int, total: int) -> None:
-        if done == 0:
-            phases.start("cache_latents", total, "images")
-        else:
-            phases.advance(done)
-
     try:
         cache = latents.cache_latents(
             components, train_data, accel.device, components.vae.dtype, latents.default_cache_dir(),
             in_memory=not settings["cache_latents_to_disk"], rank=accel.rank, world=accel.world,
-            barrier=accel.acc.wait_for_everyone, progress=progress,
+            barrier=accel.acc.wait_for_everyone, progress=_phase_progress(phases, "cache_latents", "images"),
         )
     except data.CacheNotValid as exc:
         metrics.event(str(exc), "warning")
@@ -299,10 +294,21 @@ def _cache_text(model: Model, train_data: Any, accel: Accel, metrics: MetricsWri
         return
     from .text_cache import cache_text_outputs, default_cache_dir
 
-    phases.start("cache_text", len(data.distinct_captions(train_data)[accel.rank :: accel.world]), "captions")
     cache = cache_text_outputs(model.components, train_data, accel.device, accel.weight_dtype, default_cache_dir(), accel.rank, accel.world,
-                               accel.acc.wait_for_everyone, progress=phases.advance)
+                               accel.acc.wait_for_everyone, progress=_phase_progress(phases, "cache_text", "captions"))
     phases.end(encoded=cache.encoded, reused=cache.reused, entries=len(cache), processes=accel.world)
+
+
+def _phase_progress(phases: Phases, name: str, unit: str) -> Callable[[int, int], None]:
+    """A cache's ``progress(done, total)`` as the start-up phase ``name``: started at ``done`` 0, then advanced."""
+
+    def progress(done: int, total: int) -> None:
+        if done == 0:
+            phases.start(name, total, unit)
+        else:
+            phases.advance(done)
+
+    return progress
 
 
 def build_optimizer(config: Any, accel: Accel, model: Model, data: Batches, metrics: MetricsWriter) -> tuple[Optimization, Progress]:

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from core.atomic import write_atomic
+from core.train.latents import add_weight_sample
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +71,7 @@ def encoders_fingerprint(encoders: Sequence[Any], clip_skip: int, family: str) -
         fields = config.to_dict() if hasattr(config, "to_dict") else dict(config or {})
         digest.update(type(encoder).__name__.encode())
         digest.update(json.dumps({k: v for k, v in fields.items() if not k.startswith("_")}, sort_keys=True, default=str).encode())
-        params = list(encoder.parameters())
-        digest.update(str(params[0].dtype).encode())
-        for param in (params[0], params[len(params) // 2], params[-1]):
-            digest.update(param.detach().flatten()[:4096].to("cpu", torch.float32).numpy().tobytes())
+        add_weight_sample(digest, encoder)
     return digest.hexdigest()[:16]
 
 
@@ -120,13 +118,13 @@ def cache_text_outputs(
     world: int = 1,
     barrier: Callable[[], None] | None = None,
     batch_size: int = 16,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> TextCache:
     """Encode every distinct caption (the empty one too with caption dropout) not cached yet, this rank's share.
 
     ``folder`` is the shared cache folder (``None``: memory only, one process). ``barrier`` is
-    called once between encoding and reading when ``world`` > 1. ``progress(done)`` follows the
-    captions of this rank's share looked after. Raises :class:`core.train.data.CacheNotValid`
+    called once between encoding and reading when ``world`` > 1. ``progress(done, total)`` follows
+    the captions of this rank's share looked after (``done`` 0 first, as the latent cache reports). Raises :class:`core.train.data.CacheNotValid`
     when the captions change every step. Sets ``train_data.text_cache`` and returns it.
     """
     from core.settings import SETTINGS
@@ -147,8 +145,11 @@ def cache_text_outputs(
     tag = encoders_fingerprint(components.text_encoders, clip_skip, components.family) if root is not None else ""
     paths = [entry_path(root, [t[n] for t in ids], tag) if root is not None else None for n in range(len(captions))]
     cache = TextCache()
+    share = range(rank, len(captions), world)
+    if progress is not None:
+        progress(0, len(share))
     mine = []
-    for n in range(rank, len(captions), world):
+    for n in share:
         found = read_entry(paths[n]) if paths[n] is not None and paths[n].is_file() else None
         if found is None:
             mine.append(n)
@@ -167,7 +168,7 @@ def cache_text_outputs(
                 if paths[n] is not None:
                     write_entry(paths[n], entry)
             if progress is not None:
-                progress(cache.reused + start + len(chunk))
+                progress(cache.reused + start + len(chunk), len(share))
     if world > 1 and barrier is not None:
         barrier()
     for n, caption in enumerate(captions):
