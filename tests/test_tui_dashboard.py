@@ -242,3 +242,22 @@ async def test_a_run_with_a_long_metrics_file_shows_a_thinned_chart_then_every_s
     async with app.run_test(size=(100, 30)) as pilot:
         await until(pilot, lambda: len(app.screen.query_one("#loss").data[0]) == steps, timeout=30)
         assert "FINISHED" in _text(app, "#state")
+
+
+@sync
+async def test_a_poll_that_lands_after_the_dashboard_is_gone_is_dropped_not_a_crash(tmp_path: Path) -> None:
+    from textual.css.query import NoMatches
+
+    runs = make_runs(tmp_path / "runs")
+    app = _app(runs, runs / "dog-lora-20251009-093000")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.screen.query_one("#error").display)
+        screen = app.screen
+        news = (True, screen.status, "failed", 120, [], None, [])
+        await screen.query_one("#error").remove()
+        with pytest.raises(NoMatches):  # a widget missing from a screen that is still up is a bug, and says so
+            screen._show_news(*news)
+        app.push_screen(HomeScreen())
+        await pilot.pause()
+        await screen.remove()  # the dashboard taken down, as when the app quits
+        screen._show_news(*news)

@@ -10,6 +10,7 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import Footer, Header, ProgressBar, Static
 
@@ -104,7 +105,7 @@ class DashboardScreen(Screen):
             self.first_read = False
             if self.view.preview(self.run.metrics):  # a long run: a thinned chart now, the full one after the read
                 state = self.run.derive_state(status)
-                self.app.call_from_thread(self.show, True, status, state, total_steps(self.run, status), [], None, [])
+                self.app.call_from_thread(self._show_news, True, status, state, total_steps(self.run, status), [], None, [])
         changed = self.view.update(self.metrics_tail)
         status = self.run.read_status()
         if not has_state(status):
@@ -114,7 +115,7 @@ class DashboardScreen(Screen):
         lines = self.log_tail.poll()
         gpus = self._gpus(state)
         outputs = [str(path) for path in self.run.outputs(status)] if state not in LIVE_STATES else []
-        self.app.call_from_thread(self.show, changed, status, state, total, lines, gpus, outputs)
+        self.app.call_from_thread(self._show_news, changed, status, state, total, lines, gpus, outputs)
 
     def _gpus(self, state: str) -> Any:
         if not self.live_gpus or state not in LIVE_STATES:
@@ -131,6 +132,15 @@ class DashboardScreen(Screen):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         return self.state in LIVE_STATES if action in self.LIVE_ACTIONS else True
+
+    def _show_news(self, *news: Any) -> None:
+        """``show`` a poll's news, unless the screen is being taken down: a poll that lands while
+        the app quits or the screen is popped finds its widgets already gone."""
+        try:
+            self.show(*news)
+        except NoMatches:
+            if self.is_attached and self.display:
+                raise
 
     def show(self, changed: bool, status: dict[str, Any], state: str, total: int | None, lines: list[str], gpus: Any, outputs: list[str]) -> None:
         """Update the widgets with one poll's news."""
