@@ -19,7 +19,7 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,10 +31,14 @@ from core.errors import UserError
 from core.plan.schedule import epoch_batches, shard_batches
 from core.settings import SETTINGS, resolve
 
-from .latents import CLASS, INSTANCE, LatentCache
-from .text_cache import TextCache
+if TYPE_CHECKING:
+    from .latents import LatentCache
+    from .text_cache import TextCache
 
 log = logging.getLogger(__name__)
+
+#: The two kinds of item: an instance image of the dataset, a class image (prior preservation).
+INSTANCE, CLASS = "i", "c"
 
 class CacheNotValid(ValueError):
     """A cache was asked for although the settings make it wrong (the loop falls back)."""

@@ -29,10 +29,10 @@ import torch
 
 from core.atomic import write_atomic
 from core.dataset.buckets import Bucket
+from core.train.data import CLASS, INSTANCE, CacheNotValid, latent_cache_blocker, load_example
 
 log = logging.getLogger(__name__)
 
-INSTANCE, CLASS = "i", "c"
 Key = tuple[str, int, Bucket]
 #: Pixels per VAE batch: 8 images at 512², 2 at 1024² (the VAE encoder's activations grow with the area).
 BATCH_PIXELS = 8 * 512 * 512
@@ -140,7 +140,6 @@ def cache_latents(
     follows what this rank encodes; ``encoded`` and ``reused`` of the cache count this rank's share. Images that cannot be read are skipped with a warning. Sets
     ``train_data.latents`` and returns the cache; raises ``CacheNotValid`` with random crop or flip.
     """
-    from core.train.data import CacheNotValid, latent_cache_blocker, load_example
 
     blocker = latent_cache_blocker(train_data.settings)
     if blocker:

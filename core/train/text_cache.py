@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from core.atomic import write_atomic
+from core.train.data import CacheNotValid, distinct_captions, text_cache_blocker
 from core.train.latents import add_weight_sample
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,6 @@ def cache_text_outputs(
     when the captions change every step. Sets ``train_data.text_cache`` and returns it.
     """
     from core.settings import SETTINGS
-    from core.train.data import CacheNotValid, distinct_captions, text_cache_blocker
     from core.train.text import encode_text, tokenize
 
     blocker = text_cache_blocker(train_data.settings)
