@@ -45,19 +45,30 @@ def inputs_digest(pyproject: str, torch_pin: str) -> str:
 
 
 def compile_lock(torch_pin: str, hashes: bool, exclude: list[str]) -> str:
-    """Run uv's resolver over pyproject.toml and return the requirements text."""
-    with tempfile.NamedTemporaryFile("w", suffix=".txt") as constraint:
+    """Run uv's resolver over pyproject.toml and return the requirements text.
+
+    The current lock is handed to uv as its output file, so uv keeps every pin that still
+    satisfies pyproject.toml and moves only what a changed requirement needs (a new dependency
+    does not upgrade the rest to whatever the registry serves that day).
+    """
+    with tempfile.NamedTemporaryFile("w", suffix=".txt") as constraint, \
+            tempfile.TemporaryDirectory() as scratch:
         constraint.write(torch_pin + "\n")
         constraint.flush()
+        output = Path(scratch) / "requirements.txt"
+        if LOCK.exists():
+            output.write_text(LOCK.read_text())
         argv = ["uv", "pip", "compile", str(ROOT / "pyproject.toml"), "--universal",
-                "--python-version", "3.10", "-c", constraint.name, "--no-header"]
+                "--python-version", "3.10", "-c", constraint.name, "--no-header",
+                "-o", str(output), "--quiet"]
         for extra in EXTRAS:
             argv += ["--extra", extra]
         if hashes:
             argv.append("--generate-hashes")
         for name in exclude:
             argv += ["--no-emit-package", name]
-        return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+        subprocess.run(argv, check=True, capture_output=True, text=True)
+        return output.read_text()
 
 
 def main(argv: list[str]) -> int:
