@@ -54,6 +54,17 @@ class DdpmObjective:
         return min_snr_weights(self.scheduler, timesteps, gamma, self.prediction_type) if gamma else None
 
 
+def check_objective_settings(spec: Any, prediction_type: str, settings: Mapping[str, Any]) -> None:
+    """UserError for run settings the objective cannot honour, never a silent ignore: a
+    prediction type the family does not train with, and min-SNR-γ (a DDPM weighting) on flow."""
+    from core.errors import UserError
+
+    if prediction_type not in spec.objectives:
+        raise UserError(f"the {spec.name} family trains with {', '.join(spec.objectives)}, not {prediction_type}; remove prediction_type from [model] in run.toml")
+    if prediction_type == "flow" and float(settings.get("min_snr_gamma") or 0):
+        raise UserError(f"min_snr_gamma weights DDPM timesteps and the {spec.name} family trains with flow matching; set settings.min_snr_gamma = 0")
+
+
 def min_snr_weights(scheduler: Any, timesteps: Any, gamma: float, prediction_type: str) -> Any:
     """``min(SNR, γ) / SNR`` (epsilon) or ``min(SNR, γ) / (SNR + 1)`` (v-prediction) per timestep."""
     import torch

@@ -46,6 +46,8 @@ class SDXLRuntime(SDUNetRuntime):
         """The UNet's ``added_cond_kwargs``: the pooled text vector and the batch's size/crop ids."""
         ids = time_ids_batch(batch["original_sizes"], batch["crop_top_lefts"], batch["target_sizes"]).to(device)
         pooled = embeddings.pooled_prompt_embeds
+        if pooled is None:
+            raise ValueError("SDXL's conditioning needs the pooled text vector; encode the captions with this family's encode_text")
         return {"text_embeds": pooled, "time_ids": ids.to(device=pooled.device, dtype=pooled.dtype)}
 
     def sample_text(self, pipe: Any, prompt: str, negative: str, clip_skip: int) -> tuple[dict[str, Any], int | None]:
