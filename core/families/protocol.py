@@ -27,8 +27,6 @@ if TYPE_CHECKING:
     from torch import dtype as DType
     from torch.nn import Module
 
-    from core.sample_prompts import SamplePrompt
-
 
 @dataclass(frozen=True)
 class ModelSource:
@@ -79,6 +77,23 @@ class LoraFiles:
     kohya: dict[str, Tensor]
     diffusers: dict[str, Tensor]
     diffusers_metadata: dict[str, str]
+
+
+class SamplePromptLike(Protocol):
+    """One sample prompt as the sampling hook reads it (``core.sample_prompts.SamplePrompt`` is one)."""
+
+    @property
+    def prompt(self) -> str: ...
+    @property
+    def negative(self) -> str: ...
+    @property
+    def width(self) -> int: ...
+    @property
+    def height(self) -> int: ...
+    @property
+    def steps(self) -> int: ...
+    @property
+    def scale(self) -> float: ...
 
 
 @runtime_checkable
@@ -156,7 +171,7 @@ class FamilyRuntime(Protocol):
     def pipeline(self, modules: Mapping[str, Any]) -> Any:
         """An inference pipeline of ``modules`` (component name -> module, tokenizers and scheduler included)."""
 
-    def sample_arguments(self, pipe: Any, prompt: SamplePrompt, clip_skip: int) -> dict[str, Any]:
+    def sample_arguments(self, pipe: Any, prompt: SamplePromptLike, clip_skip: int) -> dict[str, Any]:
         """Every keyword of the pipeline call for one sample prompt (text, size, steps, guidance …)."""
 
     # ---- files other tools read

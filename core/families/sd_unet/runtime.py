@@ -8,19 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from core.families import clip, loading, lora_files
 from core.families.embeddings import TextEmbeddings
 from core.families.keymaps import KeyMap
 from core.families.objectives import DdpmObjective, check_objective_settings
-from core.families.protocol import AdapterWeights, LoadedModel, LoraFiles, ModelSource
+from core.families.protocol import AdapterWeights, LoadedModel, LoraFiles, ModelSource, SamplePromptLike
 from core.families.sd_unet import layout
 from core.families.spec import FamilySpec
 from core.families.wrappers import unwrap
-
-if TYPE_CHECKING:
-    from core.sample_prompts import SamplePrompt
 
 #: A CLIP text encoder's LoRA module names in kohya files: under ``text_model.`` (transformers' own root).
 TEXT_MODULES = KeyMap((("text_model.{*}", "text_model.{*}"), ("{*}", "text_model.{*}")))
@@ -196,7 +193,7 @@ class SDUNetRuntime:
             return {"prompt": prompt, "negative_prompt": negative or None}, None
         return {"prompt_embeds": self._skipped_embeds(pipe, prompt, clip_skip), "negative_prompt_embeds": self._skipped_embeds(pipe, negative, clip_skip)}, None
 
-    def sample_arguments(self, pipe: Any, prompt: SamplePrompt, clip_skip: int) -> dict[str, Any]:
+    def sample_arguments(self, pipe: Any, prompt: SamplePromptLike, clip_skip: int) -> dict[str, Any]:
         """Every keyword of the pipeline call but the generator: text, size, steps, guidance, and
         ``clip_skip`` only where the family's pipeline takes it."""
         text, skip = self.sample_text(pipe, prompt.prompt, prompt.negative, clip_skip)
