@@ -171,3 +171,15 @@ def test_flow_loss_weightings() -> None:
 def test_a_flow_objective_refuses_unknown_settings(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         FlowObjective(**bad)
+
+
+def test_a_flow_shift_can_follow_the_batchs_latent_size() -> None:
+    import torch
+
+    flux_like = FlowObjective(sampling="uniform", token_shift=(0.5, 1.15, 256, 4096, 2))
+    assert flux_like.shift_for((32, 32)) == pytest.approx(math.exp(0.5))  # 256 tokens
+    assert flux_like.shift_for((128, 128)) == pytest.approx(math.exp(1.15))  # 4096 tokens
+    assert flux_like.shift_for(None) == 1.0
+    small = flux_like.timesteps(64, torch.Generator().manual_seed(0), "cpu", (32, 32))
+    large = flux_like.timesteps(64, torch.Generator().manual_seed(0), "cpu", (128, 128))
+    assert bool((large > small).all())  # a larger image is noised more

@@ -32,8 +32,8 @@ class DdpmObjective:
     scheduler: Any
     prediction_type: str
 
-    def timesteps(self, batch_size: int, generator: Any, device: Any) -> Any:
-        """Integer timesteps, uniform over the schedule's training steps."""
+    def timesteps(self, batch_size: int, generator: Any, device: Any, latent_size: tuple[int, int] | None = None) -> Any:
+        """Integer timesteps, uniform over the schedule's training steps (the latent size does not matter)."""
         import torch
 
         return torch.randint(0, self.scheduler.config.num_train_timesteps, (batch_size,), generator=generator, device=device).long()
@@ -90,6 +90,9 @@ class FlowObjective:
     mode_scale: float = 1.29
     weighting: str = "none"
     num_train_timesteps: int = 1000
+    #: FLUX.1's resolution-dependent shift: ``(base_shift, max_shift, base_tokens, max_tokens, patch)``;
+    #: with it the shift is ``exp(μ)``, μ linear in the batch's image tokens (latent h·w / patch²).
+    token_shift: tuple[float, float, int, int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.sampling not in FLOW_SAMPLINGS:
@@ -99,8 +102,17 @@ class FlowObjective:
         if self.shift <= 0:
             raise ValueError(f"flow shift must be positive, not {self.shift}")
 
-    def sigmas(self, batch_size: int, generator: Any, device: Any) -> Any:
-        """σ per sample in (0, 1), drawn by ``sampling`` and then shifted."""
+    def shift_for(self, latent_size: tuple[int, int] | None) -> float:
+        """The shift for a batch of latents ``(height, width)``: ``shift``, or FLUX.1's token-count rule."""
+        if self.token_shift is None or latent_size is None:
+            return self.shift
+        base_shift, max_shift, base_tokens, max_tokens, patch = self.token_shift
+        tokens = (latent_size[0] // patch) * (latent_size[1] // patch)
+        mu = base_shift + (max_shift - base_shift) * (tokens - base_tokens) / (max_tokens - base_tokens)
+        return math.exp(mu)
+
+    def sigmas(self, batch_size: int, generator: Any, device: Any, latent_size: tuple[int, int] | None = None) -> Any:
+        """σ per sample in (0, 1), drawn by ``sampling`` and then shifted (for the batch's latent size)."""
         import torch
 
         if self.sampling == "logit_normal":
@@ -110,11 +122,11 @@ class FlowObjective:
             u = torch.rand((batch_size,), generator=generator, device=device)
             if self.sampling == "mode":
                 u = 1 - u - self.mode_scale * (torch.cos(math.pi * u / 2) ** 2 - 1 + u)
-        return shift_sigmas(u, self.shift)
+        return shift_sigmas(u, self.shift_for(latent_size))
 
-    def timesteps(self, batch_size: int, generator: Any, device: Any) -> Any:
+    def timesteps(self, batch_size: int, generator: Any, device: Any, latent_size: tuple[int, int] | None = None) -> Any:
         """The denoiser's timesteps: σ × ``num_train_timesteps``."""
-        return self.sigmas(batch_size, generator, device) * self.num_train_timesteps
+        return self.sigmas(batch_size, generator, device, latent_size) * self.num_train_timesteps
 
     def _sigma(self, timesteps: Any, like: Any) -> Any:
         sigma = (timesteps.float() / self.num_train_timesteps).to(like.device)

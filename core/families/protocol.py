@@ -100,8 +100,8 @@ class SamplePromptLike(Protocol):
 class Objective(Protocol):
     """What noise is added, what the denoiser predicts and how the loss weighs (``core/families/objectives.py``)."""
 
-    def timesteps(self, batch_size: int, generator: Generator, device: Device) -> Tensor:
-        """The denoiser timesteps of a batch."""
+    def timesteps(self, batch_size: int, generator: Generator, device: Device, latent_size: tuple[int, int] | None = None) -> Tensor:
+        """The denoiser timesteps of a batch whose latents are ``latent_size`` (height, width): FLUX.1's shift depends on it."""
 
     def noisy(self, latents: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
         """The latents noised to ``timesteps``."""

@@ -141,7 +141,7 @@ def _model_scale(model_path: str, denoiser: str, denoiser_params: int) -> float:
     folder = Path(model_path).expanduser() / denoiser
     if not folder.is_dir():
         return 1.0
-    size = sum(f.stat().st_size for f in folder.iterdir() if f.suffix in _MODEL_FILES)
+    size = sum(f.stat().st_size for f in folder.iterdir() if f.suffix in MODEL_FILE_SUFFIXES)
     if size == 0:
         return 1.0
     bytes_per_param = 2 if any("fp16" in f.name for f in folder.iterdir()) else 4
