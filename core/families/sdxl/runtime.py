@@ -7,6 +7,7 @@ from typing import Any
 
 from core.families import clip
 from core.families.embeddings import TextEmbeddings
+from core.families.protocol import FamilyRuntime
 from core.families.sd_unet import tiny
 from core.families.sd_unet.runtime import SDUNetRuntime
 from core.families.sdxl import SPEC
@@ -78,4 +79,5 @@ class SDXLRuntime(SDUNetRuntime):
         return self.pipeline_class(), parts
 
 
-RUNTIME = SDXLRuntime(SPEC)
+#: Typed as the Protocol, so mypy checks that this runtime implements every hook.
+RUNTIME: FamilyRuntime = SDXLRuntime(SPEC)
