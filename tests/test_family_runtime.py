@@ -156,6 +156,21 @@ def test_a_flow_setting_the_family_cannot_honour_is_refused_in_one_sentence() ->
     runtime("sd1").objective("epsilon", None, {"min_snr_gamma": 5})
 
 
+def test_sample_defaults_are_the_variants_and_the_prompt_syntax_defaults() -> None:
+    from dataclasses import replace
+
+    from core.families.spec import Variant
+    from core.sample_prompts import parse_prompt_line
+
+    plain = parse_prompt_line("a dog")
+    assert runtime("sd1").sample_defaults() == (plain.steps, plain.scale) == runtime("sdxl").sample_defaults("sdxl")
+    distilled = copy.copy(runtime("sd1"))
+    distilled.spec = replace(spec("sd1"), variants=(*spec("sd1").variants, Variant("sd1-turbo", "sd1", "turbo", sample_steps=4, guidance_scale=0.0)))
+    steps, scale = distilled.sample_defaults("sd1-turbo")
+    assert (steps, scale) == (4, 0.0)
+    assert parse_prompt_line("a dog", steps=steps, scale=scale).steps == 4
+
+
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
 def test_sample_arguments_are_the_trainers_call(tiny_models, family: str) -> None:
     from dataclasses import replace

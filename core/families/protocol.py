@@ -171,6 +171,9 @@ class FamilyRuntime(Protocol):
     def pipeline(self, modules: Mapping[str, Any]) -> Any:
         """An inference pipeline of ``modules`` (component name -> module, tokenizers and scheduler included)."""
 
+    def sample_defaults(self, variant: str = "") -> tuple[int, float]:
+        """``(steps, guidance scale)`` a sample prompt without ``--s`` / ``--l`` gets (a distilled variant: few steps, 0 = no CFG)."""
+
     def sample_arguments(self, pipe: Any, prompt: SamplePromptLike, clip_skip: int) -> dict[str, Any]:
         """Every keyword of the pipeline call for one sample prompt (text, size, steps, guidance …)."""
 

@@ -193,6 +193,11 @@ class SDUNetRuntime:
             return {"prompt": prompt, "negative_prompt": negative or None}, None
         return {"prompt_embeds": self._skipped_embeds(pipe, prompt, clip_skip), "negative_prompt_embeds": self._skipped_embeds(pipe, negative, clip_skip)}, None
 
+    def sample_defaults(self, variant: str = "") -> tuple[int, float]:
+        """The variant's sampling steps and guidance scale (``parse_prompt_line``'s ``steps`` / ``scale``)."""
+        chosen = self.spec.variant(variant)
+        return chosen.sample_steps, chosen.guidance_scale
+
     def sample_arguments(self, pipe: Any, prompt: SamplePromptLike, clip_skip: int) -> dict[str, Any]:
         """Every keyword of the pipeline call but the generator: text, size, steps, guidance, and
         ``clip_skip`` only where the family's pipeline takes it."""
