@@ -1,6 +1,6 @@
-"""Measure the UNet's activation memory per image and write core/memory/activations.json.
+"""Measure the denoiser's activation memory per image and write core/memory/activations.json.
 
-``python -m bench.measure_activations`` runs one forward pass of the real-size UNet of each
+``python -m bench.measure_activations`` runs one forward pass of the real-size denoiser of each
 family on the **meta device** (shapes and dtypes only: no memory, no arithmetic, seconds on
 any CPU) inside ``torch.autograd.graph.saved_tensors_hooks`` and adds up, per image:
 
@@ -37,7 +37,9 @@ from typing import Any
 
 from core.atomic import write_json_atomic
 from core.families import FAMILIES, spec
-from core.families.sd_unet import CLIP_TOKENS, LORA_TARGETS, is_lora_target
+from core.families import runtime
+from core.families.components import build_component
+from core.families.sd_unet import is_lora_target
 
 ACTIVATIONS_JSON = Path(__file__).resolve().parents[1] / "core" / "memory" / "activations.json"
 #: Resolutions measured per family, as fractions of its native resolution (multiples of 64).
@@ -130,46 +132,49 @@ def fused_attention_mode() -> Any:
     return Mode()
 
 
-def _train_mode(unet: Any, mode: str) -> None:
+def _train_mode(family: str, denoiser: Any, mode: str) -> None:
     """Make trainable what ``mode`` trains: every weight (full) or the attention projections (lora)."""
-    unet.requires_grad_(mode == "full")
+    denoiser.requires_grad_(mode == "full")
     if mode == "lora":
-        for name, module in unet.named_modules():
-            if is_lora_target(name, LORA_TARGETS["denoiser"]["attn"]):
+        targets = spec(family).lora_targets["denoiser"]["attn"]
+        for name, module in denoiser.named_modules():
+            if is_lora_target(name, targets):
                 module.weight.requires_grad_(True)
 
 
-def _unet_inputs(unet_config: dict[str, Any], resolution: int, mode: str, dtype: Any, device: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+def _denoiser_inputs(family: str, config: dict[str, Any], resolution: int, mode: str, dtype: Any, device: str) -> dict[str, Any]:
+    """One image's forward inputs from the family runtime's ``dummy_inputs``; the latents need a gradient when only adapters train."""
     import torch
 
-    latent = resolution // 8
-    sample = torch.randn(1, 4, latent, latent, device=device, dtype=dtype).requires_grad_(mode == "lora")
-    text = torch.randn(1, CLIP_TOKENS, unet_config["cross_attention_dim"], device=device, dtype=dtype)
-    kwargs: dict[str, Any] = {}
-    if unet_config.get("addition_embed_type") == "text_time":
-        kwargs["added_cond_kwargs"] = {
-            "text_embeds": torch.randn(1, 1280, device=device, dtype=dtype),
-            "time_ids": torch.randn(1, 6, device=device, dtype=dtype),
-        }
-    return (sample, torch.tensor([10], device=device), text), kwargs
+    inputs = runtime(family).dummy_inputs(config, 1, resolution, dtype, torch.device(device))
+    inputs["sample"].requires_grad_(mode == "lora")
+    return inputs
 
 
-def unet_activation(family: str, resolution: int, mode: str, precision: str, checkpointing: bool, attention: str, unet_config: dict[str, Any] | None = None) -> dict[str, int]:
-    """Saved, recompute and largest bytes of one UNet forward at ``resolution`` for one image (meta device)."""
+def _build_denoiser(family: str, config: dict[str, Any], mode: str, attention: str, dtype: Any = None) -> Any:
+    """The family's denoiser from its spec's class, trainable as ``mode`` trains, with ``attention``."""
+    family_spec = spec(family)
+    denoiser = build_component(family_spec, family_spec.denoiser, config)
+    if dtype is not None:
+        denoiser = denoiser.to(dtype)
+    _train_mode(family, denoiser, mode)
+    if attention == "eager":
+        runtime(family).set_attention(denoiser, "eager")
+    return denoiser
+
+
+def denoiser_activation(family: str, resolution: int, mode: str, precision: str, checkpointing: bool, attention: str, config: dict[str, Any] | None = None) -> dict[str, int]:
+    """Saved, recompute and largest bytes of one denoiser forward at ``resolution`` for one image (meta device)."""
     import contextlib
 
     import torch
-    from diffusers import UNet2DConditionModel
-    from diffusers.models.attention_processor import AttnProcessor
 
-    cfg = unet_config or spec(family).component_configs()["unet"]
+    family_spec = spec(family)
+    cfg = config or family_spec.component_configs()[family_spec.denoiser]
     dtype = torch.float16 if precision == "half" else torch.float32
     with torch.device("meta"):
-        unet = UNet2DConditionModel.from_config(cfg).to(dtype)
-    _train_mode(unet, mode)
-    if attention == "eager":
-        unet.set_attn_processor(AttnProcessor())
-    tally = SavedTally({id(p) for p in unet.parameters()})
+        denoiser = _build_denoiser(family, cfg, mode, attention, dtype)
+    tally = SavedTally({id(p) for p in denoiser.parameters()})
     state = {"recompute": 0, "largest": 0}
 
     def checkpoint(module: Any, *args: Any) -> Any:
@@ -184,8 +189,8 @@ def unet_activation(family: str, resolution: int, mode: str, precision: str, che
         return out
 
     if checkpointing:
-        unet.enable_gradient_checkpointing(gradient_checkpointing_func=checkpoint)
-    args, kwargs = _unet_inputs(cfg, resolution, mode, dtype, "meta")
+        denoiser.enable_gradient_checkpointing(gradient_checkpointing_func=checkpoint)
+    kwargs = _denoiser_inputs(family, cfg, resolution, mode, dtype, "meta")
     modes = [fused_attention_mode()] if attention == "sdpa" else []
     if precision == "half":
         modes.append(autocast_emulation(dtype))
@@ -193,13 +198,13 @@ def unet_activation(family: str, resolution: int, mode: str, precision: str, che
         for m in modes:
             stack.enter_context(m)
         stack.enter_context(torch.autograd.graph.saved_tensors_hooks(tally.pack, lambda t: t))
-        unet(*args, **kwargs)
+        denoiser(**kwargs)
     return {"saved": tally.total, "recompute": state["recompute"], "largest": max(tally.largest, state["largest"])}
 
 
 #: A small UNet with SD 1.5's layout (four levels, cross-attention, 8 heads) for the CPU check.
 SMALL_SD1_UNET: dict[str, Any] = {
-    **spec("sd1").component_configs()["unet"],
+    **spec("sd1").component_configs()[spec("sd1").denoiser],
     "block_out_channels": [64, 128, 256, 256],
     "cross_attention_dim": 64,
 }
@@ -254,22 +259,17 @@ def cpu_peak(run: Any) -> int:
     return peak.peak - base
 
 
-def measured_peak(unet_config: dict[str, Any], resolution: int, mode: str, checkpointing: bool, attention: str = "sdpa") -> tuple[int, int]:
-    """Really run forward + backward on the CPU in fp32; return (peak bytes above the weights, gradient bytes)."""
+def measured_peak(family: str, config: dict[str, Any], resolution: int, mode: str, checkpointing: bool, attention: str = "sdpa") -> tuple[int, int]:
+    """Really run forward + backward of ``family``'s denoiser on the CPU in fp32; return (peak bytes above the weights, gradient bytes)."""
     import torch
-    from diffusers import UNet2DConditionModel
-    from diffusers.models.attention_processor import AttnProcessor
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel.from_config(unet_config)
-    _train_mode(unet, mode)
-    if attention == "eager":
-        unet.set_attn_processor(AttnProcessor())
+    denoiser = _build_denoiser(family, config, mode, attention)
     if checkpointing:
-        unet.enable_gradient_checkpointing()
-    args, kwargs = _unet_inputs(unet_config, resolution, mode, torch.float32, "cpu")
-    grads = sum(p.numel() * 4 for p in unet.parameters() if p.requires_grad)
-    return cpu_peak(lambda: unet(*args, **kwargs).sample.pow(2).mean().backward()), grads
+        runtime(family).enable_gradient_checkpointing(denoiser)
+    kwargs = _denoiser_inputs(family, config, resolution, mode, torch.float32, "cpu")
+    grads = sum(p.numel() * 4 for p in denoiser.parameters() if p.requires_grad)
+    return cpu_peak(lambda: denoiser(**kwargs).sample.pow(2).mean().backward()), grads
 
 
 def vae_encode_peak(resolution: int) -> int:
@@ -289,8 +289,8 @@ def validate(resolution: int = 512) -> list[str]:
     cases = [(mode, ckpt, "sdpa") for mode, ckpt in itertools.product(MODES, (False, True))]
     cases += [("full", False, "eager"), ("full", True, "eager")]
     for mode, ckpt, attention in cases:
-        real, grads = measured_peak(SMALL_SD1_UNET, resolution, mode, ckpt, attention)
-        count = unet_activation("sd1", resolution, mode, "fp32", ckpt, attention, SMALL_SD1_UNET)
+        real, grads = measured_peak("sd1", SMALL_SD1_UNET, resolution, mode, ckpt, attention)
+        count = denoiser_activation("sd1", resolution, mode, "fp32", ckpt, attention, SMALL_SD1_UNET)
         working = count["recompute"] + 2 * count["largest"]
         predicted = max(count["saved"] + working, grads + working)
         lines.append(
@@ -307,11 +307,10 @@ def validate(resolution: int = 512) -> list[str]:
 def text_encoder_activation(family: str, component: str) -> int:
     """Bytes one caption's text-encoder forward keeps for backward (half precision, trained)."""
     import torch
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     cfg = spec(family).component_configs()[component]
     with torch.device("meta"):
-        model = CLIPTextModel(CLIPTextConfig(**cfg)).to(torch.float16)
+        model = build_component(spec(family), component, cfg).to(torch.float16)
     tally = SavedTally({id(p) for p in model.parameters()})
     ids = torch.zeros(1, spec(family).text_tokens, dtype=torch.long, device="meta")
     with autocast_emulation(torch.float16), torch.autograd.graph.saved_tensors_hooks(tally.pack, lambda t: t):
@@ -346,7 +345,7 @@ def measure(selected: tuple[str, ...]) -> dict[str, Any]:
         resolutions = [int(native * s) // 64 * 64 for s in SCALES]
         entries: dict[str, Any] = {}
         for mode, precision, ckpt, attention in itertools.product(MODES, PRECISIONS, (True, False), ATTENTIONS):
-            rows = {r: unet_activation(family, r, mode, precision, ckpt, attention) for r in resolutions}
+            rows = {r: denoiser_activation(family, r, mode, precision, ckpt, attention) for r in resolutions}
             key = f"{mode}/{precision}/{'ckpt' if ckpt else 'nockpt'}/{attention}"
             entries[key] = {
                 part: fit([((r // 8) ** 2, row[part]) for r, row in rows.items()]) for part in ("saved", "recompute", "largest")

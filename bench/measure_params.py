@@ -1,7 +1,7 @@
 """Count the parameters of every SD component on the meta device and write core/memory/params.json.
 
-``python -m bench.measure_params`` builds the real-size UNet, VAE and text encoder(s) of SD1.5,
-SD2.1 and SDXL from the family specs (``core/families``) on the meta device (no weights, no download, a
+``python -m bench.measure_params`` builds the real-size denoiser, VAE and text encoder(s) of every
+registered family from its spec's classes and configs (``core/families``) on the meta device (no weights, no download, a
 few seconds) and records per component: the parameter count, the LoRA "width" per
 ``lora_targets`` choice (Σ over adapted layers of in·k·k + out, so LoRA params = rank × width)
 and the adapted layer count and weight size (LoHa/LoKr build a delta of that size), the largest single tensor (what a fused backward pass holds as
@@ -21,28 +21,18 @@ from typing import Any
 
 from core.atomic import write_json_atomic
 from core.families import FAMILIES, spec
-from core.families.sd_unet import COMPONENT_CLASSES, LORA_TARGETS, is_lora_target
+from core.families.components import build_component
+from core.families.sd_unet import is_lora_target
 
 PARAMS_JSON = Path(__file__).resolve().parents[1] / "core" / "memory" / "params.json"
 
 
-def build_meta(kind: str, config: dict[str, Any]) -> Any:
-    """Build one component with the real config on the meta device."""
+def build_meta(family: str, kind: str, config: dict[str, Any]) -> Any:
+    """Build component ``kind`` of ``family`` with the real config on the meta device (its spec's class)."""
     import torch
 
     with torch.device("meta"):
-        if kind == "unet":
-            from diffusers import UNet2DConditionModel
-
-            return UNet2DConditionModel.from_config(config)
-        if kind == "vae":
-            from diffusers import AutoencoderKL
-
-            return AutoencoderKL.from_config(config)
-        from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-        cls = CLIPTextModelWithProjection if kind == "text_encoder_2" else CLIPTextModel
-        return cls(CLIPTextConfig(**config))
+        return build_component(spec(family), kind, config)
 
 
 def lora_width(module: Any) -> int:
@@ -64,18 +54,19 @@ def adafactor_floats(shape: tuple[int, ...]) -> int:
     return math.prod(shape[:-1]) + math.prod(shape[:-2] + shape[-1:])
 
 
-def describe(kind: str, model: Any) -> dict[str, Any]:
-    """Parameter count, LoRA widths per target choice, and embedding sizes of one component."""
+def describe(family: str, kind: str, model: Any) -> dict[str, Any]:
+    """Parameter count, LoRA widths per target choice, and embedding sizes of one component of ``family``."""
+    family_spec = spec(family)
     params = list(model.parameters())
     entry: dict[str, Any] = {
-        "class": COMPONENT_CLASSES[kind],
+        "class": family_spec.component_classes[kind],
         "params": sum(p.numel() for p in params),
         "largest_param": max(p.numel() for p in params),
         "adafactor_state_floats": sum(adafactor_floats(tuple(p.shape)) for p in params),
     }
     if kind == "vae":
         return entry
-    targets = LORA_TARGETS["denoiser" if kind == "unet" else "text_encoder"]
+    targets = family_spec.lora_targets["denoiser" if kind == family_spec.denoiser else "text_encoder"]
     entry["lora_width"] = {}
     entry["lora_layers"] = {}
     entry["lora_weight_params"] = {}
@@ -84,7 +75,7 @@ def describe(kind: str, model: Any) -> dict[str, Any]:
         entry["lora_width"][choice] = sum(lora_width(m) for m in layers)
         entry["lora_layers"][choice] = len(layers)
         entry["lora_weight_params"][choice] = sum(m.weight.numel() for m in layers)
-    if kind != "unet":
+    if kind != family_spec.denoiser:
         config = model.config
         entry["hidden_size"] = config.hidden_size
         entry["token_embedding_params"] = config.vocab_size * config.hidden_size
@@ -103,7 +94,7 @@ def measure() -> dict[str, Any]:
         "families": {},
     }
     for family in FAMILIES:
-        out["families"][family] = {kind: describe(kind, build_meta(kind, cfg)) for kind, cfg in spec(family).component_configs().items()}
+        out["families"][family] = {kind: describe(family, kind, build_meta(family, kind, cfg)) for kind, cfg in spec(family).component_configs().items()}
     return out
 
 

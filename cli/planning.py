@@ -148,7 +148,7 @@ def _from_arguments(args: argparse.Namespace, extras: list[str], gpus: Any) -> t
     and the scan of --data (None without it: the plan then has no schedule table)."""
     from core.config import apply_overrides, apply_recipe, new_config
     from core.dataset.scan import scan_dataset
-    from core.model_family import detect_family
+    from core.families.detect import detect_family
     from core.plan.picker import run_shape
 
     if not args.model:

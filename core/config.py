@@ -78,7 +78,7 @@ class RunConfig:
         """[model] family (one of ``core.families.FAMILIES``): as run.toml states it, else detected
         from [model] path (UserError when the path cannot tell), never assumed."""
         if "family" not in self._table("model") and self.model_path:
-            from core.model_family import detect_family
+            from core.families.detect import detect_family
 
             return detect_family(self.model_path)
         return self.section("model")["family"]

@@ -258,7 +258,7 @@ def run_config_from_kohya(
     dataset = read_kohya(dataset_config)
     family = defaults("model")["family"]
     if model:
-        from core.model_family import detect_family
+        from core.families.detect import detect_family
 
         family = detect_family(model)
     first = next((s for s in dataset.subsets if not s["is_reg"]), dataset.subsets[0])

@@ -265,3 +265,13 @@ def test_memory_is_written_in_one_named_unit(kohya_dataset: DataFactory, capsys:
     assert code == 0 and "24 GiB" in catalog
     for text in (out, catalog):
         assert not re.search(r"\d GB\b", text), text
+
+
+def test_plan_of_an_unrecognised_model_folder_exits_2_with_one_sentence(kohya_dataset: DataFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "mystery"
+    (folder / "unet").mkdir(parents=True)
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "SomePipeline"}))
+    (folder / "unet" / "config.json").write_text(json.dumps({"cross_attention_dim": 320}))
+    code, out, err = run(capsys, "--gpus", "1x4090", "plan", "--model", str(folder), "--data", str(kohya_dataset()), "--json")
+    assert code == 2 and out == ""
+    assert "is no model family sdtui recognises" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

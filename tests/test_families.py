@@ -9,16 +9,31 @@ from pathlib import Path
 import pytest
 
 from core.errors import UserError
-from core.families import FAMILIES, detection_order, runtime, spec, specs
+from core.families import FAMILIES, detection_order, runtime, spec, specs, variant_names
 from core.families.objectives import OBJECTIVES, FlowObjective, shift_sigmas
 from core.memory import data
-from core.model_family import family_of_configs
+from core.families.detect import family_of_configs
 from core.recipes import load_recipes
 from core.settings import METHODS, SCHEMA
 
 REPO = Path(__file__).resolve().parents[1]
-#: What naming a family looks like in code or prose: the names, SDXL's predicate, "XL", "SD 1.5" …
-FAMILY_NAMES = re.compile(r"\bsd[-_ ]?[123](\.\d)?\b|sdxl|is_sdxl|\bxl\b|stable diffusion [123x]", re.IGNORECASE)
+#: The transformer families DESIGN.md plans, and their ``--model`` names, before they are registered.
+PLANNED = ("sd35", "sd3", "flux", "flux2", "chroma", "zimage", "z-image", "qwenimage", "qwen-image", "mmdit", "hidream", "auraflow", "pixart", "sana")
+
+
+def _family_words() -> str:
+    """Every family and variant name of the registry plus the planned ones, as a regex: letters and
+    digits may be split by ``-``, ``_``, a space or a dot (``sd_35``, ``flux-dev``, ``Flux.1``); an
+    ``is_<name>`` predicate is caught by the same words."""
+    names = {*FAMILIES, *variant_names(), *PLANNED}
+    words = {re.sub(r"[-_ .]", "", n) for n in names}
+    spelled = ["[-_ .]?".join(re.escape(ch) for ch in word) for word in sorted(words, key=len, reverse=True)]
+    return rf"(?<![a-z])(?:{'|'.join(spelled)})(?![a-z])"
+
+
+#: What naming a family looks like in code or prose: the registry's names, the planned transformer
+#: families, predicates such as ``is_flux()``, "XL", "SD 1.5", "Stable Diffusion 3" …
+FAMILY_NAMES = re.compile(_family_words() + r"|\bsd[-_ ]?[123](\.\d)?\b|\bxl\b|stable diffusion [123x]", re.IGNORECASE)
 
 
 def test_the_trainer_never_names_a_family() -> None:
@@ -28,9 +43,18 @@ def test_the_trainer_never_names_a_family() -> None:
     assert len(files) > 20 and hits == []
 
 
-@pytest.mark.parametrize("line", ['if family == "sdxl":', "components.is_sdxl", "# SD1 only", 'TINY = ("sd1", "sd2")', "for SD 1.5", '"XL" in name'])
+@pytest.mark.parametrize("line", [
+    'if family == "sdxl":', "components.is_sdxl", "# SD1 only", 'TINY = ("sd1", "sd2")', "for SD 1.5", '"XL" in name',
+    "if model.is_flux():", 'family in ("sd35", "chroma")', "# FLUX.1 packs latents", "sd_35 shift", "Chroma has no pooled vector",
+    'name == "qwen-image"', "Z-Image turbo", "sd2-base",
+])
 def test_the_family_name_check_sees_a_branch(line: str) -> None:
     assert FAMILY_NAMES.search(line)
+
+
+@pytest.mark.parametrize("line", ["influx of batches", "chromatic noise", "denoiser = runtime.denoiser", "sdpa attention", "fluxion"])
+def test_the_family_name_check_lets_ordinary_words_pass(line: str) -> None:
+    assert not FAMILY_NAMES.search(line)
 
 
 def test_the_registry_is_the_settings_choice_and_covers_every_table() -> None:
@@ -147,3 +171,15 @@ def test_flow_loss_weightings() -> None:
 def test_a_flow_objective_refuses_unknown_settings(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         FlowObjective(**bad)
+
+
+def test_a_flow_shift_can_follow_the_batchs_latent_size() -> None:
+    import torch
+
+    flux_like = FlowObjective(sampling="uniform", token_shift=(0.5, 1.15, 256, 4096, 2))
+    assert flux_like.shift_for((32, 32)) == pytest.approx(math.exp(0.5))  # 256 tokens
+    assert flux_like.shift_for((128, 128)) == pytest.approx(math.exp(1.15))  # 4096 tokens
+    assert flux_like.shift_for(None) == 1.0
+    small = flux_like.timesteps(64, torch.Generator().manual_seed(0), "cpu", (32, 32))
+    large = flux_like.timesteps(64, torch.Generator().manual_seed(0), "cpu", (128, 128))
+    assert bool((large > small).all())  # a larger image is noised more

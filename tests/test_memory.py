@@ -228,7 +228,7 @@ def test_params_json_matches_meta_device_build_of_configs() -> None:
 
     stored = json.loads(memory_data.PARAMS_JSON.read_text())
     for family, component in [("sd1", "unet"), ("sd1", "text_encoder"), ("sd2", "unet"), ("sdxl", "unet"), ("sdxl", "vae")]:
-        fresh = describe(component, build_meta(component, spec(family).component_configs()[component]))
+        fresh = describe(family, component, build_meta(family, component, spec(family).component_configs()[component]))
         assert stored["families"][family][component] == fresh, (family, component)
     # the public reference checkpoints' parameter counts
     assert stored["families"]["sd1"]["unet"]["params"] == 859_520_964
@@ -248,20 +248,22 @@ def test_activation_fit_reproduces_its_measured_points() -> None:
 
 def test_activation_measurement_of_one_point_matches_the_stored_figure() -> None:
     pytest.importorskip("diffusers")
-    from bench.measure_activations import unet_activation
+    from bench.measure_activations import denoiser_activation
 
     stored = memory_data.activations()["unet"]["sd1"]["lora/half/ckpt/sdpa"]["points"]["512"]
-    assert unet_activation("sd1", 512, "lora", "half", True, "sdpa") == stored
+    assert denoiser_activation("sd1", 512, "lora", "half", True, "sdpa") == stored
+    stored_xl = memory_data.activations()["unet"]["sdxl"]["lora/half/ckpt/sdpa"]["points"]["1024"]
+    assert denoiser_activation("sdxl", 1024, "lora", "half", True, "sdpa") == stored_xl
 
 
 def test_activation_method_predicts_a_real_cpu_peak() -> None:
     pytest.importorskip("diffusers")
-    from bench.measure_activations import SMALL_SD1_UNET, has_mallinfo2, measured_peak, unet_activation
+    from bench.measure_activations import SMALL_SD1_UNET, denoiser_activation, has_mallinfo2, measured_peak
 
     if not has_mallinfo2():
         pytest.skip("needs glibc's mallinfo2 to read the CPU peak")
-    real, grads = measured_peak(SMALL_SD1_UNET, 256, "full", False)
-    count = unet_activation("sd1", 256, "full", "fp32", False, "sdpa", SMALL_SD1_UNET)
+    real, grads = measured_peak("sd1", SMALL_SD1_UNET, 256, "full", False)
+    count = denoiser_activation("sd1", 256, "full", "fp32", False, "sdpa", SMALL_SD1_UNET)
     working = count["recompute"] + 2 * count["largest"]
     predicted = max(count["saved"] + working, grads + working)
     assert 0.8 < predicted / real < 1.25

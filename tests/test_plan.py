@@ -11,7 +11,7 @@ import pytest
 
 from core.errors import UserError
 from core.gpu import CATALOG, parse_spec
-from core.model_family import detect_family
+from core.families.detect import detect_family
 from core.plan import throughput
 
 LORA = {
@@ -359,3 +359,51 @@ def test_plan_warns_when_the_schedule_breaks_the_optimizers_rules(kohya_dataset)
     assert not any("prodigy" in w for w in make_plan(ruled, scan, parse_spec("1x4090")).to_json()["warnings"])
     free = apply_overrides(_config(scan, epochs=2), ["optimizer=schedulefree_adamw", "schedule.lr_scheduler=cosine"])
     assert any("keeps its own schedule" in w for w in make_plan(free, scan, parse_spec("1x4090")).to_json()["warnings"])
+
+
+def test_an_unrecognised_model_is_one_sentence_never_a_silent_sd1(tmp_path: Path) -> None:
+    folder = tmp_path / "odd"
+    (folder / "unet").mkdir(parents=True)
+    (folder / "unet" / "config.json").write_text(json.dumps({"cross_attention_dim": 320}))
+    with pytest.raises(UserError, match=r"is no model family sdtui recognises \(sd1, sd2, sdxl\); give the family instead"):
+        detect_family(str(folder))
+    keys = _safetensors(tmp_path / "odd.safetensors", ["model.diffusion_model.out.0.weight"])
+    with pytest.raises(UserError, match="holds no model family sdtui recognises"):
+        detect_family(str(keys))
+
+
+def test_transformer_models_are_told_apart_from_unets(tmp_path: Path) -> None:
+    flux = _safetensors(tmp_path / "flux1-dev.safetensors", ["double_blocks.0.img_attn.qkv.weight", "single_blocks.0.linear1.weight"])
+    with pytest.raises(UserError, match="FLUX.1-shaped model .* which sdtui does not train yet"):
+        detect_family(str(flux))
+    sd3 = _safetensors(tmp_path / "sd35.safetensors", ["model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight"])
+    with pytest.raises(UserError, match="Stable Diffusion 3.x model"):
+        detect_family(str(sd3))
+    folder = tmp_path / "flux-folder"
+    (folder / "transformer").mkdir(parents=True)
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    (folder / "transformer" / "config.json").write_text(json.dumps({"_class_name": "FluxTransformer2DModel"}))
+    with pytest.raises(UserError, match="FLUX.1-shaped"):
+        detect_family(str(folder))
+
+
+def test_one_offline_rule_and_one_suffix_list() -> None:
+    from core.families.detect import MODEL_FILE_SUFFIXES, hub_offline
+    from core.launch import preflight
+
+    assert [hub_offline({"HF_HUB_OFFLINE": v}) for v in ("1", "TRUE", "yes", "on", "0", "")] == [True] * 4 + [False] * 2
+    assert ".bin" in MODEL_FILE_SUFFIXES and ".pth" in MODEL_FILE_SUFFIXES
+    assert not hasattr(preflight, "_MODEL_FILES") and not hasattr(preflight, "_HUB_ID")
+
+
+def test_variant_names_are_model_names() -> None:
+    from core.families import variant, variant_names
+
+    assert {"sd1", "sd2", "sd2-base", "sdxl"} <= set(variant_names())
+    assert detect_family("sd2-base") == "sd2" and variant("sd2-base").native_resolution == 512
+    with pytest.raises(UserError, match="unknown model 'flux-dev'; use one of sd1"):
+        variant("flux-dev")
+    from core.families import spec
+
+    assert spec("sd2").component_configs("sd2-base")["unet"]["sample_size"] == 64
+    assert spec("sd2").component_configs()["unet"]["sample_size"] == 96

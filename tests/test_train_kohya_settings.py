@@ -358,7 +358,7 @@ def test_trainable_text_encoder_parameters_follow_the_targets_as_the_estimator_c
     from core.memory.trainable import adapter_parameters
 
     fresh = CLIPTextModel.from_pretrained(str(tiny_models("sd1") / "text_encoder"))
-    widths = describe("text_encoder", fresh)["lora_width"]
+    widths = describe("sd1", "text_encoder", fresh)["lora_width"]
     assert widths["attn_ff"] > widths["attn"]  # the MLP's fc1/fc2 are counted
     for targets in ("attn", "attn_ff"):
         trainer = setup_run({"lora_type": kind, "lora_targets": targets, "train_text_encoder": True})

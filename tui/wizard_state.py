@@ -156,7 +156,7 @@ class WizardState:
     # ---- step 1: model
     def set_model(self, text: str) -> str:
         """Take a model path, hub id or family name; return the detected family (UserError when it cannot be)."""
-        from core.model_family import detect_family
+        from core.families.detect import detect_family
 
         text = text.strip()
         self.model, self.family = text, None

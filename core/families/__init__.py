@@ -2,18 +2,21 @@
 
 ``spec(name)`` is what the planner, estimator, CLI and TUI read; ``runtime(name)`` imports the
 family's ``runtime.py`` (torch, diffusers), which only the trainer calls. Detection
-(``core/model_family.py``) tries them in :func:`detection_order`: the most specific first, the
+(``core/families/detect.py``) tries them in :func:`detection_order`: the most specific first, the
 plain layout the others extend last. Adding a family: docs/adding-a-family.md.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
 from core.errors import UserError
 from core.families import sd1, sd2, sdxl
-from core.families.spec import FamilySpec
+from core.families.spec import FamilySpec, Variant
+
+if TYPE_CHECKING:
+    from core.families.protocol import FamilyRuntime
 
 _SPECS: dict[str, FamilySpec] = {m.SPEC.name: m.SPEC for m in (sd1, sd2, sdxl)}
 _DETECTION: tuple[FamilySpec, ...] = (sdxl.SPEC, sd2.SPEC, sd1.SPEC)
@@ -45,6 +48,20 @@ def text_encoder_names() -> tuple[str, ...]:
     return tuple(dict.fromkeys(name for family in _SPECS.values() for name in family.text_encoder_names))
 
 
-def runtime(name: str) -> Any:
+def variant_names() -> tuple[str, ...]:
+    """Every ``--model`` variant name over the families (each family's default is named like the family)."""
+    return tuple(v.name for family in _SPECS.values() for v in family.variants)
+
+
+def variant(name: str) -> Variant:
+    """The variant ``name`` (a ``--model`` name) with its family; UserError naming the known ones when there is none."""
+    for family in _SPECS.values():
+        for found in family.variants:
+            if found.name == name:
+                return found
+    raise UserError(f"unknown model '{name}'; use one of {', '.join(variant_names())}")
+
+
+def runtime(name: str) -> FamilyRuntime:
     """The trainer-side runtime of family ``name`` (imports torch and diffusers)."""
-    return importlib.import_module(f"core.families.{spec(name).name}.runtime").RUNTIME
+    return cast("FamilyRuntime", importlib.import_module(f"core.families.{spec(name).name}.runtime").RUNTIME)

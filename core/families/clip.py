@@ -33,7 +33,7 @@ def encode_concatenated(encoders: Sequence[Any], token_ids: Sequence[Any], clip_
     import torch
 
     hidden = []
-    pooled = None
+    pooled: Any = None
     for encoder, ids in zip(encoders, token_ids):
         out = encoder(ids.to(device_of(encoder)), output_hidden_states=True, return_dict=True)
         hidden.append(out.hidden_states[-max(native_layer, clip_skip)])

@@ -32,8 +32,8 @@ class DdpmObjective:
     scheduler: Any
     prediction_type: str
 
-    def timesteps(self, batch_size: int, generator: Any, device: Any) -> Any:
-        """Integer timesteps, uniform over the schedule's training steps."""
+    def timesteps(self, batch_size: int, generator: Any, device: Any, latent_size: tuple[int, int] | None = None) -> Any:
+        """Integer timesteps, uniform over the schedule's training steps (the latent size does not matter)."""
         import torch
 
         return torch.randint(0, self.scheduler.config.num_train_timesteps, (batch_size,), generator=generator, device=device).long()
@@ -52,6 +52,17 @@ class DdpmObjective:
         """Min-SNR-γ weights per sample when ``settings["min_snr_gamma"]`` is set, else None."""
         gamma = float(settings.get("min_snr_gamma") or 0)
         return min_snr_weights(self.scheduler, timesteps, gamma, self.prediction_type) if gamma else None
+
+
+def check_objective_settings(spec: Any, prediction_type: str, settings: Mapping[str, Any]) -> None:
+    """UserError for run settings the objective cannot honour, never a silent ignore: a
+    prediction type the family does not train with, and min-SNR-γ (a DDPM weighting) on flow."""
+    from core.errors import UserError
+
+    if prediction_type not in spec.objectives:
+        raise UserError(f"the {spec.name} family trains with {', '.join(spec.objectives)}, not {prediction_type}; remove prediction_type from [model] in run.toml")
+    if prediction_type == "flow" and float(settings.get("min_snr_gamma") or 0):
+        raise UserError(f"min_snr_gamma weights DDPM timesteps and the {spec.name} family trains with flow matching; set settings.min_snr_gamma = 0")
 
 
 def min_snr_weights(scheduler: Any, timesteps: Any, gamma: float, prediction_type: str) -> Any:
@@ -79,6 +90,9 @@ class FlowObjective:
     mode_scale: float = 1.29
     weighting: str = "none"
     num_train_timesteps: int = 1000
+    #: FLUX.1's resolution-dependent shift: ``(base_shift, max_shift, base_tokens, max_tokens, patch)``;
+    #: with it the shift is ``exp(μ)``, μ linear in the batch's image tokens (latent h·w / patch²).
+    token_shift: tuple[float, float, int, int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.sampling not in FLOW_SAMPLINGS:
@@ -88,8 +102,17 @@ class FlowObjective:
         if self.shift <= 0:
             raise ValueError(f"flow shift must be positive, not {self.shift}")
 
-    def sigmas(self, batch_size: int, generator: Any, device: Any) -> Any:
-        """σ per sample in (0, 1), drawn by ``sampling`` and then shifted."""
+    def shift_for(self, latent_size: tuple[int, int] | None) -> float:
+        """The shift for a batch of latents ``(height, width)``: ``shift``, or FLUX.1's token-count rule."""
+        if self.token_shift is None or latent_size is None:
+            return self.shift
+        base_shift, max_shift, base_tokens, max_tokens, patch = self.token_shift
+        tokens = (latent_size[0] // patch) * (latent_size[1] // patch)
+        mu = base_shift + (max_shift - base_shift) * (tokens - base_tokens) / (max_tokens - base_tokens)
+        return math.exp(mu)
+
+    def sigmas(self, batch_size: int, generator: Any, device: Any, latent_size: tuple[int, int] | None = None) -> Any:
+        """σ per sample in (0, 1), drawn by ``sampling`` and then shifted (for the batch's latent size)."""
         import torch
 
         if self.sampling == "logit_normal":
@@ -99,11 +122,11 @@ class FlowObjective:
             u = torch.rand((batch_size,), generator=generator, device=device)
             if self.sampling == "mode":
                 u = 1 - u - self.mode_scale * (torch.cos(math.pi * u / 2) ** 2 - 1 + u)
-        return shift_sigmas(u, self.shift)
+        return shift_sigmas(u, self.shift_for(latent_size))
 
-    def timesteps(self, batch_size: int, generator: Any, device: Any) -> Any:
+    def timesteps(self, batch_size: int, generator: Any, device: Any, latent_size: tuple[int, int] | None = None) -> Any:
         """The denoiser's timesteps: σ × ``num_train_timesteps``."""
-        return self.sigmas(batch_size, generator, device) * self.num_train_timesteps
+        return self.sigmas(batch_size, generator, device, latent_size) * self.num_train_timesteps
 
     def _sigma(self, timesteps: Any, like: Any) -> Any:
         sigma = (timesteps.float() / self.num_train_timesteps).to(like.device)

@@ -55,6 +55,25 @@ class LrDefault:
 
 
 @dataclass(frozen=True)
+class Variant:
+    """A named model of a family (a ``--model`` name such as ``flux-schnell`` or ``sd35-large``):
+    the family package it belongs to, its config changes and how its samples are drawn.
+
+    ``configs`` are merged over the family's (component name -> changed keys);
+    ``sample_steps`` and ``guidance_scale`` are the sampling defaults (a distilled model: few
+    steps and ``guidance_scale = 0``, i.e. no classifier-free guidance).
+    """
+
+    name: str
+    family: str
+    title: str
+    configs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    native_resolution: int = 0
+    sample_steps: int = 30
+    guidance_scale: float = 7.5
+
+
+@dataclass(frozen=True)
 class FamilySpec:
     """Everything about a model family that does not need torch.
 
@@ -87,10 +106,28 @@ class FamilySpec:
     full_weight_rates: Mapping[str, LrDefault] = field(default_factory=dict)
     v_prediction_sample_size: int = 0
     native_clip_layer: int = 1
+    #: The named models of the family; the first is the default (named like the family).
+    variants: tuple[Variant, ...] = ()
+    #: Whether the family's pipeline takes ``clip_skip=``.
+    pipeline_clip_skip: bool = True
 
-    def component_configs(self) -> dict[str, dict[str, Any]]:
-        """A fresh (deep) copy of the real-size component configs, to build or change."""
-        return deepcopy({name: dict(config) for name, config in self.configs.items()})
+    def component_configs(self, variant: str = "") -> dict[str, dict[str, Any]]:
+        """A fresh (deep) copy of the real-size component configs (of ``variant``, default the family's), to build or change."""
+        configs = deepcopy({name: dict(config) for name, config in self.configs.items()})
+        for name, changes in self.variant(variant).configs.items() if variant else ():
+            configs.setdefault(name, {}).update(deepcopy(dict(changes)))
+        return configs
+
+    def variant(self, name: str = "") -> Variant:
+        """The variant ``name`` (default: the first); KeyError when the family has none by that name."""
+        if not self.variants:
+            return Variant(self.name, self.name, self.title)
+        if not name:
+            return self.variants[0]
+        for found in self.variants:
+            if found.name == name:
+                return found
+        raise KeyError(name)
 
     @property
     def text_encoder_names(self) -> tuple[str, ...]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import re
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,13 +17,12 @@ from typing import Any
 
 from core.errors import UserError
 from core.families import spec
+from core.families.detect import MODEL_FILE_SUFFIXES, hub_offline, looks_like_hub_id
 from core.launch.accelerate_config import parse_gpu_ids
 from core.memory.data import params
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 #: Optimizer state bytes per trained fp32 parameter byte (AdamW: two fp32 moments …).
 _OPTIMIZER_STATE = {"adamw": 2.0, "adamw8bit": 0.5, "lion8bit": 0.25, "adafactor": 0.1, "prodigy": 4.0, "schedulefree_adamw": 2.0}
-_MODEL_FILES = (".safetensors", ".ckpt", ".pt", ".bin")
 GB = 1024**3
 
 
@@ -56,13 +54,13 @@ def check_model(path: str) -> str | None:
             raise UserError(f"the model folder {local} is not a diffusers model (no model_index.json); point [model] path at a diffusers folder or a .safetensors file")
         return None
     if local.is_file():
-        if local.suffix.lower() not in _MODEL_FILES:
-            raise UserError(f"the model file {local} is not a checkpoint ({', '.join(_MODEL_FILES)}); point [model] path at a diffusers folder or a .safetensors file")
+        if local.suffix.lower() not in MODEL_FILE_SUFFIXES:
+            raise UserError(f"the model file {local} is not a checkpoint ({', '.join(MODEL_FILE_SUFFIXES)}); point [model] path at a diffusers folder or a .safetensors file")
         return None
-    if _HUB_ID.match(path) and not path.startswith((".", "~")):
+    if looks_like_hub_id(path):
         if _hub_cached(path):
             return None
-        if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True"):
+        if hub_offline():
             raise UserError(f"the model {path} is neither a local path nor in the Hugging Face cache, and HF_HUB_OFFLINE is set; download it first or point [model] path at a local folder")
         return f"the model {path} is not in the Hugging Face cache; the trainer will download it first"
     raise UserError(f"the model {path} does not exist; fix [model] path in the run config (a diffusers folder, a .safetensors file or a hub id)")
@@ -143,7 +141,7 @@ def _model_scale(model_path: str, denoiser: str, denoiser_params: int) -> float:
     folder = Path(model_path).expanduser() / denoiser
     if not folder.is_dir():
         return 1.0
-    size = sum(f.stat().st_size for f in folder.iterdir() if f.suffix in _MODEL_FILES)
+    size = sum(f.stat().st_size for f in folder.iterdir() if f.suffix in MODEL_FILE_SUFFIXES)
     if size == 0:
         return 1.0
     bytes_per_param = 2 if any("fp16" in f.name for f in folder.iterdir()) else 4

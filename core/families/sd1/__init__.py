@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from core.families.sd_unet import CLIP_L, CLIP_TOKENS, COMPONENT_CLASSES, LORA_TARGETS, METHODS, OBJECTIVES, UNET_SD1, VAE
-from core.families.spec import FamilySpec, LrDefault, Recognition, TextEncoder
+from core.families.spec import FamilySpec, LrDefault, Recognition, TextEncoder, Variant
 
 SPEC = FamilySpec(
     name="sd1",
@@ -33,7 +33,13 @@ SPEC = FamilySpec(
     modelspec_architectures={"epsilon": "stable-diffusion-v1"},
     modelspec_implementation="diffusers",
     pipeline_class="StableDiffusionPipeline",
-    recognition=Recognition(cross_attention_dim=768, hub_pattern=r"stable-diffusion-v?1|sd-?1|v1-[45]|1-5|1\.5"),
+    recognition=Recognition(
+        cross_attention_dim=768,
+        text_marks={"hidden_act": "quick_gelu"},
+        checkpoint_keys=("cond_stage_model.transformer.",),
+        hub_pattern=r"stable-diffusion-v?1|sd-?1|v1-[45]|1-5|1\.5",
+    ),
+    variants=(Variant("sd1", "sd1", "Stable Diffusion 1.5"),),
     # diffusers examples/dreambooth: 5e-6 (UNet only) and 2e-6 (with the text encoder), constant,
     # no warm-up; sd-scripts train_db docs 1e-6. Fine-tune: diffusers train_text_to_image 1e-5
     # (effective batch 4), sd-scripts fine_tune.md 1e-5 with text encoders at 5e-6 / 2e-6,

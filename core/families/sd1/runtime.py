@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from core.families.sd1 import SPEC
+from core.families.protocol import FamilyRuntime
 from core.families.sd_unet import tiny
 from core.families.sd_unet.runtime import SDUNetRuntime
 
@@ -23,4 +24,5 @@ class SD1Runtime(SDUNetRuntime):
         return self.pipeline_class(), parts
 
 
-RUNTIME = SD1Runtime(SPEC)
+#: Typed as the Protocol, so mypy checks that this runtime implements every hook.
+RUNTIME: FamilyRuntime = SD1Runtime(SPEC)

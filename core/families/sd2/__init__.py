@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from core.families.sd_unet import CLIP_L, CLIP_TOKENS, COMPONENT_CLASSES, LORA_TARGETS, METHODS, OBJECTIVES, UNET_SD1, VAE
-from core.families.spec import FamilySpec, LrDefault, Recognition, TextEncoder
+from core.families.spec import FamilySpec, LrDefault, Recognition, TextEncoder, Variant
 
 SPEC = FamilySpec(
     name="sd2",
@@ -61,4 +61,9 @@ SPEC = FamilySpec(
         "finetune": LrDefault(5e-6, 2e-6, "constant_with_warmup", 200),
     },
     v_prediction_sample_size=96,
+    # SD 2.x 768-v (v-prediction at 768 px) and the 512 px epsilon base model
+    variants=(
+        Variant("sd2", "sd2", "Stable Diffusion 2.1 (768-v)"),
+        Variant("sd2-base", "sd2", "Stable Diffusion 2.1 base (512 px)", configs={"unet": {"sample_size": 64}}, native_resolution=512),
+    ),
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from core.families.sd2 import SPEC
+from core.families.protocol import FamilyRuntime
 from core.families.sd_unet import tiny
 from core.families.sd_unet.runtime import SDUNetRuntime
 
@@ -25,4 +26,5 @@ class SD2Runtime(SDUNetRuntime):
         return self.pipeline_class(), parts
 
 
-RUNTIME = SD2Runtime(SPEC)
+#: Typed as the Protocol, so mypy checks that this runtime implements every hook.
+RUNTIME: FamilyRuntime = SD2Runtime(SPEC)

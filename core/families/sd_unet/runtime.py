@@ -7,14 +7,20 @@ trainer reaches it as ``components.runtime`` and never asks which family it is.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-from core.families import clip
+from core.families import clip, loading, lora_files
 from core.families.embeddings import TextEmbeddings
-from core.families.objectives import DdpmObjective
+from core.families.keymaps import KeyMap
+from core.families.objectives import DdpmObjective, check_objective_settings
+from core.families.protocol import AdapterWeights, LoadedModel, LoraFiles, ModelSource, SamplePromptLike
 from core.families.sd_unet import layout
 from core.families.spec import FamilySpec
 from core.families.wrappers import unwrap
+
+#: A CLIP text encoder's LoRA module names in kohya files: under ``text_model.`` (transformers' own root).
+TEXT_MODULES = KeyMap((("text_model.{*}", "text_model.{*}"), ("{*}", "text_model.{*}")))
 
 #: What an SD1/SD2 pipeline is built with besides its modules: no safety checker.
 NO_SAFETY_CHECKER: dict[str, Any] = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
@@ -28,13 +34,15 @@ class SDUNetRuntime:
     load_extras: Mapping[str, Any] = {"safety_checker": None, "requires_safety_checker": False}
     #: kohya names the UNet's LoRA modules with the original (SGM) names instead of diffusers'.
     kohya_original_unet_names = False
+    #: UNet convolutions gain from channels-last memory on a GPU.
+    supports_channels_last = True
 
     def __init__(self, spec: FamilySpec) -> None:
         self.spec = spec
 
     # ---- loading
-    def pipeline_class(self) -> type:
-        """The diffusers pipeline class (imported on first use: the pipelines cost 10 s of imports)."""
+    def pipeline_class(self) -> Any:
+        """The diffusers pipeline class (imported on first use: the pipelines cost 10 s of imports; diffusers is untyped here)."""
         import diffusers
 
         return getattr(diffusers, self.spec.pipeline_class)
@@ -54,9 +62,106 @@ class SDUNetRuntime:
 
         return DDPMScheduler.from_config(dict(scheduler_config), prediction_type=prediction_type)
 
-    def objective(self, prediction_type: str, noise_scheduler: Any) -> DdpmObjective:
-        """The training objective over the model's DDPM noise schedule."""
+    def objective(self, prediction_type: str, noise_scheduler: Any, settings: Mapping[str, Any] | None = None) -> DdpmObjective:
+        """The training objective over the model's DDPM noise schedule; with the run's ``settings``,
+        UserError for those the objective cannot honour."""
+        if settings is not None:
+            check_objective_settings(self.spec, prediction_type, settings)
         return DdpmObjective(noise_scheduler, prediction_type)
+
+    def inference_scheduler(self, scheduler: Any, prediction_type: str) -> Any:
+        """The model's own sampling scheduler, set to ``prediction_type``."""
+        return type(scheduler).from_config(dict(scheduler.config), prediction_type=prediction_type)
+
+    def load(self, source: ModelSource, dtypes: Mapping[str, Any] | None = None) -> LoadedModel:
+        """The model's modules: ``source.path`` whole (folder, hub id, single file), its parts replaced by the split files given."""
+        path = Path(source.path).expanduser()
+        if path.is_dir():
+            parts = loading.load_folder(path, self.spec, dtypes)
+        elif path.is_file():
+            parts = loading.load_single_file(path, self.pipeline_class(), source.config, dtypes, self.load_extras)
+        else:
+            parts, _family = loading.load_hub(source.path, dtypes, self.load_extras)
+        get = (dtypes or {}).get
+        if source.denoiser:
+            parts[self.spec.denoiser] = loading.load_part_file("denoiser", self.spec.denoiser, source.denoiser, parts[self.spec.denoiser], get(self.spec.denoiser, get("default")))
+        if source.vae:
+            parts["vae"] = loading.load_part_file("VAE", "vae", source.vae, parts["vae"], get("vae", get("default")))
+        for name, file in source.text_encoders.items():
+            if name not in self.spec.text_encoder_names:
+                raise loading.ModelLoadError(f"{self.spec.title} has no text encoder '{name}'; name one of {', '.join(self.spec.text_encoder_names)}.")
+            parts[name] = loading.load_part_file(f"text encoder {name}", name, file, parts[name], get(name, get("default")))
+        return LoadedModel(
+            family=self.spec.name,
+            denoiser=parts[self.spec.denoiser],
+            vae=parts["vae"],
+            text_encoders=[parts[n] for n in self.spec.text_encoder_names],
+            tokenizers=[parts[n] for n in self.spec.tokenizer_names],
+            scheduler=parts["scheduler"],
+            source=source,
+        )
+
+    def set_attention(self, denoiser: Any, attention: str) -> None:
+        """``sdpa`` (torch's scaled dot-product attention) or ``eager`` on every UNet attention."""
+        from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+        denoiser.set_attn_processor(AttnProcessor2_0() if attention == "sdpa" else AttnProcessor())
+
+    def enable_gradient_checkpointing(self, denoiser: Any) -> None:
+        """diffusers' gradient checkpointing of the UNet blocks."""
+        denoiser.enable_gradient_checkpointing()
+
+    def add_adapter(self, denoiser: Any, config: Any) -> None:
+        """peft's adapter through diffusers' ``add_adapter``."""
+        denoiser.add_adapter(config)
+
+    # ---- latents
+    @staticmethod
+    def _normalisation(vae: Any) -> tuple[float, Any, Any, Any]:
+        """``(scaling, shift or None, per-channel mean or None, per-channel std or None)`` of a VAE config."""
+        config = vae.config
+        mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+        return float(config.scaling_factor), getattr(config, "shift_factor", None), mean, std
+
+    def encode_latents(self, vae: Any, pixels: Any, generator: Any = None) -> Any:
+        """fp32 latents ``(z - shift) * scaling`` (per channel ``(z - mean) * scaling / std`` where the VAE has them);
+        a posterior sample with ``generator``, its mode without."""
+        import torch
+
+        with torch.no_grad():
+            posterior = vae.encode(pixels).latent_dist
+            latents = posterior.sample(generator=generator) if generator is not None else posterior.mode()
+        scaling, shift, mean, std = self._normalisation(vae)
+        if mean is not None and std is not None:
+            shape = (1, -1, *([1] * (latents.ndim - 2)))
+            mean_t = torch.tensor(mean, device=latents.device, dtype=latents.dtype).reshape(shape)
+            std_t = torch.tensor(std, device=latents.device, dtype=latents.dtype).reshape(shape)
+            return ((latents - mean_t) * scaling / std_t).float()
+        if shift is not None:
+            latents = latents - shift
+        return (latents * scaling).float()
+
+    def decode_latents(self, vae: Any, latents: Any) -> Any:
+        """Pixels in ``[-1, 1]`` of latents normalised as :meth:`encode_latents` does."""
+        import torch
+
+        scaling, shift, mean, std = self._normalisation(vae)
+        latents = latents.to(vae.dtype)
+        if mean is not None and std is not None:
+            shape = (1, -1, *([1] * (latents.ndim - 2)))
+            latents = latents * torch.tensor(std, device=latents.device, dtype=latents.dtype).reshape(shape) / scaling + torch.tensor(mean, device=latents.device, dtype=latents.dtype).reshape(shape)
+        else:
+            latents = latents / scaling + (shift if shift is not None else 0)
+        with torch.no_grad():
+            return vae.decode(latents).sample
+
+    # ---- text
+    def tokenize(self, tokenizers: Sequence[Any], captions: Sequence[str]) -> list[Any]:
+        """Token ids ``[batch, max_tokens]`` per tokenizer: padded and truncated to the spec's ``max_tokens``."""
+        return [
+            tokenizer(list(captions), padding="max_length", max_length=te.max_tokens, truncation=True, return_tensors="pt").input_ids
+            for tokenizer, te in zip(tokenizers, self.spec.text_encoders)
+        ]
 
     def pipeline(self, modules: Mapping[str, Any]) -> Any:
         """An inference pipeline of ``modules`` (component name -> module, tokenizers and scheduler included)."""
@@ -88,6 +193,20 @@ class SDUNetRuntime:
             return {"prompt": prompt, "negative_prompt": negative or None}, None
         return {"prompt_embeds": self._skipped_embeds(pipe, prompt, clip_skip), "negative_prompt_embeds": self._skipped_embeds(pipe, negative, clip_skip)}, None
 
+    def sample_defaults(self, variant: str = "") -> tuple[int, float]:
+        """The variant's sampling steps and guidance scale (``parse_prompt_line``'s ``steps`` / ``scale``)."""
+        chosen = self.spec.variant(variant)
+        return chosen.sample_steps, chosen.guidance_scale
+
+    def sample_arguments(self, pipe: Any, prompt: SamplePromptLike, clip_skip: int) -> dict[str, Any]:
+        """Every keyword of the pipeline call but the generator: text, size, steps, guidance, and
+        ``clip_skip`` only where the family's pipeline takes it."""
+        text, skip = self.sample_text(pipe, prompt.prompt, prompt.negative, clip_skip)
+        call = {**text, "width": prompt.width, "height": prompt.height, "num_inference_steps": prompt.steps, "guidance_scale": prompt.scale}
+        if self.spec.pipeline_clip_skip:
+            call["clip_skip"] = skip
+        return call
+
     def _skipped_embeds(self, pipe: Any, text: str, clip_skip: int) -> Any:
         tokens = pipe.tokenizer([text], padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt")
         encoder = pipe.text_encoder
@@ -97,6 +216,54 @@ class SDUNetRuntime:
     def kohya_unet_module(self, name: str, unet_config: Mapping[str, Any]) -> str:
         """A UNet module path as kohya names it in LoRA keys."""
         return layout.unet_module_name(name, unet_config) if self.kohya_original_unet_names else name
+
+    def kohya_base(self, component: str, name: str, denoiser_config: Mapping[str, Any]) -> str:
+        """The kohya key base of one adapted module: ``lora_unet_<module>`` or ``<te prefix>_text_model_<module>``."""
+        if component == self.spec.denoiser:
+            return f"lora_unet_{self.kohya_unet_module(name, denoiser_config).replace('.', '_')}"
+        prefix = next(te.kohya_prefix for te in self.spec.text_encoders if te.name == component)
+        return f"{prefix}_{TEXT_MODULES.to_theirs(name).replace('.', '_')}"
+
+    def lora_files(self, adapters: Sequence[AdapterWeights], denoiser_config: Mapping[str, Any]) -> LoraFiles:
+        """The adapters in kohya/LyCORIS keys and in diffusers' ``<component>.<peft key>`` layout."""
+        return LoraFiles(
+            kohya=lora_files.kohya_state_dict(adapters, lambda component, name: self.kohya_base(component, name, denoiser_config)),
+            diffusers=lora_files.diffusers_state_dict(adapters),
+            diffusers_metadata=lora_files.diffusers_metadata(adapters),
+        )
+
+    def lora_from_file(self, tensors: Mapping[str, Any], adapter: AdapterWeights, denoiser_config: Mapping[str, Any]) -> dict[str, Any]:
+        """A kohya or diffusers LoRA file's tensors for one adapter, under peft's keys, through the same key tables."""
+        return lora_files.from_file(tensors, adapter, lambda component, name: self.kohya_base(component, name, denoiser_config))
+
+    def kohya_metadata(self, v_prediction: bool, adapter: str = "lora") -> dict[str, str]:
+        """The family's ``ss_*`` / ``modelspec.*`` values, as sd-scripts writes them."""
+        return {
+            "ss_base_model_version": self.spec.base_model_version(v_prediction),
+            "ss_v2": str(self.spec.kohya_v2),
+            "modelspec.architecture": f"{self.spec.architecture(v_prediction)}/{adapter}",
+            "modelspec.implementation": self.spec.modelspec_implementation,
+            "modelspec.prediction_type": "v" if v_prediction else "epsilon",
+        }
+
+    def dummy_inputs(self, denoiser_config: Mapping[str, Any], batch: int, resolution: int, dtype: Any, device: Any) -> dict[str, Any]:
+        """A UNet forward's inputs: latents at ``resolution / 8``, timesteps, text states (and SDXL's added conditioning)."""
+        import torch
+
+        side = resolution // 8
+        cross = int(denoiser_config["cross_attention_dim"])
+        inputs: dict[str, Any] = {
+            "sample": torch.randn(batch, int(denoiser_config.get("in_channels", 4)), side, side, dtype=dtype, device=device),
+            "timestep": torch.full((batch,), 500, device=device),
+            "encoder_hidden_states": torch.randn(batch, self.spec.text_tokens, cross, dtype=dtype, device=device),
+        }
+        if denoiser_config.get("addition_embed_type") == "text_time":
+            pooled = int(denoiser_config["projection_class_embeddings_input_dim"]) - 6 * int(denoiser_config["addition_time_embed_dim"])
+            inputs["added_cond_kwargs"] = {
+                "text_embeds": torch.randn(batch, pooled, dtype=dtype, device=device),
+                "time_ids": torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]] * batch, dtype=dtype, device=device),
+            }
+        return inputs
 
     def to_original(self, pipe: Any) -> dict[str, Any]:
         """The pipeline's weights as one state dict in the family's original single-file layout."""
@@ -111,3 +278,19 @@ class SDUNetRuntime:
     def tiny_pipeline(self) -> tuple[type, dict[str, Any]]:
         """The pipeline class and the seeded random modules of this family's tiny model (no tokenizers)."""
         raise NotImplementedError(f"the {self.spec.name} family has no tiny model")
+
+    def tiny_tokenizers(self, folder: Path) -> dict[str, Any]:
+        """The tiny model's tokenizers by component name: the tiny CLIP tokenizer, written to ``folder`` and read back."""
+        from transformers import CLIPTokenizer
+
+        from core.families.sd_unet.tiny import write_tokenizer
+
+        tokenizer = CLIPTokenizer.from_pretrained(write_tokenizer(folder))
+        return dict.fromkeys(self.spec.tokenizer_names, tokenizer)
+
+    def build_tiny(self, out_dir: Path) -> Path:
+        """Write the tiny model with its tokenizers as a diffusers folder (deterministic, loadable offline)."""
+        pipeline_class, parts = self.tiny_pipeline()
+        parts.update(self.tiny_tokenizers(out_dir / "tokenizer"))
+        pipeline_class(**parts, **self.pipeline_extras).save_pretrained(out_dir, safe_serialization=True)
+        return out_dir

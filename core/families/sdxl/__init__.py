@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from core.families.sd_unet import CLIP_L, CLIP_TOKENS, COMPONENT_CLASSES, LORA_TARGETS, METHODS, OBJECTIVES, VAE
-from core.families.spec import FamilySpec, LrDefault, Recognition, TextEncoder
+from core.families.spec import FamilySpec, LrDefault, Recognition, TextEncoder, Variant
 
 _UNET = {
     "act_fn": "silu",
@@ -92,4 +92,5 @@ SPEC = FamilySpec(
         "finetune": LrDefault(1e-6, 5e-7, "constant_with_warmup", 100),
     },
     native_clip_layer=2,
+    variants=(Variant("sdxl", "sdxl", "Stable Diffusion XL 1.0"),),
 )

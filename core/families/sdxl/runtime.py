@@ -7,6 +7,7 @@ from typing import Any
 
 from core.families import clip
 from core.families.embeddings import TextEmbeddings
+from core.families.protocol import FamilyRuntime
 from core.families.sd_unet import tiny
 from core.families.sd_unet.runtime import SDUNetRuntime
 from core.families.sdxl import SPEC
@@ -46,6 +47,8 @@ class SDXLRuntime(SDUNetRuntime):
         """The UNet's ``added_cond_kwargs``: the pooled text vector and the batch's size/crop ids."""
         ids = time_ids_batch(batch["original_sizes"], batch["crop_top_lefts"], batch["target_sizes"]).to(device)
         pooled = embeddings.pooled_prompt_embeds
+        if pooled is None:
+            raise ValueError("SDXL's conditioning needs the pooled text vector; encode the captions with this family's encode_text")
         return {"text_embeds": pooled, "time_ids": ids.to(device=pooled.device, dtype=pooled.dtype)}
 
     def sample_text(self, pipe: Any, prompt: str, negative: str, clip_skip: int) -> tuple[dict[str, Any], int | None]:
@@ -76,4 +79,5 @@ class SDXLRuntime(SDUNetRuntime):
         return self.pipeline_class(), parts
 
 
-RUNTIME = SDXLRuntime(SPEC)
+#: Typed as the Protocol, so mypy checks that this runtime implements every hook.
+RUNTIME: FamilyRuntime = SDXLRuntime(SPEC)

@@ -1,0 +1,164 @@
+"""Loading a model for training, for any family: a diffusers folder, a hub id, one single file, or split files.
+
+Which parts a family has, its pipeline class and its loader extras come from the runtime; the
+rest is the same for every family. Each part is read straight into the dtype it trains or runs
+in (``dtypes``: component name or ``"default"`` -> torch dtype). Every failure is a
+``ModelLoadError`` whose message is one sentence naming the model and the fix.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from core.errors import UserError
+from core.families.detect import family_of_configs, family_of_file, family_of_folder, hub_reachable, is_model_file, looks_like_hub_id
+from core.families.spec import FamilySpec
+
+
+class ModelLoadError(UserError):
+    """The base model could not be loaded; the message names the model and the fix."""
+
+
+def parts_of(spec: FamilySpec) -> tuple[str, ...]:
+    """The components of a family's diffusers folder the trainer loads."""
+    return (spec.denoiser, "vae", *spec.text_encoder_names, *spec.tokenizer_names, "scheduler")
+
+
+def detect(path_or_id: str) -> str:
+    """The family of a model path (folder or single file) or hub id, as loading sees it."""
+    path = Path(path_or_id).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise ModelLoadError(f"The folder {path} is not a diffusers model (no model_index.json); give a diffusers folder or a single .safetensors file.")
+        return family_of_folder(path)
+    if path.is_file():
+        if not is_model_file(path):
+            raise ModelLoadError(f"The model file {path} is not a checkpoint; give a .safetensors or .ckpt file or a diffusers folder.")
+        return family_of_file(path)
+    if looks_like_hub_id(path_or_id):
+        from core.families.detect import family_of_hub_id
+
+        return family_of_hub_id(path_or_id)
+    raise ModelLoadError(f"The model path {path_or_id} does not exist; fix model.path in run.toml (a diffusers folder, a .safetensors file or a hub id).")
+
+
+def load_folder(path: Path, spec: FamilySpec, dtypes: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Each part named in ``model_index.json`` with its own class (the pipelines cost 10 s of imports)."""
+    index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
+    parts: dict[str, Any] = {}
+    for name in parts_of(spec):
+        entry = index.get(name)
+        if not isinstance(entry, list) or len(entry) != 2 or entry[0] is None:
+            continue
+        library, class_name = entry
+        cls = getattr(importlib.import_module(library), class_name)
+        kwargs: dict[str, Any] = {"subfolder": name, "local_files_only": True}
+        dtype = (dtypes or {}).get(name, (dtypes or {}).get("default"))
+        if dtype is not None and not name.startswith(("tokenizer", "scheduler")):
+            kwargs["dtype" if library == "transformers" else "torch_dtype"] = dtype
+        parts[name] = cls.from_pretrained(str(path), **kwargs)
+    missing = [n for n in parts_of(spec) if n not in parts]
+    if missing:
+        raise ModelLoadError(f"The diffusers folder {path} has no {', '.join(missing)} in model_index.json; give a complete {spec.title} folder.")
+    return parts
+
+
+def config_for_single_file(path: Path, config_path: str) -> str | None:
+    """A local diffusers folder describing a single file's architecture, if one is known."""
+    if config_path:
+        return config_path
+    for candidate in (path.with_suffix(""), path.parent):
+        if (candidate / "model_index.json").is_file():
+            return str(candidate)
+    return None
+
+
+def load_single_file(path: Path, pipeline_class: Any, config_path: str, dtypes: Mapping[str, Any] | None, extras: Mapping[str, Any]) -> dict[str, Any]:
+    """Every part of one single file in the family's original layout (its diffusers config beside it, given, or from the hub)."""
+    config = config_for_single_file(path, config_path)
+    online = config is None and hub_reachable()
+    if config is None and not online:
+        raise ModelLoadError(
+            f"The single-file model {path} needs its diffusers config (from the Hugging Face hub, which is offline here); "
+            f"put a diffusers folder of the same architecture next to it named '{path.stem}' or load it once with network access."
+        )
+    kwargs: dict[str, Any] = {"config": config, "local_files_only": not online, **extras}
+    if dtypes and len(set(dtypes.values())) == 1:  # from_single_file takes one dtype for every part
+        kwargs["torch_dtype"] = dtypes["default"]
+    return dict(pipeline_class.from_single_file(str(path), **kwargs).components)
+
+
+def load_hub(model_id: str, dtypes: Mapping[str, Any] | None, extras: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+    """A hub model's parts and the family its configs show."""
+    from diffusers import DiffusionPipeline
+
+    online = hub_reachable()
+    extra: dict[str, Any] = {"torch_dtype": dict(dtypes)} if dtypes else {}
+    try:
+        pipe = DiffusionPipeline.from_pretrained(model_id, local_files_only=not online, **extras, **extra)
+    except Exception as exc:
+        if not online:
+            raise ModelLoadError(
+                f"The model '{model_id}' is a hub id but the Hugging Face hub is offline here and it is not in the local cache; "
+                "download it on a machine with network access (huggingface-cli download) and give its folder as the model path."
+            ) from exc
+        raise ModelLoadError(f"The hub model '{model_id}' could not be loaded ({short(exc)}); check the id and your access to it.") from exc
+    parts = dict(pipe.components)
+    denoiser = next((parts[n] for n in ("unet", "transformer") if parts.get(n) is not None), None)
+    text = parts["text_encoder"].config.to_dict() if parts.get("text_encoder") is not None else {}
+    family = family_of_configs({n for n, m in parts.items() if m is not None}, type(pipe).__name__, dict(denoiser.config) if denoiser is not None else {}, text, where=f"'{model_id}'")
+    return parts, family
+
+
+def load_part_file(kind: str, component: str, path_text: str, like: Any, dtype: Any) -> Any:
+    """A separately given part (split files): a diffusers folder of it, or one file.
+
+    ``like`` is the part of the base model it replaces (its class and config). A file in
+    diffusers / transformers names is read into a copy of ``like``; a file in the original
+    layout through the class's ``from_single_file`` with the base model's config of it.
+    """
+    path = Path(path_text).expanduser()
+    extra: dict[str, Any] = {"torch_dtype": dtype} if dtype is not None else {}
+    cls = type(like)
+    try:
+        if path.is_dir():
+            return cls.from_pretrained(str(path), local_files_only=True, **extra)
+        if path.is_file():
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as handle:
+                keys = set(handle.keys())
+            if keys <= set(like.state_dict()):
+                return _from_state_dict(path, like, dtype)
+            if not hasattr(cls, "from_single_file"):
+                raise ModelLoadError(f"The {kind} {path_text} is not in {cls.__name__}'s own key names; convert it to a diffusers folder of the {kind}.")
+            base = getattr(like.config, "_name_or_path", "")
+            return cls.from_single_file(str(path), config=str(base), subfolder=component, local_files_only=not hub_reachable(), **extra)
+    except UserError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(f"The {kind} {path_text} could not be loaded ({short(exc)}); give a diffusers folder of it or its .safetensors file.") from exc
+    raise ModelLoadError(f"The {kind} {path_text} does not exist; fix it in run.toml or leave it empty to use the model's own.")
+
+
+def _from_state_dict(path: Path, like: Any, dtype: Any) -> Any:
+    """A copy of ``like`` with the file's weights (every weight of the module must be in it)."""
+    import copy
+
+    from safetensors.torch import load_file
+
+    module = copy.deepcopy(like)
+    missing, unexpected = module.load_state_dict(load_file(str(path)), strict=False)
+    if missing or unexpected:
+        raise ModelLoadError(f"The file {path} does not fit the model's {type(like).__name__} ({len(missing)} weights missing, {len(unexpected)} unexpected); give the part that belongs to this model.")
+    return module.to(dtype=dtype) if dtype is not None else module
+
+
+def short(exc: BaseException) -> str:
+    """The first line of an exception's message (at most 200 characters), or its type."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:200]
