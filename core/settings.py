@@ -147,6 +147,15 @@ SETTINGS: dict[str, Setting] = {
     )
 }
 
+#: The [settings] keys a recipe sets: how the run spends memory and time. Every other key is the
+#: user's choice (the method's own, such as LoRA type, rank and targets, and the data's, such as
+#: clip skip and caption handling): picking a recipe keeps it.
+RECIPE_SETTINGS = (
+    "mixed_precision", "full_bf16", "gradient_checkpointing", "optimizer", "fused_backward_pass", "cache_latents",
+    "cache_latents_to_disk", "cache_text_encoder_outputs", "train_text_encoder", "batch_size", "resolution",
+    "attention", "channels_last", "torch_compile", "dataloader_workers",
+)
+
 #: Every section of run.toml with its keys. [dataset] subsets and [samples] prompts are lists.
 SCHEMA: dict[str, dict[str, Setting]] = {
     "": {

@@ -13,7 +13,7 @@ from typing import Any
 from core.dataset.buckets import BUCKET_KEYS
 from core.errors import UserError
 from core.families import spec
-from core.settings import FAMILIES, METHODS, SCHEMA, SETTINGS, defaults, optimizer_learning_rate
+from core.settings import FAMILIES, METHODS, RECIPE_SETTINGS, SCHEMA, SETTINGS, defaults, optimizer_learning_rate
 
 STEPS = ("Model", "Dataset", "Method", "Recipe", "Schedule", "Samples", "Review")
 
@@ -110,6 +110,7 @@ class WizardState:
         state.method = config.method
         state.method_options.update({k: v for k, v in config.section("method").items() if k != "kind"})
         state.settings.update(config.settings)
+        state.method_edits = {key: state.settings[key] for key in METHOD_SETTINGS}
         state.keep_settings = True
         state.recipe = str(config.settings.get("recipe") or "")
         state.schedule.update(config.schedule)
@@ -266,7 +267,7 @@ class WizardState:
         from core.plan.picker import rank_recipes
         from core.recipes import load_recipes
 
-        return rank_recipes(self.chosen_family(), self.method, self.gpus, load_recipes(), shape=self.shape())
+        return rank_recipes(self.chosen_family(), self.method, self.gpus, load_recipes(), self.kept_settings(), shape=self.shape())
 
     def shape(self) -> Any:
         """The run's shape for the fit (prior preservation with the class folder's images), as the plan has it."""
@@ -274,10 +275,19 @@ class WizardState:
 
         return run_shape(self.method, self.scan.reg_images if self.scan is not None else 0, {"num_processes": max(1, self.gpus.count)})
 
+    def kept_settings(self) -> dict[str, Any]:
+        """The settings a recipe does not change: all but its memory/speed ones (core.settings.RECIPE_SETTINGS).
+        A method setting the recipe names is the recipe's starting value only until the user chose it
+        (on the Method step, or in the config opened)."""
+        return {
+            key: value for key, value in self.settings.items()
+            if key not in RECIPE_SETTINGS and key != "recipe" and (key not in METHOD_SETTINGS or key in self.method_edits)
+        }
+
     def choose_recipe(self, fit: Any) -> None:
-        """Start the settings from a recipe (the user's edits are replaced, except those of the method step)."""
+        """Take a recipe's memory/speed settings; the user's other settings stay (``kept_settings``)."""
         self.recipe = fit.name
-        self.settings = dict(fit.settings) | self.method_edits
+        self.settings = fit.recipe.resolved_settings(self.kept_settings())
         self.recipe_schedule = dict(getattr(fit.recipe, "schedule", {}) or {})
         self.keep_settings = False
         self.sync_schedule()

@@ -1,0 +1,40 @@
+"""The wizard keeps what the user chose: recipes change only memory/speed, names come from the
+training subset, the price is saved, keys typed in a burst all land."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from core.config import new_config
+from core.gpu import resolve
+from tui.wizard_state import WizardState
+
+
+def _lokr_config(data: Path) -> object:
+    subsets = [{"path": str(data / "10_sks dog"), "repeats": 10, "token": "sks dog", "is_reg": False}]
+    settings = {"lora_type": "lokr", "lora_rank": 16, "lora_targets": "attn", "clip_skip": 2, "optimizer": "prodigy"}
+    return new_config("dog", "", "sd1", "lora", subsets, settings)
+
+
+def test_picking_a_recipe_keeps_the_methods_settings_of_an_opened_config(tmp_path: Path, kohya_dataset) -> None:
+    state = WizardState.from_config(_lokr_config(kohya_dataset()), resolve("1x24GB"), tmp_path)
+    state.family = "sd1"
+    locon = next(f for f in state.recipes() if f.name == "sd15-locon-12gb")
+    state.choose_recipe(locon)
+    assert (state.settings["lora_type"], state.settings["lora_rank"], state.settings["lora_targets"]) == ("lokr", 16, "attn")
+    assert state.settings["clip_skip"] == 2
+    # the recipe's memory/speed settings are taken, and the list's estimate is of the settings it gives
+    assert (state.settings["optimizer"], state.settings["batch_size"], state.recipe) == ("adamw8bit", 4, "sd15-locon-12gb")
+    assert state.judge().estimate.total_bytes == locon.estimate.total_bytes
+
+
+def test_a_fresh_wizard_starts_the_methods_settings_from_the_recipe_until_the_user_sets_them(tmp_path: Path) -> None:
+    state = WizardState(gpus=resolve("1x24GB"), base_dir=tmp_path)
+    state.family = "sd1"
+    fits = {f.name: f for f in state.recipes()}
+    state.choose_recipe(fits["sd15-locon-12gb"])
+    assert (state.settings["lora_rank"], state.settings["lora_targets"]) == (32, "all")
+    state.set_method_field("lora_rank", "8")
+    state.set_setting("clip_skip", 2)
+    state.choose_recipe(fits["sd15-lora-8gb"])
+    assert (state.settings["lora_rank"], state.settings["lora_targets"], state.settings["clip_skip"]) == (8, "attn_ff", 2)
