@@ -193,6 +193,7 @@ SCHEMA: dict[str, dict[str, Setting]] = {
         "sample_every_epochs": _s("sample_every_epochs", int, 0, "samples every N epochs (0 = off)", minimum=0),
         "sample_at_start": _s("sample_at_start", bool, False, "render samples before the first step"),
         "seed": _s("seed", int, 42, "random seed", minimum=0),
+        "price_per_gpu_hour": _s("price_per_gpu_hour", float, 0.0, "price of one GPU-hour for the plan's cost column (0 = no cost column)", minimum=0.0),
     },
     "samples": {
         "prompts": _s("prompts", list, [], "prompts in kohya syntax (--n --w --h --d --l --s --ss)"),

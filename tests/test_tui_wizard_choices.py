@@ -38,3 +38,20 @@ def test_a_fresh_wizard_starts_the_methods_settings_from_the_recipe_until_the_us
     state.set_setting("clip_skip", 2)
     state.choose_recipe(fits["sd15-lora-8gb"])
     assert (state.settings["lora_rank"], state.settings["lora_targets"], state.settings["clip_skip"]) == (8, "attn_ff", 2)
+
+
+def test_the_price_per_gpu_hour_is_saved_with_the_config_and_restored(tmp_path: Path, kohya_dataset) -> None:
+    from core.config import load_config, save_config
+
+    state = WizardState(gpus=resolve("1x24GB"), base_dir=tmp_path)
+    state.set_model("sd1")
+    state.dataset = str(kohya_dataset())
+    state.scan_dataset()
+    state.set_price("$0.79")
+    path = save_config(state.to_config(), tmp_path / "dog.toml")
+    opened = WizardState.from_config(load_config(path, complete=False), resolve("1x24GB"), tmp_path)
+    opened.family = "sd1"
+    assert opened.price_per_gpu_hour == 0.79
+    assert opened.plan().to_json()["schedule"][0]["cost"] is not None
+    opened.set_price("")
+    assert load_config(save_config(opened.to_config(), tmp_path / "free.toml")).schedule["price_per_gpu_hour"] == 0.0

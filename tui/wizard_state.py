@@ -114,6 +114,7 @@ class WizardState:
         state.keep_settings = True
         state.recipe = str(config.settings.get("recipe") or "")
         state.schedule.update(config.schedule)
+        state.price_per_gpu_hour = float(state.schedule["price_per_gpu_hour"]) or None
         state.prompts = list(config.prompts)
         state.sampler = config.section("samples")["sampler"]
         state.logging.update(config.section("logging"))
@@ -453,7 +454,7 @@ class WizardState:
             method=self.method,
             subsets=subsets,
             settings=dict(self.settings, recipe=self.recipe),
-            schedule=dict(self.schedule),
+            schedule=dict(self.schedule, price_per_gpu_hour=self.price_per_gpu_hour or 0.0),
             prompts=list(self.prompts),
             sampler=self.sampler,
             logging=dict(self.logging),

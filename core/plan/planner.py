@@ -130,7 +130,10 @@ def make_plan(config: Any, scan: Any, gpus: Any, price_per_gpu_hour: float | Non
 
     Without a ``scan`` (None) the plan has the recipe, the VRAM estimate and the fit, no
     dataset and no schedule table, and a warning that says the table needs a dataset.
+    Without ``price_per_gpu_hour`` the config's ``schedule.price_per_gpu_hour`` prices it (0: no cost).
     """
+    if price_per_gpu_hour is None:
+        price_per_gpu_hour = float(config.schedule.get("price_per_gpu_hour", 0.0)) or None
     if price_per_gpu_hour is not None and price_per_gpu_hour < 0:
         raise UserError(f"the price per GPU hour must not be negative (got {price_per_gpu_hour}); pass e.g. --price-per-gpu-hour 0.7")
     family, method = config.family, config.method
