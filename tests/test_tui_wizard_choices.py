@@ -55,3 +55,30 @@ def test_the_price_per_gpu_hour_is_saved_with_the_config_and_restored(tmp_path: 
     assert opened.plan().to_json()["schedule"][0]["cost"] is not None
     opened.set_price("")
     assert load_config(save_config(opened.to_config(), tmp_path / "free.toml")).schedule["price_per_gpu_hour"] == 0.0
+
+
+def test_the_default_name_and_prompt_come_from_the_subset_trained_most(tmp_path: Path, kohya_dataset) -> None:
+    state = WizardState(gpus=resolve("1x24GB"), base_dir=tmp_path)
+    state.set_model("sd1")
+    state.method = "dreambooth"
+    state.dataset = str(kohya_dataset(subsets=((10, "style", 2), (40, "sks dog", 4))))
+    state.scan_dataset()
+    assert state.default_name() == "sks-dog-dreambooth"
+    assert state.prompts == ["a photo of sks dog --d 1"]
+
+
+def test_textual_inversion_samples_the_placeholder_and_warns_when_no_caption_has_it(tmp_path: Path, kohya_dataset) -> None:
+    state = WizardState(gpus=resolve("1x24GB"), base_dir=tmp_path)
+    state.set_model("sd1")
+    state.dataset = str(kohya_dataset())
+    state.scan_dataset()
+    state.method = "textual_inversion"
+    state.set_method_field("placeholder_token", "<sks>")
+    assert state.prompts == ["a photo of <sks> --d 1"]
+    warnings = state.plan().warnings
+    assert any("no caption contains the placeholder token <sks>" in w for w in warnings)
+    state.set_setting("caption_prefix", "<sks>, ")
+    assert not any("placeholder token" in w for w in state.plan().warnings)
+    state.set_prompts("a painting of <sks>")
+    state.set_method_field("placeholder_token", "<dog>")
+    assert state.prompts == ["a painting of <sks>"]  # the user's own prompt stays

@@ -89,6 +89,8 @@ class WizardState:
     recipe_schedule: dict[str, Any] = field(default_factory=dict)
     schedule_implied: dict[str, Any] = field(default_factory=lambda: defaults("schedule"))
     prompts: list[str] = field(default_factory=list)
+    #: The prompts last offered as the default: while ``prompts`` are still these, they follow the subject.
+    prompts_offered: list[str] = field(default_factory=list)
     sampler: str = SCHEMA["samples"]["sampler"].default
     logging: dict[str, Any] = field(default_factory=lambda: defaults("logging"))
     price_per_gpu_hour: float | None = None
@@ -211,11 +213,31 @@ class WizardState:
         return self.scan
 
     def use_scan(self, scan: Any) -> None:
-        """Keep a scan; the edited repeats stay (they apply to the subsets it has). Without prompts yet, one is offered from the token."""
+        """Keep a scan; the edited repeats stay (they apply to the subsets it has). The offered prompt follows the subject."""
         self.scan = scan
-        token = next((s.token for s in scan.subsets if not s.is_reg and s.token), "") if scan is not None else ""
-        if token and not self.prompts:
-            self.prompts = [f"a photo of {token} --d 1"]
+        self.sync_prompts()
+
+    def subject_token(self) -> str:
+        """The token of the training subset with the most items per epoch (images × repeats): the run's subject."""
+        scan = self.dataset_scan
+        named = [s for s in scan.subsets if not s.is_reg and s.token and s.images] if scan is not None else []
+        return max(named, key=lambda s: s.items_per_epoch).token if named else ""
+
+    def subject(self) -> str:
+        """What the samples show: the textual-inversion placeholder when that is the method, else the subject token."""
+        if self.method == "textual_inversion":
+            token = str(self.method_options.get("placeholder_token", "")).strip()
+            if token:
+                return token
+        return self.subject_token()
+
+    def sync_prompts(self) -> None:
+        """While the prompts are still the offered default (or none), offer ``a photo of <subject>`` again."""
+        if self.prompts != self.prompts_offered:
+            return
+        subject = self.subject()
+        self.prompts = [f"a photo of {subject} --d 1"] if subject else []
+        self.prompts_offered = list(self.prompts)
 
     def set_repeats(self, subset: str, value: str) -> None:
         """Change a subset's repeats (UserError for anything but a whole number ≥ 1)."""
@@ -250,6 +272,7 @@ class WizardState:
                 self.method_options[key] = setting.check(value)
             except ValueError as exc:
                 raise UserError(f"{key}: {exc}; {setting.help}") from None
+            self.sync_prompts()
             return
         self.set_setting(key, value)
         self.method_edits[key] = self.settings[key]
@@ -415,11 +438,10 @@ class WizardState:
 
     # ---- step 7: review
     def default_name(self) -> str:
-        """``<first subset's token>-<method>``, e.g. ``sks-dog-lora``."""
+        """``<subject token>-<method>``, e.g. ``sks-dog-lora`` (the subset with the most items per epoch)."""
         from core.runs import slug
 
-        scan = self.dataset_scan
-        token = next((s.token for s in scan.subsets if not s.is_reg and s.token), "") if scan is not None else "" if scan is not None else ""
+        token = self.subject_token()
         return slug(f"{token}-{self.method}".replace("_", "-").replace(" ", "-").strip("-")) or "run"
 
     def check_review(self) -> None:

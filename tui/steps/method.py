@@ -49,6 +49,7 @@ class MethodStep(Step):
         if method != self.state.method:
             self.state.method = method
             self.state.recipe = ""
+            self.state.sync_prompts()
         self._show_method()
         self.changed()
 

@@ -36,6 +36,7 @@ class SamplesStep(Step):
             yield Input(id="wandb-project", placeholder="empty = off", classes="field-input", compact=True)
 
     def load(self) -> None:
+        self.state.sync_prompts()
         self.query_one("#prompts", TextArea).text = "\n".join(self.state.prompts)
         self.query_one("#sample-every", Input).value = str(self.state.schedule["sample_every_steps"])
         self.query_one("#sample-at-start", Checkbox).value = bool(self.state.schedule["sample_at_start"])
