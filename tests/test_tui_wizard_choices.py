@@ -5,9 +5,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from textual.widgets import Button, Input
+
 from core.config import new_config
 from core.gpu import resolve
+from tests.conftest import write_image
+from tests.tui_fixtures import sync, until
+from tui.app import SdtuiApp
+from tui.context import AppContext
 from tui.wizard_state import WizardState
+
+
+def _app(tmp_path: Path) -> SdtuiApp:
+    return SdtuiApp(AppContext(runs_dir=tmp_path / "runs", gpu_spec="1x24GB"), start="wizard", theme="textual-dark")
+
+
+async def _to_dataset(pilot, data: Path) -> None:
+    screen = pilot.app.screen
+    screen.query_one("#model-path", Input).value = "sd1"
+    await pilot.pause(0.05)
+    await pilot.press("ctrl+n")
+    screen.query_one("#dataset-path", Input).value = str(data)
+    await until(pilot, lambda: screen.state.scan is not None)
+    await pilot.pause(0.1)
 
 
 def _lokr_config(data: Path) -> object:
@@ -82,3 +102,22 @@ def test_textual_inversion_samples_the_placeholder_and_warns_when_no_caption_has
     state.set_prompts("a painting of <sks>")
     state.set_method_field("placeholder_token", "<dog>")
     assert state.prompts == ["a painting of <sks>"]  # the user's own prompt stays
+
+
+@sync
+async def test_the_wizard_offers_a_class_folder_found_inside_the_dataset(tmp_path: Path, kohya_dataset) -> None:
+    data = kohya_dataset()
+    write_image(data / "reg" / "1_dog" / "dog0.png")
+    app = _app(tmp_path)
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.pause(0.2)
+        await _to_dataset(pilot, data)
+        screen = app.screen
+        button = screen.query_one("#use-class-folder", Button)
+        assert button.display and "reg/" in str(button.label)
+        assert "10_reg" not in str(screen.query_one("#problems").render())
+        button.press()
+        await until(pilot, lambda: screen.state.scan is not None and screen.state.scan.reg_images == 1)
+        await pilot.pause(0.1)
+        assert screen.state.reg_dataset == str(data / "reg")
+        assert not screen.query_one("#use-class-folder", Button).display

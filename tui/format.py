@@ -53,6 +53,7 @@ _CLI_PHRASES = (
     (re.compile(r"--method (\w+), recipe "), r"method \1, recipe "),
     (re.compile(r"plan for hardware with --gpus, e\.g\. --gpus (\S+)"), r"to plan for hardware you rent, start sdtui --gpus \1"),
     (re.compile(r"give --epochs N or --steps N"), "give epochs or max_steps above 0"),
+    (re.compile(r"use it as the class folder: --reg '[^']*'"), "press the button above to use it as the class images folder"),
 )
 
 

@@ -5,6 +5,8 @@ Layouts understood:
 * a dataset folder of ``<repeats>_<token words>`` subfolders (``40_sks dog``);
 * one such subfolder passed directly (its own name carries the repeat prefix);
 * a plain folder of images (one subset, 1 repeat, with a note on how to add a prefix).
+* a class folder inside the dataset (``reg/1_dog``, the README's layout): recognised by its
+  ``<repeats>_<token>`` subfolders, not trained, and offered as the class folder (``class_folders``).
 
 The scan only reads. Image headers are cached by path, size and mtime in
 ``scan/`` of the user's cache folder (``${XDG_CACHE_HOME:-~/.cache}/sdtui/scan/``), never inside
@@ -112,6 +114,8 @@ class DatasetScan:
     resolution: int = 512
     buckets: list[Bucket] = field(default_factory=list)
     reg_root: str | None = None
+    #: Folders inside the dataset laid out as a class folder (``reg/1_dog``), not given as the class folder.
+    class_folders: tuple[str, ...] = ()
 
     @property
     def images(self) -> int:
@@ -179,6 +183,7 @@ class DatasetScan:
         return {
             "root": self.root,
             "reg_root": self.reg_root,
+            "class_folders": list(self.class_folders),
             "resolution": self.resolution,
             "images": self.images,
             "reg_images": self.reg_images,
@@ -211,6 +216,7 @@ def scan_dataset(
     subsets: list[Subset] = []
     caches: list[_HeaderCache] = []
     stats: dict[str, tuple[int, int]] = {}
+    class_folders: list[str] = []
     for folder, is_reg in ((root, False), (reg_root, True)):
         if folder is None:
             continue
@@ -218,6 +224,12 @@ def scan_dataset(
         caches.append(cache)
         walker = _Walker(cache, extensions, buckets, resolution, problems, stats)
         subsets.extend(walker.scan_root(folder, is_reg))
+        class_folders += [path for path in walker.class_folders if not is_reg and Path(path).resolve() != reg_root]
+    for path in class_folders:
+        problems.append(Problem(
+            "warning", path, "this folder holds <repeats>_<token> subfolders, so it looks like a class (regularisation) folder; it is not trained",
+            f"use it as the class folder: --reg '{path}'",
+        ))
     _report_duplicates(subsets, stats, caches, problems)
     for cache in caches:
         cache.save()
@@ -231,7 +243,7 @@ def scan_dataset(
             "error", str(reg_root), "the regularisation folder has no usable image",
             "add class images to it or leave the regularisation folder out",
         ))
-    return DatasetScan(str(root), subsets, sort_problems(problems), resolution, buckets, str(reg_root) if reg_root else None)
+    return DatasetScan(str(root), subsets, sort_problems(problems), resolution, buckets, str(reg_root) if reg_root else None, tuple(class_folders))
 
 
 def scan_config(config: Any) -> DatasetScan:
@@ -336,6 +348,8 @@ class _Walker:
         self.problems = problems
         self.stats = stats
         self.bucket_of: dict[tuple[int, int], Bucket] = {}
+        #: Folders without a repeat prefix that hold ``<repeats>_<token>`` subfolders (a class folder's layout).
+        self.class_folders: list[str] = []
 
     def problem(self, severity: str, path: str | Path, message: str, fix: str) -> None:
         self.problems.append(Problem(severity, str(path), message, fix))
@@ -354,6 +368,8 @@ class _Walker:
             elif match:
                 self.problem("warning", entry.path, "the repeat count 0 means this folder would never be seen, so it is skipped",
                              f"rename it to e.g. '1_{match.group(2)}' to train on it")
+            elif _holds_subsets(Path(entry.path)):
+                self.class_folders.append(entry.path)
             else:
                 self.problem("warning", entry.path, "the folder has no repeat prefix and is skipped",
                              f"rename it to e.g. '10_{entry.name}' (<repeats>_<token>) to train on it")
@@ -489,6 +505,14 @@ class _Walker:
                              f"{_plural(slight, 'image')} slightly smaller than {'its' if slight == 1 else 'their'} bucket at resolution {self.resolution} "
                              f"will be upscaled by at most {UPSCALE_NAMED:g}×",
                              "nothing to do; larger originals would be a little sharper")
+
+
+def _holds_subsets(folder: Path) -> bool:
+    """Whether a folder holds a ``<repeats>_<token>`` subfolder (as ``reg/1_dog`` does); False when it cannot be listed."""
+    try:
+        return any(e.is_dir() and REPEAT_PREFIX.match(e.name) for e in _listing(folder))
+    except UserError:
+        return False
 
 
 def upscale_factor(image: ImageEntry, bucket: Bucket) -> float:
