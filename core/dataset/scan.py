@@ -37,6 +37,8 @@ REPEAT_PREFIX = re.compile(r"^(\d+)_(.*)$")
 UPSCALE_NAMED = 1.5
 #: At most this many such images are named (then a count).
 UPSCALE_LISTED = 5
+#: Images that lose more than this share of their width or height to their bucket's crop are named in a warning.
+CROP_NAMED = 0.25
 _CACHE_VERSION = 3
 _ENDS = 8192
 
@@ -404,6 +406,7 @@ class _Walker:
         used_stems: set[str] = set()
         missing = 0
         small: list[ImageEntry] = []
+        cropped: list[ImageEntry] = []
         counts: dict[Bucket, int] = {}
         for entry in candidates:
             header = self.header(entry)
@@ -423,12 +426,15 @@ class _Walker:
             counts[bucket] = counts.get(bucket, 0) + 1
             if image.width < bucket[0] or image.height < bucket[1]:
                 small.append(image)
+            if crop_share(image, bucket) > CROP_NAMED:
+                cropped.append(image)
         for stem, found in sorted(captions.items()):
             if stem not in used_stems:
                 for entry in found.values():
                     self.problem("warning", entry.path, "caption file without an image beside it",
                                  f"remove it, or add the image {stem}.png next to it")
         self.report_subset(folder, token, images, missing, small)
+        self.report_crops(folder, cropped)
         smallest = min(images, key=lambda i: (i.width * i.height, i.width), default=None)
         largest = max(images, key=lambda i: (i.width * i.height, i.width), default=None)
         return Subset(
@@ -505,6 +511,31 @@ class _Walker:
                              f"{_plural(slight, 'image')} slightly smaller than {'its' if slight == 1 else 'their'} bucket at resolution {self.resolution} "
                              f"will be upscaled by at most {UPSCALE_NAMED:g}×",
                              "nothing to do; larger originals would be a little sharper")
+
+
+    def report_crops(self, folder: Path, cropped: list[ImageEntry]) -> None:
+        """One warning naming the images their bucket crops hard (a 4000×200 panorama in a square bucket)."""
+        if not cropped:
+            return
+        shares = sorted(((crop_share(i, self.bucket_of[i.width, i.height]), i) for i in cropped), key=lambda f: -f[0])
+        names = ", ".join(self.crop_text(share, i) for share, i in shares[:UPSCALE_LISTED])
+        more = f" and {len(shares) - UPSCALE_LISTED} more" if len(shares) > UPSCALE_LISTED else ""
+        self.problem("warning", folder,
+                     f"{_plural(len(shares), 'image')} will be cropped hard to fit {'its' if len(shares) == 1 else 'their'} bucket "
+                     f"at resolution {self.resolution}, so training sees only the middle: {names}{more}",
+                     "crop them yourself to the part that matters, raise the resolution or the largest bucket side, or leave them out")
+
+    def crop_text(self, share: float, image: ImageEntry) -> str:
+        """``pano.png, 4000x200 in 64x64, 95% of its width cut``."""
+        bw, bh = self.bucket_of[image.width, image.height]
+        side = "width" if image.width * bh > image.height * bw else "height"
+        return f"{os.path.basename(image.path)}, {image.width}x{image.height} in {bw}x{bh}, {share:.0%} of its {side} cut"
+
+
+def crop_share(image: ImageEntry, bucket: Bucket) -> float:
+    """The share of the image's width or height cut off when it is scaled to cover its bucket and center-cropped."""
+    scale = max(bucket[0] / image.width, bucket[1] / image.height)
+    return max(1 - bucket[0] / (image.width * scale), 1 - bucket[1] / (image.height * scale))
 
 
 def _holds_subsets(folder: Path) -> bool:
