@@ -121,3 +121,61 @@ async def test_the_wizard_offers_a_class_folder_found_inside_the_dataset(tmp_pat
         await pilot.pause(0.1)
         assert screen.state.reg_dataset == str(data / "reg")
         assert not screen.query_one("#use-class-folder", Button).display
+
+
+async def _to_recipe(pilot, data: Path) -> None:
+    await _to_dataset(pilot, data)
+    await pilot.press("ctrl+n")
+    await pilot.pause(0.2)
+    await pilot.press("ctrl+n")
+    await pilot.pause(0.5)
+
+
+async def _burst(pilot, *keys: tuple[str, str | None]) -> None:
+    """Keys posted at once, as a slow SSH link delivers them in one read (Pilot.press waits between keys)."""
+    from textual import events
+
+    for key, character in keys:
+        pilot.app.post_message(events.Key(key, character))
+    await pilot.pause(0.5)
+
+
+@sync
+async def test_keys_typed_in_a_burst_right_after_choosing_in_a_dropdown_all_land(tmp_path: Path, kohya_dataset) -> None:
+    app = _app(tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause(0.2)
+        await _to_recipe(pilot, kohya_dataset())
+        screen = app.screen
+        screen.query_one("#v-mixed_precision").focus()
+        await pilot.press("enter")
+        await pilot.pause(0.3)
+        # choose the next precision, then Tab past the checkbox and the optimizer, type 3 into the batch size
+        await _burst(pilot, ("down", None), ("enter", "\r"), ("tab", "\t"), ("tab", "\t"), ("tab", "\t"), ("3", "3"))
+        assert app.focused is screen.query_one("#v-batch_size")
+        assert screen.state.settings["batch_size"] == 3
+        assert screen.state.settings["mixed_precision"] != "bf16"
+        help_line = str(screen.query_one("#field-help").render())
+        assert help_line.startswith("batch_size: ")
+
+
+@sync
+async def test_the_help_line_follows_the_focus_wrapped_and_says_more_than_the_name(tmp_path: Path, kohya_dataset) -> None:
+    from tui.widgets.setting_field import SettingField
+
+    app = _app(tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause(0.2)
+        await _to_recipe(pilot, kohya_dataset())
+        screen = app.screen
+        screen.query_one("#v-mixed_precision").focus()
+        await pilot.pause(0.2)
+        await _burst(pilot, ("tab", "\t"), ("tab", "\t"))
+        assert app.focused is screen.query_one("#v-optimizer")
+        shown = screen.query_one("#field-help")
+        text = str(shown.render())
+        assert text.startswith("optimizer: adamw8bit (8-bit states") and "…" not in text
+        assert shown.size.height >= 2  # wrapped, not cut
+        for field in screen.query(SettingField):
+            help_words = field.setting.help.split()
+            assert len(help_words) >= 5, f"{field.setting.key}: {field.setting.help}"

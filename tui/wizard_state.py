@@ -424,13 +424,13 @@ class WizardState:
         """One prompt a line in kohya syntax (``--w --h --s --d --l --n``); blank lines are skipped."""
         from core.sample_prompts import parse_prompt_line
 
-        prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
-        for n, line in enumerate(prompts, 1):
+        numbered = [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if line.strip() and not line.strip().startswith("#")]
+        for n, line in numbered:
             try:
                 parse_prompt_line(line)
             except UserError as exc:
                 raise UserError(str(exc).replace(f"sample prompt '{line}'", f"prompt line {n} ('{line}')", 1)) from None
-        self.prompts = prompts
+        self.prompts = [line for _, line in numbered]
 
     def check_samples(self) -> None:
         if int(self.schedule["sample_every_steps"]) > 0 and not self.prompts:

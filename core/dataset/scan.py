@@ -86,6 +86,11 @@ class Subset:
         """Images × repeats."""
         return len(self.images) * self.repeats
 
+    @property
+    def captions_label(self) -> str:
+        """Captions as the TUI and the CLI show them: found of all images, ``3/4``."""
+        return f"{self.captions_found}/{self.captions_found + self.captions_missing}"
+
     def to_config(self) -> dict[str, Any]:
         """The subset as a run.toml ``[[dataset.subsets]]`` table."""
         return {"path": self.path, "repeats": self.repeats, "token": self.token, "is_reg": self.is_reg}

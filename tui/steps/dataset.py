@@ -117,8 +117,7 @@ class DatasetStep(Step):
         for subset in scan.subsets:
             sizes = "–" if subset.min_size is None else f"{subset.min_size[0]}×{subset.min_size[1]}…{subset.max_size[0]}×{subset.max_size[1]}"
             name = subset.name + (" (class)" if subset.is_reg else "")
-            captions = f"{subset.captions_found}/{subset.captions_found + subset.captions_missing}"
-            table.add_row(name, len(subset.images), subset.repeats, captions, sizes, len(subset.buckets) or "–", key=subset.path)
+            table.add_row(name, len(subset.images), subset.repeats, subset.captions_label, sizes, len(subset.buckets) or "–", key=subset.path)
         counts = sorted(scan.bucket_counts().items(), key=lambda item: -item[1])
         buckets = ", ".join(f"{w}×{h}: {n}" for (w, h), n in counts[:4]) + (" …" if len(counts) > 4 else "")
         line = Text(
