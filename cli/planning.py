@@ -287,7 +287,7 @@ def format_plan(plan: Any) -> str:
         hardware = f"{gpu['count']} × {gpu['name']}" + (" (simulated)" if gpu["simulated"] else "")
     else:
         vram = f"{data['vram_estimate_gb']:.1f} GiB estimated peak (no GPU to compare with)"
-        hardware = f"none ({gpu['reason'] or 'no GPU visible'})"
+        hardware = f"none: {gpu['reason'] or 'no GPU visible'}"  # the reason has parentheses of its own
     speed = data["images_per_second_per_gpu"]
     mode = (
         f"step mode, {plan.schedule['max_steps']} steps" if int(plan.schedule["max_steps"]) > 0

@@ -60,3 +60,35 @@ async def test_a_checkbox_reads_on_and_off_without_colour(tmp_path: Path) -> Non
         await pilot.pause(0.05)
         off = box.render().plain
         assert "✓" in on and "✓" not in off and on != off
+
+
+def test_plan_sentences_shown_in_the_tui_name_fields_and_steps_not_commands() -> None:
+    from tui.format import tui_terms
+
+    said = [
+        tui_terms("enable the memory savers: --set gradient_checkpointing=true --set batch_size=1"),
+        tui_terms("the dataset scan found 2 error(s), e.g. /d/x.png: truncated; run 'sdtui scan /d' for all"),
+        tui_terms("the warm-up of 9 steps is longer than the run (3 steps); lower schedule.lr_warmup_steps"),
+        tui_terms("dreambooth without class images: no prior preservation; add a class folder (--reg DIR) to keep the class from drifting"),
+        tui_terms("use it as the class folder: --reg '/d/reg'"),
+    ]
+    assert said[0] == "enable the memory savers: turn on gradient_checkpointing, set batch_size to 1"
+    assert said[1].endswith("; the Dataset step lists them all")
+    assert said[2].endswith("lower lr_warmup_steps")
+    for sentence in said:
+        assert "sdtui" not in sentence and "--" not in sentence and " = " not in sentence and "schedule." not in sentence, sentence
+
+
+def test_sdtui_plan_says_why_there_is_no_gpu_without_nested_parentheses(tmp_path: Path, kohya_dataset) -> None:
+    from cli.planning import format_plan
+    from core.config import new_config
+    from core.dataset.scan import scan_dataset
+    from core.gpu import GpuSet
+    from core.plan.planner import make_plan
+
+    data = kohya_dataset()
+    config = new_config("dog", "", "sd1", "lora", scan_dataset(data).subset_configs(), {})
+    gpus = GpuSet(gpus=[], reason="no NVIDIA driver was found (the NVML library libnvidia-ml could not be loaded)", simulated=False)
+    line = next(x for x in format_plan(make_plan(config, scan_dataset(data), gpus)).splitlines() if x.startswith("GPUs"))
+    assert line.endswith("none: no NVIDIA driver was found (the NVML library libnvidia-ml could not be loaded)")
+    assert "))" not in line
