@@ -179,3 +179,30 @@ async def test_the_help_line_follows_the_focus_wrapped_and_says_more_than_the_na
         for field in screen.query(SettingField):
             help_words = field.setting.help.split()
             assert len(help_words) >= 5, f"{field.setting.key}: {field.setting.help}"
+
+
+@sync
+async def test_at_80x24_the_dataset_table_and_the_recipe_figures_are_not_cut(tmp_path: Path) -> None:
+    from tests.conftest import make_kohya
+    from tests.test_tui_snapshots import screen_text
+
+    data = make_kohya(tmp_path / "data", ((40, "sks dog", 2), (10, "style", 2)), (512, 512), True)
+    write_image(data / "40_sks dog" / "pano.png", (4000, 200))
+    write_image(data / "40_sks dog" / "tiny.png", (16, 16))
+    write_image(tmp_path / "reg" / "1_dog" / "d.png", (512, 512))
+    app = _app(tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause(0.2)
+        app.screen.query_one("#reg-path", Input).value = str(tmp_path / "reg")
+        await _to_dataset(pilot, data)
+        await until(pilot, lambda: app.screen.state.scan is not None and app.screen.state.scan.reg_images == 1)
+        await pilot.pause(0.3)
+        shown = screen_text(app)
+        for text in (" buckets", "1_dog (class)", "16×16…4000×200", " 512×512 "):
+            assert text in shown, shown
+        await pilot.press("ctrl+n")
+        await pilot.pause(0.2)
+        await pilot.press("ctrl+n")
+        await pilot.pause(0.5)
+        rows = [line for line in screen_text(app).splitlines() if "▊ " in line and " GiB " in line]
+        assert rows and all("img/s" in row for row in rows), rows

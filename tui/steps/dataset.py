@@ -35,14 +35,15 @@ class DatasetStep(Step):
             yield PathInput(self.state.base_dir, folders_only=True, id="reg-path", classes="field-input", placeholder="optional (DreamBooth prior preservation)", compact=True)
         yield Static("", id="scan-summary")
         yield Button("", id="use-class-folder", compact=True)
-        yield DataTable(id="subsets", cursor_type="row")
+        # one space before each column instead of one on each side: six columns fit 80 terminal columns
+        yield DataTable(id="subsets", cursor_type="row", cell_padding=0)
         yield Static("Select a subset and press e (or Enter) to change its repeats; ctrl+r scans the folder again.", classes="help")
         yield Static("", id="problems")
 
     def on_mount(self) -> None:
         table = self.query_one("#subsets", DataTable)
         for label, key in (("subset", "subset"), ("images", "images"), ("repeats", "repeats"), ("captions", "captions"), ("sizes", "sizes"), ("buckets", "buckets")):
-            table.add_column(label, key=key)
+            table.add_column(f" {label}", key=key)
 
     def load(self) -> None:
         for selector, value in (("#dataset-path", self.state.dataset), ("#reg-path", self.state.reg_dataset)):
@@ -115,9 +116,9 @@ class DatasetStep(Step):
             self._offer_class_folder()
             return
         for subset in scan.subsets:
-            sizes = "–" if subset.min_size is None else f"{subset.min_size[0]}×{subset.min_size[1]}…{subset.max_size[0]}×{subset.max_size[1]}"
             name = subset.name + (" (class)" if subset.is_reg else "")
-            table.add_row(name, len(subset.images), subset.repeats, subset.captions_label, sizes, len(subset.buckets) or "–", key=subset.path)
+            cells = (name, len(subset.images), subset.repeats, subset.captions_label, _sizes(subset), len(subset.buckets) or "–")
+            table.add_row(*(f" {cell}" for cell in cells), key=subset.path)
         counts = sorted(scan.bucket_counts().items(), key=lambda item: -item[1])
         buckets = ", ".join(f"{w}×{h}: {n}" for (w, h), n in counts[:4]) + (" …" if len(counts) > 4 else "")
         line = Text(
@@ -178,3 +179,11 @@ class DatasetStep(Step):
         from tui.wizard_state import parse_repeats
 
         self.app.push_screen(AskScreen(f"Repeats of {subset.name}", str(subset.repeats), check=lambda text: parse_repeats(subset.name, text)), answered)
+
+
+def _sizes(subset: Any) -> str:
+    """``512×512`` when every image has that size, else ``16×16…4000×200`` (smallest…largest)."""
+    if subset.min_size is None:
+        return "–"
+    low, high = (f"{w}×{h}" for w, h in (subset.min_size, subset.max_size))
+    return low if low == high else f"{low}…{high}"
