@@ -18,7 +18,7 @@ class Check(Checkbox):
             await super()._on_key(event)
 
     @property
-    def BUTTON_INNER(self) -> str:  # noqa: N802 - Textual's name for the mark
+    def BUTTON_INNER(self) -> str:  # Textual reads the mark from this name
         return "✓" if self.value else " "
 
 
@@ -26,5 +26,5 @@ class Radio(RadioButton):
     """A radio button showing ``●`` when chosen and a blank otherwise."""
 
     @property
-    def BUTTON_INNER(self) -> str:  # noqa: N802 - Textual's name for the mark
+    def BUTTON_INNER(self) -> str:  # Textual reads the mark from this name
         return "●" if self.value else " "
