@@ -528,7 +528,7 @@ class _Walker:
         self.problem("warning", folder,
                      f"{_plural(len(shares), 'image')} will be cropped hard to fit {'its' if len(shares) == 1 else 'their'} bucket "
                      f"at resolution {self.resolution}, so training sees only the middle: {names}{more}",
-                     "crop them yourself to the part that matters, raise the resolution or the largest bucket side, or leave them out")
+                     "crop them yourself to the part that matters, raise resolution or max_bucket_reso, or leave them out")
 
     def crop_text(self, share: float, image: ImageEntry) -> str:
         """``pano.png, 4000x200 in 64x64, 95% of its width cut``."""
