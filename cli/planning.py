@@ -240,14 +240,14 @@ def format_scan(scan: Any) -> str:
         buckets = ", ".join(f"{w}x{h}:{n}" for (w, h), n in top) + (" …" if len(s.buckets) > 3 else "")
         rows.append([
             s.name + (" (reg)" if s.is_reg else ""), str(len(s.images)), str(s.repeats), s.token or "-",
-            f"{s.captions_found}/{s.captions_missing}", f"{_size(s.min_size)} … {_size(s.max_size)}", buckets or "-",
+            s.captions_label, f"{_size(s.min_size)} … {_size(s.max_size)}", buckets or "-",
         ])
     out = [
         f"Dataset {scan.root}" + (f" (class images: {scan.reg_root})" if scan.reg_root else ""),
         f"{scan.images} training images, {scan.items_per_epoch} items per epoch at resolution {scan.resolution}"
         + (f", {scan.reg_images} class images" if scan.reg_root else ""),
         "",
-        _table(["subset", "images", "repeats", "token", "captions found/missing", "sizes", "buckets"], rows, {1, 2}),
+        _table(["subset", "images", "repeats", "token", "captions found/all", "sizes", "buckets"], rows, {1, 2}),
     ]
     if scan.problems:
         out += ["", f"Problems ({len(scan.problems)}):"]
@@ -287,7 +287,7 @@ def format_plan(plan: Any) -> str:
         hardware = f"{gpu['count']} × {gpu['name']}" + (" (simulated)" if gpu["simulated"] else "")
     else:
         vram = f"{data['vram_estimate_gb']:.1f} GiB estimated peak (no GPU to compare with)"
-        hardware = f"none ({gpu['reason'] or 'no GPU visible'})"
+        hardware = f"none: {gpu['reason'] or 'no GPU visible'}"  # the reason has parentheses of its own
     speed = data["images_per_second_per_gpu"]
     mode = (
         f"step mode, {plan.schedule['max_steps']} steps" if int(plan.schedule["max_steps"]) > 0

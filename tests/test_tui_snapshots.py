@@ -239,7 +239,7 @@ VISIBLE = {
     0: ("Base model", "Detected family: sd1"),
     1: ("subset", "images", "repeats", "captions", "sizes", "buckets", "10_sks dog", "No problems found."),
     2: ("LoRA", "Textual inversion", "lora_rank", "lora_alpha"),
-    3: ("snap-lora-fast", "snap-lora-lean", "fits", "Your settings", "mixed_precision"),
+    3: ("snap-lora-fast", "snap-lora-lean", "fits", "img/s", "Your settings", "mixed_precision"),
     4: ("GPUs", "batch", "steps/ep", "epochs", "steps", "images", "ETA", "cost", "2 *", "8 "),
     5: ("Sample images", "every N steps", "also at step 0"),
     6: ("run name", "save config to", "run.toml", "Save config (ctrl+s)", "Launch (ctrl+l)"),

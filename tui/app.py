@@ -85,10 +85,17 @@ class SdtuiApp(App):
         self.theme = DARK_TO_LIGHT.get(name) or LIGHT_TO_DARK.get(name) or "textual-light"
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
-        yield from super().get_system_commands(screen)
-        yield from screen_commands(screen)
-        yield SystemCommand("New run", "Open the wizard for a new training run", self.action_new_run)
-        yield SystemCommand("Dark/light", "Switch between the dark and light theme", self.action_toggle_theme)
+        """Textual's commands, the screen's keys, New run and Dark/light: each title once (a key of the
+        app, such as ctrl+t Dark/light, is also one of the screen's active keys)."""
+        own = (
+            SystemCommand("New run", "Open the wizard for a new training run", self.action_new_run),
+            SystemCommand("Dark/light", "Switch between the dark and light theme", self.action_toggle_theme),
+        )
+        seen: set[str] = set()
+        for command in (*super().get_system_commands(screen), *screen_commands(screen), *own):
+            if command.title not in seen:
+                seen.add(command.title)
+                yield command
 
     def action_new_run(self) -> None:
         """New run from anywhere, through home (which offers an unfinished wizard back)."""

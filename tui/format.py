@@ -53,7 +53,20 @@ _CLI_PHRASES = (
     (re.compile(r"--method (\w+), recipe "), r"method \1, recipe "),
     (re.compile(r"plan for hardware with --gpus, e\.g\. --gpus (\S+)"), r"to plan for hardware you rent, start sdtui --gpus \1"),
     (re.compile(r"give --epochs N or --steps N"), "give epochs or max_steps above 0"),
+    (re.compile(r"use it as the class folder: --reg '[^']*'"), "press the button above to use it as the class images folder"),
+    (re.compile(r"run 'sdtui scan [^']*' to see why and fix it"), "the Dataset step lists why; fix it there"),
+    (re.compile(r"; run 'sdtui scan [^']*' for all"), "; the Dataset step lists them all"),
+    (re.compile(r"add a class folder \(--reg DIR\)"), "give a class images folder on the Dataset step"),
+    (re.compile(r"leave --reg out"), "clear the class images field on the Dataset step"),
+    (re.compile(r"\b(?:settings|schedule|method|samples)\.(\w+)"), r"\1"),
 )
+
+
+def _field_change(field: str, value: str) -> str:
+    """``turn on gradient_checkpointing``, ``set batch_size to 1``: a change said as the user makes it."""
+    if value in ("true", "false"):
+        return f"turn {'on' if value == 'true' else 'off'} {field}"
+    return f"set {field} to {value}"
 
 
 def terminal_lines(lines: list[str]) -> list[str]:
@@ -62,11 +75,12 @@ def terminal_lines(lines: list[str]) -> list[str]:
 
 
 def tui_terms(text: str) -> str:
-    """A core sentence said the TUI's way: ``--set a=1 --set b=x`` becomes ``a = 1, b = x`` (the
-    fields of the wizard), and other command-line options the field or step they stand for."""
+    """A core sentence said the TUI's way: ``--set a=true --set b=x`` becomes ``turn on a, set b to x``
+    (the fields of the wizard, by their labels), and other command-line options the field or step
+    they stand for."""
     def settings(match: re.Match[str]) -> str:
         pairs = [piece.removeprefix("--set ").split("=", 1) for piece in re.findall(r"--set \S+?=\S+", match.group(0))]
-        return ", ".join(f"{key.rpartition('.')[2]} = {value}" for key, value in pairs)
+        return ", ".join(_field_change(key.rpartition(".")[2], value) for key, value in pairs)
 
     text = _SET_RUN.sub(settings, text)
     for pattern, replacement in _CLI_PHRASES:

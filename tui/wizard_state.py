@@ -13,7 +13,7 @@ from typing import Any
 from core.dataset.buckets import BUCKET_KEYS
 from core.errors import UserError
 from core.families import spec
-from core.settings import FAMILIES, METHODS, SCHEMA, SETTINGS, defaults, optimizer_learning_rate
+from core.settings import FAMILIES, METHODS, RECIPE_SETTINGS, SCHEMA, SETTINGS, defaults, optimizer_learning_rate
 
 STEPS = ("Model", "Dataset", "Method", "Recipe", "Schedule", "Samples", "Review")
 
@@ -89,6 +89,8 @@ class WizardState:
     recipe_schedule: dict[str, Any] = field(default_factory=dict)
     schedule_implied: dict[str, Any] = field(default_factory=lambda: defaults("schedule"))
     prompts: list[str] = field(default_factory=list)
+    #: The prompts last offered as the default: while ``prompts`` are still these, they follow the subject.
+    prompts_offered: list[str] = field(default_factory=list)
     sampler: str = SCHEMA["samples"]["sampler"].default
     logging: dict[str, Any] = field(default_factory=lambda: defaults("logging"))
     price_per_gpu_hour: float | None = None
@@ -110,9 +112,11 @@ class WizardState:
         state.method = config.method
         state.method_options.update({k: v for k, v in config.section("method").items() if k != "kind"})
         state.settings.update(config.settings)
+        state.method_edits = {key: state.settings[key] for key in METHOD_SETTINGS}
         state.keep_settings = True
         state.recipe = str(config.settings.get("recipe") or "")
         state.schedule.update(config.schedule)
+        state.price_per_gpu_hour = float(state.schedule["price_per_gpu_hour"]) or None
         state.prompts = list(config.prompts)
         state.sampler = config.section("samples")["sampler"]
         state.logging.update(config.section("logging"))
@@ -209,11 +213,31 @@ class WizardState:
         return self.scan
 
     def use_scan(self, scan: Any) -> None:
-        """Keep a scan; the edited repeats stay (they apply to the subsets it has). Without prompts yet, one is offered from the token."""
+        """Keep a scan; the edited repeats stay (they apply to the subsets it has). The offered prompt follows the subject."""
         self.scan = scan
-        token = next((s.token for s in scan.subsets if not s.is_reg and s.token), "") if scan is not None else ""
-        if token and not self.prompts:
-            self.prompts = [f"a photo of {token} --d 1"]
+        self.sync_prompts()
+
+    def subject_token(self) -> str:
+        """The token of the training subset with the most items per epoch (images × repeats): the run's subject."""
+        scan = self.dataset_scan
+        named = [s for s in scan.subsets if not s.is_reg and s.token and s.images] if scan is not None else []
+        return max(named, key=lambda s: s.items_per_epoch).token if named else ""
+
+    def subject(self) -> str:
+        """What the samples show: the textual-inversion placeholder when that is the method, else the subject token."""
+        if self.method == "textual_inversion":
+            token = str(self.method_options.get("placeholder_token", "")).strip()
+            if token:
+                return token
+        return self.subject_token()
+
+    def sync_prompts(self) -> None:
+        """While the prompts are still the offered default (or none), offer ``a photo of <subject>`` again."""
+        if self.prompts != self.prompts_offered:
+            return
+        subject = self.subject()
+        self.prompts = [f"a photo of {subject} --d 1"] if subject else []
+        self.prompts_offered = list(self.prompts)
 
     def set_repeats(self, subset: str, value: str) -> None:
         """Change a subset's repeats (UserError for anything but a whole number ≥ 1)."""
@@ -248,6 +272,7 @@ class WizardState:
                 self.method_options[key] = setting.check(value)
             except ValueError as exc:
                 raise UserError(f"{key}: {exc}; {setting.help}") from None
+            self.sync_prompts()
             return
         self.set_setting(key, value)
         self.method_edits[key] = self.settings[key]
@@ -266,7 +291,7 @@ class WizardState:
         from core.plan.picker import rank_recipes
         from core.recipes import load_recipes
 
-        return rank_recipes(self.chosen_family(), self.method, self.gpus, load_recipes(), shape=self.shape())
+        return rank_recipes(self.chosen_family(), self.method, self.gpus, load_recipes(), self.kept_settings(), shape=self.shape())
 
     def shape(self) -> Any:
         """The run's shape for the fit (prior preservation with the class folder's images), as the plan has it."""
@@ -274,10 +299,19 @@ class WizardState:
 
         return run_shape(self.method, self.scan.reg_images if self.scan is not None else 0, {"num_processes": max(1, self.gpus.count)})
 
+    def kept_settings(self) -> dict[str, Any]:
+        """The settings a recipe does not change: all but its memory/speed ones (core.settings.RECIPE_SETTINGS).
+        A method setting the recipe names is the recipe's starting value only until the user chose it
+        (on the Method step, or in the config opened)."""
+        return {
+            key: value for key, value in self.settings.items()
+            if key not in RECIPE_SETTINGS and key != "recipe" and (key not in METHOD_SETTINGS or key in self.method_edits)
+        }
+
     def choose_recipe(self, fit: Any) -> None:
-        """Start the settings from a recipe (the user's edits are replaced, except those of the method step)."""
+        """Take a recipe's memory/speed settings; the user's other settings stay (``kept_settings``)."""
         self.recipe = fit.name
-        self.settings = dict(fit.settings) | self.method_edits
+        self.settings = fit.recipe.resolved_settings(self.kept_settings())
         self.recipe_schedule = dict(getattr(fit.recipe, "schedule", {}) or {})
         self.keep_settings = False
         self.sync_schedule()
@@ -390,13 +424,13 @@ class WizardState:
         """One prompt a line in kohya syntax (``--w --h --s --d --l --n``); blank lines are skipped."""
         from core.sample_prompts import parse_prompt_line
 
-        prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
-        for n, line in enumerate(prompts, 1):
+        numbered = [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if line.strip() and not line.strip().startswith("#")]
+        for n, line in numbered:
             try:
                 parse_prompt_line(line)
             except UserError as exc:
                 raise UserError(str(exc).replace(f"sample prompt '{line}'", f"prompt line {n} ('{line}')", 1)) from None
-        self.prompts = prompts
+        self.prompts = [line for _, line in numbered]
 
     def check_samples(self) -> None:
         if int(self.schedule["sample_every_steps"]) > 0 and not self.prompts:
@@ -404,11 +438,10 @@ class WizardState:
 
     # ---- step 7: review
     def default_name(self) -> str:
-        """``<first subset's token>-<method>``, e.g. ``sks-dog-lora``."""
+        """``<subject token>-<method>``, e.g. ``sks-dog-lora`` (the subset with the most items per epoch)."""
         from core.runs import slug
 
-        scan = self.dataset_scan
-        token = next((s.token for s in scan.subsets if not s.is_reg and s.token), "") if scan is not None else "" if scan is not None else ""
+        token = self.subject_token()
         return slug(f"{token}-{self.method}".replace("_", "-").replace(" ", "-").strip("-")) or "run"
 
     def check_review(self) -> None:
@@ -443,7 +476,7 @@ class WizardState:
             method=self.method,
             subsets=subsets,
             settings=dict(self.settings, recipe=self.recipe),
-            schedule=dict(self.schedule),
+            schedule=dict(self.schedule, price_per_gpu_hour=self.price_per_gpu_hour or 0.0),
             prompts=list(self.prompts),
             sampler=self.sampler,
             logging=dict(self.logging),

@@ -5,6 +5,8 @@ Layouts understood:
 * a dataset folder of ``<repeats>_<token words>`` subfolders (``40_sks dog``);
 * one such subfolder passed directly (its own name carries the repeat prefix);
 * a plain folder of images (one subset, 1 repeat, with a note on how to add a prefix).
+* a class folder inside the dataset (``reg/1_dog``, the README's layout): recognised by its
+  ``<repeats>_<token>`` subfolders, not trained, and offered as the class folder (``class_folders``).
 
 The scan only reads. Image headers are cached by path, size and mtime in
 ``scan/`` of the user's cache folder (``${XDG_CACHE_HOME:-~/.cache}/sdtui/scan/``), never inside
@@ -35,6 +37,8 @@ REPEAT_PREFIX = re.compile(r"^(\d+)_(.*)$")
 UPSCALE_NAMED = 1.5
 #: At most this many such images are named (then a count).
 UPSCALE_LISTED = 5
+#: Images that lose more than this share of their width or height to their bucket's crop are named in a warning.
+CROP_NAMED = 0.25
 _CACHE_VERSION = 3
 _ENDS = 8192
 
@@ -82,6 +86,11 @@ class Subset:
         """Images × repeats."""
         return len(self.images) * self.repeats
 
+    @property
+    def captions_label(self) -> str:
+        """Captions as the TUI and the CLI show them: found of all images, ``3/4``."""
+        return f"{self.captions_found}/{self.captions_found + self.captions_missing}"
+
     def to_config(self) -> dict[str, Any]:
         """The subset as a run.toml ``[[dataset.subsets]]`` table."""
         return {"path": self.path, "repeats": self.repeats, "token": self.token, "is_reg": self.is_reg}
@@ -112,6 +121,8 @@ class DatasetScan:
     resolution: int = 512
     buckets: list[Bucket] = field(default_factory=list)
     reg_root: str | None = None
+    #: Folders inside the dataset laid out as a class folder (``reg/1_dog``), not given as the class folder.
+    class_folders: tuple[str, ...] = ()
 
     @property
     def images(self) -> int:
@@ -179,6 +190,7 @@ class DatasetScan:
         return {
             "root": self.root,
             "reg_root": self.reg_root,
+            "class_folders": list(self.class_folders),
             "resolution": self.resolution,
             "images": self.images,
             "reg_images": self.reg_images,
@@ -211,6 +223,7 @@ def scan_dataset(
     subsets: list[Subset] = []
     caches: list[_HeaderCache] = []
     stats: dict[str, tuple[int, int]] = {}
+    class_folders: list[str] = []
     for folder, is_reg in ((root, False), (reg_root, True)):
         if folder is None:
             continue
@@ -218,6 +231,12 @@ def scan_dataset(
         caches.append(cache)
         walker = _Walker(cache, extensions, buckets, resolution, problems, stats)
         subsets.extend(walker.scan_root(folder, is_reg))
+        class_folders += [path for path in walker.class_folders if not is_reg and Path(path).resolve() != reg_root]
+    for path in class_folders:
+        problems.append(Problem(
+            "warning", path, "this folder holds <repeats>_<token> subfolders, so it looks like a class (regularisation) folder; it is not trained",
+            f"use it as the class folder: --reg '{path}'",
+        ))
     _report_duplicates(subsets, stats, caches, problems)
     for cache in caches:
         cache.save()
@@ -231,7 +250,7 @@ def scan_dataset(
             "error", str(reg_root), "the regularisation folder has no usable image",
             "add class images to it or leave the regularisation folder out",
         ))
-    return DatasetScan(str(root), subsets, sort_problems(problems), resolution, buckets, str(reg_root) if reg_root else None)
+    return DatasetScan(str(root), subsets, sort_problems(problems), resolution, buckets, str(reg_root) if reg_root else None, tuple(class_folders))
 
 
 def scan_config(config: Any) -> DatasetScan:
@@ -336,6 +355,8 @@ class _Walker:
         self.problems = problems
         self.stats = stats
         self.bucket_of: dict[tuple[int, int], Bucket] = {}
+        #: Folders without a repeat prefix that hold ``<repeats>_<token>`` subfolders (a class folder's layout).
+        self.class_folders: list[str] = []
 
     def problem(self, severity: str, path: str | Path, message: str, fix: str) -> None:
         self.problems.append(Problem(severity, str(path), message, fix))
@@ -354,6 +375,8 @@ class _Walker:
             elif match:
                 self.problem("warning", entry.path, "the repeat count 0 means this folder would never be seen, so it is skipped",
                              f"rename it to e.g. '1_{match.group(2)}' to train on it")
+            elif _holds_subsets(Path(entry.path)):
+                self.class_folders.append(entry.path)
             else:
                 self.problem("warning", entry.path, "the folder has no repeat prefix and is skipped",
                              f"rename it to e.g. '10_{entry.name}' (<repeats>_<token>) to train on it")
@@ -388,6 +411,7 @@ class _Walker:
         used_stems: set[str] = set()
         missing = 0
         small: list[ImageEntry] = []
+        cropped: list[ImageEntry] = []
         counts: dict[Bucket, int] = {}
         for entry in candidates:
             header = self.header(entry)
@@ -407,12 +431,15 @@ class _Walker:
             counts[bucket] = counts.get(bucket, 0) + 1
             if image.width < bucket[0] or image.height < bucket[1]:
                 small.append(image)
+            if crop_share(image, bucket) > CROP_NAMED:
+                cropped.append(image)
         for stem, found in sorted(captions.items()):
             if stem not in used_stems:
                 for entry in found.values():
                     self.problem("warning", entry.path, "caption file without an image beside it",
                                  f"remove it, or add the image {stem}.png next to it")
         self.report_subset(folder, token, images, missing, small)
+        self.report_crops(folder, cropped)
         smallest = min(images, key=lambda i: (i.width * i.height, i.width), default=None)
         largest = max(images, key=lambda i: (i.width * i.height, i.width), default=None)
         return Subset(
@@ -489,6 +516,39 @@ class _Walker:
                              f"{_plural(slight, 'image')} slightly smaller than {'its' if slight == 1 else 'their'} bucket at resolution {self.resolution} "
                              f"will be upscaled by at most {UPSCALE_NAMED:g}×",
                              "nothing to do; larger originals would be a little sharper")
+
+
+    def report_crops(self, folder: Path, cropped: list[ImageEntry]) -> None:
+        """One warning naming the images their bucket crops hard (a 4000×200 panorama in a square bucket)."""
+        if not cropped:
+            return
+        shares = sorted(((crop_share(i, self.bucket_of[i.width, i.height]), i) for i in cropped), key=lambda f: -f[0])
+        names = ", ".join(self.crop_text(share, i) for share, i in shares[:UPSCALE_LISTED])
+        more = f" and {len(shares) - UPSCALE_LISTED} more" if len(shares) > UPSCALE_LISTED else ""
+        self.problem("warning", folder,
+                     f"{_plural(len(shares), 'image')} will be cropped hard to fit {'its' if len(shares) == 1 else 'their'} bucket "
+                     f"at resolution {self.resolution}, so training sees only the middle: {names}{more}",
+                     "crop them yourself to the part that matters, raise resolution or max_bucket_reso, or leave them out")
+
+    def crop_text(self, share: float, image: ImageEntry) -> str:
+        """``pano.png, 4000x200 in 64x64, 95% of its width cut``."""
+        bw, bh = self.bucket_of[image.width, image.height]
+        side = "width" if image.width * bh > image.height * bw else "height"
+        return f"{os.path.basename(image.path)}, {image.width}x{image.height} in {bw}x{bh}, {share:.0%} of its {side} cut"
+
+
+def crop_share(image: ImageEntry, bucket: Bucket) -> float:
+    """The share of the image's width or height cut off when it is scaled to cover its bucket and center-cropped."""
+    scale = max(bucket[0] / image.width, bucket[1] / image.height)
+    return max(1 - bucket[0] / (image.width * scale), 1 - bucket[1] / (image.height * scale))
+
+
+def _holds_subsets(folder: Path) -> bool:
+    """Whether a folder holds a ``<repeats>_<token>`` subfolder (as ``reg/1_dog`` does); False when it cannot be listed."""
+    try:
+        return any(e.is_dir() and REPEAT_PREFIX.match(e.name) for e in _listing(folder))
+    except UserError:
+        return False
 
 
 def upscale_factor(image: ImageEntry, bucket: Bucket) -> float:

@@ -130,7 +130,10 @@ def make_plan(config: Any, scan: Any, gpus: Any, price_per_gpu_hour: float | Non
 
     Without a ``scan`` (None) the plan has the recipe, the VRAM estimate and the fit, no
     dataset and no schedule table, and a warning that says the table needs a dataset.
+    Without ``price_per_gpu_hour`` the config's ``schedule.price_per_gpu_hour`` prices it (0: no cost).
     """
+    if price_per_gpu_hour is None:
+        price_per_gpu_hour = float(config.schedule.get("price_per_gpu_hour", 0.0)) or None
     if price_per_gpu_hour is not None and price_per_gpu_hour < 0:
         raise UserError(f"the price per GPU hour must not be negative (got {price_per_gpu_hour}); pass e.g. --price-per-gpu-hour 0.7")
     family, method = config.family, config.method
@@ -171,6 +174,7 @@ def make_plan(config: Any, scan: Any, gpus: Any, price_per_gpu_hour: float | Non
         price_per_gpu_hour=price_per_gpu_hour,
     )
     _explain(plan, scan, gpus, fit, shape)
+    plan.warnings += placeholder_warnings(config, scan)
     return plan
 
 
@@ -200,6 +204,21 @@ def _dataset_json(scan: Any, counts: dict[Any, int]) -> dict[str, Any]:
         "buckets": {f"{w}x{h}": n for (w, h), n in sorted(counts.items())},
         "problems": sum(1 for p in scan.problems if p.severity == "error"),
     }
+
+
+def placeholder_warnings(config: Any, scan: Any) -> list[str]:
+    """Textual inversion: a warning when no caption (nor the caption prefix or suffix) names the placeholder token."""
+    token = str(config.section("method").get("placeholder_token", "")).strip()
+    if config.method != "textual_inversion" or not token or scan is None:
+        return []
+    settings = config.settings
+    if token in f"{settings.get('caption_prefix', '')} {settings.get('caption_suffix', '')}":
+        return []
+    captions = (image.caption if image.caption is not None else s.token for s in scan.subsets if not s.is_reg for image in s.images)
+    if any(token in (caption or "") for caption in captions):
+        return []
+    return [f"no caption contains the placeholder token {token}, so the trainer puts it in front of every caption; "
+            f"write {token} in the captions where the subject is named (e.g. 'a photo of {token} on a beach')"]
 
 
 def _explain(plan: Plan, scan: Any, gpus: Any, fit: Any, shape: RunShape) -> None:

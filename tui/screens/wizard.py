@@ -170,7 +170,9 @@ class WizardScreen(Screen):
         """The help of the focused setting in one line above the buttons (narrow terminals hide the help column)."""
         from tui.widgets.setting_field import SettingField
 
-        field = next((node for node in event.widget.ancestors_with_self if isinstance(node, SettingField)), None)
+        # the widget focused now, not the event's: in a burst of Tabs the event comes after the focus moved on
+        focused = self.focused
+        field = next((node for node in focused.ancestors_with_self if isinstance(node, SettingField)), None) if focused is not None else None
         self.query_one("#field-help", Static).update(f"{field.setting.key}: {field.setting.help}" if field is not None else "")
 
     def action_next(self) -> None:

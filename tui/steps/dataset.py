@@ -10,9 +10,10 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
-from textual.widgets import DataTable, Input, Label, Static
+from textual.widgets import Button, DataTable, Input, Label, Static
 
 from core.errors import UserError
+from tui.format import tui_terms
 from tui.steps.base import Step
 from tui.widgets.path_input import PathInput
 
@@ -33,14 +34,16 @@ class DatasetStep(Step):
             yield Label("class images", classes="field-label")
             yield PathInput(self.state.base_dir, folders_only=True, id="reg-path", classes="field-input", placeholder="optional (DreamBooth prior preservation)", compact=True)
         yield Static("", id="scan-summary")
-        yield DataTable(id="subsets", cursor_type="row")
+        yield Button("", id="use-class-folder", compact=True)
+        # one space before each column instead of one on each side: six columns fit 80 terminal columns
+        yield DataTable(id="subsets", cursor_type="row", cell_padding=0)
         yield Static("Select a subset and press e (or Enter) to change its repeats; ctrl+r scans the folder again.", classes="help")
         yield Static("", id="problems")
 
     def on_mount(self) -> None:
         table = self.query_one("#subsets", DataTable)
         for label, key in (("subset", "subset"), ("images", "images"), ("repeats", "repeats"), ("captions", "captions"), ("sizes", "sizes"), ("buckets", "buckets")):
-            table.add_column(label, key=key)
+            table.add_column(f" {label}", key=key)
 
     def load(self) -> None:
         for selector, value in (("#dataset-path", self.state.dataset), ("#reg-path", self.state.reg_dataset)):
@@ -110,26 +113,51 @@ class DatasetStep(Step):
         if scan is None:
             summary.update("")
             problems.update("")
+            self._offer_class_folder()
             return
         for subset in scan.subsets:
-            sizes = "–" if subset.min_size is None else f"{subset.min_size[0]}×{subset.min_size[1]}…{subset.max_size[0]}×{subset.max_size[1]}"
             name = subset.name + (" (class)" if subset.is_reg else "")
-            captions = f"{subset.captions_found}/{subset.captions_found + subset.captions_missing}"
-            table.add_row(name, len(subset.images), subset.repeats, captions, sizes, len(subset.buckets) or "–", key=subset.path)
+            cells = (name, len(subset.images), subset.repeats, subset.captions_label, _sizes(subset), len(subset.buckets) or "–")
+            table.add_row(*(f" {cell}" for cell in cells), key=subset.path)
         counts = sorted(scan.bucket_counts().items(), key=lambda item: -item[1])
         buckets = ", ".join(f"{w}×{h}: {n}" for (w, h), n in counts[:4]) + (" …" if len(counts) > 4 else "")
-        summary.update(
+        line = Text(
             f"{scan.images} images, {scan.items_per_epoch} items per epoch (images × repeats)"
             + (f", {scan.reg_images} class images" if scan.reg_root else "")
             + (f"\nbuckets (items per epoch): {buckets}" if buckets else "")
         )
+        summary.update(line)
+        self._offer_class_folder()
         text = Text()
         for problem in scan.problems:
             severity = problem.severity if problem.severity != "error" or scan.blocks(problem) else "left out"
             text.append(f"{severity}: ", style=SEVERITY_STYLE.get(severity, ""))
             text.append(f"{Path(problem.path).name}: {problem.message}")
-            text.append(f" → {problem.fix}\n", style="italic")
+            text.append(f" → {tui_terms(problem.fix)}\n", style="italic")
         problems.update(text if scan.problems else Text("No problems found.", style="green"))
+
+    def _offer_class_folder(self) -> None:
+        """Show the button that uses a class folder found inside the dataset, while there is one."""
+        offer = self.class_folder_offer()
+        button = self.query_one("#use-class-folder", Button)
+        button.display = offer is not None
+        if offer is not None:
+            button.label = f"Use {Path(offer).name}/ as the class folder"
+
+    def class_folder_offer(self) -> str | None:
+        """The class folder found inside the dataset that the class images field does not name yet."""
+        scan = self.state.dataset_scan
+        if scan is None or not scan.class_folders or self.state.reg_dataset.strip():
+            return None
+        return scan.class_folders[0]
+
+    @on(Button.Pressed, "#use-class-folder")
+    def use_class_folder(self, event: Button.Pressed) -> None:
+        """Put the class folder found inside the dataset into the class images field (it is scanned as such)."""
+        event.stop()
+        folder = self.class_folder_offer()
+        if folder is not None:
+            self.query_one("#reg-path", Input).value = folder
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         event.stop()
@@ -151,3 +179,11 @@ class DatasetStep(Step):
         from tui.wizard_state import parse_repeats
 
         self.app.push_screen(AskScreen(f"Repeats of {subset.name}", str(subset.repeats), check=lambda text: parse_repeats(subset.name, text)), answered)
+
+
+def _sizes(subset: Any) -> str:
+    """``512×512`` when every image has that size, else ``16×16…4000×200`` (smallest…largest)."""
+    if subset.min_size is None:
+        return "–"
+    low, high = (f"{w}×{h}" for w, h in (subset.min_size, subset.max_size))
+    return low if low == high else f"{low}…{high}"

@@ -9,6 +9,7 @@ from textual.widgets import RadioButton, RadioSet, Static
 from core.settings import METHODS, SCHEMA, SETTINGS
 from tui.steps.base import Step
 from tui.widgets.setting_field import SettingField
+from tui.widgets.toggles import Radio
 from tui.wizard_state import METHOD_FIELDS, METHOD_TEXT
 
 
@@ -20,7 +21,7 @@ class MethodStep(Step):
         with RadioSet(id="method", compact=True):
             for method in METHODS:
                 title, _ = METHOD_TEXT[method]
-                yield RadioButton(title, value=method == self.state.method, id=f"method-{method}")
+                yield Radio(title, value=method == self.state.method, id=f"method-{method}")
         yield Static("", id="method-line", classes="method-line")
         for method in METHODS:
             options, settings = METHOD_FIELDS[method]
@@ -49,6 +50,7 @@ class MethodStep(Step):
         if method != self.state.method:
             self.state.method = method
             self.state.recipe = ""
+            self.state.sync_prompts()
         self._show_method()
         self.changed()
 

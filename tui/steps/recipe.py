@@ -29,6 +29,7 @@ class RecipeStep(Step):
         yield Static("Recipe", classes="step-title")
         yield Static("", id="recipe-gpu", classes="help")
         yield OptionList(id="recipes")
+        yield Static("", id="recipe-summary", classes="help")
         yield Static("", id="estimate")
         for key in MAIN_SETTINGS:
             yield SettingField(SETTINGS[key], self.state.settings[key], id=f"f-{key}")
@@ -61,8 +62,9 @@ class RecipeStep(Step):
             self.fits = []
             self.notify(str(exc), severity="error", timeout=10)
         vram = self.state.gpus.smallest.vram_total_bytes if self.state.gpus.smallest is not None else None
+        width = max((len(fit.name) for fit in self.fits), default=0)
         for fit in self.fits:
-            options.add_option(Option(recipe_line(fit, vram), id=fit.name))
+            options.add_option(Option(recipe_line(fit, vram, width), id=fit.name))
         if not self.fits:
             options.add_option(Option(f"No recipe for {self.state.family} {self.state.method}; set the settings below by hand.", disabled=True))
         if self.fits and not self.state.recipe and not self.state.keep_settings:
@@ -70,6 +72,13 @@ class RecipeStep(Step):
         names = [f.name for f in self.fits]
         if self.state.recipe in names:
             options.highlighted = names.index(self.state.recipe)
+
+    def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
+        """The highlighted recipe's summary in full (the list cuts it on a narrow terminal)."""
+        event.stop()
+        fit = next((f for f in self.fits if f.name == event.option.id), None)
+        summary = getattr(fit.recipe, "summary", "") if fit is not None else ""
+        self.query_one("#recipe-summary", Static).update(f"{fit.name}: {summary}" if fit is not None and summary else "")
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         event.stop()
@@ -103,19 +112,19 @@ class RecipeStep(Step):
         label.update(estimate_line(fit, self.state.gpus.smallest, self.state.recipe))
 
 
-def recipe_line(fit: Any, vram: int | None) -> Text:
-    """``sdxl-lora-12gb  ██████···  9.8/24 GiB  fits  2.1 img/s  summary``."""
+def recipe_line(fit: Any, vram: int | None, name_width: int = 0) -> Text:
+    """``sdxl-lora-12gb   9.8 GiB fits     2.1 img/s ██····  summary``: the figures first, so that
+    they fit 80 columns; only the summary is cut on a narrow terminal."""
     est = fit.estimate.total_bytes
     text = Text(no_wrap=True, overflow="ellipsis")
-    text.append(f"{fit.name:<22.22} ", style="bold")
+    text.append(f"{fit.name:<{name_width}} ", style="bold")
+    text.append(f"{est / GIB:5.1f} GiB ")
     if vram:
-        text.append(bar(est / vram, 12), style="green" if fit.fits else "red")
-        text.append(f" {est / GIB:5.1f}/{vram / GIB:.0f} GiB ")
-        text.append("fits " if fit.fits else "too big ", style="green" if fit.fits else "red")
-    else:
-        text.append(f"{est / GIB:5.1f} GiB ")
+        text.append("fits    " if fit.fits else "too big ", style="green" if fit.fits else "red")
     if fit.images_per_second:
         text.append(f"{fit.images_per_second:5.1f} img/s ")
+    if vram:
+        text.append(bar(est / vram, 6) + " ", style="green" if fit.fits else "red")
     text.append(getattr(fit.recipe, "summary", "") or "", style="dim")
     return text
 

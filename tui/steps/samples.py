@@ -10,6 +10,8 @@ from core.settings import SAMPLERS
 
 from tui.steps.base import Step
 from tui.widgets.field_input import FieldInput
+from tui.widgets.field_select import FieldSelect
+from tui.widgets.toggles import Check
 
 
 class SamplesStep(Step):
@@ -25,17 +27,18 @@ class SamplesStep(Step):
         with Horizontal(classes="field"):
             yield Label("every N steps (0 = off)", classes="field-label")
             yield FieldInput(id="sample-every", type="integer", classes="field-input", compact=True)
-        yield Checkbox("also at step 0 (before training)", id="sample-at-start", compact=True)
+        yield Check("also at step 0 (before training)", id="sample-at-start", compact=True)
         with Horizontal(classes="field"):
             yield Label("sampler", classes="field-label")
-            yield Select([(name, name) for name in SAMPLERS], id="sampler", value=self.state.sampler, allow_blank=False, classes="field-input", compact=True)
+            yield FieldSelect([(name, name) for name in SAMPLERS], id="sampler", value=self.state.sampler, allow_blank=False, classes="field-input", compact=True)
             yield Static("for prompts without --ss", classes="field-help")
-        yield Checkbox("TensorBoard event files in the run's tb/ folder", id="tensorboard", compact=True)
+        yield Check("TensorBoard event files in the run's tb/ folder", id="tensorboard", compact=True)
         with Horizontal(classes="field"):
             yield Label("W&B project", classes="field-label")
             yield Input(id="wandb-project", placeholder="empty = off", classes="field-input", compact=True)
 
     def load(self) -> None:
+        self.state.sync_prompts()
         self.query_one("#prompts", TextArea).text = "\n".join(self.state.prompts)
         self.query_one("#sample-every", Input).value = str(self.state.schedule["sample_every_steps"])
         self.query_one("#sample-at-start", Checkbox).value = bool(self.state.schedule["sample_at_start"])

@@ -11,6 +11,8 @@ from textual.widgets import Checkbox, Input, Label, Select, Static
 
 from core.settings import Setting
 from tui.widgets.field_input import FieldInput
+from tui.widgets.field_select import FieldSelect
+from tui.widgets.toggles import Check
 
 
 class SettingField(Horizontal):
@@ -31,9 +33,9 @@ class SettingField(Horizontal):
         s = self.setting
         yield Label(s.key, classes="field-label")
         if s.type is bool:
-            yield Checkbox("", bool(self.value), id=f"v-{s.key}", compact=True)
+            yield Check("", bool(self.value), id=f"v-{s.key}", compact=True)
         elif s.choices:
-            yield Select([(str(c), c) for c in s.choices], value=self.value, allow_blank=False, id=f"v-{s.key}", classes="field-input", compact=True)
+            yield FieldSelect([(str(c), c) for c in s.choices], value=self.value, allow_blank=False, id=f"v-{s.key}", classes="field-input", compact=True)
         else:
             yield FieldInput(_text(self.value), id=f"v-{s.key}", classes="field-input", compact=True)
         yield Static(s.help, classes="field-help")
