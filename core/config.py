@@ -21,7 +21,7 @@ from tomlkit.exceptions import ParseError
 from core.atomic import write_atomic
 from core.errors import UserError
 from core.sample_prompts import parse_prompt_line
-from core.settings import SCHEMA, SETTINGS, SUBSET_KEYS, Setting, lookup, optimizer_learning_rate, resolve
+from core.settings import SCHEMA, SETTINGS, SUBSET_KEYS, Setting, bucket_problem, lookup, optimizer_learning_rate, resolve
 
 _SECTION_COMMENTS = {
     "model": "the base model",
@@ -165,6 +165,12 @@ class RunConfig:
         if not self.subsets:
             raise UserError(f'{where} has no [[dataset.subsets]]; add one with path = "/data/10_sks dog" and repeats = 10')
 
+    def check_buckets(self) -> None:
+        """Raise UserError when the bucket sides do not frame the resolution (``core.settings.bucket_problem``)."""
+        problem = bucket_problem(self.settings)
+        if problem:
+            raise UserError(f"{self.path}: {problem}" if self.path else problem)
+
     def to_dict(self) -> dict[str, Any]:
         """The document as plain Python values."""
         return self.document.unwrap()
@@ -195,6 +201,7 @@ def load_config(path: str | os.PathLike[str], complete: bool = True) -> RunConfi
         raise UserError(f"{file} line {exc.line}, column {exc.col}: invalid TOML ({reason}); fix the syntax there") from None
     _Validator(file, text).validate(document)
     config = RunConfig(document, file)
+    config.check_buckets()
     if complete:
         config.check_complete()
     _absolute_paths(config, file.resolve().parent)
@@ -288,6 +295,7 @@ def apply_overrides(config: RunConfig, overrides: Iterable[str]) -> RunConfig:
         config._put(section, setting, checked)
         changed.add(_dotted(section, setting.key))
     _follow_optimizer_rule(config, changed)
+    config.check_buckets()
     return config
 
 

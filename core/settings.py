@@ -14,7 +14,7 @@ from core.families import FAMILIES
 
 METHODS = ("lora", "dreambooth", "finetune", "textual_inversion")
 PRECISIONS = ("no", "fp16", "bf16")
-OPTIMIZERS = ("adamw", "adamw8bit", "lion8bit", "adafactor", "prodigy", "schedulefree_adamw")
+OPTIMIZERS = ("adamw", "adamw8bit", "lion", "lion8bit", "adafactor", "prodigy", "schedulefree_adamw")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 LORA_TARGETS = ("attn", "attn_ff", "all")
 LORA_TYPES = ("lora", "loha", "lokr")
@@ -102,6 +102,11 @@ SETTINGS: dict[str, Setting] = {
         _s("full_bf16", bool, False, "keep the trained weights themselves in bf16 (no fp32 master copy)"),
         _s("gradient_checkpointing", bool, True, "recompute activations in backward to save memory"),
         _s("optimizer", str, "adamw8bit", "optimizer", choices=OPTIMIZERS),
+        _s("weight_decay", float, 0.01, "optimizer weight decay (decoupled, as AdamW; Adafactor has none)", minimum=0.0),
+        _s("beta1", float, 0.0, "optimizer's first beta (0 = its default: 0.9)", minimum=0.0, maximum=0.9999),
+        _s("beta2", float, 0.0, "optimizer's second beta (0 = its default: 0.999, Lion 0.99)", minimum=0.0, maximum=0.9999),
+        _s("prodigy_d_coef", float, 1.0, "Prodigy's d_coef: scales its step-size estimate (below 1 learns more gently)", minimum=0.0),
+        _s("prodigy_safeguard_warmup", bool, True, "Prodigy's safeguard_warmup: keeps the estimate from jumping during the LR warm-up"),
         _s("fused_backward_pass", bool, False, "step the optimizer inside backward, one parameter at a time"),
         _s("cache_latents", bool, True, "encode images with the VAE once, before training"),
         _s("cache_latents_to_disk", bool, False, "keep the latent cache on disk instead of in memory"),
@@ -127,6 +132,9 @@ SETTINGS: dict[str, Setting] = {
         _s("lora_rank", int, 16, "LoRA rank", minimum=1, maximum=1024),
         _s("lora_alpha", float, 16.0, "LoRA alpha (scale = alpha / rank)", minimum=0.0),
         _s("lora_dropout", float, 0.0, "LoRA dropout", minimum=0.0, maximum=1.0),
+        _s("lokr_factor", int, -1, "LoKr's Kronecker factor: the split of each weight's sides (-1 = as square as possible)", minimum=-1),
+        _s("conv_rank", int, 0, "rank of the conv layers that lora_targets = all adds (0 = lora_rank)", minimum=0, maximum=1024),
+        _s("conv_alpha", float, 0.0, "alpha of those conv layers (0 = lora_alpha)", minimum=0.0),
         _s("lora_targets", str, "attn", "attn, attn_ff (adds feed-forward and the text encoders' MLP) or all (adds convs, LoCon)", choices=LORA_TARGETS),
         _s("init_lora", str, "", "a LoRA file (kohya or diffusers format) the run starts from"),
         _s("use_dora", bool, False, "weight-decomposed LoRA (DoRA)"),
@@ -247,6 +255,20 @@ def optimizer_rule_warnings(optimizer: str, learning_rate: float, lr_scheduler: 
     if optimizer in SCHEDULE_FREE_OPTIMIZERS and lr_scheduler not in ("constant", "constant_with_warmup"):
         warnings.append(f"{optimizer} keeps its own schedule, so lr_scheduler={lr_scheduler} is not used (the rate stays constant after the warm-up)")
     return warnings
+
+
+def bucket_problem(settings: Mapping[str, Any]) -> str | None:
+    """The sentence for bucket sides that do not frame the resolution (sd-scripts refuses them too:
+    with bucketing on, min_bucket_reso ≤ resolution ≤ max_bucket_reso), or None when they do."""
+    if not settings.get("enable_bucket", True):
+        return None
+    resolution = int(settings["resolution"])
+    low, high = int(settings["min_bucket_reso"]), int(settings["max_bucket_reso"])
+    if low > resolution:
+        return f"settings.min_bucket_reso = {low} is larger than settings.resolution = {resolution}; set min_bucket_reso to {resolution} or less"
+    if high < resolution:
+        return f"settings.max_bucket_reso = {high} is smaller than settings.resolution = {resolution}; set max_bucket_reso to {resolution} or more"
+    return None
 
 
 def _keys(section: str) -> dict[str, Setting]:
