@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import tomlkit
 
 from core.families import spec as family_spec
+from core.settings import optimizer_betas
 
 #: The training script of each (method, SDXL or not).
 SCRIPTS: dict[tuple[str, bool], str] = {
@@ -277,15 +278,6 @@ def optimizer_args(s: Mapping[str, Any], warmup: int) -> list[str]:
     if name == "schedulefree_adamw":
         args.append(f"warmup_steps={warmup}")
     return args
-
-
-def optimizer_betas(s: Mapping[str, Any]) -> tuple[float, float] | None:
-    """The betas the run sets (each 0 keeps the optimizer's own), or None when it sets neither."""
-    beta1, beta2 = float(s["beta1"]), float(s["beta2"])
-    if not beta1 and not beta2:
-        return None
-    defaults = (0.9, 0.99) if str(s["optimizer"]).startswith("lion") else (0.9, 0.999)
-    return (beta1 or defaults[0], beta2 or defaults[1])
 
 
 def _log_with(logging: Mapping[str, Any]) -> str | None:

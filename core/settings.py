@@ -257,6 +257,16 @@ def optimizer_rule_warnings(optimizer: str, learning_rate: float, lr_scheduler: 
     return warnings
 
 
+def optimizer_betas(settings: Mapping[str, Any]) -> tuple[float, float] | None:
+    """The (beta1, beta2) the run sets for its optimizer (a 0 keeps that beta's default: 0.9, and
+    0.999, Lion 0.99), or None when it sets neither, so the optimizer keeps its own."""
+    beta1, beta2 = float(settings["beta1"]), float(settings["beta2"])
+    if not beta1 and not beta2:
+        return None
+    second = 0.99 if str(settings["optimizer"]).startswith("lion") else 0.999
+    return (beta1 or 0.9, beta2 or second)
+
+
 def bucket_problem(settings: Mapping[str, Any]) -> str | None:
     """The sentence for bucket sides that do not frame the resolution (sd-scripts refuses them too:
     with bucketing on, min_bucket_reso ≤ resolution ≤ max_bucket_reso), or None when they do."""

@@ -245,7 +245,7 @@ def test_lora_metadata_has_every_key_sd_scripts_writes_with_the_run_facts(setup_
     buckets = json.loads(meta["ss_bucket_info"])
     assert sum(b["count"] for b in buckets["buckets"].values()) == 2 * 3 + 2  # images × repeats
     assert meta["ss_num_train_images"] == "8" and meta["ss_steps"] == "1" and meta["ss_total_batch_size"] == "1"
-    assert json.loads(meta["ss_network_args"]) == {"conv_dim": "4", "conv_alpha": "4.0"}
+    assert json.loads(meta["ss_network_args"]) == {"conv_dim": "4", "conv_alpha": "4"}
     assert meta["ss_optimizer"] == "torch.optim.adamw.AdamW"
     # the hashes are what sd-webui-additional-networks recomputes from the file
     tensors = load_file(str(path))

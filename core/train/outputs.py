@@ -164,18 +164,13 @@ def adapter_kind(config: Any) -> str:
 
 
 def network_args(settings: Mapping[str, Any]) -> dict[str, str]:
-    """``ss_network_args`` as sd-scripts / LyCORIS write them: the algorithm and the conv rank of LoCon-style targets."""
-    kind = str(settings.get("lora_type", "lora"))
-    rank = int(settings.get("lora_rank", 16))
-    args: dict[str, str] = {}
-    if kind != "lora":
-        args["algo"] = kind
-    elif settings.get("use_dora"):
-        args["algo"] = "dora"
-    if settings.get("lora_targets") == "all":
-        args["conv_dim"] = str(rank)
-        args["conv_alpha"] = str(settings.get("lora_alpha", rank))
-    return args
+    """``ss_network_args`` as sd-scripts / LyCORIS write them: the network arguments sd-scripts
+    would be given for this adapter (``core.kohya_args.network``: the algorithm, LoKr's factor,
+    DoRA's ``dora_wd`` and the conv rank and alpha of LoCon-style targets)."""
+    from core.kohya_args import network
+
+    _, args = network(settings)
+    return dict(arg.split("=", 1) for arg in args)
 
 
 def _lora_config_metadata(config: Any) -> dict[str, Any] | None:

@@ -348,11 +348,11 @@ def build_optimizer(config: Any, accel: Accel, model: Model, data: Batches, metr
     groups = param_groups(method, lr, float(sched["text_encoder_lr"]))
     fused_pass: FusedBackward | None = None
     if fused:
-        fused_pass = FusedBackward(name, groups, float(s["max_grad_norm"]), warmup)
+        fused_pass = FusedBackward(name, groups, float(s["max_grad_norm"]), warmup, s)
         optimizer: Any = fused_pass
         lr_scheduler: Any = fused_pass.make_schedulers(sched["lr_scheduler"], warmup, total_steps, *shape)
     else:
-        optimizer = acc.prepare(make_optimizer(name, groups, lr, warmup))
+        optimizer = acc.prepare(make_optimizer(name, groups, lr, warmup, s))
         lr_scheduler = make_scheduler(sched["lr_scheduler"], optimizer.optimizer, warmup, total_steps, *shape, optimizer_name=name)
     return Optimization(wrapped, optimizer, lr_scheduler, fused_pass, params), Progress(total_steps, steps_per_epoch)
 
