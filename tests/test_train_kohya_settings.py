@@ -254,6 +254,14 @@ def test_lora_metadata_has_every_key_sd_scripts_writes_with_the_run_facts(setup_
     assert meta["sshs_model_hash"] == hashlib.sha256(data[8 + header :]).hexdigest()
 
 
+def test_ss_epoch_of_a_step_mode_run_is_the_epochs_it_trained(tmp_path, tiny_models, kohya_dataset):
+    # 2 images, batch 1: 2 steps an epoch, so 5 steps reach into the third epoch
+    run = make_run(tmp_path / "run", tiny_models("sd1"), kohya_dataset(((1, "sks dog", 2),)), schedule={"max_steps": 5, "save_every_epochs": 0})
+    assert train(run) == 0
+    meta = _metadata(run / "output" / "tiny.safetensors")
+    assert meta["ss_steps"] == "5" and meta["ss_epoch"] == "3" and meta["ss_num_epochs"] == "3"
+
+
 def test_sd2_v_prediction_is_named_as_sd_scripts_names_it():
     from core.train.kohya_metadata import architecture, base_model_version
 

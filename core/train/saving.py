@@ -178,7 +178,7 @@ class Saver:
         now = time.time()
         return {
             **self._ss_metadata,
-            "ss_training_finished_at": str(now), "ss_steps": str(progress.step), "ss_epoch": str(progress.epoch),
+            "ss_training_finished_at": str(now), "ss_steps": str(progress.step), "ss_epoch": str(epochs_trained(progress.step, progress.steps_per_epoch)),
             **km.model_spec(facts, settings, now, _sdtui_version(version, PackageNotFoundError)),
         }
 
@@ -234,6 +234,12 @@ class Saver:
             if session.device.type == "cuda":
                 torch.cuda.empty_cache()
             self.metrics.event(f"sampling at step {step} failed ({type(exc).__name__}: {first_line(exc)}); training continues", "warning")
+
+
+def epochs_trained(step: int, steps_per_epoch: int) -> int:
+    """sd-scripts' ``ss_epoch``: the epochs the steps so far reach into (a started epoch counts, as
+    its final save of a step-mode run writes ceil(max_train_steps / steps per epoch))."""
+    return math.ceil(step / steps_per_epoch) if steps_per_epoch > 0 else 0
 
 
 def _sdtui_version(version: Any, missing: type[Exception]) -> str:
