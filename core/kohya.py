@@ -25,7 +25,7 @@ from tomlkit.exceptions import ParseError
 from core.atomic import finish_tree, replace
 from core.errors import UserError
 from core.sample_prompts import format_prompt_line, parse_prompt_line
-from core.settings import SETTINGS, SUBSET_KEYS, bucket_problem
+from core.settings import SETTINGS, SUBSET_KEYS, SUBSET_OPTIONS, bucket_problem
 
 DATASET_CONFIG = "dataset_config.toml"
 SAMPLE_PROMPTS = "sample_prompts.txt"
@@ -160,6 +160,7 @@ def _dataset_document(config: _Config, class_images: dict[str, Any] | None, meta
             table.add("image_dir", str(subset["path"]))
             table.add("metadata_file", str(path))
             table.add("num_repeats", int(subset["repeats"]))
+            _add_own_options(table, subset)
             subsets.append(table)
     else:
         for subset in [*config.subsets, *([class_images] if class_images else [])]:
@@ -168,14 +169,22 @@ def _dataset_document(config: _Config, class_images: dict[str, Any] | None, meta
             table.add("num_repeats", int(subset["repeats"]))
             if subset.get("token"):
                 table.add("class_tokens", str(subset["token"]))
-            table.add("caption_extension", caption_extension)
+            table.add("caption_extension", subset.get("caption_extension") or caption_extension)
             table.add("is_reg", bool(subset.get("is_reg", False)))
+            _add_own_options(table, subset)
             subsets.append(table)
     dataset.add("subsets", subsets)
     datasets = tomlkit.aot()
     datasets.append(dataset)
     document.add("datasets", datasets)
     return document
+
+
+def _add_own_options(table: Any, subset: Mapping[str, Any]) -> None:
+    """A subset's own keep_tokens, flip_aug and shuffle_caption (sd-scripts' per-subset options)."""
+    for key in SUBSET_OPTIONS:
+        if key != "caption_extension" and key in subset:
+            table.add(key, subset[key])
 
 
 def _run_class_images(config: _Config, run: Path | None, notes: list[str]) -> dict[str, Any] | None:
@@ -230,7 +239,9 @@ def read_kohya(path: str | os.PathLike[str]) -> KohyaDataset:
     """Read an sd-scripts dataset_config.toml: subsets, the [settings] it maps and the caption extension.
 
     Values fall back subset → dataset → general as in sd-scripts; relative ``image_dir`` paths
-    are taken relative to the file's folder. The first dataset's options become the settings.
+    are taken relative to the file's folder. The first dataset's options become the settings; a
+    subset's own keep_tokens, flip_aug and shuffle_caption, and a caption extension other than the
+    first subset's, stay with that subset.
     """
     file = Path(path).expanduser()
     try:
@@ -267,8 +278,9 @@ def read_kohya(path: str | os.PathLike[str]) -> KohyaDataset:
     if not subsets:
         raise UserError(f"{file} has no [[datasets.subsets]]; add one with image_dir and num_repeats")
     caption_extension = extensions[0]
-    if any(e != caption_extension for e in extensions):
-        warnings.append(f"subsets of {file} use different caption extensions; {caption_extension} is tried first")
+    for subset, extension in zip(subsets, extensions):
+        if extension != caption_extension:
+            subset["caption_extension"] = extension
     return KohyaDataset(subsets, settings, caption_extension, warnings)
 
 
@@ -304,10 +316,11 @@ def _subset(file: Path, table: Mapping[str, Any], scopes: list[Mapping[str, Any]
         "token": table.get("class_tokens", _inherited("class_tokens", scopes[1:]) or ""),
         "is_reg": table.get("is_reg", False),
     }
+    own = {key: table[key] for key in SUBSET_OPTIONS if key != "caption_extension" and table.get(key) is not None}
     subset = {}
-    for key, value in values.items():
+    for key, value in (values | own).items():
         try:
-            subset[key] = SUBSET_KEYS[key].check(value)
+            subset[key] = {**SUBSET_KEYS, **SUBSET_OPTIONS}[key].check(value)
         except ValueError as exc:
             raise UserError(f"{file}: subset {folder}: {exc}; fix the value") from None
     extension = _inherited("caption_extension", scopes) or _KOHYA_CAPTION_DEFAULT

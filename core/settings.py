@@ -226,6 +226,19 @@ SUBSET_KEYS: dict[str, Setting] = {
 }
 
 
+#: Options a [[dataset.subsets]] table may set for its own images, as kohya's per-subset options;
+#: a subset without one takes [settings] (caption_extension: [dataset]).
+SUBSET_OPTIONS: dict[str, Setting] = {
+    "caption_extension": SCHEMA["dataset"]["caption_extension"],
+    **{key: SETTINGS[key] for key in ("keep_tokens", "flip_aug", "shuffle_caption")},
+}
+
+
+def subset_settings(settings: Mapping[str, Any], subset: Mapping[str, Any]) -> dict[str, Any]:
+    """The [settings] one subset trains with: ``settings`` with the subset's own options laid over."""
+    return {**settings, **{k: v for k, v in subset.items() if k in SUBSET_OPTIONS and k in settings}}
+
+
 def lookup(dotted: str) -> tuple[str, Setting]:
     """Find a ``section.key`` (a bare ``key`` means ``settings.key``); raise KeyError with the rule."""
     section, _, key = dotted.rpartition(".")
@@ -255,6 +268,20 @@ def optimizer_rule_warnings(optimizer: str, learning_rate: float, lr_scheduler: 
     if optimizer in SCHEDULE_FREE_OPTIMIZERS and lr_scheduler not in ("constant", "constant_with_warmup"):
         warnings.append(f"{optimizer} keeps its own schedule, so lr_scheduler={lr_scheduler} is not used (the rate stays constant after the warm-up)")
     return warnings
+
+
+#: What to expect of an optimizer that is not obvious from its settings (planner notes, trainer events).
+OPTIMIZER_NOTES: dict[str, str] = {
+    "prodigy": (
+        "prodigy estimates its own step size: it starts tiny (d0 = 1e-6 times the learning rate) and grows over the first "
+        "tens to hundreds of steps, so the loss may stay flat at first; the dashboard and train.log show it as 'step d×lr'"
+    ),
+}
+
+
+def optimizer_notes(optimizer: str) -> list[str]:
+    """Sentences on what to expect of ``optimizer`` (Prodigy's growing step size), for the plan and the run."""
+    return [OPTIMIZER_NOTES[optimizer]] if optimizer in OPTIMIZER_NOTES else []
 
 
 def optimizer_betas(settings: Mapping[str, Any]) -> tuple[float, float] | None:

@@ -284,3 +284,23 @@ def test_dreambooth_export_lists_the_class_images_the_run_generated(tmp_path: Pa
     assert generated == {"image_dir": str(run / "class_images"), "num_repeats": 1, "class_tokens": "a photo of a dog",
                          "caption_extension": ".txt", "is_reg": True}
     assert sum(1 for s in subsets if s["is_reg"]) == 2
+
+
+def test_import_keeps_each_subsets_own_caption_extension_and_options_through_run_toml_and_export(tmp_path: Path) -> None:
+    from core.config import load_config, save_config
+    from core.kohya import run_config_from_kohya
+
+    path = tmp_path / "dataset.toml"
+    path.write_text(
+        "[general]\ncaption_extension = '.txt'\n[[datasets]]\nresolution = 512\n"
+        "  [[datasets.subsets]]\n  image_dir = 'a'\n  num_repeats = 2\n"
+        "  [[datasets.subsets]]\n  image_dir = 'b'\n  caption_extension = '.caption'\n  keep_tokens = 2\n  flip_aug = true\n"
+    )
+    config = load_config(save_config(run_config_from_kohya(path), tmp_path / "run.toml"), complete=False)
+    first, second = config.subsets
+    assert "caption_extension" not in first and config.section("dataset")["caption_extension"] == ".txt"
+    assert (second["caption_extension"], second["keep_tokens"], second["flip_aug"]) == (".caption", 2, True)
+    config.set("model.path", "/models/sd15")
+    exported = tomllib.loads(export_kohya(config, tmp_path / "kohya").written[0].read_text())["datasets"][0]["subsets"]
+    assert exported[0]["caption_extension"] == ".txt" and "flip_aug" not in exported[0]
+    assert (exported[1]["caption_extension"], exported[1]["keep_tokens"], exported[1]["flip_aug"]) == (".caption", 2, True)

@@ -45,8 +45,21 @@ def test_prodigy_learns_at_its_rule_and_reports_d_times_lr(setup_run):
     one_step(trainer)
     assert _changed(before, trainer)
     group = trainer.session.optim.optimizer.param_groups[0]
-    assert trainer.stepper.current_lr() == pytest.approx(group["d"] * group["lr"])
+    # the lr is the rate the user set (Prodigy's multiplier); its own step size is d × lr, labelled apart
+    assert trainer.stepper.current_lr() == pytest.approx(1.0)
+    assert trainer.stepper.step_size() == pytest.approx(group["d"] * group["lr"])
     assert not any("prodigy multiplies" in m["message"] for m in metrics(trainer.run.path, "event"))
+    assert any("starts tiny" in m["message"] and "grows over the first" in m["message"] for m in metrics(trainer.run.path, "event"))
+
+
+def test_a_prodigy_run_records_its_step_size_beside_the_lr(tmp_path, tiny_models, kohya_dataset, capsys):
+    run = make_run(tmp_path / "run", tiny_models("sd1"), kohya_dataset(((1, "sks dog", 2),)), settings={"optimizer": "prodigy"},
+                   schedule={"max_steps": 3, "learning_rate": 1.0, "save_every_epochs": 0})
+    assert train(run) == 0
+    steps = metrics(run, "step")
+    assert [s["lr"] for s in steps] == [1.0, 1.0, 1.0]
+    assert steps[0]["step_size"] == pytest.approx(1e-6) and steps[-1]["step_size"] > steps[0]["step_size"]  # d grows from d0
+    assert "step d×lr 1.00e-06" in capsys.readouterr().out
 
 
 def test_prodigy_at_an_adamw_rate_is_warned_about(setup_run):

@@ -104,16 +104,23 @@ def set_optimizer_mode(optimizer: Any, train: bool) -> None:
 
 
 def current_lr(optimizer: Any, scheduler: Any) -> float:
-    """The step size of the coming step: the schedule's rate; Prodigy: d × lr (its estimate);
-    schedule-free: the rate after its own warm-up."""
+    """The learning rate of the coming step: the schedule's rate; schedule-free: the rate after its
+    own warm-up. Prodigy's rate is the multiplier of its estimate (:func:`estimated_step_size`)."""
     group = optimizer.param_groups[0]
     lr = float(scheduler.get_last_lr()[0])
     if "train_mode" in group and "warmup_steps" in group:
         k, warmup = int(group["k"]), int(group["warmup_steps"])
         return lr * ((k + 1) / warmup if k < warmup else 1.0)
-    if "d" in group and "d0" in group:
-        return lr * float(group["d"])
     return lr
+
+
+def estimated_step_size(optimizer: Any) -> float | None:
+    """The step size an optimizer that estimates its own takes now (Prodigy: d × lr, which starts at
+    d0 = 1e-6 and grows over the first steps), or None for the others."""
+    group = optimizer.param_groups[0]
+    if "d" in group and "d0" in group:
+        return float(group["d"]) * float(group["lr"])
+    return None
 
 
 class FusedBackward:

@@ -13,7 +13,7 @@ from core.families import text_encoder_names
 from core.plan import schedule
 from core.runfiles import integer, number
 from core.runs import RunDir
-from core.settings import optimizer_rule_warnings
+from core.settings import optimizer_notes, optimizer_rule_warnings
 
 from . import checkpoint as ckpt
 from .batches import Batches
@@ -344,6 +344,8 @@ def build_optimizer(config: Any, accel: Accel, model: Model, data: Batches, metr
         wrapped["unet"] = torch.compile(wrapped.get("unet", model.components.unet))
     for warning in optimizer_rule_warnings(s["optimizer"], lr, sched["lr_scheduler"]):
         metrics.event(warning, "warning")
+    for note in optimizer_notes(s["optimizer"]):
+        metrics.event(note, "info")
     name, shape = s["optimizer"], (int(sched["lr_scheduler_num_cycles"]), float(sched["lr_scheduler_power"]))
     groups = param_groups(method, lr, float(sched["text_encoder_lr"]))
     fused_pass: FusedBackward | None = None
