@@ -449,6 +449,10 @@ def _absolute_paths(config: RunConfig, base: Path) -> None:
         path = Path(os.path.expanduser(str(table["path"])))
         if not path.is_absolute():
             table["path"] = str((base / path).resolve())
+    settings = config._table("settings")
+    output_dir = str(settings.get("output_dir", ""))
+    if output_dir and not Path(output_dir).expanduser().is_absolute():
+        settings["output_dir"] = str((base / output_dir).resolve())
     model = config._table("model")
     raw = str(model.get("path", ""))
     if raw and not Path(raw).expanduser().is_absolute() and (base / raw).exists():

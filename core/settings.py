@@ -149,6 +149,8 @@ SETTINGS: dict[str, Setting] = {
         _s("ema", bool, False, "keep an exponential moving average of the trained weights"),
         _s("ema_decay", float, 0.9999, "EMA decay", minimum=0.0, maximum=1.0),
         _s("max_grad_norm", float, 1.0, "gradient clipping norm (0 = off)", minimum=0.0),
+        _s("output_name", str, "", "file name of the saved outputs, without extension (empty = the run name)"),
+        _s("output_dir", str, "", "folder the outputs are saved to (empty = output/ in the run folder)"),
         _s("save_precision", str, "fp16", "dtype of the saved LoRA, embedding and single-file model", choices=SAVE_PRECISIONS),
         _s("torch_compile", bool, False, "torch.compile the UNet"),
         _s("dataloader_workers", int, 2, "data loader worker processes", minimum=0),

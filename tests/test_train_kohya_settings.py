@@ -58,7 +58,7 @@ def test_a_prodigy_run_records_its_step_size_beside_the_lr(tmp_path, tiny_models
     assert train(run) == 0
     steps = metrics(run, "step")
     assert [s["lr"] for s in steps] == [1.0, 1.0, 1.0]
-    assert steps[0]["step_size"] == pytest.approx(1e-6) and steps[-1]["step_size"] > steps[0]["step_size"]  # d grows from d0
+    assert steps[0]["step_size"] == pytest.approx(1e-6) and steps[-1]["step_size"] >= steps[0]["step_size"]  # d starts at d0 and only grows
     assert "step d×lr 1.00e-06" in capsys.readouterr().out
 
 
@@ -473,3 +473,20 @@ def test_estimator_keeps_the_text_encoder_when_tag_dropout_blocks_its_cache():
     dropped = estimate("sdxl", "lora", {**base, "caption_tag_dropout_rate": 0.1}, 1)
     assert cached.breakdown["weights_text_encoders"] == 0 < dropped.breakdown["weights_text_encoders"]
     assert any("not cached" in n for n in dropped.notes)
+
+
+def test_output_name_and_folder_are_where_the_outputs_go(tmp_path, tiny_models, kohya_dataset):
+    from core.config import load_config
+
+    run = make_run(tmp_path / "run", tiny_models("sd1"), kohya_dataset(((1, "sks dog", 1),)),
+                   settings={"output_name": "sksDog_v1", "output_dir": str(tmp_path / "loras")}, schedule={"max_steps": 1, "save_every_epochs": 0})
+    assert train(run) == 0
+    assert (tmp_path / "loras" / "sksDog_v1.safetensors").is_file()
+    assert _metadata(tmp_path / "loras" / "sksDog_v1.safetensors")["ss_output_name"] == "sksDog_v1"
+    assert not (run / "output" / "tiny.safetensors").exists()
+    from core.runs import RunDir
+
+    assert tmp_path / "loras" / "sksDog_v1.safetensors" in RunDir(run).outputs()
+    doc = (run / "run.toml").read_text().replace(str(tmp_path / "loras"), "../loras")
+    (run / "run.toml").write_text(doc)
+    assert load_config(run / "run.toml").settings["output_dir"] == str(tmp_path / "loras")  # relative to the run.toml

@@ -275,4 +275,4 @@ async def test_a_prodigy_run_shows_its_own_step_size_labelled_beside_the_lr(tmp_
     app = _app(runs, run)
     async with app.run_test(size=(100, 30)) as pilot:
         await until(pilot, lambda: "step d×lr" in _text(app, "#numbers"))
-        assert "lr 1  step d×lr 0.000121" in _text(app, "#numbers")
+        assert "lr 1  step d×lr 1.2e-04" in _text(app, "#numbers")
