@@ -13,7 +13,7 @@ from typing import Any
 from core.dataset.buckets import BUCKET_KEYS
 from core.errors import UserError
 from core.families import spec
-from core.settings import FAMILIES, METHODS, SCHEMA, SETTINGS, defaults, optimizer_learning_rate
+from core.settings import FAMILIES, METHODS, SCHEMA, SETTINGS, bucket_problem, defaults, optimizer_learning_rate, resolve
 
 STEPS = ("Model", "Dataset", "Method", "Recipe", "Schedule", "Samples", "Review")
 
@@ -318,6 +318,9 @@ class WizardState:
         for key, value in self.settings.items():
             if key in SETTINGS:
                 self.set_setting(key, value)
+        buckets = bucket_problem(resolve("settings", {k: v for k, v in self.settings.items() if k in SETTINGS}))
+        if buckets:
+            raise UserError(buckets)
         fit = self.judge()
         if fit.fits is False:
             from core.plan.picker import suggest_when_nothing_fits
