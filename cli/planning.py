@@ -38,9 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_json(plan)
     plan.set_defaults(func=cmd_plan)
 
-    export = sub.add_parser("export-kohya", help="write kohya's dataset_config.toml and sample prompts for a run config")
+    export = sub.add_parser("export-kohya", help="write sd-scripts' dataset config, sample prompts and training arguments for a run config into a new folder")
     export.add_argument("config", metavar="CONFIG.toml", help="the run config")
-    export.add_argument("dir", metavar="DIR", help="output folder")
+    export.add_argument("dir", metavar="DIR", help="output folder (new or empty)")
     export.set_defaults(func=cmd_export_kohya)
 
     imp = sub.add_parser("import-kohya", help="write a run config from kohya's dataset_config.toml (and its sample prompts)")
@@ -92,16 +92,24 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_export_kohya(args: argparse.Namespace) -> int:
-    """``sdtui export-kohya CONFIG.toml DIR``: kohya's dataset config and prompt file."""
+    """``sdtui export-kohya CONFIG.toml DIR``: sd-scripts' dataset config, prompts, training
+    arguments (and a fine-tune's metadata files) in a new folder; what has no sd-scripts option
+    goes to stderr in one sentence."""
+    import sys
+
     from core.config import load_config
     from core.kohya import export_kohya
 
     out = Path(args.dir).expanduser()
     if out.exists() and not out.is_dir():
         raise UserError(f"output {out} is a file; give a folder to write the kohya files into")
-    written = export_kohya(load_config(args.config), out)
-    for path in written if isinstance(written, (list, tuple)) else [written]:
+    export = export_kohya(load_config(args.config), out)
+    for path in export.written:
         print(path)
+    print(f"run it in sd-scripts with: accelerate launch {export.script} --config_file {export.written[2]}", file=sys.stderr)
+    for sentence in [export.summary(), *export.notes]:
+        if sentence:
+            print(f"note: {sentence}", file=sys.stderr)
     return 0
 
 

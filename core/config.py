@@ -21,7 +21,7 @@ from tomlkit.exceptions import ParseError
 from core.atomic import write_atomic
 from core.errors import UserError
 from core.sample_prompts import parse_prompt_line
-from core.settings import SCHEMA, SETTINGS, SUBSET_KEYS, Setting, lookup, optimizer_learning_rate, resolve
+from core.settings import SCHEMA, SETTINGS, SUBSET_KEYS, SUBSET_OPTIONS, Setting, bucket_problem, lookup, optimizer_learning_rate, resolve
 
 _SECTION_COMMENTS = {
     "model": "the base model",
@@ -110,17 +110,24 @@ class RunConfig:
 
     @property
     def subsets(self) -> list[dict[str, Any]]:
-        """[[dataset.subsets]] as dicts with path, repeats, token and is_reg."""
+        """[[dataset.subsets]] as dicts with path, repeats, token and is_reg, and the subset's own
+        options (``core.settings.SUBSET_OPTIONS``) where it sets them."""
         tables = self._table("dataset").get("subsets") or []
         result = []
         for table in tables:
-            result.append(resolve("subset", {k: _plain(v) for k, v in table.items() if k in SUBSET_KEYS}))
+            subset = resolve("subset", {k: _plain(v) for k, v in table.items() if k in SUBSET_KEYS})
+            subset |= {k: SUBSET_OPTIONS[k].check(_plain(v)) for k, v in table.items() if k in SUBSET_OPTIONS}
+            result.append(subset)
         return result
 
     @property
     def caption_extensions(self) -> tuple[str, ...]:
         """Caption extensions to try, [dataset] caption_extension first (for the scanner)."""
-        first = self.section("dataset")["caption_extension"]
+        return self.caption_extensions_of({})
+
+    def caption_extensions_of(self, subset: Mapping[str, Any]) -> tuple[str, ...]:
+        """Caption extensions to try for one subset: its own caption_extension, else [dataset]'s, first."""
+        first = str(subset.get("caption_extension") or self.section("dataset")["caption_extension"])
         return (first, *(e for e in _CAPTION_EXTENSIONS if e != first))
 
     def get(self, dotted: str) -> Any:
@@ -165,6 +172,12 @@ class RunConfig:
         if not self.subsets:
             raise UserError(f'{where} has no [[dataset.subsets]]; add one with path = "/data/10_sks dog" and repeats = 10')
 
+    def check_buckets(self) -> None:
+        """Raise UserError when the bucket sides do not frame the resolution (``core.settings.bucket_problem``)."""
+        problem = bucket_problem(self.settings)
+        if problem:
+            raise UserError(f"{self.path}: {problem}" if self.path else problem)
+
     def to_dict(self) -> dict[str, Any]:
         """The document as plain Python values."""
         return self.document.unwrap()
@@ -195,6 +208,7 @@ def load_config(path: str | os.PathLike[str], complete: bool = True) -> RunConfi
         raise UserError(f"{file} line {exc.line}, column {exc.col}: invalid TOML ({reason}); fix the syntax there") from None
     _Validator(file, text).validate(document)
     config = RunConfig(document, file)
+    config.check_buckets()
     if complete:
         config.check_complete()
     _absolute_paths(config, file.resolve().parent)
@@ -288,6 +302,7 @@ def apply_overrides(config: RunConfig, overrides: Iterable[str]) -> RunConfig:
         config._put(section, setting, checked)
         changed.add(_dotted(section, setting.key))
     _follow_optimizer_rule(config, changed)
+    config.check_buckets()
     return config
 
 
@@ -406,9 +421,10 @@ def _ensure_table(document: tomlkit.TOMLDocument, section: str) -> Any:
 
 def _subset_table(subset: Mapping[str, Any] | Any) -> Any:
     values = dict(subset.to_config() if hasattr(subset, "to_config") else subset)
-    unknown = [k for k in values if k not in SUBSET_KEYS]
+    unknown = [k for k in values if k not in SUBSET_KEYS and k not in SUBSET_OPTIONS]
     if unknown:
-        raise UserError(f"unknown subset key '{unknown[0]}'{_suggest(unknown[0], SUBSET_KEYS)}; a subset has {', '.join(SUBSET_KEYS)}")
+        known = [*SUBSET_KEYS, *SUBSET_OPTIONS]
+        raise UserError(f"unknown subset key '{unknown[0]}'{_suggest(unknown[0], known)}; a subset has {', '.join(known)}")
     if not values.get("path"):
         raise UserError("a dataset subset has no path; give each subset the folder of its images")
     values["path"] = os.path.abspath(os.path.expanduser(str(values["path"])))
@@ -419,6 +435,12 @@ def _subset_table(subset: Mapping[str, Any] | Any) -> Any:
             table.add(key, setting.check(value))
         except ValueError as exc:
             raise UserError(f"subset {values['path']}: {exc}") from None
+    for key, setting in SUBSET_OPTIONS.items():
+        if key in values:
+            try:
+                table.add(key, setting.check(values[key]))
+            except ValueError as exc:
+                raise UserError(f"subset {values['path']}: {exc}") from None
     return table
 
 
@@ -427,6 +449,10 @@ def _absolute_paths(config: RunConfig, base: Path) -> None:
         path = Path(os.path.expanduser(str(table["path"])))
         if not path.is_absolute():
             table["path"] = str((base / path).resolve())
+    settings = config._table("settings")
+    output_dir = str(settings.get("output_dir", ""))
+    if output_dir and not Path(output_dir).expanduser().is_absolute():
+        settings["output_dir"] = str((base / output_dir).resolve())
     model = config._table("model")
     raw = str(model.get("path", ""))
     if raw and not Path(raw).expanduser().is_absolute() and (base / raw).exists():
@@ -488,7 +514,7 @@ class _Validator:
                 raise self.fail((section, key), f"unknown key '{key}' in [{section}]{_suggest(key, known)}; known keys: {', '.join(known)}")
 
     def value(self, section: str, key: str, value: Any, where: tuple[Any, ...]) -> None:
-        setting = SCHEMA[section][key] if section != "subset" else SUBSET_KEYS[key]
+        setting = SCHEMA[section][key] if section != "subset" else {**SUBSET_KEYS, **SUBSET_OPTIONS}[key]
         plain = _plain(value)
         name = f"[[dataset.subsets]] {key}" if section == "subset" else _dotted(section, key)
         if not _type_ok(setting, plain):
@@ -503,8 +529,9 @@ class _Validator:
             raise self.fail(("dataset", "subsets"), "dataset.subsets must be [[dataset.subsets]] tables; write each subset as its own [[dataset.subsets]] block")
         for index, table in enumerate(value):
             for key, item in table.items():
-                if key not in SUBSET_KEYS:
-                    raise self.fail(("dataset.subsets", index, key), f"unknown key '{key}' in [[dataset.subsets]]{_suggest(key, SUBSET_KEYS)}; known keys: {', '.join(SUBSET_KEYS)}")
+                if key not in SUBSET_KEYS and key not in SUBSET_OPTIONS:
+                    known = [*SUBSET_KEYS, *SUBSET_OPTIONS]
+                    raise self.fail(("dataset.subsets", index, key), f"unknown key '{key}' in [[dataset.subsets]]{_suggest(key, known)}; known keys: {', '.join(known)}")
                 self.value("subset", key, item, ("dataset.subsets", index, key))
             if not _plain(table.get("path", "")):
                 raise self.fail(("dataset.subsets", index), 'this [[dataset.subsets]] has no path; add path = "/data/10_sks dog"')

@@ -1,15 +1,19 @@
 """kohya sd-scripts interchange: dataset_config.toml and sample prompt lines.
 
 ``export_kohya`` writes a run config as sd-scripts' ``dataset_config.toml`` ([general],
-[[datasets]], [[datasets.subsets]]), ``sample_prompts.txt`` and ``training_config.toml`` (the
-optimizer and learning rates, for ``--config_file``); ``read_kohya`` reads such a
-dataset config back. The prompt lines both tools share are ``core/sample_prompts.py``'s.
+[[datasets]], [[datasets.subsets]]; fine-tuning subsets with metadata files for fine_tune.py),
+``sample_prompts.txt`` and ``training_config.toml`` (every training argument the method's script
+has, for ``--config_file``: core/kohya_args.py); ``read_kohya`` reads such a dataset config back.
+The prompt lines both tools share are ``core/sample_prompts.py``'s.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import shutil
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,16 +22,16 @@ from typing import Any, Protocol
 import tomlkit
 from tomlkit.exceptions import ParseError
 
-from core.atomic import write_atomic
+from core.atomic import finish_tree, replace
 from core.errors import UserError
 from core.sample_prompts import format_prompt_line, parse_prompt_line
-from core.settings import SETTINGS, SUBSET_KEYS
+from core.settings import SETTINGS, SUBSET_KEYS, SUBSET_OPTIONS, bucket_problem
 
 DATASET_CONFIG = "dataset_config.toml"
 SAMPLE_PROMPTS = "sample_prompts.txt"
 TRAINING_CONFIG = "training_config.toml"
-#: run.toml optimizer names as sd-scripts' --optimizer_type spells them.
-OPTIMIZER_TYPES = {"adamw": "AdamW", "adamw8bit": "AdamW8bit", "lion8bit": "Lion8bit", "adafactor": "Adafactor"}
+#: The folder of fine_tune.py's metadata files (one per subset: image path → caption).
+METADATA_DIR = "metadata"
 
 #: [settings] keys written to [general] (sd-scripts' subset options, inherited by every subset).
 GENERAL_KEYS = ("shuffle_caption", "keep_tokens", "flip_aug", "random_crop", "caption_prefix", "caption_suffix", "caption_dropout_rate", "caption_tag_dropout_rate")
@@ -40,22 +44,102 @@ _KOHYA_CAPTION_DEFAULT = ".caption"
 
 class _Config(Protocol):
     name: str
+    path: Path | None
     settings: dict[str, Any]
     subsets: list[dict[str, Any]]
     prompts: list[str]
+    method: str
+    family: str
+    model_path: str
+    caption_extensions: tuple[str, ...]
 
     def section(self, section: str) -> dict[str, Any]: ...
 
 
-def export_kohya(config: _Config, out_dir: str | os.PathLike[str]) -> list[Path]:
-    """Write ``dataset_config.toml`` and ``sample_prompts.txt`` for sd-scripts into ``out_dir``.
+@dataclass(frozen=True)
+class KohyaExport:
+    """What ``export_kohya`` wrote: the files, the sd-scripts script they are for, and the run's
+    settings that script has no option for."""
 
-    Only what the method's sd-scripts script accepts is written: textual inversion
-    (train_textual_inversion.py) gets no caption-dropout options; empty prefixes are left out.
+    written: list[Path]
+    script: str
+    unmapped: list[str]
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One sentence on what has no sd-scripts equivalent (empty when everything maps)."""
+        if not self.unmapped:
+            return ""
+        return f"not exported, {self.script} has no option for: {', '.join(self.unmapped)}"
+
+
+def export_kohya(config: _Config, out_dir: str | os.PathLike[str], run_dir: str | os.PathLike[str] | None = None) -> KohyaExport:
+    """Write sd-scripts' files for ``config`` into the new folder ``out_dir``: ``dataset_config.toml``,
+    ``sample_prompts.txt``, ``training_config.toml`` (``--config_file`` of the script that fits the
+    method) and, for a fine-tune, ``metadata/`` (fine_tune.py's metadata files).
+
+    ``out_dir`` must not exist or be empty (UserError otherwise); the files are written into a
+    temp folder beside it that is renamed to ``out_dir``, so a failed export leaves nothing.
+    ``run_dir`` (default: the folder of ``config.path`` when it is a run folder) supplies the class
+    images the run generated, listed as one more regularisation subset.
     """
+    from core.kohya_args import training_arguments
+
+    out = Path(out_dir).expanduser().absolute()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"{out} already exists and is not an empty folder; give a new folder for the kohya files")
+    bucket = bucket_problem(config.settings)
+    if bucket:
+        raise UserError(bucket)
+    run = Path(run_dir) if run_dir is not None else (config.path.parent if config.path is not None else None)
+    finetune = config.method == "finetune"
+    notes: list[str] = []
+    metadata = _metadata_files(config, out, notes) if finetune else {}
+    dataset = _dataset_document(config, _run_class_images(config, run, notes), [out / METADATA_DIR / name for name in metadata])
+    paths = {
+        "dataset_config": str(out / DATASET_CONFIG), "sample_prompts": str(out / SAMPLE_PROMPTS),
+        "output_dir": str(out / "output"), "logging_dir": str(out / "logs"),
+    }
+    arguments = training_arguments(config, paths)
+    resolution = int(config.settings["resolution"])
+    lines = [format_prompt_line(parse_prompt_line(p, resolution, resolution)) for p in config.prompts]
+    files: dict[str, str] = {
+        DATASET_CONFIG: dataset.as_string(),
+        SAMPLE_PROMPTS: "".join(f"{line}\n" for line in lines),
+        TRAINING_CONFIG: arguments.document(config.name).as_string(),
+    }
+    files |= {f"{METADATA_DIR}/{name}": json.dumps(entries, indent=2, ensure_ascii=False) + "\n" for name, entries in metadata.items()}
+    _write_folder(out, files)
+    return KohyaExport([out / name for name in files], arguments.script, arguments.unmapped, notes)
+
+
+def _write_folder(out: Path, files: Mapping[str, str]) -> None:
+    """Write ``files`` (relative path → text) into a temp folder beside ``out`` and rename it to ``out``."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for name, text in files.items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name).write_text(text, encoding="utf-8")
+        finish_tree(tmp)
+        if out.exists():
+            out.rmdir()  # empty, checked above; a file appearing since makes this fail and keeps it
+        replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _dataset_document(config: _Config, class_images: dict[str, Any] | None, metadata: list[Path]) -> tomlkit.TOMLDocument:
+    """sd-scripts' dataset config: DreamBooth-style subsets (image folders with caption files), or
+    fine-tuning subsets (``metadata_file``) for a fine-tune, whose schema has no caption
+    extension, class tokens or is_reg. Only what the method's script accepts is written:
+    textual inversion (train_textual_inversion.py) gets no caption-dropout options; empty
+    prefixes are left out."""
     settings = config.settings
     caption_extension = config.section("dataset")["caption_extension"]
-    textual_inversion = config.section("method")["kind"] == "textual_inversion"
+    textual_inversion = config.method == "textual_inversion"
+    finetune = config.method == "finetune"
     document = tomlkit.document()
     document.add(tomlkit.comment(f"sd-scripts dataset config exported by sdtui from run '{config.name}'"))
     general = tomlkit.table()
@@ -63,58 +147,77 @@ def export_kohya(config: _Config, out_dir: str | os.PathLike[str]) -> list[Path]
         if (textual_inversion and key in DROPOUT_KEYS) or settings[key] == "":
             continue
         general.add(key, settings[key])
-    general.add("caption_extension", caption_extension)
+    if not finetune:
+        general.add("caption_extension", caption_extension)
     document.add("general", general)
     dataset = tomlkit.table()
     for key in DATASET_KEYS:
         dataset.add(key, settings[key])
     subsets = tomlkit.aot()
-    for subset in config.subsets:
-        table = tomlkit.table()
-        table.add("image_dir", str(subset["path"]))
-        table.add("num_repeats", int(subset["repeats"]))
-        if subset.get("token"):
-            table.add("class_tokens", str(subset["token"]))
-        table.add("caption_extension", caption_extension)
-        table.add("is_reg", bool(subset.get("is_reg", False)))
-        subsets.append(table)
+    if finetune:
+        for path, subset in zip(metadata, [s for s in config.subsets if not s["is_reg"]], strict=True):
+            table = tomlkit.table()
+            table.add("image_dir", str(subset["path"]))
+            table.add("metadata_file", str(path))
+            table.add("num_repeats", int(subset["repeats"]))
+            _add_own_options(table, subset)
+            subsets.append(table)
+    else:
+        for subset in [*config.subsets, *([class_images] if class_images else [])]:
+            table = tomlkit.table()
+            table.add("image_dir", str(subset["path"]))
+            table.add("num_repeats", int(subset["repeats"]))
+            if subset.get("token"):
+                table.add("class_tokens", str(subset["token"]))
+            table.add("caption_extension", subset.get("caption_extension") or caption_extension)
+            table.add("is_reg", bool(subset.get("is_reg", False)))
+            _add_own_options(table, subset)
+            subsets.append(table)
     dataset.add("subsets", subsets)
     datasets = tomlkit.aot()
     datasets.append(dataset)
     document.add("datasets", datasets)
-    out = Path(out_dir)
-    resolution = int(settings["resolution"])
-    lines = [format_prompt_line(parse_prompt_line(p, resolution, resolution)) for p in config.prompts]
-    written = [out / DATASET_CONFIG, out / SAMPLE_PROMPTS, out / TRAINING_CONFIG]
-    write_atomic(written[0], document.as_string())
-    write_atomic(written[1], "".join(f"{line}\n" for line in lines))
-    write_atomic(written[2], _training_config(config).as_string())
-    return written
-
-
-def _training_config(config: _Config) -> tomlkit.TOMLDocument:
-    """sd-scripts' optimizer arguments for ``--config_file``: the optimizer, the rates and the schedule.
-
-    sd-scripts' ``text_encoder_lr`` is written only when set (0 in run.toml means "the learning
-    rate", which is what sd-scripts does without it; its own 0 would freeze the text encoder).
-    """
-    schedule = config.section("schedule")
-    settings = config.settings
-    document = tomlkit.document()
-    document.add(tomlkit.comment(f"sd-scripts training arguments exported by sdtui from run '{config.name}'; pass with --config_file"))
-    table = tomlkit.table()
-    table.add("optimizer_type", OPTIMIZER_TYPES[settings["optimizer"]])
-    if settings["optimizer"] == "adafactor":
-        table.add("optimizer_args", ["scale_parameter=False", "relative_step=False", "warmup_init=False"])
-    table.add("learning_rate", float(schedule["learning_rate"]))
-    table.add("unet_lr", float(schedule["learning_rate"]))
-    if float(schedule["text_encoder_lr"]) > 0:
-        table.add("text_encoder_lr", float(schedule["text_encoder_lr"]))
-    table.add("lr_scheduler", str(schedule["lr_scheduler"]))
-    table.add("lr_warmup_steps", int(schedule["lr_warmup_steps"]))
-    table.add("max_grad_norm", float(settings["max_grad_norm"]))
-    document.add("optimizer_arguments", table)
     return document
+
+
+def _add_own_options(table: Any, subset: Mapping[str, Any]) -> None:
+    """A subset's own keep_tokens, flip_aug and shuffle_caption (sd-scripts' per-subset options)."""
+    for key in SUBSET_OPTIONS:
+        if key != "caption_extension" and key in subset:
+            table.add(key, subset[key])
+
+
+def _run_class_images(config: _Config, run: Path | None, notes: list[str]) -> dict[str, Any] | None:
+    """The class images the run generated (``<run>/class_images/``) as a regularisation subset
+    captioned with the class prompt, or None when there are none or the method uses none."""
+    from core.runs import CLASS_IMAGES, generated_class_images
+
+    if config.method in ("finetune", "textual_inversion"):
+        return None
+    if run is None or not generated_class_images(run):
+        if config.method == "dreambooth" and config.section("method")["class_prompt"]:
+            notes.append("the class images the run generates are not there yet, so only the given class folders are listed; export from the run folder after training starts")
+        return None
+    return {"path": str((run / CLASS_IMAGES).resolve()), "repeats": 1, "token": config.section("method")["class_prompt"], "is_reg": True}
+
+
+def _metadata_files(config: _Config, out: Path, notes: list[str]) -> dict[str, dict[str, dict[str, str]]]:
+    """fine_tune.py's metadata of each training subset (file name → {image path: {"caption": …}}),
+    the captions the scan reads (caption file, else the subset's token); sd-scripts adds the
+    prefix and suffix itself."""
+    from core.dataset.scan import scan_config
+
+    scan = scan_config(config)
+    result: dict[str, dict[str, dict[str, str]]] = {}
+    for number, entry in enumerate([s for s in config.subsets if not s["is_reg"]], start=1):
+        folder = Path(str(entry["path"])).expanduser().resolve()
+        images = [i for s in scan.subsets if not s.is_reg and Path(s.path).resolve().is_relative_to(folder) for i in s.images]
+        token = str(entry.get("token") or "")
+        name = f"{number:02d}_{folder.name}.json"
+        result[name] = {str(Path(i.path).resolve()): {"caption": i.caption if i.caption is not None else token} for i in images}
+    if any(s["is_reg"] for s in config.subsets):
+        notes.append("fine_tune.py has no regularisation images, so the class folders are left out")
+    return result
 
 
 @dataclass(frozen=True)
@@ -136,7 +239,9 @@ def read_kohya(path: str | os.PathLike[str]) -> KohyaDataset:
     """Read an sd-scripts dataset_config.toml: subsets, the [settings] it maps and the caption extension.
 
     Values fall back subset → dataset → general as in sd-scripts; relative ``image_dir`` paths
-    are taken relative to the file's folder. The first dataset's options become the settings.
+    are taken relative to the file's folder. The first dataset's options become the settings; a
+    subset's own keep_tokens, flip_aug and shuffle_caption, and a caption extension other than the
+    first subset's, stay with that subset.
     """
     file = Path(path).expanduser()
     try:
@@ -173,8 +278,9 @@ def read_kohya(path: str | os.PathLike[str]) -> KohyaDataset:
     if not subsets:
         raise UserError(f"{file} has no [[datasets.subsets]]; add one with image_dir and num_repeats")
     caption_extension = extensions[0]
-    if any(e != caption_extension for e in extensions):
-        warnings.append(f"subsets of {file} use different caption extensions; {caption_extension} is tried first")
+    for subset, extension in zip(subsets, extensions):
+        if extension != caption_extension:
+            subset["caption_extension"] = extension
     return KohyaDataset(subsets, settings, caption_extension, warnings)
 
 
@@ -210,10 +316,11 @@ def _subset(file: Path, table: Mapping[str, Any], scopes: list[Mapping[str, Any]
         "token": table.get("class_tokens", _inherited("class_tokens", scopes[1:]) or ""),
         "is_reg": table.get("is_reg", False),
     }
+    own = {key: table[key] for key in SUBSET_OPTIONS if key != "caption_extension" and table.get(key) is not None}
     subset = {}
-    for key, value in values.items():
+    for key, value in (values | own).items():
         try:
-            subset[key] = SUBSET_KEYS[key].check(value)
+            subset[key] = {**SUBSET_KEYS, **SUBSET_OPTIONS}[key].check(value)
         except ValueError as exc:
             raise UserError(f"{file}: subset {folder}: {exc}; fix the value") from None
     extension = _inherited("caption_extension", scopes) or _KOHYA_CAPTION_DEFAULT

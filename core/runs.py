@@ -37,6 +37,8 @@ _START_GRACE_S = 30.0
 #: Stalled after this many usual step times without a step or heartbeat, and never sooner than
 #: STALL_MIN_S; before the first step (model loading, caching) after STALL_START_S.
 STALL_FACTOR = 10.0
+#: The run's folder of generated class images (DreamBooth prior preservation), named class_<n>.png.
+CLASS_IMAGES = "class_images"
 STALL_MIN_S = 15.0
 STALL_START_S = 300.0
 
@@ -56,6 +58,7 @@ class RunDir:
         self.samples = self.path / "samples"
         self.checkpoints = self.path / "checkpoints"
         self.output = self.path / "output"
+        self.class_images = self.path / CLASS_IMAGES
         self.accelerate_yaml = self.path / "accelerate.yaml"
         self.supervisor_lock = self.path / "supervisor.lock"
         self.trainer_lock = self.path / "trainer.lock"
@@ -250,6 +253,11 @@ class RunDir:
         if problem:
             row["problem"] = problem
         return row
+
+
+def generated_class_images(run_dir: str | os.PathLike[str]) -> list[Path]:
+    """The class images a run generated into its ``class_images/`` folder, in order."""
+    return sorted((Path(run_dir) / CLASS_IMAGES).glob("class_*.png"))
 
 
 def has_state(status: dict[str, Any]) -> bool:

@@ -14,7 +14,7 @@ from core.families import FAMILIES
 
 METHODS = ("lora", "dreambooth", "finetune", "textual_inversion")
 PRECISIONS = ("no", "fp16", "bf16")
-OPTIMIZERS = ("adamw", "adamw8bit", "lion8bit", "adafactor", "prodigy", "schedulefree_adamw")
+OPTIMIZERS = ("adamw", "adamw8bit", "lion", "lion8bit", "adafactor", "prodigy", "schedulefree_adamw")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 LORA_TARGETS = ("attn", "attn_ff", "all")
 LORA_TYPES = ("lora", "loha", "lokr")
@@ -101,7 +101,12 @@ SETTINGS: dict[str, Setting] = {
         _s("mixed_precision", str, "bf16", "precision of the computations: bf16 on newer GPUs, fp16 on older ones (uses loss scaling), no = fp32 (slow)", choices=PRECISIONS),
         _s("full_bf16", bool, False, "keep the trained weights themselves in bf16 (no fp32 master copy)"),
         _s("gradient_checkpointing", bool, True, "recompute activations in backward to save memory"),
-        _s("optimizer", str, "adamw8bit", "adamw8bit (8-bit states, the usual choice), adamw (more memory), lion8bit, adafactor (least memory), prodigy (finds its own step size: learning rate 1.0) or schedulefree_adamw (needs no LR schedule)", choices=OPTIMIZERS),
+        _s("optimizer", str, "adamw8bit", "adamw8bit (8-bit states, the usual choice), adamw (more memory), lion8bit, lion (32-bit states), adafactor (least memory), prodigy (finds its own step size: learning rate 1.0) or schedulefree_adamw (needs no LR schedule)", choices=OPTIMIZERS),
+        _s("weight_decay", float, 0.01, "optimizer weight decay (decoupled, as AdamW; Adafactor has none)", minimum=0.0),
+        _s("beta1", float, 0.0, "optimizer's first beta (0 = its default: 0.9)", minimum=0.0, maximum=0.9999),
+        _s("beta2", float, 0.0, "optimizer's second beta (0 = its default: 0.999, Lion 0.99)", minimum=0.0, maximum=0.9999),
+        _s("prodigy_d_coef", float, 1.0, "Prodigy's d_coef: scales its step-size estimate (below 1 learns more gently)", minimum=0.0),
+        _s("prodigy_safeguard_warmup", bool, True, "Prodigy's safeguard_warmup: keeps the estimate from jumping during the LR warm-up"),
         _s("fused_backward_pass", bool, False, "step the optimizer inside backward, one parameter at a time: saves the memory of the full gradients"),
         _s("cache_latents", bool, True, "encode images with the VAE once, before training"),
         _s("cache_latents_to_disk", bool, False, "keep the latent cache on disk instead of in memory, for datasets that do not fit in RAM"),
@@ -127,6 +132,9 @@ SETTINGS: dict[str, Setting] = {
         _s("lora_rank", int, 16, "size of the LoRA matrices: higher learns more detail, gives a bigger file and needs more memory (16-32 usual)", minimum=1, maximum=1024),
         _s("lora_alpha", float, 16.0, "LoRA alpha (scale = alpha / rank)", minimum=0.0),
         _s("lora_dropout", float, 0.0, "share of LoRA activations dropped in training, against overfitting (0 = off, 0.1 typical)", minimum=0.0, maximum=1.0),
+        _s("lokr_factor", int, -1, "LoKr's Kronecker factor: the split of each weight's sides (-1 = as square as possible)", minimum=-1),
+        _s("conv_rank", int, 0, "rank of the conv layers that lora_targets = all adds (0 = lora_rank)", minimum=0, maximum=1024),
+        _s("conv_alpha", float, 0.0, "alpha of those conv layers (0 = lora_alpha)", minimum=0.0),
         _s("lora_targets", str, "attn", "attn, attn_ff (adds feed-forward and the text encoders' MLP) or all (adds convs, LoCon)", choices=LORA_TARGETS),
         _s("init_lora", str, "", "a LoRA file (kohya or diffusers format) the run starts from"),
         _s("use_dora", bool, False, "weight-decomposed LoRA (DoRA): learns magnitude and direction apart; a little better, a little slower"),
@@ -141,6 +149,8 @@ SETTINGS: dict[str, Setting] = {
         _s("ema", bool, False, "keep an exponential moving average of the trained weights"),
         _s("ema_decay", float, 0.9999, "how slowly the moving average follows the weights (0.9999 = slowly; lower it for short runs)", minimum=0.0, maximum=1.0),
         _s("max_grad_norm", float, 1.0, "clip gradients to this norm to keep steps stable (0 = off, 1.0 usual)", minimum=0.0),
+        _s("output_name", str, "", "file name of the saved outputs, without extension (empty = the run name)"),
+        _s("output_dir", str, "", "folder the outputs are saved to (empty = output/ in the run folder)"),
         _s("save_precision", str, "fp16", "dtype of the saved LoRA, embedding and single-file model", choices=SAVE_PRECISIONS),
         _s("torch_compile", bool, False, "compile the UNet with torch.compile: faster steps after a slow first one"),
         _s("dataloader_workers", int, 2, "processes that load images in the background (0 = in the training process)", minimum=0),
@@ -228,6 +238,19 @@ SUBSET_KEYS: dict[str, Setting] = {
 }
 
 
+#: Options a [[dataset.subsets]] table may set for its own images, as kohya's per-subset options;
+#: a subset without one takes [settings] (caption_extension: [dataset]).
+SUBSET_OPTIONS: dict[str, Setting] = {
+    "caption_extension": SCHEMA["dataset"]["caption_extension"],
+    **{key: SETTINGS[key] for key in ("keep_tokens", "flip_aug", "shuffle_caption")},
+}
+
+
+def subset_settings(settings: Mapping[str, Any], subset: Mapping[str, Any]) -> dict[str, Any]:
+    """The [settings] one subset trains with: ``settings`` with the subset's own options laid over."""
+    return {**settings, **{k: v for k, v in subset.items() if k in SUBSET_OPTIONS and k in settings}}
+
+
 def lookup(dotted: str) -> tuple[str, Setting]:
     """Find a ``section.key`` (a bare ``key`` means ``settings.key``); raise KeyError with the rule."""
     section, _, key = dotted.rpartition(".")
@@ -257,6 +280,44 @@ def optimizer_rule_warnings(optimizer: str, learning_rate: float, lr_scheduler: 
     if optimizer in SCHEDULE_FREE_OPTIMIZERS and lr_scheduler not in ("constant", "constant_with_warmup"):
         warnings.append(f"{optimizer} keeps its own schedule, so lr_scheduler={lr_scheduler} is not used (the rate stays constant after the warm-up)")
     return warnings
+
+
+#: What to expect of an optimizer that is not obvious from its settings (planner notes, trainer events).
+OPTIMIZER_NOTES: dict[str, str] = {
+    "prodigy": (
+        "prodigy estimates its own step size: it starts tiny (d0 = 1e-6 times the learning rate) and grows over the first "
+        "tens to hundreds of steps, so the loss may stay flat at first; the dashboard and train.log show it as 'step d×lr'"
+    ),
+}
+
+
+def optimizer_notes(optimizer: str) -> list[str]:
+    """Sentences on what to expect of ``optimizer`` (Prodigy's growing step size), for the plan and the run."""
+    return [OPTIMIZER_NOTES[optimizer]] if optimizer in OPTIMIZER_NOTES else []
+
+
+def optimizer_betas(settings: Mapping[str, Any]) -> tuple[float, float] | None:
+    """The (beta1, beta2) the run sets for its optimizer (a 0 keeps that beta's default: 0.9, and
+    0.999, Lion 0.99), or None when it sets neither, so the optimizer keeps its own."""
+    beta1, beta2 = float(settings["beta1"]), float(settings["beta2"])
+    if not beta1 and not beta2:
+        return None
+    second = 0.99 if str(settings["optimizer"]).startswith("lion") else 0.999
+    return (beta1 or 0.9, beta2 or second)
+
+
+def bucket_problem(settings: Mapping[str, Any]) -> str | None:
+    """The sentence for bucket sides that do not frame the resolution (sd-scripts refuses them too:
+    with bucketing on, min_bucket_reso ≤ resolution ≤ max_bucket_reso), or None when they do."""
+    if not settings.get("enable_bucket", True):
+        return None
+    resolution = int(settings["resolution"])
+    low, high = int(settings["min_bucket_reso"]), int(settings["max_bucket_reso"])
+    if low > resolution:
+        return f"settings.min_bucket_reso = {low} is larger than settings.resolution = {resolution}; set min_bucket_reso to {resolution} or less"
+    if high < resolution:
+        return f"settings.max_bucket_reso = {high} is smaller than settings.resolution = {resolution}; set max_bucket_reso to {resolution} or more"
+    return None
 
 
 def _keys(section: str) -> dict[str, Setting]:

@@ -239,6 +239,38 @@ def test_export_kohya(kohya_dataset: DataFactory, tmp_path: Path, capsys: pytest
     assert code == 2 and "missing.toml" in one_sentence_error(err)
     code, _, err = run(capsys, "export-kohya", str(path), str(path))
     assert code == 2 and "is a file" in one_sentence_error(err)
+    code, _, err = run(capsys, "export-kohya", str(path), str(tmp_path / "kohya"))
+    assert code == 2 and "is not an empty folder" in one_sentence_error(err)
+
+
+def test_export_kohya_of_a_prodigy_lokr_run_says_what_has_no_sd_scripts_option(kohya_dataset: DataFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from core.config import new_config, save_config
+    from core.dataset.scan import scan_dataset
+
+    subsets = scan_dataset(kohya_dataset()).subset_configs()
+    settings = {"optimizer": "prodigy", "lora_type": "lokr", "clip_skip": 2, "ema": True}
+    path = save_config(new_config("dog", "/models/sd15.safetensors", "sd1", "lora", subsets, settings), tmp_path / "run.toml")
+    code, out, err = run(capsys, "export-kohya", str(path), str(tmp_path / "kohya"))
+    assert code == 0 and "Traceback" not in err
+    text = (tmp_path / "kohya" / "training_config.toml").read_text()
+    assert 'optimizer_type = "Prodigy"' in text and 'network_module = "lycoris.kohya"' in text and "clip_skip = 2" in text
+    assert f"accelerate launch train_network.py --config_file {tmp_path / 'kohya' / 'training_config.toml'}" in err
+    assert "note: not exported, train_network.py has no option for: settings.ema, settings.lora_targets = attn" in err
+
+
+def test_bucket_sides_that_do_not_frame_the_resolution_are_refused(kohya_dataset: DataFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from core.config import new_config, save_config
+    from core.dataset.scan import scan_dataset
+
+    subsets = scan_dataset(kohya_dataset()).subset_configs()
+    path = save_config(new_config("dog", "/models/sd15.safetensors", "sd1", "lora", subsets, {"resolution": 64, "min_bucket_reso": 256}), tmp_path / "run.toml")
+    for argv in (("export-kohya", str(path), str(tmp_path / "kohya")), ("plan", str(path))):
+        code, _, err = run(capsys, *argv)
+        assert code == 2 and "settings.min_bucket_reso = 256 is larger than settings.resolution = 64; set min_bucket_reso to 64 or less" in one_sentence_error(err)
+    assert not (tmp_path / "kohya").exists()
+    path = save_config(new_config("dog", "/models/sd15.safetensors", "sd1", "lora", subsets, {"resolution": 512}), tmp_path / "ok.toml")
+    code, _, err = run(capsys, "plan", str(path), "--set", "max_bucket_reso=256")
+    assert code == 2 and "settings.max_bucket_reso = 256 is smaller than settings.resolution = 512" in one_sentence_error(err)
 
 
 def test_console_script(kohya_dataset: DataFactory, tmp_path: Path) -> None:

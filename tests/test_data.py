@@ -304,3 +304,28 @@ def test_demo_dataset_is_deterministic_and_trainable(tmp_path):
     assert all(item.caption.startswith("a ") and item.caption != "shapes" for item in data.items)
     code = "import sys, core.dataset.demo_data; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1]).returncode == 0
+
+
+def test_each_subset_trains_with_its_own_caption_extension_and_caption_options(tmp_path):
+    from core.config import load_config, new_config, save_config
+
+    tags, plain = tmp_path / "data" / "2_tags", tmp_path / "data" / "1_plain"
+    for folder in (tags, plain):
+        write_image(folder / "a.png", (128, 128), (200, 10, 10))
+        (folder / "a.txt").write_text("from the txt file")
+    (tags / "a.caption").write_text("sks, red, square, flat")
+    subsets = [
+        {"path": str(tags), "repeats": 2, "token": "sks", "caption_extension": ".caption", "keep_tokens": 1, "shuffle_caption": True, "flip_aug": True},
+        {"path": str(plain), "repeats": 1, "token": "x"},
+    ]
+    config = load_config(save_config(new_config("r", "/m", "sd1", "lora", subsets, SETTINGS), tmp_path / "run.toml"))
+    assert config.subsets[0]["caption_extension"] == ".caption" and "flip_aug" not in config.subsets[1]
+    data = build_items(config, config.settings)
+    first, second = sorted(data.items, key=lambda item: item.subset)
+    assert first.caption == "sks, red, square, flat" and second.caption == "from the txt file"
+    own, general = data.settings_of(first), data.settings_of(second)
+    assert (own["keep_tokens"], own["shuffle_caption"], own["flip_aug"]) == (1, True, True)
+    assert (general["keep_tokens"], general["shuffle_caption"], general["flip_aug"]) == (0, False, False)
+    assert data.settings["flip_aug"] and data.settings["shuffle_caption"]  # one flipping subset keeps the caches off
+    shuffled = {process_caption(first.caption, own, random.Random(seed)) for seed in range(20)}
+    assert len(shuffled) > 1 and all(c.startswith("sks, ") for c in shuffled)

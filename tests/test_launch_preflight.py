@@ -69,7 +69,7 @@ def test_dataset_without_usable_images(tmp_path: Path, config_path: Path) -> Non
 
 
 def test_plan_that_does_not_fit_needs_yes(tmp_path: Path, config_path: Path) -> None:
-    config = apply_overrides(load_config(config_path), ["resolution=1024", "batch_size=8", "optimizer=adamw"])
+    config = apply_overrides(load_config(config_path), ["resolution=1024", "max_bucket_reso=2048", "batch_size=8", "optimizer=adamw"])
     small = parse_spec("1x2GB")
     with pytest.raises(UserError, match="does not fit the smallest chosen GPU .* pass --yes"):
         pf.preflight(config, tmp_path / "runs", small)

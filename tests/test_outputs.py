@@ -209,3 +209,44 @@ def test_original_layout_round_trips_the_real_architectures(family):
         second = encoders[1].state_dict()
         converted = convert_open_clip_checkpoint(encoders[1], open_clip_to_original(second, "conditioner.embedders.1.model."), prefix="conditioner.embedders.1.model.")
         assert converted.keys() == second.keys()
+
+
+@pytest.mark.parametrize("kind", ["loha", "lokr"])
+def test_loha_lokr_peft_folders_load_with_peft_model_from_pretrained(tmp_path, tiny_models, kind):
+    """output/peft/<component>/ is what PeftModel.save_pretrained writes: every adapter tensor loads
+    (none reported missing) and merging gives the trained weights."""
+    import warnings
+
+    from diffusers import UNet2DConditionModel
+    from peft import PeftModel
+
+    from core.train.methods import adapter_config
+
+    path = tiny_models("sd1")
+    components = load_components(str(path))
+    settings = {"lora_type": kind, "lora_rank": 4, "lora_alpha": 2.0, "lokr_factor": -1}
+    components.unet.add_adapter(adapter_config(settings, ["to_q", "to_k", "to_v", "to_out.0"]))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in components.unet.named_parameters():
+            if f"{'hada' if kind == 'loha' else 'lokr'}_" in name:
+                param.add_(torch.randn(param.shape, generator=generator) * 0.3)
+    trained = {}
+    for name, module in components.unet.named_modules():
+        if hasattr(module, "get_delta_weight") and hasattr(module, "get_base_layer"):
+            with torch.no_grad():
+                trained[name] = module.get_base_layer().weight + module.get_delta_weight("default")
+    files = save_lora(components, tmp_path / "output", "mine")
+    assert files.diffusers == tmp_path / "output" / "peft"
+    fresh = UNet2DConditionModel.from_pretrained(path, subfolder="unet")
+    base = {name: fresh.get_submodule(name).weight.detach().clone() for name in trained}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = PeftModel.from_pretrained(fresh, str(files.diffusers / "unet"))
+    assert not [w for w in caught if "missing" in str(w.message).lower()]
+    merged = model.merge_and_unload()
+    assert trained
+    for name, weight in trained.items():
+        got = merged.get_submodule(name).weight
+        assert not torch.allclose(got, base[name]), name  # merging changes the weights ...
+        torch.testing.assert_close(got, weight, rtol=1e-4, atol=1e-5)  # ... to the trained ones

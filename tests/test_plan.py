@@ -357,6 +357,8 @@ def test_plan_warns_when_the_schedule_breaks_the_optimizers_rules(kohya_dataset)
     assert any("prodigy multiplies its own step-size estimate" in w and "its rule is 1" in w for w in warnings)
     ruled = apply_overrides(_config(scan, epochs=2), ["optimizer=prodigy"])  # takes its rule: no warning
     assert not any("prodigy" in w for w in make_plan(ruled, scan, parse_spec("1x4090")).to_json()["warnings"])
+    notes = make_plan(ruled, scan, parse_spec("1x4090")).to_json()["notes"]
+    assert any("prodigy estimates its own step size: it starts tiny" in n and "'step d×lr'" in n for n in notes)
     free = apply_overrides(_config(scan, epochs=2), ["optimizer=schedulefree_adamw", "schedule.lr_scheduler=cosine"])
     assert any("keeps its own schedule" in w for w in make_plan(free, scan, parse_spec("1x4090")).to_json()["warnings"])
 

@@ -95,7 +95,7 @@ def test_unknown_setting_names_file_and_key(tmp_path: Path) -> None:
 
 def test_bad_value_names_file_key_and_allowed_values(tmp_path: Path) -> None:
     write(tmp_path, "bad", GOOD.replace('"adamw8bit"', '"sgd"'))
-    with pytest.raises(RecipeError, match=r"bad\.toml.*'optimizer'.*adamw, adamw8bit, lion8bit, adafactor"):
+    with pytest.raises(RecipeError, match=r"bad\.toml.*'optimizer'.*adamw, adamw8bit, lion, lion8bit, adafactor"):
         load_recipes(tmp_path)
 
 

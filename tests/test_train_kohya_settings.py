@@ -45,8 +45,21 @@ def test_prodigy_learns_at_its_rule_and_reports_d_times_lr(setup_run):
     one_step(trainer)
     assert _changed(before, trainer)
     group = trainer.session.optim.optimizer.param_groups[0]
-    assert trainer.stepper.current_lr() == pytest.approx(group["d"] * group["lr"])
+    # the lr is the rate the user set (Prodigy's multiplier); its own step size is d × lr, labelled apart
+    assert trainer.stepper.current_lr() == pytest.approx(1.0)
+    assert trainer.stepper.step_size() == pytest.approx(group["d"] * group["lr"])
     assert not any("prodigy multiplies" in m["message"] for m in metrics(trainer.run.path, "event"))
+    assert any("starts tiny" in m["message"] and "grows over the first" in m["message"] for m in metrics(trainer.run.path, "event"))
+
+
+def test_a_prodigy_run_records_its_step_size_beside_the_lr(tmp_path, tiny_models, kohya_dataset, capsys):
+    run = make_run(tmp_path / "run", tiny_models("sd1"), kohya_dataset(((1, "sks dog", 2),)), settings={"optimizer": "prodigy"},
+                   schedule={"max_steps": 3, "learning_rate": 1.0, "save_every_epochs": 0})
+    assert train(run) == 0
+    steps = metrics(run, "step")
+    assert [s["lr"] for s in steps] == [1.0, 1.0, 1.0]
+    assert steps[0]["step_size"] == pytest.approx(1e-6) and steps[-1]["step_size"] >= steps[0]["step_size"]  # d starts at d0 and only grows
+    assert "step d×lr 1.00e-06" in capsys.readouterr().out
 
 
 def test_prodigy_at_an_adamw_rate_is_warned_about(setup_run):
@@ -245,13 +258,21 @@ def test_lora_metadata_has_every_key_sd_scripts_writes_with_the_run_facts(setup_
     buckets = json.loads(meta["ss_bucket_info"])
     assert sum(b["count"] for b in buckets["buckets"].values()) == 2 * 3 + 2  # images × repeats
     assert meta["ss_num_train_images"] == "8" and meta["ss_steps"] == "1" and meta["ss_total_batch_size"] == "1"
-    assert json.loads(meta["ss_network_args"]) == {"conv_dim": "4", "conv_alpha": "4.0"}
+    assert json.loads(meta["ss_network_args"]) == {"conv_dim": "4", "conv_alpha": "4"}
     assert meta["ss_optimizer"] == "torch.optim.adamw.AdamW"
     # the hashes are what sd-webui-additional-networks recomputes from the file
     tensors = load_file(str(path))
     data = save(tensors, metadata={k: v for k, v in meta.items() if k.startswith("ss_")})
     header = int.from_bytes(data[:8], "little")
     assert meta["sshs_model_hash"] == hashlib.sha256(data[8 + header :]).hexdigest()
+
+
+def test_ss_epoch_of_a_step_mode_run_is_the_epochs_it_trained(tmp_path, tiny_models, kohya_dataset):
+    # 2 images, batch 1: 2 steps an epoch, so 5 steps reach into the third epoch
+    run = make_run(tmp_path / "run", tiny_models("sd1"), kohya_dataset(((1, "sks dog", 2),)), schedule={"max_steps": 5, "save_every_epochs": 0})
+    assert train(run) == 0
+    meta = _metadata(run / "output" / "tiny.safetensors")
+    assert meta["ss_steps"] == "5" and meta["ss_epoch"] == "3" and meta["ss_num_epochs"] == "3"
 
 
 def test_sd2_v_prediction_is_named_as_sd_scripts_names_it():
@@ -452,3 +473,20 @@ def test_estimator_keeps_the_text_encoder_when_tag_dropout_blocks_its_cache():
     dropped = estimate("sdxl", "lora", {**base, "caption_tag_dropout_rate": 0.1}, 1)
     assert cached.breakdown["weights_text_encoders"] == 0 < dropped.breakdown["weights_text_encoders"]
     assert any("not cached" in n for n in dropped.notes)
+
+
+def test_output_name_and_folder_are_where_the_outputs_go(tmp_path, tiny_models, kohya_dataset):
+    from core.config import load_config
+
+    run = make_run(tmp_path / "run", tiny_models("sd1"), kohya_dataset(((1, "sks dog", 1),)),
+                   settings={"output_name": "sksDog_v1", "output_dir": str(tmp_path / "loras")}, schedule={"max_steps": 1, "save_every_epochs": 0})
+    assert train(run) == 0
+    assert (tmp_path / "loras" / "sksDog_v1.safetensors").is_file()
+    assert _metadata(tmp_path / "loras" / "sksDog_v1.safetensors")["ss_output_name"] == "sksDog_v1"
+    assert not (run / "output" / "tiny.safetensors").exists()
+    from core.runs import RunDir
+
+    assert tmp_path / "loras" / "sksDog_v1.safetensors" in RunDir(run).outputs()
+    doc = (run / "run.toml").read_text().replace(str(tmp_path / "loras"), "../loras")
+    (run / "run.toml").write_text(doc)
+    assert load_config(run / "run.toml").settings["output_dir"] == str(tmp_path / "loras")  # relative to the run.toml

@@ -43,13 +43,31 @@ def _snapshot(trainer):
     return {n: p.detach().clone() for n, p in trainer.session.method.named_trainable().items()}
 
 
-@pytest.mark.parametrize(("name", "cls"), [("adamw", "AdamW"), ("adamw8bit", "AdamW8bit"), ("lion8bit", "Lion8bit"), ("adafactor", "Adafactor")])
+@pytest.mark.parametrize(("name", "cls"), [("adamw", "AdamW"), ("adamw8bit", "AdamW8bit"), ("lion", "Lion"), ("lion8bit", "Lion8bit"), ("adafactor", "Adafactor")])
 def test_each_optimizer_is_used_and_steps_on_the_cpu(setup_run, name, cls):
     trainer = setup_run({"optimizer": name})
     assert type(trainer.session.optim.optimizer.optimizer).__name__ == cls
     before = _snapshot(trainer)
     one_step(trainer)
     assert _changed(before, trainer)
+
+
+@pytest.mark.parametrize("name", ["adamw", "lion", "prodigy", "schedulefree_adamw"])
+def test_the_optimizer_arguments_of_run_toml_reach_the_optimizer(setup_run, name):
+    settings = {"optimizer": name, "weight_decay": 0.05, "beta1": 0.8, "prodigy_d_coef": 0.5, "prodigy_safeguard_warmup": False}
+    group = setup_run(settings).session.optim.optimizer.optimizer.param_groups[0]
+    second = 0.99 if name == "lion" else 0.999  # beta2 = 0 keeps the optimizer's own
+    assert group["weight_decay"] == 0.05 and tuple(group["betas"]) == (0.8, second)
+    if name == "prodigy":
+        assert group["d_coef"] == 0.5 and group["safeguard_warmup"] is False
+
+
+def test_lokr_factor_and_conv_rank_shape_the_adapter(setup_run):
+    trainer = setup_run({"lora_type": "lokr", "lokr_factor": 4, "lora_targets": "all", "lora_rank": 8, "conv_rank": 2, "conv_alpha": 1.0})
+    config = trainer.session.components.unet.peft_config["default"]
+    assert config.decompose_factor == 4
+    assert config.rank_pattern and set(config.rank_pattern.values()) == {2} and set(config.alpha_pattern.values()) == {1.0}
+    assert all(".conv" in name or "conv_shortcut" in name or "proj_" in name for name in config.rank_pattern)
 
 
 @pytest.mark.parametrize(("attention", "cls"), [("sdpa", "AttnProcessor2_0"), ("eager", "AttnProcessor")])

@@ -261,3 +261,18 @@ async def test_a_poll_that_lands_after_the_dashboard_is_gone_is_dropped_not_a_cr
         await pilot.pause()
         await screen.remove()  # the dashboard taken down, as when the app quits
         screen._show_news(*news)
+
+
+@sync
+async def test_a_prodigy_run_shows_its_own_step_size_labelled_beside_the_lr(tmp_path: Path) -> None:
+    runs = make_runs(tmp_path / "runs")
+    run = runs / "shapes-lora-20251009-090000"
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for line in lines:
+        if line["type"] == "step":
+            line.update(lr=1.0, step_size=1e-6 * (1 + line["step"]))
+    (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    app = _app(runs, run)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: "step d×lr" in _text(app, "#numbers"))
+        assert "lr 1  step d×lr 1.2e-04" in _text(app, "#numbers")

@@ -303,3 +303,12 @@ def test_state_logging_asks_for_wandb_only_when_it_can_run(tmp_path: Path) -> No
     with pytest.raises(UserError, match=r"wandb package is not installed; install it \(pip install wandb\)"):
         state.set_logging("wandb_project", "my-loras")
     assert state.logging["wandb_project"] == ""
+
+
+def test_the_recipe_step_refuses_bucket_sides_that_do_not_frame_the_resolution(tmp_path: Path) -> None:
+    state = WizardState(gpus=resolve("1x24GB"), base_dir=tmp_path)
+    state.set_model("sd1")
+    state.set_setting("resolution", 64)
+    state.set_setting("min_bucket_reso", 256)
+    with pytest.raises(UserError, match=r"settings.min_bucket_reso = 256 is larger than settings.resolution = 64; set min_bucket_reso to 64 or less"):
+        state.check_recipe()

@@ -13,7 +13,7 @@ from typing import Any
 from core.dataset.buckets import BUCKET_KEYS
 from core.errors import UserError
 from core.families import spec
-from core.settings import FAMILIES, METHODS, RECIPE_SETTINGS, SCHEMA, SETTINGS, defaults, optimizer_learning_rate
+from core.settings import FAMILIES, METHODS, RECIPE_SETTINGS, SCHEMA, SETTINGS, bucket_problem, defaults, optimizer_learning_rate, resolve
 
 STEPS = ("Model", "Dataset", "Method", "Recipe", "Schedule", "Samples", "Review")
 
@@ -26,7 +26,7 @@ METHOD_TEXT = {
 
 #: What the method step asks for each method: its [method] keys, then its [settings] keys.
 METHOD_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "lora": ((), ("lora_type", "lora_rank", "lora_alpha", "lora_targets", "use_dora", "lora_dropout", "init_lora")),
+    "lora": ((), ("lora_type", "lora_rank", "lora_alpha", "lora_targets", "lokr_factor", "conv_rank", "conv_alpha", "use_dora", "lora_dropout", "init_lora")),
     "dreambooth": (("class_prompt",), ("prior_loss_weight", "class_images_per_instance")),
     "finetune": ((), ("ema", "ema_decay")),
     "textual_inversion": (("placeholder_token",), ("ti_init_word", "ti_num_vectors")),
@@ -352,6 +352,9 @@ class WizardState:
         for key, value in self.settings.items():
             if key in SETTINGS:
                 self.set_setting(key, value)
+        buckets = bucket_problem(resolve("settings", {k: v for k, v in self.settings.items() if k in SETTINGS}))
+        if buckets:
+            raise UserError(buckets)
         fit = self.judge()
         if fit.fits is False:
             from core.plan.picker import suggest_when_nothing_fits

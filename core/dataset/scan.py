@@ -30,7 +30,7 @@ from core.dataset.buckets import BUCKET_KEYS, Bucket, assign_bucket, bucket_coun
 from core.dataset.images import FORMAT_NAMES, IMAGE_EXTENSIONS, ImageHeader, read_header
 from core.dataset.problems import Problem, sort_problems
 from core.errors import UserError
-from core.settings import resolve
+from core.settings import SUBSET_KEYS, resolve
 
 REPEAT_PREFIX = re.compile(r"^(\d+)_(.*)$")
 #: Images scaled up by more than this to fill their bucket are named in a warning (blurry in training).
@@ -257,7 +257,8 @@ def scan_config(config: Any) -> DatasetScan:
     """One scan over a run config's ``[[dataset.subsets]]`` folders, with the config's repeats,
     tokens and reg flags; UserError when a training subset has no usable image.
 
-    ``config`` is a RunConfig (``subsets``, ``settings``, ``caption_extensions``).
+    ``config`` is a RunConfig (``subsets``, ``settings``, ``caption_extensions_of``: a subset's
+    own caption extension first).
     """
     settings = config.settings
     scans = []
@@ -266,7 +267,7 @@ def scan_config(config: Any) -> DatasetScan:
         if not folder.is_dir():
             raise UserError(f"the dataset folder {folder} does not exist; fix its [[dataset.subsets]] path in the run config")
         scan = scan_dataset(
-            folder, resolution=int(settings["resolution"]), caption_extensions=config.caption_extensions,
+            folder, resolution=int(settings["resolution"]), caption_extensions=config.caption_extensions_of(entry),
             bucket_settings={k: settings[k] for k in BUCKET_KEYS},
         )
         if not scan.images and not entry.get("is_reg"):
@@ -293,7 +294,7 @@ def overlay_subsets(scan: DatasetScan, entries: Sequence[Mapping[str, Any]]) -> 
     """
     chosen: list[Subset] = []
     for entry in entries:
-        values = resolve("subset", entry)
+        values = resolve("subset", {k: v for k, v in entry.items() if k in SUBSET_KEYS})
         folder = Path(values["path"]).expanduser().resolve()
         inside = [s for s in scan.subsets if Path(s.path).resolve() == folder or Path(s.path).resolve().is_relative_to(folder)]
         if not inside:

@@ -291,13 +291,15 @@ def _raw(family: str, method: str, s: dict[str, Any], n: int, backend: str, zero
 
 
 def _optimizer_state_bytes(optimizer: str, trained: int, param_b: int, comps: dict[str, Any], full: bool, te_trained: bool, encoders: list[str]) -> int:
-    """Optimizer state of the trained parameters, unsharded (Prodigy: two moments, s and the start point p0; schedule-free AdamW: z and the second moment)."""
+    """Optimizer state of the trained parameters, unsharded (Prodigy: two moments, s and the start point p0; schedule-free AdamW: z and the second moment; Lion: one moment)."""
     if optimizer in ("adamw", "schedulefree_adamw"):
         return trained * 2 * param_b
     if optimizer == "prodigy":
         return trained * 4 * param_b
     if optimizer == "adamw8bit":
         return trained * 2
+    if optimizer == "lion":
+        return trained * param_b
     if optimizer == "lion8bit":
         return trained
     if full:

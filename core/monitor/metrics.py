@@ -42,6 +42,7 @@ class Line(msgspec.Struct, gc=False):
     epoch: int | float | None = None
     loss: float | None = None
     lr: float | None = None
+    step_size: float | None = None
     images_per_s: float | None = None
     step_time_s: float | None = None
     prompt_index: int | None = None

@@ -17,7 +17,7 @@ from core.dataset.buckets import bucket_counts, bucket_selector
 from core.dataset.scan import overlay_subsets
 from core.errors import UserError
 from core.families import spec
-from core.settings import optimizer_rule_warnings
+from core.settings import optimizer_notes, optimizer_rule_warnings
 
 from .learning_rates import lr_warnings
 from .picker import HEADROOM, RunShape, judge, run_shape, suggest_when_nothing_fits
@@ -271,6 +271,7 @@ def _explain(plan: Plan, scan: Any, gpus: Any, fit: Any, shape: RunShape) -> Non
             f"{len(reg_subsets)} regularisation subset(s) are ignored by {plan.method}; leave --reg out or train dreambooth or lora for prior preservation"
         )
     plan.warnings += optimizer_rule_warnings(str(settings["optimizer"]), float(schedule["learning_rate"]), str(schedule["lr_scheduler"]))
+    plan.notes += optimizer_notes(str(settings["optimizer"]))
     warmup = int(schedule["lr_warmup_steps"])
     run_steps = plan.total_steps_for(plan.configured_processes)
     if warmup > run_steps:

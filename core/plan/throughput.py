@@ -28,7 +28,7 @@ SATURATING_LATENT_PIXELS = 16384
 #: Exponent of the batch-efficiency curve below saturation.
 BATCH_EFFICIENCY_EXPONENT = 0.3
 #: Bytes read and written per trainable parameter by one optimizer step.
-OPTIMIZER_BYTES_PER_PARAM = {"adamw": 28, "adamw8bit": 20, "lion8bit": 14, "adafactor": 24}
+OPTIMIZER_BYTES_PER_PARAM = {"adamw": 28, "adamw8bit": 20, "lion": 20, "lion8bit": 14, "adafactor": 24}
 #: Memory bandwidth assumed per dense fp16 TFLOP/s when the GPU has no catalog figure (bytes/s).
 BANDWIDTH_PER_TFLOPS = 6e9
 #: Throughput kept per doubling of the GPU count: (full weights, adapters) × (one node, across nodes).

@@ -13,17 +13,13 @@ from typing import Any
 
 from core.dataset.buckets import assign_bucket
 from core.errors import UserError
+from core.runs import CLASS_IMAGES, generated_class_images
 from core.train.data import TrainData, TrainItem
 from core.train.sampling import png_bytes
 
 log = logging.getLogger(__name__)
 
-FOLDER = "class_images"
-
-
-def generated_class_images(run_dir: str | Path) -> list[Path]:
-    """The class images a previous start of this run already generated, in order."""
-    return sorted((Path(run_dir) / FOLDER).glob("class_*.png"))
+FOLDER = CLASS_IMAGES
 
 
 def prepare_class_images(

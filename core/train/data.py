@@ -29,7 +29,7 @@ from core.dataset.buckets import Bucket, bucket_selector, buckets_for, crop_box
 from core.dataset.scan import overlay_subsets, scan_dataset
 from core.errors import UserError
 from core.plan.schedule import epoch_batches, shard_batches
-from core.settings import SETTINGS, resolve
+from core.settings import SETTINGS, resolve, subset_settings
 
 if TYPE_CHECKING:
     from .latents import LatentCache
@@ -73,6 +73,12 @@ class TrainData:
     settings: dict[str, Any] = field(default_factory=dict)
     latents: LatentCache | None = None
     text_cache: TextCache | None = None
+    #: The settings of each subset (its own keep_tokens, flip_aug, shuffle_caption laid over [settings]).
+    subset_settings: list[dict[str, Any]] = field(default_factory=list)
+
+    def settings_of(self, item: TrainItem) -> dict[str, Any]:
+        """The settings ``item`` trains with: its subset's (generated class images: the run's)."""
+        return self.subset_settings[item.subset] if 0 <= item.subset < len(self.subset_settings) else self.settings
 
     @property
     def items_per_epoch(self) -> int:
@@ -94,12 +100,17 @@ def _subsets_of(config: Any) -> list[dict[str, Any]]:
     return [dict(s) for s in config.get("dataset", {}).get("subsets", [])]
 
 
-def _caption_extensions(config: Any) -> tuple[str, ...]:
-    """Caption extensions to try, run.toml's ``dataset.caption_extension`` first."""
-    if hasattr(config, "caption_extensions"):
-        return tuple(config.caption_extensions)
+def _caption_extensions(config: Any, subset: Mapping[str, Any]) -> tuple[str, ...]:
+    """Caption extensions to try for ``subset``: its own caption_extension, else run.toml's
+    ``dataset.caption_extension``, first."""
+    if hasattr(config, "caption_extensions_of"):
+        return tuple(config.caption_extensions_of(subset))
     first = str(config.get("dataset", {}).get("caption_extension", ".txt")) if isinstance(config, Mapping) else ".txt"
-    return tuple(dict.fromkeys((first, ".txt", ".caption")))
+    return tuple(dict.fromkeys((str(subset.get("caption_extension") or first), ".txt", ".caption")))
+
+
+#: The per-subset options that keep a cache from being used when any subset turns them on.
+_CACHE_BLOCKING_OPTIONS = ("flip_aug", "shuffle_caption")
 
 
 def build_items(config: Any, settings: Mapping[str, Any]) -> TrainData:
@@ -111,14 +122,15 @@ def build_items(config: Any, settings: Mapping[str, Any]) -> TrainData:
     settings = resolve("settings", settings)
     buckets = buckets_for(settings)
     select = bucket_selector(settings)
-    extensions = _caption_extensions(config)
     items: list[TrainItem] = []
     class_items: list[TrainItem] = []
     subsets = _subsets_of(config)
+    per_subset = [subset_settings(settings, subset) for subset in subsets]
     for index, subset in enumerate(subsets):
         folder = Path(str(subset.get("path", ""))).expanduser()
         if not folder.is_dir():
             raise UserError(f"The dataset folder {folder} does not exist; fix the path of this subset in [[dataset.subsets]] of run.toml.")
+        extensions = _caption_extensions(config, subset)
         scan = scan_dataset(folder, resolution=int(settings["resolution"]), caption_extensions=extensions, bucket_settings=settings, use_cache=False)
         _warn_left_out(scan.problems)
         for found in overlay_subsets(scan, [subset]).subsets:
@@ -132,7 +144,9 @@ def build_items(config: Any, settings: Mapping[str, Any]) -> TrainData:
     by_bucket: dict[Bucket, list[int]] = {}
     for i, item in enumerate(items):
         by_bucket.setdefault(item.bucket, []).extend([i] * item.repeats)
-    return TrainData(items, class_items, buckets, by_bucket, settings)
+    # the caches follow the widest view: one subset that flips or shuffles keeps them off
+    widest = settings | {key: any(bool(p[key]) for p in per_subset) or bool(settings[key]) for key in _CACHE_BLOCKING_OPTIONS}
+    return TrainData(items, class_items, buckets, by_bucket, widest, subset_settings=per_subset)
 
 
 def _warn_left_out(problems: Sequence[Any]) -> None:
@@ -271,7 +285,8 @@ class BatchDataset(torch.utils.data.Dataset):
 
     def _example(self, kind: str, index: int, bucket: Bucket, rng: random.Random) -> tuple[str, Any, Example] | None:
         item = (self.data.items if kind == INSTANCE else self.data.class_items)[index]
-        caption = process_caption(item.caption, self.data.settings, rng)
+        settings = self.data.settings_of(item)
+        caption = process_caption(item.caption, settings, rng)
         cache = self.data.latents
         try:
             if cache is not None:
@@ -281,7 +296,6 @@ class BatchDataset(torch.utils.data.Dataset):
                     return None
                 latents, size, crop = cache.get(key)
                 return caption, latents, Example(latents, size, crop, (bucket[1], bucket[0]))
-            settings = self.data.settings
             flip = bool(_setting(settings, "flip_aug")) and rng.random() < 0.5
             example = load_example(item.path, bucket, bool(_setting(settings, "random_crop")), flip, rng)
             return caption, example.pixels, example

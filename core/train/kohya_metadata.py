@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from core.families import spec as family_spec
+from core.settings import subset_settings
 
 MODELSPEC_VERSION = "1.0.1"
 
@@ -119,11 +120,12 @@ def ss_metadata(facts: RunFacts, settings: Mapping[str, Any], schedule: Mapping[
     num_train = train_data.items_per_epoch
     num_reg = sum(item.repeats for item in train_data.class_items)
     batch = int(s["batch_size"])
+    own = [subset_settings(s, sub) for sub in subsets]
     subset_meta = [
         {
             "img_count": per_subset.get(i, 0), "num_repeats": int(sub["repeats"]), "color_aug": False,
-            "flip_aug": bool(s["flip_aug"]), "random_crop": bool(s["random_crop"]), "shuffle_caption": bool(s["shuffle_caption"]),
-            "keep_tokens": int(s["keep_tokens"]), "keep_tokens_separator": "", "secondary_separator": None, "enable_wildcard": False,
+            "flip_aug": bool(own[i]["flip_aug"]), "random_crop": bool(s["random_crop"]), "shuffle_caption": bool(own[i]["shuffle_caption"]),
+            "keep_tokens": int(own[i]["keep_tokens"]), "keep_tokens_separator": "", "secondary_separator": None, "enable_wildcard": False,
             "caption_prefix": s["caption_prefix"] or None, "caption_suffix": s["caption_suffix"] or None, "resize_interpolation": "lanczos",
             "image_dir": os.path.basename(str(sub["path"]).rstrip("/")), "class_tokens": sub.get("token") or None, "is_reg": bool(sub.get("is_reg")),
         }

@@ -120,7 +120,7 @@ class Trainer:
             if sched["sample_at_start"]:
                 self.saver.sample()
         accumulation = int(sched["gradient_accumulation"])
-        pending: list[tuple[int, int, Any, float, float, int]] = []
+        pending: list[tuple[int, int, Any, tuple[float, float | None], float, int]] = []
         first_step = True
         while progress.step < progress.total_steps:
             epoch = progress.epoch
@@ -136,7 +136,7 @@ class Trainer:
                 images += len(batch["captions"])
                 if not due:
                     continue
-                lr = self.stepper.current_lr()
+                lr = (self.stepper.current_lr(), self.stepper.step_size())
                 self.stepper.optimizer_step()
                 progress.step += 1
                 if first_step:
@@ -249,13 +249,14 @@ class Trainer:
         session = self._session()
         losses = torch.stack([p[2] for p in pending]).float().cpu().tolist()
         mem = self._memory()
-        for (step, epoch, _, lr, elapsed, images), loss in zip(pending, losses):
+        for (step, epoch, _, (lr, step_size), elapsed, images), loss in zip(pending, losses):
             if not math.isfinite(loss):
                 raise TrainingFailed(f"the loss became {loss} (not finite) at step {step}", nan_hint(session.settings, float(session.sched["learning_rate"])))
             speed = round(images / elapsed, 4) if elapsed > 0 else None
-            self.metrics.write("step", step=step, epoch=epoch + 1, loss=loss, lr=lr, images_per_s=speed, step_time_s=round(elapsed, 5), mem=mem)
-            trackers.log_step(session.acc, step, {"loss": loss, "lr": lr, "images_per_s": speed})
-            self.progress_log.step(step, loss, lr, speed, elapsed)
+            own = {} if step_size is None else {"step_size": step_size}
+            self.metrics.write("step", step=step, epoch=epoch + 1, loss=loss, lr=lr, **own, images_per_s=speed, step_time_s=round(elapsed, 5), mem=mem)
+            trackers.log_step(session.acc, step, {"loss": loss, "lr": lr, **own, "images_per_s": speed})
+            self.progress_log.step(step, loss, lr, speed, elapsed, step_size)
         pending.clear()
 
     def _memory(self) -> list[dict[str, int]]:

@@ -113,29 +113,50 @@ def setup_method(kind: str, components: Any, settings: dict[str, Any], placehold
     return _textual_inversion(components, encoders, settings, placeholder_token)
 
 
-def adapter_config(settings: dict[str, Any], target_modules: list[str]) -> Any:
-    """The peft config of ``settings.lora_type``: LoRA (optionally DoRA), LoHa or LoKr."""
+def adapter_config(settings: dict[str, Any], target_modules: list[str], conv_modules: list[str] | tuple[str, ...] = ()) -> Any:
+    """The peft config of ``settings.lora_type``: LoRA (optionally DoRA), LoHa or LoKr (with
+    ``lokr_factor`` as peft's ``decompose_factor``). ``conv_modules`` (full names) take
+    ``conv_rank``/``conv_alpha`` when set, as LyCORIS' conv_dim/conv_alpha."""
     from peft import LoHaConfig, LoKrConfig, LoraConfig
 
     kind = str(settings.get("lora_type", "lora"))
     rank = int(settings.get("lora_rank", 16))
     alpha = float(settings.get("lora_alpha", rank))
+    conv_rank, conv_alpha = int(settings.get("conv_rank", 0)), float(settings.get("conv_alpha", 0.0))
+    patterns: dict[str, Any] = {}
+    if conv_modules and (conv_rank or conv_alpha):
+        patterns = {
+            "rank_pattern": {name: conv_rank or rank for name in conv_modules},
+            "alpha_pattern": {name: conv_alpha or alpha for name in conv_modules},
+        }
     if kind == "lora":
         return LoraConfig(
             r=rank, lora_alpha=alpha, lora_dropout=float(settings.get("lora_dropout", 0.0)),
-            use_dora=bool(settings.get("use_dora", False)), init_lora_weights="gaussian", target_modules=target_modules,
+            use_dora=bool(settings.get("use_dora", False)), init_lora_weights="gaussian", target_modules=target_modules, **patterns,
         )
     if settings.get("use_dora"):
         raise UserError(f"settings.use_dora is DoRA, a kind of LoRA; set lora_type = \"lora\" for DoRA or use_dora = false for {kind}")
     if float(settings.get("lora_dropout", 0.0)) > 0:
         raise UserError(f"settings.lora_dropout is LoRA's input dropout, which peft's {kind} does not have; set lora_dropout = 0 or lora_type = \"lora\"")
-    config = LoHaConfig if kind == "loha" else LoKrConfig
-    return config(r=rank, alpha=alpha, target_modules=target_modules)
+    if kind == "loha":
+        return LoHaConfig(r=rank, alpha=alpha, target_modules=target_modules, **patterns)
+    return LoKrConfig(r=rank, alpha=alpha, target_modules=target_modules, decompose_factor=int(settings.get("lokr_factor", -1)), **patterns)
+
+
+def conv_targets(module: Any, targets: tuple[str, ...] | list[str]) -> list[str]:
+    """The full names of ``module``'s convolutions that the target suffixes adapt."""
+    import torch
+
+    return [
+        name for name, child in module.named_modules()
+        if isinstance(child, torch.nn.Conv2d) and any(name == t or name.endswith(f".{t}") for t in targets)
+    ]
 
 
 def _lora(family: Any, unet: Any, encoders: dict[str, Any], settings: dict[str, Any], train_te: bool) -> Method:
     targets = str(settings.get("lora_targets", "attn"))
-    unet.add_adapter(adapter_config(settings, list(family.lora_targets_of(family.denoiser, targets))))
+    unet_targets = list(family.lora_targets_of(family.denoiser, targets))
+    unet.add_adapter(adapter_config(settings, unet_targets, conv_targets(unet, unet_targets)))
     modules = {"unet": unet}
     if train_te:
         for name, te in encoders.items():

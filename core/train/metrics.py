@@ -68,8 +68,9 @@ class ProgressLog:
         self.step_time: float | None = None
         self._losses: list[float] = []
 
-    def step(self, step: int, loss: float, lr: float, images_per_s: float | None, step_time_s: float) -> None:
-        """Take one optimizer step's numbers; print a line every N steps, at the first and the last."""
+    def step(self, step: int, loss: float, lr: float, images_per_s: float | None, step_time_s: float, step_size: float | None = None) -> None:
+        """Take one optimizer step's numbers; print a line every N steps, at the first and the last
+        (``step_size``: Prodigy's own d × lr, printed beside the lr)."""
         if not self.enabled:
             return
         self._losses.append(loss)
@@ -81,7 +82,8 @@ class ProgressLog:
         self._losses.clear()
         speed = "–" if images_per_s is None else f"{images_per_s:.2f}"
         eta = format_seconds(max(0, self.total - step) * (self.step_time or 0.0))
-        print(f"[sdtui] step {step}/{self.total}  loss {mean:.4f}  lr {lr:.2e}  {speed} img/s  ETA {eta}", file=self.stream, flush=True)
+        own = "" if step_size is None else f"  step d×lr {step_size:.2e}"
+        print(f"[sdtui] step {step}/{self.total}  loss {mean:.4f}  lr {lr:.2e}{own}  {speed} img/s  ETA {eta}", file=self.stream, flush=True)
 
 
 def format_seconds(seconds: float) -> str:

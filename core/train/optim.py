@@ -2,7 +2,8 @@
 
 Prodigy (``prodigyopt``) estimates its own step size, so its learning rate is a multiplier
 (1.0 by the rule in ``core.settings``); it runs with decoupled weight decay, bias correction and
-the warm-up safeguard. Schedule-free AdamW (``schedulefree``) keeps its own schedule: the LR
+the run's ``prodigy_d_coef`` and ``prodigy_safeguard_warmup``. Every optimizer but Adafactor takes
+the run's ``weight_decay`` and (when set) ``beta1``/``beta2``; plain Lion is bitsandbytes' 32-bit one. Schedule-free AdamW (``schedulefree``) keeps its own schedule: the LR
 schedule is constant (sd-scripts uses a dummy one too), its warm-up is the optimizer's, and its
 ``train()``/``eval()`` switch the weights between the training point and the averaged point,
 which is what samples and saved outputs must see (:func:`set_optimizer_mode`).
@@ -10,13 +11,11 @@ which is what samples and saved outputs must see (:func:`set_optimizer_mode`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from core.errors import UserError
-from core.settings import OPTIMIZERS, SCHEDULE_FREE_OPTIMIZERS
-
-WEIGHT_DECAY = 1e-2
+from core.settings import OPTIMIZERS, SCHEDULE_FREE_OPTIMIZERS, optimizer_betas, resolve
 
 
 def param_groups(method: Any, learning_rate: float, text_encoder_lr: float) -> list[dict[str, Any]]:
@@ -33,25 +32,34 @@ def param_groups(method: Any, learning_rate: float, text_encoder_lr: float) -> l
     return groups
 
 
-def make_optimizer(name: str, params: Sequence[Any], lr: float, warmup: int = 0) -> Any:
+def make_optimizer(name: str, params: Sequence[Any], lr: float, warmup: int = 0, settings: Mapping[str, Any] | None = None) -> Any:
     """One optimizer of kind ``name`` (one of ``core.settings.OPTIMIZERS``) over ``params``
     (tensors, or groups of them each with its own ``lr``).
 
-    ``warmup`` (optimizer steps) is used by the optimizers that schedule themselves.
+    ``warmup`` (optimizer steps) is used by the optimizers that schedule themselves; ``settings``
+    (run.toml's [settings], defaults when None) gives weight_decay, beta1/beta2 and Prodigy's
+    d_coef and safeguard_warmup.
     """
     import torch
 
+    s = resolve("settings", settings)
+    options: dict[str, Any] = {"lr": lr, "weight_decay": float(s["weight_decay"])}
+    betas = optimizer_betas({**s, "optimizer": name})
+    if betas is not None:
+        options["betas"] = betas
     if name == "adamw":
         # fused on the CPU too (torch >= 2.4): one kernel over all tensors instead of a Python loop per
         # parameter; 0.44 s instead of 0.87 s a step for 72 M parameters in 700 tensors here
-        return torch.optim.AdamW(params, lr=lr, weight_decay=WEIGHT_DECAY, fused=True)
-    if name in ("adamw8bit", "lion8bit"):
+        return torch.optim.AdamW(params, fused=True, **options)
+    if name in ("adamw8bit", "lion8bit", "lion"):
         try:
             import bitsandbytes as bnb
         except ImportError as exc:
             raise UserError(f"settings.optimizer={name} needs bitsandbytes, which does not import here ({exc}); install it or set settings.optimizer=adamw") from exc
+        if name == "lion":
+            return bnb.optim.Lion(params, optim_bits=32, **options)
         cls = bnb.optim.AdamW8bit if name == "adamw8bit" else bnb.optim.Lion8bit
-        return cls(params, lr=lr, weight_decay=WEIGHT_DECAY)
+        return cls(params, **options)
     if name == "adafactor":
         from transformers.optimization import Adafactor
 
@@ -59,11 +67,14 @@ def make_optimizer(name: str, params: Sequence[Any], lr: float, warmup: int = 0)
     if name == "prodigy":
         from prodigyopt import Prodigy
 
-        return Prodigy(params, lr=lr, weight_decay=WEIGHT_DECAY, decouple=True, use_bias_correction=True, safeguard_warmup=True)
+        return Prodigy(
+            params, decouple=True, use_bias_correction=True, safeguard_warmup=bool(s["prodigy_safeguard_warmup"]),
+            d_coef=float(s["prodigy_d_coef"]), **options,
+        )
     if name == "schedulefree_adamw":
         from schedulefree import AdamWScheduleFree
 
-        optimizer = AdamWScheduleFree(params, lr=lr, weight_decay=WEIGHT_DECAY, warmup_steps=warmup)
+        optimizer = AdamWScheduleFree(params, warmup_steps=warmup, **options)
         optimizer.train()
         return optimizer
     raise UserError(f"settings.optimizer={name!r} is unknown; use one of {', '.join(OPTIMIZERS)}")
@@ -93,16 +104,23 @@ def set_optimizer_mode(optimizer: Any, train: bool) -> None:
 
 
 def current_lr(optimizer: Any, scheduler: Any) -> float:
-    """The step size of the coming step: the schedule's rate; Prodigy: d × lr (its estimate);
-    schedule-free: the rate after its own warm-up."""
+    """The learning rate of the coming step: the schedule's rate; schedule-free: the rate after its
+    own warm-up. Prodigy's rate is the multiplier of its estimate (:func:`estimated_step_size`)."""
     group = optimizer.param_groups[0]
     lr = float(scheduler.get_last_lr()[0])
     if "train_mode" in group and "warmup_steps" in group:
         k, warmup = int(group["k"]), int(group["warmup_steps"])
         return lr * ((k + 1) / warmup if k < warmup else 1.0)
-    if "d" in group and "d0" in group:
-        return lr * float(group["d"])
     return lr
+
+
+def estimated_step_size(optimizer: Any) -> float | None:
+    """The step size an optimizer that estimates its own takes now (Prodigy: d × lr, which starts at
+    d0 = 1e-6 and grows over the first steps), or None for the others."""
+    group = optimizer.param_groups[0]
+    if "d" in group and "d0" in group:
+        return float(group["d"]) * float(group["lr"])
+    return None
 
 
 class FusedBackward:
@@ -114,11 +132,13 @@ class FusedBackward:
     gradients never exist together.
     """
 
-    def __init__(self, name: str, groups: Iterable[dict[str, Any]], max_grad_norm: float, warmup: int = 0) -> None:
+    def __init__(
+        self, name: str, groups: Iterable[dict[str, Any]], max_grad_norm: float, warmup: int = 0, settings: Mapping[str, Any] | None = None,
+    ) -> None:
         self.name = name
         pairs = [(p, group["lr"]) for group in groups for p in group["params"] if p.requires_grad]
         self.params = [p for p, _ in pairs]
-        self.optimizers = [make_optimizer(name, [p], lr, warmup) for p, lr in pairs]
+        self.optimizers = [make_optimizer(name, [p], lr, warmup, settings) for p, lr in pairs]
         self.schedulers: list[Any] = []
         self.max_grad_norm = max_grad_norm
         self.stepping = False

@@ -164,18 +164,13 @@ def adapter_kind(config: Any) -> str:
 
 
 def network_args(settings: Mapping[str, Any]) -> dict[str, str]:
-    """``ss_network_args`` as sd-scripts / LyCORIS write them: the algorithm and the conv rank of LoCon-style targets."""
-    kind = str(settings.get("lora_type", "lora"))
-    rank = int(settings.get("lora_rank", 16))
-    args: dict[str, str] = {}
-    if kind != "lora":
-        args["algo"] = kind
-    elif settings.get("use_dora"):
-        args["algo"] = "dora"
-    if settings.get("lora_targets") == "all":
-        args["conv_dim"] = str(rank)
-        args["conv_alpha"] = str(settings.get("lora_alpha", rank))
-    return args
+    """``ss_network_args`` as sd-scripts / LyCORIS write them: the network arguments sd-scripts
+    would be given for this adapter (``core.kohya_args.network``: the algorithm, LoKr's factor,
+    DoRA's ``dora_wd`` and the conv rank and alpha of LoCon-style targets)."""
+    from core.kohya_args import network
+
+    _, args = network(settings)
+    return dict(arg.split("=", 1) for arg in args)
 
 
 def _lora_config_metadata(config: Any) -> dict[str, Any] | None:
@@ -242,8 +237,15 @@ def _cast(tensors: Mapping[str, Any], dtype: Any) -> dict[str, Any]:
     return {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
 
 
+#: The prefix ``PeftModel`` gives its wrapped model's keys (``PeftModel.base_model.model``), which
+#: ``PeftModel.save_pretrained`` writes and ``PeftModel.from_pretrained`` expects.
+PEFT_MODEL_PREFIX = "base_model.model."
+
+
 def _save_peft_folders(target: Path, modules: Mapping[str, Any], dtype: Any) -> Path:
-    """peft's adapter folder (config + weights) for each module that has an adapter, written atomically."""
+    """peft's adapter folder for each module that has an adapter, as ``PeftModel.save_pretrained``
+    writes it (``adapter_config.json``, ``adapter_model.safetensors`` with the ``base_model.model.``
+    key prefix), written atomically."""
 
     def build(tmp: Path) -> None:
         for part, module in modules.items():
@@ -253,7 +255,8 @@ def _save_peft_folders(target: Path, modules: Mapping[str, Any], dtype: Any) -> 
             folder = tmp / part
             folder.mkdir()
             config.save_pretrained(str(folder))
-            _save_safetensors(folder / "adapter_model.safetensors", _cast(state, dtype), {"format": "pt"})
+            tensors = {f"{PEFT_MODEL_PREFIX}{key}": tensor for key, tensor in _cast(state, dtype).items()}
+            _save_safetensors(folder / "adapter_model.safetensors", tensors, {"format": "pt"})
 
     return replace_folder(build, target)
 

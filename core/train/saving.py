@@ -106,16 +106,24 @@ class Saver:
         with open(self.weights_hash, "a", encoding="utf-8") as handle:
             handle.write(f"{self.session.rank} {self.progress.step} {digest.hexdigest()}\n")
 
+    @property
+    def output_dir(self) -> Path:
+        """Where the results go: ``settings.output_dir`` when set, else output/ in the run folder."""
+        chosen = str(self.session.settings["output_dir"]).strip()
+        return Path(chosen).expanduser().absolute() if chosen else self.run.output
+
     def write_outputs(self, final: bool) -> None:
-        """The results in output/ (with the EMA weights when EMA is on), in the method's formats;
+        """The results in the output folder (with the EMA weights when EMA is on), in the method's formats;
         DiskFull before writing when the disk has no room for them (or when a write hits ENOSPC)."""
         needed = self._output_bytes()
-        ensure_space(self.run.path, self.run.output, needed, "the output")
+        out = self.output_dir
+        out.mkdir(parents=True, exist_ok=True)
+        ensure_space(self.run.path, out, needed, "the output")
         try:
-            self._write_outputs(final)
+            self._write_outputs(final, out)
         except Exception as exc:
             if is_disk_full(exc):
-                raise DiskFull(self.run.path, free_bytes(self.run.output), needed, "the output") from exc
+                raise DiskFull(self.run.path, free_bytes(out), needed, "the output") from exc
             raise
 
     def _output_bytes(self) -> int:
@@ -127,7 +135,7 @@ class Saver:
             return 2 * sum(2 * p.numel() for m in modules for p in m.parameters())
         return 2 * sum(4 * t.numel() for t in self.session.method.trainable_state().values()) + 64 * 1024
 
-    def _write_outputs(self, final: bool) -> None:
+    def _write_outputs(self, final: bool, out: Path) -> None:
         import torch
 
         from core.runs import slug
@@ -137,19 +145,20 @@ class Saver:
         session = self.session
         c = session.components
         kind = session.method_kind
-        name = slug(session.config.name)
+        name = slug(session.settings["output_name"] or session.config.name)
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[session.settings["save_precision"]]
         with self._ema_weights():
             if kind == "lora":
                 meta = self._lora_metadata(name)
-                saved = outputs.save_lora(c, self.run.output, name, meta, c.unet, c.text_encoders, dtype=dtype)
+                saved = outputs.save_lora(c, out, name, meta, c.unet, c.text_encoders, dtype=dtype)
             elif kind in ("dreambooth", "finetune"):
-                saved = outputs.save_full_model(c, self.run.output, name, c.unet, c.text_encoders, dtype=dtype)
+                saved = outputs.save_full_model(c, out, name, c.unet, c.text_encoders, dtype=dtype)
             else:
                 ti = session.method.ti
-                saved = outputs.save_embeddings(c, self.run.output, ti.placeholder, ti.embeddings(), dtype=dtype)
+                saved = outputs.save_embeddings(c, out, ti.placeholder, ti.embeddings(), dtype=dtype)
         step = self.progress.step
-        self.metrics.event(f"{'final ' if final else ''}output at step {step}: {saved.single_file.relative_to(self.run.path)}")
+        shown = saved.single_file.relative_to(self.run.path) if saved.single_file.is_relative_to(self.run.path) else saved.single_file
+        self.metrics.event(f"{'final ' if final else ''}output at step {step}: {shown}")
         self.status.update(outputs=[str(saved.single_file.resolve()), str(saved.diffusers.resolve())], outputs_step=step)
 
     def _lora_metadata(self, name: str) -> dict[str, str]:
@@ -178,7 +187,7 @@ class Saver:
         now = time.time()
         return {
             **self._ss_metadata,
-            "ss_training_finished_at": str(now), "ss_steps": str(progress.step), "ss_epoch": str(progress.epoch),
+            "ss_training_finished_at": str(now), "ss_steps": str(progress.step), "ss_epoch": str(epochs_trained(progress.step, progress.steps_per_epoch)),
             **km.model_spec(facts, settings, now, _sdtui_version(version, PackageNotFoundError)),
         }
 
@@ -234,6 +243,12 @@ class Saver:
             if session.device.type == "cuda":
                 torch.cuda.empty_cache()
             self.metrics.event(f"sampling at step {step} failed ({type(exc).__name__}: {first_line(exc)}); training continues", "warning")
+
+
+def epochs_trained(step: int, steps_per_epoch: int) -> int:
+    """sd-scripts' ``ss_epoch``: the epochs the steps so far reach into (a started epoch counts, as
+    its final save of a step-mode run writes ceil(max_train_steps / steps per epoch))."""
+    return math.ceil(step / steps_per_epoch) if steps_per_epoch > 0 else 0
 
 
 def _sdtui_version(version: Any, missing: type[Exception]) -> str:

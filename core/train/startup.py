@@ -13,7 +13,7 @@ from core.families import text_encoder_names
 from core.plan import schedule
 from core.runfiles import integer, number
 from core.runs import RunDir
-from core.settings import optimizer_rule_warnings
+from core.settings import optimizer_notes, optimizer_rule_warnings
 
 from . import checkpoint as ckpt
 from .batches import Batches
@@ -344,15 +344,17 @@ def build_optimizer(config: Any, accel: Accel, model: Model, data: Batches, metr
         wrapped["unet"] = torch.compile(wrapped.get("unet", model.components.unet))
     for warning in optimizer_rule_warnings(s["optimizer"], lr, sched["lr_scheduler"]):
         metrics.event(warning, "warning")
+    for note in optimizer_notes(s["optimizer"]):
+        metrics.event(note, "info")
     name, shape = s["optimizer"], (int(sched["lr_scheduler_num_cycles"]), float(sched["lr_scheduler_power"]))
     groups = param_groups(method, lr, float(sched["text_encoder_lr"]))
     fused_pass: FusedBackward | None = None
     if fused:
-        fused_pass = FusedBackward(name, groups, float(s["max_grad_norm"]), warmup)
+        fused_pass = FusedBackward(name, groups, float(s["max_grad_norm"]), warmup, s)
         optimizer: Any = fused_pass
         lr_scheduler: Any = fused_pass.make_schedulers(sched["lr_scheduler"], warmup, total_steps, *shape)
     else:
-        optimizer = acc.prepare(make_optimizer(name, groups, lr, warmup))
+        optimizer = acc.prepare(make_optimizer(name, groups, lr, warmup, s))
         lr_scheduler = make_scheduler(sched["lr_scheduler"], optimizer.optimizer, warmup, total_steps, *shape, optimizer_name=name)
     return Optimization(wrapped, optimizer, lr_scheduler, fused_pass, params), Progress(total_steps, steps_per_epoch)
 

@@ -141,6 +141,12 @@ class Stepper:
 
         return current_lr(self.session.optim.optimizer, self.session.optim.lr_scheduler)
 
+    def step_size(self) -> float | None:
+        """Prodigy's own step size now (d × lr; ``core.train.optim.estimated_step_size``), else None."""
+        from .optim import estimated_step_size
+
+        return estimated_step_size(self.session.optim.optimizer)
+
 
 def torch_isfinite(loss: Any) -> Any:
     """True when the loss is finite (a host sync; only on the CPU, where it is free)."""

@@ -209,10 +209,12 @@ class DashboardScreen(Screen):
     def _numbers(self) -> Text:
         view = self.view
         epoch = view.last("epoch")
+        own = view.last("step_size")  # Prodigy's own step size, which grows over the first steps
+        step_size = "" if own is None else f"  step d×lr {number(own, 3)}"
         return Text(
             f"loss raw {number(view.raw_loss)}\n"
             f"smoothed {number(view.loss)} ({view.window} steps)\n"
-            f"lr {number(view.last('lr'), 3)}  {number(view.last('images_per_s'), 3)} img/s  epoch {'–' if epoch is None else epoch}"
+            f"lr {number(view.last('lr'), 3)}{step_size}  {number(view.last('images_per_s'), 3)} img/s  epoch {'–' if epoch is None else epoch}"
         )
 
     def _resources(self, gpus: Any) -> Text:
