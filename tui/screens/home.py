@@ -12,7 +12,8 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from core.errors import UserError
-from tui.format import display_path, duration, number
+from core.runs import ENDED_STATES, LIVE_STATES
+from tui.format import break_lines, display_path, duration, number
 from tui.sources import RunRow, RunsWatcher
 from tui.widgets.gpu_panel import GpuPanel
 from tui.wizard_state import STEPS
@@ -30,7 +31,9 @@ class HomeScreen(Screen):
         Binding("n", "new_run", "New run", tooltip="Open the wizard for a new training run"),
         Binding("o", "open_config", "Open config", tooltip="Open a run.toml or a kohya dataset_config.toml in the wizard"),
         Binding("enter,a", "attach", "Attach", tooltip="Open the dashboard of the selected run"),
-        Binding("r", "resume", "Resume", tooltip="Resume a paused run, or continue an ended one from its newest checkpoint"),
+        Binding("r", "resume", "Resume", tooltip="Resume a paused run, or continue a stopped or failed one (asks first)"),
+        Binding("x", "stop", "Stop", tooltip="Stop the selected run (asks first; it saves first)"),
+        Binding("delete", "delete", "Delete", key_display="del", tooltip="Delete the selected ended run's folder (asks first)"),
         Binding("l", "logs", "Logs", tooltip="The train.log of the selected run"),
         Binding("d", "demo", "Demo", tooltip="The CPU demo: a tiny model and a generated dataset"),
         Binding("q", "app.quit", "Quit"),
@@ -63,8 +66,9 @@ class HomeScreen(Screen):
         self.rows: list[RunRow] = []
         self.cells: dict[str, tuple] = {}
         self.progress_at = 0.0
+        self.run_width = 34
         table = self.query_one("#runs", DataTable)
-        table.add_column("run", key="run", width=34)
+        table.add_column("run", key="run", width=self.run_width)
         for key, label, width in self.COLUMNS:
             table.add_column(label, key=key, width=width)
         self.load_gpus()
@@ -125,10 +129,10 @@ class HomeScreen(Screen):
         for row in rows:
             step = "–" if row.step is None else f"{row.step}/{row.total_steps or '?'}"
             age = "–" if row.updated_at is None else duration(row.age(now)) + " ago"
-            cells = (row.run_id, Text(row.state, style=STATE_STYLE.get(row.state, "")), step, number(row.loss), age)
+            cells = (run_id_cell(row.run_id, self.run_width), Text(row.state, style=STATE_STYLE.get(row.state, "")), step, number(row.loss), age)
             before = self.cells.get(row.run_id)
             if before is None:
-                table.add_row(*cells, key=row.run_id)
+                table.add_row(*cells, key=row.run_id, height=len(cells[0].split("\n")))
             elif cells[1] != before[1] or progress_due:  # only the cells that changed
                 for column, value, old in zip(("run", "state", "step", "loss", "updated"), cells, before):
                     if value != old:
@@ -142,6 +146,7 @@ class HomeScreen(Screen):
         table.display = bool(rows)
         if not rows:
             empty.update(f"No runs in {display_path(self.app.context.runs_dir)} yet. Press n to start one, d for the CPU demo.")
+        self.refresh_bindings()
         launched = self.app.context.launched
         if launched is not None and launched in table.rows:
             self.app.context.launched = None
@@ -166,6 +171,20 @@ class HomeScreen(Screen):
 
         return RunDir(row.path)
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Resume, stop and delete show only for a selected run they apply to."""
+        if action not in ("resume", "stop", "delete"):
+            return True
+        row = self.selected() if self.is_mounted and self.query("#runs") else None
+        if row is None:
+            return False
+        if action == "resume":
+            return row.state == "paused" or row.state in ENDED_STATES and row.state != "finished"
+        return row.state in LIVE_STATES if action == "stop" else row.state in ENDED_STATES
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self.refresh_bindings()
+
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         event.stop()
         self.action_attach()
@@ -178,6 +197,11 @@ class HomeScreen(Screen):
         width = max(16, self.size.width - fixed)
         if column.width != width:
             column.width = width
+            self.run_width = width
+            if self.rows:  # the run ids are broken into lines for this width: the rows again
+                table.clear()
+                self.cells = {}
+                self.show_runs(self.rows)
             table.refresh(layout=True)
 
     def on_screen_resume(self) -> None:
@@ -228,25 +252,95 @@ class HomeScreen(Screen):
             self.app.push_screen(LogScreen(run))
 
     def action_resume(self) -> None:
-        """Resume a paused run, or continue an ended one in its folder from its newest checkpoint."""
+        """Resume a paused run, or, once the user agrees, continue an ended one in its folder from its
+        newest checkpoint (or from the start when it has none)."""
         run = self._run_dir()
         if run is None:
             return
+        if run.state == "paused":
+            self._ask_trainer(run, "resume")
+            return
+        from core.launch.start import resume_point
+        from tui.widgets.confirm import ConfirmScreen
+
+        point = resume_point(run)
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._resume(run, point)
+
+        self.app.push_screen(ConfirmScreen(f"Resume {run.id} {point}?", yes="Resume", danger=False), answered)
+
+    def _ask_trainer(self, run, action: str) -> None:
+        from core.launch.control import ask
+
         try:
-            if run.state == "paused":
-                from core.launch.control import ask
+            ask(run, action)
+        except UserError as exc:
+            self.notify(str(exc), severity="error", timeout=10)
+            return
+        self.notify(f"Asked {run.id} to {action}.")
 
-                ask(run, "resume")
-                self.notify(f"Asked {run.id} to resume.")
-                return
-            from core.launch.start import resume_run
+    def _resume(self, run, point: str) -> None:
+        from core.launch.start import resume_run
 
+        try:
             resume_run(run)
         except UserError as exc:
             self.notify(str(exc), severity="error", timeout=10)
             return
-        self.notify(f"Resuming {run.id} from its newest checkpoint.")
+        self.notify(f"Resuming {run.id} {point}.")
         self.app.open_dashboard(run)
+
+    def action_stop(self) -> None:
+        """Stop the selected live run once the user agrees (the trainer saves first)."""
+        run = self._run_dir()
+        if run is None:
+            return
+        from tui.widgets.confirm import ConfirmScreen
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.stop_run(run)
+
+        self.app.push_screen(ConfirmScreen(f"Stop {run.id}? It saves a checkpoint first.", yes="Stop"), answered)
+
+    @work(thread=True, group="stop")
+    def stop_run(self, run) -> None:
+        from core.launch.control import stop_run
+
+        self.app.call_from_thread(self.notify, f"Stopping {run.id}: saving first…")
+        try:
+            result = stop_run(run)
+        except UserError as exc:
+            self.app.call_from_thread(self.notify, str(exc), severity="error", timeout=10)
+            return
+        self.app.call_from_thread(self.notify, f"{run.id} is {result.state}.")
+
+    def action_delete(self) -> None:
+        """Delete the selected ended run's folder once the user agrees (only that folder)."""
+        run = self._run_dir()
+        if run is None:
+            return
+        from tui.widgets.confirm import ConfirmScreen
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._delete(run)
+
+        question = f"Delete {run.id}? Its folder {display_path(run.path)} goes (checkpoints, samples, outputs); the dataset stays."
+        self.app.push_screen(ConfirmScreen(question, yes="Delete"), answered)
+
+    def _delete(self, run) -> None:
+        from core.runs import delete_run
+
+        try:
+            delete_run(run)
+        except UserError as exc:
+            self.notify(str(exc), severity="error", timeout=10)
+            return
+        self.notify(f"Deleted {run.id}.")
+        self.refresh_runs()
 
     def action_demo(self) -> None:
         """Build the demo (tiny model, generated dataset) in ./demo, then open the wizard filled in with it."""
@@ -267,3 +361,10 @@ class HomeScreen(Screen):
     def _open_demo(self, demo: object) -> None:
         self.app.context.demo = demo
         self.app.open_wizard()
+
+
+def run_id_cell(run_id: str, width: int):
+    """The run id in the run column, whole: broken after a ``-`` into lines that fit ``width``."""
+    from rich.text import Text
+
+    return Text("\n".join(break_lines(run_id, width, after="-_.")))
