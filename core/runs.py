@@ -180,12 +180,12 @@ class RunDir:
         """Seconds since the last step or heartbeat when that is over ``STALL_FACTOR`` × the usual step
         time (at least ``STALL_MIN_S``; ``STALL_START_S`` before the first step), else None."""
         activity = max(_mtime(self.metrics, 0.0), _mtime(self.heartbeat, 0.0), number(status.get("updated_at"), 0.0) or 0.0)
-        if not activity:
-            return None
+        idle = time.time() - activity
+        if not activity or idle <= STALL_MIN_S:
+            return None  # no limit is below STALL_MIN_S: a run active since then is not stalled, whatever its step time
         _, steps = current_attempt(tail_records(self.metrics))
         times = sorted(t for r in steps if r.get("type") == "step" and (t := number(r.get("step_time_s"))) is not None)
         limit = max(STALL_MIN_S, STALL_FACTOR * times[len(times) // 2]) if times else STALL_START_S
-        idle = time.time() - activity
         return idle if idle > limit else None
 
     def latest_checkpoint(self) -> Path | None:

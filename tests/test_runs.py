@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -159,3 +160,19 @@ def test_resume_point_names_the_checkpoint_step_or_the_start(tmp_path: Path) -> 
         (run.checkpoints / f"step-{step}" / "state.json").write_text(json.dumps({"step": step}))
     (run.checkpoints / ".tmp-step-30").mkdir()
     assert resume_point(run) == "from its checkpoint at step 20"
+
+
+def test_a_run_active_within_the_shortest_stall_limit_is_not_stalled_without_reading_its_metrics(tmp_path: Path, monkeypatch) -> None:
+    import core.runs as runs_module
+    from tests.tui_fixtures import make_run
+
+    run = RunDir(make_run(tmp_path / "runs", "r-20251009-090000", "running", steps=30, total=100))
+    read = []
+    real = runs_module.tail_records
+    monkeypatch.setattr(runs_module, "tail_records", lambda path, *a: read.append(path) or real(path, *a))
+    now = time.time()
+    assert run.stalled_for({"updated_at": now}) is None
+    assert read == []  # the dashboard asks every second: a run that just wrote needs no parse of metrics.jsonl
+    os.utime(run.metrics, (now - 3600, now - 3600))
+    assert run.stalled_for({"updated_at": now - 3600}) > 3000
+    assert read == [run.metrics]
