@@ -185,6 +185,14 @@ async def test_r_on_a_failed_run_asks_first_and_says_truly_where_it_resumes_from
         await pilot.press("n")
         await until(pilot, lambda: isinstance(app.screen, HomeScreen))
         assert resumed == []
+        _select(app, "shapes-lora-20251009-090000")
+        monkeypatch.undo()  # the real refusal: a finished run starts again with sdtui train, not r
+        await pilot.press("r")
+        await pilot.pause(0.1)
+        assert isinstance(app.screen, HomeScreen)
+        assert any("has finished" in str(n.message) for n in app._notifications)
+        monkeypatch.setattr(start, "resume_run", lambda run, gpus=None: resumed.append(run.id))
+        _select(app, "dog-lora-20251009-093000")
         checkpoint = runs / "dog-lora-20251009-093000" / "checkpoints" / "step-30"
         checkpoint.mkdir(parents=True)
         (checkpoint / "state.json").write_text("{}")

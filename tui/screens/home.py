@@ -46,6 +46,12 @@ class HomeScreen(Screen):
     PROGRESS_S = 5.0
     GPU_REFRESH_S = 3.0
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[RunRow] = []
+        #: The selected run and its state when the footer was last fitted to it.
+        self.footer_for: tuple[str, str] | None = None
+
     def compose(self) -> ComposeResult:
         yield Header()
         with Vertical(id="gpus-box"):
@@ -63,7 +69,6 @@ class HomeScreen(Screen):
         self.query_one("#runs-title", Static).update(f"{where} ({context.runs_reason})" if context.runs_reason else where)
         self.watcher = RunsWatcher(context.runs_dir)
         self.refreshing = False
-        self.rows: list[RunRow] = []
         self.cells: dict[str, tuple] = {}
         self.progress_at = 0.0
         self.run_width = 34
@@ -146,13 +151,22 @@ class HomeScreen(Screen):
         table.display = bool(rows)
         if not rows:
             empty.update(f"No runs in {display_path(self.app.context.runs_dir)} yet. Press n to start one, d for the CPU demo.")
-        self.refresh_bindings()
         launched = self.app.context.launched
         if launched is not None and launched in table.rows:
             self.app.context.launched = None
             table.move_cursor(row=table.get_row_index(launched))
         elif selected is not None and selected.run_id in table.rows:
             table.move_cursor(row=table.get_row_index(selected.run_id))
+        self.fit_footer()
+
+    def fit_footer(self) -> None:
+        """Offer resume, stop and delete as the selected run allows, refreshing the footer only when
+        the selection or its state changed (a footer refresh is a repaint)."""
+        row = self.selected()
+        key = (row.run_id, row.state) if row is not None else None
+        if key != self.footer_for:
+            self.footer_for = key
+            self.refresh_bindings()
 
     def selected(self) -> RunRow | None:
         """The run under the cursor."""
@@ -172,18 +186,18 @@ class HomeScreen(Screen):
         return RunDir(row.path)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        """Resume, stop and delete show only for a selected run they apply to."""
+        """Stop and delete show only for a selected run they apply to; resume for any selected run."""
         if action not in ("resume", "stop", "delete"):
             return True
-        row = self.selected() if self.is_mounted and self.query("#runs") else None
+        row = self.selected() if self.rows else None
         if row is None:
             return False
         if action == "resume":
-            return row.state == "paused" or row.state in ENDED_STATES and row.state != "finished"
+            return True  # on a run that cannot resume, r says why and what to do instead
         return row.state in LIVE_STATES if action == "stop" else row.state in ENDED_STATES
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        self.refresh_bindings()
+        self.fit_footer()
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         event.stop()
@@ -257,13 +271,17 @@ class HomeScreen(Screen):
         run = self._run_dir()
         if run is None:
             return
-        if run.state == "paused":
+        state = run.state
+        if state == "paused":
             self._ask_trainer(run, "resume")
             return
         from core.launch.start import resume_point
         from tui.widgets.confirm import ConfirmScreen
 
         point = resume_point(run)
+        if state == "finished" or state not in ENDED_STATES:
+            self._resume(run, point)  # refused with the sentence that says what to do instead
+            return
 
         def answered(yes: bool | None) -> None:
             if yes:
