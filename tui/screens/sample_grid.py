@@ -33,7 +33,7 @@ class SampleGridScreen(Screen):
         super().__init__()
         self.run_path = Path(run_path)
         self.history = history
-        self.end = None  # the index after the last step column shown; None: the newest
+        self.end: int | None = None  # the index after the last step column shown; None: the newest
         self.drawn: tuple = ()
 
     def compose(self) -> ComposeResult:
