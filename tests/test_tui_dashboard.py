@@ -395,26 +395,38 @@ def test_log_scale_labels_are_distinct_round_values_at_every_scale() -> None:
 
 
 @sync
-async def test_a_live_run_with_nothing_new_repaints_nothing(tmp_path: Path) -> None:
-    run = _live(tmp_path / "runs")
+async def test_a_live_run_repaints_only_what_changed(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    run = make_run(runs, "live-20251009-120000", "running", steps=10, total=100_000, created=time.time())
+    status = run / "status.json"
+    status.write_text(json.dumps({**json.loads(status.read_text()), "updated_at": time.time() + 3600}))
     DashboardScreen.REFRESH_S = 0.2
     try:
-        app = _app(tmp_path / "runs", run)
+        app = _app(runs, run)
         async with app.run_test(size=(120, 40)) as pilot:
-            await until(pilot, lambda: "step 10/100" in _text(app, "#state"))
+            await until(pilot, lambda: "step 10/100000" in _text(app, "#state"))
             await pilot.pause(1.0)
             screen = app.screen
-            counts = {}
+            counts: dict[tuple[str, bool], int] = {}
             for selector in ("#progress", "#numbers", "#resources", "#loss", "#log", "#samples"):
                 widget = screen.query_one(selector)
-                original = widget.refresh
 
-                def counting(*args, _selector=selector, _original=original, **kwargs):
-                    counts[_selector] = counts.get(_selector, 0) + 1
+                def counting(*args, _selector=selector, _original=widget.refresh, **kwargs):
+                    key = (_selector, bool(kwargs.get("layout")))
+                    counts[key] = counts.get(key, 0) + 1
                     return _original(*args, **kwargs)
 
                 widget.refresh = counting
             await pilot.pause(2.0)  # ten polls with nothing new
             assert counts == {}
+            with open(run / "metrics.jsonl", "a") as handle:  # steps that move neither the bar nor its percentage
+                for step in range(11, 31):
+                    handle.write(json.dumps({"type": "step", "step": step, "loss": 0.1 + step / 1000, "lr": 1e-3, "step_time_s": 0.3}) + "\n")
+                    handle.flush()
+                    await pilot.pause(0.1)
+            await until(pilot, lambda: "step 30/100000" in _text(app, "#state"))
+            await pilot.pause(0.5)
+            assert ("#progress", False) not in counts and ("#progress", True) not in counts
+            assert ("#numbers", True) not in counts and counts.get(("#numbers", False))  # new numbers, no layout pass
     finally:
         DashboardScreen.REFRESH_S = 1.0
