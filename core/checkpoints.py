@@ -35,6 +35,14 @@ def latest(folder: str | os.PathLike[str]) -> Path | None:
     return found[-1] if found else None
 
 
+def step_of(path: Path) -> int:
+    """The optimizer step a checkpoint folder (``step-N``) was saved at."""
+    match = _NAME.match(path.name)
+    if match is None:
+        raise ValueError(f"{path} is not a checkpoint folder (step-N)")
+    return int(match.group(1))
+
+
 def is_manual(path: Path) -> bool:
     """Whether a checkpoint was asked for by the user (kept out of the rotation)."""
     try:

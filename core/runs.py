@@ -41,6 +41,8 @@ STALL_FACTOR = 10.0
 CLASS_IMAGES = "class_images"
 STALL_MIN_S = 15.0
 STALL_START_S = 300.0
+#: The run folder's TensorBoard event files (written by the trainer's tracker).
+TB_DIR = "tb"
 
 
 class RunDir:
@@ -59,6 +61,7 @@ class RunDir:
         self.checkpoints = self.path / "checkpoints"
         self.output = self.path / "output"
         self.class_images = self.path / CLASS_IMAGES
+        self.tb = self.path / TB_DIR
         self.accelerate_yaml = self.path / "accelerate.yaml"
         self.supervisor_lock = self.path / "supervisor.lock"
         self.trainer_lock = self.path / "trainer.lock"
@@ -180,12 +183,12 @@ class RunDir:
         """Seconds since the last step or heartbeat when that is over ``STALL_FACTOR`` × the usual step
         time (at least ``STALL_MIN_S``; ``STALL_START_S`` before the first step), else None."""
         activity = max(_mtime(self.metrics, 0.0), _mtime(self.heartbeat, 0.0), number(status.get("updated_at"), 0.0) or 0.0)
-        if not activity:
-            return None
+        idle = time.time() - activity
+        if not activity or idle <= STALL_MIN_S:
+            return None  # no limit is below STALL_MIN_S: a run active since then is not stalled, whatever its step time
         _, steps = current_attempt(tail_records(self.metrics))
         times = sorted(t for r in steps if r.get("type") == "step" and (t := number(r.get("step_time_s"))) is not None)
         limit = max(STALL_MIN_S, STALL_FACTOR * times[len(times) // 2]) if times else STALL_START_S
-        idle = time.time() - activity
         return idle if idle > limit else None
 
     def latest_checkpoint(self) -> Path | None:
@@ -385,3 +388,30 @@ def create_run_dir(runs_dir: str | os.PathLike[str], name: str) -> RunDir:
             raise UserError(f"the runs folder {root} is not writable ({exc.strerror}); pass a writable --runs-dir") from exc
         return RunDir(path)
     raise UserError(f"too many runs named {base} in {root}; choose another name")
+
+
+def delete_run(run: RunDir) -> None:
+    """Remove a run folder and nothing else (the dataset, caches and exports outside it stay).
+
+    UserError for a folder that is not a run folder and for a live run (its processes or another
+    sdtui own it): stop it first. The folder's supervisor lock is held while it is removed, so a
+    resume cannot start in it meanwhile.
+    """
+    import shutil
+
+    if not is_run_dir(run.path):
+        raise UserError(f"{run.path} is not a run folder (no run.toml or status.json); nothing was deleted")
+    deadline = time.monotonic() + 1.0
+    while (held := lock(run.supervisor_lock)) is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # a reader probing the lock holds it for microseconds
+    try:
+        state = run.derive_state(run.read_status())
+        if held is None or is_locked(run.trainer_lock) or state in LIVE_STATES:
+            raise UserError(f"run {run.id} is {state if state in LIVE_STATES else 'in use'}; stop it first (sdtui stop {run.id}), then delete it")
+        try:
+            shutil.rmtree(run.path)
+        except OSError as exc:
+            raise UserError(f"{run.path} could not be deleted ({exc.strerror}); check its permissions") from exc
+    finally:
+        if held is not None:
+            held.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -123,3 +124,55 @@ def test_every_state_a_run_is_shown_in_is_either_live_or_ended() -> None:
     assert set(LIVE_STATES) | set(ENDED_STATES) == set(STATES) | {LOST, STALLED}
     assert not set(LIVE_STATES) & set(ENDED_STATES)
     assert "stalled" in LIVE_STATES and {"lost", "finished", "failed", "stopped"} == set(ENDED_STATES)
+
+
+def test_delete_run_removes_the_run_folder_only_and_refuses_a_live_run(tmp_path: Path) -> None:
+    import time as clock
+
+    from core.errors import UserError
+    from core.runs import delete_run
+    from tests.tui_fixtures import make_run
+
+    runs = tmp_path / "runs"
+    ended = make_run(runs, "old-20251009-090000", "failed", steps=5, total=10)
+    live = make_run(runs, "live-20251009-100000", "running", steps=5, total=10, created=clock.time())
+    status = json.loads((live / "status.json").read_text())
+    (live / "status.json").write_text(json.dumps({**status, "updated_at": clock.time() + 3600}))
+    beside = runs / "notes.txt"
+    beside.write_text("mine")
+    with pytest.raises(UserError, match="stop it first"):
+        delete_run(RunDir(live))
+    assert live.is_dir()
+    delete_run(RunDir(ended))
+    assert not ended.exists() and live.is_dir() and beside.read_text() == "mine"
+    with pytest.raises(UserError, match="not a run folder"):
+        delete_run(RunDir(tmp_path))
+
+
+def test_resume_point_names_the_checkpoint_step_or_the_start(tmp_path: Path) -> None:
+    from core.launch.start import resume_point
+    from tests.tui_fixtures import make_run
+
+    run = RunDir(make_run(tmp_path / "runs", "r-20251009-090000", "failed", steps=30, total=100))
+    assert resume_point(run) == "from the start (it has no checkpoint)"
+    for step in (10, 20):
+        (run.checkpoints / f"step-{step}").mkdir(parents=True)
+        (run.checkpoints / f"step-{step}" / "state.json").write_text(json.dumps({"step": step}))
+    (run.checkpoints / ".tmp-step-30").mkdir()
+    assert resume_point(run) == "from its checkpoint at step 20"
+
+
+def test_a_run_active_within_the_shortest_stall_limit_is_not_stalled_without_reading_its_metrics(tmp_path: Path, monkeypatch) -> None:
+    import core.runs as runs_module
+    from tests.tui_fixtures import make_run
+
+    run = RunDir(make_run(tmp_path / "runs", "r-20251009-090000", "running", steps=30, total=100))
+    read = []
+    real = runs_module.tail_records
+    monkeypatch.setattr(runs_module, "tail_records", lambda path, *a: read.append(path) or real(path, *a))
+    now = time.time()
+    assert run.stalled_for({"updated_at": now}) is None
+    assert read == []  # the dashboard asks every second: a run that just wrote needs no parse of metrics.jsonl
+    os.utime(run.metrics, (now - 3600, now - 3600))
+    assert run.stalled_for({"updated_at": now - 3600}) > 3000
+    assert read == [run.metrics]

@@ -52,7 +52,7 @@ async def test_finished_run_shows_progress_loss_and_samples(tmp_path: Path) -> N
 
         raw = RunDir(runs / "shapes-lora-20251009-090000").last_step_record()["loss"]
         numbers = _text(app, "#numbers")
-        assert f"loss raw {number(raw)}\n" in numbers and f"smoothed {number(screen.view.loss)} (10 steps)" in numbers
+        assert f"loss raw {number(raw)}  smoothed {number(screen.view.loss)} (10 steps)\n" in numbers
 
 
 @sync
@@ -120,8 +120,9 @@ async def test_log_scale_toggles_on_a_long_run(tmp_path: Path) -> None:
         assert chart.log_scale
         drawn = str(chart.render())
         assert "(log scale)" in drawn
-        losses = [float(v) for v in chart.data[1]]
-        assert f"{min(losses):.3g}" in drawn and f"{max(losses):.3g}" in drawn, "the axis shows losses, not their log10"
+        axis = [line.split("┤")[0].strip() for line in drawn.splitlines() if "┤" in line]
+        assert "0.1" in axis and all(float(label) > 0 for label in axis if label), "the axis shows losses, not their log10"
+        assert len(set(axis)) == len(axis)
         await pilot.press("g")
         assert "(log scale)" not in str(chart.render())
 
@@ -276,3 +277,171 @@ async def test_a_prodigy_run_shows_its_own_step_size_labelled_beside_the_lr(tmp_
     async with app.run_test(size=(100, 30)) as pilot:
         await until(pilot, lambda: "step d×lr" in _text(app, "#numbers"))
         assert "lr 1  step d×lr 1.2e-04" in _text(app, "#numbers")
+
+
+def _footer(app: SdtuiApp) -> set[str]:
+    """The footer's key labels as shown: ``p Pause``, ``esc Detach`` …"""
+    return {f"{app.get_key_display(b.binding)} {b.binding.description}" for b in app.screen.active_bindings.values() if b.enabled and b.binding.show}
+
+
+def _live(runs: Path, state: str = "running") -> Path:
+    run = make_run(runs, "live-20251009-120000", state, steps=10, total=100, created=time.time())
+    status = run / "status.json"
+    status.write_text(json.dumps({**json.loads(status.read_text()), "updated_at": time.time() + 3600}))
+    return run
+
+
+@sync
+async def test_the_footer_says_resume_while_paused_and_p_resumes(tmp_path: Path) -> None:
+    run = _live(tmp_path / "runs", "paused")
+    app = _app(tmp_path / "runs", run)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.screen.state == "paused")
+        await pilot.pause(0.1)
+        assert "p Resume" in _footer(app) and "p Pause" not in _footer(app)
+        await pilot.press("p")
+        await pilot.pause(0.1)
+        assert [r["action"] for r in read_json(run / "control.json")["requests"]] == ["resume"]
+        status = json.loads((run / "status.json").read_text())
+        (run / "status.json").write_text(json.dumps({**status, "state": "running"}))
+        await until(pilot, lambda: app.screen.state == "running")
+        await pilot.pause(0.1)
+        assert "p Pause" in _footer(app) and "p Resume" not in _footer(app)
+
+
+@sync
+async def test_q_on_the_dashboard_leaves_sdtui_and_the_training_goes_on(tmp_path: Path, capsys) -> None:
+    run = _live(tmp_path / "runs")
+    app = _app(tmp_path / "runs", run)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.screen.state == "running")
+        await pilot.press("q")
+        await pilot.pause(0.2)
+        assert app._exit
+    said = " ".join(capsys.readouterr().err.split())
+    assert "the training goes on" in said and "sdtui attach live-20251009-120000" in said
+    assert not (run / "control.json").exists()  # nothing asked of the trainer
+
+
+@sync
+async def test_b_shows_the_tensorboard_command_and_the_port_forward(tmp_path: Path, monkeypatch) -> None:
+    from tui.widgets.note import NoteScreen
+
+    monkeypatch.setenv("SSH_CONNECTION", "10.1.2.3 51000 203.0.113.9 22")
+    runs = make_runs(tmp_path / "runs")
+    run = runs / "shapes-lora-20251009-090000"
+    app = _app(runs, run)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: "FINISHED" in _text(app, "#state"))
+        await pilot.press("b")
+        await pilot.pause(0.1)
+        assert not isinstance(app.screen, NoteScreen)  # no tb/ yet: a warning says why
+        assert any("[logging] tensorboard = true" in str(n.message) for n in app._notifications)
+        (run / "tb").mkdir()
+        await pilot.press("b")
+        await until(pilot, lambda: isinstance(app.screen, NoteScreen))
+        lines = _text(app, "#note-lines")
+        port = lines.split("--port ")[1].split()[0]
+        assert f"tensorboard --logdir {RunDir(run).tb} --port {port}" in lines
+        assert f"ssh -N -L {port}:localhost:{port} " in lines and "@203.0.113.9" in lines
+        await pilot.press("escape")
+        assert isinstance(app.screen, DashboardScreen)
+
+
+@sync
+async def test_v_shows_every_prompt_across_the_steps_and_pages_older_steps(tmp_path: Path) -> None:
+    from tui.screens.sample_grid import SampleGridScreen
+
+    runs = tmp_path / "runs"
+    run = make_run(runs, "long-20251009-090000", "finished", steps=400, total=400)
+    app = _app(runs, run)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: "step 400 ·" in _text(app, "#sample-caption"))
+        assert "v grid" in _text(app, "#sample-caption")
+        await pilot.press("v")
+        await until(pilot, lambda: isinstance(app.screen, SampleGridScreen))
+        await pilot.pause(0.3)
+        shown = "\n".join(strip.text for strip in app.screen._compositor.render_strips())
+        assert "prompt 1: a red circle, simple shape" in shown and "prompt 2: a blue square, simple shape" in shown
+        assert "step 400" in shown and "step 40 " not in shown and "older" in shown
+        images = [w for w in app.screen.query(".grid-image") if w.image]
+        assert len(images) >= 6 and all(w.size.width >= 10 for w in images)
+        await pilot.press("left")
+        await pilot.pause(0.3)
+        shown = "\n".join(strip.text for strip in app.screen._compositor.render_strips())
+        assert "step 400" not in shown and "newer" in shown
+        await pilot.press("escape")
+        assert isinstance(app.screen, DashboardScreen)
+
+
+@sync
+async def test_output_paths_break_after_a_slash_and_the_sample_is_wide_at_80x24(tmp_path: Path) -> None:
+    runs = make_runs(tmp_path / "deep" / "folder" / "of" / "runs")
+    run = runs / "shapes-lora-20251009-090000"
+    (run / "output" / "diffusers").mkdir(parents=True)
+    (run / "output" / "shapes.safetensors").write_bytes(b"x")
+    (run / "output" / "diffusers" / "pytorch_lora_weights.safetensors").write_bytes(b"x")
+    app = _app(runs, run)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.screen.query_one("#outputs").display and "step 120 ·" in _text(app, "#sample-caption"))
+        await pilot.pause(0.2)
+        lines = _text(app, "#outputs").split("\n")
+        assert all(len(line) <= 78 for line in lines)
+        pieces = [line[len("Output: "):] for line in lines]
+        paths = app.screen.outputs
+        assert str(RunDir(run).output / "shapes.safetensors") in paths
+        assert "".join(pieces) == "".join(paths)  # every path whole, in order
+        assert all(piece.endswith("/") or any(path.endswith("/" + piece.split("/")[-1]) for path in paths) for piece in pieces), "\n".join(lines)
+        assert app.screen.query_one("#sample-image").size.width >= 20
+
+
+def test_log_scale_labels_are_distinct_round_values_at_every_scale() -> None:
+    import math
+
+    from tui.widgets.loss_chart import log_ticks
+
+    for low, high in ((1.065, 1.0752), (1.0701, 1.0709), (0.9, 1.2), (0.03, 0.467), (1e-5, 300.0)):
+        positions, labels = log_ticks([low, (low + high) / 2, high])
+        assert len(labels) >= 2 and len(set(labels)) == len(labels), (low, high, labels)
+        values = [float(label) for label in labels]
+        assert all(low * 0.999 <= v <= high * 1.001 for v in values)
+        assert all(math.isclose(p, math.log10(v), rel_tol=1e-6, abs_tol=1e-9) for p, v in zip(positions, values))
+    assert log_ticks([1.065, 1.0752])[1] == ["1.065", "1.07", "1.075"]
+
+
+@sync
+async def test_a_live_run_repaints_only_what_changed(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    run = make_run(runs, "live-20251009-120000", "running", steps=10, total=100_000, created=time.time())
+    status = run / "status.json"
+    status.write_text(json.dumps({**json.loads(status.read_text()), "updated_at": time.time() + 3600}))
+    DashboardScreen.REFRESH_S = 0.2
+    try:
+        app = _app(runs, run)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await until(pilot, lambda: "step 10/100000" in _text(app, "#state"))
+            await pilot.pause(1.0)
+            screen = app.screen
+            counts: dict[tuple[str, bool], int] = {}
+            for selector in ("#progress", "#numbers", "#resources", "#loss", "#log", "#samples"):
+                widget = screen.query_one(selector)
+
+                def counting(*args, _selector=selector, _original=widget.refresh, **kwargs):
+                    key = (_selector, bool(kwargs.get("layout")))
+                    counts[key] = counts.get(key, 0) + 1
+                    return _original(*args, **kwargs)
+
+                widget.refresh = counting
+            await pilot.pause(2.0)  # ten polls with nothing new
+            assert counts == {}
+            with open(run / "metrics.jsonl", "a") as handle:  # steps that move neither the bar nor its percentage
+                for step in range(11, 31):
+                    handle.write(json.dumps({"type": "step", "step": step, "loss": 0.1 + step / 1000, "lr": 1e-3, "step_time_s": 0.3}) + "\n")
+                    handle.flush()
+                    await pilot.pause(0.1)
+            await until(pilot, lambda: "step 30/100000" in _text(app, "#state"))
+            await pilot.pause(0.5)
+            assert ("#progress", False) not in counts and ("#progress", True) not in counts
+            assert ("#numbers", True) not in counts and counts.get(("#numbers", False))  # new numbers, no layout pass
+    finally:
+        DashboardScreen.REFRESH_S = 1.0

@@ -160,3 +160,100 @@ async def test_escape_asks_before_leaving_the_wizard_and_new_run_offers_it_again
         await pilot.press("n", "n")
         await until(pilot, lambda: isinstance(app.screen, WizardScreen))
         assert app.screen.state.model == "" and app.screen.index == 0, "Start over gives a fresh wizard"
+
+
+def _select(app: SdtuiApp, run_id: str) -> None:
+    table = app.screen.query_one("#runs", DataTable)
+    table.move_cursor(row=table.get_row_index(run_id))
+
+
+@sync
+async def test_r_on_a_failed_run_asks_first_and_says_truly_where_it_resumes_from(tmp_path: Path, monkeypatch) -> None:
+    import core.launch.start as start
+    from tui.widgets.confirm import ConfirmScreen
+
+    resumed = []
+    monkeypatch.setattr(start, "resume_run", lambda run, gpus=None: resumed.append(run.id))
+    runs = make_runs(tmp_path / "runs")
+    app = _app(runs)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.screen.query_one("#runs").row_count == 3)
+        _select(app, "dog-lora-20251009-093000")
+        await pilot.press("r")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        assert "Resume dog-lora-20251009-093000 from the start (it has no checkpoint)?" in str(app.screen.query_one("#question").render())
+        await pilot.press("n")
+        await until(pilot, lambda: isinstance(app.screen, HomeScreen))
+        assert resumed == []
+        _select(app, "shapes-lora-20251009-090000")
+        monkeypatch.undo()  # the real refusal: a finished run starts again with sdtui train, not r
+        await pilot.press("r")
+        await pilot.pause(0.1)
+        assert isinstance(app.screen, HomeScreen)
+        assert any("has finished" in str(n.message) for n in app._notifications)
+        monkeypatch.setattr(start, "resume_run", lambda run, gpus=None: resumed.append(run.id))
+        _select(app, "dog-lora-20251009-093000")
+        checkpoint = runs / "dog-lora-20251009-093000" / "checkpoints" / "step-30"
+        checkpoint.mkdir(parents=True)
+        (checkpoint / "state.json").write_text("{}")
+        await pilot.press("r")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        assert "from its checkpoint at step 30?" in str(app.screen.query_one("#question").render())
+        await pilot.press("y")
+        await until(pilot, lambda: isinstance(app.screen, DashboardScreen))
+        assert resumed == ["dog-lora-20251009-093000"]
+        assert any("from its checkpoint at step 30" in str(n.message) for n in app._notifications)
+
+
+@sync
+async def test_delete_asks_first_and_removes_only_the_run_folder_and_stop_asks_for_a_live_run(tmp_path: Path, monkeypatch) -> None:
+    import core.launch.control as control
+    from tui.widgets.confirm import ConfirmScreen
+
+    runs = make_runs(tmp_path / "runs")
+    live = make_run(runs, "live-20251009-110000", "running", steps=5, total=50, created=T0 - 60)
+    status = json.loads((live / "status.json").read_text())
+    (live / "status.json").write_text(json.dumps({**status, "created_at": T0 + 1, "updated_at": time.time() + 3600}))
+    stopped = []
+    monkeypatch.setattr(control, "stop_run", lambda run, **kw: stopped.append(run.id) or control.StopResult("stopped", True, []))
+    app = _app(runs)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.screen.query_one("#runs").row_count == 4)
+        _select(app, "live-20251009-110000")
+        await pilot.pause(0.1)
+        footer = {b.binding.description for b in app.screen.active_bindings.values() if b.enabled}
+        assert "Stop" in footer and "Delete" not in footer  # a live run cannot be deleted
+        await pilot.press("delete")
+        assert not isinstance(app.screen, ConfirmScreen) and live.is_dir()
+        await pilot.press("x")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        assert "Stop live-20251009-110000?" in str(app.screen.query_one("#question").render())
+        await pilot.press("y")
+        await until(pilot, lambda: stopped == ["live-20251009-110000"])
+        _select(app, "dog-lora-20251009-093000")
+        await pilot.pause(0.1)
+        await pilot.press("delete")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("n")
+        await pilot.pause(0.1)
+        assert (runs / "dog-lora-20251009-093000").is_dir()
+        await pilot.press("delete")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await until(pilot, lambda: app.screen.query_one("#runs").row_count == 3)
+        assert not (runs / "dog-lora-20251009-093000").exists()
+        assert sorted(p.name for p in runs.iterdir()) == ["cat-dreambooth-20251009-100000", "live-20251009-110000", "shapes-lora-20251009-090000"]
+
+
+@sync
+async def test_a_long_run_id_is_shown_whole_at_80x24(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    long_id = "sks-dog-lokr-prodigy-clip-skip-2-20261206-120000"
+    make_run(runs, long_id, "finished", steps=5, total=5)
+    app = _app(runs)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.screen.query_one("#runs").row_count == 1)
+        await pilot.pause(0.2)
+        shown = "\n".join(strip.text for strip in app.screen._compositor.render_strips())
+        cell = [line[2:].split("  ")[0].strip() for line in shown.splitlines() if "sks-dog" in line or "20261206" in line]
+        assert "".join(cell) == long_id, shown

@@ -299,3 +299,85 @@ def test_open_config_dialog_at_80x24(snap_compare, snapshot_env: Path) -> None:
         _shows(pilot, "Open a config", "config", "prompts", "Open (enter)", "Cancel (esc)", "is not a file")
 
     assert snap_compare(app, terminal_size=SIZE, run_before=drive)
+
+
+def test_dashboard_of_a_paused_run_at_80x24(snap_compare, snapshot_env: Path) -> None:
+    import json
+    import time
+
+    from tests.tui_fixtures import make_run
+
+    run = make_run(snapshot_env / "runs", "live-lora-20251009-120000", "paused", steps=60, total=200, created=T0 - 600)
+    status = json.loads((run / "status.json").read_text())
+    (run / "status.json").write_text(json.dumps({**status, "updated_at": time.time() + 3600}))
+    app = _app(snapshot_env / "runs", start="dashboard", run=RunDir(run))
+
+    async def settle(pilot) -> None:
+        await _until(pilot, lambda: "step 40 ·" in str(pilot.app.screen.query_one("#sample-caption").render()), "the samples")
+        await _until(pilot, lambda: "p Resume" in screen_text(pilot.app), "the footer")
+        await pilot.pause(0.3)
+        _shows(pilot, "PAUSED", "ETA on hold while paused", "p Resume", "x Stop", "esc Detach")
+        _hides(pilot, "p Pause")
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=settle)
+
+
+def test_sample_grid_at_80x24(snap_compare, snapshot_env: Path) -> None:
+    from tests.tui_fixtures import make_run
+
+    run = make_run(snapshot_env / "runs", "grid-lora-20251009-090000", "finished", steps=400, total=400)
+    app = _app(snapshot_env / "runs", start="dashboard", run=RunDir(run))
+
+    async def settle(pilot) -> None:
+        await _until(pilot, lambda: "step 400 ·" in str(pilot.app.screen.query_one("#sample-caption").render()), "the samples")
+        await pilot.press("v")
+        await _until(pilot, lambda: "prompt 2:" in screen_text(pilot.app), "the grid")
+        await pilot.pause(0.3)
+        _shows(pilot, "10 sample steps", "older", "prompt 1: a red circle, simple shape", "prompt 2: a blue square", "step 400", "esc Back")
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=settle)
+
+
+def test_tensorboard_dialog_at_80x24(snap_compare, snapshot_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import getpass
+
+    import core.monitor.tensorboard as tensorboard
+
+    monkeypatch.setattr(tensorboard, "free_port", lambda: 6006)
+    monkeypatch.setattr(getpass, "getuser", lambda: "ana")
+    monkeypatch.setenv("SSH_CONNECTION", "10.1.2.3 51000 203.0.113.9 2222")
+    runs = Path("/tmp/sdtui-snapshot-runs/tensorboard")
+    shutil.rmtree(runs, ignore_errors=True)
+    make_runs(runs)
+    run = runs / "shapes-lora-20251009-090000"
+    (run / "tb").mkdir()
+    app = _app(runs, start="dashboard", run=RunDir(run))
+
+    async def settle(pilot) -> None:
+        await _until(pilot, lambda: "step 120 ·" in str(pilot.app.screen.query_one("#sample-caption").render()), "the samples")
+        await pilot.press("b")
+        await _until(pilot, lambda: "tensorboard --logdir" in screen_text(pilot.app), "the dialog")
+        await pilot.pause(0.3)
+        _shows(pilot, "shapes-lora-20251009-090000/tb", "--port", "ssh -N -L 6006:localhost:6006 -p 2222 ana@203.0.113.9", "http://localhost:6006")
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=settle)
+
+
+def test_home_resume_and_delete_dialogs_at_80x24(snap_compare, snapshot_env: Path) -> None:
+    app = _app(make_runs(snapshot_env / "runs"))
+
+    async def settle(pilot) -> None:
+        await _until(pilot, lambda: pilot.app.screen.query_one("#runs").row_count == 3, "the runs")
+        await pilot.press("down")
+        await pilot.pause(0.2)
+        _shows(pilot, "r Resume", "del Delete", "q Quit")
+        await pilot.press("r")
+        await _until(pilot, lambda: "Resume dog-lora" in screen_text(pilot.app), "the resume dialog")
+        _shows(pilot, "Resume dog-lora-20251009-093000 from the start (it has", "no checkpoint)?")
+        await pilot.press("escape")
+        await pilot.press("delete")
+        await _until(pilot, lambda: "Delete dog-lora" in screen_text(pilot.app), "the delete dialog")
+        await pilot.pause(0.3)
+        _shows(pilot, "Delete dog-lora-20251009-093000?", "the dataset stays", "Delete (y)")
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=settle)

@@ -149,7 +149,7 @@ async def test_recipe_step_refuses_batch_zero_and_a_recipe_that_does_not_fit(tmp
         assert "batch_size must be at least 1" in _error(app) and not _next_enabled(app)
         await _type(pilot, "#v-batch_size", "1")
         assert _error(app) == ""
-        await _type(pilot, "#v-resolution", "4096")
+        await _type(pilot, "#v-resolution", "2048")
         await _type(pilot, "#v-batch_size", "64")
         assert "GiB but the GPU has 8.0 GiB" in _error(app) and not _next_enabled(app)
         assert "does not fit" in str(app.screen.query_one("#estimate").render())

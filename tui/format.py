@@ -8,7 +8,7 @@ from pathlib import Path
 
 from core.units import GIB, gib, number
 
-__all__ = ["GIB", "bar", "display_path", "duration", "gib", "number", "terminal_lines"]
+__all__ = ["GIB", "bar", "break_lines", "display_path", "duration", "gib", "number", "terminal_lines"]
 
 
 def duration(seconds: float | None) -> str:
@@ -33,6 +33,27 @@ def bar(fraction: float, width: int) -> str:
     full, part = divmod(eighths, 8)
     partial = " ▏▎▍▌▋▊▉"[part] if part and full < width else ""
     return ("█" * full + partial).ljust(width, "·")
+
+
+def break_lines(text: str, width: int, after: str = "/-_. ") -> list[str]:
+    """``text`` (a path, a run id) in lines of at most ``width`` cells, each broken after one of the
+    characters in ``after`` (a path after a ``/``, a run id after a ``-``), never inside a name
+    unless one name alone is wider than a line."""
+    width = max(width, 1)
+    pieces = re.findall(f"[^{re.escape(after)}]*[{re.escape(after)}]|[^{re.escape(after)}]+", text)
+    lines: list[str] = []
+    line = ""
+    for piece in pieces:
+        if line and len(line) + len(piece.rstrip()) > width:
+            lines.append(line.rstrip())
+            line = ""
+        while len(piece) > width:
+            lines.append(piece[:width])
+            piece = piece[width:]
+        line += piece
+    if line or not lines:
+        lines.append(line.rstrip())
+    return lines
 
 
 def display_path(path: str | Path) -> str:

@@ -135,6 +135,14 @@ def spawn_supervisor(run: RunDir, held: IO[str]) -> int:
     return proc.pid
 
 
+def resume_point(run: RunDir) -> str:
+    """Where a resume of ``run`` starts, as the user reads it: its newest checkpoint's step, or the start."""
+    from core.checkpoints import step_of
+
+    checkpoint = run.latest_checkpoint()
+    return f"from its checkpoint at step {step_of(checkpoint)}" if checkpoint else "from the start (it has no checkpoint)"
+
+
 def resume_run(run: RunDir, gpus: Any = None) -> RunDir:
     """Continue an ended run (stopped, failed or lost) in the same folder from its newest checkpoint.
 
@@ -142,6 +150,7 @@ def resume_run(run: RunDir, gpus: Any = None) -> RunDir:
     here), accelerate.yaml written again, the GPUs probed now. Of two resumes at once one starts
     the run and the other gets a UserError.
     """
+    from core.checkpoints import step_of
     from core.config import load_config
     from core.launch.preflight import check_model, choose_gpus
 
@@ -170,7 +179,7 @@ def resume_run(run: RunDir, gpus: Any = None) -> RunDir:
         checkpoint = run.latest_checkpoint()
         run.write_status(
             state="queued", resumed_from_state=state, error=None, hint=None, log_tail=None, exit_code=None, exit_unknown=None,
-            pids=[], trainer_pids=None, rebuilt=None, step=int(checkpoint.name[5:]) if checkpoint else 0,
+            pids=[], trainer_pids=None, rebuilt=None, step=step_of(checkpoint) if checkpoint else 0,
         )
         spawn_supervisor(run, held)
     finally:

@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from core.launch.preflight import check_wandb
-
-TB_DIR = "tb"
+from core.runs import TB_DIR
 
 
 def log_with(logging: Mapping[str, Any], run_dir: Path) -> list[Any]:

@@ -12,16 +12,21 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.css.query import NoMatches
 from textual.screen import Screen
-from textual.widgets import Footer, Header, ProgressBar, Static
+from textual.widgets import Footer, Header, Static
 
 from core.errors import UserError
 from core.runs import LIVE_STATES, has_state
-from tui.format import GIB, bar, duration, gib, number, terminal_lines
+from tui.format import GIB, bar, break_lines, duration, gib, number, terminal_lines
 from tui.run_view import RunView
 from tui.sources import gpu_rows, total_steps, vram_text
 from tui.widgets.log_tail import LogTail
 from tui.widgets.loss_chart import LossChart
 from tui.widgets.sample_view import SampleView
+from tui.widgets.step_bar import StepBar
+
+#: The label before the first output path (the others line up under it).
+OUTPUT_LABEL = "Output: "
+
 
 class DashboardScreen(Screen):
     """Attach to any run, live or ended; detaching leaves the training running."""
@@ -29,14 +34,18 @@ class DashboardScreen(Screen):
     BINDINGS = [
         Binding("s", "control('save')", "Save", tooltip="Save a checkpoint now (kept beyond keep_checkpoints)"),
         Binding("m", "control('sample')", "Sample", tooltip="Render the samples now"),
-        Binding("p", "pause", "Pause", tooltip="Pause or resume the training"),
+        Binding("p", "pause", "Pause", tooltip="Pause the training (p again resumes it)"),
+        Binding("p", "resume", "Resume", tooltip="Resume the paused training"),
         Binding("x", "stop", "Stop", tooltip="Stop the run (asks first; it saves first)"),
         Binding("g", "log_scale", "Log y", tooltip="Loss chart: log or linear scale"),
         Binding("l", "logs", "Log", tooltip="The whole train.log, scrollable"),
         Binding("left_square_bracket", "sample(-1)", "Older sample", key_display="[", show=False),
         Binding("right_square_bracket", "sample(1)", "Newer sample", key_display="]", show=False),
         Binding("t", "next_prompt", "Next prompt", show=False),
+        Binding("v", "sample_grid", "Sample grid", show=False, tooltip="Every prompt's samples across the steps"),
+        Binding("b", "tensorboard", "TB", tooltip="TensorBoard: the command to start it and the SSH port forward"),
         Binding("escape,d", "detach", "Detach", tooltip="Back to the runs; the training goes on"),
+        Binding("q", "quit", "Quit", show=False, tooltip="Leave sdtui; the training goes on"),
     ]
     REFRESH_S = 1.0
     #: The loss chart is the costliest redraw: at most once per this many seconds.
@@ -55,19 +64,21 @@ class DashboardScreen(Screen):
         self.chart_drawn_at = 0.0
         self.first_read = True
         self.chart_preview = False
+        self.outputs: list[str] = []
 
     def compose(self) -> ComposeResult:
         yield Header()
         with Horizontal(id="progress-row"):
             yield Static("", id="state")
-            yield ProgressBar(total=1, id="progress", show_eta=False)
+            yield StepBar(total=1, id="progress")
         yield Static("", id="error")
         yield Static("", id="outputs")
         with Horizontal(id="middle"):
-            yield LossChart(id="loss")
-            with Vertical(id="side"):
+            with Vertical(id="main"):
+                yield LossChart(id="loss")
                 yield Static("", id="numbers")
                 yield Static("", id="resources")
+            with Vertical(id="side"):
                 yield SampleView(self.run.path, half_blocks=self.app.context.half_block_images, id="samples")
         yield LogTail(id="log")
         yield Footer(compact=True)
@@ -128,9 +139,13 @@ class DashboardScreen(Screen):
         return found
 
     #: The keys that act on a live run only (hidden from the footer and the palette otherwise).
-    LIVE_ACTIONS = ("control", "pause", "stop")
+    LIVE_ACTIONS = ("control", "stop")
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "pause":
+            return self.state in LIVE_STATES and self.state != "paused"
+        if action == "resume":
+            return self.state == "paused"
         return self.state in LIVE_STATES if action in self.LIVE_ACTIONS else True
 
     def _show_news(self, *news: Any) -> None:
@@ -164,9 +179,7 @@ class DashboardScreen(Screen):
                 state_text.append(f"  ETA {duration(eta)}")
             elif state == "paused":
                 state_text.append("  ETA on hold while paused")
-        progress = self.query_one("#progress", ProgressBar)
-        if (progress.total, progress.progress) != (bar_total, bar_done):
-            progress.update(total=bar_total, progress=bar_done)
+        self.query_one("#progress", StepBar).update(bar_total, bar_done)
         self._put("#state", state_text)
         error = self.query_one("#error", Static)
         problem = self.run.status_problem
@@ -178,6 +191,7 @@ class DashboardScreen(Screen):
         if changed:
             self.chart_pending = True
             self.query_one("#samples", SampleView).set_samples(view.samples, view.newest_sample)
+            self._update_grid()
         now = time.monotonic()
         filled_in = self.chart_preview and not view.previewing  # the full series replaces the sampled one at once
         if self.chart_pending and (now - self.chart_drawn_at >= self.CHART_S or state not in LIVE_STATES or filled_in):
@@ -189,22 +203,33 @@ class DashboardScreen(Screen):
             self.query_one("#log", LogTail).write_lines(terminal_lines(lines))
 
     def _show_outputs(self, outputs: list[str]) -> None:
-        """Where the results are, with full paths, once the run has ended."""
+        """Where the results are, with full paths, once the run has ended: a path too long for a line
+        goes on after a ``/``, never in the middle of a name."""
+        self.outputs = outputs
         widget = self.query_one("#outputs", Static)
         widget.display = bool(outputs)
+        self.set_class(bool(outputs), "-outputs")
         if outputs:
-            text = Text()
-            for n, path in enumerate(outputs):
-                text.append("Output: " if n == 0 else " " * 8, style="bold")
-                text.append(f"{path}\n" if n < len(outputs) - 1 else path)
+            width = self.size.width - 2 - len(OUTPUT_LABEL)
+            lines = [(OUTPUT_LABEL if n == 0 and i == 0 else " " * len(OUTPUT_LABEL), piece)
+                     for n, path in enumerate(outputs) for i, piece in enumerate(break_lines(path, width, after="/"))]
+            text = Text("\n").join(Text.assemble((label, "bold"), piece) for label, piece in lines)
             self._put("#outputs", text)
 
+    def on_resize(self) -> None:
+        if self.outputs:
+            self._show_outputs(self.outputs)
+
     def _put(self, selector: str, text: Text) -> None:
-        """Update a Static only when its text changed (a repaint), with a layout only when its shape changed."""
+        """Update a Static only when its text changed (a repaint), with a layout only when its shape
+        changed: its line count, or its line widths where its width follows its text."""
         before = self.shown.get(selector)
         if before != text:
             self.shown[selector] = text
-            self.query_one(selector, Static).update(text, layout=before is None or text_shape(before) != text_shape(text))
+            widget = self.query_one(selector, Static)
+            auto = widget.styles.width is not None and widget.styles.width.is_auto
+            width = 0 if auto else widget.content_size.width
+            widget.update(text, layout=before is None or text_shape(before, width) != text_shape(text, width))
 
     def _numbers(self) -> Text:
         view = self.view
@@ -212,8 +237,7 @@ class DashboardScreen(Screen):
         own = view.last("step_size")  # Prodigy's own step size, which grows over the first steps
         step_size = "" if own is None else f"  step d×lr {number(own, 3)}"
         return Text(
-            f"loss raw {number(view.raw_loss)}\n"
-            f"smoothed {number(view.loss)} ({view.window} steps)\n"
+            f"loss raw {number(view.raw_loss)}  smoothed {number(view.loss)} ({view.window} steps)\n"
             f"lr {number(view.last('lr'), 3)}{step_size}  {number(view.last('images_per_s'), 3)} img/s  epoch {'–' if epoch is None else epoch}"
         )
 
@@ -241,7 +265,10 @@ class DashboardScreen(Screen):
         self.notify(f"Asked the trainer to {action}.")
 
     def action_pause(self) -> None:
-        self.action_control("resume" if self.state == "paused" else "pause")
+        self.action_control("pause")
+
+    def action_resume(self) -> None:
+        self.action_control("resume")
 
     def action_stop(self) -> None:
         if self.state not in LIVE_STATES:
@@ -285,10 +312,48 @@ class DashboardScreen(Screen):
             self.notify("Detached: the training goes on. sdtui attach " + self.run.path.name)
         self.app.pop_screen()
 
+    def action_quit(self) -> None:
+        """Leave sdtui as home's q does; a live run goes on, and the terminal says how to come back."""
+        live = self.state in LIVE_STATES
+        self.app.exit(message=f"Detached from {self.run.path.name}: the training goes on. sdtui attach {self.run.path.name}" if live else None)
 
-def text_shape(text: Text) -> tuple[int, ...]:
-    """The cell width of each line: when it is unchanged, new text needs no layout pass."""
-    return tuple(line.cell_len for line in text.split("\n"))
+    def action_tensorboard(self) -> None:
+        """The command that serves this run's TensorBoard files and the port forward to see it from the laptop."""
+        import getpass
+        import os
+        import socket
+
+        from core.monitor.tensorboard import free_port, tensorboard_lines
+        from tui.widgets.note import NoteScreen
+
+        if not self.run.tb.is_dir():
+            self.notify(f"{self.run.path.name} has no TensorBoard files yet (tb/ appears at the first step when [logging] tensorboard = true).", severity="warning", timeout=10)
+            return
+        lines = tensorboard_lines(self.run.tb, free_port(), getpass.getuser(), os.environ.get("SSH_CONNECTION"), socket.gethostname())
+        self.app.push_screen(NoteScreen(f"TensorBoard for {self.run.path.name}", lines))
+
+    def _update_grid(self) -> None:
+        """The sample grid, when it is open over this dashboard, follows the new samples."""
+        from tui.screens.sample_grid import SampleGridScreen
+
+        if isinstance(self.app.screen, SampleGridScreen):
+            self.app.screen.set_history(self.view.samples)
+
+    def action_sample_grid(self) -> None:
+        """Every prompt's samples across the steps, newest steps first in view."""
+        from tui.screens.sample_grid import SampleGridScreen
+
+        if not self.view.samples:
+            self.notify("No samples yet: the grid fills in as the trainer writes them.", severity="warning")
+            return
+        self.app.push_screen(SampleGridScreen(self.run.path, self.view.samples))
+
+
+def text_shape(text: Text, width: int = 0) -> tuple[int, ...]:
+    """The cell width of each line, or with a fixed ``width`` the rows each line wraps to: when it is
+    unchanged, new text needs no layout pass (a widget of fixed width only changes with its rows)."""
+    lines = text.split("\n")
+    return tuple(-(-line.cell_len // width) or 1 for line in lines) if width > 0 else tuple(line.cell_len for line in lines)
 
 
 def phase_text(phase: dict[str, Any]) -> str:

@@ -12,7 +12,8 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from core.errors import UserError
-from tui.format import display_path, duration, number
+from core.runs import ENDED_STATES, LIVE_STATES
+from tui.format import break_lines, display_path, duration, number
 from tui.sources import RunRow, RunsWatcher
 from tui.widgets.gpu_panel import GpuPanel
 from tui.wizard_state import STEPS
@@ -30,7 +31,9 @@ class HomeScreen(Screen):
         Binding("n", "new_run", "New run", tooltip="Open the wizard for a new training run"),
         Binding("o", "open_config", "Open config", tooltip="Open a run.toml or a kohya dataset_config.toml in the wizard"),
         Binding("enter,a", "attach", "Attach", tooltip="Open the dashboard of the selected run"),
-        Binding("r", "resume", "Resume", tooltip="Resume a paused run, or continue an ended one from its newest checkpoint"),
+        Binding("r", "resume", "Resume", tooltip="Resume a paused run, or continue a stopped or failed one (asks first)"),
+        Binding("x", "stop", "Stop", tooltip="Stop the selected run (asks first; it saves first)"),
+        Binding("delete", "delete", "Delete", key_display="del", tooltip="Delete the selected ended run's folder (asks first)"),
         Binding("l", "logs", "Logs", tooltip="The train.log of the selected run"),
         Binding("d", "demo", "Demo", tooltip="The CPU demo: a tiny model and a generated dataset"),
         Binding("q", "app.quit", "Quit"),
@@ -42,6 +45,12 @@ class HomeScreen(Screen):
     #: every visible row of the table: they are brought up to date at most this often (states at once).
     PROGRESS_S = 5.0
     GPU_REFRESH_S = 3.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[RunRow] = []
+        #: The selected run and its state when the footer was last fitted to it.
+        self.footer_for: tuple[str, str] | None = None
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -60,11 +69,11 @@ class HomeScreen(Screen):
         self.query_one("#runs-title", Static).update(f"{where} ({context.runs_reason})" if context.runs_reason else where)
         self.watcher = RunsWatcher(context.runs_dir)
         self.refreshing = False
-        self.rows: list[RunRow] = []
         self.cells: dict[str, tuple] = {}
         self.progress_at = 0.0
+        self.run_width = 34
         table = self.query_one("#runs", DataTable)
-        table.add_column("run", key="run", width=34)
+        table.add_column("run", key="run", width=self.run_width)
         for key, label, width in self.COLUMNS:
             table.add_column(label, key=key, width=width)
         self.load_gpus()
@@ -125,10 +134,10 @@ class HomeScreen(Screen):
         for row in rows:
             step = "–" if row.step is None else f"{row.step}/{row.total_steps or '?'}"
             age = "–" if row.updated_at is None else duration(row.age(now)) + " ago"
-            cells = (row.run_id, Text(row.state, style=STATE_STYLE.get(row.state, "")), step, number(row.loss), age)
+            cells = (run_id_cell(row.run_id, self.run_width), Text(row.state, style=STATE_STYLE.get(row.state, "")), step, number(row.loss), age)
             before = self.cells.get(row.run_id)
             if before is None:
-                table.add_row(*cells, key=row.run_id)
+                table.add_row(*cells, key=row.run_id, height=len(cells[0].split("\n")))
             elif cells[1] != before[1] or progress_due:  # only the cells that changed
                 for column, value, old in zip(("run", "state", "step", "loss", "updated"), cells, before):
                     if value != old:
@@ -148,6 +157,16 @@ class HomeScreen(Screen):
             table.move_cursor(row=table.get_row_index(launched))
         elif selected is not None and selected.run_id in table.rows:
             table.move_cursor(row=table.get_row_index(selected.run_id))
+        self.fit_footer()
+
+    def fit_footer(self) -> None:
+        """Offer resume, stop and delete as the selected run allows, refreshing the footer only when
+        the selection or its state changed (a footer refresh is a repaint)."""
+        row = self.selected()
+        key = (row.run_id, row.state) if row is not None else None
+        if key != self.footer_for:
+            self.footer_for = key
+            self.refresh_bindings()
 
     def selected(self) -> RunRow | None:
         """The run under the cursor."""
@@ -166,6 +185,20 @@ class HomeScreen(Screen):
 
         return RunDir(row.path)
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Stop and delete show only for a selected run they apply to; resume for any selected run."""
+        if action not in ("resume", "stop", "delete"):
+            return True
+        row = self.selected() if self.rows else None
+        if row is None:
+            return False
+        if action == "resume":
+            return True  # on a run that cannot resume, r says why and what to do instead
+        return row.state in LIVE_STATES if action == "stop" else row.state in ENDED_STATES
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self.fit_footer()
+
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         event.stop()
         self.action_attach()
@@ -178,6 +211,11 @@ class HomeScreen(Screen):
         width = max(16, self.size.width - fixed)
         if column.width != width:
             column.width = width
+            self.run_width = width
+            if self.rows:  # the run ids are broken into lines for this width: the rows again
+                table.clear()
+                self.cells = {}
+                self.show_runs(self.rows)
             table.refresh(layout=True)
 
     def on_screen_resume(self) -> None:
@@ -228,25 +266,99 @@ class HomeScreen(Screen):
             self.app.push_screen(LogScreen(run))
 
     def action_resume(self) -> None:
-        """Resume a paused run, or continue an ended one in its folder from its newest checkpoint."""
+        """Resume a paused run, or, once the user agrees, continue an ended one in its folder from its
+        newest checkpoint (or from the start when it has none)."""
         run = self._run_dir()
         if run is None:
             return
+        state = run.state
+        if state == "paused":
+            self._ask_trainer(run, "resume")
+            return
+        from core.launch.start import resume_point
+        from tui.widgets.confirm import ConfirmScreen
+
+        point = resume_point(run)
+        if state == "finished" or state not in ENDED_STATES:
+            self._resume(run, point)  # refused with the sentence that says what to do instead
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._resume(run, point)
+
+        self.app.push_screen(ConfirmScreen(f"Resume {run.id} {point}?", yes="Resume", danger=False), answered)
+
+    def _ask_trainer(self, run, action: str) -> None:
+        from core.launch.control import ask
+
         try:
-            if run.state == "paused":
-                from core.launch.control import ask
+            ask(run, action)
+        except UserError as exc:
+            self.notify(str(exc), severity="error", timeout=10)
+            return
+        self.notify(f"Asked {run.id} to {action}.")
 
-                ask(run, "resume")
-                self.notify(f"Asked {run.id} to resume.")
-                return
-            from core.launch.start import resume_run
+    def _resume(self, run, point: str) -> None:
+        from core.launch.start import resume_run
 
+        try:
             resume_run(run)
         except UserError as exc:
             self.notify(str(exc), severity="error", timeout=10)
             return
-        self.notify(f"Resuming {run.id} from its newest checkpoint.")
+        self.notify(f"Resuming {run.id} {point}.")
         self.app.open_dashboard(run)
+
+    def action_stop(self) -> None:
+        """Stop the selected live run once the user agrees (the trainer saves first)."""
+        run = self._run_dir()
+        if run is None:
+            return
+        from tui.widgets.confirm import ConfirmScreen
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.stop_run(run)
+
+        self.app.push_screen(ConfirmScreen(f"Stop {run.id}? It saves a checkpoint first.", yes="Stop"), answered)
+
+    @work(thread=True, group="stop")
+    def stop_run(self, run) -> None:
+        from core.launch.control import stop_run
+
+        self.app.call_from_thread(self.notify, f"Stopping {run.id}: saving first…")
+        try:
+            result = stop_run(run)
+        except UserError as exc:
+            self.app.call_from_thread(self.notify, str(exc), severity="error", timeout=10)
+            return
+        self.app.call_from_thread(self.notify, f"{run.id} is {result.state}.")
+
+    def action_delete(self) -> None:
+        """Delete the selected ended run's folder once the user agrees (only that folder)."""
+        run = self._run_dir()
+        if run is None:
+            return
+        from tui.widgets.confirm import ConfirmScreen
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._delete(run)
+
+        question = f"Delete {run.id}? Its folder {display_path(run.path)} goes (checkpoints, samples, outputs); the dataset stays."
+        self.app.push_screen(ConfirmScreen(question, yes="Delete"), answered)
+
+    def _delete(self, run) -> None:
+        from core.runs import delete_run
+
+        try:
+            delete_run(run)
+        except UserError as exc:
+            self.notify(str(exc), severity="error", timeout=10)
+            return
+        self.notify(f"Deleted {run.id}.")
+        self.refresh_runs()
 
     def action_demo(self) -> None:
         """Build the demo (tiny model, generated dataset) in ./demo, then open the wizard filled in with it."""
@@ -267,3 +379,10 @@ class HomeScreen(Screen):
     def _open_demo(self, demo: object) -> None:
         self.app.context.demo = demo
         self.app.open_wizard()
+
+
+def run_id_cell(run_id: str, width: int):
+    """The run id in the run column, whole: broken after a ``-`` into lines that fit ``width``."""
+    from rich.text import Text
+
+    return Text("\n".join(break_lines(run_id, width, after="-_.")))

@@ -55,12 +55,38 @@ class LossChart(PlotextPlot):
 
 
 def log_ticks(values: Sequence[float], count: int = 5) -> tuple[list[float], list[str]]:
-    """Positions (log10) and labels (the losses themselves) for a log-scale axis."""
-    low, high = math.log10(min(values)), math.log10(max(values))
-    if high - low < 1e-9:
-        return [low], [f"{10**low:.3g}"]
-    positions = [low + (high - low) * i / (count - 1) for i in range(count)]
-    return positions, [f"{10**p:.3g}" for p in positions]
+    """Positions (log10) and labels (the losses themselves) for a log-scale axis: round values, each
+    label different from the others, whatever the range (a loss that moves in its third digit included)."""
+    low, high = min(values), max(values)
+    if high / low < 1 + 1e-9:
+        return [math.log10(low)], [f"{low:.4g}"]
+    if high / low >= 10:
+        ticks = [10.0**e * m for e in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1) for m in (1, 2, 5)]
+        inside = [t for t in ticks if low * (1 - 1e-9) <= t <= high * (1 + 1e-9)]
+        if len(inside) > count:
+            inside = [t for t in inside if f"{t:.0e}".startswith("1")]  # the powers of ten only
+        while len(inside) > count:
+            inside = inside[::2]
+    else:
+        step = nice_step((high - low) / (count - 1))
+        inside = [k * step for k in range(math.ceil(low / step - 1e-9), math.floor(high / step + 1e-9) + 1)]
+    labels = distinct_labels(inside)
+    return [math.log10(t) for t in inside], labels
+
+
+def nice_step(raw: float) -> float:
+    """The 1, 2 or 5 times a power of ten nearest above ``raw``: axis ticks at round values."""
+    power = 10.0 ** math.floor(math.log10(raw))
+    return next(m * power for m in (1, 2, 5, 10) if m * power >= raw * (1 - 1e-9))
+
+
+def distinct_labels(ticks: Sequence[float]) -> list[str]:
+    """The shortest labels (up to 8 significant digits) that tell every tick apart."""
+    for digits in range(2, 9):
+        labels = [f"{t:.{digits}g}" for t in ticks]
+        if len(set(labels)) == len(labels):
+            return labels
+    return labels
 
 
 def evenly(xs: Sequence[float], ys: Sequence[float], width: int) -> tuple[list[float], list[float]]:

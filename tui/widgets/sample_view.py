@@ -83,7 +83,7 @@ class SampleView(Vertical):
         prompt = sample.prompt.split(" --")[0]
         self._caption(Text.assemble(
             f"step {sample.step} · prompt {sample.prompt_index + 1}/{len(self.history)} · {self.position + 1}/{len(samples)}\n",
-            ("[ ] history  t prompt\n", "dim"),
+            ("[ ] history  t prompt  v grid\n", "dim"),
             prompt,
         ))
 
