@@ -6,8 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from cli.common import add_json, add_set, print_json
+from cli.common import add_json, add_set, amount, print_json, whole_number, writable_folder
 from core.dataset.buckets import BUCKET_KEYS
+from core.dataset.problems import listed
 from core.errors import UserError
 from core.families import FAMILIES, spec
 from core.settings import METHODS
@@ -18,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add ``scan``, ``plan``, ``export-kohya`` and ``import-kohya``."""
     scan = sub.add_parser("scan", help="scan a kohya-style dataset folder (read-only) and list its problems")
     scan.add_argument("dir", metavar="DIR", help="dataset folder of <repeats>_<token> subfolders")
-    scan.add_argument("--resolution", type=int, default=512, help="training resolution for the buckets (default 512)")
+    scan.add_argument("--resolution", type=whole_number(64), default=512, help="training resolution for the buckets (default 512)")
     scan.add_argument("--reg", metavar="DIR", default=None, help="regularisation / class images folder")
     add_json(scan)
     scan.set_defaults(func=cmd_scan)
@@ -30,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     plan.add_argument("--reg", metavar="DIR", help="regularisation / class images folder")
     plan.add_argument("--method", help=f"{' | '.join(METHODS)} (default lora)")
     plan.add_argument("--recipe", help="recipe name (default: the fastest that fits, see sdtui recipes)")
-    plan.add_argument("--price-per-gpu-hour", type=float, default=None, metavar="X", help="adds a cost column")
+    plan.add_argument("--price-per-gpu-hour", type=amount, default=None, metavar="X", help="adds a cost column")
     length = plan.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=int, metavar="N", help="epoch mode: N epochs")
     length.add_argument("--steps", type=int, metavar="N", help="step mode: N optimizer steps")
@@ -96,10 +97,8 @@ def cmd_export_kohya(args: argparse.Namespace) -> int:
     from core.config import load_config
     from core.kohya import export_kohya
 
-    out = Path(args.dir).expanduser()
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output {out} is a file; give a folder to write the kohya files into")
-    written = export_kohya(load_config(args.config), out)
+    config = load_config(args.config)
+    written = export_kohya(config, writable_folder(args.dir, "the output folder"))
     for path in written if isinstance(written, (list, tuple)) else [written]:
         print(path)
     return 0
@@ -250,8 +249,10 @@ def format_scan(scan: Any) -> str:
         _table(["subset", "images", "repeats", "token", "captions found/missing", "sizes", "buckets"], rows, {1, 2}),
     ]
     if scan.problems:
+        shown, rest = listed(scan.problems)
         out += ["", f"Problems ({len(scan.problems)}):"]
-        out += [f"  {p.severity:7} {p.path}: {p.message}\n          fix: {p.fix}" for p in scan.problems]
+        out += [f"  {p.severity:7} {p.path}: {p.message}\n          fix: {p.fix}" for p in shown]
+        out += [f"  {rest}"] if rest else []
     else:
         out += ["", "No problems found."]
     return "\n".join(out)

@@ -12,6 +12,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import DataTable, Input, Label, Static
 
+from core.dataset.problems import listed
 from core.errors import UserError
 from tui.steps.base import Step
 from tui.widgets.path_input import PathInput
@@ -124,11 +125,14 @@ class DatasetStep(Step):
             + (f"\nbuckets (items per epoch): {buckets}" if buckets else "")
         )
         text = Text()
-        for problem in scan.problems:
+        shown, rest = listed(scan.problems)
+        for problem in shown:
             severity = problem.severity if problem.severity != "error" or scan.blocks(problem) else "left out"
             text.append(f"{severity}: ", style=SEVERITY_STYLE.get(severity, ""))
             text.append(f"{Path(problem.path).name}: {problem.message}")
             text.append(f" → {problem.fix}\n", style="italic")
+        if rest:
+            text.append(rest + "\n")
         problems.update(text if scan.problems else Text("No problems found.", style="green"))
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
