@@ -69,30 +69,37 @@ def writable_folder(path: str | os.PathLike[str], what: str) -> Path:
     return folder
 
 
-def whole_number(minimum: int) -> Callable[[str], int]:
-    """An argparse ``type``: a whole number of at least ``minimum``."""
+def whole_number(option: str, minimum: int) -> Callable[[str], int]:
+    """An argparse ``type`` for ``option``: a whole number of at least ``minimum``.
+
+    A bad value is a UserError (one sentence, exit 2), which argparse lets through.
+    """
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; give e.g. {max(minimum, 1) * 50}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{value} is less than {minimum}; give a whole number of at least {minimum}")
+            value = None
+        if value is None or value < minimum:
+            raise UserError(f"{option} {text} is not allowed; give a whole number of at least {minimum}")
         return value
 
     return parse
 
 
-def amount(text: str) -> float:
-    """An argparse ``type``: a finite number of at least 0 (seconds, a price)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give e.g. 30") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is not allowed; give a finite number of at least 0, e.g. 30")
-    return value
+def amount(option: str) -> Callable[[str], float]:
+    """An argparse ``type`` for ``option``: a finite number of at least 0 (seconds, a price); else a UserError."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < 0:
+            raise UserError(f"{option} {text} is not allowed; give a finite number of at least 0")
+        return value
+
+    return parse
 
 
 #: What to do about an operating-system error on a path the user gave, by errno.

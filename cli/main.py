@@ -38,8 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; exit 0 ok, 1 the job failed, 2 bad input."""
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)  # an option's type may raise UserError for a bad value
         code = args.func(args)
     except UserError as exc:
         print(f"sdtui: {exc}", file=sys.stderr)

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from cli.common import add_json, add_set, amount, print_json, whole_number, writable_folder
+from cli.common import add_json, add_set, print_json, whole_number, writable_folder
 from core.dataset.buckets import BUCKET_KEYS
 from core.dataset.problems import listed
 from core.errors import UserError
@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add ``scan``, ``plan``, ``export-kohya`` and ``import-kohya``."""
     scan = sub.add_parser("scan", help="scan a kohya-style dataset folder (read-only) and list its problems")
     scan.add_argument("dir", metavar="DIR", help="dataset folder of <repeats>_<token> subfolders")
-    scan.add_argument("--resolution", type=whole_number(64), default=512, help="training resolution for the buckets (default 512)")
+    scan.add_argument("--resolution", type=whole_number("--resolution", 64), default=512, help="training resolution for the buckets (default 512)")
     scan.add_argument("--reg", metavar="DIR", default=None, help="regularisation / class images folder")
     add_json(scan)
     scan.set_defaults(func=cmd_scan)
@@ -31,10 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     plan.add_argument("--reg", metavar="DIR", help="regularisation / class images folder")
     plan.add_argument("--method", help=f"{' | '.join(METHODS)} (default lora)")
     plan.add_argument("--recipe", help="recipe name (default: the fastest that fits, see sdtui recipes)")
-    plan.add_argument("--price-per-gpu-hour", type=amount, default=None, metavar="X", help="adds a cost column")
+    plan.add_argument("--price-per-gpu-hour", type=float, default=None, metavar="X", help="adds a cost column")
     length = plan.add_mutually_exclusive_group()
-    length.add_argument("--epochs", type=int, metavar="N", help="epoch mode: N epochs")
-    length.add_argument("--steps", type=int, metavar="N", help="step mode: N optimizer steps")
+    length.add_argument("--epochs", type=whole_number("--epochs", 1), metavar="N", help="epoch mode: N epochs")
+    length.add_argument("--steps", type=whole_number("--steps", 1), metavar="N", help="step mode: N optimizer steps")
     add_set(plan)
     add_json(plan)
     plan.set_defaults(func=cmd_plan)
@@ -76,9 +76,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     extras = list(args.overrides)
     if args.epochs is not None:
-        extras += [f"schedule.epochs={_positive(args.epochs, '--epochs')}", "schedule.max_steps=0"]
+        extras += [f"schedule.epochs={args.epochs}", "schedule.max_steps=0"]
     if args.steps is not None:
-        extras.append(f"schedule.max_steps={_positive(args.steps, '--steps')}")
+        extras.append(f"schedule.max_steps={args.steps}")
     gpus = resolve(args.gpus)
     if args.config:
         config, scan = _from_config_file(args, extras)
@@ -119,12 +119,6 @@ def cmd_import_kohya(args: argparse.Namespace) -> int:
     if not args.model:
         print(f"note: {out} has no model yet; set [model] path and family there (or give --model), then: sdtui train {out}", file=sys.stderr)
     return 0
-
-
-def _positive(value: int, option: str) -> int:
-    if value < 1:
-        raise UserError(f"{option} {value} is not allowed; give a whole number of at least 1")
-    return value
 
 
 def _from_config_file(args: argparse.Namespace, extras: list[str]) -> tuple[Any, Any]:

@@ -76,6 +76,10 @@ def sniff_format(head: bytes) -> str | None:
     return None
 
 
+def _open_nonblocking(path: str, flags: int) -> int:
+    return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
+
+
 def read_header(path: str | os.PathLike[str]) -> ImageHeader:
     """Read the format, width and height of an image file and check its end is there.
 
@@ -83,7 +87,7 @@ def read_header(path: str | os.PathLike[str]) -> ImageHeader:
     """
     try:
         # O_NONBLOCK: a pipe named like an image must not hang the scan; it is refused below.
-        with open(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as handle:
+        with open(path, "rb", opener=_open_nonblocking) as handle:
             info = os.fstat(handle.fileno())
             if not stat.S_ISREG(info.st_mode):
                 return ImageHeader(None, problem="not_file", detail=NOT_FILE)

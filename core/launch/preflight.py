@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.atomic import read_json
 from core.errors import UserError
 from core.families import spec
 from core.launch.accelerate_config import parse_gpu_ids
 from core.memory.data import params
+from core.model_family import check_loadable
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 #: Optimizer state bytes per trained fp32 parameter byte (AdamW: two fp32 moments …).
@@ -54,6 +56,7 @@ def check_model(path: str) -> str | None:
     if local.is_dir():
         if not (local / "model_index.json").is_file() and not (local / "unet").is_dir():
             raise UserError(f"the model folder {local} is not a diffusers model (no model_index.json); point [model] path at a diffusers folder or a .safetensors file")
+        check_loadable(read_json(local / "model_index.json", {}), local)
         return None
     if local.is_file():
         if local.suffix.lower() not in _MODEL_FILES:

@@ -131,8 +131,8 @@ def make_plan(config: Any, scan: Any, gpus: Any, price_per_gpu_hour: float | Non
     Without a ``scan`` (None) the plan has the recipe, the VRAM estimate and the fit, no
     dataset and no schedule table, and a warning that says the table needs a dataset.
     """
-    if price_per_gpu_hour is not None and price_per_gpu_hour < 0:
-        raise UserError(f"the price per GPU hour must not be negative (got {price_per_gpu_hour}); pass e.g. --price-per-gpu-hour 0.7")
+    if price_per_gpu_hour is not None and not (math.isfinite(price_per_gpu_hour) and price_per_gpu_hour >= 0):
+        raise UserError(f"the price per GPU hour must be a finite number, not negative (got {price_per_gpu_hour}); pass e.g. --price-per-gpu-hour 0.7")
     family, method = config.family, config.method
     spec(family).check_method(method)
     settings, schedule, distributed = config.settings, config.schedule, config.distributed
