@@ -303,3 +303,16 @@ def test_state_logging_asks_for_wandb_only_when_it_can_run(tmp_path: Path) -> No
     with pytest.raises(UserError, match=r"wandb package is not installed; install it \(pip install wandb\)"):
         state.set_logging("wandb_project", "my-loras")
     assert state.logging["wandb_project"] == ""
+
+
+@sync
+async def test_thousands_of_broken_files_are_one_line_in_the_problem_list(tmp_path: Path, kohya_dataset) -> None:
+    data = kohya_dataset(subsets=((10, "sks dog", 4),))
+    for n in range(2000):
+        (data / "10_sks dog" / f"empty{n:04d}.png").touch()
+    app = _app(tmp_path)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await _to_dataset(pilot, data)
+        problems = str(app.screen.query_one("#problems").render())
+        assert "2,000 files: the file is empty (0 bytes)" in problems and "empty0000.png" in problems
+        assert len(problems.splitlines()) < 10, problems
