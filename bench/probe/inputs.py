@@ -199,6 +199,10 @@ BAD_INPUTS: list[tuple[str, list[str], tuple[str, ...]]] = [
     ("train of a folder as CONFIG", ["train", "/proc/self", "--runs-dir", "{scratch}/runs"], ("/proc/self",)),
     ("import-kohya into /proc/nope", ["import-kohya", "{kohya}", "/proc/nope/out.toml"], ("/proc/nope",)),
     ("import-kohya --prompts a folder", ["import-kohya", "{kohya}", "{scratch}/out.toml", "--prompts", "/proc/self"], ("/proc/self",)),
+    ("train /dev/zero as CONFIG", ["train", "/dev/zero", "--runs-dir", "{scratch}/runs"], ("/dev/zero", "not a regular file")),
+    ("export-kohya /dev/zero as CONFIG", ["export-kohya", "/dev/zero", "{scratch}/out"], ("/dev/zero",)),
+    ("import-kohya /dev/zero", ["import-kohya", "/dev/zero", "{scratch}/out.toml"], ("/dev/zero",)),
+    ("import-kohya --prompts /dev/zero", ["import-kohya", "{kohya}", "{scratch}/out.toml", "--prompts", "/dev/zero"], ("/dev/zero",)),
     ("--set of a bad number", ["--gpus", "1x4090", "plan", "--model", "sd1", "--set", "schedule.learning_rate=fast"], ("learning_rate",)),
 ]
 
