@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from cli.common import add_set, runs_folder
+from cli.common import add_set, runs_folder, writable_folder
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,6 +36,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """``sdtui demo``: the wizard filled in with the demo, or ``--headless`` training to the end."""
     from core.demo import prepare_demo, run_headless, workspace
 
+    writable_folder(args.workdir, "the demo's --workdir")
     folder = runs_folder(args, own=workspace(args.workdir).runs)
     if args.headless:
         return run_headless(args.workdir, folder.path, args.overrides)

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from core.errors import JobFailed, UserError
 
 from . import app, hardware, planning, runs
-from .common import add_global_options
+from .common import add_global_options, describe_os_error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,8 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; exit 0 ok, 1 the job failed, 2 bad input."""
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)  # an option's type may raise UserError for a bad value
         code = args.func(args)
     except UserError as exc:
         print(f"sdtui: {exc}", file=sys.stderr)
@@ -55,6 +55,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+    except OSError as exc:
+        # A path the user gave that the system refused (read-only, no such folder, a file for a
+        # folder …) that no command checked first: one sentence, never a traceback.
+        print(f"sdtui: {describe_os_error(exc)}", file=sys.stderr)
+        return 2
     return int(code or 0)
 
 

@@ -6,8 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from cli.common import add_json, add_set, print_json
+from cli.common import add_json, add_set, print_json, whole_number, writable_folder
 from core.dataset.buckets import BUCKET_KEYS
+from core.dataset.problems import listed
 from core.errors import UserError
 from core.families import FAMILIES, spec
 from core.settings import METHODS
@@ -18,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add ``scan``, ``plan``, ``export-kohya`` and ``import-kohya``."""
     scan = sub.add_parser("scan", help="scan a kohya-style dataset folder (read-only) and list its problems")
     scan.add_argument("dir", metavar="DIR", help="dataset folder of <repeats>_<token> subfolders")
-    scan.add_argument("--resolution", type=int, default=512, help="training resolution for the buckets (default 512)")
+    scan.add_argument("--resolution", type=whole_number("--resolution", 64), default=512, help="training resolution for the buckets (default 512)")
     scan.add_argument("--reg", metavar="DIR", default=None, help="regularisation / class images folder")
     add_json(scan)
     scan.set_defaults(func=cmd_scan)
@@ -32,8 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     plan.add_argument("--recipe", help="recipe name (default: the fastest that fits, see sdtui recipes)")
     plan.add_argument("--price-per-gpu-hour", type=float, default=None, metavar="X", help="adds a cost column")
     length = plan.add_mutually_exclusive_group()
-    length.add_argument("--epochs", type=int, metavar="N", help="epoch mode: N epochs")
-    length.add_argument("--steps", type=int, metavar="N", help="step mode: N optimizer steps")
+    length.add_argument("--epochs", type=whole_number("--epochs", 1), metavar="N", help="epoch mode: N epochs")
+    length.add_argument("--steps", type=whole_number("--steps", 1), metavar="N", help="step mode: N optimizer steps")
     add_set(plan)
     add_json(plan)
     plan.set_defaults(func=cmd_plan)
@@ -75,9 +76,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     extras = list(args.overrides)
     if args.epochs is not None:
-        extras += [f"schedule.epochs={_positive(args.epochs, '--epochs')}", "schedule.max_steps=0"]
+        extras += [f"schedule.epochs={args.epochs}", "schedule.max_steps=0"]
     if args.steps is not None:
-        extras.append(f"schedule.max_steps={_positive(args.steps, '--steps')}")
+        extras.append(f"schedule.max_steps={args.steps}")
     gpus = resolve(args.gpus)
     if args.config:
         config, scan = _from_config_file(args, extras)
@@ -100,10 +101,7 @@ def cmd_export_kohya(args: argparse.Namespace) -> int:
     from core.config import load_config
     from core.kohya import export_kohya
 
-    out = Path(args.dir).expanduser()
-    if out.exists() and not out.is_dir():
-        raise UserError(f"output {out} is a file; give a folder to write the kohya files into")
-    export = export_kohya(load_config(args.config), out)
+    export = export_kohya(load_config(args.config), writable_folder(args.dir, "the output folder"))
     for path in export.written:
         print(path)
     print(f"run it in sd-scripts with: accelerate launch {export.script} --config_file {export.written[2]}", file=sys.stderr)
@@ -128,12 +126,6 @@ def cmd_import_kohya(args: argparse.Namespace) -> int:
     if not args.model:
         print(f"note: {out} has no model yet; set [model] path and family there (or give --model), then: sdtui train {out}", file=sys.stderr)
     return 0
-
-
-def _positive(value: int, option: str) -> int:
-    if value < 1:
-        raise UserError(f"{option} {value} is not allowed; give a whole number of at least 1")
-    return value
 
 
 def _from_config_file(args: argparse.Namespace, extras: list[str]) -> tuple[Any, Any]:
@@ -258,8 +250,10 @@ def format_scan(scan: Any) -> str:
         _table(["subset", "images", "repeats", "token", "captions found/all", "sizes", "buckets"], rows, {1, 2}),
     ]
     if scan.problems:
+        shown, rest = listed(scan.problems)
         out += ["", f"Problems ({len(scan.problems)}):"]
-        out += [f"  {p.severity:7} {p.path}: {p.message}\n          fix: {p.fix}" for p in scan.problems]
+        out += [f"  {p.severity:7} {p.path}: {p.message}\n          fix: {p.fix}" for p in shown]
+        out += [f"  {rest}"] if rest else []
     else:
         out += ["", "No problems found."]
     return "\n".join(out)

@@ -7,7 +7,7 @@ import sys
 import time
 from typing import Any
 
-from cli.common import add_json, add_set, print_json, runs_dir, runs_folder
+from cli.common import add_json, add_set, amount, print_json, runs_dir, runs_folder, whole_number
 from core.errors import UserError
 
 
@@ -35,19 +35,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     logs = sub.add_parser("logs", help="a run's train.log")
     _add_run(logs)
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines until the run ends")
-    logs.add_argument("-n", "--lines", type=int, default=50, help="lines to show first (default 50)")
+    logs.add_argument("-n", "--lines", type=whole_number("-n/--lines", 1), default=50, help="lines to show first (default 50)")
     logs.set_defaults(func=cmd_logs)
 
     stop = sub.add_parser("stop", help="save and stop a run (then terminate it if it does not stop)")
     _add_run(stop)
     stop.add_argument("--now", action="store_true", help="stop without saving")
-    stop.add_argument("--grace", type=float, default=120.0, metavar="S", help="seconds to wait for the save before terminating (default 120)")
+    stop.add_argument("--grace", type=amount("--grace"), default=120.0, metavar="S", help="seconds to wait for the save before terminating (default 120)")
     stop.set_defaults(func=cmd_stop)
 
     for action, text in (("save", "save a checkpoint now"), ("sample", "render the sample prompts now"), ("pause", "pause a run (it keeps its memory)")):
         parser = sub.add_parser(action, help=text)
         _add_run(parser)
-        parser.add_argument("--wait", type=float, default=30.0, metavar="S", help="seconds to wait for the trainer's acknowledgement (default 30)")
+        parser.add_argument("--wait", type=amount("--wait"), default=30.0, metavar="S", help="seconds to wait for the trainer's acknowledgement (default 30)")
         parser.set_defaults(func=cmd_request, action=action)
 
     resume = sub.add_parser("resume", help="continue a paused run, or restart an ended one from its newest checkpoint")
@@ -180,7 +180,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     from core.runs import FINAL_STATES, LOST
 
     run = _resolve(args)
-    tail = LogTail(run.log, lines=max(1, args.lines))
+    tail = LogTail(run.log, lines=args.lines)
     for line in tail.poll():
         print(line)
     while args.follow:

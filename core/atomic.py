@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import secrets
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -121,3 +122,22 @@ def read_json(path: str | os.PathLike[str], default: Any = None) -> Any:
             return json.load(handle)
     except (OSError, ValueError, RecursionError):
         return default
+
+
+#: A text file the user names (a run config, a kohya config, a prompts file) is read up to this size.
+TEXT_LIMIT = 16 * 1024 * 1024
+
+
+def read_user_text(path: str | os.PathLike[str], limit: int = TEXT_LIMIT) -> str:
+    """The UTF-8 text of a small file the user named.
+
+    A device, pipe or socket (``/dev/zero``) or a file over ``limit`` bytes raises OSError naming
+    the path instead of blocking or filling memory; a folder raises IsADirectoryError as open() does.
+    """
+    with open(path, "rb", opener=lambda p, flags: os.open(p, flags | getattr(os, "O_NONBLOCK", 0))) as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file (a device, pipe or socket)", str(path))
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, f"larger than {limit // (1024 * 1024)} MiB, too large for a text file sdtui reads", str(path))
+    return data.decode("utf-8")

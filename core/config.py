@@ -18,7 +18,7 @@ from typing import Any
 import tomlkit
 from tomlkit.exceptions import ParseError
 
-from core.atomic import write_atomic
+from core.atomic import read_user_text, write_atomic
 from core.errors import UserError
 from core.sample_prompts import parse_prompt_line
 from core.settings import SCHEMA, SETTINGS, SUBSET_KEYS, SUBSET_OPTIONS, Setting, bucket_problem, lookup, optimizer_learning_rate, resolve
@@ -194,7 +194,7 @@ def load_config(path: str | os.PathLike[str], complete: bool = True) -> RunConfi
     """
     file = Path(path).expanduser()
     try:
-        text = file.read_text(encoding="utf-8")
+        text = read_user_text(file)
     except FileNotFoundError:
         raise UserError(f"run config {file} does not exist; check the path or create one with the wizard (sdtui)") from None
     except IsADirectoryError:

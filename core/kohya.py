@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import tomlkit
 from tomlkit.exceptions import ParseError
 
-from core.atomic import finish_tree, replace
+from core.atomic import finish_tree, read_user_text, replace
 from core.errors import UserError
 from core.sample_prompts import format_prompt_line, parse_prompt_line
 from core.settings import SETTINGS, SUBSET_KEYS, SUBSET_OPTIONS, bucket_problem
@@ -245,7 +245,7 @@ def read_kohya(path: str | os.PathLike[str]) -> KohyaDataset:
     """
     file = Path(path).expanduser()
     try:
-        data = tomlkit.parse(file.read_text(encoding="utf-8")).unwrap()
+        data = tomlkit.parse(read_user_text(file)).unwrap()
     except FileNotFoundError:
         raise UserError(f"kohya dataset config {file} does not exist; check the path") from None
     except ParseError as exc:
@@ -331,7 +331,7 @@ def read_prompts(path: str | os.PathLike[str]) -> list[str]:
     """The prompt lines of an sd-scripts sample prompts file, each checked (blank lines and ``#`` comments skipped)."""
     file = Path(path).expanduser()
     try:
-        text = file.read_text(encoding="utf-8")
+        text = read_user_text(file)
     except FileNotFoundError:
         raise UserError(f"sample prompts file {file} does not exist; check the path or leave the prompts out") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -385,7 +385,7 @@ def run_config_from_kohya(
 def is_dataset_config(path: str | os.PathLike[str]) -> bool:
     """True when the TOML file at ``path`` is an sd-scripts dataset config (``[[datasets]]``, no ``[model]``), not a run.toml."""
     try:
-        data = tomlkit.parse(Path(path).expanduser().read_text(encoding="utf-8"))
+        data = tomlkit.parse(read_user_text(Path(path).expanduser()))
     except (OSError, UnicodeDecodeError, ParseError):
         return False
     return "datasets" in data and "model" not in data

@@ -6,6 +6,7 @@ their names from here.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -72,6 +73,8 @@ class Setting:
                 result = float(value)
             except (TypeError, ValueError):
                 raise ValueError(f"{self.key} must be a number") from None
+            if not math.isfinite(result):
+                raise ValueError(f"{self.key} must be a finite number, not {result}")
         elif self.type is list:
             if isinstance(value, str):
                 value = [value]

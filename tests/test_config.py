@@ -233,3 +233,21 @@ def test_resolve_is_the_one_merge_and_names_a_bad_value() -> None:
     with pytest.raises(UserError, match=r"^unknown setting schedule\.learning_rat; known: epochs"):
         resolve("schedule", {"learning_rat": 1e-4})
     assert resolve("subset", {"path": "/d/1_x"}) == {"path": "/d/1_x", "repeats": 1, "token": "", "is_reg": False}
+
+
+FLOAT_SETTINGS = [(section, key) for section, keys in SCHEMA.items() for key, s in keys.items() if s.type is float]
+
+
+@pytest.mark.parametrize(("section", "key"), FLOAT_SETTINGS, ids=[f"{s}.{k}" for s, k in FLOAT_SETTINGS])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", float("nan"), float("inf")])
+def test_every_float_setting_refuses_nan_and_inf(section: str, key: str, value: object) -> None:
+    config = new_config("x", "/m", "sd1", "lora", [{"path": "/d", "repeats": 1}], {}, {}, [], {})
+    with pytest.raises(UserError, match=rf"{section}\.{key}=.*: {key} must be a finite number"):
+        apply_overrides(config, [f"{section}.{key}={value}"])
+
+
+def test_nan_in_run_toml_is_refused_on_load(tmp_path: Path) -> None:
+    path = tmp_path / "run.toml"
+    path.write_text('name = "x"\n[model]\npath = "/m"\n[schedule]\nlearning_rate = nan\n')
+    with pytest.raises(UserError, match="learning_rate .* must be a finite number"):
+        load_config(path)

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -345,3 +346,87 @@ def test_sizes_are_real_images_and_only_the_much_upscaled_ones_are_named(tmp_pat
     assert "near" not in warning.message
     slight = find(scan, "slightly smaller", folder)
     assert slight.severity == "info" and slight.message.startswith("11 images")
+
+
+def test_many_problems_of_one_kind_are_one_grouped_problem(tmp_path: Path) -> None:
+    folder = tmp_path / "data" / "10_dog"
+    write_image(folder / "good.png")
+    for n in range(500):
+        (folder / f"empty{n:03d}.png").touch()
+    for n in range(2):
+        (folder / f"notes{n}.png").write_text("not an image")
+    scan = scan_dataset(folder.parent)
+    grouped = [p for p in scan.problems if p.count > 1]
+    assert len(grouped) == 1 and grouped[0].count == 500 and grouped[0].path == str(folder)
+    assert grouped[0].message.startswith("500 files: the file is empty (0 bytes)") and "empty000.png" in grouped[0].message
+    assert grouped[0].to_json()["examples"][0] == str(folder / "empty000.png")
+    assert len([p for p in scan.problems if "notes" in p.path]) == 2, "a kind found twice keeps one problem per file"
+    assert [i.path for i in scan.subsets[0].images] == [str(folder / "good.png")]
+
+
+def test_the_scan_text_lists_at_most_a_screenful_of_problems(tmp_path: Path) -> None:
+    from cli.planning import format_scan
+    from core.dataset.problems import LISTED
+
+    root = tmp_path / "data"
+    write_image(root / "1_dog" / "a.png")
+    for n in range(LISTED + 10):
+        (root / f"cats{n}").mkdir()  # each its own "no repeat prefix" warning (the fix names the folder)
+    scan = scan_dataset(root)
+    text = format_scan(scan)
+    listed_lines = [line for line in text.splitlines() if line.startswith(("  error", "  warning", "  info"))]
+    assert len(scan.problems) > LISTED and len(listed_lines) == LISTED
+    assert f"… and {len(scan.problems) - LISTED} more problems" in text and "sdtui scan DIR --json lists them all" in text
+
+
+def test_a_subset_symlinked_out_of_the_dataset_is_named(tmp_path: Path) -> None:
+    outside = tmp_path / "elsewhere"
+    write_image(outside / "far.png")
+    root = tmp_path / "data"
+    write_image(root / "10_dog" / "a.png")
+    (root / "5_far").symlink_to(outside)
+    scan = scan_dataset(root)
+    said = [p for p in scan.problems if p.path == str(root / "5_far")]
+    assert said and said[0].severity == "warning" and f"a symlink to {outside}, outside the dataset folder" in said[0].message
+    assert scan.images == 2, "a linked subset is still used: the user may have linked it on purpose"
+
+
+def test_an_image_linked_from_outside_is_used_with_a_notice_and_a_linked_non_image_is_left_out(tmp_path: Path) -> None:
+    outside = write_image(tmp_path / "elsewhere" / "far.png")
+    secret = tmp_path / "elsewhere" / "secret"
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    folder = tmp_path / "data" / "10_dog"
+    write_image(folder / "a.png")
+    (folder / "linked.png").symlink_to(outside)
+    (folder / "passwd.png").symlink_to(secret)
+    (folder / "inside.png").symlink_to(folder / "a.png")
+    scan = scan_dataset(folder.parent)
+    assert sorted(Path(i.path).name for i in scan.subsets[0].images) == ["a.png", "inside.png", "linked.png"]
+    outside_notes = {Path(p.path).name for p in scan.problems if "outside the dataset folder" in p.message}
+    assert outside_notes == {"linked.png", "passwd.png"}
+    assert any(Path(p.path).name == "passwd.png" and p.severity == "error" and "not a PNG" in p.message for p in scan.problems)
+
+
+def test_a_pipe_named_like_an_image_is_never_opened(tmp_path: Path) -> None:
+    folder = tmp_path / "data" / "10_dog"
+    write_image(folder / "a.png")
+    os.mkfifo(folder / "pipe.png")
+    os.mkfifo(folder / "a.txt")
+    found: list = []
+    worker = threading.Thread(target=lambda: found.append(scan_dataset(folder.parent)), daemon=True)
+    worker.start()
+    worker.join(60)
+    assert found, "the scan hangs on a pipe named like an image or a caption"
+    scan = found[0]
+    said = {(Path(p.path).name, p.severity) for p in scan.problems if "not a regular file" in p.message}
+    assert said == {("pipe.png", "error"), ("a.txt", "warning")}
+    assert scan.subsets[0].images[0].caption is None
+    assert read_header(folder / "pipe.png").problem == "not_file"
+
+
+def test_a_file_name_with_a_line_break_gets_a_warning(tmp_path: Path) -> None:
+    folder = tmp_path / "data" / "10_dog"
+    write_image(folder / "two\nlines.png")
+    scan = scan_dataset(folder.parent)
+    assert [p.severity for p in scan.problems if p.path.endswith("two\nlines.png") and "line break" in p.message] == ["warning"]
+    assert scan.images == 1

@@ -120,3 +120,24 @@ def test_separate_vae_and_missing_vae(tmp_path, tiny_models):
     assert components.pipeline().vae is components.vae
     with pytest.raises(ModelLoadError, match="model.vae"):
         load_components(str(tiny_models("sd1")), vae_path=str(tmp_path / "no-vae"))
+
+
+@pytest.mark.parametrize("library", ["os", "sdtui_fake_payload", "diffusers.utils; import os", "transformers.__class__"])
+def test_a_model_index_naming_another_module_is_refused_before_any_import(tmp_path, monkeypatch, library):
+    import json
+    import sys
+
+    from core.launch.preflight import check_model
+    from core.model_family import family_of_folder
+
+    marker = tmp_path / "imported"
+    (tmp_path / "sdtui_fake_payload.py").write_text(f"open({str(marker)!r}, 'w').close()\nclass UNet: pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = tmp_path / "model"
+    (model / "unet").mkdir(parents=True)
+    (model / "unet" / "config.json").write_text(json.dumps({"cross_attention_dim": 768}))
+    (model / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline", "unet": [library, "UNet"], "vae": ["diffusers", "AutoencoderKL"]}))
+    for load in (lambda: load_components(str(model)), lambda: family_of_folder(model), lambda: check_model(str(model))):
+        with pytest.raises(UserError, match=r"model_index.json names .* for its unet, but model parts are loaded only from diffusers or transformers"):
+            load()
+    assert not marker.exists() and "sdtui_fake_payload" not in sys.modules

@@ -312,3 +312,16 @@ def test_the_recipe_step_refuses_bucket_sides_that_do_not_frame_the_resolution(t
     state.set_setting("min_bucket_reso", 256)
     with pytest.raises(UserError, match=r"settings.min_bucket_reso = 256 is larger than settings.resolution = 64; set min_bucket_reso to 64 or less"):
         state.check_recipe()
+
+
+@sync
+async def test_thousands_of_broken_files_are_one_line_in_the_problem_list(tmp_path: Path, kohya_dataset) -> None:
+    data = kohya_dataset(subsets=((10, "sks dog", 4),))
+    for n in range(2000):
+        (data / "10_sks dog" / f"empty{n:04d}.png").touch()
+    app = _app(tmp_path)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await _to_dataset(pilot, data)
+        problems = str(app.screen.query_one("#problems").render())
+        assert "2,000 files: the file is empty (0 bytes)" in problems and "empty0000.png" in problems
+        assert len(problems.splitlines()) < 10, problems

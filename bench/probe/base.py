@@ -12,8 +12,10 @@ class Check:
     """One fault and how to try it.
 
     ``run`` gets an empty scratch folder of its own and returns ``None`` when the fault is held,
-    else one sentence saying what went wrong.
+    else one sentence saying what went wrong. ``slow`` marks a check that trains, launches
+    processes or builds large trees (tests/test_probe.py marks it ``slow``).
     """
 
     name: str
     run: Callable[[Path], str | None]
+    slow: bool = False

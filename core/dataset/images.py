@@ -10,6 +10,7 @@ VP8X; the RIFF size against the file size) and BMP (the header against the file 
 from __future__ import annotations
 
 import os
+import stat
 import struct
 from dataclasses import dataclass
 
@@ -30,12 +31,17 @@ _JPEG_STANDALONE = {0x01, *range(0xD0, 0xD8)}
 MAX_PIXELS = 2 * (1024 * 1024 * 1024 // 4 // 3)
 
 
+#: Why a device, pipe or socket named like an image is left out (it is never read).
+NOT_FILE = "it is not a regular file (a device, pipe or socket)"
+
+
 @dataclass(frozen=True)
 class ImageHeader:
     """What the header of one file says.
 
     ``problem`` is None for a usable image, else ``"empty"``, ``"truncated"``, ``"corrupt"``,
-    ``"too_large"``, ``"unreadable"`` or ``"not_image"``; ``detail`` says what exactly.
+    ``"too_large"``, ``"unreadable"``, ``"not_image"`` or ``"not_file"`` (a device, pipe or socket);
+    ``detail`` says what exactly.
     """
 
     format: str | None
@@ -70,14 +76,22 @@ def sniff_format(head: bytes) -> str | None:
     return None
 
 
+def _open_nonblocking(path: str, flags: int) -> int:
+    return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
+
+
 def read_header(path: str | os.PathLike[str]) -> ImageHeader:
     """Read the format, width and height of an image file and check its end is there.
 
     Never raises for a bad file: the problem is in the result.
     """
     try:
-        with open(path, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
+        # O_NONBLOCK: a pipe named like an image must not hang the scan; it is refused below.
+        with open(path, "rb", opener=_open_nonblocking) as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                return ImageHeader(None, problem="not_file", detail=NOT_FILE)
+            size = info.st_size
             if size == 0:
                 return ImageHeader(None, problem="empty", detail="the file is empty (0 bytes)")
             head = handle.read(_HEAD)

@@ -22,13 +22,14 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 
 from core import userdirs
 from core.atomic import read_json, write_atomic
 from core.dataset.buckets import BUCKET_KEYS, Bucket, assign_bucket, bucket_counts, buckets_for
-from core.dataset.images import FORMAT_NAMES, IMAGE_EXTENSIONS, ImageHeader, read_header
-from core.dataset.problems import Problem, sort_problems
+from core.dataset.images import FORMAT_NAMES, IMAGE_EXTENSIONS, NOT_FILE, ImageHeader, read_header
+from core.dataset.problems import Problem, group_problems, sort_problems
 from core.errors import UserError
 from core.settings import SUBSET_KEYS, resolve
 
@@ -250,7 +251,7 @@ def scan_dataset(
             "error", str(reg_root), "the regularisation folder has no usable image",
             "add class images to it or leave the regularisation folder out",
         ))
-    return DatasetScan(str(root), subsets, sort_problems(problems), resolution, buckets, str(reg_root) if reg_root else None, tuple(class_folders))
+    return DatasetScan(str(root), subsets, sort_problems(group_problems(problems)), resolution, buckets, str(reg_root) if reg_root else None, tuple(class_folders))
 
 
 def scan_config(config: Any) -> DatasetScan:
@@ -358,11 +359,13 @@ class _Walker:
         self.bucket_of: dict[tuple[int, int], Bucket] = {}
         #: Folders without a repeat prefix that hold ``<repeats>_<token>`` subfolders (a class folder's layout).
         self.class_folders: list[str] = []
+        self.root = Path("/")  # the real root being scanned, set by scan_root
 
     def problem(self, severity: str, path: str | Path, message: str, fix: str) -> None:
         self.problems.append(Problem(severity, str(path), message, fix))
 
     def scan_root(self, root: Path, is_reg: bool) -> list[Subset]:
+        self.root = root
         own = REPEAT_PREFIX.match(root.name)
         if own and int(own.group(1)) >= 1:
             return [self.scan_subset(root, int(own.group(1)), own.group(2), is_reg)]
@@ -373,6 +376,7 @@ class _Walker:
             match = REPEAT_PREFIX.match(entry.name)
             if match and int(match.group(1)) >= 1:
                 prefixed.append((entry, int(match.group(1)), match.group(2)))
+                self.report_linked_folder(entry)
             elif match:
                 self.problem("warning", entry.path, "the repeat count 0 means this folder would never be seen, so it is skipped",
                              f"rename it to e.g. '1_{match.group(2)}' to train on it")
@@ -414,7 +418,9 @@ class _Walker:
         small: list[ImageEntry] = []
         cropped: list[ImageEntry] = []
         counts: dict[Bucket, int] = {}
+        home = os.path.realpath(folder)
         for entry in candidates:
+            self.report_name_and_place(entry, home)
             header = self.header(entry)
             stem, suffix = os.path.splitext(entry.name)
             if not header.ok:
@@ -448,11 +454,37 @@ class _Walker:
             (smallest.width, smallest.height) if smallest else None, (largest.width, largest.height) if largest else None, counts,
         )
 
+    def inside(self, path: str, home: str) -> bool:
+        """Whether the real ``path`` lies in the dataset folder or in ``home`` (its subset's real folder)."""
+        real = Path(path)
+        return real.is_relative_to(self.root) or real.is_relative_to(home)
+
+    def report_linked_folder(self, entry: os.DirEntry[str]) -> None:
+        """Say so when a subset folder is a symlink to a folder outside the dataset folder (it is still scanned)."""
+        real = os.path.realpath(entry.path)
+        if entry.is_symlink() and not self.inside(real, str(self.root)):
+            self.problem("warning", entry.path, f"the subset is a symlink to {real}, outside the dataset folder; its images are read from there",
+                         "nothing to do if you linked it on purpose; otherwise remove the link")
+        if "\n" in entry.name or "\r" in entry.name:
+            self.problem("warning", entry.path, "the folder name holds a line break, which line-based tools (kohya's lists, shell loops) split",
+                         "rename the folder without the line break")
+
+    def report_name_and_place(self, entry: os.DirEntry[str], home: str) -> None:
+        """Note an image symlinked from outside the dataset folder and a file name with a line break."""
+        if entry.is_symlink() and not self.inside(os.path.realpath(entry.path), home):
+            self.problem("info", entry.path, "a symlink to a file outside the dataset folder, used from there",
+                         "nothing to do if you linked it on purpose; otherwise copy the image into the dataset or remove the link")
+        if "\n" in entry.name or "\r" in entry.name:
+            self.problem("warning", entry.path, "the file name holds a line break, which line-based tools (kohya's lists, shell loops) split",
+                         "rename the file without the line break")
+
     def header(self, entry: os.DirEntry[str]) -> ImageHeader:
         try:
             stat = entry.stat()
         except OSError as exc:
             return ImageHeader(None, problem="unreadable", detail=f"it cannot be read ({exc.strerror or exc})")
+        if not S_ISREG(stat.st_mode):
+            return ImageHeader(None, problem="not_file", detail=NOT_FILE)
         self.stats[entry.path] = (stat.st_size, stat.st_mtime_ns)
         return self.cache.header(entry.path, stat.st_size, stat.st_mtime_ns)
 
@@ -460,6 +492,9 @@ class _Walker:
         for extension in self.extensions:
             entry = found.get(extension)
             if entry is None:
+                continue
+            if not entry.is_file():
+                self.problem("warning", entry.path, f"the caption file is not used: {NOT_FILE}", "replace it with a plain text file")
                 continue
             try:
                 with open(entry.path, encoding="utf-8-sig") as handle:
@@ -480,6 +515,9 @@ class _Walker:
                              "move it out of the dataset if it does not belong there")
         elif header.problem == "unreadable":
             self.problem("error", entry.path, f"{header.detail}; it is left out", "make it readable (chmod a+r) or remove it")
+        elif header.problem == "not_file":
+            self.problem("error" if named_as_image else "info", entry.path, f"{header.detail}; it is left out unread",
+                         "move it out of the dataset folder")
         elif header.problem == "empty":
             self.problem("error", entry.path, f"{header.detail}; it is left out", "copy the image again from its original or remove it")
         elif header.problem == "too_large":

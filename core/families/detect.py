@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import UserError
-from core.families import FAMILIES, detection_order, variant_names
+from core.families import FAMILIES, detection_order, specs, variant_names
 from core.families.spec import FamilySpec
 
 #: The single-file checkpoint suffixes sdtui reads: safetensors, and pickled torch checkpoints (zip archives).
@@ -93,12 +93,48 @@ def detect_family(model: str) -> str:
     raise UserError(f"model '{model}' does not exist; give a diffusers folder, a .safetensors file, a hub id or one of {', '.join((*FAMILIES, *variant_names()))}")
 
 
+#: The libraries a model part may come from: model_index.json names a module per part and loading
+#: the part imports it, so any other name is refused before anything is imported.
+LOADABLE_LIBRARIES = ("diffusers", "transformers")
+
+
+def model_parts(family_spec: FamilySpec) -> tuple[str, ...]:
+    """The parts of a diffusers folder the trainer loads for one family."""
+    return (family_spec.denoiser, "vae", *family_spec.text_encoder_names, *family_spec.tokenizer_names, "scheduler")
+
+
+#: The parts of a diffusers folder the trainer loads, over every family (the safety checker and feature extractor are left out).
+LOADED_PARTS = tuple(dict.fromkeys(p for family_spec in specs() for p in model_parts(family_spec)))
+
+
+def check_loadable(index: Any, path: Path) -> None:
+    """Refuse a model_index.json whose loaded parts name a module outside diffusers and transformers.
+
+    Diffusers' own loader imports only the libraries it loads components from; sdtui loads each
+    part itself, so it holds the same rule here, before any import.
+    """
+    for name in LOADED_PARTS:
+        entry = index.get(name) if isinstance(index, dict) else None
+        if not isinstance(entry, list) or len(entry) != 2 or entry[0] is None:
+            continue
+        library, class_name = entry
+        if library not in LOADABLE_LIBRARIES or not isinstance(class_name, str) or not class_name.isidentifier() or class_name.startswith("_"):
+            raise UserError(
+                f"{path / 'model_index.json'} names {library!r}.{class_name!r} for its {name}, but model parts are loaded only from "
+                f"{' or '.join(LOADABLE_LIBRARIES)} (importing another module would run its code); fix the entry or use a model folder saved by diffusers"
+            )
+
+
 def family_of_folder(path: Path) -> str:
-    """The family of a diffusers folder, from ``model_index.json`` and its denoiser's and text encoder's configs."""
+    """The family of a diffusers folder, from ``model_index.json`` and its denoiser's and text encoder's configs.
+
+    A model_index.json naming a module outside diffusers and transformers is refused (``check_loadable``).
+    """
     index = _read_json(path / "model_index.json")
     denoiser = next((c for c in (_read_json(path / d / "config.json") for d in DENOISER_FOLDERS) if c is not None), None)
     if index is None and denoiser is None:
         raise UserError(f"'{path}' is not a diffusers model folder (no model_index.json, unet/config.json or transformer/config.json); {_HINT}")
+    check_loadable(index, path)
     parts = {p.name for p in path.iterdir() if p.is_dir()}
     text = _read_json(path / "text_encoder" / "config.json") or {}
     return family_of_configs(parts, str((index or {}).get("_class_name", "")), denoiser or {}, text, where=str(path))

@@ -15,11 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.atomic import read_json
 from core.errors import UserError
 from core.families import spec
 from core.families.detect import MODEL_FILE_SUFFIXES, hub_offline, looks_like_hub_id
 from core.launch.accelerate_config import parse_gpu_ids
 from core.memory.data import params
+from core.families.detect import check_loadable
 
 #: Optimizer state bytes per trained fp32 parameter byte (AdamW: two fp32 moments …).
 _OPTIMIZER_STATE = {"adamw": 2.0, "adamw8bit": 0.5, "lion8bit": 0.25, "adafactor": 0.1, "prodigy": 4.0, "schedulefree_adamw": 2.0}
@@ -52,6 +54,7 @@ def check_model(path: str) -> str | None:
     if local.is_dir():
         if not (local / "model_index.json").is_file() and not (local / "unet").is_dir():
             raise UserError(f"the model folder {local} is not a diffusers model (no model_index.json); point [model] path at a diffusers folder or a .safetensors file")
+        check_loadable(read_json(local / "model_index.json", {}), local)
         return None
     if local.is_file():
         if local.suffix.lower() not in MODEL_FILE_SUFFIXES:

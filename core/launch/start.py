@@ -106,8 +106,14 @@ def claim(run: RunDir) -> IO[str]:
     """Take the run folder's supervisor lock for a supervisor about to start (handed over to it);
     UserError when a supervisor, a trainer or another start already owns the folder."""
     deadline = time.monotonic() + 1.0
-    while (held := lock(run.supervisor_lock)) is None and time.monotonic() < deadline:
-        time.sleep(0.05)  # a reader probing the lock holds it for microseconds
+    try:
+        while (held := lock(run.supervisor_lock)) is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # a reader probing the lock holds it for microseconds
+    except OSError as exc:
+        raise UserError(
+            f"the run folder {run.path} cannot be written ({exc.strerror or exc}); make it writable (chmod -R u+w) "
+            "or copy the run folder somewhere writable and resume the copy"
+        ) from None
     if held is None:
         raise UserError(f"run {run.id} is already running or being started by another sdtui; `sdtui status {run.id}` shows it")
     if is_locked(run.trainer_lock):

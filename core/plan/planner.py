@@ -134,8 +134,8 @@ def make_plan(config: Any, scan: Any, gpus: Any, price_per_gpu_hour: float | Non
     """
     if price_per_gpu_hour is None:
         price_per_gpu_hour = float(config.schedule.get("price_per_gpu_hour", 0.0)) or None
-    if price_per_gpu_hour is not None and price_per_gpu_hour < 0:
-        raise UserError(f"the price per GPU hour must not be negative (got {price_per_gpu_hour}); pass e.g. --price-per-gpu-hour 0.7")
+    if price_per_gpu_hour is not None and not (math.isfinite(price_per_gpu_hour) and price_per_gpu_hour >= 0):
+        raise UserError(f"the price per GPU hour must be a finite number, not negative (got {price_per_gpu_hour}); pass e.g. --price-per-gpu-hour 0.7")
     family, method = config.family, config.method
     spec(family).check_method(method)
     settings, schedule, distributed = config.settings, config.schedule, config.distributed
@@ -202,7 +202,7 @@ def _dataset_json(scan: Any, counts: dict[Any, int]) -> dict[str, Any]:
             for s in scan.subsets
         ],
         "buckets": {f"{w}x{h}": n for (w, h), n in sorted(counts.items())},
-        "problems": sum(1 for p in scan.problems if p.severity == "error"),
+        "problems": sum(p.count for p in scan.problems if p.severity == "error"),
     }
 
 
@@ -278,7 +278,7 @@ def _explain(plan: Plan, scan: Any, gpus: Any, fit: Any, shape: RunShape) -> Non
         plan.warnings.append(f"the warm-up of {warmup} steps is longer than the run ({run_steps} steps); lower schedule.lr_warmup_steps")
     errors = [p for p in scan.problems if p.severity == "error"]
     if errors:
-        plan.warnings.append(f"the dataset scan found {len(errors)} error(s), e.g. {errors[0].path}: {errors[0].message}; run 'sdtui scan {scan.root}' for all")
+        plan.warnings.append(f"the dataset scan found {sum(p.count for p in errors)} error(s), e.g. {errors[0].path}: {errors[0].message}; run 'sdtui scan {scan.root}' for all")
     plan.notes.append(
         f"warm-up and the {schedule['lr_scheduler']} LR schedule count optimizer steps of the actual run "
         f"({plan.configured_processes} GPU{'s' if plan.configured_processes != 1 else ''}: {run_steps} steps)"

@@ -150,10 +150,11 @@ def build_items(config: Any, settings: Mapping[str, Any]) -> TrainData:
 
 
 def _warn_left_out(problems: Sequence[Any]) -> None:
-    """One warning per image the scan left out (damaged, unreadable, empty), so the run's events show it."""
+    """One warning per image (or group of images) the scan left out (damaged, unreadable, empty), so the run's events show it."""
     for problem in problems:
-        if problem.severity == "error" and Path(problem.path).is_file():
-            log.warning("skipping image %s: %s; %s", problem.path, problem.message, problem.fix)
+        if problem.severity == "error" and (problem.count > 1 or Path(problem.path).is_file()):
+            what = "images in" if problem.count > 1 else "image"
+            log.warning("skipping %s %s: %s; %s", what, problem.path, problem.message, problem.fix)
 
 
 def batches_for_epoch(train_data: TrainData, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[list[int]]:

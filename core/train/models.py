@@ -8,6 +8,7 @@ Every failure is an exception whose message is one sentence naming the model and
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -17,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import UserError
-from core.families import FAMILIES, runtime, spec, specs
+from core.families import FAMILIES, runtime, spec
 from core.families.wrappers import unwrap
-from core.model_family import family_of_configs, family_of_file, family_of_folder
+from core.model_family import LOADED_PARTS, check_loadable, family_of_configs, family_of_file, family_of_folder, model_parts
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -85,12 +86,8 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _parts(family_spec: Any) -> tuple[str, ...]:
-    return (family_spec.denoiser, "vae", *family_spec.text_encoder_names, *family_spec.tokenizer_names, "scheduler")
-
-
 #: The parts of a diffusers folder the trainer loads, over every family (the safety checker and feature extractor are left out).
-FOLDER_PARTS = tuple(dict.fromkeys(p for family_spec in specs() for p in _parts(family_spec)))
+FOLDER_PARTS = LOADED_PARTS
 
 
 def _load_folder(path: Path, family: str, dtypes: Mapping[str, Any] | None) -> Any:
@@ -100,10 +97,10 @@ def _load_folder(path: Path, family: str, dtypes: Mapping[str, Any] | None) -> A
     first weight is read (they are imported later, when sampling or saving needs them).
     """
     import importlib
-    import json
     from types import SimpleNamespace
 
     index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
+    check_loadable(index, path)
     parts: dict[str, Any] = {}
     for name in FOLDER_PARTS:
         entry = index.get(name)
@@ -116,7 +113,7 @@ def _load_folder(path: Path, family: str, dtypes: Mapping[str, Any] | None) -> A
         if dtype is not None and not name.startswith(("tokenizer", "scheduler")):
             kwargs["dtype" if library == "transformers" else "torch_dtype"] = dtype
         parts[name] = cls.from_pretrained(str(path), **kwargs)
-    missing = [n for n in _parts(spec(family)) if n not in parts]
+    missing = [n for n in model_parts(spec(family)) if n not in parts]
     if missing:
         raise ModelLoadError(f"The diffusers folder {path} has no {', '.join(missing)} in model_index.json; give a complete {spec(family).title} folder.")
     return SimpleNamespace(**parts)
@@ -127,7 +124,9 @@ def _config_for_single_file(path: Path, config_path: str) -> str | None:
     if config_path:
         return config_path
     for candidate in (path.with_suffix(""), path.parent):
-        if (candidate / "model_index.json").is_file():
+        index = candidate / "model_index.json"
+        if index.is_file():
+            check_loadable(json.loads(index.read_text(encoding="utf-8")), candidate)
             return str(candidate)
     return None
 

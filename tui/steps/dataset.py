@@ -12,6 +12,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import Button, DataTable, Input, Label, Static
 
+from core.dataset.problems import listed
 from core.errors import UserError
 from tui.format import tui_terms
 from tui.steps.base import Step
@@ -129,11 +130,14 @@ class DatasetStep(Step):
         summary.update(line)
         self._offer_class_folder()
         text = Text()
-        for problem in scan.problems:
+        shown, rest = listed(scan.problems)
+        for problem in shown:
             severity = problem.severity if problem.severity != "error" or scan.blocks(problem) else "left out"
             text.append(f"{severity}: ", style=SEVERITY_STYLE.get(severity, ""))
             text.append(f"{Path(problem.path).name}: {problem.message}")
             text.append(f" → {tui_terms(problem.fix)}\n", style="italic")
+        if rest:
+            text.append(rest + "\n")
         problems.update(text if scan.problems else Text("No problems found.", style="green"))
 
     def _offer_class_folder(self) -> None:
