@@ -64,7 +64,7 @@ class Plan:
         """The schedule on ``gpus`` GPUs."""
         return schedule_row(
             self.counts, int(self.settings["batch_size"]), int(self.schedule["gradient_accumulation"]),
-            gpus, int(self.schedule["epochs"]), int(self.schedule["max_steps"]),
+            gpus, int(self.schedule["epochs"]), int(self.schedule["max_steps"]), int(self.schedule["seed"]),
         )
 
     def total_steps_for(self, num_processes: int) -> int:
