@@ -163,6 +163,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"the run's processes died without a final state; continue it with: sdtui resume {fields['id']}")
     if fields["state"] == STALLED:
         print(f"stalled   no step and no heartbeat for {fields.get('stalled_s', 0):.0f} s: the trainer is hung or stopped; sdtui stop {fields['id']}")
+    if fields.get("sample_error"):
+        print(f"samples   {fields['sample_error']}")
     if fields.get("error"):
         print(f"error     {fields['error']}")
     if fields.get("hint"):

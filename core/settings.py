@@ -89,6 +89,13 @@ class Setting:
         return result
 
 
+#: Accelerate runs fp16 autocast and loss scaling on GPUs only (it refuses fp16 on the CPU), so
+#: the launcher and the trainer refuse an fp16 run that would train on the CPU with this sentence.
+FP16_NEEDS_A_GPU = (
+    'settings.mixed_precision = "fp16" needs a GPU (accelerate has no fp16 autocast on the CPU); '
+    'set mixed_precision to "bf16" or "no" to train on the CPU'
+)
+
 def _s(key: str, typ: type, default: Any, help: str, **kw: Any) -> Setting:
     return Setting(key, typ, default, help, **kw)
 

@@ -168,3 +168,13 @@ def test_status_names_the_output_files_with_full_paths(tmp_path: Path, capsys: p
     assert f"output    {kohya}\n          {diffusers}\n" in out
     assert main(["--runs-dir", str(tmp_path / "runs"), "status", run.name, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["outputs"] == [str(kohya), str(diffusers)]
+
+
+def test_status_shows_a_failed_sample(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cli.main import main
+    from tests.tui_fixtures import make_run
+
+    run = make_run(tmp_path / "runs", "shapes-lora-20251009-090000", "finished")
+    RunDir(run).write_status(sample_error="sampling at step 10 failed (SampleError: bad); training continues")
+    assert main(["--runs-dir", str(tmp_path / "runs"), "status", run.name]) == 0
+    assert "samples   sampling at step 10 failed (SampleError: bad); training continues\n" in capsys.readouterr().out

@@ -29,6 +29,13 @@ def test_cpu_run_passes_with_a_notice(tmp_path: Path, config_path: Path) -> None
     assert 0 < result.disk_needed_bytes < 1024**3
 
 
+def test_fp16_on_the_cpu_is_refused_before_the_launch(tmp_path: Path, config_path: Path) -> None:
+    config = apply_overrides(load_config(config_path), ["mixed_precision=fp16"])
+    with pytest.raises(UserError, match=r'^settings.mixed_precision = "fp16" needs a GPU .*set mixed_precision to "bf16" or "no"'):
+        pf.preflight(config, tmp_path / "runs", GpuSet([], reason="no NVIDIA driver was found"))
+    assert pf.preflight(config, tmp_path / "runs", parse_spec("1x4090")).use_cpu is False  # a GPU takes fp16
+
+
 def test_full_disk_is_refused(tmp_path: Path, config_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda _path: usage(10**9, 10**9 - 1000, 1000))

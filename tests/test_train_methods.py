@@ -113,7 +113,7 @@ def test_overfitting_a_few_images_makes_the_loss_fall(tmp_path, tiny_models, koh
     assert last < 0.7 * first, losses
 
 
-def test_a_failing_sample_is_a_warning_and_training_goes_on(tmp_path, tiny_models, kohya_dataset):
+def test_a_failing_sample_is_a_warning_and_training_goes_on(tmp_path, tiny_models, kohya_dataset, capfd):
     data = kohya_dataset(((1, "sks dog", 2),))
     run = make_run(tmp_path / "run", tiny_models("sdxl"), data, "sdxl", "lora", schedule={"max_steps": 2, "sample_every_steps": 1}, prompts=["sks dog --w 64 --h 64 --s 2"])
     (run / "samples").write_text("a file where the samples folder should be")
@@ -124,6 +124,9 @@ def test_a_failing_sample_is_a_warning_and_training_goes_on(tmp_path, tiny_model
     warnings = [m["message"] for m in metrics(run, "event") if m["level"] == "warning"]
     assert any("sampling at step 1 failed" in w for w in warnings) and any("sampling at step 2 failed" in w for w in warnings)
     assert [m["step"] for m in metrics(run, "step")] == [1, 2]
+    # visible where the user looks: status.json (dashboard, sdtui status) and train.log (stdout)
+    assert status(run)["sample_error"].startswith("sampling at step 2 failed (")
+    assert "sdtui-train: warning: sampling at step 2 failed (" in capfd.readouterr().out
 
 
 def test_dreambooth_generates_missing_class_images_into_the_run_folder(tmp_path, tiny_models, kohya_dataset):
@@ -179,3 +182,27 @@ def test_placeholder_tokens_never_shrink_the_embedding_table_and_grow_it_when_ne
     many = before.shape[0] - len(tokenizer) + 5
     (more,) = add_placeholder_tokens(components, "<big>", num_vectors=many)
     assert encoder.get_input_embeddings().weight.shape[0] == len(tokenizer) > max(more)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.parametrize(
+    "precision", ["no", "bf16", pytest.param("fp16", marks=pytest.mark.skipif(not _cuda(), reason="fp16 needs a GPU; the CPU refuses it (test_train_options)"))],
+)
+def test_samples_render_in_every_mixed_precision(tmp_path, tiny_models, kohya_dataset, precision):
+    data = kohya_dataset(((1, "sks dog", 2),))
+    prompt = "sks dog --w 64 --h 64 --s 2"
+    run = make_run(
+        tmp_path / "run", tiny_models("sd1"), data, "sd1", "lora", settings={"mixed_precision": precision},
+        schedule={"max_steps": 2, "sample_every_steps": 2}, prompts=[prompt],
+    )
+    assert train(run) == 0
+    warnings = [m["message"] for m in metrics(run, "event") if m["level"] in ("warning", "error")]
+    assert not [w for w in warnings if "sampling" in w], warnings
+    (sample,) = metrics(run, "sample")
+    assert (run / sample["path"]).read_bytes()[:4] == b"\x89PNG"
+    assert "sample_error" not in status(run)

@@ -20,6 +20,7 @@ from core.errors import UserError
 from core.families import spec
 from core.launch.accelerate_config import parse_gpu_ids
 from core.memory.data import params
+from core.settings import FP16_NEEDS_A_GPU
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 #: Optimizer state bytes per trained fp32 parameter byte (AdamW: two fp32 moments …).
@@ -205,6 +206,8 @@ def preflight(config: Any, runs_dir: Path, found_gpus: Any, force: bool = False)
 
     scan = scan_config(config)
     gpus, use_cpu, cpu_notice = choose_gpus(found_gpus, config.distributed)
+    if use_cpu and config.settings["mixed_precision"] == "fp16":
+        raise UserError(FP16_NEEDS_A_GPU)
     if cpu_notice:
         notices.append(cpu_notice)
     plan = make_plan(config, scan, gpus)

@@ -13,7 +13,7 @@ from core.families import text_encoder_names
 from core.plan import schedule
 from core.runfiles import integer, number
 from core.runs import RunDir
-from core.settings import optimizer_rule_warnings
+from core.settings import FP16_NEEDS_A_GPU, optimizer_rule_warnings
 
 from . import checkpoint as ckpt
 from .batches import Batches
@@ -50,8 +50,7 @@ def start_accelerator(config: Any, run: RunDir) -> Accel:
     precision = settings["mixed_precision"]
     cuda = torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true", "yes")
     if not cuda and precision == "fp16":
-        precision = "bf16" if _cpu_bf16_ok() else "no"
-        notes.append(f"mixed_precision fp16 needs a GPU; training on the CPU with {precision} instead")
+        raise UserError(FP16_NEEDS_A_GPU)
     if cuda and precision == "bf16" and not torch.cuda.is_bf16_supported():
         precision = "fp16"
         notes.append("this GPU has no bf16; training with fp16 mixed precision (loss scaling) instead")
@@ -241,7 +240,7 @@ def build_data(config: Any, accel: Accel, model: Model, run: RunDir, metrics: Me
         metrics.event(f"preparing class images for prior preservation ('{class_prompt}'); missing ones are generated now")
         phases.start("class_images", int(s["class_images_per_instance"]) * len(train_data.items), "images")
         ready = prepare_class_images(
-            c, train_data, run.path, class_prompt, int(s["class_images_per_instance"]), device, accel.weight_dtype,
+            c, train_data, run.path, class_prompt, int(s["class_images_per_instance"]), device, accel.acc.autocast,
             seed=int(config.schedule["seed"]), progress=phases.advance, rank=accel.rank, world=accel.world, barrier=accel.acc.wait_for_everyone,
         )
         phases.end(len(ready))
@@ -399,14 +398,3 @@ def _place(module: Any, device: Any, dtype: Any) -> None:
         module.to(device)
     else:
         module.to(device, dtype=dtype)
-
-
-def _cpu_bf16_ok() -> bool:
-    import torch
-
-    try:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            torch.ones(2, 2) @ torch.ones(2, 2)
-        return True
-    except RuntimeError:
-        return False

@@ -170,10 +170,13 @@ class DashboardScreen(Screen):
         self._put("#state", state_text)
         error = self.query_one("#error", Static)
         problem = self.run.status_problem
-        error.display = state in ("failed", "lost", "stalled") or bool(problem)
-        if error.display:
+        sample_error = status.get("sample_error")
+        error.display = state in ("failed", "lost", "stalled") or bool(problem) or bool(sample_error)
+        if state in ("failed", "lost", "stalled") or problem:
             message, hint = problem_text(state, status, problem, self.run.path.name)
             self._put("#error", Text.assemble(("Error: ", "bold red"), message, "\n", ("Fix: ", "bold"), hint))
+        elif sample_error:
+            self._put("#error", Text.assemble(("Samples: ", "bold yellow"), str(sample_error), "\n", ("Fix: ", "bold"), SAMPLE_ERROR_HINT))
         self._show_outputs(outputs)
         if changed:
             self.chart_pending = True
@@ -282,6 +285,10 @@ class DashboardScreen(Screen):
         if self.state in LIVE_STATES:
             self.notify("Detached: the training goes on. sdtui attach " + self.run.path.name)
         self.app.pop_screen()
+
+
+#: What to do about a sample that failed to render (the run trains on).
+SAMPLE_ERROR_HINT = "training goes on without samples; fix the cause, then press m to render them again"
 
 
 def text_shape(text: Text) -> tuple[int, ...]:
