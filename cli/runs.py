@@ -129,7 +129,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     """``sdtui status RUN``: status.json with the derived state; errors with hint and log tail."""
     from core.launch.control import status_fields
     from core.launch.supervisor import log_tail
-    from core.runs import LOST, STALLED
+    from core.runs import LOST, STALLED, phase_text
 
     run = _resolve(args)
     fields = status_fields(run)
@@ -146,6 +146,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"folder    {fields['path']}")
     print(f"state     {fields['state']}")
     print(f"step      {_steps(fields)}" + (f"  epoch {fields['epoch']}" if fields.get("epoch") is not None else ""))
+    if isinstance(fields.get("phase"), dict) and fields["state"] in ("queued", "starting", STALLED):
+        print(f"phase     {phase_text(fields['phase'])}")
     print(f"loss      {_loss(fields['loss'])} (raw, the last step's; the dashboard also shows it smoothed)")
     if fields.get("device"):
         print(f"device    {fields['device']} × {fields.get('world_size', 1)}")
@@ -163,6 +165,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"the run's processes died without a final state; continue it with: sdtui resume {fields['id']}")
     if fields["state"] == STALLED:
         print(f"stalled   no step and no heartbeat for {fields.get('stalled_s', 0):.0f} s: the trainer is hung or stopped; sdtui stop {fields['id']}")
+    if fields.get("note"):
+        print(f"note      {fields['note']}")
     if fields.get("sample_error"):
         print(f"samples   {fields['sample_error']}")
     if fields.get("error"):

@@ -377,3 +377,21 @@ def create_run_dir(runs_dir: str | os.PathLike[str], name: str) -> RunDir:
             raise UserError(f"the runs folder {root} is not writable ({exc.strerror}); pass a writable --runs-dir") from exc
         return RunDir(path)
     raise UserError(f"too many runs named {base} in {root}; choose another name")
+
+
+def phase_text(phase: dict[str, Any]) -> str:
+    """A start-up phase from status.json as the dashboard and ``sdtui status`` show it:
+    ``caching latents 312/1000 images, 40s left, 1m 05s so far``. The time so far counts up every
+    few seconds (the trainer's heartbeat), so a slow phase reads apart from a hung one."""
+    from core.units import duration
+
+    text = str(phase.get("label") or phase.get("name") or "starting")
+    done, total = phase.get("done"), phase.get("total")
+    if isinstance(total, int) and total > 0 and isinstance(done, int):
+        text += f" {done}/{total}" + (f" {phase['unit']}" if phase.get("unit") else "")
+    eta = phase.get("eta_s")
+    if isinstance(eta, (int, float)):
+        text += f", {duration(eta)} left"
+    if isinstance(phase.get("elapsed_s"), (int, float)):
+        text += f", {duration(phase['elapsed_s'])} so far"
+    return text

@@ -186,7 +186,7 @@ async def test_a_starting_run_shows_its_phase_with_progress_and_time_left(tmp_pa
             assert (bar.total, bar.progress) == (1000, 312)
             loading = {"name": "load_model", "label": "loading the model", "done": 0, "total": 0, "elapsed_s": 12.0}
             status.write_text(json.dumps({**json.loads(status.read_text()), "updated_at": time.time(), "phase": loading}))
-            await until(pilot, lambda: "loading the model (12s so far)" in _text(app, "#state"))
+            await until(pilot, lambda: "loading the model, 12s so far" in _text(app, "#state"))
             assert (bar.total, bar.progress) == (1, 0)  # an uncounted phase: an empty bar, not an animated one
             running = {**json.loads(status.read_text()), "state": "running", "phase": None, "updated_at": time.time()}
             status.write_text(json.dumps(running))

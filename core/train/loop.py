@@ -33,10 +33,10 @@ from core.plan import schedule
 from core.runs import RunDir
 
 from . import startup, trackers
-from .control import PAUSE_POLL_S, ControlPoller, Polled
+from .control import PAUSE_POLL_S, ControlPoller, ControlReader, Polled
 from .disk import DiskFull, Reserve
 from .metrics import EventHandler, MetricsWriter, ProgressLog, memory_sample
-from .phases import Phases
+from .phases import Phases, StartupStopped
 from .progress import Progress
 from .saving import Saver
 from .session import Accel, Session
@@ -76,6 +76,7 @@ class Trainer:
         self.heartbeat = Heartbeat(self.run.heartbeat, enabled=False)
         self.phases = Phases(self.status, self.metrics, enabled=False)
         self.progress_log = ProgressLog(0, enabled=False)
+        self.control: ControlReader | None = None
         self._status_at = 0.0
         self.log_every = 1
 
@@ -91,11 +92,14 @@ class Trainer:
             self.reserve.make()
         self.metrics = MetricsWriter(self.run.metrics, enabled=is_main)
         self.status = StatusFile(self.run.path, enabled=is_main)
-        self.heartbeat = Heartbeat(self.run.heartbeat, enabled=is_main)
         self.phases = Phases(self.status, self.metrics, enabled=is_main)
+        self.heartbeat = Heartbeat(self.run.heartbeat, enabled=is_main, tick=self.phases.tick)
+        recorded = self.status.read()
+        control = self.control = startup.control_reader(self.run, self.attempt, recorded)
+        self.phases.should_stop = startup.stop_check(control, lambda: self.stop_signal, time.monotonic)
         with self.heartbeat.busy():
-            self.session, self.progress, control = startup.build_session(
-                self.config, accel, self.run, self.attempt, self.metrics, self.status, self.phases, started_at, session_id,
+            self.session, self.progress = startup.build_session(
+                self.config, accel, self.run, self.attempt, self.metrics, self.status, self.phases, started_at, session_id, control, recorded,
             )
         self.progress_log = ProgressLog(self.progress.total_steps, enabled=is_main)
         self.stepper = Stepper(self.session, self.progress)
@@ -289,6 +293,10 @@ def main(run_dir: str, attempt: str = "", weights_hash: Path | None = None) -> i
     except NotOwner as exc:
         print(f"sdtui-train: {exc}", file=sys.stderr)
         return 3
+    except StartupStopped as exc:
+        if trainer.accel is None or trainer.accel.acc.is_main_process:
+            _record_startup_stop(trainer, str(exc))
+        return 0
     except Exception as exc:  # noqa: BLE001 - every failure is recorded with its sentence
         if isinstance(exc, DiskFull):
             trainer.reserve.release()
@@ -312,6 +320,22 @@ def main(run_dir: str, attempt: str = "", weights_hash: Path | None = None) -> i
             trainer.folder_lock.close()
         _end_process_group()
     return 0 if state in ("finished", "stopped") else 1
+
+
+def _record_startup_stop(trainer: Trainer, message: str) -> None:
+    """A stop during start-up: status.json ``stopped`` (its requests acknowledged), train.log and the
+    metrics' last lines say where it stopped and that what was cached is kept; nothing to save yet."""
+    print(f"sdtui-train: {message}", flush=True)
+    ack: dict[str, Any] = {}
+    control = trainer.control
+    requests = [r for r in control.pending() if r["action"] == "stop"] if control is not None else []
+    if control is not None and requests:
+        for request in requests:
+            control.mark_done(request)
+        ack = {"control_ack": {"id": requests[-1]["id"], "action": "stop", "at": now()}, "control_done": control.done}
+    trainer.status.update(state="stopped", phase=None, note=message, ended_at=now(), **ack)
+    trainer.metrics.event(message)
+    trainer.metrics.end("stopped", step=trainer.progress.step)
 
 
 def _record_failure(trainer: Trainer, error: str, hint: str) -> None:

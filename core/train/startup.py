@@ -91,15 +91,42 @@ def own_folder(run: RunDir, attempt: str) -> Any:
     return held
 
 
+def control_reader(run: RunDir, attempt: str, recorded: dict[str, Any]) -> ControlReader:
+    """The reader of this attempt's control.json requests (``recorded``: status.json as start-up found it)."""
+    since = number(recorded.get("started_at")) or 0.0  # no supervisor: every request without an attempt id
+    return ControlReader(run.control_json, recorded.get("control_done"), attempt=attempt, since=since)
+
+
+#: Seconds between two reads of control.json while start-up checks for a stop between items.
+STOP_CHECK_S = 0.5
+
+
+def stop_check(control: ControlReader, signalled: Callable[[], bool], clock: Callable[[], float]) -> Callable[[], bool]:
+    """``should_stop()`` for the start-up phases: SIGTERM, or a stop request in control.json (read at
+    most every STOP_CHECK_S; a stop found stays found)."""
+    state = {"at": -1e9, "stop": False}
+
+    def should_stop() -> bool:
+        if signalled() or state["stop"]:
+            return True
+        now = clock()
+        if now - state["at"] >= STOP_CHECK_S:
+            state["at"] = now
+            state["stop"] = any(r["action"] == "stop" for r in control.pending())
+        return bool(state["stop"])
+
+    return should_stop
+
+
 def build_session(
     config: Any, accel: Accel, run: RunDir, attempt: str, metrics: MetricsWriter, status: StatusFile, phases: Phases,
-    started_at: float, session_id: int,
-) -> tuple[Session, Progress, ControlReader]:
+    started_at: float, session_id: int, control: ControlReader, recorded: dict[str, Any],
+) -> tuple[Session, Progress]:
     """Record the attempt, load and configure the model, build data, optimizer and schedule, then
-    resume from the newest checkpoint: the session, where the run stands, and its control reader."""
+    resume from the newest checkpoint: the session and where the run stands (``recorded``: status.json
+    as start-up found it)."""
     import torch
 
-    recorded = status.read()
     latest = run.latest_checkpoint()
     metrics.write("attempt", attempt=integer(recorded.get("attempt"), 1) or 1, id=attempt or None, resume_step=int(latest.name[5:]) if latest else 0)
     status.update(state="starting", trainer_pids=_pids(accel), error=None, hint=None)
@@ -121,11 +148,9 @@ def build_session(
     phases.end()
     data = build_data(config, accel, model, run, metrics, phases)
     optim, progress = build_optimizer(config, accel, model, data, metrics)
-    since = number(recorded.get("started_at")) or 0.0  # no supervisor: every request without an attempt id
-    control = ControlReader(run.control_json, recorded.get("control_done"), attempt=attempt, since=since)
     session = Session(config, config.settings, config.schedule, str(config.method), accel, model, data, optim, started_at, session_id)
     resume(session, progress, run, metrics)
-    return session, progress, control
+    return session, progress
 
 
 def _load_dtypes(config: Any, accel: Accel) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, ProgressBar, Static
 
 from core.errors import UserError
-from core.runs import LIVE_STATES, has_state
+from core.runs import LIVE_STATES, has_state, phase_text
 from tui.format import GIB, bar, duration, gib, number, terminal_lines
 from tui.run_view import RunView
 from tui.sources import gpu_rows, total_steps, vram_text
@@ -294,20 +294,6 @@ SAMPLE_ERROR_HINT = "training goes on without samples; fix the cause, then press
 def text_shape(text: Text) -> tuple[int, ...]:
     """The cell width of each line: when it is unchanged, new text needs no layout pass."""
     return tuple(line.cell_len for line in text.split("\n"))
-
-
-def phase_text(phase: dict[str, Any]) -> str:
-    """A start-up phase from status.json as the user reads it: ``caching latents 312/1000 images, 40s left``."""
-    text = str(phase.get("label") or phase.get("name") or "starting")
-    done, total = phase.get("done"), phase.get("total")
-    if isinstance(total, int) and total > 0 and isinstance(done, int):
-        text += f" {done}/{total}" + (f" {phase['unit']}" if phase.get("unit") else "")
-    eta = phase.get("eta_s")
-    if isinstance(eta, (int, float)):
-        text += f", {duration(eta)} left"
-    elif isinstance(phase.get("elapsed_s"), (int, float)):
-        text += f" ({duration(phase['elapsed_s'])} so far)"
-    return text
 
 
 def phase_progress(phase: dict[str, Any]) -> tuple[int | None, int]:
