@@ -141,6 +141,7 @@ SETTINGS: dict[str, Setting] = {
         _s("ti_init_word", str, "", "word whose embedding initialises the new token"),
         _s("prior_loss_weight", float, 1.0, "weight of the class-image loss (prior preservation)", minimum=0.0),
         _s("class_images_per_instance", int, 200, "class images wanted per instance image", minimum=0),
+        _s("generate_class_images", bool, True, "DreamBooth: generate the missing class images from method.class_prompt (false: use the class folder's only)"),
         _s("attention", str, "sdpa", "attention implementation", choices=ATTENTION),
         _s("channels_last", bool, True, "channels-last memory format for the UNet"),
         _s("min_snr_gamma", float, 0.0, "min-SNR loss weighting gamma (0 = off)", minimum=0.0),

@@ -146,6 +146,32 @@ def test_dreambooth_generates_missing_class_images_into_the_run_folder(tmp_path,
     assert sorted(p.name for p in data.rglob("*")) == before
 
 
+@pytest.mark.parametrize("generate", [True, False])
+def test_the_trainer_generates_the_class_images_the_plan_announces(tmp_path, tiny_models, kohya_dataset, generate):
+    from core.config import load_config
+    from core.dataset.scan import scan_config
+    from core.gpu import parse_spec
+    from core.plan.planner import make_plan
+
+    data = kohya_dataset(((1, "sks dog", 2),))
+    reg = make_kohya(tmp_path / "reg", ((1, "dog", 1),), (64, 64), True)
+    run = make_run(
+        tmp_path / "run", tiny_models("sd1"), data, "sd1", "dreambooth",
+        settings={"class_images_per_instance": 3, "generate_class_images": generate}, schedule={"max_steps": 1}, method_extra={"class_prompt": "a dog"},
+    )
+    add_reg_subset(run, reg / "1_dog")
+    config = load_config(run / "run.toml")
+    planned = make_plan(config, scan_config(config), parse_spec("1x4090")).to_json()["dataset"]["class_images"]
+    assert (planned["given"], planned["to_generate"]) == ((1, 5) if generate else (1, 0))  # 3 × 2 instance images, 1 given
+
+    trainer = set_up(run)
+    trainer.metrics.close()
+
+    generated = list((run / "class_images").glob("class_*.png"))
+    assert len(generated) == planned["to_generate"]
+    assert len(trainer.session.data.train_data.class_items) == planned["given"] + planned["to_generate"]
+
+
 @pytest.mark.parametrize("targets", ["attn", "attn_ff", "all"])
 def test_lora_adapts_exactly_the_modules_the_memory_estimator_counts(tiny_models, targets):
     from core.families.sd_unet import LORA_TARGETS, is_lora_target

@@ -14,6 +14,7 @@ from typing import Any
 
 from core.dataset.buckets import assign_bucket
 from core.errors import UserError
+from core.plan.class_images import GENERATE_BATCH, GENERATE_GUIDANCE, GENERATE_STEPS
 from core.train.data import TrainData, TrainItem
 from core.train.sampling import png_bytes
 
@@ -32,20 +33,21 @@ def prepare_class_images(
     train_data: TrainData,
     run_dir: str | Path,
     class_prompt: str,
-    per_instance: int,
+    wanted: int,
     device: Any = "cpu",
     autocast: Callable[[], AbstractContextManager[Any]] = nullcontext,
     seed: int = 0,
     size: int | None = None,
-    steps: int = 25,
-    guidance_scale: float = 7.5,
-    batch_size: int = 4,
+    steps: int = GENERATE_STEPS,
+    guidance_scale: float = GENERATE_GUIDANCE,
+    batch_size: int = GENERATE_BATCH,
     progress: Callable[[int], None] | None = None,
     rank: int = 0,
     world: int = 1,
     barrier: Callable[[], None] | None = None,
 ) -> list[Path]:
-    """Make sure ``per_instance`` × instance images class images exist and return all their paths.
+    """Make sure ``wanted`` class images exist (``core.plan.class_images`` decides how many) and
+    return all their paths.
 
     Existing class images are the regularisation subsets' images plus those generated earlier
     into ``<run_dir>/class_images/``; the missing ones are generated from ``class_prompt`` at
@@ -59,7 +61,6 @@ def prepare_class_images(
     ``n mod world``; each batch is seeded by its first image's number, so the images are the same
     whatever the number of processes. After a second barrier every rank lists the full set.
     """
-    wanted = per_instance * len(train_data.items)
     existing = [Path(item.path) for item in train_data.class_items]
     known = {str(p) for p in existing}
     generated = generated_class_images(run_dir)

@@ -11,6 +11,7 @@ from typing import Any
 from core.errors import UserError
 from core.families import text_encoder_names
 from core.plan import schedule
+from core.plan.class_images import class_images
 from core.runfiles import integer, number
 from core.runs import RunDir
 from core.settings import FP16_NEEDS_A_GPU, optimizer_rule_warnings
@@ -259,13 +260,18 @@ def build_data(config: Any, accel: Accel, model: Model, run: RunDir, metrics: Me
     c = model.components
     device = accel.device
     class_prompt = config.section("method")["class_prompt"]
-    if str(config.method) == "dreambooth" and class_prompt.strip() and int(s["class_images_per_instance"]) > 0:
-        from .class_images import prepare_class_images
+    need = class_images(str(config.method), s, class_prompt, len(train_data.class_items), len(train_data.items))
+    if need.generates:
+        from .class_images import generated_class_images, prepare_class_images
 
-        metrics.event(f"preparing class images for prior preservation ('{class_prompt}'); missing ones are generated now")
-        phases.start("class_images", int(s["class_images_per_instance"]) * len(train_data.items), "images")
+        made = class_images(str(config.method), s, class_prompt, len(train_data.class_items), len(train_data.items), len(generated_class_images(run.path)))
+        metrics.event(
+            f"class images for prior preservation ('{class_prompt}'): {need.wanted} wanted, {need.given} given, "
+            f"{made.to_generate} to generate now (settings.generate_class_images = false uses the given ones only)"
+        )
+        phases.start("class_images", need.wanted, "images")
         ready = prepare_class_images(
-            c, train_data, run.path, class_prompt, int(s["class_images_per_instance"]), device, accel.acc.autocast,
+            c, train_data, run.path, class_prompt, need.wanted, device, accel.acc.autocast,
             seed=int(config.schedule["seed"]), progress=phases.advance, rank=accel.rank, world=accel.world, barrier=accel.acc.wait_for_everyone,
         )
         phases.end(len(ready))
