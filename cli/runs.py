@@ -20,6 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="launch a run detached (survives SSH); prints the run id")
     train.add_argument("config", metavar="CONFIG.toml", help="run config (a run folder's run.toml starts a new run with it)")
     train.add_argument("--yes", "--force", dest="force", action="store_true", help="launch even if the VRAM estimate says it does not fit")
+    train.add_argument("--allow-concurrent", action="store_true", help="start even while a run of the same config is live on the same GPUs")
     add_set(train)
     train.set_defaults(func=cmd_train)
 
@@ -71,7 +72,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if getattr(args, "gpus", "auto") not in (None, "auto"):
         raise UserError("--gpus simulates hardware for sdtui plan; sdtui train uses the GPUs this machine has, so leave --gpus out")
-    run = start_run(args.config, runs_dir(args), args.overrides, force=args.force, notify=_say)
+    run = start_run(args.config, runs_dir(args), args.overrides, force=args.force, notify=_say, allow_concurrent=args.allow_concurrent)
     print(run.id)
     _say(f"started {run.id} in {run.path}; watch it with: sdtui logs {run.id} -f  (or sdtui attach {run.id})")
     return 0
