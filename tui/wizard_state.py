@@ -27,7 +27,7 @@ METHOD_TEXT = {
 #: What the method step asks for each method: its [method] keys, then its [settings] keys.
 METHOD_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "lora": ((), ("lora_type", "lora_rank", "lora_alpha", "lora_targets", "use_dora", "lora_dropout", "init_lora")),
-    "dreambooth": (("class_prompt",), ("prior_loss_weight", "class_images_per_instance")),
+    "dreambooth": (("class_prompt",), ("prior_loss_weight", "class_images_per_instance", "generate_class_images")),
     "finetune": ((), ("ema", "ema_decay")),
     "textual_inversion": (("placeholder_token",), ("ti_init_word", "ti_num_vectors")),
 }
