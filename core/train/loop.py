@@ -23,6 +23,7 @@ import os
 import random
 import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -64,7 +65,8 @@ class Trainer:
         self.attempt = attempt
         self.weights_hash = weights_hash
         self.started = False
-        self.stop_signal = False
+        #: Set by SIGTERM; an Event, so that the start-up's stop check holds it and not the trainer.
+        self.signalled = threading.Event()
         self.folder_lock: Any = None
         self.reserve = Reserve(self.run.path / ".reserve")
         self.config: Any = None
@@ -96,7 +98,7 @@ class Trainer:
         self.heartbeat = Heartbeat(self.run.heartbeat, enabled=is_main, tick=self.phases.tick)
         recorded = self.status.read()
         control = self.control = startup.control_reader(self.run, self.attempt, recorded)
-        self.phases.should_stop = startup.stop_check(control, lambda: self.stop_signal, time.monotonic)
+        self.phases.should_stop = startup.stop_check(control, self.signalled.is_set, time.monotonic)
         with self.heartbeat.busy():
             self.session, self.progress = startup.build_session(
                 self.config, accel, self.run, self.attempt, self.metrics, self.status, self.phases, started_at, session_id, control, recorded,
@@ -207,7 +209,7 @@ class Trainer:
 
     def _control(self, pending: list) -> str | None:
         """Carry out the agreed control requests at a step boundary; ``"stopped"`` ends the run."""
-        polled = self.poller.poll(self.stop_signal)
+        polled = self.poller.poll(self.signalled.is_set())
         actions = polled.actions
         if not actions:
             return None
@@ -218,7 +220,7 @@ class Trainer:
             self.metrics.event(f"paused at step {self.progress.step}")
             while "resume" not in actions and "stop" not in actions:
                 time.sleep(PAUSE_POLL_S)
-                polled = self.poller.poll(self.stop_signal)
+                polled = self.poller.poll(self.signalled.is_set())
                 actions = polled.actions
                 if actions:
                     self._carry_out(polled)
@@ -284,7 +286,7 @@ def main(run_dir: str, attempt: str = "", weights_hash: Path | None = None) -> i
     trainer = Trainer(run_dir, attempt, weights_hash)
 
     def on_term(signum: int, _frame: Any) -> None:
-        trainer.stop_signal = True
+        trainer.signalled.set()
 
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
