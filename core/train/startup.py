@@ -260,14 +260,14 @@ def build_data(config: Any, accel: Accel, model: Model, run: RunDir, metrics: Me
     c = model.components
     device = accel.device
     class_prompt = config.section("method")["class_prompt"]
-    need = class_images(str(config.method), s, class_prompt, len(train_data.class_items), len(train_data.items))
-    if need.generates:
-        from .class_images import generated_class_images, prepare_class_images
+    from .class_images import generated_class_images, prepare_class_images
 
-        made = class_images(str(config.method), s, class_prompt, len(train_data.class_items), len(train_data.items), len(generated_class_images(run.path)))
+    made = len(generated_class_images(run.path))  # by an earlier start of this run
+    need = class_images(str(config.method), s, class_prompt, len(train_data.class_items), len(train_data.items), made)
+    if need.generates:
         metrics.event(
-            f"class images for prior preservation ('{class_prompt}'): {need.wanted} wanted, {need.given} given, "
-            f"{made.to_generate} to generate now (settings.generate_class_images = false uses the given ones only)"
+            f"class images for prior preservation ('{class_prompt}'): {need.wanted} wanted, {need.given} given, {made} generated before, "
+            f"{need.to_generate} to generate now (settings.generate_class_images = false uses the given ones only)"
         )
         phases.start("class_images", need.wanted, "images")
         ready = prepare_class_images(
