@@ -20,6 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="launch a run detached (survives SSH); prints the run id")
     train.add_argument("config", metavar="CONFIG.toml", help="run config (a run folder's run.toml starts a new run with it)")
     train.add_argument("--yes", "--force", dest="force", action="store_true", help="launch even if the VRAM estimate says it does not fit")
+    train.add_argument("--allow-concurrent", action="store_true", help="start even while a run of the same config is live on the same GPUs")
     add_set(train)
     train.set_defaults(func=cmd_train)
 
@@ -71,7 +72,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if getattr(args, "gpus", "auto") not in (None, "auto"):
         raise UserError("--gpus simulates hardware for sdtui plan; sdtui train uses the GPUs this machine has, so leave --gpus out")
-    run = start_run(args.config, runs_dir(args), args.overrides, force=args.force, notify=_say)
+    run = start_run(args.config, runs_dir(args), args.overrides, force=args.force, notify=_say, allow_concurrent=args.allow_concurrent)
     print(run.id)
     _say(f"started {run.id} in {run.path}; watch it with: sdtui logs {run.id} -f  (or sdtui attach {run.id})")
     return 0
@@ -129,7 +130,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     """``sdtui status RUN``: status.json with the derived state; errors with hint and log tail."""
     from core.launch.control import status_fields
     from core.launch.supervisor import log_tail
-    from core.runs import LOST, STALLED
+    from core.runs import LOST, STALLED, phase_text
 
     run = _resolve(args)
     fields = status_fields(run)
@@ -146,6 +147,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"folder    {fields['path']}")
     print(f"state     {fields['state']}")
     print(f"step      {_steps(fields)}" + (f"  epoch {fields['epoch']}" if fields.get("epoch") is not None else ""))
+    if isinstance(fields.get("phase"), dict) and fields["state"] in ("queued", "starting", STALLED):
+        print(f"phase     {phase_text(fields['phase'])}")
     print(f"loss      {_loss(fields['loss'])} (raw, the last step's; the dashboard also shows it smoothed)")
     if fields.get("device"):
         print(f"device    {fields['device']} × {fields.get('world_size', 1)}")
@@ -163,6 +166,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"the run's processes died without a final state; continue it with: sdtui resume {fields['id']}")
     if fields["state"] == STALLED:
         print(f"stalled   no step and no heartbeat for {fields.get('stalled_s', 0):.0f} s: the trainer is hung or stopped; sdtui stop {fields['id']}")
+    if fields.get("note"):
+        print(f"note      {fields['note']}")
+    if fields.get("sample_error"):
+        print(f"samples   {fields['sample_error']}")
     if fields.get("error"):
         print(f"error     {fields['error']}")
     if fields.get("hint"):

@@ -92,6 +92,13 @@ class Setting:
         return result
 
 
+#: Accelerate runs fp16 autocast and loss scaling on GPUs only (it refuses fp16 on the CPU), so
+#: the launcher and the trainer refuse an fp16 run that would train on the CPU with this sentence.
+FP16_NEEDS_A_GPU = (
+    'settings.mixed_precision = "fp16" needs a GPU (accelerate has no fp16 autocast on the CPU); '
+    'set mixed_precision to "bf16" or "no" to train on the CPU'
+)
+
 def _s(key: str, typ: type, default: Any, help: str, **kw: Any) -> Setting:
     return Setting(key, typ, default, help, **kw)
 
@@ -140,6 +147,7 @@ SETTINGS: dict[str, Setting] = {
         _s("ti_init_word", str, "", "word whose embedding initialises the new token"),
         _s("prior_loss_weight", float, 1.0, "weight of the class-image loss (prior preservation)", minimum=0.0),
         _s("class_images_per_instance", int, 200, "class images wanted per instance image; the trainer generates what the class folder lacks", minimum=0),
+        _s("generate_class_images", bool, True, "DreamBooth: generate the missing class images from method.class_prompt (false: use the class folder's only)"),
         _s("attention", str, "sdpa", "attention kernel: sdpa (PyTorch's fused one, fast and lean) or eager (plain, for debugging)", choices=ATTENTION),
         _s("channels_last", bool, True, "keep the UNet's activations channels-last: faster convolutions on recent NVIDIA GPUs"),
         _s("min_snr_gamma", float, 0.0, "min-SNR loss weighting: evens out the loss over noise levels, converges faster (0 = off, 5 typical)", minimum=0.0),

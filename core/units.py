@@ -28,3 +28,17 @@ def number(value: float | None, digits: int = 4) -> str:
     if abs(value) < 10 ** -(digits - 1) or abs(value) >= 10**6:
         return f"{value:.1e}"
     return f"{value:.{digits}g}"
+
+
+def duration(seconds: float | None) -> str:
+    """A short duration: ``45s``, ``12m 05s``, ``3h 20m``, ``2d 4h`` (``–`` when unknown)."""
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return "–"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60:02d}m"
+    return f"{s // 86400}d {s % 86400 // 3600}h"

@@ -168,3 +168,24 @@ def test_status_names_the_output_files_with_full_paths(tmp_path: Path, capsys: p
     assert f"output    {kohya}\n          {diffusers}\n" in out
     assert main(["--runs-dir", str(tmp_path / "runs"), "status", run.name, "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["outputs"] == [str(kohya), str(diffusers)]
+
+
+def test_status_shows_a_failed_sample(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cli.main import main
+    from tests.tui_fixtures import make_run
+
+    run = make_run(tmp_path / "runs", "shapes-lora-20251009-090000", "finished")
+    RunDir(run).write_status(sample_error="sampling at step 10 failed (SampleError: bad); training continues")
+    assert main(["--runs-dir", str(tmp_path / "runs"), "status", run.name]) == 0
+    assert "samples   sampling at step 10 failed (SampleError: bad); training continues\n" in capsys.readouterr().out
+
+
+def test_status_shows_the_start_up_phase_with_its_time_so_far(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cli.main import main
+    from tests.tui_fixtures import make_run
+
+    run = make_run(tmp_path / "runs", "starting-20251009-120000", "starting", steps=0, total=100, created=time.time())
+    phase = {"name": "cache_latents", "label": "caching latents", "done": 1, "total": 9, "unit": "images", "eta_s": 410.0, "elapsed_s": 125.0}
+    RunDir(run).write_status(phase=phase)
+    assert main(["--runs-dir", str(tmp_path / "runs"), "status", run.name]) == 0
+    assert "phase     caching latents 1/9 images, 6m 50s left, 2m 05s so far\n" in capsys.readouterr().out

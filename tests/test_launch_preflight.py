@@ -6,6 +6,7 @@ import shutil
 from collections import namedtuple
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,6 +28,13 @@ def test_cpu_run_passes_with_a_notice(tmp_path: Path, config_path: Path) -> None
     assert any("runs on the CPU" in n and "no NVIDIA driver" in n for n in result.notices)
     assert result.plan.to_json(1)["run"]["total_steps"] == 6
     assert 0 < result.disk_needed_bytes < 1024**3
+
+
+def test_fp16_on_the_cpu_is_refused_before_the_launch(tmp_path: Path, config_path: Path) -> None:
+    config = apply_overrides(load_config(config_path), ["mixed_precision=fp16"])
+    with pytest.raises(UserError, match=r'^settings.mixed_precision = "fp16" needs a GPU .*set mixed_precision to "bf16" or "no"'):
+        pf.preflight(config, tmp_path / "runs", GpuSet([], reason="no NVIDIA driver was found"))
+    assert pf.preflight(config, tmp_path / "runs", parse_spec("1x4090")).use_cpu is False  # a GPU takes fp16
 
 
 def test_full_disk_is_refused(tmp_path: Path, config_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -95,3 +103,69 @@ def test_runs_folder_must_be_writable(tmp_path: Path, config_path: Path) -> None
     blocker.write_text("x")
     with pytest.raises(UserError, match="runs folder .* cannot be created .* writable --runs-dir"):
         pf.preflight(load_config(config_path), blocker / "runs", GpuSet([]))
+
+
+def _live_twin_of(config_path: Path, runs: Path, gpu_ids: str = "all") -> Any:
+    """A run folder of the config that is live: its supervisor is this test process, holding the
+    folder's lock (returned: the run is live while it is open)."""
+    import json
+
+    import psutil
+
+    from core.procs import describe
+    from core.runs import RunDir, lock
+
+    config = load_config(config_path)
+    config = apply_overrides(config, [f"distributed.gpu_ids={gpu_ids}"]) if gpu_ids != "all" else config
+    run = runs / "tiny-20251009-120000"
+    run.mkdir(parents=True)
+    from core.config import save_config
+
+    save_config(config, run / "run.toml")
+    status = {"state": "running", "step": 3, "total_steps": 6, "pids": [describe(psutil.Process(), "supervisor")]}
+    (run / "status.json").write_text(json.dumps(status))
+    return lock(RunDir(run).supervisor_lock)
+
+
+def test_a_second_live_run_of_the_same_config_is_refused_unless_allowed(tmp_path: Path, config_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.launch import start
+
+    runs = tmp_path / "runs"
+    held = _live_twin_of(config_path, runs)
+    spawned: list = []
+    monkeypatch.setattr(start, "spawn_supervisor", lambda run, held: spawned.append(run.id) or 0)
+    cpu = GpuSet([], reason="no NVIDIA driver was found")
+    with pytest.raises(start.ConcurrentRun, match=r"^run tiny-20251009-120000 of the same config is already running on the same GPUs; .*--allow-concurrent") as refused:
+        start.start_run(config_path, runs, gpus=cpu)
+    assert refused.value.run_id == "tiny-20251009-120000" and not spawned
+    # another seed is another training; GPUs that do not overlap are not the same GPUs
+    start.start_run(config_path, runs, ["schedule.seed=5"], gpus=cpu)
+    assert len(spawned) == 1
+    start.start_run(config_path, runs, gpus=cpu, allow_concurrent=True)
+    assert len(spawned) == 2
+    held.close()
+
+
+def test_a_live_run_on_other_gpus_is_not_the_same_run(tmp_path: Path, config_path: Path) -> None:
+    from core.launch.start import live_twin
+
+    runs = tmp_path / "runs"
+    held = _live_twin_of(config_path, runs, gpu_ids="0")
+    config = load_config(config_path)
+    assert live_twin(config, runs) is not None  # "all" overlaps GPU 0
+    assert live_twin(apply_overrides(config, ["distributed.gpu_ids=1"]), runs) is None
+    (runs / "tiny-20251009-120000" / "status.json").write_text('{"state": "finished", "pids": []}')
+    assert live_twin(config, runs) is None
+    held.close()
+
+
+def test_sdtui_train_refuses_the_twin_with_exit_2_and_one_sentence(tmp_path: Path, config_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cli.main import main
+
+    runs = tmp_path / "runs"
+    held = _live_twin_of(config_path, runs)
+    assert main(["--runs-dir", str(runs), "train", str(config_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sdtui: run tiny-20251009-120000 of the same config is already running on the same GPUs;") and "\n" not in err
+    assert [p.name for p in runs.iterdir()] == ["tiny-20251009-120000"]
+    held.close()

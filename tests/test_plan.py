@@ -223,7 +223,8 @@ def test_plan_json_has_the_contract_and_one_row_per_gpu_count(kohya_dataset) -> 
     counts = plan.counts
     for row in rows:
         assert row["steps_per_epoch"] == steps_per_epoch(counts, batch, row["gpus"], 1)
-        assert row["images_seen"] == 550 and row["total_steps"] == 10 * row["steps_per_epoch"]
+        # 55 items an epoch; GPU counts that do not divide them pad each epoch's last step
+        assert row["images_seen"] == 10 * -(-55 // (row["gpus"] * batch)) * row["gpus"] * batch and row["total_steps"] == 10 * row["steps_per_epoch"]
         assert row["eta_s"] > 0 and row["cost"] == pytest.approx(row["eta_s"] / 3600 * row["gpus"] * 0.5, abs=0.01)
     assert rows[0]["eta_s"] > rows[1]["eta_s"] > rows[-1]["eta_s"]
     assert plan.total_steps_for(2) == rows[1]["total_steps"]
@@ -257,7 +258,33 @@ def test_prior_preservation_doubles_the_batch_not_the_steps(kohya_dataset, tmp_p
     assert row["images_per_step"] == 2 * row["effective_batch"]
     assert [r["total_steps"] for r in prior["schedule"]] == [r["total_steps"] for r in plain["schedule"]]
     assert any("batch doubles, the step count does not" in n for n in prior["notes"])
-    assert any("reused" in n for n in prior["notes"])  # 6 class images for 55 instance items
+    assert any("6 class images given, each paired in turn with the instance images; none are generated" in n for n in prior["notes"])
+    assert prior["dataset"]["class_images"] == {"given": 6, "to_generate": 0, "total": 6, "generate_s": 0.0}
+
+
+def test_dreambooth_plans_the_class_images_the_trainer_generates_and_their_time(kohya_dataset, tmp_path: Path) -> None:
+    from core.config import apply_overrides
+    from core.plan.planner import make_plan
+    from tests.conftest import write_image
+
+    reg = tmp_path / "class"
+    for i in range(10):
+        write_image(reg / f"c{i}.png", (64, 64))
+    scan = _scan(kohya_dataset, reg)  # 9 instance images, 10 given class images
+    base = apply_overrides(_config(scan, "dreambooth", recipe="sdxl-dreambooth-24gb", epochs=2), ["method.class_prompt=a photo of a dog"])
+    generating = make_plan(base, scan, parse_spec("1xA100")).to_json()
+    classes = generating["dataset"]["class_images"]
+    assert (classes["given"], classes["to_generate"], classes["total"]) == (10, 200 * 9 - 10, 1800)
+    assert classes["generate_s"] > 0 and generating["schedule"][0]["class_images_s"] == classes["generate_s"]
+    assert any(n.startswith("1800 class images: 10 given, 1790 generated from method.class_prompt, about ") for n in generating["notes"])
+
+    given_only = make_plan(apply_overrides(base, ["generate_class_images=false"]), scan, parse_spec("1xA100")).to_json()
+    assert given_only["dataset"]["class_images"] == {"given": 10, "to_generate": 0, "total": 10, "generate_s": 0.0}
+    # the ETA holds the generation: the same run without it is shorter by exactly that much
+    one, none = generating["schedule"][0], given_only["schedule"][0]
+    assert one["eta_s"] == pytest.approx(none["eta_s"] + classes["generate_s"], abs=0.2)
+    # more GPUs share the generation
+    assert generating["schedule"][1]["class_images_s"] == pytest.approx(classes["generate_s"] / 2, rel=0.01)
 
 
 def test_warmup_follows_the_gpu_count(kohya_dataset) -> None:

@@ -78,7 +78,7 @@ def test_missing_class_images_are_generated_into_the_run_folder(tmp_path, tiny_m
     data = _dataset(tmp_path, class_images=1)
     reg_before = sorted(p.name for p in (tmp_path / "reg").rglob("*"))
     run = tmp_path / "run"
-    paths = prepare_class_images(components, data, run, "a dog", per_instance=2, steps=2, size=32)
+    paths = prepare_class_images(components, data, run, "a dog", wanted=4, steps=2, size=32)
     assert len(paths) == 4 and len(data.class_items) == 4
     generated = sorted((run / "class_images").glob("*.png"))
     assert len(generated) == 3
@@ -86,7 +86,7 @@ def test_missing_class_images_are_generated_into_the_run_folder(tmp_path, tiny_m
     assert sorted(p.name for p in (tmp_path / "reg").rglob("*")) == reg_before  # the user's folder is untouched
 
     resumed = _dataset(tmp_path, class_images=1)
-    again = prepare_class_images(components, resumed, run, "a dog", per_instance=2, steps=2, size=32)
+    again = prepare_class_images(components, resumed, run, "a dog", wanted=4, steps=2, size=32)
     assert sorted(map(str, again)) == sorted(map(str, paths))  # reused, nothing new generated
     assert len(sorted((run / "class_images").glob("*.png"))) == 3
 
@@ -95,7 +95,7 @@ def test_class_images_without_prompt_or_folder_is_a_user_error(tmp_path, tiny_mo
     components = load_components(str(tiny_models("sd1")))
     data = _dataset(tmp_path, class_images=0)
     with pytest.raises(UserError, match="method.class_prompt"):
-        prepare_class_images(components, data, tmp_path / "run", "", per_instance=1)
+        prepare_class_images(components, data, tmp_path / "run", "", wanted=2)
 
 
 def test_ss_picks_kohyas_sampler_per_prompt_and_clip_skip_reaches_the_pipeline(tmp_path, tiny_models):

@@ -88,7 +88,8 @@ def test_shards_cover_every_batch_with_equal_lengths() -> None:
 def test_epoch_mode_keeps_images_seen_whatever_the_gpu_count() -> None:
     counts = {(1024, 1024): 300, (1152, 896): 60}
     rows = [schedule_row(counts, batch_size=2, accumulation=2, gpus=g, epochs=10) for g in (1, 2, 4, 8)]
-    assert {r.images_seen for r in rows} == {3600}
+    # 180 batches of 2: 1, 2 and 4 GPUs share them evenly; 8 GPUs pad to 23 each (184 batches)
+    assert [r.images_seen for r in rows] == [3600, 3600, 3600, 3680]
     assert {r.epochs for r in rows} == {10}
     assert [r.effective_batch for r in rows] == [4, 8, 16, 32]
     assert [r.total_steps for r in rows] == [r.steps_per_epoch * 10 for r in rows]
@@ -112,3 +113,35 @@ def test_warmup_in_optimizer_steps_of_the_run() -> None:
     # Warm-up given as a fraction follows the GPU count's real step total.
     one, two = (schedule_row({(512, 512): 100}, 1, 1, g, 10) for g in (1, 2))
     assert warmup_steps(one.total_steps, 0.05) == 50 and warmup_steps(two.total_steps, 0.05) == 25
+
+
+def _trainer_images(counts: dict, batch_size: int, world: int, accumulation: int, total_steps: int, seed: int) -> int:
+    """Images every rank's loop takes until ``total_steps`` optimizer steps, iterating as core/train/loop.py does."""
+    taken, step, epoch = 0, 0, 0
+    while step < total_steps:
+        batches = epoch_batches(_items(counts), batch_size, seed, epoch)
+        shards = [shard_batches(batches, rank, world) for rank in range(world)]
+        for index in range(len(shards[0])):
+            taken += sum(len(shard[index]) for shard in shards)
+            if optimizer_step_due(index, len(shards[0]), accumulation):
+                step += 1
+                if step >= total_steps:
+                    break
+        epoch += 1
+    return taken
+
+
+@pytest.mark.parametrize("counts", DATASETS)
+@pytest.mark.parametrize("max_steps", [0, 7, 60])
+def test_images_seen_are_what_the_trainers_loop_takes_on_every_gpu_count(counts: dict, max_steps: int) -> None:
+    for batch_size, accumulation, gpus in itertools.product((1, 3, 4), (1, 4), (1, 2, 4, 8)):
+        row = schedule_row(counts, batch_size, accumulation, gpus, epochs=3, max_steps=max_steps, seed=11)
+        assert row.images_seen == _trainer_images(counts, batch_size, gpus, accumulation, row.total_steps, 11), (batch_size, accumulation, gpus)
+
+
+def test_eight_gpus_at_effective_batch_32_see_32_images_a_step() -> None:
+    # the issue's case: 60 steps on 8 GPUs, batch 1 × accumulation 4 = 32 images a step, every step full
+    row = schedule_row({(512, 512): 480}, batch_size=1, accumulation=4, gpus=8, epochs=4)
+    assert (row.total_steps, row.effective_batch, row.images_seen) == (60, 32, 1920)
+    padded = schedule_row({(512, 512): 450}, batch_size=1, accumulation=4, gpus=8, epochs=4)
+    assert padded.total_steps == 60 and padded.images_seen == 1824  # 57 batches a rank: the last step of an epoch takes 1 each

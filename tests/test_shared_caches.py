@@ -86,7 +86,7 @@ def test_two_processes_generate_class_images_and_text_outputs_in_shares_and_a_re
     # the same images as one process makes (each batch is seeded by its first image's number)
     torch.set_num_threads(1)
     alone = _items(data)
-    prepare_class_images(load_components(str(tiny_models("sd1"))), alone, tmp_path / "alone", "a dog", 4, seed=7, size=64)
+    prepare_class_images(load_components(str(tiny_models("sd1"))), alone, tmp_path / "alone", "a dog", 8, seed=7, size=64)
     assert [p.read_bytes() for p in sorted((tmp_path / "alone" / "class_images").glob("*.png"))] == [p.read_bytes() for p in generated]
 
     stamps = [p.stat().st_mtime_ns for p in generated]

@@ -113,7 +113,7 @@ def test_overfitting_a_few_images_makes_the_loss_fall(tmp_path, tiny_models, koh
     assert last < 0.7 * first, losses
 
 
-def test_a_failing_sample_is_a_warning_and_training_goes_on(tmp_path, tiny_models, kohya_dataset):
+def test_a_failing_sample_is_a_warning_and_training_goes_on(tmp_path, tiny_models, kohya_dataset, capfd):
     data = kohya_dataset(((1, "sks dog", 2),))
     run = make_run(tmp_path / "run", tiny_models("sdxl"), data, "sdxl", "lora", schedule={"max_steps": 2, "sample_every_steps": 1}, prompts=["sks dog --w 64 --h 64 --s 2"])
     (run / "samples").write_text("a file where the samples folder should be")
@@ -124,6 +124,9 @@ def test_a_failing_sample_is_a_warning_and_training_goes_on(tmp_path, tiny_model
     warnings = [m["message"] for m in metrics(run, "event") if m["level"] == "warning"]
     assert any("sampling at step 1 failed" in w for w in warnings) and any("sampling at step 2 failed" in w for w in warnings)
     assert [m["step"] for m in metrics(run, "step")] == [1, 2]
+    # visible where the user looks: status.json (dashboard, sdtui status) and train.log (stdout)
+    assert status(run)["sample_error"].startswith("sampling at step 2 failed (")
+    assert "sdtui-train: warning: sampling at step 2 failed (" in capfd.readouterr().out
 
 
 def test_dreambooth_generates_missing_class_images_into_the_run_folder(tmp_path, tiny_models, kohya_dataset):
@@ -141,6 +144,32 @@ def test_dreambooth_generates_missing_class_images_into_the_run_folder(tmp_path,
     assert "2 class images ready" in [m["message"] for m in metrics(run, "event")]
     assert batch["is_class"].tolist() == [False, True] and batch["captions"][1] == "a photo of a dog"
     assert sorted(p.name for p in data.rglob("*")) == before
+
+
+@pytest.mark.parametrize("generate", [True, False])
+def test_the_trainer_generates_the_class_images_the_plan_announces(tmp_path, tiny_models, kohya_dataset, generate):
+    from core.config import load_config
+    from core.dataset.scan import scan_config
+    from core.gpu import parse_spec
+    from core.plan.planner import make_plan
+
+    data = kohya_dataset(((1, "sks dog", 2),))
+    reg = make_kohya(tmp_path / "reg", ((1, "dog", 1),), (64, 64), True)
+    run = make_run(
+        tmp_path / "run", tiny_models("sd1"), data, "sd1", "dreambooth",
+        settings={"class_images_per_instance": 3, "generate_class_images": generate}, schedule={"max_steps": 1}, method_extra={"class_prompt": "a dog"},
+    )
+    add_reg_subset(run, reg / "1_dog")
+    config = load_config(run / "run.toml")
+    planned = make_plan(config, scan_config(config), parse_spec("1x4090")).to_json()["dataset"]["class_images"]
+    assert (planned["given"], planned["to_generate"]) == ((1, 5) if generate else (1, 0))  # 3 × 2 instance images, 1 given
+
+    trainer = set_up(run)
+    trainer.metrics.close()
+
+    generated = list((run / "class_images").glob("class_*.png"))
+    assert len(generated) == planned["to_generate"]
+    assert len(trainer.session.data.train_data.class_items) == planned["given"] + planned["to_generate"]
 
 
 @pytest.mark.parametrize("targets", ["attn", "attn_ff", "all"])
@@ -179,3 +208,27 @@ def test_placeholder_tokens_never_shrink_the_embedding_table_and_grow_it_when_ne
     many = before.shape[0] - len(tokenizer) + 5
     (more,) = add_placeholder_tokens(components, "<big>", num_vectors=many)
     assert encoder.get_input_embeddings().weight.shape[0] == len(tokenizer) > max(more)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.parametrize(
+    "precision", ["no", "bf16", pytest.param("fp16", marks=pytest.mark.skipif(not _cuda(), reason="fp16 needs a GPU; the CPU refuses it (test_train_options)"))],
+)
+def test_samples_render_in_every_mixed_precision(tmp_path, tiny_models, kohya_dataset, precision):
+    data = kohya_dataset(((1, "sks dog", 2),))
+    prompt = "sks dog --w 64 --h 64 --s 2"
+    run = make_run(
+        tmp_path / "run", tiny_models("sd1"), data, "sd1", "lora", settings={"mixed_precision": precision},
+        schedule={"max_steps": 2, "sample_every_steps": 2}, prompts=[prompt],
+    )
+    assert train(run) == 0
+    warnings = [m["message"] for m in metrics(run, "event") if m["level"] in ("warning", "error")]
+    assert not [w for w in warnings if "sampling" in w], warnings
+    (sample,) = metrics(run, "sample")
+    assert (run / sample["path"]).read_bytes()[:4] == b"\x89PNG"
+    assert "sample_error" not in status(run)

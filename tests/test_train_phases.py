@@ -49,7 +49,7 @@ def test_a_phase_reports_progress_and_time_left_at_most_once_a_second():
     log = out.getvalue().splitlines()
     assert log == [
         "sdtui-train: caching latents 0/1000 images",
-        "sdtui-train: caching latents 500/1000 images, 6 s left",
+        "sdtui-train: caching latents 500/1000 images, 6 s left, 6 s so far",
         "sdtui-train: caching latents: 1000 images in 10 s",
     ]
     assert phases.durations == {"cache_latents": 10.0}
@@ -57,7 +57,7 @@ def test_a_phase_reports_progress_and_time_left_at_most_once_a_second():
 
 def test_progress_text_reads_like_a_sentence():
     assert progress_text("caching latents", 312, 1000, 40.2) == "caching latents 312/1000, 40 s left"
-    assert progress_text("loading the model", 0, 0, 4000) == "loading the model 0/0, 67 min left"
+    assert progress_text("loading the model", 0, 0, None, elapsed_s=12.4) == "loading the model, 12 s so far"
 
 
 def test_a_run_reports_every_phase_before_its_first_step(tmp_path, tiny_models, kohya_dataset, capsys, monkeypatch):
@@ -112,3 +112,71 @@ def test_two_processes_share_the_latent_caching_and_a_resume_encodes_nothing(tmp
     assert status(run)["step"] == 3
     again = [p for p in metrics(run, "phase") if p["phase"] == "cache_latents" and p["state"] == "done"][-1]
     assert (again["encoded"], again["reused"], again["entries"]) == (0, 3, 5)  # the resume encodes nothing (rank 0's share: 3)
+
+
+def test_a_phase_without_items_counts_up_on_the_heartbeats_tick():
+    now = [0.0]
+    out = io.StringIO()
+    phases = Phases(_Status(), _Metrics(), clock=lambda: now[0], out=out)
+    phases.start("load_model")
+    for second in (2.0, 4.0, 6.0):
+        now[0] = second
+        phases.tick()
+    assert [u["phase"]["elapsed_s"] for u in phases.status.updates] == [0.0, 2.0, 4.0, 6.0]
+    assert out.getvalue().splitlines()[-1] == "sdtui-train: loading the model, 6 s so far"
+
+
+def test_a_slow_item_holds_the_time_left_while_the_time_so_far_grows():
+    now = [0.0]
+    phases = Phases(_Status(), _Metrics(), clock=lambda: now[0], out=io.StringIO())
+    phases.start("cache_latents", 9, "images")
+    now[0] = 10.0
+    phases.advance(1)  # 10 s an image: 80 s left
+    now[0] = 130.0
+    phases.tick()  # the second image has taken 2 minutes so far
+    record = phases.status.updates[-1]["phase"]
+    assert (record["done"], record["elapsed_s"], record["item_s"], record["eta_s"]) == (1, 130.0, 120.0, 70.0)
+
+
+def test_the_heartbeat_thread_ticks_the_progress(tmp_path, monkeypatch):
+    import threading
+
+    from core.train import status as status_module
+
+    monkeypatch.setattr(status_module, "HEARTBEAT_S", 0.05)
+    ticked = threading.Event()
+    heartbeat = status_module.Heartbeat(tmp_path / "heartbeat", tick=ticked.set)
+    with heartbeat.busy():
+        assert ticked.wait(5)
+    assert (tmp_path / "heartbeat").exists()
+
+
+def test_a_stop_during_start_up_ends_at_the_next_item_and_keeps_what_was_generated(tmp_path, tiny_models, kohya_dataset, monkeypatch):
+    from core.launch.control import request
+    from core.runs import RunDir
+    from core.train import startup
+    from core.train.phases import Phases as PhasesClass
+
+    monkeypatch.setattr(startup, "STOP_CHECK_S", 0.0)
+    data = kohya_dataset(((1, "sks dog", 2),))
+    run = make_run(
+        tmp_path / "run", tiny_models("sd1"), data, "sd1", "dreambooth", settings={"class_images_per_instance": 6},
+        schedule={"max_steps": 2, "epochs": 0}, method_extra={"class_prompt": "a dog"},
+    )
+    advance = PhasesClass.advance
+
+    def stop_after_the_first_batch(self, done):
+        if self._name == "class_images" and done > 0 and not (run / "control.json").exists():
+            request(RunDir(run), "stop")  # what `sdtui stop` writes
+        advance(self, done)
+
+    monkeypatch.setattr(PhasesClass, "advance", stop_after_the_first_batch)
+
+    assert train(run) == 0
+
+    recorded = status(run)
+    assert recorded["state"] == "stopped" and recorded["control_ack"]["action"] == "stop"
+    assert recorded["note"].startswith("stopped during start-up while generating class images (4/12 images kept)")
+    assert len(list((run / "class_images").glob("class_*.png"))) == 4
+    assert not metrics(run, "step") and not (run / "checkpoints").exists()
+    assert metrics(run)[-1]["type"] == "end" and metrics(run)[-1]["state"] == "stopped"

@@ -71,6 +71,20 @@ async def test_failed_run_shows_the_error_and_the_fix(tmp_path: Path) -> None:
 
 
 @sync
+async def test_a_failed_sample_is_a_notice_line_with_the_reason(tmp_path: Path) -> None:
+    runs = make_runs(tmp_path / "runs")
+    run = runs / "shapes-lora-20251009-090000"
+    reason = "sampling at step 10 failed (SampleError: Input type (float) and bias type (c10::BFloat16) should be the same); training continues"
+    RunDir(run).write_status(sample_error=reason)
+    app = _app(runs, run)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await until(pilot, lambda: app.screen.query_one("#error").display)
+        shown = " ".join(_text(app, "#error").split())
+        assert "Samples: sampling at step 10 failed (SampleError: Input type (float)" in shown
+        assert "press m" in shown and not shown.startswith("Error:")
+
+
+@sync
 async def test_live_run_is_tailed_and_controls_reach_control_json(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     run = make_run(runs, "live-20251009-120000", "running", steps=10, total=100, created=time.time())
@@ -173,7 +187,7 @@ async def test_a_starting_run_shows_its_phase_with_progress_and_time_left(tmp_pa
             assert (bar.total, bar.progress) == (1000, 312)
             loading = {"name": "load_model", "label": "loading the model", "done": 0, "total": 0, "elapsed_s": 12.0}
             status.write_text(json.dumps({**json.loads(status.read_text()), "updated_at": time.time(), "phase": loading}))
-            await until(pilot, lambda: "loading the model (12s so far)" in _text(app, "#state"))
+            await until(pilot, lambda: "loading the model, 12s so far" in _text(app, "#state"))
             assert (bar.total, bar.progress) == (1, 0)  # an uncounted phase: an empty bar, not an animated one
             running = {**json.loads(status.read_text()), "state": "running", "phase": None, "updated_at": time.time()}
             status.write_text(json.dumps(running))

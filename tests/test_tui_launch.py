@@ -101,3 +101,34 @@ async def test_demo_wizard_launches_and_the_dashboard_follows_the_run(tmp_path: 
     assert "[sdtui] step 1/3  loss " in log and "[sdtui] step 3/3  loss " in log and " img/s  ETA " in log
     assert "requires torchvision" not in log
     assert "max_steps = 3" in ws.config.read_text()
+
+
+@sync
+async def test_launch_asks_before_a_second_live_run_of_the_same_config(tmp_path: Path, tiny_models, monkeypatch) -> None:
+    from core.config import save_config
+    from tests.test_launch_preflight import _live_twin_of
+    from tui.widgets.confirm import ConfirmScreen
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(tiny_models("sd1"), workspace(tmp_path / "demo").model)
+    ws = prepare_demo(tmp_path / "demo", FAST)
+    app = SdtuiApp(AppContext(runs_dir=ws.runs, workdir=ws.root, demo=ws), start="wizard", theme="textual-dark")
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause(0.3)
+        wizard = app.screen
+        for _ in range(6):
+            await pilot.press("ctrl+n")
+            await pilot.pause(0.2)
+        assert wizard.index == 6, wizard.error
+        held = _live_twin_of(ws.config, ws.runs)  # the config the wizard saves, live in the runs folder
+        twin = next(ws.runs.iterdir()).name
+        # the wizard saves its own config path first: make the twin's run.toml that very config
+        save_config(wizard.state.to_config(), ws.runs / twin / "run.toml")
+        await pilot.press("ctrl+l")
+        await _until(pilot, lambda: isinstance(app.screen, ConfirmScreen), 60)
+        assert f"Run {twin} of the same config is live on the same GPUs" in app.screen.question
+        await pilot.press("escape")
+        await _until(pilot, lambda: app.screen is wizard, 10)
+        await pilot.pause(0.2)
+        assert not wizard.launching and [p.name for p in ws.runs.iterdir() if not p.name.startswith(".")] == [twin]
+        held.close()

@@ -48,6 +48,10 @@ def snapshot_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
             f"batch_size = {batch}\nresolution = 512\nlora_rank = 16\nlora_alpha = 16\n"
         )
     monkeypatch.setenv("SDTUI_RECIPES_DIR", str(recipes))
+    import core.gpu
+
+    # the machine a launch would run on (Review says it beside the simulated GPUs): the same everywhere
+    monkeypatch.setattr(core.gpu, "probe", lambda: core.gpu.GpuSet([], reason="no NVIDIA driver was found"))
     return tmp_path
 
 

@@ -157,7 +157,10 @@ async def test_recipe_step_refuses_batch_zero_and_a_recipe_that_does_not_fit(tmp
 
 @sync
 async def test_whole_wizard_back_and_change_then_save(tmp_path: Path, kohya_dataset, monkeypatch) -> None:
+    import core.gpu
+
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(core.gpu, "probe", lambda: core.gpu.GpuSet([], reason="no NVIDIA driver was found"))
     data = kohya_dataset()
     app = _app(tmp_path, gpus="2x4090")
     async with app.run_test(size=(100, 30)) as pilot:
@@ -185,6 +188,10 @@ async def test_whole_wizard_back_and_change_then_save(tmp_path: Path, kohya_data
         assert app.screen.index == 6
         toml = app.screen.query_one("#toml", TextArea).text
         assert 'kind = "dreambooth"' in toml and "max_steps = 400" in toml
+        # planned for the simulated 4090s, launched on what this machine has (no GPU: one CPU process)
+        note = " ".join(str(app.screen.query_one("#launch-note").render()).split())
+        assert note.startswith("Planned for 2× GeForce RTX 4090 (simulated with --gpus); Launch runs on what this machine has: the CPU (no NVIDIA driver")
+        assert "num_processes = 1" in toml and "--multi_gpu" not in str(app.screen.query_one("#command").render())
         # back to the method: change it, and the review follows
         await pilot.press("ctrl+b", "ctrl+b", "ctrl+b", "ctrl+b")
         assert app.screen.index == 2
@@ -204,7 +211,7 @@ async def test_whole_wizard_back_and_change_then_save(tmp_path: Path, kohya_data
         assert saved["method"]["kind"] == "lora" and saved["name"] == "dog-lora"
         assert saved["settings"]["recipe"].startswith("sd15-lora")
         assert saved["schedule"]["max_steps"] == 400
-        assert saved["distributed"]["num_processes"] == 2
+        assert saved["distributed"]["num_processes"] == 1  # not the 2 simulated GPUs: 2 CPU processes with --multi_gpu before
 
 
 def test_state_sentences_name_the_thing_and_the_fix(tmp_path: Path) -> None:

@@ -6,23 +6,9 @@ import math
 import re
 from pathlib import Path
 
-from core.units import GIB, gib, number
+from core.units import GIB, duration, gib, number
 
 __all__ = ["GIB", "bar", "break_lines", "display_path", "duration", "gib", "number", "terminal_lines"]
-
-
-def duration(seconds: float | None) -> str:
-    """A short duration: ``45s``, ``12m 05s``, ``3h 20m``, ``2d 4h`` (``–`` when unknown)."""
-    if seconds is None or not math.isfinite(seconds) or seconds < 0:
-        return "–"
-    s = int(round(seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m {s % 60:02d}s"
-    if s < 86400:
-        return f"{s // 3600}h {s % 3600 // 60:02d}m"
-    return f"{s // 86400}d {s % 86400 // 3600}h"
 
 
 def bar(fraction: float, width: int) -> str:

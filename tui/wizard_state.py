@@ -27,7 +27,7 @@ METHOD_TEXT = {
 #: What the method step asks for each method: its [method] keys, then its [settings] keys.
 METHOD_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "lora": ((), ("lora_type", "lora_rank", "lora_alpha", "lora_targets", "lokr_factor", "conv_rank", "conv_alpha", "use_dora", "lora_dropout", "init_lora")),
-    "dreambooth": (("class_prompt",), ("prior_loss_weight", "class_images_per_instance")),
+    "dreambooth": (("class_prompt",), ("prior_loss_weight", "class_images_per_instance", "generate_class_images")),
     "finetune": ((), ("ema", "ema_decay")),
     "textual_inversion": (("placeholder_token",), ("ti_init_word", "ti_num_vectors")),
 }
@@ -103,6 +103,8 @@ class WizardState:
     #: the dataset fields still show ``subsets_for``; editing them scans the typed folder instead.
     subsets: list[dict[str, Any]] | None = None
     subsets_for: tuple[str, str] = ("", "")
+    #: The GPUs this machine really has (probed once when ``gpus`` is simulated): what Launch uses.
+    machine: Any = field(default=None, repr=False)
 
     @classmethod
     def from_config(cls, config: Any, gpus: Any, base_dir: Path) -> WizardState:
@@ -465,6 +467,30 @@ class WizardState:
                 raise UserError(message)
         getattr(self, f"check_{STEPS[step].lower()}")()
 
+    def machine_gpus(self) -> Any:
+        """The GPUs a launch from here runs on: ``gpus`` when they were probed, else this machine's
+        (``sdtui --gpus 2x4090`` plans for two 4090s, but Launch starts what is really here)."""
+        if not getattr(self.gpus, "simulated", False):
+            return self.gpus
+        if self.machine is None:
+            from core.gpu import probe
+
+            self.machine = probe()
+        return self.machine
+
+    def launch_note(self) -> str:
+        """What the Review step says when the plan's GPUs are simulated ('' when they are this machine's)."""
+        if not getattr(self.gpus, "simulated", False):
+            return ""
+        real = self.machine_gpus()
+        planned = f"{self.gpus.count}× {self.gpus.smallest.name}" if self.gpus.smallest is not None else "simulated GPUs"
+        here = f"{real.count}× {real.smallest.name}" if real.count and real.smallest is not None else f"the CPU ({real.reason or 'no GPU found'})"
+        processes = max(1, real.count)
+        return (
+            f"Planned for {planned} (simulated with --gpus); Launch runs on what this machine has: {here}, "
+            f"{processes} process{'es' if processes > 1 else ''} (run.toml's [distributed] num_processes = {processes})."
+        )
+
     def to_config(self) -> Any:
         """The RunConfig these choices make (core.config)."""
         from core.config import new_config
@@ -483,7 +509,7 @@ class WizardState:
             prompts=list(self.prompts),
             sampler=self.sampler,
             logging=dict(self.logging),
-            distributed={"num_processes": max(1, self.gpus.count)},
+            distributed={"num_processes": max(1, self.machine_gpus().count)},
             method_options=dict(self.method_options),
             dataset_options={"caption_extension": self.caption_extension},
         )

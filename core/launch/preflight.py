@@ -22,6 +22,7 @@ from core.families.detect import MODEL_FILE_SUFFIXES, hub_offline, looks_like_hu
 from core.launch.accelerate_config import parse_gpu_ids
 from core.memory.data import params
 from core.families.detect import check_loadable
+from core.settings import FP16_NEEDS_A_GPU
 
 #: Optimizer state bytes per trained fp32 parameter byte (AdamW: two fp32 moments …).
 _OPTIMIZER_STATE = {"adamw": 2.0, "adamw8bit": 0.5, "lion8bit": 0.25, "adafactor": 0.1, "prodigy": 4.0, "schedulefree_adamw": 2.0}
@@ -206,6 +207,8 @@ def preflight(config: Any, runs_dir: Path, found_gpus: Any, force: bool = False)
 
     scan = scan_config(config)
     gpus, use_cpu, cpu_notice = choose_gpus(found_gpus, config.distributed)
+    if use_cpu and config.settings["mixed_precision"] == "fp16":
+        raise UserError(FP16_NEEDS_A_GPU)
     if cpu_notice:
         notices.append(cpu_notice)
     plan = make_plan(config, scan, gpus)

@@ -35,6 +35,47 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class ConcurrentRun(UserError):
+    """A live run of the same config on the same GPUs exists (``run_id``); ``--allow-concurrent`` starts a second one."""
+
+    def __init__(self, message: str, run_id: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+
+
+def training_fingerprint(config: Any) -> str:
+    """What makes two configs the same training: every section but the name and [distributed],
+    with the defaults filled in, the subsets and the prompts."""
+    import json
+
+    from core.settings import SCHEMA
+
+    sections = {name: config.section(name) for name in SCHEMA if name not in ("", "distributed")}
+    return json.dumps({**sections, "subsets": list(config.subsets), "prompts": list(config.prompts)}, sort_keys=True, default=str)
+
+
+def live_twin(config: Any, runs_dir: str | os.PathLike[str]) -> RunDir | None:
+    """A live run in ``runs_dir`` (queued, starting, running, paused, stopping, stalled) of the same
+    training (``training_fingerprint``) on GPUs that overlap this config's (``gpu_ids``), else None."""
+    from core.config import load_config
+    from core.launch.accelerate_config import parse_gpu_ids
+    from core.runs import LIVE_STATES, list_runs
+
+    mine, my_gpus = training_fingerprint(config), parse_gpu_ids(str(config.distributed.get("gpu_ids", "all")))
+    for run in list_runs(runs_dir):
+        if run.state not in LIVE_STATES or not run.run_toml.is_file():
+            continue
+        try:
+            other = load_config(run.run_toml)
+        except UserError:
+            continue
+        theirs = parse_gpu_ids(str(other.distributed.get("gpu_ids", "all")))
+        overlap = my_gpus is None or theirs is None or bool(set(my_gpus) & set(theirs))
+        if overlap and training_fingerprint(other) == mine:
+            return run
+    return None
+
+
 def start_run(
     config_path: str | os.PathLike[str],
     runs_dir: str | os.PathLike[str],
@@ -42,11 +83,13 @@ def start_run(
     force: bool = False,
     notify: Notify | None = None,
     gpus: Any = None,
+    allow_concurrent: bool = False,
 ) -> RunDir:
     """Validate ``config_path`` with ``overrides``, run the preflight, create the run folder and detach.
 
     ``gpus`` is the probed GpuSet (probed here when None). Notices (CPU fallback, busy GPUs, the
-    commands for the other machines) go to ``notify``.
+    commands for the other machines) go to ``notify``. A live run of the same config on the same
+    GPUs is a ConcurrentRun unless ``allow_concurrent``.
     """
     from core.config import apply_overrides, load_config, save_config
     from core.launch.preflight import preflight
@@ -58,6 +101,13 @@ def start_run(
 
         gpus = probe()
     root = Path(runs_dir).expanduser().resolve()
+    twin = None if allow_concurrent or not root.is_dir() else live_twin(config, root)
+    if twin is not None:
+        raise ConcurrentRun(
+            f"run {twin.id} of the same config is already {twin.state} on the same GPUs; watch it with sdtui attach {twin.id}, "
+            f"stop it with sdtui stop {twin.id}, or pass --allow-concurrent to start a second one beside it",
+            twin.id,
+        )
     checked = preflight(config, root, gpus, force=force)
     distributed = dict(config.distributed)
     run = create_run_dir(root, config.name)

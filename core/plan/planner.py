@@ -19,10 +19,11 @@ from core.errors import UserError
 from core.families import spec
 from core.settings import optimizer_notes, optimizer_rule_warnings
 
+from .class_images import GENERATE_BATCH, GENERATE_STEPS, ClassImages, class_images, describe
 from .learning_rates import lr_warnings
 from .picker import HEADROOM, RunShape, judge, run_shape, suggest_when_nothing_fits
-from .schedule import ScheduleRow, schedule_row, warmup_steps
-from .throughput import eta_seconds, images_per_second
+from .schedule import ScheduleRow, batches_per_rank, schedule_row, warmup_steps
+from .throughput import eta_seconds, images_per_second, sample_seconds_per_image
 
 #: GPU counts every plan shows (plus the detected and the configured count).
 GPU_COUNTS = (1, 2, 4, 8)
@@ -50,6 +51,10 @@ class Plan:
     images_per_second_per_gpu: float | None
     configured_processes: int
     price_per_gpu_hour: float | None = None
+    #: The class images of the run (core/plan/class_images.py); None without a dataset.
+    class_images: ClassImages | None = None
+    #: Seconds one GPU takes to generate one class image; None without a known GPU.
+    class_image_s: float | None = None
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -64,12 +69,23 @@ class Plan:
         """The schedule on ``gpus`` GPUs."""
         return schedule_row(
             self.counts, int(self.settings["batch_size"]), int(self.schedule["gradient_accumulation"]),
-            gpus, int(self.schedule["epochs"]), int(self.schedule["max_steps"]),
+            gpus, int(self.schedule["epochs"]), int(self.schedule["max_steps"]), int(self.schedule["seed"]),
         )
 
     def total_steps_for(self, num_processes: int) -> int:
         """Optimizer steps of the run on ``num_processes`` GPUs (what the trainer counts to)."""
         return self.row_for(max(1, num_processes)).total_steps
+
+    def generate_s(self, gpus: int) -> float | None:
+        """Seconds the trainer spends generating the missing class images on ``gpus`` GPUs (batches
+        of GENERATE_BATCH shared round robin): 0 when none are generated, None when unknown."""
+        missing = self.class_images.to_generate if self.class_images is not None else 0
+        if not missing:
+            return 0.0
+        if self.class_image_s is None:
+            return None
+        per_rank = batches_per_rank(-(-missing // GENERATE_BATCH), max(1, gpus))
+        return per_rank * GENERATE_BATCH * self.class_image_s
 
     def gpu_counts(self) -> list[int]:
         """The GPU counts of the table: 1, 2, 4, 8, the detected and the configured count."""
@@ -83,6 +99,8 @@ class Plan:
             row.total_steps, per_step, self.images_per_second_per_gpu, gpus, self.method,
             num_machines=math.ceil(gpus / GPUS_PER_NODE),
         )
+        generate = self.generate_s(gpus)
+        eta = eta + generate if eta is not None and generate is not None else None
         data: dict[str, Any] = {
             "gpus": row.gpus,
             "effective_batch": row.effective_batch,
@@ -92,6 +110,7 @@ class Plan:
             "total_steps": row.total_steps,
             "images_seen": row.images_seen,
             "warmup_steps": warmup_steps(row.total_steps, int(self.schedule["lr_warmup_steps"])),
+            "class_images_s": round(generate, 1) if generate is not None else None,
             "eta_s": round(eta, 1) if eta is not None else None,
         }
         if self.price_per_gpu_hour is not None:
@@ -112,7 +131,7 @@ class Plan:
             "headroom": HEADROOM,
             "prior_preservation": self.prior_preservation,
             "images_per_second_per_gpu": round(self.images_per_second_per_gpu, 3) if self.images_per_second_per_gpu else None,
-            "dataset": self.dataset,
+            "dataset": self._dataset_json(processes),
             "learning_rate": float(self.schedule["learning_rate"]),
             "text_encoder_lr": self.text_encoder_lr,
             "lr_scheduler": self.schedule["lr_scheduler"],
@@ -122,6 +141,22 @@ class Plan:
             "schedule": [self.row_json(n) for n in self.gpu_counts()] if self.dataset is not None else [],
             "run": self.row_json(processes) if self.dataset is not None else None,
             "price_per_gpu_hour": self.price_per_gpu_hour,
+        }
+
+
+    def _dataset_json(self, processes: int) -> dict[str, Any] | None:
+        """``dataset`` with ``class_images`` (``given``, ``to_generate``, ``generate_s`` on ``processes``
+        GPUs) when the run uses or generates class images."""
+        images = self.class_images
+        if self.dataset is None or images is None or not (images.total or images.generates):
+            return self.dataset
+        generate = self.generate_s(processes)
+        return {
+            **self.dataset,
+            "class_images": {
+                "given": images.given, "to_generate": images.to_generate, "total": images.total,
+                "generate_s": round(generate, 1) if generate is not None else None,
+            },
         }
 
 
@@ -147,7 +182,8 @@ def make_plan(config: Any, scan: Any, gpus: Any, price_per_gpu_hour: float | Non
         if not any(s.images for s in scan.subsets if not s.is_reg):
             raise UserError(f"the dataset {scan.root} has no usable training image; run 'sdtui scan {scan.root}' to see why and fix it")
     counts = _bucket_counts(scan, bucket_selector(settings)) if scan is not None else {}
-    shape = run_shape(method, scan.reg_images if scan is not None else None, distributed)
+    classes = class_images(method, settings, config.section("method")["class_prompt"], scan.reg_images, scan.images) if scan is not None else None
+    shape = run_shape(method, classes.total if classes is not None else None, distributed)
     prior = shape.prior_preservation
     fit = judge(family, method, settings, gpus, shape=shape)
     smallest = gpus.smallest
@@ -172,6 +208,8 @@ def make_plan(config: Any, scan: Any, gpus: Any, price_per_gpu_hour: float | Non
         images_per_second_per_gpu=images_per_second(family, method, settings, smallest, int(schedule["gradient_accumulation"])),
         configured_processes=int(distributed["num_processes"]) * int(distributed["num_machines"]),
         price_per_gpu_hour=price_per_gpu_hour,
+        class_images=classes,
+        class_image_s=sample_seconds_per_image(family, settings, smallest, GENERATE_STEPS),
     )
     _explain(plan, scan, gpus, fit, shape)
     plan.warnings += placeholder_warnings(config, scan)
@@ -260,12 +298,13 @@ def _explain(plan: Plan, scan: Any, gpus: Any, fit: Any, shape: RunShape) -> Non
             f"processes {batch} + {batch} images per batch; the batch doubles, the step count does not "
             f"(class loss weight {float(settings['prior_loss_weight']):g})"
         )
-        if scan.reg_images < scan.items_per_epoch:
-            plan.notes.append(
-                f"{scan.reg_images} class images for {scan.items_per_epoch} instance items per epoch: class images are reused in turn"
-            )
+        if plan.class_images is not None:
+            plan.notes.append(describe(plan.class_images, plan.generate_s(plan.configured_processes)))
     elif plan.method == "dreambooth":
-        plan.notes.append("dreambooth without class images: no prior preservation; add a class folder (--reg DIR) to keep the class from drifting")
+        plan.notes.append(
+            "dreambooth without class images: no prior preservation; add a class folder (--reg DIR) or set method.class_prompt "
+            "to generate class images, to keep the class from drifting"
+        )
     if reg_subsets and not plan.prior_preservation:
         plan.warnings.append(
             f"{len(reg_subsets)} regularisation subset(s) are ignored by {plan.method}; leave --reg out or train dreambooth or lora for prior preservation"

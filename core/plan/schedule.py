@@ -11,7 +11,10 @@ agree by construction:
   ``ceil(batches / world)`` of them;
 * an optimizer step happens every ``accumulation`` batches and at the end of the epoch
   (as accelerate's gradient accumulation does), so an epoch has
-  ``ceil(batches_per_rank / accumulation)`` steps.
+  ``ceil(batches_per_rank / accumulation)`` steps;
+* the images a run sees (:func:`images_consumed`) are the items of the batches the ranks
+  really take: the padding batches count, a bucket's short last batch counts short, and a
+  run that stops inside an epoch counts that epoch's first steps only.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -67,6 +71,34 @@ def optimizer_step_due(batch_index: int, batches_in_epoch: int, accumulation: in
     return (batch_index + 1) % accumulation == 0 or batch_index + 1 == batches_in_epoch
 
 
+def images_consumed(counts: Mapping[object, int], batch_size: int, world: int, accumulation: int, total_steps: int, seed: int = 0) -> int:
+    """Images (items) the trainer's loader yields over ``total_steps`` optimizer steps on ``world`` ranks.
+
+    Rank ``r`` takes ``padded[r::world]``, so the first ``k`` batches of every rank are
+    ``padded[:k * world]``; an epoch cut short after ``s`` steps takes ``s × accumulation``
+    batches per rank. With every batch full (batch size 1, or buckets that divide evenly) this
+    is ``batches × batch_size``; otherwise the batch sizes of each epoch's shuffled order count.
+    """
+    spe = steps_per_epoch(counts, batch_size, world, accumulation)
+    if spe == 0 or total_steps <= 0:
+        return 0
+    per_rank = batches_per_rank(batches_per_epoch(counts, batch_size), world)
+    full_epochs, rest = divmod(total_steps, spe)
+    taken = [(epoch, per_rank) for epoch in range(full_epochs)] + ([(full_epochs, min(per_rank, rest * accumulation))] if rest else [])
+    if all(n % batch_size == 0 for n in counts.values()):
+        return sum(k for _, k in taken) * world * batch_size
+    key = tuple(sorted(((repr(b), n) for b, n in counts.items() if n > 0)))
+    return sum(sum(_padded_sizes(key, batch_size, world, seed, epoch)[: k * world]) for epoch, k in taken)
+
+
+@lru_cache(maxsize=256)
+def _padded_sizes(key: tuple[tuple[str, int], ...], batch_size: int, world: int, seed: int, epoch: int) -> tuple[int, ...]:
+    """The sizes of one epoch's batches in the order the ranks take them, padding included."""
+    sizes = [len(batch) for batch in epoch_batches({name: range(n) for name, n in key}, batch_size, seed, epoch)]
+    padded = sizes + [sizes[i % len(sizes)] for i in range(batches_per_rank(len(sizes), world) * world - len(sizes))]
+    return tuple(padded)
+
+
 @dataclass(frozen=True)
 class ScheduleRow:
     """What a run looks like on ``gpus`` GPUs."""
@@ -86,20 +118,20 @@ def schedule_row(
     gpus: int,
     epochs: int,
     max_steps: int = 0,
+    seed: int = 0,
 ) -> ScheduleRow:
-    """One row of the GPU-count table.
+    """One row of the GPU-count table (``seed``: the run's, which orders the batches).
 
-    Epoch mode (``max_steps == 0``): the images seen stay ``epochs × items`` whatever the GPU
-    count, so more GPUs mean fewer steps. Step mode: the step count is fixed, so epochs and
-    images seen grow with the GPU count.
+    Epoch mode (``max_steps == 0``): the images seen stay about ``epochs × items`` whatever the
+    GPU count (more only by the batches that pad the ranks to equal shares), so more GPUs mean
+    fewer steps. Step mode: the step count is fixed, so epochs and images seen grow with the
+    GPU count. Images seen are :func:`images_consumed`, what the trainer really takes.
     """
-    items = sum(counts.values())
     spe = steps_per_epoch(counts, batch_size, gpus, accumulation)
     effective = batch_size * gpus * accumulation
-    if max_steps > 0:
-        run_epochs = max_steps / spe if spe else 0.0
-        return ScheduleRow(gpus, effective, spe, round(run_epochs, 3), max_steps, int(round(run_epochs * items)))
-    return ScheduleRow(gpus, effective, spe, float(epochs), spe * epochs, items * epochs)
+    total = max_steps if max_steps > 0 else spe * epochs
+    run_epochs = round(max_steps / spe, 3) if max_steps > 0 and spe else (0.0 if max_steps > 0 else float(epochs))
+    return ScheduleRow(gpus, effective, spe, run_epochs, total, images_consumed(counts, batch_size, gpus, accumulation, total, seed))
 
 
 def warmup_steps(total_steps: int, warmup: int | float) -> int:

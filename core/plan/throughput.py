@@ -18,6 +18,8 @@ from core.settings import resolve
 
 #: VAE encoder forward, TFLOPs per 512×512 image (same architecture for all families).
 VAE_ENCODE_TFLOPS_512 = 1.1
+#: VAE decoder forward, TFLOPs per 512×512 image (the decoder is about twice the encoder).
+VAE_DECODE_TFLOPS_512 = 2.5
 #: Share of the dense tensor peak the matmuls and convolutions reach at a saturating batch.
 MATMUL_EFFICIENCY = 0.5
 #: FLOPs per byte of memory traffic over a whole training step (GroupNorm, SiLU, residual
@@ -124,3 +126,21 @@ def memory_bandwidth(gpu: Any) -> float:
     model = gpu if hasattr(gpu, "bandwidth_gbs") else getattr(gpu, "model", None)
     gbps = float(getattr(model, "bandwidth_gbs", 0) or 0)
     return gbps * 1e9 if gbps else (dense_tflops(gpu, "fp16") or 30.0) * BANDWIDTH_PER_TFLOPS
+
+
+def sample_seconds_per_image(family: str, settings: dict[str, Any], gpu: Any, steps: int, guidance: bool = True) -> float | None:
+    """Seconds one GPU takes to render one image at the training resolution (a sample, a class
+    image): ``steps`` denoiser forwards (two with classifier-free ``guidance``), the text encoders
+    once, the VAE decoder once; None without a known GPU."""
+    if gpu is None or family not in FAMILIES:
+        return None
+    settings = resolve("settings", settings)
+    tflops = dense_tflops(gpu, str(settings["mixed_precision"]))
+    if not tflops:
+        return None
+    resolution = int(settings["resolution"])
+    family_spec = spec(family)
+    forward = family_spec.denoiser_tflops * (resolution / family_spec.native_resolution) ** 2
+    flops = (forward * steps * (2 if guidance else 1) + family_spec.text_encoder_tflops + VAE_DECODE_TFLOPS_512 * (resolution / 512) ** 2) * 1e12
+    seconds_per_flop = 1 / (tflops * 1e12 * MATMUL_EFFICIENCY) + 1 / (ARITHMETIC_INTENSITY * memory_bandwidth(gpu))
+    return flops * seconds_per_flop / batch_efficiency(family, settings)

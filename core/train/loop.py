@@ -23,6 +23,7 @@ import os
 import random
 import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -33,10 +34,10 @@ from core.plan import schedule
 from core.runs import RunDir
 
 from . import startup, trackers
-from .control import PAUSE_POLL_S, ControlPoller, Polled
+from .control import PAUSE_POLL_S, ControlPoller, ControlReader, Polled
 from .disk import DiskFull, Reserve
 from .metrics import EventHandler, MetricsWriter, ProgressLog, memory_sample
-from .phases import Phases
+from .phases import Phases, StartupStopped
 from .progress import Progress
 from .saving import Saver
 from .session import Accel, Session
@@ -64,7 +65,8 @@ class Trainer:
         self.attempt = attempt
         self.weights_hash = weights_hash
         self.started = False
-        self.stop_signal = False
+        #: Set by SIGTERM; an Event, so that the start-up's stop check holds it and not the trainer.
+        self.signalled = threading.Event()
         self.folder_lock: Any = None
         self.reserve = Reserve(self.run.path / ".reserve")
         self.config: Any = None
@@ -76,6 +78,7 @@ class Trainer:
         self.heartbeat = Heartbeat(self.run.heartbeat, enabled=False)
         self.phases = Phases(self.status, self.metrics, enabled=False)
         self.progress_log = ProgressLog(0, enabled=False)
+        self.control: ControlReader | None = None
         self._status_at = 0.0
         self.log_every = 1
 
@@ -91,11 +94,14 @@ class Trainer:
             self.reserve.make()
         self.metrics = MetricsWriter(self.run.metrics, enabled=is_main)
         self.status = StatusFile(self.run.path, enabled=is_main)
-        self.heartbeat = Heartbeat(self.run.heartbeat, enabled=is_main)
         self.phases = Phases(self.status, self.metrics, enabled=is_main)
+        self.heartbeat = Heartbeat(self.run.heartbeat, enabled=is_main, tick=self.phases.tick)
+        recorded = self.status.read()
+        control = self.control = startup.control_reader(self.run, self.attempt, recorded)
+        self.phases.should_stop = startup.stop_check(control, self.signalled.is_set, time.monotonic)
         with self.heartbeat.busy():
-            self.session, self.progress, control = startup.build_session(
-                self.config, accel, self.run, self.attempt, self.metrics, self.status, self.phases, started_at, session_id,
+            self.session, self.progress = startup.build_session(
+                self.config, accel, self.run, self.attempt, self.metrics, self.status, self.phases, started_at, session_id, control, recorded,
             )
         self.progress_log = ProgressLog(self.progress.total_steps, enabled=is_main)
         self.stepper = Stepper(self.session, self.progress)
@@ -203,7 +209,7 @@ class Trainer:
 
     def _control(self, pending: list) -> str | None:
         """Carry out the agreed control requests at a step boundary; ``"stopped"`` ends the run."""
-        polled = self.poller.poll(self.stop_signal)
+        polled = self.poller.poll(self.signalled.is_set())
         actions = polled.actions
         if not actions:
             return None
@@ -214,7 +220,7 @@ class Trainer:
             self.metrics.event(f"paused at step {self.progress.step}")
             while "resume" not in actions and "stop" not in actions:
                 time.sleep(PAUSE_POLL_S)
-                polled = self.poller.poll(self.stop_signal)
+                polled = self.poller.poll(self.signalled.is_set())
                 actions = polled.actions
                 if actions:
                     self._carry_out(polled)
@@ -281,7 +287,7 @@ def main(run_dir: str, attempt: str = "", weights_hash: Path | None = None) -> i
     trainer = Trainer(run_dir, attempt, weights_hash)
 
     def on_term(signum: int, _frame: Any) -> None:
-        trainer.stop_signal = True
+        trainer.signalled.set()
 
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
@@ -290,6 +296,10 @@ def main(run_dir: str, attempt: str = "", weights_hash: Path | None = None) -> i
     except NotOwner as exc:
         print(f"sdtui-train: {exc}", file=sys.stderr)
         return 3
+    except StartupStopped as exc:
+        if trainer.accel is None or trainer.accel.acc.is_main_process:
+            _record_startup_stop(trainer, str(exc))
+        return 0
     except Exception as exc:  # noqa: BLE001 - every failure is recorded with its sentence
         if isinstance(exc, DiskFull):
             trainer.reserve.release()
@@ -313,6 +323,22 @@ def main(run_dir: str, attempt: str = "", weights_hash: Path | None = None) -> i
             trainer.folder_lock.close()
         _end_process_group()
     return 0 if state in ("finished", "stopped") else 1
+
+
+def _record_startup_stop(trainer: Trainer, message: str) -> None:
+    """A stop during start-up: status.json ``stopped`` (its requests acknowledged), train.log and the
+    metrics' last lines say where it stopped and that what was cached is kept; nothing to save yet."""
+    print(f"sdtui-train: {message}", flush=True)
+    ack: dict[str, Any] = {}
+    control = trainer.control
+    requests = [r for r in control.pending() if r["action"] == "stop"] if control is not None else []
+    if control is not None and requests:
+        for request in requests:
+            control.mark_done(request)
+        ack = {"control_ack": {"id": requests[-1]["id"], "action": "stop", "at": now()}, "control_done": control.done}
+    trainer.status.update(state="stopped", phase=None, note=message, ended_at=now(), **ack)
+    trainer.metrics.event(message)
+    trainer.metrics.end("stopped", step=trainer.progress.step)
 
 
 def _record_failure(trainer: Trainer, error: str, hint: str) -> None:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,7 +90,7 @@ def render_samples(
     step: int,
     out_dir: str | Path,
     device: Any = "cpu",
-    dtype: Any = None,
+    autocast: Callable[[], AbstractContextManager[Any]] = nullcontext,
     default_size: int = 512,
     seed: int = 0,
     unet: Any = None,
@@ -103,9 +103,10 @@ def render_samples(
 
     ``unet``/``text_encoders`` may be the training-wrapped modules of ``components``. A prompt without ``--d`` uses ``seed`` +
     its index; without ``--ss`` it uses ``sampler``. ``clip_skip`` is kohya's (the text
-    layer the run trains with). Runs in eval mode under ``no_grad`` with autocast to ``dtype``
-    on CUDA and restores train mode and devices after. Raises :class:`SampleError` naming
-    the prompt.
+    layer the run trains with). Runs in eval mode under ``no_grad`` and ``autocast()``, the
+    context the training steps run in (the accelerator's, so bf16 and fp16 runs sample in their
+    precision on the CPU and the GPU), and restores train mode and devices after. Raises
+    :class:`SampleError` naming the prompt.
     """
     import torch
 
@@ -115,7 +116,6 @@ def render_samples(
     device = torch.device(device)
     parsed = [parse_prompt_line(line, width=default_size, height=default_size) for line in prompts]
     wanted = list(indices) if indices is not None else list(range(len(parsed)))
-    autocast = torch.autocast(device.type, dtype=dtype) if device.type == "cuda" and dtype in (torch.float16, torch.bfloat16) else nullcontext()
     results: list[SampleResult] = []
     with _inference_mode([unwrap(m) for m in _pipeline_modules(pipe, components.spec)], device):
         for index in wanted:
@@ -124,7 +124,7 @@ def render_samples(
             try:
                 pipe.scheduler = sampler_scheduler(prompt.sampler or sampler, base_scheduler)
                 text, skip = family_runtime.sample_text(pipe, prompt.prompt, prompt.negative, clip_skip)
-                with autocast:
+                with autocast():
                     image = pipe(
                         **text,
                         width=prompt.width,

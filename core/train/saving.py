@@ -224,7 +224,7 @@ class Saver:
                 prompts = [line.replace(ti.placeholder, " ".join(ti.tokens)) for line in prompts]
             with self._eval_weights(), self._ema_weights():
                 written = render_samples(
-                    session.components, prompts, step, self.run.samples, session.device, session.accel.weight_dtype,
+                    session.components, prompts, step, self.run.samples, session.device, session.acc.autocast,
                     default_size=int(session.settings["resolution"]), seed=int(session.sched["seed"]),
                     unet=session.denoiser(), text_encoders=session.text_encoders(),
                     sampler=session.config.section("samples")["sampler"], clip_skip=int(session.settings["clip_skip"]),
@@ -237,12 +237,20 @@ class Saver:
                     "sample", step=step, prompt_index=result.prompt_index, prompt=session.config.prompts[result.prompt_index],
                     path=str(Path(result.path).relative_to(self.run.path)),
                 )
+            self.status.update(sample_error=None)
         except Exception as exc:  # noqa: BLE001 - a sample (even out of memory) must never end the run
             import torch
 
             if session.device.type == "cuda":
                 torch.cuda.empty_cache()
-            self.metrics.event(f"sampling at step {step} failed ({type(exc).__name__}: {first_line(exc)}); training continues", "warning")
+            self._sample_failed(f"sampling at step {step} failed ({type(exc).__name__}: {first_line(exc)}); training continues")
+
+    def _sample_failed(self, message: str) -> None:
+        """A failed sample where the user looks: status.json ``sample_error`` (the dashboard's notice
+        line and ``sdtui status``, cleared by the next sample that renders), train.log and metrics."""
+        self.status.update(sample_error=message)
+        print(f"sdtui-train: warning: {message}", flush=True)
+        self.metrics.event(message, "warning")
 
 
 def epochs_trained(step: int, steps_per_epoch: int) -> int:

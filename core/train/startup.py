@@ -11,9 +11,10 @@ from typing import Any
 from core.errors import UserError
 from core.families import text_encoder_names
 from core.plan import schedule
+from core.plan.class_images import class_images
 from core.runfiles import integer, number
 from core.runs import RunDir
-from core.settings import optimizer_notes, optimizer_rule_warnings
+from core.settings import FP16_NEEDS_A_GPU, optimizer_notes, optimizer_rule_warnings
 
 from . import checkpoint as ckpt
 from .batches import Batches
@@ -50,8 +51,7 @@ def start_accelerator(config: Any, run: RunDir) -> Accel:
     precision = settings["mixed_precision"]
     cuda = torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true", "yes")
     if not cuda and precision == "fp16":
-        precision = "bf16" if _cpu_bf16_ok() else "no"
-        notes.append(f"mixed_precision fp16 needs a GPU; training on the CPU with {precision} instead")
+        raise UserError(FP16_NEEDS_A_GPU)
     if cuda and precision == "bf16" and not torch.cuda.is_bf16_supported():
         precision = "fp16"
         notes.append("this GPU has no bf16; training with fp16 mixed precision (loss scaling) instead")
@@ -92,15 +92,42 @@ def own_folder(run: RunDir, attempt: str) -> Any:
     return held
 
 
+def control_reader(run: RunDir, attempt: str, recorded: dict[str, Any]) -> ControlReader:
+    """The reader of this attempt's control.json requests (``recorded``: status.json as start-up found it)."""
+    since = number(recorded.get("started_at")) or 0.0  # no supervisor: every request without an attempt id
+    return ControlReader(run.control_json, recorded.get("control_done"), attempt=attempt, since=since)
+
+
+#: Seconds between two reads of control.json while start-up checks for a stop between items.
+STOP_CHECK_S = 0.5
+
+
+def stop_check(control: ControlReader, signalled: Callable[[], bool], clock: Callable[[], float]) -> Callable[[], bool]:
+    """``should_stop()`` for the start-up phases: SIGTERM, or a stop request in control.json (read at
+    most every STOP_CHECK_S; a stop found stays found)."""
+    state = {"at": -1e9, "stop": False}
+
+    def should_stop() -> bool:
+        if signalled() or state["stop"]:
+            return True
+        now = clock()
+        if now - state["at"] >= STOP_CHECK_S:
+            state["at"] = now
+            state["stop"] = any(r["action"] == "stop" for r in control.pending())
+        return bool(state["stop"])
+
+    return should_stop
+
+
 def build_session(
     config: Any, accel: Accel, run: RunDir, attempt: str, metrics: MetricsWriter, status: StatusFile, phases: Phases,
-    started_at: float, session_id: int,
-) -> tuple[Session, Progress, ControlReader]:
+    started_at: float, session_id: int, control: ControlReader, recorded: dict[str, Any],
+) -> tuple[Session, Progress]:
     """Record the attempt, load and configure the model, build data, optimizer and schedule, then
-    resume from the newest checkpoint: the session, where the run stands, and its control reader."""
+    resume from the newest checkpoint: the session and where the run stands (``recorded``: status.json
+    as start-up found it)."""
     import torch
 
-    recorded = status.read()
     latest = run.latest_checkpoint()
     metrics.write("attempt", attempt=integer(recorded.get("attempt"), 1) or 1, id=attempt or None, resume_step=int(latest.name[5:]) if latest else 0)
     status.update(state="starting", trainer_pids=_pids(accel), error=None, hint=None)
@@ -122,11 +149,9 @@ def build_session(
     phases.end()
     data = build_data(config, accel, model, run, metrics, phases)
     optim, progress = build_optimizer(config, accel, model, data, metrics)
-    since = number(recorded.get("started_at")) or 0.0  # no supervisor: every request without an attempt id
-    control = ControlReader(run.control_json, recorded.get("control_done"), attempt=attempt, since=since)
     session = Session(config, config.settings, config.schedule, str(config.method), accel, model, data, optim, started_at, session_id)
     resume(session, progress, run, metrics)
-    return session, progress, control
+    return session, progress
 
 
 def _load_dtypes(config: Any, accel: Accel) -> dict[str, Any]:
@@ -235,13 +260,18 @@ def build_data(config: Any, accel: Accel, model: Model, run: RunDir, metrics: Me
     c = model.components
     device = accel.device
     class_prompt = config.section("method")["class_prompt"]
-    if str(config.method) == "dreambooth" and class_prompt.strip() and int(s["class_images_per_instance"]) > 0:
-        from .class_images import prepare_class_images
+    from .class_images import generated_class_images, prepare_class_images
 
-        metrics.event(f"preparing class images for prior preservation ('{class_prompt}'); missing ones are generated now")
-        phases.start("class_images", int(s["class_images_per_instance"]) * len(train_data.items), "images")
+    made = len(generated_class_images(run.path))  # by an earlier start of this run
+    need = class_images(str(config.method), s, class_prompt, len(train_data.class_items), len(train_data.items), made)
+    if need.generates:
+        metrics.event(
+            f"class images for prior preservation ('{class_prompt}'): {need.wanted} wanted, {need.given} given, {made} generated before, "
+            f"{need.to_generate} to generate now (settings.generate_class_images = false uses the given ones only)"
+        )
+        phases.start("class_images", need.wanted, "images")
         ready = prepare_class_images(
-            c, train_data, run.path, class_prompt, int(s["class_images_per_instance"]), device, accel.weight_dtype,
+            c, train_data, run.path, class_prompt, need.wanted, device, accel.acc.autocast,
             seed=int(config.schedule["seed"]), progress=phases.advance, rank=accel.rank, world=accel.world, barrier=accel.acc.wait_for_everyone,
         )
         phases.end(len(ready))
@@ -401,14 +431,3 @@ def _place(module: Any, device: Any, dtype: Any) -> None:
         module.to(device)
     else:
         module.to(device, dtype=dtype)
-
-
-def _cpu_bf16_ok() -> bool:
-    import torch
-
-    try:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            torch.ones(2, 2) @ torch.ones(2, 2)
-        return True
-    except RuntimeError:
-        return False

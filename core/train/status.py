@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -43,9 +44,11 @@ class Heartbeat:
     """Touches the run's ``heartbeat`` file while the trainer is busy between steps (loading,
     saving, sampling), so a long save is not taken for a stall; a stopped or hung process stops it."""
 
-    def __init__(self, path: str | os.PathLike[str], enabled: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike[str], enabled: bool = True, tick: Callable[[], None] | None = None) -> None:
         self.path = Path(path)
         self.enabled = enabled
+        #: Called after each beat (the start-up phases' progress rides on the heartbeat's clock).
+        self.tick = tick
         self._depth = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -82,6 +85,11 @@ class Heartbeat:
     def _run(self) -> None:
         while True:
             self.beat()
+            if self.tick is not None:
+                try:
+                    self.tick()
+                except Exception as exc:  # noqa: BLE001 - a progress report must never end the heartbeat
+                    print(f"sdtui-train: the start-up progress report failed ({type(exc).__name__}: {first_line(exc)})", file=sys.stderr)
             if self._stop.wait(HEARTBEAT_S):
                 return
 

@@ -15,7 +15,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
 from core.errors import UserError
-from core.runs import LIVE_STATES, has_state
+from core.runs import LIVE_STATES, has_state, phase_text
 from tui.format import GIB, bar, break_lines, duration, gib, number, terminal_lines
 from tui.run_view import RunView
 from tui.sources import gpu_rows, total_steps, vram_text
@@ -183,10 +183,13 @@ class DashboardScreen(Screen):
         self._put("#state", state_text)
         error = self.query_one("#error", Static)
         problem = self.run.status_problem
-        error.display = state in ("failed", "lost", "stalled") or bool(problem)
-        if error.display:
+        sample_error = status.get("sample_error")
+        error.display = state in ("failed", "lost", "stalled") or bool(problem) or bool(sample_error)
+        if state in ("failed", "lost", "stalled") or problem:
             message, hint = problem_text(state, status, problem, self.run.path.name)
             self._put("#error", Text.assemble(("Error: ", "bold red"), message, "\n", ("Fix: ", "bold"), hint))
+        elif sample_error:
+            self._put("#error", Text.assemble(("Samples: ", "bold yellow"), str(sample_error), "\n", ("Fix: ", "bold"), SAMPLE_ERROR_HINT))
         self._show_outputs(outputs)
         if changed:
             self.chart_pending = True
@@ -349,25 +352,15 @@ class DashboardScreen(Screen):
         self.app.push_screen(SampleGridScreen(self.run.path, self.view.samples))
 
 
+#: What to do about a sample that failed to render (the run trains on).
+SAMPLE_ERROR_HINT = "training goes on without samples; fix the cause, then press m to render them again"
+
+
 def text_shape(text: Text, width: int = 0) -> tuple[int, ...]:
     """The cell width of each line, or with a fixed ``width`` the rows each line wraps to: when it is
     unchanged, new text needs no layout pass (a widget of fixed width only changes with its rows)."""
     lines = text.split("\n")
     return tuple(-(-line.cell_len // width) or 1 for line in lines) if width > 0 else tuple(line.cell_len for line in lines)
-
-
-def phase_text(phase: dict[str, Any]) -> str:
-    """A start-up phase from status.json as the user reads it: ``caching latents 312/1000 images, 40s left``."""
-    text = str(phase.get("label") or phase.get("name") or "starting")
-    done, total = phase.get("done"), phase.get("total")
-    if isinstance(total, int) and total > 0 and isinstance(done, int):
-        text += f" {done}/{total}" + (f" {phase['unit']}" if phase.get("unit") else "")
-    eta = phase.get("eta_s")
-    if isinstance(eta, (int, float)):
-        text += f", {duration(eta)} left"
-    elif isinstance(phase.get("elapsed_s"), (int, float)):
-        text += f" ({duration(phase['elapsed_s'])} so far)"
-    return text
 
 
 def phase_progress(phase: dict[str, Any]) -> tuple[int | None, int]:

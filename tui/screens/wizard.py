@@ -243,13 +243,16 @@ class WizardScreen(Screen):
             self.launch(path)
 
     @work(thread=True, exclusive=True, group="launch")
-    def launch(self, path: Path) -> Any:
+    def launch(self, path: Path, allow_concurrent: bool = False) -> Any:
         """Start the detached run (validation and preflight can take a moment); the result comes back
-        as this worker's state change, handled on the UI thread (``on_worker_state_changed``)."""
-        from core.launch.start import start_run
+        as this worker's state change, handled on the UI thread (``on_worker_state_changed``). A live
+        run of the same config comes back as ``AlreadyLive``: the user is asked before a second starts."""
+        from core.launch.start import ConcurrentRun, start_run
 
         try:
-            return start_run(path, self.app.context.runs_dir, [])
+            return start_run(path, self.app.context.runs_dir, [], allow_concurrent=allow_concurrent)
+        except ConcurrentRun as exc:
+            return AlreadyLive(str(exc), exc.run_id, path)
         except UserError as exc:
             return LaunchFailed(str(exc))
         except Exception as exc:  # noqa: BLE001 - shown with the way out instead of ending the app
@@ -259,12 +262,30 @@ class WizardScreen(Screen):
         if event.worker.group != "launch" or event.state not in (WorkerState.SUCCESS, WorkerState.ERROR):
             return
         result = event.worker.result if event.state == WorkerState.SUCCESS else LaunchFailed(f"the launch failed ({event.worker.error})")
+        if isinstance(result, AlreadyLive):
+            self.ask_concurrent(result)
+            return
         if isinstance(result, LaunchFailed):
             self.launching = False
             self.query_one("#launch", Button).disabled = False
             self.notify(result.message, severity="error", timeout=15)
             return
         self.launched(result)
+
+    def ask_concurrent(self, live: AlreadyLive) -> None:
+        """A run of the same config is live on the same GPUs: launch a second one only when the user says so."""
+        from tui.widgets.confirm import ConfirmScreen
+
+        def answered(second: bool | None) -> None:
+            if second:
+                self.launch(live.path, allow_concurrent=True)
+                return
+            self.launching = False
+            self.query_one("#launch", Button).disabled = False
+            self.notify(f"Not launched: run {live.run_id} of this config is still live; its dashboard is on home.", timeout=8)
+
+        question = f"Run {live.run_id} of the same config is live on the same GPUs (two runs share their memory and may both run out). Start a second one beside it?"
+        self.app.push_screen(ConfirmScreen(question, yes="Launch a second", no="Cancel", danger=True), answered)
 
     def launched(self, run: Any) -> None:
         """The run is detached: the wizard is done, its dashboard takes this screen's place."""
@@ -281,6 +302,15 @@ class LaunchFailed:
     """Why a launch did not start (the sentence for the notification)."""
 
     message: str
+
+
+@dataclass(frozen=True)
+class AlreadyLive:
+    """The launch found a live run of the same config (``run_id``); ``path`` is the saved config to launch anyway."""
+
+    message: str
+    run_id: str
+    path: Path
 
 
 def new_state(context: Any) -> WizardState:

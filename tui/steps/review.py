@@ -28,6 +28,7 @@ class ReviewStep(Step):
         yield Static("run.toml", classes="subtitle")
         yield TextArea(id="toml", read_only=True, show_line_numbers=True)
         yield Static("Launch runs, detached (it survives this terminal):", classes="subtitle")
+        yield Static("", id="launch-note")
         yield Static("", id="command")
 
     auto_name: str | None = None
@@ -75,6 +76,9 @@ class ReviewStep(Step):
         from core.config import config_text
 
         toml.text = config_text(config, self.state.config_path or "run.toml")
+        note, text = self.query_one("#launch-note", Static), self.state.launch_note()
+        note.update(text)
+        note.display = bool(text)
         command.update(self.command_text(config))
 
     def command_text(self, config: object) -> str:
@@ -83,7 +87,7 @@ class ReviewStep(Step):
         from core.launch.command import format_command, launch_command, launch_env
 
         path = self.state.config_path or "run.toml"
-        use_cpu = self.state.gpus.count == 0
+        use_cpu = self.state.machine_gpus().count == 0
         try:
             accel = accelerate_config(config.distributed, config.settings.get("mixed_precision", "no"), use_cpu)
         except UserError as exc:
