@@ -11,22 +11,42 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from pathlib import Path
+from typing import Any
 
 _NAME = re.compile(r"^step-(\d+)$")
 
 
+def read_state(path: Path) -> dict[str, Any]:
+    """A checkpoint folder's ``state.json`` ({} when missing or damaged)."""
+    from core.runfiles import load_json_object
+
+    return load_json_object(path / "state.json")[0]
+
+
 def checkpoints(folder: str | os.PathLike[str]) -> list[Path]:
-    """Complete checkpoint folders, oldest first."""
+    """Complete checkpoint folders, oldest first: ``step-N`` whose state.json says step N (a
+    folder planted, renamed or left half-copied by hand is not the run's and is never listed)."""
     root = Path(folder)
     if not root.is_dir():
         return []
     found = []
     for child in root.iterdir():
         match = _NAME.match(child.name)
-        if match and child.is_dir() and (child / "state.json").is_file():
+        if match and child.is_dir() and read_state(child).get("step") == int(match.group(1)):
             found.append((int(match.group(1)), child))
     return [path for _, path in sorted(found)]
+
+
+def remove_unfinished(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the ``.tmp-step-N`` folders a killed save left behind (only the trainer that owns the
+    run folder calls this, before its first save); return what was deleted."""
+    root = Path(folder)
+    gone = [child for child in root.glob(".tmp-step-*") if child.is_dir()] if root.is_dir() else []
+    for child in gone:
+        shutil.rmtree(child, ignore_errors=True)
+    return gone
 
 
 def latest(folder: str | os.PathLike[str]) -> Path | None:

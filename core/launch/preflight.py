@@ -20,6 +20,7 @@ from core.errors import UserError
 from core.families import spec
 from core.launch.accelerate_config import parse_gpu_ids
 from core.memory.data import params
+from core.units import size
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 #: Optimizer state bytes per trained fp32 parameter byte (AdamW: two fp32 moments …).
@@ -172,7 +173,7 @@ def check_disk(folder: Path, needed: int) -> None:
     free = shutil.disk_usage(folder).free
     if free < needed:
         raise UserError(
-            f"the disk of {folder} has {free / GB:.2f} GiB free but the run will write about {needed / GB:.2f} GiB of checkpoints and outputs; "
+            f"the disk of {folder} has {size(free)} free but the run will write about {size(needed)} of checkpoints and outputs; "
             "free some space, lower schedule.keep_checkpoints or pass another --runs-dir"
         )
 
