@@ -297,8 +297,11 @@ def _mtime(path: Path, default: float | None = None) -> float:
 
 
 def plan_row(plan_json: Path) -> dict[str, Any]:
-    """plan.json's schedule row for the GPU count it was made for ({} when unknown or damaged)."""
+    """plan.json's schedule row of the run (``run``: the row for the processes it was launched with;
+    in older files the row for its GPU count); {} when unknown or damaged."""
     plan, _ = load_json_object(plan_json)
+    if isinstance(plan.get("run"), dict):
+        return plan["run"]
     count = integer((plan.get("gpu") if isinstance(plan.get("gpu"), dict) else {}).get("count"), 1)
     rows = plan.get("schedule") if isinstance(plan.get("schedule"), list) else []
     return next((r for r in rows if isinstance(r, dict) and integer(r.get("gpus")) == count), {})
