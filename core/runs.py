@@ -152,7 +152,7 @@ class RunDir:
             since = number(status.get("updated_at")) or number(status.get("created_at")) or _mtime(self.path)
             if time.time() - since < _START_GRACE_S:
                 return state
-        return LOST
+        return "finished" if self.finished_by_evidence(integer(status.get("total_steps"))) else LOST
 
     @property
     def state(self) -> str:
@@ -218,7 +218,7 @@ class RunDir:
         elif owned:
             state = "running"
         else:
-            state = "finished" if checkpoint and self._finished_by(checkpoint, saved, total) else LOST
+            state = "finished" if self.finished_by_evidence(total) else LOST
         rebuilt: dict[str, Any] = {
             "state": state,
             "run_id": self.id,
@@ -248,8 +248,17 @@ class RunDir:
             rebuilt["trainer_pids"] = [r for r in holders if str(r.get("role", "")).startswith("trainer")]
         return rebuilt
 
-    def _finished_by(self, checkpoint: Path, saved: dict[str, Any], total: int) -> bool:
-        """True when ``checkpoint`` is the run's last step and output/ holds the outputs written with it."""
+    def finished_by_evidence(self, total: int = 0) -> bool:
+        """True when the newest checkpoint is the run's last step (of ``total``, else of plan.json or
+        the checkpoint's own record) and output/ holds the outputs written with it: the run finished,
+        whatever its status.json says (killed between its last save and its final state, damaged)."""
+        from core.checkpoints import read_state
+
+        checkpoint = self.latest_checkpoint()
+        if checkpoint is None:
+            return False
+        saved = read_state(checkpoint)
+        total = total or plan_total(self.plan_json) or integer(saved.get("total_steps"))
         step = integer(saved.get("step"))
         if not total or step < total or integer(saved.get("total_steps"), total) > step:
             return False

@@ -206,3 +206,27 @@ def test_disk_messages_name_the_reserve_and_use_a_unit_that_shows_the_number(tmp
 
     message = str(DiskFull(tmp_path, 1_150_000, 100_000, "the output"))
     assert "(1.10 MiB free, the output needs 97.7 KiB plus 1.00 MiB kept free for the final status and log lines)" in message
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("ddp")
+def test_two_processes_encode_damaged_latent_and_text_entries_again_and_train_on_every_image(tmp_path, tiny_models, kohya_dataset):
+    from tests.train_helpers import launch
+
+    cache = tmp_path / "cache"
+    data = kohya_dataset(((1, "sks dog", 6),))
+    settings = {"cache_latents": True, "cache_text_encoder_outputs": True}
+    first = make_run(tmp_path / "first", tiny_models("sd1"), data, settings=settings, schedule={"max_steps": 1, "epochs": 0}, processes=2)
+    assert launch(first, 2, env={"XDG_CACHE_HOME": str(cache)}).returncode == 0
+    for kind in ("latents", "text"):
+        damage(sorted((cache / "sdtui" / kind).rglob("*.safetensors")))
+    second = make_run(tmp_path / "second", tiny_models("sd1"), data, settings=settings, schedule={"max_steps": 1, "epochs": 0}, processes=2)
+
+    result = launch(second, 2, env={"XDG_CACHE_HOME": str(cache)})
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    done = {p["phase"]: p for p in metrics(second, "phase") if p["state"] == "done"}
+    assert done["cache_latents"]["entries"] == 6 and done["cache_text"]["entries"] == len(distinct_captions(_items(data)))
+    assert not [e for e in metrics(second, "event") if "skipping" in e.get("message", "")]
+    for kind in ("latents", "text"):
+        assert all(p.stat().st_size > 64 for p in (cache / "sdtui" / kind).rglob("*.safetensors"))
