@@ -230,7 +230,7 @@ class RunDir:
             "total_steps": total,
             "steps_per_epoch": integer(plan.get("steps_per_epoch")) or integer((attempt or {}).get("steps_per_epoch")),
             "world_size": integer(plan.get("gpus")) or integer(saved.get("world")),
-            "attempt": integer((attempt or {}).get("attempt")) if attempt is not None else 0,
+            "attempt": integer(attempt.get("attempt"), 1) if attempt is not None else 0,
             "attempt_id": (attempt or {}).get("id") if isinstance((attempt or {}).get("id"), str) else None,
             "command": last_command(self.log),
         }
