@@ -53,6 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     resume = sub.add_parser("resume", help="continue a paused run, or restart an ended one from its newest checkpoint")
     _add_run(resume)
+    resume.add_argument("--again", action="store_true", help="resume a finished run anyway, replacing its outputs")
     resume.set_defaults(func=cmd_resume)
 
 
@@ -236,7 +237,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         ask(run, "resume")
         print(f"{run.id}: asked to resume")
         return 0
-    resume_run(run)
+    resume_run(run, again=args.again)
     checkpoint = run.latest_checkpoint()
     where = f"from {checkpoint.name}" if checkpoint else "from the start (no checkpoint yet)"
     print(f"{run.id}: restarted {where}")

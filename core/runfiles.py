@@ -73,19 +73,32 @@ def records(raw: bytes) -> list[dict[str, Any]]:
     return out
 
 
+#: How far back from the end of metrics.jsonl the readers look past damaged bytes for the newest records.
+JUNK_BYTES = 16 * 1024 * 1024
+
+
 def tail_records(path: str | os.PathLike[str], tail_bytes: int = TAIL_BYTES) -> list[dict[str, Any]]:
-    """The complete JSON-object lines in the last ``tail_bytes`` of a JSON-lines file, in file order."""
-    try:
-        with open(path, "rb") as handle:
-            size = handle.seek(0, os.SEEK_END)
-            start = max(0, size - tail_bytes)
-            handle.seek(start)
-            raw = handle.read()
-    except OSError:
-        return []
-    if start > 0:
-        raw = raw[raw.find(b"\n") + 1 :] if b"\n" in raw else b""
-    return records(raw)
+    """The complete JSON-object lines in the last ``tail_bytes`` of a JSON-lines file, in file order.
+
+    When that tail holds no record at all (junk appended to the file, a long damaged line) the
+    window doubles until it does, up to ``JUNK_BYTES``: the newest records before the junk still count.
+    """
+    window = tail_bytes
+    while True:
+        try:
+            with open(path, "rb") as handle:
+                size = handle.seek(0, os.SEEK_END)
+                start = max(0, size - window)
+                handle.seek(start)
+                raw = handle.read()
+        except OSError:
+            return []
+        if start > 0:
+            raw = raw[raw.find(b"\n") + 1 :] if b"\n" in raw else b""
+        found = records(raw)
+        if found or start == 0 or window >= JUNK_BYTES:
+            return found
+        window = min(2 * window, JUNK_BYTES)
 
 
 def current_attempt(found: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:

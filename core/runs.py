@@ -158,7 +158,7 @@ class RunDir:
             since = number(status.get("updated_at")) or number(status.get("created_at")) or _mtime(self.path)
             if time.time() - since < _START_GRACE_S:
                 return state
-        return LOST
+        return "finished" if self.finished_by_evidence(integer(status.get("total_steps"))) else LOST
 
     @property
     def state(self) -> str:
@@ -203,33 +203,74 @@ class RunDir:
 
     def rebuild_status(self) -> dict[str, Any]:
         """The status as the folder shows it when status.json is damaged or empty: the metrics'
-        last lines (attempt, steps, end), the checkpoints, plan.json and the locks."""
+        last lines (attempt, steps, end), the checkpoints and outputs, plan.json, train.log and the locks.
+
+        Every field a live run's status.json holds is rebuilt from the file that holds it too, so the
+        next merge-write keeps them all. A run whose newest checkpoint is its last step and whose
+        outputs were written with it is finished, whatever else was damaged.
+        """
+        from core.checkpoints import read_state
+
         found = tail_records(self.metrics)
         attempt, after = current_attempt(found)
         end = next((r for r in reversed(after) if r.get("type") == "end"), None)
-        step = last_step(found)
+        checkpoint = self.latest_checkpoint()
+        saved = read_state(checkpoint) if checkpoint else {}
+        plan = plan_row(self.plan_json)
+        total = integer((attempt or {}).get("total_steps")) or integer(plan.get("total_steps")) or integer(saved.get("total_steps"))
         owned = self.owned()
-        state = str(end["state"]) if end and end.get("state") in FINAL_STATES else ("running" if owned else LOST)
+        if end and end.get("state") in FINAL_STATES:
+            state = str(end["state"])
+        elif owned:
+            state = "running"
+        else:
+            state = "finished" if self.finished_by_evidence(total) else LOST
         rebuilt: dict[str, Any] = {
             "state": state,
             "run_id": self.id,
             "created_at": _mtime(self.run_toml, _mtime(self.path)),
-            "step": integer((step or {}).get("step")),
+            "step": max(integer((last_step(found) or {}).get("step")), integer(saved.get("step"))),
             "rebuilt": f"{self.status_json} was damaged or empty; this state was rebuilt from the run folder",
         }
-        total = integer((attempt or {}).get("total_steps")) or plan_total(self.plan_json)
-        if total:
-            rebuilt["total_steps"] = total
-        if attempt is not None:
-            rebuilt["attempt"] = integer(attempt.get("attempt"), 1)
+        extra = {
+            "total_steps": total,
+            "steps_per_epoch": integer(plan.get("steps_per_epoch")) or integer((attempt or {}).get("steps_per_epoch")),
+            "world_size": integer(plan.get("gpus")) or integer(saved.get("world")),
+            "attempt": integer(attempt.get("attempt"), 1) if attempt is not None else 0,
+            "attempt_id": (attempt or {}).get("id") if isinstance((attempt or {}).get("id"), str) else None,
+            "command": last_command(self.log),
+        }
+        rebuilt.update({key: value for key, value in extra.items() if value})
+        if state == "finished":
+            rebuilt["outputs"] = [str(p) for p in self.outputs({})]
+            rebuilt["outputs_step"] = integer(saved.get("step"))
         if end is not None:
             for key in ("error", "hint", "exit_code"):
                 if end.get(key) is not None:
                     rebuilt[key] = end[key]
         holders = lock_holders(self)
         if holders:
-            rebuilt["pids"] = holders
+            rebuilt["pids"] = [r for r in holders if not str(r.get("role", "")).startswith("trainer")]
+            rebuilt["trainer_pids"] = [r for r in holders if str(r.get("role", "")).startswith("trainer")]
         return rebuilt
+
+    def finished_by_evidence(self, total: int = 0) -> bool:
+        """True when the newest checkpoint is the run's last step (of ``total``, else of plan.json or
+        the checkpoint's own record) and output/ holds the outputs written with it: the run finished,
+        whatever its status.json says (killed between its last save and its final state, damaged)."""
+        from core.checkpoints import read_state
+
+        checkpoint = self.latest_checkpoint()
+        if checkpoint is None:
+            return False
+        saved = read_state(checkpoint)
+        total = total or plan_total(self.plan_json) or integer(saved.get("total_steps"))
+        step = integer(saved.get("step"))
+        if not total or step < total or integer(saved.get("total_steps"), total) > step:
+            return False
+        written = _mtime(checkpoint, 0.0)
+        outputs = self.outputs({})
+        return bool(outputs) and all(_mtime(p, 0.0) >= written - 1.0 for p in outputs)
 
     def summary(self) -> dict[str, Any]:
         """What ``sdtui runs`` shows: id, state, step/total, last loss, age, path (any bytes in the files)."""
@@ -275,12 +316,36 @@ def _mtime(path: Path, default: float | None = None) -> float:
         return time.time() if default is None else default
 
 
-def plan_total(plan_json: Path) -> int:
-    """plan.json's total steps for the GPU count it was made for (0 when unknown or damaged)."""
+def plan_row(plan_json: Path) -> dict[str, Any]:
+    """plan.json's schedule row of the run (``run``: the row for the processes it was launched with;
+    in older files the row for its GPU count); {} when unknown or damaged."""
     plan, _ = load_json_object(plan_json)
+    if isinstance(plan.get("run"), dict):
+        return plan["run"]
     count = integer((plan.get("gpu") if isinstance(plan.get("gpu"), dict) else {}).get("count"), 1)
     rows = plan.get("schedule") if isinstance(plan.get("schedule"), list) else []
-    return next((integer(r.get("total_steps")) for r in rows if isinstance(r, dict) and integer(r.get("gpus")) == count), 0)
+    return next((r for r in rows if isinstance(r, dict) and integer(r.get("gpus")) == count), {})
+
+
+def plan_total(plan_json: Path) -> int:
+    """plan.json's total steps for the GPU count it was made for (0 when unknown or damaged)."""
+    return integer(plan_row(plan_json).get("total_steps"))
+
+
+#: The line the supervisor writes into train.log at the start of each attempt, ending in the command.
+_ATTEMPT_LINE = re.compile(rb"^\[sdtui\] attempt \d+ at [^\n]*? in [^\n]*?: (.+)$", re.MULTILINE)
+
+
+def last_command(log: Path, tail_bytes: int = 1024 * 1024) -> str:
+    """The launch command of the newest attempt as train.log records it ("" when not found)."""
+    try:
+        with open(log, "rb") as handle:
+            handle.seek(max(0, handle.seek(0, os.SEEK_END) - tail_bytes))
+            raw = handle.read()
+    except OSError:
+        return ""
+    found = _ATTEMPT_LINE.findall(raw)
+    return found[-1].decode("utf-8", "replace").strip() if found else ""
 
 
 def lock(path: Path) -> IO[str] | None:

@@ -19,6 +19,19 @@ def gib(num_bytes: float | None, digits: int = 1) -> str:
     return f"{num_bytes / GIB:.{digits}f} GiB"
 
 
+def size(num_bytes: float) -> str:
+    """A file or disk size in the binary unit that shows it with three significant digits or
+    more: ``512 B``, ``100.0 KiB``, ``1.1 MiB``, ``2.50 GiB`` (never ``0.00 GiB`` for 100 KiB)."""
+    value = float(num_bytes)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024 or unit == "GiB":
+            break
+        value /= 1024
+    if unit == "B":
+        return f"{int(value)} B"
+    return f"{value:.2f} {unit}" if abs(value) < 10 else f"{value:.1f} {unit}"
+
+
 def number(value: float | None, digits: int = 4) -> str:
     """A compact number: ``0.1234``, ``1.2e-04``; ``–`` when unknown (a loss is written this way everywhere)."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):

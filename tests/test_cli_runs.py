@@ -146,7 +146,7 @@ def test_lost_and_ended_runs_get_clear_answers(tmp_path: Path) -> None:
     assert table[2].startswith(done.id) and "finished" in table[2] and "7/20" in table[2]
     assert table[3].startswith(lost.id) and f"continue with: sdtui resume {lost.id}" in table[3]
     finished = sdtui(["resume", done.id, "--runs-dir", str(runs)], tmp_path)
-    assert finished.returncode == 2 and "has finished; start a new run with its config: sdtui train" in finished.stderr
+    assert finished.returncode == 2 and "has finished and resuming it would replace its outputs; start a new run with its config (sdtui train" in finished.stderr
     saving = sdtui(["save", lost.id, "--runs-dir", str(runs)], tmp_path)
     assert saving.returncode == 2 and f"is lost, so it cannot save; sdtui resume {lost.id}" in saving.stderr
     logs = sdtui(["logs", str(lost.path), "-n", "3"], tmp_path)

@@ -162,7 +162,7 @@ def test_a_full_disk_fails_with_the_sentence_keeps_the_checkpoint_and_resumes(tm
     filler = fill(small_disk, 200 * 1024)
     final = wait_ended(run)
     assert final["state"] == "failed", final
-    assert f"the disk holding {run.path} is full (" in final["error"] and "MB free, the checkpoint needs" in final["error"]
+    assert f"the disk holding {run.path} is full (" in final["error"] and " free, the checkpoint needs " in final["error"] and "plus 1.00 MiB kept free for the final status and log lines" in final["error"]
     assert f"free space and `sdtui resume {run.id}`" in final["error"]
     assert checkpoint_step(run) == 8, "the previous checkpoint is kept"
     assert not list(run.checkpoints.glob(".tmp-*")), "the partial checkpoint is removed"

@@ -40,7 +40,7 @@ def test_fp16_on_the_cpu_is_refused_before_the_launch(tmp_path: Path, config_pat
 def test_full_disk_is_refused(tmp_path: Path, config_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda _path: usage(10**9, 10**9 - 1000, 1000))
-    with pytest.raises(UserError, match=r"has 0\.00 GiB free but the run will write about .* lower schedule\.keep_checkpoints"):
+    with pytest.raises(UserError, match=r"has 1000 B free but the run will write about [0-9.]+ [KMG]iB of checkpoints and outputs; .* lower schedule\.keep_checkpoints"):
         pf.preflight(load_config(config_path), tmp_path / "runs", GpuSet([]))
 
 

@@ -109,6 +109,6 @@ def test_the_failure_hint_offers_resume_only_with_a_checkpoint_and_the_log_only_
     hint = failure_hint(run, [])
     assert "sdtui resume" not in hint and "train.log" not in hint and f"sdtui train {run.run_toml}" in hint
     (run.checkpoints / "step-10").mkdir(parents=True)
-    (run.checkpoints / "step-10" / "state.json").write_text("{}")
+    (run.checkpoints / "step-10" / "state.json").write_text('{"step": 10}')
     hint = failure_hint(run, ["RuntimeError: boom"])
     assert f"read {run.log}" in hint and f"sdtui resume {run.id} continues from the newest checkpoint" in hint

@@ -93,5 +93,8 @@ def test_a_half_written_checkpoint_is_ignored(tmp_path):
     (tmp_path / "step-3").mkdir()
     (tmp_path / ".tmp-step-9").mkdir()
     (tmp_path / "step-2").mkdir()
-    (tmp_path / "step-2" / "state.json").write_text("{}")
+    (tmp_path / "step-2" / "state.json").write_text('{"step": 2}')
+    assert checkpoints.latest(tmp_path).name == "step-2"
+    (tmp_path / "step-7").mkdir()  # a copy of step-2 planted or renamed by hand is not step 7
+    (tmp_path / "step-7" / "state.json").write_text('{"step": 2}')
     assert checkpoints.latest(tmp_path).name == "step-2"

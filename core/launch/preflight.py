@@ -23,6 +23,7 @@ from core.launch.accelerate_config import parse_gpu_ids
 from core.memory.data import params
 from core.families.detect import check_loadable
 from core.settings import FP16_NEEDS_A_GPU
+from core.units import size
 
 #: Optimizer state bytes per trained fp32 parameter byte (AdamW: two fp32 moments …).
 _OPTIMIZER_STATE = {"adamw": 2.0, "adamw8bit": 0.5, "lion8bit": 0.25, "adafactor": 0.1, "prodigy": 4.0, "schedulefree_adamw": 2.0}
@@ -174,7 +175,7 @@ def check_disk(folder: Path, needed: int) -> None:
     free = shutil.disk_usage(folder).free
     if free < needed:
         raise UserError(
-            f"the disk of {folder} has {free / GB:.2f} GiB free but the run will write about {needed / GB:.2f} GiB of checkpoints and outputs; "
+            f"the disk of {folder} has {size(free)} free but the run will write about {size(needed)} of checkpoints and outputs; "
             "free some space, lower schedule.keep_checkpoints or pass another --runs-dir"
         )
 

@@ -199,8 +199,9 @@ def resume_point(run: RunDir) -> str:
     return f"from its checkpoint at step {step_of(checkpoint)}" if checkpoint else "from the start (it has no checkpoint)"
 
 
-def resume_run(run: RunDir, gpus: Any = None) -> RunDir:
-    """Continue an ended run (stopped, failed or lost) in the same folder from its newest checkpoint.
+def resume_run(run: RunDir, gpus: Any = None, again: bool = False) -> RunDir:
+    """Continue an ended run (stopped, failed or lost) in the same folder from its newest checkpoint;
+    a finished one only when asked ``again`` (its outputs are then written anew).
 
     Everything comes from the folder and this machine: run.toml (its model and dataset must exist
     here), accelerate.yaml written again, the GPUs probed now. Of two resumes at once one starts
@@ -212,8 +213,11 @@ def resume_run(run: RunDir, gpus: Any = None) -> RunDir:
 
     status = run.read_status()
     state = run.derive_state(status)
-    if state == "finished":
-        raise UserError(f"run {run.id} has finished; start a new run with its config: sdtui train {run.run_toml}")
+    if state == "finished" and not again:
+        raise UserError(
+            f"run {run.id} has finished and resuming it would replace its outputs; start a new run with its config "
+            f"(sdtui train {run.run_toml}) or pass --again to resume it anyway"
+        )
     if state not in FINAL_STATES + (LOST,):
         raise UserError(f"run {run.id} is {state} and its processes are running; there is nothing to resume (sdtui pause {run.id} pauses it)")
     if not run.run_toml.is_file():

@@ -13,13 +13,14 @@ import os
 import shutil
 from pathlib import Path
 
+from core.units import size
+
 from .status import TrainingFailed
 
 #: Room kept beyond a write's own size (status.json, metrics and log lines, file-system slack).
 MARGIN_BYTES = 1024 * 1024
 #: The reserve file's size.
 RESERVE_BYTES = 1024 * 1024
-MB = 1024 * 1024
 
 
 class DiskFull(TrainingFailed):
@@ -28,7 +29,8 @@ class DiskFull(TrainingFailed):
     def __init__(self, run_dir: Path, free: int, needed: int, what: str) -> None:
         name = Path(run_dir).name
         super().__init__(
-            f"the disk holding {run_dir} is full ({free / MB:.1f} MB free, {what} needs {needed / MB:.1f} MB); free space and `sdtui resume {name}`",
+            f"the disk holding {run_dir} is full ({size(free)} free, {what} needs {size(needed)} plus {size(MARGIN_BYTES)} kept free "
+            f"for the final status and log lines); free space and `sdtui resume {name}`",
             f"free space on that disk, then sdtui resume {name} continues from the newest checkpoint",
         )
 

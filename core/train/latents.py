@@ -21,7 +21,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,12 +76,13 @@ def write_entry(path: Path, latents: Any, original_size: tuple[int, int], crop_t
 
 
 def read_entry(path: Path) -> tuple[Any, tuple[int, int], tuple[int, int]]:
-    """``(latents, original_size, crop_top_left)`` from one cache file."""
-    from safetensors import safe_open
+    """``(latents, original_size, crop_top_left)`` from one cache file, copied into memory (a tensor
+    mapped from the file would crash the process with SIGBUS if someone truncated the file)."""
+    from safetensors.torch import load
 
-    with safe_open(str(path), framework="pt") as handle:
-        meta = handle.metadata()
-        latents = handle.get_tensor("latents")
+    raw = path.read_bytes()
+    latents = load(raw)["latents"]
+    meta = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])["__metadata__"]
     size = tuple(int(v) for v in meta["original_size"].split(","))
     crop = tuple(int(v) for v in meta["crop_top_left"].split(","))
     return latents, size, crop  # type: ignore[return-value]
@@ -137,7 +138,7 @@ def cache_latents(
 
     ``folder`` is the shared cache folder (``None``: memory only, one process). ``barrier`` is
     called once between encoding and reading when ``world`` > 1. ``progress(done, total)``
-    follows what this rank encodes; ``encoded`` and ``reused`` of the cache count this rank's share. Images that cannot be read are skipped with a warning. Sets
+    follows what this rank encodes; ``encoded`` and ``reused`` of the cache count this rank's share. Images that cannot be read are skipped with a warning; a cache file that does not read back (truncated, overwritten) is encoded again and replaced, never skipped. Sets
     ``train_data.latents`` and returns the cache; raises ``CacheNotValid`` with random crop or flip.
     """
 
@@ -161,11 +162,15 @@ def cache_latents(
     # write its share cannot change another rank's share (which would leave entries undone)
     mine = []
     for key, item, path in jobs[rank::world]:
-        if path is not None and path.is_file():
-            cache.files[key] = path
-            cache.reused += 1
+        entry = read_valid_entry(path) if path is not None and path.is_file() else None
+        if path is None or entry is None:
+            mine.append((key, item, path))  # not cached, or damaged: encoded again and the file replaced
+            continue
+        if in_memory:
+            cache.memory[key] = entry
         else:
-            mine.append((key, item, path))
+            cache.files[key] = path
+        cache.reused += 1
     if progress is not None:
         progress(0, len(mine))
     scaling = float(vae.config.scaling_factor)
@@ -191,11 +196,12 @@ def cache_latents(
                 latents = latents - shift
             latents = latents * scaling
             for (key, path, ex), lat in zip(chunk, latents):
-                if path is None:
+                if path is None or in_memory:
                     cache.memory[key] = (lat.detach().to("cpu", torch.float32).contiguous(), ex.original_size, ex.crop_top_left)
-                else:
+                if path is not None:
                     write_entry(path, lat, ex.original_size, ex.crop_top_left)
-                    cache.files[key] = path
+                    if not in_memory:
+                        cache.files[key] = path
                 cache.encoded += 1
         done += len(chunk_jobs)
         if progress is not None:
@@ -203,20 +209,34 @@ def cache_latents(
     if world > 1 and barrier is not None:
         barrier()
     for key, _item, path in jobs:
-        if path is not None and key not in cache.files and path.is_file():
-            cache.files[key] = path  # another rank's share
-    if in_memory and cache.files:
-        _load_into_memory(cache)
+        if path is not None and key not in cache and path.is_file():
+            _add_others(cache, key, path, in_memory)
     train_data.latents = cache
     return cache
 
 
-def _load_into_memory(cache: LatentCache) -> None:
-    """Read every file entry into memory; a damaged file costs its entry (a warning), not the run."""
-    for key, path in list(cache.files.items()):
-        try:
-            cache.memory[key] = read_entry(path)
-        except Exception as exc:  # noqa: BLE001 - a damaged cache file costs one item, not the run
-            log.warning("skipping the cached latents %s (%s); delete the file to encode that image again", path, exc)
-        del cache.files[key]
+def read_valid_entry(path: Path) -> tuple[Any, tuple[int, int], tuple[int, int]] | None:
+    """One cache file's entry, or None (a warning) when it does not read back as finite
+    ``[channels, h, w]`` latents with their sizes: truncated, overwritten, half written."""
+    try:
+        entry = read_entry(path)
+        latents = entry[0]
+        if latents.ndim != 3 or not bool(torch.isfinite(latents).all()) or len(entry[1]) != 2 or len(entry[2]) != 2:
+            raise ValueError(f"it holds latents of shape {tuple(latents.shape)} with values that are not all finite" if latents.ndim == 3 else f"it holds latents of shape {tuple(latents.shape)}")
+    except Exception as exc:  # noqa: BLE001 - any bytes in a cache file: the image is encoded again
+        log.warning("encoding %s again: the cached latents do not read back (%s)", path, exc)
+        return None
+    return entry
+
+
+def _add_others(cache: LatentCache, key: Key, path: Path, in_memory: bool) -> None:
+    """Add an entry of another rank's share (that rank checked or wrote it before the barrier);
+    one that does not read back now stops the run rather than training without its image."""
+    if not in_memory:
+        cache.files[key] = path
+        return
+    entry = read_valid_entry(path)
+    if entry is None:
+        raise RuntimeError(f"the latent cache file {path} was damaged while this run read it (another run writing the same cache?); start the run again to encode it anew")
+    cache.memory[key] = entry
 

@@ -22,18 +22,17 @@ class MetricsWriter:
         self._handle = None
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            partial = _ends_mid_line(self.path)
-            self._handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the run
-            if partial:  # a writer killed mid-line: start on a line of our own
-                self._handle.write("\n")
-                self._handle.flush()
+            self._handle = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 - kept open for the run
 
     def write(self, kind: str, **fields: Any) -> None:
-        """Write one line of type ``kind`` (non-finite floats become null) and flush it."""
+        """Write one line of type ``kind`` (non-finite floats become null) and flush it. It starts on
+        a fresh line whatever the file ends with (a writer killed mid-line, bytes appended by another
+        process), so no record is glued to a damaged line and lost with it."""
         if self._handle is None:
             return
         record = {"type": kind, "time": now(), **{k: _finite(v) for k, v in fields.items()}}
-        self._handle.write(json.dumps(record) + "\n")
+        line = json.dumps(record) + "\n"
+        self._handle.write(("\n" + line) if _ends_mid_line(self._handle.fileno()) else line)
         self._handle.flush()
 
     def event(self, message: str, level: str = "info") -> None:
@@ -96,13 +95,11 @@ def format_seconds(seconds: float) -> str:
     return f"{whole // 3600}h {whole % 3600 // 60:02d}m"
 
 
-def _ends_mid_line(path: Path) -> bool:
+def _ends_mid_line(fd: int) -> bool:
+    """True when the file open as ``fd`` (readable) is not empty and does not end with a newline."""
     try:
-        with open(path, "rb") as handle:
-            if handle.seek(0, os.SEEK_END) == 0:
-                return False
-            handle.seek(-1, os.SEEK_END)
-            return handle.read(1) != b"\n"
+        size = os.fstat(fd).st_size
+        return size > 0 and os.pread(fd, 1, size - 1) != b"\n"
     except OSError:
         return False
 

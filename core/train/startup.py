@@ -71,10 +71,12 @@ def start_accelerator(config: Any, run: RunDir) -> Accel:
 
 
 def own_folder(run: RunDir, attempt: str) -> Any:
-    """Hold the folder's trainer lock and check that status.json names this attempt (rank 0);
-    the held lock, or NotOwner before anything is written."""
+    """Hold the folder's trainer lock and check that status.json names this attempt (rank 0), then
+    delete the unfinished checkpoint folders a killed save left; the held lock, or NotOwner before
+    anything is written."""
     import psutil
 
+    from core.checkpoints import remove_unfinished
     from core.procs import describe
     from core.runs import hold, lock
 
@@ -89,6 +91,7 @@ def own_folder(run: RunDir, attempt: str) -> Any:
             "this trainer ends without touching it"
         )
     hold(held, describe(psutil.Process(), "trainer-rank0"))
+    remove_unfinished(run.checkpoints)  # a save killed mid-write left them; nobody else writes here now
     return held
 
 

@@ -97,13 +97,15 @@ def write_entry(path: Path, entry: Entry) -> None:
 
 def read_entry(path: Path) -> Entry | None:
     """One cache file's ``(prompt_embeds, pooled or None)``; None when it is damaged (it is then encoded again)."""
-    from safetensors import safe_open
+    from safetensors.torch import load
 
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            names = set(handle.keys())
-            pooled = handle.get_tensor("pooled_prompt_embeds") if "pooled_prompt_embeds" in names else None
-            return handle.get_tensor("prompt_embeds"), pooled
+        tensors = load(path.read_bytes())  # copied into memory: a mapped file truncated later would crash with SIGBUS
+        pooled = tensors.get("pooled_prompt_embeds")
+        embeds = tensors["prompt_embeds"]
+        if not all(bool(torch.isfinite(t).all()) for t in (embeds, pooled) if t is not None):
+            raise ValueError("it holds values that are not finite")
+        return embeds, pooled
     except Exception as exc:  # noqa: BLE001 - any bytes in a cache file: encode the caption again
         log.warning("ignoring the damaged text cache file %s: %s", path, exc)
         return None
@@ -174,7 +176,8 @@ def cache_text_outputs(
     for n, caption in enumerate(captions):
         if caption not in cache.entries:
             found = read_entry(paths[n]) if paths[n] is not None else None
-            if found is not None:
-                cache.entries[caption] = found
+            if found is None:
+                raise RuntimeError(f"the text cache file {paths[n]} does not read back after the process that owns it wrote it (another run writing the same cache?); start the run again to encode it anew")
+            cache.entries[caption] = found
     train_data.text_cache = cache
     return cache
