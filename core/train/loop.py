@@ -219,6 +219,7 @@ class Trainer:
         self.poller.reader.path = self.run.control_json
         self.heartbeat.path = self.run.heartbeat
         self.reserve.path = self.run.path / ".reserve"
+        trackers.follow(self._session().acc, new)
         self.metrics.event(f"the run folder was moved to {new}; saving and stopping there", level="warning")
 
     def _control(self, pending: list) -> str | None:
@@ -265,6 +266,7 @@ class Trainer:
         """Write the buffered step lines (one host sync for the lot) with every rank's memory."""
         if not pending:
             return
+        self._follow_move()  # before TensorBoard writes by path
         import torch
 
         session = self._session()
