@@ -15,7 +15,6 @@ import pytest
 
 from core.gpu import GpuSet
 from core.launch.start import resume_run, start_run
-from core.monitor.logs import LogTail, user_view
 from core.runs import RunDir
 from tests.test_faults_runs import checkpoint_step, fill, kill_tree, lost_run, small_disk  # noqa: F401 (small_disk is a fixture)
 from tests.test_launch_support import no_leftovers, sdtui, status, steps, wait_ended, wait_for, write_config  # noqa: F401 (no_leftovers is a fixture)
@@ -136,6 +135,7 @@ def test_stop_does_not_wait_out_the_grace_for_a_frozen_supervisor(tmp_path: Path
 
 def test_the_users_view_of_the_log_leaves_out_library_noise_and_the_launcher_traceback(tmp_path: Path) -> None:
     from core.launch.supervisor import error_summary, log_tail
+    from core.monitor.logs import LogTail, user_view
 
     trainer = ["Traceback (most recent call last):", '  File "/x/core/train/loop.py", line 3, in main', "    raise ValueError('bad')", "ValueError: bad"]
     launcher = [
