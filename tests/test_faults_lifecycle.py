@@ -162,3 +162,24 @@ def test_sdtui_logs_shows_the_error_first_and_no_noise_unless_raw(tmp_path: Path
     raw = sdtui(["logs", run.id, "--raw", "--runs-dir", str(tmp_path / "runs")], tmp_path).stdout.splitlines()
     assert raw[-len(NOISE):] == NOISE
     assert json.loads(sdtui(["status", run.id, "--json", "--runs-dir", str(tmp_path / "runs")], tmp_path).stdout)["state"] == "failed"
+
+
+def test_a_killed_ddp_rank_is_named_before_the_other_ranks_closed_connection() -> None:
+    from core.launch.supervisor import error_summary, final_state, killed_by, signal_name
+
+    log = [
+        "[rank0]: RuntimeError: [../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:40109",
+        "torch.distributed.elastic.multiprocessing.errors.ChildFailedError:",
+        "============================================================",
+        "core.train FAILED",
+        "Root Cause (first observed failure):",
+        "[0]:",
+        "  exitcode  : -9 (pid: 4242)",
+        "  traceback : Signal 9 (SIGKILL) received by PID 4242",
+    ]
+    assert killed_by(log) == 9 and signal_name(9) == "signal 9 (SIGKILL)"
+    assert killed_by(["subprocess.CalledProcessError: Command '['python']' died with <Signals.SIGKILL: 9>."]) == 9
+    assert killed_by(["RuntimeError: boom", "subprocess.CalledProcessError: Command '['python']' returned non-zero exit status 1."]) is None
+    assert "RuntimeError" in error_summary(log), "without a kill the cause is still the exception, not the wrapper"
+    assert final_state("stopped", -9, stop_requested=False) == "failed", "a trainer stopped because its launcher was killed did not stop"
+    assert final_state("stopped", -9, stop_requested=True) == "stopped"

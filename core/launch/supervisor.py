@@ -36,6 +36,8 @@ _EXCEPTION = re.compile(r"^(?:\[rank\d+\]:\s*)?([A-Za-z_][\w.]*(?:Error|Exceptio
 _RANK_PREFIX = re.compile(r"^\[rank\d+\]:\s?")
 _KILLED = re.compile(r"died with <Signals\.SIG\w+: (\d+)>|Signal (\d+) \(SIG\w+\) received by PID|exitcode\s*:\s*-(\d+)\b")
 TAIL_LINES = 30
+#: Signals that end a process from outside (anything else is a crash of the process itself).
+_KILLING = (signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 
 
 def lock_run(run: RunDir) -> IO[str] | None:
@@ -269,7 +271,8 @@ def killed_message(run: RunDir, code: int, lines: list[str]) -> str | None:
     checkpoint = run.latest_checkpoint()
     after = f"sdtui resume {run.id} continues from {checkpoint.name}" if checkpoint else f"there is no checkpoint yet, so sdtui resume {run.id} starts it from the beginning"
     why = ", by hand or by the system when memory ran out" if number == signal.SIGKILL else ""
-    return f"{who} was killed ({signal_name(number)}{why}); {after}"
+    how = "was killed" if number in _KILLING else "crashed with"
+    return f"{who} {how} ({signal_name(number)}{why}); {after}"
 
 
 def failure_hint(run: RunDir, tail: list[str]) -> str:
