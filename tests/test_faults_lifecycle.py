@@ -183,3 +183,13 @@ def test_a_killed_ddp_rank_is_named_before_the_other_ranks_closed_connection() -
     assert "RuntimeError" in error_summary(log), "without a kill the cause is still the exception, not the wrapper"
     assert final_state("stopped", -9, stop_requested=False) == "failed", "a trainer stopped because its launcher was killed did not stop"
     assert final_state("stopped", -9, stop_requested=True) == "stopped"
+
+
+def test_a_killed_rank_of_a_two_process_run_is_named_as_killed(tmp_path: Path, tiny_models, kohya_dataset) -> None:
+    config = write_config(tmp_path, tiny_models("sd1"), kohya_dataset(((40, "sks dog", 4),)), {"epochs": 1}, distributed={"num_processes": 2, "main_process_port": 0})
+    run = start_run(config, tmp_path / "runs", gpus=CPU)
+    wait_for(lambda: len(steps(run.path)) >= 2, 300, "two steps of the 2-process run")
+    role(run, "trainer-rank1").send_signal(signal.SIGKILL)
+    final = wait_ended(run)
+    assert final["state"] == "failed", final
+    assert final["error"].startswith("the trainer process was killed (signal 9 (SIGKILL)"), final["error"]
