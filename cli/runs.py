@@ -37,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_run(logs)
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines until the run ends")
     logs.add_argument("-n", "--lines", type=whole_number("-n/--lines", 1), default=50, help="lines to show first (default 50)")
+    logs.add_argument("--raw", action="store_true", help="every line of train.log, the libraries' known warnings included")
     logs.set_defaults(func=cmd_logs)
 
     stop = sub.add_parser("stop", help="save and stop a run (then terminate it if it does not stop)")
@@ -183,12 +184,16 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    """``sdtui logs RUN [-f]``: the last lines, then (with -f) new ones until the run ends."""
+    """``sdtui logs RUN [-f] [--raw]``: a failed run's error, the last lines (without the libraries'
+    known noise unless ``--raw``), then (with -f) new ones until the run ends."""
     from core.monitor import LogTail
     from core.runs import FINAL_STATES, LOST
 
     run = _resolve(args)
-    tail = LogTail(run.log, lines=args.lines)
+    status = run.read_status()
+    if not args.raw and run.derive_state(status) == "failed" and isinstance(status.get("error"), str):
+        print(f"error: {status['error']}")
+    tail = LogTail(run.log, lines=args.lines, raw=args.raw)
     for line in tail.poll():
         print(line)
     while args.follow:
@@ -237,7 +242,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         ask(run, "resume")
         print(f"{run.id}: asked to resume")
         return 0
-    resume_run(run, again=args.again)
+    resume_run(run, again=args.again, notify=_say)
     checkpoint = run.latest_checkpoint()
     where = f"from {checkpoint.name}" if checkpoint else "from the start (no checkpoint yet)"
     print(f"{run.id}: restarted {where}")

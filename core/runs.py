@@ -74,6 +74,10 @@ class RunDir:
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
 
+    def relocate(self, path: str | os.PathLike[str]) -> None:
+        """Point every path of this object at ``path``, where the folder was moved while in use."""
+        self.__init__(path)  # type: ignore[misc]
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, RunDir) and other.path == self.path
 

@@ -25,6 +25,8 @@ from core.runs import ENDED_STATES, FINAL_STATES, LOST, STALLED, RunDir, has_sta
 ACTIONS = ("stop", "save", "sample", "pause", "resume")
 #: Requests kept in control.json (older ones were executed long ago).
 _KEEP = 100
+#: Seconds the processes left after the trainer saved and stopped get to end on SIGTERM.
+_LEFTOVER_GRACE_S = 5.0
 
 
 def request(run: RunDir, action: str) -> str:
@@ -130,6 +132,9 @@ def stop_run(
             signalled = _terminate(run, term_grace_s, now=now)
         elif not saved:
             say("none of the run's processes is running; recording it as stopped")
+        elif run.alive_processes():
+            say("the trainer saved and stopped but the supervisor does not answer; terminating what is left of the run")
+            signalled = _terminate(run, min(term_grace_s, _LEFTOVER_GRACE_S))
         _wait_final(run, 10.0)
         final = run.read_status()
         end_state = run.derive_state(final)
@@ -140,16 +145,27 @@ def stop_run(
 
 
 def _wait_final(run: RunDir, timeout_s: float) -> bool:
-    """Wait until the run has a final state and no recorded process is left."""
+    """Wait until the run has a final state and no recorded process is left, or until the trainer
+    itself has recorded its final state and its own processes are gone (a hung or SIGSTOPped
+    supervisor then does not hold the stop up)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         status = run.read_status()
-        if status.get("state") in FINAL_STATES and not run.alive_processes(status):
+        final = status.get("state") in FINAL_STATES
+        if final and not run.alive_processes(status):
+            return True
+        if final and _trainer_gone(status):
             return True
         if not run.alive_processes(status) and status.get("pids"):
-            return status.get("state") in FINAL_STATES
+            return final
         time.sleep(0.2)
     return False
+
+
+def _trainer_gone(status: dict[str, Any]) -> bool:
+    """True when status.json records the trainer's processes and none of them runs any more."""
+    records = status.get("trainer_pids")
+    return isinstance(records, list) and bool(records) and not procs.alive([r for r in records if isinstance(r, dict)])
 
 
 def _terminate(run: RunDir, term_grace_s: float, now: bool = False) -> list[int]:
@@ -163,6 +179,7 @@ def _terminate(run: RunDir, term_grace_s: float, now: bool = False) -> list[int]
         procs.signal_all(supervisors, signal.SIGUSR1 if now else signal.SIGTERM)
     else:
         procs.signal_all(everything, signal.SIGKILL if now else signal.SIGTERM)
+    procs.signal_all(everything, signal.SIGCONT)  # a SIGSTOPped process takes its signal only once continued
     left = procs.wait_gone(everything, term_grace_s)
     if left:
         rest = procs.tree(left)

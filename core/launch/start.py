@@ -26,6 +26,8 @@ from core.launch.command import CODE_ROOT, format_command, launch_command, launc
 from core.runs import FINAL_STATES, LOST, RunDir, create_run_dir, is_locked, lock
 
 Notify = Callable[[str], None]
+#: Seconds a start waits for a supervisor that has recorded its run's end to let go of the folder.
+_FINISHING_S = 15.0
 
 
 def free_port() -> int:
@@ -159,6 +161,10 @@ def claim(run: RunDir) -> IO[str]:
     try:
         while (held := lock(run.supervisor_lock)) is None and time.monotonic() < deadline:
             time.sleep(0.05)  # a reader probing the lock holds it for microseconds
+        if held is None and run.read_status().get("state") in FINAL_STATES:
+            deadline = time.monotonic() + _FINISHING_S  # the supervisor has recorded the end and is closing the log
+            while (held := lock(run.supervisor_lock)) is None and time.monotonic() < deadline:
+                time.sleep(0.05)
     except OSError as exc:
         raise UserError(
             f"the run folder {run.path} cannot be written ({exc.strerror or exc}); make it writable (chmod -R u+w) "
@@ -199,18 +205,21 @@ def resume_point(run: RunDir) -> str:
     return f"from its checkpoint at step {step_of(checkpoint)}" if checkpoint else "from the start (it has no checkpoint)"
 
 
-def resume_run(run: RunDir, gpus: Any = None, again: bool = False) -> RunDir:
+def resume_run(run: RunDir, gpus: Any = None, again: bool = False, notify: Notify | None = None) -> RunDir:
     """Continue an ended run (stopped, failed or lost) in the same folder from its newest checkpoint;
     a finished one only when asked ``again`` (its outputs are then written anew).
 
-    Everything comes from the folder and this machine: run.toml (its model and dataset must exist
-    here), accelerate.yaml written again, the GPUs probed now. Of two resumes at once one starts
-    the run and the other gets a UserError.
+    Everything comes from the folder and this machine: run.toml, accelerate.yaml written again,
+    the GPUs probed now. The same preflight as a new run (model, dataset, GPUs, free disk) runs
+    before anything is written, so a resume that cannot train says why at once; a plan that does
+    not fit is a warning only (the run was launched already). Of two resumes at once one starts the
+    run and the other gets a UserError. Notices go to ``notify``.
     """
     from core.checkpoints import step_of
     from core.config import load_config
-    from core.launch.preflight import check_model, choose_gpus
+    from core.launch.preflight import preflight
 
+    say = notify or (lambda _msg: None)
     status = run.read_status()
     state = run.derive_state(status)
     if state == "finished" and not again:
@@ -223,19 +232,16 @@ def resume_run(run: RunDir, gpus: Any = None, again: bool = False) -> RunDir:
     if not run.run_toml.is_file():
         raise UserError(f"{run.path} has no run.toml, so it cannot be resumed; copy the run folder again with its run.toml")
     config = load_config(run.run_toml)
-    check_model(config.model_path)
-    for subset in config.subsets:
-        folder = Path(str(subset.get("path", ""))).expanduser()
-        if not folder.is_dir():
-            raise UserError(f"the dataset folder {folder} of run {run.id} does not exist on this machine; put it there or fix its path in {run.run_toml}")
     if gpus is None:
         from core.gpu import probe
 
         gpus = probe()
-    _, use_cpu, _ = choose_gpus(gpus, config.distributed)
+    checked = preflight(config, run.path.parent, gpus, force=True)
     held = claim(run)
     try:
-        write_launch_files(run, config, use_cpu)
+        write_launch_files(run, config, checked.use_cpu)
+        for notice in checked.notices:
+            say(notice)
         checkpoint = run.latest_checkpoint()
         run.write_status(
             state="queued", resumed_from_state=state, error=None, hint=None, log_tail=None, exit_code=None, exit_unknown=None,

@@ -25,15 +25,19 @@ import psutil
 
 from core import procs
 from core.errors import UserError
+from core.folder_watch import FolderWatch
 from core.launch.command import CODE_ROOT, format_command, launch_command, launch_env, read_accelerate_config
+from core.monitor.logs import WRAPPERS as _WRAPPERS
+from core.monitor.logs import is_noise, user_view
 from core.runfiles import belongs, current_attempt, integer, load_json_object, tail_records
 from core.runs import FINAL_STATES, RunDir, hold, lock
 
-#: Exception lines that only say "a child failed": the root cause is an earlier line.
-_WRAPPERS = ("CalledProcessError", "ChildFailedError", "subprocess.CalledProcessError")
 _EXCEPTION = re.compile(r"^(?:\[rank\d+\]:\s*)?([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Failure)\w*)(?::\s*(.*))?$")
 _RANK_PREFIX = re.compile(r"^\[rank\d+\]:\s?")
+_KILLED = re.compile(r"died with <Signals\.SIG\w+: (\d+)>|Signal (\d+) \(SIG\w+\) received by PID|exitcode\s*:\s*-(\d+)\b")
 TAIL_LINES = 30
+#: Signals that end a process from outside (anything else is a crash of the process itself).
+_KILLING = (signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 
 
 def lock_run(run: RunDir) -> IO[str] | None:
@@ -48,8 +52,8 @@ def is_locked(run: RunDir) -> bool:
     return held(run.supervisor_lock)
 
 
-def log_tail(path: Path, lines: int = TAIL_LINES, start: int = 0) -> list[str]:
-    """The last ``lines`` lines of the log after byte ``start`` (rank prefixes removed)."""
+def log_lines(path: Path, start: int = 0) -> list[str]:
+    """The non-empty lines of the log after byte ``start`` (at most its last 256 KiB; rank prefixes removed)."""
     try:
         with open(path, "rb") as handle:
             size = handle.seek(0, os.SEEK_END)
@@ -58,11 +62,18 @@ def log_tail(path: Path, lines: int = TAIL_LINES, start: int = 0) -> list[str]:
     except FileNotFoundError:
         return []
     kept = [_RANK_PREFIX.sub("", line.rstrip()) for line in text.splitlines()]
-    return [line for line in kept if line.strip()][-lines:]
+    return [line for line in kept if line.strip()]
+
+
+def log_tail(path: Path, lines: int = TAIL_LINES, start: int = 0) -> list[str]:
+    """The last ``lines`` lines of the log after byte ``start`` as the user reads them: without the
+    libraries' known noise and the launcher's wrapping traceback (core.monitor.logs.user_view)."""
+    return user_view(log_lines(path, start))[-lines:]
 
 
 def error_summary(lines: list[str]) -> str:
     """The root-cause exception line of a log tail (not the launcher's "child failed" wrapper)."""
+    lines = [line for line in lines if not is_noise(line)]
     found = [line.strip() for line in lines if _EXCEPTION.match(line.strip())]
     causes = [line for line in found if not any(w in line for w in _WRAPPERS)]
     if causes:
@@ -72,16 +83,35 @@ def error_summary(lines: list[str]) -> str:
     return lines[-1].strip() if lines else "the training process exited without output"
 
 
+def killed_by(lines: list[str]) -> int | None:
+    """The signal that killed a trainer process, as the launcher reported it in the log (accelerate's
+    ``died with <Signals.SIGKILL: 9>``, torchrun's ``Signal 9 (SIGKILL) received by PID``), else None."""
+    for line in reversed(lines):
+        found = _KILLED.search(line)
+        if found:
+            return int(next(group for group in found.groups() if group))
+    return None
+
+
+def signal_name(number: int) -> str:
+    """``signal 9 (SIGKILL)`` for a signal number."""
+    try:
+        return f"signal {number} ({signal.Signals(number).name})"
+    except ValueError:
+        return f"signal {number}"
+
+
 def final_state(trainer_state: str, exit_code: int, stop_requested: bool) -> str:
     """The state to record when the launcher has exited.
 
-    A trainer's own final state wins; otherwise a requested stop is ``stopped``, a clean exit
-    ``finished`` and anything else ``failed``.
+    A trainer's own final state wins, except the ``stopped`` of a trainer that was only told to stop
+    because its launcher was killed (a negative exit code, no stop asked for): that run failed.
+    Otherwise a requested stop is ``stopped``, a clean exit ``finished`` and anything else ``failed``.
     """
-    if trainer_state in FINAL_STATES:
-        return trainer_state
     if stop_requested:
-        return "stopped"
+        return trainer_state if trainer_state in FINAL_STATES else "stopped"
+    if trainer_state in FINAL_STATES and not (trainer_state == "stopped" and exit_code < 0):
+        return trainer_state
     return "finished" if exit_code == 0 else "failed"
 
 
@@ -102,6 +132,7 @@ class Supervisor:
         self.attempt_id = ""
         self.terminated = False
         self.records: dict[int, dict[str, Any]] = {self.me["pid"]: self.me}
+        self.folder = FolderWatch(run.path)
 
     def _on_term(self, signum: int, _frame: Any) -> None:
         """SIGTERM/SIGINT: pass SIGTERM on to the launcher (the trainer may save); SIGUSR1: kill the tree now."""
@@ -116,6 +147,12 @@ class Supervisor:
             procs.signal_all(victims, signal.SIGKILL)
         else:
             self.child.send_signal(signal.SIGTERM)
+
+    def _follow_move(self) -> None:
+        """Write into the run folder's new path once it was moved (the trainer saves and stops there)."""
+        new = self.folder.moved_to()
+        if new is not None:
+            self.run.relocate(new)
 
     def _pids(self) -> list[dict[str, Any]]:
         return list(self.records.values())
@@ -172,7 +209,12 @@ class Supervisor:
                     code = self.child.wait(timeout=1.0)
                     break
                 except subprocess.TimeoutExpired:
-                    self._refresh_tree()
+                    self._follow_move()
+                    try:
+                        self._refresh_tree()
+                    except FileNotFoundError:
+                        self._follow_move()  # moved between the check and the write: again at the next second
+        self._follow_move()
         leftovers = [r for r in self._pids() if r["pid"] != self.me["pid"]]
         procs.kill_tree(leftovers, term_grace_s=5.0)
         self._finish(code, started, log_start)
@@ -184,12 +226,17 @@ class Supervisor:
         state = final_state(trainer_state, code, self.terminated or stop_requested_since(self.run, started, self.attempt_id))
         fields: dict[str, Any] = {"state": state, "exit_code": code, "ended_at": round(time.time(), 3), "pids": self._pids()}
         if state == "failed":
-            tail = log_tail(self.run.log, start=log_start)
+            lines = log_lines(self.run.log, start=log_start)
+            tail = user_view(lines)[-TAIL_LINES:]
             fields["log_tail"] = tail
-            if not (trainer_state == "failed" and status.get("error")):
-                fields["error"] = error_summary(tail)
-            if not status.get("hint"):
-                fields["hint"] = failure_hint(self.run, tail)
+            killed = killed_message(self.run, code, lines)
+            if killed:
+                fields["error"], fields["hint"] = killed, failure_hint(self.run, tail)
+            else:
+                if not (trainer_state == "failed" and status.get("error")):
+                    fields["error"] = error_summary(tail)
+                if not status.get("hint"):
+                    fields["hint"] = failure_hint(self.run, tail)
         self.run.write_status(**fields)
         self._end_line(state, code, fields.get("error") or status.get("error"))
         with open(self.run.log, "ab") as log:
@@ -211,6 +258,21 @@ class Supervisor:
             writer.end(state, exit_code=code, error=error if isinstance(error, str) else None)
         finally:
             writer.close()
+
+
+def killed_message(run: RunDir, code: int, lines: list[str]) -> str | None:
+    """The error of an attempt whose launcher (a negative exit code) or trainer (the launcher's report
+    in the log) was killed by a signal, with where a resume continues; None when nothing was killed.
+    A killed process explains the other ranks' errors (a closed connection), so it comes first."""
+    number = -code if code < 0 else killed_by(lines)
+    if number is None:
+        return None
+    who = "the launcher process (accelerate launch)" if code < 0 else "the trainer process"
+    checkpoint = run.latest_checkpoint()
+    after = f"sdtui resume {run.id} continues from {checkpoint.name}" if checkpoint else f"there is no checkpoint yet, so sdtui resume {run.id} starts it from the beginning"
+    why = ", by hand or by the system when memory ran out" if number == signal.SIGKILL else ""
+    how = "was killed" if number in _KILLING else "crashed with"
+    return f"{who} {how} ({signal_name(number)}{why}); {after}"
 
 
 def failure_hint(run: RunDir, tail: list[str]) -> str:

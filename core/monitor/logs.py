@@ -1,10 +1,58 @@
-"""Following train.log: the last lines at open, then only what was appended."""
+"""Following train.log: the last lines at open, then only what was appended; and the user's view
+of it without the libraries' known noise (train.log itself keeps every line)."""
 
 from __future__ import annotations
 
 import os
+import re
 from collections import deque
+from collections.abc import Iterable
 from pathlib import Path
+
+#: Lines the libraries print on every run that say nothing about this run (the one list of them):
+#: bitsandbytes' optional CPU kernels, torch.distributed's launcher notices, deprecation warnings
+#: from inside installed packages and the source line Python echoes under a warning.
+NOISE = tuple(
+    re.compile(pattern)
+    for pattern in (
+        r"Failed to load CPU gemm_4bit_forward",
+        r"pip install kernels",
+        r"master_addr is only used for static rdzv_backend",
+        r"Setting OMP_NUM_THREADS environment variable for each process",
+        r"^\s*\*{10,}\s*$",
+        r"[/\\](?:site|dist)-packages[/\\].*: (?:Future|Deprecation|PendingDeprecation)Warning:",
+        r"^\s+warnings\.warn\(",
+    )
+)
+#: Exceptions of the launcher that only say "a child failed"; the cause is in the trainer's lines.
+WRAPPERS = ("CalledProcessError", "ChildFailedError")
+
+
+def is_noise(line: str) -> bool:
+    """True for a line of known library noise (see ``NOISE``)."""
+    return any(pattern.search(line) for pattern in NOISE)
+
+
+def user_view(lines: Iterable[str]) -> list[str]:
+    """The lines a user reads: without known noise and without the launcher's own traceback that
+    only wraps the trainer's failure (the trainer's traceback and error stay)."""
+    kept: list[str] = []
+    block: list[str] = []
+    for line in lines:
+        if is_noise(line):
+            continue
+        if line.startswith("Traceback (most recent call last):"):
+            kept += block
+            block = [line]
+        elif block and (line[:1].isspace() or not line.strip()):
+            block.append(line)
+        elif block:
+            if not any(wrapper in line for wrapper in WRAPPERS):
+                kept += block + [line]
+            block = []
+        else:
+            kept.append(line)
+    return kept + block
 
 #: How far from the end the first poll reads to find the last lines.
 _START_WINDOW = 256 * 1024
@@ -14,12 +62,14 @@ class LogTail:
     """``poll()`` returns new complete lines; the first poll returns the last ``lines`` lines only.
 
     ``recent`` holds the last ``lines`` lines seen. A replaced or truncated log starts over
-    (``reset`` set). Undecodable bytes are replaced, never fatal.
+    (``reset`` set). Undecodable bytes are replaced, never fatal. Known library noise is left
+    out unless ``raw``.
     """
 
-    def __init__(self, path: str | os.PathLike[str], lines: int = 200) -> None:
+    def __init__(self, path: str | os.PathLike[str], lines: int = 200, raw: bool = False) -> None:
         self.path = Path(path)
         self.lines = lines
+        self.raw = raw
         self.recent: deque[str] = deque(maxlen=lines)
         self.offset: int | None = None
         self.reset = False
@@ -54,7 +104,7 @@ class LogTail:
             return []
         self._partial = data[end + 1 :]
         new = data[:end].decode("utf-8", errors="replace").replace("\r", "\n").split("\n")
-        new = [line for line in new if line.strip()]
+        new = [line for line in new if line.strip() and (self.raw or not is_noise(line))]
         if first:
             new = new[-self.lines :]
         self.recent.extend(new)

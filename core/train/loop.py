@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import UserError
+from core.folder_watch import FolderWatch, moved_sentence
 from core.plan import schedule
 from core.runs import RunDir
 
@@ -69,6 +70,8 @@ class Trainer:
         self.signalled = threading.Event()
         self.folder_lock: Any = None
         self.reserve = Reserve(self.run.path / ".reserve")
+        self.folder = FolderWatch(self.run.path)
+        self.moved_to: Path | None = None
         self.config: Any = None
         self.accel: Accel | None = None
         self.session: Session | None = None
@@ -182,6 +185,7 @@ class Trainer:
         sched, progress = self._session().sched, self.progress
         step = progress.step
         epoch_number = progress.epoch  # epochs completed so far (1-based number of the one just ended)
+        self._follow_move()
         if epoch_done:
             self._flush(pending)
             self.metrics.write("epoch", epoch=epoch_number, step=step)
@@ -207,9 +211,26 @@ class Trainer:
             return self._control(pending)
         return None
 
+    def _follow_move(self) -> None:
+        """Rank 0: when the run folder was moved, write everything at its new path from now on and
+        stop there at the next poll (the launch command and the dashboards name the old path)."""
+        if not self.status.enabled:
+            return
+        new = self.folder.moved_to()
+        if new is None:
+            return
+        self.moved_to = new
+        for each in (self.run, self.status.run):
+            each.relocate(new)
+        self.poller.reader.path = self.run.control_json
+        self.heartbeat.path = self.run.heartbeat
+        self.reserve.path = self.run.path / ".reserve"
+        trackers.follow(self._session().acc, new)
+        self.metrics.event(f"the run folder was moved to {new}; saving and stopping there", level="warning")
+
     def _control(self, pending: list) -> str | None:
         """Carry out the agreed control requests at a step boundary; ``"stopped"`` ends the run."""
-        polled = self.poller.poll(self.signalled.is_set())
+        polled = self.poller.poll(self.signalled.is_set() or self.moved_to is not None)
         actions = polled.actions
         if not actions:
             return None
@@ -241,7 +262,8 @@ class Trainer:
         if "stop" in actions:
             self.metrics.event(f"stop requested; saving at step {step}")
             self.saver.save(final=True)
-            self.status.update(state="stopped", step=step, epoch=self.progress.epoch_number, ended_at=now())
+            moved = {"error": moved_sentence(self.moved_to), "hint": f"sdtui resume {self.moved_to}"} if self.moved_to else {}
+            self.status.update(state="stopped", step=step, epoch=self.progress.epoch_number, ended_at=now(), **moved)
             self.metrics.end("stopped", step=step)
             return True
         return False
@@ -250,6 +272,7 @@ class Trainer:
         """Write the buffered step lines (one host sync for the lot) with every rank's memory."""
         if not pending:
             return
+        self._follow_move()  # before TensorBoard writes by path
         import torch
 
         session = self._session()

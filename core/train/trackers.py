@@ -34,6 +34,20 @@ def start(acc: Any, logging: Mapping[str, Any], run_name: str) -> None:
         acc.init_trackers(project, init_kwargs={"wandb": {"name": run_name}})
 
 
+def follow(acc: Any, run_dir: Path) -> None:
+    """The run folder was moved to ``run_dir``: TensorBoard writes its events there from now on (its
+    writer opens the event file by path at every flush, so the old one is closed, errors ignored)."""
+    for tracker in acc.trackers if acc.log_with else []:
+        if tracker.name != "tensorboard":
+            continue
+        try:
+            tracker.writer.close()
+        except OSError:
+            pass  # its last events were for the old path
+        tracker.logging_dir = str(run_dir / TB_DIR)
+        tracker.writer = type(tracker.writer)(tracker.logging_dir)
+
+
 def log_step(acc: Any, step: int, values: Mapping[str, float | None]) -> None:
     """One optimizer step's scalars (None values left out)."""
     if acc.log_with:

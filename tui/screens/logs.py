@@ -31,7 +31,7 @@ class LogScreen(Screen):
         from core.monitor import LogTail
 
         self.sub_title = f"{self.run.path.name} — train.log"
-        self.tail = LogTail(self.run.log, lines=1000)
+        self.tail = LogTail(self.run.log, lines=1000, raw=True)
         self.polling = False
         self.poll()
         self.set_interval(1.0, self.poll)
