@@ -58,7 +58,7 @@ def screen_open(run: Path, points: int) -> tuple[float, float]:
     """Seconds from creating the app to the thinned chart on screen and to the full chart."""
     import asyncio
 
-    from core.runs import RunDir
+    from core.runs.rundir import RunDir
     from tui.app import SdtuiApp
     from tui.context import AppContext
 

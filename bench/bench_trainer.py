@@ -1,6 +1,6 @@
 """Trainer throughput: the sdtui trainer against the diffusers-example reference loop.
 
-Both train the same tiny SD1 model (``core.train.tiny``) on the same generated kohya folder
+Both train the same tiny SD1 model (``core.train.model.tiny``) on the same generated kohya folder
 (square images, so both see the same 64×64 crops) with LoRA rank 16 on the UNet attention,
 batch 1, one compute thread each. Ours runs as users run it,
 ``python -m core.train RUN_DIR`` on a run folder, with its default speed settings (latents

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import UserError
-from core.runs_folder import RunsFolder, resolve
+from core.runs.folder import RunsFolder, resolve
 
 
 def add_json(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +43,7 @@ def add_global_options(parser: argparse.ArgumentParser, top: bool) -> None:
 
 
 def runs_folder(args: argparse.Namespace, own: Path | None = None) -> RunsFolder:
-    """The runs folder of this command and why (see core/runs_folder.py); ``own`` is the command's own.
+    """The runs folder of this command and why (see core/runs/folder.py); ``own`` is the command's own.
 
     UserError when it is there but is a file or cannot be listed (a missing one just has no runs yet).
     """

@@ -116,7 +116,7 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
 
 def read_json(path: str | os.PathLike[str], default: Any = None) -> Any:
     """Read a JSON file, returning ``default`` when it is missing, unreadable or holds any bytes
-    that are not JSON (half-written, not UTF-8); core/runfiles.py also says which file."""
+    that are not JSON (half-written, not UTF-8); core/runs/readers.py also says which file."""
     try:
         with open(path, encoding="utf-8") as handle:
             return json.load(handle)

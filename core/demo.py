@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import JobFailed, UserError
-from core.runs import ENDED_STATES
+from core.runs.rundir import ENDED_STATES
 
 FAMILY = "sd1"
 
@@ -76,7 +76,7 @@ def build_model(model_dir: Path, timeout_s: float = 300.0) -> Path:
     """Build the tiny model into ``model_dir`` in a child process (skipped when it is already there)."""
     if (model_dir / "model_index.json").is_file():
         return model_dir
-    code = "import sys\nfrom core.train.tiny import build_tiny\nbuild_tiny(sys.argv[1], sys.argv[2])"
+    code = "import sys\nfrom core.train.model.tiny import build_tiny\nbuild_tiny(sys.argv[1], sys.argv[2])"
     result = subprocess.run(
         [sys.executable, "-c", code, FAMILY, str(model_dir)],
         capture_output=True, text=True, timeout=timeout_s, check=False,

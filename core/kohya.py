@@ -190,7 +190,7 @@ def _add_own_options(table: Any, subset: Mapping[str, Any]) -> None:
 def _run_class_images(config: _Config, run: Path | None, notes: list[str]) -> dict[str, Any] | None:
     """The class images the run generated (``<run>/class_images/``) as a regularisation subset
     captioned with the class prompt, or None when there are none or the method uses none."""
-    from core.runs import CLASS_IMAGES, generated_class_images
+    from core.runs.rundir import CLASS_IMAGES, generated_class_images
 
     if config.method in ("finetune", "textual_inversion"):
         return None
@@ -359,7 +359,7 @@ def run_config_from_kohya(
     stays empty and must be filled in before training.
     """
     from core.config import new_config
-    from core.runs import slug
+    from core.runs.rundir import slug
     from core.settings import defaults
 
     dataset = read_kohya(dataset_config)

@@ -264,7 +264,7 @@ def network(s: Mapping[str, Any]) -> tuple[str, list[str]]:
 
 def optimizer_args(s: Mapping[str, Any], warmup: int) -> list[str]:
     """sd-scripts' ``optimizer_args`` (``key=value`` strings passed to the optimizer) for the run's
-    optimizer: what sdtui's trainer passes it (core/train/optim.py)."""
+    optimizer: what sdtui's trainer passes it (core/train/model/optimizer.py)."""
     name = s["optimizer"]
     if name == "adafactor":
         return ["scale_parameter=False", "relative_step=False", "warmup_init=False"]

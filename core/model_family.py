@@ -1,4 +1,4 @@
-"""Compatibility re-export of :mod:`core.families.detect` for ``core/train/models.py`` until the trainer switches over (issue 18)."""
+"""Compatibility re-export of :mod:`core.families.detect` for ``core/train/model/loading.py`` until the trainer switches over (issue 18)."""
 
 from core.families.detect import LOADED_PARTS, check_loadable, family_of_configs, family_of_file, family_of_folder, model_parts
 

@@ -74,7 +74,7 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Pat
 
     def factory(family: str = "sd1") -> Path:
         if family not in built:
-            from core.train.tiny import build_tiny
+            from core.train.model.tiny import build_tiny
 
             built[family] = build_tiny(family, tmp_path_factory.mktemp(f"tiny-{family}") / "model")
         return built[family]

@@ -82,7 +82,7 @@ def test_a_write_the_kernel_refuses_midway_leaves_the_old_file_and_no_temp_file(
 def test_checkpoint_files_follow_the_umask(tmp_path: Path, mask: int, expected: int, folder_mode: int) -> None:
     import torch
 
-    from core.train.checkpoint import save
+    from core.train.outputs.train_state import save
 
     with umask(mask):
         folder = save(tmp_path / "checkpoints", 3, {"w": torch.zeros(2)}, {"optimizer": {}}, {"epoch": 0}, keep=2)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from core.runs import RunDir
+from core.runs.rundir import RunDir
 from tests.test_launch_support import env, no_leftovers, sdtui, status, steps, wait_for, write_config  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("no_leftovers")

@@ -12,8 +12,8 @@ from core.dataset.buckets import assign_bucket, make_buckets
 from core.errors import UserError
 from core.plan.schedule import steps_per_epoch
 from core.settings import resolve
-from core.train.text_cache import cache_text_outputs
-from core.train.data import (
+from core.train.data.text_cache import cache_text_outputs
+from core.train.data.items import (
     BatchDataset,
     CacheNotValid,
     batches_for_epoch,
@@ -23,10 +23,10 @@ from core.train.data import (
     make_loader,
     process_caption,
 )
-from core.train.latents import cache_latents
-from core.train.models import load_components
+from core.train.data.latent_cache import cache_latents
+from core.train.model.loading import load_components
 from core.families.sdxl.runtime import time_ids_batch
-from core.train.text import encode_captions, encode_text, tokenize
+from core.train.model.text import encode_captions, encode_text, tokenize
 from tests.conftest import write_image
 
 SETTINGS = {"resolution": 128, "min_bucket_reso": 64, "max_bucket_reso": 256, "bucket_reso_steps": 64}

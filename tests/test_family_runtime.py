@@ -14,7 +14,7 @@ from core.errors import UserError
 from core.families import FAMILIES, runtime, spec
 from core.families.embeddings import TextEmbeddings
 from core.families.protocol import AdapterWeights, FamilyRuntime, ModelSource
-from core.train.models import load_components
+from core.train.model.loading import load_components
 
 
 def _lora(components, text_encoder: bool = True, kind: str = "lora"):
@@ -36,7 +36,7 @@ def _lora(components, text_encoder: bool = True, kind: str = "lora"):
 
 
 def _adapters(components) -> list[AdapterWeights]:
-    from core.train.outputs import adapter_state
+    from core.train.outputs.files import adapter_state
 
     modules = {"unet": components.unet, **dict(zip(components.text_encoder_names, components.text_encoders))}
     return [AdapterWeights(name, *adapter_state(m)) for name, m in modules.items() if adapter_state(m)[1] is not None]
@@ -78,7 +78,7 @@ def test_latent_normalisation_per_channel_round_trips(tiny_models) -> None:
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
 def test_tokenize_uses_the_specs_max_tokens_and_matches_the_trainer(tiny_models, family: str) -> None:
-    from core.train.text import tokenize
+    from core.train.model.text import tokenize
 
     components = load_components(str(tiny_models(family)))
     captions = ["a photo of sks dog", "toy " * 200]
@@ -101,7 +101,7 @@ def test_text_embeddings_are_named_tensors_a_cache_can_store() -> None:
 def test_lora_files_are_the_trainers_kohya_and_diffusers_files(tmp_path: Path, tiny_models, family: str, kind: str) -> None:
     from safetensors.torch import load_file
 
-    from core.train.outputs import kohya_lora_state_dict, save_lora
+    from core.train.outputs.files import kohya_lora_state_dict, save_lora
 
     components = _lora(load_components(str(tiny_models(family))), kind=kind)
     files = runtime(family).lora_files(_adapters(components), dict(components.unet.config))
@@ -119,7 +119,7 @@ def test_lora_files_are_the_trainers_kohya_and_diffusers_files(tmp_path: Path, t
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
 def test_lora_from_file_reads_kohya_files_as_init_lora_does(tiny_models, family: str) -> None:
-    from core.train import init_lora
+    from core.train.model import init_lora
 
     components = _lora(load_components(str(tiny_models(family))))
     tensors = runtime(family).lora_files(_adapters(components), dict(components.unet.config)).kohya
@@ -134,7 +134,7 @@ def test_lora_from_file_reads_kohya_files_as_init_lora_does(tiny_models, family:
 
 @pytest.mark.parametrize(("family", "v"), [("sd1", False), ("sd2", True), ("sdxl", False)])
 def test_kohya_metadata_values_are_the_trainers(family: str, v: bool) -> None:
-    from core.train import kohya_metadata
+    from core.train.outputs import kohya_metadata
 
     values = runtime(family).kohya_metadata(v)
     assert values["ss_base_model_version"] == kohya_metadata.base_model_version(family, v)
@@ -199,7 +199,7 @@ def test_build_tiny_writes_the_trainers_tiny_model(tmp_path: Path, tiny_models, 
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
 def test_load_whole_and_split_files(tmp_path: Path, tiny_models, family: str) -> None:
-    from core.train.tiny import build_tiny_single_file
+    from core.train.model.tiny import build_tiny_single_file
 
     folder = tiny_models(family)
     whole = runtime(family).load(ModelSource(str(folder)))

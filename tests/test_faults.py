@@ -16,7 +16,7 @@ import pytest
 from core.gpu import GpuSet
 from core.procs import alive, tree
 from core.launch.start import start_run
-from core.runs import RunDir
+from core.runs.rundir import RunDir
 from tests.test_launch_support import env, no_leftovers, sdtui, steps, wait_ended, wait_for, write_config  # noqa: F401 (no_leftovers is a fixture)
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_leftovers")]

@@ -15,7 +15,7 @@ import pytest
 
 from core.gpu import GpuSet
 from core.launch.start import resume_run, start_run
-from core.runs import RunDir
+from core.runs.rundir import RunDir
 from tests.test_faults_runs import checkpoint_step, fill, kill_tree, lost_run, small_disk  # noqa: F401 (small_disk is a fixture)
 from tests.test_launch_support import no_leftovers, sdtui, status, steps, wait_ended, wait_for, write_config  # noqa: F401 (no_leftovers is a fixture)
 

@@ -26,7 +26,7 @@ from core.gpu import GpuSet
 from core.procs import alive, tree
 from core.launch.start import start_run
 from core.monitor import MetricsSeries, MetricsTail
-from core.runs import RunDir
+from core.runs.rundir import RunDir
 from tests.test_launch_support import env, no_leftovers, sdtui, status, steps, wait_ended, wait_for, write_config  # noqa: F401 (no_leftovers is a fixture)
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("no_leftovers")]
@@ -168,7 +168,7 @@ def test_a_full_disk_fails_with_the_sentence_keeps_the_checkpoint_and_resumes(tm
     assert not list(run.checkpoints.glob(".tmp-*")), "the partial checkpoint is removed"
     log = run.log.read_text(errors="replace")
     assert log.endswith("run failed\n"), log[-300:]
-    from core.train.checkpoint import load
+    from core.train.outputs.train_state import load
 
     assert load(run.latest_checkpoint()).state["step"] == 8
     filler.unlink()
@@ -200,7 +200,7 @@ def test_a_disk_too_full_for_the_output_fails_naming_the_output_and_resumes(tmp_
 def test_a_write_that_hits_enospc_is_recognised_as_a_full_disk(small_disk: Path) -> None:
     import torch
 
-    from core.train import checkpoint
+    from core.train.outputs import train_state as checkpoint
     from core.train.disk import is_disk_full
 
     fill(small_disk, 64 * 1024)
@@ -283,7 +283,7 @@ def test_no_pickle_loading_anywhere_in_the_code() -> None:
 
 
 def test_a_sigstopped_trainer_is_flagged_stalled(tmp_path: Path, tiny_models, kohya_dataset) -> None:
-    from core.runs import STALL_MIN_S
+    from core.runs.rundir import STALL_MIN_S
 
     config = write_config(tmp_path, tiny_models("sd1"), kohya_dataset(((40, "sks dog", 4),)), {"epochs": 1})
     runs = tmp_path / "runs"

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 import torch
 
-from core.train.data import build_items, distinct_captions
-from core.train.latents import cache_latents, read_entry
-from core.train.models import load_components
-from core.train.text_cache import cache_text_outputs
-from core.train.text_cache import read_entry as read_text_entry
+from core.train.data.items import build_items, distinct_captions
+from core.train.data.latent_cache import cache_latents, read_entry
+from core.train.model.loading import load_components
+from core.train.data.text_cache import cache_text_outputs
+from core.train.data.text_cache import read_entry as read_text_entry
 from tests.train_helpers import make_run, metrics, train
 
 
@@ -99,8 +99,8 @@ def test_a_damaged_text_cache_entry_of_another_rank_stops_the_run_instead_of_dro
 
 
 def test_every_record_starts_on_a_fresh_line_after_junk_appended_to_a_live_metrics_file(tmp_path):
-    from core.runfiles import records
-    from core.train.metrics import MetricsWriter
+    from core.runs.readers import records
+    from core.train.metrics_writer import MetricsWriter
 
     path = tmp_path / "metrics.jsonl"
     writer = MetricsWriter(path)

@@ -98,7 +98,7 @@ def test_losses_are_bit_identical_to_the_recorded_ones(name, tmp_path, tiny_mode
 def _record() -> None:
     import tempfile
 
-    from core.train.tiny import build_tiny
+    from core.train.model.tiny import build_tiny
 
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)

@@ -113,7 +113,7 @@ def _live_twin_of(config_path: Path, runs: Path, gpu_ids: str = "all") -> Any:
     import psutil
 
     from core.procs import describe
-    from core.runs import RunDir, lock
+    from core.runs.rundir import RunDir, lock
 
     config = load_config(config_path)
     config = apply_overrides(config, [f"distributed.gpu_ids={gpu_ids}"]) if gpu_ids != "all" else config

@@ -12,7 +12,7 @@ import psutil
 from core import procs
 from core.launch.control import request
 from core.launch.supervisor import error_summary, final_state, is_locked, lock_run, log_tail, stop_requested_since
-from core.runs import RunDir
+from core.runs.rundir import RunDir
 
 TORCHRUN_LOG = """\
 Traceback (most recent call last):
@@ -60,7 +60,7 @@ def test_lock_keeps_a_second_holder_off(tmp_path: Path) -> None:
     run = RunDir(tmp_path)
     held = lock_run(run)
     assert held is not None and is_locked(run)
-    child = subprocess.run([sys.executable, "-c", f"from core.launch.supervisor import is_locked; from core.runs import RunDir; print(is_locked(RunDir({str(tmp_path)!r})))"], capture_output=True, text=True)
+    child = subprocess.run([sys.executable, "-c", f"from core.launch.supervisor import is_locked; from core.runs.rundir import RunDir; print(is_locked(RunDir({str(tmp_path)!r})))"], capture_output=True, text=True)
     assert child.stdout.strip() == "True"
     held.close()
     assert not is_locked(run)
@@ -102,7 +102,7 @@ def test_leftover_guard_finds_a_detached_process_of_the_test(tmp_path: Path) -> 
 
 def test_the_failure_hint_offers_resume_only_with_a_checkpoint_and_the_log_only_when_it_says_something(tmp_path: Path) -> None:
     from core.launch.supervisor import failure_hint
-    from core.runs import RunDir
+    from core.runs.rundir import RunDir
 
     run = RunDir(tmp_path / "run-1")
     run.path.mkdir()

@@ -8,7 +8,7 @@ import pytest
 
 from core.errors import UserError
 from core.families import runtime
-from core.train.models import ModelLoadError, load_components
+from core.train.model.loading import ModelLoadError, load_components
 
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
@@ -23,7 +23,7 @@ def test_folder_loads_with_detected_family(tiny_models, family):
 
 
 def test_sd2_is_v_prediction(tmp_path):
-    from core.train.tiny import build_tiny
+    from core.train.model.tiny import build_tiny
 
     components = load_components(str(build_tiny("sd2", tmp_path / "sd2")))
     assert (components.family, components.prediction_type) == ("sd2", "v_prediction")
@@ -43,7 +43,7 @@ def test_prediction_type_override_and_768v_heuristic(tiny_models):
 def test_single_file_round_trips_the_weights(tmp_path, tiny_models, family):
     import torch
 
-    from core.train.tiny import build_tiny_single_file
+    from core.train.model.tiny import build_tiny_single_file
 
     path = build_tiny_single_file(family, tmp_path / f"{family}.safetensors")
     assert not list(path.with_suffix("").glob("*/*.safetensors"))  # the config folder has no weights
@@ -100,7 +100,7 @@ def test_ckpt_file_loads_with_safe_unpickling(tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    from core.train.tiny import build_tiny_single_file
+    from core.train.model.tiny import build_tiny_single_file
 
     source = build_tiny_single_file("sd1", tmp_path / "model.safetensors")
     ckpt = tmp_path / "model.ckpt"
@@ -112,7 +112,7 @@ def test_ckpt_file_loads_with_safe_unpickling(tmp_path):
 
 
 def test_separate_vae_and_missing_vae(tmp_path, tiny_models):
-    from core.train.tiny import build_tiny
+    from core.train.model.tiny import build_tiny
 
     other = build_tiny("sdxl", tmp_path / "other")  # a different VAE (SDXL scaling factor)
     components = load_components(str(tiny_models("sd1")), vae_path=str(other))

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from core.train.models import load_components
-from core.train.outputs import kohya_lora_state_dict, save_embeddings, save_full_model, save_lora
-from core.train.text import add_placeholder_tokens
+from core.train.model.loading import load_components
+from core.train.outputs.files import kohya_lora_state_dict, save_embeddings, save_full_model, save_lora
+from core.train.model.text import add_placeholder_tokens
 
 
 def _image(pipe, prompt: str = "a red circle") -> np.ndarray:
@@ -220,7 +220,7 @@ def test_loha_lokr_peft_folders_load_with_peft_model_from_pretrained(tmp_path, t
     from diffusers import UNet2DConditionModel
     from peft import PeftModel
 
-    from core.train.methods import adapter_config
+    from core.train.model.methods import adapter_config
 
     path = tiny_models("sd1")
     components = load_components(str(path))

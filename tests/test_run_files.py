@@ -16,9 +16,9 @@ from core.errors import UserError
 from core.launch.control import request, status_fields
 from core.launch.supervisor import stop_requested_since
 from core.monitor import MetricsSeries, MetricsTail
-from core.runfiles import STEP_PROBE_BYTES, last_step, newest_step, tail_records
-from core.runs import RunDir, list_runs
-from core.train.control import ControlReader
+from core.runs.readers import STEP_PROBE_BYTES, last_step, newest_step, tail_records
+from core.runs.rundir import RunDir, list_runs
+from core.train.control_poller import ControlReader
 from tests.test_launch_support import sdtui
 
 JSON = st.recursive(
@@ -102,7 +102,7 @@ def test_a_request_replaces_a_junk_control_file(data: bytes) -> None:
 @settings(max_examples=40, deadline=None)
 @given(data=st.binary(max_size=200), name=st.sampled_from(["state.json", "objects.json", "trainable.safetensors", "objects.safetensors"]))
 def test_a_damaged_checkpoint_is_one_sentence(data: bytes, name: str) -> None:
-    from core.train.checkpoint import load
+    from core.train.outputs.train_state import load
 
     root = Path(tempfile.mkdtemp(prefix="sdtui-ckpt-"))
     for part in ("state.json", "objects.json", "trainable.safetensors", "objects.safetensors"):

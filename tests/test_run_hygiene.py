@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from core.errors import JobFailed
-from core.runs import RunDir
+from core.runs.rundir import RunDir
 
 
 def huge_png(path: Path, width: int = 20000, height: int = 20000) -> Path:

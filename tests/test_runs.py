@@ -16,7 +16,7 @@ import pytest
 
 from core.errors import UserError
 from core.procs import describe
-from core.runs import ENDED_STATES, LIVE_STATES, LOST, STALLED, STATES, RunDir, create_run_dir, list_runs, lock, new_run_id, resolve_run
+from core.runs.rundir import ENDED_STATES, LIVE_STATES, LOST, STALLED, STATES, RunDir, create_run_dir, list_runs, lock, new_run_id, resolve_run
 
 
 def make_run(root: Path, name: str, **status: object) -> RunDir:
@@ -130,7 +130,7 @@ def test_delete_run_removes_the_run_folder_only_and_refuses_a_live_run(tmp_path:
     import time as clock
 
     from core.errors import UserError
-    from core.runs import delete_run
+    from core.runs.rundir import delete_run
     from tests.tui_fixtures import make_run
 
     runs = tmp_path / "runs"
@@ -163,7 +163,7 @@ def test_resume_point_names_the_checkpoint_step_or_the_start(tmp_path: Path) -> 
 
 
 def test_a_run_active_within_the_shortest_stall_limit_is_not_stalled_without_reading_its_metrics(tmp_path: Path, monkeypatch) -> None:
-    import core.runs as runs_module
+    import core.runs.rundir as runs_module
     from tests.tui_fixtures import make_run
 
     run = RunDir(make_run(tmp_path / "runs", "r-20251009-090000", "running", steps=30, total=100))

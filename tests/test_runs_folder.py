@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from cli.main import build_parser, main
-from core import runs_folder
-from core.runs_folder import DEFAULTED, ENVIRONMENT, OPTION, OWN, REMEMBERED, remember, resolve
+from core.runs import folder as runs_folder
+from core.runs.folder import DEFAULTED, ENVIRONMENT, OPTION, OWN, REMEMBERED, remember, resolve
 from tests.tui_fixtures import make_run
 
 

@@ -7,10 +7,10 @@ import pytest
 from PIL import Image
 
 from core.errors import UserError
-from core.train.class_images import prepare_class_images
-from core.train.data import build_items
-from core.train.models import load_components
-from core.train.sampling import SampleError, render_samples
+from core.train.data.class_images import prepare_class_images
+from core.train.data.items import build_items
+from core.train.model.loading import load_components
+from core.train.outputs.sampling import SampleError, render_samples
 from tests.conftest import write_image
 
 PROMPTS = ["a red circle --w 64 --h 96 --s 2 --d 5", "a blue square --n green --s 2 --l 3.5"]
@@ -102,7 +102,7 @@ def test_ss_picks_kohyas_sampler_per_prompt_and_clip_skip_reaches_the_pipeline(t
     import numpy as np
     from PIL import Image
 
-    from core.train.sampling import sampler_scheduler
+    from core.train.outputs.sampling import sampler_scheduler
 
     components = load_components(str(tiny_models("sd1")))
     base = components.scheduler or components.noise_scheduler

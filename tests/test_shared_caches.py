@@ -8,11 +8,11 @@ import pytest
 import tomlkit
 import torch
 
-from core.train.class_images import prepare_class_images, share
-from core.train.data import build_items, distinct_captions
-from core.train.models import load_components
-from core.train.text import encode_captions
-from core.train.text_cache import cache_text_outputs
+from core.train.data.class_images import prepare_class_images, share
+from core.train.data.items import build_items, distinct_captions
+from core.train.model.loading import load_components
+from core.train.model.text import encode_captions
+from core.train.data.text_cache import cache_text_outputs
 from tests.train_helpers import launch, make_run, metrics, status
 
 

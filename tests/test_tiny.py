@@ -47,7 +47,7 @@ def test_tokenizer_knows_demo_words(tiny_models):
 
 def test_build_is_fast_and_deterministic(tmp_path, tiny_models):
     tiny_models("sd1")  # imports warmed
-    from core.train.tiny import build_tiny
+    from core.train.model.tiny import build_tiny
 
     start = time.perf_counter()
     first = build_tiny("sd1", tmp_path / "a")
@@ -64,7 +64,7 @@ def test_build_is_fast_and_deterministic(tmp_path, tiny_models):
 def test_sd2_is_v_prediction_with_wide_text(tmp_path):
     import json
 
-    from core.train.tiny import build_tiny
+    from core.train.model.tiny import build_tiny
 
     path = build_tiny("sd2", tmp_path / "m")
     assert json.loads((path / "scheduler" / "scheduler_config.json").read_text())["prediction_type"] == "v_prediction"
@@ -72,7 +72,7 @@ def test_sd2_is_v_prediction_with_wide_text(tmp_path):
 
 
 def test_unknown_family_is_a_user_error(tmp_path):
-    from core.train.tiny import build_tiny
+    from core.train.model.tiny import build_tiny
 
     with pytest.raises(UserError, match="sd1, sd2, sdxl"):
         build_tiny("sd3", tmp_path / "m")

@@ -6,7 +6,7 @@ import pytest
 
 from core.launch.control import request
 from core.plan.schedule import steps_per_epoch
-from core.runs import RunDir
+from core.runs.rundir import RunDir
 from tests.train_helpers import launch, make_run, metrics, status
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ddp")]

@@ -51,7 +51,7 @@ def test_the_trainer_exits_right_after_writing_finished_and_leaves_no_loader_wor
 
 
 def test_progress_lines_come_every_n_steps_with_the_mean_loss_and_the_eta(capsys) -> None:
-    from core.train.metrics import ProgressLog, progress_every
+    from core.train.metrics_writer import ProgressLog, progress_every
 
     assert (progress_every(3), progress_every(400), progress_every(100_000)) == (1, 20, 100)
     log = ProgressLog(40)

@@ -86,7 +86,7 @@ def test_schedulefree_warms_up_itself_and_samples_and_saves_its_averaged_weights
         seen["weights"] = _snapshot(trainer)
         return []
 
-    import core.train.sampling as sampling
+    import core.train.outputs.sampling as sampling
 
     original, sampling.render_samples = sampling.render_samples, fake_render
     try:
@@ -152,7 +152,7 @@ def test_loha_and_lokr_save_lycoris_keys_that_reproduce_the_trained_deltas(setup
     import torch
     from safetensors.torch import load_file
 
-    from core.train import outputs
+    from core.train.outputs import files as outputs
 
     trainer = setup_run(
         {"lora_type": kind, "lora_targets": "all", "train_text_encoder": True, "save_precision": "fp32", "lora_rank": 2, "lora_alpha": 3},
@@ -276,7 +276,7 @@ def test_ss_epoch_of_a_step_mode_run_is_the_epochs_it_trained(tmp_path, tiny_mod
 
 
 def test_sd2_v_prediction_is_named_as_sd_scripts_names_it():
-    from core.train.kohya_metadata import architecture, base_model_version
+    from core.train.outputs.kohya_metadata import architecture, base_model_version
 
     assert base_model_version("sd2", True) == "sd_v2_v" and base_model_version("sd2", False) == "sd_v2"
     assert architecture("sd2", True) == "stable-diffusion-v2-768-v/lora"
@@ -327,7 +327,7 @@ def test_wandb_project_without_wandb_is_one_sentence_before_and_at_start(tmp_pat
 def test_clip_skip_takes_the_layer_kohya_takes(setup_run):
     import torch
 
-    from core.train.text import encode_text, tokenize
+    from core.train.model.text import encode_text, tokenize
 
     trainer = setup_run({"clip_skip": 2})
     c = trainer.session.components
@@ -347,7 +347,7 @@ def test_clip_skip_takes_the_layer_kohya_takes(setup_run):
 def test_caption_prefix_suffix_and_tag_dropout():
     import random
 
-    from core.train.data import process_caption, with_prefix_suffix
+    from core.train.data.items import process_caption, with_prefix_suffix
 
     assert with_prefix_suffix("dog, grass", {"caption_prefix": "sks,", "caption_suffix": ", best"}) == "sks, dog, grass , best"
     settings = {"caption_tag_dropout_rate": 0.5, "keep_tokens": 1}
@@ -484,7 +484,7 @@ def test_output_name_and_folder_are_where_the_outputs_go(tmp_path, tiny_models, 
     assert (tmp_path / "loras" / "sksDog_v1.safetensors").is_file()
     assert _metadata(tmp_path / "loras" / "sksDog_v1.safetensors")["ss_output_name"] == "sksDog_v1"
     assert not (run / "output" / "tiny.safetensors").exists()
-    from core.runs import RunDir
+    from core.runs.rundir import RunDir
 
     assert tmp_path / "loras" / "sksDog_v1.safetensors" in RunDir(run).outputs()
     doc = (run / "run.toml").read_text().replace(str(tmp_path / "loras"), "../loras")

@@ -175,8 +175,8 @@ def test_the_trainer_generates_the_class_images_the_plan_announces(tmp_path, tin
 @pytest.mark.parametrize("targets", ["attn", "attn_ff", "all"])
 def test_lora_adapts_exactly_the_modules_the_memory_estimator_counts(tiny_models, targets):
     from core.families.sd_unet import LORA_TARGETS, is_lora_target
-    from core.train.methods import setup_method
-    from core.train.models import load_components
+    from core.train.model.methods import setup_method
+    from core.train.model.loading import load_components
 
     components = load_components(str(tiny_models("sdxl")))
     plain = {name for name, _ in components.unet.named_modules()}
@@ -192,8 +192,8 @@ def test_lora_adapts_exactly_the_modules_the_memory_estimator_counts(tiny_models
 def test_placeholder_tokens_never_shrink_the_embedding_table_and_grow_it_when_needed(tiny_models):
     import torch
 
-    from core.train.models import load_components
-    from core.train.text import add_placeholder_tokens
+    from core.train.model.loading import load_components
+    from core.train.model.text import add_placeholder_tokens
 
     components = load_components(str(tiny_models("sd1")))
     encoder, tokenizer = components.text_encoders[0], components.tokenizers[0]

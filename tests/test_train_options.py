@@ -131,7 +131,7 @@ def test_cached_latents_keep_the_vae_out_of_the_steps(setup_run, monkeypatch):
     one_step(cached)
     one_step(live)
     assert cached not in calls and live in calls
-    from core.train.latents import default_cache_dir
+    from core.train.data.latent_cache import default_cache_dir
 
     assert cached.session.data.train_data.latents.files  # training reads the shared cache folder's files
     assert all(default_cache_dir() in path.parents for path in cached.session.data.train_data.latents.files.values())

@@ -153,7 +153,7 @@ def test_the_heartbeat_thread_ticks_the_progress(tmp_path, monkeypatch):
 
 def test_a_stop_during_start_up_ends_at_the_next_item_and_keeps_what_was_generated(tmp_path, tiny_models, kohya_dataset, monkeypatch):
     from core.launch.control import request
-    from core.runs import RunDir
+    from core.runs.rundir import RunDir
     from core.train import startup
     from core.train.phases import Phases as PhasesClass
 

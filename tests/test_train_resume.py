@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from core import checkpoints
+from core.runs import checkpoints
 from core.launch.control import request
-from core.runs import RunDir
-from core.train import checkpoint
+from core.runs.rundir import RunDir
+from core.train.outputs import train_state as checkpoint
 from tests.train_helpers import make_run, metrics, status, train
 
 pytestmark = pytest.mark.slow

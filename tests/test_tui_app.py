@@ -78,7 +78,7 @@ async def test_every_key_of_the_screen_is_a_palette_command(tmp_path: Path) -> N
     import time
 
     from core.atomic import read_json
-    from core.runs import RunDir
+    from core.runs.rundir import RunDir
     from tests.tui_fixtures import make_run, make_runs, until
     from tui.screens.dashboard import DashboardScreen
 

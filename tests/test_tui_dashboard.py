@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from core.atomic import read_json
-from core.runs import RunDir
+from core.runs.rundir import RunDir
 from tests.tui_fixtures import T0, make_run, make_runs, sync, until
 from tui.app import SdtuiApp
 from tui.context import AppContext
@@ -220,7 +220,7 @@ def test_half_block_samples_never_query_the_terminal_from_inside_the_app(tmp_pat
     runs = make_runs(tmp_path / "runs")
     script = f"""
 import asyncio, sys
-from core.runs import RunDir
+from core.runs.rundir import RunDir
 from tui.app import SdtuiApp
 from tui.context import AppContext
 

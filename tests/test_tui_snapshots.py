@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from core.runs import RunDir
+from core.runs.rundir import RunDir
 from tests.conftest import make_kohya
 from tests.tui_fixtures import T0, make_runs
 from tui.app import SdtuiApp

@@ -59,7 +59,7 @@ def _ended(run: Path) -> dict[str, Any]:
 
 def _start(scratch: Path, images: int = 40, **schedule: Any) -> Path:
     """A tiny-model run started through ``sdtui train``; its folder once it has made a step."""
-    from core.train.tiny import build_tiny
+    from core.train.model.tiny import build_tiny
     from tests.conftest import make_kohya
     from tests.test_launch_support import write_config
 

@@ -62,7 +62,7 @@ class Lab:
 
     def train(self, config: Path) -> Any:
         """Start a run with ``sdtui train`` (detached, as a user does); its RunDir."""
-        from core.runs import list_runs
+        from core.runs.rundir import list_runs
 
         before = {r.id for r in list_runs(self.runs)}
         started = self.cli("train", str(config))
@@ -97,7 +97,7 @@ def _shared_dir() -> Path:
 def tiny_model() -> Path:
     """The tiny SD1 model, built once per probe process."""
     if "model" not in _SHARED:
-        from core.train.tiny import build_tiny
+        from core.train.model.tiny import build_tiny
 
         _SHARED["model"] = build_tiny("sd1", _shared_dir() / "model")
     return _SHARED["model"]
@@ -105,7 +105,7 @@ def tiny_model() -> Path:
 
 def finished_run(lab: Lab) -> Any:
     """A copy in ``lab``'s runs folder of a finished run of 6 steps (checkpoints every 3), trained once."""
-    from core.runs import RunDir
+    from core.runs.rundir import RunDir
 
     if "finished" not in _SHARED:
         first = Lab(_shared_dir() / "finished")
@@ -137,7 +137,7 @@ def damaged_cache(kind: str) -> Callable[[Path], str | None]:
     def check(scratch: Path) -> str | None:
         from unittest import mock
 
-        from core.runfiles import records
+        from core.runs.readers import records
         from tests.conftest import make_kohya
         from tests.train_helpers import make_run, train
 
@@ -212,8 +212,8 @@ def live_status_keeps_fields(scratch: Path) -> str | None:
 
 def metrics_records_on_fresh_lines(scratch: Path) -> str | None:
     """Junk appended to a live metrics.jsonl, then two more records from the trainer's writer."""
-    from core.runfiles import records
-    from core.train.metrics import MetricsWriter
+    from core.runs.readers import records
+    from core.train.metrics_writer import MetricsWriter
 
     path = scratch / "metrics.jsonl"
     writer = MetricsWriter(path)

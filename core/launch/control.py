@@ -19,8 +19,8 @@ from typing import Any
 from core import procs
 from core.atomic import write_json_atomic
 from core.errors import UserError
-from core.runfiles import load_json_object
-from core.runs import ENDED_STATES, FINAL_STATES, LOST, STALLED, RunDir, has_state
+from core.runs.readers import load_json_object
+from core.runs.rundir import ENDED_STATES, FINAL_STATES, LOST, STALLED, RunDir, has_state
 
 ACTIONS = ("stop", "save", "sample", "pause", "resume")
 #: Requests kept in control.json (older ones were executed long ago).

@@ -18,12 +18,12 @@ from typing import IO, Any
 
 import psutil
 
-from core import runs_folder
+from core.runs import folder as runs_folder
 from core.atomic import write_atomic, write_json_atomic
 from core.errors import UserError
 from core.launch.accelerate_config import accelerate_config, other_node_commands, to_yaml, world_size
 from core.launch.command import CODE_ROOT, format_command, launch_command, launch_env
-from core.runs import FINAL_STATES, LOST, RunDir, create_run_dir, is_locked, lock
+from core.runs.rundir import FINAL_STATES, LOST, RunDir, create_run_dir, is_locked, lock
 
 Notify = Callable[[str], None]
 #: Seconds a start waits for a supervisor that has recorded its run's end to let go of the folder.
@@ -61,7 +61,7 @@ def live_twin(config: Any, runs_dir: str | os.PathLike[str]) -> RunDir | None:
     training (``training_fingerprint``) on GPUs that overlap this config's (``gpu_ids``), else None."""
     from core.config import load_config
     from core.launch.accelerate_config import parse_gpu_ids
-    from core.runs import LIVE_STATES, list_runs
+    from core.runs.rundir import LIVE_STATES, list_runs
 
     mine, my_gpus = training_fingerprint(config), parse_gpu_ids(str(config.distributed.get("gpu_ids", "all")))
     for run in list_runs(runs_dir):
@@ -199,7 +199,7 @@ def spawn_supervisor(run: RunDir, held: IO[str]) -> int:
 
 def resume_point(run: RunDir) -> str:
     """Where a resume of ``run`` starts, as the user reads it: its newest checkpoint's step, or the start."""
-    from core.checkpoints import step_of
+    from core.runs.checkpoints import step_of
 
     checkpoint = run.latest_checkpoint()
     return f"from its checkpoint at step {step_of(checkpoint)}" if checkpoint else "from the start (it has no checkpoint)"
@@ -215,7 +215,7 @@ def resume_run(run: RunDir, gpus: Any = None, again: bool = False, notify: Notif
     not fit is a warning only (the run was launched already). Of two resumes at once one starts the
     run and the other gets a UserError. Notices go to ``notify``.
     """
-    from core.checkpoints import step_of
+    from core.runs.checkpoints import step_of
     from core.config import load_config
     from core.launch.preflight import preflight
 

@@ -29,8 +29,8 @@ from core.folder_watch import FolderWatch
 from core.launch.command import CODE_ROOT, format_command, launch_command, launch_env, read_accelerate_config
 from core.monitor.logs import WRAPPERS as _WRAPPERS
 from core.monitor.logs import is_noise, user_view
-from core.runfiles import belongs, current_attempt, integer, load_json_object, tail_records
-from core.runs import FINAL_STATES, RunDir, hold, lock
+from core.runs.readers import belongs, current_attempt, integer, load_json_object, tail_records
+from core.runs.rundir import FINAL_STATES, RunDir, hold, lock
 
 _EXCEPTION = re.compile(r"^(?:\[rank\d+\]:\s*)?([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Failure)\w*)(?::\s*(.*))?$")
 _RANK_PREFIX = re.compile(r"^\[rank\d+\]:\s?")
@@ -47,7 +47,7 @@ def lock_run(run: RunDir) -> IO[str] | None:
 
 def is_locked(run: RunDir) -> bool:
     """True while a supervisor holds the run folder."""
-    from core.runs import is_locked as held
+    from core.runs.rundir import is_locked as held
 
     return held(run.supervisor_lock)
 
@@ -245,7 +245,7 @@ class Supervisor:
     def _end_line(self, state: str, code: int, error: Any) -> None:
         """Append the attempt's ``end`` line to metrics.jsonl when the trainer did not (it crashed, or
         never started), so a status rebuilt from the folder knows how the attempt ended."""
-        from core.train.metrics import MetricsWriter
+        from core.train.metrics_writer import MetricsWriter
 
         attempt, after = current_attempt(tail_records(self.run.metrics))
         if attempt is not None and attempt.get("id") == self.attempt_id and any(r.get("type") == "end" for r in after):
@@ -306,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     if held is None:
         print(f"sdtui supervisor: another supervisor already runs {run.path}", file=sys.stderr)
         return 2
-    from core.runs import is_locked as locked
+    from core.runs.rundir import is_locked as locked
 
     if locked(run.trainer_lock):
         print(f"sdtui supervisor: a trainer still writes into {run.path}; stop it first (sdtui stop {run.id})", file=sys.stderr)

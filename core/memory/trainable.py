@@ -53,7 +53,7 @@ def trainable(family: str, method: str, settings: Mapping[str, Any]) -> Trainabl
     """The trained parameters of ``method`` on ``family`` with ``settings``.
 
     Textual inversion trains each text encoder's whole token-embedding matrix (its gradient
-    masked to the new rows, as core/train/methods.py sets it up), so that is what the optimizer
+    masked to the new rows, as core/train/model/methods.py sets it up), so that is what the optimizer
     holds; the result holds ``ti_num_vectors`` vectors per encoder.
     """
     s = resolve("settings", settings)

@@ -1,7 +1,7 @@
 """Prior preservation's class images: how many a run uses and how many the trainer generates.
 
 The one rule the planner (``plan --json`` ``dataset.class_images``, the ETA), the wizard's
-schedule and review steps and the trainer (``core.train.class_images``) all follow:
+schedule and review steps and the trainer (``core.train.data.class_images``) all follow:
 
 * the class images *given* are the images of the class (regularisation) subsets;
 * DreamBooth with ``method.class_prompt`` and ``settings.generate_class_images`` (default true)

@@ -33,7 +33,7 @@ def run(argv: list[str]) -> int:
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
-    from .loop import main
+    from core.train.loop import main
 
     # Loading bars would fill train.log (and the dashboard's log tail) with carriage returns.
     diffusers_logging.disable_progress_bar()

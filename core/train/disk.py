@@ -15,7 +15,7 @@ from pathlib import Path
 
 from core.units import size
 
-from .status import TrainingFailed
+from core.train.status import TrainingFailed
 
 #: Room kept beyond a write's own size (status.json, metrics and log lines, file-system slack).
 MARGIN_BYTES = 1024 * 1024

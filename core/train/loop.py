@@ -32,18 +32,18 @@ from typing import Any
 from core.errors import UserError
 from core.folder_watch import FolderWatch, moved_sentence
 from core.plan import schedule
-from core.runs import RunDir
+from core.runs.rundir import RunDir
 
-from . import startup, trackers
-from .control import PAUSE_POLL_S, ControlPoller, ControlReader, Polled
-from .disk import DiskFull, Reserve
-from .metrics import EventHandler, MetricsWriter, ProgressLog, memory_sample
-from .phases import Phases, StartupStopped
-from .progress import Progress
-from .saving import Saver
-from .session import Accel, Session
-from .status import Heartbeat, NotOwner, StatusFile, TrainingFailed, first_line, nan_hint, now, oom_hint
-from .step import Stepper
+from core.train import startup, trackers
+from core.train.control_poller import PAUSE_POLL_S, ControlPoller, ControlReader, Polled
+from core.train.disk import DiskFull, Reserve
+from core.train.metrics_writer import EventHandler, MetricsWriter, ProgressLog, memory_sample
+from core.train.phases import Phases, StartupStopped
+from core.train.progress import Progress
+from core.train.saving import Saver
+from core.train.session import Accel, Session
+from core.train.status import Heartbeat, NotOwner, StatusFile, TrainingFailed, first_line, nan_hint, now, oom_hint
+from core.train.step import Stepper
 
 #: How often (in optimizer steps) the loss is read back from a GPU; on the CPU every step.
 GPU_LOG_EVERY = 10

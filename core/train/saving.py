@@ -12,12 +12,12 @@ import math
 from pathlib import Path
 from typing import Any
 
-from . import checkpoint as ckpt
-from .disk import DiskFull, ensure_space, free_bytes, is_disk_full
-from .metrics import MetricsWriter
-from .progress import Progress
-from .session import Session
-from .status import Heartbeat, StatusFile, first_line
+from core.train.outputs import train_state as ckpt
+from core.train.disk import DiskFull, ensure_space, free_bytes, is_disk_full
+from core.train.metrics_writer import MetricsWriter
+from core.train.progress import Progress
+from core.train.session import Session
+from core.train.status import Heartbeat, StatusFile, first_line
 
 
 class Saver:
@@ -52,7 +52,7 @@ class Saver:
     @contextlib.contextmanager
     def _eval_weights(self) -> Any:
         """Schedule-free optimizers switched to their averaged (eval) weights inside the block."""
-        from .optim import set_optimizer_mode
+        from core.train.model.optimizer import set_optimizer_mode
 
         set_optimizer_mode(self.session.optim.optimizer, train=False)
         try:
@@ -138,9 +138,9 @@ class Saver:
     def _write_outputs(self, final: bool, out: Path) -> None:
         import torch
 
-        from core.runs import slug
+        from core.runs.rundir import slug
 
-        from . import outputs
+        from core.train.outputs import files as outputs
 
         session = self.session
         c = session.components
@@ -166,8 +166,8 @@ class Saver:
         import time
         from importlib.metadata import PackageNotFoundError, version
 
-        from . import kohya_metadata as km
-        from .outputs import NETWORK_MODULE, network_args
+        from core.train.outputs import kohya_metadata as km
+        from core.train.outputs.files import NETWORK_MODULE, network_args
 
         session, progress = self.session, self.progress
         c = session.components
@@ -216,7 +216,7 @@ class Saver:
         session = self.session
         step = self.progress.step
         try:
-            from .sampling import render_samples
+            from core.train.outputs.sampling import render_samples
 
             prompts = session.config.prompts
             ti = session.method.ti
@@ -229,7 +229,7 @@ class Saver:
                     unet=session.denoiser(), text_encoders=session.text_encoders(),
                     sampler=session.config.section("samples")["sampler"], clip_skip=int(session.settings["clip_skip"]),
                 )
-            from .trackers import log_samples
+            from core.train.trackers import log_samples
 
             log_samples(session.acc, step, [(r.prompt_index, Path(r.path)) for r in written])
             for result in written:

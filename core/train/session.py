@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .batches import Batches
-from .methods import Method
+from core.train.data.batches import Batches
+from core.train.model.methods import Method
 
 
 @dataclass

@@ -12,21 +12,21 @@ from core.errors import UserError
 from core.families import text_encoder_names
 from core.plan import schedule
 from core.plan.class_images import class_images
-from core.runfiles import integer, number
-from core.runs import RunDir
+from core.runs.readers import integer, number
+from core.runs.rundir import RunDir
 from core.settings import FP16_NEEDS_A_GPU, optimizer_notes, optimizer_rule_warnings
 
-from . import checkpoint as ckpt
-from .batches import Batches
-from .control import ControlReader
-from .methods import setup_method
-from .metrics import EventHandler, MetricsWriter
-from .optim import FusedBackward, make_optimizer, make_scheduler, param_groups, set_optimizer_mode
-from .phases import Phases
-from .progress import Progress
-from .saving import set_rng
-from .session import Accel, Model, Optimization, Session
-from .status import NotOwner, StatusFile
+from core.train.outputs import train_state as ckpt
+from core.train.data.batches import Batches
+from core.train.control_poller import ControlReader
+from core.train.model.methods import setup_method
+from core.train.metrics_writer import EventHandler, MetricsWriter
+from core.train.model.optimizer import FusedBackward, make_optimizer, make_scheduler, param_groups, set_optimizer_mode
+from core.train.phases import Phases
+from core.train.progress import Progress
+from core.train.saving import set_rng
+from core.train.session import Accel, Model, Optimization, Session
+from core.train.status import NotOwner, StatusFile
 
 
 def read_config(run: RunDir) -> Any:
@@ -44,7 +44,7 @@ def start_accelerator(config: Any, run: RunDir) -> Accel:
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs
 
-    from . import trackers
+    from core.train import trackers
 
     settings = config.settings
     notes: list[str] = []
@@ -76,9 +76,9 @@ def own_folder(run: RunDir, attempt: str) -> Any:
     anything is written."""
     import psutil
 
-    from core.checkpoints import remove_unfinished
+    from core.runs.checkpoints import remove_unfinished
     from core.procs import describe
-    from core.runs import hold, lock
+    from core.runs.rundir import hold, lock
 
     held = lock(run.trainer_lock)
     if held is None:
@@ -140,7 +140,7 @@ def build_session(
     logging.getLogger("core.train").addHandler(EventHandler(metrics))
     torch.manual_seed(int(config.schedule["seed"]))
 
-    from .models import load_components
+    from core.train.model.loading import load_components
 
     model_section = config.section("model")
     phases.start("load_model")
@@ -246,7 +246,7 @@ def _load_init_lora(kind: str, components: Any, method: Any, path: str, metrics:
     """Start the adapters from an existing LoRA file (a resume's checkpoint still wins, being loaded later)."""
     if kind != "lora":
         raise UserError(f"settings.init_lora continues a LoRA, but method.kind is {kind}; set method.kind = \"lora\" or clear init_lora")
-    from .init_lora import load_init_lora
+    from core.train.model.init_lora import load_init_lora
 
     loaded, fresh = load_init_lora(components, method.modules, path)
     metrics.event(f"starting from the LoRA {path}: {loaded} adapter tensors loaded" + (f", {fresh} start fresh" if fresh else ""))
@@ -256,14 +256,14 @@ def build_data(config: Any, accel: Accel, model: Model, run: RunDir, metrics: Me
     """Items and buckets, class images, then the latent and text-output caches when asked for and valid."""
     import torch
 
-    from . import data
+    from core.train.data import items as data
 
     s = config.settings
     train_data = data.build_items(config, s)
     c = model.components
     device = accel.device
     class_prompt = config.section("method")["class_prompt"]
-    from .class_images import generated_class_images, prepare_class_images
+    from core.train.data.class_images import generated_class_images, prepare_class_images
 
     made = len(generated_class_images(run.path))  # by an earlier start of this run
     need = class_images(str(config.method), s, class_prompt, len(train_data.class_items), len(train_data.items), made)
@@ -295,8 +295,8 @@ def build_data(config: Any, accel: Accel, model: Model, run: RunDir, metrics: Me
 
 
 def _cache_latents(components: Any, train_data: Any, settings: dict[str, Any], accel: Accel, metrics: MetricsWriter, phases: Phases) -> None:
-    """Encode the images not in the shared latent cache yet, each rank its share (``core.train.latents``)."""
-    from . import data, latents
+    """Encode the images not in the shared latent cache yet, each rank its share (``core.train.data.latent_cache``)."""
+    from core.train import data, latents
 
     try:
         cache = latents.cache_latents(
@@ -316,7 +316,7 @@ def _cache_latents(components: Any, train_data: Any, settings: dict[str, Any], a
 
 def _cache_text(model: Model, train_data: Any, accel: Accel, metrics: MetricsWriter, phases: Phases) -> None:
     """Encode every caption once when the text encoders are frozen (an info line when they are not)."""
-    from . import data
+    from core.train.data import items as data
 
     if any(name.startswith("text_encoder") for name in model.method.modules):
         metrics.event("the text encoder is trained, so its outputs are computed every step instead of cached")
@@ -325,7 +325,7 @@ def _cache_text(model: Model, train_data: Any, accel: Accel, metrics: MetricsWri
     if blocker:
         metrics.event(blocker)
         return
-    from .text_cache import cache_text_outputs, default_cache_dir
+    from core.train.data.text_cache import cache_text_outputs, default_cache_dir
 
     cache = cache_text_outputs(model.components, train_data, accel.device, accel.weight_dtype, default_cache_dir(), accel.rank, accel.world,
                                accel.acc.wait_for_everyone, progress=_phase_progress(phases, "cache_text", "captions"))

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from core.runs import RunDir
+from core.runs.rundir import RunDir
 
 
 def now() -> float:
@@ -20,7 +20,7 @@ def now() -> float:
 
 
 class StatusFile:
-    """Merge-writes the run's ``status.json`` (under core.runs' lock); only the main process writes."""
+    """Merge-writes the run's ``status.json`` (under core.runs.rundir' lock); only the main process writes."""
 
     def __init__(self, run_dir: str | os.PathLike[str], enabled: bool = True) -> None:
         self.run = RunDir(run_dir)

@@ -11,9 +11,9 @@ import contextlib
 import hashlib
 from typing import Any
 
-from .progress import Progress
-from .session import Session
-from .status import TrainingFailed, nan_hint
+from core.train.progress import Progress
+from core.train.session import Session
+from core.train.status import TrainingFailed, nan_hint
 
 
 class Stepper:
@@ -100,7 +100,7 @@ class Stepper:
 
         from core.families.embeddings import TextEmbeddings
 
-        from .text import encode_text, tokenize
+        from core.train.model.text import encode_text, tokenize
 
         session = self.session
         method, components = session.method, session.components
@@ -136,14 +136,14 @@ class Stepper:
             session.model.ema.step(optim.params)
 
     def current_lr(self) -> float:
-        """The learning rate the optimizer steps with now (``core.train.optim.current_lr``)."""
-        from .optim import current_lr
+        """The learning rate the optimizer steps with now (``core.train.model.optimizer.current_lr``)."""
+        from core.train.model.optimizer import current_lr
 
         return current_lr(self.session.optim.optimizer, self.session.optim.lr_scheduler)
 
     def step_size(self) -> float | None:
-        """Prodigy's own step size now (d × lr; ``core.train.optim.estimated_step_size``), else None."""
-        from .optim import estimated_step_size
+        """Prodigy's own step size now (d × lr; ``core.train.model.optimizer.estimated_step_size``), else None."""
+        from core.train.model.optimizer import estimated_step_size
 
         return estimated_step_size(self.session.optim.optimizer)
 

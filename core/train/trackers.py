@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from core.launch.preflight import check_wandb
-from core.runs import TB_DIR
+from core.runs.rundir import TB_DIR
 
 
 def log_with(logging: Mapping[str, Any], run_dir: Path) -> list[Any]:

@@ -75,7 +75,7 @@ UNET_SD1: dict[str, Any] = {
 }
 
 #: Module names (peft's rule: the whole name or its last dotted parts) that each ``lora_targets``
-#: setting adapts, as the trainer (core/train/methods.py) applies them. ``attn``: the attention
+#: setting adapts, as the trainer (core/train/model/methods.py) applies them. ``attn``: the attention
 #: projections; ``attn_ff`` adds the feed-forward layers (the text encoders' MLP ``fc1``/``fc2``,
 #: as kohya's LoRA adapts them); ``all`` adds the ResNet convolutions and the transformers'
 #: in/out projections (LoCon).

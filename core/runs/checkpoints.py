@@ -1,7 +1,7 @@
 """The checkpoint folders of a run's ``checkpoints/``: which are complete, the newest, which the user asked for.
 
 Torch-free: the run listing, the launcher and the trainer's resume all find checkpoints here;
-``core/train/checkpoint.py`` writes and loads what a folder holds. A folder named ``step-N``
+``core/train/outputs/train_state.py`` writes and loads what a folder holds. A folder named ``step-N``
 with a ``state.json`` of step N is complete (it is renamed into place only once written); unfinished
 ``.tmp-step-N`` folders are never listed.
 """

@@ -30,8 +30,8 @@ from typing import Any
 from core.atomic import finish_tree, replace, write_atomic
 from core.families import runtime
 from core.families.wrappers import unwrap
-from core.train.kohya_metadata import with_hashes
-from core.train.models import Components
+from core.train.outputs.kohya_metadata import with_hashes
+from core.train.model.loading import Components
 
 DIFFUSERS_DIR = "diffusers"
 PEFT_DIR = "peft"

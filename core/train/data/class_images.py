@@ -14,10 +14,10 @@ from typing import Any
 
 from core.dataset.buckets import assign_bucket
 from core.errors import UserError
-from core.runs import CLASS_IMAGES, generated_class_images
+from core.runs.rundir import CLASS_IMAGES, generated_class_images
 from core.plan.class_images import GENERATE_BATCH, GENERATE_GUIDANCE, GENERATE_STEPS
-from core.train.data import TrainData, TrainItem
-from core.train.sampling import png_bytes
+from core.train.data.items import TrainData, TrainItem
+from core.train.outputs.sampling import png_bytes
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@
   batch share a bucket): resize to cover, crop (center or random), optional flip, pixels in
   [-1, 1], caption shuffle / keep tokens / dropout, the size and crop ids a family may condition on. A corrupt
   image is skipped with a warning; a batch with no usable image comes back as ``None``.
-* The caches, shared across runs and ranks, are ``core.train.latents`` (VAE latents) and
-  ``core.train.text_cache`` (text-encoder outputs).
+* The caches, shared across runs and ranks, are ``core.train.data.latent_cache`` (VAE latents) and
+  ``core.train.data.text_cache`` (text-encoder outputs).
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from core.plan.schedule import epoch_batches, shard_batches
 from core.settings import SETTINGS, resolve, subset_settings
 
 if TYPE_CHECKING:
-    from .latents import LatentCache
-    from .text_cache import TextCache
+    from core.train.data.latent_cache import LatentCache
+    from core.train.data.text_cache import TextCache
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from typing import Any
 
 from core.errors import UserError
 
-from .models import Components, unwrap
-from .outputs import KOHYA_SUFFIXES, adapter_kind, adapter_state, alpha_for, kohya_key, kohya_module_names, rank_for, split_key
+from core.train.model.loading import Components, unwrap
+from core.train.outputs.files import KOHYA_SUFFIXES, adapter_kind, adapter_state, alpha_for, kohya_key, kohya_module_names, rank_for, split_key
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.runfiles import belongs, load_json_object
+from core.runs.readers import belongs, load_json_object
 
-from .status import now
+from core.train.status import now
 
 ACTIONS = ("stop", "save", "sample", "pause", "resume")
 #: Seconds between control.json polls while paused.

@@ -8,7 +8,7 @@ config, dtype, a weight fingerprint), ``clip_skip`` and the family's way of comb
 encoders. A second run on the same captions and encoder, a resumed run and every rank of a DDP
 run find them there and encode nothing.
 
-Shared the way the latent cache is (``core.train.latents``): caption ``n`` belongs to rank
+Shared the way the latent cache is (``core.train.data.latent_cache``): caption ``n`` belongs to rank
 ``n mod world``, cached or not; each rank encodes what of its share is missing, all wait once
 at a barrier, then every rank reads the whole set into memory (a few hundred kB per caption).
 """
@@ -25,8 +25,8 @@ from typing import Any
 import torch
 
 from core.atomic import write_atomic
-from core.train.data import CacheNotValid, distinct_captions, text_cache_blocker
-from core.train.latents import add_weight_sample
+from core.train.data.items import CacheNotValid, distinct_captions, text_cache_blocker
+from core.train.data.latent_cache import add_weight_sample
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,8 @@ class TextCache:
         return len(self.entries)
 
     def lookup(self, captions: Sequence[str]) -> Any:
-        """The stacked :class:`core.train.text.TextEmbeddings` of ``captions``."""
-        from core.train.text import TextEmbeddings
+        """The stacked :class:`core.train.model.text.TextEmbeddings` of ``captions``."""
+        from core.train.model.text import TextEmbeddings
 
         embeds = torch.stack([self.entries[c][0] for c in captions])
         pooled = [self.entries[c][1] for c in captions]
@@ -127,11 +127,11 @@ def cache_text_outputs(
 
     ``folder`` is the shared cache folder (``None``: memory only, one process). ``barrier`` is
     called once between encoding and reading when ``world`` > 1. ``progress(done, total)`` follows
-    the captions of this rank's share looked after (``done`` 0 first, as the latent cache reports). Raises :class:`core.train.data.CacheNotValid`
+    the captions of this rank's share looked after (``done`` 0 first, as the latent cache reports). Raises :class:`core.train.data.items.CacheNotValid`
     when the captions change every step. Sets ``train_data.text_cache`` and returns it.
     """
     from core.settings import SETTINGS
-    from core.train.text import encode_text, tokenize
+    from core.train.model.text import encode_text, tokenize
 
     blocker = text_cache_blocker(train_data.settings)
     if blocker:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from core.families.embeddings import TextEmbeddings
-from core.train.models import Components
+from core.train.model.loading import Components
 
 
 def tokenize(components: Components, captions: Sequence[str]) -> list[Any]:

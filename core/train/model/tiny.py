@@ -37,9 +37,9 @@ def build_tiny_single_file(family: str, path: str | Path, config_dir: str | Path
 
     Its diffusers config without weights (what ``from_single_file(path, config=...)`` needs
     offline: configs, tokenizers) goes to ``config_dir``, by default a folder beside the file
-    named like it without the suffix, where :func:`core.train.models.load_components` looks.
+    named like it without the suffix, where :func:`core.train.model.loading.load_components` looks.
     """
-    from core.train.outputs import save_original_file
+    from core.train.outputs.files import save_original_file
 
     target = Path(path)
     config = Path(config_dir) if config_dir is not None else target.with_suffix("")

@@ -168,7 +168,7 @@ def _lora(family: Any, unet: Any, encoders: dict[str, Any], settings: dict[str, 
 def _textual_inversion(components: Any, encoders: dict[str, Any], settings: dict[str, Any], placeholder: str) -> Method:
     import torch
 
-    from .text import add_placeholder_tokens, placeholder_tokens
+    from core.train.model.text import add_placeholder_tokens, placeholder_tokens
 
     placeholder = placeholder.strip()
     if not placeholder or " " in placeholder:

@@ -11,7 +11,7 @@ from typing import Any
 
 from core.atomic import write_atomic
 from core.sample_prompts import parse_prompt_line
-from core.train.models import Components, unwrap
+from core.train.model.loading import Components, unwrap
 
 
 class SampleError(RuntimeError):

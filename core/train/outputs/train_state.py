@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from core.atomic import finish_tree, replace
-from core.checkpoints import checkpoints, is_manual
+from core.runs.checkpoints import checkpoints, is_manual
 from core.errors import UserError
 
-from .disk import DiskFull, ensure_space, free_bytes, is_disk_full
+from core.train.disk import DiskFull, ensure_space, free_bytes, is_disk_full
 
 TRAINABLE = "trainable.safetensors"
 OBJECT_TENSORS = "objects.safetensors"

@@ -22,7 +22,7 @@ class Batches:
 
     def for_epoch(self, epoch: int) -> list[list[int]]:
         """This rank's batches (item indices) of ``epoch``, from the shared schedule code."""
-        from .data import batches_for_epoch
+        from core.train.data.items import batches_for_epoch
 
         return batches_for_epoch(self.train_data, self.batch_size, self.seed, epoch, self.rank, self.world)
 
@@ -32,7 +32,7 @@ class Batches:
         A batch whose images all failed to load is replaced by a stand-in with weight 0, so
         every rank still runs the same forward/backward (no rank is left in a collective).
         """
-        from .data import class_batches_for_epoch, make_loader
+        from core.train.data.items import class_batches_for_epoch, make_loader
 
         classes = class_batches_for_epoch(self.train_data, batches, self.seed, epoch, self.rank, self.world) if self.train_data.class_items else None
         loader = make_loader(

@@ -21,7 +21,7 @@ from typing import IO, Any
 
 from core.atomic import write_json_atomic
 from core.errors import UserError
-from core.runfiles import TAIL_BYTES, current_attempt, integer, last_step, load_json_object, newest_step, number, tail_records
+from core.runs.readers import TAIL_BYTES, current_attempt, integer, last_step, load_json_object, newest_step, number, tail_records
 
 STATES = ("queued", "starting", "running", "paused", "stopping", "finished", "failed", "stopped")
 FINAL_STATES = ("finished", "failed", "stopped")
@@ -197,7 +197,7 @@ class RunDir:
 
     def latest_checkpoint(self) -> Path | None:
         """The newest complete checkpoint (unfinished ``.tmp-*`` folders are ignored)."""
-        from core.checkpoints import latest
+        from core.runs.checkpoints import latest
 
         return latest(self.checkpoints)
 
@@ -213,7 +213,7 @@ class RunDir:
         next merge-write keeps them all. A run whose newest checkpoint is its last step and whose
         outputs were written with it is finished, whatever else was damaged.
         """
-        from core.checkpoints import read_state
+        from core.runs.checkpoints import read_state
 
         found = tail_records(self.metrics)
         attempt, after = current_attempt(found)
@@ -262,7 +262,7 @@ class RunDir:
         """True when the newest checkpoint is the run's last step (of ``total``, else of plan.json or
         the checkpoint's own record) and output/ holds the outputs written with it: the run finished,
         whatever its status.json says (killed between its last save and its final state, damaged)."""
-        from core.checkpoints import read_state
+        from core.runs.checkpoints import read_state
 
         checkpoint = self.latest_checkpoint()
         if checkpoint is None:

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .status import now
+from core.train.status import now
 
 
 class MetricsWriter:

@@ -29,7 +29,7 @@ import torch
 
 from core.atomic import write_atomic
 from core.dataset.buckets import Bucket
-from core.train.data import CLASS, INSTANCE, CacheNotValid, latent_cache_blocker, load_example
+from core.train.data.items import CLASS, INSTANCE, CacheNotValid, latent_cache_blocker, load_example
 
 log = logging.getLogger(__name__)
 

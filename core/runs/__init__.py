@@ -1,0 +1,1 @@
+"""The run folder: its paths, states, locks and listing, the runs folder, defensive readers, checkpoint discovery."""
