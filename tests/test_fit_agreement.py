@@ -19,7 +19,8 @@ from core.plan.learning_rates import schedule_defaults
 from core.plan.picker import pick_recipes, rank_recipes, run_shape
 from core.plan.planner import make_plan
 from core.recipes import load_recipes
-from core.settings import FAMILIES, METHODS, resolve
+from core.plan.class_images import class_images as class_image_rule
+from core.settings import FAMILIES, METHODS, defaults, resolve
 
 RECIPES = load_recipes()
 GPU_SPECS = ("1x8GB", "1x12GB", "1x4090", "2x4090", "1x3060", "2x3060", "1x24GB", "4xA100-40GB", "2xA100-80GB", "8xH100", "1xL4", "1x48GB")
@@ -66,6 +67,10 @@ def test_sdxl_lora_with_a_class_folder_on_two_4090s_fits_where_the_picker_says_i
     assert {f.name: f for f in alone}["sdxl-lora-24gb-fast"].estimate.total_bytes < fast.estimate.total_bytes
 
 
+#: The class prompt of every example: DreamBooth runs generate their class images from it.
+CLASS_PROMPT = "a photo of a dog"
+
+
 @dataclass
 class PlainConfig:
     """What make_plan reads of a RunConfig, resolved the way RunConfig resolves it (a tomlkit
@@ -77,6 +82,12 @@ class PlainConfig:
     schedule: dict[str, Any]
     distributed: dict[str, Any]
     subsets: list[dict[str, Any]] = field(default_factory=list)
+    method_section: dict[str, Any] = field(default_factory=lambda: {"class_prompt": CLASS_PROMPT})
+
+    def section(self, name: str) -> dict[str, Any]:
+        """The one other section make_plan reads: [method] (the class prompt)."""
+        assert name == "method", name
+        return self.method_section
 
 
 def plain_config(family: str, method: str, recipe: Any, overrides: dict[str, Any], scan: DatasetScan, gpus: Any, backend: str) -> PlainConfig:
@@ -123,7 +134,9 @@ def test_whatever_the_picker_calls_fitting_plan_and_preflight_call_fitting(
 ) -> None:
     gpus = parse_spec(spec)
     scan = memory_scan(class_images)
-    shape = run_shape(method, scan.reg_images, {"num_processes": gpus.count, "backend": backend})
+    # the class images the run will have: the given ones and, for DreamBooth, those the trainer generates
+    classes = class_image_rule(method, defaults("settings"), CLASS_PROMPT, scan.reg_images, scan.images)
+    shape = run_shape(method, classes.total, {"num_processes": gpus.count, "backend": backend})
     for fit in rank_recipes(family, method, gpus, RECIPES, overrides, shape):
         plan = make_plan(plain_config(family, method, fit.recipe, overrides, scan, gpus, backend), scan, gpus)
         assert plan.vram_estimate_bytes == fit.estimate.total_bytes, fit.name

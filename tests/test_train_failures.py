@@ -75,7 +75,7 @@ def test_out_of_memory_suggests_what_fits(tmp_path, kohya_dataset):
     from core.train.loop import Trainer, _describe_failure
     from core.train.startup import read_config
 
-    settings = {"gradient_checkpointing": False, "optimizer": "adamw", "batch_size": 4, "resolution": 1024, "cache_latents": True}
+    settings = {"gradient_checkpointing": False, "optimizer": "adamw", "batch_size": 4, "resolution": 1024, "max_bucket_reso": 1024, "cache_latents": True}
     run = make_run(tmp_path / "run", tmp_path / "no-model", kohya_dataset(), "sdxl", "lora", settings=settings)
     trainer = Trainer(run)
     trainer.config = read_config(trainer.run)  # out of memory while loading: the session is not built yet

@@ -173,7 +173,7 @@ async def test_r_on_a_failed_run_asks_first_and_says_truly_where_it_resumes_from
     from tui.widgets.confirm import ConfirmScreen
 
     resumed = []
-    monkeypatch.setattr(start, "resume_run", lambda run, gpus=None: resumed.append(run.id))
+    monkeypatch.setattr(start, "resume_run", lambda run, gpus=None, **_: resumed.append(run.id))
     runs = make_runs(tmp_path / "runs")
     app = _app(runs)
     async with app.run_test(size=(80, 24)) as pilot:
@@ -191,11 +191,11 @@ async def test_r_on_a_failed_run_asks_first_and_says_truly_where_it_resumes_from
         await pilot.pause(0.1)
         assert isinstance(app.screen, HomeScreen)
         assert any("has finished" in str(n.message) for n in app._notifications)
-        monkeypatch.setattr(start, "resume_run", lambda run, gpus=None: resumed.append(run.id))
+        monkeypatch.setattr(start, "resume_run", lambda run, gpus=None, **_: resumed.append(run.id))
         _select(app, "dog-lora-20251009-093000")
         checkpoint = runs / "dog-lora-20251009-093000" / "checkpoints" / "step-30"
         checkpoint.mkdir(parents=True)
-        (checkpoint / "state.json").write_text("{}")
+        (checkpoint / "state.json").write_text('{"step": 30}')  # a checkpoint counts when its state names its step
         await pilot.press("r")
         await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
         assert "from its checkpoint at step 30?" in str(app.screen.query_one("#question").render())
