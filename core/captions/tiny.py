@@ -1,0 +1,97 @@
+"""Tiny captioners with random weights, built locally (no downloads): the real Florence-2 and BLIP
+architectures at toy size, with their processors and a word-level tokenizer.
+
+``sdtui demo`` builds the Florence-2 one at ``WORKDIR/captioner/``; the tests run every captioner's
+whole path on them. Their captions are random words from :data:`WORDS`. Imports torch: run in the
+captioning or building process only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SEED = 1234
+#: The tiny tokenizers' words; a tiny captioner's caption is a few of them.
+WORDS = (
+    "a an the of on in with and photo picture red green blue yellow white circle square triangle shape "
+    "simple background small large dog cat toy bright"
+).split()
+#: Image side the tiny processors resize to.
+IMAGE_SIDE = 16
+
+
+def _generation(model: object, banned: list[int]) -> None:
+    """Random words, each once, at least four: a caption that reads as words, not one repeated token."""
+    config = model.generation_config  # type: ignore[attr-defined]
+    config.min_new_tokens = 4
+    config.no_repeat_ngram_size = 1
+    config.bad_words_ids = [[token] for token in banned]
+
+
+def build_florence2(out_dir: str | Path) -> Path:
+    """A tiny Florence-2 (DaViT vision tower, BART text model) and its processor in ``out_dir``."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import CLIPImageProcessor, Florence2Config, Florence2ForConditionalGeneration, Florence2Processor, PreTrainedTokenizerFast
+
+    out = Path(out_dir)
+    special = ["<s>", "<pad>", "</s>", "<unk>", "<image>"]
+    vocab = {token: index for index, token in enumerate(special + WORDS)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.decoder = decoders.WordPiece()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+        extra_special_tokens={"image_token": "<image>"}, model_max_length=64,
+    )
+    # one 4×4 grid of the vision tower's patches plus its pooled token
+    images = CLIPImageProcessor(size={"height": IMAGE_SIDE, "width": IMAGE_SIDE}, do_center_crop=False, image_seq_length=(IMAGE_SIDE // 4) ** 2 + 1)
+    Florence2Processor(images, tokenizer).save_pretrained(out)
+    config = Florence2Config(
+        text_config={
+            "model_type": "bart", "vocab_size": len(vocab), "max_position_embeddings": 256, "d_model": 16,
+            "encoder_layers": 1, "decoder_layers": 1, "encoder_ffn_dim": 32, "decoder_ffn_dim": 32,
+            "encoder_attention_heads": 1, "decoder_attention_heads": 1,
+            "bos_token_id": 0, "pad_token_id": 1, "eos_token_id": 2, "decoder_start_token_id": 2, "forced_bos_token_id": 0,
+        },
+        vision_config={
+            "depths": [1], "patch_size": [7], "patch_stride": [4], "patch_padding": [3], "patch_prenorm": [False],
+            "embed_dim": [16], "num_heads": [1], "num_groups": [1], "window_size": 12, "projection_dim": 16,
+        },
+        image_token_id=vocab["<image>"],
+    )
+    torch.manual_seed(SEED)
+    model = Florence2ForConditionalGeneration(config)
+    _generation(model, [vocab["<pad>"], vocab["<unk>"], vocab["<image>"], vocab["<s>"]])
+    model.save_pretrained(out)
+    return out
+
+
+def build_blip(out_dir: str | Path) -> Path:
+    """A tiny BLIP captioner (ViT vision tower, BERT text decoder) and its processor in ``out_dir``."""
+    import torch
+    from transformers import BertTokenizerFast, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
+
+    out = Path(out_dir)
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"]
+    vocab = {token: index for index, token in enumerate(special + WORDS)}
+    tokenizer = BertTokenizerFast(vocab=vocab, bos_token="[DEC]", model_max_length=64)
+    BlipProcessor(BlipImageProcessor(size={"height": IMAGE_SIDE, "width": IMAGE_SIDE}), tokenizer).save_pretrained(out)
+    config = BlipConfig(
+        text_config={
+            "vocab_size": len(vocab), "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 1,
+            "max_position_embeddings": 256, "bos_token_id": vocab["[DEC]"], "pad_token_id": vocab["[PAD]"],
+            "sep_token_id": vocab["[SEP]"], "eos_token_id": vocab["[SEP]"],
+        },
+        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 1,
+                       "image_size": IMAGE_SIDE, "patch_size": 8},
+        projection_dim=16,
+    )
+    torch.manual_seed(SEED)
+    model = BlipForConditionalGeneration(config)
+    _generation(model, [vocab[t] for t in ("[PAD]", "[UNK]", "[CLS]", "[MASK]", "[DEC]")])
+    model.save_pretrained(out)
+    return out
+
+
+BUILDERS = {"florence2": build_florence2, "blip": build_blip}
