@@ -31,15 +31,6 @@ def dataset(tmp_path: Path) -> Path:
     return tmp_path / "data"
 
 
-@pytest.fixture(scope="session")
-def tiny_captioners(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The tiny Florence-2 and BLIP captioners (random weights, processors built locally)."""
-    from core.captions.tiny import BUILDERS
-
-    root = tmp_path_factory.mktemp("captioners")
-    return {name: build(root / name) for name, build in BUILDERS.items()}
-
-
 def test_scan_reads_the_layer_after_caption_files(dataset: Path) -> None:
     layer = CaptionLayer()
     image = dataset / "10_sks dog" / "1.png"
