@@ -37,9 +37,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_caption(args: argparse.Namespace) -> int:
     """Caption the dataset; with --json one JSON event a line (start, loading, caption, done)."""
     from core.captions.job import caption_dataset
+    from core.captions.runtime import load
 
     emit = _json_line if args.json else _Printer()
-    caption_dataset(args.dataset, args.captioner, args.model, args.prompt, args.write, args.batch_size, emit)
+    caption_dataset(args.dataset, args.captioner, load, args.model, args.prompt, args.write, args.batch_size, emit)
     return 0
 
 

@@ -154,17 +154,16 @@ def prepare_demo(workdir: str | Path, overrides: Sequence[str] = ()) -> DemoWork
 
 
 def caption_demo(ws: DemoWorkspace, out: Callable[[str], None] = print) -> None:
-    """The demo's caption step: the images without a caption file captioned by the tiny captioner
-    (into the caption layer; the dataset is not changed)."""
-    from core.captions.job import caption_dataset
+    """The demo's caption step: the images without a caption file captioned by the tiny captioner in
+    the captioning process (into the caption layer; the dataset is not changed)."""
+    from core.captions.process import CaptionProcess, CaptionRequest
 
     out(f"captioning the images without a caption ({CAPTIONER_NOTE})")
-
-    def shown(event: dict[str, Any]) -> None:
+    process = CaptionProcess(CaptionRequest(str(ws.dataset), CAPTIONER, str(ws.captioner)))
+    for event in process.events():
         if event["type"] == "caption":
             out(f"  {Path(event['path']).name}: {event['caption']}")
-
-    caption_dataset(ws.dataset, CAPTIONER, str(ws.captioner), emit=shown)
+    process.finish()
 
 
 def progress_line(record: dict[str, Any], total: int | None) -> str | None:

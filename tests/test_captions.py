@@ -11,6 +11,7 @@ import pytest
 
 from cli.main import main
 from core.captions.job import caption_dataset
+from core.captions.runtime import load
 from core.captions.layer import CaptionerKey, CaptionLayer, content_hash
 from core.dataset.scan import scan_dataset
 from tests.conftest import write_image
@@ -68,7 +69,7 @@ def test_a_damaged_layer_file_counts_as_empty(dataset: Path) -> None:
 def test_caption_whole_path_leaves_the_dataset_byte_identical(name: str, dataset: Path, tiny_captioners: dict[str, Path]) -> None:
     before = _tree(dataset)
     events: list[dict] = []
-    result = caption_dataset(dataset, name, str(tiny_captioners[name]), batch_size=2, emit=events.append)
+    result = caption_dataset(dataset, name, load, str(tiny_captioners[name]), batch_size=2, emit=events.append)
     assert result.captioned == 2 and _tree(dataset) == before
     kinds = [e["type"] for e in events]
     assert kinds[0] == "start" and kinds[-1] == "done" and kinds.count("caption") == 2
@@ -76,7 +77,7 @@ def test_caption_whole_path_leaves_the_dataset_byte_identical(name: str, dataset
     subset = scan_dataset(dataset).subsets[0]
     generated = [i for i in subset.images if i.generated]
     assert len(generated) == 2 and all(i.caption for i in generated)
-    again = caption_dataset(dataset, name, str(tiny_captioners[name]))
+    again = caption_dataset(dataset, name, load, str(tiny_captioners[name]))
     assert (again.captioned, again.reused) == (0, 2)
 
 
@@ -112,3 +113,38 @@ def test_a_folder_that_is_not_a_model_is_one_sentence(dataset: Path, tmp_path: P
     assert main(["caption", str(dataset), "--model", str(empty)]) == 2
     err = capsys.readouterr().err
     assert f"the captioner model {empty} could not be loaded" in err and err.count("\n") == 1
+
+
+def test_caption_stats_count_missing_generated_long_and_frequent(dataset: Path) -> None:
+    from core.captions.stats import caption_stats, token_limit
+
+    layer = CaptionLayer()
+    layer.put(content_hash(dataset / "10_sks dog" / "1.png"), CaptionerKey("florence2", "m"), " ".join(["dog"] * 90))
+    stats = caption_stats(scan_dataset(dataset), token_limit("sd1"))
+    assert (stats.images, stats.without_caption, stats.generated, stats.token_limit) == (3, 1, 1, 77)
+    assert stats.over_limit == [(str(dataset / "10_sks dog" / "1.png"), 92)]
+    assert stats.frequent[0] == ("dog", 90) and not stats.tags
+    text = "\n".join(stats.lines())
+    assert "2 of 3 images have a caption (1 generated); 1 without one" in text and "1 over the limit of 77" in text
+
+
+def test_caption_stats_count_tags_of_tag_lists() -> None:
+    from core.captions.stats import is_tag_list
+
+    assert is_tag_list(["1girl, solo, long hair", "1girl, smile, outdoors"])
+    assert not is_tag_list(["a photo of a dog on the beach, in the sun"])
+
+
+@pytest.mark.slow
+def test_the_captioning_process_reports_events_and_one_sentence(dataset: Path, tiny_captioners: dict[str, Path]) -> None:
+    from core.captions.process import CaptionProcess, CaptionRequest
+    from core.errors import UserError
+
+    process = CaptionProcess(CaptionRequest(str(dataset), "florence2", str(tiny_captioners["florence2"]), batch_size=1))
+    kinds = [event["type"] for event in process.events()]
+    process.finish()
+    assert kinds == ["start", "loading", "caption", "caption", "done"]
+    failing = CaptionProcess(CaptionRequest(str(dataset), "blip", str(dataset / "not_a_model")))
+    list(failing.events())
+    with pytest.raises(UserError, match="not_a_model is not a folder"):
+        failing.finish()

@@ -1,6 +1,6 @@
 """The work of ``sdtui caption``: caption a dataset's images that have no caption file, into the
-caption layer, reporting progress as events (torch-free; the captioner's runtime is imported
-only when there is something to caption).
+caption layer, reporting progress as events (torch-free: the caller passes the captioner's
+loader, core/captions/runtime.py's ``load``, from the captioning process).
 
 An image is captioned when it has no caption file beside it and no edit of the user's in the
 layer; a caption the same captioner, model and prompt made before is reused, not made again.
@@ -25,6 +25,8 @@ from core.errors import UserError
 #: Images per batch by default.
 DEFAULT_BATCH = 4
 Emit = Callable[[dict[str, Any]], None]
+#: Loads a captioner: (captioner, model, prompt) → an object whose ``caption(images)`` returns captions.
+Loader = Callable[[Captioner, str, str], Any]
 
 
 @dataclass
@@ -56,10 +58,11 @@ def uncaptioned(dataset: str | os.PathLike[str], layer: CaptionLayer) -> list[Im
 
 
 def caption_dataset(
-    dataset: str | os.PathLike[str], captioner: str, model: str | None = None, prompt: str | None = None,
+    dataset: str | os.PathLike[str], captioner: str, load: Loader, model: str | None = None, prompt: str | None = None,
     write: bool = False, batch_size: int = DEFAULT_BATCH, emit: Emit = lambda event: None, layer: CaptionLayer | None = None,
 ) -> CaptionResult:
-    """Caption the images of ``dataset`` that need it, emitting ``start``, ``caption`` and ``done`` events."""
+    """Caption the images of ``dataset`` that need it with the captioner ``load`` gives, emitting
+    ``start``, ``loading``, ``caption`` and ``done`` events."""
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size} is not allowed; give a whole number of at least 1")
     chosen = find_captioner(captioner)
@@ -85,7 +88,7 @@ def caption_dataset(
     emit({"type": "start", "total": len(todo), "reused": result.reused, "kept_edits": result.kept_edits,
           "captioner": key.captioner, "model": key.model, "prompt": key.prompt})
     if todo:
-        _run(chosen, key, todo, batch_size, store, captions, result, emit)
+        _run(load, chosen, key, todo, batch_size, store, captions, result, emit)
     if write:
         _write_files(captions, result)
     result.elapsed_s = time.monotonic() - started
@@ -93,11 +96,9 @@ def caption_dataset(
     return result
 
 
-def _run(chosen: Captioner, key: CaptionerKey, todo: list[ImageEntry], batch_size: int, store: CaptionLayer,
+def _run(load: Loader, chosen: Captioner, key: CaptionerKey, todo: list[ImageEntry], batch_size: int, store: CaptionLayer,
          captions: dict[str, str], result: CaptionResult, emit: Emit) -> None:
     from PIL import Image
-
-    from core.captions.runtime import load
 
     emit({"type": "loading", "model": key.model})
     runner = load(chosen, key.model, key.prompt)
