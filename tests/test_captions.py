@@ -65,7 +65,7 @@ def test_a_damaged_layer_file_counts_as_empty(dataset: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["florence2", "blip"])
+@pytest.mark.parametrize("name", ["florence2", "blip", "qwen-vl"])
 def test_caption_whole_path_leaves_the_dataset_byte_identical(name: str, dataset: Path, tiny_captioners: dict[str, Path]) -> None:
     before = _tree(dataset)
     events: list[dict] = []

@@ -1,8 +1,8 @@
 """Loading and running a captioner (torch, transformers): imported only in the captioning process.
 
 Every captioner goes through transformers' own classes (no ``trust_remote_code``): Florence-2
-(``Florence2ForConditionalGeneration``, the detailed-caption task), Qwen2.5-VL / Qwen3-VL (the
-class the model's config names, with a chat prompt) and BLIP (``BlipForConditionalGeneration``).
+(``Florence2ForConditionalGeneration``, the detailed-caption task), Qwen2-VL / Qwen2.5-VL / Qwen3-VL
+(the class the model's config names, with a chat prompt) and BLIP (``BlipForConditionalGeneration``).
 bf16 on a GPU that has it (else fp16), fp32 on the CPU.
 """
 
@@ -102,26 +102,44 @@ def _florence2(model: str, prompt: str) -> Runner:
     return Runner(processor, net, device, dtype, build, decode)
 
 
+#: The Qwen-VL chat turn asking about one image, for a tokenizer that carries no chat template.
+QWEN_TURN = "<|im_start|>user\n<|vision_start|>{image}<|vision_end|>{prompt}<|im_end|>\n<|im_start|>assistant\n"
+
+
 def _qwen_vl(model: str, prompt: str) -> Runner:
-    from transformers import AutoConfig, AutoProcessor, Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration, Qwen3VLForConditionalGeneration
+    """Qwen2-VL / Qwen2.5-VL / Qwen3-VL through the class their config names.
+
+    The prompt is built from the tokenizer's chat template and the image tokens expanded as the
+    model's processor does (one per merged patch of the image's grid): the processor class itself
+    wants torchvision for its video half, which sdtui does not install.
+    """
+    from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration, Qwen3VLForConditionalGeneration
 
     classes = {"qwen2_vl": Qwen2VLForConditionalGeneration, "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration, "qwen3_vl": Qwen3VLForConditionalGeneration}
     config = _loaded(model, AutoConfig.from_pretrained)
     if config.model_type not in classes:
         raise UserError(f"the captioner model {model} is a {config.model_type} model, not Qwen2-VL, Qwen2.5-VL or Qwen3-VL; give such a model with --model or choose its captioner")
-    processor = _loaded(model, AutoProcessor.from_pretrained)
-    processor.tokenizer.padding_side = "left"
+    tokenizer = _loaded(model, AutoTokenizer.from_pretrained)
+    tokenizer.padding_side = "left"
+    vision = _loaded(model, AutoImageProcessor.from_pretrained)
     net, device, dtype = _place(_loaded(model, classes[config.model_type].from_pretrained))
+    image_token = tokenizer.convert_ids_to_tokens(config.image_token_id)
+    if tokenizer.chat_template:
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        turn = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    else:
+        turn = QWEN_TURN.format(image=image_token, prompt=prompt)
 
     def build(proc: Any, images: list[Any]) -> dict[str, Any]:
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-        text = proc.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return dict(proc(text=[text] * len(images), images=images, return_tensors="pt", padding=True))
+        pixels = vision(images=images, return_tensors="pt")
+        merge = int(vision.merge_size) ** 2
+        texts = [turn.replace(image_token, image_token * int(grid.prod() // merge), 1) for grid in pixels["image_grid_thw"]]
+        return {**dict(proc(texts, padding=True, return_tensors="pt")), **dict(pixels)}
 
     def decode(proc: Any, output: Any, inputs: dict[str, Any]) -> list[str]:
         return list(proc.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
 
-    return Runner(processor, net, device, dtype, build, decode)
+    return Runner(tokenizer, net, device, dtype, build, decode)
 
 
 def _blip(model: str, prompt: str) -> Runner:

@@ -1,5 +1,5 @@
-"""Tiny captioners with random weights, built locally (no downloads): the real Florence-2 and BLIP
-architectures at toy size, with their processors and a word-level tokenizer.
+"""Tiny captioners with random weights, built locally (no downloads): the real Florence-2, BLIP and
+Qwen2.5-VL architectures at toy size, with their processors and a word-level tokenizer.
 
 ``sdtui demo`` builds the Florence-2 one at ``WORKDIR/captioner/``; the tests run every captioner's
 whole path on them. Their captions are random words from :data:`WORDS`. Imports torch: run in the
@@ -94,4 +94,53 @@ def build_blip(out_dir: str | Path) -> Path:
     return out
 
 
-BUILDERS = {"florence2": build_florence2, "blip": build_blip}
+#: The tiny Qwen2.5-VL's chat template (Qwen's turn format).
+QWEN_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% for c in m['content'] %}"
+    "{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>{% else %}{{ c['text'] }}{% endif %}"
+    "{% endfor %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_qwen_vl(out_dir: str | Path) -> Path:
+    """A tiny Qwen2.5-VL (windowed ViT, a one-layer Qwen2 decoder with M-RoPE), its tokenizer with a
+    chat template and its image processor (56×56 pixels: 4 image tokens) in ``out_dir``."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessor
+
+    out = Path(out_dir)
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>", "<unk>"]
+    vocab = {token: index for index, token in enumerate(special + WORDS + ["user", "assistant"])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.decoder = decoders.WordPiece()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token="<unk>",
+        additional_special_tokens=special[1:7], model_max_length=512,
+    )
+    tokenizer.chat_template = QWEN_TEMPLATE
+    tokenizer.save_pretrained(out)
+    Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=56 * 56, patch_size=14, merge_size=2, temporal_patch_size=2).save_pretrained(out)
+    config = Qwen2_5_VLConfig(
+        text_config={
+            "vocab_size": len(vocab), "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 512,
+            "rope_parameters": {"rope_type": "default", "mrope_section": [1, 1, 2], "rope_theta": 10000.0},
+            "eos_token_id": vocab["<|im_end|>"], "pad_token_id": vocab["<|endoftext|>"],
+        },
+        vision_config={
+            "depth": 1, "hidden_size": 16, "intermediate_size": 32, "num_heads": 2, "out_hidden_size": 16, "patch_size": 14,
+            "spatial_merge_size": 2, "temporal_patch_size": 2, "fullatt_block_indexes": [0], "window_size": 56, "in_channels": 3,
+        },
+        image_token_id=vocab["<|image_pad|>"], video_token_id=vocab["<|video_pad|>"],
+        vision_start_token_id=vocab["<|vision_start|>"], vision_end_token_id=vocab["<|vision_end|>"],
+    )
+    torch.manual_seed(SEED)
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    _generation(model, [vocab[t] for t in special if t not in ("<|im_end|>",)])
+    model.save_pretrained(out)
+    return out
+
+
+BUILDERS = {"florence2": build_florence2, "blip": build_blip, "qwen-vl": build_qwen_vl}
