@@ -151,6 +151,7 @@ class DatasetStep(Step):
         if scan is None or not scan.images:
             stats_view.update("")
             button.display = False
+            self.refresh_bindings()
             return
         from core.captions.stats import caption_stats, token_limit
 
@@ -158,6 +159,7 @@ class DatasetStep(Step):
         uncaptioned = self.uncaptioned()
         missing = sum(1 for image in uncaptioned if image.caption is None)
         button.display = bool(uncaptioned)
+        self.refresh_bindings()
         button.label = (f"Caption the {missing} images without captions (c)" if missing
                         else f"Review or edit the {len(uncaptioned)} generated captions (c)")
 
@@ -167,6 +169,12 @@ class DatasetStep(Step):
         if scan is None:
             return []
         return [image for subset in scan.subsets if not subset.is_reg for image in subset.images if image.caption_source != "file"]
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """The caption key is offered only while some image has no caption file."""
+        if action == "caption":
+            return bool(self.uncaptioned())
+        return True
 
     @on(Button.Pressed, "#caption-images")
     def caption_pressed(self, event: Button.Pressed) -> None:
