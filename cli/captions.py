@@ -52,7 +52,7 @@ def _json_line(event: dict[str, Any]) -> None:
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "?"
-    minutes, secs = divmod(int(round(seconds)), 60)
+    minutes, secs = divmod(round(seconds), 60)
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 

@@ -11,8 +11,8 @@ import pytest
 
 from cli.main import main
 from core.captions.job import caption_dataset
-from core.captions.runtime import load
 from core.captions.layer import CaptionerKey, CaptionLayer, content_hash
+from core.captions.runtime import load
 from core.dataset.scan import scan_dataset
 from tests.conftest import write_image
 

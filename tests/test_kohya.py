@@ -12,6 +12,7 @@ from core.config import new_config
 from core.errors import UserError
 from core.kohya import export_kohya, import_kohya, read_kohya
 from core.sample_prompts import SamplePrompt, format_prompt_line, parse_prompt_file, parse_prompt_line
+
 from tests.conftest import write_image
 
 

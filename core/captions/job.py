@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.captions.captioners import Captioner, captioner as find_captioner
+from core.captions.captioners import Captioner
+from core.captions.captioners import captioner as find_captioner
 from core.captions.layer import CaptionerKey, CaptionLayer
 from core.dataset.scan import ImageEntry, scan_dataset
 from core.errors import UserError

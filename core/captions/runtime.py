@@ -113,7 +113,14 @@ def _qwen_vl(model: str, prompt: str) -> Runner:
     model's processor does (one per merged patch of the image's grid): the processor class itself
     wants torchvision for its video half, which sdtui does not install.
     """
-    from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration, Qwen3VLForConditionalGeneration
+    from transformers import (
+        AutoConfig,
+        AutoImageProcessor,
+        AutoTokenizer,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2VLForConditionalGeneration,
+        Qwen3VLForConditionalGeneration,
+    )
 
     classes = {"qwen2_vl": Qwen2VLForConditionalGeneration, "qwen2_5_vl": Qwen2_5_VLForConditionalGeneration, "qwen3_vl": Qwen3VLForConditionalGeneration}
     config = _loaded(model, AutoConfig.from_pretrained)

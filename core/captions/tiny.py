@@ -32,7 +32,13 @@ def build_florence2(out_dir: str | Path) -> Path:
     """A tiny Florence-2 (DaViT vision tower, BART text model) and its processor in ``out_dir``."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import CLIPImageProcessor, Florence2Config, Florence2ForConditionalGeneration, Florence2Processor, PreTrainedTokenizerFast
+    from transformers import (
+        CLIPImageProcessor,
+        Florence2Config,
+        Florence2ForConditionalGeneration,
+        Florence2Processor,
+        PreTrainedTokenizerFast,
+    )
 
     out = Path(out_dir)
     special = ["<s>", "<pad>", "</s>", "<unk>", "<image>"]
@@ -70,7 +76,13 @@ def build_florence2(out_dir: str | Path) -> Path:
 def build_blip(out_dir: str | Path) -> Path:
     """A tiny BLIP captioner (ViT vision tower, BERT text decoder) and its processor in ``out_dir``."""
     import torch
-    from transformers import BertTokenizerFast, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
+    from transformers import (
+        BertTokenizerFast,
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipImageProcessor,
+        BlipProcessor,
+    )
 
     out = Path(out_dir)
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"]
@@ -107,7 +119,12 @@ def build_qwen_vl(out_dir: str | Path) -> Path:
     chat template and its image processor (56×56 pixels: 4 image tokens) in ``out_dir``."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessor
+    from transformers import (
+        PreTrainedTokenizerFast,
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2VLImageProcessor,
+    )
 
     out = Path(out_dir)
     special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>", "<unk>"]

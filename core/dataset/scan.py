@@ -28,8 +28,8 @@ from stat import S_ISREG
 from typing import Any
 
 from core import userdirs
-from core.captions.layer import CaptionLayer
 from core.atomic import read_json, write_atomic
+from core.captions.layer import CaptionLayer
 from core.dataset.buckets import BUCKET_KEYS, Bucket, assign_bucket, bucket_counts, buckets_for
 from core.dataset.images import FORMAT_NAMES, IMAGE_EXTENSIONS, NOT_FILE, ImageHeader, read_header
 from core.dataset.problems import Problem, group_problems, sort_problems
