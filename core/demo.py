@@ -216,7 +216,7 @@ def run_headless(workdir: str | Path, runs_dir: str | Path | None = None, overri
     from core.launch.control import stop_run
     from core.launch.start import start_run
 
-    out(f"preparing the demo in {Path(workdir).resolve()} (tiny model, generated dataset)")
+    out(f"preparing the demo in {Path(workdir).resolve()} (tiny model, tiny captioner, generated dataset)")
     ws = prepare_demo(workdir, overrides)
     caption_demo(ws, out)
     run = start_run(ws.config, Path(runs_dir) if runs_dir else ws.runs, [])
