@@ -15,7 +15,7 @@ from typing import Any
 from core.captions.captioners import FLORENCE2_TASK, Captioner
 from core.errors import UserError
 
-#: New tokens a caption may have.
+#: New tokens a caption may have (unless the model's generation config sets its own).
 MAX_NEW_TOKENS = 160
 
 
@@ -68,7 +68,8 @@ class Runner:
         inputs = {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device)) if hasattr(v, "to") else v
                   for k, v in inputs.items()}
         with torch.inference_mode():
-            output = self.model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
+            limit = self.model.generation_config.max_new_tokens or MAX_NEW_TOKENS
+            output = self.model.generate(**inputs, max_new_tokens=limit, do_sample=False)
         return [" ".join(text.split()) for text in self._decode(self.processor, output, inputs)]
 
 

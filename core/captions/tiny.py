@@ -18,12 +18,17 @@ WORDS = (
 ).split()
 #: Image side the tiny processors resize to.
 IMAGE_SIDE = 16
+#: Words in a tiny caption at most.
+CAPTION_WORDS = 12
+#: The tiny Florence-2's weight scale: large enough that each image gets its own words.
+INIT_STD = 1.0
 
 
 def _generation(model: object, banned: list[int]) -> None:
-    """Random words, each once, at least four: a caption that reads as words, not one repeated token."""
+    """Random words, each once, four to :data:`CAPTION_WORDS`: a caption that reads as words, not one repeated token."""
     config = model.generation_config  # type: ignore[attr-defined]
     config.min_new_tokens = 4
+    config.max_new_tokens = CAPTION_WORDS
     config.no_repeat_ngram_size = 1
     config.bad_words_ids = [[token] for token in banned]
 
@@ -59,12 +64,14 @@ def build_florence2(out_dir: str | Path) -> Path:
             "encoder_layers": 1, "decoder_layers": 1, "encoder_ffn_dim": 32, "decoder_ffn_dim": 32,
             "encoder_attention_heads": 1, "decoder_attention_heads": 1,
             "bos_token_id": 0, "pad_token_id": 1, "eos_token_id": 2, "decoder_start_token_id": 2, "forced_bos_token_id": 0,
+            "init_std": INIT_STD,
         },
         vision_config={
             "depths": [1], "patch_size": [7], "patch_stride": [4], "patch_padding": [3], "patch_prenorm": [False],
             "embed_dim": [16], "num_heads": [1], "num_groups": [1], "window_size": 12, "projection_dim": 16,
+            "initializer_range": INIT_STD,
         },
-        image_token_id=vocab["<image>"],
+        image_token_id=vocab["<image>"], initializer_range=INIT_STD,
     )
     torch.manual_seed(SEED)
     model = Florence2ForConditionalGeneration(config)
