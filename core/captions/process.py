@@ -43,7 +43,7 @@ class CaptionProcess:
     """
 
     def __init__(self, request: CaptionRequest, cwd: str | None = None) -> None:
-        self._stderr = tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace")
+        self._stderr = tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace")  # noqa: SIM115 - open for the process's life, closed in finish()
         self.popen = subprocess.Popen(request.command(), stdout=subprocess.PIPE, stderr=self._stderr, text=True, cwd=cwd)
 
     def events(self) -> Iterator[dict[str, Any]]:
