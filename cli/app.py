@@ -34,13 +34,14 @@ def cmd_home(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """``sdtui demo``: the wizard filled in with the demo, or ``--headless`` training to the end."""
-    from core.demo import prepare_demo, run_headless, workspace
+    from core.demo import CAPTIONER_NOTE, prepare_demo, run_headless, workspace
 
     writable_folder(args.workdir, "the demo's --workdir")
     folder = runs_folder(args, own=workspace(args.workdir).runs)
     if args.headless:
         return run_headless(args.workdir, folder.path, args.overrides)
-    print(f"sdtui: preparing the demo in {args.workdir} (tiny model, generated dataset)…", flush=True)
+    print(f"sdtui: preparing the demo in {args.workdir} (tiny model, generated dataset, tiny captioner)…", flush=True)
+    print(f"sdtui: {CAPTIONER_NOTE}; caption the images without one in the dataset step", flush=True)
     ws = prepare_demo(args.workdir, args.overrides)
     from tui.app import run_app
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from core.errors import JobFailed, UserError
 
-from . import app, hardware, planning, runs
+from . import app, captions, hardware, planning, runs
 from .common import add_global_options, describe_os_error
 
 
@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     hardware.register(sub)
     planning.register(sub)
     runs.register(sub)
+    captions.register(sub)
     for command in sub.choices.values():
         add_global_options(command, top=False)
     return parser

@@ -57,33 +57,44 @@ DEMO_PROMPTS = [
 
 @dataclass(frozen=True)
 class DemoWorkspace:
-    """The demo's folders: ``root/model``, ``root/dataset``, ``root/runs`` and the config ``root/demo.toml``."""
+    """The demo's folders: ``root/model``, ``root/dataset``, ``root/runs``, the config ``root/demo.toml``
+    and the tiny captioner ``root/captioner``."""
 
     root: Path
     model: Path
     dataset: Path
     runs: Path
     config: Path
+    captioner: Path
 
 
 def workspace(workdir: str | Path) -> DemoWorkspace:
     """The paths of a demo work folder (nothing is created)."""
     root = Path(workdir).expanduser().resolve()
-    return DemoWorkspace(root, root / "model", root / "dataset", root / "runs", root / "demo.toml")
+    return DemoWorkspace(root, root / "model", root / "dataset", root / "runs", root / "demo.toml", root / "captioner")
 
 
-def build_model(model_dir: Path, timeout_s: float = 300.0) -> Path:
-    """Build the tiny model into ``model_dir`` in a child process (skipped when it is already there)."""
-    if (model_dir / "model_index.json").is_file():
+#: The demo's captioner: the Florence-2 architecture with random weights, so its captions are random words.
+CAPTIONER = "florence2"
+CAPTIONER_NOTE = "the demo's captioner is a tiny Florence-2 with random weights: its captions are random words"
+
+
+def build_model(model_dir: Path, captioner_dir: Path | None = None, timeout_s: float = 300.0) -> Path:
+    """Build the tiny model into ``model_dir`` and the tiny captioner into ``captioner_dir`` in one
+    child process (each skipped when it is already there)."""
+    jobs = [("from core.train.model.tiny import build_tiny\nbuild_tiny(sys.argv[1], sys.argv[2])", model_dir / "model_index.json")]
+    if captioner_dir is not None:
+        jobs.append(("from core.captions.tiny import build_florence2\nbuild_florence2(sys.argv[3])", captioner_dir / "config.json"))
+    missing = [(code, marker) for code, marker in jobs if not marker.is_file()]
+    if not missing:
         return model_dir
-    code = "import sys\nfrom core.train.model.tiny import build_tiny\nbuild_tiny(sys.argv[1], sys.argv[2])"
     result = subprocess.run(
-        [sys.executable, "-c", code, FAMILY, str(model_dir)],
+        [sys.executable, "-c", "\n".join(["import sys", *(code for code, _ in missing)]), FAMILY, str(model_dir), str(captioner_dir)],
         capture_output=True, text=True, timeout=timeout_s, check=False,
     )
-    if result.returncode != 0 or not (model_dir / "model_index.json").is_file():
+    if result.returncode != 0 or not all(marker.is_file() for _, marker in missing):
         last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        raise JobFailed(f"building the tiny demo model in {model_dir} failed ({last}); check that the training packages are installed (make setup)")
+        raise JobFailed(f"building the tiny demo models in {model_dir.parent} failed ({last}); check that the training packages are installed (make setup)")
     return model_dir
 
 
@@ -136,10 +147,23 @@ def prepare_demo(workdir: str | Path, overrides: Sequence[str] = ()) -> DemoWork
     ws = workspace(workdir)
     ws.root.mkdir(parents=True, exist_ok=True)
     ws.runs.mkdir(exist_ok=True)
-    build_model(ws.model)
+    build_model(ws.model, ws.captioner)
     build_dataset(ws.dataset)
     save_config(demo_config(ws, overrides), ws.config)
     return ws
+
+
+def caption_demo(ws: DemoWorkspace, out: Callable[[str], None] = print) -> None:
+    """The demo's caption step: the images without a caption file captioned by the tiny captioner in
+    the captioning process (into the caption layer; the dataset is not changed)."""
+    from core.captions.process import CaptionProcess, CaptionRequest
+
+    out(f"captioning the images without a caption ({CAPTIONER_NOTE})")
+    process = CaptionProcess(CaptionRequest(str(ws.dataset), CAPTIONER, str(ws.captioner)))
+    for event in process.events():
+        if event["type"] == "caption":
+            out(f"  {Path(event['path']).name}: {event['caption']}")
+    process.finish()
 
 
 def progress_line(record: dict[str, Any], total: int | None) -> str | None:
@@ -192,8 +216,9 @@ def run_headless(workdir: str | Path, runs_dir: str | Path | None = None, overri
     from core.launch.control import stop_run
     from core.launch.start import start_run
 
-    out(f"preparing the demo in {Path(workdir).resolve()} (tiny model, generated dataset)")
+    out(f"preparing the demo in {Path(workdir).resolve()} (tiny model, tiny captioner, generated dataset)")
     ws = prepare_demo(workdir, overrides)
+    caption_demo(ws, out)
     run = start_run(ws.config, Path(runs_dir) if runs_dir else ws.runs, [])
     out(f"run {Path(run.path).name} started in {run.path}")
     try:

@@ -32,6 +32,9 @@ SAMPLE_PROMPTS = "sample_prompts.txt"
 TRAINING_CONFIG = "training_config.toml"
 #: The folder of fine_tune.py's metadata files (one per subset: image path → caption).
 METADATA_DIR = "metadata"
+#: The folder of the DreamBooth-style subsets with generated captions: per subset, links to its
+#: images and a caption file beside each link, which sd-scripts reads as its image_dir.
+CAPTIONED_DIR = "captioned"
 
 #: [settings] keys written to [general] (sd-scripts' subset options, inherited by every subset).
 GENERAL_KEYS = ("shuffle_caption", "keep_tokens", "flip_aug", "random_crop", "caption_prefix", "caption_suffix", "caption_dropout_rate", "caption_tag_dropout_rate")
@@ -95,7 +98,8 @@ def export_kohya(config: _Config, out_dir: str | os.PathLike[str], run_dir: str 
     finetune = config.method == "finetune"
     notes: list[str] = []
     metadata = _metadata_files(config, out, notes) if finetune else {}
-    dataset = _dataset_document(config, _run_class_images(config, run, notes), [out / METADATA_DIR / name for name in metadata])
+    links, captions, image_dirs = ({}, {}, {}) if finetune else _captioned_subsets(config, out, notes)
+    dataset = _dataset_document(config, _run_class_images(config, run, notes), [out / METADATA_DIR / name for name in metadata], image_dirs)
     paths = {
         "dataset_config": str(out / DATASET_CONFIG), "sample_prompts": str(out / SAMPLE_PROMPTS),
         "output_dir": str(out / "output"), "logging_dir": str(out / "logs"),
@@ -109,12 +113,52 @@ def export_kohya(config: _Config, out_dir: str | os.PathLike[str], run_dir: str 
         TRAINING_CONFIG: arguments.document(config.name).as_string(),
     }
     files |= {f"{METADATA_DIR}/{name}": json.dumps(entries, indent=2, ensure_ascii=False) + "\n" for name, entries in metadata.items()}
-    _write_folder(out, files)
+    files |= captions
+    _write_folder(out, files, links)
     return KohyaExport([out / name for name in files], arguments.script, arguments.unmapped, notes)
 
 
-def _write_folder(out: Path, files: Mapping[str, str]) -> None:
-    """Write ``files`` (relative path → text) into a temp folder beside ``out`` and rename it to ``out``."""
+def _captioned_subsets(config: _Config, out: Path, notes: list[str]) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+    """The training subsets with captions from the caption layer, laid out for sd-scripts without
+    touching the dataset: ``captioned/<NN>_<folder>/`` holds a link to each image and a caption file
+    beside it (the image's own caption, else its generated one), and becomes the subset's image_dir.
+
+    Returns (link path → image, caption file path → text, subset path → new image_dir); nothing for
+    subsets without generated captions, which keep their own folder.
+    """
+    from core.dataset.scan import scan_config
+
+    if not all(Path(str(s["path"])).expanduser().is_dir() for s in config.subsets):
+        return {}, {}, {}  # a config exported without its images here: no captions to carry
+    try:
+        scan = scan_config(config)
+    except UserError as exc:
+        notes.append(f"the dataset could not be scanned ({exc}), so captions from the caption layer are not carried over")
+        return {}, {}, {}
+    links: dict[str, str] = {}
+    captions: dict[str, str] = {}
+    image_dirs: dict[str, str] = {}
+    for number, entry in enumerate(config.subsets, start=1):
+        folder = Path(str(entry["path"])).expanduser().resolve()
+        images = [i for s in scan.subsets if Path(s.path).resolve() == folder for i in s.images]
+        if not any(i.generated for i in images):
+            continue
+        extension = str(entry.get("caption_extension") or config.section("dataset")["caption_extension"])
+        name = f"{CAPTIONED_DIR}/{number:02d}_{folder.name}"
+        for image in images:
+            links[f"{name}/{Path(image.path).name}"] = str(Path(image.path).resolve())
+            if image.caption is not None:
+                captions[f"{name}/{Path(image.path).stem}{extension}"] = image.caption + "\n"
+        image_dirs[str(entry["path"])] = str(out / name)
+        generated = sum(1 for i in images if i.generated)
+        notes.append(f"{folder.name} has {generated} generated captions, so sd-scripts reads it from {out / name} (links to the images with every caption beside them); the dataset is unchanged")
+    return links, captions, image_dirs
+
+
+def _write_folder(out: Path, files: Mapping[str, str], links: Mapping[str, str] | None = None) -> None:
+    """Write ``files`` (relative path → text) and ``links`` (relative path → target) into a temp
+    folder beside ``out`` and rename it to ``out``. The links are made after the files are finished,
+    so nothing follows them to change a target's mode."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -122,6 +166,9 @@ def _write_folder(out: Path, files: Mapping[str, str]) -> None:
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             (tmp / name).write_text(text, encoding="utf-8")
         finish_tree(tmp)
+        for name, target in (links or {}).items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(target, tmp / name)
         if out.exists():
             out.rmdir()  # empty, checked above; a file appearing since makes this fail and keeps it
         replace(tmp, out)
@@ -130,7 +177,7 @@ def _write_folder(out: Path, files: Mapping[str, str]) -> None:
         raise
 
 
-def _dataset_document(config: _Config, class_images: dict[str, Any] | None, metadata: list[Path]) -> tomlkit.TOMLDocument:
+def _dataset_document(config: _Config, class_images: dict[str, Any] | None, metadata: list[Path], image_dirs: Mapping[str, str] | None = None) -> tomlkit.TOMLDocument:
     """sd-scripts' dataset config: DreamBooth-style subsets (image folders with caption files), or
     fine-tuning subsets (``metadata_file``) for a fine-tune, whose schema has no caption
     extension, class tokens or is_reg. Only what the method's script accepts is written:
@@ -165,7 +212,7 @@ def _dataset_document(config: _Config, class_images: dict[str, Any] | None, meta
     else:
         for subset in [*config.subsets, *([class_images] if class_images else [])]:
             table = tomlkit.table()
-            table.add("image_dir", str(subset["path"]))
+            table.add("image_dir", (image_dirs or {}).get(str(subset["path"]), str(subset["path"])))
             table.add("num_repeats", int(subset["repeats"]))
             if subset.get("token"):
                 table.add("class_tokens", str(subset["token"]))

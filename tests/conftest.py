@@ -80,3 +80,12 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Pat
         return built[family]
 
     return factory
+
+
+@pytest.fixture(scope="session")
+def tiny_captioners(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny Florence-2, BLIP and Qwen2.5-VL captioners (random weights, processors built locally)."""
+    from core.captions.tiny import BUILDERS
+
+    root = tmp_path_factory.mktemp("captioners")
+    return {name: build(root / name) for name, build in BUILDERS.items()}

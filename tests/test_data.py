@@ -64,6 +64,19 @@ def test_items_buckets_and_captions(wide_and_square):
     assert {i.caption for i in data.class_items} == {"dog"}
 
 
+def test_the_trainer_takes_a_generated_caption_after_the_caption_file(wide_and_square):
+    from core.captions.layer import CaptionerKey, CaptionLayer, content_hash
+
+    folder = wide_and_square / "5_sks dog"
+    layer, key = CaptionLayer(), CaptionerKey("florence2", "m")
+    layer.put(content_hash(folder / "wide1.png"), key, "sks dog jumping over a fence")
+    layer.put(content_hash(folder / "wide0.png"), key, "never used: wide0 has its own caption file")
+    data = build_items(_config((folder, 5, "sks dog", False)), SETTINGS)
+    captions = {Path(i.path).stem: i.caption for i in data.items}
+    assert captions["wide1"] == "sks dog jumping over a fence"
+    assert captions["wide0"] == "sks dog, running, grass" and captions["wide2"] == "sks dog"
+
+
 def test_batches_match_the_planners_step_count(wide_and_square):
     data = build_items(_config((wide_and_square / "5_sks dog", 5, "sks dog", False)), SETTINGS)
     for world in (1, 2, 3):

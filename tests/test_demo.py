@@ -17,18 +17,20 @@ REPO = Path(__file__).resolve().parents[1]
 FAST = ["--set", "schedule.max_steps=2", "--set", "schedule.sample_every_steps=2", "--set", "schedule.save_every_epochs=0"]
 
 
-def _seed_model(workdir: Path, tiny_models) -> None:
-    """Copy the session's tiny model in, so the demo does not build another one."""
+def _seed_model(workdir: Path, tiny_models, tiny_captioners: dict[str, Path]) -> None:
+    """Copy the session's tiny model and captioner in, so the demo does not build others."""
     shutil.copytree(tiny_models("sd1"), workspace(workdir).model)
+    shutil.copytree(tiny_captioners["florence2"], workspace(workdir).captioner)
 
 
-def test_prepare_demo_writes_model_dataset_and_config_once(tmp_path: Path, tiny_models) -> None:
-    _seed_model(tmp_path / "demo", tiny_models)
+def test_prepare_demo_writes_model_dataset_and_config_once(tmp_path: Path, tiny_models, tiny_captioners) -> None:
+    _seed_model(tmp_path / "demo", tiny_models, tiny_captioners)
     ws = prepare_demo(tmp_path / "demo", ["schedule.max_steps=7"])
     config = tomlkit.parse(ws.config.read_text())
     assert (ws.model / "model_index.json").is_file()
     images = sorted(ws.dataset.rglob("*.png"))
-    assert len(images) == 12 and all(p.with_suffix(".txt").is_file() for p in images)
+    assert len(images) == 12 and sum(p.with_suffix(".txt").is_file() for p in images) == 8, "the triangles are left to caption"
+    assert (ws.captioner / "config.json").is_file()
     assert config["model"]["path"] == str(ws.model) and config["model"]["family"] == "sd1"
     assert config["schedule"]["max_steps"] == 7 and config["settings"]["resolution"] == 64
     assert Path(config["dataset"]["subsets"][0]["path"]).parent == ws.dataset
@@ -37,8 +39,8 @@ def test_prepare_demo_writes_model_dataset_and_config_once(tmp_path: Path, tiny_
     assert images[0].stat().st_mtime_ns == first, "a second demo reuses the generated dataset"
 
 
-def test_prepare_demo_refuses_a_bad_override(tmp_path: Path, tiny_models) -> None:
-    _seed_model(tmp_path / "demo", tiny_models)
+def test_prepare_demo_refuses_a_bad_override(tmp_path: Path, tiny_models, tiny_captioners) -> None:
+    _seed_model(tmp_path / "demo", tiny_models, tiny_captioners)
     with pytest.raises(UserError, match="batch_size"):
         prepare_demo(tmp_path / "demo", ["settings.batch_size=0"])
 
@@ -50,8 +52,8 @@ def test_progress_lines() -> None:
 
 
 @pytest.mark.slow
-def test_headless_demo_trains_to_the_end(tmp_path: Path, tiny_models) -> None:
-    _seed_model(tmp_path / "demo", tiny_models)
+def test_headless_demo_trains_to_the_end(tmp_path: Path, tiny_models, tiny_captioners) -> None:
+    _seed_model(tmp_path / "demo", tiny_models, tiny_captioners)
     result = subprocess.run(
         [sys.executable, "-m", "cli", "demo", "--headless", "--workdir", str(tmp_path / "demo"), *FAST],
         cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**_env(), "PYTHONPATH": str(REPO)},
@@ -60,12 +62,14 @@ def test_headless_demo_trains_to_the_end(tmp_path: Path, tiny_models) -> None:
     assert "step 2/2" in result.stdout
     assert "sample at step 2" in result.stdout
     assert "state: finished" in result.stdout
+    assert "its captions are random words" in result.stdout
+    assert result.stdout.count("_triangle.png: ") == 4, "the demo captions its four uncaptioned images"
     runs = list((tmp_path / "demo" / "runs").iterdir())
     assert len(runs) == 1 and (runs[0] / "metrics.jsonl").is_file()
 
 
-def test_headless_demo_with_a_bad_override_exits_2(tmp_path: Path, tiny_models) -> None:
-    _seed_model(tmp_path / "demo", tiny_models)
+def test_headless_demo_with_a_bad_override_exits_2(tmp_path: Path, tiny_models, tiny_captioners) -> None:
+    _seed_model(tmp_path / "demo", tiny_models, tiny_captioners)
     result = subprocess.run(
         [sys.executable, "-m", "cli", "demo", "--headless", "--workdir", str(tmp_path / "demo"), "--set", "schedule.epochs=-1"],
         cwd=tmp_path, capture_output=True, text=True, timeout=120, env={**_env(), "PYTHONPATH": str(REPO)},

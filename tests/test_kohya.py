@@ -13,6 +13,8 @@ from core.errors import UserError
 from core.kohya import export_kohya, import_kohya, read_kohya
 from core.sample_prompts import SamplePrompt, format_prompt_line, parse_prompt_file, parse_prompt_line
 
+from tests.conftest import write_image
+
 
 def make_config(tmp_path: Path):
     return new_config(
@@ -304,3 +306,30 @@ def test_import_keeps_each_subsets_own_caption_extension_and_options_through_run
     exported = tomllib.loads(export_kohya(config, tmp_path / "kohya").written[0].read_text())["datasets"][0]["subsets"]
     assert exported[0]["caption_extension"] == ".txt" and "flip_aug" not in exported[0]
     assert (exported[1]["caption_extension"], exported[1]["keep_tokens"], exported[1]["flip_aug"]) == (".caption", 2, True)
+
+
+@pytest.mark.parametrize("method", ["lora", "finetune"])
+def test_export_carries_generated_captions_so_sd_scripts_reads_them_and_the_dataset_is_unchanged(tmp_path: Path, method: str) -> None:
+    from core.captions.layer import CaptionerKey, CaptionLayer, content_hash
+    from tests.test_captions import _tree
+
+    folder = tmp_path / "data" / "3_sks dog"
+    folder.mkdir(parents=True)
+    for name, colour in (("a", (200, 0, 0)), ("b", (0, 200, 0))):
+        write_image(folder / f"{name}.png", (32, 32), colour)
+    (folder / "a.txt").write_text("my caption")
+    CaptionLayer().put(content_hash(folder / "b.png"), CaptionerKey("florence2", "m"), "a generated caption")
+    before = _tree(tmp_path / "data")
+    config = new_config("gen", "/models/sd15", "sd1", method, [{"path": str(folder), "repeats": 3, "token": "sks dog"}], {})
+    export = export_kohya(config, tmp_path / "kohya")
+    subset = tomllib.loads(export.written[0].read_text())["datasets"][0]["subsets"][0]
+    if method == "finetune":
+        metadata = json.loads(Path(subset["metadata_file"]).read_text())
+        assert metadata[str(folder / "b.png")] == {"caption": "a generated caption"}
+    else:
+        image_dir = Path(subset["image_dir"])
+        assert image_dir == tmp_path / "kohya" / "captioned" / "01_3_sks dog"
+        assert (image_dir / "b.png").resolve() == folder / "b.png" and (image_dir / "a.png").read_bytes() == (folder / "a.png").read_bytes()
+        assert (image_dir / "b.txt").read_text() == "a generated caption\n" and (image_dir / "a.txt").read_text() == "my caption\n"
+        assert any("1 generated captions" in note for note in export.notes)
+    assert _tree(tmp_path / "data") == before

@@ -99,6 +99,8 @@ class WizardState:
     field_errors: dict[str, str] = field(default_factory=dict)
     base_dir: Path = field(default_factory=Path.cwd)
     caption_extension: str = field(default_factory=lambda: defaults("dataset")["caption_extension"])
+    #: The captioner model the dataset step's caption dialog offers first ("": the captioner's own; the demo's tiny one in the demo).
+    captioner_model: str = ""
     #: The dataset as a config's subset list (opened from a run.toml or a kohya config), used while
     #: the dataset fields still show ``subsets_for``; editing them scans the typed folder instead.
     subsets: list[dict[str, Any]] | None = None

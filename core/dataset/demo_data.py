@@ -16,6 +16,8 @@ COLOURS = {
 }
 SHAPES = ("circle", "square", "triangle")
 SUBSET = "10_shapes"
+#: The demo's images of this shape get no caption file, so the demo has images to caption.
+UNCAPTIONED = "triangle"
 SEED = 7
 
 
@@ -38,7 +40,8 @@ def _draw(shape: str, colour: tuple[int, int, int], size: tuple[int, int], rng: 
 
 
 def make_demo_dataset(out_dir: str | Path) -> Path:
-    """Write 12 shape images (64–96 px, a few non-square) with ``.txt`` captions into ``out_dir/10_shapes/``.
+    """Write 12 shape images (64–96 px, a few non-square) into ``out_dir/10_shapes/``, with ``.txt``
+    captions except the :data:`UNCAPTIONED` ones (for the demo's caption step).
 
     Deterministic: the same files every time. Returns ``out_dir``. The files are the user's
     dataset, read by no other process while they are written: plain writes, so they get the
@@ -57,7 +60,8 @@ def make_demo_dataset(out_dir: str | Path) -> Path:
             stem = f"{index:02d}_{name}_{shape}"
             buffer = _png_bytes(image)
             (folder / f"{stem}.png").write_bytes(buffer)
-            (folder / f"{stem}.txt").write_text(f"a {name} {shape}, simple shape, white background\n", encoding="utf-8")
+            if shape != UNCAPTIONED:
+                (folder / f"{stem}.txt").write_text(f"a {name} {shape}, simple shape, white background\n", encoding="utf-8")
             index += 1
     return root
 

@@ -320,4 +320,6 @@ def new_state(context: Any) -> WizardState:
         return WizardState(gpus=context.gpus(), base_dir=Path.cwd())
     from core.config import load_config
 
-    return WizardState.from_config(load_config(demo.config), context.gpus(), demo.root)
+    state = WizardState.from_config(load_config(demo.config), context.gpus(), demo.root)
+    state.captioner_model = str(demo.captioner)
+    return state

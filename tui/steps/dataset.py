@@ -23,7 +23,7 @@ SEVERITY_STYLE = {"error": "bold red", "left out": "bold yellow", "warning": "ye
 
 class DatasetStep(Step):
     title = "Dataset"
-    BINDINGS = [Binding("e", "edit_repeats", "Edit repeats"), Binding("ctrl+r", "rescan", "Rescan")]
+    BINDINGS = [Binding("e", "edit_repeats", "Edit repeats"), Binding("ctrl+r", "rescan", "Rescan"), Binding("c", "caption", "Caption")]
 
     def compose(self) -> ComposeResult:
         yield Static("Dataset", classes="step-title")
@@ -39,6 +39,8 @@ class DatasetStep(Step):
         # one space before each column instead of one on each side: six columns fit 80 terminal columns
         yield DataTable(id="subsets", cursor_type="row", cell_padding=0)
         yield Static("Select a subset and press e (or Enter) to change its repeats; ctrl+r scans the folder again.", classes="help")
+        yield Static("", id="caption-stats")
+        yield Button("", id="caption-images", compact=True)
         yield Static("", id="problems")
 
     def on_mount(self) -> None:
@@ -115,6 +117,7 @@ class DatasetStep(Step):
             summary.update("")
             problems.update("")
             self._offer_class_folder()
+            self._show_captions(None)
             return
         for subset in scan.subsets:
             name = subset.name + (" (class)" if subset.is_reg else "")
@@ -129,6 +132,7 @@ class DatasetStep(Step):
         )
         summary.update(line)
         self._offer_class_folder()
+        self._show_captions(scan)
         text = Text()
         shown, rest = listed(scan.problems)
         for problem in shown:
@@ -139,6 +143,56 @@ class DatasetStep(Step):
         if rest:
             text.append(rest + "\n")
         problems.update(text if scan.problems else Text("No problems found.", style="green"))
+
+    def _show_captions(self, scan: Any) -> None:
+        """The caption statistics, and the button that captions the images without a caption file."""
+        stats_view = self.query_one("#caption-stats", Static)
+        button = self.query_one("#caption-images", Button)
+        if scan is None or not scan.images:
+            stats_view.update("")
+            button.display = False
+            self.refresh_bindings()
+            return
+        from core.captions.stats import caption_stats, token_limit
+
+        stats_view.update("\n".join(caption_stats(scan, token_limit(self.state.family)).lines()))
+        uncaptioned = self.uncaptioned()
+        missing = sum(1 for image in uncaptioned if image.caption is None)
+        button.display = bool(uncaptioned)
+        self.refresh_bindings()
+        button.label = (f"Caption the {missing} images without captions (c)" if missing
+                        else f"Review or edit the {len(uncaptioned)} generated captions (c)")
+
+    def uncaptioned(self) -> list[Any]:
+        """The training images without a caption file (their generated caption, if any, on the entry)."""
+        scan = self.state.dataset_scan
+        if scan is None:
+            return []
+        return [image for subset in scan.subsets if not subset.is_reg for image in subset.images if image.caption_source != "file"]
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """The caption key is offered only while some image has no caption file."""
+        if action == "caption":
+            return bool(self.uncaptioned())
+        return True
+
+    @on(Button.Pressed, "#caption-images")
+    def caption_pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        self.action_caption()
+
+    def action_caption(self) -> None:
+        """Open the caption dialog; a rescan follows when a caption was made or edited."""
+        images = self.uncaptioned()
+        if not images:
+            return
+        from tui.widgets.caption_dialog import CaptionScreen
+
+        def closed(changed: bool | None) -> None:
+            if changed:
+                self.action_rescan()
+
+        self.app.push_screen(CaptionScreen(self.state.dataset_scan.root, images, self.state.captioner_model), closed)
 
     def _offer_class_folder(self) -> None:
         """Show the button that uses a class folder found inside the dataset, while there is one."""

@@ -1,0 +1,32 @@
+"""The captioning process: ``python -m core.captions REQUEST_JSON`` (see core/captions/process.py)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from core.captions.job import caption_dataset
+from core.errors import UserError
+
+
+def main(argv: list[str]) -> int:
+    """Caption as the request says, one JSON event a line on stdout; 2 with one sentence on a user error."""
+    from core.captions.runtime import load
+
+    request = json.loads(argv[0])
+
+    def emit(event: dict[str, object]) -> None:
+        sys.stdout.write(json.dumps(event) + "\n")
+        sys.stdout.flush()
+
+    try:
+        caption_dataset(request["dataset"], request["captioner"], load, request.get("model"), request.get("prompt"),
+                        batch_size=int(request.get("batch_size") or 1), emit=emit)
+    except UserError as exc:
+        print(f"sdtui: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

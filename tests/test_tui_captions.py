@@ -1,0 +1,70 @@
+"""The dataset step's caption dialog, driven with the Pilot on the tiny Florence-2: progress and a
+preview, generated captions shown and counted, one caption edited into the layer, the dataset
+byte-identical."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from textual.widgets import Button, DataTable, Input, Static
+
+from core.captions.layer import CaptionLayer, content_hash
+from tests.test_captions import _tree
+from tests.tui_fixtures import sync, until
+from tui.app import SdtuiApp
+from tui.context import AppContext
+from tui.widgets.caption_dialog import CaptionScreen
+
+
+async def _type(pilot, selector: str, text: str) -> None:
+    pilot.app.screen.query_one(selector, Input).value = text
+    await pilot.pause(0.05)
+
+
+@pytest.mark.slow
+@sync
+async def test_caption_dialog_captions_previews_and_edits_without_touching_the_dataset(
+    tmp_path: Path, kohya_dataset, tiny_captioners: dict[str, Path],
+) -> None:
+    data = kohya_dataset(subsets=((10, "sks dog", 3),), captions=False)
+    before = _tree(data)
+    app = SdtuiApp(AppContext(runs_dir=tmp_path / "runs", gpu_spec="1x24GB"), start="wizard", theme="textual-dark")
+    async with app.run_test(size=(110, 40)) as pilot:
+        await _type(pilot, "#model-path", "sd1")
+        await pilot.press("ctrl+n")
+        await _type(pilot, "#dataset-path", str(data))
+        wizard = app.screen
+        await until(pilot, lambda: wizard.state.scan is not None)
+        await pilot.pause(0.1)
+        button = wizard.query_one("#caption-images", Button)
+        assert button.display and "Caption the 3 images without captions" in str(button.label)
+        assert "0 of 3 images have a caption; 3 without one" in str(wizard.query_one("#caption-stats", Static).render())
+        button.press()
+        await until(pilot, lambda: isinstance(app.screen, CaptionScreen))
+        dialog = app.screen
+        await pilot.pause(0.2)
+        await _type(pilot, "#caption-model", str(tiny_captioners["florence2"]))
+        dialog.query_one("#caption-start", Button).press()
+        status = dialog.query_one("#caption-status", Static)
+        await until(pilot, lambda: "Done" in str(status.render()) or "red" in str(status.content), timeout=120)
+        assert "Done: 3 captioned" in str(status.render()), str(status.render())
+        preview = str(dialog.query_one("#caption-preview", Static).render())
+        assert preview.count(".png: ") == 3
+        table = dialog.query_one("#caption-table", DataTable)
+        assert [str(table.get_row_at(i)[1]).strip() for i in range(3)] == ["generated"] * 3
+        table.focus()
+        await pilot.press("e")
+        await pilot.pause(0.1)
+        await _type(pilot, "#answer", "a dog, my words")
+        await pilot.press("enter")
+        await pilot.pause(0.1)
+        assert str(table.get_row_at(0)[1]).strip() == "edited"
+        await pilot.press("escape")
+        await until(pilot, lambda: app.screen is wizard)
+        await until(pilot, lambda: wizard.state.scan is not None and wizard.state.scan.subsets[0].captions_generated == 3)
+        first = sorted(data.rglob("*.png"))[0]
+        assert CaptionLayer().caption(content_hash(first)).text == "a dog, my words"
+        assert "3 of 3 images have a caption (3 generated)" in str(wizard.query_one("#caption-stats", Static).render())
+        assert "(3 gen.)" in str(wizard.query_one("#subsets", DataTable).get_row_at(0)[3])
+    assert _tree(data) == before
