@@ -11,12 +11,16 @@ agree by construction:
   ``ceil(batches / world)`` of them;
 * an optimizer step happens every ``accumulation`` batches and at the end of the epoch
   (as accelerate's gradient accumulation does), so an epoch has
-  ``ceil(batches_per_rank / accumulation)`` steps.
+  ``ceil(batches_per_rank / accumulation)`` steps;
+* a validation split holds out the same images in the plan and the trainer
+  (:func:`held_out`), and the validation loss is computed at :func:`validation_steps`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -100,6 +104,30 @@ def schedule_row(
         run_epochs = max_steps / spe if spe else 0.0
         return ScheduleRow(gpus, effective, spe, round(run_epochs, 3), max_steps, int(round(run_epochs * items)))
     return ScheduleRow(gpus, effective, spe, float(epochs), spe * epochs, items * epochs)
+
+
+def image_key(path: str) -> str:
+    """What identifies an image for the validation split: its folder's name and its file name
+    (the same whether the planner or the trainer scanned it, from whatever root)."""
+    parent, name = os.path.split(os.path.normpath(path))
+    return f"{os.path.basename(parent)}/{name}"
+
+
+def held_out(paths: Sequence[str], split: float) -> set[str]:
+    """The paths a validation ``split`` holds out: ``ceil(split × n)`` of the ``n`` images (leaving at
+    least one to train on), those whose keys' digests sort first. Deterministic, independent of
+    the seed, the order of ``paths`` and the other images' presence."""
+    unique = sorted(set(paths))
+    if split <= 0 or len(unique) < 2:
+        return set()
+    count = min(math.ceil(split * len(unique)), len(unique) - 1)
+    ranked = sorted(unique, key=lambda p: (hashlib.blake2b(image_key(p).encode(), digest_size=8).digest(), p))
+    return set(ranked[:count])
+
+
+def validation_steps(total_steps: int, every_n_steps: int) -> list[int]:
+    """The optimizer steps after which the validation loss is computed: every ``every_n_steps``."""
+    return list(range(every_n_steps, total_steps + 1, every_n_steps)) if every_n_steps > 0 else []
 
 
 def warmup_steps(total_steps: int, warmup: int | float) -> int:

@@ -32,7 +32,7 @@ from core.errors import UserError
 from core.plan import schedule
 from core.runs import RunDir
 
-from . import startup, trackers
+from . import startup, trackers, validation
 from .control import PAUSE_POLL_S, ControlPoller, Polled
 from .disk import DiskFull, Reserve
 from .metrics import EventHandler, MetricsWriter, ProgressLog, memory_sample
@@ -78,6 +78,7 @@ class Trainer:
         self.progress_log = ProgressLog(0, enabled=False)
         self._status_at = 0.0
         self.log_every = 1
+        self.validator: validation.Validator | None = None
 
     def setup(self) -> None:
         """Read the config, start accelerate, own the folder (rank 0), build the session (model, data,
@@ -101,6 +102,7 @@ class Trainer:
         self.stepper = Stepper(self.session, self.progress)
         self.saver = Saver(self.session, self.progress, self.run, self.metrics, self.status, self.heartbeat, self.weights_hash)
         self.poller = ControlPoller(control, self.session.acc, self.status)
+        self.validator = validation.make_validator(self.config, self.session, self.stepper)
         self.log_every = GPU_LOG_EVERY if self.session.device.type == "cuda" else 1
         self.started = True
 
@@ -192,6 +194,9 @@ class Trainer:
         if sample_due:
             self._flush(pending)
             self.saver.sample()
+        if self.validator is not None and self.validator.due(step):
+            self._flush(pending)
+            validation.record(self.validator, step, self.metrics, session=self._session())
         if last:
             return None
         if epoch_done or time.monotonic() - self._status_at >= STATUS_EVERY_S:

@@ -1,0 +1,69 @@
+"""The validation loss: a deterministic held-out split, a flat curve for a frozen model, DDP equal to one process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import tomlkit
+
+from core.plan.schedule import held_out, validation_steps
+from tests.train_helpers import launch, make_run, metrics, train
+
+
+def with_validation(run: Path, **section: object) -> Path:
+    doc = tomlkit.parse((run / "run.toml").read_text(encoding="utf-8"))
+    doc["validation"] = section
+    (run / "run.toml").write_text(tomlkit.dumps(doc), encoding="utf-8")
+    return run
+
+
+def test_the_split_is_deterministic_disjoint_and_leaves_images_to_train() -> None:
+    paths = [f"/data/10_dog/img{i:02d}.png" for i in range(40)]
+
+    first = held_out(paths, 0.1)
+
+    assert len(first) == 4
+    assert first == held_out(list(reversed(paths)), 0.1)  # the order of the scan does not matter
+    assert {p.replace("/data/", "/mnt/x/") for p in first} == held_out([p.replace("/data/", "/mnt/x/") for p in paths], 0.1)
+    assert held_out(paths[:1], 0.3) == set()  # a single image always trains
+    assert len(held_out(paths[:2], 0.49)) == 1
+    assert held_out(paths, 0.0) == set()
+    assert validation_steps(10, 4) == [4, 8]
+
+
+def test_held_out_images_never_train_and_the_frozen_curve_is_flat(tmp_path, tiny_models, kohya_dataset) -> None:
+    from core.config import load_config
+    from core.train.data import build_items
+
+    data = kohya_dataset(((1, "sks dog", 8),))
+    run = make_run(tmp_path / "run", tiny_models("sd1"), data, schedule={"max_steps": 6, "learning_rate": 0.0})
+    with_validation(run, split=0.25, every_n_steps=2)
+    config = load_config(run / "run.toml")
+    items = build_items(config, config.settings)
+    trained = {i.path for i in items.items}
+    held = {i.path for i in items.validation_items}
+    assert len(held) == 2 and not trained & held and len(trained) == 6
+    assert items.items_per_epoch == 6
+
+    assert train(run) == 0
+
+    records = metrics(run, "validation")
+    assert [r["step"] for r in records] == [2, 4, 6]
+    assert len({r["loss"] for r in records}) == 1  # fixed timesteps and noise: only the model moves the curve
+    assert records[0]["loss"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("ddp")
+def test_two_processes_give_the_validation_loss_of_one(tmp_path, tiny_models, kohya_dataset) -> None:
+    data = kohya_dataset(((1, "sks dog", 7),))
+    values = []
+    for processes in (1, 2):
+        run = make_run(tmp_path / f"run{processes}", tiny_models("sd1"), data, schedule={"max_steps": 1, "learning_rate": 0.0}, processes=processes)
+        with_validation(run, split=0.45, every_n_steps=1)
+        done = launch(run, processes)
+        assert done.returncode == 0, done.stderr[-3000:]
+        values.append([r["loss"] for r in metrics(run, "validation")])
+    assert len(values[0]) == 1
+    assert values[0] == values[1]
