@@ -86,7 +86,9 @@ def mask_tag(item: Any, kind: str, masked: bool, alpha: bool) -> str:
     modification time), ``alpha`` for the alpha channel, "" when the entry has no mask."""
     import os
 
-    if not masked or kind != "i":
+    from .data import INSTANCE
+
+    if not masked or kind != INSTANCE:
         return ""
     if item.mask:
         stat = os.stat(item.mask)
