@@ -279,6 +279,16 @@ def _dataset_line(dataset: dict[str, Any] | None) -> str:
     )
 
 
+def _validation_line(validation: dict[str, Any]) -> str:
+    """The plan's validation: images, how often, and what it adds to the ETA."""
+    source = {"split": "held out of the training images", "folder": "from the validation folder"}.get(validation["source"], "held out and from the folder")
+    cost = f", {_duration(validation['cost_s'])} of the ETA" if validation["cost_s"] is not None else ""
+    return (
+        f"Validation {validation['images']} images {source}, loss every {validation['every_n_steps']} steps "
+        f"at {validation['timesteps']} fixed timesteps: {validation['runs']} times{cost}"
+    )
+
+
 def format_plan(plan: Any) -> str:
     """The human-readable plan: recipe, VRAM against the GPU, dataset, GPU-count table, warnings."""
     data = plan.to_json()
@@ -309,6 +319,8 @@ def format_plan(plan: Any) -> str:
         + (f", text encoders {data['text_encoder_lr']:g}" if data["text_encoder_lr"] is not None else "")
         + f" ({data['lr_scheduler']}, {data['lr_warmup_steps']} warm-up steps)",
     ]
+    if data["validation"]:
+        out.append(_validation_line(data["validation"]))
     headers = ["GPUs", "eff. batch", "steps/epoch", "epochs", "total steps", "images seen", "warm-up", "ETA"]
     priced = data["price_per_gpu_hour"] is not None
     if priced:

@@ -4,7 +4,7 @@
 split (``core.plan.schedule.held_out``, which the planner uses too) and adds the images of
 ``[validation] folder``. :class:`Validator` computes, every ``every_n_steps`` optimizer steps,
 the mean denoising loss of those images at the timesteps of sd-scripts' validation
-(:data:`TIMESTEP_SHARES` of the schedule) with noise seeded per image and timestep, so the
+(``core.plan.validation.TIMESTEP_SHARES`` of the schedule) with noise seeded per image and timestep, so the
 curve moves only with the model. It runs under ``no_grad`` with the trained modules in eval
 mode; each rank takes its share of the images, every rank runs the same number of forwards
 (collectives of DDP, FSDP or DeepSpeed stay in step), and the per-image losses are gathered
@@ -20,10 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from core.plan.schedule import held_out, image_key
-
-#: Where on the schedule the validation loss is measured: sd-scripts' timesteps 10, 350, 500,
-#: 650 and 990 of 1000 (σ of the same shares for flow-matching families).
-TIMESTEP_SHARES = (0.01, 0.35, 0.5, 0.65, 0.99)
+from core.plan.validation import TIMESTEP_SHARES
 
 
 def settings_of(config: Any) -> dict[str, Any]:
