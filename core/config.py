@@ -240,6 +240,7 @@ def new_config(
     sampler: str | None = None,
     method_options: Mapping[str, Any] | None = None,
     dataset_options: Mapping[str, Any] | None = None,
+    validation: Mapping[str, Any] | None = None,
 ) -> RunConfig:
     """A complete run config: every key of SCHEMA with its default unless given, with comments.
 
@@ -259,6 +260,7 @@ def new_config(
         "samples": {"prompts": list(prompts or []), **({"sampler": sampler} if sampler else {})},
         "distributed": dict(distributed or {}),
         "logging": dict(logging or {}),
+        "validation": dict(validation or {}),
     }
     document = tomlkit.document()
     document.add(tomlkit.comment(_FIRST_LINE + "run.toml"))

@@ -93,6 +93,7 @@ class WizardState:
     prompts_offered: list[str] = field(default_factory=list)
     sampler: str = SCHEMA["samples"]["sampler"].default
     logging: dict[str, Any] = field(default_factory=lambda: defaults("logging"))
+    validation: dict[str, Any] = field(default_factory=lambda: defaults("validation"))
     price_per_gpu_hour: float | None = None
     config_path: str = ""
     keep_settings: bool = False
@@ -379,6 +380,14 @@ class WizardState:
             self.schedule_edited.add(key)
         self.schedule[key] = checked
 
+    def set_validation(self, key: str, value: Any) -> None:
+        """Change one [validation] value (UserError naming it and the rule)."""
+        setting = SCHEMA["validation"][key]
+        try:
+            self.validation[key] = setting.check(value)
+        except ValueError as exc:
+            raise UserError(f"validation {key}: {exc}; {setting.help}") from None
+
     def set_price(self, text: str) -> None:
         """Price per GPU-hour for the cost column (empty: none)."""
         text = text.strip().lstrip("$")
@@ -483,6 +492,7 @@ class WizardState:
             prompts=list(self.prompts),
             sampler=self.sampler,
             logging=dict(self.logging),
+            validation=dict(self.validation),
             distributed={"num_processes": max(1, self.gpus.count)},
             method_options=dict(self.method_options),
             dataset_options={"caption_extension": self.caption_extension},

@@ -29,7 +29,7 @@ from core.dataset.buckets import Bucket, bucket_selector, buckets_for, crop_box
 from core.dataset.scan import overlay_subsets, scan_dataset
 from core.errors import UserError
 from core.plan.schedule import epoch_batches, held_out, shard_batches
-from core.settings import SETTINGS, resolve, subset_settings
+from core.settings import SCHEMA, SETTINGS, resolve, subset_settings
 
 if TYPE_CHECKING:
     from .latents import LatentCache
@@ -148,7 +148,7 @@ def build_items(config: Any, settings: Mapping[str, Any]) -> TrainData:
     from .validation import split_items
 
     items, validation_items = split_items(config, items, settings, select)
-    mask_dir = str(_section(config, "dataset").get("mask_dir") or "")
+    mask_dir = str(section_of(config, "dataset").get("mask_dir") or "")
     if mask_dir:
         from .masks import with_masks
 
@@ -166,11 +166,12 @@ def build_items(config: Any, settings: Mapping[str, Any]) -> TrainData:
     )
 
 
-def _section(config: Any, name: str) -> dict[str, Any]:
+def section_of(config: Any, name: str) -> dict[str, Any]:
     """A run.toml section with defaults filled in, from a RunConfig or a run.toml dict."""
     if hasattr(config, "section"):
         return dict(config.section(name))
-    return resolve(name, config.get(name, {}) if isinstance(config, Mapping) else {})
+    given = config.get(name, {}) if isinstance(config, Mapping) else {}
+    return resolve(name, {k: v for k, v in given.items() if k in SCHEMA[name]})
 
 
 def _warn_left_out(problems: Sequence[Any]) -> None:

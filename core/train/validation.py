@@ -25,11 +25,9 @@ from core.plan.validation import TIMESTEP_SHARES
 
 def settings_of(config: Any) -> dict[str, Any]:
     """[validation] with defaults filled in, from a RunConfig or a run.toml dict."""
-    from core.settings import resolve
+    from .data import section_of
 
-    if hasattr(config, "section"):
-        return dict(config.section("validation"))
-    return resolve("validation", config.get("validation", {}) if isinstance(config, Mapping) else {})
+    return section_of(config, "validation")
 
 
 def enabled(section: Mapping[str, Any]) -> bool:
