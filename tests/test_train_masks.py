@@ -163,3 +163,29 @@ def test_the_mask_folder_wins_and_changes_the_latent_cache_key(tmp_path, tiny_mo
 
     with safe_open(str(cached[0]), framework="pt") as handle:
         assert "mask" in handle.keys()
+
+
+@pytest.mark.parametrize("cache_latents", [False, True])
+def test_masks_train_with_prior_preservation_min_snr_and_a_validation_split(tmp_path, tiny_models, cache_latents, monkeypatch) -> None:
+    from tests.conftest import make_kohya
+    from tests.train_helpers import add_reg_subset, make_run, metrics, train
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    _masked_dataset(tmp_path)
+    for i in range(2, 4):  # two more images, so one can be held out
+        Image.open(tmp_path / "data" / "1_sks dog" / "img0.png").save(tmp_path / "data" / "1_sks dog" / f"img{i}.png")
+    classes = make_kohya(tmp_path / "classes", ((1, "dog", 2),))
+    run = make_run(
+        tmp_path / "run", tiny_models("sd1"), tmp_path / "data", method="dreambooth",
+        settings={"alpha_mask": True, "cache_latents": cache_latents, "min_snr_gamma": 5.0, "class_images_per_instance": 0},
+        schedule={"max_steps": 2},
+    )
+    add_reg_subset(run, classes / "1_dog")
+    doc = tomlkit.parse((run / "run.toml").read_text(encoding="utf-8"))
+    doc["validation"] = {"split": 0.25, "every_n_steps": 1}
+    (run / "run.toml").write_text(tomlkit.dumps(doc), encoding="utf-8")
+
+    assert train(run) == 0
+
+    assert [r["step"] for r in metrics(run, "validation")] == [1, 2]
+    assert all(r["loss"] > 0 for r in metrics(run, "step"))
