@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +28,7 @@ from PIL import Image, ImageOps
 from core.dataset.buckets import Bucket, bucket_selector, buckets_for, crop_box
 from core.dataset.scan import overlay_subsets, scan_dataset
 from core.errors import UserError
-from core.plan.schedule import epoch_batches, held_out, shard_batches
+from core.plan.schedule import epoch_batches, shard_batches
 from core.settings import SCHEMA, SETTINGS, resolve, subset_settings
 
 if TYPE_CHECKING:
