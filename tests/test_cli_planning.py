@@ -350,3 +350,22 @@ def test_a_validation_folder_that_is_not_there_is_one_sentence(kohya_dataset: Da
     code, _, err = run(capsys, "plan", str(path))
     assert code == 2
     assert "validation.folder = " in one_sentence_error(err) and "is not a folder" in err
+
+
+def test_scan_and_plan_report_images_without_a_mask_and_masks_without_an_image(kohya_dataset: DataFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from PIL import Image
+
+    data = kohya_dataset(subsets=((10, "sks dog", 2),))
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    Image.new("L", (8, 8), 255).save(masks / "img000.png")
+    Image.new("L", (8, 8), 255).save(masks / "stray.png")
+
+    code, out, _ = run(capsys, "scan", str(data), "--masks", str(masks), "--json")
+    assert code == 0
+    found = {(Path(p["path"]).name, p["severity"]) for p in json.loads(out)["problems"]}
+    assert {("img001.png", "warning"), ("stray.png", "warning")} <= found and ("img000.png", "warning") not in found
+    code, out, _ = run(capsys, "plan", "--model", "sd1", "--data", str(data), "--set", f"dataset.mask_dir={masks}", "--json")
+    warnings = json.loads(out)["warnings"]
+    assert any("img001.png: the image has no mask in the mask folder" in w for w in warnings)
+    assert any("stray.png: the mask has no training image with the same name" in w for w in warnings)
