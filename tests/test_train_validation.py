@@ -65,5 +65,8 @@ def test_two_processes_give_the_validation_loss_of_one(tmp_path, tiny_models, ko
         done = launch(run, processes)
         assert done.returncode == 0, done.stderr[-3000:]
         values.append([r["loss"] for r in metrics(run, "validation")])
-    assert len(values[0]) == 1
-    assert values[0] == values[1]
+    assert len(values[0]) == len(values[1]) == 1
+    # each image's loss is gathered and averaged in image order, so the process count does not enter the
+    # sum; what is left is float32 rounding of the CPU kernels (it varies with the buffers' memory
+    # alignment, seen as 1 ulp in one image's loss): equal to 1e-6 relative
+    assert values[1][0] == pytest.approx(values[0][0], rel=1e-6, abs=0)

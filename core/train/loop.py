@@ -103,6 +103,8 @@ class Trainer:
         self.saver = Saver(self.session, self.progress, self.run, self.metrics, self.status, self.heartbeat, self.weights_hash)
         self.poller = ControlPoller(control, self.session.acc, self.status)
         self.validator = validation.make_validator(self.config, self.session, self.stepper)
+        if self.validator is not None:
+            self.metrics.event(f"validation loss on {len(self.validator.items)} images every {self.validator.every_n_steps} steps (they never train)")
         self.log_every = GPU_LOG_EVERY if self.session.device.type == "cuda" else 1
         self.started = True
 

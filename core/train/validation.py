@@ -114,6 +114,7 @@ class Validator:
         import torch
 
         session = self.session
+        self._prepare(sorted(set(self.mine) - set(self.prepared)))
         losses = []
         with self._eval(), torch.no_grad():
             for index in self.mine:
@@ -126,29 +127,38 @@ class Validator:
         return math.fsum(by_item[i] for i in range(len(self.items))) / len(self.items)
 
     def item_loss(self, index: int) -> float:
-        """One image's loss, the mean over the fixed timesteps (with its mask and the objective's weights)."""
+        """One image's loss, the mean over the fixed timesteps (with its mask and the objective's weights),
+        in chunks of the run's batch size (no forward larger than a training one)."""
+        import torch
+
+        timesteps = fixed_timesteps(self.session.components.objective, self.session.device)
+        chunk = max(1, int(self.session.settings["batch_size"]))
+        losses = [self._chunk_loss(index, timesteps[start : start + chunk], start) for start in range(0, len(timesteps), chunk)]
+        return float(torch.cat(losses).double().mean())
+
+    def _chunk_loss(self, index: int, timesteps: Any, first: int) -> Any:
+        """Per-sample losses of one image at ``timesteps`` (the timestep indices ``first`` on)."""
         import torch
 
         from .masks import per_sample_loss
 
         session = self.session
-        s, components, device = session.settings, session.components, session.device
-        example = self._prepared(index)
-        timesteps = fixed_timesteps(components.objective, device)
-        count = len(TIMESTEP_SHARES)
-        latents = example["latents"].to(device, torch.float32)[None].expand(count, *example["latents"].shape)
+        components, device = session.components, session.device
+        example, item = self.prepared[index], self.items[index]
+        count = len(timesteps)
+        shape = example["latents"].shape
+        latents = example["latents"].to(device, torch.float32)[None].expand(count, *shape)
         noise = torch.stack([
-            torch.randn(example["latents"].shape, generator=torch.Generator().manual_seed(noise_seed(self.seed, self.items[index].path, n)))
-            for n in range(count)
+            torch.randn(shape, generator=torch.Generator().manual_seed(noise_seed(self.seed, item.path, first + n))) for n in range(count)
         ]).to(device)
-        batch = {
-            "captions": [self.items[index].caption] * count,
+        batch: dict[str, Any] = {
+            "captions": [item.caption] * count,
             "original_sizes": [example["original_size"]] * count,
             "crop_top_lefts": [example["crop_top_left"]] * count,
             "target_sizes": [example["target_size"]] * count,
         }
         cache = session.data.train_data.text_cache
-        if cache is not None and batch["captions"][0] in cache:
+        if cache is not None and item.caption in cache:
             embeddings = cache.lookup(batch["captions"])
             batch["prompt_embeds"] = embeddings.prompt_embeds
             if embeddings.pooled_prompt_embeds is not None:
@@ -162,16 +172,22 @@ class Validator:
             pred = components.runtime.predict(session.denoiser(), noisy.to(dtype), timesteps, hidden.to(dtype), added)
         mask = example["mask"][None].expand(count, *example["mask"].shape) if example["mask"] is not None else None
         per_sample = per_sample_loss(pred, target, mask)
-        weights = objective.loss_weights(timesteps, s)
-        if weights is not None:
-            per_sample = per_sample * weights
-        return float(per_sample.double().mean())
+        weights = objective.loss_weights(timesteps, session.settings)
+        return per_sample * weights if weights is not None else per_sample
 
-    def _prepared(self, index: int) -> dict[str, Any]:
-        """Latents (VAE mode, centre crop, no flip) and mask of one validation image, encoded once."""
-        if index not in self.prepared:
-            self.prepared[index] = self._encode(index)
-        return self.prepared[index]
+    def _prepare(self, indices: list[int]) -> None:
+        """Encode the latents (VAE mode, centre crop, no flip) and masks of ``indices`` once; the VAE
+        visits the compute device for it when it was moved off, and goes back."""
+        if not indices:
+            return
+        vae = self.session.components.vae
+        home = next(vae.parameters()).device
+        vae.to(self.session.device)
+        try:
+            for index in indices:
+                self.prepared[index] = self._encode(index)
+        finally:
+            vae.to(home)
 
     def _encode(self, index: int) -> dict[str, Any]:
         import torch
@@ -182,13 +198,8 @@ class Validator:
         session = self.session
         item, vae = self.items[index], session.components.vae
         example = load_example(item.path, item.bucket, mask_path=item.mask, alpha_mask=bool(session.settings.get("alpha_mask")))
-        home = next(vae.parameters()).device
-        vae.to(session.device)
-        try:
-            with torch.no_grad():
-                latents = vae.encode(example.pixels[None].to(session.device, vae.dtype)).latent_dist.mode()
-        finally:
-            vae.to(home)
+        with torch.no_grad():
+            latents = vae.encode(example.pixels[None].to(session.device, vae.dtype)).latent_dist.mode()
         shift = getattr(vae.config, "shift_factor", None)
         if shift is not None:
             latents = latents - shift
