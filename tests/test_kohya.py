@@ -304,3 +304,16 @@ def test_import_keeps_each_subsets_own_caption_extension_and_options_through_run
     exported = tomllib.loads(export_kohya(config, tmp_path / "kohya").written[0].read_text())["datasets"][0]["subsets"]
     assert exported[0]["caption_extension"] == ".txt" and "flip_aug" not in exported[0]
     assert (exported[1]["caption_extension"], exported[1]["keep_tokens"], exported[1]["flip_aug"]) == (".caption", 2, True)
+
+
+def test_export_names_the_masked_loss_and_the_validation_it_does_not_carry(tmp_path) -> None:
+    from core.config import new_config
+    from core.kohya_args import training_arguments
+
+    config = new_config("dog", "/models/sd15", "sd1", "lora", [{"path": str(tmp_path), "repeats": 1, "token": "dog"}],
+                        {"alpha_mask": True}, validation={"split": 0.1}, dataset_options={"mask_dir": str(tmp_path)})
+    paths = {"dataset_config": "d.toml", "output_dir": "out", "sample_prompts": "p.txt", "logging_dir": "logs"}
+
+    unmapped = training_arguments(config, paths).unmapped
+
+    assert {"settings.alpha_mask", "dataset.mask_dir", "[validation]"} <= set(unmapped)
