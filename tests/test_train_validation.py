@@ -52,6 +52,11 @@ def test_held_out_images_never_train_and_the_frozen_curve_is_flat(tmp_path, tiny
     assert [r["step"] for r in records] == [2, 4, 6]
     assert len({r["loss"] for r in records}) == 1  # fixed timesteps and noise: only the model moves the curve
     assert records[0]["loss"] > 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0})
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("validation/loss")] == [(r["step"], pytest.approx(r["loss"], rel=1e-6)) for r in records]
 
 
 @pytest.mark.slow
