@@ -342,7 +342,8 @@ class BatchDataset(torch.utils.data.Dataset):
                 return caption, latents, Example(latents, size, crop, (bucket[1], bucket[0]), cache.mask(key))
             flip = bool(_setting(settings, "flip_aug")) and rng.random() < 0.5
             example = load_example(
-                item.path, bucket, bool(_setting(settings, "random_crop")), flip, rng, item.mask, bool(_setting(self.data.settings, "alpha_mask")),
+                item.path, bucket, bool(_setting(settings, "random_crop")), flip, rng, item.mask,
+                kind == INSTANCE and bool(_setting(self.data.settings, "alpha_mask")),  # class images train whole, as when cached
             )
             return caption, example.pixels, example
         except Exception as exc:  # a corrupt or vanished image must not stop training
