@@ -75,3 +75,36 @@ def test_two_processes_give_the_validation_loss_of_one(tmp_path, tiny_models, ko
     # sum; what is left is float32 rounding of the CPU kernels (it varies with the buffers' memory
     # alignment, seen as 1 ulp in one image's loss): equal to 1e-6 relative
     assert values[1][0] == pytest.approx(values[0][0], rel=1e-6, abs=0)
+
+
+def test_the_mean_is_taken_in_image_order_whatever_the_process_count(monkeypatch) -> None:
+    """Each rank's share (padded to the same count) is gathered and averaged per image: 1, 2 or 3 processes give the same float."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from core.train.validation import Validator
+
+    items = [SimpleNamespace(path=f"/d/1_x/{i}.png") for i in range(5)]
+    monkeypatch.setattr(Validator, "item_loss", lambda self, index: 1 / (index + 3) + 1e-9 * index**3)
+
+    def mean(world: int) -> float:
+        def session(rank: int, acc: object) -> SimpleNamespace:
+            return SimpleNamespace(
+                rank=rank, world=world, device=torch.device("cpu"), acc=acc, data=SimpleNamespace(train_data=SimpleNamespace(validation_items=items)),
+                denoiser=torch.nn.Identity, text_encoders=lambda: [],
+            )
+
+        shares = []
+        for rank in range(world):
+            validator = Validator(session(rank, None), None, 1, 0)
+            shares.append(torch.tensor([validator.item_loss(i) for i in validator.mine], dtype=torch.float64))
+        values = []
+        for rank in range(world):
+            validator = Validator(session(rank, SimpleNamespace(gather=lambda _mine: torch.cat(shares))), None, 1, 0)
+            validator.prepared = dict.fromkeys(range(len(items)), {})
+            values.append(validator.loss())
+        assert len(set(values)) == 1  # every rank gets the same value
+        return values[0]
+
+    assert mean(1) == mean(2) == mean(3)
