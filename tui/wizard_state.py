@@ -100,6 +100,8 @@ class WizardState:
     field_errors: dict[str, str] = field(default_factory=dict)
     base_dir: Path = field(default_factory=Path.cwd)
     caption_extension: str = field(default_factory=lambda: defaults("dataset")["caption_extension"])
+    #: [dataset] mask_dir of an opened config (kept through the wizard; "" = none).
+    mask_dir: str = field(default_factory=lambda: defaults("dataset")["mask_dir"])
     #: The dataset as a config's subset list (opened from a run.toml or a kohya config), used while
     #: the dataset fields still show ``subsets_for``; editing them scans the typed folder instead.
     subsets: list[dict[str, Any]] | None = None
@@ -122,6 +124,8 @@ class WizardState:
         state.sampler = config.section("samples")["sampler"]
         state.logging.update(config.section("logging"))
         state.caption_extension = config.section("dataset")["caption_extension"]
+        state.mask_dir = config.section("dataset")["mask_dir"]
+        state.validation.update(config.section("validation"))
         state.config_path = str(config.path) if config.path else ""
         state.model = config.model_path
         if state.model:
@@ -495,7 +499,7 @@ class WizardState:
             validation=dict(self.validation),
             distributed={"num_processes": max(1, self.gpus.count)},
             method_options=dict(self.method_options),
-            dataset_options={"caption_extension": self.caption_extension},
+            dataset_options={"caption_extension": self.caption_extension, "mask_dir": self.mask_dir},
         )
 
     def resolved_config_path(self) -> Path:
