@@ -21,6 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     scan.add_argument("dir", metavar="DIR", help="dataset folder of <repeats>_<token> subfolders")
     scan.add_argument("--resolution", type=whole_number("--resolution", 64), default=512, help="training resolution for the buckets (default 512)")
     scan.add_argument("--reg", metavar="DIR", default=None, help="regularisation / class images folder")
+    scan.add_argument("--masks", metavar="DIR", default=None, help="loss-mask folder ([dataset] mask_dir): report images without a mask and masks without an image")
     add_json(scan)
     scan.set_defaults(func=cmd_scan)
 
@@ -59,6 +60,8 @@ def cmd_scan(args: argparse.Namespace) -> int:
     from core.dataset.scan import scan_dataset
 
     scan = scan_dataset(args.dir, args.reg, resolution=args.resolution)
+    if args.masks:
+        scan = with_mask_problems(scan, args.masks)
     if args.json:
         print_json(scan.to_json())
     else:
@@ -67,6 +70,20 @@ def cmd_scan(args: argparse.Namespace) -> int:
     if blocking is not None:
         raise UserError(f"{blocking.path}: {blocking.message}; {blocking.fix}")
     return 0
+
+
+def with_mask_problems(scan: Any, mask_dir: str) -> Any:
+    """``scan`` with the loss-mask folder's problems added (``core.dataset.masks.mask_problems``)."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from core.dataset.masks import mask_problems
+    from core.dataset.problems import sort_problems
+
+    if not Path(mask_dir).expanduser().is_dir():
+        raise UserError(f"--masks {mask_dir}: not a folder; give the folder of loss masks (one per image, same name)")
+    paths = [image.path for subset in scan.subsets if not subset.is_reg for image in subset.images]
+    return replace(scan, problems=sort_problems(scan.problems + mask_problems(paths, mask_dir)))
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -279,6 +296,16 @@ def _dataset_line(dataset: dict[str, Any] | None) -> str:
     )
 
 
+def _validation_line(validation: dict[str, Any]) -> str:
+    """The plan's validation: images, how often, and what it adds to the ETA."""
+    source = {"split": "held out of the training images", "folder": "from the validation folder"}.get(validation["source"], "held out and from the folder")
+    cost = f", {_duration(validation['cost_s'])} of the ETA" if validation["cost_s"] is not None else ""
+    return (
+        f"Validation {validation['images']} images {source}, loss every {validation['every_n_steps']} steps "
+        f"at {validation['timesteps']} fixed timesteps: {validation['runs']} times{cost}"
+    )
+
+
 def format_plan(plan: Any) -> str:
     """The human-readable plan: recipe, VRAM against the GPU, dataset, GPU-count table, warnings."""
     data = plan.to_json()
@@ -309,6 +336,8 @@ def format_plan(plan: Any) -> str:
         + (f", text encoders {data['text_encoder_lr']:g}" if data["text_encoder_lr"] is not None else "")
         + f" ({data['lr_scheduler']}, {data['lr_warmup_steps']} warm-up steps)",
     ]
+    if data["validation"]:
+        out.append(_validation_line(data["validation"]))
     headers = ["GPUs", "eff. batch", "steps/epoch", "epochs", "total steps", "images seen", "warm-up", "ETA"]
     priced = data["price_per_gpu_hour"] is not None
     if priced:

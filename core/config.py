@@ -31,11 +31,12 @@ _SECTION_COMMENTS = {
     "schedule": "epoch mode (epochs) or step mode (max_steps > 0); steps are optimizer steps",
     "samples": "prompts in kohya syntax: prompt --n negative --w 512 --h 512 --d seed --l cfg --s steps",
     "distributed": "accelerate launch setup",
+    "validation": "validation loss on held-out images (split) or a folder of its own, at fixed timesteps and noise",
     "logging": "TensorBoard event files in <run>/tb/; W&B when wandb_project is set",
 }
 #: The first line of a run.toml; save_config completes it with the file's own path.
 _FIRST_LINE = "sdtui run config; start it with: sdtui train "
-_SECTION_ORDER = ("model", "dataset", "method", "settings", "schedule", "samples", "distributed", "logging")
+_SECTION_ORDER = ("model", "dataset", "method", "settings", "schedule", "samples", "validation", "distributed", "logging")
 _CAPTION_EXTENSIONS = (".txt", ".caption")
 
 
@@ -178,6 +179,14 @@ class RunConfig:
         if problem:
             raise UserError(f"{self.path}: {problem}" if self.path else problem)
 
+    def check_folders(self) -> None:
+        """Raise UserError when [validation] folder or [dataset] mask_dir names a folder that is not there."""
+        where = f"{self.path}: " if self.path else ""
+        for section, key, what in (("validation", "folder", "validation images"), ("dataset", "mask_dir", "loss masks")):
+            raw = str(self.section(section)[key]).strip()
+            if raw and not Path(raw).expanduser().is_dir():
+                raise UserError(f"{where}{section}.{key} = {raw!r} is not a folder; point it at the folder of {what} or set it to \"\"")
+
     def to_dict(self) -> dict[str, Any]:
         """The document as plain Python values."""
         return self.document.unwrap()
@@ -212,6 +221,8 @@ def load_config(path: str | os.PathLike[str], complete: bool = True) -> RunConfi
     if complete:
         config.check_complete()
     _absolute_paths(config, file.resolve().parent)
+    if complete:
+        config.check_folders()
     return config
 
 
@@ -229,6 +240,7 @@ def new_config(
     sampler: str | None = None,
     method_options: Mapping[str, Any] | None = None,
     dataset_options: Mapping[str, Any] | None = None,
+    validation: Mapping[str, Any] | None = None,
 ) -> RunConfig:
     """A complete run config: every key of SCHEMA with its default unless given, with comments.
 
@@ -248,6 +260,7 @@ def new_config(
         "samples": {"prompts": list(prompts or []), **({"sampler": sampler} if sampler else {})},
         "distributed": dict(distributed or {}),
         "logging": dict(logging or {}),
+        "validation": dict(validation or {}),
     }
     document = tomlkit.document()
     document.add(tomlkit.comment(_FIRST_LINE + "run.toml"))
@@ -449,6 +462,11 @@ def _absolute_paths(config: RunConfig, base: Path) -> None:
         path = Path(os.path.expanduser(str(table["path"])))
         if not path.is_absolute():
             table["path"] = str((base / path).resolve())
+    for section, key in (("validation", "folder"), ("dataset", "mask_dir")):
+        table = config._table(section)
+        raw = str(table.get(key, ""))
+        if raw and not Path(raw).expanduser().is_absolute():
+            table[key] = str((base / raw).resolve())  # type: ignore[index]
     settings = config._table("settings")
     output_dir = str(settings.get("output_dir", ""))
     if output_dir and not Path(output_dir).expanduser().is_absolute():

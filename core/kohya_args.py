@@ -201,9 +201,21 @@ def _wanted_flags(config: _Config, paths: Mapping[str, str]) -> tuple[dict[str, 
     }
     flags |= _method_flags(config.method, s, method, lr, te_lr)
     unmapped = ["settings.ema"] if s["ema"] else []
+    unmapped += _mask_and_validation(config, s)
     if config.method == "lora" and s["lora_targets"] == "attn":
         unmapped.append("settings.lora_targets = attn (sd-scripts' LoRA also trains the feed-forward layers)")
     return flags, unmapped
+
+
+def _mask_and_validation(config: _Config, s: Mapping[str, Any]) -> list[str]:
+    """The masked loss and the validation loss, which the export does not carry over (yet)."""
+    validation = config.section("validation")
+    unmapped = ["settings.alpha_mask"] if s["alpha_mask"] else []
+    if config.section("dataset")["mask_dir"]:
+        unmapped.append("dataset.mask_dir")
+    if float(validation["split"]) > 0 or validation["folder"]:
+        unmapped.append("[validation]")
+    return unmapped
 
 
 def _method_flags(kind: str, s: Mapping[str, Any], method: Mapping[str, Any], lr: float, te_lr: float) -> dict[str, tuple[Any, str]]:

@@ -47,6 +47,8 @@ class Setting:
     choices: tuple[Any, ...] | None = None
     minimum: float | None = None
     maximum: float | None = None
+    #: An exclusive upper bound (the value must stay below it).
+    below: float | None = None
 
     def check(self, value: Any) -> Any:
         """Return ``value`` coerced to this setting's type, or raise ValueError with the rule."""
@@ -89,6 +91,8 @@ class Setting:
             raise ValueError(f"{self.key} must be at least {self.minimum:g}")
         if self.maximum is not None and result > self.maximum:
             raise ValueError(f"{self.key} must be at most {self.maximum:g}")
+        if self.below is not None and result >= self.below:
+            raise ValueError(f"{self.key} must be below {self.below:g}")
         return result
 
 
@@ -165,6 +169,7 @@ SETTINGS: dict[str, Setting] = {
         _s("save_precision", str, "fp16", "dtype of the saved LoRA, embedding and single-file model", choices=SAVE_PRECISIONS),
         _s("torch_compile", bool, False, "compile the UNet with torch.compile: faster steps after a slow first one"),
         _s("dataloader_workers", int, 2, "processes that load images in the background (0 = in the training process)", minimum=0),
+        _s("alpha_mask", bool, False, "weight the loss by each image's alpha channel: transparent parts do not train (as sd-scripts)"),
     )
 }
 
@@ -190,6 +195,7 @@ SCHEMA: dict[str, dict[str, Setting]] = {
     },
     "dataset": {
         "caption_extension": _s("caption_extension", str, ".txt", "caption file extension tried first"),
+        "mask_dir": _s("mask_dir", str, "", "folder of loss masks, one per image with the same stem (white = train, black = ignore); empty = none"),
     },
     "method": {
         "kind": _s("kind", str, "lora", "training method", choices=METHODS),
@@ -219,6 +225,11 @@ SCHEMA: dict[str, dict[str, Setting]] = {
     "samples": {
         "prompts": _s("prompts", list, [], "prompts in kohya syntax (--n --w --h --d --l --s --ss)"),
         "sampler": _s("sampler", str, "default", "sampler of prompts without --ss (kohya's sample_sampler)", choices=SAMPLERS),
+    },
+    "validation": {
+        "split": _s("split", float, 0.0, "share of the training images held out for the validation loss, never trained on (0 = none, 0.05 typical)", minimum=0.0, below=0.5),
+        "folder": _s("folder", str, "", "a folder of validation images of its own (instead of a split); empty = none"),
+        "every_n_steps": _s("every_n_steps", int, 100, "validation loss every N optimizer steps", minimum=1),
     },
     "logging": {
         "tensorboard": _s("tensorboard", bool, True, "TensorBoard event files in <run>/tb/"),

@@ -307,3 +307,65 @@ def test_plan_of_an_unrecognised_model_folder_exits_2_with_one_sentence(kohya_da
     code, out, err = run(capsys, "--gpus", "1x4090", "plan", "--model", str(folder), "--data", str(kohya_dataset()), "--json")
     assert code == 2 and out == ""
     assert "is no model family sdtui recognises" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_plan_json_has_the_validation_entry_and_its_cost_in_the_eta(kohya_dataset: DataFactory, capsys: pytest.CaptureFixture[str]) -> None:
+    data = kohya_dataset(subsets=((10, "sks dog", 8),))
+    base = ("--gpus", "1x4090", "plan", "--model", "sd1", "--data", str(data), "--recipe", "sd15-lora-8gb", "--steps", "40")
+    _, out, _ = run(capsys, *base, "--json")
+    plain = json.loads(out)
+    code, out, _ = run(capsys, *base, "--set", "validation.split=0.25", "--set", "validation.every_n_steps=10", "--json")
+    assert code == 0
+    plan = json.loads(out)
+
+    assert plain["validation"] is None
+    entry = plan["validation"]
+    assert (entry["source"], entry["images"], entry["held_out"], entry["every_n_steps"], entry["runs"]) == ("split", 2, 2, 10, 4)
+    assert entry["cost_s"] > 0
+    assert plan["dataset"]["items_per_epoch"] == 60 and plain["dataset"]["items_per_epoch"] == 80  # the held-out images never train
+    assert plan["run"]["eta_s"] == pytest.approx(plain["run"]["eta_s"] + entry["cost_s"], abs=0.2)
+    code, out, _ = run(capsys, *base, "--set", "validation.split=0.25", "--set", "validation.every_n_steps=10")
+    assert "Validation 2 images held out of the training images, loss every 10 steps at 5 fixed timesteps: 4 times" in out
+
+
+@pytest.mark.parametrize(("setting", "wording"), [
+    ("validation.split=0.5", "--set validation.split=0.5: split must be below 0.5"),
+    ("validation.every_n_steps=0", "--set validation.every_n_steps=0: every_n_steps must be at least 1"),
+])
+def test_validation_settings_out_of_range_are_one_sentence(kohya_dataset: DataFactory, capsys: pytest.CaptureFixture[str], setting: str, wording: str) -> None:
+    data = kohya_dataset(subsets=((10, "sks dog", 4),))
+    code, _, err = run(capsys, "plan", "--model", "sd1", "--data", str(data), "--set", setting)
+    assert code == 2
+    assert wording in one_sentence_error(err)
+
+
+def test_a_validation_folder_that_is_not_there_is_one_sentence(kohya_dataset: DataFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from core.config import new_config, save_config
+    from core.dataset.scan import scan_dataset
+
+    data = kohya_dataset(subsets=((10, "sks dog", 4),))
+    config = new_config("dog", "runwayml/stable-diffusion-v1-5", "sd1", "lora", scan_dataset(data).subset_configs(), {"recipe": "sd15-lora-8gb"})
+    config.set("validation.folder", str(tmp_path / "nowhere"))
+    path = save_config(config, tmp_path / "run.toml")
+    code, _, err = run(capsys, "plan", str(path))
+    assert code == 2
+    assert "validation.folder = " in one_sentence_error(err) and "is not a folder" in err
+
+
+def test_scan_and_plan_report_images_without_a_mask_and_masks_without_an_image(kohya_dataset: DataFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from PIL import Image
+
+    data = kohya_dataset(subsets=((10, "sks dog", 2),))
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    Image.new("L", (8, 8), 255).save(masks / "img000.png")
+    Image.new("L", (8, 8), 255).save(masks / "stray.png")
+
+    code, out, _ = run(capsys, "scan", str(data), "--masks", str(masks), "--json")
+    assert code == 0
+    found = {(Path(p["path"]).name, p["severity"]) for p in json.loads(out)["problems"]}
+    assert {("img001.png", "warning"), ("stray.png", "warning")} <= found and ("img000.png", "warning") not in found
+    code, out, _ = run(capsys, "plan", "--model", "sd1", "--data", str(data), "--set", f"dataset.mask_dir={masks}", "--json")
+    warnings = json.loads(out)["warnings"]
+    assert any("img001.png: the image has no mask in the mask folder" in w for w in warnings)
+    assert any("stray.png: the mask has no training image with the same name" in w for w in warnings)

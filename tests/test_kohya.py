@@ -333,3 +333,16 @@ def test_export_carries_generated_captions_so_sd_scripts_reads_them_and_the_data
         assert (image_dir / "b.txt").read_text() == "a generated caption\n" and (image_dir / "a.txt").read_text() == "my caption\n"
         assert any("1 generated captions" in note for note in export.notes)
     assert _tree(tmp_path / "data") == before
+
+
+def test_export_names_the_masked_loss_and_the_validation_it_does_not_carry(tmp_path) -> None:
+    from core.config import new_config
+    from core.kohya_args import training_arguments
+
+    config = new_config("dog", "/models/sd15", "sd1", "lora", [{"path": str(tmp_path), "repeats": 1, "token": "dog"}],
+                        {"alpha_mask": True}, validation={"split": 0.1}, dataset_options={"mask_dir": str(tmp_path)})
+    paths = {"dataset_config": "d.toml", "output_dir": "out", "sample_prompts": "p.txt", "logging_dir": "logs"}
+
+    unmapped = training_arguments(config, paths).unmapped
+
+    assert {"settings.alpha_mask", "dataset.mask_dir", "[validation]"} <= set(unmapped)

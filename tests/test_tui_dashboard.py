@@ -463,3 +463,25 @@ async def test_a_live_run_repaints_only_what_changed(tmp_path: Path) -> None:
             assert ("#numbers", True) not in counts and counts.get(("#numbers", False))  # new numbers, no layout pass
     finally:
         DashboardScreen.REFRESH_S = 1.0
+
+
+@sync
+async def test_the_loss_chart_shows_the_validation_loss_beside_the_training_loss(tmp_path: Path) -> None:
+    runs = make_runs(tmp_path / "runs")
+    run = runs / "shapes-lora-20251009-090000"
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    out = []
+    for line in lines:
+        out.append(line)
+        if line["type"] == "step" and line["step"] % 40 == 0:
+            out.append({"type": "validation", "time": line["time"], "step": line["step"], "loss": 0.5 - line["step"] / 1000})
+    (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in out))
+    app = _app(runs, run)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await until(pilot, lambda: "val " in _text(app, "#numbers"))
+        chart = app.screen.query_one("#loss")
+        assert list(chart.validation[0]) == [40.0, 80.0, 120.0] and list(chart.validation[1]) == pytest.approx([0.46, 0.42, 0.38])
+        assert _text(app, "#numbers").endswith("epoch 2  val 0.38")  # the last validation loss
+        drawn = chart.plt.build()
+        assert "validation" in drawn and "training" in drawn  # the legend names both series
+        assert "◆" in drawn  # the validation series has its own marker

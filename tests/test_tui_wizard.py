@@ -176,6 +176,11 @@ async def test_whole_wizard_back_and_change_then_save(tmp_path: Path, kohya_data
         assert [str(table.get_row_at(i)[0]) for i in range(table.row_count)] == ["1", "2 *", "4", "8"]
         await _type(pilot, "#v-max_steps", "400")
         assert "step mode" in str(app.screen.query_one("#plan-warnings").render())
+        await _type(pilot, "#v-split", "0.5")
+        assert "split must be below 0.5" in _error(app)
+        await _type(pilot, "#v-split", "0.25")
+        await _type(pilot, "#v-every_n_steps", "100")
+        assert "validation loss on 1 image every 100 steps (4 times); adds" in str(app.screen.query_one("#plan-warnings").render())
         await _type(pilot, "#price", "abc")
         assert "is not a number" in _error(app)
         await _type(pilot, "#price", "0.79")
@@ -211,6 +216,7 @@ async def test_whole_wizard_back_and_change_then_save(tmp_path: Path, kohya_data
         assert saved["method"]["kind"] == "lora" and saved["name"] == "dog-lora"
         assert saved["settings"]["recipe"].startswith("sd15-lora")
         assert saved["schedule"]["max_steps"] == 400
+        assert (saved["validation"]["split"], saved["validation"]["every_n_steps"]) == (0.25, 100)
         assert saved["distributed"]["num_processes"] == 1  # not the 2 simulated GPUs: 2 CPU processes with --multi_gpu before
 
 

@@ -206,3 +206,27 @@ async def test_at_80x24_the_dataset_table_and_the_recipe_figures_are_not_cut(tmp
         await pilot.pause(0.5)
         rows = [line for line in screen_text(app).splitlines() if "▊ " in line and " GiB " in line]
         assert rows and all("img/s" in row for row in rows), rows
+
+
+def test_an_opened_config_keeps_its_validation_and_mask_folder_through_the_wizard(tmp_path: Path, kohya_dataset) -> None:
+    from core.config import load_config, save_config
+
+    data = kohya_dataset()
+    (tmp_path / "val").mkdir()
+    (tmp_path / "masks").mkdir()
+    state = WizardState(gpus=resolve("1x24GB"), base_dir=tmp_path)
+    state.set_model("sd1")
+    state.dataset = str(data)
+    state.scan_dataset()
+    config = state.to_config()
+    config.set("validation.folder", str(tmp_path / "val"))
+    config.set("validation.every_n_steps", 50)
+    config.set("dataset.mask_dir", str(tmp_path / "masks"))
+    path = save_config(config, tmp_path / "dog.toml")
+
+    opened = WizardState.from_config(load_config(path, complete=False), resolve("1x24GB"), tmp_path)
+    opened.family = "sd1"
+    again = load_config(save_config(opened.to_config(), tmp_path / "again.toml"), complete=False)
+
+    assert (again.section("validation")["folder"], again.section("validation")["every_n_steps"]) == (str(tmp_path / "val"), 50)
+    assert again.section("dataset")["mask_dir"] == str(tmp_path / "masks")

@@ -93,6 +93,7 @@ class WizardState:
     prompts_offered: list[str] = field(default_factory=list)
     sampler: str = SCHEMA["samples"]["sampler"].default
     logging: dict[str, Any] = field(default_factory=lambda: defaults("logging"))
+    validation: dict[str, Any] = field(default_factory=lambda: defaults("validation"))
     price_per_gpu_hour: float | None = None
     config_path: str = ""
     keep_settings: bool = False
@@ -101,6 +102,8 @@ class WizardState:
     caption_extension: str = field(default_factory=lambda: defaults("dataset")["caption_extension"])
     #: The captioner model the dataset step's caption dialog offers first ("": the captioner's own; the demo's tiny one in the demo).
     captioner_model: str = ""
+    #: [dataset] mask_dir of an opened config (kept through the wizard; "" = none).
+    mask_dir: str = field(default_factory=lambda: defaults("dataset")["mask_dir"])
     #: The dataset as a config's subset list (opened from a run.toml or a kohya config), used while
     #: the dataset fields still show ``subsets_for``; editing them scans the typed folder instead.
     subsets: list[dict[str, Any]] | None = None
@@ -125,6 +128,8 @@ class WizardState:
         state.sampler = config.section("samples")["sampler"]
         state.logging.update(config.section("logging"))
         state.caption_extension = config.section("dataset")["caption_extension"]
+        state.mask_dir = config.section("dataset")["mask_dir"]
+        state.validation.update(config.section("validation"))
         state.config_path = str(config.path) if config.path else ""
         state.model = config.model_path
         if state.model:
@@ -383,6 +388,14 @@ class WizardState:
             self.schedule_edited.add(key)
         self.schedule[key] = checked
 
+    def set_validation(self, key: str, value: Any) -> None:
+        """Change one [validation] value (UserError naming it and the rule)."""
+        setting = SCHEMA["validation"][key]
+        try:
+            self.validation[key] = setting.check(value)
+        except ValueError as exc:
+            raise UserError(f"validation {key}: {exc}; {setting.help}") from None
+
     def set_price(self, text: str) -> None:
         """Price per GPU-hour for the cost column (empty: none)."""
         text = text.strip().lstrip("$")
@@ -511,9 +524,10 @@ class WizardState:
             prompts=list(self.prompts),
             sampler=self.sampler,
             logging=dict(self.logging),
+            validation=dict(self.validation),
             distributed={"num_processes": max(1, self.machine_gpus().count)},
             method_options=dict(self.method_options),
-            dataset_options={"caption_extension": self.caption_extension},
+            dataset_options={"caption_extension": self.caption_extension, "mask_dir": self.mask_dir},
         )
 
     def resolved_config_path(self) -> Path:

@@ -142,7 +142,8 @@ class MetricsTail:
 
 
 class MetricsSeries:
-    """The chartable series of a run, fed from a MetricsTail: step, loss, lr, images/s, samples, checkpoints."""
+    """The chartable series of a run, fed from a MetricsTail: step, loss, lr, images/s, the validation
+    loss (``validation_steps`` / ``validation_loss``), samples, checkpoints."""
 
     def __init__(self) -> None:
         self.clear()
@@ -153,6 +154,8 @@ class MetricsSeries:
         self.loss = array("d")
         self.lr = array("d")
         self.images_per_s = array("d")
+        self.validation_steps = array("d")
+        self.validation_loss = array("d")
         self.last_step: dict[str, Any] | None = None
         self.samples: list[dict[str, Any]] = []
         self.checkpoints: list[dict[str, Any]] = []
@@ -179,6 +182,8 @@ class MetricsSeries:
             for series in (self.steps, self.loss, self.lr, self.images_per_s):
                 del series[cut:]
             self.last_step = {"type": "step", "step": int(step), "loss": self.loss[-1] if cut else None} if cut else None
+        cut = bisect.bisect_right(self.validation_steps, step)
+        del self.validation_steps[cut:], self.validation_loss[cut:]
         for kept in (self.samples, self.checkpoints):
             kept[:] = [r for r in kept if not (isinstance(r.get("step"), (int, float)) and r["step"] > step)]
 
@@ -196,6 +201,10 @@ class MetricsSeries:
             index = len(records) - 1 - lines[::-1].index(last)
             self.last_step = records[index] if isinstance(records[index], dict) else last.to_dict()
         if len(step_lines) < len(lines):
+            for line in lines:
+                if line.type == "validation" and line.step is not None and line.loss is not None:
+                    self.validation_steps.append(float(line.step))
+                    self.validation_loss.append(line.loss)
             kinds = {"sample": self.samples, "checkpoint": self.checkpoints, "event": self.events}
             for record, line in zip(records, lines):
                 if line.type in kinds:

@@ -24,6 +24,7 @@ from .learning_rates import lr_warnings
 from .picker import HEADROOM, RunShape, judge, run_shape, suggest_when_nothing_fits
 from .schedule import ScheduleRow, batches_per_rank, schedule_row, warmup_steps
 from .throughput import eta_seconds, images_per_second, sample_seconds_per_image
+from .validation import ValidationPlan, plan_validation
 
 #: GPU counts every plan shows (plus the detected and the configured count).
 GPU_COUNTS = (1, 2, 4, 8)
@@ -55,6 +56,8 @@ class Plan:
     class_images: ClassImages | None = None
     #: Seconds one GPU takes to generate one class image; None without a known GPU.
     class_image_s: float | None = None
+    #: The validation loss's images, frequency and cost ([validation]); None when it is off.
+    validation: ValidationPlan | None = None
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -101,6 +104,8 @@ class Plan:
         )
         generate = self.generate_s(gpus)
         eta = eta + generate if eta is not None and generate is not None else None
+        if eta is not None and self.validation is not None:
+            eta += self.validation.seconds(row.total_steps, self.images_per_second_per_gpu, gpus) or 0.0
         data: dict[str, Any] = {
             "gpus": row.gpus,
             "effective_batch": row.effective_batch,
@@ -140,6 +145,7 @@ class Plan:
             "notes": list(self.notes),
             "schedule": [self.row_json(n) for n in self.gpu_counts()] if self.dataset is not None else [],
             "run": self.row_json(processes) if self.dataset is not None else None,
+            "validation": self._validation_json(processes),
             "price_per_gpu_hour": self.price_per_gpu_hour,
         }
 
@@ -158,6 +164,12 @@ class Plan:
                 "generate_s": round(generate, 1) if generate is not None else None,
             },
         }
+
+    def _validation_json(self, processes: int) -> dict[str, Any] | None:
+        if self.validation is None:
+            return None
+        total = self.row_for(max(1, processes)).total_steps if self.dataset is not None else 0
+        return self.validation.to_json(total, self.images_per_second_per_gpu, max(1, processes))
 
 
 def make_plan(config: Any, scan: Any, gpus: Any, price_per_gpu_hour: float | None = None) -> Plan:
@@ -181,7 +193,9 @@ def make_plan(config: Any, scan: Any, gpus: Any, price_per_gpu_hour: float | Non
             scan = overlay_subsets(scan, config.subsets)
         if not any(s.images for s in scan.subsets if not s.is_reg):
             raise UserError(f"the dataset {scan.root} has no usable training image; run 'sdtui scan {scan.root}' to see why and fix it")
-    counts = _bucket_counts(scan, bucket_selector(settings)) if scan is not None else {}
+    validation = plan_validation(config.section("validation"), scan, settings) if hasattr(config, "section") else None
+    held = validation.held if validation is not None else frozenset()
+    counts = _bucket_counts(scan, bucket_selector(settings), held) if scan is not None else {}
     classes = class_images(method, settings, config.section("method")["class_prompt"], scan.reg_images, scan.images) if scan is not None else None
     shape = run_shape(method, classes.total if classes is not None else None, distributed)
     prior = shape.prior_preservation
@@ -202,7 +216,7 @@ def make_plan(config: Any, scan: Any, gpus: Any, price_per_gpu_hour: float | Non
             "reason": gpus.reason,
         },
         fits=fit.fits,
-        dataset=_dataset_json(scan, counts) if scan is not None else None,
+        dataset=_dataset_json(scan, counts, held) if scan is not None else None,
         counts=counts,
         prior_preservation=prior,
         images_per_second_per_gpu=images_per_second(family, method, settings, smallest, int(schedule["gradient_accumulation"])),
@@ -210,28 +224,33 @@ def make_plan(config: Any, scan: Any, gpus: Any, price_per_gpu_hour: float | Non
         price_per_gpu_hour=price_per_gpu_hour,
         class_images=classes,
         class_image_s=sample_seconds_per_image(family, settings, smallest, GENERATE_STEPS),
+        validation=validation,
     )
     _explain(plan, scan, gpus, fit, shape)
+    plan.warnings += _mask_warnings(config, scan)
     plan.warnings += placeholder_warnings(config, scan)
     return plan
 
 
-def _bucket_counts(scan: Any, buckets: Any) -> dict[tuple[int, int], int]:
-    """Items per bucket over the training subsets, each distinct image size bucketed once."""
+def _bucket_counts(scan: Any, buckets: Any, held: frozenset[str] = frozenset()) -> dict[tuple[int, int], int]:
+    """Items per bucket over the training subsets (less the validation's ``held`` images), each distinct image size bucketed once."""
     items: Counter[tuple[int, int]] = Counter()
     for subset in scan.subsets:
         if not subset.is_reg:
             for image in subset.images:
-                items[(image.width, image.height)] += subset.repeats
+                if image.path not in held:
+                    items[(image.width, image.height)] += subset.repeats
     return bucket_counts(((w, h, n) for (w, h), n in items.items()), buckets)
 
 
-def _dataset_json(scan: Any, counts: dict[Any, int]) -> dict[str, Any]:
+def _dataset_json(scan: Any, counts: dict[Any, int], held: frozenset[str] = frozenset()) -> dict[str, Any]:
+    held_items = sum(s.repeats for s in scan.subsets if not s.is_reg for image in s.images if image.path in held)
     return {
         "root": scan.root,
         "images": scan.images,
         "reg_images": scan.reg_images,
-        "items_per_epoch": scan.items_per_epoch,
+        "items_per_epoch": scan.items_per_epoch - held_items,
+        "validation_images": len(held),
         "subsets": [
             {
                 "path": s.path, "repeats": s.repeats, "images": len(s.images), "is_reg": s.is_reg,
@@ -242,6 +261,20 @@ def _dataset_json(scan: Any, counts: dict[Any, int]) -> dict[str, Any]:
         "buckets": {f"{w}x{h}": n for (w, h), n in sorted(counts.items())},
         "problems": sum(p.count for p in scan.problems if p.severity == "error"),
     }
+
+
+def _mask_warnings(config: Any, scan: Any) -> list[str]:
+    """The scan's loss-mask problems when [dataset] mask_dir is set: images without a mask, masks without an image."""
+    mask_dir = str(config.section("dataset").get("mask_dir") or "") if hasattr(config, "section") else ""
+    if not mask_dir or scan is None:
+        return []
+    from core.dataset.masks import mask_problems
+
+    paths = [image.path for subset in scan.subsets if not subset.is_reg for image in subset.images]
+    return [
+        f"{problem.count} files in {problem.path}: {problem.message}; {problem.fix}" if problem.count > 1 else f"{problem.path}: {problem.message}; {problem.fix}"
+        for problem in mask_problems(paths, mask_dir)
+    ]
 
 
 def placeholder_warnings(config: Any, scan: Any) -> list[str]:

@@ -15,11 +15,15 @@ agree by construction:
 * the images a run sees (:func:`images_consumed`) are the items of the batches the ranks
   really take: the padding batches count, a bucket's short last batch counts short, and a
   run that stops inside an epoch counts that epoch's first steps only.
+* a validation split holds out the same images in the plan and the trainer
+  (:func:`held_out`), and the validation loss is computed at :func:`validation_steps`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -132,6 +136,30 @@ def schedule_row(
     total = max_steps if max_steps > 0 else spe * epochs
     run_epochs = round(max_steps / spe, 3) if max_steps > 0 and spe else (0.0 if max_steps > 0 else float(epochs))
     return ScheduleRow(gpus, effective, spe, run_epochs, total, images_consumed(counts, batch_size, gpus, accumulation, total, seed))
+
+
+def image_key(path: str) -> str:
+    """What identifies an image for the validation split: its folder's name and its file name
+    (the same whether the planner or the trainer scanned it, from whatever root)."""
+    parent, name = os.path.split(os.path.normpath(path))
+    return f"{os.path.basename(parent)}/{name}"
+
+
+def held_out(paths: Sequence[str], split: float) -> set[str]:
+    """The paths a validation ``split`` holds out: ``ceil(split × n)`` of the ``n`` images (leaving at
+    least one to train on), those whose keys' digests sort first. Deterministic, independent of
+    the seed, the order of ``paths`` and the other images' presence."""
+    unique = sorted(set(paths))
+    if split <= 0 or len(unique) < 2:
+        return set()
+    count = min(math.ceil(split * len(unique)), len(unique) - 1)
+    ranked = sorted(unique, key=lambda p: (hashlib.blake2b(image_key(p).encode(), digest_size=8).digest(), p))
+    return set(ranked[:count])
+
+
+def validation_steps(total_steps: int, every_n_steps: int) -> list[int]:
+    """The optimizer steps after which the validation loss is computed: every ``every_n_steps``."""
+    return list(range(every_n_steps, total_steps + 1, every_n_steps)) if every_n_steps > 0 else []
 
 
 def warmup_steps(total_steps: int, warmup: int | float) -> int:

@@ -34,7 +34,7 @@ from core.folder_watch import FolderWatch, moved_sentence
 from core.plan import schedule
 from core.runs.rundir import RunDir
 
-from core.train import startup, trackers
+from core.train import startup, trackers, validation
 from core.train.control_poller import PAUSE_POLL_S, ControlPoller, ControlReader, Polled
 from core.train.disk import DiskFull, Reserve
 from core.train.metrics_writer import EventHandler, MetricsWriter, ProgressLog, memory_sample
@@ -84,6 +84,7 @@ class Trainer:
         self.control: ControlReader | None = None
         self._status_at = 0.0
         self.log_every = 1
+        self.validator: validation.Validator | None = None
 
     def setup(self) -> None:
         """Read the config, start accelerate, own the folder (rank 0), build the session (model, data,
@@ -110,6 +111,9 @@ class Trainer:
         self.stepper = Stepper(self.session, self.progress)
         self.saver = Saver(self.session, self.progress, self.run, self.metrics, self.status, self.heartbeat, self.weights_hash)
         self.poller = ControlPoller(control, self.session.acc, self.status)
+        self.validator = validation.make_validator(self.config, self.session, self.stepper)
+        if self.validator is not None:
+            self.metrics.event(f"validation loss on {len(self.validator.items)} images every {self.validator.every_n_steps} steps (they never train)")
         self.log_every = GPU_LOG_EVERY if self.session.device.type == "cuda" else 1
         self.started = True
 
@@ -202,6 +206,9 @@ class Trainer:
         if sample_due:
             self._flush(pending)
             self.saver.sample()
+        if self.validator is not None and self.validator.due(step):
+            self._flush(pending)
+            validation.record(self.validator, step, self.metrics, session=self._session())
         if last:
             return None
         if epoch_done or time.monotonic() - self._status_at >= STATUS_EVERY_S:

@@ -46,7 +46,8 @@ class Stepper:
     def loss(self, batch: dict[str, Any], index: int) -> Any:
         """The denoising loss of a batch (with min-SNR weighting and prior preservation)."""
         import torch
-        import torch.nn.functional as F
+
+        from core.train.masks import per_sample_loss
 
         session = self.session
         s = session.settings
@@ -69,7 +70,7 @@ class Stepper:
         if session.model.channels_last:
             model_input = model_input.contiguous(memory_format=torch.channels_last)
         pred = components.runtime.predict(unet, model_input, timesteps, hidden.to(dtype), added)
-        per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        per_sample = per_sample_loss(pred, target, batch.get("masks"))
         weights = objective.loss_weights(timesteps, s)
         if weights is not None:
             per_sample = per_sample * weights

@@ -1,7 +1,7 @@
 """TensorBoard event files in ``<run>/tb/`` and Weights & Biases, through accelerate's trackers.
 
 ``[logging] tensorboard`` (default on) and ``wandb_project`` choose the trackers; rank 0 logs
-``loss``, ``lr`` and ``images_per_s`` per optimizer step and every sample image (under
+``loss``, ``lr`` and ``images_per_s`` per optimizer step, ``validation/loss`` when [validation] is on, and every sample image (under
 ``samples/p<index>``), so ``tensorboard --logdir runs/`` shows every run. The dashboard stays
 the main view: metrics.jsonl is written whatever is chosen here.
 """
@@ -52,6 +52,12 @@ def log_step(acc: Any, step: int, values: Mapping[str, float | None]) -> None:
     """One optimizer step's scalars (None values left out)."""
     if acc.log_with:
         acc.log({k: v for k, v in values.items() if v is not None}, step=step)
+
+
+def log_validation(acc: Any, step: int, loss: float) -> None:
+    """The validation loss after ``step`` (``validation/loss``, beside the training ``loss``)."""
+    if acc.log_with:
+        acc.log({"validation/loss": loss}, step=step)
 
 
 def log_samples(acc: Any, step: int, samples: Sequence[tuple[int, Path]]) -> None:

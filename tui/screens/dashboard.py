@@ -199,7 +199,8 @@ class DashboardScreen(Screen):
         filled_in = self.chart_preview and not view.previewing  # the full series replaces the sampled one at once
         if self.chart_pending and (now - self.chart_drawn_at >= self.CHART_S or state not in LIVE_STATES or filled_in):
             self.chart_pending, self.chart_drawn_at, self.chart_preview = False, now, view.previewing
-            self.query_one("#loss", LossChart).set_data(view.series.steps, view.series.loss, view.smoothed)
+            series = view.series
+            self.query_one("#loss", LossChart).set_data(series.steps, series.loss, view.smoothed, (series.validation_steps, series.validation_loss))
         self._put("#numbers", self._numbers())
         self._put("#resources", self._resources(gpus))
         if lines:
@@ -239,9 +240,11 @@ class DashboardScreen(Screen):
         epoch = view.last("epoch")
         own = view.last("step_size")  # Prodigy's own step size, which grows over the first steps
         step_size = "" if own is None else f"  step d×lr {number(own, 3)}"
+        validation = view.series.validation_loss
+        held_out = f"  val {number(validation[-1])}" if validation else ""  # the last validation loss
         return Text(
             f"loss raw {number(view.raw_loss)}  smoothed {number(view.loss)} ({view.window} steps)\n"
-            f"lr {number(view.last('lr'), 3)}{step_size}  {number(view.last('images_per_s'), 3)} img/s  epoch {'–' if epoch is None else epoch}"
+            f"lr {number(view.last('lr'), 3)}{step_size}  {number(view.last('images_per_s'), 3)} img/s  epoch {'–' if epoch is None else epoch}{held_out}"
         )
 
     def _resources(self, gpus: Any) -> Text:

@@ -1,4 +1,4 @@
-"""Step 5: epochs or steps, learning rate, accumulation, saves, and the GPU-count table."""
+"""Step 5: epochs or steps, learning rate, accumulation, saves, the validation loss, and the GPU-count table."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ FIELDS = (
     "epochs", "max_steps", "learning_rate", "text_encoder_lr", "gradient_accumulation", "lr_scheduler", "lr_warmup_steps",
     "lr_scheduler_num_cycles", "lr_scheduler_power", "save_every_epochs", "save_every_steps", "keep_checkpoints", "seed",
 )
+#: The [validation] keys the step edits (a validation folder is set in run.toml).
+VALIDATION_FIELDS = ("split", "every_n_steps")
 COLUMNS = (("GPUs", "gpus"), ("batch", "effective_batch"), ("steps/ep", "steps_per_epoch"), ("epochs", "epochs"), ("steps", "total_steps"), ("images", "images_seen"), ("ETA", "eta_s"), ("cost", "cost"))
 
 
@@ -37,6 +39,8 @@ class ScheduleStep(Step):
         yield Static("", id="plan-warnings")
         for key in FIELDS:
             yield SettingField(SCHEMA["schedule"][key], self.state.schedule[key], id=f"s-{key}")
+        for key in VALIDATION_FIELDS:
+            yield SettingField(SCHEMA["validation"][key], self.state.validation[key], id=f"val-{key}")
         with Horizontal(classes="field"):
             yield Label("price per GPU-hour", classes="field-label")
             yield FieldInput(id="price", placeholder="optional, e.g. 0.79", classes="field-input", compact=True)
@@ -50,14 +54,18 @@ class ScheduleStep(Step):
     def load(self) -> None:
         self.state.sync_schedule()
         for field in self.query(SettingField):
-            field.set_value(self.state.schedule[field.setting.key])
+            values = self.state.validation if field.id and field.id.startswith("val-") else self.state.schedule
+            field.set_value(values[field.setting.key])
         price = self.state.price_per_gpu_hour
         self.query_one("#price", Input).value = "" if price is None else f"{price:g}"
         self.show_plan()
 
     def on_setting_field_edited(self, event: SettingField.Edited) -> None:
         event.stop()
-        self.apply(event.key, lambda: self.state.set_schedule(event.key, event.value))
+        if event.key in VALIDATION_FIELDS and event.key not in SCHEMA["schedule"]:
+            self.apply(event.key, lambda: self.state.set_validation(event.key, event.value))
+        else:
+            self.apply(event.key, lambda: self.state.set_schedule(event.key, event.value))
         self.show_plan()
 
     def on_input_changed(self, event: Input.Changed) -> None:
@@ -89,8 +97,19 @@ class ScheduleStep(Step):
         text = Text()
         if detected:
             text.append(f"* the {detected} GPU(s) found or simulated\n", style="dim")
+        if data["validation"]:
+            text.append(validation_text(data["validation"]) + "\n")
         for warning in data["warnings"]:
             text.append(f"warning: {tui_terms(warning)}\n", style="yellow")
         for note in data["notes"]:
             text.append(f"note: {tui_terms(note)}\n", style="dim")
         notes.update(text)
+
+
+def validation_text(validation: dict[str, Any]) -> str:
+    """The plan's validation in a line: images, how often, and its share of the ETA (included in the table)."""
+    cost = f"; adds {duration(validation['cost_s'])} to the ETA" if validation["cost_s"] is not None else ""
+    return (
+        f"validation loss on {validation['images']} image{'' if validation['images'] == 1 else 's'} every {validation['every_n_steps']} steps "
+        f"({validation['runs']} times){cost}"
+    )

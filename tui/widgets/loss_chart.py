@@ -1,4 +1,4 @@
-"""The loss chart: raw and smoothed, linear or log scale, thinned to the widget's width."""
+"""The loss chart: raw and smoothed training loss and the validation loss, linear or log scale, thinned to the widget's width."""
 
 from __future__ import annotations
 
@@ -9,17 +9,27 @@ import numpy as np
 from textual_plotext import PlotextPlot
 
 
+#: The validation series' colour and marker: apart from the training loss's default colours.
+VALIDATION_COLOR = "orange"
+VALIDATION_MARKER = "◆"
+
+
 class LossChart(PlotextPlot):
-    """Loss against step; ``toggle_log`` switches the y axis."""
+    """Loss against step (and the validation loss, with a legend, when there is one); ``toggle_log`` switches the y axis."""
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)
         self.log_scale = False
         self.data: tuple[Sequence[float], Sequence[float], Sequence[float]] = ([], [], [])
+        self.validation: tuple[Sequence[float], Sequence[float]] = ([], [])
 
-    def set_data(self, steps: Sequence[float], losses: Sequence[float], smoothed: Sequence[float]) -> None:
-        """Replace the series (kept by reference) and redraw."""
+    def set_data(
+        self, steps: Sequence[float], losses: Sequence[float], smoothed: Sequence[float],
+        validation: tuple[Sequence[float], Sequence[float]] = ([], []),
+    ) -> None:
+        """Replace the series (kept by reference) and redraw; ``validation`` is (steps, losses)."""
         self.data = (steps, losses, smoothed)
+        self.validation = validation
         self.redraw()
 
     def toggle_log(self) -> None:
@@ -41,16 +51,21 @@ class LossChart(PlotextPlot):
         xs, raw = downsample_xy(steps, losses, width)
         sx, smooth = evenly(steps, smoothed, width)
         raw_ok = [(x, y) for x, y in zip(xs, raw) if math.isfinite(y)]
+        vx, vy = evenly(*self.validation, width)
+        val_ok = [(x, y) for x, y in zip(vx, vy) if math.isfinite(y)]
         # plotext's own log scale transforms the data again on every build, so the log is taken here.
-        log = self.log_scale and bool(raw_ok) and min(y for _, y in raw_ok) > 0 and min(smooth, default=1) > 0
+        log = self.log_scale and bool(raw_ok) and min(y for _, y in raw_ok + val_ok) > 0 and min(smooth, default=1) > 0
         scale = math.log10 if log else float
-        plt.title("loss: raw (dots) · smoothed (line)" + (" (log scale)" if log else ""))
+        plt.title("loss: raw (dots) · smoothed (line)" + (" · validation" if val_ok else "") + (" (log scale)" if log else ""))
+        labelled = bool(val_ok)
         if raw_ok:
             plt.scatter([x for x, _ in raw_ok], [scale(y) for _, y in raw_ok], marker="dot")
             smooth_ok = [(x, scale(y)) for x, y in zip(sx, smooth) if math.isfinite(y)]
-            plt.plot([x for x, _ in smooth_ok], [y for _, y in smooth_ok], marker="braille")
+            plt.plot([x for x, _ in smooth_ok], [y for _, y in smooth_ok], marker="braille", label="training" if labelled else None)
             if log:
-                plt.yticks(*log_ticks([y for _, y in raw_ok] + [10**y for _, y in smooth_ok]))
+                plt.yticks(*log_ticks([y for _, y in raw_ok + val_ok] + [10**y for _, y in smooth_ok]))
+        if val_ok:
+            plt.plot([x for x, _ in val_ok], [scale(y) for _, y in val_ok], marker=VALIDATION_MARKER, color=VALIDATION_COLOR, label="validation")
         self.refresh()
 
 

@@ -29,7 +29,7 @@ from core.dataset.buckets import Bucket, bucket_selector, buckets_for, crop_box
 from core.dataset.scan import overlay_subsets, scan_dataset
 from core.errors import UserError
 from core.plan.schedule import epoch_batches, shard_batches
-from core.settings import SETTINGS, resolve, subset_settings
+from core.settings import SCHEMA, SETTINGS, resolve, subset_settings
 
 if TYPE_CHECKING:
     from core.train.data.latent_cache import LatentCache
@@ -56,6 +56,8 @@ class TrainItem:
     repeats: int
     is_reg: bool
     subset: int
+    #: The image's mask file in [dataset] mask_dir ("" = none: the alpha channel or the whole image).
+    mask: str = ""
 
 
 @dataclass
@@ -75,6 +77,10 @@ class TrainData:
     text_cache: TextCache | None = None
     #: The settings of each subset (its own keep_tokens, flip_aug, shuffle_caption laid over [settings]).
     subset_settings: list[dict[str, Any]] = field(default_factory=list)
+    #: The validation images ([validation] split or folder): never trained on.
+    validation_items: list[TrainItem] = field(default_factory=list)
+    #: True when the loss is masked (settings.alpha_mask or [dataset] mask_dir): every batch has ``masks``.
+    masked: bool = False
 
     def settings_of(self, item: TrainItem) -> dict[str, Any]:
         """The settings ``item`` trains with: its subset's (generated class images: the run's)."""
@@ -139,6 +145,14 @@ def build_items(config: Any, settings: Mapping[str, Any]) -> TrainData:
                 caption = with_prefix_suffix((image.caption or "").strip() or token, settings)
                 item = TrainItem(image.path, caption, image.width, image.height, select(image.width, image.height), found.repeats, found.is_reg, index)
                 (class_items if found.is_reg else items).append(item)
+    from core.train.validation import split_items
+
+    items, validation_items = split_items(config, items, settings, select)
+    mask_dir = str(section_of(config, "dataset").get("mask_dir") or "")
+    if mask_dir:
+        from core.train.masks import with_masks
+
+        items, validation_items = with_masks(mask_dir, items, validation_items)
     if not items:
         raise UserError("The training subsets in [[dataset.subsets]] of run.toml have no usable image; add png, jpg, webp or bmp images to them (sdtui scan DIR shows what is wrong).")
     by_bucket: dict[Bucket, list[int]] = {}
@@ -146,7 +160,18 @@ def build_items(config: Any, settings: Mapping[str, Any]) -> TrainData:
         by_bucket.setdefault(item.bucket, []).extend([i] * item.repeats)
     # the caches follow the widest view: one subset that flips or shuffles keeps them off
     widest = settings | {key: any(bool(p[key]) for p in per_subset) or bool(settings[key]) for key in _CACHE_BLOCKING_OPTIONS}
-    return TrainData(items, class_items, buckets, by_bucket, widest, subset_settings=per_subset)
+    return TrainData(
+        items, class_items, buckets, by_bucket, widest, subset_settings=per_subset,
+        validation_items=validation_items, masked=bool(mask_dir) or bool(settings["alpha_mask"]),
+    )
+
+
+def section_of(config: Any, name: str) -> dict[str, Any]:
+    """A run.toml section with defaults filled in, from a RunConfig or a run.toml dict."""
+    if hasattr(config, "section"):
+        return dict(config.section(name))
+    given = config.get(name, {}) if isinstance(config, Mapping) else {}
+    return resolve(name, {k: v for k, v in given.items() if k in SCHEMA[name]})
 
 
 def _warn_left_out(problems: Sequence[Any]) -> None:
@@ -205,6 +230,7 @@ class Example:
     original_size: tuple[int, int]  # (height, width) of the source image
     crop_top_left: tuple[int, int]  # (top, left) in the scaled image
     target_size: tuple[int, int]  # (height, width) of the bucket
+    mask: Any = None  # [1, H, W] float in [0, 1] when the image has a loss mask
 
 
 def open_rgb(path: str) -> Image.Image:
@@ -219,20 +245,36 @@ def open_rgb(path: str) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_example(path: str, bucket: Bucket, random_crop: bool = False, flip: bool = False, rng: random.Random | None = None) -> Example:
-    """Resize ``path`` to cover ``bucket``, crop it (center or random) and optionally mirror it."""
+def load_example(
+    path: str, bucket: Bucket, random_crop: bool = False, flip: bool = False, rng: random.Random | None = None,
+    mask_path: str = "", alpha_mask: bool = False,
+) -> Example:
+    """Resize ``path`` to cover ``bucket``, crop it (center or random) and optionally mirror it; its
+    loss mask (``mask_path``, else the alpha channel with ``alpha_mask``) goes through the same crop and flip."""
+    from core.train.masks import mask_image, mask_tensor
+
     rng = rng or random.Random(0)
     image = open_rgb(path)
     width, height = image.size
     fx, fy = (rng.random(), rng.random()) if random_crop else (0.5, 0.5)
-    sw, sh, left, top, right, bottom = crop_box(width, height, bucket, fx, fy)
-    image = image.resize((sw, sh), Image.Resampling.LANCZOS).crop((left, top, right, bottom))
+    box = crop_box(width, height, bucket, fx, fy)
+    image, (top, left) = fit_to_bucket(image, box, flip, Image.Resampling.LANCZOS)
+    array = np.asarray(image, dtype=np.float32)
+    pixels = torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0
+    mask = mask_image(path, mask_path, alpha_mask) if (mask_path or alpha_mask) else None
+    fitted = mask_tensor(fit_to_bucket(mask, box, flip, Image.Resampling.BILINEAR)[0]) if mask is not None else None
+    return Example(pixels.contiguous(), (height, width), (top, left), (bucket[1], bucket[0]), fitted)
+
+
+def fit_to_bucket(image: Image.Image, box: tuple[int, int, int, int, int, int], flip: bool, resample: Image.Resampling) -> tuple[Image.Image, tuple[int, int]]:
+    """``image`` scaled, cropped to ``box`` (``core.dataset.buckets.crop_box``) and optionally mirrored,
+    with the crop's (top, left): the one path an image and its mask both take."""
+    sw, sh, left, top, right, bottom = box
+    image = image.resize((sw, sh), resample).crop((left, top, right, bottom))
     if flip:
         image = ImageOps.mirror(image)
         left = sw - right
-    array = np.asarray(image, dtype=np.float32)
-    pixels = torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0
-    return Example(pixels.contiguous(), (height, width), (top, left), (bucket[1], bucket[0]))
+    return image, (top, left)
 
 
 def latent_cache_blocker(settings: Mapping[str, Any]) -> str | None:
@@ -257,7 +299,8 @@ def text_cache_blocker(settings: Mapping[str, Any]) -> str | None:
 
 def distinct_captions(train_data: TrainData) -> list[str]:
     """Every caption the run can train on once (the empty one too when caption dropout is on)."""
-    captions = list(dict.fromkeys([i.caption for i in train_data.items] + [i.caption for i in train_data.class_items]))
+    every = train_data.items + train_data.class_items + train_data.validation_items
+    captions = list(dict.fromkeys(i.caption for i in every))
     if float(_setting(train_data.settings, "caption_dropout_rate")) > 0 and "" not in captions:
         captions.append("")
     return captions
@@ -296,9 +339,12 @@ class BatchDataset(torch.utils.data.Dataset):
                     log.warning("skipping %s: it has no cached latents (it could not be read when caching)", item.path)
                     return None
                 latents, size, crop = cache.get(key)
-                return caption, latents, Example(latents, size, crop, (bucket[1], bucket[0]))
+                return caption, latents, Example(latents, size, crop, (bucket[1], bucket[0]), cache.mask(key))
             flip = bool(_setting(settings, "flip_aug")) and rng.random() < 0.5
-            example = load_example(item.path, bucket, bool(_setting(settings, "random_crop")), flip, rng)
+            example = load_example(
+                item.path, bucket, bool(_setting(settings, "random_crop")), flip, rng, item.mask,
+                kind == INSTANCE and bool(_setting(self.data.settings, "alpha_mask")),  # class images train whole, as when cached
+            )
             return caption, example.pixels, example
         except Exception as exc:  # a corrupt or vanished image must not stop training
             log.warning("skipping unreadable image %s: %s", item.path, exc)
@@ -325,6 +371,10 @@ class BatchDataset(torch.utils.data.Dataset):
             "is_class": torch.tensor([kind == CLASS for kind, *_ in loaded]),
             "item_ids": [index for _, index, *_ in loaded],
         }
+        if self.data.masked:
+            from .masks import batch_masks
+
+            out["masks"] = batch_masks([e for *_, e in loaded], out["latents" if self.data.latents is not None else "pixel_values"])
         if self.data.text_cache is not None and all(c in self.data.text_cache for c in out["captions"]):
             embeddings = self.data.text_cache.lookup(out["captions"])
             out["prompt_embeds"] = embeddings.prompt_embeds

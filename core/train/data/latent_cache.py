@@ -30,6 +30,7 @@ import torch
 from core.atomic import write_atomic
 from core.dataset.buckets import Bucket
 from core.train.data.items import CLASS, INSTANCE, CacheNotValid, latent_cache_blocker, load_example
+from core.train.masks import mask_tag, on_grid
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,8 @@ class LatentCache:
     def __init__(self) -> None:
         self.memory: dict[Key, tuple[Any, tuple[int, int], tuple[int, int]]] = {}
         self.files: dict[Key, Path] = {}
+        #: Loss masks on the latent grid of the in-memory entries that have one.
+        self.masks: dict[Key, Any] = {}
         self.encoded = 0
         self.reused = 0
 
@@ -66,13 +69,30 @@ class LatentCache:
             return self.memory[key]
         return read_entry(self.files[key])
 
+    def mask(self, key: Key) -> Any:
+        """The loss mask [1, h, w] on the latent grid stored with an entry, or None."""
+        if key in self.files:
+            return read_mask(self.files[key])
+        return self.masks.get(key)
 
-def write_entry(path: Path, latents: Any, original_size: tuple[int, int], crop_top_left: tuple[int, int]) -> None:
-    """One cache file, written atomically (no fsync: a file a crash lost is simply encoded again)."""
+
+def write_entry(path: Path, latents: Any, original_size: tuple[int, int], crop_top_left: tuple[int, int], mask: Any = None) -> None:
+    """One cache file (with the loss mask on the latent grid, if any), written atomically (no fsync:
+    a file a crash lost is simply encoded again)."""
     from safetensors.torch import save
 
     meta = {"original_size": f"{original_size[0]},{original_size[1]}", "crop_top_left": f"{crop_top_left[0]},{crop_top_left[1]}"}
-    write_atomic(path, save({"latents": latents.detach().to("cpu", torch.float32).contiguous()}, metadata=meta), durable=False)
+    tensors = {"latents": latents.detach().to("cpu", torch.float32).contiguous()}
+    if mask is not None:
+        tensors["mask"] = mask.detach().to("cpu", torch.float32).contiguous()
+    write_atomic(path, save(tensors, metadata=meta), durable=False)
+
+
+def read_mask(path: Path) -> Any:
+    """The loss mask stored in one cache file, or None (copied into memory, as ``read_entry``)."""
+    from safetensors.torch import load
+
+    return load(path.read_bytes()).get("mask")
 
 
 def read_entry(path: Path) -> tuple[Any, tuple[int, int], tuple[int, int]]:
@@ -105,10 +125,13 @@ def add_weight_sample(digest: Any, module: Any) -> None:
         digest.update(param.detach().flatten()[:4096].to("cpu", torch.float32).numpy().tobytes())
 
 
-def entry_path(folder: Path, image: str, bucket: Bucket, vae_tag: str) -> Path:
-    """The cache file of ``image`` at ``bucket`` for the VAE ``vae_tag`` (OSError if the image is gone)."""
+def entry_path(folder: Path, image: str, bucket: Bucket, vae_tag: str, mask_tag: str = "") -> Path:
+    """The cache file of ``image`` at ``bucket`` for the VAE ``vae_tag`` and the loss mask ``mask_tag``
+    (``core.train.masks.mask_tag``; "" = unmasked) (OSError if the image is gone)."""
     stat = os.stat(image)
     key = f"{os.path.abspath(image)}|{stat.st_size}|{stat.st_mtime_ns}|{bucket[0]}x{bucket[1]}|center|{vae_tag}"
+    if mask_tag:
+        key += f"|mask:{mask_tag}"
     digest = hashlib.sha1(key.encode()).hexdigest()
     return folder / digest[:2] / f"{digest}.safetensors"
 
@@ -155,7 +178,8 @@ def cache_latents(
     jobs: list[tuple[Key, Any, Path | None]] = []
     for key, item in _jobs(train_data):
         try:
-            jobs.append((key, item, entry_path(root, item.path, key[2], tag) if root is not None else None))
+            mask = mask_tag(item, key[0], train_data.masked, bool(train_data.settings.get("alpha_mask")))
+            jobs.append((key, item, entry_path(root, item.path, key[2], tag, mask) if root is not None else None))
         except OSError as exc:
             log.warning("skipping %s: %s", item.path, exc)
     # every rank shards the same job list, whatever is on disk yet: a rank that is quick to
@@ -167,7 +191,7 @@ def cache_latents(
             mine.append((key, item, path))  # not cached, or damaged: encoded again and the file replaced
             continue
         if in_memory:
-            cache.memory[key] = entry
+            _keep(cache, key, path, entry)
         else:
             cache.files[key] = path
         cache.reused += 1
@@ -185,7 +209,8 @@ def cache_latents(
         chunk = []
         for key, item, path in chunk_jobs:
             try:
-                chunk.append((key, path, load_example(item.path, bucket)))
+                mask_file = item.mask if key[0] == INSTANCE else ""
+                chunk.append((key, path, load_example(item.path, bucket, mask_path=mask_file, alpha_mask=key[0] == INSTANCE and bool(train_data.settings.get("alpha_mask")))))
             except Exception as exc:  # a corrupt image must not stop training
                 log.warning("skipping unreadable image %s: %s", item.path, exc)
         if chunk:
@@ -196,10 +221,13 @@ def cache_latents(
                 latents = latents - shift
             latents = latents * scaling
             for (key, path, ex), lat in zip(chunk, latents):
+                mask = on_grid(ex.mask[None], tuple(lat.shape[-2:]))[0] if ex.mask is not None else None
                 if path is None or in_memory:
                     cache.memory[key] = (lat.detach().to("cpu", torch.float32).contiguous(), ex.original_size, ex.crop_top_left)
+                    if mask is not None:
+                        cache.masks[key] = mask
                 if path is not None:
-                    write_entry(path, lat, ex.original_size, ex.crop_top_left)
+                    write_entry(path, lat, ex.original_size, ex.crop_top_left, mask)
                     if not in_memory:
                         cache.files[key] = path
                 cache.encoded += 1
@@ -238,5 +266,13 @@ def _add_others(cache: LatentCache, key: Key, path: Path, in_memory: bool) -> No
     entry = read_valid_entry(path)
     if entry is None:
         raise RuntimeError(f"the latent cache file {path} was damaged while this run read it (another run writing the same cache?); start the run again to encode it anew")
+    _keep(cache, key, path, entry)
+
+
+def _keep(cache: LatentCache, key: Key, path: Path, entry: tuple[Any, tuple[int, int], tuple[int, int]]) -> None:
+    """Hold a checked file entry in memory, with the loss mask stored beside its latents."""
     cache.memory[key] = entry
+    mask = read_mask(path)
+    if mask is not None:
+        cache.masks[key] = mask
 
