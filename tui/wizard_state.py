@@ -444,7 +444,7 @@ class WizardState:
     # ---- step 7: review
     def default_name(self) -> str:
         """``<subject token>-<method>``, e.g. ``sks-dog-lora`` (the subset with the most items per epoch)."""
-        from core.runs.rundir import slug
+        from core.runs.listing import slug
 
         token = self.subject_token()
         return slug(f"{token}-{self.method}".replace("_", "-").replace(" ", "-").strip("-")) or "run"

@@ -15,7 +15,8 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
 from core.errors import UserError
-from core.runs.rundir import LIVE_STATES, has_state, phase_text
+from core.runs.phase import phase_text
+from core.runs.states import LIVE_STATES, has_state
 from tui.format import GIB, bar, break_lines, duration, gib, number, terminal_lines
 from tui.run_view import RunView
 from tui.sources import gpu_rows, total_steps, vram_text
