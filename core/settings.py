@@ -14,6 +14,8 @@ from typing import Any
 from core.families import FAMILIES
 
 METHODS = ("lora", "dreambooth", "finetune", "textual_inversion")
+#: The methods that train the full weights (of the denoiser, and of the text encoders when asked).
+FULL_METHODS = ("dreambooth", "finetune")
 PRECISIONS = ("no", "fp16", "bf16")
 OPTIMIZERS = ("adamw", "adamw8bit", "lion", "lion8bit", "adafactor", "prodigy", "schedulefree_adamw")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
@@ -356,13 +358,14 @@ def resolve(section: str, *layers: Mapping[str, Any] | None) -> dict[str, Any]:
         for key, value in (layer or {}).items():
             setting = keys.get(key)
             if setting is None:
-                raise UserError(f"unknown setting {_dotted(section, key)}; known: {', '.join(keys)}")
+                raise UserError(f"unknown setting {setting_name(section, key)}; known: {', '.join(keys)}")
             try:
                 merged[key] = setting.check(value)
             except ValueError as exc:
-                raise UserError(f"{_dotted(section, key)} = {value!r} is not allowed: {exc}") from None
+                raise UserError(f"{setting_name(section, key)} = {value!r} is not allowed: {exc}") from None
     return merged
 
 
-def _dotted(section: str, key: str) -> str:
+def setting_name(section: str, key: str) -> str:
+    """A setting's name as run.toml and ``--set`` write it: ``settings.lora_rank`` (``name`` for a top-level key)."""
     return f"{section}.{key}" if section else key

@@ -14,6 +14,7 @@ from core.dataset.buckets import BUCKET_KEYS
 from core.errors import UserError
 from core.families import spec
 from core.settings import FAMILIES, METHODS, RECIPE_SETTINGS, SCHEMA, SETTINGS, bucket_problem, defaults, optimizer_learning_rate, resolve
+from core.units import GIB
 
 STEPS = ("Model", "Dataset", "Method", "Recipe", "Schedule", "Samples", "Review")
 
@@ -361,8 +362,8 @@ class WizardState:
         if fit.fits is False:
             from core.plan.picker import suggest_when_nothing_fits
 
-            need = fit.estimate.total_bytes / 1024**3
-            have = self.gpus.smallest.vram_total_bytes / 1024**3
+            need = fit.estimate.total_bytes / GIB
+            have = self.gpus.smallest.vram_total_bytes / GIB
             tips = suggest_when_nothing_fits(self.chosen_family(), self.method, self.gpus, [], self.settings, self.shape())
             from tui.format import tui_terms
 
