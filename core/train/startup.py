@@ -296,7 +296,8 @@ def build_data(config: Any, accel: Accel, model: Model, run: RunDir, metrics: Me
 
 def _cache_latents(components: Any, train_data: Any, settings: dict[str, Any], accel: Accel, metrics: MetricsWriter, phases: Phases) -> None:
     """Encode the images not in the shared latent cache yet, each rank its share (``core.train.data.latent_cache``)."""
-    from core.train import data, latents
+    from core.train.data import items as data
+    from core.train.data import latent_cache as latents
 
     try:
         cache = latents.cache_latents(
