@@ -21,7 +21,7 @@ from tomlkit.exceptions import ParseError
 from core.atomic import read_user_text, write_atomic
 from core.errors import UserError
 from core.sample_prompts import parse_prompt_line
-from core.settings import SCHEMA, SETTINGS, SUBSET_KEYS, SUBSET_OPTIONS, Setting, bucket_problem, lookup, optimizer_learning_rate, resolve, setting_name
+from core.settings import SCHEMA, SETTINGS, SUBSET_KEYS, SUBSET_OPTIONS, Setting, bucket_problem, family_problem, lookup, optimizer_learning_rate, resolve, setting_name
 
 _SECTION_COMMENTS = {
     "model": "the base model",
@@ -172,6 +172,13 @@ class RunConfig:
         if not self.subsets:
             raise UserError(f'{where} has no [[dataset.subsets]]; add one with path = "/data/10_sks dog" and repeats = 10')
 
+    def check_family(self) -> None:
+        """Raise UserError when a value does not suit the family the run states (``core.settings.family_problem``)."""
+        stated = self._table("model").get("family")
+        problem = family_problem(str(stated), self.section("model")["prediction_type"], self.settings) if stated else None
+        if problem:
+            raise UserError(f"{self.path}: {problem}" if self.path else problem)
+
     def check_buckets(self) -> None:
         """Raise UserError when the bucket sides do not frame the resolution (``core.settings.bucket_problem``)."""
         problem = bucket_problem(self.settings)
@@ -209,6 +216,7 @@ def load_config(path: str | os.PathLike[str], complete: bool = True) -> RunConfi
     _Validator(file, text).validate(document)
     config = RunConfig(document, file)
     config.check_buckets()
+    config.check_family()
     if complete:
         config.check_complete()
     _absolute_paths(config, file.resolve().parent)
@@ -303,6 +311,7 @@ def apply_overrides(config: RunConfig, overrides: Iterable[str]) -> RunConfig:
         changed.add(setting_name(section, setting.key))
     _follow_optimizer_rule(config, changed)
     config.check_buckets()
+    config.check_family()
     return config
 
 

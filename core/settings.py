@@ -11,7 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from core.families import FAMILIES
+from core.families import FAMILIES, spec
+from core.families.spec import OBJECTIVES
 
 METHODS = ("lora", "dreambooth", "finetune", "textual_inversion")
 #: The methods that train the full weights (of the denoiser, and of the text encoders when asked).
@@ -35,7 +36,8 @@ OPTIMIZER_LEARNING_RATES: dict[str, float] = {"prodigy": 1.0}
 SCHEDULE_FREE_OPTIMIZERS = ("schedulefree_adamw",)
 ATTENTION = ("sdpa", "eager")
 BACKENDS = ("ddp", "deepspeed", "fsdp")
-PREDICTION_TYPES = ("auto", "epsilon", "v_prediction")
+#: [model] prediction_type: read from the model (auto), or one of the objectives its family trains with.
+PREDICTION_TYPES = ("auto", *OBJECTIVES)
 
 
 @dataclass(frozen=True)
@@ -187,7 +189,7 @@ SCHEMA: dict[str, dict[str, Setting]] = {
     "model": {
         "path": _s("path", str, "", "diffusers folder, single .safetensors/.ckpt file, or hub id"),
         "family": _s("family", str, "sd1", "model family", choices=FAMILIES),
-        "prediction_type": _s("prediction_type", str, "auto", "what the model predicts: auto (read from the model), epsilon (the noise) or v_prediction (SD2 768)", choices=PREDICTION_TYPES),
+        "prediction_type": _s("prediction_type", str, "auto", "what the model predicts: auto (read from the model), epsilon (the noise), v_prediction (SD2 768) or flow (the flow families)", choices=PREDICTION_TYPES),
         "vae": _s("vae", str, "", "optional separate VAE (folder or file)"),
     },
     "dataset": {
@@ -330,6 +332,20 @@ def bucket_problem(settings: Mapping[str, Any]) -> str | None:
         return f"settings.min_bucket_reso = {low} is larger than settings.resolution = {resolution}; set min_bucket_reso to {resolution} or less"
     if high < resolution:
         return f"settings.max_bucket_reso = {high} is smaller than settings.resolution = {resolution}; set max_bucket_reso to {resolution} or more"
+    return None
+
+
+def family_problem(family: str, prediction_type: str, settings: Mapping[str, Any]) -> str | None:
+    """The sentence for a value the model's family cannot take, or None: a ``prediction_type`` that is
+    not one of the objectives it trains with (``flow`` only for flow families), a bucket step that
+    does not cut its latents (``FamilySpec.bucket_step``)."""
+    found = spec(family)
+    if prediction_type != "auto" and prediction_type not in found.objectives:
+        return (f'[model] prediction_type = "{prediction_type}" is not an objective the {family} family trains with; '
+                f"set it to auto or to {' or '.join(found.objectives)}")
+    step = int(settings.get("bucket_reso_steps", SETTINGS["bucket_reso_steps"].default))
+    if step % found.bucket_step:
+        return f"settings.bucket_reso_steps = {step} does not cut {family} latents into whole patches; set it to a multiple of {found.bucket_step} (e.g. 64)"
     return None
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from core.dataset.buckets import BUCKET_KEYS
 from core.errors import UserError
 from core.families import spec
-from core.settings import FAMILIES, METHODS, RECIPE_SETTINGS, SCHEMA, SETTINGS, bucket_problem, defaults, optimizer_learning_rate, resolve
+from core.settings import FAMILIES, METHODS, RECIPE_SETTINGS, SCHEMA, SETTINGS, bucket_problem, defaults, family_problem, optimizer_learning_rate, resolve
 from core.units import GIB
 
 STEPS = ("Model", "Dataset", "Method", "Recipe", "Schedule", "Samples", "Review")
@@ -280,9 +280,13 @@ class WizardState:
         self.set_setting(key, value)
         self.method_edits[key] = self.settings[key]
 
+    def methods(self) -> tuple[str, ...]:
+        """The methods the chosen family trains with (its spec's; every method while no family is known yet)."""
+        return spec(self.family).methods if self.family in FAMILIES else METHODS
+
     def check_method(self) -> None:
-        if self.method not in METHODS:
-            raise UserError(f"method {self.method!r} is unknown; pick one of {', '.join(METHODS)}")
+        if self.method not in self.methods():
+            raise UserError(f"method {self.method!r} is not one the {self.family or 'chosen'} family trains with; pick one of {', '.join(self.methods())}")
         if self.method == "textual_inversion":
             token = str(self.method_options.get("placeholder_token", "")).strip()
             if not token or " " in token:
@@ -355,7 +359,8 @@ class WizardState:
         for key, value in self.settings.items():
             if key in SETTINGS:
                 self.set_setting(key, value)
-        buckets = bucket_problem(resolve("settings", {k: v for k, v in self.settings.items() if k in SETTINGS}))
+        resolved = resolve("settings", {k: v for k, v in self.settings.items() if k in SETTINGS})
+        buckets = bucket_problem(resolved) or family_problem(self.chosen_family(), "auto", resolved)
         if buckets:
             raise UserError(buckets)
         fit = self.judge()
