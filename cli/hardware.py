@@ -137,5 +137,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
             lines.append([row["name"] if i == 0 else "", key, f"{est['gb']:.1f} GiB", *fits, row["summary"] if i == 0 else ""])
     print(table(header, lines))
     if smallest:
-        print(f"fits = estimated peak with 10% headroom within {smallest.name} ({smallest.vram_gb:.0f} GiB)")
+        from core.memory.estimator import HEADROOM
+
+        print(f"fits = estimated peak with {HEADROOM:.0%} headroom within {smallest.name} ({smallest.vram_gb:.0f} GiB)")
     return 0

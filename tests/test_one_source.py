@@ -1,5 +1,6 @@
-"""One definition of each shared fact: the GiB, the full-weight methods and a setting's dotted name
-are defined once (core/units.py, core/settings.py) and imported everywhere else."""
+"""One definition of each shared fact: the GiB, the full-weight methods, the VRAM headroom of a fit and a
+setting's dotted name are defined once (core/units.py, core/settings.py, core/memory/estimator.py) and
+imported everywhere else."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ SOURCES = [p for folder in ("core", "tui", "cli") for p in (REPO / folder).rglob
 FACTS = [
     ("GiB", re.compile(r"1024\s*\*\*\s*3|2\s*\*\*\s*30|1\s*<<\s*30|^\s*GIB\s*=", re.M), "core/units.py"),
     ("the full-weight methods", re.compile(r"^\s*FULL_METHODS\s*=|\(\s*\"(dreambooth|finetune)\",\s*\"(dreambooth|finetune)\"\s*\)", re.M), "core/settings.py"),
+    ("the VRAM headroom of a fit", re.compile(r"^\s*HEADROOM\s*=|\d+% headroom|headroom: float = 0\.", re.M), "core/memory/estimator.py"),
     ("a setting's dotted name", re.compile(r"^def _?dotted\(|^def setting_name\(", re.M), "core/settings.py"),
 ]
 

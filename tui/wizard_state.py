@@ -365,6 +365,7 @@ class WizardState:
             raise UserError(buckets)
         fit = self.judge()
         if fit.fits is False:
+            from core.memory.estimator import HEADROOM
             from core.plan.picker import suggest_when_nothing_fits
 
             need = fit.estimate.total_bytes / GIB
@@ -373,7 +374,7 @@ class WizardState:
             from tui.format import tui_terms
 
             tip = tui_terms(tips[0]) if tips else "pick a recipe higher in the list"
-            raise UserError(f"these settings need about {need:.1f} GiB but the GPU has {have:.1f} GiB (with 10% headroom); {tip}")
+            raise UserError(f"these settings need about {need:.1f} GiB but the GPU has {have:.1f} GiB (with {HEADROOM:.0%} headroom); {tip}")
 
     # ---- step 5: schedule
     def set_schedule(self, key: str, value: Any) -> None:

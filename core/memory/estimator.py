@@ -27,6 +27,8 @@ from . import data
 from .calibration import match_point
 from .trainable import trainable
 
+#: Free VRAM an estimate must leave on a GPU to count as fitting (the picker, the plan, preflight, the TUI).
+HEADROOM = 0.10
 #: CUDA context plus cuBLAS/cuDNN workspaces of one process.
 CUDA_CONTEXT_BYTES = int(0.8 * GIB)
 #: NCCL's buffers when more than one GPU trains.
@@ -71,7 +73,7 @@ class Estimate:
         """The total in GiB (the unit nvidia-smi and the GPU list use)."""
         return self.total_bytes / GIB
 
-    def fits(self, vram_bytes: int, headroom: float = 0.10) -> bool:
+    def fits(self, vram_bytes: int, headroom: float = HEADROOM) -> bool:
         """Whether the peak fits in ``vram_bytes`` leaving ``headroom`` (a fraction) free."""
         return self.total_bytes <= vram_bytes * (1.0 - headroom)
 

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from core.memory.estimator import HEADROOM
 from core.settings import resolve
 from core.units import GIB
 
@@ -19,8 +20,6 @@ if TYPE_CHECKING:
     from core.memory.estimator import Estimate
     from core.recipes import Recipe
 
-#: Free VRAM a recipe must leave on the smallest GPU.
-HEADROOM = 0.10
 #: Resolutions tried, largest first, when the chosen one does not fit.
 _LOWER_RESOLUTIONS = (1024, 896, 768, 640, 512, 384, 256)
 
@@ -134,7 +133,7 @@ def _order(fit: RecipeFit) -> tuple[float | str, ...]:
 def pick_recipes(
     family: str, method: str, gpus: Any, recipes: Iterable[Any], overrides: Mapping[str, Any] | None = None, shape: RunShape = RunShape(),
 ) -> list[RecipeFit]:
-    """The recipes that fit the smallest GPU with at least 10% headroom, fastest first."""
+    """The recipes that fit the smallest GPU with at least HEADROOM free, fastest first."""
     return [f for f in rank_recipes(family, method, gpus, recipes, overrides, shape) if f.fits]
 
 

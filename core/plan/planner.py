@@ -17,12 +17,13 @@ from core.dataset.buckets import bucket_counts, bucket_selector
 from core.dataset.scan import overlay_subsets
 from core.errors import UserError
 from core.families import spec
+from core.memory.estimator import HEADROOM
 from core.settings import optimizer_notes, optimizer_rule_warnings
 from core.units import GIB
 
 from .class_images import GENERATE_BATCH, GENERATE_STEPS, ClassImages, class_images, describe
 from .learning_rates import lr_warnings
-from .picker import HEADROOM, RunShape, judge, run_shape, suggest_when_nothing_fits
+from .picker import RunShape, judge, run_shape, suggest_when_nothing_fits
 from .schedule import ScheduleRow, batches_per_rank, schedule_row, warmup_steps
 from .throughput import eta_seconds, images_per_second, sample_seconds_per_image
 
