@@ -18,7 +18,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from core.families.spec import OBJECTIVES
 #: How a flow objective draws σ, and how it weights the loss.
 FLOW_SAMPLINGS = ("uniform", "logit_normal", "mode")
 FLOW_WEIGHTINGS = ("none", "sigma_sqrt", "cosmap")

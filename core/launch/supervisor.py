@@ -31,7 +31,7 @@ from core.monitor.logs import WRAPPERS as _WRAPPERS
 from core.monitor.logs import is_noise, user_view
 from core.runs.control_file import stop_requested
 from core.runs.locks import hold, lock
-from core.runs.readers import current_attempt, integer, load_json_object, tail_records
+from core.runs.readers import current_attempt, integer, tail_records
 from core.runs.rundir import RunDir
 from core.runs.states import FINAL_STATES
 
