@@ -51,7 +51,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_attach(args: argparse.Namespace) -> int:
     """``sdtui attach RUN``: the dashboard of one run; exit 1 (with the sentence) when the run has
     failed or is lost, or its status.json is damaged."""
-    from core.runs.rundir import resolve_run
+    from core.runs.listing import resolve_run
 
     folder = runs_folder(args)
     run = resolve_run(args.run, folder.path)

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from core.families import FAMILIES
+from core.settings import METHODS
+from core.units import GIB
 
 from . import common
 
@@ -20,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     recipes = sub.add_parser("recipes", help="list the memory-saving recipes with their estimated peak VRAM")
     recipes.add_argument("--family", choices=FAMILIES, help="only recipes for this model family")
-    recipes.add_argument("--method", choices=("lora", "dreambooth", "finetune", "textual_inversion"), help="only recipes for this method")
+    recipes.add_argument("--method", choices=METHODS, help="only recipes for this method")
     common.add_json(recipes)
     recipes.set_defaults(func=cmd_recipes)
 
@@ -57,7 +59,7 @@ def format_gpus(gpus: Any, spec: str = "auto") -> str:
         out.append(f"driver {first.driver or '?'}, CUDA {first.cuda_version or '?'}")
     for g in gpus.gpus:
         for p in g.processes:
-            held = f"{p.used_bytes / 2**30:.1f} GiB" if p.used_bytes else "memory unknown"
+            held = f"{p.used_bytes / GIB:.1f} GiB" if p.used_bytes else "memory unknown"
             out.append(f"GPU {g.index} is in use by {p.name} (pid {p.pid}, {held})")
     out.extend(gpus.notes)
     return "\n".join(out)
@@ -135,5 +137,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
             lines.append([row["name"] if i == 0 else "", key, f"{est['gb']:.1f} GiB", *fits, row["summary"] if i == 0 else ""])
     print(table(header, lines))
     if smallest:
-        print(f"fits = estimated peak with 10% headroom within {smallest.name} ({smallest.vram_gb:.0f} GiB)")
+        from core.memory.estimator import HEADROOM
+
+        print(f"fits = estimated peak with {HEADROOM:.0%} headroom within {smallest.name} ({smallest.vram_gb:.0f} GiB)")
     return 0

@@ -63,7 +63,7 @@ def _say(message: str) -> None:
 
 
 def _resolve(args: argparse.Namespace) -> Any:
-    from core.runs.rundir import resolve_run
+    from core.runs.listing import resolve_run
 
     return resolve_run(args.run, runs_dir(args))
 
@@ -103,7 +103,8 @@ def _loss(value: Any) -> str:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     """``sdtui runs``: one line per run, newest first."""
-    from core.runs.rundir import LOST, STALLED, list_runs
+    from core.runs.listing import list_runs
+    from core.runs.states import LOST, STALLED
 
     folder = runs_folder(args)
     rows = [run.summary() for run in list_runs(folder.path)]
@@ -132,7 +133,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     """``sdtui status RUN``: status.json with the derived state; errors with hint and log tail."""
     from core.launch.control import status_fields
     from core.launch.supervisor import log_tail
-    from core.runs.rundir import LOST, STALLED, phase_text
+    from core.runs.phase import phase_text
+    from core.runs.states import LOST, STALLED
 
     run = _resolve(args)
     fields = status_fields(run)
@@ -187,7 +189,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     """``sdtui logs RUN [-f] [--raw]``: a failed run's error, the last lines (without the libraries'
     known noise unless ``--raw``), then (with -f) new ones until the run ends."""
     from core.monitor import LogTail
-    from core.runs.rundir import FINAL_STATES, LOST
+    from core.runs.states import FINAL_STATES, LOST
 
     run = _resolve(args)
     status = run.read_status()

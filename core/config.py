@@ -21,7 +21,7 @@ from tomlkit.exceptions import ParseError
 from core.atomic import read_user_text, write_atomic
 from core.errors import UserError
 from core.sample_prompts import parse_prompt_line
-from core.settings import SCHEMA, SETTINGS, SUBSET_KEYS, SUBSET_OPTIONS, Setting, bucket_problem, lookup, optimizer_learning_rate, resolve
+from core.settings import SCHEMA, SETTINGS, SUBSET_KEYS, SUBSET_OPTIONS, Setting, bucket_problem, family_problem, lookup, optimizer_learning_rate, resolve, setting_name
 
 _SECTION_COMMENTS = {
     "model": "the base model",
@@ -142,7 +142,7 @@ class RunConfig:
         try:
             checked = setting.check(value)
         except ValueError as exc:
-            raise UserError(f"{_dotted(section, setting.key)} = {value!r} is not allowed: {exc}") from None
+            raise UserError(f"{setting_name(section, setting.key)} = {value!r} is not allowed: {exc}") from None
         self._put(section, setting, checked)
 
     def _put(self, section: str, setting: Setting, value: Any) -> None:
@@ -172,6 +172,13 @@ class RunConfig:
             raise UserError(f'{where} has no [model] path; add path = "/path/to/model" under [model]')
         if not self.subsets:
             raise UserError(f'{where} has no [[dataset.subsets]]; add one with path = "/data/10_sks dog" and repeats = 10')
+
+    def check_family(self) -> None:
+        """Raise UserError when a value does not suit the family the run states (``core.settings.family_problem``)."""
+        stated = self._table("model").get("family")
+        problem = family_problem(str(stated), self.section("model")["prediction_type"], self.settings) if stated else None
+        if problem:
+            raise UserError(f"{self.path}: {problem}" if self.path else problem)
 
     def check_buckets(self) -> None:
         """Raise UserError when the bucket sides do not frame the resolution (``core.settings.bucket_problem``)."""
@@ -218,6 +225,7 @@ def load_config(path: str | os.PathLike[str], complete: bool = True) -> RunConfi
     _Validator(file, text).validate(document)
     config = RunConfig(document, file)
     config.check_buckets()
+    config.check_family()
     if complete:
         config.check_complete()
     _absolute_paths(config, file.resolve().parent)
@@ -268,7 +276,7 @@ def new_config(
         values = given.get(section, {})
         unknown = [k for k in values if k not in SCHEMA[section]]
         if unknown:
-            raise UserError(f"unknown setting {_dotted(section, unknown[0])}{_suggest(unknown[0], SCHEMA[section])}; known: {', '.join(SCHEMA[section])}")
+            raise UserError(f"unknown setting {setting_name(section, unknown[0])}{_suggest(unknown[0], SCHEMA[section])}; known: {', '.join(SCHEMA[section])}")
         if section == "schedule":
             values = _method_schedule(family, method, given["settings"]) | values
         target: Any = document if section == "" else tomlkit.table()
@@ -279,7 +287,7 @@ def new_config(
             try:
                 checked = setting.check(value)
             except ValueError as exc:
-                raise UserError(f"{_dotted(section, key)} = {value!r} is not allowed: {exc}") from None
+                raise UserError(f"{setting_name(section, key)} = {value!r} is not allowed: {exc}") from None
             target.add(key, _toml_value(checked).comment(setting.help))
         if section == "dataset":
             aot = tomlkit.aot()
@@ -313,9 +321,10 @@ def apply_overrides(config: RunConfig, overrides: Iterable[str]) -> RunConfig:
         except ValueError as exc:
             raise UserError(f"--set {item}: {exc}") from None
         config._put(section, setting, checked)
-        changed.add(_dotted(section, setting.key))
+        changed.add(setting_name(section, setting.key))
     _follow_optimizer_rule(config, changed)
     config.check_buckets()
+    config.check_family()
     return config
 
 
@@ -375,17 +384,13 @@ def _plain(value: Any) -> Any:
     return value.unwrap() if hasattr(value, "unwrap") else value
 
 
-def _dotted(section: str, key: str) -> str:
-    return f"{section}.{key}" if section else key
-
-
 def _suggest(word: str, known: Iterable[str]) -> str:
     close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def _all_names() -> list[str]:
-    return sorted(_dotted(s, k) for s, keys in SCHEMA.items() for k in keys)
+    return sorted(setting_name(s, k) for s, keys in SCHEMA.items() for k in keys)
 
 
 def _lookup(dotted: str, where: str = "") -> tuple[str, Setting]:
@@ -534,7 +539,7 @@ class _Validator:
     def value(self, section: str, key: str, value: Any, where: tuple[Any, ...]) -> None:
         setting = SCHEMA[section][key] if section != "subset" else {**SUBSET_KEYS, **SUBSET_OPTIONS}[key]
         plain = _plain(value)
-        name = f"[[dataset.subsets]] {key}" if section == "subset" else _dotted(section, key)
+        name = f"[[dataset.subsets]] {key}" if section == "subset" else setting_name(section, key)
         if not _type_ok(setting, plain):
             raise self.fail(where, f"{name} must be {_TYPE_RULES[setting.type]}, not {plain!r}; fix the value")
         try:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import JobFailed, UserError
-from core.runs.rundir import ENDED_STATES
+from core.runs.states import ENDED_STATES
 
 FAMILY = "sd1"
 

@@ -15,8 +15,7 @@ from types import ModuleType
 from typing import Any
 
 from core.errors import UserError
-
-GIB = 2**30
+from core.units import GIB
 
 
 @dataclass(frozen=True)

@@ -406,7 +406,7 @@ def run_config_from_kohya(
     stays empty and must be filled in before training.
     """
     from core.config import new_config
-    from core.runs.rundir import slug
+    from core.runs.listing import slug
     from core.settings import defaults
 
     dataset = read_kohya(dataset_config)

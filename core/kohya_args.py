@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import tomlkit
 
 from core.families import spec as family_spec
-from core.settings import optimizer_betas
+from core.settings import FULL_METHODS, optimizer_betas
 
 #: The training script of each (method, SDXL or not).
 SCRIPTS: dict[tuple[str, bool], str] = {
@@ -236,7 +236,7 @@ def _method_flags(kind: str, s: Mapping[str, Any], method: Mapping[str, Any], lr
             "unet_lr": (lr, ""),
             "text_encoder_lr": (te_rate if train_te else None, "schedule.text_encoder_lr"),
         }
-    elif kind in ("dreambooth", "finetune"):
+    elif kind in FULL_METHODS:
         flags |= {
             # train_db.py trains the text encoder unless stopped; fine_tune.py and sdxl_train.py only when asked
             "train_text_encoder": (True if train_te else None, ""),

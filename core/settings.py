@@ -11,9 +11,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from core.families import FAMILIES
+from core.families import FAMILIES, spec
+from core.families.spec import OBJECTIVES
 
 METHODS = ("lora", "dreambooth", "finetune", "textual_inversion")
+#: The methods that train the full weights (of the denoiser, and of the text encoders when asked).
+FULL_METHODS = ("dreambooth", "finetune")
 PRECISIONS = ("no", "fp16", "bf16")
 OPTIMIZERS = ("adamw", "adamw8bit", "lion", "lion8bit", "adafactor", "prodigy", "schedulefree_adamw")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
@@ -33,7 +36,8 @@ OPTIMIZER_LEARNING_RATES: dict[str, float] = {"prodigy": 1.0}
 SCHEDULE_FREE_OPTIMIZERS = ("schedulefree_adamw",)
 ATTENTION = ("sdpa", "eager")
 BACKENDS = ("ddp", "deepspeed", "fsdp")
-PREDICTION_TYPES = ("auto", "epsilon", "v_prediction")
+#: [model] prediction_type: read from the model (auto), or one of the objectives its family trains with.
+PREDICTION_TYPES = ("auto", *OBJECTIVES)
 
 
 @dataclass(frozen=True)
@@ -190,7 +194,7 @@ SCHEMA: dict[str, dict[str, Setting]] = {
     "model": {
         "path": _s("path", str, "", "diffusers folder, single .safetensors/.ckpt file, or hub id"),
         "family": _s("family", str, "sd1", "model family", choices=FAMILIES),
-        "prediction_type": _s("prediction_type", str, "auto", "what the model predicts: auto (read from the model), epsilon (the noise) or v_prediction (SD2 768)", choices=PREDICTION_TYPES),
+        "prediction_type": _s("prediction_type", str, "auto", "what the model predicts: auto (read from the model), epsilon (the noise), v_prediction (SD2 768) or flow (the flow families)", choices=PREDICTION_TYPES),
         "vae": _s("vae", str, "", "optional separate VAE (folder or file)"),
     },
     "dataset": {
@@ -342,6 +346,20 @@ def bucket_problem(settings: Mapping[str, Any]) -> str | None:
     return None
 
 
+def family_problem(family: str, prediction_type: str, settings: Mapping[str, Any]) -> str | None:
+    """The sentence for a value the model's family cannot take, or None: a ``prediction_type`` that is
+    not one of the objectives it trains with (``flow`` only for flow families), a bucket step that
+    does not cut its latents (``FamilySpec.bucket_step``)."""
+    found = spec(family)
+    if prediction_type != "auto" and prediction_type not in found.objectives:
+        return (f'[model] prediction_type = "{prediction_type}" is not an objective the {family} family trains with; '
+                f"set it to auto or to {' or '.join(found.objectives)}")
+    step = int(settings.get("bucket_reso_steps", SETTINGS["bucket_reso_steps"].default))
+    if step % found.bucket_step:
+        return f"settings.bucket_reso_steps = {step} does not cut {family} latents into whole patches; set it to a multiple of {found.bucket_step} (e.g. 64)"
+    return None
+
+
 def _keys(section: str) -> dict[str, Setting]:
     return SUBSET_KEYS if section == "subset" else SCHEMA[section]
 
@@ -367,13 +385,14 @@ def resolve(section: str, *layers: Mapping[str, Any] | None) -> dict[str, Any]:
         for key, value in (layer or {}).items():
             setting = keys.get(key)
             if setting is None:
-                raise UserError(f"unknown setting {_dotted(section, key)}; known: {', '.join(keys)}")
+                raise UserError(f"unknown setting {setting_name(section, key)}; known: {', '.join(keys)}")
             try:
                 merged[key] = setting.check(value)
             except ValueError as exc:
-                raise UserError(f"{_dotted(section, key)} = {value!r} is not allowed: {exc}") from None
+                raise UserError(f"{setting_name(section, key)} = {value!r} is not allowed: {exc}") from None
     return merged
 
 
-def _dotted(section: str, key: str) -> str:
+def setting_name(section: str, key: str) -> str:
+    """A setting's name as run.toml and ``--set`` write it: ``settings.lora_rank`` (``name`` for a top-level key)."""
     return f"{section}.{key}" if section else key

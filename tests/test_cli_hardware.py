@@ -8,7 +8,8 @@ import pytest
 
 import core.gpu
 from cli.main import main
-from core.gpu import GIB, GpuInfo, GpuProcess, GpuSet, find_model
+from core.gpu import GpuInfo, GpuProcess, GpuSet, find_model
+from core.units import GIB
 
 
 @pytest.fixture

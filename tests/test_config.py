@@ -251,3 +251,23 @@ def test_nan_in_run_toml_is_refused_on_load(tmp_path: Path) -> None:
     path.write_text('name = "x"\n[model]\npath = "/m"\n[schedule]\nlearning_rate = nan\n')
     with pytest.raises(UserError, match="learning_rate .* must be a finite number"):
         load_config(path)
+
+
+def test_values_the_family_cannot_take_are_refused_in_one_sentence(tmp_path: Path, monkeypatch) -> None:
+    config = make(tmp_path)
+    with pytest.raises(UserError, match=r'prediction_type = "flow" is not an objective the sdxl family trains with; set it to auto or to epsilon or v_prediction'):
+        apply_overrides(config, ["model.prediction_type=flow"])
+    with pytest.raises(UserError, match=r"settings.bucket_reso_steps = 12 does not cut sdxl latents into whole patches; set it to a multiple of 8"):
+        apply_overrides(make(tmp_path), ["bucket_reso_steps=12"])
+    assert apply_overrides(make(tmp_path), ["bucket_reso_steps=24"]).settings["bucket_reso_steps"] == 24
+
+    from dataclasses import replace
+
+    import core.settings
+    from core.families import spec
+
+    packed = replace(spec("sdxl"), objectives=("flow",), bucket_step=16)  # a family whose denoiser packs 2×2 latent patches
+    monkeypatch.setattr(core.settings, "spec", lambda name: packed)
+    with pytest.raises(UserError, match=r"set it to a multiple of 16"):
+        apply_overrides(make(tmp_path), ["bucket_reso_steps=24"])
+    assert apply_overrides(make(tmp_path), ["model.prediction_type=flow", "bucket_reso_steps=32"]).section("model")["prediction_type"] == "flow"

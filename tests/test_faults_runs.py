@@ -283,7 +283,7 @@ def test_no_pickle_loading_anywhere_in_the_code() -> None:
 
 
 def test_a_sigstopped_trainer_is_flagged_stalled(tmp_path: Path, tiny_models, kohya_dataset) -> None:
-    from core.runs.rundir import STALL_MIN_S
+    from core.runs.states import STALL_MIN_S
 
     config = write_config(tmp_path, tiny_models("sd1"), kohya_dataset(((40, "sks dog", 4),)), {"epochs": 1})
     runs = tmp_path / "runs"

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from core.errors import UserError
-from core.gpu import CATALOG, GIB, find_model, parse_spec, probe, resolve
+from core.gpu import CATALOG, find_model, parse_spec, probe, resolve
+from core.units import GIB
 
 
 class NVMLError(Exception):

@@ -113,7 +113,8 @@ def _live_twin_of(config_path: Path, runs: Path, gpu_ids: str = "all") -> Any:
     import psutil
 
     from core.procs import describe
-    from core.runs.rundir import RunDir, lock
+    from core.runs.locks import lock
+    from core.runs.rundir import RunDir
 
     config = load_config(config_path)
     config = apply_overrides(config, [f"distributed.gpu_ids={gpu_ids}"]) if gpu_ids != "all" else config

@@ -11,7 +11,8 @@ import psutil
 
 from core import procs
 from core.launch.control import request
-from core.launch.supervisor import error_summary, final_state, is_locked, lock_run, log_tail, stop_requested_since
+from core.launch.supervisor import error_summary, final_state, is_locked, lock_run, log_tail
+from core.runs.control_file import stop_requested
 from core.runs.rundir import RunDir
 
 TORCHRUN_LOG = """\
@@ -51,9 +52,9 @@ def test_log_tail_strips_rank_prefixes_and_starts_at_the_attempt(tmp_path: Path)
 def test_stop_request_after_start_counts(tmp_path: Path) -> None:
     run = RunDir(tmp_path)
     request(run, "save")
-    assert not stop_requested_since(run, 0)
+    assert not stop_requested(run.control_json, "", 0)
     request(run, "stop")
-    assert stop_requested_since(run, time.time() - 60) and not stop_requested_since(run, time.time() + 60)
+    assert stop_requested(run.control_json, "", time.time() - 60) and not stop_requested(run.control_json, "", time.time() + 60)
 
 
 def test_lock_keeps_a_second_holder_off(tmp_path: Path) -> None:

@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 
 from core.errors import UserError
 from core.launch.control import request, status_fields
-from core.launch.supervisor import stop_requested_since
 from core.monitor import MetricsSeries, MetricsTail
+from core.runs.control_file import ControlReader, stop_requested
+from core.runs.listing import list_runs
 from core.runs.readers import STEP_PROBE_BYTES, last_step, newest_step, tail_records
-from core.runs.rundir import RunDir, list_runs
-from core.train.control_poller import ControlReader
+from core.runs.rundir import RunDir
 from tests.test_launch_support import sdtui
 
 JSON = st.recursive(
@@ -55,7 +55,7 @@ def read_everything(run: RunDir) -> None:
     run.last_step_record()
     run.rebuild_status()
     ControlReader(run.control_json, run.read_status().get("control_done"), attempt="a", since=0.0).pending()
-    stop_requested_since(run, 0.0, "a")
+    stop_requested(run.control_json, "a", 0.0)
     series = MetricsSeries()
     series.update(MetricsTail(run.metrics))
     assert len(series.steps) == len(series.loss)

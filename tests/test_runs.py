@@ -16,7 +16,10 @@ import pytest
 
 from core.errors import UserError
 from core.procs import describe
-from core.runs.rundir import ENDED_STATES, LIVE_STATES, LOST, STALLED, STATES, RunDir, create_run_dir, list_runs, lock, new_run_id, resolve_run
+from core.runs.listing import create_run_dir, list_runs, new_run_id, resolve_run
+from core.runs.locks import lock
+from core.runs.rundir import RunDir
+from core.runs.states import ENDED_STATES, LIVE_STATES, LOST, STALLED, STATES
 
 
 def make_run(root: Path, name: str, **status: object) -> RunDir:
@@ -130,7 +133,7 @@ def test_delete_run_removes_the_run_folder_only_and_refuses_a_live_run(tmp_path:
     import time as clock
 
     from core.errors import UserError
-    from core.runs.rundir import delete_run
+    from core.runs.listing import delete_run
     from tests.tui_fixtures import make_run
 
     runs = tmp_path / "runs"
@@ -176,3 +179,19 @@ def test_a_run_active_within_the_shortest_stall_limit_is_not_stalled_without_rea
     os.utime(run.metrics, (now - 3600, now - 3600))
     assert run.stalled_for({"updated_at": now - 3600}) > 3000
     assert read == [run.metrics]
+
+
+def test_a_request_written_by_the_cli_is_read_and_acknowledged_through_one_control_format(tmp_path: Path) -> None:
+    from core.launch.control import acknowledged, request
+    from core.runs.control_file import ControlReader
+
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    run.write_status(state="running", attempt_id="a1")
+    rid = request(run, "save")
+    reader = ControlReader(run.control_json, attempt="a1")
+    assert [(r["id"], r["action"]) for r in reader.pending()] == [(rid, "save")]
+    assert not acknowledged(run, rid)
+    run.write_status(**reader.acknowledge(reader.pending(), 5.0))
+    assert acknowledged(run, rid) and reader.pending() == []
+    assert ControlReader(run.control_json, attempt="a2").pending() == []  # another attempt never takes it

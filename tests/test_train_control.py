@@ -11,8 +11,8 @@ import time
 import pytest
 
 from core.launch.control import request
+from core.runs.control_file import ControlReader
 from core.runs.rundir import RunDir
-from core.train.control_poller import ControlReader
 from tests.train_helpers import make_run, metrics, status, train
 
 pytestmark = pytest.mark.slow

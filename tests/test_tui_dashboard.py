@@ -14,7 +14,7 @@ from tests.tui_fixtures import T0, make_run, make_runs, sync, until
 from tui.app import SdtuiApp
 from tui.context import AppContext
 from tui.widgets.confirm import ConfirmScreen
-from tui.screens.dashboard import DashboardScreen
+from tui.screens.dashboard import DashboardScreen, RunNews
 from tui.screens.home import HomeScreen
 
 
@@ -270,14 +270,14 @@ async def test_a_poll_that_lands_after_the_dashboard_is_gone_is_dropped_not_a_cr
         screen = app.screen
         await app.workers.wait_for_complete()
         screen.polling = True  # no poll of its own from here: the test hands the news itself
-        news = (True, screen.status, "failed", 120, [], None, [])
+        news = RunNews(True, screen.status, "failed", 120)
         await screen.query_one("#error").remove()
         with pytest.raises(NoMatches):  # a widget missing from a screen that is still up is a bug, and says so
-            screen._show_news(*news)
+            screen._show_news(news)
         app.push_screen(HomeScreen())
         await pilot.pause()
         await screen.remove()  # the dashboard taken down, as when the app quits
-        screen._show_news(*news)
+        screen._show_news(news)
 
 
 @sync

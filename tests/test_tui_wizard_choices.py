@@ -230,3 +230,35 @@ def test_an_opened_config_keeps_its_validation_and_mask_folder_through_the_wizar
 
     assert (again.section("validation")["folder"], again.section("validation")["every_n_steps"]) == (str(tmp_path / "val"), 50)
     assert again.section("dataset")["mask_dir"] == str(tmp_path / "masks")
+
+
+@sync
+async def test_the_method_step_offers_only_the_methods_of_the_models_family(tmp_path: Path, kohya_dataset, monkeypatch) -> None:
+    from dataclasses import replace
+
+    from textual.widgets import RadioButton
+
+    import tui.wizard_state
+    from core.families import spec
+
+    adapters_only = replace(spec("sd1"), methods=("lora", "textual_inversion"))
+    monkeypatch.setattr(tui.wizard_state, "spec", lambda name: adapters_only if name == "sd1" else spec(name))
+    data = kohya_dataset()
+    app = _app(tmp_path)
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.pause(0.2)
+        await _to_dataset(pilot, data)
+        screen = app.screen
+        screen.state.method = "dreambooth"  # chosen before the family was known
+        await pilot.press("ctrl+n")
+        await pilot.pause(0.2)
+        shown = [b.id for b in screen.query(RadioButton) if b.id and b.id.startswith("method-") and b.display and not b.disabled]
+        assert shown == ["method-lora", "method-textual_inversion"]
+        assert screen.state.method == "lora" and screen.query_one("#method-lora", RadioButton).value
+        screen.query_one("#method").focus()
+        await pilot.press("down", "enter")
+        await pilot.pause(0.1)
+        assert screen.state.method == "textual_inversion"  # the arrow keys skip the methods not offered
+        await pilot.press("down", "enter")
+        await pilot.pause(0.1)
+        assert screen.state.method == "lora"

@@ -68,8 +68,7 @@ class RunRow:
 
 def total_steps(run: Any, status: dict[str, Any]) -> int | None:
     """The run's total optimizer steps: status.json's ``total_steps``, else plan.json's row for the GPUs used."""
-    from core.runs.readers import integer
-    from core.runs.rundir import plan_total
+    from core.runs.readers import integer, plan_total
 
     return integer(status.get("total_steps")) or plan_total(run.plan_json) or None
 
@@ -95,7 +94,7 @@ class RunsWatcher:
 
     def _children(self, root: Path) -> list[Path]:
         """The run folders of ``root``, listed again only when the folder changed."""
-        from core.runs.rundir import is_run_dir
+        from core.runs.listing import is_run_dir
 
         stamp = _stamp(root)
         if stamp != self._listing[0]:
@@ -105,7 +104,8 @@ class RunsWatcher:
     def rows(self) -> list[RunRow]:
         """Every run, newest first (by creation, so a live run does not jump around)."""
         from core.runs.readers import number
-        from core.runs.rundir import FINAL_STATES, RunDir
+        from core.runs.rundir import RunDir
+        from core.runs.states import FINAL_STATES
 
         root = self.runs_dir.expanduser()
         if not root.is_dir():

@@ -13,7 +13,8 @@ from typing import Any
 from core.dataset.buckets import BUCKET_KEYS
 from core.errors import UserError
 from core.families import spec
-from core.settings import FAMILIES, METHODS, RECIPE_SETTINGS, SCHEMA, SETTINGS, bucket_problem, defaults, optimizer_learning_rate, resolve
+from core.settings import FAMILIES, METHODS, RECIPE_SETTINGS, SCHEMA, SETTINGS, bucket_problem, defaults, family_problem, optimizer_learning_rate, resolve
+from core.units import GIB
 
 STEPS = ("Model", "Dataset", "Method", "Recipe", "Schedule", "Samples", "Review")
 
@@ -286,9 +287,13 @@ class WizardState:
         self.set_setting(key, value)
         self.method_edits[key] = self.settings[key]
 
+    def methods(self) -> tuple[str, ...]:
+        """The methods the chosen family trains with (its spec's; every method while no family is known yet)."""
+        return spec(self.family).methods if self.family in FAMILIES else METHODS
+
     def check_method(self) -> None:
-        if self.method not in METHODS:
-            raise UserError(f"method {self.method!r} is unknown; pick one of {', '.join(METHODS)}")
+        if self.method not in self.methods():
+            raise UserError(f"method {self.method!r} is not one the {self.family or 'chosen'} family trains with; pick one of {', '.join(self.methods())}")
         if self.method == "textual_inversion":
             token = str(self.method_options.get("placeholder_token", "")).strip()
             if not token or " " in token:
@@ -361,20 +366,22 @@ class WizardState:
         for key, value in self.settings.items():
             if key in SETTINGS:
                 self.set_setting(key, value)
-        buckets = bucket_problem(resolve("settings", {k: v for k, v in self.settings.items() if k in SETTINGS}))
+        resolved = resolve("settings", {k: v for k, v in self.settings.items() if k in SETTINGS})
+        buckets = bucket_problem(resolved) or family_problem(self.chosen_family(), "auto", resolved)
         if buckets:
             raise UserError(buckets)
         fit = self.judge()
         if fit.fits is False:
+            from core.memory.estimator import HEADROOM
             from core.plan.picker import suggest_when_nothing_fits
 
-            need = fit.estimate.total_bytes / 1024**3
-            have = self.gpus.smallest.vram_total_bytes / 1024**3
+            need = fit.estimate.total_bytes / GIB
+            have = self.gpus.smallest.vram_total_bytes / GIB
             tips = suggest_when_nothing_fits(self.chosen_family(), self.method, self.gpus, [], self.settings, self.shape())
             from tui.format import tui_terms
 
             tip = tui_terms(tips[0]) if tips else "pick a recipe higher in the list"
-            raise UserError(f"these settings need about {need:.1f} GiB but the GPU has {have:.1f} GiB (with 10% headroom); {tip}")
+            raise UserError(f"these settings need about {need:.1f} GiB but the GPU has {have:.1f} GiB (with {HEADROOM:.0%} headroom); {tip}")
 
     # ---- step 5: schedule
     def set_schedule(self, key: str, value: Any) -> None:
@@ -459,7 +466,7 @@ class WizardState:
     # ---- step 7: review
     def default_name(self) -> str:
         """``<subject token>-<method>``, e.g. ``sks-dog-lora`` (the subset with the most items per epoch)."""
-        from core.runs.rundir import slug
+        from core.runs.listing import slug
 
         token = self.subject_token()
         return slug(f"{token}-{self.method}".replace("_", "-").replace(" ", "-").strip("-")) or "run"

@@ -62,7 +62,7 @@ class Lab:
 
     def train(self, config: Path) -> Any:
         """Start a run with ``sdtui train`` (detached, as a user does); its RunDir."""
-        from core.runs.rundir import list_runs
+        from core.runs.listing import list_runs
 
         before = {r.id for r in list_runs(self.runs)}
         started = self.cli("train", str(config))

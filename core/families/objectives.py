@@ -18,8 +18,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-#: The objectives a family spec may name.
-OBJECTIVES = ("epsilon", "v_prediction", "flow")
 #: How a flow objective draws σ, and how it weights the loss.
 FLOW_SAMPLINGS = ("uniform", "logit_normal", "mode")
 FLOW_WEIGHTINGS = ("none", "sigma_sqrt", "cosmap")

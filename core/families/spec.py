@@ -11,6 +11,9 @@ from copy import deepcopy
 from dataclasses import dataclass, field
 from typing import Any
 
+#: The objectives a family spec may name (``core.families.objectives`` implements them).
+OBJECTIVES = ("epsilon", "v_prediction", "flow")
+
 
 @dataclass(frozen=True)
 class TextEncoder:
@@ -110,6 +113,9 @@ class FamilySpec:
     variants: tuple[Variant, ...] = ()
     #: Whether the family's pipeline takes ``clip_skip=``.
     pipeline_clip_skip: bool = True
+    #: Pixels a bucket side must be a multiple of: the VAE's downscale (8), times 2 where the
+    #: denoiser packs 2×2 latent patches into one token (16: FLUX, SD 3.x).
+    bucket_step: int = 8
 
     def component_configs(self, variant: str = "") -> dict[str, dict[str, Any]]:
         """A fresh (deep) copy of the real-size component configs (of ``variant``, default the family's), to build or change."""

@@ -1,9 +1,6 @@
 """Control of a run from any terminal: requests to the trainer through control.json, and stop.
 
-control.json is ``{"requests": [{"id", "action", "at", "attempt"}, …]}``; ``attempt`` is the
-attempt id of the run when the request was made (status.json's ``attempt_id``), so a request
-never reaches a later attempt. The trainer executes each id once and acknowledges it with
-``control_ack: {"id", "action", "at"}`` in status.json.
+The control.json format, its writing and its acknowledgement are ``core.runs.control_file``'s.
 """
 
 from __future__ import annotations
@@ -11,56 +8,29 @@ from __future__ import annotations
 import fcntl
 import signal
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from core import procs
-from core.atomic import write_json_atomic
 from core.errors import UserError
-from core.runs.readers import load_json_object
-from core.runs.rundir import ENDED_STATES, FINAL_STATES, LOST, STALLED, RunDir, has_state
+from core.runs import control_file
+from core.runs.rundir import RunDir
+from core.runs.states import ENDED_STATES, FINAL_STATES, LOST, STALLED, has_state
 
-ACTIONS = ("stop", "save", "sample", "pause", "resume")
-#: Requests kept in control.json (older ones were executed long ago).
-_KEEP = 100
 #: Seconds the processes left after the trainer saved and stopped get to end on SIGTERM.
 _LEFTOVER_GRACE_S = 5.0
 
 
 def request(run: RunDir, action: str) -> str:
-    """Append a request for the trainer to control.json; return its id."""
-    if action not in ACTIONS:
-        raise UserError(f"unknown control action '{action}'; use one of {', '.join(ACTIONS)}")
-    rid = uuid.uuid4().hex[:12]
+    """Append a request for the trainer to control.json, for the run's current attempt; return its id."""
     attempt = run.read_status().get("attempt_id")
-    entry: dict[str, Any] = {"id": rid, "action": action, "at": round(time.time(), 3)}
-    if isinstance(attempt, str) and attempt:
-        entry["attempt"] = attempt
-    lock = run.path / ".control.lock"
-    with open(lock, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        data, _ = load_json_object(run.control_json)
-        requests = data.get("requests") if isinstance(data.get("requests"), list) else []
-        requests = [r for r in requests if isinstance(r, dict)][-(_KEEP - 1):]
-        requests.append(entry)
-        write_json_atomic(run.control_json, {"requests": requests})
-    return rid
+    return control_file.append_request(run.control_json, action, attempt if isinstance(attempt, str) else "")
 
 
 def acknowledged(run: RunDir, rid: str) -> bool:
-    """True once the trainer has acknowledged request ``rid``.
-
-    ``control_ack`` holds the last request of a poll; earlier requests of the same poll are
-    listed in ``control_done``.
-    """
-    status = run.read_status()
-    ack = status.get("control_ack")
-    if isinstance(ack, dict) and ack.get("id") == rid:
-        return True
-    done = status.get("control_done")
-    return isinstance(done, list) and rid in done
+    """True once the trainer has acknowledged request ``rid``."""
+    return control_file.acknowledged(run.read_status(), rid)
 
 
 def wait_ack(run: RunDir, rid: str, timeout_s: float) -> bool:

@@ -23,11 +23,10 @@ from core.launch.accelerate_config import parse_gpu_ids
 from core.memory.data import params
 from core.families.detect import check_loadable
 from core.settings import FP16_NEEDS_A_GPU
-from core.units import size
+from core.units import GIB, size
 
 #: Optimizer state bytes per trained fp32 parameter byte (AdamW: two fp32 moments …).
 _OPTIMIZER_STATE = {"adamw": 2.0, "adamw8bit": 0.5, "lion8bit": 0.25, "adafactor": 0.1, "prodigy": 4.0, "schedulefree_adamw": 2.0}
-GB = 1024**3
 
 
 @dataclass
@@ -110,8 +109,8 @@ def busy_gpu_notices(gpus: Any, needed_bytes: int) -> list[str]:
         names = ", ".join(f"{p.name or '?'} (pid {p.pid})" for p in others[:3])
         short = gpu.vram_free_bytes < needed_bytes
         notices.append(
-            f"warning: GPU {gpu.index} already has {used / GB:.1f} GiB in use by {names}"
-            + (f"; only {gpu.vram_free_bytes / GB:.1f} GiB are free of the {needed_bytes / GB:.1f} GiB the run needs, so it may run out of memory" if short else "")
+            f"warning: GPU {gpu.index} already has {used / GIB:.1f} GiB in use by {names}"
+            + (f"; only {gpu.vram_free_bytes / GIB:.1f} GiB are free of the {needed_bytes / GIB:.1f} GiB the run needs, so it may run out of memory" if short else "")
         )
     return notices
 
@@ -162,7 +161,7 @@ def check_fit(plan: Any, force: bool) -> list[str]:
     if plan.fits is not False:
         return []
     message = (
-        f"the estimated peak of {plan.vram_estimate_bytes / GB:.1f} GiB does not fit the smallest chosen GPU "
+        f"the estimated peak of {plan.vram_estimate_bytes / GIB:.1f} GiB does not fit the smallest chosen GPU "
         f"({plan.gpu['name']}, {plan.gpu['vram_gb']} GiB) with headroom"
     )
     if not force:

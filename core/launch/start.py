@@ -23,7 +23,10 @@ from core.atomic import write_atomic, write_json_atomic
 from core.errors import UserError
 from core.launch.accelerate_config import accelerate_config, other_node_commands, to_yaml, world_size
 from core.launch.command import CODE_ROOT, format_command, launch_command, launch_env
-from core.runs.rundir import FINAL_STATES, LOST, RunDir, create_run_dir, is_locked, lock
+from core.runs.listing import create_run_dir
+from core.runs.locks import is_locked, lock
+from core.runs.rundir import RunDir
+from core.runs.states import FINAL_STATES, LOST
 
 Notify = Callable[[str], None]
 #: Seconds a start waits for a supervisor that has recorded its run's end to let go of the folder.
@@ -61,7 +64,8 @@ def live_twin(config: Any, runs_dir: str | os.PathLike[str]) -> RunDir | None:
     training (``training_fingerprint``) on GPUs that overlap this config's (``gpu_ids``), else None."""
     from core.config import load_config
     from core.launch.accelerate_config import parse_gpu_ids
-    from core.runs.rundir import LIVE_STATES, list_runs
+    from core.runs.listing import list_runs
+    from core.runs.states import LIVE_STATES
 
     mine, my_gpus = training_fingerprint(config), parse_gpu_ids(str(config.distributed.get("gpu_ids", "all")))
     for run in list_runs(runs_dir):

@@ -29,8 +29,11 @@ from core.folder_watch import FolderWatch
 from core.launch.command import CODE_ROOT, format_command, launch_command, launch_env, read_accelerate_config
 from core.monitor.logs import WRAPPERS as _WRAPPERS
 from core.monitor.logs import is_noise, user_view
-from core.runs.readers import belongs, current_attempt, integer, load_json_object, tail_records
-from core.runs.rundir import FINAL_STATES, RunDir, hold, lock
+from core.runs.control_file import stop_requested
+from core.runs.locks import hold, lock
+from core.runs.readers import current_attempt, integer, tail_records
+from core.runs.rundir import RunDir
+from core.runs.states import FINAL_STATES
 
 _EXCEPTION = re.compile(r"^(?:\[rank\d+\]:\s*)?([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Failure)\w*)(?::\s*(.*))?$")
 _RANK_PREFIX = re.compile(r"^\[rank\d+\]:\s?")
@@ -47,7 +50,7 @@ def lock_run(run: RunDir) -> IO[str] | None:
 
 def is_locked(run: RunDir) -> bool:
     """True while a supervisor holds the run folder."""
-    from core.runs.rundir import is_locked as held
+    from core.runs.locks import is_locked as held
 
     return held(run.supervisor_lock)
 
@@ -113,13 +116,6 @@ def final_state(trainer_state: str, exit_code: int, stop_requested: bool) -> str
     if trainer_state in FINAL_STATES and not (trainer_state == "stopped" and exit_code < 0):
         return trainer_state
     return "finished" if exit_code == 0 else "failed"
-
-
-def stop_requested_since(run: RunDir, since: float, attempt: str = "") -> bool:
-    """True when control.json holds a stop request of this attempt (or, without an attempt id, made after ``since``)."""
-    data, _ = load_json_object(run.control_json)
-    requests = data.get("requests") if isinstance(data.get("requests"), list) else []
-    return any(isinstance(r, dict) and r.get("action") == "stop" and belongs(r, attempt, since) for r in requests)
 
 
 class Supervisor:
@@ -223,7 +219,7 @@ class Supervisor:
     def _finish(self, code: int, started: float, log_start: int) -> None:
         status = self.run.read_status()
         trainer_state = str(status.get("state", ""))
-        state = final_state(trainer_state, code, self.terminated or stop_requested_since(self.run, started, self.attempt_id))
+        state = final_state(trainer_state, code, self.terminated or stop_requested(self.run.control_json, self.attempt_id, started))
         fields: dict[str, Any] = {"state": state, "exit_code": code, "ended_at": round(time.time(), 3), "pids": self._pids()}
         if state == "failed":
             lines = log_lines(self.run.log, start=log_start)
@@ -306,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     if held is None:
         print(f"sdtui supervisor: another supervisor already runs {run.path}", file=sys.stderr)
         return 2
-    from core.runs.rundir import is_locked as locked
+    from core.runs.locks import is_locked as locked
 
     if locked(run.trainer_lock):
         print(f"sdtui supervisor: a trainer still writes into {run.path}; stop it first (sdtui stop {run.id})", file=sys.stderr)

@@ -16,13 +16,15 @@ CALIBRATION_JSON = HERE / "calibration.json"
 @lru_cache(maxsize=None)
 def params() -> dict[str, Any]:
     """Per family and component: parameter counts, LoRA widths, Adafactor state size (bench/measure_params.py)."""
-    return json.loads(PARAMS_JSON.read_text(encoding="utf-8"))["families"]
+    families: dict[str, Any] = json.loads(PARAMS_JSON.read_text(encoding="utf-8"))["families"]
+    return families
 
 
 @lru_cache(maxsize=None)
 def activations() -> dict[str, Any]:
     """Per family: fitted activation bytes per image, and the text encoders' (bench/measure_activations.py)."""
-    return json.loads(ACTIVATIONS_JSON.read_text(encoding="utf-8"))
+    table: dict[str, Any] = json.loads(ACTIVATIONS_JSON.read_text(encoding="utf-8"))
+    return table
 
 
 def calibration(path: Path | None = None) -> list[dict[str, Any]]:

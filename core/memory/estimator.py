@@ -19,14 +19,16 @@ from functools import lru_cache
 from typing import Any
 
 from core.errors import UserError
-from core.families import spec
-from core.settings import BACKENDS, FAMILIES, METHODS, resolve
+from core.families import FAMILIES, spec
+from core.settings import BACKENDS, FULL_METHODS, METHODS, resolve
+from core.units import GIB
 
 from . import data
 from .calibration import match_point
 from .trainable import trainable
 
-GIB = 2**30
+#: Free VRAM an estimate must leave on a GPU to count as fitting (the picker, the plan, preflight, the TUI).
+HEADROOM = 0.10
 #: CUDA context plus cuBLAS/cuDNN workspaces of one process.
 CUDA_CONTEXT_BYTES = int(0.8 * GIB)
 #: NCCL's buffers when more than one GPU trains.
@@ -71,7 +73,7 @@ class Estimate:
         """The total in GiB (the unit nvidia-smi and the GPU list use)."""
         return self.total_bytes / GIB
 
-    def fits(self, vram_bytes: int, headroom: float = 0.10) -> bool:
+    def fits(self, vram_bytes: int, headroom: float = HEADROOM) -> bool:
         """Whether the peak fits in ``vram_bytes`` leaving ``headroom`` (a fraction) free."""
         return self.total_bytes <= vram_bytes * (1.0 - headroom)
 
@@ -165,107 +167,164 @@ def estimate(
     return Estimate(total, raw, phase, calibrated=point is not None, notes=notes)
 
 
-def _raw(family: str, method: str, s: dict[str, Any], n: int, backend: str, zero_stage: int, offload: bool, prior: bool | None) -> tuple[dict[str, int], str, list[str]]:
+@dataclass(frozen=True)
+class _Layout:
+    """How one estimate's weights are held: byte widths, sharding, what is trained and what stays on the GPU."""
+
+    comps: dict[str, Any]
+    encoders: list[str]
+    n: int
+    ds: bool
+    half: bool
+    frozen_b: int
+    master_b: int
+    trained_store_b: int
+    grad_b: int
+    vae_b: int
+    shard: int
+    weight_shard: int
+    full: bool
+    te_trained: bool
+    te_resident: bool
+    trained: int
+    largest: int
+
+
+def _layout(family: str, method: str, s: dict[str, Any], n: int, backend: str, zero_stage: int) -> _Layout:
+    """The byte widths and sharding of a run. Under DeepSpeed the trained weights are half and the
+    fp32 master copy is part of the (sharded) optimizer state."""
     comps = data.params()[family]
-    encoders = [c for c in comps if c.startswith("text_encoder")]
-    notes: list[str] = []
     half = s["mixed_precision"] != "no"
     frozen_b = 2 if half else 4
     master_b = 2 if (half and s["full_bf16"]) else 4
     ds = backend == "deepspeed"
-    shard = n if (ds or backend == "fsdp") else 1
-    full = method in ("finetune", "dreambooth")
     te_trained = s["train_text_encoder"] and method != "textual_inversion"
-    captions_change = s["shuffle_caption"] or s["caption_tag_dropout_rate"] > 0
-    te_resident = te_trained or method == "textual_inversion" or not s["cache_text_encoder_outputs"] or captions_change
-    if s["cache_text_encoder_outputs"] and (te_trained or method == "textual_inversion"):
-        notes.append("text-encoder outputs cannot be cached while the text encoder is trained; it stays on the GPU")
-    elif s["cache_text_encoder_outputs"] and captions_change:
-        notes.append("shuffled or tag-dropped captions change every step, so text-encoder outputs are not cached; it stays on the GPU")
-
-    # Trained parameters: LoRA adapters, whole components, or the token embeddings.
-    adapted = ["unet", *(encoders if te_trained else [])]
     counted = trainable(family, method, s)
-    trained, largest = counted.params, counted.largest
+    return _Layout(
+        comps=comps,
+        encoders=[c for c in comps if c.startswith("text_encoder")],
+        n=n,
+        ds=ds,
+        half=half,
+        frozen_b=frozen_b,
+        master_b=master_b,
+        trained_store_b=frozen_b if ds else master_b,
+        grad_b=2 if ds else master_b,
+        vae_b=2 if s["mixed_precision"] == "bf16" else 4,
+        shard=n if (ds or backend == "fsdp") else 1,
+        weight_shard=n if (backend == "fsdp" or (ds and zero_stage == 3)) else 1,
+        full=method in FULL_METHODS,
+        te_trained=te_trained,
+        te_resident=te_trained or method == "textual_inversion" or not s["cache_text_encoder_outputs"] or _captions_change(s),
+        trained=counted.params,
+        largest=counted.largest,
+    )
 
-    # Weights as stored. Under DeepSpeed the trained weights are half and the fp32 master copy
-    # is part of the (sharded) optimizer state.
-    trained_store_b = frozen_b if ds else master_b
-    weight_shard = n if (backend == "fsdp" or (ds and zero_stage == 3)) else 1
-    b: dict[str, int] = dict.fromkeys(BREAKDOWN_KEYS, 0)
-    if full:
-        b["weights_unet"] = comps["unet"]["params"] * trained_store_b // weight_shard
+
+def _captions_change(s: dict[str, Any]) -> bool:
+    return bool(s["shuffle_caption"] or s["caption_tag_dropout_rate"] > 0)
+
+
+def _caching_notes(method: str, s: dict[str, Any], te_trained: bool) -> list[str]:
+    """Why text-encoder outputs asked to be cached are not."""
+    if s["cache_text_encoder_outputs"] and (te_trained or method == "textual_inversion"):
+        return ["text-encoder outputs cannot be cached while the text encoder is trained; it stays on the GPU"]
+    if s["cache_text_encoder_outputs"] and _captions_change(s):
+        return ["shuffled or tag-dropped captions change every step, so text-encoder outputs are not cached; it stays on the GPU"]
+    return []
+
+
+def _weights(lay: _Layout, method: str, s: dict[str, Any]) -> dict[str, int]:
+    """The weights as stored: the UNet, the text encoders on the GPU, the VAE when latents are not cached, the adapters."""
+    comps = lay.comps
+    b: dict[str, int] = {}
+    if lay.full:
+        b["weights_unet"] = comps["unet"]["params"] * lay.trained_store_b // lay.weight_shard
     else:
-        b["weights_unet"] = comps["unet"]["params"] * frozen_b
-    if te_resident:
-        for c in encoders:
+        b["weights_unet"] = comps["unet"]["params"] * lay.frozen_b
+    b["weights_text_encoders"] = 0
+    if lay.te_resident:
+        for c in lay.encoders:
             count = comps[c]["params"]
-            if full and te_trained:
-                b["weights_text_encoders"] += count * trained_store_b // weight_shard
+            if lay.full and lay.te_trained:
+                b["weights_text_encoders"] += count * lay.trained_store_b // lay.weight_shard
             elif method == "textual_inversion":
-                b["weights_text_encoders"] += count * trained_store_b
+                b["weights_text_encoders"] += count * lay.trained_store_b
             else:
-                b["weights_text_encoders"] += count * frozen_b
-    vae_b = 2 if s["mixed_precision"] == "bf16" else 4
+                b["weights_text_encoders"] += count * lay.frozen_b
     if not s["cache_latents"]:
-        b["weights_vae"] = comps["vae"]["params"] * vae_b
+        b["weights_vae"] = comps["vae"]["params"] * lay.vae_b
     if method == "lora":
-        b["weights_adapters"] = trained * trained_store_b // weight_shard
+        b["weights_adapters"] = lay.trained * lay.trained_store_b // lay.weight_shard
+    return b
 
-    # Autocast keeps a half copy of every fp32 trained weight a matmul or conv uses, from the
-    # forward pass until the backward pass has used it (for textual inversion: of the fp32 text
-    # encoders' layers, kept for the backward pass to the embeddings).
-    copies = 0
-    if half and master_b == 4 and not ds:
-        if method == "textual_inversion":
-            copies = sum(comps[c]["params"] - comps[c]["token_embedding_params"] for c in encoders) * 2
-        else:
-            copies = trained * 2
 
-    # Gradients (not held in the forward pass: the trainer frees them after each step) and the
-    # optimizer state, EMA and DDP buckets (held throughout).
-    grad_b = 2 if ds else master_b
-    fused = s["fused_backward_pass"] and not ds
-    if fused:
-        grads = min(trained, largest) * grad_b
+def _autocast_copies(lay: _Layout, method: str) -> int:
+    """Autocast keeps a half copy of every fp32 trained weight a matmul or conv uses, from the
+    forward pass until the backward pass has used it (for textual inversion: of the fp32 text
+    encoders' layers, kept for the backward pass to the embeddings)."""
+    if not (lay.half and lay.master_b == 4 and not lay.ds):
+        return 0
+    if method == "textual_inversion":
+        layers: int = sum(lay.comps[c]["params"] - lay.comps[c]["token_embedding_params"] for c in lay.encoders)
+        return layers * 2
+    return lay.trained * 2
+
+
+def _gradients(lay: _Layout, s: dict[str, Any], zero_stage: int, offload: bool, backend: str) -> int:
+    """Gradients (not held in the forward pass: the trainer frees them after each step); a fused
+    backward pass holds the largest tensor's only."""
+    if s["fused_backward_pass"] and not lay.ds:
+        return min(lay.trained, lay.largest) * lay.grad_b
+    grad_shard = lay.n if ((lay.ds and zero_stage >= 2) or backend == "fsdp") else 1
+    return 0 if (lay.ds and offload and zero_stage >= 2) else lay.trained * lay.grad_b // grad_shard
+
+
+def _held_state(lay: _Layout, s: dict[str, Any], offload: bool, backend: str) -> dict[str, int]:
+    """What is held throughout: the optimizer state, EMA, DDP buckets and the communication buffers."""
+    b: dict[str, int] = {}
+    state = _optimizer_state_bytes(s["optimizer"], lay.trained, 4 if lay.ds else lay.master_b, lay.comps, lay.full, lay.te_trained, lay.encoders)
+    if lay.ds:
+        state += lay.trained * 4 if lay.half else 0
+        b["optimizer_states"] = 0 if offload else state // lay.n
     else:
-        grad_shard = n if ((ds and zero_stage >= 2) or backend == "fsdp") else 1
-        grads = 0 if (ds and offload and zero_stage >= 2) else trained * grad_b // grad_shard
-    state = _optimizer_state_bytes(s["optimizer"], trained, 4 if ds else master_b, comps, full, te_trained, encoders)
-    if ds:
-        state += trained * 4 if half else 0
-        b["optimizer_states"] = 0 if offload else state // n
-    else:
-        b["optimizer_states"] = state // shard
+        b["optimizer_states"] = state // lay.shard
     if s["ema"]:
-        b["ema"] = trained * master_b // shard
-    if n > 1 and backend == "ddp":
-        b["ddp_buckets"] = trained * grad_b
-    if n > 1:
-        b["communication"] = NCCL_BYTES + (DEEPSPEED_BUCKET_BYTES if ds else 0)
+        b["ema"] = lay.trained * lay.master_b // lay.shard
+    if lay.n > 1 and backend == "ddp":
+        b["ddp_buckets"] = lay.trained * lay.grad_b
+    if lay.n > 1:
+        b["communication"] = NCCL_BYTES + (DEEPSPEED_BUCKET_BYTES if lay.ds else 0)
+    return b
 
-    # Activations, measured per image (bench/measure_activations.py), times the images per step:
-    # ``kept`` for the backward pass, ``working`` the backward pass's own (recomputed block, gradients).
-    prior = method == "dreambooth" if prior is None else prior
-    images = s["batch_size"] * (2 if prior else 1)
-    kept, working = unet_activation_parts(family, "full" if full else "lora", half, s["gradient_checkpointing"], s["attention"], s["resolution"])
+
+def _activations(lay: _Layout, family: str, method: str, s: dict[str, Any], images: int, notes: list[str]) -> tuple[int, int]:
+    """Activations, measured per image (bench/measure_activations.py), times the images per step:
+    ``kept`` for the backward pass, ``working`` the backward pass's own (recomputed block, gradients)."""
+    kept, working = unet_activation_parts(family, "full" if lay.full else "lora", lay.half, s["gradient_checkpointing"], s["attention"], s["resolution"])
     kept *= images
     working *= images
-    if te_trained or method == "textual_inversion":
-        kept += text_encoder_activations(family, encoders, half, s["gradient_checkpointing"]) * images
+    if lay.te_trained or method == "textual_inversion":
+        kept += text_encoder_activations(family, lay.encoders, lay.half, s["gradient_checkpointing"]) * images
     if method == "lora" and s["lora_type"] != "lora":
         # LoHa / LoKr build each adapted layer's full delta weight in the forward pass (fp32, plus
         # its autocast copy) and keep it for the backward pass: with checkpointing one block's worth
-        delta = sum(comps[c]["lora_weight_params"][s["lora_targets"]] for c in adapted) * (4 + (2 if half else 0))
-        layers = sum(comps[c]["lora_layers"][s["lora_targets"]] for c in adapted)
+        adapted = ["unet", *(lay.encoders if lay.te_trained else [])]
+        delta = sum(lay.comps[c]["lora_weight_params"][s["lora_targets"]] for c in adapted) * (4 + (2 if lay.half else 0))
+        layers = sum(lay.comps[c]["lora_layers"][s["lora_targets"]] for c in adapted)
         if s["gradient_checkpointing"]:
             working += delta * min(layers, DELTA_LAYERS_PER_BLOCK) // max(1, layers)
         else:
             kept += delta
         notes.append(f"{s['lora_type']} builds every adapted layer's delta weight each step (counted with the activations)")
+    return kept, working
+
+
+def _phases(lay: _Layout, s: dict[str, Any], copies: int, grads: int, kept: int, working: int, images: int) -> dict[str, dict[str, int]]:
+    """What the step holds besides the weights and the state, in each of its phases."""
     # The optimizer's temporaries: the trainer's optimizers work one tensor at a time; Adafactor
     # holds a few fp32 copies of the tensor, the fused and 8-bit kernels about one.
-    step = largest * 4 * (STEP_TEMPORARIES if s["optimizer"] == "adafactor" else 1)
+    step = lay.largest * 4 * (STEP_TEMPORARIES if s["optimizer"] == "adafactor" else 1)
     # With checkpointing the half copies are dropped after the forward pass and remade block by
     # block; without it the backward pass frees them with the activations.
     copies_in_backward = 0 if s["gradient_checkpointing"] else copies
@@ -275,16 +334,29 @@ def _raw(family: str, method: str, s: dict[str, Any], n: int, backend: str, zero
         "backward (start)": {"autocast_copies": copies_in_backward, "activations": kept + working},
         "backward (end)": {"gradients": grads, "activations": working},
     }
-    if fused:
+    if s["fused_backward_pass"] and not lay.ds:
         for phase in ("backward (start)", "backward (end)"):
             phases[phase] = {**phases[phase], "gradients": grads, "optimizer_step": step}
     else:
         phases["optimizer step"] = {"gradients": grads, "optimizer_step": step}
     if not s["cache_latents"]:
-        phases["VAE encoding"] = {"vae_encode": VAE_ENCODE_TENSORS * s["resolution"] ** 2 * vae_b * images}
+        phases["VAE encoding"] = {"vae_encode": VAE_ENCODE_TENSORS * s["resolution"] ** 2 * lay.vae_b * images}
+    return phases
+
+
+def _raw(family: str, method: str, s: dict[str, Any], n: int, backend: str, zero_stage: int, offload: bool, prior: bool | None) -> tuple[dict[str, int], str, list[str]]:
+    """The breakdown at the peak phase (before calibration), that phase, and the notes."""
+    lay = _layout(family, method, s, n, backend, zero_stage)
+    notes = _caching_notes(method, s, lay.te_trained)
+    b: dict[str, int] = dict.fromkeys(BREAKDOWN_KEYS, 0)
+    b.update(_weights(lay, method, s))
+    b.update(_held_state(lay, s, offload, backend))
+    prior = method == "dreambooth" if prior is None else prior
+    images = s["batch_size"] * (2 if prior else 1)
+    kept, working = _activations(lay, family, method, s, images, notes)
+    phases = _phases(lay, s, _autocast_copies(lay, method), _gradients(lay, s, zero_stage, offload, backend), kept, working, images)
     peak_phase = max(phases, key=lambda name: sum(phases[name].values()))
     b.update(phases[peak_phase])
-
     b["fragmentation"] = int(FRAGMENTATION * sum(b.values()))
     b["cuda_context"] = CUDA_CONTEXT_BYTES
     return b, peak_phase, notes
@@ -303,7 +375,7 @@ def _optimizer_state_bytes(optimizer: str, trained: int, param_b: int, comps: di
     if optimizer == "lion8bit":
         return trained
     if full:
-        floats = comps["unet"]["adafactor_state_floats"]
+        floats: int = comps["unet"]["adafactor_state_floats"]
         if te_trained:
             floats += sum(comps[c]["adafactor_state_floats"] for c in encoders)
         return floats * 4

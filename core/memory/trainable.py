@@ -8,14 +8,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.families import spec
-from core.settings import resolve
+from core.settings import FULL_METHODS, resolve
 
 from . import data
 
 #: The widest layer LoRA adapts (the GEGLU projection's 10240 outputs): its adapter tensor is
 #: at most what ``adapter_parameters`` counts for this width.
 LORA_WIDEST_LAYER = 10240
-FULL_METHODS = ("dreambooth", "finetune")
 
 
 @dataclass(frozen=True)

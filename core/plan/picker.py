@@ -8,14 +8,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from core.memory.estimator import HEADROOM
 from core.settings import resolve
+from core.units import GIB
 
 from .throughput import images_per_second
 
-#: Free VRAM a recipe must leave on the smallest GPU.
-HEADROOM = 0.10
+if TYPE_CHECKING:
+    from core.memory.estimator import Estimate
+    from core.recipes import Recipe
+
 #: Resolutions tried, largest first, when the chosen one does not fit.
 _LOWER_RESOLUTIONS = (1024, 896, 768, 640, 512, 384, 256)
 
@@ -24,9 +28,9 @@ _LOWER_RESOLUTIONS = (1024, 896, 768, 640, 512, 384, 256)
 class RecipeFit:
     """One recipe judged for a GPU set: its resolved settings, estimate, fit and speed."""
 
-    recipe: Any
+    recipe: Recipe
     settings: dict[str, Any]
-    estimate: Any
+    estimate: Estimate
     fits: bool | None
     images_per_second: float | None
 
@@ -41,7 +45,7 @@ class RecipeFit:
             "recipe": self.recipe.name,
             "title": getattr(self.recipe, "title", ""),
             "summary": getattr(self.recipe, "summary", ""),
-            "vram_estimate_gb": round(self.estimate.total_bytes / 1024**3, 2),
+            "vram_estimate_gb": round(self.estimate.total_bytes / GIB, 2),
             "fits": self.fits,
             "images_per_second": round(self.images_per_second, 3) if self.images_per_second else None,
         }
@@ -119,7 +123,7 @@ def rank_recipes(
     return sorted(fits, key=_order)
 
 
-def _order(fit: RecipeFit) -> tuple:
+def _order(fit: RecipeFit) -> tuple[float | str, ...]:
     """Fitting recipes fastest first; the others lightest first (closest to fitting)."""
     if fit.fits:
         return (0, -(fit.images_per_second or 0.0), fit.estimate.total_bytes, fit.name)
@@ -129,7 +133,7 @@ def _order(fit: RecipeFit) -> tuple:
 def pick_recipes(
     family: str, method: str, gpus: Any, recipes: Iterable[Any], overrides: Mapping[str, Any] | None = None, shape: RunShape = RunShape(),
 ) -> list[RecipeFit]:
-    """The recipes that fit the smallest GPU with at least 10% headroom, fastest first."""
+    """The recipes that fit the smallest GPU with at least HEADROOM free, fastest first."""
     return [f for f in rank_recipes(family, method, gpus, recipes, overrides, shape) if f.fits]
 
 
@@ -143,7 +147,7 @@ def suggest_when_nothing_fits(
     if gpus.smallest is None:
         return []
     recipes = list(recipes)
-    gb = gpus.smallest.vram_total_bytes / 1024**3
+    gb = gpus.smallest.vram_total_bytes / GIB
     tips: list[str] = []
     savers = {"gradient_checkpointing": True, "optimizer": "adamw8bit", "cache_latents": True, "batch_size": 1}
     if not settings.get("train_text_encoder"):
@@ -184,5 +188,5 @@ def _bigger_gpus(family: str, method: str, settings: Mapping[str, Any], gb: floa
 
     need = estimate(family, method, resolve("settings", settings), num_gpus=count, **shape.options())
     models = sorted({m.name: m for m in CATALOG.values()}.values(), key=lambda m: (m.vram_gb, m.name))
-    fitting = [m.name for m in models if m.vram_gb > gb and need.fits(int(m.vram_gb * 1024**3), headroom=HEADROOM)]
+    fitting = [m.name for m in models if m.vram_gb > gb and need.fits(int(m.vram_gb * GIB), headroom=HEADROOM)]
     return fitting[:4]

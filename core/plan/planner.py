@@ -17,11 +17,13 @@ from core.dataset.buckets import bucket_counts, bucket_selector
 from core.dataset.scan import overlay_subsets
 from core.errors import UserError
 from core.families import spec
+from core.memory.estimator import HEADROOM
 from core.settings import optimizer_notes, optimizer_rule_warnings
+from core.units import GIB
 
 from .class_images import GENERATE_BATCH, GENERATE_STEPS, ClassImages, class_images, describe
 from .learning_rates import lr_warnings
-from .picker import HEADROOM, RunShape, judge, run_shape, suggest_when_nothing_fits
+from .picker import RunShape, judge, run_shape, suggest_when_nothing_fits
 from .schedule import ScheduleRow, batches_per_rank, schedule_row, warmup_steps
 from .throughput import eta_seconds, images_per_second, sample_seconds_per_image
 from .validation import ValidationPlan, plan_validation
@@ -130,7 +132,7 @@ class Plan:
             "method": self.method,
             "recipe": self.recipe,
             "settings": self.settings,
-            "vram_estimate_gb": round(self.vram_estimate_bytes / 1024**3, 2),
+            "vram_estimate_gb": round(self.vram_estimate_bytes / GIB, 2),
             "gpu": self.gpu,
             "fits": self.fits,
             "headroom": HEADROOM,
@@ -211,7 +213,7 @@ def make_plan(config: Any, scan: Any, gpus: Any, price_per_gpu_hour: float | Non
         gpu={
             "count": gpus.count,
             "name": smallest.name if smallest is not None else None,
-            "vram_gb": round(smallest.vram_total_bytes / 1024**3, 1) if smallest is not None else None,
+            "vram_gb": round(smallest.vram_total_bytes / GIB, 1) if smallest is not None else None,
             "simulated": bool(gpus.simulated),
             "reason": gpus.reason,
         },
@@ -294,7 +296,20 @@ def placeholder_warnings(config: Any, scan: Any) -> list[str]:
 
 def _explain(plan: Plan, scan: Any, gpus: Any, fit: Any, shape: RunShape) -> None:
     """Fill the plan's warnings and notes: fit, the step-mode trap, prior preservation, data."""
-    settings, schedule = plan.settings, plan.schedule
+    _explain_fit(plan, gpus, fit, shape)
+    plan.warnings += lr_warnings(plan.model_family, plan.method, str(plan.settings["optimizer"]), plan.schedule)
+    if scan is None:
+        plan.warnings.append(NO_DATASET)
+        if plan.prior_preservation:
+            plan.notes.append("the estimate assumes prior preservation (one class image per instance image), as DreamBooth usually trains")
+        return
+    _explain_step_mode(plan)
+    _explain_prior_preservation(plan, scan)
+    _explain_schedule(plan, scan)
+
+
+def _explain_fit(plan: Plan, gpus: Any, fit: Any, shape: RunShape) -> None:
+    """The GPU notes (none found, not in the catalog) and, when the estimate does not fit, the warning and what would fit."""
     smallest = gpus.smallest
     if smallest is None:
         plan.notes.append(f"no GPU found: {gpus.reason or 'none visible'}; the VRAM fit and the ETA are unknown; plan for hardware with --gpus, e.g. --gpus 2x4090")
@@ -302,20 +317,18 @@ def _explain(plan: Plan, scan: Any, gpus: Any, fit: Any, shape: RunShape) -> Non
         plan.notes.append(f"the GPU '{smallest.name}' is not in the catalog, so the ETA is unknown")
     if plan.fits is False:
         plan.warnings.append(
-            f"the estimated peak VRAM of {fit.estimate.total_bytes / 1024**3:.1f} GiB does not fit in "
-            f"{smallest.vram_total_bytes / 1024**3:.0f} GiB per GPU with {HEADROOM:.0%} headroom ({smallest.name})"
+            f"the estimated peak VRAM of {fit.estimate.total_bytes / GIB:.1f} GiB does not fit in "
+            f"{smallest.vram_total_bytes / GIB:.0f} GiB per GPU with {HEADROOM:.0%} headroom ({smallest.name})"
         )
         from core.recipes import load_recipes
 
-        for tip in suggest_when_nothing_fits(plan.model_family, plan.method, gpus, load_recipes(), settings, shape):
+        for tip in suggest_when_nothing_fits(plan.model_family, plan.method, gpus, load_recipes(), plan.settings, shape):
             plan.warnings.append(f"to fit: {tip}")
-    plan.warnings += lr_warnings(plan.model_family, plan.method, str(settings["optimizer"]), schedule)
-    if scan is None:
-        plan.warnings.append(NO_DATASET)
-        if plan.prior_preservation:
-            plan.notes.append("the estimate assumes prior preservation (one class image per instance image), as DreamBooth usually trains")
-        return
-    max_steps = int(schedule["max_steps"])
+
+
+def _explain_step_mode(plan: Plan) -> None:
+    """The kohya multi-GPU surprise: in step mode more GPUs mean more epochs."""
+    max_steps = int(plan.schedule["max_steps"])
     if max_steps > 0:
         one, two = plan.row_for(1), plan.row_for(2)
         plan.warnings.append(
@@ -323,13 +336,17 @@ def _explain(plan: Plan, scan: Any, gpus: Any, fit: Any, shape: RunShape) -> Non
             f"N× the epochs of one GPU ({round(one.epochs, 2):g} epochs on 1 GPU, {round(two.epochs, 2):g} on 2); kohya users see their epochs "
             "double when they add a GPU; use epoch mode (--epochs N, schedule.max_steps = 0) to keep the images seen the same"
         )
-    reg_subsets = [s for s in scan.subsets if s.is_reg and s.images]
+
+
+def _explain_prior_preservation(plan: Plan, scan: Any) -> None:
+    """How prior preservation pairs the images and where the class images come from; DreamBooth
+    without it; regularisation subsets a method ignores."""
     if plan.prior_preservation:
-        batch = int(settings["batch_size"])
+        batch = int(plan.settings["batch_size"])
         plan.notes.append(
             f"prior preservation: each instance image is paired with one class image in the same step, so each GPU "
             f"processes {batch} + {batch} images per batch; the batch doubles, the step count does not "
-            f"(class loss weight {float(settings['prior_loss_weight']):g})"
+            f"(class loss weight {float(plan.settings['prior_loss_weight']):g})"
         )
         if plan.class_images is not None:
             plan.notes.append(describe(plan.class_images, plan.generate_s(plan.configured_processes)))
@@ -338,10 +355,16 @@ def _explain(plan: Plan, scan: Any, gpus: Any, fit: Any, shape: RunShape) -> Non
             "dreambooth without class images: no prior preservation; add a class folder (--reg DIR) or set method.class_prompt "
             "to generate class images, to keep the class from drifting"
         )
+    reg_subsets = [s for s in scan.subsets if s.is_reg and s.images]
     if reg_subsets and not plan.prior_preservation:
         plan.warnings.append(
             f"{len(reg_subsets)} regularisation subset(s) are ignored by {plan.method}; leave --reg out or train dreambooth or lora for prior preservation"
         )
+
+
+def _explain_schedule(plan: Plan, scan: Any) -> None:
+    """The optimizer's rules and notes, a warm-up longer than the run, the scan's errors, and what the LR schedule counts."""
+    settings, schedule = plan.settings, plan.schedule
     plan.warnings += optimizer_rule_warnings(str(settings["optimizer"]), float(schedule["learning_rate"]), str(schedule["lr_scheduler"]))
     plan.notes += optimizer_notes(str(settings["optimizer"]))
     warmup = int(schedule["lr_warmup_steps"])
@@ -355,4 +378,3 @@ def _explain(plan: Plan, scan: Any, gpus: Any, fit: Any, shape: RunShape) -> Non
         f"warm-up and the {schedule['lr_scheduler']} LR schedule count optimizer steps of the actual run "
         f"({plan.configured_processes} GPU{'s' if plan.configured_processes != 1 else ''}: {run_steps} steps)"
     )
-

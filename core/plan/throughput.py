@@ -14,7 +14,7 @@ from typing import Any
 
 from core.memory.trainable import trainable
 from core.families import FAMILIES, spec
-from core.settings import resolve
+from core.settings import FULL_METHODS, resolve
 
 #: VAE encoder forward, TFLOPs per 512×512 image (same architecture for all families).
 VAE_ENCODE_TFLOPS_512 = 1.1
@@ -35,7 +35,6 @@ OPTIMIZER_BYTES_PER_PARAM = {"adamw": 28, "adamw8bit": 20, "lion": 20, "lion8bit
 BANDWIDTH_PER_TFLOPS = 6e9
 #: Throughput kept per doubling of the GPU count: (full weights, adapters) × (one node, across nodes).
 SCALING_PER_DOUBLING = {("full", False): 0.92, ("full", True): 0.85, ("adapter", False): 0.97, ("adapter", True): 0.93}
-FULL_METHODS = ("finetune", "dreambooth")
 
 
 def training_tflops_per_image(family: str, method: str, settings: dict[str, Any]) -> float:
@@ -65,7 +64,8 @@ def batch_efficiency(family: str, settings: dict[str, Any]) -> float:
     """Fraction of the saturated MFU reached with this batch and resolution (0.35 … 1)."""
     settings = resolve("settings", settings)
     latent_pixels = (int(settings["resolution"]) // 8) ** 2 * int(settings["batch_size"])
-    return max(0.35, min(1.0, (latent_pixels / SATURATING_LATENT_PIXELS) ** BATCH_EFFICIENCY_EXPONENT))
+    efficiency: float = (latent_pixels / SATURATING_LATENT_PIXELS) ** BATCH_EFFICIENCY_EXPONENT
+    return max(0.35, min(1.0, efficiency))
 
 
 def dense_tflops(gpu: Any, mixed_precision: str) -> float | None:
@@ -111,7 +111,8 @@ def scaling_factor(gpus: int, method: str = "lora", num_machines: int = 1) -> fl
     if gpus <= 1:
         return 1.0
     kind = "full" if method in FULL_METHODS else "adapter"
-    return SCALING_PER_DOUBLING[(kind, num_machines > 1)] ** math.log2(gpus)
+    factor: float = SCALING_PER_DOUBLING[(kind, num_machines > 1)] ** math.log2(gpus)
+    return factor
 
 
 def eta_seconds(total_steps: int, effective_batch: int, ips_per_gpu: float | None, gpus: int, method: str = "lora", num_machines: int = 1) -> float | None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -161,9 +163,41 @@ def newest_step(path: str | os.PathLike[str], tail_bytes: int = TAIL_BYTES) -> d
     return last_step(tail_records(path, tail_bytes))
 
 
-def belongs(request: dict[str, Any], attempt: str, since: float) -> bool:
-    """A control request belongs to the attempt whose id it carries; one without an id to whatever
-    attempt ran when it was made (at or after ``since``). A stale request never reaches a resumed run."""
-    if request.get("attempt"):
-        return bool(attempt) and request["attempt"] == attempt
-    return (number(request.get("at")) or 0.0) >= since
+def mtime(path: Path, default: float | None = None) -> float:
+    """The modification time of ``path``; ``default`` (now when None) when it cannot be read."""
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return time.time() if default is None else default
+
+
+def plan_row(plan_json: Path) -> dict[str, Any]:
+    """plan.json's schedule row of the run (``run``: the row for the processes it was launched with;
+    in older files the row for its GPU count); {} when unknown or damaged."""
+    plan, _ = load_json_object(plan_json)
+    if isinstance(plan.get("run"), dict):
+        return plan["run"]
+    count = integer((plan.get("gpu") if isinstance(plan.get("gpu"), dict) else {}).get("count"), 1)
+    rows = plan.get("schedule") if isinstance(plan.get("schedule"), list) else []
+    return next((r for r in rows if isinstance(r, dict) and integer(r.get("gpus")) == count), {})
+
+
+def plan_total(plan_json: Path) -> int:
+    """plan.json's total steps for the GPU count it was made for (0 when unknown or damaged)."""
+    return integer(plan_row(plan_json).get("total_steps"))
+
+
+#: The line the supervisor writes into train.log at the start of each attempt, ending in the command.
+_ATTEMPT_LINE = re.compile(rb"^\[sdtui\] attempt \d+ at [^\n]*? in [^\n]*?: (.+)$", re.MULTILINE)
+
+
+def last_command(log: Path, tail_bytes: int = 1024 * 1024) -> str:
+    """The launch command of the newest attempt as train.log records it ("" when not found)."""
+    try:
+        with open(log, "rb") as handle:
+            handle.seek(max(0, handle.seek(0, os.SEEK_END) - tail_bytes))
+            raw = handle.read()
+    except OSError:
+        return ""
+    found = _ATTEMPT_LINE.findall(raw)
+    return found[-1].decode("utf-8", "replace").strip() if found else ""

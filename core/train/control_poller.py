@@ -1,58 +1,17 @@
-"""control.json: requests to the running trainer, read by rank 0 at step boundaries.
-
-Format (written by the CLI/TUI through core.launch.control)::
-
-    {"requests": [{"id": "a1b2", "action": "stop", "at": 1763740000.0}, ...]}
-
-Each request carries the id of the attempt it was made for (``"attempt"``); a trainer takes
-only its own attempt's requests (or, without an id, those made since its attempt started), so a
-stop left over from an earlier attempt never stops a resumed run. Each request is executed once;
-the trainer acknowledges it in status.json with ``control_ack: {"id", "action", "at"}`` and
-remembers executed ids in ``control_done``. control.json holding any bytes (junk, half-written)
-reads as no requests.
-"""
+"""The trainer's side of control.json: rank 0 polls it at step boundaries and every rank agrees
+on the actions; the format, its reader and the acknowledgement are ``core.runs.control_file``'s."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from core.runs.readers import belongs, load_json_object
+from core.runs.control_file import ACTIONS, ControlReader
 
 from core.train.status import now
 
-ACTIONS = ("stop", "save", "sample", "pause", "resume")
 #: Seconds between control.json polls while paused.
 PAUSE_POLL_S = 0.5
-
-
-class ControlReader:
-    """Finds the requests in control.json that were not executed yet."""
-
-    def __init__(self, path: str | os.PathLike[str], done: list[str] | None = None, attempt: str = "", since: float = 0.0) -> None:
-        self.path = Path(path)
-        self.done: list[str] = [str(d) for d in (done if isinstance(done, list) else [])]
-        self.attempt = attempt
-        self.since = since
-
-    def pending(self) -> list[dict[str, Any]]:
-        """New, valid requests of this attempt in file order (unknown actions and other attempts' requests are ignored)."""
-        data, _ = load_json_object(self.path)
-        requests = data.get("requests") if isinstance(data.get("requests"), list) else []
-        found = []
-        for request in requests:
-            if not isinstance(request, dict) or not belongs(request, self.attempt, self.since):
-                continue
-            rid, action = request.get("id"), request.get("action")
-            if isinstance(rid, str) and rid and action in ACTIONS and rid not in self.done:
-                found.append(request)
-        return found
-
-    def mark_done(self, request: dict[str, Any]) -> None:
-        """Remember an executed request (the last 200 ids are kept)."""
-        self.done = (self.done + [str(request["id"])])[-200:]
 
 
 @dataclass
@@ -90,8 +49,6 @@ class ControlPoller:
 
     def ack(self, requests: list[dict[str, Any]]) -> None:
         """Record the executed requests (status.json ``control_ack`` and ``control_done``)."""
-        for request in requests:
-            self.reader.mark_done(request)
-        if requests:
-            last = requests[-1]
-            self.status.update(control_ack={"id": last["id"], "action": last["action"], "at": now()}, control_done=self.reader.done)
+        fields = self.reader.acknowledge(requests, now())
+        if fields:
+            self.status.update(**fields)

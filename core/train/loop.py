@@ -32,10 +32,11 @@ from typing import Any
 from core.errors import UserError
 from core.folder_watch import FolderWatch, moved_sentence
 from core.plan import schedule
+from core.runs.control_file import ControlReader
 from core.runs.rundir import RunDir
 
 from core.train import startup, trackers, validation
-from core.train.control_poller import PAUSE_POLL_S, ControlPoller, ControlReader, Polled
+from core.train.control_poller import PAUSE_POLL_S, ControlPoller, Polled
 from core.train.disk import DiskFull, Reserve
 from core.train.metrics_writer import EventHandler, MetricsWriter, ProgressLog, memory_sample
 from core.train.phases import Phases, StartupStopped
@@ -359,13 +360,9 @@ def _record_startup_stop(trainer: Trainer, message: str) -> None:
     """A stop during start-up: status.json ``stopped`` (its requests acknowledged), train.log and the
     metrics' last lines say where it stopped and that what was cached is kept; nothing to save yet."""
     print(f"sdtui-train: {message}", flush=True)
-    ack: dict[str, Any] = {}
     control = trainer.control
     requests = [r for r in control.pending() if r["action"] == "stop"] if control is not None else []
-    if control is not None and requests:
-        for request in requests:
-            control.mark_done(request)
-        ack = {"control_ack": {"id": requests[-1]["id"], "action": "stop", "at": now()}, "control_done": control.done}
+    ack = control.acknowledge(requests, now()) if control is not None else {}
     trainer.status.update(state="stopped", phase=None, note=message, ended_at=now(), **ack)
     trainer.metrics.event(message)
     trainer.metrics.end("stopped", step=trainer.progress.step)

@@ -138,7 +138,7 @@ class Saver:
     def _write_outputs(self, final: bool, out: Path) -> None:
         import torch
 
-        from core.runs.rundir import slug
+        from core.runs.listing import slug
 
         from core.train.outputs import files as outputs
 

@@ -12,13 +12,13 @@ from core.errors import UserError
 from core.families import text_encoder_names
 from core.plan import schedule
 from core.plan.class_images import class_images
+from core.runs.control_file import ControlReader
 from core.runs.readers import integer, number
 from core.runs.rundir import RunDir
 from core.settings import FP16_NEEDS_A_GPU, optimizer_notes, optimizer_rule_warnings
 
 from core.train.outputs import train_state as ckpt
 from core.train.data.batches import Batches
-from core.train.control_poller import ControlReader
 from core.train.model.methods import setup_method
 from core.train.metrics_writer import EventHandler, MetricsWriter
 from core.train.model.optimizer import FusedBackward, make_optimizer, make_scheduler, param_groups, set_optimizer_mode
@@ -78,7 +78,7 @@ def own_folder(run: RunDir, attempt: str) -> Any:
 
     from core.runs.checkpoints import remove_unfinished
     from core.procs import describe
-    from core.runs.rundir import hold, lock
+    from core.runs.locks import hold, lock
 
     held = lock(run.trainer_lock)
     if held is None:

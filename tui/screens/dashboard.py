@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from rich.text import Text
@@ -15,7 +16,8 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
 from core.errors import UserError
-from core.runs.rundir import LIVE_STATES, has_state, phase_text
+from core.runs.phase import phase_text
+from core.runs.states import LIVE_STATES, has_state
 from tui.format import GIB, bar, break_lines, duration, gib, number, terminal_lines
 from tui.run_view import RunView
 from tui.sources import gpu_rows, total_steps, vram_text
@@ -26,6 +28,25 @@ from tui.widgets.step_bar import StepBar
 
 #: The label before the first output path (the others line up under it).
 OUTPUT_LABEL = "Output: "
+
+
+@dataclass(frozen=True)
+class RunNews:
+    """What one poll of the run folder found, handed from the reading worker to the UI thread."""
+
+    #: True when the metrics brought new steps or samples (the chart and the samples follow).
+    changed: bool
+    #: status.json (rebuilt from the folder when damaged).
+    status: dict[str, Any]
+    #: The state shown, with ``lost`` and ``stalled`` derived.
+    state: str
+    total: int | None
+    #: New lines of train.log.
+    lines: list[str] = field(default_factory=list)
+    #: The GPUs probed now (None when not probed: an ended run, no GPU).
+    gpus: Any = None
+    #: The result files with full paths, once the run has ended.
+    outputs: list[str] = field(default_factory=list)
 
 
 class DashboardScreen(Screen):
@@ -116,7 +137,7 @@ class DashboardScreen(Screen):
             self.first_read = False
             if self.view.preview(self.run.metrics):  # a long run: a thinned chart now, the full one after the read
                 state = self.run.derive_state(status)
-                self.app.call_from_thread(self._show_news, True, status, state, total_steps(self.run, status), [], None, [])
+                self.app.call_from_thread(self._show_news, RunNews(True, status, state, total_steps(self.run, status)))
         changed = self.view.update(self.metrics_tail)
         status = self.run.read_status()
         if not has_state(status):
@@ -126,7 +147,7 @@ class DashboardScreen(Screen):
         lines = self.log_tail.poll()
         gpus = self._gpus(state)
         outputs = [str(path) for path in self.run.outputs(status)] if state not in LIVE_STATES else []
-        self.app.call_from_thread(self._show_news, changed, status, state, total, lines, gpus, outputs)
+        self.app.call_from_thread(self._show_news, RunNews(changed, status, state, total, lines, gpus, outputs))
 
     def _gpus(self, state: str) -> Any:
         if not self.live_gpus or state not in LIVE_STATES:
@@ -148,21 +169,31 @@ class DashboardScreen(Screen):
             return self.state == "paused"
         return self.state in LIVE_STATES if action in self.LIVE_ACTIONS else True
 
-    def _show_news(self, *news: Any) -> None:
+    def _show_news(self, news: RunNews) -> None:
         """``show`` a poll's news, unless the screen is being taken down: a poll that lands while
         the app quits or the screen is popped finds its widgets already gone."""
         try:
-            self.show(*news)
+            self.show(news)
         except NoMatches:
             if self.is_attached and self.display:
                 raise
 
-    def show(self, changed: bool, status: dict[str, Any], state: str, total: int | None, lines: list[str], gpus: Any, outputs: list[str]) -> None:
+    def show(self, news: RunNews) -> None:
         """Update the widgets with one poll's news."""
-        if state != self.state:
-            self.state = state
+        if news.state != self.state:
+            self.state = news.state
             self.refresh_bindings()
-        self.status = status
+        self.status = news.status
+        self._show_state(news.status, news.state, news.total)
+        self._show_error(news.status, news.state)
+        self._show_outputs(news.outputs)
+        self._show_metrics(news.changed, news.state)
+        self._put("#resources", self._resources(news.gpus))
+        if news.lines:
+            self.query_one("#log", LogTail).write_lines(terminal_lines(news.lines))
+
+    def _show_state(self, status: dict[str, Any], state: str, total: int | None) -> None:
+        """The state, and the start-up phase or the step with its ETA, with the progress bar."""
         view = self.view
         step = max(view.step, int(status.get("step") or 0))
         phase = status.get("phase") if state in ("queued", "starting") else None
@@ -181,6 +212,9 @@ class DashboardScreen(Screen):
                 state_text.append("  ETA on hold while paused")
         self.query_one("#progress", StepBar).update(bar_total, bar_done)
         self._put("#state", state_text)
+
+    def _show_error(self, status: dict[str, Any], state: str) -> None:
+        """A failed, lost or stalled run's error with its fix, a damaged status.json, or the samples' failure."""
         error = self.query_one("#error", Static)
         problem = self.run.status_problem
         sample_error = status.get("sample_error")
@@ -190,7 +224,10 @@ class DashboardScreen(Screen):
             self._put("#error", Text.assemble(("Error: ", "bold red"), message, "\n", ("Fix: ", "bold"), hint))
         elif sample_error:
             self._put("#error", Text.assemble(("Samples: ", "bold yellow"), str(sample_error), "\n", ("Fix: ", "bold"), SAMPLE_ERROR_HINT))
-        self._show_outputs(outputs)
+
+    def _show_metrics(self, changed: bool, state: str) -> None:
+        """The samples, the loss chart (redrawn at most every CHART_S while live) and the numbers."""
+        view = self.view
         if changed:
             self.chart_pending = True
             self.query_one("#samples", SampleView).set_samples(view.samples, view.newest_sample)
@@ -202,9 +239,6 @@ class DashboardScreen(Screen):
             series = view.series
             self.query_one("#loss", LossChart).set_data(series.steps, series.loss, view.smoothed, (series.validation_steps, series.validation_loss))
         self._put("#numbers", self._numbers())
-        self._put("#resources", self._resources(gpus))
-        if lines:
-            self.query_one("#log", LogTail).write_lines(terminal_lines(lines))
 
     def _show_outputs(self, outputs: list[str]) -> None:
         """Where the results are, with full paths, once the run has ended: a path too long for a line

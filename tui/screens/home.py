@@ -12,7 +12,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from core.errors import UserError
-from core.runs.rundir import ENDED_STATES, LIVE_STATES
+from core.runs.states import ENDED_STATES, LIVE_STATES
 from tui.format import break_lines, display_path, duration, number
 from tui.sources import RunRow, RunsWatcher
 from tui.widgets.gpu_panel import GpuPanel
@@ -350,7 +350,7 @@ class HomeScreen(Screen):
         self.app.push_screen(ConfirmScreen(question, yes="Delete"), answered)
 
     def _delete(self, run) -> None:
-        from core.runs.rundir import delete_run
+        from core.runs.listing import delete_run
 
         try:
             delete_run(run)

@@ -32,6 +32,13 @@ class MethodStep(Step):
                     yield SettingField(SETTINGS[key], self.state.settings[key], id=f"m-{key}")
 
     def load(self) -> None:
+        offered = self.state.methods()
+        for method in METHODS:  # only the family's methods are offered (and reached with the arrow keys)
+            button = self.query_one(f"#method-{method}", RadioButton)
+            button.display = method in offered
+            button.disabled = method not in offered
+        if self.state.method not in offered:
+            self._choose(offered[0])
         self.query_one(f"#method-{self.state.method}", RadioButton).value = True
         for field in self.query(SettingField):
             key = field.setting.key
@@ -46,13 +53,16 @@ class MethodStep(Step):
 
     def on_radio_set_changed(self, event: RadioSet.Changed) -> None:
         event.stop()
-        method = (event.pressed.id or "").removeprefix("method-")
+        self._choose((event.pressed.id or "").removeprefix("method-"))
+        self._show_method()
+        self.changed()
+
+    def _choose(self, method: str) -> None:
+        """Make ``method`` the run's (a recipe picked for another method is dropped)."""
         if method != self.state.method:
             self.state.method = method
             self.state.recipe = ""
             self.state.sync_prompts()
-        self._show_method()
-        self.changed()
 
     def on_setting_field_edited(self, event: SettingField.Edited) -> None:
         event.stop()

@@ -38,11 +38,13 @@ class RecipeStep(Step):
                 yield SettingField(SETTINGS[key], self.state.settings[key], id=f"f-{key}")
 
     def load(self) -> None:
+        from core.memory.estimator import HEADROOM
+
         gpus = self.state.gpus
         smallest = gpus.smallest
         paired = " Class images are paired with the instance images, so each step holds twice the images." if self.state.shape().prior_preservation else ""
         self.query_one("#recipe-gpu", Static).update(
-            f"Judged on the smallest GPU: {smallest.name}, {smallest.vram_total_bytes / GIB:.0f} GiB, with 10% headroom.{paired} Enter picks a recipe."
+            f"Judged on the smallest GPU: {smallest.name}, {smallest.vram_total_bytes / GIB:.0f} GiB, with {HEADROOM:.0%} headroom.{paired} Enter picks a recipe."
             if smallest is not None
             else "No GPU: nothing can be judged to fit (the run trains on the CPU). Plan for a rented GPU with sdtui --gpus 1x24GB."
         )
