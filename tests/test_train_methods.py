@@ -179,9 +179,9 @@ def test_lora_adapts_exactly_the_modules_the_memory_estimator_counts(tiny_models
     from core.train.model.loading import load_components
 
     components = load_components(str(tiny_models("sdxl")))
-    plain = {name for name, _ in components.unet.named_modules()}
+    plain = {name for name, _ in components.denoiser.named_modules()}
     setup_method("lora", components, {"lora_targets": targets, "lora_rank": 2, "train_text_encoder": True})
-    adapted = {name[: -len(".lora_A")] for name, _ in components.unet.named_modules() if name.endswith(".lora_A")}
+    adapted = {name[: -len(".lora_A")] for name, _ in components.denoiser.named_modules() if name.endswith(".lora_A")}
     assert adapted == {n for n in plain if is_lora_target(n, LORA_TARGETS["denoiser"][targets])}
     assert adapted
     encoder = components.text_encoders[0]

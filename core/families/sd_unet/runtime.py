@@ -62,11 +62,9 @@ class SDUNetRuntime:
 
         return DDPMScheduler.from_config(dict(scheduler_config), prediction_type=prediction_type)
 
-    def objective(self, prediction_type: str, noise_scheduler: Any, settings: Mapping[str, Any] | None = None) -> DdpmObjective:
-        """The training objective over the model's DDPM noise schedule; with the run's ``settings``,
-        UserError for those the objective cannot honour."""
-        if settings is not None:
-            check_objective_settings(self.spec, prediction_type, settings)
+    def objective(self, prediction_type: str, noise_scheduler: Any, settings: Mapping[str, Any]) -> DdpmObjective:
+        """The training objective over the model's DDPM noise schedule; UserError for run ``settings`` the objective cannot honour."""
+        check_objective_settings(self.spec, prediction_type, settings)
         return DdpmObjective(noise_scheduler, prediction_type)
 
     def inference_scheduler(self, scheduler: Any, prediction_type: str) -> Any:
@@ -84,13 +82,13 @@ class SDUNetRuntime:
             parts, _family = loading.load_hub(source.path, dtypes, self.load_extras)
         get = (dtypes or {}).get
         if source.denoiser:
-            parts[self.spec.denoiser] = loading.load_part_file("denoiser", self.spec.denoiser, source.denoiser, parts[self.spec.denoiser], get(self.spec.denoiser, get("default")))
+            parts[self.spec.denoiser] = loading.load_part_file("denoiser", self.spec.denoiser, source.denoiser, parts[self.spec.denoiser], get(self.spec.denoiser, get("default")), "model.denoiser")
         if source.vae:
-            parts["vae"] = loading.load_part_file("VAE", "vae", source.vae, parts["vae"], get("vae", get("default")))
+            parts["vae"] = loading.load_part_file("VAE", "vae", source.vae, parts["vae"], get("vae", get("default")), "model.vae")
         for name, file in source.text_encoders.items():
             if name not in self.spec.text_encoder_names:
                 raise loading.ModelLoadError(f"{self.spec.title} has no text encoder '{name}'; name one of {', '.join(self.spec.text_encoder_names)}.")
-            parts[name] = loading.load_part_file(f"text encoder {name}", name, file, parts[name], get(name, get("default")))
+            parts[name] = loading.load_part_file(f"text encoder {name}", name, file, parts[name], get(name, get("default")), f"model.text_encoders.{name}")
         return LoadedModel(
             family=self.spec.name,
             denoiser=parts[self.spec.denoiser],
@@ -275,7 +273,7 @@ class SDUNetRuntime:
         return self.pipeline_class().from_pretrained(model_dir, local_files_only=True, **self.load_extras)
 
     # ---- tiny
-    def tiny_pipeline(self) -> tuple[type, dict[str, Any]]:
+    def _tiny_pipeline(self) -> tuple[type, dict[str, Any]]:
         """The pipeline class and the seeded random modules of this family's tiny model (no tokenizers)."""
         raise NotImplementedError(f"the {self.spec.name} family has no tiny model")
 
@@ -290,7 +288,7 @@ class SDUNetRuntime:
 
     def build_tiny(self, out_dir: Path) -> Path:
         """Write the tiny model with its tokenizers as a diffusers folder (deterministic, loadable offline)."""
-        pipeline_class, parts = self.tiny_pipeline()
+        pipeline_class, parts = self._tiny_pipeline()
         parts.update(self.tiny_tokenizers(out_dir / "tokenizer"))
         pipeline_class(**parts, **self.pipeline_extras).save_pretrained(out_dir, safe_serialization=True)
         return out_dir

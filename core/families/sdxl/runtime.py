@@ -56,7 +56,7 @@ class SDXLRuntime(SDUNetRuntime):
         skipped = clip_skip - self.spec.native_clip_layer
         return {"prompt": prompt, "negative_prompt": negative or None}, skipped if skipped > 0 else None
 
-    def tiny_pipeline(self) -> tuple[type, dict[str, Any]]:
+    def _tiny_pipeline(self) -> tuple[type, dict[str, Any]]:
         """A tiny SDXL: two encoders of different widths (as CLIP-L and bigG, which single-file loaders rely on)."""
         import torch
         from transformers import CLIPTextModel, CLIPTextModelWithProjection

@@ -46,7 +46,7 @@ def default_cache_dir() -> Path:
 
 
 class LatentCache:
-    """VAE latents (already scaled) per (kind, item index, bucket), in memory or as files."""
+    """VAE latents (normalised by the family's ``encode_latents``: the posterior's mode) per (kind, item index, bucket), in memory or as files."""
 
     def __init__(self) -> None:
         self.memory: dict[Key, tuple[Any, tuple[int, int], tuple[int, int]]] = {}
@@ -173,8 +173,6 @@ def cache_latents(
         cache.reused += 1
     if progress is not None:
         progress(0, len(mine))
-    scaling = float(vae.config.scaling_factor)
-    shift = getattr(vae.config, "shift_factor", None)
     done = 0
     start = 0
     while start < len(mine):
@@ -190,11 +188,7 @@ def cache_latents(
                 log.warning("skipping unreadable image %s: %s", item.path, exc)
         if chunk:
             pixels = torch.stack([ex.pixels for _, _, ex in chunk]).to(device=device, dtype=dtype)
-            with torch.no_grad():
-                latents = vae.encode(pixels).latent_dist.mode()
-            if shift is not None:
-                latents = latents - shift
-            latents = latents * scaling
+            latents = components.runtime.encode_latents(vae, pixels)
             for (key, path, ex), lat in zip(chunk, latents):
                 if path is None or in_memory:
                     cache.memory[key] = (lat.detach().to("cpu", torch.float32).contiguous(), ex.original_size, ex.crop_top_left)

@@ -93,24 +93,31 @@ def setup_method(kind: str, components: Any, settings: dict[str, Any], placehold
         raise UserError(f"method.kind={kind!r} is unknown; use {', '.join(METHODS)}")
     components.spec.check_method(kind)
     settings = resolve("settings", settings)
-    unet = components.unet
+    denoiser = components.denoiser
     encoders = text_encoders(components)
     components.vae.requires_grad_(False)
-    unet.requires_grad_(False)
+    denoiser.requires_grad_(False)
     for te in encoders.values():
         te.requires_grad_(False)
     train_te = bool(settings.get("train_text_encoder")) and kind != "textual_inversion"
     if kind == "lora":
-        return _lora(components.spec, unet, encoders, settings, train_te)
+        return _lora(components, denoiser, encoders, settings, train_te)
     if kind in ("dreambooth", "finetune"):
-        unet.requires_grad_(True)
-        modules = {"unet": unet}
+        denoiser.requires_grad_(True)
+        modules = {components.spec.denoiser: denoiser}
         if train_te:
             for name, te in encoders.items():
                 te.requires_grad_(True)
                 modules[name] = te
         return Method(kind, modules, train_te)
     return _textual_inversion(components, encoders, settings, placeholder_token)
+
+
+def trained_components(kind: str, settings: dict[str, Any], family: Any) -> set[str]:
+    """The components ``kind`` trains, by name, as :func:`setup_method` makes them trainable (known before loading)."""
+    if kind == "textual_inversion":
+        return set(family.text_encoder_names)
+    return {family.denoiser, *(family.text_encoder_names if settings.get("train_text_encoder") else ())}
 
 
 def adapter_config(settings: dict[str, Any], target_modules: list[str], conv_modules: list[str] | tuple[str, ...] = ()) -> Any:
@@ -153,11 +160,12 @@ def conv_targets(module: Any, targets: tuple[str, ...] | list[str]) -> list[str]
     ]
 
 
-def _lora(family: Any, unet: Any, encoders: dict[str, Any], settings: dict[str, Any], train_te: bool) -> Method:
+def _lora(components: Any, denoiser: Any, encoders: dict[str, Any], settings: dict[str, Any], train_te: bool) -> Method:
+    family = components.spec
     targets = str(settings.get("lora_targets", "attn"))
-    unet_targets = list(family.lora_targets_of(family.denoiser, targets))
-    unet.add_adapter(adapter_config(settings, unet_targets, conv_targets(unet, unet_targets)))
-    modules = {"unet": unet}
+    denoiser_targets = list(family.lora_targets_of(family.denoiser, targets))
+    components.runtime.add_adapter(denoiser, adapter_config(settings, denoiser_targets, conv_targets(denoiser, denoiser_targets)))
+    modules = {family.denoiser: denoiser}
     if train_te:
         for name, te in encoders.items():
             te.add_adapter(adapter_config(settings, list(family.lora_targets_of(name, targets))))
