@@ -152,8 +152,6 @@ def test_loha_and_lokr_save_lycoris_keys_that_reproduce_the_trained_deltas(setup
     import torch
     from safetensors.torch import load_file
 
-    from core.train.outputs import files as outputs
-
     trainer = setup_run(
         {"lora_type": kind, "lora_targets": "all", "train_text_encoder": True, "save_precision": "fp32", "lora_rank": 2, "lora_alpha": 3},
         {"epochs": 2},
@@ -167,11 +165,12 @@ def test_loha_and_lokr_save_lycoris_keys_that_reproduce_the_trained_deltas(setup
     assert any(k.startswith("lora_unet_down_blocks_0_resnets_0_conv1.") for k in sd)  # LoCon-style convs with lora_targets=all
     checked = 0
     c = trainer.session.components
-    for prefix, module, unet_config in outputs.kohya_module_names(c, c.unet, c.text_encoders):
+    denoiser_config = dict(c.denoiser.config)
+    for component, module in zip((c.spec.denoiser, *c.text_encoder_names), (c.denoiser, *c.text_encoders)):
         for name, layer in module.named_modules():
             if not hasattr(layer, "get_delta_weight") or "default" not in getattr(layer, "active_adapters", []):
                 continue
-            base = outputs.kohya_key(prefix, name, c, unet_config)
+            base = c.runtime.kohya_base(component, name, denoiser_config)
             with torch.no_grad():
                 expected = layer.get_delta_weight("default").float()
             got = _comfy_delta(sd, base, layer.get_base_layer().weight.shape)
@@ -417,7 +416,7 @@ def test_init_lora_starts_the_first_step_from_the_files_weights(setup_run, kind,
 
     def deltas(trainer):
         out = {}
-        for name, module in trainer.session.components.unet.named_modules():
+        for name, module in trainer.session.components.denoiser.named_modules():
             if hasattr(module, "get_delta_weight") and "default" in getattr(module, "active_adapters", []):
                 with torch.no_grad():
                     out[name] = module.get_delta_weight("default").float()
