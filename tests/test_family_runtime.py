@@ -130,13 +130,14 @@ def test_lora_from_file_reads_back_the_kohya_and_diffusers_files_it_writes(tiny_
             assert all(torch.equal(ours[k], adapter.state[k]) for k in ours)
 
 
-@pytest.mark.parametrize(("family", "v"), [("sd1", False), ("sd2", True), ("sdxl", False)])
-def test_kohya_metadata_values_are_the_trainers(family: str, v: bool) -> None:
-    from core.train.outputs import kohya_metadata
-
+@pytest.mark.parametrize(
+    ("family", "v", "version", "architecture", "v2"),
+    [("sd1", False, "sd_v1", "stable-diffusion-v1/lora", "False"), ("sd2", True, "sd_v2_v", "stable-diffusion-v2-768-v/lora", "True"), ("sdxl", False, "sdxl_base_v1-0", "stable-diffusion-xl-v1-base/lora", "False")],
+)
+def test_kohya_metadata_values_are_what_sd_scripts_writes(family: str, v: bool, version: str, architecture: str, v2: str) -> None:
     values = runtime(family).kohya_metadata(v)
-    assert values["ss_base_model_version"] == kohya_metadata.base_model_version(family, v)
-    assert values["modelspec.architecture"] == kohya_metadata.architecture(family, v)
+    assert values["ss_base_model_version"] == version and values["ss_v2"] == v2
+    assert values["modelspec.architecture"] == architecture and values["modelspec.prediction_type"] == ("v" if v else "epsilon")
     assert values["modelspec.implementation"] == spec(family).modelspec_implementation
 
 

@@ -275,11 +275,12 @@ def test_ss_epoch_of_a_step_mode_run_is_the_epochs_it_trained(tmp_path, tiny_mod
 
 
 def test_sd2_v_prediction_is_named_as_sd_scripts_names_it():
-    from core.train.outputs.kohya_metadata import architecture, base_model_version
+    from core.families import runtime
 
-    assert base_model_version("sd2", True) == "sd_v2_v" and base_model_version("sd2", False) == "sd_v2"
-    assert architecture("sd2", True) == "stable-diffusion-v2-768-v/lora"
-    assert architecture("sdxl", False) == "stable-diffusion-xl-v1-base/lora"
+    sd2 = runtime("sd2")
+    assert sd2.kohya_metadata(True)["ss_base_model_version"] == "sd_v2_v" and sd2.kohya_metadata(False)["ss_base_model_version"] == "sd_v2"
+    assert sd2.kohya_metadata(True)["modelspec.architecture"] == "stable-diffusion-v2-768-v/lora"
+    assert runtime("sdxl").kohya_metadata(False)["modelspec.architecture"] == "stable-diffusion-xl-v1-base/lora"
 
 
 def test_tensorboard_event_files_hold_loss_lr_and_samples(tmp_path, tiny_models, kohya_dataset):

@@ -180,7 +180,7 @@ class Saver:
             name=name, started_at=session.started_at, session_id=session.session_id, steps_per_epoch=progress.steps_per_epoch,
             total_steps=progress.total_steps, epochs=math.ceil(progress.total_steps / progress.steps_per_epoch), world=session.world,
             optimizer=f"{optimizer.__module__}.{optimizer.__name__}", network_module=NETWORK_MODULE[settings["lora_type"]],
-            network_args=network_args(settings),
+            network_args=network_args(settings), family_values=c.runtime.kohya_metadata(c.prediction_type == "v_prediction"),
         )
         if self._ss_metadata is None:  # the start-of-training part (model hashes read the model file once)
             self._ss_metadata = km.ss_metadata(facts, settings, session.sched, session.data.train_data, session.config.subsets)
