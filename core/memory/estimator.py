@@ -47,7 +47,7 @@ STEP_TEMPORARIES = 4
 DELTA_LAYERS_PER_BLOCK = 10
 
 BREAKDOWN_KEYS = (
-    "weights_unet", "weights_text_encoders", "weights_vae", "weights_adapters",
+    "weights_denoiser", "weights_text_encoders", "weights_vae", "weights_adapters",
     "autocast_copies", "gradients", "optimizer_states", "ema", "ddp_buckets",
     "activations", "vae_encode", "optimizer_step",
     "communication", "fragmentation", "cuda_context", "calibration",
@@ -194,9 +194,9 @@ def _raw(family: str, method: str, s: dict[str, Any], n: int, backend: str, zero
     weight_shard = n if (backend == "fsdp" or (ds and zero_stage == 3)) else 1
     b: dict[str, int] = dict.fromkeys(BREAKDOWN_KEYS, 0)
     if full:
-        b["weights_unet"] = comps["unet"]["params"] * trained_store_b // weight_shard
+        b["weights_denoiser"] = comps["unet"]["params"] * trained_store_b // weight_shard
     else:
-        b["weights_unet"] = comps["unet"]["params"] * frozen_b
+        b["weights_denoiser"] = comps["unet"]["params"] * frozen_b
     if te_resident:
         for c in encoders:
             count = comps[c]["params"]

@@ -1,7 +1,7 @@
 """Tiny models of each family with random weights, built locally in well under a second.
 
 They have the real architecture at toy size with their tokenizers (each family runtime's
-``build_tiny``; the SD ones are built from ``core/families/sd_unet/tiny.py``), so the whole training path runs on a
+``build_tiny``), so the whole training path runs on a
 CPU and offline. ``build_tiny`` writes a diffusers folder; ``build_tiny_single_file`` writes
 the same weights as one ``.safetensors`` file in the family's original single-file layout.
 """
