@@ -180,8 +180,12 @@ def test_sample_arguments_are_the_trainers_call(tiny_models, family: str) -> Non
     pipe = components.pipeline()
     prompt = parse_prompt_line("a dog --n cat --w 64 --h 72 --s 3 --l 5")
     call = runtime(family).sample_arguments(pipe, prompt, 1)
-    text, skip = runtime(family).sample_text(pipe, "a dog", "cat", 1)
-    assert call == {**text, "width": 64, "height": 72, "num_inference_steps": 3, "guidance_scale": 5.0, "clip_skip": skip}
+    assert call == {"prompt": "a dog", "negative_prompt": "cat", "width": 64, "height": 72, "num_inference_steps": 3, "guidance_scale": 5.0, "clip_skip": None}
+    skipped = runtime(family).sample_arguments(pipe, prompt, 3)
+    if family == "sd1":  # the skipped layer's states computed by the family (transformers 5's CLIP has no text_model for diffusers' clip_skip)
+        assert "prompt" not in skipped and skipped["prompt_embeds"].shape[0] == 1 and skipped["clip_skip"] is None
+    else:  # SDXL's pipeline counts clip_skip from its own native layer
+        assert skipped["prompt"] == "a dog" and skipped["clip_skip"] == 3 - spec(family).native_clip_layer
     no_skip = copy.copy(runtime(family))
     no_skip.spec = replace(spec(family), pipeline_clip_skip=False)
     assert "clip_skip" not in no_skip.sample_arguments(pipe, prompt, 1)

@@ -181,7 +181,7 @@ class SDUNetRuntime:
         kwargs: dict[str, Any] = {"added_cond_kwargs": extra} if extra is not None else {}
         return denoiser(noisy, timesteps, hidden, **kwargs).sample
 
-    def sample_text(self, pipe: Any, prompt: str, negative: str, clip_skip: int) -> tuple[dict[str, Any], int | None]:
+    def _sample_text(self, pipe: Any, prompt: str, negative: str, clip_skip: int) -> tuple[dict[str, Any], int | None]:
         """The pipeline's text arguments for a sample and its own ``clip_skip``.
 
         At a skipped layer the embeddings are computed here (diffusers' own ``clip_skip``
@@ -199,7 +199,7 @@ class SDUNetRuntime:
     def sample_arguments(self, pipe: Any, prompt: SamplePromptLike, clip_skip: int) -> dict[str, Any]:
         """Every keyword of the pipeline call but the generator: text, size, steps, guidance, and
         ``clip_skip`` only where the family's pipeline takes it."""
-        text, skip = self.sample_text(pipe, prompt.prompt, prompt.negative, clip_skip)
+        text, skip = self._sample_text(pipe, prompt.prompt, prompt.negative, clip_skip)
         call = {**text, "width": prompt.width, "height": prompt.height, "num_inference_steps": prompt.steps, "guidance_scale": prompt.scale}
         if self.spec.pipeline_clip_skip:
             call["clip_skip"] = skip
@@ -211,14 +211,14 @@ class SDUNetRuntime:
         return clip.clip_skip_states(encoder, tokens.input_ids.to(clip.device_of(encoder)), clip_skip)
 
     # ---- files other tools read
-    def kohya_unet_module(self, name: str, unet_config: Mapping[str, Any]) -> str:
+    def _kohya_denoiser_module(self, name: str, unet_config: Mapping[str, Any]) -> str:
         """A UNet module path as kohya names it in LoRA keys."""
         return layout.unet_module_name(name, unet_config) if self.kohya_original_unet_names else name
 
     def kohya_base(self, component: str, name: str, denoiser_config: Mapping[str, Any]) -> str:
         """The kohya key base of one adapted module: ``lora_unet_<module>`` or ``<te prefix>_text_model_<module>``."""
         if component == self.spec.denoiser:
-            return f"lora_unet_{self.kohya_unet_module(name, denoiser_config).replace('.', '_')}"
+            return f"lora_unet_{self._kohya_denoiser_module(name, denoiser_config).replace('.', '_')}"
         prefix = next(te.kohya_prefix for te in self.spec.text_encoders if te.name == component)
         return f"{prefix}_{TEXT_MODULES.to_theirs(name).replace('.', '_')}"
 
