@@ -144,14 +144,14 @@ def test_cached_text_outputs_keep_the_text_encoder_out_of_the_steps(setup_run, m
     calls = []
     monkeypatch.setattr(encoder, "forward", lambda *a, **k: calls.append(1))
     batch = first_batch(trainer)
-    assert "prompt_embeds" in batch
+    assert "hidden_states" in batch["text"]
     one_step(trainer)
     assert calls == []
 
 
 def test_text_outputs_are_not_cached_when_the_text_encoder_trains(setup_run):
     trainer = setup_run({"cache_text_encoder_outputs": True, "train_text_encoder": True})
-    assert "prompt_embeds" not in first_batch(trainer)
+    assert "text" not in first_batch(trainer)
     assert any("computed every step" in m["message"] for m in metrics(trainer.run.path, "event"))
 
 

@@ -99,9 +99,8 @@ class Stepper:
 
         session = self.session
         method, components = session.method, session.components
-        if "prompt_embeds" in batch:
-            pooled = batch.get("pooled_prompt_embeds")
-            embeddings = TextEmbeddings(batch["prompt_embeds"], pooled).to(session.device)
+        if "text" in batch:
+            embeddings = TextEmbeddings.from_named(batch["text"]).to(session.device)
         else:
             captions = batch["captions"]
             if method.ti is not None:
