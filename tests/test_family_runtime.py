@@ -233,3 +233,13 @@ def test_dummy_inputs_run_the_denoiser(tiny_models) -> None:
         inputs = runtime(family).dummy_inputs(dict(unet.config), 1, 64, torch.float32, torch.device("cpu"))
         with torch.no_grad():
             assert unet(**inputs).sample.shape == inputs["sample"].shape
+
+
+def test_the_trainer_calls_only_hooks_the_protocol_lists() -> None:
+    import re
+
+    root = Path(__file__).resolve().parent.parent / "core" / "train"
+    called = {m for path in root.rglob("*.py") for m in re.findall(r"\bruntime(?:\(\w+\))?\.([a-z_]+)", path.read_text(encoding="utf-8"))}
+    listed = {n for n in dir(FamilyRuntime) if not n.startswith("_")} | set(FamilyRuntime.__annotations__)
+    assert called and called <= listed, sorted(called - listed)
+    assert "pipe.unet" not in "".join(p.read_text(encoding="utf-8") for p in root.rglob("*.py"))
