@@ -245,10 +245,10 @@ def test_text_encoder_cache(wide_and_square, tiny_models):
     assert "" in cache  # dropout trains on the empty caption
     batch = BatchDataset(data, batches_for_epoch(data, 2, 0, 0), 0, 0)[0]
     direct = encode_captions(components, batch["captions"])
-    torch.testing.assert_close(batch["prompt_embeds"], direct.prompt_embeds)
-    torch.testing.assert_close(batch["pooled_prompt_embeds"], direct.pooled_prompt_embeds)
+    torch.testing.assert_close(batch["text"]["hidden_states"], direct.prompt_embeds)
+    torch.testing.assert_close(batch["text"]["pooled"], direct.pooled_prompt_embeds)
     cache.entries.pop(batch["captions"][0])
-    assert "prompt_embeds" not in BatchDataset(data, batches_for_epoch(data, 2, 0, 0), 0, 0)[0]  # the loop encodes instead
+    assert "text" not in BatchDataset(data, batches_for_epoch(data, 2, 0, 0), 0, 0)[0]  # the loop encodes instead
     for key in ("train_text_encoder", "shuffle_caption"):
         data.settings[key] = True
         with pytest.raises(CacheNotValid):

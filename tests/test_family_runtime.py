@@ -22,13 +22,13 @@ def _lora(components, text_encoder: bool = True, kind: str = "lora"):
 
     make = LoraConfig if kind == "lora" else LoHaConfig
     extra = {"lora_alpha": 2.0, "init_lora_weights": "gaussian"} if kind == "lora" else {"alpha": 2.0, "init_weights": False}
-    components.unet.add_adapter(make(r=4, target_modules=["to_q", "to_k", "to_v", "to_out.0", "conv1"], **extra))
+    components.denoiser.add_adapter(make(r=4, target_modules=["to_q", "to_k", "to_v", "to_out.0", "conv1"], **extra))
     if text_encoder:
         for encoder in components.text_encoders:
             encoder.add_adapter(make(r=4, target_modules=["q_proj", "v_proj"], **extra))
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for module in [components.unet, *components.text_encoders]:
+        for module in [components.denoiser, *components.text_encoders]:
             for name, param in module.named_parameters():
                 if "lora_" in name or "hada_" in name:
                     param.add_(torch.randn(param.shape, generator=generator) * 0.3)
@@ -38,7 +38,7 @@ def _lora(components, text_encoder: bool = True, kind: str = "lora"):
 def _adapters(components) -> list[AdapterWeights]:
     from core.train.outputs.files import adapter_state
 
-    modules = {"unet": components.unet, **dict(zip(components.text_encoder_names, components.text_encoders))}
+    modules = {spec(components.family).denoiser: components.denoiser, **dict(zip(components.text_encoder_names, components.text_encoders))}
     return [AdapterWeights(name, *adapter_state(m)) for name, m in modules.items() if adapter_state(m)[1] is not None]
 
 
@@ -101,16 +101,17 @@ def test_text_embeddings_are_named_tensors_a_cache_can_store() -> None:
 def test_lora_files_are_the_trainers_kohya_and_diffusers_files(tmp_path: Path, tiny_models, family: str, kind: str) -> None:
     from safetensors.torch import load_file
 
-    from core.train.outputs.files import kohya_lora_state_dict, save_lora
+    from core.train.outputs.files import save_lora
 
     components = _lora(load_components(str(tiny_models(family))), kind=kind)
-    files = runtime(family).lora_files(_adapters(components), dict(components.unet.config))
-    theirs = kohya_lora_state_dict(components)
+    files = runtime(family).lora_files(_adapters(components), dict(components.denoiser.config))
+    saved_files = save_lora(components, tmp_path, "x")
+    theirs = load_file(str(saved_files.single_file))
     assert files.kohya.keys() == theirs.keys() and all(torch.equal(files.kohya[k], theirs[k]) for k in theirs)
     if kind == "lora":
         from safetensors import safe_open
 
-        path = str(save_lora(components, tmp_path, "x").diffusers)
+        path = str(saved_files.diffusers)
         saved = load_file(path)
         assert files.diffusers.keys() == saved.keys() and all(torch.equal(files.diffusers[k], saved[k]) for k in saved)
         with safe_open(path, framework="pt") as handle:
@@ -118,27 +119,25 @@ def test_lora_files_are_the_trainers_kohya_and_diffusers_files(tmp_path: Path, t
 
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
-def test_lora_from_file_reads_kohya_files_as_init_lora_does(tiny_models, family: str) -> None:
-    from core.train.model import init_lora
-
+def test_lora_from_file_reads_back_the_kohya_and_diffusers_files_it_writes(tiny_models, family: str) -> None:
     components = _lora(load_components(str(tiny_models(family))))
-    tensors = runtime(family).lora_files(_adapters(components), dict(components.unet.config)).kohya
-    config = dict(components.unet.config)
-    for adapter in _adapters(components):
-        prefix = "lora_unet" if adapter.component == "unet" else next(te.kohya_prefix for te in spec(family).text_encoders if te.name == adapter.component)
-        theirs = init_lora._from_file(tensors, prefix, "lora", adapter.config, adapter.state, components, config if adapter.component == "unet" else None)
-        ours = runtime(family).lora_from_file(tensors, adapter, config)
-        assert ours.keys() == theirs.keys() == adapter.state.keys()
-        assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    config = dict(components.denoiser.config)
+    files = runtime(family).lora_files(_adapters(components), config)
+    for tensors in (files.kohya, files.diffusers):
+        for adapter in _adapters(components):
+            ours = runtime(family).lora_from_file(tensors, adapter, config)
+            assert ours.keys() == adapter.state.keys()
+            assert all(torch.equal(ours[k], adapter.state[k]) for k in ours)
 
 
-@pytest.mark.parametrize(("family", "v"), [("sd1", False), ("sd2", True), ("sdxl", False)])
-def test_kohya_metadata_values_are_the_trainers(family: str, v: bool) -> None:
-    from core.train.outputs import kohya_metadata
-
+@pytest.mark.parametrize(
+    ("family", "v", "version", "architecture", "v2"),
+    [("sd1", False, "sd_v1", "stable-diffusion-v1/lora", "False"), ("sd2", True, "sd_v2_v", "stable-diffusion-v2-768-v/lora", "True"), ("sdxl", False, "sdxl_base_v1-0", "stable-diffusion-xl-v1-base/lora", "False")],
+)
+def test_kohya_metadata_values_are_what_sd_scripts_writes(family: str, v: bool, version: str, architecture: str, v2: str) -> None:
     values = runtime(family).kohya_metadata(v)
-    assert values["ss_base_model_version"] == kohya_metadata.base_model_version(family, v)
-    assert values["modelspec.architecture"] == kohya_metadata.architecture(family, v)
+    assert values["ss_base_model_version"] == version and values["ss_v2"] == v2
+    assert values["modelspec.architecture"] == architecture and values["modelspec.prediction_type"] == ("v" if v else "epsilon")
     assert values["modelspec.implementation"] == spec(family).modelspec_implementation
 
 
@@ -181,8 +180,12 @@ def test_sample_arguments_are_the_trainers_call(tiny_models, family: str) -> Non
     pipe = components.pipeline()
     prompt = parse_prompt_line("a dog --n cat --w 64 --h 72 --s 3 --l 5")
     call = runtime(family).sample_arguments(pipe, prompt, 1)
-    text, skip = runtime(family).sample_text(pipe, "a dog", "cat", 1)
-    assert call == {**text, "width": 64, "height": 72, "num_inference_steps": 3, "guidance_scale": 5.0, "clip_skip": skip}
+    assert call == {"prompt": "a dog", "negative_prompt": "cat", "width": 64, "height": 72, "num_inference_steps": 3, "guidance_scale": 5.0, "clip_skip": None}
+    skipped = runtime(family).sample_arguments(pipe, prompt, 3)
+    if family == "sd1":  # the skipped layer's states computed by the family (transformers 5's CLIP has no text_model for diffusers' clip_skip)
+        assert "prompt" not in skipped and skipped["prompt_embeds"].shape[0] == 1 and skipped["clip_skip"] is None
+    else:  # SDXL's pipeline counts clip_skip from its own native layer
+        assert skipped["prompt"] == "a dog" and skipped["clip_skip"] == 3 - spec(family).native_clip_layer
     no_skip = copy.copy(runtime(family))
     no_skip.spec = replace(spec(family), pipeline_clip_skip=False)
     assert "clip_skip" not in no_skip.sample_arguments(pipe, prompt, 1)
@@ -204,21 +207,21 @@ def test_load_whole_and_split_files(tmp_path: Path, tiny_models, family: str) ->
     folder = tiny_models(family)
     whole = runtime(family).load(ModelSource(str(folder)))
     reference = load_components(str(folder))
-    assert torch.equal(next(whole.denoiser.parameters()), next(reference.unet.parameters()))
+    assert torch.equal(next(whole.denoiser.parameters()), next(reference.denoiser.parameters()))
     single = build_tiny_single_file(family, tmp_path / "model.safetensors")
     from_file = runtime(family).load(ModelSource(str(single)))
     assert type(from_file.denoiser).__name__ == "UNet2DConditionModel" and len(from_file.tokenizers) == len(spec(family).tokenizer_names)
     # split files: the denoiser from its own file (diffusers layout) over the base folder
     denoiser_file = folder / "unet" / "diffusion_pytorch_model.safetensors"
     split = runtime(family).load(ModelSource(str(folder), denoiser=str(denoiser_file), vae=str(folder / "vae")))
-    assert all(torch.equal(a, b) for a, b in zip(split.denoiser.parameters(), reference.unet.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(split.denoiser.parameters(), reference.denoiser.parameters()))
     # the denoiser from a file in the original layout, a text encoder from a file in transformers' names
     from safetensors.torch import save_file
 
     encoder_file = tmp_path / "te.safetensors"
     save_file({k: v.contiguous() for k, v in reference.text_encoders[0].state_dict().items()}, str(encoder_file))
     original = runtime(family).load(ModelSource(str(folder), denoiser=str(single), text_encoders={spec(family).text_encoder_names[0]: str(encoder_file)}))
-    assert all(torch.equal(a, b) for a, b in zip(original.denoiser.parameters(), reference.unet.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(original.denoiser.parameters(), reference.denoiser.parameters()))
     assert all(torch.equal(a, b) for a, b in zip(original.text_encoders[0].parameters(), reference.text_encoders[0].parameters()))
     with pytest.raises(UserError, match="has no text encoder 'text_encoder_3'"):
         runtime(family).load(ModelSource(str(folder), text_encoders={"text_encoder_3": str(encoder_file)}))
@@ -226,7 +229,17 @@ def test_load_whole_and_split_files(tmp_path: Path, tiny_models, family: str) ->
 
 def test_dummy_inputs_run_the_denoiser(tiny_models) -> None:
     for family in ("sd1", "sdxl"):
-        unet = load_components(str(tiny_models(family))).unet
+        unet = load_components(str(tiny_models(family))).denoiser
         inputs = runtime(family).dummy_inputs(dict(unet.config), 1, 64, torch.float32, torch.device("cpu"))
         with torch.no_grad():
             assert unet(**inputs).sample.shape == inputs["sample"].shape
+
+
+def test_the_trainer_calls_only_hooks_the_protocol_lists() -> None:
+    import re
+
+    root = Path(__file__).resolve().parent.parent / "core" / "train"
+    called = {m for path in root.rglob("*.py") for m in re.findall(r"\bruntime(?:\(\w+\))?\.([a-z_]+)", path.read_text(encoding="utf-8"))}
+    listed = {n for n in dir(FamilyRuntime) if not n.startswith("_")} | set(FamilyRuntime.__annotations__)
+    assert called and called <= listed, sorted(called - listed)
+    assert "pipe.unet" not in "".join(p.read_text(encoding="utf-8") for p in root.rglob("*.py"))

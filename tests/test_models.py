@@ -19,7 +19,7 @@ def test_folder_loads_with_detected_family(tiny_models, family):
     assert type(components.noise_scheduler).__name__ == "DDPMScheduler"
     assert len(components.text_encoders) == len(components.tokenizers) == (2 if family == "sdxl" else 1)
     pipe = components.pipeline()
-    assert pipe.unet is components.unet
+    assert pipe.unet is components.denoiser
 
 
 def test_sd2_is_v_prediction(tmp_path):
@@ -50,7 +50,7 @@ def test_single_file_round_trips_the_weights(tmp_path, tiny_models, family):
     loaded = load_components(str(path))
     reference = load_components(str(tiny_models(family)))
     assert loaded.family == family
-    pairs = [(loaded.unet, reference.unet), (loaded.vae, reference.vae), *zip(loaded.text_encoders, reference.text_encoders)]
+    pairs = [(loaded.denoiser, reference.denoiser), (loaded.vae, reference.vae), *zip(loaded.text_encoders, reference.text_encoders)]
     for mine, theirs in pairs:
         a, b = mine.state_dict(), theirs.state_dict()
         assert a.keys() == b.keys()
@@ -107,8 +107,8 @@ def test_ckpt_file_loads_with_safe_unpickling(tmp_path):
     torch.save({"state_dict": load_file(str(source))}, ckpt)
     components = load_components(str(ckpt))
     assert components.family == "sd1"
-    expected = load_components(str(source)).unet.state_dict()
-    assert all(torch.equal(v, expected[k]) for k, v in components.unet.state_dict().items())
+    expected = load_components(str(source)).denoiser.state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in components.denoiser.state_dict().items())
 
 
 def test_separate_vae_and_missing_vae(tmp_path, tiny_models):
@@ -128,7 +128,7 @@ def test_a_model_index_naming_another_module_is_refused_before_any_import(tmp_pa
     import sys
 
     from core.launch.preflight import check_model
-    from core.model_family import family_of_folder
+    from core.families.detect import family_of_folder
 
     marker = tmp_path / "imported"
     (tmp_path / "sdtui_fake_payload.py").write_text(f"open({str(marker)!r}, 'w').close()\nclass UNet: pass\n")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from core.train.model.loading import load_components
-from core.train.outputs.files import kohya_lora_state_dict, save_embeddings, save_full_model, save_lora
+from core.train.outputs.files import lora_files, save_embeddings, save_full_model, save_lora
 from core.train.model.text import add_placeholder_tokens
 
 
@@ -31,13 +31,13 @@ def _trained_lora(path, family, **settings):
 
     components = load_components(str(path))
     config = dict(r=4, lora_alpha=2.0, init_lora_weights="gaussian", use_dora=settings.get("use_dora", False))
-    components.unet.add_adapter(LoraConfig(target_modules=settings.get("targets", ["to_q", "to_k", "to_v", "to_out.0"]), **config))
+    components.denoiser.add_adapter(LoraConfig(target_modules=settings.get("targets", ["to_q", "to_k", "to_v", "to_out.0"]), **config))
     if settings.get("text_encoder"):
         for encoder in components.text_encoders:
             encoder.add_adapter(LoraConfig(target_modules=settings.get("te_targets", ["q_proj", "k_proj", "v_proj", "out_proj"]), **config))
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for module in [components.unet, *components.text_encoders]:
+        for module in [components.denoiser, *components.text_encoders]:
             for name, param in module.named_parameters():
                 if "lora_" in name:
                     param.add_(torch.randn(param.shape, generator=generator) * 0.3)
@@ -70,7 +70,7 @@ def test_text_encoder_mlp_lora_loads_in_diffusers_from_both_files(tmp_path, tiny
 
     path = tiny_models(family)
     components = _trained_lora(path, family, text_encoder=True, te_targets=list(LORA_TARGETS["text_encoder"]["attn_ff"]))
-    keys = kohya_lora_state_dict(components)
+    keys = lora_files(components).kohya
     assert any(".mlp_fc1." in k or "_mlp_fc1." in k for k in keys) and any("_mlp_fc2." in k for k in keys)
     trained = _image(components.pipeline())
     files = save_lora(components, tmp_path / "output", "mlp", dtype=torch.float32)
@@ -84,7 +84,7 @@ def test_kohya_keys_alpha_and_metadata(tmp_path, tiny_models):
     from safetensors import safe_open
 
     components = _trained_lora(tiny_models("sdxl"), "sdxl", text_encoder=True)
-    keys = kohya_lora_state_dict(components)
+    keys = lora_files(components).kohya
     assert any(k.startswith("lora_unet_input_blocks_") for k in keys)  # SGM names, as kohya's SDXL trainer writes
     assert any(k.startswith("lora_te1_text_model_encoder_layers_0_self_attn_q_proj.") for k in keys)
     assert any(k.startswith("lora_te2_text_model_encoder_layers_0_self_attn_q_proj.") for k in keys)
@@ -99,7 +99,7 @@ def test_kohya_keys_alpha_and_metadata(tmp_path, tiny_models):
 
 def test_sd1_kohya_text_encoder_keys(tiny_models):
     components = _trained_lora(tiny_models("sd1"), "sd1", text_encoder=True)
-    keys = kohya_lora_state_dict(components)
+    keys = lora_files(components).kohya
     assert "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight" in keys
     assert "lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight" in keys
 
@@ -109,7 +109,7 @@ def test_dora_diffusers_file_reproduces_the_model(tmp_path, tiny_models):
     components = _trained_lora(path, "sd1", use_dora=True)
     trained = _image(components.pipeline())
     files = save_lora(components, tmp_path, "dora")
-    assert any(k.endswith(".dora_scale") for k in kohya_lora_state_dict(components))
+    assert any(k.endswith(".dora_scale") for k in lora_files(components).kohya)
     pipe = _fresh(path, "sd1")
     pipe.load_lora_weights(str(files.diffusers.parent))
     np.testing.assert_allclose(_image(pipe), trained, atol=1e-5)
@@ -157,7 +157,7 @@ def test_full_model_diffusers_folder_and_single_file(tmp_path, tiny_models, fami
     path = tiny_models(family)
     components = load_components(str(path))
     with torch.no_grad():
-        for param in components.unet.parameters():
+        for param in components.denoiser.parameters():
             param.mul_(1.01)
     trained = _image(components.pipeline())
     files = save_full_model(components, tmp_path / "output", "full")
@@ -225,14 +225,14 @@ def test_loha_lokr_peft_folders_load_with_peft_model_from_pretrained(tmp_path, t
     path = tiny_models("sd1")
     components = load_components(str(path))
     settings = {"lora_type": kind, "lora_rank": 4, "lora_alpha": 2.0, "lokr_factor": -1}
-    components.unet.add_adapter(adapter_config(settings, ["to_q", "to_k", "to_v", "to_out.0"]))
+    components.denoiser.add_adapter(adapter_config(settings, ["to_q", "to_k", "to_v", "to_out.0"]))
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for name, param in components.unet.named_parameters():
+        for name, param in components.denoiser.named_parameters():
             if f"{'hada' if kind == 'loha' else 'lokr'}_" in name:
                 param.add_(torch.randn(param.shape, generator=generator) * 0.3)
     trained = {}
-    for name, module in components.unet.named_modules():
+    for name, module in components.denoiser.named_modules():
         if hasattr(module, "get_delta_weight") and hasattr(module, "get_base_layer"):
             with torch.no_grad():
                 trained[name] = module.get_base_layer().weight + module.get_delta_weight("default")

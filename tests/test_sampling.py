@@ -19,7 +19,7 @@ PROMPTS = ["a red circle --w 64 --h 96 --s 2 --d 5", "a blue square --n green --
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
 def test_render_samples_writes_named_pngs_and_restores_train_mode(tmp_path, tiny_models, family):
     components = load_components(str(tiny_models(family)))
-    components.unet.train()
+    components.denoiser.train()
     results = render_samples(components, PROMPTS, step=12, out_dir=tmp_path / "samples", default_size=64, seed=7)
     assert [r.path.name for r in results] == ["step000012_p00.png", "step000012_p01.png"]
     assert [r.prompt for r in results] == ["a red circle", "a blue square"]
@@ -28,7 +28,7 @@ def test_render_samples_writes_named_pngs_and_restores_train_mode(tmp_path, tiny
         assert image.text["parameters"] == PROMPTS[0]
     with Image.open(results[1].path) as image:
         assert image.size == (64, 64)  # the default size when --w/--h are left out
-    assert components.unet.training and not components.vae.training
+    assert components.denoiser.training and not components.vae.training
     assert not any(p.name.endswith(".tmp") for p in (tmp_path / "samples").iterdir())
 
     again = render_samples(components, PROMPTS[:1], step=13, out_dir=tmp_path / "samples", default_size=64)
@@ -44,15 +44,15 @@ def test_render_one_prompt_by_index(tmp_path, tiny_models):
 
 def test_failing_sample_raises_a_clear_error_and_restores_state(tmp_path, tiny_models, monkeypatch):
     components = load_components(str(tiny_models("sd1")))
-    components.unet.train()
+    components.denoiser.train()
 
     def out_of_memory(*args, **kwargs):
         raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setattr(components.unet, "forward", out_of_memory)
+    monkeypatch.setattr(components.denoiser, "forward", out_of_memory)
     with pytest.raises(SampleError, match=r"sample prompt 0 .*step 3 failed: RuntimeError: CUDA out of memory"):
         render_samples(components, PROMPTS, step=3, out_dir=tmp_path, default_size=64)
-    assert components.unet.training
+    assert components.denoiser.training
     assert not list(tmp_path.glob("*.png"))
 
 

@@ -36,8 +36,8 @@ def test_text_outputs_are_reused_by_the_next_run_and_redone_for_another_clip_ski
     assert skipped.encoded == len(captions)  # another clip_skip gives other outputs
     direct = encode_captions(components, captions)
     for n, caption in enumerate(captions):
-        assert torch.equal(again.entries[caption][0], direct.prompt_embeds[n])
-        assert torch.equal(again.entries[caption][1], direct.pooled_prompt_embeds[n])
+        assert torch.equal(again.entries[caption]["hidden_states"], direct.prompt_embeds[n])
+        assert torch.equal(again.entries[caption]["pooled"], direct.pooled_prompt_embeds[n])
 
 
 def test_a_damaged_text_cache_file_is_encoded_again(tmp_path, tiny_models, kohya_dataset):
@@ -53,7 +53,7 @@ def test_a_damaged_text_cache_file_is_encoded_again(tmp_path, tiny_models, kohya
     assert (again.encoded, again.reused) == (1, len(files) - 1)
     captions = distinct_captions(_items(data))
     direct = encode_captions(components, captions)
-    assert all(torch.equal(again.entries[c][0], direct.prompt_embeds[n]) for n, c in enumerate(captions))
+    assert all(torch.equal(again.entries[c]["hidden_states"], direct.prompt_embeds[n]) for n, c in enumerate(captions))
 
 
 def test_class_image_batches_are_shared_round_robin_and_cover_every_image_once():

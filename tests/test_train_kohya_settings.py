@@ -152,8 +152,6 @@ def test_loha_and_lokr_save_lycoris_keys_that_reproduce_the_trained_deltas(setup
     import torch
     from safetensors.torch import load_file
 
-    from core.train.outputs import files as outputs
-
     trainer = setup_run(
         {"lora_type": kind, "lora_targets": "all", "train_text_encoder": True, "save_precision": "fp32", "lora_rank": 2, "lora_alpha": 3},
         {"epochs": 2},
@@ -167,11 +165,12 @@ def test_loha_and_lokr_save_lycoris_keys_that_reproduce_the_trained_deltas(setup
     assert any(k.startswith("lora_unet_down_blocks_0_resnets_0_conv1.") for k in sd)  # LoCon-style convs with lora_targets=all
     checked = 0
     c = trainer.session.components
-    for prefix, module, unet_config in outputs.kohya_module_names(c, c.unet, c.text_encoders):
+    denoiser_config = dict(c.denoiser.config)
+    for component, module in zip((c.spec.denoiser, *c.text_encoder_names), (c.denoiser, *c.text_encoders)):
         for name, layer in module.named_modules():
             if not hasattr(layer, "get_delta_weight") or "default" not in getattr(layer, "active_adapters", []):
                 continue
-            base = outputs.kohya_key(prefix, name, c, unet_config)
+            base = c.runtime.kohya_base(component, name, denoiser_config)
             with torch.no_grad():
                 expected = layer.get_delta_weight("default").float()
             got = _comfy_delta(sd, base, layer.get_base_layer().weight.shape)
@@ -276,11 +275,12 @@ def test_ss_epoch_of_a_step_mode_run_is_the_epochs_it_trained(tmp_path, tiny_mod
 
 
 def test_sd2_v_prediction_is_named_as_sd_scripts_names_it():
-    from core.train.outputs.kohya_metadata import architecture, base_model_version
+    from core.families import runtime
 
-    assert base_model_version("sd2", True) == "sd_v2_v" and base_model_version("sd2", False) == "sd_v2"
-    assert architecture("sd2", True) == "stable-diffusion-v2-768-v/lora"
-    assert architecture("sdxl", False) == "stable-diffusion-xl-v1-base/lora"
+    sd2 = runtime("sd2")
+    assert sd2.kohya_metadata(True)["ss_base_model_version"] == "sd_v2_v" and sd2.kohya_metadata(False)["ss_base_model_version"] == "sd_v2"
+    assert sd2.kohya_metadata(True)["modelspec.architecture"] == "stable-diffusion-v2-768-v/lora"
+    assert runtime("sdxl").kohya_metadata(False)["modelspec.architecture"] == "stable-diffusion-xl-v1-base/lora"
 
 
 def test_tensorboard_event_files_hold_loss_lr_and_samples(tmp_path, tiny_models, kohya_dataset):
@@ -417,7 +417,7 @@ def test_init_lora_starts_the_first_step_from_the_files_weights(setup_run, kind,
 
     def deltas(trainer):
         out = {}
-        for name, module in trainer.session.components.unet.named_modules():
+        for name, module in trainer.session.components.denoiser.named_modules():
             if hasattr(module, "get_delta_weight") and "default" in getattr(module, "active_adapters", []):
                 with torch.no_grad():
                     out[name] = module.get_delta_weight("default").float()

@@ -179,9 +179,9 @@ def test_lora_adapts_exactly_the_modules_the_memory_estimator_counts(tiny_models
     from core.train.model.loading import load_components
 
     components = load_components(str(tiny_models("sdxl")))
-    plain = {name for name, _ in components.unet.named_modules()}
+    plain = {name for name, _ in components.denoiser.named_modules()}
     setup_method("lora", components, {"lora_targets": targets, "lora_rank": 2, "train_text_encoder": True})
-    adapted = {name[: -len(".lora_A")] for name, _ in components.unet.named_modules() if name.endswith(".lora_A")}
+    adapted = {name[: -len(".lora_A")] for name, _ in components.denoiser.named_modules() if name.endswith(".lora_A")}
     assert adapted == {n for n in plain if is_lora_target(n, LORA_TARGETS["denoiser"][targets])}
     assert adapted
     encoder = components.text_encoders[0]
@@ -232,3 +232,26 @@ def test_samples_render_in_every_mixed_precision(tmp_path, tiny_models, kohya_da
     (sample,) = metrics(run, "sample")
     assert (run / sample["path"]).read_bytes()[:4] == b"\x89PNG"
     assert "sample_error" not in status(run)
+
+
+def test_a_checkpoint_written_with_the_old_unet_keys_still_resumes(tmp_path, tiny_models):
+    """Checkpoints written before the denoiser's key was ``denoiser`` name it ``unet.…``; they load into the same weights."""
+    import torch
+
+    from core.settings import resolve
+    from core.train.model.loading import load_components
+    from core.train.model.methods import setup_method
+    from core.train.outputs import train_state
+
+    settings = resolve("settings", {"lora_rank": 4, "train_text_encoder": True})
+    trained = setup_method("lora", load_components(str(tiny_models("sd1"))), settings)
+    saved = trained.trainable_state()
+    assert any(k.startswith("denoiser.") for k in saved) and not any(k.startswith("unet.") for k in saved)
+    with torch.no_grad():
+        for tensor in saved.values():
+            tensor.add_(0.5)
+    old = {("unet." + k[len("denoiser."):] if k.startswith("denoiser.") else k): v for k, v in saved.items()}
+    train_state.save(tmp_path / "checkpoints", 3, old, {}, {}, keep=2)
+    resumed = setup_method("lora", load_components(str(tiny_models("sd1"))), settings)
+    resumed.load_trainable_state(train_state.load(tmp_path / "checkpoints" / "step-3").tensors)
+    assert all(torch.equal(resumed.trainable_state()[k], saved[k]) for k in saved)

@@ -64,7 +64,7 @@ def test_the_optimizer_arguments_of_run_toml_reach_the_optimizer(setup_run, name
 
 def test_lokr_factor_and_conv_rank_shape_the_adapter(setup_run):
     trainer = setup_run({"lora_type": "lokr", "lokr_factor": 4, "lora_targets": "all", "lora_rank": 8, "conv_rank": 2, "conv_alpha": 1.0})
-    config = trainer.session.components.unet.peft_config["default"]
+    config = trainer.session.components.denoiser.peft_config["default"]
     assert config.decompose_factor == 4
     assert config.rank_pattern and set(config.rank_pattern.values()) == {2} and set(config.alpha_pattern.values()) == {1.0}
     assert all(".conv" in name or "conv_shortcut" in name or "proj_" in name for name in config.rank_pattern)
@@ -73,7 +73,7 @@ def test_lokr_factor_and_conv_rank_shape_the_adapter(setup_run):
 @pytest.mark.parametrize(("attention", "cls"), [("sdpa", "AttnProcessor2_0"), ("eager", "AttnProcessor")])
 def test_attention_setting_picks_the_processor(setup_run, attention, cls):
     trainer = setup_run({"attention": attention})
-    assert {type(p).__name__ for p in trainer.session.components.unet.attn_processors.values()} == {cls}
+    assert {type(p).__name__ for p in trainer.session.components.denoiser.attn_processors.values()} == {cls}
 
 
 def test_channels_last_and_gradient_checkpointing(setup_run):
@@ -82,11 +82,11 @@ def test_channels_last_and_gradient_checkpointing(setup_run):
     on = setup_run({"channels_last": True, "gradient_checkpointing": True, "train_text_encoder": True})
     off = setup_run({"channels_last": False, "gradient_checkpointing": False})
     # on the CPU channels-last is slower, so it is left off with an event saying so
-    assert not on.session.components.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
-    assert not off.session.components.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not on.session.components.denoiser.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not off.session.components.denoiser.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     assert any("channels_last is for GPUs" in m["message"] for m in metrics(on.run.path, "event"))
     assert not any("channels_last" in m["message"] for m in metrics(off.run.path, "event"))
-    assert on.session.components.unet.is_gradient_checkpointing and not off.session.components.unet.is_gradient_checkpointing
+    assert on.session.components.denoiser.is_gradient_checkpointing and not off.session.components.denoiser.is_gradient_checkpointing
     assert on.session.components.text_encoders[0].is_gradient_checkpointing
     one_step(on)
 
@@ -106,7 +106,7 @@ def test_bf16_keeps_frozen_weights_in_bf16_and_lora_in_fp32(setup_run):
 
     trainer = setup_run({"mixed_precision": "bf16"})
     assert trainer.session.acc.mixed_precision == "bf16"
-    assert trainer.session.components.unet.conv_in.weight.dtype == torch.bfloat16
+    assert trainer.session.components.denoiser.conv_in.weight.dtype == torch.bfloat16
     assert {p.dtype for p in trainer.session.method.parameters()} == {torch.float32}
     assert one_step(trainer) > 0
 
@@ -144,14 +144,14 @@ def test_cached_text_outputs_keep_the_text_encoder_out_of_the_steps(setup_run, m
     calls = []
     monkeypatch.setattr(encoder, "forward", lambda *a, **k: calls.append(1))
     batch = first_batch(trainer)
-    assert "prompt_embeds" in batch
+    assert "hidden_states" in batch["text"]
     one_step(trainer)
     assert calls == []
 
 
 def test_text_outputs_are_not_cached_when_the_text_encoder_trains(setup_run):
     trainer = setup_run({"cache_text_encoder_outputs": True, "train_text_encoder": True})
-    assert "prompt_embeds" not in first_batch(trainer)
+    assert "text" not in first_batch(trainer)
     assert any("computed every step" in m["message"] for m in metrics(trainer.run.path, "event"))
 
 
@@ -244,7 +244,7 @@ def test_sdxl_gets_size_and_crop_conditioning(setup_run):
     hidden, added = trainer.stepper.conditioning(batch)
     (oh, ow), (top, left), (th, tw) = batch["original_sizes"][0], batch["crop_top_lefts"][0], batch["target_sizes"][0]
     assert added["time_ids"][0].tolist() == [oh, ow, top, left, th, tw]
-    assert added["text_embeds"].shape[0] == 1 and hidden.shape[-1] == trainer.session.components.unet.config.cross_attention_dim
+    assert added["text_embeds"].shape[0] == 1 and hidden.shape[-1] == trainer.session.components.denoiser.config.cross_attention_dim
 
 
 def test_torch_compile_wraps_the_unet(setup_run):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import UserError
-from core.families.detect import family_of_configs, family_of_file, family_of_folder, hub_reachable, is_model_file, looks_like_hub_id
+from core.families.detect import DENOISER_FOLDERS, family_of_configs, family_of_file, family_of_folder, hub_reachable, is_model_file, looks_like_hub_id
 from core.families.spec import FamilySpec
 
 
@@ -40,10 +40,34 @@ def detect(path_or_id: str) -> str:
             raise ModelLoadError(f"The model file {path} is not a checkpoint; give a .safetensors or .ckpt file or a diffusers folder.")
         return family_of_file(path)
     if looks_like_hub_id(path_or_id):
-        from core.families.detect import family_of_hub_id
-
-        return family_of_hub_id(path_or_id)
+        return family_of_hub_model(path_or_id)
     raise ModelLoadError(f"The model path {path_or_id} does not exist; fix model.path in run.toml (a diffusers folder, a .safetensors file or a hub id).")
+
+
+def family_of_hub_model(model_id: str) -> str:
+    """The family of a hub model from its JSON configs (downloaded, or from the local cache when the hub is offline)."""
+    from huggingface_hub import hf_hub_download
+
+    online = hub_reachable()
+
+    def config(name: str) -> dict[str, Any] | None:
+        try:
+            data = json.loads(Path(hf_hub_download(model_id, name, local_files_only=not online)).read_text(encoding="utf-8"))
+        except Exception:  # noqa: BLE001 - a part the model does not have, or cannot be fetched: told apart below
+            return None
+        return data if isinstance(data, dict) else None
+
+    index = config("model_index.json")
+    if index is None:
+        if not online:
+            raise ModelLoadError(
+                f"The model '{model_id}' is a hub id but the Hugging Face hub is offline here and it is not in the local cache; "
+                "download it on a machine with network access (huggingface-cli download) and give its folder as the model path."
+            )
+        raise ModelLoadError(f"The hub model '{model_id}' has no readable model_index.json; check the id and your access to it, or give a diffusers folder.")
+    denoiser = next((c for c in (config(f"{d}/config.json") for d in DENOISER_FOLDERS) if c is not None), {})
+    parts = {name for name, entry in index.items() if isinstance(entry, list) and len(entry) == 2 and entry[0] is not None}
+    return family_of_configs(parts, str(index.get("_class_name", "")), denoiser, config("text_encoder/config.json") or {}, where=f"'{model_id}'")
 
 
 def load_folder(path: Path, spec: FamilySpec, dtypes: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -114,10 +138,11 @@ def load_hub(model_id: str, dtypes: Mapping[str, Any] | None, extras: Mapping[st
     return parts, family
 
 
-def load_part_file(kind: str, component: str, path_text: str, like: Any, dtype: Any) -> Any:
-    """A separately given part (split files): a diffusers folder of it, or one file.
+def load_part_file(kind: str, component: str, path_text: str, like: Any, dtype: Any, setting: str) -> Any:
+    """A separately given part (split files): a diffusers folder of it (or of a whole model holding it), or one file.
 
-    ``like`` is the part of the base model it replaces (its class and config). A file in
+    ``like`` is the part of the base model it replaces (its class and config); ``setting`` is
+    the run.toml key that names the part (for the error sentences). A file in
     diffusers / transformers names is read into a copy of ``like``; a file in the original
     layout through the class's ``from_single_file`` with the base model's config of it.
     """
@@ -126,7 +151,8 @@ def load_part_file(kind: str, component: str, path_text: str, like: Any, dtype: 
     cls = type(like)
     try:
         if path.is_dir():
-            return cls.from_pretrained(str(path), local_files_only=True, **extra)
+            sub = {"subfolder": component} if (path / component / "config.json").is_file() else {}
+            return cls.from_pretrained(str(path), local_files_only=True, **sub, **extra)
         if path.is_file():
             from safetensors import safe_open
 
@@ -142,7 +168,7 @@ def load_part_file(kind: str, component: str, path_text: str, like: Any, dtype: 
         raise
     except Exception as exc:
         raise ModelLoadError(f"The {kind} {path_text} could not be loaded ({short(exc)}); give a diffusers folder of it or its .safetensors file.") from exc
-    raise ModelLoadError(f"The {kind} {path_text} does not exist; fix it in run.toml or leave it empty to use the model's own.")
+    raise ModelLoadError(f"The {kind} {path_text} does not exist; fix {setting} in run.toml or leave it empty to use the model's own.")
 
 
 def _from_state_dict(path: Path, like: Any, dtype: Any) -> Any:

@@ -144,7 +144,7 @@ class FamilyRuntime(Protocol):
     supports_channels_last: bool
 
     # ---- objective
-    def objective(self, prediction_type: str, noise_scheduler: Any, settings: Mapping[str, Any] | None = None) -> Objective:
+    def objective(self, prediction_type: str, noise_scheduler: Any, settings: Mapping[str, Any]) -> Objective:
         """The training objective; UserError for settings the family's objective cannot honour."""
 
     # ---- latents

@@ -32,7 +32,7 @@ class TextEncoder:
 
 @dataclass(frozen=True)
 class Recognition:
-    """How a family's files are told apart without torch (``core/model_family.py`` reads these in registry order).
+    """How a family's files are told apart without torch (``core/families/detect.py`` reads these in registry order).
 
     Every field is one clue; the first family with a matching clue wins, and the last family
     of the registry is the plain layout the others extend (it matches what nothing else does).

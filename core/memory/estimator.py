@@ -49,7 +49,7 @@ STEP_TEMPORARIES = 4
 DELTA_LAYERS_PER_BLOCK = 10
 
 BREAKDOWN_KEYS = (
-    "weights_unet", "weights_text_encoders", "weights_vae", "weights_adapters",
+    "weights_denoiser", "weights_text_encoders", "weights_vae", "weights_adapters",
     "autocast_copies", "gradients", "optimizer_states", "ema", "ddp_buckets",
     "activations", "vae_encode", "optimizer_step",
     "communication", "fragmentation", "cuda_context", "calibration",
@@ -239,9 +239,9 @@ def _weights(lay: _Layout, method: str, s: dict[str, Any]) -> dict[str, int]:
     comps = lay.comps
     b: dict[str, int] = {}
     if lay.full:
-        b["weights_unet"] = comps["unet"]["params"] * lay.trained_store_b // lay.weight_shard
+        b["weights_denoiser"] = comps["unet"]["params"] * lay.trained_store_b // lay.weight_shard
     else:
-        b["weights_unet"] = comps["unet"]["params"] * lay.frozen_b
+        b["weights_denoiser"] = comps["unet"]["params"] * lay.frozen_b
     b["weights_text_encoders"] = 0
     if lay.te_resident:
         for c in lay.encoders:

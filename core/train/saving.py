@@ -131,7 +131,7 @@ class Saver:
         full models the whole pipeline in 16 bits in two formats."""
         if self.session.method_kind in ("dreambooth", "finetune"):
             c = self.session.components
-            modules = [c.unet, c.vae, *c.text_encoders]
+            modules = [c.denoiser, c.vae, *c.text_encoders]
             return 2 * sum(2 * p.numel() for m in modules for p in m.parameters())
         return 2 * sum(4 * t.numel() for t in self.session.method.trainable_state().values()) + 64 * 1024
 
@@ -150,9 +150,9 @@ class Saver:
         with self._ema_weights():
             if kind == "lora":
                 meta = self._lora_metadata(name)
-                saved = outputs.save_lora(c, out, name, meta, c.unet, c.text_encoders, dtype=dtype)
+                saved = outputs.save_lora(c, out, name, meta, c.denoiser, c.text_encoders, dtype=dtype)
             elif kind in ("dreambooth", "finetune"):
-                saved = outputs.save_full_model(c, out, name, c.unet, c.text_encoders, dtype=dtype)
+                saved = outputs.save_full_model(c, out, name, c.denoiser, c.text_encoders, dtype=dtype)
             else:
                 ti = session.method.ti
                 saved = outputs.save_embeddings(c, out, ti.placeholder, ti.embeddings(), dtype=dtype)
@@ -180,7 +180,7 @@ class Saver:
             name=name, started_at=session.started_at, session_id=session.session_id, steps_per_epoch=progress.steps_per_epoch,
             total_steps=progress.total_steps, epochs=math.ceil(progress.total_steps / progress.steps_per_epoch), world=session.world,
             optimizer=f"{optimizer.__module__}.{optimizer.__name__}", network_module=NETWORK_MODULE[settings["lora_type"]],
-            network_args=network_args(settings),
+            network_args=network_args(settings), family_values=c.runtime.kohya_metadata(c.prediction_type == "v_prediction"),
         )
         if self._ss_metadata is None:  # the start-of-training part (model hashes read the model file once)
             self._ss_metadata = km.ss_metadata(facts, settings, session.sched, session.data.train_data, session.config.subsets)
@@ -226,7 +226,7 @@ class Saver:
                 written = render_samples(
                     session.components, prompts, step, self.run.samples, session.device, session.acc.autocast,
                     default_size=int(session.settings["resolution"]), seed=int(session.sched["seed"]),
-                    unet=session.denoiser(), text_encoders=session.text_encoders(),
+                    denoiser=session.denoiser(), text_encoders=session.text_encoders(),
                     sampler=session.config.section("samples")["sampler"], clip_skip=int(session.settings["clip_skip"]),
                 )
             from core.train.trackers import log_samples

@@ -38,8 +38,8 @@ class Model:
 
     components: Any
     method: Method
-    #: The dtype the UNet runs in (fp32/bf16 when it is trained in full, else the autocast dtype).
-    unet_dtype: Any
+    #: The dtype the denoiser runs in (fp32/bf16 when it is trained in full, else the autocast dtype).
+    denoiser_dtype: Any
     channels_last: bool
     ema: Any
 
@@ -102,8 +102,8 @@ class Session:
         return self.model.method
 
     def denoiser(self) -> Any:
-        """The UNet as the step calls it (prepared or compiled when it is trained)."""
-        return self.optim.wrapped.get("unet", self.model.components.unet)
+        """The denoiser as the step calls it (prepared or compiled when it is trained)."""
+        return self.optim.wrapped.get(self.model.components.spec.denoiser, self.model.components.denoiser)
 
     def text_encoders(self) -> list[Any]:
         """The text encoders as the step calls them (the prepared ones when trained)."""

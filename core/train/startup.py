@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from core.errors import UserError
-from core.families import text_encoder_names
+from core.families import spec
 from core.plan import schedule
 from core.plan.class_images import class_images
 from core.runs.control_file import ControlReader
@@ -19,7 +19,7 @@ from core.settings import FP16_NEEDS_A_GPU, optimizer_notes, optimizer_rule_warn
 
 from core.train.outputs import train_state as ckpt
 from core.train.data.batches import Batches
-from core.train.model.methods import setup_method
+from core.train.model.methods import setup_method, trained_components
 from core.train.metrics_writer import EventHandler, MetricsWriter
 from core.train.model.optimizer import FusedBackward, make_optimizer, make_scheduler, param_groups, set_optimizer_mode
 from core.train.phases import Phases
@@ -146,7 +146,7 @@ def build_session(
     phases.start("load_model")
     components = load_components(
         model_section.get("path", ""), model_section.get("prediction_type", "auto"), model_section.get("vae", ""),
-        dtypes=_load_dtypes(config, accel),
+        dtypes=_load_dtypes(config, accel), settings=config.settings,
     )
     model = configure_model(components, config, accel, metrics)
     phases.end()
@@ -158,23 +158,43 @@ def build_session(
 
 
 def _load_dtypes(config: Any, accel: Accel) -> dict[str, Any]:
-    """The dtype each component is read in: the one ``configure_model`` puts it in.
+    """The dtype each component is read in: the one ``configure_model`` puts it in (:func:`component_dtypes`).
 
     Reading straight into it (safetensors memory-mapped, no fp32 copy first) halves the load's
     memory and time for a bf16/fp16 run; ``configure_model`` still casts whatever differs.
     """
+    from core.families.loading import detect
+
+    path = config.section("model").get("path", "")
+    if not path:
+        return {}  # load_components says that no model is set
+    family = spec(detect(path))
+    kind = str(config.method)
+    return component_dtypes(family, kind, config.settings, accel, trained_components(kind, config.settings, family))
+
+
+def component_dtypes(family: Any, kind: str, settings: dict[str, Any], accel: Accel, trained: Collection[str]) -> dict[str, Any]:
+    """The dtype each component trains or runs in, by component name (``"default"`` for any other part).
+
+    Whole modules that are trained (full fine-tuning, textual inversion's encoders) are fp32, or
+    bf16 with ``full_bf16``; frozen ones and those carrying adapters run in the autocast dtype;
+    the VAE is bf16 under bf16 autocast and fp32 otherwise.
+    """
     import torch
 
-    settings, kind = config.settings, str(config.method)
-    train_dtype = torch.bfloat16 if settings["full_bf16"] else torch.float32
-    full = kind in ("dreambooth", "finetune")
-    text_trained = bool(settings["train_text_encoder"]) and kind != "lora"
+    trained_whole = {name for name in trained if kind != "lora"}
     return {
         "default": accel.weight_dtype,
-        "unet": train_dtype if full else accel.weight_dtype,
         "vae": torch.bfloat16 if accel.precision == "bf16" else torch.float32,
-        **dict.fromkeys(text_encoder_names(), train_dtype if text_trained else accel.weight_dtype),
+        **{name: train_dtype(settings) if name in trained_whole else accel.weight_dtype for name in (family.denoiser, *family.text_encoder_names)},
     }
+
+
+def train_dtype(settings: dict[str, Any]) -> Any:
+    """The dtype of trained weights: fp32, or bf16 with ``full_bf16``."""
+    import torch
+
+    return torch.bfloat16 if settings["full_bf16"] else torch.float32
 
 
 def _pids(accel: Accel) -> list[dict[str, Any]]:
@@ -191,55 +211,64 @@ def _pids(accel: Accel) -> list[dict[str, Any]]:
 
 
 def configure_model(components: Any, config: Any, accel: Accel, metrics: MetricsWriter) -> Model:
-    """Attention, memory format, checkpointing, the method's trainable part, dtypes and devices, EMA."""
-    import torch
-    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
-
+    """Attention, the method's trainable part, dtypes and devices, memory format, checkpointing, train/eval modes, EMA."""
     s = config.settings
     kind = str(config.method)
     c = components
-    device = accel.device
-    unet = c.unet
-    unet.set_attn_processor(AttnProcessor2_0() if s["attention"] == "sdpa" else AttnProcessor())
+    c.runtime.set_attention(c.denoiser, s["attention"])
     method = setup_method(kind, c, s, config.section("method")["placeholder_token"])
     if s["init_lora"]:
         _load_init_lora(kind, c, method, s["init_lora"], metrics)
     trained = set(method.modules)
-    unet_trained = "unet" in trained
-    full = unet_trained and kind in ("dreambooth", "finetune")
-    # frozen parts in the autocast dtype; trained weights fp32 (or bf16 with full_bf16)
-    train_dtype = torch.bfloat16 if s["full_bf16"] else torch.float32
-    unet_dtype = train_dtype if full else accel.weight_dtype
-    _place(unet, device, unet_dtype)
-    vae_dtype = torch.bfloat16 if accel.precision == "bf16" else torch.float32
-    _place(c.vae, device, vae_dtype)
+    dtypes = component_dtypes(c.spec, kind, s, accel, trained)
+    _place(c.denoiser, accel.device, dtypes[c.spec.denoiser])
+    _place(c.vae, accel.device, dtypes["vae"])
     for name, te in zip(c.text_encoder_names, c.text_encoders):
-        _place(te, device, train_dtype if name in trained and kind != "lora" else accel.weight_dtype)
+        _place(te, accel.device, dtypes[name])
     for param in method.parameters():
-        param.data = param.data.to(train_dtype)
-    # channels-last convolutions are a GPU win; on the CPU they measured 20% slower per step
-    # (a tiny model's LoRA, 64 px: 111 ms vs 92 ms), so the CPU keeps the contiguous format
-    channels_last = bool(s["channels_last"]) and device.type == "cuda"
-    if s["channels_last"] and not channels_last:
-        metrics.event("channels_last is for GPUs (slower on the CPU); the UNet keeps the contiguous memory format")
-    if channels_last:
-        unet.to(memory_format=torch.channels_last)
+        param.data = param.data.to(train_dtype(s))
+    channels_last = _memory_format(c, s, accel.device, metrics)
     if s["gradient_checkpointing"]:
-        unet.enable_gradient_checkpointing()
-        for name, te in zip(c.text_encoder_names, c.text_encoders):
-            if name in trained:
-                te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    unet.train(unet_trained)
+        _gradient_checkpointing(c, trained)
+    c.denoiser.train(c.spec.denoiser in trained)
     for name, te in zip(c.text_encoder_names, c.text_encoders):
         te.train(name in trained)
     c.vae.eval()
-    ema = None
-    if s["ema"]:
-        from diffusers.training_utils import EMAModel
+    return Model(c, method, dtypes[c.spec.denoiser], channels_last, _ema(method, s, accel.device))
 
-        ema = EMAModel(method.parameters(), decay=float(s["ema_decay"]))
-        ema.to(device)
-    return Model(c, method, unet_dtype, channels_last, ema)
+
+def _memory_format(components: Any, settings: dict[str, Any], device: Any, metrics: MetricsWriter) -> bool:
+    """Put the denoiser in channels-last memory where asked, the family gains from it and the device is a GPU; whether it is."""
+    import torch
+
+    # channels-last convolutions are a GPU win; on the CPU they measured 20% slower per step
+    # (a tiny model's LoRA, 64 px: 111 ms vs 92 ms), so the CPU keeps the contiguous format
+    wanted = bool(settings["channels_last"]) and components.runtime.supports_channels_last
+    channels_last = wanted and device.type == "cuda"
+    if wanted and not channels_last:
+        metrics.event("channels_last is for GPUs (slower on the CPU); the denoiser keeps the contiguous memory format")
+    if channels_last:
+        components.denoiser.to(memory_format=torch.channels_last)
+    return channels_last
+
+
+def _gradient_checkpointing(components: Any, trained: Collection[str]) -> None:
+    """Recompute activations in backward: the denoiser's (the family's hook), and each trained text encoder's."""
+    components.runtime.enable_gradient_checkpointing(components.denoiser)
+    for name, te in zip(components.text_encoder_names, components.text_encoders):
+        if name in trained:
+            te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def _ema(method: Any, settings: dict[str, Any], device: Any) -> Any:
+    """An exponential moving average of the trained parameters, or None when ``settings.ema`` is off."""
+    if not settings["ema"]:
+        return None
+    from diffusers.training_utils import EMAModel
+
+    ema = EMAModel(method.parameters(), decay=float(settings["ema_decay"]))
+    ema.to(device)
+    return ema
 
 
 def _load_init_lora(kind: str, components: Any, method: Any, path: str, metrics: MetricsWriter) -> None:
@@ -319,7 +348,7 @@ def _cache_text(model: Model, train_data: Any, accel: Accel, metrics: MetricsWri
     """Encode every caption once when the text encoders are frozen (an info line when they are not)."""
     from core.train.data import items as data
 
-    if any(name.startswith("text_encoder") for name in model.method.modules):
+    if any(name in model.components.text_encoder_names for name in model.method.modules):
         metrics.event("the text encoder is trained, so its outputs are computed every step instead of cached")
         return
     blocker = data.text_cache_blocker(train_data.settings)
@@ -375,7 +404,8 @@ def build_optimizer(config: Any, accel: Accel, model: Model, data: Batches, metr
     if s["torch_compile"]:
         import torch
 
-        wrapped["unet"] = torch.compile(wrapped.get("unet", model.components.unet))
+        denoiser = model.components.spec.denoiser
+        wrapped[denoiser] = torch.compile(wrapped.get(denoiser, model.components.denoiser))
     for warning in optimizer_rule_warnings(s["optimizer"], lr, sched["lr_scheduler"]):
         metrics.event(warning, "warning")
     for note in optimizer_notes(s["optimizer"]):

@@ -61,15 +61,15 @@ class Stepper:
         if s["noise_offset"]:
             noise = noise + float(s["noise_offset"]) * torch.randn((bsz, latents.shape[1], 1, 1), generator=gen, device=device)
         objective = components.objective
-        timesteps = objective.timesteps(bsz, gen, device)
+        timesteps = objective.timesteps(bsz, gen, device, latent_size=(int(latents.shape[-2]), int(latents.shape[-1])))
         noisy = objective.noisy(latents, noise, timesteps)
         target = objective.target(latents, noise, timesteps)
-        unet = session.denoiser()
-        dtype = session.model.unet_dtype
+        denoiser = session.denoiser()
+        dtype = session.model.denoiser_dtype
         model_input = noisy.to(dtype)
         if session.model.channels_last:
             model_input = model_input.contiguous(memory_format=torch.channels_last)
-        pred = components.runtime.predict(unet, model_input, timesteps, hidden.to(dtype), added)
+        pred = components.runtime.predict(denoiser, model_input, timesteps, hidden.to(dtype), added)
         per_sample = per_sample_loss(pred, target, batch.get("masks"))
         weights = objective.loss_weights(timesteps, s)
         if weights is not None:
@@ -80,20 +80,15 @@ class Stepper:
         return per_sample.mean()
 
     def latents(self, batch: dict[str, Any], generator: Any) -> Any:
-        """Scaled latents of the batch: from the cache, or encoded now with the VAE."""
+        """Normalised fp32 latents of the batch: from the cache, or a posterior sample the family's ``encode_latents`` draws now."""
         import torch
 
         device = self.session.device
         if "latents" in batch:
             return batch["latents"].to(device, dtype=torch.float32, non_blocking=True)
-        vae = self.session.components.vae
-        pixels = batch["pixel_values"].to(device, dtype=vae.dtype, non_blocking=True)
-        with torch.no_grad():
-            latents = vae.encode(pixels).latent_dist.sample(generator=generator)
-        shift = getattr(vae.config, "shift_factor", None)
-        if shift is not None:
-            latents = latents - shift
-        return (latents * float(vae.config.scaling_factor)).float()
+        components = self.session.components
+        pixels = batch["pixel_values"].to(device, dtype=components.vae.dtype, non_blocking=True)
+        return components.runtime.encode_latents(components.vae, pixels, generator)
 
     def conditioning(self, batch: dict[str, Any]) -> tuple[Any, dict[str, Any] | None]:
         """``(encoder_hidden_states, added_cond_kwargs)``: cached outputs or the (trained) text encoders."""
@@ -105,9 +100,8 @@ class Stepper:
 
         session = self.session
         method, components = session.method, session.components
-        if "prompt_embeds" in batch:
-            pooled = batch.get("pooled_prompt_embeds")
-            embeddings = TextEmbeddings(batch["prompt_embeds"], pooled).to(session.device)
+        if "text" in batch:
+            embeddings = TextEmbeddings.from_named(batch["text"]).to(session.device)
         else:
             captions = batch["captions"]
             if method.ti is not None:

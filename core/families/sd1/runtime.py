@@ -13,7 +13,7 @@ from core.families.sd_unet.runtime import SDUNetRuntime
 class SD1Runtime(SDUNetRuntime):
     """SD 1.x: one CLIP-L encoder, epsilon."""
 
-    def tiny_pipeline(self) -> tuple[type, dict[str, Any]]:
+    def _tiny_pipeline(self) -> tuple[type, dict[str, Any]]:
         """A tiny SD1: CLIP-L-shaped (quick_gelu) encoder of width 32, epsilon."""
         import torch
         from transformers import CLIPTextModel

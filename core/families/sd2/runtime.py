@@ -13,7 +13,7 @@ from core.families.sd_unet.runtime import SDUNetRuntime
 class SD2Runtime(SDUNetRuntime):
     """SD 2.x: one OpenCLIP-H encoder, a linear-projection UNet, v-prediction at 768-v size."""
 
-    def tiny_pipeline(self) -> tuple[type, dict[str, Any]]:
+    def _tiny_pipeline(self) -> tuple[type, dict[str, Any]]:
         """A tiny SD2: gelu encoder of SD2's width (1024, what the family detection reads), v-prediction."""
         import torch
         from transformers import CLIPTextModel

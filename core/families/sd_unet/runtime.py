@@ -62,11 +62,9 @@ class SDUNetRuntime:
 
         return DDPMScheduler.from_config(dict(scheduler_config), prediction_type=prediction_type)
 
-    def objective(self, prediction_type: str, noise_scheduler: Any, settings: Mapping[str, Any] | None = None) -> DdpmObjective:
-        """The training objective over the model's DDPM noise schedule; with the run's ``settings``,
-        UserError for those the objective cannot honour."""
-        if settings is not None:
-            check_objective_settings(self.spec, prediction_type, settings)
+    def objective(self, prediction_type: str, noise_scheduler: Any, settings: Mapping[str, Any]) -> DdpmObjective:
+        """The training objective over the model's DDPM noise schedule; UserError for run ``settings`` the objective cannot honour."""
+        check_objective_settings(self.spec, prediction_type, settings)
         return DdpmObjective(noise_scheduler, prediction_type)
 
     def inference_scheduler(self, scheduler: Any, prediction_type: str) -> Any:
@@ -84,13 +82,13 @@ class SDUNetRuntime:
             parts, _family = loading.load_hub(source.path, dtypes, self.load_extras)
         get = (dtypes or {}).get
         if source.denoiser:
-            parts[self.spec.denoiser] = loading.load_part_file("denoiser", self.spec.denoiser, source.denoiser, parts[self.spec.denoiser], get(self.spec.denoiser, get("default")))
+            parts[self.spec.denoiser] = loading.load_part_file("denoiser", self.spec.denoiser, source.denoiser, parts[self.spec.denoiser], get(self.spec.denoiser, get("default")), "model.denoiser")
         if source.vae:
-            parts["vae"] = loading.load_part_file("VAE", "vae", source.vae, parts["vae"], get("vae", get("default")))
+            parts["vae"] = loading.load_part_file("VAE", "vae", source.vae, parts["vae"], get("vae", get("default")), "model.vae")
         for name, file in source.text_encoders.items():
             if name not in self.spec.text_encoder_names:
                 raise loading.ModelLoadError(f"{self.spec.title} has no text encoder '{name}'; name one of {', '.join(self.spec.text_encoder_names)}.")
-            parts[name] = loading.load_part_file(f"text encoder {name}", name, file, parts[name], get(name, get("default")))
+            parts[name] = loading.load_part_file(f"text encoder {name}", name, file, parts[name], get(name, get("default")), f"model.text_encoders.{name}")
         return LoadedModel(
             family=self.spec.name,
             denoiser=parts[self.spec.denoiser],
@@ -183,7 +181,7 @@ class SDUNetRuntime:
         kwargs: dict[str, Any] = {"added_cond_kwargs": extra} if extra is not None else {}
         return denoiser(noisy, timesteps, hidden, **kwargs).sample
 
-    def sample_text(self, pipe: Any, prompt: str, negative: str, clip_skip: int) -> tuple[dict[str, Any], int | None]:
+    def _sample_text(self, pipe: Any, prompt: str, negative: str, clip_skip: int) -> tuple[dict[str, Any], int | None]:
         """The pipeline's text arguments for a sample and its own ``clip_skip``.
 
         At a skipped layer the embeddings are computed here (diffusers' own ``clip_skip``
@@ -201,7 +199,7 @@ class SDUNetRuntime:
     def sample_arguments(self, pipe: Any, prompt: SamplePromptLike, clip_skip: int) -> dict[str, Any]:
         """Every keyword of the pipeline call but the generator: text, size, steps, guidance, and
         ``clip_skip`` only where the family's pipeline takes it."""
-        text, skip = self.sample_text(pipe, prompt.prompt, prompt.negative, clip_skip)
+        text, skip = self._sample_text(pipe, prompt.prompt, prompt.negative, clip_skip)
         call = {**text, "width": prompt.width, "height": prompt.height, "num_inference_steps": prompt.steps, "guidance_scale": prompt.scale}
         if self.spec.pipeline_clip_skip:
             call["clip_skip"] = skip
@@ -213,14 +211,14 @@ class SDUNetRuntime:
         return clip.clip_skip_states(encoder, tokens.input_ids.to(clip.device_of(encoder)), clip_skip)
 
     # ---- files other tools read
-    def kohya_unet_module(self, name: str, unet_config: Mapping[str, Any]) -> str:
+    def _kohya_denoiser_module(self, name: str, unet_config: Mapping[str, Any]) -> str:
         """A UNet module path as kohya names it in LoRA keys."""
         return layout.unet_module_name(name, unet_config) if self.kohya_original_unet_names else name
 
     def kohya_base(self, component: str, name: str, denoiser_config: Mapping[str, Any]) -> str:
         """The kohya key base of one adapted module: ``lora_unet_<module>`` or ``<te prefix>_text_model_<module>``."""
         if component == self.spec.denoiser:
-            return f"lora_unet_{self.kohya_unet_module(name, denoiser_config).replace('.', '_')}"
+            return f"lora_unet_{self._kohya_denoiser_module(name, denoiser_config).replace('.', '_')}"
         prefix = next(te.kohya_prefix for te in self.spec.text_encoders if te.name == component)
         return f"{prefix}_{TEXT_MODULES.to_theirs(name).replace('.', '_')}"
 
@@ -275,7 +273,7 @@ class SDUNetRuntime:
         return self.pipeline_class().from_pretrained(model_dir, local_files_only=True, **self.load_extras)
 
     # ---- tiny
-    def tiny_pipeline(self) -> tuple[type, dict[str, Any]]:
+    def _tiny_pipeline(self) -> tuple[type, dict[str, Any]]:
         """The pipeline class and the seeded random modules of this family's tiny model (no tokenizers)."""
         raise NotImplementedError(f"the {self.spec.name} family has no tiny model")
 
@@ -290,7 +288,7 @@ class SDUNetRuntime:
 
     def build_tiny(self, out_dir: Path) -> Path:
         """Write the tiny model with its tokenizers as a diffusers folder (deterministic, loadable offline)."""
-        pipeline_class, parts = self.tiny_pipeline()
+        pipeline_class, parts = self._tiny_pipeline()
         parts.update(self.tiny_tokenizers(out_dir / "tokenizer"))
         pipeline_class(**parts, **self.pipeline_extras).save_pretrained(out_dir, safe_serialization=True)
         return out_dir

@@ -1,7 +1,7 @@
 """Tiny SD-UNet-family components with random weights: a CLIP BPE tokenizer, CLIP text encoders, a KL VAE, a UNet.
 
 The real architectures at toy size, so the whole training path runs on a CPU and offline.
-Each family's runtime (``tiny_pipeline``) picks its variant of these; ``core/train/model/tiny.py``
+Each family's runtime (its private ``_tiny_pipeline``, used by ``build_tiny``) picks its variant of these; ``core/train/model/tiny.py``
 writes them as a diffusers folder or a single file.
 """
 

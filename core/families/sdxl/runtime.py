@@ -51,12 +51,12 @@ class SDXLRuntime(SDUNetRuntime):
             raise ValueError("SDXL's conditioning needs the pooled text vector; encode the captions with this family's encode_text")
         return {"text_embeds": pooled, "time_ids": ids.to(device=pooled.device, dtype=pooled.dtype)}
 
-    def sample_text(self, pipe: Any, prompt: str, negative: str, clip_skip: int) -> tuple[dict[str, Any], int | None]:
+    def _sample_text(self, pipe: Any, prompt: str, negative: str, clip_skip: int) -> tuple[dict[str, Any], int | None]:
         """The prompts as text; kohya's ``clip_skip`` in the pipeline's terms (layers beyond its native one)."""
         skipped = clip_skip - self.spec.native_clip_layer
         return {"prompt": prompt, "negative_prompt": negative or None}, skipped if skipped > 0 else None
 
-    def tiny_pipeline(self) -> tuple[type, dict[str, Any]]:
+    def _tiny_pipeline(self) -> tuple[type, dict[str, Any]]:
         """A tiny SDXL: two encoders of different widths (as CLIP-L and bigG, which single-file loaders rely on)."""
         import torch
         from transformers import CLIPTextModel, CLIPTextModelWithProjection

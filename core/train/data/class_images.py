@@ -113,8 +113,7 @@ def _generate(
     from core.atomic import write_atomic
 
     pipe = components.pipeline()
-    pipe.set_progress_bar_config(disable=True)
-    for module in (m for m in (pipe.unet, pipe.vae, *components.text_encoders) if m is not None):
+    for module in (m for m in (components.denoiser, components.vae, *components.text_encoders) if m is not None):
         module.to(device)
     with torch.no_grad():
         for first, count in batches:

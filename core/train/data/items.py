@@ -313,8 +313,9 @@ class BatchDataset(torch.utils.data.Dataset):
     latents are cached; ``captions``; ``original_sizes``, ``crop_top_lefts``, ``target_sizes``
     ((height, width) / (top, left) per example, for a family runtime's extra conditioning); ``is_class`` (bool tensor:
     prior-preservation examples come after the instance ones); ``item_ids``; and
-    ``prompt_embeds`` / ``pooled_prompt_embeds`` when text outputs are cached (and hold every
-    caption of the batch; otherwise the loop encodes the captions).
+    ``text`` (the cached text conditioning as named tensors, ``TextEmbeddings.named``, stacked over
+    the batch) when text outputs are cached and hold every caption of the batch (otherwise the
+    loop encodes the captions).
     """
 
     def __init__(self, train_data: TrainData, batches: Sequence[Sequence[int]], seed: int, epoch: int, class_batches: Sequence[Sequence[int]] | None = None) -> None:
@@ -376,10 +377,7 @@ class BatchDataset(torch.utils.data.Dataset):
 
             out["masks"] = batch_masks([e for *_, e in loaded], out["latents" if self.data.latents is not None else "pixel_values"])
         if self.data.text_cache is not None and all(c in self.data.text_cache for c in out["captions"]):
-            embeddings = self.data.text_cache.lookup(out["captions"])
-            out["prompt_embeds"] = embeddings.prompt_embeds
-            if embeddings.pooled_prompt_embeds is not None:
-                out["pooled_prompt_embeds"] = embeddings.pooled_prompt_embeds
+            out["text"] = self.data.text_cache.stacked(out["captions"])
         return out
 
 

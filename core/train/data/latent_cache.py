@@ -47,7 +47,7 @@ def default_cache_dir() -> Path:
 
 
 class LatentCache:
-    """VAE latents (already scaled) per (kind, item index, bucket), in memory or as files."""
+    """VAE latents (normalised by the family's ``encode_latents``: the posterior's mode) per (kind, item index, bucket), in memory or as files."""
 
     def __init__(self) -> None:
         self.memory: dict[Key, tuple[Any, tuple[int, int], tuple[int, int]]] = {}
@@ -197,8 +197,6 @@ def cache_latents(
         cache.reused += 1
     if progress is not None:
         progress(0, len(mine))
-    scaling = float(vae.config.scaling_factor)
-    shift = getattr(vae.config, "shift_factor", None)
     done = 0
     start = 0
     while start < len(mine):
@@ -215,11 +213,7 @@ def cache_latents(
                 log.warning("skipping unreadable image %s: %s", item.path, exc)
         if chunk:
             pixels = torch.stack([ex.pixels for _, _, ex in chunk]).to(device=device, dtype=dtype)
-            with torch.no_grad():
-                latents = vae.encode(pixels).latent_dist.mode()
-            if shift is not None:
-                latents = latents - shift
-            latents = latents * scaling
+            latents = components.runtime.encode_latents(vae, pixels)
             for (key, path, ex), lat in zip(chunk, latents):
                 mask = on_grid(ex.mask[None], tuple(lat.shape[-2:]))[0] if ex.mask is not None else None
                 if path is None or in_memory:

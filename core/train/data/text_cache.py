@@ -11,6 +11,11 @@ run find them there and encode nothing.
 Shared the way the latent cache is (``core.train.data.latent_cache``): caption ``n`` belongs to rank
 ``n mod world``, cached or not; each rank encodes what of its share is missing, all wait once
 at a barrier, then every rank reads the whole set into memory (a few hundred kB per caption).
+
+An entry is the family's text conditioning of one caption as named tensors
+(``TextEmbeddings.named``: ``hidden_states``, and ``pooled``, ``attention_mask``,
+``position_ids`` where the family has them), so a family whose encoders return other tensors
+caches them without a change here.
 """
 
 from __future__ import annotations
@@ -25,12 +30,16 @@ from typing import Any
 import torch
 
 from core.atomic import write_atomic
+from core.families.embeddings import TextEmbeddings
 from core.train.data.items import CacheNotValid, distinct_captions, text_cache_blocker
 from core.train.data.latent_cache import add_weight_sample
 
 log = logging.getLogger(__name__)
 
-Entry = tuple[Any, Any | None]
+#: One caption's named tensors (``TextEmbeddings.named`` of one row), on the CPU.
+Entry = dict[str, Any]
+#: Part of every entry's name: files of an older layout are not found (and are encoded again) rather than misread.
+FORMAT = "named-1"
 
 
 def default_cache_dir() -> Path:
@@ -41,7 +50,7 @@ def default_cache_dir() -> Path:
 
 
 class TextCache:
-    """Text-encoder outputs per caption, kept on the CPU in fp32; ``encoded``/``reused`` count this rank's share."""
+    """Text-encoder outputs per caption (named tensors), kept on the CPU in fp32; ``encoded``/``reused`` count this rank's share."""
 
     def __init__(self) -> None:
         self.entries: dict[str, Entry] = {}
@@ -55,18 +64,19 @@ class TextCache:
         return len(self.entries)
 
     def lookup(self, captions: Sequence[str]) -> Any:
-        """The stacked :class:`core.train.model.text.TextEmbeddings` of ``captions``."""
-        from core.train.model.text import TextEmbeddings
+        """The stacked :class:`core.families.embeddings.TextEmbeddings` of ``captions``."""
+        return TextEmbeddings.from_named(self.stacked(captions))
 
-        embeds = torch.stack([self.entries[c][0] for c in captions])
-        pooled = [self.entries[c][1] for c in captions]
-        return TextEmbeddings(embeds, torch.stack(pooled) if pooled[0] is not None else None)
+    def stacked(self, captions: Sequence[str]) -> dict[str, Any]:
+        """The named tensors of ``captions``, each stacked over them (what a batch carries)."""
+        first = self.entries[captions[0]]
+        return {name: torch.stack([self.entries[c][name] for c in captions]) for name in first}
 
 
 def encoders_fingerprint(encoders: Sequence[Any], clip_skip: int, family: str) -> str:
     """What makes one set of text encoders' outputs differ from another's: the family (how it joins
     its encoders' outputs), class, config, dtype, a weight sample."""
-    digest = hashlib.sha1(f"{clip_skip}|{family}".encode())
+    digest = hashlib.sha1(f"{clip_skip}|{family}|{FORMAT}".encode())
     for encoder in encoders:
         config = getattr(encoder, "config", None)
         fields = config.to_dict() if hasattr(config, "to_dict") else dict(config or {})
@@ -89,23 +99,19 @@ def write_entry(path: Path, entry: Entry) -> None:
     """One cache file, written atomically (no fsync: a file a crash lost is simply encoded again)."""
     from safetensors.torch import save
 
-    tensors = {"prompt_embeds": entry[0].contiguous()}
-    if entry[1] is not None:
-        tensors["pooled_prompt_embeds"] = entry[1].contiguous()
-    write_atomic(path, save(tensors), durable=False)
+    write_atomic(path, save({name: tensor.contiguous() for name, tensor in entry.items()}), durable=False)
 
 
 def read_entry(path: Path) -> Entry | None:
-    """One cache file's ``(prompt_embeds, pooled or None)``; None when it is damaged (it is then encoded again)."""
+    """One cache file's named tensors; None when it is damaged (it is then encoded again)."""
     from safetensors.torch import load
 
     try:
         tensors = load(path.read_bytes())  # copied into memory: a mapped file truncated later would crash with SIGBUS
-        pooled = tensors.get("pooled_prompt_embeds")
-        embeds = tensors["prompt_embeds"]
-        if not all(bool(torch.isfinite(t).all()) for t in (embeds, pooled) if t is not None):
+        TextEmbeddings.from_named(tensors)  # ValueError for names that are no text conditioning
+        if not all(bool(torch.isfinite(t).all()) for t in tensors.values() if t.is_floating_point()):
             raise ValueError("it holds values that are not finite")
-        return embeds, pooled
+        return tensors
     except Exception as exc:  # noqa: BLE001 - any bytes in a cache file: encode the caption again
         log.warning("ignoring the damaged text cache file %s: %s", path, exc)
         return None
@@ -162,9 +168,9 @@ def cache_text_outputs(
         for start in range(0, len(mine), batch_size):
             chunk = mine[start : start + batch_size]
             out = encode_text(components, [t[chunk] for t in ids], clip_skip=clip_skip)
+            named = out.named()
             for row, n in enumerate(chunk):
-                pooled = out.pooled_prompt_embeds[row].to("cpu", torch.float32) if out.pooled_prompt_embeds is not None else None
-                entry = (out.prompt_embeds[row].to("cpu", torch.float32), pooled)
+                entry = {name: t[row].to("cpu", torch.float32) if t.is_floating_point() else t[row].to("cpu") for name, t in named.items()}
                 cache.entries[captions[n]] = entry
                 cache.encoded += 1
                 if paths[n] is not None:

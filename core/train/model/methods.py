@@ -49,10 +49,15 @@ class Method:
     modules: dict[str, Any]  # component name (the denoiser's, each text encoder's) -> module with trainable parameters
     train_text_encoder: bool
     ti: TextualInversion | None = None
+    #: The denoiser's component name (the family spec's ``denoiser``).
+    denoiser: str = ""
 
     def named_trainable(self) -> dict[str, Any]:
-        """Trainable parameters by ``<module>.<parameter name>``."""
-        return {f"{m}.{n}": p for m, module in self.modules.items() for n, p in module.named_parameters() if p.requires_grad}
+        """Trainable parameters by ``<module>.<parameter name>``: ``denoiser.…`` for the denoiser, the component name for a text encoder."""
+        return {f"{self._role(m)}.{n}": p for m, module in self.modules.items() for n, p in module.named_parameters() if p.requires_grad}
+
+    def _role(self, component: str) -> str:
+        return CHECKPOINT_DENOISER if component == self.denoiser else component
 
     def parameters(self) -> list[Any]:
         """The trainable parameters, in a stable order."""
@@ -63,10 +68,12 @@ class Method:
         return {name: p.detach() for name, p in self.named_trainable().items()}
 
     def load_trainable_state(self, tensors: dict[str, Any]) -> None:
-        """Copy saved trainable tensors back in; a mismatch raises UserError."""
+        """Copy saved trainable tensors back in; a mismatch raises UserError. A checkpoint written
+        before the denoiser's key was ``denoiser`` names it by its component name; it reads the same."""
         import torch
 
         params = self.named_trainable()
+        tensors = old_denoiser_keys(tensors, self.denoiser)
         missing = sorted(set(params) - set(tensors))
         reshaped = sorted(n for n in set(params) & set(tensors) if tuple(params[n].shape) != tuple(tensors[n].shape))
         if missing or reshaped:
@@ -82,6 +89,19 @@ class Method:
             self.ti.restore_frozen_rows()
 
 
+#: The key prefix of the denoiser's tensors in a checkpoint (whatever the family calls its denoiser).
+CHECKPOINT_DENOISER = "denoiser"
+
+
+def old_denoiser_keys(tensors: dict[str, Any], component: str) -> dict[str, Any]:
+    """A checkpoint's tensors with the denoiser's read under ``denoiser.`` when an older sdtui wrote them
+    under the denoiser's component name (``unet.…`` for the SD families)."""
+    old = f"{component}."
+    if not component or component == CHECKPOINT_DENOISER or not any(k.startswith(old) for k in tensors):
+        return tensors
+    return {f"{CHECKPOINT_DENOISER}.{k[len(old):]}" if k.startswith(old) else k: v for k, v in tensors.items()}
+
+
 def text_encoders(components: Any) -> dict[str, Any]:
     """The text encoders by their diffusers names."""
     return {name: te for name, te in zip(components.text_encoder_names, components.text_encoders) if te is not None}
@@ -93,24 +113,31 @@ def setup_method(kind: str, components: Any, settings: dict[str, Any], placehold
         raise UserError(f"method.kind={kind!r} is unknown; use {', '.join(METHODS)}")
     components.spec.check_method(kind)
     settings = resolve("settings", settings)
-    unet = components.unet
+    denoiser = components.denoiser
     encoders = text_encoders(components)
     components.vae.requires_grad_(False)
-    unet.requires_grad_(False)
+    denoiser.requires_grad_(False)
     for te in encoders.values():
         te.requires_grad_(False)
     train_te = bool(settings.get("train_text_encoder")) and kind != "textual_inversion"
     if kind == "lora":
-        return _lora(components.spec, unet, encoders, settings, train_te)
+        return _lora(components, denoiser, encoders, settings, train_te)
     if kind in ("dreambooth", "finetune"):
-        unet.requires_grad_(True)
-        modules = {"unet": unet}
+        denoiser.requires_grad_(True)
+        modules = {components.spec.denoiser: denoiser}
         if train_te:
             for name, te in encoders.items():
                 te.requires_grad_(True)
                 modules[name] = te
-        return Method(kind, modules, train_te)
+        return Method(kind, modules, train_te, denoiser=components.spec.denoiser)
     return _textual_inversion(components, encoders, settings, placeholder_token)
+
+
+def trained_components(kind: str, settings: dict[str, Any], family: Any) -> set[str]:
+    """The components ``kind`` trains, by name, as :func:`setup_method` makes them trainable (known before loading)."""
+    if kind == "textual_inversion":
+        return set(family.text_encoder_names)
+    return {family.denoiser, *(family.text_encoder_names if settings.get("train_text_encoder") else ())}
 
 
 def adapter_config(settings: dict[str, Any], target_modules: list[str], conv_modules: list[str] | tuple[str, ...] = ()) -> Any:
@@ -153,16 +180,17 @@ def conv_targets(module: Any, targets: tuple[str, ...] | list[str]) -> list[str]
     ]
 
 
-def _lora(family: Any, unet: Any, encoders: dict[str, Any], settings: dict[str, Any], train_te: bool) -> Method:
+def _lora(components: Any, denoiser: Any, encoders: dict[str, Any], settings: dict[str, Any], train_te: bool) -> Method:
+    family = components.spec
     targets = str(settings.get("lora_targets", "attn"))
-    unet_targets = list(family.lora_targets_of(family.denoiser, targets))
-    unet.add_adapter(adapter_config(settings, unet_targets, conv_targets(unet, unet_targets)))
-    modules = {"unet": unet}
+    denoiser_targets = list(family.lora_targets_of(family.denoiser, targets))
+    components.runtime.add_adapter(denoiser, adapter_config(settings, denoiser_targets, conv_targets(denoiser, denoiser_targets)))
+    modules = {family.denoiser: denoiser}
     if train_te:
         for name, te in encoders.items():
             te.add_adapter(adapter_config(settings, list(family.lora_targets_of(name, targets))))
             modules[name] = te
-    return Method("lora", modules, train_te)
+    return Method("lora", modules, train_te, denoiser=family.denoiser)
 
 
 def _textual_inversion(components: Any, encoders: dict[str, Any], settings: dict[str, Any], placeholder: str) -> Method:
@@ -188,4 +216,4 @@ def _textual_inversion(components: Any, encoders: dict[str, Any], settings: dict
         weight.register_hook(lambda grad, m=mask: grad * m.to(grad.device, grad.dtype).unsqueeze(1))
         ti.rows.append((weight, mask, weight.detach().clone()))
         modules[name] = te
-    return Method("textual_inversion", modules, False, ti)
+    return Method("textual_inversion", modules, False, ti, denoiser=components.spec.denoiser)

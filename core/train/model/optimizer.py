@@ -19,14 +19,14 @@ from core.settings import OPTIMIZERS, SCHEDULE_FREE_OPTIMIZERS, optimizer_betas,
 
 
 def param_groups(method: Any, learning_rate: float, text_encoder_lr: float) -> list[dict[str, Any]]:
-    """The optimizer's parameter groups: the UNet's (or textual inversion's embeddings) at
+    """The optimizer's parameter groups: the denoiser's (or textual inversion's embeddings) at
     ``learning_rate``, the trained text encoders' at ``text_encoder_lr`` (0: ``learning_rate``),
     as sd-scripts' ``--text_encoder_lr`` does."""
     te_lr = text_encoder_lr or learning_rate
     groups: list[dict[str, Any]] = []
     for name, module in method.modules.items():
         params = [p for p in module.parameters() if p.requires_grad]
-        separate = method.train_text_encoder and name.startswith("text_encoder")
+        separate = method.train_text_encoder and name != method.denoiser
         if params:
             groups.append({"params": params, "lr": te_lr if separate else learning_rate, "name": name})
     return groups
@@ -164,7 +164,7 @@ class FusedBackward:
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:
-        """Every parameter optimizer's group (the first is the UNet's, for reading the learning rate)."""
+        """Every parameter optimizer's group (the first is the denoiser's, for reading the learning rate)."""
         return [group for opt in self.optimizers for group in opt.param_groups]
 
     def zero_grad(self, set_to_none: bool = True) -> None:

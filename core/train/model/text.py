@@ -15,18 +15,8 @@ from core.train.model.loading import Components
 
 
 def tokenize(components: Components, captions: Sequence[str]) -> list[Any]:
-    """Token ids ``[batch, 77]`` for each tokenizer, padded to its maximum length and truncated."""
-    ids = []
-    for tokenizer in components.tokenizers:
-        out = tokenizer(
-            list(captions),
-            padding="max_length",
-            max_length=tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        )
-        ids.append(out.input_ids)
-    return ids
+    """Token ids ``[batch, max_tokens]`` for each tokenizer, padded and truncated to the family spec's ``max_tokens``."""
+    return components.runtime.tokenize(components.tokenizers, captions)
 
 
 def encode_text(components: Components, token_ids: Sequence[Any], text_encoders: Sequence[Any] | None = None, clip_skip: int = 1) -> TextEmbeddings:

@@ -1,7 +1,7 @@
 """Tiny models of each family with random weights, built locally in well under a second.
 
-They have the real architecture at toy size (each family runtime's ``tiny_pipeline``; the SD
-ones are built from ``core/families/sd_unet/tiny.py``), so the whole training path runs on a
+They have the real architecture at toy size with their tokenizers (each family runtime's
+``build_tiny``), so the whole training path runs on a
 CPU and offline. ``build_tiny`` writes a diffusers folder; ``build_tiny_single_file`` writes
 the same weights as one ``.safetensors`` file in the family's original single-file layout.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from core.families import runtime
-from core.families.sd_unet.tiny import write_tokenizer
 
 
 def build_tiny(family: str, out_dir: str | Path) -> Path:
@@ -20,16 +19,7 @@ def build_tiny(family: str, out_dir: str | Path) -> Path:
     Deterministic (seeded) and loadable offline with the family's pipeline ``from_pretrained``.
     UserError for a family that is not registered.
     """
-    from transformers import CLIPTokenizer
-
-    family_runtime = runtime(family)
-    out = Path(out_dir)
-    pipeline_class, parts = family_runtime.tiny_pipeline()
-    tokenizer = CLIPTokenizer.from_pretrained(write_tokenizer(out / "tokenizer"))
-    parts.update(dict.fromkeys(family_runtime.spec.tokenizer_names, tokenizer))
-    pipeline = pipeline_class(**parts, **family_runtime.pipeline_extras)
-    pipeline.save_pretrained(out, safe_serialization=True)
-    return out
+    return runtime(family).build_tiny(Path(out_dir))
 
 
 def build_tiny_single_file(family: str, path: str | Path, config_dir: str | Path | None = None) -> Path:

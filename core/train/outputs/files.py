@@ -29,6 +29,8 @@ from typing import Any
 
 from core.atomic import finish_tree, replace, write_atomic
 from core.families import runtime
+from core.families.lora_files import adapter_kind
+from core.families.protocol import AdapterWeights, LoraFiles
 from core.families.wrappers import unwrap
 from core.train.outputs.kohya_metadata import with_hashes
 from core.train.model.loading import Components
@@ -64,103 +66,32 @@ def adapter_state(module: Any, adapter: str = "default") -> tuple[dict[str, Any]
     return get_peft_model_state_dict(module, adapter_name=adapter), config
 
 
-def alpha_for(config: Any, module_name: str) -> float:
-    """The trained alpha of one module, honouring peft's per-module patterns."""
-    for pattern, value in (getattr(config, "alpha_pattern", None) or {}).items():
-        if module_name.endswith(pattern):
-            return float(value)
-    return float(config.lora_alpha if hasattr(config, "lora_alpha") else config.alpha)
-
-
-def rank_for(config: Any, module_name: str) -> int:
-    """The trained rank of one module, honouring peft's per-module patterns."""
-    for pattern, value in (getattr(config, "rank_pattern", None) or {}).items():
-        if module_name.endswith(pattern):
-            return int(value)
-    return int(config.r)
-
-
-#: peft parameter suffixes → kohya/LyCORIS key suffixes, per adapter type.
-KOHYA_SUFFIXES: dict[str, tuple[tuple[str, str], ...]] = {
-    "lora": ((".lora_A.weight", ".lora_down.weight"), (".lora_B.weight", ".lora_up.weight"), (".lora_magnitude_vector", ".dora_scale")),
-    "loha": tuple((f".hada_{n}", f".hada_{n}") for n in ("w1_a", "w1_b", "w2_a", "w2_b", "t1", "t2")),
-    "lokr": tuple((f".lokr_{n}", f".lokr_{n}") for n in ("w1", "w1_a", "w1_b", "w2", "w2_a", "w2_b", "t2")),
-}
 #: The ``ss_network_module`` each adapter type is written as (what LyCORIS files say).
 NETWORK_MODULE = {"lora": "networks.lora", "loha": "lycoris.kohya", "lokr": "lycoris.kohya"}
 
 
-def split_key(key: str, suffixes: tuple[tuple[str, str], ...]) -> tuple[str, str] | None:
-    """``(module name, kohya suffix)`` of a peft state-dict key, or None when it is no adapter tensor."""
-    for marker, suffix in suffixes:
-        if key.endswith(marker):
-            return key[: -len(marker)], suffix
-    return None
-
-
-def kohya_module_names(components: Components, unet: Any, text_encoders: Sequence[Any]) -> list[tuple[str, Any, Any]]:
-    """``(kohya prefix, module, unet config)`` for the UNet and each text encoder (its spec's ``kohya_prefix``)."""
-    te_prefixes = [te.kohya_prefix for te in components.spec.text_encoders]
-    return [("lora_unet", unet, dict(unwrap(unet).config))] + [(p, te, None) for p, te in zip(te_prefixes, text_encoders)]
-
-
-def kohya_key(prefix: str, name: str, components: Components, unet_config: Mapping[str, Any] | None) -> str:
-    """The kohya key base (``lora_unet_…`` / ``lora_te…_text_model_…``) of a peft module path."""
-    if prefix == "lora_unet":
-        module = components.runtime.kohya_unet_module(name, unet_config) if unet_config is not None else name
-    else:
-        module = name if name.startswith("text_model.") else f"text_model.{name}"
-    return f"{prefix}_{module.replace('.', '_')}"
-
-
-def kohya_lora_state_dict(components: Components, unet: Any = None, text_encoders: Sequence[Any] | None = None) -> dict[str, Any]:
-    """The LoRA / LoHa / LoKr of the (trained) UNet and text encoders in kohya's (LyCORIS') key layout.
-
-    Keys are ``lora_unet_<module>`` (the module names kohya uses for the family: the runtime's
-    ``kohya_unet_module``) and ``<kohya prefix>_<module>`` per text encoder (``lora_te``, or
-    ``lora_te1``/``lora_te2``: the spec's), each with ``.alpha`` (the trained alpha) and:
-
-    * LoRA: ``.lora_down.weight``, ``.lora_up.weight`` and, for DoRA, ``.dora_scale`` (peft's
-      per-output-row magnitude shaped ``[out, 1]``, as ComfyUI reads it; diffusers drops
-      ``dora_scale`` from kohya files, so DoRA loads in diffusers from the diffusers file);
-    * LoHa: ``.hada_w1_a``, ``.hada_w1_b``, ``.hada_w2_a``, ``.hada_w2_b`` (delta =
-      (w1_a·w1_b) ⊙ (w2_a·w2_b) · alpha / rank, as ComfyUI and A1111 compute it, and as peft does);
-    * LoKr: ``.lokr_w1`` and ``.lokr_w2`` or ``.lokr_w2_a``/``.lokr_w2_b`` (delta = w1 ⊗ w2, scaled
-      by alpha / rank only when a factor is decomposed; when none is, ComfyUI and A1111 apply no
-      scale, so peft's alpha / rank is folded into ``lokr_w1``).
-    """
-    import torch
-
-    unet = unet if unet is not None else components.unet
-    encoders = list(text_encoders) if text_encoders is not None else components.text_encoders
-    out: dict[str, Any] = {}
-    for prefix, module, unet_config in kohya_module_names(components, unet, encoders):
+def adapters(components: Components, denoiser: Any = None, text_encoders: Sequence[Any] | None = None) -> list[AdapterWeights]:
+    """The adapter of the denoiser and of each text encoder that has one, by component name (the given, possibly
+    training-wrapped, modules or the components' own)."""
+    modules = {components.spec.denoiser: denoiser if denoiser is not None else components.denoiser}
+    modules.update(zip(components.text_encoder_names, text_encoders if text_encoders is not None else components.text_encoders))
+    found = []
+    for name, module in modules.items():
         state, config = adapter_state(module)
-        if config is None:
-            continue
-        kind = adapter_kind(config)
-        grouped: dict[str, dict[str, Any]] = {}
-        for key, tensor in state.items():
-            split = split_key(key, KOHYA_SUFFIXES[kind])
-            if split is not None:
-                grouped.setdefault(split[0], {})[split[1]] = tensor
-        for name, tensors in grouped.items():
-            base = kohya_key(prefix, name, components, unet_config)
-            alpha = alpha_for(config, name)
-            if kind == "lora" and ".dora_scale" in tensors:
-                up = tensors[".lora_up.weight"]
-                tensors[".dora_scale"] = tensors[".dora_scale"].reshape(up.shape[0], *([1] * (up.ndim - 1)))
-            if kind == "lokr" and not any(k in tensors for k in (".lokr_w1_a", ".lokr_w2_a")):
-                tensors[".lokr_w1"] = tensors[".lokr_w1"] * (alpha / rank_for(config, name))
-            for suffix, tensor in tensors.items():
-                out[base + suffix] = tensor
-            out[base + ".alpha"] = torch.tensor(alpha)
-    return out
+        if config is not None:
+            found.append(AdapterWeights(name, state, config))
+    return found
 
 
-def adapter_kind(config: Any) -> str:
-    """``lora``, ``loha`` or ``lokr`` from a peft config."""
-    return {"LORA": "lora", "LOHA": "loha", "LOKR": "lokr"}[str(getattr(config.peft_type, "value", config.peft_type)).upper()]
+def lora_files(components: Components, denoiser: Any = None, text_encoders: Sequence[Any] | None = None) -> LoraFiles:
+    """The trained adapters in the kohya/LyCORIS and diffusers layouts, as the family lays them out (its ``lora_files``).
+
+    kohya keys are ``<kohya prefix>_<module>`` per component (the family's key tables)
+    with ``.alpha`` and LoRA's ``lora_down``/``lora_up`` (DoRA's ``dora_scale`` shaped ``[out, 1]``),
+    LoHa's ``hada_*`` or LoKr's ``lokr_*`` (``core/families/lora_files.py`` says how each is scaled).
+    """
+    denoiser = denoiser if denoiser is not None else components.denoiser
+    return components.runtime.lora_files(adapters(components, denoiser, text_encoders), dict(unwrap(denoiser).config))
 
 
 def network_args(settings: Mapping[str, Any]) -> dict[str, str]:
@@ -173,61 +104,39 @@ def network_args(settings: Mapping[str, Any]) -> dict[str, str]:
     return dict(arg.split("=", 1) for arg in args)
 
 
-def _lora_config_metadata(config: Any) -> dict[str, Any] | None:
-    if config is None:
-        return None
-    data = config.to_dict()
-    for key, value in list(data.items()):
-        if isinstance(value, set):
-            data[key] = sorted(value)
-    return data
-
-
 def save_lora(
     components: Components,
     out_dir: str | Path,
     name: str,
     metadata: Mapping[str, str] | None = None,
-    unet: Any = None,
+    denoiser: Any = None,
     text_encoders: Sequence[Any] | None = None,
     dtype: Any = None,
 ) -> SavedFiles:
     """Write ``<out_dir>/<name>.safetensors`` (kohya/LyCORIS keys) and the diffusers-side file.
 
-    LoRA: ``<out_dir>/diffusers/pytorch_lora_weights.safetensors`` (``load_lora_weights``).
+    LoRA: ``<out_dir>/diffusers/pytorch_lora_weights.safetensors`` (``load_lora_weights``; the
+    family's diffusers layout with peft's configs as metadata, so alpha survives).
     LoHa / LoKr, which diffusers cannot load: peft's own adapter folders
     ``<out_dir>/peft/<component>/`` (``adapter_config.json`` +
     ``adapter_model.safetensors``; ``PeftModel.from_pretrained`` / ``inject_adapter_in_model``).
     ``dtype`` (``save_precision``) casts every floating-point tensor written.
     """
     out = Path(out_dir)
-    unet = unet if unet is not None else components.unet
+    denoiser = denoiser if denoiser is not None else components.denoiser
     encoders = list(text_encoders) if text_encoders is not None else components.text_encoders
+    trained = adapters(components, denoiser, encoders)
+    files = components.runtime.lora_files(trained, dict(unwrap(denoiser).config))
     kohya_file = out / f"{name}.safetensors"
-    kohya = _cast(kohya_lora_state_dict(components, unet, encoders), dtype)
+    kohya = _cast(files.kohya, dtype)
     if not kohya:
         raise ValueError("the model has no LoRA adapter to save; the LoRA method adds one before training")
     _save_safetensors(kohya_file, kohya, with_hashes(kohya, metadata) if metadata else None)
-
-    unet_state, unet_config = adapter_state(unet)
-    if adapter_kind(unet_config) != "lora":
-        return SavedFiles(kohya_file, _save_peft_folders(out / PEFT_DIR, {"unet": unet, **dict(zip(components.text_encoder_names, encoders))}, dtype))
-    unet_state = _cast(unet_state, dtype)
-    kwargs: dict[str, Any] = {
-        "unet_lora_layers": unet_state,
-        "unet_lora_adapter_metadata": _lora_config_metadata(unet_config),
-    }
-    for te_name, encoder in zip(components.text_encoder_names, encoders):
-        state, config = adapter_state(encoder)
-        if state:
-            kwargs[f"{te_name}_lora_layers"] = _cast(state, dtype)
-            kwargs[f"{te_name}_lora_adapter_metadata"] = _lora_config_metadata(config)
+    if any(adapter_kind(adapter.config) != "lora" for adapter in trained):
+        modules = {components.spec.denoiser: denoiser, **dict(zip(components.text_encoder_names, encoders))}
+        return SavedFiles(kohya_file, _save_peft_folders(out / PEFT_DIR, modules, dtype))
     target = out / DIFFUSERS_DIR / LORA_WEIGHT_NAME
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".lora-", dir=target.parent) as tmp:
-        components.pipeline_class.save_lora_weights(tmp, weight_name=LORA_WEIGHT_NAME, **kwargs)
-        finish_tree(tmp)
-        replace(Path(tmp) / LORA_WEIGHT_NAME, target)
+    _save_safetensors(target, _cast(files.diffusers, dtype), files.diffusers_metadata)
     return SavedFiles(kohya_file, target)
 
 
@@ -285,7 +194,7 @@ def save_full_model(
     components: Components,
     out_dir: str | Path,
     name: str,
-    unet: Any = None,
+    denoiser: Any = None,
     text_encoders: Sequence[Any] | None = None,
     dtype: Any = None,
 ) -> SavedFiles:
@@ -295,7 +204,7 @@ def save_full_model(
     keeps the training dtype.
     """
     out = Path(out_dir)
-    pipe = components.pipeline(unet=unet, text_encoders=text_encoders)
+    pipe = components.pipeline(denoiser=denoiser, text_encoders=text_encoders)
     folder = replace_folder(lambda tmp: pipe.save_pretrained(tmp, safe_serialization=True), out / DIFFUSERS_DIR)
     single = _write_original(pipe, components.runtime, out / f"{name}.safetensors", dtype, components.prediction_type)
     return SavedFiles(single, folder)

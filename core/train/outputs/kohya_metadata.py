@@ -9,7 +9,11 @@
   sd-webui-additional-networks and A1111 index by): the SHA-256 of the tensor data and the
   legacy 64 KiB-at-1 MiB hash, both of the safetensors bytes with only the ``ss_*`` metadata.
 * ``modelspec.*``: the Stability AI model spec 1.0.1 keys sd-scripts' ``sai_model_spec.py``
-  writes for a LoRA (the architecture id from the family spec, e.g. ``stable-diffusion-v2-768-v/lora``).
+  writes for a LoRA.
+
+The values that name the model family (``ss_base_model_version``, ``ss_v2``, the
+``modelspec`` architecture, implementation and prediction type) are the family runtime's
+(``kohya_metadata``), handed in as :attr:`RunFacts.family_values`.
 """
 
 from __future__ import annotations
@@ -25,20 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.families import spec as family_spec
 from core.settings import subset_settings
 
 MODELSPEC_VERSION = "1.0.1"
-
-
-def base_model_version(family: str, v_prediction: bool) -> str:
-    """``ss_base_model_version`` as sd-scripts writes it (the family spec's, with its v-prediction suffix)."""
-    return family_spec(family).base_model_version(v_prediction)
-
-
-def architecture(family: str, v_prediction: bool, adapter: str = "lora") -> str:
-    """``modelspec.architecture``: sd-scripts' id of the family (per prediction type) with ``/lora``."""
-    return f"{family_spec(family).architecture(v_prediction)}/{adapter}"
 
 
 @dataclass(frozen=True)
@@ -59,6 +52,8 @@ class RunFacts:
     optimizer: str
     network_module: str
     network_args: Mapping[str, Any]
+    #: The family's ``ss_*`` / ``modelspec.*`` values (``FamilyRuntime.kohya_metadata``).
+    family_values: Mapping[str, str]
 
 
 def tag_frequency(captions_by_dir: Mapping[str, list[str]]) -> dict[str, dict[str, int]]:
@@ -162,9 +157,9 @@ def ss_metadata(facts: RunFacts, settings: Mapping[str, Any], schedule: Mapping[
         "ss_mixed_precision": s["mixed_precision"],
         "ss_full_fp16": False,
         "ss_full_bf16": bool(s["full_bf16"]),
-        "ss_v2": family_spec(facts.family).kohya_v2,
+        "ss_v2": facts.family_values["ss_v2"],
         "ss_v_parameterization": facts.v_prediction,
-        "ss_base_model_version": base_model_version(facts.family, facts.v_prediction),
+        "ss_base_model_version": facts.family_values["ss_base_model_version"],
         "ss_clip_skip": int(s["clip_skip"]) if int(s["clip_skip"]) > 1 else None,
         "ss_max_token_length": None,
         "ss_cache_latents": bool(s["cache_latents"]),
@@ -238,12 +233,12 @@ def model_spec(facts: RunFacts, settings: Mapping[str, Any], saved_at: float, ve
     resolution = int(settings["resolution"])
     spec = {
         "modelspec.sai_model_spec": MODELSPEC_VERSION,
-        "modelspec.architecture": architecture(facts.family, facts.v_prediction),
-        "modelspec.implementation": family_spec(facts.family).modelspec_implementation,
+        "modelspec.architecture": facts.family_values["modelspec.architecture"],
+        "modelspec.implementation": facts.family_values["modelspec.implementation"],
         "modelspec.title": facts.name,
         "modelspec.resolution": f"{resolution}x{resolution}",
         "modelspec.date": datetime.datetime.fromtimestamp(int(saved_at)).isoformat(),
-        "modelspec.prediction_type": "v" if facts.v_prediction else "epsilon",
+        "modelspec.prediction_type": facts.family_values["modelspec.prediction_type"],
         "modelspec.implementation_version": f"sdtui/{version}",
     }
     if int(settings["clip_skip"]) > 1:

@@ -93,7 +93,7 @@ def render_samples(
     autocast: Callable[[], AbstractContextManager[Any]] = nullcontext,
     default_size: int = 512,
     seed: int = 0,
-    unet: Any = None,
+    denoiser: Any = None,
     text_encoders: Sequence[Any] | None = None,
     indices: Sequence[int] | None = None,
     sampler: str = "default",
@@ -101,8 +101,9 @@ def render_samples(
 ) -> list[SampleResult]:
     """Render each prompt line (kohya syntax: ``--n --w --h --d --l --s --ss``) to a PNG in ``out_dir``.
 
-    ``unet``/``text_encoders`` may be the training-wrapped modules of ``components``. A prompt without ``--d`` uses ``seed`` +
-    its index; without ``--ss`` it uses ``sampler``. ``clip_skip`` is kohya's (the text
+    ``denoiser``/``text_encoders`` may be the training-wrapped modules of ``components``. A prompt without ``--d`` uses ``seed`` +
+    its index; without ``--ss`` it uses ``sampler``; without ``--s`` / ``--l`` the family's sampling steps and guidance
+    (``sample_defaults``). The pipeline's arguments are the family's (``sample_arguments``). ``clip_skip`` is kohya's (the text
     layer the run trains with). Runs in eval mode under ``no_grad`` and ``autocast()``, the
     context the training steps run in (the accelerator's, so bf16 and fp16 runs sample in their
     precision on the CPU and the GPU), and restores train mode and devices after. Raises
@@ -111,10 +112,11 @@ def render_samples(
     import torch
 
     family_runtime = components.runtime
-    pipe = components.pipeline(unet=unet, text_encoders=text_encoders)
+    pipe = components.pipeline(denoiser=denoiser, text_encoders=text_encoders)
     base_scheduler = pipe.scheduler
     device = torch.device(device)
-    parsed = [parse_prompt_line(line, width=default_size, height=default_size) for line in prompts]
+    steps, scale = family_runtime.sample_defaults()
+    parsed = [parse_prompt_line(line, width=default_size, height=default_size, scale=scale, steps=steps) for line in prompts]
     wanted = list(indices) if indices is not None else list(range(len(parsed)))
     results: list[SampleResult] = []
     with _inference_mode([unwrap(m) for m in _pipeline_modules(pipe, components.spec)], device):
@@ -123,17 +125,9 @@ def render_samples(
             generator = torch.Generator(device="cpu").manual_seed(prompt.seed if prompt.seed is not None else seed + index)
             try:
                 pipe.scheduler = sampler_scheduler(prompt.sampler or sampler, base_scheduler)
-                text, skip = family_runtime.sample_text(pipe, prompt.prompt, prompt.negative, clip_skip)
+                arguments = family_runtime.sample_arguments(pipe, prompt, clip_skip)
                 with autocast():
-                    image = pipe(
-                        **text,
-                        width=prompt.width,
-                        height=prompt.height,
-                        num_inference_steps=prompt.steps,
-                        guidance_scale=prompt.scale,
-                        generator=generator,
-                        clip_skip=skip,
-                    ).images[0]
+                    image = pipe(**arguments, generator=generator).images[0]
             except Exception as exc:
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
