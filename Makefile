@@ -11,7 +11,7 @@ LOCK := requirements.lock
 TORCH_PIN ?= torch==2.13.0
 UV_PIN ?= uv==0.13.8
 
-.PHONY: setup lock test demo bench clean
+.PHONY: setup lock test test-fast tidy demo bench clean
 
 setup: $(STAMP)
 
@@ -29,8 +29,17 @@ lock:
 	test -x $(UV) || { test -x $(PY) || $(PYTHON) -m venv $(VENV); $(PY) -m pip install -q "$(UV_PIN)"; }
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) tools/lock.py "$(TORCH_PIN)"
 
+# The whole suite, then the 20 slowest tests.
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadgroup -q
+	$(PY) -m pytest -n 2 --dist loadgroup -q --durations=20
+
+# The unit tests only: everything not marked slow (training, processes, tmux).
+test-fast: $(STAMP)
+	$(PY) -m pytest -n 2 --dist loadgroup -q -m "not slow" --durations=10
+
+# Apply ruff's safe lint fixes and the formatter (what tests/test_code_checks.py checks).
+tidy: $(STAMP)
+	tools/tidy.sh
 
 demo: $(STAMP)
 	$(VENV)/bin/sdtui demo

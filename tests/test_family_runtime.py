@@ -148,7 +148,7 @@ def test_a_flow_setting_the_family_cannot_honour_is_refused_in_one_sentence() ->
     from core.families.objectives import check_objective_settings
 
     flow = replace(spec("sd1"), name="flowy", objective="flow", objectives=("flow",))
-    with pytest.raises(UserError, match="set settings.min_snr_gamma = 0"):
+    with pytest.raises(UserError, match=r"set settings.min_snr_gamma = 0"):
         check_objective_settings(flow, "flow", {"min_snr_gamma": 5})
     with pytest.raises(UserError, match="trains with flow, not v_prediction"):
         check_objective_settings(flow, "v_prediction", {})

@@ -118,7 +118,7 @@ def test_separate_vae_and_missing_vae(tmp_path, tiny_models):
     components = load_components(str(tiny_models("sd1")), vae_path=str(other))
     assert components.vae.config.scaling_factor == 0.13025
     assert components.pipeline().vae is components.vae
-    with pytest.raises(ModelLoadError, match="model.vae"):
+    with pytest.raises(ModelLoadError, match=r"model.vae"):
         load_components(str(tiny_models("sd1")), vae_path=str(tmp_path / "no-vae"))
 
 

@@ -94,7 +94,7 @@ def test_missing_class_images_are_generated_into_the_run_folder(tmp_path, tiny_m
 def test_class_images_without_prompt_or_folder_is_a_user_error(tmp_path, tiny_models):
     components = load_components(str(tiny_models("sd1")))
     data = _dataset(tmp_path, class_images=0)
-    with pytest.raises(UserError, match="method.class_prompt"):
+    with pytest.raises(UserError, match=r"method.class_prompt"):
         prepare_class_images(components, data, tmp_path / "run", "", wanted=2)
 
 

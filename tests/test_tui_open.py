@@ -126,7 +126,7 @@ def test_import_kohya_writes_a_run_toml_that_plans(tmp_path: Path, kohya_dataset
     assert "has no model yet" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("problem, sentence", [
+@pytest.mark.parametrize(("problem", "sentence"), [
     ("missing", "does not exist; check the path"),
     ("bad-prompt", "line 1: sample prompt 'a --w 63': --w must be a multiple of 8"),
 ])

@@ -221,7 +221,7 @@ async def _drive(pilot, step: int, dataset: Path) -> None:
             screen.query_one("#prompts").text = "a photo of sks dog --w 512 --h 512 --d 1"
             await _until(pilot, lambda: screen.error is None, "the prompts to check out")
         await pilot.press("ctrl+n")
-        await _until(pilot, lambda: screen.index == n, f"step {n + 1}")
+        await _until(pilot, lambda n=n: screen.index == n, f"step {n + 1}")
     if step == 5:
         screen.query_one("#prompts").text = "a photo of sks dog --w 512 --h 512 --d 1"
         await _until(pilot, lambda: screen.error is None, "the prompts to check out")
