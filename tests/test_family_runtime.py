@@ -198,6 +198,7 @@ def test_build_tiny_writes_the_trainers_tiny_model(tmp_path: Path, tiny_models, 
 
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
+@pytest.mark.slow
 def test_load_whole_and_split_files(tmp_path: Path, tiny_models, family: str) -> None:
     from core.train.model.tiny import build_tiny_single_file
 

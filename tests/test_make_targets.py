@@ -17,6 +17,7 @@ def _make(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["make", "--no-print-directory", "-o", ".venv/.installed", *args], cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_a_test_run_that_collects_nothing_fails_with_a_sentence() -> None:
     out = _make("test", "PYTEST_ARGS=tests/test_atomic.py -k no_test_has_this_name -n 0 -p no:cacheprovider")
     assert out.returncode != 0, out.stdout + out.stderr

@@ -22,6 +22,7 @@ def test_folder_loads_with_detected_family(tiny_models, family):
     assert pipe.unet is components.unet
 
 
+@pytest.mark.slow
 def test_sd2_is_v_prediction(tmp_path):
     from core.train.model.tiny import build_tiny
 
@@ -40,6 +41,7 @@ def test_prediction_type_override_and_768v_heuristic(tiny_models):
 
 
 @pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
+@pytest.mark.slow
 def test_single_file_round_trips_the_weights(tmp_path, tiny_models, family):
     import torch
 
@@ -96,6 +98,7 @@ def test_hub_id_offline_fails_fast(monkeypatch):
     assert time.monotonic() - start < 10
 
 
+@pytest.mark.slow
 def test_ckpt_file_loads_with_safe_unpickling(tmp_path):
     import torch
     from safetensors.torch import load_file
