@@ -13,6 +13,9 @@ from core.train.model.loading import load_components
 from core.train.outputs.sampling import SampleError, render_samples
 from tests.conftest import write_image
 
+# every test renders with a tiny pipeline: functional
+pytestmark = pytest.mark.slow
+
 PROMPTS = ["a red circle --w 64 --h 96 --s 2 --d 5", "a blue square --n green --s 2 --l 3.5"]
 
 
