@@ -11,7 +11,7 @@ LOCK := requirements.lock
 TORCH_PIN ?= torch==2.13.0
 UV_PIN ?= uv==0.13.8
 
-.PHONY: setup lock test demo bench clean
+.PHONY: setup lock test test-fast tidy demo bench clean
 
 setup: $(STAMP)
 
@@ -29,8 +29,23 @@ lock:
 	test -x $(UV) || { test -x $(PY) || $(PYTHON) -m venv $(VENV); $(PY) -m pip install -q "$(UV_PIN)"; }
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) tools/lock.py "$(TORCH_PIN)"
 
+# pytest for make test and test-fast; PYTEST_ARGS adds arguments (a file, -k, -x). Its exit code 5
+# (nothing collected) fails with a sentence: a suite that selects no test must not pass as green.
+PYTEST_ARGS ?=
+PYTEST = $(PY) -m pytest -n 2 --dist loadgroup -q
+NO_TESTS = { code=$$?; [ $$code -ne 5 ] || echo "make: pytest collected no tests (exit code 5); check testpaths and markers in pyproject.toml and PYTEST_ARGS" >&2; exit $$code; }
+
+# The whole suite, then the 20 slowest tests.
 test: $(STAMP)
-	$(PY) -m pytest -n 2 --dist loadgroup -q
+	$(PYTEST) --durations=20 $(PYTEST_ARGS) || $(NO_TESTS)
+
+# The unit tests only: everything not marked slow (training, launching processes, tmux, over ~2 s).
+test-fast: $(STAMP)
+	$(PYTEST) -m "not slow" --durations=10 $(PYTEST_ARGS) || $(NO_TESTS)
+
+# Apply ruff's safe lint fixes and the formatter (what tests/test_code_checks.py checks).
+tidy: $(STAMP)
+	tools/tidy.sh
 
 demo: $(STAMP)
 	$(VENV)/bin/sdtui demo

@@ -18,6 +18,7 @@ the median step of all rounds, with the window means and ours' self-reported
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import statistics
@@ -84,7 +85,7 @@ def ours(workdir: Path, model: Path, dataset: Path, precision: str, index: int) 
     records = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("type") == "step"]
     result["reported_ips"] = statistics.median(r["images_per_s"] for r in records[WARMUP:] if r.get("images_per_s"))
     stamps = [r["time"] for r in records[WARMUP - 1:]]
-    result["steps_s"] = [b - a for a, b in zip(stamps, stamps[1:])]
+    result["steps_s"] = [b - a for a, b in itertools.pairwise(stamps)]
     return result
 
 

@@ -75,7 +75,7 @@ def run_watched(
     import psutil
 
     start = time.perf_counter()
-    errors = tempfile.TemporaryFile("w+", encoding="utf-8")  # a file, not a pipe: a chatty child never blocks on it
+    errors = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115 - closed below; a file, not a pipe: a chatty child never blocks on it
     proc = subprocess.Popen(argv, cwd=REPO, env=env or child_env(), stdout=subprocess.DEVNULL, stderr=errors, text=True)
     watched = psutil.Process(proc.pid)
     marks: dict[int, tuple[float, float]] = {}

@@ -250,7 +250,7 @@ def test_export_kohya_of_a_prodigy_lokr_run_says_what_has_no_sd_scripts_option(k
     subsets = scan_dataset(kohya_dataset()).subset_configs()
     settings = {"optimizer": "prodigy", "lora_type": "lokr", "clip_skip": 2, "ema": True}
     path = save_config(new_config("dog", "/models/sd15.safetensors", "sd1", "lora", subsets, settings), tmp_path / "run.toml")
-    code, out, err = run(capsys, "export-kohya", str(path), str(tmp_path / "kohya"))
+    code, _, err = run(capsys, "export-kohya", str(path), str(tmp_path / "kohya"))
     assert code == 0 and "Traceback" not in err
     text = (tmp_path / "kohya" / "training_config.toml").read_text()
     assert 'optimizer_type = "Prodigy"' in text and 'network_module = "lycoris.kohya"' in text and "clip_skip = 2" in text

@@ -104,7 +104,7 @@ def test_a_run_toml_without_a_family_takes_the_models_not_sd1(tmp_path: Path) ->
     assert config.family == "sdxl"
     unknown = load_config(write(tmp_path, HAND_WRITTEN.replace('path = "/models/sd15"', 'path = "someone/mystery-model"').replace('family = "sd1"\n', "")))
     with pytest.raises(UserError, match="cannot tell the family of hub model 'someone/mystery-model'"):
-        unknown.family
+        _ = unknown.family
 
 
 def test_relative_subset_paths_are_made_absolute_against_the_file(tmp_path: Path) -> None:
@@ -249,7 +249,7 @@ def test_every_float_setting_refuses_nan_and_inf(section: str, key: str, value: 
 def test_nan_in_run_toml_is_refused_on_load(tmp_path: Path) -> None:
     path = tmp_path / "run.toml"
     path.write_text('name = "x"\n[model]\npath = "/m"\n[schedule]\nlearning_rate = nan\n')
-    with pytest.raises(UserError, match="learning_rate .* must be a finite number"):
+    with pytest.raises(UserError, match=r"learning_rate .* must be a finite number"):
         load_config(path)
 
 

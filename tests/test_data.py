@@ -162,6 +162,7 @@ def test_prior_preservation_batches_pair_class_images(wide_and_square):
     assert batch["pixel_values"].shape[0] == 2 * n
 
 
+@pytest.mark.slow
 def test_latent_cache_memory_and_disk_agree(tmp_path, wide_and_square, tiny_models):
     components = load_components(str(tiny_models("sd1")))
     config = _config((wide_and_square / "5_sks dog", 2, "sks dog", False), (wide_and_square / "1_dog", 1, "dog", True))
@@ -186,6 +187,7 @@ def test_latent_cache_memory_and_disk_agree(tmp_path, wide_and_square, tiny_mode
     assert sorted(p.name for p in wide_and_square.rglob("*")) == before  # the dataset is untouched
 
 
+@pytest.mark.slow
 def test_latent_cache_is_reused_across_runs_until_the_image_or_vae_changes(tmp_path, wide_and_square, tiny_models):
     components = load_components(str(tiny_models("sd1")))
     folder = tmp_path / "cache"
@@ -207,6 +209,7 @@ def test_latent_cache_is_reused_across_runs_until_the_image_or_vae_changes(tmp_p
     assert cache_latents(components, build_items(config, SETTINGS), "cpu", torch.float32, folder).encoded == 5
 
 
+@pytest.mark.slow
 def test_latent_cache_shards_the_encoding_across_ranks(tmp_path, wide_and_square, tiny_models):
     """Each rank encodes its fixed share before the one barrier, whatever the others wrote already."""
     components = load_components(str(tiny_models("sd1")))

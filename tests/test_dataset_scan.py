@@ -182,7 +182,7 @@ def test_missing_path_and_file_path_are_user_errors(tmp_path: Path) -> None:
     (tmp_path / "file.png").write_bytes(b"x")
     with pytest.raises(UserError, match="is a file, not a folder"):
         scan_dataset(tmp_path / "file.png")
-    with pytest.raises(UserError, match="regularisation folder .* does not exist"):
+    with pytest.raises(UserError, match=r"regularisation folder .* does not exist"):
         scan_dataset(tmp_path, reg_path=tmp_path / "noreg")
 
 
@@ -259,7 +259,7 @@ def test_bad_bucket_settings_and_caption_extension_are_user_errors(kohya_dataset
     root = kohya_dataset()
     with pytest.raises(UserError, match="bucket_reso_steps must be at least 8"):
         scan_dataset(root, bucket_settings={"bucket_reso_steps": 2})
-    with pytest.raises(UserError, match="caption extension .png is an image extension"):
+    with pytest.raises(UserError, match=r"caption extension .png is an image extension"):
         scan_dataset(root, caption_extensions=(".png",))
 
 
@@ -285,6 +285,20 @@ def test_large_duplicates_need_equal_content_not_just_equal_ends(tmp_path: Path)
     duplicates = [p for p in scan.problems if "same content" in p.message]
     assert [(Path(p.path).name, p.message.rsplit("/", 1)[1]) for p in duplicates] == [("b.bmp", "a.bmp")]
 
+
+
+def test_duplicates_are_found_without_hashlib_file_digest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Python 3.10 (which sdtui supports) has no hashlib.file_digest: two images of one size must not crash the scan there."""
+    from PIL import Image
+
+    monkeypatch.delattr(hashlib, "file_digest", raising=False)
+    folder = tmp_path / "data" / "2_x"
+    folder.mkdir(parents=True)
+    image = Image.new("RGB", (200, 200), (10, 20, 30))
+    image.save(folder / "a.bmp")
+    image.save(folder / "b.bmp")
+    scan = scan_dataset(tmp_path / "data")
+    assert [Path(p.path).name for p in scan.problems if "same content" in p.message] == ["b.bmp"]
 
 def test_data_appended_after_the_image_is_not_truncation(tmp_path: Path) -> None:
     folder = tmp_path / "3_phone"

@@ -169,7 +169,7 @@ def test_flow_loss_weightings() -> None:
 
 @pytest.mark.parametrize("bad", [{"sampling": "cubic"}, {"weighting": "snr"}, {"shift": 0.0}])
 def test_a_flow_objective_refuses_unknown_settings(bad: dict[str, object]) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^flow (sampling|weighting|shift) "):
         FlowObjective(**bad)
 
 

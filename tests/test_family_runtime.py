@@ -147,7 +147,7 @@ def test_a_flow_setting_the_family_cannot_honour_is_refused_in_one_sentence() ->
     from core.families.objectives import check_objective_settings
 
     flow = replace(spec("sd1"), name="flowy", objective="flow", objectives=("flow",))
-    with pytest.raises(UserError, match="set settings.min_snr_gamma = 0"):
+    with pytest.raises(UserError, match=r"set settings.min_snr_gamma = 0"):
         check_objective_settings(flow, "flow", {"min_snr_gamma": 5})
     with pytest.raises(UserError, match="trains with flow, not v_prediction"):
         check_objective_settings(flow, "v_prediction", {})
@@ -201,6 +201,7 @@ def test_build_tiny_writes_the_trainers_tiny_model(tmp_path: Path, tiny_models, 
 
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
+@pytest.mark.slow
 def test_load_whole_and_split_files(tmp_path: Path, tiny_models, family: str) -> None:
     from core.train.model.tiny import build_tiny_single_file
 

@@ -66,6 +66,7 @@ def test_damaged_latent_cache_entries_are_encoded_again_in_both_shares_of_two_ra
     assert (again.encoded, again.reused, len(again)) == (0, 6, 6)
 
 
+@pytest.mark.slow
 def test_a_damaged_latent_cache_costs_no_image_in_a_real_run(tmp_path, tiny_models, kohya_dataset, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     data = kohya_dataset(((1, "sks dog", 6),))

@@ -25,6 +25,9 @@ import tomlkit
 from tests.conftest import make_kohya
 from tests.train_helpers import add_reg_subset, make_run, metrics, train
 
+# every case trains the tiny model: functional
+pytestmark = pytest.mark.slow
+
 GOLDEN = Path(__file__).parent / "data" / "golden_losses.json"
 
 #: name -> (family, method, settings, model extra, with class images)

@@ -25,7 +25,7 @@ def test_chosen_gpus_of_this_machine() -> None:
     assert config["main_process_port"] == 29555
     assert config["rdzv_backend"] == "sdtui-loopback", "one machine: the agent's store listens on 127.0.0.1 only"
     assert "--multi_gpu" in launch_command("/r", config)
-    with pytest.raises(UserError, match="gpu_ids lists 1 GPUs but distributed.num_processes is 2"):
+    with pytest.raises(UserError, match=r"gpu_ids lists 1 GPUs but distributed.num_processes is 2"):
         accelerate_config({"num_processes": 2, "gpu_ids": "1"}, "fp16", use_cpu=False)
     with pytest.raises(UserError, match="gpu_ids 'a,b'"):
         accelerate_config({"num_processes": 2, "gpu_ids": "a,b"}, "fp16", use_cpu=False)

@@ -79,7 +79,7 @@ def test_dataset_without_usable_images(tmp_path: Path, config_path: Path) -> Non
 def test_plan_that_does_not_fit_needs_yes(tmp_path: Path, config_path: Path) -> None:
     config = apply_overrides(load_config(config_path), ["resolution=1024", "max_bucket_reso=2048", "batch_size=8", "optimizer=adamw"])
     small = parse_spec("1x2GB")
-    with pytest.raises(UserError, match="does not fit the smallest chosen GPU .* pass --yes"):
+    with pytest.raises(UserError, match=r"does not fit the smallest chosen GPU .* pass --yes"):
         pf.preflight(config, tmp_path / "runs", small)
     forced = pf.preflight(config, tmp_path / "runs", small, force=True)
     assert any("launching anyway" in n for n in forced.notices) and not forced.use_cpu
@@ -101,7 +101,7 @@ def test_busy_gpu_is_a_warning_and_too_many_processes_an_error(tmp_path: Path, c
 def test_runs_folder_must_be_writable(tmp_path: Path, config_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(UserError, match="runs folder .* cannot be created .* writable --runs-dir"):
+    with pytest.raises(UserError, match=r"runs folder .* cannot be created .* writable --runs-dir"):
         pf.preflight(load_config(config_path), blocker / "runs", GpuSet([]))
 
 

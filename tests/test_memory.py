@@ -246,6 +246,7 @@ def test_activation_fit_reproduces_its_measured_points() -> None:
                 assert _poly(fit["saved"], tokens) == pytest.approx(row["saved"], rel=1e-6), (family, key)
 
 
+@pytest.mark.slow
 def test_activation_measurement_of_one_point_matches_the_stored_figure() -> None:
     pytest.importorskip("diffusers")
     from bench.measure_activations import denoiser_activation
@@ -256,6 +257,7 @@ def test_activation_measurement_of_one_point_matches_the_stored_figure() -> None
     assert denoiser_activation("sdxl", 1024, "lora", "half", True, "sdpa") == stored_xl
 
 
+@pytest.mark.slow
 def test_activation_method_predicts_a_real_cpu_peak() -> None:
     pytest.importorskip("diffusers")
     from bench.measure_activations import SMALL_SD1_UNET, denoiser_activation, has_mallinfo2, measured_peak

@@ -22,6 +22,7 @@ def test_folder_loads_with_detected_family(tiny_models, family):
     assert pipe.unet is components.denoiser
 
 
+@pytest.mark.slow
 def test_sd2_is_v_prediction(tmp_path):
     from core.train.model.tiny import build_tiny
 
@@ -40,6 +41,7 @@ def test_prediction_type_override_and_768v_heuristic(tiny_models):
 
 
 @pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
+@pytest.mark.slow
 def test_single_file_round_trips_the_weights(tmp_path, tiny_models, family):
     import torch
 
@@ -96,6 +98,7 @@ def test_hub_id_offline_fails_fast(monkeypatch):
     assert time.monotonic() - start < 10
 
 
+@pytest.mark.slow
 def test_ckpt_file_loads_with_safe_unpickling(tmp_path):
     import torch
     from safetensors.torch import load_file
@@ -118,7 +121,7 @@ def test_separate_vae_and_missing_vae(tmp_path, tiny_models):
     components = load_components(str(tiny_models("sd1")), vae_path=str(other))
     assert components.vae.config.scaling_factor == 0.13025
     assert components.pipeline().vae is components.vae
-    with pytest.raises(ModelLoadError, match="model.vae"):
+    with pytest.raises(ModelLoadError, match=r"model.vae"):
         load_components(str(tiny_models("sd1")), vae_path=str(tmp_path / "no-vae"))
 
 

@@ -11,6 +11,9 @@ from core.train.model.loading import load_components
 from core.train.outputs.files import lora_files, save_embeddings, save_full_model, save_lora
 from core.train.model.text import add_placeholder_tokens
 
+# every test trains or loads the tiny models and writes their files: functional
+pytestmark = pytest.mark.slow
+
 
 def _image(pipe, prompt: str = "a red circle") -> np.ndarray:
     pipe.set_progress_bar_config(disable=True)

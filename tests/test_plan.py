@@ -68,7 +68,7 @@ def test_family_bad_inputs_name_the_thing(tmp_path: Path) -> None:
         detect_family(str(tmp_path / "missing.safetensors"))
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"\xff" * 20)
-    with pytest.raises(UserError, match="broken.safetensors"):
+    with pytest.raises(UserError, match=r"broken.safetensors"):
         detect_family(str(broken))
     with pytest.raises(UserError, match="not a diffusers model folder"):
         detect_family(str(tmp_path))
@@ -403,16 +403,16 @@ def test_an_unrecognised_model_is_one_sentence_never_a_silent_sd1(tmp_path: Path
 
 def test_transformer_models_are_told_apart_from_unets(tmp_path: Path) -> None:
     flux = _safetensors(tmp_path / "flux1-dev.safetensors", ["double_blocks.0.img_attn.qkv.weight", "single_blocks.0.linear1.weight"])
-    with pytest.raises(UserError, match="FLUX.1-shaped model .* which sdtui does not train yet"):
+    with pytest.raises(UserError, match=r"FLUX.1-shaped model .* which sdtui does not train yet"):
         detect_family(str(flux))
     sd3 = _safetensors(tmp_path / "sd35.safetensors", ["model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight"])
-    with pytest.raises(UserError, match="Stable Diffusion 3.x model"):
+    with pytest.raises(UserError, match=r"Stable Diffusion 3.x model"):
         detect_family(str(sd3))
     folder = tmp_path / "flux-folder"
     (folder / "transformer").mkdir(parents=True)
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
     (folder / "transformer" / "config.json").write_text(json.dumps({"_class_name": "FluxTransformer2DModel"}))
-    with pytest.raises(UserError, match="FLUX.1-shaped"):
+    with pytest.raises(UserError, match=r"FLUX.1-shaped"):
         detect_family(str(folder))
 
 

@@ -66,7 +66,7 @@ def test_attach_exits_non_zero_for_a_failed_run_and_zero_for_a_finished_one(tmp_
     failed.write_status(state="finished", error=None)
     assert attach_verdict(failed) == 0
     failed.status_json.write_bytes(b"\xff\x00")
-    with pytest.raises(JobFailed, match="status.json"):
+    with pytest.raises(JobFailed, match=r"status.json"):
         attach_verdict(failed)
 
 

@@ -83,7 +83,7 @@ def test_list_and_resolve_runs(tmp_path: Path) -> None:
     assert resolve_run("dog-20250101-000000", tmp_path) == old
     assert resolve_run("cat", tmp_path) == new
     assert resolve_run(str(old.path), tmp_path / "elsewhere") == old
-    with pytest.raises(UserError, match="no run 'horse'.*sdtui runs"):
+    with pytest.raises(UserError, match=r"no run 'horse'.*sdtui runs"):
         resolve_run("horse", tmp_path)
     assert list_runs(tmp_path / "missing") == []
 

@@ -13,6 +13,9 @@ from core.train.model.loading import load_components
 from core.train.outputs.sampling import SampleError, render_samples
 from tests.conftest import write_image
 
+# every test renders with a tiny pipeline: functional
+pytestmark = pytest.mark.slow
+
 PROMPTS = ["a red circle --w 64 --h 96 --s 2 --d 5", "a blue square --n green --s 2 --l 3.5"]
 
 
@@ -94,7 +97,7 @@ def test_missing_class_images_are_generated_into_the_run_folder(tmp_path, tiny_m
 def test_class_images_without_prompt_or_folder_is_a_user_error(tmp_path, tiny_models):
     components = load_components(str(tiny_models("sd1")))
     data = _dataset(tmp_path, class_images=0)
-    with pytest.raises(UserError, match="method.class_prompt"):
+    with pytest.raises(UserError, match=r"method.class_prompt"):
         prepare_class_images(components, data, tmp_path / "run", "", wanted=2)
 
 

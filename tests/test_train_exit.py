@@ -9,6 +9,7 @@ import sys
 import time
 
 import psutil
+import pytest
 
 from tests.train_helpers import REPO, make_run, metrics
 
@@ -17,6 +18,7 @@ from tests.train_helpers import REPO, make_run, metrics
 EXIT_WITHIN_S = 1.5
 
 
+@pytest.mark.slow
 def test_the_trainer_exits_right_after_writing_finished_and_leaves_no_loader_workers(tmp_path, tiny_models, kohya_dataset):
     run = make_run(tmp_path / "run", tiny_models("sd1"), kohya_dataset(), settings={"dataloader_workers": 2}, schedule={"epochs": 0, "max_steps": 3})
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}

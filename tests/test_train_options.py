@@ -271,7 +271,7 @@ def test_lora_targets_rank_and_text_encoder(setup_run, targets, present, absent)
     assert any(present in n and "lora_A" in n for n in names)
     if absent:
         assert not any(absent in n for n in names)
-    assert {tuple(p.shape)[0] for n, p in trainer.session.method.named_trainable().items() if "unet." in n and "lora_A" in n} == {3}
+    assert {p.shape[0] for n, p in trainer.session.method.named_trainable().items() if "unet." in n and "lora_A" in n} == {3}
     te_names = [n for n in names if n.startswith("text_encoder.")]
     if targets == "all":
         assert any("q_proj.lora_A" in n for n in te_names)

@@ -46,6 +46,7 @@ async def test_no_color_is_honoured(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         assert app.no_color
 
 
+@pytest.mark.slow
 @sync
 async def test_command_palette_opens_the_wizard(tmp_path: Path) -> None:
     app = SdtuiApp(AppContext(runs_dir=tmp_path, gpu_spec="1x24GB"), theme="textual-dark")

@@ -427,6 +427,7 @@ def test_log_scale_labels_are_distinct_round_values_at_every_scale() -> None:
     assert log_ticks([1.065, 1.0752])[1] == ["1.065", "1.07", "1.075"]
 
 
+@pytest.mark.slow
 @sync
 async def test_a_live_run_repaints_only_what_changed(tmp_path: Path) -> None:
     runs = tmp_path / "runs"

@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+import pytest
 from textual.widgets import DataTable
 
 from core.gpu import GpuSet
@@ -129,6 +130,7 @@ async def test_home_selects_the_run_just_launched(tmp_path: Path) -> None:
         assert app.screen.selected().run_id == "new-lora-20251009-110000", "l and Enter act on the run just launched"
 
 
+@pytest.mark.slow
 @sync
 async def test_escape_asks_before_leaving_the_wizard_and_new_run_offers_it_again(tmp_path: Path) -> None:
     from tui.widgets.confirm import ConfirmScreen

@@ -103,6 +103,7 @@ async def test_demo_wizard_launches_and_the_dashboard_follows_the_run(tmp_path: 
     assert "max_steps = 3" in ws.config.read_text()
 
 
+@pytest.mark.slow
 @sync
 async def test_launch_asks_before_a_second_live_run_of_the_same_config(tmp_path: Path, tiny_models, monkeypatch) -> None:
     from core.config import save_config

@@ -40,6 +40,7 @@ async def _open(pilot, config: Path, prompts: Path | None = None) -> None:
     await pilot.press("enter")
 
 
+@pytest.mark.slow
 @sync
 async def test_a_kohya_dataset_config_and_its_prompts_open_in_the_wizard(tmp_path: Path, kohya_dataset) -> None:
     config, prompts, data = _kohya_files(tmp_path, kohya_dataset)
@@ -65,6 +66,7 @@ async def test_a_kohya_dataset_config_and_its_prompts_open_in_the_wizard(tmp_pat
         assert run.prompts == ["a photo of sks dog --w 640 --h 640 --d 5"] and run.settings["resolution"] == 640
 
 
+@pytest.mark.slow
 @sync
 async def test_a_run_toml_opens_on_review_and_a_bad_file_keeps_the_dialog_open(tmp_path: Path, kohya_dataset) -> None:
     config, prompts, _ = _kohya_files(tmp_path, kohya_dataset)
@@ -126,7 +128,7 @@ def test_import_kohya_writes_a_run_toml_that_plans(tmp_path: Path, kohya_dataset
     assert "has no model yet" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("problem, sentence", [
+@pytest.mark.parametrize(("problem", "sentence"), [
     ("missing", "does not exist; check the path"),
     ("bad-prompt", "line 1: sample prompt 'a --w 63': --w must be a multiple of 8"),
 ])

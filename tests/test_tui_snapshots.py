@@ -221,7 +221,7 @@ async def _drive(pilot, step: int, dataset: Path) -> None:
             screen.query_one("#prompts").text = "a photo of sks dog --w 512 --h 512 --d 1"
             await _until(pilot, lambda: screen.error is None, "the prompts to check out")
         await pilot.press("ctrl+n")
-        await _until(pilot, lambda: screen.index == n, f"step {n + 1}")
+        await _until(pilot, lambda n=n: screen.index == n, f"step {n + 1}")
     if step == 5:
         screen.query_one("#prompts").text = "a photo of sks dog --w 512 --h 512 --d 1"
         await _until(pilot, lambda: screen.error is None, "the prompts to check out")
@@ -250,6 +250,7 @@ VISIBLE = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("step", range(7), ids=["model", "dataset", "method", "recipe", "schedule", "samples", "review"])
 def test_wizard_step(snap_compare, snapshot_env: Path, fixed_dataset: Path, step: int) -> None:
     app = _app(snapshot_env / "runs", start="wizard")
@@ -261,6 +262,7 @@ def test_wizard_step(snap_compare, snapshot_env: Path, fixed_dataset: Path, step
     assert snap_compare(app, terminal_size=SIZE, run_before=drive)
 
 
+@pytest.mark.slow
 def test_repeats_dialog_with_its_sentence_at_80x24(snap_compare, snapshot_env: Path, fixed_dataset: Path) -> None:
     app = _app(snapshot_env / "runs", start="wizard")
 
@@ -277,6 +279,7 @@ def test_repeats_dialog_with_its_sentence_at_80x24(snap_compare, snapshot_env: P
     assert snap_compare(app, terminal_size=SIZE, run_before=drive)
 
 
+@pytest.mark.slow
 def test_leave_wizard_dialog_at_80x24(snap_compare, snapshot_env: Path, fixed_dataset: Path) -> None:
     app = _app(snapshot_env / "runs", start="wizard")
 

@@ -60,6 +60,7 @@ async def test_model_step_refuses_a_missing_path_and_accepts_a_family(tmp_path: 
         assert "sdxl" in str(app.screen.query_one("#model-family").render())
 
 
+@pytest.mark.slow
 @sync
 async def test_dataset_step_refuses_a_folder_without_images(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
@@ -83,6 +84,7 @@ async def _burst(pilot, *keys: tuple[str, str | None]) -> None:
     await pilot.pause(0.2)
 
 
+@pytest.mark.slow
 @sync
 async def test_dataset_table_and_repeats_edited_in_place(tmp_path: Path, kohya_dataset) -> None:
     from tui.widgets.ask import AskScreen
@@ -113,6 +115,7 @@ async def test_dataset_table_and_repeats_edited_in_place(tmp_path: Path, kohya_d
         assert (data / "10_sks dog").is_dir(), "the dataset is never renamed"
 
 
+@pytest.mark.slow
 @sync
 async def test_a_file_left_out_is_a_warning_the_rescan_sees_it_go_and_repeats_survive_path_edits(tmp_path: Path, kohya_dataset) -> None:
     data = kohya_dataset(subsets=((10, "sks dog", 4),))
@@ -135,6 +138,7 @@ async def test_a_file_left_out_is_a_warning_the_rescan_sees_it_go_and_repeats_su
         assert wizard.state.dataset_scan.items_per_epoch == 4 * 20, "editing the path kept the edited repeats"
 
 
+@pytest.mark.slow
 @sync
 async def test_recipe_step_refuses_batch_zero_and_a_recipe_that_does_not_fit(tmp_path: Path, kohya_dataset) -> None:
     app = _app(tmp_path, gpus="1x8GB")
@@ -155,6 +159,7 @@ async def test_recipe_step_refuses_batch_zero_and_a_recipe_that_does_not_fit(tmp
         assert "does not fit" in str(app.screen.query_one("#estimate").render())
 
 
+@pytest.mark.slow
 @sync
 async def test_whole_wizard_back_and_change_then_save(tmp_path: Path, kohya_dataset, monkeypatch) -> None:
     import core.gpu
@@ -327,6 +332,7 @@ def test_the_recipe_step_refuses_bucket_sides_that_do_not_frame_the_resolution(t
         state.check_recipe()
 
 
+@pytest.mark.slow
 @sync
 async def test_thousands_of_broken_files_are_one_line_in_the_problem_list(tmp_path: Path, kohya_dataset) -> None:
     data = kohya_dataset(subsets=((10, "sks dog", 4),))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from textual.widgets import Button, Input
 
 from core.config import new_config
@@ -104,6 +105,7 @@ def test_textual_inversion_samples_the_placeholder_and_warns_when_no_caption_has
     assert state.prompts == ["a painting of <sks>"]  # the user's own prompt stays
 
 
+@pytest.mark.slow
 @sync
 async def test_the_wizard_offers_a_class_folder_found_inside_the_dataset(tmp_path: Path, kohya_dataset) -> None:
     data = kohya_dataset()
@@ -140,6 +142,7 @@ async def _burst(pilot, *keys: tuple[str, str | None]) -> None:
     await pilot.pause(0.5)
 
 
+@pytest.mark.slow
 @sync
 async def test_keys_typed_in_a_burst_right_after_choosing_in_a_dropdown_all_land(tmp_path: Path, kohya_dataset) -> None:
     app = _app(tmp_path)
@@ -159,6 +162,7 @@ async def test_keys_typed_in_a_burst_right_after_choosing_in_a_dropdown_all_land
         assert help_line.startswith("batch_size: ")
 
 
+@pytest.mark.slow
 @sync
 async def test_the_help_line_follows_the_focus_wrapped_and_says_more_than_the_name(tmp_path: Path, kohya_dataset) -> None:
     from tui.widgets.setting_field import SettingField
@@ -181,6 +185,7 @@ async def test_the_help_line_follows_the_focus_wrapped_and_says_more_than_the_na
             assert len(help_words) >= 5, f"{field.setting.key}: {field.setting.help}"
 
 
+@pytest.mark.slow
 @sync
 async def test_at_80x24_the_dataset_table_and_the_recipe_figures_are_not_cut(tmp_path: Path) -> None:
     from tests.conftest import make_kohya

@@ -35,6 +35,7 @@ def test_a_prompt_error_names_the_line_the_user_sees(tmp_path: Path) -> None:
         state.set_prompts("# my prompts\na photo --d -1")
 
 
+@pytest.mark.slow
 @sync
 async def test_each_palette_command_appears_once(tmp_path: Path) -> None:
     app = SdtuiApp(AppContext(runs_dir=tmp_path, gpu_spec="1x24GB"), start="wizard", theme="textual-dark")
@@ -45,6 +46,7 @@ async def test_each_palette_command_appears_once(tmp_path: Path) -> None:
             assert titles.count("Dark/light") == 1 and len(titles) == len(set(titles)), titles
 
 
+@pytest.mark.slow
 @sync
 async def test_a_checkbox_reads_on_and_off_without_colour(tmp_path: Path) -> None:
     from tui.widgets.toggles import Check

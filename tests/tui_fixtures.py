@@ -43,7 +43,7 @@ def make_run(runs_dir: Path, run_id: str, state: str = "finished", steps: int = 
                 sample_png(run / name, step, p)
                 lines.append({"type": "sample", "time": created + step, "step": step, "prompt_index": p, "prompt": prompt, "path": name})
     (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    (run / "train.log").write_text("".join(f"step {s}: loss {ln['loss']}\n" for s, ln in enumerate(l for l in lines if l["type"] == "step")))
+    (run / "train.log").write_text("".join(f"step {s}: loss {ln['loss']}\n" for s, ln in enumerate(entry for entry in lines if entry["type"] == "step")))
     status = {"state": state, "step": steps, "total_steps": total, "created_at": created, "updated_at": created + steps, "pids": []}
     if error:
         status.update(error=error, hint=hint)

@@ -31,7 +31,7 @@ def run_check(check: Check) -> str | None:
     with tempfile.TemporaryDirectory(prefix="sdtui-probe-") as scratch:
         try:
             return check.run(Path(scratch))
-        except Exception as exc:  # a crashing check is a broken one, with its reason
+        except Exception as exc:  # noqa: BLE001 - a crashing check is a broken one, with its reason
             last = traceback.format_exception_only(exc)[-1].strip()
             return f"the check itself raised {last}"
 

@@ -158,9 +158,9 @@ def stop_with_a_frozen_supervisor(scratch: Path) -> str | None:
 
 
 CHECKS = [
-    Check("resume runs train's preflight (emptied dataset)", resume_checks_the_dataset),
-    Check("a live run folder moved away saves and stops there", moved_run_stops_at_its_new_path),
-    Check("a SIGKILLed trainer is named as killed", killed_trainer_is_named),
-    Check("a SIGKILLed launcher is failed; a resume right after is taken", killed_launcher_fails_and_resumes_at_once),
-    Check("stop does not wait for a SIGSTOPped supervisor", stop_with_a_frozen_supervisor),
+    Check("resume runs train's preflight (emptied dataset)", resume_checks_the_dataset, slow=True),
+    Check("a live run folder moved away saves and stops there", moved_run_stops_at_its_new_path, slow=True),
+    Check("a SIGKILLed trainer is named as killed", killed_trainer_is_named, slow=True),
+    Check("a SIGKILLed launcher is failed; a resume right after is taken", killed_launcher_fails_and_resumes_at_once, slow=True),
+    Check("stop does not wait for a SIGSTOPped supervisor", stop_with_a_frozen_supervisor, slow=True),
 ]

@@ -272,12 +272,12 @@ def checkpoints_follow_evidence(scratch: Path) -> str | None:
 
 
 CHECKS = [
-    Check("state: a damaged latent cache entry is encoded again, no image dropped", damaged_cache("latents")),
-    Check("state: a damaged text cache entry is encoded again", damaged_cache("text")),
-    Check("state: a finished run with junk status and metrics stays finished; resume keeps its outputs", finished_stays_finished),
-    Check("state: a damaged status.json of a live run keeps every field", live_status_keeps_fields),
+    Check("state: a damaged latent cache entry is encoded again, no image dropped", damaged_cache("latents"), slow=True),
+    Check("state: a damaged text cache entry is encoded again", damaged_cache("text"), slow=True),
+    Check("state: a finished run with junk status and metrics stays finished; resume keeps its outputs", finished_stays_finished, slow=True),
+    Check("state: a damaged status.json of a live run keeps every field", live_status_keeps_fields, slow=True),
     Check("state: junk appended to metrics.jsonl swallows no record", metrics_records_on_fresh_lines),
     Check("state: disk messages name the reserve and show their numbers", disk_messages),
-    Check("state: planted and unfinished checkpoints do not count and are cleaned", checkpoints_follow_evidence),
+    Check("state: planted and unfinished checkpoints do not count and are cleaned", checkpoints_follow_evidence, slow=True),
 ]
 

@@ -13,6 +13,7 @@ import os
 import stat
 import struct
 from dataclasses import dataclass
+from typing import BinaryIO
 
 FORMATS = ("png", "jpeg", "webp", "bmp")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -116,7 +117,7 @@ def read_header(path: str | os.PathLike[str]) -> ImageHeader:
         return ImageHeader(None, problem="unreadable", detail=f"it cannot be read ({exc.strerror or exc})")
 
 
-def _tail(handle, size: int) -> bytes:
+def _tail(handle: BinaryIO, size: int) -> bytes:
     handle.seek(max(0, size - _TAIL))
     return handle.read(_TAIL)
 
@@ -136,7 +137,7 @@ def _decodes(path: str) -> bool:
     return True
 
 
-def _png(handle, head: bytes, size: int) -> tuple[int, int]:
+def _png(handle: BinaryIO, head: bytes, size: int) -> tuple[int, int]:
     if len(head) < 24:
         raise _Bad("truncated", "the PNG ends inside its header (the file was cut short)")
     if head[12:16] != b"IHDR":
@@ -167,7 +168,7 @@ def exif_orientation(segment: bytes) -> int:
     return 1
 
 
-def _jpeg(handle, head: bytes, size: int) -> tuple[int, int]:
+def _jpeg(handle: BinaryIO, head: bytes, size: int) -> tuple[int, int]:
     """Width and height as shown: EXIF orientations 5-8 (rotated 90°) swap them."""
     buffer, base, pos = head, 0, 2
     orientation = 1
@@ -207,7 +208,7 @@ def _jpeg(handle, head: bytes, size: int) -> tuple[int, int]:
             raise _Bad("truncated", "the JPEG ends before its frame header (the file was cut short)")
 
 
-def _webp(handle, head: bytes, size: int) -> tuple[int, int]:
+def _webp(handle: BinaryIO, head: bytes, size: int) -> tuple[int, int]:
     (riff_size,) = struct.unpack_from("<I", head, 4)
     if size < riff_size + 8:
         raise _Bad("truncated", f"the WebP is {size} bytes but its header says {riff_size + 8} (the file was cut short)")
@@ -229,7 +230,7 @@ def _webp(handle, head: bytes, size: int) -> tuple[int, int]:
     raise _Bad("corrupt", "the WebP has no VP8, VP8L or VP8X chunk")
 
 
-def _bmp(handle, head: bytes, size: int) -> tuple[int, int]:
+def _bmp(handle: BinaryIO, head: bytes, size: int) -> tuple[int, int]:
     file_size, _, offset, dib = struct.unpack_from("<IIII", head, 2)
     if dib == 12:
         width, height, _, bpp = struct.unpack_from("<HHHH", head, 18)

@@ -680,11 +680,15 @@ def _digest(path: str, size: int, mtime: int, caches: list[_HeaderCache], whole:
             owner = cache
             break
     if entry is not None and entry[slot]:
-        return entry[slot]
+        cached: str = entry[slot]
+        return cached
     try:
         with open(path, "rb") as handle:
             if whole:
-                digest = hashlib.file_digest(handle, "blake2b").hexdigest()
+                hasher = hashlib.blake2b()
+                while chunk := handle.read(1 << 20):
+                    hasher.update(chunk)
+                digest = hasher.hexdigest()
             else:
                 head = handle.read(_ENDS)
                 handle.seek(max(0, size - _ENDS))
