@@ -30,4 +30,3 @@ def with_bytecode(env: dict[str, str]) -> dict[str, str]:
     out.pop("PYTHONDONTWRITEBYTECODE", None)
     out.setdefault("PYTHONPYCACHEPREFIX", str(cache_dir() / "pycache"))
     return out
-

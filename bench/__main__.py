@@ -80,7 +80,12 @@ def run_one(name: str, limit_s: float, quick: bool = False) -> tuple[list[str], 
     env = {**child_env(), **({QUICK_ENV: "1"} if quick else {})}
     proc = subprocess.Popen(
         [sys.executable, "-c", _CHILD, name],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     try:
         stdout, stderr = proc.communicate(timeout=limit_s)
@@ -125,8 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", help="benchmarks to run (e.g. trainer tui_start); default all")
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     parser.add_argument("--quick", action="store_true", help="the slow comparisons in one short round (CI-like use)")
-    parser.add_argument("--write", action=argparse.BooleanOptionalAction, default=None,
-                        help="add the lines to bench/RESULTS.md (default: when the whole suite runs)")
+    parser.add_argument("--write", action=argparse.BooleanOptionalAction, default=None, help="add the lines to bench/RESULTS.md (default: when the whole suite runs)")
     args = parser.parse_args(argv)
     names = discover(args.names)
     if args.list:
@@ -152,25 +156,26 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-def write_section(lines: list[str], took: list[str], seconds: float, load_before: tuple[float, ...], load_after: tuple[float, ...], quick: bool,
-                  names: list[str] | None = None) -> None:
+def write_section(lines: list[str], took: list[str], seconds: float, load_before: tuple[float, ...], load_after: tuple[float, ...], quick: bool, names: list[str] | None = None) -> None:
     """The run's section of bench/RESULTS.md: the command, machine, load, verdicts against the targets, the lines."""
     from bench.results import add_section, machine, verdicts
 
-    body = "\n".join([
-        f"- **Machine:** {machine()}.",
-        f"- **Load average** {load_before[0]:.1f} at the start, {load_after[0]:.1f} at the end (1-min; the machine may be shared: "
-        "wall times move with the neighbours, the CPU-second figures and the alternating ratios hold up better).",
-        f"- **Took** {seconds / 60:.1f} min ({', '.join(took)}){'; --quick' if quick else ''}.",
-        "",
-        "Against the targets:",
-        "",
-        *[f"- {v}" for v in verdicts(lines)],
-        "",
-        "```",
-        *lines,
-        "```",
-    ])
+    body = "\n".join(
+        [
+            f"- **Machine:** {machine()}.",
+            f"- **Load average** {load_before[0]:.1f} at the start, {load_after[0]:.1f} at the end (1-min; the machine may be shared: "
+            "wall times move with the neighbours, the CPU-second figures and the alternating ratios hold up better).",
+            f"- **Took** {seconds / 60:.1f} min ({', '.join(took)}){'; --quick' if quick else ''}.",
+            "",
+            "Against the targets:",
+            "",
+            *[f"- {v}" for v in verdicts(lines)],
+            "",
+            "```",
+            *lines,
+            "```",
+        ]
+    )
     command = " ".join(["python -m bench", *(["--quick"] if quick else []), *(names or [])])
     add_section(f"`{command}`" + ("" if names or quick else " (make bench)"), body)
 

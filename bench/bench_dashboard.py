@@ -9,8 +9,6 @@ ratio = target 2 % of a core / measured.
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -61,8 +59,7 @@ def make_run(runs_dir: Path) -> Path:
     run = runs_dir / RUN_ID
     run.mkdir(parents=True)
     save_config(
-        new_config(name="bench-dashboard", model_path="", family="sd1", method="lora", subsets=[], settings={},
-                   schedule={"max_steps": 100_000}),
+        new_config(name="bench-dashboard", model_path="", family="sd1", method="lora", subsets=[], settings={}, schedule={"max_steps": 100_000}),
         run / "run.toml",
     )
     return run
@@ -74,10 +71,17 @@ def mark_running(run: Path, writer: subprocess.Popen) -> None:
     from core.procs import describe
 
     now = time.time()
-    write_json_atomic(run / "status.json", {
-        "state": "running", "step": 0, "total_steps": 100_000, "created_at": now, "updated_at": now,
-        "trainer_pids": [describe(psutil.Process(writer.pid), "trainer-rank0")],
-    })
+    write_json_atomic(
+        run / "status.json",
+        {
+            "state": "running",
+            "step": 0,
+            "total_steps": 100_000,
+            "created_at": now,
+            "updated_at": now,
+            "trainer_pids": [describe(psutil.Process(writer.pid), "trainer-rank0")],
+        },
+    )
 
 
 def dashboard_cpu_percent(run_id: str, runs_dir: Path, env: dict[str, str]) -> tuple[float, float, int]:

@@ -206,8 +206,7 @@ def measure_ours(case: dict[str, Any], model: Path, dataset: Path, workdir: Path
     settings = {**GPU_SETTINGS, "batch_size": case["batch"], "resolution": case["resolution"]}
     if case["tiny"]:
         settings.update(mixed_precision="no", min_bucket_reso=case["resolution"], dataloader_workers=0)
-    run_dir = write_run(workdir / f"ours-{case['family']}-{case['method']}-{case['batch']}", model, dataset, case["family"], case["method"],
-                        settings, case["steps"])
+    run_dir = write_run(workdir / f"ours-{case['family']}-{case['method']}-{case['batch']}", model, dataset, case["family"], case["method"], settings, case["steps"])
     trainer = Trainer(run_dir)
     with NvmlPeak() as nvml:
         trainer.setup()
@@ -236,8 +235,12 @@ def measure_reference(case: dict[str, Any], model: Path, dataset: Path) -> dict[
 
     cuda = torch.cuda.is_available() and not case["tiny"]
     settings = ReferenceSettings(
-        resolution=case["resolution"], batch_size=case["batch"], learning_rate=1e-5, lora=case["method"] == "lora",
-        rank=int(GPU_SETTINGS["lora_rank"]), mixed_precision="bf16" if cuda else "no",
+        resolution=case["resolution"],
+        batch_size=case["batch"],
+        learning_rate=1e-5,
+        lora=case["method"] == "lora",
+        rank=int(GPU_SETTINGS["lora_rank"]),
+        mixed_precision="bf16" if cuda else "no",
     )
     components = load_components(model, case["family"])
     with NvmlPeak() as nvml:
@@ -289,7 +292,11 @@ def run_side(case: dict[str, Any]) -> dict[str, Any]:
         env.update(CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     proc = subprocess.run(
         [sys.executable, "-m", "bench.bench_gpu", "--child", json.dumps(case)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=1800,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
     )
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
@@ -318,6 +325,7 @@ def _gib(value: int | None) -> str:
 
 def describe(label: str, ours: dict[str, Any], ref: dict[str, Any], tflops: float | None) -> str:
     """One result line for a case: both sides' figures and ratio = ours / reference images/s."""
+
     def side(result: dict[str, Any], flops: float | None) -> str:
         if "error" in result:
             return f"failed ({result['error']})"
@@ -340,8 +348,9 @@ def describe(label: str, ours: dict[str, Any], ref: dict[str, Any], tflops: floa
     )
 
 
-def run_cases(tiny: bool, family: str | None, method: str | None, batch: int | None, workdir: Path, every_batch: bool = False,
-              budget_s: float = BUDGET_S, calibration: Path | None = None) -> list[str]:
+def run_cases(
+    tiny: bool, family: str | None, method: str | None, batch: int | None, workdir: Path, every_batch: bool = False, budget_s: float = BUDGET_S, calibration: Path | None = None
+) -> list[str]:
     """Run the selected cases, ours then reference each; one line per case; ours' peaks go into the calibration table.
 
     A case is not started when the cases so far leave less than the longest of them took within
@@ -362,16 +371,25 @@ def run_cases(tiny: bool, family: str | None, method: str | None, batch: int | N
             label = f"gpu_{fam}_{meth}_{resolution}px_b{size}" + ("_tiny_cpu (checks the script; not a GPU figure)" if tiny else f" [{name}]")
             spent = time.monotonic() - start
             if spent + longest > budget_s:
-                lines.append(f"{label}: not measured: {spent:.0f} s of the {budget_s:.0f} s budget spent and the longest case took "
-                             f"{longest:.0f} s (run it alone with --family/--method/--batch) ratio=n/a")
+                lines.append(
+                    f"{label}: not measured: {spent:.0f} s of the {budget_s:.0f} s budget spent and the longest case took "
+                    f"{longest:.0f} s (run it alone with --family/--method/--batch) ratio=n/a"
+                )
                 continue
             began = time.monotonic()
             model = build_real(fam, workdir / f"model-{fam}{'-tiny' if tiny else ''}", tiny)
             dataset = make_dataset(workdir / f"data-{resolution}", resolution, 16)
             case = {
-                "family": fam, "method": meth, "resolution": resolution, "batch": size, "tiny": tiny,
-                "steps": TINY_STEPS if tiny else STEPS, "warmup": TINY_WARMUP if tiny else WARMUP,
-                "model": str(model), "dataset": str(dataset), "workdir": str(workdir),
+                "family": fam,
+                "method": meth,
+                "resolution": resolution,
+                "batch": size,
+                "tiny": tiny,
+                "steps": TINY_STEPS if tiny else STEPS,
+                "warmup": TINY_WARMUP if tiny else WARMUP,
+                "model": str(model),
+                "dataset": str(dataset),
+                "workdir": str(workdir),
             }
             ours = run_side({**case, "side": "ours"})
             ref = run_side({**case, "side": "reference"})
@@ -435,8 +453,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="sdtui-bench-gpu-") as tmp:
         workdir = Path(args.workdir) if args.workdir else Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        lines = run_cases(tiny, *selected, workdir, every_batch=args.all, budget_s=args.budget_s or (3600.0 if args.all else BUDGET_S),
-                          calibration=args.calibration)
+        lines = run_cases(tiny, *selected, workdir, every_batch=args.all, budget_s=args.budget_s or (3600.0 if args.all else BUDGET_S), calibration=args.calibration)
     if not args.no_write and (not tiny or args.results):
         write_results(lines, peak_tflops()[0], args.results or REPO / "bench" / "RESULTS.md")
     if tiny and not args.tiny:

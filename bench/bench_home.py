@@ -69,8 +69,9 @@ def mark_live(live: Path, pid: int) -> None:
     from core.procs import describe
 
     now = time.time()
-    write_json_atomic(live / "status.json", {"state": "running", "step": 0, "total_steps": 10_000, "created_at": now, "updated_at": now,
-                                             "trainer_pids": [describe(psutil.Process(pid), "trainer-rank0")]})
+    write_json_atomic(
+        live / "status.json", {"state": "running", "step": 0, "total_steps": 10_000, "created_at": now, "updated_at": now, "trainer_pids": [describe(psutil.Process(pid), "trainer-rank0")]}
+    )
 
 
 def main() -> list[str]:

@@ -29,8 +29,14 @@ def write_metrics(path: Path, lines: int = LINES) -> None:
                 record = {"type": "checkpoint", "time": 1763740000.0 + step, "step": step, "path": f"checkpoints/step-{step}"}
             else:
                 record = {
-                    "type": "step", "time": 1763740000.0 + step * 0.5, "step": step, "epoch": step // 400,
-                    "loss": 0.1 + (step % 97) / 1000, "lr": 1e-4, "images_per_s": 3.21, "step_time_s": 0.311,
+                    "type": "step",
+                    "time": 1763740000.0 + step * 0.5,
+                    "step": step,
+                    "epoch": step // 400,
+                    "loss": 0.1 + (step % 97) / 1000,
+                    "lr": 1e-4,
+                    "images_per_s": 3.21,
+                    "step_time_s": 0.311,
                     "mem": [{"allocated": 5_123_456_789, "peak": 7_123_456_789}],
                 }
             handle.write(json.dumps(record) + "\n")

@@ -70,10 +70,7 @@ def main() -> list[str]:
     lines = []
     for row in compare():
         verdict = "within ±20%" if row.kind == "measured" and row.ok else "OFF by more than 20%" if row.kind == "measured" else "ok" if row.ok else "DISAGREES"
-        lines.append(
-            f"peak_{row.id}: published {row.kind} {row.published_gib:.2f} GiB ({row.source}) vs ours {row.ours_gib:.2f} GiB "
-            f"(peak in {row.phase}); {verdict} ratio={row.ratio:.2f}"
-        )
+        lines.append(f"peak_{row.id}: published {row.kind} {row.published_gib:.2f} GiB ({row.source}) vs ours {row.ours_gib:.2f} GiB (peak in {row.phase}); {verdict} ratio={row.ratio:.2f}")
     return lines
 
 

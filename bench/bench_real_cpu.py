@@ -102,11 +102,10 @@ def ours(work: Path, model: Path, dataset: Path, family: str, method: str, index
     """One sdtui trainer run: its step times after warm-up and its start-up phases."""
     steps, warmup = CASES[(family, method)]
     run = write_run(work / f"ours-{family}-{method}-{index}", model, dataset, family, method, SETTINGS, steps)
-    result: dict[str, Any] = run_watched([sys.executable, "-m", "core.train", str(run)], run / "metrics.jsonl", "the sdtui trainer",
-                                         warmup, steps, env, kill_after=True)
+    result: dict[str, Any] = run_watched([sys.executable, "-m", "core.train", str(run)], run / "metrics.jsonl", "the sdtui trainer", warmup, steps, env, kill_after=True)
     records = read_jsonl(run / "metrics.jsonl")
     stamps = [r["time"] for r in records if r.get("type") == "step"]
-    result["steps_s"] = [b - a for a, b in zip(stamps[warmup - 1:], stamps[warmup:])]
+    result["steps_s"] = [b - a for a, b in zip(stamps[warmup - 1 :], stamps[warmup:])]
     first = next((r for r in records if r.get("type") == "phase" and r.get("phase") == "first_step"), {})
     latents = next((r for r in records if r.get("phase") == "cache_latents" and r.get("state") == "done"), {})
     result["first_step_s"] = first.get("since_start_s")
@@ -119,9 +118,28 @@ def reference(work: Path, model: Path, dataset: Path, family: str, method: str, 
     """One reference-loop run: its step times after warm-up and the seconds to its first step."""
     steps, warmup = CASES[(family, method)]
     out = work / f"ref-{family}-{method}-{index}.jsonl"
-    argv = [sys.executable, "-m", "bench.reference_loop", "--model", str(model), "--data", str(dataset), "--steps", str(steps),
-            "--out", str(out), "--resolution", str(RESOLUTION), "--batch-size", "1", "--rank", str(SETTINGS["lora_rank"]),
-            "--mixed-precision", "bf16", "--lean-load"] + (["--full"] if method == "finetune" else [])
+    argv = [
+        sys.executable,
+        "-m",
+        "bench.reference_loop",
+        "--model",
+        str(model),
+        "--data",
+        str(dataset),
+        "--steps",
+        str(steps),
+        "--out",
+        str(out),
+        "--resolution",
+        str(RESOLUTION),
+        "--batch-size",
+        "1",
+        "--rank",
+        str(SETTINGS["lora_rank"]),
+        "--mixed-precision",
+        "bf16",
+        "--lean-load",
+    ] + (["--full"] if method == "finetune" else [])
     result: dict[str, Any] = run_watched(argv, out, "the reference loop", warmup, steps, env, kill_after=True)
     records = read_jsonl(out)
     result["steps_s"] = [r["step_time_s"] for r in records[warmup:steps]]
@@ -147,8 +165,10 @@ def measure(family: str, method: str, models: Path, work: Path) -> list[str]:
     need = needed_bytes(model, method)
     free = psutil.virtual_memory().available
     if need > free:
-        return [f"{label}: not measured: needs about {need / GB:.0f} GB of memory (weights, gradients and AdamW state), "
-                f"{free / GB:.0f} GB free of {psutil.virtual_memory().total / GB:.0f} GB ratio=n/a"]
+        return [
+            f"{label}: not measured: needs about {need / GB:.0f} GB of memory (weights, gradients and AdamW state), "
+            f"{free / GB:.0f} GB free of {psutil.virtual_memory().total / GB:.0f} GB ratio=n/a"
+        ]
     dataset = make_dataset(work / "images", RESOLUTION)
     warm_page_cache(model)
     env = {**child_env(), "XDG_CACHE_HOME": str(work / "cache")}  # the first ours-run starts with an empty latent cache

@@ -84,7 +84,7 @@ def ours(workdir: Path, model: Path, dataset: Path, precision: str, index: int) 
     result: dict[str, Any] = run_watched([sys.executable, "-m", "core.train", str(run_dir)], run_dir / "metrics.jsonl", "the sdtui trainer", WARMUP, STEPS)
     records = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("type") == "step"]
     result["reported_ips"] = statistics.median(r["images_per_s"] for r in records[WARMUP:] if r.get("images_per_s"))
-    stamps = [r["time"] for r in records[WARMUP - 1:]]
+    stamps = [r["time"] for r in records[WARMUP - 1 :]]
     result["steps_s"] = [b - a for a, b in itertools.pairwise(stamps)]
     return result
 
@@ -93,10 +93,31 @@ def reference(workdir: Path, model: Path, dataset: Path, precision: str, index: 
     """One run of the reference loop, measured over steps WARMUP..STEPS."""
     out = workdir / f"ref-{precision}-{index}.jsonl"
     result: dict[str, Any] = run_watched(
-        [sys.executable, "-m", "bench.reference_loop", "--model", str(model), "--data", str(dataset), "--steps", str(STEPS),
-         "--out", str(out), "--resolution", str(RESOLUTION), "--batch-size", str(OUR_SETTINGS["batch_size"]),
-         "--rank", str(OUR_SETTINGS["lora_rank"]), "--mixed-precision", precision],
-        out, "the reference loop", WARMUP, STEPS,
+        [
+            sys.executable,
+            "-m",
+            "bench.reference_loop",
+            "--model",
+            str(model),
+            "--data",
+            str(dataset),
+            "--steps",
+            str(STEPS),
+            "--out",
+            str(out),
+            "--resolution",
+            str(RESOLUTION),
+            "--batch-size",
+            str(OUR_SETTINGS["batch_size"]),
+            "--rank",
+            str(OUR_SETTINGS["lora_rank"]),
+            "--mixed-precision",
+            precision,
+        ],
+        out,
+        "the reference loop",
+        WARMUP,
+        STEPS,
     )
     result["steps_s"] = [r["step_time_s"] for r in read_jsonl(out)[WARMUP:]]
     return result
@@ -158,10 +179,15 @@ def main() -> list[str]:
             result["ipcs"] = images / result["cpu"]
     load = os.getloadavg()[1]
     lines = [compare(f"trainer_tiny_sd1_lora_{p}", results[("ours", p)], results[("ref", p)], f"both {p}", load) for p in PRECISIONS]
-    lines.append(compare(
-        "trainer_tiny_sd1_lora_defaults", results[("ours", "bf16")], results[("ref", "no")],
-        "ours bf16 (the settings' default) vs the example's default fp32", load,
-    ))
+    lines.append(
+        compare(
+            "trainer_tiny_sd1_lora_defaults",
+            results[("ours", "bf16")],
+            results[("ref", "no")],
+            "ours bf16 (the settings' default) vs the example's default fp32",
+            load,
+        )
+    )
     with tempfile.TemporaryDirectory(prefix="sdtui-bench-demo-") as tmp:
         lines.append(demo_first_step(Path(tmp)))
     return lines

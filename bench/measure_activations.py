@@ -36,8 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from core.atomic import write_json_atomic
-from core.families import FAMILIES, spec
-from core.families import runtime
+from core.families import FAMILIES, runtime, spec
 from core.families.components import build_component
 from core.families.sd_unet import is_lora_target
 
@@ -347,16 +346,12 @@ def measure(selected: tuple[str, ...]) -> dict[str, Any]:
         for mode, precision, ckpt, attention in itertools.product(MODES, PRECISIONS, (True, False), ATTENTIONS):
             rows = {r: denoiser_activation(family, r, mode, precision, ckpt, attention) for r in resolutions}
             key = f"{mode}/{precision}/{'ckpt' if ckpt else 'nockpt'}/{attention}"
-            entries[key] = {
-                part: fit([((r // 8) ** 2, row[part]) for r, row in rows.items()]) for part in ("saved", "recompute", "largest")
-            }
+            entries[key] = {part: fit([((r // 8) ** 2, row[part]) for r, row in rows.items()]) for part in ("saved", "recompute", "largest")}
             entries[key]["points"] = {str(r): row for r, row in rows.items()}
             top = rows[native]
             print(f"{family} {key} @{native}: saved {top['saved'] / 2**30:.2f} GiB, recompute {top['recompute'] / 2**30:.2f} GiB, largest {top['largest'] / 2**20:.0f} MiB", flush=True)
         doc["unet"][family] = entries
-        doc["text_encoders"][family] = {
-            comp: text_encoder_activation(family, comp) for comp in spec(family).component_configs() if comp.startswith("text_encoder")
-        }
+        doc["text_encoders"][family] = {comp: text_encoder_activation(family, comp) for comp in spec(family).component_configs() if comp.startswith("text_encoder")}
     return doc
 
 

@@ -79,7 +79,6 @@ def profile_reference(model: Path, dataset: Path, family: str, method: str) -> A
 def main(argv: list[str] | None = None) -> list[str]:
     """Both tables, side by side in markdown."""
     import torch
-
     from accelerate.state import AcceleratorState, GradientState
 
     from bench.bench_real_cpu import RESOLUTION, default_models_dir

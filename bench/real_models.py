@@ -97,7 +97,11 @@ def build_real(family: str, out: Path, tiny: bool = False) -> Path:
     tokenizer = CLIPTokenizer.from_pretrained(write_tokenizer(out.parent / f"{out.name}-tokenizer"))
     parts["tokenizer"] = tokenizer
     parts["scheduler"] = EulerDiscreteScheduler(
-        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type="epsilon",
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        prediction_type="epsilon",
     )
     if family == "sdxl":
         parts["tokenizer_2"] = tokenizer

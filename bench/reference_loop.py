@@ -135,10 +135,7 @@ class ImageCaptionDataset:
         original = (image.height, image.width)
         image = image.crop((left, top, left + size, top + size))
         pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
-        ids = [
-            tok(caption, max_length=tok.model_max_length, padding="max_length", truncation=True, return_tensors="pt").input_ids[0]
-            for tok in self.tokenizers
-        ]
+        ids = [tok(caption, max_length=tok.model_max_length, padding="max_length", truncation=True, return_tensors="pt").input_ids[0] for tok in self.tokenizers]
         return {"pixel_values": (pixels - 0.5) / 0.5, "input_ids": ids, "original_size": original, "crop_top_left": (top, left)}
 
 
@@ -208,9 +205,7 @@ def train_reference(
     trainable = [p for p in unet.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
     dataset = ImageCaptionDataset(items, settings.resolution, components.tokenizers)
-    loader = torch.utils.data.DataLoader(
-        dataset, shuffle=True, collate_fn=collate, batch_size=settings.batch_size, num_workers=settings.dataloader_workers
-    )
+    loader = torch.utils.data.DataLoader(dataset, shuffle=True, collate_fn=collate, batch_size=settings.batch_size, num_workers=settings.dataloader_workers)
     lr_scheduler = get_scheduler("constant", optimizer=optimizer, num_warmup_steps=0, num_training_steps=steps)
     unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
     scheduler = components.scheduler
@@ -233,7 +228,8 @@ def train_reference(
                     size = settings.resolution
                     time_ids = torch.tensor(
                         [list(o) + list(c) + [size, size] for o, c in zip(batch["original_size"], batch["crop_top_left"])],
-                        device=accelerator.device, dtype=weight_dtype,
+                        device=accelerator.device,
+                        dtype=weight_dtype,
                     )
                     kwargs["added_cond_kwargs"] = {"time_ids": time_ids, "text_embeds": pooled}
                 pred = unet(noisy, timesteps, hidden, return_dict=False, **kwargs)[0]
@@ -275,8 +271,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lean-load", action="store_true", help="read the frozen weights in the training precision (not fp32 then cast)")
     args = parser.parse_args(argv)
     settings = ReferenceSettings(
-        resolution=args.resolution, batch_size=args.batch_size, learning_rate=args.learning_rate,
-        lora=not args.full, rank=args.rank, mixed_precision=args.mixed_precision,
+        resolution=args.resolution,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        lora=not args.full,
+        rank=args.rank,
+        mixed_precision=args.mixed_precision,
     )
     import torch
 

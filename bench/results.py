@@ -34,8 +34,7 @@ def machine() -> str:
         except PackageNotFoundError:
             continue
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=False).stdout.strip() or "?"
-    return (f"{cpu}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB; {', '.join(versions)}; "
-            f"Python {platform.python_version()}; commit {commit}")
+    return f"{cpu}, {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB; {', '.join(versions)}; Python {platform.python_version()}; commit {commit}"
 
 
 def verdicts(lines: list[str]) -> list[str]:

@@ -22,8 +22,7 @@ from bench import with_bytecode
 REPO = Path(__file__).resolve().parents[1]
 
 
-def write_run(run_dir: Path, model: Path, dataset: Path, family: str, method: str, settings: dict[str, Any], steps: int,
-              learning_rate: float = 1e-5) -> Path:
+def write_run(run_dir: Path, model: Path, dataset: Path, family: str, method: str, settings: dict[str, Any], steps: int, learning_rate: float = 1e-5) -> Path:
     """A run folder with run.toml for the sdtui trainer: step mode, nothing saved or sampled on the way."""
     from core.config import new_config, save_config
 
@@ -32,9 +31,22 @@ def write_run(run_dir: Path, model: Path, dataset: Path, family: str, method: st
         repeats, _, token = folder.name.partition("_")
         subsets.append({"path": str(folder), "repeats": int(repeats), "token": token, "is_reg": False})
     config = new_config(
-        name="bench", model_path=str(model), family=family, method=method, subsets=subsets, settings=dict(settings),
-        schedule={"epochs": 0, "max_steps": steps, "learning_rate": learning_rate, "lr_scheduler": "constant",
-                  "save_every_epochs": 0, "save_every_steps": 0, "sample_every_steps": 0, "sample_at_start": False},
+        name="bench",
+        model_path=str(model),
+        family=family,
+        method=method,
+        subsets=subsets,
+        settings=dict(settings),
+        schedule={
+            "epochs": 0,
+            "max_steps": steps,
+            "learning_rate": learning_rate,
+            "lr_scheduler": "constant",
+            "save_every_epochs": 0,
+            "save_every_steps": 0,
+            "sample_every_steps": 0,
+            "sample_at_start": False,
+        },
         prompts=[],
     )
     run_dir.mkdir(parents=True)
@@ -62,7 +74,13 @@ def child_env() -> dict[str, str]:
 
 
 def run_watched(
-    argv: list[str], jsonl: Path, what: str, warmup: int, steps: int, env: dict[str, str] | None = None, kill_after: bool = False,
+    argv: list[str],
+    jsonl: Path,
+    what: str,
+    warmup: int,
+    steps: int,
+    env: dict[str, str] | None = None,
+    kill_after: bool = False,
 ) -> dict[str, float]:
     """Run a training child, watching its JSON lines; wall and CPU seconds over steps ``warmup``..``steps``.
 

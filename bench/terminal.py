@@ -34,8 +34,14 @@ class PtyProcess:
         child_env.pop("TMUX", None)
         self.started = time.perf_counter()
         self.proc = subprocess.Popen(
-            list(argv), stdin=slave, stdout=slave, stderr=slave, env=child_env, cwd=cwd,
-            start_new_session=True, close_fds=True,
+            list(argv),
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            env=child_env,
+            cwd=cwd,
+            start_new_session=True,
+            close_fds=True,
         )
         os.close(slave)
         self.master = master

@@ -20,9 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     from core.captions.job import DEFAULT_BATCH
 
     caption = sub.add_parser(
-        "caption", help="caption the images without a caption with a local model (into the cache; the dataset is not changed)",
+        "caption",
+        help="caption the images without a caption with a local model (into the cache; the dataset is not changed)",
         description="Captions go to the caption layer in the cache folder, which the scan and the trainer read after "
-                    "the dataset's own caption files; --write also writes .txt files beside the images, never replacing one.",
+        "the dataset's own caption files; --write also writes .txt files beside the images, never replacing one.",
     )
     caption.add_argument("dataset", metavar="DATASET", help="the dataset folder")
     caption.add_argument("--captioner", default=DEFAULT, metavar="NAME", help=f"{' | '.join(NAMES)} (default {DEFAULT})")
@@ -72,7 +73,10 @@ class _Printer:
             if event["done"] == event["total"] or event["done"] % 10 == 0:
                 print(f"{event['done']}/{event['total']} captioned, {_duration(event['eta_s'])} left", flush=True)
         elif kind == "done":
-            print(f"done: {event['captioned']} captioned, {event['reused']} reused, {event['kept_edits']} edits kept "
-                  f"({_duration(event['elapsed_s'])}); they are in the caption layer"
-                  + (f"; wrote {len(event['written'])} .txt files" if event["written"] else "")
-                  + (f"; {len(event['not_written'])} .txt files already there, left alone" if event["not_written"] else ""), flush=True)
+            print(
+                f"done: {event['captioned']} captioned, {event['reused']} reused, {event['kept_edits']} edits kept "
+                f"({_duration(event['elapsed_s'])}); they are in the caption layer"
+                + (f"; wrote {len(event['written'])} .txt files" if event["written"] else "")
+                + (f"; {len(event['not_written'])} .txt files already there, left alone" if event["not_written"] else ""),
+                flush=True,
+            )

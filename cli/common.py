@@ -24,7 +24,11 @@ def add_json(parser: argparse.ArgumentParser) -> None:
 def add_set(parser: argparse.ArgumentParser) -> None:
     """``--set section.key=value`` (repeatable; a bare key means settings.key)."""
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a setting, e.g. --set schedule.max_steps=400 or --set batch_size=2",
     )
 

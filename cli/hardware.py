@@ -88,10 +88,7 @@ def _print_catalog(as_json: bool) -> int:
     if as_json:
         common.print_json([asdict(m) for m in CATALOG.values()])
         return 0
-    rows = [
-        [m.key.upper(), m.name, f"{m.vram_gb:g} GiB", "yes" if m.bf16 else "no", f"{m.tflops_bf16:g}", f"{m.tflops_fp16:g}", f"{m.bandwidth_gbs:g}"]
-        for m in CATALOG.values()
-    ]
+    rows = [[m.key.upper(), m.name, f"{m.vram_gb:g} GiB", "yes" if m.bf16 else "no", f"{m.tflops_bf16:g}", f"{m.tflops_fp16:g}", f"{m.bandwidth_gbs:g}"] for m in CATALOG.values()]
     print(table(["spec", "GPU", "VRAM", "bf16", "bf16 TFLOP/s", "fp16 TFLOP/s", "GB/s"], rows))
     print("e.g. sdtui --gpus 2x4090 plan …  (dense tensor TFLOP/s from the vendors' datasheets)")
     return 0

@@ -14,7 +14,6 @@ from core.families import FAMILIES, spec
 from core.settings import METHODS
 
 
-
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``scan``, ``plan``, ``export-kohya`` and ``import-kohya``."""
     scan = sub.add_parser("scan", help="scan a kohya-style dataset folder (read-only) and list its problems")
@@ -218,10 +217,7 @@ def _choose_recipe(name: str | None, family: str, method: str, gpus: Any, overri
     if name:
         recipe = get_recipe(name)
         if family not in recipe.families or method not in recipe.methods:
-            raise UserError(
-                f"recipe '{name}' is for {', '.join(recipe.families)} with {', '.join(recipe.methods)}, not {family} with {method}; "
-                "list the others with sdtui recipes"
-            )
+            raise UserError(f"recipe '{name}' is for {', '.join(recipe.families)} with {', '.join(recipe.methods)}, not {family} with {method}; list the others with sdtui recipes")
         return recipe
     recipes = load_recipes()
     chosen = pick_recipes(family, method, gpus, recipes, overrides, shape) or rank_recipes(family, method, gpus, recipes, overrides, shape)
@@ -255,14 +251,20 @@ def format_scan(scan: Any) -> str:
     for s in scan.subsets:
         top = sorted(s.buckets.items(), key=lambda kv: -kv[1])[:3]
         buckets = ", ".join(f"{w}x{h}:{n}" for (w, h), n in top) + (" …" if len(s.buckets) > 3 else "")
-        rows.append([
-            s.name + (" (reg)" if s.is_reg else ""), str(len(s.images)), str(s.repeats), s.token or "-",
-            s.captions_label, f"{_size(s.min_size)} … {_size(s.max_size)}", buckets or "-",
-        ])
+        rows.append(
+            [
+                s.name + (" (reg)" if s.is_reg else ""),
+                str(len(s.images)),
+                str(s.repeats),
+                s.token or "-",
+                s.captions_label,
+                f"{_size(s.min_size)} … {_size(s.max_size)}",
+                buckets or "-",
+            ]
+        )
     out = [
         f"Dataset {scan.root}" + (f" (class images: {scan.reg_root})" if scan.reg_root else ""),
-        f"{scan.images} training images, {scan.items_per_epoch} items per epoch at resolution {scan.resolution}"
-        + (f", {scan.reg_images} class images" if scan.reg_root else ""),
+        f"{scan.images} training images, {scan.items_per_epoch} items per epoch at resolution {scan.resolution}" + (f", {scan.reg_images} class images" if scan.reg_root else ""),
         "",
         _table(["subset", "images", "repeats", "token", "captions found/all", "sizes", "buckets"], rows, {1, 2}),
     ]
@@ -290,9 +292,8 @@ def _duration(seconds: float | None) -> str:
 def _dataset_line(dataset: dict[str, Any] | None) -> str:
     if dataset is None:
         return "Dataset   none given (the schedule table needs --data DIR)"
-    return (
-        f"Dataset   {dataset['images']} images in {sum(1 for s in dataset['subsets'] if not s['is_reg'])} subset(s), "
-        f"{dataset['items_per_epoch']} items per epoch" + (f", {dataset['reg_images']} class images" if dataset["reg_images"] else "")
+    return f"Dataset   {dataset['images']} images in {sum(1 for s in dataset['subsets'] if not s['is_reg'])} subset(s), {dataset['items_per_epoch']} items per epoch" + (
+        f", {dataset['reg_images']} class images" if dataset["reg_images"] else ""
     )
 
 
@@ -300,10 +301,7 @@ def _validation_line(validation: dict[str, Any]) -> str:
     """The plan's validation: images, how often, and what it adds to the ETA."""
     source = {"split": "held out of the training images", "folder": "from the validation folder"}.get(validation["source"], "held out and from the folder")
     cost = f", {_duration(validation['cost_s'])} of the ETA" if validation["cost_s"] is not None else ""
-    return (
-        f"Validation {validation['images']} images {source}, loss every {validation['every_n_steps']} steps "
-        f"at {validation['timesteps']} fixed timesteps: {validation['runs']} times{cost}"
-    )
+    return f"Validation {validation['images']} images {source}, loss every {validation['every_n_steps']} steps at {validation['timesteps']} fixed timesteps: {validation['runs']} times{cost}"
 
 
 def format_plan(plan: Any) -> str:
@@ -318,10 +316,7 @@ def format_plan(plan: Any) -> str:
         vram = f"{data['vram_estimate_gb']:.1f} GiB estimated peak (no GPU to compare with)"
         hardware = f"none: {gpu['reason'] or 'no GPU visible'}"  # the reason has parentheses of its own
     speed = data["images_per_second_per_gpu"]
-    mode = (
-        f"step mode, {plan.schedule['max_steps']} steps" if int(plan.schedule["max_steps"]) > 0
-        else f"epoch mode, {plan.schedule['epochs']} epochs"
-    )
+    mode = f"step mode, {plan.schedule['max_steps']} steps" if int(plan.schedule["max_steps"]) > 0 else f"epoch mode, {plan.schedule['epochs']} epochs"
     out = [
         f"Model     {data['model_family']}, method {data['method']}",
         f"GPUs      {hardware}",
@@ -345,8 +340,14 @@ def format_plan(plan: Any) -> str:
     rows = []
     for row in data["schedule"]:
         cells = [
-            str(row["gpus"]), str(row["effective_batch"]), str(row["steps_per_epoch"]), f"{round(row['epochs'], 2):g}",
-            str(row["total_steps"]), str(row["images_seen"]), str(row["warmup_steps"]), _duration(row["eta_s"]),
+            str(row["gpus"]),
+            str(row["effective_batch"]),
+            str(row["steps_per_epoch"]),
+            f"{round(row['epochs'], 2):g}",
+            str(row["total_steps"]),
+            str(row["images_seen"]),
+            str(row["warmup_steps"]),
+            _duration(row["eta_s"]),
         ]
         if priced:
             cells.append(f"{row['cost']:.2f}" if row.get("cost") is not None else "-")

@@ -192,7 +192,7 @@ class RunConfig:
         for section, key, what in (("validation", "folder", "validation images"), ("dataset", "mask_dir", "loss masks")):
             raw = str(self.section(section)[key]).strip()
             if raw and not Path(raw).expanduser().is_dir():
-                raise UserError(f"{where}{section}.{key} = {raw!r} is not a folder; point it at the folder of {what} or set it to \"\"")
+                raise UserError(f'{where}{section}.{key} = {raw!r} is not a folder; point it at the folder of {what} or set it to ""')
 
     def to_dict(self) -> dict[str, Any]:
         """The document as plain Python values."""
@@ -363,6 +363,8 @@ def _method_schedule(family: str, method: str, settings: Mapping[str, Any]) -> d
     from core.plan.learning_rates import schedule_defaults
 
     return schedule_defaults(family, method, resolve("settings", settings)["optimizer"])
+
+
 def config_text(config: RunConfig, path: str | os.PathLike[str]) -> str:
     """The TOML text ``save_config`` writes to ``path``: its header names that file."""
     text = config.to_toml()
@@ -414,7 +416,7 @@ def _parse_override(raw: str, setting: Setting) -> Any:
         try:
             return tomlkit.parse(f"v = {raw}")["v"].unwrap()
         except ParseError:
-            raise UserError(f"--set {setting.key}={raw}: the list is not valid TOML; write it like [\"a\", \"b\"]") from None
+            raise UserError(f'--set {setting.key}={raw}: the list is not valid TOML; write it like ["a", "b"]') from None
     return raw
 
 

@@ -90,7 +90,10 @@ def build_model(model_dir: Path, captioner_dir: Path | None = None, timeout_s: f
         return model_dir
     result = subprocess.run(
         [sys.executable, "-c", "\n".join(["import sys", *(code for code, _ in missing)]), FAMILY, str(model_dir), str(captioner_dir)],
-        capture_output=True, text=True, timeout=timeout_s, check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
     )
     if result.returncode != 0 or not all(marker.is_file() for _, marker in missing):
         last = (result.stderr.strip().splitlines() or ["no output"])[-1]

@@ -256,18 +256,12 @@ def parse_spec(spec: str) -> GpuSet:
         gb = float(vram.group(1))
         if not 1 <= gb <= 2048:
             raise _spec_error(spec, f"gives {gb:g} GiB of VRAM (1 to 2048 are allowed)")
-        gpus = [
-            GpuInfo(i, f"GPU with {gb:g} GiB", int(gb * GIB), int(gb * GIB), None, True, simulated=True)
-            for i in range(count)
-        ]
+        gpus = [GpuInfo(i, f"GPU with {gb:g} GiB", int(gb * GIB), int(gb * GIB), None, True, simulated=True) for i in range(count)]
         return GpuSet(gpus, simulated=True)
     model = find_model(what)
     if model is None:
         raise _spec_error(spec, f"names an unknown GPU '{what}'")
-    gpus = [
-        GpuInfo(i, model.name, int(model.vram_gb * GIB), int(model.vram_gb * GIB), model.compute_capability, model.bf16, simulated=True, model=model)
-        for i in range(count)
-    ]
+    gpus = [GpuInfo(i, model.name, int(model.vram_gb * GIB), int(model.vram_gb * GIB), model.compute_capability, model.bf16, simulated=True, model=model) for i in range(count)]
     return GpuSet(gpus, simulated=True)
 
 
@@ -296,7 +290,7 @@ def _try(fn: Any, *args: Any, default: Any = None) -> Any:
     """Call an NVML function; return ``default`` on any NVML (or other) error."""
     try:
         return fn(*args)
-    except Exception:
+    except Exception:  # noqa: BLE001 - any NVML (or other) error gives the default
         return default
 
 
@@ -381,15 +375,15 @@ def probe(nvml: ModuleType | Any | None = None) -> GpuSet:
     if nvml is None:
         try:
             import pynvml as nvml
-        except Exception:
+        except Exception:  # noqa: BLE001 - a broken NVML library is as good as none
             return GpuSet([], reason="the NVML Python library is missing (pip install nvidia-ml-py)")
     try:
         nvml.nvmlInit()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - every NVML failure becomes the reason shown
         return GpuSet([], reason=_NVML_REASONS.get(type(exc).__name__, f"NVML could not start ({_text(exc) or type(exc).__name__})"))
     try:
         return _probe_started(nvml)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - every NVML failure becomes the reason shown
         return GpuSet([], reason=f"NVML failed while listing the GPUs ({_text(exc) or type(exc).__name__})")
     finally:
         _try(nvml.nvmlShutdown)

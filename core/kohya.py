@@ -101,8 +101,10 @@ def export_kohya(config: _Config, out_dir: str | os.PathLike[str], run_dir: str 
     links, captions, image_dirs = ({}, {}, {}) if finetune else _captioned_subsets(config, out, notes)
     dataset = _dataset_document(config, _run_class_images(config, run, notes), [out / METADATA_DIR / name for name in metadata], image_dirs)
     paths = {
-        "dataset_config": str(out / DATASET_CONFIG), "sample_prompts": str(out / SAMPLE_PROMPTS),
-        "output_dir": str(out / "output"), "logging_dir": str(out / "logs"),
+        "dataset_config": str(out / DATASET_CONFIG),
+        "sample_prompts": str(out / SAMPLE_PROMPTS),
+        "output_dir": str(out / "output"),
+        "logging_dir": str(out / "logs"),
     }
     arguments = training_arguments(config, paths)
     resolution = int(config.settings["resolution"])
@@ -151,7 +153,9 @@ def _captioned_subsets(config: _Config, out: Path, notes: list[str]) -> tuple[di
                 captions[f"{name}/{Path(image.path).stem}{extension}"] = image.caption + "\n"
         image_dirs[str(entry["path"])] = str(out / name)
         generated = sum(1 for i in images if i.generated)
-        notes.append(f"{folder.name} has {generated} generated captions, so sd-scripts reads it from {out / name} (links to the images with every caption beside them); the dataset is unchanged")
+        notes.append(
+            f"{folder.name} has {generated} generated captions, so sd-scripts reads it from {out / name} (links to the images with every caption beside them); the dataset is unchanged"
+        )
     return links, captions, image_dirs
 
 

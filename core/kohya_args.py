@@ -32,23 +32,67 @@ SCRIPTS: dict[tuple[str, bool], str] = {
 
 #: Flags every training script has (library/train_util.py's model, dataset, training, optimizer and
 #: logging arguments, custom_train_functions' min_snr_gamma, config_util's dataset_config).
-_COMMON = frozenset({
-    "pretrained_model_name_or_path", "v2", "v_parameterization", "vae", "dataset_config",
-    "optimizer_type", "optimizer_args", "learning_rate", "max_grad_norm", "lr_scheduler", "lr_warmup_steps",
-    "lr_scheduler_num_cycles", "lr_scheduler_power",
-    "output_dir", "output_name", "save_model_as", "save_precision", "save_every_n_epochs", "save_every_n_steps",
-    "max_train_steps", "max_train_epochs", "max_data_loader_n_workers", "seed", "gradient_checkpointing",
-    "gradient_accumulation_steps", "mixed_precision", "full_bf16", "clip_skip", "sdpa", "torch_compile",
-    "cache_latents", "cache_latents_to_disk", "noise_offset", "min_snr_gamma",
-    "logging_dir", "log_with", "log_tracker_name",
-    "sample_prompts", "sample_every_n_steps", "sample_every_n_epochs", "sample_at_first", "sample_sampler",
-})
+_COMMON = frozenset(
+    {
+        "pretrained_model_name_or_path",
+        "v2",
+        "v_parameterization",
+        "vae",
+        "dataset_config",
+        "optimizer_type",
+        "optimizer_args",
+        "learning_rate",
+        "max_grad_norm",
+        "lr_scheduler",
+        "lr_warmup_steps",
+        "lr_scheduler_num_cycles",
+        "lr_scheduler_power",
+        "output_dir",
+        "output_name",
+        "save_model_as",
+        "save_precision",
+        "save_every_n_epochs",
+        "save_every_n_steps",
+        "max_train_steps",
+        "max_train_epochs",
+        "max_data_loader_n_workers",
+        "seed",
+        "gradient_checkpointing",
+        "gradient_accumulation_steps",
+        "mixed_precision",
+        "full_bf16",
+        "clip_skip",
+        "sdpa",
+        "torch_compile",
+        "cache_latents",
+        "cache_latents_to_disk",
+        "noise_offset",
+        "min_snr_gamma",
+        "logging_dir",
+        "log_with",
+        "log_tracker_name",
+        "sample_prompts",
+        "sample_every_n_steps",
+        "sample_every_n_epochs",
+        "sample_at_first",
+        "sample_sampler",
+    }
+)
 #: add_training_arguments(support_dreambooth=True) adds prior_loss_weight.
 _DREAMBOOTH = frozenset({"prior_loss_weight"})
-_NETWORK = frozenset({
-    "network_module", "network_dim", "network_alpha", "network_dropout", "network_args", "network_weights",
-    "network_train_unet_only", "unet_lr", "text_encoder_lr",
-})
+_NETWORK = frozenset(
+    {
+        "network_module",
+        "network_dim",
+        "network_alpha",
+        "network_dropout",
+        "network_args",
+        "network_weights",
+        "network_train_unet_only",
+        "unet_lr",
+        "text_encoder_lr",
+    }
+)
 _SDXL = frozenset({"cache_text_encoder_outputs"})
 _TI = frozenset({"token_string", "init_word", "num_vectors_per_token"})
 
@@ -65,26 +109,67 @@ SCRIPT_FLAGS: dict[str, frozenset[str]] = {
 
 #: run.toml optimizer names as sd-scripts' --optimizer_type spells them.
 OPTIMIZER_TYPES = {
-    "adamw": "AdamW", "adamw8bit": "AdamW8bit", "lion": "Lion", "lion8bit": "Lion8bit", "adafactor": "Adafactor",
-    "prodigy": "Prodigy", "schedulefree_adamw": "AdamWScheduleFree",
+    "adamw": "AdamW",
+    "adamw8bit": "AdamW8bit",
+    "lion": "Lion",
+    "lion8bit": "Lion8bit",
+    "adafactor": "Adafactor",
+    "prodigy": "Prodigy",
+    "schedulefree_adamw": "AdamWScheduleFree",
 }
 #: sd-scripts' --save_precision spelling of run.toml's save_precision.
 SAVE_PRECISIONS = {"fp16": "fp16", "bf16": "bf16", "fp32": "float"}
 #: The sd-scripts table each flag is written under (sd-scripts ignores the table names; kohya_ss uses these).
 _TABLES = (
     ("model_arguments", ("pretrained_model_name_or_path", "v2", "v_parameterization", "vae")),
-    ("additional_network_arguments", ("network_module", "network_dim", "network_alpha", "network_dropout", "network_args",
-                                      "network_weights", "network_train_unet_only", "unet_lr", "text_encoder_lr")),
+    (
+        "additional_network_arguments",
+        ("network_module", "network_dim", "network_alpha", "network_dropout", "network_args", "network_weights", "network_train_unet_only", "unet_lr", "text_encoder_lr"),
+    ),
     ("textual_inversion_arguments", ("token_string", "init_word", "num_vectors_per_token")),
-    ("optimizer_arguments", ("optimizer_type", "optimizer_args", "learning_rate", "learning_rate_te", "learning_rate_te1",
-                             "learning_rate_te2", "train_text_encoder", "stop_text_encoder_training", "lr_scheduler",
-                             "lr_warmup_steps", "lr_scheduler_num_cycles", "lr_scheduler_power", "max_grad_norm")),
-    ("dataset_arguments", ("dataset_config", "cache_latents", "cache_latents_to_disk", "cache_text_encoder_outputs",
-                           "max_data_loader_n_workers", "prior_loss_weight")),
-    ("training_arguments", ("output_dir", "output_name", "save_model_as", "save_precision", "save_every_n_epochs",
-                            "save_every_n_steps", "max_train_epochs", "max_train_steps", "gradient_accumulation_steps",
-                            "gradient_checkpointing", "mixed_precision", "full_bf16", "fused_backward_pass", "seed",
-                            "clip_skip", "sdpa", "torch_compile", "noise_offset", "min_snr_gamma")),
+    (
+        "optimizer_arguments",
+        (
+            "optimizer_type",
+            "optimizer_args",
+            "learning_rate",
+            "learning_rate_te",
+            "learning_rate_te1",
+            "learning_rate_te2",
+            "train_text_encoder",
+            "stop_text_encoder_training",
+            "lr_scheduler",
+            "lr_warmup_steps",
+            "lr_scheduler_num_cycles",
+            "lr_scheduler_power",
+            "max_grad_norm",
+        ),
+    ),
+    ("dataset_arguments", ("dataset_config", "cache_latents", "cache_latents_to_disk", "cache_text_encoder_outputs", "max_data_loader_n_workers", "prior_loss_weight")),
+    (
+        "training_arguments",
+        (
+            "output_dir",
+            "output_name",
+            "save_model_as",
+            "save_precision",
+            "save_every_n_epochs",
+            "save_every_n_steps",
+            "max_train_epochs",
+            "max_train_steps",
+            "gradient_accumulation_steps",
+            "gradient_checkpointing",
+            "mixed_precision",
+            "full_bf16",
+            "fused_backward_pass",
+            "seed",
+            "clip_skip",
+            "sdpa",
+            "torch_compile",
+            "noise_offset",
+            "min_snr_gamma",
+        ),
+    ),
     ("sample_prompt_arguments", ("sample_prompts", "sample_every_n_steps", "sample_every_n_epochs", "sample_at_first", "sample_sampler")),
     ("logging_arguments", ("logging_dir", "log_with", "log_tracker_name")),
 )
@@ -188,8 +273,7 @@ def _wanted_flags(config: _Config, paths: Mapping[str, str]) -> tuple[dict[str, 
         "noise_offset": (float(s["noise_offset"]) or None, "settings.noise_offset"),
         "min_snr_gamma": (float(s["min_snr_gamma"]) or None, "settings.min_snr_gamma"),
         "fused_backward_pass": (True if s["fused_backward_pass"] else None, "settings.fused_backward_pass"),
-        "prior_loss_weight": (float(s["prior_loss_weight"]) if config.method == "dreambooth" else None,
-                              "settings.prior_loss_weight" if float(s["prior_loss_weight"]) != 1.0 else ""),
+        "prior_loss_weight": (float(s["prior_loss_weight"]) if config.method == "dreambooth" else None, "settings.prior_loss_weight" if float(s["prior_loss_weight"]) != 1.0 else ""),
         "sample_prompts": (paths["sample_prompts"] if samples["prompts"] else None, ""),
         "sample_every_n_steps": (int(sched["sample_every_steps"]) or None, ""),
         "sample_every_n_epochs": (int(sched["sample_every_epochs"]) or None, ""),
@@ -285,8 +369,7 @@ def optimizer_args(s: Mapping[str, Any], warmup: int) -> list[str]:
     if betas is not None:
         args.append(f"betas={betas[0]:g},{betas[1]:g}")
     if name == "prodigy":
-        args += ["decouple=True", "use_bias_correction=True", f"safeguard_warmup={bool(s['prodigy_safeguard_warmup'])}",
-                 f"d_coef={float(s['prodigy_d_coef']):g}"]
+        args += ["decouple=True", "use_bias_correction=True", f"safeguard_warmup={bool(s['prodigy_safeguard_warmup'])}", f"d_coef={float(s['prodigy_d_coef']):g}"]
     if name == "schedulefree_adamw":
         args.append(f"warmup_steps={warmup}")
     return args

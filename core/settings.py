@@ -25,8 +25,21 @@ LORA_TYPES = ("lora", "loha", "lokr")
 SAVE_PRECISIONS = ("fp16", "bf16", "fp32")
 #: kohya's sample samplers (``--ss`` and ``samples.sampler``); ``default`` keeps the model's own scheduler.
 SAMPLERS = (
-    "default", "ddim", "pndm", "euler", "euler_a", "heun", "dpm_2", "dpm_2_a", "dpmsolver", "dpmsolver++", "dpmsingle",
-    "k_euler", "k_euler_a", "k_dpm_2", "k_dpm_2_a",
+    "default",
+    "ddim",
+    "pndm",
+    "euler",
+    "euler_a",
+    "heun",
+    "dpm_2",
+    "dpm_2_a",
+    "dpmsolver",
+    "dpmsolver++",
+    "dpmsingle",
+    "k_euler",
+    "k_euler_a",
+    "k_dpm_2",
+    "k_dpm_2_a",
 )
 #: Optimizers whose learning rate is a rule of the optimizer, not of the method: Prodigy's lr
 #: multiplies the step size it estimates itself (its authors and kohya use 1.0).
@@ -102,10 +115,8 @@ class Setting:
 
 #: Accelerate runs fp16 autocast and loss scaling on GPUs only (it refuses fp16 on the CPU), so
 #: the launcher and the trainer refuse an fp16 run that would train on the CPU with this sentence.
-FP16_NEEDS_A_GPU = (
-    'settings.mixed_precision = "fp16" needs a GPU (accelerate has no fp16 autocast on the CPU); '
-    'set mixed_precision to "bf16" or "no" to train on the CPU'
-)
+FP16_NEEDS_A_GPU = 'settings.mixed_precision = "fp16" needs a GPU (accelerate has no fp16 autocast on the CPU); set mixed_precision to "bf16" or "no" to train on the CPU'
+
 
 def _s(key: str, typ: type, default: Any, help: str, **kw: Any) -> Setting:
     return Setting(key, typ, default, help, **kw)
@@ -119,7 +130,13 @@ SETTINGS: dict[str, Setting] = {
         _s("mixed_precision", str, "bf16", "precision of the computations: bf16 on newer GPUs, fp16 on older ones (uses loss scaling), no = fp32 (slow)", choices=PRECISIONS),
         _s("full_bf16", bool, False, "keep the trained weights themselves in bf16 (no fp32 master copy)"),
         _s("gradient_checkpointing", bool, True, "recompute activations in backward to save memory"),
-        _s("optimizer", str, "adamw8bit", "adamw8bit (8-bit states, the usual choice), adamw (more memory), lion8bit, lion (32-bit states), adafactor (least memory), prodigy (finds its own step size: learning rate 1.0) or schedulefree_adamw (needs no LR schedule)", choices=OPTIMIZERS),
+        _s(
+            "optimizer",
+            str,
+            "adamw8bit",
+            "adamw8bit (8-bit states, the usual choice), adamw (more memory), lion8bit, lion (32-bit states), adafactor (least memory), prodigy (finds its own step size: learning rate 1.0) or schedulefree_adamw (needs no LR schedule)",
+            choices=OPTIMIZERS,
+        ),
         _s("fused_backward_pass", bool, False, "step the optimizer inside backward, one parameter at a time: saves the memory of the full gradients"),
         _s("cache_latents", bool, True, "encode images with the VAE once, before training"),
         _s("cache_latents_to_disk", bool, False, "keep the latent cache on disk instead of in memory, for datasets that do not fit in RAM"),
@@ -181,9 +198,21 @@ SETTINGS: dict[str, Setting] = {
 #: user's choice (the method's own, such as LoRA type, rank and targets, and the data's, such as
 #: clip skip and caption handling): picking a recipe keeps it.
 RECIPE_SETTINGS = (
-    "mixed_precision", "full_bf16", "gradient_checkpointing", "optimizer", "fused_backward_pass", "cache_latents",
-    "cache_latents_to_disk", "cache_text_encoder_outputs", "train_text_encoder", "batch_size", "resolution",
-    "attention", "channels_last", "torch_compile", "dataloader_workers",
+    "mixed_precision",
+    "full_bf16",
+    "gradient_checkpointing",
+    "optimizer",
+    "fused_backward_pass",
+    "cache_latents",
+    "cache_latents_to_disk",
+    "cache_text_encoder_outputs",
+    "train_text_encoder",
+    "batch_size",
+    "resolution",
+    "attention",
+    "channels_last",
+    "torch_compile",
+    "dataloader_workers",
 )
 
 #: Every section of run.toml with its keys. [dataset] subsets and [samples] prompts are lists.
@@ -194,7 +223,13 @@ SCHEMA: dict[str, dict[str, Setting]] = {
     "model": {
         "path": _s("path", str, "", "diffusers folder, single .safetensors/.ckpt file, or hub id"),
         "family": _s("family", str, "sd1", "model family", choices=FAMILIES),
-        "prediction_type": _s("prediction_type", str, "auto", "what the model predicts: auto (read from the model), epsilon (the noise), v_prediction (SD2 768) or flow (the flow families)", choices=PREDICTION_TYPES),
+        "prediction_type": _s(
+            "prediction_type",
+            str,
+            "auto",
+            "what the model predicts: auto (read from the model), epsilon (the noise), v_prediction (SD2 768) or flow (the flow families)",
+            choices=PREDICTION_TYPES,
+        ),
         "vae": _s("vae", str, "", "optional separate VAE (folder or file)"),
     },
     "dataset": {
@@ -213,7 +248,13 @@ SCHEMA: dict[str, dict[str, Setting]] = {
         "gradient_accumulation": _s("gradient_accumulation", int, 1, "micro-batches added up per optimizer step: a larger effective batch without more memory", minimum=1),
         "learning_rate": _s("learning_rate", float, 1e-4, "peak learning rate (UNet); defaults per method", minimum=0.0),
         "text_encoder_lr": _s("text_encoder_lr", float, 0.0, "text encoders' rate when trained (0 = learning_rate)", minimum=0.0),
-        "lr_scheduler": _s("lr_scheduler", str, "constant_with_warmup", "how the learning rate changes over the run: constant, after a warm-up, linear or cosine decay, cosine with restarts, polynomial", choices=LR_SCHEDULERS),
+        "lr_scheduler": _s(
+            "lr_scheduler",
+            str,
+            "constant_with_warmup",
+            "how the learning rate changes over the run: constant, after a warm-up, linear or cosine decay, cosine with restarts, polynomial",
+            choices=LR_SCHEDULERS,
+        ),
         "lr_warmup_steps": _s("lr_warmup_steps", int, 0, "optimizer steps over which the learning rate rises from 0 to its peak", minimum=0),
         "lr_scheduler_num_cycles": _s("lr_scheduler_num_cycles", int, 1, "how many times cosine_with_restarts starts again from the peak rate", minimum=1),
         "lr_scheduler_power": _s("lr_scheduler_power", float, 1.0, "curve of the polynomial schedule (1 = linear decay)", minimum=0.0),
@@ -299,10 +340,7 @@ def optimizer_rule_warnings(optimizer: str, learning_rate: float, lr_scheduler: 
     warnings = []
     rule = optimizer_learning_rate(optimizer)
     if rule is not None and learning_rate < rule / 10:
-        warnings.append(
-            f"{optimizer} multiplies its own step-size estimate by schedule.learning_rate; {learning_rate:g} makes it learn almost nothing, "
-            f"its rule is {rule:g}"
-        )
+        warnings.append(f"{optimizer} multiplies its own step-size estimate by schedule.learning_rate; {learning_rate:g} makes it learn almost nothing, its rule is {rule:g}")
     if optimizer in SCHEDULE_FREE_OPTIMIZERS and lr_scheduler not in ("constant", "constant_with_warmup"):
         warnings.append(f"{optimizer} keeps its own schedule, so lr_scheduler={lr_scheduler} is not used (the rate stays constant after the warm-up)")
     return warnings
@@ -352,8 +390,7 @@ def family_problem(family: str, prediction_type: str, settings: Mapping[str, Any
     does not cut its latents (``FamilySpec.bucket_step``)."""
     found = spec(family)
     if prediction_type != "auto" and prediction_type not in found.objectives:
-        return (f'[model] prediction_type = "{prediction_type}" is not an objective the {family} family trains with; '
-                f"set it to auto or to {' or '.join(found.objectives)}")
+        return f'[model] prediction_type = "{prediction_type}" is not an objective the {family} family trains with; set it to auto or to {" or ".join(found.objectives)}'
     step = int(settings.get("bucket_reso_steps", SETTINGS["bucket_reso_steps"].default))
     if step % found.bucket_step:
         return f"settings.bucket_reso_steps = {step} does not cut {family} latents into whole patches; set it to a multiple of {found.bucket_step} (e.g. 64)"

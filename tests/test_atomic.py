@@ -87,7 +87,7 @@ def test_checkpoint_files_follow_the_umask(tmp_path: Path, mask: int, expected: 
     with umask(mask):
         folder = save(tmp_path / "checkpoints", 3, {"w": torch.zeros(2)}, {"optimizer": {}}, {"epoch": 0}, keep=2)
     assert mode(folder) == folder_mode
-    assert {p.name: mode(p) for p in folder.iterdir()} == {name: expected for name in ("trainable.safetensors", "objects.safetensors", "objects.json", "state.json")}
+    assert {p.name: mode(p) for p in folder.iterdir()} == dict.fromkeys(("trainable.safetensors", "objects.safetensors", "objects.json", "state.json"), expected)
 
 
 @pytest.mark.slow
@@ -96,7 +96,11 @@ def test_a_real_runs_outputs_are_readable_by_other_users_under_umask_022(tmp_pat
 
     data = kohya_dataset(subsets=((1, "sks dog", 2),))
     run = make_run(
-        tmp_path / "run", tiny_models("sd1"), data, "sd1", "lora",
+        tmp_path / "run",
+        tiny_models("sd1"),
+        data,
+        "sd1",
+        "lora",
         schedule={"max_steps": 2, "sample_every_steps": 2, "save_every_steps": 2},
         prompts=["sks dog --w 64 --h 64 --s 2"],
     )

@@ -21,8 +21,10 @@ def test_the_tiny_mode_runs_both_families_and_methods_and_writes_the_results(tmp
     for family, method in (("sd1", "lora"), ("sdxl", "finetune")):
         lines += main(["--tiny", "--family", family, "--method", method, "--batch", "1", "--workdir", str(tmp_path / "work"), "--results", str(results)])
 
-    assert [line.split(":")[0] for line in lines] == ["gpu_sd1_lora_64px_b1_tiny_cpu (checks the script; not a GPU figure)",
-                                                       "gpu_sdxl_finetune_64px_b1_tiny_cpu (checks the script; not a GPU figure)"]
+    assert [line.split(":")[0] for line in lines] == [
+        "gpu_sd1_lora_64px_b1_tiny_cpu (checks the script; not a GPU figure)",
+        "gpu_sdxl_finetune_64px_b1_tiny_cpu (checks the script; not a GPU figure)",
+    ]
     assert all(LINE.search(line) for line in lines), lines
     text = results.read_text(encoding="utf-8")
     assert text.startswith("# Benchmark results\n\n## ") and text.endswith("earlier figures\n")  # newest first, nothing lost

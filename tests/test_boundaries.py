@@ -35,11 +35,7 @@ def _core_modules(skip_train: bool) -> list[str]:
 
 
 def _loaded_after(statement: str, packages: tuple[str, ...]) -> list[str]:
-    code = (
-        "import json, sys\n"
-        f"{statement}\n"
-        f"print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & set({list(packages)!r}))))\n"
-    )
+    code = f"import json, sys\n{statement}\nprint(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & set({list(packages)!r}))))\n"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])

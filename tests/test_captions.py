@@ -94,11 +94,14 @@ def test_write_adds_txt_files_and_never_overwrites(dataset: Path, tiny_captioner
     assert (folder / "1.txt").read_text().strip()
 
 
-@pytest.mark.parametrize(("argv", "says"), [
-    (["--model", "/nowhere/captioner"], "the captioner model /nowhere/captioner is not a folder"),
-    (["--captioner", "wd14"], "timm or onnxruntime"),
-    (["--captioner", "git"], "there is no captioner 'git'"),
-])
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--model", "/nowhere/captioner"], "the captioner model /nowhere/captioner is not a folder"),
+        (["--captioner", "wd14"], "timm or onnxruntime"),
+        (["--captioner", "git"], "there is no captioner 'git'"),
+    ],
+)
 def test_a_missing_model_or_captioner_is_one_sentence(argv: list[str], says: str, dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
     before = _tree(dataset)
     assert main(["caption", str(dataset), *argv]) == 2

@@ -19,8 +19,20 @@ def no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def one_busy_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    gpu = GpuInfo(0, "NVIDIA GeForce RTX 3090", 24 * GIB, 18 * GIB, (8, 6), True, "550.54", "12.4", "GPU-1",
-                  [GpuProcess(777, "python3", 6 * GIB)], utilization=41, model=find_model("NVIDIA GeForce RTX 3090"))
+    gpu = GpuInfo(
+        0,
+        "NVIDIA GeForce RTX 3090",
+        24 * GIB,
+        18 * GIB,
+        (8, 6),
+        True,
+        "550.54",
+        "12.4",
+        "GPU-1",
+        [GpuProcess(777, "python3", 6 * GIB)],
+        utilization=41,
+        model=find_model("NVIDIA GeForce RTX 3090"),
+    )
     monkeypatch.setattr(core.gpu, "probe", lambda nvml=None: GpuSet([gpu]))
 
 

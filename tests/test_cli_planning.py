@@ -37,6 +37,7 @@ def one_sentence_error(err: str) -> str:
 
 # ---- scan -------------------------------------------------------------------------------------
 
+
 def test_scan_table_lists_subsets_and_problems(kohya_dataset: DataFactory, capsys: pytest.CaptureFixture[str]) -> None:
     data = kohya_dataset(subsets=((10, "sks dog", 4), (3, "style", 2)), captions=False)
     code, out, _ = run(capsys, "scan", str(data))
@@ -83,6 +84,7 @@ def test_scan_missing_folder_and_bad_resolution(tmp_path: Path, kohya_dataset: D
 
 # ---- plan ---------------------------------------------------------------------------------------
 
+
 def test_plan_sdxl_lora_on_two_4090s(kohya_dataset: DataFactory, capsys: pytest.CaptureFixture[str]) -> None:
     data = kohya_dataset(subsets=((10, "sks dog", 4), (3, "style", 2)))
     code, out, err = run(capsys, "plan", "--model", "sdxl", "--data", str(data), "--method", "lora", "--gpus", "2x4090")
@@ -90,14 +92,31 @@ def test_plan_sdxl_lora_on_two_4090s(kohya_dataset: DataFactory, capsys: pytest.
     assert "Recipe    sdxl-" in out
     assert "2 × GeForce RTX 4090 (simulated)" in out
     assert "GiB estimated peak of 24 GiB per GPU: fits" in out
-    table = out[out.index("GPUs  eff. batch"):].splitlines()[2:6]
+    table = out[out.index("GPUs  eff. batch") :].splitlines()[2:6]
     assert [line.split()[0] for line in table] == ["1", "2", "4", "8"]
 
 
 def test_plan_json_in_step_mode(kohya_dataset: DataFactory, capsys: pytest.CaptureFixture[str]) -> None:
     data = kohya_dataset(subsets=((10, "sks dog", 4),))
-    code, out, _ = run(capsys, "--gpus", "1x4090", "plan", "--model", "sd1", "--data", str(data), "--recipe", "sd15-lora-8gb",
-                       "--steps", "80", "--set", "batch_size=2", "--set", "schedule.gradient_accumulation=2", "--json")
+    code, out, _ = run(
+        capsys,
+        "--gpus",
+        "1x4090",
+        "plan",
+        "--model",
+        "sd1",
+        "--data",
+        str(data),
+        "--recipe",
+        "sd15-lora-8gb",
+        "--steps",
+        "80",
+        "--set",
+        "batch_size=2",
+        "--set",
+        "schedule.gradient_accumulation=2",
+        "--json",
+    )
     assert code == 0
     plan = json.loads(out)
     assert plan["recipe"] == "sd15-lora-8gb" and plan["settings"]["batch_size"] == 2
@@ -224,6 +243,7 @@ def test_plan_bad_config_files(tmp_path: Path, capsys: pytest.CaptureFixture[str
 
 # ---- export-kohya and the real console script -----------------------------------------------------
 
+
 def test_export_kohya(kohya_dataset: DataFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from core.config import new_config, save_config
     from core.dataset.scan import scan_dataset
@@ -277,12 +297,10 @@ def test_console_script(kohya_dataset: DataFactory, tmp_path: Path) -> None:
     script = Path(sys.executable).with_name("sdtui")
     env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
     data = kohya_dataset()
-    ok = subprocess.run([str(script), "plan", "--model", "sdxl", "--data", str(data), "--gpus", "2x4090"],
-                        capture_output=True, text=True, env=env, timeout=60)
+    ok = subprocess.run([str(script), "plan", "--model", "sdxl", "--data", str(data), "--gpus", "2x4090"], capture_output=True, text=True, env=env, timeout=60)
     assert ok.returncode == 0, ok.stderr
     assert "24 GiB" in ok.stdout
-    bad = subprocess.run([str(script), "plan", "--model", "sdxl", "--data", str(tmp_path / "nope")],
-                         capture_output=True, text=True, env=env, timeout=60)
+    bad = subprocess.run([str(script), "plan", "--model", "sdxl", "--data", str(tmp_path / "nope")], capture_output=True, text=True, env=env, timeout=60)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "does not exist" in bad.stderr
 
 
@@ -328,10 +346,13 @@ def test_plan_json_has_the_validation_entry_and_its_cost_in_the_eta(kohya_datase
     assert "Validation 2 images held out of the training images, loss every 10 steps at 5 fixed timesteps: 4 times" in out
 
 
-@pytest.mark.parametrize(("setting", "wording"), [
-    ("validation.split=0.5", "--set validation.split=0.5: split must be below 0.5"),
-    ("validation.every_n_steps=0", "--set validation.every_n_steps=0: every_n_steps must be at least 1"),
-])
+@pytest.mark.parametrize(
+    ("setting", "wording"),
+    [
+        ("validation.split=0.5", "--set validation.split=0.5: split must be below 0.5"),
+        ("validation.every_n_steps=0", "--set validation.every_n_steps=0: every_n_steps must be at least 1"),
+    ],
+)
 def test_validation_settings_out_of_range_are_one_sentence(kohya_dataset: DataFactory, capsys: pytest.CaptureFixture[str], setting: str, wording: str) -> None:
     data = kohya_dataset(subsets=((10, "sks dog", 4),))
     code, _, err = run(capsys, "plan", "--model", "sd1", "--data", str(data), "--set", setting)

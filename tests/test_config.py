@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from core.config import apply_overrides, apply_recipe, load_config, new_config, save_config
 from core.errors import UserError
@@ -47,7 +47,10 @@ def write(tmp_path: Path, text: str, name: str = "run.toml") -> Path:
 
 def make(tmp_path: Path, **kw):
     args = dict(
-        name="sks", model_path="/models/sdxl", family="sdxl", method="lora",
+        name="sks",
+        model_path="/models/sdxl",
+        family="sdxl",
+        method="lora",
         subsets=[{"path": str(tmp_path / "10_sks dog"), "repeats": 10, "token": "sks dog"}],
         settings={"batch_size": 2, "resolution": 1024},
         prompts=["a photo of sks dog --w 1024 --h 1024 --d 1"],
@@ -117,24 +120,25 @@ def test_relative_subset_paths_are_made_absolute_against_the_file(tmp_path: Path
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("name = \"x\"\n[model\npath = 1\n", r"run.toml line 2, column \d+: invalid TOML"),
+        ('name = "x"\n[model\npath = 1\n', r"run.toml line 2, column \d+: invalid TOML"),
         ("foo = 1\n", r"line 1: unknown section or key 'foo'; known: name and the sections model"),
         ("[trainer]\nx = 1\n", r"line 1: unknown section or key 'trainer'"),
-        ("[model]\npath = \"m\"\n[settings]\nbatchsize = 2\n", r"line 4: unknown key 'batchsize' in \[settings\] \(did you mean 'batch_size'\?\); known keys: recipe,"),
-        ("[model]\npath = \"m\"\n[settings]\nbatch_size = 0\n", r"line 4: settings.batch_size = 0 is not allowed: batch_size must be at least 1"),
-        ("[model]\npath = \"m\"\n[settings]\nbatch_size = \"2\"\n", r"line 4: settings.batch_size must be a whole number"),
-        ("[model]\npath = \"m\"\n[settings]\noptimizer = \"sgd\"\n", r"line 4: .*optimizer must be one of adamw, adamw8bit"),
-        ("[model]\npath = \"m\"\n\n[schedule]\nepochs = 3\nseed = -1\n", r"line 6: schedule.seed = -1 is not allowed"),
-        ("[model]\nfamily = \"sdxl\"\n", r"has no \[model\] path; add path ="),
-        ("[model]\nfamily = \"sd3\"\npath = \"m\"\n", r"line 2: model.family = 'sd3' is not allowed: family must be one of sd1, sd2, sdxl"),
-        ("[model]\npath = \"m\"\n", r"has no \[\[dataset.subsets\]\]; add one"),
-        ("[model]\npath = \"m\"\n[[dataset.subsets]]\nrepeats = 2\n", r"line 3: this \[\[dataset.subsets\]\] has no path"),
-        ("[model]\npath = \"m\"\n[[dataset.subsets]]\npath = \"a\"\n\n[[dataset.subsets]]\npath = \"b\"\nrepeat = 3\n",
-         r"line 8: unknown key 'repeat' in \[\[dataset.subsets\]\] \(did you mean 'repeats'\?\)"),
-        ("[model]\npath = \"m\"\n[[dataset.subsets]]\npath = \"a\"\nrepeats = 0\n", r"line 5: \[\[dataset.subsets\]\] repeats = 0 is not allowed"),
-        ("[model]\npath = \"m\"\n[[dataset.subsets]]\npath = \"a\"\n[samples]\nprompts = [\n  \"ok\",\n  \"bad --w 500\",\n]\n",
-         r"line 6: sample prompt 'bad --w 500': --w must be a multiple of 8"),
-        ("model = \"m\"\n", r"line 1: model must be a \[model\] section"),
+        ('[model]\npath = "m"\n[settings]\nbatchsize = 2\n', r"line 4: unknown key 'batchsize' in \[settings\] \(did you mean 'batch_size'\?\); known keys: recipe,"),
+        ('[model]\npath = "m"\n[settings]\nbatch_size = 0\n', r"line 4: settings.batch_size = 0 is not allowed: batch_size must be at least 1"),
+        ('[model]\npath = "m"\n[settings]\nbatch_size = "2"\n', r"line 4: settings.batch_size must be a whole number"),
+        ('[model]\npath = "m"\n[settings]\noptimizer = "sgd"\n', r"line 4: .*optimizer must be one of adamw, adamw8bit"),
+        ('[model]\npath = "m"\n\n[schedule]\nepochs = 3\nseed = -1\n', r"line 6: schedule.seed = -1 is not allowed"),
+        ('[model]\nfamily = "sdxl"\n', r"has no \[model\] path; add path ="),
+        ('[model]\nfamily = "sd3"\npath = "m"\n', r"line 2: model.family = 'sd3' is not allowed: family must be one of sd1, sd2, sdxl"),
+        ('[model]\npath = "m"\n', r"has no \[\[dataset.subsets\]\]; add one"),
+        ('[model]\npath = "m"\n[[dataset.subsets]]\nrepeats = 2\n', r"line 3: this \[\[dataset.subsets\]\] has no path"),
+        (
+            '[model]\npath = "m"\n[[dataset.subsets]]\npath = "a"\n\n[[dataset.subsets]]\npath = "b"\nrepeat = 3\n',
+            r"line 8: unknown key 'repeat' in \[\[dataset.subsets\]\] \(did you mean 'repeats'\?\)",
+        ),
+        ('[model]\npath = "m"\n[[dataset.subsets]]\npath = "a"\nrepeats = 0\n', r"line 5: \[\[dataset.subsets\]\] repeats = 0 is not allowed"),
+        ('[model]\npath = "m"\n[[dataset.subsets]]\npath = "a"\n[samples]\nprompts = [\n  "ok",\n  "bad --w 500",\n]\n', r"line 6: sample prompt 'bad --w 500': --w must be a multiple of 8"),
+        ('model = "m"\n', r"line 1: model must be a \[model\] section"),
     ],
 )
 def test_bad_run_toml_is_a_user_error_naming_line_and_rule(tmp_path: Path, text: str, expected: str) -> None:
@@ -151,8 +155,9 @@ def test_missing_config_file_is_a_user_error(tmp_path: Path) -> None:
 
 def test_overrides_set_values_and_reject_bad_ones(tmp_path: Path) -> None:
     config = make(tmp_path)
-    apply_overrides(config, ["schedule.max_steps=400", "batch_size=3", "mixed_precision=fp16", "settings.use_dora=true",
-                             "schedule.learning_rate=5e-5", "name=other", "samples.prompts=a cat --w 512"])
+    apply_overrides(
+        config, ["schedule.max_steps=400", "batch_size=3", "mixed_precision=fp16", "settings.use_dora=true", "schedule.learning_rate=5e-5", "name=other", "samples.prompts=a cat --w 512"]
+    )
     assert config.schedule["max_steps"] == 400 and config.settings["batch_size"] == 3
     assert config.settings["mixed_precision"] == "fp16" and config.settings["use_dora"] is True
     assert config.schedule["learning_rate"] == 5e-5 and config.name == "other" and config.prompts == ["a cat --w 512"]
@@ -205,11 +210,21 @@ def test_new_config_takes_scan_subsets_and_saving_is_atomic(kohya_dataset, tmp_p
 
 def test_the_kohya_user_settings_take_set_overrides_and_prodigys_rate(tmp_path: Path) -> None:
     config = make(tmp_path)
-    apply_overrides(config, [
-        "lora_type=lokr", "optimizer=prodigy", "schedule.lr_scheduler=cosine_with_restarts", "schedule.lr_scheduler_num_cycles=3",
-        "clip_skip=2", "bucket_no_upscale=true", "caption_prefix=ohwx", "save_precision=bf16", "logging.tensorboard=false",
-        "samples.sampler=euler_a",
-    ])
+    apply_overrides(
+        config,
+        [
+            "lora_type=lokr",
+            "optimizer=prodigy",
+            "schedule.lr_scheduler=cosine_with_restarts",
+            "schedule.lr_scheduler_num_cycles=3",
+            "clip_skip=2",
+            "bucket_no_upscale=true",
+            "caption_prefix=ohwx",
+            "save_precision=bf16",
+            "logging.tensorboard=false",
+            "samples.sampler=euler_a",
+        ],
+    )
     assert config.settings["lora_type"] == "lokr" and config.settings["clip_skip"] == 2 and config.settings["save_precision"] == "bf16"
     assert config.schedule["learning_rate"] == 1.0  # Prodigy's rule, since the same overrides give no rate
     assert config.schedule["lr_scheduler_num_cycles"] == 3 and config.section("logging")["tensorboard"] is False

@@ -10,9 +10,9 @@ import torch
 
 from core.dataset.buckets import assign_bucket, make_buckets
 from core.errors import UserError
+from core.families.sdxl.runtime import time_ids_batch
 from core.plan.schedule import steps_per_epoch
 from core.settings import resolve
-from core.train.data.text_cache import cache_text_outputs
 from core.train.data.items import (
     BatchDataset,
     CacheNotValid,
@@ -24,8 +24,8 @@ from core.train.data.items import (
     process_caption,
 )
 from core.train.data.latent_cache import cache_latents
+from core.train.data.text_cache import cache_text_outputs
 from core.train.model.loading import load_components
-from core.families.sdxl.runtime import time_ids_batch
 from core.train.model.text import encode_captions, encode_text, tokenize
 from tests.conftest import write_image
 
@@ -220,8 +220,17 @@ def test_latent_cache_shards_the_encoding_across_ranks(tmp_path, wide_and_square
     barriers = []
 
     def cache(rank: int):
-        return cache_latents(components, build_items(config, SETTINGS), "cpu", torch.float32, folder, rank=rank, world=2,
-                             barrier=lambda: barriers.append(rank), progress=lambda d, t: seen[rank].append((d, t)))
+        return cache_latents(
+            components,
+            build_items(config, SETTINGS),
+            "cpu",
+            torch.float32,
+            folder,
+            rank=rank,
+            world=2,
+            barrier=lambda: barriers.append(rank),
+            progress=lambda d, t: seen[rank].append((d, t)),
+        )
 
     fast = cache(1)  # rank 1 is done before rank 0 even looks at the folder
     slow = cache(0)

@@ -79,8 +79,13 @@ def test_formats_are_detected_by_content_with_sizes_from_headers(tmp_path: Path)
     scan = scan_dataset(tmp_path / "5_thing")
     got = {Path(i.path).name: (i.format, i.width, i.height) for i in scan.subsets[0].images}
     assert got == {
-        "a.png": ("png", 96, 64), "b.JPG": ("jpeg", 64, 128), "c.webp": ("webp", 80, 48),
-        "d.bmp": ("bmp", 33, 17), "e.jpeg": ("png", 40, 30), "f.Jpeg": ("jpeg", 44, 22), "g.webp": ("webp", 50, 70),
+        "a.png": ("png", 96, 64),
+        "b.JPG": ("jpeg", 64, 128),
+        "c.webp": ("webp", 80, 48),
+        "d.bmp": ("bmp", 33, 17),
+        "e.jpeg": ("png", 40, 30),
+        "f.Jpeg": ("jpeg", 44, 22),
+        "g.webp": ("webp", 50, 70),
     }
 
 
@@ -187,10 +192,7 @@ def test_missing_path_and_file_path_are_user_errors(tmp_path: Path) -> None:
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int, str]]:
-    return {
-        str(p.relative_to(root)): (p.stat().st_mtime_ns, p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "")
-        for p in sorted(root.rglob("*"))
-    }
+    return {str(p.relative_to(root)): (p.stat().st_mtime_ns, p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "") for p in sorted(root.rglob("*"))}
 
 
 def test_the_scan_never_touches_the_dataset(kohya_dataset, private_cache: Path) -> None:
@@ -286,7 +288,6 @@ def test_large_duplicates_need_equal_content_not_just_equal_ends(tmp_path: Path)
     assert [(Path(p.path).name, p.message.rsplit("/", 1)[1]) for p in duplicates] == [("b.bmp", "a.bmp")]
 
 
-
 def test_duplicates_are_found_without_hashlib_file_digest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Python 3.10 (which sdtui supports) has no hashlib.file_digest: two images of one size must not crash the scan there."""
     from PIL import Image
@@ -299,6 +300,7 @@ def test_duplicates_are_found_without_hashlib_file_digest(tmp_path: Path, monkey
     image.save(folder / "b.bmp")
     scan = scan_dataset(tmp_path / "data")
     assert [Path(p.path).name for p in scan.problems if "same content" in p.message] == ["b.bmp"]
+
 
 def test_data_appended_after_the_image_is_not_truncation(tmp_path: Path) -> None:
     folder = tmp_path / "3_phone"
@@ -334,9 +336,11 @@ def test_scan_config_takes_repeats_token_and_reg_from_the_run_config(kohya_datas
 
     root = kohya_dataset(((10, "sks dog", 3), (1, "dog", 2)))
     config = new_config(
-        "run", "", "sd1", "lora",
-        [{"path": str(root / "10_sks dog"), "repeats": 25, "token": "sks dog", "is_reg": False},
-         {"path": str(root / "1_dog"), "repeats": 1, "token": "dog", "is_reg": True}],
+        "run",
+        "",
+        "sd1",
+        "lora",
+        [{"path": str(root / "10_sks dog"), "repeats": 25, "token": "sks dog", "is_reg": False}, {"path": str(root / "1_dog"), "repeats": 1, "token": "dog", "is_reg": True}],
         {"resolution": 64},
     )
     scan = scan_config(config)

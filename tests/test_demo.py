@@ -56,7 +56,11 @@ def test_headless_demo_trains_to_the_end(tmp_path: Path, tiny_models, tiny_capti
     _seed_model(tmp_path / "demo", tiny_models, tiny_captioners)
     result = subprocess.run(
         [sys.executable, "-m", "cli", "demo", "--headless", "--workdir", str(tmp_path / "demo"), *FAST],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**_env(), "PYTHONPATH": str(REPO)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**_env(), "PYTHONPATH": str(REPO)},
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "step 2/2" in result.stdout
@@ -72,7 +76,11 @@ def test_headless_demo_with_a_bad_override_exits_2(tmp_path: Path, tiny_models, 
     _seed_model(tmp_path / "demo", tiny_models, tiny_captioners)
     result = subprocess.run(
         [sys.executable, "-m", "cli", "demo", "--headless", "--workdir", str(tmp_path / "demo"), "--set", "schedule.epochs=-1"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120, env={**_env(), "PYTHONPATH": str(REPO)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**_env(), "PYTHONPATH": str(REPO)},
     )
     assert result.returncode == 2
     assert "epochs" in result.stderr and "Traceback" not in result.stderr

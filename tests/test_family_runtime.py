@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -132,7 +131,11 @@ def test_lora_from_file_reads_back_the_kohya_and_diffusers_files_it_writes(tiny_
 
 @pytest.mark.parametrize(
     ("family", "v", "version", "architecture", "v2"),
-    [("sd1", False, "sd_v1", "stable-diffusion-v1/lora", "False"), ("sd2", True, "sd_v2_v", "stable-diffusion-v2-768-v/lora", "True"), ("sdxl", False, "sdxl_base_v1-0", "stable-diffusion-xl-v1-base/lora", "False")],
+    [
+        ("sd1", False, "sd_v1", "stable-diffusion-v1/lora", "False"),
+        ("sd2", True, "sd_v2_v", "stable-diffusion-v2-768-v/lora", "True"),
+        ("sdxl", False, "sdxl_base_v1-0", "stable-diffusion-xl-v1-base/lora", "False"),
+    ],
 )
 def test_kohya_metadata_values_are_what_sd_scripts_writes(family: str, v: bool, version: str, architecture: str, v2: str) -> None:
     values = runtime(family).kohya_metadata(v)

@@ -14,8 +14,8 @@ import psutil
 import pytest
 
 from core.gpu import GpuSet
-from core.procs import alive, tree
 from core.launch.start import start_run
+from core.procs import alive, tree
 from core.runs.rundir import RunDir
 from tests.test_launch_support import env, no_leftovers, sdtui, steps, wait_ended, wait_for, write_config  # noqa: F401 (no_leftovers is a fixture)
 
@@ -28,7 +28,11 @@ def test_run_survives_sighup_and_sigkill_of_the_launching_shell(tmp_path: Path, 
     runs = tmp_path / "runs"
     shell = subprocess.Popen(
         ["bash", "-c", '"$0" -m cli train "$1" --runs-dir "$2"; sleep 600', sys.executable, str(config), str(runs)],
-        env=env(), cwd=tmp_path, start_new_session=True, stdout=subprocess.PIPE, text=True,
+        env=env(),
+        cwd=tmp_path,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     run_id = shell.stdout.readline().strip()
     run = RunDir(runs / run_id)
@@ -68,7 +72,7 @@ def test_killed_tree_is_lost_and_resume_continues_from_the_newest_checkpoint(tmp
     assert resumed.returncode == 0, resumed.stderr
     assert f"from step-{checkpoint}" in resumed.stdout
     final = wait_ended(run)
-    after = steps(run.path)[len(before):]
+    after = steps(run.path)[len(before) :]
     assert final["state"] == "finished" and final["attempt"] == 2
     assert after[0] == checkpoint + 1 and after[-1] == final["total_steps"] == 24
     assert after == list(range(checkpoint + 1, 25))

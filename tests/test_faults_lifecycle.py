@@ -139,7 +139,9 @@ def test_the_users_view_of_the_log_leaves_out_library_noise_and_the_launcher_tra
 
     trainer = ["Traceback (most recent call last):", '  File "/x/core/train/loop.py", line 3, in main', "    raise ValueError('bad')", "ValueError: bad"]
     launcher = [
-        "Traceback (most recent call last):", '  File "/x/bin/accelerate", line 8, in <module>', "    sys.exit(main())",
+        "Traceback (most recent call last):",
+        '  File "/x/bin/accelerate", line 8, in <module>',
+        "    sys.exit(main())",
         "subprocess.CalledProcessError: Command '['python', '-m', 'core.train']' returned non-zero exit status 1.",
     ]
     log = tmp_path / "train.log"
@@ -160,7 +162,7 @@ def test_sdtui_logs_shows_the_error_first_and_no_noise_unless_raw(tmp_path: Path
     assert shown[0] == f"error: {final['error']}"
     assert not any(n in shown for n in NOISE)
     raw = sdtui(["logs", run.id, "--raw", "--runs-dir", str(tmp_path / "runs")], tmp_path).stdout.splitlines()
-    assert raw[-len(NOISE):] == NOISE
+    assert raw[-len(NOISE) :] == NOISE
     assert json.loads(sdtui(["status", run.id, "--json", "--runs-dir", str(tmp_path / "runs")], tmp_path).stdout)["state"] == "failed"
 
 

@@ -23,9 +23,9 @@ import psutil
 import pytest
 
 from core.gpu import GpuSet
-from core.procs import alive, tree
 from core.launch.start import start_run
 from core.monitor import MetricsSeries, MetricsTail
+from core.procs import alive, tree
 from core.runs.rundir import RunDir
 from tests.test_launch_support import env, no_leftovers, sdtui, status, steps, wait_ended, wait_for, write_config  # noqa: F401 (no_leftovers is a fixture)
 
@@ -162,7 +162,11 @@ def test_a_full_disk_fails_with_the_sentence_keeps_the_checkpoint_and_resumes(tm
     filler = fill(small_disk, 200 * 1024)
     final = wait_ended(run)
     assert final["state"] == "failed", final
-    assert f"the disk holding {run.path} is full (" in final["error"] and " free, the checkpoint needs " in final["error"] and "plus 1.00 MiB kept free for the final status and log lines" in final["error"]
+    assert (
+        f"the disk holding {run.path} is full (" in final["error"]
+        and " free, the checkpoint needs " in final["error"]
+        and "plus 1.00 MiB kept free for the final status and log lines" in final["error"]
+    )
     assert f"free space and `sdtui resume {run.id}`" in final["error"]
     assert checkpoint_step(run) == 8, "the previous checkpoint is kept"
     assert not list(run.checkpoints.glob(".tmp-*")), "the partial checkpoint is removed"
@@ -200,8 +204,8 @@ def test_a_disk_too_full_for_the_output_fails_naming_the_output_and_resumes(tmp_
 def test_a_write_that_hits_enospc_is_recognised_as_a_full_disk(small_disk: Path) -> None:
     import torch
 
-    from core.train.outputs import train_state as checkpoint
     from core.train.disk import is_disk_full
+    from core.train.outputs import train_state as checkpoint
 
     fill(small_disk, 64 * 1024)
     with pytest.raises(Exception) as caught:  # noqa: PT011 - the library picks the type; is_disk_full judges it
@@ -345,7 +349,7 @@ def test_metrics_attempts_partial_line_and_a_failed_resume(tmp_path: Path, tiny_
     assert resumed.returncode == 0 and f"from step-{older}" in resumed.stdout
     assert wait_ended(run)["state"] == "finished"
     assert series(run) == list(range(1, 25)), "each step once for a reader"
-    assert steps(run.path)[: before] == list(range(1, before + 1)), "the file itself was never rewritten"
+    assert steps(run.path)[:before] == list(range(1, before + 1)), "the file itself was never rewritten"
     lines = run.metrics.read_text().splitlines()
     attempts = [json.loads(line) for line in lines if '"type": "attempt"' in line]
     assert [a["resume_step"] for a in attempts] == [0, newest, older]

@@ -16,9 +16,9 @@ import torch
 
 from core.train.data.items import build_items, distinct_captions
 from core.train.data.latent_cache import cache_latents, read_entry
-from core.train.model.loading import load_components
 from core.train.data.text_cache import cache_text_outputs
 from core.train.data.text_cache import read_entry as read_text_entry
+from core.train.model.loading import load_components
 from tests.train_helpers import make_run, metrics, train
 
 
@@ -54,8 +54,7 @@ def test_damaged_latent_cache_entries_are_encoded_again_in_both_shares_of_two_ra
     before = {p: read_entry(p)[0] for p in files}
     sizes = damage(files)
 
-    ranks = two_ranks(lambda rank, barrier: cache_latents(components, _items(data), "cpu", torch.float32, folder, in_memory=in_memory,
-                                                          rank=rank, world=2, barrier=barrier))
+    ranks = two_ranks(lambda rank, barrier: cache_latents(components, _items(data), "cpu", torch.float32, folder, in_memory=in_memory, rank=rank, world=2, barrier=barrier))
 
     assert [len(cache) for cache in ranks] == [6, 6]  # no image dropped on either rank
     assert sum(cache.encoded for cache in ranks) == 2 and sum(cache.reused for cache in ranks) == 4
@@ -95,8 +94,7 @@ def test_a_damaged_text_cache_entry_of_another_rank_stops_the_run_instead_of_dro
 
     assert all(read_text_entry(p) is None for p in files)
     with pytest.raises(RuntimeError, match="does not read back"):
-        cache_text_outputs(components, _items(data), "cpu", torch.float32, folder, rank=0, world=2,
-                           barrier=lambda: [p.write_bytes(b"junk") for p in files])
+        cache_text_outputs(components, _items(data), "cpu", torch.float32, folder, rank=0, world=2, barrier=lambda: [p.write_bytes(b"junk") for p in files])
 
 
 def test_every_record_starts_on_a_fresh_line_after_junk_appended_to_a_live_metrics_file(tmp_path):
@@ -116,6 +114,7 @@ def test_every_record_starts_on_a_fresh_line_after_junk_appended_to_a_live_metri
 
 
 # --- real runs through the supervisor and the CLI -------------------------------------------------
+
 
 def finished_run(tmp_path: Path, tiny_models, kohya_dataset):
     """A finished run of 6 steps (checkpoints every 3) and its runs folder."""
@@ -191,12 +190,16 @@ def test_a_damaged_status_of_a_live_run_keeps_every_field_at_the_next_write(tmp_
     before = run.read_status()
     keys = ("total_steps", "steps_per_epoch", "world_size", "attempt", "attempt_id", "trainer_pids", "command")
     assert all(before.get(k) for k in keys), before
-    run.status_json.write_bytes(b"{\"state\": \"runn")
+    run.status_json.write_bytes(b'{"state": "runn')
 
     after = wait_for(lambda: (s := run.read_status()).get("state") == "running" and s.get("step", 0) > before["step"] and s, 240, "the next step")
-    assert {k: bool(after.get(k)) for k in keys} == {k: True for k in keys}, after
+    assert {k: bool(after.get(k)) for k in keys} == dict.fromkeys(keys, True), after
     assert (after["total_steps"], after["steps_per_epoch"], after["world_size"], after["attempt_id"]) == (
-        before["total_steps"], before["steps_per_epoch"], before["world_size"], before["attempt_id"])
+        before["total_steps"],
+        before["steps_per_epoch"],
+        before["world_size"],
+        before["attempt_id"],
+    )
     assert f"/{before['total_steps']}" in sdtui(["status", run.id, "--runs-dir", str(runs)], tmp_path).stdout
     sdtui(["stop", run.id, "--runs-dir", str(runs)], tmp_path)
     wait_ended(run)

@@ -16,11 +16,11 @@ from core.config import apply_recipe, new_config
 from core.dataset.scan import DatasetScan, ImageEntry, Subset
 from core.gpu import parse_spec
 from core.launch.preflight import check_fit
+from core.plan.class_images import class_images as class_image_rule
 from core.plan.learning_rates import schedule_defaults
 from core.plan.picker import pick_recipes, rank_recipes, run_shape
 from core.plan.planner import make_plan
 from core.recipes import load_recipes
-from core.plan.class_images import class_images as class_image_rule
 from core.settings import FAMILIES, METHODS, defaults, resolve
 
 RECIPES = load_recipes()
@@ -29,6 +29,7 @@ GPU_SPECS = ("1x8GB", "1x12GB", "1x4090", "2x4090", "1x3060", "2x3060", "1x24GB"
 
 def memory_scan(class_images: int, size: tuple[int, int] = (1024, 1024)) -> DatasetScan:
     """A scanned dataset held in memory: 8 instance images, and a class folder when asked."""
+
     def subset(path: str, count: int, is_reg: bool) -> Subset:
         images = [ImageEntry(f"{path}/{i:03d}.png", size[0], size[1], "png") for i in range(count)]
         return Subset(path, path.rsplit("/", 1)[1], 10 if not is_reg else 1, "sks dog" if not is_reg else "dog", is_reg, images, count, 0, size, size)
@@ -107,18 +108,21 @@ def test_the_plain_config_reads_as_the_run_config_does() -> None:
     assert (real.settings, real.schedule, real.distributed, real.subsets) == (plain.settings, plain.schedule, plain.distributed, plain.subsets)
 
 
-OVERRIDES = st.fixed_dictionaries({}, optional={
-    "gradient_checkpointing": st.booleans(),
-    "batch_size": st.integers(1, 4),
-    "resolution": st.sampled_from([512, 768, 1024]),
-    "train_text_encoder": st.booleans(),
-    "ema": st.booleans(),
-    "optimizer": st.sampled_from(["adamw", "adamw8bit", "adafactor", "lion8bit"]),
-    "cache_latents": st.booleans(),
-    "cache_text_encoder_outputs": st.booleans(),
-    "lora_rank": st.sampled_from([4, 16, 64]),
-    "mixed_precision": st.sampled_from(["bf16", "fp16", "no"]),
-})
+OVERRIDES = st.fixed_dictionaries(
+    {},
+    optional={
+        "gradient_checkpointing": st.booleans(),
+        "batch_size": st.integers(1, 4),
+        "resolution": st.sampled_from([512, 768, 1024]),
+        "train_text_encoder": st.booleans(),
+        "ema": st.booleans(),
+        "optimizer": st.sampled_from(["adamw", "adamw8bit", "adafactor", "lion8bit"]),
+        "cache_latents": st.booleans(),
+        "cache_text_encoder_outputs": st.booleans(),
+        "lora_rank": st.sampled_from([4, 16, 64]),
+        "mixed_precision": st.sampled_from(["bf16", "fp16", "no"]),
+    },
+)
 
 
 @pytest.mark.slow
@@ -132,7 +136,12 @@ OVERRIDES = st.fixed_dictionaries({}, optional={
     backend=st.sampled_from(["ddp", "ddp", "deepspeed", "fsdp"]),
 )
 def test_whatever_the_picker_calls_fitting_plan_and_preflight_call_fitting(
-    family: str, method: str, overrides: dict[str, Any], class_images: int, spec: str, backend: str,
+    family: str,
+    method: str,
+    overrides: dict[str, Any],
+    class_images: int,
+    spec: str,
+    backend: str,
 ) -> None:
     gpus = parse_spec(spec)
     scan = memory_scan(class_images)

@@ -208,8 +208,16 @@ def test_catalog_covers_common_training_gpus() -> None:
 
 @pytest.mark.parametrize(
     ("spec", "count", "vram_gb", "model"),
-    [("2x4090", 2, 24, "4090"), ("1x24GB", 1, 24, None), ("8xH100", 8, 80, "h100"), ("4xA100-80GB", 4, 80, "a100-80gb"),
-     ("1xT4", 1, 16, "t4"), ("4090", 1, 24, "4090"), ("2X a100-40gb", 2, 40, "a100-40gb"), ("3 x 48gb", 3, 48, None)],
+    [
+        ("2x4090", 2, 24, "4090"),
+        ("1x24GB", 1, 24, None),
+        ("8xH100", 8, 80, "h100"),
+        ("4xA100-80GB", 4, 80, "a100-80gb"),
+        ("1xT4", 1, 16, "t4"),
+        ("4090", 1, 24, "4090"),
+        ("2X a100-40gb", 2, 40, "a100-40gb"),
+        ("3 x 48gb", 3, 48, None),
+    ],
 )
 def test_parse_spec(spec: str, count: int, vram_gb: float, model: str | None) -> None:
     found = parse_spec(spec)
@@ -233,11 +241,24 @@ def test_resolve_auto_probes_and_spec_simulates() -> None:
 
 @pytest.mark.parametrize(
     ("name", "vram_gb", "key"),
-    [("NVIDIA GeForce RTX 4090", None, "4090"), ("Tesla T4", None, "t4"), ("NVIDIA A100-SXM4-40GB", None, "a100-40gb"),
-     ("NVIDIA A100-SXM4", 79.2, "a100-80gb"), ("NVIDIA A100-PCIE", 39.4, "a100-40gb"), ("NVIDIA L40", None, "l40"),
-     ("NVIDIA L40S", None, "l40s"), ("NVIDIA L4", None, "l4"), ("NVIDIA A10G", None, "a10"), ("NVIDIA RTX A6000", None, "a6000"),
-     ("NVIDIA RTX 6000 Ada Generation", None, "6000ada"), ("NVIDIA H100 80GB HBM3", None, "h100"), ("NVIDIA H100 PCIe", None, "h100-pcie"),
-     ("Tesla V100-SXM2-32GB", None, "v100-32gb"), ("NVIDIA GeForce RTX 2080 Ti", None, "2080ti"), ("NVIDIA Quadro P5000", None, None)],
+    [
+        ("NVIDIA GeForce RTX 4090", None, "4090"),
+        ("Tesla T4", None, "t4"),
+        ("NVIDIA A100-SXM4-40GB", None, "a100-40gb"),
+        ("NVIDIA A100-SXM4", 79.2, "a100-80gb"),
+        ("NVIDIA A100-PCIE", 39.4, "a100-40gb"),
+        ("NVIDIA L40", None, "l40"),
+        ("NVIDIA L40S", None, "l40s"),
+        ("NVIDIA L4", None, "l4"),
+        ("NVIDIA A10G", None, "a10"),
+        ("NVIDIA RTX A6000", None, "a6000"),
+        ("NVIDIA RTX 6000 Ada Generation", None, "6000ada"),
+        ("NVIDIA H100 80GB HBM3", None, "h100"),
+        ("NVIDIA H100 PCIe", None, "h100-pcie"),
+        ("Tesla V100-SXM2-32GB", None, "v100-32gb"),
+        ("NVIDIA GeForce RTX 2080 Ti", None, "2080ti"),
+        ("NVIDIA Quadro P5000", None, None),
+    ],
 )
 def test_nvml_names_match_the_catalog(name: str, vram_gb: float | None, key: str | None) -> None:
     model = find_model(name, vram_gb)

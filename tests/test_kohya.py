@@ -3,22 +3,24 @@
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from core.config import new_config
 from core.errors import UserError
 from core.kohya import export_kohya, import_kohya, read_kohya
 from core.sample_prompts import SamplePrompt, format_prompt_line, parse_prompt_file, parse_prompt_line
-
 from tests.conftest import write_image
 
 
 def make_config(tmp_path: Path):
     return new_config(
-        "sks", "/models/sd15", "sd1", "dreambooth",
+        "sks",
+        "/models/sd15",
+        "sd1",
+        "dreambooth",
         [
             {"path": str(tmp_path / "data" / "40_sks dog"), "repeats": 40, "token": "sks dog"},
             {"path": str(tmp_path / "data" / "5_other"), "repeats": 5, "token": ""},
@@ -33,14 +35,26 @@ def test_export_writes_sd_scripts_schema_and_prompt_lines(tmp_path: Path) -> Non
     written = export_kohya(make_config(tmp_path), tmp_path / "kohya").written
     assert [p.name for p in written] == ["dataset_config.toml", "sample_prompts.txt", "training_config.toml"]
     data = tomllib.loads(written[0].read_text())
-    assert data["general"] == {"shuffle_caption": True, "keep_tokens": 1, "flip_aug": True, "random_crop": False,
-                               "caption_dropout_rate": 0.0, "caption_tag_dropout_rate": 0.0, "caption_extension": ".txt"}
+    assert data["general"] == {
+        "shuffle_caption": True,
+        "keep_tokens": 1,
+        "flip_aug": True,
+        "random_crop": False,
+        "caption_dropout_rate": 0.0,
+        "caption_tag_dropout_rate": 0.0,
+        "caption_extension": ".txt",
+    }
     dataset = data["datasets"][0]
     assert {k: dataset[k] for k in ("resolution", "batch_size", "enable_bucket", "bucket_no_upscale", "min_bucket_reso", "max_bucket_reso", "bucket_reso_steps")} == {
-        "resolution": 768, "batch_size": 2, "enable_bucket": True, "bucket_no_upscale": False, "min_bucket_reso": 320, "max_bucket_reso": 2048,
-        "bucket_reso_steps": 64}
-    assert dataset["subsets"][0] == {"image_dir": str(tmp_path / "data" / "40_sks dog"), "num_repeats": 40, "class_tokens": "sks dog",
-                                     "caption_extension": ".txt", "is_reg": False}
+        "resolution": 768,
+        "batch_size": 2,
+        "enable_bucket": True,
+        "bucket_no_upscale": False,
+        "min_bucket_reso": 320,
+        "max_bucket_reso": 2048,
+        "bucket_reso_steps": 64,
+    }
+    assert dataset["subsets"][0] == {"image_dir": str(tmp_path / "data" / "40_sks dog"), "num_repeats": 40, "class_tokens": "sks dog", "caption_extension": ".txt", "is_reg": False}
     assert "class_tokens" not in dataset["subsets"][1] and dataset["subsets"][2]["is_reg"] is True
     assert written[1].read_text().splitlines() == [
         "a photo of sks dog --n blurry, lowres --w 768 --h 768 --d 7 --l 7.5 --s 30",
@@ -67,7 +81,11 @@ def test_export_carries_the_learning_rates_as_sd_scripts_names_them(tmp_path: Pa
     data = tomllib.loads(written[2].read_text())
     args = data["optimizer_arguments"]
     assert {k: args[k] for k in ("optimizer_type", "learning_rate", "lr_scheduler", "lr_warmup_steps", "max_grad_norm")} == {
-        "optimizer_type": "AdamW8bit", "learning_rate": 2e-6, "lr_scheduler": "constant", "lr_warmup_steps": 0, "max_grad_norm": 1.0,
+        "optimizer_type": "AdamW8bit",
+        "learning_rate": 2e-6,
+        "lr_scheduler": "constant",
+        "lr_warmup_steps": 0,
+        "max_grad_norm": 1.0,
     }
     assert data["additional_network_arguments"]["unet_lr"] == 2e-6 and data["additional_network_arguments"]["text_encoder_lr"] == 1e-6
     config.set("schedule.text_encoder_lr", 0)
@@ -164,14 +182,26 @@ def test_format_and_parse_round_trip_and_prompt_files() -> None:
 
 # ---- export: the script's own arguments, a fresh folder, fine-tune metadata, generated class images ----
 
+
 def _lokr_prodigy(tmp_path: Path, optimizer: str = "prodigy"):
     config = make_config(tmp_path)
     for key, value in {
-        "method.kind": "lora", "settings.optimizer": optimizer, "settings.lora_type": "lokr", "settings.lora_rank": 8,
-        "settings.lora_alpha": 4.0, "settings.lokr_factor": 4, "settings.lora_targets": "all", "settings.conv_rank": 4,
-        "settings.clip_skip": 2, "settings.mixed_precision": "bf16", "settings.save_precision": "bf16",
-        "schedule.lr_scheduler": "cosine_with_restarts", "schedule.lr_scheduler_num_cycles": 3, "schedule.max_steps": 600,
-        "settings.weight_decay": 0.05, "settings.prodigy_d_coef": 0.5,
+        "method.kind": "lora",
+        "settings.optimizer": optimizer,
+        "settings.lora_type": "lokr",
+        "settings.lora_rank": 8,
+        "settings.lora_alpha": 4.0,
+        "settings.lokr_factor": 4,
+        "settings.lora_targets": "all",
+        "settings.conv_rank": 4,
+        "settings.clip_skip": 2,
+        "settings.mixed_precision": "bf16",
+        "settings.save_precision": "bf16",
+        "schedule.lr_scheduler": "cosine_with_restarts",
+        "schedule.lr_scheduler_num_cycles": 3,
+        "schedule.max_steps": 600,
+        "settings.weight_decay": 0.05,
+        "settings.prodigy_d_coef": 0.5,
     }.items():
         config.set(key, value)
     return config
@@ -197,17 +227,30 @@ def test_export_writes_every_training_argument_sd_scripts_has(tmp_path: Path, op
         assert {"d_coef=0.5", "safeguard_warmup=True", "decouple=True"} <= set(flat["optimizer_args"])
 
 
-@pytest.mark.parametrize(("method", "family", "script"), [
-    ("dreambooth", "sd1", "train_db.py"), ("finetune", "sd1", "fine_tune.py"), ("textual_inversion", "sd1", "train_textual_inversion.py"),
-    ("lora", "sdxl", "sdxl_train_network.py"), ("dreambooth", "sdxl", "sdxl_train.py"),
-])
+@pytest.mark.parametrize(
+    ("method", "family", "script"),
+    [
+        ("dreambooth", "sd1", "train_db.py"),
+        ("finetune", "sd1", "fine_tune.py"),
+        ("textual_inversion", "sd1", "train_textual_inversion.py"),
+        ("lora", "sdxl", "sdxl_train_network.py"),
+        ("dreambooth", "sdxl", "sdxl_train.py"),
+    ],
+)
 def test_export_writes_only_the_options_of_the_script_that_fits_the_method(tmp_path: Path, method: str, family: str, script: str) -> None:
     from core.kohya_args import SCRIPT_FLAGS
 
     (tmp_path / "data" / "40_sks dog").mkdir(parents=True)
     (tmp_path / "data" / "40_sks dog" / "a.png").write_bytes(_png())
-    config = new_config("sks", "/models/m", family, method, [{"path": str(tmp_path / "data" / "40_sks dog"), "repeats": 40, "token": "sks dog"}],
-                        {"train_text_encoder": method != "textual_inversion"}, method_options={"placeholder_token": "<sks>"} if method == "textual_inversion" else None)
+    config = new_config(
+        "sks",
+        "/models/m",
+        family,
+        method,
+        [{"path": str(tmp_path / "data" / "40_sks dog"), "repeats": 40, "token": "sks dog"}],
+        {"train_text_encoder": method != "textual_inversion"},
+        method_options={"placeholder_token": "<sks>"} if method == "textual_inversion" else None,
+    )
     export = export_kohya(config, tmp_path / "kohya")
     assert export.script == script
     flat = {k for table in tomllib.loads(export.written[2].read_text()).values() for k in table}
@@ -283,8 +326,7 @@ def test_dreambooth_export_lists_the_class_images_the_run_generated(tmp_path: Pa
     export = export_kohya(load_config(run / "run.toml", complete=False), tmp_path / "kohya")
     subsets = tomllib.loads(export.written[0].read_text())["datasets"][0]["subsets"]
     generated = subsets[-1]
-    assert generated == {"image_dir": str(run / "class_images"), "num_repeats": 1, "class_tokens": "a photo of a dog",
-                         "caption_extension": ".txt", "is_reg": True}
+    assert generated == {"image_dir": str(run / "class_images"), "num_repeats": 1, "class_tokens": "a photo of a dog", "caption_extension": ".txt", "is_reg": True}
     assert sum(1 for s in subsets if s["is_reg"]) == 2
 
 
@@ -339,8 +381,16 @@ def test_export_names_the_masked_loss_and_the_validation_it_does_not_carry(tmp_p
     from core.config import new_config
     from core.kohya_args import training_arguments
 
-    config = new_config("dog", "/models/sd15", "sd1", "lora", [{"path": str(tmp_path), "repeats": 1, "token": "dog"}],
-                        {"alpha_mask": True}, validation={"split": 0.1}, dataset_options={"mask_dir": str(tmp_path)})
+    config = new_config(
+        "dog",
+        "/models/sd15",
+        "sd1",
+        "lora",
+        [{"path": str(tmp_path), "repeats": 1, "token": "dog"}],
+        {"alpha_mask": True},
+        validation={"split": 0.1},
+        dataset_options={"mask_dir": str(tmp_path)},
+    )
     paths = {"dataset_config": "d.toml", "output_dir": "out", "sample_prompts": "p.txt", "logging_dir": "logs"}
 
     unmapped = training_arguments(config, paths).unmapped

@@ -39,9 +39,7 @@ def test_several_machines_and_the_commands_for_the_others() -> None:
     assert (config["main_process_ip"], config["main_process_port"]) == ("10.0.0.5", 29600)
     assert config["rdzv_backend"] == "static", "several machines: the configured address"
     commands = other_node_commands("/runs/r/run.toml", dist)
-    assert commands == [
-        "sdtui train /runs/r/run.toml --set distributed.machine_rank=1 --set distributed.main_process_ip=10.0.0.5 --set distributed.main_process_port=29600"
-    ]
+    assert commands == ["sdtui train /runs/r/run.toml --set distributed.machine_rank=1 --set distributed.main_process_ip=10.0.0.5 --set distributed.main_process_port=29600"]
     with pytest.raises(UserError, match="machine_rank 2 must be below"):
         accelerate_config({**dist, "machine_rank": 2}, "bf16", use_cpu=False)
     with pytest.raises(UserError, match="fixed port"):

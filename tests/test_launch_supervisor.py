@@ -61,7 +61,11 @@ def test_lock_keeps_a_second_holder_off(tmp_path: Path) -> None:
     run = RunDir(tmp_path)
     held = lock_run(run)
     assert held is not None and is_locked(run)
-    child = subprocess.run([sys.executable, "-c", f"from core.launch.supervisor import is_locked; from core.runs.rundir import RunDir; print(is_locked(RunDir({str(tmp_path)!r})))"], capture_output=True, text=True)
+    child = subprocess.run(
+        [sys.executable, "-c", f"from core.launch.supervisor import is_locked; from core.runs.rundir import RunDir; print(is_locked(RunDir({str(tmp_path)!r})))"],
+        capture_output=True,
+        text=True,
+    )
     assert child.stdout.strip() == "True"
     held.close()
     assert not is_locked(run)

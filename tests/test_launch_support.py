@@ -22,9 +22,19 @@ REPO = Path(__file__).resolve().parents[1]
 
 #: Small, fast settings for the tiny model on the CPU.
 TINY_SETTINGS: dict[str, Any] = {
-    "mixed_precision": "no", "optimizer": "adamw", "resolution": 64, "min_bucket_reso": 64, "max_bucket_reso": 128,
-    "bucket_reso_steps": 32, "lora_rank": 4, "lora_alpha": 4.0, "dataloader_workers": 0, "channels_last": False,
-    "gradient_checkpointing": False, "batch_size": 1, "cache_latents": True,
+    "mixed_precision": "no",
+    "optimizer": "adamw",
+    "resolution": 64,
+    "min_bucket_reso": 64,
+    "max_bucket_reso": 128,
+    "bucket_reso_steps": 32,
+    "lora_rank": 4,
+    "lora_alpha": 4.0,
+    "dataloader_workers": 0,
+    "channels_last": False,
+    "gradient_checkpointing": False,
+    "batch_size": 1,
+    "cache_latents": True,
 }
 
 
@@ -37,8 +47,13 @@ def env() -> dict[str, str]:
 
 
 def write_config(
-    tmp_path: Path, model: Path, dataset: Path, schedule: dict[str, Any] | None = None,
-    distributed: dict[str, Any] | None = None, name: str = "tiny", settings: dict[str, Any] | None = None,
+    tmp_path: Path,
+    model: Path,
+    dataset: Path,
+    schedule: dict[str, Any] | None = None,
+    distributed: dict[str, Any] | None = None,
+    name: str = "tiny",
+    settings: dict[str, Any] | None = None,
 ) -> Path:
     """A run.toml for the tiny model on a kohya dataset (every subset folder of ``dataset``)."""
     from core.config import new_config, save_config
@@ -48,9 +63,15 @@ def write_config(
         repeats, _, token = folder.name.partition("_")
         subsets.append({"path": str(folder), "repeats": int(repeats), "token": token})
     config = new_config(
-        name, model, "sd1", "lora", subsets, {**TINY_SETTINGS, **(settings or {})},
+        name,
+        model,
+        "sd1",
+        "lora",
+        subsets,
+        {**TINY_SETTINGS, **(settings or {})},
         {"epochs": 1, "save_every_epochs": 0, "sample_every_steps": 0, "lr_scheduler": "constant", **(schedule or {})},
-        [], distributed or {},
+        [],
+        distributed or {},
     )
     path = tmp_path / f"{name}.toml"
     save_config(config, path)

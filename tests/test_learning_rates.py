@@ -20,8 +20,15 @@ def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.parametrize(
     ("family", "method", "rate"),
-    [("sd1", "lora", 1e-4), ("sdxl", "lora", 1e-4), ("sd1", "dreambooth", 2e-6), ("sd2", "finetune", 5e-6),
-     ("sdxl", "finetune", 1e-6), ("sdxl", "dreambooth", 1e-6), ("sd1", "textual_inversion", 5e-4)],
+    [
+        ("sd1", "lora", 1e-4),
+        ("sdxl", "lora", 1e-4),
+        ("sd1", "dreambooth", 2e-6),
+        ("sd2", "finetune", 5e-6),
+        ("sdxl", "finetune", 1e-6),
+        ("sdxl", "dreambooth", 1e-6),
+        ("sd1", "textual_inversion", 5e-4),
+    ],
 )
 def test_a_new_run_starts_at_its_methods_rate(family: str, method: str, rate: float) -> None:
     schedule = new_config("r", "", family, method, [], {}).schedule
@@ -46,10 +53,7 @@ def test_lora_trains_its_text_encoder_ten_times_slower_than_the_unet() -> None:
 
 def test_a_run_toml_without_a_learning_rate_takes_the_methods(tmp_path: Path) -> None:
     path = tmp_path / "run.toml"
-    path.write_text(
-        '[model]\npath = "/m"\nfamily = "sd1"\n[method]\nkind = "dreambooth"\n'
-        '[[dataset.subsets]]\npath = "/d/10_x"\nrepeats = 10\n[schedule]\nepochs = 3\n'
-    )
+    path.write_text('[model]\npath = "/m"\nfamily = "sd1"\n[method]\nkind = "dreambooth"\n[[dataset.subsets]]\npath = "/d/10_x"\nrepeats = 10\n[schedule]\nepochs = 3\n')
     schedule = load_config(path).schedule
     assert (schedule["learning_rate"], schedule["text_encoder_lr"], schedule["lr_scheduler"], schedule["epochs"]) == (2e-6, 1e-6, "constant", 3)
 

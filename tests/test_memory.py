@@ -105,8 +105,7 @@ def test_peak_phase_follows_what_dominates() -> None:
 
 
 def test_sd15_lora_small_recipe_is_a_few_gigabytes() -> None:
-    settings = {"mixed_precision": "fp16", "gradient_checkpointing": True, "optimizer": "adamw8bit", "batch_size": 1, "resolution": 512,
-                "cache_text_encoder_outputs": False}
+    settings = {"mixed_precision": "fp16", "gradient_checkpointing": True, "optimizer": "adamw8bit", "batch_size": 1, "resolution": 512, "cache_text_encoder_outputs": False}
     assert 3 * GB <= estimate("sd1", "lora", settings).total_bytes <= 7 * GB
     cached = estimate("sd1", "lora", {**settings, "cache_text_encoder_outputs": True}).total_bytes  # the default: the encoder leaves the GPU
     assert 2 * GB <= cached < estimate("sd1", "lora", settings).total_bytes

@@ -130,8 +130,8 @@ def test_a_model_index_naming_another_module_is_refused_before_any_import(tmp_pa
     import json
     import sys
 
-    from core.launch.preflight import check_model
     from core.families.detect import family_of_folder
+    from core.launch.preflight import check_model
 
     marker = tmp_path / "imported"
     (tmp_path / "sdtui_fake_payload.py").write_text(f"open({str(marker)!r}, 'w').close()\nclass UNet: pass\n")

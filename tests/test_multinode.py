@@ -17,7 +17,10 @@ CPU = GpuSet([], reason="test: CPU only")
 
 def test_two_process_ddp_over_gloo(tmp_path: Path, tiny_models, kohya_dataset) -> None:
     config = write_config(
-        tmp_path, tiny_models("sd1"), kohya_dataset(((3, "sks dog", 3),)), {"epochs": 2},
+        tmp_path,
+        tiny_models("sd1"),
+        kohya_dataset(((3, "sks dog", 3),)),
+        {"epochs": 2},
         distributed={"num_processes": 2, "main_process_port": 0},
     )
     run = start_run(config, tmp_path / "runs", gpus=CPU)
@@ -37,7 +40,11 @@ def test_two_machines_on_loopback(tmp_path: Path, tiny_models, kohya_dataset) ->
     runs = []
     for rank in (0, 1):
         config = write_config(
-            tmp_path, model, data, {"epochs": 2}, name=f"node{rank}",
+            tmp_path,
+            model,
+            data,
+            {"epochs": 2},
+            name=f"node{rank}",
             distributed={"num_processes": 1, "num_machines": 2, "machine_rank": rank, "main_process_ip": "127.0.0.1", "main_process_port": port},
         )
         notices: list[str] = []

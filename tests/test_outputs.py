@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
 
 from core.train.model.loading import load_components
-from core.train.outputs.files import lora_files, save_embeddings, save_full_model, save_lora
 from core.train.model.text import add_placeholder_tokens
+from core.train.outputs.files import lora_files, save_embeddings, save_full_model, save_lora
 
 # every test trains or loads the tiny models and writes their files: functional
 pytestmark = pytest.mark.slow
@@ -47,11 +46,14 @@ def _trained_lora(path, family, **settings):
     return components
 
 
-@pytest.mark.parametrize(("family", "text_encoder", "targets"), [
-    ("sd1", True, ["to_q", "to_k", "to_v", "to_out.0"]),
-    ("sd2", True, ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"]),
-    ("sdxl", True, ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "conv1", "conv2", "proj_in", "proj_out"]),
-])
+@pytest.mark.parametrize(
+    ("family", "text_encoder", "targets"),
+    [
+        ("sd1", True, ["to_q", "to_k", "to_v", "to_out.0"]),
+        ("sd2", True, ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"]),
+        ("sdxl", True, ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "conv1", "conv2", "proj_in", "proj_out"]),
+    ],
+)
 def test_lora_both_formats_reproduce_the_trained_model(tmp_path, tiny_models, family, text_encoder, targets):
     path = tiny_models(family)
     components = _trained_lora(path, family, text_encoder=text_encoder, targets=targets)

@@ -10,18 +10,26 @@ from pathlib import Path
 import pytest
 
 from core.errors import UserError
-from core.gpu import CATALOG, parse_spec
 from core.families.detect import detect_family
+from core.gpu import CATALOG, parse_spec
 from core.plan import throughput
 
 LORA = {
-    "mixed_precision": "bf16", "gradient_checkpointing": True, "optimizer": "adamw8bit", "cache_latents": True,
-    "cache_text_encoder_outputs": True, "train_text_encoder": False, "batch_size": 1, "resolution": 1024,
-    "lora_rank": 16, "lora_targets": "attn",
+    "mixed_precision": "bf16",
+    "gradient_checkpointing": True,
+    "optimizer": "adamw8bit",
+    "cache_latents": True,
+    "cache_text_encoder_outputs": True,
+    "train_text_encoder": False,
+    "batch_size": 1,
+    "resolution": 1024,
+    "lora_rank": 16,
+    "lora_targets": "attn",
 }
 
 
 # ---- family detection -------------------------------------------------------------------
+
 
 def _safetensors(path: Path, keys: list[str]) -> Path:
     header = json.dumps({k: {"dtype": "F16", "shape": [1], "data_offsets": [0, 2]} for k in keys}).encode()
@@ -76,6 +84,7 @@ def test_family_bad_inputs_name_the_thing(tmp_path: Path) -> None:
 
 # ---- throughput ---------------------------------------------------------------------------
 
+
 def test_faster_gpus_and_lighter_settings_are_faster() -> None:
     ips = {key: throughput.images_per_second("sdxl", "lora", LORA, CATALOG[key]) for key in ("3090", "4090", "a100-80gb", "h100")}
     assert ips["3090"] < ips["4090"] < ips["a100-80gb"] < ips["h100"]
@@ -124,6 +133,7 @@ def test_no_gpu_means_no_speed() -> None:
 
 
 # ---- picker ---------------------------------------------------------------------------------
+
 
 def test_picker_only_offers_what_fits_the_smallest_gpu_fastest_first() -> None:
     from core.memory import estimate
@@ -188,6 +198,7 @@ def test_suggestions_when_nothing_fits() -> None:
 
 
 # ---- make_plan ------------------------------------------------------------------------------
+
 
 def _config(data_scan, method: str = "lora", family: str = "sdxl", recipe: str = "sdxl-lora-12gb", **schedule):
     from core.config import apply_recipe, new_config

@@ -15,7 +15,8 @@ CHECKS = all_checks()
 
 
 @pytest.mark.parametrize(
-    "check", [pytest.param(c, id=c.name, marks=[pytest.mark.slow] if c.slow else []) for c in CHECKS],
+    "check",
+    [pytest.param(c, id=c.name, marks=[pytest.mark.slow] if c.slow else []) for c in CHECKS],
 )
 def test_probe_check_holds(check: Check) -> None:
     problem = run_check(check)

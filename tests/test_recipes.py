@@ -50,9 +50,7 @@ def test_shipped_recipes_are_the_recipes_package_data() -> None:
     import recipes
 
     assert Path(str(shipped_dir())) == Path(recipes.__file__).parent
-    assert sorted(p.name for p in shipped_dir().iterdir() if p.name.endswith(".toml")) == sorted(
-        p.name for p in (REPO / "recipes").glob("*.toml")
-    )
+    assert sorted(p.name for p in shipped_dir().iterdir() if p.name.endswith(".toml")) == sorted(p.name for p in (REPO / "recipes").glob("*.toml"))
 
 
 def test_every_shipped_recipe_fits_the_card_its_name_promises() -> None:
@@ -113,9 +111,11 @@ def test_invalid_toml_names_file_and_line(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("old", "new", "message"),
-    [('families = ["sd1"]', 'families = ["sd3"]', "'families' must be a non-empty list of sd1, sd2, sdxl"),
-     ('methods = ["lora"]', "methods = []", "'methods' must be a non-empty list"),
-     ('summary = "A test recipe."\n', "", "missing summary")],
+    [
+        ('families = ["sd1"]', 'families = ["sd3"]', "'families' must be a non-empty list of sd1, sd2, sdxl"),
+        ('methods = ["lora"]', "methods = []", "'methods' must be a non-empty list"),
+        ('summary = "A test recipe."\n', "", "missing summary"),
+    ],
 )
 def test_header_errors(tmp_path: Path, old: str, new: str, message: str) -> None:
     write(tmp_path, "bad", GOOD.replace(old, new))

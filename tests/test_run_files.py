@@ -29,8 +29,12 @@ JSON = st.recursive(
 KEYS = ["state", "step", "total_steps", "pids", "trainer_pids", "created_at", "updated_at", "attempt", "attempt_id", "log_tail", "control_done", "error"]
 STATUS = st.dictionaries(st.sampled_from(KEYS), JSON, max_size=8)
 CONTROL = st.fixed_dictionaries({"requests": st.lists(st.dictionaries(st.sampled_from(["id", "action", "at", "attempt"]), JSON | st.sampled_from(["stop", "save"])), max_size=4)})
-METRIC_LINE = st.dictionaries(st.sampled_from(["type", "step", "loss", "resume_step", "step_time_s", "path", "prompt_index", "state", "mem"]), JSON | st.sampled_from(["step", "attempt", "end", "sample", "checkpoint"]), max_size=6)
-BYTES = st.binary(max_size=300) | STATUS.map(lambda d: json.dumps(d).encode()) | st.just(b"\xff\xfe{\"state\": \"running\"")
+METRIC_LINE = st.dictionaries(
+    st.sampled_from(["type", "step", "loss", "resume_step", "step_time_s", "path", "prompt_index", "state", "mem"]),
+    JSON | st.sampled_from(["step", "attempt", "end", "sample", "checkpoint"]),
+    max_size=6,
+)
+BYTES = st.binary(max_size=300) | STATUS.map(lambda d: json.dumps(d).encode()) | st.just(b'\xff\xfe{"state": "running"')
 
 
 def folder(status: bytes, control: bytes = b"", metrics: bytes = b"", plan: bytes = b"") -> RunDir:
@@ -84,8 +88,10 @@ ATTEMPT_LINE = st.fixed_dictionaries({"type": st.just("attempt"), "resume_step":
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(lines=st.lists(st.binary(max_size=60) | (METRIC_LINE | STEP_LINE | ATTEMPT_LINE).map(lambda d: json.dumps(d).encode()), max_size=30),
-       tail_bytes=st.sampled_from([40, 300, STEP_PROBE_BYTES, 65536]))
+@given(
+    lines=st.lists(st.binary(max_size=60) | (METRIC_LINE | STEP_LINE | ATTEMPT_LINE).map(lambda d: json.dumps(d).encode()), max_size=30),
+    tail_bytes=st.sampled_from([40, 300, STEP_PROBE_BYTES, 65536]),
+)
 @pytest.mark.slow
 def test_the_newest_step_read_from_the_end_is_the_one_the_whole_tail_gives(lines: list[bytes], tail_bytes: int) -> None:
     """The home screen's quick read of the last step agrees with reading the whole tail, whatever the lines."""
@@ -155,4 +161,3 @@ def test_runs_lists_every_other_run_when_one_folder_is_damaged(tmp_path: Path) -
     saved = sdtui(["save", "bad", "--runs-dir", str(runs)], tmp_path)
     assert saved.returncode == 2 and "Traceback" not in saved.stderr and "lost" in saved.stderr
     assert [r.id for r in list_runs(runs)] and all(isinstance(r.summary(), dict) for r in list_runs(runs))
-

@@ -32,6 +32,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 # ---- the rule -------------------------------------------------------------------------------------
 
+
 def test_order_option_environment_own_remembered_default(project: Path) -> None:
     demo_runs = project / "demo" / "runs"
     assert resolve(None, project, {}) == runs_folder.RunsFolder(project / "runs", DEFAULTED)
@@ -82,12 +83,16 @@ def test_memory_lives_in_the_users_state_folder(user_dirs: Path) -> None:
 
 # ---- the command line -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("argv", [
-    ["--runs-dir", "D", "--gpus", "2x4090", "attach", "r1"],
-    ["attach", "r1", "--runs-dir", "D", "--gpus", "2x4090"],
-    ["--gpus", "2x4090", "attach", "--runs-dir", "D", "r1"],
-    ["--runs-dir", "X", "attach", "r1", "--runs-dir", "D", "--gpus", "2x4090"],
-])
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--runs-dir", "D", "--gpus", "2x4090", "attach", "r1"],
+        ["attach", "r1", "--runs-dir", "D", "--gpus", "2x4090"],
+        ["--gpus", "2x4090", "attach", "--runs-dir", "D", "r1"],
+        ["--runs-dir", "X", "attach", "r1", "--runs-dir", "D", "--gpus", "2x4090"],
+    ],
+)
 def test_global_options_before_or_after_the_subcommand(argv: list[str]) -> None:
     args = build_parser().parse_args(argv)
     assert (args.command, args.run, args.runs_dir, args.gpus) == ("attach", "r1", "D", "2x4090")
@@ -96,8 +101,19 @@ def test_global_options_before_or_after_the_subcommand(argv: list[str]) -> None:
 def test_every_subcommand_takes_the_global_options() -> None:
     parser = build_parser()
     for command in ("gpus", "recipes", "runs", "demo", "plan", "scan", "status", "logs", "stop", "save", "sample", "pause", "resume", "attach", "train", "export-kohya"):
-        positionals = {"scan": ["d"], "status": ["r"], "logs": ["r"], "stop": ["r"], "save": ["r"], "sample": ["r"],
-                       "pause": ["r"], "resume": ["r"], "attach": ["r"], "train": ["c.toml"], "export-kohya": ["c.toml", "d"]}
+        positionals = {
+            "scan": ["d"],
+            "status": ["r"],
+            "logs": ["r"],
+            "stop": ["r"],
+            "save": ["r"],
+            "sample": ["r"],
+            "pause": ["r"],
+            "resume": ["r"],
+            "attach": ["r"],
+            "train": ["c.toml"],
+            "export-kohya": ["c.toml", "d"],
+        }
         args = parser.parse_args([command, *positionals.get(command, []), "--runs-dir", "D", "--gpus", "1x24GB"])
         assert (args.runs_dir, args.gpus) == ("D", "1x24GB"), command
     assert (parser.parse_args(["runs"]).runs_dir, parser.parse_args(["runs"]).gpus) == (None, "auto")
@@ -152,7 +168,8 @@ def test_home_and_attach_open_the_remembered_folder(project: Path, opened: list[
     assert main([]) == 0 and main(["--gpus", "1x24GB"]) == 0
     assert main(["attach", "shapes-lora-20251009-090000"]) == 0
     assert [(c["runs_dir"], c["reason"], c["gpus"]) for c in opened] == [
-        (demo_runs, "last used from this folder", None), (demo_runs, "last used from this folder", "1x24GB"),
+        (demo_runs, "last used from this folder", None),
+        (demo_runs, "last used from this folder", "1x24GB"),
         (demo_runs, "last used from this folder", None),
     ]
     assert opened[2]["start"] == "dashboard" and opened[2]["run"].path == run_dir
@@ -165,7 +182,8 @@ def test_demo_uses_its_own_runs_folder_unless_told_otherwise(project: Path, open
     assert main(["demo"]) == 0
     assert main(["demo", "--workdir", "d2", "--runs-dir", "elsewhere"]) == 0
     assert [(c["runs_dir"], c["reason"], c["start"]) for c in opened] == [
-        (project / "demo" / "runs", "the demo's", "wizard"), (project / "elsewhere", "from --runs-dir", "wizard"),
+        (project / "demo" / "runs", "the demo's", "wizard"),
+        (project / "elsewhere", "from --runs-dir", "wizard"),
     ]
 
 

@@ -10,9 +10,9 @@ import torch
 
 from core.train.data.class_images import prepare_class_images, share
 from core.train.data.items import build_items, distinct_captions
+from core.train.data.text_cache import cache_text_outputs
 from core.train.model.loading import load_components
 from core.train.model.text import encode_captions
-from core.train.data.text_cache import cache_text_outputs
 from tests.train_helpers import launch, make_run, metrics, status
 
 
@@ -67,9 +67,17 @@ def test_class_image_batches_are_shared_round_robin_and_cover_every_image_once()
 def test_two_processes_generate_class_images_and_text_outputs_in_shares_and_a_resume_redoes_neither(tmp_path, tiny_models, kohya_dataset):
     data = kohya_dataset(((1, "sks dog", 2),))
     cache = tmp_path / "cache"
-    run = make_run(tmp_path / "run", tiny_models("sd1"), data, "sd1", "dreambooth",
-                   settings={"cache_latents": True, "cache_text_encoder_outputs": True, "class_images_per_instance": 4},
-                   schedule={"max_steps": 1, "epochs": 0, "save_every_steps": 1}, method_extra={"class_prompt": "a dog"}, processes=2)
+    run = make_run(
+        tmp_path / "run",
+        tiny_models("sd1"),
+        data,
+        "sd1",
+        "dreambooth",
+        settings={"cache_latents": True, "cache_text_encoder_outputs": True, "class_images_per_instance": 4},
+        schedule={"max_steps": 1, "epochs": 0, "save_every_steps": 1},
+        method_extra={"class_prompt": "a dog"},
+        processes=2,
+    )
 
     first = launch(run, 2, env={"XDG_CACHE_HOME": str(cache)})
 

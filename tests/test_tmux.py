@@ -55,9 +55,27 @@ def tmux() -> Iterator[Tmux]:
 def test_sdtui_in_tmux(tmux: Tmux, tmp_path: Path) -> None:
     runs = make_runs(tmp_path / "runs")
     tmux.run(
-        "new-session", "-d", "-x", "120", "-y", "40", "-s", "main", "-c", str(tmp_path),
-        "-e", f"PYTHONPATH={REPO}", "-e", "HF_HUB_OFFLINE=1",
-        sys.executable, "-m", "cli", "--runs-dir", str(runs), "--gpus", "2x4090",
+        "new-session",
+        "-d",
+        "-x",
+        "120",
+        "-y",
+        "40",
+        "-s",
+        "main",
+        "-c",
+        str(tmp_path),
+        "-e",
+        f"PYTHONPATH={REPO}",
+        "-e",
+        "HF_HUB_OFFLINE=1",
+        sys.executable,
+        "-m",
+        "cli",
+        "--runs-dir",
+        str(runs),
+        "--gpus",
+        "2x4090",
     )
     tmux.wait_for("shapes-lora-20251009-090000")
     tmux.wait_for("GeForce RTX 4090")

@@ -97,13 +97,19 @@ def test_sigterm_stops_with_a_checkpoint(tmp_path, tiny_models, kohya_dataset):
 
 def test_requests_run_once_and_unknown_ones_are_ignored(tmp_path):
     path = tmp_path / "control.json"
-    path.write_text(json.dumps({"requests": [
-        {"id": "a", "action": "save", "at": 1.0},
-        {"id": "b", "action": "explode", "at": 2.0},
-        {"id": "", "action": "stop", "at": 3.0},
-        "junk",
-        {"id": "c", "action": "pause", "at": 4.0},
-    ]}))
+    path.write_text(
+        json.dumps(
+            {
+                "requests": [
+                    {"id": "a", "action": "save", "at": 1.0},
+                    {"id": "b", "action": "explode", "at": 2.0},
+                    {"id": "", "action": "stop", "at": 3.0},
+                    "junk",
+                    {"id": "c", "action": "pause", "at": 4.0},
+                ]
+            }
+        )
+    )
     reader = ControlReader(path, done=["c"])
     assert [r["id"] for r in reader.pending()] == ["a"]
     reader.mark_done(reader.pending()[0])

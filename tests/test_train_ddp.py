@@ -19,8 +19,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ddp")]
 def test_two_processes_stop_together_resume_and_end_with_the_same_weights(tmp_path, tiny_models, kohya_dataset):
     data = kohya_dataset(((1, "sks dog", 5),))
     run = make_run(
-        tmp_path / "run", tiny_models("sdxl"), data, "sdxl", "lora", settings={"train_text_encoder": True},
-        schedule={"epochs": 2, "lr_scheduler": "linear", "lr_warmup_steps": 2, "learning_rate": 1e-3}, processes=2,
+        tmp_path / "run",
+        tiny_models("sdxl"),
+        data,
+        "sdxl",
+        "lora",
+        settings={"train_text_encoder": True},
+        schedule={"epochs": 2, "lr_scheduler": "linear", "lr_warmup_steps": 2, "learning_rate": 1e-3},
+        processes=2,
     )
     hashes = tmp_path / "hashes.txt"
     args = ["--weights-hash", str(hashes)]

@@ -53,8 +53,9 @@ def test_prodigy_learns_at_its_rule_and_reports_d_times_lr(setup_run):
 
 
 def test_a_prodigy_run_records_its_step_size_beside_the_lr(tmp_path, tiny_models, kohya_dataset, capsys):
-    run = make_run(tmp_path / "run", tiny_models("sd1"), kohya_dataset(((1, "sks dog", 2),)), settings={"optimizer": "prodigy"},
-                   schedule={"max_steps": 3, "learning_rate": 1.0, "save_every_epochs": 0})
+    run = make_run(
+        tmp_path / "run", tiny_models("sd1"), kohya_dataset(((1, "sks dog", 2),)), settings={"optimizer": "prodigy"}, schedule={"max_steps": 3, "learning_rate": 1.0, "save_every_epochs": 0}
+    )
     assert train(run) == 0
     steps = metrics(run, "step")
     assert [s["lr"] for s in steps] == [1.0, 1.0, 1.0]
@@ -192,9 +193,8 @@ def _metadata(path):
 
 
 def test_save_precision_is_the_dtype_of_the_saved_lora(setup_run):
-    from safetensors.torch import load_file
-
     import torch
+    from safetensors.torch import load_file
 
     for precision, dtype in (("fp16", torch.float16), ("bf16", torch.bfloat16)):
         trainer = setup_run({"save_precision": precision})
@@ -207,25 +207,102 @@ def test_save_precision_is_the_dtype_of_the_saved_lora(setup_run):
 
 #: Every key sd-scripts' train_network.py (and networks/lora.py's save_weights) writes into a
 #: LoRA file trained from a folder dataset, plus sai_model_spec.py's keys for a LoRA.
-SD_SCRIPTS_KEYS = """
-ss_session_id ss_training_started_at ss_output_name ss_learning_rate ss_text_encoder_lr ss_unet_lr ss_num_train_images
-ss_num_validation_images ss_num_reg_images ss_num_batches_per_epoch ss_num_epochs ss_gradient_checkpointing
-ss_gradient_accumulation_steps ss_max_train_steps ss_lr_warmup_steps ss_lr_scheduler ss_network_module ss_network_dim
-ss_network_alpha ss_network_dropout ss_mixed_precision ss_full_fp16 ss_v2 ss_base_model_version ss_clip_skip
-ss_max_token_length ss_cache_latents ss_seed ss_lowram ss_noise_offset ss_multires_noise_iterations
-ss_multires_noise_discount ss_adaptive_noise_scale ss_zero_terminal_snr ss_training_comment ss_sd_scripts_commit_hash
-ss_optimizer ss_max_grad_norm ss_caption_dropout_rate ss_caption_dropout_every_n_epochs ss_caption_tag_dropout_rate
-ss_face_crop_aug_range ss_prior_loss_weight ss_min_snr_gamma ss_scale_weight_norms ss_ip_noise_gamma
-ss_debiased_estimation ss_noise_offset_random_strength ss_ip_noise_gamma_random_strength ss_loss_type
-ss_huber_schedule ss_huber_scale ss_huber_c ss_fp8_base ss_fp8_base_unet ss_validation_seed ss_validation_split
-ss_max_validation_steps ss_validate_every_n_epochs ss_validate_every_n_steps ss_resize_interpolation
-ss_datasets ss_tag_frequency ss_dataset_dirs ss_reg_dataset_dirs ss_bucket_info ss_batch_size_per_device
-ss_total_batch_size ss_resolution ss_color_aug ss_flip_aug ss_random_crop ss_shuffle_caption ss_enable_bucket
-ss_bucket_no_upscale ss_min_bucket_reso ss_max_bucket_reso ss_keep_tokens ss_network_args ss_sd_model_name
-ss_training_finished_at ss_steps ss_epoch sshs_model_hash sshs_legacy_hash
-modelspec.sai_model_spec modelspec.architecture modelspec.implementation modelspec.title modelspec.resolution
-modelspec.date modelspec.prediction_type modelspec.implementation_version modelspec.encoder_layer
-""".split()
+SD_SCRIPTS_KEYS = [
+    "ss_session_id",
+    "ss_training_started_at",
+    "ss_output_name",
+    "ss_learning_rate",
+    "ss_text_encoder_lr",
+    "ss_unet_lr",
+    "ss_num_train_images",
+    "ss_num_validation_images",
+    "ss_num_reg_images",
+    "ss_num_batches_per_epoch",
+    "ss_num_epochs",
+    "ss_gradient_checkpointing",
+    "ss_gradient_accumulation_steps",
+    "ss_max_train_steps",
+    "ss_lr_warmup_steps",
+    "ss_lr_scheduler",
+    "ss_network_module",
+    "ss_network_dim",
+    "ss_network_alpha",
+    "ss_network_dropout",
+    "ss_mixed_precision",
+    "ss_full_fp16",
+    "ss_v2",
+    "ss_base_model_version",
+    "ss_clip_skip",
+    "ss_max_token_length",
+    "ss_cache_latents",
+    "ss_seed",
+    "ss_lowram",
+    "ss_noise_offset",
+    "ss_multires_noise_iterations",
+    "ss_multires_noise_discount",
+    "ss_adaptive_noise_scale",
+    "ss_zero_terminal_snr",
+    "ss_training_comment",
+    "ss_sd_scripts_commit_hash",
+    "ss_optimizer",
+    "ss_max_grad_norm",
+    "ss_caption_dropout_rate",
+    "ss_caption_dropout_every_n_epochs",
+    "ss_caption_tag_dropout_rate",
+    "ss_face_crop_aug_range",
+    "ss_prior_loss_weight",
+    "ss_min_snr_gamma",
+    "ss_scale_weight_norms",
+    "ss_ip_noise_gamma",
+    "ss_debiased_estimation",
+    "ss_noise_offset_random_strength",
+    "ss_ip_noise_gamma_random_strength",
+    "ss_loss_type",
+    "ss_huber_schedule",
+    "ss_huber_scale",
+    "ss_huber_c",
+    "ss_fp8_base",
+    "ss_fp8_base_unet",
+    "ss_validation_seed",
+    "ss_validation_split",
+    "ss_max_validation_steps",
+    "ss_validate_every_n_epochs",
+    "ss_validate_every_n_steps",
+    "ss_resize_interpolation",
+    "ss_datasets",
+    "ss_tag_frequency",
+    "ss_dataset_dirs",
+    "ss_reg_dataset_dirs",
+    "ss_bucket_info",
+    "ss_batch_size_per_device",
+    "ss_total_batch_size",
+    "ss_resolution",
+    "ss_color_aug",
+    "ss_flip_aug",
+    "ss_random_crop",
+    "ss_shuffle_caption",
+    "ss_enable_bucket",
+    "ss_bucket_no_upscale",
+    "ss_min_bucket_reso",
+    "ss_max_bucket_reso",
+    "ss_keep_tokens",
+    "ss_network_args",
+    "ss_sd_model_name",
+    "ss_training_finished_at",
+    "ss_steps",
+    "ss_epoch",
+    "sshs_model_hash",
+    "sshs_legacy_hash",
+    "modelspec.sai_model_spec",
+    "modelspec.architecture",
+    "modelspec.implementation",
+    "modelspec.title",
+    "modelspec.resolution",
+    "modelspec.date",
+    "modelspec.prediction_type",
+    "modelspec.implementation_version",
+    "modelspec.encoder_layer",
+]
 
 
 def test_lora_metadata_has_every_key_sd_scripts_writes_with_the_run_facts(setup_run, tmp_path):
@@ -288,7 +365,10 @@ def test_tensorboard_event_files_hold_loss_lr_and_samples(tmp_path, tiny_models,
 
     data = kohya_dataset(((1, "sks dog", 2),))
     run = make_run(
-        tmp_path / "run", tiny_models("sd1"), data, schedule={"epochs": 2, "sample_every_steps": 2},
+        tmp_path / "run",
+        tiny_models("sd1"),
+        data,
+        schedule={"epochs": 2, "sample_every_steps": 2},
         prompts=["a photo of sks dog --w 64 --h 64 --s 2 --ss euler_a"],
     )
     assert train(run) == 0
@@ -478,8 +558,13 @@ def test_estimator_keeps_the_text_encoder_when_tag_dropout_blocks_its_cache():
 def test_output_name_and_folder_are_where_the_outputs_go(tmp_path, tiny_models, kohya_dataset):
     from core.config import load_config
 
-    run = make_run(tmp_path / "run", tiny_models("sd1"), kohya_dataset(((1, "sks dog", 1),)),
-                   settings={"output_name": "sksDog_v1", "output_dir": str(tmp_path / "loras")}, schedule={"max_steps": 1, "save_every_epochs": 0})
+    run = make_run(
+        tmp_path / "run",
+        tiny_models("sd1"),
+        kohya_dataset(((1, "sks dog", 1),)),
+        settings={"output_name": "sksDog_v1", "output_dir": str(tmp_path / "loras")},
+        schedule={"max_steps": 1, "save_every_epochs": 0},
+    )
     assert train(run) == 0
     assert (tmp_path / "loras" / "sksDog_v1.safetensors").is_file()
     assert _metadata(tmp_path / "loras" / "sksDog_v1.safetensors")["ss_output_name"] == "sksDog_v1"

@@ -162,7 +162,7 @@ def test_the_mask_folder_wins_and_changes_the_latent_cache_key(tmp_path, tiny_mo
     from safetensors import safe_open
 
     with safe_open(str(cached[0]), framework="pt") as handle:
-        assert "mask" in handle.keys()
+        assert "mask" in handle.keys()  # noqa: SIM118 - safe_open has keys(), not __contains__
 
 
 @pytest.mark.parametrize("cache_latents", [False, True])
@@ -176,7 +176,10 @@ def test_masks_train_with_prior_preservation_min_snr_and_a_validation_split(tmp_
         Image.open(tmp_path / "data" / "1_sks dog" / "img0.png").save(tmp_path / "data" / "1_sks dog" / f"img{i}.png")
     classes = make_kohya(tmp_path / "classes", ((1, "dog", 2),))
     run = make_run(
-        tmp_path / "run", tiny_models("sd1"), tmp_path / "data", method="dreambooth",
+        tmp_path / "run",
+        tiny_models("sd1"),
+        tmp_path / "data",
+        method="dreambooth",
         settings={"alpha_mask": True, "cache_latents": cache_latents, "min_snr_gamma": 5.0, "class_images_per_instance": 0},
         schedule={"max_steps": 2},
     )

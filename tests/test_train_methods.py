@@ -23,8 +23,14 @@ def test_method_trains_and_writes_its_outputs(tmp_path, tiny_models, kohya_datas
     data = kohya_dataset(((1, "sks dog", 2),))
     prompt = "a photo of <sks> dog --w 64 --h 64 --s 2" if method == "textual_inversion" else "sks dog on a beach --w 64 --h 64 --s 2 --d 5"
     run = make_run(
-        tmp_path / "run", tiny_models(family), data, family, method, schedule={"max_steps": 2, "sample_every_steps": 2},
-        prompts=[prompt], method_extra=TI if method == "textual_inversion" else None,
+        tmp_path / "run",
+        tiny_models(family),
+        data,
+        family,
+        method,
+        schedule={"max_steps": 2, "sample_every_steps": 2},
+        prompts=[prompt],
+        method_extra=TI if method == "textual_inversion" else None,
     )
 
     assert train(run) == 0
@@ -102,7 +108,11 @@ def test_dreambooth_pairs_each_instance_image_with_a_class_image(tmp_path, tiny_
 def test_overfitting_a_few_images_makes_the_loss_fall(tmp_path, tiny_models, kohya_dataset):
     data = kohya_dataset(((1, "sks dog", 2),))
     run = make_run(
-        tmp_path / "run", tiny_models("sdxl"), data, "sdxl", "finetune",
+        tmp_path / "run",
+        tiny_models("sdxl"),
+        data,
+        "sdxl",
+        "finetune",
         settings={"cache_latents": True, "cache_text_encoder_outputs": True, "max_grad_norm": 1.0},
         schedule={"epochs": 6, "learning_rate": 2e-3},
     )
@@ -133,8 +143,14 @@ def test_dreambooth_generates_missing_class_images_into_the_run_folder(tmp_path,
     data = kohya_dataset(((1, "sks dog", 1),))
     before = sorted(p.name for p in data.rglob("*"))
     run = make_run(
-        tmp_path / "run", tiny_models("sdxl"), data, "sdxl", "dreambooth", settings={"class_images_per_instance": 2},
-        schedule={"max_steps": 1}, method_extra={"class_prompt": "a photo of a dog"},
+        tmp_path / "run",
+        tiny_models("sdxl"),
+        data,
+        "sdxl",
+        "dreambooth",
+        settings={"class_images_per_instance": 2},
+        schedule={"max_steps": 1},
+        method_extra={"class_prompt": "a photo of a dog"},
     )
     trainer = set_up(run)
     batch = first_batch(trainer)
@@ -156,8 +172,14 @@ def test_the_trainer_generates_the_class_images_the_plan_announces(tmp_path, tin
     data = kohya_dataset(((1, "sks dog", 2),))
     reg = make_kohya(tmp_path / "reg", ((1, "dog", 1),), (64, 64), True)
     run = make_run(
-        tmp_path / "run", tiny_models("sd1"), data, "sd1", "dreambooth",
-        settings={"class_images_per_instance": 3, "generate_class_images": generate}, schedule={"max_steps": 1}, method_extra={"class_prompt": "a dog"},
+        tmp_path / "run",
+        tiny_models("sd1"),
+        data,
+        "sd1",
+        "dreambooth",
+        settings={"class_images_per_instance": 3, "generate_class_images": generate},
+        schedule={"max_steps": 1},
+        method_extra={"class_prompt": "a dog"},
     )
     add_reg_subset(run, reg / "1_dog")
     config = load_config(run / "run.toml")
@@ -175,8 +197,8 @@ def test_the_trainer_generates_the_class_images_the_plan_announces(tmp_path, tin
 @pytest.mark.parametrize("targets", ["attn", "attn_ff", "all"])
 def test_lora_adapts_exactly_the_modules_the_memory_estimator_counts(tiny_models, targets):
     from core.families.sd_unet import LORA_TARGETS, is_lora_target
-    from core.train.model.methods import setup_method
     from core.train.model.loading import load_components
+    from core.train.model.methods import setup_method
 
     components = load_components(str(tiny_models("sdxl")))
     plain = {name for name, _ in components.denoiser.named_modules()}
@@ -217,14 +239,21 @@ def _cuda() -> bool:
 
 
 @pytest.mark.parametrize(
-    "precision", ["no", "bf16", pytest.param("fp16", marks=pytest.mark.skipif(not _cuda(), reason="fp16 needs a GPU; the CPU refuses it (test_train_options)"))],
+    "precision",
+    ["no", "bf16", pytest.param("fp16", marks=pytest.mark.skipif(not _cuda(), reason="fp16 needs a GPU; the CPU refuses it (test_train_options)"))],
 )
 def test_samples_render_in_every_mixed_precision(tmp_path, tiny_models, kohya_dataset, precision):
     data = kohya_dataset(((1, "sks dog", 2),))
     prompt = "sks dog --w 64 --h 64 --s 2"
     run = make_run(
-        tmp_path / "run", tiny_models("sd1"), data, "sd1", "lora", settings={"mixed_precision": precision},
-        schedule={"max_steps": 2, "sample_every_steps": 2}, prompts=[prompt],
+        tmp_path / "run",
+        tiny_models("sd1"),
+        data,
+        "sd1",
+        "lora",
+        settings={"mixed_precision": precision},
+        schedule={"max_steps": 2, "sample_every_steps": 2},
+        prompts=[prompt],
     )
     assert train(run) == 0
     warnings = [m["message"] for m in metrics(run, "event") if m["level"] in ("warning", "error")]
@@ -250,7 +279,7 @@ def test_a_checkpoint_written_with_the_old_unet_keys_still_resumes(tmp_path, tin
     with torch.no_grad():
         for tensor in saved.values():
             tensor.add_(0.5)
-    old = {("unet." + k[len("denoiser."):] if k.startswith("denoiser.") else k): v for k, v in saved.items()}
+    old = {("unet." + k[len("denoiser.") :] if k.startswith("denoiser.") else k): v for k, v in saved.items()}
     train_state.save(tmp_path / "checkpoints", 3, old, {}, {}, keep=2)
     resumed = setup_method("lora", load_components(str(tiny_models("sd1"))), settings)
     resumed.load_trainable_state(train_state.load(tmp_path / "checkpoints" / "step-3").tensors)

@@ -189,7 +189,7 @@ def test_max_grad_norm_clips_the_gradients(setup_run, monkeypatch):
 
     monkeypatch.setattr(trainer.session.acc, "clip_grad_norm_", spy)
     one_step(trainer)
-    (before, after), = norms
+    ((before, after),) = norms
     assert before > 0.01 and after == pytest.approx(0.01, rel=1e-3)
 
 

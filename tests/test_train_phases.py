@@ -93,8 +93,7 @@ def test_a_run_reports_every_phase_before_its_first_step(tmp_path, tiny_models, 
 def test_two_processes_share_the_latent_caching_and_a_resume_encodes_nothing(tmp_path, tiny_models, kohya_dataset):
     data = kohya_dataset(((1, "sks dog", 5),))
     cache = tmp_path / "cache"
-    run = make_run(tmp_path / "run", tiny_models("sd1"), data, "sd1", "lora", settings={"cache_latents": True},
-                   schedule={"max_steps": 2, "epochs": 0, "save_every_steps": 1}, processes=2)
+    run = make_run(tmp_path / "run", tiny_models("sd1"), data, "sd1", "lora", settings={"cache_latents": True}, schedule={"max_steps": 2, "epochs": 0, "save_every_steps": 1}, processes=2)
 
     first = launch(run, 2, env={"XDG_CACHE_HOME": str(cache)})
 
@@ -160,8 +159,14 @@ def test_a_stop_during_start_up_ends_at_the_next_item_and_keeps_what_was_generat
     monkeypatch.setattr(startup, "STOP_CHECK_S", 0.0)
     data = kohya_dataset(((1, "sks dog", 2),))
     run = make_run(
-        tmp_path / "run", tiny_models("sd1"), data, "sd1", "dreambooth", settings={"class_images_per_instance": 6},
-        schedule={"max_steps": 2, "epochs": 0}, method_extra={"class_prompt": "a dog"},
+        tmp_path / "run",
+        tiny_models("sd1"),
+        data,
+        "sd1",
+        "dreambooth",
+        settings={"class_images_per_instance": 6},
+        schedule={"max_steps": 2, "epochs": 0},
+        method_extra={"class_prompt": "a dog"},
     )
     advance = PhasesClass.advance
 

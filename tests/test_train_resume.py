@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from core.runs import checkpoints
 from core.launch.control import request
+from core.runs import checkpoints
 from core.runs.rundir import RunDir
 from core.train.outputs import train_state as checkpoint
 from tests.train_helpers import make_run, metrics, status, train

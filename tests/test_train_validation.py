@@ -91,8 +91,13 @@ def test_the_mean_is_taken_in_image_order_whatever_the_process_count(monkeypatch
     def mean(world: int) -> float:
         def session(rank: int, acc: object) -> SimpleNamespace:
             return SimpleNamespace(
-                rank=rank, world=world, device=torch.device("cpu"), acc=acc, data=SimpleNamespace(train_data=SimpleNamespace(validation_items=items)),
-                denoiser=torch.nn.Identity, text_encoders=lambda: [],
+                rank=rank,
+                world=world,
+                device=torch.device("cpu"),
+                acc=acc,
+                data=SimpleNamespace(train_data=SimpleNamespace(validation_items=items)),
+                denoiser=torch.nn.Identity,
+                text_encoders=list,
             )
 
         shares = []
@@ -102,7 +107,7 @@ def test_the_mean_is_taken_in_image_order_whatever_the_process_count(monkeypatch
         values = []
         for rank in range(world):
             validator = Validator(session(rank, SimpleNamespace(gather=lambda _mine: torch.cat(shares))), None, 1, 0)
-            validator.prepared = dict.fromkeys(range(len(items)), {})
+            validator.prepared = {i: {} for i in range(len(items))}
             values.append(validator.loss())
         assert len(set(values)) == 1  # every rank gets the same value
         return values[0]

@@ -67,7 +67,11 @@ def test_attach_to_an_unknown_run_is_a_clear_error(tmp_path: Path) -> None:
     repo = Path(__file__).resolve().parents[1]
     result = subprocess.run(
         [sys.executable, "-m", "cli", "--runs-dir", str(tmp_path), "attach", "nope"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=60, env={"PYTHONPATH": str(repo), "PATH": "/usr/bin:/bin"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PYTHONPATH": str(repo), "PATH": "/usr/bin:/bin"},
     )
     assert result.returncode == 2
     assert "there is no run 'nope'" in result.stderr and "Traceback" not in result.stderr

@@ -25,7 +25,9 @@ async def _type(pilot, selector: str, text: str) -> None:
 @pytest.mark.slow
 @sync
 async def test_caption_dialog_captions_previews_and_edits_without_touching_the_dataset(
-    tmp_path: Path, kohya_dataset, tiny_captioners: dict[str, Path],
+    tmp_path: Path,
+    kohya_dataset,
+    tiny_captioners: dict[str, Path],
 ) -> None:
     data = kohya_dataset(subsets=((10, "sks dog", 3),), captions=False)
     before = _tree(data)

@@ -13,9 +13,9 @@ from core.runs.rundir import RunDir
 from tests.tui_fixtures import T0, make_run, make_runs, sync, until
 from tui.app import SdtuiApp
 from tui.context import AppContext
-from tui.widgets.confirm import ConfirmScreen
 from tui.screens.dashboard import DashboardScreen, RunNews
 from tui.screens.home import HomeScreen
+from tui.widgets.confirm import ConfirmScreen
 
 
 def _app(runs: Path, run: Path) -> SdtuiApp:
@@ -403,7 +403,7 @@ async def test_output_paths_break_after_a_slash_and_the_sample_is_wide_at_80x24(
         await pilot.pause(0.2)
         lines = _text(app, "#outputs").split("\n")
         assert all(len(line) <= 78 for line in lines)
-        pieces = [line[len("Output: "):] for line in lines]
+        pieces = [line[len("Output: ") :] for line in lines]
         paths = app.screen.outputs
         assert str(RunDir(run).output / "shapes.safetensors") in paths
         assert "".join(pieces) == "".join(paths)  # every path whole, in order

@@ -133,8 +133,8 @@ async def test_home_selects_the_run_just_launched(tmp_path: Path) -> None:
 @pytest.mark.slow
 @sync
 async def test_escape_asks_before_leaving_the_wizard_and_new_run_offers_it_again(tmp_path: Path) -> None:
-    from tui.widgets.confirm import ConfirmScreen
     from tui.screens.wizard import WizardScreen
+    from tui.widgets.confirm import ConfirmScreen
 
     app = _app(tmp_path / "runs")
     async with app.run_test(size=(100, 30)) as pilot:

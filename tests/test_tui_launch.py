@@ -87,7 +87,7 @@ async def test_demo_wizard_launches_and_the_dashboard_follows_the_run(tmp_path: 
             assert "FINISHED" in str(dashboard.query_one("#state").render())
             outputs = str(dashboard.query_one("#outputs").render())
             assert outputs.startswith("Output: ")
-            whole = "".join(line[len("Output: "):] for line in outputs.split("\n"))  # long paths go on after a '/'
+            whole = "".join(line[len("Output: ") :] for line in outputs.split("\n"))  # long paths go on after a '/'
             assert str(dashboard.run.path.resolve() / "output" / "demo.safetensors") in whole
             assert str(dashboard.run.path.resolve() / "output" / "diffusers") in whole
             await pilot.press("escape")

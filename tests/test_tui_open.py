@@ -119,8 +119,7 @@ def test_import_kohya_writes_a_run_toml_that_plans(tmp_path: Path, kohya_dataset
     written = out.read_text()
     assert written.splitlines()[0] == f"# sdtui run config; start it with: sdtui train {out}"
     run = load_config(out, complete=False)
-    assert [(s["path"], s["repeats"], s["token"], s["is_reg"]) for s in run.subsets] == [
-        (str(data / "10_sks dog"), 7, "sks dog", False), (str(data / "3_dog"), 1, "", True)]
+    assert [(s["path"], s["repeats"], s["token"], s["is_reg"]) for s in run.subsets] == [(str(data / "10_sks dog"), 7, "sks dog", False), (str(data / "3_dog"), 1, "", True)]
     assert run.settings["resolution"] == 640 and run.prompts == ["a photo of sks dog --w 640 --h 640 --d 5"]
     assert main(["plan", str(out), "--gpus", "1x24GB"]) == 0
     capsys.readouterr()
@@ -128,10 +127,13 @@ def test_import_kohya_writes_a_run_toml_that_plans(tmp_path: Path, kohya_dataset
     assert "has no model yet" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("problem", "sentence"), [
-    ("missing", "does not exist; check the path"),
-    ("bad-prompt", "line 1: sample prompt 'a --w 63': --w must be a multiple of 8"),
-])
+@pytest.mark.parametrize(
+    ("problem", "sentence"),
+    [
+        ("missing", "does not exist; check the path"),
+        ("bad-prompt", "line 1: sample prompt 'a --w 63': --w must be a multiple of 8"),
+    ],
+)
 def test_import_kohya_refuses_bad_input_in_one_sentence(tmp_path: Path, kohya_dataset, capsys, problem: str, sentence: str) -> None:
     config, prompts, _ = _kohya_files(tmp_path, kohya_dataset)
     if problem == "missing":

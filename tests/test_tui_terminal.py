@@ -47,8 +47,7 @@ def test_a_pty_that_is_not_the_controlling_terminal_is_alive() -> None:
 
     master, slave = os.openpty()
     code = "import time\nfrom tui.app import watch_terminal\nwatch_terminal(interval_s=0.1)\ntime.sleep(1.0)\n"
-    proc = subprocess.run([sys.executable, "-c", code], stdin=slave, stdout=slave, stderr=slave, cwd=REPO,
-                          env={**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True, timeout=30)
+    proc = subprocess.run([sys.executable, "-c", code], stdin=slave, stdout=slave, stderr=slave, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, start_new_session=True, timeout=30)
     os.close(slave)
     os.close(master)
     assert proc.returncode == 0  # not 129: the watcher did not take it for a dead terminal

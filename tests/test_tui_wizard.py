@@ -265,7 +265,9 @@ def test_core_sentences_are_said_in_the_tuis_terms() -> None:
     from core.plan.picker import suggest_when_nothing_fits
     from tui.format import tui_terms
 
-    tips = suggest_when_nothing_fits("sdxl", "lora", resolve("1x8GB"), [], {"gradient_checkpointing": False, "optimizer": "adamw", "cache_latents": False, "batch_size": 4, "resolution": 1024})
+    tips = suggest_when_nothing_fits(
+        "sdxl", "lora", resolve("1x8GB"), [], {"gradient_checkpointing": False, "optimizer": "adamw", "cache_latents": False, "batch_size": 4, "resolution": 1024}
+    )
     assert tips and all("--" not in tui_terms(tip) for tip in tips), tips
     assert "turn on gradient_checkpointing" in tui_terms(tips[0]) and " = " not in tui_terms(tips[0])
     assert tui_terms("use epoch mode (--epochs N, schedule.max_steps = 0) to keep") == "use epoch mode (max_steps 0 on this step, epochs above 0) to keep"
@@ -275,10 +277,10 @@ def test_core_sentences_are_said_in_the_tuis_terms() -> None:
 
 
 def _plan_notes(state) -> list[str]:
+    import tempfile
+
     from core.plan.planner import make_plan
     from tests.conftest import make_kohya
-
-    import tempfile
 
     folder = Path(tempfile.mkdtemp())
     make_kohya(folder / "data")

@@ -39,7 +39,10 @@ def build_wheel(out: Path) -> Path:
     source = copy_source(out)
     done = subprocess.run(
         [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out / "dist"), str(source)],
-        capture_output=True, text=True, timeout=300, check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     (wheel,) = (out / "dist").glob("sdtui-*.whl")
@@ -51,14 +54,16 @@ def scratch_venv(root: Path, *pip_args: str) -> Path:
     shared venv's packages on its path; returns its site-packages."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True, timeout=120)
     python = root / "bin" / "python"
-    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               check=True, capture_output=True, text=True).stdout.strip())
+    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], check=True, capture_output=True, text=True).stdout.strip())
     # Processed after pip's own .pth files (names sort after them), so an editable finder of
     # this venv is set up before the shared venv's folder joins the path.
     (site / "zz-shared-venv.pth").write_text(f"{Path(sysconfig.get_paths()['purelib']).resolve()}\n")
     done = subprocess.run(
         [str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--no-build-isolation", "--ignore-installed", *pip_args],
-        timeout=300, capture_output=True, text=True, check=False,
+        timeout=300,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return site

@@ -91,7 +91,11 @@ def train(run_dir: Path) -> int:
 
 
 def launch(
-    run_dir: Path, processes: int = 2, env: dict[str, str] | None = None, timeout: float = 240, args: list[str] | None = None,
+    run_dir: Path,
+    processes: int = 2,
+    env: dict[str, str] | None = None,
+    timeout: float = 240,
+    args: list[str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run the trainer under ``accelerate launch`` with ``processes`` CPU processes (real DDP, gloo);
     ``args`` are more options of ``python -m core.train`` (``--weights-hash FILE``)."""

@@ -25,8 +25,7 @@ def sample_png(path: Path, step: int, prompt_index: int) -> Path:
     return path
 
 
-def make_run(runs_dir: Path, run_id: str, state: str = "finished", steps: int = 120, total: int = 120,
-             error: str | None = None, hint: str | None = None, created: float = T0 - 3600) -> Path:
+def make_run(runs_dir: Path, run_id: str, state: str = "finished", steps: int = 120, total: int = 120, error: str | None = None, hint: str | None = None, created: float = T0 - 3600) -> Path:
     """A run folder as the trainer leaves it: status, metrics with a falling loss, samples, log."""
     run = runs_dir / run_id
     (run / "samples").mkdir(parents=True, exist_ok=True)
@@ -34,9 +33,19 @@ def make_run(runs_dir: Path, run_id: str, state: str = "finished", steps: int = 
     lines = []
     for step in range(1, steps + 1):
         loss = 0.05 + 0.4 * math.exp(-step / 30) + 0.03 * math.sin(step * 1.7)
-        lines.append({"type": "step", "time": created + step, "step": step, "epoch": 1 + step // 61, "loss": round(loss, 5),
-                      "lr": 1e-3, "images_per_s": 6.5, "step_time_s": 0.31,
-                      "mem": [{"rank": 0, "allocated": 900 * 2**20, "peak": 1200 * 2**20}]})
+        lines.append(
+            {
+                "type": "step",
+                "time": created + step,
+                "step": step,
+                "epoch": 1 + step // 61,
+                "loss": round(loss, 5),
+                "lr": 1e-3,
+                "images_per_s": 6.5,
+                "step_time_s": 0.31,
+                "mem": [{"rank": 0, "allocated": 900 * 2**20, "peak": 1200 * 2**20}],
+            }
+        )
         if step % 40 == 0:
             for p, prompt in enumerate(PROMPTS):
                 name = f"samples/step-{step:06d}_p{p}.png"
@@ -54,8 +63,16 @@ def make_run(runs_dir: Path, run_id: str, state: str = "finished", steps: int = 
 def make_runs(runs_dir: Path) -> Path:
     """Three runs: finished, failed with a hint, stopped."""
     make_run(runs_dir, "shapes-lora-20251009-090000", "finished", created=T0 - 7200)
-    make_run(runs_dir, "dog-lora-20251009-093000", "failed", steps=37, total=400, created=T0 - 5400,
-             error="out of memory at step 37", hint="restart with the recipe 'sd1-lora-8gb', which fits this GPU")
+    make_run(
+        runs_dir,
+        "dog-lora-20251009-093000",
+        "failed",
+        steps=37,
+        total=400,
+        created=T0 - 5400,
+        error="out of memory at step 37",
+        hint="restart with the recipe 'sd1-lora-8gb', which fits this GPU",
+    )
     make_run(runs_dir, "cat-dreambooth-20251009-100000", "stopped", steps=80, total=300, created=T0 - 3600)
     return runs_dir
 

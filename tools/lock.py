@@ -51,16 +51,13 @@ def compile_lock(torch_pin: str, hashes: bool, exclude: list[str]) -> str:
     satisfies pyproject.toml and moves only what a changed requirement needs (a new dependency
     does not upgrade the rest to whatever the registry serves that day).
     """
-    with tempfile.NamedTemporaryFile("w", suffix=".txt") as constraint, \
-            tempfile.TemporaryDirectory() as scratch:
+    with tempfile.NamedTemporaryFile("w", suffix=".txt") as constraint, tempfile.TemporaryDirectory() as scratch:
         constraint.write(torch_pin + "\n")
         constraint.flush()
         output = Path(scratch) / "requirements.txt"
         if LOCK.exists():
             output.write_text(LOCK.read_text())
-        argv = ["uv", "pip", "compile", str(ROOT / "pyproject.toml"), "--universal",
-                "--python-version", "3.10", "-c", constraint.name, "--no-header",
-                "-o", str(output), "--quiet"]
+        argv = ["uv", "pip", "compile", str(ROOT / "pyproject.toml"), "--universal", "--python-version", "3.10", "-c", constraint.name, "--no-header", "-o", str(output), "--quiet"]
         for extra in EXTRAS:
             argv += ["--extra", extra]
         if hashes:
@@ -73,8 +70,7 @@ def compile_lock(torch_pin: str, hashes: bool, exclude: list[str]) -> str:
 
 def main(argv: list[str]) -> int:
     torch_pin = argv[0] if argv else "torch==2.13.0"
-    names = [line.split("==")[0] for line in compile_lock(torch_pin, False, []).splitlines()
-             if TORCH_ONLY.match(line)]
+    names = [line.split("==")[0] for line in compile_lock(torch_pin, False, []).splitlines() if TORCH_ONLY.match(line)]
     body = compile_lock(torch_pin, True, names)
     digest = inputs_digest((ROOT / "pyproject.toml").read_text(), torch_pin)
     header = (

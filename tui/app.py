@@ -111,7 +111,7 @@ class SdtuiApp(App):
 def screen_commands(screen: Screen) -> Iterable[SystemCommand]:
     """Every key of the screen (and of its focused sdtui widgets) as a palette command, named as in the footer."""
     seen: set[str] = set()
-    for key, active in screen.active_bindings.items():
+    for active in screen.active_bindings.values():
         binding, node = active.binding, active.node
         if not active.enabled or not binding.description or not type(node).__module__.startswith("tui.") or binding.description in seen:
             continue
@@ -137,7 +137,12 @@ def prepare_images() -> bool:
 
 
 def run_app(
-    runs_dir: Path, runs_reason: str = "", gpu_spec: str | None = None, start: str = "home", run: Any = None, demo: Any = None,
+    runs_dir: Path,
+    runs_reason: str = "",
+    gpu_spec: str | None = None,
+    start: str = "home",
+    run: Any = None,
+    demo: Any = None,
 ) -> int:
     """Run the TUI until the user quits; returns the exit code.
 

@@ -85,6 +85,7 @@ def tui_terms(text: str) -> str:
     """A core sentence said the TUI's way: ``--set a=true --set b=x`` becomes ``turn on a, set b to x``
     (the fields of the wizard, by their labels), and other command-line options the field or step
     they stand for."""
+
     def settings(match: re.Match[str]) -> str:
         pairs = [piece.removeprefix("--set ").split("=", 1) for piece in re.findall(r"--set \S+?=\S+", match.group(0))]
         return ", ".join(_field_change(key.rpartition(".")[2], value) for key, value in pairs)

@@ -9,7 +9,6 @@ from typing import Any
 from tui.format import GIB
 
 
-
 @dataclass(frozen=True)
 class GpuRow:
     """One GPU as the home screen and the dashboard show it."""
@@ -44,10 +43,7 @@ def no_gpu_sentence(gpus: Any) -> str | None:
     if gpus.gpus:
         return None
     reason = gpus.reason or "no NVIDIA GPU was found"
-    return (
-        f"No GPU here: {reason}. Press d for the CPU demo, or plan for hardware you are about to rent: "
-        "sdtui --gpus 1x24GB"
-    )
+    return f"No GPU here: {reason}. Press d for the CPU demo, or plan for hardware you are about to rent: sdtui --gpus 1x24GB"
 
 
 @dataclass(frozen=True)
@@ -128,8 +124,7 @@ class RunsWatcher:
             else:
                 status = run.read_status()
                 summary = run.summary()  # any bytes in the run's files: the state rebuilt, never an error
-                row = RunRow(run.id, run.path, summary["state"], summary["step"], summary["total_steps"] or total_steps(run, status),
-                             summary["loss"], summary["updated_at"])
+                row = RunRow(run.id, run.path, summary["state"], summary["step"], summary["total_steps"] or total_steps(run, status), summary["loss"], summary["updated_at"])
             found[child] = (key, status, row)
         self._known = found
         ordered = sorted(found.values(), key=lambda v: (number(v[1].get("created_at")) or _created(v[2].path), v[2].run_id), reverse=True)

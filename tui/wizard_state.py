@@ -37,8 +37,14 @@ METHOD_SETTINGS = tuple(key for _, keys in METHOD_FIELDS.values() for key in key
 
 #: The [settings] keys the recipe step shows first; the rest follow in schema order.
 MAIN_SETTINGS = (
-    "mixed_precision", "gradient_checkpointing", "optimizer", "batch_size", "resolution", "cache_latents",
-    "cache_text_encoder_outputs", "train_text_encoder",
+    "mixed_precision",
+    "gradient_checkpointing",
+    "optimizer",
+    "batch_size",
+    "resolution",
+    "cache_latents",
+    "cache_text_encoder_outputs",
+    "train_text_encoder",
 )
 
 
@@ -209,10 +215,17 @@ class WizardState:
 
             # scan_config reads only the subsets, settings and caption extensions: the family here
             # fills new_config's field and is never read
-            return scan_config(new_config(
-                self.name or "run", "", self.family or defaults("model")["family"], self.method, self.subsets, self.settings,
-                dataset_options={"caption_extension": self.caption_extension},
-            ))
+            return scan_config(
+                new_config(
+                    self.name or "run",
+                    "",
+                    self.family or defaults("model")["family"],
+                    self.method,
+                    self.subsets,
+                    self.settings,
+                    dataset_options={"caption_extension": self.caption_extension},
+                )
+            )
         reg = self._path_text(self.reg_dataset) if self.reg_dataset.strip() else None
         bucket_settings = {k: self.settings[k] for k in BUCKET_KEYS}
         return scan_dataset(self._path_text(self.dataset), reg, resolution=int(self.settings["resolution"]), bucket_settings=bucket_settings)
@@ -317,10 +330,7 @@ class WizardState:
         """The settings a recipe does not change: all but its memory/speed ones (core.settings.RECIPE_SETTINGS).
         A method setting the recipe names is the recipe's starting value only until the user chose it
         (on the Method step, or in the config opened)."""
-        return {
-            key: value for key, value in self.settings.items()
-            if key not in RECIPE_SETTINGS and key != "recipe" and (key not in METHOD_SETTINGS or key in self.method_edits)
-        }
+        return {key: value for key, value in self.settings.items() if key not in RECIPE_SETTINGS and key != "recipe" and (key not in METHOD_SETTINGS or key in self.method_edits)}
 
     def choose_recipe(self, fit: Any) -> None:
         """Take a recipe's memory/speed settings; the user's other settings stay (``kept_settings``)."""

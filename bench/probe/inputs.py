@@ -26,8 +26,12 @@ def sdtui(args: Sequence[str], scratch: Path, timeout: float = 120, prefix: Sequ
     """Run ``sdtui ARGS`` (``python -m cli``) in ``scratch``, offline, with its user folders in it."""
     env = dict(os.environ)
     env.update(
-        PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
-        XDG_CACHE_HOME=str(scratch / ".cache"), XDG_STATE_HOME=str(scratch / ".state"), XDG_DATA_HOME=str(scratch / ".data"),
+        PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
+        HF_HUB_OFFLINE="1",
+        OMP_NUM_THREADS="1",
+        XDG_CACHE_HOME=str(scratch / ".cache"),
+        XDG_STATE_HOME=str(scratch / ".state"),
+        XDG_DATA_HOME=str(scratch / ".data"),
     )
     env.pop("SDTUI_RUNS_DIR", None)
     command = [*prefix, sys.executable, "-m", "cli", *args]
@@ -66,8 +70,11 @@ def model_folder(scratch: Path, unet: Sequence[str] = ("diffusers", "UNet2DCondi
         (model / part).mkdir(parents=True, exist_ok=True)
     (model / "unet" / "config.json").write_text(json.dumps({"cross_attention_dim": 768, "sample_size": 64}))
     index = {
-        "_class_name": "StableDiffusionPipeline", "unet": list(unet), "vae": ["diffusers", "AutoencoderKL"],
-        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+        "_class_name": "StableDiffusionPipeline",
+        "unet": list(unet),
+        "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
         "scheduler": ["diffusers", "DDPMScheduler"],
     }
     (model / "model_index.json").write_text(json.dumps(index))
@@ -79,10 +86,7 @@ def run_config(scratch: Path, extra: str = "", model: Path | None = None) -> Pat
     model = model or model_folder(scratch)
     subset = next(dataset(scratch).iterdir())
     config = scratch / "run.toml"
-    config.write_text(
-        f'name = "probe"\n[model]\npath = "{model}"\nfamily = "sd1"\n'
-        f'[[dataset.subsets]]\npath = "{subset}"\nrepeats = 10\ntoken = "probe dog"\n{extra}'
-    )
+    config.write_text(f'name = "probe"\n[model]\npath = "{model}"\nfamily = "sd1"\n[[dataset.subsets]]\npath = "{subset}"\nrepeats = 10\ntoken = "probe dog"\n{extra}')
     return config
 
 

@@ -53,8 +53,15 @@ class Lab:
         data = make_kohya(self.scratch / "data", ((1, "sks dog", images),))
         subsets = [{"path": str(p), "repeats": 1, "token": "sks dog"} for p in sorted(data.iterdir()) if p.is_dir()]
         config = new_config(
-            name, tiny_model(), "sd1", "lora", subsets, {**TINY_SETTINGS, **(settings or {})},
-            {"epochs": 1, "save_every_epochs": 0, "sample_every_steps": 0, "lr_scheduler": "constant", **schedule}, [], {},
+            name,
+            tiny_model(),
+            "sd1",
+            "lora",
+            subsets,
+            {**TINY_SETTINGS, **(settings or {})},
+            {"epochs": 1, "save_every_epochs": 0, "sample_every_steps": 0, "lr_scheduler": "constant", **schedule},
+            [],
+            {},
         )
         path = self.scratch / f"{name}.toml"
         save_config(config, path)
@@ -280,4 +287,3 @@ CHECKS = [
     Check("state: disk messages name the reserve and show their numbers", disk_messages),
     Check("state: planted and unfinished checkpoints do not count and are cleaned", checkpoints_follow_evidence, slow=True),
 ]
-

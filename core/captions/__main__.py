@@ -20,8 +20,7 @@ def main(argv: list[str]) -> int:
         sys.stdout.flush()
 
     try:
-        caption_dataset(request["dataset"], request["captioner"], load, request.get("model"), request.get("prompt"),
-                        batch_size=int(request.get("batch_size") or 1), emit=emit)
+        caption_dataset(request["dataset"], request["captioner"], load, request.get("model"), request.get("prompt"), batch_size=int(request.get("batch_size") or 1), emit=emit)
     except UserError as exc:
         print(f"sdtui: {exc}", file=sys.stderr)
         return 2

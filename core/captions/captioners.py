@@ -27,20 +27,21 @@ class Captioner:
 
 #: Florence-2's task for a caption of a few sentences (the processor turns it into its prompt).
 FLORENCE2_TASK = "<DETAILED_CAPTION>"
-QWEN_PROMPT = (
-    "Describe this image in one paragraph for training an image generator: the subject, what it does, "
-    "the setting, the lighting and the style. Do not start with 'The image shows'."
-)
+QWEN_PROMPT = "Describe this image in one paragraph for training an image generator: the subject, what it does, the setting, the lighting and the style. Do not start with 'The image shows'."
 
 CAPTIONERS: dict[str, Captioner] = {
     c.name: c
     for c in (
-        Captioner("florence2", "Florence-2", "florence-community/Florence-2-large", FLORENCE2_TASK, False,
-                  "detailed natural-language captions, fast; 0.8B parameters"),
-        Captioner("qwen-vl", "Qwen2.5-VL / Qwen3-VL", "Qwen/Qwen2.5-VL-7B-Instruct", QWEN_PROMPT, True,
-                  "natural language steered by a prompt you can change; for T5/LLM text encoders; 16 GB at bf16"),
-        Captioner("blip", "BLIP", "Salesforce/blip-image-captioning-large", "", False,
-                  "a short caption; fits the smallest GPU"),
+        Captioner("florence2", "Florence-2", "florence-community/Florence-2-large", FLORENCE2_TASK, False, "detailed natural-language captions, fast; 0.8B parameters"),
+        Captioner(
+            "qwen-vl",
+            "Qwen2.5-VL / Qwen3-VL",
+            "Qwen/Qwen2.5-VL-7B-Instruct",
+            QWEN_PROMPT,
+            True,
+            "natural language steered by a prompt you can change; for T5/LLM text encoders; 16 GB at bf16",
+        ),
+        Captioner("blip", "BLIP", "Salesforce/blip-image-captioning-large", "", False, "a short caption; fits the smallest GPU"),
     )
 }
 #: Named on the command line for users who know it from kohya_ss, refused with the reason.

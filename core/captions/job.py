@@ -43,8 +43,15 @@ class CaptionResult:
 
     def to_json(self) -> dict[str, Any]:
         """The summary as the ``done`` event and ``--json`` carry it."""
-        return {"type": "done", "captioned": self.captioned, "reused": self.reused, "kept_edits": self.kept_edits,
-                "written": self.written, "not_written": self.not_written, "elapsed_s": round(self.elapsed_s, 2)}
+        return {
+            "type": "done",
+            "captioned": self.captioned,
+            "reused": self.reused,
+            "kept_edits": self.kept_edits,
+            "written": self.written,
+            "not_written": self.not_written,
+            "elapsed_s": round(self.elapsed_s, 2),
+        }
 
 
 def eta_s(done: int, total: int, elapsed_s: float) -> float | None:
@@ -59,8 +66,15 @@ def uncaptioned(dataset: str | os.PathLike[str], layer: CaptionLayer) -> list[Im
 
 
 def caption_dataset(
-    dataset: str | os.PathLike[str], captioner: str, load: Loader, model: str | None = None, prompt: str | None = None,
-    write: bool = False, batch_size: int = DEFAULT_BATCH, emit: Emit = lambda event: None, layer: CaptionLayer | None = None,
+    dataset: str | os.PathLike[str],
+    captioner: str,
+    load: Loader,
+    model: str | None = None,
+    prompt: str | None = None,
+    write: bool = False,
+    batch_size: int = DEFAULT_BATCH,
+    emit: Emit = lambda event: None,
+    layer: CaptionLayer | None = None,
 ) -> CaptionResult:
     """Caption the images of ``dataset`` that need it with the captioner ``load`` gives, emitting
     ``start``, ``loading``, ``caption`` and ``done`` events."""
@@ -86,8 +100,7 @@ def caption_dataset(
             captions[image.path] = before
         else:
             todo.append(image)
-    emit({"type": "start", "total": len(todo), "reused": result.reused, "kept_edits": result.kept_edits,
-          "captioner": key.captioner, "model": key.model, "prompt": key.prompt})
+    emit({"type": "start", "total": len(todo), "reused": result.reused, "kept_edits": result.kept_edits, "captioner": key.captioner, "model": key.model, "prompt": key.prompt})
     if todo:
         _run(load, chosen, key, todo, batch_size, store, captions, result, emit)
     if write:
@@ -97,15 +110,16 @@ def caption_dataset(
     return result
 
 
-def _run(load: Loader, chosen: Captioner, key: CaptionerKey, todo: list[ImageEntry], batch_size: int, store: CaptionLayer,
-         captions: dict[str, str], result: CaptionResult, emit: Emit) -> None:
+def _run(
+    load: Loader, chosen: Captioner, key: CaptionerKey, todo: list[ImageEntry], batch_size: int, store: CaptionLayer, captions: dict[str, str], result: CaptionResult, emit: Emit
+) -> None:
     from PIL import Image
 
     emit({"type": "loading", "model": key.model})
     runner = load(chosen, key.model, key.prompt)
     started = time.monotonic()
     for first in range(0, len(todo), batch_size):
-        batch = todo[first:first + batch_size]
+        batch = todo[first : first + batch_size]
         pictures = []
         for image in batch:
             with Image.open(image.path) as opened:
@@ -116,8 +130,17 @@ def _run(load: Loader, chosen: Captioner, key: CaptionerKey, todo: list[ImageEnt
             captions[image.path] = text
             result.captioned += 1
             elapsed = time.monotonic() - started
-            emit({"type": "caption", "path": image.path, "caption": text, "done": result.captioned, "total": len(todo),
-                  "elapsed_s": round(elapsed, 2), "eta_s": _rounded(eta_s(result.captioned, len(todo), elapsed))})
+            emit(
+                {
+                    "type": "caption",
+                    "path": image.path,
+                    "caption": text,
+                    "done": result.captioned,
+                    "total": len(todo),
+                    "elapsed_s": round(elapsed, 2),
+                    "eta_s": _rounded(eta_s(result.captioned, len(todo), elapsed)),
+                }
+            )
 
 
 def _rounded(value: float | None) -> float | None:

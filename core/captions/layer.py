@@ -18,6 +18,7 @@ from typing import Any
 
 from core import userdirs
 from core.atomic import read_json, write_atomic
+from core.dataset.images import content_digest
 
 _VERSION = 1
 #: Where a caption of the scan came from: a caption file beside the image, a captioner, the user's edit in the wizard.
@@ -27,7 +28,7 @@ SOURCES = ("file", "generated", "edited")
 def content_hash(path: str | Path) -> str:
     """The image's content hash (blake2b of the whole file, as the scan's duplicate check)."""
     with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "blake2b").hexdigest()
+        return content_digest(handle)
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,11 @@ class CaptionLayer:
         """Store a generated caption (atomically)."""
         data = self._read(digest)
         data["generated"][key.id] = {
-            "caption": caption, "captioner": key.captioner, "model": key.model, "prompt": key.prompt, "at": time.time(),
+            "caption": caption,
+            "captioner": key.captioner,
+            "model": key.model,
+            "prompt": key.prompt,
+            "at": time.time(),
         }
         self._write(digest, data)
 

@@ -55,8 +55,9 @@ def _loaded(model: str, load: Callable[[str], Any]) -> Any:
 class Runner:
     """A loaded captioner: ``caption(images)`` returns one caption per PIL image."""
 
-    def __init__(self, processor: Any, model: Any, device: str, dtype: Any, build: Callable[[Any, list[Any]], dict[str, Any]],
-                 decode: Callable[[Any, Any, dict[str, Any]], list[str]]) -> None:
+    def __init__(
+        self, processor: Any, model: Any, device: str, dtype: Any, build: Callable[[Any, list[Any]], dict[str, Any]], decode: Callable[[Any, Any, dict[str, Any]], list[str]]
+    ) -> None:
         self.processor, self.model, self.device, self.dtype = processor, model, device, dtype
         self._build, self._decode = build, decode
 
@@ -65,8 +66,7 @@ class Runner:
         import torch
 
         inputs = self._build(self.processor, list(images))
-        inputs = {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device)) if hasattr(v, "to") else v
-                  for k, v in inputs.items()}
+        inputs = {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device)) if hasattr(v, "to") else v for k, v in inputs.items()}
         with torch.inference_mode():
             limit = self.model.generation_config.max_new_tokens or MAX_NEW_TOKENS
             output = self.model.generate(**inputs, max_new_tokens=limit, do_sample=False)
@@ -145,7 +145,7 @@ def _qwen_vl(model: str, prompt: str) -> Runner:
         return {**dict(proc(texts, padding=True, return_tensors="pt")), **dict(pixels)}
 
     def decode(proc: Any, output: Any, inputs: dict[str, Any]) -> list[str]:
-        return list(proc.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+        return list(proc.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True))
 
     return Runner(tokenizer, net, device, dtype, build, decode)
 

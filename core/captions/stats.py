@@ -17,8 +17,53 @@ _TOKEN = re.compile(r"\w+|[^\w\s]")
 _WORD = re.compile(r"[^\W\d_][\w'-]*")
 #: Words too common to say anything about a dataset.
 STOPWORDS = frozenset(
-    "a an the of on in with and or to at by for from is are was were be it its this that these those as into "
-    "over under while has have there their his her he she they them image photo picture shows showing".split()
+    [
+        "a",
+        "an",
+        "the",
+        "of",
+        "on",
+        "in",
+        "with",
+        "and",
+        "or",
+        "to",
+        "at",
+        "by",
+        "for",
+        "from",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "it",
+        "its",
+        "this",
+        "that",
+        "these",
+        "those",
+        "as",
+        "into",
+        "over",
+        "under",
+        "while",
+        "has",
+        "have",
+        "there",
+        "their",
+        "his",
+        "her",
+        "he",
+        "she",
+        "they",
+        "them",
+        "image",
+        "photo",
+        "picture",
+        "shows",
+        "showing",
+    ]
 )
 #: How many frequent tags or words are listed.
 TOP = 8
@@ -51,9 +96,11 @@ class CaptionStats:
 
     def lines(self) -> list[str]:
         """The statistics as the dataset step shows them, one fact a line."""
-        lines = [f"{self.images - self.without_caption} of {self.images} images have a caption"
-                 + (f" ({self.generated} generated)" if self.generated else "")
-                 + (f"; {self.without_caption} without one" if self.without_caption else "")]
+        lines = [
+            f"{self.images - self.without_caption} of {self.images} images have a caption"
+            + (f" ({self.generated} generated)" if self.generated else "")
+            + (f"; {self.without_caption} without one" if self.without_caption else "")
+        ]
         if self.token_limit is not None and self.longest:
             over = f"; {len(self.over_limit)} over the limit of {self.token_limit} and cut in training" if self.over_limit else f", within the limit of {self.token_limit}"
             lines.append(f"longest caption ~{self.longest} tokens{over}")
@@ -75,8 +122,14 @@ def caption_stats(scan: Any, token_limit: int | None = None) -> CaptionStats:
     else:
         counter = Counter(w for text in texts for w in (m.lower() for m in _WORD.findall(text)) if w not in STOPWORDS)
     return CaptionStats(
-        images=len(images), without_caption=len(images) - len(captions), generated=sum(1 for i in images if i.generated),
-        token_limit=token_limit, over_limit=over, longest=max(counts.values(), default=0), tags=tags, frequent=counter.most_common(TOP),
+        images=len(images),
+        without_caption=len(images) - len(captions),
+        generated=sum(1 for i in images if i.generated),
+        token_limit=token_limit,
+        over_limit=over,
+        longest=max(counts.values(), default=0),
+        tags=tags,
+        frequent=counter.most_common(TOP),
     )
 
 

@@ -12,10 +12,35 @@ from pathlib import Path
 
 SEED = 1234
 #: The tiny tokenizers' words; a tiny captioner's caption is a few of them.
-WORDS = (
-    "a an the of on in with and photo picture red green blue yellow white circle square triangle shape "
-    "simple background small large dog cat toy bright"
-).split()
+WORDS = [
+    "a",
+    "an",
+    "the",
+    "of",
+    "on",
+    "in",
+    "with",
+    "and",
+    "photo",
+    "picture",
+    "red",
+    "green",
+    "blue",
+    "yellow",
+    "white",
+    "circle",
+    "square",
+    "triangle",
+    "shape",
+    "simple",
+    "background",
+    "small",
+    "large",
+    "dog",
+    "cat",
+    "toy",
+    "bright",
+]
 #: Image side the tiny processors resize to.
 IMAGE_SIDE = 16
 #: Words in a tiny caption at most.
@@ -52,26 +77,51 @@ def build_florence2(out_dir: str | Path) -> Path:
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     backend.decoder = decoders.WordPiece()
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
-        extra_special_tokens={"image_token": "<image>"}, model_max_length=64,
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        extra_special_tokens={"image_token": "<image>"},
+        model_max_length=64,
     )
     # one 4×4 grid of the vision tower's patches plus its pooled token
     images = CLIPImageProcessor(size={"height": IMAGE_SIDE, "width": IMAGE_SIDE}, do_center_crop=False, image_seq_length=(IMAGE_SIDE // 4) ** 2 + 1)
     Florence2Processor(images, tokenizer).save_pretrained(out)
     config = Florence2Config(
         text_config={
-            "model_type": "bart", "vocab_size": len(vocab), "max_position_embeddings": 256, "d_model": 16,
-            "encoder_layers": 1, "decoder_layers": 1, "encoder_ffn_dim": 32, "decoder_ffn_dim": 32,
-            "encoder_attention_heads": 1, "decoder_attention_heads": 1,
-            "bos_token_id": 0, "pad_token_id": 1, "eos_token_id": 2, "decoder_start_token_id": 2, "forced_bos_token_id": 0,
+            "model_type": "bart",
+            "vocab_size": len(vocab),
+            "max_position_embeddings": 256,
+            "d_model": 16,
+            "encoder_layers": 1,
+            "decoder_layers": 1,
+            "encoder_ffn_dim": 32,
+            "decoder_ffn_dim": 32,
+            "encoder_attention_heads": 1,
+            "decoder_attention_heads": 1,
+            "bos_token_id": 0,
+            "pad_token_id": 1,
+            "eos_token_id": 2,
+            "decoder_start_token_id": 2,
+            "forced_bos_token_id": 0,
             "init_std": INIT_STD,
         },
         vision_config={
-            "depths": [1], "patch_size": [7], "patch_stride": [4], "patch_padding": [3], "patch_prenorm": [False],
-            "embed_dim": [16], "num_heads": [1], "num_groups": [1], "window_size": 12, "projection_dim": 16,
+            "depths": [1],
+            "patch_size": [7],
+            "patch_stride": [4],
+            "patch_padding": [3],
+            "patch_prenorm": [False],
+            "embed_dim": [16],
+            "num_heads": [1],
+            "num_groups": [1],
+            "window_size": 12,
+            "projection_dim": 16,
             "initializer_range": INIT_STD,
         },
-        image_token_id=vocab["<image>"], initializer_range=INIT_STD,
+        image_token_id=vocab["<image>"],
+        initializer_range=INIT_STD,
     )
     torch.manual_seed(SEED)
     model = Florence2ForConditionalGeneration(config)
@@ -98,12 +148,18 @@ def build_blip(out_dir: str | Path) -> Path:
     BlipProcessor(BlipImageProcessor(size={"height": IMAGE_SIDE, "width": IMAGE_SIDE}), tokenizer).save_pretrained(out)
     config = BlipConfig(
         text_config={
-            "vocab_size": len(vocab), "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 1,
-            "max_position_embeddings": 256, "bos_token_id": vocab["[DEC]"], "pad_token_id": vocab["[PAD]"],
-            "sep_token_id": vocab["[SEP]"], "eos_token_id": vocab["[SEP]"],
+            "vocab_size": len(vocab),
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 1,
+            "max_position_embeddings": 256,
+            "bos_token_id": vocab["[DEC]"],
+            "pad_token_id": vocab["[PAD]"],
+            "sep_token_id": vocab["[SEP]"],
+            "eos_token_id": vocab["[SEP]"],
         },
-        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 1,
-                       "image_size": IMAGE_SIDE, "patch_size": 8},
+        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 1, "image_size": IMAGE_SIDE, "patch_size": 8},
         projection_dim=16,
     )
     torch.manual_seed(SEED)
@@ -140,25 +196,46 @@ def build_qwen_vl(out_dir: str | Path) -> Path:
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     backend.decoder = decoders.WordPiece()
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token="<unk>",
-        additional_special_tokens=special[1:7], model_max_length=512,
+        tokenizer_object=backend,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token="<unk>",
+        additional_special_tokens=special[1:7],
+        model_max_length=512,
     )
     tokenizer.chat_template = QWEN_TEMPLATE
     tokenizer.save_pretrained(out)
     Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=56 * 56, patch_size=14, merge_size=2, temporal_patch_size=2).save_pretrained(out)
     config = Qwen2_5_VLConfig(
         text_config={
-            "vocab_size": len(vocab), "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-            "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 512,
+            "vocab_size": len(vocab),
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "max_position_embeddings": 512,
             "rope_parameters": {"rope_type": "default", "mrope_section": [1, 1, 2], "rope_theta": 10000.0},
-            "eos_token_id": vocab["<|im_end|>"], "pad_token_id": vocab["<|endoftext|>"],
+            "eos_token_id": vocab["<|im_end|>"],
+            "pad_token_id": vocab["<|endoftext|>"],
         },
         vision_config={
-            "depth": 1, "hidden_size": 16, "intermediate_size": 32, "num_heads": 2, "out_hidden_size": 16, "patch_size": 14,
-            "spatial_merge_size": 2, "temporal_patch_size": 2, "fullatt_block_indexes": [0], "window_size": 56, "in_channels": 3,
+            "depth": 1,
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_heads": 2,
+            "out_hidden_size": 16,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "fullatt_block_indexes": [0],
+            "window_size": 56,
+            "in_channels": 3,
         },
-        image_token_id=vocab["<|image_pad|>"], video_token_id=vocab["<|video_pad|>"],
-        vision_start_token_id=vocab["<|vision_start|>"], vision_end_token_id=vocab["<|vision_end|>"],
+        image_token_id=vocab["<|image_pad|>"],
+        video_token_id=vocab["<|video_pad|>"],
+        vision_start_token_id=vocab["<|vision_start|>"],
+        vision_end_token_id=vocab["<|vision_end|>"],
     )
     torch.manual_seed(SEED)
     model = Qwen2_5_VLForConditionalGeneration(config)

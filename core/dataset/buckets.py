@@ -112,6 +112,9 @@ def buckets_for(settings: Mapping[str, Any]) -> list[Bucket]:
 
     values = resolve("settings", settings)
     return make_buckets(
-        int(values["resolution"]), int(values["min_bucket_reso"]), int(values["max_bucket_reso"]),
-        int(values["bucket_reso_steps"]), bool(values["enable_bucket"]),
+        int(values["resolution"]),
+        int(values["min_bucket_reso"]),
+        int(values["max_bucket_reso"]),
+        int(values["bucket_reso_steps"]),
+        bool(values["enable_bucket"]),
     )

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-
 COLOURS = {
     "red": (220, 40, 40),
     "blue": (40, 80, 220),

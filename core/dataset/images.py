@@ -9,6 +9,7 @@ VP8X; the RIFF size against the file size) and BMP (the header against the file 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import struct
@@ -109,7 +110,10 @@ def read_header(path: str | os.PathLike[str]) -> ImageHeader:
                 return ImageHeader(fmt, width, height, "corrupt", f"the {FORMAT_NAMES[fmt]} header gives an impossible size {width}x{height}")
             if width * height > MAX_PIXELS:
                 return ImageHeader(
-                    fmt, width, height, "too_large",
+                    fmt,
+                    width,
+                    height,
+                    "too_large",
                     f"it is {width}x{height} ({width * height / 1e6:.0f} megapixels), more than the {MAX_PIXELS / 1e6:.0f} the trainer's image decoder accepts",
                 )
             return ImageHeader(fmt, width, height)
@@ -132,7 +136,7 @@ def _decodes(path: str) -> bool:
     try:
         with Image.open(path) as image:
             image.load()
-    except Exception:
+    except Exception:  # noqa: BLE001 - any image Pillow cannot load is unreadable
         return False
     return True
 
@@ -247,3 +251,12 @@ def _bmp(handle: BinaryIO, head: bytes, size: int) -> tuple[int, int]:
 
 
 _READERS = {"png": _png, "jpeg": _jpeg, "webp": _webp, "bmp": _bmp}
+
+
+def content_digest(handle: BinaryIO) -> str:
+    """The blake2b digest of a whole file from its open handle, read in 1 MiB chunks (the scan's
+    duplicate check and the caption layer's key; ``hashlib.file_digest`` needs Python 3.11)."""
+    hasher = hashlib.blake2b()
+    while chunk := handle.read(1 << 20):
+        hasher.update(chunk)
+    return hasher.hexdigest()

@@ -36,13 +36,18 @@ def mask_problems(images: Iterable[str], mask_dir: str | os.PathLike[str]) -> li
     paths = list(images)
     stems = {Path(p).stem for p in paths}
     problems = [
-        Problem("warning", image, "the image has no mask in the mask folder, so it trains on the whole image",
-                f"add a mask with the same name to {mask_dir} (white = train) if part of it should not train")
-        for image in paths if Path(image).stem not in masks
+        Problem(
+            "warning",
+            image,
+            "the image has no mask in the mask folder, so it trains on the whole image",
+            f"add a mask with the same name to {mask_dir} (white = train) if part of it should not train",
+        )
+        for image in paths
+        if Path(image).stem not in masks
     ]
     problems += [
-        Problem("warning", path, "the mask has no training image with the same name, so it is not used",
-                "rename it to the stem of its image or remove it from the mask folder")
-        for stem, path in masks.items() if stem not in stems
+        Problem("warning", path, "the mask has no training image with the same name, so it is not used", "rename it to the stem of its image or remove it from the mask folder")
+        for stem, path in masks.items()
+        if stem not in stems
     ]
     return group_problems(problems)

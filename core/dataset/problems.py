@@ -65,9 +65,16 @@ def group_problems(problems: Iterable[Problem]) -> list[Problem]:
         paths = sorted(p.path for p in found)
         count = sum(p.count for p in found)
         names = ", ".join(os.path.basename(p) for p in paths[:EXAMPLES])
-        result.append(Problem(
-            severity, os.path.commonpath(paths), f"{count:,} files: {message} (e.g. {names})", fix, count, tuple(paths[:EXAMPLES]),
-        ))
+        result.append(
+            Problem(
+                severity,
+                os.path.commonpath(paths),
+                f"{count:,} files: {message} (e.g. {names})",
+                fix,
+                count,
+                tuple(paths[:EXAMPLES]),
+            )
+        )
     return result
 
 

@@ -31,7 +31,7 @@ from core import userdirs
 from core.atomic import read_json, write_atomic
 from core.captions.layer import CaptionLayer
 from core.dataset.buckets import BUCKET_KEYS, Bucket, assign_bucket, bucket_counts, buckets_for
-from core.dataset.images import FORMAT_NAMES, IMAGE_EXTENSIONS, NOT_FILE, ImageHeader, read_header
+from core.dataset.images import FORMAT_NAMES, IMAGE_EXTENSIONS, NOT_FILE, ImageHeader, content_digest, read_header
 from core.dataset.problems import Problem, group_problems, sort_problems
 from core.errors import UserError
 from core.settings import SUBSET_KEYS, resolve
@@ -70,8 +70,13 @@ class ImageEntry:
     def to_json(self) -> dict[str, Any]:
         """The entry as a JSON-able dict."""
         return {
-            "path": self.path, "width": self.width, "height": self.height, "format": self.format,
-            "caption": self.caption, "caption_path": self.caption_path, "caption_source": self.caption_source,
+            "path": self.path,
+            "width": self.width,
+            "height": self.height,
+            "format": self.format,
+            "caption": self.caption,
+            "caption_path": self.caption_path,
+            "caption_source": self.caption_source,
             "caption_generated": self.generated,
         }
 
@@ -115,10 +120,17 @@ class Subset:
     def to_json(self, include_images: bool = False) -> dict[str, Any]:
         """The subset as a JSON-able dict (image list only when asked)."""
         data: dict[str, Any] = {
-            "path": self.path, "name": self.name, "repeats": self.repeats, "token": self.token,
-            "is_reg": self.is_reg, "images": len(self.images), "items_per_epoch": self.items_per_epoch,
-            "captions": self.captions_found, "captions_found": self.captions_found,
-            "captions_missing": self.captions_missing, "captions_generated": self.captions_generated,
+            "path": self.path,
+            "name": self.name,
+            "repeats": self.repeats,
+            "token": self.token,
+            "is_reg": self.is_reg,
+            "images": len(self.images),
+            "items_per_epoch": self.items_per_epoch,
+            "captions": self.captions_found,
+            "captions_found": self.captions_found,
+            "captions_missing": self.captions_missing,
+            "captions_generated": self.captions_generated,
             "min_size": list(self.min_size) if self.min_size else None,
             "max_size": list(self.max_size) if self.max_size else None,
             "buckets": _bucket_json(self.buckets),
@@ -253,23 +265,35 @@ def scan_dataset(
         subsets.extend(walker.scan_root(folder, is_reg))
         class_folders += [path for path in walker.class_folders if not is_reg and Path(path).resolve() != reg_root]
     for path in class_folders:
-        problems.append(Problem(
-            "warning", path, "this folder holds <repeats>_<token> subfolders, so it looks like a class (regularisation) folder; it is not trained",
-            f"use it as the class folder: --reg '{path}'",
-        ))
+        problems.append(
+            Problem(
+                "warning",
+                path,
+                "this folder holds <repeats>_<token> subfolders, so it looks like a class (regularisation) folder; it is not trained",
+                f"use it as the class folder: --reg '{path}'",
+            )
+        )
     _report_duplicates(subsets, stats, caches, problems)
     for cache in caches:
         cache.save()
     if not any(s.images for s in subsets if not s.is_reg):
-        problems.append(Problem(
-            "error", str(root), "the dataset has no usable training image",
-            "put png, jpg, webp or bmp images in <repeats>_<token> subfolders such as '10_sks dog'",
-        ))
+        problems.append(
+            Problem(
+                "error",
+                str(root),
+                "the dataset has no usable training image",
+                "put png, jpg, webp or bmp images in <repeats>_<token> subfolders such as '10_sks dog'",
+            )
+        )
     if reg_root is not None and not any(s.images for s in subsets if s.is_reg):
-        problems.append(Problem(
-            "error", str(reg_root), "the regularisation folder has no usable image",
-            "add class images to it or leave the regularisation folder out",
-        ))
+        problems.append(
+            Problem(
+                "error",
+                str(reg_root),
+                "the regularisation folder has no usable image",
+                "add class images to it or leave the regularisation folder out",
+            )
+        )
     return DatasetScan(str(root), subsets, sort_problems(group_problems(problems)), resolution, buckets, str(reg_root) if reg_root else None, tuple(class_folders))
 
 
@@ -287,7 +311,9 @@ def scan_config(config: Any) -> DatasetScan:
         if not folder.is_dir():
             raise UserError(f"the dataset folder {folder} does not exist; fix its [[dataset.subsets]] path in the run config")
         scan = scan_dataset(
-            folder, resolution=int(settings["resolution"]), caption_extensions=config.caption_extensions_of(entry),
+            folder,
+            resolution=int(settings["resolution"]),
+            caption_extensions=config.caption_extensions_of(entry),
             bucket_settings={k: settings[k] for k in BUCKET_KEYS},
         )
         if not scan.images and not entry.get("is_reg"):
@@ -299,7 +325,8 @@ def scan_config(config: Any) -> DatasetScan:
         raise UserError("the run config has no [[dataset.subsets]]; add the dataset's subset folders")
     root = os.path.commonpath([str(Path(str(s["path"])).expanduser().resolve()) for s in config.subsets])
     return replace(
-        scans[0], root=root,
+        scans[0],
+        root=root,
         subsets=[s for scan in scans for s in scan.subsets],
         problems=[p for scan in scans for p in scan.problems],
     )
@@ -318,13 +345,8 @@ def overlay_subsets(scan: DatasetScan, entries: Sequence[Mapping[str, Any]]) -> 
         folder = Path(values["path"]).expanduser().resolve()
         inside = [s for s in scan.subsets if Path(s.path).resolve() == folder or Path(s.path).resolve().is_relative_to(folder)]
         if not inside:
-            raise UserError(
-                f"the run config's subset {folder} is not in the scanned dataset {scan.root}; fix [[dataset.subsets]] path or scan the right folder"
-            )
-        chosen += [
-            replace(s, repeats=int(values["repeats"]), is_reg=bool(values["is_reg"]), token=str(values["token"] or s.token))
-            for s in inside
-        ]
+            raise UserError(f"the run config's subset {folder} is not in the scanned dataset {scan.root}; fix [[dataset.subsets]] path or scan the right folder")
+        chosen += [replace(s, repeats=int(values["repeats"]), is_reg=bool(values["is_reg"]), token=str(values["token"] or s.token)) for s in inside]
     return replace(scan, subsets=chosen)
 
 
@@ -366,8 +388,14 @@ class _Walker:
     """Walks the folders of one root and collects subsets and problems."""
 
     def __init__(
-        self, cache: _HeaderCache, extensions: tuple[str, ...], buckets: list[Bucket], resolution: int,
-        problems: list[Problem], stats: dict[str, tuple[int, int]], layer: CaptionLayer,
+        self,
+        cache: _HeaderCache,
+        extensions: tuple[str, ...],
+        buckets: list[Bucket],
+        resolution: int,
+        problems: list[Problem],
+        stats: dict[str, tuple[int, int]],
+        layer: CaptionLayer,
     ) -> None:
         self.cache = cache
         self.layer = layer
@@ -398,24 +426,30 @@ class _Walker:
                 prefixed.append((entry, int(match.group(1)), match.group(2)))
                 self.report_linked_folder(entry)
             elif match:
-                self.problem("warning", entry.path, "the repeat count 0 means this folder would never be seen, so it is skipped",
-                             f"rename it to e.g. '1_{match.group(2)}' to train on it")
+                self.problem("warning", entry.path, "the repeat count 0 means this folder would never be seen, so it is skipped", f"rename it to e.g. '1_{match.group(2)}' to train on it")
             elif _holds_subsets(Path(entry.path)):
                 self.class_folders.append(entry.path)
             else:
-                self.problem("warning", entry.path, "the folder has no repeat prefix and is skipped",
-                             f"rename it to e.g. '10_{entry.name}' (<repeats>_<token>) to train on it")
+                self.problem("warning", entry.path, "the folder has no repeat prefix and is skipped", f"rename it to e.g. '10_{entry.name}' (<repeats>_<token>) to train on it")
         files = [e for e in entries if not e.is_dir()]
         if prefixed:
             loose = [e for e in files if os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS]
             if loose:
-                self.problem("warning", root, f"{_plural(len(loose), 'image')} directly in the dataset folder {'is' if len(loose) == 1 else 'are'} in no subset and ignored",
-                             "move them into a <repeats>_<token> subfolder such as '10_sks dog'")
+                self.problem(
+                    "warning",
+                    root,
+                    f"{_plural(len(loose), 'image')} directly in the dataset folder {'is' if len(loose) == 1 else 'are'} in no subset and ignored",
+                    "move them into a <repeats>_<token> subfolder such as '10_sks dog'",
+                )
             return [self.scan_subset(Path(e.path), repeats, token, is_reg) for e, repeats, token in prefixed]
         if not files:
             return []
-        self.problem("info", root, "the folder has no <repeats>_<token> subfolders, so it is one subset seen once per epoch",
-                     f"to set repeats, rename the folder to e.g. '10_{root.name}' or move the images into such a subfolder")
+        self.problem(
+            "info",
+            root,
+            "the folder has no <repeats>_<token> subfolders, so it is one subset seen once per epoch",
+            f"to set repeats, rename the folder to e.g. '10_{root.name}' or move the images into such a subfolder",
+        )
         return [self.scan_subset(root, 1, "", is_reg, entries)]
 
     def scan_subset(self, folder: Path, repeats: int, token: str, is_reg: bool, entries: list[os.DirEntry[str]] | None = None) -> Subset:
@@ -424,8 +458,12 @@ class _Walker:
         for entry in entries if entries is not None else _listing(folder):
             if entry.is_dir():
                 if entries is None:
-                    self.problem("warning", entry.path, "folders inside a subset are not scanned",
-                                 "move its images up into the subset or make it its own <repeats>_<token> folder in the dataset folder")
+                    self.problem(
+                        "warning",
+                        entry.path,
+                        "folders inside a subset are not scanned",
+                        "move its images up into the subset or make it its own <repeats>_<token> folder in the dataset folder",
+                    )
                 continue
             stem, suffix = os.path.splitext(entry.name)
             if suffix.lower() in self.extensions:
@@ -467,15 +505,24 @@ class _Walker:
         for stem, found in sorted(captions.items()):
             if stem not in used_stems:
                 for entry in found.values():
-                    self.problem("warning", entry.path, "caption file without an image beside it",
-                                 f"remove it, or add the image {stem}.png next to it")
+                    self.problem("warning", entry.path, "caption file without an image beside it", f"remove it, or add the image {stem}.png next to it")
         self.report_subset(folder, token, images, missing, small)
         self.report_crops(folder, cropped)
         smallest = min(images, key=lambda i: (i.width * i.height, i.width), default=None)
         largest = max(images, key=lambda i: (i.width * i.height, i.width), default=None)
         return Subset(
-            str(folder), folder.name, repeats, token, is_reg, images, len(images) - missing, missing,
-            (smallest.width, smallest.height) if smallest else None, (largest.width, largest.height) if largest else None, counts, generated,
+            str(folder),
+            folder.name,
+            repeats,
+            token,
+            is_reg,
+            images,
+            len(images) - missing,
+            missing,
+            (smallest.width, smallest.height) if smallest else None,
+            (largest.width, largest.height) if largest else None,
+            counts,
+            generated,
         )
 
     def inside(self, path: str, home: str) -> bool:
@@ -487,20 +534,26 @@ class _Walker:
         """Say so when a subset folder is a symlink to a folder outside the dataset folder (it is still scanned)."""
         real = os.path.realpath(entry.path)
         if entry.is_symlink() and not self.inside(real, str(self.root)):
-            self.problem("warning", entry.path, f"the subset is a symlink to {real}, outside the dataset folder; its images are read from there",
-                         "nothing to do if you linked it on purpose; otherwise remove the link")
+            self.problem(
+                "warning",
+                entry.path,
+                f"the subset is a symlink to {real}, outside the dataset folder; its images are read from there",
+                "nothing to do if you linked it on purpose; otherwise remove the link",
+            )
         if "\n" in entry.name or "\r" in entry.name:
-            self.problem("warning", entry.path, "the folder name holds a line break, which line-based tools (kohya's lists, shell loops) split",
-                         "rename the folder without the line break")
+            self.problem("warning", entry.path, "the folder name holds a line break, which line-based tools (kohya's lists, shell loops) split", "rename the folder without the line break")
 
     def report_name_and_place(self, entry: os.DirEntry[str], home: str) -> None:
         """Note an image symlinked from outside the dataset folder and a file name with a line break."""
         if entry.is_symlink() and not self.inside(os.path.realpath(entry.path), home):
-            self.problem("info", entry.path, "a symlink to a file outside the dataset folder, used from there",
-                         "nothing to do if you linked it on purpose; otherwise copy the image into the dataset or remove the link")
+            self.problem(
+                "info",
+                entry.path,
+                "a symlink to a file outside the dataset folder, used from there",
+                "nothing to do if you linked it on purpose; otherwise copy the image into the dataset or remove the link",
+            )
         if "\n" in entry.name or "\r" in entry.name:
-            self.problem("warning", entry.path, "the file name holds a line break, which line-based tools (kohya's lists, shell loops) split",
-                         "rename the file without the line break")
+            self.problem("warning", entry.path, "the file name holds a line break, which line-based tools (kohya's lists, shell loops) split", "rename the file without the line break")
 
     def header(self, entry: os.DirEntry[str]) -> ImageHeader:
         try:
@@ -541,37 +594,40 @@ class _Walker:
     def report_bad_file(self, entry: os.DirEntry[str], header: ImageHeader, named_as_image: bool) -> None:
         if header.problem == "not_image":
             if named_as_image:
-                self.problem("error", entry.path, f"named like an image but {header.detail}; it is left out",
-                             "re-export the image from its original or remove it")
+                self.problem("error", entry.path, f"named like an image but {header.detail}; it is left out", "re-export the image from its original or remove it")
             else:
-                self.problem("info", entry.path, "not an image (png, jpg, webp or bmp), ignored",
-                             "move it out of the dataset if it does not belong there")
+                self.problem("info", entry.path, "not an image (png, jpg, webp or bmp), ignored", "move it out of the dataset if it does not belong there")
         elif header.problem == "unreadable":
             self.problem("error", entry.path, f"{header.detail}; it is left out", "make it readable (chmod a+r) or remove it")
         elif header.problem == "not_file":
-            self.problem("error" if named_as_image else "info", entry.path, f"{header.detail}; it is left out unread",
-                         "move it out of the dataset folder")
+            self.problem("error" if named_as_image else "info", entry.path, f"{header.detail}; it is left out unread", "move it out of the dataset folder")
         elif header.problem == "empty":
             self.problem("error", entry.path, f"{header.detail}; it is left out", "copy the image again from its original or remove it")
         elif header.problem == "too_large":
             self.problem("error", entry.path, f"{header.detail}; it is left out", "downscale it (e.g. to 4096 pixels on the long side) or remove it")
         else:
             kind = FORMAT_NAMES.get(header.format or "", "image")
-            self.problem("error", entry.path, f"{header.detail}; this {kind} is left out",
-                         "copy the image again from its original or remove it")
+            self.problem("error", entry.path, f"{header.detail}; this {kind} is left out", "copy the image again from its original or remove it")
 
     def report_subset(self, folder: Path, token: str, images: list[ImageEntry], missing: int, small: list[ImageEntry]) -> None:
         if not images:
-            self.problem("error", folder, "the subset has no usable image",
-                         "add png, jpg, webp or bmp images to it or remove the folder")
+            self.problem("error", folder, "the subset has no usable image", "add png, jpg, webp or bmp images to it or remove the folder")
             return
         if missing:
             if token:
-                self.problem("info", folder, f"{_plural(missing, 'image')} without a caption file will be captioned '{token}'",
-                             f"add {self.extensions[0]} files beside the images to caption them individually")
+                self.problem(
+                    "info",
+                    folder,
+                    f"{_plural(missing, 'image')} without a caption file will be captioned '{token}'",
+                    f"add {self.extensions[0]} files beside the images to caption them individually",
+                )
             else:
-                self.problem("warning", folder, f"{_plural(missing, 'image')} without a caption file will train with an empty caption",
-                             f"add {self.extensions[0]} captions or name the folder '<repeats>_<token>' to give them a token")
+                self.problem(
+                    "warning",
+                    folder,
+                    f"{_plural(missing, 'image')} without a caption file will train with an empty caption",
+                    f"add {self.extensions[0]} captions or name the folder '<repeats>_<token>' to give them a token",
+                )
         if small:
             factors = sorted(((upscale_factor(i, self.bucket_of[i.width, i.height]), i) for i in small), key=lambda f: -f[0])
             much = [(f, i) for f, i in factors if f > UPSCALE_NAMED]
@@ -579,16 +635,21 @@ class _Walker:
             if much:
                 names = ", ".join(f"{os.path.basename(i.path)}, {i.width}x{i.height}, {f:.1f}×" for f, i in much[:UPSCALE_LISTED])
                 more = f" and {len(much) - UPSCALE_LISTED} more" if len(much) > UPSCALE_LISTED else ""
-                self.problem("warning", folder,
-                             f"{_plural(len(much), 'image')} will be upscaled by more than {UPSCALE_NAMED:g}× to fill {'its' if len(much) == 1 else 'their'} bucket "
-                             f"at resolution {self.resolution}, which blurs {'it' if len(much) == 1 else 'them'}: {names}{more}",
-                             "use larger originals of these, leave them out, or train at a lower resolution")
+                self.problem(
+                    "warning",
+                    folder,
+                    f"{_plural(len(much), 'image')} will be upscaled by more than {UPSCALE_NAMED:g}× to fill {'its' if len(much) == 1 else 'their'} bucket "
+                    f"at resolution {self.resolution}, which blurs {'it' if len(much) == 1 else 'them'}: {names}{more}",
+                    "use larger originals of these, leave them out, or train at a lower resolution",
+                )
             if slight:
-                self.problem("info", folder,
-                             f"{_plural(slight, 'image')} slightly smaller than {'its' if slight == 1 else 'their'} bucket at resolution {self.resolution} "
-                             f"will be upscaled by at most {UPSCALE_NAMED:g}×",
-                             "nothing to do; larger originals would be a little sharper")
-
+                self.problem(
+                    "info",
+                    folder,
+                    f"{_plural(slight, 'image')} slightly smaller than {'its' if slight == 1 else 'their'} bucket at resolution {self.resolution} "
+                    f"will be upscaled by at most {UPSCALE_NAMED:g}×",
+                    "nothing to do; larger originals would be a little sharper",
+                )
 
     def report_crops(self, folder: Path, cropped: list[ImageEntry]) -> None:
         """One warning naming the images their bucket crops hard (a 4000×200 panorama in a square bucket)."""
@@ -597,10 +658,13 @@ class _Walker:
         shares = sorted(((crop_share(i, self.bucket_of[i.width, i.height]), i) for i in cropped), key=lambda f: -f[0])
         names = ", ".join(self.crop_text(share, i) for share, i in shares[:UPSCALE_LISTED])
         more = f" and {len(shares) - UPSCALE_LISTED} more" if len(shares) > UPSCALE_LISTED else ""
-        self.problem("warning", folder,
-                     f"{_plural(len(shares), 'image')} will be cropped hard to fit {'its' if len(shares) == 1 else 'their'} bucket "
-                     f"at resolution {self.resolution}, so training sees only the middle: {names}{more}",
-                     "crop them yourself to the part that matters, raise resolution or max_bucket_reso, or leave them out")
+        self.problem(
+            "warning",
+            folder,
+            f"{_plural(len(shares), 'image')} will be cropped hard to fit {'its' if len(shares) == 1 else 'their'} bucket "
+            f"at resolution {self.resolution}, so training sees only the middle: {names}{more}",
+            "crop them yourself to the part that matters, raise resolution or max_bucket_reso, or leave them out",
+        )
 
     def crop_text(self, share: float, image: ImageEntry) -> str:
         """``pano.png, 4000x200 in 64x64, 95% of its width cut``."""
@@ -664,8 +728,7 @@ def _report_duplicates(subsets: Iterable[Subset], stats: Mapping[str, tuple[int,
                 if digest is None:
                     continue
                 if digest in first:
-                    problems.append(Problem("warning", path, f"same content as {first[digest]}",
-                                            "remove one copy (a duplicate is trained twice as often)"))
+                    problems.append(Problem("warning", path, f"same content as {first[digest]}", "remove one copy (a duplicate is trained twice as often)"))
                 else:
                     first[digest] = path
 
@@ -685,10 +748,7 @@ def _digest(path: str, size: int, mtime: int, caches: list[_HeaderCache], whole:
     try:
         with open(path, "rb") as handle:
             if whole:
-                hasher = hashlib.blake2b()
-                while chunk := handle.read(1 << 20):
-                    hasher.update(chunk)
-                digest = hasher.hexdigest()
+                digest = content_digest(handle)
             else:
                 head = handle.read(_ENDS)
                 handle.seek(max(0, size - _ENDS))

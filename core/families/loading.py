@@ -180,7 +180,9 @@ def _from_state_dict(path: Path, like: Any, dtype: Any) -> Any:
     module = copy.deepcopy(like)
     missing, unexpected = module.load_state_dict(load_file(str(path)), strict=False)
     if missing or unexpected:
-        raise ModelLoadError(f"The file {path} does not fit the model's {type(like).__name__} ({len(missing)} weights missing, {len(unexpected)} unexpected); give the part that belongs to this model.")
+        raise ModelLoadError(
+            f"The file {path} does not fit the model's {type(like).__name__} ({len(missing)} weights missing, {len(unexpected)} unexpected); give the part that belongs to this model."
+        )
     return module.to(dtype=dtype) if dtype is not None else module
 
 

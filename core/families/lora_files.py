@@ -108,7 +108,7 @@ def from_file(tensors: Mapping[str, Tensor], adapter: AdapterWeights, kohya_base
     """
     own = f"{adapter.component}."
     if any(k.startswith(own) for k in tensors):
-        return {k[len(own):]: v for k, v in tensors.items() if k.startswith(own)}
+        return {k[len(own) :]: v for k, v in tensors.items() if k.startswith(own)}
     config = adapter.config
     kind = adapter_kind(config)
     suffixes = KOHYA_SUFFIXES[kind].pairs

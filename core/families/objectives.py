@@ -143,7 +143,7 @@ class FlowObjective:
         """Per-sample weights of ``weighting`` (None for ``none``)."""
         sigma = timesteps.float() / self.num_train_timesteps
         if self.weighting == "sigma_sqrt":
-            return sigma ** -2.0
+            return sigma**-2.0
         if self.weighting == "cosmap":
             return 2 / (math.pi * (1 - 2 * sigma + 2 * sigma**2))
         return None

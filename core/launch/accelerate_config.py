@@ -49,9 +49,7 @@ def accelerate_config(distributed: dict[str, Any], mixed_precision: str, use_cpu
         raise UserError("distributed.main_process_port must be a fixed port when several machines train together; set e.g. 29500")
     gpu_ids = parse_gpu_ids(dist["gpu_ids"])
     if gpu_ids is not None and len(gpu_ids) != int(dist["num_processes"]):
-        raise UserError(
-            f"distributed.gpu_ids lists {len(gpu_ids)} GPUs but distributed.num_processes is {dist['num_processes']}; make them agree"
-        )
+        raise UserError(f"distributed.gpu_ids lists {len(gpu_ids)} GPUs but distributed.num_processes is {dist['num_processes']}; make them agree")
     config: dict[str, Any] = {
         "compute_environment": "LOCAL_MACHINE",
         "debug": False,

@@ -40,8 +40,13 @@ def create_handler(params: Any) -> Any:
                 self._listener = listener
                 self.master_port = int(listener.getsockname()[1])
                 self._store = TCPStore(
-                    LOOPBACK, self.master_port, self.world_size, True, self.timeout,
-                    multi_tenant=True, master_listen_fd=listener.fileno(),
+                    LOOPBACK,
+                    self.master_port,
+                    self.world_size,
+                    True,
+                    self.timeout,
+                    multi_tenant=True,
+                    master_listen_fd=listener.fileno(),
                 )
             return super().next_rendezvous()
 

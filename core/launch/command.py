@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-
 #: The folder that holds the ``core`` package: the working directory of the supervisor and the
 #: launcher (never the run folder, whose files must not be importable).
 CODE_ROOT = Path(__file__).resolve().parents[2]

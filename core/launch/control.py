@@ -111,7 +111,7 @@ def stop_run(
         if end_state not in FINAL_STATES:
             run.write_status(state="stopped", ended_at=round(time.time(), 3))
             end_state = "stopped"
-        return StopResult(end_state, bool(rid) and acknowledged(run, rid) or saved, signalled)
+        return StopResult(end_state, (bool(rid) and acknowledged(run, rid)) or saved, signalled)
 
 
 def _wait_final(run: RunDir, timeout_s: float) -> bool:

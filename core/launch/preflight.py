@@ -18,10 +18,9 @@ from typing import Any
 from core.atomic import read_json
 from core.errors import UserError
 from core.families import spec
-from core.families.detect import MODEL_FILE_SUFFIXES, hub_offline, looks_like_hub_id
+from core.families.detect import MODEL_FILE_SUFFIXES, check_loadable, hub_offline, looks_like_hub_id
 from core.launch.accelerate_config import parse_gpu_ids
 from core.memory.data import params
-from core.families.detect import check_loadable
 from core.settings import FP16_NEEDS_A_GPU
 from core.units import GIB, size
 
@@ -160,10 +159,7 @@ def check_fit(plan: Any, force: bool) -> list[str]:
     """
     if plan.fits is not False:
         return []
-    message = (
-        f"the estimated peak of {plan.vram_estimate_bytes / GIB:.1f} GiB does not fit the smallest chosen GPU "
-        f"({plan.gpu['name']}, {plan.gpu['vram_gb']} GiB) with headroom"
-    )
+    message = f"the estimated peak of {plan.vram_estimate_bytes / GIB:.1f} GiB does not fit the smallest chosen GPU ({plan.gpu['name']}, {plan.gpu['vram_gb']} GiB) with headroom"
     if not force:
         raise UserError(f"{message}; pick a recipe that fits (sdtui plan lists them) or pass --yes to launch anyway")
     return [f"warning: {message}; launching anyway (--yes)"]

@@ -18,11 +18,11 @@ from typing import IO, Any
 
 import psutil
 
-from core.runs import folder as runs_folder
 from core.atomic import write_atomic, write_json_atomic
 from core.errors import UserError
 from core.launch.accelerate_config import accelerate_config, other_node_commands, to_yaml, world_size
 from core.launch.command import CODE_ROOT, format_command, launch_command, launch_env
+from core.runs import folder as runs_folder
 from core.runs.listing import create_run_dir
 from core.runs.locks import is_locked, lock
 from core.runs.rundir import RunDir
@@ -152,8 +152,11 @@ def write_launch_files(run: RunDir, config: Any, use_cpu: bool) -> None:
     accel = accelerate_config(distributed, str(config.settings.get("mixed_precision", "bf16")), use_cpu)
     write_atomic(run.accelerate_yaml, to_yaml(accel))
     run.write_status(
-        run_id=run.id, world_size=world_size(distributed), machine_rank=int(distributed.get("machine_rank", 0)),
-        device="cpu" if use_cpu else "cuda", launch=None,
+        run_id=run.id,
+        world_size=world_size(distributed),
+        machine_rank=int(distributed.get("machine_rank", 0)),
+        device="cpu" if use_cpu else "cuda",
+        launch=None,
         command=format_command(launch_command(run.path, accel), launch_env(use_cpu, one_machine=int(distributed.get("num_machines", 1)) == 1)),
     )
 
@@ -171,8 +174,7 @@ def claim(run: RunDir) -> IO[str]:
                 time.sleep(0.05)
     except OSError as exc:
         raise UserError(
-            f"the run folder {run.path} cannot be written ({exc.strerror or exc}); make it writable (chmod -R u+w) "
-            "or copy the run folder somewhere writable and resume the copy"
+            f"the run folder {run.path} cannot be written ({exc.strerror or exc}); make it writable (chmod -R u+w) or copy the run folder somewhere writable and resume the copy"
         ) from None
     if held is None:
         raise UserError(f"run {run.id} is already running or being started by another sdtui; `sdtui status {run.id}` shows it")
@@ -191,8 +193,13 @@ def spawn_supervisor(run: RunDir, held: IO[str]) -> int:
     with open(run.log, "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "core.launch.supervisor", str(run.path), "--lock-fd", str(fd)],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, close_fds=True, pass_fds=(fd,), cwd=CODE_ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+            pass_fds=(fd,),
+            cwd=CODE_ROOT,
         )
     try:
         run.write_status(pids=[describe(psutil.Process(proc.pid), "supervisor")])
@@ -219,17 +226,16 @@ def resume_run(run: RunDir, gpus: Any = None, again: bool = False, notify: Notif
     not fit is a warning only (the run was launched already). Of two resumes at once one starts the
     run and the other gets a UserError. Notices go to ``notify``.
     """
-    from core.runs.checkpoints import step_of
     from core.config import load_config
     from core.launch.preflight import preflight
+    from core.runs.checkpoints import step_of
 
     say = notify or (lambda _msg: None)
     status = run.read_status()
     state = run.derive_state(status)
     if state == "finished" and not again:
         raise UserError(
-            f"run {run.id} has finished and resuming it would replace its outputs; start a new run with its config "
-            f"(sdtui train {run.run_toml}) or pass --again to resume it anyway"
+            f"run {run.id} has finished and resuming it would replace its outputs; start a new run with its config (sdtui train {run.run_toml}) or pass --again to resume it anyway"
         )
     if state not in FINAL_STATES + (LOST,):
         raise UserError(f"run {run.id} is {state} and its processes are running; there is nothing to resume (sdtui pause {run.id} pauses it)")
@@ -248,8 +254,17 @@ def resume_run(run: RunDir, gpus: Any = None, again: bool = False, notify: Notif
             say(notice)
         checkpoint = run.latest_checkpoint()
         run.write_status(
-            state="queued", resumed_from_state=state, error=None, hint=None, log_tail=None, exit_code=None, exit_unknown=None,
-            pids=[], trainer_pids=None, rebuilt=None, step=step_of(checkpoint) if checkpoint else 0,
+            state="queued",
+            resumed_from_state=state,
+            error=None,
+            hint=None,
+            log_tail=None,
+            exit_code=None,
+            exit_unknown=None,
+            pids=[],
+            trainer_pids=None,
+            rebuilt=None,
+            step=step_of(checkpoint) if checkpoint else 0,
         )
         spawn_supervisor(run, held)
     finally:

@@ -185,8 +185,18 @@ class Supervisor:
         argv = launch_command(self.run.path, accel, attempt=self.attempt_id)
         extra = launch_env(status.get("device") == "cpu", one_machine=integer(accel.get("num_machines"), 1) == 1)
         self.run.write_status(
-            state="starting", attempt=attempt, attempt_id=self.attempt_id, started_at=round(started, 3), pids=self._pids(),
-            trainer_pids=None, exit_code=None, error=None, hint=None, log_tail=None, ended_at=None, exit_unknown=None,
+            state="starting",
+            attempt=attempt,
+            attempt_id=self.attempt_id,
+            started_at=round(started, 3),
+            pids=self._pids(),
+            trainer_pids=None,
+            exit_code=None,
+            error=None,
+            hint=None,
+            log_tail=None,
+            ended_at=None,
+            exit_unknown=None,
             command=format_command(argv, extra),
         )
         with open(self.run.log, "ab") as log:

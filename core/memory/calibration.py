@@ -19,9 +19,21 @@ from . import data
 #: The settings a calibration point records; a point matches only when all of them are equal
 #: (a key a point does not record counts as its default, so older points keep matching).
 CALIBRATION_KEYS = (
-    "mixed_precision", "full_bf16", "gradient_checkpointing", "optimizer", "fused_backward_pass",
-    "cache_latents", "cache_text_encoder_outputs", "train_text_encoder", "batch_size", "resolution",
-    "lora_rank", "lora_targets", "lora_type", "attention", "ema",
+    "mixed_precision",
+    "full_bf16",
+    "gradient_checkpointing",
+    "optimizer",
+    "fused_backward_pass",
+    "cache_latents",
+    "cache_text_encoder_outputs",
+    "train_text_encoder",
+    "batch_size",
+    "resolution",
+    "lora_rank",
+    "lora_targets",
+    "lora_type",
+    "attention",
+    "ema",
 )
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +13,14 @@ ACTIVATIONS_JSON = HERE / "activations.json"
 CALIBRATION_JSON = HERE / "calibration.json"
 
 
-@lru_cache(maxsize=None)
+@cache
 def params() -> dict[str, Any]:
     """Per family and component: parameter counts, LoRA widths, Adafactor state size (bench/measure_params.py)."""
     families: dict[str, Any] = json.loads(PARAMS_JSON.read_text(encoding="utf-8"))["families"]
     return families
 
 
-@lru_cache(maxsize=None)
+@cache
 def activations() -> dict[str, Any]:
     """Per family: fitted activation bytes per image, and the text encoders' (bench/measure_activations.py)."""
     table: dict[str, Any] = json.loads(ACTIVATIONS_JSON.read_text(encoding="utf-8"))

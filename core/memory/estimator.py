@@ -15,7 +15,7 @@ No torch import: the TUI calls this on every keystroke of a settings override.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 from core.errors import UserError
@@ -49,10 +49,22 @@ STEP_TEMPORARIES = 4
 DELTA_LAYERS_PER_BLOCK = 10
 
 BREAKDOWN_KEYS = (
-    "weights_denoiser", "weights_text_encoders", "weights_vae", "weights_adapters",
-    "autocast_copies", "gradients", "optimizer_states", "ema", "ddp_buckets",
-    "activations", "vae_encode", "optimizer_step",
-    "communication", "fragmentation", "cuda_context", "calibration",
+    "weights_denoiser",
+    "weights_text_encoders",
+    "weights_vae",
+    "weights_adapters",
+    "autocast_copies",
+    "gradients",
+    "optimizer_states",
+    "ema",
+    "ddp_buckets",
+    "activations",
+    "vae_encode",
+    "optimizer_step",
+    "communication",
+    "fragmentation",
+    "cuda_context",
+    "calibration",
 )
 
 
@@ -123,7 +135,7 @@ def text_encoder_activations(family: str, encoders: list[str], half: bool, check
     return total
 
 
-@lru_cache(maxsize=None)
+@cache
 def _text_encoder_shape(family: str, name: str) -> tuple[int, int]:
     """(layers, hidden width) of one text encoder of ``family`` (its spec's config)."""
     config = spec(family).configs[name]

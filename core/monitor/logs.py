@@ -54,6 +54,7 @@ def user_view(lines: Iterable[str]) -> list[str]:
             kept.append(line)
     return kept + block
 
+
 #: How far from the end the first poll reads to find the last lines.
 _START_WINDOW = 256 * 1024
 
@@ -80,7 +81,7 @@ class LogTail:
         """Lines appended since the last poll (complete lines only)."""
         self.reset = False
         try:
-            handle = open(self.path, "rb")
+            handle = open(self.path, "rb")  # noqa: SIM115 - opened before the `with` so that only a missing file is caught
         except FileNotFoundError:
             return []
         with handle:

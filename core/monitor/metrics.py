@@ -91,7 +91,7 @@ class MetricsTail:
     def _chunks(self, decode_lines: Callable[[bytes], list[Any]], decode: Callable[[bytes], Any]) -> Iterator[list[Any]]:
         self.reset = False
         try:
-            handle = open(self.path, "rb")
+            handle = open(self.path, "rb")  # noqa: SIM115 - opened before the `with` so that only a missing file is caught
         except FileNotFoundError:
             if self.offset or self._partial:
                 self._restart()

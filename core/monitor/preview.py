@@ -42,7 +42,7 @@ def _first_step(block: bytes, skip_partial: bool) -> Line | None:
 def sampled_steps(path: str | os.PathLike[str], points: int = 2000) -> list[Line] | None:
     """About ``points`` step lines spread over the file in file order, or None when it is small or missing."""
     try:
-        handle = open(Path(path), "rb")
+        handle = open(Path(path), "rb")  # noqa: SIM115 - opened before the `with` so that only a missing file is caught
     except FileNotFoundError:
         return None
     with handle:

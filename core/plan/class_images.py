@@ -66,4 +66,3 @@ def describe(images: ClassImages, generate_s: float | None) -> str:
     if images.given:
         return f"{images.given} class images given, each paired in turn with the instance images; none are generated"
     return ""
-

@@ -107,7 +107,12 @@ def judge(family: str, method: str, settings: Mapping[str, Any], gpus: Any, reci
 
 
 def rank_recipes(
-    family: str, method: str, gpus: Any, recipes: Iterable[Any], overrides: Mapping[str, Any] | None = None, shape: RunShape = RunShape(),
+    family: str,
+    method: str,
+    gpus: Any,
+    recipes: Iterable[Any],
+    overrides: Mapping[str, Any] | None = None,
+    shape: RunShape = RunShape(),
 ) -> list[RecipeFit]:
     """Every recipe for ``family`` and ``method``, judged for a run of ``shape``: fitting ones
     first, fastest first.
@@ -115,11 +120,7 @@ def rank_recipes(
     Recipes that do not fit (or cannot be judged without a GPU, ``fits`` None) follow, the
     smallest estimate first.
     """
-    fits = [
-        judge(family, method, r.resolved_settings(dict(overrides or {})), gpus, r, shape)
-        for r in recipes
-        if family in r.families and method in r.methods
-    ]
+    fits = [judge(family, method, r.resolved_settings(dict(overrides or {})), gpus, r, shape) for r in recipes if family in r.families and method in r.methods]
     return sorted(fits, key=_order)
 
 
@@ -131,14 +132,24 @@ def _order(fit: RecipeFit) -> tuple[float | str, ...]:
 
 
 def pick_recipes(
-    family: str, method: str, gpus: Any, recipes: Iterable[Any], overrides: Mapping[str, Any] | None = None, shape: RunShape = RunShape(),
+    family: str,
+    method: str,
+    gpus: Any,
+    recipes: Iterable[Any],
+    overrides: Mapping[str, Any] | None = None,
+    shape: RunShape = RunShape(),
 ) -> list[RecipeFit]:
     """The recipes that fit the smallest GPU with at least HEADROOM free, fastest first."""
     return [f for f in rank_recipes(family, method, gpus, recipes, overrides, shape) if f.fits]
 
 
 def suggest_when_nothing_fits(
-    family: str, method: str, gpus: Any, recipes: Iterable[Any], settings: Mapping[str, Any], shape: RunShape = RunShape(),
+    family: str,
+    method: str,
+    gpus: Any,
+    recipes: Iterable[Any],
+    settings: Mapping[str, Any],
+    shape: RunShape = RunShape(),
 ) -> list[str]:
     """What would fit when nothing does: fewer pixels, LoRA, memory savers, a bigger GPU.
 

@@ -73,8 +73,13 @@ class Plan:
     def row_for(self, gpus: int) -> ScheduleRow:
         """The schedule on ``gpus`` GPUs."""
         return schedule_row(
-            self.counts, int(self.settings["batch_size"]), int(self.schedule["gradient_accumulation"]),
-            gpus, int(self.schedule["epochs"]), int(self.schedule["max_steps"]), int(self.schedule["seed"]),
+            self.counts,
+            int(self.settings["batch_size"]),
+            int(self.schedule["gradient_accumulation"]),
+            gpus,
+            int(self.schedule["epochs"]),
+            int(self.schedule["max_steps"]),
+            int(self.schedule["seed"]),
         )
 
     def total_steps_for(self, num_processes: int) -> int:
@@ -101,7 +106,11 @@ class Plan:
         row = self.row_for(gpus)
         per_step = row.effective_batch * (2 if self.prior_preservation else 1)
         eta = eta_seconds(
-            row.total_steps, per_step, self.images_per_second_per_gpu, gpus, self.method,
+            row.total_steps,
+            per_step,
+            self.images_per_second_per_gpu,
+            gpus,
+            self.method,
             num_machines=math.ceil(gpus / GPUS_PER_NODE),
         )
         generate = self.generate_s(gpus)
@@ -151,7 +160,6 @@ class Plan:
             "price_per_gpu_hour": self.price_per_gpu_hour,
         }
 
-
     def _dataset_json(self, processes: int) -> dict[str, Any] | None:
         """``dataset`` with ``class_images`` (``given``, ``to_generate``, ``generate_s`` on ``processes``
         GPUs) when the run uses or generates class images."""
@@ -162,7 +170,9 @@ class Plan:
         return {
             **self.dataset,
             "class_images": {
-                "given": images.given, "to_generate": images.to_generate, "total": images.total,
+                "given": images.given,
+                "to_generate": images.to_generate,
+                "total": images.total,
                 "generate_s": round(generate, 1) if generate is not None else None,
             },
         }
@@ -255,8 +265,12 @@ def _dataset_json(scan: Any, counts: dict[Any, int], held: frozenset[str] = froz
         "validation_images": len(held),
         "subsets": [
             {
-                "path": s.path, "repeats": s.repeats, "images": len(s.images), "is_reg": s.is_reg,
-                "captions": s.captions_found, "token": s.token,
+                "path": s.path,
+                "repeats": s.repeats,
+                "images": len(s.images),
+                "is_reg": s.is_reg,
+                "captions": s.captions_found,
+                "token": s.token,
             }
             for s in scan.subsets
         ],
@@ -290,8 +304,10 @@ def placeholder_warnings(config: Any, scan: Any) -> list[str]:
     captions = (image.caption if image.caption is not None else s.token for s in scan.subsets if not s.is_reg for image in s.images)
     if any(token in (caption or "") for caption in captions):
         return []
-    return [f"no caption contains the placeholder token {token}, so the trainer puts it in front of every caption; "
-            f"write {token} in the captions where the subject is named (e.g. 'a photo of {token} on a beach')"]
+    return [
+        f"no caption contains the placeholder token {token}, so the trainer puts it in front of every caption; "
+        f"write {token} in the captions where the subject is named (e.g. 'a photo of {token} on a beach')"
+    ]
 
 
 def _explain(plan: Plan, scan: Any, gpus: Any, fit: Any, shape: RunShape) -> None:
@@ -352,14 +368,11 @@ def _explain_prior_preservation(plan: Plan, scan: Any) -> None:
             plan.notes.append(describe(plan.class_images, plan.generate_s(plan.configured_processes)))
     elif plan.method == "dreambooth":
         plan.notes.append(
-            "dreambooth without class images: no prior preservation; add a class folder (--reg DIR) or set method.class_prompt "
-            "to generate class images, to keep the class from drifting"
+            "dreambooth without class images: no prior preservation; add a class folder (--reg DIR) or set method.class_prompt to generate class images, to keep the class from drifting"
         )
     reg_subsets = [s for s in scan.subsets if s.is_reg and s.images]
     if reg_subsets and not plan.prior_preservation:
-        plan.warnings.append(
-            f"{len(reg_subsets)} regularisation subset(s) are ignored by {plan.method}; leave --reg out or train dreambooth or lora for prior preservation"
-        )
+        plan.warnings.append(f"{len(reg_subsets)} regularisation subset(s) are ignored by {plan.method}; leave --reg out or train dreambooth or lora for prior preservation")
 
 
 def _explain_schedule(plan: Plan, scan: Any) -> None:

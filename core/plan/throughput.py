@@ -12,8 +12,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from core.memory.trainable import trainable
 from core.families import FAMILIES, spec
+from core.memory.trainable import trainable
 from core.settings import FULL_METHODS, resolve
 
 #: VAE encoder forward, TFLOPs per 512×512 image (same architecture for all families).

@@ -49,8 +49,13 @@ class ValidationPlan:
         """The plan's ``validation`` entry for the run's row."""
         cost = self.seconds(total_steps, ips_per_gpu, gpus)
         return {
-            "source": self.source, "images": self.images, "held_out": len(self.held), "folder_images": self.folder_images,
-            "every_n_steps": self.every_n_steps, "runs": self.runs(total_steps), "timesteps": len(TIMESTEP_SHARES),
+            "source": self.source,
+            "images": self.images,
+            "held_out": len(self.held),
+            "folder_images": self.folder_images,
+            "every_n_steps": self.every_n_steps,
+            "runs": self.runs(total_steps),
+            "timesteps": len(TIMESTEP_SHARES),
             "cost_s": round(cost, 1) if cost is not None else None,
         }
 

@@ -61,7 +61,7 @@ def append_request(path: str | os.PathLike[str], action: str, attempt: str = "")
         entry["attempt"] = attempt
     with open(path.parent / ".control.lock", "a+") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
-        requests = read_requests(path)[-(KEEP - 1):]
+        requests = read_requests(path)[-(KEEP - 1) :]
         requests.append(entry)
         write_json_atomic(path, {"requests": requests})
     return rid

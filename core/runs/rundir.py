@@ -113,11 +113,7 @@ class RunDir:
         """The recorded processes of the run (supervisor, launcher, workers, trainer ranks) with their create times."""
         status = self.read_status() if status is None else status
         records = [r for key in ("pids", "trainer_pids") if isinstance(status.get(key), list) for r in status[key]]
-        unique = {
-            (r["pid"], r["create_time"]): r
-            for r in records
-            if isinstance(r, dict) and isinstance(r.get("pid"), int) and number(r.get("create_time")) is not None
-        }
+        unique = {(r["pid"], r["create_time"]): r for r in records if isinstance(r, dict) and isinstance(r.get("pid"), int) and number(r.get("create_time")) is not None}
         return list(unique.values())
 
     def alive_processes(self, status: dict[str, Any] | None = None) -> list[Any]:

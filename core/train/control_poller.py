@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.runs.control_file import ACTIONS, ControlReader
-
 from core.train.status import now
 
 #: Seconds between control.json polls while paused.

@@ -13,9 +13,8 @@ import os
 import shutil
 from pathlib import Path
 
-from core.units import size
-
 from core.train.status import TrainingFailed
+from core.units import size
 
 #: Room kept beyond a write's own size (status.json, metrics and log lines, file-system slack).
 MARGIN_BYTES = 1024 * 1024

@@ -34,7 +34,6 @@ from core.folder_watch import FolderWatch, moved_sentence
 from core.plan import schedule
 from core.runs.control_file import ControlReader
 from core.runs.rundir import RunDir
-
 from core.train import startup, trackers, validation
 from core.train.control_poller import PAUSE_POLL_S, ControlPoller, Polled
 from core.train.disk import DiskFull, Reserve
@@ -106,7 +105,17 @@ class Trainer:
         self.phases.should_stop = startup.stop_check(control, self.signalled.is_set, time.monotonic)
         with self.heartbeat.busy():
             self.session, self.progress = startup.build_session(
-                self.config, accel, self.run, self.attempt, self.metrics, self.status, self.phases, started_at, session_id, control, recorded,
+                self.config,
+                accel,
+                self.run,
+                self.attempt,
+                self.metrics,
+                self.status,
+                self.phases,
+                started_at,
+                session_id,
+                control,
+                recorded,
             )
         self.progress_log = ProgressLog(self.progress.total_steps, enabled=is_main)
         self.stepper = Stepper(self.session, self.progress)
@@ -124,7 +133,11 @@ class Trainer:
         sched = session.sched
         progress.epoch_number = progress.epoch + 1
         self.status.update(
-            state="running", step=progress.step, total_steps=progress.total_steps, epoch=progress.epoch_number, steps_per_epoch=progress.steps_per_epoch,
+            state="running",
+            step=progress.step,
+            total_steps=progress.total_steps,
+            epoch=progress.epoch_number,
+            steps_per_epoch=progress.steps_per_epoch,
         )
         if progress.step == 0:
             self.metrics.event(
@@ -195,9 +208,7 @@ class Trainer:
             self._flush(pending)
             self.metrics.write("epoch", epoch=epoch_number, step=step)
         last = step >= progress.total_steps
-        save_due = (sched["save_every_steps"] and step % sched["save_every_steps"] == 0) or (
-            epoch_done and sched["save_every_epochs"] and epoch_number % sched["save_every_epochs"] == 0
-        )
+        save_due = (sched["save_every_steps"] and step % sched["save_every_steps"] == 0) or (epoch_done and sched["save_every_epochs"] and epoch_number % sched["save_every_epochs"] == 0)
         if save_due and not last:
             self._flush(pending)
             self.saver.save()

@@ -152,9 +152,7 @@ class Phases:
             return
         where = f"while {LABELS.get(self._name, self._name)}" if self._name else "between its phases"
         count = f" ({self._done}/{self._total} {self._unit or 'done'} kept)" if self._name and self._total else ""
-        raise StartupStopped(
-            f"stopped during start-up {where}{count}; what was generated or cached so far stays and the next start reuses it"
-        )
+        raise StartupStopped(f"stopped during start-up {where}{count}; what was generated or cached so far stays and the next start reuses it")
 
     def _eta(self, now: float) -> float | None:
         """Seconds left: the mean item time so far for the items left, less what the current item has
@@ -175,8 +173,7 @@ class Phases:
             self.status.update(phase=self._record(self._done, eta, now))
         if metrics and now - self._metrics_at >= METRICS_EVERY_S:
             self._metrics_at = now
-            self.metrics.write("phase", phase=self._name, label=label, state="running", done=self._done,
-                               total=self._total, unit=self._unit, elapsed_s=round(elapsed, 3), eta_s=_round(eta))
+            self.metrics.write("phase", phase=self._name, label=label, state="running", done=self._done, total=self._total, unit=self._unit, elapsed_s=round(elapsed, 3), eta_s=_round(eta))
         if now - self._log_at >= LOG_EVERY_S:
             self._log_at = now
             self._print(progress_text(label, self._done, self._total, eta, self._unit, elapsed))
@@ -197,8 +194,7 @@ class Phases:
             label = LABELS.get(name, name)
             count = self._total if done is None else done
             self.status.update(phase=None)
-            self.metrics.write("phase", phase=name, label=label, state="done", done=count, total=self._total, unit=self._unit,
-                               elapsed_s=round(elapsed, 3), note=note or None, **fields)
+            self.metrics.write("phase", phase=name, label=label, state="done", done=count, total=self._total, unit=self._unit, elapsed_s=round(elapsed, 3), note=note or None, **fields)
             what = f"{count} {self._unit or 'done'}" if self._total else "done"
             self._print(f"{label}: {what} in {_seconds(elapsed)}" + (f" ({note})" if note else ""))
         return elapsed
@@ -215,8 +211,13 @@ class Phases:
 
     def _record(self, done: int, eta: float | None, now: float) -> dict[str, Any]:
         return {
-            "name": self._name, "label": LABELS.get(self._name, self._name), "done": done, "total": self._total,
-            "unit": self._unit, "elapsed_s": round(now - self._started, 1), "eta_s": _round(eta),
+            "name": self._name,
+            "label": LABELS.get(self._name, self._name),
+            "done": done,
+            "total": self._total,
+            "unit": self._unit,
+            "elapsed_s": round(now - self._started, 1),
+            "eta_s": _round(eta),
             "item_s": round(now - self._done_at, 1),
         }
 

@@ -12,9 +12,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from core.train.outputs import train_state as ckpt
 from core.train.disk import DiskFull, ensure_space, free_bytes, is_disk_full
 from core.train.metrics_writer import MetricsWriter
+from core.train.outputs import train_state as ckpt
 from core.train.progress import Progress
 from core.train.session import Session
 from core.train.status import Heartbeat, StatusFile, first_line
@@ -28,7 +28,13 @@ class Saver:
     """
 
     def __init__(
-        self, session: Session, progress: Progress, run: Any, metrics: MetricsWriter, status: StatusFile, heartbeat: Heartbeat,
+        self,
+        session: Session,
+        progress: Progress,
+        run: Any,
+        metrics: MetricsWriter,
+        status: StatusFile,
+        heartbeat: Heartbeat,
         weights_hash: Path | None = None,
     ) -> None:
         self.session = session
@@ -74,17 +80,18 @@ class Saver:
         if acc.is_main_process:
             with self.heartbeat.busy():
                 state = {
-                    "epoch": progress.epoch, "batch_index": progress.batch_index, "world": session.world, "total_steps": progress.total_steps,
-                    "started_at": session.started_at, "session_id": session.session_id,
+                    "epoch": progress.epoch,
+                    "batch_index": progress.batch_index,
+                    "world": session.world,
+                    "total_steps": progress.total_steps,
+                    "started_at": session.started_at,
+                    "session_id": session.session_id,
                 }
                 keep = int(session.sched["keep_checkpoints"])
                 path = ckpt.save(self.run.checkpoints, progress.step, session.method.trainable_state(), objects, state, keep, manual)
                 self.metrics.write("checkpoint", step=progress.step, path=str(path.relative_to(self.run.path)), manual=manual)
                 if manual:
-                    self.metrics.event(
-                        f"saved {path.name} as asked; it is kept beyond keep_checkpoints = {keep} "
-                        "(which rotates only the periodic checkpoints) until you delete it"
-                    )
+                    self.metrics.event(f"saved {path.name} as asked; it is kept beyond keep_checkpoints = {keep} (which rotates only the periodic checkpoints) until you delete it")
                 self.write_outputs(final)
         acc.wait_for_everyone()
 
@@ -139,7 +146,6 @@ class Saver:
         import torch
 
         from core.runs.listing import slug
-
         from core.train.outputs import files as outputs
 
         session = self.session
@@ -176,18 +182,30 @@ class Saver:
         optimizer = session.optim.optimizer
         optimizer = type(getattr(optimizer, "optimizer", None) or optimizer.optimizers[0])
         facts = km.RunFacts(
-            family=c.family, v_prediction=c.prediction_type == "v_prediction", model_path=str(c.model_path), vae_path=model["vae"],
-            name=name, started_at=session.started_at, session_id=session.session_id, steps_per_epoch=progress.steps_per_epoch,
-            total_steps=progress.total_steps, epochs=math.ceil(progress.total_steps / progress.steps_per_epoch), world=session.world,
-            optimizer=f"{optimizer.__module__}.{optimizer.__name__}", network_module=NETWORK_MODULE[settings["lora_type"]],
-            network_args=network_args(settings), family_values=c.runtime.kohya_metadata(c.prediction_type == "v_prediction"),
+            family=c.family,
+            v_prediction=c.prediction_type == "v_prediction",
+            model_path=str(c.model_path),
+            vae_path=model["vae"],
+            name=name,
+            started_at=session.started_at,
+            session_id=session.session_id,
+            steps_per_epoch=progress.steps_per_epoch,
+            total_steps=progress.total_steps,
+            epochs=math.ceil(progress.total_steps / progress.steps_per_epoch),
+            world=session.world,
+            optimizer=f"{optimizer.__module__}.{optimizer.__name__}",
+            network_module=NETWORK_MODULE[settings["lora_type"]],
+            network_args=network_args(settings),
+            family_values=c.runtime.kohya_metadata(c.prediction_type == "v_prediction"),
         )
         if self._ss_metadata is None:  # the start-of-training part (model hashes read the model file once)
             self._ss_metadata = km.ss_metadata(facts, settings, session.sched, session.data.train_data, session.config.subsets)
         now = time.time()
         return {
             **self._ss_metadata,
-            "ss_training_finished_at": str(now), "ss_steps": str(progress.step), "ss_epoch": str(epochs_trained(progress.step, progress.steps_per_epoch)),
+            "ss_training_finished_at": str(now),
+            "ss_steps": str(progress.step),
+            "ss_epoch": str(epochs_trained(progress.step, progress.steps_per_epoch)),
             **km.model_spec(facts, settings, now, _sdtui_version(version, PackageNotFoundError)),
         }
 
@@ -224,17 +242,28 @@ class Saver:
                 prompts = [line.replace(ti.placeholder, " ".join(ti.tokens)) for line in prompts]
             with self._eval_weights(), self._ema_weights():
                 written = render_samples(
-                    session.components, prompts, step, self.run.samples, session.device, session.acc.autocast,
-                    default_size=int(session.settings["resolution"]), seed=int(session.sched["seed"]),
-                    denoiser=session.denoiser(), text_encoders=session.text_encoders(),
-                    sampler=session.config.section("samples")["sampler"], clip_skip=int(session.settings["clip_skip"]),
+                    session.components,
+                    prompts,
+                    step,
+                    self.run.samples,
+                    session.device,
+                    session.acc.autocast,
+                    default_size=int(session.settings["resolution"]),
+                    seed=int(session.sched["seed"]),
+                    denoiser=session.denoiser(),
+                    text_encoders=session.text_encoders(),
+                    sampler=session.config.section("samples")["sampler"],
+                    clip_skip=int(session.settings["clip_skip"]),
                 )
             from core.train.trackers import log_samples
 
             log_samples(session.acc, step, [(r.prompt_index, Path(r.path)) for r in written])
             for result in written:
                 self.metrics.write(
-                    "sample", step=step, prompt_index=result.prompt_index, prompt=session.config.prompts[result.prompt_index],
+                    "sample",
+                    step=step,
+                    prompt_index=result.prompt_index,
+                    prompt=session.config.prompts[result.prompt_index],
                     path=str(Path(result.path).relative_to(self.run.path)),
                 )
             self.status.update(sample_error=None)

@@ -16,12 +16,11 @@ from core.runs.control_file import ControlReader
 from core.runs.readers import integer, number
 from core.runs.rundir import RunDir
 from core.settings import FP16_NEEDS_A_GPU, optimizer_notes, optimizer_rule_warnings
-
-from core.train.outputs import train_state as ckpt
 from core.train.data.batches import Batches
-from core.train.model.methods import setup_method, trained_components
 from core.train.metrics_writer import EventHandler, MetricsWriter
+from core.train.model.methods import setup_method, trained_components
 from core.train.model.optimizer import FusedBackward, make_optimizer, make_scheduler, param_groups, set_optimizer_mode
+from core.train.outputs import train_state as ckpt
 from core.train.phases import Phases
 from core.train.progress import Progress
 from core.train.saving import set_rng
@@ -76,8 +75,8 @@ def own_folder(run: RunDir, attempt: str) -> Any:
     anything is written."""
     import psutil
 
-    from core.runs.checkpoints import remove_unfinished
     from core.procs import describe
+    from core.runs.checkpoints import remove_unfinished
     from core.runs.locks import hold, lock
 
     held = lock(run.trainer_lock)
@@ -87,8 +86,7 @@ def own_folder(run: RunDir, attempt: str) -> Any:
     if attempt and isinstance(recorded, str) and recorded != attempt:
         held.close()
         raise NotOwner(
-            f"{run.path} is not the folder of this attempt (its status.json names attempt {recorded!r}, this trainer was started for {attempt!r}); "
-            "this trainer ends without touching it"
+            f"{run.path} is not the folder of this attempt (its status.json names attempt {recorded!r}, this trainer was started for {attempt!r}); this trainer ends without touching it"
         )
     hold(held, describe(psutil.Process(), "trainer-rank0"))
     remove_unfinished(run.checkpoints)  # a save killed mid-write left them; nobody else writes here now
@@ -123,8 +121,17 @@ def stop_check(control: ControlReader, signalled: Callable[[], bool], clock: Cal
 
 
 def build_session(
-    config: Any, accel: Accel, run: RunDir, attempt: str, metrics: MetricsWriter, status: StatusFile, phases: Phases,
-    started_at: float, session_id: int, control: ControlReader, recorded: dict[str, Any],
+    config: Any,
+    accel: Accel,
+    run: RunDir,
+    attempt: str,
+    metrics: MetricsWriter,
+    status: StatusFile,
+    phases: Phases,
+    started_at: float,
+    session_id: int,
+    control: ControlReader,
+    recorded: dict[str, Any],
 ) -> tuple[Session, Progress]:
     """Record the attempt, load and configure the model, build data, optimizer and schedule, then
     resume from the newest checkpoint: the session and where the run stands (``recorded``: status.json
@@ -145,8 +152,11 @@ def build_session(
     model_section = config.section("model")
     phases.start("load_model")
     components = load_components(
-        model_section.get("path", ""), model_section.get("prediction_type", "auto"), model_section.get("vae", ""),
-        dtypes=_load_dtypes(config, accel), settings=config.settings,
+        model_section.get("path", ""),
+        model_section.get("prediction_type", "auto"),
+        model_section.get("vae", ""),
+        dtypes=_load_dtypes(config, accel),
+        settings=config.settings,
     )
     model = configure_model(components, config, accel, metrics)
     phases.end()
@@ -274,7 +284,7 @@ def _ema(method: Any, settings: dict[str, Any], device: Any) -> Any:
 def _load_init_lora(kind: str, components: Any, method: Any, path: str, metrics: MetricsWriter) -> None:
     """Start the adapters from an existing LoRA file (a resume's checkpoint still wins, being loaded later)."""
     if kind != "lora":
-        raise UserError(f"settings.init_lora continues a LoRA, but method.kind is {kind}; set method.kind = \"lora\" or clear init_lora")
+        raise UserError(f'settings.init_lora continues a LoRA, but method.kind is {kind}; set method.kind = "lora" or clear init_lora')
     from core.train.model.init_lora import load_init_lora
 
     loaded, fresh = load_init_lora(components, method.modules, path)
@@ -303,8 +313,18 @@ def build_data(config: Any, accel: Accel, model: Model, run: RunDir, metrics: Me
         )
         phases.start("class_images", need.wanted, "images")
         ready = prepare_class_images(
-            c, train_data, run.path, class_prompt, need.wanted, device, accel.acc.autocast,
-            seed=int(config.schedule["seed"]), progress=phases.advance, rank=accel.rank, world=accel.world, barrier=accel.acc.wait_for_everyone,
+            c,
+            train_data,
+            run.path,
+            class_prompt,
+            need.wanted,
+            device,
+            accel.acc.autocast,
+            seed=int(config.schedule["seed"]),
+            progress=phases.advance,
+            rank=accel.rank,
+            world=accel.world,
+            barrier=accel.acc.wait_for_everyone,
         )
         phases.end(len(ready))
         metrics.event(f"{len(ready)} class images ready")
@@ -330,9 +350,16 @@ def _cache_latents(components: Any, train_data: Any, settings: dict[str, Any], a
 
     try:
         cache = latents.cache_latents(
-            components, train_data, accel.device, components.vae.dtype, latents.default_cache_dir(),
-            in_memory=not settings["cache_latents_to_disk"], rank=accel.rank, world=accel.world,
-            barrier=accel.acc.wait_for_everyone, progress=_phase_progress(phases, "cache_latents", "images"),
+            components,
+            train_data,
+            accel.device,
+            components.vae.dtype,
+            latents.default_cache_dir(),
+            in_memory=not settings["cache_latents_to_disk"],
+            rank=accel.rank,
+            world=accel.world,
+            barrier=accel.acc.wait_for_everyone,
+            progress=_phase_progress(phases, "cache_latents", "images"),
         )
     except data.CacheNotValid as exc:
         metrics.event(str(exc), "warning")
@@ -340,7 +367,10 @@ def _cache_latents(components: Any, train_data: Any, settings: dict[str, Any], a
     shares = f" (this process's share of {accel.world})" if accel.world > 1 else ""
     phases.end(
         note=f"{cache.encoded} encoded, {cache.reused} reused from the cache folder{shares}, {len(cache)} in all",
-        encoded=cache.encoded, reused=cache.reused, entries=len(cache), processes=accel.world,
+        encoded=cache.encoded,
+        reused=cache.reused,
+        entries=len(cache),
+        processes=accel.world,
     )
 
 
@@ -357,8 +387,17 @@ def _cache_text(model: Model, train_data: Any, accel: Accel, metrics: MetricsWri
         return
     from core.train.data.text_cache import cache_text_outputs, default_cache_dir
 
-    cache = cache_text_outputs(model.components, train_data, accel.device, accel.weight_dtype, default_cache_dir(), accel.rank, accel.world,
-                               accel.acc.wait_for_everyone, progress=_phase_progress(phases, "cache_text", "captions"))
+    cache = cache_text_outputs(
+        model.components,
+        train_data,
+        accel.device,
+        accel.weight_dtype,
+        default_cache_dir(),
+        accel.rank,
+        accel.world,
+        accel.acc.wait_for_everyone,
+        progress=_phase_progress(phases, "cache_text", "captions"),
+    )
     phases.end(encoded=cache.encoded, reused=cache.reused, entries=len(cache), processes=accel.world)
 
 
@@ -452,9 +491,7 @@ def resume(session: Session, progress: Progress, run: RunDir, metrics: MetricsWr
     session.started_at = float(state.get("started_at", session.started_at))
     session.session_id = int(state.get("session_id", session.session_id))
     if int(state.get("world", session.world)) != session.world:
-        metrics.event(
-            f"resumed on {session.world} processes a checkpoint written on {state.get('world')}; the rest of epoch {progress.epoch + 1} starts over", "warning"
-        )
+        metrics.event(f"resumed on {session.world} processes a checkpoint written on {state.get('world')}; the rest of epoch {progress.epoch + 1} starts over", "warning")
         progress.batch_index = 0
     metrics.event(f"resumed from {path.name} at step {progress.step}")
 

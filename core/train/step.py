@@ -95,7 +95,6 @@ class Stepper:
         import torch
 
         from core.families.embeddings import TextEmbeddings
-
         from core.train.model.text import encode_text, tokenize
 
         session = self.session

@@ -54,12 +54,11 @@ def folder_items(folder: str, settings: Mapping[str, Any], select: Any) -> list[
 
     from core.dataset.scan import scan_dataset
     from core.errors import UserError
-
     from core.train.data.items import TrainItem, with_prefix_suffix
 
     root = Path(folder).expanduser()
     if not root.is_dir():
-        raise UserError(f"validation.folder = {folder!r} is not a folder; point it at a folder of validation images or set it to \"\"")
+        raise UserError(f'validation.folder = {folder!r} is not a folder; point it at a folder of validation images or set it to ""')
     scan = scan_dataset(root, resolution=int(settings["resolution"]), bucket_settings=settings, use_cache=False)
     items = []
     for subset in scan.subsets:
@@ -67,7 +66,7 @@ def folder_items(folder: str, settings: Mapping[str, Any], select: Any) -> list[
             caption = with_prefix_suffix((image.caption or "").strip() or subset.token.strip(), settings)
             items.append(TrainItem(image.path, caption, image.width, image.height, select(image.width, image.height), 1, False, -1))
     if not items:
-        raise UserError(f"the validation folder {root} has no usable image; add png, jpg, webp or bmp images to it or set validation.folder = \"\"")
+        raise UserError(f'the validation folder {root} has no usable image; add png, jpg, webp or bmp images to it or set validation.folder = ""')
     return items
 
 
@@ -148,9 +147,7 @@ class Validator:
         count = len(timesteps)
         shape = example["latents"].shape
         latents = example["latents"].to(device, torch.float32)[None].expand(count, *shape)
-        noise = torch.stack([
-            torch.randn(shape, generator=torch.Generator().manual_seed(noise_seed(self.seed, item.path, first + n))) for n in range(count)
-        ]).to(device)
+        noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(noise_seed(self.seed, item.path, first + n))) for n in range(count)]).to(device)
         batch: dict[str, Any] = {
             "captions": [item.caption] * count,
             "original_sizes": [example["original_size"]] * count,
@@ -206,8 +203,11 @@ class Validator:
         latents = (latents * float(vae.config.scaling_factor)).float()[0].cpu()
         mask = on_grid(example.mask[None], tuple(latents.shape[-2:]))[0] if example.mask is not None else None
         return {
-            "latents": latents, "mask": mask, "original_size": example.original_size,
-            "crop_top_left": example.crop_top_left, "target_size": example.target_size,
+            "latents": latents,
+            "mask": mask,
+            "original_size": example.original_size,
+            "crop_top_left": example.crop_top_left,
+            "target_size": example.target_size,
         }
 
     @contextlib.contextmanager

@@ -249,8 +249,7 @@ class DashboardScreen(Screen):
         self.set_class(bool(outputs), "-outputs")
         if outputs:
             width = self.size.width - 2 - len(OUTPUT_LABEL)
-            lines = [(OUTPUT_LABEL if n == 0 and i == 0 else " " * len(OUTPUT_LABEL), piece)
-                     for n, path in enumerate(outputs) for i, piece in enumerate(break_lines(path, width, after="/"))]
+            lines = [(OUTPUT_LABEL if n == 0 and i == 0 else " " * len(OUTPUT_LABEL), piece) for n, path in enumerate(outputs) for i, piece in enumerate(break_lines(path, width, after="/"))]
             text = Text("\n").join(Text.assemble((label, "bold"), piece) for label, piece in lines)
             self._put("#outputs", text)
 

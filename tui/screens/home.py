@@ -19,8 +19,15 @@ from tui.widgets.gpu_panel import GpuPanel
 from tui.wizard_state import STEPS
 
 STATE_STYLE = {
-    "running": "bold green", "starting": "green", "queued": "cyan", "paused": "yellow", "stopping": "yellow",
-    "finished": "blue", "failed": "bold red", "stopped": "magenta", "lost": "red",
+    "running": "bold green",
+    "starting": "green",
+    "queued": "cyan",
+    "paused": "yellow",
+    "stopping": "yellow",
+    "finished": "blue",
+    "failed": "bold red",
+    "stopped": "magenta",
+    "lost": "red",
 }
 
 

@@ -86,9 +86,9 @@ class SampleGridScreen(Screen):
         self.drawn = key
         older, newer = max(0, end - fit), len(steps) - end
         self.query_one("#grid-range", Static).update(
-            f"{len(steps)} sample steps, showing steps {shown[0]}–{shown[-1]}"
-            + (f" · ← {older} older" if older else "") + (f" · → {newer} newer" if newer else "")
-            if shown else "No samples yet."
+            f"{len(steps)} sample steps, showing steps {shown[0]}–{shown[-1]}" + (f" · ← {older} older" if older else "") + (f" · → {newer} newer" if newer else "")
+            if shown
+            else "No samples yet."
         )
         grid = self.query_one("#grid", VerticalScroll)
         grid.remove_children()

@@ -160,8 +160,7 @@ class DatasetStep(Step):
         missing = sum(1 for image in uncaptioned if image.caption is None)
         button.display = bool(uncaptioned)
         self.refresh_bindings()
-        button.label = (f"Caption the {missing} images without captions (c)" if missing
-                        else f"Review or edit the {len(uncaptioned)} generated captions (c)")
+        button.label = f"Caption the {missing} images without captions (c)" if missing else f"Review or edit the {len(uncaptioned)} generated captions (c)"
 
     def uncaptioned(self) -> list[Any]:
         """The training images without a caption file (their generated caption, if any, on the entry)."""

@@ -17,8 +17,7 @@ class ModelStep(Step):
     def compose(self) -> ComposeResult:
         yield Static("Base model", classes="step-title")
         yield Static(
-            "A diffusers folder, a single .safetensors/.ckpt file, a hub id (org/name), "
-            f"or a family — {', '.join(FAMILIES)} — to plan without weights. → completes paths.",
+            f"A diffusers folder, a single .safetensors/.ckpt file, a hub id (org/name), or a family — {', '.join(FAMILIES)} — to plan without weights. → completes paths.",
             classes="help",
         )
         yield PathInput(self.state.base_dir, id="model-path", placeholder="/models/sd_xl_base_1.0.safetensors", compact=True)

@@ -34,7 +34,7 @@ class RecipeStep(Step):
         for key in MAIN_SETTINGS:
             yield SettingField(SETTINGS[key], self.state.settings[key], id=f"f-{key}")
         with Collapsible(title="More settings", collapsed=True, id="more-settings"):
-            for key in setting_order()[len(MAIN_SETTINGS):]:
+            for key in setting_order()[len(MAIN_SETTINGS) :]:
                 yield SettingField(SETTINGS[key], self.state.settings[key], id=f"f-{key}")
 
     def load(self) -> None:

@@ -7,7 +7,6 @@ from textual.containers import Horizontal
 from textual.widgets import Checkbox, Input, Label, Select, Static, TextArea
 
 from core.settings import SAMPLERS
-
 from tui.steps.base import Step
 from tui.widgets.field_input import FieldInput
 from tui.widgets.field_select import FieldSelect
@@ -67,4 +66,3 @@ class SamplesStep(Step):
     def on_select_changed(self, event: Select.Changed) -> None:
         event.stop()
         self.apply("sampler", lambda: self.state.set_sampler(event.value))
-

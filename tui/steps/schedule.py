@@ -17,12 +17,32 @@ from tui.widgets.field_input import FieldInput
 from tui.widgets.setting_field import SettingField
 
 FIELDS = (
-    "epochs", "max_steps", "learning_rate", "text_encoder_lr", "gradient_accumulation", "lr_scheduler", "lr_warmup_steps",
-    "lr_scheduler_num_cycles", "lr_scheduler_power", "save_every_epochs", "save_every_steps", "keep_checkpoints", "seed",
+    "epochs",
+    "max_steps",
+    "learning_rate",
+    "text_encoder_lr",
+    "gradient_accumulation",
+    "lr_scheduler",
+    "lr_warmup_steps",
+    "lr_scheduler_num_cycles",
+    "lr_scheduler_power",
+    "save_every_epochs",
+    "save_every_steps",
+    "keep_checkpoints",
+    "seed",
 )
 #: The [validation] keys the step edits (a validation folder is set in run.toml).
 VALIDATION_FIELDS = ("split", "every_n_steps")
-COLUMNS = (("GPUs", "gpus"), ("batch", "effective_batch"), ("steps/ep", "steps_per_epoch"), ("epochs", "epochs"), ("steps", "total_steps"), ("images", "images_seen"), ("ETA", "eta_s"), ("cost", "cost"))
+COLUMNS = (
+    ("GPUs", "gpus"),
+    ("batch", "effective_batch"),
+    ("steps/ep", "steps_per_epoch"),
+    ("epochs", "epochs"),
+    ("steps", "total_steps"),
+    ("images", "images_seen"),
+    ("ETA", "eta_s"),
+    ("cost", "cost"),
+)
 
 
 class ScheduleStep(Step):
@@ -31,8 +51,7 @@ class ScheduleStep(Step):
     def compose(self) -> ComposeResult:
         yield Static("Schedule", classes="step-title")
         yield Static(
-            "batch = batch size × GPUs × accumulation; steps are optimizer steps. Epoch mode keeps the images seen "
-            "whatever the GPU count; max_steps > 0 switches to step mode.",
+            "batch = batch size × GPUs × accumulation; steps are optimizer steps. Epoch mode keeps the images seen whatever the GPU count; max_steps > 0 switches to step mode.",
             classes="help",
         )
         yield DataTable(id="gpu-table", cursor_type="none", zebra_stripes=True)
@@ -109,7 +128,4 @@ class ScheduleStep(Step):
 def validation_text(validation: dict[str, Any]) -> str:
     """The plan's validation in a line: images, how often, and its share of the ETA (included in the table)."""
     cost = f"; adds {duration(validation['cost_s'])} to the ETA" if validation["cost_s"] is not None else ""
-    return (
-        f"validation loss on {validation['images']} image{'' if validation['images'] == 1 else 's'} every {validation['every_n_steps']} steps "
-        f"({validation['runs']} times){cost}"
-    )
+    return f"validation loss on {validation['images']} image{'' if validation['images'] == 1 else 's'} every {validation['every_n_steps']} steps ({validation['runs']} times){cost}"

@@ -89,7 +89,7 @@ class CaptionScreen(ModalScreen[bool]):
 
     def _cells(self, path: str) -> tuple[str, str, str]:
         caption, source = self.captions[path]
-        shown = caption if len(caption) <= SHOWN else caption[:SHOWN - 1] + "…"
+        shown = caption if len(caption) <= SHOWN else caption[: SHOWN - 1] + "…"
         return f" {Path(path).name}", f" {source or '–'}", f" {shown or '(none)'}"
 
     def _update_row(self, path: str) -> None:
@@ -117,7 +117,8 @@ class CaptionScreen(ModalScreen[bool]):
         if self.process is not None:
             return
         request = CaptionRequest(
-            self.dataset, str(self.query_one("#captioner", Select).value),
+            self.dataset,
+            str(self.query_one("#captioner", Select).value),
             self.query_one("#caption-model", Input).value.strip() or None,
             self.query_one("#caption-prompt", Input).value or None,
         )

@@ -49,4 +49,3 @@ class GpuPanel(Static):
     def on_resize(self) -> None:
         if self.gpus is not None:
             self.show(self.gpus)
-

@@ -80,8 +80,6 @@ class HalfBlockImage(Widget):
         pixels = self._pixels.resize((width, height - height % 2 or 2), Image.Resampling.BOX).load()
         strips = []
         for row in range(0, height - height % 2, 2):
-            segments = [
-                Segment("▀", Style(color=f"rgb{pixels[x, row]}", bgcolor=f"rgb{pixels[x, row + 1]}")) for x in range(width)
-            ]
+            segments = [Segment("▀", Style(color=f"rgb{pixels[x, row]}", bgcolor=f"rgb{pixels[x, row + 1]}")) for x in range(width)]
             strips.append(Strip(segments, width).extend_cell_length(size.width))
         return strips

@@ -14,7 +14,6 @@ from collections.abc import Iterable
 from rich.text import Text
 from textual.widget import Widget
 
-
 #: Control characters (colour escapes, bells …) a process may write: shown as � so they cannot move the cursor.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 

@@ -8,7 +8,6 @@ from collections.abc import Sequence
 import numpy as np
 from textual_plotext import PlotextPlot
 
-
 #: The validation series' colour and marker: apart from the training loss's default colours.
 VALIDATION_COLOR = "orange"
 VALIDATION_MARKER = "◆"
@@ -24,7 +23,10 @@ class LossChart(PlotextPlot):
         self.validation: tuple[Sequence[float], Sequence[float]] = ([], [])
 
     def set_data(
-        self, steps: Sequence[float], losses: Sequence[float], smoothed: Sequence[float],
+        self,
+        steps: Sequence[float],
+        losses: Sequence[float],
+        smoothed: Sequence[float],
         validation: tuple[Sequence[float], Sequence[float]] = ([], []),
     ) -> None:
         """Replace the series (kept by reference) and redraw; ``validation`` is (steps, losses)."""

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from textual.suggester import Suggester
+
 from tui.widgets.field_input import FieldInput
 
 

@@ -81,11 +81,13 @@ class SampleView(Vertical):
         if path.is_file() and image.image != str(path):
             image.image = str(path)
         prompt = sample.prompt.split(" --")[0]
-        self._caption(Text.assemble(
-            f"step {sample.step} · prompt {sample.prompt_index + 1}/{len(self.history)} · {self.position + 1}/{len(samples)}\n",
-            ("[ ] history  t prompt  v grid\n", "dim"),
-            prompt,
-        ))
+        self._caption(
+            Text.assemble(
+                f"step {sample.step} · prompt {sample.prompt_index + 1}/{len(self.history)} · {self.position + 1}/{len(samples)}\n",
+                ("[ ] history  t prompt  v grid\n", "dim"),
+                prompt,
+            )
+        )
 
     def _caption(self, content: str | Text) -> None:
         """Update the caption only when it changed (each update is a layout pass)."""

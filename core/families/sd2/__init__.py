@@ -13,9 +13,15 @@ SPEC = FamilySpec(
     denoiser="unet",
     text_encoders=(
         TextEncoder(
-            name="text_encoder", tokenizer="tokenizer", kind="open_clip_h", max_tokens=CLIP_TOKENS, kohya_prefix="lora_te",
-            original_prefix="cond_stage_model.model.", original_layout="open_clip",
-            embedding_key="emb_params", embedding_file="learned_embeds.safetensors",
+            name="text_encoder",
+            tokenizer="tokenizer",
+            kind="open_clip_h",
+            max_tokens=CLIP_TOKENS,
+            kohya_prefix="lora_te",
+            original_prefix="cond_stage_model.model.",
+            original_layout="open_clip",
+            embedding_key="emb_params",
+            embedding_file="learned_embeds.safetensors",
         ),
     ),
     objective="epsilon",

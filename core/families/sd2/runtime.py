@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.families.sd2 import SPEC
 from core.families.protocol import FamilyRuntime
+from core.families.sd2 import SPEC
 from core.families.sd_unet import tiny
 from core.families.sd_unet.runtime import SDUNetRuntime
 

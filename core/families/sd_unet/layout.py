@@ -42,7 +42,7 @@ def unet_module_name(name: str, config: Mapping[str, Any]) -> str:
     per_level = int(config["layers_per_block"] if not isinstance(config["layers_per_block"], (list, tuple)) else config["layers_per_block"][0]) + 1
     for diffusers_name, original in _UNET_TOP.items():
         if name == diffusers_name or name.startswith(diffusers_name + "."):
-            return original + name[len(diffusers_name):]
+            return original + name[len(diffusers_name) :]
     match = _BLOCK.match(name)
     if match:
         side, level, kind, index, rest = match.groups()

@@ -82,7 +82,9 @@ class SDUNetRuntime:
             parts, _family = loading.load_hub(source.path, dtypes, self.load_extras)
         get = (dtypes or {}).get
         if source.denoiser:
-            parts[self.spec.denoiser] = loading.load_part_file("denoiser", self.spec.denoiser, source.denoiser, parts[self.spec.denoiser], get(self.spec.denoiser, get("default")), "model.denoiser")
+            parts[self.spec.denoiser] = loading.load_part_file(
+                "denoiser", self.spec.denoiser, source.denoiser, parts[self.spec.denoiser], get(self.spec.denoiser, get("default")), "model.denoiser"
+            )
         if source.vae:
             parts["vae"] = loading.load_part_file("VAE", "vae", source.vae, parts["vae"], get("vae", get("default")), "model.vae")
         for name, file in source.text_encoders.items():
@@ -147,7 +149,9 @@ class SDUNetRuntime:
         latents = latents.to(vae.dtype)
         if mean is not None and std is not None:
             shape = (1, -1, *([1] * (latents.ndim - 2)))
-            latents = latents * torch.tensor(std, device=latents.device, dtype=latents.dtype).reshape(shape) / scaling + torch.tensor(mean, device=latents.device, dtype=latents.dtype).reshape(shape)
+            latents = latents * torch.tensor(std, device=latents.device, dtype=latents.dtype).reshape(shape) / scaling + torch.tensor(
+                mean, device=latents.device, dtype=latents.dtype
+            ).reshape(shape)
         else:
             latents = latents / scaling + (shift if shift is not None else 0)
         with torch.no_grad():

@@ -16,12 +16,66 @@ VOCAB_SIZE = 1000
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 
 #: Words the demo and test captions use; each gets BPE merges so it is one token.
-WORDS = (
-    "a an the of on in with and photo picture image painting drawing style sks dog cat person man woman "
-    "red green blue yellow orange purple white black pink brown gray circle square triangle star ring "
-    "cross shape shapes small large big background colour color on beach forest city portrait "
-    "shs ohwx toy figure object class token simple"
-).split()
+WORDS = [
+    "a",
+    "an",
+    "the",
+    "of",
+    "on",
+    "in",
+    "with",
+    "and",
+    "photo",
+    "picture",
+    "image",
+    "painting",
+    "drawing",
+    "style",
+    "sks",
+    "dog",
+    "cat",
+    "person",
+    "man",
+    "woman",
+    "red",
+    "green",
+    "blue",
+    "yellow",
+    "orange",
+    "purple",
+    "white",
+    "black",
+    "pink",
+    "brown",
+    "gray",
+    "circle",
+    "square",
+    "triangle",
+    "star",
+    "ring",
+    "cross",
+    "shape",
+    "shapes",
+    "small",
+    "large",
+    "big",
+    "background",
+    "colour",
+    "color",
+    "on",
+    "beach",
+    "forest",
+    "city",
+    "portrait",
+    "shs",
+    "ohwx",
+    "toy",
+    "figure",
+    "object",
+    "class",
+    "token",
+    "simple",
+]
 
 
 def _byte_symbols() -> list[str]:

@@ -36,8 +36,13 @@ class Batches:
 
         classes = class_batches_for_epoch(self.train_data, batches, self.seed, epoch, self.rank, self.world) if self.train_data.class_items else None
         loader = make_loader(
-            self.train_data, batches[start:], self.seed, epoch, self.workers,
-            classes[start:] if classes is not None else None, pin_memory=self.pin_memory,
+            self.train_data,
+            batches[start:],
+            self.seed,
+            epoch,
+            self.workers,
+            classes[start:] if classes is not None else None,
+            pin_memory=self.pin_memory,
         )
         for offset, batch in enumerate(loader):
             weight = 1.0

@@ -14,8 +14,8 @@ from typing import Any
 
 from core.dataset.buckets import assign_bucket
 from core.errors import UserError
-from core.runs.rundir import CLASS_IMAGES, generated_class_images
 from core.plan.class_images import GENERATE_BATCH, GENERATE_GUIDANCE, GENERATE_STEPS
+from core.runs.rundir import CLASS_IMAGES, generated_class_images
 from core.train.data.items import TrainData, TrainItem
 from core.train.outputs.sampling import png_bytes
 
@@ -103,9 +103,17 @@ def share(first: int, missing: int, batch_size: int, rank: int, world: int) -> l
 
 
 def _generate(
-    components: Any, run_dir: str | Path, prompt: str, batches: list[tuple[int, int]], device: Any,
-    autocast: Callable[[], AbstractContextManager[Any]], seed: int, size: int,
-    steps: int, guidance_scale: float, after_batch: Callable[[], None],
+    components: Any,
+    run_dir: str | Path,
+    prompt: str,
+    batches: list[tuple[int, int]],
+    device: Any,
+    autocast: Callable[[], AbstractContextManager[Any]],
+    seed: int,
+    size: int,
+    steps: int,
+    guidance_scale: float,
+    after_batch: Callable[[], None],
 ) -> None:
     """Generate and write the class images of ``batches`` ((first number, count) each)."""
     import torch

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 #: The two kinds of item: an instance image of the dataset, a class image (prior preservation).
 INSTANCE, CLASS = "i", "c"
 
+
 class CacheNotValid(ValueError):
     """A cache was asked for although the settings make it wrong (the loop falls back)."""
 
@@ -161,8 +162,14 @@ def build_items(config: Any, settings: Mapping[str, Any]) -> TrainData:
     # the caches follow the widest view: one subset that flips or shuffles keeps them off
     widest = settings | {key: any(bool(p[key]) for p in per_subset) or bool(settings[key]) for key in _CACHE_BLOCKING_OPTIONS}
     return TrainData(
-        items, class_items, buckets, by_bucket, widest, subset_settings=per_subset,
-        validation_items=validation_items, masked=bool(mask_dir) or bool(settings["alpha_mask"]),
+        items,
+        class_items,
+        buckets,
+        by_bucket,
+        widest,
+        subset_settings=per_subset,
+        validation_items=validation_items,
+        masked=bool(mask_dir) or bool(settings["alpha_mask"]),
     )
 
 
@@ -246,8 +253,13 @@ def open_rgb(path: str) -> Image.Image:
 
 
 def load_example(
-    path: str, bucket: Bucket, random_crop: bool = False, flip: bool = False, rng: random.Random | None = None,
-    mask_path: str = "", alpha_mask: bool = False,
+    path: str,
+    bucket: Bucket,
+    random_crop: bool = False,
+    flip: bool = False,
+    rng: random.Random | None = None,
+    mask_path: str = "",
+    alpha_mask: bool = False,
 ) -> Example:
     """Resize ``path`` to cover ``bucket``, crop it (center or random) and optionally mirror it; its
     loss mask (``mask_path``, else the alpha channel with ``alpha_mask``) goes through the same crop and flip."""
@@ -343,11 +355,16 @@ class BatchDataset(torch.utils.data.Dataset):
                 return caption, latents, Example(latents, size, crop, (bucket[1], bucket[0]), cache.mask(key))
             flip = bool(_setting(settings, "flip_aug")) and rng.random() < 0.5
             example = load_example(
-                item.path, bucket, bool(_setting(settings, "random_crop")), flip, rng, item.mask,
+                item.path,
+                bucket,
+                bool(_setting(settings, "random_crop")),
+                flip,
+                rng,
+                item.mask,
                 kind == INSTANCE and bool(_setting(self.data.settings, "alpha_mask")),  # class images train whole, as when cached
             )
             return caption, example.pixels, example
-        except Exception as exc:  # a corrupt or vanished image must not stop training
+        except Exception as exc:  # noqa: BLE001 - a corrupt or vanished image must not stop training
             log.warning("skipping unreadable image %s: %s", item.path, exc)
             return None
 
@@ -406,4 +423,3 @@ def make_loader(
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         persistent_workers=False,
     )
-

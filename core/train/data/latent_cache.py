@@ -209,7 +209,7 @@ def cache_latents(
             try:
                 mask_file = item.mask if key[0] == INSTANCE else ""
                 chunk.append((key, path, load_example(item.path, bucket, mask_path=mask_file, alpha_mask=key[0] == INSTANCE and bool(train_data.settings.get("alpha_mask")))))
-            except Exception as exc:  # a corrupt image must not stop training
+            except Exception as exc:  # noqa: BLE001 - a corrupt image must not stop training
                 log.warning("skipping unreadable image %s: %s", item.path, exc)
         if chunk:
             pixels = torch.stack([ex.pixels for _, _, ex in chunk]).to(device=device, dtype=dtype)
@@ -244,7 +244,9 @@ def read_valid_entry(path: Path) -> tuple[Any, tuple[int, int], tuple[int, int]]
         entry = read_entry(path)
         latents = entry[0]
         if latents.ndim != 3 or not bool(torch.isfinite(latents).all()) or len(entry[1]) != 2 or len(entry[2]) != 2:
-            raise ValueError(f"it holds latents of shape {tuple(latents.shape)} with values that are not all finite" if latents.ndim == 3 else f"it holds latents of shape {tuple(latents.shape)}")
+            raise ValueError(
+                f"it holds latents of shape {tuple(latents.shape)} with values that are not all finite" if latents.ndim == 3 else f"it holds latents of shape {tuple(latents.shape)}"
+            )
     except Exception as exc:  # noqa: BLE001 - any bytes in a cache file: the image is encoded again
         log.warning("encoding %s again: the cached latents do not read back (%s)", path, exc)
         return None
@@ -269,4 +271,3 @@ def _keep(cache: LatentCache, key: Key, path: Path, entry: tuple[Any, tuple[int,
     mask = read_mask(path)
     if mask is not None:
         cache.masks[key] = mask
-

@@ -183,7 +183,9 @@ def cache_text_outputs(
         if caption not in cache.entries:
             found = read_entry(paths[n]) if paths[n] is not None else None
             if found is None:
-                raise RuntimeError(f"the text cache file {paths[n]} does not read back after the process that owns it wrote it (another run writing the same cache?); start the run again to encode it anew")
+                raise RuntimeError(
+                    f"the text cache file {paths[n]} does not read back after the process that owns it wrote it (another run writing the same cache?); start the run again to encode it anew"
+                )
             cache.entries[caption] = found
     train_data.text_cache = cache
     return cache

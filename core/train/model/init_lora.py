@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import UserError
-
 from core.families.lora_files import adapter_kind
 from core.train.model.loading import Components, unwrap
 from core.train.outputs.files import adapter_state, adapters

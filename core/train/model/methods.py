@@ -99,7 +99,7 @@ def old_denoiser_keys(tensors: dict[str, Any], component: str) -> dict[str, Any]
     old = f"{component}."
     if not component or component == CHECKPOINT_DENOISER or not any(k.startswith(old) for k in tensors):
         return tensors
-    return {f"{CHECKPOINT_DENOISER}.{k[len(old):]}" if k.startswith(old) else k: v for k, v in tensors.items()}
+    return {f"{CHECKPOINT_DENOISER}.{k[len(old) :]}" if k.startswith(old) else k: v for k, v in tensors.items()}
 
 
 def text_encoders(components: Any) -> dict[str, Any]:
@@ -153,16 +153,21 @@ def adapter_config(settings: dict[str, Any], target_modules: list[str], conv_mod
     patterns: dict[str, Any] = {}
     if conv_modules and (conv_rank or conv_alpha):
         patterns = {
-            "rank_pattern": {name: conv_rank or rank for name in conv_modules},
-            "alpha_pattern": {name: conv_alpha or alpha for name in conv_modules},
+            "rank_pattern": dict.fromkeys(conv_modules, conv_rank or rank),
+            "alpha_pattern": dict.fromkeys(conv_modules, conv_alpha or alpha),
         }
     if kind == "lora":
         return LoraConfig(
-            r=rank, lora_alpha=alpha, lora_dropout=float(settings.get("lora_dropout", 0.0)),
-            use_dora=bool(settings.get("use_dora", False)), init_lora_weights="gaussian", target_modules=target_modules, **patterns,
+            r=rank,
+            lora_alpha=alpha,
+            lora_dropout=float(settings.get("lora_dropout", 0.0)),
+            use_dora=bool(settings.get("use_dora", False)),
+            init_lora_weights="gaussian",
+            target_modules=target_modules,
+            **patterns,
         )
     if settings.get("use_dora"):
-        raise UserError(f"settings.use_dora is DoRA, a kind of LoRA; set lora_type = \"lora\" for DoRA or use_dora = false for {kind}")
+        raise UserError(f'settings.use_dora is DoRA, a kind of LoRA; set lora_type = "lora" for DoRA or use_dora = false for {kind}')
     if float(settings.get("lora_dropout", 0.0)) > 0:
         raise UserError(f"settings.lora_dropout is LoRA's input dropout, which peft's {kind} does not have; set lora_dropout = 0 or lora_type = \"lora\"")
     if kind == "loha":
@@ -174,10 +179,7 @@ def conv_targets(module: Any, targets: tuple[str, ...] | list[str]) -> list[str]
     """The full names of ``module``'s convolutions that the target suffixes adapt."""
     import torch
 
-    return [
-        name for name, child in module.named_modules()
-        if isinstance(child, torch.nn.Conv2d) and any(name == t or name.endswith(f".{t}") for t in targets)
-    ]
+    return [name for name, child in module.named_modules() if isinstance(child, torch.nn.Conv2d) and any(name == t or name.endswith(f".{t}") for t in targets)]
 
 
 def _lora(components: Any, denoiser: Any, encoders: dict[str, Any], settings: dict[str, Any], train_te: bool) -> Method:
@@ -200,7 +202,7 @@ def _textual_inversion(components: Any, encoders: dict[str, Any], settings: dict
 
     placeholder = placeholder.strip()
     if not placeholder or " " in placeholder:
-        raise UserError("method.placeholder_token must be one new word for textual inversion, e.g. placeholder_token = \"<sks>\"")
+        raise UserError('method.placeholder_token must be one new word for textual inversion, e.g. placeholder_token = "<sks>"')
     count = int(settings.get("ti_num_vectors", 1))
     try:
         ids_per_encoder = add_placeholder_tokens(components, placeholder, count, str(settings.get("ti_init_word", "")).strip())

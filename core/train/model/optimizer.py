@@ -68,8 +68,12 @@ def make_optimizer(name: str, params: Sequence[Any], lr: float, warmup: int = 0,
         from prodigyopt import Prodigy
 
         return Prodigy(
-            params, decouple=True, use_bias_correction=True, safeguard_warmup=bool(s["prodigy_safeguard_warmup"]),
-            d_coef=float(s["prodigy_d_coef"]), **options,
+            params,
+            decouple=True,
+            use_bias_correction=True,
+            safeguard_warmup=bool(s["prodigy_safeguard_warmup"]),
+            d_coef=float(s["prodigy_d_coef"]),
+            **options,
         )
     if name == "schedulefree_adamw":
         from schedulefree import AdamWScheduleFree
@@ -133,7 +137,12 @@ class FusedBackward:
     """
 
     def __init__(
-        self, name: str, groups: Iterable[dict[str, Any]], max_grad_norm: float, warmup: int = 0, settings: Mapping[str, Any] | None = None,
+        self,
+        name: str,
+        groups: Iterable[dict[str, Any]],
+        max_grad_norm: float,
+        warmup: int = 0,
+        settings: Mapping[str, Any] | None = None,
     ) -> None:
         self.name = name
         pairs = [(p, group["lr"]) for group in groups for p in group["params"] if p.requires_grad]

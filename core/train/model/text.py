@@ -65,4 +65,3 @@ def add_placeholder_tokens(components: Components, token: str, num_vectors: int 
                 table[i] = start
         ids_per_encoder.append(ids)
     return ids_per_encoder
-

@@ -32,8 +32,8 @@ from core.families import runtime
 from core.families.lora_files import adapter_kind
 from core.families.protocol import AdapterWeights, LoraFiles
 from core.families.wrappers import unwrap
-from core.train.outputs.kohya_metadata import with_hashes
 from core.train.model.loading import Components
+from core.train.outputs.kohya_metadata import with_hashes
 
 DIFFUSERS_DIR = "diffusers"
 PEFT_DIR = "peft"

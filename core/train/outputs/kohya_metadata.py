@@ -118,20 +118,41 @@ def ss_metadata(facts: RunFacts, settings: Mapping[str, Any], schedule: Mapping[
     own = [subset_settings(s, sub) for sub in subsets]
     subset_meta = [
         {
-            "img_count": per_subset.get(i, 0), "num_repeats": int(sub["repeats"]), "color_aug": False,
-            "flip_aug": bool(own[i]["flip_aug"]), "random_crop": bool(s["random_crop"]), "shuffle_caption": bool(own[i]["shuffle_caption"]),
-            "keep_tokens": int(own[i]["keep_tokens"]), "keep_tokens_separator": "", "secondary_separator": None, "enable_wildcard": False,
-            "caption_prefix": s["caption_prefix"] or None, "caption_suffix": s["caption_suffix"] or None, "resize_interpolation": "lanczos",
-            "image_dir": os.path.basename(str(sub["path"]).rstrip("/")), "class_tokens": sub.get("token") or None, "is_reg": bool(sub.get("is_reg")),
+            "img_count": per_subset.get(i, 0),
+            "num_repeats": int(sub["repeats"]),
+            "color_aug": False,
+            "flip_aug": bool(own[i]["flip_aug"]),
+            "random_crop": bool(s["random_crop"]),
+            "shuffle_caption": bool(own[i]["shuffle_caption"]),
+            "keep_tokens": int(own[i]["keep_tokens"]),
+            "keep_tokens_separator": "",
+            "secondary_separator": None,
+            "enable_wildcard": False,
+            "caption_prefix": s["caption_prefix"] or None,
+            "caption_suffix": s["caption_suffix"] or None,
+            "resize_interpolation": "lanczos",
+            "image_dir": os.path.basename(str(sub["path"]).rstrip("/")),
+            "class_tokens": sub.get("token") or None,
+            "is_reg": bool(sub.get("is_reg")),
         }
         for i, sub in enumerate(subsets)
     ]
-    datasets = [{
-        "is_dreambooth": True, "batch_size_per_device": batch, "num_train_images": num_train, "num_reg_images": num_reg,
-        "resolution": [resolution, resolution], "enable_bucket": bool(s["enable_bucket"]), "min_bucket_reso": int(s["min_bucket_reso"]),
-        "max_bucket_reso": int(s["max_bucket_reso"]), "tag_frequency": tags, "bucket_info": buckets, "resize_interpolation": "lanczos",
-        "subsets": subset_meta,
-    }]
+    datasets = [
+        {
+            "is_dreambooth": True,
+            "batch_size_per_device": batch,
+            "num_train_images": num_train,
+            "num_reg_images": num_reg,
+            "resolution": [resolution, resolution],
+            "enable_bucket": bool(s["enable_bucket"]),
+            "min_bucket_reso": int(s["min_bucket_reso"]),
+            "max_bucket_reso": int(s["max_bucket_reso"]),
+            "tag_frequency": tags,
+            "bucket_info": buckets,
+            "resize_interpolation": "lanczos",
+            "subsets": subset_meta,
+        }
+    ]
     te_lr = sched.get("text_encoder_lr") or lr
     meta: dict[str, Any] = {
         "ss_session_id": facts.session_id,

@@ -131,7 +131,9 @@ def render_samples(
             except Exception as exc:
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
-                raise SampleError(f"rendering sample prompt {index} ('{prompt.prompt[:60]}') at step {step} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+                raise SampleError(
+                    f"rendering sample prompt {index} ('{prompt.prompt[:60]}') at step {step} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                ) from exc
             finally:
                 pipe.scheduler = base_scheduler
             path = sample_path(out_dir, step, index)

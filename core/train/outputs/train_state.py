@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from core.atomic import finish_tree, replace
-from core.runs.checkpoints import checkpoints, is_manual
 from core.errors import UserError
-
+from core.runs.checkpoints import checkpoints, is_manual
 from core.train.disk import DiskFull, ensure_space, free_bytes, is_disk_full
 
 TRAINABLE = "trainable.safetensors"
@@ -107,7 +106,12 @@ def _nbytes(tensors: dict[str, Any]) -> int:
 
 
 def save(
-    folder: str | os.PathLike[str], step: int, tensors: dict[str, Any], objects: dict[str, Any], state: dict[str, Any], keep: int,
+    folder: str | os.PathLike[str],
+    step: int,
+    tensors: dict[str, Any],
+    objects: dict[str, Any],
+    state: dict[str, Any],
+    keep: int,
     manual: bool = False,
 ) -> Path:
     """Write ``step-<step>`` atomically (temp folder + rename) and delete all but the newest
@@ -169,7 +173,5 @@ def load(path: str | os.PathLike[str]) -> Checkpoint:
         if not isinstance(state, dict) or not isinstance(objects, dict):
             raise ValueError("state.json or objects.json does not hold an object")
     except Exception as exc:  # noqa: BLE001 - any damage means the same fix
-        raise UserError(
-            f"the checkpoint {folder} cannot be loaded ({type(exc).__name__}); delete that folder to resume from an older checkpoint or start over"
-        ) from exc
+        raise UserError(f"the checkpoint {folder} cannot be loaded ({type(exc).__name__}); delete that folder to resume from an older checkpoint or start over") from exc
     return Checkpoint(folder, state, tensors, objects)
