@@ -70,3 +70,22 @@ async def test_caption_dialog_captions_previews_and_edits_without_touching_the_d
         assert "3 of 3 images have a caption (3 generated)" in str(wizard.query_one("#caption-stats", Static).render())
         assert "(3 gen.)" in str(wizard.query_one("#subsets", DataTable).get_row_at(0)[3])
     assert _tree(data) == before
+
+
+@sync
+async def test_the_caption_key_works_from_the_path_field_without_typing_into_it(tmp_path: Path, kohya_dataset) -> None:
+    data = kohya_dataset(subsets=((10, "sks dog", 3),), captions=False)
+    app = SdtuiApp(AppContext(runs_dir=tmp_path / "runs", gpu_spec="1x24GB"), start="wizard", theme="textual-dark")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await _type(pilot, "#model-path", "sd1")
+        await pilot.press("ctrl+n")
+        await _type(pilot, "#dataset-path", str(data))
+        wizard = app.screen
+        await until(pilot, lambda: wizard.state.scan is not None)
+        wizard.query_one("#dataset-path", Input).focus()
+        await pilot.pause(0.1)
+        assert "(ctrl+o)" in str(wizard.query_one("#caption-images", Button).label)
+        await pilot.press("ctrl+o")  # a letter key would be typed into the focused path instead
+        await until(pilot, lambda: isinstance(app.screen, CaptionScreen))
+        assert wizard.query_one("#dataset-path", Input).value == str(data)
+

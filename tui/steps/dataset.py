@@ -23,7 +23,7 @@ SEVERITY_STYLE = {"error": "bold red", "left out": "bold yellow", "warning": "ye
 
 class DatasetStep(Step):
     title = "Dataset"
-    BINDINGS = [Binding("e", "edit_repeats", "Edit repeats"), Binding("ctrl+r", "rescan", "Rescan"), Binding("c", "caption", "Caption")]
+    BINDINGS = [Binding("e", "edit_repeats", "Edit repeats"), Binding("ctrl+r", "rescan", "Rescan"), Binding("ctrl+o", "caption", "Caption")]
 
     def compose(self) -> ComposeResult:
         yield Static("Dataset", classes="step-title")
@@ -160,7 +160,7 @@ class DatasetStep(Step):
         missing = sum(1 for image in uncaptioned if image.caption is None)
         button.display = bool(uncaptioned)
         self.refresh_bindings()
-        button.label = f"Caption the {missing} images without captions (c)" if missing else f"Review or edit the {len(uncaptioned)} generated captions (c)"
+        button.label = f"Caption the {missing} images without captions (ctrl+o)" if missing else f"Review or edit the {len(uncaptioned)} generated captions (ctrl+o)"
 
     def uncaptioned(self) -> list[Any]:
         """The training images without a caption file (their generated caption, if any, on the entry)."""
