@@ -8,7 +8,7 @@ config, dtype, a weight fingerprint), ``clip_skip`` and the family's way of comb
 encoders. A second run on the same captions and encoder, a resumed run and every rank of a DDP
 run find them there and encode nothing.
 
-Shared the way the latent cache is (``core.train.data.latent_cache``): caption ``n`` belongs to rank
+Shared the way the latent cache is (``core.train.data.shared_cache``): caption ``n`` belongs to rank
 ``n mod world``, cached or not; each rank encodes what of its share is missing, all wait once
 at a barrier, then every rank reads the whole set into memory (a few hundred kB per caption).
 
@@ -33,6 +33,7 @@ from core.atomic import write_atomic
 from core.families.embeddings import TextEmbeddings
 from core.train.data.items import CacheNotValid, distinct_captions, text_cache_blocker
 from core.train.data.latent_cache import add_weight_sample
+from core.train.data.shared_cache import fill_shared
 
 log = logging.getLogger(__name__)
 
@@ -153,39 +154,44 @@ def cache_text_outputs(
     tag = encoders_fingerprint(components.text_encoders, clip_skip, components.family) if root is not None else ""
     paths = [entry_path(root, [t[n] for t in ids], tag) if root is not None else None for n in range(len(captions))]
     cache = TextCache()
-    share = range(rank, len(captions), world)
+    share = len(range(rank, len(captions), world))
     if progress is not None:
-        progress(0, len(share))
-    mine = []
-    for n in share:
-        found = read_entry(paths[n]) if paths[n] is not None and paths[n].is_file() else None
-        if found is None:
-            mine.append(n)
-        else:
+        progress(0, share)
+
+    def reuse(n: int) -> Entry | None:
+        path = paths[n]
+        found = read_entry(path) if path is not None and path.is_file() else None
+        if found is not None:
             cache.entries[captions[n]] = found
-            cache.reused += 1
-    with torch.no_grad():
-        for start in range(0, len(mine), batch_size):
-            chunk = mine[start : start + batch_size]
-            out = encode_text(components, [t[chunk] for t in ids], clip_skip=clip_skip)
-            named = out.named()
-            for row, n in enumerate(chunk):
-                entry = {name: t[row].to("cpu", torch.float32) if t.is_floating_point() else t[row].to("cpu") for name, t in named.items()}
-                cache.entries[captions[n]] = entry
-                cache.encoded += 1
-                if paths[n] is not None:
-                    write_entry(paths[n], entry)
-            if progress is not None:
-                progress(cache.reused + start + len(chunk), len(share))
-    if world > 1 and barrier is not None:
-        barrier()
-    for n, caption in enumerate(captions):
-        if caption not in cache.entries:
-            found = read_entry(paths[n]) if paths[n] is not None else None
-            if found is None:
-                raise RuntimeError(
-                    f"the text cache file {paths[n]} does not read back after the process that owns it wrote it (another run writing the same cache?); start the run again to encode it anew"
-                )
-            cache.entries[caption] = found
+        return found
+
+    def make(mine: list[int]) -> None:
+        with torch.no_grad():
+            for start in range(0, len(mine), batch_size):
+                chunk = mine[start : start + batch_size]
+                out = encode_text(components, [t[chunk] for t in ids], clip_skip=clip_skip)
+                named = out.named()
+                for row, n in enumerate(chunk):
+                    entry = {name: t[row].to("cpu", torch.float32) if t.is_floating_point() else t[row].to("cpu") for name, t in named.items()}
+                    cache.entries[captions[n]] = entry
+                    cache.encoded += 1
+                    path = paths[n]
+                    if path is not None:
+                        write_entry(path, entry)
+                if progress is not None:
+                    progress(share - len(mine) + start + len(chunk), share)
+
+    def adopt(n: int) -> None:
+        if captions[n] in cache.entries:
+            return
+        path = paths[n]
+        found = read_entry(path) if path is not None else None
+        if found is None:
+            raise RuntimeError(
+                f"the text cache file {path} does not read back after the process that owns it wrote it (another run writing the same cache?); start the run again to encode it anew"
+            )
+        cache.entries[captions[n]] = found
+
+    cache.reused = fill_shared(range(len(captions)), rank, world, barrier, make, adopt, reuse)
     train_data.text_cache = cache
     return cache
