@@ -93,7 +93,7 @@ _NETWORK = frozenset(
         "text_encoder_lr",
     }
 )
-_SDXL = frozenset({"cache_text_encoder_outputs"})
+_SDXL = frozenset({"cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk"})
 _TI = frozenset({"token_string", "init_word", "num_vectors_per_token"})
 
 #: The flags each script accepts (those sdtui can fill).
@@ -145,7 +145,10 @@ _TABLES = (
             "max_grad_norm",
         ),
     ),
-    ("dataset_arguments", ("dataset_config", "cache_latents", "cache_latents_to_disk", "cache_text_encoder_outputs", "max_data_loader_n_workers", "prior_loss_weight")),
+    (
+        "dataset_arguments",
+        ("dataset_config", "cache_latents", "cache_latents_to_disk", "cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk", "max_data_loader_n_workers", "prior_loss_weight"),
+    ),
     (
         "training_arguments",
         (
@@ -270,6 +273,7 @@ def _wanted_flags(config: _Config, paths: Mapping[str, str]) -> tuple[dict[str, 
         "cache_latents": (bool(s["cache_latents"]), ""),
         "cache_latents_to_disk": (True if s["cache_latents_to_disk"] else None, ""),
         "cache_text_encoder_outputs": (True if s["cache_text_encoder_outputs"] and not s["train_text_encoder"] else None, ""),
+        "cache_text_encoder_outputs_to_disk": (True if s["cache_text_encoder_outputs_to_disk"] and s["cache_text_encoder_outputs"] and not s["train_text_encoder"] else None, ""),
         "noise_offset": (float(s["noise_offset"]) or None, "settings.noise_offset"),
         "min_snr_gamma": (float(s["min_snr_gamma"]) or None, "settings.min_snr_gamma"),
         "fused_backward_pass": (True if s["fused_backward_pass"] else None, "settings.fused_backward_pass"),

@@ -21,6 +21,5 @@ FACTS = [
 def test_each_shared_fact_is_defined_once() -> None:
     for fact, pattern, home in FACTS:
         found = sorted(str(p.relative_to(REPO)) for p in SOURCES if pattern.search(p.read_text(encoding="utf-8")))
-        # core/train/ is being moved to the family runtime in the same issue; its literals go with that move
-        others = [f for f in found if f != home and not f.startswith("core/train/")]
+        others = [f for f in found if f != home]
         assert found and home in found and not others, f"{fact} is defined again in {others} (use {home}'s)"

@@ -108,3 +108,33 @@ def test_two_processes_generate_class_images_and_text_outputs_in_shares_and_a_re
     assert [p.stat().st_mtime_ns for p in sorted((run / "class_images").glob("class_*.png"))] == stamps  # none generated again
     again = [p for p in metrics(run, "phase") if p["phase"] == "cache_text" and p["state"] == "done"][-1]
     assert (again["encoded"], again["reused"], again["entries"]) == (0, (captions + 1) // 2, captions)
+
+
+def test_text_cache_entries_of_a_bf16_run_are_stored_in_bf16_at_half_the_size(tmp_path, tiny_models, kohya_dataset):
+    components = load_components(str(tiny_models("sdxl")))
+    data = kohya_dataset(((1, "sks dog", 2),))
+    full = cache_text_outputs(components, _items(data), "cpu", torch.float32, tmp_path / "fp32")
+    half = cache_text_outputs(components, _items(data), "cpu", torch.bfloat16, tmp_path / "bf16")
+
+    caption = distinct_captions(_items(data))[0]
+    assert full.entries[caption]["hidden_states"].dtype == torch.float32  # an fp32 run caches what it computes
+    assert half.entries[caption]["hidden_states"].dtype == torch.bfloat16
+    assert half.entries[caption]["pooled"].dtype == torch.bfloat16
+    full_bytes = sum(p.stat().st_size for p in (tmp_path / "fp32").rglob("*.safetensors"))
+    half_bytes = sum(p.stat().st_size for p in (tmp_path / "bf16").rglob("*.safetensors"))
+    assert half_bytes < 0.6 * full_bytes
+
+
+def test_text_cache_on_disk_holds_paths_and_reads_each_batch_from_the_files(tmp_path, tiny_models, kohya_dataset):
+    components = load_components(str(tiny_models("sd1")))
+    data = kohya_dataset(((1, "sks dog", 2),))
+    folder = tmp_path / "text"
+    in_memory = cache_text_outputs(components, _items(data), "cpu", torch.float32, folder)
+    on_disk = cache_text_outputs(components, _items(data), "cpu", torch.float32, folder, in_memory=False)
+
+    captions = distinct_captions(_items(data))
+    assert on_disk.entries == {} and len(on_disk) == len(captions) and on_disk.reused == len(captions)
+    assert torch.equal(on_disk.stacked(captions)["hidden_states"], in_memory.stacked(captions)["hidden_states"])
+    on_disk.files[captions[0]].write_bytes(b"\x00junk")  # damaged while the run reads it: one sentence, not garbage
+    with pytest.raises(RuntimeError, match="was damaged while this run read it"):
+        on_disk.stacked(captions)

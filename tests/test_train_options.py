@@ -312,3 +312,18 @@ def test_text_encoder_lr_is_the_text_encoders_own_rate(setup_run, fused):
 def test_a_zero_text_encoder_lr_means_the_learning_rate(setup_run):
     trainer = setup_run({"train_text_encoder": True}, schedule={"learning_rate": 5e-4, "text_encoder_lr": 0.0, "lr_scheduler": "constant"})
     assert [group["initial_lr"] for group in trainer.session.optim.optimizer.param_groups] == [5e-4, 5e-4]
+
+
+def test_text_cache_on_disk_trains_reading_the_captions_from_files(setup_run, monkeypatch):
+    from core.train.data import text_cache
+
+    trainer = setup_run({"cache_text_encoder_outputs_to_disk": True})
+    cache = trainer.session.data.train_data.text_cache
+    assert cache is not None and cache.entries == {} and len(cache.files) == len(cache) > 0
+    reads = []
+    original = text_cache.read_entry
+    monkeypatch.setattr(text_cache, "read_entry", lambda path: reads.append(path) or original(path))
+    before = {n: p.detach().clone() for n, p in trainer.session.method.named_trainable().items()}
+    one_step(trainer)
+    assert reads and set(reads) <= set(cache.files.values())
+    assert _changed(before, trainer)

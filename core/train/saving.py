@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from core.settings import FULL_METHODS
 from core.train.disk import DiskFull, ensure_space, free_bytes, is_disk_full
 from core.train.metrics_writer import MetricsWriter
 from core.train.outputs import train_state as ckpt
@@ -136,7 +137,7 @@ class Saver:
     def _output_bytes(self) -> int:
         """An upper bound of what the outputs take: the trained tensors (fp32) in two formats; for
         full models the whole pipeline in 16 bits in two formats."""
-        if self.session.method_kind in ("dreambooth", "finetune"):
+        if self.session.method_kind in FULL_METHODS:
             c = self.session.components
             modules = [c.denoiser, c.vae, *c.text_encoders]
             return 2 * sum(2 * p.numel() for m in modules for p in m.parameters())
@@ -157,7 +158,7 @@ class Saver:
             if kind == "lora":
                 meta = self._lora_metadata(name)
                 saved = outputs.save_lora(c, out, name, meta, c.denoiser, c.text_encoders, dtype=dtype)
-            elif kind in ("dreambooth", "finetune"):
+            elif kind in FULL_METHODS:
                 saved = outputs.save_full_model(c, out, name, c.denoiser, c.text_encoders, dtype=dtype)
             else:
                 ti = session.method.ti

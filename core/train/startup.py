@@ -397,6 +397,7 @@ def _cache_text(model: Model, train_data: Any, accel: Accel, metrics: MetricsWri
         accel.world,
         accel.acc.wait_for_everyone,
         progress=_phase_progress(phases, "cache_text", "captions"),
+        in_memory=not train_data.settings.get("cache_text_encoder_outputs_to_disk", False),
     )
     phases.end(encoded=cache.encoded, reused=cache.reused, entries=len(cache), processes=accel.world)
 

@@ -390,7 +390,7 @@ class BatchDataset(torch.utils.data.Dataset):
             "item_ids": [index for _, index, *_ in loaded],
         }
         if self.data.masked:
-            from .masks import batch_masks
+            from core.train.masks import batch_masks
 
             out["masks"] = batch_masks([e for *_, e in loaded], out["latents" if self.data.latents is not None else "pixel_values"])
         if self.data.text_cache is not None and all(c in self.data.text_cache for c in out["captions"]):

@@ -10,8 +10,7 @@ DDP run find them there and encode nothing.
 With several processes each rank looks after its own share of the entries (entry ``n`` goes
 to rank ``n mod world``, cached or not, so the shares never depend on who wrote what first),
 encodes what of it is missing, then all wait once for the slowest share and read the others'
-files: nobody waits through the whole dataset's encoding at a collective (the NCCL time-out
-sd-scripts users meet when rank 0 caches alone). ``settings.cache_latents_to_disk`` decides
+files (``core.train.data.shared_cache``: the protocol the text cache and class images share). ``settings.cache_latents_to_disk`` decides
 whether training then reads the files lazily (less RAM) or holds them in memory.
 """
 
@@ -30,6 +29,7 @@ import torch
 from core.atomic import write_atomic
 from core.dataset.buckets import Bucket
 from core.train.data.items import CLASS, INSTANCE, CacheNotValid, latent_cache_blocker, load_example
+from core.train.data.shared_cache import fill_shared
 from core.train.masks import mask_tag, on_grid
 
 log = logging.getLogger(__name__)
@@ -182,19 +182,43 @@ def cache_latents(
             jobs.append((key, item, entry_path(root, item.path, key[2], tag, mask) if root is not None else None))
         except OSError as exc:
             log.warning("skipping %s: %s", item.path, exc)
-    # every rank shards the same job list, whatever is on disk yet: a rank that is quick to
-    # write its share cannot change another rank's share (which would leave entries undone)
-    mine = []
-    for key, item, path in jobs[rank::world]:
+
+    def reuse(job: tuple[Key, Any, Path | None]) -> object | None:
+        key, _item, path = job
         entry = read_valid_entry(path) if path is not None and path.is_file() else None
         if path is None or entry is None:
-            mine.append((key, item, path))  # not cached, or damaged: encoded again and the file replaced
-            continue
+            return None  # not cached, or damaged: encoded again and the file replaced
         if in_memory:
             _keep(cache, key, path, entry)
         else:
             cache.files[key] = path
-        cache.reused += 1
+        return entry
+
+    def make(mine: list[tuple[Key, Any, Path | None]]) -> None:
+        _encode(components, train_data, vae, device, dtype, cache, mine, in_memory, progress)
+
+    def adopt(job: tuple[Key, Any, Path | None]) -> None:
+        key, _item, path = job
+        if path is not None and key not in cache and path.is_file():
+            _add_others(cache, key, path, in_memory)
+
+    cache.reused = fill_shared(jobs, rank, world, barrier, make, adopt, reuse)
+    train_data.latents = cache
+    return cache
+
+
+def _encode(
+    components: Any,
+    train_data: Any,
+    vae: Any,
+    device: Any,
+    dtype: Any,
+    cache: LatentCache,
+    mine: list[tuple[Key, Any, Path | None]],
+    in_memory: bool,
+    progress: Callable[[int, int], None] | None,
+) -> None:
+    """Encode this rank's missing entries in batches of one bucket (``BATCH_PIXELS``), keep and write them."""
     if progress is not None:
         progress(0, len(mine))
     done = 0
@@ -228,13 +252,6 @@ def cache_latents(
         done += len(chunk_jobs)
         if progress is not None:
             progress(done, len(mine))
-    if world > 1 and barrier is not None:
-        barrier()
-    for key, _item, path in jobs:
-        if path is not None and key not in cache and path.is_file():
-            _add_others(cache, key, path, in_memory)
-    train_data.latents = cache
-    return cache
 
 
 def read_valid_entry(path: Path) -> tuple[Any, tuple[int, int], tuple[int, int]] | None:

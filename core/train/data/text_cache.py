@@ -8,9 +8,13 @@ config, dtype, a weight fingerprint), ``clip_skip`` and the family's way of comb
 encoders. A second run on the same captions and encoder, a resumed run and every rank of a DDP
 run find them there and encode nothing.
 
-Shared the way the latent cache is (``core.train.data.latent_cache``): caption ``n`` belongs to rank
+Shared the way the latent cache is (``core.train.data.shared_cache``): caption ``n`` belongs to rank
 ``n mod world``, cached or not; each rank encodes what of its share is missing, all wait once
-at a barrier, then every rank reads the whole set into memory (a few hundred kB per caption).
+at a barrier, then every rank reads the whole set into memory, or with
+``settings.cache_text_encoder_outputs_to_disk`` keeps only the files' paths and reads each batch's
+entries from them (a T5-XXL caption at 512 tokens is 4 MiB in bf16: ten thousand captions must not
+sit in RAM on every rank). Floating-point tensors are stored in the run's weight dtype when that is
+bf16 or fp16 (half the size of fp32), in fp32 otherwise.
 
 An entry is the family's text conditioning of one caption as named tensors
 (``TextEmbeddings.named``: ``hidden_states``, and ``pooled``, ``attention_mask``,
@@ -33,13 +37,14 @@ from core.atomic import write_atomic
 from core.families.embeddings import TextEmbeddings
 from core.train.data.items import CacheNotValid, distinct_captions, text_cache_blocker
 from core.train.data.latent_cache import add_weight_sample
+from core.train.data.shared_cache import fill_shared
 
 log = logging.getLogger(__name__)
 
 #: One caption's named tensors (``TextEmbeddings.named`` of one row), on the CPU.
 Entry = dict[str, Any]
 #: Part of every entry's name: files of an older layout are not found (and are encoded again) rather than misread.
-FORMAT = "named-1"
+FORMAT = "named-2"
 
 
 def default_cache_dir() -> Path:
@@ -50,18 +55,30 @@ def default_cache_dir() -> Path:
 
 
 class TextCache:
-    """Text-encoder outputs per caption (named tensors), kept on the CPU in fp32; ``encoded``/``reused`` count this rank's share."""
+    """Text-encoder outputs per caption (named tensors) on the CPU, in memory (``entries``) or as
+    files read when a batch needs them (``files``); ``encoded``/``reused`` count this rank's share."""
 
     def __init__(self) -> None:
         self.entries: dict[str, Entry] = {}
+        self.files: dict[str, Path] = {}
         self.encoded = 0
         self.reused = 0
 
     def __contains__(self, caption: str) -> bool:
-        return caption in self.entries
+        return caption in self.entries or caption in self.files
 
     def __len__(self) -> int:
-        return len(self.entries)
+        return len(self.entries) + len(self.files)
+
+    def entry(self, caption: str) -> Entry:
+        """The named tensors of one caption, read from its file when it is not held in memory."""
+        if caption in self.entries:
+            return self.entries[caption]
+        path = self.files[caption]
+        found = read_entry(path)
+        if found is None:
+            raise RuntimeError(f"the text cache file {path} was damaged while this run read it (another run writing the same cache?); start the run again to encode it anew")
+        return found
 
     def lookup(self, captions: Sequence[str]) -> Any:
         """The stacked :class:`core.families.embeddings.TextEmbeddings` of ``captions``."""
@@ -69,8 +86,8 @@ class TextCache:
 
     def stacked(self, captions: Sequence[str]) -> dict[str, Any]:
         """The named tensors of ``captions``, each stacked over them (what a batch carries)."""
-        first = self.entries[captions[0]]
-        return {name: torch.stack([self.entries[c][name] for c in captions]) for name in first}
+        entries = [self.entry(c) for c in captions]
+        return {name: torch.stack([e[name] for e in entries]) for name in entries[0]}
 
 
 def encoders_fingerprint(encoders: Sequence[Any], clip_skip: int, family: str) -> str:
@@ -128,11 +145,14 @@ def cache_text_outputs(
     barrier: Callable[[], None] | None = None,
     batch_size: int = 16,
     progress: Callable[[int, int], None] | None = None,
+    in_memory: bool = True,
 ) -> TextCache:
     """Encode every distinct caption (the empty one too with caption dropout) not cached yet, this rank's share.
 
     ``folder`` is the shared cache folder (``None``: memory only, one process). ``barrier`` is
-    called once between encoding and reading when ``world`` > 1. ``progress(done, total)`` follows
+    called once between encoding and reading when ``world`` > 1; ``in_memory`` False keeps only the
+    files' paths (with a folder) and reads each batch's entries from them. ``dtype`` is the run's
+    weight dtype: the entries are stored in it when it is bf16 or fp16, in fp32 otherwise. ``progress(done, total)`` follows
     the captions of this rank's share looked after (``done`` 0 first, as the latent cache reports). Raises :class:`core.train.data.items.CacheNotValid`
     when the captions change every step. Sets ``train_data.text_cache`` and returns it.
     """
@@ -152,40 +172,54 @@ def cache_text_outputs(
     ids = tokenize(components, captions) if captions else []
     tag = encoders_fingerprint(components.text_encoders, clip_skip, components.family) if root is not None else ""
     paths = [entry_path(root, [t[n] for t in ids], tag) if root is not None else None for n in range(len(captions))]
+    stored = dtype if dtype in (torch.bfloat16, torch.float16) else torch.float32
     cache = TextCache()
-    share = range(rank, len(captions), world)
+    share = len(range(rank, len(captions), world))
     if progress is not None:
-        progress(0, len(share))
-    mine = []
-    for n in share:
-        found = read_entry(paths[n]) if paths[n] is not None and paths[n].is_file() else None
-        if found is None:
-            mine.append(n)
-        else:
+        progress(0, share)
+
+    def reuse(n: int) -> Entry | None:
+        path = paths[n]
+        found = read_entry(path) if path is not None and path.is_file() else None
+        if found is not None and path is not None and not in_memory:
+            cache.files[captions[n]] = path
+        elif found is not None:
             cache.entries[captions[n]] = found
-            cache.reused += 1
-    with torch.no_grad():
-        for start in range(0, len(mine), batch_size):
-            chunk = mine[start : start + batch_size]
-            out = encode_text(components, [t[chunk] for t in ids], clip_skip=clip_skip)
-            named = out.named()
-            for row, n in enumerate(chunk):
-                entry = {name: t[row].to("cpu", torch.float32) if t.is_floating_point() else t[row].to("cpu") for name, t in named.items()}
-                cache.entries[captions[n]] = entry
-                cache.encoded += 1
-                if paths[n] is not None:
-                    write_entry(paths[n], entry)
-            if progress is not None:
-                progress(cache.reused + start + len(chunk), len(share))
-    if world > 1 and barrier is not None:
-        barrier()
-    for n, caption in enumerate(captions):
-        if caption not in cache.entries:
-            found = read_entry(paths[n]) if paths[n] is not None else None
-            if found is None:
-                raise RuntimeError(
-                    f"the text cache file {paths[n]} does not read back after the process that owns it wrote it (another run writing the same cache?); start the run again to encode it anew"
-                )
-            cache.entries[caption] = found
+        return found
+
+    def make(mine: list[int]) -> None:
+        with torch.no_grad():
+            for start in range(0, len(mine), batch_size):
+                chunk = mine[start : start + batch_size]
+                out = encode_text(components, [t[chunk] for t in ids], clip_skip=clip_skip)
+                named = out.named()
+                for row, n in enumerate(chunk):
+                    entry = {name: t[row].to("cpu", stored) if t.is_floating_point() else t[row].to("cpu") for name, t in named.items()}
+                    cache.encoded += 1
+                    path = paths[n]
+                    if path is not None:
+                        write_entry(path, entry)
+                    if path is not None and not in_memory:
+                        cache.files[captions[n]] = path
+                    else:
+                        cache.entries[captions[n]] = entry
+                if progress is not None:
+                    progress(share - len(mine) + start + len(chunk), share)
+
+    def adopt(n: int) -> None:
+        if captions[n] in cache:
+            return
+        path = paths[n]
+        if path is not None and not in_memory and path.is_file():
+            cache.files[captions[n]] = path  # checked when a batch reads it
+            return
+        found = read_entry(path) if path is not None else None
+        if found is None:
+            raise RuntimeError(
+                f"the text cache file {path} does not read back after the process that owns it wrote it (another run writing the same cache?); start the run again to encode it anew"
+            )
+        cache.entries[captions[n]] = found
+
+    cache.reused = fill_shared(range(len(captions)), rank, world, barrier, make, adopt, reuse)
     train_data.text_cache = cache
     return cache

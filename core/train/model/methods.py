@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.errors import UserError
-from core.settings import METHODS, resolve
+from core.settings import FULL_METHODS, METHODS, resolve
 
 
 @dataclass
@@ -122,7 +122,7 @@ def setup_method(kind: str, components: Any, settings: dict[str, Any], placehold
     train_te = bool(settings.get("train_text_encoder")) and kind != "textual_inversion"
     if kind == "lora":
         return _lora(components, denoiser, encoders, settings, train_te)
-    if kind in ("dreambooth", "finetune"):
+    if kind in FULL_METHODS:
         denoiser.requires_grad_(True)
         modules = {components.spec.denoiser: denoiser}
         if train_te:
