@@ -87,9 +87,8 @@ class PlainConfig:
     method_section: dict[str, Any] = field(default_factory=lambda: {"class_prompt": CLASS_PROMPT})
 
     def section(self, name: str) -> dict[str, Any]:
-        """The one other section make_plan reads: [method] (the class prompt)."""
-        assert name == "method", name
-        return self.method_section
+        """The other sections make_plan reads: [method] (the class prompt), [validation] (off) and [dataset] (no masks)."""
+        return {"method": self.method_section, "validation": resolve("validation"), "dataset": resolve("dataset")}[name]
 
 
 def plain_config(family: str, method: str, recipe: Any, overrides: dict[str, Any], scan: DatasetScan, gpus: Any, backend: str) -> PlainConfig:

@@ -271,7 +271,7 @@ def test_lora_targets_rank_and_text_encoder(setup_run, targets, present, absent)
     assert any(present in n and "lora_A" in n for n in names)
     if absent:
         assert not any(absent in n for n in names)
-    assert {p.shape[0] for n, p in trainer.session.method.named_trainable().items() if "unet." in n and "lora_A" in n} == {3}
+    assert {p.shape[0] for n, p in trainer.session.method.named_trainable().items() if "denoiser." in n and "lora_A" in n} == {3}
     te_names = [n for n in names if n.startswith("text_encoder.")]
     if targets == "all":
         assert any("q_proj.lora_A" in n for n in te_names)
@@ -298,7 +298,7 @@ def test_text_encoder_lr_is_the_text_encoders_own_rate(setup_run, fused):
     )
     rates = {id(p): group["lr"] for group in trainer.session.optim.optimizer.param_groups for p in group["params"]}
     trained = trainer.session.method.named_trainable()
-    assert {rates[id(p)] for n, p in trained.items() if n.startswith("unet.")} == {1e-3}
+    assert {rates[id(p)] for n, p in trained.items() if n.startswith("denoiser.")} == {1e-3}
     assert {rates[id(p)] for n, p in trained.items() if n.startswith("text_encoder.")} == {2e-4}
     # The step really moves the text encoder's LoRA by its own rate: AdamW's first step changes
     # each weight by about lr, so the largest change tells the two rates apart.
@@ -306,7 +306,7 @@ def test_text_encoder_lr_is_the_text_encoders_own_rate(setup_run, fused):
     one_step(trainer)
     moved = {n: float((p.detach() - before[n]).abs().max()) for n, p in trained.items()}
     assert max(v for n, v in moved.items() if n.startswith("text_encoder.")) == pytest.approx(2e-4, rel=0.2)
-    assert max(v for n, v in moved.items() if n.startswith("unet.")) == pytest.approx(1e-3, rel=0.2)
+    assert max(v for n, v in moved.items() if n.startswith("denoiser.")) == pytest.approx(1e-3, rel=0.2)
 
 
 def test_a_zero_text_encoder_lr_means_the_learning_rate(setup_run):

@@ -88,4 +88,3 @@ async def test_the_caption_key_works_from_the_path_field_without_typing_into_it(
         await pilot.press("ctrl+o")  # a letter key would be typed into the focused path instead
         await until(pilot, lambda: isinstance(app.screen, CaptionScreen))
         assert wizard.query_one("#dataset-path", Input).value == str(data)
-

@@ -20,8 +20,16 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("core", "tui", "cli", "recipes")
-#: What a build does not read (and what it must not copy: caches, venvs, runs).
-NOT_SOURCE = (".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "tests", "bench", "docs", "demo", "runs")
+#: What a build does not read (and what it must not copy: caches, venvs, runs), anywhere in the tree
+NOT_SOURCE = (".git", ".venv", "*.egg-info", "__pycache__", ".pytest_cache")
+#: ... and at the top of the checkout only (core/runs is a package, ./runs a runs folder).
+NOT_SOURCE_AT_TOP = frozenset({"build", "dist", "tests", "bench", "docs", "demo", "runs"})
+
+
+def _not_source(folder: str, names: list[str]) -> set[str]:
+    skipped = set(shutil.ignore_patterns(*NOT_SOURCE)(folder, names))
+    return skipped | (NOT_SOURCE_AT_TOP & set(names) if Path(folder) == REPO else set())
+
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("wheel")]
 
@@ -30,7 +38,7 @@ def copy_source(out: Path) -> Path:
     """A copy of the checkout's source (a build leaves build/ and *.egg-info behind, so it does
     not run in the checkout itself)."""
     source = out / "src"
-    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(*NOT_SOURCE))
+    shutil.copytree(REPO, source, ignore=_not_source)
     return source
 
 

@@ -156,16 +156,13 @@ class Validator:
         }
         cache = session.data.train_data.text_cache
         if cache is not None and item.caption in cache:
-            embeddings = cache.lookup(batch["captions"])
-            batch["prompt_embeds"] = embeddings.prompt_embeds
-            if embeddings.pooled_prompt_embeds is not None:
-                batch["pooled_prompt_embeds"] = embeddings.pooled_prompt_embeds
+            batch["text"] = cache.stacked(batch["captions"])
         objective = components.objective
         with session.acc.autocast():
             hidden, added = self.stepper.conditioning(batch)
             noisy = objective.noisy(latents, noise, timesteps)
             target = objective.target(latents, noise, timesteps)
-            dtype = session.model.unet_dtype
+            dtype = session.model.denoiser_dtype
             pred = components.runtime.predict(session.denoiser(), noisy.to(dtype), timesteps, hidden.to(dtype), added)
         mask = example["mask"][None].expand(count, *example["mask"].shape) if example["mask"] is not None else None
         per_sample = per_sample_loss(pred, target, mask)
