@@ -1,9 +1,11 @@
 """Tiny captioners with random weights, built locally (no downloads): the real Florence-2, BLIP and
-Qwen2.5-VL architectures at toy size, with their processors and a word-level tokenizer.
+Qwen2.5-VL architectures at toy size, with their processors and a word-level tokenizer, and a WD14
+tagger (an ONNX graph with the v3 taggers' input and output, and a small ``selected_tags.csv``).
 
-``sdtui demo`` builds the Florence-2 one at ``WORKDIR/captioner/``; the tests run every captioner's
-whole path on them. Their captions are random words from :data:`WORDS`. Imports torch: run in the
-captioning or building process only.
+``sdtui demo`` builds the Florence-2 one at ``WORKDIR/captioner/`` and the tagger at
+``WORKDIR/tagger/``; the tests run every captioner's whole path on them. Their captions are random
+words from :data:`WORDS` (the tagger's: random tags of :data:`TAGS`). Imports torch (the tagger:
+onnx): run in the captioning or building process only.
 """
 
 from __future__ import annotations
@@ -244,4 +246,62 @@ def build_qwen_vl(out_dir: str | Path) -> Path:
     return out
 
 
-BUILDERS = {"florence2": build_florence2, "blip": build_blip, "qwen-vl": build_qwen_vl}
+#: The tiny tagger's tags (``selected_tags.csv``: name, category): ratings, general tags with
+#: underscores and a kaomoji, and characters.
+TAGS = [
+    *((name, 9) for name in ("general", "sensitive", "questionable", "explicit")),
+    *((name, 0) for name in ("simple_background", "white_background", "no_humans", "red_circle", "blue_square", "green_triangle", "yellow_theme", "shape", "solo", "toy")),
+    *((name, 0) for name in ("outdoors", "smile", "long_hair", "^_^", "1girl", "cat", "dog", "bright", "geometric_pattern", "still_life")),
+    *((name, 4) for name in ("shape_girl_(demo)", "circle_knight")),
+]
+#: The tiny tagger's input side (the v3 taggers take 448).
+TAGGER_SIDE = 32
+
+
+def build_wd14(out_dir: str | Path) -> Path:
+    """A tiny WD14 v3 tagger in ``out_dir``: ``model.onnx`` (NHWC BGR 0–255 input of any batch, one
+    random linear layer, sigmoid probabilities out) and its ``selected_tags.csv``."""
+    import csv
+
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(SEED)
+    features = TAGGER_SIDE * TAGGER_SIDE * 3
+    # inputs centred to -1…1, so the logits of different images spread around the thresholds
+    weights = numpy_helper.from_array((rng.standard_normal((features, len(TAGS))) * 2.5 / np.sqrt(features)).astype(np.float32), "weights")
+    bias = numpy_helper.from_array((rng.standard_normal(len(TAGS)) * 0.5 - 0.5).astype(np.float32), "bias")
+    constants = [
+        numpy_helper.from_array(np.array([1 / 127.5], dtype=np.float32), "scale"),
+        numpy_helper.from_array(np.array([1.0], dtype=np.float32), "one"),
+        numpy_helper.from_array(np.array([-1, features], dtype=np.int64), "flat"),
+    ]
+    nodes = [
+        helper.make_node("Mul", ["input", "scale"], ["scaled"]),
+        helper.make_node("Sub", ["scaled", "one"], ["centred"]),
+        helper.make_node("Reshape", ["centred", "flat"], ["rows"]),
+        helper.make_node("MatMul", ["rows", "weights"], ["product"]),
+        helper.make_node("Add", ["product", "bias"], ["logits"]),
+        helper.make_node("Sigmoid", ["logits"], ["output"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_wd14_tagger",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", TAGGER_SIDE, TAGGER_SIDE, 3])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", len(TAGS)])],
+        [weights, bias, *constants],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(out / "model.onnx"))
+    with open(out / "selected_tags.csv", "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["tag_id", "name", "category", "count"])
+        writer.writerows((index, name, category, 1000 - index) for index, (name, category) in enumerate(TAGS))
+    return out
+
+
+BUILDERS = {"florence2": build_florence2, "blip": build_blip, "qwen-vl": build_qwen_vl, "wd14": build_wd14}
