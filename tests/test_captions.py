@@ -133,6 +133,21 @@ def test_caption_stats_count_missing_generated_long_and_frequent(dataset: Path) 
     assert "2 of 3 images have a caption (1 generated); 1 without one" in text and "1 over the limit of 77" in text
 
 
+def test_a_long_caption_is_within_a_t5_familys_limit_and_over_clips(dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    import core.families
+    from core.captions.stats import caption_stats, token_limit
+
+    sd1 = core.families.spec("sd1")
+    t5 = dataclasses.replace(sd1.text_encoders[0], name="text_encoder_2", kind="t5", max_tokens=512)
+    monkeypatch.setattr(core.families, "spec", lambda name: dataclasses.replace(sd1, text_encoders=(sd1.text_encoders[0], t5)) if name == "t5-family" else sd1)
+    CaptionLayer().put(content_hash(dataset / "10_sks dog" / "1.png"), CaptionerKey("qwen-vl", "m"), " ".join(["word"] * 200))
+    assert (token_limit("sd1"), token_limit("t5-family")) == (77, 512)
+    assert caption_stats(scan_dataset(dataset), token_limit("t5-family")).lines()[1] == "longest caption ~202 tokens, within the limit of 512"
+    assert "1 over the limit of 77" in caption_stats(scan_dataset(dataset), token_limit("sd1")).lines()[1]
+
+
 def test_caption_stats_count_tags_of_tag_lists() -> None:
     from core.captions.stats import is_tag_list
 

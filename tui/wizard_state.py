@@ -107,8 +107,8 @@ class WizardState:
     field_errors: dict[str, str] = field(default_factory=dict)
     base_dir: Path = field(default_factory=Path.cwd)
     caption_extension: str = field(default_factory=lambda: defaults("dataset")["caption_extension"])
-    #: The captioner model the dataset step's caption dialog offers first ("": the captioner's own; the demo's tiny one in the demo).
-    captioner_model: str = ""
+    #: The model the dataset step's caption dialog offers per captioner (none: the captioner's own; the demo's tiny ones in the demo).
+    captioner_models: dict[str, str] = field(default_factory=dict)
     #: [dataset] mask_dir of an opened config (kept through the wizard; "" = none).
     mask_dir: str = field(default_factory=lambda: defaults("dataset")["mask_dir"])
     #: The dataset as a config's subset list (opened from a run.toml or a kohya config), used while

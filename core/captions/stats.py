@@ -134,9 +134,10 @@ def caption_stats(scan: Any, token_limit: int | None = None) -> CaptionStats:
 
 
 def token_limit(family: str | None) -> int | None:
-    """The family's caption limit: the shortest of its text encoders' token limits (None without a family)."""
+    """The family's caption limit: the longest text its denoiser sees (CLIP families 77 tokens; a T5
+    or LLM family its long encoder's 256 or 512, CLIP there seeing only the start), None without a family."""
     if not family:
         return None
     from core.families import spec
 
-    return min(te.max_tokens for te in spec(family).text_encoders)
+    return spec(family).text_tokens

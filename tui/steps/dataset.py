@@ -191,7 +191,7 @@ class DatasetStep(Step):
             if changed:
                 self.action_rescan()
 
-        self.app.push_screen(CaptionScreen(self.state.dataset_scan.root, images, self.state.captioner_model), closed)
+        self.app.push_screen(CaptionScreen(self.state.dataset_scan.root, images, self.state.captioner_models), closed)
 
     def _offer_class_folder(self) -> None:
         """Show the button that uses a class folder found inside the dataset, while there is one."""
