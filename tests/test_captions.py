@@ -66,11 +66,11 @@ def test_a_damaged_layer_file_counts_as_empty(dataset: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["florence2", "blip", "qwen-vl", "wd14"])
-def test_caption_whole_path_leaves_the_dataset_byte_identical(name: str, dataset: Path, tiny_captioners: dict[str, Path]) -> None:
+@pytest.mark.parametrize(("name", "model"), [("florence2", "florence2"), ("blip", "blip"), ("qwen-vl", "qwen-vl"), ("qwen-vl", "qwen3-vl"), ("wd14", "wd14")])
+def test_caption_whole_path_leaves_the_dataset_byte_identical(name: str, model: str, dataset: Path, tiny_captioners: dict[str, Path]) -> None:
     before = _tree(dataset)
     events: list[dict] = []
-    result = caption_dataset(dataset, name, load, str(tiny_captioners[name]), batch_size=2, emit=events.append)
+    result = caption_dataset(dataset, name, load, str(tiny_captioners[model]), batch_size=2, emit=events.append)
     assert result.captioned == 2 and _tree(dataset) == before
     kinds = [e["type"] for e in events]
     assert kinds[0] == "start" and kinds[-1] == "done" and kinds.count("caption") == 2
@@ -78,7 +78,7 @@ def test_caption_whole_path_leaves_the_dataset_byte_identical(name: str, dataset
     subset = scan_dataset(dataset).subsets[0]
     generated = [i for i in subset.images if i.generated]
     assert len(generated) == 2 and all(i.caption for i in generated)
-    again = caption_dataset(dataset, name, load, str(tiny_captioners[name]))
+    again = caption_dataset(dataset, name, load, str(tiny_captioners[model]))
     assert (again.captioned, again.reused) == (0, 2)
 
 
