@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cli.common import add_json, whole_number
+from cli.common import add_json, amount, whole_number
 
 #: Captions printed in full as they come (a preview); after that only the progress.
 PREVIEW = 5
@@ -16,7 +16,7 @@ PREVIEW = 5
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``caption``."""
-    from core.captions.captioners import DEFAULT, NAMES
+    from core.captions.captioners import DEFAULT, NAMES, TagOptions
     from core.captions.job import DEFAULT_BATCH
 
     caption = sub.add_parser(
@@ -30,18 +30,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     caption.add_argument("--model", default=None, metavar="PATH_OR_HUB_ID", help="the captioner's model folder or hub id (default: the captioner's own)")
     caption.add_argument("--prompt", default=None, metavar="TEXT", help="what to ask the captioner (qwen-vl; Florence-2 takes a task such as <MORE_DETAILED_CAPTION>)")
     caption.add_argument("--write", action="store_true", help="also write <image>.txt beside each image that has no caption file")
+    caption.add_argument(
+        "--threshold", type=amount("--threshold"), default=TagOptions.threshold, metavar="P", help=f"wd14: keep general tags at least this likely (default {TagOptions.threshold})"
+    )
+    caption.add_argument(
+        "--character-threshold",
+        type=amount("--character-threshold"),
+        default=TagOptions.character_threshold,
+        metavar="P",
+        help=f"wd14: keep character tags at least this likely (default {TagOptions.character_threshold})",
+    )
+    caption.add_argument("--exclude", default="", metavar="TAGS", help="wd14: comma-separated tags never to write, e.g. 'simple background, white background'")
     caption.add_argument("--batch-size", type=whole_number("--batch-size", 1), default=DEFAULT_BATCH, metavar="N", help=f"images per batch (default {DEFAULT_BATCH})")
     add_json(caption)
     caption.set_defaults(func=cmd_caption)
 
 
 def cmd_caption(args: argparse.Namespace) -> int:
-    """Caption the dataset; with --json one JSON event a line (start, loading, caption, done)."""
+    """Caption the dataset; with --json one JSON event a line (start, loading, note, caption, done)."""
+    from core.captions.captioners import TagOptions, parse_tags
     from core.captions.job import caption_dataset
     from core.captions.runtime import load
 
+    tags = TagOptions(args.threshold, args.character_threshold, parse_tags(args.exclude))
     emit = _json_line if args.json else _Printer()
-    caption_dataset(args.dataset, args.captioner, load, args.model, args.prompt, args.write, args.batch_size, emit)
+    caption_dataset(args.dataset, args.captioner, load, args.model, args.prompt, args.write, args.batch_size, emit, tags=tags)
     return 0
 
 
@@ -67,6 +80,8 @@ class _Printer:
             print(f"{event['total']} images to caption with {event['captioner']} ({event['model']}){reused}", flush=True)
         elif kind == "loading":
             print(f"loading {event['model']}…", flush=True)
+        elif kind == "note":
+            print(event["text"], flush=True)
         elif kind == "caption":
             if event["done"] <= PREVIEW:
                 print(f"  {Path(event['path']).name}: {event['caption']}", flush=True)

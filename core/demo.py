@@ -57,8 +57,8 @@ DEMO_PROMPTS = [
 
 @dataclass(frozen=True)
 class DemoWorkspace:
-    """The demo's folders: ``root/model``, ``root/dataset``, ``root/runs``, the config ``root/demo.toml``
-    and the tiny captioner ``root/captioner``."""
+    """The demo's folders: ``root/model``, ``root/dataset``, ``root/runs``, the config ``root/demo.toml``,
+    the tiny captioner ``root/captioner`` and the tiny booru tagger ``root/tagger``."""
 
     root: Path
     model: Path
@@ -66,12 +66,13 @@ class DemoWorkspace:
     runs: Path
     config: Path
     captioner: Path
+    tagger: Path
 
 
 def workspace(workdir: str | Path) -> DemoWorkspace:
     """The paths of a demo work folder (nothing is created)."""
     root = Path(workdir).expanduser().resolve()
-    return DemoWorkspace(root, root / "model", root / "dataset", root / "runs", root / "demo.toml", root / "captioner")
+    return DemoWorkspace(root, root / "model", root / "dataset", root / "runs", root / "demo.toml", root / "captioner", root / "tagger")
 
 
 #: The demo's captioner: the Florence-2 architecture with random weights, so its captions are random words.
@@ -79,17 +80,19 @@ CAPTIONER = "florence2"
 CAPTIONER_NOTE = "the demo's captioner is a tiny Florence-2 with random weights: its captions are random words"
 
 
-def build_model(model_dir: Path, captioner_dir: Path | None = None, timeout_s: float = 300.0) -> Path:
-    """Build the tiny model into ``model_dir`` and the tiny captioner into ``captioner_dir`` in one
-    child process (each skipped when it is already there)."""
+def build_model(model_dir: Path, captioner_dir: Path | None = None, tagger_dir: Path | None = None, timeout_s: float = 300.0) -> Path:
+    """Build the tiny model into ``model_dir``, the tiny captioner into ``captioner_dir`` and the tiny
+    tagger into ``tagger_dir`` in one child process (each skipped when it is already there)."""
     jobs = [("from core.train.model.tiny import build_tiny\nbuild_tiny(sys.argv[1], sys.argv[2])", model_dir / "model_index.json")]
     if captioner_dir is not None:
         jobs.append(("from core.captions.tiny import build_florence2\nbuild_florence2(sys.argv[3])", captioner_dir / "config.json"))
+    if tagger_dir is not None:
+        jobs.append(("from core.captions.tiny import build_wd14\nbuild_wd14(sys.argv[4])", tagger_dir / "selected_tags.csv"))
     missing = [(code, marker) for code, marker in jobs if not marker.is_file()]
     if not missing:
         return model_dir
     result = subprocess.run(
-        [sys.executable, "-c", "\n".join(["import sys", *(code for code, _ in missing)]), FAMILY, str(model_dir), str(captioner_dir)],
+        [sys.executable, "-c", "\n".join(["import sys", *(code for code, _ in missing)]), FAMILY, str(model_dir), str(captioner_dir), str(tagger_dir)],
         capture_output=True,
         text=True,
         timeout=timeout_s,
@@ -150,7 +153,7 @@ def prepare_demo(workdir: str | Path, overrides: Sequence[str] = ()) -> DemoWork
     ws = workspace(workdir)
     ws.root.mkdir(parents=True, exist_ok=True)
     ws.runs.mkdir(exist_ok=True)
-    build_model(ws.model, ws.captioner)
+    build_model(ws.model, ws.captioner, ws.tagger)
     build_dataset(ws.dataset)
     save_config(demo_config(ws, overrides), ws.config)
     return ws

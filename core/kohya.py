@@ -211,7 +211,7 @@ def _dataset_document(config: _Config, class_images: dict[str, Any] | None, meta
             table.add("image_dir", str(subset["path"]))
             table.add("metadata_file", str(path))
             table.add("num_repeats", int(subset["repeats"]))
-            _add_own_options(table, subset)
+            _add_own_options(table, subset, textual_inversion)
             subsets.append(table)
     else:
         for subset in [*config.subsets, *([class_images] if class_images else [])]:
@@ -222,7 +222,7 @@ def _dataset_document(config: _Config, class_images: dict[str, Any] | None, meta
                 table.add("class_tokens", str(subset["token"]))
             table.add("caption_extension", subset.get("caption_extension") or caption_extension)
             table.add("is_reg", bool(subset.get("is_reg", False)))
-            _add_own_options(table, subset)
+            _add_own_options(table, subset, textual_inversion)
             subsets.append(table)
     dataset.add("subsets", subsets)
     datasets = tomlkit.aot()
@@ -231,10 +231,11 @@ def _dataset_document(config: _Config, class_images: dict[str, Any] | None, meta
     return document
 
 
-def _add_own_options(table: Any, subset: Mapping[str, Any]) -> None:
-    """A subset's own keep_tokens, flip_aug and shuffle_caption (sd-scripts' per-subset options)."""
+def _add_own_options(table: Any, subset: Mapping[str, Any], textual_inversion: bool) -> None:
+    """A subset's own flip_aug and caption options (sd-scripts' per-subset options; no dropout for
+    textual inversion, whose script rejects it)."""
     for key in SUBSET_OPTIONS:
-        if key != "caption_extension" and key in subset:
+        if key != "caption_extension" and key in subset and not (textual_inversion and key in DROPOUT_KEYS):
             table.add(key, subset[key])
 
 

@@ -343,11 +343,13 @@ SUBSET_KEYS: dict[str, Setting] = {
 }
 
 
+#: The caption options a subset may set for its own images (sd-scripts' per-subset caption options).
+SUBSET_CAPTION_OPTIONS = ("caption_prefix", "caption_suffix", "shuffle_caption", "keep_tokens", "caption_dropout_rate", "caption_tag_dropout_rate")
 #: Options a [[dataset.subsets]] table may set for its own images, as kohya's per-subset options;
 #: a subset without one takes [settings] (caption_extension: [dataset]).
 SUBSET_OPTIONS: dict[str, Setting] = {
     "caption_extension": SCHEMA["dataset"]["caption_extension"],
-    **{key: SETTINGS[key] for key in ("keep_tokens", "flip_aug", "shuffle_caption")},
+    **{key: SETTINGS[key] for key in ("flip_aug", *SUBSET_CAPTION_OPTIONS)},
 }
 
 

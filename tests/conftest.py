@@ -84,7 +84,7 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Pat
 
 @pytest.fixture(scope="session")
 def tiny_captioners(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The tiny Florence-2, BLIP and Qwen2.5-VL captioners (random weights, processors built locally)."""
+    """The tiny Florence-2, BLIP, Qwen2.5-VL and Qwen3-VL captioners (random weights, processors built locally) and the tiny WD14 tagger."""
     from core.captions.tiny import BUILDERS
 
     root = tmp_path_factory.mktemp("captioners")

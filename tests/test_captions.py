@@ -1,5 +1,6 @@
 """Captions from local models: the caption layer, the scan reading it, ``sdtui caption`` on tiny
-captioners built locally (Florence-2, BLIP) on the CPU, the dataset left byte-identical."""
+captioners built locally (Florence-2, BLIP, Qwen2.5-VL, the WD14 tagger) on the CPU, the dataset
+left byte-identical; where a captioner is placed by the GPU's free memory."""
 
 from __future__ import annotations
 
@@ -65,11 +66,11 @@ def test_a_damaged_layer_file_counts_as_empty(dataset: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["florence2", "blip", "qwen-vl"])
-def test_caption_whole_path_leaves_the_dataset_byte_identical(name: str, dataset: Path, tiny_captioners: dict[str, Path]) -> None:
+@pytest.mark.parametrize(("name", "model"), [("florence2", "florence2"), ("blip", "blip"), ("qwen-vl", "qwen-vl"), ("qwen-vl", "qwen3-vl"), ("wd14", "wd14")])
+def test_caption_whole_path_leaves_the_dataset_byte_identical(name: str, model: str, dataset: Path, tiny_captioners: dict[str, Path]) -> None:
     before = _tree(dataset)
     events: list[dict] = []
-    result = caption_dataset(dataset, name, load, str(tiny_captioners[name]), batch_size=2, emit=events.append)
+    result = caption_dataset(dataset, name, load, str(tiny_captioners[model]), batch_size=2, emit=events.append)
     assert result.captioned == 2 and _tree(dataset) == before
     kinds = [e["type"] for e in events]
     assert kinds[0] == "start" and kinds[-1] == "done" and kinds.count("caption") == 2
@@ -77,7 +78,7 @@ def test_caption_whole_path_leaves_the_dataset_byte_identical(name: str, dataset
     subset = scan_dataset(dataset).subsets[0]
     generated = [i for i in subset.images if i.generated]
     assert len(generated) == 2 and all(i.caption for i in generated)
-    again = caption_dataset(dataset, name, load, str(tiny_captioners[name]))
+    again = caption_dataset(dataset, name, load, str(tiny_captioners[model]))
     assert (again.captioned, again.reused) == (0, 2)
 
 
@@ -98,7 +99,8 @@ def test_write_adds_txt_files_and_never_overwrites(dataset: Path, tiny_captioner
     ("argv", "says"),
     [
         (["--model", "/nowhere/captioner"], "the captioner model /nowhere/captioner is not a folder"),
-        (["--captioner", "wd14"], "timm or onnxruntime"),
+        (["--captioner", "wd14", "--model", "/nowhere/tagger"], "the tagger model /nowhere/tagger is not a folder"),
+        (["--captioner", "wd14", "--threshold", "1.5"], "--threshold 1.5 is not a probability"),
         (["--captioner", "git"], "there is no captioner 'git'"),
     ],
 )
@@ -131,6 +133,21 @@ def test_caption_stats_count_missing_generated_long_and_frequent(dataset: Path) 
     assert "2 of 3 images have a caption (1 generated); 1 without one" in text and "1 over the limit of 77" in text
 
 
+def test_a_long_caption_is_within_a_t5_familys_limit_and_over_clips(dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    import core.families
+    from core.captions.stats import caption_stats, token_limit
+
+    sd1 = core.families.spec("sd1")
+    t5 = dataclasses.replace(sd1.text_encoders[0], name="text_encoder_2", kind="t5", max_tokens=512)
+    monkeypatch.setattr(core.families, "spec", lambda name: dataclasses.replace(sd1, text_encoders=(sd1.text_encoders[0], t5)) if name == "t5-family" else sd1)
+    CaptionLayer().put(content_hash(dataset / "10_sks dog" / "1.png"), CaptionerKey("qwen-vl", "m"), " ".join(["word"] * 200))
+    assert (token_limit("sd1"), token_limit("t5-family")) == (77, 512)
+    assert caption_stats(scan_dataset(dataset), token_limit("t5-family")).lines()[1] == "longest caption ~202 tokens, within the limit of 512"
+    assert "1 over the limit of 77" in caption_stats(scan_dataset(dataset), token_limit("sd1")).lines()[1]
+
+
 def test_caption_stats_count_tags_of_tag_lists() -> None:
     from core.captions.stats import is_tag_list
 
@@ -146,8 +163,62 @@ def test_the_captioning_process_reports_events_and_one_sentence(dataset: Path, t
     process = CaptionProcess(CaptionRequest(str(dataset), "florence2", str(tiny_captioners["florence2"]), batch_size=1))
     kinds = [event["type"] for event in process.events()]
     process.finish()
-    assert kinds == ["start", "loading", "caption", "caption", "done"]
+    assert kinds == ["start", "loading", "note", "caption", "caption", "done"]  # the note: no GPU, the CPU
+    tagger = CaptionProcess(CaptionRequest(str(dataset), "wd14", str(tiny_captioners["wd14"]), threshold=0.0, character_threshold=0.0, exclude=("toy", "shape")))
+    tags = [event["caption"].split(", ") for event in tagger.events() if event["type"] == "caption"]
+    tagger.finish()
+    assert len(tags) == 2 and all(len(t) == 20 and "toy" not in t and "shape" not in t for t in tags)  # 26 tags less 4 ratings less 2 excluded
     failing = CaptionProcess(CaptionRequest(str(dataset), "blip", str(dataset / "not_a_model")))
     list(failing.events())
     with pytest.raises(UserError, match="not_a_model is not a folder"):
         failing.finish()
+
+
+GIB = 2**30
+
+
+@pytest.mark.parametrize(
+    ("free_gib", "precision"),
+    [(None, "cpu"), (24.0, "16-bit"), (12.0, "8-bit"), (7.0, "nf4"), (3.0, "cpu")],
+)
+def test_the_precision_is_the_widest_that_fits_the_free_gpu_memory(free_gib: float | None, precision: str) -> None:
+    from core.captions.runtime import choose_precision
+
+    # a 7B captioner (Qwen2.5-VL-7B): 16-bit needs 7e9 × 2 × 1.25 + 1.5 GiB ≈ 17.8 GiB, 8-bit ≈ 9.6, nf4 ≈ 5.6
+    assert choose_precision(7_000_000_000, None if free_gib is None else int(free_gib * GIB)) == precision
+
+
+def test_quantized_placements_load_through_bitsandbytes_configs() -> None:
+    import torch
+
+    from core.captions.runtime import Placement
+
+    nf4 = Placement("cuda", torch.bfloat16, "nf4").load_kwargs()
+    quantization = nf4["quantization_config"]
+    assert quantization.load_in_4bit and quantization.bnb_4bit_quant_type == "nf4" and quantization.bnb_4bit_compute_dtype == torch.bfloat16
+    assert nf4["device_map"] == {"": 0}
+    assert Placement("cuda", torch.bfloat16, "8-bit").load_kwargs()["quantization_config"].load_in_8bit
+    assert Placement("cpu", torch.float32, "cpu").load_kwargs() == {"dtype": torch.float32}
+
+
+@pytest.mark.slow
+def test_on_the_cpu_the_captioner_says_so(dataset: Path, tiny_captioners: dict[str, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["caption", str(dataset), "--captioner", "blip", "--model", str(tiny_captioners["blip"])]) == 0
+    assert "no GPU: captioning on the CPU" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_the_qwen_prompt_is_the_users_and_keys_the_layer(dataset: Path, tiny_captioners: dict[str, Path]) -> None:
+    seen: list[str] = []
+
+    def spying_load(chosen, model, prompt, tags):  # type: ignore[no-untyped-def]
+        seen.append(prompt)
+        return load(chosen, model, prompt, tags)
+
+    first = caption_dataset(dataset, "qwen-vl", spying_load, str(tiny_captioners["qwen-vl"]), prompt="tags only please")
+    again = caption_dataset(dataset, "qwen-vl", spying_load, str(tiny_captioners["qwen-vl"]), prompt="one short sentence")
+    assert seen == ["tags only please", "one short sentence"]
+    assert (first.captioned, again.captioned, again.reused) == (2, 2, 0)  # another prompt captions again

@@ -18,9 +18,10 @@ FAST = ["--set", "schedule.max_steps=2", "--set", "schedule.sample_every_steps=2
 
 
 def _seed_model(workdir: Path, tiny_models, tiny_captioners: dict[str, Path]) -> None:
-    """Copy the session's tiny model and captioner in, so the demo does not build others."""
+    """Copy the session's tiny model, captioner and tagger in, so the demo does not build others."""
     shutil.copytree(tiny_models("sd1"), workspace(workdir).model)
     shutil.copytree(tiny_captioners["florence2"], workspace(workdir).captioner)
+    shutil.copytree(tiny_captioners["wd14"], workspace(workdir).tagger)
 
 
 def test_prepare_demo_writes_model_dataset_and_config_once(tmp_path: Path, tiny_models, tiny_captioners) -> None:
@@ -30,7 +31,7 @@ def test_prepare_demo_writes_model_dataset_and_config_once(tmp_path: Path, tiny_
     assert (ws.model / "model_index.json").is_file()
     images = sorted(ws.dataset.rglob("*.png"))
     assert len(images) == 12 and sum(p.with_suffix(".txt").is_file() for p in images) == 8, "the triangles are left to caption"
-    assert (ws.captioner / "config.json").is_file()
+    assert (ws.captioner / "config.json").is_file() and (ws.tagger / "model.onnx").is_file() and (ws.tagger / "selected_tags.csv").is_file()
     assert config["model"]["path"] == str(ws.model) and config["model"]["family"] == "sd1"
     assert config["schedule"]["max_steps"] == 7 and config["settings"]["resolution"] == 64
     assert Path(config["dataset"]["subsets"][0]["path"]).parent == ws.dataset
@@ -43,6 +44,16 @@ def test_prepare_demo_refuses_a_bad_override(tmp_path: Path, tiny_models, tiny_c
     _seed_model(tmp_path / "demo", tiny_models, tiny_captioners)
     with pytest.raises(UserError, match="batch_size"):
         prepare_demo(tmp_path / "demo", ["settings.batch_size=0"])
+
+
+def test_the_demo_builds_its_tiny_tagger_when_it_is_missing(tmp_path: Path) -> None:
+    from core.demo import build_model
+
+    model, tagger = tmp_path / "model", tmp_path / "tagger"
+    model.mkdir()
+    (model / "model_index.json").write_text("{}")  # there already: only the tagger is built
+    build_model(model, tagger_dir=tagger)
+    assert (tagger / "model.onnx").is_file() and "shape_girl_(demo)" in (tagger / "selected_tags.csv").read_text()
 
 
 def test_progress_lines() -> None:

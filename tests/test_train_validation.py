@@ -113,3 +113,34 @@ def test_the_mean_is_taken_in_image_order_whatever_the_process_count(monkeypatch
         return values[0]
 
     assert mean(1) == mean(2) == mean(3)
+
+
+def test_the_validation_loss_reaches_every_tracker_wandb_too(tmp_path) -> None:
+    """accelerate hands ``validation/loss`` to each tracker of ``log_with``: a recording one stands in
+    for W&B (not installed here) beside TensorBoard."""
+    from accelerate import Accelerator
+    from accelerate.tracking import GeneralTracker, on_main_process
+
+    from core.train import trackers
+
+    class Recording(GeneralTracker):
+        name, requires_logging_directory = "wandb-like", False
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.logged: list[tuple[dict, int]] = []
+
+        @property
+        def tracker(self):  # type: ignore[no-untyped-def]
+            return self
+
+        @on_main_process
+        def log(self, values: dict, step: int | None = None, **kwargs: object) -> None:
+            self.logged.append((dict(values), int(step or 0)))
+
+    recording = Recording()
+    acc = Accelerator(log_with=[*trackers.log_with({"tensorboard": True}, tmp_path), recording], cpu=True)
+    trackers.start(acc, {}, "run")
+    trackers.log_validation(acc, 40, 0.25)
+    acc.end_training()
+    assert recording.logged == [({"validation/loss": 0.25}, 40)]

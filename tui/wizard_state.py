@@ -13,7 +13,20 @@ from typing import Any
 from core.dataset.buckets import BUCKET_KEYS
 from core.errors import UserError
 from core.families import spec
-from core.settings import FAMILIES, METHODS, RECIPE_SETTINGS, SCHEMA, SETTINGS, bucket_problem, defaults, family_problem, optimizer_learning_rate, resolve
+from core.settings import (
+    FAMILIES,
+    METHODS,
+    RECIPE_SETTINGS,
+    SCHEMA,
+    SETTINGS,
+    SUBSET_CAPTION_OPTIONS,
+    SUBSET_OPTIONS,
+    bucket_problem,
+    defaults,
+    family_problem,
+    optimizer_learning_rate,
+    resolve,
+)
 from core.units import GIB
 
 STEPS = ("Model", "Dataset", "Method", "Recipe", "Schedule", "Samples", "Review")
@@ -107,14 +120,17 @@ class WizardState:
     field_errors: dict[str, str] = field(default_factory=dict)
     base_dir: Path = field(default_factory=Path.cwd)
     caption_extension: str = field(default_factory=lambda: defaults("dataset")["caption_extension"])
-    #: The captioner model the dataset step's caption dialog offers first ("": the captioner's own; the demo's tiny one in the demo).
-    captioner_model: str = ""
+    #: The model the dataset step's caption dialog offers per captioner (none: the captioner's own; the demo's tiny ones in the demo).
+    captioner_models: dict[str, str] = field(default_factory=dict)
     #: [dataset] mask_dir of an opened config (kept through the wizard; "" = none).
     mask_dir: str = field(default_factory=lambda: defaults("dataset")["mask_dir"])
     #: The dataset as a config's subset list (opened from a run.toml or a kohya config), used while
     #: the dataset fields still show ``subsets_for``; editing them scans the typed folder instead.
     subsets: list[dict[str, Any]] | None = None
     subsets_for: tuple[str, str] = ("", "")
+    #: Each subset's own options (caption prefix, suffix, shuffle, dropout …; core.settings.SUBSET_OPTIONS)
+    #: by its resolved folder: from an opened config and the dataset step, written into its subset table.
+    subset_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: The GPUs this machine really has (probed once when ``gpus`` is simulated): what Launch uses.
     machine: Any = field(default=None, repr=False)
 
@@ -155,6 +171,7 @@ class WizardState:
             return os.path.commonpath(paths) if paths else ""
 
         self.subsets = [dict(s) for s in subsets]
+        self.subset_options = {_folder_key(s["path"]): {k: v for k, v in s.items() if k in SUBSET_OPTIONS} for s in subsets}
         self.dataset = common([str(s["path"]) for s in subsets if not s["is_reg"]])
         self.reg_dataset = common([str(s["path"]) for s in subsets if s["is_reg"]])
         self.subsets_for = (self.dataset, self.reg_dataset)
@@ -269,6 +286,24 @@ class WizardState:
         number = parse_repeats(Path(subset).name, value)
         self.scan.with_repeats({subset: number})
         self.repeats[subset] = number
+
+    def subset_captions(self, subset: str) -> dict[str, Any]:
+        """The caption options ``subset`` trains with: its own, else [settings]'."""
+        own = self.subset_options.get(_folder_key(subset), {})
+        return {key: own.get(key, self.settings[key]) for key in SUBSET_CAPTION_OPTIONS}
+
+    def set_subset_captions(self, subset: str, typed: dict[str, str]) -> None:
+        """Set ``subset``'s caption options from what was typed (UserError naming the option and the
+        rule); a value equal to [settings]' is not kept, so the subset follows the recipe step there."""
+        values = {}
+        for key, text in typed.items():
+            try:
+                values[key] = SUBSET_OPTIONS[key].check(text if SUBSET_OPTIONS[key].type is str else text.strip())
+            except ValueError as exc:
+                raise UserError(f"the caption options of {Path(subset).name}: {exc}; fix the value") from None
+        own = {k: v for k, v in self.subset_options.get(_folder_key(subset), {}).items() if k not in values}
+        own |= {key: value for key, value in values.items() if value != self.settings[key]}
+        self.subset_options[_folder_key(subset)] = own
 
     @property
     def dataset_scan(self) -> Any:
@@ -530,7 +565,7 @@ class WizardState:
         from core.config import new_config
 
         scan = self.dataset_scan
-        subsets = scan.subset_configs() if scan is not None else []
+        subsets = [s | self.subset_options.get(_folder_key(s["path"]), {}) for s in scan.subset_configs()] if scan is not None else []
         self.sync_schedule()
         return new_config(
             name=self.name.strip() or "run",
@@ -559,3 +594,8 @@ class WizardState:
         if not path.is_absolute() and (self.base_dir / path).exists():
             return str((self.base_dir / path).resolve())
         return str(path) if path.is_absolute() else text.strip()
+
+
+def _folder_key(path: Any) -> str:
+    """A subset folder as the key of its own options (resolved, so a config's and a scan's spelling agree)."""
+    return str(Path(str(path)).expanduser().resolve())

@@ -6,6 +6,7 @@ import json
 import sys
 
 from core.captions.job import caption_dataset
+from core.captions.process import CaptionRequest
 from core.errors import UserError
 
 
@@ -13,14 +14,15 @@ def main(argv: list[str]) -> int:
     """Caption as the request says, one JSON event a line on stdout; 2 with one sentence on a user error."""
     from core.captions.runtime import load
 
-    request = json.loads(argv[0])
+    fields = json.loads(argv[0])
 
     def emit(event: dict[str, object]) -> None:
         sys.stdout.write(json.dumps(event) + "\n")
         sys.stdout.flush()
 
     try:
-        caption_dataset(request["dataset"], request["captioner"], load, request.get("model"), request.get("prompt"), batch_size=int(request.get("batch_size") or 1), emit=emit)
+        request = CaptionRequest(**{**fields, "exclude": tuple(fields.get("exclude") or ())})
+        caption_dataset(request.dataset, request.captioner, load, request.model, request.prompt, batch_size=request.batch_size, emit=emit, tags=request.tags())
     except UserError as exc:
         print(f"sdtui: {exc}", file=sys.stderr)
         return 2

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.captions.captioners import Captioner
+from core.captions.captioners import TAGGER, Captioner, TagOptions
 from core.captions.captioners import captioner as find_captioner
 from core.captions.layer import CaptionerKey, CaptionLayer
 from core.dataset.scan import ImageEntry, scan_dataset
@@ -26,8 +26,8 @@ from core.errors import UserError
 #: Images per batch by default.
 DEFAULT_BATCH = 4
 Emit = Callable[[dict[str, Any]], None]
-#: Loads a captioner: (captioner, model, prompt) → an object whose ``caption(images)`` returns captions.
-Loader = Callable[[Captioner, str, str], Any]
+#: Loads a captioner: (captioner, model, prompt, tagger options) → an object whose ``caption(images)`` returns captions.
+Loader = Callable[[Captioner, str, str, TagOptions], Any]
 
 
 @dataclass
@@ -75,13 +75,15 @@ def caption_dataset(
     batch_size: int = DEFAULT_BATCH,
     emit: Emit = lambda event: None,
     layer: CaptionLayer | None = None,
+    tags: TagOptions | None = None,
 ) -> CaptionResult:
     """Caption the images of ``dataset`` that need it with the captioner ``load`` gives, emitting
-    ``start``, ``loading``, ``caption`` and ``done`` events."""
+    ``start``, ``loading``, ``caption`` and ``done`` events; ``tags`` are the tagger's options."""
     if batch_size < 1:
         raise UserError(f"--batch-size {batch_size} is not allowed; give a whole number of at least 1")
     chosen = find_captioner(captioner)
-    key = CaptionerKey(chosen.name, model or chosen.default_model, chosen.default_prompt if prompt is None else prompt)
+    options = tags or TagOptions()
+    key = CaptionerKey(chosen.name, model or chosen.default_model, chosen.default_prompt if prompt is None else prompt, options.key() if chosen.name == TAGGER else "")
     store = layer or CaptionLayer()
     started = time.monotonic()
     result = CaptionResult()
@@ -102,7 +104,7 @@ def caption_dataset(
             todo.append(image)
     emit({"type": "start", "total": len(todo), "reused": result.reused, "kept_edits": result.kept_edits, "captioner": key.captioner, "model": key.model, "prompt": key.prompt})
     if todo:
-        _run(load, chosen, key, todo, batch_size, store, captions, result, emit)
+        _run(lambda: load(chosen, key.model, key.prompt, options), key, todo, batch_size, store, captions, result, emit)
     if write:
         _write_files(captions, result)
     result.elapsed_s = time.monotonic() - started
@@ -110,20 +112,16 @@ def caption_dataset(
     return result
 
 
-def _run(
-    load: Loader, chosen: Captioner, key: CaptionerKey, todo: list[ImageEntry], batch_size: int, store: CaptionLayer, captions: dict[str, str], result: CaptionResult, emit: Emit
-) -> None:
-    from PIL import Image
-
+def _run(load: Callable[[], Any], key: CaptionerKey, todo: list[ImageEntry], batch_size: int, store: CaptionLayer, captions: dict[str, str], result: CaptionResult, emit: Emit) -> None:
     emit({"type": "loading", "model": key.model})
-    runner = load(chosen, key.model, key.prompt)
+    runner = load()
+    note = getattr(runner, "note", "")
+    if note:
+        emit({"type": "note", "text": note})
     started = time.monotonic()
     for first in range(0, len(todo), batch_size):
         batch = todo[first : first + batch_size]
-        pictures = []
-        for image in batch:
-            with Image.open(image.path) as opened:
-                pictures.append(opened.convert("RGB"))
+        pictures = [picture(image.path) for image in batch]
         for image, text in zip(batch, runner.caption(pictures)):
             assert image.content_hash is not None
             store.put(image.content_hash, key, text)
@@ -141,6 +139,18 @@ def _run(
                     "eta_s": _rounded(eta_s(result.captioned, len(todo), elapsed)),
                 }
             )
+
+
+def picture(path: str) -> Any:
+    """The image as an RGB PIL image, transparent parts on white (as the taggers were trained)."""
+    from PIL import Image
+
+    with Image.open(path) as opened:
+        if opened.mode in ("RGBA", "LA", "PA") or "transparency" in opened.info:
+            flat = Image.new("RGBA", opened.size, (255, 255, 255, 255))
+            flat.alpha_composite(opened.convert("RGBA"))
+            return flat.convert("RGB")
+        return opened.convert("RGB")
 
 
 def _rounded(value: float | None) -> float | None:

@@ -33,16 +33,18 @@ def content_hash(path: str | Path) -> str:
 
 @dataclass(frozen=True)
 class CaptionerKey:
-    """What made a caption: the captioner, its model (path or hub id) and its prompt."""
+    """What made a caption: the captioner, its model (path or hub id), its prompt and its options
+    (the tagger's thresholds and exclusions, :meth:`core.captions.captioners.TagOptions.key`)."""
 
     captioner: str
     model: str
     prompt: str = ""
+    options: str = ""
 
     @property
     def id(self) -> str:
-        """A short stable key of the three."""
-        text = json.dumps([self.captioner, self.model, self.prompt])
+        """A short stable key of the four (of the three without options)."""
+        text = json.dumps([self.captioner, self.model, self.prompt, *([self.options] if self.options else [])])
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -104,6 +106,7 @@ class CaptionLayer:
             "captioner": key.captioner,
             "model": key.model,
             "prompt": key.prompt,
+            **({"options": key.options} if key.options else {}),
             "at": time.time(),
         }
         self._write(digest, data)

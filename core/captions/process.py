@@ -2,7 +2,7 @@
 how they read its progress.
 
 ``python -m core.captions REQUEST_JSON`` runs :func:`core.captions.job.caption_dataset` with the
-captioner's runtime and prints one JSON event a line (``start``, ``loading``, ``caption``,
+captioner's runtime and prints one JSON event a line (``start``, ``loading``, ``note``, ``caption``,
 ``done``: the events ``sdtui caption --json`` prints); a user error is its last stderr line
 with exit code 2.
 """
@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from core.captions.captioners import TagOptions
 from core.captions.job import DEFAULT_BATCH
 from core.errors import JobFailed, UserError
 
@@ -30,6 +31,14 @@ class CaptionRequest:
     model: str | None = None
     prompt: str | None = None
     batch_size: int = DEFAULT_BATCH
+    #: The tagger's general and character thresholds and excluded tags (wd14 only).
+    threshold: float = TagOptions.threshold
+    character_threshold: float = TagOptions.character_threshold
+    exclude: tuple[str, ...] = ()
+
+    def tags(self) -> TagOptions:
+        """The tagger's options of the request."""
+        return TagOptions(self.threshold, self.character_threshold, tuple(self.exclude))
 
     def command(self) -> list[str]:
         """The captioning process's argument list."""

@@ -2,30 +2,95 @@
 
 Every captioner goes through transformers' own classes (no ``trust_remote_code``): Florence-2
 (``Florence2ForConditionalGeneration``, the detailed-caption task), Qwen2-VL / Qwen2.5-VL / Qwen3-VL
-(the class the model's config names, with a chat prompt) and BLIP (``BlipForConditionalGeneration``).
-bf16 on a GPU that has it (else fp16), fp32 on the CPU.
+(the class the model's config names, with a chat prompt) and BLIP (``BlipForConditionalGeneration``);
+the WD14 tagger goes through onnxruntime (core/captions/wd14.py, no torch).
+
+Placement (:func:`choose_precision`): the GPU in bf16 (fp16 where it has no bf16) when the weights
+fit its free memory, else 8-bit, else 4-bit nf4 weights (bitsandbytes, through transformers'
+quantization config), else the CPU; the CPU in fp32 when there is no GPU.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.captions.captioners import FLORENCE2_TASK, Captioner
+from core.captions.captioners import FLORENCE2_TASK, TAGGER, Captioner, TagOptions
 from core.errors import UserError
+from core.units import GIB
 
 #: New tokens a caption may have (unless the model's generation config sets its own).
 MAX_NEW_TOKENS = 160
+#: The precisions a captioner's weights may take on a GPU, widest first, with their bytes per parameter.
+PRECISIONS = (("16-bit", 2.0), ("8-bit", 1.0), ("nf4", 0.5))
+#: Free GPU memory a captioner needs beyond its weights: the weights' share again for activations
+#: and the generation cache (×1.25), plus CUDA's context and the vision tower's images.
+WEIGHT_FACTOR = 1.25
+OVERHEAD_BYTES = int(1.5 * GIB)
 
 
-def device_and_dtype() -> tuple[str, Any]:
-    """The GPU in bf16 (fp16 where it has no bf16), else the CPU in fp32."""
+def choose_precision(parameters: int, free_bytes: int | None) -> str:
+    """``16-bit``, ``8-bit`` or ``nf4``: the widest whose weights fit ``free_bytes`` of GPU memory
+    (weights × 1.25 + 1.5 GiB); ``cpu`` when there is no GPU (None) or not even nf4 fits."""
+    if free_bytes is None:
+        return "cpu"
+    for name, width in PRECISIONS:
+        if parameters * width * WEIGHT_FACTOR + OVERHEAD_BYTES <= free_bytes:
+            return name
+    return "cpu"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where and how a captioner runs: its device, its compute dtype, its precision and what to tell the user."""
+
+    device: str
+    dtype: Any
+    precision: str
+    note: str = ""
+
+    @property
+    def quantized(self) -> bool:
+        return self.precision in ("8-bit", "nf4")
+
+    def load_kwargs(self) -> dict[str, Any]:
+        """``from_pretrained``'s arguments: the dtype, and for 8-bit and nf4 the bitsandbytes config on GPU 0."""
+        if not self.quantized:
+            return {"dtype": self.dtype}
+        from transformers import BitsAndBytesConfig
+
+        if self.precision == "8-bit":
+            quantization = BitsAndBytesConfig(load_in_8bit=True)
+        else:
+            quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=self.dtype, bnb_4bit_use_double_quant=True)
+        return {"dtype": self.dtype, "quantization_config": quantization, "device_map": {"": 0}}
+
+
+def placement(parameters: int) -> Placement:
+    """Where a captioner of ``parameters`` weights runs, by the GPU's free memory (:func:`choose_precision`)."""
     import torch
 
-    if torch.cuda.is_available():
-        return "cuda", torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return "cpu", torch.float32
+    if not torch.cuda.is_available():
+        return Placement("cpu", torch.float32, "cpu", "no GPU: captioning on the CPU in fp32 (slow for large captioners)")
+    free, _ = torch.cuda.mem_get_info()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    chosen = choose_precision(parameters, free)
+    size = f"{parameters / 1e9:.1f}B parameters, {free / GIB:.1f} GiB free on the GPU"
+    if chosen == "cpu":
+        return Placement("cpu", torch.float32, "cpu", f"the captioner does not fit the GPU even in 4 bits ({size}): captioning on the CPU; free the GPU or choose a smaller captioner")
+    note = "" if chosen == "16-bit" else f"the captioner's weights are loaded in {chosen} to fit the GPU ({size})"
+    return Placement("cuda", dtype, chosen, note)
+
+
+def parameter_count(cls: Any, config: Any) -> int:
+    """The parameters of ``cls`` built from ``config`` on the meta device (no memory, no weights read)."""
+    import torch
+
+    with torch.device("meta"):
+        net = cls._from_config(config)
+    return sum(p.numel() for p in net.parameters())
 
 
 def _source(model: str) -> str:
@@ -53,12 +118,10 @@ def _loaded(model: str, load: Callable[[str], Any]) -> Any:
 
 
 class Runner:
-    """A loaded captioner: ``caption(images)`` returns one caption per PIL image."""
+    """A loaded captioner: ``caption(images)`` returns one caption per PIL image; ``note`` says how it was placed."""
 
-    def __init__(
-        self, processor: Any, model: Any, device: str, dtype: Any, build: Callable[[Any, list[Any]], dict[str, Any]], decode: Callable[[Any, Any, dict[str, Any]], list[str]]
-    ) -> None:
-        self.processor, self.model, self.device, self.dtype = processor, model, device, dtype
+    def __init__(self, processor: Any, model: Any, place: Placement, build: Callable[[Any, list[Any]], dict[str, Any]], decode: Callable[[Any, Any, dict[str, Any]], list[str]]) -> None:
+        self.processor, self.model, self.device, self.dtype, self.note = processor, model, place.device, place.dtype, place.note
         self._build, self._decode = build, decode
 
     def caption(self, images: Sequence[Any]) -> list[str]:
@@ -73,8 +136,12 @@ class Runner:
         return [" ".join(text.split()) for text in self._decode(self.processor, output, inputs)]
 
 
-def load(captioner: Captioner, model: str, prompt: str) -> Runner:
+def load(captioner: Captioner, model: str, prompt: str, tags: TagOptions | None = None) -> Any:
     """Load ``model`` (a local folder or a hub id) as ``captioner``; UserError when it cannot be."""
+    if captioner.name == TAGGER:
+        from core.captions.wd14 import Tagger
+
+        return Tagger(model, tags or TagOptions())
     from transformers.utils import logging
 
     logging.disable_progress_bar()
@@ -82,16 +149,23 @@ def load(captioner: Captioner, model: str, prompt: str) -> Runner:
     return loaders[captioner.name](model, prompt)
 
 
-def _place(model: Any) -> tuple[Any, str, Any]:
-    device, dtype = device_and_dtype()
-    return model.to(device=device, dtype=dtype).eval(), device, dtype
+def _network(model: str, cls: Any) -> tuple[Any, Placement]:
+    """``cls`` loaded from ``model`` where :func:`placement` puts it (quantized when the GPU is short)."""
+    from transformers import AutoConfig
+
+    config = _loaded(model, AutoConfig.from_pretrained)
+    place = placement(parameter_count(cls, config))
+    net = _loaded(model, lambda source: cls.from_pretrained(source, **place.load_kwargs()))
+    if not place.quantized:
+        net = net.to(device=place.device, dtype=place.dtype)
+    return net.eval(), place
 
 
 def _florence2(model: str, prompt: str) -> Runner:
     from transformers import AutoProcessor, Florence2ForConditionalGeneration
 
     processor = _loaded(model, AutoProcessor.from_pretrained)
-    net, device, dtype = _place(_loaded(model, Florence2ForConditionalGeneration.from_pretrained))
+    net, place = _network(model, Florence2ForConditionalGeneration)
     task = prompt or FLORENCE2_TASK
 
     def build(proc: Any, images: list[Any]) -> dict[str, Any]:
@@ -100,7 +174,7 @@ def _florence2(model: str, prompt: str) -> Runner:
     def decode(proc: Any, output: Any, inputs: dict[str, Any]) -> list[str]:
         return list(proc.batch_decode(output, skip_special_tokens=True))
 
-    return Runner(processor, net, device, dtype, build, decode)
+    return Runner(processor, net, place, build, decode)
 
 
 #: The Qwen-VL chat turn asking about one image, for a tokenizer that carries no chat template.
@@ -130,7 +204,7 @@ def _qwen_vl(model: str, prompt: str) -> Runner:
     tokenizer = _loaded(model, AutoTokenizer.from_pretrained)
     tokenizer.padding_side = "left"
     vision = _loaded(model, AutoImageProcessor.from_pretrained)
-    net, device, dtype = _place(_loaded(model, classes[config.model_type].from_pretrained))
+    net, place = _network(model, classes[config.model_type])
     image_token = tokenizer.convert_ids_to_tokens(config.image_token_id)
     if tokenizer.chat_template:
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
@@ -147,14 +221,14 @@ def _qwen_vl(model: str, prompt: str) -> Runner:
     def decode(proc: Any, output: Any, inputs: dict[str, Any]) -> list[str]:
         return list(proc.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True))
 
-    return Runner(tokenizer, net, device, dtype, build, decode)
+    return Runner(tokenizer, net, place, build, decode)
 
 
 def _blip(model: str, prompt: str) -> Runner:
     from transformers import BlipForConditionalGeneration, BlipProcessor
 
     processor = _loaded(model, BlipProcessor.from_pretrained)
-    net, device, dtype = _place(_loaded(model, BlipForConditionalGeneration.from_pretrained))
+    net, place = _network(model, BlipForConditionalGeneration)
 
     def build(proc: Any, images: list[Any]) -> dict[str, Any]:
         return {"pixel_values": proc(images=images, return_tensors="pt")["pixel_values"]}
@@ -162,4 +236,4 @@ def _blip(model: str, prompt: str) -> Runner:
     def decode(proc: Any, output: Any, inputs: dict[str, Any]) -> list[str]:
         return list(proc.batch_decode(output, skip_special_tokens=True))
 
-    return Runner(processor, net, device, dtype, build, decode)
+    return Runner(processor, net, place, build, decode)

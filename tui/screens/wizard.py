@@ -318,8 +318,10 @@ def new_state(context: Any) -> WizardState:
     demo = context.demo
     if demo is None:
         return WizardState(gpus=context.gpus(), base_dir=Path.cwd())
+    from core.captions.captioners import TAGGER
     from core.config import load_config
+    from core.demo import CAPTIONER
 
     state = WizardState.from_config(load_config(demo.config), context.gpus(), demo.root)
-    state.captioner_model = str(demo.captioner)
+    state.captioner_models = {CAPTIONER: str(demo.captioner), TAGGER: str(demo.tagger)}
     return state

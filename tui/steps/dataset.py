@@ -23,7 +23,12 @@ SEVERITY_STYLE = {"error": "bold red", "left out": "bold yellow", "warning": "ye
 
 class DatasetStep(Step):
     title = "Dataset"
-    BINDINGS = [Binding("e", "edit_repeats", "Edit repeats"), Binding("ctrl+r", "rescan", "Rescan"), Binding("ctrl+o", "caption", "Caption")]
+    BINDINGS = [
+        Binding("e", "edit_repeats", "Edit repeats"),
+        Binding("c", "edit_captions", "Caption options"),
+        Binding("ctrl+r", "rescan", "Rescan"),
+        Binding("ctrl+o", "caption", "Caption"),
+    ]
 
     def compose(self) -> ComposeResult:
         yield Static("Dataset", classes="step-title")
@@ -38,7 +43,8 @@ class DatasetStep(Step):
         yield Button("", id="use-class-folder", compact=True)
         # one space before each column instead of one on each side: six columns fit 80 terminal columns
         yield DataTable(id="subsets", cursor_type="row", cell_padding=0)
-        yield Static("Select a subset and press e (or Enter) to change its repeats; ctrl+r scans the folder again.", classes="help")
+        yield Static("", id="subset-captions")
+        yield Static("Select a subset: e (or Enter) changes its repeats, c its caption options; ctrl+r scans again.", classes="help")
         yield Static("", id="caption-stats")
         yield Button("", id="caption-images", compact=True)
         yield Static("", id="problems")
@@ -116,6 +122,7 @@ class DatasetStep(Step):
         if scan is None:
             summary.update("")
             problems.update("")
+            self.query_one("#subset-captions", Static).update("")
             self._offer_class_folder()
             self._show_captions(None)
             return
@@ -123,6 +130,7 @@ class DatasetStep(Step):
             name = subset.name + (" (class)" if subset.is_reg else "")
             cells = (name, len(subset.images), subset.repeats, subset.captions_label, _sizes(subset), len(subset.buckets) or "–")
             table.add_row(*(f" {cell}" for cell in cells), key=subset.path)
+        self._show_subset_captions()
         counts = sorted(scan.bucket_counts().items(), key=lambda item: -item[1])
         buckets = ", ".join(f"{w}×{h}: {n}" for (w, h), n in counts[:4]) + (" …" if len(counts) > 4 else "")
         line = Text(
@@ -193,7 +201,7 @@ class DatasetStep(Step):
             if changed:
                 self.action_rescan()
 
-        self.app.push_screen(CaptionScreen(self.state.dataset_scan.root, images, self.state.captioner_model), closed)
+        self.app.push_screen(CaptionScreen(self.state.dataset_scan.root, images, self.state.captioner_models), closed)
 
     def _offer_class_folder(self) -> None:
         """Show the button that uses a class folder found inside the dataset, while there is one."""
@@ -221,6 +229,44 @@ class DatasetStep(Step):
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         event.stop()
         self.action_edit_repeats()
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        event.stop()
+        self._show_subset_captions()
+
+    def _selected_subset(self) -> Any:
+        """The subset under the table's cursor (None without a scan)."""
+        scan = self.state.dataset_scan
+        table = self.query_one("#subsets", DataTable)
+        if scan is None or table.row_count == 0:
+            return None
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        return next((s for s in scan.subsets if s.path == key), None)
+
+    def _show_subset_captions(self) -> None:
+        """The selected subset's caption options in one line."""
+        from tui.widgets.subset_captions import summary
+
+        subset = self._selected_subset()
+        line = self.query_one("#subset-captions", Static)
+        line.update("" if subset is None else Text(f"captions of {subset.name}: {summary(self.state.subset_captions(subset.path))} (c changes them)", style="dim"))
+
+    def action_edit_captions(self) -> None:
+        """Edit the selected subset's caption prefix, suffix, shuffle and dropout."""
+        subset = self._selected_subset()
+        if subset is None:
+            return
+        from tui.widgets.subset_captions import SubsetCaptionScreen
+
+        def closed(applied: bool | None) -> None:
+            if applied:
+                self._show_subset_captions()
+                self.changed()
+
+        def apply(typed: dict[str, str]) -> None:
+            self.state.set_subset_captions(subset.path, typed)
+
+        self.app.push_screen(SubsetCaptionScreen(subset.name, self.state.subset_captions(subset.path), apply), closed)
 
     def action_edit_repeats(self) -> None:
         scan = self.state.dataset_scan

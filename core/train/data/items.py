@@ -76,7 +76,7 @@ class TrainData:
     settings: dict[str, Any] = field(default_factory=dict)
     latents: LatentCache | None = None
     text_cache: TextCache | None = None
-    #: The settings of each subset (its own keep_tokens, flip_aug, shuffle_caption laid over [settings]).
+    #: The settings of each subset (its own flip_aug and caption options laid over [settings]).
     subset_settings: list[dict[str, Any]] = field(default_factory=list)
     #: The validation images ([validation] split or folder): never trained on.
     validation_items: list[TrainItem] = field(default_factory=list)
@@ -118,6 +118,8 @@ def _caption_extensions(config: Any, subset: Mapping[str, Any]) -> tuple[str, ..
 
 #: The per-subset options that keep a cache from being used when any subset turns them on.
 _CACHE_BLOCKING_OPTIONS = ("flip_aug", "shuffle_caption")
+#: The per-subset rates that do the same (the highest of the subsets counts).
+_CACHE_BLOCKING_RATES = ("caption_dropout_rate", "caption_tag_dropout_rate")
 
 
 def build_items(config: Any, settings: Mapping[str, Any]) -> TrainData:
@@ -143,7 +145,7 @@ def build_items(config: Any, settings: Mapping[str, Any]) -> TrainData:
         for found in overlay_subsets(scan, [subset]).subsets:
             token = found.token.strip()
             for image in found.images:
-                caption = with_prefix_suffix((image.caption or "").strip() or token, settings)
+                caption = with_prefix_suffix((image.caption or "").strip() or token, per_subset[index])
                 item = TrainItem(image.path, caption, image.width, image.height, select(image.width, image.height), found.repeats, found.is_reg, index)
                 (class_items if found.is_reg else items).append(item)
     from core.train.validation import split_items
@@ -161,6 +163,7 @@ def build_items(config: Any, settings: Mapping[str, Any]) -> TrainData:
         by_bucket.setdefault(item.bucket, []).extend([i] * item.repeats)
     # the caches follow the widest view: one subset that flips or shuffles keeps them off
     widest = settings | {key: any(bool(p[key]) for p in per_subset) or bool(settings[key]) for key in _CACHE_BLOCKING_OPTIONS}
+    widest |= {key: max([float(settings[key]), *(float(p[key]) for p in per_subset)]) for key in _CACHE_BLOCKING_RATES}
     return TrainData(
         items,
         class_items,
