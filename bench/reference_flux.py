@@ -25,8 +25,8 @@ from bench.reference_loop import ImageCaptionDataset, StepRecord, collate, kohya
 LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
 
 
-def train_flux_reference(model: str, data: str, steps: int, resolution: int, rank: int, mixed_precision: str, out: Path, seed: int = 0) -> list[StepRecord]:
-    """Train ``steps`` LoRA steps on the FLUX.1 folder ``model`` and write the records to ``out``."""
+def train_flux_reference(model: str, data: str, steps: int, resolution: int, rank: int, mixed_precision: str, out: Path, seed: int = 0, device: str = "cpu") -> list[StepRecord]:
+    """Train ``steps`` LoRA steps on the FLUX.1 folder ``model`` on ``device`` and write the records to ``out``."""
     import torch
     import torch.nn.functional as F
     from accelerate import Accelerator
@@ -35,7 +35,7 @@ def train_flux_reference(model: str, data: str, steps: int, resolution: int, ran
 
     from core.families.flow_mmdit import latents as packing
 
-    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=True)
+    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=device == "cpu")
     torch.manual_seed(seed)
     random.seed(seed)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
@@ -44,6 +44,7 @@ def train_flux_reference(model: str, data: str, steps: int, resolution: int, ran
     encoders = (pipe.text_encoder, pipe.text_encoder_2)
     for module in (transformer, vae, *encoders):
         module.requires_grad_(False)
+        module.to(accelerator.device)
     transformer.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=LORA_TARGETS))
     transformer.train()
     trainable = [p for p in transformer.parameters() if p.requires_grad]
@@ -60,15 +61,15 @@ def train_flux_reference(model: str, data: str, steps: int, resolution: int, ran
         while len(records) < steps:
             for batch in loader:
                 with accelerator.accumulate(transformer):
-                    x = (vae.encode(batch["pixel_values"].to(dtype=weight_dtype)).latent_dist.sample() - shift) * scaling
-                    pooled = encoders[0](batch["input_ids"][0], output_hidden_states=False).pooler_output
-                    hidden = encoders[1](batch["input_ids"][1], output_hidden_states=False)[0]
+                    x = (vae.encode(batch["pixel_values"].to(accelerator.device, dtype=weight_dtype)).latent_dist.sample() - shift) * scaling
+                    pooled = encoders[0](batch["input_ids"][0].to(accelerator.device), output_hidden_states=False).pooler_output
+                    hidden = encoders[1](batch["input_ids"][1].to(accelerator.device), output_hidden_states=False)[0]
                     noise = torch.randn_like(x)
                     indices = (torch.rand(x.shape[0]) * scheduler.config.num_train_timesteps).long()
-                    sigma = (indices.float() / scheduler.config.num_train_timesteps).view(-1, 1, 1, 1)
+                    sigma = (indices.float() / scheduler.config.num_train_timesteps).view(-1, 1, 1, 1).to(accelerator.device)
                     noisy = (1.0 - sigma) * x + sigma * noise
                     height, width = x.shape[-2:]
-                    guidance = torch.full((x.shape[0],), 1.0) if transformer.config.guidance_embeds else None
+                    guidance = torch.full((x.shape[0],), 1.0, device=accelerator.device) if accelerator.unwrap_model(transformer).config.guidance_embeds else None
                     pred = transformer(
                         hidden_states=packing.pack(noisy),
                         timestep=sigma.flatten().to(weight_dtype),
