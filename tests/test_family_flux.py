@@ -310,3 +310,39 @@ def test_a_killed_run_resumes_with_the_losses_of_an_uninterrupted_one(tiny_model
     for step, loss in losses.items():
         assert loss == pytest.approx(reference[step], rel=1e-4), step
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
+
+
+def test_plan_without_weights_names_the_tiers_out_of_reach_and_fits_on_80gb(capsys):
+    from cli.main import main
+
+    assert main(["--gpus", "1x4090", "plan", "--model", "flux-schnell", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["fits"] is False
+    assert any("out of reach" in note and "12, 16, 24 GB" in note for note in plan["notes"])
+    assert main(["--gpus", "1xH100", "plan", "--model", "flux-dev", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["fits"] is True and plan["recipe"].startswith("flux-lora")
+
+
+def test_attention_makes_the_flops_grow_faster_than_the_pixels():
+    from core.plan.throughput import training_tflops_per_image
+
+    settings = {"cache_latents": True, "cache_text_encoder_outputs": True, "gradient_checkpointing": False}
+    half = training_tflops_per_image("flux", "lora", {**settings, "resolution": 512})
+    full = training_tflops_per_image("flux", "lora", {**settings, "resolution": 1024})
+    assert full == pytest.approx(2 * 125.0) and 4 < full / half < 16 * 0.5
+
+
+@pytest.mark.slow
+def test_the_demo_runs_the_whole_flow_on_the_tiny_flux(tmp_path, tiny_models, tiny_captioners):
+    import shutil
+
+    from core.demo import run_headless, workspace
+
+    ws = workspace(tmp_path / "demo", "flux")
+    shutil.copytree(tiny_models("flux"), ws.model)
+    shutil.copytree(tiny_captioners["florence2"], ws.captioner)
+    lines: list[str] = []
+    code = run_headless(tmp_path / "demo", overrides=["schedule.max_steps=3", "schedule.sample_every_steps=0", "schedule.sample_at_start=false"], out=lines.append, family="flux")
+    assert code == 0, lines
+    assert ws.model.name == "model-flux" and any("finished" in line for line in lines)
