@@ -346,3 +346,27 @@ def test_the_demo_runs_the_whole_flow_on_the_tiny_flux(tmp_path, tiny_models, ti
     code = run_headless(tmp_path / "demo", overrides=["schedule.max_steps=3", "schedule.sample_every_steps=0", "schedule.sample_at_start=false"], out=lines.append, family="flux")
     assert code == 0, lines
     assert ws.model.name == "model-flux" and any("finished" in line for line in lines)
+
+
+def test_the_cli_refuses_a_method_flux_does_not_train_in_one_sentence(capsys):
+    from cli.main import main
+
+    assert main(["plan", "--model", "flux-dev", "--method", "dreambooth"]) == 2
+    err = capsys.readouterr().err
+    assert "the flux family does not train with dreambooth; use one of lora, finetune" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("ddp")
+def test_two_processes_train_the_tiny_flux_to_the_same_weights(tmp_path, tiny_models, kohya_dataset):
+    from tests.train_helpers import launch
+
+    data = kohya_dataset(((1, "a photo of sks dog", 4),))
+    run = make_run(tmp_path / "run", tiny_models("flux"), data, "flux", schedule={"max_steps": 2}, processes=2)
+    hashes = tmp_path / "hashes.txt"
+    done = launch(run, 2, args=["--weights-hash", str(hashes)], timeout=420)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line.split() for line in hashes.read_text().splitlines()]
+    final = {(rank, digest) for rank, step, digest in lines if step == "2"}
+    assert sorted(rank for rank, _ in final) == ["0", "1"] and len({digest for _, digest in final}) == 1
+    assert [m["step"] for m in metrics(run, "step")] == [1, 2]
