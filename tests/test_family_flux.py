@@ -384,3 +384,12 @@ def test_train_text_encoder_trains_clip_l_and_never_t5(tiny_models):
     clip_width = data.params()["flux"]["text_encoder"]["lora_width"]["attn"]
     with_te, without = trainable("flux", "lora", {"train_text_encoder": True}), trainable("flux", "lora", {})
     assert with_te.params - without.params == adapter_parameters("lora", 16, clip_width)
+
+
+def test_a_flow_model_keeps_its_euler_sampler_and_refuses_ddpm_ones(tiny_models):
+    from core.train.outputs.sampling import sampler_scheduler
+
+    scheduler = load_components(str(tiny_models("flux")), settings={}).scheduler
+    assert sampler_scheduler("euler", scheduler) is scheduler and sampler_scheduler("default", scheduler) is scheduler
+    with pytest.raises(ValueError, match="is for DDPM models"):
+        sampler_scheduler("euler_a", scheduler)
