@@ -40,7 +40,6 @@ _HINT = "give the family instead, e.g. --model sdxl (or set [model] family in ru
 #: Transformer models of families sdtui does not train yet: checkpoint key markers / denoiser classes -> what they are.
 _NOT_YET: tuple[tuple[tuple[str, ...], str], ...] = (
     (("double_blocks.", "single_blocks.", "FluxTransformer2DModel", "single_transformer_blocks."), "a FLUX.1-shaped model (double/single-stream transformer blocks)"),
-    (("joint_blocks.", "SD3Transformer2DModel", "context_embedder."), "a Stable Diffusion 3.x model (MMDiT joint blocks)"),
 )
 
 

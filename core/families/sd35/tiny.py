@@ -1,0 +1,68 @@
+"""The tiny SD 3.5: the real MMDiT-X (joint blocks, one with dual attention, QK RMS norm) at toy size, seeded.
+
+Its CLIP-L and CLIP-G are the SD families' tiny CLIP encoders (with projections, as SD3 pools
+both), T5 and the 16-channel VAE come from the shared flow base; every width is chosen so the
+CLIP states side by side fit T5's width, as SD3 pads them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from core.families.sd_unet import tiny as clip_tiny
+
+#: The tiny CLIP encoders' width (and projection); SD3's pooled vector is both side by side.
+CLIP_WIDTH = 32
+
+
+def transformer(joint_attention_dim: int) -> Any:
+    """A two-block MMDiT-X: 16-channel latents in 2×2 patches, the first block with a second attention."""
+    from diffusers import SD3Transformer2DModel
+
+    return SD3Transformer2DModel(
+        sample_size=16,
+        patch_size=2,
+        in_channels=16,
+        out_channels=16,
+        num_layers=2,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=joint_attention_dim,
+        caption_projection_dim=32,
+        pooled_projection_dim=2 * CLIP_WIDTH,
+        pos_embed_max_size=32,
+        dual_attention_layers=(0,),
+        qk_norm="rms_norm",
+    )
+
+
+def build(pipeline_class: Any, out_dir: Path) -> Path:
+    """Write the tiny SD 3.5 with its tokenizers (CLIP BPE twice, a locally built T5) as a diffusers folder."""
+    import torch
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+
+    from core.families import t5
+    from core.families.flow_mmdit import tiny as flow_tiny
+
+    torch.manual_seed(clip_tiny.SEED)
+    clip_l = CLIPTextModelWithProjection(clip_tiny.text_config(CLIP_WIDTH, "quick_gelu", projection=CLIP_WIDTH))
+    clip_g = CLIPTextModelWithProjection(clip_tiny.text_config(CLIP_WIDTH, "gelu", projection=CLIP_WIDTH))
+    encoder = t5.tiny_encoder()
+    width = int(encoder.config.d_model)
+    if width < 2 * CLIP_WIDTH:
+        raise ValueError(f"the tiny T5 is {width} wide, narrower than the two tiny CLIP encoders side by side ({2 * CLIP_WIDTH})")
+    clip_tokenizer = CLIPTokenizer.from_pretrained(clip_tiny.write_tokenizer(out_dir / "tokenizer"))
+    parts = {
+        "transformer": transformer(width),
+        "vae": flow_tiny.vae(scaling_factor=1.5305, shift_factor=0.0609),
+        "text_encoder": clip_l,
+        "text_encoder_2": clip_g,
+        "text_encoder_3": encoder,
+        "tokenizer": clip_tokenizer,
+        "tokenizer_2": clip_tokenizer,
+        "tokenizer_3": t5.tiny_tokenizer(out_dir / "tokenizer_3"),
+        "scheduler": flow_tiny.scheduler(shift=3.0),
+    }
+    pipeline_class(**parts).save_pretrained(out_dir, safe_serialization=True)
+    return out_dir
