@@ -132,7 +132,7 @@ class SD35Runtime(SDUNetRuntime):
         kohya: dict[str, Any] = {}
         for adapter in adapters:
             kind = lora_files.adapter_kind(adapter.config)
-            working = lora_files.kohya_state_dict([adapter], lambda component, name: self._working_base(component, name, denoiser_config, kind))
+            working = lora_files.kohya_state_dict([adapter], lambda component, name, kind=kind: self._working_base(component, name, denoiser_config, kind))
             kohya.update(lora.fuse(working))
         return LoraFiles(kohya=kohya, diffusers=lora_files.diffusers_state_dict(adapters), diffusers_metadata=lora_files.diffusers_metadata(adapters))
 
@@ -143,11 +143,7 @@ class SD35Runtime(SDUNetRuntime):
         def base(component: str, name: str) -> str:
             return self._working_base(component, name, denoiser_config, kind)
 
-        bases = {
-            base(adapter.component, split[0]): lora_files.rank_for(adapter.config, split[0])
-            for key in adapter.state
-            if (split := _module_of(key, kind)) is not None
-        }
+        bases = {base(adapter.component, split[0]): lora_files.rank_for(adapter.config, split[0]) for key in adapter.state if (split := _module_of(key, kind)) is not None}
         return lora_files.from_file(lora.split(tensors, int(denoiser_config.get("num_layers", 0)), bases), adapter, base)
 
     def kohya_metadata(self, v_prediction: bool, adapter: str = "lora") -> dict[str, str]:

@@ -75,7 +75,7 @@ def load(path: Path, source: ModelSource, spec: FamilySpec, dtypes: Mapping[str,
     elif vae:
         parts["vae"] = _diffusers_part(spec, "vae", vae, config, get("vae", get("default")))
     else:
-        parts["vae"] = _from_folder(spec, "vae", "the VAE", path, config, get("vae", get("default")), "model.vae")
+        parts["vae"] = _from_folder(spec, "vae", "VAE", path, config, get("vae", get("default")), "model.vae")
     for te in spec.text_encoders:
         dtype = get(te.name, get("default"))
         own = {k[len(te.original_prefix) :]: v for k, v in tensors.items() if k.startswith(te.original_prefix)}
@@ -85,7 +85,7 @@ def load(path: Path, source: ModelSource, spec: FamilySpec, dtypes: Mapping[str,
         elif own:
             parts[te.name] = text_encoder(spec, te.name, own, config, dtype, str(path))
         else:
-            parts[te.name] = _from_folder(spec, te.name, f"the {_TEXT_NAMES.get(te.kind, te.kind)} text encoder", path, config, dtype, setting)
+            parts[te.name] = _from_folder(spec, te.name, f"{_TEXT_NAMES.get(te.kind, te.kind)} text encoder", path, config, dtype, setting)
     for name in (*spec.tokenizer_names, "scheduler"):
         parts[name] = _load_class(spec, name, config).from_pretrained(config, subfolder=name, local_files_only=not hub_reachable())
     return parts
@@ -103,7 +103,12 @@ def _load_class(spec: FamilySpec, name: str, config: str) -> Any:
         entry = json.loads(index_path.read_text(encoding="utf-8")).get(name)
         if isinstance(entry, list) and len(entry) == 2 and entry[0] in ("diffusers", "transformers"):
             return getattr(importlib.import_module(entry[0]), entry[1])
-    defaults = {"tokenizer": "transformers.CLIPTokenizer", "tokenizer_2": "transformers.CLIPTokenizer", "tokenizer_3": "transformers.T5TokenizerFast", "scheduler": "diffusers.FlowMatchEulerDiscreteScheduler"}
+    defaults = {
+        "tokenizer": "transformers.CLIPTokenizer",
+        "tokenizer_2": "transformers.CLIPTokenizer",
+        "tokenizer_3": "transformers.T5TokenizerFast",
+        "scheduler": "diffusers.FlowMatchEulerDiscreteScheduler",
+    }
     library, _, class_name = defaults[name].rpartition(".")
     return getattr(importlib.import_module(library), class_name)
 
@@ -119,13 +124,15 @@ def _empty(spec: FamilySpec, name: str, config: str) -> Any:
 
 
 def text_encoder(spec: FamilySpec, name: str, state: Mapping[str, Any], config: str, dtype: Any, where: str) -> Any:
-    """A text encoder from its weights in transformers' names; CLIP-L files without a projection get
-    the identity (as diffusers reads SAI files), T5 files without the tied ``encoder.embed_tokens`` share ``shared``."""
+    """A text encoder from its weights in transformers' names. CLIP-L's projection is the identity
+    (SD3 pools CLIP-L unprojected: SAI's reference, ComfyUI, and diffusers reading SAI files), and a
+    CLIP-G file without one gets it too; T5 files without the tied ``encoder.embed_tokens`` share ``shared``."""
     import torch
 
     module = _empty(spec, name, config)
     weights = dict(state)
-    if "text_projection.weight" not in weights and hasattr(module, "text_projection"):
+    kind = next(te.kind for te in spec.text_encoders if te.name == name)
+    if hasattr(module, "text_projection") and (kind == "clip_l" or "text_projection.weight" not in weights):
         weights["text_projection.weight"] = torch.eye(module.text_projection.weight.shape[0], module.text_projection.weight.shape[1])
     if "encoder.embed_tokens.weight" not in weights and "shared.weight" in weights:
         weights["encoder.embed_tokens.weight"] = weights["shared.weight"]

@@ -12,8 +12,9 @@ from typing import Any
 
 from core.families.sd_unet import tiny as clip_tiny
 
-#: The tiny CLIP encoders' width (and projection); SD3's pooled vector is both side by side.
-CLIP_WIDTH = 32
+#: The tiny CLIP-L's and CLIP-G's widths (and projections): different, as single-file loaders tell them
+#: apart by width; SD3's pooled vector (and the text states' CLIP part) is both side by side.
+CLIP_L_WIDTH, CLIP_G_WIDTH = 16, 32
 
 
 def transformer(joint_attention_dim: int) -> Any:
@@ -30,7 +31,7 @@ def transformer(joint_attention_dim: int) -> Any:
         num_attention_heads=2,
         joint_attention_dim=joint_attention_dim,
         caption_projection_dim=32,
-        pooled_projection_dim=2 * CLIP_WIDTH,
+        pooled_projection_dim=CLIP_L_WIDTH + CLIP_G_WIDTH,
         pos_embed_max_size=32,
         dual_attention_layers=(0,),
         qk_norm="rms_norm",
@@ -46,12 +47,14 @@ def build(pipeline_class: Any, out_dir: Path) -> Path:
     from core.families.flow_mmdit import tiny as flow_tiny
 
     torch.manual_seed(clip_tiny.SEED)
-    clip_l = CLIPTextModelWithProjection(clip_tiny.text_config(CLIP_WIDTH, "quick_gelu", projection=CLIP_WIDTH))
-    clip_g = CLIPTextModelWithProjection(clip_tiny.text_config(CLIP_WIDTH, "gelu", projection=CLIP_WIDTH))
+    clip_l = CLIPTextModelWithProjection(clip_tiny.text_config(CLIP_L_WIDTH, "quick_gelu", projection=CLIP_L_WIDTH))
+    with torch.no_grad():  # SD3 pools CLIP-L unprojected (SAI's and ComfyUI's loaders; diffusers reads SAI files so)
+        clip_l.text_projection.weight.copy_(torch.eye(CLIP_L_WIDTH))
+    clip_g = CLIPTextModelWithProjection(clip_tiny.text_config(CLIP_G_WIDTH, "gelu", projection=CLIP_G_WIDTH))
     encoder = t5.tiny_encoder()
     width = int(encoder.config.d_model)
-    if width < 2 * CLIP_WIDTH:
-        raise ValueError(f"the tiny T5 is {width} wide, narrower than the two tiny CLIP encoders side by side ({2 * CLIP_WIDTH})")
+    if width < CLIP_L_WIDTH + CLIP_G_WIDTH:
+        raise ValueError(f"the tiny T5 is {width} wide, narrower than the two tiny CLIP encoders side by side ({CLIP_L_WIDTH + CLIP_G_WIDTH})")
     clip_tokenizer = CLIPTokenizer.from_pretrained(clip_tiny.write_tokenizer(out_dir / "tokenizer"))
     parts = {
         "transformer": transformer(width),
