@@ -155,7 +155,7 @@ def _predict(components) -> torch.Tensor:
     embeddings = family.encode_text(components.text_encoders, ids, 1)
     latents = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        return family.predict(components.denoiser, latents, torch.tensor([700.0]), embeddings.prompt_embeds, family.extra_conditioning(embeddings, {}, "cpu"))
+        return family.predict(components.denoiser, latents, torch.tensor([700.0]), embeddings.prompt_embeds, family.extra_conditioning(embeddings, {}, "cpu", {}))
 
 
 @pytest.mark.slow
@@ -219,7 +219,7 @@ def test_a_single_file_without_t5_names_the_part_to_give(tmp_path, tiny):
     with pytest.raises(UserError) as raised:
         load_components(str(no_t5), config_path=str(config))
     message = str(raised.value)
-    assert "T5-XXL" in message and "text_encoder_3" in message and str(no_t5) in message
+    assert "T5-XXL" in message and "model.t5xxl" in message and str(no_t5) in message
 
 
 def _comfy_apply(sai: dict[str, torch.Tensor], kohya: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

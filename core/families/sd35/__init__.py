@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.families.sd_unet import CLIP_L, CLIP_TOKENS, VAE
+from core.families import t5
+from core.families.flow_mmdit import BUCKET_STEP, METHODS, OBJECTIVES, VAE_16
+from core.families.sd_unet import CLIP_L, CLIP_TOKENS
 from core.families.spec import FamilySpec, LrDefault, Recognition, TextEncoder, Variant
 
 #: The T5-XXL token limit SD 3.5 is trained and sampled with (diffusers' ``max_sequence_length`` default).
@@ -44,32 +46,11 @@ TRANSFORMER_LARGE: dict[str, Any] = {
     "pos_embed_max_size": 192,
 }
 
-#: The 16-channel SD3 VAE: no quant convs, latents ``(z - 0.0609) * 1.5305``.
-VAE_SD3: dict[str, Any] = {
-    **VAE,
-    "latent_channels": 16,
-    "sample_size": 1024,
-    "scaling_factor": 1.5305,
-    "shift_factor": 0.0609,
-    "use_quant_conv": False,
-    "use_post_quant_conv": False,
-    "force_upcast": True,
-}
+#: The 16-channel VAE as SD 3.x ships it: FLUX.1's network, latents ``(z - 0.0609) * 1.5305``.
+VAE_SD3: dict[str, Any] = {**VAE_16, "scaling_factor": 1.5305, "shift_factor": 0.0609}
 
-#: google/t5-v1_1-xxl's encoder, as text_encoder_3 of the SD3 repositories.
-T5_XXL: dict[str, Any] = {
-    "vocab_size": 32128,
-    "d_model": 4096,
-    "d_kv": 64,
-    "d_ff": 10240,
-    "num_layers": 24,
-    "num_heads": 64,
-    "relative_attention_num_buckets": 32,
-    "relative_attention_max_distance": 128,
-    "feed_forward_proj": "gated-gelu",
-    "layer_norm_epsilon": 1e-6,
-    "tie_word_embeddings": False,
-}
+#: The flow-matching Euler scheduler of SD 3.5 (``scheduler/scheduler_config.json``): a fixed shift of 3.0.
+SCHEDULER: dict[str, Any] = {"num_train_timesteps": 1000, "shift": 3.0, "use_dynamic_shifting": False}
 
 CLIP_G: dict[str, Any] = {
     **CLIP_L,
@@ -131,25 +112,27 @@ SPEC = FamilySpec(
         TextEncoder(
             name="text_encoder_3",
             tokenizer="tokenizer_3",
-            kind="t5",
+            kind="t5xxl",
             max_tokens=T5_TOKENS,
             kohya_prefix="lora_te3",
             original_prefix="text_encoders.t5xxl.transformer.",
             original_layout="t5",
             embedding_key="t5xxl",
             embedding_file="",
+            trainable=False,
         ),
     ),
     objective="flow",
-    objectives=("flow",),
-    methods=("lora", "finetune"),
+    objectives=OBJECTIVES,
+    methods=METHODS,
     lora_targets=LORA_TARGETS,
     configs={
         "transformer": TRANSFORMER_MEDIUM,
         "vae": VAE_SD3,
         "text_encoder": CLIP_L,
         "text_encoder_2": CLIP_G,
-        "text_encoder_3": T5_XXL,
+        "text_encoder_3": t5.T5_XXL,
+        "scheduler": SCHEDULER,
     },
     component_classes={
         "transformer": "diffusers.SD3Transformer2DModel",
@@ -165,7 +148,8 @@ SPEC = FamilySpec(
     kohya_base_version="5-medium",
     kohya_v_suffix="",
     kohya_v2=False,
-    modelspec_architectures={"epsilon": "stable-diffusion-3-5-medium"},
+    #: sd-scripts' ``modelspec.architecture`` is ``stable-diffusion-3-`` + its model type of the weights.
+    modelspec_architectures={"epsilon": "stable-diffusion-3-5-medium", "sd35-large": "stable-diffusion-3-5-large", "sd35-large-turbo": "stable-diffusion-3-5-large"},
     modelspec_implementation="diffusers",
     pipeline_class="StableDiffusion3Pipeline",
     recognition=Recognition(
@@ -184,5 +168,5 @@ SPEC = FamilySpec(
         Variant("sd35-large-turbo", "sd35", "Stable Diffusion 3.5 Large Turbo", configs={"transformer": TRANSFORMER_LARGE}, sample_steps=4, guidance_scale=0.0),
     ),
     pipeline_clip_skip=True,
-    bucket_step=16,
+    bucket_step=BUCKET_STEP,
 )

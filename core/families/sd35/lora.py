@@ -68,7 +68,7 @@ def fuse(tensors: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def split(tensors: Mapping[str, Any], num_layers: int, fused_bases: Mapping[str, int]) -> dict[str, Any]:
+def split(tensors: Mapping[str, Any], fused_bases: Mapping[str, int]) -> dict[str, Any]:
     """File -> working layout for the modules ``fused_bases`` (working base -> the adapter's rank) names.
 
     A fused LoRA of rank 3r (what :func:`fuse` writes) gives each part its block; one of the

@@ -24,7 +24,7 @@ from core.families.spec import FamilySpec
 
 #: The hub repository describing each variant's architecture (offline: a folder beside the file).
 HUB_CONFIGS = {24: "stabilityai/stable-diffusion-3.5-medium", 38: "stabilityai/stable-diffusion-3.5-large"}
-_TEXT_NAMES = {"clip_l": "CLIP-L", "clip_g": "CLIP-G", "t5": "T5-XXL"}
+_TEXT_NAMES = {"clip_l": "CLIP-L", "clip_g": "CLIP-G", "t5xxl": "T5-XXL"}
 
 
 def read_upcast(path: Path, dtypes: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -64,14 +64,15 @@ def load(path: Path, source: ModelSource, spec: FamilySpec, dtypes: Mapping[str,
     get = (dtypes or {}).get
     parts: dict[str, Any] = {}
     if source.denoiser:
-        parts[spec.denoiser] = _split_part("denoiser", spec.denoiser, source.denoiser, config, get(spec.denoiser, get("default")), "model.denoiser")
+        like = _empty(spec, spec.denoiser, config)
+        parts[spec.denoiser] = denoiser_into(Path(source.denoiser).expanduser(), like, get(spec.denoiser, get("default")))
     elif denoiser:
         parts[spec.denoiser] = _diffusers_part(spec, spec.denoiser, denoiser, config, get(spec.denoiser, get("default")))
     else:
         raise loading.ModelLoadError(f"The file {path} holds no SD 3.5 MMDiT (no {layout.DENOISER_PREFIX}joint_blocks.*); give the model file itself as model.path.")
     vae = {k: v for k, v in tensors.items() if k.startswith(layout.VAE_PREFIX)}
     if source.vae:
-        parts["vae"] = _split_part("VAE", "vae", source.vae, config, get("vae", get("default")), "model.vae")
+        parts["vae"] = _split_part(spec, "VAE", "vae", source.vae, config, get("vae", get("default")), "model.vae")
     elif vae:
         parts["vae"] = _diffusers_part(spec, "vae", vae, config, get("vae", get("default")))
     else:
@@ -79,9 +80,9 @@ def load(path: Path, source: ModelSource, spec: FamilySpec, dtypes: Mapping[str,
     for te in spec.text_encoders:
         dtype = get(te.name, get("default"))
         own = {k[len(te.original_prefix) :]: v for k, v in tensors.items() if k.startswith(te.original_prefix)}
-        setting = f"model.text_encoders.{te.name}"
+        setting = f"model.{te.kind}"
         if te.name in source.text_encoders:
-            parts[te.name] = _split_part(f"text encoder {te.name}", te.name, source.text_encoders[te.name], config, dtype, setting)
+            parts[te.name] = _split_part(spec, f"{_TEXT_NAMES.get(te.kind, te.kind)} text encoder", te.name, source.text_encoders[te.name], config, dtype, setting)
         elif own:
             parts[te.name] = text_encoder(spec, te.name, own, config, dtype, str(path))
         else:
@@ -89,6 +90,28 @@ def load(path: Path, source: ModelSource, spec: FamilySpec, dtypes: Mapping[str,
     for name in (*spec.tokenizer_names, "scheduler"):
         parts[name] = _load_class(spec, name, config).from_pretrained(config, subfolder=name, local_files_only=not hub_reachable())
     return parts
+
+
+def denoiser_into(path: Path, like: Any, dtype: Any) -> Any:
+    """An SAI MMDiT file (``model.diffusion_model.`` keys or ComfyUI's bare ones; fp8 upcast) read into a copy of ``like``."""
+    import copy
+
+    from diffusers.loaders.single_file_utils import convert_sd3_transformer_checkpoint_to_diffusers
+
+    tensors = read_upcast(path, {"default": dtype} if dtype is not None else None)
+    module = copy.deepcopy(like)
+    try:
+        state = convert_sd3_transformer_checkpoint_to_diffusers(
+            {k: v for k, v in tensors.items() if k.startswith((layout.DENOISER_PREFIX, "joint_blocks.")) or "." not in k or k.split(".")[0] in _TOP}
+        )
+        module.load_state_dict(state)
+    except (KeyError, RuntimeError, IndexError) as exc:
+        raise loading.ModelLoadError(f"The denoiser file {path} is no SD 3.5 MMDiT of this model's size ({loading.short(exc)}); give the transformer file that belongs to it.") from exc
+    return module.to(dtype=dtype) if dtype is not None else module
+
+
+#: The top-level module names of an SAI MMDiT without its prefix (ComfyUI writes files so).
+_TOP = ("pos_embed", "x_embedder", "t_embedder", "y_embedder", "context_embedder", "final_layer")
 
 
 def _component_class(spec: FamilySpec, name: str) -> Any:
@@ -145,11 +168,8 @@ def text_encoder(spec: FamilySpec, name: str, state: Mapping[str, Any], config: 
     return module.to(dtype=dtype) if dtype is not None else module
 
 
-def _split_part(kind: str, name: str, file: str, config: str, dtype: Any, setting: str) -> Any:
+def _split_part(spec: FamilySpec, kind: str, name: str, file: str, config: str, dtype: Any, setting: str) -> Any:
     """A part given as its own file or folder (run.toml ``[model]``): transformers/diffusers names or SAI's, fp8 upcast."""
-    from core.families import spec as family_spec
-
-    spec = family_spec("sd35")
     path = Path(file).expanduser()
     if path.is_file() and path.suffix == ".safetensors":
         state = read_upcast(path, {"default": dtype} if dtype is not None else None)

@@ -1,8 +1,8 @@
 """The tiny SD 3.5: the real MMDiT-X (joint blocks, one with dual attention, QK RMS norm) at toy size, seeded.
 
 Its CLIP-L and CLIP-G are the SD families' tiny CLIP encoders (with projections, as SD3 pools
-both), T5 and the 16-channel VAE come from the shared flow base; every width is chosen so the
-CLIP states side by side fit T5's width, as SD3 pads them.
+both), T5 (and its tokenizer, built locally) and the 16-channel VAE come from the shared bases;
+T5 is as wide as the two CLIPs side by side, and the MMDiT reads that width.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from core.families.sd_unet import tiny as clip_tiny
+from core.families.spec import FamilySpec
 
 #: The tiny CLIP-L's and CLIP-G's widths (and projections): different, as single-file loaders tell them
 #: apart by width; SD3's pooled vector (and the text states' CLIP part) is both side by side.
@@ -38,10 +39,10 @@ def transformer(joint_attention_dim: int) -> Any:
     )
 
 
-def build(pipeline_class: Any, out_dir: Path) -> Path:
-    """Write the tiny SD 3.5 with its tokenizers (CLIP BPE twice, a locally built T5) as a diffusers folder."""
+def build(pipeline_class: Any, spec: FamilySpec, out_dir: Path) -> Path:
+    """Write the tiny SD 3.5 with its tokenizers (the tiny CLIP BPE twice, a locally built T5 Unigram) as a diffusers folder."""
     import torch
-    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5TokenizerFast
 
     from core.families import t5
     from core.families.flow_mmdit import tiny as flow_tiny
@@ -51,21 +52,20 @@ def build(pipeline_class: Any, out_dir: Path) -> Path:
     with torch.no_grad():  # SD3 pools CLIP-L unprojected (SAI's and ComfyUI's loaders; diffusers reads SAI files so)
         clip_l.text_projection.weight.copy_(torch.eye(CLIP_L_WIDTH))
     clip_g = CLIPTextModelWithProjection(clip_tiny.text_config(CLIP_G_WIDTH, "gelu", projection=CLIP_G_WIDTH))
-    encoder = t5.tiny_encoder()
-    width = int(encoder.config.d_model)
-    if width < CLIP_L_WIDTH + CLIP_G_WIDTH:
-        raise ValueError(f"the tiny T5 is {width} wide, narrower than the two tiny CLIP encoders side by side ({CLIP_L_WIDTH + CLIP_G_WIDTH})")
+    width = CLIP_L_WIDTH + CLIP_G_WIDTH  # T5's width, which the CLIP states side by side are padded to
     clip_tokenizer = CLIPTokenizer.from_pretrained(clip_tiny.write_tokenizer(out_dir / "tokenizer"))
+    t5_tokenizer = T5TokenizerFast.from_pretrained(t5.write_tokenizer(out_dir / "tokenizer_3", clip_tiny.WORDS, spec.max_tokens("text_encoder_3")))
+    vae = spec.configs["vae"]
     parts = {
         "transformer": transformer(width),
-        "vae": flow_tiny.vae(scaling_factor=1.5305, shift_factor=0.0609),
+        "vae": flow_tiny.vae16(float(vae["scaling_factor"]), float(vae["shift_factor"])),
         "text_encoder": clip_l,
         "text_encoder_2": clip_g,
-        "text_encoder_3": encoder,
+        "text_encoder_3": t5.tiny_encoder(clip_tiny.WORDS, width),
         "tokenizer": clip_tokenizer,
         "tokenizer_2": clip_tokenizer,
-        "tokenizer_3": t5.tiny_tokenizer(out_dir / "tokenizer_3"),
-        "scheduler": flow_tiny.scheduler(shift=3.0),
+        "tokenizer_3": t5_tokenizer,
+        "scheduler": flow_tiny.scheduler(spec.configs["scheduler"]),
     }
     pipeline_class(**parts).save_pretrained(out_dir, safe_serialization=True)
     return out_dir
