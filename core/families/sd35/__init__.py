@@ -155,7 +155,7 @@ SPEC = FamilySpec(
     recognition=Recognition(
         folder_parts=("text_encoder_3",),
         pipeline_mark="StableDiffusion3",
-        unet_marks={"_class_name": "SD3Transformer2DModel"},
+        unet_marks={"_class_name": "SD3Transformer2DModel", "pooled_projection_dim": 2048},
         checkpoint_keys=("joint_blocks.",),
         hub_pattern=r"stable-diffusion-3|sd-?3",
     ),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -110,22 +110,26 @@ class SD35Runtime(FlowRuntime):
         prefix = next(te.kohya_prefix for te in self.spec.text_encoders if te.name == component)
         return f"{prefix}_{TEXT_MODULES.to_theirs(name).replace('.', '_')}"
 
-    def lora_files(self, adapters: Sequence[AdapterWeights], denoiser_config: Mapping[str, Any]) -> LoraFiles:
-        """kohya: fused q/k/v under SAI names (sd-scripts, ComfyUI; LoHa/LoKr under diffusers names); diffusers: ``<component>.<peft key>``."""
-        kohya: dict[str, Any] = {}
-        for adapter in adapters:
-            kind = lora_files.adapter_kind(adapter.config)
-            working = lora_files.kohya_state_dict([adapter], lambda component, name, kind=kind: self._working_base(component, name, denoiser_config, kind))
-            kohya.update(lora.fuse(working))
-        return LoraFiles(kohya=kohya, diffusers=lora_files.diffusers_state_dict(adapters), diffusers_metadata=lora_files.diffusers_metadata(adapters))
-
-    def lora_from_file(self, tensors: Mapping[str, Any], adapter: AdapterWeights, denoiser_config: Mapping[str, Any]) -> dict[str, Any]:
-        """A kohya (fused: ours or sd-scripts' own rank) or diffusers LoRA file's tensors for one adapter, under peft's keys."""
+    def _namer(self, adapter: AdapterWeights, denoiser_config: Mapping[str, Any]) -> Callable[[str, str], str]:
+        """The working-layout key base of each module of ``adapter`` (:mod:`core.families.sd35.lora`)."""
         kind = lora_files.adapter_kind(adapter.config)
 
         def base(component: str, name: str) -> str:
             return self._working_base(component, name, denoiser_config, kind)
 
+        return base
+
+    def lora_files(self, adapters: Sequence[AdapterWeights], denoiser_config: Mapping[str, Any]) -> LoraFiles:
+        """kohya: fused q/k/v under SAI names (sd-scripts, ComfyUI; LoHa/LoKr under diffusers names); diffusers: ``<component>.<peft key>``."""
+        kohya: dict[str, Any] = {}
+        for adapter in adapters:
+            kohya.update(lora.fuse(lora_files.kohya_state_dict([adapter], self._namer(adapter, denoiser_config))))
+        return LoraFiles(kohya=kohya, diffusers=lora_files.diffusers_state_dict(adapters), diffusers_metadata=lora_files.diffusers_metadata(adapters))
+
+    def lora_from_file(self, tensors: Mapping[str, Any], adapter: AdapterWeights, denoiser_config: Mapping[str, Any]) -> dict[str, Any]:
+        """A kohya (fused: ours or sd-scripts' own rank) or diffusers LoRA file's tensors for one adapter, under peft's keys."""
+        kind = lora_files.adapter_kind(adapter.config)
+        base = self._namer(adapter, denoiser_config)
         ranks = {base(adapter.component, split[0]): lora_files.rank_for(adapter.config, split[0]) for key in adapter.state if (split := split_suffix(key, kind)) is not None}
         return lora_files.from_file(lora.split(tensors, ranks), adapter, base)
 
