@@ -141,10 +141,11 @@ SPEC = FamilySpec(
         "text_encoder_2": "transformers.CLIPTextModelWithProjection",
         "text_encoder_3": "transformers.T5EncoderModel",
     },
-    #: Medium's forward TFLOPs per image at 1024 px (4096 image + 333 text tokens), counted from
-    #: its blocks (docs/families/sd35.md); CLIP-L + CLIP-G (77 tokens) + T5-XXL (256 tokens) per caption.
-    denoiser_tflops=22.0,
-    text_encoder_tflops=2.6,
+    #: Medium's forward TFLOPs per image at 1024 px (4096 image + 333 text tokens; Large: 31.1) and
+    #: CLIP-L + CLIP-G (77 tokens) + T5-XXL (256 tokens) per caption, counted by torch's FlopCounterMode
+    #: on the meta device (docs/families/sd35.md).
+    denoiser_tflops=11.25,
+    text_encoder_tflops=2.51,
     kohya_base_version="5-medium",
     kohya_v_suffix="",
     kohya_v2=False,
@@ -159,7 +160,9 @@ SPEC = FamilySpec(
         checkpoint_keys=("joint_blocks.",),
         hub_pattern=r"stable-diffusion-3|sd-?3",
     ),
-    # diffusers examples/dreambooth/README_sd3.md (full DreamBooth of SD3: 1e-5? see docs/learning-rates.md);
+    # Full fine-tune: diffusers examples/dreambooth/README_sd3.md trains the whole SD3 transformer at
+    # 1e-4 for a 500-step DreamBooth (accumulation 4, constant); for a fine-tune of thousands of steps
+    # sdtui takes 1e-5 with 100 warm-up steps, as for FLUX.1 (ai-toolkit's full fine-tunes). T5 is never trained.
     full_weight_rates={"finetune": LrDefault(1e-5, 5e-6, "constant_with_warmup", 100)},
     native_clip_layer=2,
     variants=(
