@@ -99,6 +99,7 @@ SPEC = FamilySpec(
     #: parameters × 4608 tokens for the linear layers plus 4 × 4608² × 3072 per block × 57 blocks
     #: for attention (docs/families/flux.md); CLIP-L + T5-XXL per caption (2 × 4.8 G × 512).
     denoiser_tflops=125.0,
+    denoiser_attention_tflops=15.0,
     text_encoder_tflops=4.9,
     kohya_base_version="flux1",
     kohya_v_suffix="",
