@@ -360,3 +360,40 @@ def test_a_stopped_run_resumes_with_the_same_losses(tmp_path, tiny, kohya_datase
     assert [m["step"] for m in metrics(run, "step")] == list(range(1, 7))
     for line in metrics(run, "step"):
         assert line["loss"] == pytest.approx(reference[line["step"]], rel=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("ddp")
+def test_two_processes_train_sd35_to_identical_weights(tmp_path, tiny, kohya_dataset):
+    """Real 2-process DDP (gloo) under accelerate launch: both ranks end with the same LoRA and CLIP-L/G adapter weights."""
+    from tests.train_helpers import launch
+
+    data = kohya_dataset(((1, "sks dog", 4),))
+    run = make_run(tmp_path / "run", tiny, data, "sd35", "lora", settings={"train_text_encoder": True, "lora_targets": "all"}, schedule={"epochs": 1}, processes=2)
+    hashes = tmp_path / "hashes.txt"
+    done = launch(run, 2, args=["--weights-hash", str(hashes)])
+    assert done.returncode == 0, done.stderr[-3000:]
+    final = status(run)
+    assert (final["state"], final["step"]) == ("finished", 2)
+    last = {(rank, digest) for rank, step, digest in (line.split() for line in hashes.read_text().splitlines()) if step == "2"}
+    assert sorted(rank for rank, _ in last) == ["0", "1"] and len({digest for _, digest in last}) == 1
+
+
+def test_plan_without_weights(capsys):
+    """``sdtui plan --model sd35-medium`` plans from the spec and the measured tables: a LoRA recipe that fits 24 GB, rates from the family."""
+    from cli.main import main
+
+    assert main(["--gpus", "1x24GB", "plan", "--model", "sd35-medium", "--method", "lora", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["model_family"] == "sd35" and plan["recipe"].startswith("sd35-lora") and plan["fits"] is True
+    assert main(["--gpus", "1x24GB", "plan", "--model", "sd35-large", "--method", "textual_inversion"]) == 2
+    assert capsys.readouterr().err.strip() == "sdtui: the sd35 family does not train with textual_inversion; use one of lora, finetune"
+
+
+def test_a_run_config_with_a_method_sd35_does_not_train_is_refused(tmp_path, kohya_dataset, capsys):
+    from cli.main import main
+
+    run = make_run(tmp_path / "run", "sd35", kohya_dataset(((1, "sks dog", 1),)), "sd35", "dreambooth")
+    assert main(["plan", str(run / "run.toml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("the sd35 family does not train with dreambooth; set [method] kind to one of lora, finetune") and err.count("\n") == 0
