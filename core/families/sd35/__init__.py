@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.families import t5
-from core.families.flow_mmdit import BUCKET_STEP, METHODS, OBJECTIVES, VAE_16
+from core.families.flow_mmdit import BUCKET_STEP, METHODS, OBJECTIVES, T5_XXL, VAE_16
 from core.families.sd_unet import CLIP_L, CLIP_TOKENS
 from core.families.spec import FamilySpec, LrDefault, Recognition, TextEncoder, Variant
 
@@ -131,9 +130,9 @@ SPEC = FamilySpec(
         "vae": VAE_SD3,
         "text_encoder": CLIP_L,
         "text_encoder_2": CLIP_G,
-        "text_encoder_3": t5.T5_XXL,
-        "scheduler": SCHEDULER,
+        "text_encoder_3": T5_XXL,
     },
+    scheduler=SCHEDULER,
     component_classes={
         "transformer": "diffusers.SD3Transformer2DModel",
         "vae": "diffusers.AutoencoderKL",

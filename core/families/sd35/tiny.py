@@ -65,7 +65,7 @@ def build(pipeline_class: Any, spec: FamilySpec, out_dir: Path) -> Path:
         "tokenizer": clip_tokenizer,
         "tokenizer_2": clip_tokenizer,
         "tokenizer_3": t5_tokenizer,
-        "scheduler": flow_tiny.scheduler(spec.configs["scheduler"]),
+        "scheduler": flow_tiny.scheduler(spec.scheduler_config()),
     }
     pipeline_class(**parts).save_pretrained(out_dir, safe_serialization=True)
     return out_dir
