@@ -26,11 +26,23 @@ FAMILIES: tuple[str, ...] = tuple(_SPECS)
 
 
 def spec(name: str) -> FamilySpec:
-    """The spec of family ``name``; UserError naming the known ones when there is none."""
+    """The spec of family ``name``, or of a variant measured on its own (``sd35-large``: its family's
+    spec sized as it, :meth:`FamilySpec.sized`, which the planner and estimator read under that name);
+    UserError naming the known families when there is none."""
     found = _SPECS.get(name)
     if found is None:
+        sized = next((family.sized(name) for family in _SPECS.values() if name in family.sized_variants), None)
+        if sized is not None:
+            return sized
         raise UserError(f"unknown model family '{name}'; use one of {', '.join(FAMILIES)}")
     return found
+
+
+def planned_as(family: str, model: str) -> str:
+    """The name ``model`` is planned under: a variant of ``family`` measured on its own (``sd35-large``,
+    ``sd35-large-turbo`` -> ``sd35-large``), else the family (its default variant's tables)."""
+    found = _SPECS[family]
+    return found.measured_as(model) if model in {v.name for v in found.variants} else family
 
 
 def specs() -> tuple[FamilySpec, ...]:

@@ -45,6 +45,10 @@ TRANSFORMER_LARGE: dict[str, Any] = {
     "pos_embed_max_size": 192,
 }
 
+#: What makes a variant Large: its transformer, and its forward TFLOPs at 1024 px (counted as Medium's;
+#: attention 4·L²·d per joint block: 4 × 4429² × 2432 × 38).
+LARGE: dict[str, Any] = {"configs": {"transformer": TRANSFORMER_LARGE}, "denoiser_tflops": 31.1, "denoiser_attention_tflops": 7.25}
+
 #: The 16-channel VAE as SD 3.x ships it: FLUX.1's network, latents ``(z - 0.0609) * 1.5305``.
 VAE_SD3: dict[str, Any] = {**VAE_16, "scaling_factor": 1.5305, "shift_factor": 0.0609}
 
@@ -144,6 +148,8 @@ SPEC = FamilySpec(
     #: CLIP-L + CLIP-G (77 tokens) + T5-XXL (256 tokens) per caption, counted by torch's FlopCounterMode
     #: on the meta device (docs/families/sd35.md).
     denoiser_tflops=11.25,
+    #: Attention's part (grows with tokens²): 4 × 4429² × 1536 × 24 joint + 4 × 4096² × 1536 × 13 image-only.
+    denoiser_attention_tflops=4.23,
     text_encoder_tflops=2.51,
     kohya_base_version="5-medium",
     kohya_v_suffix="",
@@ -166,8 +172,8 @@ SPEC = FamilySpec(
     native_clip_layer=2,
     variants=(
         Variant("sd35-medium", "sd35", "Stable Diffusion 3.5 Medium", sample_steps=40, guidance_scale=4.5),
-        Variant("sd35-large", "sd35", "Stable Diffusion 3.5 Large", configs={"transformer": TRANSFORMER_LARGE}, sample_steps=28, guidance_scale=3.5),
-        Variant("sd35-large-turbo", "sd35", "Stable Diffusion 3.5 Large Turbo", configs={"transformer": TRANSFORMER_LARGE}, sample_steps=4, guidance_scale=0.0),
+        Variant("sd35-large", "sd35", "Stable Diffusion 3.5 Large", sample_steps=28, guidance_scale=3.5, **LARGE),
+        Variant("sd35-large-turbo", "sd35", "Stable Diffusion 3.5 Large Turbo", sample_steps=4, guidance_scale=0.0, **LARGE),
     ),
     pipeline_clip_skip=True,
     bucket_step=BUCKET_STEP,
