@@ -347,16 +347,19 @@ def measure(selected: tuple[str, ...]) -> dict[str, Any]:
     for family in selected:
         native = spec(family).native_resolution
         resolutions = [int(native * s) // 64 * 64 for s in SCALES]
-        entries: dict[str, Any] = {}
-        for mode, precision, ckpt, attention in itertools.product(MODES, PRECISIONS, (True, False), ATTENTIONS):
-            rows = {r: denoiser_activation(family, r, mode, precision, ckpt, attention) for r in resolutions}
-            key = f"{mode}/{precision}/{'ckpt' if ckpt else 'nockpt'}/{attention}"
-            entries[key] = {part: fit([((r // 8) ** 2, row[part]) for r, row in rows.items()]) for part in ("saved", "recompute", "largest")}
-            entries[key]["points"] = {str(r): row for r, row in rows.items()}
-            top = rows[native]
-            print(f"{family} {key} @{native}: saved {top['saved'] / 2**30:.2f} GiB, recompute {top['recompute'] / 2**30:.2f} GiB, largest {top['largest'] / 2**20:.0f} MiB", flush=True)
-        doc.setdefault(spec(family).denoiser, {})[family] = entries
-        doc["text_encoders"][family] = {comp: text_encoder_activation(family, comp) for comp in spec(family).component_configs() if comp.startswith("text_encoder")}
+        denoiser = spec(family).denoiser
+        for name, variant in ((family, ""), *((v, v) for v in spec(family).sized_variants)):  # a variant of its own size under its name
+            config = spec(family).component_configs(variant)[denoiser]
+            entries: dict[str, Any] = {}
+            for mode, precision, ckpt, attention in itertools.product(MODES, PRECISIONS, (True, False), ATTENTIONS):
+                rows = {r: denoiser_activation(family, r, mode, precision, ckpt, attention, config) for r in resolutions}
+                key = f"{mode}/{precision}/{'ckpt' if ckpt else 'nockpt'}/{attention}"
+                entries[key] = {part: fit([((r // 8) ** 2, row[part]) for r, row in rows.items()]) for part in ("saved", "recompute", "largest")}
+                entries[key]["points"] = {str(r): row for r, row in rows.items()}
+                top = rows[native]
+                print(f"{name} {key} @{native}: saved {top['saved'] / 2**30:.2f} GiB, recompute {top['recompute'] / 2**30:.2f} GiB, largest {top['largest'] / 2**20:.0f} MiB", flush=True)
+            doc.setdefault(denoiser, {})[name] = entries
+            doc["text_encoders"][name] = {comp: text_encoder_activation(family, comp) for comp in spec(family).component_configs() if comp.startswith("text_encoder")}
     return doc
 
 

@@ -95,8 +95,9 @@ def measure(families: tuple[str, ...] = FAMILIES) -> dict[str, Any]:
         "families": {},
     }
     for family in families:
-        configs = spec(family).component_configs()
-        out["families"][family] = {kind: describe(family, kind, build_meta(family, kind, configs[kind])) for kind in spec(family).component_classes}
+        for key, variant in ((family, ""), *((v, v) for v in spec(family).sized_variants)):
+            configs = spec(family).component_configs(variant)
+            out["families"][key] = {kind: describe(family, kind, build_meta(family, kind, configs[kind])) for kind in spec(family).component_classes}
     return out
 
 

@@ -10,7 +10,7 @@ from cli.common import add_json, add_set, print_json, whole_number, writable_fol
 from core.dataset.buckets import BUCKET_KEYS
 from core.dataset.problems import listed
 from core.errors import UserError
-from core.families import FAMILIES, spec
+from core.families import FAMILIES, planned_as, spec
 from core.settings import METHODS
 
 
@@ -175,6 +175,7 @@ def _from_arguments(args: argparse.Namespace, extras: list[str], gpus: Any) -> t
     if method not in METHODS:
         raise UserError(f"method '{method}' is unknown; use --method with one of {', '.join(METHODS)}")
     family = detect_family(args.model)
+    spec(family).check_method(method)
     model_path = "" if args.model == family else args.model
     probe = apply_overrides(new_config("plan", model_path, family, method, [], {}), extras)
     overrides = _settings_overrides(probe, extras)
@@ -184,7 +185,7 @@ def _from_arguments(args: argparse.Namespace, extras: list[str], gpus: Any) -> t
     if args.data:
         scan = scan_dataset(args.data, args.reg, resolution=resolution, bucket_settings={k: settings[k] for k in BUCKET_KEYS})
     distributed = probe.distributed | {"num_processes": max(1, gpus.count)}
-    recipe = _choose_recipe(args.recipe, family, method, gpus, overrides, run_shape(method, scan.reg_images if scan is not None else None, distributed))
+    recipe = _choose_recipe(args.recipe, planned_as(family, args.model), method, gpus, overrides, run_shape(method, scan.reg_images if scan is not None else None, distributed))
     if scan is None:
         name = f"{family}-{method}"
     else:
@@ -218,6 +219,7 @@ def _choose_recipe(name: str | None, family: str, method: str, gpus: Any, overri
     spec(family).check_method(method)  # a method the family does not train: that sentence, not "no recipe"
     if name:
         recipe = get_recipe(name)
+        family = spec(family).name  # a variant planned on its own takes its family's recipes
         if family not in recipe.families or method not in recipe.methods:
             raise UserError(f"recipe '{name}' is for {', '.join(recipe.families)} with {', '.join(recipe.methods)}, not {family} with {method}; list the others with sdtui recipes")
         return recipe

@@ -20,6 +20,7 @@ from tomlkit.exceptions import ParseError
 
 from core.atomic import read_user_text, write_atomic
 from core.errors import UserError
+from core.families import spec
 from core.sample_prompts import parse_prompt_line
 from core.settings import SCHEMA, SETTINGS, SUBSET_KEYS, SUBSET_OPTIONS, Setting, bucket_problem, family_problem, lookup, optimizer_learning_rate, resolve, setting_name
 
@@ -174,10 +175,14 @@ class RunConfig:
             raise UserError(f'{where} has no [[dataset.subsets]]; add one with path = "/data/10_sks dog" and repeats = 10')
 
     def check_family(self) -> None:
-        """Raise UserError when a value does not suit the family the run states (``core.settings.family_problem``)."""
+        """Raise UserError when a value does not suit the family the run states (``core.settings.family_problem``)
+        or the family does not train the run's method (``FamilySpec.check_method``)."""
         stated = self._table("model").get("family")
         problem = family_problem(str(stated), self.section("model")["prediction_type"], self.settings) if stated else None
         if problem:
+            raise UserError(f"{self.path}: {problem}" if self.path else problem)
+        if stated and str(self.method) not in spec(str(stated)).methods:
+            problem = f"the {stated} family does not train with {self.method}; set [method] kind to one of {', '.join(spec(str(stated)).methods)}"
             raise UserError(f"{self.path}: {problem}" if self.path else problem)
 
     def check_buckets(self) -> None:

@@ -12,25 +12,37 @@ import importlib
 from typing import TYPE_CHECKING, cast
 
 from core.errors import UserError
-from core.families import chroma, flux, sd1, sd2, sdxl
+from core.families import chroma, flux, sd1, sd2, sd35, sdxl
 from core.families.spec import FamilySpec, Variant
 
 if TYPE_CHECKING:
     from core.families.protocol import FamilyRuntime
 
-_SPECS: dict[str, FamilySpec] = {m.SPEC.name: m.SPEC for m in (sd1, sd2, sdxl, flux, chroma)}
-_DETECTION: tuple[FamilySpec, ...] = (chroma.SPEC, flux.SPEC, sdxl.SPEC, sd2.SPEC, sd1.SPEC)
+_SPECS: dict[str, FamilySpec] = {m.SPEC.name: m.SPEC for m in (sd1, sd2, sdxl, flux, chroma, sd35)}
+_DETECTION: tuple[FamilySpec, ...] = (sd35.SPEC, chroma.SPEC, flux.SPEC, sdxl.SPEC, sd2.SPEC, sd1.SPEC)
 
 #: The family names, as the user sees them listed.
 FAMILIES: tuple[str, ...] = tuple(_SPECS)
 
 
 def spec(name: str) -> FamilySpec:
-    """The spec of family ``name``; UserError naming the known ones when there is none."""
+    """The spec of family ``name``, or of a variant measured on its own (``sd35-large``: its family's
+    spec sized as it, :meth:`FamilySpec.sized`, which the planner and estimator read under that name);
+    UserError naming the known families when there is none."""
     found = _SPECS.get(name)
     if found is None:
+        sized = next((family.sized(name) for family in _SPECS.values() if name in family.sized_variants), None)
+        if sized is not None:
+            return sized
         raise UserError(f"unknown model family '{name}'; use one of {', '.join(FAMILIES)}")
     return found
+
+
+def planned_as(family: str, model: str) -> str:
+    """The name ``model`` is planned under: a variant of ``family`` measured on its own (``sd35-large``,
+    ``sd35-large-turbo`` -> ``sd35-large``), else the family (its default variant's tables)."""
+    found = _SPECS[family]
+    return found.measured_as(model) if model in {v.name for v in found.variants} else family
 
 
 def specs() -> tuple[FamilySpec, ...]:

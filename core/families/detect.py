@@ -38,7 +38,7 @@ DENOISER_FOLDERS = ("unet", "transformer")
 _MAX_HEADER = 100 * 1024 * 1024
 _HINT = "give the family instead, e.g. --model sdxl (or set [model] family in run.toml)"
 #: Transformer models of families sdtui does not train yet: checkpoint key markers / denoiser classes -> what they are.
-_NOT_YET: tuple[tuple[tuple[str, ...], str], ...] = ((("joint_blocks.", "SD3Transformer2DModel", "context_embedder."), "a Stable Diffusion 3.x model (MMDiT joint blocks)"),)
+_NOT_YET: tuple[tuple[tuple[str, ...], str], ...] = ()
 
 
 def hub_offline(environ: Mapping[str, str] | None = None) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from copy import deepcopy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 #: The objectives a family spec may name (``core.families.objectives`` implements them).
@@ -85,6 +85,10 @@ class Variant:
     max_tokens: Mapping[str, int] = field(default_factory=dict)
     #: The variant's scheduler config where it differs from the family's (FLUX.1-schnell: no shift).
     scheduler: Mapping[str, Any] = field(default_factory=dict)
+    #: The variant's denoiser forward TFLOPs (and their attention part) at the native resolution
+    #: where its size differs from the family's (SD 3.5 Large against Medium); 0 = the family's.
+    denoiser_tflops: float = 0.0
+    denoiser_attention_tflops: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,33 @@ class FamilySpec:
         for name, changes in self.variant(variant).configs.items() if variant else ():
             configs.setdefault(name, {}).update(deepcopy(dict(changes)))
         return configs
+
+    def measured_as(self, variant: str = "") -> str:
+        """The name the measured tables keep ``variant`` under: the first variant of its size (configs
+        and FLOP figures) where that differs from the family's (SD 3.5 Large and Large Turbo: ``sd35-large``),
+        else the family's own name."""
+        chosen = self.variant(variant) if variant else None
+        if chosen is None or not chosen.denoiser_tflops:
+            return self.name
+        return next(v.name for v in self.variants if (v.configs, v.denoiser_tflops) == (chosen.configs, chosen.denoiser_tflops))
+
+    @property
+    def sized_variants(self) -> tuple[str, ...]:
+        """The variants measured on their own (:meth:`measured_as` names them)."""
+        return tuple(dict.fromkeys(self.measured_as(v.name) for v in self.variants if v.denoiser_tflops))
+
+    def sized(self, variant: str = "") -> FamilySpec:
+        """This spec as ``variant`` is sized (its configs and FLOP figures; the same name): what the
+        planner and the estimator read for a variant measured on its own (SD 3.5 Large)."""
+        if not variant:
+            return self
+        chosen = self.variant(variant)
+        return replace(
+            self,
+            configs=self.component_configs(variant),
+            denoiser_tflops=chosen.denoiser_tflops or self.denoiser_tflops,
+            denoiser_attention_tflops=chosen.denoiser_attention_tflops or self.denoiser_attention_tflops,
+        )
 
     def scheduler_config(self, variant: str = "") -> dict[str, Any]:
         """The scheduler config of ``variant`` (default: the family's): the variant's own where it has one."""

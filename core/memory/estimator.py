@@ -162,7 +162,7 @@ def estimate(
     or fsdp (full sharding). ``prior_preservation`` (default: on for DreamBooth) doubles the
     images per step, as each instance image is paired with a class image.
     """
-    if family not in FAMILIES:
+    if family not in FAMILIES and family not in {s for f in FAMILIES for s in spec(f).sized_variants}:
         raise UserError(f"unknown model family '{family}'; use one of {', '.join(FAMILIES)}")
     if method not in METHODS:
         raise UserError(f"unknown method '{method}'; use one of {', '.join(METHODS)}")

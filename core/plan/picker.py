@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from core.families import spec
 from core.memory.estimator import HEADROOM
 from core.settings import resolve
 from core.units import GIB
@@ -120,7 +121,8 @@ def rank_recipes(
     Recipes that do not fit (or cannot be judged without a GPU, ``fits`` None) follow, the
     smallest estimate first.
     """
-    fits = [judge(family, method, r.resolved_settings(dict(overrides or {})), gpus, r, shape) for r in recipes if family in r.families and method in r.methods]
+    named = spec(family).name  # a variant planned on its own (sd35-large) takes its family's recipes
+    fits = [judge(family, method, r.resolved_settings(dict(overrides or {})), gpus, r, shape) for r in recipes if named in r.families and method in r.methods]
     return sorted(fits, key=_order)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from core.dataset.buckets import bucket_counts, bucket_selector
 from core.dataset.scan import overlay_subsets
 from core.errors import UserError
-from core.families import spec
+from core.families import planned_as, spec
 from core.memory.estimator import HEADROOM
 from core.settings import optimizer_notes, optimizer_rule_warnings
 from core.units import GIB
@@ -60,6 +60,8 @@ class Plan:
     class_image_s: float | None = None
     #: The validation loss's images, frequency and cost ([validation]); None when it is off.
     validation: ValidationPlan | None = None
+    #: The name the estimate and speed were read under: a variant measured on its own (``sd35-large``), else the family.
+    planned_as: str = ""
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -197,6 +199,7 @@ def make_plan(config: Any, scan: Any, gpus: Any, price_per_gpu_hour: float | Non
         raise UserError(f"the price per GPU hour must be a finite number, not negative (got {price_per_gpu_hour}); pass e.g. --price-per-gpu-hour 0.7")
     family, method = config.family, config.method
     spec(family).check_method(method)
+    planned = planned_as(family, str(config.model_path))
     settings, schedule, distributed = config.settings, config.schedule, config.distributed
     if int(schedule["epochs"]) <= 0 and int(schedule["max_steps"]) <= 0:
         raise UserError("schedule.epochs and schedule.max_steps are both 0, so the run would never train; give --epochs N or --steps N")
@@ -211,7 +214,7 @@ def make_plan(config: Any, scan: Any, gpus: Any, price_per_gpu_hour: float | Non
     classes = class_images(method, settings, config.section("method")["class_prompt"], scan.reg_images, scan.images) if scan is not None else None
     shape = run_shape(method, classes.total if classes is not None else None, distributed)
     prior = shape.prior_preservation
-    fit = judge(family, method, settings, gpus, shape=shape)
+    fit = judge(planned, method, settings, gpus, shape=shape)
     smallest = gpus.smallest
     plan = Plan(
         model_family=family,
@@ -231,12 +234,13 @@ def make_plan(config: Any, scan: Any, gpus: Any, price_per_gpu_hour: float | Non
         dataset=_dataset_json(scan, counts, held) if scan is not None else None,
         counts=counts,
         prior_preservation=prior,
-        images_per_second_per_gpu=images_per_second(family, method, settings, smallest, int(schedule["gradient_accumulation"])),
+        images_per_second_per_gpu=images_per_second(planned, method, settings, smallest, int(schedule["gradient_accumulation"])),
         configured_processes=int(distributed["num_processes"]) * int(distributed["num_machines"]),
         price_per_gpu_hour=price_per_gpu_hour,
         class_images=classes,
-        class_image_s=sample_seconds_per_image(family, settings, smallest, GENERATE_STEPS),
+        class_image_s=sample_seconds_per_image(planned, settings, smallest, GENERATE_STEPS),
         validation=validation,
+        planned_as=planned,
     )
     _explain(plan, scan, gpus, fit, shape)
     plan.warnings += _mask_warnings(config, scan)
@@ -345,7 +349,10 @@ def out_of_reach_note(family: str) -> str | None:
 
 def _explain_fit(plan: Plan, gpus: Any, fit: Any, shape: RunShape) -> None:
     """The GPU notes (none found, not in the catalog, tiers out of reach) and, when the estimate does not fit, the warning and what would fit."""
-    reach = out_of_reach_note(plan.model_family)
+    planned = plan.planned_as or plan.model_family
+    if planned != plan.model_family:
+        plan.notes.append(f"the estimate and speed are {planned}'s, whose {spec(planned).denoiser} is measured on its own")
+    reach = out_of_reach_note(planned)
     if reach is not None:
         plan.notes.append(reach)
     smallest = gpus.smallest
@@ -360,7 +367,7 @@ def _explain_fit(plan: Plan, gpus: Any, fit: Any, shape: RunShape) -> None:
         )
         from core.recipes import load_recipes
 
-        for tip in suggest_when_nothing_fits(plan.model_family, plan.method, gpus, load_recipes(), plan.settings, shape):
+        for tip in suggest_when_nothing_fits(planned, plan.method, gpus, load_recipes(), plan.settings, shape):
             plan.warnings.append(f"to fit: {tip}")
 
 
