@@ -28,6 +28,11 @@ class TextEncoder:
     original_layout: str
     embedding_key: str
     embedding_file: str
+    #: Whether the encoder (and the denoiser's attention) hides the padding tokens (Chroma's T5);
+    #: FLUX.1 and SD 3.x attend to T5's pad tokens as they were trained.
+    attention_mask: bool = False
+    #: Whether ``train_text_encoder`` may train it (T5-XXL never is: peers freeze it, and it is 4.7B parameters).
+    trainable: bool = True
 
 
 @dataclass(frozen=True)
@@ -64,7 +69,8 @@ class Variant:
 
     ``configs`` are merged over the family's (component name -> changed keys);
     ``sample_steps`` and ``guidance_scale`` are the sampling defaults (a distilled model: few
-    steps and ``guidance_scale = 0``, i.e. no classifier-free guidance).
+    steps and ``guidance_scale = 0``, i.e. no classifier-free guidance); ``max_tokens`` changes
+    text encoders' token limits (encoder name -> tokens: FLUX.1-schnell's T5 takes 256, dev's 512).
     """
 
     name: str
@@ -74,6 +80,7 @@ class Variant:
     native_resolution: int = 0
     sample_steps: int = 30
     guidance_scale: float = 7.5
+    max_tokens: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -116,6 +123,9 @@ class FamilySpec:
     #: Pixels a bucket side must be a multiple of: the VAE's downscale (8), times 2 where the
     #: denoiser packs 2×2 latent patches into one token (16: FLUX, SD 3.x).
     bucket_step: int = 8
+    #: The original single file holds only the denoiser (FLUX.1's and Chroma's releases): the VAE and
+    #: text encoders come from the diffusers folder beside it or as split files.
+    original_denoiser_only: bool = False
 
     def component_configs(self, variant: str = "") -> dict[str, dict[str, Any]]:
         """A fresh (deep) copy of the real-size component configs (of ``variant``, default the family's), to build or change."""
@@ -141,9 +151,19 @@ class FamilySpec:
         return tuple(te.name for te in self.text_encoders)
 
     @property
+    def trainable_text_encoder_names(self) -> tuple[str, ...]:
+        """The text encoders ``train_text_encoder`` trains (CLIP-L for FLUX.1; never T5)."""
+        return tuple(te.name for te in self.text_encoders if te.trainable)
+
+    @property
     def tokenizer_names(self) -> tuple[str, ...]:
         """The component names of the tokenizers, in the text encoders' order."""
         return tuple(te.tokenizer for te in self.text_encoders)
+
+    def max_tokens(self, encoder: str, variant: str = "") -> int:
+        """The token limit of text encoder ``encoder`` in ``variant`` (default: the family's)."""
+        limit = next(te.max_tokens for te in self.text_encoders if te.name == encoder)
+        return int(self.variant(variant).max_tokens.get(encoder, limit))
 
     @property
     def text_tokens(self) -> int:
