@@ -17,7 +17,9 @@ OBJECTIVES = ("epsilon", "v_prediction", "flow")
 
 @dataclass(frozen=True)
 class TextEncoder:
-    """One text encoder of a family: its component names, token limit and the names other tools give it."""
+    """One text encoder of a family: its component names, token limit and the names other tools give it.
+
+    ``kind`` (``clip_l``, ``clip_g``, ``t5xxl``) is also the ``[model]`` key naming its split file."""
 
     name: str
     tokenizer: str
