@@ -268,6 +268,7 @@ SCHEMA: dict[str, dict[str, Setting]] = {
         "clip_l": _s("clip_l", str, "", "optional separate CLIP-L text encoder file or folder (clip_l.safetensors)"),
         "clip_g": _s("clip_g", str, "", "optional separate CLIP-G text encoder file or folder (clip_g.safetensors)"),
         "t5xxl": _s("t5xxl", str, "", "optional separate T5-XXL text encoder file or folder (t5xxl_fp16.safetensors)"),
+        "qwen3": _s("qwen3", str, "", "optional separate Qwen3 text encoder file or folder (Z-Image's qwen_3_4b.safetensors, fp8 ones too)"),
         "config": _s("config", str, "", "diffusers folder describing a single file's architecture (offline loading); empty = a folder named like the file beside it"),
     },
     "dataset": {

@@ -16,6 +16,7 @@ from typing import Any
 
 from core.errors import UserError
 from core.families import llm_text, loading
+from core.families.detect import hub_reachable
 from core.families.embeddings import TextEmbeddings
 from core.families.flow_mmdit.runtime import FlowRuntime
 from core.families.lora_files import diffusers_metadata, diffusers_state_dict, from_file, kohya_state_dict
@@ -105,7 +106,7 @@ class ZImageRuntime(FlowRuntime):
         if folder is not None:
             parts = loading.load_folder(Path(folder), self.spec, dtypes, skip=(self.spec.denoiser,))
             like = self._empty_denoiser(Path(folder) / self.spec.denoiser)
-        elif loading.hub_reachable():
+        elif hub_reachable():
             parts, _ = loading.load_hub(HUB_MODELS[variant_of_name(str(path))], dtypes, self.pipeline_extras)
             like = parts[self.spec.denoiser]
         else:
@@ -213,7 +214,6 @@ class ZImageRuntime(FlowRuntime):
             "ss_v2": str(self.spec.kohya_v2),
             "modelspec.architecture": f"{self.spec.modelspec_architectures[name]}/{adapter}",
             "modelspec.implementation": self.spec.modelspec_implementation,
-            "modelspec.prediction_type": "flow",
         }
 
     def to_original(self, pipe: Any) -> dict[str, Any]:
