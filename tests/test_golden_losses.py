@@ -38,6 +38,7 @@ CASES: dict[str, tuple[str, str, dict[str, Any], dict[str, Any], bool]] = {
     "sd2-finetune-vpred-minsnr": ("sd2", "finetune", {"min_snr_gamma": 5.0}, {"prediction_type": "v_prediction"}, False),
     "sdxl-lora-text-encoder": ("sdxl", "lora", {"train_text_encoder": True, "clip_skip": 2}, {}, False),
     "sdxl-finetune-cached": ("sdxl", "finetune", {"cache_latents": True, "cache_text_encoder_outputs": True}, {}, False),
+    "zimage-lora-cached-attn-ff": ("zimage", "lora", {"cache_latents": True, "cache_text_encoder_outputs": True, "lora_targets": "attn_ff"}, {}, False),
 }
 STEPS = 3
 #: Relative agreement asked of a machine kind that is not recorded.
@@ -94,8 +95,10 @@ def test_losses_are_bit_identical_to_the_recorded_ones(name, tmp_path, tiny_mode
     if here is not None:
         assert losses == here[name]
     else:
-        for kind, cases in recorded.items():
-            assert losses == pytest.approx(cases[name], rel=OTHER_MACHINE_RTOL), kind
+        kinds = {kind: cases[name] for kind, cases in recorded.items() if name in cases}  # a case added later is recorded on fewer kinds
+        assert kinds, f"no machine kind has {name} recorded; run python -m tests.test_golden_losses"
+        for kind, expected in kinds.items():
+            assert losses == pytest.approx(expected, rel=OTHER_MACHINE_RTOL), kind
 
 
 def _record() -> None:
