@@ -24,6 +24,7 @@ def model_folder_name(family: str) -> str:
     """The demo's model folder in the work folder: ``model`` for the default family, ``model-<family>`` for the others (``sdtui demo --family``)."""
     return "model" if family == FAMILY else f"model-{family}"
 
+
 #: The demo's run config (12 images × 10 repeats, batch 2: 60 steps an epoch, 120 in all): small enough to show a falling loss and new samples within a minute or two on a CPU.
 DEMO_SETTINGS: dict[str, Any] = {
     "recipe": "",
@@ -219,9 +220,7 @@ def follow(run: Any, out: Callable[[str], None] = print, poll_s: float = 1.0, ev
         time.sleep(poll_s)
 
 
-def run_headless(
-    workdir: str | Path, runs_dir: str | Path | None = None, overrides: Sequence[str] = (), out: Callable[[str], None] = print, family: str = FAMILY
-) -> int:
+def run_headless(workdir: str | Path, runs_dir: str | Path | None = None, overrides: Sequence[str] = (), out: Callable[[str], None] = print, family: str = FAMILY) -> int:
     """``sdtui demo --headless [--family F]``: prepare, launch, follow to the end; 0 finished, 1 otherwise."""
     from core.launch.control import stop_run
     from core.launch.start import start_run

@@ -181,7 +181,7 @@ def test_the_kohya_file_names_every_module_as_sd_scripts_and_comfyui_and_merges_
     bases = {k.rsplit(".", 2)[0] if k.endswith(".weight") else k.rsplit(".", 1)[0] for k in files.kohya}
     bfl_modules = {"lora_unet_" + k[: -len(".weight")].replace(".", "_") for k, v in base.items() if k.endswith(".weight") and v.ndim == 2}
     assert bases == bfl_modules, "every linear BFL module, and nothing else, under its sd-scripts/ComfyUI name"
-    assert DOUBLE_BLOCK_NAMES | SINGLE_BLOCK_NAMES <= bases
+    assert bases >= DOUBLE_BLOCK_NAMES | SINGLE_BLOCK_NAMES
     assert files.kohya["lora_unet_single_blocks_1_linear1.lora_down.weight"].shape[0] == 4 * 2, "q, k, v and the MLP fused: rank 4 × 2"
     from peft.tuners.tuners_utils import BaseTunerLayer
 

@@ -241,3 +241,47 @@ def test_a_lora_run_trains_samples_saves_and_resumes_with_the_same_losses(zimage
     assert sorted(resumed) == list(range(1, 9))
     for step, loss in resumed.items():
         assert loss == pytest.approx(losses[step], rel=1e-4)
+
+
+def _plan(capsys, *argv: str) -> dict:
+    import json
+
+    from cli.main import main
+
+    assert main(["plan", *argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_plan_picks_a_zimage_recipe_without_weights_and_says_how_to_train_turbo(capsys, tmp_path, monkeypatch, kohya_dataset):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    turbo = _plan(capsys, "--model", "z-image-turbo", "--method", "lora", "--gpus", "1x24GB", "--data", str(kohya_dataset()))
+    assert turbo["model_family"] == "zimage" and turbo["recipe"].startswith("zimage-lora-") and turbo["fits"] is True
+    assert 12 < turbo["vram_estimate_gb"] <= 24 and turbo["schedule"][0]["eta_s"] > 0
+    assert any(w.startswith("Z-Image Turbo is step-distilled") and "Z-Image Base" in w for w in turbo["warnings"])
+    base = _plan(capsys, "--model", "z-image", "--method", "lora", "--gpus", "1x48GB")
+    assert base["fits"] is True and not any("step-distilled" in w for w in base["warnings"])
+    small = _plan(capsys, "--model", "z-image", "--method", "lora", "--gpus", "1x8GB")
+    assert small["fits"] is False
+    full = _plan(capsys, "--model", "z-image", "--method", "finetune", "--gpus", "1x48GB")
+    assert full["recipe"] == "zimage-finetune-48gb" and full["fits"] is True
+
+
+@pytest.mark.slow
+def test_the_zimage_demo_prepares_its_own_tiny_model_and_trains(tmp_path, zimage, tiny_captioners):
+    import shutil
+
+    import tomlkit
+
+    from core.demo import prepare_demo, workspace
+
+    ws = workspace(tmp_path / "demo", "zimage")
+    shutil.copytree(zimage, ws.model)
+    shutil.copytree(tiny_captioners["florence2"], ws.captioner)
+    prepared = prepare_demo(tmp_path / "demo", ["schedule.max_steps=2", "schedule.sample_every_steps=2", "schedule.save_every_epochs=0"], "zimage")
+    config = tomlkit.parse(prepared.config.read_text())
+    assert config["model"]["family"] == "zimage" and config["model"]["path"] == str(tmp_path / "demo" / "model-zimage")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.toml").write_text(prepared.config.read_text())
+    assert train(run) == 0
+    assert status(run)["state"] == "finished" and [s["step"] for s in metrics(run, "sample")][-1] == 2

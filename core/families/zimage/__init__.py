@@ -94,8 +94,14 @@ QWEN3_ENCODER = TextEncoder(
 
 #: Sampling defaults: Turbo as its model card and diffusers' example run it (9 steps, guidance 0 = no
 #: CFG); Base with CFG as Tongyi's card recommends (28-50 steps, guidance 3-5).
-TURBO = Variant("z-image-turbo", "zimage", "Z-Image Turbo", native_resolution=1024, sample_steps=9, guidance_scale=0.0)
-BASE = Variant("z-image", "zimage", "Z-Image (Base)", native_resolution=1024, sample_steps=50, guidance_scale=4.0)
+#: The peers' advice for LoRAs on Turbo (docs/families/zimage.md has the sources).
+TURBO_NOTE = (
+    "Z-Image Turbo is step-distilled: a LoRA trained on it directly breaks the distillation within a few thousand steps "
+    "(blurry, generic samples); train on Z-Image Base (Tongyi-MAI/Z-Image, whose LoRAs load on Turbo) or on Turbo with "
+    "a de-distill adapter merged in (ostris/zimage_turbo_training_adapter, ostris/Z-Image-De-Turbo), and keep the run short"
+)
+TURBO = Variant("z-image-turbo", "zimage", "Z-Image Turbo", native_resolution=1024, sample_steps=9, guidance_scale=0.0, name_pattern=r"turbo", training_note=TURBO_NOTE)
+BASE = Variant("z-image", "zimage", "Z-Image (Base)", native_resolution=1024, sample_steps=50, guidance_scale=4.0, name_pattern=r"z[-_]?image")
 
 #: The hub models of the variants (what a single transformer file's other parts come from when no folder is beside it).
 HUB_MODELS = {TURBO.name: "Tongyi-MAI/Z-Image-Turbo", BASE.name: "Tongyi-MAI/Z-Image"}

@@ -23,7 +23,7 @@ from core.families.lora_files import diffusers_metadata, diffusers_state_dict, f
 from core.families.objectives import FlowObjective
 from core.families.protocol import AdapterWeights, FamilyRuntime, LoadedModel, LoraFiles, ModelSource, SamplePromptLike
 from core.families.wrappers import unwrap
-from core.families.zimage import BASE, HUB_MODELS, PROMPT, SPEC, TURBO, layout
+from core.families.zimage import HUB_MODELS, PROMPT, SPEC, layout
 
 #: The block list ``settings.train_block_indices`` selects in (the refiners are always trained with the targets).
 BLOCKS = "layers"
@@ -33,9 +33,7 @@ COMFY_PREFIX = "diffusion_model."
 
 def variant_of_name(name: str) -> str:
     """The variant a model's folder, file or hub name says: Base where it names Z-Image but not Turbo, Turbo otherwise."""
-    lowered = name.lower().replace("_", "-")
-    named_base = any(mark in lowered for mark in ("z-image", "zimage")) and "turbo" not in lowered
-    return BASE.name if named_base else TURBO.name
+    return SPEC.variant_of_name(name).name
 
 
 def block_indices(text: str, count: int) -> set[int]:
