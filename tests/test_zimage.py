@@ -285,3 +285,16 @@ def test_the_zimage_demo_prepares_its_own_tiny_model_and_trains(tmp_path, zimage
     (run / "run.toml").write_text(prepared.config.read_text())
     assert train(run) == 0
     assert status(run)["state"] == "finished" and [s["step"] for s in metrics(run, "sample")][-1] == 2
+
+
+@pytest.mark.slow
+def test_two_processes_train_zimage_with_the_shared_text_cache(zimage, tmp_path, kohya_dataset):
+    from tests.train_helpers import launch
+
+    data = kohya_dataset(((2, "sks dog", 2), (2, "red circle", 2)))
+    run = make_run(tmp_path / "run", zimage, data, "zimage", settings={"cache_latents": True, "cache_text_encoder_outputs": True}, schedule={"epochs": 1}, processes=2)
+    result = launch(run, 2, env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert status(run)["state"] == "finished"
+    assert [m["step"] for m in metrics(run, "step")] == [1, 2, 3, 4]  # 8 items over 2 processes, batch 1
+    assert (run / "output" / "tiny.safetensors").is_file()

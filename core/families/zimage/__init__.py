@@ -133,7 +133,7 @@ SPEC = FamilySpec(
     pipeline_class="ZImagePipeline",
     recognition=Recognition(
         pipeline_mark="ZImagePipeline",
-        unet_marks={"_class_name": "ZImageTransformer2DModel"},
+        unet_marks={"_class_name": "ZImageTransformer2DModel", "cap_feat_dim": 2560},
         checkpoint_keys=("cap_pad_token", "x_pad_token"),
         hub_pattern=r"z-?image|zimage",
     ),
