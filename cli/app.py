@@ -6,7 +6,6 @@ import argparse
 from typing import Any
 
 from cli.common import add_set, runs_folder, writable_folder
-from core.demo import FAMILY as DEMO_FAMILY
 from core.families import FAMILIES
 
 
@@ -15,7 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo = sub.add_parser("demo", help="the whole flow on a tiny model and a generated dataset (CPU is fine)")
     demo.add_argument("--headless", action="store_true", help="no TUI: train the demo and print progress until it ends")
     demo.add_argument("--workdir", default="demo", help="work folder for the model, dataset and runs (default ./demo)")
-    demo.add_argument("--family", choices=FAMILIES, default=DEMO_FAMILY, help=f"the model family of the tiny demo model (default {DEMO_FAMILY})")
+    demo.add_argument("--family", default="sd1", choices=FAMILIES, help="the model family of the tiny model (default sd1)")
     add_set(demo)
     demo.set_defaults(func=cmd_demo)
     attach = sub.add_parser("attach", help="open the live dashboard of a run")

@@ -1,4 +1,4 @@
-"""The embedded default: a tiny SD-shaped model, a generated dataset and a run config ready to launch.
+"""The embedded default: a tiny model of a family (SD 1.5 unless ``--family`` names another), a generated dataset and a run config ready to launch.
 
 No UI here and no torch at import: the tiny model is built in a child process, so that the TUI
 that calls this never loads the training stack.
@@ -18,12 +18,6 @@ from core.errors import JobFailed, UserError
 from core.runs.states import ENDED_STATES
 
 FAMILY = "sd1"
-
-
-def model_folder_name(family: str) -> str:
-    """The demo's model folder in the work folder: ``model`` for the default family, ``model-<family>`` for the others (``sdtui demo --family``)."""
-    return "model" if family == FAMILY else f"model-{family}"
-
 
 #: The demo's run config (12 images × 10 repeats, batch 2: 60 steps an epoch, 120 in all): small enough to show a falling loss and new samples within a minute or two on a CPU.
 DEMO_SETTINGS: dict[str, Any] = {
@@ -63,8 +57,8 @@ DEMO_PROMPTS = [
 
 @dataclass(frozen=True)
 class DemoWorkspace:
-    """The demo's folders: ``root/model``, ``root/dataset``, ``root/runs``, the config ``root/demo.toml``
-    and the tiny captioner ``root/captioner``."""
+    """The demo's folders: ``root/model`` (``root/model-<family>`` for another family than the default),
+    ``root/dataset``, ``root/runs``, the config ``root/demo.toml`` and the tiny captioner ``root/captioner``."""
 
     root: Path
     model: Path
@@ -72,12 +66,14 @@ class DemoWorkspace:
     runs: Path
     config: Path
     captioner: Path
+    family: str = FAMILY
 
 
 def workspace(workdir: str | Path, family: str = FAMILY) -> DemoWorkspace:
     """The paths of a demo work folder for ``family``'s tiny model (nothing is created)."""
     root = Path(workdir).expanduser().resolve()
-    return DemoWorkspace(root, root / model_folder_name(family), root / "dataset", root / "runs", root / "demo.toml", root / "captioner")
+    model = root / ("model" if family == FAMILY else f"model-{family}")
+    return DemoWorkspace(root, model, root / "dataset", root / "runs", root / "demo.toml", root / "captioner", family)
 
 
 #: The demo's captioner: the Florence-2 architecture with random weights, so its captions are random words.
@@ -130,14 +126,14 @@ def demo_subsets(dataset_dir: Path) -> list[dict[str, Any]]:
     return subsets
 
 
-def demo_config(ws: DemoWorkspace, overrides: Sequence[str] = (), family: str = FAMILY) -> Any:
-    """The demo's RunConfig (core.config) for ``family``'s tiny model with ``--set`` overrides applied."""
+def demo_config(ws: DemoWorkspace, overrides: Sequence[str] = ()) -> Any:
+    """The demo's RunConfig (core.config) with ``--set`` overrides applied."""
     from core.config import apply_overrides, new_config
 
     config = new_config(
         name="demo",
         model_path=str(ws.model),
-        family=family,
+        family=ws.family,
         method="lora",
         subsets=demo_subsets(ws.dataset),
         settings=dict(DEMO_SETTINGS),
@@ -150,15 +146,17 @@ def demo_config(ws: DemoWorkspace, overrides: Sequence[str] = (), family: str = 
 
 
 def prepare_demo(workdir: str | Path, overrides: Sequence[str] = (), family: str = FAMILY) -> DemoWorkspace:
-    """Build ``family``'s tiny model and the dataset (once each) and write ``demo.toml``; returns the workspace."""
+    """Build ``family``'s tiny model and the dataset (once) and write ``demo.toml``; returns the workspace."""
     from core.config import save_config
+    from core.families import spec
 
+    spec(family)  # a UserError naming the families for an unknown one
     ws = workspace(workdir, family)
     ws.root.mkdir(parents=True, exist_ok=True)
     ws.runs.mkdir(exist_ok=True)
     build_model(ws.model, ws.captioner, family=family)
     build_dataset(ws.dataset)
-    save_config(demo_config(ws, overrides, family), ws.config)
+    save_config(demo_config(ws, overrides), ws.config)
     return ws
 
 
@@ -221,7 +219,7 @@ def follow(run: Any, out: Callable[[str], None] = print, poll_s: float = 1.0, ev
 
 
 def run_headless(workdir: str | Path, runs_dir: str | Path | None = None, overrides: Sequence[str] = (), out: Callable[[str], None] = print, family: str = FAMILY) -> int:
-    """``sdtui demo --headless [--family F]``: prepare, launch, follow to the end; 0 finished, 1 otherwise."""
+    """``sdtui demo --headless``: prepare, launch, follow to the end; 0 finished, 1 otherwise."""
     from core.launch.control import stop_run
     from core.launch.start import start_run
 

@@ -86,6 +86,8 @@ class Variant:
     sample_steps: int = 30
     guidance_scale: float = 7.5
     max_tokens: Mapping[str, int] = field(default_factory=dict)
+    #: The variant's scheduler config where it differs from the family's (FLUX.1-schnell: no shift).
+    scheduler: Mapping[str, Any] = field(default_factory=dict)
     name_pattern: str = ""
     training_note: str = ""
 
@@ -130,9 +132,14 @@ class FamilySpec:
     #: Pixels a bucket side must be a multiple of: the VAE's downscale (8), times 2 where the
     #: denoiser packs 2×2 latent patches into one token (16: FLUX, SD 3.x).
     bucket_step: int = 8
+    #: The part of ``denoiser_tflops`` (at the native resolution) that grows with the square of the
+    #: image tokens: a transformer's attention (FLUX.1: 15 of 125). The rest grows with the pixels.
+    denoiser_attention_tflops: float = 0.0
     #: The original single file holds only the denoiser (FLUX.1's and Chroma's releases): the VAE and
     #: text encoders come from the diffusers folder beside it or as split files.
     original_denoiser_only: bool = False
+    #: The reference scheduler config (a flow family's shift rule lives in it; the tiny models use it).
+    scheduler: Mapping[str, Any] = field(default_factory=dict)
 
     def component_configs(self, variant: str = "") -> dict[str, dict[str, Any]]:
         """A fresh (deep) copy of the real-size component configs (of ``variant``, default the family's), to build or change."""
@@ -140,6 +147,10 @@ class FamilySpec:
         for name, changes in self.variant(variant).configs.items() if variant else ():
             configs.setdefault(name, {}).update(deepcopy(dict(changes)))
         return configs
+
+    def scheduler_config(self, variant: str = "") -> dict[str, Any]:
+        """The scheduler config of ``variant`` (default: the family's): the variant's own where it has one."""
+        return dict(self.variant(variant).scheduler or self.scheduler) if variant else dict(self.scheduler)
 
     def variant(self, name: str = "") -> Variant:
         """The variant ``name`` (default: the first); KeyError when the family has none by that name."""

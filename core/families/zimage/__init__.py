@@ -117,7 +117,8 @@ SPEC = FamilySpec(
     objectives=OBJECTIVES,
     methods=METHODS,
     lora_targets=LORA_TARGETS,
-    configs={"transformer": TRANSFORMER, "vae": VAE_16, "text_encoder": QWEN3_4B, "scheduler": SCHEDULER},
+    configs={"transformer": TRANSFORMER, "vae": VAE_16, "text_encoder": QWEN3_4B},
+    scheduler=SCHEDULER,
     component_classes={"transformer": "diffusers.ZImageTransformer2DModel", "vae": "diffusers.AutoencoderKL", "text_encoder": "transformers.Qwen3Model"},
     #: Transformer forward TFLOPs per image at 1024 px (4096 image + 512 caption tokens at most):
     #: 2 × 5.3 G block parameters × 4608 tokens + the refiners (2 × 0.35 G × 4096 and × 512) for the

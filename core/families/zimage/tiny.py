@@ -52,5 +52,5 @@ def parts(out_dir: Path) -> dict[str, Any]:
         "vae": flow_tiny.vae16(float(vae["scaling_factor"]), float(vae["shift_factor"])),
         "text_encoder": llm_tiny.qwen3_encoder(llm_tiny.qwen3_config(tokenizer, TEXT_WIDTH, TEXT_LAYERS)),
         "tokenizer": tokenizer,
-        "scheduler": flow_tiny.scheduler(SPEC.configs["scheduler"]),
+        "scheduler": flow_tiny.scheduler(SPEC.scheduler),
     }
