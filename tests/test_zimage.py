@@ -298,3 +298,13 @@ def test_two_processes_train_zimage_with_the_shared_text_cache(zimage, tmp_path,
     assert status(run)["state"] == "finished"
     assert [m["step"] for m in metrics(run, "step")] == [1, 2, 3, 4]  # 8 items over 2 processes, batch 1
     assert (run / "output" / "tiny.safetensors").is_file()
+
+
+def test_the_wizard_offers_both_variants_and_the_methods_zimage_trains(tmp_path):
+    from core.gpu import resolve
+    from tui.wizard_state import WizardState
+
+    state = WizardState(gpus=resolve("1x24GB"), base_dir=tmp_path)
+    for model in ("z-image-turbo", "z-image"):
+        assert state.set_model(model) == "zimage" and state.planning_only
+    assert state.methods() == ("lora", "finetune") and state.settings["resolution"] == 1024
