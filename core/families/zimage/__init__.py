@@ -123,8 +123,9 @@ SPEC = FamilySpec(
     #: Transformer forward TFLOPs per image at 1024 px (4096 image + 512 caption tokens at most):
     #: 2 × 5.3 G block parameters × 4608 tokens + the refiners (2 × 0.35 G × 4096 and × 512) for the
     #: linear layers, plus 4 × 4608² × 3840 per layer × 30 and the refiners' attention
-    #: (docs/families/zimage.md); Qwen3-4B per caption at 512 tokens: 2 × 4.0 G × 512.
+    #: (docs/families/zimage.md; attention is 10.3 of it); Qwen3-4B per caption at 512 tokens: 2 × 4.0 G × 512.
     denoiser_tflops=62.5,
+    denoiser_attention_tflops=10.3,
     text_encoder_tflops=4.1,
     kohya_base_version="zimage",
     kohya_v_suffix="",
