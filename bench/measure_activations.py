@@ -152,7 +152,9 @@ def _denoiser_inputs(family: str, config: dict[str, Any], resolution: int, mode:
     import torch
 
     inputs = runtime(family).dummy_inputs(config, 1, resolution, dtype, torch.device(device))
-    next(iter(inputs.values())).requires_grad_(mode == "lora")  # the latents come first (``sample``, ``hidden_states``)
+    latents = next(iter(inputs.values()))  # the latents come first (``sample``, ``hidden_states``, Z-Image's list ``x``)
+    for tensor in latents if isinstance(latents, list) else [latents]:
+        tensor.requires_grad_(mode == "lora")
     return inputs
 
 

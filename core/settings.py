@@ -173,6 +173,12 @@ SETTINGS: dict[str, Setting] = {
         _s("conv_rank", int, 0, "rank of the conv layers that lora_targets = all adds (0 = lora_rank)", minimum=0, maximum=1024),
         _s("conv_alpha", float, 0.0, "alpha of those conv layers (0 = lora_alpha)", minimum=0.0),
         _s("lora_targets", str, "attn", "attn, attn_ff (adds feed-forward and the text encoders' MLP) or all (adds convs, LoCon)", choices=LORA_TARGETS),
+        _s(
+            "train_block_indices",
+            str,
+            "",
+            "transformer families with one block list (Z-Image's 30 layers): the blocks LoRA adapts, e.g. 0-9,20 (empty or all = every block, none = only the refiners)",
+        ),
         _s("init_lora", str, "", "a LoRA file (kohya or diffusers format) the run starts from"),
         _s("use_dora", bool, False, "weight-decomposed LoRA (DoRA): learns magnitude and direction apart; a little better, a little slower"),
         _s("ti_num_vectors", int, 4, "embedding vectors of the new word: more learns more, but the word takes more of the prompt's 75 tokens", minimum=1, maximum=75),
@@ -268,6 +274,7 @@ SCHEMA: dict[str, dict[str, Setting]] = {
         "clip_l": _s("clip_l", str, "", "optional separate CLIP-L text encoder file or folder (clip_l.safetensors)"),
         "clip_g": _s("clip_g", str, "", "optional separate CLIP-G text encoder file or folder (clip_g.safetensors)"),
         "t5xxl": _s("t5xxl", str, "", "optional separate T5-XXL text encoder file or folder (t5xxl_fp16.safetensors)"),
+        "qwen3": _s("qwen3", str, "", "optional separate Qwen3 text encoder file or folder (Z-Image's qwen_3_4b.safetensors, fp8 ones too)"),
         "config": _s("config", str, "", "diffusers folder describing a single file's architecture (offline loading); empty = a folder named like the file beside it"),
     },
     "dataset": {

@@ -40,6 +40,7 @@ CASES: dict[str, tuple[str, str, dict[str, Any], dict[str, Any], bool]] = {
     "sdxl-finetune-cached": ("sdxl", "finetune", {"cache_latents": True, "cache_text_encoder_outputs": True}, {}, False),
     "flux-lora-attn-ff-shift": ("flux", "lora", {"lora_targets": "attn_ff", "guidance_scale": 2.0, "flow_weighting": "cosmap"}, {}, False),
     "sd35-lora-all-clip-mode": ("sd35", "lora", {"lora_targets": "all", "train_text_encoder": True, "flow_sampling": "mode"}, {}, False),
+    "zimage-lora-cached-attn-ff": ("zimage", "lora", {"cache_latents": True, "cache_text_encoder_outputs": True, "lora_targets": "attn_ff"}, {}, False),
 }
 STEPS = 3
 #: Relative agreement asked of a machine kind that is not recorded.

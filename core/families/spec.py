@@ -73,6 +73,9 @@ class Variant:
     ``sample_steps`` and ``guidance_scale`` are the sampling defaults (a distilled model: few
     steps and ``guidance_scale = 0``, i.e. no classifier-free guidance); ``max_tokens`` changes
     text encoders' token limits (encoder name -> tokens: FLUX.1-schnell's T5 takes 256, dev's 512).
+    ``name_pattern`` (a regex) tells the variant from a model's folder, file or hub name where its
+    configs cannot (Z-Image Turbo and Base share them); ``training_note`` is the advice for
+    training on it (a distilled model), which ``sdtui plan`` shows as a warning.
     """
 
     name: str
@@ -89,6 +92,8 @@ class Variant:
     #: where its size differs from the family's (SD 3.5 Large against Medium); 0 = the family's.
     denoiser_tflops: float = 0.0
     denoiser_attention_tflops: float = 0.0
+    name_pattern: str = ""
+    training_note: str = ""
 
 
 @dataclass(frozen=True)
@@ -188,6 +193,17 @@ class FamilySpec:
             if found.name == name:
                 return found
         raise KeyError(name)
+
+    def variant_of_name(self, model: str) -> Variant:
+        """The variant a model's name says: a variant's own name, else the first whose ``name_pattern``
+        matches the (lower-cased) folder, file or hub name, else the default."""
+        import re
+
+        for found in self.variants:
+            if found.name == model:
+                return found
+        lowered = model.lower()
+        return next((v for v in self.variants if v.name_pattern and re.search(v.name_pattern, lowered)), self.variant())
 
     @property
     def text_encoder_names(self) -> tuple[str, ...]:

@@ -243,6 +243,7 @@ def make_plan(config: Any, scan: Any, gpus: Any, price_per_gpu_hour: float | Non
         planned_as=planned,
     )
     _explain(plan, scan, gpus, fit, shape)
+    plan.warnings += variant_warnings(family, str(config.model_path or ""))
     plan.warnings += _mask_warnings(config, scan)
     plan.warnings += placeholder_warnings(config, scan)
     return plan
@@ -326,6 +327,12 @@ def _explain(plan: Plan, scan: Any, gpus: Any, fit: Any, shape: RunShape) -> Non
     _explain_step_mode(plan)
     _explain_prior_preservation(plan, scan)
     _explain_schedule(plan, scan)
+
+
+def variant_warnings(family: str, model: str) -> list[str]:
+    """The training advice of the variant the model's name says (``Variant.training_note``: Z-Image Turbo, a distilled model)."""
+    note = spec(family).variant_of_name(model).training_note
+    return [note] if note else []
 
 
 #: The GPU memory tiers people rent and own (GB), for the tiers a model is out of reach of.

@@ -158,7 +158,7 @@ def build_session(
         model_section.get("config", ""),
         dtypes=_load_dtypes(config, accel),
         settings=config.settings,
-        split_files={key: str(model_section.get(key, "") or "") for key in ("denoiser", "clip_l", "clip_g", "t5xxl")},
+        split_files={key: str(model_section.get(key, "") or "") for key in ("denoiser", "clip_l", "clip_g", "t5xxl", "qwen3")},
     )
     model = configure_model(components, config, accel, metrics)
     phases.end()

@@ -97,7 +97,7 @@ def load_components(
     (memory-mapped safetensors, no full fp32 copy on the way); without it they load in fp32.
     ``settings`` (the run's) are checked against the family's objective (a UserError for one it cannot honour).
     ``split_files`` are ``[model]``'s separate parts: ``denoiser`` and each text encoder by its kind
-    (``clip_l``, ``clip_g``, ``t5xxl``), empty ones ignored.
+    (``clip_l``, ``clip_g``, ``t5xxl``, ``qwen3``), empty ones ignored.
     """
     if not model_path:
         raise ModelLoadError("No base model is set; put a diffusers folder, a .safetensors file or a hub id in model.path of run.toml.")
