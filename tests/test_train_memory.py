@@ -191,7 +191,7 @@ def test_a_block_swapped_run_samples_and_resumes(tmp_path, tiny_models, kohya_da
 )
 def test_a_technique_that_cannot_work_is_refused_in_one_sentence(tmp_path, tiny_models, kohya_dataset, method, settings, backend, message):
     run = make_run(tmp_path / "run", tiny_models("sd1"), kohya_dataset(), "sd1", method, settings=settings)
-    text = (run / "run.toml").read_text(encoding="utf-8").replace('[distributed]\nnum_processes = 1', f'[distributed]\nnum_processes = 1\nbackend = "{backend}"')
+    text = (run / "run.toml").read_text(encoding="utf-8").replace("[distributed]\nnum_processes = 1", f'[distributed]\nnum_processes = 1\nbackend = "{backend}"')
     (run / "run.toml").write_text(text, encoding="utf-8")
     with pytest.raises(UserError, match="^[^\n]*$") as caught:
         load_config(run / "run.toml")
