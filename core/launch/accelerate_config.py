@@ -13,8 +13,6 @@ from typing import Any
 from core.errors import UserError
 from core.settings import resolve
 
-#: The smallest module FSDP shards on its own (a size-based wrap: each UNet or transformer block is above it).
-FSDP_MIN_PARAMS = 1_000_000
 #: core.launch.agent's rendezvous (named here to keep torch out of this module).
 LOOPBACK_RENDEZVOUS = "sdtui-loopback"
 
@@ -89,14 +87,16 @@ def accelerate_config(distributed: dict[str, Any], mixed_precision: str, use_cpu
 
 
 def _fsdp2(dist: dict[str, Any]) -> dict[str, Any]:
-    """FSDP2 (``torch.distributed.fsdp.fully_shard`` through accelerate): every module of 1M+ parameters
-    sharded over the processes, parameters gathered for their module's forward and backward and
-    sharded again after, a sharded checkpoint; ``offload`` keeps the shards in CPU memory."""
+    """FSDP2 (``torch.distributed.fsdp.fully_shard`` through accelerate): each block the model names in
+    ``_no_split_modules`` (diffusers: the UNet's ResNet, transformer and up blocks, FLUX's double and
+    single blocks; transformers: CLIP's encoder layers) sharded over the processes, parameters
+    gathered for their block's forward and backward and sharded again after, a sharded checkpoint;
+    ``offload`` keeps the shards in CPU memory. Not a size-based wrap: under FSDP2 it would pick
+    ``ModuleList`` containers, which ``fully_shard`` refuses (they have no forward)."""
     return {
         "fsdp_version": 2,
         "fsdp_reshard_after_forward": True,
-        "fsdp_auto_wrap_policy": "SIZE_BASED_WRAP",
-        "fsdp_min_num_params": FSDP_MIN_PARAMS,
+        "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
         "fsdp_offload_params": bool(dist["offload"]),
         "fsdp_state_dict_type": "SHARDED_STATE_DICT",
         "fsdp_cpu_ram_efficient_loading": False,
