@@ -193,9 +193,9 @@ def test_a_technique_that_cannot_work_is_refused_in_one_sentence(tmp_path, tiny_
     run = make_run(tmp_path / "run", tiny_models("sd1"), kohya_dataset(), "sd1", method, settings=settings)
     text = (run / "run.toml").read_text(encoding="utf-8").replace("[distributed]\nnum_processes = 1", f'[distributed]\nnum_processes = 1\nbackend = "{backend}"')
     (run / "run.toml").write_text(text, encoding="utf-8")
-    with pytest.raises(UserError, match="^[^\n]*$") as caught:
+    with pytest.raises(UserError) as caught:
         load_config(run / "run.toml")
-    assert message in str(caught.value) and str(caught.value).count(". ") == 0
+    assert message in str(caught.value) and "\n" not in str(caught.value) and str(caught.value).count(". ") == 0
 
 
 def test_a_lora_on_a_quantized_base_and_block_swap_are_allowed(tmp_path, tiny_models, kohya_dataset):
