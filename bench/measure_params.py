@@ -7,7 +7,8 @@ few seconds) and records per component: the parameter count, the LoRA "width" pe
 and the adapted layer count and weight size (LoHa/LoKr build a delta of that size), the largest single tensor (what a fused backward pass holds as
 gradient), the fp32 values Adafactor's factored second moment keeps, plus the text encoders'
 embedding size for textual inversion.
-``--check`` compares the file with a fresh build instead of writing it.
+``--check`` compares the file with a fresh build instead of writing it; ``--family NAME`` (repeatable)
+measures only those families and merges them into the stored file (the others' entries kept).
 """
 
 from __future__ import annotations
@@ -82,8 +83,8 @@ def describe(family: str, kind: str, model: Any) -> dict[str, Any]:
     return entry
 
 
-def measure() -> dict[str, Any]:
-    """The whole params.json document, freshly measured."""
+def measure(families: tuple[str, ...] = FAMILIES) -> dict[str, Any]:
+    """The params.json document of ``families`` (default: all), freshly measured."""
     import diffusers
     import transformers
 
@@ -93,8 +94,9 @@ def measure() -> dict[str, Any]:
         "transformers": transformers.__version__,
         "families": {},
     }
-    for family in FAMILIES:
-        out["families"][family] = {kind: describe(family, kind, build_meta(family, kind, cfg)) for kind, cfg in spec(family).component_configs().items()}
+    for family in families:
+        configs = spec(family).component_configs()
+        out["families"][family] = {kind: describe(family, kind, build_meta(family, kind, configs[kind])) for kind in spec(family).component_classes}
     return out
 
 
@@ -107,8 +109,14 @@ def main(argv: list[str] | None = None) -> int:
     """Write params.json, or with ``--check`` report whether it is up to date."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="compare with the stored file; exit 1 if it differs")
+    parser.add_argument("--family", action="append", choices=FAMILIES, help="measure only this family and merge it into the stored file (repeatable)")
     args = parser.parse_args(argv)
-    fresh = measure()
+    if args.family and not args.check:
+        fresh = measure(tuple(args.family))
+        stored = json.loads(PARAMS_JSON.read_text())
+        fresh["families"] = {**stored["families"], **fresh["families"]}
+    else:
+        fresh = measure()
     if args.check:
         stored = json.loads(PARAMS_JSON.read_text())
         same = strip_versions(stored) == strip_versions(fresh)
