@@ -22,7 +22,7 @@ from core.atomic import read_user_text, write_atomic
 from core.errors import UserError
 from core.families import spec
 from core.sample_prompts import parse_prompt_line
-from core.settings import SCHEMA, SETTINGS, SUBSET_KEYS, SUBSET_OPTIONS, Setting, bucket_problem, family_problem, lookup, optimizer_learning_rate, resolve, setting_name
+from core.settings import SCHEMA, SETTINGS, SUBSET_KEYS, SUBSET_OPTIONS, Setting, bucket_problem, family_problem, lookup, optimizer_learning_rate, resolve, setting_name, technique_problem
 
 _SECTION_COMMENTS = {
     "model": "the base model",
@@ -185,6 +185,12 @@ class RunConfig:
             problem = f"the {stated} family does not train with {self.method}; set [method] kind to one of {', '.join(spec(str(stated)).methods)}"
             raise UserError(f"{self.path}: {problem}" if self.path else problem)
 
+    def check_techniques(self) -> None:
+        """Raise UserError when a memory technique cannot work with the method or the other settings (``core.settings.technique_problem``)."""
+        problem = technique_problem(str(self.section("method")["kind"]), self.settings, str(self.section("distributed")["backend"]))
+        if problem:
+            raise UserError(f"{self.path}: {problem}" if self.path else problem)
+
     def check_buckets(self) -> None:
         """Raise UserError when the bucket sides do not frame the resolution (``core.settings.bucket_problem``)."""
         problem = bucket_problem(self.settings)
@@ -231,6 +237,7 @@ def load_config(path: str | os.PathLike[str], complete: bool = True) -> RunConfi
     config = RunConfig(document, file)
     config.check_buckets()
     config.check_family()
+    config.check_techniques()
     if complete:
         config.check_complete()
     _absolute_paths(config, file.resolve().parent)
@@ -330,6 +337,7 @@ def apply_overrides(config: RunConfig, overrides: Iterable[str]) -> RunConfig:
     _follow_optimizer_rule(config, changed)
     config.check_buckets()
     config.check_family()
+    config.check_techniques()
     return config
 
 
