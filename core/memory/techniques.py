@@ -1,0 +1,164 @@
+"""The memory techniques of a run, from first principles: how many bytes a stored parameter takes
+at each base precision, which blocks a block swap keeps off the GPU and what it needs there
+instead, and what host RAM the run holds (see docs/memory.md).
+
+Pure arithmetic on the measured counts of params.json (bench/measure_params.py): no torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from core.families import spec
+from core.units import GIB
+
+#: The base precisions of a frozen component (``settings.base_precision`` for the denoiser,
+#: ``settings.text_encoder_precision`` for the text encoders); ``auto`` follows mixed_precision.
+BASE_PRECISIONS = ("auto", "bf16", "fp16", "fp8", "fp8_scaled", "int8", "nf4")
+#: The precisions that quantize (LoRA trains on top of them; a full fine-tune cannot).
+QUANTIZED = ("fp8", "fp8_scaled", "int8", "nf4")
+#: Values per block of block-wise scales: fp8_scaled's per-block scale (e4m3 values with one fp32
+#: scale per 64 inputs of a row, as musubi-tuner's --fp8_scaled and ComfyUI's scaled files) and
+#: nf4's absmax (bitsandbytes' default blocksize 64, one fp32 absmax per block, no double quant).
+SCALE_BLOCK = 64
+#: Blocks a block swap holds on the GPU besides the resident ones: the swapped block being
+#: computed and the next one arriving on the side stream (prefetched one block ahead).
+PREFETCH_BLOCKS = 2
+#: Host memory of one training process before any model is loaded: the Python interpreter,
+#: torch and the CUDA libraries (cuBLAS, cuDNN, NCCL) mapped in (about 2.5 GiB resident).
+PROCESS_RAM_BYTES = int(2.5 * GIB)
+#: Share of the machine's RAM a plan leaves free (the OS, the page cache the data loader reads
+#: through, other users).
+RAM_HEADROOM = 0.15
+
+
+@dataclass(frozen=True)
+class Storage:
+    """How one precision stores a quantized layer: bytes per value plus its scales (``per`` says
+    what one scale covers: a ``row`` of the weight, a ``block`` of SCALE_BLOCK values, or nothing)."""
+
+    value_bytes: float
+    scale_bytes: int
+    per: str
+    library: str
+
+
+#: The storage of each base precision, in what the libraries do (docs/memory.md):
+#: fp8 = plain e4m3 cast (one per-tensor scale at most), upcast to bf16 per layer;
+#: fp8_scaled = e4m3 + an fp32 scale per block of 64; int8 = torchao's weight-only int8,
+#: symmetric per output row with a bf16 scale; nf4 = bitsandbytes' 4-bit NormalFloat, two
+#: values a byte, an fp32 absmax per block of 64.
+STORAGE: dict[str, Storage] = {
+    "fp8": Storage(1.0, 0, "", "torchao"),
+    "fp8_scaled": Storage(1.0, 4, "block", "torchao"),
+    "int8": Storage(1.0, 2, "row", "torchao"),
+    "nf4": Storage(0.5, 4, "block", "bitsandbytes"),
+}
+
+
+def precision_of(value: Any, mixed_precision: str) -> str:
+    """The precision a component is stored in: ``auto`` (or empty) follows the run's mixed
+    precision (``no``: fp32)."""
+    text = str(value or "auto")
+    if text != "auto":
+        return text
+    return "fp32" if mixed_precision == "no" else mixed_precision
+
+
+def plain_bytes(precision: str) -> int:
+    """Bytes of one unquantized value in ``precision`` (fp32 4, bf16/fp16 2; a quantized
+    precision's layers that stay in high precision: 2)."""
+    return 4 if precision == "fp32" else 2
+
+
+def stored_bytes(comp: Mapping[str, Any], precision: str, params: int | None = None) -> int:
+    """Bytes of a component (or ``params`` of it, at its average density) stored in ``precision``.
+
+    Only its quantizable Linear weights (``quantizable_params``, ``quantizable_rows``: the
+    nn.Linear weights outside the spec's high-precision patterns) are quantized; norms,
+    embeddings, modulation, convolutions and biases stay in bf16.
+    """
+    total = int(comp["params"])
+    count = total if params is None else params
+    if precision not in STORAGE:
+        return count * plain_bytes(precision)
+    store = STORAGE[precision]
+    quantizable = int(comp.get("quantizable_params", 0))
+    scales = 0
+    if store.per == "row":
+        scales = int(comp.get("quantizable_rows", 0))
+    elif store.per == "block":
+        scales = -(-quantizable // SCALE_BLOCK)
+    whole = int(quantizable * store.value_bytes + scales * store.scale_bytes + (total - quantizable) * 2)
+    return whole if params is None else int(whole * count / max(1, total))
+
+
+def dequant_buffer_bytes(comp: Mapping[str, Any], precision: str) -> int:
+    """The bf16 copy of the largest quantized layer a weight-only quantized forward or backward
+    holds while it multiplies (0 unquantized)."""
+    if precision not in STORAGE:
+        return 0
+    return int(comp.get("largest_linear", 0)) * 2
+
+
+@dataclass(frozen=True)
+class Swap:
+    """A block swap of ``count`` blocks: the parameters that live in host memory (``params``)
+    and the largest of them (``largest_block``), of ``total_blocks``."""
+
+    count: int
+    params: int
+    largest_block: int
+    total_blocks: int
+
+    @property
+    def buffer_params(self) -> int:
+        """Parameters the GPU holds for the swapped blocks in flight (PREFETCH_BLOCKS of the largest)."""
+        return min(self.count, PREFETCH_BLOCKS) * self.largest_block
+
+
+def denoiser_blocks(family: str) -> list[int]:
+    """Parameter counts of the denoiser's swappable blocks in the order they run (its spec's
+    block lists, measured on the meta device into params.json ``blocks``)."""
+    from . import data
+
+    blocks = data.params()[family][spec(family).denoiser].get("blocks", {})
+    return [int(n) for name in blocks for n in blocks[name]]
+
+
+def max_swappable(family: str) -> int:
+    """How many blocks a swap can take away: all but one (one block must compute on the GPU)."""
+    return max(0, len(denoiser_blocks(family)) - 1)
+
+
+def swap_of(family: str, count: int) -> Swap:
+    """The swap of the last ``count`` blocks (as musubi-tuner and sd-scripts swap: the blocks
+    last in the forward pass, first in the backward pass); 0 blocks: no swap."""
+    blocks = denoiser_blocks(family)
+    count = max(0, min(int(count), max(0, len(blocks) - 1)))
+    swapped = blocks[len(blocks) - count :] if count else []
+    return Swap(count, sum(swapped), max(swapped, default=0), len(blocks))
+
+
+@dataclass
+class HostEstimate:
+    """Host RAM the run holds on one machine at its peak, with a breakdown (bytes)."""
+
+    total_bytes: int
+    breakdown: dict[str, int]
+    phase: str
+
+    @property
+    def gb(self) -> float:
+        """The total in GiB."""
+        return self.total_bytes / GIB
+
+    def fits(self, ram_bytes: int, headroom: float = RAM_HEADROOM) -> bool:
+        """Whether the run's host memory fits in ``ram_bytes`` leaving ``headroom`` free."""
+        return self.total_bytes <= ram_bytes * (1.0 - headroom)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict: total bytes and GiB, the breakdown, the phase."""
+        return {"total_bytes": self.total_bytes, "gb": round(self.gb, 2), "breakdown": dict(self.breakdown), "phase": self.phase}
