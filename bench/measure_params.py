@@ -66,6 +66,9 @@ def describe(family: str, kind: str, model: Any) -> dict[str, Any]:
     }
     if kind == "vae":
         return entry
+    entry.update(quantizable(model, high_precision_patterns(family_spec)))
+    if kind == family_spec.denoiser:
+        entry["blocks"] = block_params(model, swap_block_lists(family_spec))
     targets = family_spec.lora_targets["denoiser" if kind == family_spec.denoiser else "text_encoder"]
     entry["lora_width"] = {}
     entry["lora_layers"] = {}
@@ -82,7 +85,43 @@ def describe(family: str, kind: str, model: Any) -> dict[str, Any]:
     return entry
 
 
-def measure() -> dict[str, Any]:
+def high_precision_patterns(family_spec: Any) -> tuple[str, ...]:
+    """The module-name patterns the family keeps in high precision under a quantized base (its spec's)."""
+    return tuple(getattr(family_spec, "high_precision_patterns", ()))
+
+
+def swap_block_lists(family_spec: Any) -> tuple[str, ...]:
+    """The denoiser's block lists a block swap moves (its spec's), in the order they run."""
+    return tuple(getattr(family_spec, "swap_blocks", ()))
+
+
+def quantizable(model: Any, keep: tuple[str, ...]) -> dict[str, int]:
+    """What a quantized base quantizes: the nn.Linear weights whose module name matches none of
+    ``keep`` (count, output rows: one scale each per row, and the largest: its bf16 copy is the
+    dequantization buffer)."""
+    import torch
+
+    linears = [m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and not any(pattern in name for pattern in keep)]
+    return {
+        "quantizable_params": sum(m.weight.numel() for m in linears),
+        "quantizable_rows": sum(m.out_features for m in linears),
+        "largest_linear": max((m.weight.numel() for m in linears), default=0),
+    }
+
+
+def block_params(model: Any, lists: tuple[str, ...]) -> dict[str, list[int]]:
+    """Parameters of each block of each list (a ModuleList: one per child; another module: one block)."""
+    import torch
+
+    out: dict[str, list[int]] = {}
+    for name in lists:
+        module = model.get_submodule(name)
+        children = list(module) if isinstance(module, torch.nn.ModuleList) else [module]
+        out[name] = [sum(p.numel() for p in child.parameters()) for child in children]
+    return out
+
+
+def measure(families: tuple[str, ...] = ()) -> dict[str, Any]:
     """The whole params.json document, freshly measured."""
     import diffusers
     import transformers
@@ -93,7 +132,7 @@ def measure() -> dict[str, Any]:
         "transformers": transformers.__version__,
         "families": {},
     }
-    for family in FAMILIES:
+    for family in families or tuple(FAMILIES):
         out["families"][family] = {kind: describe(family, kind, build_meta(family, kind, cfg)) for kind, cfg in spec(family).component_configs().items()}
     return out
 
@@ -107,8 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     """Write params.json, or with ``--check`` report whether it is up to date."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="compare with the stored file; exit 1 if it differs")
+    parser.add_argument("--family", action="append", choices=list(FAMILIES), help="measure only this family (repeatable) and merge it into the file")
     args = parser.parse_args(argv)
-    fresh = measure()
+    fresh = measure(tuple(args.family or ()))
+    if args.family:
+        stored = json.loads(PARAMS_JSON.read_text())
+        fresh["families"] = stored["families"] | fresh["families"]
     if args.check:
         stored = json.loads(PARAMS_JSON.read_text())
         same = strip_versions(stored) == strip_versions(fresh)

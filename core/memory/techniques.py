@@ -162,3 +162,32 @@ class HostEstimate:
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict: total bytes and GiB, the breakdown, the phase."""
         return {"total_bytes": self.total_bytes, "gb": round(self.gb, 2), "breakdown": dict(self.breakdown), "phase": self.phase}
+
+
+def machine_ram_bytes() -> int | None:
+    """This machine's total RAM (psutil), None when it cannot be read."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().total)
+    except (ImportError, OSError):
+        return None
+
+
+def parse_ram(text: str) -> int:
+    """``64GB``, ``64G``, ``64GiB``, ``64`` (GiB) or ``0.5TB`` as bytes (GiB, the unit memory is
+    counted in); ValueError naming the form otherwise."""
+    value = str(text).strip().upper().replace(" ", "")
+    for suffix, scale in (("TIB", 1024), ("TB", 1024), ("T", 1024), ("GIB", 1), ("GB", 1), ("G", 1)):
+        if value.endswith(suffix):
+            value, factor = value[: -len(suffix)], scale
+            break
+    else:
+        factor = 1
+    try:
+        amount = float(value)
+    except ValueError:
+        raise ValueError(f"'{text}' is not a memory size; write it like 64GB") from None
+    if not amount > 0 or amount != amount:
+        raise ValueError(f"'{text}' is not a memory size above zero; write it like 64GB")
+    return int(amount * factor * GIB)

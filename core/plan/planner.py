@@ -18,12 +18,13 @@ from core.dataset.scan import overlay_subsets
 from core.errors import UserError
 from core.families import spec
 from core.memory.estimator import HEADROOM
+from core.memory.techniques import RAM_HEADROOM
 from core.settings import optimizer_notes, optimizer_rule_warnings
 from core.units import GIB
 
 from .class_images import GENERATE_BATCH, GENERATE_STEPS, ClassImages, class_images, describe
 from .learning_rates import lr_warnings
-from .picker import RunShape, judge, run_shape, suggest_when_nothing_fits
+from .picker import RunShape, describe_techniques, judge, run_shape, suggest_when_nothing_fits
 from .schedule import ScheduleRow, batches_per_rank, schedule_row, warmup_steps
 from .throughput import eta_seconds, images_per_second, sample_seconds_per_image
 from .validation import ValidationPlan, plan_validation
@@ -60,6 +61,10 @@ class Plan:
     class_image_s: float | None = None
     #: The validation loss's images, frequency and cost ([validation]); None when it is off.
     validation: ValidationPlan | None = None
+    #: The memory techniques and their cost (``techniques``, ``cost``, ``slowdown``, ``baseline_gb``), the peaks the estimate stands for.
+    memory: dict[str, Any] = field(default_factory=dict)
+    #: Host RAM: ``need_gb``, ``have_gb`` (None: unknown), ``fits``, ``phase``, ``breakdown`` (GiB).
+    ram: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -145,6 +150,8 @@ class Plan:
             "gpu": self.gpu,
             "fits": self.fits,
             "headroom": HEADROOM,
+            "memory": dict(self.memory),
+            "ram": dict(self.ram),
             "prior_preservation": self.prior_preservation,
             "images_per_second_per_gpu": round(self.images_per_second_per_gpu, 3) if self.images_per_second_per_gpu else None,
             "dataset": self._dataset_json(processes),
@@ -184,8 +191,9 @@ class Plan:
         return self.validation.to_json(total, self.images_per_second_per_gpu, max(1, processes))
 
 
-def make_plan(config: Any, scan: Any, gpus: Any, price_per_gpu_hour: float | None = None) -> Plan:
-    """Plan ``config`` (a RunConfig) on ``scan`` (a DatasetScan) for ``gpus`` (a GpuSet).
+def make_plan(config: Any, scan: Any, gpus: Any, price_per_gpu_hour: float | None = None, ram_bytes: int | None = None) -> Plan:
+    """Plan ``config`` (a RunConfig) on ``scan`` (a DatasetScan) for ``gpus`` (a GpuSet) on a
+    machine with ``ram_bytes`` of RAM (None: unknown, the RAM need is shown but not judged).
 
     Without a ``scan`` (None) the plan has the recipe, the VRAM estimate and the fit, no
     dataset and no schedule table, and a warning that says the table needs a dataset.
@@ -209,7 +217,7 @@ def make_plan(config: Any, scan: Any, gpus: Any, price_per_gpu_hour: float | Non
     held = validation.held if validation is not None else frozenset()
     counts = _bucket_counts(scan, bucket_selector(settings), held) if scan is not None else {}
     classes = class_images(method, settings, config.section("method")["class_prompt"], scan.reg_images, scan.images) if scan is not None else None
-    shape = run_shape(method, classes.total if classes is not None else None, distributed)
+    shape = run_shape(method, classes.total if classes is not None else None, distributed, ram_bytes, sampling=bool(getattr(config, "prompts", None)))
     prior = shape.prior_preservation
     fit = judge(family, method, settings, gpus, shape=shape)
     smallest = gpus.smallest
@@ -237,11 +245,47 @@ def make_plan(config: Any, scan: Any, gpus: Any, price_per_gpu_hour: float | Non
         class_images=classes,
         class_image_s=sample_seconds_per_image(family, settings, smallest, GENERATE_STEPS),
         validation=validation,
+        memory=memory_summary(family, method, settings, gpus, shape, fit),
+        ram=ram_summary(fit),
     )
     _explain(plan, scan, gpus, fit, shape)
     plan.warnings += _mask_warnings(config, scan)
     plan.warnings += placeholder_warnings(config, scan)
     return plan
+
+
+def memory_summary(family: str, method: str, settings: dict[str, Any], gpus: Any, shape: RunShape, fit: Any) -> dict[str, Any]:
+    """The techniques in use and their cost: how much slower than the same run without them
+    (bf16 base, no swap, encoders as mixed precision) and what that one would need; and which
+    peak the estimate is (nvidia-smi's: allocated + allocator slack + CUDA context)."""
+    est = fit.estimate
+    out: dict[str, Any] = {
+        "techniques": describe_techniques(settings),
+        "cost": list(fit.cost_notes),
+        "slowdown": None,
+        "baseline_gb": None,
+        "peaks_gb": {"nvidia_smi": round(est.gb, 2), "reserved": round(est.reserved_bytes / GIB, 2), "allocated": round(est.allocated_bytes / GIB, 2)},
+    }
+    if out["techniques"]:
+        plain = judge(family, method, dict(settings) | {"base_precision": "auto", "text_encoder_precision": "auto", "blocks_to_swap": 0}, gpus, shape=shape)
+        out["baseline_gb"] = round(plain.estimate.gb, 2)
+        if plain.images_per_second and fit.images_per_second:
+            out["slowdown"] = round(plain.images_per_second / fit.images_per_second, 2)
+    return out
+
+
+def ram_summary(fit: Any) -> dict[str, Any]:
+    """The run's host RAM need against the machine's (GiB)."""
+    host = fit.estimate.host
+    if host is None:
+        return {}
+    return {
+        "need_gb": round(host.gb, 2),
+        "have_gb": round(fit.ram_bytes / GIB, 1) if fit.ram_bytes else None,
+        "fits": fit.ram_fits,
+        "phase": host.phase,
+        "breakdown": {k: round(v / GIB, 2) for k, v in host.breakdown.items() if v},
+    }
 
 
 def _bucket_counts(scan: Any, buckets: Any, held: frozenset[str] = frozenset()) -> dict[tuple[int, int], int]:
@@ -331,6 +375,19 @@ def _explain_fit(plan: Plan, gpus: Any, fit: Any, shape: RunShape) -> None:
         plan.notes.append(f"no GPU found: {gpus.reason or 'none visible'}; the VRAM fit and the ETA are unknown; plan for hardware with --gpus, e.g. --gpus 2x4090")
     elif plan.images_per_second_per_gpu is None:
         plan.notes.append(f"the GPU '{smallest.name}' is not in the catalog, so the ETA is unknown")
+    plan.notes.append(
+        f"the VRAM estimate is the peak nvidia-smi shows for the process: {fit.estimate.allocated_bytes / GIB:.1f} GiB of tensors "
+        f"(torch.cuda.max_memory_allocated), {fit.estimate.reserved_bytes / GIB:.1f} GiB reserved by the allocator (max_memory_reserved), plus the CUDA context"
+    )
+    plan.notes += [n for n in fit.estimate.notes if n not in plan.notes]
+    plan.notes += list(fit.cost_notes)
+    if fit.ram_fits is False:
+        plan.warnings.append(
+            f"the run needs about {fit.ram_need_bytes / GIB:.1f} GiB of RAM ({fit.estimate.host.phase}) but the machine has {fit.ram_bytes / GIB:.0f} GiB "
+            f"and {RAM_HEADROOM:.0%} stays free; swap fewer blocks, cache to disk (cache_text_encoder_outputs_to_disk) or use a machine with more RAM"
+        )
+    if plan.fits is False and fit.estimate.fits(smallest.vram_total_bytes):
+        return
     if plan.fits is False:
         plan.warnings.append(
             f"the estimated peak VRAM of {fit.estimate.total_bytes / GIB:.1f} GiB does not fit in "

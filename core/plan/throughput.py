@@ -10,6 +10,7 @@ rank recipes and to size a run, not to replace a measurement.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from core.families import FAMILIES, spec
@@ -33,6 +34,17 @@ BATCH_EFFICIENCY_EXPONENT = 0.3
 OPTIMIZER_BYTES_PER_PARAM = {"adamw": 28, "adamw8bit": 20, "lion": 20, "lion8bit": 14, "adafactor": 24}
 #: Memory bandwidth assumed per dense fp16 TFLOP/s when the GPU has no catalog figure (bytes/s).
 BANDWIDTH_PER_TFLOPS = 6e9
+#: Host-to-device bytes/s from pinned memory by PCIe generation (x16, what a copy on a side
+#: stream reaches: about 80 % of the link's 16 / 32 / 64 GB/s).
+PCIE_BYTES_PER_S = {3: 12e9, 4: 25e9, 5: 50e9}
+#: The compute capability from which GPUs have fp8 tensor cores (Ada 8.9, Hopper 9.0, Blackwell).
+FP8_COMPUTE_CAPABILITY = (8, 9)
+#: fp8 tensor-core matmuls against bf16 ones (twice the dense rate on Ada and Hopper).
+FP8_SPEEDUP = 2.0
+#: Share of the memory bandwidth a dequantization pass reaches: torchao's int8 / fp8 upcast is a
+#: plain scaled cast (small per-layer launches: half the bandwidth); bitsandbytes' nf4 looks each
+#: 4-bit code up in its table and rescales per block (a quarter). To be calibrated by bench_gpu.
+DEQUANT_EFFICIENCY = {"fp8": 0.5, "fp8_scaled": 0.5, "int8": 0.5, "nf4": 0.25}
 #: Throughput kept per doubling of the GPU count: (full weights, adapters) × (one node, across nodes).
 SCALING_PER_DOUBLING = {("full", False): 0.92, ("full", True): 0.85, ("adapter", False): 0.97, ("adapter", True): 0.93}
 
@@ -84,7 +96,8 @@ def dense_tflops(gpu: Any, mixed_precision: str) -> float | None:
 
 
 def images_per_second(family: str, method: str, settings: dict[str, Any], gpu: Any, accumulation: int = 1) -> float | None:
-    """Training images per second on one GPU; None without a known GPU (e.g. on the CPU)."""
+    """Training images per second on one GPU, the memory techniques priced in; None without a
+    known GPU (e.g. on the CPU)."""
     if gpu is None or family not in FAMILIES:
         return None
     settings = resolve("settings", settings)
@@ -98,7 +111,92 @@ def images_per_second(family: str, method: str, settings: dict[str, Any], gpu: A
     optimizer = str(settings["optimizer"])
     step_s = trainable(family, method, settings).params * OPTIMIZER_BYTES_PER_PARAM.get(optimizer, 28) / bandwidth
     images_per_step = int(settings["batch_size"]) * max(1, accumulation)
-    return 1.0 / (compute_s + step_s / images_per_step)
+    cost = technique_cost(family, method, settings, gpu)
+    per_image = compute_s * cost.compute_factor + (step_s + cost.seconds_per_step * max(1, accumulation)) / images_per_step
+    return 1.0 / per_image
+
+
+@dataclass(frozen=True)
+class TechniqueCost:
+    """What the memory techniques cost per optimizer step on one GPU: ``swap_s`` the exposed
+    (not hidden) PCIe time of the swapped blocks, ``dequant_s`` the weight dequantization, and
+    ``compute_factor`` the matmul time kept (fp8 compute: below 1); ``notes`` say why."""
+
+    swap_s: float = 0.0
+    dequant_s: float = 0.0
+    compute_factor: float = 1.0
+    notes: tuple[str, ...] = ()
+
+    @property
+    def seconds_per_step(self) -> float:
+        """Seconds added to each micro-batch."""
+        return self.swap_s + self.dequant_s
+
+
+def has_fp8_compute(gpu: Any) -> bool:
+    """Whether the GPU has fp8 tensor cores (compute capability 8.9, Ada, and later)."""
+    cc = getattr(gpu, "compute_capability", None) or getattr(getattr(gpu, "model", None), "compute_capability", None)
+    return bool(cc) and tuple(cc) >= FP8_COMPUTE_CAPABILITY
+
+
+def pcie_bytes_per_second(gpu: Any) -> float:
+    """Host-to-device bandwidth from pinned memory: PCIe 5 from Hopper on (9.0+), 4 for Ampere
+    and Ada (8.x), 3 before; the RTX 50 series (12.x) is PCIe 5 too."""
+    cc = getattr(gpu, "compute_capability", None) or getattr(getattr(gpu, "model", None), "compute_capability", None)
+    major = tuple(cc)[0] if cc else 8
+    return PCIE_BYTES_PER_S[5 if major >= 9 else 4 if major == 8 else 3]
+
+
+def technique_cost(family: str, method: str, settings: dict[str, Any], gpu: Any) -> TechniqueCost:
+    """The price of the base precision and the block swap on ``gpu`` (see docs/planning.md).
+
+    Block swap: each swapped block crosses PCIe twice a step (forward and backward, host to
+    device only: the frozen copy on the GPU is dropped, not copied back), one block ahead of
+    the compute; a transfer longer than the block it overlaps costs the difference.
+    Weight-only int8 / nf4 (and fp8 without fp8 tensor cores): each use of a quantized weight
+    first writes its bf16 copy, a memory-bound pass over the layer. fp8 on Ada and later:
+    the frozen base's matmuls run on fp8 tensor cores.
+    """
+    from core.memory.data import params
+    from core.memory.techniques import STORAGE, precision_of, stored_bytes, swap_of
+
+    settings = resolve("settings", settings)
+    tflops = dense_tflops(gpu, str(settings["mixed_precision"]))
+    if not tflops or method in FULL_METHODS and not int(settings.get("blocks_to_swap", 0) or 0):
+        return TechniqueCost()
+    comp = params()[family][spec(family).denoiser]
+    base = precision_of(settings.get("base_precision"), str(settings["mixed_precision"])) if method not in FULL_METHODS else "bf16"
+    batch = int(settings["batch_size"])
+    forward_s = spec(family).denoiser_tflops * (int(settings["resolution"]) / spec(family).native_resolution) ** 2 * 1e12 * batch / (tflops * 1e12 * MATMUL_EFFICIENCY)
+    notes: list[str] = []
+    swap_s = 0.0
+    swap = swap_of(family, int(settings.get("blocks_to_swap", 0) or 0))
+    if swap.count:
+        pcie = pcie_bytes_per_second(gpu)
+        block_bytes = stored_bytes(comp, base, swap.largest_block) if method not in FULL_METHODS else swap.largest_block * 4
+        transfer = block_bytes / pcie
+        share = swap.largest_block / max(1, int(comp["params"]))
+        block_forward = forward_s * share
+        backward_passes = 2.0 if settings["gradient_checkpointing"] else 1.0
+        exposed = max(0.0, transfer - block_forward) + max(0.0, transfer - block_forward * backward_passes)
+        swap_s = exposed * swap.count
+        notes.append(f"{swap.count} blocks swapped: {2 * swap.count * block_bytes / 1e9:.1f} GB over PCIe per step at {pcie / 1e9:.0f} GB/s, {swap_s:.2f} s not hidden by compute")
+    dequant_s = 0.0
+    factor = 1.0
+    if base in STORAGE:
+        uses = 2.0 + (1.0 if settings["gradient_checkpointing"] else 0.0)
+        quantized = int(comp.get("quantizable_params", 0))
+        if base.startswith("fp8") and has_fp8_compute(gpu):
+            share = quantized / max(1, int(comp["params"]))
+            factor = 1.0 - share * (1.0 - 1.0 / FP8_SPEEDUP)
+            notes.append(f"{base} base on fp8 tensor cores: its matmuls run at the fp8 rate")
+        else:
+            dequant_s = uses * quantized * (STORAGE[base].value_bytes + 2 * 2) / (memory_bandwidth(gpu) * DEQUANT_EFFICIENCY[base])
+            if base.startswith("fp8"):
+                notes.append(f"this GPU has no fp8 compute (before Ada): {base} is storage only, each layer upcast to bf16 before its matmul")
+            else:
+                notes.append(f"{base} base: each use of a weight dequantizes it to bf16 first ({dequant_s:.2f} s a step)")
+    return TechniqueCost(swap_s, dequant_s, factor, tuple(notes))
 
 
 def scaling_factor(gpus: int, method: str = "lora", num_machines: int = 1) -> float:
