@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import fnmatch
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -229,6 +230,38 @@ def test_load_whole_and_split_files(tmp_path: Path, tiny_models, family: str) ->
     assert all(torch.equal(a, b) for a, b in zip(original.text_encoders[0].parameters(), reference.text_encoders[0].parameters()))
     with pytest.raises(UserError, match="has no text encoder 'text_encoder_3'"):
         runtime(family).load(ModelSource(str(folder), text_encoders={"text_encoder_3": str(encoder_file)}))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_specs_swap_blocks_and_high_precision_patterns_name_real_modules(tiny_models, family: str) -> None:
+    """Each block list is a ModuleList of the denoiser as long as its config key counts; each
+    high-precision pattern matches some module of its component (a typo would keep nothing)."""
+    found = spec(family)
+    model = load_components(str(tiny_models(family)))
+    config = dict(model.denoiser.config)
+    for path, key in found.swap_blocks.items():
+        blocks = model.denoiser.get_submodule(path)
+        assert isinstance(blocks, torch.nn.ModuleList)
+        assert len(blocks) == (len(config[key]) if isinstance(config[key], (list, tuple)) else config[key])
+    components = {found.denoiser: model.denoiser, **dict(zip(found.text_encoder_names, model.text_encoders))}
+    for component, patterns in found.high_precision.items():
+        names = [name for name, _ in components[component].named_modules()]
+        for pattern in patterns:
+            assert any(found.keeps_precision(component, name) and fnmatch.fnmatchcase(name, pattern) for name in names), (component, pattern)
+
+
+@pytest.mark.parametrize(("family", "count"), [("sd1", 8), ("sd2", 8), ("sdxl", 6)])
+def test_a_unet_swaps_its_down_and_up_blocks_and_keeps_norms_and_embeddings(tiny_models, family: str, count: int) -> None:
+    found = spec(family)
+    assert list(found.swap_blocks) == ["down_blocks", "up_blocks"] and found.swap_block_count() == count
+    model = load_components(str(tiny_models(family)))
+    kept = {name for name, _ in model.denoiser.named_modules() if found.keeps_precision("unet", name)}
+    assert {"time_embedding.linear_1", "conv_norm_out", "conv_in"} <= kept
+    assert not any(name.endswith(("to_q", "to_k", "ff.net.2", "proj_in")) for name in kept)
+    for name, encoder in zip(found.text_encoder_names, model.text_encoders):
+        names = [n for n, _ in encoder.named_modules()]
+        assert any(found.keeps_precision(name, n) for n in names if n.endswith("token_embedding"))
+        assert not any(found.keeps_precision(name, n) for n in names if n.endswith(("q_proj", "fc1")))
 
 
 def test_dummy_inputs_run_the_denoiser(tiny_models) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from copy import deepcopy
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from typing import Any
 
 #: The objectives a family spec may name (``core.families.objectives`` implements them).
@@ -116,6 +117,26 @@ class FamilySpec:
     #: Pixels a bucket side must be a multiple of: the VAE's downscale (8), times 2 where the
     #: denoiser packs 2×2 latent patches into one token (16: FLUX, SD 3.x).
     bucket_step: int = 8
+    #: The denoiser's blocks ``settings.blocks_to_swap`` streams from CPU memory: the attribute
+    #: path of each ``ModuleList`` (``transformer_blocks``, ``single_transformer_blocks``), in the
+    #: order its forward runs them, -> the denoiser config key that counts its blocks (an int, or a
+    #: list whose length is the count). Empty: the family does not swap blocks.
+    swap_blocks: Mapping[str, str] = field(default_factory=dict)
+    #: Component name -> module-name patterns (``fnmatch`` on the name inside the component) that
+    #: keep the compute precision when ``settings.base_precision`` / ``text_encoder_precision``
+    #: quantize it: norms, embeddings, modulation, the input and output layers. Only linear
+    #: layers are ever quantized; these patterns exempt some of them.
+    high_precision: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def swap_block_count(self, variant: str = "") -> int:
+        """How many denoiser blocks ``settings.blocks_to_swap`` may name (0: the family does not swap)."""
+        config = self.component_configs(variant).get(self.denoiser, {})
+        counts = (config.get(key, 0) for key in self.swap_blocks.values())
+        return sum(len(count) if isinstance(count, (list, tuple)) else int(count) for count in counts)
+
+    def keeps_precision(self, component: str, module_name: str) -> bool:
+        """Whether ``module_name`` of ``component`` stays in the compute precision under a quantized base."""
+        return any(fnmatchcase(module_name, pattern) for pattern in self.high_precision.get(component, ()))
 
     def component_configs(self, variant: str = "") -> dict[str, dict[str, Any]]:
         """A fresh (deep) copy of the real-size component configs (of ``variant``, default the family's), to build or change."""

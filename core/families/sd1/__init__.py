@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from core.families.sd_unet import CLIP_L, CLIP_TOKENS, COMPONENT_CLASSES, LORA_TARGETS, METHODS, OBJECTIVES, UNET_SD1, VAE
+from core.families.sd_unet import CLIP_HIGH_PRECISION, CLIP_L, CLIP_TOKENS, COMPONENT_CLASSES, LORA_TARGETS, METHODS, OBJECTIVES, SWAP_BLOCKS, UNET_HIGH_PRECISION, UNET_SD1, VAE
 from core.families.spec import FamilySpec, LrDefault, Recognition, TextEncoder, Variant
 
 SPEC = FamilySpec(
@@ -39,6 +39,8 @@ SPEC = FamilySpec(
     modelspec_architectures={"epsilon": "stable-diffusion-v1"},
     modelspec_implementation="diffusers",
     pipeline_class="StableDiffusionPipeline",
+    swap_blocks=SWAP_BLOCKS,
+    high_precision={"unet": UNET_HIGH_PRECISION, "text_encoder": CLIP_HIGH_PRECISION},
     recognition=Recognition(
         cross_attention_dim=768,
         text_marks={"hidden_act": "quick_gelu"},

@@ -93,6 +93,20 @@ LORA_TARGETS: dict[str, dict[str, tuple[str, ...]]] = {
 }
 
 
+#: A UNet swaps its down and up blocks (4 + 4 in SD 1.x/2.x, 3 + 3 in SDXL) in the order the
+#: forward runs them; the mid block, the embeddings and the in/out convolutions stay on the GPU.
+#: The blocks are coarse and uneven (SDXL's innermost down block and outermost up block hold
+#: most of its transformer layers), so swapping one block frees a large, block-dependent share.
+SWAP_BLOCKS: dict[str, str] = {"down_blocks": "down_block_types", "up_blocks": "up_block_types"}
+
+#: What keeps its precision under a quantized base (only linear layers are quantized at all):
+#: the UNet's timestep embedding, each ResNet's timestep projection (its modulation), every norm
+#: and the in/out convolutions; CLIP's token and position embeddings and its layer norms. SDXL
+#: adds its size embedding (``add_embedding``) and the second encoder's ``text_projection``.
+UNET_HIGH_PRECISION = ("time_embedding.*", "*time_emb_proj", "*norm*", "conv_in", "conv_out")
+CLIP_HIGH_PRECISION = ("*embeddings*", "*layer_norm*")
+
+
 def is_lora_target(module_name: str, targets: tuple[str, ...]) -> bool:
     """Whether peft adapts ``module_name`` for these targets (equal, or ending in ``.target``)."""
     return any(module_name == t or module_name.endswith("." + t) for t in targets)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from core.families.sd_unet import CLIP_L, CLIP_TOKENS, COMPONENT_CLASSES, LORA_TARGETS, METHODS, OBJECTIVES, VAE
+from core.families.sd_unet import CLIP_HIGH_PRECISION, CLIP_L, CLIP_TOKENS, COMPONENT_CLASSES, LORA_TARGETS, METHODS, OBJECTIVES, SWAP_BLOCKS, UNET_HIGH_PRECISION, VAE
 from core.families.spec import FamilySpec, LrDefault, Recognition, TextEncoder, Variant
 
 _UNET = {
@@ -89,6 +89,12 @@ SPEC = FamilySpec(
     modelspec_architectures={"epsilon": "stable-diffusion-xl-v1-base"},
     modelspec_implementation="https://github.com/Stability-AI/generative-models",
     pipeline_class="StableDiffusionXLPipeline",
+    swap_blocks=SWAP_BLOCKS,
+    high_precision={
+        "unet": (*UNET_HIGH_PRECISION, "add_embedding.*"),
+        "text_encoder": CLIP_HIGH_PRECISION,
+        "text_encoder_2": (*CLIP_HIGH_PRECISION, "text_projection"),
+    },
     recognition=Recognition(
         folder_parts=("text_encoder_2",),
         pipeline_mark="XL",
