@@ -6,7 +6,10 @@ few seconds) and records per component: the parameter count, the LoRA "width" pe
 ``lora_targets`` choice (Σ over adapted layers of in·k·k + out, so LoRA params = rank × width)
 and the adapted layer count and weight size (LoHa/LoKr build a delta of that size), the largest single tensor (what a fused backward pass holds as
 gradient), the fp32 values Adafactor's factored second moment keeps, plus the text encoders'
-embedding size for textual inversion.
+embedding size for textual inversion; for a quantized base the Linear weights it quantizes
+(outside the spec's ``high_precision`` patterns: count, rows, largest) and the denoiser's
+parameters per swappable block (the spec's ``swap_blocks``, in forward order).
+``--family F`` measures one family and merges it into the file.
 ``--check`` compares the file with a fresh build instead of writing it.
 """
 
@@ -16,6 +19,7 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,9 +70,9 @@ def describe(family: str, kind: str, model: Any) -> dict[str, Any]:
     }
     if kind == "vae":
         return entry
-    entry.update(quantizable(model, high_precision_patterns(family_spec)))
+    entry.update(quantizable(model, lambda name: family_spec.keeps_precision(kind, name)))
     if kind == family_spec.denoiser:
-        entry["blocks"] = block_params(model, swap_block_lists(family_spec))
+        entry["blocks"] = block_params(model, tuple(family_spec.swap_blocks))
     targets = family_spec.lora_targets["denoiser" if kind == family_spec.denoiser else "text_encoder"]
     entry["lora_width"] = {}
     entry["lora_layers"] = {}
@@ -85,23 +89,13 @@ def describe(family: str, kind: str, model: Any) -> dict[str, Any]:
     return entry
 
 
-def high_precision_patterns(family_spec: Any) -> tuple[str, ...]:
-    """The module-name patterns the family keeps in high precision under a quantized base (its spec's)."""
-    return tuple(getattr(family_spec, "high_precision_patterns", ()))
-
-
-def swap_block_lists(family_spec: Any) -> tuple[str, ...]:
-    """The denoiser's block lists a block swap moves (its spec's), in the order they run."""
-    return tuple(getattr(family_spec, "swap_blocks", ()))
-
-
-def quantizable(model: Any, keep: tuple[str, ...]) -> dict[str, int]:
-    """What a quantized base quantizes: the nn.Linear weights whose module name matches none of
-    ``keep`` (count, output rows: one scale each per row, and the largest: its bf16 copy is the
-    dequantization buffer)."""
+def quantizable(model: Any, keeps: Callable[[str], bool]) -> dict[str, int]:
+    """What a quantized base quantizes: the nn.Linear weights whose module name the spec does not
+    ``keeps`` in high precision (count, output rows: one scale each per row, and the largest:
+    its bf16 copy is the dequantization buffer)."""
     import torch
 
-    linears = [m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and not any(pattern in name for pattern in keep)]
+    linears = [m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and not keeps(name)]
     return {
         "quantizable_params": sum(m.weight.numel() for m in linears),
         "quantizable_rows": sum(m.out_features for m in linears),

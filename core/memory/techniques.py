@@ -105,18 +105,16 @@ def dequant_buffer_bytes(comp: Mapping[str, Any], precision: str) -> int:
 
 @dataclass(frozen=True)
 class Swap:
-    """A block swap of ``count`` blocks: the parameters that live in host memory (``params``)
-    and the largest of them (``largest_block``), of ``total_blocks``."""
+    """A block swap of ``count`` blocks: the parameters that live in host memory (``params``),
+    the largest swapped block (``largest_block``), of ``total_blocks``, and the parameters the
+    GPU holds for them in flight (``buffer_params``: the largest PREFETCH_BLOCKS consecutive
+    swapped blocks, the one computing and the one arriving)."""
 
     count: int
     params: int
     largest_block: int
     total_blocks: int
-
-    @property
-    def buffer_params(self) -> int:
-        """Parameters the GPU holds for the swapped blocks in flight (PREFETCH_BLOCKS of the largest)."""
-        return min(self.count, PREFETCH_BLOCKS) * self.largest_block
+    buffer_params: int = 0
 
 
 def denoiser_blocks(family: str) -> list[int]:
@@ -139,7 +137,9 @@ def swap_of(family: str, count: int) -> Swap:
     blocks = denoiser_blocks(family)
     count = max(0, min(int(count), max(0, len(blocks) - 1)))
     swapped = blocks[len(blocks) - count :] if count else []
-    return Swap(count, sum(swapped), max(swapped, default=0), len(blocks))
+    window = min(PREFETCH_BLOCKS, len(swapped))
+    buffer = max((sum(swapped[i : i + window]) for i in range(len(swapped) - window + 1)), default=0)
+    return Swap(count, sum(swapped), max(swapped, default=0), len(blocks), buffer)
 
 
 @dataclass

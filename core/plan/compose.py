@@ -4,8 +4,8 @@ swap, gradient checkpointing, batch and resolution that fits with headroom (docs
 A recipe is the ceiling: the composer only turns its knobs towards less memory (a quantized
 base, more blocks swapped, checkpointing on, a smaller batch, then fewer pixels), never past
 what the user set by hand (``overrides``). Among the combinations that fit (VRAM with
-HEADROOM, and host RAM when the machine's is known) the throughput model's fastest wins; equal
-speeds go to the less lossy precision. When none fits, the lightest combination is returned
+HEADROOM, and host RAM when the machine's is known) the throughput model's fastest wins, a
+quantized base priced by its loss (picker.LOSS_PRICE); equal speeds go to the less lossy. When none fits, the lightest combination is returned
 (``fits`` False) so that the plan can say what it lacks.
 """
 
@@ -16,8 +16,9 @@ from dataclasses import replace
 from typing import Any
 
 from core.memory.techniques import QUANTIZED, max_swappable
+from core.settings import FULL_METHODS
 
-from .picker import SAME_SPEED, RecipeFit, RunShape, judge, precision_loss
+from .picker import SAME_SPEED, RecipeFit, RunShape, judge, precision_loss, worth_speed
 
 #: The base precisions tried for a frozen denoiser (LoRA), least lossy first.
 BASE_STEPS = ("fp8_scaled", "int8", "nf4")
@@ -58,12 +59,11 @@ def _finish(fit: RecipeFit, start: dict[str, Any], written: RecipeFit) -> Recipe
 
 
 def _score(fit: RecipeFit, group: list[RecipeFit]) -> tuple[float, ...]:
-    """Fastest first; speeds within SAME_SPEED of the fastest rank by loss, then fewer pixels lost, then memory."""
-    top = max(f.images_per_second or 0.0 for f in group)
-    speed = fit.images_per_second or 0.0
-    close = speed >= top * (1 - SAME_SPEED)
-    loss = precision_loss(fit.settings)
-    return (1.0 if close else 0.0, -loss if close else speed, speed, -fit.estimate.total_bytes)
+    """Fastest first once precision loss is priced in (``worth_speed``); within SAME_SPEED of the
+    best, the less lossy, then the faster, then the lighter."""
+    top = max(worth_speed(f) for f in group)
+    close = worth_speed(fit) >= top * (1 - SAME_SPEED)
+    return (1.0 if close else 0.0, -precision_loss(fit.settings) if close else worth_speed(fit), fit.images_per_second or 0.0, -fit.estimate.total_bytes)
 
 
 def _candidates(family: str, method: str, gpus: Any, recipe: Any, start: dict[str, Any], fixed: set[str], shape: RunShape) -> Iterator[RecipeFit]:
@@ -125,10 +125,11 @@ def _vram_short(fit: RecipeFit) -> bool:
 
 def _swap_until_fits(family: str, method: str, gpus: Any, recipe: Any, settings: dict[str, Any], fixed: set[str], shape: RunShape, unswapped: RecipeFit) -> RecipeFit:
     """The fewest swapped blocks with which ``settings`` fit the VRAM (a binary search: more
-    blocks away never need more VRAM), or all of them when even that does not fit."""
+    blocks away never need more VRAM), or all of them when even that does not fit. Only a frozen
+    base is swapped: a full fine-tune's swapped blocks would step their optimizer on the CPU."""
     own = int(settings.get("blocks_to_swap", 0) or 0)
     top = max_swappable(family)
-    if "blocks_to_swap" in fixed or settings.get("torch_compile") or top <= own:
+    if "blocks_to_swap" in fixed or settings.get("torch_compile") or method in FULL_METHODS or top <= own:
         return unswapped
     most = judge(family, method, settings | {"blocks_to_swap": top}, gpus, recipe, shape)
     if _vram_short(most):

@@ -97,7 +97,7 @@ class RecipeFit:
         slower = self.slowdown()
         if slower is not None and self.baseline is not None:
             pace = f"about {slower:.1f}× slower" if slower >= 1.05 else f"about {1 / slower:.1f}× faster" if slower <= 0.95 else "about as fast"
-            line += f", {pace} than {self.baseline.name or 'the settings'} as written ({self.baseline.estimate.gb:.1f} GiB)"
+            line += f", {pace} {'as' if pace == 'about as fast' else 'than'} {self.baseline.name or 'the settings'} as written ({self.baseline.estimate.gb:.1f} GiB)"
         return line
 
     def to_json(self) -> dict[str, Any]:
@@ -127,6 +127,16 @@ def _value(value: Any) -> str:
 SAME_SPEED = 0.02
 #: How lossy a stored precision is (0: none).
 LOSS = {"fp8_scaled": 1, "int8": 1, "fp8": 2, "nf4": 3}
+#: What one step of precision loss must buy in speed to be chosen: a quantized base costs
+#: fidelity, so it wins only where it is this much faster per LOSS point than the lossless
+#: combination that fits (e.g. FLUX on 24 GB, where bf16 would stream half its blocks), or
+#: where nothing lossless fits at all.
+LOSS_PRICE = 1.5
+
+
+def worth_speed(fit: RecipeFit) -> float:
+    """A combination's speed less the price of its precision loss (images/s ÷ LOSS_PRICE^loss)."""
+    return (fit.images_per_second or 0.0) / LOSS_PRICE ** precision_loss(fit.settings)
 
 
 def precision_loss(settings: Mapping[str, Any]) -> int:
@@ -242,7 +252,8 @@ def _order(fit: RecipeFit) -> tuple[float | str, ...]:
     """Fitting recipes fastest first (those at the resolution asked for before those that had to
     lower it: fewer pixels learn less); the others lightest first (closest to fitting)."""
     if fit.fits:
-        speed = -math.floor(math.log(fit.images_per_second) / math.log(1 + SAME_SPEED)) if fit.images_per_second else 0
+        worth = worth_speed(fit)
+        speed = -math.floor(math.log(worth) / math.log(1 + SAME_SPEED)) if worth else 0
         return (0, int("resolution" in fit.changes), speed, precision_loss(fit.settings), -(fit.images_per_second or 0.0), len(fit.changes), fit.estimate.total_bytes, fit.name)
     return (1, fit.estimate.total_bytes, fit.name)
 
