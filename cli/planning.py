@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     plan.add_argument("--method", help=f"{' | '.join(METHODS)} (default lora)")
     plan.add_argument("--recipe", help="recipe name (default: the fastest that fits, see sdtui recipes)")
     plan.add_argument("--price-per-gpu-hour", type=float, default=None, metavar="X", help="adds a cost column")
-    plan.add_argument("--ram", type=ram_size, default=None, metavar="SIZE", help="the training machine's RAM, e.g. 64GB (default: this machine's)")
+    plan.add_argument("--ram", type=ram_size, default=None, metavar="SIZE", help="the training machine's RAM, e.g. 64GB (default: this machine's, unknown with simulated --gpus)")
     length = plan.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=whole_number("--epochs", 1), metavar="N", help="epoch mode: N epochs")
     length.add_argument("--steps", type=whole_number("--steps", 1), metavar="N", help="step mode: N optimizer steps")
@@ -97,7 +97,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.steps is not None:
         extras.append(f"schedule.max_steps={args.steps}")
     gpus = resolve(args.gpus)
-    ram = args.ram if args.ram is not None else machine_ram_bytes()
+    # this machine's RAM judges a plan for its own GPUs; simulated GPUs are another machine's
+    ram = args.ram if args.ram is not None else (None if gpus.simulated else machine_ram_bytes())
     if args.config:
         config, scan = _from_config_file(args, extras)
     else:
