@@ -485,8 +485,8 @@ def host_term(lay: _Layout, s: dict[str, Any], offload: bool) -> HostEstimate:
     training = sum(v for k, v in b.items() if k != "processes")
     loading = den["params"] * 2 * lay.n
     if loading > training:
-        return HostEstimate(b["processes"] + loading, {"processes": b["processes"], "loading": loading}, "loading")
-    return HostEstimate(sum(b.values()), b, "training")
+        return HostEstimate(b["processes"] + loading, {"processes": b["processes"], "loading": loading}, "loading", b)
+    return HostEstimate(sum(b.values()), b, "training", b)
 
 
 def _raw(family: str, method: str, s: dict[str, Any], n: int, backend: str, zero_stage: int, offload: bool, prior: bool | None, sampling: bool) -> tuple[dict[str, int], str, list[str], HostEstimate]:

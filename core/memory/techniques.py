@@ -8,7 +8,7 @@ Pure arithmetic on the measured counts of params.json (bench/measure_params.py):
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from core.families import spec
@@ -144,11 +144,13 @@ def swap_of(family: str, count: int) -> Swap:
 
 @dataclass
 class HostEstimate:
-    """Host RAM the run holds on one machine at its peak, with a breakdown (bytes)."""
+    """Host RAM the run holds on one machine at its peak (``phase``: loading or training), with a
+    breakdown of that phase and of training (``training``, what stays while it trains), bytes."""
 
     total_bytes: int
     breakdown: dict[str, int]
     phase: str
+    training: dict[str, int] = field(default_factory=dict)
 
     @property
     def gb(self) -> float:
@@ -161,7 +163,7 @@ class HostEstimate:
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict: total bytes and GiB, the breakdown, the phase."""
-        return {"total_bytes": self.total_bytes, "gb": round(self.gb, 2), "breakdown": dict(self.breakdown), "phase": self.phase}
+        return {"total_bytes": self.total_bytes, "gb": round(self.gb, 2), "breakdown": dict(self.breakdown), "phase": self.phase, "training": dict(self.training)}
 
 
 def machine_ram_bytes() -> int | None:
