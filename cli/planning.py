@@ -345,8 +345,9 @@ def _ram_line(ram: dict[str, Any]) -> str:
     if not ram:
         return "RAM       unknown"
     parts = ", ".join(f"{k.replace('_', ' ')} {v:.1f}" for k, v in ram["breakdown"].items())
-    have = f" of {ram['have_gb']:g} GiB: " + ("fits" if ram["fits"] else "SHORT") if ram.get("have_gb") else " (this machine's RAM unknown; give --ram 64GB)"
-    return f"RAM       {ram['need_gb']:.1f} GiB needed while {ram['phase']} ({parts}){have}"
+    later = f"; {ram['training_gb']:.1f} GiB while training" if ram["phase"] == "loading" else ""
+    have = (f" of {ram['have_gb']:g} GiB: " + ("fits" if ram["fits"] else "SHORT")) if ram.get("have_gb") else " (the training machine's RAM unknown: give --ram 64GB)"
+    return f"RAM       {ram['need_gb']:.1f} GiB needed while {ram['phase']} ({parts}{later}){have}"
 
 
 def format_plan(plan: Any) -> str:
@@ -354,7 +355,7 @@ def format_plan(plan: Any) -> str:
     data = plan.to_json()
     gpu, settings, dataset = data["gpu"], data["settings"], data["dataset"]
     if gpu["name"]:
-        verdict = "fits" if data["fits"] else "DOES NOT FIT"
+        verdict = "fits" if data["vram_fits"] else "DOES NOT FIT"
         vram = f"{data['vram_estimate_gb']:.1f} GiB estimated peak of {gpu['vram_gb']:g} GiB per GPU: {verdict} (with {data['headroom']:.0%} headroom)"
         hardware = f"{gpu['count']} × {gpu['name']}" + (" (simulated)" if gpu["simulated"] else "")
     else:

@@ -15,7 +15,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
-from core.memory.techniques import QUANTIZED, max_swappable
+from core.memory.estimator import HEADROOM
+from core.memory.techniques import QUANTIZED, RAM_HEADROOM, max_swappable
 from core.settings import FULL_METHODS
 
 from .picker import SAME_SPEED, RecipeFit, RunShape, judge, precision_loss, worth_speed
@@ -46,11 +47,19 @@ def compose(family: str, method: str, gpus: Any, recipe: Any, overrides: Mapping
         for candidate in _candidates(family, method, gpus, recipe, start | {"resolution": resolution}, fixed, shape):
             if candidate.fits:
                 fitting.append(candidate)
-            elif lightest is None or candidate.estimate.total_bytes < lightest.estimate.total_bytes:
+            elif lightest is None or shortfall(candidate) < shortfall(lightest):
                 lightest = candidate
         if fitting:
             return _finish(max(fitting, key=lambda f: _score(f, fitting)), start, written)
     return _finish(lightest or written, start, written)
+
+
+def shortfall(fit: RecipeFit) -> int:
+    """Bytes a combination lacks: VRAM beyond the usable share, plus host RAM beyond its share
+    (the closest combination lacks the least; the first of equals changes the least)."""
+    vram = max(0, fit.estimate.total_bytes - int((fit.vram_bytes or 0) * (1 - HEADROOM))) if fit.vram_bytes else 0
+    ram = max(0, fit.ram_need_bytes - int(fit.ram_bytes * (1 - RAM_HEADROOM))) if fit.ram_bytes else 0
+    return vram + ram
 
 
 def _finish(fit: RecipeFit, start: dict[str, Any], written: RecipeFit) -> RecipeFit:

@@ -63,6 +63,8 @@ class Plan:
     validation: ValidationPlan | None = None
     #: The memory techniques and their cost (``techniques``, ``cost``, ``slowdown``, ``baseline_gb``), the peaks the estimate stands for.
     memory: dict[str, Any] = field(default_factory=dict)
+    #: Whether the VRAM estimate alone fits (``fits`` also needs the host RAM to); None without a GPU.
+    vram_fits: bool | None = None
     #: Host RAM: ``need_gb``, ``have_gb`` (None: unknown), ``fits``, ``phase``, ``breakdown`` (GiB).
     ram: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
@@ -149,6 +151,7 @@ class Plan:
             "vram_estimate_gb": round(self.vram_estimate_bytes / GIB, 2),
             "gpu": self.gpu,
             "fits": self.fits,
+            "vram_fits": self.vram_fits,
             "headroom": HEADROOM,
             "memory": dict(self.memory),
             "ram": dict(self.ram),
@@ -246,6 +249,7 @@ def make_plan(config: Any, scan: Any, gpus: Any, price_per_gpu_hour: float | Non
         class_image_s=sample_seconds_per_image(family, settings, smallest, GENERATE_STEPS),
         validation=validation,
         memory=memory_summary(family, method, settings, gpus, shape, fit),
+        vram_fits=fit.estimate.fits(smallest.vram_total_bytes) if smallest is not None else None,
         ram=ram_summary(fit),
     )
     _explain(plan, scan, gpus, fit, shape)
@@ -285,6 +289,7 @@ def ram_summary(fit: Any) -> dict[str, Any]:
         "fits": fit.ram_fits,
         "phase": host.phase,
         "breakdown": {k: round(v / GIB, 2) for k, v in host.breakdown.items() if v},
+        "training_gb": round(sum(host.training.values()) / GIB, 2),
     }
 
 
@@ -382,9 +387,15 @@ def _explain_fit(plan: Plan, gpus: Any, fit: Any, shape: RunShape) -> None:
     plan.notes += [n for n in fit.estimate.notes if n not in plan.notes]
     plan.notes += list(fit.cost_notes)
     if fit.ram_fits is False:
+        loading = fit.estimate.host is not None and fit.estimate.host.phase == "loading"
+        fix = (
+            "each process reads the denoiser in bf16 before it is quantized or moved to the GPU: use a machine with more RAM or fewer processes"
+            if loading
+            else "swap fewer blocks (settings.blocks_to_swap), cache text-encoder outputs to disk (cache_text_encoder_outputs_to_disk) or use a machine with more RAM"
+        )
         plan.warnings.append(
-            f"the run needs about {fit.ram_need_bytes / GIB:.1f} GiB of RAM ({fit.estimate.host.phase}) but the machine has {fit.ram_bytes / GIB:.0f} GiB "
-            f"and {RAM_HEADROOM:.0%} stays free; swap fewer blocks, cache to disk (cache_text_encoder_outputs_to_disk) or use a machine with more RAM"
+            f"the run needs about {fit.ram_need_bytes / GIB:.1f} GiB of RAM while {'loading' if loading else 'training'} but the machine has "
+            f"{fit.ram_bytes / GIB:.0f} GiB and {RAM_HEADROOM:.0%} stays free; {fix}"
         )
     if plan.fits is False and fit.estimate.fits(smallest.vram_total_bytes):
         return
