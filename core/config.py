@@ -21,7 +21,7 @@ from tomlkit.exceptions import ParseError
 from core.atomic import read_user_text, write_atomic
 from core.errors import UserError
 from core.sample_prompts import parse_prompt_line
-from core.settings import SCHEMA, SETTINGS, SUBSET_KEYS, SUBSET_OPTIONS, Setting, bucket_problem, family_problem, lookup, optimizer_learning_rate, resolve, setting_name
+from core.settings import SCHEMA, SETTINGS, SUBSET_KEYS, SUBSET_OPTIONS, Setting, bucket_problem, family_problem, lookup, optimizer_learning_rate, resolve, setting_name, technique_problem
 
 _SECTION_COMMENTS = {
     "model": "the base model",
@@ -180,6 +180,12 @@ class RunConfig:
         if problem:
             raise UserError(f"{self.path}: {problem}" if self.path else problem)
 
+    def check_techniques(self) -> None:
+        """Raise UserError when a memory technique cannot work with the method or the other settings (``core.settings.technique_problem``)."""
+        problem = technique_problem(str(self.section("method")["kind"]), self.settings, str(self.section("distributed")["backend"]))
+        if problem:
+            raise UserError(f"{self.path}: {problem}" if self.path else problem)
+
     def check_buckets(self) -> None:
         """Raise UserError when the bucket sides do not frame the resolution (``core.settings.bucket_problem``)."""
         problem = bucket_problem(self.settings)
@@ -226,6 +232,7 @@ def load_config(path: str | os.PathLike[str], complete: bool = True) -> RunConfi
     config = RunConfig(document, file)
     config.check_buckets()
     config.check_family()
+    config.check_techniques()
     if complete:
         config.check_complete()
     _absolute_paths(config, file.resolve().parent)
@@ -325,6 +332,7 @@ def apply_overrides(config: RunConfig, overrides: Iterable[str]) -> RunConfig:
     _follow_optimizer_rule(config, changed)
     config.check_buckets()
     config.check_family()
+    config.check_techniques()
     return config
 
 

@@ -49,6 +49,12 @@ OPTIMIZER_LEARNING_RATES: dict[str, float] = {"prodigy": 1.0}
 SCHEDULE_FREE_OPTIMIZERS = ("schedulefree_adamw",)
 ATTENTION = ("sdpa", "eager")
 BACKENDS = ("ddp", "deepspeed", "fsdp")
+#: The precisions of a frozen base component (``settings.base_precision``, ``text_encoder_precision``):
+#: ``auto`` keeps the mixed-precision dtype; ``fp8`` stores e4m3 and computes in that dtype;
+#: ``fp8_scaled`` adds a scale per output row; ``int8`` is weight-only int8; ``nf4`` bitsandbytes' 4-bit.
+BASE_PRECISIONS = ("auto", "bf16", "fp16", "fp8", "fp8_scaled", "int8", "nf4")
+#: The base precisions that quantize (a full fine-tune cannot train such weights).
+QUANTIZED_PRECISIONS = ("fp8", "fp8_scaled", "int8", "nf4")
 #: [model] prediction_type: read from the model (auto), or one of the objectives its family trains with.
 PREDICTION_TYPES = ("auto", *OBJECTIVES)
 
@@ -194,6 +200,15 @@ SETTINGS: dict[str, Setting] = {
         _s("output_name", str, "", "file name of the saved outputs, without extension (empty = the run name)"),
         _s("output_dir", str, "", "folder the outputs are saved to (empty = output/ in the run folder)"),
         _s("save_precision", str, "fp16", "dtype of the saved LoRA, embedding and single-file model", choices=SAVE_PRECISIONS),
+        _s(
+            "base_precision",
+            str,
+            "auto",
+            "storage of the frozen denoiser: auto (the mixed_precision dtype), bf16, fp16, fp8 (e4m3, half of bf16), fp8_scaled (fp8 with a scale per row), int8, nf4 (4-bit, a quarter); LoRA trains on top",
+            choices=BASE_PRECISIONS,
+        ),
+        _s("text_encoder_precision", str, "auto", "storage of the frozen text encoders: the same choices as base_precision", choices=BASE_PRECISIONS),
+        _s("blocks_to_swap", int, 0, "denoiser blocks kept in CPU RAM and streamed to the GPU on their turn: less VRAM, slower steps (0 = off)", minimum=0),
         _s("torch_compile", bool, False, "compile the UNet with torch.compile: faster steps after a slow first one"),
         _s("dataloader_workers", int, 2, "processes that load images in the background (0 = in the training process)", minimum=0),
         _s("base_precision", str, "auto", "storage of the frozen denoiser: auto (as mixed_precision), bf16, fp16, fp8, fp8_scaled, int8 or nf4 (LoRA only)", choices=("auto", "bf16", "fp16", "fp8", "fp8_scaled", "int8", "nf4")),
@@ -407,6 +422,35 @@ def family_problem(family: str, prediction_type: str, settings: Mapping[str, Any
     step = int(settings.get("bucket_reso_steps", SETTINGS["bucket_reso_steps"].default))
     if step % found.bucket_step:
         return f"settings.bucket_reso_steps = {step} does not cut {family} latents into whole patches; set it to a multiple of {found.bucket_step} (e.g. 64)"
+    swap, blocks = int(settings.get("blocks_to_swap", 0)), found.swap_block_count()
+    if swap and not blocks:
+        return f"settings.blocks_to_swap = {swap}, but the {family} family does not swap blocks; set blocks_to_swap to 0"
+    if swap >= blocks > 0:
+        return f"settings.blocks_to_swap = {swap}, but the {family} denoiser has {blocks} blocks and at least one must stay on the GPU; set blocks_to_swap to {blocks - 1} or less"
+    return None
+
+
+def technique_problem(method: str, settings: Mapping[str, Any], backend: str = "ddp") -> str | None:
+    """The sentence for a memory technique that cannot work with the method or the other settings, or None:
+    a quantized weight a full fine-tune would train, block swap with ``torch_compile``, a full
+    fine-tune or FSDP, an explicit base dtype that is not the compute dtype."""
+    full = method in FULL_METHODS
+    base, te = str(settings.get("base_precision", "auto")), str(settings.get("text_encoder_precision", "auto"))
+    if full and base in QUANTIZED_PRECISIONS:
+        return f'settings.base_precision = "{base}" quantizes the denoiser, which a {method} trains whole; set base_precision to "auto" or train a LoRA (method.kind = "lora")'
+    if full and te in QUANTIZED_PRECISIONS and settings.get("train_text_encoder"):
+        return f'settings.text_encoder_precision = "{te}" quantizes the text encoders, which this {method} trains (train_text_encoder); set text_encoder_precision to "auto" or train_text_encoder to false'
+    for key, value in (("base_precision", base), ("text_encoder_precision", te)):
+        compute = str(settings.get("mixed_precision", "bf16"))
+        if value in ("bf16", "fp16") and value != compute:
+            return f'settings.{key} = "{value}" stores the weights in {value}, but they compute in mixed_precision "{compute}"; set {key} to "auto" or mixed_precision to "{value}"'
+    swap = int(settings.get("blocks_to_swap", 0))
+    if swap and settings.get("torch_compile"):
+        return "settings.blocks_to_swap moves blocks in and out between their calls, which torch_compile cannot trace; set torch_compile to false or blocks_to_swap to 0"
+    if swap and full:
+        return f'settings.blocks_to_swap streams the frozen base, but a {method} trains every block and keeps its optimizer state beside it; set blocks_to_swap to 0 (or train a LoRA)'
+    if swap and backend == "fsdp":
+        return 'settings.blocks_to_swap and distributed.backend = "fsdp" both place the weights themselves; set blocks_to_swap to 0 or backend to "ddp"'
     return None
 
 

@@ -1,0 +1,228 @@
+"""Block swap (``settings.blocks_to_swap = N``): the denoiser's last N blocks live in (pinned) CPU
+memory and are copied to the device on their turn, in forward and in backward.
+
+The blocks are the ``ModuleList``s the family spec names (``FamilySpec.swap_blocks``), in the
+order the forward runs them. Only the frozen tensors of a swapped block travel (base weights,
+quantized or not, and buffers); trained parameters (LoRA) stay on the device, so the optimizer
+never sees a moved tensor. The copies only go host -> device: the base is frozen, so a block
+leaving the device just lets go of its device copy (the tensors point at the host copy again).
+
+- Forward: a block's pre-hook makes it resident (waiting for its copy) and starts copying the
+  next swapped block on a side CUDA stream (one block of prefetch); its post-hook drops it,
+  except the last block when a backward will follow (backward needs it first).
+- Backward: a hook on each output of a swapped block fires when the gradient reaches the block,
+  before any of its backward runs: the block is made resident, the block before it is
+  prefetched, and the blocks after it (their backward is done) are dropped. Without
+  gradient checkpointing autograd holds the weights themselves (the parameter objects), so
+  re-pointing them at the device copy is what backward reads; with checkpointing the
+  recomputed forward runs inside backward, where the hooks only make the block resident.
+
+On the CPU the "device copy" is a fresh copy in host memory, so the bookkeeping (the order of
+the moves in :attr:`BlockSwap.moves`, the hooks, the pointers) runs exactly as on a GPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass
+class _Block:
+    """One swapped block: its frozen tensors with their host copies, and its device copies while it has them."""
+
+    tensors: list[torch.Tensor]
+    host: list[torch.Tensor]
+    device: list[torch.Tensor] = field(default_factory=list)
+    event: Any = None
+    resident: bool = False
+
+
+def blocks_of(denoiser: nn.Module, paths: Sequence[str]) -> list[nn.Module]:
+    """The denoiser's blocks in forward order: each ``ModuleList`` at ``paths`` in turn."""
+    return [block for path in paths for block in denoiser.get_submodule(path)]
+
+
+def _in_backward() -> bool:
+    """Whether autograd's engine is running this code (a checkpoint's recompute or a gradient hook)."""
+    return bool(torch._C._current_graph_task_id() != -1)
+
+
+def _tensors(output: Any) -> Iterator[torch.Tensor]:
+    if isinstance(output, torch.Tensor):
+        yield output
+    elif isinstance(output, (tuple, list)):
+        for item in output:
+            yield from _tensors(item)
+    elif isinstance(output, dict):
+        for item in output.values():
+            yield from _tensors(item)
+    elif hasattr(output, "to_tuple"):
+        yield from _tensors(output.to_tuple())
+
+
+class BlockSwap:
+    """Streams the last ``count`` of ``blocks`` between host memory and ``device`` around their calls.
+
+    :meth:`place` puts a denoiser on the device with those blocks' frozen tensors left in host
+    memory and installs the hooks; :meth:`remove` takes them out (the blocks stay where they are).
+    """
+
+    def __init__(self, blocks: Sequence[nn.Module], count: int, device: torch.device) -> None:
+        if not 0 < count < len(blocks):
+            raise ValueError(f"blocks_to_swap must be between 1 and {len(blocks) - 1}, not {count}")
+        self.modules = list(blocks)
+        self.first = len(self.modules) - count
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self.stream = torch.cuda.Stream(self.device) if self.cuda else None
+        self.swapped: dict[int, _Block] = {}
+        #: ("load", i) when a copy of block i starts, ("use", i) when it becomes resident, ("drop", i) when it leaves.
+        self.moves: list[tuple[str, int]] = []
+        self._handles: list[Any] = []
+
+    @property
+    def count(self) -> int:
+        """How many blocks are swapped."""
+        return len(self.modules) - self.first
+
+    def place(self, denoiser: nn.Module) -> None:
+        """Move ``denoiser`` to the device except the swapped blocks' frozen tensors (to host memory), and hook the blocks."""
+        inside = {id(m) for block in self.modules[self.first :] for m in block.modules()}
+        for module in denoiser.modules():
+            if id(module) not in inside:
+                for tensor in _own_tensors(module):
+                    _move(tensor, self.device)
+        for index in range(self.first, len(self.modules)):
+            frozen = []
+            for module in self.modules[index].modules():
+                for tensor in _own_tensors(module):
+                    (frozen if not tensor.requires_grad else []).append(tensor)
+                    if tensor.requires_grad:
+                        _move(tensor, self.device)
+            host = [_host_copy(t, self.cuda) for t in frozen]
+            for tensor, copy in zip(frozen, host):
+                tensor.data = copy
+            self.swapped[index] = _Block(frozen, host)
+        for index, block in enumerate(self.modules):
+            self._handles.append(block.register_forward_pre_hook(self._pre_hook(index)))
+            if index in self.swapped:
+                self._handles.append(block.register_forward_hook(self._post_hook(index)))
+
+    def remove(self) -> None:
+        """Take the hooks out."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def resident(self) -> list[int]:
+        """The swapped blocks now on the device, in order."""
+        return [i for i, b in self.swapped.items() if b.resident]
+
+    # the moves
+
+    def prefetch(self, index: int) -> None:
+        """Start copying swapped block ``index`` to the device (on the side stream on a GPU); nothing when it is not swapped or already there."""
+        block = self.swapped.get(index)
+        if block is None or block.resident or block.device:
+            return
+        self.moves.append(("load", index))
+        if self.stream is not None:
+            self.stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(self.stream):
+                block.device = [h.to(self.device, non_blocking=True) for h in block.host]
+                block.event = torch.cuda.Event()
+                block.event.record(self.stream)
+        else:
+            block.device = [h.clone() for h in block.host]
+
+    def use(self, index: int) -> None:
+        """Make swapped block ``index`` resident: its tensors point at its device copy (copied now when not prefetched)."""
+        block = self.swapped.get(index)
+        if block is None or block.resident:
+            return
+        self.prefetch(index)
+        if block.event is not None:
+            current = torch.cuda.current_stream(self.device)
+            current.wait_event(block.event)
+            for copy in block.device:
+                copy.record_stream(current)
+        for tensor, copy in zip(block.tensors, block.device):
+            tensor.data = copy
+        block.device, block.event, block.resident = [], None, True
+        self.moves.append(("use", index))
+
+    def drop(self, index: int) -> None:
+        """Let swapped block ``index`` leave the device: its tensors point at the host copy again (nothing is copied back)."""
+        block = self.swapped.get(index)
+        if block is None or not (block.resident or block.device):
+            return
+        for tensor, host in zip(block.tensors, block.host):
+            tensor.data = host
+        block.device, block.event, block.resident = [], None, False
+        self.moves.append(("drop", index))
+
+    def _keep_only(self, keep: set[int]) -> None:
+        for index in self.swapped:
+            if index not in keep:
+                self.drop(index)
+
+    # the hooks
+
+    def _pre_hook(self, index: int) -> Any:
+        def hook(module: nn.Module, args: Any) -> None:
+            if _in_backward():  # a checkpoint recomputing the block: its backward follows
+                self.use(index)
+                return
+            self._keep_only({index, index + 1})
+            self.use(index)
+            self.prefetch(index + 1)
+
+        return hook
+
+    def _post_hook(self, index: int) -> Any:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            if _in_backward():
+                return
+            backward_follows = False
+            if torch.is_grad_enabled():
+                for tensor in _tensors(output):
+                    if tensor.requires_grad:
+                        tensor.register_hook(self._grad_hook(index))
+                        backward_follows = True
+            if not (backward_follows and index == len(self.modules) - 1):
+                self.drop(index)
+
+        return hook
+
+    def _grad_hook(self, index: int) -> Any:
+        def hook(grad: torch.Tensor) -> None:
+            self._keep_only({i for i in self.swapped if i <= index})  # the blocks after it are through their backward
+            self.use(index)
+            self.prefetch(index - 1)
+
+        return hook
+
+
+def _own_tensors(module: nn.Module) -> list[torch.Tensor]:
+    """The parameters and buffers ``module`` holds itself (not its children's)."""
+    return [t for t in (*module._parameters.values(), *module._buffers.values()) if t is not None]
+
+
+def _move(tensor: torch.Tensor, device: torch.device) -> None:
+    """Point ``tensor`` at a copy on ``device`` (with a bitsandbytes 4-bit weight's quantization state)."""
+    state = getattr(tensor, "quant_state", None)
+    if state is not None:
+        state.to(device)
+    if tensor.device != device:
+        tensor.data = tensor.data.to(device)
+
+
+def _host_copy(tensor: torch.Tensor, pin: bool) -> torch.Tensor:
+    """``tensor``'s data in host memory (pinned for asynchronous copies when a GPU is used); a 4-bit weight's quantization state stays on the device."""
+    host = tensor.data.to("cpu")
+    return host.pin_memory() if pin and not host.is_pinned() else host
