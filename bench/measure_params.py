@@ -95,7 +95,7 @@ def quantizable(model: Any, keeps: Callable[[str], bool]) -> dict[str, int]:
     its bf16 copy is the dequantization buffer)."""
     import torch
 
-    linears = [m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and not keeps(name)]
+    linears = [m for name, m in model.named_modules() if type(m) is torch.nn.Linear and not keeps(name)]
     return {
         "quantizable_params": sum(m.weight.numel() for m in linears),
         "quantizable_rows": sum(m.out_features for m in linears),

@@ -211,9 +211,6 @@ SETTINGS: dict[str, Setting] = {
         _s("blocks_to_swap", int, 0, "denoiser blocks kept in CPU RAM and streamed to the GPU on their turn: less VRAM, slower steps (0 = off)", minimum=0),
         _s("torch_compile", bool, False, "compile the UNet with torch.compile: faster steps after a slow first one"),
         _s("dataloader_workers", int, 2, "processes that load images in the background (0 = in the training process)", minimum=0),
-        _s("base_precision", str, "auto", "storage of the frozen denoiser: auto (as mixed_precision), bf16, fp16, fp8, fp8_scaled, int8 or nf4 (LoRA only)", choices=("auto", "bf16", "fp16", "fp8", "fp8_scaled", "int8", "nf4")),
-        _s("text_encoder_precision", str, "auto", "storage of the frozen text encoders: auto, bf16, fp16, fp8, fp8_scaled, int8 or nf4", choices=("auto", "bf16", "fp16", "fp8", "fp8_scaled", "int8", "nf4")),
-        _s("blocks_to_swap", int, 0, "denoiser blocks kept in CPU RAM and streamed to the GPU on their turn (0 = none)", minimum=0),
         _s("alpha_mask", bool, False, "weight the loss by each image's alpha channel: transparent parts do not train (as sd-scripts)"),
     )
 }

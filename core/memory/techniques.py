@@ -12,17 +12,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.families import spec
+from core.settings import QUANTIZED_PRECISIONS
 from core.units import GIB
 
-#: The base precisions of a frozen component (``settings.base_precision`` for the denoiser,
-#: ``settings.text_encoder_precision`` for the text encoders); ``auto`` follows mixed_precision.
-BASE_PRECISIONS = ("auto", "bf16", "fp16", "fp8", "fp8_scaled", "int8", "nf4")
-#: The precisions that quantize (LoRA trains on top of them; a full fine-tune cannot).
-QUANTIZED = ("fp8", "fp8_scaled", "int8", "nf4")
-#: Values per block of block-wise scales: fp8_scaled's per-block scale (e4m3 values with one fp32
-#: scale per 64 inputs of a row, as musubi-tuner's --fp8_scaled and ComfyUI's scaled files) and
-#: nf4's absmax (bitsandbytes' default blocksize 64, one fp32 absmax per block, no double quant).
+#: Values per block of nf4's absmax (bitsandbytes' default blocksize).
 SCALE_BLOCK = 64
+#: bitsandbytes' double quantization (``compress_statistics``, Params4bit's default): each block's
+#: absmax is stored in 1 byte, with an fp32 scale per 256 of those.
+NF4_ABSMAX_BYTES = 1 + 4 / 256
 #: Blocks a block swap holds on the GPU besides the resident ones: the swapped block being
 #: computed and the next one arriving on the side stream (prefetched one block ahead).
 PREFETCH_BLOCKS = 2
@@ -40,22 +37,25 @@ class Storage:
     what one scale covers: a ``row`` of the weight, a ``block`` of SCALE_BLOCK values, or nothing)."""
 
     value_bytes: float
-    scale_bytes: int
+    scale_bytes: float
     per: str
     library: str
 
 
-#: The storage of each base precision, in what the libraries do (docs/memory.md):
-#: fp8 = plain e4m3 cast (one per-tensor scale at most), upcast to bf16 per layer;
-#: fp8_scaled = e4m3 + an fp32 scale per block of 64; int8 = torchao's weight-only int8,
-#: symmetric per output row with a bf16 scale; nf4 = bitsandbytes' 4-bit NormalFloat, two
-#: values a byte, an fp32 absmax per block of 64.
+#: The storage of each quantized precision, as core/train/model/quantize.py stores it (the
+#: torchao figures measured with its ``quantized_bytes`` on a 512×1024 layer):
+#: fp8 = e4m3 bytes, no scale (a cast, upcast per matmul); fp8_scaled = torchao's Float8Tensor,
+#: an fp32 scale per output row; int8 = torchao's Int8Tensor, an fp32 scale and an int8 zero
+#: point per row; nf4 = bitsandbytes' 4-bit NormalFloat, two values a byte, a double-quantized
+#: absmax per block of 64.
 STORAGE: dict[str, Storage] = {
-    "fp8": Storage(1.0, 0, "", "torchao"),
-    "fp8_scaled": Storage(1.0, 4, "block", "torchao"),
-    "int8": Storage(1.0, 2, "row", "torchao"),
-    "nf4": Storage(0.5, 4, "block", "bitsandbytes"),
+    "fp8": Storage(1.0, 0, "", "a cast"),
+    "fp8_scaled": Storage(1.0, 4, "row", "torchao"),
+    "int8": Storage(1.0, 5, "row", "torchao"),
+    "nf4": Storage(0.5, NF4_ABSMAX_BYTES, "block", "bitsandbytes"),
 }
+#: The quantized precisions (one source: core.settings).
+QUANTIZED = QUANTIZED_PRECISIONS
 
 
 def precision_of(value: Any, mixed_precision: str) -> str:

@@ -39,9 +39,6 @@ BANDWIDTH_PER_TFLOPS = 6e9
 PCIE_BYTES_PER_S = {3: 12e9, 4: 25e9, 5: 50e9}
 #: The compute capability from which GPUs have fp8 tensor cores (Ada 8.9, Hopper 9.0, Blackwell).
 FP8_COMPUTE_CAPABILITY = (8, 9)
-#: fp8 tensor-core matmuls of the frozen base against bf16 ones: twice the dense rate on Ada and
-#: Hopper, less quantizing each activation to fp8 first; 1.5× assumed, to be calibrated by bench_gpu.
-FP8_SPEEDUP = 1.5
 #: Share of the memory bandwidth a dequantization pass reaches: torchao's int8 / fp8 upcast is a
 #: plain scaled cast (small per-layer launches: half the bandwidth); bitsandbytes' nf4 looks each
 #: 4-bit code up in its table and rescales per block (a quarter). To be calibrated by bench_gpu.
@@ -113,19 +110,19 @@ def images_per_second(family: str, method: str, settings: dict[str, Any], gpu: A
     step_s = trainable(family, method, settings).params * OPTIMIZER_BYTES_PER_PARAM.get(optimizer, 28) / bandwidth
     images_per_step = int(settings["batch_size"]) * max(1, accumulation)
     cost = technique_cost(family, method, settings, gpu)
-    per_image = compute_s * cost.compute_factor + (step_s + cost.seconds_per_step * max(1, accumulation)) / images_per_step
+    per_image = compute_s + (step_s + cost.seconds_per_step * max(1, accumulation)) / images_per_step
     return 1.0 / per_image
 
 
 @dataclass(frozen=True)
 class TechniqueCost:
     """What the memory techniques cost per optimizer step on one GPU: ``swap_s`` the exposed
-    (not hidden) PCIe time of the swapped blocks, ``dequant_s`` the weight dequantization, and
-    ``compute_factor`` the matmul time kept (fp8 compute: below 1); ``notes`` say why."""
+    (not hidden) PCIe time of the swapped blocks, ``dequant_s`` the weight dequantization;
+    ``notes`` say why (the matmuls themselves keep the compute dtype's rate: the trainer's
+    quantized bases are weight-only)."""
 
     swap_s: float = 0.0
     dequant_s: float = 0.0
-    compute_factor: float = 1.0
     notes: tuple[str, ...] = ()
 
     @property
@@ -154,9 +151,10 @@ def technique_cost(family: str, method: str, settings: dict[str, Any], gpu: Any)
     Block swap: each swapped block crosses PCIe twice a step (forward and backward, host to
     device only: the frozen copy on the GPU is dropped, not copied back), one block ahead of
     the compute; a transfer longer than the block it overlaps costs the difference.
-    Weight-only int8 / nf4 (and fp8 without fp8 tensor cores): each use of a quantized weight
-    first writes its bf16 copy, a memory-bound pass over the layer. fp8 on Ada and later:
-    the frozen base's matmuls run on fp8 tensor cores.
+    A quantized base is weight-only (core/train/model/quantize.py): each use of a weight (forward,
+    backward, a checkpointed recompute) first writes its compute-dtype copy, a memory-bound pass
+    over the layer; the matmul itself runs at the compute dtype's rate on every GPU, fp8 tensor
+    cores (Ada and later) unused.
     """
     from core.memory.data import params
     from core.memory.techniques import STORAGE, precision_of, stored_bytes, swap_of
@@ -183,21 +181,17 @@ def technique_cost(family: str, method: str, settings: dict[str, Any], gpu: Any)
         swap_s = exposed * swap.count
         notes.append(f"{swap.count} blocks swapped: {2 * swap.count * block_bytes / 1e9:.1f} GB over PCIe per step at {pcie / 1e9:.0f} GB/s, {swap_s:.2f} s not hidden by compute")
     dequant_s = 0.0
-    factor = 1.0
     if base in STORAGE:
         uses = 2.0 + (1.0 if settings["gradient_checkpointing"] else 0.0)
         quantized = int(comp.get("quantizable_params", 0))
-        if base.startswith("fp8") and has_fp8_compute(gpu):
-            share = quantized / max(1, int(comp["params"]))
-            factor = 1.0 - share * (1.0 - 1.0 / FP8_SPEEDUP)
-            notes.append(f"{base} base on fp8 tensor cores: its matmuls run at the fp8 rate")
-        else:
-            dequant_s = uses * quantized * (STORAGE[base].value_bytes + 2 * 2) / (memory_bandwidth(gpu) * DEQUANT_EFFICIENCY[base])
-            if base.startswith("fp8"):
-                notes.append(f"this GPU has no fp8 compute (before Ada): {base} is storage only, each layer upcast to bf16 before its matmul")
-            else:
-                notes.append(f"{base} base: each use of a weight dequantizes it to bf16 first ({dequant_s:.2f} s a step)")
-    return TechniqueCost(swap_s, dequant_s, factor, tuple(notes))
+        dequant_s = uses * quantized * (STORAGE[base].value_bytes + 2 * 2) / (memory_bandwidth(gpu) * DEQUANT_EFFICIENCY[base])
+        notes.append(f"{base} base: weight-only, each use of a weight is upcast to the compute dtype for its matmul ({dequant_s:.2f} s a step)")
+        if base.startswith("fp8"):
+            notes.append(
+                "fp8 matmuls are not used: the weights are only stored in fp8"
+                + (", as this GPU has no fp8 compute (before Ada) anyway" if not has_fp8_compute(gpu) else " (this GPU's fp8 tensor cores stay idle)")
+            )
+    return TechniqueCost(swap_s, dequant_s, tuple(notes))
 
 
 def scaling_factor(gpus: int, method: str = "lora", num_machines: int = 1) -> float:
