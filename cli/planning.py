@@ -174,7 +174,7 @@ def ram_size(text: str) -> int:
 
 def machine_ram_bytes() -> int | None:
     """This machine's RAM (the plan judges the host memory against it)."""
-    from core.memory.techniques import machine_ram_bytes as read
+    from core.gpu import machine_ram_bytes as read
 
     return read()
 

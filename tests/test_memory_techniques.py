@@ -3,6 +3,7 @@ real run; the byte counts are the libraries' storage formats."""
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -81,9 +82,9 @@ def test_swapping_more_blocks_never_needs_more_vram_and_needs_more_ram() -> None
     assert top == 5  # 3 down + 3 up blocks, one stays
     runs = [estimate("sdxl", "lora", SDXL_LORA | {"blocks_to_swap": n}) for n in range(top + 1)]
     vram = [r.total_bytes for r in runs]
-    assert all(a >= b for a, b in zip(vram, vram[1:])) and vram[-1] < vram[0]
+    assert all(a >= b for a, b in pairwise(vram)) and vram[-1] < vram[0]
     swapped = [r.host.breakdown.get("swapped_blocks", 0) for r in runs if r.host is not None]
-    assert all(a <= b for a, b in zip(swapped, swapped[1:])) and swapped[-1] > 0
+    assert all(a <= b for a, b in pairwise(swapped)) and swapped[-1] > 0
 
 
 def test_the_gpu_holds_the_swapped_blocks_in_flight() -> None:

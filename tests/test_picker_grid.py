@@ -13,13 +13,7 @@ from core.recipes import load_recipes
 from tests.test_fit_agreement import config_for, memory_scan
 
 RECIPES = load_recipes()
-GRID = [
-    (family, method, gb, classes)
-    for family in ("sd1", "sdxl")
-    for method in ("lora", "dreambooth", "finetune")
-    for gb in (8, 12, 16, 24, 40, 48, 80)
-    for classes in (0, 50)
-]
+GRID = [(family, method, gb, classes) for family in ("sd1", "sdxl") for method in ("lora", "dreambooth", "finetune") for gb in (8, 12, 16, 24, 40, 48, 80) for classes in (0, 50)]
 
 
 @pytest.mark.parametrize(("family", "method", "gb", "classes"), GRID)

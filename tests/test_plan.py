@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import struct
 import zipfile
-from typing import Any
+from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -150,7 +151,7 @@ def test_picker_only_offers_what_fits_the_smallest_gpu_fastest_first() -> None:
         assert estimate("sdxl", "lora", fit.settings).total_bytes <= 0.9 * big.smallest.vram_total_bytes
     # fastest first, a quantized base's speed priced by its loss (equal within 2 %)
     worth = [worth_speed(f) for f in picked]
-    assert all(a >= b / (1 + SAME_SPEED) for a, b in zip(worth, worth[1:]))
+    assert all(a >= b / (1 + SAME_SPEED) for a, b in pairwise(worth))
     # Fewer recipes fit a 16 GB card; everything offered there fits it too.
     on_small = pick_recipes("sdxl", "lora", small, recipes)
     assert {f.name for f in on_small} <= {f.name for f in picked}

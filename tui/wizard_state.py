@@ -329,7 +329,7 @@ class WizardState:
     def ram_bytes(self) -> int | None:
         """The RAM the run's host memory is judged against: this machine's when its GPUs are the
         ones found here, unknown when planning for simulated GPUs (another machine)."""
-        from core.memory.techniques import machine_ram_bytes
+        from core.gpu import machine_ram_bytes
 
         return None if self.gpus.simulated else machine_ram_bytes()
 

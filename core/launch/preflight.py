@@ -215,7 +215,7 @@ def preflight(config: Any, runs_dir: Path, found_gpus: Any, force: bool = False)
         raise UserError(FP16_NEEDS_A_GPU)
     if cpu_notice:
         notices.append(cpu_notice)
-    from core.memory.techniques import machine_ram_bytes
+    from core.gpu import machine_ram_bytes
 
     plan = make_plan(config, scan, gpus, ram_bytes=None if getattr(gpus, "simulated", False) else machine_ram_bytes())
     notices += check_fit(plan, force)

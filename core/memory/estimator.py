@@ -459,8 +459,8 @@ def caching_term(lay: _Layout, s: dict[str, Any]) -> int:
     if lay.te_resident and not s["cache_latents"]:
         return 0
     encoders = 0 if lay.te_resident else _frozen_encoder_bytes(lay)
-    vae = lay.comps["vae"]["params"] * lay.vae_b
-    encode = VAE_ENCODE_TENSORS * s["resolution"] ** 2 * lay.vae_b if s["cache_latents"] else 0
+    vae = int(lay.comps["vae"]["params"]) * lay.vae_b
+    encode = VAE_ENCODE_TENSORS * int(s["resolution"]) ** 2 * lay.vae_b if s["cache_latents"] else 0
     return encoders + vae + encode
 
 
@@ -472,7 +472,9 @@ def host_term(lay: _Layout, s: dict[str, Any], offload: bool) -> HostEstimate:
     den = lay.comps[lay.denoiser]
     b: dict[str, int] = {"processes": PROCESS_RAM_BYTES * lay.n}
     if lay.full:
-        state = _optimizer_state_bytes(s["optimizer"], lay.swap.params, lay.master_b, lay.comps, lay.full, lay.te_trained, lay.encoders, lay.denoiser) * lay.swap.params // max(1, lay.trained)
+        state = (
+            _optimizer_state_bytes(s["optimizer"], lay.swap.params, lay.master_b, lay.comps, lay.full, lay.te_trained, lay.encoders, lay.denoiser) * lay.swap.params // max(1, lay.trained)
+        )
         swapped = lay.swap.params * (lay.master_b + lay.grad_b) + state
     else:
         swapped = stored_bytes(den, lay.base, lay.swap.params)
@@ -489,7 +491,9 @@ def host_term(lay: _Layout, s: dict[str, Any], offload: bool) -> HostEstimate:
     return HostEstimate(sum(b.values()), b, "training", b)
 
 
-def _raw(family: str, method: str, s: dict[str, Any], n: int, backend: str, zero_stage: int, offload: bool, prior: bool | None, sampling: bool) -> tuple[dict[str, int], str, list[str], HostEstimate]:
+def _raw(
+    family: str, method: str, s: dict[str, Any], n: int, backend: str, zero_stage: int, offload: bool, prior: bool | None, sampling: bool
+) -> tuple[dict[str, int], str, list[str], HostEstimate]:
     """The breakdown at the peak phase (before calibration), that phase, the notes and the host RAM."""
     lay = _layout(family, method, s, n, backend, zero_stage)
     notes = _caching_notes(method, s, lay.te_trained) + _technique_notes(lay)

@@ -166,16 +166,6 @@ class HostEstimate:
         return {"total_bytes": self.total_bytes, "gb": round(self.gb, 2), "breakdown": dict(self.breakdown), "phase": self.phase, "training": dict(self.training)}
 
 
-def machine_ram_bytes() -> int | None:
-    """This machine's total RAM (psutil), None when it cannot be read."""
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().total)
-    except (ImportError, OSError):
-        return None
-
-
 def parse_ram(text: str) -> int:
     """``64GB``, ``64G``, ``64GiB``, ``64`` (GiB) or ``0.5TB`` as bytes (GiB, the unit memory is
     counted in); ValueError naming the form otherwise."""

@@ -129,7 +129,7 @@ def _least_swap(family: str, method: str, gpus: Any, recipe: Any, settings: dict
 
 
 def _vram_short(fit: RecipeFit) -> bool:
-    return bool(fit.vram_bytes) and not fit.estimate.fits(int(fit.vram_bytes))
+    return fit.vram_bytes is not None and not fit.estimate.fits(fit.vram_bytes)
 
 
 def _swap_until_fits(family: str, method: str, gpus: Any, recipe: Any, settings: dict[str, Any], fixed: set[str], shape: RunShape, unswapped: RecipeFit) -> RecipeFit:
@@ -151,4 +151,3 @@ def _swap_until_fits(family: str, method: str, gpus: Any, recipe: Any, settings:
         else:
             high = middle
     return judge(family, method, settings | {"blocks_to_swap": high}, gpus, recipe, shape)
-

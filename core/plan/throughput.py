@@ -133,15 +133,21 @@ class TechniqueCost:
 
 def has_fp8_compute(gpu: Any) -> bool:
     """Whether the GPU has fp8 tensor cores (compute capability 8.9, Ada, and later)."""
+    cc = _compute_capability(gpu)
+    return cc is not None and cc >= FP8_COMPUTE_CAPABILITY
+
+
+def _compute_capability(gpu: Any) -> tuple[int, int] | None:
+    """A probed GPU's or catalog model's compute capability (None when unknown)."""
     cc = getattr(gpu, "compute_capability", None) or getattr(getattr(gpu, "model", None), "compute_capability", None)
-    return bool(cc) and tuple(cc) >= FP8_COMPUTE_CAPABILITY
+    return (int(cc[0]), int(cc[1])) if cc else None
 
 
 def pcie_bytes_per_second(gpu: Any) -> float:
     """Host-to-device bandwidth from pinned memory: PCIe 5 from Hopper on (9.0+), 4 for Ampere
     and Ada (8.x), 3 before; the RTX 50 series (12.x) is PCIe 5 too."""
-    cc = getattr(gpu, "compute_capability", None) or getattr(getattr(gpu, "model", None), "compute_capability", None)
-    major = tuple(cc)[0] if cc else 8
+    cc = _compute_capability(gpu)
+    major = cc[0] if cc else 8
     return PCIE_BYTES_PER_S[5 if major >= 9 else 4 if major == 8 else 3]
 
 
@@ -161,7 +167,7 @@ def technique_cost(family: str, method: str, settings: dict[str, Any], gpu: Any)
 
     settings = settled(settings)
     tflops = dense_tflops(gpu, str(settings["mixed_precision"]))
-    if not tflops or method in FULL_METHODS and not int(settings.get("blocks_to_swap", 0) or 0):
+    if not tflops or (method in FULL_METHODS and not int(settings.get("blocks_to_swap", 0) or 0)):
         return TechniqueCost()
     comp = params()[family][spec(family).denoiser]
     base = precision_of(settings.get("base_precision"), str(settings["mixed_precision"])) if method not in FULL_METHODS else "bf16"
