@@ -27,7 +27,7 @@ from core.units import GIB
 
 from . import data
 from .calibration import match_point
-from .techniques import PREFETCH_BLOCKS, PROCESS_RAM_BYTES, STORAGE, HostEstimate, Swap, denoiser_blocks, dequant_buffer_bytes, precision_of, stored_bytes, swap_of
+from .techniques import PREFETCH_BLOCKS, PROCESS_RAM_BYTES, STORAGE, HostEstimate, Swap, dequant_buffer_bytes, precision_of, stored_bytes, swap_of
 from .trainable import trainable
 
 #: Free VRAM an estimate must leave on a GPU to count as fitting (the picker, the plan, preflight, the TUI).
@@ -38,6 +38,8 @@ CUDA_CONTEXT_BYTES = int(0.8 * GIB)
 NCCL_BYTES = int(0.25 * GIB)
 #: DeepSpeed's reduce / all-gather buckets.
 DEEPSPEED_BUCKET_BYTES = int(0.5 * GIB)
+#: Parameters DeepSpeed ZeRO-3 gathers ahead of the module computing (stage3_prefetch_bucket_size).
+DEEPSPEED_PREFETCH_PARAMS = 50_000_000
 #: What PyTorch's caching allocator reserves beyond what is allocated.
 FRAGMENTATION = 0.05
 #: The VAE encoder's peak, in values per pixel: its first stage works on 128 channels at full
@@ -381,14 +383,16 @@ def optimizer_term(lay: _Layout, s: dict[str, Any], offload: bool, backend: str)
     return b
 
 
-def gather_term(lay: _Layout, family: str) -> int:
-    """FSDP2 / ZeRO-3: the unsharded copy of the block being computed and the next one, prefetched
-    (all-gathered in the compute dtype)."""
+def gather_term(lay: _Layout) -> int:
+    """FSDP / ZeRO-3: the unsharded copies of the units being computed. accelerate's FSDP wraps by
+    size (units of at least 1 M parameters, the largest about the largest tensor) and prefetches
+    the next (BACKWARD_PRE): two such units; DeepSpeed gathers its prefetch bucket
+    (``stage3_prefetch_bucket_size``, 5e7 parameters) beside the module computing."""
     if lay.weight_shard <= 1:
         return 0
-    blocks = denoiser_blocks(family)
-    largest = max(blocks, default=lay.comps[lay.denoiser]["largest_param"])
-    return PREFETCH_BLOCKS * largest * (lay.trained_store_b if lay.full else lay.frozen_b)
+    largest = int(lay.comps[lay.denoiser]["largest_param"])
+    units = DEEPSPEED_PREFETCH_PARAMS + largest if lay.ds else PREFETCH_BLOCKS * largest
+    return units * (lay.trained_store_b if lay.full else lay.frozen_b)
 
 
 def activations_term(lay: _Layout, family: str, method: str, s: dict[str, Any], images: int, notes: list[str]) -> tuple[int, int]:
@@ -500,7 +504,7 @@ def _raw(
     b: dict[str, int] = dict.fromkeys(BREAKDOWN_KEYS, 0)
     b.update(weights_term(lay, method, s))
     b.update(optimizer_term(lay, s, offload, backend))
-    b["fsdp_gather"] = gather_term(lay, family)
+    b["fsdp_gather"] = gather_term(lay)
     prior = method == "dreambooth" if prior is None else prior
     images = s["batch_size"] * (2 if prior else 1)
     kept, working = activations_term(lay, family, method, s, images, notes)
