@@ -135,10 +135,10 @@ def _vram_short(fit: RecipeFit) -> bool:
 def _swap_until_fits(family: str, method: str, gpus: Any, recipe: Any, settings: dict[str, Any], fixed: set[str], shape: RunShape, unswapped: RecipeFit) -> RecipeFit:
     """The fewest swapped blocks with which ``settings`` fit the VRAM (a binary search: more
     blocks away never need more VRAM), or all of them when even that does not fit. Only a frozen
-    base is swapped: a full fine-tune's swapped blocks would step their optimizer on the CPU."""
+    base is swapped, without torch_compile and FSDP (core.settings.technique_problem refuses them)."""
     own = int(settings.get("blocks_to_swap", 0) or 0)
     top = max_swappable(family)
-    if "blocks_to_swap" in fixed or settings.get("torch_compile") or method in FULL_METHODS or top <= own:
+    if "blocks_to_swap" in fixed or settings.get("torch_compile") or method in FULL_METHODS or shape.backend == "fsdp" or top <= own:
         return unswapped
     most = judge(family, method, settings | {"blocks_to_swap": top}, gpus, recipe, shape)
     if _vram_short(most):
