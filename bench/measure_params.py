@@ -9,8 +9,8 @@ gradient), the fp32 values Adafactor's factored second moment keeps, plus the te
 embedding size for textual inversion; for a quantized base the Linear weights it quantizes
 (outside the spec's ``high_precision`` patterns: count, rows, largest) and the denoiser's
 parameters per swappable block (the spec's ``swap_blocks``, in forward order).
-``--family F`` measures one family and merges it into the file.
-``--check`` compares the file with a fresh build instead of writing it.
+``--check`` compares the file with a fresh build instead of writing it; ``--family NAME`` (repeatable)
+measures only those families and merges them into the stored file (the others' entries kept).
 """
 
 from __future__ import annotations
@@ -115,8 +115,8 @@ def block_params(model: Any, lists: tuple[str, ...]) -> dict[str, list[int]]:
     return out
 
 
-def measure(families: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The whole params.json document, freshly measured."""
+def measure(families: tuple[str, ...] = FAMILIES) -> dict[str, Any]:
+    """The params.json document of ``families`` (default: all), freshly measured."""
     import diffusers
     import transformers
 
@@ -126,8 +126,9 @@ def measure(families: tuple[str, ...] = ()) -> dict[str, Any]:
         "transformers": transformers.__version__,
         "families": {},
     }
-    for family in families or tuple(FAMILIES):
-        out["families"][family] = {kind: describe(family, kind, build_meta(family, kind, cfg)) for kind, cfg in spec(family).component_configs().items()}
+    for family in families:
+        configs = spec(family).component_configs()
+        out["families"][family] = {kind: describe(family, kind, build_meta(family, kind, configs[kind])) for kind in spec(family).component_classes}
     return out
 
 
@@ -140,12 +141,14 @@ def main(argv: list[str] | None = None) -> int:
     """Write params.json, or with ``--check`` report whether it is up to date."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="compare with the stored file; exit 1 if it differs")
-    parser.add_argument("--family", action="append", choices=list(FAMILIES), help="measure only this family (repeatable) and merge it into the file")
+    parser.add_argument("--family", action="append", choices=FAMILIES, help="measure only this family and merge it into the stored file (repeatable)")
     args = parser.parse_args(argv)
-    fresh = measure(tuple(args.family or ()))
-    if args.family:
+    if args.family and not args.check:
+        fresh = measure(tuple(args.family))
         stored = json.loads(PARAMS_JSON.read_text())
-        fresh["families"] = stored["families"] | fresh["families"]
+        fresh["families"] = {**stored["families"], **fresh["families"]}
+    else:
+        fresh = measure()
     if args.check:
         stored = json.loads(PARAMS_JSON.read_text())
         same = strip_versions(stored) == strip_versions(fresh)

@@ -18,7 +18,9 @@ OBJECTIVES = ("epsilon", "v_prediction", "flow")
 
 @dataclass(frozen=True)
 class TextEncoder:
-    """One text encoder of a family: its component names, token limit and the names other tools give it."""
+    """One text encoder of a family: its component names, token limit and the names other tools give it.
+
+    ``kind`` (``clip_l``, ``clip_g``, ``t5xxl``) is also the ``[model]`` key naming its split file."""
 
     name: str
     tokenizer: str
@@ -29,6 +31,11 @@ class TextEncoder:
     original_layout: str
     embedding_key: str
     embedding_file: str
+    #: Whether the encoder (and the denoiser's attention) hides the padding tokens (Chroma's T5);
+    #: FLUX.1 and SD 3.x attend to T5's pad tokens as they were trained.
+    attention_mask: bool = False
+    #: Whether ``train_text_encoder`` may train it (T5-XXL never is: peers freeze it, and it is 4.7B parameters).
+    trainable: bool = True
 
 
 @dataclass(frozen=True)
@@ -65,7 +72,8 @@ class Variant:
 
     ``configs`` are merged over the family's (component name -> changed keys);
     ``sample_steps`` and ``guidance_scale`` are the sampling defaults (a distilled model: few
-    steps and ``guidance_scale = 0``, i.e. no classifier-free guidance).
+    steps and ``guidance_scale = 0``, i.e. no classifier-free guidance); ``max_tokens`` changes
+    text encoders' token limits (encoder name -> tokens: FLUX.1-schnell's T5 takes 256, dev's 512).
     """
 
     name: str
@@ -75,6 +83,9 @@ class Variant:
     native_resolution: int = 0
     sample_steps: int = 30
     guidance_scale: float = 7.5
+    max_tokens: Mapping[str, int] = field(default_factory=dict)
+    #: The variant's scheduler config where it differs from the family's (FLUX.1-schnell: no shift).
+    scheduler: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -137,6 +148,14 @@ class FamilySpec:
     def keeps_precision(self, component: str, module_name: str) -> bool:
         """Whether ``module_name`` of ``component`` stays in the compute precision under a quantized base."""
         return any(fnmatchcase(module_name, pattern) for pattern in self.high_precision.get(component, ()))
+    #: The part of ``denoiser_tflops`` (at the native resolution) that grows with the square of the
+    #: image tokens: a transformer's attention (FLUX.1: 15 of 125). The rest grows with the pixels.
+    denoiser_attention_tflops: float = 0.0
+    #: The original single file holds only the denoiser (FLUX.1's and Chroma's releases): the VAE and
+    #: text encoders come from the diffusers folder beside it or as split files.
+    original_denoiser_only: bool = False
+    #: The reference scheduler config (a flow family's shift rule lives in it; the tiny models use it).
+    scheduler: Mapping[str, Any] = field(default_factory=dict)
 
     def component_configs(self, variant: str = "") -> dict[str, dict[str, Any]]:
         """A fresh (deep) copy of the real-size component configs (of ``variant``, default the family's), to build or change."""
@@ -144,6 +163,10 @@ class FamilySpec:
         for name, changes in self.variant(variant).configs.items() if variant else ():
             configs.setdefault(name, {}).update(deepcopy(dict(changes)))
         return configs
+
+    def scheduler_config(self, variant: str = "") -> dict[str, Any]:
+        """The scheduler config of ``variant`` (default: the family's): the variant's own where it has one."""
+        return dict(self.variant(variant).scheduler or self.scheduler) if variant else dict(self.scheduler)
 
     def variant(self, name: str = "") -> Variant:
         """The variant ``name`` (default: the first); KeyError when the family has none by that name."""
@@ -162,9 +185,19 @@ class FamilySpec:
         return tuple(te.name for te in self.text_encoders)
 
     @property
+    def trainable_text_encoder_names(self) -> tuple[str, ...]:
+        """The text encoders ``train_text_encoder`` trains (CLIP-L for FLUX.1; never T5)."""
+        return tuple(te.name for te in self.text_encoders if te.trainable)
+
+    @property
     def tokenizer_names(self) -> tuple[str, ...]:
         """The component names of the tokenizers, in the text encoders' order."""
         return tuple(te.tokenizer for te in self.text_encoders)
+
+    def max_tokens(self, encoder: str, variant: str = "") -> int:
+        """The token limit of text encoder ``encoder`` in ``variant`` (default: the family's)."""
+        limit = next(te.max_tokens for te in self.text_encoders if te.name == encoder)
+        return int(self.variant(variant).max_tokens.get(encoder, limit))
 
     @property
     def text_tokens(self) -> int:

@@ -53,6 +53,8 @@ VAE_DECODE_TENSORS = 2 * VAE_ENCODE_TENSORS
 #: fp32 temporaries Adafactor's step holds for its tensor (gradient, its square, the update,
 #: the parameter for rounding back to bf16).
 STEP_TEMPORARIES = 4
+#: Image pixels per latent pixel side: every family's VAE downsamples 8× (the activation fits are in latent pixels).
+VAE_DOWNSCALE = 8
 #: Adapted layers of one transformer block (self- and cross-attention q, k, v, out; the
 #: feed-forward adds two): how many LoHa/LoKr deltas a checkpointed block rebuilds at once.
 DELTA_LAYERS_PER_BLOCK = 10
@@ -150,7 +152,7 @@ def unet_activation_parts(family: str, mode: str, half: bool, checkpointing: boo
     """
     key = f"{mode}/{'half' if half else 'fp32'}/{'ckpt' if checkpointing else 'nockpt'}/{attention}"
     fit = data.activations()[spec(family).denoiser][family][key]
-    tokens = (resolution / 8) ** 2
+    tokens = (resolution / VAE_DOWNSCALE) ** 2
     return int(_poly(fit["saved"], tokens)), int(_poly(fit["recompute"], tokens) + 2 * _poly(fit["largest"], tokens))
 
 
@@ -159,23 +161,23 @@ def text_encoder_activations(family: str, encoders: list[str], half: bool, check
 
     Without checkpointing every layer's saved tensors (measured, activations.json); with it, as
     the trainer checkpoints trained text encoders, only each layer's input (the fp32 residual
-    stream, 77 tokens × width) plus one layer being recomputed.
+    stream, the encoder's tokens × width) plus one layer being recomputed.
     """
     total = 0
     for name in encoders:
         saved = data.activations()["text_encoders"][family][name] * (1 if half else 2)
         if checkpointing:
             layers, width = _text_encoder_shape(family, name)
-            saved = layers * spec(family).text_tokens * width * 4 + saved // layers
+            saved = layers * spec(family).max_tokens(name) * width * 4 + saved // layers
         total += saved
     return total
 
 
 @cache
 def _text_encoder_shape(family: str, name: str) -> tuple[int, int]:
-    """(layers, hidden width) of one text encoder of ``family`` (its spec's config)."""
+    """(layers, hidden width) of one text encoder of ``family`` (its spec's config: CLIP's or T5's names)."""
     config = spec(family).configs[name]
-    return int(config["num_hidden_layers"]), int(config["hidden_size"])
+    return int(config.get("num_hidden_layers", config.get("num_layers", 0))), int(config.get("hidden_size", config.get("d_model", 0)))
 
 
 def estimate(
