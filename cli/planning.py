@@ -333,8 +333,8 @@ def _memory_line(memory: dict[str, Any]) -> str:
     cost = ""
     if memory.get("slowdown") is not None:
         factor = float(memory["slowdown"])
-        pace = f"about {factor:.1f}× slower" if factor >= 1.05 else "about as fast"
-        cost = f": {pace} than without them ({memory['baseline_gb']:.1f} GiB)"
+        pace = f"about {factor:.1f}× slower than" if factor >= 1.05 else "about as fast as"
+        cost = f": {pace} without them, which would need {memory['baseline_gb']:.1f} GiB"
     elif memory.get("baseline_gb") is not None:
         cost = f": without them {memory['baseline_gb']:.1f} GiB"
     return f"Memory    {memory['techniques']}{cost}"
