@@ -73,7 +73,7 @@ class RecipeFit:
     def lacks(self) -> str:
         """What a combination that does not fit lacks (VRAM, host RAM), in words; empty when it fits."""
         parts = []
-        if self.fits is False and self.vram_bytes:
+        if self.vram_bytes and not self.estimate.fits(self.vram_bytes):
             usable = self.vram_bytes * (1 - HEADROOM)
             parts.append(f"{(self.estimate.total_bytes - usable) / GIB:.1f} GiB of VRAM (needs {self.estimate.gb:.1f}, {usable / GIB:.1f} usable)")
         if self.ram_fits is False and self.ram_bytes:
