@@ -232,9 +232,11 @@ def _settings_overrides(config: Any, extras: list[str]) -> dict[str, Any]:
 def _choose_recipe(name: str | None, family: str, method: str, gpus: Any, overrides: dict[str, Any], shape: Any) -> tuple[Any, dict[str, Any]]:
     """The named recipe as written, or the picker's fastest fitting one for a run of ``shape``
     with the changes the picker composed into it (the least heavy when none fits)."""
+    from core.families import spec
     from core.plan.picker import pick_recipes, rank_recipes
     from core.recipes import get_recipe, load_recipes
 
+    spec(family).check_method(method)  # a method the family does not train: that sentence, not "no recipe"
     if name:
         recipe = get_recipe(name)
         if family not in recipe.families or method not in recipe.methods:

@@ -310,3 +310,63 @@ def test_a_killed_run_resumes_with_the_losses_of_an_uninterrupted_one(tiny_model
     for step, loss in losses.items():
         assert loss == pytest.approx(reference[step], rel=1e-4), step
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
+
+
+def test_plan_without_weights_composes_a_fit_on_24gb_and_fits_on_80gb(capsys):
+    from cli.main import main
+
+    # the bf16 transformer alone (22 GiB) does not fit a 4090: the picker streams or quantizes it
+    assert main(["--gpus", "1x4090", "plan", "--model", "flux-schnell", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["fits"] is True and plan["memory"]["techniques"]
+    assert main(["--gpus", "1xH100", "plan", "--model", "flux-dev", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["fits"] is True and plan["recipe"].startswith("flux-lora")
+
+
+def test_attention_makes_the_flops_grow_faster_than_the_pixels():
+    from core.plan.throughput import training_tflops_per_image
+
+    settings = {"cache_latents": True, "cache_text_encoder_outputs": True, "gradient_checkpointing": False}
+    half = training_tflops_per_image("flux", "lora", {**settings, "resolution": 512})
+    full = training_tflops_per_image("flux", "lora", {**settings, "resolution": 1024})
+    assert full == pytest.approx(2 * 125.0) and 4 < full / half < 16 * 0.5
+
+
+@pytest.mark.slow
+def test_the_demo_runs_the_whole_flow_on_the_tiny_flux(tmp_path, tiny_models, tiny_captioners):
+    import shutil
+
+    from core.demo import run_headless, workspace
+
+    ws = workspace(tmp_path / "demo", "flux")
+    shutil.copytree(tiny_models("flux"), ws.model)
+    shutil.copytree(tiny_captioners["florence2"], ws.captioner)
+    lines: list[str] = []
+    code = run_headless(tmp_path / "demo", overrides=["schedule.max_steps=3", "schedule.sample_every_steps=0", "schedule.sample_at_start=false"], out=lines.append, family="flux")
+    assert code == 0, lines
+    assert ws.model.name == "model-flux" and any("finished" in line for line in lines)
+
+
+def test_the_cli_refuses_a_method_flux_does_not_train_in_one_sentence(capsys):
+    from cli.main import main
+
+    assert main(["plan", "--model", "flux-dev", "--method", "dreambooth"]) == 2
+    err = capsys.readouterr().err
+    assert "the flux family does not train with dreambooth; use one of lora, finetune" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("ddp")
+def test_two_processes_train_the_tiny_flux_to_the_same_weights(tmp_path, tiny_models, kohya_dataset):
+    from tests.train_helpers import launch
+
+    data = kohya_dataset(((1, "a photo of sks dog", 4),))
+    run = make_run(tmp_path / "run", tiny_models("flux"), data, "flux", schedule={"max_steps": 2}, processes=2)
+    hashes = tmp_path / "hashes.txt"
+    done = launch(run, 2, args=["--weights-hash", str(hashes)], timeout=420)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line.split() for line in hashes.read_text().splitlines()]
+    final = {(rank, digest) for rank, step, digest in lines if step == "2"}
+    assert sorted(rank for rank, _ in final) == ["0", "1"] and len({digest for _, digest in final}) == 1
+    assert [m["step"] for m in metrics(run, "step")] == [1, 2]
