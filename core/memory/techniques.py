@@ -115,6 +115,8 @@ class Swap:
     largest_block: int
     total_blocks: int
     buffer_params: int = 0
+    #: Parameters of each swapped block, in forward order.
+    blocks: tuple[int, ...] = ()
 
 
 def denoiser_blocks(family: str) -> list[int]:
@@ -139,7 +141,7 @@ def swap_of(family: str, count: int) -> Swap:
     swapped = blocks[len(blocks) - count :] if count else []
     window = min(PREFETCH_BLOCKS, len(swapped))
     buffer = max((sum(swapped[i : i + window]) for i in range(len(swapped) - window + 1)), default=0)
-    return Swap(count, sum(swapped), max(swapped, default=0), len(blocks), buffer)
+    return Swap(count, sum(swapped), max(swapped, default=0), len(blocks), buffer, tuple(swapped))
 
 
 @dataclass

@@ -180,14 +180,15 @@ def technique_cost(family: str, method: str, settings: dict[str, Any], gpu: Any)
     swap = swap_of(family, int(settings.get("blocks_to_swap", 0) or 0))
     if swap.count:
         pcie = pcie_bytes_per_second(gpu)
-        block_bytes = stored_bytes(comp, base, swap.largest_block) if method not in FULL_METHODS else swap.largest_block * 4
-        transfer = block_bytes / pcie
-        share = swap.largest_block / max(1, int(comp["params"]))
-        block_forward = forward_s * share
         backward_passes = 2.0 if settings["gradient_checkpointing"] else 1.0
-        exposed = max(0.0, transfer - block_forward) + max(0.0, transfer - block_forward * backward_passes)
-        swap_s = exposed * swap.count
-        notes.append(f"{swap.count} blocks swapped: {2 * swap.count * block_bytes / 1e9:.1f} GB over PCIe per step at {pcie / 1e9:.0f} GB/s, {swap_s:.2f} s not hidden by compute")
+        moved = 0
+        for block in swap.blocks:
+            block_bytes = stored_bytes(comp, base, block) if method not in FULL_METHODS else block * 4
+            moved += 2 * block_bytes
+            transfer = block_bytes / pcie
+            compute = forward_s * block / max(1, int(comp["params"]))
+            swap_s += max(0.0, transfer - compute) + max(0.0, transfer - compute * backward_passes)
+        notes.append(f"{swap.count} blocks swapped: {moved / 1e9:.1f} GB over PCIe per step at {pcie / 1e9:.0f} GB/s, {swap_s:.2f} s of it not hidden by compute")
     dequant_s = 0.0
     if base in STORAGE:
         uses = 2.0 + (1.0 if settings["gradient_checkpointing"] else 0.0)
