@@ -476,7 +476,7 @@ def technique_problem(method: str, settings: Mapping[str, Any], backend: str = "
     if swap and settings.get("torch_compile"):
         return "settings.blocks_to_swap moves blocks in and out between their calls, which torch_compile cannot trace; set torch_compile to false or blocks_to_swap to 0"
     if swap and full:
-        return f'settings.blocks_to_swap streams the frozen base, but a {method} trains every block and keeps its optimizer state beside it; set blocks_to_swap to 0 (or train a LoRA)'
+        return f"settings.blocks_to_swap streams the frozen base, but a {method} trains every block and keeps its optimizer state beside it; set blocks_to_swap to 0 (or train a LoRA)"
     if swap and backend == "fsdp":
         return 'settings.blocks_to_swap and distributed.backend = "fsdp" both place the weights themselves; set blocks_to_swap to 0 or backend to "ddp"'
     return None
