@@ -1,6 +1,6 @@
 """The picker composes a combination that fits, or the plan says that nothing fits, shows the
 closest combination and what it lacks: swept over SD1/SDXL × LoRA/DreamBooth/fine-tune × 8-80 GB,
-with and without class images (where 13 of 84 fixed-recipe picks did not fit by the plan's own estimate)."""
+with and without class images (where 12 of these 84 fixed-recipe picks did not fit by the plan's own estimate)."""
 
 from __future__ import annotations
 
