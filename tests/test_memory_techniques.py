@@ -180,3 +180,20 @@ def test_a_published_peak_is_compared_with_the_same_peak_of_ours(tmp_path: Any) 
     assert allocated == pytest.approx(found.allocated_bytes / GIB) and whole == pytest.approx(found.gb)
     # the difference is the CUDA context and the allocator's slack: 0.8 GiB and 5 %, what made the SD1.5 LoRA read 1.33x over
     assert whole - allocated == pytest.approx(0.8 + 0.05 * allocated, abs=0.02)
+
+
+def test_preflight_refuses_a_run_whose_host_memory_is_short_and_says_ram() -> None:
+    from core.errors import UserError
+    from core.launch.preflight import check_fit
+    from core.plan.planner import make_plan
+    from core.recipes import get_recipe
+    from tests.test_fit_agreement import memory_scan, plain_config
+
+    gpus, scan = parse_spec("1x24GB"), memory_scan(0)
+    config = plain_config("sdxl", "lora", get_recipe("sdxl-lora-12gb"), {}, scan, gpus, "ddp")
+    short = make_plan(config, scan, gpus, ram_bytes=6 * GIB)
+    assert short.fits is False and short.vram_fits is True and short.ram["fits"] is False
+    with pytest.raises(UserError, match="GiB of RAM but this machine has 6 GiB"):
+        check_fit(short, force=False)
+    assert "launching anyway" in check_fit(short, force=True)[0]
+    assert make_plan(config, scan, gpus, ram_bytes=64 * GIB).fits is True
