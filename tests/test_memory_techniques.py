@@ -197,3 +197,16 @@ def test_preflight_refuses_a_run_whose_host_memory_is_short_and_says_ram() -> No
         check_fit(short, force=False)
     assert "launching anyway" in check_fit(short, force=True)[0]
     assert make_plan(config, scan, gpus, ram_bytes=64 * GIB).fits is True
+
+
+def test_a_run_with_sample_prompts_is_planned_with_the_sampling_peak() -> None:
+    from core.plan.planner import make_plan
+    from core.recipes import get_recipe
+    from tests.test_fit_agreement import memory_scan, plain_config
+
+    gpus, scan = parse_spec("1x24GB"), memory_scan(0)
+    config = plain_config("sdxl", "lora", get_recipe("sdxl-lora-12gb"), {"resolution": 512}, scan, gpus, "ddp")
+    silent = make_plan(config, scan, gpus)
+    config.prompts = ["a photo of sks dog"]  # type: ignore[attr-defined]
+    sampling = make_plan(config, scan, gpus)
+    assert sampling.vram_estimate_bytes > silent.vram_estimate_bytes
