@@ -6,7 +6,9 @@ few seconds) and records per component: the parameter count, the LoRA "width" pe
 ``lora_targets`` choice (Σ over adapted layers of in·k·k + out, so LoRA params = rank × width)
 and the adapted layer count and weight size (LoHa/LoKr build a delta of that size), the largest single tensor (what a fused backward pass holds as
 gradient), the fp32 values Adafactor's factored second moment keeps, plus the text encoders'
-embedding size for textual inversion.
+embedding size for textual inversion; for a quantized base the Linear weights it quantizes
+(outside the spec's ``high_precision`` patterns: count, rows, largest) and the denoiser's
+parameters per swappable block (the spec's ``swap_blocks``, in forward order).
 ``--check`` compares the file with a fresh build instead of writing it; ``--family NAME`` (repeatable)
 measures only those families and merges them into the stored file (the others' entries kept).
 """
@@ -17,6 +19,7 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +70,9 @@ def describe(family: str, kind: str, model: Any) -> dict[str, Any]:
     }
     if kind == "vae":
         return entry
+    entry.update(quantizable(model, lambda name: family_spec.keeps_precision(kind, name)))
+    if kind == family_spec.denoiser:
+        entry["blocks"] = block_params(model, tuple(family_spec.swap_blocks))
     targets = family_spec.lora_targets["denoiser" if kind == family_spec.denoiser else "text_encoder"]
     entry["lora_width"] = {}
     entry["lora_layers"] = {}
@@ -81,6 +87,32 @@ def describe(family: str, kind: str, model: Any) -> dict[str, Any]:
         entry["hidden_size"] = config.hidden_size
         entry["token_embedding_params"] = config.vocab_size * config.hidden_size
     return entry
+
+
+def quantizable(model: Any, keeps: Callable[[str], bool]) -> dict[str, int]:
+    """What a quantized base quantizes: the nn.Linear weights whose module name the spec does not
+    ``keeps`` in high precision (count, output rows: one scale each per row, and the largest:
+    its bf16 copy is the dequantization buffer)."""
+    import torch
+
+    linears = [m for name, m in model.named_modules() if type(m) is torch.nn.Linear and not keeps(name)]
+    return {
+        "quantizable_params": sum(m.weight.numel() for m in linears),
+        "quantizable_rows": sum(m.out_features for m in linears),
+        "largest_linear": max((m.weight.numel() for m in linears), default=0),
+    }
+
+
+def block_params(model: Any, lists: tuple[str, ...]) -> dict[str, list[int]]:
+    """Parameters of each block of each list (a ModuleList: one per child; another module: one block)."""
+    import torch
+
+    out: dict[str, list[int]] = {}
+    for name in lists:
+        module = model.get_submodule(name)
+        children = list(module) if isinstance(module, torch.nn.ModuleList) else [module]
+        out[name] = [sum(p.numel() for p in child.parameters()) for child in children]
+    return out
 
 
 def measure(families: tuple[str, ...] = FAMILIES) -> dict[str, Any]:

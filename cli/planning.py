@@ -32,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     plan.add_argument("--method", help=f"{' | '.join(METHODS)} (default lora)")
     plan.add_argument("--recipe", help="recipe name (default: the fastest that fits, see sdtui recipes)")
     plan.add_argument("--price-per-gpu-hour", type=float, default=None, metavar="X", help="adds a cost column")
+    plan.add_argument("--ram", type=ram_size, default=None, metavar="SIZE", help="the training machine's RAM, e.g. 64GB (default: this machine's, unknown with simulated --gpus)")
     length = plan.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=whole_number("--epochs", 1), metavar="N", help="epoch mode: N epochs")
     length.add_argument("--steps", type=whole_number("--steps", 1), metavar="N", help="step mode: N optimizer steps")
@@ -96,11 +97,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.steps is not None:
         extras.append(f"schedule.max_steps={args.steps}")
     gpus = resolve(args.gpus)
+    # this machine's RAM judges a plan for its own GPUs; simulated GPUs are another machine's
+    ram = args.ram if args.ram is not None else (None if gpus.simulated else machine_ram_bytes())
     if args.config:
         config, scan = _from_config_file(args, extras)
     else:
-        config, scan = _from_arguments(args, extras, gpus)
-    plan = make_plan(config, scan, gpus, price_per_gpu_hour=args.price_per_gpu_hour)
+        config, scan = _from_arguments(args, extras, gpus, ram)
+    plan = make_plan(config, scan, gpus, price_per_gpu_hour=args.price_per_gpu_hour, ram_bytes=ram)
     if args.json:
         print_json(plan.to_json())
     else:
@@ -159,7 +162,24 @@ def _from_config_file(args: argparse.Namespace, extras: list[str]) -> tuple[Any,
     return config, scan_config(config)
 
 
-def _from_arguments(args: argparse.Namespace, extras: list[str], gpus: Any) -> tuple[Any, Any]:
+def ram_size(text: str) -> int:
+    """``--ram 64GB`` as bytes (argparse names the option when it is not a size)."""
+    from core.memory.techniques import parse_ram
+
+    try:
+        return parse_ram(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def machine_ram_bytes() -> int | None:
+    """This machine's RAM (the plan judges the host memory against it)."""
+    from core.gpu import machine_ram_bytes as read
+
+    return read()
+
+
+def _from_arguments(args: argparse.Namespace, extras: list[str], gpus: Any, ram: int | None = None) -> tuple[Any, Any]:
     """A run config built from --model, --data, --method and --recipe (or the picker's choice),
     and the scan of --data (None without it: the plan then has no schedule table)."""
     from core.config import apply_overrides, apply_recipe, new_config
@@ -185,14 +205,14 @@ def _from_arguments(args: argparse.Namespace, extras: list[str], gpus: Any) -> t
     if args.data:
         scan = scan_dataset(args.data, args.reg, resolution=resolution, bucket_settings={k: settings[k] for k in BUCKET_KEYS})
     distributed = probe.distributed | {"num_processes": max(1, gpus.count)}
-    recipe = _choose_recipe(args.recipe, planned_as(family, args.model), method, gpus, overrides, run_shape(method, scan.reg_images if scan is not None else None, distributed))
+    recipe, changes = _choose_recipe(args.recipe, planned_as(family, args.model), method, gpus, overrides, run_shape(method, scan.reg_images if scan is not None else None, distributed, ram))
     if scan is None:
         name = f"{family}-{method}"
     else:
         name = f"{_slug(scan.subsets[0].token if scan.subsets else '') or Path(args.data).name}-{method}"
     subsets = scan.subset_configs() if scan is not None else []
     config = new_config(name, model_path, family, method, subsets, {}, distributed=distributed)
-    apply_recipe(config, recipe.settings, recipe.name, recipe.schedule)
+    apply_recipe(config, recipe.settings | changes, recipe.name, recipe.schedule)
     apply_overrides(config, extras)
     return config, scan
 
@@ -210,8 +230,9 @@ def _settings_overrides(config: Any, extras: list[str]) -> dict[str, Any]:
     return {key: settings[key] for key in keys}
 
 
-def _choose_recipe(name: str | None, family: str, method: str, gpus: Any, overrides: dict[str, Any], shape: Any) -> Any:
-    """The named recipe, or the picker's fastest fitting one for a run of ``shape`` (the least heavy when none fits)."""
+def _choose_recipe(name: str | None, family: str, method: str, gpus: Any, overrides: dict[str, Any], shape: Any) -> tuple[Any, dict[str, Any]]:
+    """The named recipe as written, or the picker's fastest fitting one for a run of ``shape``
+    with the changes the picker composed into it (the least heavy when none fits)."""
     from core.families import spec
     from core.plan.picker import pick_recipes, rank_recipes
     from core.recipes import get_recipe, load_recipes
@@ -222,12 +243,13 @@ def _choose_recipe(name: str | None, family: str, method: str, gpus: Any, overri
         family = spec(family).name  # a variant planned on its own takes its family's recipes
         if family not in recipe.families or method not in recipe.methods:
             raise UserError(f"recipe '{name}' is for {', '.join(recipe.families)} with {', '.join(recipe.methods)}, not {family} with {method}; list the others with sdtui recipes")
-        return recipe
+        return recipe, {}
     recipes = load_recipes()
     chosen = pick_recipes(family, method, gpus, recipes, overrides, shape) or rank_recipes(family, method, gpus, recipes, overrides, shape)
     if not chosen:
         raise UserError(f"no recipe in the recipes folder trains {family} with {method}; add one or pick another --method")
-    return chosen[0].recipe
+    changes = {k: v for k, v in chosen[0].changes.items() if k != "recipe"}
+    return chosen[0].recipe, changes
 
 
 def _slug(text: str) -> str:
@@ -308,12 +330,36 @@ def _validation_line(validation: dict[str, Any]) -> str:
     return f"Validation {validation['images']} images {source}, loss every {validation['every_n_steps']} steps at {validation['timesteps']} fixed timesteps: {validation['runs']} times{cost}"
 
 
+def _memory_line(memory: dict[str, Any]) -> str:
+    """``Memory    fp8_scaled base, 8 blocks swapped: about 1.4× slower than without them (27.3 GiB)``."""
+    if not memory.get("techniques"):
+        return "Memory    no memory technique (base and text encoders as mixed precision, no block swap)"
+    cost = ""
+    if memory.get("slowdown") is not None:
+        factor = float(memory["slowdown"])
+        pace = f"about {factor:.1f}× slower than" if factor >= 1.05 else "about as fast as"
+        cost = f": {pace} without them, which would need {memory['baseline_gb']:.1f} GiB"
+    elif memory.get("baseline_gb") is not None:
+        cost = f": without them {memory['baseline_gb']:.1f} GiB"
+    return f"Memory    {memory['techniques']}{cost}"
+
+
+def _ram_line(ram: dict[str, Any]) -> str:
+    """``RAM       21.3 GiB needed (swapped blocks 12.0, …) of 64 GiB: fits``."""
+    if not ram:
+        return "RAM       unknown"
+    parts = ", ".join(f"{k.replace('_', ' ')} {v:.1f}" for k, v in ram["breakdown"].items())
+    later = f"; {ram['training_gb']:.1f} GiB while training" if ram["phase"] == "loading" else ""
+    have = (f" of {ram['have_gb']:g} GiB: " + ("fits" if ram["fits"] else "SHORT")) if ram.get("have_gb") else " (the training machine's RAM unknown: give --ram 64GB)"
+    return f"RAM       {ram['need_gb']:.1f} GiB needed while {ram['phase']} ({parts}{later}){have}"
+
+
 def format_plan(plan: Any) -> str:
     """The human-readable plan: recipe, VRAM against the GPU, dataset, GPU-count table, warnings."""
     data = plan.to_json()
     gpu, settings, dataset = data["gpu"], data["settings"], data["dataset"]
     if gpu["name"]:
-        verdict = "fits" if data["fits"] else "DOES NOT FIT"
+        verdict = "fits" if data["vram_fits"] else "DOES NOT FIT"
         vram = f"{data['vram_estimate_gb']:.1f} GiB estimated peak of {gpu['vram_gb']:g} GiB per GPU: {verdict} (with {data['headroom']:.0%} headroom)"
         hardware = f"{gpu['count']} × {gpu['name']}" + (" (simulated)" if gpu["simulated"] else "")
     else:
@@ -328,6 +374,8 @@ def format_plan(plan: Any) -> str:
         f"checkpointing {'on' if settings['gradient_checkpointing'] else 'off'}, batch {settings['batch_size']}, "
         f"resolution {settings['resolution']}" + (f", LoRA rank {settings['lora_rank']}" if data["method"] == "lora" else ""),
         f"VRAM      {vram}",
+        _memory_line(data["memory"]),
+        _ram_line(data["ram"]),
         f"Speed     {speed:.2f} images/s per GPU (model estimate)" if speed else "Speed     unknown (no catalog GPU)",
         _dataset_line(dataset),
         f"Schedule  {mode}, gradient accumulation {plan.schedule['gradient_accumulation']}, "

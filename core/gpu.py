@@ -429,3 +429,14 @@ def _probe_started(nvml: Any) -> GpuSet:
     if count == 0:
         return GpuSet([], reason="the NVIDIA driver is loaded but reports no GPU", notes=notes)
     return GpuSet([], reason="no GPU answered NVML (check `nvidia-smi`)", notes=notes)
+
+
+def machine_ram_bytes() -> int | None:
+    """This machine's total RAM (psutil), None when it cannot be read: the plan judges a run's
+    host memory (block swap, offloaded encoders, loading) against it."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().total)
+    except (ImportError, OSError):
+        return None

@@ -390,3 +390,30 @@ def test_scan_and_plan_report_images_without_a_mask_and_masks_without_an_image(k
     warnings = json.loads(out)["warnings"]
     assert any("img001.png: the image has no mask in the mask folder" in w for w in warnings)
     assert any("stray.png: the mask has no training image with the same name" in w for w in warnings)
+
+
+def test_plan_shows_the_ram_need_and_says_when_the_machine_is_short(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "plan", "--model", "sdxl", "--method", "lora", "--gpus", "1x6GB", "--ram", "64GB")
+    assert code == 0 and "RAM       " in out and "of 64 GiB: fits" in out
+    assert "Memory    " in out and " base" in out  # a quantized base opens SDXL LoRA on 6 GB
+    code, out, _ = run(capsys, "plan", "--model", "sdxl", "--method", "lora", "--gpus", "1x6GB", "--ram", "6GB", "--json")
+    plan = json.loads(out)
+    assert code == 0 and plan["fits"] is False and plan["ram"]["fits"] is False and plan["ram"]["have_gb"] == 6
+    assert any("GiB of RAM while loading" in w and "more RAM" in w for w in plan["warnings"])
+    # without --ram, simulated GPUs are another machine's: the need is shown, not judged
+    code, out, _ = run(capsys, "plan", "--model", "sdxl", "--method", "lora", "--gpus", "1x24GB", "--json")
+    assert json.loads(out)["ram"]["have_gb"] is None and json.loads(out)["ram"]["need_gb"] > 2
+
+
+def test_a_bad_ram_size_is_one_sentence(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["plan", "--model", "sdxl", "--ram", "lots"])
+    assert exit_info.value.code == 2 and "like 64GB" in capsys.readouterr().err
+
+
+def test_the_plan_says_which_peak_it_estimates(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "plan", "--model", "sd1", "--method", "lora", "--gpus", "1x24GB", "--json")
+    plan = json.loads(out)
+    peaks = plan["memory"]["peaks_gb"]
+    assert code == 0 and peaks["allocated"] < peaks["reserved"] < peaks["nvidia_smi"] == plan["vram_estimate_gb"]
+    assert any("nvidia-smi" in n and "max_memory_allocated" in n for n in plan["notes"])

@@ -57,16 +57,16 @@ def test_sdxl_lora_with_a_class_folder_on_two_4090s_fits_where_the_picker_says_i
     assert shape.prior_preservation
     ranked = {f.name: f for f in rank_recipes("sdxl", "lora", gpus, RECIPES, shape=shape)}
     fast = ranked["sdxl-lora-24gb-fast"]
-    plan = make_plan(config_for("sdxl", "lora", fast.recipe, {}, scan, gpus), scan, gpus)
+    plan = make_plan(config_for("sdxl", "lora", fast.recipe, fast.changes, scan, gpus), scan, gpus)
     assert plan.prior_preservation
     assert plan.vram_estimate_bytes == fast.estimate.total_bytes
     assert plan.fits is fast.fits
     chosen = pick_recipes("sdxl", "lora", gpus, RECIPES, shape=shape)[0]
-    plan = make_plan(config_for("sdxl", "lora", chosen.recipe, {}, scan, gpus), scan, gpus)
+    plan = make_plan(config_for("sdxl", "lora", chosen.recipe, chosen.changes, scan, gpus), scan, gpus)
     assert plan.fits and not [w for w in plan.warnings if "does not fit" in w]
     # Without the class folder the same recipe is lighter: the pairing is what was missing.
     alone = rank_recipes("sdxl", "lora", gpus, RECIPES)
-    assert {f.name: f for f in alone}["sdxl-lora-24gb-fast"].estimate.total_bytes < fast.estimate.total_bytes
+    assert {f.name: f for f in alone}["sdxl-lora-24gb-fast"].baseline.estimate.total_bytes < fast.baseline.estimate.total_bytes
 
 
 #: The class prompt of every example: DreamBooth runs generate their class images from it.
@@ -148,7 +148,7 @@ def test_whatever_the_picker_calls_fitting_plan_and_preflight_call_fitting(
     classes = class_image_rule(method, defaults("settings"), CLASS_PROMPT, scan.reg_images, scan.images)
     shape = run_shape(method, classes.total, {"num_processes": gpus.count, "backend": backend})
     for fit in rank_recipes(family, method, gpus, RECIPES, overrides, shape):
-        plan = make_plan(plain_config(family, method, fit.recipe, overrides, scan, gpus, backend), scan, gpus)
+        plan = make_plan(plain_config(family, method, fit.recipe, overrides | fit.changes, scan, gpus, backend), scan, gpus)
         assert plan.vram_estimate_bytes == fit.estimate.total_bytes, fit.name
         assert plan.fits is fit.fits, fit.name
         if fit.fits:

@@ -267,3 +267,20 @@ async def test_the_method_step_offers_only_the_methods_of_the_models_family(tmp_
         await pilot.press("down", "enter")
         await pilot.pause(0.1)
         assert screen.state.method == "lora"
+
+
+def test_the_recipe_step_shows_the_technique_the_picker_composed_and_its_cost(tmp_path: Path) -> None:
+    from tui.steps.recipe import estimate_line, recipe_line
+
+    state = WizardState(gpus=resolve("1x6GB"), base_dir=tmp_path)
+    state.family, state.method = "sdxl", "lora"
+    fits = [f for f in state.recipes() if f.fits]
+    composed = next(f for f in fits if f.changes.get("base_precision"))
+    line = recipe_line(composed, state.gpus.smallest.vram_total_bytes).plain
+    assert f"{composed.changes['base_precision']} base" in line and "[" in line
+    state.choose_recipe(composed)
+    # the wizard takes the composed settings: what the list promised is what it judges
+    assert state.settings["base_precision"] == composed.changes["base_precision"]
+    assert state.judge().fits and state.judge().estimate.total_bytes == composed.estimate.total_bytes
+    shown = estimate_line(state.judge(), state.gpus.smallest, state.recipe).plain
+    assert "fits" in shown and f"{composed.changes['base_precision']} base" in shown

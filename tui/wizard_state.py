@@ -361,7 +361,14 @@ class WizardState:
         """The run's shape for the fit (prior preservation with the class folder's images), as the plan has it."""
         from core.plan.picker import run_shape
 
-        return run_shape(self.method, self.scan.reg_images if self.scan is not None else 0, {"num_processes": max(1, self.gpus.count)})
+        return run_shape(self.method, self.scan.reg_images if self.scan is not None else 0, {"num_processes": max(1, self.gpus.count)}, self.ram_bytes(), bool(self.prompts))
+
+    def ram_bytes(self) -> int | None:
+        """The RAM the run's host memory is judged against: this machine's when its GPUs are the
+        ones found here, unknown when planning for simulated GPUs (another machine)."""
+        from core.gpu import machine_ram_bytes
+
+        return None if self.gpus.simulated else machine_ram_bytes()
 
     def kept_settings(self) -> dict[str, Any]:
         """The settings a recipe does not change: all but its memory/speed ones (core.settings.RECIPE_SETTINGS).
@@ -370,9 +377,11 @@ class WizardState:
         return {key: value for key, value in self.settings.items() if key not in RECIPE_SETTINGS and key != "recipe" and (key not in METHOD_SETTINGS or key in self.method_edits)}
 
     def choose_recipe(self, fit: Any) -> None:
-        """Take a recipe's memory/speed settings; the user's other settings stay (``kept_settings``)."""
+        """Take a recipe's memory/speed settings, with what the picker composed into it for these
+        GPUs (a quantized base, swapped blocks, a smaller batch); the user's other settings stay
+        (``kept_settings``)."""
         self.recipe = fit.name
-        self.settings = fit.recipe.resolved_settings(self.kept_settings())
+        self.settings = fit.recipe.resolved_settings(self.kept_settings()) | dict(getattr(fit, "changes", {}))
         self.recipe_schedule = dict(getattr(fit.recipe, "schedule", {}) or {})
         self.keep_settings = False
         self.sync_schedule()
@@ -473,7 +482,7 @@ class WizardState:
 
         if self.scan is None:
             raise UserError("the dataset has not been scanned yet; go back to Dataset and give its folder")
-        return make_plan(self.to_config(), self.dataset_scan, self.gpus, price_per_gpu_hour=self.price_per_gpu_hour)
+        return make_plan(self.to_config(), self.dataset_scan, self.gpus, price_per_gpu_hour=self.price_per_gpu_hour, ram_bytes=self.ram_bytes())
 
     # ---- step 6: samples
     def set_logging(self, key: str, value: Any) -> None:

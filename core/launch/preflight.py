@@ -21,6 +21,8 @@ from core.families import spec
 from core.families.detect import MODEL_FILE_SUFFIXES, check_loadable, hub_offline, looks_like_hub_id
 from core.launch.accelerate_config import parse_gpu_ids
 from core.memory.data import params
+from core.memory.estimator import HEADROOM
+from core.memory.techniques import RAM_HEADROOM
 from core.settings import FP16_NEEDS_A_GPU
 from core.units import GIB, size
 
@@ -159,6 +161,12 @@ def check_fit(plan: Any, force: bool) -> list[str]:
     """
     if plan.fits is not False:
         return []
+    ram = getattr(plan, "ram", {}) or {}
+    if ram.get("fits") is False and plan.vram_estimate_bytes <= plan.gpu["vram_gb"] * GIB * (1 - HEADROOM):
+        message = f"the run needs about {ram['need_gb']:.1f} GiB of RAM but this machine has {ram['have_gb']:g} GiB and {RAM_HEADROOM:.0%} stays free"
+        if not force:
+            raise UserError(f"{message}; swap fewer blocks (settings.blocks_to_swap), cache text-encoder outputs to disk, or pass --yes to launch anyway")
+        return [f"warning: {message}; launching anyway (--yes)"]
     message = f"the estimated peak of {plan.vram_estimate_bytes / GIB:.1f} GiB does not fit the smallest chosen GPU ({plan.gpu['name']}, {plan.gpu['vram_gb']} GiB) with headroom"
     if not force:
         raise UserError(f"{message}; pick a recipe that fits (sdtui plan lists them) or pass --yes to launch anyway")
@@ -207,7 +215,9 @@ def preflight(config: Any, runs_dir: Path, found_gpus: Any, force: bool = False)
         raise UserError(FP16_NEEDS_A_GPU)
     if cpu_notice:
         notices.append(cpu_notice)
-    plan = make_plan(config, scan, gpus)
+    from core.gpu import machine_ram_bytes
+
+    plan = make_plan(config, scan, gpus, ram_bytes=None if getattr(gpus, "simulated", False) else machine_ram_bytes())
     notices += check_fit(plan, force)
     if not use_cpu:
         notices += busy_gpu_notices(gpus, plan.vram_estimate_bytes)

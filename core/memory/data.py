@@ -30,9 +30,21 @@ def activations() -> dict[str, Any]:
 def calibration(path: Path | None = None) -> list[dict[str, Any]]:
     """Measured peaks (``points``) from a calibration file (default: the shipped one); an absent or
     broken file means none."""
+    target = path or CALIBRATION_JSON
     try:
-        doc = json.loads((path or CALIBRATION_JSON).read_bytes())
+        stat = target.stat()
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        if target in _READ and _READ[target][0] == stamp:
+            return list(_READ[target][1])
+        doc = json.loads(target.read_bytes())
     except (OSError, ValueError):
         return []
-    points = doc.get("points") if isinstance(doc, dict) else None
-    return [p for p in points if isinstance(p, dict)] if isinstance(points, list) else []
+    found = doc.get("points") if isinstance(doc, dict) else None
+    points = [p for p in found if isinstance(p, dict)] if isinstance(found, list) else []
+    _READ[target] = (stamp, points)
+    return list(points)
+
+
+#: Calibration files read, by path: (modification time and size, points). The picker estimates
+#: hundreds of combinations a plan; a file changed on disk is read again.
+_READ: dict[Path, tuple[tuple[int, int], list[dict[str, Any]]]] = {}

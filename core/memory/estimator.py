@@ -7,6 +7,8 @@ peak = held throughout (weights, optimizer state, EMA, DDP buckets, communicatio
            backward end      gradients + working set
            optimizer step    gradients + per-tensor temporaries
            VAE encoding      the encoder's widest tensors (latents not cached)
+           sampling          what a sample brings back: encoders, inference activations, VAE decoder
+       (or, when larger, the caching before training: encoders and VAE without the denoiser)
        + fragmentation + CUDA context,
 replaced by a measured peak when calibration.json has one for the same setup.
 No torch import: the TUI calls this on every keystroke of a settings override.
@@ -25,6 +27,7 @@ from core.units import GIB
 
 from . import data
 from .calibration import match_point
+from .techniques import PREFETCH_BLOCKS, PROCESS_RAM_BYTES, STORAGE, HostEstimate, Swap, dequant_buffer_bytes, precision_of, stored_bytes, swap_of
 from .trainable import trainable
 
 #: Free VRAM an estimate must leave on a GPU to count as fitting (the picker, the plan, preflight, the TUI).
@@ -35,12 +38,18 @@ CUDA_CONTEXT_BYTES = int(0.8 * GIB)
 NCCL_BYTES = int(0.25 * GIB)
 #: DeepSpeed's reduce / all-gather buckets.
 DEEPSPEED_BUCKET_BYTES = int(0.5 * GIB)
+#: Parameters DeepSpeed ZeRO-3 gathers ahead of the module computing (stage3_prefetch_bucket_size).
+DEEPSPEED_PREFETCH_PARAMS = 50_000_000
 #: What PyTorch's caching allocator reserves beyond what is allocated.
 FRAGMENTATION = 0.05
 #: The VAE encoder's peak, in values per pixel: its first stage works on 128 channels at full
 #: resolution and holds five such tensors at once (measured on the CPU with the real-size VAE:
 #: 5.0 at 256 and 384 px, ``python -m bench.measure_activations --validate``).
 VAE_ENCODE_TENSORS = 5 * 128
+#: The VAE decoder's peak for one sample, in values per pixel: its last two stages run at full
+#: resolution (256 channels after the upsampling of the third, then 128), about twice the
+#: encoder's first stage (not measured: the decoder is twice the encoder's FLOPs too).
+VAE_DECODE_TENSORS = 2 * VAE_ENCODE_TENSORS
 #: fp32 temporaries Adafactor's step holds for its tensor (gradient, its square, the update,
 #: the parameter for rounding back to bf16).
 STEP_TEMPORARIES = 4
@@ -55,6 +64,7 @@ BREAKDOWN_KEYS = (
     "weights_text_encoders",
     "weights_vae",
     "weights_adapters",
+    "weights_swap_buffers",
     "autocast_copies",
     "gradients",
     "optimizer_states",
@@ -63,6 +73,10 @@ BREAKDOWN_KEYS = (
     "activations",
     "vae_encode",
     "optimizer_step",
+    "dequantization",
+    "fsdp_gather",
+    "sampling",
+    "caching",
     "communication",
     "fragmentation",
     "cuda_context",
@@ -81,11 +95,27 @@ class Estimate:
     phase: str = ""
     calibrated: bool = False
     notes: list[str] = field(default_factory=list)
+    host: HostEstimate | None = None
 
     @property
     def gb(self) -> float:
         """The total in GiB (the unit nvidia-smi and the GPU list use)."""
         return self.total_bytes / GIB
+
+    @property
+    def allocated_bytes(self) -> int:
+        """The tensors alone at the peak: what ``torch.cuda.max_memory_allocated`` reads."""
+        return self.total_bytes - self.reserved_extra_bytes - self.breakdown.get("cuda_context", 0)
+
+    @property
+    def reserved_extra_bytes(self) -> int:
+        """What the caching allocator reserves beyond the tensors (fragmentation)."""
+        return self.breakdown.get("fragmentation", 0)
+
+    @property
+    def reserved_bytes(self) -> int:
+        """Allocated plus the allocator's slack: what ``torch.cuda.max_memory_reserved`` reads."""
+        return self.total_bytes - self.breakdown.get("cuda_context", 0)
 
     def fits(self, vram_bytes: int, headroom: float = HEADROOM) -> bool:
         """Whether the peak fits in ``vram_bytes`` leaving ``headroom`` (a fraction) free."""
@@ -100,6 +130,12 @@ class Estimate:
             "phase": self.phase,
             "calibrated": self.calibrated,
             "notes": list(self.notes),
+            "peaks": {
+                "nvidia_smi_bytes": self.total_bytes,
+                "reserved_bytes": self.reserved_bytes,
+                "allocated_bytes": self.allocated_bytes,
+            },
+            "host": self.host.to_json() if self.host is not None else None,
         }
 
 
@@ -154,13 +190,19 @@ def estimate(
     zero_stage: int = 2,
     offload: bool = False,
     prior_preservation: bool | None = None,
+    sampling: bool = False,
 ) -> Estimate:
     """Peak VRAM per GPU for training ``family`` with ``method`` and ``settings`` on ``num_gpus``.
 
     ``settings`` may be partial (missing keys take the defaults of core.settings.SETTINGS).
     ``backend`` is ddp, deepspeed (``zero_stage`` 1-3, ``offload`` of optimizer state to the CPU)
     or fsdp (full sharding). ``prior_preservation`` (default: on for DreamBooth) doubles the
-    images per step, as each instance image is paired with a class image.
+    images per step, as each instance image is paired with a class image. ``sampling``: the run
+    draws samples, so the encoders and the VAE come back to the GPU for them (counted).
+
+    ``total_bytes`` is what nvidia-smi shows for the process at its peak: the tensors
+    (``allocated_bytes``, torch's max_memory_allocated), the allocator's slack (``reserved_bytes``,
+    max_memory_reserved) and the CUDA context. ``host`` is the host RAM the run needs.
     """
     if family not in FAMILIES and family not in {s for f in FAMILIES for s in spec(f).sized_variants}:
         raise UserError(f"unknown model family '{family}'; use one of {', '.join(FAMILIES)}")
@@ -171,19 +213,20 @@ def estimate(
     if num_gpus < 1:
         raise UserError(f"the GPU count must be at least 1 (got {num_gpus})")
     s = resolve("settings", settings)
-    raw, phase, notes = _raw(family, method, s, num_gpus, backend, zero_stage, offload, prior_preservation)
+    raw, phase, notes, host = _raw(family, method, s, num_gpus, backend, zero_stage, offload, prior_preservation, sampling)
     total = sum(raw.values())
     point = match_point(family, method, s, num_gpus, backend)
     if point is not None:
         raw["calibration"] = int(point["measured_peak_bytes"]) - total
         notes.append(f"calibrated to a measured peak ({point.get('source', 'calibration.json')})")
         total = int(point["measured_peak_bytes"])
-    return Estimate(total, raw, phase, calibrated=point is not None, notes=notes)
+    return Estimate(total, raw, phase, calibrated=point is not None, notes=notes, host=host)
 
 
 @dataclass(frozen=True)
 class _Layout:
-    """How one estimate's weights are held: byte widths, sharding, what is trained and what stays on the GPU."""
+    """How one estimate's weights are held: byte widths and precisions, sharding, the swap, what
+    is trained and what stays on the GPU."""
 
     comps: dict[str, Any]
     denoiser: str
@@ -205,11 +248,20 @@ class _Layout:
     te_resident: bool
     trained: int
     largest: int
+    base: str
+    te_precision: str
+    swap: Swap
+
+    @property
+    def gpu_trained(self) -> int:
+        """Trained parameters whose weights, gradients and optimizer state stay on the GPU: a full
+        fine-tune's swapped blocks keep theirs in host memory."""
+        return self.trained - self.swap.params if self.full else self.trained
 
 
 def _layout(family: str, method: str, s: dict[str, Any], n: int, backend: str, zero_stage: int) -> _Layout:
     """The byte widths and sharding of a run. Under DeepSpeed the trained weights are half and the
-    fp32 master copy is part of the (sharded) optimizer state."""
+    fp32 master copy is part of the (sharded) optimizer state; FSDP and ZeRO-3 shard every weight."""
     comps = data.params()[family]
     half = s["mixed_precision"] != "no"
     frozen_b = 2 if half else 4
@@ -217,6 +269,7 @@ def _layout(family: str, method: str, s: dict[str, Any], n: int, backend: str, z
     ds = backend == "deepspeed"
     te_trained = s["train_text_encoder"] and method != "textual_inversion"
     counted = trainable(family, method, s)
+    full = method in FULL_METHODS
     return _Layout(
         comps=comps,
         denoiser=spec(family).denoiser,
@@ -232,11 +285,14 @@ def _layout(family: str, method: str, s: dict[str, Any], n: int, backend: str, z
         vae_b=2 if s["mixed_precision"] == "bf16" else 4,
         shard=n if (ds or backend == "fsdp") else 1,
         weight_shard=n if (backend == "fsdp" or (ds and zero_stage == 3)) else 1,
-        full=method in FULL_METHODS,
+        full=full,
         te_trained=te_trained,
         te_resident=te_trained or method == "textual_inversion" or not s["cache_text_encoder_outputs"] or _captions_change(s),
         trained=counted.params,
         largest=counted.largest,
+        base=precision_of(s.get("base_precision"), s["mixed_precision"]),
+        te_precision=precision_of(s.get("text_encoder_precision"), s["mixed_precision"]),
+        swap=swap_of(family, int(s.get("blocks_to_swap", 0) or 0)),
     )
 
 
@@ -253,14 +309,27 @@ def _caching_notes(method: str, s: dict[str, Any], te_trained: bool) -> list[str
     return []
 
 
-def _weights(lay: _Layout, method: str, s: dict[str, Any]) -> dict[str, int]:
-    """The weights as stored: the UNet, the text encoders on the GPU, the VAE when latents are not cached, the adapters."""
+def _frozen_encoder_bytes(lay: _Layout) -> int:
+    """The text encoders, frozen, at ``text_encoder_precision``."""
+    return sum(stored_bytes(lay.comps[c], lay.te_precision) for c in lay.encoders)
+
+
+# ---- the terms -------------------------------------------------------------------------------
+
+
+def weights_term(lay: _Layout, method: str, s: dict[str, Any]) -> dict[str, int]:
+    """The weights on the GPU: the denoiser (at its base precision, less the swapped blocks, plus
+    the blocks in flight), the text encoders unless their outputs are cached, the VAE unless the
+    latents are, the adapters."""
     comps = lay.comps
+    den = comps[lay.denoiser]
     b: dict[str, int] = {}
     if lay.full:
-        b["weights_denoiser"] = comps[lay.denoiser]["params"] * lay.trained_store_b // lay.weight_shard
+        b["weights_denoiser"] = (den["params"] - lay.swap.params) * lay.trained_store_b // lay.weight_shard
+        b["weights_swap_buffers"] = lay.swap.buffer_params * lay.trained_store_b
     else:
-        b["weights_denoiser"] = comps[lay.denoiser]["params"] * lay.frozen_b
+        b["weights_denoiser"] = (stored_bytes(den, lay.base) - stored_bytes(den, lay.base, lay.swap.params)) // lay.weight_shard
+        b["weights_swap_buffers"] = stored_bytes(den, lay.base, lay.swap.buffer_params)
     b["weights_text_encoders"] = 0
     if lay.te_resident:
         for c in lay.encoders:
@@ -270,7 +339,7 @@ def _weights(lay: _Layout, method: str, s: dict[str, Any]) -> dict[str, int]:
             elif method == "textual_inversion":
                 b["weights_text_encoders"] += count * lay.trained_store_b
             else:
-                b["weights_text_encoders"] += count * lay.frozen_b
+                b["weights_text_encoders"] += stored_bytes(comps[c], lay.te_precision) // lay.weight_shard
     if not s["cache_latents"]:
         b["weights_vae"] = comps["vae"]["params"] * lay.vae_b
     if method == "lora":
@@ -278,7 +347,7 @@ def _weights(lay: _Layout, method: str, s: dict[str, Any]) -> dict[str, int]:
     return b
 
 
-def _autocast_copies(lay: _Layout, method: str) -> int:
+def autocast_copies_term(lay: _Layout, method: str) -> int:
     """Autocast keeps a half copy of every fp32 trained weight a matmul or conv uses, from the
     forward pass until the backward pass has used it (for textual inversion: of the fp32 text
     encoders' layers, kept for the backward pass to the embeddings)."""
@@ -287,37 +356,51 @@ def _autocast_copies(lay: _Layout, method: str) -> int:
     if method == "textual_inversion":
         layers: int = sum(lay.comps[c]["params"] - lay.comps[c]["token_embedding_params"] for c in lay.encoders)
         return layers * 2
-    return lay.trained * 2
+    return lay.gpu_trained * 2
 
 
-def _gradients(lay: _Layout, s: dict[str, Any], zero_stage: int, offload: bool, backend: str) -> int:
+def gradients_term(lay: _Layout, s: dict[str, Any], zero_stage: int, offload: bool, backend: str) -> int:
     """Gradients (not held in the forward pass: the trainer frees them after each step); a fused
     backward pass holds the largest tensor's only."""
     if s["fused_backward_pass"] and not lay.ds:
         return min(lay.trained, lay.largest) * lay.grad_b
     grad_shard = lay.n if ((lay.ds and zero_stage >= 2) or backend == "fsdp") else 1
-    return 0 if (lay.ds and offload and zero_stage >= 2) else lay.trained * lay.grad_b // grad_shard
+    return 0 if (lay.ds and offload and zero_stage >= 2) else lay.gpu_trained * lay.grad_b // grad_shard
 
 
-def _held_state(lay: _Layout, s: dict[str, Any], offload: bool, backend: str) -> dict[str, int]:
+def optimizer_term(lay: _Layout, s: dict[str, Any], offload: bool, backend: str) -> dict[str, int]:
     """What is held throughout: the optimizer state, EMA, DDP buckets and the communication buffers."""
     b: dict[str, int] = {}
-    state = _optimizer_state_bytes(s["optimizer"], lay.trained, 4 if lay.ds else lay.master_b, lay.comps, lay.full, lay.te_trained, lay.trained_encoders, lay.denoiser)
+    state = _optimizer_state_bytes(s["optimizer"], lay.gpu_trained, 4 if lay.ds else lay.master_b, lay.comps, lay.full, lay.te_trained, lay.trained_encoders, lay.denoiser)
+    if lay.full and lay.swap.params:
+        state = state * lay.gpu_trained // max(1, lay.trained)
     if lay.ds:
-        state += lay.trained * 4 if lay.half else 0
+        state += lay.gpu_trained * 4 if lay.half else 0
         b["optimizer_states"] = 0 if offload else state // lay.n
     else:
         b["optimizer_states"] = state // lay.shard
     if s["ema"]:
-        b["ema"] = lay.trained * lay.master_b // lay.shard
+        b["ema"] = lay.gpu_trained * lay.master_b // lay.shard
     if lay.n > 1 and backend == "ddp":
-        b["ddp_buckets"] = lay.trained * lay.grad_b
+        b["ddp_buckets"] = lay.gpu_trained * lay.grad_b
     if lay.n > 1:
         b["communication"] = NCCL_BYTES + (DEEPSPEED_BUCKET_BYTES if lay.ds else 0)
     return b
 
 
-def _activations(lay: _Layout, family: str, method: str, s: dict[str, Any], images: int, notes: list[str]) -> tuple[int, int]:
+def gather_term(lay: _Layout) -> int:
+    """FSDP / ZeRO-3: the unsharded copies of the units being computed. accelerate's FSDP wraps by
+    size (units of at least 1 M parameters, the largest about the largest tensor) and prefetches
+    the next (BACKWARD_PRE): two such units; DeepSpeed gathers its prefetch bucket
+    (``stage3_prefetch_bucket_size``, 5e7 parameters) beside the module computing."""
+    if lay.weight_shard <= 1:
+        return 0
+    largest = int(lay.comps[lay.denoiser]["largest_param"])
+    units = DEEPSPEED_PREFETCH_PARAMS + largest if lay.ds else PREFETCH_BLOCKS * largest
+    return units * (lay.trained_store_b if lay.full else lay.frozen_b)
+
+
+def activations_term(lay: _Layout, family: str, method: str, s: dict[str, Any], images: int, notes: list[str]) -> tuple[int, int]:
     """Activations, measured per image (bench/measure_activations.py), times the images per step:
     ``kept`` for the backward pass, ``working`` the backward pass's own (recomputed block, gradients)."""
     kept, working = unet_activation_parts(family, "full" if lay.full else "lora", lay.half, s["gradient_checkpointing"], s["attention"], s["resolution"])
@@ -339,7 +422,20 @@ def _activations(lay: _Layout, family: str, method: str, s: dict[str, Any], imag
     return kept, working
 
 
-def _phases(lay: _Layout, s: dict[str, Any], copies: int, grads: int, kept: int, working: int, images: int) -> dict[str, dict[str, int]]:
+def caches_term(lay: _Layout, s: dict[str, Any], working_per_image: int, resolution: int) -> int:
+    """What a sample brings back to the GPU between steps: the text encoders whose outputs are
+    cached (off the GPU while training) to encode the prompt, then the denoiser's inference
+    activations (two images: classifier-free guidance), then the VAE decoder; one at a time,
+    each leaving before the next comes (0 when nothing is off the GPU)."""
+    encoders = 0 if lay.te_resident else _frozen_encoder_bytes(lay)
+    vae = 0 if not s["cache_latents"] else lay.comps["vae"]["params"] * lay.vae_b
+    if not encoders and not vae:
+        return 0
+    decode = lay.comps["vae"]["params"] * lay.vae_b + VAE_DECODE_TENSORS * resolution**2 * lay.vae_b
+    return max(encoders, 2 * working_per_image, decode if vae else 0)
+
+
+def phases_term(lay: _Layout, s: dict[str, Any], copies: int, grads: int, kept: int, working: int, images: int, dequant: int, sample: int) -> dict[str, dict[str, int]]:
     """What the step holds besides the weights and the state, in each of its phases."""
     # The optimizer's temporaries: the trainer's optimizers work one tensor at a time; Adafactor
     # holds a few fp32 copies of the tensor, the fused and 8-bit kernels about one.
@@ -348,10 +444,10 @@ def _phases(lay: _Layout, s: dict[str, Any], copies: int, grads: int, kept: int,
     # block; without it the backward pass frees them with the activations.
     copies_in_backward = 0 if s["gradient_checkpointing"] else copies
     phases: dict[str, dict[str, int]] = {
-        "forward": {"autocast_copies": copies, "activations": kept},
+        "forward": {"autocast_copies": copies, "activations": kept, "dequantization": dequant},
         # gradients appear as activations (and copies) are freed: the peak is at either end
-        "backward (start)": {"autocast_copies": copies_in_backward, "activations": kept + working},
-        "backward (end)": {"gradients": grads, "activations": working},
+        "backward (start)": {"autocast_copies": copies_in_backward, "activations": kept + working, "dequantization": dequant},
+        "backward (end)": {"gradients": grads, "activations": working, "dequantization": dequant},
     }
     if s["fused_backward_pass"] and not lay.ds:
         for phase in ("backward (start)", "backward (end)"):
@@ -360,25 +456,86 @@ def _phases(lay: _Layout, s: dict[str, Any], copies: int, grads: int, kept: int,
         phases["optimizer step"] = {"gradients": grads, "optimizer_step": step}
     if not s["cache_latents"]:
         phases["VAE encoding"] = {"vae_encode": VAE_ENCODE_TENSORS * s["resolution"] ** 2 * lay.vae_b * images}
+    if sample:
+        phases["sampling"] = {"sampling": sample, "dequantization": dequant}
     return phases
 
 
-def _raw(family: str, method: str, s: dict[str, Any], n: int, backend: str, zero_stage: int, offload: bool, prior: bool | None) -> tuple[dict[str, int], str, list[str]]:
-    """The breakdown at the peak phase (before calibration), that phase, and the notes."""
+def caching_term(lay: _Layout, s: dict[str, Any]) -> int:
+    """The text encoders (at their precision) and the VAE encoding the caches before training,
+    when the denoiser is not yet on the GPU (it moves there after the caches, as sd-scripts and
+    musubi-tuner do)."""
+    if lay.te_resident and not s["cache_latents"]:
+        return 0
+    encoders = 0 if lay.te_resident else _frozen_encoder_bytes(lay)
+    vae = int(lay.comps["vae"]["params"]) * lay.vae_b
+    encode = VAE_ENCODE_TENSORS * int(s["resolution"]) ** 2 * lay.vae_b if s["cache_latents"] else 0
+    return encoders + vae + encode
+
+
+def host_term(lay: _Layout, s: dict[str, Any], offload: bool) -> HostEstimate:
+    """Host RAM of the run on one machine (every rank, ``lay.n`` processes): the processes, the
+    swapped blocks in pinned memory (a full fine-tune's with their gradients and optimizer
+    state), the encoders and VAE off the GPU kept for the samples, DeepSpeed's offloaded state;
+    or, while loading, each rank's denoiser read in bf16 before it is quantized or moved."""
+    den = lay.comps[lay.denoiser]
+    b: dict[str, int] = {"processes": PROCESS_RAM_BYTES * lay.n}
+    if lay.full:
+        state = (
+            _optimizer_state_bytes(s["optimizer"], lay.swap.params, lay.master_b, lay.comps, lay.full, lay.te_trained, lay.encoders, lay.denoiser) * lay.swap.params // max(1, lay.trained)
+        )
+        swapped = lay.swap.params * (lay.master_b + lay.grad_b) + state
+    else:
+        swapped = stored_bytes(den, lay.base, lay.swap.params)
+    b["swapped_blocks"] = swapped * lay.n
+    off_gpu = 0 if lay.te_resident or s["cache_text_encoder_outputs_to_disk"] else _frozen_encoder_bytes(lay)
+    off_gpu += lay.comps["vae"]["params"] * lay.vae_b if s["cache_latents"] else 0
+    b["offloaded_models"] = off_gpu * lay.n
+    if lay.ds and offload:
+        b["optimizer_offload"] = _optimizer_state_bytes(s["optimizer"], lay.trained, 4, lay.comps, lay.full, lay.te_trained, lay.encoders, lay.denoiser) + lay.trained * 4
+    training = sum(v for k, v in b.items() if k != "processes")
+    loading = den["params"] * 2 * lay.n
+    if loading > training:
+        return HostEstimate(b["processes"] + loading, {"processes": b["processes"], "loading": loading}, "loading", b)
+    return HostEstimate(sum(b.values()), b, "training", b)
+
+
+def _raw(
+    family: str, method: str, s: dict[str, Any], n: int, backend: str, zero_stage: int, offload: bool, prior: bool | None, sampling: bool
+) -> tuple[dict[str, int], str, list[str], HostEstimate]:
+    """The breakdown at the peak phase (before calibration), that phase, the notes and the host RAM."""
     lay = _layout(family, method, s, n, backend, zero_stage)
-    notes = _caching_notes(method, s, lay.te_trained)
+    notes = _caching_notes(method, s, lay.te_trained) + _technique_notes(lay)
     b: dict[str, int] = dict.fromkeys(BREAKDOWN_KEYS, 0)
-    b.update(_weights(lay, method, s))
-    b.update(_held_state(lay, s, offload, backend))
+    b.update(weights_term(lay, method, s))
+    b.update(optimizer_term(lay, s, offload, backend))
+    b["fsdp_gather"] = gather_term(lay)
     prior = method == "dreambooth" if prior is None else prior
     images = s["batch_size"] * (2 if prior else 1)
-    kept, working = _activations(lay, family, method, s, images, notes)
-    phases = _phases(lay, s, _autocast_copies(lay, method), _gradients(lay, s, zero_stage, offload, backend), kept, working, images)
+    kept, working = activations_term(lay, family, method, s, images, notes)
+    dequant = 0 if lay.full else dequant_buffer_bytes(lay.comps[lay.denoiser], lay.base)
+    sample = caches_term(lay, s, working // max(1, images), s["resolution"]) if sampling else 0
+    grads = gradients_term(lay, s, zero_stage, offload, backend)
+    phases = phases_term(lay, s, autocast_copies_term(lay, method), grads, kept, working, images, dequant, sample)
     peak_phase = max(phases, key=lambda name: sum(phases[name].values()))
     b.update(phases[peak_phase])
+    caching = caching_term(lay, s)
+    if caching > sum(b.values()):
+        b = dict.fromkeys(BREAKDOWN_KEYS, 0) | {"caching": caching}
+        peak_phase = "caching"
     b["fragmentation"] = int(FRAGMENTATION * sum(b.values()))
     b["cuda_context"] = CUDA_CONTEXT_BYTES
-    return b, peak_phase, notes
+    return b, peak_phase, notes, host_term(lay, s, offload)
+
+
+def _technique_notes(lay: _Layout) -> list[str]:
+    """One line per memory technique in use: what it stores and where."""
+    notes = []
+    if not lay.full and lay.base in STORAGE:
+        notes.append(f"{lay.base} base ({STORAGE[lay.base].library}): the denoiser's Linear weights are stored in {lay.base}, norms, embeddings and modulation in bf16")
+    if lay.swap.count:
+        notes.append(f"{lay.swap.count} of {lay.swap.total_blocks} blocks swapped: they live in pinned host memory and come to the GPU on their turn, {PREFETCH_BLOCKS} at a time")
+    return notes
 
 
 def _optimizer_state_bytes(optimizer: str, trained: int, param_b: int, comps: dict[str, Any], full: bool, te_trained: bool, encoders: list[str], denoiser: str) -> int:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.families import spec
-from core.settings import FULL_METHODS, resolve
+from core.settings import FULL_METHODS, SETTINGS, resolve
 
 from . import data
 
@@ -26,6 +26,14 @@ class Trainable:
     largest: int
     saved: int
     text_encoders: bool
+
+
+def settled(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """``settings`` as they are when they hold every key already (resolved upstream: the picker
+    judges hundreds of combinations), else resolved with the schema defaults."""
+    if SETTINGS.keys() <= settings.keys():
+        return dict(settings)
+    return resolve("settings", settings)
 
 
 def text_encoder_names(family: str) -> list[str]:
@@ -55,7 +63,7 @@ def trainable(family: str, method: str, settings: Mapping[str, Any]) -> Trainabl
     masked to the new rows, as core/train/model/methods.py sets it up), so that is what the optimizer
     holds; the result holds ``ti_num_vectors`` vectors per encoder.
     """
-    s = resolve("settings", settings)
+    s = settled(settings)
     comps = data.params()[family]
     encoders = text_encoder_names(family)
     te = bool(s["train_text_encoder"]) and method != "textual_inversion"

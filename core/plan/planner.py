@@ -18,12 +18,13 @@ from core.dataset.scan import overlay_subsets
 from core.errors import UserError
 from core.families import planned_as, spec
 from core.memory.estimator import HEADROOM
+from core.memory.techniques import RAM_HEADROOM
 from core.settings import optimizer_notes, optimizer_rule_warnings
 from core.units import GIB
 
 from .class_images import GENERATE_BATCH, GENERATE_STEPS, ClassImages, class_images, describe
 from .learning_rates import lr_warnings
-from .picker import RunShape, judge, run_shape, suggest_when_nothing_fits
+from .picker import RunShape, describe_techniques, judge, run_shape, suggest_when_nothing_fits
 from .schedule import ScheduleRow, batches_per_rank, schedule_row, warmup_steps
 from .throughput import eta_seconds, images_per_second, sample_seconds_per_image
 from .validation import ValidationPlan, plan_validation
@@ -62,6 +63,12 @@ class Plan:
     validation: ValidationPlan | None = None
     #: The name the estimate and speed were read under: a variant measured on its own (``sd35-large``), else the family.
     planned_as: str = ""
+    #: The memory techniques and their cost (``techniques``, ``cost``, ``slowdown``, ``baseline_gb``), the peaks the estimate stands for.
+    memory: dict[str, Any] = field(default_factory=dict)
+    #: Whether the VRAM estimate alone fits (``fits`` also needs the host RAM to); None without a GPU.
+    vram_fits: bool | None = None
+    #: Host RAM: ``need_gb``, ``have_gb`` (None: unknown), ``fits``, ``phase``, ``breakdown`` (GiB).
+    ram: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -146,7 +153,10 @@ class Plan:
             "vram_estimate_gb": round(self.vram_estimate_bytes / GIB, 2),
             "gpu": self.gpu,
             "fits": self.fits,
+            "vram_fits": self.vram_fits,
             "headroom": HEADROOM,
+            "memory": dict(self.memory),
+            "ram": dict(self.ram),
             "prior_preservation": self.prior_preservation,
             "images_per_second_per_gpu": round(self.images_per_second_per_gpu, 3) if self.images_per_second_per_gpu else None,
             "dataset": self._dataset_json(processes),
@@ -186,8 +196,9 @@ class Plan:
         return self.validation.to_json(total, self.images_per_second_per_gpu, max(1, processes))
 
 
-def make_plan(config: Any, scan: Any, gpus: Any, price_per_gpu_hour: float | None = None) -> Plan:
-    """Plan ``config`` (a RunConfig) on ``scan`` (a DatasetScan) for ``gpus`` (a GpuSet).
+def make_plan(config: Any, scan: Any, gpus: Any, price_per_gpu_hour: float | None = None, ram_bytes: int | None = None) -> Plan:
+    """Plan ``config`` (a RunConfig) on ``scan`` (a DatasetScan) for ``gpus`` (a GpuSet) on a
+    machine with ``ram_bytes`` of RAM (None: unknown, the RAM need is shown but not judged).
 
     Without a ``scan`` (None) the plan has the recipe, the VRAM estimate and the fit, no
     dataset and no schedule table, and a warning that says the table needs a dataset.
@@ -212,7 +223,7 @@ def make_plan(config: Any, scan: Any, gpus: Any, price_per_gpu_hour: float | Non
     held = validation.held if validation is not None else frozenset()
     counts = _bucket_counts(scan, bucket_selector(settings), held) if scan is not None else {}
     classes = class_images(method, settings, config.section("method")["class_prompt"], scan.reg_images, scan.images) if scan is not None else None
-    shape = run_shape(method, classes.total if classes is not None else None, distributed)
+    shape = run_shape(method, classes.total if classes is not None else None, distributed, ram_bytes, sampling=bool(getattr(config, "prompts", None)))
     prior = shape.prior_preservation
     fit = judge(planned, method, settings, gpus, shape=shape)
     smallest = gpus.smallest
@@ -241,12 +252,50 @@ def make_plan(config: Any, scan: Any, gpus: Any, price_per_gpu_hour: float | Non
         class_image_s=sample_seconds_per_image(planned, settings, smallest, GENERATE_STEPS),
         validation=validation,
         planned_as=planned,
+        memory=memory_summary(planned, method, settings, gpus, shape, fit),
+        vram_fits=fit.estimate.fits(smallest.vram_total_bytes) if smallest is not None else None,
+        ram=ram_summary(fit),
     )
     _explain(plan, scan, gpus, fit, shape)
     plan.warnings += variant_warnings(family, str(config.model_path or ""))
     plan.warnings += _mask_warnings(config, scan)
     plan.warnings += placeholder_warnings(config, scan)
     return plan
+
+
+def memory_summary(family: str, method: str, settings: dict[str, Any], gpus: Any, shape: RunShape, fit: Any) -> dict[str, Any]:
+    """The techniques in use and their cost: how much slower than the same run without them
+    (bf16 base, no swap, encoders as mixed precision) and what that one would need; and which
+    peak the estimate is (nvidia-smi's: allocated + allocator slack + CUDA context)."""
+    est = fit.estimate
+    out: dict[str, Any] = {
+        "techniques": describe_techniques(settings),
+        "cost": list(fit.cost_notes),
+        "slowdown": None,
+        "baseline_gb": None,
+        "peaks_gb": {"nvidia_smi": round(est.gb, 2), "reserved": round(est.reserved_bytes / GIB, 2), "allocated": round(est.allocated_bytes / GIB, 2)},
+    }
+    if out["techniques"]:
+        plain = judge(family, method, dict(settings) | {"base_precision": "auto", "text_encoder_precision": "auto", "blocks_to_swap": 0}, gpus, shape=shape)
+        out["baseline_gb"] = round(plain.estimate.gb, 2)
+        if plain.images_per_second and fit.images_per_second:
+            out["slowdown"] = round(plain.images_per_second / fit.images_per_second, 2)
+    return out
+
+
+def ram_summary(fit: Any) -> dict[str, Any]:
+    """The run's host RAM need against the machine's (GiB)."""
+    host = fit.estimate.host
+    if host is None:
+        return {}
+    return {
+        "need_gb": round(host.gb, 2),
+        "have_gb": round(fit.ram_bytes / GIB, 1) if fit.ram_bytes else None,
+        "fits": fit.ram_fits,
+        "phase": host.phase,
+        "breakdown": {k: round(v / GIB, 2) for k, v in host.breakdown.items() if v},
+        "training_gb": round(sum(host.training.values()) / GIB, 2),
+    }
 
 
 def _bucket_counts(scan: Any, buckets: Any, held: frozenset[str] = frozenset()) -> dict[tuple[int, int], int]:
@@ -335,38 +384,35 @@ def variant_warnings(family: str, model: str) -> list[str]:
     return [note] if note else []
 
 
-#: The GPU memory tiers people rent and own (GB), for the tiers a model is out of reach of.
-TIERS_GB = (12, 16, 24, 48, 80)
-
-
-def out_of_reach_note(family: str) -> str | None:
-    """A note naming the tiers whose GPUs cannot even hold the denoiser's bf16 weights (FLUX.1's 12B
-    transformer: 22 GiB), or None when every tier can."""
-    from core.memory import data
-
-    weights = data.params()[family][spec(family).denoiser]["params"] * 2
-    below = [tier for tier in TIERS_GB if weights >= tier * 1e9 * 0.9]
-    if not below:
-        return None
-    return (
-        f"{spec(family).title}'s bf16 {spec(family).denoiser} weights alone are {weights / GIB:.1f} GiB: GPUs of {', '.join(map(str, below))} GB "
-        "are out of reach until quantized base weights (settings.base_precision) or block swap (settings.blocks_to_swap) exist"
-    )
-
-
 def _explain_fit(plan: Plan, gpus: Any, fit: Any, shape: RunShape) -> None:
-    """The GPU notes (none found, not in the catalog, tiers out of reach) and, when the estimate does not fit, the warning and what would fit."""
+    """The GPU notes (none found, not in the catalog) and, when the estimate does not fit, the warning and what would fit."""
     planned = plan.planned_as or plan.model_family
     if planned != plan.model_family:
         plan.notes.append(f"the estimate and speed are {planned}'s, whose {spec(planned).denoiser} is measured on its own")
-    reach = out_of_reach_note(planned)
-    if reach is not None:
-        plan.notes.append(reach)
     smallest = gpus.smallest
     if smallest is None:
         plan.notes.append(f"no GPU found: {gpus.reason or 'none visible'}; the VRAM fit and the ETA are unknown; plan for hardware with --gpus, e.g. --gpus 2x4090")
     elif plan.images_per_second_per_gpu is None:
         plan.notes.append(f"the GPU '{smallest.name}' is not in the catalog, so the ETA is unknown")
+    plan.notes.append(
+        f"the VRAM estimate is the peak nvidia-smi shows for the process: {fit.estimate.allocated_bytes / GIB:.1f} GiB of tensors "
+        f"(torch.cuda.max_memory_allocated), {fit.estimate.reserved_bytes / GIB:.1f} GiB reserved by the allocator (max_memory_reserved), plus the CUDA context"
+    )
+    plan.notes += [n for n in fit.estimate.notes if n not in plan.notes]
+    plan.notes += list(fit.cost_notes)
+    if fit.ram_fits is False:
+        loading = fit.estimate.host is not None and fit.estimate.host.phase == "loading"
+        fix = (
+            "each process reads the denoiser in bf16 before it is quantized or moved to the GPU: use a machine with more RAM or fewer processes"
+            if loading
+            else "swap fewer blocks (settings.blocks_to_swap), cache text-encoder outputs to disk (cache_text_encoder_outputs_to_disk) or use a machine with more RAM"
+        )
+        plan.warnings.append(
+            f"the run needs about {fit.ram_need_bytes / GIB:.1f} GiB of RAM while {'loading' if loading else 'training'} but the machine has "
+            f"{fit.ram_bytes / GIB:.0f} GiB and {RAM_HEADROOM:.0%} stays free; {fix}"
+        )
+    if plan.fits is False and fit.estimate.fits(smallest.vram_total_bytes):
+        return
     if plan.fits is False:
         plan.warnings.append(
             f"the estimated peak VRAM of {fit.estimate.total_bytes / GIB:.1f} GiB does not fit in "

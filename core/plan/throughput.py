@@ -10,11 +10,12 @@ rank recipes and to size a run, not to replace a measurement.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from core.families import FAMILIES, spec
-from core.memory.trainable import trainable
-from core.settings import FULL_METHODS, resolve
+from core.memory.trainable import settled, trainable
+from core.settings import FULL_METHODS
 
 #: VAE encoder forward, TFLOPs per 512×512 image (same architecture for all families).
 VAE_ENCODE_TFLOPS_512 = 1.1
@@ -33,6 +34,15 @@ BATCH_EFFICIENCY_EXPONENT = 0.3
 OPTIMIZER_BYTES_PER_PARAM = {"adamw": 28, "adamw8bit": 20, "lion": 20, "lion8bit": 14, "adafactor": 24}
 #: Memory bandwidth assumed per dense fp16 TFLOP/s when the GPU has no catalog figure (bytes/s).
 BANDWIDTH_PER_TFLOPS = 6e9
+#: Host-to-device bytes/s from pinned memory by PCIe generation (x16, what a copy on a side
+#: stream reaches: about 80 % of the link's 16 / 32 / 64 GB/s).
+PCIE_BYTES_PER_S = {3: 12e9, 4: 25e9, 5: 50e9}
+#: The compute capability from which GPUs have fp8 tensor cores (Ada 8.9, Hopper 9.0, Blackwell).
+FP8_COMPUTE_CAPABILITY = (8, 9)
+#: Share of the memory bandwidth a dequantization pass reaches: torchao's int8 / fp8 upcast is a
+#: plain scaled cast (small per-layer launches: half the bandwidth); bitsandbytes' nf4 looks each
+#: 4-bit code up in its table and rescales per block (a quarter). To be calibrated by bench_gpu.
+DEQUANT_EFFICIENCY = {"fp8": 0.5, "fp8_scaled": 0.5, "int8": 0.5, "nf4": 0.25}
 #: Throughput kept per doubling of the GPU count: (full weights, adapters) × (one node, across nodes).
 SCALING_PER_DOUBLING = {("full", False): 0.92, ("full", True): 0.85, ("adapter", False): 0.97, ("adapter", True): 0.93}
 
@@ -40,7 +50,7 @@ SCALING_PER_DOUBLING = {("full", False): 0.92, ("full", True): 0.85, ("adapter",
 def training_tflops_per_image(family: str, method: str, settings: dict[str, Any]) -> float:
     """TFLOPs one training image costs: the denoiser's forward+backward (its linear part grows with the
     pixels, a transformer's attention with their square), plus what is not cached."""
-    settings = resolve("settings", settings)
+    settings = settled(settings)
     resolution = int(settings["resolution"])
     family_spec = spec(family)
     pixel_scale = (resolution / family_spec.native_resolution) ** 2
@@ -64,7 +74,7 @@ def training_tflops_per_image(family: str, method: str, settings: dict[str, Any]
 
 def batch_efficiency(family: str, settings: dict[str, Any]) -> float:
     """Fraction of the saturated MFU reached with this batch and resolution (0.35 … 1)."""
-    settings = resolve("settings", settings)
+    settings = settled(settings)
     latent_pixels = (int(settings["resolution"]) // 8) ** 2 * int(settings["batch_size"])
     efficiency: float = (latent_pixels / SATURATING_LATENT_PIXELS) ** BATCH_EFFICIENCY_EXPONENT
     return max(0.35, min(1.0, efficiency))
@@ -86,10 +96,11 @@ def dense_tflops(gpu: Any, mixed_precision: str) -> float | None:
 
 
 def images_per_second(family: str, method: str, settings: dict[str, Any], gpu: Any, accumulation: int = 1) -> float | None:
-    """Training images per second on one GPU; None without a known GPU (e.g. on the CPU)."""
+    """Training images per second on one GPU, the memory techniques priced in; None without a
+    known GPU (e.g. on the CPU)."""
     if gpu is None or family not in FAMILIES:
         return None
-    settings = resolve("settings", settings)
+    settings = settled(settings)
     tflops = dense_tflops(gpu, str(settings["mixed_precision"]))
     if not tflops:
         return None
@@ -100,7 +111,96 @@ def images_per_second(family: str, method: str, settings: dict[str, Any], gpu: A
     optimizer = str(settings["optimizer"])
     step_s = trainable(family, method, settings).params * OPTIMIZER_BYTES_PER_PARAM.get(optimizer, 28) / bandwidth
     images_per_step = int(settings["batch_size"]) * max(1, accumulation)
-    return 1.0 / (compute_s + step_s / images_per_step)
+    cost = technique_cost(family, method, settings, gpu)
+    per_image = compute_s + (step_s + cost.seconds_per_step * max(1, accumulation)) / images_per_step
+    return 1.0 / per_image
+
+
+@dataclass(frozen=True)
+class TechniqueCost:
+    """What the memory techniques cost per optimizer step on one GPU: ``swap_s`` the exposed
+    (not hidden) PCIe time of the swapped blocks, ``dequant_s`` the weight dequantization;
+    ``notes`` say why (the matmuls themselves keep the compute dtype's rate: the trainer's
+    quantized bases are weight-only)."""
+
+    swap_s: float = 0.0
+    dequant_s: float = 0.0
+    notes: tuple[str, ...] = ()
+
+    @property
+    def seconds_per_step(self) -> float:
+        """Seconds added to each micro-batch."""
+        return self.swap_s + self.dequant_s
+
+
+def has_fp8_compute(gpu: Any) -> bool:
+    """Whether the GPU has fp8 tensor cores (compute capability 8.9, Ada, and later)."""
+    cc = _compute_capability(gpu)
+    return cc is not None and cc >= FP8_COMPUTE_CAPABILITY
+
+
+def _compute_capability(gpu: Any) -> tuple[int, int] | None:
+    """A probed GPU's or catalog model's compute capability (None when unknown)."""
+    cc = getattr(gpu, "compute_capability", None) or getattr(getattr(gpu, "model", None), "compute_capability", None)
+    return (int(cc[0]), int(cc[1])) if cc else None
+
+
+def pcie_bytes_per_second(gpu: Any) -> float:
+    """Host-to-device bandwidth from pinned memory: PCIe 5 from Hopper on (9.0+), 4 for Ampere
+    and Ada (8.x), 3 before; the RTX 50 series (12.x) is PCIe 5 too."""
+    cc = _compute_capability(gpu)
+    major = cc[0] if cc else 8
+    return PCIE_BYTES_PER_S[5 if major >= 9 else 4 if major == 8 else 3]
+
+
+def technique_cost(family: str, method: str, settings: dict[str, Any], gpu: Any) -> TechniqueCost:
+    """The price of the base precision and the block swap on ``gpu`` (see docs/planning.md).
+
+    Block swap: each swapped block crosses PCIe twice a step (forward and backward, host to
+    device only: the frozen copy on the GPU is dropped, not copied back), one block ahead of
+    the compute; a transfer longer than the block it overlaps costs the difference.
+    A quantized base is weight-only (core/train/model/quantize.py): each use of a weight (forward,
+    backward, a checkpointed recompute) first writes its compute-dtype copy, a memory-bound pass
+    over the layer; the matmul itself runs at the compute dtype's rate on every GPU, fp8 tensor
+    cores (Ada and later) unused.
+    """
+    from core.memory.data import params
+    from core.memory.techniques import STORAGE, precision_of, stored_bytes, swap_of
+
+    settings = settled(settings)
+    tflops = dense_tflops(gpu, str(settings["mixed_precision"]))
+    if not tflops or (method in FULL_METHODS and not int(settings.get("blocks_to_swap", 0) or 0)):
+        return TechniqueCost()
+    comp = params()[family][spec(family).denoiser]
+    base = precision_of(settings.get("base_precision"), str(settings["mixed_precision"])) if method not in FULL_METHODS else "bf16"
+    batch = int(settings["batch_size"])
+    forward_s = spec(family).denoiser_tflops * (int(settings["resolution"]) / spec(family).native_resolution) ** 2 * 1e12 * batch / (tflops * 1e12 * MATMUL_EFFICIENCY)
+    notes: list[str] = []
+    swap_s = 0.0
+    swap = swap_of(family, int(settings.get("blocks_to_swap", 0) or 0))
+    if swap.count:
+        pcie = pcie_bytes_per_second(gpu)
+        backward_passes = 2.0 if settings["gradient_checkpointing"] else 1.0
+        moved = 0
+        for block in swap.blocks:
+            block_bytes = stored_bytes(comp, base, block) if method not in FULL_METHODS else block * 4
+            moved += 2 * block_bytes
+            transfer = block_bytes / pcie
+            compute = forward_s * block / max(1, int(comp["params"]))
+            swap_s += max(0.0, transfer - compute) + max(0.0, transfer - compute * backward_passes)
+        notes.append(f"{swap.count} blocks swapped: {moved / 1e9:.1f} GB over PCIe per step at {pcie / 1e9:.0f} GB/s, {swap_s:.2f} s of it not hidden by compute")
+    dequant_s = 0.0
+    if base in STORAGE:
+        uses = 2.0 + (1.0 if settings["gradient_checkpointing"] else 0.0)
+        quantized = int(comp.get("quantizable_params", 0))
+        dequant_s = uses * quantized * (STORAGE[base].value_bytes + 2 * 2) / (memory_bandwidth(gpu) * DEQUANT_EFFICIENCY[base])
+        notes.append(f"{base} base: weight-only, each use of a weight is upcast to the compute dtype for its matmul ({dequant_s:.2f} s a step)")
+        if base.startswith("fp8"):
+            notes.append(
+                "fp8 matmuls are not used: the weights are only stored in fp8"
+                + (", as this GPU has no fp8 compute (before Ada) anyway" if not has_fp8_compute(gpu) else " (this GPU's fp8 tensor cores stay idle)")
+            )
+    return TechniqueCost(swap_s, dequant_s, tuple(notes))
 
 
 def scaling_factor(gpus: int, method: str = "lora", num_machines: int = 1) -> float:
@@ -137,7 +237,7 @@ def sample_seconds_per_image(family: str, settings: dict[str, Any], gpu: Any, st
     once, the VAE decoder once; None without a known GPU."""
     if gpu is None or family not in FAMILIES:
         return None
-    settings = resolve("settings", settings)
+    settings = settled(settings)
     tflops = dense_tflops(gpu, str(settings["mixed_precision"]))
     if not tflops:
         return None

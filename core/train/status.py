@@ -109,10 +109,11 @@ def oom_hint(family: str | None, method: str, settings: dict[str, Any], step: in
         from core.plan.picker import RunShape, pick_recipes
         from core.recipes import load_recipes
 
-        fits = [f for f in pick_recipes(family, method, probe(), load_recipes(), shape=shape or RunShape()) if f.name != settings.get("recipe")]
+        fits = [f for f in pick_recipes(family, method, probe(), load_recipes(), shape=shape or RunShape()) if f.name != settings.get("recipe") or f.changes]
         if fits:
             leanest = min(fits, key=lambda f: f.estimate.total_bytes)
-            return f"out of memory at step {step}: restart with the recipe '{leanest.name}' (estimated {leanest.estimate.gb:.1f} GiB, which fits this GPU)"
+            sets = "".join(f" --set {k}={str(v).lower()}" for k, v in leanest.changes.items())
+            return f"out of memory at step {step}: restart with the recipe '{leanest.name}'{sets} (estimated {leanest.estimate.gb:.1f} GiB, which fits this GPU)"
     except Exception:  # noqa: BLE001 - the picker is advice only; fall back to generic advice
         pass
     advice = []

@@ -127,8 +127,27 @@ def recipe_line(fit: Any, vram: int | None, name_width: int = 0) -> Text:
         text.append(f"{fit.images_per_second:5.1f} img/s ")
     if vram:
         text.append(bar(est / vram, 6) + " ", style="green" if fit.fits else "red")
+    adjusted = adjustment(fit)
+    if adjusted:
+        text.append(adjusted + " ", style="yellow")
     text.append(getattr(fit.recipe, "summary", "") or "", style="dim")
     return text
+
+
+def adjustment(fit: Any) -> str:
+    """What the picker composed into a recipe for these GPUs and its cost, e.g. ``[fp8_scaled
+    base, 8 blocks swapped, batch 2; 1.4× slower]`` (empty for the recipe as written)."""
+    changes = getattr(fit, "changes", {}) or {}
+    if not changes:
+        return ""
+    parts = [fit.techniques()] if fit.techniques() else []
+    for key, label in (("gradient_checkpointing", "checkpointing"), ("batch_size", "batch"), ("resolution", "resolution")):
+        if key in changes:
+            value = changes[key]
+            parts.append(f"{label} {'on' if value is True else 'off' if value is False else value}")
+    slower = fit.slowdown()
+    cost = f"; {slower:.1f}× slower" if slower is not None and slower >= 1.05 else ""
+    return f"[{', '.join(p for p in parts if p)}{cost}]"
 
 
 def estimate_line(fit: Any, smallest: Any, recipe: str) -> Text:
@@ -142,4 +161,10 @@ def estimate_line(fit: Any, smallest: Any, recipe: str) -> Text:
     text.append(bar(est / vram, 20), style="green" if fit.fits else "red")
     text.append(f" {est / GIB:.1f} of {vram / GIB:.0f} GiB — ")
     text.append("fits" if fit.fits else "does not fit", style="bold green" if fit.fits else "bold red")
+    techniques = fit.techniques()
+    if techniques:
+        text.append(f" — {techniques}")
+    if fit.ram_need_bytes:
+        have = f" of {fit.ram_bytes / GIB:.0f}" if fit.ram_bytes else ""
+        text.append(f"; RAM {fit.ram_need_bytes / GIB:.1f}{have} GiB", style="red" if fit.ram_fits is False else "")
     return text

@@ -14,7 +14,7 @@ from typing import Any
 
 from core.families.flow_mmdit import BUCKET_STEP, METHODS, OBJECTIVES, T5_XXL, VAE_16
 from core.families.flux import LORA_TARGETS as FLUX_TARGETS
-from core.families.flux import SCHEDULER_DEV
+from core.families.flux import SCHEDULER_DEV, SWAP_BLOCKS, T5_HIGH_PRECISION, TRANSFORMER_HIGH_PRECISION
 from core.families.spec import FamilySpec, LrDefault, Recognition, TextEncoder, Variant
 
 TRANSFORMER: dict[str, Any] = {
@@ -77,6 +77,8 @@ SPEC = FamilySpec(
     modelspec_architectures={"epsilon": "chroma"},
     modelspec_implementation="https://huggingface.co/lodestones/Chroma",
     pipeline_class="ChromaPipeline",
+    swap_blocks=SWAP_BLOCKS,
+    high_precision={"transformer": (*TRANSFORMER_HIGH_PRECISION, "distilled_guidance_layer.*"), "text_encoder": T5_HIGH_PRECISION},
     recognition=Recognition(
         pipeline_mark="ChromaPipeline",
         unet_marks={"_class_name": "ChromaTransformer2DModel", "approximator_num_channels": 64},

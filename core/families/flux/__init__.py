@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from core.families.flow_mmdit import BUCKET_STEP, COMPONENT_CLASSES, METHODS, OBJECTIVES, T5_XXL, VAE_16
-from core.families.sd_unet import CLIP_L, CLIP_TOKENS
+from core.families.sd_unet import CLIP_HIGH_PRECISION, CLIP_L, CLIP_TOKENS
 from core.families.sd_unet import LORA_TARGETS as SD_LORA_TARGETS
 from core.families.spec import FamilySpec, LrDefault, Recognition, TextEncoder, Variant
 
@@ -81,6 +81,16 @@ T5_ENCODER = TextEncoder(
     trainable=False,
 )
 
+#: Block swap streams the 19 double-stream blocks, then the 38 single-stream ones (forward order).
+SWAP_BLOCKS: dict[str, str] = {"transformer_blocks": "num_layers", "single_transformer_blocks": "num_single_layers"}
+#: What keeps the compute precision under a quantized base (the layers sd-scripts and musubi-tuner
+#: keep out of fp8): the image/text/timestep/guidance embedders, every norm (the blocks'
+#: modulation linears live in ``norm1``/``norm``, and the final ``norm_out``) and the output
+#: projection; T5 keeps its feed-forward output ``wo`` (transformers keeps it in fp32 for T5) and
+#: its norms.
+TRANSFORMER_HIGH_PRECISION = ("x_embedder", "context_embedder", "time_text_embed.*", "*norm*", "proj_out")
+T5_HIGH_PRECISION = ("*layer_norm*", "*.wo")
+
 SPEC = FamilySpec(
     name="flux",
     title="FLUX.1",
@@ -107,6 +117,8 @@ SPEC = FamilySpec(
     modelspec_architectures={"epsilon": "flux-1-dev", "flux-dev": "flux-1-dev", "flux-schnell": "flux-1-schnell"},
     modelspec_implementation="https://github.com/black-forest-labs/flux",
     pipeline_class="FluxPipeline",
+    swap_blocks=SWAP_BLOCKS,
+    high_precision={"transformer": TRANSFORMER_HIGH_PRECISION, "text_encoder": CLIP_HIGH_PRECISION, "text_encoder_2": T5_HIGH_PRECISION},
     recognition=Recognition(
         pipeline_mark="FluxPipeline",
         unet_marks={"_class_name": "FluxTransformer2DModel", "pooled_projection_dim": 768},
