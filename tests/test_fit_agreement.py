@@ -85,6 +85,8 @@ class PlainConfig:
     distributed: dict[str, Any]
     subsets: list[dict[str, Any]] = field(default_factory=list)
     method_section: dict[str, Any] = field(default_factory=lambda: {"class_prompt": CLASS_PROMPT})
+    #: No model file: the plan is of the family's default variant.
+    model_path: str = ""
 
     def section(self, name: str) -> dict[str, Any]:
         """The other sections make_plan reads: [method] (the class prompt), [validation] (off) and [dataset] (no masks)."""
