@@ -323,7 +323,7 @@ def test_a_de_distill_adapter_is_merged_into_the_base_before_training(zimage, tm
         timesteps = torch.tensor([500.0])
         with_adapter = RT.predict(adapter.denoiser, noisy, timesteps, text.prompt_embeds, extra)
         torch.testing.assert_close(RT.predict(merged.denoiser, noisy, timesteps, text.prompt_embeds, extra), with_adapter, atol=1e-5, rtol=1e-4)
-    with pytest.raises(UserError, match="settings.merge_lora"):
+    with pytest.raises(UserError, match=r"settings\.merge_lora"):
         load_components(str(zimage), settings={"merge_lora": str(tmp_path / "missing.safetensors")})
 
     data = kohya_dataset(((1, "sks dog", 2),))
