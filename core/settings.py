@@ -186,6 +186,7 @@ SETTINGS: dict[str, Setting] = {
             "transformer families with one block list (Z-Image's 30 layers): the blocks LoRA adapts, e.g. 0-9,20 (empty or all = every block, none = only the refiners)",
         ),
         _s("init_lora", str, "", "a LoRA file (kohya or diffusers format) the run starts from"),
+        _s("merge_lora", str, "", "a LoRA file fused into the base weights before training, e.g. Z-Image Turbo's de-distill adapter (empty = none)"),
         _s("use_dora", bool, False, "weight-decomposed LoRA (DoRA): learns magnitude and direction apart; a little better, a little slower"),
         _s("ti_num_vectors", int, 4, "embedding vectors of the new word: more learns more, but the word takes more of the prompt's 75 tokens", minimum=1, maximum=75),
         _s("ti_init_word", str, "", "word whose embedding initialises the new token"),

@@ -308,3 +308,28 @@ def test_the_wizard_offers_both_variants_and_the_methods_zimage_trains(tmp_path)
     for model in ("z-image-turbo", "z-image"):
         assert state.set_model(model) == "zimage" and state.planning_only
     assert state.methods() == ("lora", "finetune") and state.settings["resolution"] == 1024
+
+
+@pytest.mark.slow
+def test_a_de_distill_adapter_is_merged_into_the_base_before_training(zimage, tmp_path, kohya_dataset):
+    adapter = _trained_lora(zimage, ["attention.to_q", "attention.to_v", "feed_forward.w2"])
+    files = save_lora(adapter, tmp_path / "adapter", "zimage_turbo_training_adapter")
+    merged = load_components(str(zimage), settings={"merge_lora": str(files.single_file)})
+    assert not any("lora_" in name for name, _ in merged.denoiser.named_parameters())
+    with torch.no_grad():
+        noisy = torch.randn(1, 16, 8, 8, generator=torch.Generator().manual_seed(3))
+        text = RT.encode_text(merged.text_encoders, RT.tokenize(merged.tokenizers, ["a dog"]), 1)
+        extra = RT.extra_conditioning(text, {}, "cpu", {})
+        timesteps = torch.tensor([500.0])
+        with_adapter = RT.predict(adapter.denoiser, noisy, timesteps, text.prompt_embeds, extra)
+        torch.testing.assert_close(RT.predict(merged.denoiser, noisy, timesteps, text.prompt_embeds, extra), with_adapter, atol=1e-5, rtol=1e-4)
+    with pytest.raises(UserError, match=r"settings\.merge_lora"):
+        load_components(str(zimage), settings={"merge_lora": str(tmp_path / "missing.safetensors")})
+
+    data = kohya_dataset(((1, "sks dog", 2),))
+    run = make_run(tmp_path / "run", zimage, data, "zimage", settings={"merge_lora": str(files.single_file)}, schedule={"max_steps": 2})
+    assert train(run) == 0 and status(run)["state"] == "finished"
+    from safetensors.torch import load_file
+
+    trained = {k.rsplit(".", 2)[0] for k in load_file(str(run / "output" / "tiny.safetensors")) if k.endswith("lora_down.weight")}
+    assert "diffusion_model.layers.0.attention.to_k" in trained  # the run's own adapter (attn), not the merged one's modules only

@@ -98,7 +98,7 @@ QWEN3_ENCODER = TextEncoder(
 TURBO_NOTE = (
     "Z-Image Turbo is step-distilled: a LoRA trained on it directly breaks the distillation within a few thousand steps "
     "(blurry, generic samples); train on Z-Image Base (Tongyi-MAI/Z-Image, whose LoRAs load on Turbo) or on Turbo with "
-    "a de-distill adapter merged in (ostris/zimage_turbo_training_adapter, ostris/Z-Image-De-Turbo), and keep the run short"
+    "a de-distill adapter merged in (settings.merge_lora = ostris's zimage_turbo_training_adapter), and keep the run short"
 )
 TURBO = Variant("z-image-turbo", "zimage", "Z-Image Turbo", native_resolution=1024, sample_steps=9, guidance_scale=0.0, name_pattern=r"turbo", training_note=TURBO_NOTE)
 BASE = Variant("z-image", "zimage", "Z-Image (Base)", native_resolution=1024, sample_steps=50, guidance_scale=4.0, name_pattern=r"z[-_]?image")

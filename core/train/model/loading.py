@@ -95,7 +95,8 @@ def load_components(
     ``prediction_type="auto"`` reads the scheduler config. ``dtypes``
     (component name or ``"default"`` -> torch dtype) reads the weights straight into those dtypes
     (memory-mapped safetensors, no full fp32 copy on the way); without it they load in fp32.
-    ``settings`` (the run's) are checked against the family's objective (a UserError for one it cannot honour).
+    ``settings`` (the run's) are checked against the family's objective (a UserError for one it cannot honour);
+    their ``merge_lora`` is fused into the weights (``core.train.model.merge``).
     ``split_files`` are ``[model]``'s separate parts: ``denoiser`` and each text encoder by its kind
     (``clip_l``, ``clip_g``, ``t5xxl``, ``qwen3``), empty ones ignored.
     """
@@ -114,7 +115,7 @@ def load_components(
     scheduler_config = dict(loaded.scheduler.config)
     resolved = prediction_type if prediction_type in family_spec.objectives else family_runtime.prediction_type(scheduler_config, dict(loaded.denoiser.config))
     noise_scheduler = family_runtime.noise_scheduler(scheduler_config, resolved)
-    return Components(
+    components = Components(
         family=loaded.family,
         prediction_type=resolved,
         denoiser=loaded.denoiser,
@@ -128,3 +129,8 @@ def load_components(
         scheduler=family_runtime.inference_scheduler(loaded.scheduler, resolved),
         variant=loaded.variant,
     )
+    if settings and settings.get("merge_lora"):
+        from core.train.model.merge import merge_lora
+
+        merge_lora(components, str(settings["merge_lora"]))
+    return components
