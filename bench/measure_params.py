@@ -7,7 +7,10 @@ few seconds) and records per component: the parameter count, the LoRA "width" pe
 and the adapted layer count and weight size (LoHa/LoKr build a delta of that size), the largest single tensor (what a fused backward pass holds as
 gradient), the fp32 values Adafactor's factored second moment keeps, plus the text encoders'
 embedding size for textual inversion.
-``--check`` compares the file with a fresh build instead of writing it.
+``--check`` compares the file with a fresh build instead of writing it. Families named on the
+command line are measured alone and merged into the file (the others' entries are kept). A
+variant with components of its own size (``flux2-klein-9b``, ``flux2-dev``) gets an entry of its
+own under its name.
 """
 
 from __future__ import annotations
@@ -27,12 +30,12 @@ from core.families.sd_unet import is_lora_target
 PARAMS_JSON = Path(__file__).resolve().parents[1] / "core" / "memory" / "params.json"
 
 
-def build_meta(family: str, kind: str, config: dict[str, Any]) -> Any:
-    """Build component ``kind`` of ``family`` with the real config on the meta device (its spec's class)."""
+def build_meta(family: str, kind: str, config: dict[str, Any], variant: str = "") -> Any:
+    """Build component ``kind`` of ``family`` (its ``variant``) with the real config on the meta device (its spec's class)."""
     import torch
 
     with torch.device("meta"):
-        return build_component(spec(family), kind, config)
+        return build_component(spec(family), kind, config, variant)
 
 
 def lora_width(module: Any) -> int:
@@ -54,12 +57,12 @@ def adafactor_floats(shape: tuple[int, ...]) -> int:
     return math.prod(shape[:-1]) + math.prod(shape[:-2] + shape[-1:])
 
 
-def describe(family: str, kind: str, model: Any) -> dict[str, Any]:
+def describe(family: str, kind: str, model: Any, variant: str = "") -> dict[str, Any]:
     """Parameter count, LoRA widths per target choice, and embedding sizes of one component of ``family``."""
     family_spec = spec(family)
     params = list(model.parameters())
     entry: dict[str, Any] = {
-        "class": family_spec.component_classes[kind],
+        "class": family_spec.component_class_names(variant)[kind],
         "params": sum(p.numel() for p in params),
         "largest_param": max(p.numel() for p in params),
         "adafactor_state_floats": sum(adafactor_floats(tuple(p.shape)) for p in params),
@@ -76,14 +79,25 @@ def describe(family: str, kind: str, model: Any) -> dict[str, Any]:
         entry["lora_layers"][choice] = len(layers)
         entry["lora_weight_params"][choice] = sum(m.weight.numel() for m in layers)
     if kind != family_spec.denoiser:
-        config = model.config
+        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         entry["hidden_size"] = config.hidden_size
         entry["token_embedding_params"] = config.vocab_size * config.hidden_size
     return entry
 
 
-def measure() -> dict[str, Any]:
-    """The whole params.json document, freshly measured."""
+def measure_family(family: str) -> dict[str, dict[str, Any]]:
+    """The entries of one family: its own, and one per variant with components of another size."""
+    family_spec = spec(family)
+    out = {family: {kind: describe(family, kind, build_meta(family, kind, cfg)) for kind, cfg in family_spec.component_configs().items()}}
+    for variant in family_spec.variants:
+        if variant.configs:
+            configs = family_spec.component_configs(variant.name)
+            out[variant.name] = {kind: describe(family, kind, build_meta(family, kind, cfg, variant.name), variant.name) for kind, cfg in configs.items()}
+    return out
+
+
+def measure(families: tuple[str, ...] = FAMILIES, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The params.json document: ``families`` freshly measured, merged over ``base``'s entries."""
     import diffusers
     import transformers
 
@@ -91,10 +105,10 @@ def measure() -> dict[str, Any]:
         "generated_by": "bench/measure_params.py",
         "diffusers": diffusers.__version__,
         "transformers": transformers.__version__,
-        "families": {},
+        "families": dict((base or {}).get("families", {})),
     }
-    for family in FAMILIES:
-        out["families"][family] = {kind: describe(family, kind, build_meta(family, kind, cfg)) for kind, cfg in spec(family).component_configs().items()}
+    for family in families:
+        out["families"].update(measure_family(family))
     return out
 
 
@@ -106,12 +120,13 @@ def strip_versions(doc: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Write params.json, or with ``--check`` report whether it is up to date."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("families", nargs="*", default=list(FAMILIES), help="families to measure and merge into the file (default all)")
     parser.add_argument("--check", action="store_true", help="compare with the stored file; exit 1 if it differs")
     args = parser.parse_args(argv)
-    fresh = measure()
+    stored_doc = json.loads(PARAMS_JSON.read_text()) if PARAMS_JSON.exists() else None
+    fresh = measure(tuple(args.families), None if set(args.families) == set(FAMILIES) else stored_doc)
     if args.check:
-        stored = json.loads(PARAMS_JSON.read_text())
-        same = strip_versions(stored) == strip_versions(fresh)
+        same = stored_doc is not None and strip_versions(stored_doc) == strip_versions(fresh)
         print("params.json is up to date" if same else "params.json differs from the configs; rerun without --check")
         return 0 if same else 1
     write_json_atomic(PARAMS_JSON, fresh)

@@ -45,6 +45,9 @@ class Recognition:
     text_marks: Mapping[str, Any] = field(default_factory=dict)
     checkpoint_keys: tuple[str, ...] = ()
     hub_pattern: str = ""
+    #: Models of the family's shape that it does not train: (lower-case mark in the pipeline class,
+    #: file name or hub id, what the model is) -> detection refuses them with that sentence.
+    refused: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,9 @@ class Variant:
     native_resolution: int = 0
     sample_steps: int = 30
     guidance_scale: float = 7.5
+    #: Components of another class in this variant (name -> ``library.Class``: FLUX.2-dev's Mistral
+    #: text encoder); their ``configs`` replace the family's config instead of changing it.
+    component_classes: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -120,9 +126,19 @@ class FamilySpec:
     def component_configs(self, variant: str = "") -> dict[str, dict[str, Any]]:
         """A fresh (deep) copy of the real-size component configs (of ``variant``, default the family's), to build or change."""
         configs = deepcopy({name: dict(config) for name, config in self.configs.items()})
-        for name, changes in self.variant(variant).configs.items() if variant else ():
-            configs.setdefault(name, {}).update(deepcopy(dict(changes)))
+        if not variant:
+            return configs
+        chosen = self.variant(variant)
+        for name, changes in chosen.configs.items():
+            if name in chosen.component_classes:
+                configs[name] = deepcopy(dict(changes))
+            else:
+                configs.setdefault(name, {}).update(deepcopy(dict(changes)))
         return configs
+
+    def component_class_names(self, variant: str = "") -> dict[str, str]:
+        """Component name -> ``library.Class`` of ``variant`` (default: the family's)."""
+        return {**self.component_classes, **(self.variant(variant).component_classes if variant else {})}
 
     def variant(self, name: str = "") -> Variant:
         """The variant ``name`` (default: the first); KeyError when the family has none by that name."""
