@@ -1,0 +1,172 @@
+"""FLUX.2: the original (ComfyUI) layout of the transformer and of its LoRA files, detection, the variants' sizes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.errors import UserError
+from core.families import flux2
+from core.families.detect import detect_family, family_of_file, family_of_folder
+from core.families.flux2 import layout
+from core.families.flux2 import lora as lora_layout
+from core.families.protocol import AdapterWeights
+
+
+def tiny_transformer(guidance: bool = False):
+    from diffusers import Flux2Transformer2DModel
+
+    torch.manual_seed(0)
+    model = Flux2Transformer2DModel(
+        patch_size=1,
+        in_channels=16,
+        num_layers=2,
+        num_single_layers=2,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=24,
+        timestep_guidance_channels=32,
+        axes_dims_rope=(4, 4, 4, 4),
+        guidance_embeds=guidance,
+    )
+    with torch.no_grad():
+        for param in model.parameters():
+            param.normal_(0, 0.1)
+    return model
+
+
+def test_the_original_layout_is_what_diffusers_converts_back() -> None:
+    from diffusers.loaders.single_file_utils import convert_flux2_transformer_checkpoint_to_diffusers
+
+    model = tiny_transformer(guidance=True)
+    original = layout.to_original(model.state_dict())
+    assert "double_blocks.0.img_attn.qkv.weight" in original and "single_blocks.1.linear1.weight" in original
+    assert "double_blocks.0.img_attn.norm.query_norm.scale" in original and "final_layer.adaLN_modulation.1.weight" in original
+    back = convert_flux2_transformer_checkpoint_to_diffusers(dict(original))
+    ours = model.state_dict()
+    assert set(back) == set(ours)
+    assert all(torch.equal(back[k], ours[k]) for k in ours)
+
+
+def _adapter(model, kind: str = "lora", targets=flux2.LORA_TARGETS["denoiser"]["attn_ff"]) -> AdapterWeights:
+    from peft import LoHaConfig, LoKrConfig, LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and any(n.endswith("." + t) or n == t for t in targets)]
+    config = {
+        "lora": LoraConfig(r=4, lora_alpha=8.0, target_modules=names, init_lora_weights="gaussian"),
+        "loha": LoHaConfig(r=4, alpha=8.0, target_modules=names, init_weights=False),
+        "lokr": LoKrConfig(r=4, alpha=8.0, target_modules=names, init_weights=False),
+    }[kind]
+    model.add_adapter(config)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if any(m in name for m in ("lora_", "hada_", "lokr_")):
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
+    state = {k.replace(".default", ""): v for k, v in get_peft_model_state_dict(model).items()}
+    return AdapterWeights("transformer", state, config)
+
+
+def _apply_comfy(original: dict, comfy: dict) -> dict:
+    """ComfyUI's arithmetic: weight += up @ down * alpha / rank, the LoHa product * alpha / rank, or + diff."""
+    out = dict(original)
+    for key in [k for k in comfy if k.endswith(".lora_down.weight")]:
+        base = key.removesuffix(".lora_down.weight")
+        down, up = comfy[key], comfy[base + ".lora_up.weight"]
+        scale = float(comfy[base + ".alpha"]) / down.shape[0]
+        target = base.removeprefix("diffusion_model.") + ".weight"
+        out[target] = out[target] + up @ down * scale
+    for key in [k for k in comfy if k.endswith(".hada_w1_a")]:
+        base = key.removesuffix(".hada_w1_a")
+        rank = comfy[base + ".hada_w1_b"].shape[0]
+        delta = (comfy[key] @ comfy[base + ".hada_w1_b"]) * (comfy[base + ".hada_w2_a"] @ comfy[base + ".hada_w2_b"])
+        target = base.removeprefix("diffusion_model.") + ".weight"
+        out[target] = out[target] + delta * float(comfy[base + ".alpha"]) / rank
+    for key in [k for k in comfy if k.endswith(".diff")]:
+        target = key.removeprefix("diffusion_model.").removesuffix(".diff") + ".weight"
+        out[target] = out[target] + comfy[key]
+    return out
+
+
+@pytest.mark.parametrize("kind", ["lora", "loha"])
+def test_a_comfyui_lora_file_changes_the_original_weights_as_the_adapter_does(kind: str) -> None:
+    model = tiny_transformer()
+    base = layout.to_original({k: v.clone() for k, v in model.state_dict().items()})
+    adapter = _adapter(model, kind)
+    comfy = lora_layout.comfy_state_dict([adapter], "transformer")
+    assert all(k.startswith("diffusion_model.") for k in comfy)
+    if kind == "lora":
+        assert comfy["diffusion_model.double_blocks.0.img_attn.qkv.lora_down.weight"].shape[0] == 12  # q, k, v stacked
+    else:
+        assert "diffusion_model.double_blocks.0.txt_attn.qkv.diff" in comfy
+    model.fuse_lora() if kind == "lora" else _merge(model)
+    merged = layout.to_original({k.replace(".base_layer", ""): v for k, v in model.state_dict().items() if not any(m in k for m in ("lora_", "hada_"))})
+    applied = _apply_comfy(base, comfy)
+    for key, tensor in merged.items():
+        assert torch.allclose(applied[key], tensor, atol=1e-5), key
+
+
+def _merge(model) -> None:
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.merge()
+
+
+def test_a_comfyui_lora_file_reads_back_into_the_adapter() -> None:
+    model = tiny_transformer()
+    adapter = _adapter(model)
+    comfy = lora_layout.comfy_state_dict([adapter], "transformer")
+    back = lora_layout.from_comfy(comfy, adapter)
+    assert set(back) == set(adapter.state)
+    for key, tensor in adapter.state.items():
+        if key.endswith("lora_A.weight"):
+            module = key.removesuffix(".lora_A.weight")
+            ours = adapter.state[module + ".lora_B.weight"] @ tensor
+            theirs = back[module + ".lora_B.weight"] @ back[key]
+            assert torch.allclose(ours, theirs, atol=1e-6), module
+
+
+def _folder(root: Path, pipeline: str, transformer: dict) -> Path:
+    root.mkdir(parents=True)
+    (root / "model_index.json").write_text(json.dumps({"_class_name": pipeline, "transformer": ["diffusers", "Flux2Transformer2DModel"]}))
+    (root / "transformer").mkdir()
+    (root / "transformer" / "config.json").write_text(json.dumps({"_class_name": "Flux2Transformer2DModel", **transformer}))
+    return root
+
+
+def _safetensors(path: Path, keys: list[str]) -> Path:
+    from safetensors.torch import save_file
+
+    save_file({k: torch.zeros(1) for k in keys}, str(path))
+    return path
+
+
+def test_flux2_models_are_detected_without_torch_clues(tmp_path: Path) -> None:
+    assert family_of_folder(_folder(tmp_path / "klein", "Flux2KleinPipeline", flux2.TRANSFORMER_KLEIN_4B)) == "flux2"
+    assert family_of_folder(_folder(tmp_path / "dev", "Flux2Pipeline", {})) == "flux2"
+    bfl = _safetensors(tmp_path / "flux-2-klein-4b-fp8.safetensors", ["double_blocks.0.img_attn.qkv.weight", "double_stream_modulation_img.lin.weight"])
+    assert family_of_file(bfl) == "flux2"
+    comfy = _safetensors(tmp_path / "comfy.safetensors", ["model.diffusion_model.single_stream_modulation.lin.weight"])
+    assert family_of_file(comfy) == "flux2"
+    assert detect_family("black-forest-labs/FLUX.2-klein-base-4B") == "flux2"
+    assert [detect_family(v) for v in ("flux2-klein-4b", "flux2-klein-9b", "flux2-dev")] == ["flux2"] * 3
+
+
+def test_a_flux1_file_is_still_named_as_not_trained_yet(tmp_path: Path) -> None:
+    flux1 = _safetensors(tmp_path / "flux1-dev.safetensors", ["double_blocks.0.img_attn.qkv.weight", "double_blocks.0.img_mod.lin.weight"])
+    with pytest.raises(UserError, match=r"FLUX\.1"):
+        family_of_file(flux1)
+
+
+def test_the_variants_have_their_own_sizes_and_dev_its_own_text_encoder() -> None:
+    assert flux2.SPEC.component_configs("flux2-klein-9b")["transformer"]["joint_attention_dim"] == 12288
+    dev = flux2.SPEC.component_configs("flux2-dev")
+    assert dev["text_encoder"]["model_type"] == "mistral3" and "head_dim" not in dev["text_encoder"]
+    assert flux2.SPEC.component_class_names("flux2-dev")["text_encoder"] == "transformers.Mistral3ForConditionalGeneration"
+    assert flux2.SPEC.component_class_names()["text_encoder"] == "transformers.Qwen3ForCausalLM"
