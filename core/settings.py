@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.families import FAMILIES, spec
+from core.families.flow_mmdit import FLOW_SAMPLINGS, FLOW_SETTINGS, FLOW_WEIGHTINGS, TRAINING_GUIDANCE
 from core.families.spec import OBJECTIVES
 
 METHODS = ("lora", "dreambooth", "finetune", "textual_inversion")
@@ -182,6 +183,31 @@ SETTINGS: dict[str, Setting] = {
         _s("attention", str, "sdpa", "attention kernel: sdpa (PyTorch's fused one, fast and lean) or eager (plain, for debugging)", choices=ATTENTION),
         _s("channels_last", bool, True, "keep the UNet's activations channels-last: faster convolutions on recent NVIDIA GPUs"),
         _s("min_snr_gamma", float, 0.0, "min-SNR loss weighting: evens out the loss over noise levels, converges faster (0 = off, 5 typical)", minimum=0.0),
+        _s(
+            "flow_sampling",
+            str,
+            FLOW_SETTINGS["flow_sampling"],
+            "flow-matching families: how noise levels are drawn (logit_normal = sd-scripts' sigmoid, uniform, or SD3's mode)",
+            choices=FLOW_SAMPLINGS,
+        ),
+        _s(
+            "flow_shift",
+            float,
+            FLOW_SETTINGS["flow_shift"],
+            "flow-matching families: shift of the noise levels towards noise (0 = the model's own: FLUX.1-dev's by resolution, SD3's 3.0)",
+            minimum=0.0,
+        ),
+        _s(
+            "flow_weighting",
+            str,
+            FLOW_SETTINGS["flow_weighting"],
+            "flow-matching families: loss weighting over noise levels (none, sigma_sqrt or cosmap as SD3's trainers)",
+            choices=FLOW_WEIGHTINGS,
+        ),
+        _s("logit_mean", float, FLOW_SETTINGS["logit_mean"], "flow_sampling = logit_normal: mean of the normal behind the noise levels (0 = centred)"),
+        _s("logit_std", float, FLOW_SETTINGS["logit_std"], "flow_sampling = logit_normal: spread of the normal behind the noise levels", minimum=0.01),
+        _s("mode_scale", float, FLOW_SETTINGS["mode_scale"], "flow_sampling = mode: SD3's mode density scale", minimum=0.0),
+        _s("guidance_scale", float, TRAINING_GUIDANCE, "FLUX.1-dev's embedded guidance while training (1.0 as sd-scripts and ai-toolkit; samples use their own --l)", minimum=0.0),
         _s("noise_offset", float, 0.0, "offset added to the noise so the model learns very dark and very bright images (0 = off, 0.05-0.1 typical)", minimum=0.0),
         _s("ema", bool, False, "keep an exponential moving average of the trained weights"),
         _s("ema_decay", float, 0.9999, "how slowly the moving average follows the weights (0.9999 = slowly; lower it for short runs)", minimum=0.0, maximum=1.0),

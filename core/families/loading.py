@@ -10,13 +10,21 @@ from __future__ import annotations
 
 import importlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.errors import UserError
 from core.families.detect import DENOISER_FOLDERS, family_of_configs, family_of_file, family_of_folder, hub_reachable, is_model_file, looks_like_hub_id
 from core.families.spec import FamilySpec
+
+if TYPE_CHECKING:
+    from core.families.protocol import ModelSource
+
+#: A family's reader of one single file: ``(path, config folder, dtypes) -> parts``.
+SingleFileReader = Callable[[Path, str, "Mapping[str, Any] | None"], dict[str, Any]]
+#: A family's reader of a denoiser-only file in its original layout: ``(file, the base model's denoiser, dtype) -> denoiser``.
+DenoiserReader = Callable[[Path, Any, Any], Any]
 
 
 class ModelLoadError(UserError):
@@ -138,6 +146,57 @@ def load_hub(model_id: str, dtypes: Mapping[str, Any] | None, extras: Mapping[st
     return parts, family
 
 
+def load_source(
+    spec: FamilySpec,
+    source: ModelSource,
+    pipeline_class: Any,
+    dtypes: Mapping[str, Any] | None,
+    extras: Mapping[str, Any],
+    single_file: SingleFileReader | None = None,
+    denoiser_file: DenoiserReader | None = None,
+) -> dict[str, Any]:
+    """A model's parts by component name: ``source.path`` whole (folder, hub id, single file), then
+    the split files of ``source`` in place of those parts.
+
+    ``single_file`` reads a single file where diffusers' ``from_single_file`` does not fit the
+    family (FLUX.1's transformer-only files); ``denoiser_file`` reads a denoiser file in the
+    family's original layout (fp8 files upcast). Both default to diffusers' own loaders.
+    """
+    path = Path(source.path).expanduser()
+    if path.is_dir():
+        parts = load_folder(path, spec, dtypes)
+    elif path.is_file():
+        if single_file is not None:
+            parts = single_file(path, source.config, dtypes)
+        else:
+            parts = load_single_file(path, pipeline_class, source.config, dtypes, extras)
+    else:
+        parts, _family = load_hub(source.path, dtypes, extras)
+    get = (dtypes or {}).get
+    if source.denoiser:
+        dtype = get(spec.denoiser, get("default"))
+        denoiser_path = Path(source.denoiser).expanduser()
+        if denoiser_file is not None and denoiser_path.is_file() and not keys_fit(denoiser_path, parts[spec.denoiser]):
+            parts[spec.denoiser] = denoiser_file(denoiser_path, parts[spec.denoiser], dtype)
+        else:
+            parts[spec.denoiser] = load_part_file("denoiser", spec.denoiser, source.denoiser, parts[spec.denoiser], dtype, "model.denoiser")
+    if source.vae:
+        parts["vae"] = load_part_file("VAE", "vae", source.vae, parts["vae"], get("vae", get("default")), "model.vae")
+    for name, file in source.text_encoders.items():
+        if name not in spec.text_encoder_names:
+            raise ModelLoadError(f"{spec.title} has no text encoder '{name}'; name one of {', '.join(spec.text_encoder_names)}.")
+        parts[name] = load_part_file(f"text encoder {name}", name, file, parts[name], get(name, get("default")), f"model.text_encoders.{name}")
+    return parts
+
+
+def keys_fit(path: Path, like: Any) -> bool:
+    """Whether a safetensors file's tensor names are all ``like``'s own (diffusers / transformers names)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return set(handle.keys()) <= set(like.state_dict())
+
+
 def load_part_file(kind: str, component: str, path_text: str, like: Any, dtype: Any, setting: str) -> Any:
     """A separately given part (split files): a diffusers folder of it (or of a whole model holding it), or one file.
 
@@ -154,11 +213,7 @@ def load_part_file(kind: str, component: str, path_text: str, like: Any, dtype: 
             sub = {"subfolder": component} if (path / component / "config.json").is_file() else {}
             return cls.from_pretrained(str(path), local_files_only=True, **sub, **extra)
         if path.is_file():
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt") as handle:
-                keys = set(handle.keys())
-            if keys <= set(like.state_dict()):
+            if keys_fit(path, like):
                 return _from_state_dict(path, like, dtype)
             if not hasattr(cls, "from_single_file"):
                 raise ModelLoadError(f"The {kind} {path_text} is not in {cls.__name__}'s own key names; convert it to a diffusers folder of the {kind}.")

@@ -18,9 +18,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-#: How a flow objective draws σ, and how it weights the loss.
-FLOW_SAMPLINGS = ("uniform", "logit_normal", "mode")
-FLOW_WEIGHTINGS = ("none", "sigma_sqrt", "cosmap")
+from core.families.flow_mmdit import FLOW_SAMPLINGS, FLOW_SETTINGS, FLOW_WEIGHTINGS
+
+__all__ = ["FLOW_SAMPLINGS", "FLOW_SETTINGS", "FLOW_WEIGHTINGS", "DdpmObjective", "FlowObjective"]
 
 
 @dataclass
@@ -54,8 +54,14 @@ class DdpmObjective:
 
 def check_objective_settings(spec: Any, prediction_type: str, settings: Mapping[str, Any]) -> None:
     """UserError for run settings the objective cannot honour, never a silent ignore: a
-    prediction type the family does not train with, and min-SNR-γ (a DDPM weighting) on flow."""
+    prediction type the family does not train with, min-SNR-γ (a DDPM weighting) on flow, and
+    the flow settings changed on a DDPM objective."""
     from core.errors import UserError
+
+    if prediction_type != "flow":
+        changed = [key for key, default in FLOW_SETTINGS.items() if key in settings and settings[key] != default]
+        if changed:
+            raise UserError(f"settings.{changed[0]} shapes flow matching and the {spec.name} family trains with {prediction_type}; remove it from [settings]")
 
     if prediction_type not in spec.objectives:
         raise UserError(f"the {spec.name} family trains with {', '.join(spec.objectives)}, not {prediction_type}; remove prediction_type from [model] in run.toml")

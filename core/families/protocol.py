@@ -57,6 +57,8 @@ class LoadedModel:
     tokenizers: list[Any]
     scheduler: Any
     source: ModelSource
+    #: The family variant the weights are (FLUX.1-dev or -schnell, from the denoiser's config); "" = the family's default.
+    variant: str = ""
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,11 @@ class FamilyRuntime(Protocol):
     def add_adapter(self, denoiser: Module, config: Any) -> None:
         """Add peft adapter ``config`` to the denoiser."""
 
+    def lora_target_modules(self, denoiser: Module, targets: Sequence[str], settings: Mapping[str, Any]) -> list[str]:
+        """The denoiser's module names peft adapts for the ``lora_targets`` names ``targets`` (suffixes, as
+        ``spec.lora_targets`` lists them): the suffixes themselves, or full names where the run
+        selects blocks (FLUX.1's ``train_double_block_indices``); UserError for a selection the family cannot make."""
+
     supports_channels_last: bool
 
     # ---- objective
@@ -155,14 +162,17 @@ class FamilyRuntime(Protocol):
         """Pixels of normalised latents (the inverse of :meth:`encode_latents`' normalisation)."""
 
     # ---- text
-    def tokenize(self, tokenizers: Sequence[Any], captions: Sequence[str]) -> list[Tensor]:
-        """Token ids per tokenizer, padded and truncated to the spec's ``max_tokens``."""
+    def tokenize(self, tokenizers: Sequence[Any], captions: Sequence[str], variant: str = "") -> list[Tensor]:
+        """Token tensors ``[batch, …]`` per tokenizer at the variant's token limit (``spec.max_tokens``): the ids,
+        and after them the padding mask where the family encodes with one (T5). The trainer only
+        slices their rows and hands them back to :meth:`encode_text`."""
 
     def encode_text(self, encoders: Sequence[Module], token_ids: Sequence[Tensor], clip_skip: int) -> TextEmbeddings:
-        """The denoiser's text conditioning (named tensors a cache can store)."""
+        """The denoiser's text conditioning (named tensors a cache can store) from :meth:`tokenize`'s tensors."""
 
-    def extra_conditioning(self, embeddings: TextEmbeddings, batch: Mapping[str, Any], device: Device) -> dict[str, Tensor] | None:
-        """Per-batch conditioning besides the text states (SDXL's size/crop ids)."""
+    def extra_conditioning(self, embeddings: TextEmbeddings, batch: Mapping[str, Any], device: Device, settings: Mapping[str, Any]) -> dict[str, Tensor] | None:
+        """Per-batch conditioning besides the text states (SDXL's size/crop ids; FLUX.1's pooled vector,
+        text mask and ``settings.guidance_scale``)."""
 
     def predict(self, denoiser: Module, noisy: Tensor, timesteps: Tensor, hidden: Tensor, extra: Mapping[str, Tensor] | None) -> Tensor:
         """The denoiser's forward: its prediction for the noisy latents."""
@@ -184,8 +194,8 @@ class FamilyRuntime(Protocol):
     def lora_from_file(self, tensors: Mapping[str, Tensor], adapter: AdapterWeights, denoiser_config: Mapping[str, Any]) -> dict[str, Tensor]:
         """A LoRA file's tensors for one adapter under peft's keys (kohya names converted, alpha folded in)."""
 
-    def kohya_metadata(self, v_prediction: bool, adapter: str = "lora") -> dict[str, str]:
-        """The family's ``ss_*`` and ``modelspec.*`` values."""
+    def kohya_metadata(self, v_prediction: bool, adapter: str = "lora", variant: str = "") -> dict[str, str]:
+        """The family's ``ss_*`` and ``modelspec.*`` values (of ``variant``: FLUX.1-dev and -schnell differ)."""
 
     def to_original(self, pipe: Any) -> dict[str, Tensor]:
         """A pipeline's weights in the family's original single-file layout."""

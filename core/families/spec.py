@@ -28,6 +28,9 @@ class TextEncoder:
     original_layout: str
     embedding_key: str
     embedding_file: str
+    #: Whether the encoder (and the denoiser's attention) hides the padding tokens (Chroma's T5);
+    #: FLUX.1 and SD 3.x attend to T5's pad tokens as they were trained.
+    attention_mask: bool = False
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,8 @@ class Variant:
 
     ``configs`` are merged over the family's (component name -> changed keys);
     ``sample_steps`` and ``guidance_scale`` are the sampling defaults (a distilled model: few
-    steps and ``guidance_scale = 0``, i.e. no classifier-free guidance).
+    steps and ``guidance_scale = 0``, i.e. no classifier-free guidance); ``max_tokens`` changes
+    text encoders' token limits (encoder name -> tokens: FLUX.1-schnell's T5 takes 256, dev's 512).
     """
 
     name: str
@@ -77,6 +81,7 @@ class Variant:
     native_resolution: int = 0
     sample_steps: int = 30
     guidance_scale: float = 7.5
+    max_tokens: Mapping[str, int] = field(default_factory=dict)
     #: Components of another class in this variant (name -> ``library.Class``: FLUX.2-dev's Mistral
     #: text encoder); their ``configs`` replace the family's config instead of changing it.
     component_classes: Mapping[str, str] = field(default_factory=dict)
@@ -160,6 +165,11 @@ class FamilySpec:
     def tokenizer_names(self) -> tuple[str, ...]:
         """The component names of the tokenizers, in the text encoders' order."""
         return tuple(te.tokenizer for te in self.text_encoders)
+
+    def max_tokens(self, encoder: str, variant: str = "") -> int:
+        """The token limit of text encoder ``encoder`` in ``variant`` (default: the family's)."""
+        limit = next(te.max_tokens for te in self.text_encoders if te.name == encoder)
+        return int(self.variant(variant).max_tokens.get(encoder, limit))
 
     @property
     def text_tokens(self) -> int:

@@ -44,6 +44,8 @@ VAE_ENCODE_TENSORS = 5 * 128
 #: fp32 temporaries Adafactor's step holds for its tensor (gradient, its square, the update,
 #: the parameter for rounding back to bf16).
 STEP_TEMPORARIES = 4
+#: Image pixels per latent pixel side: every family's VAE downsamples 8× (the activation fits are in latent pixels).
+VAE_DOWNSCALE = 8
 #: Adapted layers of one transformer block (self- and cross-attention q, k, v, out; the
 #: feed-forward adds two): how many LoHa/LoKr deltas a checkpointed block rebuilds at once.
 DELTA_LAYERS_PER_BLOCK = 10
@@ -114,7 +116,7 @@ def unet_activation_parts(family: str, mode: str, half: bool, checkpointing: boo
     """
     key = f"{mode}/{'half' if half else 'fp32'}/{'ckpt' if checkpointing else 'nockpt'}/{attention}"
     fit = data.activations()[spec(family).denoiser][family][key]
-    tokens = (resolution / 8) ** 2
+    tokens = (resolution / VAE_DOWNSCALE) ** 2
     return int(_poly(fit["saved"], tokens)), int(_poly(fit["recompute"], tokens) + 2 * _poly(fit["largest"], tokens))
 
 
@@ -123,23 +125,23 @@ def text_encoder_activations(family: str, encoders: list[str], half: bool, check
 
     Without checkpointing every layer's saved tensors (measured, activations.json); with it, as
     the trainer checkpoints trained text encoders, only each layer's input (the fp32 residual
-    stream, 77 tokens × width) plus one layer being recomputed.
+    stream, the encoder's tokens × width) plus one layer being recomputed.
     """
     total = 0
     for name in encoders:
         saved = data.activations()["text_encoders"][family][name] * (1 if half else 2)
         if checkpointing:
             layers, width = _text_encoder_shape(family, name)
-            saved = layers * spec(family).text_tokens * width * 4 + saved // layers
+            saved = layers * spec(family).max_tokens(name) * width * 4 + saved // layers
         total += saved
     return total
 
 
 @cache
 def _text_encoder_shape(family: str, name: str) -> tuple[int, int]:
-    """(layers, hidden width) of one text encoder of ``family`` (its spec's config)."""
+    """(layers, hidden width) of one text encoder of ``family`` (its spec's config: CLIP's or T5's names)."""
     config = spec(family).configs[name]
-    return int(config["num_hidden_layers"]), int(config["hidden_size"])
+    return int(config.get("num_hidden_layers", config.get("num_layers", 0))), int(config.get("hidden_size", config.get("d_model", 0)))
 
 
 def estimate(
@@ -184,6 +186,7 @@ class _Layout:
     """How one estimate's weights are held: byte widths, sharding, what is trained and what stays on the GPU."""
 
     comps: dict[str, Any]
+    denoiser: str
     encoders: list[str]
     n: int
     ds: bool
@@ -214,6 +217,7 @@ def _layout(family: str, method: str, s: dict[str, Any], n: int, backend: str, z
     counted = trainable(family, method, s)
     return _Layout(
         comps=comps,
+        denoiser=spec(family).denoiser,
         encoders=[c for c in comps if c.startswith("text_encoder")],
         n=n,
         ds=ds,
@@ -251,9 +255,9 @@ def _weights(lay: _Layout, method: str, s: dict[str, Any]) -> dict[str, int]:
     comps = lay.comps
     b: dict[str, int] = {}
     if lay.full:
-        b["weights_denoiser"] = comps["unet"]["params"] * lay.trained_store_b // lay.weight_shard
+        b["weights_denoiser"] = comps[lay.denoiser]["params"] * lay.trained_store_b // lay.weight_shard
     else:
-        b["weights_denoiser"] = comps["unet"]["params"] * lay.frozen_b
+        b["weights_denoiser"] = comps[lay.denoiser]["params"] * lay.frozen_b
     b["weights_text_encoders"] = 0
     if lay.te_resident:
         for c in lay.encoders:
@@ -295,7 +299,7 @@ def _gradients(lay: _Layout, s: dict[str, Any], zero_stage: int, offload: bool, 
 def _held_state(lay: _Layout, s: dict[str, Any], offload: bool, backend: str) -> dict[str, int]:
     """What is held throughout: the optimizer state, EMA, DDP buckets and the communication buffers."""
     b: dict[str, int] = {}
-    state = _optimizer_state_bytes(s["optimizer"], lay.trained, 4 if lay.ds else lay.master_b, lay.comps, lay.full, lay.te_trained, lay.encoders)
+    state = _optimizer_state_bytes(s["optimizer"], lay.trained, 4 if lay.ds else lay.master_b, lay.comps, lay.full, lay.te_trained, lay.encoders, lay.denoiser)
     if lay.ds:
         state += lay.trained * 4 if lay.half else 0
         b["optimizer_states"] = 0 if offload else state // lay.n
@@ -321,7 +325,7 @@ def _activations(lay: _Layout, family: str, method: str, s: dict[str, Any], imag
     if method == "lora" and s["lora_type"] != "lora":
         # LoHa / LoKr build each adapted layer's full delta weight in the forward pass (fp32, plus
         # its autocast copy) and keep it for the backward pass: with checkpointing one block's worth
-        adapted = ["unet", *(lay.encoders if lay.te_trained else [])]
+        adapted = [lay.denoiser, *(lay.encoders if lay.te_trained else [])]
         delta = sum(lay.comps[c]["lora_weight_params"][s["lora_targets"]] for c in adapted) * (4 + (2 if lay.half else 0))
         layers = sum(lay.comps[c]["lora_layers"][s["lora_targets"]] for c in adapted)
         if s["gradient_checkpointing"]:
@@ -374,7 +378,7 @@ def _raw(family: str, method: str, s: dict[str, Any], n: int, backend: str, zero
     return b, peak_phase, notes
 
 
-def _optimizer_state_bytes(optimizer: str, trained: int, param_b: int, comps: dict[str, Any], full: bool, te_trained: bool, encoders: list[str]) -> int:
+def _optimizer_state_bytes(optimizer: str, trained: int, param_b: int, comps: dict[str, Any], full: bool, te_trained: bool, encoders: list[str], denoiser: str) -> int:
     """Optimizer state of the trained parameters, unsharded (Prodigy: two moments, s and the start point p0; schedule-free AdamW: z and the second moment; Lion: one moment)."""
     if optimizer in ("adamw", "schedulefree_adamw"):
         return trained * 2 * param_b
@@ -387,7 +391,7 @@ def _optimizer_state_bytes(optimizer: str, trained: int, param_b: int, comps: di
     if optimizer == "lion8bit":
         return trained
     if full:
-        floats: int = comps["unet"]["adafactor_state_floats"]
+        floats: int = comps[denoiser]["adafactor_state_floats"]
         if te_trained:
             floats += sum(comps[c]["adafactor_state_floats"] for c in encoders)
         return floats * 4

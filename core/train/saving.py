@@ -197,7 +197,7 @@ class Saver:
             optimizer=f"{optimizer.__module__}.{optimizer.__name__}",
             network_module=NETWORK_MODULE[settings["lora_type"]],
             network_args=network_args(settings),
-            family_values=c.runtime.kohya_metadata(c.prediction_type == "v_prediction"),
+            family_values=c.runtime.kohya_metadata(c.prediction_type == "v_prediction", variant=c.variant),
         )
         if self._ss_metadata is None:  # the start-of-training part (model hashes read the model file once)
             self._ss_metadata = km.ss_metadata(facts, settings, session.sched, session.data.train_data, session.config.subsets)

@@ -109,7 +109,7 @@ class Stepper:
             trained = any(name in method.modules for name in components.text_encoder_names)
             with contextlib.nullcontext() if trained else torch.no_grad():
                 embeddings = encode_text(components, ids, session.text_encoders(), int(session.settings["clip_skip"]))
-        return embeddings.prompt_embeds, components.runtime.extra_conditioning(embeddings, batch, session.device)
+        return embeddings.prompt_embeds, components.runtime.extra_conditioning(embeddings, batch, session.device, session.settings)
 
     def optimizer_step(self) -> None:
         """Clip, step the optimizer and its LR schedule (unless fp16 scaling skipped it), the method's and EMA's follow-up."""

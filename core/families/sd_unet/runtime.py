@@ -73,24 +73,7 @@ class SDUNetRuntime:
 
     def load(self, source: ModelSource, dtypes: Mapping[str, Any] | None = None) -> LoadedModel:
         """The model's modules: ``source.path`` whole (folder, hub id, single file), its parts replaced by the split files given."""
-        path = Path(source.path).expanduser()
-        if path.is_dir():
-            parts = loading.load_folder(path, self.spec, dtypes)
-        elif path.is_file():
-            parts = loading.load_single_file(path, self.pipeline_class(), source.config, dtypes, self.load_extras)
-        else:
-            parts, _family = loading.load_hub(source.path, dtypes, self.load_extras)
-        get = (dtypes or {}).get
-        if source.denoiser:
-            parts[self.spec.denoiser] = loading.load_part_file(
-                "denoiser", self.spec.denoiser, source.denoiser, parts[self.spec.denoiser], get(self.spec.denoiser, get("default")), "model.denoiser"
-            )
-        if source.vae:
-            parts["vae"] = loading.load_part_file("VAE", "vae", source.vae, parts["vae"], get("vae", get("default")), "model.vae")
-        for name, file in source.text_encoders.items():
-            if name not in self.spec.text_encoder_names:
-                raise loading.ModelLoadError(f"{self.spec.title} has no text encoder '{name}'; name one of {', '.join(self.spec.text_encoder_names)}.")
-            parts[name] = loading.load_part_file(f"text encoder {name}", name, file, parts[name], get(name, get("default")), f"model.text_encoders.{name}")
+        parts = loading.load_source(self.spec, source, self.pipeline_class(), dtypes, self.load_extras)
         return LoadedModel(
             family=self.spec.name,
             denoiser=parts[self.spec.denoiser],
@@ -114,6 +97,10 @@ class SDUNetRuntime:
     def add_adapter(self, denoiser: Any, config: Any) -> None:
         """peft's adapter through diffusers' ``add_adapter``."""
         denoiser.add_adapter(config)
+
+    def lora_target_modules(self, denoiser: Any, targets: Sequence[str], settings: Mapping[str, Any]) -> list[str]:
+        """The ``lora_targets`` suffixes themselves (every UNet block is adapted)."""
+        return list(targets)
 
     # ---- latents
     @staticmethod
@@ -158,7 +145,7 @@ class SDUNetRuntime:
             return vae.decode(latents).sample
 
     # ---- text
-    def tokenize(self, tokenizers: Sequence[Any], captions: Sequence[str]) -> list[Any]:
+    def tokenize(self, tokenizers: Sequence[Any], captions: Sequence[str], variant: str = "") -> list[Any]:
         """Token ids ``[batch, max_tokens]`` per tokenizer: padded and truncated to the spec's ``max_tokens``."""
         return [
             tokenizer(list(captions), padding="max_length", max_length=te.max_tokens, truncation=True, return_tensors="pt").input_ids
@@ -176,7 +163,7 @@ class SDUNetRuntime:
         """The denoiser's text conditioning: the one CLIP encoder's states at kohya's ``clip_skip``."""
         return clip.encode_one(encoders[0], token_ids[0], clip_skip)
 
-    def extra_conditioning(self, embeddings: TextEmbeddings, batch: Mapping[str, Any], device: Any) -> dict[str, Any] | None:
+    def extra_conditioning(self, embeddings: TextEmbeddings, batch: Mapping[str, Any], device: Any, settings: Mapping[str, Any]) -> dict[str, Any] | None:
         """The denoiser's conditioning besides the text states, per batch (none for SD1/SD2)."""
         return None
 
@@ -238,7 +225,7 @@ class SDUNetRuntime:
         """A kohya or diffusers LoRA file's tensors for one adapter, under peft's keys, through the same key tables."""
         return lora_files.from_file(tensors, adapter, lambda component, name: self.kohya_base(component, name, denoiser_config))
 
-    def kohya_metadata(self, v_prediction: bool, adapter: str = "lora") -> dict[str, str]:
+    def kohya_metadata(self, v_prediction: bool, adapter: str = "lora", variant: str = "") -> dict[str, str]:
         """The family's ``ss_*`` / ``modelspec.*`` values, as sd-scripts writes them."""
         return {
             "ss_base_model_version": self.spec.base_model_version(v_prediction),

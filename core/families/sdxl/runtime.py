@@ -43,7 +43,7 @@ class SDXLRuntime(SDUNetRuntime):
         concatenated, and the second encoder's projected pooled output."""
         return clip.encode_concatenated(encoders, token_ids, clip_skip, self.spec.native_clip_layer)
 
-    def extra_conditioning(self, embeddings: TextEmbeddings, batch: Mapping[str, Any], device: Any) -> dict[str, Any] | None:
+    def extra_conditioning(self, embeddings: TextEmbeddings, batch: Mapping[str, Any], device: Any, settings: Mapping[str, Any]) -> dict[str, Any] | None:
         """The UNet's ``added_cond_kwargs``: the pooled text vector and the batch's size/crop ids."""
         ids = time_ids_batch(batch["original_sizes"], batch["crop_top_lefts"], batch["target_sizes"]).to(device)
         pooled = embeddings.pooled_prompt_embeds

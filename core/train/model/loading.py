@@ -38,6 +38,8 @@ class Components:
     runtime: FamilyRuntime
     objective: Objective
     scheduler: Any = None
+    #: The family variant of the weights (``LoadedModel.variant``; "" = the family's default).
+    variant: str = ""
 
     @property
     def spec(self) -> FamilySpec:
@@ -107,4 +109,5 @@ def load_components(
         runtime=family_runtime,
         objective=family_runtime.objective(resolved, noise_scheduler, settings or {}),
         scheduler=family_runtime.inference_scheduler(loaded.scheduler, resolved),
+        variant=loaded.variant,
     )

@@ -185,7 +185,7 @@ def conv_targets(module: Any, targets: tuple[str, ...] | list[str]) -> list[str]
 def _lora(components: Any, denoiser: Any, encoders: dict[str, Any], settings: dict[str, Any], train_te: bool) -> Method:
     family = components.spec
     targets = str(settings.get("lora_targets", "attn"))
-    denoiser_targets = list(family.lora_targets_of(family.denoiser, targets))
+    denoiser_targets = components.runtime.lora_target_modules(denoiser, family.lora_targets_of(family.denoiser, targets), settings)
     components.runtime.add_adapter(denoiser, adapter_config(settings, denoiser_targets, conv_targets(denoiser, denoiser_targets)))
     modules = {family.denoiser: denoiser}
     if train_te:

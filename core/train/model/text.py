@@ -15,8 +15,8 @@ from core.train.model.loading import Components
 
 
 def tokenize(components: Components, captions: Sequence[str]) -> list[Any]:
-    """Token ids ``[batch, max_tokens]`` for each tokenizer, padded and truncated to the family spec's ``max_tokens``."""
-    return components.runtime.tokenize(components.tokenizers, captions)
+    """Token tensors for each tokenizer (ids ``[batch, max_tokens]``, and a T5 padding mask where the family uses one), at the loaded variant's token limit."""
+    return components.runtime.tokenize(components.tokenizers, captions, components.variant)
 
 
 def encode_text(components: Components, token_ids: Sequence[Any], text_encoders: Sequence[Any] | None = None, clip_skip: int = 1) -> TextEmbeddings:

@@ -115,7 +115,7 @@ def render_samples(
     pipe = components.pipeline(denoiser=denoiser, text_encoders=text_encoders)
     base_scheduler = pipe.scheduler
     device = torch.device(device)
-    steps, scale = family_runtime.sample_defaults()
+    steps, scale = family_runtime.sample_defaults(components.variant)
     parsed = [parse_prompt_line(line, width=default_size, height=default_size, scale=scale, steps=steps) for line in prompts]
     wanted = list(indices) if indices is not None else list(range(len(parsed)))
     results: list[SampleResult] = []
