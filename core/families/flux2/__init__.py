@@ -12,16 +12,33 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.families.llm_prompt import CAPTION, QWEN3_NO_THINKING, LlmPrompt, chatml
 from core.families.spec import FamilySpec, LrDefault, Recognition, TextEncoder, Variant
 
-#: The text tokens every caption is padded to (``max_sequence_length``) and the hidden layers whose
-#: states are stacked into the transformer's text input (``text_encoder_out_layers``) per encoder.
+#: The text tokens every caption is padded to (``max_sequence_length``).
 MAX_TOKENS = 512
-KLEIN_LAYERS = (9, 18, 27)
-DEV_LAYERS = (10, 20, 30)
 #: FLUX.2-dev's system prompt (diffusers ``pipelines/flux2/system_messages.py``, from black-forest-labs/flux2).
 DEV_SYSTEM_MESSAGE = (
     "You are an AI that reasons about image descriptions. You give structured responses focusing on object relationships, object\nattribution and actions without speculation."
+)
+#: How Flux2KleinPipeline reads a caption: Qwen3's chat template with thinking off, padded to 512
+#: tokens (the transformer attends to the padding, so there is no mask), hidden layers 9, 18 and 27
+#: side by side (``text_encoder_out_layers``).
+KLEIN_PROMPT = LlmPrompt(
+    template=chatml(think=QWEN3_NO_THINKING),
+    layers=(9, 18, 27),
+    max_tokens=MAX_TOKENS,
+    trim=False,
+    source="diffusers Flux2KleinPipeline._get_qwen3_prompt_embeds",
+)
+#: How Flux2Pipeline (dev) reads one: Mistral Small 3's chat template (its v7 format: the system
+#: prompt, then the user turn, no generation prompt), layers 10, 20 and 30.
+DEV_PROMPT = LlmPrompt(
+    template=f"<s>[SYSTEM_PROMPT]{DEV_SYSTEM_MESSAGE}[/SYSTEM_PROMPT][INST]{CAPTION}[/INST]",
+    layers=(10, 20, 30),
+    max_tokens=MAX_TOKENS,
+    trim=False,
+    source="diffusers Flux2Pipeline._get_mistral_3_small_prompt_embeds",
 )
 
 #: FLUX.2 klein 4B's transformer (scripts/convert_flux2_to_diffusers.py ``klein-4b``); dev's are the class defaults.

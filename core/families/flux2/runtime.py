@@ -10,7 +10,8 @@ from typing import Any
 from core.families.embeddings import TextEmbeddings
 from core.families.flow_mmdit.objective import flow_objective
 from core.families.flow_mmdit.runtime import FlowRuntime
-from core.families.flux2 import DEV_LAYERS, DEV_SYSTEM_MESSAGE, KLEIN_LAYERS, SPEC, layout
+from core.families import llm_text
+from core.families.flux2 import DEV_PROMPT, KLEIN_PROMPT, SPEC, layout
 from core.families.flux2 import lora as lora_layout
 from core.families.flux2 import tiny as tiny_model
 from core.families.lora_files import diffusers_metadata, diffusers_state_dict
@@ -22,6 +23,9 @@ from core.families.wrappers import unwrap
 VARIANT_SIZES = {(5, 20): "flux2-klein-4b", (8, 24): "flux2-klein-9b", (8, 48): "flux2-dev"}
 #: The latents are patchified by the VAE step already: one token per latent pixel.
 PATCH = 1
+#: musubi-tuner's ``flux2_shift`` (kohya-ss/musubi-tuner hv_train_network.py): σ logit-normal, then
+#: shifted by exp(μ), μ linear in the image tokens from 256 (0.5) to 4096 (1.15).
+TRAIN_SHIFT: dict[str, Any] = {"use_dynamic_shifting": True, "base_shift": 0.5, "max_shift": 1.15, "base_image_seq_len": 256, "max_image_seq_len": 4096}
 
 
 class Flux2Runtime(FlowRuntime):
@@ -51,9 +55,9 @@ class Flux2Runtime(FlowRuntime):
         return VARIANT_SIZES.get(size, self.spec.variant().name)
 
     def objective(self, prediction_type: str, noise_scheduler: Any, settings: Mapping[str, Any]) -> FlowObjective:
-        """The flow objective with the scheduler's dynamic shift counted in latent pixels (musubi-tuner's ``flux2_shift``)."""
+        """The flow objective with musubi-tuner's ``flux2_shift`` (``settings.flow_shift`` > 0 fixes the shift instead)."""
         check_objective_settings(self.spec, prediction_type, settings)
-        return flow_objective(dict(noise_scheduler.config), settings, PATCH)
+        return flow_objective({**dict(noise_scheduler.config), **TRAIN_SHIFT}, settings, PATCH)
 
     # ---- latents: 32 VAE channels, 2×2-patchified to 128, normalised by the VAE's batch-norm statistics
     def encode_latents(self, vae: Any, pixels: Any, generator: Any = None) -> Any:
@@ -78,28 +82,16 @@ class Flux2Runtime(FlowRuntime):
 
     # ---- text
     def tokenize(self, tokenizers: Sequence[Any], captions: Sequence[str], variant: str = "") -> list[Any]:
-        """Each caption in its pipeline's chat template (klein: the user turn and an empty thinking block;
-        dev: its system prompt), padded to 512 tokens: the ids and the attention mask."""
+        """Each caption in its pipeline's chat template (klein: the user turn with thinking off; dev: its
+        system prompt), padded to 512 tokens: the ids and the attention mask."""
         tokenizer = tokenizers[0]
-        limit = self.spec.max_tokens(self.spec.text_encoders[0].name, variant)
-        if hasattr(tokenizer, "image_processor"):  # dev's Pixtral processor
-            messages = [
-                [{"role": "system", "content": [{"type": "text", "text": DEV_SYSTEM_MESSAGE}]}, {"role": "user", "content": [{"type": "text", "text": c.replace("[IMG]", "")}]}]
-                for c in captions
-            ]
-            tokens = tokenizer.apply_chat_template(
-                messages, add_generation_prompt=False, tokenize=True, return_dict=True, return_tensors="pt", padding="max_length", truncation=True, max_length=limit
-            )
-            return [tokens["input_ids"], tokens["attention_mask"]]
-        texts = [tokenizer.apply_chat_template([{"role": "user", "content": c}], tokenize=False, add_generation_prompt=True, enable_thinking=False) for c in captions]
-        tokens = tokenizer(texts, padding="max_length", truncation=True, max_length=limit, return_tensors="pt")
-        return [tokens.input_ids, tokens.attention_mask]
+        prompt = DEV_PROMPT if _is_processor(tokenizer) else KLEIN_PROMPT
+        return list(llm_text.tokenize(getattr(tokenizer, "tokenizer", tokenizer), prompt, captions))
 
     def encode_text(self, encoders: Sequence[Any], token_ids: Sequence[Any], clip_skip: int) -> TextEmbeddings:
         """Three hidden layers of the encoder (klein 9/18/27, dev 10/20/30) side by side per token, ``[batch, 512, 3·width]``."""
-        encoder = encoders[0]
-        layers = DEV_LAYERS if _is_mistral(encoder) else KLEIN_LAYERS
-        return TextEmbeddings(stacked_layers(encoder, token_ids[0], token_ids[1], layers))
+        prompt = DEV_PROMPT if _is_mistral(encoders[0]) else KLEIN_PROMPT
+        return llm_text.encode(encoders[0], prompt, token_ids[0], token_ids[1])
 
     def extra_conditioning(self, embeddings: TextEmbeddings, batch: Mapping[str, Any], device: Any, settings: Mapping[str, Any]) -> dict[str, Any] | None:
         """The text tokens' position ids ``(0, 0, 0, l)`` and the embedded guidance dev trains with (``settings.guidance_scale``)."""
@@ -194,16 +186,6 @@ class Flux2Runtime(FlowRuntime):
         return inputs
 
 
-def stacked_layers(encoder: Any, ids: Any, mask: Any, layers: Sequence[int]) -> Any:
-    """The encoder's hidden states at ``layers`` (indices into ``hidden_states``: 0 is the embeddings),
-    each token's side by side, ``[batch, tokens, len(layers) · width]``."""
-    import torch
-
-    device = next(encoder.parameters()).device
-    states = encoder(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True, use_cache=False).hidden_states
-    return torch.cat([states[k] for k in layers], dim=-1)
-
-
 def patchify(latents: Any) -> Any:
     """``[B, C, H, W]`` -> ``[B, 4C, H/2, W/2]`` (each 2×2 patch's values as channels, the pipelines' ``_patchify_latents``)."""
     batch, channels, height, width = latents.shape
@@ -225,6 +207,11 @@ def _bn_stats(vae: Any, like: Any) -> tuple[Any, Any]:
     mean = vae.bn.running_mean.view(1, -1, 1, 1).to(like.device, like.dtype)
     std = torch.sqrt(vae.bn.running_var.view(1, -1, 1, 1) + vae.config.batch_norm_eps).to(like.device, like.dtype)
     return mean, std
+
+
+def _is_processor(tokenizer: Any) -> bool:
+    """Whether ``tokenizer`` is dev's Pixtral processor (a tokenizer and an image processor)."""
+    return hasattr(tokenizer, "image_processor")
 
 
 def _is_mistral(text_encoder: Any) -> bool:

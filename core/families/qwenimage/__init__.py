@@ -13,17 +13,25 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.families.llm_prompt import LlmPrompt, chatml
 from core.families.spec import FamilySpec, LrDefault, Recognition, TextEncoder, Variant
 
-#: The chat template QwenImagePipeline wraps every caption in, and the tokens of its prefix it drops
-#: from the encoder's output (``prompt_template_encode`` / ``prompt_template_encode_start_idx``).
-PROMPT_TEMPLATE = (
-    "<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture, quantity, text, "
-    "spatial relationships of the objects and background:<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
-)
+#: The system prompt QwenImagePipeline's chat template carries (``prompt_template_encode``).
+SYSTEM_PROMPT = "Describe the image by detailing the color, shape, size, texture, quantity, text, spatial relationships of the objects and background:"
+#: The template's leading tokens the pipeline drops from the encoder's output (``prompt_template_encode_start_idx``).
 DROPPED_PREFIX_TOKENS = 34
 #: The caption tokens the pipeline keeps after the prefix (``tokenizer_max_length``).
 MAX_TOKENS = 1024
+#: How QwenImagePipeline reads a caption: the chat template with its system prompt, the last hidden
+#: layer (after the final norm), the prefix dropped, each caption at its own length with a mask.
+PROMPT = LlmPrompt(
+    template=chatml(system=SYSTEM_PROMPT),
+    layers=(-1,),
+    max_tokens=MAX_TOKENS + DROPPED_PREFIX_TOKENS,
+    drop_tokens=DROPPED_PREFIX_TOKENS,
+    trim=True,
+    source="diffusers QwenImagePipeline._get_qwen_prompt_embeds",
+)
 
 TRANSFORMER: dict[str, Any] = {
     "patch_size": 2,

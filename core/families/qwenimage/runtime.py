@@ -6,12 +6,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from core.families import lora_files
+from core.families import llm_text, lora_files
 from core.families.embeddings import TextEmbeddings
 from core.families.flow_mmdit.latents import pack, unpack
 from core.families.flow_mmdit.runtime import FlowRuntime
 from core.families.protocol import AdapterWeights, FamilyRuntime, LoraFiles, SamplePromptLike
-from core.families.qwenimage import DROPPED_PREFIX_TOKENS, PROMPT_TEMPLATE, SPEC
+from core.families.qwenimage import PROMPT, SPEC
 from core.families.qwenimage import tiny as tiny_model
 from core.families.wrappers import unwrap
 
@@ -44,30 +44,16 @@ class QwenImageRuntime(FlowRuntime):
             return vae.decode(frames * std + mean).sample[:, :, 0]
 
     # ---- text: QwenImagePipeline's template, the prefix dropped, a mask over the caption tokens
-    def tokenize(self, tokenizers: Sequence[Any], captions: Sequence[str]) -> list[Any]:
-        """The templated captions' ids and attention mask, padded to the prefix plus ``max_tokens``."""
-        limit = self.spec.text_encoders[0].max_tokens + DROPPED_PREFIX_TOKENS
-        tokens = tokenizers[0]([PROMPT_TEMPLATE.format(c) for c in captions], max_length=limit, padding="max_length", truncation=True, return_tensors="pt")
-        return [tokens.input_ids, tokens.attention_mask]
+    def tokenize(self, tokenizers: Sequence[Any], captions: Sequence[str], variant: str = "") -> list[Any]:
+        """The templated captions' ids and attention mask, padded to the prefix plus 1024 tokens."""
+        return list(llm_text.tokenize(tokenizers[0], PROMPT, captions))
 
     def encode_text(self, encoders: Sequence[Any], token_ids: Sequence[Any], clip_skip: int) -> TextEmbeddings:
         """The last hidden layer over each caption's own tokens (template prefix dropped), padded to the
-        longest caption of the batch, with its attention mask (what ``QwenImagePipeline.encode_prompt`` returns)."""
-        import torch
+        longest caption of the batch, with its mask (what ``QwenImagePipeline.encode_prompt`` returns)."""
+        return llm_text.encode(encoders[0], PROMPT, token_ids[0], token_ids[1])
 
-        encoder = encoders[0]
-        ids, mask = token_ids
-        device = next(encoder.parameters()).device
-        width = int(mask.sum(dim=1).max())
-        ids, mask = ids[:, :width].to(device), mask[:, :width].to(device)
-        states = encoder(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
-        rows = [row[m.bool()][DROPPED_PREFIX_TOKENS:] for row, m in zip(states, mask)]
-        longest = max(r.shape[0] for r in rows)
-        hidden = torch.stack([torch.cat([r, r.new_zeros(longest - r.shape[0], r.shape[1])]) for r in rows])
-        keep = torch.stack([torch.arange(longest, device=device) < r.shape[0] for r in rows]).long()
-        return TextEmbeddings(hidden, None, {"attention_mask": keep})
-
-    def extra_conditioning(self, embeddings: TextEmbeddings, batch: Mapping[str, Any], device: Any) -> dict[str, Any] | None:
+    def extra_conditioning(self, embeddings: TextEmbeddings, batch: Mapping[str, Any], device: Any, settings: Mapping[str, Any]) -> dict[str, Any] | None:
         """The text tokens' mask (the transformer's ``encoder_hidden_states_mask``)."""
         mask = embeddings.extra.get("attention_mask")
         return {"encoder_hidden_states_mask": mask.to(device)} if mask is not None else None
