@@ -158,10 +158,10 @@ def test_flux2_models_are_detected_without_torch_clues(tmp_path: Path) -> None:
     assert [detect_family(v) for v in ("flux2-klein-4b", "flux2-klein-9b", "flux2-dev")] == ["flux2"] * 3
 
 
-def test_a_flux1_file_is_still_named_as_not_trained_yet(tmp_path: Path) -> None:
+def test_a_flux1_file_stays_flux1(tmp_path: Path) -> None:
     flux1 = _safetensors(tmp_path / "flux1-dev.safetensors", ["double_blocks.0.img_attn.qkv.weight", "double_blocks.0.img_mod.lin.weight"])
-    with pytest.raises(UserError, match=r"FLUX\.1"):
-        family_of_file(flux1)
+    assert family_of_file(flux1) == "flux"
+    assert detect_family("black-forest-labs/FLUX.1-dev") == "flux"
 
 
 def test_the_variants_have_their_own_sizes_and_dev_its_own_text_encoder() -> None:

@@ -38,10 +38,7 @@ DENOISER_FOLDERS = ("unet", "transformer")
 _MAX_HEADER = 100 * 1024 * 1024
 _HINT = "give the family instead, e.g. --model sdxl (or set [model] family in run.toml)"
 #: Transformer models of families sdtui does not train yet: checkpoint key markers / denoiser classes -> what they are.
-_NOT_YET: tuple[tuple[tuple[str, ...], str], ...] = (
-    (("double_blocks.", "single_blocks.", "FluxTransformer2DModel", "single_transformer_blocks."), "a FLUX.1-shaped model (double/single-stream transformer blocks)"),
-    (("joint_blocks.", "SD3Transformer2DModel", "context_embedder."), "a Stable Diffusion 3.x model (MMDiT joint blocks)"),
-)
+_NOT_YET: tuple[tuple[tuple[str, ...], str], ...] = ((("joint_blocks.", "SD3Transformer2DModel", "context_embedder."), "a Stable Diffusion 3.x model (MMDiT joint blocks)"),)
 
 
 def hub_offline(environ: Mapping[str, str] | None = None) -> bool:

@@ -78,11 +78,14 @@ def family_of_hub_model(model_id: str) -> str:
     return family_of_configs(parts, str(index.get("_class_name", "")), denoiser, config("text_encoder/config.json") or {}, where=f"'{model_id}'")
 
 
-def load_folder(path: Path, spec: FamilySpec, dtypes: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Each part named in ``model_index.json`` with its own class (the pipelines cost 10 s of imports)."""
+def load_folder(path: Path, spec: FamilySpec, dtypes: Mapping[str, Any] | None, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Each part named in ``model_index.json`` with its own class (the pipelines cost 10 s of imports);
+    the parts in ``skip`` are left out (read from elsewhere: a single file's denoiser)."""
     index = json.loads((path / "model_index.json").read_text(encoding="utf-8"))
     parts: dict[str, Any] = {}
     for name in parts_of(spec):
+        if name in skip:
+            continue
         entry = index.get(name)
         if not isinstance(entry, list) or len(entry) != 2 or entry[0] is None:
             continue
@@ -93,7 +96,7 @@ def load_folder(path: Path, spec: FamilySpec, dtypes: Mapping[str, Any] | None) 
         if dtype is not None and not name.startswith(("tokenizer", "scheduler")):
             kwargs["dtype" if library == "transformers" else "torch_dtype"] = dtype
         parts[name] = cls.from_pretrained(str(path), **kwargs)
-    missing = [n for n in parts_of(spec) if n not in parts]
+    missing = [n for n in parts_of(spec) if n not in parts and n not in skip]
     if missing:
         raise ModelLoadError(f"The diffusers folder {path} has no {', '.join(missing)} in model_index.json; give a complete {spec.title} folder.")
     return parts

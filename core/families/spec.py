@@ -31,6 +31,8 @@ class TextEncoder:
     #: Whether the encoder (and the denoiser's attention) hides the padding tokens (Chroma's T5);
     #: FLUX.1 and SD 3.x attend to T5's pad tokens as they were trained.
     attention_mask: bool = False
+    #: Whether ``train_text_encoder`` may train it (T5-XXL never is: peers freeze it, and it is 4.7B parameters).
+    trainable: bool = True
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,9 @@ class FamilySpec:
     #: Pixels a bucket side must be a multiple of: the VAE's downscale (8), times 2 where the
     #: denoiser packs 2×2 latent patches into one token (16: FLUX, SD 3.x).
     bucket_step: int = 8
+    #: The original single file holds only the denoiser (FLUX.1's and Chroma's releases): the VAE and
+    #: text encoders come from the diffusers folder beside it or as split files.
+    original_denoiser_only: bool = False
 
     def component_configs(self, variant: str = "") -> dict[str, dict[str, Any]]:
         """A fresh (deep) copy of the real-size component configs (of ``variant``, default the family's), to build or change."""
@@ -160,6 +165,11 @@ class FamilySpec:
     def text_encoder_names(self) -> tuple[str, ...]:
         """The component names of the text encoders (``text_encoder``, ``text_encoder_2`` …), in order."""
         return tuple(te.name for te in self.text_encoders)
+
+    @property
+    def trainable_text_encoder_names(self) -> tuple[str, ...]:
+        """The text encoders ``train_text_encoder`` trains (CLIP-L for FLUX.1; never T5)."""
+        return tuple(te.name for te in self.text_encoders if te.trainable)
 
     @property
     def tokenizer_names(self) -> tuple[str, ...]:

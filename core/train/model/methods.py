@@ -127,6 +127,8 @@ def setup_method(kind: str, components: Any, settings: dict[str, Any], placehold
         modules = {components.spec.denoiser: denoiser}
         if train_te:
             for name, te in encoders.items():
+                if name not in components.spec.trainable_text_encoder_names:
+                    continue
                 te.requires_grad_(True)
                 modules[name] = te
         return Method(kind, modules, train_te, denoiser=components.spec.denoiser)
@@ -137,7 +139,7 @@ def trained_components(kind: str, settings: dict[str, Any], family: Any) -> set[
     """The components ``kind`` trains, by name, as :func:`setup_method` makes them trainable (known before loading)."""
     if kind == "textual_inversion":
         return set(family.text_encoder_names)
-    return {family.denoiser, *(family.text_encoder_names if settings.get("train_text_encoder") else ())}
+    return {family.denoiser, *(family.trainable_text_encoder_names if settings.get("train_text_encoder") else ())}
 
 
 def adapter_config(settings: dict[str, Any], target_modules: list[str], conv_modules: list[str] | tuple[str, ...] = ()) -> Any:
@@ -190,6 +192,8 @@ def _lora(components: Any, denoiser: Any, encoders: dict[str, Any], settings: di
     modules = {family.denoiser: denoiser}
     if train_te:
         for name, te in encoders.items():
+            if name not in family.trainable_text_encoder_names:
+                continue
             te.add_adapter(adapter_config(settings, list(family.lora_targets_of(name, targets))))
             modules[name] = te
     return Method("lora", modules, train_te, denoiser=family.denoiser)

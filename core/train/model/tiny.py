@@ -26,7 +26,8 @@ def build_tiny_single_file(family: str, path: str | Path, config_dir: str | Path
     """Write the tiny model of ``family`` as one ``.safetensors`` file in its original single-file layout.
 
     Its diffusers config without weights (what ``from_single_file(path, config=...)`` needs
-    offline: configs, tokenizers) goes to ``config_dir``, by default a folder beside the file
+    offline: configs, tokenizers; where the original file holds only the denoiser, as FLUX.1's,
+    the other parts keep their weights) goes to ``config_dir``, by default a folder beside the file
     named like it without the suffix, where :func:`core.train.model.loading.load_components` looks.
     """
     from core.train.outputs.files import save_original_file
@@ -35,6 +36,7 @@ def build_tiny_single_file(family: str, path: str | Path, config_dir: str | Path
     config = Path(config_dir) if config_dir is not None else target.with_suffix("")
     build_tiny(family, config)
     save_original_file(config, family, target)
-    for weights in config.glob("*/*.safetensors"):
+    denoiser_only = runtime(family).spec.original_denoiser_only
+    for weights in config.glob(f"{runtime(family).spec.denoiser}/*.safetensors" if denoiser_only else "*/*.safetensors"):
         weights.unlink()
     return target
