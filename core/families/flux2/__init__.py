@@ -191,6 +191,7 @@ SPEC = FamilySpec(
             original_layout="transformers",
             embedding_key="",
             embedding_file="",
+            trainable=False,
         ),
     ),
     objective="flow",
@@ -250,4 +251,5 @@ SPEC = FamilySpec(
     ),
     pipeline_clip_skip=False,
     bucket_step=16,
+    original_denoiser_only=True,
 )

@@ -8,8 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from core.families.embeddings import TextEmbeddings
+from core.families.flow_mmdit import single_file
+from core.families.flow_mmdit.blocks import linear_targets
 from core.families.flow_mmdit.objective import flow_objective
 from core.families.flow_mmdit.runtime import FlowRuntime
+from core.families.flux.runtime import BLOCK_SETTINGS, parse_indices
 from core.families import llm_text
 from core.families.flux2 import DEV_PROMPT, KLEIN_PROMPT, SPEC, layout
 from core.families.flux2 import lora as lora_layout
@@ -21,6 +24,8 @@ from core.families.wrappers import unwrap
 
 #: The denoiser sizes of the variants: (double blocks, single blocks) -> variant name.
 VARIANT_SIZES = {(5, 20): "flux2-klein-4b", (8, 24): "flux2-klein-9b", (8, 48): "flux2-dev"}
+#: Where the parts of a transformer-only file come from when no diffusers folder is beside it, per variant.
+HUB_IDS = {"flux2-klein-4b": "black-forest-labs/FLUX.2-klein-base-4B", "flux2-klein-9b": "black-forest-labs/FLUX.2-klein-base-9B", "flux2-dev": "black-forest-labs/FLUX.2-dev"}
 #: The latents are patchified by the VAE step already: one token per latent pixel.
 PATCH = 1
 #: musubi-tuner's ``flux2_shift`` (kohya-ss/musubi-tuner hv_train_network.py): σ logit-normal, then
@@ -48,6 +53,40 @@ class Flux2Runtime(FlowRuntime):
         from diffusers import DiffusionPipeline
 
         return DiffusionPipeline.from_pretrained(model_dir, local_files_only=True)
+
+    def single_file_parts(self, path: Path, config: str, dtypes: Mapping[str, Any] | None) -> dict[str, Any]:
+        """ComfyUI's transformer-only file (Black Forest Labs' layout): the VAE, text encoder and configs from the
+        diffusers folder beside it, or the hub model of the file's size."""
+        return single_file.denoiser_only_parts(self.spec, path, config, dtypes, HUB_IDS.get(self._file_variant(path), ""), self.denoiser_from_file)
+
+    def denoiser_from_file(self, path: Path, like: Any, dtype: Any) -> Any:
+        """A transformer file in Black Forest Labs' layout (bf16, or fp8 upcast) into a copy of ``like``."""
+        from diffusers.loaders.single_file_utils import convert_flux2_transformer_checkpoint_to_diffusers
+
+        return single_file.read_denoiser(self.spec, path, like, dtype, convert_flux2_transformer_checkpoint_to_diffusers)
+
+    @staticmethod
+    def _file_variant(path: Path) -> str:
+        """The variant of an original-layout file, from its block counts."""
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            keys = single_file.strip_prefix(dict.fromkeys(handle.keys()))
+        count = {head: 1 + max((int(k.split(".")[1]) for k in keys if k.startswith(head + ".")), default=-1) for head in ("double_blocks", "single_blocks")}
+        return VARIANT_SIZES.get((count["double_blocks"], count["single_blocks"]), "")
+
+    def lora_target_modules(self, denoiser: Any, targets: Sequence[str], settings: Mapping[str, Any]) -> list[str]:
+        """The targets' Linear layers in the double and single blocks sd-scripts' ``train_double_block_indices`` /
+        ``train_single_block_indices`` select, and for ``all`` the embedders and modulations too."""
+        from core.errors import UserError
+
+        plain = unwrap(denoiser)
+        counts = {"transformer_blocks": int(plain.config.num_layers), "single_transformer_blocks": int(plain.config.num_single_layers)}
+        chosen = {lists: parse_indices(str(settings.get(key, "") or ""), counts[lists], key) for key, lists in BLOCK_SETTINGS.items()}
+        names = linear_targets(plain, targets, chosen, str(settings.get("lora_targets", "attn")) == "all")
+        if not names:
+            raise UserError("settings.train_double_block_indices and train_single_block_indices select no block to train; select at least one block")
+        return names
 
     def variant_of(self, denoiser_config: Mapping[str, Any]) -> str:
         """klein 4B, klein 9B or dev, from the transformer's block counts."""

@@ -126,6 +126,7 @@ SPEC = FamilySpec(
             original_layout="transformers",
             embedding_key="",
             embedding_file="",
+            trainable=False,
         ),
     ),
     objective="flow",
@@ -160,4 +161,5 @@ SPEC = FamilySpec(
     variants=(Variant("qwen-image", "qwenimage", "Qwen-Image", native_resolution=1024, sample_steps=50, guidance_scale=4.0),),
     pipeline_clip_skip=False,
     bucket_step=16,
+    original_denoiser_only=True,
 )

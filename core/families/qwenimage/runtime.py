@@ -8,12 +8,18 @@ from typing import Any
 
 from core.families import llm_text, lora_files
 from core.families.embeddings import TextEmbeddings
+from core.families.flow_mmdit import single_file
+from core.families.flow_mmdit.blocks import linear_targets
 from core.families.flow_mmdit.latents import pack, unpack
 from core.families.flow_mmdit.runtime import FlowRuntime
+from core.families.flux.runtime import BLOCK_SETTINGS, parse_indices
 from core.families.protocol import AdapterWeights, FamilyRuntime, LoraFiles, SamplePromptLike
 from core.families.qwenimage import PROMPT, SPEC
 from core.families.qwenimage import tiny as tiny_model
 from core.families.wrappers import unwrap
+
+#: Where the parts of a transformer-only file come from when no diffusers folder is beside it.
+HUB_ID = "Qwen/Qwen-Image"
 
 
 class QwenImageRuntime(FlowRuntime):
@@ -22,6 +28,30 @@ class QwenImageRuntime(FlowRuntime):
     The objective is the base's: the model's scheduler config has ``use_dynamic_shifting``
     (base_shift 0.5 at 256 packed tokens … max_shift 0.9 at 8192), which is musubi-tuner's ``qwen_shift``.
     """
+
+    # ---- loading
+    def single_file_parts(self, path: Path, config: str, dtypes: Mapping[str, Any] | None) -> dict[str, Any]:
+        """ComfyUI's transformer-only file: the VAE, text encoder and configs from the diffusers folder beside it (or the hub)."""
+        return single_file.denoiser_only_parts(self.spec, path, config, dtypes, HUB_ID, self.denoiser_from_file)
+
+    def denoiser_from_file(self, path: Path, like: Any, dtype: Any) -> Any:
+        """A transformer file in diffusers' names (ComfyUI's, bf16 or fp8 upcast; a checkpoint prefix allowed) into a copy of ``like``."""
+        return single_file.read_denoiser(self.spec, path, like, dtype, dict)
+
+    def lora_target_modules(self, denoiser: Any, targets: Sequence[str], settings: Mapping[str, Any]) -> list[str]:
+        """The targets' Linear layers in the blocks ``train_double_block_indices`` selects (Qwen-Image's 60
+        blocks are all double-stream), and for ``all`` the embedders and final layer too."""
+        from core.errors import UserError
+
+        double, single = BLOCK_SETTINGS
+        if str(settings.get(single, "") or "").strip().lower() not in ("", "all"):
+            raise UserError(f"settings.{single} selects single-stream blocks, which {self.spec.title} does not have; leave it empty and use {double}")
+        plain = unwrap(denoiser)
+        chosen = {BLOCK_SETTINGS[double]: parse_indices(str(settings.get(double, "") or ""), int(plain.config.num_layers), double)}
+        names = linear_targets(plain, targets, chosen, str(settings.get("lora_targets", "attn")) == "all")
+        if not names:
+            raise UserError(f"settings.{double} selects no block to train; select at least one block")
+        return names
 
     # ---- latents: the VAE is a video VAE; images are one frame, normalised per channel
     def encode_latents(self, vae: Any, pixels: Any, generator: Any = None) -> Any:
