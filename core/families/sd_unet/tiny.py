@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from core.families.bpe import byte_symbols, vocabulary
+
 SEED = 1234
 VOCAB_SIZE = 1000
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
@@ -78,36 +80,15 @@ WORDS = [
 ]
 
 
-def _byte_symbols() -> list[str]:
-    """The 256 printable characters byte-level BPE uses for the bytes 0..255 (GPT-2's table)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    codes = list(printable)
-    extra = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            codes.append(256 + extra)
-            extra += 1
-    table = dict(zip(printable, codes))
-    return [chr(table[b]) for b in range(256)]
+def _clip_pieces(word: str) -> list[list[str]]:
+    """A word's symbols as CLIP splits it: its last character marks the word's end (``</w>``)."""
+    return [list(word[:-1]) + [word[-1] + "</w>"]]
 
 
 def tokenizer_files() -> tuple[dict[str, int], list[str]]:
     """A CLIP byte-level BPE vocabulary and merge list covering :data:`WORDS` (deterministic)."""
-    symbols = _byte_symbols()
-    tokens: list[str] = symbols + [s + "</w>" for s in symbols]
-    known = set(tokens)
-    merges: list[str] = []
-    for word in dict.fromkeys(WORDS):
-        parts = list(word[:-1]) + [word[-1] + "</w>"]
-        current = parts[0]
-        for nxt in parts[1:]:
-            merged = current + nxt
-            if merged not in known:
-                merges.append(f"{current} {nxt}")
-                tokens.append(merged)
-                known.add(merged)
-            current = merged
+    symbols = byte_symbols()
+    tokens, merges = vocabulary(WORDS, _clip_pieces, symbols + [s + "</w>" for s in symbols])
     tokens += [BOS, EOS]
     if len(tokens) > VOCAB_SIZE:
         raise ValueError(f"tiny vocabulary has {len(tokens)} tokens, more than {VOCAB_SIZE}")

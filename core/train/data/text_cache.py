@@ -19,7 +19,9 @@ bf16 or fp16 (half the size of fp32), in fp32 otherwise.
 An entry is the family's text conditioning of one caption as named tensors
 (``TextEmbeddings.named``: ``hidden_states``, and ``pooled``, ``attention_mask``,
 ``position_ids`` where the family has them), so a family whose encoders return other tensors
-caches them without a change here.
+caches them without a change here. A row with an attention mask is stored at its caption's own
+length and a batch padded to its longest caption (``core.families.embeddings.trim_row``,
+:func:`stack_rows`): an LLM's outputs cost the cache what the caption needs, not the token limit.
 """
 
 from __future__ import annotations
@@ -27,14 +29,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from core.atomic import write_atomic
-from core.families.embeddings import TextEmbeddings
+from core.families.embeddings import TOKEN_NAMES, TextEmbeddings, trim_row
 from core.train.data.items import CacheNotValid, distinct_captions, text_cache_blocker
 from core.train.data.latent_cache import add_weight_sample
 from core.train.data.shared_cache import fill_shared
@@ -86,8 +88,21 @@ class TextCache:
 
     def stacked(self, captions: Sequence[str]) -> dict[str, Any]:
         """The named tensors of ``captions``, each stacked over them (what a batch carries)."""
-        entries = [self.entry(c) for c in captions]
-        return {name: torch.stack([e[name] for e in entries]) for name in entries[0]}
+        return stack_rows([self.entry(c) for c in captions])
+
+
+def stack_rows(rows: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """The named tensors of several captions stacked over them; rows with an ``attention_mask``
+    and different lengths are padded with zeros (mask 0) to the longest."""
+    names = list(rows[0])
+    longest = max(int(r["attention_mask"].shape[0]) for r in rows) if "attention_mask" in rows[0] else 0
+    out = {}
+    for name in names:
+        tensors = [r[name] for r in rows]
+        if longest and name in TOKEN_NAMES and any(t.shape[0] != longest for t in tensors):
+            tensors = [torch.cat([t, t.new_zeros(longest - t.shape[0], *t.shape[1:])]) for t in tensors]
+        out[name] = torch.stack(tensors)
+    return out
 
 
 def encoders_fingerprint(encoders: Sequence[Any], clip_skip: int, family: str) -> str:
@@ -194,7 +209,7 @@ def cache_text_outputs(
                 out = encode_text(components, [t[chunk] for t in ids], clip_skip=clip_skip)
                 named = out.named()
                 for row, n in enumerate(chunk):
-                    entry = {name: t[row].to("cpu", stored) if t.is_floating_point() else t[row].to("cpu") for name, t in named.items()}
+                    entry = trim_row({name: t[row].to("cpu", stored) if t.is_floating_point() else t[row].to("cpu") for name, t in named.items()})
                     cache.encoded += 1
                     path = paths[n]
                     if path is not None:
