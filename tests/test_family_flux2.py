@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.errors import UserError
 from core.families import flux2
 from core.families.detect import detect_family, family_of_file, family_of_folder
 from core.families.flux2 import layout

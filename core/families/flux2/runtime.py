@@ -7,13 +7,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from core.families import llm_text
 from core.families.embeddings import TextEmbeddings
 from core.families.flow_mmdit import single_file
 from core.families.flow_mmdit.blocks import linear_targets
 from core.families.flow_mmdit.objective import flow_objective
 from core.families.flow_mmdit.runtime import FlowRuntime
 from core.families.flux.runtime import BLOCK_SETTINGS, parse_indices
-from core.families import llm_text
 from core.families.flux2 import DEV_PROMPT, KLEIN_PROMPT, SPEC, layout
 from core.families.flux2 import lora as lora_layout
 from core.families.flux2 import tiny as tiny_model
@@ -183,17 +183,6 @@ class Flux2Runtime(FlowRuntime):
     def lora_from_file(self, tensors: Mapping[str, Any], adapter: AdapterWeights, denoiser_config: Mapping[str, Any]) -> dict[str, Any]:
         """A ComfyUI-layout or diffusers LoRA file's tensors for one adapter, under peft's keys."""
         return lora_layout.from_comfy(tensors, adapter)
-
-    def kohya_metadata(self, v_prediction: bool, adapter: str = "lora", variant: str = "") -> dict[str, str]:
-        """``ss_base_model_version`` and ``modelspec.*`` of the variant (``flux-2-klein-4b`` …)."""
-        name = (variant or self.spec.variant().name).replace("flux2-", "flux-2-")
-        return {
-            "ss_base_model_version": f"{self.spec.kohya_base_version}_{name.removeprefix('flux-2-')}",
-            "ss_v2": "False",
-            "modelspec.architecture": f"{name}/{adapter}",
-            "modelspec.implementation": self.spec.modelspec_implementation,
-            "modelspec.prediction_type": "flow",
-        }
 
     def to_original(self, pipe: Any) -> dict[str, Any]:
         """The transformer in Black Forest Labs' layout (ComfyUI's ``diffusion_models`` file; the VAE and text encoder are separate files)."""

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from core.families import llm_text
+from core.families import llm_tiny
+from core.families.sd_unet.tiny import WORDS
 
 SEED = 2469
 #: The tiny text encoder's width (the transformer's ``joint_attention_dim``).
@@ -26,10 +27,13 @@ SCHEDULER: dict[str, Any] = {
 }
 
 
-def text_encoder(vocab_size: int, special: dict[str, int]) -> Any:
-    """A two-layer Qwen2.5-VL (text tower and a one-block vision tower) of width :data:`TEXT_WIDTH`."""
+def text_encoder(tokenizer: Any) -> Any:
+    """A two-layer Qwen2.5-VL (text tower and a one-block vision tower) of width :data:`TEXT_WIDTH` over ``tokenizer``'s vocabulary."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
+    ids = tokenizer.convert_tokens_to_ids
+    special = {"bos_token_id": ids("<|endoftext|>"), "eos_token_id": ids("<|im_end|>"), "pad_token_id": ids("<|endoftext|>")}
+    vocab_size = -(-len(tokenizer) // 64) * 64
     config = Qwen2_5_VLConfig(
         text_config={
             "vocab_size": vocab_size,
@@ -84,15 +88,16 @@ def build(pipeline_class: Any, out_dir: Path) -> Path:
     """Write the tiny Qwen-Image as a diffusers folder (deterministic, loadable offline)."""
     import torch
     from diffusers import FlowMatchEulerDiscreteScheduler
+    from transformers import AutoTokenizer
 
-    from core.families.qwenimage import VAE
+    from core.families.qwenimage import PROMPT, VAE
 
-    tokenizer = llm_text.qwen2_tokenizer(out_dir / "tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(llm_tiny.write_tokenizer(out_dir / "tokenizer", "qwen2", WORDS, PROMPT.max_tokens))
     torch.manual_seed(SEED)
     parts = {
         "transformer": transformer(),
         "vae": vae(VAE["latents_mean"], VAE["latents_std"]),
-        "text_encoder": text_encoder(len(tokenizer), llm_text.special_token_ids(tokenizer)),
+        "text_encoder": text_encoder(tokenizer),
         "tokenizer": tokenizer,
         "scheduler": FlowMatchEulerDiscreteScheduler.from_config(SCHEDULER),
     }
