@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -75,7 +76,7 @@ def _apply_comfy(original: dict, comfy: dict) -> dict:
     out = dict(original)
     for key in [k for k in comfy if k.endswith(".lora_down.weight")]:
         base = key.removesuffix(".lora_down.weight")
-        down, up = comfy[key], comfy[base + ".lora_up.weight"]
+        down, up = comfy[key].float(), comfy[base + ".lora_up.weight"].float()
         scale = float(comfy[base + ".alpha"]) / down.shape[0]
         target = base.removeprefix("diffusion_model.") + ".weight"
         out[target] = out[target] + up @ down * scale
@@ -169,3 +170,95 @@ def test_the_variants_have_their_own_sizes_and_dev_its_own_text_encoder() -> Non
     assert dev["text_encoder"]["model_type"] == "mistral3" and "head_dim" not in dev["text_encoder"]
     assert flux2.SPEC.component_class_names("flux2-dev")["text_encoder"] == "transformers.Mistral3ForConditionalGeneration"
     assert flux2.SPEC.component_class_names()["text_encoder"] == "transformers.Qwen3ForCausalLM"
+
+
+CAPTIONS = ["a photo of sks dog", "a cat"]
+
+
+def test_klein_text_states_and_latents_are_the_pipelines_own(tiny_models) -> None:
+    from core.train.model.loading import load_components
+
+    components = load_components(str(tiny_models("flux2")))
+    family = components.runtime
+    ours = family.encode_text(components.text_encoders, family.tokenize(components.tokenizers, CAPTIONS, components.variant), 1)
+    pipe = components.pipeline()
+    states, _ = pipe.encode_prompt(CAPTIONS, device="cpu")
+    assert ours.prompt_embeds.shape == (2, 512, 96) and torch.allclose(ours.prompt_embeds, states, atol=1e-6)
+    pixels = torch.rand(2, 3, 64, 64) * 2 - 1
+    latents = family.encode_latents(components.vae, pixels)
+    assert torch.allclose(latents, pipe._encode_vae_image(pixels, None), atol=1e-6)  # patchified, batch-norm normalised
+    assert family.decode_latents(components.vae, latents).shape == (2, 3, 64, 64)
+    assert components.objective.token_shift == (0.5, 1.15, 256, 4096, 1)  # musubi-tuner's flux2_shift
+
+
+@pytest.mark.slow
+def test_a_bfl_transformer_file_loads_bf16_and_fp8(tmp_path, tiny_models) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from core.families import runtime
+    from core.families.protocol import ModelSource
+    from core.train.model.loading import load_components
+    from core.train.model.tiny import build_tiny_single_file
+
+    folder = tiny_models("flux2")
+    reference = load_components(str(folder)).denoiser.state_dict()
+    single = build_tiny_single_file("flux2", tmp_path / "flux-2-klein-4b.safetensors")
+    assert "double_blocks.0.img_attn.qkv.weight" in load_file(str(single))
+    assert family_of_file(single) == "flux2"
+    loaded = load_components(str(single)).denoiser.state_dict()
+    assert all(torch.equal(loaded[k], reference[k]) for k in reference)
+    fp8 = tmp_path / "flux-2-klein-4b-fp8.safetensors"
+    save_file({f"model.diffusion_model.{k}": v.to(torch.float8_e4m3fn) for k, v in load_file(str(single)).items()}, str(fp8))
+    split = runtime("flux2").load(ModelSource(str(folder), denoiser=str(fp8)))
+    for key, tensor in split.denoiser.state_dict().items():
+        assert torch.equal(tensor, reference[key].to(torch.float8_e4m3fn).float()), key
+
+
+def _image(pipe) -> np.ndarray:
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(prompt="a photo of sks dog", num_inference_steps=2, height=64, width=64, guidance_scale=1.0, generator=torch.Generator().manual_seed(1), output_type="np")
+    return np.asarray(out.images[0])
+
+
+@pytest.mark.slow
+def test_a_klein_lora_run_samples_and_its_files_reproduce_it_in_diffusers_and_comfyui(tmp_path, tiny_models, kohya_dataset) -> None:
+    from diffusers import Flux2KleinPipeline
+    from peft import LoraConfig
+    from peft.utils import set_peft_model_state_dict
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from core.train.model.loading import load_components
+    from core.train.outputs.files import adapter_state
+    from tests.train_helpers import make_run, metrics, train
+
+    model = tiny_models("flux2")
+    settings = {"lora_targets": "attn_ff", "lora_alpha": 2, "train_single_block_indices": "1"}
+    schedule = {"max_steps": 3, "sample_every_steps": 3, "learning_rate": 3e-2}
+    run = make_run(tmp_path / "run", model, kohya_dataset(((2, "sks dog", 2),)), "flux2", "lora", settings=settings, schedule=schedule, prompts=["a photo of sks dog --w 64 --h 64 --s 2"])
+    assert train(run) == 0
+    assert (run / metrics(run, "sample")[0]["path"]).is_file()
+    comfy = run / "output" / "tiny.safetensors"
+    with safe_open(str(comfy), "pt") as handle:
+        keys, meta = list(handle.keys()), handle.metadata()
+    assert "diffusion_model.double_blocks.0.img_attn.qkv.lora_down.weight" in keys and "diffusion_model.double_blocks.0.img_mlp.0.lora_up.weight" in keys
+    assert not any(k.startswith("diffusion_model.single_blocks.0.") for k in keys) and any(k.startswith("diffusion_model.single_blocks.1.") for k in keys)
+    assert meta["modelspec.architecture"] == "flux-2-klein-4b/lora"
+
+    trained = load_components(str(model))
+    family, denoiser = trained.runtime, trained.denoiser
+    config = LoraConfig(r=4, lora_alpha=2, target_modules=family.lora_target_modules(denoiser, flux2.LORA_TARGETS["denoiser"]["attn_ff"], settings))
+    denoiser.add_adapter(config)
+    state, _ = adapter_state(denoiser)
+    set_peft_model_state_dict(denoiser, family.lora_from_file(load_file(str(comfy)), AdapterWeights("transformer", state, config), dict(denoiser.config)))
+    reference = _image(trained.pipeline())
+    assert np.abs(reference - _image(Flux2KleinPipeline.from_pretrained(model))).max() > 1e-3
+    pipe = Flux2KleinPipeline.from_pretrained(model)
+    pipe.load_lora_weights(str(run / "output" / "diffusers"))
+    np.testing.assert_allclose(_image(pipe), reference, atol=1e-5)
+    # the ComfyUI file: ComfyUI's arithmetic over the original layout gives the trained weights
+    base = layout.to_original(Flux2KleinPipeline.from_pretrained(model).transformer.state_dict())
+    denoiser.fuse_lora()
+    merged = layout.to_original({k.replace(".base_layer", ""): v for k, v in denoiser.state_dict().items() if "lora_" not in k})
+    applied = _apply_comfy(base, load_file(str(comfy)))
+    assert all(torch.allclose(applied[k], merged[k], atol=1e-5) for k in merged)
