@@ -22,14 +22,18 @@ their inputs are kept as LoRA keeps them; LoRA's own rank-sized tensors are left
 inversion, which back-propagates through the frozen UNet to the text conditioning, uses it too).
 
 Per (family, mode, precision, checkpointing, attention) three resolutions are measured and
-``bytes(A) = c0 + c1·A + c2·A²`` fitted exactly, A being the latent tokens (resolution / 8)².
-The text encoders' activations (77 tokens) are measured the same way. See docs/memory.md.
+``bytes(A) = c0 + c1·A + c2·A²`` fitted exactly, A being the latent pixels (resolution / 8)²
+(a packed transformer's tokens are A / 4). The text encoders' activations (each at its token
+limit: CLIP 77, T5 512) are measured the same way. The tables are keyed by the denoiser's
+component name (``unet``, ``transformer``); naming families measures only those and merges
+them into the stored file. See docs/memory.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import sys
 import time
 from pathlib import Path
@@ -125,7 +129,9 @@ def fused_attention_mode() -> Any:
     class Mode(TorchFunctionMode):
         def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
             if func is F.scaled_dot_product_attention:
-                return FusedAttention.apply(*args[:3])
+                named = kwargs or {}
+                q, k, v = (*args, *(named[n] for n in ("query", "key", "value") if n in named))[:3]
+                return FusedAttention.apply(q, k, v)
             return func(*args, **(kwargs or {}))
 
     return Mode()
@@ -146,7 +152,7 @@ def _denoiser_inputs(family: str, config: dict[str, Any], resolution: int, mode:
     import torch
 
     inputs = runtime(family).dummy_inputs(config, 1, resolution, dtype, torch.device(device))
-    inputs["sample"].requires_grad_(mode == "lora")
+    next(iter(inputs.values())).requires_grad_(mode == "lora")  # the latents come first (``sample``, ``hidden_states``)
     return inputs
 
 
@@ -311,7 +317,7 @@ def text_encoder_activation(family: str, component: str) -> int:
     with torch.device("meta"):
         model = build_component(spec(family), component, cfg).to(torch.float16)
     tally = SavedTally({id(p) for p in model.parameters()})
-    ids = torch.zeros(1, spec(family).text_tokens, dtype=torch.long, device="meta")
+    ids = torch.zeros(1, spec(family).max_tokens(component), dtype=torch.long, device="meta")
     with autocast_emulation(torch.float16), torch.autograd.graph.saved_tensors_hooks(tally.pack, lambda t: t):
         model(ids, output_hidden_states=True)
     return tally.total + 2 * tally.largest
@@ -336,7 +342,6 @@ def measure(selected: tuple[str, ...]) -> dict[str, Any]:
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,
         "formula": "per image: c0 + c1*A + c2*A^2 with A = (resolution/8)^2 latent tokens",
-        "unet": {},
         "text_encoders": {},
     }
     for family in selected:
@@ -350,13 +355,22 @@ def measure(selected: tuple[str, ...]) -> dict[str, Any]:
             entries[key]["points"] = {str(r): row for r, row in rows.items()}
             top = rows[native]
             print(f"{family} {key} @{native}: saved {top['saved'] / 2**30:.2f} GiB, recompute {top['recompute'] / 2**30:.2f} GiB, largest {top['largest'] / 2**20:.0f} MiB", flush=True)
-        doc["unet"][family] = entries
+        doc.setdefault(spec(family).denoiser, {})[family] = entries
         doc["text_encoders"][family] = {comp: text_encoder_activation(family, comp) for comp in spec(family).component_configs() if comp.startswith("text_encoder")}
     return doc
 
 
+def merged(stored: dict[str, Any], fresh: dict[str, Any]) -> dict[str, Any]:
+    """``fresh`` over ``stored``: the measured families replace theirs, the others' entries stay."""
+    out = {**stored, **{k: v for k, v in fresh.items() if not isinstance(v, dict)}}
+    for key, table in fresh.items():
+        if isinstance(table, dict):
+            out[key] = {**stored.get(key, {}), **table}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Measure every family (or those named) and write activations.json."""
+    """Measure every family (or those named) and write activations.json (merged: other families' entries kept)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("families", nargs="*", default=list(FAMILIES), help="families to measure (default all)")
     parser.add_argument("--dry-run", action="store_true", help="print the figures without writing the file")
@@ -369,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     doc = measure(tuple(args.families))
     if not args.dry_run:
-        write_json_atomic(ACTIVATIONS_JSON, doc)
+        write_json_atomic(ACTIVATIONS_JSON, merged(json.loads(ACTIVATIONS_JSON.read_text()) if ACTIVATIONS_JSON.exists() else {}, doc))
     print(f"measured in {time.perf_counter() - start:.0f} s")
     return 0
 

@@ -7,8 +7,8 @@ few seconds) and records per component: the parameter count, the LoRA "width" pe
 and the adapted layer count and weight size (LoHa/LoKr build a delta of that size), the largest single tensor (what a fused backward pass holds as
 gradient), the fp32 values Adafactor's factored second moment keeps, plus the text encoders'
 embedding size for textual inversion.
-``--check`` compares the file with a fresh build instead of writing it. Families named on the
-command line are measured alone and merged into the file (the others' entries are kept). A
+``--check`` compares the file with a fresh build instead of writing it; ``--family NAME`` (repeatable)
+measures only those families and merges them into the stored file (the others' entries kept). A
 variant with components of its own size (``flux2-klein-9b``, ``flux2-dev``) gets an entry of its
 own under its name.
 """
@@ -79,7 +79,7 @@ def describe(family: str, kind: str, model: Any, variant: str = "") -> dict[str,
         entry["lora_layers"][choice] = len(layers)
         entry["lora_weight_params"][choice] = sum(m.weight.numel() for m in layers)
     if kind != family_spec.denoiser:
-        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        config = model.config.get_text_config()  # a vision-language encoder's text tower (Qwen2.5-VL, Mistral 3)
         entry["hidden_size"] = config.hidden_size
         entry["token_embedding_params"] = config.vocab_size * config.hidden_size
     return entry
@@ -88,16 +88,17 @@ def describe(family: str, kind: str, model: Any, variant: str = "") -> dict[str,
 def measure_family(family: str) -> dict[str, dict[str, Any]]:
     """The entries of one family: its own, and one per variant with components of another size."""
     family_spec = spec(family)
-    out = {family: {kind: describe(family, kind, build_meta(family, kind, cfg)) for kind, cfg in family_spec.component_configs().items()}}
+    configs = family_spec.component_configs()
+    out = {family: {kind: describe(family, kind, build_meta(family, kind, configs[kind])) for kind in family_spec.component_classes}}
     for variant in family_spec.variants:
         if variant.configs:
-            configs = family_spec.component_configs(variant.name)
-            out[variant.name] = {kind: describe(family, kind, build_meta(family, kind, cfg, variant.name), variant.name) for kind, cfg in configs.items()}
+            changed = family_spec.component_configs(variant.name)
+            out[variant.name] = {kind: describe(family, kind, build_meta(family, kind, changed[kind], variant.name), variant.name) for kind in family_spec.component_classes}
     return out
 
 
-def measure(families: tuple[str, ...] = FAMILIES, base: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The params.json document: ``families`` freshly measured, merged over ``base``'s entries."""
+def measure(families: tuple[str, ...] = FAMILIES) -> dict[str, Any]:
+    """The params.json document of ``families`` (default: all), freshly measured."""
     import diffusers
     import transformers
 
@@ -105,7 +106,7 @@ def measure(families: tuple[str, ...] = FAMILIES, base: dict[str, Any] | None = 
         "generated_by": "bench/measure_params.py",
         "diffusers": diffusers.__version__,
         "transformers": transformers.__version__,
-        "families": dict((base or {}).get("families", {})),
+        "families": {},
     }
     for family in families:
         out["families"].update(measure_family(family))
@@ -120,13 +121,18 @@ def strip_versions(doc: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Write params.json, or with ``--check`` report whether it is up to date."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("families", nargs="*", default=list(FAMILIES), help="families to measure and merge into the file (default all)")
     parser.add_argument("--check", action="store_true", help="compare with the stored file; exit 1 if it differs")
+    parser.add_argument("--family", action="append", choices=FAMILIES, help="measure only this family and merge it into the stored file (repeatable)")
     args = parser.parse_args(argv)
-    stored_doc = json.loads(PARAMS_JSON.read_text()) if PARAMS_JSON.exists() else None
-    fresh = measure(tuple(args.families), None if set(args.families) == set(FAMILIES) else stored_doc)
+    if args.family and not args.check:
+        fresh = measure(tuple(args.family))
+        stored = json.loads(PARAMS_JSON.read_text())
+        fresh["families"] = {**stored["families"], **fresh["families"]}
+    else:
+        fresh = measure()
     if args.check:
-        same = stored_doc is not None and strip_versions(stored_doc) == strip_versions(fresh)
+        stored = json.loads(PARAMS_JSON.read_text())
+        same = strip_versions(stored) == strip_versions(fresh)
         print("params.json is up to date" if same else "params.json differs from the configs; rerun without --check")
         return 0 if same else 1
     write_json_atomic(PARAMS_JSON, fresh)

@@ -265,7 +265,12 @@ SCHEMA: dict[str, dict[str, Setting]] = {
             "what the model predicts: auto (read from the model), epsilon (the noise), v_prediction (SD2 768) or flow (the flow families)",
             choices=PREDICTION_TYPES,
         ),
-        "vae": _s("vae", str, "", "optional separate VAE (folder or file)"),
+        "vae": _s("vae", str, "", "optional separate VAE (folder or file; FLUX.1's ae.safetensors)"),
+        "denoiser": _s("denoiser", str, "", "optional separate denoiser file in the original layout (flux1-dev.safetensors, fp8 ones too); model.path then only gives the rest"),
+        "clip_l": _s("clip_l", str, "", "optional separate CLIP-L text encoder file or folder (clip_l.safetensors)"),
+        "clip_g": _s("clip_g", str, "", "optional separate CLIP-G text encoder file or folder (clip_g.safetensors)"),
+        "t5xxl": _s("t5xxl", str, "", "optional separate T5-XXL text encoder file or folder (t5xxl_fp16.safetensors)"),
+        "config": _s("config", str, "", "diffusers folder describing a single file's architecture (offline loading); empty = a folder named like the file beside it"),
     },
     "dataset": {
         "caption_extension": _s("caption_extension", str, ".txt", "caption file extension tried first"),

@@ -189,8 +189,10 @@ class WizardState:
 
     @property
     def planning_only(self) -> bool:
-        """True when the model is only a family name (nothing to train)."""
-        return self.model in FAMILIES
+        """True when the model is only a family or model name such as ``flux-schnell`` (nothing to train)."""
+        from core.families import variant_names
+
+        return self.model in FAMILIES or self.model in variant_names()
 
     def check_model(self) -> None:
         if not self.family:

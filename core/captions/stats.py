@@ -134,9 +134,22 @@ def caption_stats(scan: Any, token_limit: int | None = None) -> CaptionStats:
 
 
 def token_limit(family: str | None) -> int | None:
-    """The family's caption limit: the shortest of its text encoders' token limits (None without a family)."""
+    """The family's caption limit: the longest of its text encoders' token limits, the one the denoiser
+    reads the caption's words through (T5's 512 for FLUX.1, CLIP's 77 for SD) (None without a family)."""
     if not family:
         return None
     from core.families import spec
 
-    return min(te.max_tokens for te in spec(family).text_encoders)
+    return spec(family).text_tokens
+
+
+def caption_advice(family: str | None) -> str | None:
+    """What captions suit a family that reads them with T5 (natural-language sentences), or None."""
+    if not family:
+        return None
+    from core.families import spec
+
+    found = spec(family)
+    if not any(te.kind == "t5xxl" for te in found.text_encoders):
+        return None
+    return f"{found.title} reads captions with T5-XXL: natural-language sentences (what, where, style) teach more than tag lists."

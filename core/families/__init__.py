@@ -12,15 +12,15 @@ import importlib
 from typing import TYPE_CHECKING, cast
 
 from core.errors import UserError
-from core.families import flux, flux2, qwenimage, sd1, sd2, sdxl
+from core.families import chroma, flux, flux2, qwenimage, sd1, sd2, sdxl
 from core.families.spec import FamilySpec, Variant
 
 if TYPE_CHECKING:
     from core.families.protocol import FamilyRuntime
 
-_SPECS: dict[str, FamilySpec] = {m.SPEC.name: m.SPEC for m in (sd1, sd2, sdxl, flux, flux2, qwenimage)}
-#: FLUX.2 before FLUX.1: its original files have FLUX.1's ``double_blocks.`` names too.
-_DETECTION: tuple[FamilySpec, ...] = (flux2.SPEC, qwenimage.SPEC, flux.SPEC, sdxl.SPEC, sd2.SPEC, sd1.SPEC)
+_SPECS: dict[str, FamilySpec] = {m.SPEC.name: m.SPEC for m in (sd1, sd2, sdxl, flux, chroma, flux2, qwenimage)}
+#: FLUX.2 and Qwen-Image before FLUX.1 and Chroma: FLUX.2's original files have FLUX.1's ``double_blocks.`` names too.
+_DETECTION: tuple[FamilySpec, ...] = (flux2.SPEC, qwenimage.SPEC, chroma.SPEC, flux.SPEC, sdxl.SPEC, sd2.SPEC, sd1.SPEC)
 
 #: The family names, as the user sees them listed.
 FAMILIES: tuple[str, ...] = tuple(_SPECS)

@@ -237,6 +237,9 @@ def _from_state_dict(path: Path, like: Any, dtype: Any) -> Any:
 
     module = copy.deepcopy(like)
     missing, unexpected = module.load_state_dict(load_file(str(path)), strict=False)
+    state = module.state_dict()
+    given = {state[k].data_ptr() for k in state if k not in missing}
+    missing = [k for k in missing if state[k].data_ptr() not in given]  # a tied weight (T5's embed_tokens = shared) comes with its twin
     if missing or unexpected:
         raise ModelLoadError(
             f"The file {path} does not fit the model's {type(like).__name__} ({len(missing)} weights missing, {len(unexpected)} unexpected); give the part that belongs to this model."

@@ -17,7 +17,9 @@ OBJECTIVES = ("epsilon", "v_prediction", "flow")
 
 @dataclass(frozen=True)
 class TextEncoder:
-    """One text encoder of a family: its component names, token limit and the names other tools give it."""
+    """One text encoder of a family: its component names, token limit and the names other tools give it.
+
+    ``kind`` (``clip_l``, ``clip_g``, ``t5xxl``) is also the ``[model]`` key naming its split file."""
 
     name: str
     tokenizer: str
@@ -129,6 +131,9 @@ class FamilySpec:
     #: Pixels a bucket side must be a multiple of: the VAE's downscale (8), times 2 where the
     #: denoiser packs 2×2 latent patches into one token (16: FLUX, SD 3.x).
     bucket_step: int = 8
+    #: The part of ``denoiser_tflops`` (at the native resolution) that grows with the square of the
+    #: image tokens: a transformer's attention (FLUX.1: 15 of 125). The rest grows with the pixels.
+    denoiser_attention_tflops: float = 0.0
     #: The original single file holds only the denoiser (FLUX.1's and Chroma's releases): the VAE and
     #: text encoders come from the diffusers folder beside it or as split files.
     original_denoiser_only: bool = False

@@ -324,8 +324,30 @@ def _explain(plan: Plan, scan: Any, gpus: Any, fit: Any, shape: RunShape) -> Non
     _explain_schedule(plan, scan)
 
 
+#: The GPU memory tiers people rent and own (GB), for the tiers a model is out of reach of.
+TIERS_GB = (12, 16, 24, 48, 80)
+
+
+def out_of_reach_note(family: str) -> str | None:
+    """A note naming the tiers whose GPUs cannot even hold the denoiser's bf16 weights (FLUX.1's 12B
+    transformer: 22 GiB), or None when every tier can."""
+    from core.memory import data
+
+    weights = data.params()[family][spec(family).denoiser]["params"] * 2
+    below = [tier for tier in TIERS_GB if weights >= tier * 1e9 * 0.9]
+    if not below:
+        return None
+    return (
+        f"{spec(family).title}'s bf16 {spec(family).denoiser} weights alone are {weights / GIB:.1f} GiB: GPUs of {', '.join(map(str, below))} GB "
+        "are out of reach until quantized base weights (settings.base_precision) or block swap (settings.blocks_to_swap) exist; plan for 48 GB or more"
+    )
+
+
 def _explain_fit(plan: Plan, gpus: Any, fit: Any, shape: RunShape) -> None:
-    """The GPU notes (none found, not in the catalog) and, when the estimate does not fit, the warning and what would fit."""
+    """The GPU notes (none found, not in the catalog, tiers out of reach) and, when the estimate does not fit, the warning and what would fit."""
+    reach = out_of_reach_note(plan.model_family)
+    if reach is not None:
+        plan.notes.append(reach)
     smallest = gpus.smallest
     if smallest is None:
         plan.notes.append(f"no GPU found: {gpus.reason or 'none visible'}; the VRAM fit and the ETA are unknown; plan for hardware with --gpus, e.g. --gpus 2x4090")

@@ -38,12 +38,14 @@ SCALING_PER_DOUBLING = {("full", False): 0.92, ("full", True): 0.85, ("adapter",
 
 
 def training_tflops_per_image(family: str, method: str, settings: dict[str, Any]) -> float:
-    """TFLOPs one training image costs: UNet forward+backward, plus what is not cached."""
+    """TFLOPs one training image costs: the denoiser's forward+backward (its linear part grows with the
+    pixels, a transformer's attention with their square), plus what is not cached."""
     settings = resolve("settings", settings)
     resolution = int(settings["resolution"])
     family_spec = spec(family)
     pixel_scale = (resolution / family_spec.native_resolution) ** 2
-    forward = family_spec.denoiser_tflops * pixel_scale
+    attention = family_spec.denoiser_attention_tflops
+    forward = (family_spec.denoiser_tflops - attention) * pixel_scale + attention * pixel_scale**2
     # Full weights: backward = 2 forwards (input and weight gradients). Frozen base (LoRA,
     # textual inversion): only input gradients flow, about 1 forward.
     passes = 3.0 if method in FULL_METHODS else 2.0

@@ -155,8 +155,10 @@ def build_session(
         model_section.get("path", ""),
         model_section.get("prediction_type", "auto"),
         model_section.get("vae", ""),
+        model_section.get("config", ""),
         dtypes=_load_dtypes(config, accel),
         settings=config.settings,
+        split_files={key: str(model_section.get(key, "") or "") for key in ("denoiser", "clip_l", "clip_g", "t5xxl")},
     )
     model = configure_model(components, config, accel, metrics)
     phases.end()

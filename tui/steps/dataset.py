@@ -153,9 +153,11 @@ class DatasetStep(Step):
             button.display = False
             self.refresh_bindings()
             return
-        from core.captions.stats import caption_stats, token_limit
+        from core.captions.stats import caption_advice, caption_stats, token_limit
 
-        stats_view.update("\n".join(caption_stats(scan, token_limit(self.state.family)).lines()))
+        lines = caption_stats(scan, token_limit(self.state.family)).lines()
+        advice = caption_advice(self.state.family)
+        stats_view.update("\n".join([*lines, *([advice] if advice else [])]))
         uncaptioned = self.uncaptioned()
         missing = sum(1 for image in uncaptioned if image.caption is None)
         button.display = bool(uncaptioned)

@@ -6,7 +6,7 @@ from textual.app import ComposeResult
 from textual.widgets import Input, Static
 
 from core.errors import UserError
-from core.families import FAMILIES
+from core.families import variant_names
 from tui.steps.base import Step
 from tui.widgets.path_input import PathInput
 
@@ -17,7 +17,7 @@ class ModelStep(Step):
     def compose(self) -> ComposeResult:
         yield Static("Base model", classes="step-title")
         yield Static(
-            f"A diffusers folder, a single .safetensors/.ckpt file, a hub id (org/name), or a family — {', '.join(FAMILIES)} — to plan without weights. → completes paths.",
+            f"A diffusers folder, a single .safetensors/.ckpt file, a hub id (org/name), or a model — {', '.join(variant_names())} — to plan without weights. → completes paths.",
             classes="help",
         )
         yield PathInput(self.state.base_dir, id="model-path", placeholder="/models/sd_xl_base_1.0.safetensors", compact=True)

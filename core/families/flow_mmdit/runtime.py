@@ -20,7 +20,7 @@ from core.families.protocol import LoadedModel, ModelSource
 from core.families.spec import FamilySpec, TextEncoder
 
 #: The text encoder kinds whose tokenizers are T5's (ids and a padding mask).
-T5_KINDS = ("t5",)
+T5_KINDS = ("t5xxl",)
 
 
 class FlowRuntime:

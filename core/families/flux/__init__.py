@@ -72,7 +72,7 @@ CLIP_ENCODER = TextEncoder(
 T5_ENCODER = TextEncoder(
     name="text_encoder_2",
     tokenizer="tokenizer_2",
-    kind="t5",
+    kind="t5xxl",
     max_tokens=512,
     kohya_prefix="lora_te2",
     original_prefix="text_encoders.t5xxl.transformer.",
@@ -99,6 +99,7 @@ SPEC = FamilySpec(
     #: parameters × 4608 tokens for the linear layers plus 4 × 4608² × 3072 per block × 57 blocks
     #: for attention (docs/families/flux.md); CLIP-L + T5-XXL per caption (2 × 4.8 G × 512).
     denoiser_tflops=125.0,
+    denoiser_attention_tflops=15.0,
     text_encoder_tflops=4.9,
     kohya_base_version="flux1",
     kohya_v_suffix="",

@@ -7,7 +7,8 @@ the BFL model. Where BFL fuses modules diffusers keeps apart (q/k/v, a single bl
 MLP) the parts' LoRAs become one: the ``lora_down`` of the parts stacked (rank Σr), the
 ``lora_up`` block-diagonal (each part's up in its own rows and columns, zeros elsewhere,
 a part not trained all zeros), so ``up @ down`` is exactly each part's delta in its rows; the
-alpha is scaled to keep ``alpha / rank``. The CLIP-L encoder is ``lora_te1_text_model_…``.
+alpha is scaled to keep ``alpha / rank``. The final modulation's ``lora_up`` rows are swapped
+as its weight is. The CLIP-L encoder is ``lora_te1_text_model_…``.
 LoHa, LoKr and DoRA cannot be fused: they are written under diffusers' names with
 ``lora_transformer_`` (OneTrainer's layout, which ComfyUI maps onto the fused weights' slices).
 Reading a fused file splits it back: a block-diagonal ``lora_up`` into its blocks, a shared
@@ -92,7 +93,7 @@ def kohya_state_dict(adapters: Sequence[AdapterWeights], config: Mapping[str, An
                 row += size
             base = "lora_unet_" + bfl.replace(".", "_")
             out[base + ".lora_down.weight"] = torch.cat(downs, dim=0)
-            out[base + ".lora_up.weight"] = up
+            out[base + ".lora_up.weight"] = layout.swap_halves(up) if bfl == layout.SWAPPED else up
             out[base + ".alpha"] = torch.tensor(scales.pop() * rank)
     return out
 
@@ -105,6 +106,7 @@ def _unfuse(tensors: Mapping[str, Tensor], config: Mapping[str, Any], global_mod
         if base + ".lora_down.weight" not in tensors:
             continue
         down, up = tensors[base + ".lora_down.weight"], tensors[base + ".lora_up.weight"]
+        up = layout.swap_halves(up) if bfl == layout.SWAPPED else up
         rank = int(down.shape[0])
         alpha = float(tensors[base + ".alpha"]) if base + ".alpha" in tensors else float(rank)
         sizes = [layout.part_sizes(config, p) for p in parts] if len(parts) > 1 else [int(up.shape[0])]

@@ -85,7 +85,8 @@ def norm_table(config: Mapping[str, Any]) -> dict[str, str]:
     return table
 
 
-def _swap(tensor: Any) -> Any:
+def swap_halves(tensor: Any) -> Any:
+    """The two halves of the output axis exchanged (the final modulation's (shift, scale) <-> (scale, shift))."""
     import torch
 
     first, second = tensor.chunk(2, dim=0)
@@ -104,7 +105,7 @@ def to_original(state: Mapping[str, Any], config: Mapping[str, Any], global_modu
             if not all(k in state for k in keys):
                 continue
             tensor = torch.cat([state[k] for k in keys], dim=0)
-            out[f"{bfl}.{kind}"] = _swap(tensor) if bfl == SWAPPED else tensor
+            out[f"{bfl}.{kind}"] = swap_halves(tensor) if bfl == SWAPPED else tensor
             used.update(keys)
     for table in (norm_table(config), dict(extra or {})):
         for bfl, ours in table.items():
@@ -126,7 +127,7 @@ def to_diffusers(state: Mapping[str, Any], config: Mapping[str, Any], global_mod
             if tensor is None:
                 continue
             if bfl == SWAPPED:
-                tensor = _swap(tensor)
+                tensor = swap_halves(tensor)
             sizes = [part_sizes(config, p) for p in parts] if len(parts) > 1 else [tensor.shape[0]]
             for part, piece in zip(parts, tensor.split(sizes, dim=0)):
                 out[f"{part}.{kind}"] = piece

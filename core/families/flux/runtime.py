@@ -20,7 +20,6 @@ from core.families.flow_mmdit.runtime import FlowRuntime, split_tokens
 from core.families.flux import SPEC, kohya, layout
 from core.families.objectives import FlowObjective
 from core.families.protocol import AdapterWeights, FamilyRuntime, LoraFiles, SamplePromptLike
-from core.families.spec import FamilySpec
 from core.families.wrappers import unwrap
 
 #: The hub models a FLUX.1 single file's other parts come from when no diffusers folder is beside it.
@@ -51,13 +50,13 @@ def parse_indices(text: str, count: int, setting: str) -> set[int]:
 class FluxRuntime(FlowRuntime):
     """FLUX.1: the shared flow hooks plus its text encoding, packing, guidance, files and tiny model."""
 
-    #: The BFL modules outside the blocks (Chroma has its own).
-    global_modules: Mapping[str, str] = layout.FLUX_GLOBAL
-    #: BFL names of weights outside the linear-module table (Chroma's approximator), none for FLUX.1.
-    extra_names: Mapping[str, str] = {}
+    def global_modules(self, config: Mapping[str, Any]) -> dict[str, str]:
+        """The BFL linear modules outside the blocks -> diffusers' (Chroma has its own)."""
+        return dict(layout.FLUX_GLOBAL)
 
-    def __init__(self, spec: FamilySpec) -> None:
-        super().__init__(spec)
+    def extra_names(self, config: Mapping[str, Any]) -> dict[str, str]:
+        """BFL names of weights outside the linear-module and norm tables -> diffusers' (none for FLUX.1)."""
+        return {}
 
     # ---- loading
     def variant_of(self, denoiser_config: Mapping[str, Any]) -> str:
@@ -66,7 +65,7 @@ class FluxRuntime(FlowRuntime):
 
     def bfl_to_diffusers(self, state: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
         """A BFL transformer state dict (a checkpoint prefix allowed) in diffusers' names."""
-        return layout.to_diffusers(layout.strip_prefix(state), config, self.global_modules, self.extra_names)
+        return layout.to_diffusers(layout.strip_prefix(state), config, self.global_modules(config), self.extra_names(config))
 
     def denoiser_from_file(self, path: Path, like: Any, dtype: Any) -> Any:
         """A BFL transformer file (bf16, fp16, or fp8 e4m3/e5m2 upcast to ``dtype`` or fp32) into a copy of ``like``."""
@@ -208,14 +207,14 @@ class FluxRuntime(FlowRuntime):
         from core.families import lora_files
 
         return LoraFiles(
-            kohya=kohya.kohya_state_dict(adapters, denoiser_config, self.spec, self.global_modules),
+            kohya=kohya.kohya_state_dict(adapters, denoiser_config, self.spec, self.global_modules(denoiser_config)),
             diffusers=lora_files.diffusers_state_dict(adapters),
             diffusers_metadata=lora_files.diffusers_metadata(adapters),
         )
 
     def lora_from_file(self, tensors: Mapping[str, Any], adapter: AdapterWeights, denoiser_config: Mapping[str, Any]) -> dict[str, Any]:
         """A kohya (fused or not) or diffusers LoRA file's tensors for one adapter under peft's keys."""
-        return kohya.from_file(tensors, adapter, denoiser_config, self.spec, self.global_modules)
+        return kohya.from_file(tensors, adapter, denoiser_config, self.spec, self.global_modules(denoiser_config))
 
     def kohya_metadata(self, v_prediction: bool, adapter: str = "lora", variant: str = "") -> dict[str, str]:
         """``ss_base_model_version`` and ``modelspec.*`` as sd-scripts writes them for FLUX.1 (architecture per variant)."""
@@ -230,7 +229,8 @@ class FluxRuntime(FlowRuntime):
     def to_original(self, pipe: Any) -> dict[str, Any]:
         """The transformer in the BFL layout (what ``flux1-dev.safetensors`` holds and ComfyUI loads)."""
         transformer = unwrap(pipe.transformer)
-        return layout.to_original(transformer.state_dict(), dict(transformer.config), self.global_modules, self.extra_names)
+        config = dict(transformer.config)
+        return layout.to_original(transformer.state_dict(), config, self.global_modules(config), self.extra_names(config))
 
     # ---- tiny model and measurement
     def tiny_transformer(self, text_width: int, pooled_width: int) -> Any:

@@ -64,6 +64,20 @@ class Components:
         return self.runtime.pipeline(modules)
 
 
+def source_of(family_spec: FamilySpec, model_path: str, vae_path: str, config_path: str, split_files: Mapping[str, str]) -> ModelSource:
+    """The :class:`ModelSource` of ``[model]``: the whole model, and the split files it names (a text
+    encoder's key is its kind); UserError for a split file the family has no part for."""
+    kinds = {te.kind: te.name for te in family_spec.text_encoders}
+    encoders: dict[str, str] = {}
+    for key, file in split_files.items():
+        if not file or key == "denoiser":
+            continue
+        if key not in kinds:
+            raise UserError(f"model.{key} names a text encoder {family_spec.title} does not have; remove it (its text encoders: {', '.join(kinds)})")
+        encoders[kinds[key]] = file
+    return ModelSource(model_path, denoiser=split_files.get("denoiser", ""), vae=vae_path, text_encoders=encoders, config=config_path)
+
+
 def load_components(
     model_path: str,
     prediction_type: str = "auto",
@@ -71,6 +85,7 @@ def load_components(
     config_path: str = "",
     dtypes: Mapping[str, Any] | None = None,
     settings: Mapping[str, Any] | None = None,
+    split_files: Mapping[str, str] | None = None,
 ) -> Components:
     """Load a model of any registered family for training.
 
@@ -81,12 +96,14 @@ def load_components(
     (component name or ``"default"`` -> torch dtype) reads the weights straight into those dtypes
     (memory-mapped safetensors, no full fp32 copy on the way); without it they load in fp32.
     ``settings`` (the run's) are checked against the family's objective (a UserError for one it cannot honour).
+    ``split_files`` are ``[model]``'s separate parts: ``denoiser`` and each text encoder by its kind
+    (``clip_l``, ``clip_g``, ``t5xxl``), empty ones ignored.
     """
     if not model_path:
         raise ModelLoadError("No base model is set; put a diffusers folder, a .safetensors file or a hub id in model.path of run.toml.")
     try:
         family_runtime = runtime(detect(model_path))
-        loaded = family_runtime.load(ModelSource(model_path, vae=vae_path, config=config_path), dtypes)
+        loaded = family_runtime.load(source_of(family_runtime.spec, model_path, vae_path, config_path, split_files or {}), dtypes)
     except UserError:
         raise
     except Exception as exc:

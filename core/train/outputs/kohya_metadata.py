@@ -250,7 +250,7 @@ def ss_metadata(facts: RunFacts, settings: Mapping[str, Any], schedule: Mapping[
 
 
 def model_spec(facts: RunFacts, settings: Mapping[str, Any], saved_at: float, version: str) -> dict[str, str]:
-    """The ``modelspec.*`` keys sd-scripts writes for a LoRA."""
+    """The ``modelspec.*`` keys sd-scripts writes for a LoRA (``modelspec.prediction_type`` where the family has one)."""
     resolution = int(settings["resolution"])
     spec = {
         "modelspec.sai_model_spec": MODELSPEC_VERSION,
@@ -259,9 +259,10 @@ def model_spec(facts: RunFacts, settings: Mapping[str, Any], saved_at: float, ve
         "modelspec.title": facts.name,
         "modelspec.resolution": f"{resolution}x{resolution}",
         "modelspec.date": datetime.datetime.fromtimestamp(int(saved_at)).isoformat(),
-        "modelspec.prediction_type": facts.family_values["modelspec.prediction_type"],
         "modelspec.implementation_version": f"sdtui/{version}",
     }
+    if "modelspec.prediction_type" in facts.family_values:  # sd-scripts writes none for the flow families
+        spec["modelspec.prediction_type"] = facts.family_values["modelspec.prediction_type"]
     if int(settings["clip_skip"]) > 1:
         spec["modelspec.encoder_layer"] = str(int(settings["clip_skip"]))
     return spec
