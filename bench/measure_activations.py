@@ -143,7 +143,7 @@ def _train_mode(family: str, denoiser: Any, mode: str) -> None:
     if mode == "lora":
         targets = spec(family).lora_targets["denoiser"]["attn"]
         for name, module in denoiser.named_modules():
-            if is_lora_target(name, targets):
+            if is_lora_target(name, targets) and hasattr(module, "weight"):  # a suffix may also name a module list (FLUX.2's to_out)
                 module.weight.requires_grad_(True)
 
 
