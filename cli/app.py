@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from cli.common import add_set, runs_folder, writable_folder
+from core.families import FAMILIES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -13,6 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo = sub.add_parser("demo", help="the whole flow on a tiny model and a generated dataset (CPU is fine)")
     demo.add_argument("--headless", action="store_true", help="no TUI: train the demo and print progress until it ends")
     demo.add_argument("--workdir", default="demo", help="work folder for the model, dataset and runs (default ./demo)")
+    demo.add_argument("--family", default="sd1", choices=FAMILIES, help="the model family of the tiny model (default sd1)")
     add_set(demo)
     demo.set_defaults(func=cmd_demo)
     attach = sub.add_parser("attach", help="open the live dashboard of a run")
@@ -39,10 +41,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     writable_folder(args.workdir, "the demo's --workdir")
     folder = runs_folder(args, own=workspace(args.workdir).runs)
     if args.headless:
-        return run_headless(args.workdir, folder.path, args.overrides)
-    print(f"sdtui: preparing the demo in {args.workdir} (tiny model, generated dataset, tiny captioner)…", flush=True)
+        return run_headless(args.workdir, folder.path, args.overrides, family=args.family)
+    print(f"sdtui: preparing the demo in {args.workdir} (tiny {args.family} model, generated dataset, tiny captioner)…", flush=True)
     print(f"sdtui: {CAPTIONER_NOTE}; caption the images without one in the dataset step", flush=True)
-    ws = prepare_demo(args.workdir, args.overrides)
+    ws = prepare_demo(args.workdir, args.overrides, args.family)
     from tui.app import run_app
 
     return run_app(folder.path, folder.reason, _gpu_spec(args), start="wizard", demo=ws)

@@ -1,4 +1,4 @@
-"""The embedded default: a tiny SD-shaped model, a generated dataset and a run config ready to launch.
+"""The embedded default: a tiny model of a family (SD 1.5 unless ``--family`` names another), a generated dataset and a run config ready to launch.
 
 No UI here and no torch at import: the tiny model is built in a child process, so that the TUI
 that calls this never loads the training stack.
@@ -57,8 +57,8 @@ DEMO_PROMPTS = [
 
 @dataclass(frozen=True)
 class DemoWorkspace:
-    """The demo's folders: ``root/model``, ``root/dataset``, ``root/runs``, the config ``root/demo.toml``
-    and the tiny captioner ``root/captioner``."""
+    """The demo's folders: ``root/model`` (``root/model-<family>`` for another family than the default),
+    ``root/dataset``, ``root/runs``, the config ``root/demo.toml`` and the tiny captioner ``root/captioner``."""
 
     root: Path
     model: Path
@@ -66,12 +66,14 @@ class DemoWorkspace:
     runs: Path
     config: Path
     captioner: Path
+    family: str = FAMILY
 
 
-def workspace(workdir: str | Path) -> DemoWorkspace:
-    """The paths of a demo work folder (nothing is created)."""
+def workspace(workdir: str | Path, family: str = FAMILY) -> DemoWorkspace:
+    """The paths of a demo work folder for ``family``'s tiny model (nothing is created)."""
     root = Path(workdir).expanduser().resolve()
-    return DemoWorkspace(root, root / "model", root / "dataset", root / "runs", root / "demo.toml", root / "captioner")
+    model = root / ("model" if family == FAMILY else f"model-{family}")
+    return DemoWorkspace(root, model, root / "dataset", root / "runs", root / "demo.toml", root / "captioner", family)
 
 
 #: The demo's captioner: the Florence-2 architecture with random weights, so its captions are random words.
@@ -79,8 +81,8 @@ CAPTIONER = "florence2"
 CAPTIONER_NOTE = "the demo's captioner is a tiny Florence-2 with random weights: its captions are random words"
 
 
-def build_model(model_dir: Path, captioner_dir: Path | None = None, timeout_s: float = 300.0) -> Path:
-    """Build the tiny model into ``model_dir`` and the tiny captioner into ``captioner_dir`` in one
+def build_model(model_dir: Path, captioner_dir: Path | None = None, timeout_s: float = 300.0, family: str = FAMILY) -> Path:
+    """Build ``family``'s tiny model into ``model_dir`` and the tiny captioner into ``captioner_dir`` in one
     child process (each skipped when it is already there)."""
     jobs = [("from core.train.model.tiny import build_tiny\nbuild_tiny(sys.argv[1], sys.argv[2])", model_dir / "model_index.json")]
     if captioner_dir is not None:
@@ -89,7 +91,7 @@ def build_model(model_dir: Path, captioner_dir: Path | None = None, timeout_s: f
     if not missing:
         return model_dir
     result = subprocess.run(
-        [sys.executable, "-c", "\n".join(["import sys", *(code for code, _ in missing)]), FAMILY, str(model_dir), str(captioner_dir)],
+        [sys.executable, "-c", "\n".join(["import sys", *(code for code, _ in missing)]), family, str(model_dir), str(captioner_dir)],
         capture_output=True,
         text=True,
         timeout=timeout_s,
@@ -131,7 +133,7 @@ def demo_config(ws: DemoWorkspace, overrides: Sequence[str] = ()) -> Any:
     config = new_config(
         name="demo",
         model_path=str(ws.model),
-        family=FAMILY,
+        family=ws.family,
         method="lora",
         subsets=demo_subsets(ws.dataset),
         settings=dict(DEMO_SETTINGS),
@@ -143,14 +145,16 @@ def demo_config(ws: DemoWorkspace, overrides: Sequence[str] = ()) -> Any:
     return config
 
 
-def prepare_demo(workdir: str | Path, overrides: Sequence[str] = ()) -> DemoWorkspace:
-    """Build the model and the dataset (once) and write ``demo.toml``; returns the workspace."""
+def prepare_demo(workdir: str | Path, overrides: Sequence[str] = (), family: str = FAMILY) -> DemoWorkspace:
+    """Build ``family``'s tiny model and the dataset (once) and write ``demo.toml``; returns the workspace."""
     from core.config import save_config
+    from core.families import spec
 
-    ws = workspace(workdir)
+    spec(family)  # a UserError naming the families for an unknown one
+    ws = workspace(workdir, family)
     ws.root.mkdir(parents=True, exist_ok=True)
     ws.runs.mkdir(exist_ok=True)
-    build_model(ws.model, ws.captioner)
+    build_model(ws.model, ws.captioner, family=family)
     build_dataset(ws.dataset)
     save_config(demo_config(ws, overrides), ws.config)
     return ws
@@ -214,13 +218,13 @@ def follow(run: Any, out: Callable[[str], None] = print, poll_s: float = 1.0, ev
         time.sleep(poll_s)
 
 
-def run_headless(workdir: str | Path, runs_dir: str | Path | None = None, overrides: Sequence[str] = (), out: Callable[[str], None] = print) -> int:
+def run_headless(workdir: str | Path, runs_dir: str | Path | None = None, overrides: Sequence[str] = (), out: Callable[[str], None] = print, family: str = FAMILY) -> int:
     """``sdtui demo --headless``: prepare, launch, follow to the end; 0 finished, 1 otherwise."""
     from core.launch.control import stop_run
     from core.launch.start import start_run
 
-    out(f"preparing the demo in {Path(workdir).resolve()} (tiny model, tiny captioner, generated dataset)")
-    ws = prepare_demo(workdir, overrides)
+    out(f"preparing the demo in {Path(workdir).resolve()} (tiny {family} model, tiny captioner, generated dataset)")
+    ws = prepare_demo(workdir, overrides, family)
     caption_demo(ws, out)
     run = start_run(ws.config, Path(runs_dir) if runs_dir else ws.runs, [])
     out(f"run {Path(run.path).name} started in {run.path}")

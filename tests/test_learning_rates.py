@@ -9,8 +9,9 @@ import pytest
 
 from cli.main import main
 from core.config import load_config, new_config
+from core.families import spec
 from core.plan.learning_rates import lr_warnings, schedule_defaults, usual_range
-from core.settings import FAMILIES, METHODS
+from core.settings import FAMILIES
 
 
 @pytest.fixture(autouse=True)
@@ -39,7 +40,7 @@ def test_a_new_run_starts_at_its_methods_rate(family: str, method: str, rate: fl
 
 def test_every_method_and_family_has_a_default_inside_its_usual_range() -> None:
     for family in FAMILIES:
-        for method in METHODS:
+        for method in spec(family).methods:
             for optimizer in ("adamw", "adamw8bit", "adafactor", "lion8bit"):
                 default = schedule_defaults(family, method, optimizer)
                 assert lr_warnings(family, method, optimizer, default) == [], (family, method, optimizer)

@@ -89,6 +89,8 @@ class Variant:
     #: Components of another class in this variant (name -> ``library.Class``: FLUX.2-dev's Mistral
     #: text encoder); their ``configs`` replace the family's config instead of changing it.
     component_classes: Mapping[str, str] = field(default_factory=dict)
+    #: The variant's scheduler config where it differs from the family's (FLUX.1-schnell: no shift).
+    scheduler: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,8 @@ class FamilySpec:
     #: The original single file holds only the denoiser (FLUX.1's and Chroma's releases): the VAE and
     #: text encoders come from the diffusers folder beside it or as split files.
     original_denoiser_only: bool = False
+    #: The reference scheduler config (a flow family's shift rule lives in it; the tiny models use it).
+    scheduler: Mapping[str, Any] = field(default_factory=dict)
 
     def component_configs(self, variant: str = "") -> dict[str, dict[str, Any]]:
         """A fresh (deep) copy of the real-size component configs (of ``variant``, default the family's), to build or change."""
@@ -154,6 +158,10 @@ class FamilySpec:
     def component_class_names(self, variant: str = "") -> dict[str, str]:
         """Component name -> ``library.Class`` of ``variant`` (default: the family's)."""
         return {**self.component_classes, **(self.variant(variant).component_classes if variant else {})}
+
+    def scheduler_config(self, variant: str = "") -> dict[str, Any]:
+        """The scheduler config of ``variant`` (default: the family's): the variant's own where it has one."""
+        return dict(self.variant(variant).scheduler or self.scheduler) if variant else dict(self.scheduler)
 
     def variant(self, name: str = "") -> Variant:
         """The variant ``name`` (default: the first); KeyError when the family has none by that name."""

@@ -1,7 +1,7 @@
 """T5 text encoding, shared by the families that condition on T5-XXL (FLUX.1, Chroma, SD 3.x); T5 is never trained.
 
-* :data:`T5_XXL`: the encoder config FLUX.1 and SD 3.5 ship as ``text_encoder_2`` / ``text_encoder_3``
-  (google/t5-v1_1-xxl's encoder: 24 layers, 4096 wide, gated GELU, 32128 tokens).
+* ``T5_XXL`` (in ``core/families/flow_mmdit/__init__.py``, torch-free for the specs): the encoder
+  config FLUX.1 and SD 3.5 ship as ``text_encoder_2`` / ``text_encoder_3``.
 * :func:`tokenize`: ids and the padding mask at a family's token limit (FLUX.1-dev 512, schnell
   and SD 3.5 256); :func:`encode`: the last hidden states, the padding masked where the family
   masks it (Chroma) and visible where it does not (FLUX.1 and SD 3.x attend to the pad tokens).
@@ -19,25 +19,6 @@ import string
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-#: google/t5-v1_1-xxl's encoder, as FLUX.1-dev's ``text_encoder_2/config.json`` holds it.
-T5_XXL: dict[str, Any] = {
-    "d_ff": 10240,
-    "d_kv": 64,
-    "d_model": 4096,
-    "dense_act_fn": "gelu_new",
-    "feed_forward_proj": "gated-gelu",
-    "is_gated_act": True,
-    "layer_norm_epsilon": 1e-6,
-    "num_heads": 64,
-    "num_layers": 24,
-    "relative_attention_max_distance": 128,
-    "relative_attention_num_buckets": 32,
-    "vocab_size": 32128,
-    "tie_word_embeddings": False,
-    "pad_token_id": 0,
-    "eos_token_id": 1,
-}
 
 #: T5's special tokens and their ids (SentencePiece's order in every T5 vocabulary).
 PAD, EOS, UNK = "<pad>", "</s>", "<unk>"

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.families import t5
-from core.families.flow_mmdit import BUCKET_STEP, METHODS, OBJECTIVES, VAE_16
+from core.families.flow_mmdit import BUCKET_STEP, METHODS, OBJECTIVES, T5_XXL, VAE_16
 from core.families.flux import LORA_TARGETS as FLUX_TARGETS
 from core.families.flux import SCHEDULER_DEV
 from core.families.spec import FamilySpec, LrDefault, Recognition, TextEncoder, Variant
@@ -64,7 +63,8 @@ SPEC = FamilySpec(
     objectives=OBJECTIVES,
     methods=METHODS,
     lora_targets=LORA_TARGETS,
-    configs={"transformer": TRANSFORMER, "vae": VAE_16, "text_encoder": t5.T5_XXL, "scheduler": SCHEDULER_DEV},
+    configs={"transformer": TRANSFORMER, "vae": VAE_16, "text_encoder": T5_XXL},
+    scheduler=SCHEDULER_DEV,
     component_classes={"transformer": "diffusers.ChromaTransformer2DModel", "vae": "diffusers.AutoencoderKL", "text_encoder": "transformers.T5EncoderModel"},
     #: Transformer forward TFLOPs per image at 1024 px: FLUX.1's blocks less the modulation weights
     #: (2 × 8.9 G parameters × 4608 tokens) plus the same attention (docs/families/chroma.md).
@@ -79,7 +79,7 @@ SPEC = FamilySpec(
     pipeline_class="ChromaPipeline",
     recognition=Recognition(
         pipeline_mark="ChromaPipeline",
-        unet_marks={"_class_name": "ChromaTransformer2DModel"},
+        unet_marks={"_class_name": "ChromaTransformer2DModel", "approximator_num_channels": 64},
         checkpoint_keys=("distilled_guidance_layer.",),
         hub_pattern=r"chroma",
     ),

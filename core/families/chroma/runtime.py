@@ -131,7 +131,7 @@ class ChromaRuntime(FluxRuntime):
             "vae": flow_tiny.vae16(float(vae["scaling_factor"]), float(vae["shift_factor"])),
             "text_encoder": t5.tiny_encoder(sd_tiny.WORDS),
             "tokenizer": T5TokenizerFast.from_pretrained(t5.write_tokenizer(out_dir / "tokenizer", sd_tiny.WORDS, self.spec.max_tokens("text_encoder"))),
-            "scheduler": flow_tiny.scheduler(self.spec.configs["scheduler"]),
+            "scheduler": flow_tiny.scheduler(self.spec.scheduler_config()),
         }
 
 

@@ -70,6 +70,25 @@ VAE_16: dict[str, Any] = {
     "use_quant_conv": False,
 }
 
+#: google/t5-v1_1-xxl's encoder, as FLUX.1-dev's ``text_encoder_2/config.json`` holds it.
+T5_XXL: dict[str, Any] = {
+    "d_ff": 10240,
+    "d_kv": 64,
+    "d_model": 4096,
+    "dense_act_fn": "gelu_new",
+    "feed_forward_proj": "gated-gelu",
+    "is_gated_act": True,
+    "layer_norm_epsilon": 1e-6,
+    "num_heads": 64,
+    "num_layers": 24,
+    "relative_attention_max_distance": 128,
+    "relative_attention_num_buckets": 32,
+    "vocab_size": 32128,
+    "tie_word_embeddings": False,
+    "pad_token_id": 0,
+    "eos_token_id": 1,
+}
+
 #: The component classes every family here shares (a family adds its denoiser and encoders).
 COMPONENT_CLASSES: dict[str, str] = {
     "vae": "diffusers.AutoencoderKL",

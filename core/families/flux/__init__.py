@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.families import t5
-from core.families.flow_mmdit import BUCKET_STEP, COMPONENT_CLASSES, METHODS, OBJECTIVES, VAE_16
+from core.families.flow_mmdit import BUCKET_STEP, COMPONENT_CLASSES, METHODS, OBJECTIVES, T5_XXL, VAE_16
 from core.families.sd_unet import CLIP_L, CLIP_TOKENS
 from core.families.sd_unet import LORA_TARGETS as SD_LORA_TARGETS
 from core.families.spec import FamilySpec, LrDefault, Recognition, TextEncoder, Variant
@@ -93,7 +92,8 @@ SPEC = FamilySpec(
     objectives=OBJECTIVES,
     methods=METHODS,
     lora_targets=LORA_TARGETS,
-    configs={"transformer": TRANSFORMER, "vae": VAE_16, "text_encoder": CLIP_L, "text_encoder_2": t5.T5_XXL, "scheduler": SCHEDULER_DEV},
+    configs={"transformer": TRANSFORMER, "vae": VAE_16, "text_encoder": CLIP_L, "text_encoder_2": T5_XXL},
+    scheduler=SCHEDULER_DEV,
     component_classes={**COMPONENT_CLASSES, "transformer": "diffusers.FluxTransformer2DModel"},
     #: Transformer forward TFLOPs per image at 1024 px (4096 image + 512 text tokens): 2 × 11.9 G
     #: parameters × 4608 tokens for the linear layers plus 4 × 4608² × 3072 per block × 57 blocks
@@ -109,7 +109,7 @@ SPEC = FamilySpec(
     pipeline_class="FluxPipeline",
     recognition=Recognition(
         pipeline_mark="FluxPipeline",
-        unet_marks={"_class_name": "FluxTransformer2DModel"},
+        unet_marks={"_class_name": "FluxTransformer2DModel", "pooled_projection_dim": 768},
         checkpoint_keys=("double_blocks.", "single_transformer_blocks."),
         hub_pattern=r"flux\.?1|flux-?1|flux",
     ),
@@ -122,7 +122,8 @@ SPEC = FamilySpec(
             "flux-schnell",
             "flux",
             "FLUX.1 [schnell]",
-            configs={"transformer": {"guidance_embeds": False}, "scheduler": SCHEDULER_SCHNELL},
+            configs={"transformer": {"guidance_embeds": False}},
+            scheduler=SCHEDULER_SCHNELL,
             native_resolution=1024,
             sample_steps=4,
             guidance_scale=0.0,

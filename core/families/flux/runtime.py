@@ -14,6 +14,7 @@ from typing import Any
 
 from core.errors import UserError
 from core.families import loading, t5
+from core.families.detect import hub_reachable
 from core.families.embeddings import TextEmbeddings
 from core.families.flow_mmdit import latents
 from core.families.flow_mmdit.runtime import FlowRuntime, split_tokens
@@ -94,7 +95,7 @@ class FluxRuntime(FlowRuntime):
         if folder is not None:
             parts = loading.load_folder(Path(folder), self.spec, dtypes, skip=(self.spec.denoiser,))
             transformer = self._empty_denoiser(Path(folder) / self.spec.denoiser)
-        elif loading.hub_reachable():
+        elif hub_reachable():
             from safetensors import safe_open
 
             with safe_open(str(path), framework="pt") as handle:
@@ -271,7 +272,7 @@ class FluxRuntime(FlowRuntime):
             "text_encoder_2": t5_encoder,
             "tokenizer": CLIPTokenizer.from_pretrained(sd_tiny.write_tokenizer(out_dir / "tokenizer")),
             "tokenizer_2": T5TokenizerFast.from_pretrained(t5.write_tokenizer(out_dir / "tokenizer_2", sd_tiny.WORDS, self.spec.max_tokens("text_encoder_2"))),
-            "scheduler": flow_tiny.scheduler(self.spec.configs["scheduler"]),
+            "scheduler": flow_tiny.scheduler(self.spec.scheduler_config()),
         }
 
     def build_tiny(self, out_dir: Path) -> Path:

@@ -26,7 +26,7 @@ def build_tiny_single_file(family: str, path: str | Path, config_dir: str | Path
     """Write the tiny model of ``family`` as one ``.safetensors`` file in its original single-file layout.
 
     Its diffusers config without weights (what ``from_single_file(path, config=...)`` needs
-    offline: configs, tokenizers; where the original file holds only the denoiser, as FLUX.1's,
+    offline: configs, tokenizers; where the family's original file holds only the denoiser,
     the other parts keep their weights) goes to ``config_dir``, by default a folder beside the file
     named like it without the suffix, where :func:`core.train.model.loading.load_components` looks.
     """
