@@ -126,6 +126,10 @@ MISTRAL_SMALL_3: dict[str, Any] = {
     "projector_hidden_act": "gelu",
 }
 
+#: The scheduler the tiny model is built with: FlowMatchEuler with dynamic shifting (the FLUX.2 pipelines
+#: pass their own empirical μ when sampling; training uses musubi-tuner's flux2_shift, ``runtime.TRAIN_SHIFT``).
+SCHEDULER: dict[str, Any] = {"num_train_timesteps": 1000, "shift": 3.0, "use_dynamic_shifting": True}
+
 _ATTN = (
     "attn.to_q",
     "attn.to_k",
@@ -222,6 +226,7 @@ SPEC = FamilySpec(
         hub_pattern=r"flux[._-]?2|klein",
     ),
     full_weight_rates=LR_DEFAULTS,
+    scheduler=SCHEDULER,
     variants=(
         Variant("flux2-klein-4b", "flux2", "FLUX.2 [klein] 4B", native_resolution=1024, **_KLEIN_SAMPLES),
         Variant(

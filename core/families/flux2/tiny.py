@@ -15,11 +15,6 @@ TEXT_WIDTH = 32
 #: The tiny VAE's latent channels (FLUX.2's has 32); the transformer sees them 2×2-patchified.
 LATENT_CHANNELS = 8
 
-#: The tiny model's scheduler: FlowMatchEuler with dynamic shifting (the FLUX.2 pipelines pass their
-#: own empirical μ when sampling, so only the flag matters to them).
-SCHEDULER: dict[str, Any] = {"num_train_timesteps": 1000, "shift": 3.0, "use_dynamic_shifting": True}
-
-
 def vae() -> Any:
     """A four-level (8× down) ``AutoencoderKLFlux2`` at toy width, its batch-norm statistics seeded away from 0/1."""
     import torch
@@ -62,6 +57,8 @@ def build_klein(out_dir: Path) -> Path:
     from diffusers import FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline
     from transformers import AutoTokenizer, Qwen3ForCausalLM
 
+    from core.families.flux2 import SPEC
+
     tokenizer = AutoTokenizer.from_pretrained(llm_tiny.write_tokenizer(out_dir / "tokenizer", "qwen2", WORDS, 512))
     torch.manual_seed(SEED)
     parts = {
@@ -69,7 +66,7 @@ def build_klein(out_dir: Path) -> Path:
         "vae": vae(),
         "text_encoder": Qwen3ForCausalLM(llm_tiny.qwen3_config(tokenizer, hidden=TEXT_WIDTH, layers=28)),
         "tokenizer": tokenizer,
-        "scheduler": FlowMatchEulerDiscreteScheduler.from_config(SCHEDULER),
+        "scheduler": FlowMatchEulerDiscreteScheduler.from_config(SPEC.scheduler_config()),
     }
     Flux2KleinPipeline(**parts).save_pretrained(out_dir, safe_serialization=True)
     return out_dir

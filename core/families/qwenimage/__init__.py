@@ -86,6 +86,20 @@ TEXT_ENCODER: dict[str, Any] = {
     },
 }
 
+#: Qwen/Qwen-Image ``scheduler/scheduler_config.json``: dynamic shift over 256 … 8192 packed tokens.
+SCHEDULER: dict[str, Any] = {
+    "base_image_seq_len": 256,
+    "base_shift": 0.5,
+    "max_image_seq_len": 8192,
+    "max_shift": 0.9,
+    "num_train_timesteps": 1000,
+    "shift": 1.0,
+    "shift_terminal": 0.02,
+    "time_shift_type": "exponential",
+    "use_dynamic_shifting": True,
+}
+
+
 _ATTN = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
 _FF = ("img_mlp.net.0.proj", "img_mlp.net.2", "txt_mlp.net.0.proj", "txt_mlp.net.2")
 _ALL = ("img_mod.1", "txt_mod.1", "img_in", "txt_in", "proj_out", "norm_out.linear", "timestep_embedder.linear_1", "timestep_embedder.linear_2")
@@ -158,6 +172,7 @@ SPEC = FamilySpec(
         refused=(("edit", "a Qwen-Image-Edit model (image-conditioned editing with control images), which sdtui does not train yet; use Qwen/Qwen-Image"),),
     ),
     full_weight_rates=LR_DEFAULTS,
+    scheduler=SCHEDULER,
     variants=(Variant("qwen-image", "qwenimage", "Qwen-Image", native_resolution=1024, sample_steps=50, guidance_scale=4.0),),
     pipeline_clip_skip=False,
     bucket_step=16,

@@ -13,20 +13,6 @@ SEED = 2469
 #: The tiny text encoder's width (the transformer's ``joint_attention_dim``).
 TEXT_WIDTH = 32
 
-#: Qwen/Qwen-Image ``scheduler/scheduler_config.json``: dynamic shift over 256 … 8192 packed tokens.
-SCHEDULER: dict[str, Any] = {
-    "base_image_seq_len": 256,
-    "base_shift": 0.5,
-    "max_image_seq_len": 8192,
-    "max_shift": 0.9,
-    "num_train_timesteps": 1000,
-    "shift": 1.0,
-    "shift_terminal": 0.02,
-    "time_shift_type": "exponential",
-    "use_dynamic_shifting": True,
-}
-
-
 def text_encoder(tokenizer: Any) -> Any:
     """A two-layer Qwen2.5-VL (text tower and a one-block vision tower) of width :data:`TEXT_WIDTH` over ``tokenizer``'s vocabulary."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
@@ -90,7 +76,7 @@ def build(pipeline_class: Any, out_dir: Path) -> Path:
     from diffusers import FlowMatchEulerDiscreteScheduler
     from transformers import AutoTokenizer
 
-    from core.families.qwenimage import PROMPT, VAE
+    from core.families.qwenimage import PROMPT, SPEC, VAE
 
     tokenizer = AutoTokenizer.from_pretrained(llm_tiny.write_tokenizer(out_dir / "tokenizer", "qwen2", WORDS, PROMPT.max_tokens))
     torch.manual_seed(SEED)
@@ -99,7 +85,7 @@ def build(pipeline_class: Any, out_dir: Path) -> Path:
         "vae": vae(VAE["latents_mean"], VAE["latents_std"]),
         "text_encoder": text_encoder(tokenizer),
         "tokenizer": tokenizer,
-        "scheduler": FlowMatchEulerDiscreteScheduler.from_config(SCHEDULER),
+        "scheduler": FlowMatchEulerDiscreteScheduler.from_config(SPEC.scheduler_config()),
     }
     pipeline_class(**parts).save_pretrained(out_dir, safe_serialization=True)
     return out_dir
