@@ -262,3 +262,38 @@ def test_a_klein_lora_run_samples_and_its_files_reproduce_it_in_diffusers_and_co
     merged = layout.to_original({k.replace(".base_layer", ""): v for k, v in denoiser.state_dict().items() if "lora_" not in k})
     applied = _apply_comfy(base, load_file(str(comfy)))
     assert all(torch.allclose(applied[k], merged[k], atol=1e-5) for k in merged)
+
+
+@pytest.fixture(scope="module")
+def tiny_dev(tmp_path_factory) -> Path:
+    """The tiny FLUX.2 dev: a Mistral 3 encoder with the locally built Mistral tokenizer, a guidance embedding."""
+    from core.families.flux2.tiny import build_dev
+
+    return build_dev(tmp_path_factory.mktemp("tiny-flux2-dev") / "model")
+
+
+@pytest.mark.slow
+def test_dev_reads_captions_as_flux2_pipeline_does_and_trains_a_lora_diffusers_reproduces(tmp_path, tiny_dev, kohya_dataset) -> None:
+    from diffusers import Flux2Pipeline
+    from safetensors import safe_open
+
+    from core.train.model.loading import load_components
+    from tests.train_helpers import make_run, train
+
+    components = load_components(str(tiny_dev))
+    assert components.variant == "flux2-dev"
+    family = components.runtime
+    ids = family.tokenize(components.tokenizers, CAPTIONS, components.variant)
+    assert components.tokenizers[0].convert_ids_to_tokens(ids[0][0][:2].tolist()) == ["<s>", "[SYSTEM_PROMPT]"]
+    ours = family.encode_text(components.text_encoders, ids, 1)
+    states, _ = components.pipeline().encode_prompt(CAPTIONS, device="cpu")
+    assert torch.allclose(ours.prompt_embeds, states, atol=1e-6)  # Mistral's template with the system prompt, layers 10/20/30
+
+    run = make_run(tmp_path / "run", tiny_dev, kohya_dataset(((2, "sks dog", 2),)), "flux2", "lora", schedule={"max_steps": 2, "learning_rate": 3e-2})
+    assert train(run) == 0
+    with safe_open(str(run / "output" / "tiny.safetensors"), "pt") as handle:
+        assert handle.metadata()["modelspec.architecture"] == "flux-2-dev/lora"
+    pipe = Flux2Pipeline.from_pretrained(tiny_dev)
+    base = _image(pipe)
+    pipe.load_lora_weights(str(run / "output" / "diffusers"))
+    assert np.abs(_image(pipe) - base).max() > 1e-4

@@ -89,9 +89,9 @@ class Flux2Runtime(FlowRuntime):
         return names
 
     def variant_of(self, denoiser_config: Mapping[str, Any]) -> str:
-        """klein 4B, klein 9B or dev, from the transformer's block counts."""
+        """klein 4B, klein 9B or dev, from the transformer's block counts (another size: dev when it embeds guidance)."""
         size = (int(denoiser_config.get("num_layers", 0)), int(denoiser_config.get("num_single_layers", 0)))
-        return VARIANT_SIZES.get(size, self.spec.variant().name)
+        return VARIANT_SIZES.get(size, "flux2-dev" if denoiser_config.get("guidance_embeds") else self.spec.variant().name)
 
     def objective(self, prediction_type: str, noise_scheduler: Any, settings: Mapping[str, Any]) -> FlowObjective:
         """The flow objective with musubi-tuner's ``flux2_shift`` (``settings.flow_shift`` > 0 fixes the shift instead)."""
@@ -123,9 +123,9 @@ class Flux2Runtime(FlowRuntime):
     def tokenize(self, tokenizers: Sequence[Any], captions: Sequence[str], variant: str = "") -> list[Any]:
         """Each caption in its pipeline's chat template (klein: the user turn with thinking off; dev: its
         system prompt), padded to 512 tokens: the ids and the attention mask."""
-        tokenizer = tokenizers[0]
-        prompt = DEV_PROMPT if _is_processor(tokenizer) else KLEIN_PROMPT
-        return list(llm_text.tokenize(getattr(tokenizer, "tokenizer", tokenizer), prompt, captions))
+        tokenizer = getattr(tokenizers[0], "tokenizer", tokenizers[0])  # dev's Pixtral processor holds the tokenizer
+        prompt = DEV_PROMPT if "[INST]" in tokenizer.get_vocab() else KLEIN_PROMPT
+        return list(llm_text.tokenize(tokenizer, prompt, captions))
 
     def encode_text(self, encoders: Sequence[Any], token_ids: Sequence[Any], clip_skip: int) -> TextEmbeddings:
         """Three hidden layers of the encoder (klein 9/18/27, dev 10/20/30) side by side per token, ``[batch, 512, 3·width]``."""
@@ -235,11 +235,6 @@ def _bn_stats(vae: Any, like: Any) -> tuple[Any, Any]:
     mean = vae.bn.running_mean.view(1, -1, 1, 1).to(like.device, like.dtype)
     std = torch.sqrt(vae.bn.running_var.view(1, -1, 1, 1) + vae.config.batch_norm_eps).to(like.device, like.dtype)
     return mean, std
-
-
-def _is_processor(tokenizer: Any) -> bool:
-    """Whether ``tokenizer`` is dev's Pixtral processor (a tokenizer and an image processor)."""
-    return hasattr(tokenizer, "image_processor")
 
 
 def _is_mistral(text_encoder: Any) -> bool:

@@ -15,6 +15,7 @@ TEXT_WIDTH = 32
 #: The tiny VAE's latent channels (FLUX.2's has 32); the transformer sees them 2×2-patchified.
 LATENT_CHANNELS = 8
 
+
 def vae() -> Any:
     """A four-level (8× down) ``AutoencoderKLFlux2`` at toy width, its batch-norm statistics seeded away from 0/1."""
     import torch
@@ -69,4 +70,58 @@ def build_klein(out_dir: Path) -> Path:
         "scheduler": FlowMatchEulerDiscreteScheduler.from_config(SPEC.scheduler_config()),
     }
     Flux2KleinPipeline(**parts).save_pretrained(out_dir, safe_serialization=True)
+    return out_dir
+
+
+def mistral_encoder(tokenizer: Any) -> Any:
+    """A tiny ``Mistral3ForConditionalGeneration``: 31 text layers (dev reads layer 30) of width :data:`TEXT_WIDTH`, a one-layer Pixtral tower."""
+    from transformers import Mistral3Config, Mistral3ForConditionalGeneration
+
+    ids = tokenizer.convert_tokens_to_ids
+    config = Mistral3Config(
+        text_config={
+            "model_type": "mistral",
+            "vocab_size": -(-len(tokenizer) // 64) * 64,
+            "hidden_size": TEXT_WIDTH,
+            "intermediate_size": TEXT_WIDTH * 2,
+            "num_hidden_layers": 31,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": TEXT_WIDTH // 4,
+            "max_position_embeddings": 2048,
+            "bos_token_id": ids("<s>"),
+            "eos_token_id": ids("</s>"),
+            "pad_token_id": ids("<pad>"),
+        },
+        vision_config={"model_type": "pixtral", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 56, "patch_size": 14},
+        image_token_index=ids("[IMG]"),
+        spatial_merge_size=2,
+        multimodal_projector_bias=False,
+    )
+    return Mistral3ForConditionalGeneration(config)
+
+
+def build_dev(out_dir: Path) -> Path:
+    """Write a tiny FLUX.2 dev (Mistral 3 encoder, guidance embedding) with its Mistral tokenizer as a diffusers folder.
+
+    The real model's ``tokenizer`` is a ``PixtralProcessor`` (it needs torchvision, which sdtui does not
+    install); the pipeline only calls its ``apply_chat_template``, which the tokenizer has with the same
+    template, so the tiny model ships the tokenizer itself.
+    """
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, Flux2Pipeline
+    from transformers import AutoTokenizer
+
+    from core.families.flux2 import SPEC
+
+    tokenizer = AutoTokenizer.from_pretrained(llm_tiny.write_tokenizer(out_dir / "tokenizer", "mistral", WORDS, 512))
+    torch.manual_seed(SEED)
+    parts = {
+        "transformer": transformer(guidance=True),
+        "vae": vae(),
+        "text_encoder": mistral_encoder(tokenizer),
+        "tokenizer": tokenizer,
+        "scheduler": FlowMatchEulerDiscreteScheduler.from_config(SPEC.scheduler_config("flux2-dev")),
+    }
+    Flux2Pipeline(**parts).save_pretrained(out_dir, safe_serialization=True)
     return out_dir

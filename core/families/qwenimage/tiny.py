@@ -13,6 +13,7 @@ SEED = 2469
 #: The tiny text encoder's width (the transformer's ``joint_attention_dim``).
 TEXT_WIDTH = 32
 
+
 def text_encoder(tokenizer: Any) -> Any:
     """A two-layer Qwen2.5-VL (text tower and a one-block vision tower) of width :data:`TEXT_WIDTH` over ``tokenizer``'s vocabulary."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
