@@ -164,7 +164,7 @@ def _from_arguments(args: argparse.Namespace, extras: list[str], gpus: Any) -> t
     and the scan of --data (None without it: the plan then has no schedule table)."""
     from core.config import apply_overrides, apply_recipe, new_config
     from core.dataset.scan import scan_dataset
-    from core.families.detect import detect_family
+    from core.families.detect import detect_family, variant_of_model
     from core.plan.picker import run_shape
 
     if not args.model:
@@ -184,7 +184,8 @@ def _from_arguments(args: argparse.Namespace, extras: list[str], gpus: Any) -> t
     if args.data:
         scan = scan_dataset(args.data, args.reg, resolution=resolution, bucket_settings={k: settings[k] for k in BUCKET_KEYS})
     distributed = probe.distributed | {"num_processes": max(1, gpus.count)}
-    recipe = _choose_recipe(args.recipe, family, method, gpus, overrides, run_shape(method, scan.reg_images if scan is not None else None, distributed))
+    shape = run_shape(method, scan.reg_images if scan is not None else None, distributed, variant_of_model(args.model, family))
+    recipe = _choose_recipe(args.recipe, family, method, gpus, overrides, shape)
     if scan is None:
         name = f"{family}-{method}"
     else:

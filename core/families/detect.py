@@ -90,6 +90,23 @@ def detect_family(model: str) -> str:
     raise UserError(f"model '{model}' does not exist; give a diffusers folder, a .safetensors file, a hub id or one of {', '.join((*FAMILIES, *variant_names()))}")
 
 
+def variant_of_model(model: str, family: str) -> str:
+    """The ``--model`` variant of ``model`` without torch: its name, or for a diffusers folder the variant whose
+    denoiser config changes it matches (FLUX.2 klein 9B, dev); "" when it is the family's default or unknown."""
+    from core.families import spec
+
+    found = spec(family)
+    if model in (v.name for v in found.variants):
+        return model
+    path = Path(model).expanduser()
+    config = _read_json(path / found.denoiser / "config.json") if path.is_dir() else None
+    for candidate in found.variants if config else ():
+        changes = candidate.configs.get(found.denoiser, {})
+        if changes and all(config.get(k) == v for k, v in changes.items()):
+            return candidate.name
+    return ""
+
+
 #: The libraries a model part may come from: model_index.json names a module per part and loading
 #: the part imports it, so any other name is refused before anything is imported.
 LOADABLE_LIBRARIES = ("diffusers", "transformers")

@@ -20,6 +20,12 @@ def params() -> dict[str, Any]:
     return families
 
 
+def sized(family: str, variant: str = "") -> str:
+    """The key of ``family``'s tables for ``variant``: the variant's own where it was measured (a variant of
+    another size: FLUX.2 klein 9B, dev), else the family's."""
+    return variant if variant and variant in params() else family
+
+
 @cache
 def activations() -> dict[str, Any]:
     """Per family: fitted activation bytes per image, and the text encoders' (bench/measure_activations.py)."""

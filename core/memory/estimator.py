@@ -108,14 +108,15 @@ def _poly(coeffs: list[float], tokens: float) -> float:
     return max(0.0, c0 + c1 * tokens + c2 * tokens * tokens)
 
 
-def unet_activation_parts(family: str, mode: str, half: bool, checkpointing: bool, attention: str, resolution: int) -> tuple[int, int]:
+def unet_activation_parts(family: str, mode: str, half: bool, checkpointing: bool, attention: str, resolution: int, variant: str = "") -> tuple[int, int]:
     """Activation bytes of one image through the UNet: (kept for backward, backward working set).
 
     The working set is the checkpointed block being recomputed plus two tensors of the largest
     activation's size (the incoming and outgoing gradient).
     """
     key = f"{mode}/{'half' if half else 'fp32'}/{'ckpt' if checkpointing else 'nockpt'}/{attention}"
-    fit = data.activations()[spec(family).denoiser][family][key]
+    fits = data.activations()[spec(family).denoiser]
+    fit = fits.get(data.sized(family, variant), fits[family])[key]
     tokens = (resolution / VAE_DOWNSCALE) ** 2
     return int(_poly(fit["saved"], tokens)), int(_poly(fit["recompute"], tokens) + 2 * _poly(fit["largest"], tokens))
 
@@ -154,13 +155,15 @@ def estimate(
     zero_stage: int = 2,
     offload: bool = False,
     prior_preservation: bool | None = None,
+    variant: str = "",
 ) -> Estimate:
     """Peak VRAM per GPU for training ``family`` with ``method`` and ``settings`` on ``num_gpus``.
 
     ``settings`` may be partial (missing keys take the defaults of core.settings.SETTINGS).
     ``backend`` is ddp, deepspeed (``zero_stage`` 1-3, ``offload`` of optimizer state to the CPU)
     or fsdp (full sharding). ``prior_preservation`` (default: on for DreamBooth) doubles the
-    images per step, as each instance image is paired with a class image.
+    images per step, as each instance image is paired with a class image. ``variant`` (a ``--model``
+    name) sizes the model by the variant's own measured tables where it has them (FLUX.2 klein 9B, dev).
     """
     if family not in FAMILIES:
         raise UserError(f"unknown model family '{family}'; use one of {', '.join(FAMILIES)}")
@@ -171,7 +174,7 @@ def estimate(
     if num_gpus < 1:
         raise UserError(f"the GPU count must be at least 1 (got {num_gpus})")
     s = resolve("settings", settings)
-    raw, phase, notes = _raw(family, method, s, num_gpus, backend, zero_stage, offload, prior_preservation)
+    raw, phase, notes = _raw(family, method, s, num_gpus, backend, zero_stage, offload, prior_preservation, variant)
     total = sum(raw.values())
     point = match_point(family, method, s, num_gpus, backend)
     if point is not None:
@@ -205,16 +208,16 @@ class _Layout:
     largest: int
 
 
-def _layout(family: str, method: str, s: dict[str, Any], n: int, backend: str, zero_stage: int) -> _Layout:
+def _layout(family: str, method: str, s: dict[str, Any], n: int, backend: str, zero_stage: int, variant: str = "") -> _Layout:
     """The byte widths and sharding of a run. Under DeepSpeed the trained weights are half and the
     fp32 master copy is part of the (sharded) optimizer state."""
-    comps = data.params()[family]
+    comps = data.params()[data.sized(family, variant)]
     half = s["mixed_precision"] != "no"
     frozen_b = 2 if half else 4
     master_b = 2 if (half and s["full_bf16"]) else 4
     ds = backend == "deepspeed"
     te_trained = s["train_text_encoder"] and method != "textual_inversion"
-    counted = trainable(family, method, s)
+    counted = trainable(family, method, s, variant)
     return _Layout(
         comps=comps,
         denoiser=spec(family).denoiser,
@@ -314,10 +317,10 @@ def _held_state(lay: _Layout, s: dict[str, Any], offload: bool, backend: str) ->
     return b
 
 
-def _activations(lay: _Layout, family: str, method: str, s: dict[str, Any], images: int, notes: list[str]) -> tuple[int, int]:
+def _activations(lay: _Layout, family: str, method: str, s: dict[str, Any], images: int, notes: list[str], variant: str = "") -> tuple[int, int]:
     """Activations, measured per image (bench/measure_activations.py), times the images per step:
     ``kept`` for the backward pass, ``working`` the backward pass's own (recomputed block, gradients)."""
-    kept, working = unet_activation_parts(family, "full" if lay.full else "lora", lay.half, s["gradient_checkpointing"], s["attention"], s["resolution"])
+    kept, working = unet_activation_parts(family, "full" if lay.full else "lora", lay.half, s["gradient_checkpointing"], s["attention"], s["resolution"], variant)
     kept *= images
     working *= images
     if lay.te_trained or method == "textual_inversion":
@@ -360,16 +363,18 @@ def _phases(lay: _Layout, s: dict[str, Any], copies: int, grads: int, kept: int,
     return phases
 
 
-def _raw(family: str, method: str, s: dict[str, Any], n: int, backend: str, zero_stage: int, offload: bool, prior: bool | None) -> tuple[dict[str, int], str, list[str]]:
+def _raw(
+    family: str, method: str, s: dict[str, Any], n: int, backend: str, zero_stage: int, offload: bool, prior: bool | None, variant: str = ""
+) -> tuple[dict[str, int], str, list[str]]:
     """The breakdown at the peak phase (before calibration), that phase, and the notes."""
-    lay = _layout(family, method, s, n, backend, zero_stage)
+    lay = _layout(family, method, s, n, backend, zero_stage, variant)
     notes = _caching_notes(method, s, lay.te_trained)
     b: dict[str, int] = dict.fromkeys(BREAKDOWN_KEYS, 0)
     b.update(_weights(lay, method, s))
     b.update(_held_state(lay, s, offload, backend))
     prior = method == "dreambooth" if prior is None else prior
     images = s["batch_size"] * (2 if prior else 1)
-    kept, working = _activations(lay, family, method, s, images, notes)
+    kept, working = _activations(lay, family, method, s, images, notes, variant)
     phases = _phases(lay, s, _autocast_copies(lay, method), _gradients(lay, s, zero_stage, offload, backend), kept, working, images)
     peak_phase = max(phases, key=lambda name: sum(phases[name].values()))
     b.update(phases[peak_phase])

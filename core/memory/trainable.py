@@ -48,7 +48,7 @@ def adapter_parameters(lora_type: str, rank: int, width: int) -> int:
     return rank * width
 
 
-def trainable(family: str, method: str, settings: Mapping[str, Any]) -> Trainable:
+def trainable(family: str, method: str, settings: Mapping[str, Any], variant: str = "") -> Trainable:
     """The trained parameters of ``method`` on ``family`` with ``settings``.
 
     Textual inversion trains each text encoder's whole token-embedding matrix (its gradient
@@ -56,7 +56,7 @@ def trainable(family: str, method: str, settings: Mapping[str, Any]) -> Trainabl
     holds; the result holds ``ti_num_vectors`` vectors per encoder.
     """
     s = resolve("settings", settings)
-    comps = data.params()[family]
+    comps = data.params()[data.sized(family, variant)]
     encoders = text_encoder_names(family)
     te = bool(s["train_text_encoder"]) and method != "textual_inversion"
     if method == "lora":

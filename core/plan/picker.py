@@ -64,21 +64,23 @@ class RunShape:
     backend: str = "ddp"
     zero_stage: int = 2
     offload: bool = False
+    #: The ``--model`` variant, which sizes the model where it differs from the family's default (FLUX.2 klein 9B, dev).
+    variant: str = ""
 
     def options(self) -> dict[str, Any]:
         """The estimator's keyword arguments."""
-        return {"backend": self.backend, "zero_stage": self.zero_stage, "offload": self.offload, "prior_preservation": self.prior_preservation}
+        return {"backend": self.backend, "zero_stage": self.zero_stage, "offload": self.offload, "prior_preservation": self.prior_preservation, "variant": self.variant}
 
 
-def run_shape(method: str, class_images: int | None, distributed: Mapping[str, Any] | None = None) -> RunShape:
-    """The shape of a run of ``method`` with ``class_images`` class images and this [distributed].
+def run_shape(method: str, class_images: int | None, distributed: Mapping[str, Any] | None = None, variant: str = "") -> RunShape:
+    """The shape of a run of ``method`` with ``class_images`` class images and this [distributed], of the model ``variant``.
 
     ``class_images`` None means no dataset is known yet (planning from a family name): then
     DreamBooth is taken to pair class images, as it usually trains.
     """
     dist = resolve("distributed", distributed)
     prior = method == "dreambooth" if class_images is None else uses_prior_preservation(method, class_images)
-    return RunShape(prior, str(dist["backend"]), int(dist["zero_stage"]), bool(dist["offload"]))
+    return RunShape(prior, str(dist["backend"]), int(dist["zero_stage"]), bool(dist["offload"]), variant)
 
 
 def uses_prior_preservation(method: str, class_images: int) -> bool:

@@ -17,6 +17,7 @@ from core.dataset.buckets import bucket_counts, bucket_selector
 from core.dataset.scan import overlay_subsets
 from core.errors import UserError
 from core.families import spec
+from core.families.detect import variant_of_model
 from core.memory.estimator import HEADROOM
 from core.settings import optimizer_notes, optimizer_rule_warnings
 from core.units import GIB
@@ -209,7 +210,7 @@ def make_plan(config: Any, scan: Any, gpus: Any, price_per_gpu_hour: float | Non
     held = validation.held if validation is not None else frozenset()
     counts = _bucket_counts(scan, bucket_selector(settings), held) if scan is not None else {}
     classes = class_images(method, settings, config.section("method")["class_prompt"], scan.reg_images, scan.images) if scan is not None else None
-    shape = run_shape(method, classes.total if classes is not None else None, distributed)
+    shape = run_shape(method, classes.total if classes is not None else None, distributed, variant_of_model(config.model_path, family) if config.model_path else "")
     prior = shape.prior_preservation
     fit = judge(family, method, settings, gpus, shape=shape)
     smallest = gpus.smallest
