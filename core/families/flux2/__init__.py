@@ -221,7 +221,7 @@ SPEC = FamilySpec(
     pipeline_class="Flux2KleinPipeline",
     recognition=Recognition(
         pipeline_mark="Flux2",
-        unet_marks={"_class_name": "Flux2Transformer2DModel"},
+        unet_marks={"_class_name": "Flux2Transformer2DModel", "timestep_guidance_channels": 256},
         checkpoint_keys=("double_stream_modulation_img.", "single_stream_modulation."),
         hub_pattern=r"flux[._-]?2|klein",
     ),
