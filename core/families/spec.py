@@ -89,6 +89,10 @@ class Variant:
     #: Components of another class in this variant (name -> ``library.Class``: FLUX.2-dev's Mistral
     #: text encoder); their ``configs`` replace the family's config instead of changing it.
     component_classes: Mapping[str, str] = field(default_factory=dict)
+    #: The variant's forward TFLOPs where its size differs from the family's (0 = the family's figures).
+    denoiser_tflops: float = 0.0
+    denoiser_attention_tflops: float = 0.0
+    text_encoder_tflops: float = 0.0
     #: The variant's scheduler config where it differs from the family's (FLUX.1-schnell: no shift).
     scheduler: Mapping[str, Any] = field(default_factory=dict)
 
@@ -154,6 +158,13 @@ class FamilySpec:
             else:
                 configs.setdefault(name, {}).update(deepcopy(dict(changes)))
         return configs
+
+    def tflops(self, variant: str = "") -> tuple[float, float, float]:
+        """``(denoiser, its attention part, text encoder)`` forward TFLOPs of ``variant`` (default: the family's)."""
+        chosen = self.variant(variant) if variant else None
+        if chosen is None or not chosen.denoiser_tflops:
+            return self.denoiser_tflops, self.denoiser_attention_tflops, self.text_encoder_tflops
+        return chosen.denoiser_tflops, chosen.denoiser_attention_tflops, chosen.text_encoder_tflops or self.text_encoder_tflops
 
     def component_class_names(self, variant: str = "") -> dict[str, str]:
         """Component name -> ``library.Class`` of ``variant`` (default: the family's)."""

@@ -363,9 +363,7 @@ def _phases(lay: _Layout, s: dict[str, Any], copies: int, grads: int, kept: int,
     return phases
 
 
-def _raw(
-    family: str, method: str, s: dict[str, Any], n: int, backend: str, zero_stage: int, offload: bool, prior: bool | None, variant: str = ""
-) -> tuple[dict[str, int], str, list[str]]:
+def _raw(family: str, method: str, s: dict[str, Any], n: int, backend: str, zero_stage: int, offload: bool, prior: bool | None, variant: str = "") -> tuple[dict[str, int], str, list[str]]:
     """The breakdown at the peak phase (before calibration), that phase, and the notes."""
     lay = _layout(family, method, s, n, backend, zero_stage, variant)
     notes = _caching_notes(method, s, lay.te_trained)

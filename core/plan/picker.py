@@ -104,7 +104,7 @@ def judge(family: str, method: str, settings: Mapping[str, Any], gpus: Any, reci
     resolved = resolve("settings", settings)
     result = estimate(family, method, resolved, num_gpus=num_gpus, **shape.options())
     fits = result.fits(smallest.vram_total_bytes, headroom=HEADROOM) if smallest is not None else None
-    speed = images_per_second(family, method, resolved, smallest) if smallest is not None else None
+    speed = images_per_second(family, method, resolved, smallest, variant=shape.variant) if smallest is not None else None
     return RecipeFit(recipe, resolved, result, fits, speed)
 
 

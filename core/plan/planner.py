@@ -232,7 +232,7 @@ def make_plan(config: Any, scan: Any, gpus: Any, price_per_gpu_hour: float | Non
         dataset=_dataset_json(scan, counts, held) if scan is not None else None,
         counts=counts,
         prior_preservation=prior,
-        images_per_second_per_gpu=images_per_second(family, method, settings, smallest, int(schedule["gradient_accumulation"])),
+        images_per_second_per_gpu=images_per_second(family, method, settings, smallest, int(schedule["gradient_accumulation"]), shape.variant),
         configured_processes=int(distributed["num_processes"]) * int(distributed["num_machines"]),
         price_per_gpu_hour=price_per_gpu_hour,
         class_images=classes,

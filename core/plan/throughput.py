@@ -37,15 +37,15 @@ BANDWIDTH_PER_TFLOPS = 6e9
 SCALING_PER_DOUBLING = {("full", False): 0.92, ("full", True): 0.85, ("adapter", False): 0.97, ("adapter", True): 0.93}
 
 
-def training_tflops_per_image(family: str, method: str, settings: dict[str, Any]) -> float:
+def training_tflops_per_image(family: str, method: str, settings: dict[str, Any], variant: str = "") -> float:
     """TFLOPs one training image costs: the denoiser's forward+backward (its linear part grows with the
-    pixels, a transformer's attention with their square), plus what is not cached."""
+    pixels, a transformer's attention with their square), plus what is not cached (of the model ``variant``)."""
     settings = resolve("settings", settings)
     resolution = int(settings["resolution"])
     family_spec = spec(family)
     pixel_scale = (resolution / family_spec.native_resolution) ** 2
-    attention = family_spec.denoiser_attention_tflops
-    forward = (family_spec.denoiser_tflops - attention) * pixel_scale + attention * pixel_scale**2
+    denoiser, attention, text = family_spec.tflops(variant)
+    forward = (denoiser - attention) * pixel_scale + attention * pixel_scale**2
     # Full weights: backward = 2 forwards (input and weight gradients). Frozen base (LoRA,
     # textual inversion): only input gradients flow, about 1 forward.
     passes = 3.0 if method in FULL_METHODS else 2.0
@@ -54,7 +54,6 @@ def training_tflops_per_image(family: str, method: str, settings: dict[str, Any]
     total = forward * passes
     if not settings["cache_latents"]:
         total += VAE_ENCODE_TFLOPS_512 * (resolution / 512) ** 2
-    text = family_spec.text_encoder_tflops
     if settings["train_text_encoder"] or method == "textual_inversion":
         total += text * (3.0 if settings["train_text_encoder"] and method in FULL_METHODS else 2.0)
     elif not settings["cache_text_encoder_outputs"]:
@@ -85,7 +84,7 @@ def dense_tflops(gpu: Any, mixed_precision: str) -> float | None:
     return (fp16 / 4 if mixed_precision == "no" else fp16) or None
 
 
-def images_per_second(family: str, method: str, settings: dict[str, Any], gpu: Any, accumulation: int = 1) -> float | None:
+def images_per_second(family: str, method: str, settings: dict[str, Any], gpu: Any, accumulation: int = 1, variant: str = "") -> float | None:
     """Training images per second on one GPU; None without a known GPU (e.g. on the CPU)."""
     if gpu is None or family not in FAMILIES:
         return None
@@ -94,11 +93,11 @@ def images_per_second(family: str, method: str, settings: dict[str, Any], gpu: A
     if not tflops:
         return None
     bandwidth = memory_bandwidth(gpu)
-    flops = training_tflops_per_image(family, method, settings) * 1e12
+    flops = training_tflops_per_image(family, method, settings, variant) * 1e12
     seconds_per_flop = 1 / (tflops * 1e12 * MATMUL_EFFICIENCY) + 1 / (ARITHMETIC_INTENSITY * bandwidth)
     compute_s = flops * seconds_per_flop / batch_efficiency(family, settings)
     optimizer = str(settings["optimizer"])
-    step_s = trainable(family, method, settings).params * OPTIMIZER_BYTES_PER_PARAM.get(optimizer, 28) / bandwidth
+    step_s = trainable(family, method, settings, variant).params * OPTIMIZER_BYTES_PER_PARAM.get(optimizer, 28) / bandwidth
     images_per_step = int(settings["batch_size"]) * max(1, accumulation)
     return 1.0 / (compute_s + step_s / images_per_step)
 

@@ -212,6 +212,7 @@ SPEC = FamilySpec(
     #: linears plus attention: klein 4B ≈ 3.9 B block weights -> 2 · 3.9e9 · 4608 + 4 · 4608² · 3072 · 25
     #: ≈ 42; the Qwen3-4B encoder 2 · 4e9 · 512 ≈ 4.1 per caption (27 of 36 layers are needed, all are run).
     denoiser_tflops=42.0,
+    denoiser_attention_tflops=6.5,
     text_encoder_tflops=4.1,
     kohya_base_version="flux2",
     kohya_v_suffix="",
@@ -238,6 +239,10 @@ SPEC = FamilySpec(
                 "text_encoder": QWEN3_8B_CHANGES,
             },
             native_resolution=1024,
+            # 2 · 9.08e9 · 4608 + 4 · 4608² · 4096 · 32 blocks; Qwen3-8B: 2 · 8.2e9 · 512.
+            denoiser_tflops=95.0,
+            denoiser_attention_tflops=11.1,
+            text_encoder_tflops=8.4,
             **_KLEIN_SAMPLES,
         ),
         Variant(
@@ -250,6 +255,10 @@ SPEC = FamilySpec(
             },
             component_classes={"text_encoder": "transformers.Mistral3ForConditionalGeneration"},
             native_resolution=1024,
+            # 2 · 32.2e9 · 4608 + 4 · 4608² · 6144 · 56 blocks; Mistral 24B: 2 · 23.3e9 · 512.
+            denoiser_tflops=326.0,
+            denoiser_attention_tflops=29.2,
+            text_encoder_tflops=23.9,
             sample_steps=50,
             guidance_scale=4.0,
         ),

@@ -157,6 +157,7 @@ SPEC = FamilySpec(
     #: weights, the image stream's half on 4096 tokens, the text stream's on ~128 caption tokens)
     #: plus attention (4 · 4224² · 3072 per block); the text encoder: 2 · 7.6 B · ~160 tokens.
     denoiser_tflops=100.0,
+    denoiser_attention_tflops=13.2,
     text_encoder_tflops=2.4,
     kohya_base_version="qwen_image",
     kohya_v_suffix="",
