@@ -100,7 +100,9 @@ def variant_of_model(model: str, family: str) -> str:
         return model
     path = Path(model).expanduser()
     config = _read_json(path / found.denoiser / "config.json") if path.is_dir() else None
-    for candidate in found.variants if config else ():
+    if config is None:
+        return ""
+    for candidate in found.variants:
         changes = candidate.configs.get(found.denoiser, {})
         if changes and all(config.get(k) == v for k, v in changes.items()):
             return candidate.name

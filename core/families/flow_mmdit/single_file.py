@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from core.families import loading
+from core.families.detect import hub_reachable
 from core.families.spec import FamilySpec
 
 #: The prefixes checkpoint files put before the transformer's own names (ComfyUI's and the original repos').
@@ -62,7 +63,7 @@ def denoiser_only_parts(spec: FamilySpec, path: Path, config: str, dtypes: Mappi
         parts = loading.load_folder(Path(folder), spec, dtypes, skip=(spec.denoiser,))
         cls = getattr(diffusers, spec.component_classes[spec.denoiser].rpartition(".")[2])
         like = cls.from_config(cls.load_config(str(Path(folder) / spec.denoiser)))
-    elif hub_id and loading.hub_reachable():
+    elif hub_id and hub_reachable():
         parts, _ = loading.load_hub(hub_id, dtypes, {})
         like = parts[spec.denoiser]
     else:

@@ -176,7 +176,8 @@ LR_DEFAULTS = {
     "finetune": LrDefault(1e-5, 0.0, "constant_with_warmup", 100),
 }
 
-_KLEIN_SAMPLES = {"sample_steps": 50, "guidance_scale": 4.0}
+#: klein's sampling defaults: 50 steps, guidance 4.0 (Flux2KleinPipeline's; the distilled checkpoints ignore the guidance).
+KLEIN_STEPS, KLEIN_GUIDANCE = 50, 4.0
 
 SPEC = FamilySpec(
     name="flux2",
@@ -229,7 +230,7 @@ SPEC = FamilySpec(
     full_weight_rates=LR_DEFAULTS,
     scheduler=SCHEDULER,
     variants=(
-        Variant("flux2-klein-4b", "flux2", "FLUX.2 [klein] 4B", native_resolution=1024, **_KLEIN_SAMPLES),
+        Variant("flux2-klein-4b", "flux2", "FLUX.2 [klein] 4B", native_resolution=1024, sample_steps=KLEIN_STEPS, guidance_scale=KLEIN_GUIDANCE),
         Variant(
             "flux2-klein-9b",
             "flux2",
@@ -243,7 +244,8 @@ SPEC = FamilySpec(
             denoiser_tflops=95.0,
             denoiser_attention_tflops=11.1,
             text_encoder_tflops=8.4,
-            **_KLEIN_SAMPLES,
+            sample_steps=KLEIN_STEPS,
+            guidance_scale=KLEIN_GUIDANCE,
         ),
         Variant(
             "flux2-dev",
