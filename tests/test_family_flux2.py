@@ -297,3 +297,40 @@ def test_dev_reads_captions_as_flux2_pipeline_does_and_trains_a_lora_diffusers_r
     base = _image(pipe)
     pipe.load_lora_weights(str(run / "output" / "diffusers"))
     assert np.abs(_image(pipe) - base).max() > 1e-4
+
+
+def test_the_plan_sizes_each_variant_by_its_own_tables(tmp_path: Path) -> None:
+    from core.memory.estimator import estimate
+    from core.plan.throughput import training_tflops_per_image
+
+    sizes = [estimate("flux2", "lora", {"resolution": 1024}, variant=v).total_bytes for v in ("", "flux2-klein-9b", "flux2-dev")]
+    assert sizes[0] < sizes[1] < sizes[2] and sizes[2] > 48 * 2**30 > sizes[1]
+    assert training_tflops_per_image("flux2", "lora", {}, "flux2-dev") > 5 * training_tflops_per_image("flux2", "lora", {})
+    dev = _folder(tmp_path / "dev", "Flux2Pipeline", {**flux2.TRANSFORMER_KLEIN_4B, **flux2.SPEC.variant("flux2-dev").configs["transformer"]})
+    from core.families.detect import variant_of_model
+
+    assert variant_of_model(str(dev), "flux2") == "flux2-dev" and variant_of_model("flux2-klein-9b", "flux2") == "flux2-klein-9b"
+    assert variant_of_model(str(_folder(tmp_path / "klein", "Flux2KleinPipeline", flux2.TRANSFORMER_KLEIN_4B)), "flux2") == ""
+
+
+@pytest.mark.slow
+def test_klein_full_fine_tune_writes_a_folder_and_a_bfl_file_that_load_back(tmp_path, tiny_models, kohya_dataset) -> None:
+    from diffusers import Flux2KleinPipeline
+    from safetensors.torch import load_file
+
+    from core.train.model.loading import load_components
+    from tests.train_helpers import make_run, train
+
+    model = tiny_models("flux2")
+    run = make_run(tmp_path / "run", model, kohya_dataset(((1, "sks dog", 2),)), "flux2", "finetune", settings={"optimizer": "adafactor"}, schedule={"max_steps": 2, "learning_rate": 1e-3})
+    assert train(run) == 0
+    folder = run / "output" / "diffusers"
+    tuned = Flux2KleinPipeline.from_pretrained(folder).transformer.state_dict()
+    base = Flux2KleinPipeline.from_pretrained(model).transformer.state_dict()
+    assert any(not torch.equal(tuned[k], base[k]) for k in base)
+    single = run / "output" / "tiny.safetensors"
+    saved = load_file(str(single))
+    assert "double_blocks.0.img_attn.qkv.weight" in saved
+    stored = saved["double_blocks.0.img_attn.qkv.weight"].dtype  # save_precision
+    reloaded = load_components(str(single), config_path=str(model)).denoiser.state_dict()
+    assert all(torch.equal(reloaded[k].float(), tuned[k].to(stored).float()) for k in tuned)

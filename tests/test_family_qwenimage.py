@@ -168,3 +168,25 @@ def test_a_stopped_qwen_image_run_resumes_with_the_same_losses(tmp_path, tiny_mo
     assert train(run) == 0
     assert status(run)["state"] == "finished"
     assert {m["step"]: m["loss"] for m in metrics(run, "step")} == pytest.approx(reference, rel=1e-4)
+
+
+@pytest.mark.slow
+def test_two_processes_train_qwen_image_with_the_same_weights(tmp_path, tiny_models, kohya_dataset) -> None:
+    from tests.train_helpers import launch
+
+    run = make_run(
+        tmp_path / "run",
+        tiny_models("qwenimage"),
+        kohya_dataset(((1, "sks dog", 4),)),
+        "qwenimage",
+        "lora",
+        settings={"cache_text_encoder_outputs": True},
+        schedule={"max_steps": 2},
+        processes=2,
+    )
+    hashes = tmp_path / "hashes.txt"
+    done = launch(run, 2, args=["--weights-hash", str(hashes)])
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert status(run)["state"] == "finished" and [m["step"] for m in metrics(run, "step")] == [1, 2]
+    final = {(rank, digest) for rank, step, digest in (line.split() for line in hashes.read_text().splitlines()) if step == "2"}
+    assert sorted(rank for rank, _ in final) == ["0", "1"] and len({digest for _, digest in final}) == 1

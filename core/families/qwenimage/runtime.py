@@ -18,6 +18,8 @@ from core.families.qwenimage import PROMPT, SPEC
 from core.families.qwenimage import tiny as tiny_model
 from core.families.wrappers import unwrap
 
+#: The text stream's output layers of a block: in the last block their results are dropped.
+DEAD_TEXT_OUTPUTS = ("attn.to_add_out", "txt_mlp.")
 #: Where the parts of a transformer-only file come from when no diffusers folder is beside it.
 HUB_ID = "Qwen/Qwen-Image"
 
@@ -40,7 +42,9 @@ class QwenImageRuntime(FlowRuntime):
 
     def lora_target_modules(self, denoiser: Any, targets: Sequence[str], settings: Mapping[str, Any]) -> list[str]:
         """The targets' Linear layers in the blocks ``train_double_block_indices`` selects (Qwen-Image's 60
-        blocks are all double-stream), and for ``all`` the embedders and final layer too."""
+        blocks are all double-stream), and for ``all`` the embedders and final layer too; not the last
+        block's text-stream outputs, which reach nothing (the image tokens alone leave the last block,
+        so their adapters would never train and DDP would wait for their gradients)."""
         from core.errors import UserError
 
         double, single = BLOCK_SETTINGS
@@ -48,7 +52,12 @@ class QwenImageRuntime(FlowRuntime):
             raise UserError(f"settings.{single} selects single-stream blocks, which {self.spec.title} does not have; leave it empty and use {double}")
         plain = unwrap(denoiser)
         chosen = {BLOCK_SETTINGS[double]: parse_indices(str(settings.get(double, "") or ""), int(plain.config.num_layers), double)}
-        names = linear_targets(plain, targets, chosen, str(settings.get("lora_targets", "attn")) == "all")
+        last = f"transformer_blocks.{int(plain.config.num_layers) - 1}."
+        names = [
+            n
+            for n in linear_targets(plain, targets, chosen, str(settings.get("lora_targets", "attn")) == "all")
+            if not (n.startswith(last) and n.removeprefix(last).startswith(DEAD_TEXT_OUTPUTS))
+        ]
         if not names:
             raise UserError(f"settings.{double} selects no block to train; select at least one block")
         return names
