@@ -1,6 +1,8 @@
 """Real-size GPU benchmark: sdtui's trainer against the diffusers-example loop, with memory truth.
 
-For SD1.5 at 512 px and SDXL at 1024 px (LoRA and full fine-tune), with UNet/VAE/text encoders
+For SD1.5 at 512 px and SDXL at 1024 px (LoRA and full fine-tune), and with ``--family flux``
+FLUX.1-dev LoRA at 1024 and 512 px (``bench.flux_models`` at real size, against
+``bench.reference_flux``, the diffusers FLUX LoRA example's loop), with UNet/VAE/text encoders
 built from the family specs (``core/families``) by ``bench.real_models`` (the real architectures, random
 weights, built lean on the CPU) and a generated dataset, each case runs twice in a fresh process: the sdtui trainer (in-process ``Trainer`` on a
 run folder) and ``bench.reference_loop``. Per side it reports steady-state images/s, MFU (the
@@ -16,6 +18,7 @@ measured), so the one command finishes within 8 minutes.
     python -m bench.bench_gpu                      # the four cases at one batch size each (< 8 min on an H100/H200)
     python -m bench.bench_gpu --all                # every batch size (~25 min)
     python -m bench.bench_gpu --family sd1 --method lora --batch 4
+    python -m bench.bench_gpu --family flux        # FLUX.1-dev LoRA at 1024 and 512 px (the 12B model takes minutes to build)
     python -m bench.bench_gpu --tiny               # the same code on the CPU with tiny shapes
     python -m bench.bench_gpu --tiny --results R.md --calibration C.json   # … writing both, as on a GPU
     python -m bench.bench_gpu --flops              # what the caches save at real size, in counted FLOPs
@@ -49,6 +52,8 @@ CASES: tuple[tuple[str, str, int, tuple[int, ...]], ...] = (
     ("sdxl", "lora", 1024, (2, 1, 4)),
     ("sdxl", "finetune", 1024, (1, 4)),
 )
+#: FLUX.1-dev at real size (12B transformer; its random model takes minutes to build): run only with ``--family flux``.
+FLUX_CASES: tuple[tuple[str, str, int, tuple[int, ...]], ...] = (("flux", "lora", 1024, (1, 2)), ("flux", "lora", 512, (1, 4)))
 TINY_RESOLUTION = 64
 TINY_BATCHES = (1, 2)
 STEPS, WARMUP = 24, 8
@@ -105,11 +110,36 @@ class NvmlPeak:
             self._thread.join()
 
 
+def transformer_train_flops(family: str, method: str, resolution: int, model_dir: Path, device: str) -> float:
+    """FLOPs of one transformer forward+backward per image (the family runtime's ``dummy_inputs``), as torch counts them."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from core.families import runtime, spec
+    from core.families.components import component_class
+
+    family_spec = spec(family)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = component_class(family_spec, family_spec.denoiser).from_pretrained(model_dir, subfolder=family_spec.denoiser, torch_dtype=dtype).to(device)
+    model.requires_grad_(method != "lora")
+    inputs = runtime(family).dummy_inputs(dict(model.config), 1, resolution, dtype, torch.device(device))
+    next(iter(inputs.values())).requires_grad_(method == "lora")
+    with FlopCounterMode(display=False) as counter:
+        model(**inputs, return_dict=False)[0].float().pow(2).mean().backward()
+    del model
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return float(counter.get_total_flops())
+
+
 def unet_train_flops(family: str, method: str, resolution: int, model_dir: Path, device: str) -> float:
-    """FLOPs of one UNet forward+backward per image, as torch counts them (LoRA: no base weight grads)."""
+    """FLOPs of one UNet forward+backward per image, as torch counts them (LoRA: no base weight grads); a transformer family's through :func:`transformer_train_flops`."""
     import torch
     from diffusers import UNet2DConditionModel
     from torch.utils.flop_counter import FlopCounterMode
+
+    if family == "flux":
+        return transformer_train_flops(family, method, resolution, model_dir, device)
 
     unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet", torch_dtype=torch.bfloat16 if device == "cuda" else torch.float32).to(device)
     unet.requires_grad_(method != "lora")
@@ -234,6 +264,19 @@ def measure_reference(case: dict[str, Any], model: Path, dataset: Path) -> dict[
     from bench.reference_loop import ReferenceSettings, kohya_items, load_components, train_reference
 
     cuda = torch.cuda.is_available() and not case["tiny"]
+    if case["family"] == "flux":
+        from bench.reference_flux import train_flux_reference
+
+        with NvmlPeak() as nvml:
+            out = Path(case["workdir"]) / f"ref-flux-{case['resolution']}-{case['batch']}.jsonl"
+            flux_records = train_flux_reference(
+                str(model), str(dataset), case["steps"], case["resolution"], int(GPU_SETTINGS["lora_rank"]), "bf16" if cuda else "no", out, device="cuda" if cuda else "cpu"
+            )
+        return {
+            "ips": _steady([r.step_time_s for r in flux_records], [1] * len(flux_records), case["warmup"]),
+            "reserved": torch.cuda.max_memory_reserved() if cuda else None,
+            "nvml_peak": nvml.peak,
+        }
     settings = ReferenceSettings(
         resolution=case["resolution"],
         batch_size=case["batch"],
@@ -360,7 +403,7 @@ def run_cases(
     lines = []
     start = time.monotonic()
     longest = 0.0
-    for fam, meth, resolution, batches in CASES:
+    for fam, meth, resolution, batches in CASES + (FLUX_CASES if family == "flux" else ()):
         if (family and fam != family) or (method and meth != method):
             continue
         resolution = TINY_RESOLUTION if tiny else resolution
@@ -377,7 +420,7 @@ def run_cases(
                 )
                 continue
             began = time.monotonic()
-            model = build_real(fam, workdir / f"model-{fam}{'-tiny' if tiny else ''}", tiny)
+            model = model_for(fam, workdir / f"model-{fam}{'-tiny' if tiny else ''}", tiny)
             dataset = make_dataset(workdir / f"data-{resolution}", resolution, 16)
             case = {
                 "family": fam,
@@ -399,6 +442,19 @@ def run_cases(
                 lines.append(calibrate(fam, meth, ours, name, calibration))
             longest = max(longest, time.monotonic() - began)
     return lines
+
+
+def model_for(family: str, out: Path, tiny: bool) -> Path:
+    """The benchmark model of ``family``: ``bench.real_models`` for the UNets, FLUX.1-dev at real size (or the tiny one) for ``flux``."""
+    if family != "flux":
+        return build_real(family, out, tiny)
+    if tiny:
+        from core.train.model.tiny import build_tiny
+
+        return out if (out / "model_index.json").is_file() else build_tiny("flux", out)
+    from bench.flux_models import build_flux
+
+    return build_flux(out, None, None, None)
 
 
 def calibrate(family: str, method: str, ours: dict[str, Any], gpu_name: str, path: Path | None = None) -> str:
@@ -428,7 +484,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     """Real-size cases on a GPU; without one, the tiny CPU check of one case and a not-measured note."""
     parser = argparse.ArgumentParser(prog="python -m bench.bench_gpu", description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="toy widths on the CPU (checks the script, not the GPU)")
-    parser.add_argument("--family", choices=("sd1", "sdxl"))
+    parser.add_argument("--family", choices=("sd1", "sdxl", "flux"))
     parser.add_argument("--method", choices=("lora", "finetune"))
     parser.add_argument("--batch", type=int)
     parser.add_argument("--workdir", help="keep models and data here (default: a temporary folder)")

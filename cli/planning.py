@@ -212,9 +212,11 @@ def _settings_overrides(config: Any, extras: list[str]) -> dict[str, Any]:
 
 def _choose_recipe(name: str | None, family: str, method: str, gpus: Any, overrides: dict[str, Any], shape: Any) -> Any:
     """The named recipe, or the picker's fastest fitting one for a run of ``shape`` (the least heavy when none fits)."""
+    from core.families import spec
     from core.plan.picker import pick_recipes, rank_recipes
     from core.recipes import get_recipe, load_recipes
 
+    spec(family).check_method(method)  # a method the family does not train: that sentence, not "no recipe"
     if name:
         recipe = get_recipe(name)
         if family not in recipe.families or method not in recipe.methods:
