@@ -143,7 +143,7 @@ def _train_mode(family: str, denoiser: Any, mode: str) -> None:
     if mode == "lora":
         targets = spec(family).lora_targets["denoiser"]["attn"]
         for name, module in denoiser.named_modules():
-            if is_lora_target(name, targets):
+            if is_lora_target(name, targets) and hasattr(module, "weight"):  # a suffix may also name a module list (FLUX.2's to_out)
                 module.weight.requires_grad_(True)
 
 
@@ -311,13 +311,13 @@ def validate(resolution: int = 512) -> list[str]:
     return lines
 
 
-def text_encoder_activation(family: str, component: str) -> int:
+def text_encoder_activation(family: str, component: str, variant: str = "") -> int:
     """Bytes one caption's text-encoder forward keeps for backward (half precision, trained)."""
     import torch
 
-    cfg = spec(family).component_configs()[component]
+    cfg = spec(family).component_configs(variant)[component]
     with torch.device("meta"):
-        model = build_component(spec(family), component, cfg).to(torch.float16)
+        model = build_component(spec(family), component, cfg, variant).to(torch.float16)
     tally = SavedTally({id(p) for p in model.parameters()})
     ids = torch.zeros(1, spec(family).max_tokens(component), dtype=torch.long, device="meta")
     with autocast_emulation(torch.float16), torch.autograd.graph.saved_tensors_hooks(tally.pack, lambda t: t):
@@ -351,17 +351,17 @@ def measure(selected: tuple[str, ...]) -> dict[str, Any]:
         resolutions = [int(native * s) // 64 * 64 for s in SCALES]
         denoiser = spec(family).denoiser
         for name, variant in ((family, ""), *((v, v) for v in spec(family).sized_variants)):  # a variant of its own size under its name
-            config = spec(family).component_configs(variant)[denoiser]
+            configs = spec(family).component_configs(variant)
             entries: dict[str, Any] = {}
             for mode, precision, ckpt, attention in itertools.product(MODES, PRECISIONS, (True, False), ATTENTIONS):
-                rows = {r: denoiser_activation(family, r, mode, precision, ckpt, attention, config) for r in resolutions}
+                rows = {r: denoiser_activation(family, r, mode, precision, ckpt, attention, configs[denoiser]) for r in resolutions}
                 key = f"{mode}/{precision}/{'ckpt' if ckpt else 'nockpt'}/{attention}"
                 entries[key] = {part: fit([((r // 8) ** 2, row[part]) for r, row in rows.items()]) for part in ("saved", "recompute", "largest")}
                 entries[key]["points"] = {str(r): row for r, row in rows.items()}
                 top = rows[native]
                 print(f"{name} {key} @{native}: saved {top['saved'] / 2**30:.2f} GiB, recompute {top['recompute'] / 2**30:.2f} GiB, largest {top['largest'] / 2**20:.0f} MiB", flush=True)
             doc.setdefault(denoiser, {})[name] = entries
-            doc["text_encoders"][name] = {comp: text_encoder_activation(family, comp) for comp in spec(family).component_configs() if comp.startswith("text_encoder")}
+            doc["text_encoders"][name] = {comp: text_encoder_activation(family, comp, variant) for comp in configs if comp.startswith("text_encoder")}
     return doc
 
 
@@ -377,7 +377,7 @@ def merged(stored: dict[str, Any], fresh: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Measure every family (or those named) and write activations.json (merged: other families' entries kept)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("families", nargs="*", default=list(FAMILIES), help="families to measure (default all)")
+    parser.add_argument("families", nargs="*", default=list(FAMILIES), help="families to measure, each with its variants of their own size (default all)")
     parser.add_argument("--dry-run", action="store_true", help="print the figures without writing the file")
     parser.add_argument("--validate", action="store_true", help="only compare the method with real CPU peaks of a small UNet")
     args = parser.parse_args(argv)

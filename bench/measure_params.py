@@ -10,7 +10,9 @@ embedding size for textual inversion; for a quantized base the Linear weights it
 (outside the spec's ``high_precision`` patterns: count, rows, largest) and the denoiser's
 parameters per swappable block (the spec's ``swap_blocks``, in forward order).
 ``--check`` compares the file with a fresh build instead of writing it; ``--family NAME`` (repeatable)
-measures only those families and merges them into the stored file (the others' entries kept).
+measures only those families and merges them into the stored file (the others' entries kept). A
+variant measured on its own (``FamilySpec.sized_variants``: ``sd35-large``, ``flux2-klein-9b``,
+``flux2-dev``) gets an entry of its own under its name.
 """
 
 from __future__ import annotations
@@ -31,12 +33,12 @@ from core.families.sd_unet import is_lora_target
 PARAMS_JSON = Path(__file__).resolve().parents[1] / "core" / "memory" / "params.json"
 
 
-def build_meta(family: str, kind: str, config: dict[str, Any]) -> Any:
-    """Build component ``kind`` of ``family`` with the real config on the meta device (its spec's class)."""
+def build_meta(family: str, kind: str, config: dict[str, Any], variant: str = "") -> Any:
+    """Build component ``kind`` of ``family`` (its ``variant``) with the real config on the meta device (its spec's class)."""
     import torch
 
     with torch.device("meta"):
-        return build_component(spec(family), kind, config)
+        return build_component(spec(family), kind, config, variant)
 
 
 def lora_width(module: Any) -> int:
@@ -58,12 +60,12 @@ def adafactor_floats(shape: tuple[int, ...]) -> int:
     return math.prod(shape[:-1]) + math.prod(shape[:-2] + shape[-1:])
 
 
-def describe(family: str, kind: str, model: Any) -> dict[str, Any]:
+def describe(family: str, kind: str, model: Any, variant: str = "") -> dict[str, Any]:
     """Parameter count, LoRA widths per target choice, and embedding sizes of one component of ``family``."""
     family_spec = spec(family)
     params = list(model.parameters())
     entry: dict[str, Any] = {
-        "class": family_spec.component_classes[kind],
+        "class": family_spec.component_class_names(variant)[kind],
         "params": sum(p.numel() for p in params),
         "largest_param": max(p.numel() for p in params),
         "adafactor_state_floats": sum(adafactor_floats(tuple(p.shape)) for p in params),
@@ -83,7 +85,7 @@ def describe(family: str, kind: str, model: Any) -> dict[str, Any]:
         entry["lora_layers"][choice] = len(layers)
         entry["lora_weight_params"][choice] = sum(m.weight.numel() for m in layers)
     if kind != family_spec.denoiser:
-        config = model.config
+        config = model.config.get_text_config()  # a vision-language encoder's text tower (Qwen2.5-VL, Mistral 3)
         entry["hidden_size"] = config.hidden_size
         entry["token_embedding_params"] = config.vocab_size * config.hidden_size
     return entry
@@ -129,7 +131,7 @@ def measure(families: tuple[str, ...] = FAMILIES) -> dict[str, Any]:
     for family in families:
         for key, variant in ((family, ""), *((v, v) for v in spec(family).sized_variants)):
             configs = spec(family).component_configs(variant)
-            out["families"][key] = {kind: describe(family, kind, build_meta(family, kind, configs[kind])) for kind in spec(family).component_classes}
+            out["families"][key] = {kind: describe(family, kind, build_meta(family, kind, configs[kind], variant), variant) for kind in spec(family).component_classes}
     return out
 
 

@@ -185,6 +185,8 @@ SETTINGS: dict[str, Setting] = {
             "",
             "transformer families with one block list (Z-Image's 30 layers): the blocks LoRA adapts, e.g. 0-9,20 (empty or all = every block, none = only the refiners)",
         ),
+        _s("train_double_block_indices", str, "", "flow transformers: the double-stream blocks LoRA trains, e.g. 0-9,15 (empty or all = every block, none = no block; sd-scripts' name)"),
+        _s("train_single_block_indices", str, "", "flow transformers: the single-stream blocks LoRA trains, e.g. 0-19 (empty or all = every block, none = no block; sd-scripts' name)"),
         _s("init_lora", str, "", "a LoRA file (kohya or diffusers format) the run starts from"),
         _s("merge_lora", str, "", "a LoRA file fused into the base weights before training, e.g. Z-Image Turbo's de-distill adapter (empty = none)"),
         _s("use_dora", bool, False, "weight-decomposed LoRA (DoRA): learns magnitude and direction apart; a little better, a little slower"),

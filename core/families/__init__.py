@@ -12,14 +12,15 @@ import importlib
 from typing import TYPE_CHECKING, cast
 
 from core.errors import UserError
-from core.families import chroma, flux, sd1, sd2, sd35, sdxl, zimage
+from core.families import chroma, flux, flux2, qwenimage, sd1, sd2, sd35, sdxl, zimage
 from core.families.spec import FamilySpec, Variant
 
 if TYPE_CHECKING:
     from core.families.protocol import FamilyRuntime
 
-_SPECS: dict[str, FamilySpec] = {m.SPEC.name: m.SPEC for m in (sd1, sd2, sdxl, flux, chroma, sd35, zimage)}
-_DETECTION: tuple[FamilySpec, ...] = (zimage.SPEC, sd35.SPEC, chroma.SPEC, flux.SPEC, sdxl.SPEC, sd2.SPEC, sd1.SPEC)
+_SPECS: dict[str, FamilySpec] = {m.SPEC.name: m.SPEC for m in (sd1, sd2, sdxl, flux, chroma, sd35, zimage, flux2, qwenimage)}
+#: FLUX.2 and Qwen-Image before FLUX.1 and Chroma: FLUX.2's original files have FLUX.1's ``double_blocks.`` names too.
+_DETECTION: tuple[FamilySpec, ...] = (zimage.SPEC, sd35.SPEC, flux2.SPEC, qwenimage.SPEC, chroma.SPEC, flux.SPEC, sdxl.SPEC, sd2.SPEC, sd1.SPEC)
 
 #: The family names, as the user sees them listed.
 FAMILIES: tuple[str, ...] = tuple(_SPECS)
@@ -39,10 +40,13 @@ def spec(name: str) -> FamilySpec:
 
 
 def planned_as(family: str, model: str) -> str:
-    """The name ``model`` is planned under: a variant of ``family`` measured on its own (``sd35-large``,
-    ``sd35-large-turbo`` -> ``sd35-large``), else the family (its default variant's tables)."""
-    found = _SPECS[family]
-    return found.measured_as(model) if model in {v.name for v in found.variants} else family
+    """The name ``model`` (a ``--model`` name or a diffusers folder) is planned under: a variant of ``family``
+    measured on its own (``sd35-large``, ``sd35-large-turbo`` -> ``sd35-large``, a FLUX.2-dev folder ->
+    ``flux2-dev``), else the family (its default variant's tables)."""
+    from core.families.detect import variant_of_model
+
+    variant = variant_of_model(model, family) if model else ""
+    return _SPECS[family].measured_as(variant) if variant else family
 
 
 def specs() -> tuple[FamilySpec, ...]:

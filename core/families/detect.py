@@ -90,6 +90,25 @@ def detect_family(model: str) -> str:
     raise UserError(f"model '{model}' does not exist; give a diffusers folder, a .safetensors file, a hub id or one of {', '.join((*FAMILIES, *variant_names()))}")
 
 
+def variant_of_model(model: str, family: str) -> str:
+    """The ``--model`` variant of ``model`` without torch: its name, or for a diffusers folder the variant whose
+    denoiser config changes it matches (FLUX.2 klein 9B, dev); "" when it is the family's default or unknown."""
+    from core.families import spec
+
+    found = spec(family)
+    if model in (v.name for v in found.variants):
+        return model
+    path = Path(model).expanduser()
+    config = _read_json(path / found.denoiser / "config.json") if path.is_dir() else None
+    if config is None:
+        return ""
+    for candidate in found.variants:
+        changes = candidate.configs.get(found.denoiser, {})
+        if changes and all(config.get(k) == v for k, v in changes.items()):
+            return candidate.name
+    return ""
+
+
 #: The libraries a model part may come from: model_index.json names a module per part and loading
 #: the part imports it, so any other name is refused before anything is imported.
 LOADABLE_LIBRARIES = ("diffusers", "transformers")
@@ -139,13 +158,15 @@ def family_of_folder(path: Path) -> str:
 
 def family_of_configs(parts: set[str], pipeline_class: str, denoiser: dict[str, Any], text_encoder: dict[str, Any] | None = None, where: str = "the model") -> str:
     """The family of a model from its component names, pipeline class name and denoiser (and text-encoder) config."""
-    _refuse_not_yet(f"{pipeline_class}\n{denoiser.get('_class_name', '')}", where)
     found = _first(lambda clue: bool((clue.folder_parts and set(clue.folder_parts) <= parts) or (clue.pipeline_mark and clue.pipeline_mark in pipeline_class)))
+    if found is None:
+        _refuse_not_yet(f"{pipeline_class}\n{denoiser.get('_class_name', '')}", where)
     found = found or _first(lambda clue: bool(clue.cross_attention_dim) and denoiser.get("cross_attention_dim") == clue.cross_attention_dim)
     flat = {**denoiser, **{f"text:{k}": v for k, v in (text_encoder or {}).items()}}
     found = found or _first(lambda clue: any(flat.get(k) == v for k, v in {**clue.unet_marks, **{f"text:{k}": v for k, v in clue.text_marks.items()}}.items()))
     if found is None:
         raise UserError(f"{where} is no model family sdtui recognises ({', '.join(FAMILIES)}); {_HINT}")
+    _refuse_variant(found, pipeline_class, where)
     return found.name
 
 
@@ -158,10 +179,11 @@ def family_of_file(path: Path) -> str:
         keys = _ckpt_key_text(path)
     else:
         raise UserError(f"model file '{path}' is not a checkpoint ({', '.join(MODEL_FILE_SUFFIXES)}); give a diffusers folder or a .safetensors file")
-    _refuse_not_yet(keys, f"'{path}'")
     found = _first(lambda clue: any(marker in keys for marker in clue.checkpoint_keys))
     if found is None:
+        _refuse_not_yet(keys, f"'{path}'")
         raise UserError(f"'{path}' holds no model family sdtui recognises ({', '.join(FAMILIES)}); {_HINT}")
+    _refuse_variant(found, path.name, f"'{path}'")
     return found.name
 
 
@@ -171,6 +193,7 @@ def family_of_hub_id(model_id: str) -> str:
     found = _first(lambda clue: bool(clue.hub_pattern) and re.search(clue.hub_pattern, name) is not None)
     if found is None:
         raise UserError(f"cannot tell the family of hub model '{model_id}' from its name; {_HINT}")
+    _refuse_variant(found, model_id, f"'{model_id}'")
     return found.name
 
 
@@ -182,6 +205,14 @@ def _refuse_not_yet(text: str, where: str) -> None:
     for markers, what in _NOT_YET:
         if any(marker in text for marker in markers):
             raise UserError(f"{where} is {what}, which sdtui does not train yet; use a model of one of {', '.join(FAMILIES)}")
+
+
+def _refuse_variant(found: FamilySpec, text: str, where: str) -> None:
+    """UserError for a model of ``found``'s shape that the family does not train (its ``recognition.refused`` marks in ``text``)."""
+    lowered = text.lower()
+    for mark, what in found.recognition.refused:
+        if mark in lowered:
+            raise UserError(f"{where} is {what}")
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -50,6 +50,22 @@ class TokenizerKind:
     config: dict[str, Any]
 
 
+#: Mistral Small 3's control tokens (its Tekken vocabulary: BOS/EOS, the instruction and system-prompt
+#: markers, Pixtral's image tokens), in front of the vocabulary as Tekken numbers them.
+MISTRAL_SPECIAL = ("<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[IMG]", "[IMG_BREAK]", "[IMG_END]", "<pad>")
+
+#: Mistral Small 3's chat template (the v7 format) for system and user turns whose content is a list of
+#: text parts, as ``Flux2Pipeline`` passes them: BOS, the system prompt, then each user turn in [INST].
+MISTRAL_CHAT_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- for message in messages %}"
+    "{%- set text = message['content'] if message['content'] is string else message['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') | join('') %}"
+    "{%- if message['role'] == 'system' %}{{- '[SYSTEM_PROMPT]' + text + '[/SYSTEM_PROMPT]' }}"
+    "{%- elif message['role'] == 'user' %}{{- '[INST]' + text + '[/INST]' }}"
+    "{%- else %}{{- text + eos_token }}{%- endif %}"
+    "{%- endfor %}"
+)
+
 KINDS: dict[str, TokenizerKind] = {
     "qwen2": TokenizerKind(
         "Qwen2Tokenizer",
@@ -57,6 +73,15 @@ KINDS: dict[str, TokenizerKind] = {
         QWEN_SPECIAL,
         QWEN3_CHAT_TEMPLATE,
         {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "unk_token": None, "bos_token": None},
+    ),
+    # Tekken is a byte-level BPE (tiktoken's); transformers' byte-level BPE class reads it the same way
+    # (spaces kept as Ġ, every byte representable), the BOS written by the chat template, not added.
+    "mistral": TokenizerKind(
+        "GPT2Tokenizer",
+        gpt2_pieces,
+        MISTRAL_SPECIAL,
+        MISTRAL_CHAT_TEMPLATE,
+        {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "add_bos_token": False},
     ),
 }
 

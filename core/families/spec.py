@@ -53,6 +53,9 @@ class Recognition:
     text_marks: Mapping[str, Any] = field(default_factory=dict)
     checkpoint_keys: tuple[str, ...] = ()
     hub_pattern: str = ""
+    #: Models of the family's shape that it does not train: (lower-case mark in the pipeline class,
+    #: file name or hub id, what the model is) -> detection refuses them with that sentence.
+    refused: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -87,12 +90,16 @@ class Variant:
     sample_steps: int = 30
     guidance_scale: float = 7.5
     max_tokens: Mapping[str, int] = field(default_factory=dict)
-    #: The variant's scheduler config where it differs from the family's (FLUX.1-schnell: no shift).
-    scheduler: Mapping[str, Any] = field(default_factory=dict)
-    #: The variant's denoiser forward TFLOPs (and their attention part) at the native resolution
-    #: where its size differs from the family's (SD 3.5 Large against Medium); 0 = the family's.
+    #: Components of another class in this variant (name -> ``library.Class``: FLUX.2-dev's Mistral
+    #: text encoder); their ``configs`` replace the family's config instead of changing it.
+    component_classes: Mapping[str, str] = field(default_factory=dict)
+    #: The variant's forward TFLOPs at the native resolution where its size differs from the family's
+    #: (SD 3.5 Large against Medium, FLUX.2 klein 9B and dev); 0 = the family's figures.
     denoiser_tflops: float = 0.0
     denoiser_attention_tflops: float = 0.0
+    text_encoder_tflops: float = 0.0
+    #: The variant's scheduler config where it differs from the family's (FLUX.1-schnell: no shift).
+    scheduler: Mapping[str, Any] = field(default_factory=dict)
     name_pattern: str = ""
     training_note: str = ""
 
@@ -169,8 +176,14 @@ class FamilySpec:
     def component_configs(self, variant: str = "") -> dict[str, dict[str, Any]]:
         """A fresh (deep) copy of the real-size component configs (of ``variant``, default the family's), to build or change."""
         configs = deepcopy({name: dict(config) for name, config in self.configs.items()})
-        for name, changes in self.variant(variant).configs.items() if variant else ():
-            configs.setdefault(name, {}).update(deepcopy(dict(changes)))
+        if not variant:
+            return configs
+        chosen = self.variant(variant)
+        for name, changes in chosen.configs.items():
+            if name in chosen.component_classes:
+                configs[name] = deepcopy(dict(changes))
+            else:
+                configs.setdefault(name, {}).update(deepcopy(dict(changes)))
         return configs
 
     def measured_as(self, variant: str = "") -> str:
@@ -188,17 +201,23 @@ class FamilySpec:
         return tuple(dict.fromkeys(self.measured_as(v.name) for v in self.variants if v.denoiser_tflops))
 
     def sized(self, variant: str = "") -> FamilySpec:
-        """This spec as ``variant`` is sized (its configs and FLOP figures; the same name): what the
-        planner and the estimator read for a variant measured on its own (SD 3.5 Large)."""
+        """This spec as ``variant`` is sized (its configs, component classes and FLOP figures; the same name):
+        what the planner and the estimator read for a variant measured on its own (SD 3.5 Large, FLUX.2 dev)."""
         if not variant:
             return self
         chosen = self.variant(variant)
         return replace(
             self,
             configs=self.component_configs(variant),
+            component_classes=self.component_class_names(variant),
             denoiser_tflops=chosen.denoiser_tflops or self.denoiser_tflops,
             denoiser_attention_tflops=chosen.denoiser_attention_tflops or self.denoiser_attention_tflops,
+            text_encoder_tflops=chosen.text_encoder_tflops or self.text_encoder_tflops,
         )
+
+    def component_class_names(self, variant: str = "") -> dict[str, str]:
+        """Component name -> ``library.Class`` of ``variant`` (default: the family's)."""
+        return {**self.component_classes, **(self.variant(variant).component_classes if variant else {})}
 
     def scheduler_config(self, variant: str = "") -> dict[str, Any]:
         """The scheduler config of ``variant`` (default: the family's): the variant's own where it has one."""

@@ -143,6 +143,17 @@ class FlowRuntime:
         chosen = self.spec.variant(variant)
         return chosen.sample_steps, chosen.guidance_scale
 
+    def kohya_metadata(self, v_prediction: bool, adapter: str = "lora", variant: str = "") -> dict[str, str]:
+        """``ss_base_model_version`` and ``modelspec.*`` of the variant (``spec.modelspec_architectures`` by variant name, else its ``epsilon`` entry)."""
+        name = self.spec.variant(variant).name
+        return {
+            "ss_base_model_version": self.spec.kohya_base_version,
+            "ss_v2": str(self.spec.kohya_v2),
+            "modelspec.architecture": f"{self.spec.modelspec_architectures.get(name, self.spec.modelspec_architectures['epsilon'])}/{adapter}",
+            "modelspec.implementation": self.spec.modelspec_implementation,
+            "modelspec.prediction_type": "flow",
+        }
+
 
 def split_tokens(spec: FamilySpec, tokens: Sequence[Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """:meth:`FlowRuntime.tokenize`'s tensors as ``(ids by encoder name, masks by encoder name)``."""
