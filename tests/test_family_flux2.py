@@ -300,11 +300,10 @@ def test_dev_reads_captions_as_flux2_pipeline_does_and_trains_a_lora_diffusers_r
 
 
 def test_the_plan_sizes_each_variant_by_its_own_tables(tmp_path: Path) -> None:
-    from core.memory.estimator import estimate
-    from core.plan.throughput import training_tflops_per_image
-
     from core.families import planned_as
     from core.families.detect import variant_of_model
+    from core.memory.estimator import estimate
+    from core.plan.throughput import training_tflops_per_image
 
     sizes = [estimate(planned_as("flux2", v), "lora", {"resolution": 1024}).total_bytes for v in ("", "flux2-klein-9b", "flux2-dev")]
     assert sizes[0] < sizes[1] < sizes[2] and sizes[2] > 48 * 2**30 > sizes[1]

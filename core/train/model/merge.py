@@ -1,7 +1,7 @@
 """``settings.merge_lora``: a LoRA merged into the base model's weights before training.
 
 What diffusion-pipe's ``merge_adapters`` and ai-toolkit's training adapters do for a distilled
-model (Z-Image Turbo with ostris's de-distill adapter: docs/families/zimage.md): the adapter is
+model (a de-distill adapter on a few-step model: docs/families/ names them): the adapter is
 read by the family's pipeline (``load_lora_weights``, so every layout that pipeline reads works),
 fused into the weights and dropped, and the run's own adapter is then added on top. The saved LoRA
 holds only what this run trained; samples show the merged model.
