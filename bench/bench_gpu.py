@@ -22,6 +22,8 @@ measured), so the one command finishes within 8 minutes.
     python -m bench.bench_gpu --tiny               # the same code on the CPU with tiny shapes
     python -m bench.bench_gpu --tiny --results R.md --calibration C.json   # … writing both, as on a GPU
     python -m bench.bench_gpu --flops              # what the caches save at real size, in counted FLOPs
+    python -m bench.bench_gpu --techniques         # LoRA on bf16/fp8/int8/nf4 bases and swapped blocks (< 8 min on an H100)
+    python -m bench.bench_gpu --techniques --tiny  # the same cases on the CPU with tiny shapes
 
 Without a GPU, ``main()`` (what ``python -m bench`` calls) runs the tiny check of one case, so
 the script cannot rot, prints the FLOP-count prediction and says that the real figures were
@@ -71,6 +73,27 @@ GPU_SETTINGS: dict[str, Any] = {
     "lora_alpha": 16.0,
     "dataloader_workers": 2,
 }
+
+
+#: The memory techniques at real size: (family, base precision, blocks swapped), a LoRA at batch 1
+#: and the family's native resolution, ours only; the order is what matters most first (the
+#: budget cuts the tail). FLUX.1 has 57 blocks (0/8/16 swapped), SDXL's UNet 6 (0/2/4).
+TECHNIQUE_CASES: tuple[tuple[str, str, int], ...] = (
+    ("flux", "bf16", 0),
+    ("flux", "fp8", 0),
+    ("flux", "int8", 0),
+    ("flux", "nf4", 0),
+    ("flux", "bf16", 8),
+    ("flux", "bf16", 16),
+    ("flux", "fp8", 16),
+    ("sdxl", "bf16", 0),
+    ("sdxl", "fp8", 0),
+    ("sdxl", "int8", 0),
+    ("sdxl", "nf4", 0),
+    ("sdxl", "bf16", 2),
+    ("sdxl", "bf16", 4),
+)
+TECHNIQUE_STEPS, TECHNIQUE_WARMUP = 10, 4
 
 
 # ----------------------------------------------------------------- measurement (in the child)
@@ -233,7 +256,7 @@ def measure_ours(case: dict[str, Any], model: Path, dataset: Path, workdir: Path
     from bench.runs import read_jsonl, write_run
     from core.train.loop import Trainer
 
-    settings = {**GPU_SETTINGS, "batch_size": case["batch"], "resolution": case["resolution"]}
+    settings = {**GPU_SETTINGS, "batch_size": case["batch"], "resolution": case["resolution"], **case.get("settings", {})}
     if case["tiny"]:
         settings.update(mixed_precision="no", min_bucket_reso=case["resolution"], dataloader_workers=0)
     run_dir = write_run(workdir / f"ours-{case['family']}-{case['method']}-{case['batch']}", model, dataset, case["family"], case["method"], settings, case["steps"])
@@ -249,6 +272,8 @@ def measure_ours(case: dict[str, Any], model: Path, dataset: Path, workdir: Path
     return {
         "ips": _steady(times, images, case["warmup"]),
         "reserved": torch.cuda.max_memory_reserved() if torch.cuda.is_available() else None,
+        "allocated": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
+        "step_s": sum(times[case["warmup"] :]) / max(1, len(times) - case["warmup"]),
         "nvml_peak": nvml.peak,
         "estimate": estimate_bytes(case, {**trainer.session.settings}),
         "settings": dict(trainer.session.settings),
@@ -315,6 +340,8 @@ def child(args: argparse.Namespace) -> int:
     try:
         if case["side"] == "ours":
             result = measure_ours(case, model, dataset, workdir)
+        elif case["side"] == "technique":
+            return _print(measure_ours(case, model, dataset, workdir))
         else:
             result = measure_reference(case, model, dataset)
         if case["side"] == "ours":
@@ -322,6 +349,10 @@ def child(args: argparse.Namespace) -> int:
             result["flops_per_image"] = unet_train_flops(case["family"], case["method"], case["resolution"], model, device)
     except torch.OutOfMemoryError:
         result = {"oom": True, "reserved": torch.cuda.max_memory_reserved()}
+    return _print(result)
+
+
+def _print(result: dict[str, Any]) -> int:
     print(json.dumps(result))
     return 0
 
@@ -444,6 +475,67 @@ def run_cases(
     return lines
 
 
+def run_techniques(tiny: bool, family: str | None, workdir: Path, budget_s: float = BUDGET_S) -> list[str]:
+    """The technique cases of the registered families (``TECHNIQUE_CASES``), each in a fresh process;
+    one line each: step time, ``max_memory_allocated``/``reserved``, the NVML device peak and the estimate."""
+    from core.families import FAMILIES, spec
+
+    name, _ = peak_tflops()
+    lines: list[str] = []
+    start, longest = time.monotonic(), 0.0
+    for fam, precision, swap in TECHNIQUE_CASES:
+        if fam not in FAMILIES or (family and fam != family):
+            continue
+        resolution = TINY_RESOLUTION if tiny else spec(fam).native_resolution
+        suffix = f"_{resolution}px_b1" + ("_tiny_cpu (checks the script; not a GPU figure)" if tiny else f" [{name}]")
+        spent = time.monotonic() - start
+        if spent + longest > budget_s:
+            lines.append(f"tech_{fam}_{precision}_swap{swap}{suffix}: not measured: {spent:.0f} s of the {budget_s:.0f} s budget spent and the longest case took {longest:.0f} s")
+            continue
+        began = time.monotonic()
+        model = model_for(fam, workdir / f"model-{fam}{'-tiny' if tiny else ''}", tiny)
+        swap = min(swap, _block_count(fam, model) - 1)  # a tiny model has fewer blocks
+        label = f"tech_{fam}_{precision}_swap{swap}{suffix}"
+        case = {
+            "family": fam,
+            "method": "lora",
+            "resolution": resolution,
+            "batch": 1,
+            "tiny": tiny,
+            "steps": TINY_STEPS if tiny else TECHNIQUE_STEPS,
+            "warmup": TINY_WARMUP if tiny else TECHNIQUE_WARMUP,
+            "model": str(model),
+            "dataset": str(make_dataset(workdir / f"data-{resolution}", resolution, 16)),
+            "workdir": str(workdir),
+            "side": "technique",
+            "settings": {"base_precision": "auto" if precision == "bf16" else precision, "blocks_to_swap": swap, "gradient_checkpointing": True},
+        }
+        lines.append(f"{label}: {_technique(run_side(case))}")
+        print(lines[-1], file=sys.stderr, flush=True)
+        longest = max(longest, time.monotonic() - began)
+    return lines
+
+
+def _block_count(family: str, model: Path) -> int:
+    """How many blocks the denoiser of the model folder has in the family's swap lists."""
+    from core.families import spec
+
+    found = spec(family)
+    config = json.loads((model / found.denoiser / "config.json").read_text(encoding="utf-8"))
+    return sum(len(config[key]) if isinstance(config[key], list) else int(config[key]) for key in found.swap_blocks.values())
+
+
+def _technique(result: dict[str, Any]) -> str:
+    if "error" in result:
+        return f"failed ({result['error']})"
+    if result.get("oom"):
+        return f"out of memory (reserved {_gib(result.get('reserved'))})"
+    return (
+        f"step {result['step_s']:.3f}s allocated {_gib(result.get('allocated'))} reserved {_gib(result.get('reserved'))} "
+        f"nvml {_gib(result.get('nvml_peak'))} estimate {_gib(result.get('estimate'))}"
+    )
+
+
 def model_for(family: str, out: Path, tiny: bool) -> Path:
     """The benchmark model of ``family``: ``bench.real_models`` for the UNets, FLUX.1-dev at real size (or the tiny one) for ``flux``."""
     if family != "flux":
@@ -494,6 +586,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("--results", type=Path, help="append the lines here (default bench/RESULTS.md on a GPU; --tiny writes only when given)")
     parser.add_argument("--calibration", type=Path, help="the calibration table to add to (default: the user's)")
     parser.add_argument("--no-write", action="store_true", help="print only; do not touch bench/RESULTS.md or the calibration table")
+    parser.add_argument("--techniques", action="store_true", help="LoRA on bf16/fp8/int8/nf4 bases and with swapped blocks, ours only (< 8 min on an H100)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args([] if argv is None else argv)
     if args.child:
@@ -509,6 +602,11 @@ def main(argv: list[str] | None = None) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="sdtui-bench-gpu-") as tmp:
         workdir = Path(args.workdir) if args.workdir else Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
+        if args.techniques:
+            lines = run_techniques(tiny, args.family, workdir, args.budget_s or BUDGET_S)
+            if not args.no_write and (not tiny or args.results):
+                write_results(lines, peak_tflops()[0], args.results or REPO / "bench" / "RESULTS.md")
+            return lines
         lines = run_cases(tiny, *selected, workdir, every_batch=args.all, budget_s=args.budget_s or (3600.0 if args.all else BUDGET_S), calibration=args.calibration)
     if not args.no_write and (not tiny or args.results):
         write_results(lines, peak_tflops()[0], args.results or REPO / "bench" / "RESULTS.md")

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from core.errors import JobFailed, UserError
+from core.monitor.logs import quiet_library_loggers
 
 from . import app, captions, hardware, planning, runs
 from .common import add_global_options, describe_os_error
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; exit 0 ok, 1 the job failed, 2 bad input."""
     parser = build_parser()
+    quiet_library_loggers()  # commands that import diffusers (demo, caption) would print torchao's import noise
     try:
         args = parser.parse_args(argv)  # an option's type may raise UserError for a bad value
         code = args.func(args)

@@ -59,3 +59,19 @@ def test_a_failed_or_out_of_memory_side_is_named_on_the_line() -> None:
     line = describe("gpu_x", {"error": "exit 1: boom"}, ok, 989.0)
     assert "ours failed (exit 1: boom)" in line and line.endswith("ratio=n/a")
     assert "MFU 0.2%" in describe("gpu_x", ok, ok, 989.0)  # 1 TFLOP/img × 2 img/s of 989 TFLOP/s
+
+
+@pytest.mark.slow
+def test_the_technique_cases_run_in_the_tiny_mode_within_the_budget(tmp_path: Path) -> None:
+    """The first SDXL case (a bf16 base) trains and reports its step time and memory; the budget stops the rest."""
+    lines = main(["--techniques", "--tiny", "--family", "sdxl", "--workdir", str(tmp_path / "work"), "--budget-s", "1", "--no-write"])
+    assert [line.split(":")[0].split("_64px")[0] for line in lines] == [
+        "tech_sdxl_bf16_swap0",
+        "tech_sdxl_fp8_swap0",
+        "tech_sdxl_int8_swap0",
+        "tech_sdxl_nf4_swap0",
+        "tech_sdxl_bf16_swap2",
+        "tech_sdxl_bf16_swap4",
+    ]
+    assert re.search(r": step [\d.]+s allocated n/a reserved n/a nvml n/a estimate n/a$", lines[0]), lines[0]
+    assert all("not measured" in line for line in lines[1:])

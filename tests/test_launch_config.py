@@ -76,6 +76,7 @@ def test_deepspeed_block(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_fsdp_block_and_yaml_round_trip() -> None:
     config = accelerate_config({"num_processes": 4, "backend": "fsdp", "offload": True}, "bf16", use_cpu=False)
     assert config["distributed_type"] == "FSDP" and config["fsdp_config"]["fsdp_offload_params"] is True
+    assert config["fsdp_config"]["fsdp_version"] == 2 and config["fsdp_config"]["fsdp_reshard_after_forward"] is True
     assert yaml.safe_load(to_yaml(config)) == config
     with pytest.raises(UserError, match="fsdp needs NVIDIA GPUs"):
         accelerate_config({"num_processes": 2, "backend": "fsdp"}, "bf16", use_cpu=True)

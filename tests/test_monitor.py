@@ -192,3 +192,33 @@ def test_preview_of_a_small_or_missing_file_leaves_it_to_the_full_read(tmp_path:
     _long_run(small, [(0, 100, 1.0)])
     assert sampled_steps(small) is None
     assert sampled_steps(tmp_path / "absent.jsonl") is None
+
+
+#: What torchao's import logged on a CPU-only torch (diffusers imports torchao), one line each.
+TORCHAO_IMPORT_NOISE = [
+    "Failed to load /venv/lib/python3.11/site-packages/torchao/_C_mxfp8.cpython-310-x86_64-linux-gnu.so: Could not load this library: /venv/lib/python3.11/site-packages/torchao/_C_mxfp8.cpython-310-x86_64-linux-gnu.so",
+    "Unable to import `torchao` Tensor objects. This may affect loading checkpoints serialized with `torchao`",
+    "W1206 22:35:25.810000 10865 torch/utils/_pytree.py:630] <enum 'KernelPreference'> is an Enum subclass and is now natively supported by torch.compile as an opaque value type. Calling register_constant() on Enum subclasses is deprecated and will be an error in a future release.",
+]
+
+
+def test_torchaos_import_noise_is_known_noise_and_a_real_failure_is_not() -> None:
+    from core.monitor.logs import is_noise
+
+    assert all(is_noise(line) for line in TORCHAO_IMPORT_NOISE)
+    assert not is_noise("OSError: Failed to load /data/model/unet/diffusion_pytorch_model.safetensors")
+    assert not is_noise("RuntimeError: CUDA out of memory")
+
+
+def test_importing_diffusers_after_quieting_prints_none_of_the_noise() -> None:
+    """What the trainer and the CLI do first: the lines are dropped where they are logged, so
+    train.log (the trainer's stderr) and the terminal never get them."""
+    import subprocess
+    import sys
+
+    from core.monitor.logs import is_noise
+
+    code = "from core.monitor.logs import quiet_library_loggers; quiet_library_loggers(); import diffusers, torchao; from diffusers import UNet2DConditionModel; print('imported')"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240, check=True, cwd=Path(__file__).resolve().parents[1])
+    assert "imported" in done.stdout
+    assert not [line for line in done.stderr.splitlines() if is_noise(line) or "torchao" in line or "_pytree" in line], done.stderr

@@ -128,14 +128,6 @@ class FamilySpec:
     #: Pixels a bucket side must be a multiple of: the VAE's downscale (8), times 2 where the
     #: denoiser packs 2×2 latent patches into one token (16: FLUX, SD 3.x).
     bucket_step: int = 8
-    #: The part of ``denoiser_tflops`` (at the native resolution) that grows with the square of the
-    #: image tokens: a transformer's attention (FLUX.1: 15 of 125). The rest grows with the pixels.
-    denoiser_attention_tflops: float = 0.0
-    #: The original single file holds only the denoiser (FLUX.1's and Chroma's releases): the VAE and
-    #: text encoders come from the diffusers folder beside it or as split files.
-    original_denoiser_only: bool = False
-    #: The reference scheduler config (a flow family's shift rule lives in it; the tiny models use it).
-    scheduler: Mapping[str, Any] = field(default_factory=dict)
     #: The denoiser's blocks ``settings.blocks_to_swap`` streams from CPU memory: the attribute
     #: path of each ``ModuleList`` (``transformer_blocks``, ``single_transformer_blocks``), in the
     #: order its forward runs them, -> the denoiser config key that counts its blocks (an int, or a
@@ -146,6 +138,14 @@ class FamilySpec:
     #: quantize it: norms, embeddings, modulation, the input and output layers. Only linear
     #: layers are ever quantized; these patterns exempt some of them.
     high_precision: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: The part of ``denoiser_tflops`` (at the native resolution) that grows with the square of the
+    #: image tokens: a transformer's attention (FLUX.1: 15 of 125). The rest grows with the pixels.
+    denoiser_attention_tflops: float = 0.0
+    #: The original single file holds only the denoiser (FLUX.1's and Chroma's releases): the VAE and
+    #: text encoders come from the diffusers folder beside it or as split files.
+    original_denoiser_only: bool = False
+    #: The reference scheduler config (a flow family's shift rule lives in it; the tiny models use it).
+    scheduler: Mapping[str, Any] = field(default_factory=dict)
 
     def swap_block_count(self, variant: str = "") -> int:
         """How many denoiser blocks ``settings.blocks_to_swap`` may name (0: the family does not swap)."""

@@ -78,21 +78,29 @@ def accelerate_config(distributed: dict[str, Any], mixed_precision: str, use_cpu
         config["deepspeed_config"] = _deepspeed(dist, use_cpu)
     elif backend == "fsdp":
         if use_cpu:
-            raise UserError("distributed.backend fsdp needs NVIDIA GPUs; use distributed.backend=ddp on the CPU")
+            raise UserError(
+                "distributed.backend fsdp needs NVIDIA GPUs (accelerate sets FSDP up for GPU processes only and would train unsharded on the CPU); use distributed.backend=ddp on the CPU"
+            )
         config["distributed_type"] = "FSDP"
-        config["fsdp_config"] = {
-            "fsdp_version": 1,
-            "fsdp_sharding_strategy": "FULL_SHARD",
-            "fsdp_auto_wrap_policy": "SIZE_BASED_WRAP",
-            "fsdp_min_num_params": 1_000_000,
-            "fsdp_backward_prefetch": "BACKWARD_PRE",
-            "fsdp_offload_params": bool(dist["offload"]),
-            "fsdp_state_dict_type": "SHARDED_STATE_DICT",
-            "fsdp_sync_module_states": True,
-            "fsdp_use_orig_params": True,
-            "fsdp_cpu_ram_efficient_loading": False,
-        }
+        config["fsdp_config"] = _fsdp2(dist)
     return config
+
+
+def _fsdp2(dist: dict[str, Any]) -> dict[str, Any]:
+    """FSDP2 (``torch.distributed.fsdp.fully_shard`` through accelerate): each block the model names in
+    ``_no_split_modules`` (diffusers: the UNet's ResNet, transformer and up blocks, FLUX's double and
+    single blocks; transformers: CLIP's encoder layers) sharded over the processes, parameters
+    gathered for their block's forward and backward and sharded again after, a sharded checkpoint;
+    ``offload`` keeps the shards in CPU memory. Not a size-based wrap: under FSDP2 it would pick
+    ``ModuleList`` containers, which ``fully_shard`` refuses (they have no forward)."""
+    return {
+        "fsdp_version": 2,
+        "fsdp_reshard_after_forward": True,
+        "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+        "fsdp_offload_params": bool(dist["offload"]),
+        "fsdp_state_dict_type": "SHARDED_STATE_DICT",
+        "fsdp_cpu_ram_efficient_loading": False,
+    }
 
 
 def _deepspeed(dist: dict[str, Any], use_cpu: bool) -> dict[str, Any]:

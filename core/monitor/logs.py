@@ -1,8 +1,10 @@
 """Following train.log: the last lines at open, then only what was appended; and the user's view
-of it without the libraries' known noise (train.log itself keeps every line)."""
+of it without the libraries' known noise (train.log keeps every line that reaches it; the noise
+some libraries log at import is dropped before it is written, :func:`quiet_library_loggers`)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections import deque
@@ -11,7 +13,8 @@ from pathlib import Path
 
 #: Lines the libraries print on every run that say nothing about this run (the one list of them):
 #: bitsandbytes' optional CPU kernels, torch.distributed's launcher notices, deprecation warnings
-#: from inside installed packages and the source line Python echoes under a warning.
+#: from inside installed packages and the source line Python echoes under a warning, torchao's
+#: import on a CPU-only build.
 NOISE = tuple(
     re.compile(pattern)
     for pattern in (
@@ -22,8 +25,17 @@ NOISE = tuple(
         r"^\s*\*{10,}\s*$",
         r"[/\\](?:site|dist)-packages[/\\].*: (?:Future|Deprecation|PendingDeprecation)Warning:",
         r"^\s+warnings\.warn\(",
+        # torchao (which diffusers imports) on a CPU-only torch: its CUDA kernels do not load, no Triton
+        r"Failed to load \S*torchao[/\\]_C\w*\S*\.so",
+        r"Unable to import `torchao` Tensor objects",
+        r"Detected no triton, on systems without Triton",
+        # torch's pytree on torchao's enums: a deprecation aimed at torchao's authors
+        r"is an Enum subclass and is now natively supported by torch\.compile",
     )
 )
+#: The loggers that log those lines when their library is imported: :func:`quiet_library_loggers`
+#: drops them where they are logged, so they reach neither train.log nor a terminal.
+NOISY_LOGGERS = ("torchao", "torchao.kernel.intmm", "torch.utils._pytree", "diffusers.quantizers.torchao.torchao_quantizer")
 #: Exceptions of the launcher that only say "a child failed"; the cause is in the trainer's lines.
 WRAPPERS = ("CalledProcessError", "ChildFailedError")
 
@@ -31,6 +43,23 @@ WRAPPERS = ("CalledProcessError", "ChildFailedError")
 def is_noise(line: str) -> bool:
     """True for a line of known library noise (see ``NOISE``)."""
     return any(pattern.search(line) for pattern in NOISE)
+
+
+class _NoiseFilter(logging.Filter):
+    """Drops a log record whose message is known noise (``NOISE``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not is_noise(record.getMessage())
+
+
+_FILTER = _NoiseFilter()
+
+
+def quiet_library_loggers() -> None:
+    """Drop the known noise where ``NOISY_LOGGERS`` log it (before the libraries are imported; a filter
+    acts on the logger a record is logged on, so each is named). Calling it twice adds nothing."""
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).addFilter(_FILTER)
 
 
 def user_view(lines: Iterable[str]) -> list[str]:

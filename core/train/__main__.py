@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from core.monitor.logs import quiet_library_loggers
+
 USAGE = "usage: python -m core.train RUN_DIR [--attempt ID] [--weights-hash FILE]"
 OPTIONS = ("--attempt", "--weights-hash")
 
@@ -30,6 +32,7 @@ def run(argv: list[str]) -> int:
         return 2
     run_dir, options = parsed
     quiet_missing_torchvision()
+    quiet_library_loggers()
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 

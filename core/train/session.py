@@ -42,6 +42,8 @@ class Model:
     denoiser_dtype: Any
     channels_last: bool
     ema: Any
+    #: The denoiser's block swap (``core.train.model.block_swap.BlockSwap``), or None.
+    swap: Any = None
 
 
 @dataclass

@@ -228,25 +228,62 @@ def configure_model(components: Any, config: Any, accel: Accel, metrics: Metrics
     kind = str(config.method)
     c = components
     c.runtime.set_attention(c.denoiser, s["attention"])
+    _quantize(c, s, accel.device, metrics)
     method = setup_method(kind, c, s, config.section("method")["placeholder_token"])
     if s["init_lora"]:
         _load_init_lora(kind, c, method, s["init_lora"], metrics)
     trained = set(method.modules)
     dtypes = component_dtypes(c.spec, kind, s, accel, trained)
-    _place(c.denoiser, accel.device, dtypes[c.spec.denoiser])
-    _place(c.vae, accel.device, dtypes["vae"])
-    for name, te in zip(c.text_encoder_names, c.text_encoders):
-        _place(te, accel.device, dtypes[name])
     for param in method.parameters():
         param.data = param.data.to(train_dtype(s))
     channels_last = _memory_format(c, s, accel.device, metrics)
+    swap = _place_denoiser(c, int(s["blocks_to_swap"]), accel.device, dtypes[c.spec.denoiser], metrics)
+    _place(c.vae, accel.device, dtypes["vae"])
+    for name, te in zip(c.text_encoder_names, c.text_encoders):
+        _place(te, accel.device, dtypes[name])
     if s["gradient_checkpointing"]:
         _gradient_checkpointing(c, trained)
     c.denoiser.train(c.spec.denoiser in trained)
     for name, te in zip(c.text_encoder_names, c.text_encoders):
         te.train(name in trained)
     c.vae.eval()
-    return Model(c, method, dtypes[c.spec.denoiser], channels_last, _ema(method, s, accel.device))
+    return Model(c, method, dtypes[c.spec.denoiser], channels_last, _ema(method, s, accel.device), swap)
+
+
+def _quantize(components: Any, settings: dict[str, Any], device: Any, metrics: MetricsWriter) -> None:
+    """Store the frozen base in ``base_precision`` / ``text_encoder_precision`` (``core.train.model.quantize``), before any adapter is added."""
+    from core.settings import QUANTIZED_PRECISIONS
+    from core.train.model.quantize import FP8_COMPUTE_NOTE, quantize, quantized_bytes
+
+    c = components
+    chosen = [(c.spec.denoiser, c.denoiser, settings["base_precision"])]
+    chosen += [(name, te, settings["text_encoder_precision"]) for name, te in zip(c.text_encoder_names, c.text_encoders)]
+    for name, module, precision in chosen:
+        if precision not in QUANTIZED_PRECISIONS:
+            continue
+        before = quantized_bytes(module)
+        count = quantize(module, precision, lambda layer, component=name: c.spec.keeps_precision(component, layer), device)
+        metrics.event(f"{name}: {count} linear layers stored in {precision} ({before / 2**20:.1f} MiB -> {quantized_bytes(module) / 2**20:.1f} MiB)")
+    if any(precision.startswith("fp8") for _, _, precision in chosen):
+        metrics.event(FP8_COMPUTE_NOTE)
+
+
+def _place_denoiser(components: Any, count: int, device: Any, dtype: Any, metrics: MetricsWriter) -> Any:
+    """Put the denoiser on ``device``, its last ``count`` blocks' frozen weights in host memory streamed
+    on their turn (``core.train.model.block_swap``); the BlockSwap, or None without one."""
+    c = components
+    if not count:
+        _place(c.denoiser, device, dtype)
+        return None
+    from core.train.model.block_swap import BlockSwap, blocks_of
+
+    _place(c.denoiser, "cpu", dtype)
+    swap = BlockSwap(blocks_of(c.denoiser, list(c.spec.swap_blocks)), count, device)
+    swap.place(c.denoiser)
+    host = sum(t.numel() * t.element_size() for block in swap.swapped.values() for t in block.host)
+    total = len(swap.modules)
+    metrics.event(f"blocks_to_swap = {count}: blocks {total - count + 1}-{total} of {total} stream from CPU memory ({host / 2**20:.1f} MiB held there)")
+    return swap
 
 
 def _memory_format(components: Any, settings: dict[str, Any], device: Any, metrics: MetricsWriter) -> bool:
@@ -440,7 +477,9 @@ def build_optimizer(config: Any, accel: Accel, model: Model, data: Batches, metr
         fused = False
         metrics.event("fused_backward_pass cannot use fp16 loss scaling; using a normal optimizer step (use bf16 for the fused pass)", "warning")
     modules = list(method.modules.items())
-    prepared = acc.prepare(*[m for _, m in modules])
+    # a swapped denoiser is placed already: accelerate's move would bring every block to the device
+    placement = [not (model.swap is not None and m is model.components.denoiser) for _, m in modules]
+    prepared = acc.prepare(*[m for _, m in modules], device_placement=placement)
     prepared = prepared if isinstance(prepared, tuple) else (prepared,)
     wrapped = dict(zip([n for n, _ in modules], prepared))
     if s["torch_compile"]:

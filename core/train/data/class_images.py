@@ -131,7 +131,8 @@ def _generate(
 
     pipe = components.pipeline()
     for module in (m for m in (components.denoiser, components.vae, *components.text_encoders) if m is not None):
-        module.to(device)
+        if next(module.parameters()).device != device:  # a block-swapped denoiser is placed already
+            module.to(device)
     with torch.no_grad():
         for first, count in batches:
             generator = torch.Generator(device="cpu").manual_seed(seed + first)

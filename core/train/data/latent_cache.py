@@ -121,8 +121,18 @@ def add_weight_sample(digest: Any, module: Any) -> None:
     last tensors): enough to tell two checkpoints of one architecture apart without reading them all."""
     params = list(module.parameters())
     digest.update(str(params[0].dtype).encode())
+    # a quantized base (settings.text_encoder_precision) computes other outputs: its storage kinds count
+    quantized = sorted({f"{type(p).__name__}/{type(p.data).__name__}/{p.dtype}" for p in params if _quantized(p)})
+    if quantized:
+        digest.update("|".join(quantized).encode())
     for param in (params[0], params[len(params) // 2], params[-1]):
-        digest.update(param.detach().flatten()[:4096].to("cpu", torch.float32).numpy().tobytes())
+        plain = param.detach().dequantize() if type(param.data) is not torch.Tensor else param.detach()
+        digest.update(plain.flatten()[:4096].to("cpu", torch.float32).numpy().tobytes())
+
+
+def _quantized(param: Any) -> bool:
+    """Whether ``param`` is stored quantized (a tensor subclass such as torchao's, or integer bytes)."""
+    return type(param.data) is not torch.Tensor or not param.dtype.is_floating_point
 
 
 def entry_path(folder: Path, image: str, bucket: Bucket, vae_tag: str, mask_tag: str = "") -> Path:

@@ -9,7 +9,8 @@ leaving the device just lets go of its device copy (the tensors point at the hos
 
 - Forward: a block's pre-hook makes it resident (waiting for its copy) and starts copying the
   next swapped block on a side CUDA stream (one block of prefetch); its post-hook drops it,
-  except the last block when a backward will follow (backward needs it first).
+  except the last block when a backward will follow (backward needs it first). The first
+  swapped block, which a backward leaves resident, stays for the next forward.
 - Backward: a hook on each output of a swapped block fires when the gradient reaches the block,
   before any of its backward runs: the block is made resident, the block before it is
   prefetched, and the blocks after it (their backward is done) are dropped. Without
@@ -178,7 +179,7 @@ class BlockSwap:
             if _in_backward():  # a checkpoint recomputing the block: its backward follows
                 self.use(index)
                 return
-            self._keep_only({index, index + 1})
+            self._keep_only({index, index + 1, max(index, self.first)})  # the first swapped block may wait from the last backward
             self.use(index)
             self.prefetch(index + 1)
 

@@ -64,7 +64,12 @@ def _pipeline_modules(pipe: Any, family: Any) -> list[Any]:
 
 @contextmanager
 def _inference_mode(modules: Sequence[Any], device: Any):
-    """Eval mode and ``device`` for the modules; their train flags and devices are restored after."""
+    """Eval mode and ``device`` for the modules; their train flags and devices are restored after.
+
+    A module already on ``device`` (its first parameter) is not moved: an encoder the caches sent
+    to the CPU comes back for the sample and leaves again, while a denoiser whose blocks stream
+    from host memory (block swap) keeps them there.
+    """
     import torch
 
     state = []
@@ -72,15 +77,16 @@ def _inference_mode(modules: Sequence[Any], device: Any):
         first = next(module.parameters(), None)
         state.append((module, module.training, first.device if first is not None else None))
     try:
-        for module in modules:
+        for module, _, old_device in state:
             module.eval()
-            module.to(device)
+            if old_device != device:
+                module.to(device)
         with torch.no_grad():
             yield
     finally:
         for module, training, old_device in state:
             module.train(training)
-            if old_device is not None:
+            if old_device is not None and old_device != device:
                 module.to(old_device)
 
 
