@@ -487,7 +487,9 @@ def host_term(lay: _Layout, s: dict[str, Any], offload: bool) -> HostEstimate:
     b: dict[str, int] = {"processes": PROCESS_RAM_BYTES * lay.n}
     if lay.full:
         state = (
-            _optimizer_state_bytes(s["optimizer"], lay.swap.params, lay.master_b, lay.comps, lay.full, lay.te_trained, lay.trained_encoders, lay.denoiser) * lay.swap.params // max(1, lay.trained)
+            _optimizer_state_bytes(s["optimizer"], lay.swap.params, lay.master_b, lay.comps, lay.full, lay.te_trained, lay.trained_encoders, lay.denoiser)
+            * lay.swap.params
+            // max(1, lay.trained)
         )
         swapped = lay.swap.params * (lay.master_b + lay.grad_b) + state
     else:
