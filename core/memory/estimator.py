@@ -27,7 +27,7 @@ from core.units import GIB
 
 from . import data
 from .calibration import match_point
-from .techniques import PREFETCH_BLOCKS, PROCESS_RAM_BYTES, STORAGE, HostEstimate, Swap, dequant_buffer_bytes, precision_of, stored_bytes, swap_of
+from .techniques import PREFETCH_BLOCKS, PROCESS_RAM_BYTES, STORAGE, HostEstimate, Swap, dequant_buffer_bytes, max_swappable, precision_of, stored_bytes, swap_of
 from .trainable import trainable
 
 #: Free VRAM an estimate must leave on a GPU to count as fitting (the picker, the plan, preflight, the TUI).
@@ -388,16 +388,21 @@ def optimizer_term(lay: _Layout, s: dict[str, Any], offload: bool, backend: str)
     return b
 
 
-def gather_term(lay: _Layout) -> int:
-    """FSDP / ZeRO-3: the unsharded copies of the units being computed. accelerate's FSDP wraps by
-    size (units of at least 1 M parameters, the largest about the largest tensor) and prefetches
-    the next (BACKWARD_PRE): two such units; DeepSpeed gathers its prefetch bucket
+def gather_term(lay: _Layout, family: str) -> int:
+    """FSDP2 / ZeRO-3: the unsharded copies of the units being computed. FSDP2 (core/launch/
+    accelerate_config.py) shards each block the model names in ``_no_split_modules`` (FLUX's double
+    and single blocks, the UNets' cross-attention up blocks and transformer and ResNet blocks) and
+    gathers the next while one computes: the largest two consecutive blocks of the spec's block
+    lists (the largest tensor's two without lists). DeepSpeed gathers its prefetch bucket
     (``stage3_prefetch_bucket_size``, 5e7 parameters) beside the module computing."""
     if lay.weight_shard <= 1:
         return 0
     largest = int(lay.comps[lay.denoiser]["largest_param"])
-    units = DEEPSPEED_PREFETCH_PARAMS + largest if lay.ds else PREFETCH_BLOCKS * largest
-    return units * (lay.trained_store_b if lay.full else lay.frozen_b)
+    if lay.ds:
+        units = DEEPSPEED_PREFETCH_PARAMS + largest
+    else:
+        units = swap_of(family, max_swappable(family)).buffer_params or PREFETCH_BLOCKS * largest
+    return units * lay.frozen_b  # gathered in the compute dtype (accelerate's mixed-precision policy)
 
 
 def activations_term(lay: _Layout, family: str, method: str, s: dict[str, Any], images: int, notes: list[str]) -> tuple[int, int]:
@@ -482,7 +487,9 @@ def host_term(lay: _Layout, s: dict[str, Any], offload: bool) -> HostEstimate:
     b: dict[str, int] = {"processes": PROCESS_RAM_BYTES * lay.n}
     if lay.full:
         state = (
-            _optimizer_state_bytes(s["optimizer"], lay.swap.params, lay.master_b, lay.comps, lay.full, lay.te_trained, lay.encoders, lay.denoiser) * lay.swap.params // max(1, lay.trained)
+            _optimizer_state_bytes(s["optimizer"], lay.swap.params, lay.master_b, lay.comps, lay.full, lay.te_trained, lay.trained_encoders, lay.denoiser)
+            * lay.swap.params
+            // max(1, lay.trained)
         )
         swapped = lay.swap.params * (lay.master_b + lay.grad_b) + state
     else:
@@ -492,7 +499,7 @@ def host_term(lay: _Layout, s: dict[str, Any], offload: bool) -> HostEstimate:
     off_gpu += lay.comps["vae"]["params"] * lay.vae_b if s["cache_latents"] else 0
     b["offloaded_models"] = off_gpu * lay.n
     if lay.ds and offload:
-        b["optimizer_offload"] = _optimizer_state_bytes(s["optimizer"], lay.trained, 4, lay.comps, lay.full, lay.te_trained, lay.encoders, lay.denoiser) + lay.trained * 4
+        b["optimizer_offload"] = _optimizer_state_bytes(s["optimizer"], lay.trained, 4, lay.comps, lay.full, lay.te_trained, lay.trained_encoders, lay.denoiser) + lay.trained * 4
     training = sum(v for k, v in b.items() if k != "processes")
     loading = den["params"] * 2 * lay.n
     if loading > training:
@@ -509,7 +516,7 @@ def _raw(
     b: dict[str, int] = dict.fromkeys(BREAKDOWN_KEYS, 0)
     b.update(weights_term(lay, method, s))
     b.update(optimizer_term(lay, s, offload, backend))
-    b["fsdp_gather"] = gather_term(lay)
+    b["fsdp_gather"] = gather_term(lay, family)
     prior = method == "dreambooth" if prior is None else prior
     images = s["batch_size"] * (2 if prior else 1)
     kept, working = activations_term(lay, family, method, s, images, notes)

@@ -124,7 +124,8 @@ def recipe_line(fit: Any, vram: int | None, name_width: int = 0) -> Text:
     if vram:
         text.append("fits    " if fit.fits else "too big ", style="green" if fit.fits else "red")
     if fit.images_per_second:
-        text.append(f"{fit.images_per_second:5.1f} img/s ")
+        speed = fit.images_per_second
+        text.append(f"{speed:5.1f} img/s " if speed >= 1 else f"{speed:5.2f} img/s ")
     if vram:
         text.append(bar(est / vram, 6) + " ", style="green" if fit.fits else "red")
     adjusted = adjustment(fit)
