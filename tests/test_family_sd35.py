@@ -413,3 +413,13 @@ def test_large_is_planned_with_its_own_tables(capsys):
     reach = next(n for n in plan("sd35-large", "1x16GB")["notes"] if "out of reach" in n)
     assert "12, 16 GB are out of reach" in reach
     assert spec("sd35-large").name == "sd35" and spec("sd35-large").denoiser_tflops > 2 * spec("sd35").denoiser_tflops
+
+
+@pytest.mark.slow
+def test_the_gpu_benchmark_runs_its_sd35_case_in_tiny_mode(tmp_path):
+    """``python -m bench.bench_gpu --family sd35`` on the CPU at toy size: ours against the SD3 LoRA example's loop, one line per case."""
+    from bench.bench_gpu import main as bench_main
+
+    lines = bench_main(["--tiny", "--family", "sd35", "--method", "lora", "--batch", "1", "--workdir", str(tmp_path / "work")])
+    assert [line.split(":")[0] for line in lines] == ["gpu_sd35_lora_64px_b1_tiny_cpu (checks the script; not a GPU figure)"]
+    assert "ours failed" not in lines[0] and "reference failed" not in lines[0] and "ratio=n/a" not in lines[0], lines[0]
