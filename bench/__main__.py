@@ -27,9 +27,9 @@ from bench import QUICK_ENV, with_bytecode
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 #: Seconds each benchmark may take. The real-architecture trainer comparison (``bench_real_cpu``)
-#: takes 15-30 min on 2 shared cores; ``python -m bench NAME …`` runs a selection.
+#: takes 15-30 min on 2 shared cores (``bench_flux_cpu``, FLUX.1 at real width, 10-20); ``python -m bench NAME …`` runs a selection.
 DEFAULT_LIMIT_S = 240.0
-LIMITS_S = {"bench_trainer": 480.0, "bench_gpu": 240.0, "bench_metrics": 420.0, "bench_real_cpu": 1200.0}
+LIMITS_S = {"bench_trainer": 480.0, "bench_gpu": 240.0, "bench_metrics": 420.0, "bench_real_cpu": 1200.0, "bench_flux_cpu": 1200.0}
 
 _CHILD = (
     "import importlib, runpy, sys\n"

@@ -175,7 +175,6 @@ def _from_arguments(args: argparse.Namespace, extras: list[str], gpus: Any) -> t
     if method not in METHODS:
         raise UserError(f"method '{method}' is unknown; use --method with one of {', '.join(METHODS)}")
     family = detect_family(args.model)
-    spec(family).check_method(method)
     model_path = "" if args.model == family else args.model
     probe = apply_overrides(new_config("plan", model_path, family, method, [], {}), extras)
     overrides = _settings_overrides(probe, extras)
@@ -212,9 +211,11 @@ def _settings_overrides(config: Any, extras: list[str]) -> dict[str, Any]:
 
 def _choose_recipe(name: str | None, family: str, method: str, gpus: Any, overrides: dict[str, Any], shape: Any) -> Any:
     """The named recipe, or the picker's fastest fitting one for a run of ``shape`` (the least heavy when none fits)."""
+    from core.families import spec
     from core.plan.picker import pick_recipes, rank_recipes
     from core.recipes import get_recipe, load_recipes
 
+    spec(family).check_method(method)  # a method the family does not train: that sentence, not "no recipe"
     if name:
         recipe = get_recipe(name)
         family = spec(family).name  # a variant planned on its own takes its family's recipes

@@ -310,3 +310,86 @@ def test_a_killed_run_resumes_with_the_losses_of_an_uninterrupted_one(tiny_model
     for step, loss in losses.items():
         assert loss == pytest.approx(reference[step], rel=1e-4), step
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
+
+
+def test_plan_without_weights_names_the_tiers_out_of_reach_and_fits_on_80gb(capsys):
+    from cli.main import main
+
+    assert main(["--gpus", "1x4090", "plan", "--model", "flux-schnell", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["fits"] is False
+    assert any("out of reach" in note and "12, 16, 24 GB" in note for note in plan["notes"])
+    assert main(["--gpus", "1xH100", "plan", "--model", "flux-dev", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["fits"] is True and plan["recipe"].startswith("flux-lora")
+
+
+def test_attention_makes_the_flops_grow_faster_than_the_pixels():
+    from core.plan.throughput import training_tflops_per_image
+
+    settings = {"cache_latents": True, "cache_text_encoder_outputs": True, "gradient_checkpointing": False}
+    half = training_tflops_per_image("flux", "lora", {**settings, "resolution": 512})
+    full = training_tflops_per_image("flux", "lora", {**settings, "resolution": 1024})
+    assert full == pytest.approx(2 * 125.0) and 4 < full / half < 16 * 0.5
+
+
+@pytest.mark.slow
+def test_the_demo_runs_the_whole_flow_on_the_tiny_flux(tmp_path, tiny_models, tiny_captioners):
+    import shutil
+
+    from core.demo import run_headless, workspace
+
+    ws = workspace(tmp_path / "demo", "flux")
+    shutil.copytree(tiny_models("flux"), ws.model)
+    shutil.copytree(tiny_captioners["florence2"], ws.captioner)
+    lines: list[str] = []
+    code = run_headless(tmp_path / "demo", overrides=["schedule.max_steps=3", "schedule.sample_every_steps=0", "schedule.sample_at_start=false"], out=lines.append, family="flux")
+    assert code == 0, lines
+    assert ws.model.name == "model-flux" and any("finished" in line for line in lines)
+
+
+def test_the_cli_refuses_a_method_flux_does_not_train_in_one_sentence(capsys):
+    from cli.main import main
+
+    assert main(["plan", "--model", "flux-dev", "--method", "dreambooth"]) == 2
+    err = capsys.readouterr().err
+    assert "the flux family does not train with dreambooth; use one of lora, finetune" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("ddp")
+def test_two_processes_train_the_tiny_flux_to_the_same_weights(tmp_path, tiny_models, kohya_dataset):
+    from tests.train_helpers import launch
+
+    data = kohya_dataset(((1, "a photo of sks dog", 4),))
+    run = make_run(tmp_path / "run", tiny_models("flux"), data, "flux", schedule={"max_steps": 2}, processes=2)
+    hashes = tmp_path / "hashes.txt"
+    done = launch(run, 2, args=["--weights-hash", str(hashes)], timeout=420)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line.split() for line in hashes.read_text().splitlines()]
+    final = {(rank, digest) for rank, step, digest in lines if step == "2"}
+    assert sorted(rank for rank, _ in final) == ["0", "1"] and len({digest for _, digest in final}) == 1
+    assert [m["step"] for m in metrics(run, "step")] == [1, 2]
+
+
+def test_train_text_encoder_trains_clip_l_and_never_t5(tiny_models):
+    from core.memory import data
+    from core.memory.trainable import adapter_parameters, trainable
+    from core.train.model.methods import setup_method
+
+    components = load_components(str(tiny_models("flux")), settings={})
+    method = setup_method("lora", components, {"train_text_encoder": True, "lora_rank": 2})
+    assert set(method.modules) == {"transformer", "text_encoder"}
+    assert not any(p.requires_grad for p in components.text_encoders[1].parameters()), "T5 stays frozen"
+    clip_width = data.params()["flux"]["text_encoder"]["lora_width"]["attn"]
+    with_te, without = trainable("flux", "lora", {"train_text_encoder": True}), trainable("flux", "lora", {})
+    assert with_te.params - without.params == adapter_parameters("lora", 16, clip_width)
+
+
+def test_a_flow_model_keeps_its_euler_sampler_and_refuses_ddpm_ones(tiny_models):
+    from core.train.outputs.sampling import sampler_scheduler
+
+    scheduler = load_components(str(tiny_models("flux")), settings={}).scheduler
+    assert sampler_scheduler("euler", scheduler) is scheduler and sampler_scheduler("default", scheduler) is scheduler
+    with pytest.raises(ValueError, match="is for DDPM models"):
+        sampler_scheduler("euler_a", scheduler)

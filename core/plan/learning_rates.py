@@ -38,6 +38,7 @@ LION_FACTOR = 1 / 3
 
 
 def _base(family: str, method: str) -> LrDefault:
+    spec(family).check_method(method)  # a method the family does not train: its sentence, not a missing default
     found = spec(family).full_weight_rates.get(method) or _DEFAULTS.get(method)
     if found is None:
         raise KeyError(f"no learning-rate default for {method} on {family}")

@@ -343,7 +343,7 @@ def out_of_reach_note(family: str) -> str | None:
         return None
     return (
         f"{spec(family).title}'s bf16 {spec(family).denoiser} weights alone are {weights / GIB:.1f} GiB: GPUs of {', '.join(map(str, below))} GB "
-        "are out of reach until quantized base weights (settings.base_precision) or block swap (settings.blocks_to_swap) exist; plan for 48 GB or more"
+        "are out of reach until quantized base weights (settings.base_precision) or block swap (settings.blocks_to_swap) exist"
     )
 
 
