@@ -19,6 +19,7 @@ measured), so the one command finishes within 8 minutes.
     python -m bench.bench_gpu --all                # every batch size (~25 min)
     python -m bench.bench_gpu --family sd1 --method lora --batch 4
     python -m bench.bench_gpu --family flux        # FLUX.1-dev LoRA at 1024 and 512 px (the 12B model takes minutes to build)
+    python -m bench.bench_gpu --family sd35        # SD 3.5 Medium LoRA at 1024 and 512 px (bench.sd35_models, against bench.reference_sd3)
     python -m bench.bench_gpu --tiny               # the same code on the CPU with tiny shapes
     python -m bench.bench_gpu --tiny --results R.md --calibration C.json   # … writing both, as on a GPU
     python -m bench.bench_gpu --flops              # what the caches save at real size, in counted FLOPs
@@ -56,6 +57,10 @@ CASES: tuple[tuple[str, str, int, tuple[int, ...]], ...] = (
 )
 #: FLUX.1-dev at real size (12B transformer; its random model takes minutes to build): run only with ``--family flux``.
 FLUX_CASES: tuple[tuple[str, str, int, tuple[int, ...]], ...] = (("flux", "lora", 1024, (1, 2)), ("flux", "lora", 512, (1, 4)))
+#: SD 3.5 Medium at real size (its T5-XXL makes the random model take minutes to build): run only with ``--family sd35``.
+SD35_CASES: tuple[tuple[str, str, int, tuple[int, ...]], ...] = (("sd35", "lora", 1024, (1, 2)), ("sd35", "lora", 512, (1, 4)))
+#: The cases each ``--family`` adds to the default ones.
+FAMILY_CASES = {"flux": FLUX_CASES, "sd35": SD35_CASES}
 TINY_RESOLUTION = 64
 TINY_BATCHES = (1, 2)
 STEPS, WARMUP = 24, 8
@@ -161,7 +166,7 @@ def unet_train_flops(family: str, method: str, resolution: int, model_dir: Path,
     from diffusers import UNet2DConditionModel
     from torch.utils.flop_counter import FlopCounterMode
 
-    if family == "flux":
+    if family in FAMILY_CASES:
         return transformer_train_flops(family, method, resolution, model_dir, device)
 
     unet = UNet2DConditionModel.from_pretrained(model_dir, subfolder="unet", torch_dtype=torch.bfloat16 if device == "cuda" else torch.float32).to(device)
@@ -289,12 +294,14 @@ def measure_reference(case: dict[str, Any], model: Path, dataset: Path) -> dict[
     from bench.reference_loop import ReferenceSettings, kohya_items, load_components, train_reference
 
     cuda = torch.cuda.is_available() and not case["tiny"]
-    if case["family"] == "flux":
+    if case["family"] in FAMILY_CASES:
         from bench.reference_flux import train_flux_reference
+        from bench.reference_sd3 import train_sd3_reference
 
+        reference = train_sd3_reference if case["family"] == "sd35" else train_flux_reference
         with NvmlPeak() as nvml:
-            out = Path(case["workdir"]) / f"ref-flux-{case['resolution']}-{case['batch']}.jsonl"
-            flux_records = train_flux_reference(
+            out = Path(case["workdir"]) / f"ref-{case['family']}-{case['resolution']}-{case['batch']}.jsonl"
+            flux_records = reference(
                 str(model), str(dataset), case["steps"], case["resolution"], int(GPU_SETTINGS["lora_rank"]), "bf16" if cuda else "no", out, device="cuda" if cuda else "cpu"
             )
         return {
@@ -434,10 +441,14 @@ def run_cases(
     lines = []
     start = time.monotonic()
     longest = 0.0
-    for fam, meth, resolution, batches in CASES + (FLUX_CASES if family == "flux" else ()):
+    seen: set[tuple[str, str, int]] = set()
+    for fam, meth, resolution, batches in CASES + FAMILY_CASES.get(family or "", ()):
         if (family and fam != family) or (method and meth != method):
             continue
         resolution = TINY_RESOLUTION if tiny else resolution
+        if (fam, meth, resolution) in seen:  # the tiny mode runs every resolution at one size: once
+            continue
+        seen.add((fam, meth, resolution))
         sizes = TINY_BATCHES if tiny else (batches if every_batch or batch else batches[:1])
         for size in sizes:
             if batch and size != batch:
@@ -538,12 +549,16 @@ def _technique(result: dict[str, Any]) -> str:
 
 def model_for(family: str, out: Path, tiny: bool) -> Path:
     """The benchmark model of ``family``: ``bench.real_models`` for the UNets, FLUX.1-dev at real size (or the tiny one) for ``flux``."""
-    if family != "flux":
+    if family not in FAMILY_CASES:
         return build_real(family, out, tiny)
     if tiny:
         from core.train.model.tiny import build_tiny
 
-        return out if (out / "model_index.json").is_file() else build_tiny("flux", out)
+        return out if (out / "model_index.json").is_file() else build_tiny(family, out)
+    if family == "sd35":
+        from bench.sd35_models import build_sd35
+
+        return build_sd35(out)
     from bench.flux_models import build_flux
 
     return build_flux(out, None, None, None)
@@ -576,7 +591,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     """Real-size cases on a GPU; without one, the tiny CPU check of one case and a not-measured note."""
     parser = argparse.ArgumentParser(prog="python -m bench.bench_gpu", description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="toy widths on the CPU (checks the script, not the GPU)")
-    parser.add_argument("--family", choices=("sd1", "sdxl", "flux"))
+    parser.add_argument("--family", choices=("sd1", "sdxl", *FAMILY_CASES))
     parser.add_argument("--method", choices=("lora", "finetune"))
     parser.add_argument("--batch", type=int)
     parser.add_argument("--workdir", help="keep models and data here (default: a temporary folder)")

@@ -195,7 +195,6 @@ def _from_arguments(args: argparse.Namespace, extras: list[str], gpus: Any, ram:
     if method not in METHODS:
         raise UserError(f"method '{method}' is unknown; use --method with one of {', '.join(METHODS)}")
     family = detect_family(args.model)
-    spec(family).check_method(method)
     model_path = "" if args.model == family else args.model
     probe = apply_overrides(new_config("plan", model_path, family, method, [], {}), extras)
     overrides = _settings_overrides(probe, extras)

@@ -413,3 +413,30 @@ def test_large_is_planned_with_its_own_tables(capsys):
     reach = next(n for n in plan("sd35-large", "1x16GB")["notes"] if "out of reach" in n)
     assert "12, 16 GB are out of reach" in reach
     assert spec("sd35-large").name == "sd35" and spec("sd35-large").denoiser_tflops > 2 * spec("sd35").denoiser_tflops
+
+
+@pytest.mark.slow
+def test_the_gpu_benchmark_runs_its_sd35_case_in_tiny_mode(tmp_path):
+    """``python -m bench.bench_gpu --family sd35`` on the CPU at toy size: ours against the SD3 LoRA example's loop, one line per case."""
+    from bench.bench_gpu import main as bench_main
+
+    lines = bench_main(["--tiny", "--family", "sd35", "--method", "lora", "--batch", "1", "--workdir", str(tmp_path / "work")])
+    assert [line.split(":")[0] for line in lines] == ["gpu_sd35_lora_64px_b1_tiny_cpu (checks the script; not a GPU figure)"]
+    assert "ours failed" not in lines[0] and "reference failed" not in lines[0] and "ratio=n/a" not in lines[0], lines[0]
+
+
+@pytest.mark.slow
+def test_the_demo_runs_the_whole_flow_on_the_tiny_sd35(tmp_path, tiny, tiny_captioners):
+    """``sdtui demo --family sd35 --headless``: the tiny SD 3.5, the generated dataset, training to the end with samples."""
+    import shutil
+
+    from core.demo import run_headless, workspace
+
+    ws = workspace(tmp_path / "demo", "sd35")
+    shutil.copytree(tiny, ws.model)
+    shutil.copytree(tiny_captioners["florence2"], ws.captioner)
+    lines: list[str] = []
+    overrides = ["schedule.max_steps=4", "schedule.sample_every_steps=4", "schedule.sample_at_start=false"]
+    assert run_headless(tmp_path / "demo", overrides=overrides, out=lines.append, family="sd35") == 0, lines
+    assert ws.model.name == "model-sd35" and any("finished" in line for line in lines)
+    assert any(line.startswith("sample at step 4:") for line in lines), lines
