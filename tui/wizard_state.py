@@ -323,10 +323,13 @@ class WizardState:
         return rank_recipes(self.chosen_family(), self.method, self.gpus, load_recipes(), self.kept_settings(), shape=self.shape())
 
     def shape(self) -> Any:
-        """The run's shape for the fit (prior preservation with the class folder's images), as the plan has it."""
+        """The run's shape for the fit (prior preservation with the class folder's images, the model's size
+        variant: FLUX.2 klein 9B, dev), as the plan has it."""
+        from core.families.detect import variant_of_model
         from core.plan.picker import run_shape
 
-        return run_shape(self.method, self.scan.reg_images if self.scan is not None else 0, {"num_processes": max(1, self.gpus.count)})
+        variant = variant_of_model(self.model, self.family) if self.model and self.family else ""
+        return run_shape(self.method, self.scan.reg_images if self.scan is not None else 0, {"num_processes": max(1, self.gpus.count)}, variant)
 
     def kept_settings(self) -> dict[str, Any]:
         """The settings a recipe does not change: all but its memory/speed ones (core.settings.RECIPE_SETTINGS).
