@@ -173,8 +173,6 @@ SETTINGS: dict[str, Setting] = {
         _s("conv_rank", int, 0, "rank of the conv layers that lora_targets = all adds (0 = lora_rank)", minimum=0, maximum=1024),
         _s("conv_alpha", float, 0.0, "alpha of those conv layers (0 = lora_alpha)", minimum=0.0),
         _s("lora_targets", str, "attn", "attn, attn_ff (adds feed-forward and the text encoders' MLP) or all (adds convs, LoCon)", choices=LORA_TARGETS),
-        _s("train_double_block_indices", str, "", "flow transformers: the double-stream blocks LoRA trains, e.g. 0-9,15 (empty or all = every block, none = no block; sd-scripts' name)"),
-        _s("train_single_block_indices", str, "", "flow transformers: the single-stream blocks LoRA trains, e.g. 0-19 (empty or all = every block, none = no block; sd-scripts' name)"),
         _s("init_lora", str, "", "a LoRA file (kohya or diffusers format) the run starts from"),
         _s("use_dora", bool, False, "weight-decomposed LoRA (DoRA): learns magnitude and direction apart; a little better, a little slower"),
         _s("ti_num_vectors", int, 4, "embedding vectors of the new word: more learns more, but the word takes more of the prompt's 75 tokens", minimum=1, maximum=75),
