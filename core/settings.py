@@ -185,8 +185,6 @@ SETTINGS: dict[str, Setting] = {
             "",
             "transformer families with one block list (Z-Image's 30 layers): the blocks LoRA adapts, e.g. 0-9,20 (empty or all = every block, none = only the refiners)",
         ),
-        _s("train_double_block_indices", str, "", "flow transformers: the double-stream blocks LoRA trains, e.g. 0-9,15 (empty or all = every block, none = no block; sd-scripts' name)"),
-        _s("train_single_block_indices", str, "", "flow transformers: the single-stream blocks LoRA trains, e.g. 0-19 (empty or all = every block, none = no block; sd-scripts' name)"),
         _s("init_lora", str, "", "a LoRA file (kohya or diffusers format) the run starts from"),
         _s("merge_lora", str, "", "a LoRA file fused into the base weights before training, e.g. Z-Image Turbo's de-distill adapter (empty = none)"),
         _s("use_dora", bool, False, "weight-decomposed LoRA (DoRA): learns magnitude and direction apart; a little better, a little slower"),
@@ -222,6 +220,8 @@ SETTINGS: dict[str, Setting] = {
         _s("logit_mean", float, FLOW_SETTINGS["logit_mean"], "flow_sampling = logit_normal: mean of the normal behind the noise levels (0 = centred)"),
         _s("logit_std", float, FLOW_SETTINGS["logit_std"], "flow_sampling = logit_normal: spread of the normal behind the noise levels", minimum=0.01),
         _s("mode_scale", float, FLOW_SETTINGS["mode_scale"], "flow_sampling = mode: SD3's mode density scale", minimum=0.0),
+        _s("train_double_block_indices", str, "", "FLUX.1/Chroma LoRA: the double blocks to train, e.g. 0-9,15 (empty or all = every block, none = none; sd-scripts' name)"),
+        _s("train_single_block_indices", str, "", "FLUX.1/Chroma LoRA: the single blocks to train, e.g. 0-19 (empty or all = every block, none = none; sd-scripts' name)"),
         _s("guidance_scale", float, TRAINING_GUIDANCE, "FLUX.1-dev's embedded guidance while training (1.0 as sd-scripts and ai-toolkit; samples use their own --l)", minimum=0.0),
         _s("noise_offset", float, 0.0, "offset added to the noise so the model learns very dark and very bright images (0 = off, 0.05-0.1 typical)", minimum=0.0),
         _s("ema", bool, False, "keep an exponential moving average of the trained weights"),
@@ -454,11 +454,15 @@ def bucket_problem(settings: Mapping[str, Any]) -> str | None:
 
 def family_problem(family: str, prediction_type: str, settings: Mapping[str, Any]) -> str | None:
     """The sentence for a value the model's family cannot take, or None: a ``prediction_type`` that is
-    not one of the objectives it trains with (``flow`` only for flow families), a bucket step that
-    does not cut its latents (``FamilySpec.bucket_step``)."""
+    not one of the objectives it trains with (``flow`` only for flow families), a block selection the
+    family has no blocks for (``FamilySpec.block_settings``), a bucket step that does not cut its
+    latents (``FamilySpec.bucket_step``)."""
     found = spec(family)
     if prediction_type != "auto" and prediction_type not in found.objectives:
         return f'[model] prediction_type = "{prediction_type}" is not an objective the {family} family trains with; set it to auto or to {" or ".join(found.objectives)}'
+    chosen = [key for key in ("train_double_block_indices", "train_single_block_indices") if str(settings.get(key, "") or "").strip().lower() not in ("", "all")]
+    if chosen and chosen[0] not in found.block_settings:
+        return f"settings.{chosen[0]} selects FLUX.1-style blocks and the {family} family has none; remove it"
     step = int(settings.get("bucket_reso_steps", SETTINGS["bucket_reso_steps"].default))
     if step % found.bucket_step:
         return f"settings.bucket_reso_steps = {step} does not cut {family} latents into whole patches; set it to a multiple of {found.bucket_step} (e.g. 64)"

@@ -393,3 +393,22 @@ def test_a_flow_model_keeps_its_euler_sampler_and_refuses_ddpm_ones(tiny_models)
     assert sampler_scheduler("euler", scheduler) is scheduler and sampler_scheduler("default", scheduler) is scheduler
     with pytest.raises(ValueError, match="is for DDPM models"):
         sampler_scheduler("euler_a", scheduler)
+
+
+def test_block_selection_is_a_run_setting_only_flux_shaped_families_take():
+    from core.settings import family_problem
+
+    assert family_problem("flux", "auto", {"train_single_block_indices": "0-19"}) is None
+    assert family_problem("sdxl", "auto", {"train_double_block_indices": "all"}) is None
+    assert family_problem("sdxl", "auto", {"train_double_block_indices": "0-3"}) == (
+        "settings.train_double_block_indices selects FLUX.1-style blocks and the sdxl family has none; remove it"
+    )
+
+
+@pytest.mark.slow
+def test_a_run_with_block_selection_trains_only_those_blocks(tiny_models, kohya_dataset, tmp_path):
+    data = kohya_dataset(((1, "a photo of sks dog", 2),))
+    run = make_run(tmp_path / "run", tiny_models("flux"), data, "flux", settings={"train_double_block_indices": "none", "train_single_block_indices": "1"}, schedule={"max_steps": 1})
+    assert train(run) == 0
+    keys = load_file(str(run / "output" / "tiny.safetensors"))
+    assert keys and {k.split(".")[0] for k in keys} == {"lora_unet_single_blocks_1_linear1"}

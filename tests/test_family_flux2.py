@@ -335,3 +335,17 @@ def test_klein_full_fine_tune_writes_a_folder_and_a_bfl_file_that_load_back(tmp_
     stored = saved["double_blocks.0.img_attn.qkv.weight"].dtype  # save_precision
     reloaded = load_components(str(single), config_path=str(model)).denoiser.state_dict()
     assert all(torch.equal(reloaded[k].float(), tuned[k].to(stored).float()) for k in tuned)
+
+
+def test_the_wizard_offers_the_flux2_and_qwen_image_models(tmp_path) -> None:
+    from core.gpu import resolve
+    from tui.wizard_state import WizardState
+
+    state = WizardState(gpus=resolve("1x24GB"), base_dir=tmp_path)
+    for model, family in (("flux2-klein-4b", "flux2"), ("flux2-klein-9b", "flux2"), ("flux2-dev", "flux2"), ("qwen-image", "qwenimage")):
+        assert state.set_model(model) == family and state.planning_only
+        assert state.methods() == ("lora", "finetune") and state.settings["resolution"] == 1024
+    state.set_model("flux2-dev")
+    dev = state.judge().estimate.total_bytes
+    state.set_model("flux2-klein-4b")
+    assert dev > 3 * state.judge().estimate.total_bytes  # the wizard sizes the variant

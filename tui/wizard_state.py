@@ -221,6 +221,13 @@ class WizardState:
             raise UserError(f"the model family is not known yet; give the model on the Model step (a folder, a .safetensors file, a hub id or one of {', '.join(FAMILIES)})")
         return self.family
 
+    def planned_family(self) -> str:
+        """The name the estimate reads the model under: its variant where that is measured on its own
+        (SD 3.5 Large, FLUX.2 klein 9B / dev), else its family."""
+        from core.families import planned_as
+
+        return planned_as(self.chosen_family(), self.model or "")
+
     # ---- step 2: dataset
     def run_scan(self) -> Any:
         """Scan the dataset (and the class folder) read-only and return the scan; the state is not changed."""
@@ -355,7 +362,7 @@ class WizardState:
         from core.plan.picker import rank_recipes
         from core.recipes import load_recipes
 
-        return rank_recipes(self.chosen_family(), self.method, self.gpus, load_recipes(), self.kept_settings(), shape=self.shape())
+        return rank_recipes(self.planned_family(), self.method, self.gpus, load_recipes(), self.kept_settings(), shape=self.shape())
 
     def shape(self) -> Any:
         """The run's shape for the fit (prior preservation with the class folder's images), as the plan has it."""
@@ -416,7 +423,7 @@ class WizardState:
         """The current settings judged on the smallest GPU (RecipeFit: estimate, fits, speed)."""
         from core.plan.picker import judge
 
-        return judge(self.chosen_family(), self.method, self.settings, self.gpus, shape=self.shape())
+        return judge(self.planned_family(), self.method, self.settings, self.gpus, shape=self.shape())
 
     def check_recipe(self) -> None:
         for key, value in self.settings.items():
@@ -433,7 +440,7 @@ class WizardState:
 
             need = fit.estimate.total_bytes / GIB
             have = self.gpus.smallest.vram_total_bytes / GIB
-            tips = suggest_when_nothing_fits(self.chosen_family(), self.method, self.gpus, [], self.settings, self.shape())
+            tips = suggest_when_nothing_fits(self.planned_family(), self.method, self.gpus, [], self.settings, self.shape())
             from tui.format import tui_terms
 
             tip = tui_terms(tips[0]) if tips else "pick a recipe higher in the list"

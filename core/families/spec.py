@@ -160,6 +160,9 @@ class FamilySpec:
     #: The original single file holds only the denoiser (FLUX.1's and Chroma's releases): the VAE and
     #: text encoders come from the diffusers folder beside it or as split files.
     original_denoiser_only: bool = False
+    #: Block selection settings the family takes -> the denoiser's block list each selects in
+    #: (FLUX.1: sd-scripts' ``train_double_block_indices`` -> ``transformer_blocks``).
+    block_settings: Mapping[str, str] = field(default_factory=dict)
     #: The reference scheduler config (a flow family's shift rule lives in it; the tiny models use it).
     scheduler: Mapping[str, Any] = field(default_factory=dict)
 

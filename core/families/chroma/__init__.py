@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.families.flow_mmdit import BUCKET_STEP, METHODS, OBJECTIVES, T5_XXL, VAE_16
+from core.families.flow_mmdit import BUCKET_STEP, DOUBLE_SINGLE_BLOCKS, METHODS, OBJECTIVES, T5_XXL, VAE_16
 from core.families.flux import LORA_TARGETS as FLUX_TARGETS
 from core.families.flux import SCHEDULER_DEV, SWAP_BLOCKS, T5_HIGH_PRECISION, TRANSFORMER_HIGH_PRECISION
 from core.families.spec import FamilySpec, LrDefault, Recognition, TextEncoder, Variant
@@ -91,4 +91,5 @@ SPEC = FamilySpec(
     pipeline_clip_skip=False,
     bucket_step=BUCKET_STEP,
     original_denoiser_only=True,
+    block_settings=DOUBLE_SINGLE_BLOCKS,
 )

@@ -46,6 +46,9 @@ BUCKET_STEP = 16
 #: (``--guidance_scale``) and ai-toolkit train it; sampling uses the prompt's own scale.
 TRAINING_GUIDANCE = 1.0
 
+#: The block selection settings (sd-scripts' ``network_args`` names) of the FLUX.1-shaped families -> diffusers' block lists.
+DOUBLE_SINGLE_BLOCKS = {"train_double_block_indices": "transformer_blocks", "train_single_block_indices": "single_transformer_blocks"}
+
 #: Latent pixels per token side (2×2 patches: FLUX.1's packing, SD 3.x's patch embedding).
 PATCH = 2
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.families.flow_mmdit import BUCKET_STEP, COMPONENT_CLASSES, METHODS, OBJECTIVES, T5_XXL, VAE_16
+from core.families.flow_mmdit import BUCKET_STEP, COMPONENT_CLASSES, DOUBLE_SINGLE_BLOCKS, METHODS, OBJECTIVES, T5_XXL, VAE_16
 from core.families.sd_unet import CLIP_HIGH_PRECISION, CLIP_L, CLIP_TOKENS
 from core.families.sd_unet import LORA_TARGETS as SD_LORA_TARGETS
 from core.families.spec import FamilySpec, LrDefault, Recognition, TextEncoder, Variant
@@ -145,4 +145,5 @@ SPEC = FamilySpec(
     pipeline_clip_skip=False,
     bucket_step=BUCKET_STEP,
     original_denoiser_only=True,
+    block_settings=DOUBLE_SINGLE_BLOCKS,
 )

@@ -25,8 +25,6 @@ from core.families.wrappers import unwrap
 
 #: The hub models a FLUX.1 single file's other parts come from when no diffusers folder is beside it.
 HUB_MODELS = {"flux-dev": "black-forest-labs/FLUX.1-dev", "flux-schnell": "black-forest-labs/FLUX.1-schnell"}
-#: sd-scripts' block selection (``network_args``): settings name -> the diffusers block list it selects in.
-BLOCK_SETTINGS = {"train_double_block_indices": "transformer_blocks", "train_single_block_indices": "single_transformer_blocks"}
 
 
 def parse_indices(text: str, count: int, setting: str) -> set[int]:
@@ -132,7 +130,7 @@ class FluxRuntime(FlowRuntime):
         embedders and final layer too. UserError when the selection adapts nothing."""
         config = unwrap(denoiser).config
         counts = {"transformer_blocks": int(config.num_layers), "single_transformer_blocks": int(config.num_single_layers)}
-        chosen = {lists: parse_indices(str(settings.get(key, "") or ""), counts[lists], key) for key, lists in BLOCK_SETTINGS.items()}
+        chosen = {lists: parse_indices(str(settings.get(key, "") or ""), counts[lists], key) for key, lists in self.spec.block_settings.items()}
         outside = str(settings.get("lora_targets", "attn")) == "all"
         names = []
         for name, module in unwrap(denoiser).named_modules():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from core.families.flow_mmdit import DOUBLE_SINGLE_BLOCKS
 from core.families.llm_prompt import CAPTION, QWEN3_NO_THINKING, LlmPrompt, chatml
 from core.families.spec import FamilySpec, LrDefault, Recognition, TextEncoder, Variant
 
@@ -268,4 +269,5 @@ SPEC = FamilySpec(
     pipeline_clip_skip=False,
     bucket_step=16,
     original_denoiser_only=True,
+    block_settings=DOUBLE_SINGLE_BLOCKS,
 )

@@ -13,7 +13,7 @@ from core.families.flow_mmdit import single_file
 from core.families.flow_mmdit.blocks import linear_targets
 from core.families.flow_mmdit.objective import flow_objective
 from core.families.flow_mmdit.runtime import FlowRuntime
-from core.families.flux.runtime import BLOCK_SETTINGS, parse_indices
+from core.families.flux.runtime import parse_indices
 from core.families.flux2 import DEV_PROMPT, KLEIN_PROMPT, SPEC, layout
 from core.families.flux2 import lora as lora_layout
 from core.families.flux2 import tiny as tiny_model
@@ -82,7 +82,7 @@ class Flux2Runtime(FlowRuntime):
 
         plain = unwrap(denoiser)
         counts = {"transformer_blocks": int(plain.config.num_layers), "single_transformer_blocks": int(plain.config.num_single_layers)}
-        chosen = {lists: parse_indices(str(settings.get(key, "") or ""), counts[lists], key) for key, lists in BLOCK_SETTINGS.items()}
+        chosen = {lists: parse_indices(str(settings.get(key, "") or ""), counts[lists], key) for key, lists in self.spec.block_settings.items()}
         names = linear_targets(plain, targets, chosen, str(settings.get("lora_targets", "attn")) == "all")
         if not names:
             raise UserError("settings.train_double_block_indices and train_single_block_indices select no block to train; select at least one block")

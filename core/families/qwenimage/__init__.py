@@ -178,4 +178,5 @@ SPEC = FamilySpec(
     pipeline_clip_skip=False,
     bucket_step=16,
     original_denoiser_only=True,
+    block_settings={"train_double_block_indices": "transformer_blocks"},
 )

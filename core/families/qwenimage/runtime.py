@@ -12,7 +12,7 @@ from core.families.flow_mmdit import single_file
 from core.families.flow_mmdit.blocks import linear_targets
 from core.families.flow_mmdit.latents import pack, unpack
 from core.families.flow_mmdit.runtime import FlowRuntime
-from core.families.flux.runtime import BLOCK_SETTINGS, parse_indices
+from core.families.flux.runtime import parse_indices
 from core.families.protocol import AdapterWeights, FamilyRuntime, LoraFiles, SamplePromptLike
 from core.families.qwenimage import PROMPT, SPEC
 from core.families.qwenimage import tiny as tiny_model
@@ -47,11 +47,9 @@ class QwenImageRuntime(FlowRuntime):
         so their adapters would never train and DDP would wait for their gradients)."""
         from core.errors import UserError
 
-        double, single = BLOCK_SETTINGS
-        if str(settings.get(single, "") or "").strip().lower() not in ("", "all"):
-            raise UserError(f"settings.{single} selects single-stream blocks, which {self.spec.title} does not have; leave it empty and use {double}")
+        ((double, lists),) = self.spec.block_settings.items()  # single-stream selection is refused by settings.family_problem
         plain = unwrap(denoiser)
-        chosen = {BLOCK_SETTINGS[double]: parse_indices(str(settings.get(double, "") or ""), int(plain.config.num_layers), double)}
+        chosen = {lists: parse_indices(str(settings.get(double, "") or ""), int(plain.config.num_layers), double)}
         last = f"transformer_blocks.{int(plain.config.num_layers) - 1}."
         names = [
             n
