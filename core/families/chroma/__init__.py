@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.families.flow_mmdit import BUCKET_STEP, METHODS, OBJECTIVES, T5_XXL, VAE_16
+from core.families.flow_mmdit import BUCKET_STEP, DOUBLE_SINGLE_SWAP_BLOCKS, METHODS, OBJECTIVES, T5_HIGH_PRECISION, T5_XXL, VAE_16
 from core.families.flux import LORA_TARGETS as FLUX_TARGETS
 from core.families.flux import SCHEDULER_DEV
 from core.families.spec import FamilySpec, LrDefault, Recognition, TextEncoder, Variant
@@ -77,6 +77,12 @@ SPEC = FamilySpec(
     modelspec_architectures={"epsilon": "chroma"},
     modelspec_implementation="https://huggingface.co/lodestones/Chroma",
     pipeline_class="ChromaPipeline",
+    swap_blocks=DOUBLE_SINGLE_SWAP_BLOCKS,
+    # FLUX.1's list with the distilled guidance layer (Chroma's modulation network) for the embedders it lacks
+    high_precision={
+        "transformer": ("x_embedder", "context_embedder", "distilled_guidance_layer.*", "*norm*", "proj_out"),
+        "text_encoder": T5_HIGH_PRECISION,
+    },
     recognition=Recognition(
         pipeline_mark="ChromaPipeline",
         unet_marks={"_class_name": "ChromaTransformer2DModel", "approximator_num_channels": 64},

@@ -90,6 +90,18 @@ T5_XXL: dict[str, Any] = {
 }
 
 #: The component classes every family here shares (a family adds its denoiser and encoders).
+#: A FLUX.1-style transformer (FLUX.1, Chroma) swaps its double-stream then its single-stream blocks.
+DOUBLE_SINGLE_SWAP_BLOCKS: dict[str, str] = {"transformer_blocks": "num_layers", "single_transformer_blocks": "num_single_layers"}
+
+#: What keeps its precision in a FLUX.1 transformer under a quantized base: the image, text,
+#: timestep, guidance and pooled-text embedders, every norm with its AdaLN modulation linear
+#: (``norm1.linear``, ``norm1_context.linear``, ``norm.linear``, ``norm_out.linear``) and the
+#: output projection (only the top-level ``proj_out``, not the single blocks' own).
+FLUX_HIGH_PRECISION = ("x_embedder", "context_embedder", "time_text_embed.*", "*norm*", "proj_out")
+
+#: What keeps its precision in T5: the token embedding, the layer norms and the relative position bias.
+T5_HIGH_PRECISION = ("shared", "*embed_tokens", "*layer_norm", "*relative_attention_bias")
+
 COMPONENT_CLASSES: dict[str, str] = {
     "vae": "diffusers.AutoencoderKL",
     "text_encoder": "transformers.CLIPTextModel",

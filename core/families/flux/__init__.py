@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.families.flow_mmdit import BUCKET_STEP, COMPONENT_CLASSES, METHODS, OBJECTIVES, T5_XXL, VAE_16
-from core.families.sd_unet import CLIP_L, CLIP_TOKENS
+from core.families.flow_mmdit import BUCKET_STEP, COMPONENT_CLASSES, DOUBLE_SINGLE_SWAP_BLOCKS, FLUX_HIGH_PRECISION, METHODS, OBJECTIVES, T5_HIGH_PRECISION, T5_XXL, VAE_16
+from core.families.sd_unet import CLIP_HIGH_PRECISION, CLIP_L, CLIP_TOKENS
 from core.families.sd_unet import LORA_TARGETS as SD_LORA_TARGETS
 from core.families.spec import FamilySpec, LrDefault, Recognition, TextEncoder, Variant
 
@@ -107,6 +107,8 @@ SPEC = FamilySpec(
     modelspec_architectures={"epsilon": "flux-1-dev", "flux-dev": "flux-1-dev", "flux-schnell": "flux-1-schnell"},
     modelspec_implementation="https://github.com/black-forest-labs/flux",
     pipeline_class="FluxPipeline",
+    swap_blocks=DOUBLE_SINGLE_SWAP_BLOCKS,
+    high_precision={"transformer": FLUX_HIGH_PRECISION, "text_encoder": CLIP_HIGH_PRECISION, "text_encoder_2": T5_HIGH_PRECISION},
     recognition=Recognition(
         pipeline_mark="FluxPipeline",
         unet_marks={"_class_name": "FluxTransformer2DModel", "pooled_projection_dim": 768},
