@@ -53,7 +53,7 @@ def test_a_lora_trains_on_a_quantized_base_and_loads_on_the_unquantized_one(tmp_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("precision", ["fp8", "nf4"])
+@pytest.mark.parametrize("precision", ["fp8", "int8", "nf4"])
 def test_flux_trains_a_lora_on_a_quantized_base_with_swapped_blocks(tmp_path, tiny_models, kohya_dataset, precision):
     """The techniques together on the tiny FLUX.1: a quantized transformer and T5, 2 of its 3 blocks swapped, checkpointing."""
     settings = {"base_precision": precision, "text_encoder_precision": "int8", "blocks_to_swap": 2, "gradient_checkpointing": True, "lora_targets": "attn_ff"}
@@ -97,6 +97,22 @@ def test_fp8_storage_is_one_byte_a_weight_and_saves_no_upcast_copy_for_backward(
 
 
 # block swap
+
+
+def test_a_torchao_weight_is_streamed_by_its_plain_parts() -> None:
+    """CUDA stream bookkeeping and pinning act on plain tensors: a torchao weight gives its data and scales."""
+    from torchao.quantization import Int8WeightOnlyConfig, PerRow, quantize_
+
+    from core.train.model.block_swap import _host_copy, _plain_parts
+
+    layer = torch.nn.Sequential(torch.nn.Linear(16, 8))
+    quantize_(layer, Int8WeightOnlyConfig(granularity=PerRow()))
+    parts = _plain_parts(layer[0].weight)
+    assert len(parts) >= 2 and all(type(p) is torch.Tensor for p in parts)
+    assert {p.dtype for p in parts} >= {torch.int8}
+    assert _plain_parts(layer[0].bias) == [layer[0].bias]
+    assert type(_host_copy(layer[0].weight, pin=True)) is type(layer[0].weight.data)  # a subclass stays pageable, not broken
+
 
 
 def _poison_drops(monkeypatch) -> None:
