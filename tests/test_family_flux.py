@@ -370,3 +370,26 @@ def test_two_processes_train_the_tiny_flux_to_the_same_weights(tmp_path, tiny_mo
     final = {(rank, digest) for rank, step, digest in lines if step == "2"}
     assert sorted(rank for rank, _ in final) == ["0", "1"] and len({digest for _, digest in final}) == 1
     assert [m["step"] for m in metrics(run, "step")] == [1, 2]
+
+
+def test_train_text_encoder_trains_clip_l_and_never_t5(tiny_models):
+    from core.memory import data
+    from core.memory.trainable import adapter_parameters, trainable
+    from core.train.model.methods import setup_method
+
+    components = load_components(str(tiny_models("flux")), settings={})
+    method = setup_method("lora", components, {"train_text_encoder": True, "lora_rank": 2})
+    assert set(method.modules) == {"transformer", "text_encoder"}
+    assert not any(p.requires_grad for p in components.text_encoders[1].parameters()), "T5 stays frozen"
+    clip_width = data.params()["flux"]["text_encoder"]["lora_width"]["attn"]
+    with_te, without = trainable("flux", "lora", {"train_text_encoder": True}), trainable("flux", "lora", {})
+    assert with_te.params - without.params == adapter_parameters("lora", 16, clip_width)
+
+
+def test_a_flow_model_keeps_its_euler_sampler_and_refuses_ddpm_ones(tiny_models):
+    from core.train.outputs.sampling import sampler_scheduler
+
+    scheduler = load_components(str(tiny_models("flux")), settings={}).scheduler
+    assert sampler_scheduler("euler", scheduler) is scheduler and sampler_scheduler("default", scheduler) is scheduler
+    with pytest.raises(ValueError, match="is for DDPM models"):
+        sampler_scheduler("euler_a", scheduler)

@@ -187,6 +187,8 @@ class _Layout:
 
     comps: dict[str, Any]
     denoiser: str
+    #: The text encoders ``train_text_encoder`` trains (never T5).
+    trained_encoders: list[str]
     encoders: list[str]
     n: int
     ds: bool
@@ -218,6 +220,7 @@ def _layout(family: str, method: str, s: dict[str, Any], n: int, backend: str, z
     return _Layout(
         comps=comps,
         denoiser=spec(family).denoiser,
+        trained_encoders=list(spec(family).trainable_text_encoder_names),
         encoders=[c for c in comps if c.startswith("text_encoder")],
         n=n,
         ds=ds,
@@ -262,7 +265,7 @@ def _weights(lay: _Layout, method: str, s: dict[str, Any]) -> dict[str, int]:
     if lay.te_resident:
         for c in lay.encoders:
             count = comps[c]["params"]
-            if lay.full and lay.te_trained:
+            if lay.full and lay.te_trained and c in lay.trained_encoders:
                 b["weights_text_encoders"] += count * lay.trained_store_b // lay.weight_shard
             elif method == "textual_inversion":
                 b["weights_text_encoders"] += count * lay.trained_store_b
@@ -299,7 +302,7 @@ def _gradients(lay: _Layout, s: dict[str, Any], zero_stage: int, offload: bool, 
 def _held_state(lay: _Layout, s: dict[str, Any], offload: bool, backend: str) -> dict[str, int]:
     """What is held throughout: the optimizer state, EMA, DDP buckets and the communication buffers."""
     b: dict[str, int] = {}
-    state = _optimizer_state_bytes(s["optimizer"], lay.trained, 4 if lay.ds else lay.master_b, lay.comps, lay.full, lay.te_trained, lay.encoders, lay.denoiser)
+    state = _optimizer_state_bytes(s["optimizer"], lay.trained, 4 if lay.ds else lay.master_b, lay.comps, lay.full, lay.te_trained, lay.trained_encoders, lay.denoiser)
     if lay.ds:
         state += lay.trained * 4 if lay.half else 0
         b["optimizer_states"] = 0 if offload else state // lay.n
@@ -321,11 +324,11 @@ def _activations(lay: _Layout, family: str, method: str, s: dict[str, Any], imag
     kept *= images
     working *= images
     if lay.te_trained or method == "textual_inversion":
-        kept += text_encoder_activations(family, lay.encoders, lay.half, s["gradient_checkpointing"]) * images
+        kept += text_encoder_activations(family, lay.encoders if method == "textual_inversion" else lay.trained_encoders, lay.half, s["gradient_checkpointing"]) * images
     if method == "lora" and s["lora_type"] != "lora":
         # LoHa / LoKr build each adapted layer's full delta weight in the forward pass (fp32, plus
         # its autocast copy) and keep it for the backward pass: with checkpointing one block's worth
-        adapted = [lay.denoiser, *(lay.encoders if lay.te_trained else [])]
+        adapted = [lay.denoiser, *(lay.trained_encoders if lay.te_trained else [])]
         delta = sum(lay.comps[c]["lora_weight_params"][s["lora_targets"]] for c in adapted) * (4 + (2 if lay.half else 0))
         layers = sum(lay.comps[c]["lora_layers"][s["lora_targets"]] for c in adapted)
         if s["gradient_checkpointing"]:

@@ -59,13 +59,14 @@ def trainable(family: str, method: str, settings: Mapping[str, Any]) -> Trainabl
     comps = data.params()[family]
     encoders = text_encoder_names(family)
     te = bool(s["train_text_encoder"]) and method != "textual_inversion"
+    trained = list(spec(family).trainable_text_encoder_names) if te else []  # never T5
     if method == "lora":
-        parts = [spec(family).denoiser, *(encoders if te else [])]
+        parts = [spec(family).denoiser, *trained]
         kind, rank = str(s["lora_type"]), int(s["lora_rank"])
         count = sum(adapter_parameters(kind, rank, comps[c]["lora_width"][s["lora_targets"]]) for c in parts)
         return Trainable(count, min(count, adapter_parameters(kind, rank, LORA_WIDEST_LAYER)), count, te)
     if method in FULL_METHODS:
-        parts = [spec(family).denoiser, *(encoders if te else [])]
+        parts = [spec(family).denoiser, *trained]
         count = sum(comps[c]["params"] for c in parts)
         return Trainable(count, max(comps[c]["largest_param"] for c in parts), count, te)
     count = sum(comps[c]["token_embedding_params"] for c in encoders)

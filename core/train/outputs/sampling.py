@@ -48,11 +48,16 @@ _SAMPLERS: dict[str, tuple[str, dict[str, Any]]] = {
 
 
 def sampler_scheduler(name: str, base: Any) -> Any:
-    """The diffusers scheduler of kohya sampler ``name`` (``k_`` aliases too) built from ``base``'s config (betas, prediction type)."""
+    """The diffusers scheduler of kohya sampler ``name`` (``k_`` aliases too) built from ``base``'s config (betas, prediction type);
+    a flow-matching model keeps its own Euler scheduler (``euler``) and refuses the DDPM samplers."""
     import diffusers
 
     if name in ("", "default"):
         return base
+    if type(base).__name__.startswith("FlowMatch"):  # a flow-matching model: the DDPM samplers do not apply
+        if name.removeprefix("k_") == "euler":
+            return base
+        raise ValueError(f"the sampler '{name}' is for DDPM models and this model samples with flow matching; use the default sampler (or euler)")
     cls_name, extra = _SAMPLERS[name.removeprefix("k_")]
     return getattr(diffusers, cls_name).from_config(base.config, **extra)
 
