@@ -114,7 +114,6 @@ def test_a_torchao_weight_is_streamed_by_its_plain_parts() -> None:
     assert type(_host_copy(layer[0].weight, pin=True)) is type(layer[0].weight.data)  # a subclass stays pageable, not broken
 
 
-
 def _poison_drops(monkeypatch) -> None:
     """Dropped blocks point at NaNs instead of their host copy: any use of a block that is not resident poisons the loss."""
     from core.train.model.block_swap import BlockSwap
