@@ -56,6 +56,9 @@ BACKENDS = ("ddp", "deepspeed", "fsdp")
 BASE_PRECISIONS = ("auto", "bf16", "fp16", "fp8", "fp8_scaled", "int8", "nf4")
 #: The base precisions that quantize (a full fine-tune cannot train such weights).
 QUANTIZED_PRECISIONS = ("fp8", "fp8_scaled", "int8", "nf4")
+#: What the trainer (and the plan) say of an fp8 base: weight-only, so a GPU without fp8 matmuls
+#: (before Ada, compute capability below 8.9) runs it as fast as one with them.
+FP8_WEIGHT_ONLY_NOTE = "fp8 weights are stored in 1 byte and upcast for each matmul, so they work on any GPU (no fp8 matmuls needed); the speed is that of the compute dtype"
 #: [model] prediction_type: read from the model (auto), or one of the objectives its family trains with.
 PREDICTION_TYPES = ("auto", *OBJECTIVES)
 

@@ -12,39 +12,52 @@ from core.config import load_config
 from core.errors import UserError
 from core.families import runtime, spec
 from core.train.model.loading import load_components
-from tests.train_helpers import first_batch, make_run, metrics, set_up, train
+from tests.train_helpers import first_batch, make_run, metrics, set_up, status, train
 
 QUANTIZED = ["fp8", "fp8_scaled", "int8", "nf4"]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("family", ["sd1", "sdxl"])
-@pytest.mark.parametrize("precision", QUANTIZED)
-def test_a_lora_trains_on_a_quantized_base_and_loads_on_the_unquantized_one(tmp_path, tiny_models, kohya_dataset, family, precision):
-    """The losses are finite and fall, the base's linear layers are quantized (not the norms and
-    embeddings), and the saved LoRA, loaded on the plain base, changes its output."""
+def _trains_and_loads_on_the_plain_base(tmp_path, tiny_models, kohya_dataset, family: str, settings: dict, count: int) -> None:
+    """The losses are finite and fall, and the saved diffusers LoRA, loaded on the unquantized tiny
+    model in bf16 (diffusers' ``load_lora_weights``), changes what its denoiser predicts."""
     from diffusers import DiffusionPipeline
     from safetensors.torch import load_file
 
     data = kohya_dataset(((1, "sks dog", 2),))
-    settings = {"base_precision": precision, "text_encoder_precision": precision, "cache_latents": True, "lora_targets": "attn_ff"}
-    run = make_run(tmp_path / "run", tiny_models(family), data, family, "lora", settings=settings, schedule={"epochs": 8, "learning_rate": 5e-3})
+    run = make_run(tmp_path / "run", tiny_models(family), data, family, "lora", settings={"cache_latents": True, **settings}, schedule={"epochs": 8, "learning_rate": 5e-3})
     assert train(run) == 0
     losses = [s["loss"] for s in metrics(run, "step")]
     assert len(losses) == 16 and all(math.isfinite(x) for x in losses)
     assert sum(losses[-4:]) < sum(losses[:4]), losses
     events = " ".join(e.get("message", "") for e in metrics(run, "event"))
-    assert f"unet: 88 linear layers stored in {precision}" in events or f"stored in {precision}" in events
-    # the diffusers LoRA file loads on the unquantized tiny model in bf16 and changes what it predicts
+    denoiser = spec(family).denoiser
+    assert f"{denoiser}: {count} linear layers stored in {settings['base_precision']}" in events, events
     lora = load_file(str(run / "output" / "diffusers" / "pytorch_lora_weights.safetensors"))
     assert lora and all(t.dtype in (torch.float16, torch.float32, torch.bfloat16) for t in lora.values())
     pipe = DiffusionPipeline.from_pretrained(str(tiny_models(family)), torch_dtype=torch.bfloat16)
-    inputs = runtime(family).dummy_inputs(dict(pipe.unet.config), 1, 64, torch.bfloat16, torch.device("cpu"))
+    model = getattr(pipe, denoiser)
+    inputs = runtime(family).dummy_inputs(dict(model.config), 1, 64, torch.bfloat16, torch.device("cpu"))
     with torch.no_grad():
-        before = pipe.unet(**inputs).sample
+        before = model(**inputs).sample
         pipe.load_lora_weights(str(run / "output" / "diffusers"), weight_name="pytorch_lora_weights.safetensors")
-        after = pipe.unet(**inputs).sample
+        after = model(**inputs).sample
     assert not torch.allclose(before, after)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("family", "count"), [("sd1", 40), ("sdxl", 88)])
+@pytest.mark.parametrize("precision", QUANTIZED)
+def test_a_lora_trains_on_a_quantized_base_and_loads_on_the_unquantized_one(tmp_path, tiny_models, kohya_dataset, family, count, precision):
+    settings = {"base_precision": precision, "text_encoder_precision": precision, "lora_targets": "attn_ff"}
+    _trains_and_loads_on_the_plain_base(tmp_path, tiny_models, kohya_dataset, family, settings, count)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["fp8", "int8", "nf4"])
+def test_flux_trains_a_lora_on_a_quantized_base_with_swapped_blocks(tmp_path, tiny_models, kohya_dataset, precision):
+    """The techniques together on the tiny FLUX.1: a quantized transformer and T5, 2 of its 3 blocks swapped, checkpointing."""
+    settings = {"base_precision": precision, "text_encoder_precision": "int8", "blocks_to_swap": 2, "gradient_checkpointing": True, "lora_targets": "attn_ff"}
+    _trains_and_loads_on_the_plain_base(tmp_path, tiny_models, kohya_dataset, "flux", settings, 22)
 
 
 @pytest.mark.parametrize("precision", QUANTIZED)
@@ -84,6 +97,21 @@ def test_fp8_storage_is_one_byte_a_weight_and_saves_no_upcast_copy_for_backward(
 
 
 # block swap
+
+
+def test_a_torchao_weight_is_streamed_by_its_plain_parts() -> None:
+    """CUDA stream bookkeeping and pinning act on plain tensors: a torchao weight gives its data and scales."""
+    from torchao.quantization import Int8WeightOnlyConfig, PerRow, quantize_
+
+    from core.train.model.block_swap import _host_copy, _plain_parts
+
+    layer = torch.nn.Sequential(torch.nn.Linear(16, 8))
+    quantize_(layer, Int8WeightOnlyConfig(granularity=PerRow()))
+    parts = _plain_parts(layer[0].weight)
+    assert len(parts) >= 2 and all(type(p) is torch.Tensor for p in parts)
+    assert {p.dtype for p in parts} >= {torch.int8}
+    assert _plain_parts(layer[0].bias) == [layer[0].bias]
+    assert type(_host_copy(layer[0].weight, pin=True)) is type(layer[0].weight.data)  # a subclass stays pageable, not broken
 
 
 def _poison_drops(monkeypatch) -> None:
@@ -128,7 +156,7 @@ def _steps(trainer, count: int) -> list[float]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("checkpointing", [False, True])
-@pytest.mark.parametrize(("family", "swap"), [("sd1", 3), ("sdxl", 2)])
+@pytest.mark.parametrize(("family", "swap"), [("sd1", 3), ("sdxl", 2), ("flux", 2), ("chroma", 2)])
 def test_block_swap_gives_the_same_losses_bit_for_bit(tmp_path, tiny_models, kohya_dataset, monkeypatch, family, swap, checkpointing):
     """With and without gradient checkpointing; a dropped block's tensors hold NaNs, so a block used
     when it is not resident would show in the loss. The moves follow the forward and backward order."""
@@ -196,6 +224,14 @@ def test_a_technique_that_cannot_work_is_refused_in_one_sentence(tmp_path, tiny_
     with pytest.raises(UserError) as caught:
         load_config(run / "run.toml")
     assert message in str(caught.value) and "\n" not in str(caught.value) and str(caught.value).count(". ") == 0
+
+
+@pytest.mark.slow
+def test_swapping_every_block_of_a_small_model_is_refused_in_one_sentence(tmp_path, tiny_models, kohya_dataset):
+    """The config check counts the family's reference size (57 FLUX blocks); the tiny FLUX model has 3."""
+    run = make_run(tmp_path / "run", tiny_models("flux"), kohya_dataset(), "flux", "lora", settings={"blocks_to_swap": 3})
+    assert train(run) == 1  # the run failed at start-up, its status says why
+    assert "this model's denoiser has 3 blocks and at least one must stay on the GPU; set blocks_to_swap to 2 or less" in (status(run).get("error") or "")
 
 
 def test_a_lora_on_a_quantized_base_and_block_swap_are_allowed(tmp_path, tiny_models, kohya_dataset):

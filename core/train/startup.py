@@ -252,8 +252,8 @@ def configure_model(components: Any, config: Any, accel: Accel, metrics: Metrics
 
 def _quantize(components: Any, settings: dict[str, Any], device: Any, metrics: MetricsWriter) -> None:
     """Store the frozen base in ``base_precision`` / ``text_encoder_precision`` (``core.train.model.quantize``), before any adapter is added."""
-    from core.settings import QUANTIZED_PRECISIONS
-    from core.train.model.quantize import FP8_COMPUTE_NOTE, quantize, quantized_bytes
+    from core.settings import FP8_WEIGHT_ONLY_NOTE, QUANTIZED_PRECISIONS
+    from core.train.model.quantize import quantize, quantized_bytes
 
     c = components
     chosen = [(c.spec.denoiser, c.denoiser, settings["base_precision"])]
@@ -265,7 +265,7 @@ def _quantize(components: Any, settings: dict[str, Any], device: Any, metrics: M
         count = quantize(module, precision, lambda layer, component=name: c.spec.keeps_precision(component, layer), device)
         metrics.event(f"{name}: {count} linear layers stored in {precision} ({before / 2**20:.1f} MiB -> {quantized_bytes(module) / 2**20:.1f} MiB)")
     if any(precision.startswith("fp8") for _, _, precision in chosen):
-        metrics.event(FP8_COMPUTE_NOTE)
+        metrics.event(FP8_WEIGHT_ONLY_NOTE)
 
 
 def _place_denoiser(components: Any, count: int, device: Any, dtype: Any, metrics: MetricsWriter) -> Any:
@@ -277,8 +277,13 @@ def _place_denoiser(components: Any, count: int, device: Any, dtype: Any, metric
         return None
     from core.train.model.block_swap import BlockSwap, blocks_of
 
+    blocks = blocks_of(c.denoiser, list(c.spec.swap_blocks))
+    if count >= len(blocks):  # a model smaller than the family's reference size (the config check counts that one)
+        raise UserError(
+            f"settings.blocks_to_swap = {count}, but this model's denoiser has {len(blocks)} blocks and at least one must stay on the GPU; set blocks_to_swap to {len(blocks) - 1} or less"
+        )
     _place(c.denoiser, "cpu", dtype)
-    swap = BlockSwap(blocks_of(c.denoiser, list(c.spec.swap_blocks)), count, device)
+    swap = BlockSwap(blocks, count, device)
     swap.place(c.denoiser)
     host = sum(t.numel() * t.element_size() for block in swap.swapped.values() for t in block.host)
     total = len(swap.modules)

@@ -151,7 +151,8 @@ class BlockSwap:
             current = torch.cuda.current_stream(self.device)
             current.wait_event(block.event)
             for copy in block.device:
-                copy.record_stream(current)
+                for part in _plain_parts(copy):
+                    part.record_stream(current)
         for tensor, copy in zip(block.tensors, block.device):
             tensor.data = copy
         block.device, block.event, block.resident = [], None, True
@@ -223,7 +224,19 @@ def _move(tensor: torch.Tensor, device: torch.device) -> None:
         tensor.data = tensor.data.to(device)
 
 
+def _plain_parts(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """The plain tensors holding ``tensor``'s data: itself, or a tensor subclass's inner tensors (torchao's)."""
+    if type(tensor) is torch.Tensor or not hasattr(tensor, "__tensor_flatten__"):
+        return [tensor]
+    names, _ = tensor.__tensor_flatten__()
+    return [part for name in names for part in _plain_parts(getattr(tensor, name))]
+
+
 def _host_copy(tensor: torch.Tensor, pin: bool) -> torch.Tensor:
-    """``tensor``'s data in host memory (pinned for asynchronous copies when a GPU is used); a 4-bit weight's quantization state stays on the device."""
+    """``tensor``'s data in host memory, pinned for asynchronous copies when a GPU is used (a tensor
+    subclass such as torchao's stays pageable: its copies are then synchronous); a 4-bit weight's
+    quantization state stays on the device."""
     host = tensor.data.to("cpu")
-    return host.pin_memory() if pin and not host.is_pinned() else host
+    if not pin or type(host) is not torch.Tensor or host.is_pinned():
+        return host
+    return host.pin_memory()

@@ -14,7 +14,7 @@ from a maintained library, except plain fp8 storage, which is a cast:
 - ``nf4``: bitsandbytes' ``Linear4bit`` (4-bit NormalFloat, a scale per 64 weights).
 
 Each is weight-only: the matmul runs in the compute dtype on every GPU, so a GPU without fp8
-compute (before Ada) loses nothing (:data:`FP8_COMPUTE_NOTE`). peft puts LoRA layers on all of them
+compute (before Ada) loses nothing (:data:`core.settings.FP8_WEIGHT_ONLY_NOTE`, which the plan can say too). peft puts LoRA layers on all of them
 (QLoRA); the trained adapters are plain tensors and load on an unquantized base.
 """
 
@@ -27,9 +27,6 @@ import torch
 from torch import nn
 
 from core.settings import QUANTIZED_PRECISIONS
-
-#: What the trainer (and the plan) say about fp8 on a GPU without fp8 matmuls.
-FP8_COMPUTE_NOTE = "fp8 weights are stored in 1 byte and upcast for each matmul, so they work on any GPU; the speed is that of the compute dtype"
 
 
 class _UpcastLinear(torch.autograd.Function):
