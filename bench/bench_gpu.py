@@ -236,7 +236,7 @@ def measure_ours(case: dict[str, Any], model: Path, dataset: Path, workdir: Path
     settings = {**GPU_SETTINGS, "batch_size": case["batch"], "resolution": case["resolution"]}
     if case["tiny"]:
         settings.update(mixed_precision="no", min_bucket_reso=case["resolution"], dataloader_workers=0)
-    run_dir = write_run(workdir / f"ours-{case['family']}-{case['method']}-{case['batch']}", model, dataset, case["family"], case["method"], settings, case["steps"])
+    run_dir = write_run(workdir / f"ours-{case['family']}-{case['method']}-{case['resolution']}-{case['batch']}", model, dataset, case["family"], case["method"], settings, case["steps"])
     trainer = Trainer(run_dir)
     with NvmlPeak() as nvml:
         trainer.setup()
@@ -403,9 +403,12 @@ def run_cases(
     lines = []
     start = time.monotonic()
     longest = 0.0
+    tiny_seen: dict[tuple[str, str], int] = {}
     for fam, meth, resolution, batches in CASES + (FLUX_CASES if family == "flux" else ()):
         if (family and fam != family) or (method and meth != method):
             continue
+        if tiny and resolution != tiny_seen.setdefault((fam, meth), resolution):
+            continue  # at toy size the cases of one family and method differ only in resolution: check the script once
         resolution = TINY_RESOLUTION if tiny else resolution
         sizes = TINY_BATCHES if tiny else (batches if every_batch or batch else batches[:1])
         for size in sizes:
