@@ -264,7 +264,7 @@ def measure_ours(case: dict[str, Any], model: Path, dataset: Path, workdir: Path
     settings = {**GPU_SETTINGS, "batch_size": case["batch"], "resolution": case["resolution"], **case.get("settings", {})}
     if case["tiny"]:
         settings.update(mixed_precision="no", min_bucket_reso=case["resolution"], dataloader_workers=0)
-    run_dir = write_run(workdir / f"ours-{case['family']}-{case['method']}-{case['batch']}", model, dataset, case["family"], case["method"], settings, case["steps"])
+    run_dir = write_run(workdir / f"ours-{case['family']}-{case['method']}-{case['resolution']}-{case['batch']}", model, dataset, case["family"], case["method"], settings, case["steps"])
     trainer = Trainer(run_dir)
     with NvmlPeak() as nvml:
         trainer.setup()

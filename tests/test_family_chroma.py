@@ -113,3 +113,15 @@ def test_a_chroma_lora_run_loads_in_chromapipeline_and_its_kohya_file_reads_back
         {"transformer": components.denoiser, "vae": components.vae, "text_encoder": components.text_encoders[0], "tokenizer": components.tokenizers[0], "scheduler": components.scheduler}
     )
     torch.testing.assert_close(render(ours), from_diffusers, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_the_demo_runs_the_whole_flow_on_the_tiny_chroma(tmp_path, tiny_models, tiny_captioners):
+    from core.demo import run_headless, workspace
+
+    ws = workspace(tmp_path / "demo", "chroma")
+    shutil.copytree(tiny_models("chroma"), ws.model)
+    shutil.copytree(tiny_captioners["florence2"], ws.captioner)
+    lines: list[str] = []
+    overrides = ["schedule.max_steps=2", "schedule.sample_every_steps=0", "schedule.sample_at_start=false"]
+    assert run_headless(tmp_path / "demo", overrides=overrides, out=lines.append, family="chroma") == 0, lines
