@@ -90,8 +90,8 @@ def test_recipes_table_with_fits_on_a_small_card(capsys: pytest.CaptureFixture[s
     code, out, _ = run(capsys, "--gpus", "1x8GB", "recipes", "--family", "sdxl", "--method", "lora")
     assert code == 0
     rows = {line.split()[0]: line for line in out.splitlines()[1:] if line and not line.startswith(("fits", " "))}
-    assert set(rows) == {"sdxl-lora-8gb", "sdxl-lora-12gb", "sdxl-lora-te-16gb", "sdxl-lora-24gb-fast"}
-    assert " yes " in rows["sdxl-lora-8gb"] and " no " in rows["sdxl-lora-24gb-fast"]
+    assert set(rows) == {"sdxl-lora-fp8-6gb", "sdxl-lora-8gb", "sdxl-lora-12gb", "sdxl-lora-te-16gb", "sdxl-lora-24gb-fast"}
+    assert " yes " in rows["sdxl-lora-fp8-6gb"] and " yes " in rows["sdxl-lora-8gb"] and " no " in rows["sdxl-lora-24gb-fast"]
 
 
 def test_recipes_json_has_every_recipe_with_estimates(no_gpu: None, capsys: pytest.CaptureFixture[str]) -> None:

@@ -264,6 +264,43 @@ def test_a_unet_swaps_its_down_and_up_blocks_and_keeps_norms_and_embeddings(tiny
         assert not any(found.keeps_precision(name, n) for n in names if n.endswith(("q_proj", "fc1")))
 
 
+@pytest.mark.parametrize(
+    ("family", "variant", "count", "kept", "quantized"),
+    [
+        ("sd35", "sd35-large", 38, ("transformer_blocks.0.norm1.linear", "context_embedder", "proj_out"), ("transformer_blocks.0.attn.to_q", "transformer_blocks.0.ff.net.2")),
+        ("zimage", "z-image", 30, ("layers.0.adaLN_modulation.0", "t_embedder.mlp.0", "all_final_layer.2-1.linear"), ("layers.0.attention.to_q", "noise_refiner.0.feed_forward.w2")),
+        (
+            "flux2",
+            "flux2-dev",
+            56,
+            ("double_stream_modulation_img.linear", "x_embedder", "norm_out.linear"),
+            ("single_transformer_blocks.0.attn.to_qkv_mlp_proj", "transformer_blocks.0.ff.linear_in"),
+        ),
+        ("flux2", "flux2-klein-9b", 32, ("single_stream_modulation.linear",), ("transformer_blocks.0.attn.to_add_out",)),
+        (
+            "qwenimage",
+            "qwen-image",
+            60,
+            ("img_in", "txt_in", "time_text_embed.timestep_embedder.linear_1", "proj_out"),
+            ("transformer_blocks.0.img_mod.1", "transformer_blocks.0.txt_mlp.net.2"),
+        ),
+    ],
+)
+def test_a_transformer_swaps_its_blocks_and_keeps_embedders_modulation_and_norms(tiny_models, family, variant, count, kept, quantized) -> None:
+    """The real-size block count a swap may name; the tiny model's linears the spec keeps and those it quantizes."""
+    found = spec(family)
+    assert found.swap_block_count(variant) == count
+    model = load_components(str(tiny_models(family)))
+    linears = {name for name, module in model.denoiser.named_modules() if isinstance(module, torch.nn.Linear)}
+    assert set(kept) <= linears and set(quantized) <= linears
+    assert all(found.keeps_precision(found.denoiser, name) for name in kept)
+    assert not any(found.keeps_precision(found.denoiser, name) for name in quantized)
+    for name, encoder in zip(found.text_encoder_names, model.text_encoders):
+        names = [n for n, _ in encoder.named_modules()]
+        assert all(found.keeps_precision(name, n) for n in names if n.endswith(("layer_norm", "layernorm")))
+        assert not any(found.keeps_precision(name, n) for n in names if n.endswith(("q_proj", "fc1", "SelfAttention.q")))
+
+
 def test_dummy_inputs_run_the_denoiser(tiny_models) -> None:
     for family in ("sd1", "sdxl"):
         unet = load_components(str(tiny_models(family))).denoiser

@@ -178,7 +178,7 @@ def test_home_and_attach_open_the_remembered_folder(project: Path, opened: list[
 def test_demo_uses_its_own_runs_folder_unless_told_otherwise(project: Path, opened: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
     from core import demo
 
-    monkeypatch.setattr(demo, "prepare_demo", lambda workdir, overrides: demo.workspace(workdir))
+    monkeypatch.setattr(demo, "prepare_demo", lambda workdir, overrides, family: demo.workspace(workdir, family))
     assert main(["demo"]) == 0
     assert main(["demo", "--workdir", "d2", "--runs-dir", "elsewhere"]) == 0
     assert [(c["runs_dir"], c["reason"], c["start"]) for c in opened] == [

@@ -260,8 +260,9 @@ def test_plan_picks_a_zimage_recipe_without_weights_and_says_how_to_train_turbo(
     assert any(w.startswith("Z-Image Turbo is step-distilled") and "Z-Image Base" in w for w in turbo["warnings"])
     base = _plan(capsys, "--model", "z-image", "--method", "lora", "--gpus", "1x48GB")
     assert base["fits"] is True and not any("step-distilled" in w for w in base["warnings"])
+    # 8 GB: the bf16 transformer alone is 12.3 GB, so the plan streams layers (and may quantize) to fit
     small = _plan(capsys, "--model", "z-image", "--method", "lora", "--gpus", "1x8GB")
-    assert small["fits"] is False
+    assert small["fits"] is True and small["vram_estimate_gb"] <= 8 and small["memory"]["techniques"]
     full = _plan(capsys, "--model", "z-image", "--method", "finetune", "--gpus", "1x48GB")
     assert full["recipe"] == "zimage-finetune-48gb" and full["fits"] is True
 

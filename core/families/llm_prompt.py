@@ -21,6 +21,9 @@ from dataclasses import dataclass
 
 #: Where the caption goes in :attr:`LlmPrompt.template`.
 CAPTION = "{prompt}"
+#: What of an LLM text encoder keeps the compute precision under ``text_encoder_precision``: the
+#: token embedding and every RMSNorm (the attention and MLP projections are quantized).
+LLM_HIGH_PRECISION = ("*embed_tokens", "*norm*")
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from core.families.flow_mmdit import DOUBLE_SINGLE_BLOCKS
-from core.families.llm_prompt import CAPTION, QWEN3_NO_THINKING, LlmPrompt, chatml
+from core.families.llm_prompt import CAPTION, LLM_HIGH_PRECISION, QWEN3_NO_THINKING, LlmPrompt, chatml
 from core.families.spec import FamilySpec, LrDefault, Recognition, TextEncoder, Variant
 
 #: The text tokens every caption is padded to (``max_sequence_length``).
@@ -180,6 +180,16 @@ LR_DEFAULTS = {
 #: klein's sampling defaults: 50 steps, guidance 4.0 (Flux2KleinPipeline's; the distilled checkpoints ignore the guidance).
 KLEIN_STEPS, KLEIN_GUIDANCE = 50, 4.0
 
+#: Block swap streams the double-stream blocks, then the single-stream ones (forward order; klein 4B:
+#: 5 + 20, klein 9B: 8 + 24, dev: 8 + 48).
+SWAP_BLOCKS: dict[str, str] = {"transformer_blocks": "num_layers", "single_transformer_blocks": "num_single_layers"}
+#: What keeps the compute precision under a quantized base (musubi-tuner's FLUX.2 fp8 keeps the
+#: norms, embedders and modulation out): the image/text/timestep(-guidance) embedders, the three
+#: shared modulations, every norm and the output projection.
+TRANSFORMER_HIGH_PRECISION = ("x_embedder", "context_embedder", "time_guidance_embed.*", "*modulation*", "*norm*", "proj_out")
+#: The text encoder's: an LLM's embedding and norms, and ``lm_head`` (Qwen3-4B ties it to the embedding).
+TEXT_ENCODER_HIGH_PRECISION = (*LLM_HIGH_PRECISION, "lm_head")
+
 SPEC = FamilySpec(
     name="flux2",
     title="FLUX.2",
@@ -222,6 +232,8 @@ SPEC = FamilySpec(
     modelspec_architectures={"epsilon": "flux-2-klein-4b", "flux2-klein-9b": "flux-2-klein-9b", "flux2-dev": "flux-2-dev"},
     modelspec_implementation="https://github.com/black-forest-labs/flux2",
     pipeline_class="Flux2KleinPipeline",
+    swap_blocks=SWAP_BLOCKS,
+    high_precision={"transformer": TRANSFORMER_HIGH_PRECISION, "text_encoder": TEXT_ENCODER_HIGH_PRECISION},
     recognition=Recognition(
         pipeline_mark="Flux2",
         unet_marks={"_class_name": "Flux2Transformer2DModel", "timestep_guidance_channels": 256},

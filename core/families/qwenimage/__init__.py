@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from core.families.llm_prompt import LlmPrompt, chatml
+from core.families.llm_prompt import LLM_HIGH_PRECISION, LlmPrompt, chatml
 from core.families.spec import FamilySpec, LrDefault, Recognition, TextEncoder, Variant
 
 #: The system prompt QwenImagePipeline's chat template carries (``prompt_template_encode``).
@@ -123,6 +123,14 @@ LR_DEFAULTS = {
     "finetune": LrDefault(1e-5, 0.0, "constant_with_warmup", 100),
 }
 
+#: Block swap streams the 60 dual-stream blocks (forward order).
+SWAP_BLOCKS: dict[str, str] = {"transformer_blocks": "num_layers"}
+#: What keeps the compute precision under a quantized base: the image/text input projections, the
+#: timestep embedder, every norm (``txt_norm``, the blocks' and ``norm_out``) and the output
+#: projection. The blocks' modulations ``img_mod``/``txt_mod`` (a third of the 20 B weights) are
+#: quantized, as the ComfyUI-compatible fp8 conversions do (they keep only the norms and the timestep embedder).
+TRANSFORMER_HIGH_PRECISION = ("img_in", "txt_in", "time_text_embed.*", "*norm*", "proj_out")
+
 SPEC = FamilySpec(
     name="qwenimage",
     title="Qwen-Image",
@@ -165,6 +173,8 @@ SPEC = FamilySpec(
     modelspec_architectures={"epsilon": "qwen-image"},
     modelspec_implementation="https://github.com/QwenLM/Qwen-Image",
     pipeline_class="QwenImagePipeline",
+    swap_blocks=SWAP_BLOCKS,
+    high_precision={"transformer": TRANSFORMER_HIGH_PRECISION, "text_encoder": LLM_HIGH_PRECISION},
     recognition=Recognition(
         pipeline_mark="QwenImage",
         unet_marks={"_class_name": "QwenImageTransformer2DModel", "joint_attention_dim": TRANSFORMER["joint_attention_dim"]},

@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from core.families.flow_mmdit import BUCKET_STEP, METHODS, OBJECTIVES, T5_XXL, VAE_16
-from core.families.sd_unet import CLIP_L, CLIP_TOKENS
+from core.families.flux import T5_HIGH_PRECISION
+from core.families.sd_unet import CLIP_HIGH_PRECISION, CLIP_L, CLIP_TOKENS
 from core.families.spec import FamilySpec, LrDefault, Recognition, TextEncoder, Variant
 
 #: The T5-XXL token limit SD 3.5 is trained and sampled with (diffusers' ``max_sequence_length`` default).
@@ -82,6 +83,13 @@ LORA_TARGETS: dict[str, dict[str, tuple[str, ...]]] = {
         "all": ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"),
     },
 }
+
+#: Block swap streams the MMDiT's joint blocks (24 in Medium, 38 in Large), in forward order.
+SWAP_BLOCKS: dict[str, str] = {"transformer_blocks": "num_layers"}
+#: What keeps the compute precision under a quantized base, as for FLUX.1: the patch, caption and
+#: timestep/pooled embedders, every norm (the blocks' AdaLN modulation linears live in ``norm1`` and
+#: ``norm1_context``, the final one in ``norm_out``) and the output projection.
+TRANSFORMER_HIGH_PRECISION = ("pos_embed.*", "context_embedder", "time_text_embed.*", "*norm*", "proj_out")
 
 SPEC = FamilySpec(
     name="sd35",
@@ -158,6 +166,13 @@ SPEC = FamilySpec(
     modelspec_architectures={"epsilon": "stable-diffusion-3-5-medium", "sd35-large": "stable-diffusion-3-5-large", "sd35-large-turbo": "stable-diffusion-3-5-large"},
     modelspec_implementation="diffusers",
     pipeline_class="StableDiffusion3Pipeline",
+    swap_blocks=SWAP_BLOCKS,
+    high_precision={
+        "transformer": TRANSFORMER_HIGH_PRECISION,
+        "text_encoder": CLIP_HIGH_PRECISION,
+        "text_encoder_2": CLIP_HIGH_PRECISION,
+        "text_encoder_3": T5_HIGH_PRECISION,
+    },
     recognition=Recognition(
         folder_parts=("text_encoder_3",),
         pipeline_mark="StableDiffusion3",

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from core.families.flow_mmdit import BUCKET_STEP, METHODS, OBJECTIVES, VAE_16
-from core.families.llm_prompt import LlmPrompt, chatml
+from core.families.llm_prompt import LLM_HIGH_PRECISION, LlmPrompt, chatml
 from core.families.spec import FamilySpec, LrDefault, Recognition, TextEncoder, Variant
 
 TRANSFORMER: dict[str, Any] = {
@@ -106,6 +106,15 @@ BASE = Variant("z-image", "zimage", "Z-Image (Base)", native_resolution=1024, sa
 #: The hub models of the variants (what a single transformer file's other parts come from when no folder is beside it).
 HUB_MODELS = {TURBO.name: "Tongyi-MAI/Z-Image-Turbo", BASE.name: "Tongyi-MAI/Z-Image"}
 
+#: Block swap streams the 30 main layers (forward order). The 2 noise- and 2 context-refiner
+#: layers run first on separate streams (image, caption) whose backward order autograd does not
+#: fix, and a swap of N < 30 blocks never reaches them: they stay on the GPU.
+SWAP_BLOCKS: dict[str, str] = {"layers": "n_layers"}
+#: What keeps the compute precision under a quantized base (musubi-tuner's Z-Image fp8 keeps the
+#: modulation and norms out too): the patch, timestep and caption embedders, each block's
+#: ``adaLN_modulation``, the final layer and every norm.
+TRANSFORMER_HIGH_PRECISION = ("all_x_embedder.*", "t_embedder.*", "cap_embedder.*", "*adaLN_modulation*", "all_final_layer.*", "*norm*")
+
 SPEC = FamilySpec(
     name="zimage",
     title="Z-Image",
@@ -133,6 +142,8 @@ SPEC = FamilySpec(
     modelspec_architectures={"epsilon": "z-image-turbo", TURBO.name: "z-image-turbo", BASE.name: "z-image"},
     modelspec_implementation="https://github.com/Tongyi-MAI/Z-Image",
     pipeline_class="ZImagePipeline",
+    swap_blocks=SWAP_BLOCKS,
+    high_precision={"transformer": TRANSFORMER_HIGH_PRECISION, "text_encoder": LLM_HIGH_PRECISION},
     recognition=Recognition(
         pipeline_mark="ZImagePipeline",
         unet_marks={"_class_name": "ZImageTransformer2DModel", "cap_feat_dim": 2560},
