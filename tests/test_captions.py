@@ -222,3 +222,12 @@ def test_the_qwen_prompt_is_the_users_and_keys_the_layer(dataset: Path, tiny_cap
     again = caption_dataset(dataset, "qwen-vl", spying_load, str(tiny_captioners["qwen-vl"]), prompt="one short sentence")
     assert seen == ["tags only please", "one short sentence"]
     assert (first.captioned, again.captioned, again.reused) == (2, 2, 0)  # another prompt captions again
+
+
+def test_the_language_model_families_get_the_natural_language_advice_and_clip_families_none() -> None:
+    from core.captions.stats import caption_advice
+
+    assert caption_advice("sd1") is None and caption_advice("sdxl") is None and caption_advice(None) is None
+    for family in ("flux", "chroma", "sd35", "zimage", "flux2", "qwenimage"):
+        advice = caption_advice(family)
+        assert advice is not None and "natural-language sentences" in advice, family

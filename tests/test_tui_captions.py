@@ -129,15 +129,13 @@ async def test_the_tagger_is_chosen_with_its_thresholds_and_exclusions_in_the_di
     async with app.run_test(size=(80, 24)) as pilot:
         dialog = await _open_dialog(pilot, data)
         dialog.query_one("#captioner", Select).value = "wd14"
-        await pilot.pause(0.1)
-        assert not dialog.query_one("#prompt-field").display and dialog.query_one("#tag-thresholds", Input).display
+        await until(pilot, lambda: not dialog.query_one("#prompt-field").display and dialog.query_one("#tag-thresholds", Input).display, timeout=10)
         assert dialog.query_one("#caption-model", Input).value == "SmilingWolf/wd-vit-tagger-v3"
         await _type(pilot, "#caption-model", str(tiny_captioners["wd14"]))
         await _type(pilot, "#tag-thresholds", "high")
         dialog.query_one("#caption-start", Button).press()
-        await pilot.pause(0.1)
         status = dialog.query_one("#caption-status", Static)
-        assert "the thresholds 'high' are not one or two numbers" in str(status.render())
+        await until(pilot, lambda: "the thresholds 'high' are not one or two numbers" in str(status.render()), timeout=10)
         await _type(pilot, "#tag-thresholds", "0 0")
         await _type(pilot, "#tag-exclude", "toy, simple_background")
         dialog.query_one("#caption-start", Button).press()

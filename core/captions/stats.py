@@ -144,12 +144,13 @@ def token_limit(family: str | None) -> int | None:
 
 
 def caption_advice(family: str | None) -> str | None:
-    """What captions suit a family that reads them with T5 (natural-language sentences), or None."""
+    """What captions suit a family that reads them with a language model (T5, an LLM), not only CLIP:
+    natural-language sentences; None for a CLIP-only family or without a family."""
     if not family:
         return None
     from core.families import spec
 
     found = spec(family)
-    if not any(te.kind == "t5xxl" for te in found.text_encoders):
+    if all(te.kind.startswith(("clip", "open_clip")) for te in found.text_encoders):
         return None
-    return f"{found.title} reads captions with T5-XXL: natural-language sentences (what, where, style) teach more than tag lists."
+    return f"{found.title} reads captions with a language-model text encoder: natural-language sentences (what, where, style) teach more than tag lists."
