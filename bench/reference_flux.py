@@ -14,13 +14,10 @@ AdamW, ``.item()`` of the loss. Written from the example's structure (not copied
 
 from __future__ import annotations
 
-import argparse
-import json
 import random
-import time
 from pathlib import Path
 
-from bench.reference_loop import ImageCaptionDataset, StepRecord, collate, kohya_items
+from bench.reference_loop import ImageCaptionDataset, StepLog, StepRecord, collate, kohya_items, transformer_reference_main
 
 LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
 
@@ -55,10 +52,9 @@ def train_flux_reference(model: str, data: str, steps: int, resolution: int, ran
     transformer, optimizer, loader = accelerator.prepare(transformer, optimizer, loader)
     scheduler = pipe.scheduler
     scaling, shift = float(vae.config.scaling_factor), float(vae.config.shift_factor)
-    records: list[StepRecord] = []
-    last = time.perf_counter()
     with out.open("w", encoding="utf-8") as handle:
-        while len(records) < steps:
+        log = StepLog(handle, steps)
+        while not log.done:
             for batch in loader:
                 with accelerator.accumulate(transformer):
                     x = (vae.encode(batch["pixel_values"].to(accelerator.device, dtype=weight_dtype)).latent_dist.sample() - shift) * scaling
@@ -86,32 +82,15 @@ def train_flux_reference(model: str, data: str, steps: int, resolution: int, ran
                     accelerator.clip_grad_norm_(trainable, 1.0)
                     optimizer.step()
                     optimizer.zero_grad()
-                now = time.perf_counter()
-                record = StepRecord(len(records) + 1, now - last, 1 / (now - last), value)
-                last = now
-                records.append(record)
-                handle.write(json.dumps(record.__dict__) + "\n")
-                handle.flush()
-                if len(records) >= steps:
+                log.record(value)
+                if log.done:
                     break
-    return records
+    return log.records
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: train the FLUX.1 reference loop and write per-step timings as JSON lines."""
-    parser = argparse.ArgumentParser(prog="python -m bench.reference_flux", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--resolution", type=int, default=128)
-    parser.add_argument("--rank", type=int, default=16)
-    parser.add_argument("--mixed-precision", default="bf16", choices=("no", "fp16", "bf16"))
-    args = parser.parse_args(argv)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    train_flux_reference(args.model, args.data, args.steps, args.resolution, args.rank, args.mixed_precision, out)
-    return 0
+    return transformer_reference_main(argv, "python -m bench.reference_flux", __doc__.splitlines()[0], train_flux_reference)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,52 @@ class StepRecord:
     loss: float
 
 
+class StepLog:
+    """The reference loops' per-step output: each optimizer step timed since the last and written as a
+    JSON line to ``handle`` as it happens; :attr:`done` once ``steps`` are recorded."""
+
+    def __init__(self, handle: Any, steps: int) -> None:
+        self.handle, self.steps = handle, steps
+        self.records: list[StepRecord] = []
+        self.last = time.perf_counter()
+
+    @property
+    def done(self) -> bool:
+        """Whether every step asked for is recorded."""
+        return len(self.records) >= self.steps
+
+    def record(self, loss: float, images: int = 1) -> None:
+        """Record one optimizer step of ``images`` images with its ``loss``."""
+        now = time.perf_counter()
+        record = StepRecord(len(self.records) + 1, now - self.last, images / (now - self.last), loss)
+        self.last = now
+        self.records.append(record)
+        self.handle.write(json.dumps(record.__dict__) + "\n")
+        self.handle.flush()
+
+
+#: A transformer reference loop: (model, data, steps, resolution, rank, mixed_precision, out) -> its records.
+TransformerReference = Callable[[str, str, int, int, int, str, Path], list[StepRecord]]
+
+
+def transformer_reference_main(argv: list[str] | None, prog: str, description: str, train: TransformerReference) -> int:
+    """The command line of a transformer reference loop (``bench.reference_flux``, ``bench.reference_sd3``):
+    train ``train`` and write per-step timings as JSON lines."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--resolution", type=int, default=128)
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--mixed-precision", default="bf16", choices=("no", "fp16", "bf16"))
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    train(args.model, args.data, args.steps, args.resolution, args.rank, args.mixed_precision, out)
+    return 0
+
+
 @dataclass
 class ReferenceSettings:
     """What the example scripts take on the command line that matters for speed."""
