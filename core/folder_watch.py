@@ -8,7 +8,11 @@ process can write its last state there instead of crashing on the old path.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 class FolderWatch:
@@ -53,3 +57,14 @@ class FolderWatch:
 def moved_sentence(new_path: Path) -> str:
     """What a run that stopped because its folder was moved says (one sentence with the fix)."""
     return f"the run folder was moved to {new_path} while it trained, so it saved and stopped; resume it there with: sdtui resume {new_path}"
+
+
+def again_if_moved(action: Callable[[], T], follow: Callable[[], bool] | None) -> T:
+    """``action()``; when it finds no file or folder because the run folder was moved in the middle
+    of it, ``follow()`` the move (True when it found one) and do it once more at the new path."""
+    try:
+        return action()
+    except FileNotFoundError:
+        if follow is None or not follow():
+            raise
+    return action()

@@ -71,7 +71,7 @@ def test_a_run_folder_moved_while_training_saves_and_stops_at_its_new_path(tmp_p
     moved.path.parent.mkdir()
     shutil.move(run.path, moved.path)
     final = wait_ended(moved)
-    assert final["state"] == "stopped", final
+    assert final["state"] == "stopped", (final.get("error"), final.get("log_tail"), moved.log.read_text(errors="replace")[-3000:])
     assert f"the run folder was moved to {moved.path}" in final["error"] and f"sdtui resume {moved.path}" in final["error"]
     assert checkpoint_step(moved) == status(moved.path)["step"] >= 3, "it saved where the folder is now"
     assert not run.path.exists(), "nothing was written at the old path"

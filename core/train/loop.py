@@ -98,6 +98,7 @@ class Trainer:
             self.reserve.make()
         self.metrics = MetricsWriter(self.run.metrics, enabled=is_main)
         self.status = StatusFile(self.run.path, enabled=is_main)
+        self.status.follow = self._follow_move
         self.phases = Phases(self.status, self.metrics, enabled=is_main)
         self.heartbeat = Heartbeat(self.run.heartbeat, enabled=is_main, tick=self.phases.tick)
         recorded = self.status.read()
@@ -119,7 +120,7 @@ class Trainer:
             )
         self.progress_log = ProgressLog(self.progress.total_steps, enabled=is_main)
         self.stepper = Stepper(self.session, self.progress)
-        self.saver = Saver(self.session, self.progress, self.run, self.metrics, self.status, self.heartbeat, self.weights_hash)
+        self.saver = Saver(self.session, self.progress, self.run, self.metrics, self.status, self.heartbeat, self.weights_hash, follow=self._follow_move)
         self.poller = ControlPoller(control, self.session.acc, self.status)
         self.validator = validation.make_validator(self.config, self.session, self.stepper)
         if self.validator is not None:
@@ -230,14 +231,15 @@ class Trainer:
             return self._control(pending)
         return None
 
-    def _follow_move(self) -> None:
+    def _follow_move(self) -> bool:
         """Rank 0: when the run folder was moved, write everything at its new path from now on and
-        stop there at the next poll (the launch command and the dashboards name the old path)."""
+        stop there at the next poll (the launch command and the dashboards name the old path).
+        True when it found a move now."""
         if not self.status.enabled:
-            return
+            return False
         new = self.folder.moved_to()
         if new is None:
-            return
+            return False
         self.moved_to = new
         for each in (self.run, self.status.run):
             each.relocate(new)
@@ -246,6 +248,7 @@ class Trainer:
         self.reserve.path = self.run.path / ".reserve"
         trackers.follow(self._session().acc, new)
         self.metrics.event(f"the run folder was moved to {new}; saving and stopping there", level="warning")
+        return True
 
     def _control(self, pending: list) -> str | None:
         """Carry out the agreed control requests at a step boundary; ``"stopped"`` ends the run."""

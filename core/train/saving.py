@@ -9,9 +9,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from core.folder_watch import again_if_moved
 from core.settings import FULL_METHODS
 from core.train.disk import DiskFull, ensure_space, free_bytes, is_disk_full
 from core.train.metrics_writer import MetricsWriter
@@ -37,6 +39,7 @@ class Saver:
         status: StatusFile,
         heartbeat: Heartbeat,
         weights_hash: Path | None = None,
+        follow: Callable[[], bool] | None = None,
     ) -> None:
         self.session = session
         self.progress = progress
@@ -46,6 +49,9 @@ class Saver:
         self.heartbeat = heartbeat
         self.weights_hash = weights_hash
         self._ss_metadata: dict[str, str] | None = None
+        #: Follows a move of the run folder (True when it was moved): a save the move cut short is
+        #: written again at the new path.
+        self.follow = follow
 
     def save(self, final: bool = False, manual: bool = False) -> None:
         """Checkpoint (resumable state) and outputs; only rank 0 writes, every rank takes part.
@@ -68,7 +74,7 @@ class Saver:
             set_optimizer_mode(self.session.optim.optimizer, train=True)
 
     def _save(self, final: bool, manual: bool) -> None:
-        session, optim, progress = self.session, self.session.optim, self.progress
+        session, optim = self.session, self.session.optim
         acc, ema = session.acc, session.model.ema
         objects: dict[str, Any] = {
             "optimizer": optim.optimizer.state_dict(),
@@ -80,21 +86,26 @@ class Saver:
         self._write_hash()
         if acc.is_main_process:
             with self.heartbeat.busy():
-                state = {
-                    "epoch": progress.epoch,
-                    "batch_index": progress.batch_index,
-                    "world": session.world,
-                    "total_steps": progress.total_steps,
-                    "started_at": session.started_at,
-                    "session_id": session.session_id,
-                }
-                keep = int(session.sched["keep_checkpoints"])
-                path = ckpt.save(self.run.checkpoints, progress.step, session.method.trainable_state(), objects, state, keep, manual)
-                self.metrics.write("checkpoint", step=progress.step, path=str(path.relative_to(self.run.path)), manual=manual)
-                if manual:
-                    self.metrics.event(f"saved {path.name} as asked; it is kept beyond keep_checkpoints = {keep} (which rotates only the periodic checkpoints) until you delete it")
-                self.write_outputs(final)
+                again_if_moved(lambda: self._write_checkpoint(objects, final, manual), self.follow)
         acc.wait_for_everyone()
+
+    def _write_checkpoint(self, objects: dict[str, Any], final: bool, manual: bool) -> None:
+        """Rank 0: the checkpoint folder, its metrics line and the outputs."""
+        session, progress = self.session, self.progress
+        state = {
+            "epoch": progress.epoch,
+            "batch_index": progress.batch_index,
+            "world": session.world,
+            "total_steps": progress.total_steps,
+            "started_at": session.started_at,
+            "session_id": session.session_id,
+        }
+        keep = int(session.sched["keep_checkpoints"])
+        path = ckpt.save(self.run.checkpoints, progress.step, session.method.trainable_state(), objects, state, keep, manual)
+        self.metrics.write("checkpoint", step=progress.step, path=str(path.relative_to(self.run.path)), manual=manual)
+        if manual:
+            self.metrics.event(f"saved {path.name} as asked; it is kept beyond keep_checkpoints = {keep} (which rotates only the periodic checkpoints) until you delete it")
+        self.write_outputs(final)
 
     def _gather_rng(self) -> list[dict[str, Any]]:
         mine = get_rng()

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from core.folder_watch import again_if_moved
 from core.runs.rundir import RunDir
 
 
@@ -25,6 +26,9 @@ class StatusFile:
     def __init__(self, run_dir: str | os.PathLike[str], enabled: bool = True) -> None:
         self.run = RunDir(run_dir)
         self.enabled = enabled
+        #: Follows a move of the run folder (True when it was moved), so a write the move cut short
+        #: is done again at the new path; None lets the write fail.
+        self.follow: Callable[[], bool] | None = None
 
     def read(self) -> dict[str, Any]:
         """The current contents ({} when missing or half-written)."""
@@ -33,7 +37,7 @@ class StatusFile:
     def update(self, **fields: Any) -> None:
         """Merge ``fields`` into status.json, keeping what the supervisor wrote (None removes a key)."""
         if self.enabled:
-            self.run.write_status(**fields)
+            again_if_moved(lambda: self.run.write_status(**fields), self.follow)
 
 
 #: Seconds between heartbeats while the trainer is busy with something that is not a step.
