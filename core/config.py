@@ -619,3 +619,11 @@ def _line_index(text: str) -> dict[tuple[Any, ...], int]:
                 if len(full) > 2:
                     index.setdefault((full[0], full[1]), number)
     return index
+
+
+def section_of(config: Any, name: str) -> dict[str, Any]:
+    """A run.toml section with defaults filled in, from a RunConfig or a run.toml dict."""
+    if hasattr(config, "section"):
+        return dict(config.section(name))
+    given = config.get(name, {}) if isinstance(config, Mapping) else {}
+    return resolve(name, {k: v for k, v in given.items() if k in SCHEMA[name]})

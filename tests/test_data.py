@@ -13,15 +13,15 @@ from core.errors import UserError
 from core.families.sdxl.runtime import time_ids_batch
 from core.plan.schedule import steps_per_epoch
 from core.settings import resolve
+from core.train.data.captions import process_caption
+from core.train.data.examples import load_example
 from core.train.data.items import (
     BatchDataset,
     CacheNotValid,
     batches_for_epoch,
     build_items,
     class_batches_for_epoch,
-    load_example,
     make_loader,
-    process_caption,
 )
 from core.train.data.latent_cache import cache_latents
 from core.train.data.text_cache import cache_text_outputs

@@ -427,7 +427,7 @@ def test_clip_skip_takes_the_layer_kohya_takes(setup_run):
 def test_caption_prefix_suffix_and_tag_dropout():
     import random
 
-    from core.train.data.items import process_caption, with_prefix_suffix
+    from core.train.data.captions import process_caption, with_prefix_suffix
 
     assert with_prefix_suffix("dog, grass", {"caption_prefix": "sks,", "caption_suffix": ", best"}) == "sks, dog, grass , best"
     settings = {"caption_tag_dropout_rate": 0.5, "keep_tokens": 1}

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from core.dataset.masks import mask_problems
-from core.train.data.items import load_example
+from core.train.data.examples import load_example
 from core.train.masks import per_sample_loss
 
 

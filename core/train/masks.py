@@ -3,7 +3,7 @@
 ``settings.alpha_mask`` takes the mask from the image's alpha channel (an image without one
 trains everywhere), ``[dataset] mask_dir`` from a mask image with the image's stem
 (``core.dataset.masks``; a mask file wins over the alpha channel). The mask is fitted to the
-bucket by the same crop and flip as its image (``core.train.data.items.fit_to_bucket``) and
+bucket by the same crop and flip as its image (``core.train.data.examples.fit_to_bucket``) and
 downsampled to the latent grid by area averaging when the loss is weighted, as sd-scripts'
 ``apply_masked_loss`` does: the squared error is multiplied by the mask and averaged over
 the whole latent, so an all-ones mask gives exactly the unmasked loss.
@@ -16,6 +16,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
+
+from core.train.data.item import INSTANCE
 
 
 def mask_image(path: str, mask_path: str, alpha: bool) -> Image.Image | None:
@@ -85,8 +87,6 @@ def mask_tag(item: Any, kind: str, masked: bool, alpha: bool) -> str:
     """What a latent cache key adds for the loss mask of ``item``: the mask file (path, size,
     modification time), ``alpha`` for the alpha channel, "" when the entry has no mask."""
     import os
-
-    from core.train.data.items import INSTANCE
 
     if not masked or kind != INSTANCE:
         return ""

@@ -19,14 +19,16 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from core.config import section_of
 from core.plan.schedule import held_out, image_key
 from core.plan.validation import TIMESTEP_SHARES
+from core.train.data.captions import with_prefix_suffix
+from core.train.data.examples import load_example
+from core.train.data.item import TrainItem
 
 
 def settings_of(config: Any) -> dict[str, Any]:
     """[validation] with defaults filled in, from a RunConfig or a run.toml dict."""
-    from core.train.data.items import section_of
-
     return section_of(config, "validation")
 
 
@@ -54,7 +56,6 @@ def folder_items(folder: str, settings: Mapping[str, Any], select: Any) -> list[
 
     from core.dataset.scan import scan_dataset
     from core.errors import UserError
-    from core.train.data.items import TrainItem, with_prefix_suffix
 
     root = Path(folder).expanduser()
     if not root.is_dir():
@@ -186,7 +187,6 @@ class Validator:
     def _encode(self, index: int) -> dict[str, Any]:
         import torch
 
-        from core.train.data.items import load_example
         from core.train.masks import on_grid
 
         session = self.session

@@ -16,7 +16,8 @@ from core.dataset.buckets import assign_bucket
 from core.errors import UserError
 from core.plan.class_images import GENERATE_BATCH, GENERATE_GUIDANCE, GENERATE_STEPS
 from core.runs.rundir import CLASS_IMAGES, generated_class_images
-from core.train.data.items import TrainData, TrainItem
+from core.train.data.item import TrainItem
+from core.train.data.items import TrainData
 from core.train.data.shared_cache import fill_shared
 from core.train.outputs.sampling import png_bytes
 

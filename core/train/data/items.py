@@ -21,15 +21,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps
 
-from core.dataset.buckets import Bucket, bucket_selector, buckets_for, crop_box
+from core.config import section_of
+from core.dataset.buckets import Bucket, bucket_selector, buckets_for
 from core.dataset.scan import overlay_subsets, scan_dataset
 from core.errors import UserError
 from core.plan.schedule import epoch_batches, shard_batches
-from core.settings import SCHEMA, SETTINGS, resolve, subset_settings
+from core.settings import resolve, subset_settings
+from core.train.data.captions import process_caption, setting, with_prefix_suffix
+from core.train.data.examples import Example, load_example
+from core.train.data.item import CLASS, INSTANCE, TrainItem
+from core.train.masks import batch_masks, with_masks
+from core.train.validation import split_items
 
 if TYPE_CHECKING:
     from core.train.data.latent_cache import LatentCache
@@ -37,28 +41,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: The two kinds of item: an instance image of the dataset, a class image (prior preservation).
-INSTANCE, CLASS = "i", "c"
-
 
 class CacheNotValid(ValueError):
     """A cache was asked for although the settings make it wrong (the loop falls back)."""
-
-
-@dataclass(frozen=True)
-class TrainItem:
-    """One image of the dataset with its caption, size and bucket."""
-
-    path: str
-    caption: str
-    width: int
-    height: int
-    bucket: Bucket
-    repeats: int
-    is_reg: bool
-    subset: int
-    #: The image's mask file in [dataset] mask_dir ("" = none: the alpha channel or the whole image).
-    mask: str = ""
 
 
 @dataclass
@@ -95,10 +80,6 @@ class TrainData:
     def bucket_counts(self) -> dict[Bucket, int]:
         """Items per bucket in one epoch (what the planner's ``steps_per_epoch`` takes)."""
         return {b: len(v) for b, v in self.items_by_bucket.items()}
-
-
-def _setting(settings: Mapping[str, Any], key: str) -> Any:
-    return settings.get(key, SETTINGS[key].default)
 
 
 def _subsets_of(config: Any) -> list[dict[str, Any]]:
@@ -148,13 +129,9 @@ def build_items(config: Any, settings: Mapping[str, Any]) -> TrainData:
                 caption = with_prefix_suffix((image.caption or "").strip() or token, per_subset[index])
                 item = TrainItem(image.path, caption, image.width, image.height, select(image.width, image.height), found.repeats, found.is_reg, index)
                 (class_items if found.is_reg else items).append(item)
-    from core.train.validation import split_items
-
     items, validation_items = split_items(config, items, settings, select)
     mask_dir = str(section_of(config, "dataset").get("mask_dir") or "")
     if mask_dir:
-        from core.train.masks import with_masks
-
         items, validation_items = with_masks(mask_dir, items, validation_items)
     if not items:
         raise UserError("The training subsets in [[dataset.subsets]] of run.toml have no usable image; add png, jpg, webp or bmp images to them (sdtui scan DIR shows what is wrong).")
@@ -174,14 +151,6 @@ def build_items(config: Any, settings: Mapping[str, Any]) -> TrainData:
         validation_items=validation_items,
         masked=bool(mask_dir) or bool(settings["alpha_mask"]),
     )
-
-
-def section_of(config: Any, name: str) -> dict[str, Any]:
-    """A run.toml section with defaults filled in, from a RunConfig or a run.toml dict."""
-    if hasattr(config, "section"):
-        return dict(config.section(name))
-    given = config.get(name, {}) if isinstance(config, Mapping) else {}
-    return resolve(name, {k: v for k, v in given.items() if k in SCHEMA[name]})
 
 
 def _warn_left_out(problems: Sequence[Any]) -> None:
@@ -207,107 +176,22 @@ def class_batches_for_epoch(train_data: TrainData, batches: Sequence[Sequence[in
     return [[pool[((n * world + rank) * width + j) % len(pool)] for j in range(len(batch))] for n, batch in enumerate(batches)]
 
 
-def with_prefix_suffix(caption: str, settings: Mapping[str, Any]) -> str:
-    """``caption_prefix caption caption_suffix`` joined by spaces, as sd-scripts does (before shuffling)."""
-    prefix, suffix = str(_setting(settings, "caption_prefix")).strip(), str(_setting(settings, "caption_suffix")).strip()
-    return " ".join(part for part in (prefix, caption, suffix) if part)
-
-
-def process_caption(caption: str, settings: Mapping[str, Any], rng: random.Random) -> str:
-    """sd-scripts' per-step caption: dropout, then tag shuffling and tag dropout behind the first ``keep_tokens`` tags."""
-    rate = float(_setting(settings, "caption_dropout_rate"))
-    if rate > 0 and rng.random() < rate:
-        return ""
-    shuffle = bool(_setting(settings, "shuffle_caption"))
-    tag_rate = float(_setting(settings, "caption_tag_dropout_rate"))
-    if (shuffle or tag_rate > 0) and "," in caption:
-        tags = [t.strip() for t in caption.split(",") if t.strip()]
-        keep = int(_setting(settings, "keep_tokens"))
-        head, tail = tags[:keep], tags[keep:]
-        if shuffle:
-            rng.shuffle(tail)
-        if tag_rate > 0:
-            tail = [tag for tag in tail if rng.random() >= tag_rate]
-        return ", ".join(head + tail)
-    return caption
-
-
-@dataclass
-class Example:
-    """One loaded image fitted to its bucket."""
-
-    pixels: Any  # [3, H, W] float in [-1, 1]
-    original_size: tuple[int, int]  # (height, width) of the source image
-    crop_top_left: tuple[int, int]  # (top, left) in the scaled image
-    target_size: tuple[int, int]  # (height, width) of the bucket
-    mask: Any = None  # [1, H, W] float in [0, 1] when the image has a loss mask
-
-
-def open_rgb(path: str) -> Image.Image:
-    """Open an image upright (EXIF orientation applied) as RGB; transparency goes onto white."""
-    with Image.open(path) as raw:
-        image = ImageOps.exif_transpose(raw)
-        image.load()
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
-
-
-def load_example(
-    path: str,
-    bucket: Bucket,
-    random_crop: bool = False,
-    flip: bool = False,
-    rng: random.Random | None = None,
-    mask_path: str = "",
-    alpha_mask: bool = False,
-) -> Example:
-    """Resize ``path`` to cover ``bucket``, crop it (center or random) and optionally mirror it; its
-    loss mask (``mask_path``, else the alpha channel with ``alpha_mask``) goes through the same crop and flip."""
-    from core.train.masks import mask_image, mask_tensor
-
-    rng = rng or random.Random(0)
-    image = open_rgb(path)
-    width, height = image.size
-    fx, fy = (rng.random(), rng.random()) if random_crop else (0.5, 0.5)
-    box = crop_box(width, height, bucket, fx, fy)
-    image, (top, left) = fit_to_bucket(image, box, flip, Image.Resampling.LANCZOS)
-    array = np.asarray(image, dtype=np.float32)
-    pixels = torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0
-    mask = mask_image(path, mask_path, alpha_mask) if (mask_path or alpha_mask) else None
-    fitted = mask_tensor(fit_to_bucket(mask, box, flip, Image.Resampling.BILINEAR)[0]) if mask is not None else None
-    return Example(pixels.contiguous(), (height, width), (top, left), (bucket[1], bucket[0]), fitted)
-
-
-def fit_to_bucket(image: Image.Image, box: tuple[int, int, int, int, int, int], flip: bool, resample: Image.Resampling) -> tuple[Image.Image, tuple[int, int]]:
-    """``image`` scaled, cropped to ``box`` (``core.dataset.buckets.crop_box``) and optionally mirrored,
-    with the crop's (top, left): the one path an image and its mask both take."""
-    sw, sh, left, top, right, bottom = box
-    image = image.resize((sw, sh), resample).crop((left, top, right, bottom))
-    if flip:
-        image = ImageOps.mirror(image)
-        left = sw - right
-    return image, (top, left)
-
-
 def latent_cache_blocker(settings: Mapping[str, Any]) -> str | None:
     """Why latents cannot be cached with these settings (random crop / flip), or None."""
-    if _setting(settings, "random_crop"):
+    if setting(settings, "random_crop"):
         return "cached latents would freeze one crop, so random_crop trains from the images instead of the latent cache"
-    if _setting(settings, "flip_aug"):
+    if setting(settings, "flip_aug"):
         return "cached latents would freeze one orientation, so flip_aug trains from the images instead of the latent cache"
     return None
 
 
 def text_cache_blocker(settings: Mapping[str, Any]) -> str | None:
     """Why text-encoder outputs cannot be cached with these settings, or None."""
-    if _setting(settings, "train_text_encoder"):
+    if setting(settings, "train_text_encoder"):
         return "the text encoder is trained, so its outputs change and cannot be cached"
-    if _setting(settings, "shuffle_caption"):
+    if setting(settings, "shuffle_caption"):
         return "shuffled captions differ every step, so text-encoder outputs cannot be cached"
-    if float(_setting(settings, "caption_tag_dropout_rate")) > 0:
+    if float(setting(settings, "caption_tag_dropout_rate")) > 0:
         return "tag dropout changes the captions every step, so text-encoder outputs cannot be cached"
     return None
 
@@ -316,7 +200,7 @@ def distinct_captions(train_data: TrainData) -> list[str]:
     """Every caption the run can train on once (the empty one too when caption dropout is on)."""
     every = train_data.items + train_data.class_items + train_data.validation_items
     captions = list(dict.fromkeys(i.caption for i in every))
-    if float(_setting(train_data.settings, "caption_dropout_rate")) > 0 and "" not in captions:
+    if float(setting(train_data.settings, "caption_dropout_rate")) > 0 and "" not in captions:
         captions.append("")
     return captions
 
@@ -356,15 +240,15 @@ class BatchDataset(torch.utils.data.Dataset):
                     return None
                 latents, size, crop = cache.get(key)
                 return caption, latents, Example(latents, size, crop, (bucket[1], bucket[0]), cache.mask(key))
-            flip = bool(_setting(settings, "flip_aug")) and rng.random() < 0.5
+            flip = bool(setting(settings, "flip_aug")) and rng.random() < 0.5
             example = load_example(
                 item.path,
                 bucket,
-                bool(_setting(settings, "random_crop")),
+                bool(setting(settings, "random_crop")),
                 flip,
                 rng,
                 item.mask,
-                kind == INSTANCE and bool(_setting(self.data.settings, "alpha_mask")),  # class images train whole, as when cached
+                kind == INSTANCE and bool(setting(self.data.settings, "alpha_mask")),  # class images train whole, as when cached
             )
             return caption, example.pixels, example
         except Exception as exc:  # noqa: BLE001 - a corrupt or vanished image must not stop training
@@ -393,8 +277,6 @@ class BatchDataset(torch.utils.data.Dataset):
             "item_ids": [index for _, index, *_ in loaded],
         }
         if self.data.masked:
-            from core.train.masks import batch_masks
-
             out["masks"] = batch_masks([e for *_, e in loaded], out["latents" if self.data.latents is not None else "pixel_values"])
         if self.data.text_cache is not None and all(c in self.data.text_cache for c in out["captions"]):
             out["text"] = self.data.text_cache.stacked(out["captions"])

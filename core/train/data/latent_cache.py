@@ -28,7 +28,9 @@ import torch
 
 from core.atomic import write_atomic
 from core.dataset.buckets import Bucket
-from core.train.data.items import CLASS, INSTANCE, CacheNotValid, latent_cache_blocker, load_example
+from core.train.data.examples import load_example
+from core.train.data.item import CLASS, INSTANCE
+from core.train.data.items import CacheNotValid, latent_cache_blocker
 from core.train.data.shared_cache import fill_shared
 from core.train.masks import mask_tag, on_grid
 
