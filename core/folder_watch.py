@@ -8,6 +8,7 @@ process can write its last state there instead of crashing on the old path.
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -68,3 +69,16 @@ def again_if_moved(action: Callable[[], T], follow: Callable[[], bool] | None) -
         if follow is None or not follow():
             raise
     return action()
+
+
+def weak_follower(method: Callable[[], bool]) -> Callable[[], bool]:
+    """``method`` (a bound move follower) called through a weak reference, so the objects it is
+    handed to do not keep its owner alive: a trainer that goes away lets go of its folder lock
+    at once, not at the next garbage collection. False once the owner is gone."""
+    ref = weakref.WeakMethod(method)
+
+    def follow() -> bool:
+        bound = ref()
+        return bool(bound is not None and bound())
+
+    return follow

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import UserError
-from core.folder_watch import FolderWatch, moved_sentence
+from core.folder_watch import FolderWatch, moved_sentence, weak_follower
 from core.plan import schedule
 from core.runs.control_file import ControlReader
 from core.runs.rundir import RunDir
@@ -98,7 +98,7 @@ class Trainer:
             self.reserve.make()
         self.metrics = MetricsWriter(self.run.metrics, enabled=is_main)
         self.status = StatusFile(self.run.path, enabled=is_main)
-        self.status.follow = self._follow_move
+        self.status.follow = weak_follower(self._follow_move)
         self.phases = Phases(self.status, self.metrics, enabled=is_main)
         self.heartbeat = Heartbeat(self.run.heartbeat, enabled=is_main, tick=self.phases.tick)
         recorded = self.status.read()
@@ -120,7 +120,7 @@ class Trainer:
             )
         self.progress_log = ProgressLog(self.progress.total_steps, enabled=is_main)
         self.stepper = Stepper(self.session, self.progress)
-        self.saver = Saver(self.session, self.progress, self.run, self.metrics, self.status, self.heartbeat, self.weights_hash, follow=self._follow_move)
+        self.saver = Saver(self.session, self.progress, self.run, self.metrics, self.status, self.heartbeat, self.weights_hash, follow=weak_follower(self._follow_move))
         self.poller = ControlPoller(control, self.session.acc, self.status)
         self.validator = validation.make_validator(self.config, self.session, self.stepper)
         if self.validator is not None:
