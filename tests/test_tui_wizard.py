@@ -60,6 +60,25 @@ async def test_model_step_refuses_a_missing_path_and_accepts_a_family(tmp_path: 
         assert "sdxl" in str(app.screen.query_one("#model-family").render())
 
 
+@sync
+async def test_the_model_field_completes_a_model_name_as_well_as_a_path(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "flowers").mkdir()
+    monkeypatch.chdir(tmp_path)
+    app = _app(tmp_path)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause(0.2)
+        field = app.screen.query_one("#model-path", Input)
+        field.focus()
+        await pilot.press(*"flux-s")
+        await until(pilot, lambda: field._suggestion == "flux-schnell")
+        await pilot.press("right")
+        assert field.value == "flux-schnell"
+        await until(pilot, lambda: "flux" in str(app.screen.query_one("#model-family").render()))
+        field.value = ""
+        await pilot.press(*"flo")
+        await until(pilot, lambda: field._suggestion == "flowers/")
+
+
 @pytest.mark.slow
 @sync
 async def test_dataset_step_refuses_a_folder_without_images(tmp_path: Path) -> None:

@@ -17,10 +17,10 @@ class ModelStep(Step):
     def compose(self) -> ComposeResult:
         yield Static("Base model", classes="step-title")
         yield Static(
-            f"A diffusers folder, a single .safetensors/.ckpt file, a hub id (org/name), or a model — {', '.join(variant_names())} — to plan without weights. → completes paths.",
+            "A diffusers folder, a single .safetensors/.ckpt file, a hub id (org/name), or a model name to plan without weights (sdxl, flux-dev, qwen-image, …). → completes paths and model names.",
             classes="help",
         )
-        yield PathInput(self.state.base_dir, id="model-path", placeholder="/models/sd_xl_base_1.0.safetensors", compact=True)
+        yield PathInput(self.state.base_dir, names=variant_names(), id="model-path", placeholder="/models/sd_xl_base_1.0.safetensors", compact=True)
         yield Static("", id="model-family")
 
     def load(self) -> None:
