@@ -40,7 +40,7 @@ class SdtuiApp(App):
     """The app; ``start`` is ``home``, ``wizard`` or ``dashboard`` (with ``run``)."""
 
     TITLE = "sdtui"
-    SUB_TITLE = "Stable Diffusion fine-tuning"
+    SUB_TITLE = "diffusion model fine-tuning"
     CSS_PATH = [STYLES / "app.tcss", STYLES / "home.tcss", STYLES / "wizard.tcss", STYLES / "dashboard.tcss"]
     #: Screen classes for small terminals (80×24 must stay usable): ``-narrow`` below 100 columns, ``-short`` below 32 rows.
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide")]
