@@ -34,7 +34,7 @@ def test_a_composed_recipe_is_named_as_composed_for_the_card_with_the_card_s_own
     out = plan_text(12, capsys)
     assert line(out, "Recipe")[0].startswith("Recipe    composed for 1 × 12 GiB from flux-lora-48gb: int8 text encoders, 52 blocks swapped (bf16, adamw8bit")
     why = line(out, "Choice")
-    assert why[0].startswith("Choice    chosen over flux-lora-12gb, the recipe written for 12 GiB (fp8_scaled base, int8 text encoders, 44 blocks swapped: 10.1 GiB")
+    assert why[0].startswith("Choice    chosen over flux-lora-12gb, the heaviest recipe that fits as written (fp8_scaled base, int8 text encoders, 44 blocks swapped: 10.1 GiB")
     assert "about as fast" in why[0] and "with the base in bf16 instead of fp8_scaled" in why[0]
     # the int8 T5 is lossy too: the plan says what the lossless encoders would cost
     assert why[1] == "Choice    int8 text encoders: without them it fits only at 384 px (47 blocks swapped)"
@@ -98,7 +98,7 @@ def test_the_tier_recipes_of_every_family_are_chosen_or_outranked_with_a_reason(
             assert choice is not None and ranked[0].fits, (family, gb)
             written = written_for_card(ranked)
             if written is not None and written is not ranked[0]:
-                assert choice.over == written.name and choice.reasons[0].startswith(f"chosen over {written.name}, the recipe written for {gb} GiB"), (family, gb, choice)
+                assert choice.over == written.name and choice.reasons[0].startswith(f"chosen over {written.name}, the heaviest recipe that fits as written ("), (family, gb, choice)
             if ranked[0].changes:
                 assert choice.composed.startswith(f"composed for 1 × {gb} GiB from {ranked[0].name}: "), (family, gb, choice)
 
@@ -113,6 +113,6 @@ def test_the_wizard_recipe_step_names_the_composed_recipe_and_why_it_is_first(tm
     first = summary_text(fits[0], state.gpus)
     assert first.startswith("composed for 1 × 12 GiB from flux-lora-48gb: int8 text encoders, 52 blocks swapped; as written: FLUX.1 LoRA on the bf16 transformer")
     why = choice_text(state.recipe_choice(fits))
-    assert why.startswith("Why: chosen over flux-lora-12gb, the recipe written for 12 GiB") and "\n" in why
+    assert why.startswith("Why: chosen over flux-lora-12gb, the heaviest recipe that fits as written") and "\n" in why
     written = next(f for f in fits if f.name == "flux-lora-12gb")
     assert summary_text(written, state.gpus) == f"flux-lora-12gb: {get_recipe('flux-lora-12gb').summary}"

@@ -4,7 +4,8 @@ wizard's recipe step (docs/planning.md).
 A recipe the composer changed for the GPUs is named as what it is, ``composed for 1 × 12 GiB from
 flux-lora-48gb: int8 text encoders, 52 blocks swapped``, never as the recipe alone. When the recipe
 written for a card this size (the one that fits as written and uses most of the card) is not the
-one chosen, the plan says why the chosen one ranks above it: faster, less lossy, more pixels, or
+one chosen, the plan names it (``the heaviest recipe that fits as written``) and says why the
+chosen one ranks above it: faster, less lossy, more pixels, or
 (a quantized base) faster by more than its precision loss costs. When the chosen one stores its
 base or its encoders quantized, the plan says what the lossless combination lacks or costs.
 """
@@ -100,11 +101,11 @@ def choose(family: str, method: str, gpus: Any, ranked: Sequence[RecipeFit], ove
 
 def ranked_above(family: str, method: str, chosen: RecipeFit, other: RecipeFit, gpus: Any) -> str:
     """Why ``chosen`` ranks above ``other``, the recipe written for this card, e.g. ``chosen over
-    flux-lora-12gb, the recipe written for 12 GiB (fp8_scaled base, …: 10.1 GiB, 0.039 img/s):
+    flux-lora-12gb, the heaviest recipe that fits as written (fp8_scaled base, …: 10.1 GiB, 0.039 img/s):
     about as fast (0.040 img/s; the 52 swapped blocks' copies hide under the compute), with the
     base in bf16 instead of fp8_scaled``."""
     what = describe_techniques(other.settings) or "no memory technique"
-    head = f"chosen over {other.name}, the recipe written for {card(gpus).split(' × ')[-1]} ({what}: {other.estimate.gb:.1f} GiB{_speed(other)})"
+    head = f"chosen over {other.name}, the heaviest recipe that fits as written ({what}: {other.estimate.gb:.1f} GiB{_speed(other)})"
     why: list[str] = []
     mine, theirs = int(chosen.settings["resolution"]), int(other.settings["resolution"])
     if mine != theirs:
@@ -112,6 +113,8 @@ def ranked_above(family: str, method: str, chosen: RecipeFit, other: RecipeFit, 
     swap = _swap_words(family, method, chosen, gpus)
     why.append(_pace(chosen, other, swap))
     why += _precision_words(chosen, other)
+    if len(why) == 1 and chosen.estimate.total_bytes < other.estimate.total_bytes:
+        why.append(f"and lighter ({chosen.estimate.gb:.1f} GiB)")
     return f"{head}: {', '.join(why)}"
 
 
