@@ -6,6 +6,8 @@ throughput model explain."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from cli.main import main
@@ -16,6 +18,7 @@ from core.plan.picker import LOSS_PRICE, rank_recipes, run_shape
 from core.plan.throughput import technique_cost
 from core.recipes import get_recipe, load_recipes
 from core.units import GIB
+from tests.tui_fixtures import sync, until
 
 RECIPES = load_recipes()
 RAM = 64 * GIB
@@ -116,3 +119,31 @@ def test_the_wizard_recipe_step_names_the_composed_recipe_and_why_it_is_first(tm
     assert why.startswith("Why: chosen over flux-lora-12gb, the heaviest recipe that fits as written") and "\n" in why
     written = next(f for f in fits if f.name == "flux-lora-12gb")
     assert summary_text(written, state.gpus) == f"flux-lora-12gb: {get_recipe('flux-lora-12gb').summary}"
+
+
+@pytest.mark.slow
+@sync
+async def test_the_wizard_shows_the_composition_and_the_reasons_on_the_recipe_step(tmp_path, kohya_dataset) -> None:
+    from textual.widgets import Input, Static
+
+    from tui.app import SdtuiApp
+    from tui.context import AppContext
+
+    app = SdtuiApp(AppContext(runs_dir=tmp_path / "runs", gpu_spec="1x12GB"), start="wizard", theme="textual-dark")
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.pause(0.2)
+        screen = app.screen
+        screen.query_one("#model-path", Input).value = "flux-dev"
+        await pilot.pause(0.05)
+        await pilot.press("ctrl+n")
+        screen.query_one("#dataset-path", Input).value = str(kohya_dataset())
+        await until(pilot, lambda: screen.state.scan is not None)
+        await pilot.press("ctrl+n")
+        await pilot.pause(0.2)
+        await pilot.press("ctrl+n")
+        await until(pilot, lambda: bool(str(screen.query_one("#recipe-choice", Static).render())), timeout=60)
+        summary, why = (str(screen.query_one(f"#recipe-{name}", Static).render()) for name in ("summary", "choice"))
+    # the wizard's run samples (the encoders come back for each sample), so it swaps a little more than the plan without prompts
+    assert re.match(r"composed for 1 × 12 GiB from flux-lora-48gb: int8 text encoders, \d+ blocks swapped; as written: FLUX.1 LoRA", summary), summary
+    # with the samples' peak flux-lora-12gb no longer fits as written: the heaviest that does is named
+    assert re.match(r"Why: chosen over flux-lora-\d+gb, the heaviest recipe that fits as written \(", why) and "\nWhy: int8 text encoders: without them" in why, why
