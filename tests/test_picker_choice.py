@@ -147,3 +147,10 @@ async def test_the_wizard_shows_the_composition_and_the_reasons_on_the_recipe_st
     assert re.match(r"composed for 1 × 12 GiB from flux-lora-48gb: int8 text encoders, \d+ blocks swapped; as written: FLUX.1 LoRA", summary), summary
     # with the samples' peak flux-lora-12gb no longer fits as written: the heaviest that does is named
     assert re.match(r"Why: chosen over flux-lora-\d+gb, the heaviest recipe that fits as written \(", why) and "\nWhy: int8 text encoders: without them" in why, why
+
+
+def test_a_combination_that_does_not_fit_is_named_the_closest_not_composed(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", "--model", "sdxl", "--method", "finetune", "--gpus", "1x8GB", "--ram", "64GB"]) == 0
+    out = capsys.readouterr().out
+    assert line(out, "Recipe")[0].startswith("Recipe    the closest to fitting 1 × 8 GiB from sdxl-finetune-")
+    assert "DOES NOT FIT" in line(out, "VRAM")[0] and not line(out, "Choice")

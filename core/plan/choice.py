@@ -63,11 +63,13 @@ def knob_changes(fit: RecipeFit) -> list[str]:
 
 def composition(fit: RecipeFit, gpus: Any) -> str:
     """``composed for 1 × 12 GiB from flux-lora-48gb: int8 text encoders, 52 blocks swapped, batch
-    2 → 1`` for a recipe the composer changed; empty for one as written."""
+    2 → 1`` for a recipe the composer changed (``the closest to 1 × 8 GiB from …`` when even that
+    does not fit); empty for one as written."""
     if not {k: v for k, v in fit.changes.items() if k != "recipe"}:
         return ""
     parts = [describe_techniques(fit.settings) or "no memory technique", *knob_changes(fit)]
-    return f"composed for {card(gpus)} from {fit.name}: {', '.join(parts)}"
+    how = "composed for" if fit.fits is not False else "the closest to fitting"
+    return f"{how} {card(gpus)} from {fit.name}: {', '.join(parts)}"
 
 
 def card(gpus: Any) -> str:
