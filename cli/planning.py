@@ -99,11 +99,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     gpus = resolve(args.gpus)
     # this machine's RAM judges a plan for its own GPUs; simulated GPUs are another machine's
     ram = args.ram if args.ram is not None else (None if gpus.simulated else machine_ram_bytes())
+    choice = None
     if args.config:
         config, scan = _from_config_file(args, extras)
     else:
-        config, scan = _from_arguments(args, extras, gpus, ram)
-    plan = make_plan(config, scan, gpus, price_per_gpu_hour=args.price_per_gpu_hour, ram_bytes=ram)
+        config, scan, choice = _from_arguments(args, extras, gpus, ram)
+    plan = make_plan(config, scan, gpus, price_per_gpu_hour=args.price_per_gpu_hour, ram_bytes=ram, choice=choice)
     if args.json:
         print_json(plan.to_json())
     else:
@@ -179,9 +180,10 @@ def machine_ram_bytes() -> int | None:
     return read()
 
 
-def _from_arguments(args: argparse.Namespace, extras: list[str], gpus: Any, ram: int | None = None) -> tuple[Any, Any]:
+def _from_arguments(args: argparse.Namespace, extras: list[str], gpus: Any, ram: int | None = None) -> tuple[Any, Any, Any]:
     """A run config built from --model, --data, --method and --recipe (or the picker's choice),
-    and the scan of --data (None without it: the plan then has no schedule table)."""
+    the scan of --data (None without it: the plan then has no schedule table) and the picker's
+    choice in words (core.plan.choice; None for a recipe named with --recipe)."""
     from core.config import apply_overrides, apply_recipe, new_config
     from core.dataset.scan import scan_dataset
     from core.families.detect import detect_family
@@ -204,7 +206,9 @@ def _from_arguments(args: argparse.Namespace, extras: list[str], gpus: Any, ram:
     if args.data:
         scan = scan_dataset(args.data, args.reg, resolution=resolution, bucket_settings={k: settings[k] for k in BUCKET_KEYS})
     distributed = probe.distributed | {"num_processes": max(1, gpus.count)}
-    recipe, changes = _choose_recipe(args.recipe, planned_as(family, args.model), method, gpus, overrides, run_shape(method, scan.reg_images if scan is not None else None, distributed, ram))
+    recipe, changes, choice = _choose_recipe(
+        args.recipe, planned_as(family, args.model), method, gpus, overrides, run_shape(method, scan.reg_images if scan is not None else None, distributed, ram)
+    )
     if scan is None:
         name = f"{family}-{method}"
     else:
@@ -213,7 +217,7 @@ def _from_arguments(args: argparse.Namespace, extras: list[str], gpus: Any, ram:
     config = new_config(name, model_path, family, method, subsets, {}, distributed=distributed)
     apply_recipe(config, recipe.settings | changes, recipe.name, recipe.schedule)
     apply_overrides(config, extras)
-    return config, scan
+    return config, scan, choice
 
 
 def _settings_overrides(config: Any, extras: list[str]) -> dict[str, Any]:
@@ -229,11 +233,13 @@ def _settings_overrides(config: Any, extras: list[str]) -> dict[str, Any]:
     return {key: settings[key] for key in keys}
 
 
-def _choose_recipe(name: str | None, family: str, method: str, gpus: Any, overrides: dict[str, Any], shape: Any) -> tuple[Any, dict[str, Any]]:
+def _choose_recipe(name: str | None, family: str, method: str, gpus: Any, overrides: dict[str, Any], shape: Any) -> tuple[Any, dict[str, Any], Any]:
     """The named recipe as written, or the picker's fastest fitting one for a run of ``shape``
-    with the changes the picker composed into it (the least heavy when none fits)."""
+    with the changes the picker composed into it (the least heavy when none fits), and the
+    choice in words (None for a named recipe)."""
     from core.families import spec
-    from core.plan.picker import pick_recipes, rank_recipes
+    from core.plan.choice import choose
+    from core.plan.picker import rank_recipes
     from core.recipes import get_recipe, load_recipes
 
     spec(family).check_method(method)  # a method the family does not train: that sentence, not "no recipe"
@@ -242,13 +248,12 @@ def _choose_recipe(name: str | None, family: str, method: str, gpus: Any, overri
         family = spec(family).name  # a variant planned on its own takes its family's recipes
         if family not in recipe.families or method not in recipe.methods:
             raise UserError(f"recipe '{name}' is for {', '.join(recipe.families)} with {', '.join(recipe.methods)}, not {family} with {method}; list the others with sdtui recipes")
-        return recipe, {}
-    recipes = load_recipes()
-    chosen = pick_recipes(family, method, gpus, recipes, overrides, shape) or rank_recipes(family, method, gpus, recipes, overrides, shape)
-    if not chosen:
+        return recipe, {}, None
+    ranked = rank_recipes(family, method, gpus, load_recipes(), overrides, shape)
+    if not ranked:
         raise UserError(f"no recipe in the recipes folder trains {family} with {method}; add one or pick another --method")
-    changes = {k: v for k, v in chosen[0].changes.items() if k != "recipe"}
-    return chosen[0].recipe, changes
+    changes = {k: v for k, v in ranked[0].changes.items() if k != "recipe"}
+    return ranked[0].recipe, changes, choose(family, method, gpus, ranked, overrides, shape)
 
 
 def _slug(text: str) -> str:
@@ -329,6 +334,21 @@ def _validation_line(validation: dict[str, Any]) -> str:
     return f"Validation {validation['images']} images {source}, loss every {validation['every_n_steps']} steps at {validation['timesteps']} fixed timesteps: {validation['runs']} times{cost}"
 
 
+def _recipe_line(data: dict[str, Any]) -> str:
+    """The recipe as what it is, ``Recipe    composed for 1 × 12 GiB from flux-lora-48gb: int8 text
+    encoders, 52 blocks swapped (bf16, adamw8bit, …)`` when the picker composed it, else
+    ``Recipe    NAME: bf16, adamw8bit, …``."""
+    settings = data["settings"]
+    details = (
+        f"{settings['mixed_precision']}, {settings['optimizer']}, checkpointing {'on' if settings['gradient_checkpointing'] else 'off'}, "
+        f"batch {settings['batch_size']}, resolution {settings['resolution']}" + (f", LoRA rank {settings['lora_rank']}" if data["method"] == "lora" else "")
+    )
+    composed = (data["choice"] or {}).get("composed")
+    if composed:
+        return f"Recipe    {composed} ({details})"
+    return f"Recipe    {data['recipe'] or '(own settings)'}: {details}"
+
+
 def _memory_line(memory: dict[str, Any]) -> str:
     """``Memory    fp8_scaled base, 8 blocks swapped: about 1.4× slower than without them (27.3 GiB)``."""
     if not memory.get("techniques"):
@@ -356,7 +376,7 @@ def _ram_line(ram: dict[str, Any]) -> str:
 def format_plan(plan: Any) -> str:
     """The human-readable plan: recipe, VRAM against the GPU, dataset, GPU-count table, warnings."""
     data = plan.to_json()
-    gpu, settings, dataset = data["gpu"], data["settings"], data["dataset"]
+    gpu, dataset = data["gpu"], data["dataset"]
     if gpu["name"]:
         verdict = "fits" if data["vram_fits"] else "DOES NOT FIT"
         vram = f"{data['vram_estimate_gb']:.1f} GiB estimated peak of {gpu['vram_gb']:g} GiB per GPU: {verdict} (with {data['headroom']:.0%} headroom)"
@@ -369,9 +389,8 @@ def format_plan(plan: Any) -> str:
     out = [
         f"Model     {data['model_family']}, method {data['method']}",
         f"GPUs      {hardware}",
-        f"Recipe    {data['recipe'] or '(own settings)'}: {settings['mixed_precision']}, {settings['optimizer']}, "
-        f"checkpointing {'on' if settings['gradient_checkpointing'] else 'off'}, batch {settings['batch_size']}, "
-        f"resolution {settings['resolution']}" + (f", LoRA rank {settings['lora_rank']}" if data["method"] == "lora" else ""),
+        _recipe_line(data),
+        *(f"Choice    {reason}" for reason in (data["choice"] or {}).get("reasons", [])),
         f"VRAM      {vram}",
         _memory_line(data["memory"]),
         _ram_line(data["ram"]),

@@ -117,7 +117,7 @@ def export_kohya(config: _Config, out_dir: str | os.PathLike[str], run_dir: str 
     files |= {f"{METADATA_DIR}/{name}": json.dumps(entries, indent=2, ensure_ascii=False) + "\n" for name, entries in metadata.items()}
     files |= captions
     _write_folder(out, files, links)
-    return KohyaExport([out / name for name in files], arguments.script, arguments.unmapped, notes)
+    return KohyaExport([out / name for name in files], arguments.script, arguments.unmapped, notes + arguments.notes)
 
 
 def _captioned_subsets(config: _Config, out: Path, notes: list[str]) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:

@@ -15,20 +15,28 @@ from typing import Any, Protocol
 
 import tomlkit
 
+from core.errors import UserError
+from core.families import planned_as
 from core.families import spec as family_spec
 from core.settings import FULL_METHODS, optimizer_betas
 
-#: The training script of each (method, SDXL or not).
-SCRIPTS: dict[tuple[str, bool], str] = {
-    ("lora", False): "train_network.py",
-    ("lora", True): "sdxl_train_network.py",
-    ("dreambooth", False): "train_db.py",
-    ("dreambooth", True): "sdxl_train.py",
-    ("finetune", False): "fine_tune.py",
-    ("finetune", True): "sdxl_train.py",
-    ("textual_inversion", False): "train_textual_inversion.py",
-    ("textual_inversion", True): "sdxl_train_textual_inversion.py",
+_SD_SCRIPTS = {"lora": "train_network.py", "dreambooth": "train_db.py", "finetune": "fine_tune.py", "textual_inversion": "train_textual_inversion.py"}
+_FLUX_SCRIPTS = {"lora": "flux_train_network.py", "finetune": "flux_train.py"}
+#: The training script of each family and method. sd-scripts trains Chroma with FLUX.1's LoRA
+#: script (``--model_type chroma``) but not its fine-tune (flux_train.py loads FLUX.1 only), and
+#: has no script for FLUX.2, Qwen-Image or Z-Image (musubi-tuner trains those).
+SCRIPTS: dict[str, dict[str, str]] = {
+    "sd1": _SD_SCRIPTS,
+    "sd2": _SD_SCRIPTS,
+    "sdxl": {"lora": "sdxl_train_network.py", "dreambooth": "sdxl_train.py", "finetune": "sdxl_train.py", "textual_inversion": "sdxl_train_textual_inversion.py"},
+    "sd35": {"lora": "sd3_train_network.py", "finetune": "sd3_train.py"},
+    "flux": _FLUX_SCRIPTS,
+    "chroma": {"lora": "flux_train_network.py"},
 }
+#: The DiT scripts' own LoRA modules (``networks.lora`` is the SD UNet's).
+NETWORK_MODULES = {"flux_train_network.py": "networks.lora_flux", "sd3_train_network.py": "networks.lora_sd3"}
+#: sd-scripts' ``--model_type`` of flux_train_network.py for the families it trains.
+MODEL_TYPES = {"flux": "flux", "chroma": "chroma"}
 
 #: Flags every training script has (library/train_util.py's model, dataset, training, optimizer and
 #: logging arguments, custom_train_functions' min_snr_gamma, config_util's dataset_config).
@@ -95,16 +103,33 @@ _NETWORK = frozenset(
 )
 _SDXL = frozenset({"cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk"})
 _TI = frozenset({"token_string", "init_word", "num_vectors_per_token"})
+#: train_network.py's fp8 base: ``fp8_base`` stores the denoiser and the text encoders in fp8,
+#: ``fp8_base_unet`` the denoiser only (every network script inherits them).
+_FP8 = frozenset({"fp8_base", "fp8_base_unet"})
+#: train_util.add_dit_training_arguments: the DiT scripts' block swap and text-encoder cache.
+_DIT = frozenset({"blocks_to_swap"}) | _SDXL
 
 #: The flags each script accepts (those sdtui can fill).
 SCRIPT_FLAGS: dict[str, frozenset[str]] = {
-    "train_network.py": _COMMON | _DREAMBOOTH | _NETWORK,
-    "sdxl_train_network.py": _COMMON | _DREAMBOOTH | _NETWORK | _SDXL,
+    "train_network.py": _COMMON | _DREAMBOOTH | _NETWORK | _FP8,
+    "sdxl_train_network.py": _COMMON | _DREAMBOOTH | _NETWORK | _SDXL | _FP8,
     "train_db.py": _COMMON | _DREAMBOOTH | {"learning_rate_te", "stop_text_encoder_training"},
     "fine_tune.py": _COMMON | {"train_text_encoder", "learning_rate_te"},
     "sdxl_train.py": _COMMON | _SDXL | {"train_text_encoder", "learning_rate_te1", "learning_rate_te2", "fused_backward_pass"},
     "train_textual_inversion.py": _COMMON | _DREAMBOOTH | _TI,
     "sdxl_train_textual_inversion.py": _COMMON | _DREAMBOOTH | _TI | _SDXL,
+    "flux_train_network.py": _COMMON | _DREAMBOOTH | _NETWORK | _FP8 | _DIT | {"model_type", "apply_t5_attn_mask"},
+    "sd3_train_network.py": _COMMON | _DREAMBOOTH | _NETWORK | _FP8 | _DIT,
+    "flux_train.py": _COMMON | _DIT | {"fused_backward_pass"},
+    "sd3_train.py": _COMMON | _DIT | {"train_text_encoder", "learning_rate_te1", "learning_rate_te2", "fused_backward_pass"},
+}
+#: What each DiT script reads besides ``pretrained_model_name_or_path`` (single files, which a
+#: diffusers folder does not hold as such): the user fills them in.
+COMPONENT_FLAGS = {
+    "flux_train_network.py": ("clip_l", "t5xxl", "ae"),
+    "flux_train.py": ("clip_l", "t5xxl", "ae"),
+    "sd3_train_network.py": ("clip_l", "clip_g", "t5xxl"),
+    "sd3_train.py": ("clip_l", "clip_g", "t5xxl"),
 }
 
 #: run.toml optimizer names as sd-scripts' --optimizer_type spells them.
@@ -121,7 +146,7 @@ OPTIMIZER_TYPES = {
 SAVE_PRECISIONS = {"fp16": "fp16", "bf16": "bf16", "fp32": "float"}
 #: The sd-scripts table each flag is written under (sd-scripts ignores the table names; kohya_ss uses these).
 _TABLES = (
-    ("model_arguments", ("pretrained_model_name_or_path", "v2", "v_parameterization", "vae")),
+    ("model_arguments", ("pretrained_model_name_or_path", "model_type", "v2", "v_parameterization", "vae", "apply_t5_attn_mask", "fp8_base", "fp8_base_unet")),
     (
         "additional_network_arguments",
         ("network_module", "network_dim", "network_alpha", "network_dropout", "network_args", "network_weights", "network_train_unet_only", "unet_lr", "text_encoder_lr"),
@@ -165,6 +190,7 @@ _TABLES = (
             "mixed_precision",
             "full_bf16",
             "fused_backward_pass",
+            "blocks_to_swap",
             "seed",
             "clip_skip",
             "sdpa",
@@ -195,6 +221,8 @@ class TrainingArguments:
     script: str
     flags: dict[str, Any]
     unmapped: list[str] = field(default_factory=list)
+    #: What was exported only approximately or must be filled in (one sentence each).
+    notes: list[str] = field(default_factory=list)
 
     def document(self, run_name: str) -> tomlkit.TOMLDocument:
         """The ``--config_file`` TOML: the flags grouped in kohya_ss's tables."""
@@ -212,15 +240,30 @@ class TrainingArguments:
 
 
 def script_for(method: str, family: str) -> str:
-    """The sd-scripts training script of ``method`` on ``family`` (SDXL has its own scripts)."""
-    return SCRIPTS[(method, family == "sdxl")]
+    """The sd-scripts training script of ``method`` on ``family``; a UserError naming what
+    sd-scripts trains when it has none."""
+    script = SCRIPTS.get(family, {}).get(method)
+    if script is None:
+        raise UserError(f"sd-scripts has no script that trains {family} with {method} (it has scripts for {', '.join(SCRIPTS)}); train this run with sdtui instead")
+    return script
 
 
 def training_arguments(config: _Config, paths: Mapping[str, str]) -> TrainingArguments:
     """sd-scripts' flags for ``config``; ``paths`` gives ``dataset_config``, ``sample_prompts``,
     ``output_dir`` and ``logging_dir`` as the exported folder holds them."""
+    from core.kohya_memory import memory_flags
+
     script = script_for(config.method, config.family)
     wanted, unmapped = _wanted_flags(config, paths)
+    memory = memory_flags(planned_as(config.family, str(config.model_path or "")), config.settings)
+    wanted |= memory.flags
+    if wanted.get("network_module", (None,))[0] == "networks.lora" and script in NETWORK_MODULES:
+        wanted["network_module"] = (NETWORK_MODULES[script], "")
+    unmapped += memory.unmapped
+    notes = list(memory.notes)
+    if script in COMPONENT_FLAGS:
+        files = ", ".join(COMPONENT_FLAGS[script])
+        notes.append(f"{script} reads the denoiser and {files} as single .safetensors files: point pretrained_model_name_or_path at the denoiser's file and add {files} to its --config_file")
     accepted = SCRIPT_FLAGS[script]
     flags: dict[str, Any] = {}
     for flag, (value, setting) in wanted.items():
@@ -230,7 +273,7 @@ def training_arguments(config: _Config, paths: Mapping[str, str]) -> TrainingArg
             flags[flag] = value
         elif setting:
             unmapped.append(setting)
-    return TrainingArguments(script, flags, list(dict.fromkeys(unmapped)))
+    return TrainingArguments(script, flags, list(dict.fromkeys(unmapped)), notes)
 
 
 def _wanted_flags(config: _Config, paths: Mapping[str, str]) -> tuple[dict[str, tuple[Any, str]], list[str]]:
@@ -288,6 +331,9 @@ def _wanted_flags(config: _Config, paths: Mapping[str, str]) -> tuple[dict[str, 
         "log_tracker_name": (logging["wandb_project"] or None, "logging.wandb_project"),
     }
     flags |= _method_flags(config.method, s, method, lr, te_lr)
+    if config.family in MODEL_TYPES:
+        # Chroma's text encoding needs T5's attention mask in sd-scripts (flux_train_network.py asserts it)
+        flags |= {"model_type": (MODEL_TYPES[config.family], ""), "apply_t5_attn_mask": (True if config.family == "chroma" else None, "")}
     unmapped = ["settings.ema"] if s["ema"] else []
     unmapped += _mask_and_validation(config, s)
     if config.method == "lora" and s["lora_targets"] == "attn":

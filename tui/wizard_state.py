@@ -364,6 +364,12 @@ class WizardState:
 
         return rank_recipes(self.planned_family(), self.method, self.gpus, load_recipes(), self.kept_settings(), shape=self.shape())
 
+    def recipe_choice(self, ranked: list[Any]) -> Any:
+        """The picker's choice among ``ranked`` (``recipes()``) in words (core.plan.choice.Choice), or None."""
+        from core.plan.choice import choose
+
+        return choose(self.planned_family(), self.method, self.gpus, ranked, self.kept_settings(), self.shape())
+
     def shape(self) -> Any:
         """The run's shape for the fit (prior preservation with the class folder's images), as the plan has it."""
         from core.plan.picker import run_shape

@@ -130,8 +130,11 @@ SAME_SPEED = 0.02
 LOSS = {"fp8_scaled": 1, "int8": 1, "fp8": 2, "nf4": 3}
 #: What one step of precision loss must buy in speed to be chosen: a quantized base costs
 #: fidelity, so it wins only where it is this much faster per LOSS point than the lossless
-#: combination that fits (e.g. FLUX on 24 GB, where bf16 would stream half its blocks), or
-#: where nothing lossless fits at all.
+#: combination that fits, or where nothing lossless fits at all (T5-XXL's caption pass on 8 or
+#: 12 GB). Streaming bf16 blocks is about free where a block's compute outlasts its copy (FLUX.1
+#: at 1024 px on 16 and 24 GB cards: the bf16 base with more blocks swapped is as fast as an fp8
+#: one, whose weights are upcast at every use), so there the lossless base is kept; see
+#: tests/test_picker_choice.py.
 LOSS_PRICE = 1.5
 
 
@@ -251,12 +254,13 @@ def rank_recipes(
 
 
 def _order(fit: RecipeFit) -> tuple[float | str, ...]:
-    """Fitting recipes fastest first (those at the resolution asked for before those that had to
-    lower it: fewer pixels learn less); the others lightest first (closest to fitting)."""
+    """Fitting recipes at the most pixels first (fewer pixels learn less: a recipe written or
+    composed at a lower resolution follows), then fastest first; the others lightest first
+    (closest to fitting)."""
     if fit.fits:
         worth = worth_speed(fit)
         speed = -math.floor(math.log(worth) / math.log(1 + SAME_SPEED)) if worth else 0
-        return (0, int("resolution" in fit.changes), speed, precision_loss(fit.settings), -(fit.images_per_second or 0.0), len(fit.changes), fit.estimate.total_bytes, fit.name)
+        return (0, -int(fit.settings["resolution"]), speed, precision_loss(fit.settings), -(fit.images_per_second or 0.0), len(fit.changes), fit.estimate.total_bytes, fit.name)
     return (1, fit.estimate.total_bytes, fit.name)
 
 

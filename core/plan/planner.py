@@ -69,6 +69,8 @@ class Plan:
     vram_fits: bool | None = None
     #: Host RAM: ``need_gb``, ``have_gb`` (None: unknown), ``fits``, ``phase``, ``breakdown`` (GiB).
     ram: dict[str, Any] = field(default_factory=dict)
+    #: The picker's choice in words (core.plan.choice: ``composed``, ``over``, ``reasons``); empty when the settings were not picked.
+    choice: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -157,6 +159,7 @@ class Plan:
             "headroom": HEADROOM,
             "memory": dict(self.memory),
             "ram": dict(self.ram),
+            "choice": dict(self.choice),
             "prior_preservation": self.prior_preservation,
             "images_per_second_per_gpu": round(self.images_per_second_per_gpu, 3) if self.images_per_second_per_gpu else None,
             "dataset": self._dataset_json(processes),
@@ -196,9 +199,10 @@ class Plan:
         return self.validation.to_json(total, self.images_per_second_per_gpu, max(1, processes))
 
 
-def make_plan(config: Any, scan: Any, gpus: Any, price_per_gpu_hour: float | None = None, ram_bytes: int | None = None) -> Plan:
+def make_plan(config: Any, scan: Any, gpus: Any, price_per_gpu_hour: float | None = None, ram_bytes: int | None = None, choice: Any = None) -> Plan:
     """Plan ``config`` (a RunConfig) on ``scan`` (a DatasetScan) for ``gpus`` (a GpuSet) on a
     machine with ``ram_bytes`` of RAM (None: unknown, the RAM need is shown but not judged).
+    ``choice`` (core.plan.choice.Choice) says what the picker composed and why, when it picked.
 
     Without a ``scan`` (None) the plan has the recipe, the VRAM estimate and the fit, no
     dataset and no schedule table, and a warning that says the table needs a dataset.
@@ -255,6 +259,7 @@ def make_plan(config: Any, scan: Any, gpus: Any, price_per_gpu_hour: float | Non
         memory=memory_summary(planned, method, settings, gpus, shape, fit),
         vram_fits=fit.estimate.fits(smallest.vram_total_bytes) if smallest is not None else None,
         ram=ram_summary(fit),
+        choice=choice.to_json() if choice is not None else {},
     )
     _explain(plan, scan, gpus, fit, shape)
     plan.warnings += variant_warnings(family, str(config.model_path or ""))

@@ -13,7 +13,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from core.families import FAMILIES, spec
+from core.errors import UserError
+from core.families import spec
 from core.memory.trainable import settled, trainable
 from core.settings import FULL_METHODS
 
@@ -95,10 +96,19 @@ def dense_tflops(gpu: Any, mixed_precision: str) -> float | None:
     return (fp16 / 4 if mixed_precision == "no" else fp16) or None
 
 
+def _known(family: str) -> bool:
+    """Whether ``family`` names a family or a variant planned on its own (``sd35-large``)."""
+    try:
+        spec(family)
+    except UserError:
+        return False
+    return True
+
+
 def images_per_second(family: str, method: str, settings: dict[str, Any], gpu: Any, accumulation: int = 1) -> float | None:
     """Training images per second on one GPU, the memory techniques priced in; None without a
     known GPU (e.g. on the CPU)."""
-    if gpu is None or family not in FAMILIES:
+    if gpu is None or not _known(family):
         return None
     settings = settled(settings)
     tflops = dense_tflops(gpu, str(settings["mixed_precision"]))
@@ -235,7 +245,7 @@ def sample_seconds_per_image(family: str, settings: dict[str, Any], gpu: Any, st
     """Seconds one GPU takes to render one image at the training resolution (a sample, a class
     image): ``steps`` denoiser forwards (two with classifier-free ``guidance``), the text encoders
     once, the VAE decoder once; None without a known GPU."""
-    if gpu is None or family not in FAMILIES:
+    if gpu is None or not _known(family):
         return None
     settings = settled(settings)
     tflops = dense_tflops(gpu, str(settings["mixed_precision"]))

@@ -484,6 +484,8 @@ def build_optimizer(config: Any, accel: Accel, model: Model, data: Batches, metr
     modules = list(method.modules.items())
     # a swapped denoiser is placed already: accelerate's move would bring every block to the device
     placement = [not (model.swap is not None and m is model.components.denoiser) for _, m in modules]
+    if model.swap is not None and accel.world > 1:
+        keep_swapped_blocks_out_of_ddp(model.components.denoiser, model.swap)
     prepared = acc.prepare(*[m for _, m in modules], device_placement=placement)
     prepared = prepared if isinstance(prepared, tuple) else (prepared,)
     wrapped = dict(zip([n for n, _ in modules], prepared))
@@ -507,6 +509,21 @@ def build_optimizer(config: Any, accel: Accel, model: Model, data: Batches, metr
         optimizer = acc.prepare(make_optimizer(name, groups, lr, warmup, s))
         lr_scheduler = make_scheduler(sched["lr_scheduler"], optimizer.optimizer, warmup, total_steps, *shape, optimizer_name=name)
     return Optimization(wrapped, optimizer, lr_scheduler, fused_pass, params), Progress(total_steps, steps_per_epoch)
+
+
+def keep_swapped_blocks_out_of_ddp(denoiser: Any, swap: Any) -> list[str]:
+    """Leave the swapped blocks' frozen tensors out of what DDP broadcasts from rank 0 (every
+    parameter when it wraps the module, the buffers before each forward): they live in host
+    memory, which NCCL cannot broadcast, each rank streams its own copy, and every rank read the
+    same base from the same files. Their names, as DDP reads them."""
+    from itertools import chain
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    swapped = {id(t) for block in swap.swapped.values() for t in block.tensors}
+    names = [name for name, tensor in chain(denoiser.named_parameters(), denoiser.named_buffers()) if id(tensor) in swapped]
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(denoiser, names)
+    return names
 
 
 def resume(session: Session, progress: Progress, run: RunDir, metrics: MetricsWriter) -> None:

@@ -30,6 +30,7 @@ class RecipeStep(Step):
         yield Static("", id="recipe-gpu", classes="help")
         yield OptionList(id="recipes")
         yield Static("", id="recipe-summary", classes="help")
+        yield Static("", id="recipe-choice", classes="help")
         yield Static("", id="estimate")
         for key in MAIN_SETTINGS:
             yield SettingField(SETTINGS[key], self.state.settings[key], id=f"f-{key}")
@@ -74,13 +75,16 @@ class RecipeStep(Step):
         names = [f.name for f in self.fits]
         if self.state.recipe in names:
             options.highlighted = names.index(self.state.recipe)
+        why = choice_text(self.state.recipe_choice(self.fits) if self.fits else None)
+        shown = self.query_one("#recipe-choice", Static)
+        shown.update(why)
+        shown.display = bool(why)
 
     def on_option_list_option_highlighted(self, event: OptionList.OptionHighlighted) -> None:
         """The highlighted recipe's summary in full (the list cuts it on a narrow terminal)."""
         event.stop()
         fit = next((f for f in self.fits if f.name == event.option.id), None)
-        summary = getattr(fit.recipe, "summary", "") if fit is not None else ""
-        self.query_one("#recipe-summary", Static).update(f"{fit.name}: {summary}" if fit is not None and summary else "")
+        self.query_one("#recipe-summary", Static).update(summary_text(fit, self.state.gpus) if fit is not None else "")
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         event.stop()
@@ -112,6 +116,25 @@ class RecipeStep(Step):
             label.update(Text(str(exc), style="red"))
             return
         label.update(estimate_line(fit, self.state.gpus.smallest, self.state.recipe))
+
+
+def summary_text(fit: Any, gpus: Any) -> str:
+    """The highlighted recipe as what it is: ``composed for 1 × 12 GiB from flux-lora-48gb: int8 text
+    encoders, 52 blocks swapped; as written: <its summary>``, or ``NAME: <its summary>``."""
+    from core.plan.choice import composition
+
+    summary = getattr(fit.recipe, "summary", "") or ""
+    composed = composition(fit, gpus) if getattr(fit, "changes", None) else ""
+    if composed:
+        return f"{composed}; as written: {summary}" if summary else composed
+    return f"{fit.name}: {summary}" if summary else ""
+
+
+def choice_text(choice: Any) -> str:
+    """Why the first recipe is first (core.plan.choice.Choice.reasons), one per line; empty without reasons."""
+    if choice is None or not choice.reasons:
+        return ""
+    return "\n".join(f"Why: {reason}" for reason in choice.reasons)
 
 
 def recipe_line(fit: Any, vram: int | None, name_width: int = 0) -> Text:
