@@ -18,6 +18,7 @@ from core.errors import UserError
 from core.families import llm_text, loading
 from core.families.detect import hub_reachable
 from core.families.embeddings import TextEmbeddings
+from core.families.flow_mmdit import scaled_fp8, single_file
 from core.families.flow_mmdit.runtime import FlowRuntime
 from core.families.lora_files import diffusers_metadata, diffusers_state_dict, from_file, kohya_state_dict
 from core.families.objectives import FlowObjective
@@ -60,14 +61,19 @@ class ZImageRuntime(FlowRuntime):
         return loaded
 
     def text_encoder_from_file(self, path: Path, like: Any, dtype: Any) -> Any:
-        """A Qwen3 text-encoder file (transformers' names, or ComfyUI's ``qwen_3_4b`` causal-LM layout, fp8 allowed) into a copy of ``like``."""
+        """A Qwen3 text-encoder file (transformers' names, or ComfyUI's ``qwen_3_4b`` causal-LM layout, fp8 or scaled fp8) into a copy of ``like``."""
         import copy
 
         import torch
-        from safetensors.torch import load_file
 
+        target = dtype or torch.float32
         try:
-            state = layout.text_encoder_state(load_file(str(path)), dtype or torch.float32)
+            tensors, metadata = scaled_fp8.read(path)
+            found = scaled_fp8.dequantize(tensors, target, str(path), metadata)
+            state = layout.text_encoder_state(found.tensors)
+            scales = scaled_fp8.converted_scales(found, layout.text_encoder_state)
+        except loading.ModelLoadError:
+            raise
         except Exception as exc:
             raise loading.ModelLoadError(f"The text encoder file {path} could not be read ({loading.short(exc)}); give Z-Image's Qwen3-4B .safetensors file.") from exc
         module = copy.deepcopy(like)
@@ -76,27 +82,11 @@ class ZImageRuntime(FlowRuntime):
             raise loading.ModelLoadError(
                 f"The text encoder file {path} does not fit Z-Image's {type(like).__name__} ({len(missing)} weights missing, {len(unexpected)} unexpected); give the Qwen3-4B file Z-Image uses."
             )
-        return module.to(dtype=dtype or torch.float32)
+        return scaled_fp8.mark(module.to(dtype=target), scales)
 
     def denoiser_from_file(self, path: Path, like: Any, dtype: Any) -> Any:
         """A transformer file in the original layout (bf16, fp16, fp8, scaled fp8) into a copy of ``like``."""
-        import copy
-
-        import torch
-        from safetensors.torch import load_file
-
-        target = dtype if dtype is not None else torch.float32
-        try:
-            state = layout.to_diffusers(load_file(str(path)), target)
-        except Exception as exc:
-            raise loading.ModelLoadError(f"The transformer file {path} could not be read ({loading.short(exc)}); give a Z-Image .safetensors file.") from exc
-        module = copy.deepcopy(like)
-        missing, unexpected = module.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise loading.ModelLoadError(
-                f"The transformer file {path} does not fit the model's {type(like).__name__} ({len(missing)} weights missing, {len(unexpected)} unexpected); give a Z-Image transformer file."
-            )
-        return module.to(dtype=target)
+        return single_file.read_denoiser(self.spec, path, like, dtype, layout.to_diffusers)
 
     def single_file_parts(self, path: Path, config: str, dtypes: Mapping[str, Any] | None) -> dict[str, Any]:
         """A transformer-only file (ComfyUI's layout): the other parts from the diffusers folder beside it (or given, or the hub)."""
