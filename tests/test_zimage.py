@@ -48,6 +48,40 @@ def test_the_variants_sample_as_their_model_cards_say():
     assert family.text_encoders[0].max_tokens == 512 and not family.text_encoders[0].trainable
 
 
+def test_turbo_and_base_keep_their_own_flow_shift():
+    """Tongyi-MAI/Z-Image-Turbo's scheduler_config.json: shift 3.0; Tongyi-MAI/Z-Image's (Base): 6.0; neither dynamic."""
+    family = spec("zimage")
+    turbo, base = family.scheduler_config("z-image-turbo"), family.scheduler_config("z-image")
+    assert (turbo["shift"], turbo["use_dynamic_shifting"]) == (3.0, False)
+    assert (base["shift"], base["use_dynamic_shifting"]) == (6.0, False)
+
+
+def test_a_base_file_over_a_turbo_folder_trains_and_samples_at_base_shift(zimage, tmp_path):
+    import json
+    import shutil
+
+    from core.families.protocol import ModelSource
+
+    assert load_components(str(zimage)).objective.shift == 3.0  # the folder's own scheduler (Turbo's)
+    base_file = build_tiny_single_file("zimage", tmp_path / "z_image_bf16.safetensors")  # ComfyUI's Base name
+    base = load_components(str(base_file))
+    assert base.variant == "z-image" and base.objective.shift == 6.0 and base.scheduler.config.shift == 6.0
+    assert RT.sample_defaults(base.variant) == (50, 4.0)
+    split = RT.load(ModelSource(str(zimage), denoiser=str(base_file)))
+    assert (split.variant, split.scheduler.config.shift) == ("z-image", 6.0)
+    turbo_file = build_tiny_single_file("zimage", tmp_path / "z_image_turbo_bf16.safetensors")
+    turbo = load_components(str(turbo_file))
+    assert (turbo.variant, turbo.objective.shift) == ("z-image-turbo", 3.0)
+    # a folder whose name says nothing: its scheduler tells (Base's shift 6.0), and it is not overridden
+    folder = shutil.copytree(zimage, tmp_path / "my-model")
+    config = folder / "scheduler" / "scheduler_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "shift": 6.0}))
+    assert (RT.load(ModelSource(str(folder))).variant, load_components(str(folder)).objective.shift) == ("z-image", 6.0)
+    config.write_text(json.dumps({**json.loads(config.read_text()), "shift": 2.0}))
+    custom = load_components(str(folder))
+    assert (custom.variant, custom.objective.shift) == ("z-image-turbo", 2.0)
+
+
 def test_zimage_models_are_told_apart_from_their_files_and_names(zimage, tmp_path):
     single = build_tiny_single_file("zimage", tmp_path / "z_image_turbo_bf16.safetensors")
     assert detect_family(str(zimage)) == "zimage"

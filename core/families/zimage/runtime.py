@@ -9,6 +9,7 @@ of the flow target ``ε - x₀`` is minus its output.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -37,6 +38,32 @@ def variant_of_name(name: str) -> str:
     return SPEC.variant_of_name(name).name
 
 
+def named_variant(name: str) -> str:
+    """The variant a folder, file or hub name names itself ("" where its own name names neither)."""
+    own = Path(name).name.lower()
+    return next((v.name for v in SPEC.variants if v.name == name or (v.name_pattern and re.search(v.name_pattern, own))), "")
+
+
+def shift_rule(scheduler_config: Mapping[str, Any]) -> tuple[float, bool]:
+    """What tells the variants' schedulers apart: the shift and whether it is dynamic."""
+    return float(scheduler_config.get("shift", 1.0)), bool(scheduler_config.get("use_dynamic_shifting", False))
+
+
+def denoiser_file(source: ModelSource) -> str:
+    """The transformer file of a source: ``model.denoiser``, or ``model.path`` when it is a single file ("" for a folder or hub id)."""
+    return source.denoiser or (source.path if Path(source.path).expanduser().is_file() else "")
+
+
+def variant_of_source(source: ModelSource, scheduler_config: Mapping[str, Any]) -> str:
+    """The variant of a loaded model: a transformer file's own name first (its configs may come from the
+    other variant's folder: Base and Turbo share the VAE and text encoder), else the scheduler's shift
+    (Turbo 3.0, Base 6.0), else the folder's or hub id's name, else Turbo."""
+    file = denoiser_file(source)
+    by_scheduler = next((v.name for v in SPEC.variants if shift_rule(SPEC.scheduler_config(v.name)) == shift_rule(scheduler_config)), "")
+    chosen = (named_variant(file) or by_scheduler) if file else (by_scheduler or named_variant(source.path))
+    return chosen or SPEC.variant().name
+
+
 def block_indices(text: str, count: int) -> set[int]:
     """``settings.train_block_indices``: ``all`` / empty, ``none``, or ``0,3,5-9`` (ranges inclusive); UserError naming a bad one."""
     from core.families.flux.runtime import parse_indices
@@ -49,7 +76,9 @@ class ZImageRuntime(FlowRuntime):
 
     # ---- loading
     def load(self, source: ModelSource, dtypes: Mapping[str, Any] | None = None) -> LoadedModel:
-        """The flow base's loading, a ComfyUI text-encoder file read into the Qwen3 model, the variant from the model's name."""
+        """The flow base's loading, a ComfyUI text-encoder file read into the Qwen3 model, the variant
+        (:func:`variant_of_source`); a transformer file whose name names its variant brings that variant's
+        scheduler: a Base file over a Turbo folder trains and samples at Base's shift 6.0, not the folder's 3.0."""
         own = {name: file for name, file in source.text_encoders.items() if Path(file).expanduser().is_file()}
         loaded = super().load(replace(source, text_encoders={n: f for n, f in source.text_encoders.items() if n not in own}), dtypes)
         get = (dtypes or {}).get
@@ -57,7 +86,10 @@ class ZImageRuntime(FlowRuntime):
             index = self.spec.text_encoder_names.index(name)
             loaded.text_encoders[index] = self.text_encoder_from_file(Path(file).expanduser(), loaded.text_encoders[index], get(name, get("default")))
         loaded.source = source
-        loaded.variant = variant_of_name(source.denoiser or source.path)
+        loaded.variant = variant_of_source(source, dict(loaded.scheduler.config))
+        own = self.spec.scheduler_config(loaded.variant)
+        if named_variant(denoiser_file(source)) and shift_rule(own) != shift_rule(dict(loaded.scheduler.config)):
+            loaded.scheduler = type(loaded.scheduler).from_config({**dict(loaded.scheduler.config), **own})
         return loaded
 
     def text_encoder_from_file(self, path: Path, like: Any, dtype: Any) -> Any:
