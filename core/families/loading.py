@@ -90,6 +90,9 @@ def load_folder(path: Path, spec: FamilySpec, dtypes: Mapping[str, Any] | None, 
         if not isinstance(entry, list) or len(entry) != 2 or entry[0] is None:
             continue
         library, class_name = entry
+        if name.startswith("tokenizer") and class_name.endswith("Processor"):
+            parts[name] = tokenizer_of_processor(path, name, class_name)
+            continue
         cls = getattr(importlib.import_module(library), class_name)
         kwargs: dict[str, Any] = {"subfolder": name, "local_files_only": True}
         dtype = (dtypes or {}).get(name, (dtypes or {}).get("default"))
@@ -100,6 +103,47 @@ def load_folder(path: Path, spec: FamilySpec, dtypes: Mapping[str, Any] | None, 
     if missing:
         raise ModelLoadError(f"The diffusers folder {path} has no {', '.join(missing)} in model_index.json; give a complete {spec.title} folder.")
     return parts
+
+
+#: The files a multimodal processor's folder may keep its chat template in (the tokenizer's own config first).
+PROCESSOR_CHAT_TEMPLATES = ("chat_template.jinja", "chat_template.json")
+
+
+def tokenizer_of_processor(folder: Path, name: str, class_name: str) -> Any:
+    """The tokenizer inside a multimodal processor's folder (FLUX.2-dev's ``tokenizer`` is a ``PixtralProcessor``).
+
+    Training reads captions only, so the image processor is never built: ``PixtralProcessor``
+    needs torchvision, which sdtui does not install. The tokenizer takes the processor's chat
+    template where its own config has none (what the pipeline applies when it samples).
+    """
+    from transformers import AutoTokenizer
+
+    part = folder / name
+    where = f"The {class_name} in {part}"
+    if not any((part / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        raise ModelLoadError(f"{where} has no tokenizer (tokenizer.json / tokenizer_config.json); copy the model's whole {name} folder from its hub repository.")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), subfolder=name, local_files_only=True)
+    except Exception as exc:
+        raise ModelLoadError(f"{where} has a tokenizer that could not be read ({short(exc)}); copy the model's whole {name} folder from its hub repository.") from exc
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = _processor_chat_template(part)
+    if not tokenizer.chat_template:
+        raise ModelLoadError(
+            f"{where} has no chat template ({', '.join(PROCESSOR_CHAT_TEMPLATES)}), which the pipeline applies to every caption; copy the model's whole {name} folder from its hub repository."
+        )
+    return tokenizer
+
+
+def _processor_chat_template(part: Path) -> str | None:
+    """A processor folder's chat template (``chat_template.jinja``, or the ``chat_template`` of ``chat_template.json``)."""
+    jinja, packed = (part / f for f in PROCESSOR_CHAT_TEMPLATES)
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    if packed.is_file():
+        template = json.loads(packed.read_text(encoding="utf-8")).get("chat_template")
+        return template if isinstance(template, str) else None
+    return None
 
 
 def config_for_single_file(path: Path, config_path: str) -> str | None:
