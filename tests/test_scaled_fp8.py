@@ -1,4 +1,4 @@
-"""ComfyUI's scaled-fp8 single files, read by the loader the flow families share (``core/families/flow_mmdit/scaled_fp8.py``):
+"""ComfyUI's scaled-fp8 single files, read by the loader the flow families share (``core/families/scaled_fp8.py``):
 each family's tiny single file, written as ComfyUI's ``*_fp8_scaled`` files are, loads to the original weights within
 fp8 rounding and is still detected; ``base_precision = "fp8"`` stores the file's own fp8 values again; odd files are refused."""
 
@@ -13,8 +13,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from core.errors import UserError
+from core.families import scaled_fp8
 from core.families.detect import family_of_file
-from core.families.flow_mmdit import scaled_fp8
 
 E4M3_MAX = 448.0
 

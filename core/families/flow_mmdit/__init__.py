@@ -9,7 +9,6 @@ composed by each family's runtime:
 * ``latents.py``    16-channel VAE latents with scaling *and* shift; 2×2 patch packing and image ids
 * ``models.py``     attention backend, gradient checkpointing, adapters, schedulers of diffusers transformers
 * ``single_file.py`` transformer-only single files (ComfyUI's ``diffusion_models``), the other parts from a folder or the hub
-* ``scaled_fp8.py`` ComfyUI's fp8 and scaled-fp8 weights, dequantized (and their scales kept for fp8 storage)
 * ``tiny.py``       the toy 16-channel VAE and the flow scheduler of the tiny models
 * ``runtime.py``    :class:`FlowRuntime`, the hooks every such family shares, built from the above
 

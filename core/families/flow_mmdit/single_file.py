@@ -3,7 +3,7 @@ the flow transformer families whose releases ship the transformer, the VAE and t
 
 The other parts come from a diffusers folder of the same model (beside the file, named like it, or
 ``model.config``) or, with network access, from the hub; the file's tensors are read as ComfyUI
-writes them (plain or scaled fp8 dequantized to the training dtype, ``scaled_fp8.py``), renamed
+writes them (plain or scaled fp8 dequantized to the training dtype, ``core/families/scaled_fp8.py``), renamed
 by the family (``to_diffusers``) and loaded into the folder's transformer, which keeps the file's
 fp8 scales for ``settings.base_precision = "fp8"``. Torch is imported inside the functions.
 """
@@ -14,9 +14,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from core.families import loading
+from core.families import loading, scaled_fp8
 from core.families.detect import hub_reachable
-from core.families.flow_mmdit import scaled_fp8
 from core.families.spec import FamilySpec
 
 #: The prefixes checkpoint files put before the transformer's own names (ComfyUI's and the original repos').

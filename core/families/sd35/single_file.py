@@ -4,7 +4,7 @@ Each part is found by its prefix (``core/families/sd35/layout.py``): the MMDiT a
 through diffusers' own converters, the text encoders are in transformers' names already. fp8
 tensors (``float8_e4m3fn``/``e5m2``, what ComfyUI users keep, and ComfyUI's scaled fp8 with a
 ``scale_weight`` per weight) are dequantized to the part's dtype (fp32 when none is asked for) by
-the flow families' shared reader (``core/families/flow_mmdit/scaled_fp8.py``): the trainer
+the flow families' shared reader (``core/families/scaled_fp8.py``): the trainer
 computes in bf16/fp16/fp32, and each part keeps the file's fp8 scales for ``base_precision = "fp8"``. A part the file lacks
 comes from its split file (run.toml ``[model]``), else from the diffusers folder that describes
 the file when that holds weights; otherwise one sentence names the part and where to give it.
@@ -18,9 +18,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from core.families import loading
+from core.families import loading, scaled_fp8
 from core.families.detect import hub_reachable
-from core.families.flow_mmdit import scaled_fp8
 from core.families.protocol import ModelSource
 from core.families.sd35 import layout
 from core.families.spec import FamilySpec

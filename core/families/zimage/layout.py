@@ -8,7 +8,7 @@ dict per patch size (``all_x_embedder.2-1``); every other name is the same (diff
 read the same table). The key table is data (:data:`NAMES`), used both ways.
 
 ComfyUI's fp8 and scaled-fp8 files are dequantized before these renames by the loader every
-flow family shares (``core/families/flow_mmdit/scaled_fp8.py``); the text encoder's file
+flow family shares (``core/families/scaled_fp8.py``); the text encoder's file
 (``qwen_3_4b.safetensors``) is Qwen3's causal-LM state dict, whose inner model is the
 ``Qwen3Model`` Z-Image uses. Torch is imported inside the functions.
 """

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import UserError
-from core.families import llm_text, loading
+from core.families import llm_text, loading, scaled_fp8
 from core.families.detect import hub_reachable
 from core.families.embeddings import TextEmbeddings
-from core.families.flow_mmdit import scaled_fp8, single_file
+from core.families.flow_mmdit import single_file
 from core.families.flow_mmdit.runtime import FlowRuntime
 from core.families.lora_files import diffusers_metadata, diffusers_state_dict, from_file, kohya_state_dict
 from core.families.objectives import FlowObjective

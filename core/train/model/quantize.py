@@ -9,7 +9,7 @@ from a maintained library, except plain fp8 storage, which is a cast:
   as ``uint8`` so that nothing casts them as a float dtype (``module.to(dtype)``, or peft, which
   would give the LoRA weights it adds the base weight's float dtype). A weight read from a
   ComfyUI scaled-fp8 file keeps that file's fp8 values and per-tensor scale (the loader leaves
-  them on the module, ``core.families.flow_mmdit.scaled_fp8.FILE_SCALES``) instead of a plain
+  them on the module, ``core.families.scaled_fp8.FILE_SCALES``) instead of a plain
   cast, which would lose the small weights the scale was there for.
 - ``fp8_scaled``: torchao's float8 weight-only tensor with one scale per output row (finer than
   the per-tensor scale of ComfyUI's fp8-scaled files), dequantized for the matmul.
@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.families.flow_mmdit.scaled_fp8 import FILE_SCALES
+from core.families.scaled_fp8 import FILE_SCALES
 from core.settings import QUANTIZED_PRECISIONS
 
 
@@ -106,7 +106,7 @@ def quantize(module: nn.Module, precision: str, keep: Callable[[str], bool], dev
     ``precision`` is one of :data:`core.settings.QUANTIZED_PRECISIONS` (others change nothing).
     The compute dtype is each layer's dtype before; nf4 layers end on ``device`` (bitsandbytes
     quantizes on the move), the others stay where they are. ``fp8`` layers whose weight came from
-    a scaled-fp8 file keep that file's scale (:data:`~core.families.flow_mmdit.scaled_fp8.FILE_SCALES`).
+    a scaled-fp8 file keep that file's scale (:data:`~core.families.scaled_fp8.FILE_SCALES`).
     """
     if precision not in QUANTIZED_PRECISIONS:
         return 0
