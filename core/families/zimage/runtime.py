@@ -87,9 +87,9 @@ class ZImageRuntime(FlowRuntime):
             loaded.text_encoders[index] = self.text_encoder_from_file(Path(file).expanduser(), loaded.text_encoders[index], get(name, get("default")))
         loaded.source = source
         loaded.variant = variant_of_source(source, dict(loaded.scheduler.config))
-        own = self.spec.scheduler_config(loaded.variant)
-        if named_variant(denoiser_file(source)) and shift_rule(own) != shift_rule(dict(loaded.scheduler.config)):
-            loaded.scheduler = type(loaded.scheduler).from_config({**dict(loaded.scheduler.config), **own})
+        variant_scheduler = self.spec.scheduler_config(loaded.variant)
+        if named_variant(denoiser_file(source)) and shift_rule(variant_scheduler) != shift_rule(dict(loaded.scheduler.config)):
+            loaded.scheduler = type(loaded.scheduler).from_config({**dict(loaded.scheduler.config), **variant_scheduler})
         return loaded
 
     def text_encoder_from_file(self, path: Path, like: Any, dtype: Any) -> Any:
