@@ -126,3 +126,16 @@ def test_a_file_whose_scales_do_not_match_its_weights_is_refused_in_one_sentence
         load_components(str(single))
     message = str(caught.value)
     assert "without the weight" in message and "give an unmodified ComfyUI fp8_scaled file or the bf16 one" in message and message.count(". ") == 0
+
+
+@pytest.mark.slow
+def test_a_lora_trains_on_a_scaled_fp8_file_kept_in_fp8(tmp_path, kohya_dataset) -> None:
+    from core.train.model.tiny import build_tiny_single_file
+    from tests.train_helpers import make_run, metrics, status, train
+
+    single = build_tiny_single_file("flux2", tmp_path / "flux-2-klein-4b_fp8_scaled.safetensors")
+    quantize_like_comfyui(single)
+    run = make_run(tmp_path / "run", single, kohya_dataset(((1, "sks dog", 2),)), "flux2", "lora", settings={"base_precision": "fp8"}, schedule={"max_steps": 2})
+    assert train(run) == 0
+    assert status(run)["state"] == "finished" and len(metrics(run, "step")) == 2
+    assert any("linear layers stored in fp8" in m["message"] for m in metrics(run, "event"))
