@@ -77,3 +77,21 @@ def test_a_dev_folder_missing_a_text_piece_is_refused_in_one_sentence(dev_folder
         (broken / "tokenizer" / name).unlink(missing_ok=True)
     with pytest.raises(UserError, match=r"has no tokenizer \(tokenizer\.json / tokenizer_config\.json\); copy the model's whole tokenizer folder"):
         load_folder(broken, flux2.SPEC, None, skip=("transformer", "vae", "text_encoder"))
+
+
+@pytest.mark.slow
+def test_a_cached_dev_hub_id_loads_its_tokenizer_without_torchvision(dev_folder, tmp_path, monkeypatch) -> None:
+    """The hub id, read from the local Hugging Face cache (offline): the pipeline gets the processor's tokenizer."""
+    import huggingface_hub.constants
+
+    from core.train.model.loading import load_components
+
+    cache = tmp_path / "hub"
+    repo = cache / "models--black-forest-labs--FLUX.2-dev"
+    shutil.copytree(dev_folder, repo / "snapshots" / "0123456789abcdef")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123456789abcdef")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    components = load_components("black-forest-labs/FLUX.2-dev")
+    assert components.variant == "flux2-dev" and "torchvision" not in sys.modules
+    assert not hasattr(components.tokenizers[0], "image_processor") and components.tokenizers[0].chat_template

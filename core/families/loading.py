@@ -135,6 +135,22 @@ def tokenizer_of_processor(folder: Path, name: str, class_name: str) -> Any:
     return tokenizer
 
 
+def _hub_processor_tokenizers(model_id: str, online: bool) -> dict[str, Any]:
+    """The tokenizer parts a hub model's ``model_index.json`` names as multimodal processors, each read as its
+    tokenizer alone (:func:`tokenizer_of_processor`), to hand to the pipeline instead of the processor."""
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    try:
+        index = json.loads(Path(hf_hub_download(model_id, "model_index.json", local_files_only=not online)).read_text(encoding="utf-8"))
+    except Exception:  # noqa: BLE001 - no index: the pipeline's own loading says why
+        return {}
+    names = {n: str(e[1]) for n, e in index.items() if n.startswith("tokenizer") and isinstance(e, list) and len(e) == 2 and str(e[1]).endswith("Processor")}
+    if not names:
+        return {}
+    folder = Path(snapshot_download(model_id, allow_patterns=[f"{n}/*" for n in names], local_files_only=not online))
+    return {name: tokenizer_of_processor(folder, name, cls) for name, cls in names.items()}
+
+
 def _processor_chat_template(part: Path) -> str | None:
     """A processor folder's chat template (``chat_template.jinja``, or the ``chat_template`` of ``chat_template.json``)."""
     jinja, packed = (part / f for f in PROCESSOR_CHAT_TEMPLATES)
@@ -178,7 +194,10 @@ def load_hub(model_id: str, dtypes: Mapping[str, Any] | None, extras: Mapping[st
     online = hub_reachable()
     extra: dict[str, Any] = {"torch_dtype": dict(dtypes)} if dtypes else {}
     try:
-        pipe = DiffusionPipeline.from_pretrained(model_id, local_files_only=not online, **extras, **extra)
+        given = _hub_processor_tokenizers(model_id, online)  # diffusers takes no tokenizer in a processor's place: left out, put back below
+        pipe = DiffusionPipeline.from_pretrained(model_id, local_files_only=not online, **extras, **extra, **dict.fromkeys(given))
+    except ModelLoadError:
+        raise
     except Exception as exc:
         if not online:
             raise ModelLoadError(
@@ -186,7 +205,7 @@ def load_hub(model_id: str, dtypes: Mapping[str, Any] | None, extras: Mapping[st
                 "download it on a machine with network access (huggingface-cli download) and give its folder as the model path."
             ) from exc
         raise ModelLoadError(f"The hub model '{model_id}' could not be loaded ({short(exc)}); check the id and your access to it.") from exc
-    parts = dict(pipe.components)
+    parts = {**dict(pipe.components), **given}
     denoiser = next((parts[n] for n in ("unet", "transformer") if parts.get(n) is not None), None)
     text = parts["text_encoder"].config.to_dict() if parts.get("text_encoder") is not None else {}
     family = family_of_configs({n for n, m in parts.items() if m is not None}, type(pipe).__name__, dict(denoiser.config) if denoiser is not None else {}, text, where=f"'{model_id}'")
