@@ -48,6 +48,40 @@ def test_the_variants_sample_as_their_model_cards_say():
     assert family.text_encoders[0].max_tokens == 512 and not family.text_encoders[0].trainable
 
 
+def test_turbo_and_base_keep_their_own_flow_shift():
+    """Tongyi-MAI/Z-Image-Turbo's scheduler_config.json: shift 3.0; Tongyi-MAI/Z-Image's (Base): 6.0; neither dynamic."""
+    family = spec("zimage")
+    turbo, base = family.scheduler_config("z-image-turbo"), family.scheduler_config("z-image")
+    assert (turbo["shift"], turbo["use_dynamic_shifting"]) == (3.0, False)
+    assert (base["shift"], base["use_dynamic_shifting"]) == (6.0, False)
+
+
+def test_a_base_file_over_a_turbo_folder_trains_and_samples_at_base_shift(zimage, tmp_path):
+    import json
+    import shutil
+
+    from core.families.protocol import ModelSource
+
+    assert load_components(str(zimage)).objective.shift == 3.0  # the folder's own scheduler (Turbo's)
+    base_file = build_tiny_single_file("zimage", tmp_path / "z_image_bf16.safetensors")  # ComfyUI's Base name
+    base = load_components(str(base_file))
+    assert base.variant == "z-image" and base.objective.shift == 6.0 and base.scheduler.config.shift == 6.0
+    assert RT.sample_defaults(base.variant) == (50, 4.0)
+    split = RT.load(ModelSource(str(zimage), denoiser=str(base_file)))
+    assert (split.variant, split.scheduler.config.shift) == ("z-image", 6.0)
+    turbo_file = build_tiny_single_file("zimage", tmp_path / "z_image_turbo_bf16.safetensors")
+    turbo = load_components(str(turbo_file))
+    assert (turbo.variant, turbo.objective.shift) == ("z-image-turbo", 3.0)
+    # a folder whose name says nothing: its scheduler tells (Base's shift 6.0), and it is not overridden
+    folder = shutil.copytree(zimage, tmp_path / "my-model")
+    config = folder / "scheduler" / "scheduler_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "shift": 6.0}))
+    assert (RT.load(ModelSource(str(folder))).variant, load_components(str(folder)).objective.shift) == ("z-image", 6.0)
+    config.write_text(json.dumps({**json.loads(config.read_text()), "shift": 2.0}))
+    custom = load_components(str(folder))
+    assert (custom.variant, custom.objective.shift) == ("z-image-turbo", 2.0)
+
+
 def test_zimage_models_are_told_apart_from_their_files_and_names(zimage, tmp_path):
     single = build_tiny_single_file("zimage", tmp_path / "z_image_turbo_bf16.safetensors")
     assert detect_family(str(zimage)) == "zimage"
@@ -120,7 +154,7 @@ def test_comfyui_split_files_fp8_included_replace_the_parts(zimage, tmp_path):
         vae_path=str(tmp_path / "ae.safetensors"),
         split_files={"denoiser": str(tmp_path / "z_image_turbo_fp8_e4m3fn.safetensors"), "qwen3": str(tmp_path / "qwen_3_4b.safetensors")},
     )
-    upcast = layout.to_diffusers(fp8, torch.float32)
+    upcast = layout.to_diffusers({k: v.float() for k, v in fp8.items()})
     for name, tensor in _weights(split.denoiser).items():
         torch.testing.assert_close(tensor, upcast[name].float())  # the fp8 values, upcast
     assert max((_weights(split.denoiser)[n] - t).abs().max().item() for n, t in _weights(base.denoiser).items()) < 0.1
@@ -128,15 +162,6 @@ def test_comfyui_split_files_fp8_included_replace_the_parts(zimage, tmp_path):
         torch.testing.assert_close(_weights(split.text_encoders[0])[name], tensor)
     with pytest.raises(UserError, match="qwen"):
         load_components(str(zimage), split_files={"t5xxl": str(tmp_path / "qwen_3_4b.safetensors")})
-
-
-def test_scaled_fp8_weights_are_multiplied_by_their_scale():
-    weight = torch.tensor([[1.0, -2.0], [0.5, 4.0]])
-    scale = torch.tensor(0.25)
-    state = {"layers.0.feed_forward.w1.weight": (weight / scale).to(torch.float8_e4m3fn), "layers.0.feed_forward.w1.scale_weight": scale, "scaled_fp8": torch.zeros(2)}
-    out = layout.dequantize(state, torch.bfloat16)
-    assert set(out) == {"layers.0.feed_forward.w1.weight"} and out["layers.0.feed_forward.w1.weight"].dtype == torch.bfloat16
-    torch.testing.assert_close(out["layers.0.feed_forward.w1.weight"].float(), weight)
 
 
 def test_lora_targets_and_the_block_selection(zimage):

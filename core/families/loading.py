@@ -90,6 +90,9 @@ def load_folder(path: Path, spec: FamilySpec, dtypes: Mapping[str, Any] | None, 
         if not isinstance(entry, list) or len(entry) != 2 or entry[0] is None:
             continue
         library, class_name = entry
+        if name.startswith("tokenizer") and class_name.endswith("Processor"):
+            parts[name] = tokenizer_of_processor(path, name, class_name)
+            continue
         cls = getattr(importlib.import_module(library), class_name)
         kwargs: dict[str, Any] = {"subfolder": name, "local_files_only": True}
         dtype = (dtypes or {}).get(name, (dtypes or {}).get("default"))
@@ -100,6 +103,63 @@ def load_folder(path: Path, spec: FamilySpec, dtypes: Mapping[str, Any] | None, 
     if missing:
         raise ModelLoadError(f"The diffusers folder {path} has no {', '.join(missing)} in model_index.json; give a complete {spec.title} folder.")
     return parts
+
+
+#: The files a multimodal processor's folder may keep its chat template in (the tokenizer's own config first).
+PROCESSOR_CHAT_TEMPLATES = ("chat_template.jinja", "chat_template.json")
+
+
+def tokenizer_of_processor(folder: Path, name: str, class_name: str) -> Any:
+    """The tokenizer inside a multimodal processor's folder (FLUX.2-dev's ``tokenizer`` is a ``PixtralProcessor``).
+
+    Training reads captions only, so the image processor is never built: ``PixtralProcessor``
+    needs torchvision, which sdtui does not install. The tokenizer takes the processor's chat
+    template where its own config has none (what the pipeline applies when it samples).
+    """
+    from transformers import AutoTokenizer
+
+    part = folder / name
+    where = f"The {class_name} in {part}"
+    if not any((part / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        raise ModelLoadError(f"{where} has no tokenizer (tokenizer.json / tokenizer_config.json); copy the model's whole {name} folder from its hub repository.")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), subfolder=name, local_files_only=True)
+    except Exception as exc:
+        raise ModelLoadError(f"{where} has a tokenizer that could not be read ({short(exc)}); copy the model's whole {name} folder from its hub repository.") from exc
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = _processor_chat_template(part)
+    if not tokenizer.chat_template:
+        raise ModelLoadError(
+            f"{where} has no chat template ({', '.join(PROCESSOR_CHAT_TEMPLATES)}), which the pipeline applies to every caption; copy the model's whole {name} folder from its hub repository."
+        )
+    return tokenizer
+
+
+def _hub_processor_tokenizers(model_id: str, online: bool) -> dict[str, Any]:
+    """The tokenizer parts a hub model's ``model_index.json`` names as multimodal processors, each read as its
+    tokenizer alone (:func:`tokenizer_of_processor`), to hand to the pipeline instead of the processor."""
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    try:
+        index = json.loads(Path(hf_hub_download(model_id, "model_index.json", local_files_only=not online)).read_text(encoding="utf-8"))
+    except Exception:  # noqa: BLE001 - no index: the pipeline's own loading says why
+        return {}
+    names = {n: str(e[1]) for n, e in index.items() if n.startswith("tokenizer") and isinstance(e, list) and len(e) == 2 and str(e[1]).endswith("Processor")}
+    if not names:
+        return {}
+    folder = Path(snapshot_download(model_id, allow_patterns=[f"{n}/*" for n in names], local_files_only=not online))
+    return {name: tokenizer_of_processor(folder, name, cls) for name, cls in names.items()}
+
+
+def _processor_chat_template(part: Path) -> str | None:
+    """A processor folder's chat template (``chat_template.jinja``, or the ``chat_template`` of ``chat_template.json``)."""
+    jinja, packed = (part / f for f in PROCESSOR_CHAT_TEMPLATES)
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    if packed.is_file():
+        template = json.loads(packed.read_text(encoding="utf-8")).get("chat_template")
+        return template if isinstance(template, str) else None
+    return None
 
 
 def config_for_single_file(path: Path, config_path: str) -> str | None:
@@ -134,7 +194,10 @@ def load_hub(model_id: str, dtypes: Mapping[str, Any] | None, extras: Mapping[st
     online = hub_reachable()
     extra: dict[str, Any] = {"torch_dtype": dict(dtypes)} if dtypes else {}
     try:
-        pipe = DiffusionPipeline.from_pretrained(model_id, local_files_only=not online, **extras, **extra)
+        given = _hub_processor_tokenizers(model_id, online)  # diffusers takes no tokenizer in a processor's place: left out, put back below
+        pipe = DiffusionPipeline.from_pretrained(model_id, local_files_only=not online, **extras, **extra, **dict.fromkeys(given))
+    except ModelLoadError:
+        raise
     except Exception as exc:
         if not online:
             raise ModelLoadError(
@@ -142,7 +205,7 @@ def load_hub(model_id: str, dtypes: Mapping[str, Any] | None, extras: Mapping[st
                 "download it on a machine with network access (huggingface-cli download) and give its folder as the model path."
             ) from exc
         raise ModelLoadError(f"The hub model '{model_id}' could not be loaded ({short(exc)}); check the id and your access to it.") from exc
-    parts = dict(pipe.components)
+    parts = {**dict(pipe.components), **given}
     denoiser = next((parts[n] for n in ("unet", "transformer") if parts.get(n) is not None), None)
     text = parts["text_encoder"].config.to_dict() if parts.get("text_encoder") is not None else {}
     family = family_of_configs({n for n, m in parts.items() if m is not None}, type(pipe).__name__, dict(denoiser.config) if denoiser is not None else {}, text, where=f"'{model_id}'")

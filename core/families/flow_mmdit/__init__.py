@@ -8,6 +8,7 @@ composed by each family's runtime:
 * ``objective.py``  the flow objective from the model's scheduler config and the run's settings
 * ``latents.py``    16-channel VAE latents with scaling *and* shift; 2×2 patch packing and image ids
 * ``models.py``     attention backend, gradient checkpointing, adapters, schedulers of diffusers transformers
+* ``single_file.py`` transformer-only single files (ComfyUI's ``diffusion_models``), the other parts from a folder or the hub
 * ``tiny.py``       the toy 16-channel VAE and the flow scheduler of the tiny models
 * ``runtime.py``    :class:`FlowRuntime`, the hooks every such family shares, built from the above
 

@@ -148,8 +148,3 @@ def strip_prefix(state: Mapping[str, Any]) -> dict[str, Any]:
         if any(k.startswith(prefix) for k in state):
             return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     return dict(state)
-
-
-def upcast(state: Mapping[str, Any], dtype: Any) -> dict[str, Any]:
-    """Tensors in ``dtype``: fp8 (e4m3 / e5m2) files are upcast, as ComfyUI's fp8 FLUX files need before training."""
-    return {k: v.to(dtype) for k, v in state.items()}

@@ -16,7 +16,7 @@ from core.errors import UserError
 from core.families import loading, t5
 from core.families.detect import hub_reachable
 from core.families.embeddings import TextEmbeddings
-from core.families.flow_mmdit import latents
+from core.families.flow_mmdit import latents, single_file
 from core.families.flow_mmdit.runtime import FlowRuntime, split_tokens
 from core.families.flux import SPEC, kohya, layout
 from core.families.objectives import FlowObjective
@@ -67,25 +67,8 @@ class FluxRuntime(FlowRuntime):
         return layout.to_diffusers(layout.strip_prefix(state), config, self.global_modules(config), self.extra_names(config))
 
     def denoiser_from_file(self, path: Path, like: Any, dtype: Any) -> Any:
-        """A BFL transformer file (bf16, fp16, or fp8 e4m3/e5m2 upcast to ``dtype`` or fp32) into a copy of ``like``."""
-        import copy
-
-        import torch
-        from safetensors.torch import load_file
-
-        try:
-            state = self.bfl_to_diffusers(load_file(str(path)), dict(like.config))
-        except Exception as exc:
-            raise loading.ModelLoadError(f"The transformer file {path} could not be read ({loading.short(exc)}); give a {self.spec.title} .safetensors file.") from exc
-        module = copy.deepcopy(like)
-        target = dtype if dtype is not None else torch.float32
-        missing, unexpected = module.load_state_dict(layout.upcast(state, target), strict=False)
-        if missing or unexpected:
-            raise loading.ModelLoadError(
-                f"The transformer file {path} does not fit the model's {type(like).__name__} ({len(missing)} weights missing, {len(unexpected)} unexpected); "
-                f"give a {self.spec.title} transformer file of the same variant as model.path."
-            )
-        return module.to(dtype=target)
+        """A BFL transformer file (bf16, fp16, or ComfyUI's fp8 and scaled fp8, dequantized to ``dtype`` or fp32) into a copy of ``like``."""
+        return single_file.read_denoiser(self.spec, path, like, dtype, lambda state: self.bfl_to_diffusers(state, dict(like.config)))
 
     def single_file_parts(self, path: Path, config: str, dtypes: Mapping[str, Any] | None) -> dict[str, Any]:
         """A BFL transformer-only file: the other parts from the diffusers folder beside it (or given, or the hub)."""

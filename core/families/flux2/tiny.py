@@ -106,7 +106,8 @@ def build_dev(out_dir: Path) -> Path:
 
     The real model's ``tokenizer`` is a ``PixtralProcessor`` (it needs torchvision, which sdtui does not
     install); the pipeline only calls its ``apply_chat_template``, which the tokenizer has with the same
-    template, so the tiny model ships the tokenizer itself.
+    template, so the trainer reads the tokenizer alone out of that folder
+    (``core.families.loading.tokenizer_of_processor``) and the tiny model ships the tokenizer itself.
     """
     import torch
     from diffusers import FlowMatchEulerDiscreteScheduler, Flux2Pipeline

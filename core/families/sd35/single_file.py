@@ -2,8 +2,10 @@
 
 Each part is found by its prefix (``core/families/sd35/layout.py``): the MMDiT and the VAE go
 through diffusers' own converters, the text encoders are in transformers' names already. fp8
-tensors (``float8_e4m3fn``/``e5m2``, what ComfyUI users keep) are upcast to the part's dtype
-(fp32 when none is asked for): the trainer computes in bf16/fp16/fp32. A part the file lacks
+tensors (``float8_e4m3fn``/``e5m2``, what ComfyUI users keep, and ComfyUI's scaled fp8 with a
+``scale_weight`` per weight) are dequantized to the part's dtype (fp32 when none is asked for) by
+the flow families' shared reader (``core/families/scaled_fp8.py``): the trainer
+computes in bf16/fp16/fp32, and each part keeps the file's fp8 scales for ``base_precision = "fp8"``. A part the file lacks
 comes from its split file (run.toml ``[model]``), else from the diffusers folder that describes
 the file when that holds weights; otherwise one sentence names the part and where to give it.
 """
@@ -12,11 +14,11 @@ from __future__ import annotations
 
 import importlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from core.families import loading
+from core.families import loading, scaled_fp8
 from core.families.detect import hub_reachable
 from core.families.protocol import ModelSource
 from core.families.sd35 import layout
@@ -27,19 +29,19 @@ HUB_CONFIGS = {24: "stabilityai/stable-diffusion-3.5-medium", 38: "stabilityai/s
 _TEXT_NAMES = {"clip_l": "CLIP-L", "clip_g": "CLIP-G", "t5xxl": "T5-XXL"}
 
 
-def read_upcast(path: Path, dtypes: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Every tensor of a safetensors file; fp8 ones upcast to the default dtype (fp32 without one)."""
+def read_dequantized(path: Path, dtypes: Mapping[str, Any] | None) -> scaled_fp8.Dequantized:
+    """Every tensor of a safetensors file; fp8 ones (plain or scaled) dequantized to the default dtype (fp32 without one)."""
     import torch
-    from safetensors import safe_open
 
-    target = (dtypes or {}).get("default") or torch.float32
-    eight = {getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz") if hasattr(torch, n)}
-    out: dict[str, Any] = {}
-    with safe_open(str(path), framework="pt") as handle:
-        for key in handle.keys():  # noqa: SIM118 - safe_open is no mapping
-            tensor = handle.get_tensor(key)
-            out[key] = tensor.to(target) if tensor.dtype in eight else tensor
-    return out
+    tensors, metadata = scaled_fp8.read(path)
+    return scaled_fp8.dequantize(tensors, (dtypes or {}).get("default") or torch.float32, str(path), metadata)
+
+
+def _scales_of(found: scaled_fp8.Dequantized, prefix: str, convert: Callable[[dict[str, Any]], dict[str, Any]] = dict) -> dict[str, float]:
+    """The file's fp8 scales of the part under ``prefix``, in the names ``convert`` gives its weights."""
+    part = scaled_fp8.Dequantized({k.removeprefix(prefix): v for k, v in found.tensors.items() if k.startswith(prefix)})
+    part.scales = {k.removeprefix(prefix): v for k, v in found.scales.items() if k.startswith(prefix)}
+    return scaled_fp8.converted_scales(part, convert)
 
 
 def config_folder(path: Path, source: ModelSource, num_layers: int) -> str:
@@ -57,7 +59,8 @@ def config_folder(path: Path, source: ModelSource, num_layers: int) -> str:
 
 def load(path: Path, source: ModelSource, spec: FamilySpec, dtypes: Mapping[str, Any] | None) -> dict[str, Any]:
     """Every part of SD 3.5 from an SAI file, its split files and its config folder, by component name."""
-    tensors = read_upcast(path, dtypes)
+    found = read_dequantized(path, dtypes)
+    tensors = found.tensors
     denoiser = {k: v for k, v in tensors.items() if k.startswith(layout.DENOISER_PREFIX)}
     layers = len({k.split(".")[3] for k in denoiser if k.startswith(layout.DENOISER_PREFIX + "joint_blocks.")})
     config = config_folder(path, source, layers)
@@ -67,7 +70,8 @@ def load(path: Path, source: ModelSource, spec: FamilySpec, dtypes: Mapping[str,
         like = _empty(spec, spec.denoiser, config)
         parts[spec.denoiser] = denoiser_into(Path(source.denoiser).expanduser(), like, get(spec.denoiser, get("default")))
     elif denoiser:
-        parts[spec.denoiser] = _diffusers_part(spec, spec.denoiser, denoiser, config, get(spec.denoiser, get("default")))
+        part = _diffusers_part(spec, spec.denoiser, denoiser, config, get(spec.denoiser, get("default")))
+        parts[spec.denoiser] = scaled_fp8.mark(part, _scales_of(found, layout.DENOISER_PREFIX, _sd3_to_diffusers))
     else:
         raise loading.ModelLoadError(f"The file {path} holds no SD 3.5 MMDiT (no {layout.DENOISER_PREFIX}joint_blocks.*); give the model file itself as model.path.")
     vae = {k: v for k, v in tensors.items() if k.startswith(layout.VAE_PREFIX)}
@@ -84,7 +88,7 @@ def load(path: Path, source: ModelSource, spec: FamilySpec, dtypes: Mapping[str,
         if te.name in source.text_encoders:
             parts[te.name] = _split_part(spec, f"{_TEXT_NAMES.get(te.kind, te.kind)} text encoder", te.name, source.text_encoders[te.name], config, dtype, setting)
         elif own:
-            parts[te.name] = text_encoder(spec, te.name, own, config, dtype, str(path))
+            parts[te.name] = scaled_fp8.mark(text_encoder(spec, te.name, own, config, dtype, str(path)), _scales_of(found, te.original_prefix))
         else:
             parts[te.name] = _from_folder(spec, te.name, f"{_TEXT_NAMES.get(te.kind, te.kind)} text encoder", path, config, dtype, setting)
     for name in (*spec.tokenizer_names, "scheduler"):
@@ -93,21 +97,25 @@ def load(path: Path, source: ModelSource, spec: FamilySpec, dtypes: Mapping[str,
 
 
 def denoiser_into(path: Path, like: Any, dtype: Any) -> Any:
-    """An SAI MMDiT file (``model.diffusion_model.`` keys or ComfyUI's bare ones; fp8 upcast) read into a copy of ``like``."""
+    """An SAI MMDiT file (``model.diffusion_model.`` keys or ComfyUI's bare ones; fp8 and scaled fp8 dequantized) read into a copy of ``like``."""
     import copy
 
-    from diffusers.loaders.single_file_utils import convert_sd3_transformer_checkpoint_to_diffusers
-
-    tensors = read_upcast(path, {"default": dtype} if dtype is not None else None)
+    found = read_dequantized(path, {"default": dtype} if dtype is not None else None)
+    found.tensors = {k: v for k, v in found.tensors.items() if k.startswith((layout.DENOISER_PREFIX, "joint_blocks.")) or "." not in k or k.split(".")[0] in _TOP}
     module = copy.deepcopy(like)
     try:
-        state = convert_sd3_transformer_checkpoint_to_diffusers(
-            {k: v for k, v in tensors.items() if k.startswith((layout.DENOISER_PREFIX, "joint_blocks.")) or "." not in k or k.split(".")[0] in _TOP}
-        )
-        module.load_state_dict(state)
+        module.load_state_dict(_sd3_to_diffusers(dict(found.tensors)))
     except (KeyError, RuntimeError, IndexError) as exc:
         raise loading.ModelLoadError(f"The denoiser file {path} is no SD 3.5 MMDiT of this model's size ({loading.short(exc)}); give the transformer file that belongs to it.") from exc
-    return module.to(dtype=dtype) if dtype is not None else module
+    module = module.to(dtype=dtype) if dtype is not None else module
+    return scaled_fp8.mark(module, scaled_fp8.converted_scales(found, _sd3_to_diffusers))
+
+
+def _sd3_to_diffusers(state: dict[str, Any]) -> dict[str, Any]:
+    """diffusers' conversion of an SAI MMDiT state dict (``model.diffusion_model.`` prefix or none)."""
+    from diffusers.loaders.single_file_utils import convert_sd3_transformer_checkpoint_to_diffusers
+
+    return dict(convert_sd3_transformer_checkpoint_to_diffusers(state))
 
 
 #: The top-level module names of an SAI MMDiT without its prefix (ComfyUI writes files so).
@@ -172,10 +180,12 @@ def _split_part(spec: FamilySpec, kind: str, name: str, file: str, config: str, 
     """A part given as its own file or folder (run.toml ``[model]``): transformers/diffusers names or SAI's, fp8 upcast."""
     path = Path(file).expanduser()
     if path.is_file() and path.suffix == ".safetensors":
-        state = read_upcast(path, {"default": dtype} if dtype is not None else None)
+        found = read_dequantized(path, {"default": dtype} if dtype is not None else None)
+        state = found.tensors
         if name.startswith("text_encoder"):
             prefix = next(te.original_prefix for te in spec.text_encoders if te.name == name)
-            return text_encoder(spec, name, {k.removeprefix(prefix): v for k, v in state.items()}, config, dtype, str(path))
+            module = text_encoder(spec, name, {k.removeprefix(prefix): v for k, v in state.items()}, config, dtype, str(path))
+            return scaled_fp8.mark(module, _scales_of(found, "", lambda views: {k.removeprefix(prefix): v for k, v in views.items()}))
         like = _empty(spec, name, config)
         if set(state) <= set(like.state_dict()):
             like.load_state_dict(state)

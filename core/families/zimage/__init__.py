@@ -5,9 +5,10 @@ transformer's values are also what ComfyUI's ``model_detection.py`` sets for a Z
 layers 3840 wide (30 heads of 128) after 2 noise- and 2 context-refiner layers, 2×2 latent
 patches, the caption as Qwen3-4B's second-to-last hidden states (2560 wide) of its valid tokens
 only, under Qwen3's chat template (``core/families/llm_prompt.py``). Turbo is the step-distilled
-model (Decoupled-DMD): 9 scheduler steps (8 forwards), no classifier-free guidance; Base
-(Tongyi-MAI/Z-Image) is the undistilled one, sampled with CFG in ~50 steps and the one to train
-LoRAs on (docs/families/zimage.md: training on Turbo needs a de-distill adapter merged in).
+model (Decoupled-DMD): 9 scheduler steps (8 forwards), no classifier-free guidance, flow shift 3.0;
+Base (Tongyi-MAI/Z-Image) is the undistilled one, sampled with CFG in ~50 steps at flow shift 6.0,
+and the one to train LoRAs on (docs/families/zimage.md: training on Turbo needs a de-distill
+adapter merged in).
 No torch import here; the runtime is ``zimage/runtime.py``.
 """
 
@@ -52,9 +53,15 @@ QWEN3_4B: dict[str, Any] = {
     "tie_word_embeddings": True,
 }
 
-#: Z-Image-Turbo's scheduler config: a fixed shift of 3.0 (no resolution-dependent shift). The trainer
-#: reads each model's own scheduler config; this one is the planner's and the tiny model's.
+#: Z-Image-Turbo's scheduler config (Tongyi-MAI/Z-Image-Turbo ``scheduler/scheduler_config.json``):
+#: ``FlowMatchEulerDiscreteScheduler`` with a fixed shift of 3.0, no resolution-dependent shift (the
+#: μ ``ZImagePipeline`` computes is ignored without ``use_dynamic_shifting``). The trainer reads each
+#: model's own scheduler config; this one is the planner's, the tiny model's and a Turbo file's.
 SCHEDULER: dict[str, Any] = {"num_train_timesteps": 1000, "shift": 3.0, "use_dynamic_shifting": False}
+#: Z-Image (Base)'s (Tongyi-MAI/Z-Image ``scheduler/scheduler_config.json``): the same scheduler with
+#: shift 6.0, also fixed. A Base transformer file read over a Turbo folder (their VAE and text encoder
+#: are the same files) trains and samples with this one (``runtime.ZImageRuntime.load``).
+BASE_SCHEDULER: dict[str, Any] = {"num_train_timesteps": 1000, "shift": 6.0, "use_dynamic_shifting": False}
 
 #: What ``ZImagePipeline._encode_prompt`` (diffusers 0.42) does to a caption: Qwen3's chat template
 #: with ``enable_thinking=True`` (no think block), 512 tokens, ``hidden_states[-2]``, the valid tokens only.
@@ -92,8 +99,9 @@ QWEN3_ENCODER = TextEncoder(
     trainable=False,
 )
 
-#: Sampling defaults: Turbo as its model card and diffusers' example run it (9 steps, guidance 0 = no
-#: CFG); Base with CFG as Tongyi's card recommends (28-50 steps, guidance 3-5).
+#: Sampling defaults: Turbo as its model card and diffusers' example run it (9 steps = 8 forwards,
+#: guidance 0 = no CFG); Base with CFG and a negative prompt as Tongyi's card runs it (its example:
+#: 50 steps, guidance 4; the card recommends 28-50 steps, guidance 3-5).
 #: The peers' advice for LoRAs on Turbo (docs/families/zimage.md has the sources).
 TURBO_NOTE = (
     "Z-Image Turbo is step-distilled: a LoRA trained on it directly breaks the distillation within a few thousand steps "
@@ -101,7 +109,7 @@ TURBO_NOTE = (
     "a de-distill adapter merged in (settings.merge_lora = ostris's zimage_turbo_training_adapter), and keep the run short"
 )
 TURBO = Variant("z-image-turbo", "zimage", "Z-Image Turbo", native_resolution=1024, sample_steps=9, guidance_scale=0.0, name_pattern=r"turbo", training_note=TURBO_NOTE)
-BASE = Variant("z-image", "zimage", "Z-Image (Base)", native_resolution=1024, sample_steps=50, guidance_scale=4.0, name_pattern=r"z[-_]?image")
+BASE = Variant("z-image", "zimage", "Z-Image (Base)", native_resolution=1024, sample_steps=50, guidance_scale=4.0, scheduler=BASE_SCHEDULER, name_pattern=r"z[-_]?image")
 
 #: The hub models of the variants (what a single transformer file's other parts come from when no folder is beside it).
 HUB_MODELS = {TURBO.name: "Tongyi-MAI/Z-Image-Turbo", BASE.name: "Tongyi-MAI/Z-Image"}

@@ -7,10 +7,10 @@ dict per patch size (``all_x_embedder.2-1``); every other name is the same (diff
 ``convert_z_image_transformer_checkpoint_to_diffusers`` and ComfyUI's ``z_image_to_diffusers``
 read the same table). The key table is data (:data:`NAMES`), used both ways.
 
-ComfyUI's fp8 files are read too: plain ``float8_e4m3fn``/``e5m2`` weights are upcast, and
-"scaled" ones (a ``<name>.scale_weight`` or ``<name>.weight_scale`` per weight) are multiplied
-out; the text encoder's file (``qwen_3_4b.safetensors``) is Qwen3's causal-LM state dict, whose
-inner model is the ``Qwen3Model`` Z-Image uses. Torch is imported inside the functions.
+ComfyUI's fp8 and scaled-fp8 files are dequantized before these renames by the loader every
+flow family shares (``core/families/scaled_fp8.py``); the text encoder's file
+(``qwen_3_4b.safetensors``) is Qwen3's causal-LM state dict, whose inner model is the
+``Qwen3Model`` Z-Image uses. Torch is imported inside the functions.
 """
 
 from __future__ import annotations
@@ -33,17 +33,11 @@ NAMES = KeyMap(
 )
 #: The fused attention input of the original layout and the diffusers projections it holds, in order.
 QKV = (".attention.qkv.", (".attention.to_q.", ".attention.to_k.", ".attention.to_v."))
-#: Prefixes a checkpoint may put before the transformer's names (ComfyUI's full checkpoints, model wrappers).
-PREFIXES = ("model.diffusion_model.", "diffusion_model.")
-#: Keys of the original layout with no diffusers weight (the unused final norm) and quantisation markers.
-DROPPED = ("norm_final.weight", "scaled_fp8")
-#: Per-weight scales of ComfyUI's scaled fp8 files: ``<module>.<suffix>`` beside ``<module>.weight``.
-SCALES = ("scale_weight", "weight_scale")
-#: Auxiliary tensors of quantised files that carry no weight of their own.
-AUXILIARY = (".comfy_quant", ".input_scale", *(f".{s}" for s in SCALES))
+#: Keys of the original layout with no diffusers weight (the unused final norm).
+DROPPED = ("norm_final.weight",)
 
 
-def strip_prefix(state: Mapping[str, Any], prefixes: tuple[str, ...] = PREFIXES) -> dict[str, Any]:
+def strip_prefix(state: Mapping[str, Any], prefixes: tuple[str, ...]) -> dict[str, Any]:
     """The state dict without the first of ``prefixes`` it uses (keys outside it dropped)."""
     for prefix in prefixes:
         if any(k.startswith(prefix) for k in state):
@@ -51,23 +45,13 @@ def strip_prefix(state: Mapping[str, Any], prefixes: tuple[str, ...] = PREFIXES)
     return dict(state)
 
 
-def dequantize(state: Mapping[str, Any], dtype: Any) -> dict[str, Any]:
-    """Every weight in ``dtype``: fp8 weights upcast and multiplied by their per-weight scale where the file has one."""
+def to_diffusers(state: Mapping[str, Any]) -> dict[str, Any]:
+    """An original-layout transformer state dict (prefix removed, fp8 dequantized) in diffusers' names."""
     out: dict[str, Any] = {}
     for key, tensor in state.items():
-        if key in DROPPED or key.endswith(AUXILIARY):
-            continue
-        module = key.removesuffix(".weight")
-        scale = next((state[f"{module}.{s}"] for s in SCALES if key.endswith(".weight") and f"{module}.{s}" in state), None)
-        out[key] = tensor.to(dtype) if scale is None else (tensor.float() * scale.float()).to(dtype)
-    return out
-
-
-def to_diffusers(state: Mapping[str, Any], dtype: Any) -> dict[str, Any]:
-    """An original-layout transformer state dict (prefix, fp8 and scales allowed) in diffusers' names and ``dtype``."""
-    out: dict[str, Any] = {}
-    for key, tensor in dequantize(strip_prefix(state), dtype).items():
         fused, parts = QKV
+        if key in DROPPED:
+            continue
         if fused in key:
             for part, chunk in zip(parts, tensor.chunk(3, dim=0)):
                 out[key.replace(fused, part)] = chunk
@@ -90,7 +74,6 @@ def to_original(state: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def text_encoder_state(state: Mapping[str, Any], dtype: Any) -> dict[str, Any]:
-    """A Qwen3 text-encoder file (ComfyUI's causal-LM state dict, ``model.``-prefixed, fp8 allowed) as ``Qwen3Model`` weights."""
-    inner = strip_prefix({k: v for k, v in state.items() if not k.startswith("lm_head.")}, ("model.",))
-    return dequantize(inner, dtype)
+def text_encoder_state(state: Mapping[str, Any]) -> dict[str, Any]:
+    """A Qwen3 text-encoder file (ComfyUI's causal-LM state dict, ``model.``-prefixed, fp8 dequantized) as ``Qwen3Model`` weights."""
+    return strip_prefix({k: v for k, v in state.items() if not k.startswith("lm_head.")}, ("model.",))

@@ -9,15 +9,17 @@ of the flow target ``ε - x₀`` is minus its output.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from core.errors import UserError
-from core.families import llm_text, loading
+from core.families import llm_text, loading, scaled_fp8
 from core.families.detect import hub_reachable
 from core.families.embeddings import TextEmbeddings
+from core.families.flow_mmdit import single_file
 from core.families.flow_mmdit.runtime import FlowRuntime
 from core.families.lora_files import diffusers_metadata, diffusers_state_dict, from_file, kohya_state_dict
 from core.families.objectives import FlowObjective
@@ -36,6 +38,32 @@ def variant_of_name(name: str) -> str:
     return SPEC.variant_of_name(name).name
 
 
+def named_variant(name: str) -> str:
+    """The variant a folder, file or hub name names itself ("" where its own name names neither)."""
+    own = Path(name).name.lower()
+    return next((v.name for v in SPEC.variants if v.name == name or (v.name_pattern and re.search(v.name_pattern, own))), "")
+
+
+def shift_rule(scheduler_config: Mapping[str, Any]) -> tuple[float, bool]:
+    """What tells the variants' schedulers apart: the shift and whether it is dynamic."""
+    return float(scheduler_config.get("shift", 1.0)), bool(scheduler_config.get("use_dynamic_shifting", False))
+
+
+def denoiser_file(source: ModelSource) -> str:
+    """The transformer file of a source: ``model.denoiser``, or ``model.path`` when it is a single file ("" for a folder or hub id)."""
+    return source.denoiser or (source.path if Path(source.path).expanduser().is_file() else "")
+
+
+def variant_of_source(source: ModelSource, scheduler_config: Mapping[str, Any]) -> str:
+    """The variant of a loaded model: a transformer file's own name first (its configs may come from the
+    other variant's folder: Base and Turbo share the VAE and text encoder), else the scheduler's shift
+    (Turbo 3.0, Base 6.0), else the folder's or hub id's name, else Turbo."""
+    file = denoiser_file(source)
+    by_scheduler = next((v.name for v in SPEC.variants if shift_rule(SPEC.scheduler_config(v.name)) == shift_rule(scheduler_config)), "")
+    chosen = (named_variant(file) or by_scheduler) if file else (by_scheduler or named_variant(source.path))
+    return chosen or SPEC.variant().name
+
+
 def block_indices(text: str, count: int) -> set[int]:
     """``settings.train_block_indices``: ``all`` / empty, ``none``, or ``0,3,5-9`` (ranges inclusive); UserError naming a bad one."""
     from core.families.flux.runtime import parse_indices
@@ -48,7 +76,9 @@ class ZImageRuntime(FlowRuntime):
 
     # ---- loading
     def load(self, source: ModelSource, dtypes: Mapping[str, Any] | None = None) -> LoadedModel:
-        """The flow base's loading, a ComfyUI text-encoder file read into the Qwen3 model, the variant from the model's name."""
+        """The flow base's loading, a ComfyUI text-encoder file read into the Qwen3 model, the variant
+        (:func:`variant_of_source`); a transformer file whose name names its variant brings that variant's
+        scheduler: a Base file over a Turbo folder trains and samples at Base's shift 6.0, not the folder's 3.0."""
         own = {name: file for name, file in source.text_encoders.items() if Path(file).expanduser().is_file()}
         loaded = super().load(replace(source, text_encoders={n: f for n, f in source.text_encoders.items() if n not in own}), dtypes)
         get = (dtypes or {}).get
@@ -56,18 +86,26 @@ class ZImageRuntime(FlowRuntime):
             index = self.spec.text_encoder_names.index(name)
             loaded.text_encoders[index] = self.text_encoder_from_file(Path(file).expanduser(), loaded.text_encoders[index], get(name, get("default")))
         loaded.source = source
-        loaded.variant = variant_of_name(source.denoiser or source.path)
+        loaded.variant = variant_of_source(source, dict(loaded.scheduler.config))
+        variant_scheduler = self.spec.scheduler_config(loaded.variant)
+        if named_variant(denoiser_file(source)) and shift_rule(variant_scheduler) != shift_rule(dict(loaded.scheduler.config)):
+            loaded.scheduler = type(loaded.scheduler).from_config({**dict(loaded.scheduler.config), **variant_scheduler})
         return loaded
 
     def text_encoder_from_file(self, path: Path, like: Any, dtype: Any) -> Any:
-        """A Qwen3 text-encoder file (transformers' names, or ComfyUI's ``qwen_3_4b`` causal-LM layout, fp8 allowed) into a copy of ``like``."""
+        """A Qwen3 text-encoder file (transformers' names, or ComfyUI's ``qwen_3_4b`` causal-LM layout, fp8 or scaled fp8) into a copy of ``like``."""
         import copy
 
         import torch
-        from safetensors.torch import load_file
 
+        target = dtype or torch.float32
         try:
-            state = layout.text_encoder_state(load_file(str(path)), dtype or torch.float32)
+            tensors, metadata = scaled_fp8.read(path)
+            found = scaled_fp8.dequantize(tensors, target, str(path), metadata)
+            state = layout.text_encoder_state(found.tensors)
+            scales = scaled_fp8.converted_scales(found, layout.text_encoder_state)
+        except loading.ModelLoadError:
+            raise
         except Exception as exc:
             raise loading.ModelLoadError(f"The text encoder file {path} could not be read ({loading.short(exc)}); give Z-Image's Qwen3-4B .safetensors file.") from exc
         module = copy.deepcopy(like)
@@ -76,27 +114,11 @@ class ZImageRuntime(FlowRuntime):
             raise loading.ModelLoadError(
                 f"The text encoder file {path} does not fit Z-Image's {type(like).__name__} ({len(missing)} weights missing, {len(unexpected)} unexpected); give the Qwen3-4B file Z-Image uses."
             )
-        return module.to(dtype=dtype or torch.float32)
+        return scaled_fp8.mark(module.to(dtype=target), scales)
 
     def denoiser_from_file(self, path: Path, like: Any, dtype: Any) -> Any:
         """A transformer file in the original layout (bf16, fp16, fp8, scaled fp8) into a copy of ``like``."""
-        import copy
-
-        import torch
-        from safetensors.torch import load_file
-
-        target = dtype if dtype is not None else torch.float32
-        try:
-            state = layout.to_diffusers(load_file(str(path)), target)
-        except Exception as exc:
-            raise loading.ModelLoadError(f"The transformer file {path} could not be read ({loading.short(exc)}); give a Z-Image .safetensors file.") from exc
-        module = copy.deepcopy(like)
-        missing, unexpected = module.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise loading.ModelLoadError(
-                f"The transformer file {path} does not fit the model's {type(like).__name__} ({len(missing)} weights missing, {len(unexpected)} unexpected); give a Z-Image transformer file."
-            )
-        return module.to(dtype=target)
+        return single_file.read_denoiser(self.spec, path, like, dtype, layout.to_diffusers)
 
     def single_file_parts(self, path: Path, config: str, dtypes: Mapping[str, Any] | None) -> dict[str, Any]:
         """A transformer-only file (ComfyUI's layout): the other parts from the diffusers folder beside it (or given, or the hub)."""
