@@ -35,8 +35,14 @@ OPTIMIZER_BYTES_PER_PARAM = {"adamw": 28, "adamw8bit": 20, "lion": 20, "lion8bit
 #: Memory bandwidth assumed per dense fp16 TFLOP/s when the GPU has no catalog figure (bytes/s).
 BANDWIDTH_PER_TFLOPS = 6e9
 #: Host-to-device bytes/s from pinned memory by PCIe generation (x16, what a copy on a side
-#: stream reaches: about 80 % of the link's 16 / 32 / 64 GB/s).
+#: stream reaches: about 80 % of the link's 16 / 32 / 64 GB/s); device to host alike (the
+#: link is full duplex: gradients going back share no bandwidth with weights coming in).
 PCIE_BYTES_PER_S = {3: 12e9, 4: 25e9, 5: 50e9}
+#: Host memory bytes/s an optimizer step on the CPU streams through (a full fine-tune's swapped
+#: blocks: torch's fused CPU AdamW, bitsandbytes' CPU kernels, Adafactor's per-tensor ops): a
+#: server's few-channel DDR reaches 50-100 GB/s, one process's optimizer about a fifth of it.
+#: Not measured yet (bench_gpu's full fine-tune case is where it gets calibrated).
+CPU_OPTIMIZER_BYTES_PER_S = 15e9
 #: The compute capability from which GPUs have fp8 tensor cores (Ada 8.9, Hopper 9.0, Blackwell).
 FP8_COMPUTE_CAPABILITY = (8, 9)
 #: Share of the memory bandwidth a dequantization pass reaches: torchao's int8 / fp8 upcast is a
@@ -109,23 +115,35 @@ def images_per_second(family: str, method: str, settings: dict[str, Any], gpu: A
     seconds_per_flop = 1 / (tflops * 1e12 * MATMUL_EFFICIENCY) + 1 / (ARITHMETIC_INTENSITY * bandwidth)
     compute_s = flops * seconds_per_flop / batch_efficiency(family, settings)
     optimizer = str(settings["optimizer"])
-    step_s = trainable(family, method, settings).params * OPTIMIZER_BYTES_PER_PARAM.get(optimizer, 28) / bandwidth
+    on_gpu = trainable(family, method, settings).params - _cpu_stepped(family, method, settings)
+    step_s = on_gpu * OPTIMIZER_BYTES_PER_PARAM.get(optimizer, 28) / bandwidth
     images_per_step = int(settings["batch_size"]) * max(1, accumulation)
     cost = technique_cost(family, method, settings, gpu)
-    per_image = compute_s + (step_s + cost.seconds_per_step * max(1, accumulation)) / images_per_step
+    per_image = compute_s + (step_s + cost.seconds_per_step * max(1, accumulation) + cost.optimizer_s) / images_per_step
     return 1.0 / per_image
+
+
+def _cpu_stepped(family: str, method: str, settings: dict[str, Any]) -> int:
+    """Parameters the optimizer steps on the CPU: a full fine-tune's swapped blocks (0 otherwise)."""
+    from core.memory.techniques import swap_of
+
+    if method not in FULL_METHODS:
+        return 0
+    return swap_of(family, int(settings.get("blocks_to_swap", 0) or 0)).params
 
 
 @dataclass(frozen=True)
 class TechniqueCost:
-    """What the memory techniques cost per optimizer step on one GPU: ``swap_s`` the exposed
-    (not hidden) PCIe time of the swapped blocks, ``dequant_s`` the weight dequantization;
+    """What the memory techniques cost on one GPU: per micro-batch ``swap_s`` the exposed (not
+    hidden) PCIe time of the swapped blocks, ``dequant_s`` the weight dequantization; per
+    optimizer step ``optimizer_s``, a full fine-tune's swapped blocks stepped on the CPU;
     ``notes`` say why (the matmuls themselves keep the compute dtype's rate: the trainer's
     quantized bases are weight-only)."""
 
     swap_s: float = 0.0
     dequant_s: float = 0.0
     notes: tuple[str, ...] = ()
+    optimizer_s: float = 0.0
 
     @property
     def seconds_per_step(self) -> float:
@@ -158,7 +176,11 @@ def technique_cost(family: str, method: str, settings: dict[str, Any], gpu: Any)
 
     Block swap: each swapped block crosses PCIe twice a step (forward and backward, host to
     device only: the frozen copy on the GPU is dropped, not copied back), one block ahead of
-    the compute; a transfer longer than the block it overlaps costs the difference.
+    the compute; a transfer longer than the block it overlaps costs the difference. A full
+    fine-tune's block moves its master weights (fp32, or bf16 with full_bf16), and in backward
+    its gradients go back to host memory on the other direction of the link, hidden behind the
+    block's backward (input and weight gradients) as far as it lasts; the optimizer then steps
+    the swapped blocks on the CPU (CPU_OPTIMIZER_BYTES_PER_S), once per optimizer step.
     A quantized base is weight-only (core/train/model/quantize.py): each use of a weight (forward,
     backward, a checkpointed recompute) first writes its compute-dtype copy, a memory-bound pass
     over the layer; the matmul itself runs at the compute dtype's rate on every GPU, fp8 tensor
@@ -176,19 +198,26 @@ def technique_cost(family: str, method: str, settings: dict[str, Any], gpu: Any)
     batch = int(settings["batch_size"])
     forward_s = spec(family).denoiser_tflops * (int(settings["resolution"]) / spec(family).native_resolution) ** 2 * 1e12 * batch / (tflops * 1e12 * MATMUL_EFFICIENCY)
     notes: list[str] = []
-    swap_s = 0.0
+    swap_s = optimizer_s = 0.0
     swap = swap_of(family, int(settings.get("blocks_to_swap", 0) or 0))
+    full = method in FULL_METHODS
     if swap.count:
         pcie = pcie_bytes_per_second(gpu)
-        backward_passes = 2.0 if settings["gradient_checkpointing"] else 1.0
+        # backward: input gradients (plus weight gradients when the weights train), plus the recompute
+        backward_passes = (2.0 if full else 1.0) + (1.0 if settings["gradient_checkpointing"] else 0.0)
+        master = 2 if settings["full_bf16"] and settings["mixed_precision"] != "no" else 4
         moved = 0
         for block in swap.blocks:
-            block_bytes = stored_bytes(comp, base, block) if method not in FULL_METHODS else block * 4
-            moved += 2 * block_bytes
-            transfer = block_bytes / pcie
+            block_bytes = block * master if full else stored_bytes(comp, base, block)
+            grad_bytes = block * master if full else 0
+            moved += 2 * block_bytes + grad_bytes
             compute = forward_s * block / max(1, int(comp["params"]))
-            swap_s += max(0.0, transfer - compute) + max(0.0, transfer - compute * backward_passes)
+            swap_s += max(0.0, block_bytes / pcie - compute) + max(0.0, max(block_bytes, grad_bytes) / pcie - compute * backward_passes)
         notes.append(f"{swap.count} blocks swapped: {moved / 1e9:.1f} GB over PCIe per step at {pcie / 1e9:.0f} GB/s, {swap_s:.2f} s of it not hidden by compute")
+        if full:
+            optimizer = str(settings["optimizer"])
+            optimizer_s = swap.params * OPTIMIZER_BYTES_PER_PARAM.get(optimizer, 28) / CPU_OPTIMIZER_BYTES_PER_S
+            notes.append(f"the swapped blocks' {swap.params / 1e9:.1f} B parameters step on the CPU: {optimizer_s:.1f} s per optimizer step ({optimizer})")
     dequant_s = 0.0
     if base in STORAGE:
         uses = 2.0 + (1.0 if settings["gradient_checkpointing"] else 0.0)
@@ -200,7 +229,7 @@ def technique_cost(family: str, method: str, settings: dict[str, Any], gpu: Any)
                 "fp8 matmuls are not used: the weights are only stored in fp8"
                 + (", as this GPU has no fp8 compute (before Ada) anyway" if not has_fp8_compute(gpu) else " (this GPU's fp8 tensor cores stay idle)")
             )
-    return TechniqueCost(swap_s, dequant_s, tuple(notes))
+    return TechniqueCost(swap_s, dequant_s, tuple(notes), optimizer_s)
 
 
 def scaling_factor(gpus: int, method: str = "lora", num_machines: int = 1) -> float:
