@@ -50,8 +50,8 @@ def test_the_host_holds_the_swapped_masters_gradients_and_adam_state_and_the_gpu
 def test_without_checkpointing_the_swapped_weights_half_copies_stay_on_the_gpu_for_backward() -> None:
     """Autocast's bf16 copies of the fp32 masters are saved for backward without checkpointing, swapped
     or not; with checkpointing the swap clears them block by block."""
-    from core.memory.estimator import autocast_copies_term
     from core.memory.estimator import _layout as layout
+    from core.memory.estimator import autocast_copies_term
     from core.settings import resolve
 
     def copies(settings: dict) -> int:

@@ -16,6 +16,7 @@ from typing import Any
 from core.families import FAMILIES, spec
 from core.memory.trainable import settled, trainable
 from core.settings import FULL_METHODS
+from core.units import GIB
 
 #: VAE encoder forward, TFLOPs per 512×512 image (same architecture for all families).
 VAE_ENCODE_TFLOPS_512 = 1.1
@@ -213,7 +214,7 @@ def technique_cost(family: str, method: str, settings: dict[str, Any], gpu: Any)
             moved += 2 * block_bytes + grad_bytes
             compute = forward_s * block / max(1, int(comp["params"]))
             swap_s += max(0.0, block_bytes / pcie - compute) + max(0.0, max(block_bytes, grad_bytes) / pcie - compute * backward_passes)
-        notes.append(f"{swap.count} blocks swapped: {moved / 1e9:.1f} GB over PCIe per step at {pcie / 1e9:.0f} GB/s, {swap_s:.2f} s of it not hidden by compute")
+        notes.append(f"{swap.count} blocks swapped: {moved / GIB:.1f} GiB over PCIe per step at {pcie / GIB:.0f} GiB/s, {swap_s:.2f} s of it not hidden by compute")
         if full:
             optimizer = str(settings["optimizer"])
             optimizer_s = swap.params * OPTIMIZER_BYTES_PER_PARAM.get(optimizer, 28) / CPU_OPTIMIZER_BYTES_PER_S
