@@ -73,8 +73,11 @@ def test_a_swapped_full_fine_tune_pays_for_gradients_back_and_the_cpu_step() -> 
     lora = technique_cost("sdxl", "lora", settings | {"blocks_to_swap": 5}, gpu)
     assert cost.optimizer_s > 0 and lora.optimizer_s == 0
     assert any("step on the CPU" in note for note in cost.notes)
-    # Adafactor's step streams fewer bytes a parameter than AdamW's
-    assert technique_cost("sdxl", "finetune", settings | {"blocks_to_swap": 5, "optimizer": "adafactor"}, gpu).optimizer_s < cost.optimizer_s
+    # torch's fused AdamW is one vectorised CPU kernel; Adafactor's and bitsandbytes' 8-bit steps are
+    # per-tensor ops and a fallback, measured far slower (bench.measure_cpu_optimizers): the note says so
+    for slower in ("adafactor", "adamw8bit"):
+        slow = technique_cost("sdxl", "finetune", settings | {"blocks_to_swap": 5, "optimizer": slower}, gpu)
+        assert slow.optimizer_s > 5 * cost.optimizer_s and any("adamw steps" in note and "faster there" in note for note in slow.notes)
 
 
 def test_the_composer_swaps_a_full_fine_tune_onto_a_small_card_and_stops_at_the_ram() -> None:

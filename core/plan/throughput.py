@@ -39,11 +39,12 @@ BANDWIDTH_PER_TFLOPS = 6e9
 #: stream reaches: about 80 % of the link's 16 / 32 / 64 GB/s); device to host alike (the
 #: link is full duplex: gradients going back share no bandwidth with weights coming in).
 PCIE_BYTES_PER_S = {3: 12e9, 4: 25e9, 5: 50e9}
-#: Host memory bytes/s an optimizer step on the CPU streams through (a full fine-tune's swapped
-#: blocks: torch's fused CPU AdamW, bitsandbytes' CPU kernels, Adafactor's per-tensor ops): a
-#: server's few-channel DDR reaches 50-100 GB/s, one process's optimizer about a fifth of it.
-#: Not measured yet (bench_gpu's full fine-tune case is where it gets calibrated).
-CPU_OPTIMIZER_BYTES_PER_S = 15e9
+#: Parameters per second each optimizer steps on the CPU (a full fine-tune's swapped blocks),
+#: measured with ``python -m bench.measure_cpu_optimizers`` on 2 shared CPU threads (a floor:
+#: torch's fused AdamW is one vectorised kernel and scales with the cores and the memory
+#: bandwidth; Adafactor, Prodigy, schedule-free AdamW and Lion run per-tensor torch ops;
+#: bitsandbytes' 8-bit optimizers its slow CPU fallback).
+CPU_OPTIMIZER_PARAMS_PER_S = {"adamw": 330e6, "adamw8bit": 10e6, "lion": 31e6, "lion8bit": 13e6, "adafactor": 21e6, "prodigy": 19e6, "schedulefree_adamw": 45e6}
 #: The compute capability from which GPUs have fp8 tensor cores (Ada 8.9, Hopper 9.0, Blackwell).
 FP8_COMPUTE_CAPABILITY = (8, 9)
 #: Share of the memory bandwidth a dequantization pass reaches: torchao's int8 / fp8 upcast is a
@@ -181,7 +182,7 @@ def technique_cost(family: str, method: str, settings: dict[str, Any], gpu: Any)
     fine-tune's block moves its master weights (fp32, or bf16 with full_bf16), and in backward
     its gradients go back to host memory on the other direction of the link, hidden behind the
     block's backward (input and weight gradients) as far as it lasts; the optimizer then steps
-    the swapped blocks on the CPU (CPU_OPTIMIZER_BYTES_PER_S), once per optimizer step.
+    the swapped blocks on the CPU (CPU_OPTIMIZER_PARAMS_PER_S), once per optimizer step.
     A quantized base is weight-only (core/train/model/quantize.py): each use of a weight (forward,
     backward, a checkpointed recompute) first writes its compute-dtype copy, a memory-bound pass
     over the layer; the matmul itself runs at the compute dtype's rate on every GPU, fp8 tensor
@@ -217,8 +218,11 @@ def technique_cost(family: str, method: str, settings: dict[str, Any], gpu: Any)
         notes.append(f"{swap.count} blocks swapped: {moved / GIB:.1f} GiB over PCIe per step at {pcie / GIB:.0f} GiB/s, {swap_s:.2f} s of it not hidden by compute")
         if full:
             optimizer = str(settings["optimizer"])
-            optimizer_s = swap.params * OPTIMIZER_BYTES_PER_PARAM.get(optimizer, 28) / CPU_OPTIMIZER_BYTES_PER_S
-            notes.append(f"the swapped blocks' {swap.params / 1e9:.1f} B parameters step on the CPU: {optimizer_s:.1f} s per optimizer step ({optimizer})")
+            rate = CPU_OPTIMIZER_PARAMS_PER_S.get(optimizer, min(CPU_OPTIMIZER_PARAMS_PER_S.values()))
+            optimizer_s = swap.params / rate
+            fastest = max(CPU_OPTIMIZER_PARAMS_PER_S, key=lambda name: CPU_OPTIMIZER_PARAMS_PER_S[name])
+            hint = f"; {fastest} steps {CPU_OPTIMIZER_PARAMS_PER_S[fastest] / rate:.0f}× faster there (torch's fused kernel)" if optimizer != fastest else ""
+            notes.append(f"the swapped blocks' {swap.params / 1e9:.1f} B parameters step on the CPU: {optimizer_s:.1f} s per optimizer step ({optimizer}){hint}")
     dequant_s = 0.0
     if base in STORAGE:
         uses = 2.0 + (1.0 if settings["gradient_checkpointing"] else 0.0)
