@@ -91,16 +91,46 @@ def test_a_full_fine_tune_with_swapped_blocks_gives_the_same_losses_and_weights_
 
 
 @pytest.mark.slow
+def test_a_swapped_parameters_gradient_lands_in_host_memory_and_leaves_the_device(tmp_path, tiny_models, kohya_dataset, monkeypatch):
+    """After each micro-batch a swapped parameter has no gradient of its own (the device copy is freed)
+    and its host gradient is what the parameter's gradient is without swap: the first micro-batch's,
+    then the sum; the optimizer step leaves every swapped block off the device."""
+    _aligned_loads(monkeypatch)
+    data = kohya_dataset(((1, "sks dog", 2),))
+    plain = set_up(make_run(tmp_path / "plain", tiny_models("flux"), data, "flux", "finetune"))
+    swapped = set_up(make_run(tmp_path / "swap", tiny_models("flux"), data, "flux", "finetune", settings={"blocks_to_swap": 2}))
+    swap = swapped.session.model.swap
+    names = {id(p): name for name, p in swapped.session.components.denoiser.named_parameters()}
+    reference = dict(plain.session.components.denoiser.named_parameters())
+    batch = first_batch(plain)
+    for micro in range(2):
+        for trainer in (plain, swapped):
+            trainer.stepper.micro_step(batch, micro, micro == 1, 2)
+        assert swap.grads and all(entry.param.grad is None and entry.arrived for entry in swap.grads)
+        assert all(torch.equal(entry.host, reference[names[id(entry.param)]].grad) for entry in swap.grads)
+    swapped.stepper.optimizer_step()
+    assert swap.resident() == [] and swap.moves[-1] == ("drop", swap.first)
+    assert not any(entry.arrived for entry in swap.grads)
+
+
+@pytest.mark.slow
 def test_a_swapped_full_fine_tune_saves_the_same_model_and_resumes_identically(tmp_path, tiny_models, kohya_dataset):
-    """The saved denoiser equals the one trained without swap; a run stopped at a checkpoint and resumed
-    continues with the same losses and ends with the same model as one that did not stop."""
+    """The saved denoiser equals the one trained without swap (both drawing samples on the way); a run
+    stopped at a checkpoint and resumed continues with the same losses and ends with the same model
+    as one that did not stop."""
     data = kohya_dataset(((1, "sks dog", 2),))
     settings = {"gradient_checkpointing": True}
-    plain = make_run(tmp_path / "plain", tiny_models("flux"), data, "flux", "finetune", settings=settings, schedule={"max_steps": 4})
+    sampled = {"max_steps": 4, "sample_every_steps": 2}
+    prompts = ["sks dog --w 64 --h 64 --s 2 --d 5"]
+    plain = make_run(tmp_path / "plain", tiny_models("flux"), data, "flux", "finetune", settings=settings, schedule=sampled, prompts=prompts)
     assert train(plain) == 0
     swapped = {**settings, "blocks_to_swap": 2}
-    whole = make_run(tmp_path / "whole", tiny_models("flux"), data, "flux", "finetune", settings=swapped, schedule={"max_steps": 4})
+    whole = make_run(tmp_path / "whole", tiny_models("flux"), data, "flux", "finetune", settings=swapped, schedule=sampled, prompts=prompts)
     assert train(whole) == 0
+    assert [s["step"] for s in metrics(whole, "sample")] == [2, 4]
+    images = [sorted((run / "samples").glob("*.png")) for run in (plain, whole)]
+    assert len(images[0]) == 2 and [p.name for p in images[0]] == [p.name for p in images[1]]
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(*images))  # the swapped weights sample alike
     halves = make_run(tmp_path / "halves", tiny_models("flux"), data, "flux", "finetune", settings=swapped, schedule={"max_steps": 2, "save_every_steps": 2})
     assert train(halves) == 0
     config = halves / "run.toml"
