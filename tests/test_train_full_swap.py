@@ -177,3 +177,14 @@ def test_a_full_fine_tune_with_block_swap_is_allowed_with_every_optimizer(tmp_pa
     for method in ("finetune", "dreambooth"):
         run = make_run(tmp_path / method, tiny_models("sd1"), kohya_dataset(), "sd1", method, settings={"blocks_to_swap": 3, "optimizer": optimizer, "fused_backward_pass": True})
         assert load_config(run / "run.toml").settings["blocks_to_swap"] == 3
+
+
+@pytest.mark.slow
+def test_a_swapped_full_fine_tune_launched_on_two_processes_stops_with_the_sentence(tmp_path, tiny_models, kohya_dataset):
+    """run.toml asks for one process but accelerate starts two: the trainer counts the processes it has."""
+    from tests.train_helpers import launch, status
+
+    run = make_run(tmp_path / "run", tiny_models("sd1"), kohya_dataset(), "sd1", "finetune", settings={"blocks_to_swap": 3})
+    done = launch(run, processes=2)
+    assert done.returncode != 0
+    assert "before DDP could average them across the 2 processes" in (status(run).get("error") or ""), done.stderr[-2000:]

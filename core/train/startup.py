@@ -15,7 +15,7 @@ from core.plan.class_images import class_images
 from core.runs.control_file import ControlReader
 from core.runs.readers import integer, number
 from core.runs.rundir import RunDir
-from core.settings import FP16_NEEDS_A_GPU, FULL_METHODS, optimizer_notes, optimizer_rule_warnings
+from core.settings import FP16_NEEDS_A_GPU, FULL_METHODS, optimizer_notes, optimizer_rule_warnings, technique_problem
 from core.train.data.batches import Batches
 from core.train.metrics_writer import EventHandler, MetricsWriter
 from core.train.model.methods import setup_method, trained_components
@@ -237,6 +237,9 @@ def configure_model(components: Any, config: Any, accel: Accel, metrics: Metrics
     for param in method.parameters():
         param.data = param.data.to(train_dtype(s))
     channels_last = _memory_format(c, s, accel.device, metrics)
+    problem = technique_problem(kind, s, str(config.section("distributed")["backend"]), accel.world)  # the processes launched, not only those run.toml asks for
+    if problem:
+        raise UserError(problem)
     swap = _place_denoiser(c, int(s["blocks_to_swap"]), accel.device, dtypes[c.spec.denoiser], metrics, trains=kind in FULL_METHODS)
     _place(c.vae, accel.device, dtypes["vae"])
     for name, te in zip(c.text_encoder_names, c.text_encoders):
