@@ -23,7 +23,7 @@ measured), so the one command finishes within 8 minutes.
     python -m bench.bench_gpu --tiny               # the same code on the CPU with tiny shapes
     python -m bench.bench_gpu --tiny --results R.md --calibration C.json   # … writing both, as on a GPU
     python -m bench.bench_gpu --flops              # what the caches save at real size, in counted FLOPs
-    python -m bench.bench_gpu --techniques         # LoRA on bf16/fp8/int8/nf4 bases and swapped blocks (< 8 min on an H100)
+    python -m bench.bench_gpu --techniques         # LoRA on bf16/fp8/int8/nf4 bases and swapped blocks, a full fine-tune with and without swap (< 8 min on an H100)
     python -m bench.bench_gpu --techniques --tiny  # the same cases on the CPU with tiny shapes
 
 Without a GPU, ``main()`` (what ``python -m bench`` calls) runs the tiny check of one case, so
@@ -98,6 +98,10 @@ TECHNIQUE_CASES: tuple[tuple[str, str, int], ...] = (
     ("sdxl", "bf16", 2),
     ("sdxl", "bf16", 4),
 )
+#: A full fine-tune with swapped blocks (family, blocks swapped): AdamW with an fp32 master at the
+#: native resolution, batch 1, so the swapped blocks' gradients come back and step on the CPU
+#: (SDXL: 41 GiB estimated unswapped, 21 with 4 of its 6 blocks away).
+FULL_SWAP_CASES: tuple[tuple[str, int], ...] = (("sdxl", 0), ("sdxl", 4))
 TECHNIQUE_STEPS, TECHNIQUE_WARMUP = 10, 4
 
 
@@ -487,29 +491,33 @@ def run_cases(
 
 
 def run_techniques(tiny: bool, family: str | None, workdir: Path, budget_s: float = BUDGET_S) -> list[str]:
-    """The technique cases of the registered families (``TECHNIQUE_CASES``), each in a fresh process;
-    one line each: step time, ``max_memory_allocated``/``reserved``, the NVML device peak and the estimate."""
+    """The technique cases of the registered families (``TECHNIQUE_CASES``, then the full fine-tunes
+    of ``FULL_SWAP_CASES``), each in a fresh process; one line each: step time,
+    ``max_memory_allocated``/``reserved``, the NVML device peak and the estimate."""
     from core.families import FAMILIES, spec
 
     name, _ = peak_tflops()
     lines: list[str] = []
     start, longest = time.monotonic(), 0.0
-    for fam, precision, swap in TECHNIQUE_CASES:
+    cases = [(fam, "lora", precision, swap) for fam, precision, swap in TECHNIQUE_CASES]
+    cases += [(fam, "finetune", "bf16", swap) for fam, swap in FULL_SWAP_CASES]
+    for fam, method, precision, swap in cases:
         if fam not in FAMILIES or (family and fam != family):
             continue
         resolution = TINY_RESOLUTION if tiny else spec(fam).native_resolution
         suffix = f"_{resolution}px_b1" + ("_tiny_cpu (checks the script; not a GPU figure)" if tiny else f" [{name}]")
+        kind = precision if method == "lora" else method
         spent = time.monotonic() - start
         if spent + longest > budget_s:
-            lines.append(f"tech_{fam}_{precision}_swap{swap}{suffix}: not measured: {spent:.0f} s of the {budget_s:.0f} s budget spent and the longest case took {longest:.0f} s")
+            lines.append(f"tech_{fam}_{kind}_swap{swap}{suffix}: not measured: {spent:.0f} s of the {budget_s:.0f} s budget spent and the longest case took {longest:.0f} s")
             continue
         began = time.monotonic()
         model = model_for(fam, workdir / f"model-{fam}{'-tiny' if tiny else ''}", tiny)
         swap = min(swap, _block_count(fam, model) - 1)  # a tiny model has fewer blocks
-        label = f"tech_{fam}_{precision}_swap{swap}{suffix}"
+        label = f"tech_{fam}_{kind}_swap{swap}{suffix}"
         case = {
             "family": fam,
-            "method": "lora",
+            "method": method,
             "resolution": resolution,
             "batch": 1,
             "tiny": tiny,
@@ -517,7 +525,7 @@ def run_techniques(tiny: bool, family: str | None, workdir: Path, budget_s: floa
             "warmup": TINY_WARMUP if tiny else TECHNIQUE_WARMUP,
             "model": str(model),
             "dataset": str(make_dataset(workdir / f"data-{resolution}", resolution, 16)),
-            "workdir": str(workdir),
+            "workdir": str(workdir / f"tech-{fam}-{kind}-swap{swap}"),  # each case its own run folder
             "side": "technique",
             "settings": {"base_precision": "auto" if precision == "bf16" else precision, "blocks_to_swap": swap, "gradient_checkpointing": True},
         }

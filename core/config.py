@@ -187,7 +187,9 @@ class RunConfig:
 
     def check_techniques(self) -> None:
         """Raise UserError when a memory technique cannot work with the method or the other settings (``core.settings.technique_problem``)."""
-        problem = technique_problem(str(self.section("method")["kind"]), self.settings, str(self.section("distributed")["backend"]))
+        distributed = self.section("distributed")
+        processes = int(distributed["num_processes"]) * int(distributed["num_machines"])
+        problem = technique_problem(str(self.section("method")["kind"]), self.settings, str(distributed["backend"]), processes)
         if problem:
             raise UserError(f"{self.path}: {problem}" if self.path else problem)
 

@@ -477,10 +477,12 @@ def family_problem(family: str, prediction_type: str, settings: Mapping[str, Any
     return None
 
 
-def technique_problem(method: str, settings: Mapping[str, Any], backend: str = "ddp") -> str | None:
+def technique_problem(method: str, settings: Mapping[str, Any], backend: str = "ddp", processes: int = 1) -> str | None:
     """The sentence for a memory technique that cannot work with the method or the other settings, or None:
-    a quantized weight a full fine-tune would train, block swap with ``torch_compile``, a full
-    fine-tune or FSDP, an explicit base dtype that is not the compute dtype."""
+    a quantized weight a full fine-tune would train, block swap with ``torch_compile`` or FSDP, a
+    full fine-tune's block swap (its swapped blocks step on the CPU: every optimizer here can,
+    bitsandbytes' 8-bit ones too) under DeepSpeed or on more than one process (``processes``,
+    every machine's), an explicit base dtype that is not the compute dtype."""
     full = method in FULL_METHODS
     base, te = str(settings.get("base_precision", "auto")), str(settings.get("text_encoder_precision", "auto"))
     if full and base in QUANTIZED_PRECISIONS:
@@ -494,10 +496,12 @@ def technique_problem(method: str, settings: Mapping[str, Any], backend: str = "
     swap = int(settings.get("blocks_to_swap", 0))
     if swap and settings.get("torch_compile"):
         return "settings.blocks_to_swap moves blocks in and out between their calls, which torch_compile cannot trace; set torch_compile to false or blocks_to_swap to 0"
-    if swap and full:
-        return f"settings.blocks_to_swap streams the frozen base, but a {method} trains every block and keeps its optimizer state beside it; set blocks_to_swap to 0 (or train a LoRA)"
     if swap and backend == "fsdp":
         return 'settings.blocks_to_swap and distributed.backend = "fsdp" both place the weights themselves; set blocks_to_swap to 0 or backend to "ddp"'
+    if swap and full and backend == "deepspeed":
+        return 'settings.blocks_to_swap keeps a full fine-tune\'s swapped weights and their optimizer state in host memory, where DeepSpeed cannot reach them; set blocks_to_swap to 0 or backend to "ddp" with one process'
+    if swap and full and processes > 1:
+        return f"settings.blocks_to_swap takes a {method}'s swapped gradients to host memory as backward makes them, before DDP could average them across the {processes} processes; set blocks_to_swap to 0 or train on one GPU (num_processes = 1)"
     return None
 
 

@@ -72,6 +72,8 @@ def test_the_technique_cases_run_in_the_tiny_mode_within_the_budget(tmp_path: Pa
         "tech_sdxl_nf4_swap0",
         "tech_sdxl_bf16_swap2",
         "tech_sdxl_bf16_swap4",
+        "tech_sdxl_finetune_swap0",
+        "tech_sdxl_finetune_swap4",
     ]
     assert re.search(r": step [\d.]+s allocated n/a reserved n/a nvml n/a estimate n/a$", lines[0]), lines[0]
     assert all("not measured" in line for line in lines[1:])

@@ -226,7 +226,7 @@ def test_plan_json_without_data_has_an_empty_schedule_and_says_why(capsys: pytes
 
 
 def test_plan_without_data_says_when_nothing_fits(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "plan", "--model", "sdxl", "--method", "finetune", "--gpus", "1x8GB", "--json")
+    code, out, _ = run(capsys, "plan", "--model", "sdxl", "--method", "finetune", "--gpus", "1x6GB", "--json")
     plan = json.loads(out)
     assert code == 0 and plan["fits"] is False
     assert any(w.startswith("to fit: ") for w in plan["warnings"])

@@ -189,7 +189,7 @@ def test_suggestions_when_nothing_fits() -> None:
     from core.recipes import load_recipes
 
     recipes = load_recipes()
-    gpus = parse_spec("1x8GB")
+    gpus = parse_spec("1x6GB")  # 8 GB holds an SDXL fine-tune with 5 blocks swapped
     assert pick_recipes("sdxl", "finetune", gpus, recipes) == []
     worst = rank_recipes("sdxl", "finetune", gpus, recipes)[0]
     tips = suggest_when_nothing_fits("sdxl", "finetune", gpus, recipes, worst.settings)
@@ -199,7 +199,7 @@ def test_suggestions_when_nothing_fits() -> None:
     assert names
     for name in names:
         model = find_model(name)
-        assert model.vram_gb > 8 and estimate("sdxl", "finetune", worst.settings).fits(int(model.vram_gb * 2**30))
+        assert model.vram_gb > 6 and estimate("sdxl", "finetune", worst.settings).fits(int(model.vram_gb * 2**30))
 
 
 # ---- make_plan ------------------------------------------------------------------------------

@@ -215,7 +215,6 @@ def test_a_block_swapped_run_samples_and_resumes(tmp_path, tiny_models, kohya_da
         ("finetune", {"base_precision": "int8"}, "ddp", 'base_precision = "int8" quantizes the denoiser, which a finetune trains whole'),
         ("dreambooth", {"text_encoder_precision": "nf4", "train_text_encoder": True}, "ddp", 'text_encoder_precision = "nf4" quantizes the text encoders'),
         ("lora", {"blocks_to_swap": 2, "torch_compile": True}, "ddp", "which torch_compile cannot trace"),
-        ("finetune", {"blocks_to_swap": 2}, "ddp", "a finetune trains every block"),
         ("lora", {"blocks_to_swap": 2}, "fsdp", 'backend = "fsdp" both place the weights'),
         ("lora", {"base_precision": "fp16", "mixed_precision": "bf16"}, "ddp", 'set base_precision to "auto" or mixed_precision to "fp16"'),
         ("lora", {"blocks_to_swap": 8}, "ddp", "the sd1 denoiser has 8 blocks and at least one must stay on the GPU; set blocks_to_swap to 7 or less"),

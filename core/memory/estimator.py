@@ -347,7 +347,7 @@ def weights_term(lay: _Layout, method: str, s: dict[str, Any]) -> dict[str, int]
     return b
 
 
-def autocast_copies_term(lay: _Layout, method: str) -> int:
+def autocast_copies_term(lay: _Layout, method: str, s: dict[str, Any]) -> int:
     """Autocast keeps a half copy of every fp32 trained weight a matmul or conv uses, from the
     forward pass until the backward pass has used it (for textual inversion: of the fp32 text
     encoders' layers, kept for the backward pass to the embeddings)."""
@@ -356,6 +356,11 @@ def autocast_copies_term(lay: _Layout, method: str) -> int:
     if method == "textual_inversion":
         layers: int = sum(lay.comps[c]["params"] - lay.comps[c]["token_embedding_params"] for c in lay.encoders)
         return layers * 2
+    if lay.full and lay.swap.params:
+        # a swapped block's copies are made from its device copy: without checkpointing the backward
+        # keeps them all (saved tensors); with it the swap clears autocast's cache as each swapped
+        # block ends, so the resident blocks' copies and one swapped block's remain
+        return (lay.trained if not s["gradient_checkpointing"] else lay.gpu_trained + lay.swap.largest_block) * 2
     return lay.gpu_trained * 2
 
 
@@ -365,14 +370,16 @@ def gradients_term(lay: _Layout, s: dict[str, Any], zero_stage: int, offload: bo
     if s["fused_backward_pass"] and not lay.ds:
         return min(lay.trained, lay.largest) * lay.grad_b
     grad_shard = lay.n if ((lay.ds and zero_stage >= 2) or backend == "fsdp") else 1
-    return 0 if (lay.ds and offload and zero_stage >= 2) else lay.gpu_trained * lay.grad_b // grad_shard
+    # a full fine-tune's swapped block holds its gradients on the GPU until they have gone to host memory
+    in_flight = lay.swap.largest_block * lay.grad_b if lay.full else 0
+    return 0 if (lay.ds and offload and zero_stage >= 2) else lay.gpu_trained * lay.grad_b // grad_shard + in_flight
 
 
 def optimizer_term(lay: _Layout, s: dict[str, Any], offload: bool, backend: str) -> dict[str, int]:
     """What is held throughout: the optimizer state, EMA, DDP buckets and the communication buffers."""
     b: dict[str, int] = {}
-    state = _optimizer_state_bytes(s["optimizer"], lay.gpu_trained, 4 if lay.ds else lay.master_b, lay.comps, lay.full, lay.te_trained, lay.trained_encoders, lay.denoiser)
-    if lay.full and lay.swap.params:
+    state = _optimizer_state_bytes(s["optimizer"], lay.trained, 4 if lay.ds else lay.master_b, lay.comps, lay.full, lay.te_trained, lay.trained_encoders, lay.denoiser)
+    if lay.full and lay.swap.params:  # the swapped blocks' share lives in host memory
         state = state * lay.gpu_trained // max(1, lay.trained)
     if lay.ds:
         state += lay.gpu_trained * 4 if lay.half else 0
@@ -486,15 +493,15 @@ def host_term(lay: _Layout, s: dict[str, Any], offload: bool) -> HostEstimate:
     den = lay.comps[lay.denoiser]
     b: dict[str, int] = {"processes": PROCESS_RAM_BYTES * lay.n}
     if lay.full:
-        state = (
-            _optimizer_state_bytes(s["optimizer"], lay.swap.params, lay.master_b, lay.comps, lay.full, lay.te_trained, lay.trained_encoders, lay.denoiser)
-            * lay.swap.params
-            // max(1, lay.trained)
-        )
-        swapped = lay.swap.params * (lay.master_b + lay.grad_b) + state
+        # the master weights and their gradients (pinned), the optimizer state and the EMA (pageable):
+        # the swapped blocks' share of the trained parameters' state
+        state = _optimizer_state_bytes(s["optimizer"], lay.trained, lay.master_b, lay.comps, lay.full, lay.te_trained, lay.trained_encoders, lay.denoiser)
+        b["swapped_blocks"] = lay.swap.params * lay.master_b * lay.n
+        b["swapped_gradients"] = lay.swap.params * lay.grad_b * lay.n
+        b["swapped_optimizer_state"] = state * lay.swap.params // max(1, lay.trained) * lay.n
+        b["swapped_ema"] = lay.swap.params * lay.master_b * lay.n if s["ema"] else 0
     else:
-        swapped = stored_bytes(den, lay.base, lay.swap.params)
-    b["swapped_blocks"] = swapped * lay.n
+        b["swapped_blocks"] = stored_bytes(den, lay.base, lay.swap.params) * lay.n
     off_gpu = 0 if lay.te_resident or s["cache_text_encoder_outputs_to_disk"] else _frozen_encoder_bytes(lay)
     off_gpu += lay.comps["vae"]["params"] * lay.vae_b if s["cache_latents"] else 0
     b["offloaded_models"] = off_gpu * lay.n
@@ -523,7 +530,7 @@ def _raw(
     dequant = 0 if lay.full else dequant_buffer_bytes(lay.comps[lay.denoiser], lay.base)
     sample = caches_term(lay, s, working // max(1, images), s["resolution"]) if sampling else 0
     grads = gradients_term(lay, s, zero_stage, offload, backend)
-    phases = phases_term(lay, s, autocast_copies_term(lay, method), grads, kept, working, images, dequant, sample)
+    phases = phases_term(lay, s, autocast_copies_term(lay, method, s), grads, kept, working, images, dequant, sample)
     peak_phase = max(phases, key=lambda name: sum(phases[name].values()))
     b.update(phases[peak_phase])
     caching = caching_term(lay, s)
@@ -540,7 +547,12 @@ def _technique_notes(lay: _Layout) -> list[str]:
     notes = []
     if not lay.full and lay.base in STORAGE:
         notes.append(f"{lay.base} base ({STORAGE[lay.base].library}): the denoiser's Linear weights are stored in {lay.base}, norms, embeddings and modulation in bf16")
-    if lay.swap.count:
+    if lay.swap.count and lay.full:
+        notes.append(
+            f"{lay.swap.count} of {lay.swap.total_blocks} blocks swapped: their master weights and gradients live in pinned host memory, "
+            f"their optimizer state beside them, and the optimizer steps them on the CPU; they come to the GPU on their turn, {PREFETCH_BLOCKS} at a time"
+        )
+    elif lay.swap.count:
         notes.append(f"{lay.swap.count} of {lay.swap.total_blocks} blocks swapped: they live in pinned host memory and come to the GPU on their turn, {PREFETCH_BLOCKS} at a time")
     return notes
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from core.memory.estimator import HEADROOM
 from core.memory.techniques import QUANTIZED, RAM_HEADROOM, max_swappable
-from core.settings import FULL_METHODS
+from core.settings import technique_problem
 
 from .picker import SAME_SPEED, RecipeFit, RunShape, judge, precision_loss, worth_speed
 
@@ -134,11 +134,14 @@ def _vram_short(fit: RecipeFit) -> bool:
 
 def _swap_until_fits(family: str, method: str, gpus: Any, recipe: Any, settings: dict[str, Any], fixed: set[str], shape: RunShape, unswapped: RecipeFit) -> RecipeFit:
     """The fewest swapped blocks with which ``settings`` fit the VRAM (a binary search: more
-    blocks away never need more VRAM), or all of them when even that does not fit. Only a frozen
-    base is swapped, without torch_compile and FSDP (core.settings.technique_problem refuses them)."""
+    blocks away never need more VRAM), or all of them when even that does not fit; not where
+    core.settings.technique_problem refuses block swap (torch_compile, FSDP, a full fine-tune
+    under DeepSpeed or on several GPUs). A full fine-tune's swapped blocks take their gradients
+    and optimizer state to host memory, so more blocks need more RAM: the fewest that fit the
+    VRAM is also the least RAM, and a combination short of RAM does not fit."""
     own = int(settings.get("blocks_to_swap", 0) or 0)
     top = max_swappable(family)
-    if "blocks_to_swap" in fixed or settings.get("torch_compile") or method in FULL_METHODS or shape.backend == "fsdp" or top <= own:
+    if "blocks_to_swap" in fixed or top <= own or technique_problem(method, settings | {"blocks_to_swap": top}, shape.backend, max(1, gpus.count)):
         return unswapped
     most = judge(family, method, settings | {"blocks_to_swap": top}, gpus, recipe, shape)
     if _vram_short(most):

@@ -19,7 +19,7 @@ from core.errors import UserError
 from core.families import planned_as, spec
 from core.memory.estimator import HEADROOM
 from core.memory.techniques import RAM_HEADROOM
-from core.settings import optimizer_notes, optimizer_rule_warnings
+from core.settings import FULL_METHODS, optimizer_notes, optimizer_rule_warnings
 from core.units import GIB
 
 from .class_images import GENERATE_BATCH, GENERATE_STEPS, ClassImages, class_images, describe
@@ -410,6 +410,10 @@ def _explain_fit(plan: Plan, gpus: Any, fit: Any, shape: RunShape) -> None:
         fix = (
             "each process reads the denoiser in bf16 before it is quantized or moved to the GPU: use a machine with more RAM or fewer processes"
             if loading
+            else "a full fine-tune's swapped blocks keep their weights, gradients and optimizer state there: use a machine with more RAM"
+            + (", an optimizer with less state (adafactor)" if fit.settings.get("optimizer") != "adafactor" else "")
+            + " or a GPU that holds more blocks (fewer blocks_to_swap)"
+            if plan.method in FULL_METHODS and int(fit.settings.get("blocks_to_swap", 0) or 0)
             else "swap fewer blocks (settings.blocks_to_swap), cache text-encoder outputs to disk (cache_text_encoder_outputs_to_disk) or use a machine with more RAM"
         )
         plan.warnings.append(

@@ -17,6 +17,7 @@ from core.errors import UserError
 from core.families import spec
 from core.memory.trainable import settled, trainable
 from core.settings import FULL_METHODS
+from core.units import GIB
 
 #: VAE encoder forward, TFLOPs per 512×512 image (same architecture for all families).
 VAE_ENCODE_TFLOPS_512 = 1.1
@@ -36,8 +37,15 @@ OPTIMIZER_BYTES_PER_PARAM = {"adamw": 28, "adamw8bit": 20, "lion": 20, "lion8bit
 #: Memory bandwidth assumed per dense fp16 TFLOP/s when the GPU has no catalog figure (bytes/s).
 BANDWIDTH_PER_TFLOPS = 6e9
 #: Host-to-device bytes/s from pinned memory by PCIe generation (x16, what a copy on a side
-#: stream reaches: about 80 % of the link's 16 / 32 / 64 GB/s).
+#: stream reaches: about 80 % of the link's 16 / 32 / 64 GB/s); device to host alike (the
+#: link is full duplex: gradients going back share no bandwidth with weights coming in).
 PCIE_BYTES_PER_S = {3: 12e9, 4: 25e9, 5: 50e9}
+#: Parameters per second each optimizer steps on the CPU (a full fine-tune's swapped blocks),
+#: measured with ``python -m bench.measure_cpu_optimizers`` on 2 shared CPU threads (a floor:
+#: torch's fused AdamW is one vectorised kernel and scales with the cores and the memory
+#: bandwidth; Adafactor, Prodigy, schedule-free AdamW and Lion run per-tensor torch ops;
+#: bitsandbytes' 8-bit optimizers its slow CPU fallback).
+CPU_OPTIMIZER_PARAMS_PER_S = {"adamw": 330e6, "adamw8bit": 10e6, "lion": 31e6, "lion8bit": 13e6, "adafactor": 21e6, "prodigy": 19e6, "schedulefree_adamw": 45e6}
 #: The compute capability from which GPUs have fp8 tensor cores (Ada 8.9, Hopper 9.0, Blackwell).
 FP8_COMPUTE_CAPABILITY = (8, 9)
 #: Share of the memory bandwidth a dequantization pass reaches: torchao's int8 / fp8 upcast is a
@@ -119,23 +127,35 @@ def images_per_second(family: str, method: str, settings: dict[str, Any], gpu: A
     seconds_per_flop = 1 / (tflops * 1e12 * MATMUL_EFFICIENCY) + 1 / (ARITHMETIC_INTENSITY * bandwidth)
     compute_s = flops * seconds_per_flop / batch_efficiency(family, settings)
     optimizer = str(settings["optimizer"])
-    step_s = trainable(family, method, settings).params * OPTIMIZER_BYTES_PER_PARAM.get(optimizer, 28) / bandwidth
+    on_gpu = trainable(family, method, settings).params - _cpu_stepped(family, method, settings)
+    step_s = on_gpu * OPTIMIZER_BYTES_PER_PARAM.get(optimizer, 28) / bandwidth
     images_per_step = int(settings["batch_size"]) * max(1, accumulation)
     cost = technique_cost(family, method, settings, gpu)
-    per_image = compute_s + (step_s + cost.seconds_per_step * max(1, accumulation)) / images_per_step
+    per_image = compute_s + (step_s + cost.seconds_per_step * max(1, accumulation) + cost.optimizer_s) / images_per_step
     return 1.0 / per_image
+
+
+def _cpu_stepped(family: str, method: str, settings: dict[str, Any]) -> int:
+    """Parameters the optimizer steps on the CPU: a full fine-tune's swapped blocks (0 otherwise)."""
+    from core.memory.techniques import swap_of
+
+    if method not in FULL_METHODS:
+        return 0
+    return swap_of(family, int(settings.get("blocks_to_swap", 0) or 0)).params
 
 
 @dataclass(frozen=True)
 class TechniqueCost:
-    """What the memory techniques cost per optimizer step on one GPU: ``swap_s`` the exposed
-    (not hidden) PCIe time of the swapped blocks, ``dequant_s`` the weight dequantization;
+    """What the memory techniques cost on one GPU: per micro-batch ``swap_s`` the exposed (not
+    hidden) PCIe time of the swapped blocks, ``dequant_s`` the weight dequantization; per
+    optimizer step ``optimizer_s``, a full fine-tune's swapped blocks stepped on the CPU;
     ``notes`` say why (the matmuls themselves keep the compute dtype's rate: the trainer's
     quantized bases are weight-only)."""
 
     swap_s: float = 0.0
     dequant_s: float = 0.0
     notes: tuple[str, ...] = ()
+    optimizer_s: float = 0.0
 
     @property
     def seconds_per_step(self) -> float:
@@ -168,7 +188,11 @@ def technique_cost(family: str, method: str, settings: dict[str, Any], gpu: Any)
 
     Block swap: each swapped block crosses PCIe twice a step (forward and backward, host to
     device only: the frozen copy on the GPU is dropped, not copied back), one block ahead of
-    the compute; a transfer longer than the block it overlaps costs the difference.
+    the compute; a transfer longer than the block it overlaps costs the difference. A full
+    fine-tune's block moves its master weights (fp32, or bf16 with full_bf16), and in backward
+    its gradients go back to host memory on the other direction of the link, hidden behind the
+    block's backward (input and weight gradients) as far as it lasts; the optimizer then steps
+    the swapped blocks on the CPU (CPU_OPTIMIZER_PARAMS_PER_S), once per optimizer step.
     A quantized base is weight-only (core/train/model/quantize.py): each use of a weight (forward,
     backward, a checkpointed recompute) first writes its compute-dtype copy, a memory-bound pass
     over the layer; the matmul itself runs at the compute dtype's rate on every GPU, fp8 tensor
@@ -186,19 +210,29 @@ def technique_cost(family: str, method: str, settings: dict[str, Any], gpu: Any)
     batch = int(settings["batch_size"])
     forward_s = spec(family).denoiser_tflops * (int(settings["resolution"]) / spec(family).native_resolution) ** 2 * 1e12 * batch / (tflops * 1e12 * MATMUL_EFFICIENCY)
     notes: list[str] = []
-    swap_s = 0.0
+    swap_s = optimizer_s = 0.0
     swap = swap_of(family, int(settings.get("blocks_to_swap", 0) or 0))
+    full = method in FULL_METHODS
     if swap.count:
         pcie = pcie_bytes_per_second(gpu)
-        backward_passes = 2.0 if settings["gradient_checkpointing"] else 1.0
+        # backward: input gradients (plus weight gradients when the weights train), plus the recompute
+        backward_passes = (2.0 if full else 1.0) + (1.0 if settings["gradient_checkpointing"] else 0.0)
+        master = 2 if settings["full_bf16"] and settings["mixed_precision"] != "no" else 4
         moved = 0
         for block in swap.blocks:
-            block_bytes = stored_bytes(comp, base, block) if method not in FULL_METHODS else block * 4
-            moved += 2 * block_bytes
-            transfer = block_bytes / pcie
+            block_bytes = block * master if full else stored_bytes(comp, base, block)
+            grad_bytes = block * master if full else 0
+            moved += 2 * block_bytes + grad_bytes
             compute = forward_s * block / max(1, int(comp["params"]))
-            swap_s += max(0.0, transfer - compute) + max(0.0, transfer - compute * backward_passes)
-        notes.append(f"{swap.count} blocks swapped: {moved / 1e9:.1f} GB over PCIe per step at {pcie / 1e9:.0f} GB/s, {swap_s:.2f} s of it not hidden by compute")
+            swap_s += max(0.0, block_bytes / pcie - compute) + max(0.0, max(block_bytes, grad_bytes) / pcie - compute * backward_passes)
+        notes.append(f"{swap.count} blocks swapped: {moved / GIB:.1f} GiB over PCIe per step at {pcie / GIB:.0f} GiB/s, {swap_s:.2f} s of it not hidden by compute")
+        if full:
+            optimizer = str(settings["optimizer"])
+            rate = CPU_OPTIMIZER_PARAMS_PER_S.get(optimizer, min(CPU_OPTIMIZER_PARAMS_PER_S.values()))
+            optimizer_s = swap.params / rate
+            fastest = max(CPU_OPTIMIZER_PARAMS_PER_S, key=lambda name: CPU_OPTIMIZER_PARAMS_PER_S[name])
+            hint = f"; {fastest} steps {CPU_OPTIMIZER_PARAMS_PER_S[fastest] / rate:.0f}× faster there (torch's fused kernel)" if optimizer != fastest else ""
+            notes.append(f"the swapped blocks' {swap.params / 1e9:.1f} B parameters step on the CPU: {optimizer_s:.1f} s per optimizer step ({optimizer}){hint}")
     dequant_s = 0.0
     if base in STORAGE:
         uses = 2.0 + (1.0 if settings["gradient_checkpointing"] else 0.0)
@@ -210,7 +244,7 @@ def technique_cost(family: str, method: str, settings: dict[str, Any], gpu: Any)
                 "fp8 matmuls are not used: the weights are only stored in fp8"
                 + (", as this GPU has no fp8 compute (before Ada) anyway" if not has_fp8_compute(gpu) else " (this GPU's fp8 tensor cores stay idle)")
             )
-    return TechniqueCost(swap_s, dequant_s, tuple(notes))
+    return TechniqueCost(swap_s, dequant_s, tuple(notes), optimizer_s)
 
 
 def scaling_factor(gpus: int, method: str = "lora", num_machines: int = 1) -> float:

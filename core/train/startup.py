@@ -15,7 +15,7 @@ from core.plan.class_images import class_images
 from core.runs.control_file import ControlReader
 from core.runs.readers import integer, number
 from core.runs.rundir import RunDir
-from core.settings import FP16_NEEDS_A_GPU, optimizer_notes, optimizer_rule_warnings
+from core.settings import FP16_NEEDS_A_GPU, FULL_METHODS, optimizer_notes, optimizer_rule_warnings, technique_problem
 from core.train.data.batches import Batches
 from core.train.metrics_writer import EventHandler, MetricsWriter
 from core.train.model.methods import setup_method, trained_components
@@ -237,7 +237,10 @@ def configure_model(components: Any, config: Any, accel: Accel, metrics: Metrics
     for param in method.parameters():
         param.data = param.data.to(train_dtype(s))
     channels_last = _memory_format(c, s, accel.device, metrics)
-    swap = _place_denoiser(c, int(s["blocks_to_swap"]), accel.device, dtypes[c.spec.denoiser], metrics)
+    problem = technique_problem(kind, s, str(config.section("distributed")["backend"]), accel.world)  # the processes launched, not only those run.toml asks for
+    if problem:
+        raise UserError(problem)
+    swap = _place_denoiser(c, int(s["blocks_to_swap"]), accel.device, dtypes[c.spec.denoiser], metrics, trains=kind in FULL_METHODS)
     _place(c.vae, accel.device, dtypes["vae"])
     for name, te in zip(c.text_encoder_names, c.text_encoders):
         _place(te, accel.device, dtypes[name])
@@ -247,7 +250,7 @@ def configure_model(components: Any, config: Any, accel: Accel, metrics: Metrics
     for name, te in zip(c.text_encoder_names, c.text_encoders):
         te.train(name in trained)
     c.vae.eval()
-    return Model(c, method, dtypes[c.spec.denoiser], channels_last, _ema(method, s, accel.device), swap)
+    return Model(c, method, dtypes[c.spec.denoiser], channels_last, _ema(method, s, accel.device, swap), swap)
 
 
 def _quantize(components: Any, settings: dict[str, Any], device: Any, metrics: MetricsWriter) -> None:
@@ -268,9 +271,10 @@ def _quantize(components: Any, settings: dict[str, Any], device: Any, metrics: M
         metrics.event(FP8_WEIGHT_ONLY_NOTE)
 
 
-def _place_denoiser(components: Any, count: int, device: Any, dtype: Any, metrics: MetricsWriter) -> Any:
-    """Put the denoiser on ``device``, its last ``count`` blocks' frozen weights in host memory streamed
-    on their turn (``core.train.model.block_swap``); the BlockSwap, or None without one."""
+def _place_denoiser(components: Any, count: int, device: Any, dtype: Any, metrics: MetricsWriter, trains: bool = False) -> Any:
+    """Put the denoiser on ``device``, its last ``count`` blocks' frozen weights (and, when it ``trains``
+    whole, their trained weights with their gradients) in host memory streamed on their turn
+    (``core.train.model.block_swap``); the BlockSwap, or None without one."""
     c = components
     if not count:
         _place(c.denoiser, device, dtype)
@@ -283,11 +287,13 @@ def _place_denoiser(components: Any, count: int, device: Any, dtype: Any, metric
             f"settings.blocks_to_swap = {count}, but this model's denoiser has {len(blocks)} blocks and at least one must stay on the GPU; set blocks_to_swap to {len(blocks) - 1} or less"
         )
     _place(c.denoiser, "cpu", dtype)
-    swap = BlockSwap(blocks, count, device)
+    swap = BlockSwap(blocks, count, device, trains=trains)
     swap.place(c.denoiser)
     host = sum(t.numel() * t.element_size() for block in swap.swapped.values() for t in block.host)
+    host += sum(g.host.numel() * g.host.element_size() for g in swap.grads)
     total = len(swap.modules)
-    metrics.event(f"blocks_to_swap = {count}: blocks {total - count + 1}-{total} of {total} stream from CPU memory ({host / 2**20:.1f} MiB held there)")
+    stepped = ", with their gradients; the optimizer steps them there" if swap.grads else ""
+    metrics.event(f"blocks_to_swap = {count}: blocks {total - count + 1}-{total} of {total} stream from CPU memory ({host / 2**20:.1f} MiB held there{stepped})")
     return swap
 
 
@@ -314,15 +320,22 @@ def _gradient_checkpointing(components: Any, trained: Collection[str]) -> None:
             te.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def _ema(method: Any, settings: dict[str, Any], device: Any) -> Any:
+def _ema(method: Any, settings: dict[str, Any], device: Any, swap: Any = None) -> Any:
     """An exponential moving average of the trained parameters, or None when ``settings.ema`` is off."""
     if not settings["ema"]:
         return None
     from diffusers.training_utils import EMAModel
 
     ema = EMAModel(method.parameters(), decay=float(settings["ema_decay"]))
-    ema.to(device)
+    place_ema(ema, method.parameters(), device, swap)
     return ema
+
+
+def place_ema(ema: Any, params: list[Any], device: Any, swap: Any) -> None:
+    """Each EMA copy beside its parameter's master: host memory for a swapped block's trained
+    parameters (stepped there), ``device`` for the others."""
+    host = {id(p) for p in swap.trained_params()} if swap is not None else set()
+    ema.shadow_params = [s.to("cpu" if id(p) in host else device) for s, p in zip(ema.shadow_params, params, strict=True)]
 
 
 def _load_init_lora(kind: str, components: Any, method: Any, path: str, metrics: MetricsWriter) -> None:
@@ -502,7 +515,8 @@ def build_optimizer(config: Any, accel: Accel, model: Model, data: Batches, metr
     groups = param_groups(method, lr, float(sched["text_encoder_lr"]))
     fused_pass: FusedBackward | None = None
     if fused:
-        fused_pass = FusedBackward(name, groups, float(s["max_grad_norm"]), warmup, s)
+        deferred = model.swap.trained_params() if model.swap is not None else []
+        fused_pass = FusedBackward(name, groups, float(s["max_grad_norm"]), warmup, s, deferred=deferred)
         optimizer: Any = fused_pass
         lr_scheduler: Any = fused_pass.make_schedulers(sched["lr_scheduler"], warmup, total_steps, *shape)
     else:
@@ -545,6 +559,7 @@ def resume(session: Session, progress: Progress, run: RunDir, metrics: MetricsWr
     ema = session.model.ema
     if objects.get("ema") is not None and ema is not None:
         ema.load_state_dict(objects["ema"])
+        place_ema(ema, optim.params, session.device, session.model.swap)
     rng = objects.get("rng") or []
     if session.rank < len(rng):
         set_rng(rng[session.rank])

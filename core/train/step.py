@@ -112,10 +112,14 @@ class Stepper:
         return embeddings.prompt_embeds, components.runtime.extra_conditioning(embeddings, batch, session.device, session.settings)
 
     def optimizer_step(self) -> None:
-        """Clip, step the optimizer and its LR schedule (unless fp16 scaling skipped it), the method's and EMA's follow-up."""
+        """Clip, step the optimizer and its LR schedule (unless fp16 scaling skipped it), the method's and EMA's
+        follow-up; a full fine-tune's swapped parameters step on the CPU, on their host masters and gradients."""
         session, optim = self.session, self.session.optim
+        if session.model.swap is not None:
+            session.model.swap.before_step()  # a full fine-tune's swapped blocks: host masters, host gradients
         if optim.fused is not None:
             optim.fused.stepping = False
+            optim.fused.step_deferred()
             optim.lr_scheduler.step()
         else:
             max_norm = float(session.settings["max_grad_norm"])

@@ -2,10 +2,20 @@
 memory and are copied to the device on their turn, in forward and in backward.
 
 The blocks are the ``ModuleList``s the family spec names (``FamilySpec.swap_blocks``), in the
-order the forward runs them. Only the frozen tensors of a swapped block travel (base weights,
-quantized or not, and buffers); trained parameters (LoRA) stay on the device, so the optimizer
-never sees a moved tensor. The copies only go host -> device: the base is frozen, so a block
-leaving the device just lets go of its device copy (the tensors point at the host copy again).
+order the forward runs them. Under a LoRA only the frozen tensors of a swapped block travel
+(base weights, quantized or not, and buffers); trained parameters (LoRA) stay on the device, so
+the optimizer never sees a moved tensor. The copies only go host -> device: the base is frozen,
+so a block leaving the device just lets go of its device copy (the tensors point at the host
+copy again).
+
+Under a full fine-tune (``trains=True``) a swapped block's trained parameters travel too: their
+host copy is the master the optimizer steps (on the CPU, beside the device parameters it steps
+on the device: one optimizer, whose state follows each parameter's device). Each one's gradient
+goes device -> host as autograd finishes it (``register_post_accumulate_grad_hook``, on a second
+side stream), is summed there over the micro-batches of a step, and its device copy freed.
+:meth:`BlockSwap.before_step` then waits for those copies, points every swapped block back at
+its host master and hands the optimizer the host gradients; the next forward copies the stepped
+weights to the device again.
 
 - Forward: a block's pre-hook makes it resident (waiting for its copy) and starts copying the
   next swapped block on a side CUDA stream (one block of prefetch); its post-hook drops it,
@@ -17,6 +27,8 @@ leaving the device just lets go of its device copy (the tensors point at the hos
   gradient checkpointing autograd holds the weights themselves (the parameter objects), so
   re-pointing them at the device copy is what backward reads; with checkpointing the
   recomputed forward runs inside backward, where the hooks only make the block resident.
+  Autocast caches the half copy of every fp32 trained weight until the forward ends; a full
+  fine-tune's swapped block clears that cache as it ends (what backward needs it keeps itself).
 
 On the CPU the "device copy" is a fresh copy in host memory, so the bookkeeping (the order of
 the moves in :attr:`BlockSwap.moves`, the hooks, the pointers) runs exactly as on a GPU.
@@ -34,13 +46,23 @@ from torch import nn
 
 @dataclass
 class _Block:
-    """One swapped block: its frozen tensors with their host copies, and its device copies while it has them."""
+    """One swapped block: its moving tensors with their host copies, and its device copies while it has them."""
 
     tensors: list[torch.Tensor]
     host: list[torch.Tensor]
     device: list[torch.Tensor] = field(default_factory=list)
     event: Any = None
     resident: bool = False
+
+
+@dataclass
+class _Grad:
+    """A swapped trained parameter's gradient in host memory, summed over the micro-batches of one
+    optimizer step (``arrived``: whether any micro-batch of this step gave one yet)."""
+
+    param: torch.Tensor
+    host: torch.Tensor
+    arrived: bool = False
 
 
 def blocks_of(denoiser: nn.Module, paths: Sequence[str]) -> list[nn.Module]:
@@ -73,7 +95,7 @@ class BlockSwap:
     memory and installs the hooks; :meth:`remove` takes them out (the blocks stay where they are).
     """
 
-    def __init__(self, blocks: Sequence[nn.Module], count: int, device: torch.device) -> None:
+    def __init__(self, blocks: Sequence[nn.Module], count: int, device: torch.device, trains: bool = False) -> None:
         if not 0 < count < len(blocks):
             raise ValueError(f"blocks_to_swap must be between 1 and {len(blocks) - 1}, not {count}")
         self.modules = list(blocks)
@@ -81,7 +103,12 @@ class BlockSwap:
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
         self.stream = torch.cuda.Stream(self.device) if self.cuda else None
+        #: Whether the swapped blocks' parameters are trained (a full fine-tune): they travel with their gradients.
+        self.trains = trains
+        self.grad_stream = torch.cuda.Stream(self.device) if self.cuda and trains else None
         self.swapped: dict[int, _Block] = {}
+        #: The swapped trained parameters' host gradients (a full fine-tune), in block order.
+        self.grads: list[_Grad] = []
         #: ("load", i) when a copy of block i starts, ("use", i) when it becomes resident, ("drop", i) when it leaves.
         self.moves: list[tuple[str, int]] = []
         self._handles: list[Any] = []
@@ -92,27 +119,38 @@ class BlockSwap:
         return len(self.modules) - self.first
 
     def place(self, denoiser: nn.Module) -> None:
-        """Move ``denoiser`` to the device except the swapped blocks' frozen tensors (to host memory), and hook the blocks."""
+        """Move ``denoiser`` to the device except the swapped blocks' moving tensors (to host memory:
+        the frozen ones, and the trained ones too when :attr:`trains`), and hook the blocks."""
         inside = {id(m) for block in self.modules[self.first :] for m in block.modules()}
         for module in denoiser.modules():
             if id(module) not in inside:
                 for tensor in _own_tensors(module):
                     _move(tensor, self.device)
         for index in range(self.first, len(self.modules)):
-            frozen = []
+            moving = []
             for module in self.modules[index].modules():
                 for tensor in _own_tensors(module):
-                    (frozen if not tensor.requires_grad else []).append(tensor)
-                    if tensor.requires_grad:
+                    if self.trains or not tensor.requires_grad:
+                        moving.append(tensor)
+                    else:
                         _move(tensor, self.device)
-            host = [_host_copy(t, self.cuda) for t in frozen]
-            for tensor, copy in zip(frozen, host):
+            host = [_host_copy(t, self.cuda) for t in moving]
+            for tensor, copy in zip(moving, host):
                 tensor.data = copy
-            self.swapped[index] = _Block(frozen, host)
+                if tensor.requires_grad:
+                    self._add_grad(tensor, copy)
+            self.swapped[index] = _Block(moving, host)
         for index, block in enumerate(self.modules):
             self._handles.append(block.register_forward_pre_hook(self._pre_hook(index)))
             if index in self.swapped:
                 self._handles.append(block.register_forward_hook(self._post_hook(index)))
+
+    def _add_grad(self, param: torch.Tensor, master: torch.Tensor) -> None:
+        """Give a swapped trained parameter a host gradient buffer (pinned on a GPU) and the hook that fills it."""
+        host = torch.empty_like(master, pin_memory=self.cuda)
+        entry = _Grad(param, host)
+        self.grads.append(entry)
+        self._handles.append(param.register_post_accumulate_grad_hook(self._grad_back(entry)))
 
     def remove(self) -> None:
         """Take the hooks out."""
@@ -123,6 +161,25 @@ class BlockSwap:
     def resident(self) -> list[int]:
         """The swapped blocks now on the device, in order."""
         return [i for i, b in self.swapped.items() if b.resident]
+
+    def trained_params(self) -> list[torch.Tensor]:
+        """The swapped blocks' trained parameters (stepped on the CPU; none under a LoRA)."""
+        return [entry.param for entry in self.grads]
+
+    def before_step(self) -> None:
+        """Ready the swapped parameters for the optimizer step: wait for the copies in flight, point
+        every swapped block at its host master (a device copy would be stale once the master is
+        stepped) and give each trained parameter its summed host gradient (None when no
+        micro-batch gave one); the next micro-batch starts a new sum."""
+        if not self.grads:
+            return
+        for stream in (self.stream, self.grad_stream):
+            if stream is not None:
+                stream.synchronize()
+        self._keep_only(set())
+        for entry in self.grads:
+            entry.param.grad = entry.host if entry.arrived else None
+            entry.arrived = False
 
     # the moves
 
@@ -198,6 +255,36 @@ class BlockSwap:
                         backward_follows = True
             if not (backward_follows and index == len(self.modules) - 1):
                 self.drop(index)
+            if self.trains and torch.is_autocast_enabled(self.device.type):
+                torch.clear_autocast_cache()  # autocast's half copies of the trained weights would pile up on the device for the whole forward
+
+        return hook
+
+    def _grad_back(self, entry: _Grad) -> Any:
+        """The hook that takes a swapped parameter's fresh device gradient to its host buffer
+        (copied for the first micro-batch of a step, added for the others) and frees it."""
+
+        def hook(param: torch.Tensor) -> None:
+            grad = param.grad
+            param.grad = None
+            if grad is None:
+                return
+            if self.grad_stream is None:  # the CPU: the "device" gradient is host memory already
+                if entry.arrived:
+                    entry.host.add_(grad)
+                else:
+                    entry.host.copy_(grad)
+            else:
+                self.grad_stream.wait_stream(torch.cuda.current_stream(self.device))
+                with torch.cuda.stream(self.grad_stream):
+                    if entry.arrived:  # sum on the device: the host copy comes over, takes the new gradient and goes back
+                        total = entry.host.to(self.device, non_blocking=True)
+                        total.add_(grad)
+                        entry.host.copy_(total, non_blocking=True)
+                    else:
+                        entry.host.copy_(grad, non_blocking=True)
+                grad.record_stream(self.grad_stream)
+            entry.arrived = True
 
         return hook
 

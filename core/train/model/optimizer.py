@@ -133,7 +133,9 @@ class FusedBackward:
     ``register_post_accumulate_grad_hook`` runs after a parameter's gradient is accumulated;
     when ``stepping`` is set (the micro-batch that ends an optimizer step) the hook clips that
     gradient, steps its optimizer and frees the gradient at once, so the whole model's
-    gradients never exist together.
+    gradients never exist together. The ``deferred`` parameters (a full fine-tune's swapped
+    blocks, whose gradients go to host memory) get no hook: :meth:`step_deferred` steps them on
+    the CPU after the backward pass, each alike (its own clip, optimizer and schedule).
     """
 
     def __init__(
@@ -143,6 +145,7 @@ class FusedBackward:
         max_grad_norm: float,
         warmup: int = 0,
         settings: Mapping[str, Any] | None = None,
+        deferred: Iterable[Any] = (),
     ) -> None:
         self.name = name
         pairs = [(p, group["lr"]) for group in groups for p in group["params"] if p.requires_grad]
@@ -151,20 +154,30 @@ class FusedBackward:
         self.schedulers: list[Any] = []
         self.max_grad_norm = max_grad_norm
         self.stepping = False
-        self._handles = [p.register_post_accumulate_grad_hook(self._hook(opt)) for p, opt in zip(self.params, self.optimizers)]
+        later = {id(p) for p in deferred}
+        self._deferred = [opt for p, opt in zip(self.params, self.optimizers) if id(p) in later]
+        self._handles = [p.register_post_accumulate_grad_hook(self._hook(opt)) for p, opt in zip(self.params, self.optimizers) if id(p) not in later]
 
     def _hook(self, optimizer: Any) -> Callable[[Any], None]:
         def step(param: Any) -> None:
-            if not self.stepping:
-                return
-            import torch
-
-            if self.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_([param], self.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            if self.stepping:
+                self._step(optimizer)
 
         return step
+
+    def _step(self, optimizer: Any) -> None:
+        import torch
+
+        if self.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(optimizer.param_groups[0]["params"], self.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def step_deferred(self) -> None:
+        """Step the deferred parameters that have a gradient (their gradients in place, after the backward pass)."""
+        for optimizer in self._deferred:
+            if optimizer.param_groups[0]["params"][0].grad is not None:
+                self._step(optimizer)
 
     def make_schedulers(self, name: str, warmup: int, total: int, num_cycles: int = 1, power: float = 1.0) -> FusedSchedulers:
         """One LR schedule per parameter optimizer, driven together."""
