@@ -150,7 +150,7 @@ async def test_the_wizard_shows_the_composition_and_the_reasons_on_the_recipe_st
 
 
 def test_a_combination_that_does_not_fit_is_named_the_closest_not_composed(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["plan", "--model", "sdxl", "--method", "finetune", "--gpus", "1x8GB", "--ram", "64GB"]) == 0
+    assert main(["plan", "--model", "sdxl", "--method", "finetune", "--gpus", "1x6GB", "--ram", "64GB"]) == 0
     out = capsys.readouterr().out
-    assert line(out, "Recipe")[0].startswith("Recipe    the closest to fitting 1 × 8 GiB from sdxl-finetune-")
+    assert line(out, "Recipe")[0].startswith("Recipe    the closest to fitting 1 × 6 GiB from sdxl-finetune-")
     assert "DOES NOT FIT" in line(out, "VRAM")[0] and not line(out, "Choice")
