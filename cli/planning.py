@@ -187,7 +187,7 @@ def _from_arguments(args: argparse.Namespace, extras: list[str], gpus: Any, ram:
     from core.config import apply_overrides, apply_recipe, new_config
     from core.dataset.scan import scan_dataset
     from core.families.detect import detect_family
-    from core.plan.picker import run_shape
+    from core.plan.fit import run_shape
 
     if not args.model:
         raise UserError("sdtui plan needs a base model: give --model with a diffusers folder, a .safetensors file, a hub id, or one of " + ", ".join(FAMILIES))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from core.gpu import parse_spec
-from core.plan.picker import judge, run_shape
+from core.plan.fit import judge, run_shape
 from core.recipes import get_recipe
 from core.units import GIB
 from tests.train_helpers import launch, make_run, metrics, set_up

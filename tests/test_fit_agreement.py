@@ -17,8 +17,9 @@ from core.dataset.scan import DatasetScan, ImageEntry, Subset
 from core.gpu import parse_spec
 from core.launch.preflight import check_fit
 from core.plan.class_images import class_images as class_image_rule
+from core.plan.fit import run_shape
 from core.plan.learning_rates import schedule_defaults
-from core.plan.picker import pick_recipes, rank_recipes, run_shape
+from core.plan.picker import pick_recipes, rank_recipes
 from core.plan.planner import make_plan
 from core.recipes import load_recipes
 from core.settings import FAMILIES, METHODS, defaults, resolve

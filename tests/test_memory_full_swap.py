@@ -13,7 +13,8 @@ from cli.main import main
 from core.gpu import parse_spec
 from core.memory import estimate
 from core.memory.techniques import max_swappable, swap_of
-from core.plan.picker import pick_recipes, run_shape
+from core.plan.fit import run_shape
+from core.plan.picker import pick_recipes
 from core.plan.throughput import images_per_second, technique_cost
 from core.recipes import load_recipes
 from core.units import GIB

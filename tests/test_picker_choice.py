@@ -14,7 +14,8 @@ from cli.main import main
 from core.gpu import parse_spec
 from core.plan.choice import choose, written_for_card
 from core.plan.compose import compose
-from core.plan.picker import LOSS_PRICE, rank_recipes, run_shape
+from core.plan.fit import LOSS_PRICE, run_shape
+from core.plan.picker import rank_recipes
 from core.plan.throughput import technique_cost
 from core.recipes import get_recipe, load_recipes
 from core.units import GIB

@@ -13,7 +13,8 @@ from cli.main import main
 from core.gpu import parse_spec
 from core.memory.data import params
 from core.memory.estimator import estimate
-from core.plan.picker import RecipeFit, pick_recipes, run_shape
+from core.plan.fit import RecipeFit, run_shape
+from core.plan.picker import pick_recipes
 from core.recipes import get_recipe, load_recipes
 from core.units import GIB
 

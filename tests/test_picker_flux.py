@@ -11,7 +11,8 @@ import pytest
 
 from cli.main import main
 from core.gpu import parse_spec
-from core.plan.picker import RecipeFit, pick_recipes, run_shape
+from core.plan.fit import RecipeFit, run_shape
+from core.plan.picker import pick_recipes
 from core.recipes import load_recipes
 from core.units import GIB
 

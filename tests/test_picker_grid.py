@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from core.gpu import parse_spec
-from core.plan.picker import pick_recipes, rank_recipes, run_shape
+from core.plan.fit import run_shape
+from core.plan.picker import pick_recipes, rank_recipes
 from core.plan.planner import make_plan
 from core.recipes import load_recipes
 from tests.test_fit_agreement import config_for, memory_scan

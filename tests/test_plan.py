@@ -139,7 +139,8 @@ def test_no_gpu_means_no_speed() -> None:
 
 def test_picker_only_offers_what_fits_the_smallest_gpu_fastest_first() -> None:
     from core.memory import estimate
-    from core.plan.picker import SAME_SPEED, pick_recipes, rank_recipes, worth_speed
+    from core.plan.fit import SAME_SPEED, worth_speed
+    from core.plan.picker import pick_recipes, rank_recipes
     from core.recipes import load_recipes
 
     recipes = load_recipes()
@@ -342,7 +343,8 @@ def test_plan_rejects_a_run_without_length(kohya_dataset) -> None:
 
 
 def test_suggestions_name_the_settings_that_would_fit() -> None:
-    from core.plan.picker import judge, suggest_when_nothing_fits
+    from core.plan.fit import judge
+    from core.plan.picker import suggest_when_nothing_fits
     from core.recipes import get_recipe, load_recipes
 
     gpus, recipe = parse_spec("1x8GB"), get_recipe("sd15-lora-8gb")

@@ -372,7 +372,7 @@ class WizardState:
 
     def shape(self) -> Any:
         """The run's shape for the fit (prior preservation with the class folder's images), as the plan has it."""
-        from core.plan.picker import run_shape
+        from core.plan.fit import run_shape
 
         return run_shape(self.method, self.scan.reg_images if self.scan is not None else 0, {"num_processes": max(1, self.gpus.count)}, self.ram_bytes(), bool(self.prompts))
 
@@ -427,7 +427,7 @@ class WizardState:
 
     def judge(self) -> Any:
         """The current settings judged on the smallest GPU (RecipeFit: estimate, fits, speed)."""
-        from core.plan.picker import judge
+        from core.plan.fit import judge
 
         return judge(self.planned_family(), self.method, self.settings, self.gpus, shape=self.shape())
 

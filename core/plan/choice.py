@@ -18,7 +18,7 @@ from typing import Any
 
 from core.units import GIB
 
-from .picker import LOSS_PRICE, RecipeFit, RunShape, describe_techniques, precision_loss
+from .fit import LOSS_PRICE, RecipeFit, RunShape, describe_techniques, precision_loss
 from .throughput import technique_cost
 
 #: The knobs besides the memory techniques the composer turns, with their words.

@@ -19,7 +19,7 @@ from core.memory.estimator import HEADROOM
 from core.memory.techniques import QUANTIZED, RAM_HEADROOM, max_swappable
 from core.settings import technique_problem
 
-from .picker import SAME_SPEED, RecipeFit, RunShape, judge, precision_loss, worth_speed
+from .fit import SAME_SPEED, RecipeFit, RunShape, judge, precision_loss, worth_speed
 
 #: The base precisions tried for a frozen denoiser (LoRA), least lossy first.
 BASE_STEPS = ("fp8_scaled", "int8", "nf4")

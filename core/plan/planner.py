@@ -23,8 +23,9 @@ from core.settings import FULL_METHODS, optimizer_notes, optimizer_rule_warnings
 from core.units import GIB
 
 from .class_images import GENERATE_BATCH, GENERATE_STEPS, ClassImages, class_images, describe
+from .fit import RunShape, describe_techniques, judge, run_shape
 from .learning_rates import lr_warnings
-from .picker import RunShape, describe_techniques, judge, run_shape, suggest_when_nothing_fits
+from .picker import suggest_when_nothing_fits
 from .schedule import ScheduleRow, batches_per_rank, schedule_row, warmup_steps
 from .throughput import eta_seconds, images_per_second, sample_seconds_per_image
 from .validation import ValidationPlan, plan_validation

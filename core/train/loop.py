@@ -421,7 +421,7 @@ def _fit_facts(trainer: Trainer) -> tuple[str | None, str, dict[str, Any]]:
 
 def _run_shape(trainer: Trainer) -> Any:
     """The fit's inputs as the planner has them: class images paired, the distributed backend."""
-    from core.plan.picker import run_shape
+    from core.plan.fit import run_shape
 
     session, config = trainer.session, trainer.config
     class_images = len(session.data.train_data.class_items) if session is not None else 0

@@ -105,12 +105,13 @@ class NotOwner(Exception):
 def oom_hint(family: str | None, method: str, settings: dict[str, Any], step: int, shape: Any = None) -> str:
     """What to change after running out of memory at ``step``: a fitting recipe when the picker
     knows one (the model's ``family`` is known), judged for the run's ``shape``
-    (core.plan.picker.RunShape) as the planner judges."""
+    (core.plan.fit.RunShape) as the planner judges."""
     try:
         if family is None:
             raise LookupError("no model loaded yet")
         from core.gpu import probe
-        from core.plan.picker import RunShape, pick_recipes
+        from core.plan.fit import RunShape
+        from core.plan.picker import pick_recipes
         from core.recipes import load_recipes
 
         fits = [f for f in pick_recipes(family, method, probe(), load_recipes(), shape=shape or RunShape()) if f.name != settings.get("recipe") or f.changes]
