@@ -122,3 +122,35 @@ def test_a_zimage_lora_run_with_samples_finishes_without_its_text_encoder(tiny_m
     assert train(run) == 0
     assert len(metrics(run, "sample")) == 2 and not any(e.get("level") == "warning" and "sampl" in e["message"] for e in metrics(run, "event"))
     assert runtime("zimage").spec.samples_from_embeddings
+
+
+#: A FLUX.1-dev LoRA as the 24 GB recipes train it: latents and text outputs cached, checkpointing.
+FLUX_LORA = {"gradient_checkpointing": True, "cache_latents": True, "resolution": 512}
+
+
+def test_ram_while_training_no_longer_counts_the_encoders_a_lora_run_frees() -> None:
+    from core.memory.estimator import estimate
+
+    lora = estimate("flux", "lora", FLUX_LORA).host
+    finetune = estimate("flux", "finetune", FLUX_LORA).host  # keeps its encoders to save them
+    not_cached = estimate("flux", "lora", FLUX_LORA | {"cache_text_encoder_outputs": False}).host
+    assert lora is not None and finetune is not None and not_cached is not None
+    t5_and_clip = finetune.training["offloaded_models"] - lora.training["offloaded_models"]
+    assert t5_and_clip > 9 * 2**30  # T5-XXL and CLIP-L in bf16
+    # the start-up phase still reads them (the peak of a LoRA run's host memory): it says so
+    assert lora.phase == "loading" and lora.breakdown["text_encoders"] == t5_and_clip
+    assert lora.total_bytes > sum(lora.training.values()) + t5_and_clip
+    assert not_cached.training["offloaded_models"] == lora.training["offloaded_models"]  # on the GPU instead
+
+
+def test_a_sample_no_longer_brings_the_freed_encoders_back_to_the_gpu() -> None:
+    from core.memory.data import params
+    from core.memory.estimator import estimate
+
+    flux = estimate("flux", "lora", FLUX_LORA, sampling=True)
+    assert flux.breakdown["sampling"] < 2**30  # the denoiser's inference activations or the VAE decoder, not T5's 9 GiB
+    assert flux.total_bytes < estimate("flux", "lora", FLUX_LORA).total_bytes + 2**30
+    # SDXL samples from the prompt text: its CLIP encoders still come back for the sample
+    sdxl = estimate("sdxl", "lora", {"gradient_checkpointing": True, "cache_latents": True}, sampling=True)
+    clips = sum(params()["sdxl"][name]["params"] * 2 for name in ("text_encoder", "text_encoder_2"))
+    assert sdxl.breakdown["sampling"] >= clips
