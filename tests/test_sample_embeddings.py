@@ -154,3 +154,18 @@ def test_a_sample_no_longer_brings_the_freed_encoders_back_to_the_gpu() -> None:
     sdxl = estimate("sdxl", "lora", {"gradient_checkpointing": True, "cache_latents": True}, sampling=True)
     clips = sum(params()["sdxl"][name]["params"] * 2 for name in ("text_encoder", "text_encoder_2"))
     assert sdxl.breakdown["sampling"] >= clips
+
+
+@pytest.mark.slow
+def test_a_prompt_set_changed_before_a_resume_is_encoded_at_that_start_up(tiny_models: Any, kohya_dataset: Any, tmp_path: Path) -> None:
+    import tomlkit
+
+    data = kohya_dataset(((2, "a photo of sks dog", 2),))
+    run = make_run(tmp_path / "run", tiny_models("flux"), data, "flux", schedule={"max_steps": 2, "save_every_steps": 2, "sample_every_steps": 2}, prompts=PROMPTS[:1])
+    assert train(run) == 0
+    doc = tomlkit.parse((run / "run.toml").read_text(encoding="utf-8"))
+    doc["samples"]["prompts"] = PROMPTS[1:]
+    doc["schedule"]["max_steps"] = 4
+    (run / "run.toml").write_text(tomlkit.dumps(doc), encoding="utf-8")
+    trainer = set_up(run)
+    assert trainer.progress.step == 2 and trainer.session.model.sample_texts.lines == tuple(PROMPTS[1:])
