@@ -15,7 +15,7 @@ from core.train.outputs.sampling import SampleError, encode_sample_prompts, rend
 from tests.train_helpers import make_run, metrics, set_up, train
 
 #: The families that sample from stored embeddings, and whether their sampler guides with a negative prompt.
-EMBEDDING_FAMILIES = ("flux", "chroma", "sd35", "zimage", "qwenimage")
+EMBEDDING_FAMILIES = ("flux", "chroma", "sd35", "zimage", "qwenimage", "flux2")
 
 #: One prompt without guidance, one guided with a negative prompt (classifier-free where the family guides).
 PROMPTS = [
@@ -65,7 +65,6 @@ def test_only_lora_runs_of_a_family_with_stored_embeddings_free_their_encoders()
     assert not flux.encoders_leave("lora", cached=False)  # the encoders run every step
     assert not flux.encoders_leave("finetune", cached=True)  # the saved model holds them
     assert not spec("sdxl").encoders_leave("lora", cached=True)  # samples from the text with its CLIPs
-    assert not spec("flux2").encoders_leave("lora", cached=True)
 
 
 def _capture_encoders(monkeypatch: pytest.MonkeyPatch) -> list[weakref.ref[Any]]:
@@ -169,3 +168,18 @@ def test_a_prompt_set_changed_before_a_resume_is_encoded_at_that_start_up(tiny_m
     (run / "run.toml").write_text(tomlkit.dumps(doc), encoding="utf-8")
     trainer = set_up(run)
     assert trainer.progress.step == 2 and trainer.session.model.sample_texts.lines == tuple(PROMPTS[1:])
+
+
+@pytest.mark.slow
+def test_a_prompt_that_fails_to_encode_keeps_the_encoders_and_training_goes_on(tiny_models: Any, kohya_dataset: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.train.outputs import sampling
+
+    def fail(*args: Any, **kwargs: Any) -> Any:
+        raise SampleError("encoding sample prompt 0 ('a photo') failed: RuntimeError: out of memory")
+
+    monkeypatch.setattr(sampling, "encode_sample_prompts", fail)
+    data = kohya_dataset(((2, "a photo of sks dog", 2),))
+    run = make_run(tmp_path / "run", tiny_models("flux"), data, "flux", schedule={"max_steps": 1}, prompts=PROMPTS[:1])
+    trainer = set_up(run)
+    assert len(trainer.session.components.text_encoders) == 2 and trainer.session.model.sample_texts is None
+    assert any(e.get("level") == "warning" and "stay for the samples" in e["message"] for e in metrics(run, "event"))

@@ -379,9 +379,8 @@ def build_data(config: Any, accel: Accel, model: Model, run: RunDir, metrics: Me
             c.vae.to("cpu")
     if s["cache_text_encoder_outputs"]:
         _cache_text(model, train_data, accel, metrics, phases)
-        if c.spec.encoders_leave(str(config.method), train_data.text_cache is not None):
-            _free_text_encoders(config, accel, model, metrics)
-        elif offload and train_data.text_cache is not None:
+        freed = c.spec.encoders_leave(str(config.method), train_data.text_cache is not None) and _free_text_encoders(config, accel, model, metrics)
+        if offload and train_data.text_cache is not None and not freed:
             for te in c.text_encoders:
                 te.to("cpu")
     if offload:
@@ -448,9 +447,10 @@ def _cache_text(model: Model, train_data: Any, accel: Accel, metrics: MetricsWri
     phases.end(encoded=cache.encoded, reused=cache.reused, entries=len(cache), processes=accel.world)
 
 
-def _free_text_encoders(config: Any, accel: Accel, model: Model, metrics: MetricsWriter) -> None:
+def _free_text_encoders(config: Any, accel: Accel, model: Model, metrics: MetricsWriter) -> bool:
     """With every caption cached: encode the sample prompts once (rank 0, which renders the samples),
-    keep those embeddings for the run, and drop the text encoders from memory (host and GPU)."""
+    keep those embeddings for the run, and drop the text encoders from memory (host and GPU); whether
+    they were dropped (a prompt that fails to encode keeps them, and the samples encode their text)."""
     import gc
 
     import torch
@@ -458,10 +458,14 @@ def _free_text_encoders(config: Any, accel: Accel, model: Model, metrics: Metric
     c = model.components
     prompts = config.prompts
     if prompts and accel.acc.is_main_process:
-        from core.train.outputs.sampling import encode_sample_prompts
+        from core.train.outputs.sampling import SampleError, encode_sample_prompts
 
         s = config.settings
-        model.sample_texts = encode_sample_prompts(c, prompts, accel.device, accel.acc.autocast, int(s["resolution"]), int(s["clip_skip"]))
+        try:
+            model.sample_texts = encode_sample_prompts(c, prompts, accel.device, accel.acc.autocast, int(s["resolution"]), int(s["clip_skip"]))
+        except SampleError as exc:
+            metrics.event(f"{exc}; the text encoders stay for the samples", "warning")
+            return False
     held = sum(p.numel() * p.element_size() for te in c.text_encoders for p in te.parameters())
     c.text_encoders = []
     gc.collect()
@@ -469,6 +473,7 @@ def _free_text_encoders(config: Any, accel: Accel, model: Model, metrics: Metric
         torch.cuda.empty_cache()
     encoded = f"the {len(prompts)} sample prompts are encoded and " if prompts else ""
     metrics.event(f"text-encoder outputs are cached: {encoded}the text encoders ({held / 2**20:.0f} MiB) are freed for the rest of the run")
+    return True
 
 
 def _phase_progress(phases: Phases, name: str, unit: str) -> Callable[[int, int], None]:

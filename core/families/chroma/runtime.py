@@ -98,7 +98,7 @@ class ChromaRuntime(FluxRuntime):
             "max_sequence_length": self.spec.max_tokens(self.spec.text_encoder_names[0]),
         }
 
-    def sample_text_calls(self, arguments: Mapping[str, Any]) -> list[tuple[dict[str, Any], tuple[str | None, ...]]]:
+    def sample_text_calls(self, pipe: Any, arguments: Mapping[str, Any]) -> list[tuple[dict[str, Any], tuple[str | None, ...]]]:
         """ChromaPipeline encodes prompt and negative prompt in one call (classifier-free above 1), with their T5 masks."""
         keywords = {
             "prompt": arguments["prompt"],

@@ -103,7 +103,7 @@ class SD35Runtime(FlowRuntime):
             "clip_skip": skipped if skipped > 0 else None,
         }
 
-    def sample_text_calls(self, arguments: Mapping[str, Any]) -> list[tuple[dict[str, Any], tuple[str | None, ...]]]:
+    def sample_text_calls(self, pipe: Any, arguments: Mapping[str, Any]) -> list[tuple[dict[str, Any], tuple[str | None, ...]]]:
         """StableDiffusion3Pipeline encodes prompt and negative prompt in one call (classifier-free above 1), at the call's clip skip."""
         keywords = {
             "prompt": arguments["prompt"],

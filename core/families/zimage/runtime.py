@@ -191,7 +191,7 @@ class ZImageRuntime(FlowRuntime):
             arguments["negative_prompt"] = prompt.negative
         return arguments
 
-    def sample_text_calls(self, arguments: Mapping[str, Any]) -> list[tuple[dict[str, Any], tuple[str | None, ...]]]:
+    def sample_text_calls(self, pipe: Any, arguments: Mapping[str, Any]) -> list[tuple[dict[str, Any], tuple[str | None, ...]]]:
         """ZImagePipeline encodes prompt and negative prompt in one call (classifier-free above 0: Base), as lists of unpadded states."""
         keywords = {
             "prompt": arguments["prompt"],
