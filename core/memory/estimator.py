@@ -488,8 +488,8 @@ def host_term(lay: _Layout, s: dict[str, Any], offload: bool) -> HostEstimate:
     swapped blocks in pinned memory (a full fine-tune's with their gradients and optimizer
     state), the encoders and VAE off the GPU kept for the samples (not the encoders a LoRA run
     frees after caching), DeepSpeed's offloaded state; or, at start-up (``loading``: until the
-    caches are built), each rank's denoiser read in bf16 before it is quantized or moved, and its
-    text encoders."""
+    caches are built), each rank's denoiser and text encoders read in bf16 before they are
+    quantized or moved."""
     den = lay.comps[lay.denoiser]
     b: dict[str, int] = {"processes": PROCESS_RAM_BYTES * lay.n}
     if lay.full:
@@ -509,7 +509,7 @@ def host_term(lay: _Layout, s: dict[str, Any], offload: bool) -> HostEstimate:
         b["optimizer_offload"] = _optimizer_state_bytes(s["optimizer"], lay.trained, 4, lay.comps, lay.full, lay.te_trained, lay.trained_encoders, lay.denoiser) + lay.trained * 4
     training = sum(v for k, v in b.items() if k != "processes")
     loading = den["params"] * 2 * lay.n
-    encoders = _frozen_encoder_bytes(lay) * lay.n
+    encoders = sum(int(lay.comps[c]["params"]) * 2 for c in lay.encoders) * lay.n  # read in bf16, then quantized or moved
     if loading + encoders > training:
         return HostEstimate(b["processes"] + loading + encoders, {"processes": b["processes"], "loading": loading, "text_encoders": encoders}, "loading", b)
     return HostEstimate(sum(b.values()), b, "training", b)
