@@ -466,7 +466,9 @@ def _free_text_encoders(config: Any, accel: Accel, model: Model, metrics: Metric
         except SampleError as exc:
             metrics.event(f"{exc}; the text encoders stay for the samples", "warning")
             return False
-    held = sum(p.numel() * p.element_size() for te in c.text_encoders for p in te.parameters())
+    from core.train.model.quantize import quantized_bytes
+
+    held = sum(quantized_bytes(te) for te in c.text_encoders)
     c.text_encoders = []
     gc.collect()
     if accel.device.type == "cuda":
