@@ -83,7 +83,7 @@ def test_swapping_more_blocks_never_needs_more_vram_and_needs_more_ram() -> None
     runs = [estimate("sdxl", "lora", SDXL_LORA | {"blocks_to_swap": n}) for n in range(top + 1)]
     vram = [r.total_bytes for r in runs]
     assert all(a >= b for a, b in pairwise(vram)) and vram[-1] < vram[0]
-    swapped = [r.host.breakdown.get("swapped_blocks", 0) for r in runs if r.host is not None]
+    swapped = [r.host.training.get("swapped_blocks", 0) for r in runs if r.host is not None]
     assert all(a <= b for a, b in pairwise(swapped)) and swapped[-1] > 0
 
 

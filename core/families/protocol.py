@@ -81,6 +81,10 @@ class LoraFiles:
     diffusers_metadata: dict[str, str]
 
 
+#: The keywords of a pipeline call that carry prompt text; :meth:`FamilyRuntime.sample_text`'s embeddings replace them.
+PROMPT_KEYWORDS = ("prompt", "negative_prompt", "prompt_2", "prompt_3", "negative_prompt_2", "negative_prompt_3")
+
+
 class SamplePromptLike(Protocol):
     """One sample prompt as the sampling hook reads it (``core.sample_prompts.SamplePrompt`` is one)."""
 
@@ -186,6 +190,13 @@ class FamilyRuntime(Protocol):
 
     def sample_arguments(self, pipe: Any, prompt: SamplePromptLike, clip_skip: int) -> dict[str, Any]:
         """Every keyword of the pipeline call for one sample prompt (text, size, steps, guidance …)."""
+
+    def sample_text(self, pipe: Any, arguments: Mapping[str, Any]) -> dict[str, Any]:
+        """The text of one sample's pipeline call (:meth:`sample_arguments`' ``arguments``) encoded now by the
+        pipeline's encoders, as the keywords that replace its :data:`PROMPT_KEYWORDS` (``prompt_embeds``,
+        ``pooled_prompt_embeds``, masks, the negative ones where the call guides with a negative prompt;
+        tensors, or lists of them where the pipeline takes unpadded states, as Z-Image's):
+        what the samples render from once the encoders are gone (``spec.samples_from_embeddings``)."""
 
     # ---- files other tools read
     def lora_files(self, adapters: Sequence[AdapterWeights], denoiser_config: Mapping[str, Any]) -> LoraFiles:

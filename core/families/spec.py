@@ -165,6 +165,16 @@ class FamilySpec:
     block_settings: Mapping[str, str] = field(default_factory=dict)
     #: The reference scheduler config (a flow family's shift rule lives in it; the tiny models use it).
     scheduler: Mapping[str, Any] = field(default_factory=dict)
+    #: Whether the family's runtime renders samples from prompt embeddings encoded once at start-up
+    #: (``FamilyRuntime.sample_text``): a LoRA run whose text outputs are cached then frees its text
+    #: encoders after caching (:meth:`encoders_leave`). False: the encoders stay for the samples.
+    samples_from_embeddings: bool = False
+
+    def encoders_leave(self, method: str, cached: bool) -> bool:
+        """Whether a ``method`` run whose text-encoder outputs are ``cached`` frees its text encoders
+        once the caches and the sample prompts are encoded: a LoRA run of a family that samples from
+        stored embeddings (a full fine-tune saves its encoders; textual inversion trains through them)."""
+        return cached and method == "lora" and self.samples_from_embeddings
 
     def swap_block_count(self, variant: str = "") -> int:
         """How many denoiser blocks ``settings.blocks_to_swap`` may name (0: the family does not swap)."""

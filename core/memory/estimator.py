@@ -246,6 +246,8 @@ class _Layout:
     full: bool
     te_trained: bool
     te_resident: bool
+    #: The text encoders are freed once the caches and the sample prompts are encoded (``FamilySpec.encoders_leave``).
+    te_freed: bool
     trained: int
     largest: int
     base: str
@@ -270,6 +272,7 @@ def _layout(family: str, method: str, s: dict[str, Any], n: int, backend: str, z
     te_trained = s["train_text_encoder"] and method != "textual_inversion"
     counted = trainable(family, method, s)
     full = method in FULL_METHODS
+    te_resident = te_trained or method == "textual_inversion" or not s["cache_text_encoder_outputs"] or _captions_change(s)
     return _Layout(
         comps=comps,
         denoiser=spec(family).denoiser,
@@ -287,7 +290,8 @@ def _layout(family: str, method: str, s: dict[str, Any], n: int, backend: str, z
         weight_shard=n if (backend == "fsdp" or (ds and zero_stage == 3)) else 1,
         full=full,
         te_trained=te_trained,
-        te_resident=te_trained or method == "textual_inversion" or not s["cache_text_encoder_outputs"] or _captions_change(s),
+        te_resident=te_resident,
+        te_freed=spec(family).encoders_leave(method, cached=not te_resident),
         trained=counted.params,
         largest=counted.largest,
         base=precision_of(s.get("base_precision"), s["mixed_precision"]),
@@ -438,8 +442,9 @@ def caches_term(lay: _Layout, s: dict[str, Any], working_per_image: int, resolut
     """What a sample brings back to the GPU between steps: the text encoders whose outputs are
     cached (off the GPU while training) to encode the prompt, then the denoiser's inference
     activations (two images: classifier-free guidance), then the VAE decoder; one at a time,
-    each leaving before the next comes (0 when nothing is off the GPU)."""
-    encoders = 0 if lay.te_resident else _frozen_encoder_bytes(lay)
+    each leaving before the next comes (0 when nothing is off the GPU). Freed encoders do not come
+    back: the prompts were encoded at start-up."""
+    encoders = 0 if lay.te_resident or lay.te_freed else _frozen_encoder_bytes(lay)
     vae = 0 if not s["cache_latents"] else lay.comps["vae"]["params"] * lay.vae_b
     if not encoders and not vae:
         return 0
@@ -488,8 +493,10 @@ def caching_term(lay: _Layout, s: dict[str, Any]) -> int:
 def host_term(lay: _Layout, s: dict[str, Any], offload: bool) -> HostEstimate:
     """Host RAM of the run on one machine (every rank, ``lay.n`` processes): the processes, the
     swapped blocks in pinned memory (a full fine-tune's with their gradients and optimizer
-    state), the encoders and VAE off the GPU kept for the samples, DeepSpeed's offloaded state;
-    or, while loading, each rank's denoiser read in bf16 before it is quantized or moved."""
+    state), the encoders and VAE off the GPU kept for the samples (not the encoders a LoRA run
+    frees after caching), DeepSpeed's offloaded state; or, at start-up (``loading``: until the
+    caches are built), each rank's denoiser and text encoders read in bf16 before they are
+    quantized or moved."""
     den = lay.comps[lay.denoiser]
     b: dict[str, int] = {"processes": PROCESS_RAM_BYTES * lay.n}
     if lay.full:
@@ -502,15 +509,16 @@ def host_term(lay: _Layout, s: dict[str, Any], offload: bool) -> HostEstimate:
         b["swapped_ema"] = lay.swap.params * lay.master_b * lay.n if s["ema"] else 0
     else:
         b["swapped_blocks"] = stored_bytes(den, lay.base, lay.swap.params) * lay.n
-    off_gpu = 0 if lay.te_resident or s["cache_text_encoder_outputs_to_disk"] else _frozen_encoder_bytes(lay)
+    off_gpu = 0 if lay.te_resident or lay.te_freed or s["cache_text_encoder_outputs_to_disk"] else _frozen_encoder_bytes(lay)
     off_gpu += lay.comps["vae"]["params"] * lay.vae_b if s["cache_latents"] else 0
     b["offloaded_models"] = off_gpu * lay.n
     if lay.ds and offload:
         b["optimizer_offload"] = _optimizer_state_bytes(s["optimizer"], lay.trained, 4, lay.comps, lay.full, lay.te_trained, lay.trained_encoders, lay.denoiser) + lay.trained * 4
     training = sum(v for k, v in b.items() if k != "processes")
     loading = den["params"] * 2 * lay.n
-    if loading > training:
-        return HostEstimate(b["processes"] + loading, {"processes": b["processes"], "loading": loading}, "loading", b)
+    encoders = sum(int(lay.comps[c]["params"]) * 2 for c in lay.encoders) * lay.n  # read in bf16, then quantized or moved
+    if loading + encoders > training:
+        return HostEstimate(b["processes"] + loading + encoders, {"processes": b["processes"], "loading": loading, "text_encoders": encoders}, "loading", b)
     return HostEstimate(sum(b.values()), b, "training", b)
 
 

@@ -266,6 +266,7 @@ class Saver:
                     text_encoders=session.text_encoders(),
                     sampler=session.config.section("samples")["sampler"],
                     clip_skip=int(session.settings["clip_skip"]),
+                    texts=session.model.sample_texts,
                 )
             from core.train.trackers import log_samples
 

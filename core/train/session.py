@@ -44,6 +44,9 @@ class Model:
     ema: Any
     #: The denoiser's block swap (``core.train.model.block_swap.BlockSwap``), or None.
     swap: Any = None
+    #: The sample prompts encoded at start-up (``core.train.outputs.sampling.SampleTexts``) when the text
+    #: encoders were freed after caching; None while the encoders stay (the samples encode their text).
+    sample_texts: Any = None
 
 
 @dataclass

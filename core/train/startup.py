@@ -392,7 +392,8 @@ def build_data(config: Any, accel: Accel, model: Model, run: RunDir, metrics: Me
             c.vae.to("cpu")
     if s["cache_text_encoder_outputs"]:
         _cache_text(model, train_data, accel, metrics, phases)
-        if offload and train_data.text_cache is not None:
+        freed = c.spec.encoders_leave(str(config.method), train_data.text_cache is not None) and _free_text_encoders(config, accel, model, metrics)
+        if offload and train_data.text_cache is not None and not freed:
             for te in c.text_encoders:
                 te.to("cpu")
     if offload:
@@ -457,6 +458,37 @@ def _cache_text(model: Model, train_data: Any, accel: Accel, metrics: MetricsWri
         in_memory=not train_data.settings.get("cache_text_encoder_outputs_to_disk", False),
     )
     phases.end(encoded=cache.encoded, reused=cache.reused, entries=len(cache), processes=accel.world)
+
+
+def _free_text_encoders(config: Any, accel: Accel, model: Model, metrics: MetricsWriter) -> bool:
+    """With every caption cached: encode the sample prompts once (rank 0, which renders the samples),
+    keep those embeddings for the run, and drop the text encoders from memory (host and GPU); whether
+    they were dropped (a prompt that fails to encode keeps them, and the samples encode their text)."""
+    import gc
+
+    import torch
+
+    c = model.components
+    prompts = config.prompts
+    if prompts and accel.acc.is_main_process:
+        from core.train.outputs.sampling import SampleError, encode_sample_prompts
+
+        s = config.settings
+        try:
+            model.sample_texts = encode_sample_prompts(c, prompts, accel.device, accel.acc.autocast, int(s["resolution"]), int(s["clip_skip"]))
+        except SampleError as exc:
+            metrics.event(f"{exc}; the text encoders stay for the samples", "warning")
+            return False
+    from core.train.model.quantize import quantized_bytes
+
+    held = sum(quantized_bytes(te) for te in c.text_encoders)
+    c.text_encoders = []
+    gc.collect()
+    if accel.device.type == "cuda":
+        torch.cuda.empty_cache()
+    encoded = f"the {len(prompts)} sample prompts are encoded and " if prompts else ""
+    metrics.event(f"text-encoder outputs are cached: {encoded}the text encoders ({held / 2**20:.0f} MiB) are freed for the rest of the run")
+    return True
 
 
 def _phase_progress(phases: Phases, name: str, unit: str) -> Callable[[int, int], None]:

@@ -98,6 +98,17 @@ class ChromaRuntime(FluxRuntime):
             "max_sequence_length": self.spec.max_tokens(self.spec.text_encoder_names[0]),
         }
 
+    def sample_text_calls(self, pipe: Any, arguments: Mapping[str, Any]) -> list[tuple[dict[str, Any], tuple[str | None, ...]]]:
+        """ChromaPipeline encodes prompt and negative prompt in one call (classifier-free above 1), with their T5 masks."""
+        keywords = {
+            "prompt": arguments["prompt"],
+            "negative_prompt": arguments["negative_prompt"],
+            "do_classifier_free_guidance": arguments["guidance_scale"] > 1,
+            "max_sequence_length": arguments["max_sequence_length"],
+        }
+        names = ("prompt_embeds", None, "prompt_attention_mask", "negative_prompt_embeds", None, "negative_prompt_attention_mask")
+        return [(keywords, names)]
+
     def tiny_transformer_of(self, text_width: int) -> Any:
         """A seeded Chroma transformer at toy size (1 double, 2 single blocks, a 2-layer approximator)."""
         import torch

@@ -143,6 +143,21 @@ class FlowRuntime:
         chosen = self.spec.variant(variant)
         return chosen.sample_steps, chosen.guidance_scale
 
+    def sample_text(self, pipe: Any, arguments: Mapping[str, Any]) -> dict[str, Any]:
+        """The call's prompt text as the embeddings its pipeline makes of it: each ``encode_prompt`` call of
+        :meth:`sample_text_calls` run as the pipeline runs it, its results named as the call's keywords."""
+        found: dict[str, Any] = {}
+        for keywords, names in self.sample_text_calls(pipe, arguments):
+            values = pipe.encode_prompt(device=pipe._execution_device, **keywords)
+            found.update({name: value for name, value in zip(names, values) if name and value is not None and not (isinstance(value, list) and not value)})
+        return found
+
+    def sample_text_calls(self, pipe: Any, arguments: Mapping[str, Any]) -> list[tuple[dict[str, Any], tuple[str | None, ...]]]:
+        """Each ``encode_prompt`` call the family's pipeline makes for a call with ``arguments``: its keywords
+        (the device aside), and the call keyword each of its results is (None: one the pipeline remakes
+        itself, such as FLUX.1's text ids). A family with ``spec.samples_from_embeddings`` overrides this."""
+        raise NotImplementedError(f"{self.spec.title} samples from the prompt text (spec.samples_from_embeddings is false)")
+
     def kohya_metadata(self, v_prediction: bool, adapter: str = "lora", variant: str = "") -> dict[str, str]:
         """``ss_base_model_version`` and ``modelspec.*`` of the variant (``spec.modelspec_architectures`` by variant name, else its ``epsilon`` entry)."""
         name = self.spec.variant(variant).name

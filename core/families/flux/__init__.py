@@ -146,4 +146,5 @@ SPEC = FamilySpec(
     bucket_step=BUCKET_STEP,
     original_denoiser_only=True,
     block_settings=DOUBLE_SINGLE_BLOCKS,
+    samples_from_embeddings=True,
 )

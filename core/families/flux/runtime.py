@@ -183,6 +183,11 @@ class FluxRuntime(FlowRuntime):
             "max_sequence_length": self.spec.max_tokens(self.spec.text_encoder_names[-1], variant),
         }
 
+    def sample_text_calls(self, pipe: Any, arguments: Mapping[str, Any]) -> list[tuple[dict[str, Any], tuple[str | None, ...]]]:
+        """FluxPipeline encodes the prompt once (CLIP-L pooled, T5 states; its text ids are zeros it remakes)."""
+        keywords = {"prompt": arguments["prompt"], "prompt_2": None, "max_sequence_length": arguments["max_sequence_length"]}
+        return [(keywords, ("prompt_embeds", "pooled_prompt_embeds", None))]
+
     # ---- files other tools read
     def lora_files(self, adapters: Sequence[AdapterWeights], denoiser_config: Mapping[str, Any]) -> LoraFiles:
         """The kohya/ComfyUI file (fused BFL names; LoHa/LoKr/DoRA under diffusers names) and the diffusers file."""

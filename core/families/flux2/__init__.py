@@ -282,4 +282,5 @@ SPEC = FamilySpec(
     bucket_step=16,
     original_denoiser_only=True,
     block_settings=DOUBLE_SINGLE_BLOCKS,
+    samples_from_embeddings=True,
 )

@@ -43,8 +43,16 @@ class Flux2Runtime(FlowRuntime):
         return diffusers.Flux2Pipeline if _is_mistral(text_encoder) else diffusers.Flux2KleinPipeline
 
     def pipeline(self, modules: Mapping[str, Any]) -> Any:
-        """The family pipeline of the text encoder in ``modules``."""
-        pipe = self.pipeline_class_of(modules["text_encoder"])(**modules)
+        """The family pipeline of the text encoder in ``modules``; without one (freed after caching), of the transformer's variant."""
+        import diffusers
+
+        encoder = modules["text_encoder"]
+        if encoder is not None:
+            pipeline_class = self.pipeline_class_of(encoder)
+        else:
+            dev = self.variant_of(dict(unwrap(modules[self.spec.denoiser]).config)) == "flux2-dev"
+            pipeline_class = diffusers.Flux2Pipeline if dev else diffusers.Flux2KleinPipeline
+        pipe = pipeline_class(**modules)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
@@ -165,11 +173,17 @@ class Flux2Runtime(FlowRuntime):
 
     # ---- sampling
     def sample_arguments(self, pipe: Any, prompt: SamplePromptLike, clip_skip: int) -> dict[str, Any]:
-        """The pipeline's call: prompt, size, steps and guidance (klein: classifier-free above 1; dev: embedded)."""
-        call: dict[str, Any] = {"prompt": prompt.prompt, "width": prompt.width, "height": prompt.height, "num_inference_steps": prompt.steps, "guidance_scale": prompt.scale}
-        if prompt.negative and not _is_mistral(pipe.text_encoder):
-            call["negative_prompt"] = prompt.negative
-        return call
+        """The pipeline's call: prompt, size, steps and guidance (klein: classifier-free above 1, against the empty
+        prompt, as ``Flux2KleinPipeline`` guides: it takes no negative prompt, so ``--n`` has no effect; dev: embedded)."""
+        return {"prompt": prompt.prompt, "width": prompt.width, "height": prompt.height, "num_inference_steps": prompt.steps, "guidance_scale": prompt.scale}
+
+    def sample_text_calls(self, pipe: Any, arguments: Mapping[str, Any]) -> list[tuple[dict[str, Any], tuple[str | None, ...]]]:
+        """Both pipelines encode the prompt (their text ids are remade); klein's then the empty prompt where it guides
+        (above 1, on a model not distilled), at each pipeline's own token limit and hidden layers."""
+        calls: list[tuple[dict[str, Any], tuple[str | None, ...]]] = [({"prompt": arguments["prompt"]}, ("prompt_embeds", None))]
+        if type(pipe).__name__ == "Flux2KleinPipeline" and arguments["guidance_scale"] > 1 and not pipe.config.is_distilled:
+            calls.append(({"prompt": ""}, ("negative_prompt_embeds", None)))
+        return calls
 
     # ---- files other tools read
     def lora_files(self, adapters: Sequence[AdapterWeights], denoiser_config: Mapping[str, Any]) -> LoraFiles:

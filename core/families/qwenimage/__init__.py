@@ -189,4 +189,5 @@ SPEC = FamilySpec(
     bucket_step=16,
     original_denoiser_only=True,
     block_settings={"train_double_block_indices": "transformer_blocks"},
+    samples_from_embeddings=True,
 )

@@ -123,6 +123,13 @@ class QwenImageRuntime(FlowRuntime):
             "num_inference_steps": prompt.steps,
         }
 
+    def sample_text_calls(self, pipe: Any, arguments: Mapping[str, Any]) -> list[tuple[dict[str, Any], tuple[str | None, ...]]]:
+        """QwenImagePipeline encodes the prompt, then the negative prompt where it guides (``true_cfg_scale`` above 1), each with its mask."""
+        calls: list[tuple[dict[str, Any], tuple[str | None, ...]]] = [({"prompt": arguments["prompt"]}, ("prompt_embeds", "prompt_embeds_mask"))]
+        if arguments["true_cfg_scale"] > 1 and arguments["negative_prompt"] is not None:
+            calls.append(({"prompt": arguments["negative_prompt"]}, ("negative_prompt_embeds", "negative_prompt_embeds_mask")))
+        return calls
+
     # ---- files other tools read
     def kohya_base(self, component: str, name: str) -> str:
         """ComfyUI's key of one adapted module: ``diffusion_model.<module>`` (its Qwen-Image names are diffusers')."""

@@ -192,4 +192,5 @@ SPEC = FamilySpec(
     ),
     pipeline_clip_skip=True,
     bucket_step=BUCKET_STEP,
+    samples_from_embeddings=True,
 )

@@ -103,6 +103,19 @@ class SD35Runtime(FlowRuntime):
             "clip_skip": skipped if skipped > 0 else None,
         }
 
+    def sample_text_calls(self, pipe: Any, arguments: Mapping[str, Any]) -> list[tuple[dict[str, Any], tuple[str | None, ...]]]:
+        """StableDiffusion3Pipeline encodes prompt and negative prompt in one call (classifier-free above 1), at the call's clip skip."""
+        keywords = {
+            "prompt": arguments["prompt"],
+            "prompt_2": None,
+            "prompt_3": None,
+            "negative_prompt": arguments["negative_prompt"],
+            "do_classifier_free_guidance": arguments["guidance_scale"] > 1,
+            "clip_skip": arguments["clip_skip"],
+            "max_sequence_length": arguments["max_sequence_length"],
+        }
+        return [(keywords, ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds"))]
+
     # ---- files other tools read
     def _working_base(self, component: str, name: str, denoiser_config: Mapping[str, Any], kind: str) -> str:
         if component == self.spec.denoiser:

@@ -196,6 +196,11 @@ class SDUNetRuntime:
             call["clip_skip"] = skip
         return call
 
+    def sample_text(self, pipe: Any, arguments: Mapping[str, Any]) -> dict[str, Any]:
+        """Not offered: the UNet families sample from the prompt text with their (small) CLIP encoders kept
+        for the run (``spec.samples_from_embeddings`` is false)."""
+        raise NotImplementedError(f"{self.spec.title} samples from the prompt text (spec.samples_from_embeddings is false)")
+
     def _skipped_embeds(self, pipe: Any, text: str, clip_skip: int) -> Any:
         tokens = pipe.tokenizer([text], padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt")
         encoder = pipe.text_encoder

@@ -165,4 +165,5 @@ SPEC = FamilySpec(
     pipeline_clip_skip=False,
     bucket_step=BUCKET_STEP,
     original_denoiser_only=True,
+    samples_from_embeddings=True,
 )

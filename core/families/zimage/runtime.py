@@ -213,6 +213,16 @@ class ZImageRuntime(FlowRuntime):
             arguments["negative_prompt"] = prompt.negative
         return arguments
 
+    def sample_text_calls(self, pipe: Any, arguments: Mapping[str, Any]) -> list[tuple[dict[str, Any], tuple[str | None, ...]]]:
+        """ZImagePipeline encodes prompt and negative prompt in one call (classifier-free above 0: Base), as lists of unpadded states."""
+        keywords = {
+            "prompt": arguments["prompt"],
+            "negative_prompt": arguments.get("negative_prompt"),
+            "do_classifier_free_guidance": arguments["guidance_scale"] > 0,
+            "max_sequence_length": arguments["max_sequence_length"],
+        }
+        return [(keywords, ("prompt_embeds", "negative_prompt_embeds"))]
+
     # ---- files other tools read
     def lora_files(self, adapters: Sequence[AdapterWeights], denoiser_config: Mapping[str, Any]) -> LoraFiles:
         """ComfyUI's layout (``diffusion_model.<module>`` with lora_down/lora_up/alpha, LoHa and LoKr keys) and diffusers'."""

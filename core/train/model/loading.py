@@ -52,11 +52,13 @@ class Components:
         return self.spec.text_encoder_names
 
     def pipeline(self, denoiser: Any = None, text_encoders: list[Any] | None = None) -> Any:
-        """An inference pipeline sharing these modules (or the given, possibly training-wrapped, ones)."""
+        """An inference pipeline sharing these modules (or the given, possibly training-wrapped, ones); a text
+        encoder that is not there (freed after caching) is None in it, and the samples pass embeddings instead."""
         encoders = [unwrap(m) for m in (text_encoders if text_encoders is not None else self.text_encoders)]
         modules: dict[str, Any] = {
             self.spec.denoiser: unwrap(denoiser if denoiser is not None else self.denoiser),
             "vae": self.vae,
+            **dict.fromkeys(self.spec.text_encoder_names),
             **dict(zip(self.spec.text_encoder_names, encoders)),
             **dict(zip(self.spec.tokenizer_names, self.tokenizers)),
             "scheduler": self.scheduler if self.scheduler is not None else self.noise_scheduler,

@@ -26,6 +26,8 @@ def encode_text(components: Components, token_ids: Sequence[Any], text_encoders:
     order; ``clip_skip`` is kohya's (1 = the last layer).
     """
     encoders = list(text_encoders) if text_encoders is not None else components.text_encoders
+    if not encoders:
+        raise RuntimeError("the text encoders were freed once every caption was in the text cache, but a caption is missing from it; start the run again to rebuild the cache")
     return components.runtime.encode_text(encoders, token_ids, clip_skip)
 
 

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from core.atomic import write_atomic
-from core.sample_prompts import parse_prompt_line
+from core.families.protocol import PROMPT_KEYWORDS
+from core.sample_prompts import SamplePrompt, parse_prompt_line
 from core.train.model.loading import Components, unwrap
 
 
@@ -25,6 +26,27 @@ class SampleResult:
     path: Path
     prompt_index: int
     prompt: str
+
+
+@dataclass(frozen=True)
+class SampleTexts:
+    """The sample prompts' text encoded once at start-up (:func:`encode_sample_prompts`): what the samples
+    render from after the text encoders are freed. A few prompt-sized tensors, kept on the CPU."""
+
+    #: The prompt lines they were encoded from (a changed set is encoded again at the next start-up).
+    lines: tuple[str, ...]
+    #: Per prompt, the keywords replacing its call's prompt text (``prompt_embeds`` …: tensors or lists of them).
+    keywords: tuple[dict[str, Any], ...]
+
+    def call(self, index: int, arguments: Mapping[str, Any], device: Any) -> dict[str, Any]:
+        """The pipeline call ``arguments`` of prompt ``index`` with its prompt text replaced by the stored embeddings on ``device``."""
+        text = {name: _moved(value, device) for name, value in self.keywords[index].items()}
+        return {k: v for k, v in arguments.items() if k not in PROMPT_KEYWORDS} | text
+
+
+def _moved(value: Any, device: Any) -> Any:
+    """A tensor, or a list of them (Z-Image's unpadded states), on ``device``."""
+    return [v.to(device) for v in value] if isinstance(value, list) else value.to(device)
 
 
 def sample_path(out_dir: str | Path, step: int, index: int) -> Path:
@@ -60,6 +82,46 @@ def sampler_scheduler(name: str, base: Any) -> Any:
         raise ValueError(f"the sampler '{name}' is for DDPM models and this model samples with flow matching; use the default sampler (or euler)")
     cls_name, extra = _SAMPLERS[name.removeprefix("k_")]
     return getattr(diffusers, cls_name).from_config(base.config, **extra)
+
+
+def _parsed(components: Components, prompts: Sequence[str], default_size: int) -> list[SamplePrompt]:
+    """The prompt lines read with the family's sampling defaults (``sample_defaults``) and ``default_size``."""
+    steps, scale = components.runtime.sample_defaults(components.variant)
+    return [parse_prompt_line(line, width=default_size, height=default_size, scale=scale, steps=steps) for line in prompts]
+
+
+def encode_sample_prompts(
+    components: Components,
+    prompts: Sequence[str],
+    device: Any = "cpu",
+    autocast: Callable[[], AbstractContextManager[Any]] = nullcontext,
+    default_size: int = 512,
+    clip_skip: int = 1,
+) -> SampleTexts:
+    """Encode each prompt line's text (and its negative where the family's call guides with one) as the
+    pipeline would while sampling: with the components' text encoders on ``device``, in eval mode, under
+    ``no_grad`` and ``autocast()`` (the samples' own context, so the embeddings are the same bits); the
+    encoders and the VAE go back where they were after. Raises :class:`SampleError` naming the prompt."""
+    import torch
+
+    family_runtime = components.runtime
+    pipe = components.pipeline()
+    device = torch.device(device)
+    keywords: list[dict[str, Any]] = []
+    with _inference_mode([unwrap(m) for m in (components.vae, *components.text_encoders)], device):
+        for index, prompt in enumerate(_parsed(components, prompts, default_size)):
+            try:
+                with autocast():
+                    text = family_runtime.sample_text(pipe, family_runtime.sample_arguments(pipe, prompt, clip_skip))
+            except Exception as exc:
+                raise SampleError(f"encoding sample prompt {index} ('{prompt.prompt[:60]}') failed: {type(exc).__name__}: {first_line(exc)}") from exc
+            keywords.append({name: _moved(value, "cpu") for name, value in text.items()})
+    return SampleTexts(tuple(prompts), tuple(keywords))
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message ("" when it has none)."""
+    return str(exc).splitlines()[0] if str(exc) else ""
 
 
 def _pipeline_modules(pipe: Any, family: Any) -> list[Any]:
@@ -109,6 +171,7 @@ def render_samples(
     indices: Sequence[int] | None = None,
     sampler: str = "default",
     clip_skip: int = 1,
+    texts: SampleTexts | None = None,
 ) -> list[SampleResult]:
     """Render each prompt line (kohya syntax: ``--n --w --h --d --l --s --ss``) to a PNG in ``out_dir``.
 
@@ -117,17 +180,19 @@ def render_samples(
     (``sample_defaults``). The pipeline's arguments are the family's (``sample_arguments``). ``clip_skip`` is kohya's (the text
     layer the run trains with). Runs in eval mode under ``no_grad`` and ``autocast()``, the
     context the training steps run in (the accelerator's, so bf16 and fp16 runs sample in their
-    precision on the CPU and the GPU), and restores train mode and devices after. Raises
-    :class:`SampleError` naming the prompt.
+    precision on the CPU and the GPU), and restores train mode and devices after. With ``texts`` (the
+    same lines, encoded at start-up) the pipeline has no text encoder and renders from those embeddings.
+    Raises :class:`SampleError` naming the prompt.
     """
     import torch
 
     family_runtime = components.runtime
-    pipe = components.pipeline(denoiser=denoiser, text_encoders=text_encoders)
+    if texts is not None and texts.lines != tuple(prompts):
+        raise SampleError("the sample prompts changed since start-up, where their text was encoded and the text encoders freed; they are encoded again when the run restarts")
+    pipe = components.pipeline(denoiser=denoiser, text_encoders=[] if texts is not None else text_encoders)
     base_scheduler = pipe.scheduler
     device = torch.device(device)
-    steps, scale = family_runtime.sample_defaults(components.variant)
-    parsed = [parse_prompt_line(line, width=default_size, height=default_size, scale=scale, steps=steps) for line in prompts]
+    parsed = _parsed(components, prompts, default_size)
     wanted = list(indices) if indices is not None else list(range(len(parsed)))
     results: list[SampleResult] = []
     with _inference_mode([unwrap(m) for m in _pipeline_modules(pipe, components.spec)], device):
@@ -137,14 +202,14 @@ def render_samples(
             try:
                 pipe.scheduler = sampler_scheduler(prompt.sampler or sampler, base_scheduler)
                 arguments = family_runtime.sample_arguments(pipe, prompt, clip_skip)
+                if texts is not None:
+                    arguments = texts.call(index, arguments, device)
                 with autocast():
                     image = pipe(**arguments, generator=generator).images[0]
             except Exception as exc:
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
-                raise SampleError(
-                    f"rendering sample prompt {index} ('{prompt.prompt[:60]}') at step {step} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                ) from exc
+                raise SampleError(f"rendering sample prompt {index} ('{prompt.prompt[:60]}') at step {step} failed: {type(exc).__name__}: {first_line(exc)}") from exc
             finally:
                 pipe.scheduler = base_scheduler
             path = sample_path(out_dir, step, index)
