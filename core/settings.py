@@ -455,11 +455,12 @@ def bucket_problem(settings: Mapping[str, Any]) -> str | None:
     return None
 
 
-def family_problem(family: str, prediction_type: str, settings: Mapping[str, Any]) -> str | None:
+def family_problem(family: str, prediction_type: str, settings: Mapping[str, Any], variant: str = "") -> str | None:
     """The sentence for a value the model's family cannot take, or None: a ``prediction_type`` that is
     not one of the objectives it trains with (``flow`` only for flow families), a block selection the
     family has no blocks for (``FamilySpec.block_settings``), a bucket step that does not cut its
-    latents (``FamilySpec.bucket_step``)."""
+    latents (``FamilySpec.bucket_step``), more swapped blocks than the ``variant``'s denoiser has
+    ("" = the family's default variant)."""
     found = spec(family)
     if prediction_type != "auto" and prediction_type not in found.objectives:
         return f'[model] prediction_type = "{prediction_type}" is not an objective the {family} family trains with; set it to auto or to {" or ".join(found.objectives)}'
@@ -469,11 +470,11 @@ def family_problem(family: str, prediction_type: str, settings: Mapping[str, Any
     step = int(settings.get("bucket_reso_steps", SETTINGS["bucket_reso_steps"].default))
     if step % found.bucket_step:
         return f"settings.bucket_reso_steps = {step} does not cut {family} latents into whole patches; set it to a multiple of {found.bucket_step} (e.g. 64)"
-    swap, blocks = int(settings.get("blocks_to_swap", 0)), found.swap_block_count()
+    swap, blocks = int(settings.get("blocks_to_swap", 0)), found.swap_block_count(variant)
     if swap and not blocks:
         return f"settings.blocks_to_swap = {swap}, but the {family} family does not swap blocks; set blocks_to_swap to 0"
     if swap >= blocks > 0:
-        return f"settings.blocks_to_swap = {swap}, but the {family} denoiser has {blocks} blocks and at least one must stay on the GPU; set blocks_to_swap to {blocks - 1} or less"
+        return f"settings.blocks_to_swap = {swap}, but the {variant or family} denoiser has {blocks} blocks and at least one must stay on the GPU; set blocks_to_swap to {blocks - 1} or less"
     return None
 
 

@@ -417,3 +417,12 @@ def test_the_plan_says_which_peak_it_estimates(capsys: pytest.CaptureFixture[str
     peaks = plan["memory"]["peaks_gb"]
     assert code == 0 and peaks["allocated"] < peaks["reserved"] < peaks["nvidia_smi"] == plan["vram_estimate_gb"]
     assert any("nvidia-smi" in n and "max_memory_allocated" in n for n in plan["notes"])
+
+
+def test_a_variant_with_more_blocks_than_its_family_default_may_swap_them(capsys: pytest.CaptureFixture[str]) -> None:
+    """FLUX.2 [dev] has 56 blocks where the default klein 4B has 25: the plan's 52 swapped blocks are checked against dev's."""
+    assert main(["plan", "--model", "flux2-dev", "--method", "lora", "--gpus", "1x24GB", "--ram", "128GB"]) == 0
+    out = capsys.readouterr().out
+    assert "blocks swapped" in out and "fits" in next(line for line in out.splitlines() if line.startswith("VRAM"))
+    assert main(["plan", "--model", "flux2-dev", "--method", "lora", "--gpus", "1x24GB", "--set", "blocks_to_swap=56"]) == 2
+    assert "the flux2-dev denoiser has 56 blocks" in capsys.readouterr().err
