@@ -178,7 +178,7 @@ class RunConfig:
         """Raise UserError when a value does not suit the family the run states (``core.settings.family_problem``)
         or the family does not train the run's method (``FamilySpec.check_method``)."""
         stated = self._table("model").get("family")
-        problem = family_problem(str(stated), self.section("model")["prediction_type"], self.settings) if stated else None
+        problem = family_problem(str(stated), self.section("model")["prediction_type"], self.settings, self.model_path) if stated else None
         if problem:
             raise UserError(f"{self.path}: {problem}" if self.path else problem)
         if stated and str(self.method) not in spec(str(stated)).methods:

@@ -430,7 +430,7 @@ class WizardState:
             if key in SETTINGS:
                 self.set_setting(key, value)
         resolved = resolve("settings", {k: v for k, v in self.settings.items() if k in SETTINGS})
-        buckets = bucket_problem(resolved) or family_problem(self.chosen_family(), "auto", resolved)
+        buckets = bucket_problem(resolved) or family_problem(self.chosen_family(), "auto", resolved, self.model or "")
         if buckets:
             raise UserError(buckets)
         fit = self.judge()
