@@ -22,6 +22,7 @@ def _targets(components, targets: str, blocks: str) -> list[str]:
     return runtime("sd35").lora_target_modules(components.denoiser, spec("sd35").lora_targets_of("transformer", targets), {"lora_targets": targets, "train_block_indices": blocks})
 
 
+@pytest.mark.slow
 def test_the_selection_adapts_only_the_chosen_joint_blocks(tiny):
     from core.families.sd_unet import is_lora_target
     from core.train.model.loading import load_components
@@ -40,6 +41,7 @@ def test_the_selection_adapts_only_the_chosen_joint_blocks(tiny):
         _targets(components, "attn", "none")
 
 
+@pytest.mark.slow
 def test_the_estimate_counts_only_the_chosen_blocks_as_the_trainer_adapts_them():
     """params.json's per-block widths against the trainer's own selection on the real Medium transformer (meta device)."""
     import torch
@@ -72,6 +74,7 @@ def test_the_memory_estimate_holds_the_smaller_adapter_and_its_optimizer_state()
         assert six.breakdown[term] == pytest.approx(every.breakdown[term] * ratio, rel=1e-3), term
 
 
+@pytest.mark.slow
 def test_a_block_past_the_depth_is_one_sentence_in_the_cli_and_the_wizard(tmp_path, tiny, kohya_dataset, capsys):
     from cli.main import main
     from core.gpu import resolve
@@ -113,3 +116,24 @@ def test_a_run_with_a_block_selection_trains_and_writes_only_those_blocks(tmp_pa
     assert keys and {key.split(".")[0].split("_")[4] for key in keys} == {"1"}, "lora_unet_joint_blocks_1_... only"
     assert all(key.startswith("lora_unet_joint_blocks_1_") for key in keys)
     assert json.loads(meta["ss_network_args"]) == {"train_block_indices": "1"}
+
+
+def test_params_json_holds_each_selectable_blocks_lora_width_and_the_estimate_needs_no_torch():
+    """Every family with block selection (FamilySpec.block_settings) has its per-block widths measured
+    (``python -m bench.measure_params --family NAME``), one per block of its real depth."""
+    import subprocess
+    import sys
+
+    from core.families import FAMILIES
+    from core.memory import data
+
+    for family in FAMILIES:
+        found = spec(family)
+        for variant in ("", *found.sized_variants):
+            measured = data.params()[variant or family][found.denoiser]
+            for block_list in found.block_settings.values():
+                for targets, widths in measured["lora_block_width"].items():
+                    assert len(widths[block_list]) == found.block_depth(block_list, variant), (family, variant, block_list)
+                    assert 0 < sum(widths[block_list]) <= measured["lora_width"][targets], (family, targets)
+    code = "import sys, core.memory; core.memory.estimate('sd35', 'lora', {'train_block_indices': '0-3'}); assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
