@@ -7,8 +7,9 @@ few seconds) and records per component: the parameter count, the LoRA "width" pe
 and the adapted layer count and weight size (LoHa/LoKr build a delta of that size), the largest single tensor (what a fused backward pass holds as
 gradient), the fp32 values Adafactor's factored second moment keeps, plus the text encoders'
 embedding size for textual inversion; for a quantized base the Linear weights it quantizes
-(outside the spec's ``high_precision`` patterns: count, rows, largest) and the denoiser's
-parameters per swappable block (the spec's ``swap_blocks``, in forward order).
+(outside the spec's ``high_precision`` patterns: count, rows, largest), the denoiser's
+parameters per swappable block (the spec's ``swap_blocks``, in forward order) and, for a family
+with block selection (``block_settings``), the LoRA width inside each selectable block.
 ``--check`` compares the file with a fresh build instead of writing it; ``--family NAME`` (repeatable)
 measures only those families and merges them into the stored file (the others' entries kept). A
 variant measured on its own (``FamilySpec.sized_variants``: ``sd35-large``, ``flux2-klein-9b``,
@@ -84,6 +85,8 @@ def describe(family: str, kind: str, model: Any, variant: str = "") -> dict[str,
         entry["lora_width"][choice] = sum(lora_width(m) for m in layers)
         entry["lora_layers"][choice] = len(layers)
         entry["lora_weight_params"][choice] = sum(m.weight.numel() for m in layers)
+    if kind == family_spec.denoiser and family_spec.block_settings:
+        entry["lora_block_width"] = {choice: block_widths(model, suffixes, tuple(family_spec.block_settings.values())) for choice, suffixes in targets.items()}
     if kind != family_spec.denoiser:
         config = model.config.get_text_config()  # a vision-language encoder's text tower (Qwen2.5-VL, Mistral 3)
         entry["hidden_size"] = config.hidden_size
@@ -103,6 +106,15 @@ def quantizable(model: Any, keeps: Callable[[str], bool]) -> dict[str, int]:
         "quantizable_rows": sum(m.out_features for m in linears),
         "largest_linear": max((m.weight.numel() for m in linears), default=0),
     }
+
+
+def block_widths(model: Any, suffixes: tuple[str, ...], lists: tuple[str, ...]) -> dict[str, list[int]]:
+    """The LoRA width of ``suffixes`` inside each block of each selectable block list (``FamilySpec.block_settings``):
+    what a block selection takes off the component's ``lora_width``."""
+    out: dict[str, list[int]] = {}
+    for name in lists:
+        out[name] = [sum(lora_width(m) for sub, m in child.named_modules() if is_lora_target(f"{name}.{index}.{sub}", suffixes)) for index, child in enumerate(model.get_submodule(name))]
+    return out
 
 
 def block_params(model: Any, lists: tuple[str, ...]) -> dict[str, list[int]]:

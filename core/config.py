@@ -21,7 +21,6 @@ from tomlkit.exceptions import ParseError
 from core.atomic import read_user_text, write_atomic
 from core.errors import UserError
 from core.families import spec
-from core.families.detect import variant_of_model
 from core.sample_prompts import parse_prompt_line
 from core.settings import SCHEMA, SETTINGS, SUBSET_KEYS, SUBSET_OPTIONS, Setting, bucket_problem, family_problem, lookup, optimizer_learning_rate, resolve, setting_name, technique_problem
 
@@ -179,8 +178,7 @@ class RunConfig:
         """Raise UserError when a value does not suit the family the run states (``core.settings.family_problem``)
         or the family does not train the run's method (``FamilySpec.check_method``)."""
         stated = self._table("model").get("family")
-        variant = variant_of_model(self.model_path, str(stated)) if stated and self.model_path else ""
-        problem = family_problem(str(stated), self.section("model")["prediction_type"], self.settings, variant) if stated else None
+        problem = family_problem(str(stated), self.section("model")["prediction_type"], self.settings, self.model_path) if stated else None
         if problem:
             raise UserError(f"{self.path}: {problem}" if self.path else problem)
         if stated and str(self.method) not in spec(str(stated)).methods:

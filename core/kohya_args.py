@@ -18,7 +18,8 @@ import tomlkit
 from core.errors import UserError
 from core.families import planned_as
 from core.families import spec as family_spec
-from core.settings import FULL_METHODS, optimizer_betas
+from core.families.flow_mmdit.blocks import selects_blocks
+from core.settings import BLOCK_SETTINGS, FULL_METHODS, optimizer_betas
 
 _SD_SCRIPTS = {"lora": "train_network.py", "dreambooth": "train_db.py", "finetune": "fine_tune.py", "textual_inversion": "train_textual_inversion.py"}
 _FLUX_SCRIPTS = {"lora": "flux_train_network.py", "finetune": "flux_train.py"}
@@ -390,7 +391,8 @@ def _method_flags(kind: str, s: Mapping[str, Any], method: Mapping[str, Any], lr
 
 def network(s: Mapping[str, Any]) -> tuple[str, list[str]]:
     """``network_module`` and ``network_args`` of the run's adapter: sd-scripts' own LoRA, or LyCORIS
-    (``lycoris.kohya``) for LoHa, LoKr and DoRA, with the conv rank of LoCon-style targets."""
+    (``lycoris.kohya``) for LoHa, LoKr and DoRA, with the conv rank of LoCon-style targets and the
+    blocks a block selection trains (``train_block_indices`` and the double/single lists)."""
     kind = str(s["lora_type"])
     conv_dim = int(s["conv_rank"]) or int(s["lora_rank"])
     conv_alpha = float(s["conv_alpha"]) or float(s["lora_alpha"])
@@ -405,6 +407,9 @@ def network(s: Mapping[str, Any]) -> tuple[str, list[str]]:
             args.append(f"factor={int(s['lokr_factor'])}")
     if s["lora_targets"] == "all":
         args += [f"conv_dim={conv_dim}", f"conv_alpha={conv_alpha:g}"]
+    # sd-scripts' block selection arguments under their own names (lora_flux.py's double/single lists,
+    # lora_sd3.py's train_block_indices); every block, its default here, is sd-scripts' default too.
+    args += [f"{key}={''.join(str(s[key]).split())}" for key in BLOCK_SETTINGS if key in s and selects_blocks(str(s[key] or ""))]
     return module, args
 
 

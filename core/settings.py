@@ -13,6 +13,7 @@ from typing import Any
 
 from core.families import FAMILIES, spec
 from core.families.flow_mmdit import FLOW_SAMPLINGS, FLOW_SETTINGS, FLOW_WEIGHTINGS, TRAINING_GUIDANCE
+from core.families.flow_mmdit.blocks import indices_problem, selects_blocks
 from core.families.spec import OBJECTIVES
 
 METHODS = ("lora", "dreambooth", "finetune", "textual_inversion")
@@ -186,7 +187,7 @@ SETTINGS: dict[str, Setting] = {
             "train_block_indices",
             str,
             "",
-            "transformer families with one block list (Z-Image's 30 layers): the blocks LoRA adapts, e.g. 0-9,20 (empty or all = every block, none = only the refiners)",
+            "transformer families with one block list (SD 3.5's joint blocks: 24 in Medium, 38 in Large; Z-Image's 30 layers): the blocks LoRA adapts, e.g. 0-9,20 (empty or all = every block, none = Z-Image's refiners only; sd-scripts' SD3 name)",
         ),
         _s("init_lora", str, "", "a LoRA file (kohya or diffusers format) the run starts from"),
         _s("merge_lora", str, "", "a LoRA file fused into the base weights before training, e.g. Z-Image Turbo's de-distill adapter (empty = none)"),
@@ -455,21 +456,53 @@ def bucket_problem(settings: Mapping[str, Any]) -> str | None:
     return None
 
 
-def family_problem(family: str, prediction_type: str, settings: Mapping[str, Any], variant: str = "") -> str | None:
+#: The block selection settings (sd-scripts' network argument names) -> the blocks they name, for the sentence
+#: that refuses one on a family without them.
+BLOCK_SETTINGS = {
+    "train_double_block_indices": "FLUX.1-style blocks",
+    "train_single_block_indices": "FLUX.1-style blocks",
+    "train_block_indices": "transformer blocks (SD 3.5's joint blocks, Z-Image's layers)",
+}
+
+
+def block_problem(family: str, settings: Mapping[str, Any], model: str = "") -> str | None:
+    """The sentence for a block selection the family cannot make, or None: a setting it does not take
+    (``FamilySpec.block_settings``), a list that is not one, or a block past the depth of ``model``'s
+    block list (``core.families.detect.block_depths``: its folder's config, its variant's, else the
+    family's deepest variant's; the trainer checks the loaded model's own)."""
+    from core.families.detect import block_depths
+
+    found = spec(family)
+    chosen = {key: str(settings.get(key, "") or "") for key in BLOCK_SETTINGS if selects_blocks(str(settings.get(key, "") or ""))}
+    for key in chosen:
+        if key not in found.block_settings:
+            return f"settings.{key} selects {BLOCK_SETTINGS[key]} and the {family} family has none; remove it"
+    depths = block_depths(model, family) if chosen else {}
+    for key, text in chosen.items():
+        problem = indices_problem(text, depths[found.block_settings[key]], key)
+        if problem:
+            return problem
+    return None
+
+
+def family_problem(family: str, prediction_type: str, settings: Mapping[str, Any], model: str = "") -> str | None:
     """The sentence for a value the model's family cannot take, or None: a ``prediction_type`` that is
     not one of the objectives it trains with (``flow`` only for flow families), a block selection the
-    family has no blocks for (``FamilySpec.block_settings``), a bucket step that does not cut its
-    latents (``FamilySpec.bucket_step``), more swapped blocks than the ``variant``'s denoiser has
-    ("" = the family's default variant)."""
+    family cannot make (:func:`block_problem`, against ``model``'s depth where it is known), a bucket
+    step that does not cut its latents (``FamilySpec.bucket_step``), more swapped blocks than
+    ``model``'s variant has (the family's default variant when ``model`` names none)."""
+    from core.families.detect import variant_of_model
+
     found = spec(family)
     if prediction_type != "auto" and prediction_type not in found.objectives:
         return f'[model] prediction_type = "{prediction_type}" is not an objective the {family} family trains with; set it to auto or to {" or ".join(found.objectives)}'
-    chosen = [key for key in ("train_double_block_indices", "train_single_block_indices") if str(settings.get(key, "") or "").strip().lower() not in ("", "all")]
-    if chosen and chosen[0] not in found.block_settings:
-        return f"settings.{chosen[0]} selects FLUX.1-style blocks and the {family} family has none; remove it"
+    selection = block_problem(family, settings, model)
+    if selection:
+        return selection
     step = int(settings.get("bucket_reso_steps", SETTINGS["bucket_reso_steps"].default))
     if step % found.bucket_step:
         return f"settings.bucket_reso_steps = {step} does not cut {family} latents into whole patches; set it to a multiple of {found.bucket_step} (e.g. 64)"
+    variant = variant_of_model(model, family) if model else ""
     swap, blocks = int(settings.get("blocks_to_swap", 0)), found.swap_block_count(variant)
     if swap and not blocks:
         return f"settings.blocks_to_swap = {swap}, but the {family} family does not swap blocks; set blocks_to_swap to 0"

@@ -207,12 +207,15 @@ def test_a_fused_kohya_file_reads_back_into_the_same_adapter(tiny_models):
         torch.testing.assert_close(back[key], value, msg=key)
 
 
-def test_loha_and_dora_keep_diffusers_names_which_comfyui_maps_itself(tiny_models):
+def test_loha_keeps_fused_parts_under_diffusers_names_which_comfyui_maps_itself(tiny_models):
+    """q/k/v cannot share one LoHa: each keeps its diffusers name (ComfyUI patches its rows of the fused
+    weight); a whole BFL module takes its BFL name (tests/test_flux_lycoris_comfyui.py loads them all)."""
     components = load_components(str(tiny_models("flux")), settings={})
     trained = _trained_adapter(components, "attn", lora_type="loha")
     kohya = FLUX.lora_files(trained, dict(components.denoiser.config)).kohya
     assert "lora_transformer_transformer_blocks_0_attn_to_q.hada_w1_a" in kohya
-    assert not any(k.startswith("lora_unet_") for k in kohya)
+    assert "lora_unet_double_blocks_0_img_attn_proj.hada_w1_a" in kohya
+    assert not any(k.startswith("lora_unet_double_blocks_0_img_attn_qkv") for k in kohya)
 
 
 def test_kohya_metadata_names_the_variant():

@@ -436,10 +436,7 @@ class WizardState:
             if key in SETTINGS:
                 self.set_setting(key, value)
         resolved = resolve("settings", {k: v for k, v in self.settings.items() if k in SETTINGS})
-        from core.families.detect import variant_of_model
-
-        family = self.chosen_family()
-        buckets = bucket_problem(resolved) or family_problem(family, "auto", resolved, variant_of_model(self.model or "", family))
+        buckets = bucket_problem(resolved) or family_problem(self.chosen_family(), "auto", resolved, self.model or "")
         if buckets:
             raise UserError(buckets)
         fit = self.judge()

@@ -109,6 +109,29 @@ def variant_of_model(model: str, family: str) -> str:
     return ""
 
 
+def block_depths(model: str, family: str) -> dict[str, int]:
+    """How many blocks each of the family's selectable block lists (``FamilySpec.block_settings``) holds in
+    ``model`` without torch: a diffusers folder's denoiser config, else its variant's (a ``--model``
+    name, a folder of a sized variant), else the deepest variant's (an original single file: the
+    trainer checks the loaded model's own)."""
+    from core.families import spec
+
+    found = spec(family)
+    path = Path(model).expanduser() if model else None
+    config = _read_json(path / found.denoiser / "config.json") if path is not None and path.is_dir() else None
+    variant = variant_of_model(model, family) if model else ""
+    depths = {}
+    for block_list in found.block_settings.values():
+        if config is not None and found.swap_blocks[block_list] in config:
+            count = config[found.swap_blocks[block_list]]
+            depths[block_list] = len(count) if isinstance(count, list) else int(count)
+        elif variant:
+            depths[block_list] = found.block_depth(block_list, variant)
+        else:
+            depths[block_list] = max([found.block_depth(block_list, v.name) for v in found.variants] or [found.block_depth(block_list)])
+    return depths
+
+
 #: The libraries a model part may come from: model_index.json names a module per part and loading
 #: the part imports it, so any other name is refused before anything is imported.
 LOADABLE_LIBRARIES = ("diffusers", "transformers")

@@ -161,7 +161,8 @@ class FamilySpec:
     #: text encoders come from the diffusers folder beside it or as split files.
     original_denoiser_only: bool = False
     #: Block selection settings the family takes -> the denoiser's block list each selects in
-    #: (FLUX.1: sd-scripts' ``train_double_block_indices`` -> ``transformer_blocks``).
+    #: (FLUX.1: sd-scripts' ``train_double_block_indices`` -> ``transformer_blocks``; SD 3.5:
+    #: ``train_block_indices`` -> ``transformer_blocks``). Each list is one of ``swap_blocks``.
     block_settings: Mapping[str, str] = field(default_factory=dict)
     #: The reference scheduler config (a flow family's shift rule lives in it; the tiny models use it).
     scheduler: Mapping[str, Any] = field(default_factory=dict)
@@ -181,6 +182,11 @@ class FamilySpec:
         config = self.component_configs(variant).get(self.denoiser, {})
         counts = (config.get(key, 0) for key in self.swap_blocks.values())
         return sum(len(count) if isinstance(count, (list, tuple)) else int(count) for count in counts)
+
+    def block_depth(self, block_list: str, variant: str = "") -> int:
+        """How many blocks the denoiser's ``block_list`` holds in ``variant`` (its ``swap_blocks`` config key)."""
+        count = self.component_configs(variant).get(self.denoiser, {}).get(self.swap_blocks[block_list], 0)
+        return len(count) if isinstance(count, (list, tuple)) else int(count)
 
     def keeps_precision(self, component: str, module_name: str) -> bool:
         """Whether ``module_name`` of ``component`` stays in the compute precision under a quantized base."""

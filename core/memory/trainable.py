@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.families import spec
+from core.families.flow_mmdit.blocks import parse_indices, selects_blocks
 from core.settings import FULL_METHODS, SETTINGS, resolve
 
 from . import data
@@ -56,6 +57,23 @@ def adapter_parameters(lora_type: str, rank: int, width: int) -> int:
     return rank * width
 
 
+def lora_width(family: str, component: str, measured: Mapping[str, Any], s: Mapping[str, Any]) -> int:
+    """The LoRA width (params.json's ``lora_width``) of ``component`` under ``settings.lora_targets``, less
+    the blocks a block selection leaves out (``FamilySpec.block_settings``: SD 3.5's ``train_block_indices``,
+    FLUX.1's double/single lists; per block in params.json's ``lora_block_width``)."""
+    targets = str(s["lora_targets"])
+    width = int(measured["lora_width"][targets])
+    if component != spec(family).denoiser:
+        return width
+    for key, block_list in spec(family).block_settings.items():
+        text = str(s.get(key, "") or "")
+        if selects_blocks(text):
+            per_block = measured["lora_block_width"][targets][block_list]
+            chosen = parse_indices(text, len(per_block), key)
+            width -= sum(w for index, w in enumerate(per_block) if index not in chosen)
+    return width
+
+
 def trainable(family: str, method: str, settings: Mapping[str, Any]) -> Trainable:
     """The trained parameters of ``method`` on ``family`` with ``settings``.
 
@@ -71,7 +89,7 @@ def trainable(family: str, method: str, settings: Mapping[str, Any]) -> Trainabl
     if method == "lora":
         parts = [spec(family).denoiser, *trained]
         kind, rank = str(s["lora_type"]), int(s["lora_rank"])
-        count = sum(adapter_parameters(kind, rank, comps[c]["lora_width"][s["lora_targets"]]) for c in parts)
+        count = sum(adapter_parameters(kind, rank, lora_width(family, c, comps[c], s)) for c in parts)
         return Trainable(count, min(count, adapter_parameters(kind, rank, LORA_WIDEST_LAYER)), count, te)
     if method in FULL_METHODS:
         parts = [spec(family).denoiser, *trained]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from core.families import loading, t5
-from core.families.flow_mmdit import PATCH, latents, models
+from core.families.flow_mmdit import PATCH, blocks, latents, models
 from core.families.flow_mmdit.objective import flow_objective
 from core.families.objectives import FlowObjective, check_objective_settings
 from core.families.protocol import LoadedModel, ModelSource
@@ -104,8 +104,21 @@ class FlowRuntime:
         models.add_adapter(denoiser, config)
 
     def lora_target_modules(self, denoiser: Any, targets: Sequence[str], settings: Mapping[str, Any]) -> list[str]:
-        """The ``lora_targets`` suffixes themselves (a family with block selection overrides this)."""
-        return list(targets)
+        """The ``lora_targets`` suffixes themselves; for a family with one block selection setting per block
+        list (``FamilySpec.block_settings``: SD 3.5's ``train_block_indices``), the full names of the targets
+        in the selected blocks and of those outside every block list. UserError when nothing is selected."""
+        if not self.spec.block_settings:
+            return list(targets)
+        from core.errors import UserError
+        from core.families.wrappers import unwrap
+
+        plain = unwrap(denoiser)
+        chosen = {lists: blocks.parse_indices(str(settings.get(key, "") or ""), len(plain.get_submodule(lists)), key) for key, lists in self.spec.block_settings.items()}
+        names = blocks.linear_targets(plain, targets, chosen, outside=True)
+        if not names:
+            settings_named = " and ".join(f"settings.{key}" for key in self.spec.block_settings)
+            raise UserError(f"{settings_named} select no block to train; select at least one block (e.g. all)")
+        return names
 
     # ---- latents
     def encode_latents(self, vae: Any, pixels: Any, generator: Any = None) -> Any:

@@ -9,10 +9,18 @@ MLP) the parts' LoRAs become one: the ``lora_down`` of the parts stacked (rank �
 a part not trained all zeros), so ``up @ down`` is exactly each part's delta in its rows; the
 alpha is scaled to keep ``alpha / rank``. The final modulation's ``lora_up`` rows are swapped
 as its weight is. The CLIP-L encoder is ``lora_te1_text_model_…``.
-LoHa, LoKr and DoRA cannot be fused: they are written under diffusers' names with
-``lora_transformer_`` (OneTrainer's layout, which ComfyUI maps onto the fused weights' slices).
+LoHa, LoKr and DoRA cannot be fused (a Kronecker product has no block-diagonal form, and
+DoRA's magnitude is a norm over the whole weight): a module that is one whole BFL module is
+written under its BFL name (``lora_unet_double_blocks_0_img_attn_proj.hada_w1_a``, as sd-scripts
+with LyCORIS names it; ComfyUI maps ``lora_unet_`` + every BFL weight), each part of a fused
+module and the row-swapped final modulation under diffusers' names with ``lora_transformer_``
+(OneTrainer's layout: ComfyUI's ``flux_to_diffusers`` table maps those onto the fused weight's
+rows, and swaps the final modulation's delta, not its DoRA magnitude: that one is written in BFL's
+row order). Whole modules that table does not name (Chroma's
+approximator, ``distilled_guidance_layer``) would be dropped under diffusers' names.
 Reading a fused file splits it back: a block-diagonal ``lora_up`` into its blocks, a shared
-``lora_down`` (sd-scripts' own files: one LoRA over the fused weight) into one copy per part.
+``lora_down`` (sd-scripts' own files: one LoRA over the fused weight) into one copy per part;
+whole modules are read under either name (OneTrainer's files use diffusers' names throughout).
 """
 
 from __future__ import annotations
@@ -48,6 +56,32 @@ def _unfused_base(spec: FamilySpec) -> Any:
     return base
 
 
+def _whole_modules(config: Mapping[str, Any], global_modules: Mapping[str, str]) -> dict[str, str]:
+    """Each diffusers module that is one whole BFL module (not a fused part, not the row-swapped
+    final modulation) -> its key base under the BFL name (``lora_unet_…``)."""
+    table = layout.module_table(config, global_modules)
+    return {parts[0]: "lora_unet_" + bfl.replace(".", "_") for bfl, parts in table.items() if len(parts) == 1 and bfl != layout.SWAPPED}
+
+
+def _lycoris_base(spec: FamilySpec, whole: Mapping[str, str]) -> Any:
+    """LoHa / LoKr / DoRA key bases: whole BFL modules under their BFL names, the rest under diffusers' names."""
+    unfused = _unfused_base(spec)
+
+    def base(component: str, name: str) -> str:
+        return whole[name] if component == spec.denoiser and name in whole else unfused(component, name)
+
+    return base
+
+
+def _swap_dora_scale(tensors: Mapping[str, Tensor], config: Mapping[str, Any], global_modules: Mapping[str, str]) -> dict[str, Tensor]:
+    """``tensors`` with the final modulation's DoRA magnitude in the other row order (diffusers' <-> BFL's):
+    ComfyUI swaps that module's delta into BFL's order but rescales the BFL weight's rows by
+    ``dora_scale`` as it is, so the file keeps the magnitude in BFL's order. Its own inverse."""
+    swapped = layout.module_table(config, global_modules).get(layout.SWAPPED)
+    key = f"{DIFFUSERS_BASE}{swapped[0].replace('.', '_')}.dora_scale" if swapped else ""
+    return {k: layout.swap_halves(v) if k == key else v for k, v in tensors.items()}
+
+
 def _owners(config: Mapping[str, Any], global_modules: Mapping[str, str]) -> dict[str, tuple[str, int, tuple[str, ...]]]:
     """Each diffusers module -> (its BFL module, its place among the fused parts, the parts)."""
     return {part: (bfl, i, parts) for bfl, parts in layout.module_table(config, global_modules).items() for i, part in enumerate(parts)}
@@ -59,11 +93,12 @@ def kohya_state_dict(adapters: Sequence[AdapterWeights], config: Mapping[str, An
 
     out: dict[str, Tensor] = {}
     owners = _owners(config, global_modules)
+    lycoris = _lycoris_base(spec, _whole_modules(config, global_modules))
     for adapter in adapters:
         kind = lora_files.adapter_kind(adapter.config)
         dora = bool(getattr(adapter.config, "use_dora", False))
         if adapter.component != spec.denoiser or kind != "lora" or dora:
-            out.update(lora_files.kohya_state_dict([adapter], _unfused_base(spec)))
+            out.update(_swap_dora_scale(lora_files.kohya_state_dict([adapter], lycoris), config, global_modules))
             continue
         groups: dict[str, dict[int, tuple[Tensor, Tensor, float]]] = {}
         for key, tensor in adapter.state.items():
@@ -135,9 +170,15 @@ def tensor_like(value: float, like: Tensor) -> Tensor:
 
 
 def from_file(tensors: Mapping[str, Tensor], adapter: AdapterWeights, config: Mapping[str, Any], spec: FamilySpec, global_modules: Mapping[str, str]) -> dict[str, Tensor]:
-    """A diffusers, fused kohya or unfused kohya file's tensors for one adapter under peft's keys."""
+    """A diffusers, fused kohya or unfused kohya file's tensors for one adapter under peft's keys (whole
+    BFL modules of a LoHa / LoKr / DoRA file under their BFL or their diffusers names)."""
     if adapter.component == spec.denoiser and any(k.startswith("lora_unet_") for k in tensors):
-        if lora_files.adapter_kind(adapter.config) != "lora":
+        fused = {bfl for bfl, parts in layout.module_table(config, global_modules).items() if len(parts) > 1}
+        if lora_files.adapter_kind(adapter.config) != "lora" and any(k.startswith("lora_unet_" + bfl.replace(".", "_") + ".lora_down") for bfl in fused for k in tensors):
             raise UserError('settings.init_lora is a LoRA in sd-scripts\' fused FLUX layout and this run trains LoHa/LoKr; set lora_type = "lora" to continue it')
-        tensors = {**tensors, **_unfuse(tensors, config, global_modules)}
+        named = {base: name for name, base in _whole_modules(config, global_modules).items()}
+        aliases = {DIFFUSERS_BASE + named[stem].replace(".", "_") + "." + rest: tensor for key, tensor in tensors.items() for stem, _, rest in [key.partition(".")] if stem in named}
+        tensors = {**tensors, **_unfuse(tensors, config, global_modules), **aliases}
+    if adapter.component == spec.denoiser:
+        tensors = _swap_dora_scale(tensors, config, global_modules)
     return lora_files.from_file(tensors, adapter, _unfused_base(spec))

@@ -7,7 +7,6 @@ fused as sd-scripts writes them) is ``flux/kohya.py``.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from core.families import loading, t5
 from core.families.detect import hub_reachable
 from core.families.embeddings import TextEmbeddings
 from core.families.flow_mmdit import latents, single_file
+from core.families.flow_mmdit.blocks import parse_indices
 from core.families.flow_mmdit.runtime import FlowRuntime, split_tokens
 from core.families.flux import SPEC, kohya, layout
 from core.families.objectives import FlowObjective
@@ -25,25 +25,6 @@ from core.families.wrappers import unwrap
 
 #: The hub models a FLUX.1 single file's other parts come from when no diffusers folder is beside it.
 HUB_MODELS = {"flux-dev": "black-forest-labs/FLUX.1-dev", "flux-schnell": "black-forest-labs/FLUX.1-schnell"}
-
-
-def parse_indices(text: str, count: int, setting: str) -> set[int]:
-    """sd-scripts' block selection: ``all`` / empty, ``none``, or ``0,3,5-9`` (ranges inclusive); UserError naming a bad one."""
-    text = text.strip().lower()
-    if text in ("", "all"):
-        return set(range(count))
-    if text == "none":
-        return set()
-    chosen: set[int] = set()
-    for piece in text.split(","):
-        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", piece)
-        if match is None:
-            raise UserError(f"settings.{setting} = '{text}' is not a block list; write e.g. 0-9,15 (or all / none)")
-        first, last = int(match.group(1)), int(match.group(2) or match.group(1))
-        if last >= count or first > last:
-            raise UserError(f"settings.{setting} names block {max(first, last)}, but the model has blocks 0-{count - 1}; fix the list")
-        chosen.update(range(first, last + 1))
-    return chosen
 
 
 class FluxRuntime(FlowRuntime):

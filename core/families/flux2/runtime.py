@@ -10,10 +10,9 @@ from typing import Any
 from core.families import llm_text
 from core.families.embeddings import TextEmbeddings
 from core.families.flow_mmdit import single_file
-from core.families.flow_mmdit.blocks import linear_targets
+from core.families.flow_mmdit.blocks import linear_targets, parse_indices
 from core.families.flow_mmdit.objective import flow_objective
 from core.families.flow_mmdit.runtime import FlowRuntime
-from core.families.flux.runtime import parse_indices
 from core.families.flux2 import DEV_PROMPT, KLEIN_PROMPT, SPEC, layout
 from core.families.flux2 import lora as lora_layout
 from core.families.flux2 import tiny as tiny_model

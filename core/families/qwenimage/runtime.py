@@ -9,10 +9,9 @@ from typing import Any
 from core.families import llm_text, lora_files
 from core.families.embeddings import TextEmbeddings
 from core.families.flow_mmdit import single_file
-from core.families.flow_mmdit.blocks import linear_targets
+from core.families.flow_mmdit.blocks import linear_targets, parse_indices
 from core.families.flow_mmdit.latents import pack, unpack
 from core.families.flow_mmdit.runtime import FlowRuntime
-from core.families.flux.runtime import parse_indices
 from core.families.protocol import AdapterWeights, FamilyRuntime, LoraFiles, SamplePromptLike
 from core.families.qwenimage import PROMPT, SPEC
 from core.families.qwenimage import tiny as tiny_model

@@ -86,6 +86,9 @@ LORA_TARGETS: dict[str, dict[str, tuple[str, ...]]] = {
 
 #: Block swap streams the MMDiT's joint blocks (24 in Medium, 38 in Large), in forward order.
 SWAP_BLOCKS: dict[str, str] = {"transformer_blocks": "num_layers"}
+#: LoRA's block selection: sd-scripts' SD3 network argument ``train_block_indices`` (networks/lora_sd3.py)
+#: names the joint blocks to adapt, one list; the layers outside the blocks are not in any target.
+BLOCK_SETTINGS: dict[str, str] = {"train_block_indices": "transformer_blocks"}
 #: What keeps the compute precision under a quantized base, as for FLUX.1: the patch, caption and
 #: timestep/pooled embedders, every norm (the blocks' AdaLN modulation linears live in ``norm1`` and
 #: ``norm1_context``, the final one in ``norm_out``) and the output projection.
@@ -167,6 +170,7 @@ SPEC = FamilySpec(
     modelspec_implementation="diffusers",
     pipeline_class="StableDiffusion3Pipeline",
     swap_blocks=SWAP_BLOCKS,
+    block_settings=BLOCK_SETTINGS,
     high_precision={
         "transformer": TRANSFORMER_HIGH_PRECISION,
         "text_encoder": CLIP_HIGH_PRECISION,

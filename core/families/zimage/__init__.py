@@ -151,6 +151,7 @@ SPEC = FamilySpec(
     modelspec_implementation="https://github.com/Tongyi-MAI/Z-Image",
     pipeline_class="ZImagePipeline",
     swap_blocks=SWAP_BLOCKS,
+    block_settings={"train_block_indices": "layers"},
     high_precision={"transformer": TRANSFORMER_HIGH_PRECISION, "text_encoder": LLM_HIGH_PRECISION},
     recognition=Recognition(
         pipeline_mark="ZImagePipeline",

@@ -66,7 +66,7 @@ def variant_of_source(source: ModelSource, scheduler_config: Mapping[str, Any]) 
 
 def block_indices(text: str, count: int) -> set[int]:
     """``settings.train_block_indices``: ``all`` / empty, ``none``, or ``0,3,5-9`` (ranges inclusive); UserError naming a bad one."""
-    from core.families.flux.runtime import parse_indices
+    from core.families.flow_mmdit.blocks import parse_indices
 
     return parse_indices(text, count, "train_block_indices")
 
