@@ -45,7 +45,7 @@ class SampleTexts:
 
 
 def _moved(value: Any, device: Any) -> Any:
-    """A tensor, or a list of them (Z-Image's unpadded states), on ``device``."""
+    """A tensor, or a list of them (a family's unpadded per-prompt states), on ``device``."""
     return [v.to(device) for v in value] if isinstance(value, list) else value.to(device)
 
 
