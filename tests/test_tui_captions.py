@@ -142,6 +142,7 @@ async def test_the_tagger_is_chosen_with_its_thresholds_and_exclusions_in_the_di
         await pilot.pause(0.1)
         await until(pilot, lambda: "Done" in str(status.render()) or "red" in str(status.content), timeout=120)
         assert "Done: 2 captioned" in str(status.render()), str(status.render())
+        await until(pilot, lambda: not dialog.query_one("#caption-start", Button).disabled, timeout=30)
         table = dialog.query_one("#caption-table", DataTable)
         for row in range(2):
             image = Path(str(table.coordinate_to_cell_key((row, 0)).row_key.value))

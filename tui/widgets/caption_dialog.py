@@ -224,7 +224,7 @@ class CaptionScreen(ModalScreen[bool]):
 
     def on_caption_event(self, event: dict[str, Any]) -> None:
         """Show one event of the captioning process: the count, the time left, the first captions."""
-        if self.closed:
+        if self._gone():
             return
         status = self.query_one("#caption-status", Static)
         bar = self.query_one("#caption-progress", ProgressBar)
@@ -261,7 +261,7 @@ class CaptionScreen(ModalScreen[bool]):
 
     def ended(self, error: str | None) -> None:
         self.process = None
-        if self.closed:
+        if self._gone():
             return
         self.query_one("#caption-start", Button).disabled = False
         if error:
@@ -297,6 +297,16 @@ class CaptionScreen(ModalScreen[bool]):
     def close_pressed(self, event: Button.Pressed) -> None:
         event.stop()
         self.action_close()
+
+    def _gone(self) -> bool:
+        """The dialog was closed or is being taken down (the app quit): the worker's late events are dropped."""
+        return self.closed or not self.query("#caption-status")
+
+    def on_unmount(self) -> None:
+        """The dialog leaves (closed, or the app quit): a captioning still running is stopped."""
+        self.closed = True
+        if self.process is not None:
+            self.process.stop()
 
     def action_close(self) -> None:
         """Close; a captioning still running is stopped (what it made stays in the layer)."""
