@@ -51,7 +51,12 @@ def test_two_machines_on_loopback(tmp_path: Path, tiny_models, kohya_dataset) ->
         runs.append(start_run(config, tmp_path / f"machine{rank}", gpus=CPU, notify=notices.append))
         if rank == 0:
             assert any("--set distributed.machine_rank=1" in n and f"main_process_port={port}" in n for n in notices)
-    finals = [wait_ended(run) for run in runs]
+    try:
+        finals = [wait_ended(run) for run in runs]
+    except BaseException:
+        for run in runs:  # pytest shows them with the failure: which machine stopped where
+            print(f"--- {run.log}\n{run.log.read_text(errors='replace')[-4000:] if run.log.is_file() else '(none)'}")
+        raise
     assert [f["state"] for f in finals] == ["finished", "finished"], [f.get("error") for f in finals]
     assert [f["exit_code"] for f in finals] == [0, 0]
     plan = json.loads(runs[0].plan_json.read_text())
