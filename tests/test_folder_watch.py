@@ -51,3 +51,35 @@ def test_without_a_move_a_missing_folder_is_still_an_error(tmp_path: Path) -> No
     shutil.rmtree(run.path)
     with pytest.raises(FileNotFoundError):
         status.update(step=4)
+
+
+def test_a_tensorboard_write_the_move_broke_is_written_again_at_the_new_path(tmp_path: Path) -> None:
+    """TensorBoard's writer appends to its event file by path (accelerate flushes at every log): after
+    an unseen move the write fails, which without following the move ends the run."""
+    from types import SimpleNamespace
+
+    from accelerate.tracking import TensorBoardTracker
+
+    from core.folder_watch import again_if_moved
+    from core.runs.rundir import TB_DIR
+    from core.train import trackers
+
+    run = a_run(tmp_path)
+    tracker = TensorBoardTracker("", str(run.path / TB_DIR))
+    tracker.start()
+    acc = SimpleNamespace(log_with=[tracker], trackers=[tracker], log=lambda values, step: tracker.log(values, step=step))
+    trackers.log_step(acc, 1, {"loss": 1.0})
+    watch, moved = FolderWatch(run.path), tmp_path / "elsewhere"
+    shutil.move(run.path, moved)
+
+    def follow() -> bool:
+        new = watch.moved_to()
+        if new is not None:
+            trackers.follow(acc, new)
+        return new is not None
+
+    with pytest.raises(FileNotFoundError):
+        again_if_moved(lambda: trackers.log_step(acc, 2, {"loss": 0.9}), None)
+    again_if_moved(lambda: trackers.log_step(acc, 3, {"loss": 0.8}), follow)
+    assert len(list((moved / TB_DIR).glob("events.out.tfevents.*"))) == 2, "a new event file beside the moved one"
+    assert not run.path.exists()

@@ -94,7 +94,8 @@ async def test_a_new_run_and_a_state_change_show_up_without_a_key(tmp_path: Path
             make_run(runs, "new-lora-20251009-110000", "running", steps=5, total=50, created=time.time())
             status = runs / "new-lora-20251009-110000" / "status.json"
             status.write_text(json.dumps({**json.loads(status.read_text()), "updated_at": time.time()}))
-            await until(pilot, lambda: len(_rows(app)) == 4)
+            # a refresh may catch the folder half made (no status yet: lost); a later one shows it running
+            await until(pilot, lambda: len(_rows(app)) == 4 and _rows(app)[0][1] == "running")
             rows = _rows(app)
             assert rows[0][:3] == ["new-lora-20251009-110000", "running", "5/50"]
     finally:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import UserError
-from core.folder_watch import FolderWatch, moved_sentence, weak_follower
+from core.folder_watch import FolderWatch, again_if_moved, moved_sentence, weak_follower
 from core.plan import schedule
 from core.runs.control_file import ControlReader
 from core.runs.rundir import RunDir
@@ -221,7 +221,7 @@ class Trainer:
             self.saver.sample()
         if self.validator is not None and self.validator.due(step):
             self._flush(pending)
-            validation.record(self.validator, step, self.metrics, session=self._session())
+            validation.record(self.validator, step, self.metrics, session=self._session(), follow=self._follow_move)
         if last:
             return None
         if epoch_done or time.monotonic() - self._status_at >= STATUS_EVERY_S:
@@ -306,7 +306,8 @@ class Trainer:
             speed = round(images / elapsed, 4) if elapsed > 0 else None
             own = {} if step_size is None else {"step_size": step_size}
             self.metrics.write("step", step=step, epoch=epoch + 1, loss=loss, lr=lr, **own, images_per_s=speed, step_time_s=round(elapsed, 5), mem=mem)
-            trackers.log_step(session.acc, step, {"loss": loss, "lr": lr, **own, "images_per_s": speed})
+            values = {"loss": loss, "lr": lr, **own, "images_per_s": speed}
+            again_if_moved(lambda: trackers.log_step(session.acc, step, values), self._follow_move)  # noqa: B023 - called at once
             self.progress_log.step(step, loss, lr, speed, elapsed, step_size)
         pending.clear()
 

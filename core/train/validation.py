@@ -16,10 +16,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from core.config import section_of
+from core.folder_watch import again_if_moved
 from core.plan.schedule import held_out, image_key
 from core.plan.validation import TIMESTEP_SHARES
 from core.train.data.captions import with_prefix_suffix
@@ -229,11 +230,13 @@ def make_validator(config: Any, session: Any, stepper: Any) -> Validator | None:
     return Validator(session, stepper, int(section["every_n_steps"]), int(session.sched["seed"]))
 
 
-def record(validator: Validator, step: int, metrics: Any, session: Any) -> float:
-    """Compute the validation loss after ``step`` and record it: metrics.jsonl, TensorBoard and W&B."""
+def record(validator: Validator, step: int, metrics: Any, session: Any, follow: Callable[[], bool] | None = None) -> float:
+    """Compute the validation loss after ``step`` and record it: metrics.jsonl, TensorBoard and W&B
+    (``follow``: a move of the run folder in the middle of the TensorBoard write is followed, as in
+    :func:`core.folder_watch.again_if_moved`)."""
     from core.train import trackers
 
     loss = validator.loss()
     metrics.write("validation", step=step, loss=loss)
-    trackers.log_validation(session.acc, step, loss)
+    again_if_moved(lambda: trackers.log_validation(session.acc, step, loss), follow)
     return loss
