@@ -13,7 +13,7 @@ from core.gpu import parse_spec
 from core.plan.fit import judge, run_shape
 from core.recipes import get_recipe
 from core.units import GIB
-from tests.train_helpers import launch, make_run, metrics, set_up
+from tests.train_helpers import launch, make_run, metrics, set_up, weight_hashes
 
 
 @pytest.mark.slow
@@ -25,8 +25,7 @@ def test_two_ranks_each_swap_their_blocks_and_end_with_the_same_weights(tmp_path
     hashes = tmp_path / "hashes.txt"
     done = launch(run, 2, args=["--weights-hash", str(hashes)], timeout=420)
     assert done.returncode == 0, done.stderr[-3000:]
-    lines = [line.split() for line in hashes.read_text().splitlines()]
-    final = {(rank, digest) for rank, step, digest in lines if step == "2"}
+    final = weight_hashes(hashes, 2)
     assert sorted(rank for rank, _ in final) == ["0", "1"] and len({digest for _, digest in final}) == 1
     assert [m["step"] for m in metrics(run, "step")] == [1, 2]
     events = " ".join(e.get("message", "") for e in metrics(run, "event"))

@@ -20,7 +20,7 @@ from core.families.detect import detect_family
 from core.families.flux import layout
 from core.families.protocol import AdapterWeights, FamilyRuntime
 from core.train.model.loading import load_components
-from tests.train_helpers import REPO, make_run, metrics, train
+from tests.train_helpers import REPO, make_run, metrics, train, weight_hashes
 
 FLUX = runtime("flux")
 
@@ -369,8 +369,7 @@ def test_two_processes_train_the_tiny_flux_to_the_same_weights(tmp_path, tiny_mo
     hashes = tmp_path / "hashes.txt"
     done = launch(run, 2, args=["--weights-hash", str(hashes)], timeout=420)
     assert done.returncode == 0, done.stderr[-3000:]
-    lines = [line.split() for line in hashes.read_text().splitlines()]
-    final = {(rank, digest) for rank, step, digest in lines if step == "2"}
+    final = weight_hashes(hashes, 2)
     assert sorted(rank for rank, _ in final) == ["0", "1"] and len({digest for _, digest in final}) == 1
     assert [m["step"] for m in metrics(run, "step")] == [1, 2]
 

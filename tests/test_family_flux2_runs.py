@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.test_train_resume import stop_after
-from tests.train_helpers import launch, make_run, metrics, status, train
+from tests.train_helpers import launch, make_run, metrics, status, train, weight_hashes
 
 pytestmark = pytest.mark.slow
 
@@ -53,5 +53,5 @@ def test_two_processes_train_klein_to_the_same_weights(tmp_path, tiny_models, ko
     done = launch(run, 2, args=["--weights-hash", str(hashes)], timeout=420)
     assert done.returncode == 0, done.stderr[-3000:]
     assert status(run)["state"] == "finished" and [m["step"] for m in metrics(run, "step")] == [1, 2]
-    final = {(rank, digest) for rank, step, digest in (line.split() for line in hashes.read_text().splitlines()) if step == "2"}
+    final = weight_hashes(hashes, 2)
     assert sorted(rank for rank, _ in final) == ["0", "1"] and len({digest for _, digest in final}) == 1

@@ -16,7 +16,7 @@ from core.families.detect import detect_family, family_of_file, family_of_folder
 from core.families.protocol import ModelSource
 from core.train.model.loading import load_components
 from tests.test_train_resume import stop_after
-from tests.train_helpers import make_run, metrics, status, train
+from tests.train_helpers import make_run, metrics, status, train, weight_hashes
 
 CAPTIONS = ["a photo of sks dog", "a cat"]
 
@@ -188,5 +188,5 @@ def test_two_processes_train_qwen_image_with_the_same_weights(tmp_path, tiny_mod
     done = launch(run, 2, args=["--weights-hash", str(hashes)])
     assert done.returncode == 0, done.stderr[-3000:]
     assert status(run)["state"] == "finished" and [m["step"] for m in metrics(run, "step")] == [1, 2]
-    final = {(rank, digest) for rank, step, digest in (line.split() for line in hashes.read_text().splitlines()) if step == "2"}
+    final = weight_hashes(hashes, 2)
     assert sorted(rank for rank, _ in final) == ["0", "1"] and len({digest for _, digest in final}) == 1

@@ -13,7 +13,7 @@ import torch
 from core.errors import UserError
 from core.families import runtime, spec, variant
 from core.families.detect import detect_family
-from tests.train_helpers import make_run, metrics, status, train
+from tests.train_helpers import make_run, metrics, status, train, weight_hashes
 
 SD3_KEYS = ("model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight", "model.diffusion_model.context_embedder.weight", "first_stage_model.encoder.conv_in.weight")
 
@@ -375,7 +375,7 @@ def test_two_processes_train_sd35_to_identical_weights(tmp_path, tiny, kohya_dat
     assert done.returncode == 0, done.stderr[-3000:]
     final = status(run)
     assert (final["state"], final["step"]) == ("finished", 2)
-    last = {(rank, digest) for rank, step, digest in (line.split() for line in hashes.read_text().splitlines()) if step == "2"}
+    last = weight_hashes(hashes, 2)
     assert sorted(rank for rank, _ in last) == ["0", "1"] and len({digest for _, digest in last}) == 1
 
 

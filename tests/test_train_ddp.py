@@ -11,7 +11,7 @@ import pytest
 from core.launch.control import request
 from core.plan.schedule import steps_per_epoch
 from core.runs.rundir import RunDir
-from tests.train_helpers import launch, make_run, metrics, status
+from tests.train_helpers import launch, make_run, metrics, status, weight_hashes
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ddp")]
 
@@ -62,7 +62,6 @@ def test_two_processes_stop_together_resume_and_end_with_the_same_weights(tmp_pa
     # the LR follows the schedule in optimizer steps of this run, not multiplied by the process count
     expected = [1e-3 * (k / 2 if k < 2 else (total - k) / (total - 2)) for k in range(total)]
     assert [s["lr"] for s in steps] == pytest.approx(expected)
-    lines = [line.split() for line in hashes.read_text().splitlines()]
-    final_hashes = {(rank, digest) for rank, step, digest in lines if step == str(total)}
+    final_hashes = weight_hashes(hashes, total)
     assert sorted(rank for rank, _ in final_hashes) == ["0", "1"]
     assert len({digest for _, digest in final_hashes}) == 1

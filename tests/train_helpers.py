@@ -107,6 +107,12 @@ def launch(
     return subprocess.run(argv, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
+def weight_hashes(path: Path, step: int) -> set[tuple[str, str]]:
+    """``(rank, sha256)`` of each rank's trainable weights at ``step``, from a ``--weights-hash`` file."""
+    lines = (line.split() for line in path.read_text().splitlines())
+    return {(rank, digest) for rank, at, digest in lines if at == str(step)}
+
+
 def metrics(run_dir: Path, kind: str | None = None) -> list[dict[str, Any]]:
     """The lines of metrics.jsonl (of one type when ``kind`` is given)."""
     path = run_dir / "metrics.jsonl"
